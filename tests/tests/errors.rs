@@ -1,0 +1,205 @@
+//! Bad input and faults: each must end `tracer record` with one line on stderr that starts with
+//! `tracer: ` and names the problem, and a non-zero exit, promptly. Real kernel, run as root.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tracer_tests::{
+    ChildGuard, RunOutput, TempDir, run_with_timeout, set_mode, tracer_bin, tracer_record,
+};
+
+/// The acceptance asks for an exit within a second; this guard is much wider so a loaded CI
+/// machine does not flake, yet a tracer that hangs (or records instead of failing) fails here
+/// rather than blocking the suite.
+const ERROR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Passed to every run so that a tracer that wrongly accepts the input finishes (and fails the
+/// status assertion with its output shown) before the timeout hits.
+const DURATION: &str = "2s";
+/// `nobody` on Debian: an unprivileged user that exists everywhere.
+const NOBODY: u32 = 65534;
+/// `PF_KTHREAD` from include/linux/sched.h: the flags field of /proc/PID/stat has it for
+/// kernel threads.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// A live userspace process to point the tracer at when the fault lies elsewhere.
+fn sleeper() -> ChildGuard {
+    let child = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn sleep: {e}"));
+    ChildGuard::new("sleep", child)
+}
+
+/// Checks the error contract and that the line mentions `needle` (case-insensitive).
+fn assert_error(case: &str, out: &RunOutput, needle: &str) {
+    println!(
+        "{case}: exit {} after {:?}: {}",
+        out.status,
+        out.elapsed,
+        out.stderr.trim_end()
+    );
+    assert!(
+        !out.status.success(),
+        "{case}: tracer succeeded:\nstdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{case}: exit status {} (want 1); stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    assert!(
+        out.stderr.starts_with("tracer: "),
+        "{case}: stderr does not start with `tracer: `:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "{case}: want one line on stderr, got:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "{case}: stderr does not mention {needle:?}:\n{}",
+        out.stderr
+    );
+}
+
+fn record(pid: u32, extra: &[&str]) -> RunOutput {
+    let mut args = vec!["--duration", DURATION];
+    args.extend_from_slice(extra);
+    tracer_record(pid, &args, ERROR_TIMEOUT)
+}
+
+#[test]
+fn not_root() {
+    let target = sleeper();
+    // target/ may not be readable by nobody: run a copy from a world-readable temp dir.
+    let dir = TempDir::new("not-root");
+    let bin = dir.join("tracer");
+    std::fs::copy(tracer_bin(), &bin)
+        .unwrap_or_else(|e| panic!("copy tracer to {}: {e}", bin.display()));
+    set_mode(&bin, 0o755);
+
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "record",
+        "--pid",
+        &target.pid().to_string(),
+        "--duration",
+        DURATION,
+    ])
+    .uid(NOBODY)
+    .gid(NOBODY);
+    let out = run_with_timeout("tracer record as nobody", cmd, ERROR_TIMEOUT);
+    assert_error("not root", &out, "root");
+}
+
+#[test]
+fn pid_does_not_exist() {
+    let pid = free_pid();
+    let out = record(pid, &[]);
+    assert_error("missing pid", &out, "does not exist");
+    assert!(
+        out.stderr.contains(&pid.to_string()),
+        "stderr does not name pid {pid}:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn pid_is_kernel_thread() {
+    let pid = kernel_thread_pid();
+    let out = record(pid, &[]);
+    assert_error("kernel thread", &out, "kernel thread");
+}
+
+#[test]
+fn kernel_without_btf() {
+    let target = sleeper();
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args([
+        "record",
+        "--pid",
+        &target.pid().to_string(),
+        "--duration",
+        DURATION,
+    ])
+    .env("TRACER_BTF_PATH", "/nonexistent");
+    let out = run_with_timeout("tracer record without BTF", cmd, ERROR_TIMEOUT);
+    assert_error("no BTF", &out, "BTF");
+}
+
+#[test]
+fn unwritable_output_path() {
+    const PATH: &str = "/nonexistent-dir/x.svg";
+    assert!(
+        !Path::new(PATH).parent().expect("has a parent").exists(),
+        "{PATH}'s directory exists here"
+    );
+    let target = sleeper();
+    let out = record(target.pid(), &["--output", PATH]);
+    assert_error("unwritable output", &out, PATH);
+}
+
+#[test]
+fn unknown_output_extension() {
+    let target = sleeper();
+    let dir = TempDir::new("ext");
+    let path = dir.join("x.xyz");
+    let out = record(
+        target.pid(),
+        &["--output", path.to_str().expect("utf-8 temp path")],
+    );
+    assert_error("unknown extension", &out, "extension");
+    assert!(
+        out.stderr.contains("xyz"),
+        "stderr does not name the extension:\n{}",
+        out.stderr
+    );
+}
+
+/// A pid with no process: the highest free one below pid_max, unlikely to be handed out during
+/// the test since the kernel allocates pids upwards from the last one used.
+fn free_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap_or_else(|e| panic!("read pid_max: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("parse pid_max: {e}"));
+    (2..max)
+        .rev()
+        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .expect("some pid is free")
+}
+
+/// A kernel thread: kthreadd (pid 2) where it is one, else the first found in /proc.
+fn kernel_thread_pid() -> u32 {
+    let is_kthread = |pid: u32| -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // Fields after the parenthesised comm: state ppid pgrp session tty_nr tpgid flags.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        rest.split_whitespace()
+            .nth(6)
+            .and_then(|f| f.parse::<u64>().ok())
+            .is_some_and(|f| f & PF_KTHREAD != 0)
+    };
+    if is_kthread(2) {
+        return 2;
+    }
+    std::fs::read_dir("/proc")
+        .unwrap_or_else(|e| panic!("read /proc: {e}"))
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .find(|&pid| is_kthread(pid))
+        .expect("no kernel thread in /proc")
+}

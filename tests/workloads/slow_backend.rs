@@ -1,0 +1,99 @@
+//! A backend that chokes: it accepts TCP connections on 127.0.0.1 and reads them slowly, so
+//! whoever writes to it fills its send buffer and blocks in `send`.
+//!
+//! Usage: `slow-backend [--seconds S]`
+//!
+//! Prints the port it listens on, then exits after S seconds (so a failed test cannot leave it
+//! behind for long).
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A small receive buffer (the kernel doubles it), so the window closes after a few KiB and the
+/// writer's send buffer fills behind it.
+const RECEIVE_BUFFER_BYTES: libc::c_int = 4096;
+/// Bytes taken per read...
+const READ_CHUNK_BYTES: usize = 512;
+/// ...and the pause after each: 25 KiB/s, slow enough that the writer is almost always blocked,
+/// fast enough that its messages keep moving (so it is in `send`, not stuck forever).
+const READ_PAUSE: Duration = Duration::from_millis(20);
+
+fn set_receive_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: `fd` is a live socket borrowed from its owner for this call, and the option value
+    // points to a c_int whose size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn drain_slowly(mut conn: TcpStream) {
+    if let Err(e) = set_receive_buffer(conn.as_raw_fd(), RECEIVE_BUFFER_BYTES) {
+        eprintln!("slow-backend: setsockopt SO_RCVBUF: {e}");
+    }
+    let mut buf = [0u8; READ_CHUNK_BYTES];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => std::thread::sleep(READ_PAUSE),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut seconds = 60.0_f64;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match (flag.as_str(), args.next().map(|v| v.parse::<f64>())) {
+            ("--seconds", Some(Ok(v))) => seconds = v,
+            _ => {
+                eprintln!("usage: slow-backend [--seconds S]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("slow-backend: bind 127.0.0.1:0: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Accepted sockets inherit the listener's buffer size, which also sets the window scale
+    // offered in the handshake; setting it again on each connection below is belt and braces.
+    if let Err(e) = set_receive_buffer(listener.as_raw_fd(), RECEIVE_BUFFER_BYTES) {
+        eprintln!("slow-backend: setsockopt SO_RCVBUF: {e}");
+        return ExitCode::FAILURE;
+    }
+    let port = match listener.local_addr() {
+        Ok(addr) => addr.port(),
+        Err(e) => {
+            eprintln!("slow-backend: local_addr: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{port}");
+    let _ = std::io::stdout().flush();
+
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || drain_slowly(conn));
+        }
+    });
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,305 @@
+//! tracer's kernel-side probes: which threads of one process block, in which call,
+//! for how long, and (for waits over the threshold) where in the program.
+//!
+//! Three programs share one per-thread map of calls in flight:
+//! - `raw_syscalls:sys_enter` notes a watched call of the target (filtered by tgid first,
+//!   so other processes cost one comparison);
+//! - `sched_switch` marks the call as a wait when the thread goes to sleep inside it;
+//! - `raw_syscalls:sys_exit` ends the call: under the threshold it only adds to per-kind
+//!   totals; over it, it sends the registers and a copy of the user stack to userspace.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tracer_common::{
+    COUNTER_COUNT, Counter, InFlightWait, MAX_IN_FLIGHT, STACK_COPY_BYTES, ShortWaitTotals,
+    WAIT_KIND_COUNT, WaitKind, WaitRecord,
+};
+
+/// The process (tgid) to trace; set by the loader.
+#[unsafe(no_mangle)]
+static TARGET_TGID: Global<u32> = Global::new(0);
+
+/// Waits at least this long are sent with a stack; shorter ones are only counted.
+#[unsafe(no_mangle)]
+static MIN_WAIT_NS: Global<u64> = Global::new(1_000_000);
+
+/// Calls in flight, keyed by thread id (not per CPU: a thread may wake on another CPU).
+#[map]
+static IN_FLIGHT: HashMap<u32, InFlightWait> = HashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// Waits over the threshold, with their stacks. 16 MiB holds about a thousand records.
+#[map]
+static WAITS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Count and total time of the waits under the threshold, per kind.
+#[map]
+static SHORT_WAITS: PerCpuArray<ShortWaitTotals> =
+    PerCpuArray::with_max_entries(WAIT_KIND_COUNT as u32, 0);
+
+/// Event and loss counters, indexed by `Counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
+
+// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+const SYS_READ: i64 = 0;
+const SYS_WRITE: i64 = 1;
+const SYS_POLL: i64 = 7;
+const SYS_READV: i64 = 19;
+const SYS_WRITEV: i64 = 20;
+const SYS_SELECT: i64 = 23;
+const SYS_CONNECT: i64 = 42;
+const SYS_ACCEPT: i64 = 43;
+const SYS_SENDTO: i64 = 44;
+const SYS_RECVFROM: i64 = 45;
+const SYS_SENDMSG: i64 = 46;
+const SYS_RECVMSG: i64 = 47;
+const SYS_FUTEX: i64 = 202;
+const SYS_EPOLL_WAIT: i64 = 232;
+const SYS_PSELECT6: i64 = 270;
+const SYS_PPOLL: i64 = 271;
+const SYS_EPOLL_PWAIT: i64 = 281;
+const SYS_ACCEPT4: i64 = 288;
+const SYS_RECVMMSG: i64 = 299;
+const SYS_SENDMMSG: i64 = 307;
+const SYS_EPOLL_PWAIT2: i64 = 441;
+const SYS_FUTEX_WAITV: i64 = 449;
+const SYS_FUTEX_WAIT: i64 = 455;
+
+// futex(2) operations that can block (include/uapi/linux/futex.h); wakes and
+// requeues are not waits.
+const FUTEX_CMD_MASK: u64 = !(128 | 256); // ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_LOCK_PI: u64 = 6;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
+const FUTEX_LOCK_PI2: u64 = 13;
+
+// Field offsets of the raw_syscalls tracepoints
+// (/sys/kernel/tracing/events/raw_syscalls/sys_{enter,exit}/format).
+const SYS_ENTER_ID: usize = 8;
+const SYS_ENTER_ARGS: usize = 16;
+const SYS_EXIT_RET: usize = 16;
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; no other program touches it on this CPU meanwhile.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: the helper takes no arguments and cannot fail.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn target_thread() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 != TARGET_TGID.load() {
+        return None;
+    }
+    Some(pid_tgid as u32)
+}
+
+#[inline(always)]
+fn syscall_arg(ctx: &TracePointContext, n: usize) -> Result<u64, i32> {
+    // SAFETY: the offset lies inside the sys_enter record (args[6]).
+    unsafe { ctx.read_at::<u64>(SYS_ENTER_ARGS + n * 8) }
+}
+
+/// The wait kind of a syscall and what it waits on, or None when the call is not watched.
+#[inline(always)]
+fn classify(ctx: &TracePointContext, id: i64) -> Result<Option<(WaitKind, u64)>, i32> {
+    let watched = match id {
+        SYS_FUTEX => {
+            let op = syscall_arg(ctx, 1)? & FUTEX_CMD_MASK;
+            match op {
+                FUTEX_WAIT | FUTEX_LOCK_PI | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI
+                | FUTEX_LOCK_PI2 => Some((WaitKind::Futex, syscall_arg(ctx, 0)?)),
+                _ => None,
+            }
+        }
+        SYS_FUTEX_WAIT => Some((WaitKind::Futex, syscall_arg(ctx, 0)?)),
+        // The object is the array of waiters; userspace cannot name one lock.
+        SYS_FUTEX_WAITV => Some((WaitKind::Futex, syscall_arg(ctx, 0)?)),
+        SYS_SENDTO | SYS_SENDMSG | SYS_SENDMMSG => Some((WaitKind::Send, syscall_arg(ctx, 0)?)),
+        SYS_RECVFROM | SYS_RECVMSG | SYS_RECVMMSG => Some((WaitKind::Recv, syscall_arg(ctx, 0)?)),
+        SYS_CONNECT => Some((WaitKind::Connect, syscall_arg(ctx, 0)?)),
+        SYS_ACCEPT | SYS_ACCEPT4 => Some((WaitKind::Accept, syscall_arg(ctx, 0)?)),
+        SYS_READ | SYS_READV => Some((WaitKind::Read, syscall_arg(ctx, 0)?)),
+        SYS_WRITE | SYS_WRITEV => Some((WaitKind::Write, syscall_arg(ctx, 0)?)),
+        SYS_POLL | SYS_PPOLL | SYS_SELECT | SYS_PSELECT6 | SYS_EPOLL_WAIT | SYS_EPOLL_PWAIT
+        | SYS_EPOLL_PWAIT2 => Some((WaitKind::Poll, 0)),
+        _ => None,
+    };
+    Ok(watched)
+}
+
+#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
+pub fn tracer_sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
+    let Some(tid) = target_thread() else {
+        return Ok(());
+    };
+    // SAFETY: `id` lies inside the sys_enter record.
+    let id = unsafe { ctx.read_at::<i64>(SYS_ENTER_ID)? };
+    let Some((kind, object)) = classify(ctx, id)? else {
+        return Ok(());
+    };
+    count(Counter::CallsEntered);
+    let wait = InFlightWait {
+        start_ns: now_ns(),
+        object,
+        kind: kind as u32,
+        blocked: 0,
+    };
+    if IN_FLIGHT.insert(tid, wait, 0).is_err() {
+        count(Counter::InFlightMapFull);
+    }
+    Ok(())
+}
+
+/// Marks the call in flight as a wait when its thread goes to sleep.
+/// Arguments: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state),
+/// see include/trace/events/sched.h; the program runs in the context of `prev`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
+    let Some(tid) = target_thread() else {
+        return 0;
+    };
+    const TASK_RUNNING: u32 = 0;
+    let prev_state: u32 = ctx.arg(3);
+    if prev_state == TASK_RUNNING {
+        // Preempted while runnable: waiting for a CPU, not for an event.
+        return 0;
+    }
+    if let Some(wait) = IN_FLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the entry belongs to this thread, which is the one running now.
+        unsafe { (*wait).blocked = 1 };
+    }
+    0
+}
+
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn tracer_sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let Some(tid) = target_thread() else {
+        return Ok(());
+    };
+    // SAFETY: only this thread writes its entry, and it is here, not in sched_switch.
+    let Some(wait) = (unsafe { IN_FLIGHT.get(tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = IN_FLIGHT.remove(tid);
+    if wait.blocked == 0 {
+        count(Counter::ReturnedWithoutWaiting);
+        return Ok(());
+    }
+    let duration_ns = now_ns().saturating_sub(wait.start_ns);
+    if duration_ns < MIN_WAIT_NS.load() {
+        count(Counter::ShortWaits);
+        if let Some(totals) = SHORT_WAITS.get_ptr_mut(wait.kind) {
+            // SAFETY: per-CPU slot, as in `count`.
+            unsafe {
+                (*totals).count += 1;
+                (*totals).total_ns += duration_ns;
+            }
+        }
+        return Ok(());
+    }
+    // SAFETY: `ret` lies inside the sys_exit record.
+    let ret = unsafe { ctx.read_at::<i64>(SYS_EXIT_RET)? };
+    send_long_wait(tid, &wait, duration_ns, ret)
+}
+
+fn send_long_wait(tid: u32, wait: &InFlightWait, duration_ns: u64, ret: i64) -> Result<(), i32> {
+    let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
+        count(Counter::RingBufferFull);
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved ring-buffer slot of WaitRecord size; every
+    // field is written before submit. The registers are the user registers saved at
+    // syscall entry (bpf_task_pt_regs of the current task).
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        let ip = bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0);
+        let sp = bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0);
+        let bp = bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0);
+        (*record).tid = tid;
+        (*record).kind = wait.kind;
+        (*record).start_ns = wait.start_ns;
+        (*record).duration_ns = duration_ns;
+        (*record).object = wait.object;
+        (*record).ret = ret;
+        (*record).ip = ip;
+        (*record).sp = sp;
+        (*record).bp = bp;
+        (*record).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*record)._pad = 0;
+        (*record).stack_len = copy_user_stack(&mut (*record).stack, sp);
+    }
+    count(Counter::LongWaits);
+    entry.submit(0);
+    Ok(())
+}
+
+/// Copies the user stack from `sp` upwards; returns the bytes copied.
+///
+/// A read that crosses the end of the stack mapping fails whole. That end is page
+/// aligned, so when the full copy fails the readable length is the rest of `sp`'s page
+/// plus a whole number of pages: trying those lengths, longest first, copies all there is.
+#[inline(always)]
+fn copy_user_stack(stack: &mut [u8; STACK_COPY_BYTES], sp: u64) -> u32 {
+    const PAGE: usize = 4096;
+    if read_user(stack.as_mut_ptr(), STACK_COPY_BYTES, sp) {
+        return STACK_COPY_BYTES as u32;
+    }
+    count(Counter::StackShortened);
+    let rest_of_page = PAGE - (sp as usize & (PAGE - 1));
+    let mut pages = STACK_COPY_BYTES / PAGE;
+    while pages > 0 {
+        pages -= 1;
+        let len = rest_of_page + pages * PAGE;
+        if len <= STACK_COPY_BYTES && read_user(stack.as_mut_ptr(), len, sp) {
+            return len as u32;
+        }
+    }
+    count(Counter::StackUnreadable);
+    0
+}
+
+#[inline(always)]
+fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
+    // SAFETY: `dst` has at least STACK_COPY_BYTES >= len bytes; the helper faults
+    // safely on unmapped user memory and returns an error.
+    unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

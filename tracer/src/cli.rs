@@ -1,0 +1,99 @@
+//! The command line: clap derive, doc comments are the help text.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Which call sites of a live process pile up waiting: its blocked futex and socket
+/// waits, unwound and symbolized, as a table, folded stacks and a flamegraph.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record the waits of a running process, then report where they came from.
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The process to trace (all its threads, including ones it creates later).
+    #[arg(short, long)]
+    pub pid: u32,
+
+    /// How long to record; Ctrl-C, SIGTERM or the target's exit end it sooner.
+    #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Waits at least this long carry a stack; shorter ones are only counted per
+    /// kind. 1ms keeps the common short handoff to a few map operations.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub min_wait: Duration,
+
+    /// Write a report; the extension names the format: .folded (collapsed stacks),
+    /// .svg (flamegraph). Repeat for several.
+    #[arg(short, long = "output", value_name = "FILE")]
+    pub outputs: Vec<PathBuf>,
+
+    /// Rows in the call-site table printed to stdout.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+}
+
+/// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 5s, 1m)"))?;
+    let seconds_per_unit = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` (use ns, us, ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(value * seconds_per_unit)
+        .map_err(|_| format!("`{text}` is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown duration unit"));
+    }
+
+    #[test]
+    fn help_is_stable() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

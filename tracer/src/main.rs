@@ -1,0 +1,70 @@
+//! `tracer`: which call sites of a live process pile up waiting.
+//!
+//! Data flow, one module per stage: `probes` (kernel) → `record` (wait records) →
+//! `stacks` (unwinding, symbols) → `aggregate` (the data model) → `report` (exporters).
+
+mod aggregate;
+mod cli;
+mod probes;
+mod record;
+mod report;
+mod sockets;
+mod stacks;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new().filter_level(level).init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tracer: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Record(args) => record::record(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tracer: {}", error_line(&err, cli.verbose > 0));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line: the error and its causes joined by ": ". Without -v each cause is cut to
+/// its first line, so a verifier log never floods the terminal.
+fn error_line(err: &anyhow::Error, verbose: bool) -> String {
+    let mut line = String::new();
+    for (depth, cause) in err.chain().enumerate() {
+        if depth > 0 {
+            line.push_str(": ");
+        }
+        let text = cause.to_string();
+        if verbose {
+            line.push_str(&text);
+        } else {
+            line.push_str(text.lines().next().unwrap_or_default());
+        }
+    }
+    if !verbose && err.chain().any(|cause| cause.to_string().contains('\n')) {
+        line.push_str(" (-v for details)");
+    }
+    line
+}

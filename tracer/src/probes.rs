@@ -1,0 +1,157 @@
+//! Loads the embedded eBPF probes for one target, attaches them, and reads their
+//! counters. Dropping `Probes` detaches everything.
+
+use std::{path::Path, time::Duration};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use tracer_common::{COUNTER_COUNT, Counter, ShortWaitTotals, WAIT_KIND_COUNT, WaitKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The kernel's BTF could not be parsed.
+    #[error("cannot parse the kernel BTF at {path}")]
+    Btf {
+        path: String,
+        #[source]
+        source: aya::BtfError,
+    },
+    /// The object file or one of its maps was refused by the kernel.
+    #[error("the kernel refused to load the probes")]
+    Load(#[source] aya::EbpfError),
+    /// A program failed verification or attach.
+    #[error("cannot attach probe {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map the probes define is missing or has the wrong type.
+    #[error("probe map {name} is missing or malformed")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Option<aya::maps::MapError>,
+    },
+}
+
+/// Settings the probes take at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    pub tgid: u32,
+    pub min_wait: Duration,
+}
+
+/// The loaded and attached probes.
+pub struct Probes {
+    ebpf: Ebpf,
+}
+
+/// Per-kind totals of the waits under the threshold.
+pub type ShortWaitsByKind = [ShortWaitTotals; WAIT_KIND_COUNT];
+
+/// Counters summed over CPUs, indexed by `Counter`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeCounters(pub [u64; COUNTER_COUNT]);
+
+impl ProbeCounters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+impl Probes {
+    pub fn load(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
+        let btf = Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
+            ProbeError::Btf {
+                path: btf_path.display().to_string(),
+                source,
+            }
+        })?;
+        let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("TARGET_TGID", &config.tgid, true)
+            .override_global("MIN_WAIT_NS", &min_wait_ns, true)
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
+            .map_err(ProbeError::Load)?;
+
+        // The sleep marker first, so no wait's switch-out is missed once entries appear.
+        let program = |name| ProbeError::Map { name, source: None };
+        let switch: &mut BtfTracePoint = ebpf
+            .program_mut("tracer_sched_switch")
+            .ok_or_else(|| program("tracer_sched_switch"))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name: "tracer_sched_switch", source })?;
+        let attach_err = |name| move |source| ProbeError::Program { name, source };
+        switch.load("sched_switch", &btf).map_err(attach_err("sched_switch"))?;
+        switch.attach().map_err(attach_err("sched_switch"))?;
+        for (name, tracepoint) in [
+            ("tracer_sys_exit", "sys_exit"),
+            ("tracer_sys_enter", "sys_enter"),
+        ] {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| program(name))?
+                .try_into()
+                .map_err(attach_err(name))?;
+            program.load().map_err(attach_err(name))?;
+            program
+                .attach("raw_syscalls", tracepoint)
+                .map_err(attach_err(name))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// The ring buffer of long waits (can be taken once).
+    pub fn take_wait_records(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map("WAITS").ok_or(ProbeError::Map {
+            name: "WAITS",
+            source: None,
+        })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "WAITS",
+            source: Some(source),
+        })
+    }
+
+    pub fn counters(&self) -> Result<ProbeCounters, ProbeError> {
+        let err = |source| ProbeError::Map {
+            name: "COUNTERS",
+            source: Some(source),
+        };
+        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::Map {
+            name: "COUNTERS",
+            source: None,
+        })?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        let mut counters = ProbeCounters::default();
+        for (index, slot) in counters.0.iter_mut().enumerate() {
+            *slot = array.get(&(index as u32), 0).map_err(err)?.iter().sum();
+        }
+        Ok(counters)
+    }
+
+    pub fn short_waits(&self) -> Result<ShortWaitsByKind, ProbeError> {
+        let err = |source| ProbeError::Map {
+            name: "SHORT_WAITS",
+            source: Some(source),
+        };
+        let map = self.ebpf.map("SHORT_WAITS").ok_or(ProbeError::Map {
+            name: "SHORT_WAITS",
+            source: None,
+        })?;
+        let array: PerCpuArray<_, ShortWaitTotals> = PerCpuArray::try_from(map).map_err(err)?;
+        let mut totals = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
+        for kind in WaitKind::ALL {
+            for per_cpu in array.get(&(kind as u32), 0).map_err(err)?.iter() {
+                totals[kind as usize].count += per_cpu.count;
+                totals[kind as usize].total_ns += per_cpu.total_ns;
+            }
+        }
+        Ok(totals)
+    }
+}

@@ -1,0 +1,304 @@
+//! `tracer record`: attach to a live process, collect its waits until the duration ends
+//! (or Ctrl-C, SIGTERM, or its exit), then symbolize and write every report.
+
+use std::{
+    mem::size_of,
+    os::fd::{AsRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+use tracer_common::{WaitKind, WaitRecord};
+
+use crate::{
+    aggregate::{Profile, ProfileStack, StackKey, TraceCounts, WaitAggregate},
+    cli::RecordArgs,
+    probes::{ProbeConfig, ProbeCounters, Probes},
+    report::{Output, summary::render_summary},
+    sockets::{Descriptor, resolve_descriptor},
+    stacks::{ProcessImage, StackSymbolizer, StackUnwinder, UnwindEnd, UserRegs},
+    target::{self, Target},
+};
+use tracer_common::Counter;
+
+/// Re-read the target's memory map at most this often when an address falls outside
+/// every known module (a library loaded after tracing began).
+const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
+    let RecordArgs { pid, duration, min_wait, outputs, top } = args;
+    // Checks in the order that leaves nothing behind: formats, privileges, target,
+    // kernel, then the files themselves.
+    for path in &outputs {
+        crate::report::Format::from_path(path)?;
+    }
+    target::check_root()?;
+    let target = Target::open(pid)?;
+    let btf_path = target::btf_path()?;
+    let outputs = outputs
+        .iter()
+        .map(|path| Output::create(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    target::ensure_tracefs()?;
+
+    let image = ProcessImage::snapshot(pid)
+        .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
+    let mut collector = WaitCollector::new(pid, image);
+    let mut probes = Probes::load(ProbeConfig { tgid: pid, min_wait }, &btf_path)?;
+    let ring = probes.take_wait_records()?;
+    let mut ring = poll_readable(ring).context("cannot poll the probes' ring buffer")?;
+    eprintln!(
+        "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
+        target.comm,
+        target.pid,
+        crate::report::summary::format_duration(duration.as_nanos() as u64)
+    );
+
+    let started = Instant::now();
+    let stop = wait_for_stop(&target, duration, &mut ring, &mut collector).await?;
+    let elapsed = started.elapsed();
+    // Waits that ended just before the stop are still in the buffer.
+    drain(ring.get_mut(), &mut collector);
+    let counters = probes.counters()?;
+    let short_waits = probes.short_waits()?;
+    drop(ring);
+    drop(probes); // detach before the slow part
+    if stop == Stop::TargetExited {
+        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
+    }
+
+    let profile = collector.into_profile(ProfileContext {
+        comm: target.comm.clone(),
+        duration: elapsed,
+        min_wait,
+        target_exited: stop == Stop::TargetExited,
+        counters,
+        short_waits: WaitKind::ALL
+            .iter()
+            .map(|&kind| (kind, short_waits[kind as usize]))
+            .filter(|(kind, _)| !matches!(kind, WaitKind::Read | WaitKind::Write))
+            .collect(),
+    });
+    print!("{}", render_summary(&profile, top));
+    for output in outputs {
+        let path = output.path.clone();
+        output
+            .write(&profile)
+            .with_context(|| format!("{}: cannot write the report", path.display()))?;
+        eprintln!("tracer: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    DurationElapsed,
+    Interrupted,
+    TargetExited,
+}
+
+async fn wait_for_stop(
+    target: &Target,
+    duration: Duration,
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    collector: &mut WaitCollector,
+) -> anyhow::Result<Stop> {
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
+        .context("cannot poll the pidfd")?;
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Ok(Stop::DurationElapsed),
+            _ = sigint.recv() => return Ok(Stop::Interrupted),
+            _ = sigterm.recv() => return Ok(Stop::Interrupted),
+            _ = readable(&exited) => return Ok(Stop::TargetExited),
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                drain(guard.get_inner_mut(), collector);
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
+/// Registers an owned descriptor with the runtime, for readiness to read.
+fn poll_readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its descriptor (a ring-buffer map or a pidfd), which stays
+    // open and the same for as long as the AsyncFd holds `inner`.
+    Ok(unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }?)
+}
+
+async fn readable(fd: &AsyncFd<OwnedFd>) {
+    // A pidfd polls readable once, when the process exits.
+    if let Ok(mut guard) = fd.readable().await {
+        guard.retain_ready();
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, collector: &mut WaitCollector) {
+    while let Some(item) = ring.next() {
+        collector.add_record(&item);
+    }
+}
+
+/// What the recording adds to the aggregate to make the `Profile`.
+struct ProfileContext {
+    comm: String,
+    duration: Duration,
+    min_wait: Duration,
+    target_exited: bool,
+    counters: ProbeCounters,
+    short_waits: Vec<(WaitKind, tracer_common::ShortWaitTotals)>,
+}
+
+/// Turns wait records into unwound stacks and aggregates them as they arrive.
+struct WaitCollector {
+    pid: u32,
+    image: ProcessImage,
+    unwinder: StackUnwinder,
+    aggregate: WaitAggregate,
+    last_map_refresh: Option<Instant>,
+    malformed_records: u64,
+    unwind_truncated: u64,
+    non_socket_io: u64,
+    unresolved_descriptors: u64,
+}
+
+impl WaitCollector {
+    fn new(pid: u32, image: ProcessImage) -> Self {
+        let unwinder = StackUnwinder::new(&image);
+        Self {
+            pid,
+            image,
+            unwinder,
+            aggregate: WaitAggregate::default(),
+            last_map_refresh: None,
+            malformed_records: 0,
+            unwind_truncated: 0,
+            non_socket_io: 0,
+            unresolved_descriptors: 0,
+        }
+    }
+
+    fn add_record(&mut self, bytes: &[u8]) {
+        if bytes.len() < size_of::<WaitRecord>() {
+            self.malformed_records += 1;
+            return;
+        }
+        // SAFETY: the buffer holds a whole WaitRecord (checked above), a plain-old-data
+        // struct for which every bit pattern is valid; read_unaligned needs no alignment.
+        let record: WaitRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let Some(kind) = WaitKind::from_u32(record.kind) else {
+            self.malformed_records += 1;
+            return;
+        };
+        let Some(kind) = self.socket_kind(kind, record.object) else {
+            return;
+        };
+        let stack_len = (record.stack_len as usize).min(record.stack.len());
+        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
+        let mut unwound = self.unwinder.unwind(regs, &record.stack[..stack_len]);
+        if unwound.end == UnwindEnd::NoModule && self.refresh_map() {
+            unwound = self.unwinder.unwind(regs, &record.stack[..stack_len]);
+        }
+        let truncated = unwound.end != UnwindEnd::Complete;
+        if truncated {
+            self.unwind_truncated += 1;
+        }
+        let key = StackKey { addresses: unwound.frames, kind, truncated };
+        self.aggregate.add(key, record.tid, record.duration_ns);
+    }
+
+    /// `read`/`write` count as `recv`/`send` on sockets and are left out otherwise.
+    fn socket_kind(&mut self, kind: WaitKind, fd: u64) -> Option<WaitKind> {
+        let socket_kind = match kind {
+            WaitKind::Read => WaitKind::Recv,
+            WaitKind::Write => WaitKind::Send,
+            other => return Some(other),
+        };
+        match resolve_descriptor(self.pid, fd) {
+            Descriptor::Socket => Some(socket_kind),
+            Descriptor::Other => {
+                self.non_socket_io += 1;
+                None
+            }
+            Descriptor::Gone => {
+                self.unresolved_descriptors += 1;
+                None
+            }
+        }
+    }
+
+    /// Picks up libraries mapped since the snapshot; returns whether any were added.
+    fn refresh_map(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_map_refresh
+            .is_some_and(|last| now.duration_since(last) < MAP_REFRESH_INTERVAL)
+        {
+            return false;
+        }
+        self.last_map_refresh = Some(now);
+        match self.image.refresh() {
+            Ok(0) => false,
+            Ok(added) => {
+                log::info!("{added} new modules mapped in pid {}", self.pid);
+                self.unwinder.sync_modules(&self.image);
+                true
+            }
+            Err(err) => {
+                log::warn!("cannot refresh the memory map of pid {}: {err}", self.pid);
+                false
+            }
+        }
+    }
+
+    fn into_profile(self, context: ProfileContext) -> Profile {
+        let ProfileContext { comm, duration, min_wait, target_exited, counters, short_waits } =
+            context;
+        let mut symbolizer = StackSymbolizer::new();
+        let symbolized: Vec<ProfileStack> = self
+            .aggregate
+            .stacks
+            .into_iter()
+            .map(|(key, stats)| {
+                let mut frames = symbolizer.symbolize(&self.image, &key.addresses);
+                frames.reverse(); // root first
+                ProfileStack { frames, kind: key.kind, truncated: key.truncated, stats }
+            })
+            .collect();
+        let counts = TraceCounts {
+            calls_entered: counters.get(Counter::CallsEntered),
+            returned_without_waiting: counters.get(Counter::ReturnedWithoutWaiting),
+            short_waits: counters.get(Counter::ShortWaits),
+            long_waits: counters.get(Counter::LongWaits),
+            ring_buffer_full: counters.get(Counter::RingBufferFull),
+            stack_unreadable: counters.get(Counter::StackUnreadable),
+            stack_shortened: counters.get(Counter::StackShortened),
+            in_flight_map_full: counters.get(Counter::InFlightMapFull),
+            unwind_truncated: self.unwind_truncated,
+            unknown_symbols: symbolizer.unknown_addresses,
+            non_socket_io: self.non_socket_io,
+            unresolved_descriptors: self.unresolved_descriptors + self.malformed_records,
+        };
+        let base = Profile {
+            pid: self.pid,
+            comm,
+            duration,
+            min_wait,
+            target_exited,
+            stacks: Vec::new(),
+            below_threshold: short_waits,
+            counts,
+        };
+        Profile::from_symbolized(base, symbolized)
+    }
+}

@@ -1,0 +1,98 @@
+//! Collapsed stacks (flamegraph.pl / inferno "folded" format): one line per stack,
+//! `comm;root;...;leaf;[kind] microseconds`.
+
+use std::io::{self, Write};
+
+use crate::aggregate::{Profile, ProfileStack};
+
+/// The frame that marks a stack whose unwinding stopped before the root.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
+/// The folded lines of a profile, heaviest first; stacks under one microsecond are left out.
+pub fn folded_lines(profile: &Profile) -> Vec<String> {
+    profile
+        .stacks
+        .iter()
+        .filter_map(|stack| {
+            let micros = stack.stats.total_ns / 1_000;
+            (micros > 0).then(|| format!("{} {micros}", folded_stack(&profile.comm, stack)))
+        })
+        .collect()
+}
+
+/// The `;`-joined frames of one stack, without the count.
+pub fn folded_stack(comm: &str, stack: &ProfileStack) -> String {
+    let mut line = sanitize(comm);
+    if stack.truncated {
+        line.push(';');
+        line.push_str(TRUNCATED_FRAME);
+    }
+    for frame in &stack.frames {
+        line.push(';');
+        line.push_str(&sanitize(&frame.name));
+    }
+    line.push_str(";[");
+    line.push_str(stack.kind.name());
+    line.push(']');
+    line
+}
+
+/// `;` separates frames and a newline ends the line, so neither may appear in a name.
+fn sanitize(name: &str) -> String {
+    name.replace(';', ":").replace(['\n', '\r'], " ")
+}
+
+pub fn write_folded(profile: &Profile, out: &mut impl Write) -> io::Result<()> {
+    for line in folded_lines(profile) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tracer_common::WaitKind;
+
+    use super::*;
+    use crate::aggregate::{TraceCounts, tests::stack};
+
+    fn profile(stacks: Vec<ProfileStack>) -> Profile {
+        Profile {
+            pid: 42,
+            comm: "pile;up".into(),
+            duration: Duration::from_secs(3),
+            min_wait: Duration::from_millis(1),
+            target_exited: false,
+            stacks,
+            below_threshold: vec![],
+            counts: TraceCounts::default(),
+        }
+    }
+
+    #[test]
+    fn lines_go_comm_root_to_leaf_then_kind_then_micros() {
+        let futex = stack(
+            &[("start_thread", false), ("app::handler", true), ("syscall", false)],
+            WaitKind::Futex,
+            &[(1, 2_500_000), (2, 500_000)],
+        );
+        let mut send = stack(&[("app::report", true)], WaitKind::Send, &[(3, 1_999)]);
+        send.truncated = true;
+        let lines = folded_lines(&profile(vec![futex, send]));
+        assert_eq!(
+            lines,
+            [
+                "pile:up;start_thread;app::handler;syscall;[futex] 3000",
+                "pile:up;[truncated];app::report;[send] 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn sub_microsecond_stacks_are_left_out() {
+        let tiny = stack(&[("f", true)], WaitKind::Poll, &[(1, 999)]);
+        assert!(folded_lines(&profile(vec![tiny])).is_empty());
+    }
+}

@@ -1,0 +1,221 @@
+//! Naming unwound addresses with blazesym: symbols, inlined callees, file and line.
+
+use std::collections::{HashMap, HashSet};
+
+use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
+
+use super::process_image::{Module, ProcessImage};
+
+/// What a frame with no symbol, or no module, is called.
+const UNKNOWN: &str = "[unknown]";
+
+/// One symbolized frame. One address can give several: the inlined callees first, innermost
+/// first, and the containing function last.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// Demangled, Rust hash removed, e.g. "std::sync::mpmc::array::Channel<T>::send" or
+    /// "pthread_cond_wait"; "[unknown]" when none.
+    pub name: String,
+    /// File name of the module, "[unknown]" if none.
+    pub module: String,
+    /// The module is the target's main executable (where its own code usually lives).
+    pub module_is_main: bool,
+    /// Source file, as the debug info states it (often absolute).
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Inlined into the next frame of the same address.
+    pub inlined: bool,
+    /// The address as unwound (a return address is not adjusted).
+    pub address: u64,
+}
+
+/// Symbolizes stacks, caching the frames of each address.
+pub struct StackSymbolizer {
+    symbolizer: Symbolizer,
+    cache: HashMap<AddressKey, Vec<Frame>>,
+    /// Modules whose debug info blazesym cannot read (e.g. compressed sections of a separate
+    /// debug file), symbolized from their ELF symbols instead.
+    without_debug_info: HashSet<u64>,
+    /// Count of distinct addresses that got no symbol.
+    pub unknown_addresses: u64,
+}
+
+/// An address within one module (ids are unique across images), and whether it is a return
+/// address (looked up one byte earlier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct AddressKey {
+    module_id: Option<u64>,
+    address: u64,
+    is_return_address: bool,
+}
+
+impl Default for StackSymbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StackSymbolizer {
+    pub fn new() -> Self {
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Self {
+            symbolizer,
+            cache: HashMap::new(),
+            without_debug_info: HashSet::new(),
+            unknown_addresses: 0,
+        }
+    }
+
+    /// `frames` as from `UnwoundStack` (leaf first). Return addresses (index >= 1) are looked
+    /// up at address - 1 so the call site, not the next line, is named. Returns the frames
+    /// leaf first, inlined ones expanded (innermost first within each address).
+    pub fn symbolize(&mut self, image: &ProcessImage, frames: &[u64]) -> Vec<Frame> {
+        let mut symbolized = Vec::with_capacity(frames.len());
+        for (index, &address) in frames.iter().enumerate() {
+            let is_return_address = index > 0;
+            let lookup = lookup_address(address, is_return_address);
+            let module = image.module_for(lookup);
+            let key = AddressKey {
+                module_id: module.map(|module| module.id),
+                address,
+                is_return_address,
+            };
+            if let Some(cached) = self.cache.get(&key) {
+                symbolized.extend_from_slice(cached);
+                continue;
+            }
+            let resolved = match module {
+                Some(module) => self.symbolize_in_module(module, address, lookup),
+                None => Vec::new(),
+            };
+            let resolved = if resolved.is_empty() {
+                self.unknown_addresses += 1;
+                vec![unknown_frame(module, address)]
+            } else {
+                resolved
+            };
+            symbolized.extend_from_slice(&resolved);
+            self.cache.insert(key, resolved);
+        }
+        symbolized
+    }
+
+    /// The frames at one address of a module, innermost first; empty if it has no symbol.
+    fn symbolize_in_module(&mut self, module: &Module, address: u64, lookup: u64) -> Vec<Frame> {
+        let svma = lookup.wrapping_sub(module.bias);
+        let input = Input::VirtOffset(svma);
+        let with_debug_info = !self.without_debug_info.contains(&module.id);
+        let mut result = self
+            .symbolizer
+            .symbolize_single(&elf_source(module, with_debug_info), input);
+        if with_debug_info && let Err(error) = &result {
+            // One unreadable debug file must not cost the module its ELF symbols.
+            log::debug!(
+                "{}: debug info unusable, using ELF symbols: {error:#}",
+                module.name()
+            );
+            self.without_debug_info.insert(module.id);
+            result = self
+                .symbolizer
+                .symbolize_single(&elf_source(module, false), input);
+        }
+        let sym = match result {
+            Ok(Symbolized::Sym(sym)) => sym,
+            Ok(Symbolized::Unknown(reason)) => {
+                log::trace!("{} {svma:#x}: no symbol ({reason})", module.name());
+                return Vec::new();
+            }
+            Err(error) => {
+                log::debug!("{} {svma:#x}: cannot symbolize: {error:#}", module.name());
+                return Vec::new();
+            }
+        };
+        let frame = |name: &str, code_info: Option<&CodeInfo<'_>>, inlined: bool| Frame {
+            name: strip_rust_hash(name).to_owned(),
+            module: module.name().to_owned(),
+            module_is_main: module.is_main_executable,
+            file: code_info.map(|info| info.to_path().display().to_string()),
+            line: code_info.and_then(|info| info.line),
+            inlined,
+            address,
+        };
+        // blazesym lists inlined callees outermost first; we want innermost first.
+        let mut frames: Vec<Frame> = sym
+            .inlined
+            .iter()
+            .rev()
+            .map(|inlined| frame(&inlined.name, inlined.code_info.as_ref(), true))
+            .collect();
+        frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
+        frames
+    }
+}
+
+/// The module's kept-open file as a blazesym source, which stays valid after the target exits.
+fn elf_source(module: &Module, debug_syms: bool) -> Source<'static> {
+    let mut elf = Elf::new(module.open_file_path());
+    elf.debug_syms = debug_syms;
+    Source::Elf(elf)
+}
+
+/// A return address points after the call; one byte back is inside the call instruction, so
+/// the lookup names the call site (and the right function when the call is its last
+/// instruction).
+pub(crate) fn lookup_address(address: u64, is_return_address: bool) -> u64 {
+    if is_return_address {
+        address.saturating_sub(1)
+    } else {
+        address
+    }
+}
+
+fn unknown_frame(module: Option<&Module>, address: u64) -> Frame {
+    Frame {
+        name: UNKNOWN.to_owned(),
+        module: module.map_or(UNKNOWN, Module::name).to_owned(),
+        module_is_main: module.is_some_and(|module| module.is_main_executable),
+        file: None,
+        line: None,
+        inlined: false,
+        address,
+    }
+}
+
+/// Removes a legacy Rust mangling hash ("::h0123456789abcdef") that demangling left in place
+/// (blazesym strips it when it demangles, but names from DWARF or ELF may keep it).
+pub(crate) fn strip_rust_hash(name: &str) -> &str {
+    const HASH_DIGITS: usize = 16;
+    let Some((prefix, hash)) = name.rsplit_once("::h") else {
+        return name;
+    };
+    let is_hash = hash.len() == HASH_DIGITS && hash.bytes().all(|byte| byte.is_ascii_hexdigit());
+    if is_hash { prefix } else { name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_addresses_are_looked_up_one_byte_back() {
+        assert_eq!(lookup_address(0x1000, false), 0x1000);
+        assert_eq!(lookup_address(0x1000, true), 0xfff);
+        assert_eq!(lookup_address(0, true), 0);
+    }
+
+    #[test]
+    fn strips_only_a_real_rust_hash() {
+        assert_eq!(
+            strip_rust_hash("std::thread::park::h1a2b3c4d5e6f7a8b"),
+            "std::thread::park"
+        );
+        assert_eq!(strip_rust_hash("pthread_cond_wait"), "pthread_cond_wait");
+        assert_eq!(strip_rust_hash("foo::handle"), "foo::handle");
+        assert_eq!(strip_rust_hash("foo::h12"), "foo::h12");
+    }
+}

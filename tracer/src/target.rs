@@ -1,0 +1,176 @@
+//! The process to trace, and the checks that must pass before any probe is loaded:
+//! each failure is one line that says what to do.
+
+use std::{
+    fs, io,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+/// `PF_KTHREAD` in the flags field of /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Where the kernel publishes its BTF; `TRACER_BTF_PATH` overrides it (tests use that
+/// to play a kernel without BTF).
+const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Loading probes needs root (CAP_BPF, CAP_PERFMON).
+    #[error("must run as root to load eBPF probes (euid is {0})")]
+    NotRoot(u32),
+    /// No such process.
+    #[error("pid {0} does not exist")]
+    NoSuchProcess(u32),
+    /// Kernel threads have no user stacks or syscalls to trace.
+    #[error("pid {pid} ({comm}) is a kernel thread; give the pid of a user process")]
+    KernelThread { pid: u32, comm: String },
+    /// /proc/PID could not be read for another reason.
+    #[error("cannot read /proc/{pid}/stat")]
+    Unreadable {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    /// The probes need the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y).
+    #[error("this kernel has no BTF at {} (needs CONFIG_DEBUG_INFO_BTF=y)", .0.display())]
+    NoBtf(PathBuf),
+    /// Classic tracepoints are attached through tracefs.
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed")]
+    Tracefs(#[source] io::Error),
+    /// pidfd_open failed, so the target's exit could not be watched.
+    #[error("cannot watch pid {pid} for exit")]
+    PidFd {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A live user process, identified by pid and start time (so a reused pid is told apart).
+#[derive(Debug)]
+pub struct Target {
+    pub pid: u32,
+    /// The process name (/proc/PID/comm).
+    pub comm: String,
+    /// Becomes readable when the process exits.
+    pub pidfd: OwnedFd,
+}
+
+impl Target {
+    /// Checks that `pid` is a live user process and opens a pidfd on it.
+    pub fn open(pid: u32) -> Result<Self, TargetError> {
+        let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(TargetError::NoSuchProcess(pid));
+            }
+            Err(source) => return Err(TargetError::Unreadable { pid, source }),
+        };
+        let ProcStat { comm, flags } =
+            parse_stat(&stat).ok_or_else(|| TargetError::Unreadable {
+                pid,
+                source: io::Error::new(io::ErrorKind::InvalidData, "malformed stat line"),
+            })?;
+        if flags & PF_KTHREAD != 0 {
+            return Err(TargetError::KernelThread { pid, comm });
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let source = io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::ESRCH) {
+                return Err(TargetError::NoSuchProcess(pid));
+            }
+            return Err(TargetError::PidFd { pid, source });
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { pid, comm, pidfd })
+    }
+}
+
+struct ProcStat {
+    comm: String,
+    flags: u64,
+}
+
+/// Parses the comm and flags of a /proc/PID/stat line. The comm is in parentheses and
+/// may itself hold spaces and parentheses, so fields are counted after the last ')'.
+fn parse_stat(line: &str) -> Option<ProcStat> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let comm = line.get(open + 1..close)?.to_string();
+    // After ") ": state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8) flags(9).
+    let flags = line.get(close + 1..)?.split_whitespace().nth(6)?.parse().ok()?;
+    Some(ProcStat { comm, flags })
+}
+
+/// Tracing needs root.
+pub fn check_root() -> Result<(), TargetError> {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(TargetError::NotRoot(euid));
+    }
+    Ok(())
+}
+
+/// The kernel BTF file the probes need.
+pub fn btf_path() -> Result<PathBuf, TargetError> {
+    let path = std::env::var_os("TRACER_BTF_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BTF_PATH));
+    if !path.is_file() {
+        return Err(TargetError::NoBtf(path));
+    }
+    Ok(path)
+}
+
+/// Mounts tracefs at /sys/kernel/tracing unless it (or the debugfs copy) is there.
+pub fn ensure_tracefs() -> Result<(), TargetError> {
+    let mounted = |root: &str| Path::new(root).join("events").is_dir();
+    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    log::info!("mounting tracefs at {TRACEFS}");
+    let source = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(TargetError::Tracefs(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_comm() {
+        let line = "42 (my (odd) prog) S 1 42 42 0 -1 4194560 100 0 0 0";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.comm, "my (odd) prog");
+        assert_eq!(stat.flags, 4194560);
+    }
+
+    #[test]
+    fn kernel_thread_flag_is_seen() {
+        let line = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0";
+        let stat = parse_stat(line).unwrap();
+        assert_ne!(stat.flags & PF_KTHREAD, 0);
+    }
+
+    #[test]
+    fn own_process_is_a_user_process() {
+        let target = Target::open(std::process::id()).unwrap();
+        assert_eq!(target.pid, std::process::id());
+        assert!(!target.comm.is_empty());
+    }
+}
