@@ -87,9 +87,9 @@ const UNKNOWN: &str = "[unknown]";
 /// Functions of Rust's std/core/alloc and of the C runtime's start-up code, which a
 /// statically linked program carries in its own executable.
 fn is_runtime_function(name: &str) -> bool {
-    const RUNTIME_PREFIXES: [&str; 12] = [
-        "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_",
-        "_start", "__libc_", "start_thread", "[",
+    const RUNTIME_PREFIXES: [&str; 13] = [
+        "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_panic",
+        "rust_begin_unwind", "_start", "__libc_", "start_thread", "[",
     ];
     // `<T as core::ops::FnOnce>::call_once` style names are the runtime too.
     RUNTIME_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
@@ -225,6 +225,12 @@ pub(crate) mod tests {
             &[(1, 1)],
         );
         assert_eq!(stack.call_site(), "app::send_stat");
+    }
+
+    #[test]
+    fn crates_named_like_the_runtime_are_still_the_program() {
+        let stack = stack(&[("rust_pileup::send_stat", true), ("syscall", false)], WaitKind::Futex, &[]);
+        assert_eq!(stack.call_site(), "rust_pileup::send_stat");
     }
 
     #[test]

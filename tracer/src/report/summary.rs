@@ -102,15 +102,21 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
         "seen: {} watched calls, {} long waits, {} short waits, {} returned without waiting",
         counts.calls_entered, counts.long_waits, counts.short_waits, counts.returned_without_waiting
     );
+    if counts.stack_shortened > 0 {
+        // Not a loss by itself: a shallow thread's stack ends before the copy would.
+        let _ = writeln!(
+            out,
+            "stacks: {} copies ended at the top of their thread's stack",
+            counts.stack_shortened
+        );
+    }
     let _ = writeln!(
         out,
         "lost: {} ring buffer full, {} in-flight map full, {} stacks unreadable, \
-         {} stack copies shortened, {} unwinds truncated, {} unknown symbols, \
-         {} descriptors unresolved",
+         {} unwinds truncated, {} unknown symbols, {} descriptors unresolved",
         counts.ring_buffer_full,
         counts.in_flight_map_full,
         counts.stack_unreadable,
-        counts.stack_shortened,
         counts.unwind_truncated,
         counts.unknown_symbols,
         counts.unresolved_descriptors,
@@ -222,7 +228,7 @@ app::send_stat                                 futex      120.0ms     40.0ms    
 app::write_to_backend                          send         5.0ms      5.0ms         1        1
 under the threshold (no stacks): futex 7 waits 700us
 seen: 0 watched calls, 4 long waits, 0 short waits, 0 returned without waiting
-lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 stack copies shortened, 0 unwinds truncated, 0 unknown symbols, 0 descriptors unresolved
+lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds truncated, 0 unknown symbols, 0 descriptors unresolved
 ";
         assert_eq!(text, expected);
         for line in text.lines().skip(1).take(3) {
