@@ -78,11 +78,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         min_wait,
         target_exited: stop == Stop::TargetExited,
         counters,
-        short_waits: WaitKind::ALL
-            .iter()
-            .map(|&kind| (kind, short_waits[kind as usize]))
-            .filter(|(kind, _)| !matches!(kind, WaitKind::Read | WaitKind::Write))
-            .collect(),
+        // read/write under the threshold are not resolved to sockets (no record reaches
+        // userspace), so they stay `read`/`write`: any descriptor.
+        short_waits: WaitKind::ALL.iter().map(|&kind| (kind, short_waits[kind as usize])).collect(),
     });
     print!("{}", render_summary(&profile, top));
     for output in outputs {

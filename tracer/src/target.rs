@@ -24,6 +24,9 @@ pub enum TargetError {
     /// No such process.
     #[error("pid {0} does not exist")]
     NoSuchProcess(u32),
+    /// The process has exited and waits for its parent to reap it.
+    #[error("pid {0} has exited (a zombie waiting for its parent); nothing left to trace")]
+    Zombie(u32),
     /// Kernel threads have no user stacks or syscalls to trace.
     #[error("pid {pid} ({comm}) is a kernel thread; give the pid of a user process")]
     KernelThread { pid: u32, comm: String },
@@ -69,13 +72,16 @@ impl Target {
             }
             Err(source) => return Err(TargetError::Unreadable { pid, source }),
         };
-        let ProcStat { comm, flags } =
+        let ProcStat { comm, state, flags } =
             parse_stat(&stat).ok_or_else(|| TargetError::Unreadable {
                 pid,
                 source: io::Error::new(io::ErrorKind::InvalidData, "malformed stat line"),
             })?;
         if flags & PF_KTHREAD != 0 {
             return Err(TargetError::KernelThread { pid, comm });
+        }
+        if state == 'Z' || state == 'X' {
+            return Err(TargetError::Zombie(pid));
         }
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -94,6 +100,8 @@ impl Target {
 
 struct ProcStat {
     comm: String,
+    /// R, S, D, Z, ... (proc_pid_stat(5)).
+    state: char,
     flags: u64,
 }
 
@@ -104,8 +112,10 @@ fn parse_stat(line: &str) -> Option<ProcStat> {
     let close = line.rfind(')')?;
     let comm = line.get(open + 1..close)?.to_string();
     // After ") ": state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8) flags(9).
-    let flags = line.get(close + 1..)?.split_whitespace().nth(6)?.parse().ok()?;
-    Some(ProcStat { comm, flags })
+    let mut fields = line.get(close + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let flags = fields.nth(5)?.parse().ok()?;
+    Some(ProcStat { comm, state, flags })
 }
 
 /// Tracing needs root.
@@ -157,6 +167,7 @@ mod tests {
         let line = "42 (my (odd) prog) S 1 42 42 0 -1 4194560 100 0 0 0";
         let stat = parse_stat(line).unwrap();
         assert_eq!(stat.comm, "my (odd) prog");
+        assert_eq!(stat.state, 'S');
         assert_eq!(stat.flags, 4194560);
     }
 
@@ -165,6 +176,18 @@ mod tests {
         let line = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0";
         let stat = parse_stat(line).unwrap();
         assert_ne!(stat.flags & PF_KTHREAD, 0);
+    }
+
+    #[test]
+    fn zombie_is_refused() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not waited for: it stays a zombie until `child` is reaped below.
+        while !fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z ") {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(matches!(Target::open(pid), Err(TargetError::Zombie(p)) if p == pid));
+        drop(child.wait_with_output());
     }
 
     #[test]

@@ -10,9 +10,9 @@ mod process_image;
 mod symbolize;
 mod unwind;
 
-pub use process_image::{ImageError, Module, ProcessImage};
+pub use process_image::ProcessImage;
 pub use symbolize::{Frame, StackSymbolizer};
-pub use unwind::{StackUnwinder, UnwindEnd, UnwoundStack, UserRegs};
+pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
 
 #[cfg(test)]
 mod tests;

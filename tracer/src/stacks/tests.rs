@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use object::{Object as _, ObjectSymbol as _};
 
+use super::process_image::Module;
 use super::*;
 
 /// Stack size of the thread the captured chain runs in: roomy for the test's frames, and
