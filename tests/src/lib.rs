@@ -1,5 +1,6 @@
 //! Helpers shared by the real-kernel tests: find the tracer, start workloads under guards that
-//! clean up, run `tracer record` with a deadline, and read its folded output.
+//! clean up, run `tracer record` and `tracer snapshot` with a deadline, and read their folded
+//! output and their table of blocked threads.
 //!
 //! Everything panics with context instead of returning errors: a test failure should say what
 //! it was doing.
@@ -21,8 +22,11 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// still blocked in `send` (not failing with EPIPE) until the workload exits.
 pub const BACKEND_EXTRA_SECONDS: f64 = 30.0;
 
-/// The workload source that the tests compile with gcc at run time.
+/// The workload sources that the tests compile with gcc at run time.
 pub const C_PILEUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_pileup.c");
+pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_stuck.c");
+pub const MANY_WAITERS_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
 
 /// The tracer binary: `$TRACER_BIN`, else `target/release/tracer` of this workspace (honouring
 /// `CARGO_TARGET_DIR`).
@@ -115,7 +119,16 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Spawns `cmd` with stdout piped and waits for its first stdout line. The rest of its stdout is
 /// drained in the background so the child never blocks on a full pipe.
-pub fn spawn_and_read_line(name: &str, mut cmd: Command) -> (ChildGuard, String) {
+pub fn spawn_and_read_line(name: &str, cmd: Command) -> (ChildGuard, String) {
+    spawn_and_read_line_within(name, cmd, STARTUP_TIMEOUT)
+}
+
+/// [`spawn_and_read_line`] with its own deadline, for workloads that take long to set up.
+pub fn spawn_and_read_line_within(
+    name: &str,
+    mut cmd: Command,
+    timeout: Duration,
+) -> (ChildGuard, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -130,19 +143,29 @@ pub fn spawn_and_read_line(name: &str, mut cmd: Command) -> (ChildGuard, String)
         let _ = tx.send(reader.read_line(&mut line).map(|_| line));
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
     });
-    let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+    let line = match rx.recv_timeout(timeout) {
         Ok(Ok(line)) if !line.is_empty() => line.trim_end().to_owned(),
         Ok(Ok(_)) => panic!("{name} closed stdout before printing a line"),
         Ok(Err(e)) => panic!("read stdout of {name}: {e}"),
-        Err(e) => panic!("{name} printed nothing within {STARTUP_TIMEOUT:?}: {e}"),
+        Err(e) => panic!("{name} printed nothing within {timeout:?}: {e}"),
     };
     (guard, line)
 }
 
 /// Starts the slow backend for `seconds` and returns it with the port it listens on.
 pub fn start_backend(bin: &str, seconds: f64) -> (ChildGuard, u16) {
+    start_backend_with(bin, seconds, &[])
+}
+
+/// Starts the slow backend with `--never-read`: a dead backend that accepts and never reads, so
+/// its writer blocks in `send` for good.
+pub fn start_dead_backend(bin: &str, seconds: f64) -> (ChildGuard, u16) {
+    start_backend_with(bin, seconds, &["--never-read"])
+}
+
+fn start_backend_with(bin: &str, seconds: f64, extra: &[&str]) -> (ChildGuard, u16) {
     let mut cmd = Command::new(bin);
-    cmd.arg("--seconds").arg(seconds.to_string());
+    cmd.arg("--seconds").arg(seconds.to_string()).args(extra);
     let (guard, line) = spawn_and_read_line("slow-backend", cmd);
     let port = line
         .parse()
@@ -183,23 +206,102 @@ pub fn start_rust_pileup(
     Pileup { workload, backend }
 }
 
-/// Compiles the C pile-up into `dir` the way a C service is usually built: `-O2` (which omits
-/// frame pointers) with debug info, against the system glibc.
+/// Compiles the C pile-up into `dir` (see [`build_c`]).
 pub fn build_c_pileup(dir: &Path) -> PathBuf {
-    let out = dir.join("c-pileup");
+    build_c(dir, C_PILEUP_SOURCE, "c-pileup")
+}
+
+/// Compiles the C workload `source` into `dir/name` the way a C service is usually built: `-O2`
+/// (which omits frame pointers) with debug info, against the system glibc.
+pub fn build_c(dir: &Path, source: &str, name: &str) -> PathBuf {
+    let out = dir.join(name);
     let output = Command::new("gcc")
         .args(["-O2", "-g", "-pthread", "-Wall", "-Werror", "-o"])
         .arg(&out)
-        .arg(C_PILEUP_SOURCE)
+        .arg(source)
         .output()
         .unwrap_or_else(|e| panic!("spawn gcc: {e}"));
     assert!(
         output.status.success(),
-        "gcc {C_PILEUP_SOURCE} failed ({}):\n{}",
+        "gcc {source} failed ({}):\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
     out
+}
+
+/// A pile-up that never clears: the workload, whose handlers and sender are blocked for good,
+/// and the dead backend it writes to. The workload is declared first so it is killed first.
+pub struct Stuck {
+    pub workload: ChildGuard,
+    pub backend: ChildGuard,
+    /// When the test read `stuck`: every handler and the sender had blocked by then, so each
+    /// has been blocked at least `stuck_at.elapsed()`.
+    pub stuck_at: Instant,
+}
+
+/// Starts a dead backend and the Rust stuck workload against it, and waits for `stuck`.
+pub fn start_rust_stuck(
+    backend_bin: &str,
+    stuck_bin: &str,
+    handlers: usize,
+    seconds: f64,
+) -> Stuck {
+    let (backend, port) = start_dead_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
+    let mut cmd = Command::new(stuck_bin);
+    cmd.arg("--backend")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--handlers")
+        .arg(handlers.to_string())
+        .arg("--seconds")
+        .arg(seconds.to_string());
+    let (workload, stuck_at) = start_stuck_workload("rust-stuck", cmd);
+    Stuck {
+        workload,
+        backend,
+        stuck_at,
+    }
+}
+
+/// Starts a dead backend and the compiled C stuck workload against it, and waits for `stuck`.
+pub fn start_c_stuck(backend_bin: &str, stuck_bin: &Path, handlers: usize, seconds: f64) -> Stuck {
+    let (backend, port) = start_dead_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
+    let mut cmd = Command::new(stuck_bin);
+    cmd.arg(port.to_string())
+        .arg(handlers.to_string())
+        .arg(seconds.to_string());
+    let (workload, stuck_at) = start_stuck_workload("c-stuck", cmd);
+    Stuck {
+        workload,
+        backend,
+        stuck_at,
+    }
+}
+
+fn start_stuck_workload(name: &str, cmd: Command) -> (ChildGuard, Instant) {
+    let (guard, line) = spawn_and_read_line(name, cmd);
+    let stuck_at = Instant::now();
+    assert_eq!(line, "stuck", "{name} printed {line:?} instead of stuck");
+    (guard, stuck_at)
+}
+
+/// Starts the compiled many-waiters workload with `threads` waiters and waits (up to `timeout`:
+/// creating thousands of threads takes a while) until it prints `ready`, i.e. every waiter is in
+/// its futex wait.
+pub fn start_many_waiters(
+    bin: &Path,
+    threads: usize,
+    seconds: f64,
+    timeout: Duration,
+) -> ChildGuard {
+    let mut cmd = Command::new(bin);
+    cmd.arg(threads.to_string()).arg(seconds.to_string());
+    let (guard, line) = spawn_and_read_line_within("many-waiters", cmd, timeout);
+    assert_eq!(
+        line, "ready",
+        "many-waiters printed {line:?} instead of ready"
+    );
+    guard
 }
 
 /// Starts the slow backend and the compiled C pile-up against it.
@@ -280,6 +382,93 @@ pub fn tracer_record(pid: u32, args: &[&str], timeout: Duration) -> RunOutput {
         .arg(pid.to_string())
         .args(args);
     run_with_timeout("tracer record", cmd, timeout)
+}
+
+/// `tracer snapshot --pid PID` with the given extra arguments, under a deadline.
+pub fn tracer_snapshot(pid: u32, args: &[&str], timeout: Duration) -> RunOutput {
+    run_with_timeout("tracer snapshot", snapshot_command(pid, args), timeout)
+}
+
+/// The command line of `tracer snapshot --pid PID ARGS...`.
+pub fn snapshot_command(pid: u32, args: &[&str]) -> Command {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("snapshot")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .args(args);
+    cmd
+}
+
+/// What a child cost, from the kernel's accounting of that one child (`wait4`).
+#[derive(Debug, Clone, Copy)]
+pub struct ChildUsage {
+    /// Peak resident set size.
+    pub max_rss_kib: u64,
+    pub user: Duration,
+    pub system: Duration,
+}
+
+/// [`run_with_timeout`], and also what the child cost. It reaps the child with `wait4`, which
+/// reports that child's own peak RSS and CPU time (`getrusage(RUSAGE_CHILDREN)` would mix in every
+/// child reaped before, gcc and workloads included).
+pub fn run_measured(what: &str, mut cmd: Command, timeout: Duration) -> (RunOutput, ChildUsage) {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
+    let stdout = read_in_background(child.stdout.take().expect("stdout is piped"));
+    let stderr = read_in_background(child.stderr.take().expect("stderr is piped"));
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    let deadline = start + timeout;
+    let mut timed_out = false;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let flags = if timed_out { 0 } else { libc::WNOHANG };
+        // SAFETY: `pid` is our unreaped child, and both out-pointers point to live locals.
+        let rc = unsafe { libc::wait4(pid, &raw mut status, flags, &raw mut usage) };
+        match rc {
+            0 if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+            0 => {
+                // Not reaped yet, so the pid is still ours to kill; reap it on the next turn.
+                let _ = child.kill();
+                timed_out = true;
+            }
+            rc if rc == pid => break (status, usage),
+            _ => panic!("wait4 {what}: {}", std::io::Error::last_os_error()),
+        }
+    };
+    let elapsed = start.elapsed();
+    // Already reaped: dropping `child` closes nothing else and must not wait or kill it again.
+    drop(child);
+    let out = RunOutput {
+        status: ExitStatus::from_raw(status),
+        stdout: collect(what, "stdout", stdout),
+        stderr: collect(what, "stderr", stderr),
+        elapsed,
+    };
+    assert!(
+        !timed_out,
+        "{what} still ran after {timeout:?} and was killed; stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let timeval = |tv: libc::timeval| {
+        Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))
+    };
+    let usage = ChildUsage {
+        // Linux reports ru_maxrss in KiB.
+        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        user: timeval(usage.ru_utime),
+        system: timeval(usage.ru_stime),
+    };
+    (out, usage)
 }
 
 /// A directory under the system temp dir, removed (with its contents) on drop. Mode 755 so a
@@ -398,6 +587,132 @@ pub fn total_micros(stacks: &[FoldedStack], pred: impl Fn(&FoldedStack) -> bool)
     stacks.iter().filter(|s| pred(s)).map(|s| s.micros).sum()
 }
 
+/// Total threads on the stacks that satisfy `pred`, in a snapshot's folded output, which weighs
+/// each stack by its number of threads (the count that [`FoldedStack::micros`] holds).
+pub fn total_threads(stacks: &[FoldedStack], pred: impl Fn(&FoldedStack) -> bool) -> u64 {
+    total_micros(stacks, pred)
+}
+
+/// How long a thread has been blocked, as the tracer prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Age {
+    pub duration: Duration,
+    /// Printed with `≥`: the thread blocked before the tracer looked, and this is a lower bound.
+    pub lower_bound: bool,
+}
+
+/// Parses an age as the tracer prints it: `850us`, `12.3ms`, `1.50s`, `2m05s`, `1h02m`, each
+/// optionally prefixed by `≥` (or `>=`). None if it is not one of these.
+pub fn parse_age(text: &str) -> Option<Age> {
+    let text = text.trim();
+    let (rest, lower_bound) = match text.strip_prefix('≥').or_else(|| text.strip_prefix(">=")) {
+        Some(rest) => (rest.trim_start(), true),
+        None => (text, false),
+    };
+    let number = |s: &str| -> Option<f64> {
+        let v: f64 = s.parse().ok()?;
+        (v.is_finite() && v >= 0.0).then_some(v)
+    };
+    let seconds = if let Some(v) = rest.strip_suffix("ns") {
+        number(v)? / 1e9
+    } else if let Some(v) = rest.strip_suffix("us").or_else(|| rest.strip_suffix("µs")) {
+        number(v)? / 1e6
+    } else if let Some(v) = rest.strip_suffix("ms") {
+        number(v)? / 1e3
+    } else if let Some((h, m)) = rest.strip_suffix('m').and_then(|r| r.split_once('h')) {
+        number(h)? * 3600.0 + number(m)? * 60.0
+    } else if let Some((m, s)) = rest.strip_suffix('s').and_then(|r| r.split_once('m')) {
+        number(m)? * 60.0 + number(s)?
+    } else if let Some(v) = rest.strip_suffix('s') {
+        number(v)?
+    } else {
+        return None;
+    };
+    Some(Age {
+        duration: Duration::from_secs_f64(seconds),
+        lower_bound,
+    })
+}
+
+/// One row of the table of blocked threads that `snapshot` prints, and `record` prints after
+/// `still blocked at the end of the recording:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedRow {
+    pub threads: u64,
+    /// The wait kind without brackets: `futex`, `send`, ...
+    pub kind: String,
+    pub youngest: Age,
+    pub oldest: Age,
+    /// The innermost frame of the program's own code, e.g. `rust_stuck::send_stat`.
+    pub call_site: String,
+    /// The row as printed, for failure messages.
+    pub line: String,
+}
+
+/// The first line of the table header.
+const TABLE_HEADER: &str = "THREADS";
+
+/// Parses the table of blocked threads in `stdout`: the header line starting with `THREADS`
+/// (the first one after the line containing `after`, if given), then one row per line up to the
+/// first empty line. Columns: THREADS KIND YOUNGEST OLDEST CALL SITE, split on whitespace, the
+/// call site being the rest of the line.
+pub fn parse_blocked_table(stdout: &str, after: Option<&str>) -> Vec<BlockedRow> {
+    let mut lines = stdout.lines();
+    if let Some(marker) = after {
+        lines
+            .by_ref()
+            .find(|line| line.contains(marker))
+            .unwrap_or_else(|| panic!("no line contains {marker:?} in:\n{stdout}"));
+    }
+    lines
+        .by_ref()
+        .find(|line| line.trim_start().starts_with(TABLE_HEADER))
+        .unwrap_or_else(|| panic!("no table header starting with {TABLE_HEADER} in:\n{stdout}"));
+    lines
+        .take_while(|line| !line.trim().is_empty())
+        .map(parse_blocked_row)
+        .collect()
+}
+
+fn parse_blocked_row(line: &str) -> BlockedRow {
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    let [threads, kind, youngest, oldest, site @ ..] = tokens.as_slice() else {
+        panic!("table row with fewer than 5 columns: {line:?}");
+    };
+    assert!(!site.is_empty(), "table row without a call site: {line:?}");
+    let age = |text: &str, column: &str| {
+        parse_age(text).unwrap_or_else(|| panic!("{column} {text:?} is not an age in {line:?}"))
+    };
+    BlockedRow {
+        threads: threads
+            .parse()
+            .unwrap_or_else(|e| panic!("THREADS {threads:?} in {line:?}: {e}")),
+        kind: kind
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        youngest: age(youngest, "YOUNGEST"),
+        oldest: age(oldest, "OLDEST"),
+        call_site: site.join(" "),
+        line: line.to_owned(),
+    }
+}
+
+/// The rows whose wait kind is `kind` and whose call site names the function `name` (its first
+/// word, so a trailing `file:line` or annotation does not matter).
+pub fn rows_at<'a>(rows: &'a [BlockedRow], kind: &str, name: &str) -> Vec<&'a BlockedRow> {
+    rows.iter()
+        .filter(|row| {
+            row.kind == kind
+                && row
+                    .call_site
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|function| frame_is(function, name))
+        })
+        .collect()
+}
+
 /// The `n` heaviest stacks satisfying `pred`, one per line, for failure messages.
 pub fn top_stacks(stacks: &[FoldedStack], pred: impl Fn(&FoldedStack) -> bool, n: usize) -> String {
     let mut matching: Vec<_> = stacks.iter().filter(|s| pred(s)).collect();
@@ -454,6 +769,47 @@ mod tests {
         );
         assert_eq!(stacks[1].functions(), ["send_to_backend"]);
         assert_eq!(total_micros(&stacks, |s| s.kind() == "[send]"), 7);
+    }
+
+    #[test]
+    fn parses_ages() {
+        let age = |text| parse_age(text).map(|a| (a.duration, a.lower_bound));
+        assert_eq!(age("850us"), Some((Duration::from_micros(850), false)));
+        assert_eq!(age("12.3ms"), Some((Duration::from_micros(12_300), false)));
+        assert_eq!(age("1.50s"), Some((Duration::from_millis(1_500), false)));
+        assert_eq!(age("2m05s"), Some((Duration::from_secs(125), false)));
+        assert_eq!(age("1h02m"), Some((Duration::from_secs(3_720), false)));
+        assert_eq!(age("≥1.50s"), Some((Duration::from_millis(1_500), true)));
+        assert_eq!(age("≥2m05s"), Some((Duration::from_secs(125), true)));
+        assert_eq!(age("CALL"), None);
+        assert_eq!(age("-1s"), None);
+    }
+
+    #[test]
+    fn parses_blocked_tables() {
+        let stdout = "rust-stuck (pid 42): 17 threads blocked\n\
+                      THREADS KIND  YOUNGEST OLDEST CALL SITE\n\
+                      16      futex ≥1.02s   ≥1.05s rust_stuck::send_stat\n\
+                      1       send  ≥1.05s   ≥1.05s rust_stuck::write_to_backend\n\
+                      \n\
+                      footer 3 futex 1s 1s x\n";
+        let rows = parse_blocked_table(stdout, None);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].threads, 16);
+        assert_eq!(rows[0].kind, "futex");
+        assert_eq!(rows[0].youngest.duration, Duration::from_millis(1_020));
+        assert!(rows[0].youngest.lower_bound);
+        assert_eq!(rows_at(&rows, "futex", "send_stat").len(), 1);
+        assert_eq!(rows_at(&rows, "send", "write_to_backend")[0].threads, 1);
+
+        let record = "waits...\nTHREADS KIND TOTAL\n9 futex 1s 1s early\n\n\
+                      still blocked at the end of the recording:\n\
+                      THREADS KIND YOUNGEST OLDEST CALL SITE\n\
+                      3 futex 2.00s 3.00s enqueue_stat <inlined>\n";
+        let rows = parse_blocked_table(record, Some("still blocked at the end of the recording:"));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].call_site, "enqueue_stat <inlined>");
+        assert_eq!(rows_at(&rows, "futex", "enqueue_stat").len(), 1);
     }
 
     #[test]

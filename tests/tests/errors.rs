@@ -1,5 +1,6 @@
-//! Bad input and faults: each must end `tracer record` with one line on stderr that starts with
-//! `tracer: ` and names the problem, and a non-zero exit, promptly. Real kernel, run as root.
+//! Bad input and faults: each must end `tracer record` (or `tracer snapshot`) with one line on
+//! stderr that starts with `tracer: ` and names the problem, and a non-zero exit, promptly. Real
+//! kernel, run as root.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use tracer_tests::{
     ChildGuard, RunOutput, TempDir, run_with_timeout, set_mode, tracer_bin, tracer_record,
+    tracer_snapshot,
 };
 
 /// The acceptance asks for an exit within a second; this guard is much wider so a loaded CI
@@ -118,6 +120,25 @@ fn pid_is_kernel_thread() {
     let pid = kernel_thread_pid();
     let out = record(pid, &[]);
     assert_error("kernel thread", &out, "kernel thread");
+}
+
+#[test]
+fn snapshot_pid_does_not_exist() {
+    let pid = free_pid();
+    let out = tracer_snapshot(pid, &[], ERROR_TIMEOUT);
+    assert_error("snapshot of a missing pid", &out, "does not exist");
+    assert!(
+        out.stderr.contains(&pid.to_string()),
+        "stderr does not name pid {pid}:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn snapshot_pid_is_kernel_thread() {
+    let pid = kernel_thread_pid();
+    let out = tracer_snapshot(pid, &[], ERROR_TIMEOUT);
+    assert_error("snapshot of a kernel thread", &out, "kernel thread");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! A backend that chokes: it accepts TCP connections on 127.0.0.1 and reads them slowly, so
-//! whoever writes to it fills its send buffer and blocks in `send`.
+//! whoever writes to it fills its send buffer and blocks in `send`. With `--never-read` it is a
+//! dead backend: it accepts and holds each connection open but never reads, so the writer blocks
+//! in `send` for good.
 //!
-//! Usage: `slow-backend [--seconds S]`
+//! Usage: `slow-backend [--seconds S] [--never-read]`
 //!
 //! Prints the port it listens on, then exits after S seconds (so a failed test cannot leave it
 //! behind for long).
@@ -53,16 +55,34 @@ fn drain_slowly(mut conn: TcpStream) {
     }
 }
 
+/// Holds `conn` open without ever reading it: the peer's writes fill our receive buffer, then its
+/// send buffer, and it blocks. Closing would reset the peer instead, so this never returns.
+fn never_read(conn: TcpStream) -> ! {
+    if let Err(e) = set_receive_buffer(conn.as_raw_fd(), RECEIVE_BUFFER_BYTES) {
+        eprintln!("slow-backend: setsockopt SO_RCVBUF: {e}");
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: slow-backend [--seconds S] [--never-read]");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     let mut seconds = 60.0_f64;
+    let mut read = true;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        match (flag.as_str(), args.next().map(|v| v.parse::<f64>())) {
-            ("--seconds", Some(Ok(v))) => seconds = v,
-            _ => {
-                eprintln!("usage: slow-backend [--seconds S]");
-                return ExitCode::from(2);
-            }
+        match flag.as_str() {
+            "--seconds" => match args.next().map(|v| v.parse::<f64>()) {
+                Some(Ok(v)) => seconds = v,
+                _ => return usage(),
+            },
+            "--never-read" => read = false,
+            _ => return usage(),
         }
     }
 
@@ -91,7 +111,11 @@ fn main() -> ExitCode {
 
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || drain_slowly(conn));
+            if read {
+                std::thread::spawn(move || drain_slowly(conn));
+            } else {
+                std::thread::spawn(move || never_read(conn));
+            }
         }
     });
     std::thread::sleep(Duration::from_secs_f64(seconds));

@@ -70,6 +70,74 @@ impl WaitKind {
     }
 }
 
+/// x86_64 syscall numbers of the watched calls (arch/x86/entry/syscalls/syscall_64.tbl).
+pub mod syscall_nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const POLL: i64 = 7;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SELECT: i64 = 23;
+    pub const CONNECT: i64 = 42;
+    pub const ACCEPT: i64 = 43;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const FUTEX: i64 = 202;
+    pub const EPOLL_WAIT: i64 = 232;
+    pub const PSELECT6: i64 = 270;
+    pub const PPOLL: i64 = 271;
+    pub const EPOLL_PWAIT: i64 = 281;
+    pub const ACCEPT4: i64 = 288;
+    pub const RECVMMSG: i64 = 299;
+    pub const SENDMMSG: i64 = 307;
+    pub const EPOLL_PWAIT2: i64 = 441;
+    pub const FUTEX_WAITV: i64 = 449;
+    pub const FUTEX_WAIT: i64 = 455;
+}
+
+// futex(2) operations that can block (include/uapi/linux/futex.h); wakes and
+// requeues are not waits.
+const FUTEX_CMD_MASK: u64 = !(128 | 256); // ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_LOCK_PI: u64 = 6;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
+const FUTEX_LOCK_PI2: u64 = 13;
+
+/// The wait kind of a syscall and what it waits on (the futex address, or the
+/// descriptor), or None when the call is not watched. `arg(n)` reads argument `n`; only
+/// the arguments needed are read. The probes and `tracer snapshot` share this rule.
+#[inline(always)]
+pub fn classify_syscall<E>(
+    nr: i64,
+    arg: impl Fn(usize) -> Result<u64, E>,
+) -> Result<Option<(WaitKind, u64)>, E> {
+    use syscall_nr::*;
+    let watched = match nr {
+        FUTEX => match arg(1)? & FUTEX_CMD_MASK {
+            self::FUTEX_WAIT | FUTEX_LOCK_PI | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI
+            | FUTEX_LOCK_PI2 => Some((WaitKind::Futex, arg(0)?)),
+            _ => None,
+        },
+        syscall_nr::FUTEX_WAIT => Some((WaitKind::Futex, arg(0)?)),
+        // The object is the array of waiters; no single lock to name.
+        FUTEX_WAITV => Some((WaitKind::Futex, arg(0)?)),
+        SENDTO | SENDMSG | SENDMMSG => Some((WaitKind::Send, arg(0)?)),
+        RECVFROM | RECVMSG | RECVMMSG => Some((WaitKind::Recv, arg(0)?)),
+        CONNECT => Some((WaitKind::Connect, arg(0)?)),
+        ACCEPT | ACCEPT4 => Some((WaitKind::Accept, arg(0)?)),
+        READ | READV => Some((WaitKind::Read, arg(0)?)),
+        WRITE | WRITEV => Some((WaitKind::Write, arg(0)?)),
+        POLL | PPOLL | SELECT | PSELECT6 | EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2 => {
+            Some((WaitKind::Poll, 0))
+        }
+        _ => None,
+    };
+    Ok(watched)
+}
+
 /// A wait in progress: one per thread that is inside a watched syscall, keyed by tid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +185,18 @@ pub struct WaitRecord {
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
+/// The user registers a task saved on entering the kernel, as the task iterator
+/// writes them for every task (the iterator cannot tell tasks apart without kernel
+/// struct offsets; userspace matches them by `sp` and `ip` to the threads it reads
+/// from /proc). `bp` is what /proc does not show and CFI unwinding can need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
 /// Count and total time of the waits of one kind that stayed under the threshold.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -156,6 +236,44 @@ pub const COUNTER_COUNT: usize = 9;
 
 /// Capacity of the per-thread in-flight map: threads of the target blocked at once.
 pub const MAX_IN_FLIGHT: u32 = 65_536;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(nr: i64, args: [u64; 6]) -> Option<(WaitKind, u64)> {
+        classify_syscall(nr, |n| Ok::<_, ()>(args[n])).unwrap()
+    }
+
+    #[test]
+    fn futex_waits_and_locks_are_waits_but_wakes_are_not() {
+        const PRIVATE: u64 = 128;
+        const CLOCK_REALTIME: u64 = 256;
+        let futex = |op| classify(syscall_nr::FUTEX, [0x1000, op, 0, 0, 0, 0]);
+        assert_eq!(futex(0), Some((WaitKind::Futex, 0x1000)));
+        assert_eq!(futex(9 | PRIVATE), Some((WaitKind::Futex, 0x1000)));
+        assert_eq!(futex(9 | PRIVATE | CLOCK_REALTIME), Some((WaitKind::Futex, 0x1000)));
+        assert_eq!(futex(6), Some((WaitKind::Futex, 0x1000)));
+        assert_eq!(futex(13 | PRIVATE), Some((WaitKind::Futex, 0x1000)));
+        assert_eq!(futex(11), Some((WaitKind::Futex, 0x1000)));
+        assert_eq!(futex(1 | PRIVATE), None); // FUTEX_WAKE
+        assert_eq!(futex(10), None); // FUTEX_WAKE_BITSET
+        assert_eq!(futex(3), None); // FUTEX_CMP_REQUEUE
+        assert_eq!(futex(8), None); // FUTEX_TRYLOCK_PI never blocks
+    }
+
+    #[test]
+    fn socket_calls_carry_their_descriptor() {
+        let args = [7, 0, 0, 0, 0, 0];
+        assert_eq!(classify(syscall_nr::SENDTO, args), Some((WaitKind::Send, 7)));
+        assert_eq!(classify(syscall_nr::RECVMMSG, args), Some((WaitKind::Recv, 7)));
+        assert_eq!(classify(syscall_nr::ACCEPT4, args), Some((WaitKind::Accept, 7)));
+        assert_eq!(classify(syscall_nr::CONNECT, args), Some((WaitKind::Connect, 7)));
+        assert_eq!(classify(syscall_nr::READ, args), Some((WaitKind::Read, 7)));
+        assert_eq!(classify(syscall_nr::EPOLL_PWAIT2, args), Some((WaitKind::Poll, 0)));
+        assert_eq!(classify(35, args), None); // nanosleep is not a wait we watch
+    }
+}
 
 #[cfg(feature = "user")]
 mod user {

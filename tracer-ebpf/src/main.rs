@@ -12,11 +12,13 @@
 
 use aya_ebpf::{
     Global,
-    bindings::pt_regs,
+    bindings::{pt_regs, seq_file, task_struct},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
+        },
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -24,7 +26,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, MAX_IN_FLIGHT, STACK_COPY_BYTES, ShortWaitTotals,
-    WAIT_KIND_COUNT, WaitKind, WaitRecord,
+    TaskRegs, WAIT_KIND_COUNT, WaitRecord, classify_syscall,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -51,40 +53,6 @@ static SHORT_WAITS: PerCpuArray<ShortWaitTotals> =
 /// Event and loss counters, indexed by `Counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
-
-// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-const SYS_READ: i64 = 0;
-const SYS_WRITE: i64 = 1;
-const SYS_POLL: i64 = 7;
-const SYS_READV: i64 = 19;
-const SYS_WRITEV: i64 = 20;
-const SYS_SELECT: i64 = 23;
-const SYS_CONNECT: i64 = 42;
-const SYS_ACCEPT: i64 = 43;
-const SYS_SENDTO: i64 = 44;
-const SYS_RECVFROM: i64 = 45;
-const SYS_SENDMSG: i64 = 46;
-const SYS_RECVMSG: i64 = 47;
-const SYS_FUTEX: i64 = 202;
-const SYS_EPOLL_WAIT: i64 = 232;
-const SYS_PSELECT6: i64 = 270;
-const SYS_PPOLL: i64 = 271;
-const SYS_EPOLL_PWAIT: i64 = 281;
-const SYS_ACCEPT4: i64 = 288;
-const SYS_RECVMMSG: i64 = 299;
-const SYS_SENDMMSG: i64 = 307;
-const SYS_EPOLL_PWAIT2: i64 = 441;
-const SYS_FUTEX_WAITV: i64 = 449;
-const SYS_FUTEX_WAIT: i64 = 455;
-
-// futex(2) operations that can block (include/uapi/linux/futex.h); wakes and
-// requeues are not waits.
-const FUTEX_CMD_MASK: u64 = !(128 | 256); // ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
-const FUTEX_WAIT: u64 = 0;
-const FUTEX_LOCK_PI: u64 = 6;
-const FUTEX_WAIT_BITSET: u64 = 9;
-const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
-const FUTEX_LOCK_PI2: u64 = 13;
 
 // Field offsets of the raw_syscalls tracepoints
 // (/sys/kernel/tracing/events/raw_syscalls/sys_{enter,exit}/format).
@@ -121,34 +89,6 @@ fn syscall_arg(ctx: &TracePointContext, n: usize) -> Result<u64, i32> {
     unsafe { ctx.read_at::<u64>(SYS_ENTER_ARGS + n * 8) }
 }
 
-/// The wait kind of a syscall and what it waits on, or None when the call is not watched.
-#[inline(always)]
-fn classify(ctx: &TracePointContext, id: i64) -> Result<Option<(WaitKind, u64)>, i32> {
-    let watched = match id {
-        SYS_FUTEX => {
-            let op = syscall_arg(ctx, 1)? & FUTEX_CMD_MASK;
-            match op {
-                FUTEX_WAIT | FUTEX_LOCK_PI | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI
-                | FUTEX_LOCK_PI2 => Some((WaitKind::Futex, syscall_arg(ctx, 0)?)),
-                _ => None,
-            }
-        }
-        SYS_FUTEX_WAIT => Some((WaitKind::Futex, syscall_arg(ctx, 0)?)),
-        // The object is the array of waiters; userspace cannot name one lock.
-        SYS_FUTEX_WAITV => Some((WaitKind::Futex, syscall_arg(ctx, 0)?)),
-        SYS_SENDTO | SYS_SENDMSG | SYS_SENDMMSG => Some((WaitKind::Send, syscall_arg(ctx, 0)?)),
-        SYS_RECVFROM | SYS_RECVMSG | SYS_RECVMMSG => Some((WaitKind::Recv, syscall_arg(ctx, 0)?)),
-        SYS_CONNECT => Some((WaitKind::Connect, syscall_arg(ctx, 0)?)),
-        SYS_ACCEPT | SYS_ACCEPT4 => Some((WaitKind::Accept, syscall_arg(ctx, 0)?)),
-        SYS_READ | SYS_READV => Some((WaitKind::Read, syscall_arg(ctx, 0)?)),
-        SYS_WRITE | SYS_WRITEV => Some((WaitKind::Write, syscall_arg(ctx, 0)?)),
-        SYS_POLL | SYS_PPOLL | SYS_SELECT | SYS_PSELECT6 | SYS_EPOLL_WAIT | SYS_EPOLL_PWAIT
-        | SYS_EPOLL_PWAIT2 => Some((WaitKind::Poll, 0)),
-        _ => None,
-    };
-    Ok(watched)
-}
-
 #[tracepoint(category = "raw_syscalls", name = "sys_enter")]
 pub fn tracer_sys_enter(ctx: TracePointContext) -> u32 {
     let _ = try_sys_enter(&ctx);
@@ -161,7 +101,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
     };
     // SAFETY: `id` lies inside the sys_enter record.
     let id = unsafe { ctx.read_at::<i64>(SYS_ENTER_ID)? };
-    let Some((kind, object)) = classify(ctx, id)? else {
+    let Some((kind, object)) = classify_syscall(id, |n| syscall_arg(ctx, n))? else {
         return Ok(());
     };
     count(Counter::CallsEntered);
@@ -296,6 +236,38 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
     // SAFETY: `dst` has at least STACK_COPY_BYTES >= len bytes; the helper faults
     // safely on unmapped user memory and returns an error.
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
+}
+
+/// A task iterator (`iter/task`): writes the saved user registers of every task to the
+/// iterator's seq file. `tracer snapshot` needs rbp, which /proc does not show, to
+/// unwind through frames whose CFI is rbp-based. The context is
+/// `struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; }`,
+/// and `bpf_iter_meta` starts with `struct seq_file *seq` (include/linux/bpf.h).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub fn tracer_task_regs(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the verifier types these loads from the iterator context; `task` is
+    // NULL once, at the end of the iteration, and is checked.
+    unsafe {
+        let meta = *(ctx as *const *const *mut seq_file);
+        let task = *(ctx as *const *mut task_struct).add(1);
+        if task.is_null() {
+            return 0;
+        }
+        let seq = *meta;
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        let saved = TaskRegs {
+            ip: bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0),
+            sp: bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0),
+            bp: bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0),
+        };
+        bpf_seq_write(
+            seq,
+            (&saved as *const TaskRegs).cast(),
+            core::mem::size_of::<TaskRegs>() as u32,
+        );
+    }
+    0
 }
 
 #[cfg(not(test))]

@@ -8,31 +8,49 @@ use std::{
 
 use tracer_common::{ShortWaitTotals, WaitKind};
 
-use crate::stacks::Frame;
+use crate::stacks::{Frame, ProcessImage, StackSymbolizer};
 
-/// Count, total, maximum and distinct threads of a set of waits.
+/// Count, total, shortest, longest and distinct threads of a set of waits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WaitStats {
     pub waits: u64,
     pub total_ns: u64,
+    /// Shortest wait (for waits in progress: the youngest).
+    pub min_ns: u64,
+    /// Longest wait (for waits in progress: the oldest).
     pub max_ns: u64,
     pub threads: BTreeSet<u32>,
+    /// Some durations are lower bounds (waits that began before tracing, aged from
+    /// the scheduler's accounting): reports print them as `≥`.
+    pub lower_bound: bool,
 }
 
 impl WaitStats {
     pub fn add(&mut self, tid: u32, duration_ns: u64) {
+        self.min_ns = if self.waits == 0 { duration_ns } else { self.min_ns.min(duration_ns) };
         self.waits += 1;
         self.total_ns += duration_ns;
         self.max_ns = self.max_ns.max(duration_ns);
         self.threads.insert(tid);
     }
 
+    /// Adds a wait whose duration is only known to be at least `duration_ns`.
+    pub fn add_lower_bound(&mut self, tid: u32, duration_ns: u64) {
+        self.add(tid, duration_ns);
+        self.lower_bound = true;
+    }
+
     pub fn merge(&mut self, other: &WaitStats) {
-        let WaitStats { waits, total_ns, max_ns, threads } = other;
+        let WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound } = other;
+        if *waits == 0 {
+            return;
+        }
+        self.min_ns = if self.waits == 0 { *min_ns } else { self.min_ns.min(*min_ns) };
         self.waits += waits;
         self.total_ns += total_ns;
         self.max_ns = self.max_ns.max(*max_ns);
         self.threads.extend(threads);
+        self.lower_bound |= lower_bound;
     }
 }
 
@@ -43,6 +61,8 @@ pub struct StackKey {
     pub kind: WaitKind,
     /// The unwinder stopped before the root (stack copy too short, unknown code, ...).
     pub truncated: bool,
+    /// A wait still in progress (at the end of a recording, or in a snapshot).
+    pub in_progress: bool,
 }
 
 /// Waits aggregated by raw stack as they arrive; symbolized once per unique stack at the end.
@@ -55,6 +75,30 @@ impl WaitAggregate {
     pub fn add(&mut self, key: StackKey, tid: u32, duration_ns: u64) {
         self.stacks.entry(key).or_default().add(tid, duration_ns);
     }
+
+    pub fn add_lower_bound(&mut self, key: StackKey, tid: u32, duration_ns: u64) {
+        self.stacks.entry(key).or_default().add_lower_bound(tid, duration_ns);
+    }
+
+    /// Names each unique stack once and builds the profile on `base`.
+    pub fn into_profile(
+        self,
+        base: Profile,
+        image: &ProcessImage,
+        symbolizer: &mut StackSymbolizer,
+    ) -> Profile {
+        let symbolized: Vec<ProfileStack> = self
+            .stacks
+            .into_iter()
+            .map(|(key, stats)| {
+                let StackKey { addresses, kind, truncated, in_progress } = key;
+                let mut frames = symbolizer.symbolize(image, &addresses);
+                frames.reverse(); // root first
+                ProfileStack { frames, kind, truncated, in_progress, stats }
+            })
+            .collect();
+        Profile::from_symbolized(base, symbolized)
+    }
 }
 
 /// A symbolized stack with its waits.
@@ -64,10 +108,21 @@ pub struct ProfileStack {
     pub frames: Vec<Frame>,
     pub kind: WaitKind,
     pub truncated: bool,
+    /// Still blocked when the recording ended (or at the snapshot).
+    pub in_progress: bool,
     pub stats: WaitStats,
 }
 
 impl ProfileStack {
+    /// The stack's width in a flamegraph: blocked time in a recording (µs), threads in
+    /// a snapshot.
+    pub fn weight(&self, kind: ProfileKind) -> u64 {
+        match kind {
+            ProfileKind::Recording => self.stats.total_ns / 1_000,
+            ProfileKind::Snapshot => self.stats.threads.len() as u64,
+        }
+    }
+
     /// The innermost frame in the program's own code: not libc, not the language's
     /// standard library or runtime. Falls back to the innermost named frame.
     pub fn call_site(&self) -> &str {
@@ -117,9 +172,40 @@ pub struct TraceCounts {
     pub unresolved_descriptors: u64,
 }
 
-/// Everything the exporters need about one recording.
+/// What a profile holds, and so what a stack's weight means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// Waits over a recording: weight = blocked time; waits still in progress at the
+    /// end are marked as such.
+    Recording,
+    /// Threads blocked at one moment: weight = number of threads.
+    Snapshot,
+}
+
+/// Threads looked at by a snapshot (or at the end of a recording), and why some were
+/// not reported: nothing is dropped silently.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadCounts {
+    pub threads: u64,
+    /// Blocked in a watched wait (reported).
+    pub blocked_in_waits: u64,
+    /// Running, or blocked outside the watched calls (sleep, disk, page fault).
+    pub elsewhere: u64,
+    /// Exited while being read.
+    pub exited_while_read: u64,
+    /// Woke while being read (their half-read stacks are dropped).
+    pub woke_while_read: u64,
+    /// Could not be read (permissions, exec in progress).
+    pub unreadable: u64,
+    /// Blocked threads whose saved rbp was not found (unwound without it; CFI that
+    /// needs rbp truncates their stacks).
+    pub frame_pointer_unknown: u64,
+}
+
+/// Everything the exporters need about one recording or snapshot.
 #[derive(Clone, Debug)]
 pub struct Profile {
+    pub kind: ProfileKind,
     pub pid: u32,
     pub comm: String,
     pub duration: Duration,
@@ -131,6 +217,8 @@ pub struct Profile {
     /// Waits under the threshold, per kind (no stacks).
     pub below_threshold: Vec<(WaitKind, ShortWaitTotals)>,
     pub counts: TraceCounts,
+    /// The threads read from /proc (snapshot, or the in-progress waits of a recording).
+    pub thread_counts: ThreadCounts,
 }
 
 impl Profile {
@@ -139,19 +227,20 @@ impl Profile {
         mut base: Profile,
         symbolized: impl IntoIterator<Item = ProfileStack>,
     ) -> Profile {
-        let mut merged: HashMap<(Vec<String>, WaitKind, bool), ProfileStack> = HashMap::new();
+        type MergeKey = (Vec<String>, WaitKind, bool, bool);
+        let mut merged: HashMap<MergeKey, ProfileStack> = HashMap::new();
         for stack in symbolized {
             let names = stack.frames.iter().map(|frame| frame.name.clone()).collect();
             merged
-                .entry((names, stack.kind, stack.truncated))
+                .entry((names, stack.kind, stack.truncated, stack.in_progress))
                 .and_modify(|existing| existing.stats.merge(&stack.stats))
                 .or_insert(stack);
         }
         let mut stacks: Vec<ProfileStack> = merged.into_values().collect();
+        let kind = base.kind;
         stacks.sort_by(|a, b| {
-            b.stats
-                .total_ns
-                .cmp(&a.stats.total_ns)
+            b.weight(kind)
+                .cmp(&a.weight(kind))
                 .then_with(|| a.kind.cmp(&b.kind))
         });
         base.stacks = stacks;
@@ -184,24 +273,45 @@ pub(crate) mod tests {
             frames: names.iter().map(|&(n, m)| frame(n, m)).collect(),
             kind,
             truncated: false,
+            in_progress: false,
             stats,
         }
     }
 
     #[test]
-    fn stats_count_total_max_and_threads() {
+    fn stats_count_total_min_max_and_threads() {
         let mut stats = WaitStats::default();
-        stats.add(1, 10);
-        stats.add(2, 30);
         stats.add(1, 20);
-        assert_eq!((stats.waits, stats.total_ns, stats.max_ns), (3, 60, 30));
+        stats.add(2, 30);
+        stats.add(1, 10);
+        assert_eq!((stats.waits, stats.total_ns, stats.min_ns, stats.max_ns), (3, 60, 10, 30));
         assert_eq!(stats.threads.len(), 2);
+        assert!(!stats.lower_bound);
+    }
+
+    #[test]
+    fn merged_stats_keep_the_extremes_and_the_lower_bound_mark() {
+        let mut exact = WaitStats::default();
+        exact.add(1, 50);
+        let mut estimated = WaitStats::default();
+        estimated.add_lower_bound(2, 5);
+        estimated.add_lower_bound(3, 500);
+        exact.merge(&estimated);
+        exact.merge(&WaitStats::default());
+        assert_eq!((exact.waits, exact.min_ns, exact.max_ns), (3, 5, 500));
+        assert!(exact.lower_bound);
+        assert_eq!(exact.threads.len(), 3);
     }
 
     #[test]
     fn raw_stacks_aggregate_by_addresses_and_kind() {
         let mut aggregate = WaitAggregate::default();
-        let key = |kind| StackKey { addresses: vec![1, 2, 3], kind, truncated: false };
+        let key = |kind| StackKey {
+            addresses: vec![1, 2, 3],
+            kind,
+            truncated: false,
+            in_progress: false,
+        };
         aggregate.add(key(WaitKind::Futex), 7, 100);
         aggregate.add(key(WaitKind::Futex), 8, 50);
         aggregate.add(key(WaitKind::Send), 7, 5);
@@ -242,6 +352,7 @@ pub(crate) mod tests {
     #[test]
     fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         let base = Profile {
+            kind: ProfileKind::Recording,
             pid: 1,
             comm: "app".into(),
             duration: Duration::from_secs(1),
@@ -250,6 +361,7 @@ pub(crate) mod tests {
             stacks: vec![],
             below_threshold: vec![],
             counts: TraceCounts::default(),
+            thread_counts: ThreadCounts::default(),
         };
         let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
         let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

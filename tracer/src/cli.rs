@@ -21,6 +21,24 @@ pub struct Cli {
 pub enum Command {
     /// Record the waits of a running process, then report where they came from.
     Record(RecordArgs),
+    /// Show the threads blocked right now, grouped by call stack (no probes loaded).
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The process to look at.
+    #[arg(short, long)]
+    pub pid: u32,
+
+    /// Write a report; the extension names the format: .folded (collapsed stacks,
+    /// weighted by threads), .svg (flamegraph). Repeat for several.
+    #[arg(short, long = "output", value_name = "FILE")]
+    pub outputs: Vec<PathBuf>,
+
+    /// Rows in the call-site table printed to stdout.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
 }
 
 #[derive(Debug, Args)]

@@ -1,16 +1,20 @@
 //! `tracer`: which call sites of a live process pile up waiting.
 //!
-//! Data flow, one module per stage: `probes` (kernel) → `record` (wait records) →
-//! `stacks` (unwinding, symbols) → `aggregate` (the data model) → `report` (exporters).
+//! Data flow, one module per stage: `probes` (kernel) → `record` (wait records) and
+//! `threads`/`blocked_now` (threads blocked now, from /proc; `snapshot`) → `stacks`
+//! (unwinding, symbols) → `aggregate` (the data model) → `report` (exporters).
 
 mod aggregate;
+mod blocked_now;
 mod cli;
 mod probes;
 mod record;
 mod report;
+mod snapshot;
 mod sockets;
 mod stacks;
 mod target;
+mod threads;
 
 use std::process::ExitCode;
 
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Record(args) => record::record(args).await,
+            Command::Snapshot(args) => snapshot::snapshot(args),
         }
     });
     match result {

@@ -1,14 +1,16 @@
 //! Loads the embedded eBPF probes for one target, attaches them, and reads their
 //! counters. Dropping `Probes` detaches everything.
 
-use std::{path::Path, time::Duration};
+use std::{io::Read as _, path::Path, time::Duration};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Iter, TracePoint},
 };
-use tracer_common::{COUNTER_COUNT, Counter, ShortWaitTotals, WAIT_KIND_COUNT, WaitKind};
+use tracer_common::{
+    COUNTER_COUNT, Counter, InFlightWait, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT, WaitKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -29,6 +31,12 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// The task iterator could not be started.
+    #[error("cannot start the task iterator")]
+    Iterate(#[source] aya::programs::links::LinkError),
+    /// The task iterator's output could not be read.
+    #[error("cannot read the task iterator")]
+    ReadIterator(#[source] std::io::Error),
     /// A map the probes define is missing or has the wrong type.
     #[error("probe map {name} is missing or malformed")]
     Map {
@@ -45,9 +53,10 @@ pub struct ProbeConfig {
     pub min_wait: Duration,
 }
 
-/// The loaded and attached probes.
+/// The loaded probes (attached by `attach_wait_probes`).
 pub struct Probes {
     ebpf: Ebpf,
+    btf: Btf,
 }
 
 /// Per-kind totals of the waits under the threshold.
@@ -64,7 +73,8 @@ impl ProbeCounters {
 }
 
 impl Probes {
-    pub fn load(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
+    /// Loads the object (maps, globals) without attaching anything.
+    pub fn open(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
         let btf = Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
             ProbeError::Btf {
                 path: btf_path.display().to_string(),
@@ -78,7 +88,12 @@ impl Probes {
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
+        Ok(Self { ebpf, btf })
+    }
 
+    /// Attaches the wait probes: from here on the target's waits are recorded.
+    pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
+        let Self { ebpf, btf } = self;
         // The sleep marker first, so no wait's switch-out is missed once entries appear.
         let program = |name| ProbeError::Map { name, source: None };
         let switch: &mut BtfTracePoint = ebpf
@@ -87,7 +102,7 @@ impl Probes {
             .try_into()
             .map_err(|source| ProbeError::Program { name: "tracer_sched_switch", source })?;
         let attach_err = |name| move |source| ProbeError::Program { name, source };
-        switch.load("sched_switch", &btf).map_err(attach_err("sched_switch"))?;
+        switch.load("sched_switch", btf).map_err(attach_err("sched_switch"))?;
         switch.attach().map_err(attach_err("sched_switch"))?;
         for (name, tracepoint) in [
             ("tracer_sys_exit", "sys_exit"),
@@ -103,7 +118,29 @@ impl Probes {
                 .attach("raw_syscalls", tracepoint)
                 .map_err(attach_err(name))?;
         }
-        Ok(Self { ebpf })
+        Ok(())
+    }
+
+    /// The saved user registers of every task on the system, from one pass of the
+    /// task iterator.
+    pub fn task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
+        const NAME: &str = "tracer_task_regs";
+        let Self { ebpf, btf } = self;
+        let attach_err = |source| ProbeError::Program { name: NAME, source };
+        let iter: &mut Iter = ebpf
+            .program_mut(NAME)
+            .ok_or(ProbeError::Map { name: NAME, source: None })?
+            .try_into()
+            .map_err(attach_err)?;
+        if iter.fd().is_err() {
+            iter.load("task", btf).map_err(attach_err)?;
+        }
+        let link_id = iter.attach().map_err(attach_err)?;
+        let link = iter.take_link(link_id).map_err(attach_err)?;
+        let mut file = link.into_file().map_err(ProbeError::Iterate)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(ProbeError::ReadIterator)?;
+        Ok(parse_task_registers(&bytes))
     }
 
     /// The ring buffer of long waits (can be taken once).
@@ -135,6 +172,25 @@ impl Probes {
         Ok(counters)
     }
 
+    /// The calls in flight whose thread is asleep in them: when each began, by thread.
+    pub fn waits_in_progress(&self) -> Result<std::collections::HashMap<u32, u64>, ProbeError> {
+        let err = |source| ProbeError::Map { name: "IN_FLIGHT", source: Some(source) };
+        let map = self.ebpf.map("IN_FLIGHT").ok_or(ProbeError::Map {
+            name: "IN_FLIGHT",
+            source: None,
+        })?;
+        let in_flight: HashMap<_, u32, InFlightWait> = HashMap::try_from(map).map_err(err)?;
+        let mut starts = std::collections::HashMap::new();
+        for entry in in_flight.iter() {
+            // An entry can vanish between the key walk and its lookup: skip it.
+            let Ok((tid, wait)) = entry else { continue };
+            if wait.blocked != 0 {
+                starts.insert(tid, wait.start_ns);
+            }
+        }
+        Ok(starts)
+    }
+
     pub fn short_waits(&self) -> Result<ShortWaitsByKind, ProbeError> {
         let err = |source| ProbeError::Map {
             name: "SHORT_WAITS",
@@ -153,5 +209,36 @@ impl Probes {
             }
         }
         Ok(totals)
+    }
+}
+
+/// Splits the iterator's output into records (native-endian `ip, sp, bp` triples).
+fn parse_task_registers(bytes: &[u8]) -> Vec<TaskRegs> {
+    let word = |chunk: &[u8], index: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&chunk[index * 8..index * 8 + 8]);
+        u64::from_ne_bytes(raw)
+    };
+    bytes
+        .chunks_exact(std::mem::size_of::<TaskRegs>())
+        .map(|chunk| TaskRegs { ip: word(chunk, 0), sp: word(chunk, 1), bp: word(chunk, 2) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_registers_parse_as_triples_and_ignore_a_partial_tail() {
+        let mut bytes = Vec::new();
+        for value in [1u64, 2, 3, 4, 5, 6] {
+            bytes.extend_from_slice(&value.to_ne_bytes());
+        }
+        bytes.extend_from_slice(&[9, 9]);
+        assert_eq!(
+            parse_task_registers(&bytes),
+            [TaskRegs { ip: 1, sp: 2, bp: 3 }, TaskRegs { ip: 4, sp: 5, bp: 6 }]
+        );
     }
 }

@@ -16,19 +16,19 @@ use tokio::{
 use tracer_common::{WaitKind, WaitRecord};
 
 use crate::{
-    aggregate::{Profile, ProfileStack, StackKey, TraceCounts, WaitAggregate},
+    aggregate::{Profile, ProfileKind, StackKey, ThreadCounts, TraceCounts, WaitAggregate},
+    blocked_now::{SavedFramePointers, collect_blocked_threads},
     cli::RecordArgs,
-    probes::{ProbeConfig, ProbeCounters, Probes},
-    report::{Output, summary::render_summary},
+    probes::{ProbeConfig, Probes},
+    report::{
+        Output,
+        summary::{format_duration, render_summary},
+    },
     sockets::{Descriptor, resolve_descriptor},
-    stacks::{ProcessImage, StackSymbolizer, StackUnwinder, UnwindEnd, UserRegs},
+    stacks::{ProcessImage, StackSymbolizer, StackWalker, UserRegs},
     target::{self, Target},
 };
 use tracer_common::Counter;
-
-/// Re-read the target's memory map at most this often when an address falls outside
-/// every known module (a library loaded after tracing began).
-const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let RecordArgs { pid, duration, min_wait, outputs, top } = args;
@@ -48,15 +48,16 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
 
     let image = ProcessImage::snapshot(pid)
         .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
-    let mut collector = WaitCollector::new(pid, image);
-    let mut probes = Probes::load(ProbeConfig { tgid: pid, min_wait }, &btf_path)?;
+    let mut collector = WaitCollector::new(pid, StackWalker::new(pid, image));
+    let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait }, &btf_path)?;
+    probes.attach_wait_probes()?;
     let ring = probes.take_wait_records()?;
     let mut ring = poll_readable(ring).context("cannot poll the probes' ring buffer")?;
     eprintln!(
         "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
         target.comm,
         target.pid,
-        crate::report::summary::format_duration(duration.as_nanos() as u64)
+        format_duration(duration.as_nanos() as u64)
     );
 
     let started = Instant::now();
@@ -66,22 +67,54 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     drain(ring.get_mut(), &mut collector);
     let counters = probes.counters()?;
     let short_waits = probes.short_waits()?;
+    let known_starts = probes.waits_in_progress()?;
+    let frame_pointers = SavedFramePointers::from_tasks(&probes.task_registers()?);
     drop(ring);
     drop(probes); // detach before the slow part
-    if stop == Stop::TargetExited {
+    let target_exited = stop == Stop::TargetExited || target.has_exited();
+    if target_exited {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
 
-    let profile = collector.into_profile(ProfileContext {
+    let WaitCollector { mut walker, mut aggregate, malformed_records, non_socket_io, unresolved_descriptors, .. } = collector;
+    // The waits that never ended: threads blocked before we attached, and stuck ones.
+    let thread_counts = if target_exited {
+        ThreadCounts::default()
+    } else {
+        collect_blocked_threads(pid, &mut walker, &known_starts, &frame_pointers, &mut aggregate)
+            .with_context(|| format!("cannot list the threads of pid {pid}"))?
+    };
+    let counts = TraceCounts {
+        calls_entered: counters.get(Counter::CallsEntered),
+        returned_without_waiting: counters.get(Counter::ReturnedWithoutWaiting),
+        short_waits: counters.get(Counter::ShortWaits),
+        long_waits: counters.get(Counter::LongWaits),
+        ring_buffer_full: counters.get(Counter::RingBufferFull),
+        stack_unreadable: counters.get(Counter::StackUnreadable),
+        stack_shortened: counters.get(Counter::StackShortened),
+        in_flight_map_full: counters.get(Counter::InFlightMapFull),
+        unwind_truncated: walker.truncated_walks,
+        unknown_symbols: 0,
+        non_socket_io,
+        unresolved_descriptors: unresolved_descriptors + malformed_records,
+    };
+    let base = Profile {
+        kind: ProfileKind::Recording,
+        pid,
         comm: target.comm.clone(),
         duration: elapsed,
         min_wait,
-        target_exited: stop == Stop::TargetExited,
-        counters,
+        target_exited,
+        stacks: Vec::new(),
         // read/write under the threshold are not resolved to sockets (no record reaches
         // userspace), so they stay `read`/`write`: any descriptor.
-        short_waits: WaitKind::ALL.iter().map(|&kind| (kind, short_waits[kind as usize])).collect(),
-    });
+        below_threshold: WaitKind::ALL.iter().map(|&kind| (kind, short_waits[kind as usize])).collect(),
+        counts,
+        thread_counts,
+    };
+    let mut symbolizer = StackSymbolizer::new();
+    let mut profile = aggregate.into_profile(base, walker.image(), &mut symbolizer);
+    profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     print!("{}", render_summary(&profile, top));
     for output in outputs {
         let path = output.path.clone();
@@ -147,40 +180,23 @@ fn drain(ring: &mut RingBuf<MapData>, collector: &mut WaitCollector) {
     }
 }
 
-/// What the recording adds to the aggregate to make the `Profile`.
-struct ProfileContext {
-    comm: String,
-    duration: Duration,
-    min_wait: Duration,
-    target_exited: bool,
-    counters: ProbeCounters,
-    short_waits: Vec<(WaitKind, tracer_common::ShortWaitTotals)>,
-}
-
 /// Turns wait records into unwound stacks and aggregates them as they arrive.
 struct WaitCollector {
     pid: u32,
-    image: ProcessImage,
-    unwinder: StackUnwinder,
+    walker: StackWalker,
     aggregate: WaitAggregate,
-    last_map_refresh: Option<Instant>,
     malformed_records: u64,
-    unwind_truncated: u64,
     non_socket_io: u64,
     unresolved_descriptors: u64,
 }
 
 impl WaitCollector {
-    fn new(pid: u32, image: ProcessImage) -> Self {
-        let unwinder = StackUnwinder::new(&image);
+    fn new(pid: u32, walker: StackWalker) -> Self {
         Self {
             pid,
-            image,
-            unwinder,
+            walker,
             aggregate: WaitAggregate::default(),
-            last_map_refresh: None,
             malformed_records: 0,
-            unwind_truncated: 0,
             non_socket_io: 0,
             unresolved_descriptors: 0,
         }
@@ -203,15 +219,13 @@ impl WaitCollector {
         };
         let stack_len = (record.stack_len as usize).min(record.stack.len());
         let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
-        let mut unwound = self.unwinder.unwind(regs, &record.stack[..stack_len]);
-        if unwound.end == UnwindEnd::NoModule && self.refresh_map() {
-            unwound = self.unwinder.unwind(regs, &record.stack[..stack_len]);
-        }
-        let truncated = unwound.end != UnwindEnd::Complete;
-        if truncated {
-            self.unwind_truncated += 1;
-        }
-        let key = StackKey { addresses: unwound.frames, kind, truncated };
+        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
+        let key = StackKey {
+            addresses: walked.addresses,
+            kind,
+            truncated: walked.truncated,
+            in_progress: false,
+        };
         self.aggregate.add(key, record.tid, record.duration_ns);
     }
 
@@ -233,70 +247,5 @@ impl WaitCollector {
                 None
             }
         }
-    }
-
-    /// Picks up libraries mapped since the snapshot; returns whether any were added.
-    fn refresh_map(&mut self) -> bool {
-        let now = Instant::now();
-        if self
-            .last_map_refresh
-            .is_some_and(|last| now.duration_since(last) < MAP_REFRESH_INTERVAL)
-        {
-            return false;
-        }
-        self.last_map_refresh = Some(now);
-        match self.image.refresh() {
-            Ok(0) => false,
-            Ok(added) => {
-                log::info!("{added} new modules mapped in pid {}", self.pid);
-                self.unwinder.sync_modules(&self.image);
-                true
-            }
-            Err(err) => {
-                log::warn!("cannot refresh the memory map of pid {}: {err}", self.pid);
-                false
-            }
-        }
-    }
-
-    fn into_profile(self, context: ProfileContext) -> Profile {
-        let ProfileContext { comm, duration, min_wait, target_exited, counters, short_waits } =
-            context;
-        let mut symbolizer = StackSymbolizer::new();
-        let symbolized: Vec<ProfileStack> = self
-            .aggregate
-            .stacks
-            .into_iter()
-            .map(|(key, stats)| {
-                let mut frames = symbolizer.symbolize(&self.image, &key.addresses);
-                frames.reverse(); // root first
-                ProfileStack { frames, kind: key.kind, truncated: key.truncated, stats }
-            })
-            .collect();
-        let counts = TraceCounts {
-            calls_entered: counters.get(Counter::CallsEntered),
-            returned_without_waiting: counters.get(Counter::ReturnedWithoutWaiting),
-            short_waits: counters.get(Counter::ShortWaits),
-            long_waits: counters.get(Counter::LongWaits),
-            ring_buffer_full: counters.get(Counter::RingBufferFull),
-            stack_unreadable: counters.get(Counter::StackUnreadable),
-            stack_shortened: counters.get(Counter::StackShortened),
-            in_flight_map_full: counters.get(Counter::InFlightMapFull),
-            unwind_truncated: self.unwind_truncated,
-            unknown_symbols: symbolizer.unknown_addresses,
-            non_socket_io: self.non_socket_io,
-            unresolved_descriptors: self.unresolved_descriptors + self.malformed_records,
-        };
-        let base = Profile {
-            pid: self.pid,
-            comm,
-            duration,
-            min_wait,
-            target_exited,
-            stacks: Vec::new(),
-            below_threshold: short_waits,
-            counts,
-        };
-        Profile::from_symbolized(base, symbolized)
     }
 }

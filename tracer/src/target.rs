@@ -96,6 +96,14 @@ impl Target {
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         Ok(Self { pid, comm, pidfd })
     }
+
+    /// Whether the process has exited (its pidfd polls readable).
+    pub fn has_exited(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut poll = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+    }
 }
 
 struct ProcStat {
@@ -195,5 +203,6 @@ mod tests {
         let target = Target::open(std::process::id()).unwrap();
         assert_eq!(target.pid, std::process::id());
         assert!(!target.comm.is_empty());
+        assert!(!target.has_exited());
     }
 }

@@ -3,26 +3,28 @@
 
 use std::io::{self, Write};
 
-use crate::aggregate::{Profile, ProfileStack};
+use crate::aggregate::{Profile, ProfileKind, ProfileStack};
 
 /// The frame that marks a stack whose unwinding stopped before the root.
 pub const TRUNCATED_FRAME: &str = "[truncated]";
 
-/// The folded lines of a profile, heaviest first; stacks under one microsecond are left out.
+/// The folded lines of a profile, heaviest first. The count is the blocked time in
+/// microseconds for a recording, the number of threads for a snapshot; zero-weight
+/// stacks (under one microsecond) are left out.
 pub fn folded_lines(profile: &Profile) -> Vec<String> {
     profile
         .stacks
         .iter()
         .filter_map(|stack| {
-            let micros = stack.stats.total_ns / 1_000;
-            (micros > 0).then(|| format!("{} {micros}", folded_stack(&profile.comm, stack)))
+            let weight = stack.weight(profile.kind);
+            (weight > 0).then(|| format!("{} {weight}", folded_stack(profile, stack)))
         })
         .collect()
 }
 
 /// The `;`-joined frames of one stack, without the count.
-pub fn folded_stack(comm: &str, stack: &ProfileStack) -> String {
-    let mut line = sanitize(comm);
+pub fn folded_stack(profile: &Profile, stack: &ProfileStack) -> String {
+    let mut line = sanitize(&profile.comm);
     if stack.truncated {
         line.push(';');
         line.push_str(TRUNCATED_FRAME);
@@ -33,6 +35,11 @@ pub fn folded_stack(comm: &str, stack: &ProfileStack) -> String {
     }
     line.push_str(";[");
     line.push_str(stack.kind.name());
+    // In a snapshot every wait is in progress; in a recording the ones that never
+    // ended are told apart from the completed ones.
+    if stack.in_progress && profile.kind == ProfileKind::Recording {
+        line.push_str(" still-blocked");
+    }
     line.push(']');
     line
 }
@@ -56,10 +63,11 @@ mod tests {
     use tracer_common::WaitKind;
 
     use super::*;
-    use crate::aggregate::{TraceCounts, tests::stack};
+    use crate::aggregate::{ThreadCounts, TraceCounts, tests::stack};
 
     fn profile(stacks: Vec<ProfileStack>) -> Profile {
         Profile {
+            kind: ProfileKind::Recording,
             pid: 42,
             comm: "pile;up".into(),
             duration: Duration::from_secs(3),
@@ -68,6 +76,7 @@ mod tests {
             stacks,
             below_threshold: vec![],
             counts: TraceCounts::default(),
+            thread_counts: ThreadCounts::default(),
         }
     }
 
@@ -88,6 +97,16 @@ mod tests {
                 "pile:up;[truncated];app::report;[send] 1",
             ]
         );
+    }
+
+    #[test]
+    fn waits_in_progress_are_marked_in_recordings_and_counted_by_thread_in_snapshots() {
+        let mut stuck = stack(&[("app::handler", true)], WaitKind::Futex, &[(1, 7_000), (2, 9_000)]);
+        stuck.in_progress = true;
+        let mut recording = profile(vec![stuck]);
+        assert_eq!(folded_lines(&recording), ["pile:up;app::handler;[futex still-blocked] 16"]);
+        recording.kind = ProfileKind::Snapshot;
+        assert_eq!(folded_lines(&recording), ["pile:up;app::handler;[futex] 2"]);
     }
 
     #[test]

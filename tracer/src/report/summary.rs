@@ -8,7 +8,7 @@ use std::{
 
 use tracer_common::WaitKind;
 
-use crate::aggregate::{Profile, WaitStats};
+use crate::aggregate::{Profile, ProfileKind, WaitStats};
 
 const SITE_WIDTH: usize = 46;
 
@@ -20,10 +20,11 @@ pub struct SiteRow {
     pub stats: WaitStats,
 }
 
-/// Stacks grouped by (call site, kind), heaviest first.
-pub fn top_sites(profile: &Profile) -> Vec<SiteRow> {
+/// The stacks of waits that ended (`in_progress == false`) or of waits in progress,
+/// grouped by (call site, kind), heaviest first.
+pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
     let mut by_site: HashMap<(String, WaitKind), WaitStats> = HashMap::new();
-    for stack in &profile.stacks {
+    for stack in profile.stacks.iter().filter(|stack| stack.in_progress == in_progress) {
         by_site
             .entry((stack.call_site().to_string(), stack.kind))
             .or_default()
@@ -33,58 +34,140 @@ pub fn top_sites(profile: &Profile) -> Vec<SiteRow> {
         .into_iter()
         .map(|((site, kind), stats)| SiteRow { site, kind, stats })
         .collect();
-    rows.sort_by(|a, b| {
-        b.stats
-            .total_ns
-            .cmp(&a.stats.total_ns)
-            .then_with(|| a.site.cmp(&b.site))
-    });
+    let weight = |row: &SiteRow| {
+        if in_progress { row.stats.threads.len() as u64 } else { row.stats.total_ns }
+    };
+    rows.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.site.cmp(&b.site)));
     rows
 }
 
-/// The whole text summary, at most 100 columns wide.
+/// The whole text summary of a recording or a snapshot, at most 100 columns wide
+/// (call-site names are shortened, keeping their end).
 pub fn render_summary(profile: &Profile, top: usize) -> String {
     let mut out = String::new();
+    match profile.kind {
+        ProfileKind::Recording => {
+            let _ = writeln!(
+                out,
+                "{} (pid {}): {} recorded, waits >= {} with stacks{}",
+                profile.comm,
+                profile.pid,
+                format_duration(profile.duration.as_nanos() as u64),
+                format_duration(profile.min_wait.as_nanos() as u64),
+                if profile.target_exited { "; the process exited during the recording" } else { "" },
+            );
+            write_completed_table(&mut out, &top_sites(profile, false), top);
+            let stuck = top_sites(profile, true);
+            if !stuck.is_empty() {
+                let _ = writeln!(out, "still blocked at the end of the recording:");
+                write_threads_table(&mut out, &stuck, top);
+            }
+            write_below_threshold(&mut out, profile);
+            write_counts(&mut out, profile);
+        }
+        ProfileKind::Snapshot => {
+            let threads = &profile.thread_counts;
+            let _ = writeln!(
+                out,
+                "{} (pid {}): {} threads, {} blocked in futex or socket waits now",
+                profile.comm, profile.pid, threads.threads, threads.blocked_in_waits
+            );
+            let rows = top_sites(profile, true);
+            if rows.is_empty() {
+                let _ = writeln!(out, "no thread is blocked in a futex or socket wait\n");
+            } else {
+                write_threads_table(&mut out, &rows, top);
+                write_stacks(&mut out, profile, top.min(SNAPSHOT_STACKS_SHOWN));
+            }
+            write_counts(&mut out, profile);
+        }
+    }
+    out
+}
+
+/// Full stacks printed after a snapshot's table, like a goroutine dump.
+const SNAPSHOT_STACKS_SHOWN: usize = 5;
+const FRAMES_SHOWN: usize = 40;
+
+fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize) {
+    if rows.is_empty() {
+        let _ = writeln!(out, "no completed waits over the threshold");
+        return;
+    }
     let _ = writeln!(
         out,
-        "{} (pid {}): {} recorded, waits >= {} with stacks{}",
-        profile.comm,
-        profile.pid,
-        format_duration(profile.duration.as_nanos() as u64),
-        format_duration(profile.min_wait.as_nanos() as u64),
-        if profile.target_exited { "; the process exited during the recording" } else { "" },
+        "{:<SITE_WIDTH$} {:<7} {:>10} {:>10} {:>9} {:>8}",
+        "CALL SITE", "KIND", "BLOCKED", "MAX", "WAITS", "THREADS"
     );
-    let rows = top_sites(profile);
-    if rows.is_empty() {
-        let _ = writeln!(out, "no waits over the threshold");
-    } else {
+    for row in rows.iter().take(top) {
         let _ = writeln!(
             out,
             "{:<SITE_WIDTH$} {:<7} {:>10} {:>10} {:>9} {:>8}",
-            "CALL SITE", "KIND", "BLOCKED", "MAX", "WAITS", "THREADS"
+            elide(&row.site, SITE_WIDTH),
+            row.kind.name(),
+            format_duration(row.stats.total_ns),
+            format_duration(row.stats.max_ns),
+            row.stats.waits,
+            row.stats.threads.len(),
         );
-        for row in rows.iter().take(top) {
-            let _ = writeln!(
-                out,
-                "{:<SITE_WIDTH$} {:<7} {:>10} {:>10} {:>9} {:>8}",
-                elide(&row.site, SITE_WIDTH),
-                row.kind.name(),
-                format_duration(row.stats.total_ns),
-                format_duration(row.stats.max_ns),
-                row.stats.waits,
-                row.stats.threads.len(),
-            );
-        }
-        if rows.len() > top {
-            let rest: u64 = rows[top..].iter().map(|row| row.stats.total_ns).sum();
-            let _ = writeln!(
-                out,
-                "... {} more call sites, {} blocked",
-                rows.len() - top,
-                format_duration(rest)
-            );
-        }
     }
+    write_rest(out, rows, top, |row| format_duration(row.stats.total_ns) + " blocked");
+    let _ = writeln!(out);
+}
+
+/// Threads in waits in progress: `THREADS KIND YOUNGEST OLDEST CALL SITE`, the call
+/// site last so that its spaces do not break the columns; ends with an empty line.
+fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize) {
+    let _ = writeln!(
+        out,
+        "{:>7}  {:<7} {:>10} {:>10}  CALL SITE",
+        "THREADS", "KIND", "YOUNGEST", "OLDEST"
+    );
+    for row in rows.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "{:>7}  {:<7} {:>10} {:>10}  {}",
+            row.stats.threads.len(),
+            row.kind.name(),
+            format_age(row.stats.min_ns, row.stats.lower_bound),
+            format_age(row.stats.max_ns, row.stats.lower_bound),
+            elide(&row.site, SITE_WIDTH + 14),
+        );
+    }
+    write_rest(out, rows, top, |row| format!("{} threads", row.stats.threads.len()));
+    let _ = writeln!(out);
+}
+
+fn write_rest(out: &mut String, rows: &[SiteRow], top: usize, what: impl Fn(&SiteRow) -> String) {
+    if rows.len() > top {
+        let rest: Vec<String> = rows[top..].iter().map(&what).collect();
+        let _ = writeln!(out, "... {} more call sites ({})", rows.len() - top, rest.join(", "));
+    }
+}
+
+fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
+    for stack in profile.stacks.iter().filter(|stack| stack.in_progress).take(shown) {
+        let stats = &stack.stats;
+        let _ = writeln!(
+            out,
+            "{} threads @ [{}], blocked {} to {}{}:",
+            stats.threads.len(),
+            stack.kind.name(),
+            format_age(stats.min_ns, stats.lower_bound),
+            format_age(stats.max_ns, stats.lower_bound),
+            if stack.truncated { " (stack truncated)" } else { "" },
+        );
+        for frame in stack.frames.iter().rev().take(FRAMES_SHOWN) {
+            let _ = writeln!(out, "    {}  ({})", elide(&frame.name, 80), frame.module);
+        }
+        if stack.frames.len() > FRAMES_SHOWN {
+            let _ = writeln!(out, "    ... {} more frames", stack.frames.len() - FRAMES_SHOWN);
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn write_below_threshold(out: &mut String, profile: &Profile) {
     let below: Vec<String> = profile
         .below_threshold
         .iter()
@@ -96,18 +179,41 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
     if !below.is_empty() {
         let _ = writeln!(out, "under the threshold (no stacks): {}", below.join(", "));
     }
+}
+
+fn write_counts(out: &mut String, profile: &Profile) {
     let counts = &profile.counts;
-    let _ = writeln!(
-        out,
-        "seen: {} watched calls, {} long waits, {} short waits, {} returned without waiting",
-        counts.calls_entered, counts.long_waits, counts.short_waits, counts.returned_without_waiting
-    );
-    if counts.stack_shortened > 0 {
-        // Not a loss by itself: a shallow thread's stack ends before the copy would.
+    if profile.kind == ProfileKind::Recording {
         let _ = writeln!(
             out,
-            "stacks: {} copies ended at the top of their thread's stack",
-            counts.stack_shortened
+            "seen: {} watched calls, {} long waits, {} short waits, {} returned without waiting",
+            counts.calls_entered,
+            counts.long_waits,
+            counts.short_waits,
+            counts.returned_without_waiting
+        );
+        if counts.stack_shortened > 0 {
+            // Not a loss by itself: a shallow thread's stack ends before the copy would.
+            let _ = writeln!(
+                out,
+                "stacks: {} copies ended at the top of their thread's stack",
+                counts.stack_shortened
+            );
+        }
+    }
+    let threads = &profile.thread_counts;
+    if threads.threads > 0 {
+        let _ = writeln!(
+            out,
+            "threads read from /proc: {}, {} blocked in waits, {} running or blocked elsewhere, \
+             {} exited and {} woke while read, {} unreadable, {} without saved rbp",
+            threads.threads,
+            threads.blocked_in_waits,
+            threads.elsewhere,
+            threads.exited_while_read,
+            threads.woke_while_read,
+            threads.unreadable,
+            threads.frame_pointer_unknown,
         );
     }
     let _ = writeln!(
@@ -128,7 +234,12 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             counts.non_socket_io
         );
     }
-    out
+}
+
+/// An age, prefixed with `≥` when it is a lower bound.
+pub fn format_age(ns: u64, lower_bound: bool) -> String {
+    let age = format_duration(ns);
+    if lower_bound { format!("≥{age}") } else { age }
 }
 
 /// Shortens `text` to `width` characters, keeping its end (the function's own name).
@@ -162,7 +273,7 @@ mod tests {
     use tracer_common::ShortWaitTotals;
 
     use super::*;
-    use crate::aggregate::{TraceCounts, tests::stack};
+    use crate::aggregate::{ThreadCounts, TraceCounts, tests::stack};
 
     #[test]
     fn durations_read_like_a_person_writes_them() {
@@ -191,48 +302,79 @@ mod tests {
         };
         let mut inlined_elsewhere = handler(3);
         inlined_elsewhere.frames.insert(0, crate::aggregate::tests::frame("main", true));
+        let mut stuck_sender =
+            stack(&[("app::write_to_backend", true)], WaitKind::Send, &[(9, 61_000_000_000)]);
+        stuck_sender.in_progress = true;
+        stuck_sender.stats.lower_bound = true;
         Profile {
+            kind: ProfileKind::Recording,
             pid: 4242,
             comm: "app".into(),
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),
-            target_exited: true,
+            target_exited: false,
             stacks: vec![
                 handler(1),
                 handler(2),
                 inlined_elsewhere,
                 stack(&[("app::write_to_backend", true)], WaitKind::Send, &[(9, 5_000_000)]),
+                stuck_sender,
             ],
             below_threshold: vec![(WaitKind::Futex, ShortWaitTotals { count: 7, total_ns: 700_000 })],
             counts: TraceCounts { long_waits: 4, ..TraceCounts::default() },
+            thread_counts: ThreadCounts { threads: 5, blocked_in_waits: 1, elsewhere: 4, ..ThreadCounts::default() },
         }
     }
 
     #[test]
     fn sites_group_stacks_and_count_threads() {
-        let rows = top_sites(&profile());
+        let rows = top_sites(&profile(), false);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].site, "app::send_stat");
         assert_eq!(rows[0].stats.total_ns, 120_000_000);
         assert_eq!(rows[0].stats.threads.len(), 3);
         assert_eq!(rows[1].site, "app::write_to_backend");
+        let stuck = top_sites(&profile(), true);
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(stuck[0].stats.threads.len(), 1);
     }
 
     #[test]
-    fn summary_snapshot() {
+    fn recording_summary_snapshot() {
         let text = render_summary(&profile(), 10);
         let expected = "\
-app (pid 4242): 3.00s recorded, waits >= 1.0ms with stacks; the process exited during the recording
+app (pid 4242): 3.00s recorded, waits >= 1.0ms with stacks
 CALL SITE                                      KIND       BLOCKED        MAX     WAITS  THREADS
 app::send_stat                                 futex      120.0ms     40.0ms         3        3
 app::write_to_backend                          send         5.0ms      5.0ms         1        1
+
+still blocked at the end of the recording:
+THREADS  KIND      YOUNGEST     OLDEST  CALL SITE
+      1  send        ≥1m01s     ≥1m01s  app::write_to_backend
+
 under the threshold (no stacks): futex 7 waits 700us
 seen: 0 watched calls, 4 long waits, 0 short waits, 0 returned without waiting
+threads read from /proc: 5, 1 blocked in waits, 4 running or blocked elsewhere, 0 exited and 0 woke while read, 0 unreadable, 0 without saved rbp
 lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds truncated, 0 unknown symbols, 0 descriptors unresolved
 ";
         assert_eq!(text, expected);
-        for line in text.lines().skip(1).take(3) {
+        for line in text.lines().take(8) {
             assert!(line.chars().count() <= 100, "too wide: {line}");
         }
+    }
+
+    #[test]
+    fn snapshot_summary_lists_threads_then_stacks() {
+        let mut snapshot = profile();
+        snapshot.kind = ProfileKind::Snapshot;
+        for stack in &mut snapshot.stacks {
+            stack.in_progress = true;
+        }
+        let text = render_summary(&snapshot, 10);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("app (pid 4242): 5 threads, 1 blocked in futex or socket waits now"));
+        assert_eq!(lines.next(), Some("THREADS  KIND      YOUNGEST     OLDEST  CALL SITE"));
+        assert_eq!(lines.next(), Some("      3  futex      40.0ms     40.0ms  app::send_stat"));
+        assert!(text.contains("threads @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"));
     }
 }

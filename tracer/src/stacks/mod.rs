@@ -9,10 +9,12 @@
 mod process_image;
 mod symbolize;
 mod unwind;
+mod walker;
 
 pub use process_image::ProcessImage;
 pub use symbolize::{Frame, StackSymbolizer};
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
+pub use walker::StackWalker;
 
 #[cfg(test)]
 mod tests;

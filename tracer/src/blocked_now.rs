@@ -1,0 +1,156 @@
+//! The threads blocked right now in a watched wait, read from /proc without stopping
+//! the process, unwound and aggregated by stack: what `snapshot` shows, and what a
+//! recording reports as still blocked at its end.
+
+use std::collections::HashMap;
+
+use tracer_common::{TaskRegs, WaitKind, classify_syscall};
+
+use crate::{
+    aggregate::{StackKey, ThreadCounts, WaitAggregate},
+    sockets::{Descriptor, resolve_descriptor},
+    stacks::{StackWalker, UserRegs},
+    threads::{SampleError, ThreadReader, ThreadSample},
+};
+
+/// When the probes saw a wait begin, by thread: exact ages for the waits that began
+/// while recording. Others are aged from the scheduler's accounting, as lower bounds.
+pub type KnownWaitStarts = HashMap<u32, u64>;
+
+/// The frame pointer (rbp) of each task's saved user registers, by (sp, ip): /proc
+/// shows a blocked thread's sp and ip but not its rbp, which CFI needs to unwind
+/// through rbp-based frames. Two tasks with the same sp and ip but different rbp (in
+/// different processes) make the key ambiguous, and it is not used.
+#[derive(Debug, Default)]
+pub struct SavedFramePointers(HashMap<(u64, u64), Option<u64>>);
+
+impl SavedFramePointers {
+    pub fn from_tasks(tasks: &[TaskRegs]) -> Self {
+        let mut by_sp_ip: HashMap<(u64, u64), Option<u64>> = HashMap::new();
+        for task in tasks {
+            by_sp_ip
+                .entry((task.sp, task.ip))
+                .and_modify(|bp| {
+                    if *bp != Some(task.bp) {
+                        *bp = None;
+                    }
+                })
+                .or_insert(Some(task.bp));
+        }
+        Self(by_sp_ip)
+    }
+
+    pub fn get(&self, sp: u64, ip: u64) -> Option<u64> {
+        self.0.get(&(sp, ip)).copied().flatten()
+    }
+}
+
+/// Adds every thread of `pid` blocked now in a watched wait to `aggregate` (as waits in
+/// progress, weighted by their age so far) and counts the rest.
+pub fn collect_blocked_threads(
+    pid: u32,
+    walker: &mut StackWalker,
+    known_starts: &KnownWaitStarts,
+    frame_pointers: &SavedFramePointers,
+    aggregate: &mut WaitAggregate,
+) -> std::io::Result<ThreadCounts> {
+    let mut reader = ThreadReader::new(pid)?;
+    let tids = reader.thread_ids()?;
+    let monotonic_now = monotonic_now_ns();
+    let mut counts = ThreadCounts { threads: tids.len() as u64, ..ThreadCounts::default() };
+    for tid in tids {
+        let sample = match reader.sample(tid) {
+            Ok(Some(sample)) => sample,
+            Ok(None) => {
+                counts.elsewhere += 1;
+                continue;
+            }
+            Err(SampleError::Exited) => {
+                counts.exited_while_read += 1;
+                continue;
+            }
+            Err(SampleError::Woke) => {
+                counts.woke_while_read += 1;
+                continue;
+            }
+            Err(SampleError::Unreadable(err)) => {
+                log::debug!("thread {tid} of pid {pid} unreadable: {err}");
+                counts.unreadable += 1;
+                continue;
+            }
+        };
+        let Some(kind) = wait_kind(pid, &sample) else {
+            counts.elsewhere += 1;
+            continue;
+        };
+        counts.blocked_in_waits += 1;
+        let (sp, ip) = (sample.syscall.sp, sample.syscall.pc);
+        let bp = frame_pointers.get(sp, ip).unwrap_or_else(|| {
+            counts.frame_pointer_unknown += 1;
+            0
+        });
+        let regs = UserRegs { ip, sp, bp };
+        let walked = walker.walk(regs, &sample.stack);
+        let key = StackKey {
+            addresses: walked.addresses,
+            kind,
+            truncated: walked.truncated,
+            in_progress: true,
+        };
+        match known_starts.get(&tid) {
+            Some(&start_ns) => {
+                aggregate.add(key, tid, monotonic_now.saturating_sub(start_ns));
+            }
+            None => {
+                // Unknown age: shown as "≥ 0".
+                let age = sample.blocked_for_at_least_ns.unwrap_or(0);
+                aggregate.add_lower_bound(key, tid, age);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The watched wait a sampled thread is in, if any (`read`/`write` only on sockets).
+fn wait_kind(pid: u32, sample: &ThreadSample) -> Option<WaitKind> {
+    let args = sample.syscall.args;
+    let (kind, object) =
+        classify_syscall(sample.syscall.nr, |n| Ok::<_, ()>(args[n])).ok().flatten()?;
+    let socket_kind = match kind {
+        WaitKind::Read => WaitKind::Recv,
+        WaitKind::Write => WaitKind::Send,
+        other => return Some(other),
+    };
+    (resolve_descriptor(pid, object) == Descriptor::Socket).then_some(socket_kind)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_pointers_are_found_by_sp_and_ip_unless_ambiguous() {
+        let tasks = [
+            TaskRegs { ip: 0x10, sp: 0x7000, bp: 0x7100 },
+            TaskRegs { ip: 0x10, sp: 0x8000, bp: 0x8100 },
+            // Another process blocked at the same sp and ip, with another rbp.
+            TaskRegs { ip: 0x10, sp: 0x8000, bp: 0x9100 },
+            // The same registers seen twice agree.
+            TaskRegs { ip: 0x20, sp: 0x6000, bp: 0x6100 },
+            TaskRegs { ip: 0x20, sp: 0x6000, bp: 0x6100 },
+        ];
+        let frame_pointers = SavedFramePointers::from_tasks(&tasks);
+        assert_eq!(frame_pointers.get(0x7000, 0x10), Some(0x7100));
+        assert_eq!(frame_pointers.get(0x8000, 0x10), None);
+        assert_eq!(frame_pointers.get(0x6000, 0x20), Some(0x6100));
+        assert_eq!(frame_pointers.get(0x5000, 0x10), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! `tracer snapshot`: the threads of a live process blocked right now in futex and
+//! socket waits, grouped by call stack like a goroutine profile — including threads
+//! stuck since long before the tracer started. Reads /proc; loads no probes.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use crate::{
+    aggregate::{Profile, ProfileKind, TraceCounts, WaitAggregate},
+    blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
+    cli::SnapshotArgs,
+    report::{Format, Output, summary::render_summary},
+    stacks::{ProcessImage, StackSymbolizer, StackWalker},
+    probes::{ProbeConfig, Probes},
+    target::{self, Target},
+};
+
+pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let SnapshotArgs { pid, outputs, top } = args;
+    for path in &outputs {
+        Format::from_path(path)?;
+    }
+    target::check_root()?;
+    let target = Target::open(pid)?;
+    let btf_path = target::btf_path()?;
+    let outputs = outputs
+        .iter()
+        .map(|path| Output::create(path))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let started = Instant::now();
+    // Only the task iterator runs: it reads the saved registers, nothing is attached
+    // to the process.
+    let mut probes = Probes::open(
+        ProbeConfig { tgid: pid, min_wait: std::time::Duration::ZERO },
+        &btf_path,
+    )?;
+    let frame_pointers = SavedFramePointers::from_tasks(&probes.task_registers()?);
+    drop(probes);
+    let image = ProcessImage::snapshot(pid).map_err(|err| exited_or(&target, err.into()))?;
+    let mut walker = StackWalker::new(pid, image);
+    let mut aggregate = WaitAggregate::default();
+    let thread_counts =
+        collect_blocked_threads(
+            pid,
+            &mut walker,
+            &KnownWaitStarts::new(),
+            &frame_pointers,
+            &mut aggregate,
+        )
+            .map_err(|err| exited_or(&target, err.into()))?;
+    if target.has_exited() {
+        anyhow::bail!("pid {pid} exited during the snapshot");
+    }
+    let base = Profile {
+        kind: ProfileKind::Snapshot,
+        pid,
+        comm: target.comm.clone(),
+        duration: started.elapsed(),
+        min_wait: std::time::Duration::ZERO,
+        target_exited: false,
+        stacks: Vec::new(),
+        below_threshold: Vec::new(),
+        counts: TraceCounts { unwind_truncated: walker.truncated_walks, ..TraceCounts::default() },
+        thread_counts,
+    };
+    let mut symbolizer = StackSymbolizer::new();
+    let mut profile = aggregate.into_profile(base, walker.image(), &mut symbolizer);
+    profile.counts.unknown_symbols = symbolizer.unknown_addresses;
+    log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
+    print!("{}", render_summary(&profile, top));
+    for output in outputs {
+        let path = output.path.clone();
+        output
+            .write(&profile)
+            .with_context(|| format!("{}: cannot write the report", path.display()))?;
+        eprintln!("tracer: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// A failure to read the target is, more often than not, the target exiting: say so.
+fn exited_or(target: &Target, err: anyhow::Error) -> anyhow::Error {
+    if target.has_exited() {
+        anyhow::anyhow!("pid {} exited during the snapshot", target.pid)
+    } else {
+        err.context(format!("cannot read pid {}", target.pid))
+    }
+}

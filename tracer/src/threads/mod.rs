@@ -1,0 +1,483 @@
+//! Threads blocked right now, read from /proc without stopping the process (no ptrace stop, no
+//! signal): /proc/PID/task/TID/syscall gives the syscall, its arguments and the user sp and pc,
+//! process_vm_readv copies the user stack, /proc/PID/task/TID/sched dates the block.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Read as _};
+use std::time::{Duration, Instant};
+
+/// Most stack bytes copied per thread. A function can keep a 64 KiB buffer in its frame, which
+/// puts its callers beyond a short copy; past 512 KiB it is more likely we are reading a heap
+/// mapping that happens to hold sp (a green-thread stack) than frames the unwinder needs.
+pub const MAX_STACK_READ: usize = 512 << 10;
+
+/// The per-CPU scheduler clocks are recalibrated against CLOCK_MONOTONIC this often, so that
+/// the two clocks' drift (steal time, NTP slew) between calibrations stays far below a
+/// millisecond.
+const CLOCK_RECALIBRATE: Duration = Duration::from_millis(100);
+
+/// A thread's sp outside every known mapping re-reads /proc/PID/maps (new threads have new
+/// stacks), but not more often than this: the maps of a process with 10,000 threads are 1.5 MB,
+/// and threads whose sp is in no mapping at all must not make a snapshot quadratic.
+const MAPS_REFRESH_MIN: Duration = Duration::from_millis(10);
+
+/// Room for one read of any per-thread /proc file we parse (sched is about 2 KiB; a deep kernel
+/// stack about 4 KiB); the buffer grows if a file is bigger.
+const READ_BUF: usize = 8 << 10;
+
+/// A thread blocked in a syscall, as /proc/PID/task/TID/syscall shows it:
+/// `nr arg0 .. arg5 sp pc` (decimal nr, hex arguments, sp and pc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallState {
+    pub nr: i64,
+    pub args: [u64; 6],
+    /// User stack pointer at syscall entry.
+    pub sp: u64,
+    /// User instruction pointer: the instruction after the `syscall`.
+    pub pc: u64,
+}
+
+/// What /proc/PID/task/TID/syscall says about a thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadSyscall {
+    /// `running`: on a CPU right now, so the kernel cannot tell.
+    Running,
+    /// `-1 sp pc`: off the CPU but not in a syscall (preempted in user code, or stopped).
+    NotInSyscall { sp: u64, pc: u64 },
+    /// In a syscall and off the CPU: blocked (or preempted inside the kernel).
+    Blocked(SyscallState),
+}
+
+/// Parses the text of /proc/PID/task/TID/syscall
+/// (<https://elixir.bootlin.com/linux/v6.18/source/fs/proc/base.c> `proc_pid_syscall`).
+pub fn parse_syscall(text: &str) -> Option<ThreadSyscall> {
+    let text = text.trim();
+    if text == "running" {
+        return Some(ThreadSyscall::Running);
+    }
+    let mut fields = text.split_ascii_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let mut hex = || parse_hex(fields.next()?);
+    let state = if nr == -1 {
+        let (sp, pc) = (hex()?, hex()?);
+        ThreadSyscall::NotInSyscall { sp, pc }
+    } else if nr >= 0 {
+        let args = [hex()?, hex()?, hex()?, hex()?, hex()?, hex()?];
+        let (sp, pc) = (hex()?, hex()?);
+        ThreadSyscall::Blocked(SyscallState { nr, args, sp, pc })
+    } else {
+        return None;
+    };
+    fields.next().is_none().then_some(state)
+}
+
+fn parse_hex(field: &str) -> Option<u64> {
+    u64::from_str_radix(field.strip_prefix("0x")?, 16).ok()
+}
+
+/// `se.exec_start` of a /proc/.../sched file, in nanoseconds. The kernel prints nanoseconds split
+/// as milliseconds with six decimals (`SPLIT_NS`), e.g. `se.exec_start : 123456.789012`.
+pub fn parse_exec_start_ns(sched: &str) -> Option<u64> {
+    let line = sched
+        .lines()
+        .find(|line| line.starts_with("se.exec_start"))?;
+    let (_, value) = line.split_once(':')?;
+    let (ms, frac) = value.trim().split_once('.')?;
+    if frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // "5" after the point is 500000 ns, whatever the printed width.
+    let frac_ns: u64 = frac.parse::<u64>().ok()? * 10u64.pow(6 - frac.len() as u32);
+    ms.parse::<u64>()
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(frac_ns)
+}
+
+/// The scheduler clock "now" on the calling thread's CPU: its own `se.exec_start`.
+///
+/// A blocked task's `se.exec_start` is the `rq_clock_task` of the moment it last stopped running
+/// (`update_curr` runs on every dequeue), so now minus it is how long it has been off the CPU.
+/// A running task's `se.exec_start` only advances at the tick (4 ms at HZ=250) or a reschedule,
+/// so we yield first: `schedule()` runs `update_curr` on us even when nothing else is runnable.
+/// A stale reading would only make ages smaller, so the age stays a lower bound.
+///
+/// `rq_clock_task` is per CPU: it leaves out steal time (CONFIG_PARAVIRT_TIME_ACCOUNTING) and,
+/// where configured, IRQ time, so two CPUs' clocks differ. Measured on this 2-CPU VM (kvm, a
+/// little steal): CPU 1's ran 13.5 ms behind CPU 0's, and 4.6 ms five minutes later; an age
+/// taken against the wrong CPU's clock came out 11 ms longer than the true age. `ThreadReader`
+/// therefore compares with the slowest CPU's clock (see `SchedClock`), not with this one.
+pub fn scheduler_now_ns() -> Option<u64> {
+    // SAFETY: sched_yield takes no arguments and touches no memory of ours.
+    unsafe { libc::sched_yield() };
+    let sched = fs::read_to_string("/proc/thread-self/sched").ok()?;
+    parse_exec_start_ns(&sched)
+}
+
+/// The scheduler clock of the CPU whose clock is furthest behind, extrapolated with
+/// CLOCK_MONOTONIC: a blocked thread's `se.exec_start` came from the clock of whichever CPU it
+/// last ran on, so only the slowest clock gives a lower bound on its age whatever that CPU was
+/// (ages are then at most the CPUs' skew, 5-14 ms here, too small). Extrapolating spares
+/// reading our own sched file once per sampled thread. Steal time while a thread sleeps only
+/// makes its age smaller, so the age stays a lower bound. A tracer confined to some CPUs
+/// (taskset, cpuset) cannot read the others' clocks; ages of threads that ran there may then
+/// be up to the skew too long.
+#[derive(Clone, Copy, Debug)]
+struct SchedClock {
+    /// When it was calibrated; `now_ns` is relative to it.
+    base: Instant,
+    /// The slowest CPU's scheduler clock at `base`, in nanoseconds (it may be below zero when
+    /// CLOCK_MONOTONIC is ahead).
+    at_base_ns: i128,
+}
+
+impl SchedClock {
+    /// Reads the scheduler clock on every CPU this thread may run on, moving the thread there
+    /// for the read and back after (a few context switches per CPU). Falls back to the current
+    /// CPU's clock when the affinity cannot be changed.
+    fn calibrate() -> Option<Self> {
+        let base = Instant::now();
+        let mut at_base_ns: Option<i128> = None;
+        let read_here = |at_base_ns: &mut Option<i128>| {
+            let Some(clock) = scheduler_now_ns() else {
+                return;
+            };
+            // Taken after the read: the clock value is older than this instant, so the offset
+            // errs low (and ages with it).
+            let clock_at_base = i128::from(clock) - base.elapsed().as_nanos() as i128;
+            *at_base_ns = Some(at_base_ns.map_or(clock_at_base, |min| min.min(clock_at_base)));
+        };
+        // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set.
+        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let set_size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: `allowed` is a cpu_set_t of `set_size` bytes that the kernel fills.
+        let got = unsafe { libc::sched_getaffinity(0, set_size, &mut allowed) };
+        if got == 0 {
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                // SAFETY: `cpu` is below CPU_SETSIZE, inside the set.
+                if !unsafe { libc::CPU_ISSET(cpu, &allowed) } {
+                    continue;
+                }
+                // SAFETY: as above; all zeroes is the empty set.
+                let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+                // SAFETY: `cpu` is below CPU_SETSIZE, inside the set.
+                unsafe { libc::CPU_SET(cpu, &mut one) };
+                // SAFETY: `one` is a valid cpu_set_t of `set_size` bytes; the call moves this
+                // thread onto `cpu` before it returns.
+                if unsafe { libc::sched_setaffinity(0, set_size, &one) } == 0 {
+                    read_here(&mut at_base_ns);
+                }
+            }
+            // SAFETY: `allowed` is the mask read above, a valid cpu_set_t of `set_size` bytes.
+            unsafe { libc::sched_setaffinity(0, set_size, &allowed) };
+        }
+        if at_base_ns.is_none() {
+            read_here(&mut at_base_ns);
+        }
+        Some(Self {
+            base,
+            at_base_ns: at_base_ns?,
+        })
+    }
+
+    fn now_ns(&self) -> Option<u64> {
+        u64::try_from(self.at_base_ns + self.base.elapsed().as_nanos() as i128).ok()
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.base.elapsed() < CLOCK_RECALIBRATE
+    }
+}
+
+/// One blocked thread, read consistently: its syscall was the same before and after the copy.
+#[derive(Clone, Debug)]
+pub struct ThreadSample {
+    pub tid: u32,
+    pub comm: String,
+    pub syscall: SyscallState,
+    /// User stack bytes from `syscall.sp` upwards, to the end of the mapping holding sp
+    /// (at most `MAX_STACK_READ`).
+    pub stack: Vec<u8>,
+    /// How long it has been off the CPU, from the scheduler's accounting: a lower bound on how
+    /// long it has been blocked (show it as "≥"). None when the sched file is unavailable.
+    pub blocked_for_at_least_ns: Option<u64>,
+}
+
+/// Why a thread could not be sampled.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// The thread exited before it was fully read.
+    #[error("thread exited while being read")]
+    Exited,
+    /// The thread woke (its syscall, sp or pc changed) while being read.
+    #[error("thread woke while being read")]
+    Woke,
+    /// The thread could not be read (permission, exec in progress, stack in no mapping).
+    #[error("thread could not be read")]
+    Unreadable(#[source] io::Error),
+}
+
+impl From<io::Error> for SampleError {
+    fn from(error: io::Error) -> Self {
+        if is_gone(&error) {
+            Self::Exited
+        } else {
+            Self::Unreadable(error)
+        }
+    }
+}
+
+/// ENOENT: the /proc entry is gone; ESRCH: the task is gone (process_vm_readv, or a /proc read
+/// racing with exit).
+fn is_gone(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// A writable mapping of the target (any of them can be a thread's stack).
+#[derive(Clone, Copy, Debug)]
+struct Mapping {
+    start: u64,
+    end: u64,
+}
+
+/// Reads the blocked threads of one process, reusing its buffers across threads.
+///
+/// Dating the waits (every 100 ms of sampling) moves the calling thread onto each CPU it may
+/// run on for a moment, then restores its affinity (see `SchedClock`).
+pub struct ThreadReader {
+    pid: u32,
+    /// Writable mappings from /proc/PID/maps, sorted by start (the file's order).
+    mappings: Vec<Mapping>,
+    /// Set when a read suggests `mappings` no longer matches the process.
+    mappings_stale: bool,
+    /// When `mappings` was read: a miss refreshes it at most once per `MAPS_REFRESH_MIN`.
+    mappings_read_at: Instant,
+    /// Reused path and file buffers: sampling allocates only what a sample returns.
+    path: String,
+    buf: Vec<u8>,
+    /// For ages; None until the first blocked thread, or when the sched file is unreadable.
+    clock: Option<SchedClock>,
+}
+
+impl ThreadReader {
+    /// For process `pid`: reads /proc/PID/maps once to know the writable mappings (refreshed
+    /// when a thread's sp falls in none of them).
+    pub fn new(pid: u32) -> Result<Self, io::Error> {
+        let mut reader = Self {
+            pid,
+            mappings: Vec::new(),
+            mappings_stale: false,
+            mappings_read_at: Instant::now(),
+            path: String::with_capacity(64),
+            buf: vec![0; READ_BUF],
+            clock: None,
+        };
+        reader.refresh_mappings()?;
+        Ok(reader)
+    }
+
+    /// Thread ids from /proc/PID/task, ascending.
+    pub fn thread_ids(&self) -> io::Result<Vec<u32>> {
+        let mut tids = Vec::new();
+        for entry in fs::read_dir(format!("/proc/{}/task", self.pid))? {
+            let entry = entry?;
+            if let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse().ok())
+            {
+                tids.push(tid);
+            }
+        }
+        tids.sort_unstable();
+        Ok(tids)
+    }
+
+    /// Samples thread `tid`. Ok(None) when it is running or blocked outside a syscall.
+    ///
+    /// Otherwise reads its syscall file, comm, user stack (process_vm_readv from sp to the end of
+    /// the mapping holding sp, at most `MAX_STACK_READ`) and sched file, then reads the syscall
+    /// file again: Err(Woke) if it changed, so a stack copied while the thread ran is never
+    /// returned. A thread that woke and blocked again at the very same syscall, sp and pc in
+    /// between passes; its stack then is that of an identical wait. ENOENT or ESRCH anywhere
+    /// gives Err(Exited).
+    pub fn sample(&mut self, tid: u32) -> Result<Option<ThreadSample>, SampleError> {
+        let syscall = match self.read_syscall(tid)? {
+            ThreadSyscall::Blocked(state) => state,
+            ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
+        };
+        let comm = self
+            .read_task_file(tid, "comm")?
+            .trim_end_matches('\n')
+            .to_owned();
+        // Errors of the copy wait for the re-check: a thread that woke or exited says so first.
+        let stack = self.read_stack(syscall.sp);
+        let exec_start = match self.read_task_file(tid, "sched") {
+            Ok(sched) => parse_exec_start_ns(sched),
+            Err(error) if is_gone(&error) => return Err(SampleError::Exited),
+            Err(_) => None,
+        };
+        if self.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) {
+            return Err(SampleError::Woke);
+        }
+        let stack = stack?;
+        let now = self.now_ns();
+        Ok(Some(ThreadSample {
+            tid,
+            comm,
+            syscall,
+            stack,
+            blocked_for_at_least_ns: exec_start
+                .zip(now)
+                .map(|(start, now)| now.saturating_sub(start)),
+        }))
+    }
+
+    /// Kernel stack of thread `tid` from /proc/PID/task/TID/stack, function names only, leaf
+    /// first (`futex_wait_queue`, `__futex_wait`, ...): tells which way a wait goes.
+    pub fn kernel_stack(&mut self, tid: u32) -> Result<Vec<String>, SampleError> {
+        let text = self.read_task_file(tid, "stack")?;
+        Ok(parse_kernel_stack(text))
+    }
+
+    /// `/proc/PID/task/TID/syscall`, parsed.
+    fn read_syscall(&mut self, tid: u32) -> Result<ThreadSyscall, SampleError> {
+        let text = self.read_task_file(tid, "syscall")?;
+        parse_syscall(text).ok_or_else(|| {
+            SampleError::Unreadable(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected syscall file: {text:?}"),
+            ))
+        })
+    }
+
+    /// Reads /proc/PID/task/TID/`leaf` into the reused buffer, with one read when it fits.
+    fn read_task_file(&mut self, tid: u32, leaf: &str) -> io::Result<&str> {
+        self.path.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(self.path, "/proc/{}/task/{tid}/{leaf}", self.pid);
+        // Paths this short are turned into C strings on the stack: no allocation.
+        let mut file = File::open(&self.path)?;
+        let mut len = 0;
+        loop {
+            let n = file.read(&mut self.buf[len..])?;
+            len += n;
+            // seq_file hands out the whole text in one read when the buffer holds it.
+            if n == 0 || len < self.buf.len() {
+                break;
+            }
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        std::str::from_utf8(&self.buf[..len])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Copies the user stack from `sp` to the end of its mapping, at most `MAX_STACK_READ`.
+    fn read_stack(&mut self, sp: u64) -> Result<Vec<u8>, SampleError> {
+        let miss = self.mapping_of(sp).is_none();
+        if self.mappings_stale || (miss && self.mappings_read_at.elapsed() >= MAPS_REFRESH_MIN) {
+            self.refresh_mappings()?;
+        }
+        let Some(mapping) = self.mapping_of(sp) else {
+            return Err(SampleError::Unreadable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("stack pointer {sp:#x} is in no writable mapping"),
+            )));
+        };
+        let len =
+            usize::try_from(mapping.end - sp).map_or(MAX_STACK_READ, |len| len.min(MAX_STACK_READ));
+        let mut stack = vec![0u8; len];
+        let read = match read_memory(self.pid, sp, &mut stack) {
+            Ok(read) => read,
+            Err(error) => {
+                // EFAULT: nothing mapped at sp any more; our mappings are out of date.
+                self.mappings_stale = true;
+                return Err(error.into());
+            }
+        };
+        if read < len {
+            // The mapping ended sooner than /proc/PID/maps said: it changed since we read it.
+            // What we got is contiguous from sp, so it is a shorter stack, not a torn one.
+            self.mappings_stale = true;
+            stack.truncate(read);
+        }
+        Ok(stack)
+    }
+
+    fn mapping_of(&self, addr: u64) -> Option<Mapping> {
+        let after = self.mappings.partition_point(|m| m.start <= addr);
+        let mapping = *self.mappings.get(after.checked_sub(1)?)?;
+        (addr < mapping.end).then_some(mapping)
+    }
+
+    fn refresh_mappings(&mut self) -> io::Result<()> {
+        let maps = fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
+        self.mappings = parse_writable_mappings(&maps);
+        self.mappings_stale = false;
+        self.mappings_read_at = Instant::now();
+        Ok(())
+    }
+
+    /// The slowest CPU's scheduler clock now (see `SchedClock`).
+    fn now_ns(&mut self) -> Option<u64> {
+        if !self.clock.is_some_and(|clock| clock.is_fresh()) {
+            self.clock = SchedClock::calibrate();
+        }
+        self.clock?.now_ns()
+    }
+}
+
+/// The writable mappings of a /proc/PID/maps text (`start-end perms offset dev inode [path]`).
+fn parse_writable_mappings(maps: &str) -> Vec<Mapping> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?.as_bytes();
+            (perms.first() == Some(&b'r') && perms.get(1) == Some(&b'w')).then_some(())?;
+            Some(Mapping {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Function names of a /proc/PID/task/TID/stack text (`[<0>] futex_wait_queue+0x65/0xa0`).
+fn parse_kernel_stack(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let symbol = line.split_once("] ")?.1;
+            let name = symbol.split_once('+').map_or(symbol, |(name, _)| name);
+            Some(name.trim().to_owned())
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// Copies `buf.len()` bytes at `addr` of process `pid`; returns how many were copied (fewer
+/// when the range runs into unmapped memory).
+fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: `local` describes `buf`, which we borrow mutably for the call and which is
+    // `iov_len` bytes long; `remote` names memory of the other process, which the kernel
+    // checks and never dereferences in ours.
+    let read = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    // A negative count is the only failure; try_from turns it into errno.
+    usize::try_from(read).map_err(|_| io::Error::last_os_error())
+}
+
+#[cfg(test)]
+mod tests;

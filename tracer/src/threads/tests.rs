@@ -1,0 +1,462 @@
+use std::hint::black_box;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// x86-64 syscall numbers the waits below block in.
+const SYS_FUTEX: i64 = 202;
+const SYS_CLOCK_NANOSLEEP: i64 = 230;
+
+/// How far below the true blocked time the scheduler's estimate may land: the target's last
+/// `update_curr` and our own clock reading are both a little late, by far less than this.
+const AGE_TOLERANCE: Duration = Duration::from_millis(50);
+
+/// Slack above the true blocked time, for the scheduler clock and CLOCK_MONOTONIC ticking
+/// at slightly different rates (NTP slew) and for rounding.
+const AGE_SLACK_ABOVE: Duration = Duration::from_millis(2);
+
+/// Stack of each pile-up thread: small, so that thousands fit, as in a thread-per-connection
+/// server with tuned stacks.
+const PILE_UP_STACK: usize = 64 << 10;
+
+#[test]
+fn syscall_lines_parse() {
+    assert_eq!(parse_syscall("running\n"), Some(ThreadSyscall::Running));
+    assert_eq!(
+        parse_syscall("-1 0x7ffd5a3c1e08 0x7f8e1b2a1f3d\n"),
+        Some(ThreadSyscall::NotInSyscall {
+            sp: 0x7ffd_5a3c_1e08,
+            pc: 0x7f8e_1b2a_1f3d
+        })
+    );
+    assert_eq!(
+        parse_syscall(
+            "202 0x55d0c2a4b188 0x189 0x0 0x0 0x0 0xffffffff 0x7f8e1a3fdc40 0x7f8e1b2a1f3d\n"
+        ),
+        Some(ThreadSyscall::Blocked(SyscallState {
+            nr: 202,
+            args: [0x55d0_c2a4_b188, 0x189, 0, 0, 0, 0xffff_ffff],
+            sp: 0x7f8e_1a3f_dc40,
+            pc: 0x7f8e_1b2a_1f3d,
+        }))
+    );
+    for garbage in [
+        "",
+        "sleeping",
+        "202",
+        "202 0x1 0x2 0x3 0x4 0x5 0x6 0x7",
+        "202 0x1 0x2 0x3 0x4 0x5 0x6 0x7 0x8 0x9",
+        "202 1 2 3 4 5 6 7 8",
+        "202 0x1 0x2 0x3 0x4 0x5 0x6 0x7 0xZZ",
+        "-1 0x7ffd5a3c1e08",
+        "-1 0x1 0x2 0x3",
+        "-2 0x1 0x2",
+        "0x202 0x1 0x2 0x3 0x4 0x5 0x6 0x7 0x8",
+    ] {
+        assert_eq!(parse_syscall(garbage), None, "{garbage:?}");
+    }
+}
+
+#[test]
+fn exec_start_parses_from_a_real_sched_file() {
+    // The head of /proc/thread-self/sched on this machine (Linux 6.18).
+    let sched = "cat (11464, #threads: 1)\n\
+        -------------------------------------------------------------------\n\
+        se.exec_start                                :       1775432.241182\n\
+        se.vruntime                                  :           132.213113\n\
+        se.sum_exec_runtime                          :             0.188303\n\
+        nr_switches                                  :                    1\n";
+    assert_eq!(parse_exec_start_ns(sched), Some(1_775_432_241_182));
+    assert_eq!(
+        parse_exec_start_ns("se.exec_start : 12.5\n"),
+        Some(12_500_000)
+    );
+    assert_eq!(parse_exec_start_ns("se.exec_start : 0.000001\n"), Some(1));
+    assert_eq!(parse_exec_start_ns("se.vruntime : 12.5\n"), None);
+    assert_eq!(parse_exec_start_ns("se.exec_start : 12\n"), None);
+    assert_eq!(parse_exec_start_ns("se.exec_start : 12.1234567\n"), None);
+    assert_eq!(parse_exec_start_ns("se.exec_start : x.5\n"), None);
+}
+
+#[test]
+fn writable_mappings_parse_and_contain_addresses() {
+    let maps = "55d0c2a00000-55d0c2a4b000 r-xp 00000000 fe:01 1234 /usr/bin/server\n\
+        55d0c2a4b000-55d0c2a4c000 rw-p 0004b000 fe:01 1234 /usr/bin/server\n\
+        7f8e19bfd000-7f8e19bfe000 ---p 00000000 00:00 0\n\
+        7f8e19bfe000-7f8e1a3fe000 rw-p 00000000 00:00 0\n\
+        7ffd5a3a2000-7ffd5a3c3000 rw-p 00000000 00:00 0                          [stack]\n";
+    let mappings = parse_writable_mappings(maps);
+    let bounds: Vec<_> = mappings.iter().map(|m| (m.start, m.end)).collect();
+    assert_eq!(
+        bounds,
+        [
+            (0x55d0_c2a4_b000, 0x55d0_c2a4_c000),
+            (0x7f8e_19bf_e000, 0x7f8e_1a3f_e000),
+            (0x7ffd_5a3a_2000, 0x7ffd_5a3c_3000)
+        ]
+    );
+    let reader = ThreadReader {
+        pid: 0,
+        mappings,
+        mappings_stale: false,
+        mappings_read_at: Instant::now(),
+        path: String::new(),
+        buf: Vec::new(),
+        clock: None,
+    };
+    assert_eq!(
+        reader.mapping_of(0x7f8e_1a3f_dc40).map(|m| m.end),
+        Some(0x7f8e_1a3f_e000)
+    );
+    assert_eq!(
+        reader.mapping_of(0x7f8e_19bf_e000).map(|m| m.start),
+        Some(0x7f8e_19bf_e000)
+    );
+    assert!(
+        reader.mapping_of(0x7f8e_1a3f_e000).is_none(),
+        "end is exclusive"
+    );
+    assert!(
+        reader.mapping_of(0x7f8e_19bf_d800).is_none(),
+        "guard page is not writable"
+    );
+    assert!(reader.mapping_of(0x1000).is_none());
+}
+
+#[test]
+fn kernel_stack_names_parse() {
+    let text = "[<0>] futex_wait_queue+0x65/0xa0\n[<0>] __futex_wait+0x14a/0x1b0\n\
+        [<0>] do_syscall_64+0x71/0x280\n[<0>] entry_SYSCALL_64_after_hwframe+0x76/0x7e\n";
+    assert_eq!(
+        parse_kernel_stack(text),
+        [
+            "futex_wait_queue",
+            "__futex_wait",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe"
+        ]
+    );
+}
+
+/// Threads of this test process parked on one condition variable until dropped.
+struct Parked {
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    handles: Vec<JoinHandle<()>>,
+    /// (tid, instant just before the thread's first wait) per thread.
+    started: Arc<Mutex<Vec<(u32, Instant)>>>,
+}
+
+impl Parked {
+    fn spawn(count: usize, name: &str, stack_size: usize) -> Self {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let started = Arc::new(Mutex::new(Vec::with_capacity(count)));
+        let handles = (0..count)
+            .map(|i| {
+                let (gate, started) = (Arc::clone(&gate), Arc::clone(&started));
+                thread::Builder::new()
+                    .name(name.to_owned())
+                    .stack_size(stack_size)
+                    .spawn(move || {
+                        let (lock, condvar) = &*gate;
+                        let mut released = lock.lock().unwrap();
+                        started.lock().unwrap().push((gettid(), Instant::now()));
+                        while !*released {
+                            released = condvar.wait(released).unwrap();
+                        }
+                    })
+                    .unwrap_or_else(|e| panic!("spawn parked thread {i}: {e}"))
+            })
+            .collect();
+        let parked = Self {
+            gate,
+            handles,
+            started,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while parked.started.lock().unwrap().len() < count {
+            assert!(Instant::now() < deadline, "parked threads did not start");
+            thread::sleep(Duration::from_millis(5));
+        }
+        parked
+    }
+
+    fn tids(&self) -> Vec<(u32, Instant)> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        let (lock, condvar) = &*self.gate;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        condvar.notify_all();
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    u32::try_from(tid).expect("tids are positive")
+}
+
+fn this_pid() -> u32 {
+    std::process::id()
+}
+
+/// Samples `tid` until it is seen blocked (it may still be on its way into the wait).
+fn sample_until_blocked(reader: &mut ThreadReader, tid: u32) -> ThreadSample {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match reader.sample(tid) {
+            Ok(Some(sample)) => return sample,
+            Ok(None) | Err(SampleError::Woke) => {}
+            Err(e) => panic!("sample tid {tid}: {e:?}"),
+        }
+        assert!(Instant::now() < deadline, "tid {tid} never seen blocked");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The executable mappings of this test binary.
+fn own_code_ranges() -> Vec<(u64, u64)> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let maps = fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines()
+        .filter(|line| line.ends_with(&*exe.to_string_lossy()))
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            fields.next()?.contains('x').then_some(())?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn thread_blocked_on_a_condvar_is_sampled_with_its_stack() {
+    let parked = Parked::spawn(1, "tracer-parked", 2 << 20);
+    let (tid, _) = parked.tids()[0];
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    assert!(reader.thread_ids().expect("thread ids").contains(&tid));
+
+    let sample = sample_until_blocked(&mut reader, tid);
+    assert_eq!(sample.tid, tid);
+    assert_eq!(sample.comm, "tracer-parked");
+    assert_eq!(sample.syscall.nr, SYS_FUTEX);
+    assert!(!sample.stack.is_empty());
+    assert!(sample.stack.len() <= MAX_STACK_READ);
+    let mapping = reader
+        .mapping_of(sample.syscall.sp)
+        .expect("sp lies in a writable mapping");
+    assert!(sample.syscall.sp + sample.stack.len() as u64 <= mapping.end);
+
+    // The parked closure and Condvar::wait are in this binary: their return addresses are on
+    // the stack copy (which a short copy from the wrong place would miss).
+    let code = own_code_ranges();
+    assert!(!code.is_empty(), "no executable mapping of the test binary");
+    let returns_into_binary = sample
+        .stack
+        .chunks_exact(8)
+        .map(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")))
+        .filter(|word| code.iter().any(|&(start, end)| (start..end).contains(word)))
+        .count();
+    assert!(
+        returns_into_binary > 0,
+        "no return address into the test binary on the stack"
+    );
+
+    let kernel = reader.kernel_stack(tid).expect("kernel stack");
+    assert!(
+        kernel.iter().any(|f| f.contains("futex")),
+        "kernel stack {kernel:?}"
+    );
+}
+
+#[test]
+fn age_of_a_condvar_wait_is_a_tight_lower_bound() {
+    let parked = Parked::spawn(1, "tracer-aged", 2 << 20);
+    let (tid, blocked_at) = parked.tids()[0];
+    thread::sleep(Duration::from_millis(1500));
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    let before = blocked_at.elapsed();
+    let sample = sample_until_blocked(&mut reader, tid);
+    let after = blocked_at.elapsed();
+    let age = Duration::from_nanos(sample.blocked_for_at_least_ns.expect("an age"));
+    println!("condvar wait: age {age:?}, true age in [{before:?}, {after:?}]");
+    assert!(
+        age <= after + AGE_SLACK_ABOVE,
+        "age {age:?} above the true age {after:?}"
+    );
+    assert!(
+        age + AGE_TOLERANCE >= before,
+        "age {age:?} far below the true age {before:?}"
+    );
+}
+
+#[test]
+fn sched_clock_is_the_slowest_cpu_clock() {
+    let start = Instant::now();
+    let clock = SchedClock::calibrate().expect("calibrate the scheduler clock");
+    let took = start.elapsed();
+    let calibrated = clock.now_ns().expect("calibrated now");
+    let here = scheduler_now_ns().expect("own now");
+    println!(
+        "calibrated on every CPU in {took:?}; this CPU is {} us ahead",
+        (i128::from(here) - i128::from(calibrated)) / 1000
+    );
+    // The slowest clock is at most this CPU's (plus the rounding of extrapolation).
+    assert!(
+        calibrated <= here + 1_000_000,
+        "calibrated {calibrated} ahead of this CPU's {here}"
+    );
+    assert!(
+        here - calibrated < 1_000_000_000,
+        "CPU clocks a second apart: {here} vs {calibrated}"
+    );
+}
+
+/// Kills the child on drop, so that a failed assertion leaves no process behind.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn age_of_another_process_sleeping_is_a_tight_lower_bound() {
+    let spawned_at = Instant::now();
+    let child = ChildGuard(
+        Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let pid = child.0.id();
+    thread::sleep(Duration::from_millis(1200));
+    let mut reader = ThreadReader::new(pid).expect("reader for the child");
+    assert_eq!(reader.thread_ids().expect("thread ids"), [pid]);
+    let before = spawned_at.elapsed();
+    let sample = sample_until_blocked(&mut reader, pid);
+    let after = spawned_at.elapsed();
+    assert_eq!(sample.comm, "sleep");
+    assert_eq!(sample.syscall.nr, SYS_CLOCK_NANOSLEEP);
+    assert!(!sample.stack.is_empty());
+    let age = Duration::from_nanos(sample.blocked_for_at_least_ns.expect("an age"));
+    println!("sleep 30: age {age:?}, since spawn [{before:?}, {after:?}]");
+    // The child blocks a few milliseconds after the spawn (exec, loader): inside the tolerance.
+    assert!(
+        age <= after + AGE_SLACK_ABOVE,
+        "age {age:?} above the time since spawn {after:?}"
+    );
+    assert!(
+        age + AGE_TOLERANCE >= before,
+        "age {age:?} far below the time since spawn {before:?}"
+    );
+}
+
+#[test]
+fn exited_thread_is_gone() {
+    let handle = thread::spawn(gettid);
+    let tid = handle.join().expect("join");
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    assert!(!reader.thread_ids().expect("thread ids").contains(&tid));
+    match reader.sample(tid) {
+        Err(SampleError::Exited) => {}
+        other => panic!("sample of an exited thread: {other:?}"),
+    }
+}
+
+#[test]
+fn spinning_thread_gives_no_stack() {
+    let spinner_tid = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (spinner_tid, stop) = (Arc::clone(&spinner_tid), Arc::clone(&stop));
+        thread::spawn(move || {
+            spinner_tid.store(gettid(), Ordering::Release);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n = black_box(n.wrapping_add(1));
+            }
+        })
+    };
+    let tid = loop {
+        match spinner_tid.load(Ordering::Acquire) {
+            0 => thread::yield_now(),
+            tid => break tid,
+        }
+    };
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    let (mut off_cpu, mut rounds) = (0, 0);
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        match reader.sample(tid) {
+            // Running, or preempted in user code ("-1 sp pc"): no syscall, no stack.
+            Ok(None) => {}
+            Err(SampleError::Woke) => off_cpu += 1,
+            other => panic!("sample of a spinning thread: {other:?}"),
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    handle.join().expect("join spinner");
+    println!("spinner: {rounds} samples, {off_cpu} woke");
+}
+
+fn sample_pile_up(count: usize) {
+    let parked = Parked::spawn(count, "tracer-pile", PILE_UP_STACK);
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    let tids: Vec<u32> = parked.tids().into_iter().map(|(tid, _)| tid).collect();
+    // Let every thread reach its wait before timing a pass.
+    for &tid in &tids {
+        sample_until_blocked(&mut reader, tid);
+    }
+
+    let start = Instant::now();
+    let listed = reader.thread_ids().expect("thread ids");
+    let mut samples = Vec::with_capacity(listed.len());
+    let mut stack_bytes = 0;
+    for tid in listed {
+        if let Ok(Some(sample)) = reader.sample(tid) {
+            stack_bytes += sample.stack.len();
+            samples.push((sample.tid, sample.syscall.nr));
+        }
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "sampled {} blocked threads ({count} parked) in {elapsed:?}, {} KiB of stack copied",
+        samples.len(),
+        stack_bytes >> 10
+    );
+    samples.sort_unstable();
+    for tid in tids {
+        let found = samples.binary_search_by_key(&tid, |&(tid, _)| tid);
+        let nr = found.map(|i| samples[i].1);
+        assert_eq!(nr, Ok(SYS_FUTEX), "parked tid {tid}");
+    }
+}
+
+#[test]
+fn pile_up_of_two_thousand_threads_is_sampled() {
+    sample_pile_up(2_000);
+}
+
+/// The goal of issue 3 (run with `--ignored --nocapture` to see the time).
+#[test]
+#[ignore = "spawns 10,000 threads"]
+fn pile_up_of_ten_thousand_threads_is_sampled() {
+    sample_pile_up(10_000);
+}
