@@ -237,12 +237,13 @@ impl Profile {
                 .or_insert(stack);
         }
         let mut stacks: Vec<ProfileStack> = merged.into_values().collect();
-        let kind = base.kind;
-        stacks.sort_by(|a, b| {
-            b.weight(kind)
-                .cmp(&a.weight(kind))
-                .then_with(|| a.kind.cmp(&b.kind))
-        });
+        // Heaviest first: by blocked time in a recording, by threads (then their
+        // total age) in a snapshot.
+        let heaviness = |stack: &ProfileStack| match base.kind {
+            ProfileKind::Recording => (stack.stats.total_ns, 0),
+            ProfileKind::Snapshot => (stack.stats.threads.len() as u64, stack.stats.total_ns),
+        };
+        stacks.sort_by(|a, b| heaviness(b).cmp(&heaviness(a)).then_with(|| a.kind.cmp(&b.kind)));
         base.stacks = stacks;
         base
     }

@@ -374,7 +374,7 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds t
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("app (pid 4242): 5 threads, 1 blocked in futex or socket waits now"));
         assert_eq!(lines.next(), Some("THREADS  KIND      YOUNGEST     OLDEST  CALL SITE"));
-        assert_eq!(lines.next(), Some("      3  futex      40.0ms     40.0ms  app::send_stat"));
+        assert_eq!(lines.next(), Some("      3  futex       40.0ms     40.0ms  app::send_stat"));
         assert!(text.contains("threads @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"));
     }
 }
