@@ -4,7 +4,7 @@
 //! run one at a time (`--test-threads=1`); none skips.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracer_tests::{
     BlockedRow, FoldedStack, MANY_WAITERS_SOURCE, RunOutput, Stuck, TempDir, assert_svg, build_c,
@@ -318,6 +318,8 @@ fn snapshot_of_ten_thousand_waiters() {
     let build = TempDir::new("many-build");
     let bin = build_c(build.path(), MANY_WAITERS_SOURCE, "many-waiters");
     let workload = start_many_waiters(&bin, MANY_THREADS, WORKLOAD_SECONDS, MANY_STARTUP_TIMEOUT);
+    // Every waiter was in its futex wait when the workload printed `ready`.
+    let ready_at = Instant::now();
     let dir = TempDir::new("many");
     let folded = dir.join("now.folded");
     let (out, usage) = run_measured(
@@ -344,13 +346,14 @@ fn snapshot_of_ten_thousand_waiters() {
         top_stacks(&stacks, |_| true, 20)
     );
     let rows = parse_blocked_table(&out.stdout, None);
-    let threads: u64 = rows_at(&rows, "futex", "wait_for_work")
-        .iter()
-        .map(|row| row.threads)
-        .sum();
-    assert_eq!(
-        threads, want,
-        "table rows at wait_for_work; stdout:\n{}",
-        out.stdout
+    // The tracer ran to completion after `ready`, so every waiter is at least this old.
+    let since_ready = ready_at.elapsed().saturating_sub(out.elapsed);
+    assert_rows(
+        &rows,
+        "futex",
+        "wait_for_work",
+        want,
+        since_ready,
+        &out.stdout,
     );
 }
