@@ -27,6 +27,7 @@ pub const C_PILEUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workload
 pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_stuck.c");
 pub const MANY_WAITERS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
+pub const C_OBJECTS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_objects.c");
 
 /// The tracer binary: `$TRACER_BIN`, else `target/release/tracer` of this workspace (honouring
 /// `CARGO_TARGET_DIR`).
@@ -235,6 +236,8 @@ pub fn build_c(dir: &Path, source: &str, name: &str) -> PathBuf {
 pub struct Stuck {
     pub workload: ChildGuard,
     pub backend: ChildGuard,
+    /// The port the dead backend listens on, on 127.0.0.1: the remote end of the sender's wait.
+    pub backend_port: u16,
     /// When the test read `stuck`: every handler and the sender had blocked by then, so each
     /// has been blocked at least `stuck_at.elapsed()`.
     pub stuck_at: Instant,
@@ -259,6 +262,7 @@ pub fn start_rust_stuck(
     Stuck {
         workload,
         backend,
+        backend_port: port,
         stuck_at,
     }
 }
@@ -274,8 +278,15 @@ pub fn start_c_stuck(backend_bin: &str, stuck_bin: &Path, handlers: usize, secon
     Stuck {
         workload,
         backend,
+        backend_port: port,
         stuck_at,
     }
+}
+
+/// Starts a workload that prints `stuck` once all its threads are blocked (`rust-objects`,
+/// `c-objects`), and waits for that line.
+pub fn start_stuck(name: &str, cmd: Command) -> ChildGuard {
+    start_stuck_workload(name, cmd).0
 }
 
 fn start_stuck_workload(name: &str, cmd: Command) -> (ChildGuard, Instant) {
@@ -302,6 +313,79 @@ pub fn start_many_waiters(
         "many-waiters printed {line:?} instead of ready"
     );
     guard
+}
+
+/// Connections that may wait to fill one listener's accept queue before we call the setup
+/// broken: a backlog of 0 holds one, of 1 two (the kernel lets the queue reach backlog + 1).
+const MAX_FILLERS: usize = 16;
+/// How long a filler connect may take before we take it as hanging, i.e. the listener dropped
+/// its SYN because the accept queue is full. A loopback handshake takes microseconds; the first
+/// SYN retransmission comes after a second.
+const FILLER_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A TCP listener on 127.0.0.1 that never accepts, with its accept queue full: the kernel drops
+/// every new SYN, so a blocking `connect` to it hangs (in SYN-SENT) until the SYN retries run
+/// out, about two minutes with the default `tcp_syn_retries`.
+pub struct FullListener {
+    pub port: u16,
+    listener: std::net::TcpListener,
+    /// The connections that fill the queue: closing them would free it.
+    fillers: Vec<std::net::TcpStream>,
+}
+
+impl FullListener {
+    /// Listens with a backlog of `backlog` and connects until a connect no longer completes.
+    pub fn new(backlog: libc::c_int) -> Self {
+        use std::os::fd::AsRawFd as _;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
+        // std listens with a large backlog; listening again on a listening socket only changes
+        // the backlog.
+        // SAFETY: the fd is the live listening socket that `listener` owns.
+        let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+        assert_eq!(
+            rc,
+            0,
+            "listen(backlog {backlog}): {}",
+            std::io::Error::last_os_error()
+        );
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr of the listener: {e}"));
+        let mut fillers = Vec::new();
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, FILLER_CONNECT_TIMEOUT) {
+                Ok(stream) => fillers.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("connect {addr} after {} fillers: {e}", fillers.len()),
+            }
+            assert!(
+                fillers.len() <= MAX_FILLERS,
+                "{} connections to {addr} (backlog {backlog}) completed and it still accepts \
+                 more: its accept queue does not fill",
+                fillers.len()
+            );
+        }
+        assert!(
+            !fillers.is_empty(),
+            "not even one connection to {addr} (backlog {backlog}) completed"
+        );
+        Self {
+            port: addr.port(),
+            listener,
+            fillers,
+        }
+    }
+
+    /// How many connections it took to fill the accept queue.
+    pub fn fillers(&self) -> usize {
+        self.fillers.len()
+    }
+
+    pub fn listener(&self) -> &std::net::TcpListener {
+        &self.listener
+    }
 }
 
 /// Starts the slow backend and the compiled C pile-up against it.
@@ -518,9 +602,26 @@ pub struct FoldedStack {
 }
 
 impl FoldedStack {
-    /// The wait kind frame, e.g. `[futex]`.
-    pub fn kind(&self) -> &str {
-        self.frames.last().map_or("", String::as_str)
+    /// The wait-kind frame without the object it names: `[futex]`, `[send]`,
+    /// `[futex still-blocked]` (from `[futex queue]`, `[send 127.0.0.1:80]`,
+    /// `[futex queue still-blocked]`).
+    pub fn kind(&self) -> String {
+        let frame = self.frames.last().map_or("", String::as_str);
+        let inner = frame.trim_start_matches('[').trim_end_matches(']');
+        let kind = inner.split(' ').next().unwrap_or_default();
+        if inner.ends_with(" still-blocked") {
+            format!("[{kind} still-blocked]")
+        } else {
+            format!("[{kind}]")
+        }
+    }
+
+    /// What the wait-kind frame names as the wait's object (`127.0.0.1:80`, `queue`), if any.
+    pub fn object(&self) -> Option<&str> {
+        let frame = self.frames.last()?;
+        let inner = frame.strip_prefix('[')?.strip_suffix(']')?;
+        let inner = inner.strip_suffix(" still-blocked").unwrap_or(inner);
+        inner.split_once(' ').map(|(_, object)| object)
     }
 
     /// The program's frames, root to leaf: without the process name and the wait kind, so a
@@ -713,6 +814,111 @@ pub fn rows_at<'a>(rows: &'a [BlockedRow], kind: &str, name: &str) -> Vec<&'a Bl
         .collect()
 }
 
+/// The header of the table of blocked time by remote endpoint (by local address for `accept`).
+pub const ENDPOINT_TABLE_HEADER: &str = "BY ENDPOINT";
+/// The header of the table of blocked time by lock.
+pub const LOCK_TABLE_HEADER: &str = "BY LOCK";
+
+/// One row of the `BY ENDPOINT` table: ENDPOINT KIND BLOCKED NOW STATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    /// `127.0.0.1:40123`: the remote address of a send, recv or connect; the local listening
+    /// address of an accept.
+    pub endpoint: String,
+    /// The wait kinds seen on it, comma-separated: `send`, `recv`, `send,recv`.
+    pub kind: String,
+    pub blocked: Age,
+    /// Threads blocked on it now (at the snapshot, or at the end of the recording).
+    pub now: u64,
+    /// What explains the wait: `send buffer full (4608/4608 bytes)`, `waiting for data`,
+    /// `connecting (SYN sent)`, `accept queue 0/128`; empty if none is known.
+    pub state: String,
+    /// The row as printed, for failure messages.
+    pub line: String,
+}
+
+/// One row of the `BY LOCK` table: LOCK BLOCKED WAITS NOW.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRow {
+    /// `rust_objects::STATS_QUEUE`, `stats_lock`, `heap 0x55d0c2a4b188`.
+    pub lock: String,
+    pub blocked: Age,
+    /// Waits that ended within the recording.
+    pub waits: u64,
+    /// Threads blocked on it now.
+    pub now: u64,
+    /// The row as printed, for failure messages.
+    pub line: String,
+}
+
+/// The rows of the table whose header line starts with `header`: the lines after it up to the
+/// first empty line, each split on whitespace.
+fn table_rows<'a>(stdout: &'a str, header: &str) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut lines = stdout.lines();
+    lines
+        .by_ref()
+        .find(|line| line.trim_start().starts_with(header))
+        .unwrap_or_else(|| panic!("no table header starting with {header:?} in:\n{stdout}"));
+    lines
+        .take_while(|line| !line.trim().is_empty())
+        .map(|line| (line, line.split_whitespace().collect()))
+        .collect()
+}
+
+fn parse_count(text: &str, column: &str, line: &str) -> u64 {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{column} {text:?} is not a count in {line:?}: {e}"))
+}
+
+fn parse_age_column(text: &str, column: &str, line: &str) -> Age {
+    parse_age(text).unwrap_or_else(|| panic!("{column} {text:?} is not an age in {line:?}"))
+}
+
+/// Parses the `BY ENDPOINT` table in `stdout` (the first one). Panics if there is none.
+pub fn parse_endpoint_table(stdout: &str) -> Vec<EndpointRow> {
+    table_rows(stdout, ENDPOINT_TABLE_HEADER)
+        .into_iter()
+        .map(|(line, tokens)| {
+            let [endpoint, kind, blocked, now, state @ ..] = tokens.as_slice() else {
+                panic!("{ENDPOINT_TABLE_HEADER} row with fewer than 4 columns: {line:?}");
+            };
+            EndpointRow {
+                endpoint: (*endpoint).to_owned(),
+                kind: (*kind).to_owned(),
+                blocked: parse_age_column(blocked, "BLOCKED", line),
+                now: parse_count(now, "NOW", line),
+                state: state.join(" "),
+                line: line.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Parses the `BY LOCK` table in `stdout` (the first one). Panics if there is none. The last
+/// three columns are BLOCKED WAITS NOW and the lock is everything before them, so a lock named
+/// by its mapping (`heap 0x55d0c2a4b188`) stays whole.
+pub fn parse_lock_table(stdout: &str) -> Vec<LockRow> {
+    table_rows(stdout, LOCK_TABLE_HEADER)
+        .into_iter()
+        .map(|(line, tokens)| {
+            let [lock @ .., blocked, waits, now] = tokens.as_slice() else {
+                panic!("{LOCK_TABLE_HEADER} row with fewer than 4 columns: {line:?}");
+            };
+            assert!(
+                !lock.is_empty(),
+                "{LOCK_TABLE_HEADER} row without a lock: {line:?}"
+            );
+            LockRow {
+                lock: lock.join(" "),
+                blocked: parse_age_column(blocked, "BLOCKED", line),
+                waits: parse_count(waits, "WAITS", line),
+                now: parse_count(now, "NOW", line),
+                line: line.to_owned(),
+            }
+        })
+        .collect()
+}
+
 /// The `n` heaviest stacks satisfying `pred`, one per line, for failure messages.
 pub fn top_stacks(stacks: &[FoldedStack], pred: impl Fn(&FoldedStack) -> bool, n: usize) -> String {
     let mut matching: Vec<_> = stacks.iter().filter(|s| pred(s)).collect();
@@ -761,6 +967,7 @@ mod tests {
         assert_eq!(stacks.len(), 2);
         assert_eq!(stacks[0].micros, 1234);
         assert_eq!(stacks[0].kind(), "[futex]");
+        assert_eq!(stacks[0].object(), None);
         assert!(stacks[0].has_function("handler"));
         assert!(stacks[0].has_function("send_stat"));
         assert!(
@@ -810,6 +1017,53 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].call_site, "enqueue_stat <inlined>");
         assert_eq!(rows_at(&rows, "futex", "enqueue_stat").len(), 1);
+    }
+
+    #[test]
+    fn parses_object_frames() {
+        let stacks = parse_folded(
+            "app;app::handler;[futex app::STATS_QUEUE] 3\n\
+             app;app::sender;[send 127.0.0.1:80 still-blocked] 9\n\
+             app;app::worker;[futex heap 0x55d0c2a4b188] 2\n",
+        );
+        assert_eq!(stacks[0].kind(), "[futex]");
+        assert_eq!(stacks[0].object(), Some("app::STATS_QUEUE"));
+        assert_eq!(stacks[1].kind(), "[send still-blocked]");
+        assert_eq!(stacks[1].object(), Some("127.0.0.1:80"));
+        assert_eq!(stacks[2].object(), Some("heap 0x55d0c2a4b188"));
+    }
+
+    #[test]
+    fn parses_object_tables() {
+        let stdout = "THREADS  KIND      YOUNGEST     OLDEST  CALL SITE\n\
+                      \x20     1  send        ≥1m01s     ≥1m01s  app::write_to_backend\n\
+                      \n\
+                      BY ENDPOINT              KIND       BLOCKED   NOW  STATE\n\
+                      10.0.0.5:80              send        ≥1m01s     1  send buffer full (4608/4608 bytes queued)\n\
+                      127.0.0.1:9              connect     2.00s      0\n\
+                      \n\
+                      BY LOCK                                           BLOCKED     WAITS   NOW\n\
+                      app::STATS_QUEUE                                   ≥1.05s         0    16\n\
+                      heap 0x55d0c2a4b188                                 3.0ms         7     0\n\
+                      \n";
+        let endpoints = parse_endpoint_table(stdout);
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(endpoints[0].endpoint, "10.0.0.5:80");
+        assert_eq!(endpoints[0].kind, "send");
+        assert_eq!(endpoints[0].blocked.duration, Duration::from_secs(61));
+        assert_eq!(endpoints[0].now, 1);
+        assert_eq!(
+            endpoints[0].state,
+            "send buffer full (4608/4608 bytes queued)"
+        );
+        assert_eq!(endpoints[1].state, "");
+        let locks = parse_lock_table(stdout);
+        assert_eq!(locks.len(), 2);
+        assert_eq!(locks[0].lock, "app::STATS_QUEUE");
+        assert_eq!(locks[0].now, 16);
+        assert_eq!(locks[0].waits, 0);
+        assert_eq!(locks[1].lock, "heap 0x55d0c2a4b188");
+        assert_eq!(locks[1].waits, 7);
     }
 
     #[test]

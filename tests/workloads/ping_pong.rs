@@ -2,19 +2,44 @@
 //! hand a token back and forth through a mutex and condition variable (futex waits),
 //! and two threads bounce one byte over TCP loopback (socket waits).
 //!
-//! Usage: `ping-pong [futex|tcp] [--seconds S]`; prints `<mode> <round trips per second>`.
+//! Usage: `ping-pong [futex|tcp] [--seconds S] [--rate R] [--window]`; prints
+//! `<mode> <round trips per second>`.
+//!
+//! - `--rate R`: at most R round trips per second (paced; each round trip is two waits),
+//!   for measuring a tracer's own cost at a known wait rate.
+//! - `--window` (for the bench): prints `ready` once both players run, then measures only
+//!   between SIGUSR1 and SIGUSR2 (see `window.rs`) and prints the rate of that window;
+//!   `--seconds` is then only the time after which the workload exits.
+
+#[path = "window.rs"]
+mod window;
 
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
+/// Round trips so far; only the pinger writes it, the window watcher reads it.
+static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+struct Settings {
+    duration: Duration,
+    /// Seconds between two round trips when paced.
+    pace: Option<f64>,
+    window: bool,
+}
+
 fn main() {
     let mut mode = String::from("futex");
     let mut seconds = 3.0_f64;
+    let mut rate: Option<f64> = None;
+    let mut window = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -22,21 +47,75 @@ fn main() {
                 Some(value) => seconds = value,
                 None => usage(),
             },
+            "--rate" => match args.next().and_then(|value| value.parse::<f64>().ok()) {
+                Some(value) if value > 0.0 => rate = Some(value),
+                _ => usage(),
+            },
+            "--window" => window = true,
             "futex" | "tcp" => mode = arg,
             _ => usage(),
         }
     }
-    let duration = Duration::from_secs_f64(seconds);
-    let round_trips = match mode.as_str() {
-        "futex" => futex_ping_pong(duration),
-        _ => tcp_ping_pong(duration),
+    let signals = window.then(window::WindowSignals::block);
+    let settings = Settings {
+        duration: Duration::from_secs_f64(seconds),
+        pace: rate.map(|rate| 1.0 / rate),
+        window,
     };
-    println!("{mode} {:.0}", round_trips as f64 / seconds);
+    if let Some(signals) = signals {
+        let mode = mode.clone();
+        thread::Builder::new()
+            .name("window".into())
+            .spawn(move || watch_window(&signals, &mode))
+            .unwrap_or_else(|e| panic!("spawn window watcher: {e}"));
+    }
+    let round_trips = match mode.as_str() {
+        "futex" => futex_ping_pong(&settings),
+        _ => tcp_ping_pong(&settings),
+    };
+    if !window {
+        println!("{mode} {:.0}", round_trips as f64 / seconds);
+    }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ping-pong [futex|tcp] [--seconds S]");
+    eprintln!("usage: ping-pong [futex|tcp] [--seconds S] [--rate R] [--window]");
     std::process::exit(2);
+}
+
+/// Prints the round-trip rate between SIGUSR1 and SIGUSR2.
+fn watch_window(signals: &window::WindowSignals, mode: &str) {
+    let opened = signals.wait_for(window::Edge::Open);
+    let at_open = ROUND_TRIPS.load(Ordering::Relaxed);
+    let closed = signals.wait_for(window::Edge::Close);
+    let at_close = ROUND_TRIPS.load(Ordering::Relaxed);
+    let seconds = closed.duration_since(opened).as_secs_f64();
+    println!("{mode} {:.0}", (at_close - at_open) as f64 / seconds);
+    let _ = std::io::stdout().flush();
+}
+
+/// Before round trip `n`: with pacing, sleeps until it is due.
+fn pace(settings: &Settings, started: Instant, n: u64) {
+    if let Some(period) = settings.pace {
+        let due = started + Duration::from_secs_f64(period * n as f64);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+    }
+}
+
+/// Counts a round trip where the window watcher can see it.
+fn count(n: &mut u64) {
+    *n += 1;
+    ROUND_TRIPS.store(*n, Ordering::Relaxed);
+}
+
+fn ready(settings: &Settings) {
+    if settings.window {
+        println!("ready");
+        let _ = std::io::stdout().flush();
+    }
 }
 
 /// The ball: even when it is the pinger's turn, odd for the ponger, `STOP` to end.
@@ -62,7 +141,7 @@ fn hit(table: &Table, parity: u64) -> bool {
     true
 }
 
-fn futex_ping_pong(duration: Duration) -> u64 {
+fn futex_ping_pong(settings: &Settings) -> u64 {
     let table = Arc::new(Table { ball: Mutex::new(0), moved: Condvar::new() });
     let ponger = {
         let table = table.clone();
@@ -71,11 +150,13 @@ fn futex_ping_pong(duration: Duration) -> u64 {
             .spawn(move || while hit(&table, 1) {})
             .unwrap_or_else(|e| panic!("spawn ponger: {e}"))
     };
+    ready(settings);
     let started = Instant::now();
     let mut round_trips = 0;
-    while started.elapsed() < duration {
+    while started.elapsed() < settings.duration {
+        pace(settings, started, round_trips);
         hit(&table, 0);
-        round_trips += 1;
+        count(&mut round_trips);
     }
     *table.ball.lock().unwrap_or_else(|e| e.into_inner()) = STOP;
     table.moved.notify_one();
@@ -83,7 +164,7 @@ fn futex_ping_pong(duration: Duration) -> u64 {
     round_trips
 }
 
-fn tcp_ping_pong(duration: Duration) -> u64 {
+fn tcp_ping_pong(settings: &Settings) -> u64 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
     let ponger = thread::Builder::new()
@@ -97,14 +178,16 @@ fn tcp_ping_pong(duration: Duration) -> u64 {
         .unwrap_or_else(|e| panic!("spawn ponger: {e}"));
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
     let _ = stream.set_nodelay(true);
+    ready(settings);
     let started = Instant::now();
     let mut round_trips = 0;
     let mut byte = [1u8; 1];
-    while started.elapsed() < duration {
+    while started.elapsed() < settings.duration {
+        pace(settings, started, round_trips);
         if stream.write_all(&byte).is_err() || stream.read_exact(&mut byte).is_err() {
             break;
         }
-        round_trips += 1;
+        count(&mut round_trips);
     }
     drop(stream);
     let _ = ponger.join();

@@ -2,13 +2,16 @@
 //! the `Profile` every exporter reads.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::Duration,
 };
 
 use tracer_common::{ShortWaitTotals, WaitKind};
 
-use crate::stacks::{Frame, ProcessImage, StackSymbolizer};
+use crate::{
+    locks::LockNamer,
+    stacks::{Frame, ProcessImage, StackSymbolizer},
+};
 
 /// Count, total, shortest, longest and distinct threads of a set of waits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,11 +57,25 @@ impl WaitStats {
     }
 }
 
+/// What a wait waits on, as the probes and /proc give it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WaitTarget {
+    /// Nothing to name (poll).
+    None,
+    /// A futex, by address (named when the profile is built).
+    Futex(u64),
+    /// A socket, by the endpoint the wait names (`10.0.0.5:80`).
+    Endpoint(String),
+    /// A socket that was gone (or unreadable) before it could be resolved.
+    UnresolvedSocket,
+}
+
 /// One unwound stack (instruction addresses, leaf first) and the kind of wait at its tip.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StackKey {
     pub addresses: Vec<u64>,
     pub kind: WaitKind,
+    pub target: WaitTarget,
     /// The unwinder stopped before the root (stack copy too short, unknown code, ...).
     pub truncated: bool,
     /// A wait still in progress (at the end of a recording, or in a snapshot).
@@ -69,6 +86,8 @@ pub struct StackKey {
 #[derive(Debug, Default)]
 pub struct WaitAggregate {
     pub stacks: HashMap<StackKey, WaitStats>,
+    /// The name (`comm`) each thread had when last seen.
+    pub thread_names: BTreeMap<u32, String>,
 }
 
 impl WaitAggregate {
@@ -76,29 +95,75 @@ impl WaitAggregate {
         self.stacks.entry(key).or_default().add(tid, duration_ns);
     }
 
+    pub fn name_thread(&mut self, tid: u32, name: &str) {
+        if self.thread_names.get(&tid).is_none_or(|known| known != name) {
+            self.thread_names.insert(tid, name.to_string());
+        }
+    }
+
     pub fn add_lower_bound(&mut self, key: StackKey, tid: u32, duration_ns: u64) {
         self.stacks.entry(key).or_default().add_lower_bound(tid, duration_ns);
     }
 
-    /// Names each unique stack once and builds the profile on `base`.
+    /// Names each unique stack and lock once and builds the profile on `base`.
     pub fn into_profile(
         self,
         base: Profile,
         image: &ProcessImage,
         symbolizer: &mut StackSymbolizer,
+        locks: &mut LockNamer,
     ) -> Profile {
+        let shared_futexes = shared_futexes(&self.stacks);
+        let thread_names = self.thread_names;
+        let mut lock_names: HashMap<u64, Option<String>> = HashMap::new();
         let symbolized: Vec<ProfileStack> = self
             .stacks
             .into_iter()
             .map(|(key, stats)| {
-                let StackKey { addresses, kind, truncated, in_progress } = key;
+                let StackKey { addresses, kind, target, truncated, in_progress } = key;
                 let mut frames = symbolizer.symbolize(image, &addresses);
                 frames.reverse(); // root first
-                ProfileStack { frames, kind, truncated, in_progress, stats }
+                let object = match target {
+                    WaitTarget::None => None,
+                    WaitTarget::Endpoint(endpoint) => Some(endpoint),
+                    WaitTarget::UnresolvedSocket => Some(UNRESOLVED_SOCKET.to_string()),
+                    WaitTarget::Futex(address) => lock_names
+                        .entry(address)
+                        .or_insert_with(|| {
+                            let lock = locks.name(image, address);
+                            // A futex only one thread waits on (its own parker, as in
+                            // Rust's channels) names nothing shared: unless a symbol
+                            // names it, it stays a plain [futex].
+                            (lock.from_symbol || shared_futexes.contains(&address))
+                                .then_some(lock.name)
+                        })
+                        .clone(),
+                };
+                ProfileStack { frames, kind, object, truncated, in_progress, stats }
             })
             .collect();
-        Profile::from_symbolized(base, symbolized)
+        let mut profile = Profile::from_symbolized(base, symbolized);
+        profile.thread_names = thread_names;
+        profile
     }
+}
+
+/// The object of a socket wait whose socket could not be resolved.
+pub const UNRESOLVED_SOCKET: &str = "unresolved";
+
+/// Futex addresses that more than one thread waited on.
+fn shared_futexes(stacks: &HashMap<StackKey, WaitStats>) -> std::collections::HashSet<u64> {
+    let mut waiters: HashMap<u64, BTreeSet<u32>> = HashMap::new();
+    for (key, stats) in stacks {
+        if let WaitTarget::Futex(address) = key.target {
+            waiters.entry(address).or_default().extend(&stats.threads);
+        }
+    }
+    waiters
+        .into_iter()
+        .filter(|(_, threads)| threads.len() > 1)
+        .map(|(address, _)| address)
+        .collect()
 }
 
 /// A symbolized stack with its waits.
@@ -107,6 +172,9 @@ pub struct ProfileStack {
     /// Root first, leaf last; inlined frames expanded.
     pub frames: Vec<Frame>,
     pub kind: WaitKind,
+    /// What the wait waits on (`10.0.0.5:80`, `STATS_QUEUE`, `heap 0x55d0c2a4b188`),
+    /// when there is something to name.
+    pub object: Option<String>,
     pub truncated: bool,
     /// Still blocked when the recording ended (or at the snapshot).
     pub in_progress: bool,
@@ -168,8 +236,10 @@ pub struct TraceCounts {
     pub unknown_symbols: u64,
     /// read/write waits on descriptors that are not sockets (not socket waits: left out).
     pub non_socket_io: u64,
-    /// read/write waits whose descriptor was closed before it could be resolved.
+    /// Socket waits whose socket was gone (or unreadable) before it could be resolved.
     pub unresolved_descriptors: u64,
+    /// Ring-buffer records too short or of an unknown kind.
+    pub malformed_records: u64,
 }
 
 /// What a profile holds, and so what a stack's weight means.
@@ -219,6 +289,11 @@ pub struct Profile {
     pub counts: TraceCounts,
     /// The threads read from /proc (snapshot, or the in-progress waits of a recording).
     pub thread_counts: ThreadCounts,
+    /// Why each endpoint's waits wait (`send buffer full (4096/4608 bytes)`), as
+    /// last seen.
+    pub endpoint_states: BTreeMap<String, String>,
+    /// Thread names (`comm`) by thread id.
+    pub thread_names: BTreeMap<u32, String>,
 }
 
 impl Profile {
@@ -227,12 +302,13 @@ impl Profile {
         mut base: Profile,
         symbolized: impl IntoIterator<Item = ProfileStack>,
     ) -> Profile {
-        type MergeKey = (Vec<String>, WaitKind, bool, bool);
+        type MergeKey = (Vec<String>, WaitKind, Option<String>, bool, bool);
         let mut merged: HashMap<MergeKey, ProfileStack> = HashMap::new();
         for stack in symbolized {
             let names = stack.frames.iter().map(|frame| frame.name.clone()).collect();
+            let object = stack.object.clone();
             merged
-                .entry((names, stack.kind, stack.truncated, stack.in_progress))
+                .entry((names, stack.kind, object, stack.truncated, stack.in_progress))
                 .and_modify(|existing| existing.stats.merge(&stack.stats))
                 .or_insert(stack);
         }
@@ -273,6 +349,7 @@ pub(crate) mod tests {
         ProfileStack {
             frames: names.iter().map(|&(n, m)| frame(n, m)).collect(),
             kind,
+            object: None,
             truncated: false,
             in_progress: false,
             stats,
@@ -310,6 +387,7 @@ pub(crate) mod tests {
         let key = |kind| StackKey {
             addresses: vec![1, 2, 3],
             kind,
+            target: WaitTarget::None,
             truncated: false,
             in_progress: false,
         };
@@ -318,6 +396,32 @@ pub(crate) mod tests {
         aggregate.add(key(WaitKind::Send), 7, 5);
         assert_eq!(aggregate.stacks.len(), 2);
         assert_eq!(aggregate.stacks[&key(WaitKind::Futex)].total_ns, 150);
+    }
+
+    #[test]
+    fn only_shared_futexes_count_as_shared() {
+        let mut stacks = HashMap::new();
+        let mut key = |target, tids: &[u32]| {
+            let mut stats = WaitStats::default();
+            for &tid in tids {
+                stats.add(tid, 1);
+            }
+            let key = StackKey {
+                addresses: vec![tids[0] as u64],
+                kind: WaitKind::Futex,
+                target,
+                truncated: false,
+                in_progress: false,
+            };
+            stacks.insert(key, stats);
+        };
+        key(WaitTarget::Futex(0x10), &[1, 2]);
+        key(WaitTarget::Futex(0x20), &[3]);
+        key(WaitTarget::Futex(0x30), &[4]);
+        key(WaitTarget::Futex(0x30), &[5]);
+        key(WaitTarget::None, &[6, 7]);
+        let shared = shared_futexes(&stacks);
+        assert_eq!(shared, [0x10, 0x30].into_iter().collect());
     }
 
     #[test]
@@ -363,6 +467,8 @@ pub(crate) mod tests {
             below_threshold: vec![],
             counts: TraceCounts::default(),
             thread_counts: ThreadCounts::default(),
+            endpoint_states: BTreeMap::new(),
+            thread_names: BTreeMap::new(),
         };
         let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
         let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

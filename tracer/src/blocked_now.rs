@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use tracer_common::{TaskRegs, WaitKind, classify_syscall};
 
 use crate::{
-    aggregate::{StackKey, ThreadCounts, WaitAggregate},
-    sockets::{Descriptor, resolve_descriptor},
+    aggregate::{StackKey, ThreadCounts, WaitAggregate, WaitTarget},
     stacks::{StackWalker, UserRegs},
+    wait_targets::WaitTargets,
     threads::{SampleError, ThreadReader, ThreadSample},
 };
 
@@ -52,6 +52,7 @@ pub fn collect_blocked_threads(
     walker: &mut StackWalker,
     known_starts: &KnownWaitStarts,
     frame_pointers: &SavedFramePointers,
+    targets: &mut WaitTargets,
     aggregate: &mut WaitAggregate,
 ) -> std::io::Result<ThreadCounts> {
     let mut reader = ThreadReader::new(pid)?;
@@ -79,11 +80,12 @@ pub fn collect_blocked_threads(
                 continue;
             }
         };
-        let Some(kind) = wait_kind(pid, &sample) else {
+        let Some((kind, target)) = wait_target(&sample, targets) else {
             counts.elsewhere += 1;
             continue;
         };
         counts.blocked_in_waits += 1;
+        aggregate.name_thread(sample.tid, &sample.comm);
         let (sp, ip) = (sample.syscall.sp, sample.syscall.pc);
         let bp = frame_pointers.get(sp, ip).unwrap_or_else(|| {
             counts.frame_pointer_unknown += 1;
@@ -94,6 +96,7 @@ pub fn collect_blocked_threads(
         let key = StackKey {
             addresses: walked.addresses,
             kind,
+            target,
             truncated: walked.truncated,
             in_progress: true,
         };
@@ -111,17 +114,12 @@ pub fn collect_blocked_threads(
     Ok(counts)
 }
 
-/// The watched wait a sampled thread is in, if any (`read`/`write` only on sockets).
-fn wait_kind(pid: u32, sample: &ThreadSample) -> Option<WaitKind> {
+/// The watched wait a sampled thread is in, and on what, if any.
+fn wait_target(sample: &ThreadSample, targets: &mut WaitTargets) -> Option<(WaitKind, WaitTarget)> {
     let args = sample.syscall.args;
     let (kind, object) =
         classify_syscall(sample.syscall.nr, |n| Ok::<_, ()>(args[n])).ok().flatten()?;
-    let socket_kind = match kind {
-        WaitKind::Read => WaitKind::Recv,
-        WaitKind::Write => WaitKind::Send,
-        other => return Some(other),
-    };
-    (resolve_descriptor(pid, object) == Descriptor::Socket).then_some(socket_kind)
+    targets.resolve(kind, object)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.

@@ -7,6 +7,7 @@
 mod aggregate;
 mod blocked_now;
 mod cli;
+mod locks;
 mod probes;
 mod record;
 mod report;
@@ -15,6 +16,7 @@ mod sockets;
 mod stacks;
 mod target;
 mod threads;
+mod wait_targets;
 
 use std::process::ExitCode;
 

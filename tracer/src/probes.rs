@@ -82,7 +82,7 @@ impl Probes {
             }
         })?;
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("TARGET_TGID", &config.tgid, true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)

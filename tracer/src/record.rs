@@ -19,14 +19,15 @@ use crate::{
     aggregate::{Profile, ProfileKind, StackKey, ThreadCounts, TraceCounts, WaitAggregate},
     blocked_now::{SavedFramePointers, collect_blocked_threads},
     cli::RecordArgs,
+    locks::LockNamer,
     probes::{ProbeConfig, Probes},
     report::{
         Output,
         summary::{format_duration, render_summary},
     },
-    sockets::{Descriptor, resolve_descriptor},
     stacks::{ProcessImage, StackSymbolizer, StackWalker, UserRegs},
     target::{self, Target},
+    wait_targets::WaitTargets,
 };
 use tracer_common::Counter;
 
@@ -76,13 +77,20 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
 
-    let WaitCollector { mut walker, mut aggregate, malformed_records, non_socket_io, unresolved_descriptors, .. } = collector;
+    let WaitCollector { mut walker, mut targets, mut aggregate, malformed_records } = collector;
     // The waits that never ended: threads blocked before we attached, and stuck ones.
     let thread_counts = if target_exited {
         ThreadCounts::default()
     } else {
-        collect_blocked_threads(pid, &mut walker, &known_starts, &frame_pointers, &mut aggregate)
-            .with_context(|| format!("cannot list the threads of pid {pid}"))?
+        collect_blocked_threads(
+            pid,
+            &mut walker,
+            &known_starts,
+            &frame_pointers,
+            &mut targets,
+            &mut aggregate,
+        )
+        .with_context(|| format!("cannot list the threads of pid {pid}"))?
     };
     let counts = TraceCounts {
         calls_entered: counters.get(Counter::CallsEntered),
@@ -95,8 +103,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         in_flight_map_full: counters.get(Counter::InFlightMapFull),
         unwind_truncated: walker.truncated_walks,
         unknown_symbols: 0,
-        non_socket_io,
-        unresolved_descriptors: unresolved_descriptors + malformed_records,
+        non_socket_io: targets.non_socket_io,
+        unresolved_descriptors: targets.unresolved_sockets,
+        malformed_records,
     };
     let base = Profile {
         kind: ProfileKind::Recording,
@@ -111,9 +120,13 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         below_threshold: WaitKind::ALL.iter().map(|&kind| (kind, short_waits[kind as usize])).collect(),
         counts,
         thread_counts,
+        endpoint_states: std::mem::take(&mut targets.endpoint_states),
+        thread_names: Default::default(),
     };
+    targets.log_socket_lookups();
     let mut symbolizer = StackSymbolizer::new();
-    let mut profile = aggregate.into_profile(base, walker.image(), &mut symbolizer);
+    let mut profile =
+        aggregate.into_profile(base, walker.image(), &mut symbolizer, &mut LockNamer::new());
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     print!("{}", render_summary(&profile, top));
     for output in outputs {
@@ -182,23 +195,19 @@ fn drain(ring: &mut RingBuf<MapData>, collector: &mut WaitCollector) {
 
 /// Turns wait records into unwound stacks and aggregates them as they arrive.
 struct WaitCollector {
-    pid: u32,
     walker: StackWalker,
+    targets: WaitTargets,
     aggregate: WaitAggregate,
     malformed_records: u64,
-    non_socket_io: u64,
-    unresolved_descriptors: u64,
 }
 
 impl WaitCollector {
     fn new(pid: u32, walker: StackWalker) -> Self {
         Self {
-            pid,
             walker,
+            targets: WaitTargets::new(pid),
             aggregate: WaitAggregate::default(),
             malformed_records: 0,
-            non_socket_io: 0,
-            unresolved_descriptors: 0,
         }
     }
 
@@ -214,7 +223,7 @@ impl WaitCollector {
             self.malformed_records += 1;
             return;
         };
-        let Some(kind) = self.socket_kind(kind, record.object) else {
+        let Some((kind, target)) = self.targets.resolve(kind, record.object) else {
             return;
         };
         let stack_len = (record.stack_len as usize).min(record.stack.len());
@@ -223,29 +232,12 @@ impl WaitCollector {
         let key = StackKey {
             addresses: walked.addresses,
             kind,
+            target,
             truncated: walked.truncated,
             in_progress: false,
         };
         self.aggregate.add(key, record.tid, record.duration_ns);
-    }
-
-    /// `read`/`write` count as `recv`/`send` on sockets and are left out otherwise.
-    fn socket_kind(&mut self, kind: WaitKind, fd: u64) -> Option<WaitKind> {
-        let socket_kind = match kind {
-            WaitKind::Read => WaitKind::Recv,
-            WaitKind::Write => WaitKind::Send,
-            other => return Some(other),
-        };
-        match resolve_descriptor(self.pid, fd) {
-            Descriptor::Socket => Some(socket_kind),
-            Descriptor::Other => {
-                self.non_socket_io += 1;
-                None
-            }
-            Descriptor::Gone => {
-                self.unresolved_descriptors += 1;
-                None
-            }
-        }
+        let comm_len = record.comm.iter().position(|&byte| byte == 0).unwrap_or(record.comm.len());
+        self.aggregate.name_thread(record.tid, &String::from_utf8_lossy(&record.comm[..comm_len]));
     }
 }

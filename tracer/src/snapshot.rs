@@ -10,10 +10,12 @@ use crate::{
     aggregate::{Profile, ProfileKind, TraceCounts, WaitAggregate},
     blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
     cli::SnapshotArgs,
+    locks::LockNamer,
     report::{Format, Output, summary::render_summary},
     stacks::{ProcessImage, StackSymbolizer, StackWalker},
     probes::{ProbeConfig, Probes},
     target::{self, Target},
+    wait_targets::WaitTargets,
 };
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
@@ -41,12 +43,14 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let image = ProcessImage::snapshot(pid).map_err(|err| exited_or(&target, err.into()))?;
     let mut walker = StackWalker::new(pid, image);
     let mut aggregate = WaitAggregate::default();
+    let mut targets = WaitTargets::new(pid);
     let thread_counts =
         collect_blocked_threads(
             pid,
             &mut walker,
             &KnownWaitStarts::new(),
             &frame_pointers,
+            &mut targets,
             &mut aggregate,
         )
             .map_err(|err| exited_or(&target, err.into()))?;
@@ -62,11 +66,20 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         target_exited: false,
         stacks: Vec::new(),
         below_threshold: Vec::new(),
-        counts: TraceCounts { unwind_truncated: walker.truncated_walks, ..TraceCounts::default() },
+        counts: TraceCounts {
+            unwind_truncated: walker.truncated_walks,
+            non_socket_io: targets.non_socket_io,
+            unresolved_descriptors: targets.unresolved_sockets,
+            ..TraceCounts::default()
+        },
         thread_counts,
+        endpoint_states: std::mem::take(&mut targets.endpoint_states),
+        thread_names: Default::default(),
     };
+    targets.log_socket_lookups();
     let mut symbolizer = StackSymbolizer::new();
-    let mut profile = aggregate.into_profile(base, walker.image(), &mut symbolizer);
+    let mut profile =
+        aggregate.into_profile(base, walker.image(), &mut symbolizer, &mut LockNamer::new());
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
     print!("{}", render_summary(&profile, top));

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, demo and tests for tracer. Every command that builds
 //! runs `setup` first, so a fresh machine needs nothing but cargo.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -13,7 +14,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "xtask", about = "Set-up, build, demo and tests for tracer")]
+#[command(name = "xtask", about = "Set-up, build, demo, tests and bench for tracer")]
 enum Task {
     /// Install what a fresh machine lacks: Debian packages, the nightly's rust-src,
     /// bpf-linker 0.13 for LLVM 22. Idempotent.
@@ -32,6 +33,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build, then measure what tracing costs against offcputime and bpftrace (also
+    /// installed, for the bench only) and write target/bench/results.md. As root.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,11 @@ fn run_task(task: Task) -> anyhow::Result<()> {
             setup::run()?;
             build(&root)?;
             test(&root, &args)
+        }
+        Task::Bench(args) => {
+            setup::run_with(&bench::DEBIAN_PACKAGES)?;
+            build(&root)?;
+            bench::run(&root, &target_dir(&root), &args)
         }
     }
 }

@@ -21,8 +21,14 @@ fn run_setup_step(name: &str, step: impl FnOnce() -> anyhow::Result<()>) -> anyh
     step().with_context(|| format!("setup step `{name}` failed"))
 }
 
+/// Sets up what building and testing need.
 pub fn run() -> anyhow::Result<()> {
-    run_setup_step("debian packages", debian_packages)?;
+    run_with(&[])
+}
+
+/// Sets up what building and testing need, plus `extra` Debian packages (the bench's peers).
+pub fn run_with(extra: &[&str]) -> anyhow::Result<()> {
+    run_setup_step("debian packages", || debian_packages(extra))?;
     run_setup_step("nightly toolchain", nightly_toolchain)?;
     run_setup_step("rust-src", rust_src)?;
     run_setup_step("bpf-linker", bpf_linker)?;
@@ -48,9 +54,11 @@ fn output(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .into_iter()
+fn debian_packages(extra: &[&str]) -> anyhow::Result<()> {
+    let wanted: Vec<&str> = DEBIAN_PACKAGES.iter().chain(extra).copied().collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
         .filter(|package| {
             let query = Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", package])
@@ -62,7 +70,7 @@ fn debian_packages() -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        println!("setup: Debian packages present ({})", DEBIAN_PACKAGES.join(", "));
+        println!("setup: Debian packages present ({})", wanted.join(", "));
         return Ok(());
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));

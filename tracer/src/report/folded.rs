@@ -33,15 +33,26 @@ pub fn folded_stack(profile: &Profile, stack: &ProfileStack) -> String {
         line.push(';');
         line.push_str(&sanitize(&frame.name));
     }
-    line.push_str(";[");
-    line.push_str(stack.kind.name());
+    line.push(';');
+    line.push_str(&sanitize(&kind_frame(profile, stack)));
+    line
+}
+
+/// The last frame: the wait kind, what it waits on, and whether it never ended:
+/// `[futex]`, `[send 10.0.0.5:80]`, `[futex STATS_QUEUE still-blocked]`.
+pub fn kind_frame(profile: &Profile, stack: &ProfileStack) -> String {
+    let mut frame = format!("[{}", stack.kind.name());
+    if let Some(object) = &stack.object {
+        frame.push(' ');
+        frame.push_str(object);
+    }
     // In a snapshot every wait is in progress; in a recording the ones that never
     // ended are told apart from the completed ones.
     if stack.in_progress && profile.kind == ProfileKind::Recording {
-        line.push_str(" still-blocked");
+        frame.push_str(" still-blocked");
     }
-    line.push(']');
-    line
+    frame.push(']');
+    frame
 }
 
 /// `;` separates frames and a newline ends the line, so neither may appear in a name.
@@ -77,6 +88,8 @@ mod tests {
             below_threshold: vec![],
             counts: TraceCounts::default(),
             thread_counts: ThreadCounts::default(),
+            endpoint_states: Default::default(),
+            thread_names: Default::default(),
         }
     }
 
@@ -89,12 +102,13 @@ mod tests {
         );
         let mut send = stack(&[("app::report", true)], WaitKind::Send, &[(3, 1_999)]);
         send.truncated = true;
+        send.object = Some("10.0.0.5:80".into());
         let lines = folded_lines(&profile(vec![futex, send]));
         assert_eq!(
             lines,
             [
                 "pile:up;start_thread;app::handler;syscall;[futex] 3000",
-                "pile:up;[truncated];app::report;[send] 1",
+                "pile:up;[truncated];app::report;[send 10.0.0.5:80] 1",
             ]
         );
     }
@@ -103,10 +117,14 @@ mod tests {
     fn waits_in_progress_are_marked_in_recordings_and_counted_by_thread_in_snapshots() {
         let mut stuck = stack(&[("app::handler", true)], WaitKind::Futex, &[(1, 7_000), (2, 9_000)]);
         stuck.in_progress = true;
+        stuck.object = Some("app::QUEUE".into());
         let mut recording = profile(vec![stuck]);
-        assert_eq!(folded_lines(&recording), ["pile:up;app::handler;[futex still-blocked] 16"]);
+        assert_eq!(
+            folded_lines(&recording),
+            ["pile:up;app::handler;[futex app::QUEUE still-blocked] 16"]
+        );
         recording.kind = ProfileKind::Snapshot;
-        assert_eq!(folded_lines(&recording), ["pile:up;app::handler;[futex] 2"]);
+        assert_eq!(folded_lines(&recording), ["pile:up;app::handler;[futex app::QUEUE] 2"]);
     }
 
     #[test]

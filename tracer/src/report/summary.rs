@@ -8,7 +8,10 @@ use std::{
 
 use tracer_common::WaitKind;
 
-use crate::aggregate::{Profile, ProfileKind, WaitStats};
+use crate::{
+    aggregate::{Profile, ProfileKind, WaitStats},
+    report::folded::kind_frame,
+};
 
 const SITE_WIDTH: usize = 46;
 
@@ -62,6 +65,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                 let _ = writeln!(out, "still blocked at the end of the recording:");
                 write_threads_table(&mut out, &stuck, top);
             }
+            write_object_tables(&mut out, profile, top);
             write_below_threshold(&mut out, profile);
             write_counts(&mut out, profile);
         }
@@ -77,6 +81,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                 let _ = writeln!(out, "no thread is blocked in a futex or socket wait\n");
             } else {
                 write_threads_table(&mut out, &rows, top);
+                write_object_tables(&mut out, profile, top);
                 write_stacks(&mut out, profile, top.min(SNAPSHOT_STACKS_SHOWN));
             }
             write_counts(&mut out, profile);
@@ -150,9 +155,9 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         let stats = &stack.stats;
         let _ = writeln!(
             out,
-            "{} threads @ [{}], blocked {} to {}{}:",
+            "{} threads @ {}, blocked {} to {}{}:",
             stats.threads.len(),
-            stack.kind.name(),
+            kind_frame(profile, stack),
             format_age(stats.min_ns, stats.lower_bound),
             format_age(stats.max_ns, stats.lower_bound),
             if stack.truncated { " (stack truncated)" } else { "" },
@@ -162,6 +167,97 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         }
         if stack.frames.len() > FRAMES_SHOWN {
             let _ = writeln!(out, "    ... {} more frames", stack.frames.len() - FRAMES_SHOWN);
+        }
+        let _ = writeln!(out);
+    }
+}
+
+/// Waits grouped by what they wait on.
+#[derive(Debug, Default)]
+pub struct ObjectRow {
+    pub object: String,
+    pub kinds: Vec<WaitKind>,
+    /// Completed waits' blocked time plus the ages of waits in progress.
+    pub blocked_ns: u64,
+    /// Completed waits.
+    pub waits: u64,
+    /// Threads blocked on it at the end (or at the snapshot).
+    pub threads_now: u64,
+    pub lower_bound: bool,
+}
+
+/// The objects the waits of these kinds wait on, most blocked time first.
+pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
+    let mut rows: HashMap<&str, ObjectRow> = HashMap::new();
+    for stack in &profile.stacks {
+        let Some(object) = stack.object.as_deref().filter(|_| kinds.contains(&stack.kind)) else {
+            continue;
+        };
+        let row = rows.entry(object).or_insert_with(|| ObjectRow {
+            object: object.to_string(),
+            ..ObjectRow::default()
+        });
+        if !row.kinds.contains(&stack.kind) {
+            row.kinds.push(stack.kind);
+        }
+        row.blocked_ns += stack.stats.total_ns;
+        row.lower_bound |= stack.stats.lower_bound;
+        if stack.in_progress {
+            row.threads_now += stack.stats.threads.len() as u64;
+        } else {
+            row.waits += stack.stats.waits;
+        }
+    }
+    let mut rows: Vec<ObjectRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| b.blocked_ns.cmp(&a.blocked_ns).then_with(|| a.object.cmp(&b.object)));
+    rows
+}
+
+const ENDPOINT_KINDS: [WaitKind; 4] =
+    [WaitKind::Send, WaitKind::Recv, WaitKind::Connect, WaitKind::Accept];
+const ENDPOINT_WIDTH: usize = 22;
+const LOCK_WIDTH: usize = 46;
+
+/// Two short tables: blocked time and threads blocked now, by remote endpoint and by lock.
+fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
+    let endpoints = object_rows(profile, &ENDPOINT_KINDS);
+    if !endpoints.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<ENDPOINT_WIDTH$} {:<7} {:>10} {:>4}  STATE",
+            "BY ENDPOINT", "KIND", "BLOCKED", "NOW"
+        );
+        for row in endpoints.iter().take(top) {
+            let kinds: Vec<&str> = row.kinds.iter().map(|kind| kind.name()).collect();
+            let state = profile.endpoint_states.get(&row.object).map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "{:<ENDPOINT_WIDTH$} {:<7} {:>10} {:>4}  {}",
+                elide(&row.object, ENDPOINT_WIDTH),
+                kinds.join(","),
+                format_age(row.blocked_ns, row.lower_bound),
+                row.threads_now,
+                truncate(state, 100 - ENDPOINT_WIDTH - 26),
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let locks = object_rows(profile, &[WaitKind::Futex]);
+    if !locks.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<LOCK_WIDTH$} {:>10} {:>9} {:>5}",
+            "BY LOCK", "BLOCKED", "WAITS", "NOW"
+        );
+        for row in locks.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "{:<LOCK_WIDTH$} {:>10} {:>9} {:>5}",
+                elide(&row.object, LOCK_WIDTH),
+                format_age(row.blocked_ns, row.lower_bound),
+                row.waits,
+                row.threads_now,
+            );
         }
         let _ = writeln!(out);
     }
@@ -227,6 +323,9 @@ fn write_counts(out: &mut String, profile: &Profile) {
         counts.unknown_symbols,
         counts.unresolved_descriptors,
     );
+    if counts.malformed_records > 0 {
+        let _ = writeln!(out, "lost: {} malformed ring-buffer records", counts.malformed_records);
+    }
     if counts.non_socket_io > 0 {
         let _ = writeln!(
             out,
@@ -250,6 +349,15 @@ fn elide(text: &str, width: usize) -> String {
     }
     let tail: String = text.chars().skip(count - (width - 1)).collect();
     format!("…{tail}")
+}
+
+/// Shortens `text` to `width` characters, keeping its start (a phrase's point).
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(width - 1).collect();
+    format!("{head}…")
 }
 
 /// A duration in the unit a person reads: `850us`, `12.3ms`, `1.50s`, `2m05s`.
@@ -306,6 +414,10 @@ mod tests {
             stack(&[("app::write_to_backend", true)], WaitKind::Send, &[(9, 61_000_000_000)]);
         stuck_sender.in_progress = true;
         stuck_sender.stats.lower_bound = true;
+        stuck_sender.object = Some("10.0.0.5:80".into());
+        let mut sender =
+            stack(&[("app::write_to_backend", true)], WaitKind::Send, &[(9, 5_000_000)]);
+        sender.object = Some("10.0.0.5:80".into());
         Profile {
             kind: ProfileKind::Recording,
             pid: 4242,
@@ -317,12 +429,14 @@ mod tests {
                 handler(1),
                 handler(2),
                 inlined_elsewhere,
-                stack(&[("app::write_to_backend", true)], WaitKind::Send, &[(9, 5_000_000)]),
+                sender,
                 stuck_sender,
             ],
             below_threshold: vec![(WaitKind::Futex, ShortWaitTotals { count: 7, total_ns: 700_000 })],
             counts: TraceCounts { long_waits: 4, ..TraceCounts::default() },
             thread_counts: ThreadCounts { threads: 5, blocked_in_waits: 1, elsewhere: 4, ..ThreadCounts::default() },
+            endpoint_states: [("10.0.0.5:80".to_string(), "send buffer full (4608/4608 bytes), peer window zero".to_string())].into(),
+            thread_names: Default::default(),
         }
     }
 
@@ -352,13 +466,16 @@ still blocked at the end of the recording:
 THREADS  KIND      YOUNGEST     OLDEST  CALL SITE
       1  send        ≥1m01s     ≥1m01s  app::write_to_backend
 
+BY ENDPOINT            KIND       BLOCKED  NOW  STATE
+10.0.0.5:80            send        ≥1m01s    1  send buffer full (4608/4608 bytes), peer window zero
+
 under the threshold (no stacks): futex 7 waits 700us
 seen: 0 watched calls, 4 long waits, 0 short waits, 0 returned without waiting
 threads read from /proc: 5, 1 blocked in waits, 4 running or blocked elsewhere, 0 exited and 0 woke while read, 0 unreadable, 0 without saved rbp
 lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds truncated, 0 unknown symbols, 0 descriptors unresolved
 ";
         assert_eq!(text, expected);
-        for line in text.lines().take(8) {
+        for line in text.lines().take(11) {
             assert!(line.chars().count() <= 100, "too wide: {line}");
         }
     }
@@ -376,5 +493,6 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds t
         assert_eq!(lines.next(), Some("THREADS  KIND      YOUNGEST     OLDEST  CALL SITE"));
         assert_eq!(lines.next(), Some("      3  futex       40.0ms     40.0ms  app::send_stat"));
         assert!(text.contains("threads @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"));
+        assert!(text.contains("threads @ [send 10.0.0.5:80], blocked"));
     }
 }

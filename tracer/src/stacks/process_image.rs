@@ -87,6 +87,8 @@ pub struct ProcessImage {
     exe_identity: Option<FileIdentity>,
     /// Sorted by `avma_range.start`, no two overlapping.
     modules: Vec<Module>,
+    /// Every mapping as last read (data too), to say where a data address lies.
+    mappings: Vec<MapsEntry>,
 }
 
 /// One executable mapping of a file in the target.
@@ -133,8 +135,7 @@ impl Module {
         }
     }
 
-    /// The whole file's bytes.
-    #[cfg(test)]
+    /// The whole file's bytes (for its symbol tables).
     pub(crate) fn file_bytes(&self) -> &[u8] {
         &self.file.bytes
     }
@@ -309,9 +310,11 @@ impl ProcessImage {
             pid,
             exe_identity,
             modules: Vec::new(),
+            mappings: Vec::new(),
         };
         let entries = read_maps(pid)?;
         image.add_new_modules(&entries);
+        image.mappings = entries;
         Ok(image)
     }
 
@@ -329,7 +332,24 @@ impl ProcessImage {
             }
             Err(error) => return Err(error),
         };
-        Ok(self.add_new_modules(&entries))
+        let added = self.add_new_modules(&entries);
+        self.mappings = entries;
+        Ok(added)
+    }
+
+    /// The mapping (any permissions) that holds this address, and the one before it
+    /// (an anonymous mapping right after a file's data is usually that file's .bss).
+    pub(crate) fn mapping_for(&self, addr: u64) -> Option<(&MapsEntry, Option<&MapsEntry>)> {
+        let after = self.mappings.partition_point(|entry| entry.start <= addr);
+        let index = after.checked_sub(1)?;
+        let entry = self.mappings.get(index)?;
+        let previous = index.checked_sub(1).and_then(|i| self.mappings.get(i));
+        (addr < entry.end).then_some((entry, previous))
+    }
+
+    /// A module of the file mapped at `path` (any of its executable mappings).
+    pub(crate) fn module_of_file(&self, path: &str) -> Option<&Module> {
+        self.modules.iter().find(|module| module.path.as_os_str() == path)
     }
 
     /// The module whose executable mapping covers this address.

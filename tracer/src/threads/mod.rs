@@ -334,13 +334,6 @@ impl ThreadReader {
         }))
     }
 
-    /// Kernel stack of thread `tid` from /proc/PID/task/TID/stack, function names only, leaf
-    /// first (`futex_wait_queue`, `__futex_wait`, ...): tells which way a wait goes.
-    pub fn kernel_stack(&mut self, tid: u32) -> Result<Vec<String>, SampleError> {
-        let text = self.read_task_file(tid, "stack")?;
-        Ok(parse_kernel_stack(text))
-    }
-
     /// `/proc/PID/task/TID/syscall`, parsed.
     fn read_syscall(&mut self, tid: u32) -> Result<ThreadSyscall, SampleError> {
         let text = self.read_task_file(tid, "syscall")?;
@@ -441,18 +434,6 @@ fn parse_writable_mappings(maps: &str) -> Vec<Mapping> {
                 end: u64::from_str_radix(end, 16).ok()?,
             })
         })
-        .collect()
-}
-
-/// Function names of a /proc/PID/task/TID/stack text (`[<0>] futex_wait_queue+0x65/0xa0`).
-fn parse_kernel_stack(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|line| {
-            let symbol = line.split_once("] ")?.1;
-            let name = symbol.split_once('+').map_or(symbol, |(name, _)| name);
-            Some(name.trim().to_owned())
-        })
-        .filter(|name| !name.is_empty())
         .collect()
 }
 

@@ -1,0 +1,172 @@
+//! What a futex wait waits on: the futex address is the lock's identity. An address
+//! inside a data symbol of the program or a library (a static mutex, a global queue)
+//! is named by that symbol; any other by the mapping it lies in (heap, a thread's
+//! stack, anonymous memory) and its address.
+
+use std::collections::HashMap;
+
+use object::{Object as _, ObjectSymbol as _, SymbolKind};
+
+use crate::stacks::ProcessImage;
+
+/// One data symbol of a module: [start, start + size) in the file's addresses (svma).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DataSymbol {
+    start: u64,
+    size: u64,
+    name: String,
+}
+
+/// A lock's name, and whether a symbol gave it (a region and address otherwise).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockName {
+    pub name: String,
+    pub from_symbol: bool,
+}
+
+/// Names futex addresses; data symbols are read once per file.
+#[derive(Default)]
+pub struct LockNamer {
+    /// Sorted by start, per module file path.
+    symbols_by_file: HashMap<String, Vec<DataSymbol>>,
+}
+
+impl LockNamer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `STATS_QUEUE`, `queue+0x28 (libfoo.so)`, or `heap 0x55d0c2a4b188`.
+    pub fn name(&mut self, image: &ProcessImage, address: u64) -> LockName {
+        let unnamed = |name| LockName { name, from_symbol: false };
+        let Some((mapping, previous)) = image.mapping_for(address) else {
+            return unnamed(format!("{address:#x}"));
+        };
+        // A file's .bss is often the anonymous mapping right after its data.
+        let file_path = if !mapping.path.is_empty() {
+            Some(mapping.path.as_str())
+        } else {
+            previous
+                .filter(|previous| previous.end == mapping.start && previous.path.starts_with('/'))
+                .map(|previous| previous.path.as_str())
+        };
+        if let Some(path) = file_path.filter(|path| path.starts_with('/'))
+            && let Some(module) = image.module_of_file(path)
+        {
+            let symbols = self
+                .symbols_by_file
+                .entry(path.to_string())
+                .or_insert_with(|| data_symbols(module.file_bytes()));
+            let svma = address.wrapping_sub(module.bias);
+            if let Some(name) = symbol_at(symbols, svma) {
+                let name = if module.is_main_executable {
+                    name
+                } else {
+                    format!("{name} ({})", module.name())
+                };
+                return LockName { name, from_symbol: true };
+            }
+        }
+        let region = match mapping.path.as_str() {
+            "" => "anon",
+            "[heap]" => "heap",
+            path if path.starts_with("[stack") => "stack",
+            path => path.rsplit('/').next().unwrap_or(path),
+        };
+        unnamed(format!("{region} {address:#x}"))
+    }
+}
+
+/// The data (object) symbols of an ELF file, sorted by address, names demangled.
+fn data_symbols(elf: &[u8]) -> Vec<DataSymbol> {
+    let Ok(file) = object::File::parse(elf) else {
+        return Vec::new();
+    };
+    let mut symbols: Vec<DataSymbol> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|symbol| symbol.kind() == SymbolKind::Data && symbol.size() > 0)
+        .filter_map(|symbol| {
+            Some(DataSymbol {
+                start: symbol.address(),
+                size: symbol.size(),
+                name: demangle(symbol.name().ok()?),
+            })
+        })
+        .collect();
+    symbols.sort_by_key(|symbol| symbol.start);
+    symbols.dedup_by_key(|symbol| symbol.start);
+    symbols
+}
+
+/// The symbol holding `svma`, with the offset into it when not at its start.
+fn symbol_at(symbols: &[DataSymbol], svma: u64) -> Option<String> {
+    let after = symbols.partition_point(|symbol| symbol.start <= svma);
+    let symbol = symbols.get(after.checked_sub(1)?)?;
+    let offset = svma - symbol.start;
+    (offset < symbol.size).then(|| {
+        if offset == 0 {
+            symbol.name.clone()
+        } else {
+            format!("{}+{offset:#x}", symbol.name)
+        }
+    })
+}
+
+/// Rust names without their hash; anything else as it is.
+fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(demangled) => format!("{demangled:#}"),
+        Err(_) => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn symbols() -> Vec<DataSymbol> {
+        vec![
+            DataSymbol { start: 0x1000, size: 0x40, name: "queue".into() },
+            DataSymbol { start: 0x2000, size: 8, name: "app::STATS_QUEUE".into() },
+        ]
+    }
+
+    #[test]
+    fn addresses_inside_a_symbol_are_named_with_their_offset() {
+        assert_eq!(symbol_at(&symbols(), 0x1000).as_deref(), Some("queue"));
+        assert_eq!(symbol_at(&symbols(), 0x1028).as_deref(), Some("queue+0x28"));
+        assert_eq!(symbol_at(&symbols(), 0x2000).as_deref(), Some("app::STATS_QUEUE"));
+        assert_eq!(symbol_at(&symbols(), 0x1040), None);
+        assert_eq!(symbol_at(&symbols(), 0x0fff), None);
+        assert_eq!(symbol_at(&symbols(), 0x2008), None);
+    }
+
+    #[test]
+    fn rust_names_lose_their_hash() {
+        assert_eq!(demangle("_ZN3app11STATS_QUEUE17h0123456789abcdefE"), "app::STATS_QUEUE");
+        assert_eq!(demangle("queue"), "queue");
+    }
+
+    /// A static of this test binary: its futex word is named by its symbol.
+    static NAMED_LOCK: Mutex<u64> = Mutex::new(0);
+
+    #[test]
+    fn a_static_mutex_of_a_live_process_is_named_and_the_heap_is_not() {
+        let image = ProcessImage::snapshot(std::process::id()).unwrap();
+        let mut namer = LockNamer::new();
+        let address = std::ptr::from_ref(&NAMED_LOCK) as u64;
+        let name = namer.name(&image, address);
+        assert!(name.from_symbol && name.name.ends_with("NAMED_LOCK"), "{name:?}");
+        let on_heap = Box::new(0u64);
+        let heap = namer.name(&image, std::ptr::from_ref(&*on_heap) as u64);
+        assert!(!heap.from_symbol);
+        let heap_name = heap.name;
+        assert!(heap_name.starts_with("heap 0x") || heap_name.starts_with("anon 0x"), "{heap_name}");
+        let on_stack = 0u64;
+        let stack_name = namer.name(&image, std::ptr::from_ref(&on_stack) as u64).name;
+        assert!(stack_name.starts_with("stack 0x") || stack_name.starts_with("anon 0x"), "{stack_name}");
+    }
+}

@@ -1,0 +1,577 @@
+//! NETLINK_SOCK_DIAG requests and their decoding into [`SocketInfo`].
+//!
+//! Kernel side: inet_diag (include/uapi/linux/inet_diag.h, net/ipv4/inet_diag.c) answers for
+//! AF_INET/AF_INET6 × TCP/UDP; unix_diag (include/uapi/linux/unix_diag.h, net/unix/diag.c) for
+//! AF_UNIX, which can also be asked about one socket by inode. The wire types come from
+//! `netlink-packet-sock-diag`.
+
+use std::{
+    fs, io,
+    net::{IpAddr, SocketAddr},
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    time::Duration,
+};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_LISTEN},
+    inet::{self, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    unix::{self, ShowFlags, UnixRequest, UnixResponse, nlas::UnixDiagName},
+};
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+
+use super::{Protocol, SocketInfo, TcpState};
+
+/// A netlink request that went wrong; the lookup that needed it reports the socket unresolved.
+#[derive(Debug, thiserror::Error)]
+pub enum DiagError {
+    /// The NETLINK_SOCK_DIAG socket could not be opened.
+    #[error("cannot open a sock_diag netlink socket")]
+    Open(#[source] io::Error),
+    /// The target lives in another network namespace that could not be entered.
+    #[error("cannot enter the network namespace of pid {pid}")]
+    NetNs {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    /// Sending the request failed.
+    #[error("sock_diag request failed")]
+    Send(#[source] io::Error),
+    /// Receiving the answer failed (or timed out).
+    #[error("sock_diag answer failed")]
+    Recv(#[source] io::Error),
+    /// The kernel answered with an error other than "no such socket".
+    #[error("kernel refused the sock_diag request")]
+    Kernel(#[source] io::Error),
+    /// The answer could not be decoded.
+    #[error("cannot decode a sock_diag answer")]
+    Decode(#[source] netlink_packet_core::DecodeError),
+}
+
+/// How long one request may wait for its answer: the kernel answers at once, so this only
+/// guards against a lost datagram hanging the tracer.
+const RECV_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Dump datagrams are at most 32 KiB (`netlink_dump` caps `max_recvmsg_len` there).
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// `INET_DIAG_NOCOOKIE`: "any socket with this tuple / inode".
+const NO_COOKIE: [u8; 8] = [0xff; 8];
+
+/// Where a cached socket can be asked about again without a dump.
+#[derive(Clone, Debug)]
+pub enum DiagKey {
+    Inet { family: u8, protocol: u8, id: SocketId },
+    Unix { inode: u32 },
+}
+
+/// One decoded socket and the key to ask about it again.
+#[derive(Debug)]
+pub struct Record {
+    pub info: SocketInfo,
+    pub key: DiagKey,
+}
+
+/// A NETLINK_SOCK_DIAG socket in the target's network namespace.
+pub struct SockDiag {
+    socket: Socket,
+    buffer: Vec<u8>,
+    sequence: u32,
+}
+
+impl SockDiag {
+    /// Opens the socket in the network namespace of `pid` (sock_diag only sees its own).
+    pub fn open(pid: u32) -> Result<Self, DiagError> {
+        let socket = if same_netns(pid) { new_socket()? } else { open_in_netns(pid)? };
+        Ok(Self { socket, buffer: vec![0; RECV_BUFFER], sequence: 0 })
+    }
+
+    /// Every `protocol` socket of `family` in the namespace.
+    pub fn dump_inet(&mut self, family: u8, protocol: u8) -> Result<Vec<Record>, DiagError> {
+        let request = inet_request(
+            family,
+            protocol,
+            if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() },
+        );
+        let mut records = Vec::new();
+        self.exchange(request, true, |message| {
+            if let SockDiagMessage::InetResponse(response) = message {
+                records.push(inet_record(protocol, *response));
+            }
+        })?;
+        Ok(records)
+    }
+
+    /// One inet socket again, by the tuple and cookie a dump gave; `None` when it is gone.
+    pub fn get_inet(
+        &mut self,
+        family: u8,
+        protocol: u8,
+        id: &SocketId,
+    ) -> Result<Option<Record>, DiagError> {
+        let mut record = None;
+        let found =
+            self.exchange(inet_request(family, protocol, id.clone()), false, |message| {
+                if let SockDiagMessage::InetResponse(response) = message {
+                    record = Some(inet_record(protocol, *response));
+                }
+            })?;
+        Ok(record.filter(|_| found))
+    }
+
+    /// One Unix socket by inode, with its peer's name; `None` when it is gone.
+    pub fn get_unix(&mut self, inode: u32) -> Result<Option<Record>, DiagError> {
+        let Some(response) = self.get_unix_response(inode)? else {
+            return Ok(None);
+        };
+        // The peer's name is what the socket is connected to (a client's peer shares the
+        // listener's path); a peer gone meanwhile just leaves the remote unnamed.
+        let peer_name = match response.peer() {
+            Some(peer) if peer != 0 => {
+                self.get_unix_response(peer)?.and_then(|peer| peer.name().map(unix_name))
+            }
+            _ => None,
+        };
+        Ok(Some(unix_record(&response, peer_name)))
+    }
+
+    fn get_unix_response(&mut self, inode: u32) -> Result<Option<UnixResponse>, DiagError> {
+        let request = SockDiagMessage::UnixRequest(UnixRequest {
+            state_flags: unix::StateFlags::all(),
+            inode,
+            show_flags: ShowFlags::NAME | ShowFlags::PEER | ShowFlags::RQLEN | ShowFlags::MEMINFO,
+            cookie: NO_COOKIE,
+        });
+        let mut found = None;
+        let ok = self.exchange(request, false, |message| {
+            if let SockDiagMessage::UnixResponse(response) = message {
+                found = Some(*response);
+            }
+        })?;
+        Ok(found.filter(|_| ok))
+    }
+
+    /// Sends `request` and feeds each answer to `each`, until NLMSG_DONE for a dump or the
+    /// first answer otherwise. Returns false when the kernel says there is no such socket.
+    fn exchange(
+        &mut self,
+        request: SockDiagMessage,
+        dump: bool,
+        mut each: impl FnMut(SockDiagMessage),
+    ) -> Result<bool, DiagError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, request.into());
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        self.socket.send(&bytes, 0).map_err(DiagError::Send)?;
+
+        loop {
+            let received = self
+                .socket
+                .recv(&mut &mut self.buffer[..], 0)
+                .map_err(DiagError::Recv)?
+                .min(self.buffer.len());
+            let mut datagram = &self.buffer[..received];
+            while datagram.len() >= NLMSG_HEADER_LEN {
+                let length = message_length(datagram);
+                if length < NLMSG_HEADER_LEN || length > datagram.len() {
+                    return Err(DiagError::Decode("truncated netlink message".into()));
+                }
+                let message = NetlinkMessage::<SockDiagMessage>::deserialize(&datagram[..length]);
+                datagram = &datagram[align4(length).min(datagram.len())..];
+                let message = message.map_err(DiagError::Decode)?;
+                // Answers to an earlier request that timed out.
+                if message.header.sequence_number != self.sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::InnerMessage(message) => {
+                        each(message);
+                        if !dump {
+                            return Ok(true);
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(true),
+                    NetlinkPayload::Error(error) => {
+                        let error = error.to_io();
+                        return match error.raw_os_error() {
+                            Some(libc::ENOENT) => Ok(false),
+                            _ => Err(DiagError::Kernel(error)),
+                        };
+                    }
+                    // NLMSG_NOOP, NLMSG_OVERRUN: nothing for us.
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HEADER_LEN: usize = 16;
+
+fn message_length(datagram: &[u8]) -> usize {
+    let mut length = [0; 4];
+    length.copy_from_slice(&datagram[..4]);
+    u32::from_ne_bytes(length) as usize
+}
+
+/// `NLMSG_ALIGN`.
+fn align4(length: usize) -> usize {
+    (length + 3) & !3
+}
+
+fn inet_request(family: u8, protocol: u8, socket_id: SocketId) -> SockDiagMessage {
+    SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol,
+        extensions: ExtensionFlags::SKMEMINFO | ExtensionFlags::INFO,
+        states: StateFlags::all(),
+        socket_id,
+    })
+}
+
+fn new_socket() -> Result<Socket, DiagError> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Open)?;
+    socket.bind_auto().map_err(DiagError::Open)?;
+    socket.connect(&NetlinkAddr::new(0, 0)).map_err(DiagError::Open)?;
+    set_recv_timeout(&socket, RECV_TIMEOUT).map_err(DiagError::Open)?;
+    Ok(socket)
+}
+
+fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let timeval = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: the descriptor is the open netlink socket we own; the option value is a valid
+    // `timeval` whose size is passed alongside.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn same_netns(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (fs::metadata(format!("/proc/{pid}/ns/net")), fs::metadata("/proc/self/ns/net")) {
+        (Ok(theirs), Ok(ours)) => (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()),
+        // Cannot tell (the target is gone, or no access): stay in ours.
+        _ => true,
+    }
+}
+
+/// A socket keeps the namespace it was created in, so a short-lived thread enters the
+/// target's, opens the socket, and ends (the tracer's own threads never switch).
+fn open_in_netns(pid: u32) -> Result<Socket, DiagError> {
+    let netns_error = |source| DiagError::NetNs { pid, source };
+    let netns = fs::File::open(format!("/proc/{pid}/ns/net")).map_err(netns_error)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: `netns` is an open namespace descriptor; setns only changes this
+                // thread, which does nothing else and ends right after.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(netns_error(io::Error::last_os_error()));
+                }
+                new_socket()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(netns_error(io::Error::other("netns thread panicked"))))
+    })
+}
+
+/// Formats an address as the reports show it: `10.0.0.5:80`, `[::1]:443`; an IPv4-mapped
+/// IPv6 address (a dual-stack socket talking IPv4) shows as the IPv4 address it carries.
+pub fn format_address(address: IpAddr, port: u16) -> String {
+    let address = match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    };
+    SocketAddr::new(address, port).to_string()
+}
+
+/// Offset of `tcpi_snd_wnd` in `struct tcp_info` (include/uapi/linux/tcp.h; since Linux 5.4):
+/// 8 one-byte fields, 24 u32, 4 u64, 6 u32, 1 u64, 3 u64, 2 u32, 2 u64, 3 u32.
+const TCPI_SND_WND_OFFSET: usize = 228;
+/// Offset of `tcpi_probes`: zero-window probes sent without an answer.
+const TCPI_PROBES_OFFSET: usize = 3;
+
+/// Whether the peer advertises a zero receive window: `tcpi_snd_wnd` where the kernel reports
+/// it, else a running zero-window probe timer or unanswered probes; `None` when unknowable.
+pub fn peer_window_zero(tcp_info: Option<&[u8]>, timer: Option<&Timer>) -> Option<bool> {
+    if let Some(window) =
+        tcp_info.and_then(|info| info.get(TCPI_SND_WND_OFFSET..TCPI_SND_WND_OFFSET + 4))
+    {
+        let mut bytes = [0; 4];
+        bytes.copy_from_slice(window);
+        return Some(u32::from_ne_bytes(bytes) == 0);
+    }
+    let probing = tcp_info.and_then(|info| info.get(TCPI_PROBES_OFFSET)).is_some_and(|&p| p > 0);
+    // idiag_timer 4 is ICSK_TIME_PROBE0, the zero-window probe timer.
+    (probing || matches!(timer, Some(Timer::Probe(_)))).then_some(true)
+}
+
+/// Decodes one inet_diag answer.
+pub fn inet_record(protocol: u8, response: InetResponse) -> Record {
+    let InetResponse { header, nlas } = response;
+    let id = &header.socket_id;
+    let mut meminfo = None;
+    let mut tcp_info = None;
+    for nla in &nlas {
+        match nla {
+            inet::nlas::Nla::MemInfo(info) => meminfo = Some(info),
+            inet::nlas::Nla::TcpInfo(bytes) => tcp_info = Some(bytes.as_slice()),
+            _ => {}
+        }
+    }
+    let is_tcp = protocol == IPPROTO_TCP;
+    let tcp_state = is_tcp.then(|| TcpState::from_kernel(header.state)).flatten();
+    let listening = is_tcp && header.state == TCP_LISTEN;
+    let remote = (id.destination_port != 0 || !id.destination_address.is_unspecified())
+        .then(|| format_address(id.destination_address, id.destination_port));
+    // What the kernel compares with sk_sndbuf before it lets a sender sleep: sk_wmem_queued
+    // for TCP (sk_stream_memory_free), sk_wmem_alloc for UDP (sock_alloc_send_pskb). Both
+    // count buffer overhead, not only payload, so they can reach the buffer size.
+    let send_queue = meminfo.map(|m| if is_tcp { m.send_queue } else { m.bottom_send_queues });
+    let transferring = matches!(tcp_state, Some(TcpState::Established | TcpState::CloseWait));
+    let info = SocketInfo {
+        inode: u64::from(header.inode),
+        protocol: if is_tcp {
+            Protocol::Tcp
+        } else if protocol == IPPROTO_UDP {
+            Protocol::Udp
+        } else {
+            Protocol::Other
+        },
+        local: Some(format_address(id.source_address, id.source_port)),
+        remote,
+        tcp_state,
+        send_queue: if listening { None } else { send_queue.or(Some(header.send_queue)) },
+        send_buffer: meminfo.map(|m| m.send_queue_max),
+        recv_queue: (!listening).then_some(header.recv_queue),
+        recv_buffer: meminfo.map(|m| m.receive_queue_max),
+        // For listeners idiag_rqueue is the accept queue and idiag_wqueue its limit.
+        accept_backlog: listening.then_some((header.recv_queue, header.send_queue)),
+        peer_window_zero: if transferring {
+            peer_window_zero(tcp_info, header.timer.as_ref())
+        } else {
+            None
+        },
+    };
+    let key = DiagKey::Inet { family: header.family, protocol, id: header.socket_id.clone() };
+    Record { info, key }
+}
+
+/// A Unix socket's name: its path, or `@name` for the abstract namespace.
+pub fn unix_name(name: &UnixDiagName) -> String {
+    match name {
+        UnixDiagName::Pathname(path) => String::from_utf8_lossy(path.as_bytes()).into_owned(),
+        UnixDiagName::Abstract(bytes) => {
+            format!("@{}", String::from_utf8_lossy(bytes).replace('\0', "@"))
+        }
+    }
+}
+
+/// Decodes one unix_diag answer; `peer_name` is the name of the socket it is connected to.
+pub fn unix_record(response: &UnixResponse, peer_name: Option<String>) -> Record {
+    let listening = response.header.state == TCP_LISTEN;
+    let mut queues = None;
+    let mut buffers = None;
+    for nla in &response.nlas {
+        match nla {
+            // UNIX_DIAG_RQLEN: for listeners the accept queue and its limit, else the bytes
+            // waiting to be read and the bytes sent but not yet read by the peer (sk_wmem_alloc).
+            unix::nlas::Nla::ReceiveQueueLength(read, written) => queues = Some((*read, *written)),
+            // UNIX_DIAG_MEMINFO is sk_meminfo: the crate calls SK_MEMINFO_RCVBUF `so_rcvbuf`
+            // and SK_MEMINFO_SNDBUF `max_datagram_size`.
+            unix::nlas::Nla::MemInfo(info) => {
+                buffers = Some((info.so_rcvbuf, info.max_datagram_size))
+            }
+            _ => {}
+        }
+    }
+    let info = SocketInfo {
+        inode: u64::from(response.header.inode),
+        protocol: Protocol::Unix,
+        local: response.name().map(unix_name),
+        remote: peer_name,
+        tcp_state: None,
+        send_queue: if listening { None } else { queues.map(|(_, written)| written) },
+        send_buffer: buffers.map(|(_, send)| send),
+        recv_queue: if listening { None } else { queues.map(|(read, _)| read) },
+        recv_buffer: buffers.map(|(receive, _)| receive),
+        accept_backlog: if listening { queues } else { None },
+        peer_window_zero: None,
+    };
+    Record { info, key: DiagKey::Unix { inode: response.header.inode } }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use netlink_packet_sock_diag::{
+        constants::{AF_INET, TCP_ESTABLISHED},
+        inet::{InetResponseHeader, nlas::MemInfo},
+        unix::{UnixResponseHeader, nlas::Nla as UnixNla},
+    };
+
+    use super::*;
+
+    #[test]
+    fn addresses_format() {
+        assert_eq!(format_address(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 80), "10.0.0.5:80");
+        assert_eq!(format_address(IpAddr::V6(Ipv6Addr::LOCALHOST), 443), "[::1]:443");
+        let mapped = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped();
+        assert_eq!(format_address(IpAddr::V6(mapped), 5432), "127.0.0.1:5432");
+        assert_eq!(unix_name(&UnixDiagName::Pathname("/run/x.sock".into())), "/run/x.sock");
+        assert_eq!(unix_name(&UnixDiagName::Abstract(b"dbus-1".to_vec())), "@dbus-1");
+    }
+
+    fn tcp_info_with_window(window: u32) -> Vec<u8> {
+        let mut info = vec![0; TCPI_SND_WND_OFFSET + 4];
+        info[TCPI_SND_WND_OFFSET..].copy_from_slice(&window.to_ne_bytes());
+        info
+    }
+
+    #[test]
+    fn window_zero_from_tcp_info_or_probes() {
+        assert_eq!(peer_window_zero(Some(&tcp_info_with_window(0)), None), Some(true));
+        assert_eq!(peer_window_zero(Some(&tcp_info_with_window(65535)), None), Some(false));
+        // An older kernel's shorter tcp_info: only probes tell.
+        let mut short = vec![0; 104];
+        assert_eq!(peer_window_zero(Some(&short), None), None);
+        short[TCPI_PROBES_OFFSET] = 2;
+        assert_eq!(peer_window_zero(Some(&short), None), Some(true));
+        assert_eq!(
+            peer_window_zero(None, Some(&Timer::Probe(Duration::from_millis(200)))),
+            Some(true)
+        );
+    }
+
+    fn inet_response(
+        state: u8,
+        recv_queue: u32,
+        send_queue: u32,
+        nlas: Vec<inet::nlas::Nla>,
+    ) -> InetResponse {
+        InetResponse {
+            header: InetResponseHeader {
+                family: AF_INET,
+                state,
+                timer: None,
+                socket_id: SocketId {
+                    source_port: 40000,
+                    destination_port: 80,
+                    source_address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                    destination_address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+                    interface_id: 0,
+                    cookie: [1; 8],
+                },
+                recv_queue,
+                send_queue,
+                uid: 0,
+                inode: 4242,
+            },
+            nlas: nlas.into(),
+        }
+    }
+
+    fn meminfo(send_queue: u32, send_queue_max: u32) -> inet::nlas::Nla {
+        inet::nlas::Nla::MemInfo(MemInfo {
+            receive_queue: 0,
+            receive_queue_max: 131072,
+            send_queue,
+            send_queue_max,
+            bottom_send_queues: 0,
+            cache: 0,
+            options: 0,
+            backlog_queue_length: 0,
+            drops: 0,
+        })
+    }
+
+    #[test]
+    fn established_tcp_decodes() {
+        let response = inet_response(
+            TCP_ESTABLISHED,
+            0,
+            3000,
+            vec![meminfo(4608, 4608), inet::nlas::Nla::TcpInfo(tcp_info_with_window(0))],
+        );
+        let Record { info, key } = inet_record(IPPROTO_TCP, response);
+        assert_eq!(
+            info,
+            SocketInfo {
+                inode: 4242,
+                protocol: Protocol::Tcp,
+                local: Some("10.0.0.1:40000".into()),
+                remote: Some("10.0.0.5:80".into()),
+                tcp_state: Some(TcpState::Established),
+                send_queue: Some(4608),
+                send_buffer: Some(4608),
+                recv_queue: Some(0),
+                recv_buffer: Some(131072),
+                accept_backlog: None,
+                peer_window_zero: Some(true),
+            }
+        );
+        assert!(matches!(key, DiagKey::Inet { family: AF_INET, protocol: IPPROTO_TCP, .. }));
+    }
+
+    #[test]
+    fn listener_reports_backlog() {
+        let mut response = inet_response(TCP_LISTEN, 3, 128, vec![]);
+        response.header.socket_id.destination_port = 0;
+        response.header.socket_id.destination_address = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let info = inet_record(IPPROTO_TCP, response).info;
+        assert_eq!(info.tcp_state, Some(TcpState::Listen));
+        assert_eq!(info.accept_backlog, Some((3, 128)));
+        assert_eq!((info.remote, info.recv_queue, info.send_queue), (None, None, None));
+    }
+
+    #[test]
+    fn udp_has_no_tcp_state() {
+        let info = inet_record(IPPROTO_UDP, inet_response(TCP_ESTABLISHED, 0, 0, vec![])).info;
+        assert_eq!(info.protocol, Protocol::Udp);
+        assert_eq!(info.tcp_state, None);
+        assert_eq!(info.peer_window_zero, None);
+    }
+
+    #[test]
+    fn unix_decodes() {
+        let response = UnixResponse {
+            header: UnixResponseHeader {
+                kind: libc::SOCK_STREAM as u8,
+                state: TCP_LISTEN,
+                inode: 77,
+                cookie: [0; 8],
+            },
+            nlas: vec![
+                UnixNla::Name(UnixDiagName::Pathname("/run/app.sock".into())),
+                UnixNla::ReceiveQueueLength(2, 16),
+            ]
+            .into(),
+        };
+        let info = unix_record(&response, None).info;
+        assert_eq!(info.protocol, Protocol::Unix);
+        assert_eq!(info.local.as_deref(), Some("/run/app.sock"));
+        assert_eq!(info.accept_backlog, Some((2, 16)));
+        assert_eq!(info.recv_queue, None);
+    }
+}

@@ -1,0 +1,74 @@
+//! What each wait waits on, as it is seen: a socket is resolved at once (it may be
+//! gone later), a futex address is kept and named when the profile is built.
+
+use std::collections::BTreeMap;
+
+use tracer_common::WaitKind;
+
+use crate::{
+    aggregate::WaitTarget,
+    sockets::{SocketLookup, SocketResolver},
+};
+
+pub struct WaitTargets {
+    sockets: SocketResolver,
+    /// The last state seen for each endpoint (`send buffer full (...)`).
+    pub endpoint_states: BTreeMap<String, String>,
+    /// read/write waits on descriptors that are not sockets (left out).
+    pub non_socket_io: u64,
+    /// Socket waits whose socket was gone (or unreadable) before it was resolved.
+    pub unresolved_sockets: u64,
+}
+
+impl WaitTargets {
+    pub fn new(pid: u32) -> Self {
+        Self {
+            sockets: SocketResolver::new(pid),
+            endpoint_states: BTreeMap::new(),
+            non_socket_io: 0,
+            unresolved_sockets: 0,
+        }
+    }
+
+    /// Says, at info level, how the socket lookups went and why the last one failed.
+    pub fn log_socket_lookups(&self) {
+        log::info!("socket lookups: {:?}", self.sockets.counts());
+        if let Some(error) = self.sockets.last_error() {
+            log::warn!("some socket waits are unresolved: {error}");
+        }
+    }
+
+    /// The reported kind and target of a wait on `object` (futex address or
+    /// descriptor); None when it is not a wait we report (read/write off sockets).
+    pub fn resolve(&mut self, kind: WaitKind, object: u64) -> Option<(WaitKind, WaitTarget)> {
+        let socket_kind = match kind {
+            WaitKind::Futex => return Some((kind, WaitTarget::Futex(object))),
+            WaitKind::Poll => return Some((kind, WaitTarget::None)),
+            WaitKind::Read => WaitKind::Recv,
+            WaitKind::Write => WaitKind::Send,
+            WaitKind::Send | WaitKind::Recv | WaitKind::Connect | WaitKind::Accept => kind,
+        };
+        let is_read_or_write = matches!(kind, WaitKind::Read | WaitKind::Write);
+        match self.sockets.resolve(object) {
+            SocketLookup::Socket(info) => {
+                let endpoint = info.endpoint(socket_kind);
+                self.endpoint_states.insert(endpoint.clone(), info.wait_state(socket_kind));
+                Some((socket_kind, WaitTarget::Endpoint(endpoint)))
+            }
+            SocketLookup::NotSocket if is_read_or_write => {
+                self.non_socket_io += 1;
+                None
+            }
+            // A read/write on a descriptor gone before we looked: maybe not a socket at
+            // all, so it is counted, not shown.
+            SocketLookup::Unresolved if is_read_or_write => {
+                self.unresolved_sockets += 1;
+                None
+            }
+            SocketLookup::NotSocket | SocketLookup::Unresolved => {
+                self.unresolved_sockets += 1;
+                Some((socket_kind, WaitTarget::UnresolvedSocket))
+            }
+        }
+    }
+}
