@@ -94,6 +94,7 @@ pub mod syscall_nr {
     pub const SENDMMSG: i64 = 307;
     pub const EPOLL_PWAIT2: i64 = 441;
     pub const FUTEX_WAITV: i64 = 449;
+    pub const FUTEX_WAKE: i64 = 454;
     pub const FUTEX_WAIT: i64 = 455;
 }
 
@@ -197,6 +198,29 @@ pub struct TaskRegs {
     pub bp: u64,
 }
 
+/// A thread of the target waking another one out of a long futex wait: the waker's
+/// registers and stack at the wake (it is inside its futex-wake call).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WakeRecord {
+    /// The thread that wakes.
+    pub waker_tid: u32,
+    /// The thread woken (its wait is in the in-flight map).
+    pub wakee_tid: u32,
+    /// When the woken wait began: with `wakee_tid`, names the wait.
+    pub wait_start_ns: u64,
+    /// The waker's user registers.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of `stack` that hold data.
+    pub stack_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The waker's user stack copied from `sp`.
+    pub stack: [u8; STACK_COPY_BYTES],
+}
+
 /// Count and total time of the waits of one kind that stayed under the threshold.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -227,12 +251,14 @@ pub enum Counter {
     StackShortened = 6,
     /// Calls not tracked because the in-flight map was full.
     InFlightMapFull = 7,
-    /// Exits of calls whose entry was not seen (tracing began mid-call).
-    ExitWithoutEntry = 8,
+    /// Wakes of long futex waits by the target's own threads, sent with the waker's stack.
+    WakesSent = 8,
+    /// Such wakes dropped because their ring buffer was full.
+    WakeRingBufferFull = 9,
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 9;
+pub const COUNTER_COUNT: usize = 10;
 
 /// Capacity of the per-thread in-flight map: threads of the target blocked at once.
 pub const MAX_IN_FLIGHT: u32 = 65_536;

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, MAX_IN_FLIGHT, STACK_COPY_BYTES, ShortWaitTotals,
-    TaskRegs, WAIT_KIND_COUNT, WaitRecord, classify_syscall,
+    TaskRegs, WAIT_KIND_COUNT, WaitKind, WaitRecord, WakeRecord, classify_syscall, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -50,6 +50,10 @@ static WAITS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 static SHORT_WAITS: PerCpuArray<ShortWaitTotals> =
     PerCpuArray::with_max_entries(WAIT_KIND_COUNT as u32, 0);
 
+/// Wakes of long futex waits by the target's threads, with the waker's stack.
+#[map]
+static WAKES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
 /// Event and loss counters, indexed by `Counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
@@ -59,6 +63,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT 
 const SYS_ENTER_ID: usize = 8;
 const SYS_ENTER_ARGS: usize = 16;
 const SYS_EXIT_RET: usize = 16;
+// /sys/kernel/tracing/events/sched/sched_waking/format: `pid_t pid` of the woken task.
+const SCHED_WAKING_PID: usize = 24;
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -236,6 +242,69 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
     // SAFETY: `dst` has at least STACK_COPY_BYTES >= len bytes; the helper faults
     // safely on unmapped user memory and returns an error.
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
+}
+
+/// Who wakes a long futex wait: when a thread of the target wakes another one whose
+/// futex wait has already lasted the threshold, send the waker's stack. Runs in the
+/// waker's context (sched_waking fires in the task that calls wake_up).
+#[tracepoint(category = "sched", name = "sched_waking")]
+pub fn tracer_sched_waking(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_waking(&ctx);
+    0
+}
+
+fn try_sched_waking(ctx: &TracePointContext) -> Result<(), i32> {
+    let Some(waker_tid) = target_thread() else {
+        return Ok(());
+    };
+    // SAFETY: `pid` lies inside the sched_waking record.
+    let wakee_tid = unsafe { ctx.read_at::<i32>(SCHED_WAKING_PID)? } as u32;
+    if wakee_tid == waker_tid {
+        return Ok(());
+    }
+    // SAFETY: read-only copy of the wakee's entry; a concurrent exit only makes it stale.
+    let Some(wait) = (unsafe { IN_FLIGHT.get(wakee_tid) }).copied() else {
+        return Ok(());
+    };
+    if wait.blocked == 0
+        || wait.kind != WaitKind::Futex as u32
+        || now_ns().saturating_sub(wait.start_ns) < MIN_WAIT_NS.load()
+    {
+        return Ok(());
+    }
+    // SAFETY: the current task's saved user registers; a wake from an interrupt that
+    // happened to land on a target thread is not in a futex call and is skipped.
+    let (ip, sp, bp, nr) = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        (
+            bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).orig_rax).unwrap_or(0) as i64,
+        )
+    };
+    if nr != syscall_nr::FUTEX && nr != syscall_nr::FUTEX_WAKE {
+        return Ok(());
+    }
+    let Some(mut entry) = WAKES.reserve::<WakeRecord>(0) else {
+        count(Counter::WakeRingBufferFull);
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: a reserved slot of WakeRecord size; every field is written before submit.
+    unsafe {
+        (*record).waker_tid = waker_tid;
+        (*record).wakee_tid = wakee_tid;
+        (*record).wait_start_ns = wait.start_ns;
+        (*record).ip = ip;
+        (*record).sp = sp;
+        (*record).bp = bp;
+        (*record)._pad = 0;
+        (*record).stack_len = copy_user_stack(&mut (*record).stack, sp);
+    }
+    count(Counter::WakesSent);
+    entry.submit(0);
+    Ok(())
 }
 
 /// A task iterator (`iter/task`): writes the saved user registers of every task to the

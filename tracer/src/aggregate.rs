@@ -82,10 +82,19 @@ pub struct StackKey {
     pub in_progress: bool,
 }
 
+/// How often one waker stack woke the waits of one stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WakerStats {
+    pub wakes: u64,
+    pub threads: BTreeSet<u32>,
+}
+
 /// Waits aggregated by raw stack as they arrive; symbolized once per unique stack at the end.
 #[derive(Debug, Default)]
 pub struct WaitAggregate {
     pub stacks: HashMap<StackKey, WaitStats>,
+    /// Who woke the waits of each stack, by the waker's raw stack.
+    pub wakers: HashMap<StackKey, HashMap<Vec<u64>, WakerStats>>,
     /// The name (`comm`) each thread had when last seen.
     pub thread_names: BTreeMap<u32, String>,
 }
@@ -93,6 +102,12 @@ pub struct WaitAggregate {
 impl WaitAggregate {
     pub fn add(&mut self, key: StackKey, tid: u32, duration_ns: u64) {
         self.stacks.entry(key).or_default().add(tid, duration_ns);
+    }
+
+    pub fn add_waker(&mut self, key: &StackKey, waker_tid: u32, waker_stack: Vec<u64>) {
+        let stats = self.wakers.entry(key.clone()).or_default().entry(waker_stack).or_default();
+        stats.wakes += 1;
+        stats.threads.insert(waker_tid);
     }
 
     pub fn name_thread(&mut self, tid: u32, name: &str) {
@@ -115,6 +130,7 @@ impl WaitAggregate {
     ) -> Profile {
         let shared_futexes = shared_futexes(&self.stacks);
         let thread_names = self.thread_names;
+        let wakers = waker_rows(self.wakers, image, symbolizer);
         let mut lock_names: HashMap<u64, Option<String>> = HashMap::new();
         let symbolized: Vec<ProfileStack> = self
             .stacks
@@ -144,8 +160,56 @@ impl WaitAggregate {
             .collect();
         let mut profile = Profile::from_symbolized(base, symbolized);
         profile.thread_names = thread_names;
+        profile.wakers = wakers;
         profile
     }
+}
+
+/// Who woke the waits at one call site: one row per (waiting site, waker site).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WakerRow {
+    /// The call site of the waits (as in the call-site table).
+    pub waiting_site: String,
+    pub kind: WaitKind,
+    /// The call site of the waker (its innermost frame in the program's own code).
+    pub waker_site: String,
+    /// The waker's stack, root first.
+    pub waker_frames: Vec<Frame>,
+    pub wakes: u64,
+    pub waker_threads: BTreeSet<u32>,
+}
+
+fn waker_rows(
+    wakers: HashMap<StackKey, HashMap<Vec<u64>, WakerStats>>,
+    image: &ProcessImage,
+    symbolizer: &mut StackSymbolizer,
+) -> Vec<WakerRow> {
+    let mut rows: HashMap<(String, WaitKind, String), WakerRow> = HashMap::new();
+    for (key, by_waker) in wakers {
+        let mut waiting = symbolizer.symbolize(image, &key.addresses);
+        waiting.reverse();
+        let waiting_site = call_site(&waiting).to_string();
+        for (waker_stack, stats) in by_waker {
+            let mut waker_frames = symbolizer.symbolize(image, &waker_stack);
+            waker_frames.reverse();
+            let waker_site = call_site(&waker_frames).to_string();
+            let row = rows
+                .entry((waiting_site.clone(), key.kind, waker_site.clone()))
+                .or_insert_with(|| WakerRow {
+                    waiting_site: waiting_site.clone(),
+                    kind: key.kind,
+                    waker_site,
+                    waker_frames,
+                    wakes: 0,
+                    waker_threads: BTreeSet::new(),
+                });
+            row.wakes += stats.wakes;
+            row.waker_threads.extend(stats.threads);
+        }
+    }
+    let mut rows: Vec<WakerRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| b.wakes.cmp(&a.wakes).then_with(|| a.waiting_site.cmp(&b.waiting_site)));
+    rows
 }
 
 /// The object of a socket wait whose socket could not be resolved.
@@ -194,15 +258,21 @@ impl ProfileStack {
     /// The innermost frame in the program's own code: not libc, not the language's
     /// standard library or runtime. Falls back to the innermost named frame.
     pub fn call_site(&self) -> &str {
-        let innermost_own = self
-            .frames
-            .iter()
-            .rev()
-            .find(|frame| frame.module_is_main && !is_runtime_function(&frame.name));
-        innermost_own
-            .or_else(|| self.frames.iter().rev().find(|frame| frame.name != UNKNOWN))
-            .map_or(UNKNOWN, |frame| frame.name.as_str())
+        call_site(&self.frames)
     }
+}
+
+/// The innermost frame of `frames` (root first) in the program's own code: not libc,
+/// not the language's standard library or runtime. Falls back to the innermost named
+/// frame.
+pub fn call_site(frames: &[Frame]) -> &str {
+    let innermost_own = frames
+        .iter()
+        .rev()
+        .find(|frame| frame.module_is_main && !is_runtime_function(&frame.name));
+    innermost_own
+        .or_else(|| frames.iter().rev().find(|frame| frame.name != UNKNOWN))
+        .map_or(UNKNOWN, |frame| frame.name.as_str())
 }
 
 const UNKNOWN: &str = "[unknown]";
@@ -230,6 +300,10 @@ pub struct TraceCounts {
     pub stack_unreadable: u64,
     pub stack_shortened: u64,
     pub in_flight_map_full: u64,
+    /// Wakes of long futex waits by the target's threads, with the waker's stack.
+    pub wakes_seen: u64,
+    /// Such wakes lost because their ring buffer was full.
+    pub wake_ring_buffer_full: u64,
     /// Long waits whose unwinding stopped before the root.
     pub unwind_truncated: u64,
     /// Distinct addresses with no symbol.
@@ -294,6 +368,9 @@ pub struct Profile {
     pub endpoint_states: BTreeMap<String, String>,
     /// Thread names (`comm`) by thread id.
     pub thread_names: BTreeMap<u32, String>,
+    /// Who woke the long futex waits, when the wake was visible to the probes (a
+    /// thread of the target waking another), most wakes first.
+    pub wakers: Vec<WakerRow>,
 }
 
 impl Profile {
@@ -469,6 +546,7 @@ pub(crate) mod tests {
             thread_counts: ThreadCounts::default(),
             endpoint_states: BTreeMap::new(),
             thread_names: BTreeMap::new(),
+            wakers: Vec::new(),
         };
         let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
         let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

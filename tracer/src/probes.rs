@@ -104,9 +104,10 @@ impl Probes {
         let attach_err = |name| move |source| ProbeError::Program { name, source };
         switch.load("sched_switch", btf).map_err(attach_err("sched_switch"))?;
         switch.attach().map_err(attach_err("sched_switch"))?;
-        for (name, tracepoint) in [
-            ("tracer_sys_exit", "sys_exit"),
-            ("tracer_sys_enter", "sys_enter"),
+        for (name, category, tracepoint) in [
+            ("tracer_sched_waking", "sched", "sched_waking"),
+            ("tracer_sys_exit", "raw_syscalls", "sys_exit"),
+            ("tracer_sys_enter", "raw_syscalls", "sys_enter"),
         ] {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -114,9 +115,7 @@ impl Probes {
                 .try_into()
                 .map_err(attach_err(name))?;
             program.load().map_err(attach_err(name))?;
-            program
-                .attach("raw_syscalls", tracepoint)
-                .map_err(attach_err(name))?;
+            program.attach(category, tracepoint).map_err(attach_err(name))?;
         }
         Ok(())
     }
@@ -145,14 +144,17 @@ impl Probes {
 
     /// The ring buffer of long waits (can be taken once).
     pub fn take_wait_records(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map("WAITS").ok_or(ProbeError::Map {
-            name: "WAITS",
-            source: None,
-        })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "WAITS",
-            source: Some(source),
-        })
+        self.take_ring_buffer("WAITS")
+    }
+
+    /// The ring buffer of wakers of long futex waits (can be taken once).
+    pub fn take_wake_records(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        self.take_ring_buffer("WAKES")
+    }
+
+    fn take_ring_buffer(&mut self, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::Map { name, source: None })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name, source: Some(source) })
     }
 
     pub fn counters(&self) -> Result<ProbeCounters, ProbeError> {

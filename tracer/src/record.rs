@@ -2,6 +2,7 @@
 //! (or Ctrl-C, SIGTERM, or its exit), then symbolize and write every report.
 
 use std::{
+    collections::HashMap,
     mem::size_of,
     os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
@@ -13,7 +14,7 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::{WaitKind, WaitRecord};
+use tracer_common::{WaitKind, WaitRecord, WakeRecord};
 
 use crate::{
     aggregate::{Profile, ProfileKind, StackKey, ThreadCounts, TraceCounts, WaitAggregate},
@@ -52,8 +53,12 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut collector = WaitCollector::new(pid, StackWalker::new(pid, image));
     let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait }, &btf_path)?;
     probes.attach_wait_probes()?;
-    let ring = probes.take_wait_records()?;
-    let mut ring = poll_readable(ring).context("cannot poll the probes' ring buffer")?;
+    let mut rings = RingBuffers {
+        waits: poll_readable(probes.take_wait_records()?)
+            .context("cannot poll the probes' ring buffer")?,
+        wakes: poll_readable(probes.take_wake_records()?)
+            .context("cannot poll the probes' ring buffer")?,
+    };
     eprintln!(
         "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
         target.comm,
@@ -62,22 +67,23 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let stop = wait_for_stop(&target, duration, &mut ring, &mut collector).await?;
+    let stop = wait_for_stop(&target, duration, &mut rings, &mut collector).await?;
     let elapsed = started.elapsed();
     // Waits that ended just before the stop are still in the buffer.
-    drain(ring.get_mut(), &mut collector);
+    drain(rings.wakes.get_mut(), rings.waits.get_mut(), &mut collector);
     let counters = probes.counters()?;
     let short_waits = probes.short_waits()?;
     let known_starts = probes.waits_in_progress()?;
     let frame_pointers = SavedFramePointers::from_tasks(&probes.task_registers()?);
-    drop(ring);
+    drop(rings);
     drop(probes); // detach before the slow part
     let target_exited = stop == Stop::TargetExited || target.has_exited();
     if target_exited {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
 
-    let WaitCollector { mut walker, mut targets, mut aggregate, malformed_records } = collector;
+    let WaitCollector { mut walker, mut targets, mut aggregate, malformed_records, .. } =
+        collector;
     // The waits that never ended: threads blocked before we attached, and stuck ones.
     let thread_counts = if target_exited {
         ThreadCounts::default()
@@ -101,6 +107,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         stack_unreadable: counters.get(Counter::StackUnreadable),
         stack_shortened: counters.get(Counter::StackShortened),
         in_flight_map_full: counters.get(Counter::InFlightMapFull),
+        wakes_seen: counters.get(Counter::WakesSent),
+        wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),
         unwind_truncated: walker.truncated_walks,
         unknown_symbols: 0,
         non_socket_io: targets.non_socket_io,
@@ -122,6 +130,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         thread_counts,
         endpoint_states: std::mem::take(&mut targets.endpoint_states),
         thread_names: Default::default(),
+        wakers: Vec::new(),
     };
     targets.log_socket_lookups();
     let mut symbolizer = StackSymbolizer::new();
@@ -146,10 +155,16 @@ enum Stop {
     TargetExited,
 }
 
+/// The probes' two ring buffers: long waits, and the wakers of long futex waits.
+struct RingBuffers {
+    waits: AsyncFd<RingBuf<MapData>>,
+    wakes: AsyncFd<RingBuf<MapData>>,
+}
+
 async fn wait_for_stop(
     target: &Target,
     duration: Duration,
-    ring: &mut AsyncFd<RingBuf<MapData>>,
+    rings: &mut RingBuffers,
     collector: &mut WaitCollector,
 ) -> anyhow::Result<Stop> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -164,9 +179,16 @@ async fn wait_for_stop(
             _ = sigint.recv() => return Ok(Stop::Interrupted),
             _ = sigterm.recv() => return Ok(Stop::Interrupted),
             _ = readable(&exited) => return Ok(Stop::TargetExited),
-            guard = ring.readable_mut() => {
+            guard = rings.waits.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), collector);
+                drain(rings.wakes.get_mut(), guard.get_inner_mut(), collector);
+                guard.clear_ready();
+            }
+            guard = rings.wakes.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    collector.add_wake(&item);
+                }
                 guard.clear_ready();
             }
         }
@@ -187,17 +209,32 @@ async fn readable(fd: &AsyncFd<OwnedFd>) {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, collector: &mut WaitCollector) {
-    while let Some(item) = ring.next() {
+/// Wakes first: a waker's record is written before its wakee can even return, so
+/// reading them first lets each long wait find its waker.
+fn drain(
+    wakes: &mut RingBuf<MapData>,
+    waits: &mut RingBuf<MapData>,
+    collector: &mut WaitCollector,
+) {
+    while let Some(item) = wakes.next() {
+        collector.add_wake(&item);
+    }
+    while let Some(item) = waits.next() {
         collector.add_record(&item);
     }
 }
+
+/// Wakers waiting for their wait's record, by (woken thread, wait start). Bounded: a
+/// wake whose wait never ends (or was dropped) must not pile up.
+const MAX_PENDING_WAKERS: usize = 65_536;
 
 /// Turns wait records into unwound stacks and aggregates them as they arrive.
 struct WaitCollector {
     walker: StackWalker,
     targets: WaitTargets,
     aggregate: WaitAggregate,
+    /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
+    pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
     malformed_records: u64,
 }
 
@@ -207,8 +244,28 @@ impl WaitCollector {
             walker,
             targets: WaitTargets::new(pid),
             aggregate: WaitAggregate::default(),
+            pending_wakers: HashMap::new(),
             malformed_records: 0,
         }
+    }
+
+    fn add_wake(&mut self, bytes: &[u8]) {
+        if bytes.len() < size_of::<WakeRecord>() {
+            self.malformed_records += 1;
+            return;
+        }
+        // SAFETY: as in `add_record`: a whole plain-old-data record, read unaligned.
+        let record: WakeRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let stack_len = (record.stack_len as usize).min(record.stack.len());
+        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
+        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
+        if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
+            self.pending_wakers.clear();
+        }
+        self.pending_wakers.insert(
+            (record.wakee_tid, record.wait_start_ns),
+            (record.waker_tid, walked.addresses),
+        );
     }
 
     fn add_record(&mut self, bytes: &[u8]) {
@@ -236,6 +293,11 @@ impl WaitCollector {
             truncated: walked.truncated,
             in_progress: false,
         };
+        if let Some((waker_tid, waker_stack)) =
+            self.pending_wakers.remove(&(record.tid, record.start_ns))
+        {
+            self.aggregate.add_waker(&key, waker_tid, waker_stack);
+        }
         self.aggregate.add(key, record.tid, record.duration_ns);
         let comm_len = record.comm.iter().position(|&byte| byte == 0).unwrap_or(record.comm.len());
         self.aggregate.name_thread(record.tid, &String::from_utf8_lossy(&record.comm[..comm_len]));

@@ -75,6 +75,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         thread_counts,
         endpoint_states: std::mem::take(&mut targets.endpoint_states),
         thread_names: Default::default(),
+        wakers: Vec::new(),
     };
     targets.log_socket_lookups();
     let mut symbolizer = StackSymbolizer::new();

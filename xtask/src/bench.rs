@@ -201,8 +201,7 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
          probes' in-kernel cost lands in the workload's throughput).\n"
     );
 
-    let mut results: BTreeMap<&'static str, Vec<(Variant, Result<Vec<Run>, String>)>> =
-        BTreeMap::new();
+    let mut results: Results = BTreeMap::new();
     let workloads = [
         Workload::Futex,
         Workload::Tcp,
@@ -653,7 +652,8 @@ fn pileup_table(result: &PileupResult) -> String {
     let _ = writeln!(md, "| measurement | median | min–max | peak RSS (max) | CPU (median) |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     let secs = |d: &Vec<Duration>| d.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
-    let rows: [(&str, Vec<f64>, &Vec<u64>, &Vec<Duration>); 3] = [
+    type Row<'a> = (&'a str, Vec<f64>, &'a Vec<u64>, &'a Vec<Duration>);
+    let rows: [Row; 3] = [
         ("`tracer snapshot` wall time", secs(&result.snapshot_wall), &result.snapshot_rss_kib, &result.snapshot_cpu),
         ("`tracer record` start (launch → \"tracer: recording\")", secs(&result.record_start), &result.record_rss_kib, &result.record_cpu),
         (

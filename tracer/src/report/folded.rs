@@ -90,6 +90,7 @@ mod tests {
             thread_counts: ThreadCounts::default(),
             endpoint_states: Default::default(),
             thread_names: Default::default(),
+            wakers: Vec::new(),
         }
     }
 

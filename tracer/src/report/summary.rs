@@ -66,6 +66,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                 write_threads_table(&mut out, &stuck, top);
             }
             write_object_tables(&mut out, profile, top);
+            write_wakers(&mut out, profile, top);
             write_below_threshold(&mut out, profile);
             write_counts(&mut out, profile);
         }
@@ -263,6 +264,31 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
     }
 }
 
+const WAKE_SITE_WIDTH: usize = 38;
+
+/// Who woke the long futex waits: the first step towards "who holds them up".
+fn write_wakers(out: &mut String, profile: &Profile, top: usize) {
+    if profile.wakers.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{:<WAKE_SITE_WIDTH$} {:<WAKE_SITE_WIDTH$} {:>9} {:>8}",
+        "WAITING AT", "WOKEN BY", "WAKES", "WAKERS"
+    );
+    for row in profile.wakers.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "{:<WAKE_SITE_WIDTH$} {:<WAKE_SITE_WIDTH$} {:>9} {:>8}",
+            elide(&row.waiting_site, WAKE_SITE_WIDTH),
+            elide(&row.waker_site, WAKE_SITE_WIDTH),
+            row.wakes,
+            row.waker_threads.len(),
+        );
+    }
+    let _ = writeln!(out);
+}
+
 fn write_below_threshold(out: &mut String, profile: &Profile) {
     let below: Vec<String> = profile
         .below_threshold
@@ -288,6 +314,9 @@ fn write_counts(out: &mut String, profile: &Profile) {
             counts.short_waits,
             counts.returned_without_waiting
         );
+        if counts.wakes_seen > 0 {
+            let _ = writeln!(out, "wakes: {} long futex waits woken by the target's threads", counts.wakes_seen);
+        }
         if counts.stack_shortened > 0 {
             // Not a loss by itself: a shallow thread's stack ends before the copy would.
             let _ = writeln!(
@@ -316,7 +345,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
         out,
         "lost: {} ring buffer full, {} in-flight map full, {} stacks unreadable, \
          {} unwinds truncated, {} unknown symbols, {} descriptors unresolved",
-        counts.ring_buffer_full,
+        counts.ring_buffer_full + counts.wake_ring_buffer_full,
         counts.in_flight_map_full,
         counts.stack_unreadable,
         counts.unwind_truncated,
@@ -437,6 +466,7 @@ mod tests {
             thread_counts: ThreadCounts { threads: 5, blocked_in_waits: 1, elsewhere: 4, ..ThreadCounts::default() },
             endpoint_states: [("10.0.0.5:80".to_string(), "send buffer full (4608/4608 bytes), peer window zero".to_string())].into(),
             thread_names: Default::default(),
+        wakers: Vec::new(),
         }
     }
 
