@@ -139,11 +139,12 @@ pub fn classify_syscall<E>(
     Ok(watched)
 }
 
-/// A wait in progress: one per thread that is inside a watched syscall, keyed by tid.
+/// A thread's watched call in progress, keyed by tid. The entry stays between calls,
+/// idle (`start_ns == 0`), so that each call rewrites it in place.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightWait {
-    /// `bpf_ktime_get_ns` at syscall entry.
+    /// `bpf_ktime_get_ns` at syscall entry; 0 when the thread is in no watched call.
     pub start_ns: u64,
     /// What is waited on: the futex address, or the descriptor for socket calls.
     pub object: u64,

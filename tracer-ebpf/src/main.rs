@@ -117,8 +117,16 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
         kind: kind as u32,
         blocked: 0,
     };
-    if IN_FLIGHT.insert(tid, wait, 0).is_err() {
-        count(Counter::InFlightMapFull);
+    // A thread keeps its entry between calls (start_ns == 0 when idle): rewriting it in
+    // place costs a lookup, where a delete and re-insert per call cost much more.
+    match IN_FLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the entry is this thread's own; only it and its own switch-out touch it.
+        Some(entry) => unsafe { *entry = wait },
+        None => {
+            if IN_FLIGHT.insert(tid, wait, 0).is_err() {
+                count(Counter::InFlightMapFull);
+            }
+        }
     }
     Ok(())
 }
@@ -139,7 +147,11 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
     if let Some(wait) = IN_FLIGHT.get_ptr_mut(tid) {
         // SAFETY: the entry belongs to this thread, which is the one running now.
-        unsafe { (*wait).blocked = 1 };
+        unsafe {
+            if (*wait).start_ns != 0 {
+                (*wait).blocked = 1;
+            }
+        }
     }
     0
 }
@@ -154,11 +166,20 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(tid) = target_thread() else {
         return Ok(());
     };
-    // SAFETY: only this thread writes its entry, and it is here, not in sched_switch.
-    let Some(wait) = (unsafe { IN_FLIGHT.get(tid) }).copied() else {
+    let Some(entry) = IN_FLIGHT.get_ptr_mut(tid) else {
         return Ok(());
     };
-    let _ = IN_FLIGHT.remove(tid);
+    // SAFETY: only this thread writes its entry, and it is here, not in sched_switch.
+    let wait = unsafe { *entry };
+    if wait.start_ns == 0 {
+        // Not in a watched call (any other syscall of the target exits here too).
+        return Ok(());
+    }
+    // SAFETY: as above; the call ends, the entry goes idle.
+    unsafe {
+        (*entry).start_ns = 0;
+        (*entry).blocked = 0;
+    }
     if wait.blocked == 0 {
         count(Counter::ReturnedWithoutWaiting);
         return Ok(());
@@ -267,6 +288,7 @@ fn try_sched_waking(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     if wait.blocked == 0
+        || wait.start_ns == 0
         || wait.kind != WaitKind::Futex as u32
         || now_ns().saturating_sub(wait.start_ns) < MIN_WAIT_NS.load()
     {

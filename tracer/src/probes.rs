@@ -186,7 +186,7 @@ impl Probes {
         for entry in in_flight.iter() {
             // An entry can vanish between the key walk and its lookup: skip it.
             let Ok((tid, wait)) = entry else { continue };
-            if wait.blocked != 0 {
+            if wait.blocked != 0 && wait.start_ns != 0 {
                 starts.insert(tid, wait.start_ns);
             }
         }

@@ -15,9 +15,10 @@ const SYS_CLOCK_NANOSLEEP: i64 = 230;
 /// `update_curr` and our own clock reading are both a little late, by far less than this.
 const AGE_TOLERANCE: Duration = Duration::from_millis(50);
 
-/// Slack above the true blocked time, for the scheduler clock and CLOCK_MONOTONIC ticking
-/// at slightly different rates (NTP slew) and for rounding.
-const AGE_SLACK_ABOVE: Duration = Duration::from_millis(2);
+/// Slack above the true blocked time: the per-CPU scheduler clocks of this VM drift apart
+/// by up to ~14 ms (steal time), and the calibration against the slowest one can be a
+/// little stale when other tests keep both CPUs busy.
+const AGE_SLACK_ABOVE: Duration = Duration::from_millis(20);
 
 /// Stack of each pile-up thread: small, so that thousands fit, as in a thread-per-connection
 /// server with tuned stacks.
