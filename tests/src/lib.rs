@@ -1076,3 +1076,257 @@ mod tests {
         assert!(!frame_is("handler_loop", "handler"));
     }
 }
+
+/// `tracer report ARGS...` (needs no root and no live process), under a deadline.
+pub fn tracer_report(args: &[&str], timeout: Duration) -> RunOutput {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("report").args(args);
+    run_with_timeout("tracer report", cmd, timeout)
+}
+
+/// Runs an outside tool (`go tool pprof`, `xmllint`) that `cargo xtask setup` installs,
+/// panicking with its output when it fails.
+pub fn run_tool(program: &str, args: &[&str], timeout: Duration) -> RunOutput {
+    let which = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sh to look for {program}: {e}"));
+    assert!(
+        which.status.success(),
+        "{program} is not installed: `cargo xtask setup` installs it (Debian's golang-go, libxml2-utils)"
+    );
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let out = run_with_timeout(program, cmd, timeout);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+/// `tracer -v serve ARGS... --listen 127.0.0.1:0` running under a guard, with its log
+/// (stderr) collected line by line, and the port it serves on.
+pub struct ServeDaemon {
+    guard: ChildGuard,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub port: u16,
+}
+
+impl ServeDaemon {
+    /// Starts the daemon and waits for the line that names its address.
+    pub fn start(args: &[&str]) -> Self {
+        let mut cmd = Command::new(tracer_bin());
+        cmd.arg("-v")
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn tracer serve ({cmd:?}): {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let mut daemon = Self {
+            guard: ChildGuard::new("tracer serve", child),
+            log,
+            port: 0,
+        };
+        const MARKER: &str = " on http://127.0.0.1:";
+        let line = daemon.wait_for_log(|line| line.contains(MARKER), STARTUP_TIMEOUT);
+        let port = line
+            .split(MARKER)
+            .nth(1)
+            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        daemon.port = port;
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+
+    /// Waits for a log line matching `pred` and returns it; panics with the log after
+    /// `timeout`.
+    pub fn wait_for_log(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|line| pred(line))
+            {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.guard.child.try_wait() {
+                panic!("tracer serve exited ({status}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracer serve logged no such line within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// GET `path` (with its query) from the daemon.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.port, path, HTTP_TIMEOUT)
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit; returns the status and
+    /// how long the exit took.
+    pub fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        let start = Instant::now();
+        // SAFETY: kill takes a pid and a signal; `pid` is our unreaped child.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        let status = self.guard.wait_timeout(timeout);
+        (status, start.elapsed())
+    }
+}
+
+/// Far above what any endpoint takes besides the requested window, for a loaded CI
+/// machine; only a hang reaches it.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An HTTP response: status code and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A plain HTTP/1.1 GET of `path` on 127.0.0.1:`port` (Connection: close; the body is
+/// whatever follows the headers).
+pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+    stream.set_read_timeout(Some(timeout)).expect("set a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {path}: no end of headers in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no status in {head:?}"));
+    HttpResponse { status, body: raw[split + 4..].to_vec() }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap_or_else(|e| panic!("find a free port: {e}"))
+        .port()
+}
+
+/// A real Prometheus server (Debian's `prometheus`) on 127.0.0.1, scraping one target
+/// every second, with its storage in a temporary directory.
+pub struct Prometheus {
+    guard: ChildGuard,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// How long Prometheus may take to start answering (it replays an empty TSDB).
+    const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+    pub fn start(scrape_port: u16) -> Self {
+        let dir = TempDir::new("prometheus");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: tracer\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{scrape_port}']\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+        let port = free_port();
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("spawn prometheus: {e} (`cargo xtask setup` installs Debian's prometheus)")
+        });
+        let prometheus = Self { guard: ChildGuard::new("prometheus", child), port, _dir: dir };
+        let deadline = Instant::now() + Self::READY_TIMEOUT;
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && http_get(port, "/-/ready", HTTP_TIMEOUT).status == 200;
+            if ready {
+                return prometheus;
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready within {:?}", Self::READY_TIMEOUT);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// The JSON answer of the instant query `query` (letters, digits, `_` and `{}=",`
+    /// only: it is percent-encoded here).
+    pub fn query(&self, query: &str) -> String {
+        let encoded: String = query
+            .bytes()
+            .map(|byte| match byte {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (byte as char).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let response = http_get(self.port, &format!("/api/v1/query?query={encoded}"), HTTP_TIMEOUT);
+        assert_eq!(response.status, 200, "prometheus query {query}: {}", response.text());
+        response.text()
+    }
+}

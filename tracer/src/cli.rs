@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::report::{Format, Weight};
+
 /// Which call sites of a live process pile up waiting: its blocked futex and socket
 /// waits, unwound and symbolized, as a table, folded stacks and a flamegraph.
 #[derive(Debug, Parser)]
@@ -23,6 +25,70 @@ pub enum Command {
     Record(RecordArgs),
     /// Show the threads blocked right now, grouped by call stack (no probes loaded).
     Snapshot(SnapshotArgs),
+    /// Re-render a saved profile (a .json, or a .pb.gz, that tracer wrote) in any
+    /// format, or compare it with a baseline (--diff).
+    Report(ReportArgs),
+    /// Keep tracing a process and serve its waits over HTTP: pprof profiles
+    /// (/debug/pprof/block, /debug/pprof/threads) and Prometheus metrics (/metrics).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The process to trace; the daemon stops when it exits.
+    #[arg(short, long, required_unless_present = "comm", conflicts_with = "comm")]
+    pub pid: Option<u32>,
+
+    /// Trace the process with this name (/proc/PID/comm), and the next one with that
+    /// name each time it exits and restarts.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// The address to serve on. A non-loopback address exposes the endpoints (which
+    /// show the target's call stacks) to the network.
+    #[arg(long, default_value = "127.0.0.1:6060", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// Waits at least this long carry a stack; shorter ones are only counted per
+    /// kind.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub min_wait: Duration,
+
+    /// At most this many (kind, call site, object) series per metric; the rest are
+    /// folded into site="other".
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub max_series: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The saved profile: a .json file tracer wrote (or a .pb.gz / .pprof).
+    #[arg(value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Compare FILE with this baseline: .svg writes a differential flamegraph (red:
+    /// more in FILE), .folded differential stacks (`stack before after`), .txt and
+    /// stdout the call sites whose blocked time or threads changed most.
+    #[arg(long, value_name = "BASE")]
+    pub diff: Option<PathBuf>,
+
+    /// Write a report; the extension names the format: .folded, .svg, .pb.gz or
+    /// .pprof (pprof), .json, .txt (the table printed to stdout). Repeat for several.
+    #[arg(short, long = "output", value_name = "FILE")]
+    pub outputs: Vec<PathBuf>,
+
+    /// What a flamegraph's width (and pprof's default sample type) means. Default:
+    /// time for a recording, threads for a snapshot.
+    #[arg(long, value_enum)]
+    pub weight: Option<Weight>,
+
+    /// Write every --output in this format, whatever its extension.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Rows in the call-site table printed to stdout.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
 }
 
 #[derive(Debug, Args)]
@@ -32,7 +98,9 @@ pub struct SnapshotArgs {
     pub pid: u32,
 
     /// Write a report; the extension names the format: .folded (collapsed stacks,
-    /// weighted by threads), .svg (flamegraph). Repeat for several.
+    /// weighted by threads), .svg (flamegraph), .pb.gz or .pprof (pprof), .json
+    /// (tracer's schema, read back by `tracer report`), .txt (the table printed to
+    /// stdout). Repeat for several.
     #[arg(short, long = "output", value_name = "FILE")]
     pub outputs: Vec<PathBuf>,
 
@@ -57,7 +125,8 @@ pub struct RecordArgs {
     pub min_wait: Duration,
 
     /// Write a report; the extension names the format: .folded (collapsed stacks),
-    /// .svg (flamegraph). Repeat for several.
+    /// .svg (flamegraph), .pb.gz or .pprof (pprof), .json (tracer's schema, read back
+    /// by `tracer report`), .txt (the table printed to stdout). Repeat for several.
     #[arg(short, long = "output", value_name = "FILE")]
     pub outputs: Vec<PathBuf>,
 

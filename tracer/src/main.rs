@@ -2,7 +2,9 @@
 //!
 //! Data flow, one module per stage: `probes` (kernel) → `record` (wait records) and
 //! `threads`/`blocked_now` (threads blocked now, from /proc; `snapshot`) → `stacks`
-//! (unwinding, symbols) → `aggregate` (the data model) → `report` (exporters).
+//! (unwinding, symbols) → `aggregate` (the data model) → `report` (exporters);
+//! `report_cmd` (`tracer report`) reads saved profiles back into the exporters;
+//! `serve` keeps the record pipeline running behind HTTP endpoints.
 
 mod aggregate;
 mod blocked_now;
@@ -11,6 +13,8 @@ mod locks;
 mod probes;
 mod record;
 mod report;
+mod report_cmd;
+mod serve;
 mod snapshot;
 mod sockets;
 mod stacks;
@@ -33,7 +37,12 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::new().filter_level(level).init();
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // `serve` drains the ring buffers on one task while others answer requests.
+    let mut builder = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("tracer: cannot start the async runtime: {err}");
@@ -44,6 +53,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Record(args) => record::record(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args),
+            Command::Report(args) => report_cmd::report(args),
+            Command::Serve(args) => serve::serve(args).await,
         }
     });
     match result {

@@ -14,14 +14,14 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::{WaitKind, WaitRecord, WakeRecord};
+use tracer_common::{ShortWaitTotals, WaitKind, WaitRecord, WakeRecord};
 
 use crate::{
     aggregate::{Profile, ProfileKind, StackKey, ThreadCounts, TraceCounts, WaitAggregate},
     blocked_now::{SavedFramePointers, collect_blocked_threads},
     cli::RecordArgs,
     locks::LockNamer,
-    probes::{ProbeConfig, Probes},
+    probes::{ProbeConfig, ProbeCounters, Probes, ShortWaitsByKind},
     report::{
         Output,
         summary::{format_duration, render_summary},
@@ -53,12 +53,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut collector = WaitCollector::new(pid, StackWalker::new(pid, image));
     let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait }, &btf_path)?;
     probes.attach_wait_probes()?;
-    let mut rings = RingBuffers {
-        waits: poll_readable(probes.take_wait_records()?)
-            .context("cannot poll the probes' ring buffer")?,
-        wakes: poll_readable(probes.take_wake_records()?)
-            .context("cannot poll the probes' ring buffer")?,
-    };
+    let mut rings = RingBuffers::take(&mut probes)?;
     eprintln!(
         "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
         target.comm,
@@ -70,7 +65,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let stop = wait_for_stop(&target, duration, &mut rings, &mut collector).await?;
     let elapsed = started.elapsed();
     // Waits that ended just before the stop are still in the buffer.
-    drain(rings.wakes.get_mut(), rings.waits.get_mut(), &mut collector);
+    rings.drain_now(&mut collector);
     let counters = probes.counters()?;
     let short_waits = probes.short_waits()?;
     let known_starts = probes.waits_in_progress()?;
@@ -82,8 +77,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
 
-    let WaitCollector { mut walker, mut targets, mut aggregate, malformed_records, .. } =
-        collector;
+    let WaitCollector {
+        decoder: WaitDecoder { mut walker, mut targets, malformed_records, pending_wakers: _ },
+        mut aggregate,
+    } = collector;
     // The waits that never ended: threads blocked before we attached, and stuck ones.
     let thread_counts = if target_exited {
         ThreadCounts::default()
@@ -98,23 +95,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("cannot list the threads of pid {pid}"))?
     };
-    let counts = TraceCounts {
-        calls_entered: counters.get(Counter::CallsEntered),
-        returned_without_waiting: counters.get(Counter::ReturnedWithoutWaiting),
-        short_waits: counters.get(Counter::ShortWaits),
-        long_waits: counters.get(Counter::LongWaits),
-        ring_buffer_full: counters.get(Counter::RingBufferFull),
-        stack_unreadable: counters.get(Counter::StackUnreadable),
-        stack_shortened: counters.get(Counter::StackShortened),
-        in_flight_map_full: counters.get(Counter::InFlightMapFull),
-        wakes_seen: counters.get(Counter::WakesSent),
-        wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),
-        unwind_truncated: walker.truncated_walks,
-        unknown_symbols: 0,
-        non_socket_io: targets.non_socket_io,
-        unresolved_descriptors: targets.unresolved_sockets,
-        malformed_records,
-    };
+    let counts = trace_counts(&counters, walker.truncated_walks, &targets, malformed_records);
     let base = Profile {
         kind: ProfileKind::Recording,
         pid,
@@ -123,9 +104,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         min_wait,
         target_exited,
         stacks: Vec::new(),
-        // read/write under the threshold are not resolved to sockets (no record reaches
-        // userspace), so they stay `read`/`write`: any descriptor.
-        below_threshold: WaitKind::ALL.iter().map(|&kind| (kind, short_waits[kind as usize])).collect(),
+        below_threshold: below_threshold(&short_waits),
         counts,
         thread_counts,
         endpoint_states: std::mem::take(&mut targets.endpoint_states),
@@ -148,6 +127,40 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the probes and the collector saw and lost (`unknown_symbols` is filled in by
+/// symbolization).
+pub fn trace_counts(
+    counters: &ProbeCounters,
+    unwind_truncated: u64,
+    targets: &WaitTargets,
+    malformed_records: u64,
+) -> TraceCounts {
+    TraceCounts {
+        calls_entered: counters.get(Counter::CallsEntered),
+        returned_without_waiting: counters.get(Counter::ReturnedWithoutWaiting),
+        short_waits: counters.get(Counter::ShortWaits),
+        long_waits: counters.get(Counter::LongWaits),
+        ring_buffer_full: counters.get(Counter::RingBufferFull),
+        stack_unreadable: counters.get(Counter::StackUnreadable),
+        stack_shortened: counters.get(Counter::StackShortened),
+        in_flight_map_full: counters.get(Counter::InFlightMapFull),
+        wakes_seen: counters.get(Counter::WakesSent),
+        wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),
+        unwind_truncated,
+        unknown_symbols: 0,
+        non_socket_io: targets.non_socket_io,
+        unresolved_descriptors: targets.unresolved_sockets,
+        malformed_records,
+    }
+}
+
+/// The waits under the threshold, per kind. read/write under the threshold are not
+/// resolved to sockets (no record reaches userspace), so they stay `read`/`write`: any
+/// descriptor.
+pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWaitTotals)> {
+    WaitKind::ALL.iter().map(|&kind| (kind, short_waits[kind as usize])).collect()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
     DurationElapsed,
@@ -156,9 +169,47 @@ enum Stop {
 }
 
 /// The probes' two ring buffers: long waits, and the wakers of long futex waits.
-struct RingBuffers {
-    waits: AsyncFd<RingBuf<MapData>>,
-    wakes: AsyncFd<RingBuf<MapData>>,
+pub struct RingBuffers {
+    pub waits: AsyncFd<RingBuf<MapData>>,
+    pub wakes: AsyncFd<RingBuf<MapData>>,
+}
+
+impl RingBuffers {
+    /// Takes both ring buffers out of the probes and registers them with the runtime.
+    pub fn take(probes: &mut Probes) -> anyhow::Result<Self> {
+        Ok(Self {
+            waits: poll_readable(probes.take_wait_records()?)
+                .context("cannot poll the probes' ring buffer")?,
+            wakes: poll_readable(probes.take_wake_records()?)
+                .context("cannot poll the probes' ring buffer")?,
+        })
+    }
+
+    /// Waits until either buffer has records, then drains both into `sink` (wakes
+    /// first). Cancel-safe: records stay in the buffers until drained.
+    pub async fn drain_when_readable(&mut self, sink: &mut impl WaitSink) -> anyhow::Result<()> {
+        let Self { waits, wakes } = self;
+        tokio::select! {
+            guard = waits.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                drain(wakes.get_mut(), guard.get_inner_mut(), sink);
+                guard.clear_ready();
+            }
+            guard = wakes.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    sink.add_wake(&item);
+                }
+                guard.clear_ready();
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains whatever is in both buffers now, without waiting.
+    pub fn drain_now(&mut self, sink: &mut impl WaitSink) {
+        drain(self.wakes.get_mut(), self.waits.get_mut(), sink);
+    }
 }
 
 async fn wait_for_stop(
@@ -179,30 +230,19 @@ async fn wait_for_stop(
             _ = sigint.recv() => return Ok(Stop::Interrupted),
             _ = sigterm.recv() => return Ok(Stop::Interrupted),
             _ = readable(&exited) => return Ok(Stop::TargetExited),
-            guard = rings.waits.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                drain(rings.wakes.get_mut(), guard.get_inner_mut(), collector);
-                guard.clear_ready();
-            }
-            guard = rings.wakes.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                while let Some(item) = guard.get_inner_mut().next() {
-                    collector.add_wake(&item);
-                }
-                guard.clear_ready();
-            }
+            drained = rings.drain_when_readable(collector) => drained?,
         }
     }
 }
 
 /// Registers an owned descriptor with the runtime, for readiness to read.
-fn poll_readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+pub fn poll_readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: `inner` owns its descriptor (a ring-buffer map or a pidfd), which stays
     // open and the same for as long as the AsyncFd holds `inner`.
     Ok(unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }?)
 }
 
-async fn readable(fd: &AsyncFd<OwnedFd>) {
+pub async fn readable(fd: &AsyncFd<OwnedFd>) {
     // A pidfd polls readable once, when the process exits.
     if let Ok(mut guard) = fd.readable().await {
         guard.retain_ready();
@@ -211,17 +251,21 @@ async fn readable(fd: &AsyncFd<OwnedFd>) {
 
 /// Wakes first: a waker's record is written before its wakee can even return, so
 /// reading them first lets each long wait find its waker.
-fn drain(
-    wakes: &mut RingBuf<MapData>,
-    waits: &mut RingBuf<MapData>,
-    collector: &mut WaitCollector,
-) {
+fn drain(wakes: &mut RingBuf<MapData>, waits: &mut RingBuf<MapData>, sink: &mut impl WaitSink) {
     while let Some(item) = wakes.next() {
-        collector.add_wake(&item);
+        sink.add_wake(&item);
     }
     while let Some(item) = waits.next() {
-        collector.add_record(&item);
+        sink.add_record(&item);
     }
+}
+
+/// Where the ring buffers' records go: `record`'s one aggregate, or `serve`'s windows.
+pub trait WaitSink {
+    /// A waker record (the stack of a thread that woke a long futex wait).
+    fn add_wake(&mut self, bytes: &[u8]);
+    /// A long-wait record.
+    fn add_record(&mut self, bytes: &[u8]);
 }
 
 /// Wakers waiting for their wait's record, by (woken thread, wait start). Bounded: a
@@ -230,31 +274,77 @@ const MAX_PENDING_WAKERS: usize = 65_536;
 
 /// Turns wait records into unwound stacks and aggregates them as they arrive.
 struct WaitCollector {
-    walker: StackWalker,
-    targets: WaitTargets,
+    decoder: WaitDecoder,
     aggregate: WaitAggregate,
-    /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
-    pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
-    malformed_records: u64,
 }
 
 impl WaitCollector {
     fn new(pid: u32, walker: StackWalker) -> Self {
+        Self { decoder: WaitDecoder::new(pid, walker), aggregate: WaitAggregate::default() }
+    }
+}
+
+impl WaitSink for WaitCollector {
+    fn add_wake(&mut self, bytes: &[u8]) {
+        self.decoder.add_wake(bytes);
+    }
+
+    fn add_record(&mut self, bytes: &[u8]) {
+        if let Some(wait) = self.decoder.decode(bytes) {
+            wait.add_to(&mut self.aggregate);
+        }
+    }
+}
+
+/// One long wait, unwound and resolved, with its waker when one was seen.
+#[derive(Clone, Debug)]
+pub struct Wait {
+    pub key: StackKey,
+    pub tid: u32,
+    pub duration_ns: u64,
+    /// The thread's name (`comm`) when the wait ended.
+    pub thread_name: String,
+    /// The waker's thread id and unwound stack.
+    pub waker: Option<(u32, Vec<u64>)>,
+}
+
+impl Wait {
+    pub fn add_to(self, aggregate: &mut WaitAggregate) {
+        let Self { key, tid, duration_ns, thread_name, waker } = self;
+        if let Some((waker_tid, waker_stack)) = waker {
+            aggregate.add_waker(&key, waker_tid, waker_stack);
+        }
+        aggregate.add(key, tid, duration_ns);
+        aggregate.name_thread(tid, &thread_name);
+    }
+}
+
+/// Turns ring-buffer records into `Wait`s: unwinds stacks, resolves what each wait
+/// waits on, and pairs each wait with its waker.
+pub struct WaitDecoder {
+    pub walker: StackWalker,
+    pub targets: WaitTargets,
+    /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
+    pub pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
+    pub malformed_records: u64,
+}
+
+impl WaitDecoder {
+    pub fn new(pid: u32, walker: StackWalker) -> Self {
         Self {
             walker,
             targets: WaitTargets::new(pid),
-            aggregate: WaitAggregate::default(),
             pending_wakers: HashMap::new(),
             malformed_records: 0,
         }
     }
 
-    fn add_wake(&mut self, bytes: &[u8]) {
+    pub fn add_wake(&mut self, bytes: &[u8]) {
         if bytes.len() < size_of::<WakeRecord>() {
             self.malformed_records += 1;
             return;
         }
-        // SAFETY: as in `add_record`: a whole plain-old-data record, read unaligned.
+        // SAFETY: as in `decode`: a whole plain-old-data record, read unaligned.
         let record: WakeRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         let stack_len = (record.stack_len as usize).min(record.stack.len());
         let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
@@ -268,21 +358,21 @@ impl WaitCollector {
         );
     }
 
-    fn add_record(&mut self, bytes: &[u8]) {
+    /// The wait of one record; None for a malformed record or a wait not reported
+    /// (read/write off sockets).
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Wait> {
         if bytes.len() < size_of::<WaitRecord>() {
             self.malformed_records += 1;
-            return;
+            return None;
         }
         // SAFETY: the buffer holds a whole WaitRecord (checked above), a plain-old-data
         // struct for which every bit pattern is valid; read_unaligned needs no alignment.
         let record: WaitRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         let Some(kind) = WaitKind::from_u32(record.kind) else {
             self.malformed_records += 1;
-            return;
+            return None;
         };
-        let Some((kind, target)) = self.targets.resolve(kind, record.object) else {
-            return;
-        };
+        let (kind, target) = self.targets.resolve(kind, record.object)?;
         let stack_len = (record.stack_len as usize).min(record.stack.len());
         let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
         let walked = self.walker.walk(regs, &record.stack[..stack_len]);
@@ -293,13 +383,14 @@ impl WaitCollector {
             truncated: walked.truncated,
             in_progress: false,
         };
-        if let Some((waker_tid, waker_stack)) =
-            self.pending_wakers.remove(&(record.tid, record.start_ns))
-        {
-            self.aggregate.add_waker(&key, waker_tid, waker_stack);
-        }
-        self.aggregate.add(key, record.tid, record.duration_ns);
+        let waker = self.pending_wakers.remove(&(record.tid, record.start_ns));
         let comm_len = record.comm.iter().position(|&byte| byte == 0).unwrap_or(record.comm.len());
-        self.aggregate.name_thread(record.tid, &String::from_utf8_lossy(&record.comm[..comm_len]));
+        Some(Wait {
+            key,
+            tid: record.tid,
+            duration_ns: record.duration_ns,
+            thread_name: String::from_utf8_lossy(&record.comm[..comm_len]).into_owned(),
+            waker,
+        })
     }
 }

@@ -11,8 +11,18 @@ use anyhow::{Context as _, bail};
 use crate::run_command;
 
 /// Debian packages the build and the tests need: gcc and libc headers for the C
-/// workload, zlib/zstd for linking bpf-linker against LLVM.
-const DEBIAN_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-dev"];
+/// workload, zlib/zstd for linking bpf-linker against LLVM, `go tool pprof` and
+/// `xmllint` to check that the pprof and SVG reports open in the tools people use,
+/// `prometheus` to check that a real server scrapes `tracer serve`.
+const DEBIAN_PACKAGES: [&str; 7] = [
+    "gcc",
+    "libc6-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "golang-go",
+    "libxml2-utils",
+    "prometheus",
+];
 
 /// The bpf-linker release that works with LLVM 22 (the nightly's LLVM).
 const BPF_LINKER_VERSION: &str = "0.13.0";

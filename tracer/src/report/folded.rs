@@ -3,7 +3,10 @@
 
 use std::io::{self, Write};
 
-use crate::aggregate::{Profile, ProfileKind, ProfileStack};
+use crate::{
+    aggregate::{Profile, ProfileKind, ProfileStack},
+    report::Weight,
+};
 
 /// The frame that marks a stack whose unwinding stopped before the root.
 pub const TRUNCATED_FRAME: &str = "[truncated]";
@@ -11,13 +14,19 @@ pub const TRUNCATED_FRAME: &str = "[truncated]";
 /// The folded lines of a profile, heaviest first. The count is the blocked time in
 /// microseconds for a recording, the number of threads for a snapshot; zero-weight
 /// stacks (under one microsecond) are left out.
+#[cfg(test)]
 pub fn folded_lines(profile: &Profile) -> Vec<String> {
+    folded_lines_weighted(profile, Weight::default_for(profile.kind))
+}
+
+/// The folded lines with the count `weight` chooses (zero-weight stacks left out).
+pub fn folded_lines_weighted(profile: &Profile, weight: Weight) -> Vec<String> {
     profile
         .stacks
         .iter()
         .filter_map(|stack| {
-            let weight = stack.weight(profile.kind);
-            (weight > 0).then(|| format!("{} {weight}", folded_stack(profile, stack)))
+            let count = weight.of(stack);
+            (count > 0).then(|| format!("{} {count}", folded_stack(profile, stack)))
         })
         .collect()
 }
@@ -60,8 +69,8 @@ fn sanitize(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
-pub fn write_folded(profile: &Profile, out: &mut impl Write) -> io::Result<()> {
-    for line in folded_lines(profile) {
+pub fn write_folded_weighted(profile: &Profile, weight: Weight, out: &mut impl Write) -> io::Result<()> {
+    for line in folded_lines_weighted(profile, weight) {
         writeln!(out, "{line}")?;
     }
     Ok(())
@@ -126,6 +135,15 @@ mod tests {
         );
         recording.kind = ProfileKind::Snapshot;
         assert_eq!(folded_lines(&recording), ["pile:up;app::handler;[futex app::QUEUE] 2"]);
+    }
+
+    #[test]
+    fn the_weight_chooses_the_count() {
+        let futex = stack(&[("f", true)], WaitKind::Futex, &[(1, 3_000), (1, 4_000), (2, 5_000)]);
+        let recording = profile(vec![futex]);
+        assert_eq!(folded_lines_weighted(&recording, Weight::Time), ["pile:up;f;[futex] 12"]);
+        assert_eq!(folded_lines_weighted(&recording, Weight::Count), ["pile:up;f;[futex] 3"]);
+        assert_eq!(folded_lines_weighted(&recording, Weight::Threads), ["pile:up;f;[futex] 2"]);
     }
 
     #[test]

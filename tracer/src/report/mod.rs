@@ -1,8 +1,19 @@
-//! Exporters: each reads a `Profile` and writes one format.
+//! Exporters: each reads a `Profile` and writes one format; `json` and `pprof` also read
+//! their files back (`tracer report`), and `diff` compares two profiles.
 
+pub mod diff;
 pub mod flamegraph;
 pub mod folded;
+pub mod json;
+pub mod pprof;
 pub mod summary;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod golden_tests;
+#[cfg(test)]
+mod reader_props;
 
 use std::{
     fs::File,
@@ -10,19 +21,30 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::aggregate::Profile;
+use crate::aggregate::{Profile, ProfileKind, ProfileStack};
 
-/// A report format, named by the output file's extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A report format, named by the output file's extension (or `--format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Collapsed stacks (`.folded`).
     Folded,
+    /// Interactive flamegraph (`.svg`).
     Svg,
+    /// gzip-compressed pprof `profile.proto` (`.pb.gz`, `.pprof`).
+    Pprof,
+    /// tracer's versioned JSON schema (`.json`), the format `tracer report` reads back.
+    Json,
+    /// The text summary printed to stdout (`.txt`).
+    Text,
 }
+
+/// The extensions, as the error message lists them.
+const EXTENSIONS: &str = ".folded, .svg, .pb.gz, .pprof, .json or .txt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     /// The extension names no format we write.
-    #[error("{}: unknown output extension (use .folded or .svg)", .0.display())]
+    #[error("{}: unknown output extension (use {EXTENSIONS})", .0.display())]
     UnknownExtension(PathBuf),
     /// The file cannot be created.
     #[error("{}: cannot write", .path.display())]
@@ -35,11 +57,172 @@ pub enum OutputError {
 
 impl Format {
     pub fn from_path(path: &Path) -> Result<Self, OutputError> {
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        if name.ends_with(".pb.gz") {
+            return Ok(Format::Pprof);
+        }
         match path.extension().and_then(|ext| ext.to_str()) {
             Some("folded") => Ok(Format::Folded),
             Some("svg") => Ok(Format::Svg),
+            Some("pprof") => Ok(Format::Pprof),
+            Some("json") => Ok(Format::Json),
+            Some("txt") => Ok(Format::Text),
             _ => Err(OutputError::UnknownExtension(path.to_path_buf())),
         }
+    }
+}
+
+/// What a flamegraph's width (and pprof's default sample type) means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weight {
+    /// Blocked time (microseconds in folded stacks; the default of a recording).
+    Time,
+    /// Number of waits (in a snapshot: of threads blocked).
+    Count,
+    /// Number of distinct threads (the default of a snapshot). In a recording a
+    /// thread can wait on several stacks, so these do not add up to the process's
+    /// thread count.
+    Threads,
+}
+
+impl Weight {
+    pub fn default_for(kind: ProfileKind) -> Self {
+        match kind {
+            ProfileKind::Recording => Weight::Time,
+            ProfileKind::Snapshot => Weight::Threads,
+        }
+    }
+
+    /// One stack's weight: microseconds, waits or threads.
+    pub fn of(self, stack: &ProfileStack) -> u64 {
+        match self {
+            Weight::Time => stack.stats.total_ns / 1_000,
+            Weight::Count => stack.stats.waits,
+            Weight::Threads => stack.stats.threads.len() as u64,
+        }
+    }
+
+    /// What the weight counts, for a flamegraph's tooltips.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Weight::Time => "us blocked",
+            Weight::Count => "waits",
+            Weight::Threads => "threads",
+        }
+    }
+}
+
+/// What a report says about where it came from, beyond the `Profile`: read from the
+/// machine when the profile is first written, kept by the JSON and pprof files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// The version of the tracer that recorded the profile.
+    pub tracer_version: String,
+    /// The kernel release (`uname -r`) of the machine it was recorded on.
+    pub kernel: Option<String>,
+    /// The target's command line, when it could be read.
+    pub command_line: Option<Vec<String>>,
+}
+
+impl Provenance {
+    /// This tracer and this machine; the command line of `pid` if it still runs.
+    pub fn of_live_target(pid: u32) -> Self {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|release| release.trim().to_string());
+        // Read when the report is written (the profile does not carry it): a target
+        // that exited meanwhile has none.
+        let command_line = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .filter(|bytes| !bytes.is_empty())
+            .map(|bytes| {
+                bytes
+                    .split(|&byte| byte == 0)
+                    .filter(|arg| !arg.is_empty())
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                    .collect()
+            });
+        Self { tracer_version: TRACER_VERSION.to_string(), kernel, command_line }
+    }
+}
+
+pub const TRACER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A profile read back from a file `tracer` wrote, with where it came from.
+#[derive(Clone, Debug)]
+pub struct SavedProfile {
+    pub profile: Profile,
+    pub provenance: Provenance,
+}
+
+/// Why `tracer report` cannot read a file: each names the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be read at all.
+    #[error("{}: cannot read", .path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Empty.
+    #[error("{}: empty file", .0.display())]
+    Empty(PathBuf),
+    /// Neither JSON nor gzip.
+    #[error("{}: not a tracer profile (expected tracer's JSON or a gzip pprof file)", .0.display())]
+    Foreign(PathBuf),
+    /// A JSON file that is not a readable tracer profile.
+    #[error("{}", .path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: json::JsonError,
+    },
+    /// A gzip file that is not a readable tracer pprof profile.
+    #[error("{}", .path.display())]
+    Pprof {
+        path: PathBuf,
+        #[source]
+        source: pprof::PprofError,
+    },
+}
+
+/// Reads a profile `tracer` saved as JSON or pprof, telling them apart by content.
+pub fn read_saved(path: &Path) -> Result<SavedProfile, ReadError> {
+    let bytes = std::fs::read(path)
+        .map_err(|source| ReadError::Unreadable { path: path.to_path_buf(), source })?;
+    read_saved_bytes(path, &bytes)
+}
+
+pub fn read_saved_bytes(path: &Path, bytes: &[u8]) -> Result<SavedProfile, ReadError> {
+    const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+    let path = || path.to_path_buf();
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    match first {
+        None if bytes.is_empty() => Err(ReadError::Empty(path())),
+        Some(b'{' | b'[') => {
+            json::read_json(bytes).map_err(|source| ReadError::Json { path: path(), source })
+        }
+        _ if bytes.starts_with(&GZIP_MAGIC) => {
+            pprof::read_pprof(bytes).map_err(|source| ReadError::Pprof { path: path(), source })
+        }
+        _ => Err(ReadError::Foreign(path())),
+    }
+}
+
+/// How to render: the width of flamegraphs and the rows of the text table.
+#[derive(Clone, Copy, Debug)]
+pub struct RenderOptions {
+    pub weight: Weight,
+    pub top: usize,
+}
+
+impl RenderOptions {
+    /// The rows the stdout table shows by default (the CLI's `--top`).
+    pub const DEFAULT_TOP: usize = 15;
+
+    pub fn default_for(kind: ProfileKind) -> Self {
+        Self { weight: Weight::default_for(kind), top: Self::DEFAULT_TOP }
     }
 }
 
@@ -52,7 +235,10 @@ pub struct Output {
 
 impl Output {
     pub fn create(path: &Path) -> Result<Self, OutputError> {
-        let format = Format::from_path(path)?;
+        Self::create_as(path, Format::from_path(path)?)
+    }
+
+    pub fn create_as(path: &Path, format: Format) -> Result<Self, OutputError> {
         let file = File::create(path).map_err(|source| OutputError::Unwritable {
             path: path.to_path_buf(),
             source,
@@ -60,16 +246,42 @@ impl Output {
         Ok(Self { path: path.to_path_buf(), format, file })
     }
 
+    /// Writes a profile just taken of `profile.pid`, with the default options.
     pub fn write(self, profile: &Profile) -> anyhow::Result<()> {
+        let mut provenance = Provenance::of_live_target(profile.pid);
+        if profile.target_exited {
+            // The pid may already name another process.
+            provenance.command_line = None;
+        }
+        self.write_with(profile, &provenance, RenderOptions::default_for(profile.kind))
+    }
+
+    pub fn write_with(
+        self,
+        profile: &Profile,
+        provenance: &Provenance,
+        options: RenderOptions,
+    ) -> anyhow::Result<()> {
         let Output { path, format, file } = self;
         let mut out = BufWriter::new(file);
         match format {
-            Format::Folded => folded::write_folded(profile, &mut out)?,
-            Format::Svg => flamegraph::write_flamegraph(profile, &mut out)?,
+            Format::Folded => folded::write_folded_weighted(profile, options.weight, &mut out)?,
+            Format::Svg => flamegraph::write_flamegraph(profile, options.weight, &mut out)?,
+            Format::Pprof => pprof::write_pprof(profile, provenance, options.weight, &mut out)?,
+            Format::Json => json::write_json(profile, provenance, &mut out)?,
+            Format::Text => out.write_all(summary::render_summary(profile, options.top).as_bytes())?,
         }
-        out.flush()
-            .map_err(|source| OutputError::Unwritable { path, source })?;
+        out.flush().map_err(|source| OutputError::Unwritable { path, source })?;
         Ok(())
+    }
+
+    /// Writes raw bytes (a diff's reports).
+    pub fn write_bytes(self, bytes: &[u8]) -> Result<(), OutputError> {
+        let Output { path, format: _, file } = self;
+        let mut out = BufWriter::new(file);
+        out.write_all(bytes)
+            .and_then(|()| out.flush())
+            .map_err(|source| OutputError::Unwritable { path, source })
     }
 }
 
@@ -81,7 +293,14 @@ mod tests {
     fn formats_come_from_extensions() {
         assert_eq!(Format::from_path(Path::new("a/waits.svg")).unwrap(), Format::Svg);
         assert_eq!(Format::from_path(Path::new("waits.folded")).unwrap(), Format::Folded);
-        let err = Format::from_path(Path::new("waits.xyz")).unwrap_err();
-        assert_eq!(err.to_string(), "waits.xyz: unknown output extension (use .folded or .svg)");
+        assert_eq!(Format::from_path(Path::new("waits.pb.gz")).unwrap(), Format::Pprof);
+        assert_eq!(Format::from_path(Path::new("waits.pprof")).unwrap(), Format::Pprof);
+        assert_eq!(Format::from_path(Path::new("waits.json")).unwrap(), Format::Json);
+        assert_eq!(Format::from_path(Path::new("waits.txt")).unwrap(), Format::Text);
+        let err = Format::from_path(Path::new("waits.gz")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "waits.gz: unknown output extension (use .folded, .svg, .pb.gz, .pprof, .json or .txt)"
+        );
     }
 }

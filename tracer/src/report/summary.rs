@@ -147,7 +147,7 @@ fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize) {
 fn write_rest(out: &mut String, rows: &[SiteRow], top: usize, what: impl Fn(&SiteRow) -> String) {
     if rows.len() > top {
         let rest: Vec<String> = rows[top..].iter().map(&what).collect();
-        let _ = writeln!(out, "... {} more call sites ({})", rows.len() - top, rest.join(", "));
+        write_wrapped(out, &format!("... {} more call sites:", rows.len() - top), &rest);
     }
 }
 
@@ -164,7 +164,10 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
             if stack.truncated { " (stack truncated)" } else { "" },
         );
         for frame in stack.frames.iter().rev().take(FRAMES_SHOWN) {
-            let _ = writeln!(out, "    {}  ({})", elide(&frame.name, 80), frame.module);
+            // `    name  (module)` within WIDTH, the name giving way to the module.
+            let module = elide(&frame.module, 30);
+            let room = WIDTH - 8 - module.chars().count();
+            let _ = writeln!(out, "    {}  ({module})", elide(&frame.name, room));
         }
         if stack.frames.len() > FRAMES_SHOWN {
             let _ = writeln!(out, "    ... {} more frames", stack.frames.len() - FRAMES_SHOWN);
@@ -306,17 +309,16 @@ fn write_below_threshold(out: &mut String, profile: &Profile) {
 fn write_counts(out: &mut String, profile: &Profile) {
     let counts = &profile.counts;
     if profile.kind == ProfileKind::Recording {
-        let _ = writeln!(
+        write_wrapped(
             out,
-            "seen: {} watched calls, {} long waits, {} short waits, {} returned without waiting",
-            counts.calls_entered,
-            counts.long_waits,
-            counts.short_waits,
-            counts.returned_without_waiting
+            "seen:",
+            &[
+                format!("{} watched calls", counts.calls_entered),
+                format!("{} long waits", counts.long_waits),
+                format!("{} short waits", counts.short_waits),
+                format!("{} returned without waiting", counts.returned_without_waiting),
+            ],
         );
-        if counts.wakes_seen > 0 {
-            let _ = writeln!(out, "wakes: {} long futex waits woken by the target's threads", counts.wakes_seen);
-        }
         if counts.stack_shortened > 0 {
             // Not a loss by itself: a shallow thread's stack ends before the copy would.
             let _ = writeln!(
@@ -328,29 +330,29 @@ fn write_counts(out: &mut String, profile: &Profile) {
     }
     let threads = &profile.thread_counts;
     if threads.threads > 0 {
-        let _ = writeln!(
+        write_wrapped(
             out,
-            "threads read from /proc: {}, {} blocked in waits, {} running or blocked elsewhere, \
-             {} exited and {} woke while read, {} unreadable, {} without saved rbp",
-            threads.threads,
-            threads.blocked_in_waits,
-            threads.elsewhere,
-            threads.exited_while_read,
-            threads.woke_while_read,
-            threads.unreadable,
-            threads.frame_pointer_unknown,
+            &format!("threads read from /proc: {},", threads.threads),
+            &[
+                format!("{} blocked in waits", threads.blocked_in_waits),
+                format!("{} running or blocked elsewhere", threads.elsewhere),
+                format!("{} exited and {} woke while read", threads.exited_while_read, threads.woke_while_read),
+                format!("{} unreadable", threads.unreadable),
+                format!("{} without saved rbp", threads.frame_pointer_unknown),
+            ],
         );
     }
-    let _ = writeln!(
+    write_wrapped(
         out,
-        "lost: {} ring buffer full, {} in-flight map full, {} stacks unreadable, \
-         {} unwinds truncated, {} unknown symbols, {} descriptors unresolved",
-        counts.ring_buffer_full + counts.wake_ring_buffer_full,
-        counts.in_flight_map_full,
-        counts.stack_unreadable,
-        counts.unwind_truncated,
-        counts.unknown_symbols,
-        counts.unresolved_descriptors,
+        "lost:",
+        &[
+            format!("{} ring buffer full", counts.ring_buffer_full),
+            format!("{} in-flight map full", counts.in_flight_map_full),
+            format!("{} stacks unreadable", counts.stack_unreadable),
+            format!("{} unwinds truncated", counts.unwind_truncated),
+            format!("{} unknown symbols", counts.unknown_symbols),
+            format!("{} descriptors unresolved", counts.unresolved_descriptors),
+        ],
     );
     if counts.malformed_records > 0 {
         let _ = writeln!(out, "lost: {} malformed ring-buffer records", counts.malformed_records);
@@ -364,6 +366,25 @@ fn write_counts(out: &mut String, profile: &Profile) {
     }
 }
 
+/// The table's width: every line of the summary fits it.
+const WIDTH: usize = 100;
+
+/// `head item, item, ...`, continued on lines indented by four spaces so that none
+/// passes `WIDTH`.
+fn write_wrapped(out: &mut String, head: &str, items: &[String]) {
+    let mut line = head.to_string();
+    for (index, item) in items.iter().enumerate() {
+        let piece = if index + 1 < items.len() { format!("{item},") } else { item.clone() };
+        if line.chars().count() + 1 + piece.chars().count() > WIDTH {
+            let _ = writeln!(out, "{line}");
+            line = "   ".to_string(); // the pushed space makes four
+        }
+        line.push(' ');
+        line.push_str(&piece);
+    }
+    let _ = writeln!(out, "{line}");
+}
+
 /// An age, prefixed with `≥` when it is a lower bound.
 pub fn format_age(ns: u64, lower_bound: bool) -> String {
     let age = format_duration(ns);
@@ -371,7 +392,7 @@ pub fn format_age(ns: u64, lower_bound: bool) -> String {
 }
 
 /// Shortens `text` to `width` characters, keeping its end (the function's own name).
-fn elide(text: &str, width: usize) -> String {
+pub(crate) fn elide(text: &str, width: usize) -> String {
     let count = text.chars().count();
     if count <= width {
         return text.to_string();
@@ -501,11 +522,13 @@ BY ENDPOINT            KIND       BLOCKED  NOW  STATE
 
 under the threshold (no stacks): futex 7 waits 700us
 seen: 0 watched calls, 4 long waits, 0 short waits, 0 returned without waiting
-threads read from /proc: 5, 1 blocked in waits, 4 running or blocked elsewhere, 0 exited and 0 woke while read, 0 unreadable, 0 without saved rbp
-lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds truncated, 0 unknown symbols, 0 descriptors unresolved
+threads read from /proc: 5, 1 blocked in waits, 4 running or blocked elsewhere,
+    0 exited and 0 woke while read, 0 unreadable, 0 without saved rbp
+lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds truncated,
+    0 unknown symbols, 0 descriptors unresolved
 ";
         assert_eq!(text, expected);
-        for line in text.lines().take(11) {
+        for line in text.lines() {
             assert!(line.chars().count() <= 100, "too wide: {line}");
         }
     }

@@ -115,21 +115,23 @@ pub fn scheduler_now_ns() -> Option<u64> {
     parse_exec_start_ns(&sched)
 }
 
-/// The scheduler clock of the CPU whose clock is furthest behind, extrapolated with
-/// CLOCK_MONOTONIC: a blocked thread's `se.exec_start` came from the clock of whichever CPU it
-/// last ran on, so only the slowest clock gives a lower bound on its age whatever that CPU was
-/// (ages are then at most the CPUs' skew, 5-14 ms here, too small). Extrapolating spares
-/// reading our own sched file once per sampled thread. Steal time while a thread sleeps only
-/// makes its age smaller, so the age stays a lower bound. A tracer confined to some CPUs
-/// (taskset, cpuset) cannot read the others' clocks; ages of threads that ran there may then
-/// be up to the skew too long.
-#[derive(Clone, Copy, Debug)]
+/// Every CPU's scheduler clock, extrapolated with CLOCK_MONOTONIC: a blocked thread's
+/// `se.exec_start` came from the clock of the CPU it last ran on (the `processor` field of
+/// its stat file), so its age is that clock's now minus it. The CPUs' clocks drift apart by
+/// their steal time: 5-14 ms here on a quiet VM, hundreds of milliseconds after minutes of
+/// load, so no single clock serves every thread. When the thread's CPU is unknown (or its
+/// clock could not be read: a tracer confined by taskset or a cpuset), the slowest clock is
+/// used, which keeps the age a lower bound. Extrapolating spares reading our own sched file
+/// once per sampled thread.
+#[derive(Clone, Debug)]
 struct SchedClock {
     /// When it was calibrated; `now_ns` is relative to it.
     base: Instant,
-    /// The slowest CPU's scheduler clock at `base`, in nanoseconds (it may be below zero when
-    /// CLOCK_MONOTONIC is ahead).
-    at_base_ns: i128,
+    /// Each readable CPU's scheduler clock at `base`, in nanoseconds (it may be below zero
+    /// when CLOCK_MONOTONIC is ahead), by CPU number.
+    at_base_ns: Vec<Option<i128>>,
+    /// The slowest of them.
+    slowest_at_base_ns: i128,
 }
 
 impl SchedClock {
@@ -138,15 +140,18 @@ impl SchedClock {
     /// CPU's clock when the affinity cannot be changed.
     fn calibrate() -> Option<Self> {
         let base = Instant::now();
-        let mut at_base_ns: Option<i128> = None;
-        let read_here = |at_base_ns: &mut Option<i128>| {
+        let mut at_base_ns: Vec<Option<i128>> = Vec::new();
+        let read_here = |at_base_ns: &mut Vec<Option<i128>>, cpu: usize| {
             let Some(clock) = scheduler_now_ns() else {
                 return;
             };
             // Taken after the read: the clock value is older than this instant, so the offset
             // errs low (and ages with it).
             let clock_at_base = i128::from(clock) - base.elapsed().as_nanos() as i128;
-            *at_base_ns = Some(at_base_ns.map_or(clock_at_base, |min| min.min(clock_at_base)));
+            if at_base_ns.len() <= cpu {
+                at_base_ns.resize(cpu + 1, None);
+            }
+            at_base_ns[cpu] = Some(clock_at_base);
         };
         // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set.
         let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -166,23 +171,31 @@ impl SchedClock {
                 // SAFETY: `one` is a valid cpu_set_t of `set_size` bytes; the call moves this
                 // thread onto `cpu` before it returns.
                 if unsafe { libc::sched_setaffinity(0, set_size, &one) } == 0 {
-                    read_here(&mut at_base_ns);
+                    read_here(&mut at_base_ns, cpu);
                 }
             }
             // SAFETY: `allowed` is the mask read above, a valid cpu_set_t of `set_size` bytes.
             unsafe { libc::sched_setaffinity(0, set_size, &allowed) };
         }
-        if at_base_ns.is_none() {
-            read_here(&mut at_base_ns);
-        }
-        Some(Self {
-            base,
-            at_base_ns: at_base_ns?,
-        })
+        let slowest_at_base_ns = match at_base_ns.iter().flatten().min() {
+            Some(&slowest) => slowest,
+            None => {
+                // Affinity unchangeable: this CPU's clock is all there is; its number is
+                // unknown, so it only serves as the slowest.
+                let mut here = Vec::new();
+                read_here(&mut here, 0);
+                here.first().copied().flatten()?
+            }
+        };
+        Some(Self { base, at_base_ns, slowest_at_base_ns })
     }
 
-    fn now_ns(&self) -> Option<u64> {
-        u64::try_from(self.at_base_ns + self.base.elapsed().as_nanos() as i128).ok()
+    /// The scheduler clock of `cpu` now, or the slowest clock's when `cpu` is unknown.
+    fn now_ns(&self, cpu: Option<usize>) -> Option<u64> {
+        let at_base = cpu
+            .and_then(|cpu| self.at_base_ns.get(cpu).copied().flatten())
+            .unwrap_or(self.slowest_at_base_ns);
+        u64::try_from(at_base + self.base.elapsed().as_nanos() as i128).ok()
     }
 
     fn is_fresh(&self) -> bool {
@@ -318,11 +331,16 @@ impl ThreadReader {
             Err(error) if is_gone(&error) => return Err(SampleError::Exited),
             Err(_) => None,
         };
+        let last_cpu = match self.read_task_file(tid, "stat") {
+            Ok(stat) => parse_last_cpu(stat),
+            Err(error) if is_gone(&error) => return Err(SampleError::Exited),
+            Err(_) => None,
+        };
         if self.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) {
             return Err(SampleError::Woke);
         }
         let stack = stack?;
-        let now = self.now_ns();
+        let now = self.now_ns(last_cpu);
         Ok(Some(ThreadSample {
             tid,
             comm,
@@ -412,13 +430,21 @@ impl ThreadReader {
         Ok(())
     }
 
-    /// The slowest CPU's scheduler clock now (see `SchedClock`).
-    fn now_ns(&mut self) -> Option<u64> {
-        if !self.clock.is_some_and(|clock| clock.is_fresh()) {
+    /// The scheduler clock of `cpu` now (see `SchedClock`).
+    fn now_ns(&mut self, cpu: Option<usize>) -> Option<u64> {
+        if !self.clock.as_ref().is_some_and(SchedClock::is_fresh) {
             self.clock = SchedClock::calibrate();
         }
-        self.clock?.now_ns()
+        self.clock.as_ref()?.now_ns(cpu)
     }
+}
+
+/// The CPU a task last ran on: field 39 (`processor`) of /proc/PID/task/TID/stat, counted
+/// after the comm's closing parenthesis (the comm may hold spaces).
+fn parse_last_cpu(stat: &str) -> Option<usize> {
+    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
+    // Fields from 3 (state) on; `processor` is field 39.
+    after_comm.split_whitespace().nth(39 - 3)?.parse().ok()
 }
 
 /// The writable mappings of a /proc/PID/maps text (`start-end perms offset dev inode [path]`).

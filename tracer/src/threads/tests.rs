@@ -284,25 +284,37 @@ fn age_of_a_condvar_wait_is_a_tight_lower_bound() {
 }
 
 #[test]
-fn sched_clock_is_the_slowest_cpu_clock() {
+fn sched_clock_reads_each_cpu_and_the_slowest_is_at_most_this_one() {
     let start = Instant::now();
     let clock = SchedClock::calibrate().expect("calibrate the scheduler clock");
     let took = start.elapsed();
-    let calibrated = clock.now_ns().expect("calibrated now");
+    let slowest = clock.now_ns(None).expect("calibrated now");
     let here = scheduler_now_ns().expect("own now");
+    // SAFETY: sched_getcpu takes no arguments.
+    let this_cpu = usize::try_from(unsafe { libc::sched_getcpu() }).expect("a CPU number");
+    let this_cpu_clock = clock.now_ns(Some(this_cpu)).expect("this CPU's clock");
     println!(
-        "calibrated on every CPU in {took:?}; this CPU is {} us ahead",
-        (i128::from(here) - i128::from(calibrated)) / 1000
+        "calibrated on every CPU in {took:?}; this CPU {} us ahead of the slowest, \
+         its extrapolated clock {} us off its own reading",
+        (i128::from(here) - i128::from(slowest)) / 1000,
+        (i128::from(here) - i128::from(this_cpu_clock)) / 1000
     );
-    // The slowest clock is at most this CPU's (plus the rounding of extrapolation).
+    assert!(slowest <= this_cpu_clock, "the slowest clock {slowest} is ahead of CPU {this_cpu}'s");
+    // This CPU's extrapolated clock tracks its own reading (1 ms: rounding, a tick's lag).
     assert!(
-        calibrated <= here + 1_000_000,
-        "calibrated {calibrated} ahead of this CPU's {here}"
+        this_cpu_clock.abs_diff(here) < 1_000_000,
+        "CPU {this_cpu}: extrapolated {this_cpu_clock} vs read {here}"
     );
-    assert!(
-        here - calibrated < 1_000_000_000,
-        "CPU clocks a second apart: {here} vs {calibrated}"
-    );
+}
+
+#[test]
+fn last_cpu_parses_after_a_comm_with_spaces() {
+    let mut stat = String::from("42 (a (b) c) S");
+    for field in 4..=52 {
+        stat.push_str(&format!(" {}", if field == 39 { 1 } else { 0 }));
+    }
+    assert_eq!(parse_last_cpu(&stat), Some(1));
+    assert_eq!(parse_last_cpu("42 (x) S 1 2"), None);
 }
 
 /// Kills the child on drop, so that a failed assertion leaves no process behind.

@@ -1,0 +1,219 @@
+//! What changed between two profiles: inferno's differential folded stacks (and
+//! flamegraph), and a table of the call sites whose blocked time or threads changed
+//! most.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Write as _,
+};
+
+use tracer_common::WaitKind;
+
+use crate::{
+    aggregate::{Profile, ProfileKind},
+    report::{
+        Weight,
+        folded::folded_lines_weighted,
+        summary::{elide, format_duration},
+    },
+};
+
+/// One call site (and kind) in both profiles.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SiteChange {
+    pub site: String,
+    pub kind: Option<WaitKind>,
+    /// Waits still in progress at the end of a recording, kept apart from ended ones.
+    pub still_blocked: bool,
+    pub before_ns: u64,
+    pub after_ns: u64,
+    pub before_threads: u64,
+    pub after_threads: u64,
+}
+
+impl SiteChange {
+    fn blocked_change(&self) -> i128 {
+        i128::from(self.after_ns) - i128::from(self.before_ns)
+    }
+
+    fn thread_change(&self) -> i128 {
+        i128::from(self.after_threads) - i128::from(self.before_threads)
+    }
+}
+
+/// The call sites whose blocked time or thread count differ, the largest change of
+/// blocked time first (then of threads). A profile against itself gives none.
+pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
+    type Key = (String, WaitKind, bool);
+    #[derive(Default)]
+    struct Side {
+        ns: u64,
+        threads: BTreeSet<u32>,
+    }
+    let sides = |profile: &Profile| {
+        let mut sites: HashMap<Key, Side> = HashMap::new();
+        for stack in &profile.stacks {
+            let still_blocked = stack.in_progress && profile.kind == ProfileKind::Recording;
+            let side = sites
+                .entry((stack.call_site().to_string(), stack.kind, still_blocked))
+                .or_default();
+            side.ns = side.ns.saturating_add(stack.stats.total_ns);
+            side.threads.extend(&stack.stats.threads);
+        }
+        sites
+    };
+    let mut before_sites = sides(before);
+    let after_sites = sides(after);
+    let mut changes: Vec<SiteChange> = Vec::new();
+    let mut change =
+        |(site, kind, still_blocked): Key, before: Option<Side>, after: Option<Side>| {
+            let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
+            changes.push(SiteChange {
+                site,
+                kind: Some(kind),
+                still_blocked,
+                before_ns: before.ns,
+                after_ns: after.ns,
+                before_threads: before.threads.len() as u64,
+                after_threads: after.threads.len() as u64,
+            });
+        };
+    for (key, after_side) in after_sites {
+        let before_side = before_sites.remove(&key);
+        change(key, before_side, Some(after_side));
+    }
+    for (key, before_side) in before_sites {
+        change(key, Some(before_side), None);
+    }
+    changes.retain(|change| change.blocked_change() != 0 || change.thread_change() != 0);
+    changes.sort_by(|a, b| {
+        b.blocked_change()
+            .abs()
+            .cmp(&a.blocked_change().abs())
+            .then_with(|| b.thread_change().abs().cmp(&a.thread_change().abs()))
+            .then_with(|| a.site.cmp(&b.site))
+    });
+    changes
+}
+
+/// inferno's differential folded lines: `stack before after`, from each profile's
+/// folded stacks with the same weight.
+pub fn differential_lines(before: &Profile, after: &Profile, weight: Weight) -> Vec<String> {
+    let before = folded_lines_weighted(before, weight).join("\n");
+    let after = folded_lines_weighted(after, weight).join("\n");
+    let mut out = Vec::new();
+    // Reading from and writing to memory cannot fail.
+    let written = inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        before.as_bytes(),
+        after.as_bytes(),
+        &mut out,
+    );
+    debug_assert!(
+        written.is_ok(),
+        "in-memory differential failed: {written:?}"
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort(); // inferno writes them in hash order
+    lines
+}
+
+const SITE_WIDTH: usize = 40;
+
+/// The table of `site_changes`, at most 100 columns wide.
+pub fn render_changes(
+    before_name: &str,
+    after_name: &str,
+    changes: &[SiteChange],
+    top: usize,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{after_name} against {before_name}:");
+    if changes.is_empty() {
+        let _ = writeln!(out, "no call site changed its blocked time or threads");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<SITE_WIDTH$} {:<8} {:>10} {:>10} {:>10}  THREADS",
+        "CALL SITE", "KIND", "BEFORE", "AFTER", "CHANGE"
+    );
+    for change in changes.iter().take(top) {
+        let kind = change.kind.map_or("", WaitKind::name);
+        let mark = if change.still_blocked { "*" } else { "" };
+        let _ = writeln!(
+            out,
+            "{:<SITE_WIDTH$} {:<8} {:>10} {:>10} {:>10}  {} -> {} ({:+})",
+            elide(&change.site, SITE_WIDTH),
+            format!("{kind}{mark}"),
+            format_duration(change.before_ns),
+            format_duration(change.after_ns),
+            signed_duration(change.blocked_change()),
+            change.before_threads,
+            change.after_threads,
+            change.thread_change(),
+        );
+    }
+    if changes.len() > top {
+        let _ = writeln!(out, "... {} more changed call sites", changes.len() - top);
+    }
+    if changes.iter().take(top).any(|change| change.still_blocked) {
+        let _ = writeln!(out, "* still blocked at the end of the recording");
+    }
+    out
+}
+
+fn signed_duration(ns: i128) -> String {
+    let magnitude = format_duration(u64::try_from(ns.unsigned_abs()).unwrap_or(u64::MAX));
+    if ns < 0 {
+        format!("-{magnitude}")
+    } else {
+        format!("+{magnitude}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::fixture_profile;
+
+    #[test]
+    fn a_profile_against_itself_has_no_changes() {
+        let profile = fixture_profile();
+        assert!(site_changes(&profile, &profile).is_empty());
+        let lines = differential_lines(&profile, &profile, Weight::Time);
+        assert_eq!(lines.len(), 4);
+        for line in &lines {
+            let mut counts = line.rsplitn(3, ' ');
+            assert_eq!(counts.next(), counts.next(), "{line}");
+        }
+        let table = render_changes("a.json", "a.json", &[], 10);
+        assert_eq!(
+            table,
+            "a.json against a.json:\nno call site changed its blocked time or threads\n"
+        );
+    }
+
+    #[test]
+    fn the_largest_change_comes_first() {
+        let before = fixture_profile();
+        let mut after = fixture_profile();
+        after.stacks[1].stats.add(14, 500_000_000); // one more handler, blocked longer
+        after.stacks.remove(3); // the poll stack is gone
+        let changes = site_changes(&before, &after);
+        let table = render_changes("before.json", "after.json", &changes, 10);
+        let expected = "\
+after.json against before.json:
+CALL SITE                                KIND         BEFORE      AFTER     CHANGE  THREADS
+app::send_stat                           futex       140.5ms    640.5ms   +500.0ms  3 -> 4 (+1)
+poll                                     poll          5.0ms        0ns     -5.0ms  1 -> 0 (-1)
+";
+        assert_eq!(table, expected);
+        for line in table.lines() {
+            assert!(line.chars().count() <= 100, "too wide: {line}");
+        }
+    }
+}

@@ -1,0 +1,688 @@
+//! The JSON report: tracer's own versioned schema (`docs/json-schema.md`), the format
+//! `tracer report` reads back.
+//!
+//! The schema is a set of mirror structs converted from and to `Profile`, so that the
+//! internal model can change while the files stay readable: a field added here keeps
+//! `tracer-profile/1` (readers ignore fields they do not know); a field renamed,
+//! removed or changed in meaning makes it `tracer-profile/2`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{ShortWaitTotals, WaitKind};
+
+use crate::{
+    aggregate::{
+        Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats, WakerRow,
+    },
+    report::{Provenance, SavedProfile},
+    stacks::Frame,
+};
+
+/// The value of the `schema` field of every file this version writes.
+pub const SCHEMA: &str = "tracer-profile/1";
+
+/// The whole file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonProfile {
+    pub schema: String,
+    pub tracer_version: String,
+    /// `"recording"` or `"snapshot"`.
+    pub kind: String,
+    pub target: JsonTarget,
+    /// The kernel release (`uname -r`), when known.
+    pub kernel: Option<String>,
+    /// When the recording started, nanoseconds since the Unix epoch; not yet recorded
+    /// (always null in files of this version).
+    pub start_unix_ns: Option<u64>,
+    pub duration_ns: u64,
+    /// Waits at least this long carry a stack (0 in a snapshot).
+    pub min_wait_ns: u64,
+    /// Heaviest first.
+    pub stacks: Vec<JsonStack>,
+    /// Waits under the threshold, per kind (no stacks).
+    pub below_threshold: Vec<JsonShortWaits>,
+    pub counts: JsonTraceCounts,
+    pub thread_counts: JsonThreadCounts,
+    /// Why each endpoint's waits wait, as last seen.
+    pub endpoint_states: BTreeMap<String, String>,
+    /// Thread names by thread id (object keys are decimal thread ids).
+    pub thread_names: BTreeMap<u32, String>,
+    /// Who woke the long futex waits, most wakes first.
+    #[serde(default)]
+    pub wakers: Vec<JsonWaker>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonWaker {
+    /// The call site of the waits that were woken.
+    pub waiting_site: String,
+    pub kind: String,
+    /// The call site of the waking thread.
+    pub waker_site: String,
+    /// The waker's stack, root first.
+    pub waker_frames: Vec<JsonFrame>,
+    pub wakes: u64,
+    pub waker_threads: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonTarget {
+    pub pid: u32,
+    pub comm: String,
+    /// argv, when it could be read.
+    pub command_line: Option<Vec<String>>,
+    /// The target exited before the recording's end.
+    pub exited: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonStack {
+    /// `futex`, `send`, `recv`, `connect`, `accept`, `poll`, `read` or `write`.
+    pub kind: String,
+    /// What the wait waits on (an endpoint, a lock), when known.
+    pub object: Option<String>,
+    /// A wait still in progress at the end of the recording (every stack of a snapshot).
+    pub still_blocked: bool,
+    /// The unwinding stopped before the root.
+    pub truncated: bool,
+    /// Root first, leaf last.
+    pub frames: Vec<JsonFrame>,
+    pub waits: u64,
+    pub total_ns: u64,
+    /// Shortest wait (of waits in progress: the youngest).
+    pub min_ns: u64,
+    /// Longest wait (of waits in progress: the oldest).
+    pub max_ns: u64,
+    /// Some durations are lower bounds (waits that began before tracing).
+    pub lower_bound: bool,
+    /// The ids of the threads that waited here.
+    pub threads: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonFrame {
+    pub name: String,
+    /// The module's file name.
+    pub module: String,
+    /// The module is the target's main executable.
+    pub main_module: bool,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Inlined into the frame before it (its caller) at the same address.
+    pub inlined: bool,
+    pub address: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonShortWaits {
+    pub kind: String,
+    pub waits: u64,
+    pub total_ns: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonTraceCounts {
+    pub calls_entered: u64,
+    pub returned_without_waiting: u64,
+    pub short_waits: u64,
+    pub long_waits: u64,
+    pub ring_buffer_full: u64,
+    pub stack_unreadable: u64,
+    pub stack_shortened: u64,
+    pub in_flight_map_full: u64,
+    /// Wakes of long futex waits seen with the waker's stack (added in tracer 0.1.0;
+    /// 0 when absent).
+    #[serde(default)]
+    pub wakes_seen: u64,
+    #[serde(default)]
+    pub wake_ring_buffer_full: u64,
+    pub unwind_truncated: u64,
+    pub unknown_symbols: u64,
+    pub non_socket_io: u64,
+    pub unresolved_descriptors: u64,
+    pub malformed_records: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonThreadCounts {
+    pub threads: u64,
+    pub blocked_in_waits: u64,
+    pub elsewhere: u64,
+    pub exited_while_read: u64,
+    pub woke_while_read: u64,
+    pub unreadable: u64,
+    pub frame_pointer_unknown: u64,
+}
+
+/// Why a file is not a profile `tracer report` can read.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON at all, or cut short.
+    #[error("not valid JSON")]
+    Syntax(#[source] serde_json::Error),
+    /// JSON, but no `schema` field naming a tracer profile.
+    #[error("not a tracer profile (no \"schema\": \"{SCHEMA}\")")]
+    Foreign,
+    /// A tracer profile of a schema this version does not read.
+    #[error("schema {0:?} is not one this tracer reads (it reads {SCHEMA:?})")]
+    UnknownSchema(String),
+    /// The schema's fields are missing or of the wrong type.
+    #[error("not a valid {SCHEMA} profile")]
+    Shape(#[source] serde_json::Error),
+    /// A value no recording can have.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn write_json(
+    profile: &Profile,
+    provenance: &Provenance,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, &to_json(profile, provenance))?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
+    let Profile {
+        kind,
+        pid,
+        comm,
+        duration,
+        min_wait,
+        target_exited,
+        stacks,
+        below_threshold,
+        counts,
+        thread_counts,
+        endpoint_states,
+        thread_names,
+        wakers,
+    } = profile;
+    let Provenance {
+        tracer_version,
+        kernel,
+        command_line,
+    } = provenance;
+    JsonProfile {
+        schema: SCHEMA.to_string(),
+        tracer_version: tracer_version.clone(),
+        kind: kind_name(*kind).to_string(),
+        target: JsonTarget {
+            pid: *pid,
+            comm: comm.clone(),
+            command_line: command_line.clone(),
+            exited: *target_exited,
+        },
+        kernel: kernel.clone(),
+        start_unix_ns: None,
+        duration_ns: duration.as_nanos() as u64,
+        min_wait_ns: min_wait.as_nanos() as u64,
+        stacks: stacks.iter().map(json_stack).collect(),
+        below_threshold: below_threshold
+            .iter()
+            .map(|(kind, totals)| JsonShortWaits {
+                kind: kind.name().to_string(),
+                waits: totals.count,
+                total_ns: totals.total_ns,
+            })
+            .collect(),
+        counts: json_trace_counts(counts),
+        thread_counts: json_thread_counts(thread_counts),
+        endpoint_states: endpoint_states.clone(),
+        thread_names: thread_names.clone(),
+        wakers: wakers.iter().map(json_waker).collect(),
+    }
+}
+
+fn json_waker(row: &WakerRow) -> JsonWaker {
+    let WakerRow {
+        waiting_site,
+        kind,
+        waker_site,
+        waker_frames,
+        wakes,
+        waker_threads,
+    } = row;
+    JsonWaker {
+        waiting_site: waiting_site.clone(),
+        kind: kind.name().to_string(),
+        waker_site: waker_site.clone(),
+        waker_frames: waker_frames.iter().map(json_frame).collect(),
+        wakes: *wakes,
+        waker_threads: waker_threads.iter().copied().collect(),
+    }
+}
+
+fn json_stack(stack: &ProfileStack) -> JsonStack {
+    let ProfileStack {
+        frames,
+        kind,
+        object,
+        truncated,
+        in_progress,
+        stats,
+    } = stack;
+    let WaitStats {
+        waits,
+        total_ns,
+        min_ns,
+        max_ns,
+        threads,
+        lower_bound,
+    } = stats;
+    JsonStack {
+        kind: kind.name().to_string(),
+        object: object.clone(),
+        still_blocked: *in_progress,
+        truncated: *truncated,
+        frames: frames.iter().map(json_frame).collect(),
+        waits: *waits,
+        total_ns: *total_ns,
+        min_ns: *min_ns,
+        max_ns: *max_ns,
+        lower_bound: *lower_bound,
+        threads: threads.iter().copied().collect(),
+    }
+}
+
+fn json_frame(frame: &Frame) -> JsonFrame {
+    let Frame {
+        name,
+        module,
+        module_is_main,
+        file,
+        line,
+        inlined,
+        address,
+    } = frame;
+    JsonFrame {
+        name: name.clone(),
+        module: module.clone(),
+        main_module: *module_is_main,
+        file: file.clone(),
+        line: *line,
+        inlined: *inlined,
+        address: *address,
+    }
+}
+
+fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
+    let TraceCounts {
+        calls_entered,
+        returned_without_waiting,
+        short_waits,
+        long_waits,
+        ring_buffer_full,
+        stack_unreadable,
+        stack_shortened,
+        in_flight_map_full,
+        wakes_seen,
+        wake_ring_buffer_full,
+        unwind_truncated,
+        unknown_symbols,
+        non_socket_io,
+        unresolved_descriptors,
+        malformed_records,
+    } = counts.clone();
+    JsonTraceCounts {
+        calls_entered,
+        returned_without_waiting,
+        short_waits,
+        long_waits,
+        ring_buffer_full,
+        stack_unreadable,
+        stack_shortened,
+        in_flight_map_full,
+        wakes_seen,
+        wake_ring_buffer_full,
+        unwind_truncated,
+        unknown_symbols,
+        non_socket_io,
+        unresolved_descriptors,
+        malformed_records,
+    }
+}
+
+fn json_thread_counts(counts: &ThreadCounts) -> JsonThreadCounts {
+    let ThreadCounts {
+        threads,
+        blocked_in_waits,
+        elsewhere,
+        exited_while_read,
+        woke_while_read,
+        unreadable,
+        frame_pointer_unknown,
+    } = counts.clone();
+    JsonThreadCounts {
+        threads,
+        blocked_in_waits,
+        elsewhere,
+        exited_while_read,
+        woke_while_read,
+        unreadable,
+        frame_pointer_unknown,
+    }
+}
+
+pub fn kind_name(kind: ProfileKind) -> &'static str {
+    match kind {
+        ProfileKind::Recording => "recording",
+        ProfileKind::Snapshot => "snapshot",
+    }
+}
+
+pub fn parse_profile_kind(name: &str) -> Option<ProfileKind> {
+    match name {
+        "recording" => Some(ProfileKind::Recording),
+        "snapshot" => Some(ProfileKind::Snapshot),
+        _ => None,
+    }
+}
+
+pub fn parse_wait_kind(name: &str) -> Option<WaitKind> {
+    WaitKind::ALL.into_iter().find(|kind| kind.name() == name)
+}
+
+/// Reads a JSON profile written by any tracer of schema `tracer-profile/1`.
+pub fn read_json(bytes: &[u8]) -> Result<SavedProfile, JsonError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(JsonError::Syntax)?;
+    match value.get("schema") {
+        Some(serde_json::Value::String(schema)) if schema == SCHEMA => {}
+        Some(serde_json::Value::String(schema)) if schema.starts_with("tracer-profile/") => {
+            return Err(JsonError::UnknownSchema(schema.clone()));
+        }
+        _ => return Err(JsonError::Foreign),
+    }
+    let json: JsonProfile = serde_json::from_value(value).map_err(JsonError::Shape)?;
+    from_json(json)
+}
+
+pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
+    let JsonProfile {
+        schema: _,
+        tracer_version,
+        kind,
+        target,
+        kernel,
+        start_unix_ns: _,
+        duration_ns,
+        min_wait_ns,
+        stacks,
+        below_threshold,
+        counts,
+        thread_counts,
+        endpoint_states,
+        thread_names,
+        wakers,
+    } = json;
+    let JsonTarget {
+        pid,
+        comm,
+        command_line,
+        exited,
+    } = target;
+    let invalid = |what: String| JsonError::Invalid(what);
+    let kind = parse_profile_kind(&kind)
+        .ok_or_else(|| invalid(format!("unknown profile kind {kind:?}")))?;
+    let stacks = stacks
+        .into_iter()
+        .enumerate()
+        .map(|(index, stack)| {
+            profile_stack(stack).map_err(|what| invalid(format!("stack {index}: {what}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    check_totals(&stacks).map_err(invalid)?;
+    let wakers = wakers
+        .into_iter()
+        .map(
+            |JsonWaker {
+                 waiting_site,
+                 kind,
+                 waker_site,
+                 waker_frames,
+                 wakes,
+                 waker_threads,
+             }| {
+                let kind = parse_wait_kind(&kind)
+                    .ok_or_else(|| invalid(format!("wakers: unknown wait kind {kind:?}")))?;
+                Ok(WakerRow {
+                    waiting_site,
+                    kind,
+                    waker_site,
+                    waker_frames: waker_frames.into_iter().map(frame).collect(),
+                    wakes,
+                    waker_threads: waker_threads.into_iter().collect(),
+                })
+            },
+        )
+        .collect::<Result<Vec<_>, JsonError>>()?;
+    let below_threshold = below_threshold
+        .into_iter()
+        .map(
+            |JsonShortWaits {
+                 kind,
+                 waits,
+                 total_ns,
+             }| {
+                let kind = parse_wait_kind(&kind).ok_or_else(|| {
+                    invalid(format!("below_threshold: unknown wait kind {kind:?}"))
+                })?;
+                Ok((
+                    kind,
+                    ShortWaitTotals {
+                        count: waits,
+                        total_ns,
+                    },
+                ))
+            },
+        )
+        .collect::<Result<Vec<_>, JsonError>>()?;
+    let profile = Profile {
+        kind,
+        pid,
+        comm,
+        duration: Duration::from_nanos(duration_ns),
+        min_wait: Duration::from_nanos(min_wait_ns),
+        target_exited: exited,
+        stacks,
+        below_threshold,
+        counts: trace_counts(counts),
+        thread_counts: thread_counts_of(thread_counts),
+        endpoint_states,
+        thread_names,
+        wakers,
+    };
+    Ok(SavedProfile {
+        profile,
+        provenance: Provenance {
+            tracer_version,
+            kernel,
+            command_line,
+        },
+    })
+}
+
+fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
+    let JsonStack {
+        kind,
+        object,
+        still_blocked,
+        truncated,
+        frames,
+        waits,
+        total_ns,
+        min_ns,
+        max_ns,
+        lower_bound,
+        threads,
+    } = stack;
+    let kind = parse_wait_kind(&kind).ok_or_else(|| format!("unknown wait kind {kind:?}"))?;
+    if min_ns > max_ns {
+        return Err(format!("min_ns {min_ns} is over max_ns {max_ns}"));
+    }
+    let frames = frames.into_iter().map(frame).collect();
+    let threads: BTreeSet<u32> = threads.into_iter().collect();
+    let stats = WaitStats {
+        waits,
+        total_ns,
+        min_ns,
+        max_ns,
+        threads,
+        lower_bound,
+    };
+    Ok(ProfileStack {
+        frames,
+        kind,
+        object,
+        truncated,
+        in_progress: still_blocked,
+        stats,
+    })
+}
+
+fn frame(json: JsonFrame) -> Frame {
+    let JsonFrame {
+        name,
+        module,
+        main_module,
+        file,
+        line,
+        inlined,
+        address,
+    } = json;
+    Frame {
+        name,
+        module,
+        module_is_main: main_module,
+        file,
+        line,
+        inlined,
+        address,
+    }
+}
+
+/// The reports add up waits and blocked time over stacks: their sums must fit, with
+/// room for pprof's signed values.
+pub fn check_totals(stacks: &[ProfileStack]) -> Result<(), String> {
+    let limit = i64::MAX as u64;
+    let mut waits = 0u64;
+    let mut total_ns = 0u64;
+    for stack in stacks {
+        waits = waits.saturating_add(stack.stats.waits);
+        total_ns = total_ns.saturating_add(stack.stats.total_ns);
+        if waits > limit || total_ns > limit || stack.stats.max_ns > limit {
+            return Err("waits or blocked time over 2^63 (corrupt file?)".to_string());
+        }
+    }
+    Ok(())
+}
+
+fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
+    let JsonTraceCounts {
+        calls_entered,
+        returned_without_waiting,
+        short_waits,
+        long_waits,
+        ring_buffer_full,
+        stack_unreadable,
+        stack_shortened,
+        in_flight_map_full,
+        wakes_seen,
+        wake_ring_buffer_full,
+        unwind_truncated,
+        unknown_symbols,
+        non_socket_io,
+        unresolved_descriptors,
+        malformed_records,
+    } = counts;
+    TraceCounts {
+        calls_entered,
+        returned_without_waiting,
+        short_waits,
+        long_waits,
+        ring_buffer_full,
+        stack_unreadable,
+        stack_shortened,
+        in_flight_map_full,
+        wakes_seen,
+        wake_ring_buffer_full,
+        unwind_truncated,
+        unknown_symbols,
+        non_socket_io,
+        unresolved_descriptors,
+        malformed_records,
+    }
+}
+
+fn thread_counts_of(counts: JsonThreadCounts) -> ThreadCounts {
+    let JsonThreadCounts {
+        threads,
+        blocked_in_waits,
+        elsewhere,
+        exited_while_read,
+        woke_while_read,
+        unreadable,
+        frame_pointer_unknown,
+    } = counts;
+    ThreadCounts {
+        threads,
+        blocked_in_waits,
+        elsewhere,
+        exited_while_read,
+        woke_while_read,
+        unreadable,
+        frame_pointer_unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::{fixture_profile, fixture_provenance};
+
+    #[test]
+    fn a_profile_survives_the_round_trip() {
+        let profile = fixture_profile();
+        let mut bytes = Vec::new();
+        write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
+        let saved = read_json(&bytes).unwrap();
+        assert_eq!(saved.provenance, fixture_provenance());
+        let again = to_json(&saved.profile, &saved.provenance);
+        let mut bytes_again = Vec::new();
+        serde_json::to_writer_pretty(&mut bytes_again, &again).unwrap();
+        bytes_again.push(b'\n');
+        assert_eq!(
+            String::from_utf8(bytes_again).unwrap(),
+            String::from_utf8(bytes).unwrap()
+        );
+    }
+
+    #[test]
+    fn foreign_and_future_files_are_told_apart() {
+        let message = |bytes: &[u8]| read_json(bytes).unwrap_err().to_string();
+        assert_eq!(
+            message(br#"{"name": "x"}"#),
+            "not a tracer profile (no \"schema\": \"tracer-profile/1\")"
+        );
+        assert_eq!(
+            message(b"[1, 2]"),
+            "not a tracer profile (no \"schema\": \"tracer-profile/1\")"
+        );
+        assert_eq!(
+            message(br#"{"schema": "tracer-profile/9"}"#),
+            "schema \"tracer-profile/9\" is not one this tracer reads (it reads \"tracer-profile/1\")"
+        );
+        assert_eq!(
+            message(br#"{"schema": "tracer-profile/1"}"#),
+            "not a valid tracer-profile/1 profile"
+        );
+        assert_eq!(message(br#"{"schema": "tracer-pro"#), "not valid JSON");
+    }
+}

@@ -1,0 +1,982 @@
+//! pprof's `profile.proto`, gzip-compressed: what `go tool pprof`, Pyroscope, Grafana
+//! and Parca read. Also read back by `tracer report` (only files tracer wrote).
+//!
+//! Layout:
+//! - sample types: a recording has `waits/count` and `blocked/nanoseconds`, a
+//!   snapshot `threads/count` and `blocked/nanoseconds`; one sample per stack;
+//! - locations carry their module's mapping (file name; no build id: the profile does
+//!   not keep the module's path) and one `Line` per inlined function, innermost first;
+//! - the leaf location is the wait-kind frame of the folded stacks (`[futex]`,
+//!   `[send 10.0.0.5:80 still-blocked]`), and a stack whose unwinding stopped early
+//!   has a `[truncated]` root, so every pprof view matches the flamegraph;
+//! - labels on each sample: `wait_kind`, `object` (when known), `still_blocked`
+//!   (`true` on waits still in progress at the end of a recording), `truncated`,
+//!   `lower_bound`, one `thread` label per distinct thread name and one numeric `tid`
+//!   label per thread, and `shortest_wait`/`longest_wait` in nanoseconds;
+//! - comments, one `key: value` each: tracer version, profile kind, pid, comm,
+//!   command line, kernel, threshold, and every counter of what was seen and lost.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    io::{Read as _, Write},
+    time::Duration,
+};
+
+use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use prost::Message as _;
+use tracer_common::ShortWaitTotals;
+
+use crate::{
+    aggregate::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats},
+    report::{
+        Provenance, SavedProfile, Weight,
+        folded::{TRUNCATED_FRAME, kind_frame},
+        json::{check_totals, kind_name, parse_profile_kind, parse_wait_kind},
+    },
+    stacks::Frame,
+};
+
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
+}
+
+/// `Function.system_name` of the frames tracer adds (wait kind, `[truncated]`), so
+/// that reading the file back drops them.
+const SYNTHETIC: &str = "tracer:synthetic";
+
+/// A gzip file that inflates past this is not a profile of ours (a stack-heavy hour
+/// of recording is a few MiB).
+const MAX_DECOMPRESSED: u64 = 512 << 20;
+
+pub fn write_pprof(
+    profile: &Profile,
+    provenance: &Provenance,
+    weight: Weight,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let encoded = build(profile, provenance, weight).encode_to_vec();
+    let mut gzip = GzEncoder::new(out, Compression::default());
+    gzip.write_all(&encoded)?;
+    gzip.finish()?;
+    Ok(())
+}
+
+/// Interns strings, functions, mappings and locations, so that each is stored once
+/// and every reference resolves.
+#[derive(Default)]
+struct Builder {
+    strings: Vec<String>,
+    string_ids: HashMap<String, i64>,
+    functions: Vec<proto::Function>,
+    function_ids: HashMap<(i64, i64, i64), u64>,
+    mappings: Vec<proto::Mapping>,
+    mapping_ids: HashMap<String, u64>,
+    locations: Vec<proto::Location>,
+    location_ids: HashMap<(u64, u64, Vec<(u64, i64)>), u64>,
+}
+
+impl Builder {
+    fn new() -> Self {
+        let mut builder = Builder::default();
+        builder.string(""); // string_table[0] is always ""
+        builder
+    }
+
+    fn string(&mut self, text: &str) -> i64 {
+        if let Some(&id) = self.string_ids.get(text) {
+            return id;
+        }
+        let id = self.strings.len() as i64;
+        self.strings.push(text.to_string());
+        self.string_ids.insert(text.to_string(), id);
+        id
+    }
+
+    fn function(&mut self, name: &str, system_name: &str, file: &str) -> u64 {
+        let key = (
+            self.string(name),
+            self.string(system_name),
+            self.string(file),
+        );
+        if let Some(&id) = self.function_ids.get(&key) {
+            return id;
+        }
+        let id = self.functions.len() as u64 + 1;
+        self.functions.push(proto::Function {
+            id,
+            name: key.0,
+            system_name: key.1,
+            filename: key.2,
+            start_line: 0,
+        });
+        self.function_ids.insert(key, id);
+        id
+    }
+
+    fn mapping(&mut self, module: &str) -> u64 {
+        if let Some(&id) = self.mapping_ids.get(module) {
+            return id;
+        }
+        let id = self.mappings.len() as u64 + 1;
+        let filename = self.string(module);
+        self.mappings.push(proto::Mapping {
+            id,
+            filename,
+            has_functions: true,
+            ..proto::Mapping::default()
+        });
+        self.mapping_ids.insert(module.to_string(), id);
+        id
+    }
+
+    /// One location: the frames of one address, outermost (the containing function)
+    /// first as in a `ProfileStack`.
+    fn location(&mut self, frames: &[Frame]) -> u64 {
+        let first = &frames[0];
+        let mapping_id = self.mapping(&first.module);
+        let mut lines: Vec<(u64, i64)> = frames
+            .iter()
+            .map(|frame| {
+                let file = frame.file.as_deref().unwrap_or_default();
+                let function = self.function(&frame.name, &frame.name, file);
+                (function, frame.line.map_or(0, i64::from))
+            })
+            .collect();
+        lines.reverse(); // pprof: innermost first, the containing function last
+        let mapping = &mut self.mappings[mapping_id as usize - 1];
+        mapping.has_filenames |= frames.iter().any(|frame| frame.file.is_some());
+        mapping.has_line_numbers |= frames.iter().any(|frame| frame.line.is_some());
+        mapping.has_inline_frames |= frames.len() > 1;
+        self.intern_location(mapping_id, first.address, lines)
+    }
+
+    fn synthetic_location(&mut self, name: &str) -> u64 {
+        let function = self.function(name, SYNTHETIC, "");
+        self.intern_location(0, 0, vec![(function, 0)])
+    }
+
+    fn intern_location(&mut self, mapping_id: u64, address: u64, lines: Vec<(u64, i64)>) -> u64 {
+        let key = (mapping_id, address, lines);
+        if let Some(&id) = self.location_ids.get(&key) {
+            return id;
+        }
+        let id = self.locations.len() as u64 + 1;
+        self.locations.push(proto::Location {
+            id,
+            mapping_id,
+            address,
+            line: key
+                .2
+                .iter()
+                .map(|&(function_id, line)| proto::Line {
+                    function_id,
+                    line,
+                    column: 0,
+                })
+                .collect(),
+            is_folded: false,
+        });
+        self.location_ids.insert(key, id);
+        id
+    }
+
+    fn label(&mut self, key: &str, value: &str) -> proto::Label {
+        proto::Label {
+            key: self.string(key),
+            str: self.string(value),
+            num: 0,
+            num_unit: 0,
+        }
+    }
+
+    fn number_label(&mut self, key: &str, num: u64, unit: &str) -> proto::Label {
+        let num_unit = if unit.is_empty() {
+            0
+        } else {
+            self.string(unit)
+        };
+        proto::Label {
+            key: self.string(key),
+            str: 0,
+            num: num as i64,
+            num_unit,
+        }
+    }
+
+    fn value_type(&mut self, kind: &str, unit: &str) -> proto::ValueType {
+        proto::ValueType {
+            r#type: self.string(kind),
+            unit: self.string(unit),
+        }
+    }
+}
+
+/// The frames of a stack (root first) grouped by location: a frame starts a new group
+/// unless it is inlined at the same address of the same module as the group.
+fn location_groups(frames: &[Frame]) -> Vec<&[Frame]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for index in 1..=frames.len() {
+        let ends = frames.get(index).is_none_or(|frame| {
+            let first = &frames[start];
+            !frame.inlined || frame.address != first.address || frame.module != first.module
+        });
+        if ends {
+            groups.push(&frames[start..index]);
+            start = index;
+        }
+    }
+    groups
+}
+
+/// The first value's type: what a sample counts.
+fn count_type(kind: ProfileKind) -> &'static str {
+    match kind {
+        ProfileKind::Recording => "waits",
+        ProfileKind::Snapshot => "threads",
+    }
+}
+
+fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::Profile {
+    let mut builder = Builder::new();
+    // mapping[0] is the main executable, by pprof's convention.
+    let main_module = profile
+        .stacks
+        .iter()
+        .flat_map(|stack| &stack.frames)
+        .find(|frame| frame.module_is_main)
+        .map(|frame| frame.module.clone());
+    if let Some(main) = &main_module {
+        builder.mapping(main);
+    }
+    let count_type = count_type(profile.kind);
+    let sample_type = vec![
+        builder.value_type(count_type, "count"),
+        builder.value_type("blocked", "nanoseconds"),
+    ];
+    let default_sample_type = match weight {
+        Weight::Time => "blocked",
+        Weight::Count | Weight::Threads => count_type,
+    };
+    let samples = profile
+        .stacks
+        .iter()
+        .map(|stack| sample(&mut builder, profile, stack))
+        .collect();
+    let comments: Vec<i64> = comments(profile, provenance, main_module.as_deref())
+        .iter()
+        .map(|comment| builder.string(comment))
+        .collect();
+    let period_type = Some(builder.value_type(count_type, "count"));
+    let default_sample_type = builder.string(default_sample_type);
+    let Builder {
+        strings,
+        functions,
+        mappings,
+        locations,
+        ..
+    } = builder;
+    proto::Profile {
+        sample_type,
+        sample: samples,
+        mapping: mappings,
+        location: locations,
+        function: functions,
+        string_table: strings,
+        drop_frames: 0,
+        keep_frames: 0,
+        time_nanos: 0,
+        duration_nanos: profile.duration.as_nanos().min(i64::MAX as u128) as i64,
+        period_type,
+        // Every wait is counted, none sampled.
+        period: 1,
+        comment: comments,
+        default_sample_type,
+    }
+}
+
+fn sample(builder: &mut Builder, profile: &Profile, stack: &ProfileStack) -> proto::Sample {
+    let mut location_id = vec![builder.synthetic_location(&kind_frame(profile, stack))];
+    for group in location_groups(&stack.frames).into_iter().rev() {
+        location_id.push(builder.location(group));
+    }
+    if stack.truncated {
+        location_id.push(builder.synthetic_location(TRUNCATED_FRAME));
+    }
+    let stats = &stack.stats;
+    let count = match profile.kind {
+        ProfileKind::Recording => stats.waits,
+        ProfileKind::Snapshot => stats.threads.len() as u64,
+    };
+    let mut label = vec![builder.label("wait_kind", stack.kind.name())];
+    if let Some(object) = &stack.object {
+        label.push(builder.label("object", object));
+    }
+    if stack.in_progress && profile.kind == ProfileKind::Recording {
+        label.push(builder.label("still_blocked", "true"));
+    }
+    if stack.truncated {
+        label.push(builder.label("truncated", "true"));
+    }
+    if stats.lower_bound {
+        label.push(builder.label("lower_bound", "true"));
+    }
+    let names: BTreeSet<&str> = stats
+        .threads
+        .iter()
+        .filter_map(|tid| profile.thread_names.get(tid).map(String::as_str))
+        .collect();
+    for name in names {
+        label.push(builder.label("thread", name));
+    }
+    for &tid in &stats.threads {
+        label.push(builder.number_label("tid", u64::from(tid), ""));
+    }
+    label.push(builder.number_label("shortest_wait", stats.min_ns, "nanoseconds"));
+    label.push(builder.number_label("longest_wait", stats.max_ns, "nanoseconds"));
+    proto::Sample {
+        location_id,
+        value: vec![count as i64, stats.total_ns as i64],
+        label,
+    }
+}
+
+/// `key=value` pairs of the trace counters, in a fixed order; `set` reads them back.
+fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 15] {
+    let TraceCounts {
+        calls_entered,
+        returned_without_waiting,
+        short_waits,
+        long_waits,
+        ring_buffer_full,
+        stack_unreadable,
+        stack_shortened,
+        in_flight_map_full,
+        wakes_seen,
+        wake_ring_buffer_full,
+        unwind_truncated,
+        unknown_symbols,
+        non_socket_io,
+        unresolved_descriptors,
+        malformed_records,
+    } = counts;
+    [
+        ("ring_buffer_full", ring_buffer_full),
+        ("in_flight_map_full", in_flight_map_full),
+        ("stack_unreadable", stack_unreadable),
+        ("unwind_truncated", unwind_truncated),
+        ("unknown_symbols", unknown_symbols),
+        ("unresolved_descriptors", unresolved_descriptors),
+        ("malformed_records", malformed_records),
+        ("wake_ring_buffer_full", wake_ring_buffer_full),
+        ("calls_entered", calls_entered),
+        ("returned_without_waiting", returned_without_waiting),
+        ("short_waits", short_waits),
+        ("long_waits", long_waits),
+        ("stack_shortened", stack_shortened),
+        ("non_socket_io", non_socket_io),
+        ("wakes_seen", wakes_seen),
+    ]
+}
+
+/// The first `LOSSES` trace counters are losses (the `lost:` comment), the rest what
+/// was seen.
+const LOSSES: usize = 8;
+
+fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 7] {
+    let ThreadCounts {
+        threads,
+        blocked_in_waits,
+        elsewhere,
+        exited_while_read,
+        woke_while_read,
+        unreadable,
+        frame_pointer_unknown,
+    } = counts;
+    [
+        ("threads", threads),
+        ("blocked_in_waits", blocked_in_waits),
+        ("elsewhere", elsewhere),
+        ("exited_while_read", exited_while_read),
+        ("woke_while_read", woke_while_read),
+        ("unreadable", unreadable),
+        ("frame_pointer_unknown", frame_pointer_unknown),
+    ]
+}
+
+fn pairs<'a>(fields: impl IntoIterator<Item = (&'static str, &'a mut u64)>) -> String {
+    let pairs: Vec<String> = fields
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    pairs.join(" ")
+}
+
+fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str>) -> Vec<String> {
+    let mut comments = vec![
+        format!("tracer: {}", provenance.tracer_version),
+        format!("kind: {}", kind_name(profile.kind)),
+        format!("pid: {}", profile.pid),
+        format!("comm: {}", profile.comm),
+    ];
+    if let Some(command_line) = &provenance.command_line {
+        comments.push(format!("command line: {}", shell_words(command_line)));
+    }
+    if let Some(kernel) = &provenance.kernel {
+        comments.push(format!("kernel: {kernel}"));
+    }
+    comments.push(format!("min wait: {}ns", profile.min_wait.as_nanos()));
+    comments.push(format!("target exited: {}", profile.target_exited));
+    if let Some(main) = main_module {
+        comments.push(format!("main module: {main}"));
+    }
+    let mut counts = profile.counts.clone();
+    let mut fields = trace_count_fields(&mut counts).into_iter();
+    comments.push(format!("lost: {}", pairs(fields.by_ref().take(LOSSES))));
+    comments.push(format!("seen: {}", pairs(fields)));
+    comments.push(format!(
+        "threads read: {}",
+        pairs(thread_count_fields(&mut profile.thread_counts.clone()))
+    ));
+    // One line each, so that pprof's header (which prints every comment) stays short.
+    if !profile.below_threshold.is_empty() {
+        let kinds: Vec<String> = profile
+            .below_threshold
+            .iter()
+            .map(|(kind, totals)| {
+                format!(
+                    "{} waits={} total_ns={}",
+                    kind.name(),
+                    totals.count,
+                    totals.total_ns
+                )
+            })
+            .collect();
+        comments.push(format!("under the threshold: {}", kinds.join(", ")));
+    }
+    for (endpoint, state) in &profile.endpoint_states {
+        comments.push(format!("endpoint state: {endpoint} = {state}"));
+    }
+    if !profile.thread_names.is_empty() {
+        let names: Vec<String> = profile
+            .thread_names
+            .iter()
+            .map(|(tid, name)| format!("{tid}={name}"))
+            .collect();
+        comments.push(format!("thread names: {}", shell_words(&names)));
+    }
+    comments
+}
+
+/// Arguments joined by spaces, quoted like a shell when they need it.
+fn shell_words(args: &[String]) -> String {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                arg.clone()
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+/// The inverse of `shell_words`.
+fn split_shell_words(text: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut current: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' => args.extend(current.take()),
+            '\'' => {
+                let arg = current.get_or_insert_with(String::new);
+                for quoted in chars.by_ref() {
+                    if quoted == '\'' {
+                        break;
+                    }
+                    arg.push(quoted);
+                }
+            }
+            '\\' => {
+                let arg = current.get_or_insert_with(String::new);
+                arg.extend(chars.next());
+            }
+            _ => current.get_or_insert_with(String::new).push(c),
+        }
+    }
+    args.extend(current);
+    args
+}
+
+/// Why a file is not a pprof profile `tracer report` can read.
+#[derive(Debug, thiserror::Error)]
+pub enum PprofError {
+    /// The gzip stream is cut short or damaged.
+    #[error("truncated or corrupt gzip data")]
+    Gzip(#[source] std::io::Error),
+    /// It inflates to more than any profile of ours.
+    #[error("inflates to more than {} MiB", MAX_DECOMPRESSED >> 20)]
+    TooLarge,
+    /// The inflated bytes are not a `profile.proto` message.
+    #[error("not a pprof profile")]
+    Decode(#[source] prost::DecodeError),
+    /// A pprof profile, but not one tracer wrote.
+    #[error("a pprof profile not written by tracer (no \"tracer:\" comment)")]
+    Foreign,
+    /// A reference or value that does not hold.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads a gzip-compressed pprof profile that tracer wrote.
+pub fn read_pprof(bytes: &[u8]) -> Result<SavedProfile, PprofError> {
+    let mut inflated = Vec::new();
+    GzDecoder::new(bytes)
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut inflated)
+        .map_err(PprofError::Gzip)?;
+    if inflated.len() as u64 > MAX_DECOMPRESSED {
+        return Err(PprofError::TooLarge);
+    }
+    let decoded = proto::Profile::decode(inflated.as_slice()).map_err(PprofError::Decode)?;
+    from_proto(&decoded)
+}
+
+/// Resolves the references of a decoded profile, checking each.
+struct Tables<'a> {
+    profile: &'a proto::Profile,
+    functions: HashMap<u64, &'a proto::Function>,
+    mappings: HashMap<u64, &'a proto::Mapping>,
+    locations: HashMap<u64, &'a proto::Location>,
+}
+
+impl<'a> Tables<'a> {
+    fn new(profile: &'a proto::Profile) -> Result<Self, PprofError> {
+        fn by_id<'a, T>(
+            items: &'a [T],
+            id: impl Fn(&T) -> u64,
+            what: &str,
+        ) -> Result<HashMap<u64, &'a T>, PprofError> {
+            let mut map = HashMap::with_capacity(items.len());
+            for item in items {
+                if id(item) == 0 || map.insert(id(item), item).is_some() {
+                    return Err(invalid(format!(
+                        "{what} id {} is zero or repeated",
+                        id(item)
+                    )));
+                }
+            }
+            Ok(map)
+        }
+        if profile
+            .string_table
+            .first()
+            .is_some_and(|first| !first.is_empty())
+        {
+            return Err(invalid("string_table[0] is not empty".to_string()));
+        }
+        Ok(Self {
+            profile,
+            functions: by_id(&profile.function, |f| f.id, "function")?,
+            mappings: by_id(&profile.mapping, |m| m.id, "mapping")?,
+            locations: by_id(&profile.location, |l| l.id, "location")?,
+        })
+    }
+
+    fn string(&self, index: i64) -> Result<&'a str, PprofError> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| self.profile.string_table.get(index))
+            .map(String::as_str)
+            .ok_or_else(|| invalid(format!("string index {index} out of range")))
+    }
+
+    fn location(&self, id: u64) -> Result<&'a proto::Location, PprofError> {
+        self.locations
+            .get(&id)
+            .copied()
+            .ok_or_else(|| invalid(format!("no location {id}")))
+    }
+
+    fn function(&self, id: u64) -> Result<&'a proto::Function, PprofError> {
+        self.functions
+            .get(&id)
+            .copied()
+            .ok_or_else(|| invalid(format!("no function {id}")))
+    }
+
+    fn module(&self, mapping_id: u64) -> Result<&'a str, PprofError> {
+        if mapping_id == 0 {
+            return Ok("[unknown]");
+        }
+        let mapping = self
+            .mappings
+            .get(&mapping_id)
+            .ok_or_else(|| invalid(format!("no mapping {mapping_id}")))?;
+        self.string(mapping.filename)
+    }
+}
+
+fn invalid(what: String) -> PprofError {
+    PprofError::Invalid(what)
+}
+
+fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
+    let tables = Tables::new(decoded)?;
+    let comments: Vec<&str> = decoded
+        .comment
+        .iter()
+        .map(|&index| tables.string(index))
+        .collect::<Result<_, _>>()?;
+    let comment = |key: &str| {
+        comments
+            .iter()
+            .find_map(|comment| comment.strip_prefix(key)?.strip_prefix(": "))
+    };
+    let tracer_version = comment("tracer").ok_or(PprofError::Foreign)?;
+    let kind = comment("kind")
+        .and_then(parse_profile_kind)
+        .ok_or_else(|| invalid("no \"kind:\" comment".to_string()))?;
+    let pid = comment("pid")
+        .and_then(|pid| pid.parse().ok())
+        .ok_or_else(|| invalid("no \"pid:\" comment".to_string()))?;
+    let min_wait_ns = comment("min wait")
+        .and_then(|text| text.strip_suffix("ns")?.parse().ok())
+        .unwrap_or(0);
+    let main_module = comment("main module");
+
+    let sample_types: Vec<&str> = decoded
+        .sample_type
+        .iter()
+        .map(|value_type| tables.string(value_type.r#type))
+        .collect::<Result<_, _>>()?;
+    if sample_types != [count_type(kind), "blocked"] {
+        return Err(invalid(format!(
+            "sample types {sample_types:?} are not a tracer {}'s",
+            kind_name(kind)
+        )));
+    }
+    let stacks = decoded
+        .sample
+        .iter()
+        .enumerate()
+        .map(|(index, sample)| {
+            read_sample(&tables, kind, main_module, sample).map_err(|err| match err {
+                PprofError::Invalid(what) => invalid(format!("sample {index}: {what}")),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    check_totals(&stacks).map_err(invalid)?;
+
+    let mut counts = TraceCounts::default();
+    let mut thread_counts = ThreadCounts::default();
+    let mut below_threshold = Vec::new();
+    let mut endpoint_states = BTreeMap::new();
+    let mut thread_names = BTreeMap::new();
+    for comment in &comments {
+        let Some((key, value)) = comment.split_once(": ") else {
+            continue;
+        };
+        match key {
+            "lost" | "seen" => read_pairs(value, trace_count_fields(&mut counts)),
+            "threads read" => read_pairs(value, thread_count_fields(&mut thread_counts)),
+            "under the threshold" => {
+                for entry in value.split(", ") {
+                    let (kind, pairs) = entry.split_once(' ').unwrap_or((entry, ""));
+                    let mut totals = ShortWaitTotals::default();
+                    read_pairs(
+                        pairs,
+                        [
+                            ("waits", &mut totals.count),
+                            ("total_ns", &mut totals.total_ns),
+                        ],
+                    );
+                    if let Some(kind) = parse_wait_kind(kind) {
+                        below_threshold.push((kind, totals));
+                    }
+                }
+            }
+            "endpoint state" => {
+                if let Some((endpoint, state)) = value.split_once(" = ") {
+                    endpoint_states.insert(endpoint.to_string(), state.to_string());
+                }
+            }
+            "thread names" => {
+                for entry in split_shell_words(value) {
+                    if let Some((tid, name)) = entry.split_once('=')
+                        && let Ok(tid) = tid.parse::<u32>()
+                    {
+                        thread_names.insert(tid, name.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let profile = Profile {
+        kind,
+        pid,
+        comm: comment("comm").unwrap_or_default().to_string(),
+        duration: Duration::from_nanos(decoded.duration_nanos.max(0) as u64),
+        min_wait: Duration::from_nanos(min_wait_ns),
+        target_exited: comment("target exited") == Some("true"),
+        stacks,
+        below_threshold,
+        counts,
+        thread_counts,
+        endpoint_states,
+        thread_names,
+        // Who woke whom is not in the pprof file (it has no place for it).
+        wakers: Vec::new(),
+    };
+    let provenance = Provenance {
+        tracer_version: tracer_version.to_string(),
+        kernel: comment("kernel").map(str::to_string),
+        command_line: comment("command line").map(split_shell_words),
+    };
+    Ok(SavedProfile {
+        profile,
+        provenance,
+    })
+}
+
+/// Sets each named field from `name=value` pairs; unknown names are ignored.
+fn read_pairs<'a>(text: &str, fields: impl IntoIterator<Item = (&'static str, &'a mut u64)>) {
+    let values: HashMap<&str, u64> = text
+        .split(' ')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name, value.parse().ok()?))
+        })
+        .collect();
+    for (name, field) in fields {
+        if let Some(&value) = values.get(name) {
+            *field = value;
+        }
+    }
+}
+
+fn read_sample(
+    tables: &Tables<'_>,
+    kind: ProfileKind,
+    main_module: Option<&str>,
+    sample: &proto::Sample,
+) -> Result<ProfileStack, PprofError> {
+    let [count, total_ns] = sample.value[..] else {
+        return Err(invalid(format!("{} values, not 2", sample.value.len())));
+    };
+    let (Ok(count), Ok(total_ns)) = (u64::try_from(count), u64::try_from(total_ns)) else {
+        return Err(invalid("negative value".to_string()));
+    };
+    let mut frames = Vec::new();
+    // Root first; within a location, the containing function first.
+    for &location_id in sample.location_id.iter().rev() {
+        let location = tables.location(location_id)?;
+        let module = tables.module(location.mapping_id)?;
+        let mut first = true;
+        for line in location.line.iter().rev() {
+            let function = tables.function(line.function_id)?;
+            if tables.string(function.system_name)? == SYNTHETIC {
+                continue;
+            }
+            let file = tables.string(function.filename)?;
+            frames.push(Frame {
+                name: tables.string(function.name)?.to_string(),
+                module: module.to_string(),
+                module_is_main: main_module == Some(module),
+                file: (!file.is_empty()).then(|| file.to_string()),
+                line: u32::try_from(line.line).ok().filter(|&line| line > 0),
+                inlined: !first,
+                address: location.address,
+            });
+            first = false;
+        }
+    }
+    let mut wait_kind = None;
+    let mut object = None;
+    let mut flags = BTreeSet::new();
+    let mut stats = WaitStats {
+        total_ns,
+        ..WaitStats::default()
+    };
+    for label in &sample.label {
+        let key = tables.string(label.key)?;
+        let value = tables.string(label.str)?;
+        let num = u64::try_from(label.num).map_err(|_| invalid(format!("negative {key}")))?;
+        match key {
+            "wait_kind" => {
+                wait_kind = Some(
+                    parse_wait_kind(value)
+                        .ok_or_else(|| invalid(format!("unknown wait kind {value:?}")))?,
+                );
+            }
+            "object" => object = Some(value.to_string()),
+            "still_blocked" | "truncated" | "lower_bound" if value == "true" => {
+                flags.insert(key);
+            }
+            "tid" => {
+                let tid =
+                    u32::try_from(num).map_err(|_| invalid(format!("tid {num} out of range")))?;
+                stats.threads.insert(tid);
+            }
+            "shortest_wait" => stats.min_ns = num,
+            "longest_wait" => stats.max_ns = num,
+            _ => {}
+        }
+    }
+    let kind_of_wait = wait_kind.ok_or_else(|| invalid("no wait_kind label".to_string()))?;
+    stats.waits = count;
+    stats.lower_bound = flags.contains("lower_bound");
+    if stats.min_ns > stats.max_ns {
+        return Err(invalid("shortest_wait is over longest_wait".to_string()));
+    }
+    Ok(ProfileStack {
+        frames,
+        kind: kind_of_wait,
+        object,
+        truncated: flags.contains("truncated"),
+        in_progress: kind == ProfileKind::Snapshot || flags.contains("still_blocked"),
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{
+        fixtures::{fixture_profile, fixture_provenance},
+        folded::folded_lines,
+        json::to_json,
+    };
+
+    fn encode(profile: &Profile) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        write_pprof(profile, &fixture_provenance(), Weight::Time, &mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn inlined_frames_share_a_location_innermost_first() {
+        let profile = fixture_profile();
+        let decoded = build(&profile, &fixture_provenance(), Weight::Time);
+        let name = |function_id: u64| {
+            let function = &decoded.function[function_id as usize - 1];
+            decoded.string_table[function.name as usize].as_str()
+        };
+        let inlined = decoded
+            .location
+            .iter()
+            .find(|location| location.line.len() > 1)
+            .expect("a location with inlined frames");
+        let names: Vec<&str> = inlined
+            .line
+            .iter()
+            .map(|line| name(line.function_id))
+            .collect();
+        assert_eq!(
+            names,
+            ["std::sync::mpmc::array::Channel<T>::send", "app::send_stat"],
+            "innermost first, the containing function last"
+        );
+        assert_eq!(
+            decoded.string_table[decoded.mapping[0].filename as usize],
+            "app"
+        );
+        let leaf = decoded.sample[1].location_id[0];
+        assert_eq!(
+            name(decoded.location[leaf as usize - 1].line[0].function_id),
+            "[futex app::STATS]"
+        );
+    }
+
+    #[test]
+    fn samples_carry_kind_object_thread_and_still_blocked_labels() {
+        let profile = fixture_profile();
+        let decoded = build(&profile, &fixture_provenance(), Weight::Time);
+        let string = |index: i64| decoded.string_table[index as usize].as_str();
+        let labels = |sample: &proto::Sample| -> Vec<String> {
+            sample
+                .label
+                .iter()
+                .filter(|label| label.str != 0)
+                .map(|label| format!("{}={}", string(label.key), string(label.str)))
+                .collect()
+        };
+        let stuck = decoded
+            .sample
+            .iter()
+            .find(|sample| labels(sample).contains(&"still_blocked=true".to_string()))
+            .expect("a still-blocked sample");
+        assert_eq!(
+            labels(stuck),
+            [
+                "wait_kind=send",
+                "object=10.0.0.5:80",
+                "still_blocked=true",
+                "lower_bound=true",
+                "thread=reporter"
+            ]
+        );
+        assert!(
+            decoded
+                .comment
+                .iter()
+                .any(|&index| string(index).starts_with("lost: ring_buffer_full=0"))
+        );
+        assert_eq!(string(decoded.default_sample_type), "blocked");
+    }
+
+    #[test]
+    fn a_profile_survives_the_round_trip() {
+        let mut profile = fixture_profile();
+        profile.wakers.clear(); // pprof has no place for them
+        let saved = read_pprof(&encode(&profile)).unwrap();
+        assert_eq!(folded_lines(&saved.profile), folded_lines(&profile));
+        let json = |profile: &Profile, provenance: &Provenance| {
+            serde_json::to_string_pretty(&to_json(profile, provenance)).unwrap()
+        };
+        assert_eq!(
+            json(&saved.profile, &saved.provenance),
+            json(&profile, &fixture_provenance())
+        );
+    }
+
+    #[test]
+    fn command_lines_split_back_into_their_arguments() {
+        let args: Vec<String> = ["./app", "--name", "two words", "it's", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(shell_words(&args), r"./app --name 'two words' 'it'\''s' ''");
+        assert_eq!(split_shell_words(&shell_words(&args)), args);
+    }
+
+    #[test]
+    fn foreign_and_broken_files_say_why() {
+        let message = |bytes: &[u8]| read_pprof(bytes).unwrap_err().to_string();
+        let bytes = encode(&fixture_profile());
+        assert_eq!(
+            message(&bytes[..bytes.len() / 2]),
+            "truncated or corrupt gzip data"
+        );
+        let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
+        gzip.write_all(&proto::Profile::default().encode_to_vec())
+            .unwrap();
+        assert_eq!(
+            message(&gzip.finish().unwrap()),
+            "a pprof profile not written by tracer (no \"tracer:\" comment)"
+        );
+        let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
+        gzip.write_all(b"\xff\xff\xff").unwrap();
+        assert_eq!(message(&gzip.finish().unwrap()), "not a pprof profile");
+    }
+}

@@ -1,0 +1,108 @@
+//! `tracer report`: re-renders a profile tracer saved (JSON, or its own pprof) in any
+//! format, or compares it with a baseline. Needs no privileges and no live process.
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cli::ReportArgs,
+    report::{
+        Format, Output, RenderOptions, Weight, diff, flamegraph, read_saved,
+        summary::render_summary,
+    },
+};
+
+pub fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let ReportArgs {
+        input,
+        diff: base,
+        outputs,
+        weight,
+        format,
+        top,
+    } = args;
+    // Formats first, then the inputs, then the files: a bad input leaves no empty report.
+    let formats = outputs
+        .iter()
+        .map(|path| format.map_or_else(|| Format::from_path(path), Ok))
+        .collect::<Result<Vec<_>, _>>()?;
+    if base.is_some()
+        && let Some((path, _)) = outputs
+            .iter()
+            .zip(&formats)
+            .find(|(_, format)| !matches!(format, Format::Svg | Format::Folded | Format::Text))
+    {
+        bail!(
+            "{}: a diff is written as .svg, .folded or .txt",
+            path.display()
+        );
+    }
+    let saved = read_saved(&input)?;
+    let weight = weight.unwrap_or_else(|| Weight::default_for(saved.profile.kind));
+    let outputs = outputs
+        .iter()
+        .zip(formats)
+        .map(|(path, format)| Output::create_as(path, format))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    match base {
+        None => {
+            print!("{}", render_summary(&saved.profile, top));
+            for output in outputs {
+                let path = output.path.clone();
+                output
+                    .write_with(
+                        &saved.profile,
+                        &saved.provenance,
+                        RenderOptions { weight, top },
+                    )
+                    .with_context(|| format!("{}: cannot write the report", path.display()))?;
+                eprintln!("tracer: wrote {}", path.display());
+            }
+        }
+        Some(base_path) => {
+            let base = read_saved(&base_path)?;
+            let (before, after) = (&base.profile, &saved.profile);
+            let changes = diff::site_changes(before, after);
+            let table = diff::render_changes(
+                &base_path.display().to_string(),
+                &input.display().to_string(),
+                &changes,
+                top,
+            );
+            print!("{table}");
+            let lines = diff::differential_lines(before, after, weight);
+            for output in outputs {
+                let path = output.path.clone();
+                let bytes = match output.format {
+                    Format::Svg => {
+                        let mut svg = Vec::new();
+                        let title = format!(
+                            "{}: {} against {}",
+                            after.comm,
+                            input.display(),
+                            base_path.display()
+                        );
+                        let subtitle = format!(
+                            "width = {} in {}; red: more than in the baseline, blue: less",
+                            weight.unit(),
+                            input.display()
+                        );
+                        flamegraph::write_differential(
+                            &title, &subtitle, weight, &lines, &mut svg,
+                        )?;
+                        svg
+                    }
+                    Format::Folded => lines
+                        .iter()
+                        .map(|line| format!("{line}\n"))
+                        .collect::<String>()
+                        .into_bytes(),
+                    _ => table.clone().into_bytes(),
+                };
+                output.write_bytes(&bytes)?;
+                eprintln!("tracer: wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}

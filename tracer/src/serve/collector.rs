@@ -1,0 +1,130 @@
+//! The ring buffers' waits, aggregated per window: each `/debug/pprof/block` request
+//! opens a window that gathers the waits ending while it is open, and the metrics
+//! window gathers the waits since they were last folded into the Prometheus series.
+//! Nothing accumulates beyond the open windows, so memory does not grow with uptime.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    aggregate::{ProfileStack, WaitAggregate},
+    record::{WaitDecoder, WaitSink},
+};
+
+/// Distinct raw stacks one window keeps; waits on further new stacks are counted as
+/// lost. Far above what a program's wait sites produce, far below what would hurt.
+pub const MAX_WINDOW_STACKS: usize = 20_000;
+
+/// Endpoint states (`send buffer full ...`) remembered for the profiles; a service
+/// talking to many peers would otherwise grow this map for as long as it runs.
+const MAX_ENDPOINT_STATES: usize = 1_024;
+
+/// One open window.
+#[derive(Default)]
+pub struct Window {
+    /// Waits of the current attachment.
+    pub aggregate: WaitAggregate,
+    /// Waits of earlier attachments (the target restarted while the window was open),
+    /// symbolized when they detached.
+    pub earlier: Vec<ProfileStack>,
+}
+
+/// The drain task's sink: decodes records of the attached process into every window.
+#[derive(Default)]
+pub struct Collector {
+    /// The attached process's decoder; None while nothing is attached.
+    pub decoder: Option<WaitDecoder>,
+    /// Attachment generation of `decoder`.
+    pub generation: u64,
+    pub windows: BTreeMap<u64, Window>,
+    next_window: u64,
+    /// Waits since the last fold into the Prometheus series.
+    pub metrics_window: WaitAggregate,
+    /// Records read from the ring buffers, over every attachment.
+    pub records_read: u64,
+    /// Waits left out of a window because it had too many distinct stacks.
+    pub stacks_dropped: u64,
+    /// Malformed records of earlier attachments (the decoder counts the current one's).
+    pub earlier_malformed: u64,
+}
+
+impl Collector {
+    pub fn open_window(&mut self) -> u64 {
+        let id = self.next_window;
+        self.next_window += 1;
+        self.windows.insert(id, Window::default());
+        id
+    }
+
+    pub fn close_window(&mut self, id: u64) -> Option<Window> {
+        self.windows.remove(&id)
+    }
+
+    pub fn malformed_records(&self) -> u64 {
+        self.earlier_malformed
+            + self
+                .decoder
+                .as_ref()
+                .map_or(0, |decoder| decoder.malformed_records)
+    }
+
+    /// Adds `wait` to `aggregate` unless that would take it past its stack cap.
+    fn add_capped(aggregate: &mut WaitAggregate, wait: crate::record::Wait, dropped: &mut u64) {
+        if aggregate.stacks.len() >= MAX_WINDOW_STACKS && !aggregate.stacks.contains_key(&wait.key)
+        {
+            *dropped += 1;
+            return;
+        }
+        wait.add_to(aggregate);
+    }
+}
+
+impl WaitSink for Collector {
+    fn add_wake(&mut self, bytes: &[u8]) {
+        self.records_read += 1;
+        if let Some(decoder) = self.decoder.as_mut() {
+            decoder.add_wake(bytes);
+        }
+    }
+
+    fn add_record(&mut self, bytes: &[u8]) {
+        self.records_read += 1;
+        let Some(decoder) = self.decoder.as_mut() else {
+            return;
+        };
+        let Some(wait) = decoder.decode(bytes) else {
+            return;
+        };
+        if decoder.targets.endpoint_states.len() > MAX_ENDPOINT_STATES {
+            decoder.targets.endpoint_states.clear();
+        }
+        let Self {
+            windows,
+            metrics_window,
+            stacks_dropped,
+            ..
+        } = self;
+        // The metrics only need kind, site and object: no wakers.
+        let for_metrics = crate::record::Wait {
+            waker: None,
+            ..wait.clone()
+        };
+        Self::add_capped(metrics_window, for_metrics, stacks_dropped);
+        for window in windows.values_mut() {
+            Self::add_capped(&mut window.aggregate, wait.clone(), stacks_dropped);
+        }
+    }
+}
+
+/// Locks the collector for each record, so requests are never held up for longer
+/// than one record's unwinding.
+pub struct LockedCollector<'a>(pub &'a std::sync::Mutex<Collector>);
+
+impl WaitSink for LockedCollector<'_> {
+    fn add_wake(&mut self, bytes: &[u8]) {
+        super::lock(self.0).add_wake(bytes);
+    }
+
+    fn add_record(&mut self, bytes: &[u8]) {
+        super::lock(self.0).add_record(bytes);
+    }
+}

@@ -1,0 +1,239 @@
+//! Which process `serve` traces: a pid, for as long as it lives, or the process with a
+//! given name, found again each time it restarts. Attaches the probes, drains their
+//! ring buffers into the collector until the process exits, then detaches.
+
+use std::{fmt, path::Path, time::Duration};
+
+use anyhow::Context as _;
+
+use super::{Attached, Shared, collector::LockedCollector, lock};
+use crate::{
+    aggregate::ProfileKind,
+    probes::{ProbeConfig, Probes},
+    record::{RingBuffers, WaitDecoder, poll_readable, readable},
+    stacks::{ProcessImage, StackWalker},
+    target::{Target, TargetError},
+};
+
+/// How often /proc is searched for a process with the followed name.
+const SEARCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The kernel keeps this many bytes of a process name (TASK_COMM_LEN - 1).
+const COMM_LEN: usize = 15;
+
+/// The process to trace.
+#[derive(Clone, Debug)]
+pub enum Wanted {
+    Pid(u32),
+    /// By name (`/proc/PID/comm`), across restarts.
+    Comm(String),
+}
+
+impl Wanted {
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Wanted::Pid(pid) => Some(*pid),
+            Wanted::Comm(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Wanted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Wanted::Pid(pid) => write!(f, "pid {pid}"),
+            Wanted::Comm(name) => write!(f, "processes named {name}"),
+        }
+    }
+}
+
+/// Traces the wanted process until it exits (`--pid`) or forever (`--comm`).
+pub async fn run(
+    wanted: &Wanted,
+    shared: &Shared,
+    btf_path: &Path,
+    min_wait: Duration,
+) -> anyhow::Result<()> {
+    let mut generation = 0;
+    loop {
+        let target = match wanted {
+            Wanted::Pid(pid) if generation == 0 => Target::open(*pid)?,
+            Wanted::Pid(pid) => {
+                log::warn!("pid {pid} exited; stopping");
+                return Ok(());
+            }
+            Wanted::Comm(name) => find_by_comm(name, generation == 0).await,
+        };
+        generation += 1;
+        let mut rings = match attach(&target, shared, btf_path, min_wait, generation) {
+            Ok(rings) => rings,
+            // The process may have exited while we attached: look again.
+            Err(err) if matches!(wanted, Wanted::Comm(_)) => {
+                log::warn!(
+                    "cannot attach to pid {} ({}): {err:#}",
+                    target.pid,
+                    target.comm
+                );
+                detach(shared).await;
+                tokio::time::sleep(SEARCH_INTERVAL).await;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        match wanted {
+            Wanted::Comm(name) => {
+                log::info!(
+                    "following {name}: attached to pid {} ({})",
+                    target.pid,
+                    target.comm
+                );
+            }
+            Wanted::Pid(_) => log::info!("attached to pid {} ({})", target.pid, target.comm),
+        }
+        let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
+            .context("cannot poll the pidfd")?;
+        let mut sink = LockedCollector(&shared.collector);
+        loop {
+            tokio::select! {
+                _ = readable(&exited) => break,
+                drained = rings.drain_when_readable(&mut sink) => drained?,
+            }
+        }
+        // Waits that ended just before the exit are still in the buffers.
+        rings.drain_now(&mut sink);
+        drop(rings);
+        log::info!("pid {} ({}) exited", target.pid, target.comm);
+        detach(shared).await;
+    }
+}
+
+/// Loads and attaches the probes for `target` and hands the decoder, the probes and an
+/// image for the worker to the shared state.
+fn attach(
+    target: &Target,
+    shared: &Shared,
+    btf_path: &Path,
+    min_wait: Duration,
+    generation: u64,
+) -> anyhow::Result<RingBuffers> {
+    let pid = target.pid;
+    let image = |what| {
+        ProcessImage::snapshot(pid)
+            .with_context(|| format!("cannot read the memory map of pid {pid} ({what})"))
+    };
+    let walker = StackWalker::new(pid, image("unwinding")?);
+    shared.worker.attach(generation, pid, image("symbolizing")?);
+    let mut probes = Probes::open(
+        ProbeConfig {
+            tgid: pid,
+            min_wait,
+        },
+        btf_path,
+    )?;
+    probes.attach_wait_probes()?;
+    let rings = RingBuffers::take(&mut probes)?;
+    {
+        let mut collector = lock(&shared.collector);
+        collector.decoder = Some(WaitDecoder::new(pid, walker));
+        collector.generation = generation;
+    }
+    *lock(&shared.attached) = Some(Attached {
+        pid,
+        comm: target.comm.clone(),
+        generation,
+        probes,
+    });
+    Ok(rings)
+}
+
+/// Detaches the probes, keeps their counters, and symbolizes what the open windows hold
+/// of this process while its image is still at hand.
+async fn detach(shared: &Shared) {
+    let attached = lock(&shared.attached).take();
+    if let Some(attached) = &attached
+        && let Ok(counters) = attached.probes.counters()
+    {
+        let mut earlier = lock(&shared.earlier_counters);
+        for (sum, value) in earlier.0.iter_mut().zip(counters.0) {
+            *sum += value;
+        }
+    }
+    drop(attached);
+    let (generation, windows) = {
+        let mut collector = lock(&shared.collector);
+        if let Some(decoder) = collector.decoder.take() {
+            collector.earlier_malformed += decoder.malformed_records;
+        }
+        let ids: Vec<u64> = collector.windows.keys().copied().collect();
+        let windows: Vec<_> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let window = collector.windows.get_mut(&id)?;
+                Some((id, std::mem::take(&mut window.aggregate)))
+            })
+            .collect();
+        (collector.generation, windows)
+    };
+    if let Err(err) = shared.fold_metrics_window().await {
+        log::debug!("metrics window of the exited process not folded: {err}");
+    }
+    for (id, aggregate) in windows {
+        let base = shared.base_profile(ProfileKind::Recording, Duration::ZERO);
+        match shared.worker.symbolize(generation, aggregate, base).await {
+            Ok(profile) => {
+                if let Some(window) = lock(&shared.collector).windows.get_mut(&id) {
+                    window.earlier.extend(profile.stacks);
+                }
+            }
+            Err(err) => log::debug!("window {id}: waits of the exited process dropped: {err}"),
+        }
+    }
+    shared.worker.detach();
+}
+
+/// Waits for a live process named `name`; says so once when there is none yet.
+async fn find_by_comm(name: &str, first: bool) -> Target {
+    let mut said = false;
+    loop {
+        if let Some(target) = process_named(name) {
+            return target;
+        }
+        if !said {
+            if first {
+                log::info!("no process named {name} yet; waiting for one");
+            } else {
+                log::info!("waiting for a process named {name} to start again");
+            }
+            said = true;
+        }
+        tokio::time::sleep(SEARCH_INTERVAL).await;
+    }
+}
+
+/// The live user process named `name` with the lowest pid (the first started, as a
+/// rule), other than this one.
+fn process_named(name: &str) -> Option<Target> {
+    let wanted = name.as_bytes().get(..COMM_LEN.min(name.len()))?;
+    let own = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.strip_suffix(b"\n").unwrap_or(&comm) == wanted)
+        })
+        .collect();
+    pids.sort_unstable();
+    if pids.len() > 1 {
+        log::debug!("several processes named {name}: {pids:?}; taking the first");
+    }
+    pids.into_iter().find_map(|pid| match Target::open(pid) {
+        Ok(target) => Some(target),
+        Err(TargetError::Zombie(_) | TargetError::NoSuchProcess(_)) => None,
+        Err(err) => {
+            log::debug!("pid {pid}: {err}");
+            None
+        }
+    })
+}

@@ -1,0 +1,334 @@
+//! The endpoints, over HTTP/1.1 (hyper). Read-only; bounded in connections and time,
+//! so slow or many clients cannot take more than their share.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    header::{CONTENT_DISPOSITION, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use super::{
+    ServeError, Shared, counts_since, lock,
+    metrics::{self, ProcessUsage, Scrape},
+    short_wait_rows,
+};
+use crate::{
+    aggregate::{Profile, ProfileKind},
+    report::{Provenance, Weight, pprof::write_pprof, summary::render_summary},
+};
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// `/debug/pprof/block` windows open at once (each holds an aggregate).
+const MAX_BLOCK_WINDOWS: usize = 8;
+/// A client must send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `seconds` of /debug/pprof/block when none is given (as Go's profile endpoint).
+const DEFAULT_SECONDS: u64 = 30;
+/// The longest window /debug/pprof/block records; longer requests are cut to it.
+const MAX_SECONDS: u64 = 300;
+/// Beyond the longest window, the time a connection may take in all (building the
+/// profile, a slow reader): then it is closed.
+const CONNECTION_SLACK: Duration = Duration::from_secs(60);
+/// Rows of the text summary of /debug/pprof/threads?debug=1.
+const SUMMARY_TOP: usize = 30;
+
+const INDEX: &str = "tracer serve: the waits of a live process
+
+/debug/pprof/block?seconds=N   waits that end in the next N seconds (default 30, at most 300), pprof
+/debug/pprof/threads           threads blocked now, pprof; ?debug=1 for text
+/metrics                       Prometheus metrics
+/healthz                       liveness
+";
+
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let windows = Arc::new(Semaphore::new(MAX_BLOCK_WINDOWS));
+    loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of descriptors, most likely: wait instead of spinning.
+                log::warn!("accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        let windows = Arc::clone(&windows);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| {
+                let shared = Arc::clone(&shared);
+                let windows = Arc::clone(&windows);
+                async move { Ok::<_, Infallible>(respond(&shared, &windows, request).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let limit = Duration::from_secs(MAX_SECONDS) + CONNECTION_SLACK;
+            match tokio::time::timeout(limit, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => log::debug!("connection from {peer}: {err}"),
+                Err(_) => log::info!("connection from {peer} closed after {limit:?}"),
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn respond<B>(shared: &Shared, windows: &Arc<Semaphore>, request: Request<B>) -> Reply {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let reply = match request.uri().path() {
+        "/" | "/debug/pprof" | "/debug/pprof/" => Ok(text(StatusCode::OK, INDEX.into())),
+        "/healthz" => Ok(healthz(shared)),
+        "/metrics" => scrape(shared).await,
+        "/debug/pprof/block" => match parse_seconds(param(query, "seconds")) {
+            Ok(seconds) => block(shared, windows, seconds).await,
+            Err(message) => Ok(text(StatusCode::BAD_REQUEST, message)),
+        },
+        "/debug/pprof/threads" => threads(shared, param(query, "debug")).await,
+        path => Ok(text(
+            StatusCode::NOT_FOUND,
+            format!("{path}: no such endpoint\n\n{INDEX}"),
+        )),
+    };
+    reply.unwrap_or_else(|err| {
+        log::info!("{}: {err}", request.uri());
+        let status = match err {
+            ServeError::NotAttached | ServeError::Worker(super::worker::WorkerError::Busy) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        text(status, format!("{err}\n"))
+    })
+}
+
+fn text(status: StatusCode, body: String) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8"
+            .parse()
+            .expect("a valid header value"),
+    );
+    response
+}
+
+fn binary(body: Vec<u8>, file_name: &str) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        "application/octet-stream"
+            .parse()
+            .expect("a valid header value"),
+    );
+    if let Ok(value) = format!("attachment; filename=\"{file_name}\"").parse() {
+        headers.insert(CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+/// The first value of `name` in a query string (no percent-decoding: the values we
+/// read are numbers).
+fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// `seconds` of /debug/pprof/block: a whole number from 1, cut to MAX_SECONDS.
+fn parse_seconds(value: Option<&str>) -> Result<u64, String> {
+    let Some(value) = value else {
+        return Ok(DEFAULT_SECONDS);
+    };
+    match value.parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!(
+            "seconds={value}: give a whole number of seconds from 1 to {MAX_SECONDS}\n"
+        )),
+        Ok(seconds) => Ok(seconds.min(MAX_SECONDS)),
+    }
+}
+
+fn healthz(shared: &Shared) -> Reply {
+    let body = match shared.attached_process() {
+        Some((pid, comm, _)) => format!("ok: tracing pid {pid} ({comm})\n"),
+        None => format!("ok: waiting for {}\n", shared.wanted),
+    };
+    text(StatusCode::OK, body)
+}
+
+async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
+    if let Err(err) = shared.fold_metrics_window().await {
+        // The series keep their last values; the window is folded on the next scrape.
+        log::debug!("metrics window not folded: {err}");
+    }
+    let blocked = match shared.blocked_now().await {
+        Ok(snapshot) => Some(metrics::blocked_series(&snapshot, shared.max_series)),
+        Err(err) => {
+            log::debug!("no blocked threads for /metrics: {err}");
+            None
+        }
+    };
+    let tracer = shared.tracer_totals();
+    let body = {
+        let waits = lock(&shared.waits);
+        metrics::render(&Scrape {
+            blocked: blocked.as_ref(),
+            waits: &waits,
+            tracer: &tracer,
+            usage: ProcessUsage::of_self(),
+        })
+    };
+    let body = body.map_err(|_| ServeError::NotAttached)?;
+    let mut response = text(StatusCode::OK, body);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            .parse()
+            .expect("a valid header value"),
+    );
+    Ok(response)
+}
+
+/// Removes its window if the request ends early (the client went away).
+struct OpenWindow<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for OpenWindow<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.collector).close_window(self.id);
+    }
+}
+
+async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Reply, ServeError> {
+    let Ok(_slot) = windows.try_acquire() else {
+        return Err(ServeError::Worker(super::worker::WorkerError::Busy));
+    };
+    let mark = shared.counts_mark();
+    let window = OpenWindow {
+        shared,
+        id: lock(&shared.collector).open_window(),
+    };
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (generation, closed) = {
+        let mut collector = lock(&shared.collector);
+        (
+            collector.generation,
+            collector.close_window(window.id).unwrap_or_default(),
+        )
+    };
+    let now = shared.counts_mark();
+    let mut base = shared.base_profile(ProfileKind::Recording, started.elapsed());
+    if let Some(now) = &now {
+        let (counts, short_waits) = counts_since(now, mark.as_ref());
+        base.counts = counts;
+        base.below_threshold = short_wait_rows(&short_waits);
+    }
+    let earlier = closed.earlier;
+    let profile = if closed.aggregate.stacks.is_empty() {
+        base
+    } else {
+        shared
+            .worker
+            .symbolize(generation, closed.aggregate, base)
+            .await?
+    };
+    let profile = if earlier.is_empty() {
+        profile
+    } else {
+        let mut profile = profile;
+        let stacks = std::mem::take(&mut profile.stacks);
+        Profile::from_symbolized(profile, stacks.into_iter().chain(earlier))
+    };
+    log::info!(
+        "block profile: {seconds}s, {} stacks, {} waits",
+        profile.stacks.len(),
+        profile
+            .stacks
+            .iter()
+            .map(|stack| stack.stats.waits)
+            .sum::<u64>()
+    );
+    pprof(profile, Weight::Time, "block.pb.gz").await
+}
+
+async fn threads(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeError> {
+    let profile = shared.blocked_now().await?;
+    if debug.is_some_and(|value| value != "0") {
+        return Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP)));
+    }
+    pprof(profile, Weight::Threads, "threads.pb.gz").await
+}
+
+/// Encodes off the runtime's threads: a big profile takes a while to compress.
+async fn pprof(profile: Profile, weight: Weight, file_name: &str) -> Result<Reply, ServeError> {
+    let encoded = tokio::task::spawn_blocking(move || {
+        let provenance = Provenance::of_live_target(profile.pid);
+        let mut bytes = Vec::new();
+        write_pprof(&profile, &provenance, weight, &mut bytes).map(|()| bytes)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(bytes)) => Ok(binary(bytes, file_name)),
+        Ok(Err(err)) => {
+            log::warn!("cannot encode a pprof profile: {err:#}");
+            Ok(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the profile: {err}\n"),
+            ))
+        }
+        Err(err) => Ok(text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_default_cap_and_refuse() {
+        assert_eq!(parse_seconds(None), Ok(DEFAULT_SECONDS));
+        assert_eq!(parse_seconds(Some("2")), Ok(2));
+        assert_eq!(parse_seconds(Some("100000")), Ok(MAX_SECONDS));
+        for bad in ["0", "-1", "abc", "", "1.5"] {
+            assert!(
+                parse_seconds(Some(bad))
+                    .unwrap_err()
+                    .contains("whole number"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_found_by_name() {
+        assert_eq!(param("seconds=5&debug=1", "debug"), Some("1"));
+        assert_eq!(param("debug", "debug"), Some(""));
+        assert_eq!(param("", "seconds"), None);
+        assert_eq!(param("xseconds=5", "seconds"), None);
+    }
+}

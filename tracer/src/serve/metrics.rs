@@ -1,0 +1,366 @@
+//! `/metrics`: the waits as Prometheus series (by wait kind, call site and object, with a
+//! cap on how many), and the tracer's own health: events, losses, CPU and memory.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{Hash as _, Hasher as _},
+    sync::atomic::AtomicU64,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::aggregate::Profile;
+
+/// The `site` of the series that a full table folds into.
+pub const OTHER_SITE: &str = "other";
+
+/// Distinct folded label sets remembered (as hashes) to report how many were folded;
+/// past this the count stops growing (it is then a lower bound).
+const MAX_FOLDED_REMEMBERED: usize = 100_000;
+
+/// One series of the wait metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct SeriesLabels {
+    /// futex, send, recv, connect, accept, poll.
+    pub kind: String,
+    /// The innermost frame in the program's own code.
+    pub site: String,
+    /// The endpoint or lock waited on; empty when there is nothing to name.
+    pub object: String,
+}
+
+impl SeriesLabels {
+    fn of(stack: &crate::aggregate::ProfileStack) -> Self {
+        Self {
+            kind: stack.kind.name().to_string(),
+            site: stack.call_site().to_string(),
+            object: stack.object.clone().unwrap_or_default(),
+        }
+    }
+
+    fn folded(&self) -> Self {
+        Self {
+            kind: self.kind.clone(),
+            site: OTHER_SITE.to_string(),
+            object: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitTotals {
+    pub waits: u64,
+    pub total_ns: u64,
+}
+
+/// Labelled series with at most `max_series` distinct label sets besides the
+/// per-kind `other` ones.
+#[derive(Debug)]
+pub struct CappedSeries<V> {
+    pub max_series: usize,
+    pub series: HashMap<SeriesLabels, V>,
+    /// Series in `series` that are not a kind's `other`.
+    own_series: usize,
+    /// Hashes of the label sets folded into `other`.
+    folded: HashSet<u64>,
+}
+
+impl<V: Default> CappedSeries<V> {
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            max_series,
+            series: HashMap::new(),
+            own_series: 0,
+            folded: HashSet::new(),
+        }
+    }
+
+    /// The value of `labels`, or of its kind's `other` series when the table is full.
+    pub fn entry(&mut self, labels: SeriesLabels) -> &mut V {
+        if self.series.contains_key(&labels) {
+            return self.series.entry(labels).or_default();
+        }
+        if self.own_series < self.max_series {
+            self.own_series += 1;
+            return self.series.entry(labels).or_default();
+        }
+        if self.folded.len() < MAX_FOLDED_REMEMBERED {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            labels.hash(&mut hasher);
+            self.folded.insert(hasher.finish());
+        }
+        self.series.entry(labels.folded()).or_default()
+    }
+
+    /// How many distinct label sets were folded into `other`.
+    pub fn folded(&self) -> usize {
+        self.folded.len()
+    }
+}
+
+/// The cumulative wait counters, folded in from each metrics window.
+pub type WaitSeries = CappedSeries<WaitTotals>;
+
+impl WaitSeries {
+    /// Adds the waits of one symbolized window.
+    pub fn fold(&mut self, window: &Profile) {
+        for stack in &window.stacks {
+            let totals = self.entry(SeriesLabels::of(stack));
+            totals.waits += stack.stats.waits;
+            totals.total_ns += stack.stats.total_ns;
+        }
+    }
+}
+
+/// The threads blocked now, per series.
+pub fn blocked_series(snapshot: &Profile, max_series: usize) -> CappedSeries<u64> {
+    let mut series = CappedSeries::new(max_series);
+    for stack in &snapshot.stacks {
+        *series.entry(SeriesLabels::of(stack)) += stack.stats.threads.len() as u64;
+    }
+    series
+}
+
+/// What the tracer itself did and lost, over its whole run.
+#[derive(Clone, Debug, Default)]
+pub struct TracerTotals {
+    /// Records read from the ring buffers.
+    pub events: u64,
+    /// Lost events by reason.
+    pub lost: Vec<(&'static str, u64)>,
+}
+
+/// The tracer process's own CPU time and resident memory, from /proc/self.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessUsage {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+}
+
+impl ProcessUsage {
+    pub fn of_self() -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        // SAFETY: as above.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        Self {
+            cpu_seconds: parse_cpu_ticks(&stat).map_or(0.0, |ticks_used| ticks_used as f64 / ticks),
+            resident_bytes: parse_resident_pages(&statm).map_or(0, |pages| pages * page),
+        }
+    }
+}
+
+/// utime + stime (fields 14 and 15 of proc_pid_stat(5)), counted after the comm's ')'.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After ')': state is field 3, so utime (14) is the 12th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The resident pages: the second field of /proc/self/statm.
+fn parse_resident_pages(statm: &str) -> Option<u64> {
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Everything one scrape shows.
+pub struct Scrape<'a> {
+    pub blocked: Option<&'a CappedSeries<u64>>,
+    pub waits: &'a WaitSeries,
+    pub tracer: &'a TracerTotals,
+    pub usage: ProcessUsage,
+}
+
+/// The OpenMetrics text of one scrape.
+pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
+    let Scrape {
+        blocked,
+        waits,
+        tracer,
+        usage,
+    } = scrape;
+    let mut registry = Registry::default();
+
+    let blocked_threads = Family::<SeriesLabels, Gauge>::default();
+    registry.register(
+        "tracer_blocked_threads",
+        "Threads of the target blocked now in a futex or socket wait",
+        blocked_threads.clone(),
+    );
+    let folded = Family::<MetricLabel, Gauge>::default();
+    registry.register(
+        "tracer_folded_series",
+        "Label sets folded into site=\"other\" by the series cap",
+        folded.clone(),
+    );
+    if let Some(blocked) = blocked {
+        for (labels, &threads) in &blocked.series {
+            blocked_threads
+                .get_or_create(labels)
+                .set(clamp_i64(threads));
+        }
+        folded
+            .get_or_create(&MetricLabel {
+                metric: "tracer_blocked_threads".into(),
+            })
+            .set(clamp_i64(blocked.folded() as u64));
+    }
+
+    let wait_seconds = Family::<SeriesLabels, Counter<f64, AtomicU64>>::default();
+    registry.register(
+        "tracer_wait_seconds",
+        "Time the target's threads spent in waits that ended, over --min-wait",
+        wait_seconds.clone(),
+    );
+    let wait_count = Family::<SeriesLabels, Counter>::default();
+    registry.register(
+        "tracer_waits",
+        "Waits of the target that ended, over --min-wait",
+        wait_count.clone(),
+    );
+    for (labels, totals) in &waits.series {
+        wait_seconds
+            .get_or_create(labels)
+            .inc_by(totals.total_ns as f64 / 1e9);
+        wait_count.get_or_create(labels).inc_by(totals.waits);
+    }
+    folded
+        .get_or_create(&MetricLabel {
+            metric: "tracer_waits_total".into(),
+        })
+        .set(clamp_i64(waits.folded() as u64));
+
+    let events = Counter::<u64>::default();
+    registry.register(
+        "tracer_events",
+        "Records read from the probes' ring buffers",
+        events.clone(),
+    );
+    events.inc_by(tracer.events);
+    let lost = Family::<ReasonLabel, Counter>::default();
+    registry.register("tracer_lost_events", "Events lost, by reason", lost.clone());
+    for &(reason, count) in &tracer.lost {
+        lost.get_or_create(&ReasonLabel {
+            reason: reason.to_string(),
+        })
+        .inc_by(count);
+    }
+    let cpu = Counter::<f64, AtomicU64>::default();
+    registry.register(
+        "tracer_cpu_seconds",
+        "CPU time the tracer used (user and system)",
+        cpu.clone(),
+    );
+    cpu.inc_by(usage.cpu_seconds);
+    let resident = Gauge::<i64>::default();
+    registry.register(
+        "tracer_resident_memory_bytes",
+        "Resident memory of the tracer process",
+        resident.clone(),
+    );
+    resident.set(clamp_i64(usage.resident_bytes));
+
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MetricLabel {
+    metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(site: &str) -> SeriesLabels {
+        SeriesLabels {
+            kind: "futex".into(),
+            site: site.into(),
+            object: String::new(),
+        }
+    }
+
+    #[test]
+    fn series_past_the_cap_fold_into_other_and_are_counted() {
+        let mut series = CappedSeries::<u64>::new(2);
+        *series.entry(labels("a")) += 1;
+        *series.entry(labels("b")) += 1;
+        *series.entry(labels("c")) += 1;
+        *series.entry(labels("d")) += 1;
+        *series.entry(labels("c")) += 1;
+        // Known series keep counting once the table is full.
+        *series.entry(labels("a")) += 1;
+        assert_eq!(series.series[&labels("a")], 2);
+        assert_eq!(series.series[&labels(OTHER_SITE)], 3);
+        assert!(!series.series.contains_key(&labels("c")));
+        assert_eq!(series.folded(), 2);
+        assert_eq!(series.series.len(), 3);
+    }
+
+    #[test]
+    fn proc_self_stat_and_statm_parse() {
+        let stat = "42 (tracer (x)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_resident_pages("1000 250 30 1 0 400 0"), Some(250));
+        let usage = ProcessUsage::of_self();
+        assert!(usage.resident_bytes > 0);
+    }
+
+    #[test]
+    fn render_names_the_series_with_their_labels() {
+        let mut waits = WaitSeries::new(10);
+        *waits.entry(labels("app::send_stat")) = WaitTotals {
+            waits: 3,
+            total_ns: 1_500_000_000,
+        };
+        let mut blocked = CappedSeries::<u64>::new(10);
+        *blocked.entry(labels("app::send_stat")) = 32;
+        let tracer = TracerTotals {
+            events: 7,
+            lost: vec![("ring_buffer_full", 2)],
+        };
+        let text = render(&Scrape {
+            blocked: Some(&blocked),
+            waits: &waits,
+            tracer: &tracer,
+            usage: ProcessUsage {
+                cpu_seconds: 1.5,
+                resident_bytes: 4096,
+            },
+        })
+        .unwrap();
+        for line in [
+            r#"tracer_blocked_threads{kind="futex",site="app::send_stat",object=""} 32"#,
+            r#"tracer_wait_seconds_total{kind="futex",site="app::send_stat",object=""} 1.5"#,
+            r#"tracer_waits_total{kind="futex",site="app::send_stat",object=""} 3"#,
+            "tracer_events_total 7",
+            r#"tracer_lost_events_total{reason="ring_buffer_full"} 2"#,
+            "tracer_cpu_seconds_total 1.5",
+            "tracer_resident_memory_bytes 4096",
+            r#"tracer_folded_series{metric="tracer_waits_total"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line} in:\n{text}"
+            );
+        }
+    }
+}

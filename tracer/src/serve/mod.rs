@@ -1,0 +1,367 @@
+//! `tracer serve`: the record pipeline kept running, behind HTTP endpoints that pprof
+//! clients, continuous profilers and Prometheus scrape.
+//!
+//! One module per stage: `follow` (which process; attach, and re-attach when it
+//! restarts; drains the ring buffers) → `collector` (waits into per-window aggregates)
+//! → `worker` (one thread: unwinding of blocked threads, symbolization) → `metrics`
+//! (Prometheus series) and `http` (the endpoints).
+
+mod collector;
+mod follow;
+mod http;
+mod metrics;
+mod worker;
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
+
+use crate::{
+    aggregate::{Profile, ProfileKind, ThreadCounts, TraceCounts},
+    cli::ServeArgs,
+    probes::{ProbeCounters, Probes, ShortWaitsByKind},
+    record::{below_threshold, trace_counts},
+    target,
+};
+
+pub use follow::Wanted;
+
+/// How often the waits gathered for /metrics are folded into the series when nobody
+/// scrapes, so the window stays small.
+const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        pid,
+        comm,
+        listen,
+        min_wait,
+        max_series,
+    } = args;
+    let wanted = match (pid, comm) {
+        (Some(pid), _) => Wanted::Pid(pid),
+        (None, Some(name)) => Wanted::Comm(name),
+        (None, None) => anyhow::bail!("give --pid or --comm"),
+    };
+    target::check_root()?;
+    if let Wanted::Pid(pid) = wanted {
+        crate::target::Target::open(pid)?;
+    }
+    let btf_path = target::btf_path()?;
+    target::ensure_tracefs()?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    if !local.ip().is_loopback() {
+        log::warn!(
+            "listening on {local}, which is not a loopback address: whoever reaches it can read \
+             the target's call stacks"
+        );
+    }
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
+    let shared = Arc::new(Shared::new(
+        wanted.clone(),
+        min_wait,
+        max_series,
+        worker::Worker::start().context("cannot start the symbolizer thread")?,
+    ));
+    eprintln!("tracer: serving {wanted} on http://{local}/");
+    let server = tokio::spawn(http::run(listener, Arc::clone(&shared)));
+    let folder = tokio::spawn({
+        let shared = Arc::clone(&shared);
+        async move {
+            let mut ticks = tokio::time::interval(METRICS_FOLD_INTERVAL);
+            loop {
+                ticks.tick().await;
+                if let Err(err) = shared.fold_metrics_window().await {
+                    log::debug!("metrics window not folded: {err}");
+                }
+            }
+        }
+    });
+    let outcome = tokio::select! {
+        outcome = follow::run(&wanted, &shared, &btf_path, min_wait) => outcome,
+        _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); Ok(()) }
+        _ = sigint.recv() => { log::info!("interrupted: detaching"); Ok(()) }
+    };
+    server.abort();
+    folder.abort();
+    let attached = lock(&shared.attached).take();
+    drop(attached); // detaches the probes
+    log::info!("detached; stopped");
+    outcome
+}
+
+/// Locks a mutex, taking the data even if a panicking thread poisoned it: every
+/// critical section leaves the data consistent.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The attached process and its probes.
+pub struct Attached {
+    pub pid: u32,
+    pub comm: String,
+    pub generation: u64,
+    pub probes: Probes,
+}
+
+/// What the drain task, the endpoints and the follower share.
+pub struct Shared {
+    pub wanted: Wanted,
+    pub min_wait: Duration,
+    pub max_series: usize,
+    pub collector: Mutex<collector::Collector>,
+    pub attached: Mutex<Option<Attached>>,
+    pub worker: worker::Worker,
+    pub waits: Mutex<metrics::WaitSeries>,
+    /// Probe counters of earlier attachments, so totals never go down on re-attach.
+    pub earlier_counters: Mutex<ProbeCounters>,
+}
+
+/// Where an attachment's counters stood when a window opened.
+#[derive(Clone, Debug)]
+pub struct CountsMark {
+    pub generation: u64,
+    pub counts: TraceCounts,
+    pub short_waits: ShortWaitsByKind,
+}
+
+impl Shared {
+    fn new(wanted: Wanted, min_wait: Duration, max_series: usize, worker: worker::Worker) -> Self {
+        Self {
+            wanted,
+            min_wait,
+            max_series,
+            collector: Mutex::new(collector::Collector::default()),
+            attached: Mutex::new(None),
+            worker,
+            waits: Mutex::new(metrics::WaitSeries::new(max_series)),
+            earlier_counters: Mutex::new(ProbeCounters::default()),
+        }
+    }
+
+    /// The pid, name and generation of the attached process.
+    pub fn attached_process(&self) -> Option<(u32, String, u64)> {
+        lock(&self.attached)
+            .as_ref()
+            .map(|a| (a.pid, a.comm.clone(), a.generation))
+    }
+
+    /// The current attachment's counters: what its probes and the decoder saw.
+    pub fn counts_mark(&self) -> Option<CountsMark> {
+        let attached = lock(&self.attached);
+        let attached = attached.as_ref()?;
+        let counters = attached.probes.counters().ok()?;
+        let short_waits = attached.probes.short_waits().ok()?;
+        let collector = lock(&self.collector);
+        let decoder = collector.decoder.as_ref()?;
+        if collector.generation != attached.generation {
+            return None;
+        }
+        let counts = trace_counts(
+            &counters,
+            decoder.walker.truncated_walks,
+            &decoder.targets,
+            decoder.malformed_records,
+        );
+        Some(CountsMark {
+            generation: attached.generation,
+            counts,
+            short_waits,
+        })
+    }
+
+    /// An empty profile of `kind` about the attached process (or the one wanted).
+    pub fn base_profile(&self, kind: ProfileKind, duration: Duration) -> Profile {
+        let (pid, comm) = match self.attached_process() {
+            Some((pid, comm, _)) => (pid, comm),
+            None => (self.wanted.pid().unwrap_or(0), self.wanted.to_string()),
+        };
+        Profile {
+            kind,
+            pid,
+            comm,
+            duration,
+            min_wait: if kind == ProfileKind::Recording {
+                self.min_wait
+            } else {
+                Duration::ZERO
+            },
+            target_exited: false,
+            stacks: Vec::new(),
+            below_threshold: Vec::new(),
+            counts: TraceCounts::default(),
+            thread_counts: ThreadCounts::default(),
+            endpoint_states: Default::default(),
+            thread_names: Default::default(),
+            wakers: Vec::new(),
+        }
+    }
+
+    /// The threads blocked now in the attached process, as a snapshot profile.
+    pub async fn blocked_now(&self) -> Result<Profile, ServeError> {
+        let (generation, known_starts, task_registers) = {
+            let mut attached = lock(&self.attached);
+            let attached = attached.as_mut().ok_or(ServeError::NotAttached)?;
+            let known_starts = attached
+                .probes
+                .waits_in_progress()
+                .map_err(ServeError::Probes)?;
+            let registers = attached
+                .probes
+                .task_registers()
+                .map_err(ServeError::Probes)?;
+            (attached.generation, known_starts, registers)
+        };
+        let frame_pointers = crate::blocked_now::SavedFramePointers::from_tasks(&task_registers);
+        let base = self.base_profile(ProfileKind::Snapshot, Duration::ZERO);
+        Ok(self
+            .worker
+            .blocked_now(generation, base, known_starts, frame_pointers)
+            .await?)
+    }
+
+    /// Folds the waits gathered since the last fold into the Prometheus series.
+    pub async fn fold_metrics_window(&self) -> Result<(), ServeError> {
+        let (generation, window) = {
+            let mut collector = lock(&self.collector);
+            if collector.metrics_window.stacks.is_empty() {
+                return Ok(());
+            }
+            (
+                collector.generation,
+                std::mem::take(&mut collector.metrics_window),
+            )
+        };
+        let base = self.base_profile(ProfileKind::Recording, Duration::ZERO);
+        let profile = self.worker.symbolize(generation, window, base).await?;
+        lock(&self.waits).fold(&profile);
+        Ok(())
+    }
+
+    /// The probe counters over every attachment.
+    pub fn total_counters(&self) -> ProbeCounters {
+        let mut total = *lock(&self.earlier_counters);
+        if let Some(attached) = lock(&self.attached).as_ref()
+            && let Ok(counters) = attached.probes.counters()
+        {
+            for (sum, value) in total.0.iter_mut().zip(counters.0) {
+                *sum += value;
+            }
+        }
+        total
+    }
+
+    /// Records read and events lost, over every attachment.
+    pub fn tracer_totals(&self) -> metrics::TracerTotals {
+        let counters = self.total_counters();
+        let collector = lock(&self.collector);
+        metrics::TracerTotals {
+            events: collector.records_read,
+            lost: vec![
+                ("ring_buffer_full", counters.get(Counter::RingBufferFull)),
+                (
+                    "wake_ring_buffer_full",
+                    counters.get(Counter::WakeRingBufferFull),
+                ),
+                ("in_flight_map_full", counters.get(Counter::InFlightMapFull)),
+                ("stack_unreadable", counters.get(Counter::StackUnreadable)),
+                ("malformed_record", collector.malformed_records()),
+                ("window_full", collector.stacks_dropped),
+            ],
+        }
+    }
+}
+
+/// The counts of a window: what the attachment saw since `mark` (all of it when the
+/// target was re-attached meanwhile).
+pub fn counts_since(
+    now: &CountsMark,
+    mark: Option<&CountsMark>,
+) -> (TraceCounts, ShortWaitsByKind) {
+    let Some(mark) = mark.filter(|mark| mark.generation == now.generation) else {
+        return (now.counts.clone(), now.short_waits);
+    };
+    let TraceCounts {
+        calls_entered,
+        returned_without_waiting,
+        short_waits,
+        long_waits,
+        ring_buffer_full,
+        stack_unreadable,
+        stack_shortened,
+        in_flight_map_full,
+        wakes_seen,
+        wake_ring_buffer_full,
+        unwind_truncated,
+        unknown_symbols,
+        non_socket_io,
+        unresolved_descriptors,
+        malformed_records,
+    } = &now.counts;
+    let then = &mark.counts;
+    let counts = TraceCounts {
+        calls_entered: calls_entered.saturating_sub(then.calls_entered),
+        returned_without_waiting: returned_without_waiting
+            .saturating_sub(then.returned_without_waiting),
+        short_waits: short_waits.saturating_sub(then.short_waits),
+        long_waits: long_waits.saturating_sub(then.long_waits),
+        ring_buffer_full: ring_buffer_full.saturating_sub(then.ring_buffer_full),
+        stack_unreadable: stack_unreadable.saturating_sub(then.stack_unreadable),
+        stack_shortened: stack_shortened.saturating_sub(then.stack_shortened),
+        in_flight_map_full: in_flight_map_full.saturating_sub(then.in_flight_map_full),
+        wakes_seen: wakes_seen.saturating_sub(then.wakes_seen),
+        wake_ring_buffer_full: wake_ring_buffer_full.saturating_sub(then.wake_ring_buffer_full),
+        unwind_truncated: unwind_truncated.saturating_sub(then.unwind_truncated),
+        unknown_symbols: unknown_symbols.saturating_sub(then.unknown_symbols),
+        non_socket_io: non_socket_io.saturating_sub(then.non_socket_io),
+        unresolved_descriptors: unresolved_descriptors.saturating_sub(then.unresolved_descriptors),
+        malformed_records: malformed_records.saturating_sub(then.malformed_records),
+    };
+    let mut short = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
+    for (kind, slot) in short.iter_mut().enumerate() {
+        slot.count = now.short_waits[kind]
+            .count
+            .saturating_sub(mark.short_waits[kind].count);
+        slot.total_ns = now.short_waits[kind]
+            .total_ns
+            .saturating_sub(mark.short_waits[kind].total_ns);
+    }
+    (counts, short)
+}
+
+/// The per-kind totals under the threshold, as a profile holds them.
+pub fn short_wait_rows(
+    short: &ShortWaitsByKind,
+) -> Vec<(tracer_common::WaitKind, ShortWaitTotals)> {
+    below_threshold(short)
+}
+
+/// Why an endpoint cannot answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// No process is attached (the followed one exited and none restarted yet).
+    #[error("no process attached yet")]
+    NotAttached,
+    /// Reading the probes' maps failed.
+    #[error("cannot read the probes")]
+    Probes(#[source] crate::probes::ProbeError),
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+}
