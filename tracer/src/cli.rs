@@ -133,6 +133,23 @@ pub struct RecordArgs {
     /// Rows in the call-site table printed to stdout.
     #[arg(long, default_value_t = 15)]
     pub top: usize,
+
+    /// Probe map sizes (for tests that force losses).
+    #[command(flatten)]
+    pub maps: MapSizes,
+}
+
+/// Sizes of the probes' maps. The defaults suit any process; tests shrink them to force
+/// the losses every report must count.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct MapSizes {
+    /// Bytes of the ring buffer for long waits (a power of two, at least 4096).
+    #[arg(long, hide = true)]
+    pub ring_buffer_bytes: Option<u32>,
+
+    /// Threads that can be inside a watched call at once.
+    #[arg(long, hide = true)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).

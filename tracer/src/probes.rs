@@ -8,6 +8,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter, TracePoint},
 };
+use crate::cli::MapSizes;
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT, WaitKind,
 };
@@ -51,6 +52,8 @@ pub enum ProbeError {
 pub struct ProbeConfig {
     pub tgid: u32,
     pub min_wait: Duration,
+    /// Overrides of the maps' built-in sizes.
+    pub maps: MapSizes,
 }
 
 /// The loaded probes (attached by `attach_wait_probes`).
@@ -82,7 +85,15 @@ impl Probes {
             }
         })?;
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let MapSizes { ring_buffer_bytes, max_in_flight } = config.maps;
+        if let Some(bytes) = ring_buffer_bytes {
+            loader.map_max_entries("WAITS", bytes);
+        }
+        if let Some(threads) = max_in_flight {
+            loader.map_max_entries("IN_FLIGHT", threads);
+        }
+        let ebpf = loader
             .btf(Some(&btf))
             .override_global("TARGET_TGID", &config.tgid, true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)

@@ -33,7 +33,7 @@ use crate::{
 use tracer_common::Counter;
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let RecordArgs { pid, duration, min_wait, outputs, top } = args;
+    let RecordArgs { pid, duration, min_wait, outputs, top, maps } = args;
     // Checks in the order that leaves nothing behind: formats, privileges, target,
     // kernel, then the files themselves.
     for path in &outputs {
@@ -51,7 +51,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let image = ProcessImage::snapshot(pid)
         .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
     let mut collector = WaitCollector::new(pid, StackWalker::new(pid, image));
-    let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait }, &btf_path)?;
+    let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait, maps }, &btf_path)?;
     probes.attach_wait_probes()?;
     let mut rings = RingBuffers::take(&mut probes)?;
     eprintln!(

@@ -35,7 +35,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     // Only the task iterator runs: it reads the saved registers, nothing is attached
     // to the process.
     let mut probes = Probes::open(
-        ProbeConfig { tgid: pid, min_wait: std::time::Duration::ZERO },
+        ProbeConfig { tgid: pid, min_wait: std::time::Duration::ZERO, maps: Default::default() },
         &btf_path,
     )?;
     let frame_pointers = SavedFramePointers::from_tasks(&probes.task_registers()?);

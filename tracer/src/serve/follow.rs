@@ -124,10 +124,7 @@ fn attach(
     let walker = StackWalker::new(pid, image("unwinding")?);
     shared.worker.attach(generation, pid, image("symbolizing")?);
     let mut probes = Probes::open(
-        ProbeConfig {
-            tgid: pid,
-            min_wait,
-        },
+        ProbeConfig { tgid: pid, min_wait, maps: Default::default() },
         btf_path,
     )?;
     probes.attach_wait_probes()?;

@@ -1,0 +1,103 @@
+//! Every loss is counted and reported: each test forces one (a ring buffer too small for a
+//! single record, an in-flight map of one entry, callers beyond the stack copy) on a real
+//! workload and asserts the report's `lost:` line counts it. Real kernel, run as root, one
+//! test at a time (`--test-threads=1`).
+
+use std::{process::Command, time::Duration};
+
+use tracer_tests::{TempDir, read_folded, start_workload, tracer_record};
+
+/// Threads of the deep-stack workload; each ends a 5 ms wait about 200 times a second.
+const THREADS: &str = "4";
+/// Long enough for hundreds of long waits.
+const RECORD: &str = "1s";
+/// Generous bound so a hang fails the test instead of blocking the suite.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// The smallest ring buffer the kernel accepts (one page): a wait record (16 KiB of stack
+/// copy) never fits, so every long wait is lost to "ring buffer full".
+const TINY_RING_BUFFER: &str = "4096";
+
+fn deep_stack() -> tracer_tests::ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deep-stack"));
+    cmd.args(["--threads", THREADS, "--seconds", "30"]);
+    start_workload("deep-stack", cmd)
+}
+
+/// The number before `what` in the report's `lost:` paragraph (the line and its indented
+/// continuation lines).
+fn lost(stdout: &str, what: &str) -> u64 {
+    let mut lines = stdout.lines().skip_while(|line| !line.starts_with("lost: "));
+    let first = lines.next().unwrap_or_else(|| panic!("no lost: line in\n{stdout}"));
+    let paragraph: Vec<&str> = std::iter::once(first)
+        .chain(lines.take_while(|line| line.starts_with(' ')))
+        .map(str::trim)
+        .collect();
+    let paragraph = paragraph.join(" ");
+    paragraph
+        .trim_start_matches("lost: ")
+        .split(',')
+        .find_map(|item| item.trim().strip_suffix(what)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{what}` count in {paragraph:?}"))
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted() {
+    let workload = deep_stack();
+    let out = tracer_record(
+        workload.pid(),
+        &["--duration", RECORD, "--ring-buffer-bytes", TINY_RING_BUFFER],
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let full = lost(&out.stdout, "ring buffer full");
+    println!("ring buffer full: {full}");
+    assert!(full > 0, "nothing counted as lost:\n{}", out.stdout);
+}
+
+#[test]
+fn a_full_in_flight_map_is_counted() {
+    let workload = deep_stack();
+    // One entry for four threads that wait at the same time.
+    let out = tracer_record(
+        workload.pid(),
+        &["--duration", RECORD, "--max-in-flight", "1"],
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let full = lost(&out.stdout, "in-flight map full");
+    println!("in-flight map full: {full}");
+    assert!(full > 0, "nothing counted as lost:\n{}", out.stdout);
+}
+
+#[test]
+fn callers_beyond_the_stack_copy_are_counted_as_truncated_unwinds() {
+    let workload = deep_stack();
+    let dir = TempDir::new("losses");
+    let folded = dir.join("deep.folded");
+    let folded_arg = folded.to_string_lossy().into_owned();
+    let out = tracer_record(
+        workload.pid(),
+        &["--duration", RECORD, "--output", &folded_arg],
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let truncated = lost(&out.stdout, "unwinds truncated");
+    println!("unwinds truncated: {truncated}");
+    assert!(truncated > 0, "nothing counted as truncated:\n{}", out.stdout);
+    // The truncated stacks are in the report, marked, and reach the big frame but not its
+    // caller (64 KiB above, beyond the 16 KiB copy).
+    let stacks = read_folded(&folded);
+    let marked: Vec<_> = stacks
+        .iter()
+        .filter(|stack| stack.frames.get(1).is_some_and(|frame| frame == "[truncated]"))
+        .collect();
+    assert!(!marked.is_empty(), "no [truncated] stack in {stacks:#?}");
+    assert!(
+        marked.iter().any(|stack| stack.has_function("big_frame")),
+        "no truncated stack reaches big_frame: {marked:#?}"
+    );
+    assert!(
+        !marked.iter().any(|stack| stack.has_function("below_big_frame")),
+        "a stack reached below_big_frame, beyond the copy: {marked:#?}"
+    );
+}
