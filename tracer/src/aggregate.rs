@@ -246,15 +246,6 @@ pub struct ProfileStack {
 }
 
 impl ProfileStack {
-    /// The stack's width in a flamegraph: blocked time in a recording (µs), threads in
-    /// a snapshot.
-    pub fn weight(&self, kind: ProfileKind) -> u64 {
-        match kind {
-            ProfileKind::Recording => self.stats.total_ns / 1_000,
-            ProfileKind::Snapshot => self.stats.threads.len() as u64,
-        }
-    }
-
     /// The innermost frame in the program's own code: not libc, not the language's
     /// standard library or runtime. Falls back to the innermost named frame.
     pub fn call_site(&self) -> &str {

@@ -73,8 +73,11 @@ struct Builder {
     mappings: Vec<proto::Mapping>,
     mapping_ids: HashMap<String, u64>,
     locations: Vec<proto::Location>,
-    location_ids: HashMap<(u64, u64, Vec<(u64, i64)>), u64>,
+    location_ids: HashMap<LocationKey, u64>,
 }
+
+/// A location by mapping, address and lines (function id, line number), innermost first.
+type LocationKey = (u64, u64, Vec<(u64, i64)>);
 
 impl Builder {
     fn new() -> Self {

@@ -92,7 +92,7 @@ fn replace_value(value: &mut serde_json::Value, mut path: usize, replacement: &s
         Value::Array(items) => items.iter_mut().collect(),
         _ => Vec::new(),
     };
-    if children.is_empty() || path % 4 == 0 {
+    if children.is_empty() || path.is_multiple_of(4) {
         *value = replacement.clone();
         return;
     }
