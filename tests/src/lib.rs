@@ -1330,3 +1330,123 @@ impl Prometheus {
         response.text()
     }
 }
+
+/// The Go workload of the goroutine tests (modes `recv N` and `pileup N`), built with
+/// Debian's `golang-go` at run time.
+pub const GO_GOROUTINES_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/go/goroutines.go");
+
+/// Builds a Go program into `dir` with `go build` (its cache and home inside `dir`, so the
+/// test writes nothing elsewhere); `stripped` adds `-ldflags=-s -w` (no symbols, no DWARF).
+pub fn build_go(dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf {
+    let out = dir.join(name);
+    let mut cmd = Command::new("go");
+    cmd.arg("build").arg("-o").arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    cmd.arg(source)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("HOME", dir)
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GO111MODULE", "off");
+    let result = run_with_timeout(&format!("go build {name}"), cmd, Duration::from_secs(300));
+    assert!(
+        result.status.success(),
+        "go build {name} failed ({}): {}",
+        result.status,
+        result.stderr
+    );
+    out
+}
+
+/// Starts the Go workload `bin mode n` and returns it with the loopback port serving its own
+/// `net/http/pprof` (it prints `ready PORT` once its goroutines have parked).
+pub fn start_go_goroutines(bin: &Path, mode: &str, n: usize, timeout: Duration) -> (ChildGuard, u16) {
+    let mut cmd = Command::new(bin);
+    cmd.arg(mode).arg(n.to_string());
+    let (guard, line) = spawn_and_read_line_within(&format!("goroutines {mode}"), cmd, timeout);
+    let port = line
+        .strip_prefix("ready ")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("goroutines {mode}: expected `ready PORT`, got {line:?}"));
+    (guard, port)
+}
+
+/// One group of a Go goroutine profile (pprof's `debug=1` text, or `tracer snapshot`'s
+/// table of a Go process): how many goroutines, the functions of their frames leaf first,
+/// and (tracer only) the headline function and the wait reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoroutineGroup {
+    pub count: u64,
+    pub headline: String,
+    pub reason: String,
+    pub functions: Vec<String>,
+}
+
+/// The groups of a `debug=1` goroutine profile: `N @ 0x… 0x…` lines, each followed by
+/// `#\t0xADDR\tfunction+0xOFF\tfile:line` frame lines.
+pub fn parse_pprof_goroutines(text: &str) -> Vec<GoroutineGroup> {
+    let mut groups: Vec<GoroutineGroup> = Vec::new();
+    for line in text.lines() {
+        if let Some((count, _)) = line.split_once(" @ ")
+            && let Ok(count) = count.trim().parse()
+        {
+            groups.push(GoroutineGroup { count, headline: String::new(), reason: String::new(), functions: Vec::new() });
+        } else if let Some(frame) = line.strip_prefix('#')
+            && let Some(group) = groups.last_mut()
+        {
+            let mut fields = frame.split_whitespace();
+            let _address = fields.next();
+            if let Some(function) = fields.next() {
+                let name = function.rsplit_once("+0x").map_or(function, |(name, _)| name);
+                group.functions.push(name.to_owned());
+            }
+        }
+    }
+    groups
+}
+
+/// The Go program's own goroutine profile, fetched from its `net/http/pprof`.
+pub fn pprof_goroutines(port: u16) -> Vec<GoroutineGroup> {
+    let response = http_get(port, "/debug/pprof/goroutine?debug=1", Duration::from_secs(30));
+    assert_eq!(response.status, 200, "pprof goroutine profile: {}", response.text());
+    parse_pprof_goroutines(&response.text())
+}
+
+/// The groups `tracer snapshot` prints for a Go process: `N @ headline [reason]` (the
+/// reason may carry `, longest ≥…`), then `#\tfunction\tfile:line` lines.
+pub fn parse_goroutine_table(stdout: &str) -> Vec<GoroutineGroup> {
+    let mut groups: Vec<GoroutineGroup> = Vec::new();
+    for line in stdout.lines() {
+        if let Some((count, rest)) = line.split_once(" @ ")
+            && let Ok(count) = count.trim().parse()
+            && let Some((headline, reason)) = rest.split_once(" [")
+        {
+            let reason = reason.trim_end_matches(']');
+            let reason = reason.split_once(", longest").map_or(reason, |(reason, _)| reason);
+            groups.push(GoroutineGroup {
+                count,
+                headline: headline.to_owned(),
+                reason: reason.to_owned(),
+                functions: Vec::new(),
+            });
+        } else if let Some(frame) = line.strip_prefix("#\t")
+            && let Some(group) = groups.last_mut()
+        {
+            let function = frame.split('\t').next().unwrap_or_default();
+            group.functions.push(function.to_owned());
+        }
+    }
+    groups
+}
+
+/// Goroutines in the groups whose frames include `function`.
+pub fn goroutines_at(groups: &[GoroutineGroup], function: &str) -> u64 {
+    groups
+        .iter()
+        .filter(|group| group.functions.iter().any(|name| name == function))
+        .map(|group| group.count)
+        .sum()
+}

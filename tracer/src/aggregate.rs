@@ -26,6 +26,13 @@ pub struct WaitStats {
     /// Some durations are lower bounds (waits that began before tracing, aged from
     /// the scheduler's accounting): reports print them as `≥`.
     pub lower_bound: bool,
+    /// Waits by duration: bucket `k` counts the waits of [2^k, 2^(k+1)) nanoseconds.
+    pub log2_histogram: BTreeMap<u32, u64>,
+}
+
+/// The log2 bucket of a duration (0 for zero).
+pub fn log2_bucket(duration_ns: u64) -> u32 {
+    duration_ns.checked_ilog2().unwrap_or(0)
 }
 
 impl WaitStats {
@@ -35,6 +42,7 @@ impl WaitStats {
         self.total_ns += duration_ns;
         self.max_ns = self.max_ns.max(duration_ns);
         self.threads.insert(tid);
+        *self.log2_histogram.entry(log2_bucket(duration_ns)).or_default() += 1;
     }
 
     /// Adds a wait whose duration is only known to be at least `duration_ns`.
@@ -44,7 +52,8 @@ impl WaitStats {
     }
 
     pub fn merge(&mut self, other: &WaitStats) {
-        let WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound } = other;
+        let WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound, log2_histogram } =
+            other;
         if *waits == 0 {
             return;
         }
@@ -54,6 +63,9 @@ impl WaitStats {
         self.max_ns = self.max_ns.max(*max_ns);
         self.threads.extend(threads);
         self.lower_bound |= lower_bound;
+        for (bucket, count) in log2_histogram {
+            *self.log2_histogram.entry(*bucket).or_default() += count;
+        }
     }
 }
 
@@ -342,6 +354,10 @@ pub struct ThreadCounts {
 pub struct Profile {
     pub kind: ProfileKind,
     pub pid: u32,
+    /// When the recording (or snapshot) began, nanoseconds since the Unix epoch.
+    pub start_unix_ns: Option<u64>,
+    /// The target's command line, read when tracing began.
+    pub command_line: Option<Vec<String>>,
     pub comm: String,
     pub duration: Duration,
     pub min_wait: Duration,
@@ -432,6 +448,8 @@ pub(crate) mod tests {
         stats.add(1, 10);
         assert_eq!((stats.waits, stats.total_ns, stats.min_ns, stats.max_ns), (3, 60, 10, 30));
         assert_eq!(stats.threads.len(), 2);
+        // 10 and 20 fall in [8, 16) and [16, 32); 30 in [16, 32).
+        assert_eq!(stats.log2_histogram, [(3, 1), (4, 2)].into());
         assert!(!stats.lower_bound);
     }
 
@@ -445,6 +463,7 @@ pub(crate) mod tests {
         exact.merge(&estimated);
         exact.merge(&WaitStats::default());
         assert_eq!((exact.waits, exact.min_ns, exact.max_ns), (3, 5, 500));
+        assert_eq!(exact.log2_histogram.values().sum::<u64>(), 3);
         assert!(exact.lower_bound);
         assert_eq!(exact.threads.len(), 3);
     }
@@ -527,6 +546,8 @@ pub(crate) mod tests {
         let base = Profile {
             kind: ProfileKind::Recording,
             pid: 1,
+            start_unix_ns: None,
+            command_line: None,
             comm: "app".into(),
             duration: Duration::from_secs(1),
             min_wait: Duration::from_millis(1),

@@ -3,12 +3,14 @@
 //! Data flow, one module per stage: `probes` (kernel) → `record` (wait records) and
 //! `threads`/`blocked_now` (threads blocked now, from /proc; `snapshot`) → `stacks`
 //! (unwinding, symbols) → `aggregate` (the data model) → `report` (exporters);
+//! `golang` (goroutines of Go programs, for `snapshot`);
 //! `report_cmd` (`tracer report`) reads saved profiles back into the exporters;
 //! `serve` keeps the record pipeline running behind HTTP endpoints.
 
 mod aggregate;
 mod blocked_now;
 mod cli;
+mod golang;
 mod locks;
 mod probes;
 mod record;

@@ -62,6 +62,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let stop = wait_for_stop(&target, duration, &mut rings, &mut collector).await?;
     let elapsed = started.elapsed();
     // Waits that ended just before the stop are still in the buffer.
@@ -99,6 +100,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let base = Profile {
         kind: ProfileKind::Recording,
         pid,
+        start_unix_ns: target::unix_ns(started_at),
+        command_line: target.command_line.clone(),
         comm: target.comm.clone(),
         duration: elapsed,
         min_wait,

@@ -10,6 +10,7 @@ use crate::{
     aggregate::{Profile, ProfileKind, TraceCounts, WaitAggregate},
     blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
     cli::SnapshotArgs,
+    golang,
     locks::LockNamer,
     report::{Format, Output, summary::render_summary},
     stacks::{ProcessImage, StackSymbolizer, StackWalker},
@@ -25,6 +26,16 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     }
     target::check_root()?;
     let target = Target::open(pid)?;
+    // A Go program's goroutines wait in the Go scheduler, not in the kernel: read them.
+    let image = ProcessImage::snapshot(pid).map_err(|err| exited_or(&target, err.into()))?;
+    let is_go = image
+        .modules()
+        .iter()
+        .any(|module| module.is_main_executable && golang::is_go(module.file_bytes()));
+    if is_go {
+        return golang::snapshot(&target, &image, &outputs, top);
+    }
+    drop(image);
     let btf_path = target::btf_path()?;
     let outputs = outputs
         .iter()
@@ -32,6 +43,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     // Only the task iterator runs: it reads the saved registers, nothing is attached
     // to the process.
     let mut probes = Probes::open(
@@ -60,6 +72,8 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let base = Profile {
         kind: ProfileKind::Snapshot,
         pid,
+        start_unix_ns: target::unix_ns(started_at),
+        command_line: target.command_line.clone(),
         comm: target.comm.clone(),
         duration: started.elapsed(),
         min_wait: std::time::Duration::ZERO,

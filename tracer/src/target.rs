@@ -58,6 +58,8 @@ pub struct Target {
     pub pid: u32,
     /// The process name (/proc/PID/comm).
     pub comm: String,
+    /// Its command line (/proc/PID/cmdline), when readable.
+    pub command_line: Option<Vec<String>>,
     /// Becomes readable when the process exits.
     pub pidfd: OwnedFd,
 }
@@ -94,7 +96,17 @@ impl Target {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        Ok(Self { pid, comm, pidfd })
+        let command_line = fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .filter(|bytes| !bytes.is_empty())
+            .map(|bytes| {
+                bytes
+                    .split(|&byte| byte == 0)
+                    .filter(|arg| !arg.is_empty())
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                    .collect()
+            });
+        Ok(Self { pid, comm, command_line, pidfd })
     }
 
     /// Whether the process has exited (its pidfd polls readable).
@@ -124,6 +136,12 @@ fn parse_stat(line: &str) -> Option<ProcStat> {
     let state = fields.next()?.chars().next()?;
     let flags = fields.nth(5)?.parse().ok()?;
     Some(ProcStat { comm, state, flags })
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn unix_ns(time: std::time::SystemTime) -> Option<u64> {
+    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since_epoch.as_nanos()).ok()
 }
 
 /// Tracing needs root.
@@ -203,6 +221,7 @@ mod tests {
         let target = Target::open(std::process::id()).unwrap();
         assert_eq!(target.pid, std::process::id());
         assert!(!target.comm.is_empty());
+        assert!(target.command_line.as_ref().is_some_and(|args| !args.is_empty()));
         assert!(!target.has_exited());
     }
 }

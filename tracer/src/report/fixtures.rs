@@ -101,6 +101,8 @@ pub(crate) fn fixture_profile() -> Profile {
     Profile {
         kind: ProfileKind::Recording,
         pid: 4242,
+        start_unix_ns: None,
+        command_line: None,
         comm: "app".to_string(),
         duration: Duration::from_millis(3_000),
         min_wait: Duration::from_millis(1),

@@ -89,6 +89,8 @@ mod tests {
         Profile {
             kind: ProfileKind::Recording,
             pid: 42,
+            start_unix_ns: None,
+            command_line: None,
             comm: "pile;up".into(),
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),

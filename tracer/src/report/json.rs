@@ -36,8 +36,7 @@ pub struct JsonProfile {
     pub target: JsonTarget,
     /// The kernel release (`uname -r`), when known.
     pub kernel: Option<String>,
-    /// When the recording started, nanoseconds since the Unix epoch; not yet recorded
-    /// (always null in files of this version).
+    /// When the recording (or snapshot) started, nanoseconds since the Unix epoch.
     pub start_unix_ns: Option<u64>,
     pub duration_ns: u64,
     /// Waits at least this long carry a stack (0 in a snapshot).
@@ -102,6 +101,10 @@ pub struct JsonStack {
     pub lower_bound: bool,
     /// The ids of the threads that waited here.
     pub threads: Vec<u32>,
+    /// Waits by duration: key `k` counts the waits of [2^k, 2^(k+1)) nanoseconds (of
+    /// waits in progress: their ages).
+    #[serde(default)]
+    pub log2_histogram: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,6 +196,8 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
     let Profile {
         kind,
         pid,
+        start_unix_ns,
+        command_line: profile_command_line,
         comm,
         duration,
         min_wait,
@@ -217,11 +222,12 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         target: JsonTarget {
             pid: *pid,
             comm: comm.clone(),
-            command_line: command_line.clone(),
+            // Read when tracing began, else (an older profile) when the report was written.
+            command_line: profile_command_line.clone().or_else(|| command_line.clone()),
             exited: *target_exited,
         },
         kernel: kernel.clone(),
-        start_unix_ns: None,
+        start_unix_ns: *start_unix_ns,
         duration_ns: duration.as_nanos() as u64,
         min_wait_ns: min_wait.as_nanos() as u64,
         stacks: stacks.iter().map(json_stack).collect(),
@@ -276,6 +282,7 @@ fn json_stack(stack: &ProfileStack) -> JsonStack {
         max_ns,
         threads,
         lower_bound,
+        log2_histogram,
     } = stats;
     JsonStack {
         kind: kind.name().to_string(),
@@ -289,6 +296,7 @@ fn json_stack(stack: &ProfileStack) -> JsonStack {
         max_ns: *max_ns,
         lower_bound: *lower_bound,
         threads: threads.iter().copied().collect(),
+        log2_histogram: log2_histogram.clone(),
     }
 }
 
@@ -411,7 +419,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         kind,
         target,
         kernel,
-        start_unix_ns: _,
+        start_unix_ns,
         duration_ns,
         min_wait_ns,
         stacks,
@@ -487,6 +495,8 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     let profile = Profile {
         kind,
         pid,
+        start_unix_ns,
+        command_line: command_line.clone(),
         comm,
         duration: Duration::from_nanos(duration_ns),
         min_wait: Duration::from_nanos(min_wait_ns),
@@ -522,6 +532,7 @@ fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
         max_ns,
         lower_bound,
         threads,
+        log2_histogram,
     } = stack;
     let kind = parse_wait_kind(&kind).ok_or_else(|| format!("unknown wait kind {kind:?}"))?;
     if min_ns > max_ns {
@@ -536,6 +547,7 @@ fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
         max_ns,
         threads,
         lower_bound,
+        log2_histogram,
     };
     Ok(ProfileStack {
         frames,

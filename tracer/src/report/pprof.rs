@@ -289,7 +289,9 @@ fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::P
         string_table: strings,
         drop_frames: 0,
         keep_frames: 0,
-        time_nanos: 0,
+        time_nanos: profile
+            .start_unix_ns
+            .map_or(0, |start| i64::try_from(start).unwrap_or(i64::MAX)),
         duration_nanos: profile.duration.as_nanos().min(i64::MAX as u128) as i64,
         period_type,
         // Every wait is counted, none sampled.
@@ -725,9 +727,12 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
             _ => {}
         }
     }
+    let command_line = comment("command line").map(split_shell_words);
     let profile = Profile {
         kind,
         pid,
+        start_unix_ns: u64::try_from(decoded.time_nanos).ok().filter(|&start| start > 0),
+        command_line: command_line.clone(),
         comm: comment("comm").unwrap_or_default().to_string(),
         duration: Duration::from_nanos(decoded.duration_nanos.max(0) as u64),
         min_wait: Duration::from_nanos(min_wait_ns),
@@ -744,7 +749,7 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
     let provenance = Provenance {
         tracer_version: tracer_version.to_string(),
         kernel: comment("kernel").map(str::to_string),
-        command_line: comment("command line").map(split_shell_words),
+        command_line,
     };
     Ok(SavedProfile {
         profile,
@@ -941,7 +946,11 @@ mod tests {
     #[test]
     fn a_profile_survives_the_round_trip() {
         let mut profile = fixture_profile();
-        profile.wakers.clear(); // pprof has no place for them
+        // pprof has no place for wakers or per-stack duration histograms.
+        profile.wakers.clear();
+        for stack in &mut profile.stacks {
+            stack.stats.log2_histogram.clear();
+        }
         let saved = read_pprof(&encode(&profile)).unwrap();
         assert_eq!(folded_lines(&saved.profile), folded_lines(&profile));
         let json = |profile: &Profile, provenance: &Provenance| {

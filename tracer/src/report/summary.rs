@@ -471,6 +471,8 @@ mod tests {
         Profile {
             kind: ProfileKind::Recording,
             pid: 4242,
+            start_unix_ns: None,
+            command_line: None,
             comm: "app".into(),
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),

@@ -193,9 +193,12 @@ impl Shared {
             Some((pid, comm, _)) => (pid, comm),
             None => (self.wanted.pid().unwrap_or(0), self.wanted.to_string()),
         };
+        let start = std::time::SystemTime::now().checked_sub(duration);
         Profile {
             kind,
             pid,
+            start_unix_ns: start.and_then(crate::target::unix_ns),
+            command_line: None,
             comm,
             duration,
             min_wait: if kind == ProfileKind::Recording {

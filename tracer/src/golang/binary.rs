@@ -1,0 +1,457 @@
+//! Recognising a Go binary and finding in it what reading goroutines needs: the Go version
+//! (`.go.buildinfo`), the field offsets of `runtime.g` and `runtime.gobuf` (DWARF, else
+//! known offsets for the version), the address of `runtime.allgs`, the runtime's table of
+//! wait-reason names, and `.gopclntab` for names, files and lines.
+
+use std::borrow::Cow;
+use std::io::Read as _;
+
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+use super::pclntab::{Pclntab, PclntabError};
+
+/// `.go.buildinfo` starts with this magic, then the pointer size and a flags byte.
+const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
+/// Flag: the version and module strings are inline (Go 1.18+), varint-length-prefixed at
+/// offset 32.
+const BUILDINFO_INLINE_STRINGS: u8 = 0x2;
+const BUILDINFO_STRINGS_AT: usize = 32;
+
+/// `waitReasonGCAssistMarking`'s name: index 1 of `runtime.waitReasonStrings` in every
+/// runtime this reader knows (Go 1.19–1.22), and a string no other table holds there.
+const SECOND_WAIT_REASON: &[u8] = b"GC assist marking";
+/// A wait reason's name is short; a longer "string" means the table has ended.
+const MAX_WAIT_REASON_LEN: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoBinaryError {
+    #[error("cannot parse the executable as ELF")]
+    Elf(#[source] object::Error),
+    #[error("no .gopclntab section")]
+    NoPclntab,
+    #[error("cannot read .gopclntab")]
+    Pclntab(#[source] PclntabError),
+    #[error("cannot read the executable's DWARF")]
+    Dwarf(#[source] gimli::Error),
+    /// No DWARF and a Go version whose `runtime.g` layout we do not know.
+    #[error(
+        "{version}: no DWARF and no known runtime.g layout for this Go version (known: go1.19 to go1.22 on amd64); build without -w"
+    )]
+    UnknownLayout { version: String },
+    #[error("cannot find runtime.allgs (neither a symbol nor in runtime.allgadd's code)")]
+    NoAllgs,
+}
+
+/// Byte offsets of the `runtime.g` fields a snapshot reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GLayout {
+    /// `g.stack.hi`: the top (highest address) of the goroutine's stack.
+    pub stack_hi: u64,
+    /// `g.sched`, a `runtime.gobuf`, and its `sp`, `pc`, `bp` (relative to `sched`).
+    pub sched: u64,
+    pub gobuf_sp: u64,
+    pub gobuf_pc: u64,
+    pub gobuf_bp: u64,
+    /// `g.atomicstatus` (uint32; `atomic.Uint32` since Go 1.20, same layout).
+    pub atomicstatus: u64,
+    /// `g.goid` (int64; uint64 since Go 1.20).
+    pub goid: u64,
+    /// `g.waitsince`: `nanotime()` when the wait began, recorded only by a GC that saw
+    /// the goroutine blocked (so 0 for young waits).
+    pub waitsince: u64,
+    /// `g.waitreason` (uint8), an index into `runtime.waitReasonStrings`.
+    pub waitreason: u64,
+}
+
+impl GLayout {
+    /// Go 1.19 to 1.22 on amd64 (`runtime/runtime2.go`): `stack` (lo, hi) at 0,
+    /// stackguard0/1, `_panic`, `_defer`, `m`, then `sched` at 56 (a 7-word `gobuf`: sp,
+    /// pc, g, ctxt, ret, lr, bp), syscallsp, syscallpc, stktopsp, param, then
+    /// atomicstatus at 144, stackLock, goid at 152, schedlink, waitsince at 168 and
+    /// waitreason at 176. Checked against go1.19's DWARF; Go 1.23 inserted `syscallbp`
+    /// after syscallpc, moving everything from atomicstatus on, so it is not listed.
+    pub const GO1_19_TO_1_22_AMD64: GLayout = GLayout {
+        stack_hi: 8,
+        sched: 56,
+        gobuf_sp: 0,
+        gobuf_pc: 8,
+        gobuf_bp: 48,
+        atomicstatus: 144,
+        goid: 152,
+        waitsince: 168,
+        waitreason: 176,
+    };
+
+    /// The known layout for a build-info version such as "go1.21.4".
+    pub fn for_version(version: &str) -> Option<GLayout> {
+        let minor: u32 = version
+            .strip_prefix("go1.")?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        (19..=22)
+            .contains(&minor)
+            .then_some(Self::GO1_19_TO_1_22_AMD64)
+    }
+
+    /// How many bytes from the start of a `g` hold every field read.
+    pub fn read_len(&self) -> usize {
+        let ends = [
+            self.stack_hi + 8,
+            self.sched + self.gobuf_sp + 8,
+            self.sched + self.gobuf_pc + 8,
+            self.sched + self.gobuf_bp + 8,
+            self.atomicstatus + 4,
+            self.goid + 8,
+            self.waitsince + 8,
+            self.waitreason + 1,
+        ];
+        let end = ends.into_iter().max().unwrap_or_default();
+        usize::try_from(end.next_multiple_of(8)).unwrap_or(usize::MAX)
+    }
+}
+
+/// Where the `runtime.g` layout came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutSource {
+    Dwarf,
+    KnownVersion,
+}
+
+/// What a goroutine snapshot needs from the binary; addresses are link-time (add the
+/// module's bias for the process's addresses).
+pub struct GoBinary<'a> {
+    /// e.g. "go1.19.8", or "unknown" without build info.
+    pub version: String,
+    pub layout: GLayout,
+    pub layout_source: LayoutSource,
+    /// The `[]*g` slice header `runtime.allgs`.
+    pub allgs: u64,
+    /// `runtime.waitReasonStrings`, indexed by `g.waitreason`; empty if not found.
+    pub wait_reasons: Vec<String>,
+    /// `runtime.goexit`'s code: every goroutine's outermost return address is in it.
+    pub goexit: std::ops::Range<u64>,
+    pub pclntab: Pclntab<'a>,
+    /// The binary has no symbol table (`-s`).
+    pub stripped: bool,
+}
+
+/// Whether the ELF file is a Go program: it has Go's build info or pc-line table.
+pub fn is_go(bytes: &[u8]) -> bool {
+    let Ok(file) = object::File::parse(bytes) else {
+        return false;
+    };
+    file.section_by_name(".go.buildinfo").is_some() || file.section_by_name(".gopclntab").is_some()
+}
+
+impl<'a> GoBinary<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, GoBinaryError> {
+        let file = object::File::parse(bytes).map_err(GoBinaryError::Elf)?;
+        let version = file
+            .section_by_name(".go.buildinfo")
+            .and_then(|section| section.data().ok())
+            .and_then(buildinfo_version)
+            .unwrap_or_else(|| "unknown".to_owned());
+        let pclntab_bytes = file
+            .section_by_name(".gopclntab")
+            .and_then(|section| section.data().ok())
+            .ok_or(GoBinaryError::NoPclntab)?;
+        let pclntab = Pclntab::parse(pclntab_bytes).map_err(GoBinaryError::Pclntab)?;
+        let (layout, layout_source) = match dwarf_layout(&file).map_err(GoBinaryError::Dwarf)? {
+            Some(layout) => (layout, LayoutSource::Dwarf),
+            None => (
+                GLayout::for_version(&version).ok_or_else(|| GoBinaryError::UnknownLayout {
+                    version: version.clone(),
+                })?,
+                LayoutSource::KnownVersion,
+            ),
+        };
+        let symbol = |name: &str| {
+            file.symbols()
+                .find(|symbol| symbol.name() == Ok(name))
+                .map(|symbol| (symbol.address(), symbol.size()))
+        };
+        let stripped = file.symbols().next().is_none();
+        let allgs = match symbol("runtime.allgs") {
+            Some((address, _)) => address,
+            None => allgs_from_code(&file, &pclntab).ok_or(GoBinaryError::NoAllgs)?,
+        };
+        let wait_reasons = match symbol("runtime.waitReasonStrings") {
+            Some((address, size)) => read_string_table(&file, address, size / 16),
+            None => find_wait_reasons(&file),
+        };
+        let goexit = pclntab.function_range("runtime.goexit").unwrap_or(0..0);
+        Ok(Self {
+            version,
+            layout,
+            layout_source,
+            allgs,
+            wait_reasons,
+            goexit,
+            pclntab,
+            stripped,
+        })
+    }
+}
+
+/// The Go version in `.go.buildinfo` (Go 1.18+ inline-strings format).
+fn buildinfo_version(data: &[u8]) -> Option<String> {
+    if !data.starts_with(BUILDINFO_MAGIC) {
+        return None;
+    }
+    let flags = *data.get(BUILDINFO_MAGIC.len() + 1)?;
+    if flags & BUILDINFO_INLINE_STRINGS == 0 {
+        return None;
+    }
+    let rest = data.get(BUILDINFO_STRINGS_AT..)?;
+    let (mut len, mut used) = (0usize, 0usize);
+    for (index, &byte) in rest.iter().enumerate().take(10) {
+        len |= usize::from(byte & 0x7f) << (7 * index);
+        used = index + 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let version = rest.get(used..used.checked_add(len)?)?;
+    String::from_utf8(version.to_vec()).ok()
+}
+
+/// A section's bytes, decompressed if the linker compressed it (Go does, with zlib).
+fn section_bytes<'d>(file: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]>> {
+    let section = file.section_by_name(name)?;
+    let compressed = section.compressed_data().ok()?;
+    match compressed.format {
+        object::CompressionFormat::None => Some(Cow::Borrowed(compressed.data)),
+        object::CompressionFormat::Zlib => {
+            let mut out = Vec::with_capacity(usize::try_from(compressed.uncompressed_size).ok()?);
+            flate2::read::ZlibDecoder::new(compressed.data)
+                .read_to_end(&mut out)
+                .ok()?;
+            Some(Cow::Owned(out))
+        }
+        _ => None,
+    }
+}
+
+/// The `runtime.g`/`runtime.gobuf` member offsets from DWARF; `None` without DWARF (or
+/// without those types).
+fn dwarf_layout(file: &object::File<'_>) -> Result<Option<GLayout>, gimli::Error> {
+    if file.section_by_name(".debug_info").is_none() {
+        return Ok(None);
+    }
+    let sections = gimli::DwarfSections::load(|id| {
+        Ok::<_, gimli::Error>(section_bytes(file, id.name()).unwrap_or(Cow::Borrowed(&[])))
+    })?;
+    let dwarf = sections.borrow(|section| gimli::EndianSlice::new(section, gimli::LittleEndian));
+    let mut members: std::collections::HashMap<(&str, String), u64> = Default::default();
+    let mut units = dwarf.units();
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        // Go names each compile unit after its package; the types live in "runtime".
+        let in_runtime = unit.name.is_some_and(|name| name.slice() == b"runtime");
+        if !in_runtime {
+            continue;
+        }
+        let mut entries = unit.entries();
+        let mut current: Option<(&str, isize)> = None;
+        while let Some(entry) = entries.next_dfs()? {
+            let depth = entry.depth();
+            if let Some((_, struct_depth)) = current
+                && depth <= struct_depth
+            {
+                current = None;
+            }
+            let name = || -> Option<String> {
+                let value = entry.attr_value(gimli::DW_AT_name)?;
+                let name = dwarf.attr_string(&unit, value).ok()?;
+                Some(String::from_utf8_lossy(name.slice()).into_owned())
+            };
+            if entry.tag() == gimli::DW_TAG_structure_type {
+                current = match name().as_deref() {
+                    Some("runtime.g") => Some(("g", depth)),
+                    Some("runtime.gobuf") => Some(("gobuf", depth)),
+                    Some("runtime.stack") => Some(("stack", depth)),
+                    _ => None,
+                };
+            } else if entry.tag() == gimli::DW_TAG_member
+                && let Some((owner, struct_depth)) = current
+                && depth == struct_depth + 1
+                && let Some(member) = name()
+                && let Some(offset) = entry
+                    .attr_value(gimli::DW_AT_data_member_location)
+                    .and_then(|value| value.udata_value())
+            {
+                members.insert((owner, member), offset);
+            }
+        }
+    }
+    let get = |owner: &'static str, member: &str| members.get(&(owner, member.to_owned())).copied();
+    let layout = (|| {
+        Some(GLayout {
+            stack_hi: get("g", "stack")? + get("stack", "hi")?,
+            sched: get("g", "sched")?,
+            gobuf_sp: get("gobuf", "sp")?,
+            gobuf_pc: get("gobuf", "pc")?,
+            gobuf_bp: get("gobuf", "bp")?,
+            atomicstatus: get("g", "atomicstatus")?,
+            goid: get("g", "goid")?,
+            waitsince: get("g", "waitsince")?,
+            waitreason: get("g", "waitreason")?,
+        })
+    })();
+    Ok(layout)
+}
+
+/// The bytes at a link-time address, from whichever section holds them in the file.
+fn bytes_at<'d>(file: &object::File<'d>, address: u64, len: u64) -> Option<&'d [u8]> {
+    file.sections().find_map(|section| {
+        let start = section.address();
+        let end = start + section.size();
+        if address < start || address.checked_add(len)? > end {
+            return None;
+        }
+        let data = section.data().ok()?;
+        let from = usize::try_from(address - start).ok()?;
+        data.get(from..from.checked_add(usize::try_from(len).ok()?)?)
+    })
+}
+
+/// `count` Go string headers (pointer, length) at `address`, as strings; stops at the first
+/// that does not point at a short string in the file.
+fn read_string_table(file: &object::File<'_>, address: u64, count: u64) -> Vec<String> {
+    let mut strings = Vec::new();
+    for index in 0..count {
+        let Some(header) = bytes_at(file, address + 16 * index, 16) else {
+            break;
+        };
+        let pointer = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
+        let len = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
+        if len == 0 {
+            strings.push(String::new());
+            continue;
+        }
+        if len > MAX_WAIT_REASON_LEN {
+            break;
+        }
+        let Some(text) =
+            bytes_at(file, pointer, len).and_then(|bytes| std::str::from_utf8(bytes).ok())
+        else {
+            break;
+        };
+        if !text
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() || byte == b' ')
+        {
+            break;
+        }
+        strings.push(text.to_owned());
+    }
+    strings
+}
+
+/// `runtime.waitReasonStrings` in a binary without symbols: the string header of its
+/// entry 1 ("GC assist marking") in `.data`, pointing at that text in `.rodata`.
+fn find_wait_reasons(file: &object::File<'_>) -> Vec<String> {
+    let Some(rodata) = file.section_by_name(".rodata") else {
+        return Vec::new();
+    };
+    let Ok(rodata_bytes) = rodata.data() else {
+        return Vec::new();
+    };
+    let texts: Vec<u64> = rodata_bytes
+        .windows(SECOND_WAIT_REASON.len())
+        .enumerate()
+        .filter(|(_, window)| *window == SECOND_WAIT_REASON)
+        .map(|(offset, _)| rodata.address() + offset as u64)
+        .collect();
+    let Some(data) = file.section_by_name(".data") else {
+        return Vec::new();
+    };
+    let Ok(data_bytes) = data.data() else {
+        return Vec::new();
+    };
+    for (index, pair) in data_bytes.chunks_exact(16).enumerate().skip(1) {
+        let pointer = u64::from_le_bytes(pair[..8].try_into().unwrap_or_default());
+        let len = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
+        if len == SECOND_WAIT_REASON.len() as u64 && texts.contains(&pointer) {
+            let table = data.address() + 16 * (index as u64 - 1);
+            return read_string_table(file, table, u64::MAX);
+        }
+    }
+    Vec::new()
+}
+
+/// `runtime.allgs` in a binary without symbols: `runtime.allgadd` appends to it, so its
+/// code addresses the slice header's pointer, length and capacity words (X, X+8, X+16)
+/// with RIP-relative `MOVQ`/`LEAQ`/`CMPQ`. The lowest X whose three words are all
+/// addressed is `allgs`.
+fn allgs_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<u64> {
+    let range = pclntab.function_range("runtime.allgadd")?;
+    let code = bytes_at(file, range.start, range.end - range.start)?;
+    let targets = rip_relative_targets(code, range.start);
+    let mut candidates: Vec<u64> = targets
+        .iter()
+        .copied()
+        .filter(|&x| targets.contains(&(x + 8)) && targets.contains(&(x + 16)))
+        .collect();
+    candidates.sort_unstable();
+    candidates.first().copied()
+}
+
+/// The addresses of the RIP-relative memory operands of `REX.W MOV/LEA/CMP r64, m64` and
+/// `MOV/CMP m64, r64` (opcodes 8B, 8D, 3B, 89, 39 with ModRM mod=00 rm=101): 7-byte
+/// instructions, so the operand is at the next instruction plus disp32. Scanning every
+/// byte can also match inside other instructions; callers look for a pattern of targets.
+fn rip_relative_targets(code: &[u8], address: u64) -> Vec<u64> {
+    const INSTRUCTION_LEN: usize = 7;
+    let mut targets = Vec::new();
+    for (offset, window) in code.windows(INSTRUCTION_LEN).enumerate() {
+        let rex_w = window[0] & 0xf8 == 0x48;
+        let opcode = matches!(window[1], 0x8b | 0x8d | 0x3b | 0x89 | 0x39);
+        let rip_relative = window[2] & 0xc7 == 0x05;
+        if rex_w && opcode && rip_relative {
+            let displacement = i32::from_le_bytes([window[3], window[4], window[5], window[6]]);
+            let next = address + (offset + INSTRUCTION_LEN) as u64;
+            targets.push(next.wrapping_add_signed(i64::from(displacement)));
+        }
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_for_versions() {
+        assert_eq!(
+            GLayout::for_version("go1.19.8"),
+            Some(GLayout::GO1_19_TO_1_22_AMD64)
+        );
+        assert_eq!(
+            GLayout::for_version("go1.22"),
+            Some(GLayout::GO1_19_TO_1_22_AMD64)
+        );
+        assert_eq!(GLayout::for_version("go1.23.1"), None);
+        assert_eq!(GLayout::for_version("go1.18"), None);
+        assert_eq!(GLayout::GO1_19_TO_1_22_AMD64.read_len(), 184);
+    }
+
+    #[test]
+    fn buildinfo_inline_version() {
+        let mut data = BUILDINFO_MAGIC.to_vec();
+        data.extend([8, BUILDINFO_INLINE_STRINGS]);
+        data.resize(BUILDINFO_STRINGS_AT, 0);
+        data.push(8);
+        data.extend(b"go1.19.8");
+        assert_eq!(buildinfo_version(&data).as_deref(), Some("go1.19.8"));
+    }
+
+    #[test]
+    fn rip_relative_operands() {
+        // MOVQ runtime.allgs+8(SB), SI at 0x43bb9b: 48 8b 35 66 ba 4b 00 -> 0x8f7608.
+        let code = [0x48, 0x8b, 0x35, 0x66, 0xba, 0x4b, 0x00];
+        assert_eq!(rip_relative_targets(&code, 0x43bb9b), vec![0x8f7608]);
+    }
+}

@@ -1,0 +1,421 @@
+//! Reading the goroutines of a live Go process from outside, without stopping it: the
+//! runtime's list of all goroutines (`runtime.allgs`), each `g`'s status, wait reason and
+//! saved registers, and its stack unwound by frame pointers (which Go keeps on amd64).
+//!
+//! Memory is read with `process_vm_readv`, up to `IOV_MAX` pieces per call, so 100,000
+//! goroutines cost a few hundred system calls. A `g` is read twice, before and after its
+//! stack; one whose status, id or saved registers changed in between is skipped and
+//! counted, never reported half-read.
+
+use std::io;
+
+use super::binary::GLayout;
+
+/// `_Gidle`, `_Grunnable`, … from `runtime/runtime2.go`; `_Gscan` is or-ed in while the GC
+/// scans a goroutine and does not change what it is doing.
+const G_IDLE: u32 = 0;
+const G_RUNNABLE: u32 = 1;
+const G_RUNNING: u32 = 2;
+const G_SYSCALL: u32 = 3;
+const G_WAITING: u32 = 4;
+const G_DEAD: u32 = 6;
+const G_SCAN: u32 = 0x1000;
+
+/// `IOV_MAX` on Linux: the most pieces one `process_vm_readv` takes.
+const IOV_MAX: usize = 1024;
+/// Bytes of stack read at once from the saved stack pointer: a parked goroutine's frames
+/// are usually within its first few KiB; deeper frames are read one by one.
+const STACK_WINDOW: u64 = 8 * 1024;
+/// Frames kept per goroutine (pprof keeps 32 in its goroutine profile, Go's traceback
+/// 100); deeper stacks are cut and counted as truncated.
+const MAX_FRAMES: usize = 128;
+/// More goroutines than any process holds: a larger `allglen` means a torn read.
+const MAX_GOROUTINES: u64 = 100_000_000;
+
+/// One waiting goroutine, as read.
+#[derive(Clone, Debug)]
+pub struct Goroutine {
+    /// Index into the runtime's wait-reason table.
+    pub wait_reason: u8,
+    /// `nanotime()` when the wait began, where a GC recorded it; 0 if not.
+    pub wait_since: i64,
+    /// Leaf first, process addresses; all are return addresses (a parked goroutine's
+    /// saved pc is the return into `runtime.gopark` from `mcall`).
+    pub pcs: Vec<u64>,
+    /// The walk did not reach `runtime.goexit`.
+    pub truncated: bool,
+}
+
+/// Every goroutine of the process, by what it was doing.
+#[derive(Debug, Default)]
+pub struct GoroutineCounts {
+    /// Goroutines that exist (not dead or idle).
+    pub total: u64,
+    pub waiting: u64,
+    pub running: u64,
+    pub runnable: u64,
+    pub in_syscall: u64,
+    /// Changed while being read (status, id or saved registers), so not reported.
+    pub changed_while_read: u64,
+    /// A `g` or stack that could not be read (freed under us).
+    pub unreadable: u64,
+}
+
+/// Where the runtime's data is in the process (link-time addresses plus the bias).
+pub struct RuntimeAddresses {
+    pub allgs: u64,
+    /// `runtime.goexit`'s code, in process addresses.
+    pub goexit: std::ops::Range<u64>,
+}
+
+pub fn read_goroutines(
+    pid: u32,
+    layout: &GLayout,
+    addresses: &RuntimeAddresses,
+) -> io::Result<(Vec<Goroutine>, GoroutineCounts)> {
+    let memory = Memory { pid };
+    let mut header = [0u8; 16];
+    memory.read_exact(addresses.allgs, &mut header)?;
+    let array = word(&header, 0);
+    let len = word(&header, 8);
+    if len > MAX_GOROUTINES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "runtime.allgs length is implausible",
+        ));
+    }
+    let mut pointers = vec![0u8; len as usize * 8];
+    memory.read_exact(array, &mut pointers)?;
+    let g_addresses: Vec<u64> = pointers
+        .chunks_exact(8)
+        .map(|chunk| word(chunk, 0))
+        .collect();
+
+    let g_len = layout.read_len();
+    let first = memory.read_many(&g_addresses, g_len);
+    let mut counts = GoroutineCounts::default();
+    let mut waiting = Vec::new();
+    for (index, g) in first.iter().enumerate() {
+        let Some(g) = g else {
+            counts.unreadable += 1;
+            continue;
+        };
+        let fields = GFields::parse(g, layout);
+        match fields.status & !G_SCAN {
+            G_IDLE | G_DEAD => continue,
+            G_RUNNABLE => counts.runnable += 1,
+            G_RUNNING => counts.running += 1,
+            G_SYSCALL => counts.in_syscall += 1,
+            G_WAITING => {
+                counts.waiting += 1;
+                waiting.push((index, fields));
+            }
+            // _Gcopystack, _Gpreempted and the rest: between states.
+            _ => counts.runnable += 1,
+        }
+        counts.total += 1;
+    }
+
+    // The stacks from each saved stack pointer, a window at a time.
+    let stack_reads: Vec<(u64, usize)> = waiting
+        .iter()
+        .map(|(_, fields)| {
+            let len = fields.stack_hi.saturating_sub(fields.sp).min(STACK_WINDOW);
+            (fields.sp, len as usize)
+        })
+        .collect();
+    let stacks = memory.read_many_sized(&stack_reads);
+
+    let mut goroutines = Vec::with_capacity(waiting.len());
+    let mut walked = Vec::with_capacity(waiting.len());
+    for ((index, fields), stack) in waiting.iter().zip(&stacks) {
+        let Some(stack) = stack else {
+            counts.unreadable += 1;
+            continue;
+        };
+        let (pcs, truncated) = walk(&memory, fields, stack, &addresses.goexit);
+        walked.push(*index);
+        goroutines.push(Goroutine {
+            wait_reason: fields.wait_reason,
+            wait_since: fields.wait_since,
+            pcs,
+            truncated,
+        });
+    }
+
+    // Read each g again: what changed while we read its stack is not reported.
+    let again_addresses: Vec<u64> = walked.iter().map(|&index| g_addresses[index]).collect();
+    let again = memory.read_many(&again_addresses, g_len);
+    let before: std::collections::HashMap<usize, &GFields> = waiting
+        .iter()
+        .map(|(index, fields)| (*index, fields))
+        .collect();
+    let mut kept = Vec::with_capacity(goroutines.len());
+    for ((goroutine, index), after) in goroutines.into_iter().zip(&walked).zip(&again) {
+        let unchanged = after
+            .as_ref()
+            .is_some_and(|after| before[index].same_wait(&GFields::parse(after, layout)));
+        if unchanged {
+            kept.push(goroutine);
+        } else {
+            counts.changed_while_read += 1;
+        }
+    }
+    Ok((kept, counts))
+}
+
+/// The fields of one `g` that a snapshot uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GFields {
+    status: u32,
+    goid: u64,
+    stack_hi: u64,
+    sp: u64,
+    pc: u64,
+    bp: u64,
+    wait_reason: u8,
+    wait_since: i64,
+}
+
+impl GFields {
+    fn parse(bytes: &[u8], layout: &GLayout) -> Self {
+        let at = |offset: u64| offset as usize;
+        let sched = layout.sched;
+        Self {
+            status: u32::from_le_bytes(
+                bytes[at(layout.atomicstatus)..at(layout.atomicstatus) + 4]
+                    .try_into()
+                    .unwrap_or_default(),
+            ),
+            goid: word(bytes, at(layout.goid)),
+            stack_hi: word(bytes, at(layout.stack_hi)),
+            sp: word(bytes, at(sched + layout.gobuf_sp)),
+            pc: word(bytes, at(sched + layout.gobuf_pc)),
+            bp: word(bytes, at(sched + layout.gobuf_bp)),
+            wait_reason: bytes[at(layout.waitreason)],
+            wait_since: word(bytes, at(layout.waitsince)) as i64,
+        }
+    }
+
+    /// Still the same goroutine in the same wait (the GC's scan bit aside).
+    fn same_wait(&self, after: &GFields) -> bool {
+        let Self {
+            status,
+            goid,
+            stack_hi,
+            sp,
+            pc,
+            bp,
+            wait_reason,
+            wait_since: _,
+        } = *self;
+        status & !G_SCAN == after.status & !G_SCAN
+            && goid == after.goid
+            && stack_hi == after.stack_hi
+            && sp == after.sp
+            && pc == after.pc
+            && bp == after.bp
+            && wait_reason == after.wait_reason
+    }
+}
+
+/// Walks the frame-pointer chain from the saved `bp`: each frame holds the caller's `bp` at
+/// `[bp]` and the return address at `[bp+8]`. Stops at `runtime.goexit` (not reported,
+/// like pprof) or where the chain leaves the stack or stops growing upward.
+fn walk(
+    memory: &Memory,
+    fields: &GFields,
+    window: &[u8],
+    goexit: &std::ops::Range<u64>,
+) -> (Vec<u64>, bool) {
+    let read = |address: u64| -> Option<u64> {
+        let offset = address.checked_sub(fields.sp)?;
+        if offset + 8 <= window.len() as u64 {
+            return Some(word(window, offset as usize));
+        }
+        let mut bytes = [0u8; 8];
+        memory.read_exact(address, &mut bytes).ok()?;
+        Some(u64::from_le_bytes(bytes))
+    };
+    let mut pcs = vec![fields.pc];
+    let mut bp = fields.bp;
+    let mut low = fields.sp;
+    while pcs.len() < MAX_FRAMES {
+        if bp < low || bp.saturating_add(16) > fields.stack_hi {
+            return (pcs, true);
+        }
+        let (Some(caller_bp), Some(return_address)) = (read(bp), read(bp + 8)) else {
+            return (pcs, true);
+        };
+        if goexit.contains(&return_address.wrapping_sub(1)) {
+            return (pcs, false);
+        }
+        if return_address == 0 {
+            return (pcs, true);
+        }
+        pcs.push(return_address);
+        low = bp + 16;
+        bp = caller_bp;
+    }
+    (pcs, true)
+}
+
+fn word(bytes: &[u8], at: usize) -> u64 {
+    bytes
+        .get(at..at + 8)
+        .and_then(|slice| slice.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or_default()
+}
+
+/// The target's memory, read with `process_vm_readv` (needs ptrace access: root).
+struct Memory {
+    pid: u32,
+}
+
+impl Memory {
+    fn read_exact(&self, address: u64, buffer: &mut [u8]) -> io::Result<()> {
+        let read = self.readv(&[(address, buffer.len())], buffer)?;
+        if read == buffer.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read at {address:#x}"),
+            ))
+        }
+    }
+
+    /// `len` bytes at each address; `None` where that piece could not be read.
+    fn read_many(&self, addresses: &[u64], len: usize) -> Vec<Option<Vec<u8>>> {
+        let pieces: Vec<(u64, usize)> = addresses.iter().map(|&address| (address, len)).collect();
+        self.read_many_sized(&pieces)
+    }
+
+    /// Each (address, length) piece, batched `IOV_MAX` at a time. A batch stops at the first
+    /// unreadable byte; the pieces after it are retried from there.
+    fn read_many_sized(&self, pieces: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+        let mut results: Vec<Option<Vec<u8>>> = Vec::with_capacity(pieces.len());
+        let mut start = 0;
+        while start < pieces.len() {
+            let batch = &pieces[start..(start + IOV_MAX).min(pieces.len())];
+            let total: usize = batch.iter().map(|(_, len)| len).sum();
+            let mut buffer = vec![0u8; total];
+            let read = self.readv(batch, &mut buffer).unwrap_or(0);
+            let mut offset = 0;
+            let mut complete = 0;
+            for &(_, len) in batch {
+                if offset + len > read {
+                    break;
+                }
+                results.push(Some(buffer[offset..offset + len].to_vec()));
+                offset += len;
+                complete += 1;
+            }
+            if complete < batch.len() {
+                // The piece where the read stopped is unreadable (or the batch failed on it).
+                results.push(None);
+                complete += 1;
+            }
+            start += complete;
+        }
+        results
+    }
+
+    /// One `process_vm_readv` of the pieces into `buffer` (their lengths back to back).
+    fn readv(&self, pieces: &[(u64, usize)], buffer: &mut [u8]) -> io::Result<usize> {
+        let local = libc::iovec {
+            iov_base: buffer.as_mut_ptr().cast(),
+            iov_len: buffer.len(),
+        };
+        let remote: Vec<libc::iovec> = pieces
+            .iter()
+            .map(|&(address, len)| libc::iovec {
+                iov_base: address as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: `local` covers exactly `buffer`, which outlives the call; the remote
+        // iovecs name the target's memory and are only read by the kernel.
+        let read = unsafe {
+            libc::process_vm_readv(
+                self.pid as libc::pid_t,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if read < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(read as usize)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(sp: u64, bp: u64) -> GFields {
+        GFields {
+            status: G_WAITING,
+            goid: 7,
+            stack_hi: sp + 64,
+            sp,
+            pc: 0x1000,
+            bp,
+            wait_reason: 14,
+            wait_since: 0,
+        }
+    }
+
+    #[test]
+    fn walks_frame_pointers_to_goexit() {
+        let sp: u64 = 0x10_000;
+        // Frames at sp+16 and sp+32: [bp]=caller bp, [bp+8]=return address.
+        let mut stack = vec![0u8; 64];
+        let mut put =
+            |at: usize, value: u64| stack[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        put(16, sp + 32);
+        put(24, 0x2000);
+        put(32, 0);
+        put(40, 0x3001); // goexit + 1
+        let memory = Memory { pid: 0 };
+        let (pcs, truncated) = walk(&memory, &fields(sp, sp + 16), &stack, &(0x3000..0x3010));
+        assert_eq!(pcs, vec![0x1000, 0x2000]);
+        assert!(!truncated);
+    }
+
+    #[test]
+    fn a_chain_that_goes_down_is_truncated() {
+        let sp: u64 = 0x10_000;
+        let mut stack = vec![0u8; 64];
+        stack[16..24].copy_from_slice(&(sp + 8).to_le_bytes());
+        stack[24..32].copy_from_slice(&0x2000u64.to_le_bytes());
+        let memory = Memory { pid: 0 };
+        let (pcs, truncated) = walk(&memory, &fields(sp, sp + 16), &stack, &(0x3000..0x3010));
+        assert_eq!(pcs, vec![0x1000, 0x2000]);
+        assert!(truncated);
+    }
+
+    #[test]
+    fn a_rescheduled_goroutine_is_not_the_same_wait() {
+        let before = fields(0x10_000, 0x10_010);
+        assert!(before.same_wait(&GFields {
+            status: G_WAITING | G_SCAN,
+            wait_since: 5,
+            ..before
+        }));
+        assert!(!before.same_wait(&GFields {
+            status: G_RUNNABLE,
+            ..before
+        }));
+        assert!(!before.same_wait(&GFields {
+            sp: 0x10_008,
+            ..before
+        }));
+    }
+}
