@@ -173,6 +173,7 @@ impl WaitAggregate {
         let mut profile = Profile::from_symbolized(base, symbolized);
         profile.thread_names = thread_names;
         profile.wakers = wakers;
+        profile.modules = module_infos(image);
         profile
     }
 }
@@ -378,6 +379,41 @@ pub struct Profile {
     /// Who woke the long futex waits, when the wake was visible to the probes (a
     /// thread of the target waking another), most wakes first.
     pub wakers: Vec<WakerRow>,
+    /// The target's executable modules by file name (`Frame::module`), for exporters
+    /// that describe mappings (pprof).
+    pub modules: BTreeMap<String, ModuleInfo>,
+}
+
+/// One executable or library of the target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// The path as the target sees it.
+    pub path: String,
+    /// The GNU build id, hex, when the file has one.
+    pub build_id: Option<String>,
+    /// The executable address range it was mapped at.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The modules of `image` by file name, with their build ids (read once per file).
+fn module_infos(image: &ProcessImage) -> BTreeMap<String, ModuleInfo> {
+    use object::Object as _;
+    let mut modules: BTreeMap<String, ModuleInfo> = BTreeMap::new();
+    for module in image.modules() {
+        let info = modules.entry(module.name().to_string()).or_insert_with(|| ModuleInfo {
+            path: module.path.to_string_lossy().into_owned(),
+            build_id: object::File::parse(module.file_bytes())
+                .ok()
+                .and_then(|file| file.build_id().ok().flatten())
+                .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect()),
+            start: module.avma_range.start,
+            end: module.avma_range.end,
+        });
+        info.start = info.start.min(module.avma_range.start);
+        info.end = info.end.max(module.avma_range.end);
+    }
+    modules
 }
 
 impl Profile {
@@ -559,6 +595,7 @@ pub(crate) mod tests {
             endpoint_states: BTreeMap::new(),
             thread_names: BTreeMap::new(),
             wakers: Vec::new(),
+            modules: BTreeMap::new(),
         };
         let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
         let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

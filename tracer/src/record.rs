@@ -113,6 +113,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         endpoint_states: std::mem::take(&mut targets.endpoint_states),
         thread_names: Default::default(),
         wakers: Vec::new(),
+        modules: Default::default(),
     };
     targets.log_socket_lookups();
     let mut symbolizer = StackSymbolizer::new();

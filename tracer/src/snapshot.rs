@@ -90,6 +90,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         endpoint_states: std::mem::take(&mut targets.endpoint_states),
         thread_names: Default::default(),
         wakers: Vec::new(),
+        modules: Default::default(),
     };
     targets.log_socket_lookups();
     let mut symbolizer = StackSymbolizer::new();

@@ -7,7 +7,8 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
     aggregate::{
-        Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats, WakerRow,
+        ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
+        WakerRow,
     },
     report::Provenance,
     stacks::Frame,
@@ -160,6 +161,16 @@ pub(crate) fn fixture_profile() -> Profile {
             wakes: 3,
             waker_threads: [20].into(),
         }],
+        modules: [(
+            "app".to_string(),
+            ModuleInfo {
+                path: "/srv/app".to_string(),
+                build_id: Some("0123456789abcdef".to_string()),
+                start: 0x5500_0000_0000,
+                end: 0x5500_0010_0000,
+            },
+        )]
+        .into(),
     }
 }
 

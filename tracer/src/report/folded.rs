@@ -102,6 +102,7 @@ mod tests {
             endpoint_states: Default::default(),
             thread_names: Default::default(),
             wakers: Vec::new(),
+            modules: Default::default(),
         }
     }
 

@@ -17,7 +17,8 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
     aggregate::{
-        Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats, WakerRow,
+        ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
+        WakerRow,
     },
     report::{Provenance, SavedProfile},
     stacks::Frame,
@@ -54,6 +55,20 @@ pub struct JsonProfile {
     /// Who woke the long futex waits, most wakes first.
     #[serde(default)]
     pub wakers: Vec<JsonWaker>,
+    /// The target's executables and libraries by file name (the frames' `module`).
+    #[serde(default)]
+    pub modules: BTreeMap<String, JsonModule>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonModule {
+    /// The path as the target saw it.
+    pub path: String,
+    /// The GNU build id, hex.
+    pub build_id: Option<String>,
+    /// The executable address range it was mapped at.
+    pub start: u64,
+    pub end: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,6 +224,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         endpoint_states,
         thread_names,
         wakers,
+        modules,
     } = profile;
     let Provenance {
         tracer_version,
@@ -244,6 +260,19 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         endpoint_states: endpoint_states.clone(),
         thread_names: thread_names.clone(),
         wakers: wakers.iter().map(json_waker).collect(),
+        modules: modules
+            .iter()
+            .map(|(name, info)| {
+                let ModuleInfo { path, build_id, start, end } = info;
+                let module = JsonModule {
+                    path: path.clone(),
+                    build_id: build_id.clone(),
+                    start: *start,
+                    end: *end,
+                };
+                (name.clone(), module)
+            })
+            .collect(),
     }
 }
 
@@ -429,6 +458,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         endpoint_states,
         thread_names,
         wakers,
+        modules,
     } = json;
     let JsonTarget {
         pid,
@@ -508,6 +538,13 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         endpoint_states,
         thread_names,
         wakers,
+        modules: modules
+            .into_iter()
+            .map(|(name, module)| {
+                let JsonModule { path, build_id, start, end } = module;
+                (name, ModuleInfo { path, build_id, start, end })
+            })
+            .collect(),
     };
     Ok(SavedProfile {
         profile,

@@ -27,7 +27,9 @@ use prost::Message as _;
 use tracer_common::ShortWaitTotals;
 
 use crate::{
-    aggregate::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats},
+    aggregate::{
+        ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
+    },
     report::{
         Provenance, SavedProfile, Weight,
         folded::{TRUNCATED_FRAME, kind_frame},
@@ -66,6 +68,8 @@ pub fn write_pprof(
 /// and every reference resolves.
 #[derive(Default)]
 struct Builder {
+    /// The target's modules, to describe mappings (path, build id, range).
+    modules: BTreeMap<String, ModuleInfo>,
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
     functions: Vec<proto::Function>,
@@ -80,8 +84,8 @@ struct Builder {
 type LocationKey = (u64, u64, Vec<(u64, i64)>);
 
 impl Builder {
-    fn new() -> Self {
-        let mut builder = Builder::default();
+    fn new(modules: &BTreeMap<String, ModuleInfo>) -> Self {
+        let mut builder = Builder { modules: modules.clone(), ..Builder::default() };
         builder.string(""); // string_table[0] is always ""
         builder
     }
@@ -122,10 +126,21 @@ impl Builder {
             return id;
         }
         let id = self.mappings.len() as u64 + 1;
-        let filename = self.string(module);
+        let info = self.modules.get(module).cloned();
+        let filename = match &info {
+            Some(info) => self.string(&info.path),
+            None => self.string(module),
+        };
+        let build_id = match info.as_ref().and_then(|info| info.build_id.as_deref()) {
+            Some(build_id) => self.string(build_id),
+            None => 0,
+        };
         self.mappings.push(proto::Mapping {
             id,
             filename,
+            build_id,
+            memory_start: info.as_ref().map_or(0, |info| info.start),
+            memory_limit: info.as_ref().map_or(0, |info| info.end),
             has_functions: true,
             ..proto::Mapping::default()
         });
@@ -242,7 +257,7 @@ fn count_type(kind: ProfileKind) -> &'static str {
 }
 
 fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::Profile {
-    let mut builder = Builder::new();
+    let mut builder = Builder::new(&profile.modules);
     // mapping[0] is the main executable, by pprof's convention.
     let main_module = profile
         .stacks
@@ -626,7 +641,32 @@ impl<'a> Tables<'a> {
             .mappings
             .get(&mapping_id)
             .ok_or_else(|| invalid(format!("no mapping {mapping_id}")))?;
-        self.string(mapping.filename)
+        // Mappings name the module's path; frames name its file.
+        let path = self.string(mapping.filename)?;
+        Ok(path.rsplit('/').next().unwrap_or(path))
+    }
+
+    /// The modules the mappings describe, by file name.
+    fn modules(&self) -> Result<BTreeMap<String, ModuleInfo>, PprofError> {
+        let mut modules = BTreeMap::new();
+        for mapping in self.mappings.values() {
+            let path = self.string(mapping.filename)?;
+            let Some(name) = path.rsplit('/').next().filter(|_| path.contains('/')) else {
+                continue;
+            };
+            let build_id = match self.string(mapping.build_id)? {
+                "" => None,
+                id => Some(id.to_string()),
+            };
+            let info = ModuleInfo {
+                path: path.to_string(),
+                build_id,
+                start: mapping.memory_start,
+                end: mapping.memory_limit,
+            };
+            modules.insert(name.to_string(), info);
+        }
+        Ok(modules)
     }
 }
 
@@ -745,6 +785,7 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
         thread_names,
         // Who woke whom is not in the pprof file (it has no place for it).
         wakers: Vec::new(),
+        modules: tables.modules()?,
     };
     let provenance = Provenance {
         tracer_version: tracer_version.to_string(),
@@ -897,7 +938,11 @@ mod tests {
         );
         assert_eq!(
             decoded.string_table[decoded.mapping[0].filename as usize],
-            "app"
+            "/srv/app"
+        );
+        assert_eq!(
+            decoded.string_table[decoded.mapping[0].build_id as usize],
+            "0123456789abcdef"
         );
         let leaf = decoded.sample[1].location_id[0];
         assert_eq!(

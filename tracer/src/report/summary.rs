@@ -490,6 +490,7 @@ mod tests {
             endpoint_states: [("10.0.0.5:80".to_string(), "send buffer full (4608/4608 bytes), peer window zero".to_string())].into(),
             thread_names: Default::default(),
         wakers: Vec::new(),
+        modules: Default::default(),
         }
     }
 

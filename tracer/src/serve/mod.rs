@@ -214,6 +214,7 @@ impl Shared {
             endpoint_states: Default::default(),
             thread_names: Default::default(),
             wakers: Vec::new(),
+            modules: Default::default(),
         }
     }
 
