@@ -1,6 +1,7 @@
 //! Every loss is counted and reported: each test forces one (a ring buffer too small for a
-//! single record, an in-flight map of one entry, callers beyond the stack copy) on a real
-//! workload and asserts the report's `lost:` line counts it. Real kernel, run as root, one
+//! single record, callers beyond the stack copy) on a real workload and asserts the
+//! report's `lost:` line counts it. (The in-flight entries live in task storage, which
+//! has no capacity to exhaust.) Real kernel, run as root, one
 //! test at a time (`--test-threads=1`).
 
 use std::{process::Command, time::Duration};
@@ -51,21 +52,6 @@ fn a_full_ring_buffer_is_counted() {
     assert!(out.status.success(), "tracer failed: {}", out.stderr);
     let full = lost(&out.stdout, "ring buffer full");
     println!("ring buffer full: {full}");
-    assert!(full > 0, "nothing counted as lost:\n{}", out.stdout);
-}
-
-#[test]
-fn a_full_in_flight_map_is_counted() {
-    let workload = deep_stack();
-    // One entry for four threads that wait at the same time.
-    let out = tracer_record(
-        workload.pid(),
-        &["--duration", RECORD, "--max-in-flight", "1"],
-        TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let full = lost(&out.stdout, "in-flight map full");
-    println!("in-flight map full: {full}");
     assert!(full > 0, "nothing counted as lost:\n{}", out.stdout);
 }
 

@@ -139,8 +139,9 @@ pub fn classify_syscall<E>(
     Ok(watched)
 }
 
-/// A thread's watched call in progress, keyed by tid. The entry stays between calls,
-/// idle (`start_ns == 0`), so that each call rewrites it in place.
+/// A thread's watched call in progress, in the thread's task storage. The entry stays
+/// between calls, idle (`start_ns == 0`), so that each call rewrites it in place; the
+/// kernel frees it with the task.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightWait {
@@ -153,6 +154,10 @@ pub struct InFlightWait {
     /// Non-zero once the thread was switched out asleep inside this call: only then
     /// is the call a wait (a call that returns at once is not).
     pub blocked: u32,
+    /// The thread's id (the entry hangs off its task; a waker's probe reads it here).
+    pub tid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// A wait over the threshold, sent through the ring buffer when it ends.
@@ -194,8 +199,11 @@ pub struct WaitRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskRegs {
+    /// User instruction pointer.
     pub ip: u64,
+    /// User stack pointer.
     pub sp: u64,
+    /// User frame pointer (rbp).
     pub bp: u64,
 }
 
@@ -210,9 +218,11 @@ pub struct WakeRecord {
     pub wakee_tid: u32,
     /// When the woken wait began: with `wakee_tid`, names the wait.
     pub wait_start_ns: u64,
-    /// The waker's user registers.
+    /// The waker's user instruction pointer (inside its futex-wake call).
     pub ip: u64,
+    /// The waker's user stack pointer; `stack` is a copy from here upwards.
     pub sp: u64,
+    /// The waker's user frame pointer (rbp).
     pub bp: u64,
     /// Bytes of `stack` that hold data.
     pub stack_len: u32,
@@ -250,7 +260,8 @@ pub enum Counter {
     StackUnreadable = 5,
     /// Long waits whose stack copy was shorter than `STACK_COPY_BYTES`.
     StackShortened = 6,
-    /// Calls not tracked because the in-flight map was full.
+    /// Calls not tracked because the kernel could not allocate the thread's in-flight
+    /// entry (task storage, out of memory).
     InFlightMapFull = 7,
     /// Wakes of long futex waits by the target's own threads, sent with the waker's stack.
     WakesSent = 8,
@@ -260,9 +271,13 @@ pub enum Counter {
 
 /// Number of [`Counter`] variants.
 pub const COUNTER_COUNT: usize = 10;
+const _: () = assert!(Counter::WakeRingBufferFull as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(WaitKind::Write as usize + 1 == WAIT_KIND_COUNT);
+// No implicit padding in the records that cross the ring buffers.
+const _: () = assert!(core::mem::size_of::<WaitRecord>() == 88 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<InFlightWait>() == 32);
 
-/// Capacity of the per-thread in-flight map: threads of the target blocked at once.
-pub const MAX_IN_FLIGHT: u32 = 65_536;
 
 #[cfg(test)]
 mod tests {

@@ -20,12 +20,12 @@ use aya_ebpf::{
             bpf_get_current_task_btf, bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
         },
     },
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    macros::{btf_map, btf_tracepoint, map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, MAX_IN_FLIGHT, STACK_COPY_BYTES, ShortWaitTotals,
+    COUNTER_COUNT, Counter, InFlightWait, STACK_COPY_BYTES, ShortWaitTotals,
     TaskRegs, WAIT_KIND_COUNT, WaitKind, WaitRecord, WakeRecord, classify_syscall, syscall_nr,
 };
 
@@ -37,9 +37,14 @@ static TARGET_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static MIN_WAIT_NS: Global<u64> = Global::new(1_000_000);
 
-/// Calls in flight, keyed by thread id (not per CPU: a thread may wake on another CPU).
-#[map]
-static IN_FLIGHT: HashMap<u32, InFlightWait> = HashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+mod task_storage;
+
+use task_storage::TaskStorage;
+
+/// Each thread's watched call in flight, stored on its task (not per CPU: a thread may
+/// wake on another CPU; not by tid in a hash: the task pointer finds it without hashing).
+#[btf_map]
+static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 
 /// Waits over the threshold, with their stacks. 16 MiB holds about a thousand records.
 #[map]
@@ -63,8 +68,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT 
 const SYS_ENTER_ID: usize = 8;
 const SYS_ENTER_ARGS: usize = 16;
 const SYS_EXIT_RET: usize = 16;
-// /sys/kernel/tracing/events/sched/sched_waking/format: `pid_t pid` of the woken task.
-const SCHED_WAKING_PID: usize = 24;
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -116,17 +119,16 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
         object,
         kind: kind as u32,
         blocked: 0,
+        tid,
+        _pad: 0,
     };
-    // A thread keeps its entry between calls (start_ns == 0 when idle): rewriting it in
-    // place costs a lookup, where a delete and re-insert per call cost much more.
-    match IN_FLIGHT.get_ptr_mut(tid) {
-        // SAFETY: the entry is this thread's own; only it and its own switch-out touch it.
+    // A thread keeps its entry between calls (start_ns == 0 when idle), rewritten in place.
+    // SAFETY: the current task's BTF pointer; the entry is this thread's own and only it
+    // and its own switch-out touch it.
+    match unsafe { IN_FLIGHT.get_or_create(bpf_get_current_task_btf()) } {
+        // SAFETY: as above.
         Some(entry) => unsafe { *entry = wait },
-        None => {
-            if IN_FLIGHT.insert(tid, wait, 0).is_err() {
-                count(Counter::InFlightMapFull);
-            }
-        }
+        None => count(Counter::InFlightMapFull),
     }
     Ok(())
 }
@@ -140,12 +142,17 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     const TASK_RUNNING: u32 = 0;
+    let preempted: u64 = ctx.arg(0);
     let prev_state: u32 = ctx.arg(3);
-    if prev_state == TASK_RUNNING {
+    // Preempted (even between set_current_state() and schedule()), the thread stays
+    // runnable: it waits for a CPU, not for an event.
+    if preempted != 0 || prev_state == TASK_RUNNING {
         // Preempted while runnable: waiting for a CPU, not for an event.
         return 0;
     }
-    if let Some(wait) = IN_FLIGHT.get_ptr_mut(tid) {
+    let _ = tid;
+    // SAFETY: the current task (prev) as a BTF pointer.
+    if let Some(wait) = unsafe { IN_FLIGHT.get(bpf_get_current_task_btf()) } {
         // SAFETY: the entry belongs to this thread, which is the one running now.
         unsafe {
             if (*wait).start_ns != 0 {
@@ -166,7 +173,8 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(tid) = target_thread() else {
         return Ok(());
     };
-    let Some(entry) = IN_FLIGHT.get_ptr_mut(tid) else {
+    // SAFETY: the current task as a BTF pointer.
+    let Some(entry) = (unsafe { IN_FLIGHT.get(bpf_get_current_task_btf()) }) else {
         return Ok(());
     };
     // SAFETY: only this thread writes its entry, and it is here, not in sched_switch.
@@ -250,12 +258,21 @@ fn copy_user_stack(stack: &mut [u8; STACK_COPY_BYTES], sp: u64) -> u32 {
     while pages > 0 {
         pages -= 1;
         let len = rest_of_page + pages * PAGE;
-        if len <= STACK_COPY_BYTES && read_user(stack.as_mut_ptr(), len, sp) {
+        // The full length already failed (sp page aligned makes the first try equal it).
+        if len < STACK_COPY_BYTES && read_user(stack.as_mut_ptr(), len, sp) {
             return len as u32;
         }
     }
     count(Counter::StackUnreadable);
     0
+}
+
+/// futex(2) operations that wake waiters (include/uapi/linux/futex.h): WAKE, REQUEUE,
+/// CMP_REQUEUE, WAKE_OP, UNLOCK_PI, WAKE_BITSET, CMP_REQUEUE_PI.
+#[inline(always)]
+fn is_futex_wake(op: u64) -> bool {
+    const FUTEX_CMD_MASK: u64 = !(128 | 256); // ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
+    matches!(op & FUTEX_CMD_MASK, 1 | 3 | 4 | 5 | 7 | 10 | 12)
 }
 
 #[inline(always)]
@@ -268,44 +285,46 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
 /// Who wakes a long futex wait: when a thread of the target wakes another one whose
 /// futex wait has already lasted the threshold, send the waker's stack. Runs in the
 /// waker's context (sched_waking fires in the task that calls wake_up).
-#[tracepoint(category = "sched", name = "sched_waking")]
-pub fn tracer_sched_waking(ctx: TracePointContext) -> u32 {
+/// Arguments: (struct task_struct *p), the task being woken (include/trace/events/sched.h).
+#[btf_tracepoint(function = "sched_waking")]
+pub fn tracer_sched_waking(ctx: BtfTracePointContext) -> u32 {
     let _ = try_sched_waking(&ctx);
     0
 }
 
-fn try_sched_waking(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(waker_tid) = target_thread() else {
         return Ok(());
     };
-    // SAFETY: `pid` lies inside the sched_waking record.
-    let wakee_tid = unsafe { ctx.read_at::<i32>(SCHED_WAKING_PID)? } as u32;
-    if wakee_tid == waker_tid {
-        return Ok(());
-    }
-    // SAFETY: read-only copy of the wakee's entry; a concurrent exit only makes it stale.
-    let Some(wait) = (unsafe { IN_FLIGHT.get(wakee_tid) }).copied() else {
+    let wakee: *mut task_struct = ctx.arg(0);
+    // SAFETY: a BTF task pointer from the tracepoint; read-only copy of its entry (a
+    // concurrent exit only makes it stale).
+    let Some(wait) = (unsafe { IN_FLIGHT.get(wakee) }).map(|entry| unsafe { *entry }) else {
         return Ok(());
     };
-    if wait.blocked == 0
+    let wakee_tid = wait.tid;
+    if wakee_tid == waker_tid
+        || wait.blocked == 0
         || wait.start_ns == 0
         || wait.kind != WaitKind::Futex as u32
         || now_ns().saturating_sub(wait.start_ns) < MIN_WAIT_NS.load()
     {
         return Ok(());
     }
-    // SAFETY: the current task's saved user registers; a wake from an interrupt that
-    // happened to land on a target thread is not in a futex call and is skipped.
-    let (ip, sp, bp, nr) = unsafe {
+    // SAFETY: the current task's saved user registers. The waker must be in a futex
+    // wake: a wake from an interrupt (a timed wait's timer) that happened to land on a
+    // target thread inside some other call is not this thread's doing.
+    let (ip, sp, bp, nr, op) = unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         (
             bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0),
             bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0),
             bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0),
             bpf_probe_read_kernel(&(*regs).orig_rax).unwrap_or(0) as i64,
+            bpf_probe_read_kernel(&(*regs).rsi).unwrap_or(0),
         )
     };
-    if nr != syscall_nr::FUTEX && nr != syscall_nr::FUTEX_WAKE {
+    if !(nr == syscall_nr::FUTEX_WAKE || nr == syscall_nr::FUTEX && is_futex_wake(op)) {
         return Ok(());
     }
     let Some(mut entry) = WAKES.reserve::<WakeRecord>(0) else {

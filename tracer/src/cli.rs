@@ -146,10 +146,6 @@ pub struct MapSizes {
     /// Bytes of the ring buffer for long waits (a power of two, at least 4096).
     #[arg(long, hide = true)]
     pub ring_buffer_bytes: Option<u32>,
-
-    /// Threads that can be inside a watched call at once.
-    #[arg(long, hide = true)]
-    pub max_in_flight: Option<u32>,
 }
 
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).

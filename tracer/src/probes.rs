@@ -5,7 +5,7 @@ use std::{io::Read as _, path::Path, time::Duration};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter, TracePoint},
 };
 use crate::cli::MapSizes;
@@ -86,12 +86,12 @@ impl Probes {
         })?;
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
-        let MapSizes { ring_buffer_bytes, max_in_flight } = config.maps;
+        // The in-flight calls live in task storage, which aya has no map type for; only
+        // the kernel side uses it.
+        loader.allow_unsupported_maps();
+        let MapSizes { ring_buffer_bytes } = config.maps;
         if let Some(bytes) = ring_buffer_bytes {
             loader.map_max_entries("WAITS", bytes);
-        }
-        if let Some(threads) = max_in_flight {
-            loader.map_max_entries("IN_FLIGHT", threads);
         }
         let ebpf = loader
             .btf(Some(&btf))
@@ -107,16 +107,19 @@ impl Probes {
         let Self { ebpf, btf } = self;
         // The sleep marker first, so no wait's switch-out is missed once entries appear.
         let program = |name| ProbeError::Map { name, source: None };
-        let switch: &mut BtfTracePoint = ebpf
-            .program_mut("tracer_sched_switch")
-            .ok_or_else(|| program("tracer_sched_switch"))?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name: "tracer_sched_switch", source })?;
         let attach_err = |name| move |source| ProbeError::Program { name, source };
-        switch.load("sched_switch", btf).map_err(attach_err("sched_switch"))?;
-        switch.attach().map_err(attach_err("sched_switch"))?;
+        for (name, function) in
+            [("tracer_sched_switch", "sched_switch"), ("tracer_sched_waking", "sched_waking")]
+        {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| program(name))?
+                .try_into()
+                .map_err(attach_err(name))?;
+            program.load(function, btf).map_err(attach_err(name))?;
+            program.attach().map_err(attach_err(name))?;
+        }
         for (name, category, tracepoint) in [
-            ("tracer_sched_waking", "sched", "sched_waking"),
             ("tracer_sys_exit", "raw_syscalls", "sys_exit"),
             ("tracer_sys_enter", "raw_syscalls", "sys_enter"),
         ] {
@@ -186,18 +189,26 @@ impl Probes {
     }
 
     /// The calls in flight whose thread is asleep in them: when each began, by thread.
-    pub fn waits_in_progress(&self) -> Result<std::collections::HashMap<u32, u64>, ProbeError> {
-        let err = |source| ProbeError::Map { name: "IN_FLIGHT", source: Some(source) };
-        let map = self.ebpf.map("IN_FLIGHT").ok_or(ProbeError::Map {
-            name: "IN_FLIGHT",
-            source: None,
-        })?;
-        let in_flight: HashMap<_, u32, InFlightWait> = HashMap::try_from(map).map_err(err)?;
+    /// The entries hang off the tasks (task storage), so each thread of `pid` is looked
+    /// up by a pidfd of its own; a thread gone meanwhile is simply absent.
+    pub fn waits_in_progress(
+        &self,
+        pid: u32,
+    ) -> Result<std::collections::HashMap<u32, u64>, ProbeError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let Some(Map::Unsupported(in_flight)) = self.ebpf.map("IN_FLIGHT") else {
+            return Err(ProbeError::Map { name: "IN_FLIGHT", source: None });
+        };
+        let map_fd = in_flight.fd().as_fd().as_raw_fd();
         let mut starts = std::collections::HashMap::new();
-        for entry in in_flight.iter() {
-            // An entry can vanish between the key walk and its lookup: skip it.
-            let Ok((tid, wait)) = entry else { continue };
-            if wait.blocked != 0 && wait.start_ns != 0 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Ok(starts);
+        };
+        for tid in tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            if let Some(wait) = lookup_task_storage(map_fd, tid)
+                && wait.blocked != 0
+                && wait.start_ns != 0
+            {
                 starts.insert(tid, wait.start_ns);
             }
         }
@@ -223,6 +234,50 @@ impl Probes {
         }
         Ok(totals)
     }
+}
+
+/// The task-storage value of thread `tid`: BPF_MAP_LOOKUP_ELEM keyed by a pidfd of the
+/// thread (PIDFD_THREAD, Linux 6.9+).
+fn lookup_task_storage(map_fd: std::os::fd::RawFd, tid: u32) -> Option<InFlightWait> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    /// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM reads it (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, PIDFD_THREAD) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let key: i32 = pidfd.as_raw_fd();
+    let mut value = std::mem::MaybeUninit::<InFlightWait>::zeroed();
+    let attr = MapElemAttr {
+        map_fd: map_fd as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a live key and a value buffer of the map's value size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<MapElemAttr>(),
+        )
+    };
+    // SAFETY: on success the kernel filled the whole value; zeroed is valid otherwise.
+    (rc == 0).then(|| unsafe { value.assume_init() })
 }
 
 /// Splits the iterator's output into records (native-endian `ip, sp, bp` triples).

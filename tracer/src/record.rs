@@ -14,7 +14,7 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::{ShortWaitTotals, WaitKind, WaitRecord, WakeRecord};
+use tracer_common::{Counter, ShortWaitTotals, WaitKind, WaitRecord, WakeRecord};
 
 use crate::{
     aggregate::{Profile, ProfileKind, StackKey, ThreadCounts, TraceCounts, WaitAggregate},
@@ -30,7 +30,6 @@ use crate::{
     target::{self, Target},
     wait_targets::WaitTargets,
 };
-use tracer_common::Counter;
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let RecordArgs { pid, duration, min_wait, outputs, top, maps } = args;
@@ -69,10 +68,23 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     rings.drain_now(&mut collector);
     let counters = probes.counters()?;
     let short_waits = probes.short_waits()?;
-    let known_starts = probes.waits_in_progress()?;
-    let frame_pointers = SavedFramePointers::from_tasks(&probes.task_registers()?);
-    drop(rings);
+    // Neither of these may cost the recording: without them, ages are lower bounds and
+    // stacks that need rbp stop early (both counted).
+    let known_starts = probes.waits_in_progress(pid).unwrap_or_else(|err| {
+        log::warn!("cannot read the waits in progress: {err}");
+        Default::default()
+    });
+    let frame_pointers = match probes.task_registers() {
+        Ok(registers) => SavedFramePointers::from_tasks(&registers),
+        Err(err) => {
+            log::warn!("cannot read the threads' saved registers: {err}");
+            SavedFramePointers::default()
+        }
+    };
     drop(probes); // detach before the slow part
+    // Records written between the drain and the detach.
+    rings.drain_now(&mut collector);
+    drop(rings);
     let target_exited = stop == Stop::TargetExited || target.has_exited();
     if target_exited {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
@@ -83,18 +95,29 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         mut aggregate,
     } = collector;
     // The waits that never ended: threads blocked before we attached, and stuck ones.
+    let mut target_exited = target_exited;
     let thread_counts = if target_exited {
         ThreadCounts::default()
     } else {
-        collect_blocked_threads(
+        match collect_blocked_threads(
             pid,
             &mut walker,
             &known_starts,
             &frame_pointers,
             &mut targets,
             &mut aggregate,
-        )
-        .with_context(|| format!("cannot list the threads of pid {pid}"))?
+        ) {
+            Ok(counts) => counts,
+            // Exiting now, after the recording: still report what was recorded.
+            Err(_) if target.has_exited() => {
+                target_exited = true;
+                eprintln!("tracer: pid {pid} exited at the end of the recording");
+                ThreadCounts::default()
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot list the threads of pid {pid}"));
+            }
+        }
     };
     let counts = trace_counts(&counters, walker.truncated_walks, &targets, malformed_records);
     let base = Profile {

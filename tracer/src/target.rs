@@ -27,6 +27,9 @@ pub enum TargetError {
     /// The process has exited and waits for its parent to reap it.
     #[error("pid {0} has exited (a zombie waiting for its parent); nothing left to trace")]
     Zombie(u32),
+    /// A thread id was given; the process is its thread group.
+    #[error("pid {pid} is a thread of process {tgid}; give the process id {tgid}")]
+    Thread { pid: u32, tgid: u32 },
     /// Kernel threads have no user stacks or syscalls to trace.
     #[error("pid {pid} ({comm}) is a kernel thread; give the pid of a user process")]
     KernelThread { pid: u32, comm: String },
@@ -52,7 +55,8 @@ pub enum TargetError {
     },
 }
 
-/// A live user process, identified by pid and start time (so a reused pid is told apart).
+/// A live user process; its pidfd pins its identity, so a reused pid cannot be
+/// mistaken for it once opened.
 #[derive(Debug)]
 pub struct Target {
     pub pid: u32,
@@ -84,6 +88,15 @@ impl Target {
         }
         if state == 'Z' || state == 'X' {
             return Err(TargetError::Zombie(pid));
+        }
+        // /proc/TID exists for every thread too (hidden from listings): refuse a thread id.
+        let tgid = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status.lines().find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
+            });
+        if let Some(tgid) = tgid.filter(|&tgid| tgid != pid) {
+            return Err(TargetError::Thread { pid, tgid });
         }
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -214,6 +227,25 @@ mod tests {
         }
         assert!(matches!(Target::open(pid), Err(TargetError::Zombie(p)) if p == pid));
         drop(child.wait_with_output());
+    }
+
+    #[test]
+    fn a_thread_id_is_refused_with_its_process_id() {
+        let (tid_sender, tid) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid takes no arguments.
+            let _ = tid_sender.send(unsafe { libc::gettid() } as u32);
+            let _ = wait.recv();
+        });
+        let tid = tid.recv().unwrap();
+        let pid = std::process::id();
+        assert!(matches!(
+            Target::open(tid),
+            Err(TargetError::Thread { pid: p, tgid }) if p == tid && tgid == pid
+        ));
+        drop(done);
+        thread.join().unwrap();
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Shared {
             let attached = attached.as_mut().ok_or(ServeError::NotAttached)?;
             let known_starts = attached
                 .probes
-                .waits_in_progress()
+                .waits_in_progress(attached.pid)
                 .map_err(ServeError::Probes)?;
             let registers = attached
                 .probes
