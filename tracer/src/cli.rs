@@ -23,7 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Record the waits of a running process, then report where they came from.
     Record(RecordArgs),
-    /// Show the threads blocked right now, grouped by call stack (no probes loaded).
+    /// Show the threads blocked right now, grouped by call stack (nothing is attached to the
+    /// process; Go programs: their goroutines).
     Snapshot(SnapshotArgs),
     /// Re-render a saved profile (a .json, or a .pb.gz, that tracer wrote) in any
     /// format, or compare it with a baseline (--diff).

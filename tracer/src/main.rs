@@ -7,6 +7,10 @@
 //! `report_cmd` (`tracer report`) reads saved profiles back into the exporters;
 //! `serve` keeps the record pipeline running behind HTTP endpoints.
 
+// Syscall numbers, saved registers and /proc/PID/task/TID/syscall are read as x86_64's.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("tracer supports x86_64 only");
+
 mod aggregate;
 mod blocked_now;
 mod cli;

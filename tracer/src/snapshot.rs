@@ -1,6 +1,7 @@
 //! `tracer snapshot`: the threads of a live process blocked right now in futex and
 //! socket waits, grouped by call stack like a goroutine profile — including threads
-//! stuck since long before the tracer started. Reads /proc; loads no probes.
+//! stuck since long before the tracer started. Reads /proc and attaches nothing to the
+//! process: one pass of a BPF task iterator reads the threads' saved registers.
 
 use std::time::Instant;
 
@@ -35,7 +36,6 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     if is_go {
         return golang::snapshot(&target, &image, &outputs, top);
     }
-    drop(image);
     let btf_path = target::btf_path()?;
     let outputs = outputs
         .iter()
@@ -50,9 +50,15 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         ProbeConfig { tgid: pid, min_wait: std::time::Duration::ZERO, maps: Default::default() },
         &btf_path,
     )?;
-    let frame_pointers = SavedFramePointers::from_tasks(&probes.task_registers()?);
+    // Without the saved registers, stacks whose CFI needs rbp stop early (counted).
+    let frame_pointers = match probes.task_registers() {
+        Ok(registers) => SavedFramePointers::from_tasks(&registers),
+        Err(err) => {
+            log::warn!("cannot read the threads' saved registers: {err}");
+            SavedFramePointers::default()
+        }
+    };
     drop(probes);
-    let image = ProcessImage::snapshot(pid).map_err(|err| exited_or(&target, err.into()))?;
     let mut walker = StackWalker::new(pid, image);
     let mut aggregate = WaitAggregate::default();
     let mut targets = WaitTargets::new(pid);
