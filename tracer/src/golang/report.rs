@@ -78,7 +78,8 @@ impl GoSnapshot {
         goroutines: Vec<Goroutine>,
         counts: GoroutineCounts,
     ) -> Self {
-        let now = monotonic_now_ns();
+        // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
+        let now = i64::try_from(crate::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
         let mut by_stack: HashMap<(Vec<u64>, u8), (u64, i64, bool)> = HashMap::new();
         for Goroutine {
             wait_reason,
@@ -353,17 +354,6 @@ fn frame_of(location: Option<GoLocation>, pc: u64) -> GoFrame {
             line: None,
         },
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the runtime's `nanotime()`.
-fn monotonic_now_ns() -> i64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec * 1_000_000_000 + now.tv_nsec
 }
 
 #[cfg(test)]
