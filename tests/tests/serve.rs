@@ -11,7 +11,7 @@ use std::{
 
 use tracer_tests::{
     HTTP_TIMEOUT, Prometheus, ServeDaemon, TempDir, run_with_timeout, start_rust_pileup,
-    start_rust_stuck, tracer_bin,
+    start_rust_stuck, start_workload, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -268,4 +268,152 @@ fn sigterm_detaches_and_exits_promptly() {
     assert!(daemon.log().contains("SIGTERM"), "{}", daemon.log());
     // The probes are gone: the workload keeps running untraced.
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// A library the workload loads only when told to (after the daemon attached), and the
+/// function in it that waits: poll(2) with no descriptors, then a store, so the call
+/// is not a tail call and the function stays on the stack.
+const LATE_LIBRARY_SOURCE: &str = r#"
+#include <poll.h>
+static volatile unsigned long calls;
+__attribute__((noinline)) void late_library_wait(void) {
+    poll(0, 0, LATE_WAIT_MS);
+    calls++;
+}
+"#;
+
+/// Waits (in nanosleep, which is not traced) until the trigger file exists, then loads
+/// the library and waits in it forever.
+const LATE_MAIN_SOURCE: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    printf("ready\n");
+    fflush(stdout);
+    while (access(argv[2], F_OK) != 0) usleep(20000);
+    void *library = dlopen(argv[1], RTLD_NOW);
+    if (!library) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    void (*wait_in_library)(void) = (void (*)(void))dlsym(library, "late_library_wait");
+    if (!wait_in_library) return 1;
+    for (;;) wait_in_library();
+}
+"#;
+
+/// Each wait in the late library: well over --min-wait, and many fit in the window.
+const LATE_WAIT_MS: u32 = 200;
+
+/// Compiles C `source` with gcc and `flags` into `out`.
+fn gcc(source: &str, flags: &[&str], out: &std::path::Path) {
+    let dir = out.parent().expect("a directory");
+    let file = dir.join(format!(
+        "{}.c",
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .expect("a file name")
+    ));
+    std::fs::write(&file, source).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    let output = Command::new("gcc")
+        .args(["-O2", "-g", "-Wall", "-Werror"])
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("spawn gcc: {e}"));
+    assert!(
+        output.status.success(),
+        "gcc {} failed ({}):\n{}",
+        file.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn block_profile_names_a_library_loaded_after_attach() {
+    let dir = TempDir::new("serve-dlopen");
+    let library = dir.join("liblate.so");
+    let wait_ms = format!("-DLATE_WAIT_MS={LATE_WAIT_MS}");
+    gcc(
+        LATE_LIBRARY_SOURCE,
+        &["-shared", "-fPIC", &wait_ms],
+        &library,
+    );
+    let main = dir.join("late-dlopen");
+    gcc(LATE_MAIN_SOURCE, &["-ldl"], &main);
+    let trigger = dir.join("load-now");
+
+    let mut cmd = Command::new(&main);
+    cmd.arg(&library).arg(&trigger);
+    let workload = start_workload("late-dlopen", cmd);
+    let pid = workload.pid();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    wait_attached(&mut daemon, pid);
+    std::fs::write(&trigger, b"").unwrap_or_else(|e| panic!("create the trigger: {e}"));
+
+    let url = format!(
+        "http://127.0.0.1:{}/debug/pprof/block?seconds=3",
+        daemon.port
+    );
+    let mut cmd = Command::new("go");
+    cmd.args(["tool", "pprof", "-traces", &url])
+        .env("PPROF_TMPDIR", dir.path());
+    let out = run_with_timeout("go tool pprof", cmd, HTTP_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "go tool pprof failed ({}):\n{}\n{}\ntracer log:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr,
+        daemon.log()
+    );
+    println!("{}", out.stdout);
+    assert!(
+        out.stdout.contains("late_library_wait"),
+        "the block profile does not name late_library_wait of the library loaded after \
+         attach:\n{}\ntracer log:\n{}",
+        out.stdout,
+        daemon.log()
+    );
+    drop(workload);
+}
+
+/// Scrapes in a row, as several Prometheus servers would send.
+const SCRAPES: usize = 20;
+
+#[test]
+fn metrics_show_every_loss_and_frequent_scrapes_are_answered() {
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, HANDLERS, WORKLOAD_SECONDS);
+    let pid = stuck.workload.pid();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    wait_attached(&mut daemon, pid);
+    let started = Instant::now();
+    for scrape in 0..SCRAPES {
+        let metrics = daemon.get("/metrics");
+        assert_eq!(metrics.status, 200, "scrape {scrape}: {}", metrics.text());
+        let text = metrics.text();
+        for line in [
+            "tracer_lost_events_total{reason=\"metrics_window\"} 0",
+            "tracer_lost_events_total{reason=\"block_window\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "scrape {scrape}: no line {line}:\n{text}"
+            );
+        }
+        let blocked: u64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(r#"tracer_blocked_threads{kind="futex",site="rust_stuck::send_stat""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(
+            blocked, HANDLERS as u64,
+            "scrape {scrape}: the blocked handlers are not all counted:\n{text}"
+        );
+    }
+    println!("{SCRAPES} scrapes in {:?}", started.elapsed());
 }

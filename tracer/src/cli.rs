@@ -196,5 +196,13 @@ mod tests {
     fn help_is_stable() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+        // The help of every command, pinned: a change to the interface shows in review.
+        let mut command = Cli::command();
+        let mut help = command.render_long_help().to_string();
+        for subcommand in command.get_subcommands_mut() {
+            help.push_str(&format!("\n==== tracer {} ====\n", subcommand.get_name()));
+            help.push_str(&subcommand.render_long_help().to_string());
+        }
+        crate::report::golden_tests::check_golden("help.txt", help.as_bytes());
     }
 }

@@ -13,7 +13,7 @@ use crate::report::{
     summary::render_summary,
 };
 
-fn check_golden(name: &str, actual: &[u8]) {
+pub(crate) fn check_golden(name: &str, actual: &[u8]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/golden")
         .join(name);

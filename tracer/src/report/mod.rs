@@ -11,7 +11,7 @@ pub mod summary;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
-mod golden_tests;
+pub(crate) mod golden_tests;
 #[cfg(test)]
 mod reader_props;
 

@@ -26,6 +26,13 @@ pub struct Window {
     /// Waits of earlier attachments (the target restarted while the window was open),
     /// symbolized when they detached.
     pub earlier: Vec<ProfileStack>,
+    /// Waits of earlier attachments that could not be symbolized when they detached.
+    pub lost_waits: u64,
+}
+
+/// How many waits `aggregate` holds.
+pub fn waits_in(aggregate: &WaitAggregate) -> u64 {
+    aggregate.stacks.values().map(|stats| stats.waits).sum()
 }
 
 /// The drain task's sink: decodes records of the attached process into every window.
@@ -45,6 +52,12 @@ pub struct Collector {
     pub stacks_dropped: u64,
     /// Malformed records of earlier attachments (the decoder counts the current one's).
     pub earlier_malformed: u64,
+    /// Waits of the metrics window that could not be symbolized (the target restarted
+    /// meanwhile, or the symbolizer stopped).
+    pub metrics_window_lost: u64,
+    /// Waits of /debug/pprof/block windows that could not be symbolized when their
+    /// process detached.
+    pub block_window_lost: u64,
 }
 
 impl Collector {

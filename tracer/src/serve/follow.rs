@@ -2,11 +2,20 @@
 //! given name, found again each time it restarts. Attaches the probes, drains their
 //! ring buffers into the collector until the process exits, then detaches.
 
-use std::{fmt, path::Path, time::Duration};
+use std::{
+    fmt,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
-use super::{Attached, Shared, collector::LockedCollector, lock};
+use super::{
+    Attached, Shared,
+    collector::{LockedCollector, waits_in},
+    lock,
+};
 use crate::{
     aggregate::ProfileKind,
     probes::{ProbeConfig, Probes},
@@ -65,12 +74,13 @@ pub async fn run(
             Wanted::Comm(name) => find_by_comm(name, generation == 0).await,
         };
         generation += 1;
-        let mut rings = match attach(&target, shared, btf_path, min_wait, generation) {
+        let mut rings = match attach(&target, shared, btf_path, min_wait, generation).await {
             Ok(rings) => rings,
-            // The process may have exited while we attached: look again.
-            Err(err) if matches!(wanted, Wanted::Comm(_)) => {
-                log::warn!(
-                    "cannot attach to pid {} ({}): {err:#}",
+            // The process may have exited while we attached: look again. Any other
+            // failure (the verifier, the kernel's BTF) would only repeat.
+            Err(err) if matches!(wanted, Wanted::Comm(_)) && vanished(&target) => {
+                log::info!(
+                    "pid {} ({}) exited while being attached ({err:#}); looking again",
                     target.pid,
                     target.comm
                 );
@@ -78,7 +88,12 @@ pub async fn run(
                 tokio::time::sleep(SEARCH_INTERVAL).await;
                 continue;
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                return Err(err.context(format!(
+                    "cannot attach to pid {} ({})",
+                    target.pid, target.comm
+                )));
+            }
         };
         match wanted {
             Wanted::Comm(name) => {
@@ -107,9 +122,18 @@ pub async fn run(
     }
 }
 
-/// Loads and attaches the probes for `target` and hands the decoder, the probes and an
-/// image for the worker to the shared state.
-fn attach(
+/// Whether `target` exited or vanished (so a failed attach is worth retrying).
+fn vanished(target: &Target) -> bool {
+    target.has_exited()
+        || matches!(
+            Target::open(target.pid),
+            Err(TargetError::NoSuchProcess(_) | TargetError::Zombie(_))
+        )
+}
+
+/// Loads and attaches the probes for `target` and hands the decoder, the probes and
+/// images for the worker to the shared state.
+async fn attach(
     target: &Target,
     shared: &Shared,
     btf_path: &Path,
@@ -122,7 +146,15 @@ fn attach(
             .with_context(|| format!("cannot read the memory map of pid {pid} ({what})"))
     };
     let walker = StackWalker::new(pid, image("unwinding")?);
-    shared.worker.attach(generation, pid, image("symbolizing")?);
+    shared
+        .worker
+        .attach(
+            generation,
+            pid,
+            image("unwinding blocked threads")?,
+            image("symbolizing")?,
+        )
+        .await;
     let mut probes = Probes::open(
         ProbeConfig { tgid: pid, min_wait, maps: Default::default() },
         btf_path,
@@ -138,7 +170,7 @@ fn attach(
         pid,
         comm: target.comm.clone(),
         generation,
-        probes,
+        probes: Arc::new(Mutex::new(probes)),
     });
     Ok(rings)
 }
@@ -148,7 +180,7 @@ fn attach(
 async fn detach(shared: &Shared) {
     let attached = lock(&shared.attached).take();
     if let Some(attached) = &attached
-        && let Ok(counters) = attached.probes.counters()
+        && let Ok(counters) = lock(&attached.probes).counters()
     {
         let mut earlier = lock(&shared.earlier_counters);
         for (sum, value) in earlier.0.iter_mut().zip(counters.0) {
@@ -161,31 +193,36 @@ async fn detach(shared: &Shared) {
         if let Some(decoder) = collector.decoder.take() {
             collector.earlier_malformed += decoder.malformed_records;
         }
-        let ids: Vec<u64> = collector.windows.keys().copied().collect();
-        let windows: Vec<_> = ids
-            .into_iter()
-            .filter_map(|id| {
-                let window = collector.windows.get_mut(&id)?;
-                Some((id, std::mem::take(&mut window.aggregate)))
-            })
+        let windows: Vec<_> = collector
+            .windows
+            .iter_mut()
+            .filter(|(_, window)| !window.aggregate.stacks.is_empty())
+            .map(|(&id, window)| (id, std::mem::take(&mut window.aggregate)))
             .collect();
         (collector.generation, windows)
     };
-    if let Err(err) = shared.fold_metrics_window().await {
-        log::debug!("metrics window of the exited process not folded: {err}");
-    }
+    shared.fold_metrics_window().await;
     for (id, aggregate) in windows {
+        let waits = waits_in(&aggregate);
         let base = shared.base_profile(ProfileKind::Recording, Duration::ZERO);
-        match shared.worker.symbolize(generation, aggregate, base).await {
+        let symbolized = shared.worker.symbolize(generation, aggregate, base).await;
+        let mut collector = lock(&shared.collector);
+        match symbolized {
             Ok(profile) => {
-                if let Some(window) = lock(&shared.collector).windows.get_mut(&id) {
+                if let Some(window) = collector.windows.get_mut(&id) {
                     window.earlier.extend(profile.stacks);
                 }
             }
-            Err(err) => log::debug!("window {id}: waits of the exited process dropped: {err}"),
+            Err(err) => {
+                log::warn!("window {id}: {waits} waits of the exited process lost: {err}");
+                collector.block_window_lost += waits;
+                if let Some(window) = collector.windows.get_mut(&id) {
+                    window.lost_waits += waits;
+                }
+            }
         }
     }
-    shared.worker.detach();
+    shared.worker.detach().await;
 }
 
 /// Waits for a live process named `name`; says so once when there is none yet.

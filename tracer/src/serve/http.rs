@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
-    header::{CONTENT_DISPOSITION, CONTENT_TYPE},
+    header::{CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue},
     server::conn::http1,
     service::service_fn,
 };
@@ -17,10 +17,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use super::{
     ServeError, Shared, counts_since, lock,
     metrics::{self, ProcessUsage, Scrape},
-    short_wait_rows,
 };
 use crate::{
     aggregate::{Profile, ProfileKind},
+    record::below_threshold,
     report::{Provenance, Weight, pprof::write_pprof, summary::render_summary},
 };
 
@@ -39,6 +39,16 @@ const MAX_SECONDS: u64 = 300;
 const CONNECTION_SLACK: Duration = Duration::from_secs(60);
 /// Rows of the text summary of /debug/pprof/threads?debug=1.
 const SUMMARY_TOP: usize = 30;
+
+// Header values checked when compiled: no parsing, nothing to fail, per response.
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
+const OPENMETRICS: HeaderValue =
+    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+const BLOCK_ATTACHMENT: HeaderValue =
+    HeaderValue::from_static("attachment; filename=\"block.pb.gz\"");
+const THREADS_ATTACHMENT: HeaderValue =
+    HeaderValue::from_static("attachment; filename=\"threads.pb.gz\"");
 
 const INDEX: &str = "tracer serve: the waits of a live process
 
@@ -123,27 +133,16 @@ async fn respond<B>(shared: &Shared, windows: &Arc<Semaphore>, request: Request<
 fn text(status: StatusCode, body: String) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        "text/plain; charset=utf-8"
-            .parse()
-            .expect("a valid header value"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
     response
 }
 
-fn binary(body: Vec<u8>, file_name: &str) -> Reply {
+/// A download; `attachment` is its Content-Disposition.
+fn binary(body: Vec<u8>, attachment: HeaderValue) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        "application/octet-stream"
-            .parse()
-            .expect("a valid header value"),
-    );
-    if let Ok(value) = format!("attachment; filename=\"{file_name}\"").parse() {
-        headers.insert(CONTENT_DISPOSITION, value);
-    }
+    headers.insert(CONTENT_TYPE, OCTET_STREAM);
+    headers.insert(CONTENT_DISPOSITION, attachment);
     response
 }
 
@@ -179,12 +178,9 @@ fn healthz(shared: &Shared) -> Reply {
 }
 
 async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
-    if let Err(err) = shared.fold_metrics_window().await {
-        // The series keep their last values; the window is folded on the next scrape.
-        log::debug!("metrics window not folded: {err}");
-    }
-    let blocked = match shared.blocked_now().await {
-        Ok(snapshot) => Some(metrics::blocked_series(&snapshot, shared.max_series)),
+    shared.fold_metrics_window().await;
+    let blocked = match shared.blocked_series().await {
+        Ok(series) => Some(series),
         Err(err) => {
             log::debug!("no blocked threads for /metrics: {err}");
             None
@@ -194,20 +190,15 @@ async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
     let body = {
         let waits = lock(&shared.waits);
         metrics::render(&Scrape {
-            blocked: blocked.as_ref(),
+            blocked: blocked.as_deref(),
             waits: &waits,
             tracer: &tracer,
             usage: ProcessUsage::of_self(),
         })
     };
-    let body = body.map_err(|_| ServeError::NotAttached)?;
+    let body = body.map_err(ServeError::Render)?;
     let mut response = text(StatusCode::OK, body);
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-            .parse()
-            .expect("a valid header value"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, OPENMETRICS);
     Ok(response)
 }
 
@@ -246,16 +237,22 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
     if let Some(now) = &now {
         let (counts, short_waits) = counts_since(now, mark.as_ref());
         base.counts = counts;
-        base.below_threshold = short_wait_rows(&short_waits);
+        base.below_threshold = below_threshold(&short_waits);
     }
-    let earlier = closed.earlier;
-    let profile = if closed.aggregate.stacks.is_empty() {
+    let super::collector::Window {
+        aggregate,
+        earlier,
+        lost_waits,
+    } = closed;
+    if lost_waits > 0 {
+        // Not in the profile: its counts have no field for it (see
+        // tracer_lost_events_total{reason="block_window"}).
+        log::warn!("block profile: {lost_waits} waits of an earlier process lost");
+    }
+    let profile = if aggregate.stacks.is_empty() {
         base
     } else {
-        shared
-            .worker
-            .symbolize(generation, closed.aggregate, base)
-            .await?
+        shared.worker.symbolize(generation, aggregate, base).await?
     };
     let profile = if earlier.is_empty() {
         profile
@@ -273,7 +270,7 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
             .map(|stack| stack.stats.waits)
             .sum::<u64>()
     );
-    pprof(profile, Weight::Time, "block.pb.gz").await
+    pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await
 }
 
 async fn threads(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeError> {
@@ -281,11 +278,15 @@ async fn threads(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeErr
     if debug.is_some_and(|value| value != "0") {
         return Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP)));
     }
-    pprof(profile, Weight::Threads, "threads.pb.gz").await
+    pprof(profile, Weight::Threads, THREADS_ATTACHMENT).await
 }
 
 /// Encodes off the runtime's threads: a big profile takes a while to compress.
-async fn pprof(profile: Profile, weight: Weight, file_name: &str) -> Result<Reply, ServeError> {
+async fn pprof(
+    profile: Profile,
+    weight: Weight,
+    attachment: HeaderValue,
+) -> Result<Reply, ServeError> {
     let encoded = tokio::task::spawn_blocking(move || {
         let provenance = Provenance::of_live_target(profile.pid);
         let mut bytes = Vec::new();
@@ -293,7 +294,7 @@ async fn pprof(profile: Profile, weight: Weight, file_name: &str) -> Result<Repl
     })
     .await;
     match encoded {
-        Ok(Ok(bytes)) => Ok(binary(bytes, file_name)),
+        Ok(Ok(bytes)) => Ok(binary(bytes, attachment)),
         Ok(Err(err)) => {
             log::warn!("cannot encode a pprof profile: {err:#}");
             Ok(text(

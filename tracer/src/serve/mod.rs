@@ -14,7 +14,7 @@ mod worker;
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -26,9 +26,10 @@ use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
 
 use crate::{
     aggregate::{Profile, ProfileKind, ThreadCounts, TraceCounts},
+    blocked_now::SavedFramePointers,
     cli::ServeArgs,
-    probes::{ProbeCounters, Probes, ShortWaitsByKind},
-    record::{below_threshold, trace_counts},
+    probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
+    record::trace_counts,
     target,
 };
 
@@ -37,6 +38,11 @@ pub use follow::Wanted;
 /// How often the waits gathered for /metrics are folded into the series when nobody
 /// scrapes, so the window stays small.
 const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long /metrics reuses its sample of the blocked threads: sampling runs the task
+/// iterator over every task on the host, too much to repeat for each of several
+/// scrapers' scrapes.
+const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ServeArgs {
@@ -86,9 +92,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let mut ticks = tokio::time::interval(METRICS_FOLD_INTERVAL);
             loop {
                 ticks.tick().await;
-                if let Err(err) = shared.fold_metrics_window().await {
-                    log::debug!("metrics window not folded: {err}");
-                }
+                shared.fold_metrics_window().await;
             }
         }
     });
@@ -100,7 +104,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.abort();
     folder.abort();
     let attached = lock(&shared.attached).take();
-    drop(attached); // detaches the probes
+    // Detaches the probes (or the sampling of blocked threads in flight does, as it ends).
+    drop(attached);
     log::info!("detached; stopped");
     outcome
 }
@@ -118,7 +123,9 @@ pub struct Attached {
     pub pid: u32,
     pub comm: String,
     pub generation: u64,
-    pub probes: Probes,
+    /// Shared with the blocking task that samples the threads blocked now, so the
+    /// sampling does not hold `Shared::attached`.
+    pub probes: Arc<Mutex<Probes>>,
 }
 
 /// What the drain task, the endpoints and the follower share.
@@ -132,6 +139,16 @@ pub struct Shared {
     pub waits: Mutex<metrics::WaitSeries>,
     /// Probe counters of earlier attachments, so totals never go down on re-attach.
     pub earlier_counters: Mutex<ProbeCounters>,
+    /// The last sample of the blocked threads for /metrics; locked across sampling so
+    /// concurrent scrapes share one.
+    blocked_sample: tokio::sync::Mutex<Option<BlockedSample>>,
+}
+
+/// The blocked threads of one attachment, as series, and when they were sampled.
+struct BlockedSample {
+    generation: u64,
+    taken: Instant,
+    series: Arc<metrics::CappedSeries<u64>>,
 }
 
 /// Where an attachment's counters stood when a window opened.
@@ -153,6 +170,7 @@ impl Shared {
             worker,
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
+            blocked_sample: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -165,13 +183,18 @@ impl Shared {
 
     /// The current attachment's counters: what its probes and the decoder saw.
     pub fn counts_mark(&self) -> Option<CountsMark> {
-        let attached = lock(&self.attached);
-        let attached = attached.as_ref()?;
-        let counters = attached.probes.counters().ok()?;
-        let short_waits = attached.probes.short_waits().ok()?;
+        let (generation, probes) = {
+            let attached = lock(&self.attached);
+            let attached = attached.as_ref()?;
+            (attached.generation, Arc::clone(&attached.probes))
+        };
+        let (counters, short_waits) = {
+            let probes = lock(&probes);
+            (probes.counters().ok()?, probes.short_waits().ok()?)
+        };
         let collector = lock(&self.collector);
         let decoder = collector.decoder.as_ref()?;
-        if collector.generation != attached.generation {
+        if collector.generation != generation {
             return None;
         }
         let counts = trace_counts(
@@ -181,7 +204,7 @@ impl Shared {
             decoder.malformed_records,
         );
         Some(CountsMark {
-            generation: attached.generation,
+            generation,
             counts,
             short_waits,
         })
@@ -220,20 +243,25 @@ impl Shared {
 
     /// The threads blocked now in the attached process, as a snapshot profile.
     pub async fn blocked_now(&self) -> Result<Profile, ServeError> {
-        let (generation, known_starts, task_registers) = {
-            let mut attached = lock(&self.attached);
-            let attached = attached.as_mut().ok_or(ServeError::NotAttached)?;
-            let known_starts = attached
-                .probes
-                .waits_in_progress(attached.pid)
-                .map_err(ServeError::Probes)?;
-            let registers = attached
-                .probes
-                .task_registers()
-                .map_err(ServeError::Probes)?;
-            (attached.generation, known_starts, registers)
+        let (pid, generation, probes) = {
+            let attached = lock(&self.attached);
+            let attached = attached.as_ref().ok_or(ServeError::NotAttached)?;
+            (
+                attached.pid,
+                attached.generation,
+                Arc::clone(&attached.probes),
+            )
         };
-        let frame_pointers = crate::blocked_now::SavedFramePointers::from_tasks(&task_registers);
+        // The task iterator walks every task on the host: off the runtime's threads.
+        let (known_starts, frame_pointers) = tokio::task::spawn_blocking(move || {
+            let mut probes = lock(&probes);
+            let known_starts = probes.waits_in_progress(pid)?;
+            let registers = probes.task_registers()?;
+            Ok::<_, ProbeError>((known_starts, SavedFramePointers::from_tasks(&registers)))
+        })
+        .await
+        .map_err(ServeError::Sampling)?
+        .map_err(ServeError::Probes)?;
         let base = self.base_profile(ProfileKind::Snapshot, Duration::ZERO);
         Ok(self
             .worker
@@ -241,29 +269,61 @@ impl Shared {
             .await?)
     }
 
-    /// Folds the waits gathered since the last fold into the Prometheus series.
-    pub async fn fold_metrics_window(&self) -> Result<(), ServeError> {
+    /// The threads blocked now, as /metrics series: sampled at most once per
+    /// `BLOCKED_SAMPLE_TTL`, however many scrape.
+    pub async fn blocked_series(&self) -> Result<Arc<metrics::CappedSeries<u64>>, ServeError> {
+        let mut sample = self.blocked_sample.lock().await;
+        let (_, _, generation) = self.attached_process().ok_or(ServeError::NotAttached)?;
+        if let Some(sample) = sample.as_ref()
+            && sample.generation == generation
+            && sample.taken.elapsed() < BLOCKED_SAMPLE_TTL
+        {
+            return Ok(Arc::clone(&sample.series));
+        }
+        let snapshot = self.blocked_now().await?;
+        let series = Arc::new(metrics::blocked_series(&snapshot, self.max_series));
+        *sample = Some(BlockedSample {
+            generation,
+            taken: Instant::now(),
+            series: Arc::clone(&series),
+        });
+        Ok(series)
+    }
+
+    /// Folds the waits gathered since the last fold into the Prometheus series. Waits
+    /// that cannot be symbolized are counted as lost: the symbolizer waits for room in
+    /// its queue, so that means the target restarted meanwhile (the image the waits
+    /// need is gone) or the symbolizer stopped, and a retry would not help.
+    pub async fn fold_metrics_window(&self) {
         let (generation, window) = {
             let mut collector = lock(&self.collector);
             if collector.metrics_window.stacks.is_empty() {
-                return Ok(());
+                return;
             }
             (
                 collector.generation,
                 std::mem::take(&mut collector.metrics_window),
             )
         };
+        let waits = collector::waits_in(&window);
         let base = self.base_profile(ProfileKind::Recording, Duration::ZERO);
-        let profile = self.worker.symbolize(generation, window, base).await?;
-        lock(&self.waits).fold(&profile);
-        Ok(())
+        match self.worker.symbolize(generation, window, base).await {
+            Ok(profile) => lock(&self.waits).fold(&profile),
+            Err(err) => {
+                log::warn!("{waits} waits lost to /metrics: {err}");
+                lock(&self.collector).metrics_window_lost += waits;
+            }
+        }
     }
 
     /// The probe counters over every attachment.
     pub fn total_counters(&self) -> ProbeCounters {
         let mut total = *lock(&self.earlier_counters);
-        if let Some(attached) = lock(&self.attached).as_ref()
-            && let Ok(counters) = attached.probes.counters()
+        let probes = lock(&self.attached)
+            .as_ref()
+            .map(|attached| Arc::clone(&attached.probes));
+        if let Some(probes) = probes
+            && let Ok(counters) = lock(&probes).counters()
         {
             for (sum, value) in total.0.iter_mut().zip(counters.0) {
                 *sum += value;
@@ -288,6 +348,8 @@ impl Shared {
                 ("stack_unreadable", counters.get(Counter::StackUnreadable)),
                 ("malformed_record", collector.malformed_records()),
                 ("window_full", collector.stacks_dropped),
+                ("metrics_window", collector.metrics_window_lost),
+                ("block_window", collector.block_window_lost),
             ],
         }
     }
@@ -299,9 +361,18 @@ pub fn counts_since(
     now: &CountsMark,
     mark: Option<&CountsMark>,
 ) -> (TraceCounts, ShortWaitsByKind) {
-    let Some(mark) = mark.filter(|mark| mark.generation == now.generation) else {
-        return (now.counts.clone(), now.short_waits);
-    };
+    match mark.filter(|mark| mark.generation == now.generation) {
+        Some(mark) => (
+            counts_between(&now.counts, &mark.counts),
+            short_waits_between(&now.short_waits, &mark.short_waits),
+        ),
+        None => (now.counts.clone(), now.short_waits),
+    }
+}
+
+/// What the counters of one attachment grew by from `then` to `now`.
+fn counts_between(now: &TraceCounts, then: &TraceCounts) -> TraceCounts {
+    // Every field named, so a new counter must be considered here.
     let TraceCounts {
         calls_entered,
         returned_without_waiting,
@@ -318,9 +389,8 @@ pub fn counts_since(
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
-    } = &now.counts;
-    let then = &mark.counts;
-    let counts = TraceCounts {
+    } = now;
+    TraceCounts {
         calls_entered: calls_entered.saturating_sub(then.calls_entered),
         returned_without_waiting: returned_without_waiting
             .saturating_sub(then.returned_without_waiting),
@@ -333,28 +403,23 @@ pub fn counts_since(
         wakes_seen: wakes_seen.saturating_sub(then.wakes_seen),
         wake_ring_buffer_full: wake_ring_buffer_full.saturating_sub(then.wake_ring_buffer_full),
         unwind_truncated: unwind_truncated.saturating_sub(then.unwind_truncated),
+        // Zero in both marks: symbolizing the window fills it in.
         unknown_symbols: unknown_symbols.saturating_sub(then.unknown_symbols),
         non_socket_io: non_socket_io.saturating_sub(then.non_socket_io),
         unresolved_descriptors: unresolved_descriptors.saturating_sub(then.unresolved_descriptors),
         malformed_records: malformed_records.saturating_sub(then.malformed_records),
-    };
-    let mut short = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
-    for (kind, slot) in short.iter_mut().enumerate() {
-        slot.count = now.short_waits[kind]
-            .count
-            .saturating_sub(mark.short_waits[kind].count);
-        slot.total_ns = now.short_waits[kind]
-            .total_ns
-            .saturating_sub(mark.short_waits[kind].total_ns);
     }
-    (counts, short)
 }
 
-/// The per-kind totals under the threshold, as a profile holds them.
-pub fn short_wait_rows(
-    short: &ShortWaitsByKind,
-) -> Vec<(tracer_common::WaitKind, ShortWaitTotals)> {
-    below_threshold(short)
+/// What the per-kind totals under the threshold grew by from `then` to `now`.
+fn short_waits_between(now: &ShortWaitsByKind, then: &ShortWaitsByKind) -> ShortWaitsByKind {
+    let mut grown = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
+    for ((slot, now), then) in grown.iter_mut().zip(now).zip(then) {
+        let ShortWaitTotals { count, total_ns } = now;
+        slot.count = count.saturating_sub(then.count);
+        slot.total_ns = total_ns.saturating_sub(then.total_ns);
+    }
+    grown
 }
 
 /// Why an endpoint cannot answer.
@@ -365,7 +430,49 @@ pub enum ServeError {
     NotAttached,
     /// Reading the probes' maps failed.
     #[error("cannot read the probes")]
-    Probes(#[source] crate::probes::ProbeError),
+    Probes(#[source] ProbeError),
+    /// The task sampling the blocked threads panicked or was cancelled.
+    #[error("cannot sample the blocked threads")]
+    Sampling(#[source] tokio::task::JoinError),
+    /// The symbolizer thread could not build the profile.
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),
+    /// The metrics could not be encoded as text.
+    #[error("cannot render the metrics")]
+    Render(#[source] std::fmt::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(generation: u64, long_waits: u64, short_count: u64) -> CountsMark {
+        let mut short_waits = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
+        short_waits[0] = ShortWaitTotals {
+            count: short_count,
+            total_ns: short_count * 10,
+        };
+        CountsMark {
+            generation,
+            counts: TraceCounts {
+                long_waits,
+                ..TraceCounts::default()
+            },
+            short_waits,
+        }
+    }
+
+    #[test]
+    fn window_counts_are_the_growth_since_the_mark_of_the_same_attachment() {
+        let now = mark(2, 50, 7);
+        let (counts, short) = counts_since(&now, Some(&mark(2, 20, 3)));
+        assert_eq!(counts.long_waits, 30);
+        assert_eq!((short[0].count, short[0].total_ns), (4, 40));
+        // Re-attached meanwhile: everything the new attachment saw.
+        let (counts, short) = counts_since(&now, Some(&mark(1, 20, 3)));
+        assert_eq!(counts.long_waits, 50);
+        assert_eq!(short[0].count, 7);
+        let (counts, _) = counts_since(&now, None);
+        assert_eq!(counts.long_waits, 50);
+    }
 }

@@ -4,9 +4,15 @@
 //! requests cannot multiply the CPU it takes. (blazesym's symbolizer cannot move
 //! between threads, so it lives here for good.)
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
-use tokio::sync::oneshot;
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 
 use crate::{
     aggregate::{Profile, WaitAggregate},
@@ -16,10 +22,19 @@ use crate::{
     wait_targets::WaitTargets,
 };
 
-/// Jobs waiting for the worker beyond the one it runs: past that, requests are
-/// refused (503) rather than queued without bound.
+/// Jobs waiting for the worker beyond the one it runs. Snapshots past that are refused
+/// (503); symbolization jobs wait for a slot, as their callers are few and bounded (the
+/// open windows, the metrics fold).
 const QUEUE_CAPACITY: usize = 8;
 
+/// Re-read the target's memory map for symbolizing at most this often when an address
+/// falls outside every known module (a library loaded after attaching).
+const IMAGE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the symbolizer names a frame it found no symbol (or no module) for.
+const UNKNOWN_FRAME: &str = "[unknown]";
+
+/// Why the worker could not build a profile.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// Too many jobs queued.
@@ -45,7 +60,10 @@ enum Job {
     Attach {
         generation: u64,
         pid: u32,
-        image: ProcessImage,
+        /// For unwinding the threads blocked now.
+        unwind_image: ProcessImage,
+        /// For symbolizing (refreshed when a stack reaches code mapped since).
+        symbol_image: ProcessImage,
     },
     /// Nothing attached: drop the process's image and caches.
     Detach,
@@ -66,12 +84,12 @@ enum Job {
 
 /// The handle the rest of `serve` sends jobs through.
 pub struct Worker {
-    jobs: SyncSender<Job>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl Worker {
     pub fn start() -> std::io::Result<Self> {
-        let (jobs, queue) = sync_channel(QUEUE_CAPACITY);
+        let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("tracer-symbolize".into())
             .spawn(move || run(queue))?;
@@ -79,20 +97,30 @@ impl Worker {
     }
 
     /// Control jobs wait for room in the queue (jobs take milliseconds).
-    pub fn attach(&self, generation: u64, pid: u32, image: ProcessImage) {
-        let _ = self.jobs.send(Job::Attach {
-            generation,
-            pid,
-            image,
-        });
+    pub async fn attach(
+        &self,
+        generation: u64,
+        pid: u32,
+        unwind_image: ProcessImage,
+        symbol_image: ProcessImage,
+    ) {
+        let _ = self
+            .jobs
+            .send(Job::Attach {
+                generation,
+                pid,
+                unwind_image,
+                symbol_image,
+            })
+            .await;
     }
 
-    pub fn detach(&self) {
-        let _ = self.jobs.send(Job::Detach);
+    pub async fn detach(&self) {
+        let _ = self.jobs.send(Job::Detach).await;
     }
 
     /// Names the stacks of `aggregate` (waits of attachment `generation`) and builds the
-    /// profile on `base`.
+    /// profile on `base`. Waits for room in the queue: the waits would be lost otherwise.
     pub async fn symbolize(
         &self,
         generation: u64,
@@ -100,16 +128,20 @@ impl Worker {
         base: Profile,
     ) -> Result<Profile, WorkerError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Symbolize {
-            generation,
-            aggregate,
-            base,
-            reply,
-        })?;
+        self.jobs
+            .send(Job::Symbolize {
+                generation,
+                aggregate,
+                base,
+                reply,
+            })
+            .await
+            .map_err(|_| WorkerError::Stopped)?;
         answer.await.map_err(|_| WorkerError::Stopped)?
     }
 
     /// The threads blocked now, unwound and symbolized: a snapshot profile on `base`.
+    /// Refused (`Busy`) when the queue is full: a snapshot can be asked for again.
     pub async fn blocked_now(
         &self,
         generation: u64,
@@ -118,21 +150,19 @@ impl Worker {
         frame_pointers: SavedFramePointers,
     ) -> Result<Profile, WorkerError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::BlockedNow {
-            generation,
-            base,
-            known_starts,
-            frame_pointers,
-            reply,
-        })?;
+        self.jobs
+            .try_send(Job::BlockedNow {
+                generation,
+                base,
+                known_starts,
+                frame_pointers,
+                reply,
+            })
+            .map_err(|err| match err {
+                TrySendError::Full(_) => WorkerError::Busy,
+                TrySendError::Closed(_) => WorkerError::Stopped,
+            })?;
         answer.await.map_err(|_| WorkerError::Stopped)?
-    }
-
-    fn submit(&self, job: Job) -> Result<(), WorkerError> {
-        self.jobs.try_send(job).map_err(|err| match err {
-            TrySendError::Full(_) => WorkerError::Busy,
-            TrySendError::Disconnected(_) => WorkerError::Stopped,
-        })
     }
 }
 
@@ -142,24 +172,30 @@ struct Attachment {
     pid: u32,
     /// Its own memory-map snapshot and unwinder (the drain task has another).
     walker: StackWalker,
+    /// The memory map stacks are symbolized against.
+    image: ProcessImage,
+    last_image_refresh: Option<Instant>,
     targets: WaitTargets,
     symbolizer: StackSymbolizer,
     locks: LockNamer,
 }
 
-fn run(queue: Receiver<Job>) {
+fn run(mut queue: mpsc::Receiver<Job>) {
     let mut attached: Option<Attachment> = None;
-    while let Ok(job) = queue.recv() {
+    while let Some(job) = queue.blocking_recv() {
         match job {
             Job::Attach {
                 generation,
                 pid,
-                image,
+                unwind_image,
+                symbol_image,
             } => {
                 attached = Some(Attachment {
                     generation,
                     pid,
-                    walker: StackWalker::new(pid, image),
+                    walker: StackWalker::new(pid, unwind_image),
+                    image: symbol_image,
+                    last_image_refresh: None,
                     targets: WaitTargets::new(pid),
                     symbolizer: StackSymbolizer::new(),
                     locks: LockNamer::new(),
@@ -200,16 +236,65 @@ fn run(queue: Receiver<Job>) {
 }
 
 fn symbolize(attachment: &mut Attachment, aggregate: WaitAggregate, base: Profile) -> Profile {
+    refresh_image_for(attachment, &aggregate);
     let Attachment {
-        walker,
+        image,
         symbolizer,
         locks,
         ..
     } = attachment;
-    let unknown_before = symbolizer.unknown_addresses;
-    let mut profile = aggregate.into_profile(base, walker.image(), symbolizer, locks);
-    profile.counts.unknown_symbols = symbolizer.unknown_addresses - unknown_before;
+    let mut profile = aggregate.into_profile(base, image, symbolizer, locks);
+    // The symbolizer's own count covers its cache misses only: a later window showing
+    // cached [unknown] frames would report none.
+    profile.counts.unknown_symbols = unknown_addresses(&profile);
     profile
+}
+
+/// Picks up libraries mapped since the image was taken (dlopen after attach) when a
+/// stack of `aggregate` reaches outside every known module; at most once a second.
+fn refresh_image_for(attachment: &mut Attachment, aggregate: &WaitAggregate) {
+    let Attachment {
+        pid,
+        image,
+        last_image_refresh,
+        ..
+    } = attachment;
+    let outside = |addresses: &[u64]| {
+        addresses
+            .iter()
+            .any(|&address| image.module_for(address).is_none())
+    };
+    let reaches_outside = aggregate.stacks.keys().any(|key| outside(&key.addresses))
+        || aggregate
+            .wakers
+            .values()
+            .flat_map(|by_waker| by_waker.keys())
+            .any(|waker| outside(waker));
+    if !reaches_outside {
+        return;
+    }
+    let now = Instant::now();
+    if last_image_refresh.is_some_and(|last| now.duration_since(last) < IMAGE_REFRESH_INTERVAL) {
+        return;
+    }
+    *last_image_refresh = Some(now);
+    match image.refresh() {
+        Ok(0) => {}
+        Ok(added) => log::info!("{added} new modules mapped in pid {pid}"),
+        Err(err) => log::warn!("cannot refresh the memory map of pid {pid}: {err}"),
+    }
+}
+
+/// Distinct addresses of the profile's stacks that got no symbol.
+fn unknown_addresses(profile: &Profile) -> u64 {
+    let unknown: HashSet<u64> = profile
+        .stacks
+        .iter()
+        .flat_map(|stack| &stack.frames)
+        .filter(|frame| frame.name == UNKNOWN_FRAME)
+        .map(|frame| frame.address)
+        .collect();
+    unknown.len() as u64
 }
 
 fn blocked_now(
@@ -218,7 +303,7 @@ fn blocked_now(
     known_starts: &KnownWaitStarts,
     frame_pointers: &SavedFramePointers,
 ) -> Result<Profile, WorkerError> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let pid = attachment.pid;
     let truncated_before = attachment.walker.truncated_walks;
     let mut aggregate = WaitAggregate::default();
@@ -236,4 +321,36 @@ fn blocked_now(
     let mut profile = symbolize(attachment, aggregate, base);
     profile.duration = started.elapsed();
     Ok(profile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::fixture_profile;
+
+    #[test]
+    fn unknown_frames_are_counted_once_per_address_in_every_window() {
+        let mut profile = fixture_profile();
+        let unknown = profile
+            .stacks
+            .iter()
+            .flat_map(|stack| &stack.frames)
+            .filter(|frame| frame.name == UNKNOWN_FRAME)
+            .count();
+        assert_eq!(unknown, 1, "the fixture has one [unknown] frame");
+        assert_eq!(unknown_addresses(&profile), 1);
+        // The same address in another stack is still one unknown address.
+        let again = profile
+            .stacks
+            .iter()
+            .find(|stack| stack.frames.iter().any(|frame| frame.name == UNKNOWN_FRAME))
+            .cloned()
+            .expect("the fixture's truncated stack");
+        profile.stacks.push(again);
+        assert_eq!(unknown_addresses(&profile), 1);
+        profile
+            .stacks
+            .retain(|stack| stack.frames.iter().all(|frame| frame.name != UNKNOWN_FRAME));
+        assert_eq!(unknown_addresses(&profile), 0);
+    }
 }
