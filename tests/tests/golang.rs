@@ -176,3 +176,105 @@ fn snapshot_of_a_hundred_thousand_goroutines() {
         "{summary}"
     );
 }
+
+/// Goroutines in `tracer record`'s test: each waits about `pingPeriod` (10 ms) per value.
+const PINGERS: usize = 20;
+/// The recording: two hundred waits per pinger.
+const RECORD_SECONDS: &str = "2s";
+const RECORD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Share of the recorded blocked time the pingers' own call site must carry: the rest is
+/// the ticker's and the wakes reporter's waits (about 2/22 of the total here).
+const PINGER_SHARE: f64 = 0.8;
+
+#[test]
+fn record_attributes_goroutine_waits_to_their_call_sites() {
+    let dir = TempDir::new("go-record");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let (workload, _port) = start_go_goroutines(&bin, "pingpong", PINGERS, STARTUP_TIMEOUT);
+    let folded = dir.join("waits.folded");
+    let svg = dir.join("waits.svg");
+    let out = tracer_tests::tracer_record(
+        workload.pid(),
+        &[
+            "--duration",
+            RECORD_SECONDS,
+            "--output",
+            folded.to_str().expect("utf-8 path"),
+            "--output",
+            svg.to_str().expect("utf-8 path"),
+        ],
+        RECORD_TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer record failed ({}): {}", out.status, out.stderr);
+    println!("{}", out.stdout);
+    let stacks = read_folded(&folded);
+    let total: u64 = stacks.iter().map(|stack| stack.micros).sum();
+    let at_pinger: u64 = stacks
+        .iter()
+        .filter(|stack| {
+            stack.has_function("main.pinger")
+                && stack.frames.last().map(String::as_str) == Some("[chan receive]")
+        })
+        .map(|stack| stack.micros)
+        .sum();
+    assert!(total > 0, "nothing recorded:\n{}", out.stdout);
+    assert!(
+        at_pinger as f64 >= PINGER_SHARE * total as f64,
+        "main.pinger [chan receive] holds {at_pinger} of {total} µs:\n{stacks:#?}"
+    );
+    let at_futex: u64 = stacks
+        .iter()
+        .filter(|stack| stack.has_function("runtime.futex"))
+        .map(|stack| stack.micros)
+        .sum();
+    assert_eq!(at_futex, 0, "{stacks:#?}");
+    assert_svg(&svg);
+    assert!(out.stdout.contains("@ main.pinger [chan receive]"), "{}", out.stdout);
+}
+
+/// Pairs of goroutines passing a value back and forth as fast as they can.
+const FLOOD_PAIRS: usize = 4;
+/// Seconds of throughput averaged for each side of the comparison.
+const FLOOD_SAMPLES: usize = 3;
+
+/// The probes' cost on a goroutine-switch-heavy program: prints the wakes per second with
+/// and without `tracer record` (for the note; no assertion on the number).
+#[test]
+fn record_overhead_on_a_goroutine_flood() {
+    use std::io::BufRead as _;
+    let dir = TempDir::new("go-flood");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let mut child = std::process::Command::new(&bin)
+        .args(["flood", &FLOOD_PAIRS.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn goroutines flood: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let workload = tracer_tests::ChildGuard::new("goroutines flood", child);
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(wakes) = line.strip_prefix("wakes ").and_then(|n| n.parse().ok()) {
+                let _ = tx.send(wakes);
+            }
+        }
+    });
+    let mean = |skip: usize| {
+        let samples: Vec<u64> = rx.iter().skip(skip).take(FLOOD_SAMPLES).collect();
+        samples.iter().sum::<u64>() / samples.len().max(1) as u64
+    };
+    let baseline = mean(1);
+    let pid = workload.pid();
+    let recorder = std::thread::spawn(move || {
+        tracer_tests::tracer_record(pid, &["--duration", "6s"], RECORD_TIMEOUT)
+    });
+    // Skip the seconds that straddle the attach.
+    let traced = mean(2);
+    let out = recorder.join().expect("tracer thread");
+    assert!(out.status.success(), "tracer record failed ({}): {}", out.status, out.stderr);
+    let summary = out.stdout.lines().next().unwrap_or_default();
+    println!(
+        "{summary}\ngoroutine flood: {baseline} wakes/s untraced, {traced} wakes/s under tracer record ({:.1}% slower)",
+        100.0 * (1.0 - traced as f64 / baseline.max(1) as f64)
+    );
+}

@@ -385,3 +385,166 @@ pub fn tracer_task_regs(ctx: *mut core::ffi::c_void) -> i32 {
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+// Goroutine waits of a Go program (`tracer record` on Go). A goroutine parks in the Go
+// scheduler, not in the kernel: a uprobe at `runtime.gopark` notes the goroutine, its wait
+// reason and its stack; a uprobe at `runtime.execute`, which every goroutine passes through
+// to run again (whoever readied it: a channel, a timer, the netpoller), ends the wait and adds
+// it to per-(stack, reason) totals in the kernel. Never uretprobes: Go moves goroutine stacks,
+// and a uretprobe's rewritten return address breaks that.
+
+/// Offset of `runtime.g.goid` in the target's runtime (from its DWARF); set by the loader.
+#[unsafe(no_mangle)]
+static GO_GOID_OFFSET: Global<u64> = Global::new(152);
+
+/// A parked goroutine (keyed by goid).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoPark {
+    /// When it parked (ns, monotonic).
+    start_ns: u64,
+    /// gopark's return address (the frame-pointer walk from gopark's entry skips it).
+    caller: u64,
+    /// In GO_STACKS; u32::MAX when the stack could not be stored.
+    stack_id: u32,
+    /// `runtime.waitReason`, an index into `runtime.waitReasonStrings`.
+    reason: u32,
+}
+
+/// What goroutine waits are summed by.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoWaitKey {
+    caller: u64,
+    stack_id: u32,
+    reason: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoWaitTotals {
+    count: u64,
+    total_ns: u64,
+}
+
+/// Parked goroutines; 256k entries hold more waiting goroutines than most services have.
+#[map]
+static GO_PARKED: aya_ebpf::maps::HashMap<u64, GoPark> =
+    aya_ebpf::maps::HashMap::with_max_entries(1 << 18, 0);
+
+/// Goroutine stacks at park (user stacks, frame-pointer walk).
+#[map]
+static GO_STACKS: aya_ebpf::maps::StackTrace = aya_ebpf::maps::StackTrace::with_max_entries(16384, 0);
+
+/// Count and total time of the ended waits, per (stack, caller, reason).
+#[map]
+static GO_WAITS: aya_ebpf::maps::PerCpuHashMap<GoWaitKey, GoWaitTotals> =
+    aya_ebpf::maps::PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Go probe counters, indexed by the `GO_*` counter constants below (userspace reads
+/// them in this order: probes.rs `go_counters`).
+#[map]
+static GO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(5, 0);
+/// Goroutines parked.
+const GO_PARKS: u32 = 0;
+/// Parks not tracked because GO_PARKED was full.
+const GO_PARKS_LOST: u32 = 1;
+/// Parks whose stack could not be taken.
+const GO_STACKS_LOST: u32 = 2;
+/// Ended waits not summed because GO_WAITS was full.
+const GO_WAITS_LOST: u32 = 3;
+/// Waits ended.
+const GO_WAITS_ENDED: u32 = 4;
+
+#[inline(always)]
+fn go_count(index: u32) {
+    if let Some(value) = GO_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; no other program touches it on this CPU meanwhile.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+fn goid_of(g: u64) -> Result<u64, i32> {
+    // SAFETY: reads the target's memory; a bad pointer only makes the helper fail.
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user((g + GO_GOID_OFFSET.load()) as *const u64)
+    }
+}
+
+/// `runtime.gopark(unlockf, lock, reason waitReason, traceEv, traceskip)`, at entry. With
+/// Go's register ABI (1.17+, amd64) the arguments are in RAX, RBX, RCX, RDI, RSI and R14
+/// holds the current g.
+#[aya_ebpf::macros::uprobe]
+pub fn tracer_go_park(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+    let _ = try_go_park(&ctx);
+    0
+}
+
+fn try_go_park(ctx: &aya_ebpf::programs::ProbeContext) -> Result<(), i32> {
+    use aya_ebpf::programs::tracing::StackIdContext as _;
+    if target_thread().is_none() {
+        return Ok(());
+    }
+    let regs = ctx.regs;
+    // SAFETY: the probe's saved user registers.
+    let (g, reason, sp) = unsafe { ((*regs).r14, (*regs).rcx, (*regs).rsp) };
+    let goid = goid_of(g)?;
+    // SAFETY: reads the goroutine's stack; failure gives 0.
+    let caller: u64 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    let stack_id = match ctx.get_stackid(&GO_STACKS, aya_ebpf::bindings::BPF_F_USER_STACK as u64)
+    {
+        Ok(id) => id as u32,
+        Err(_) => {
+            go_count(GO_STACKS_LOST);
+            u32::MAX
+        }
+    };
+    let park = GoPark { start_ns: now_ns(), caller, stack_id, reason: reason as u8 as u32 };
+    go_count(GO_PARKS);
+    if GO_PARKED.insert(goid, park, 0).is_err() {
+        go_count(GO_PARKS_LOST);
+    }
+    Ok(())
+}
+
+/// `runtime.execute(gp *g, inheritTime bool)`, at entry: gp (RAX) runs again.
+#[aya_ebpf::macros::uprobe]
+pub fn tracer_go_run(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+    let _ = try_go_run(&ctx);
+    0
+}
+
+fn try_go_run(ctx: &aya_ebpf::programs::ProbeContext) -> Result<(), i32> {
+    if target_thread().is_none() {
+        return Ok(());
+    }
+    // SAFETY: the probe's saved user registers.
+    let gp = unsafe { (*ctx.regs).rax };
+    let goid = goid_of(gp)?;
+    let Some(park) = GO_PARKED.get_ptr(goid) else {
+        // Preempted or new, not parked (or parked before the probes were attached).
+        return Ok(());
+    };
+    // SAFETY: a value of the map; copied before the entry is deleted.
+    let park = unsafe { *park };
+    let _ = GO_PARKED.remove(goid);
+    let duration_ns = now_ns().saturating_sub(park.start_ns);
+    let key = GoWaitKey { caller: park.caller, stack_id: park.stack_id, reason: park.reason };
+    go_count(GO_WAITS_ENDED);
+    match GO_WAITS.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a per-CPU value.
+        Some(totals) => unsafe {
+            (*totals).count += 1;
+            (*totals).total_ns += duration_ns;
+        },
+        None => {
+            let totals = GoWaitTotals { count: 1, total_ns: duration_ns };
+            if GO_WAITS.insert(key, totals, 0).is_err() {
+                go_count(GO_WAITS_LOST);
+            }
+        }
+    }
+    Ok(())
+}

@@ -40,6 +40,16 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     }
     target::check_root()?;
     let target = Target::open(pid)?;
+    // A Go program's goroutines wait in the Go scheduler, not in the kernel: record those.
+    let image = ProcessImage::snapshot(pid)
+        .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
+    if image
+        .modules()
+        .iter()
+        .any(|module| module.is_main_executable && crate::golang::is_go(module.file_bytes()))
+    {
+        return crate::golang::record(&target, &image, duration, &outputs, top).await;
+    }
     let btf_path = target::btf_path()?;
     let outputs = outputs
         .iter()
@@ -47,8 +57,6 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     target::ensure_tracefs()?;
 
-    let image = ProcessImage::snapshot(pid)
-        .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
     let mut collector = WaitCollector::new(pid, StackWalker::new(pid, image));
     let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait, maps }, &btf_path)?;
     probes.attach_wait_probes()?;

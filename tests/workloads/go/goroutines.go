@@ -6,6 +6,11 @@
 //	goroutines pileup N   N goroutines blocked sending into a full channel (main.sendStat)
 //	                      behind one goroutine blocked writing to a TCP peer that stopped
 //	                      reading (main.writeToBackend)
+//	goroutines pingpong N N goroutines (main.pinger) each blocked most of the time receiving
+//	                      on its own channel, fed every pingPeriod by one ticker goroutine;
+//	                      prints "wakes W" every second (W receives in that second)
+//	goroutines flood N    N pairs of goroutines passing a value back and forth as fast as
+//	                      they can; prints "wakes W" every second (for probe overhead)
 package main
 
 import (
@@ -29,6 +34,59 @@ const stalledPayload = 64 << 20
 // settle is how long started goroutines get to reach their wait before "ready".
 const settle = 300 * time.Millisecond
 
+// pingPeriod is how long each pinger waits for its next value: long enough that the waits
+// dominate, short enough that a 2-second recording sees a hundred of them.
+const pingPeriod = 10 * time.Millisecond
+
+// wakes counts receives in pingpong and flood modes.
+var wakes atomic.Int64
+
+//go:noinline
+func pinger(ch chan int) {
+	for range ch {
+		wakes.Add(1)
+	}
+}
+
+func pingpong(n int) {
+	chans := make([]chan int, n)
+	for i := range chans {
+		chans[i] = make(chan int)
+		go pinger(chans[i])
+	}
+	go func() {
+		for range time.Tick(pingPeriod) {
+			for _, ch := range chans {
+				ch <- 1
+			}
+		}
+	}()
+}
+
+//go:noinline
+func flooder(in, out chan int) {
+	for v := range in {
+		wakes.Add(1)
+		out <- v
+	}
+}
+
+func flood(n int) {
+	for i := 0; i < n; i++ {
+		a, b := make(chan int), make(chan int)
+		go flooder(a, b)
+		go flooder(b, a)
+		a <- 1
+	}
+}
+
+// reportWakes prints the receives of each second, for throughput comparisons.
+func reportWakes() {
+	for range time.Tick(time.Second) {
+		fmt.Printf("wakes %d\n", wakes.Swap(0))
+	}
+}
+
 //go:noinline
 func receiver(ch chan int) {
 	<-ch
@@ -51,7 +109,7 @@ func writeToBackend(conn net.Conn, stats chan []byte) {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -66,6 +124,10 @@ func main() {
 		}
 	case "pileup":
 		pileup(n)
+	case "pingpong":
+		pingpong(n)
+	case "flood":
+		flood(n)
 	default:
 		panic("unknown mode " + os.Args[1])
 	}
@@ -75,6 +137,9 @@ func main() {
 		panic(err)
 	}
 	fmt.Printf("ready %d\n", listener.Addr().(*net.TCPAddr).Port)
+	if os.Args[1] == "pingpong" || os.Args[1] == "flood" {
+		go reportWakes()
+	}
 	panic(http.Serve(listener, nil))
 }
 

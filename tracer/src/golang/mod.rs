@@ -10,6 +10,7 @@
 mod binary;
 mod goroutines;
 mod pclntab;
+mod record;
 mod report;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use anyhow::Context as _;
 use crate::{stacks::ProcessImage, target::Target};
 
 pub use binary::is_go;
+pub use record::record;
 
 /// Snapshots the goroutines of the Go process `target`, whose main executable is a module
 /// of `image`, and prints/writes the reports.

@@ -1,0 +1,291 @@
+//! `tracer record` on a Go program: goroutine waits as they happen. Uprobes at
+//! `runtime.gopark` (the goroutine, its wait reason and stack) and `runtime.execute` (it
+//! runs again) sum each wait's length in the kernel by (stack, wait reason); this module
+//! attaches them, waits, names the stacks with `.gopclntab` and writes the goroutine
+//! reports, weighted by blocked time.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use object::{Object as _, ObjectSection as _};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::binary::GoBinary;
+use super::goroutines::GoroutineCounts;
+use super::pclntab::GoLocation;
+use super::report::{GoFormat, GoFrame, GoSnapshot, GoroutineGroup};
+use crate::{
+    probes::{GoProbeCounters, GoWaitTotal, Probes},
+    report::summary::format_duration,
+    stacks::ProcessImage,
+    target::{self, Target},
+};
+
+/// Go's own system goroutines start in package runtime, except these
+/// (`runtime.isSystemGoroutine`; as in the snapshot report).
+const USER_RUNTIME_ROOTS: &[&str] = &["runtime.main", "runtime.handleAsyncEvent"];
+/// How often the recording checks whether the target has exited.
+const EXIT_POLL: Duration = Duration::from_millis(100);
+
+/// Records the goroutine waits of the Go process `target` for `duration` and writes the
+/// reports.
+pub async fn record(
+    target: &Target,
+    image: &ProcessImage,
+    duration: Duration,
+    outputs: &[PathBuf],
+    top: usize,
+) -> anyhow::Result<()> {
+    let pid = target.pid;
+    let formats = outputs
+        .iter()
+        .map(|path| GoFormat::from_path(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let module = image
+        .modules()
+        .iter()
+        .find(|module| module.is_main_executable)
+        .context("no main executable mapping")?;
+    let binary = GoBinary::parse(module.file_bytes())
+        .with_context(|| format!("{}: cannot read the Go runtime's tables", module.name()))?;
+    // The probes read the register ABI (Go 1.17+, amd64): g in R14, arguments from RAX.
+    let file_offset = |name: &str| {
+        let entry = binary
+            .pclntab
+            .function_range(name)
+            .with_context(|| format!("{}: no function {name} in .gopclntab", module.name()))?
+            .start;
+        file_offset_of(module.file_bytes(), entry)
+            .with_context(|| format!("{}: {name} at {entry:#x} is in no section", module.name()))
+    };
+    let gopark = file_offset("runtime.gopark")?;
+    let execute = file_offset("runtime.execute")?;
+    let btf_path = target::btf_path()?;
+    let mut probes = Probes::open_go(pid, binary.layout.goid, &btf_path)?;
+    // /proc/PID/exe reaches the executable even when its path is not visible to us.
+    let executable = PathBuf::from(format!("/proc/{pid}/exe"));
+    probes.attach_go_probes(&executable, gopark, execute)?;
+    eprintln!(
+        "tracer: recording goroutine waits of {} (pid {pid}, {}) for {}; Ctrl-C to stop early",
+        target.comm,
+        binary.version,
+        format_duration(duration.as_nanos() as u64)
+    );
+    let started = Instant::now();
+    let target_exited = wait_for_stop(target, duration).await?;
+    let elapsed = started.elapsed();
+    let waits = probes.go_waits()?;
+    let counters = probes.go_counters()?;
+    drop(probes);
+    if target_exited {
+        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
+    }
+    let recording = GoRecording::build(&binary, module.bias, waits, counters);
+    print!("{}", recording.render_text(&target.comm, pid, &binary.version, top, elapsed));
+    let full_text = recording.render_text(&target.comm, pid, &binary.version, 0, elapsed);
+    for (path, format) in outputs.iter().zip(formats) {
+        recording
+            .write(path, format, &target.comm, &full_text)
+            .with_context(|| format!("{}: cannot write the report", path.display()))?;
+        eprintln!("tracer: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Waits for the duration, Ctrl-C, SIGTERM or the target's exit; true for the exit.
+async fn wait_for_stop(target: &Target, duration: Duration) -> anyhow::Result<bool> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let deadline = tokio::time::Instant::now() + duration;
+    loop {
+        if target.has_exited() {
+            return Ok(true);
+        }
+        let next = (tokio::time::Instant::now() + EXIT_POLL).min(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                if next >= deadline {
+                    return Ok(false);
+                }
+            }
+            _ = interrupt.recv() => return Ok(false),
+            _ = terminate.recv() => return Ok(false),
+        }
+    }
+}
+
+/// The file offset of the link-time address `address` (uprobes attach by offset).
+fn file_offset_of(elf: &[u8], address: u64) -> Option<u64> {
+    let file = object::File::parse(elf).ok()?;
+    file.sections().find_map(|section| {
+        let (offset, _) = section.file_range()?;
+        let start = section.address();
+        (start..start + section.size())
+            .contains(&address)
+            .then(|| address - start + offset)
+    })
+}
+
+/// Goroutine waits grouped by named stack and wait reason; a group's `count` is its
+/// blocked time in microseconds (the folded weight).
+struct GoRecording {
+    snapshot: GoSnapshot,
+    /// Waits per group, in `snapshot.groups` order.
+    waits: Vec<u64>,
+    counters: GoProbeCounters,
+}
+
+impl GoRecording {
+    fn build(binary: &GoBinary<'_>, bias: u64, totals: Vec<GoWaitTotal>, counters: GoProbeCounters) -> Self {
+        let mut names: HashMap<u64, GoFrame> = HashMap::new();
+        let mut name = |pc: u64| {
+            names
+                .entry(pc)
+                .or_insert_with(|| frame_of(binary.pclntab.locate(pc.wrapping_sub(bias)), pc))
+                .clone()
+        };
+        // (function names, reason) → (frames, waits, ns, truncated)
+        type Group = (Vec<GoFrame>, u64, u64, bool);
+        let mut groups: HashMap<(Vec<String>, u8), Group> = HashMap::new();
+        for GoWaitTotal { pcs, caller, reason, count, total_ns } in totals {
+            let mut frames = Vec::with_capacity(pcs.len() + 1);
+            let mut truncated = true;
+            // The leaf is gopark's entry itself; the rest are return addresses, whose
+            // call is one byte back.
+            for (index, &pc) in pcs.iter().enumerate() {
+                let frame = if index == 0 { name(pc) } else { name(pc.wrapping_sub(1)) };
+                if frame.function == "runtime.goexit" {
+                    truncated = false;
+                    break;
+                }
+                frames.push(frame);
+                if index == 0 && caller != 0 {
+                    frames.push(name(caller.wrapping_sub(1)));
+                }
+            }
+            if frames.is_empty() {
+                frames.push(GoFrame { function: "[stack lost]".to_owned(), file: None, line: None });
+            }
+            let key = (frames.iter().map(|frame| frame.function.clone()).collect(), reason);
+            let entry = groups.entry(key).or_insert((frames, 0, 0, truncated));
+            entry.1 += count;
+            entry.2 += total_ns;
+        }
+        let mut rows: Vec<(GoroutineGroup, u64)> = groups
+            .into_iter()
+            .map(|((_, reason), (frames, waits, total_ns, truncated))| {
+                let root = frames.last().map(|frame| frame.function.as_str()).unwrap_or_default();
+                let system =
+                    !truncated && root.starts_with("runtime.") && !USER_RUNTIME_ROOTS.contains(&root);
+                let wait_reason = match binary.wait_reasons.get(usize::from(reason)) {
+                    Some(name) if !name.is_empty() => name.clone(),
+                    _ => format!("wait reason {reason}"),
+                };
+                let group = GoroutineGroup {
+                    count: total_ns / 1_000,
+                    frames,
+                    wait_reason,
+                    longest_wait: None,
+                    truncated,
+                    system,
+                };
+                (group, waits)
+            })
+            .collect();
+        rows.sort_by(|(a, _), (b, _)| b.count.cmp(&a.count).then_with(|| a.headline().cmp(b.headline())));
+        let (groups, waits) = rows.into_iter().unzip();
+        Self { snapshot: GoSnapshot { groups, counts: GoroutineCounts::default() }, waits, counters }
+    }
+
+    /// The stdout table: a summary line, then the groups by blocked time (at most `top`,
+    /// 0 for all), each headed like pprof's `N @ function [reason]` with time and waits.
+    fn render_text(&self, comm: &str, pid: u32, version: &str, top: usize, took: Duration) -> String {
+        let GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended } = self.counters;
+        let groups = &self.snapshot.groups;
+        let system_us: u64 = groups.iter().filter(|group| group.system).map(|group| group.count).sum();
+        let total_us: u64 = groups.iter().map(|group| group.count).sum();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "goroutine waits of pid {pid} ({comm}, {version}) over {}: {parks} parks, {waits_ended} ended, \
+             {} blocked in all; {} in runtime system goroutines hidden; lost: {parks_lost} parks, \
+             {stacks_lost} stacks, {waits_lost} waits",
+            format_duration(took.as_nanos() as u64),
+            format_duration(total_us * 1_000),
+            format_duration(system_us * 1_000),
+        );
+        let shown: Vec<(&GoroutineGroup, u64)> = groups
+            .iter()
+            .zip(&self.waits)
+            .filter(|(group, _)| !group.system)
+            .map(|(group, &waits)| (group, waits))
+            .collect();
+        let limit = if top == 0 { shown.len() } else { top.min(shown.len()) };
+        for (group, waits) in &shown[..limit] {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{} in {waits} waits @ {} [{}]",
+                format_duration(group.count * 1_000),
+                group.headline(),
+                group.wait_reason
+            );
+            for frame in &group.frames {
+                let place = match (&frame.file, frame.line) {
+                    (Some(file), Some(line)) => format!("{file}:{line}"),
+                    (Some(file), None) => file.clone(),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "#\t{}\t{place}", frame.function);
+            }
+            if group.truncated {
+                let _ = writeln!(out, "#\t… (stack truncated)");
+            }
+        }
+        if limit < shown.len() {
+            let _ = writeln!(out, "\n… {} more stacks (--top 0 shows all)", shown.len() - limit);
+        }
+        out
+    }
+
+    fn write(&self, path: &Path, format: GoFormat, comm: &str, text: &str) -> anyhow::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let lines = self.snapshot.folded_lines(comm);
+        match format {
+            GoFormat::Folded => {
+                for line in &lines {
+                    writeln!(out, "{line}")?;
+                }
+            }
+            GoFormat::Text => write!(out, "{text}")?,
+            GoFormat::Svg => {
+                let mut options = inferno::flamegraph::Options::default();
+                options.title = format!("goroutine waits of {comm}");
+                options.subtitle =
+                    Some("recording; width = blocked time; top frame = Go wait reason".to_owned());
+                options.count_name = "µs".to_owned();
+                options.hash = true;
+                let empty = [format!("{comm};[no goroutine waits] 1")];
+                let lines: Vec<&str> = if lines.is_empty() {
+                    empty.iter().map(String::as_str).collect()
+                } else {
+                    lines.iter().map(String::as_str).collect()
+                };
+                inferno::flamegraph::from_lines(&mut options, lines, &mut out)?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+fn frame_of(location: Option<GoLocation>, pc: u64) -> GoFrame {
+    match location {
+        Some(GoLocation { function, entry: _, file, line }) => GoFrame { function, file, line },
+        None => GoFrame { function: format!("[unknown {pc:#x}]"), file: None, line: None },
+    }
+}
