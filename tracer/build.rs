@@ -12,6 +12,10 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("tracer crate has no parent directory"))?
         .join("tracer-ebpf");
+    // The probes are built from the shared types too (sizes of per-kind maps): rebuild
+    // them when those change, not only when tracer-ebpf does.
+    let common_dir = ebpf_dir.with_file_name("tracer-common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tracer_tests::{
     GO_GOROUTINES_SOURCE, GoroutineGroup, TempDir, assert_svg, build_go, goroutines_at,
-    parse_goroutine_table, pprof_goroutines, read_folded, start_go_goroutines, tracer_snapshot,
+    parse_goroutine_table, pprof_goroutines, read_folded, run_tool, start_go_goroutines,
+    tracer_report, tracer_snapshot,
 };
 
 /// Receivers in the channel test: enough that an off-by-a-few count shows, few enough to
@@ -21,6 +22,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the program's own profile may take to show every goroutine parked.
 const ORACLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `tracer report` and `go tool pprof` read a profile of a few groups.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Polls the program's own profile until `function` has `expected` goroutines.
 fn wait_for_oracle(port: u16, function: &str, expected: u64) -> Vec<GoroutineGroup> {
@@ -73,11 +76,17 @@ fn goroutines_receiving_on_a_channel_match_pprof() {
 
     let folded = dir.join("recv.folded");
     let svg = dir.join("recv.svg");
-    let folded_arg = folded.to_str().expect("utf-8 path");
-    let svg_arg = svg.to_str().expect("utf-8 path");
+    let json = dir.join("recv.json");
+    let pprof = dir.join("recv.pb.gz");
+    let utf8 = |path: &std::path::Path| path.to_str().expect("utf-8 path").to_owned();
+    let (folded_arg, svg_arg, json_arg, pprof_arg) =
+        (utf8(&folded), utf8(&svg), utf8(&json), utf8(&pprof));
     let (groups, stdout) = snapshot(
         workload.pid(),
-        &["--output", folded_arg, "--output", svg_arg],
+        &[
+            "--output", &folded_arg, "--output", &svg_arg, "--output", &json_arg, "--output",
+            &pprof_arg,
+        ],
     );
     println!("{stdout}");
     let receivers = group(&groups, "main.receiver", &stdout);
@@ -106,6 +115,17 @@ fn goroutines_receiving_on_a_channel_match_pprof() {
         "the folded weight is goroutines"
     );
     assert_svg(&svg);
+
+    // The saved profiles read back: JSON into the same folded stacks, pprof by Go's tool.
+    let refolded = dir.join("refolded.folded");
+    let out = tracer_report(&[&json_arg, "--output", &utf8(&refolded)], TOOL_TIMEOUT);
+    assert!(out.status.success(), "tracer report failed ({}): {}", out.status, out.stderr);
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    };
+    assert_eq!(read(&refolded), read(&folded), "the JSON profile reads back unchanged");
+    let top = run_tool("go", &["tool", "pprof", "-top", &pprof_arg], TOOL_TIMEOUT).stdout;
+    assert!(top.contains("main.receiver"), "go tool pprof -top does not name main.receiver:\n{top}");
 }
 
 /// The pile-up of the story: senders blocked on a full channel behind one writer

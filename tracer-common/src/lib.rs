@@ -32,10 +32,13 @@ pub enum WaitKind {
     Read = 6,
     /// write, writev: a socket wait only if the descriptor is a socket.
     Write = 7,
+    /// A goroutine parked in the Go scheduler (never seen by the probes); the object is
+    /// its wait reason (`chan receive`, `IO wait`, ...).
+    Goroutine = 8,
 }
 
 /// Number of [`WaitKind`] variants (the size of per-kind arrays).
-pub const WAIT_KIND_COUNT: usize = 8;
+pub const WAIT_KIND_COUNT: usize = 9;
 
 impl WaitKind {
     /// Every kind, in discriminant order.
@@ -48,6 +51,7 @@ impl WaitKind {
         WaitKind::Poll,
         WaitKind::Read,
         WaitKind::Write,
+        WaitKind::Goroutine,
     ];
 
     /// The kind with this discriminant, if any.
@@ -66,6 +70,7 @@ impl WaitKind {
             WaitKind::Poll => "poll",
             WaitKind::Read => "read",
             WaitKind::Write => "write",
+            WaitKind::Goroutine => "goroutine",
         }
     }
 }
@@ -272,7 +277,7 @@ pub enum Counter {
 /// Number of [`Counter`] variants.
 pub const COUNTER_COUNT: usize = 10;
 const _: () = assert!(Counter::WakeRingBufferFull as usize + 1 == COUNTER_COUNT);
-const _: () = assert!(WaitKind::Write as usize + 1 == WAIT_KIND_COUNT);
+const _: () = assert!(WaitKind::Goroutine as usize + 1 == WAIT_KIND_COUNT);
 // No implicit padding in the records that cross the ring buffers.
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 88 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);

@@ -22,6 +22,7 @@ pub struct WaitStats {
     pub min_ns: u64,
     /// Longest wait (for waits in progress: the oldest).
     pub max_ns: u64,
+    /// The ids of the threads that waited (of the goroutines, for Go stacks).
     pub threads: BTreeSet<u32>,
     /// Some durations are lower bounds (waits that began before tracing, aged from
     /// the scheduler's accounting): reports print them as `≥`.
@@ -281,12 +282,14 @@ pub fn call_site(frames: &[Frame]) -> &str {
 
 const UNKNOWN: &str = "[unknown]";
 
-/// Functions of Rust's std/core/alloc and of the C runtime's start-up code, which a
-/// statically linked program carries in its own executable.
+/// Functions of Rust's std/core/alloc, of Go's runtime and of the C runtime's start-up
+/// code, which a statically linked program carries in its own executable.
 fn is_runtime_function(name: &str) -> bool {
-    const RUNTIME_PREFIXES: [&str; 13] = [
+    const RUNTIME_PREFIXES: [&str; 16] = [
         "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_panic",
         "rust_begin_unwind", "_start", "__libc_", "start_thread", "[",
+        // Go's runtime, its internal packages and sync, which a Go executable carries.
+        "runtime.", "internal/", "sync.",
     ];
     // `<T as core::ops::FnOnce>::call_once` style names are the runtime too.
     RUNTIME_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
@@ -397,7 +400,7 @@ pub struct ModuleInfo {
 }
 
 /// The modules of `image` by file name, with their build ids (read once per file).
-fn module_infos(image: &ProcessImage) -> BTreeMap<String, ModuleInfo> {
+pub fn module_infos(image: &ProcessImage) -> BTreeMap<String, ModuleInfo> {
     use object::Object as _;
     let mut modules: BTreeMap<String, ModuleInfo> = BTreeMap::new();
     for module in image.modules() {

@@ -191,9 +191,13 @@ pub fn trace_counts(
 
 /// The waits under the threshold, per kind. read/write under the threshold are not
 /// resolved to sockets (no record reaches userspace), so they stay `read`/`write`: any
-/// descriptor.
+/// descriptor. Goroutine waits are not syscalls: the probes never count them.
 pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWaitTotals)> {
-    WaitKind::ALL.iter().map(|&kind| (kind, short_waits[kind as usize])).collect()
+    WaitKind::ALL
+        .iter()
+        .filter(|&&kind| kind != WaitKind::Goroutine)
+        .map(|&kind| (kind, short_waits[kind as usize]))
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -44,6 +44,8 @@ impl WaitTargets {
         let socket_kind = match kind {
             WaitKind::Futex => return Some((kind, WaitTarget::Futex(object))),
             WaitKind::Poll => return Some((kind, WaitTarget::None)),
+            // Not a syscall: the probes never report it.
+            WaitKind::Goroutine => return None,
             WaitKind::Read => WaitKind::Recv,
             WaitKind::Write => WaitKind::Send,
             WaitKind::Send | WaitKind::Recv | WaitKind::Connect | WaitKind::Accept => kind,

@@ -35,6 +35,8 @@ const MAX_GOROUTINES: u64 = 100_000_000;
 /// One waiting goroutine, as read.
 #[derive(Clone, Debug)]
 pub struct Goroutine {
+    /// The runtime's goroutine id (`goid`).
+    pub goid: u64,
     /// Index into the runtime's wait-reason table.
     pub wait_reason: u8,
     /// `nanotime()` when the wait began, where a GC recorded it; 0 if not.
@@ -136,6 +138,7 @@ pub fn read_goroutines(
         let (pcs, truncated) = walk(&memory, fields, stack, &addresses.goexit);
         walked.push(*index);
         goroutines.push(Goroutine {
+            goid: fields.goid,
             wait_reason: fields.wait_reason,
             wait_since: fields.wait_since,
             pcs,

@@ -5,7 +5,8 @@
 //! Stages: `binary` (is it Go; version, `runtime.g` layout, `runtime.allgs`, wait-reason
 //! names) → `goroutines` (read the list and unwind each waiting goroutine from
 //! /proc/PID's memory, without stopping the process) → `pclntab` (names, files, lines from
-//! `.gopclntab`, which stripped binaries keep) → `report` (pprof-like table, folded, svg).
+//! `.gopclntab`, which stripped binaries keep) → `report` (the pprof-like stdout table, and the `Profile` the
+//! report exporters write).
 
 mod binary;
 mod goroutines;
@@ -14,11 +15,16 @@ mod record;
 mod report;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 
-use crate::{stacks::ProcessImage, target::Target};
+use crate::{
+    aggregate::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, module_infos},
+    report::Output,
+    stacks::ProcessImage,
+    target::{self, Target},
+};
 
 pub use binary::is_go;
 pub use record::record;
@@ -32,11 +38,12 @@ pub fn snapshot(
     top: usize,
 ) -> anyhow::Result<()> {
     let pid = target.pid;
-    let formats = outputs
+    let outputs = outputs
         .iter()
-        .map(|path| report::GoFormat::from_path(path))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|path| Output::create(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
+    let started_at = SystemTime::now();
     let module = image
         .modules()
         .iter()
@@ -83,11 +90,65 @@ pub fn snapshot(
         "{}",
         snapshot.render_text(&target.comm, pid, &binary.version, top, elapsed)
     );
-    // The .txt report holds every group, not just the top ones.
-    let full_text = snapshot.render_text(&target.comm, pid, &binary.version, 0, elapsed);
-    for (path, format) in outputs.iter().zip(formats) {
-        snapshot
-            .write(path, format, &target.comm, &full_text)
+    let goroutines::GoroutineCounts {
+        total,
+        waiting,
+        running,
+        runnable,
+        in_syscall,
+        changed_while_read,
+        unreadable,
+    } = snapshot.counts;
+    // The profile's "threads" are goroutines.
+    let thread_counts = ThreadCounts {
+        threads: total,
+        blocked_in_waits: waiting,
+        elsewhere: running + runnable + in_syscall,
+        woke_while_read: changed_while_read,
+        unreadable,
+        ..ThreadCounts::default()
+    };
+    let stacks = snapshot.profile_stacks(module.name(), true);
+    let base = go_profile(ProfileKind::Snapshot, target, image, started_at, elapsed, thread_counts);
+    let profile = Profile::from_symbolized(base, stacks);
+    write_outputs(outputs, &profile)
+}
+
+/// A goroutine profile of `target` before its stacks are added.
+fn go_profile(
+    kind: ProfileKind,
+    target: &Target,
+    image: &ProcessImage,
+    started_at: SystemTime,
+    duration: Duration,
+    thread_counts: ThreadCounts,
+) -> Profile {
+    Profile {
+        kind,
+        pid: target.pid,
+        start_unix_ns: target::unix_ns(started_at),
+        command_line: target.command_line.clone(),
+        comm: target.comm.clone(),
+        duration,
+        min_wait: Duration::ZERO,
+        target_exited: false,
+        stacks: Vec::<ProfileStack>::new(),
+        below_threshold: Vec::new(),
+        counts: TraceCounts::default(),
+        thread_counts,
+        endpoint_states: Default::default(),
+        thread_names: Default::default(),
+        wakers: Vec::new(),
+        modules: module_infos(image),
+    }
+}
+
+/// Writes `profile` to every output with the report exporters.
+fn write_outputs(outputs: Vec<Output>, profile: &Profile) -> anyhow::Result<()> {
+    for output in outputs {
+        let path = output.path.clone();
+        output
+            .write(profile)
             .with_context(|| format!("{}: cannot write the report", path.display()))?;
         eprintln!("tracer: wrote {}", path.display());
     }

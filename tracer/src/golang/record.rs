@@ -6,9 +6,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
@@ -17,9 +16,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::binary::GoBinary;
 use super::goroutines::GoroutineCounts;
 use super::pclntab::GoLocation;
-use super::report::{GoFormat, GoFrame, GoSnapshot, GoroutineGroup};
+use super::report::{GoFrame, GoSnapshot, GoroutineGroup};
 use crate::{
+    aggregate::{Profile, ProfileKind, ThreadCounts, TraceCounts, WaitStats},
     probes::{GoProbeCounters, GoWaitTotal, Probes},
+    report::Output,
     report::summary::format_duration,
     stacks::ProcessImage,
     target::{self, Target},
@@ -41,10 +42,10 @@ pub async fn record(
     top: usize,
 ) -> anyhow::Result<()> {
     let pid = target.pid;
-    let formats = outputs
+    let outputs = outputs
         .iter()
-        .map(|path| GoFormat::from_path(path))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|path| Output::create(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let module = image
         .modules()
         .iter()
@@ -76,6 +77,7 @@ pub async fn record(
         format_duration(duration.as_nanos() as u64)
     );
     let started = Instant::now();
+    let started_at = SystemTime::now();
     let target_exited = wait_for_stop(target, duration).await?;
     let elapsed = started.elapsed();
     let waits = probes.go_waits()?;
@@ -86,14 +88,28 @@ pub async fn record(
     }
     let recording = GoRecording::build(&binary, module.bias, waits, counters);
     print!("{}", recording.render_text(&target.comm, pid, &binary.version, top, elapsed));
-    let full_text = recording.render_text(&target.comm, pid, &binary.version, 0, elapsed);
-    for (path, format) in outputs.iter().zip(formats) {
-        recording
-            .write(path, format, &target.comm, &full_text)
-            .with_context(|| format!("{}: cannot write the report", path.display()))?;
-        eprintln!("tracer: wrote {}", path.display());
-    }
-    Ok(())
+    let GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended } = counters;
+    let mut base = super::go_profile(
+        ProfileKind::Recording,
+        target,
+        image,
+        started_at,
+        elapsed,
+        ThreadCounts::default(),
+    );
+    base.target_exited = target_exited;
+    base.counts = TraceCounts {
+        calls_entered: parks,
+        long_waits: waits_ended,
+        // Parks the kernel could not note, stacks it could not store, waits it could not add.
+        in_flight_map_full: parks_lost,
+        stack_unreadable: stacks_lost,
+        ring_buffer_full: waits_lost,
+        ..TraceCounts::default()
+    };
+    let stacks = recording.snapshot.profile_stacks(module.name(), false);
+    let profile = Profile::from_symbolized(base, stacks);
+    super::write_outputs(outputs, &profile)
 }
 
 /// Waits for the duration, Ctrl-C, SIGTERM or the target's exit; true for the exit.
@@ -168,7 +184,7 @@ impl GoRecording {
                 }
             }
             if frames.is_empty() {
-                frames.push(GoFrame { function: "[stack lost]".to_owned(), file: None, line: None });
+                frames.push(GoFrame { function: "[stack lost]".to_owned(), file: None, line: None, pc: 0 });
             }
             let key = (frames.iter().map(|frame| frame.function.clone()).collect(), reason);
             let entry = groups.entry(key).or_insert((frames, 0, 0, truncated));
@@ -192,6 +208,8 @@ impl GoRecording {
                     longest_wait: None,
                     truncated,
                     system,
+                    // The kernel sums waits by stack: no goroutine ids, no extremes.
+                    stats: WaitStats { waits, total_ns, ..WaitStats::default() },
                 };
                 (group, waits)
             })
@@ -251,41 +269,11 @@ impl GoRecording {
         }
         out
     }
-
-    fn write(&self, path: &Path, format: GoFormat, comm: &str, text: &str) -> anyhow::Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        let lines = self.snapshot.folded_lines(comm);
-        match format {
-            GoFormat::Folded => {
-                for line in &lines {
-                    writeln!(out, "{line}")?;
-                }
-            }
-            GoFormat::Text => write!(out, "{text}")?,
-            GoFormat::Svg => {
-                let mut options = inferno::flamegraph::Options::default();
-                options.title = format!("goroutine waits of {comm}");
-                options.subtitle =
-                    Some("recording; width = blocked time; top frame = Go wait reason".to_owned());
-                options.count_name = "µs".to_owned();
-                options.hash = true;
-                let empty = [format!("{comm};[no goroutine waits] 1")];
-                let lines: Vec<&str> = if lines.is_empty() {
-                    empty.iter().map(String::as_str).collect()
-                } else {
-                    lines.iter().map(String::as_str).collect()
-                };
-                inferno::flamegraph::from_lines(&mut options, lines, &mut out)?;
-            }
-        }
-        out.flush()?;
-        Ok(())
-    }
 }
 
 fn frame_of(location: Option<GoLocation>, pc: u64) -> GoFrame {
     match location {
-        Some(GoLocation { function, entry: _, file, line }) => GoFrame { function, file, line },
-        None => GoFrame { function: format!("[unknown {pc:#x}]"), file: None, line: None },
+        Some(GoLocation { function, entry: _, file, line }) => GoFrame { function, file, line, pc },
+        None => GoFrame { function: format!("[unknown {pc:#x}]"), file: None, line: None, pc },
     }
 }

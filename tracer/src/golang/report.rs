@@ -1,46 +1,24 @@
-//! Goroutine groups and their reports: a table like the header lines of pprof's goroutine
-//! profile (`10000 @ main.f [chan receive]`, most first, with the frames below), folded
-//! stacks (`comm;root;…;leaf;[chan receive] N`) and an inferno flamegraph of them.
-//!
-//! These are written here, not by `report::*`, because `Profile` has no place for a Go
-//! wait reason: its wait-kind frame is a `tracer_common::WaitKind`.
+//! Goroutine groups: a table like the header lines of pprof's goroutine profile
+//! (`10000 @ main.f [chan receive]`, most first, with the frames below) for stdout, and
+//! the stacks of the [`Profile`](crate::aggregate::Profile) the report exporters write
+//! (one per group, of kind [`WaitKind::Goroutine`], its object the Go wait reason).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::Path;
 use std::time::Duration;
+
+use tracer_common::WaitKind;
 
 use super::binary::GoBinary;
 use super::goroutines::{Goroutine, GoroutineCounts};
 use super::pclntab::GoLocation;
+use crate::aggregate::{ProfileStack, WaitStats, log2_bucket};
 use crate::report::summary::{format_age, format_duration};
+use crate::stacks::Frame;
 
 /// Go's own system goroutines start in package runtime, except the main goroutine
 /// (`runtime.isSystemGoroutine`).
 const USER_RUNTIME_ROOTS: &[&str] = &["runtime.main", "runtime.handleAsyncEvent"];
-
-/// The report formats a goroutine snapshot writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GoFormat {
-    Folded,
-    Svg,
-    Text,
-}
-
-impl GoFormat {
-    pub fn from_path(path: &Path) -> anyhow::Result<Self> {
-        match path.extension().and_then(|ext| ext.to_str()) {
-            Some("folded") => Ok(GoFormat::Folded),
-            Some("svg") => Ok(GoFormat::Svg),
-            Some("txt") => Ok(GoFormat::Text),
-            _ => anyhow::bail!(
-                "{}: a goroutine snapshot writes .folded, .svg or .txt (not yet .json or pprof)",
-                path.display()
-            ),
-        }
-    }
-}
 
 /// One symbolized frame of a goroutine stack.
 #[derive(Clone, Debug)]
@@ -48,6 +26,8 @@ pub struct GoFrame {
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The process address looked up.
+    pub pc: u64,
 }
 
 /// Goroutines with the same stack and wait reason.
@@ -63,6 +43,9 @@ pub struct GoroutineGroup {
     pub truncated: bool,
     /// Started in package runtime: the GC workers, sweeper, finalizers, ….
     pub system: bool,
+    /// The group's waits. A snapshot's "threads" are the goroutine ids (as u32) and its
+    /// durations the known waits (lower bounds); a recording has the kernel's sums.
+    pub stats: WaitStats,
 }
 
 pub struct GoSnapshot {
@@ -80,26 +63,32 @@ impl GoSnapshot {
     ) -> Self {
         // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
         let now = i64::try_from(crate::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
-        let mut by_stack: HashMap<(Vec<u64>, u8), (u64, i64, bool)> = HashMap::new();
+        let mut by_stack: HashMap<(Vec<u64>, u8), (WaitStats, i64, bool)> = HashMap::new();
         for Goroutine {
+            goid,
             wait_reason,
             wait_since,
             pcs,
             truncated,
         } in goroutines
         {
-            let entry = by_stack
+            let (stats, oldest, _) = by_stack
                 .entry((pcs, wait_reason))
-                .or_insert((0, i64::MAX, truncated));
-            entry.0 += 1;
+                .or_insert((WaitStats::default(), i64::MAX, truncated));
+            stats.waits += 1;
+            // Goroutine ids stand in for thread ids: they tell the goroutines apart.
+            stats.threads.insert(goid as u32);
             if wait_since > 0 {
-                entry.1 = entry.1.min(wait_since);
+                *oldest = (*oldest).min(wait_since);
+                if now > wait_since {
+                    add_known_wait(stats, (now - wait_since) as u64);
+                }
             }
         }
         let mut names: HashMap<u64, GoFrame> = HashMap::new();
         let mut groups: Vec<GoroutineGroup> = by_stack
             .into_iter()
-            .map(|((pcs, reason), (count, oldest, truncated))| {
+            .map(|((pcs, reason), (stats, oldest, truncated))| {
                 let frames: Vec<GoFrame> = pcs
                     .iter()
                     .map(|&pc| {
@@ -128,12 +117,13 @@ impl GoSnapshot {
                 let longest_wait = (oldest != i64::MAX && now > oldest)
                     .then(|| Duration::from_nanos((now - oldest) as u64));
                 GoroutineGroup {
-                    count,
+                    count: stats.waits,
                     frames,
                     wait_reason,
                     longest_wait,
                     truncated,
                     system,
+                    stats,
                 }
             })
             .collect();
@@ -238,70 +228,60 @@ impl GoSnapshot {
         out
     }
 
-    /// `comm;root;…;leaf;[wait reason] count` per shown group.
-    pub fn folded_lines(&self, comm: &str) -> Vec<String> {
+    /// The shown groups (not the runtime's system goroutines) as profile stacks.
+    pub fn profile_stacks(&self, module: &str, in_progress: bool) -> Vec<ProfileStack> {
         self.shown()
-            .map(|group| {
-                let mut line = folded_frame(comm);
-                for frame in group.frames.iter().rev() {
-                    line.push(';');
-                    line.push_str(&folded_frame(&frame.function));
-                }
-                format!(
-                    "{line};[{}] {}",
-                    folded_frame(&group.wait_reason),
-                    group.count
-                )
-            })
+            .map(|group| group.profile_stack(module, in_progress))
             .collect()
-    }
-
-    /// Writes one report; `text` is the table as printed to stdout (the `.txt` format).
-    pub fn write(
-        &self,
-        path: &Path,
-        format: GoFormat,
-        comm: &str,
-        text: &str,
-    ) -> anyhow::Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        match format {
-            GoFormat::Folded => {
-                for line in self.folded_lines(comm) {
-                    writeln!(out, "{line}")?;
-                }
-            }
-            GoFormat::Text => write!(out, "{text}")?,
-            GoFormat::Svg => {
-                let lines = self.folded_lines(comm);
-                let mut options = inferno::flamegraph::Options::default();
-                options.title = format!("goroutines of {comm}");
-                options.subtitle =
-                    Some("snapshot; width = goroutines; top frame = Go wait reason".to_owned());
-                options.count_name = "goroutines".to_owned();
-                options.hash = true;
-                if lines.is_empty() {
-                    let empty = [format!("{comm};[no waiting goroutines] 1")];
-                    inferno::flamegraph::from_lines(
-                        &mut options,
-                        empty.iter().map(String::as_str),
-                        &mut out,
-                    )?;
-                } else {
-                    inferno::flamegraph::from_lines(
-                        &mut options,
-                        lines.iter().map(String::as_str),
-                        &mut out,
-                    )?;
-                }
-            }
-        }
-        out.flush()?;
-        Ok(())
     }
 }
 
+/// Adds a wait known only from the runtime's `waitsince` (set by a GC, after the wait
+/// began): a lower bound.
+fn add_known_wait(stats: &mut WaitStats, duration_ns: u64) {
+    let known: u64 = stats.log2_histogram.values().sum();
+    stats.min_ns = if known == 0 {
+        duration_ns
+    } else {
+        stats.min_ns.min(duration_ns)
+    };
+    stats.max_ns = stats.max_ns.max(duration_ns);
+    stats.total_ns += duration_ns;
+    stats.lower_bound = true;
+    *stats
+        .log2_histogram
+        .entry(log2_bucket(duration_ns))
+        .or_default() += 1;
+}
+
 impl GoroutineGroup {
+    /// One stack of the profile: root first, the program's own functions marked as the
+    /// main module's (what `call_site` looks for), the wait reason as the object.
+    pub fn profile_stack(&self, module: &str, in_progress: bool) -> ProfileStack {
+        let frames = self
+            .frames
+            .iter()
+            .rev()
+            .map(|frame| Frame {
+                name: frame.function.clone(),
+                module: module.to_owned(),
+                module_is_main: !is_standard_library(&frame.function),
+                file: frame.file.clone(),
+                line: frame.line,
+                inlined: false,
+                address: frame.pc,
+            })
+            .collect();
+        ProfileStack {
+            frames,
+            kind: WaitKind::Goroutine,
+            object: Some(self.wait_reason.clone()),
+            truncated: self.truncated,
+            in_progress,
+            stats: self.stats.clone(),
+        }
+    }
+
     /// The function a reader looks for: the innermost frame outside Go's standard library
     /// (so `main.writeToBackend`, not `internal/poll.runtime_pollWait`), else the innermost
     /// outside package runtime, else the leaf.
@@ -321,7 +301,7 @@ impl GoroutineGroup {
 
 /// Standard-library packages have no dot in their first path element ("net/http",
 /// "internal/poll", "runtime"); "main" is the program's own.
-fn is_standard_library(function: &str) -> bool {
+pub fn is_standard_library(function: &str) -> bool {
     let package_end = function.rfind('/').map_or(0, |slash| slash + 1);
     let package = match function[package_end..].find('.') {
         Some(dot) => &function[..package_end + dot],
@@ -329,11 +309,6 @@ fn is_standard_library(function: &str) -> bool {
     };
     let first = package.split('/').next().unwrap_or_default();
     package != "main" && !first.contains('.')
-}
-
-/// Folded stacks separate frames with ';' and end with " count".
-fn folded_frame(name: &str) -> String {
-    name.replace(';', ":").replace('\n', " ")
 }
 
 fn frame_of(location: Option<GoLocation>, pc: u64) -> GoFrame {
@@ -347,11 +322,13 @@ fn frame_of(location: Option<GoLocation>, pc: u64) -> GoFrame {
             function,
             file,
             line,
+            pc,
         },
         None => GoFrame {
             function: format!("[unknown {pc:#x}]"),
             file: None,
             line: None,
+            pc,
         },
     }
 }
@@ -365,6 +342,7 @@ mod tests {
             function: name.to_owned(),
             file: None,
             line: None,
+            pc: 0,
         }
     }
 
@@ -377,6 +355,7 @@ mod tests {
             longest_wait: None,
             truncated: false,
             system: false,
+            stats: WaitStats::default(),
         };
         let io = group(&[
             "runtime.gopark",
@@ -391,6 +370,37 @@ mod tests {
         assert_eq!(std_only.headline(), "net/http.(*Server).Serve");
         let runtime_only = group(&["runtime.gopark", "runtime.bgsweep"]);
         assert_eq!(runtime_only.headline(), "runtime.gopark");
+    }
+
+    #[test]
+    fn groups_become_goroutine_stacks_whose_call_site_is_the_program() {
+        let mut stats = WaitStats { waits: 2, threads: [17, 18].into(), ..WaitStats::default() };
+        add_known_wait(&mut stats, 3_000);
+        let group = GoroutineGroup {
+            count: 2,
+            frames: ["runtime.gopark", "runtime.chanrecv1", "main.receiver", "runtime.goexit"]
+                .into_iter()
+                .map(frame)
+                .collect(),
+            wait_reason: "chan receive".into(),
+            longest_wait: None,
+            truncated: false,
+            system: false,
+            stats,
+        };
+        let stack = group.profile_stack("goroutines", true);
+        assert_eq!(stack.kind, WaitKind::Goroutine);
+        assert_eq!(stack.object.as_deref(), Some("chan receive"));
+        let names: Vec<&str> = stack.frames.iter().map(|frame| frame.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["runtime.goexit", "main.receiver", "runtime.chanrecv1", "runtime.gopark"]
+        );
+        assert!(stack.frames.iter().all(|frame| frame.module == "goroutines"));
+        assert_eq!(stack.call_site(), "main.receiver");
+        let WaitStats { waits, min_ns, max_ns, lower_bound, ref threads, .. } = stack.stats;
+        assert_eq!((waits, min_ns, max_ns, lower_bound), (2, 3_000, 3_000, true));
+        assert_eq!(threads.len(), 2, "the goroutines, by id");
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub(crate) fn fixture_profile() -> Profile {
         stacks: vec![stuck, handlers, sends, truncated],
         below_threshold: WaitKind::ALL
             .iter()
+            .filter(|&&kind| kind != WaitKind::Goroutine)
             .map(|&kind| {
                 let totals = match kind {
                     WaitKind::Futex => ShortWaitTotals {

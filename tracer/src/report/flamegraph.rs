@@ -31,6 +31,7 @@ fn kind_color(kind: WaitKind) -> Color {
         WaitKind::Poll => (0x9e, 0x9e, 0x9e),    // grey
         WaitKind::Read => (0x5c, 0x9d, 0xb0),    // steel
         WaitKind::Write => (0x6d, 0x7f, 0xc4),   // slate
+        WaitKind::Goroutine => (0x00, 0x96, 0x88), // teal
     };
     Color { r, g, b }
 }
@@ -79,8 +80,12 @@ pub fn write_flamegraph(
     } else {
         flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)?;
     }
+    // A profile holds either threads' syscall waits or goroutines: the legend names
+    // the kinds of the one it holds.
+    let goroutines = profile.stacks.iter().any(|stack| stack.kind == WaitKind::Goroutine);
     let mut legend: Vec<(&str, Color)> = WaitKind::ALL
         .iter()
+        .filter(|&&kind| (kind == WaitKind::Goroutine) == goroutines)
         .map(|&kind| (kind.name(), kind_color(kind)))
         .collect();
     if recording {

@@ -3,6 +3,8 @@
 
 use std::io::{self, Write};
 
+use tracer_common::WaitKind;
+
 use crate::{
     aggregate::{Profile, ProfileKind, ProfileStack},
     report::Weight,
@@ -48,13 +50,14 @@ pub fn folded_stack(profile: &Profile, stack: &ProfileStack) -> String {
 }
 
 /// The last frame: the wait kind, what it waits on, and whether it never ended:
-/// `[futex]`, `[send 10.0.0.5:80]`, `[futex STATS_QUEUE still-blocked]`.
+/// `[futex]`, `[send 10.0.0.5:80]`, `[futex STATS_QUEUE still-blocked]`. A goroutine's
+/// frame is its Go wait reason alone (`[chan receive]`), as Go's own tools print it.
 pub fn kind_frame(profile: &Profile, stack: &ProfileStack) -> String {
-    let mut frame = format!("[{}", stack.kind.name());
-    if let Some(object) = &stack.object {
-        frame.push(' ');
-        frame.push_str(object);
-    }
+    let mut frame = match (stack.kind, &stack.object) {
+        (WaitKind::Goroutine, Some(reason)) => format!("[{reason}"),
+        (kind, Some(object)) => format!("[{} {object}", kind.name()),
+        (kind, None) => format!("[{}", kind.name()),
+    };
     // In a snapshot every wait is in progress; in a recording the ones that never
     // ended are told apart from the completed ones.
     if stack.in_progress && profile.kind == ProfileKind::Recording {
@@ -79,8 +82,6 @@ pub fn write_folded_weighted(profile: &Profile, weight: Weight, out: &mut impl W
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use tracer_common::WaitKind;
 
     use super::*;
     use crate::aggregate::{ThreadCounts, TraceCounts, tests::stack};
@@ -147,6 +148,19 @@ mod tests {
         assert_eq!(folded_lines_weighted(&recording, Weight::Time), ["pile:up;f;[futex] 12"]);
         assert_eq!(folded_lines_weighted(&recording, Weight::Count), ["pile:up;f;[futex] 3"]);
         assert_eq!(folded_lines_weighted(&recording, Weight::Threads), ["pile:up;f;[futex] 2"]);
+    }
+
+    #[test]
+    fn goroutine_frames_are_the_go_wait_reason() {
+        let mut parked = stack(&[("main.receiver", true)], WaitKind::Goroutine, &[(1, 5_000)]);
+        parked.object = Some("chan receive".into());
+        let mut recording = profile(vec![parked]);
+        assert_eq!(folded_lines(&recording), ["pile:up;main.receiver;[chan receive] 5"]);
+        recording.stacks[0].in_progress = true;
+        assert_eq!(
+            folded_lines(&recording),
+            ["pile:up;main.receiver;[chan receive still-blocked] 5"]
+        );
     }
 
     #[test]
