@@ -1,12 +1,18 @@
 //! tracer's kernel-side probes: which threads of one process block, in which call,
 //! for how long, and (for waits over the threshold) where in the program.
 //!
-//! Three programs share one per-thread map of calls in flight:
+//! Four programs share each thread's call in flight (task storage):
 //! - `raw_syscalls:sys_enter` notes a watched call of the target (filtered by tgid first,
 //!   so other processes cost one comparison);
-//! - `sched_switch` marks the call as a wait when the thread goes to sleep inside it;
+//! - `tp_btf/sched_switch` marks the call as a wait when the thread goes to sleep in it;
+//! - `tp_btf/sched_waking` sends the waker's stack when a thread of the target wakes
+//!   another out of a long futex wait;
 //! - `raw_syscalls:sys_exit` ends the call: under the threshold it only adds to per-kind
 //!   totals; over it, it sends the registers and a copy of the user stack to userspace.
+//!
+//! Besides: a task iterator (`iter/task`) that reads every task's saved registers for
+//! `snapshot`, and for Go programs two uprobes (`runtime.gopark`, `runtime.execute`) that
+//! time goroutine waits in the Go scheduler.
 #![no_std]
 #![no_main]
 
