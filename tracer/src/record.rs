@@ -152,14 +152,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         aggregate.into_profile(base, walker.image(), &mut symbolizer, &mut LockNamer::new());
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     print!("{}", render_summary(&profile, top));
-    for output in outputs {
-        let path = output.path.clone();
-        output
-            .write(&profile)
-            .with_context(|| format!("{}: cannot write the report", path.display()))?;
-        eprintln!("tracer: wrote {}", path.display());
-    }
-    Ok(())
+    crate::report::write_outputs(outputs, &profile)
 }
 
 /// What the probes and the collector saw and lost (`unknown_symbols` is filled in by

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use anyhow::Context as _;
 
 use crate::{
     aggregate::{Profile, ProfileKind, TraceCounts, WaitAggregate},
@@ -105,14 +104,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
     print!("{}", render_summary(&profile, top));
-    for output in outputs {
-        let path = output.path.clone();
-        output
-            .write(&profile)
-            .with_context(|| format!("{}: cannot write the report", path.display()))?;
-        eprintln!("tracer: wrote {}", path.display());
-    }
-    Ok(())
+    crate::report::write_outputs(outputs, &profile)
 }
 
 /// A failure to read the target is, more often than not, the target exiting: say so.

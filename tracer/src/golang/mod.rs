@@ -111,7 +111,7 @@ pub fn snapshot(
     let stacks = snapshot.profile_stacks(module.name(), true);
     let base = go_profile(ProfileKind::Snapshot, target, image, started_at, elapsed, thread_counts);
     let profile = Profile::from_symbolized(base, stacks);
-    write_outputs(outputs, &profile)
+    crate::report::write_outputs(outputs, &profile)
 }
 
 /// A goroutine profile of `target` before its stacks are added.
@@ -141,16 +141,4 @@ fn go_profile(
         wakers: Vec::new(),
         modules: module_infos(image),
     }
-}
-
-/// Writes `profile` to every output with the report exporters.
-fn write_outputs(outputs: Vec<Output>, profile: &Profile) -> anyhow::Result<()> {
-    for output in outputs {
-        let path = output.path.clone();
-        output
-            .write(profile)
-            .with_context(|| format!("{}: cannot write the report", path.display()))?;
-        eprintln!("tracer: wrote {}", path.display());
-    }
-    Ok(())
 }

@@ -109,7 +109,7 @@ pub async fn record(
     };
     let stacks = recording.snapshot.profile_stacks(module.name(), false);
     let profile = Profile::from_symbolized(base, stacks);
-    super::write_outputs(outputs, &profile)
+    crate::report::write_outputs(outputs, &profile)
 }
 
 /// Waits for the duration, Ctrl-C, SIGTERM or the target's exit; true for the exit.

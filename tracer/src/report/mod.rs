@@ -146,6 +146,18 @@ impl Provenance {
     }
 }
 
+/// Writes `profile` to every output with the default options, saying so for each.
+pub fn write_outputs(outputs: Vec<Output>, profile: &Profile) -> anyhow::Result<()> {
+    for output in outputs {
+        let path = output.path.clone();
+        output
+            .write(profile)
+            .map_err(|err| err.context(format!("{}: cannot write the report", path.display())))?;
+        eprintln!("tracer: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 pub const TRACER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A profile read back from a file `tracer` wrote, with where it came from.
