@@ -109,16 +109,7 @@ impl Target {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let command_line = fs::read(format!("/proc/{pid}/cmdline"))
-            .ok()
-            .filter(|bytes| !bytes.is_empty())
-            .map(|bytes| {
-                bytes
-                    .split(|&byte| byte == 0)
-                    .filter(|arg| !arg.is_empty())
-                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                    .collect()
-            });
+        let command_line = read_command_line(pid);
         Ok(Self { pid, comm, command_line, pidfd })
     }
 
@@ -149,6 +140,17 @@ fn parse_stat(line: &str) -> Option<ProcStat> {
     let state = fields.next()?.chars().next()?;
     let flags = fields.nth(5)?.parse().ok()?;
     Some(ProcStat { comm, state, flags })
+}
+
+/// The command line of `pid` (/proc/PID/cmdline), when readable and not empty.
+pub fn read_command_line(pid: u32) -> Option<Vec<String>> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = bytes
+        .split(|&byte| byte == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    (!args.is_empty()).then_some(args)
 }
 
 /// Nanoseconds since the Unix epoch.

@@ -125,23 +125,22 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// This tracer and this machine; the command line of `pid` if it still runs.
-    pub fn of_live_target(pid: u32) -> Self {
+    /// This tracer and this machine, for a profile just taken: its command line was read
+    /// when tracing began; one that lacks it is read now unless the target exited (the
+    /// pid may already name another process).
+    pub fn of_profile(profile: &Profile) -> Self {
+        let command_line = match &profile.command_line {
+            Some(command_line) => Some(command_line.clone()),
+            None if profile.target_exited => None,
+            None => crate::target::read_command_line(profile.pid),
+        };
+        Self::with_command_line(command_line)
+    }
+
+    fn with_command_line(command_line: Option<Vec<String>>) -> Self {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
             .map(|release| release.trim().to_string());
-        // Read when the report is written (the profile does not carry it): a target
-        // that exited meanwhile has none.
-        let command_line = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .ok()
-            .filter(|bytes| !bytes.is_empty())
-            .map(|bytes| {
-                bytes
-                    .split(|&byte| byte == 0)
-                    .filter(|arg| !arg.is_empty())
-                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                    .collect()
-            });
         Self { tracer_version: TRACER_VERSION.to_string(), kernel, command_line }
     }
 }
@@ -260,11 +259,7 @@ impl Output {
 
     /// Writes a profile just taken of `profile.pid`, with the default options.
     pub fn write(self, profile: &Profile) -> anyhow::Result<()> {
-        let mut provenance = Provenance::of_live_target(profile.pid);
-        if profile.target_exited {
-            // The pid may already name another process.
-            provenance.command_line = None;
-        }
+        let provenance = Provenance::of_profile(profile);
         self.write_with(profile, &provenance, RenderOptions::default_for(profile.kind))
     }
 

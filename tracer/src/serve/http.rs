@@ -288,7 +288,7 @@ async fn pprof(
     attachment: HeaderValue,
 ) -> Result<Reply, ServeError> {
     let encoded = tokio::task::spawn_blocking(move || {
-        let provenance = Provenance::of_live_target(profile.pid);
+        let provenance = Provenance::of_profile(&profile);
         let mut bytes = Vec::new();
         write_pprof(&profile, &provenance, weight, &mut bytes).map(|()| bytes)
     })
