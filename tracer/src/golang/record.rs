@@ -252,17 +252,7 @@ impl GoRecording {
                 group.headline(),
                 group.wait_reason
             );
-            for frame in &group.frames {
-                let place = match (&frame.file, frame.line) {
-                    (Some(file), Some(line)) => format!("{file}:{line}"),
-                    (Some(file), None) => file.clone(),
-                    _ => String::new(),
-                };
-                let _ = writeln!(out, "#\t{}\t{place}", frame.function);
-            }
-            if group.truncated {
-                let _ = writeln!(out, "#\t… (stack truncated)");
-            }
+            group.write_frames(&mut out);
         }
         if limit < shown.len() {
             let _ = writeln!(out, "\n… {} more stacks (--top 0 shows all)", shown.len() - limit);

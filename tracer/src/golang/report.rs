@@ -48,6 +48,23 @@ pub struct GoroutineGroup {
     pub stats: WaitStats,
 }
 
+impl GoroutineGroup {
+    /// The group's frames as pprof's goroutine profile prints them (`#\tfunction\tfile:line`).
+    pub fn write_frames(&self, out: &mut String) {
+        for frame in &self.frames {
+            let place = match (&frame.file, frame.line) {
+                (Some(file), Some(line)) => format!("{file}:{line}"),
+                (Some(file), None) => file.clone(),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "#\t{}\t{place}", frame.function);
+        }
+        if self.truncated {
+            let _ = writeln!(out, "#\t… (stack truncated)");
+        }
+    }
+}
+
 pub struct GoSnapshot {
     /// Most goroutines first.
     pub groups: Vec<GoroutineGroup>,
@@ -206,17 +223,7 @@ impl GoSnapshot {
                 group.headline(),
                 group.wait_reason
             );
-            for frame in &group.frames {
-                let place = match (&frame.file, frame.line) {
-                    (Some(file), Some(line)) => format!("{file}:{line}"),
-                    (Some(file), None) => file.clone(),
-                    _ => String::new(),
-                };
-                let _ = writeln!(out, "#\t{}\t{place}", frame.function);
-            }
-            if group.truncated {
-                let _ = writeln!(out, "#\t… (stack truncated)");
-            }
+            group.write_frames(&mut out);
         }
         if limit < shown.len() {
             let _ = writeln!(
