@@ -112,6 +112,29 @@ const FUTEX_WAIT_BITSET: u64 = 9;
 const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
 const FUTEX_LOCK_PI2: u64 = 13;
 
+/// Whether a futex(2) operation wakes waiters: WAKE, REQUEUE, CMP_REQUEUE, WAKE_OP,
+/// UNLOCK_PI, WAKE_BITSET, CMP_REQUEUE_PI (include/uapi/linux/futex.h).
+#[inline(always)]
+pub fn is_futex_wake(op: u64) -> bool {
+    const FUTEX_WAKE: u64 = 1;
+    const FUTEX_REQUEUE: u64 = 3;
+    const FUTEX_CMP_REQUEUE: u64 = 4;
+    const FUTEX_WAKE_OP: u64 = 5;
+    const FUTEX_UNLOCK_PI: u64 = 7;
+    const FUTEX_WAKE_BITSET: u64 = 10;
+    const FUTEX_CMP_REQUEUE_PI: u64 = 12;
+    matches!(
+        op & FUTEX_CMD_MASK,
+        FUTEX_WAKE
+            | FUTEX_REQUEUE
+            | FUTEX_CMP_REQUEUE
+            | FUTEX_WAKE_OP
+            | FUTEX_UNLOCK_PI
+            | FUTEX_WAKE_BITSET
+            | FUTEX_CMP_REQUEUE_PI
+    )
+}
+
 /// The wait kind of a syscall and what it waits on (the futex address, or the
 /// descriptor), or None when the call is not watched. `arg(n)` reads argument `n`; only
 /// the arguments needed are read. The probes and `tracer snapshot` share this rule.
@@ -307,6 +330,18 @@ mod tests {
         assert_eq!(futex(10), None); // FUTEX_WAKE_BITSET
         assert_eq!(futex(3), None); // FUTEX_CMP_REQUEUE
         assert_eq!(futex(8), None); // FUTEX_TRYLOCK_PI never blocks
+    }
+
+    #[test]
+    fn wake_operations_are_told_from_waits() {
+        const PRIVATE: u64 = 128;
+        assert!(is_futex_wake(1 | PRIVATE)); // FUTEX_WAKE
+        assert!(is_futex_wake(10)); // FUTEX_WAKE_BITSET
+        assert!(is_futex_wake(4 | PRIVATE)); // FUTEX_CMP_REQUEUE
+        assert!(is_futex_wake(7)); // FUTEX_UNLOCK_PI
+        assert!(!is_futex_wake(0)); // FUTEX_WAIT
+        assert!(!is_futex_wake(9 | PRIVATE)); // FUTEX_WAIT_BITSET
+        assert!(!is_futex_wake(6)); // FUTEX_LOCK_PI
     }
 
     #[test]

@@ -32,7 +32,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, STACK_COPY_BYTES, ShortWaitTotals,
-    TaskRegs, WAIT_KIND_COUNT, WaitKind, WaitRecord, WakeRecord, classify_syscall, syscall_nr,
+    TaskRegs, WAIT_KIND_COUNT, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
+    syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -271,14 +272,6 @@ fn copy_user_stack(stack: &mut [u8; STACK_COPY_BYTES], sp: u64) -> u32 {
     }
     count(Counter::StackUnreadable);
     0
-}
-
-/// futex(2) operations that wake waiters (include/uapi/linux/futex.h): WAKE, REQUEUE,
-/// CMP_REQUEUE, WAKE_OP, UNLOCK_PI, WAKE_BITSET, CMP_REQUEUE_PI.
-#[inline(always)]
-fn is_futex_wake(op: u64) -> bool {
-    const FUTEX_CMD_MASK: u64 = !(128 | 256); // ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
-    matches!(op & FUTEX_CMD_MASK, 1 | 3 | 4 | 5 | 7 | 10 | 12)
 }
 
 #[inline(always)]

@@ -48,22 +48,6 @@ pub struct GoroutineGroup {
     pub stats: WaitStats,
 }
 
-impl GoroutineGroup {
-    /// The group's frames as pprof's goroutine profile prints them (`#\tfunction\tfile:line`).
-    pub fn write_frames(&self, out: &mut String) {
-        for frame in &self.frames {
-            let place = match (&frame.file, frame.line) {
-                (Some(file), Some(line)) => format!("{file}:{line}"),
-                (Some(file), None) => file.clone(),
-                _ => String::new(),
-            };
-            let _ = writeln!(out, "#\t{}\t{place}", frame.function);
-        }
-        if self.truncated {
-            let _ = writeln!(out, "#\t… (stack truncated)");
-        }
-    }
-}
 
 pub struct GoSnapshot {
     /// Most goroutines first.
@@ -262,6 +246,20 @@ fn add_known_wait(stats: &mut WaitStats, duration_ns: u64) {
 }
 
 impl GoroutineGroup {
+    /// The group's frames as pprof's goroutine profile prints them (`#\tfunction\tfile:line`).
+    pub fn write_frames(&self, out: &mut String) {
+        for frame in &self.frames {
+            let place = match (&frame.file, frame.line) {
+                (Some(file), Some(line)) => format!("{file}:{line}"),
+                (Some(file), None) => file.clone(),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "#\t{}\t{place}", frame.function);
+        }
+        if self.truncated {
+            let _ = writeln!(out, "#\t… (stack truncated)");
+        }
+    }
     /// One stack of the profile: root first, the program's own functions marked as the
     /// main module's (what `call_site` looks for), the wait reason as the object.
     pub fn profile_stack(&self, module: &str, in_progress: bool) -> ProfileStack {
