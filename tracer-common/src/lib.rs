@@ -167,21 +167,23 @@ pub fn classify_syscall<E>(
     Ok(watched)
 }
 
-/// A thread's watched call in progress, in the thread's task storage. The entry stays
-/// between calls, idle (`start_ns == 0`), so that each call rewrites it in place; the
-/// kernel frees it with the task.
+/// A thread's wait in progress, in the thread's task storage: noted when the thread goes
+/// to sleep inside a watched call, ended when that call returns. The entry stays between
+/// waits, idle (`start_ns == 0`), so that each wait rewrites it in place; the kernel frees
+/// it with the task.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightWait {
-    /// `bpf_ktime_get_ns` at syscall entry; 0 when the thread is in no watched call.
+    /// `bpf_ktime_get_ns` when the thread first went to sleep in the call; 0 when the
+    /// thread is in no wait.
     pub start_ns: u64,
     /// What is waited on: the futex address, or the descriptor for socket calls.
     pub object: u64,
     /// A [`WaitKind`] discriminant.
     pub kind: u32,
-    /// Non-zero once the thread was switched out asleep inside this call: only then
-    /// is the call a wait (a call that returns at once is not).
-    pub blocked: u32,
+    /// The syscall number slept in: the exit that ends the wait must be this call's (a
+    /// thread can also sleep after a call's exit, stopped by a signal on its way out).
+    pub syscall: u32,
     /// The thread's id (the entry hangs off its task; a waker's probe reads it here).
     pub tid: u32,
     /// Explicit padding.
@@ -274,10 +276,11 @@ pub struct ShortWaitTotals {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Watched syscalls entered by the target's threads.
-    CallsEntered = 0,
-    /// Watched calls that returned without the thread going to sleep (not waits).
-    ReturnedWithoutWaiting = 1,
+    /// Waits begun: a thread of the target went to sleep inside a watched call.
+    WaitsStarted = 0,
+    /// Sleeps noted as waits that no exit of their call ended (the thread slept on its way
+    /// out of a call, e.g. stopped by a signal): not waits, left out.
+    WaitsDiscarded = 1,
     /// Waits under the threshold (counted per kind, no stack).
     ShortWaits = 2,
     /// Waits over the threshold, sent with a stack.

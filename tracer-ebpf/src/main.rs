@@ -1,14 +1,19 @@
 //! tracer's kernel-side probes: which threads of one process block, in which call,
 //! for how long, and (for waits over the threshold) where in the program.
 //!
-//! Four programs share each thread's call in flight (task storage):
-//! - `raw_syscalls:sys_enter` notes a watched call of the target (filtered by tgid first,
-//!   so other processes cost one comparison);
-//! - `tp_btf/sched_switch` marks the call as a wait when the thread goes to sleep in it;
-//! - `tp_btf/sched_waking` sends the waker's stack when a thread of the target wakes
-//!   another out of a long futex wait;
-//! - `raw_syscalls:sys_exit` ends the call: under the threshold it only adds to per-kind
+//! Three programs share each thread's wait in progress (task storage):
+//! - `sched_switch` notes a wait when a thread of the target goes to sleep inside a
+//!   watched call (the call and its arguments read from the registers saved at syscall
+//!   entry). Other processes cost one comparison, and calls that return without sleeping
+//!   cost nothing: there is no syscall-entry probe.
+//! - `sched_waking` sends the waker's stack when a thread of the target wakes another out
+//!   of a long futex wait;
+//! - `raw_syscalls:sys_exit` ends the wait: under the threshold it only adds to per-kind
 //!   totals; over it, it sends the registers and a copy of the user stack to userspace.
+//!
+//! All three are attached raw (`tp_btf`): sys_exit fires on every syscall of the machine,
+//! and a classic tracepoint program would first have the kernel fill a perf record for
+//! each one.
 //!
 //! Besides: a task iterator (`iter/task`) that reads every task's saved registers for
 //! `snapshot`, and for Go programs two uprobes (`runtime.gopark`, `runtime.execute`) that
@@ -18,7 +23,9 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{pt_regs, seq_file, task_struct},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs, seq_file, task_struct,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
@@ -26,9 +33,9 @@ use aya_ebpf::{
             bpf_get_current_task_btf, bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
         },
     },
-    macros::{btf_map, btf_tracepoint, map, tracepoint},
+    macros::{btf_map, btf_tracepoint, map},
     maps::{PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::BtfTracePointContext,
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, STACK_COPY_BYTES, ShortWaitTotals,
@@ -55,7 +62,13 @@ static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 
 /// Waits over the threshold, with their stacks. 16 MiB holds about a thousand records.
 #[map]
-static WAITS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static WAITS: RingBuf = RingBuf::with_byte_size(WAITS_BYTES, 0);
+const WAITS_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Wake userspace once WAITS holds this much (a quarter of its size); set by the loader,
+/// which may resize WAITS.
+#[unsafe(no_mangle)]
+static WAITS_WAKE_AT_BYTES: Global<u64> = Global::new(WAITS_BYTES as u64 / 4);
 
 /// Count and total time of the waits under the threshold, per kind.
 #[map]
@@ -64,17 +77,24 @@ static SHORT_WAITS: PerCpuArray<ShortWaitTotals> =
 
 /// Wakes of long futex waits by the target's threads, with the waker's stack.
 #[map]
-static WAKES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+static WAKES: RingBuf = RingBuf::with_byte_size(WAKES_BYTES, 0);
+const WAKES_BYTES: u32 = 4 * 1024 * 1024;
 
 /// Event and loss counters, indexed by `Counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
 
-// Field offsets of the raw_syscalls tracepoints
-// (/sys/kernel/tracing/events/raw_syscalls/sys_{enter,exit}/format).
-const SYS_ENTER_ID: usize = 8;
-const SYS_ENTER_ARGS: usize = 16;
-const SYS_EXIT_RET: usize = 16;
+/// Submit flags that wake userspace only once `ring` holds `wake_at` bytes: it drains on a
+/// timer too (events.rs), and a wake-up per record would schedule the tracer hundreds of
+/// times a second on CPUs the traced service needs.
+#[inline(always)]
+fn wake_flags(ring: &RingBuf, wake_at: u64) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA as u64) >= wake_at {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -99,87 +119,115 @@ fn target_thread() -> Option<u32> {
     Some(pid_tgid as u32)
 }
 
+/// The n-th argument of the syscall whose user registers are `regs` (x86_64 order:
+/// rdi, rsi, rdx, r10, r8, r9).
+///
+/// `regs` must be a BTF pointer (a tp_btf argument or `bpf_task_pt_regs`): the verifier
+/// then turns these plain loads into fault-checked ones, cheaper than a read helper call.
 #[inline(always)]
-fn syscall_arg(ctx: &TracePointContext, n: usize) -> Result<u64, i32> {
-    // SAFETY: the offset lies inside the sys_enter record (args[6]).
-    unsafe { ctx.read_at::<u64>(SYS_ENTER_ARGS + n * 8) }
-}
-
-#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
-pub fn tracer_sys_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_enter(&ctx);
-    0
-}
-
-fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
-    let Some(tid) = target_thread() else {
-        return Ok(());
-    };
-    // SAFETY: `id` lies inside the sys_enter record.
-    let id = unsafe { ctx.read_at::<i64>(SYS_ENTER_ID)? };
-    let Some((kind, object)) = classify_syscall(id, |n| syscall_arg(ctx, n))? else {
-        return Ok(());
-    };
-    count(Counter::CallsEntered);
-    let wait = InFlightWait {
-        start_ns: now_ns(),
-        object,
-        kind: kind as u32,
-        blocked: 0,
-        tid,
-        _pad: 0,
-    };
-    // A thread keeps its entry between calls (start_ns == 0 when idle), rewritten in place.
-    // SAFETY: the current task's BTF pointer; the entry is this thread's own and only it
-    // and its own switch-out touch it.
-    match unsafe { IN_FLIGHT.get_or_create(bpf_get_current_task_btf()) } {
-        // SAFETY: as above.
-        Some(entry) => unsafe { *entry = wait },
-        None => count(Counter::InFlightMapFull),
+fn syscall_arg(regs: *const pt_regs, n: usize) -> u64 {
+    // SAFETY: as above; a fault reads 0.
+    unsafe {
+        match n {
+            0 => (*regs).rdi,
+            1 => (*regs).rsi,
+            2 => (*regs).rdx,
+            3 => (*regs).r10,
+            4 => (*regs).r8,
+            _ => (*regs).r9,
+        }
     }
-    Ok(())
 }
 
-/// Marks the call in flight as a wait when its thread goes to sleep.
+/// Notes a wait when a thread of the target goes to sleep inside a watched call.
 /// Arguments: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state),
 /// see include/trace/events/sched.h; the program runs in the context of `prev`.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_sched_switch(&ctx);
+    0
+}
+
+fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(tid) = target_thread() else {
-        return 0;
+        return Ok(());
     };
-    const TASK_RUNNING: u32 = 0;
+    // Sleeping states (include/linux/sched.h); stopped and traced threads wait for a
+    // signal or a debugger, not for what their call waits on.
+    const TASK_INTERRUPTIBLE: u32 = 0x1;
+    const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+    const TASK_STOPPED_OR_TRACED: u32 = 0x4 | 0x8;
     let preempted: u64 = ctx.arg(0);
     let prev_state: u32 = ctx.arg(3);
     // Preempted (even between set_current_state() and schedule()), the thread stays
     // runnable: it waits for a CPU, not for an event.
-    if preempted != 0 || prev_state == TASK_RUNNING {
-        // Preempted while runnable: waiting for a CPU, not for an event.
-        return 0;
+    if preempted != 0
+        || prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0
+        || prev_state & TASK_STOPPED_OR_TRACED != 0
+    {
+        return Ok(());
     }
-    let _ = tid;
     // SAFETY: the current task (prev) as a BTF pointer.
-    if let Some(wait) = unsafe { IN_FLIGHT.get(bpf_get_current_task_btf()) } {
-        // SAFETY: the entry belongs to this thread, which is the one running now.
-        unsafe {
-            if (*wait).start_ns != 0 {
-                (*wait).blocked = 1;
-            }
+    let task = unsafe { bpf_get_current_task_btf() };
+    // SAFETY: the current task's user registers, saved at syscall entry.
+    let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
+    // A sleep outside any syscall (a page fault) has orig_rax -1, which no kind matches.
+    // SAFETY: a BTF pointer, as in `syscall_arg`.
+    let nr = unsafe { (*regs).orig_rax } as i64;
+    let Ok(Some((kind, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n)))
+    else {
+        return Ok(());
+    };
+    // SAFETY: the entry is this thread's own, and only its own sleeps and exits write it.
+    let Some(entry) = (unsafe { IN_FLIGHT.get_or_create(task) }) else {
+        count(Counter::InFlightMapFull);
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let noted = unsafe { *entry };
+    if noted.start_ns != 0 {
+        if noted.syscall == nr as u32 && noted.object == object {
+            // Asleep again in the same call: the wait began at its first sleep.
+            return Ok(());
         }
+        // A sleep no exit of its call ended (the thread slept on its way out of a call).
+        count(Counter::WaitsDiscarded);
     }
-    0
+    count(Counter::WaitsStarted);
+    // SAFETY: as above.
+    unsafe {
+        *entry = InFlightWait {
+            start_ns: now_ns(),
+            object,
+            kind: kind as u32,
+            syscall: nr as u32,
+            tid,
+            _pad: 0,
+        }
+    };
+    Ok(())
 }
 
-#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
-pub fn tracer_sys_exit(ctx: TracePointContext) -> u32 {
+/// Arguments: (struct pt_regs *regs, long ret), see include/trace/events/syscalls.h.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn tracer_sys_exit(ctx: BtfTracePointContext) -> u32 {
     let _ = try_sys_exit(&ctx);
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(tid) = target_thread() else {
         return Ok(());
     };
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the tracepoint's (BTF) pointer to the exiting call's saved registers, as in
+    // `syscall_arg`.
+    let nr = unsafe { (*regs).orig_rax } as i64;
+    // Only a watched call can end a wait: the others (futex wakes among them, as many as
+    // the waits in a handoff) return before the task-storage lookup.
+    if !matches!(classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n))), Ok(Some(_))) {
+        return Ok(());
+    }
     // SAFETY: the current task as a BTF pointer.
     let Some(entry) = (unsafe { IN_FLIGHT.get(bpf_get_current_task_btf()) }) else {
         return Ok(());
@@ -187,16 +235,13 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: only this thread writes its entry, and it is here, not in sched_switch.
     let wait = unsafe { *entry };
     if wait.start_ns == 0 {
-        // Not in a watched call (any other syscall of the target exits here too).
+        // Not in a wait: the call returned without sleeping.
         return Ok(());
     }
-    // SAFETY: as above; the call ends, the entry goes idle.
-    unsafe {
-        (*entry).start_ns = 0;
-        (*entry).blocked = 0;
-    }
-    if wait.blocked == 0 {
-        count(Counter::ReturnedWithoutWaiting);
+    // SAFETY: as above; the wait ends here, one way or the other.
+    unsafe { (*entry).start_ns = 0 };
+    if nr as u32 != wait.syscall {
+        count(Counter::WaitsDiscarded);
         return Ok(());
     }
     let duration_ns = now_ns().saturating_sub(wait.start_ns);
@@ -211,8 +256,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
         }
         return Ok(());
     }
-    // SAFETY: `ret` lies inside the sys_exit record.
-    let ret = unsafe { ctx.read_at::<i64>(SYS_EXIT_RET)? };
+    let ret: i64 = ctx.arg(1);
     send_long_wait(tid, &wait, duration_ns, ret)
 }
 
@@ -244,7 +288,7 @@ fn send_long_wait(tid: u32, wait: &InFlightWait, duration_ns: u64, ret: i64) -> 
         (*record).stack_len = copy_user_stack(&mut (*record).stack, sp);
     }
     count(Counter::LongWaits);
-    entry.submit(0);
+    entry.submit(wake_flags(&WAITS, WAITS_WAKE_AT_BYTES.load()));
     Ok(())
 }
 
@@ -295,6 +339,15 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(waker_tid) = target_thread() else {
         return Ok(());
     };
+    // SAFETY: the current task's saved user registers (a BTF pointer, as in
+    // `syscall_arg`). The waker must be in a futex wake: a wake from an interrupt (a
+    // timed wait's timer) that happened to land on a target thread inside some other call
+    // is not this thread's doing. Checked first: it is cheaper than the wakee's lookup.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let (nr, op) = unsafe { ((*regs).orig_rax as i64, (*regs).rsi) };
+    if !(nr == syscall_nr::FUTEX_WAKE || nr == syscall_nr::FUTEX && is_futex_wake(op)) {
+        return Ok(());
+    }
     let wakee: *mut task_struct = ctx.arg(0);
     // SAFETY: a BTF task pointer from the tracepoint; read-only copy of its entry (a
     // concurrent exit only makes it stale).
@@ -303,29 +356,14 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let wakee_tid = wait.tid;
     if wakee_tid == waker_tid
-        || wait.blocked == 0
         || wait.start_ns == 0
         || wait.kind != WaitKind::Futex as u32
         || now_ns().saturating_sub(wait.start_ns) < MIN_WAIT_NS.load()
     {
         return Ok(());
     }
-    // SAFETY: the current task's saved user registers. The waker must be in a futex
-    // wake: a wake from an interrupt (a timed wait's timer) that happened to land on a
-    // target thread inside some other call is not this thread's doing.
-    let (ip, sp, bp, nr, op) = unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        (
-            bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0),
-            bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0),
-            bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0),
-            bpf_probe_read_kernel(&(*regs).orig_rax).unwrap_or(0) as i64,
-            bpf_probe_read_kernel(&(*regs).rsi).unwrap_or(0),
-        )
-    };
-    if !(nr == syscall_nr::FUTEX_WAKE || nr == syscall_nr::FUTEX && is_futex_wake(op)) {
-        return Ok(());
-    }
+    // SAFETY: as above.
+    let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     let Some(mut entry) = WAKES.reserve::<WakeRecord>(0) else {
         count(Counter::WakeRingBufferFull);
         return Ok(());
@@ -343,7 +381,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
         (*record).stack_len = copy_user_stack(&mut (*record).stack, sp);
     }
     count(Counter::WakesSent);
-    entry.submit(0);
+    entry.submit(wake_flags(&WAKES, WAKES_BYTES as u64 / 4));
     Ok(())
 }
 

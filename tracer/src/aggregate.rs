@@ -299,8 +299,8 @@ fn is_runtime_function(name: &str) -> bool {
 /// What the probes and the daemon saw and missed: every loss is shown in every report.
 #[derive(Clone, Debug, Default)]
 pub struct TraceCounts {
-    pub calls_entered: u64,
-    pub returned_without_waiting: u64,
+    pub waits_started: u64,
+    pub waits_discarded: u64,
     pub short_waits: u64,
     pub long_waits: u64,
     pub ring_buffer_full: u64,

@@ -14,6 +14,7 @@ compile_error!("tracer supports x86_64 only");
 mod aggregate;
 mod blocked_now;
 mod cli;
+mod events;
 mod golang;
 mod locks;
 mod probes;

@@ -6,7 +6,7 @@ use std::{io::Read as _, path::Path, time::Duration};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter, TracePoint},
+    programs::{BtfTracePoint, Iter},
 };
 use crate::cli::MapSizes;
 use tracer_common::{
@@ -56,6 +56,9 @@ pub struct ProbeConfig {
     pub maps: MapSizes,
 }
 
+/// The size of the probes' WAITS ring buffer (tracer-ebpf), unless `--ring-buffer-bytes`.
+const DEFAULT_WAITS_BYTES: u32 = 16 * 1024 * 1024;
+
 /// The loaded probes (attached by `attach_wait_probes`).
 pub struct Probes {
     ebpf: Ebpf,
@@ -93,8 +96,11 @@ impl Probes {
         if let Some(bytes) = ring_buffer_bytes {
             loader.map_max_entries("WAITS", bytes);
         }
+        // The probes wake us once the buffer is a quarter full; a timer drains it otherwise.
+        let wake_at_bytes = u64::from(ring_buffer_bytes.unwrap_or(DEFAULT_WAITS_BYTES) / 4);
         let ebpf = loader
             .btf(Some(&btf))
+            .override_global("WAITS_WAKE_AT_BYTES", &wake_at_bytes, true)
             .override_global("TARGET_TGID", &config.tgid, true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
@@ -105,12 +111,14 @@ impl Probes {
     /// Attaches the wait probes: from here on the target's waits are recorded.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
         let Self { ebpf, btf } = self;
-        // The sleep marker first, so no wait's switch-out is missed once entries appear.
         let program = |name| ProbeError::Map { name, source: None };
         let attach_err = |name| move |source| ProbeError::Program { name, source };
-        for (name, function) in
-            [("tracer_sched_switch", "sched_switch"), ("tracer_sched_waking", "sched_waking")]
-        {
+        // A wait's end before its start: every wait noted is also ended.
+        for (name, function) in [
+            ("tracer_sys_exit", "sys_exit"),
+            ("tracer_sched_waking", "sched_waking"),
+            ("tracer_sched_switch", "sched_switch"),
+        ] {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| program(name))?
@@ -118,18 +126,6 @@ impl Probes {
                 .map_err(attach_err(name))?;
             program.load(function, btf).map_err(attach_err(name))?;
             program.attach().map_err(attach_err(name))?;
-        }
-        for (name, category, tracepoint) in [
-            ("tracer_sys_exit", "raw_syscalls", "sys_exit"),
-            ("tracer_sys_enter", "raw_syscalls", "sys_enter"),
-        ] {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| program(name))?
-                .try_into()
-                .map_err(attach_err(name))?;
-            program.load().map_err(attach_err(name))?;
-            program.attach(category, tracepoint).map_err(attach_err(name))?;
         }
         Ok(())
     }
@@ -206,7 +202,6 @@ impl Probes {
         };
         for tid in tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
             if let Some(wait) = lookup_task_storage(map_fd, tid)
-                && wait.blocked != 0
                 && wait.start_ns != 0
             {
                 starts.insert(tid, wait.start_ns);

@@ -1,32 +1,24 @@
 //! `tracer record`: attach to a live process, collect its waits until the duration ends
 //! (or Ctrl-C, SIGTERM, or its exit), then symbolize and write every report.
 
-use std::{
-    collections::HashMap,
-    mem::size_of,
-    os::fd::{AsRawFd, OwnedFd},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
-use tracer_common::{Counter, ShortWaitTotals, WaitKind, WaitRecord, WakeRecord};
+use tokio::signal::unix::{SignalKind, signal};
+use tracer_common::{Counter, ShortWaitTotals, WaitKind};
 
 use crate::{
-    aggregate::{Profile, ProfileKind, StackKey, ThreadCounts, TraceCounts, WaitAggregate},
+    aggregate::{Profile, ProfileKind, ThreadCounts, TraceCounts, WaitAggregate},
     blocked_now::{SavedFramePointers, collect_blocked_threads},
     cli::RecordArgs,
+    events::{RingBuffers, WaitDecoder, WaitSink, poll_readable, readable},
     locks::LockNamer,
     probes::{ProbeConfig, ProbeCounters, Probes, ShortWaitsByKind},
     report::{
         Output,
         summary::{format_duration, render_summary},
     },
-    stacks::{ProcessImage, StackSymbolizer, StackWalker, UserRegs},
+    stacks::{ProcessImage, StackSymbolizer, StackWalker},
     target::{self, Target},
     wait_targets::WaitTargets,
 };
@@ -164,8 +156,8 @@ pub fn trace_counts(
     malformed_records: u64,
 ) -> TraceCounts {
     TraceCounts {
-        calls_entered: counters.get(Counter::CallsEntered),
-        returned_without_waiting: counters.get(Counter::ReturnedWithoutWaiting),
+        waits_started: counters.get(Counter::WaitsStarted),
+        waits_discarded: counters.get(Counter::WaitsDiscarded),
         short_waits: counters.get(Counter::ShortWaits),
         long_waits: counters.get(Counter::LongWaits),
         ring_buffer_full: counters.get(Counter::RingBufferFull),
@@ -200,50 +192,6 @@ enum Stop {
     TargetExited,
 }
 
-/// The probes' two ring buffers: long waits, and the wakers of long futex waits.
-pub struct RingBuffers {
-    pub waits: AsyncFd<RingBuf<MapData>>,
-    pub wakes: AsyncFd<RingBuf<MapData>>,
-}
-
-impl RingBuffers {
-    /// Takes both ring buffers out of the probes and registers them with the runtime.
-    pub fn take(probes: &mut Probes) -> anyhow::Result<Self> {
-        Ok(Self {
-            waits: poll_readable(probes.take_wait_records()?)
-                .context("cannot poll the probes' ring buffer")?,
-            wakes: poll_readable(probes.take_wake_records()?)
-                .context("cannot poll the probes' ring buffer")?,
-        })
-    }
-
-    /// Waits until either buffer has records, then drains both into `sink` (wakes
-    /// first). Cancel-safe: records stay in the buffers until drained.
-    pub async fn drain_when_readable(&mut self, sink: &mut impl WaitSink) -> anyhow::Result<()> {
-        let Self { waits, wakes } = self;
-        tokio::select! {
-            guard = waits.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                drain(wakes.get_mut(), guard.get_inner_mut(), sink);
-                guard.clear_ready();
-            }
-            guard = wakes.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                while let Some(item) = guard.get_inner_mut().next() {
-                    sink.add_wake(&item);
-                }
-                guard.clear_ready();
-            }
-        }
-        Ok(())
-    }
-
-    /// Drains whatever is in both buffers now, without waiting.
-    pub fn drain_now(&mut self, sink: &mut impl WaitSink) {
-        drain(self.wakes.get_mut(), self.waits.get_mut(), sink);
-    }
-}
-
 async fn wait_for_stop(
     target: &Target,
     duration: Duration,
@@ -262,47 +210,10 @@ async fn wait_for_stop(
             _ = sigint.recv() => return Ok(Stop::Interrupted),
             _ = sigterm.recv() => return Ok(Stop::Interrupted),
             _ = readable(&exited) => return Ok(Stop::TargetExited),
-            drained = rings.drain_when_readable(collector) => drained?,
+            drained = rings.drain_when_ready(collector) => drained?,
         }
     }
 }
-
-/// Registers an owned descriptor with the runtime, for readiness to read.
-pub fn poll_readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: `inner` owns its descriptor (a ring-buffer map or a pidfd), which stays
-    // open and the same for as long as the AsyncFd holds `inner`.
-    Ok(unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }?)
-}
-
-pub async fn readable(fd: &AsyncFd<OwnedFd>) {
-    // A pidfd polls readable once, when the process exits.
-    if let Ok(mut guard) = fd.readable().await {
-        guard.retain_ready();
-    }
-}
-
-/// Wakes first: a waker's record is written before its wakee can even return, so
-/// reading them first lets each long wait find its waker.
-fn drain(wakes: &mut RingBuf<MapData>, waits: &mut RingBuf<MapData>, sink: &mut impl WaitSink) {
-    while let Some(item) = wakes.next() {
-        sink.add_wake(&item);
-    }
-    while let Some(item) = waits.next() {
-        sink.add_record(&item);
-    }
-}
-
-/// Where the ring buffers' records go: `record`'s one aggregate, or `serve`'s windows.
-pub trait WaitSink {
-    /// A waker record (the stack of a thread that woke a long futex wait).
-    fn add_wake(&mut self, bytes: &[u8]);
-    /// A long-wait record.
-    fn add_record(&mut self, bytes: &[u8]);
-}
-
-/// Wakers waiting for their wait's record, by (woken thread, wait start). Bounded: a
-/// wake whose wait never ends (or was dropped) must not pile up.
-const MAX_PENDING_WAKERS: usize = 65_536;
 
 /// Turns wait records into unwound stacks and aggregates them as they arrive.
 struct WaitCollector {
@@ -328,101 +239,3 @@ impl WaitSink for WaitCollector {
     }
 }
 
-/// One long wait, unwound and resolved, with its waker when one was seen.
-#[derive(Clone, Debug)]
-pub struct Wait {
-    pub key: StackKey,
-    pub tid: u32,
-    pub duration_ns: u64,
-    /// The thread's name (`comm`) when the wait ended.
-    pub thread_name: String,
-    /// The waker's thread id and unwound stack.
-    pub waker: Option<(u32, Vec<u64>)>,
-}
-
-impl Wait {
-    pub fn add_to(self, aggregate: &mut WaitAggregate) {
-        let Self { key, tid, duration_ns, thread_name, waker } = self;
-        if let Some((waker_tid, waker_stack)) = waker {
-            aggregate.add_waker(&key, waker_tid, waker_stack);
-        }
-        aggregate.add(key, tid, duration_ns);
-        aggregate.name_thread(tid, &thread_name);
-    }
-}
-
-/// Turns ring-buffer records into `Wait`s: unwinds stacks, resolves what each wait
-/// waits on, and pairs each wait with its waker.
-pub struct WaitDecoder {
-    pub walker: StackWalker,
-    pub targets: WaitTargets,
-    /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
-    pub pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
-    pub malformed_records: u64,
-}
-
-impl WaitDecoder {
-    pub fn new(pid: u32, walker: StackWalker) -> Self {
-        Self {
-            walker,
-            targets: WaitTargets::new(pid),
-            pending_wakers: HashMap::new(),
-            malformed_records: 0,
-        }
-    }
-
-    pub fn add_wake(&mut self, bytes: &[u8]) {
-        if bytes.len() < size_of::<WakeRecord>() {
-            self.malformed_records += 1;
-            return;
-        }
-        // SAFETY: as in `decode`: a whole plain-old-data record, read unaligned.
-        let record: WakeRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let stack_len = (record.stack_len as usize).min(record.stack.len());
-        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
-        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
-        if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
-            self.pending_wakers.clear();
-        }
-        self.pending_wakers.insert(
-            (record.wakee_tid, record.wait_start_ns),
-            (record.waker_tid, walked.addresses),
-        );
-    }
-
-    /// The wait of one record; None for a malformed record or a wait not reported
-    /// (read/write off sockets).
-    pub fn decode(&mut self, bytes: &[u8]) -> Option<Wait> {
-        if bytes.len() < size_of::<WaitRecord>() {
-            self.malformed_records += 1;
-            return None;
-        }
-        // SAFETY: the buffer holds a whole WaitRecord (checked above), a plain-old-data
-        // struct for which every bit pattern is valid; read_unaligned needs no alignment.
-        let record: WaitRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let Some(kind) = WaitKind::from_u32(record.kind) else {
-            self.malformed_records += 1;
-            return None;
-        };
-        let (kind, target) = self.targets.resolve(kind, record.object)?;
-        let stack_len = (record.stack_len as usize).min(record.stack.len());
-        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
-        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
-        let key = StackKey {
-            addresses: walked.addresses,
-            kind,
-            target,
-            truncated: walked.truncated,
-            in_progress: false,
-        };
-        let waker = self.pending_wakers.remove(&(record.tid, record.start_ns));
-        let comm_len = record.comm.iter().position(|&byte| byte == 0).unwrap_or(record.comm.len());
-        Some(Wait {
-            key,
-            tid: record.tid,
-            duration_ns: record.duration_ns,
-            thread_name: String::from_utf8_lossy(&record.comm[..comm_len]).into_owned(),
-            waker,
-        })
-    }
-}

@@ -99,7 +99,7 @@ pub async fn record(
     );
     base.target_exited = target_exited;
     base.counts = TraceCounts {
-        calls_entered: parks,
+        waits_started: parks,
         long_waits: waits_ended,
         // Parks the kernel could not note, stacks it could not store, waits it could not add.
         in_flight_map_full: parks_lost,

@@ -124,8 +124,8 @@ pub(crate) fn fixture_profile() -> Profile {
             })
             .collect(),
         counts: TraceCounts {
-            calls_entered: 120,
-            returned_without_waiting: 13,
+            waits_started: 16,
+            waits_discarded: 2,
             short_waits: 7,
             long_waits: 7,
             unknown_symbols: 1,

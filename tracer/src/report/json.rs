@@ -145,8 +145,8 @@ pub struct JsonShortWaits {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JsonTraceCounts {
-    pub calls_entered: u64,
-    pub returned_without_waiting: u64,
+    pub waits_started: u64,
+    pub waits_discarded: u64,
     pub short_waits: u64,
     pub long_waits: u64,
     pub ring_buffer_full: u64,
@@ -352,8 +352,8 @@ fn json_frame(frame: &Frame) -> JsonFrame {
 
 fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
     let TraceCounts {
-        calls_entered,
-        returned_without_waiting,
+        waits_started,
+        waits_discarded,
         short_waits,
         long_waits,
         ring_buffer_full,
@@ -369,8 +369,8 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         malformed_records,
     } = counts.clone();
     JsonTraceCounts {
-        calls_entered,
-        returned_without_waiting,
+        waits_started,
+        waits_discarded,
         short_waits,
         long_waits,
         ring_buffer_full,
@@ -635,8 +635,8 @@ pub fn check_totals(stacks: &[ProfileStack]) -> Result<(), String> {
 
 fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
     let JsonTraceCounts {
-        calls_entered,
-        returned_without_waiting,
+        waits_started,
+        waits_discarded,
         short_waits,
         long_waits,
         ring_buffer_full,
@@ -652,8 +652,8 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         malformed_records,
     } = counts;
     TraceCounts {
-        calls_entered,
-        returned_without_waiting,
+        waits_started,
+        waits_discarded,
         short_waits,
         long_waits,
         ring_buffer_full,

@@ -365,8 +365,8 @@ fn sample(builder: &mut Builder, profile: &Profile, stack: &ProfileStack) -> pro
 /// `key=value` pairs of the trace counters, in a fixed order; `set` reads them back.
 fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 15] {
     let TraceCounts {
-        calls_entered,
-        returned_without_waiting,
+        waits_started,
+        waits_discarded,
         short_waits,
         long_waits,
         ring_buffer_full,
@@ -390,8 +390,8 @@ fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 15
         ("unresolved_descriptors", unresolved_descriptors),
         ("malformed_records", malformed_records),
         ("wake_ring_buffer_full", wake_ring_buffer_full),
-        ("calls_entered", calls_entered),
-        ("returned_without_waiting", returned_without_waiting),
+        ("waits_started", waits_started),
+        ("waits_discarded", waits_discarded),
         ("short_waits", short_waits),
         ("long_waits", long_waits),
         ("stack_shortened", stack_shortened),

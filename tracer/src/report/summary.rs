@@ -313,12 +313,19 @@ fn write_counts(out: &mut String, profile: &Profile) {
             out,
             "seen:",
             &[
-                format!("{} watched calls", counts.calls_entered),
-                format!("{} long waits", counts.long_waits),
-                format!("{} short waits", counts.short_waits),
-                format!("{} returned without waiting", counts.returned_without_waiting),
+                format!("{} waits", counts.waits_started),
+                format!("{} long", counts.long_waits),
+                format!("{} short", counts.short_waits),
             ],
         );
+        if counts.waits_discarded > 0 {
+            // Not waits: the thread slept on its way out of a call (a signal stop).
+            let _ = writeln!(
+                out,
+                "left out: {} sleeps after their call had returned",
+                counts.waits_discarded
+            );
+        }
         if counts.stack_shortened > 0 {
             // Not a loss by itself: a shallow thread's stack ends before the copy would.
             let _ = writeln!(
@@ -524,7 +531,7 @@ BY ENDPOINT            KIND       BLOCKED  NOW  STATE
 10.0.0.5:80            send        ≥1m01s    1  send buffer full (4608/4608 bytes), peer window zero
 
 under the threshold (no stacks): futex 7 waits 700us
-seen: 0 watched calls, 4 long waits, 0 short waits, 0 returned without waiting
+seen: 0 waits, 4 long, 0 short
 threads read from /proc: 5, 1 blocked in waits, 4 running or blocked elsewhere,
     0 exited and 0 woke while read, 0 unreadable, 0 without saved rbp
 lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds truncated,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     aggregate::{ProfileStack, WaitAggregate},
-    record::{WaitDecoder, WaitSink},
+    events::{Wait, WaitDecoder, WaitSink},
 };
 
 /// Distinct raw stacks one window keeps; waits on further new stacks are counted as
@@ -81,7 +81,7 @@ impl Collector {
     }
 
     /// Adds `wait` to `aggregate` unless that would take it past its stack cap.
-    fn add_capped(aggregate: &mut WaitAggregate, wait: crate::record::Wait, dropped: &mut u64) {
+    fn add_capped(aggregate: &mut WaitAggregate, wait: Wait, dropped: &mut u64) {
         if aggregate.stacks.len() >= MAX_WINDOW_STACKS && !aggregate.stacks.contains_key(&wait.key)
         {
             *dropped += 1;
@@ -117,7 +117,7 @@ impl WaitSink for Collector {
             ..
         } = self;
         // The metrics only need kind, site and object: no wakers.
-        let for_metrics = crate::record::Wait {
+        let for_metrics = Wait {
             waker: None,
             ..wait.clone()
         };

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     aggregate::ProfileKind,
     probes::{ProbeConfig, Probes},
-    record::{RingBuffers, WaitDecoder, poll_readable, readable},
+    events::{RingBuffers, WaitDecoder, poll_readable, readable},
     stacks::{ProcessImage, StackWalker},
     target::{Target, TargetError},
 };
@@ -111,7 +111,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = readable(&exited) => break,
-                drained = rings.drain_when_readable(&mut sink) => drained?,
+                drained = rings.drain_when_ready(&mut sink) => drained?,
             }
         }
         // Waits that ended just before the exit are still in the buffers.

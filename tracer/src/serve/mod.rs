@@ -374,8 +374,8 @@ pub fn counts_since(
 fn counts_between(now: &TraceCounts, then: &TraceCounts) -> TraceCounts {
     // Every field named, so a new counter must be considered here.
     let TraceCounts {
-        calls_entered,
-        returned_without_waiting,
+        waits_started,
+        waits_discarded,
         short_waits,
         long_waits,
         ring_buffer_full,
@@ -391,9 +391,9 @@ fn counts_between(now: &TraceCounts, then: &TraceCounts) -> TraceCounts {
         malformed_records,
     } = now;
     TraceCounts {
-        calls_entered: calls_entered.saturating_sub(then.calls_entered),
-        returned_without_waiting: returned_without_waiting
-            .saturating_sub(then.returned_without_waiting),
+        waits_started: waits_started.saturating_sub(then.waits_started),
+        waits_discarded: waits_discarded
+            .saturating_sub(then.waits_discarded),
         short_waits: short_waits.saturating_sub(then.short_waits),
         long_waits: long_waits.saturating_sub(then.long_waits),
         ring_buffer_full: ring_buffer_full.saturating_sub(then.ring_buffer_full),

@@ -1,0 +1,213 @@
+//! The probes' ring buffers, read as they fill: records decoded into waits (unwound, their
+//! objects resolved, paired with their wakers) for `record`'s aggregate or `serve`'s windows.
+
+use std::{
+    collections::HashMap,
+    mem::size_of,
+    os::fd::{AsRawFd, OwnedFd},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::{Interval, MissedTickBehavior, interval},
+};
+use tracer_common::{WaitKind, WaitRecord, WakeRecord};
+
+use crate::{
+    aggregate::{StackKey, WaitAggregate},
+    probes::Probes,
+    stacks::{StackWalker, UserRegs},
+    wait_targets::WaitTargets,
+};
+
+/// How often the buffers are drained when the probes have not woken us. The probes wake
+/// userspace only once a buffer is a quarter full: a wake-up per record would put the
+/// tracer on a CPU the traced service needs hundreds of times a second.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The probes' two ring buffers: long waits, and the wakers of long futex waits.
+pub struct RingBuffers {
+    waits: AsyncFd<RingBuf<MapData>>,
+    wakes: AsyncFd<RingBuf<MapData>>,
+    drain_timer: Interval,
+}
+
+impl RingBuffers {
+    /// Takes both ring buffers out of the probes and registers them with the runtime.
+    pub fn take(probes: &mut Probes) -> anyhow::Result<Self> {
+        let mut drain_timer = interval(DRAIN_INTERVAL);
+        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self {
+            waits: poll_readable(probes.take_wait_records()?)
+                .context("cannot poll the probes' ring buffer")?,
+            wakes: poll_readable(probes.take_wake_records()?)
+                .context("cannot poll the probes' ring buffer")?,
+            drain_timer,
+        })
+    }
+
+    /// Waits until the probes wake us or the drain timer ticks, then drains both
+    /// buffers into `sink` (wakes first). Cancel-safe: records stay in the buffers until
+    /// drained.
+    pub async fn drain_when_ready(&mut self, sink: &mut impl WaitSink) -> anyhow::Result<()> {
+        let Self { waits, wakes, drain_timer } = self;
+        tokio::select! {
+            guard = waits.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                drain(wakes.get_mut(), guard.get_inner_mut(), sink);
+                guard.clear_ready();
+            }
+            guard = wakes.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                drain(guard.get_inner_mut(), waits.get_mut(), sink);
+                guard.clear_ready();
+            }
+            _ = drain_timer.tick() => drain(wakes.get_mut(), waits.get_mut(), sink),
+        }
+        Ok(())
+    }
+
+    /// Drains whatever is in both buffers now, without waiting.
+    pub fn drain_now(&mut self, sink: &mut impl WaitSink) {
+        drain(self.wakes.get_mut(), self.waits.get_mut(), sink);
+    }
+}
+
+/// Registers an owned descriptor with the runtime, for readiness to read.
+pub fn poll_readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its descriptor (a ring-buffer map or a pidfd), which stays
+    // open and the same for as long as the AsyncFd holds `inner`.
+    Ok(unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }?)
+}
+
+pub async fn readable(fd: &AsyncFd<OwnedFd>) {
+    // A pidfd polls readable once, when the process exits.
+    if let Ok(mut guard) = fd.readable().await {
+        guard.retain_ready();
+    }
+}
+
+/// Wakes first: a waker's record is written before its wakee can even return, so
+/// reading them first lets each long wait find its waker.
+fn drain(wakes: &mut RingBuf<MapData>, waits: &mut RingBuf<MapData>, sink: &mut impl WaitSink) {
+    while let Some(item) = wakes.next() {
+        sink.add_wake(&item);
+    }
+    while let Some(item) = waits.next() {
+        sink.add_record(&item);
+    }
+}
+
+/// Where the ring buffers' records go: `record`'s one aggregate, or `serve`'s windows.
+pub trait WaitSink {
+    /// A waker record (the stack of a thread that woke a long futex wait).
+    fn add_wake(&mut self, bytes: &[u8]);
+    /// A long-wait record.
+    fn add_record(&mut self, bytes: &[u8]);
+}
+
+/// Wakers waiting for their wait's record, by (woken thread, wait start). Bounded: a
+/// wake whose wait never ends (or was dropped) must not pile up.
+const MAX_PENDING_WAKERS: usize = 65_536;
+
+/// One long wait, unwound and resolved, with its waker when one was seen.
+#[derive(Clone, Debug)]
+pub struct Wait {
+    pub key: StackKey,
+    pub tid: u32,
+    pub duration_ns: u64,
+    /// The thread's name (`comm`) when the wait ended.
+    pub thread_name: String,
+    /// The waker's thread id and unwound stack.
+    pub waker: Option<(u32, Vec<u64>)>,
+}
+
+impl Wait {
+    pub fn add_to(self, aggregate: &mut WaitAggregate) {
+        let Self { key, tid, duration_ns, thread_name, waker } = self;
+        if let Some((waker_tid, waker_stack)) = waker {
+            aggregate.add_waker(&key, waker_tid, waker_stack);
+        }
+        aggregate.add(key, tid, duration_ns);
+        aggregate.name_thread(tid, &thread_name);
+    }
+}
+
+/// Turns ring-buffer records into `Wait`s: unwinds stacks, resolves what each wait
+/// waits on, and pairs each wait with its waker.
+pub struct WaitDecoder {
+    pub walker: StackWalker,
+    pub targets: WaitTargets,
+    /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
+    pub pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
+    pub malformed_records: u64,
+}
+
+impl WaitDecoder {
+    pub fn new(pid: u32, walker: StackWalker) -> Self {
+        Self {
+            walker,
+            targets: WaitTargets::new(pid),
+            pending_wakers: HashMap::new(),
+            malformed_records: 0,
+        }
+    }
+
+    pub fn add_wake(&mut self, bytes: &[u8]) {
+        if bytes.len() < size_of::<WakeRecord>() {
+            self.malformed_records += 1;
+            return;
+        }
+        // SAFETY: as in `decode`: a whole plain-old-data record, read unaligned.
+        let record: WakeRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let stack_len = (record.stack_len as usize).min(record.stack.len());
+        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
+        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
+        if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
+            self.pending_wakers.clear();
+        }
+        self.pending_wakers.insert(
+            (record.wakee_tid, record.wait_start_ns),
+            (record.waker_tid, walked.addresses),
+        );
+    }
+
+    /// The wait of one record; None for a malformed record or a wait not reported
+    /// (read/write off sockets).
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Wait> {
+        if bytes.len() < size_of::<WaitRecord>() {
+            self.malformed_records += 1;
+            return None;
+        }
+        // SAFETY: the buffer holds a whole WaitRecord (checked above), a plain-old-data
+        // struct for which every bit pattern is valid; read_unaligned needs no alignment.
+        let record: WaitRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let Some(kind) = WaitKind::from_u32(record.kind) else {
+            self.malformed_records += 1;
+            return None;
+        };
+        let (kind, target) = self.targets.resolve(kind, record.object)?;
+        let stack_len = (record.stack_len as usize).min(record.stack.len());
+        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
+        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
+        let key = StackKey {
+            addresses: walked.addresses,
+            kind,
+            target,
+            truncated: walked.truncated,
+            in_progress: false,
+        };
+        let waker = self.pending_wakers.remove(&(record.tid, record.start_ns));
+        let comm_len = record.comm.iter().position(|&byte| byte == 0).unwrap_or(record.comm.len());
+        Some(Wait {
+            key,
+            tid: record.tid,
+            duration_ns: record.duration_ns,
+            thread_name: String::from_utf8_lossy(&record.comm[..comm_len]).into_owned(),
+            waker,
+        })
+    }
+}
