@@ -1,14 +1,14 @@
-//! Real-kernel tests of `tracer snapshot` on Go programs: goroutines read from the
-//! process's memory, checked against the program's own `runtime/pprof` goroutine profile
-//! (served on a loopback port). The programs are built with Debian's `golang-go`. They need
+//! Real-kernel tests of `tracer snapshot` and `tracer record` on Go programs: goroutines
+//! read from the process's memory, checked against the program's own `runtime/pprof`
+//! goroutine profile and what it says about itself (served on a loopback port). The programs are built with Debian's `golang-go`. They need
 //! root (to read another process's memory) and run one at a time (`--test-threads=1`).
 
 use std::time::{Duration, Instant};
 
 use tracer_tests::{
     GO_GOROUTINES_SOURCE, GoroutineGroup, TempDir, assert_svg, build_go, goroutines_at,
-    parse_goroutine_table, pprof_goroutines, read_folded, run_tool, start_go_goroutines,
-    tracer_report, tracer_snapshot,
+    http_get, parse_goroutine_table, pprof_goroutines, read_folded, run_tool,
+    start_go_goroutines, tracer_report, tracer_snapshot,
 };
 
 /// Receivers in the channel test: enough that an off-by-a-few count shows, few enough to
@@ -128,6 +128,16 @@ fn goroutines_receiving_on_a_channel_match_pprof() {
     assert!(top.contains("main.receiver"), "go tool pprof -top does not name main.receiver:\n{top}");
 }
 
+/// The address (`127.0.0.1:PORT`) of the peer the pile-up workload's writer is stuck
+/// writing to, as the workload itself reports it.
+fn backend_of(port: u16) -> String {
+    let response = http_get(port, "/backend", TOOL_TIMEOUT);
+    assert_eq!(response.status, 200, "/backend: {}", response.text());
+    let backend = response.text();
+    assert!(backend.starts_with("127.0.0.1:"), "/backend: {backend:?}");
+    backend
+}
+
 /// The pile-up of the story: senders blocked on a full channel behind one writer
 /// blocked on a TCP peer that stopped reading.
 fn check_pileup(stripped: bool) {
@@ -152,7 +162,28 @@ fn check_pileup(stripped: bool) {
     assert_eq!(senders.reason, "chan send", "{stdout}");
     let writer = group(&groups, "main.writeToBackend", &stdout);
     assert_eq!(writer.count, 1, "{stdout}");
-    assert_eq!(writer.reason, "IO wait", "{stdout}");
+    // The writer's socket, found through the netpoller's pollDesc of its descriptor.
+    let backend = backend_of(port);
+    assert_eq!(writer.reason, format!("IO wait {backend}"), "{stdout}");
+    let endpoint_row = stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("{backend} ")))
+        .unwrap_or_else(|| panic!("no BY ENDPOINT row for {backend}:\n{stdout}"));
+    assert!(endpoint_row.contains("send buffer full"), "{stdout}");
+    // The HTTP server's accept, a read of its listening socket to the netpoller, is named by
+    // the listener's address and accept queue.
+    let listener = format!("127.0.0.1:{port}");
+    let server = groups
+        .iter()
+        .find(|group| group.reason == format!("IO wait {listener}"))
+        .unwrap_or_else(|| panic!("no goroutine in IO wait on {listener}:\n{stdout}"));
+    assert!(server.functions.iter().any(|name| name == "net/http.(*Server).Serve"), "{stdout}");
+    let listener_row = stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("{listener} ")))
+        .unwrap_or_else(|| panic!("no BY ENDPOINT row for {listener}:\n{stdout}"));
+    assert!(listener_row.contains("accept queue"), "{stdout}");
+    assert!(stdout.contains(", 0 unresolved, 0 not on sockets"), "{stdout}");
     assert!(
         writer
             .functions
@@ -250,6 +281,68 @@ fn record_attributes_goroutine_waits_to_their_call_sites() {
     assert_eq!(at_futex, 0, "{stacks:#?}");
     assert_svg(&svg);
     assert!(out.stdout.contains("@ main.pinger [chan receive]"), "{}", out.stdout);
+}
+
+/// The recording of a pile-up that never moves: every goroutine in it parked before the
+/// probes attached.
+const STUCK_RECORD_SECONDS: &str = "2s";
+const STUCK_RECORD: Duration = Duration::from_secs(2);
+
+/// Goroutines parked before the recording and stuck through it are reported as still
+/// blocked at its end, at their call sites, with their wait reasons (the writer's with its
+/// peer) and at least the recording's length as their age.
+#[test]
+fn record_reports_goroutines_still_blocked_at_the_end() {
+    let dir = TempDir::new("go-record-stuck");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let (workload, port) = start_go_goroutines(&bin, "pileup", SENDERS, STARTUP_TIMEOUT);
+    wait_for_oracle(port, "main.sendStat", SENDERS as u64);
+    let backend = backend_of(port);
+    let folded = dir.join("stuck.folded");
+    let out = tracer_tests::tracer_record(
+        workload.pid(),
+        &["--duration", STUCK_RECORD_SECONDS, "--output", folded.to_str().expect("utf-8 path")],
+        RECORD_TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer record failed ({}): {}", out.status, out.stderr);
+    let stdout = &out.stdout;
+    println!("{stdout}");
+
+    // Only the still-blocked section has `N @ function [reason, longest …]` lines.
+    let (_, still_section) = stdout
+        .split_once("still blocked at the end of the recording:")
+        .unwrap_or_else(|| panic!("no still-blocked section:\n{stdout}"));
+    let still = parse_goroutine_table(still_section);
+    let senders = group(&still, "main.sendStat", stdout);
+    assert_eq!(senders.count, SENDERS as u64, "{stdout}");
+    assert_eq!(senders.reason, "chan send", "{stdout}");
+    let writer = group(&still, "main.writeToBackend", stdout);
+    assert_eq!((writer.count, writer.reason.as_str()), (1, format!("IO wait {backend}").as_str()));
+    assert!(writer.functions.iter().any(|name| name == "net.(*conn).Write"), "{stdout}");
+
+    // In the folded stacks, marked still blocked and weighted by at least the recording.
+    let stacks = read_folded(&folded);
+    let weight_of = |function: &str, kind_frame: &str| -> u64 {
+        let matching: Vec<_> = stacks
+            .iter()
+            .filter(|stack| {
+                stack.has_function(function)
+                    && stack.frames.last().map(String::as_str) == Some(kind_frame)
+            })
+            .collect();
+        assert_eq!(matching.len(), 1, "one {function} {kind_frame} stack expected: {stacks:#?}");
+        matching[0].micros
+    };
+    let recording_us = STUCK_RECORD.as_micros() as u64;
+    let senders_us = weight_of("main.sendStat", "[chan send still-blocked]");
+    assert!(
+        senders_us >= SENDERS as u64 * recording_us,
+        "{SENDERS} senders stuck for the whole {STUCK_RECORD_SECONDS} weigh only {senders_us} µs"
+    );
+    let writer_us = weight_of("main.writeToBackend", &format!("[IO wait {backend} still-blocked]"));
+    assert!(writer_us >= recording_us, "the writer weighs only {writer_us} µs");
+    // Still what the program itself says: nothing moved.
+    assert_eq!(goroutines_at(&pprof_goroutines(port), "main.sendStat"), SENDERS as u64);
 }
 
 /// Pairs of goroutines passing a value back and forth as fast as they can.

@@ -53,6 +53,12 @@ impl WaitTargets {
         let is_read_or_write = matches!(kind, WaitKind::Read | WaitKind::Write);
         match self.sockets.resolve(object) {
             SocketLookup::Socket(info) => {
+                // Go's netpoller parks an accept as a read on the listening socket.
+                let socket_kind = if socket_kind == WaitKind::Recv && info.accept_backlog.is_some() {
+                    WaitKind::Accept
+                } else {
+                    socket_kind
+                };
                 let endpoint = info.endpoint(socket_kind);
                 self.endpoint_states.insert(endpoint.clone(), info.wait_state(socket_kind));
                 Some((socket_kind, WaitTarget::Endpoint(endpoint)))

@@ -5,7 +5,8 @@
 //	goroutines recv N     N goroutines blocked receiving on a channel, in main.receiver
 //	goroutines pileup N   N goroutines blocked sending into a full channel (main.sendStat)
 //	                      behind one goroutine blocked writing to a TCP peer that stopped
-//	                      reading (main.writeToBackend)
+//	                      reading (main.writeToBackend); serves that peer's address
+//	                      (host:port) at /backend
 //	goroutines pingpong N N goroutines (main.pinger) each blocked most of the time receiving
 //	                      on its own channel, fed every pingPeriod by one ticker goroutine;
 //	                      prints "wakes W" every second (W receives in that second)
@@ -155,6 +156,9 @@ func pileup(n int) {
 	if err != nil {
 		panic(err)
 	}
+	http.HandleFunc("/backend", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, conn.RemoteAddr().String())
+	})
 	if peer, err = backend.Accept(); err != nil {
 		panic(err)
 	}

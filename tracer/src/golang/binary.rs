@@ -61,6 +61,10 @@ pub struct GLayout {
     pub waitsince: u64,
     /// `g.waitreason` (uint8), an index into `runtime.waitReasonStrings`.
     pub waitreason: u64,
+    /// `g.trackingSeq` (uint8): counts the goroutine's switches out of running (mod 256),
+    /// so it tells a goroutine parked since an earlier read from one that parked again at
+    /// the same place. `None` where the layout is not known.
+    pub tracking_seq: Option<u64>,
 }
 
 impl GLayout {
@@ -70,6 +74,7 @@ impl GLayout {
     /// atomicstatus at 144, stackLock, goid at 152, schedlink, waitsince at 168 and
     /// waitreason at 176. Checked against go1.19's DWARF; Go 1.23 inserted `syscallbp`
     /// after syscallpc, moving everything from atomicstatus on, so it is not listed.
+    /// `trackingSeq` moved between these versions: only go1.19's (189) is checked.
     pub const GO1_19_TO_1_22_AMD64: GLayout = GLayout {
         stack_hi: 8,
         sched: 56,
@@ -80,19 +85,17 @@ impl GLayout {
         goid: 152,
         waitsince: 168,
         waitreason: 176,
+        tracking_seq: None,
     };
+    const GO1_19_TRACKING_SEQ: u64 = 189;
 
     /// The known layout for a build-info version such as "go1.21.4".
     pub fn for_version(version: &str) -> Option<GLayout> {
-        let minor: u32 = version
-            .strip_prefix("go1.")?
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()?;
-        (19..=22)
-            .contains(&minor)
-            .then_some(Self::GO1_19_TO_1_22_AMD64)
+        let minor = go_minor(version)?;
+        (19..=22).contains(&minor).then_some(GLayout {
+            tracking_seq: (minor == 19).then_some(Self::GO1_19_TRACKING_SEQ),
+            ..Self::GO1_19_TO_1_22_AMD64
+        })
     }
 
     /// How many bytes from the start of a `g` hold every field read.
@@ -106,10 +109,55 @@ impl GLayout {
             self.goid + 8,
             self.waitsince + 8,
             self.waitreason + 1,
+            self.tracking_seq.map_or(0, |offset| offset + 1),
         ];
         let end = ends.into_iter().max().unwrap_or_default();
         usize::try_from(end.next_multiple_of(8)).unwrap_or(usize::MAX)
     }
+}
+
+/// Byte offsets of the `runtime.pollDesc` fields that tie a goroutine in IO wait to its
+/// descriptor (`runtime/netpoll.go`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollDescLayout {
+    /// `fd` (uintptr): the descriptor, constant for the pollDesc's use.
+    pub fd: u64,
+    /// `rg`, `wg`: the `g` parked reading / writing (or 0, pdReady, pdWait).
+    pub rg: u64,
+    pub wg: u64,
+}
+
+impl PollDescLayout {
+    /// Go 1.19 and 1.20 on amd64: link, fd, atomicInfo (uint32, padded), rg, wg (checked
+    /// against go1.19's DWARF).
+    pub const GO1_19_TO_1_20_AMD64: PollDescLayout = PollDescLayout { fd: 8, rg: 24, wg: 32 };
+    /// Go 1.21 and 1.22 added `fdseq` (the tag of the epoll data) after fd.
+    pub const GO1_21_TO_1_22_AMD64: PollDescLayout = PollDescLayout { fd: 8, rg: 32, wg: 40 };
+
+    /// The known layout for a build-info version such as "go1.21.4".
+    pub fn for_version(version: &str) -> Option<PollDescLayout> {
+        match go_minor(version)? {
+            19..=20 => Some(Self::GO1_19_TO_1_20_AMD64),
+            21..=22 => Some(Self::GO1_21_TO_1_22_AMD64),
+            _ => None,
+        }
+    }
+
+    /// How many bytes from the start of a pollDesc hold every field read.
+    pub fn read_len(&self) -> usize {
+        let end = self.fd.max(self.rg).max(self.wg) + 8;
+        usize::try_from(end).unwrap_or(usize::MAX)
+    }
+}
+
+/// The minor version of a build-info version such as "go1.21.4".
+fn go_minor(version: &str) -> Option<u32> {
+    version
+        .strip_prefix("go1.")?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Where the `runtime.g` layout came from.
@@ -126,6 +174,8 @@ pub struct GoBinary<'a> {
     pub version: String,
     pub layout: GLayout,
     pub layout_source: LayoutSource,
+    /// `runtime.pollDesc`'s layout (DWARF, else known offsets), if known.
+    pub poll_desc: Option<PollDescLayout>,
     /// The `[]*g` slice header `runtime.allgs`.
     pub allgs: u64,
     /// `runtime.waitReasonStrings`, indexed by `g.waitreason`; empty if not found.
@@ -158,7 +208,9 @@ impl<'a> GoBinary<'a> {
             .and_then(|section| section.data().ok())
             .ok_or(GoBinaryError::NoPclntab)?;
         let pclntab = Pclntab::parse(pclntab_bytes).map_err(GoBinaryError::Pclntab)?;
-        let (layout, layout_source) = match dwarf_layout(&file).map_err(GoBinaryError::Dwarf)? {
+        let (dwarf_g, dwarf_poll_desc) = dwarf_layouts(&file).map_err(GoBinaryError::Dwarf)?;
+        let poll_desc = dwarf_poll_desc.or_else(|| PollDescLayout::for_version(&version));
+        let (layout, layout_source) = match dwarf_g {
             Some(layout) => (layout, LayoutSource::Dwarf),
             None => (
                 GLayout::for_version(&version).ok_or_else(|| GoBinaryError::UnknownLayout {
@@ -186,6 +238,7 @@ impl<'a> GoBinary<'a> {
             version,
             layout,
             layout_source,
+            poll_desc,
             allgs,
             wait_reasons,
             goexit,
@@ -234,11 +287,13 @@ fn section_bytes<'d>(file: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]
     }
 }
 
-/// The `runtime.g`/`runtime.gobuf` member offsets from DWARF; `None` without DWARF (or
-/// without those types).
-fn dwarf_layout(file: &object::File<'_>) -> Result<Option<GLayout>, gimli::Error> {
+/// The `runtime.g`/`runtime.gobuf` and `runtime.pollDesc` member offsets from DWARF;
+/// `None` without DWARF (or without those types).
+fn dwarf_layouts(
+    file: &object::File<'_>,
+) -> Result<(Option<GLayout>, Option<PollDescLayout>), gimli::Error> {
     if file.section_by_name(".debug_info").is_none() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let sections = gimli::DwarfSections::load(|id| {
         Ok::<_, gimli::Error>(section_bytes(file, id.name()).unwrap_or(Cow::Borrowed(&[])))
@@ -272,6 +327,7 @@ fn dwarf_layout(file: &object::File<'_>) -> Result<Option<GLayout>, gimli::Error
                     Some("runtime.g") => Some(("g", depth)),
                     Some("runtime.gobuf") => Some(("gobuf", depth)),
                     Some("runtime.stack") => Some(("stack", depth)),
+                    Some("runtime.pollDesc") => Some(("pollDesc", depth)),
                     _ => None,
                 };
             } else if entry.tag() == gimli::DW_TAG_member
@@ -298,9 +354,17 @@ fn dwarf_layout(file: &object::File<'_>) -> Result<Option<GLayout>, gimli::Error
             goid: get("g", "goid")?,
             waitsince: get("g", "waitsince")?,
             waitreason: get("g", "waitreason")?,
+            tracking_seq: get("g", "trackingSeq"),
         })
     })();
-    Ok(layout)
+    let poll_desc = (|| {
+        Some(PollDescLayout {
+            fd: get("pollDesc", "fd")?,
+            rg: get("pollDesc", "rg")?,
+            wg: get("pollDesc", "wg")?,
+        })
+    })();
+    Ok((layout, poll_desc))
 }
 
 /// The bytes at a link-time address, from whichever section holds them in the file.
@@ -427,7 +491,7 @@ mod tests {
     fn layouts_for_versions() {
         assert_eq!(
             GLayout::for_version("go1.19.8"),
-            Some(GLayout::GO1_19_TO_1_22_AMD64)
+            Some(GLayout { tracking_seq: Some(189), ..GLayout::GO1_19_TO_1_22_AMD64 })
         );
         assert_eq!(
             GLayout::for_version("go1.22"),
@@ -436,6 +500,17 @@ mod tests {
         assert_eq!(GLayout::for_version("go1.23.1"), None);
         assert_eq!(GLayout::for_version("go1.18"), None);
         assert_eq!(GLayout::GO1_19_TO_1_22_AMD64.read_len(), 184);
+        assert_eq!(GLayout::for_version("go1.19.8").map(|layout| layout.read_len()), Some(192));
+        assert_eq!(
+            PollDescLayout::for_version("go1.20.3"),
+            Some(PollDescLayout::GO1_19_TO_1_20_AMD64)
+        );
+        assert_eq!(
+            PollDescLayout::for_version("go1.21"),
+            Some(PollDescLayout::GO1_21_TO_1_22_AMD64)
+        );
+        assert_eq!(PollDescLayout::for_version("go1.23.0"), None);
+        assert_eq!(PollDescLayout::GO1_21_TO_1_22_AMD64.read_len(), 48);
     }
 
     #[test]

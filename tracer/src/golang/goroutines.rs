@@ -37,6 +37,12 @@ const MAX_GOROUTINES: u64 = 100_000_000;
 pub struct Goroutine {
     /// The runtime's goroutine id (`goid`).
     pub goid: u64,
+    /// Where its `g` is in the process (what the netpoller's `rg`/`wg` point at).
+    pub address: u64,
+    /// The saved stack pointer, and `g.trackingSeq` where known: with `goid`, `pcs[0]`
+    /// and the reason, what tells one wait from the next (see [`Goroutine::same_wait`]).
+    pub sp: u64,
+    pub tracking_seq: Option<u8>,
     /// Index into the runtime's wait-reason table.
     pub wait_reason: u8,
     /// `nanotime()` when the wait began, where a GC recorded it; 0 if not.
@@ -46,6 +52,21 @@ pub struct Goroutine {
     pub pcs: Vec<u64>,
     /// The walk did not reach `runtime.goexit`.
     pub truncated: bool,
+    /// What it waits on, where a later stage could name it (`127.0.0.1:5432`).
+    pub object: Option<String>,
+}
+
+impl Goroutine {
+    /// The same goroutine still in the same wait as in an earlier read: same id, place
+    /// and reason, and not switched out since (`trackingSeq`; where it is unknown, a
+    /// goroutine that woke and parked again at the same place looks the same).
+    pub fn same_wait(&self, earlier: &Goroutine) -> bool {
+        self.goid == earlier.goid
+            && self.sp == earlier.sp
+            && self.pcs.first() == earlier.pcs.first()
+            && self.wait_reason == earlier.wait_reason
+            && self.tracking_seq == earlier.tracking_seq
+    }
 }
 
 /// Every goroutine of the process, by what it was doing.
@@ -61,6 +82,13 @@ pub struct GoroutineCounts {
     pub changed_while_read: u64,
     /// A `g` or stack that could not be read (freed under us).
     pub unreadable: u64,
+    /// In IO wait on a socket whose endpoint was named.
+    pub io_wait_named: u64,
+    /// In IO wait on a descriptor that could not be named: not found in the netpoller
+    /// (woke meanwhile), closed, or its socket gone before it was resolved.
+    pub io_wait_unresolved: u64,
+    /// In IO wait on a descriptor that is not a socket (a pipe, a tty, …).
+    pub io_wait_not_socket: u64,
 }
 
 /// Where the runtime's data is in the process (link-time addresses plus the bias).
@@ -139,10 +167,14 @@ pub fn read_goroutines(
         walked.push(*index);
         goroutines.push(Goroutine {
             goid: fields.goid,
+            address: g_addresses[*index],
+            sp: fields.sp,
+            tracking_seq: fields.tracking_seq,
             wait_reason: fields.wait_reason,
             wait_since: fields.wait_since,
             pcs,
             truncated,
+            object: None,
         });
     }
 
@@ -178,6 +210,7 @@ struct GFields {
     bp: u64,
     wait_reason: u8,
     wait_since: i64,
+    tracking_seq: Option<u8>,
 }
 
 impl GFields {
@@ -197,6 +230,9 @@ impl GFields {
             bp: word(bytes, at(sched + layout.gobuf_bp)),
             wait_reason: bytes[at(layout.waitreason)],
             wait_since: word(bytes, at(layout.waitsince)) as i64,
+            tracking_seq: layout
+                .tracking_seq
+                .and_then(|offset| bytes.get(at(offset)).copied()),
         }
     }
 
@@ -211,6 +247,7 @@ impl GFields {
             bp,
             wait_reason,
             wait_since: _,
+            tracking_seq,
         } = *self;
         status & !G_SCAN == after.status & !G_SCAN
             && goid == after.goid
@@ -219,6 +256,7 @@ impl GFields {
             && pc == after.pc
             && bp == after.bp
             && wait_reason == after.wait_reason
+            && tracking_seq == after.tracking_seq
     }
 }
 
@@ -263,7 +301,7 @@ fn walk(
     (pcs, true)
 }
 
-fn word(bytes: &[u8], at: usize) -> u64 {
+pub(super) fn word(bytes: &[u8], at: usize) -> u64 {
     bytes
         .get(at..at + 8)
         .and_then(|slice| slice.try_into().ok())
@@ -272,12 +310,12 @@ fn word(bytes: &[u8], at: usize) -> u64 {
 }
 
 /// The target's memory, read with `process_vm_readv` (needs ptrace access: root).
-struct Memory {
-    pid: u32,
+pub(super) struct Memory {
+    pub pid: u32,
 }
 
 impl Memory {
-    fn read_exact(&self, address: u64, buffer: &mut [u8]) -> io::Result<()> {
+    pub fn read_exact(&self, address: u64, buffer: &mut [u8]) -> io::Result<()> {
         let read = self.readv(&[(address, buffer.len())], buffer)?;
         if read == buffer.len() {
             Ok(())
@@ -290,7 +328,7 @@ impl Memory {
     }
 
     /// `len` bytes at each address; `None` where that piece could not be read.
-    fn read_many(&self, addresses: &[u64], len: usize) -> Vec<Option<Vec<u8>>> {
+    pub fn read_many(&self, addresses: &[u64], len: usize) -> Vec<Option<Vec<u8>>> {
         let pieces: Vec<(u64, usize)> = addresses.iter().map(|&address| (address, len)).collect();
         self.read_many_sized(&pieces)
     }
@@ -372,6 +410,7 @@ mod tests {
             bp,
             wait_reason: 14,
             wait_since: 0,
+            tracking_seq: Some(3),
         }
     }
 
@@ -418,6 +457,10 @@ mod tests {
         }));
         assert!(!before.same_wait(&GFields {
             sp: 0x10_008,
+            ..before
+        }));
+        assert!(!before.same_wait(&GFields {
+            tracking_seq: Some(4),
             ..before
         }));
     }

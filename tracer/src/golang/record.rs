@@ -2,7 +2,9 @@
 //! `runtime.gopark` (the goroutine, its wait reason and stack) and `runtime.execute` (it
 //! runs again) sum each wait's length in the kernel by (stack, wait reason); this module
 //! attaches them, waits, names the stacks with `.gopclntab` and writes the goroutine
-//! reports, weighted by blocked time.
+//! reports, weighted by blocked time. Goroutines still parked at the end (parked before
+//! the probes attached, or stuck) come from a goroutine snapshot taken then, reported as
+//! still blocked; one read at the start tells which have waited the whole recording.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -14,16 +16,17 @@ use object::{Object as _, ObjectSection as _};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::binary::GoBinary;
-use super::goroutines::GoroutineCounts;
+use super::goroutines::{Goroutine, GoroutineCounts};
 use super::pclntab::GoLocation;
 use super::report::{GoFrame, GoSnapshot, GoroutineGroup};
 use crate::{
-    aggregate::{Profile, ProfileKind, ThreadCounts, TraceCounts, WaitStats},
+    aggregate::{Profile, ProfileKind, TraceCounts, WaitStats},
     probes::{GoProbeCounters, GoWaitTotal, Probes},
     report::Output,
     report::summary::format_duration,
     stacks::ProcessImage,
     target::{self, Target},
+    wait_targets::WaitTargets,
 };
 
 /// Go's own system goroutines start in package runtime, except these
@@ -70,6 +73,15 @@ pub async fn record(
     // /proc/PID/exe reaches the executable even when its path is not visible to us.
     let executable = PathBuf::from(format!("/proc/{pid}/exe"));
     probes.attach_go_probes(&executable, gopark, execute)?;
+    // The goroutines parked now: those still in the same wait at the end have waited at
+    // least since this read ended.
+    let parked_at_start = super::read_waiting(target, &binary, module.bias)
+        .map(|(goroutines, _)| goroutines)
+        .unwrap_or_else(|err| {
+            log::warn!("cannot read the goroutines parked at the start: {err:#}");
+            Vec::new()
+        });
+    let start_read_ns = crate::blocked_now::monotonic_now_ns();
     eprintln!(
         "tracer: recording goroutine waits of {} (pid {pid}, {}) for {}; Ctrl-C to stop early",
         target.comm,
@@ -86,16 +98,22 @@ pub async fn record(
     if target_exited {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
-    let recording = GoRecording::build(&binary, module.bias, waits, counters);
+    let still = if target_exited {
+        GoSnapshot::default()
+    } else {
+        still_parked(target, &binary, module.bias, &parked_at_start, start_read_ns)
+    };
+    let recording = GoRecording::build(&binary, module.bias, waits, counters, still);
     print!("{}", recording.render_text(&target.comm, pid, &binary.version, top, elapsed));
     let GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended } = counters;
+    let still = &recording.still;
     let mut base = super::go_profile(
         ProfileKind::Recording,
         target,
         image,
         started_at,
         elapsed,
-        ThreadCounts::default(),
+        super::thread_counts(&still.counts),
     );
     base.target_exited = target_exited;
     base.counts = TraceCounts {
@@ -105,11 +123,48 @@ pub async fn record(
         in_flight_map_full: parks_lost,
         stack_unreadable: stacks_lost,
         ring_buffer_full: waits_lost,
+        unresolved_descriptors: still.counts.io_wait_unresolved,
+        non_socket_io: still.counts.io_wait_not_socket,
         ..TraceCounts::default()
     };
-    let stacks = recording.snapshot.profile_stacks(module.name(), false);
+    base.endpoint_states = still.endpoint_states.clone();
+    let mut stacks = recording.snapshot.profile_stacks(module.name(), false);
+    stacks.extend(still.profile_stacks(module.name(), true));
     let profile = Profile::from_symbolized(base, stacks);
     crate::report::write_outputs(outputs, &profile)
+}
+
+/// The goroutines parked at the end of the recording, as a snapshot reads them (IO waits
+/// named). One in the same wait as in `at_start` has waited at least since `start_read_ns`;
+/// the others parked during the recording, and only a GC's `waitsince` ages them. A failed
+/// read costs only this part of the report.
+fn still_parked(
+    target: &Target,
+    binary: &GoBinary<'_>,
+    bias: u64,
+    at_start: &[Goroutine],
+    start_read_ns: u64,
+) -> GoSnapshot {
+    let (mut goroutines, mut counts) = match super::read_waiting(target, binary, bias) {
+        Ok(read) => read,
+        Err(err) => {
+            eprintln!("tracer: cannot read the goroutines still parked at the end: {err:#}");
+            return GoSnapshot::default();
+        }
+    };
+    let mut targets = WaitTargets::new(target.pid);
+    super::name_io_waits(target.pid, binary, &mut goroutines, &mut counts, &mut targets);
+    let at_start: HashMap<u64, &Goroutine> =
+        at_start.iter().map(|goroutine| (goroutine.goid, goroutine)).collect();
+    let since_start = i64::try_from(start_read_ns).unwrap_or(i64::MAX);
+    for goroutine in &mut goroutines {
+        let same = at_start.get(&goroutine.goid).is_some_and(|earlier| goroutine.same_wait(earlier));
+        if same && (goroutine.wait_since == 0 || goroutine.wait_since > since_start) {
+            goroutine.wait_since = since_start;
+        }
+    }
+    let endpoint_states = std::mem::take(&mut targets.endpoint_states);
+    GoSnapshot::build(binary, bias, goroutines, counts, endpoint_states)
 }
 
 /// Waits for the duration, Ctrl-C, SIGTERM or the target's exit; true for the exit.
@@ -153,10 +208,18 @@ struct GoRecording {
     /// Waits per group, in `snapshot.groups` order.
     waits: Vec<u64>,
     counters: GoProbeCounters,
+    /// The goroutines still parked at the end.
+    still: GoSnapshot,
 }
 
 impl GoRecording {
-    fn build(binary: &GoBinary<'_>, bias: u64, totals: Vec<GoWaitTotal>, counters: GoProbeCounters) -> Self {
+    fn build(
+        binary: &GoBinary<'_>,
+        bias: u64,
+        totals: Vec<GoWaitTotal>,
+        counters: GoProbeCounters,
+        still: GoSnapshot,
+    ) -> Self {
         let mut names: HashMap<u64, GoFrame> = HashMap::new();
         let mut name = |pc: u64| {
             names
@@ -205,6 +268,7 @@ impl GoRecording {
                     count: total_ns / 1_000,
                     frames,
                     wait_reason,
+                    object: None,
                     longest_wait: None,
                     truncated,
                     system,
@@ -216,7 +280,8 @@ impl GoRecording {
             .collect();
         rows.sort_by(|(a, _), (b, _)| b.count.cmp(&a.count).then_with(|| a.headline().cmp(b.headline())));
         let (groups, waits) = rows.into_iter().unzip();
-        Self { snapshot: GoSnapshot { groups, counts: GoroutineCounts::default() }, waits, counters }
+        let snapshot = GoSnapshot { groups, ..GoSnapshot::default() };
+        Self { snapshot, waits, counters, still }
     }
 
     /// The stdout table: a summary line, then the groups by blocked time (at most `top`,
@@ -257,6 +322,18 @@ impl GoRecording {
         if limit < shown.len() {
             let _ = writeln!(out, "\n… {} more stacks (--top 0 shows all)", shown.len() - limit);
         }
+        let still = &self.still;
+        let GoroutineCounts { waiting, changed_while_read, unreadable, .. } = still.counts;
+        let _ = writeln!(
+            out,
+            "\nstill blocked at the end of the recording: {waiting} goroutines waiting; {} runtime \
+             system goroutines hidden; {changed_while_read} skipped (changed while read), \
+             {unreadable} unreadable",
+            still.system_goroutines(),
+        );
+        still.write_io_wait_counts(&mut out);
+        still.write_groups(&mut out, top);
+        still.write_endpoints(&mut out);
         out
     }
 }

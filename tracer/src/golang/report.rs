@@ -1,9 +1,10 @@
 //! Goroutine groups: a table like the header lines of pprof's goroutine profile
 //! (`10000 @ main.f [chan receive]`, most first, with the frames below) for stdout, and
 //! the stacks of the [`Profile`](crate::aggregate::Profile) the report exporters write
-//! (one per group, of kind [`WaitKind::Goroutine`], its object the Go wait reason).
+//! (one per group, of kind [`WaitKind::Goroutine`], its object the Go wait reason and,
+//! for an IO wait, the endpoint: `IO wait 127.0.0.1:5432`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct GoroutineGroup {
     /// Leaf first.
     pub frames: Vec<GoFrame>,
     pub wait_reason: String,
+    /// What the goroutines wait on, where it was named (an IO wait's socket endpoint).
+    pub object: Option<String>,
     /// The longest wait the runtime recorded (a lower bound: a GC records it), if any.
     pub longest_wait: Option<Duration>,
     /// The walk stopped before the goroutine's start function.
@@ -48,11 +51,13 @@ pub struct GoroutineGroup {
     pub stats: WaitStats,
 }
 
-
+#[derive(Default)]
 pub struct GoSnapshot {
     /// Most goroutines first.
     pub groups: Vec<GoroutineGroup>,
     pub counts: GoroutineCounts,
+    /// Why each named endpoint's goroutines wait (`send buffer full (…)`).
+    pub endpoint_states: BTreeMap<String, String>,
 }
 
 impl GoSnapshot {
@@ -61,20 +66,26 @@ impl GoSnapshot {
         bias: u64,
         goroutines: Vec<Goroutine>,
         counts: GoroutineCounts,
+        endpoint_states: BTreeMap<String, String>,
     ) -> Self {
         // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
         let now = i64::try_from(crate::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
-        let mut by_stack: HashMap<(Vec<u64>, u8), (WaitStats, i64, bool)> = HashMap::new();
+        type Key = (Vec<u64>, u8, Option<String>);
+        let mut by_stack: HashMap<Key, (WaitStats, i64, bool)> = HashMap::new();
         for Goroutine {
             goid,
+            address: _,
+            sp: _,
+            tracking_seq: _,
             wait_reason,
             wait_since,
             pcs,
             truncated,
+            object,
         } in goroutines
         {
             let (stats, oldest, _) = by_stack
-                .entry((pcs, wait_reason))
+                .entry((pcs, wait_reason, object))
                 .or_insert((WaitStats::default(), i64::MAX, truncated));
             stats.waits += 1;
             // Goroutine ids stand in for thread ids: they tell the goroutines apart.
@@ -89,7 +100,7 @@ impl GoSnapshot {
         let mut names: HashMap<u64, GoFrame> = HashMap::new();
         let mut groups: Vec<GoroutineGroup> = by_stack
             .into_iter()
-            .map(|((pcs, reason), (stats, oldest, truncated))| {
+            .map(|((pcs, reason, object), (stats, oldest, truncated))| {
                 let frames: Vec<GoFrame> = pcs
                     .iter()
                     .map(|&pc| {
@@ -121,6 +132,7 @@ impl GoSnapshot {
                     count: stats.waits,
                     frames,
                     wait_reason,
+                    object,
                     longest_wait,
                     truncated,
                     system,
@@ -132,12 +144,22 @@ impl GoSnapshot {
             b.count
                 .cmp(&a.count)
                 .then_with(|| a.headline().cmp(b.headline()))
+                .then_with(|| a.object.cmp(&b.object))
         });
-        Self { groups, counts }
+        Self { groups, counts, endpoint_states }
     }
 
     fn shown(&self) -> impl Iterator<Item = &GoroutineGroup> {
         self.groups.iter().filter(|group| !group.system)
+    }
+
+    /// Goroutines in the runtime's own system goroutines (not shown).
+    pub fn system_goroutines(&self) -> u64 {
+        self.groups
+            .iter()
+            .filter(|group| group.system)
+            .map(|group| group.count)
+            .sum()
     }
 
     /// The stdout table: a summary line, then the groups (at most `top`, 0 for all).
@@ -157,13 +179,11 @@ impl GoSnapshot {
             in_syscall,
             changed_while_read,
             unreadable,
+            io_wait_named: _,
+            io_wait_unresolved: _,
+            io_wait_not_socket: _,
         } = self.counts;
-        let system: u64 = self
-            .groups
-            .iter()
-            .filter(|group| group.system)
-            .map(|group| group.count)
-            .sum();
+        let system = self.system_goroutines();
         let truncated: u64 = self
             .groups
             .iter()
@@ -188,6 +208,29 @@ impl GoSnapshot {
             },
             format_duration(took.as_nanos() as u64),
         );
+        self.write_io_wait_counts(&mut out);
+        self.write_groups(&mut out, top);
+        self.write_endpoints(&mut out);
+        out
+    }
+
+    /// How many goroutines in IO wait were named by their socket, and why the others were
+    /// not (a line only when there were IO waits).
+    pub fn write_io_wait_counts(&self, out: &mut String) {
+        let GoroutineCounts { io_wait_named, io_wait_unresolved, io_wait_not_socket, .. } =
+            self.counts;
+        if io_wait_named + io_wait_unresolved + io_wait_not_socket > 0 {
+            let _ = writeln!(
+                out,
+                "IO waits: {io_wait_named} named by their socket, {io_wait_unresolved} unresolved, \
+                 {io_wait_not_socket} not on sockets"
+            );
+        }
+    }
+
+    /// The shown groups, most goroutines first (at most `top`, 0 for all), each headed like
+    /// pprof's `N @ function [reason]` with the longest wait known, then its frames.
+    pub fn write_groups(&self, out: &mut String, top: usize) {
         let shown: Vec<&GoroutineGroup> = self.shown().collect();
         let limit = if top == 0 {
             shown.len()
@@ -205,9 +248,9 @@ impl GoSnapshot {
                 "{} @ {} [{}{since}]",
                 group.count,
                 group.headline(),
-                group.wait_reason
+                group.wait_name()
             );
-            group.write_frames(&mut out);
+            group.write_frames(out);
         }
         if limit < shown.len() {
             let _ = writeln!(
@@ -216,7 +259,24 @@ impl GoSnapshot {
                 shown.len() - limit
             );
         }
-        out
+    }
+
+    /// The shown goroutines by endpoint, with why each endpoint's waits wait.
+    pub fn write_endpoints(&self, out: &mut String) {
+        let mut by_endpoint: BTreeMap<&str, u64> = BTreeMap::new();
+        for group in self.shown() {
+            if let Some(endpoint) = &group.object {
+                *by_endpoint.entry(endpoint).or_default() += group.count;
+            }
+        }
+        if by_endpoint.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "\n{:<ENDPOINT_WIDTH$} {:>10}  STATE", "BY ENDPOINT", "GOROUTINES");
+        for (endpoint, goroutines) in by_endpoint {
+            let state = self.endpoint_states.get(endpoint).map_or("", String::as_str);
+            let _ = writeln!(out, "{endpoint:<ENDPOINT_WIDTH$} {goroutines:>10}  {state}");
+        }
     }
 
     /// The shown groups (not the runtime's system goroutines) as profile stacks.
@@ -226,6 +286,9 @@ impl GoSnapshot {
             .collect()
     }
 }
+
+/// The endpoint column's width (an IPv4 address and port, and then some).
+const ENDPOINT_WIDTH: usize = 22;
 
 /// Adds a wait known only from the runtime's `waitsince` (set by a GC, after the wait
 /// began): a lower bound.
@@ -260,6 +323,15 @@ impl GoroutineGroup {
             let _ = writeln!(out, "#\t… (stack truncated)");
         }
     }
+
+    /// The wait reason and what it waits on: `IO wait 127.0.0.1:5432`, `chan receive`.
+    pub fn wait_name(&self) -> String {
+        match &self.object {
+            Some(object) => format!("{} {object}", self.wait_reason),
+            None => self.wait_reason.clone(),
+        }
+    }
+
     /// One stack of the profile: root first, the program's own functions marked as the
     /// main module's (what `call_site` looks for), the wait reason as the object.
     pub fn profile_stack(&self, module: &str, in_progress: bool) -> ProfileStack {
@@ -280,7 +352,7 @@ impl GoroutineGroup {
         ProfileStack {
             frames,
             kind: WaitKind::Goroutine,
-            object: Some(self.wait_reason.clone()),
+            object: Some(self.wait_name()),
             truncated: self.truncated,
             in_progress,
             stats: self.stats.clone(),
@@ -357,6 +429,7 @@ mod tests {
             count: 1,
             frames: names.iter().copied().map(frame).collect(),
             wait_reason: "IO wait".into(),
+            object: None,
             longest_wait: None,
             truncated: false,
             system: false,
@@ -388,6 +461,7 @@ mod tests {
                 .map(frame)
                 .collect(),
             wait_reason: "chan receive".into(),
+            object: None,
             longest_wait: None,
             truncated: false,
             system: false,
@@ -406,6 +480,14 @@ mod tests {
         let WaitStats { waits, min_ns, max_ns, lower_bound, ref threads, .. } = stack.stats;
         assert_eq!((waits, min_ns, max_ns, lower_bound), (2, 3_000, 3_000, true));
         assert_eq!(threads.len(), 2, "the goroutines, by id");
+
+        let writer = GoroutineGroup {
+            wait_reason: "IO wait".into(),
+            object: Some("127.0.0.1:5432".into()),
+            ..group
+        };
+        let stack = writer.profile_stack("goroutines", true);
+        assert_eq!(stack.object.as_deref(), Some("IO wait 127.0.0.1:5432"));
     }
 
     #[test]

@@ -1,0 +1,238 @@
+//! Which descriptor each goroutine in IO wait waits on, read from outside. Go's netpoller
+//! registers every descriptor it polls with its epoll instance, the event's data being the
+//! descriptor's `*runtime.pollDesc` (`runtime/netpoll_epoll.go`; a tagged pointer since
+//! go1.21, `runtime/tagptr_64bit.go`), and a goroutine parked on a descriptor is in its
+//! pollDesc's `rg` (reading) or `wg` (writing). So: the process's epoll descriptors →
+//! `/proc/PID/fdinfo` (one `tfd: FD events: … data: HEX` line per registration) → each
+//! pollDesc, whose `fd` must be the registered descriptor (which rules out a wrong
+//! decoding, or an epoll set of the program's own) → the parked `g` → its socket, named by
+//! [`WaitTargets`] as a thread's socket wait is.
+
+use std::collections::HashMap;
+use std::{fs, io};
+
+use tracer_common::WaitKind;
+
+use super::binary::PollDescLayout;
+use super::goroutines::{Goroutine, GoroutineCounts, Memory, word};
+use crate::{aggregate::WaitTarget, wait_targets::WaitTargets};
+
+/// What `/proc/PID/fd/N` links to for an epoll instance.
+const EPOLL_LINK: &str = "anon_inode:[eventpoll]";
+/// `pdWait` (`runtime/netpoll.go`): `rg`/`wg` values up to it are states (nil, pdReady,
+/// pdWait), not goroutines.
+const PD_WAIT: u64 = 2;
+/// A tagged pollDesc pointer sits above the 16 bits amd64 addresses do not use.
+const TAG_SHIFT: u32 = 16;
+/// The tag also fills the pointer's low alignment bits: 3 (8-byte alignment) when tagging
+/// began in go1.21, 9 in newer runtimes, which align pollDescs to 512 bytes.
+const TAG_ALIGN_MASKS: [u64; 2] = [!0x7, !0x1ff];
+
+/// A goroutine parked on a polled descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolledDescriptor {
+    pub fd: u64,
+    /// Parked in `rg` (waiting to read) rather than `wg` (waiting to write).
+    pub reading: bool,
+}
+
+/// The goroutines parked on the netpoller's descriptors, by `g` address.
+pub fn parked_on_descriptors(
+    pid: u32,
+    layout: &PollDescLayout,
+) -> io::Result<HashMap<u64, PolledDescriptor>> {
+    let mut registrations = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let is_epoll = fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == EPOLL_LINK);
+        if !is_epoll {
+            continue;
+        }
+        let fd = entry.file_name();
+        // An epoll descriptor closed meanwhile has nothing parked on it.
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
+        {
+            registrations.extend(epoll_registrations(&text));
+        }
+    }
+    let pieces: Vec<(u64, u64)> = registrations
+        .iter()
+        .flat_map(|&(fd, data)| {
+            poll_desc_candidates(data)
+                .into_iter()
+                .map(move |address| (fd, address))
+        })
+        .collect();
+    let addresses: Vec<u64> = pieces.iter().map(|&(_, address)| address).collect();
+    let memory = Memory { pid };
+    let read = memory.read_many(&addresses, layout.read_len());
+    let mut parked = HashMap::new();
+    for (&(fd, _), bytes) in pieces.iter().zip(&read) {
+        let Some(bytes) = bytes else { continue };
+        if word(bytes, layout.fd as usize) != fd {
+            continue;
+        }
+        for (offset, reading) in [(layout.rg, true), (layout.wg, false)] {
+            let g = word(bytes, offset as usize);
+            if g > PD_WAIT {
+                parked.insert(g, PolledDescriptor { fd, reading });
+            }
+        }
+    }
+    Ok(parked)
+}
+
+/// The (descriptor, data) of each registration in an epoll descriptor's fdinfo
+/// (fs/eventpoll.c, ep_show_fdinfo: `tfd: %8d events: %8x data: %16llx …`).
+fn epoll_registrations(fdinfo: &str) -> Vec<(u64, u64)> {
+    fdinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let mut value_of = |name: &str| {
+                while let Some(field) = fields.next() {
+                    if field == name {
+                        return fields.next();
+                    }
+                }
+                None
+            };
+            let fd = value_of("tfd:")?.parse().ok()?;
+            let data = u64::from_str_radix(value_of("data:")?, 16).ok()?;
+            Some((fd, data))
+        })
+        .collect()
+}
+
+/// Where the pollDesc of an epoll registration's data may be: the data itself (go1.19,
+/// go1.20), or the tagged pointer decoded for each alignment the runtimes use. The
+/// pollDesc's own `fd` tells which one it is.
+fn poll_desc_candidates(data: u64) -> Vec<u64> {
+    // Sign-extended, as the runtime decodes it: amd64 stacks may sit above the VA hole.
+    let shifted = ((data as i64) >> TAG_SHIFT) as u64;
+    let mut candidates = vec![data];
+    for mask in TAG_ALIGN_MASKS {
+        let address = shifted & mask;
+        if address != 0 && !candidates.contains(&address) {
+            candidates.push(address);
+        }
+    }
+    candidates
+}
+
+/// Names what each goroutine parked on a descriptor waits on (the socket's remote
+/// endpoint, as `WaitTargets` names a thread's), and counts the goroutines in IO wait
+/// (`io_wait`, the reason's index) that could not be named and why.
+pub fn name_io_waits(
+    goroutines: &mut [Goroutine],
+    parked: &HashMap<u64, PolledDescriptor>,
+    io_wait: Option<u8>,
+    targets: &mut WaitTargets,
+    counts: &mut GoroutineCounts,
+) {
+    for goroutine in goroutines {
+        let Some(&PolledDescriptor { fd, reading }) = parked.get(&goroutine.address) else {
+            if Some(goroutine.wait_reason) == io_wait {
+                // Woke between the two reads, or between its park and its `rg`/`wg` store.
+                counts.io_wait_unresolved += 1;
+            }
+            continue;
+        };
+        let kind = if reading {
+            WaitKind::Read
+        } else {
+            WaitKind::Write
+        };
+        let non_socket_before = targets.non_socket_io;
+        match targets.resolve(kind, fd) {
+            Some((_, WaitTarget::Endpoint(endpoint))) => {
+                goroutine.object = Some(endpoint);
+                counts.io_wait_named += 1;
+            }
+            _ if targets.non_socket_io > non_socket_before => counts.io_wait_not_socket += 1,
+            _ => counts.io_wait_unresolved += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_fdinfo_lines() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
+            tfd:        3 events:       19 data: 7f0c8b7ffe58  pos:0 ino:3f5 sdev:d\n\
+            tfd:       12 events: 80002019 data:     c00001c000  pos:0 ino:5b2f sdev:8\n";
+        assert_eq!(
+            epoll_registrations(fdinfo),
+            vec![(3, 0x7f0c8b7ffe58), (12, 0xc00001c000)]
+        );
+        assert!(epoll_registrations("tfd: x events: 1 data: 10\n").is_empty());
+    }
+
+    #[test]
+    fn tagged_and_plain_poll_desc_pointers() {
+        let pd: u64 = 0x7f3a_1c2b_3d48;
+        // go1.19/1.20: the pointer itself.
+        assert_eq!(poll_desc_candidates(pd)[0], pd);
+        // go1.21+: pointer << 16 | fdseq (19 bits: 16 above, 3 below the 8-byte pointer).
+        let tag: u64 = 0x5_4321;
+        let tagged = (pd << TAG_SHIFT) | tag;
+        assert!(poll_desc_candidates(tagged).contains(&pd));
+        // A 512-byte-aligned pollDesc with a 25-bit tag.
+        let aligned: u64 = 0x7f3a_1c2b_3e00;
+        let tagged = (aligned << TAG_SHIFT) | 0x1ab_cdef;
+        assert!(poll_desc_candidates(tagged).contains(&aligned));
+    }
+
+    fn goroutine(address: u64, wait_reason: u8) -> Goroutine {
+        Goroutine {
+            goid: address,
+            address,
+            sp: 0,
+            tracking_seq: None,
+            wait_reason,
+            wait_since: 0,
+            pcs: vec![0x1000],
+            truncated: false,
+            object: None,
+        }
+    }
+
+    #[test]
+    fn io_waits_not_found_are_counted() {
+        const IO_WAIT: u8 = 2;
+        // Descriptors of a pid that does not exist: the lookups fail and are counted.
+        let mut targets = WaitTargets::new(u32::MAX);
+        let mut goroutines = [
+            goroutine(0x100, IO_WAIT),
+            goroutine(0x200, IO_WAIT),
+            goroutine(0x300, 7),
+        ];
+        let parked = HashMap::from([(
+            0x100,
+            PolledDescriptor {
+                fd: 9,
+                reading: false,
+            },
+        )]);
+        let mut counts = GoroutineCounts::default();
+        name_io_waits(
+            &mut goroutines,
+            &parked,
+            Some(IO_WAIT),
+            &mut targets,
+            &mut counts,
+        );
+        assert_eq!(
+            (counts.io_wait_unresolved, counts.io_wait_not_socket),
+            (2, 0)
+        );
+        assert!(
+            goroutines
+                .iter()
+                .all(|goroutine| goroutine.object.is_none())
+        );
+    }
+}
