@@ -27,6 +27,7 @@ pub const C_PILEUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workload
 pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_stuck.c");
 pub const MANY_WAITERS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
+pub const C_LOSSES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_losses.c");
 pub const C_OBJECTS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_objects.c");
 
 /// The tracer binary: `$TRACER_BIN`, else `target/release/tracer` of this workspace (honouring

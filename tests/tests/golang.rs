@@ -345,6 +345,51 @@ fn record_reports_goroutines_still_blocked_at_the_end() {
     assert_eq!(goroutines_at(&pprof_goroutines(port), "main.sendStat"), SENDERS as u64);
 }
 
+/// Goroutines of the `late` mode, which park about a second into the recording.
+const LATE: usize = 200;
+/// Longer than the workload's one-second delay before its goroutines park.
+const LATE_RECORD_SECONDS: &str = "3s";
+
+/// Goroutines that park while the probes watch and stay parked are still blocked at the
+/// end, aged from the moment the park probe saw them park (the runtime keeps no park time
+/// unless a GC ran meanwhile): about two seconds each here, never the whole recording.
+#[test]
+fn goroutines_parked_during_the_recording_are_aged_from_their_park() {
+    let dir = TempDir::new("go-record-late");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let (workload, _port) = start_go_goroutines(&bin, "late", LATE, STARTUP_TIMEOUT);
+    let folded = dir.join("late.folded");
+    let out = tracer_tests::tracer_record(
+        workload.pid(),
+        &["--duration", LATE_RECORD_SECONDS, "--output", folded.to_str().expect("utf-8 path")],
+        RECORD_TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer record failed ({}): {}", out.status, out.stderr);
+    let stdout = &out.stdout;
+    println!("{stdout}");
+    let (_, still_section) = stdout
+        .split_once("still blocked at the end of the recording:")
+        .unwrap_or_else(|| panic!("no still-blocked section:\n{stdout}"));
+    let still = parse_goroutine_table(still_section);
+    let late = group(&still, "main.lateReceiver", stdout);
+    assert_eq!((late.count, late.reason.as_str()), (LATE as u64, "chan receive"), "{stdout}");
+    let stacks = read_folded(&folded);
+    let weight: u64 = stacks
+        .iter()
+        .filter(|stack| {
+            stack.has_function("main.lateReceiver")
+                && stack.frames.last().map(String::as_str) == Some("[chan receive still-blocked]")
+        })
+        .map(|stack| stack.micros)
+        .sum();
+    // Parked one second into a three-second recording: each waited about two seconds.
+    let record_us = 3_000_000;
+    assert!(
+        weight >= LATE as u64 * record_us / 3 && weight < LATE as u64 * record_us,
+        "{LATE} goroutines parked during the recording weigh {weight} µs in {stacks:#?}"
+    );
+}
+
 /// Pairs of goroutines passing a value back and forth as fast as they can.
 const FLOOD_PAIRS: usize = 4;
 /// Seconds of throughput averaged for each side of the comparison.

@@ -1,12 +1,16 @@
-//! Every loss is counted and reported: each test forces one (a ring buffer too small for a
-//! single record, callers beyond the stack copy) on a real workload and asserts the
-//! report's `lost:` line counts it. (The in-flight entries live in task storage, which
-//! has no capacity to exhaust.) Real kernel, run as root, one
-//! test at a time (`--test-threads=1`).
+//! Every loss is counted and reported: each test forces one (ring buffers too small for a
+//! single record, callers beyond the stack copy, a stack pointer in an unreadable page,
+//! code no symbol covers, a socket closed before it is resolved) on a real workload and
+//! asserts the report's `lost:` line counts it. (The in-flight entries live in task
+//! storage, which has no capacity to exhaust; only an allocation failure in the kernel
+//! counts as "in-flight map full".) Real kernel, run as root, one test at a time
+//! (`--test-threads=1`).
 
 use std::{process::Command, time::Duration};
 
-use tracer_tests::{TempDir, read_folded, start_workload, tracer_record};
+use tracer_tests::{
+    C_LOSSES_SOURCE, TempDir, build_c, read_folded, start_workload, tracer_record,
+};
 
 /// Threads of the deep-stack workload; each ends a 5 ms wait about 200 times a second.
 const THREADS: &str = "4";
@@ -86,4 +90,75 @@ fn callers_beyond_the_stack_copy_are_counted_as_truncated_unwinds() {
         !marked.iter().any(|stack| stack.has_function("below_big_frame")),
         "a stack reached below_big_frame, beyond the copy: {marked:#?}"
     );
+}
+
+/// The C workload of waits the tracer cannot fully see (tests/workloads/c_losses.c),
+/// built into `dir` and started in `mode`.
+fn c_losses(dir: &TempDir, mode: &str) -> tracer_tests::ChildGuard {
+    let binary = build_c(dir.path(), C_LOSSES_SOURCE, "c-losses");
+    let mut cmd = Command::new(binary);
+    cmd.args([mode, "30"]);
+    start_workload("c-losses", cmd)
+}
+
+#[test]
+fn a_full_wake_ring_buffer_is_counted() {
+    let dir = TempDir::new("losses");
+    let workload = c_losses(&dir, "wakes");
+    let out = tracer_record(
+        workload.pid(),
+        &["--duration", RECORD, "--wake-ring-buffer-bytes", TINY_RING_BUFFER],
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let lost_wakers = lost(&out.stdout, "wakers lost");
+    println!("wakers lost: {lost_wakers}");
+    assert!(lost_wakers > 0, "no waker counted as lost:\n{}", out.stdout);
+    // The waits themselves still arrive (their ring buffer is the default one).
+    assert!(out.stdout.contains("futex"), "no futex waits reported:\n{}", out.stdout);
+}
+
+#[test]
+fn a_stack_that_cannot_be_read_is_counted() {
+    let dir = TempDir::new("losses");
+    let workload = c_losses(&dir, "bad-stack");
+    let out = tracer_record(workload.pid(), &["--duration", RECORD], TIMEOUT);
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let unreadable = lost(&out.stdout, "stacks unreadable");
+    println!("stacks unreadable: {unreadable}");
+    assert!(unreadable > 0, "no stack counted as unreadable:\n{}", out.stdout);
+}
+
+#[test]
+fn code_that_no_symbol_covers_is_counted() {
+    let dir = TempDir::new("losses");
+    let workload = c_losses(&dir, "jit");
+    let folded = dir.join("jit.folded");
+    let folded_arg = folded.to_string_lossy().into_owned();
+    let out = tracer_record(
+        workload.pid(),
+        &["--duration", RECORD, "--output", &folded_arg],
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let unknown = lost(&out.stdout, "unknown symbols");
+    println!("unknown symbols: {unknown}");
+    assert!(unknown > 0, "no symbol counted as unknown:\n{}", out.stdout);
+    // The waits are still reported, their innermost frame marked unknown.
+    let stacks = read_folded(&folded);
+    assert!(
+        stacks.iter().any(|stack| stack.frames.iter().any(|frame| frame.contains("[unknown]"))),
+        "no [unknown] frame in {stacks:#?}"
+    );
+}
+
+#[test]
+fn a_socket_closed_before_it_is_resolved_is_counted() {
+    let dir = TempDir::new("losses");
+    let workload = c_losses(&dir, "closed-socket");
+    let out = tracer_record(workload.pid(), &["--duration", RECORD], TIMEOUT);
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let unresolved = lost(&out.stdout, "descriptors unresolved");
+    println!("descriptors unresolved: {unresolved}");
+    assert!(unresolved > 0, "no descriptor counted as unresolved:\n{}", out.stdout);
 }

@@ -80,6 +80,10 @@ static SHORT_WAITS: PerCpuArray<ShortWaitTotals> =
 static WAKES: RingBuf = RingBuf::with_byte_size(WAKES_BYTES, 0);
 const WAKES_BYTES: u32 = 4 * 1024 * 1024;
 
+/// Likewise for WAKES.
+#[unsafe(no_mangle)]
+static WAKES_WAKE_AT_BYTES: Global<u64> = Global::new(WAKES_BYTES as u64 / 4);
+
 /// Event and loss counters, indexed by `Counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
@@ -303,7 +307,6 @@ fn copy_user_stack(stack: &mut [u8; STACK_COPY_BYTES], sp: u64) -> u32 {
     if read_user(stack.as_mut_ptr(), STACK_COPY_BYTES, sp) {
         return STACK_COPY_BYTES as u32;
     }
-    count(Counter::StackShortened);
     let rest_of_page = PAGE - (sp as usize & (PAGE - 1));
     let mut pages = STACK_COPY_BYTES / PAGE;
     while pages > 0 {
@@ -311,6 +314,7 @@ fn copy_user_stack(stack: &mut [u8; STACK_COPY_BYTES], sp: u64) -> u32 {
         let len = rest_of_page + pages * PAGE;
         // The full length already failed (sp page aligned makes the first try equal it).
         if len < STACK_COPY_BYTES && read_user(stack.as_mut_ptr(), len, sp) {
+            count(Counter::StackShortened);
             return len as u32;
         }
     }
@@ -381,7 +385,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
         (*record).stack_len = copy_user_stack(&mut (*record).stack, sp);
     }
     count(Counter::WakesSent);
-    entry.submit(wake_flags(&WAKES, WAKES_BYTES as u64 / 4));
+    entry.submit(wake_flags(&WAKES, WAKES_WAKE_AT_BYTES.load()));
     Ok(())
 }
 

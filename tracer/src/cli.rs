@@ -147,6 +147,9 @@ pub struct MapSizes {
     /// Bytes of the ring buffer for long waits (a power of two, at least 4096).
     #[arg(long, hide = true)]
     pub ring_buffer_bytes: Option<u32>,
+    /// Bytes of the ring buffer for the wakers of long futex waits (likewise).
+    #[arg(long, hide = true)]
+    pub wake_ring_buffer_bytes: Option<u32>,
 }
 
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).

@@ -17,6 +17,7 @@ mod cli;
 mod events;
 mod golang;
 mod locks;
+mod own_usage;
 mod probes;
 mod record;
 mod report;

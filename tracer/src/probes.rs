@@ -56,8 +56,10 @@ pub struct ProbeConfig {
     pub maps: MapSizes,
 }
 
-/// The size of the probes' WAITS ring buffer (tracer-ebpf), unless `--ring-buffer-bytes`.
+/// The sizes of the probes' ring buffers (tracer-ebpf), unless `--ring-buffer-bytes` and
+/// `--wake-ring-buffer-bytes` change them.
 const DEFAULT_WAITS_BYTES: u32 = 16 * 1024 * 1024;
+const DEFAULT_WAKES_BYTES: u32 = 4 * 1024 * 1024;
 
 /// The loaded probes (attached by `attach_wait_probes`).
 pub struct Probes {
@@ -92,15 +94,20 @@ impl Probes {
         // The in-flight calls live in task storage, which aya has no map type for; only
         // the kernel side uses it.
         loader.allow_unsupported_maps();
-        let MapSizes { ring_buffer_bytes } = config.maps;
+        let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes } = config.maps;
         if let Some(bytes) = ring_buffer_bytes {
             loader.map_max_entries("WAITS", bytes);
         }
-        // The probes wake us once the buffer is a quarter full; a timer drains it otherwise.
-        let wake_at_bytes = u64::from(ring_buffer_bytes.unwrap_or(DEFAULT_WAITS_BYTES) / 4);
+        if let Some(bytes) = wake_ring_buffer_bytes {
+            loader.map_max_entries("WAKES", bytes);
+        }
+        // The probes wake us once a buffer is a quarter full; a timer drains it otherwise.
+        let waits_wake_at = u64::from(ring_buffer_bytes.unwrap_or(DEFAULT_WAITS_BYTES) / 4);
+        let wakes_wake_at = u64::from(wake_ring_buffer_bytes.unwrap_or(DEFAULT_WAKES_BYTES) / 4);
         let ebpf = loader
             .btf(Some(&btf))
-            .override_global("WAITS_WAKE_AT_BYTES", &wake_at_bytes, true)
+            .override_global("WAITS_WAKE_AT_BYTES", &waits_wake_at, true)
+            .override_global("WAKES_WAKE_AT_BYTES", &wakes_wake_at, true)
             .override_global("TARGET_TGID", &config.tgid, true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
@@ -258,7 +265,15 @@ pub struct GoProbeCounters {
     pub waits_ended: u64,
 }
 
-/// The kernel side's `GoWaitKey` and `GoWaitTotals`.
+/// The kernel side's `GoPark`, `GoWaitKey` and `GoWaitTotals`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct GoPark {
+    start_ns: u64,
+    caller: u64,
+    stack_id: u32,
+    reason: u32,
+}
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct GoWaitKey {
@@ -273,6 +288,8 @@ struct GoWaitTotals {
     total_ns: u64,
 }
 // SAFETY: plain `repr(C)` integers with no padding.
+unsafe impl aya::Pod for GoPark {}
+// SAFETY: as above.
 unsafe impl aya::Pod for GoWaitKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for GoWaitTotals {}
@@ -351,6 +368,18 @@ impl Probes {
             });
         }
         Ok(totals)
+    }
+
+    /// The goroutines parked now that the probes saw park: goid → when it parked (ns,
+    /// CLOCK_MONOTONIC, the clock of the runtime's `nanotime`).
+    pub fn go_parked(&self) -> Result<std::collections::HashMap<u64, u64>, ProbeError> {
+        const NAME: &str = "GO_PARKED";
+        let err = |source| ProbeError::Map { name: NAME, source: Some(source) };
+        let map = self.ebpf.map(NAME).ok_or(ProbeError::Map { name: NAME, source: None })?;
+        let parked: aya::maps::HashMap<_, u64, GoPark> =
+            aya::maps::HashMap::try_from(map).map_err(err)?;
+        // An entry removed while iterating is skipped, not an error worth the report.
+        Ok(parked.iter().filter_map(Result::ok).map(|(goid, park)| (goid, park.start_ns)).collect())
     }
 
     pub fn go_counters(&self) -> Result<GoProbeCounters, ProbeError> {

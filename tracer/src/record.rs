@@ -144,6 +144,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         aggregate.into_profile(base, walker.image(), &mut symbolizer, &mut LockNamer::new());
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     print!("{}", render_summary(&profile, top));
+    println!("{}", crate::own_usage::ProcessUsage::of_self());
     crate::report::write_outputs(outputs, &profile)
 }
 

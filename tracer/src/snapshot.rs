@@ -104,6 +104,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
     print!("{}", render_summary(&profile, top));
+    println!("{}", crate::own_usage::ProcessUsage::of_self());
     crate::report::write_outputs(outputs, &profile)
 }
 

@@ -376,8 +376,9 @@ fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> 
             });
             let events_lost = lost_line.as_deref().map(|line| {
                 let numbers = numbers_in(line);
-                // "N ring buffer full, N in-flight map full, ..." (report/summary.rs).
-                numbers.first().copied().unwrap_or(0) + numbers.get(1).copied().unwrap_or(0)
+                // "N ring buffer full, N in-flight map full, N wakers lost, ..."
+                // (report/summary.rs): the events the probes could not send.
+                numbers.iter().take(3).sum::<u64>()
             });
             Some(ToolUsage {
                 window_cpu_share: cpu_after.saturating_sub(cpu_before) as f64 / window_ns,

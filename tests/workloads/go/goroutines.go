@@ -12,6 +12,8 @@
 //	                      prints "wakes W" every second (W receives in that second)
 //	goroutines flood N    N pairs of goroutines passing a value back and forth as fast as
 //	                      they can; prints "wakes W" every second (for probe overhead)
+//	goroutines late N     N goroutines that block for good receiving on a channel
+//	                      (main.lateReceiver), started lateStart after "ready"
 package main
 
 import (
@@ -38,6 +40,10 @@ const settle = 300 * time.Millisecond
 // pingPeriod is how long each pinger waits for its next value: long enough that the waits
 // dominate, short enough that a 2-second recording sees a hundred of them.
 const pingPeriod = 10 * time.Millisecond
+
+// lateStart is how long "late" mode waits after "ready" before its goroutines park: a
+// recording started at "ready" sees them park.
+const lateStart = time.Second
 
 // wakes counts receives in pingpong and flood modes.
 var wakes atomic.Int64
@@ -94,6 +100,19 @@ func receiver(ch chan int) {
 }
 
 //go:noinline
+func lateReceiver(ch chan int) {
+	<-ch
+}
+
+func late(n int) {
+	time.Sleep(lateStart)
+	ch := make(chan int)
+	for i := 0; i < n; i++ {
+		go lateReceiver(ch)
+	}
+}
+
+//go:noinline
 func sendStat(stats chan []byte, stat []byte, sent *atomic.Int64) {
 	stats <- stat
 	sent.Add(1)
@@ -110,7 +129,7 @@ func writeToBackend(conn net.Conn, stats chan []byte) {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -129,6 +148,8 @@ func main() {
 		pingpong(n)
 	case "flood":
 		flood(n)
+	case "late":
+		go late(n)
 	default:
 		panic("unknown mode " + os.Args[1])
 	}

@@ -85,6 +85,7 @@ pub fn snapshot(
         "{}",
         snapshot.render_text(&target.comm, pid, &binary.version, top, elapsed)
     );
+    println!("{}", crate::own_usage::ProcessUsage::of_self());
     let thread_counts = thread_counts(&snapshot.counts);
     let stacks = snapshot.profile_stacks(module.name(), true);
     let mut base =

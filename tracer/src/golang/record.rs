@@ -94,17 +94,19 @@ pub async fn record(
     let elapsed = started.elapsed();
     let waits = probes.go_waits()?;
     let counters = probes.go_counters()?;
-    drop(probes);
     if target_exited {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
+    // Read while the probes still run: they know when the goroutines parked.
     let still = if target_exited {
         GoSnapshot::default()
     } else {
-        still_parked(target, &binary, module.bias, &parked_at_start, start_read_ns)
+        still_parked(target, &binary, module.bias, &parked_at_start, start_read_ns, &probes)
     };
+    drop(probes);
     let recording = GoRecording::build(&binary, module.bias, waits, counters, still);
     print!("{}", recording.render_text(&target.comm, pid, &binary.version, top, elapsed));
+    println!("{}", crate::own_usage::ProcessUsage::of_self());
     let GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended } = counters;
     let still = &recording.still;
     let mut base = super::go_profile(
@@ -136,16 +138,28 @@ pub async fn record(
 
 /// The goroutines parked at the end of the recording, as a snapshot reads them (IO waits
 /// named). One in the same wait as in `at_start` has waited at least since `start_read_ns`;
-/// the others parked during the recording, and only a GC's `waitsince` ages them. A failed
-/// read costs only this part of the report.
+/// the others parked during the recording, and the park probe noted when. A failed read
+/// costs only this part of the report.
 fn still_parked(
     target: &Target,
     binary: &GoBinary<'_>,
     bias: u64,
     at_start: &[Goroutine],
     start_read_ns: u64,
+    probes: &Probes,
 ) -> GoSnapshot {
-    let (mut goroutines, mut counts) = match super::read_waiting(target, binary, bias) {
+    let parks = || {
+        probes.go_parked().unwrap_or_else(|err| {
+            log::warn!("cannot read the parks in progress: {err}");
+            HashMap::new()
+        })
+    };
+    // A goroutine's park time is its current wait's only if the same park spans the read:
+    // one that woke and parked again in between has a newer entry afterwards.
+    let parked_before = parks();
+    let read = super::read_waiting(target, binary, bias);
+    let parked_after = parks();
+    let (mut goroutines, mut counts) = match read {
         Ok(read) => read,
         Err(err) => {
             eprintln!("tracer: cannot read the goroutines still parked at the end: {err:#}");
@@ -161,6 +175,13 @@ fn still_parked(
         let same = at_start.get(&goroutine.goid).is_some_and(|earlier| goroutine.same_wait(earlier));
         if same && (goroutine.wait_since == 0 || goroutine.wait_since > since_start) {
             goroutine.wait_since = since_start;
+        } else if !same
+            && let Some(&parked) = parked_after.get(&goroutine.goid)
+            && parked_before.get(&goroutine.goid) == Some(&parked)
+            && let Ok(parked) = i64::try_from(parked)
+        {
+            // Parked while the probes watched: the probe's time is exact.
+            goroutine.wait_since = parked;
         }
     }
     let endpoint_states = std::mem::take(&mut targets.endpoint_states);

@@ -355,6 +355,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
         &[
             format!("{} ring buffer full", counts.ring_buffer_full),
             format!("{} in-flight map full", counts.in_flight_map_full),
+            format!("{} wakers lost", counts.wake_ring_buffer_full),
             format!("{} stacks unreadable", counts.stack_unreadable),
             format!("{} unwinds truncated", counts.unwind_truncated),
             format!("{} unknown symbols", counts.unknown_symbols),
@@ -534,8 +535,8 @@ under the threshold (no stacks): futex 7 waits 700us
 seen: 0 waits, 4 long, 0 short
 threads read from /proc: 5, 1 blocked in waits, 4 running or blocked elsewhere,
     0 exited and 0 woke while read, 0 unreadable, 0 without saved rbp
-lost: 0 ring buffer full, 0 in-flight map full, 0 stacks unreadable, 0 unwinds truncated,
-    0 unknown symbols, 0 descriptors unresolved
+lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadable,
+    0 unwinds truncated, 0 unknown symbols, 0 descriptors unresolved
 ";
         assert_eq!(text, expected);
         for line in text.lines() {

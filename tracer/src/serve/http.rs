@@ -16,10 +16,11 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{
     ServeError, Shared, counts_since, lock,
-    metrics::{self, ProcessUsage, Scrape},
+    metrics::{self, Scrape},
 };
 use crate::{
     aggregate::{Profile, ProfileKind},
+    own_usage::ProcessUsage,
     record::below_threshold,
     report::{Provenance, Weight, pprof::write_pprof, summary::render_summary},
 };

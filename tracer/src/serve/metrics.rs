@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::aggregate::Profile;
+use crate::{aggregate::Profile, own_usage::ProcessUsage};
 
 /// The `site` of the series that a full table folds into.
 pub const OTHER_SITE: &str = "other";
@@ -132,42 +132,6 @@ pub struct TracerTotals {
     pub events: u64,
     /// Lost events by reason.
     pub lost: Vec<(&'static str, u64)>,
-}
-
-/// The tracer process's own CPU time and resident memory, from /proc/self.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessUsage {
-    pub cpu_seconds: f64,
-    pub resident_bytes: u64,
-}
-
-impl ProcessUsage {
-    pub fn of_self() -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        // SAFETY: as above.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-        Self {
-            cpu_seconds: parse_cpu_ticks(&stat).map_or(0.0, |ticks_used| ticks_used as f64 / ticks),
-            resident_bytes: parse_resident_pages(&statm).map_or(0, |pages| pages * page),
-        }
-    }
-}
-
-/// utime + stime (fields 14 and 15 of proc_pid_stat(5)), counted after the comm's ')'.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    // After ')': state is field 3, so utime (14) is the 12th.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// The resident pages: the second field of /proc/self/statm.
-fn parse_resident_pages(statm: &str) -> Option<u64> {
-    statm.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Everything one scrape shows.
@@ -316,15 +280,6 @@ mod tests {
     }
 
     #[test]
-    fn proc_self_stat_and_statm_parse() {
-        let stat = "42 (tracer (x)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(300));
-        assert_eq!(parse_resident_pages("1000 250 30 1 0 400 0"), Some(250));
-        let usage = ProcessUsage::of_self();
-        assert!(usage.resident_bytes > 0);
-    }
-
-    #[test]
     fn render_names_the_series_with_their_labels() {
         let mut waits = WaitSeries::new(10);
         *waits.entry(labels("app::send_stat")) = WaitTotals {
@@ -344,6 +299,7 @@ mod tests {
             usage: ProcessUsage {
                 cpu_seconds: 1.5,
                 resident_bytes: 4096,
+                peak_resident_bytes: 4096,
             },
         })
         .unwrap();
