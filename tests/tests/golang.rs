@@ -209,6 +209,78 @@ fn pileup_in_a_stripped_binary_has_the_same_names() {
     check_pileup(true);
 }
 
+/// A goroutine blocked in a function the compiler inlined (`main.awaitValue` into
+/// `main.inlinedReceiver`) shows it as a frame of its own with its own line, as the
+/// program's own profile does, in a normal and a stripped build (where the inline tree is
+/// found through `runtime.firstmoduledata` instead of the `go.func.*` symbol).
+fn check_inlined_frames(stripped: bool) {
+    let dir = TempDir::new(if stripped { "go-inlined-stripped" } else { "go-inlined" });
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", stripped);
+    let (workload, port) = start_go_goroutines(&bin, "inlined", RECEIVERS, STARTUP_TIMEOUT);
+    let oracle = wait_for_oracle(port, "main.awaitValue", RECEIVERS as u64);
+    let expected = oracle
+        .iter()
+        .find(|group| group.functions.iter().any(|name| name == "main.awaitValue"))
+        .unwrap_or_else(|| panic!("no main.awaitValue in the program's profile: {oracle:#?}"));
+    assert_eq!(
+        expected.functions[..2],
+        ["main.awaitValue", "main.inlinedReceiver"],
+        "the program's own profile: {oracle:#?}"
+    );
+
+    let (groups, stdout) = snapshot(workload.pid(), &[]);
+    println!("{stdout}");
+    let receivers = group(&groups, "main.awaitValue", &stdout);
+    assert_eq!(receivers.count, RECEIVERS as u64, "{stdout}");
+    assert_eq!(receivers.reason, "chan receive", "{stdout}");
+    // pprof's debug=1 profile leaves out the leading runtime frames and the `go` statement's
+    // wrapper closure, which tracer keeps.
+    let own = receivers
+        .functions
+        .iter()
+        .position(|name| !name.starts_with("runtime."))
+        .unwrap_or_else(|| panic!("only runtime frames:\n{stdout}"));
+    let shown = &receivers.functions[own..];
+    assert!(
+        shown.starts_with(&expected.functions),
+        "tracer shows {shown:?}, the program's profile {:?}:\n{stdout}",
+        expected.functions
+    );
+    let frame_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("#\tmain.awaitValue\t") || line.starts_with("#\tmain.inlinedReceiver\t"))
+        .collect();
+    let source = std::fs::read_to_string(GO_GOROUTINES_SOURCE)
+        .unwrap_or_else(|e| panic!("read {GO_GOROUTINES_SOURCE}: {e}"));
+    let line_of = |text: &str| {
+        source
+            .lines()
+            .position(|line| line.trim() == text)
+            .map(|index| index + 1)
+            .unwrap_or_else(|| panic!("no line {text:?} in {GO_GOROUTINES_SOURCE}"))
+    };
+    // Each frame at its own line: the receive in the inlined function, the call in its caller.
+    assert_eq!(
+        frame_lines,
+        [
+            format!("#\tmain.awaitValue\t{GO_GOROUTINES_SOURCE}:{}", line_of("return <-ch")),
+            format!("#\tmain.inlinedReceiver\t{GO_GOROUTINES_SOURCE}:{}", line_of("awaitValue(ch)")),
+        ],
+        "{stdout}"
+    );
+    wait_for_oracle(port, "main.awaitValue", RECEIVERS as u64);
+}
+
+#[test]
+fn an_inlined_call_is_a_frame_of_its_own() {
+    check_inlined_frames(false);
+}
+
+#[test]
+fn an_inlined_call_is_a_frame_of_its_own_in_a_stripped_binary() {
+    check_inlined_frames(true);
+}
+
 /// The scale: prints the time (no assertion on it; see the note).
 #[test]
 fn snapshot_of_a_hundred_thousand_goroutines() {

@@ -14,6 +14,8 @@
 //	                      they can; prints "wakes W" every second (for probe overhead)
 //	goroutines late N     N goroutines that block for good receiving on a channel
 //	                      (main.lateReceiver), started lateStart after "ready"
+//	goroutines inlined N  N goroutines blocked receiving on a channel in main.awaitValue,
+//	                      which the compiler inlines into main.inlinedReceiver
 package main
 
 import (
@@ -104,6 +106,18 @@ func lateReceiver(ch chan int) {
 	<-ch
 }
 
+// awaitValue is small and has no //go:noinline: the compiler inlines it into its caller, so
+// its frame exists only in the inline tree (go build -gcflags=-m says "inlining call to
+// awaitValue").
+func awaitValue(ch chan int) int {
+	return <-ch
+}
+
+//go:noinline
+func inlinedReceiver(ch chan int) {
+	awaitValue(ch)
+}
+
 func late(n int) {
 	time.Sleep(lateStart)
 	ch := make(chan int)
@@ -129,7 +143,7 @@ func writeToBackend(conn net.Conn, stats chan []byte) {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -150,6 +164,11 @@ func main() {
 		flood(n)
 	case "late":
 		go late(n)
+	case "inlined":
+		ch := make(chan int)
+		for i := 0; i < n; i++ {
+			go inlinedReceiver(ch)
+		}
 	default:
 		panic("unknown mode " + os.Args[1])
 	}

@@ -207,7 +207,7 @@ impl<'a> GoBinary<'a> {
             .section_by_name(".gopclntab")
             .and_then(|section| section.data().ok())
             .ok_or(GoBinaryError::NoPclntab)?;
-        let pclntab = Pclntab::parse(pclntab_bytes).map_err(GoBinaryError::Pclntab)?;
+        let mut pclntab = Pclntab::parse(pclntab_bytes).map_err(GoBinaryError::Pclntab)?;
         let (dwarf_g, dwarf_poll_desc) = dwarf_layouts(&file).map_err(GoBinaryError::Dwarf)?;
         let poll_desc = dwarf_poll_desc.or_else(|| PollDescLayout::for_version(&version));
         let (layout, layout_source) = match dwarf_g {
@@ -233,6 +233,12 @@ impl<'a> GoBinary<'a> {
             Some((address, size)) => read_string_table(&file, address, size / 16),
             None => find_wait_reasons(&file),
         };
+        match gofunc(&file, &pclntab, &version) {
+            Some(bytes) => pclntab.set_gofunc(bytes),
+            None => log::info!(
+                "{version}: moduledata.gofunc not found; inlined calls are not expanded"
+            ),
+        }
         let goexit = pclntab.function_range("runtime.goexit").unwrap_or(0..0);
         Ok(Self {
             version,
@@ -246,6 +252,45 @@ impl<'a> GoBinary<'a> {
             stripped,
         })
     }
+}
+
+/// The bytes from `moduledata.gofunc` (where funcdata offsets start) to the end of its
+/// section: the `go:func.*` (Go 1.20+) or `go.func.*` symbol, else the field of
+/// `runtime.firstmoduledata`, found in `.noptrdata` as the word that points at `.gopclntab`
+/// (`moduledata.pcHeader` is its first field) followed by a pointer into it
+/// (`funcnametab`). The field's offset is checked for Go 1.18 to 1.22 only.
+fn gofunc<'d>(file: &object::File<'d>, pclntab: &Pclntab<'_>, version: &str) -> Option<&'d [u8]> {
+    let address = match file
+        .symbols()
+        .find(|symbol| matches!(symbol.name(), Ok("go:func.*" | "go.func.*")))
+    {
+        Some(symbol) => symbol.address(),
+        None => {
+            if !(18..=22).contains(&go_minor(version)?) {
+                return None;
+            }
+            let table = file.section_by_name(".gopclntab")?;
+            let table_range = table.address()..table.address() + table.size();
+            let noptrdata = file.section_by_name(".noptrdata")?;
+            let data = noptrdata.data().ok()?;
+            let word = |at: usize| {
+                let bytes = data.get(at..at.checked_add(8)?)?;
+                Some(u64::from_le_bytes(bytes.try_into().ok()?))
+            };
+            let moduledata = (0..data.len().saturating_sub(16)).step_by(8).find(|&at| {
+                word(at) == Some(table_range.start)
+                    && word(at + 8).is_some_and(|pointer| table_range.contains(&pointer))
+            })?;
+            word(moduledata + pclntab.moduledata_gofunc_offset())?
+        }
+    };
+    file.sections().find_map(|section| {
+        let start = section.address();
+        if address < start || address >= start + section.size() {
+            return None;
+        }
+        section.data().ok()?.get(usize::try_from(address - start).ok()?..)
+    })
 }
 
 /// The Go version in `.go.buildinfo` (Go 1.18+ inline-strings format).

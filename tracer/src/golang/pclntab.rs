@@ -4,9 +4,16 @@
 //!
 //! The layout is the Go 1.18+ one (`runtime/symtab.go`, `pcHeader` and `_func`): a header,
 //! then the function name table, the compilation-unit file table, the file name table, the
-//! pc-value tables and the function table. Go 1.20 added `_func.startLine` after every field
-//! read here, so one reader covers Go 1.18 to 1.22. Inlined calls are not expanded (that
-//! needs the `go:func.*` funcdata): a frame names the function the code was compiled into.
+//! pc-value tables and the function table. Go 1.20 added `_func.startLine` after the fields
+//! that name a function, so one reader covers Go 1.18 to 1.22.
+//!
+//! Inlined calls are expanded as `runtime/symtab.go` and `symtabinl.go` do: the function's
+//! `_PCDATA_InlTreeIndex` table gives, at a pc, the index of the innermost inlined call in its
+//! inline tree (`_FUNCDATA_InlTree`, an offset from `moduledata.gofunc`, the `go:func.*`
+//! symbol), or -1 in the function's own code; each tree entry names the inlined function and
+//! the offset of an instruction of its caller (`parentPc`), where the walk goes on. Without
+//! `gofunc` (see `set_gofunc`) or with an unreadable tree, a frame names only the function
+//! the code was compiled into.
 
 /// `pcHeader.magic` of Go 1.18–1.19 and of Go 1.20+.
 const MAGIC_GO118: u32 = 0xffff_fff0;
@@ -17,7 +24,52 @@ const HEADER_LEN: usize = 8 + 8 * 8;
 const FUNC_NAME_OFF: usize = 4;
 const FUNC_PCFILE: usize = 20;
 const FUNC_PCLN: usize = 24;
+const FUNC_NPCDATA: usize = 28;
 const FUNC_CU_OFFSET: usize = 32;
+/// `_func` is 40 bytes in Go 1.18–1.19 and 44 (with `startLine`) in Go 1.20+; its pcdata
+/// offsets follow it, then its funcdata offsets.
+const FUNC_LEN_GO118: usize = 40;
+const FUNC_LEN_GO120: usize = 44;
+/// `_func.nfuncdata`, its last byte.
+const FUNC_NFUNCDATA_GO118: usize = 39;
+const FUNC_NFUNCDATA_GO120: usize = 43;
+/// `_PCDATA_InlTreeIndex` and `_FUNCDATA_InlTree` (`internal/abi/symtab.go`).
+const PCDATA_INL_TREE_INDEX: u32 = 2;
+const FUNCDATA_INL_TREE: u8 = 3;
+/// `funcID_wrapper`: inlined wrappers (method value and interface wrappers) are elided from
+/// tracebacks, as `runtime.Callers` does.
+const FUNC_ID_WRAPPER: u8 = 21;
+/// An inline tree deeper than this is taken as corrupt (the walk stops at the physical
+/// function).
+const MAX_INLINE_DEPTH: usize = 256;
+
+/// The layout of `runtime.inlinedCall`, one entry of an inline tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InlinedCallLayout {
+    len: usize,
+    func_id: usize,
+    /// Offset of the function name in the function name table.
+    name_off: usize,
+    /// Offset from the function entry of an instruction at the call site.
+    parent_pc: usize,
+}
+
+impl InlinedCallLayout {
+    /// Go 1.18–1.19: `{parent int16, funcID uint8, _ byte, file, line, func_, parentPc int32}`.
+    const GO118: Self = Self {
+        len: 20,
+        func_id: 2,
+        name_off: 12,
+        parent_pc: 16,
+    };
+    /// Go 1.20+: `{funcID uint8, _ [3]byte, nameOff, parentPc, startLine int32}`.
+    const GO120: Self = Self {
+        len: 16,
+        func_id: 0,
+        name_off: 4,
+        parent_pc: 8,
+    };
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PclntabError {
@@ -46,16 +98,31 @@ pub struct Pclntab<'a> {
     pctab: usize,
     /// `functab`: `nfunc + 1` pairs of (entry offset, `_func` offset from here).
     functab: usize,
+    /// Go 1.20+ layouts of `_func` and `inlinedCall` (else Go 1.18–1.19).
+    go120: bool,
+    /// The bytes from `moduledata.gofunc` to the end of its section, where funcdata lives.
+    gofunc: Option<&'a [u8]>,
 }
 
 /// Where one address lies: its function and, from the pc tables, file and line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoLocation {
     pub function: String,
-    /// Link-time entry address of the function.
+    /// Link-time entry address of the function the code was compiled into.
     pub entry: u64,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// An inlined call: the next location of the same address is its caller.
+    pub inlined: bool,
+}
+
+/// The function table entry an address lies in.
+#[derive(Clone, Copy)]
+struct FuncAt {
+    /// Offset of its `_func` in the table.
+    func: usize,
+    /// Link-time entry address.
+    entry: u64,
 }
 
 impl<'a> Pclntab<'a> {
@@ -83,6 +150,8 @@ impl<'a> Pclntab<'a> {
             filetab: offset(5),
             pctab: offset(6),
             functab: offset(7),
+            go120: magic == MAGIC_GO120,
+            gofunc: None,
         };
         let functab_end = table
             .nfunc
@@ -95,9 +164,78 @@ impl<'a> Pclntab<'a> {
         Ok(table)
     }
 
-    /// The function containing the link-time address `pc` (look up a return address one
-    /// byte back), with the file and line of `pc`.
-    pub fn locate(&self, pc: u64) -> Option<GoLocation> {
+    /// The bytes from `moduledata.gofunc` to the end of its section: enables the expansion
+    /// of inlined calls.
+    pub fn set_gofunc(&mut self, bytes: &'a [u8]) {
+        self.gofunc = Some(bytes);
+    }
+
+    /// The byte offset of `moduledata.gofunc` in `runtime.firstmoduledata`: after 38 words
+    /// in Go 1.18–1.19, and 40 from Go 1.20 (which added `covctrs, ecovctrs`).
+    pub fn moduledata_gofunc_offset(&self) -> usize {
+        if self.go120 { 320 } else { 304 }
+    }
+
+    /// The frames of the link-time address `pc`, innermost first: the calls inlined at `pc`,
+    /// each with the file and line of its own code, then the function the code was compiled
+    /// into. Empty if no function contains `pc`. Inline data that cannot be read leaves the
+    /// frames read so far (logged).
+    pub fn frames(&self, pc: u64) -> Vec<GoLocation> {
+        let Some(at) = self.func_at(pc) else {
+            return Vec::new();
+        };
+        let Some(name) = self.func_name(at.func) else {
+            return Vec::new();
+        };
+        let mut frames = Vec::new();
+        let mut tracepc = pc;
+        if let Some(tree) = self.inline_tree(at.func) {
+            let layout = if self.go120 {
+                InlinedCallLayout::GO120
+            } else {
+                InlinedCallLayout::GO118
+            };
+            for _ in 0..MAX_INLINE_DEPTH {
+                let Some(index) = self.pcdata_value(at, PCDATA_INL_TREE_INDEX, tracepc) else {
+                    break;
+                };
+                let Ok(index) = usize::try_from(index) else {
+                    // -1: the function's own code.
+                    break;
+                };
+                let Some(call) = index
+                    .checked_mul(layout.len)
+                    .and_then(|at| tree.get(at..at + layout.len))
+                else {
+                    log::debug!("{name} {pc:#x}: inline tree entry {index} out of bounds");
+                    break;
+                };
+                let field = |offset: usize| read_u32(call, offset);
+                let (Some(name_off), Some(parent_pc)) =
+                    (field(layout.name_off), field(layout.parent_pc))
+                else {
+                    break;
+                };
+                let inlined_name = self
+                    .funcnames
+                    .checked_add(name_off as usize)
+                    .and_then(|at| read_cstr(self.data, at));
+                let Some(inlined_name) = inlined_name else {
+                    log::debug!("{name} {pc:#x}: inline tree entry {index} has no name");
+                    break;
+                };
+                if call[layout.func_id] != FUNC_ID_WRAPPER {
+                    frames.push(self.location(at, inlined_name, tracepc, true));
+                }
+                // Back up to an instruction of the caller (`parentPc` is from the entry).
+                tracepc = at.entry + u64::from(parent_pc);
+            }
+        }
+        frames.push(self.location(at, name, tracepc, false));
+        frames
+    }
+
+    fn func_at(&self, pc: u64) -> Option<FuncAt> {
         let offset = u32::try_from(pc.checked_sub(self.text_start)?).ok()?;
         let entry_of = |index: usize| read_u32(self.data, self.functab + 8 * index);
         // The last function whose entry is at or below the address; the sentinel entry
@@ -117,29 +255,80 @@ impl<'a> Pclntab<'a> {
         let func_offset = read_u32(self.data, self.functab + 8 * low + 4)? as usize;
         let func = self.functab.checked_add(func_offset)?;
         let entry = self.text_start + u64::from(entry_of(low)?);
+        Some(FuncAt { func, entry })
+    }
+
+    fn func_name(&self, func: usize) -> Option<&'a str> {
         let name_offset = read_u32(self.data, func + FUNC_NAME_OFF)? as usize;
-        let function = read_cstr(self.data, self.funcnames.checked_add(name_offset)?)?;
-        let pcfile = read_u32(self.data, func + FUNC_PCFILE)?;
-        let pcln = read_u32(self.data, func + FUNC_PCLN)?;
-        let cu_offset = read_u32(self.data, func + FUNC_CU_OFFSET)?;
-        let line = self
-            .pc_value(pcln, entry, pc)
+        read_cstr(self.data, self.funcnames.checked_add(name_offset)?)
+    }
+
+    /// `function` at `pc` of the code of `at`, with the file and line the pc tables give.
+    fn location(&self, at: FuncAt, function: &str, pc: u64, inlined: bool) -> GoLocation {
+        let FuncAt { func, entry } = at;
+        let field = |offset: usize| read_u32(self.data, func + offset);
+        let line = field(FUNC_PCLN)
+            .and_then(|pcln| self.pc_value(pcln, entry, pc))
             .and_then(|line| u32::try_from(line).ok());
-        let file = self.pc_value(pcfile, entry, pc).and_then(|index| {
-            let index = u32::try_from(index).ok()?;
-            let cu_entry = self.cutab + 4 * (cu_offset.checked_add(index)? as usize);
-            let file_offset = read_u32(self.data, cu_entry)?;
-            if file_offset == u32::MAX {
-                return None;
-            }
-            read_cstr(self.data, self.filetab + file_offset as usize)
-        });
-        Some(GoLocation {
+        let file = field(FUNC_PCFILE)
+            .zip(field(FUNC_CU_OFFSET))
+            .and_then(|(pcfile, cu_offset)| {
+                let index = u32::try_from(self.pc_value(pcfile, entry, pc)?).ok()?;
+                let cu_entry = self.cutab + 4 * (cu_offset.checked_add(index)? as usize);
+                let file_offset = read_u32(self.data, cu_entry)?;
+                if file_offset == u32::MAX {
+                    return None;
+                }
+                read_cstr(self.data, self.filetab + file_offset as usize)
+            });
+        GoLocation {
             function: function.to_owned(),
             entry,
             file: file.map(str::to_owned),
             line,
-        })
+            inlined,
+        }
+    }
+
+    /// The value at `pc` of the function's pcdata table `table` (`runtime.pcdatavalue`).
+    fn pcdata_value(&self, at: FuncAt, table: u32, pc: u64) -> Option<i64> {
+        let npcdata = read_u32(self.data, at.func + FUNC_NPCDATA)?;
+        if table >= npcdata {
+            return None;
+        }
+        let header = if self.go120 {
+            FUNC_LEN_GO120
+        } else {
+            FUNC_LEN_GO118
+        };
+        let offset = read_u32(self.data, at.func + header + 4 * table as usize)?;
+        self.pc_value(offset, at.entry, pc)
+    }
+
+    /// The function's inline tree (`runtime.funcdata(f, _FUNCDATA_InlTree)`), from its start to
+    /// the end of the funcdata section; `None` if it has none or `gofunc` is unknown.
+    fn inline_tree(&self, func: usize) -> Option<&'a [u8]> {
+        let gofunc = self.gofunc?;
+        let (header, nfuncdata_at) = if self.go120 {
+            (FUNC_LEN_GO120, FUNC_NFUNCDATA_GO120)
+        } else {
+            (FUNC_LEN_GO118, FUNC_NFUNCDATA_GO118)
+        };
+        let nfuncdata = *self.data.get(func + nfuncdata_at)?;
+        if FUNCDATA_INL_TREE >= nfuncdata {
+            return None;
+        }
+        let npcdata = read_u32(self.data, func + FUNC_NPCDATA)? as usize;
+        let slot = func + header + 4 * npcdata.checked_add(usize::from(FUNCDATA_INL_TREE))?;
+        let offset = read_u32(self.data, slot)?;
+        if offset == u32::MAX {
+            return None;
+        }
+        let tree = gofunc.get(offset as usize..);
+        if tree.is_none() {
+            log::debug!("inline tree at go:func.*+{offset:#x} is outside its section");
+        }
+        tree
     }
 
     /// The link-time address range of the function named `name` (a linear scan: used a
@@ -240,6 +429,8 @@ mod tests {
             filetab: 0,
             pctab: 0,
             functab: 0,
+            go120: false,
+            gofunc: None,
         };
         // Offset 0 is "no table"; at 1: value -1+11=10 for 4 bytes, then +2 (zig-zag 4) for
         // 6 bytes, then the end.
@@ -249,5 +440,127 @@ mod tests {
         assert_eq!(table.pc_value(1, 0x100, 0x103), Some(10));
         assert_eq!(table.pc_value(1, 0x100, 0x104), Some(12));
         assert_eq!(table.pc_value(1, 0x100, 0x10a), None);
+    }
+
+    /// A real go1.19 build of the goroutines workload, normal or stripped, and its source.
+    fn build_workload(stripped: bool) -> (std::path::PathBuf, String) {
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/workloads/go/goroutines.go");
+        let dir = std::env::temp_dir().join(format!(
+            "tracer-pclntab-{}-{}",
+            std::process::id(),
+            if stripped { "stripped" } else { "full" }
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let out = dir.join("goroutines");
+        let mut cmd = std::process::Command::new("go");
+        cmd.arg("build").arg("-o").arg(&out);
+        if stripped {
+            cmd.arg("-ldflags=-s -w");
+        }
+        let status = cmd
+            .arg(&source)
+            .env("GOCACHE", dir.join("gocache"))
+            .env("HOME", &dir)
+            .env("GO111MODULE", "off")
+            .status()
+            .unwrap_or_else(|e| panic!("go build: {e}"));
+        assert!(status.success(), "go build {}: {status}", source.display());
+        let text = std::fs::read_to_string(&source).unwrap_or_else(|e| panic!("read source: {e}"));
+        (out, text)
+    }
+
+    /// The 1-based line of `source` that is `text` once trimmed.
+    fn line_of(source: &str, text: &str) -> u32 {
+        let index = source.lines().position(|line| line.trim() == text);
+        index
+            .map(|index| index as u32 + 1)
+            .unwrap_or_else(|| panic!("no line {text:?}"))
+    }
+
+    /// Every pc of `function` whose frames expand an inlined call.
+    fn check_inlined_frames(stripped: bool) {
+        let (path, source) = build_workload(stripped);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let binary = crate::golang::binary::GoBinary::parse(&bytes)
+            .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+        assert_eq!(binary.stripped, stripped);
+        let table = &binary.pclntab;
+        assert!(
+            table.gofunc.is_some(),
+            "gofunc not found (stripped: {stripped})"
+        );
+        let range = table
+            .function_range("main.inlinedReceiver")
+            .unwrap_or_else(|| panic!("no main.inlinedReceiver"));
+        let expanded: Vec<Vec<GoLocation>> = range
+            .map(|pc| table.frames(pc))
+            .filter(|frames| frames.len() > 1)
+            .collect();
+        assert!(
+            !expanded.is_empty(),
+            "no inlined call in main.inlinedReceiver"
+        );
+        let receive = line_of(&source, "return <-ch");
+        let call = line_of(&source, "awaitValue(ch)");
+        let at_receive = expanded
+            .iter()
+            .find(|frames| frames[0].line == Some(receive))
+            .unwrap_or_else(|| panic!("no pc at the receive: {expanded:#?}"));
+        let names: Vec<(&str, Option<u32>, bool)> = at_receive
+            .iter()
+            .map(|frame| (frame.function.as_str(), frame.line, frame.inlined))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("main.awaitValue", Some(receive), true),
+                ("main.inlinedReceiver", Some(call), false)
+            ]
+        );
+        assert!(at_receive.iter().all(|frame| {
+            frame
+                .file
+                .as_deref()
+                .is_some_and(|file| file.ends_with("goroutines.go"))
+        }));
+        assert_eq!(
+            at_receive[0].entry, at_receive[1].entry,
+            "both in the same code"
+        );
+
+        // Without the funcdata, or with funcdata that does not hold the tree: the physical
+        // function only.
+        let pc = range_pc(table, at_receive);
+        for gofunc in [None, Some(&[][..]), Some(&[0xff; 8][..])] {
+            let mut degraded = Pclntab::parse(table.data).unwrap_or_else(|e| panic!("{e}"));
+            degraded.gofunc = gofunc;
+            let frames = degraded.frames(pc);
+            assert_eq!(frames.len(), 1, "{frames:#?}");
+            assert_eq!(frames[0].function, "main.inlinedReceiver");
+            assert!(!frames[0].inlined);
+        }
+    }
+
+    /// A pc whose frames are `frames` (searched again: frames do not keep their pc).
+    fn range_pc(table: &Pclntab<'_>, frames: &[GoLocation]) -> u64 {
+        let range = table.function_range("main.inlinedReceiver").unwrap_or(0..0);
+        range
+            .clone()
+            .find(|&pc| table.frames(pc) == frames)
+            .unwrap_or_else(|| panic!("no pc in {range:x?}"))
+    }
+
+    #[test]
+    fn inlined_calls_expand_innermost_first() {
+        check_inlined_frames(false);
+    }
+
+    #[test]
+    fn inlined_calls_expand_in_a_stripped_binary() {
+        check_inlined_frames(true);
     }
 }

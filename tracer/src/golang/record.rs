@@ -17,8 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::binary::GoBinary;
 use super::goroutines::{Goroutine, GoroutineCounts};
-use super::pclntab::GoLocation;
-use super::report::{GoFrame, GoSnapshot, GoroutineGroup};
+use super::report::{GoFrame, GoSnapshot, GoroutineGroup, frames_of};
 use crate::{
     aggregate::{Profile, ProfileKind, TraceCounts, WaitStats},
     probes::{GoProbeCounters, GoWaitTotal, Probes},
@@ -241,11 +240,11 @@ impl GoRecording {
         counters: GoProbeCounters,
         still: GoSnapshot,
     ) -> Self {
-        let mut names: HashMap<u64, GoFrame> = HashMap::new();
+        let mut names: HashMap<u64, Vec<GoFrame>> = HashMap::new();
         let mut name = |pc: u64| {
             names
                 .entry(pc)
-                .or_insert_with(|| frame_of(binary.pclntab.locate(pc.wrapping_sub(bias)), pc))
+                .or_insert_with(|| frames_of(binary, pc.wrapping_sub(bias), pc))
                 .clone()
         };
         // (function names, reason) → (frames, waits, ns, truncated)
@@ -257,18 +256,24 @@ impl GoRecording {
             // The leaf is gopark's entry itself; the rest are return addresses, whose
             // call is one byte back.
             for (index, &pc) in pcs.iter().enumerate() {
-                let frame = if index == 0 { name(pc) } else { name(pc.wrapping_sub(1)) };
-                if frame.function == "runtime.goexit" {
+                let named = if index == 0 { name(pc) } else { name(pc.wrapping_sub(1)) };
+                if named.iter().any(|frame| frame.function == "runtime.goexit") {
                     truncated = false;
                     break;
                 }
-                frames.push(frame);
+                frames.extend(named);
                 if index == 0 && caller != 0 {
-                    frames.push(name(caller.wrapping_sub(1)));
+                    frames.extend(name(caller.wrapping_sub(1)));
                 }
             }
             if frames.is_empty() {
-                frames.push(GoFrame { function: "[stack lost]".to_owned(), file: None, line: None, pc: 0 });
+                frames.push(GoFrame {
+                    function: "[stack lost]".to_owned(),
+                    file: None,
+                    line: None,
+                    pc: 0,
+                    inlined: false,
+                });
             }
             let key = (frames.iter().map(|frame| frame.function.clone()).collect(), reason);
             let entry = groups.entry(key).or_insert((frames, 0, 0, truncated));
@@ -356,12 +361,5 @@ impl GoRecording {
         still.write_groups(&mut out, top);
         still.write_endpoints(&mut out);
         out
-    }
-}
-
-fn frame_of(location: Option<GoLocation>, pc: u64) -> GoFrame {
-    match location {
-        Some(GoLocation { function, entry: _, file, line }) => GoFrame { function, file, line, pc },
-        None => GoFrame { function: format!("[unknown {pc:#x}]"), file: None, line: None, pc },
     }
 }

@@ -29,6 +29,8 @@ pub struct GoFrame {
     pub line: Option<u32>,
     /// The process address looked up.
     pub pc: u64,
+    /// An inlined call: the next frame, of the same `pc`, is its caller.
+    pub inlined: bool,
 }
 
 /// Goroutines with the same stack and wait reason.
@@ -97,21 +99,17 @@ impl GoSnapshot {
                 }
             }
         }
-        let mut names: HashMap<u64, GoFrame> = HashMap::new();
+        let mut names: HashMap<u64, Vec<GoFrame>> = HashMap::new();
         let mut groups: Vec<GoroutineGroup> = by_stack
             .into_iter()
             .map(|((pcs, reason, object), (stats, oldest, truncated))| {
                 let frames: Vec<GoFrame> = pcs
                     .iter()
-                    .map(|&pc| {
+                    .flat_map(|&pc| {
                         names
                             .entry(pc)
-                            .or_insert_with(|| {
-                                // Every pc is a return address: look up the call one byte back.
-                                let location =
-                                    binary.pclntab.locate(pc.wrapping_sub(bias).wrapping_sub(1));
-                                frame_of(location, pc)
-                            })
+                            // Every pc is a return address: look up the call one byte back.
+                            .or_insert_with(|| frames_of(binary, pc.wrapping_sub(bias).wrapping_sub(1), pc))
                             .clone()
                     })
                     .collect();
@@ -345,7 +343,7 @@ impl GoroutineGroup {
                 module_is_main: !is_standard_library(&frame.function),
                 file: frame.file.clone(),
                 line: frame.line,
-                inlined: false,
+                inlined: frame.inlined,
                 address: frame.pc,
             })
             .collect();
@@ -388,26 +386,32 @@ pub fn is_standard_library(function: &str) -> bool {
     package != "main" && !first.contains('.')
 }
 
-fn frame_of(location: Option<GoLocation>, pc: u64) -> GoFrame {
-    match location {
-        Some(GoLocation {
-            function,
-            entry: _,
-            file,
-            line,
-        }) => GoFrame {
+/// The frames of the link-time address `link_pc` (found at the process address `pc`),
+/// innermost inlined call first and the function the code was compiled into last; one
+/// `[unknown 0x…]` frame if no function contains it.
+pub fn frames_of(binary: &GoBinary<'_>, link_pc: u64, pc: u64) -> Vec<GoFrame> {
+    let frames: Vec<GoFrame> = binary
+        .pclntab
+        .frames(link_pc)
+        .into_iter()
+        .map(|GoLocation { function, entry: _, file, line, inlined }| GoFrame {
             function,
             file,
             line,
             pc,
-        },
-        None => GoFrame {
+            inlined,
+        })
+        .collect();
+    if frames.is_empty() {
+        return vec![GoFrame {
             function: format!("[unknown {pc:#x}]"),
             file: None,
             line: None,
             pc,
-        },
+            inlined: false,
+        }];
     }
+    frames
 }
 
 #[cfg(test)]
@@ -420,6 +424,7 @@ mod tests {
             file: None,
             line: None,
             pc: 0,
+            inlined: false,
         }
     }
 
