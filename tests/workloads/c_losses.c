@@ -85,15 +85,17 @@ static void jit(void) {
 }
 
 static void closed_socket(void) {
-    // Each round's socket gets a number never used before, so a late lookup of it finds
-    // nothing rather than a newer socket.
-    int next_fd = 100;
+    // Each round's socket gets a number not used for the last FD_CYCLE rounds (seconds),
+    // so a late lookup of it finds nothing rather than a newer socket; cycling keeps the
+    // numbers under the usual limit of 1024 descriptors.
+    enum { FIRST_FD = 100, FD_CYCLE = 800 };
+    int round = 0;
     puts("ready");
     fflush(stdout);
     while (now() < deadline) {
         int pair[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) die("socketpair");
-        int fd = dup2(pair[0], next_fd++);
+        int fd = dup2(pair[0], FIRST_FD + round++ % FD_CYCLE);
         if (fd < 0) die("dup2");
         close(pair[0]);
         struct timeval timeout = {.tv_sec = 0, .tv_usec = 3000};

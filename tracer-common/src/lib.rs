@@ -167,6 +167,11 @@ pub fn classify_syscall<E>(
     Ok(watched)
 }
 
+/// Default sizes of the probes' ring buffers: long waits (16 MiB, about a thousand
+/// records with their stack copies) and the wakers of long futex waits.
+pub const WAITS_RING_BYTES: u32 = 16 * 1024 * 1024;
+pub const WAKES_RING_BYTES: u32 = 4 * 1024 * 1024;
+
 /// A thread's wait in progress, in the thread's task storage: noted when the thread goes
 /// to sleep inside a watched call, ended when that call returns. The entry stays between
 /// waits, idle (`start_ns == 0`), so that each wait rewrites it in place; the kernel frees
@@ -181,8 +186,7 @@ pub struct InFlightWait {
     pub object: u64,
     /// A [`WaitKind`] discriminant.
     pub kind: u32,
-    /// The syscall number slept in: the exit that ends the wait must be this call's (a
-    /// thread can also sleep after a call's exit, stopped by a signal on its way out).
+    /// The syscall number slept in: the exit that ends the wait must be this call's.
     pub syscall: u32,
     /// The thread's id (the entry hangs off its task; a waker's probe reads it here).
     pub tid: u32,
@@ -278,8 +282,8 @@ pub struct ShortWaitTotals {
 pub enum Counter {
     /// Waits begun: a thread of the target went to sleep inside a watched call.
     WaitsStarted = 0,
-    /// Sleeps noted as waits that no exit of their call ended (the thread slept on its way
-    /// out of a call, e.g. stopped by a signal): not waits, left out.
+    /// Waits dropped because the call that exited was not the one noted (a missed exit;
+    /// none is known to happen): left out, not reported with a wrong length.
     WaitsDiscarded = 1,
     /// Waits under the threshold (counted per kind, no stack).
     ShortWaits = 2,
@@ -291,8 +295,8 @@ pub enum Counter {
     StackUnreadable = 5,
     /// Long waits whose stack copy was shorter than `STACK_COPY_BYTES`.
     StackShortened = 6,
-    /// Calls not tracked because the kernel could not allocate the thread's in-flight
-    /// entry (task storage, out of memory).
+    /// Waits not tracked because the kernel could not allocate the thread's entry (task
+    /// storage, out of memory).
     InFlightMapFull = 7,
     /// Wakes of long futex waits by the target's own threads, sent with the waker's stack.
     WakesSent = 8,

@@ -39,7 +39,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, STACK_COPY_BYTES, ShortWaitTotals,
-    TaskRegs, WAIT_KIND_COUNT, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
+    TaskRegs, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
     syscall_nr,
 };
 
@@ -55,20 +55,19 @@ mod task_storage;
 
 use task_storage::TaskStorage;
 
-/// Each thread's watched call in flight, stored on its task (not per CPU: a thread may
+/// Each thread's wait in progress, stored on its task (not per CPU: a thread may
 /// wake on another CPU; not by tid in a hash: the task pointer finds it without hashing).
 #[btf_map]
 static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 
 /// Waits over the threshold, with their stacks. 16 MiB holds about a thousand records.
 #[map]
-static WAITS: RingBuf = RingBuf::with_byte_size(WAITS_BYTES, 0);
-const WAITS_BYTES: u32 = 16 * 1024 * 1024;
+static WAITS: RingBuf = RingBuf::with_byte_size(WAITS_RING_BYTES, 0);
 
 /// Wake userspace once WAITS holds this much (a quarter of its size); set by the loader,
 /// which may resize WAITS.
 #[unsafe(no_mangle)]
-static WAITS_WAKE_AT_BYTES: Global<u64> = Global::new(WAITS_BYTES as u64 / 4);
+static WAITS_WAKE_AT_BYTES: Global<u64> = Global::new(WAITS_RING_BYTES as u64 / 4);
 
 /// Count and total time of the waits under the threshold, per kind.
 #[map]
@@ -77,12 +76,11 @@ static SHORT_WAITS: PerCpuArray<ShortWaitTotals> =
 
 /// Wakes of long futex waits by the target's threads, with the waker's stack.
 #[map]
-static WAKES: RingBuf = RingBuf::with_byte_size(WAKES_BYTES, 0);
-const WAKES_BYTES: u32 = 4 * 1024 * 1024;
+static WAKES: RingBuf = RingBuf::with_byte_size(WAKES_RING_BYTES, 0);
 
 /// Likewise for WAKES.
 #[unsafe(no_mangle)]
-static WAKES_WAKE_AT_BYTES: Global<u64> = Global::new(WAKES_BYTES as u64 / 4);
+static WAKES_WAKE_AT_BYTES: Global<u64> = Global::new(WAKES_RING_BYTES as u64 / 4);
 
 /// Event and loss counters, indexed by `Counter`.
 #[map]
@@ -156,19 +154,15 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(tid) = target_thread() else {
         return Ok(());
     };
-    // Sleeping states (include/linux/sched.h); stopped and traced threads wait for a
-    // signal or a debugger, not for what their call waits on.
+    // Sleeping states (include/linux/sched.h); a stopped or traced thread has neither
+    // bit: it waits for a signal or a debugger, not for what its call waits on.
     const TASK_INTERRUPTIBLE: u32 = 0x1;
     const TASK_UNINTERRUPTIBLE: u32 = 0x2;
-    const TASK_STOPPED_OR_TRACED: u32 = 0x4 | 0x8;
     let preempted: u64 = ctx.arg(0);
     let prev_state: u32 = ctx.arg(3);
     // Preempted (even between set_current_state() and schedule()), the thread stays
     // runnable: it waits for a CPU, not for an event.
-    if preempted != 0
-        || prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0
-        || prev_state & TASK_STOPPED_OR_TRACED != 0
-    {
+    if preempted != 0 || prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0 {
         return Ok(());
     }
     // SAFETY: the current task (prev) as a BTF pointer.
@@ -176,8 +170,15 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: the current task's user registers, saved at syscall entry.
     let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
     // A sleep outside any syscall (a page fault) has orig_rax -1, which no kind matches.
+    // The entry code sets rax to -ENOSYS and the call's return value replaces it: a sleep
+    // on the way out of a call that has returned (memory.high throttling, task work) has
+    // the call's number still in orig_rax but is not inside it.
     // SAFETY: a BTF pointer, as in `syscall_arg`.
-    let nr = unsafe { (*regs).orig_rax } as i64;
+    let (nr, rax) = unsafe { ((*regs).orig_rax as i64, (*regs).rax as i64) };
+    const ENOSYS: i64 = 38;
+    if rax != -ENOSYS {
+        return Ok(());
+    }
     let Ok(Some((kind, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n)))
     else {
         return Ok(());
@@ -194,7 +195,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
             // Asleep again in the same call: the wait began at its first sleep.
             return Ok(());
         }
-        // A sleep no exit of its call ended (the thread slept on its way out of a call).
+        // A wait no exit of its call ended (an exit missed: none is known to be).
         count(Counter::WaitsDiscarded);
     }
     count(Counter::WaitsStarted);
@@ -229,9 +230,10 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let nr = unsafe { (*regs).orig_rax } as i64;
     // Only a watched call can end a wait: the others (futex wakes among them, as many as
     // the waits in a handoff) return before the task-storage lookup.
-    if !matches!(classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n))), Ok(Some(_))) {
+    let Ok(Some((_, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n)))
+    else {
         return Ok(());
-    }
+    };
     // SAFETY: the current task as a BTF pointer.
     let Some(entry) = (unsafe { IN_FLIGHT.get(bpf_get_current_task_btf()) }) else {
         return Ok(());
@@ -244,7 +246,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     // SAFETY: as above; the wait ends here, one way or the other.
     unsafe { (*entry).start_ns = 0 };
-    if nr as u32 != wait.syscall {
+    if nr as u32 != wait.syscall || object != wait.object {
         count(Counter::WaitsDiscarded);
         return Ok(());
     }
@@ -261,23 +263,26 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let ret: i64 = ctx.arg(1);
-    send_long_wait(tid, &wait, duration_ns, ret)
+    send_long_wait(tid, &wait, duration_ns, ret, regs)
 }
 
-fn send_long_wait(tid: u32, wait: &InFlightWait, duration_ns: u64, ret: i64) -> Result<(), i32> {
+/// `regs`: the exiting call's saved user registers (a BTF pointer, as in `syscall_arg`).
+fn send_long_wait(
+    tid: u32,
+    wait: &InFlightWait,
+    duration_ns: u64,
+    ret: i64,
+    regs: *const pt_regs,
+) -> Result<(), i32> {
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
         count(Counter::RingBufferFull);
         return Ok(());
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to a reserved ring-buffer slot of WaitRecord size; every
-    // field is written before submit. The registers are the user registers saved at
-    // syscall entry (bpf_task_pt_regs of the current task).
+    // field is written before submit. `regs` as above.
     unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        let ip = bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0);
-        let sp = bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0);
-        let bp = bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0);
+        let (ip, sp, bp) = ((*regs).rip, (*regs).rsp, (*regs).rbp);
         (*record).tid = tid;
         (*record).kind = wait.kind;
         (*record).start_ns = wait.start_ns;

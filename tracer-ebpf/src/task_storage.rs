@@ -1,7 +1,7 @@
 //! Task-local storage (BPF_MAP_TYPE_TASK_STORAGE): one value hung off each task_struct.
-//! A thread's in-flight call lives here instead of in a hash map keyed by tid: the kernel
-//! finds it from the task pointer with no hashing and no bucket lock, which is most of
-//! the probes' cost per call. aya-ebpf 0.2.1 has no wrapper for this map type, so this
+//! A thread's wait in progress lives here instead of in a hash map keyed by tid: the kernel
+//! finds it from the task pointer with no hashing and no bucket lock, there is no capacity
+//! to fill, and it is freed with the thread. aya-ebpf 0.2.1 has no wrapper for this map type, so this
 //! is the same BTF map definition its `btf_maps` use (a `.maps` struct whose pointer
 //! fields encode type, key, value, max_entries and flags for the loader).
 

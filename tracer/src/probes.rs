@@ -10,7 +10,8 @@ use aya::{
 };
 use crate::cli::MapSizes;
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT, WaitKind,
+    COUNTER_COUNT, Counter, InFlightWait, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT,
+    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +57,6 @@ pub struct ProbeConfig {
     pub maps: MapSizes,
 }
 
-/// The sizes of the probes' ring buffers (tracer-ebpf), unless `--ring-buffer-bytes` and
-/// `--wake-ring-buffer-bytes` change them.
-const DEFAULT_WAITS_BYTES: u32 = 16 * 1024 * 1024;
-const DEFAULT_WAKES_BYTES: u32 = 4 * 1024 * 1024;
-
 /// The loaded probes (attached by `attach_wait_probes`).
 pub struct Probes {
     ebpf: Ebpf,
@@ -91,7 +87,7 @@ impl Probes {
         })?;
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
-        // The in-flight calls live in task storage, which aya has no map type for; only
+        // The waits in progress live in task storage, which aya has no map type for; only
         // the kernel side uses it.
         loader.allow_unsupported_maps();
         let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes } = config.maps;
@@ -102,8 +98,8 @@ impl Probes {
             loader.map_max_entries("WAKES", bytes);
         }
         // The probes wake us once a buffer is a quarter full; a timer drains it otherwise.
-        let waits_wake_at = u64::from(ring_buffer_bytes.unwrap_or(DEFAULT_WAITS_BYTES) / 4);
-        let wakes_wake_at = u64::from(wake_ring_buffer_bytes.unwrap_or(DEFAULT_WAKES_BYTES) / 4);
+        let waits_wake_at = u64::from(ring_buffer_bytes.unwrap_or(WAITS_RING_BYTES) / 4);
+        let wakes_wake_at = u64::from(wake_ring_buffer_bytes.unwrap_or(WAKES_RING_BYTES) / 4);
         let ebpf = loader
             .btf(Some(&btf))
             .override_global("WAITS_WAKE_AT_BYTES", &waits_wake_at, true)

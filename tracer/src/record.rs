@@ -47,7 +47,6 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         .iter()
         .map(|path| Output::create(path))
         .collect::<Result<Vec<_>, _>>()?;
-    target::ensure_tracefs()?;
 
     let mut collector = WaitCollector::new(pid, StackWalker::new(pid, image));
     let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait, maps }, &btf_path)?;

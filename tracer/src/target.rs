@@ -4,7 +4,7 @@
 use std::{
     fs, io,
     os::fd::{FromRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 /// `PF_KTHREAD` in the flags field of /proc/PID/stat (include/linux/sched.h).
@@ -14,7 +14,6 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// to play a kernel without BTF).
 const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-const TRACEFS: &str = "/sys/kernel/tracing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -43,9 +42,6 @@ pub enum TargetError {
     /// The probes need the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y).
     #[error("this kernel has no BTF at {} (needs CONFIG_DEBUG_INFO_BTF=y)", .0.display())]
     NoBtf(PathBuf),
-    /// Classic tracepoints are attached through tracefs.
-    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed")]
-    Tracefs(#[source] io::Error),
     /// pidfd_open failed, so the target's exit could not be watched.
     #[error("cannot watch pid {pid} for exit")]
     PidFd {
@@ -178,25 +174,6 @@ pub fn btf_path() -> Result<PathBuf, TargetError> {
         return Err(TargetError::NoBtf(path));
     }
     Ok(path)
-}
-
-/// Mounts tracefs at /sys/kernel/tracing unless it (or the debugfs copy) is there.
-pub fn ensure_tracefs() -> Result<(), TargetError> {
-    let mounted = |root: &str| Path::new(root).join("events").is_dir();
-    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
-        return Ok(());
-    }
-    log::info!("mounting tracefs at {TRACEFS}");
-    let source = c"tracefs";
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: NUL-terminated strings, no data argument.
-    let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
-    };
-    if rc != 0 {
-        return Err(TargetError::Tracefs(io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ struct ToolUsage {
     lost_line: Option<String>,
     /// Waits (long + short) per second of recording, from `seen:`.
     waits_per_second: Option<f64>,
-    /// Events lost for lack of room: ring buffer full + in-flight map full.
+    /// Events the probes could not send: ring buffer full + in-flight map full + wakers lost.
     events_lost: Option<u64>,
 }
 
@@ -781,8 +781,8 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
                 line(
                     Some(lost == 0 && tools.iter().all(|t| t.events_lost.is_some())),
                     format!(
-                        "no lost events at 100,000 waits/s: {lost} lost (ring buffer full + in-flight \
-                         map full) over all rounds, {} waits/s seen",
+                        "no lost events at 100,000 waits/s: {lost} lost (ring buffer full, in-flight \
+                         map full, wakers lost) over all rounds, {} waits/s seen",
                         group(waits)
                     ),
                 );

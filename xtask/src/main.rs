@@ -107,7 +107,7 @@ fn build(root: &Path) -> anyhow::Result<()> {
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let tracer = target_dir(root).join("release/tracer");
     println!("xtask: running all tests (real-kernel tests trace {})", tracer.display());
-    // Tests share kernel state (tracepoints, tracefs): one at a time.
+    // Tests share kernel state (the probes attach machine-wide) and time: one at a time.
     run_command(cargo()
         .current_dir(root)
         .env("TRACER_BIN", &tracer)

@@ -145,7 +145,11 @@ pub struct JsonShortWaits {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JsonTraceCounts {
+    /// Files written before these counters existed (they had `calls_entered` and
+    /// `returned_without_waiting`) read as 0.
+    #[serde(default)]
     pub waits_started: u64,
+    #[serde(default)]
     pub waits_discarded: u64,
     pub short_waits: u64,
     pub long_waits: u64,

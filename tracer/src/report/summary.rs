@@ -319,10 +319,10 @@ fn write_counts(out: &mut String, profile: &Profile) {
             ],
         );
         if counts.waits_discarded > 0 {
-            // Not waits: the thread slept on its way out of a call (a signal stop).
+            // Ended by an exit that was not their call's: their length is unknown.
             let _ = writeln!(
                 out,
-                "left out: {} sleeps after their call had returned",
+                "left out: {} waits whose call's exit was not seen",
                 counts.waits_discarded
             );
         }

@@ -62,7 +62,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::target::Target::open(pid)?;
     }
     let btf_path = target::btf_path()?;
-    target::ensure_tracefs()?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
