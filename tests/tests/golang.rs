@@ -332,14 +332,8 @@ fn record_attributes_goroutine_waits_to_their_call_sites() {
     println!("{}", out.stdout);
     let stacks = read_folded(&folded);
     let total: u64 = stacks.iter().map(|stack| stack.micros).sum();
-    let at_pinger: u64 = stacks
-        .iter()
-        .filter(|stack| {
-            stack.has_function("main.pinger")
-                && stack.frames.last().map(String::as_str) == Some("[chan receive]")
-        })
-        .map(|stack| stack.micros)
-        .sum();
+    let at_pinger: u64 =
+        stacks_ending(&stacks, "main.pinger", "[chan receive]").iter().map(|stack| stack.micros).sum();
     assert!(total > 0, "nothing recorded:\n{}", out.stdout);
     assert!(
         at_pinger as f64 >= PINGER_SHARE * total as f64,
@@ -353,6 +347,41 @@ fn record_attributes_goroutine_waits_to_their_call_sites() {
     assert_eq!(at_futex, 0, "{stacks:#?}");
     assert_svg(&svg);
     assert!(out.stdout.contains("@ main.pinger [chan receive]"), "{}", out.stdout);
+}
+
+/// `tracer record` of `pid` for `seconds`, writing `folded`; its stdout.
+fn record_go(pid: u32, seconds: &str, folded: &std::path::Path) -> String {
+    let out = tracer_tests::tracer_record(
+        pid,
+        &["--duration", seconds, "--output", folded.to_str().expect("utf-8 path")],
+        RECORD_TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer record failed ({}): {}", out.status, out.stderr);
+    println!("{}", out.stdout);
+    out.stdout
+}
+
+/// The groups of a recording's still-blocked section (only it has `N @ function [reason,
+/// longest …]` lines).
+fn still_blocked(stdout: &str) -> Vec<GoroutineGroup> {
+    let (_, still_section) = stdout
+        .split_once("still blocked at the end of the recording:")
+        .unwrap_or_else(|| panic!("no still-blocked section:\n{stdout}"));
+    parse_goroutine_table(still_section)
+}
+
+/// The folded stacks through `function` that end in `kind_frame`.
+fn stacks_ending<'a>(
+    stacks: &'a [tracer_tests::FoldedStack],
+    function: &str,
+    kind_frame: &str,
+) -> Vec<&'a tracer_tests::FoldedStack> {
+    stacks
+        .iter()
+        .filter(|stack| {
+            stack.has_function(function) && stack.frames.last().map(String::as_str) == Some(kind_frame)
+        })
+        .collect()
 }
 
 /// The recording of a pile-up that never moves: every goroutine in it parked before the
@@ -371,20 +400,8 @@ fn record_reports_goroutines_still_blocked_at_the_end() {
     wait_for_oracle(port, "main.sendStat", SENDERS as u64);
     let backend = backend_of(port);
     let folded = dir.join("stuck.folded");
-    let out = tracer_tests::tracer_record(
-        workload.pid(),
-        &["--duration", STUCK_RECORD_SECONDS, "--output", folded.to_str().expect("utf-8 path")],
-        RECORD_TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer record failed ({}): {}", out.status, out.stderr);
-    let stdout = &out.stdout;
-    println!("{stdout}");
-
-    // Only the still-blocked section has `N @ function [reason, longest …]` lines.
-    let (_, still_section) = stdout
-        .split_once("still blocked at the end of the recording:")
-        .unwrap_or_else(|| panic!("no still-blocked section:\n{stdout}"));
-    let still = parse_goroutine_table(still_section);
+    let stdout = &record_go(workload.pid(), STUCK_RECORD_SECONDS, &folded);
+    let still = still_blocked(stdout);
     let senders = group(&still, "main.sendStat", stdout);
     assert_eq!(senders.count, SENDERS as u64, "{stdout}");
     assert_eq!(senders.reason, "chan send", "{stdout}");
@@ -395,13 +412,7 @@ fn record_reports_goroutines_still_blocked_at_the_end() {
     // In the folded stacks, marked still blocked and weighted by at least the recording.
     let stacks = read_folded(&folded);
     let weight_of = |function: &str, kind_frame: &str| -> u64 {
-        let matching: Vec<_> = stacks
-            .iter()
-            .filter(|stack| {
-                stack.has_function(function)
-                    && stack.frames.last().map(String::as_str) == Some(kind_frame)
-            })
-            .collect();
+        let matching = stacks_ending(&stacks, function, kind_frame);
         assert_eq!(matching.len(), 1, "one {function} {kind_frame} stack expected: {stacks:#?}");
         matching[0].micros
     };
@@ -431,27 +442,13 @@ fn goroutines_parked_during_the_recording_are_aged_from_their_park() {
     let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
     let (workload, _port) = start_go_goroutines(&bin, "late", LATE, STARTUP_TIMEOUT);
     let folded = dir.join("late.folded");
-    let out = tracer_tests::tracer_record(
-        workload.pid(),
-        &["--duration", LATE_RECORD_SECONDS, "--output", folded.to_str().expect("utf-8 path")],
-        RECORD_TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer record failed ({}): {}", out.status, out.stderr);
-    let stdout = &out.stdout;
-    println!("{stdout}");
-    let (_, still_section) = stdout
-        .split_once("still blocked at the end of the recording:")
-        .unwrap_or_else(|| panic!("no still-blocked section:\n{stdout}"));
-    let still = parse_goroutine_table(still_section);
+    let stdout = &record_go(workload.pid(), LATE_RECORD_SECONDS, &folded);
+    let still = still_blocked(stdout);
     let late = group(&still, "main.lateReceiver", stdout);
     assert_eq!((late.count, late.reason.as_str()), (LATE as u64, "chan receive"), "{stdout}");
     let stacks = read_folded(&folded);
-    let weight: u64 = stacks
+    let weight: u64 = stacks_ending(&stacks, "main.lateReceiver", "[chan receive still-blocked]")
         .iter()
-        .filter(|stack| {
-            stack.has_function("main.lateReceiver")
-                && stack.frames.last().map(String::as_str) == Some("[chan receive still-blocked]")
-        })
         .map(|stack| stack.micros)
         .sum();
     // Parked one second into a three-second recording: each waited about two seconds.

@@ -45,6 +45,16 @@ fn lost(stdout: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{what}` count in {paragraph:?}"))
 }
 
+/// `tracer record` of `pid` for `RECORD` with a folded output in `dir`: its stdout and the
+/// folded stacks.
+fn record_folded(pid: u32, dir: &TempDir) -> (String, Vec<tracer_tests::FoldedStack>) {
+    let folded = dir.join("waits.folded");
+    let folded_arg = folded.to_string_lossy().into_owned();
+    let out = tracer_record(pid, &["--duration", RECORD, "--output", &folded_arg], TIMEOUT);
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    (out.stdout, read_folded(&folded))
+}
+
 /// The number before `what` in the report's `seen:` line (`seen: N waits, N long, N short`).
 fn seen(stdout: &str, what: &str) -> u64 {
     let line = stdout
@@ -74,20 +84,12 @@ fn a_full_ring_buffer_is_counted() {
 fn callers_beyond_the_stack_copy_are_counted_as_truncated_unwinds() {
     let workload = deep_stack();
     let dir = TempDir::new("losses");
-    let folded = dir.join("deep.folded");
-    let folded_arg = folded.to_string_lossy().into_owned();
-    let out = tracer_record(
-        workload.pid(),
-        &["--duration", RECORD, "--output", &folded_arg],
-        TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let truncated = lost(&out.stdout, "unwinds truncated");
+    let (stdout, stacks) = record_folded(workload.pid(), &dir);
+    let truncated = lost(&stdout, "unwinds truncated");
     println!("unwinds truncated: {truncated}");
-    assert!(truncated > 0, "nothing counted as truncated:\n{}", out.stdout);
+    assert!(truncated > 0, "nothing counted as truncated:\n{stdout}");
     // The truncated stacks are in the report, marked, and reach the big frame but not its
     // caller (64 KiB above, beyond the 16 KiB copy).
-    let stacks = read_folded(&folded);
     let marked: Vec<_> = stacks
         .iter()
         .filter(|stack| stack.frames.get(1).is_some_and(|frame| frame == "[truncated]"))
@@ -144,19 +146,11 @@ fn a_stack_that_cannot_be_read_is_counted() {
 fn code_that_no_symbol_covers_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "jit");
-    let folded = dir.join("jit.folded");
-    let folded_arg = folded.to_string_lossy().into_owned();
-    let out = tracer_record(
-        workload.pid(),
-        &["--duration", RECORD, "--output", &folded_arg],
-        TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let unknown = lost(&out.stdout, "unknown symbols");
+    let (stdout, stacks) = record_folded(workload.pid(), &dir);
+    let unknown = lost(&stdout, "unknown symbols");
     println!("unknown symbols: {unknown}");
-    assert!(unknown > 0, "no symbol counted as unknown:\n{}", out.stdout);
+    assert!(unknown > 0, "no symbol counted as unknown:\n{stdout}");
     // The waits are still reported, their innermost frame (next to the kind) unknown.
-    let stacks = read_folded(&folded);
     let leaf_unknown = |stack: &&tracer_tests::FoldedStack| {
         let frames = &stack.frames;
         frames.len() >= 2
