@@ -1,10 +1,10 @@
 //! Every loss is counted and reported: each test forces one (ring buffers too small for a
 //! single record, callers beyond the stack copy, a stack pointer in an unreadable page,
-//! code no symbol covers, a socket closed before it is resolved) on a real workload and
-//! asserts the report's `lost:` line counts it. (The in-flight entries live in task
-//! storage, which has no capacity to exhaust; only an allocation failure in the kernel
-//! counts as "in-flight map full".) Real kernel, run as root, one test at a time
-//! (`--test-threads=1`).
+//! code no symbol covers, a socket closed before it is resolved, a waker whose wait's
+//! record was lost) on a real workload and asserts the report's `lost:` lines count it.
+//! (The in-flight entries live in task storage, which has no capacity to exhaust; only an
+//! allocation failure in the kernel counts as "in-flight map full".) Real kernel, run as
+//! root, one test at a time (`--test-threads=1`).
 
 use std::{process::Command, time::Duration};
 
@@ -169,4 +169,31 @@ fn a_socket_closed_before_it_is_resolved_is_counted() {
     let unresolved = lost(&out.stdout, "descriptors unresolved");
     println!("descriptors unresolved: {unresolved}");
     assert!(unresolved > 0, "no descriptor counted as unresolved:\n{}", out.stdout);
+}
+
+#[test]
+fn a_waker_whose_wait_was_lost_is_counted() {
+    // Every long wait's record is lost to the tiny ring buffer, while its waker's record
+    // arrives: each waker is left without its wait.
+    let dir = TempDir::new("losses");
+    let workload = c_losses(&dir, "wakes");
+    let out = tracer_record(
+        workload.pid(),
+        &["--duration", RECORD, "--ring-buffer-bytes", TINY_RING_BUFFER],
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    let unmatched = out
+        .stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("lost: ")?
+                .strip_suffix(" wakers whose wait's record never arrived")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no unmatched wakers counted:\n{}", out.stdout));
+    println!("wakers unmatched: {unmatched}");
+    assert!(unmatched > 0);
+    assert!(lost(&out.stdout, "ring buffer full") > 0, "{}", out.stdout);
 }

@@ -321,6 +321,9 @@ pub struct TraceCounts {
     pub unresolved_descriptors: u64,
     /// Ring-buffer records too short or of an unknown kind.
     pub malformed_records: u64,
+    /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
+    /// that were evicted from the bounded table of pending wakers.
+    pub wakers_unmatched: u64,
 }
 
 /// What a profile holds, and so what a stack's weight means.

@@ -144,6 +144,8 @@ pub struct WaitDecoder {
     /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
     pub pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
     pub malformed_records: u64,
+    /// Pending wakers dropped because the table was full.
+    pub wakers_evicted: u64,
 }
 
 impl WaitDecoder {
@@ -153,6 +155,7 @@ impl WaitDecoder {
             targets: WaitTargets::new(pid),
             pending_wakers: HashMap::new(),
             malformed_records: 0,
+            wakers_evicted: 0,
         }
     }
 
@@ -167,6 +170,7 @@ impl WaitDecoder {
         let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
         let walked = self.walker.walk(regs, &record.stack[..stack_len]);
         if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
+            self.wakers_evicted += self.pending_wakers.len() as u64;
             self.pending_wakers.clear();
         }
         self.pending_wakers.insert(

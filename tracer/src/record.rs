@@ -90,7 +90,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     }
 
     let WaitCollector {
-        decoder: WaitDecoder { mut walker, mut targets, malformed_records, pending_wakers: _ },
+        decoder: WaitDecoder { mut walker, mut targets, malformed_records, pending_wakers, wakers_evicted },
         mut aggregate,
     } = collector;
     // The waits that never ended: threads blocked before we attached, and stuck ones.
@@ -118,7 +118,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let counts = trace_counts(&counters, walker.truncated_walks, &targets, malformed_records);
+    // A waker still pending here never met its wait's record.
+    let wakers_unmatched = wakers_evicted + pending_wakers.len() as u64;
+    let counts =
+        trace_counts(&counters, walker.truncated_walks, &targets, malformed_records, wakers_unmatched);
     let base = Profile {
         kind: ProfileKind::Recording,
         pid,
@@ -154,6 +157,7 @@ pub fn trace_counts(
     unwind_truncated: u64,
     targets: &WaitTargets,
     malformed_records: u64,
+    wakers_unmatched: u64,
 ) -> TraceCounts {
     TraceCounts {
         waits_started: counters.get(Counter::WaitsStarted),
@@ -171,6 +175,7 @@ pub fn trace_counts(
         non_socket_io: targets.non_socket_io,
         unresolved_descriptors: targets.unresolved_sockets,
         malformed_records,
+        wakers_unmatched,
     }
 }
 

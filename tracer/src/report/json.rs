@@ -168,6 +168,8 @@ pub struct JsonTraceCounts {
     pub non_socket_io: u64,
     pub unresolved_descriptors: u64,
     pub malformed_records: u64,
+    #[serde(default)]
+    pub wakers_unmatched: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -371,6 +373,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        wakers_unmatched,
     } = counts.clone();
     JsonTraceCounts {
         waits_started,
@@ -388,6 +391,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        wakers_unmatched,
     }
 }
 
@@ -654,6 +658,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        wakers_unmatched,
     } = counts;
     TraceCounts {
         waits_started,
@@ -671,6 +676,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        wakers_unmatched,
     }
 }
 

@@ -363,7 +363,7 @@ fn sample(builder: &mut Builder, profile: &Profile, stack: &ProfileStack) -> pro
 }
 
 /// `key=value` pairs of the trace counters, in a fixed order; `set` reads them back.
-fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 15] {
+fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 16] {
     let TraceCounts {
         waits_started,
         waits_discarded,
@@ -380,6 +380,7 @@ fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 15
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        wakers_unmatched,
     } = counts;
     [
         ("ring_buffer_full", ring_buffer_full),
@@ -389,6 +390,7 @@ fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 15
         ("unknown_symbols", unknown_symbols),
         ("unresolved_descriptors", unresolved_descriptors),
         ("malformed_records", malformed_records),
+        ("wakers_unmatched", wakers_unmatched),
         ("wake_ring_buffer_full", wake_ring_buffer_full),
         ("waits_started", waits_started),
         ("waits_discarded", waits_discarded),

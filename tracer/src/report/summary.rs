@@ -365,6 +365,13 @@ fn write_counts(out: &mut String, profile: &Profile) {
     if counts.malformed_records > 0 {
         let _ = writeln!(out, "lost: {} malformed ring-buffer records", counts.malformed_records);
     }
+    if counts.wakers_unmatched > 0 {
+        let _ = writeln!(
+            out,
+            "lost: {} wakers whose wait's record never arrived",
+            counts.wakers_unmatched
+        );
+    }
     if counts.non_socket_io > 0 {
         let _ = writeln!(
             out,

@@ -201,6 +201,7 @@ impl Shared {
             decoder.walker.truncated_walks,
             &decoder.targets,
             decoder.malformed_records,
+            decoder.wakers_evicted,
         );
         Some(CountsMark {
             generation,
@@ -388,6 +389,7 @@ fn counts_between(now: &TraceCounts, then: &TraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        wakers_unmatched,
     } = now;
     TraceCounts {
         waits_started: waits_started.saturating_sub(then.waits_started),
@@ -407,6 +409,7 @@ fn counts_between(now: &TraceCounts, then: &TraceCounts) -> TraceCounts {
         non_socket_io: non_socket_io.saturating_sub(then.non_socket_io),
         unresolved_descriptors: unresolved_descriptors.saturating_sub(then.unresolved_descriptors),
         malformed_records: malformed_records.saturating_sub(then.malformed_records),
+        wakers_unmatched: wakers_unmatched.saturating_sub(then.wakers_unmatched),
     }
 }
 
