@@ -26,14 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "c_workload.h"
+
 static const struct timespec WAIT = {.tv_sec = 0, .tv_nsec = 3 * 1000 * 1000};
 static double deadline;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void die(const char *what) {
     perror(what);
@@ -63,7 +59,7 @@ static void bad_stack(void) {
     uint32_t word = 0;
     puts("ready");
     fflush(stdout);
-    while (now() < deadline) futex_wait_on_bad_stack(&word, page + 2048);
+    while (now_seconds() < deadline) futex_wait_on_bad_stack(&word, page + 2048);
 }
 
 typedef long (*futex_stub)(uint32_t *word, long op, long val, const struct timespec *timeout);
@@ -81,7 +77,7 @@ static void jit(void) {
     uint32_t word = 0;
     puts("ready");
     fflush(stdout);
-    while (now() < deadline) stub(&word, FUTEX_WAIT_PRIVATE, 0, &WAIT);
+    while (now_seconds() < deadline) stub(&word, FUTEX_WAIT_PRIVATE, 0, &WAIT);
 }
 
 static void closed_socket(void) {
@@ -92,7 +88,7 @@ static void closed_socket(void) {
     int round = 0;
     puts("ready");
     fflush(stdout);
-    while (now() < deadline) {
+    while (now_seconds() < deadline) {
         int pair[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) die("socketpair");
         int fd = dup2(pair[0], FIRST_FD + round++ % FD_CYCLE);
@@ -111,7 +107,7 @@ static uint32_t wake_word;
 
 static void *waker(void *arg) {
     (void)arg;
-    while (now() < deadline) {
+    while (now_seconds() < deadline) {
         nanosleep(&WAIT, NULL);
         __atomic_store_n(&wake_word, 1, __ATOMIC_SEQ_CST);
         syscall(SYS_futex, &wake_word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
@@ -124,7 +120,7 @@ static void wakes(void) {
     if (pthread_create(&thread, NULL, waker, NULL) != 0) die("pthread_create");
     puts("ready");
     fflush(stdout);
-    while (now() < deadline) {
+    while (now_seconds() < deadline) {
         // A timeout too, so the loop ends even if the last wake came before the wait.
         struct timespec timeout = {.tv_sec = 0, .tv_nsec = 50 * 1000 * 1000};
         syscall(SYS_futex, &wake_word, FUTEX_WAIT_PRIVATE, 0, &timeout, NULL, 0);
@@ -138,7 +134,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: c-losses bad-stack|jit|closed-socket|wakes SECONDS\n");
         return 2;
     }
-    deadline = now() + atof(argv[2]);
+    deadline = now_seconds() + atof(argv[2]);
     if (strcmp(argv[1], "bad-stack") == 0) bad_stack();
     else if (strcmp(argv[1], "jit") == 0) jit();
     else if (strcmp(argv[1], "closed-socket") == 0) closed_socket();

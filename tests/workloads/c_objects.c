@@ -11,7 +11,6 @@
  * after SECONDS without joining.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -19,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "c_workload.h"
 
 /* Thread names, which /proc/self/task/TID/comm shows; the readiness check goes by them. */
 #define HANDLER_NAME "handler"
@@ -74,77 +75,7 @@ CALL_SITE void *holder(void *arg)
 	return NULL;
 }
 
-static void sleep_seconds(double seconds)
-{
-	struct timespec ts = { .tv_sec = (time_t)seconds };
-	ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-static double now_seconds(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Reads a small /proc file into buf (NUL-terminated); returns 0 on success. */
-static int read_small(const char *path, char *buf, size_t size)
-{
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -1;
-	size_t n = fread(buf, 1, size - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	return 0;
-}
-
-/*
- * Whether, right now, exactly `handlers` threads named handler are all in futex and the one
- * thread named holder is in pause. A running thread shows "running" and fails this.
- */
-static int all_blocked(long handlers)
-{
-	DIR *dir = opendir("/proc/self/task");
-	if (!dir)
-		return 0;
-	long futex_handlers = 0, pausing_holders = 0;
-	int ok = 1;
-	struct dirent *entry;
-	while (ok && (entry = readdir(dir)) != NULL) {
-		/* Task directories are thread ids; skip . and .. */
-		long tid = strtol(entry->d_name, NULL, 10);
-		if (tid <= 0)
-			continue;
-		char path[64], comm[32], syscall[256];
-		snprintf(path, sizeof path, "/proc/self/task/%ld/comm", tid);
-		if (read_small(path, comm, sizeof comm) < 0)
-			continue;
-		snprintf(path, sizeof path, "/proc/self/task/%ld/syscall", tid);
-		if (read_small(path, syscall, sizeof syscall) < 0)
-			continue;
-		comm[strcspn(comm, "\n")] = '\0';
-		char *end;
-		long nr = strtol(syscall, &end, 10);
-		int in_syscall = end != syscall;
-		if (strcmp(comm, HANDLER_NAME) == 0) {
-			if (in_syscall && nr == SYS_FUTEX_NR)
-				futex_handlers++;
-			else
-				ok = 0;
-		} else if (strcmp(comm, HOLDER_NAME) == 0) {
-			if (in_syscall && nr == SYS_PAUSE_NR)
-				pausing_holders++;
-			else
-				ok = 0;
-		}
-	}
-	closedir(dir);
-	return ok && futex_handlers == handlers && pausing_holders == 1;
-}
-
 int main(int argc, char **argv)
 {
 	if (argc > 3) {
@@ -181,7 +112,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, "c-objects: the threads did not all block before the deadline\n");
 			_exit(1);
 		}
-		stable = all_blocked(handlers) ? stable + 1 : 0;
+		int blocked = threads_in_syscall(HANDLER_NAME, SYS_FUTEX_NR) == handlers &&
+			      threads_in_syscall(HOLDER_NAME, SYS_PAUSE_NR) == 1;
+		stable = blocked ? stable + 1 : 0;
 		sleep_seconds(POLL_SECONDS);
 	}
 	printf("stuck\n");

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "c_workload.h"
+
 /* Few slots, so the queue stays full and handlers wait behind it. */
 #define QUEUE_CAPACITY 16
 /* Big enough that the backend's reads, not our syscalls, set the pace. */
@@ -120,14 +122,6 @@ CALL_SITE void *reporter(void *arg)
 		}
 	}
 	return NULL;
-}
-
-static void sleep_seconds(double seconds)
-{
-	struct timespec ts = { .tv_sec = (time_t)seconds };
-	ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
 }
 
 int main(int argc, char **argv)

@@ -8,7 +8,6 @@
  * The main thread only sleeps (nanosleep is not watched) and exits after SECONDS.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -17,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "c_workload.h"
 
 /* 64 KiB: far above what wait_for_work and glibc's futex path use, and small enough that
  * 10,000 threads cost 640 MiB of address space and a few pages each of memory. */
@@ -51,67 +52,6 @@ CALL_SITE void *waiter(void *arg)
 	return NULL;
 }
 
-static void sleep_seconds(double seconds)
-{
-	struct timespec ts = { .tv_sec = (time_t)seconds };
-	ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-static double now_seconds(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int read_small(const char *path, char *buf, size_t size)
-{
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -1;
-	size_t n = fread(buf, 1, size - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	return 0;
-}
-
-/* How many threads named waiter are in futex right now; -1 if some waiter is elsewhere. */
-static long futex_waiters(void)
-{
-	DIR *dir = opendir("/proc/self/task");
-	if (!dir)
-		return -1;
-	long count = 0;
-	struct dirent *entry;
-	while ((entry = readdir(dir)) != NULL) {
-		/* Task directories are thread ids; skip . and .. */
-		long tid = strtol(entry->d_name, NULL, 10);
-		if (tid <= 0)
-			continue;
-		char path[64], comm[32], syscall[256];
-		snprintf(path, sizeof path, "/proc/self/task/%ld/comm", tid);
-		if (read_small(path, comm, sizeof comm) < 0)
-			continue;
-		comm[strcspn(comm, "\n")] = '\0';
-		if (strcmp(comm, WAITER_NAME) != 0)
-			continue;
-		snprintf(path, sizeof path, "/proc/self/task/%ld/syscall", tid);
-		if (read_small(path, syscall, sizeof syscall) < 0)
-			continue;
-		char *end;
-		long nr = strtol(syscall, &end, 10);
-		if (end == syscall || nr != SYS_FUTEX_NR) {
-			count = -1;
-			break;
-		}
-		count++;
-	}
-	closedir(dir);
-	return count;
-}
-
 int main(int argc, char **argv)
 {
 	if (argc > 3) {
@@ -141,7 +81,7 @@ int main(int argc, char **argv)
 
 	/* Every waiter counted itself under the lock; then wait until each is in the futex
 	 * syscall (the last ones may still be on their way into pthread_cond_wait). */
-	while (atomic_load(&waiting) < threads || futex_waiters() != threads) {
+	while (atomic_load(&waiting) < threads || threads_in_syscall(WAITER_NAME, SYS_FUTEX_NR) != threads) {
 		if (now_seconds() >= deadline) {
 			fprintf(stderr, "many-waiters: %ld of %ld waiting before the deadline\n",
 				atomic_load(&waiting), threads);
