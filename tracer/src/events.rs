@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    mem::size_of,
+    mem::{offset_of, size_of},
     os::fd::{AsRawFd, OwnedFd},
     time::Duration,
 };
@@ -14,7 +14,7 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{Interval, MissedTickBehavior, interval},
 };
-use tracer_common::{WaitKind, WaitRecord, WakeRecord};
+use tracer_common::{STACK_COPY_BYTES, WaitKind, WaitRecord, WakeRecord};
 
 use crate::{
     aggregate::{StackKey, WaitAggregate},
@@ -148,6 +148,37 @@ pub struct WaitDecoder {
     pub wakers_evicted: u64,
 }
 
+/// One field of a record in ring-buffer bytes, read in place: copying a whole record would
+/// copy its 16 KiB stack, which was a fifth of the tracer's CPU on a busy service.
+/// The caller has checked that `bytes` holds a whole record.
+macro_rules! field {
+    ($bytes:expr, $record:ty, $field:ident) => {{
+        let bytes: &[u8] = $bytes;
+        assert!(bytes.len() >= size_of::<$record>());
+        // SAFETY: the field lies inside `bytes` (asserted above); the records' fields are
+        // integers and byte arrays, valid for every bit pattern; read_unaligned needs no
+        // alignment. The type is the field's own: `$record` names it at `offset_of!`, and
+        // `field_type` ties the read to it.
+        unsafe { field_type(|r: &$record| &r.$field, bytes.as_ptr().add(offset_of!($record, $field))) }
+    }};
+}
+
+/// Reads a `T` at `at`, with `T` inferred from `_field`, a projection to the field.
+///
+/// # Safety
+/// `at` must point to `size_of::<T>()` readable bytes holding a valid `T`.
+unsafe fn field_type<R, T: Copy>(_field: impl Fn(&R) -> &T, at: *const u8) -> T {
+    // SAFETY: as the caller promises.
+    unsafe { std::ptr::read_unaligned(at.cast()) }
+}
+
+/// The stack copy of a record, borrowed from the ring buffer: `len` bytes (as the probe
+/// wrote them, at most the copy's size) from `offset`.
+fn stack_of(bytes: &[u8], offset: usize, len: u32) -> &[u8] {
+    let stack = &bytes[offset..];
+    &stack[..(len as usize).min(STACK_COPY_BYTES).min(stack.len())]
+}
+
 impl WaitDecoder {
     pub fn new(pid: u32, walker: StackWalker) -> Self {
         Self {
@@ -164,19 +195,20 @@ impl WaitDecoder {
             self.malformed_records += 1;
             return;
         }
-        // SAFETY: as in `decode`: a whole plain-old-data record, read unaligned.
-        let record: WakeRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let stack_len = (record.stack_len as usize).min(record.stack.len());
-        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
-        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
+        let regs = UserRegs {
+            ip: field!(bytes, WakeRecord, ip),
+            sp: field!(bytes, WakeRecord, sp),
+            bp: field!(bytes, WakeRecord, bp),
+        };
+        let stack = stack_of(bytes, offset_of!(WakeRecord, stack), field!(bytes, WakeRecord, stack_len));
+        let walked = self.walker.walk(regs, stack);
         if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
             self.wakers_evicted += self.pending_wakers.len() as u64;
             self.pending_wakers.clear();
         }
-        self.pending_wakers.insert(
-            (record.wakee_tid, record.wait_start_ns),
-            (record.waker_tid, walked.addresses),
-        );
+        let wakee: u32 = field!(bytes, WakeRecord, wakee_tid);
+        let wait_start_ns: u64 = field!(bytes, WakeRecord, wait_start_ns);
+        self.pending_wakers.insert((wakee, wait_start_ns), (field!(bytes, WakeRecord, waker_tid), walked.addresses));
     }
 
     /// The wait of one record; None for a malformed record or a wait not reported
@@ -186,17 +218,18 @@ impl WaitDecoder {
             self.malformed_records += 1;
             return None;
         }
-        // SAFETY: the buffer holds a whole WaitRecord (checked above), a plain-old-data
-        // struct for which every bit pattern is valid; read_unaligned needs no alignment.
-        let record: WaitRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let Some(kind) = WaitKind::from_u32(record.kind) else {
+        let Some(kind) = WaitKind::from_u32(field!(bytes, WaitRecord, kind)) else {
             self.malformed_records += 1;
             return None;
         };
-        let (kind, target) = self.targets.resolve(kind, record.object)?;
-        let stack_len = (record.stack_len as usize).min(record.stack.len());
-        let regs = UserRegs { ip: record.ip, sp: record.sp, bp: record.bp };
-        let walked = self.walker.walk(regs, &record.stack[..stack_len]);
+        let (kind, target) = self.targets.resolve(kind, field!(bytes, WaitRecord, object))?;
+        let regs = UserRegs {
+            ip: field!(bytes, WaitRecord, ip),
+            sp: field!(bytes, WaitRecord, sp),
+            bp: field!(bytes, WaitRecord, bp),
+        };
+        let stack = stack_of(bytes, offset_of!(WaitRecord, stack), field!(bytes, WaitRecord, stack_len));
+        let walked = self.walker.walk(regs, stack);
         let key = StackKey {
             addresses: walked.addresses,
             kind,
@@ -204,13 +237,16 @@ impl WaitDecoder {
             truncated: walked.truncated,
             in_progress: false,
         };
-        let waker = self.pending_wakers.remove(&(record.tid, record.start_ns));
-        let comm_len = record.comm.iter().position(|&byte| byte == 0).unwrap_or(record.comm.len());
+        let tid: u32 = field!(bytes, WaitRecord, tid);
+        let start_ns: u64 = field!(bytes, WaitRecord, start_ns);
+        let waker = self.pending_wakers.remove(&(tid, start_ns));
+        let comm: [u8; 16] = field!(bytes, WaitRecord, comm);
+        let comm_len = comm.iter().position(|&byte| byte == 0).unwrap_or(comm.len());
         Some(Wait {
             key,
-            tid: record.tid,
-            duration_ns: record.duration_ns,
-            thread_name: String::from_utf8_lossy(&record.comm[..comm_len]).into_owned(),
+            tid,
+            duration_ns: field!(bytes, WaitRecord, duration_ns),
+            thread_name: String::from_utf8_lossy(&comm[..comm_len]).into_owned(),
             waker,
         })
     }

@@ -1,13 +1,18 @@
 //! `cargo xtask bench`: what tracing costs the traced process, against the peers.
 //!
-//! Each throughput workload runs alone, under `tracer record`, under libbpf-tools'
+//! Each ping-pong workload runs alone, under `tracer record`, under libbpf-tools'
 //! `offcputime` and under a bpftrace latency histogram, alternating (A B C D A B C D …) so
 //! that drift in the machine hits every variant alike. The workload is pinned to CPU 0 and
 //! the tool (and the load generator) to CPU 1: unpinned, idle-state effects made traced runs
 //! *faster* than the baseline here. The workload measures only between two signals the
 //! bench sends after the tool has attached and before it is stopped, so the measured window
-//! is traced from end to end. The pile-up measures `snapshot` and `record`'s start on
+//! is traced from end to end. The HTTP service (`service.rs`) keeps one service under load
+//! while the tools come and go around many short windows, and compares latency
+//! distributions (`latency.rs`). The pile-up measures `snapshot` and `record`'s start on
 //! 10,000 blocked threads.
+
+mod latency;
+mod service;
 
 use std::{
     collections::BTreeMap,
@@ -72,6 +77,13 @@ pub struct BenchArgs {
     /// Requests per second the load generator sends to the HTTP service.
     #[arg(long, default_value_t = 20_000.0)]
     http_rate: f64,
+    /// Rounds of the HTTP service: one window of each variant, and of a second alone
+    /// control, per round. Its latencies vary too much here for fewer to say much.
+    #[arg(long, default_value_t = 12)]
+    http_rounds: u32,
+    /// Length of each HTTP service window, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    http_seconds: f64,
     /// Run only these workloads (repeatable): futex, tcp, http, waits50k, waits100k, pileup.
     #[arg(long)]
     only: Vec<String>,
@@ -103,7 +115,6 @@ const ALL_VARIANTS: [Variant; 4] =
 enum Workload {
     Futex,
     Tcp,
-    Http,
     /// Paced futex ping-pong: two waits per round trip.
     Waits50k,
     Waits100k,
@@ -114,22 +125,15 @@ impl Workload {
         match self {
             Workload::Futex => "futex",
             Workload::Tcp => "tcp",
-            Workload::Http => "http",
             Workload::Waits50k => "waits50k",
             Workload::Waits100k => "waits100k",
         }
     }
 
-    fn title(self, http_rate: f64) -> String {
+    fn title(self) -> String {
         match self {
             Workload::Futex => "ping-pong, futex: condition-variable handoffs per second".into(),
             Workload::Tcp => "ping-pong, TCP loopback: round trips per second".into(),
-            Workload::Http => format!(
-                "HTTP service: thread pool ({HTTP_CONNECTIONS} workers) with a blocking backend \
-                 call per request, {} req/s offered on {HTTP_CONNECTIONS} keep-alive \
-                 connections; responses per second",
-                group(http_rate)
-            ),
             // Two waits per round trip at most: a woken player that preempts its waker spares
             // the waker's wait. The tracer's own count is the "waits/s seen" column.
             Workload::Waits50k => format!(
@@ -156,7 +160,6 @@ impl Workload {
 struct Run {
     /// Per second, over the window.
     throughput: f64,
-    p99_us: Option<f64>,
     tool: Option<ToolUsage>,
 }
 
@@ -178,10 +181,10 @@ struct ToolUsage {
 }
 
 pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
-    let BenchArgs { rounds, seconds, http_rate, only } = args;
+    let BenchArgs { rounds, seconds, http_rate, http_rounds, http_seconds, only } = args;
     let (rounds, seconds, http_rate) = (*rounds, *seconds, *http_rate);
-    if rounds == 0 || seconds <= 0.0 {
-        bail!("--rounds and --seconds must be positive");
+    if rounds == 0 || seconds <= 0.0 || *http_rounds == 0 || *http_seconds <= 0.0 || http_rate <= 0.0 {
+        bail!("--rounds, --seconds, --http-rounds, --http-seconds and --http-rate must be positive");
     }
     let release = target.join("release");
     let out_dir = target.join("bench");
@@ -205,7 +208,6 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let workloads = [
         Workload::Futex,
         Workload::Tcp,
-        Workload::Http,
         Workload::Waits50k,
         Workload::Waits100k,
     ];
@@ -219,11 +221,10 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                 match run_throughput(&settings, workload, variant) {
                     Ok(run) => {
                         println!(
-                            "bench: {} round {round}/{rounds}: {}: {}/s{}",
+                            "bench: {} round {round}/{rounds}: {}: {}/s",
                             workload.key(),
                             variant.label(),
                             group(run.throughput),
-                            run.p99_us.map(|p| format!(", p99 {p:.0} µs")).unwrap_or_default()
                         );
                         done.push(run);
                     }
@@ -234,9 +235,23 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        let table = throughput_table(workload, &settings, variants, &runs);
+        let table = throughput_table(workload, variants, &runs);
         md.push_str(&table);
         results.insert(workload.key(), variants.iter().copied().zip(runs).collect());
+    }
+
+    let mut service = None;
+    if wanted("http") {
+        match service::run(&settings, *http_rounds, *http_seconds) {
+            Ok(result) => {
+                md.push_str(&result.table());
+                service = Some(result);
+            }
+            Err(err) => {
+                println!("bench: HTTP service failed: {err:#}");
+                let _ = writeln!(md, "## HTTP service\n\nfailed: {err:#}\n");
+            }
+        }
     }
 
     let mut pileup = None;
@@ -253,7 +268,7 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    md.push_str(&budget_lines(&results, pileup.as_ref()));
+    md.push_str(&budget_lines(&results, service.as_ref(), pileup.as_ref()));
     let path = out_dir.join("results.md");
     std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
     println!("\n{md}");
@@ -293,39 +308,16 @@ fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> 
     let release = &settings.release;
     let cap = format!("{}", settings.seconds + 300.0);
     // `target` is the traced process; `window` the one that measures between the signals.
-    let (target, mut window, _server) = match workload {
-        Workload::Http => {
-            let mut server = Proc::spawn(
-                "http-service",
-                pinned(WORKLOAD_CPU, &release.join("http-service"))
-                    .args(["--workers", HTTP_CONNECTIONS, "--seconds", &cap]),
-            )?;
-            let line = server.wait_stdout_line(|l| l.starts_with("port "), Duration::from_secs(10))?;
-            let port = line.trim_start_matches("port ").trim().to_string();
-            let load = Proc::spawn(
-                "http-load",
-                pinned(TOOL_CPU, &release.join("http-load"))
-                    .args(["--port", &port, "--rate", &settings.http_rate.to_string()])
-                    .args(["--connections", HTTP_CONNECTIONS, "--seconds", &cap]),
-            )?;
-            (server.pid, load, Some(server))
-        }
-        _ => {
-            let mut command = pinned(WORKLOAD_CPU, &release.join("ping-pong"));
-            match workload {
-                Workload::Tcp => command.arg("tcp"),
-                Workload::Waits50k => {
-                    command.args(["futex", "--rate", &WAITS_50K_ROUND_TRIPS.to_string()])
-                }
-                Workload::Waits100k => {
-                    command.args(["futex", "--rate", &WAITS_100K_ROUND_TRIPS.to_string()])
-                }
-                _ => command.arg("futex"),
-            };
-            let proc = Proc::spawn("ping-pong", command.args(["--window", "--seconds", &cap]))?;
-            (proc.pid, proc, None)
-        }
+    let mut command = pinned(WORKLOAD_CPU, &release.join("ping-pong"));
+    match workload {
+        Workload::Tcp => command.arg("tcp"),
+        Workload::Waits50k => command.args(["futex", "--rate", &WAITS_50K_ROUND_TRIPS.to_string()]),
+        Workload::Waits100k => command.args(["futex", "--rate", &WAITS_100K_ROUND_TRIPS.to_string()]),
+        Workload::Futex => command.arg("futex"),
     };
+    // The ping-pong is both the traced process and the one that measures between the signals.
+    let mut window = Proc::spawn("ping-pong", command.args(["--window", "--seconds", &cap]))?;
+    let target = window.pid;
     window.wait_stdout_line(|l| l == "ready", Duration::from_secs(10))?;
     thread::sleep(WARM_UP);
 
@@ -342,56 +334,22 @@ fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> 
     window.signal(SIGUSR2);
     let window_ns = opened.elapsed().as_nanos() as f64;
     let cpu_after = tool.as_ref().map_or(0, |t| t.cpu_ns());
-    let result = window.wait_stdout_line(
-        |l| l.starts_with("futex ") || l.starts_with("tcp ") || l.starts_with("http "),
-        Duration::from_secs(30),
-    )?;
+    let result =
+        window.wait_stdout_line(|l| l.starts_with("futex ") || l.starts_with("tcp "), Duration::from_secs(30))?;
     let fields: Vec<&str> = result.split_whitespace().collect();
     let throughput: f64 = fields
         .get(1)
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("cannot read the workload's result {result:?}"))?;
-    let p99_us = fields
-        .iter()
-        .position(|f| *f == "p99_us")
-        .and_then(|i| fields.get(i + 1))
-        .and_then(|v| v.parse().ok());
 
     let usage = match tool.as_mut() {
         None => None,
         Some(tool) => {
-            let recorded = attached_at.elapsed();
-            tool.signal(SIGINT);
-            let (status, rusage) = tool.wait(STOP_TIMEOUT)?;
-            if !exited_ok(status) {
-                bail!("{} ended with wait status {status:#x}: {}", tool.name.clone(), tool.stderr_tail());
-            }
-            let stdout = tool.stdout_lines();
-            let seen_line = stdout.iter().find(|l| l.starts_with("seen: ")).cloned();
-            let lost_line = stdout.iter().find(|l| l.starts_with("lost: ")).cloned();
-            let waits_per_second = seen_line.as_deref().map(|line| {
-                let numbers = numbers_in(line);
-                let waits = numbers.get(1).copied().unwrap_or(0) + numbers.get(2).copied().unwrap_or(0);
-                waits as f64 / recorded.as_secs_f64()
-            });
-            let events_lost = lost_line.as_deref().map(|line| {
-                let numbers = numbers_in(line);
-                // "N ring buffer full, N in-flight map full, N wakers lost, ..."
-                // (report/summary.rs): the events the probes could not send.
-                numbers.iter().take(3).sum::<u64>()
-            });
-            Some(ToolUsage {
-                window_cpu_share: cpu_after.saturating_sub(cpu_before) as f64 / window_ns,
-                total_cpu: rusage.cpu,
-                max_rss_kib: rusage.max_rss_kib,
-                seen_line,
-                lost_line,
-                waits_per_second,
-                events_lost,
-            })
+            let window_cpu_share = cpu_after.saturating_sub(cpu_before) as f64 / window_ns;
+            Some(stop_tool(tool, attached_at.elapsed(), window_cpu_share)?)
         }
     };
-    Ok(Run { throughput, p99_us, tool: usage })
+    Ok(Run { throughput, tool: usage })
 }
 
 /// Starts the variant's tool on the tool CPU and waits until its probes are attached.
@@ -438,6 +396,39 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
         }
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Stops a tool with SIGINT and reads what it cost and saw; `recorded` is how long it
+/// was attached.
+fn stop_tool(tool: &mut Proc, recorded: Duration, window_cpu_share: f64) -> anyhow::Result<ToolUsage> {
+    tool.signal(SIGINT);
+    let (status, rusage) = tool.wait(STOP_TIMEOUT)?;
+    if !exited_ok(status) {
+        bail!("{} ended with wait status {status:#x}: {}", tool.name.clone(), tool.stderr_tail());
+    }
+    let stdout = tool.stdout_lines();
+    let seen_line = stdout.iter().find(|l| l.starts_with("seen: ")).cloned();
+    let lost_line = stdout.iter().find(|l| l.starts_with("lost: ")).cloned();
+    let waits_per_second = seen_line.as_deref().map(|line| {
+        let numbers = numbers_in(line);
+        let waits = numbers.get(1).copied().unwrap_or(0) + numbers.get(2).copied().unwrap_or(0);
+        waits as f64 / recorded.as_secs_f64()
+    });
+    let events_lost = lost_line.as_deref().map(|line| {
+        let numbers = numbers_in(line);
+        // "N ring buffer full, N in-flight map full, N wakers lost, ..."
+        // (report/summary.rs): the events the probes could not send.
+        numbers.iter().take(3).sum::<u64>()
+    });
+    Ok(ToolUsage {
+        window_cpu_share,
+        total_cpu: rusage.cpu,
+        max_rss_kib: rusage.max_rss_kib,
+        seen_line,
+        lost_line,
+        waits_per_second,
+        events_lost,
+    })
 }
 
 /// The peer a careful engineer would write by hand: latency of futex and socket reads per
@@ -571,25 +562,17 @@ fn run_pileup(root: &Path, settings: &Settings, out_dir: &Path, rounds: u32) -> 
 
 fn throughput_table(
     workload: Workload,
-    settings: &Settings,
     variants: &[Variant],
     runs: &[Result<Vec<Run>, String>],
 ) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "## {}\n", workload.title(settings.http_rate));
-    let with_p99 = workload == Workload::Http;
+    let _ = writeln!(md, "## {}\n", workload.title());
     let _ = writeln!(
         md,
-        "| variant | median /s | min–max /s | vs alone |{} tool CPU (window) | tool CPU total | tool peak RSS | waits/s seen | events lost |",
-        if with_p99 { " p99 (median) | p99 min–max | p99 vs alone |" } else { "" }
+        "| variant | median /s | min–max /s | vs alone | tool CPU (window) | tool CPU total | tool peak RSS | waits/s seen | events lost |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|{}---:|---:|---:|---:|---:|", if with_p99 { "---:|---:|---:|" } else { "" });
-    let baseline = runs.first().and_then(|r| r.as_ref().ok()).map(|runs| {
-        (
-            median(runs.iter().map(|r| r.throughput)),
-            median(runs.iter().filter_map(|r| r.p99_us)),
-        )
-    });
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let baseline = runs.first().and_then(|r| r.as_ref().ok()).map(|runs| median(runs.iter().map(|r| r.throughput)));
     let mut details = String::new();
     for (variant, runs) in variants.iter().zip(runs) {
         let runs = match runs {
@@ -602,15 +585,7 @@ fn throughput_table(
         };
         let med = median(runs.iter().map(|r| r.throughput));
         let (lo, hi) = min_max(runs.iter().map(|r| r.throughput));
-        let ratio = baseline.map_or(String::from("–"), |(base, _)| ratio_text(med, base));
-        let p99 = if with_p99 {
-            let p = median(runs.iter().filter_map(|r| r.p99_us));
-            let (p_lo, p_hi) = min_max(runs.iter().filter_map(|r| r.p99_us));
-            let vs = baseline.map_or(String::from("–"), |(_, base)| ratio_text(p, base));
-            format!(" {p:.0} µs | {p_lo:.0}–{p_hi:.0} µs | {vs} |")
-        } else {
-            String::new()
-        };
+        let ratio = baseline.map_or(String::from("–"), |base| ratio_text(med, base));
         let tools: Vec<&ToolUsage> = runs.iter().filter_map(|r| r.tool.as_ref()).collect();
         let (cpu_window, cpu_total, rss, waits, lost) = if tools.is_empty() {
             ("–".to_string(), "–".to_string(), "–".to_string(), "–".to_string(), "–".to_string())
@@ -627,7 +602,7 @@ fn throughput_table(
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {}–{} | {} |{p99} {cpu_window} | {cpu_total} | {rss} | {waits} | {lost} |",
+            "| {} | {} | {}–{} | {} | {cpu_window} | {cpu_total} | {rss} | {waits} | {lost} |",
             variant.label(),
             group(med),
             group(lo),
@@ -683,7 +658,23 @@ fn pileup_table(result: &PileupResult) -> String {
 
 type Results = BTreeMap<&'static str, Vec<(Variant, Result<Vec<Run>, String>)>>;
 
-fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
+/// How a budget came out. `Unresolved`: the measurement's own uncertainty straddles the
+/// budget, so this run can neither show it held nor that it broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Fail,
+    Unresolved,
+    Skip,
+}
+
+impl Verdict {
+    fn of(holds: bool) -> Self {
+        if holds { Verdict::Pass } else { Verdict::Fail }
+    }
+}
+
+fn budget_lines(results: &Results, service: Option<&service::ServiceResult>, pileup: Option<&PileupResult>) -> String {
     let mut md = String::from("## budgets (issue 7)\n\n");
     let runs_of = |workload: &str, variant: Variant| -> Option<&Vec<Run>> {
         results
@@ -694,11 +685,12 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
             .filter(|runs| !runs.is_empty())
     };
     let median_of = |runs: &Vec<Run>| median(runs.iter().map(|r| r.throughput));
-    let mut line = |ok: Option<bool>, text: String| {
-        let verdict = match ok {
-            Some(true) => "PASS",
-            Some(false) => "FAIL",
-            None => "SKIP",
+    let mut line = |verdict: Verdict, text: String| {
+        let verdict = match verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Unresolved => "UNRESOLVED",
+            Verdict::Skip => "SKIP",
         };
         let _ = writeln!(md, "- {verdict}: {text}");
     };
@@ -715,7 +707,7 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
                 let offcpu_loss = 1.0 - offcpu / alone;
                 let limit = offcpu_loss * PING_PONG_LOSS_VS_OFFCPUTIME;
                 line(
-                    Some(tracer_loss <= limit),
+                    Verdict::of(tracer_loss <= limit),
                     format!(
                         "ping-pong {workload}: tracer loses {:.1}% of throughput, at most a third of \
                          offcputime's {:.1}% ({:.1}%)",
@@ -725,33 +717,11 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
                     ),
                 );
             }
-            _ => line(None, format!("ping-pong {workload}: tracer vs offcputime: a variant did not run")),
+            _ => line(Verdict::Skip, format!("ping-pong {workload}: tracer vs offcputime: a variant did not run")),
         }
     }
-    if results.contains_key("http") {
-        match (runs_of("http", Variant::Alone), runs_of("http", Variant::Tracer)) {
-            (Some(alone), Some(tracer)) => {
-                let loss = 1.0 - median_of(tracer) / median_of(alone);
-                line(
-                    Some(loss <= SERVICE_MAX_LOSS),
-                    format!("HTTP service: tracer loses {:.1}% of throughput (budget 3%)", 100.0 * loss),
-                );
-                let p99_alone = median(alone.iter().filter_map(|r| r.p99_us));
-                let p99_tracer = median(tracer.iter().filter_map(|r| r.p99_us));
-                let worse = p99_tracer / p99_alone - 1.0;
-                let (lo, hi) = min_max(alone.iter().filter_map(|r| r.p99_us));
-                line(
-                    Some(worse <= SERVICE_MAX_LOSS),
-                    format!(
-                        "HTTP service: p99 {p99_tracer:.0} µs traced vs {p99_alone:.0} µs alone, {:+.1}% \
-                         (budget +3%; alone, p99 ranged {lo:.0}–{hi:.0} µs across rounds: compare \
-                         the budget with that noise)",
-                        100.0 * worse
-                    ),
-                );
-            }
-            _ => line(None, "HTTP service: a variant did not run".into()),
-        }
+    for (verdict, text) in service.map(service::ServiceResult::budget_lines).unwrap_or_default() {
+        line(verdict, text);
     }
     if results.contains_key("waits50k") {
         match runs_of("waits50k", Variant::Tracer) {
@@ -760,7 +730,7 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
                 let share = median(tools.iter().map(|t| t.window_cpu_share));
                 let waits = median(tools.iter().filter_map(|t| t.waits_per_second));
                 line(
-                    Some(share < MAX_TRACER_CPU_SHARE && waits >= 50_000.0),
+                    Verdict::of(share < MAX_TRACER_CPU_SHARE && waits >= 50_000.0),
                     format!(
                         "tracer CPU at 50,000 waits/s: {:.2}% of one core while recording ({} waits/s \
                          seen, must be ≥ 50,000; budget < 2%)",
@@ -769,7 +739,7 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
                     ),
                 );
             }
-            None => line(None, "tracer CPU at 50,000 waits/s: the run failed".into()),
+            None => line(Verdict::Skip, "tracer CPU at 50,000 waits/s: the run failed".into()),
         }
     }
     if results.contains_key("waits100k") {
@@ -779,7 +749,7 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
                 let lost: u64 = tools.iter().filter_map(|t| t.events_lost).sum();
                 let waits = median(tools.iter().filter_map(|t| t.waits_per_second));
                 line(
-                    Some(lost == 0 && tools.iter().all(|t| t.events_lost.is_some())),
+                    Verdict::of(lost == 0 && tools.iter().all(|t| t.events_lost.is_some())),
                     format!(
                         "no lost events at 100,000 waits/s: {lost} lost (ring buffer full, in-flight \
                          map full, wakers lost) over all rounds, {} waits/s seen",
@@ -787,7 +757,7 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
                     ),
                 );
             }
-            None => line(None, "lost events at 100,000 waits/s: the run failed".into()),
+            None => line(Verdict::Skip, "lost events at 100,000 waits/s: the run failed".into()),
         }
     }
     if let Some(pileup) = pileup {
@@ -799,7 +769,7 @@ fn budget_lines(results: &Results, pileup: Option<&PileupResult>) -> String {
             .max()
             .unwrap_or(0);
         line(
-            Some(rss < MAX_PILEUP_RSS_KIB),
+            Verdict::of(rss < MAX_PILEUP_RSS_KIB),
             format!(
                 "peak memory on the {PILEUP_THREADS}-thread pile-up: {:.1} MiB (snapshot and record; budget < 100 MiB)",
                 rss as f64 / 1024.0

@@ -261,6 +261,12 @@ pub struct SocketResolver {
     diag: Option<SockDiag>,
     last_open: Option<Instant>,
     table: HashMap<u64, Entry>,
+    /// What each descriptor was when last looked at (a socket's inode, or None: not a
+    /// socket), and when. Within `FRESH_FOR` the answer stands without a readlink: one per
+    /// wait was a quarter of the tracer's CPU on a busy service. A descriptor closed and
+    /// reused within that time is named as its old socket, a race the lookup already runs
+    /// (it looks after the wait, when the ring buffer is drained).
+    descriptors: HashMap<u64, (Option<u64>, Instant)>,
     last_dump: HashMap<(u8, u8), Instant>,
     counts: ResolveCounts,
     last_error: Option<DiagError>,
@@ -275,6 +281,7 @@ impl SocketResolver {
             diag: None,
             last_open: None,
             table: HashMap::new(),
+            descriptors: HashMap::new(),
             last_dump: HashMap::new(),
             counts: ResolveCounts::default(),
             last_error: None,
@@ -283,14 +290,22 @@ impl SocketResolver {
 
     /// Resolves descriptor `fd` of the process now.
     pub fn resolve(&mut self, fd: u64) -> SocketLookup {
-        let link = match fs::read_link(format!("/proc/{}/fd/{fd}", self.pid)) {
-            Ok(link) => link,
-            Err(_) => {
-                self.counts.closed += 1;
-                return SocketLookup::Unresolved;
-            }
+        let inode = match self.descriptors.get(&fd) {
+            Some(&(inode, seen)) if seen.elapsed() < FRESH_FOR => inode,
+            _ => match fs::read_link(format!("/proc/{}/fd/{fd}", self.pid)) {
+                Ok(link) => {
+                    let inode = socket_inode(&link.to_string_lossy());
+                    self.descriptors.insert(fd, (inode, Instant::now()));
+                    inode
+                }
+                Err(_) => {
+                    self.descriptors.remove(&fd);
+                    self.counts.closed += 1;
+                    return SocketLookup::Unresolved;
+                }
+            },
         };
-        let Some(inode) = socket_inode(&link.to_string_lossy()) else {
+        let Some(inode) = inode else {
             return SocketLookup::NotSocket;
         };
         let outcome = match self.table.get(&inode) {
@@ -308,7 +323,10 @@ impl SocketResolver {
                 self.counts.resolved += 1;
                 return SocketLookup::Socket(info);
             }
-            Outcome::Gone => self.counts.gone += 1,
+            Outcome::Gone => {
+                self.descriptors.remove(&fd);
+                self.counts.gone += 1;
+            }
             Outcome::HeldBack => self.counts.held_back += 1,
             Outcome::Failed(error) => {
                 log::debug!("pid {} fd {fd}: {error}", self.pid);

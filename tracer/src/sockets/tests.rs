@@ -390,6 +390,21 @@ fn closed_descriptor_is_unresolved() {
 }
 
 #[test]
+fn a_descriptor_closed_after_a_lookup_is_unresolved_once_the_answer_is_stale() {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: duplicates an open descriptor to the lowest free number >= CLOSED_FD + 1.
+    let raw = unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, CLOSED_FD + 1) };
+    assert!(raw > CLOSED_FD, "fcntl: {}", std::io::Error::last_os_error());
+    let mut resolver = SocketResolver::new(std::process::id());
+    assert!(matches!(resolver.resolve(raw as u64), SocketLookup::Socket(_)));
+    // SAFETY: `raw` is the duplicate just made, owned here only.
+    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+    thread::sleep(FRESH_FOR + Duration::from_millis(10));
+    assert_eq!(resolver.resolve(raw as u64), SocketLookup::Unresolved);
+    assert_eq!(resolver.counts().closed, 1);
+}
+
+#[test]
 fn pipe_is_not_a_socket() {
     let (reader, _writer) = std::io::pipe().unwrap();
     let mut resolver = SocketResolver::new(std::process::id());
