@@ -202,9 +202,9 @@ pub struct WaitRecord {
     pub tid: u32,
     /// A [`WaitKind`] discriminant.
     pub kind: u32,
-    /// `bpf_ktime_get_ns` at syscall entry.
+    /// `bpf_ktime_get_ns` when the thread first went to sleep in the call.
     pub start_ns: u64,
-    /// Time from syscall entry to exit, in nanoseconds.
+    /// Time from that first sleep to the call's exit, in nanoseconds.
     pub duration_ns: u64,
     /// The futex address, or the descriptor for socket calls.
     pub object: u64,

@@ -186,6 +186,7 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     if rounds == 0 || seconds <= 0.0 || *http_rounds == 0 || *http_seconds <= 0.0 || http_rate <= 0.0 {
         bail!("--rounds, --seconds, --http-rounds, --http-seconds and --http-rate must be positive");
     }
+    mount_tracefs()?;
     let release = target.join("release");
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir)
@@ -274,6 +275,18 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     println!("\n{md}");
     println!("xtask: bench results written to {}", path.display());
     Ok(())
+}
+
+/// Where bpftrace looks for tracepoints. The tracer needs no tracefs, and this machine
+/// boots without it; without it bpftrace attaches nothing and still runs, at no cost.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn mount_tracefs() -> anyhow::Result<()> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    crate::run_command(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
+        .with_context(|| format!("bpftrace needs tracefs at {TRACEFS}"))
 }
 
 struct Settings {
@@ -407,6 +420,15 @@ fn stop_tool(tool: &mut Proc, recorded: Duration, window_cpu_share: f64) -> anyh
         bail!("{} ended with wait status {status:#x}: {}", tool.name.clone(), tool.stderr_tail());
     }
     let stdout = tool.stdout_lines();
+    // A peer that attached nothing runs at no cost: such a run must fail, not flatter it.
+    let traced_something = match tool.name.as_str() {
+        "bpftrace" => stdout.iter().any(|l| l.starts_with("@usecs")),
+        "offcputime" => stdout.iter().any(|l| l.trim_start().starts_with('-')),
+        _ => stdout.iter().any(|l| l.starts_with("seen: ")),
+    };
+    if !traced_something {
+        bail!("{} reported nothing it traced: {}", tool.name.clone(), tool.stderr_tail());
+    }
     let seen_line = stdout.iter().find(|l| l.starts_with("seen: ")).cloned();
     let lost_line = stdout.iter().find(|l| l.starts_with("lost: ")).cloned();
     let waits_per_second = seen_line.as_deref().map(|line| {

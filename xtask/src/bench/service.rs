@@ -123,8 +123,8 @@ impl Service {
         Ok(Self { server, load })
     }
 
-    /// Attaches the variant's tool, measures one window, detaches. With `probe_cost`, also
-    /// reads the tool's programs' run time around the window.
+    /// Attaches the variant's tool, measures one window, detaches. Also reads the run time
+    /// of the tool's programs around the window, which counts only while bpf_stats is on.
     fn window(
         &mut self,
         settings: &Settings,
@@ -329,7 +329,7 @@ impl ServiceResult {
         percentile_ratio(&alone, &histograms(self.windows(arm)?), q, RESAMPLES)
     }
 
-    /// Responses over the arm's whole measured time, per second.
+    /// Responses per second over the arm's windows (all of one length).
     fn throughput(&self, arm: Arm) -> Option<f64> {
         let windows = self.windows(arm)?;
         Some(windows.iter().map(|w| w.throughput).sum::<f64>() / windows.len() as f64)
