@@ -163,6 +163,21 @@ macro_rules! field {
     }};
 }
 
+/// The user registers and the stack copy (borrowed) of a record; wait and waker records
+/// name these fields alike.
+macro_rules! regs_and_stack {
+    ($bytes:expr, $record:ty) => {
+        (
+            UserRegs {
+                ip: field!($bytes, $record, ip),
+                sp: field!($bytes, $record, sp),
+                bp: field!($bytes, $record, bp),
+            },
+            stack_of($bytes, offset_of!($record, stack), field!($bytes, $record, stack_len)),
+        )
+    };
+}
+
 /// Reads a `T` at `at`, with `T` inferred from `_field`, a projection to the field.
 ///
 /// # Safety
@@ -195,12 +210,7 @@ impl WaitDecoder {
             self.malformed_records += 1;
             return;
         }
-        let regs = UserRegs {
-            ip: field!(bytes, WakeRecord, ip),
-            sp: field!(bytes, WakeRecord, sp),
-            bp: field!(bytes, WakeRecord, bp),
-        };
-        let stack = stack_of(bytes, offset_of!(WakeRecord, stack), field!(bytes, WakeRecord, stack_len));
+        let (regs, stack) = regs_and_stack!(bytes, WakeRecord);
         let walked = self.walker.walk(regs, stack);
         if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
             self.wakers_evicted += self.pending_wakers.len() as u64;
@@ -223,12 +233,7 @@ impl WaitDecoder {
             return None;
         };
         let (kind, target) = self.targets.resolve(kind, field!(bytes, WaitRecord, object))?;
-        let regs = UserRegs {
-            ip: field!(bytes, WaitRecord, ip),
-            sp: field!(bytes, WaitRecord, sp),
-            bp: field!(bytes, WaitRecord, bp),
-        };
-        let stack = stack_of(bytes, offset_of!(WaitRecord, stack), field!(bytes, WaitRecord, stack_len));
+        let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
         let walked = self.walker.walk(regs, stack);
         let key = StackKey {
             addresses: walked.addresses,

@@ -354,12 +354,12 @@ impl ServiceResult {
         );
         let _ = writeln!(
             md,
-            "| variant | windows | responses/s | vs alone | p50 | p99 | p99.9 | p99 vs alone (95% interval) \
-             | p99 per window, min–max | tool CPU (window) | probe CPU per request | waits/s seen | events lost | unanswered |"
+            "| variant | windows | responses/s | vs alone | p50 | p50 vs alone (95% interval) | p99 | p99.9 \
+             | p99 vs alone (95% interval) | p99 per window, min–max | tool CPU (window) | probe CPU per request | waits/s seen | events lost | unanswered |"
         );
         let _ = writeln!(
             md,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let alone_throughput = self.throughput(Arm::Run(Variant::Alone));
         for (arm, windows) in &self.arms {
@@ -384,12 +384,13 @@ impl ServiceResult {
             let throughput = self.throughput(*arm).unwrap_or(f64::NAN);
             let vs_alone =
                 alone_throughput.map_or("–".into(), |base| super::ratio_text(throughput, base));
-            let p99_vs = match arm {
+            let vs_alone_at = |q: f64| match arm {
                 Arm::Run(Variant::Alone) => "–".to_string(),
                 _ => self
-                    .against_alone(*arm, 0.99)
+                    .against_alone(*arm, q)
                     .map_or("–".into(), |e| interval_text(&e)),
             };
+            let (p50_vs, p99_vs) = (vs_alone_at(0.50), vs_alone_at(0.99));
             let (lo, hi) = min_max(windows.iter().map(|w| w.p99_us));
             let tools: Vec<&ToolUsage> = windows.iter().filter_map(|w| w.tool.as_ref()).collect();
             let cpu = if tools.is_empty() {
@@ -416,7 +417,7 @@ impl ServiceResult {
             let lost: Vec<u64> = tools.iter().filter_map(|t| t.events_lost).collect();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {vs_alone} | {} | {} | {} | {p99_vs} | {lo:.0}–{hi:.0} µs | {cpu} | {probe_cost} | {} | {} | {} |",
+                "| {} | {} | {} | {vs_alone} | {} | {p50_vs} | {} | {} | {p99_vs} | {lo:.0}–{hi:.0} µs | {cpu} | {probe_cost} | {} | {} | {} |",
                 arm.label(),
                 windows.len(),
                 group(throughput),
