@@ -6,11 +6,11 @@
 //! Usage: `http-load --port P [--rate R] [--connections C] [--seconds S]`. Prints `ready`
 //! once connected, then measures every window between a SIGUSR1 and the next SIGUSR2 (see
 //! `window.rs`), for as many windows as the bench opens, until S seconds have passed. After
-//! each window it prints
-//! `http <responses per second> p50_us <x> p99_us <y> max_us <z> due <requests per second due>
-//! unanswered <n>` and then `latencies_us <µs>:<count> …`, every latency of the window's requests at 1 µs
-//! resolution, so that the bench can pool the windows of one variant into one distribution
-//! (a p99 of many short windows interleaved with other variants, not a median of noisy ones).
+//! each window it prints `http <responses per second> p50_us <x> p99_us <y> max_us <z>
+//! due <requests per second due> unanswered <n>`, then `latencies_us <µs>:<count> …`: every
+//! latency of the window's requests at 1 µs resolution, so that the bench can pool the
+//! windows of one variant into one distribution (a p99 of many short windows interleaved
+//! with other variants, not a median of noisy ones).
 
 #[path = "window.rs"]
 mod window;
@@ -105,11 +105,12 @@ fn main() {
             .unwrap_or_else(|e| panic!("spawn deadline: {e}"));
     }
     loop {
-        // Samples from before this window's opening are of no window: drop them.
+        // Samples of requests answered before this point belong to no window: drop them
+        // (those that come between now and the opening are left out by their due time).
         let _ = take_samples(&measured);
         let opened = signals.wait_for(window::Edge::Open);
         let closed = signals.wait_for(window::Edge::Close);
-        let unanswered = wait_until_answered(&measured, closed, period);
+        let unanswered = wait_until_answered(&measured, opened, closed, period);
         report_window(&take_samples(&measured), opened, closed, unanswered);
     }
 }
@@ -127,9 +128,14 @@ fn take_samples(measured: &[Arc<Mutex<Measured>>]) -> Vec<Sample> {
 }
 
 /// Waits (at most `ANSWER_GRACE`) until no connection still waits for a request due before
-/// `closed`; returns how many requests due before `closed` are still unanswered then (the
-/// one in flight on each stuck connection and those queued behind it).
-fn wait_until_answered(measured: &[Arc<Mutex<Measured>>], closed: Instant, period: Duration) -> u64 {
+/// `closed`; returns how many requests due in [`opened`, `closed`) are still unanswered then
+/// (the one in flight on each stuck connection and those queued behind it).
+fn wait_until_answered(
+    measured: &[Arc<Mutex<Measured>>],
+    opened: Instant,
+    closed: Instant,
+    period: Duration,
+) -> u64 {
     let deadline = Instant::now() + ANSWER_GRACE;
     loop {
         let pending: Vec<Instant> = measured
@@ -140,7 +146,10 @@ fn wait_until_answered(measured: &[Arc<Mutex<Measured>>], closed: Instant, perio
         if pending.is_empty() || Instant::now() >= deadline {
             return pending
                 .iter()
-                .map(|&due| (closed.duration_since(due).as_secs_f64() / period.as_secs_f64()).ceil() as u64)
+                .map(|&due| {
+                    let stuck_since = due.max(opened);
+                    (closed.duration_since(stuck_since).as_secs_f64() / period.as_secs_f64()).ceil() as u64
+                })
                 .sum();
         }
         thread::sleep(Duration::from_millis(5));
@@ -180,7 +189,14 @@ fn report_window(samples: &[Sample], opened: Instant, closed: Instant, unanswere
 }
 
 /// Sends a request every `period` from `first` on, reads each response, until `stop`.
-fn client(stream: TcpStream, first: Instant, period: Duration, id: u64, stop: &AtomicBool, measured: &Mutex<Measured>) {
+fn client(
+    stream: TcpStream,
+    first: Instant,
+    period: Duration,
+    id: u64,
+    stop: &AtomicBool,
+    measured: &Mutex<Measured>,
+) {
     let mut writer = stream.try_clone().unwrap_or_else(|e| panic!("clone stream: {e}"));
     let mut reader = BufReader::new(stream);
     let mut line = String::new();

@@ -78,7 +78,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20_000.0)]
     http_rate: f64,
     /// Rounds of the HTTP service: one window of each variant, and of a second alone
-    /// control, per round. Its latencies vary too much here for fewer to say much.
+    /// control, per round. Its latencies vary too much here for fewer to say much; below 5
+    /// the comparisons get no interval.
     #[arg(long, default_value_t = 12)]
     http_rounds: u32,
     /// Length of each HTTP service window, in seconds.

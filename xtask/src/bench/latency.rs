@@ -102,8 +102,12 @@ pub fn pooled<'a>(windows: impl IntoIterator<Item = &'a Histogram>) -> Histogram
     all
 }
 
+/// Fewer rounds than this give no interval: resampling two or three rounds yields a narrow
+/// interval that means nothing.
+pub const MIN_ROUNDS_FOR_INTERVAL: usize = 5;
+
 /// A percentile of a variant over the same percentile of the baseline, with a 95%
-/// confidence interval.
+/// confidence interval ([0, ∞) when there were too few rounds to say).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RatioEstimate {
     pub ratio: f64,
@@ -127,6 +131,9 @@ pub fn percentile_ratio(
     }
     let ratio =
         pooled(&variant[..rounds]).percentile(q)? / pooled(&baseline[..rounds]).percentile(q)?;
+    if rounds < MIN_ROUNDS_FOR_INTERVAL {
+        return Some(RatioEstimate { ratio, low: 0.0, high: f64::INFINITY });
+    }
     let mut random = SplitMix64(0x7261_6365_7231_3939);
     let mut ratios: Vec<f64> = (0..resamples)
         .filter_map(|_| {
@@ -228,6 +235,15 @@ mod tests {
         let estimate = percentile_ratio(&base, &slower, 0.95, 200).expect("estimates");
         assert!(close(estimate.ratio, 1.1), "{estimate:?}");
         assert!(estimate.low > 1.08 && estimate.high < 1.12, "{estimate:?}");
+    }
+
+    #[test]
+    fn too_few_rounds_give_no_interval() {
+        let base = vec![histogram(&[(100, 100)]); MIN_ROUNDS_FOR_INTERVAL - 1];
+        let slower = vec![histogram(&[(120, 100)]); MIN_ROUNDS_FOR_INTERVAL - 1];
+        let estimate = percentile_ratio(&base, &slower, 0.5, 100).expect("estimates");
+        assert!(close(estimate.ratio, 1.2), "{estimate:?}");
+        assert_eq!((estimate.low, estimate.high), (0.0, f64::INFINITY));
     }
 
     #[test]

@@ -508,6 +508,9 @@ fn p99_verdict(tracer: &RatioEstimate, control: &RatioEstimate, budget: f64) -> 
 
 fn interval_text(estimate: &RatioEstimate) -> String {
     let percent = |ratio: f64| format!("{:+.1}%", 100.0 * (ratio - 1.0));
+    if estimate.high.is_infinite() {
+        return format!("{} (too few rounds for an interval)", percent(estimate.ratio));
+    }
     format!(
         "{} ({} to {})",
         percent(estimate.ratio),
@@ -530,6 +533,13 @@ mod tests {
         assert_eq!(p99_verdict(&estimate(1.01, 1.0, 1.02), &quiet, 0.03), Verdict::Pass);
         assert_eq!(p99_verdict(&estimate(1.10, 1.05, 1.15), &quiet, 0.03), Verdict::Fail);
         assert_eq!(p99_verdict(&estimate(1.03, 1.01, 1.05), &quiet, 0.03), Verdict::Unresolved);
+    }
+
+    #[test]
+    fn too_few_rounds_judge_nothing() {
+        let unknown = estimate(1.0, 0.0, f64::INFINITY);
+        assert_eq!(p99_verdict(&estimate(1.0, 0.0, f64::INFINITY), &unknown, 0.03), Verdict::Unresolved);
+        assert!(interval_text(&unknown).contains("too few rounds"));
     }
 
     #[test]
