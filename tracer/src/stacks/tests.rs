@@ -171,6 +171,43 @@ fn unwinds_own_stack_through_std_thread_start() {
     assert_eq!(truncated.frames.first(), Some(&captured.regs.ip));
 }
 
+#[test]
+fn a_remembered_walk_is_reused_only_for_the_same_stack_words() {
+    let captured = std::thread::Builder::new()
+        .stack_size(CAPTURE_THREAD_STACK)
+        .spawn(outer_fn)
+        .expect("spawn capture thread")
+        .join()
+        .expect("capture thread panicked");
+    let image =
+        ProcessImage::snapshot(std::process::id()).unwrap_or_else(|e| panic!("snapshot self: {e}"));
+    let fresh = |stack: &[u8]| StackUnwinder::new(&image).unwind(captured.regs, stack);
+    let mut unwinder = StackUnwinder::new(&image);
+
+    let first = unwinder.unwind(captured.regs, &captured.stack);
+    let again = unwinder.unwind(captured.regs, &captured.stack);
+    assert!(first.frames.len() > 3, "{first:?}");
+    assert_eq!((&again.frames, again.end), (&first.frames, first.end));
+
+    // The same registers over a stack whose first return address is gone: the walk the
+    // unwinder remembers read that word, so it must walk again and stop where it is null.
+    let slot = captured
+        .stack
+        .chunks_exact(8)
+        .position(|word| word == first.frames[1].to_le_bytes())
+        .expect("the first return address is in the copy");
+    let mut changed = captured.stack.clone();
+    changed[slot * 8..slot * 8 + 8].fill(0);
+    let walked_again = unwinder.unwind(captured.regs, &changed);
+    let expected = fresh(&changed);
+    assert_eq!((&walked_again.frames, walked_again.end), (&expected.frames, expected.end));
+    assert!(walked_again.frames.len() < first.frames.len(), "{walked_again:?}");
+
+    // And the original stack is walked as before.
+    let back = unwinder.unwind(captured.regs, &captured.stack);
+    assert_eq!((&back.frames, back.end), (&first.frames, first.end));
+}
+
 /// Kills and reaps the child on drop, so a failing test leaves no process behind.
 struct ChildGuard(Child);
 

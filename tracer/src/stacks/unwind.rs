@@ -1,6 +1,6 @@
 //! Unwinding a copied user stack with `.eh_frame` CFI (framehop), frame pointers as fallback.
 
-use std::ops::Range;
+use std::{collections::HashMap, ops::Range};
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, Unwinder as _};
@@ -46,12 +46,29 @@ pub enum UnwindEnd {
     Failed,
 }
 
-/// Unwinds stacks of one process, caching unwind rules across calls.
+/// Walks remembered at most; a full table is emptied (pool threads come back to a few
+/// places, so it refills at once).
+const MAX_REMEMBERED_WALKS: usize = 4096;
+
+/// Unwinds stacks of one process, caching unwind rules across calls, and whole walks by the
+/// shape of the stack they walked.
 pub struct StackUnwinder {
     unwinder: UnwinderX86_64<SectionBytes>,
     cache: CacheX86_64,
     /// The modules given to framehop, sorted by start address.
     known: Vec<KnownModule>,
+    /// Past walks by their start registers (ip, sp, bp).
+    walks: HashMap<(u64, u64, u64), RememberedWalk>,
+}
+
+/// A walk is a function of its start registers, the modules and the stack words it reads:
+/// a stack that starts at the same registers and holds the same word at every address the
+/// walk read would be walked the same way again. Threads of a pool wait at the same call
+/// sites at the same depth over and over, so most walks repeat one before them.
+struct RememberedWalk {
+    /// Each address read, with the word found (None: outside the copy), in order.
+    reads: Vec<(u64, Option<u64>)>,
+    unwound: UnwoundStack,
 }
 
 struct KnownModule {
@@ -65,6 +82,7 @@ impl StackUnwinder {
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
             known: Vec::new(),
+            walks: HashMap::new(),
         };
         unwinder.sync_modules(image);
         unwinder
@@ -76,8 +94,10 @@ impl StackUnwinder {
             unwinder,
             cache: _,
             known,
+            walks,
         } = self;
         let in_image = |id: u64| image.modules().iter().any(|module| module.id == id);
+        let before = known.len();
         known.retain(|module| {
             let keep = in_image(module.id);
             if !keep {
@@ -85,6 +105,7 @@ impl StackUnwinder {
             }
             keep
         });
+        let mut changed = known.len() != before;
         for module in image.modules() {
             if known.iter().all(|known| known.id != module.id) {
                 unwinder.add_module(framehop_module(module));
@@ -92,20 +113,51 @@ impl StackUnwinder {
                     id: module.id,
                     avma_range: module.avma_range.clone(),
                 });
+                changed = true;
             }
         }
         known.sort_by_key(|module| module.avma_range.start);
+        // Other modules walk (or stop) differently.
+        if changed {
+            walks.clear();
+        }
     }
 
     /// Unwinds from `regs`; `stack` holds the bytes at [regs.sp, regs.sp + stack.len()).
     /// Stops at `MAX_FRAMES` frames.
     pub fn unwind(&mut self, regs: UserRegs, stack: &[u8]) -> UnwoundStack {
+        let start = (regs.ip, regs.sp, regs.bp);
+        if let Some(walk) = self.walks.get(&start) {
+            let same_words = walk
+                .reads
+                .iter()
+                .all(|&(addr, word)| read_stack_word(stack, regs.sp, addr).ok() == word);
+            if same_words {
+                return walk.unwound.clone();
+            }
+        }
+        let mut reads = Vec::new();
+        let unwound = self.walk(regs, stack, &mut reads);
+        if self.walks.len() >= MAX_REMEMBERED_WALKS {
+            self.walks.clear();
+        }
+        self.walks.insert(start, RememberedWalk { reads, unwound: unwound.clone() });
+        unwound
+    }
+
+    /// The walk itself, noting every stack word it reads in `reads`.
+    fn walk(&mut self, regs: UserRegs, stack: &[u8], reads: &mut Vec<(u64, Option<u64>)>) -> UnwoundStack {
         let Self {
             unwinder,
             cache,
             known,
+            walks: _,
         } = self;
-        let mut read_stack = |addr: u64| read_stack_word(stack, regs.sp, addr);
+        let mut read_stack = |addr: u64| {
+            let word = read_stack_word(stack, regs.sp, addr);
+            reads.push((addr, word.ok()));
+            word
+        };
         let mut frames_iter = unwinder.iter_frames(
             regs.ip,
             UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
