@@ -45,14 +45,29 @@ fn lost(stdout: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{what}` count in {paragraph:?}"))
 }
 
+/// The `lost:` count of `what`, which must be above zero: the loss a test forced.
+fn assert_counted(stdout: &str, what: &str) -> u64 {
+    let count = lost(stdout, what);
+    println!("{what}: {count}");
+    assert!(count > 0, "nothing counted as {what}:\n{stdout}");
+    count
+}
+
+/// `tracer record` of `pid` for `RECORD` with `extra` flags; its stdout.
+fn record(pid: u32, extra: &[&str]) -> String {
+    let mut args = vec!["--duration", RECORD];
+    args.extend_from_slice(extra);
+    let out = tracer_record(pid, &args, TIMEOUT);
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    out.stdout
+}
+
 /// `tracer record` of `pid` for `RECORD` with a folded output in `dir`: its stdout and the
 /// folded stacks.
 fn record_folded(pid: u32, dir: &TempDir) -> (String, Vec<tracer_tests::FoldedStack>) {
     let folded = dir.join("waits.folded");
-    let folded_arg = folded.to_string_lossy().into_owned();
-    let out = tracer_record(pid, &["--duration", RECORD, "--output", &folded_arg], TIMEOUT);
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    (out.stdout, read_folded(&folded))
+    let stdout = record(pid, &["--output", &folded.to_string_lossy()]);
+    (stdout, read_folded(&folded))
 }
 
 /// The number before `what` in the report's `seen:` line (`seen: N waits, N long, N short`).
@@ -69,15 +84,8 @@ fn seen(stdout: &str, what: &str) -> u64 {
 #[test]
 fn a_full_ring_buffer_is_counted() {
     let workload = deep_stack();
-    let out = tracer_record(
-        workload.pid(),
-        &["--duration", RECORD, "--ring-buffer-bytes", TINY_RING_BUFFER],
-        TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let full = lost(&out.stdout, "ring buffer full");
-    println!("ring buffer full: {full}");
-    assert!(full > 0, "nothing counted as lost:\n{}", out.stdout);
+    let stdout = record(workload.pid(), &["--ring-buffer-bytes", TINY_RING_BUFFER]);
+    assert_counted(&stdout, "ring buffer full");
 }
 
 #[test]
@@ -85,9 +93,7 @@ fn callers_beyond_the_stack_copy_are_counted_as_truncated_unwinds() {
     let workload = deep_stack();
     let dir = TempDir::new("losses");
     let (stdout, stacks) = record_folded(workload.pid(), &dir);
-    let truncated = lost(&stdout, "unwinds truncated");
-    println!("unwinds truncated: {truncated}");
-    assert!(truncated > 0, "nothing counted as truncated:\n{stdout}");
+    assert_counted(&stdout, "unwinds truncated");
     // The truncated stacks are in the report, marked, and reach the big frame but not its
     // caller (64 KiB above, beyond the 16 KiB copy).
     let marked: Vec<_> = stacks
@@ -118,28 +124,17 @@ fn c_losses(dir: &TempDir, mode: &str) -> tracer_tests::ChildGuard {
 fn a_full_wake_ring_buffer_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "wakes");
-    let out = tracer_record(
-        workload.pid(),
-        &["--duration", RECORD, "--wake-ring-buffer-bytes", TINY_RING_BUFFER],
-        TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let lost_wakers = lost(&out.stdout, "wakers lost");
-    println!("wakers lost: {lost_wakers}");
-    assert!(lost_wakers > 0, "no waker counted as lost:\n{}", out.stdout);
+    let stdout = record(workload.pid(), &["--wake-ring-buffer-bytes", TINY_RING_BUFFER]);
+    assert_counted(&stdout, "wakers lost");
     // The waits themselves still arrive (their ring buffer is the default one).
-    assert!(seen(&out.stdout, "long") > 0, "no long waits reported:\n{}", out.stdout);
+    assert!(seen(&stdout, "long") > 0, "no long waits reported:\n{stdout}");
 }
 
 #[test]
 fn a_stack_that_cannot_be_read_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "bad-stack");
-    let out = tracer_record(workload.pid(), &["--duration", RECORD], TIMEOUT);
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let unreadable = lost(&out.stdout, "stacks unreadable");
-    println!("stacks unreadable: {unreadable}");
-    assert!(unreadable > 0, "no stack counted as unreadable:\n{}", out.stdout);
+    assert_counted(&record(workload.pid(), &[]), "stacks unreadable");
 }
 
 #[test]
@@ -147,9 +142,7 @@ fn code_that_no_symbol_covers_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "jit");
     let (stdout, stacks) = record_folded(workload.pid(), &dir);
-    let unknown = lost(&stdout, "unknown symbols");
-    println!("unknown symbols: {unknown}");
-    assert!(unknown > 0, "no symbol counted as unknown:\n{stdout}");
+    assert_counted(&stdout, "unknown symbols");
     // The waits are still reported, their innermost frame (next to the kind) unknown.
     let leaf_unknown = |stack: &&tracer_tests::FoldedStack| {
         let frames = &stack.frames;
@@ -164,11 +157,7 @@ fn code_that_no_symbol_covers_is_counted() {
 fn a_socket_closed_before_it_is_resolved_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "closed-socket");
-    let out = tracer_record(workload.pid(), &["--duration", RECORD], TIMEOUT);
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let unresolved = lost(&out.stdout, "descriptors unresolved");
-    println!("descriptors unresolved: {unresolved}");
-    assert!(unresolved > 0, "no descriptor counted as unresolved:\n{}", out.stdout);
+    assert_counted(&record(workload.pid(), &[]), "descriptors unresolved");
 }
 
 #[test]
@@ -177,14 +166,8 @@ fn a_waker_whose_wait_was_lost_is_counted() {
     // arrives: each waker is left without its wait.
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "wakes");
-    let out = tracer_record(
-        workload.pid(),
-        &["--duration", RECORD, "--ring-buffer-bytes", TINY_RING_BUFFER],
-        TIMEOUT,
-    );
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    let unmatched = out
-        .stdout
+    let stdout = record(workload.pid(), &["--ring-buffer-bytes", TINY_RING_BUFFER]);
+    let unmatched = stdout
         .lines()
         .find_map(|line| {
             line.strip_prefix("lost: ")?
@@ -192,8 +175,8 @@ fn a_waker_whose_wait_was_lost_is_counted() {
                 .parse::<u64>()
                 .ok()
         })
-        .unwrap_or_else(|| panic!("no unmatched wakers counted:\n{}", out.stdout));
+        .unwrap_or_else(|| panic!("no unmatched wakers counted:\n{stdout}"));
     println!("wakers unmatched: {unmatched}");
     assert!(unmatched > 0);
-    assert!(lost(&out.stdout, "ring buffer full") > 0, "{}", out.stdout);
+    assert!(lost(&stdout, "ring buffer full") > 0, "{stdout}");
 }

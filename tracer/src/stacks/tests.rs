@@ -116,8 +116,9 @@ fn names(frames: &[Frame]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn unwinds_own_stack_through_std_thread_start() {
+/// A stack captured in `capture_fn` on a thread of this test process, and the process's
+/// memory map after it.
+fn capture_own_stack() -> (Captured, ProcessImage) {
     let captured = std::thread::Builder::new()
         .stack_size(CAPTURE_THREAD_STACK)
         .spawn(outer_fn)
@@ -126,6 +127,12 @@ fn unwinds_own_stack_through_std_thread_start() {
         .expect("capture thread panicked");
     let image =
         ProcessImage::snapshot(std::process::id()).unwrap_or_else(|e| panic!("snapshot self: {e}"));
+    (captured, image)
+}
+
+#[test]
+fn unwinds_own_stack_through_std_thread_start() {
+    let (captured, image) = capture_own_stack();
     let main_module = image
         .module_for(captured.regs.ip)
         .expect("the captured ip is in a module");
@@ -173,14 +180,7 @@ fn unwinds_own_stack_through_std_thread_start() {
 
 #[test]
 fn a_remembered_walk_is_reused_only_for_the_same_stack_words() {
-    let captured = std::thread::Builder::new()
-        .stack_size(CAPTURE_THREAD_STACK)
-        .spawn(outer_fn)
-        .expect("spawn capture thread")
-        .join()
-        .expect("capture thread panicked");
-    let image =
-        ProcessImage::snapshot(std::process::id()).unwrap_or_else(|e| panic!("snapshot self: {e}"));
+    let (captured, image) = capture_own_stack();
     let fresh = |stack: &[u8]| StackUnwinder::new(&image).unwind(captured.regs, stack);
     let mut unwinder = StackUnwinder::new(&image);
 

@@ -72,11 +72,17 @@ const ARMS: [Arm; 5] = [
 struct Window {
     /// Responses per second.
     throughput: f64,
-    p99_us: f64,
     /// Requests due in the window and still unanswered when it was read.
     unanswered: u64,
     latencies: Histogram,
     tool: Option<ToolUsage>,
+}
+
+impl Window {
+    /// The window's own p99, from its histogram.
+    fn p99_us(&self) -> f64 {
+        self.latencies.percentile(0.99).unwrap_or(f64::NAN)
+    }
 }
 
 /// What the probes of one tool cost per request (from bpf_stats).
@@ -184,7 +190,6 @@ impl Service {
         thread::sleep(GAP);
         let window = Window {
             throughput: field("http")?,
-            p99_us: field("p99_us")?,
             unanswered: field("unanswered")? as u64,
             latencies,
             tool: tool_usage,
@@ -247,7 +252,7 @@ pub fn run(settings: &Settings, rounds: u32, window_seconds: f64) -> anyhow::Res
                         round + 1,
                         arm.label(),
                         group(window.throughput),
-                        window.p99_us
+                        window.p99_us()
                     );
                     windows.push(window);
                 }
@@ -391,7 +396,7 @@ impl ServiceResult {
                     .map_or("–".into(), |e| interval_text(&e)),
             };
             let (p50_vs, p99_vs) = (vs_alone_at(0.50), vs_alone_at(0.99));
-            let (lo, hi) = min_max(windows.iter().map(|w| w.p99_us));
+            let (lo, hi) = min_max(windows.iter().map(Window::p99_us));
             let tools: Vec<&ToolUsage> = windows.iter().filter_map(|w| w.tool.as_ref()).collect();
             let cpu = if tools.is_empty() {
                 "–".into()
