@@ -7,34 +7,14 @@
 //! `report_cmd` (`tracer report`) reads saved profiles back into the exporters;
 //! `serve` keeps the record pipeline running behind HTTP endpoints.
 
-// Syscall numbers, saved registers and /proc/PID/task/TID/syscall are read as x86_64's.
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("tracer supports x86_64 only");
-
-mod aggregate;
-mod blocked_now;
-mod cli;
-mod events;
-mod golang;
-mod locks;
-mod own_usage;
-mod probes;
-mod record;
-mod report;
-mod report_cmd;
-mod serve;
-mod snapshot;
-mod sockets;
-mod stacks;
-mod target;
-mod threads;
-mod wait_targets;
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command};
+use tracer::{
+    cli::{Cli, Command},
+    record, report_cmd, serve, snapshot,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

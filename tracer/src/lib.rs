@@ -1,0 +1,36 @@
+//! `tracer`: which call sites of a live process pile up waiting.
+//!
+//! The binary is a thin shell over this library; the integration tests use it to read the
+//! profiles the binary writes back into the data model and assert on what they mean.
+
+// Syscall numbers, saved registers and /proc/PID/task/TID/syscall are read as x86_64's.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("tracer supports x86_64 only");
+
+pub mod aggregate;
+pub mod blocked_now;
+pub mod cli;
+pub mod events;
+pub mod golang;
+pub mod locks;
+pub mod own_usage;
+pub mod probes;
+pub mod record;
+pub mod report;
+pub mod report_cmd;
+pub mod serve;
+pub mod snapshot;
+pub mod sockets;
+pub mod stacks;
+pub mod target;
+pub mod threads;
+pub mod wait_targets;
+
+
+pub use aggregate::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats};
+pub use tracer_common::WaitKind;
+
+/// Reads a profile `tracer` wrote (`.json`, `.pb.gz`/`.pprof`) back into the data model.
+pub fn read_profile(path: &std::path::Path) -> Result<Profile, report::ReadError> {
+    report::read_saved(path).map(|saved| saved.profile)
+}
