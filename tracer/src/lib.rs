@@ -7,27 +7,20 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("tracer supports x86_64 only");
 
-pub mod aggregate;
-pub mod blocked_now;
 pub mod cli;
-pub mod events;
+pub mod commands;
 pub mod golang;
-pub mod locks;
-pub mod own_usage;
+pub mod model;
+pub mod objects;
+pub mod pipeline;
 pub mod probes;
-pub mod record;
 pub mod report;
-pub mod report_cmd;
 pub mod serve;
-pub mod snapshot;
-pub mod sockets;
 pub mod stacks;
-pub mod target;
 pub mod threads;
-pub mod wait_targets;
 
 
-pub use aggregate::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats};
+pub use model::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats};
 pub use tracer_common::WaitKind;
 
 /// Reads a profile `tracer` wrote (`.json`, `.pb.gz`/`.pprof`) back into the data model.

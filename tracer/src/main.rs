@@ -13,7 +13,8 @@ use clap::Parser as _;
 
 use tracer::{
     cli::{Cli, Command},
-    record, report_cmd, serve, snapshot,
+    commands::{record, report, snapshot},
+    serve,
 };
 
 fn main() -> ExitCode {
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Record(args) => record::record(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args),
-            Command::Report(args) => report_cmd::report(args),
+            Command::Report(args) => report::report(args),
             Command::Serve(args) => serve::serve(args).await,
         }
     });

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 
 use crate::{
-    aggregate::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, module_infos},
+    model::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, module_infos},
     report::Output,
     stacks::ProcessImage,
-    target::{self, Target},
-    wait_targets::WaitTargets,
+    pipeline::target::{self, Target},
+    objects::WaitObjects,
 };
 
 pub use binary::is_go;
@@ -69,7 +69,7 @@ pub fn snapshot(
     );
     let parsed = started.elapsed();
     let (mut goroutines, mut counts) = read_waiting(target, &binary, module.bias)?;
-    let mut targets = WaitTargets::new(pid);
+    let mut targets = WaitObjects::new(pid);
     name_io_waits(pid, &binary, &mut goroutines, &mut counts, &mut targets);
     let read = started.elapsed();
     let endpoint_states = std::mem::take(&mut targets.endpoint_states);
@@ -85,7 +85,7 @@ pub fn snapshot(
         "{}",
         snapshot.render_text(&target.comm, pid, &binary.version, top, elapsed)
     );
-    println!("{}", crate::own_usage::ProcessUsage::of_self());
+    println!("{}", crate::pipeline::own_usage::ProcessUsage::of_self());
     let thread_counts = thread_counts(&snapshot.counts);
     let stacks = snapshot.profile_stacks(module.name(), true);
     let mut base =
@@ -149,7 +149,7 @@ fn name_io_waits(
     binary: &binary::GoBinary<'_>,
     goroutines: &mut [goroutines::Goroutine],
     counts: &mut goroutines::GoroutineCounts,
-    targets: &mut WaitTargets,
+    targets: &mut WaitObjects,
 ) {
     let io_wait = binary
         .wait_reasons

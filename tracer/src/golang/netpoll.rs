@@ -6,7 +6,7 @@
 //! `/proc/PID/fdinfo` (one `tfd: FD events: … data: HEX` line per registration) → each
 //! pollDesc, whose `fd` must be the registered descriptor (which rules out a wrong
 //! decoding, or an epoll set of the program's own) → the parked `g` → its socket, named by
-//! [`WaitTargets`] as a thread's socket wait is.
+//! [`WaitObjects`] as a thread's socket wait is.
 
 use std::collections::HashMap;
 use std::{fs, io};
@@ -15,7 +15,7 @@ use tracer_common::WaitKind;
 
 use super::binary::PollDescLayout;
 use super::goroutines::{Goroutine, GoroutineCounts, Memory, word};
-use crate::{aggregate::WaitTarget, wait_targets::WaitTargets};
+use crate::{model::WaitObject, objects::WaitObjects};
 
 /// What `/proc/PID/fd/N` links to for an epoll instance.
 const EPOLL_LINK: &str = "anon_inode:[eventpoll]";
@@ -121,13 +121,13 @@ fn poll_desc_candidates(data: u64) -> Vec<u64> {
 }
 
 /// Names what each goroutine parked on a descriptor waits on (the socket's remote
-/// endpoint, as `WaitTargets` names a thread's), and counts the goroutines in IO wait
+/// endpoint, as `WaitObjects` names a thread's), and counts the goroutines in IO wait
 /// (`io_wait`, the reason's index) that could not be named and why.
 pub fn name_io_waits(
     goroutines: &mut [Goroutine],
     parked: &HashMap<u64, PolledDescriptor>,
     io_wait: Option<u8>,
-    targets: &mut WaitTargets,
+    targets: &mut WaitObjects,
     counts: &mut GoroutineCounts,
 ) {
     for goroutine in goroutines {
@@ -145,7 +145,7 @@ pub fn name_io_waits(
         };
         let non_socket_before = targets.non_socket_io;
         match targets.resolve(kind, fd) {
-            Some((_, WaitTarget::Endpoint(endpoint))) => {
+            Some((_, WaitObject::Endpoint(endpoint))) => {
                 goroutine.object = Some(endpoint);
                 counts.io_wait_named += 1;
             }
@@ -204,7 +204,7 @@ mod tests {
     fn io_waits_not_found_are_counted() {
         const IO_WAIT: u8 = 2;
         // Descriptors of a pid that does not exist: the lookups fail and are counted.
-        let mut targets = WaitTargets::new(u32::MAX);
+        let mut targets = WaitObjects::new(u32::MAX);
         let mut goroutines = [
             goroutine(0x100, IO_WAIT),
             goroutine(0x200, IO_WAIT),

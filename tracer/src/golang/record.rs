@@ -19,13 +19,13 @@ use super::binary::GoBinary;
 use super::goroutines::{Goroutine, GoroutineCounts};
 use super::report::{GoFrame, GoSnapshot, GoroutineGroup, frames_of};
 use crate::{
-    aggregate::{Profile, ProfileKind, TraceCounts, WaitStats},
+    model::{Profile, ProfileKind, TraceCounts, WaitStats},
     probes::{GoProbeCounters, GoWaitTotal, Probes},
     report::Output,
     report::summary::format_duration,
     stacks::ProcessImage,
-    target::{self, Target},
-    wait_targets::WaitTargets,
+    pipeline::target::{self, Target},
+    objects::WaitObjects,
 };
 
 /// Go's own system goroutines start in package runtime, except these
@@ -80,7 +80,7 @@ pub async fn record(
             log::warn!("cannot read the goroutines parked at the start: {err:#}");
             Vec::new()
         });
-    let start_read_ns = crate::blocked_now::monotonic_now_ns();
+    let start_read_ns = crate::threads::blocked_now::monotonic_now_ns();
     eprintln!(
         "tracer: recording goroutine waits of {} (pid {pid}, {}) for {}; Ctrl-C to stop early",
         target.comm,
@@ -105,7 +105,7 @@ pub async fn record(
     drop(probes);
     let recording = GoRecording::build(&binary, module.bias, waits, counters, still);
     print!("{}", recording.render_text(&target.comm, pid, &binary.version, top, elapsed));
-    println!("{}", crate::own_usage::ProcessUsage::of_self());
+    println!("{}", crate::pipeline::own_usage::ProcessUsage::of_self());
     let GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended } = counters;
     let still = &recording.still;
     let mut base = super::go_profile(
@@ -165,7 +165,7 @@ fn still_parked(
             return GoSnapshot::default();
         }
     };
-    let mut targets = WaitTargets::new(target.pid);
+    let mut targets = WaitObjects::new(target.pid);
     super::name_io_waits(target.pid, binary, &mut goroutines, &mut counts, &mut targets);
     let at_start: HashMap<u64, &Goroutine> =
         at_start.iter().map(|goroutine| (goroutine.goid, goroutine)).collect();

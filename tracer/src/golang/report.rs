@@ -1,6 +1,6 @@
 //! Goroutine groups: a table like the header lines of pprof's goroutine profile
 //! (`10000 @ main.f [chan receive]`, most first, with the frames below) for stdout, and
-//! the stacks of the [`Profile`](crate::aggregate::Profile) the report exporters write
+//! the stacks of the [`Profile`](crate::model::Profile) the report exporters write
 //! (one per group, of kind [`WaitKind::Goroutine`], its object the Go wait reason and,
 //! for an IO wait, the endpoint: `IO wait 127.0.0.1:5432`).
 
@@ -13,7 +13,7 @@ use tracer_common::WaitKind;
 use super::binary::GoBinary;
 use super::goroutines::{Goroutine, GoroutineCounts};
 use super::pclntab::GoLocation;
-use crate::aggregate::{ProfileStack, WaitStats, log2_bucket};
+use crate::model::{ProfileStack, WaitStats, log2_bucket};
 use crate::report::summary::{format_age, format_duration};
 use crate::stacks::Frame;
 
@@ -71,7 +71,7 @@ impl GoSnapshot {
         endpoint_states: BTreeMap<String, String>,
     ) -> Self {
         // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
-        let now = i64::try_from(crate::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
+        let now = i64::try_from(crate::threads::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
         type Key = (Vec<u64>, u8, Option<String>);
         let mut by_stack: HashMap<Key, (WaitStats, i64, bool)> = HashMap::new();
         for Goroutine {

@@ -10,7 +10,7 @@ use std::{
 use tracer_common::WaitKind;
 
 use crate::{
-    aggregate::{Profile, ProfileKind},
+    model::{Profile, ProfileKind},
     report::{
         Weight,
         folded::folded_lines_weighted,

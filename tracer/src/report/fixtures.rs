@@ -6,7 +6,7 @@ use std::time::Duration;
 use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
-    aggregate::{
+    model::{
         ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
         WakerRow,
     },

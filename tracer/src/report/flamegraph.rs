@@ -11,7 +11,7 @@ use inferno::flamegraph::{
 use tracer_common::WaitKind;
 
 use crate::{
-    aggregate::{Profile, ProfileKind},
+    model::{Profile, ProfileKind},
     report::{
         Weight,
         folded::{folded_lines_weighted, kind_frame},

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use tracer_common::WaitKind;
 
 use crate::{
-    aggregate::{Profile, ProfileKind, ProfileStack},
+    model::{Profile, ProfileKind, ProfileStack},
     report::Weight,
 };
 
@@ -84,7 +84,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::aggregate::{ThreadCounts, TraceCounts, tests::stack};
+    use crate::model::{ThreadCounts, TraceCounts, tests::stack};
 
     fn profile(stacks: Vec<ProfileStack>) -> Profile {
         Profile {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
-    aggregate::{
+    model::{
         ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
         WakerRow,
     },

@@ -21,7 +21,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::aggregate::{Profile, ProfileKind, ProfileStack};
+use crate::model::{Profile, ProfileKind, ProfileStack};
 
 /// A report format, named by the output file's extension (or `--format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -132,7 +132,7 @@ impl Provenance {
         let command_line = match &profile.command_line {
             Some(command_line) => Some(command_line.clone()),
             None if profile.target_exited => None,
-            None => crate::target::read_command_line(profile.pid),
+            None => crate::pipeline::target::read_command_line(profile.pid),
         };
         Self::with_command_line(command_line)
     }

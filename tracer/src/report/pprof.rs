@@ -27,7 +27,7 @@ use prost::Message as _;
 use tracer_common::ShortWaitTotals;
 
 use crate::{
-    aggregate::{
+    model::{
         ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
     },
     report::{

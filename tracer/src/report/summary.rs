@@ -9,7 +9,7 @@ use std::{
 use tracer_common::WaitKind;
 
 use crate::{
-    aggregate::{Profile, ProfileKind, WaitStats},
+    model::{Profile, ProfileKind, WaitStats},
     report::folded::kind_frame,
 };
 
@@ -446,7 +446,7 @@ mod tests {
     use tracer_common::ShortWaitTotals;
 
     use super::*;
-    use crate::aggregate::{ThreadCounts, TraceCounts, tests::stack};
+    use crate::model::{ThreadCounts, TraceCounts, tests::stack};
 
     #[test]
     fn durations_read_like_a_person_writes_them() {
@@ -474,7 +474,7 @@ mod tests {
             )
         };
         let mut inlined_elsewhere = handler(3);
-        inlined_elsewhere.frames.insert(0, crate::aggregate::tests::frame("main", true));
+        inlined_elsewhere.frames.insert(0, crate::model::tests::frame("main", true));
         let mut stuck_sender =
             stack(&[("app::write_to_backend", true)], WaitKind::Send, &[(9, 61_000_000_000)]);
         stuck_sender.in_progress = true;

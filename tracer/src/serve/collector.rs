@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    aggregate::{ProfileStack, WaitAggregate},
-    events::{Wait, WaitDecoder, WaitSink},
+    model::{ProfileStack, WaitAggregate},
+    probes::events::{Wait, WaitDecoder, WaitSink},
 };
 
 /// Distinct raw stacks one window keeps; waits on further new stacks are counted as

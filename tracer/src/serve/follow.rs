@@ -17,11 +17,11 @@ use super::{
     lock,
 };
 use crate::{
-    aggregate::ProfileKind,
+    model::ProfileKind,
     probes::{ProbeConfig, Probes},
-    events::{RingBuffers, WaitDecoder, poll_readable, readable},
+    probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
     stacks::{ProcessImage, StackWalker},
-    target::{Target, TargetError},
+    pipeline::target::{Target, TargetError},
 };
 
 /// How often /proc is searched for a process with the followed name.

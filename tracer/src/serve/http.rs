@@ -19,9 +19,9 @@ use super::{
     metrics::{self, Scrape},
 };
 use crate::{
-    aggregate::{Profile, ProfileKind},
-    own_usage::ProcessUsage,
-    record::below_threshold,
+    model::{Profile, ProfileKind},
+    pipeline::own_usage::ProcessUsage,
+    commands::record::below_threshold,
     report::{Provenance, Weight, pprof::write_pprof, summary::render_summary},
 };
 

@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{aggregate::Profile, own_usage::ProcessUsage};
+use crate::{model::Profile, pipeline::own_usage::ProcessUsage};
 
 /// The `site` of the series that a full table folds into.
 pub const OTHER_SITE: &str = "other";
@@ -34,7 +34,7 @@ pub struct SeriesLabels {
 }
 
 impl SeriesLabels {
-    fn of(stack: &crate::aggregate::ProfileStack) -> Self {
+    fn of(stack: &crate::model::ProfileStack) -> Self {
         Self {
             kind: stack.kind.name().to_string(),
             site: stack.call_site().to_string(),

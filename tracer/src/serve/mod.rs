@@ -25,12 +25,12 @@ use tokio::{
 use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
 
 use crate::{
-    aggregate::{Profile, ProfileKind, ThreadCounts, TraceCounts},
-    blocked_now::SavedFramePointers,
+    model::{Profile, ProfileKind, ThreadCounts, TraceCounts},
+    threads::blocked_now::SavedFramePointers,
     cli::ServeArgs,
     probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
-    record::trace_counts,
-    target,
+    commands::record::trace_counts,
+    pipeline::target,
 };
 
 pub use follow::Wanted;
@@ -59,7 +59,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     target::check_root()?;
     if let Wanted::Pid(pid) = wanted {
-        crate::target::Target::open(pid)?;
+        crate::pipeline::target::Target::open(pid)?;
     }
     let btf_path = target::btf_path()?;
     let listener = TcpListener::bind(listen)
@@ -220,7 +220,7 @@ impl Shared {
         Profile {
             kind,
             pid,
-            start_unix_ns: start.and_then(crate::target::unix_ns),
+            start_unix_ns: start.and_then(crate::pipeline::target::unix_ns),
             command_line: None,
             comm,
             duration,

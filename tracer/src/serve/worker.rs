@@ -15,11 +15,11 @@ use tokio::sync::{
 };
 
 use crate::{
-    aggregate::{Profile, WaitAggregate},
-    blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
-    locks::LockNamer,
+    model::{Profile, WaitAggregate},
+    threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
+    objects::locks::LockNamer,
     stacks::{ProcessImage, StackSymbolizer, StackWalker},
-    wait_targets::WaitTargets,
+    objects::WaitObjects,
 };
 
 /// Jobs waiting for the worker beyond the one it runs. Snapshots past that are refused
@@ -175,7 +175,7 @@ struct Attachment {
     /// The memory map stacks are symbolized against.
     image: ProcessImage,
     last_image_refresh: Option<Instant>,
-    targets: WaitTargets,
+    targets: WaitObjects,
     symbolizer: StackSymbolizer,
     locks: LockNamer,
 }
@@ -196,7 +196,7 @@ fn run(mut queue: mpsc::Receiver<Job>) {
                     walker: StackWalker::new(pid, unwind_image),
                     image: symbol_image,
                     last_image_refresh: None,
-                    targets: WaitTargets::new(pid),
+                    targets: WaitObjects::new(pid),
                     symbolizer: StackSymbolizer::new(),
                     locks: LockNamer::new(),
                 });

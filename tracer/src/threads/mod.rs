@@ -2,6 +2,8 @@
 //! signal): /proc/PID/task/TID/syscall gives the syscall, its arguments and the user sp and pc,
 //! process_vm_readv copies the user stack, /proc/PID/task/TID/sched dates the block.
 
+pub mod blocked_now;
+
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read as _};

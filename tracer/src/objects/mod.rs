@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 
 use tracer_common::WaitKind;
 
-use crate::{
-    aggregate::WaitTarget,
-    sockets::{SocketLookup, SocketResolver},
-};
+pub mod locks;
+pub mod sockets;
 
-pub struct WaitTargets {
+use crate::model::WaitObject;
+use sockets::{SocketLookup, SocketResolver};
+
+pub struct WaitObjects {
     sockets: SocketResolver,
     /// The last state seen for each endpoint (`send buffer full (...)`).
     pub endpoint_states: BTreeMap<String, String>,
@@ -20,7 +21,7 @@ pub struct WaitTargets {
     pub unresolved_sockets: u64,
 }
 
-impl WaitTargets {
+impl WaitObjects {
     pub fn new(pid: u32) -> Self {
         Self {
             sockets: SocketResolver::new(pid),
@@ -40,10 +41,10 @@ impl WaitTargets {
 
     /// The reported kind and target of a wait on `object` (futex address or
     /// descriptor); None when it is not a wait we report (read/write off sockets).
-    pub fn resolve(&mut self, kind: WaitKind, object: u64) -> Option<(WaitKind, WaitTarget)> {
+    pub fn resolve(&mut self, kind: WaitKind, object: u64) -> Option<(WaitKind, WaitObject)> {
         let socket_kind = match kind {
-            WaitKind::Futex => return Some((kind, WaitTarget::Futex(object))),
-            WaitKind::Poll => return Some((kind, WaitTarget::None)),
+            WaitKind::Futex => return Some((kind, WaitObject::Futex(object))),
+            WaitKind::Poll => return Some((kind, WaitObject::None)),
             // Not a syscall: the probes never report it.
             WaitKind::Goroutine => return None,
             WaitKind::Read => WaitKind::Recv,
@@ -61,7 +62,7 @@ impl WaitTargets {
                 };
                 let endpoint = info.endpoint(socket_kind);
                 self.endpoint_states.insert(endpoint.clone(), info.wait_state(socket_kind));
-                Some((socket_kind, WaitTarget::Endpoint(endpoint)))
+                Some((socket_kind, WaitObject::Endpoint(endpoint)))
             }
             SocketLookup::NotSocket if is_read_or_write => {
                 self.non_socket_io += 1;
@@ -75,7 +76,7 @@ impl WaitTargets {
             }
             SocketLookup::NotSocket | SocketLookup::Unresolved => {
                 self.unresolved_sockets += 1;
-                Some((socket_kind, WaitTarget::UnresolvedSocket))
+                Some((socket_kind, WaitObject::UnresolvedSocket))
             }
         }
     }

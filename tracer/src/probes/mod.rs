@@ -1,6 +1,8 @@
 //! Loads the embedded eBPF probes for one target, attaches them, and reads their
 //! counters. Dropping `Probes` detaches everything.
 
+pub mod events;
+
 use std::{io::Read as _, path::Path, time::Duration};
 
 use aya::{

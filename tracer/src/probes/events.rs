@@ -17,10 +17,10 @@ use tokio::{
 use tracer_common::{STACK_COPY_BYTES, WaitKind, WaitRecord, WakeRecord};
 
 use crate::{
-    aggregate::{StackKey, WaitAggregate},
+    model::{StackKey, WaitAggregate},
     probes::Probes,
     stacks::{StackWalker, UserRegs},
-    wait_targets::WaitTargets,
+    objects::WaitObjects,
 };
 
 /// How often the buffers are drained when the probes have not woken us. The probes wake
@@ -140,7 +140,7 @@ impl Wait {
 /// waits on, and pairs each wait with its waker.
 pub struct WaitDecoder {
     pub walker: StackWalker,
-    pub targets: WaitTargets,
+    pub targets: WaitObjects,
     /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
     pub pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
     pub malformed_records: u64,
@@ -198,7 +198,7 @@ impl WaitDecoder {
     pub fn new(pid: u32, walker: StackWalker) -> Self {
         Self {
             walker,
-            targets: WaitTargets::new(pid),
+            targets: WaitObjects::new(pid),
             pending_wakers: HashMap::new(),
             malformed_records: 0,
             wakers_evicted: 0,

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use tracer_common::{TaskRegs, WaitKind, classify_syscall};
 
 use crate::{
-    aggregate::{StackKey, ThreadCounts, WaitAggregate, WaitTarget},
+    model::{StackKey, ThreadCounts, WaitAggregate, WaitObject},
     stacks::{StackWalker, UserRegs},
-    wait_targets::WaitTargets,
+    objects::WaitObjects,
     threads::{SampleError, ThreadReader, ThreadSample},
 };
 
@@ -52,7 +52,7 @@ pub fn collect_blocked_threads(
     walker: &mut StackWalker,
     known_starts: &KnownWaitStarts,
     frame_pointers: &SavedFramePointers,
-    targets: &mut WaitTargets,
+    targets: &mut WaitObjects,
     aggregate: &mut WaitAggregate,
 ) -> std::io::Result<ThreadCounts> {
     let mut reader = ThreadReader::new(pid)?;
@@ -115,7 +115,7 @@ pub fn collect_blocked_threads(
 }
 
 /// The watched wait a sampled thread is in, and on what, if any.
-fn wait_target(sample: &ThreadSample, targets: &mut WaitTargets) -> Option<(WaitKind, WaitTarget)> {
+fn wait_target(sample: &ThreadSample, targets: &mut WaitObjects) -> Option<(WaitKind, WaitObject)> {
     let args = sample.syscall.args;
     let (kind, object) =
         classify_syscall(sample.syscall.nr, |n| Ok::<_, ()>(args[n])).ok().flatten()?;

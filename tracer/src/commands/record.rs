@@ -8,19 +8,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracer_common::{Counter, ShortWaitTotals, WaitKind};
 
 use crate::{
-    aggregate::{Profile, ProfileKind, ThreadCounts, TraceCounts, WaitAggregate},
-    blocked_now::{SavedFramePointers, collect_blocked_threads},
+    model::{Profile, ProfileKind, ThreadCounts, TraceCounts, WaitAggregate},
+    threads::blocked_now::{SavedFramePointers, collect_blocked_threads},
     cli::RecordArgs,
-    events::{RingBuffers, WaitDecoder, WaitSink, poll_readable, readable},
-    locks::LockNamer,
+    probes::events::{RingBuffers, WaitDecoder, WaitSink, poll_readable, readable},
+    objects::locks::LockNamer,
     probes::{ProbeConfig, ProbeCounters, Probes, ShortWaitsByKind},
     report::{
         Output,
         summary::{format_duration, render_summary},
     },
     stacks::{ProcessImage, StackSymbolizer, StackWalker},
-    target::{self, Target},
-    wait_targets::WaitTargets,
+    pipeline::target::{self, Target},
+    objects::WaitObjects,
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
@@ -146,7 +146,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         aggregate.into_profile(base, walker.image(), &mut symbolizer, &mut LockNamer::new());
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     print!("{}", render_summary(&profile, top));
-    println!("{}", crate::own_usage::ProcessUsage::of_self());
+    println!("{}", crate::pipeline::own_usage::ProcessUsage::of_self());
     crate::report::write_outputs(outputs, &profile)
 }
 
@@ -155,7 +155,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
 pub fn trace_counts(
     counters: &ProbeCounters,
     unwind_truncated: u64,
-    targets: &WaitTargets,
+    targets: &WaitObjects,
     malformed_records: u64,
     wakers_unmatched: u64,
 ) -> TraceCounts {

@@ -7,16 +7,16 @@ use std::time::Instant;
 
 
 use crate::{
-    aggregate::{Profile, ProfileKind, TraceCounts, WaitAggregate},
-    blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
+    model::{Profile, ProfileKind, TraceCounts, WaitAggregate},
+    threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
     cli::SnapshotArgs,
     golang,
-    locks::LockNamer,
+    objects::locks::LockNamer,
     report::{Format, Output, summary::render_summary},
     stacks::{ProcessImage, StackSymbolizer, StackWalker},
     probes::{ProbeConfig, Probes},
-    target::{self, Target},
-    wait_targets::WaitTargets,
+    pipeline::target::{self, Target},
+    objects::WaitObjects,
 };
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
@@ -60,7 +60,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     drop(probes);
     let mut walker = StackWalker::new(pid, image);
     let mut aggregate = WaitAggregate::default();
-    let mut targets = WaitTargets::new(pid);
+    let mut targets = WaitObjects::new(pid);
     let thread_counts =
         collect_blocked_threads(
             pid,
@@ -104,7 +104,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     profile.counts.unknown_symbols = symbolizer.unknown_addresses;
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
     print!("{}", render_summary(&profile, top));
-    println!("{}", crate::own_usage::ProcessUsage::of_self());
+    println!("{}", crate::pipeline::own_usage::ProcessUsage::of_self());
     crate::report::write_outputs(outputs, &profile)
 }
 

@@ -9,7 +9,7 @@ use std::{
 use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
-    locks::LockNamer,
+    objects::locks::LockNamer,
     stacks::{Frame, ProcessImage, StackSymbolizer},
 };
 
@@ -72,7 +72,7 @@ impl WaitStats {
 
 /// What a wait waits on, as the probes and /proc give it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum WaitTarget {
+pub enum WaitObject {
     /// Nothing to name (poll).
     None,
     /// A futex, by address (named when the profile is built).
@@ -88,7 +88,7 @@ pub enum WaitTarget {
 pub struct StackKey {
     pub addresses: Vec<u64>,
     pub kind: WaitKind,
-    pub target: WaitTarget,
+    pub target: WaitObject,
     /// The unwinder stopped before the root (stack copy too short, unknown code, ...).
     pub truncated: bool,
     /// A wait still in progress (at the end of a recording, or in a snapshot).
@@ -153,10 +153,10 @@ impl WaitAggregate {
                 let mut frames = symbolizer.symbolize(image, &addresses);
                 frames.reverse(); // root first
                 let object = match target {
-                    WaitTarget::None => None,
-                    WaitTarget::Endpoint(endpoint) => Some(endpoint),
-                    WaitTarget::UnresolvedSocket => Some(UNRESOLVED_SOCKET.to_string()),
-                    WaitTarget::Futex(address) => lock_names
+                    WaitObject::None => None,
+                    WaitObject::Endpoint(endpoint) => Some(endpoint),
+                    WaitObject::UnresolvedSocket => Some(UNRESOLVED_SOCKET.to_string()),
+                    WaitObject::Futex(address) => lock_names
                         .entry(address)
                         .or_insert_with(|| {
                             let lock = locks.name(image, address);
@@ -233,7 +233,7 @@ pub const UNRESOLVED_SOCKET: &str = "unresolved";
 fn shared_futexes(stacks: &HashMap<StackKey, WaitStats>) -> std::collections::HashSet<u64> {
     let mut waiters: HashMap<u64, BTreeSet<u32>> = HashMap::new();
     for (key, stats) in stacks {
-        if let WaitTarget::Futex(address) = key.target {
+        if let WaitObject::Futex(address) = key.target {
             waiters.entry(address).or_default().extend(&stats.threads);
         }
     }
@@ -516,7 +516,7 @@ pub(crate) mod tests {
         let key = |kind| StackKey {
             addresses: vec![1, 2, 3],
             kind,
-            target: WaitTarget::None,
+            target: WaitObject::None,
             truncated: false,
             in_progress: false,
         };
@@ -544,11 +544,11 @@ pub(crate) mod tests {
             };
             stacks.insert(key, stats);
         };
-        key(WaitTarget::Futex(0x10), &[1, 2]);
-        key(WaitTarget::Futex(0x20), &[3]);
-        key(WaitTarget::Futex(0x30), &[4]);
-        key(WaitTarget::Futex(0x30), &[5]);
-        key(WaitTarget::None, &[6, 7]);
+        key(WaitObject::Futex(0x10), &[1, 2]);
+        key(WaitObject::Futex(0x20), &[3]);
+        key(WaitObject::Futex(0x30), &[4]);
+        key(WaitObject::Futex(0x30), &[5]);
+        key(WaitObject::None, &[6, 7]);
         let shared = shared_futexes(&stacks);
         assert_eq!(shared, [0x10, 0x30].into_iter().collect());
     }
