@@ -1,0 +1,171 @@
+//! The `Profile`: everything the exporters need about one recording or snapshot, built
+//! in one place (`Profile::new`, then `Profile::with_stacks`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use tracer_common::{ShortWaitTotals, WaitKind};
+
+use super::{WaitStats, WakerRow, call_site::call_site};
+use crate::stacks::Frame;
+
+/// A symbolized stack with its waits.
+#[derive(Clone, Debug)]
+pub struct ProfileStack {
+    /// Root first, leaf last; inlined frames expanded.
+    pub frames: Vec<Frame>,
+    pub kind: WaitKind,
+    /// What the wait waits on (`10.0.0.5:80`, `STATS_QUEUE`, `heap 0x55d0c2a4b188`),
+    /// when there is something to name.
+    pub object: Option<String>,
+    pub truncated: bool,
+    /// Still blocked when the recording ended (or at the snapshot).
+    pub in_progress: bool,
+    pub stats: WaitStats,
+}
+
+impl ProfileStack {
+    /// The innermost frame in the program's own code: not libc, not the language's
+    /// standard library or runtime. Falls back to the innermost named frame.
+    pub fn call_site(&self) -> &str {
+        call_site(&self.frames)
+    }
+}
+
+/// What the probes and the daemon saw and missed: every loss is shown in every report.
+#[derive(Clone, Debug, Default)]
+pub struct TraceCounts {
+    pub waits_started: u64,
+    pub waits_discarded: u64,
+    pub short_waits: u64,
+    pub long_waits: u64,
+    pub ring_buffer_full: u64,
+    pub stack_unreadable: u64,
+    pub stack_shortened: u64,
+    pub in_flight_map_full: u64,
+    /// Wakes of long futex waits by the target's threads, with the waker's stack.
+    pub wakes_seen: u64,
+    /// Such wakes lost because their ring buffer was full.
+    pub wake_ring_buffer_full: u64,
+    /// Long waits whose unwinding stopped before the root.
+    pub unwind_truncated: u64,
+    /// Distinct addresses with no symbol.
+    pub unknown_symbols: u64,
+    /// read/write waits on descriptors that are not sockets (not socket waits: left out).
+    pub non_socket_io: u64,
+    /// Socket waits whose socket was gone (or unreadable) before it could be resolved.
+    pub unresolved_descriptors: u64,
+    /// Ring-buffer records too short or of an unknown kind.
+    pub malformed_records: u64,
+    /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
+    /// that were evicted from the bounded table of pending wakers.
+    pub wakers_unmatched: u64,
+}
+
+/// What a profile holds, and so what a stack's weight means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// Waits over a recording: weight = blocked time; waits still in progress at the
+    /// end are marked as such.
+    Recording,
+    /// Threads blocked at one moment: weight = number of threads.
+    Snapshot,
+}
+
+/// Threads looked at by a snapshot (or at the end of a recording), and why some were
+/// not reported: nothing is dropped silently.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadCounts {
+    pub threads: u64,
+    /// Blocked in a watched wait (reported).
+    pub blocked_in_waits: u64,
+    /// Running, or blocked outside the watched calls (sleep, disk, page fault).
+    pub elsewhere: u64,
+    /// Exited while being read.
+    pub exited_while_read: u64,
+    /// Woke while being read (their half-read stacks are dropped).
+    pub woke_while_read: u64,
+    /// Could not be read (permissions, exec in progress).
+    pub unreadable: u64,
+    /// Blocked threads whose saved rbp was not found (unwound without it; CFI that
+    /// needs rbp truncates their stacks).
+    pub frame_pointer_unknown: u64,
+}
+
+/// Everything the exporters need about one recording or snapshot.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub kind: ProfileKind,
+    pub pid: u32,
+    /// When the recording (or snapshot) began, nanoseconds since the Unix epoch.
+    pub start_unix_ns: Option<u64>,
+    /// The target's command line, read when tracing began.
+    pub command_line: Option<Vec<String>>,
+    pub comm: String,
+    pub duration: Duration,
+    pub min_wait: Duration,
+    /// The target exited before the recording's end.
+    pub target_exited: bool,
+    /// Heaviest first.
+    pub stacks: Vec<ProfileStack>,
+    /// Waits under the threshold, per kind (no stacks).
+    pub below_threshold: Vec<(WaitKind, ShortWaitTotals)>,
+    pub counts: TraceCounts,
+    /// The threads read from /proc (snapshot, or the in-progress waits of a recording).
+    pub thread_counts: ThreadCounts,
+    /// Why each endpoint's waits wait (`send buffer full (4096/4608 bytes)`), as
+    /// last seen.
+    pub endpoint_states: BTreeMap<String, String>,
+    /// Thread names (`comm`) by thread id.
+    pub thread_names: BTreeMap<u32, String>,
+    /// Who woke the long futex waits, when the wake was visible to the probes (a
+    /// thread of the target waking another), most wakes first.
+    pub wakers: Vec<WakerRow>,
+    /// The target's executable modules by file name (`Frame::module`), for exporters
+    /// that describe mappings (pprof).
+    pub modules: BTreeMap<String, ModuleInfo>,
+}
+
+/// One executable or library of the target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// The path as the target sees it.
+    pub path: String,
+    /// The GNU build id, hex, when the file has one.
+    pub build_id: Option<String>,
+    /// The executable address range it was mapped at.
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Profile {
+    /// Merges stacks that symbolize to the same frames and sorts them heaviest first.
+    pub fn from_symbolized(
+        mut base: Profile,
+        symbolized: impl IntoIterator<Item = ProfileStack>,
+    ) -> Profile {
+        type MergeKey = (Vec<String>, WaitKind, Option<String>, bool, bool);
+        let mut merged: HashMap<MergeKey, ProfileStack> = HashMap::new();
+        for stack in symbolized {
+            let names = stack.frames.iter().map(|frame| frame.name.clone()).collect();
+            let object = stack.object.clone();
+            merged
+                .entry((names, stack.kind, object, stack.truncated, stack.in_progress))
+                .and_modify(|existing| existing.stats.merge(&stack.stats))
+                .or_insert(stack);
+        }
+        let mut stacks: Vec<ProfileStack> = merged.into_values().collect();
+        // Heaviest first: by blocked time in a recording, by threads (then their
+        // total age) in a snapshot.
+        let heaviness = |stack: &ProfileStack| match base.kind {
+            ProfileKind::Recording => (stack.stats.total_ns, 0),
+            ProfileKind::Snapshot => (stack.stats.threads.len() as u64, stack.stats.total_ns),
+        };
+        stacks.sort_by(|a, b| heaviness(b).cmp(&heaviness(a)).then_with(|| a.kind.cmp(&b.kind)));
+        base.stacks = stacks;
+        base
+    }
+}
+

@@ -1,0 +1,61 @@
+//! The numbers kept per set of waits: count, total, extremes, threads, histogram.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Count, total, shortest, longest and distinct threads of a set of waits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WaitStats {
+    pub waits: u64,
+    pub total_ns: u64,
+    /// Shortest wait (for waits in progress: the youngest).
+    pub min_ns: u64,
+    /// Longest wait (for waits in progress: the oldest).
+    pub max_ns: u64,
+    /// The ids of the threads that waited (of the goroutines, for Go stacks).
+    pub threads: BTreeSet<u32>,
+    /// Some durations are lower bounds (waits that began before tracing, aged from
+    /// the scheduler's accounting): reports print them as `≥`.
+    pub lower_bound: bool,
+    /// Waits by duration: bucket `k` counts the waits of [2^k, 2^(k+1)) nanoseconds.
+    pub log2_histogram: BTreeMap<u32, u64>,
+}
+
+/// The log2 bucket of a duration (0 for zero).
+pub fn log2_bucket(duration_ns: u64) -> u32 {
+    duration_ns.checked_ilog2().unwrap_or(0)
+}
+
+impl WaitStats {
+    pub fn add(&mut self, tid: u32, duration_ns: u64) {
+        self.min_ns = if self.waits == 0 { duration_ns } else { self.min_ns.min(duration_ns) };
+        self.waits += 1;
+        self.total_ns += duration_ns;
+        self.max_ns = self.max_ns.max(duration_ns);
+        self.threads.insert(tid);
+        *self.log2_histogram.entry(log2_bucket(duration_ns)).or_default() += 1;
+    }
+
+    /// Adds a wait whose duration is only known to be at least `duration_ns`.
+    pub fn add_lower_bound(&mut self, tid: u32, duration_ns: u64) {
+        self.add(tid, duration_ns);
+        self.lower_bound = true;
+    }
+
+    pub fn merge(&mut self, other: &WaitStats) {
+        let WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound, log2_histogram } =
+            other;
+        if *waits == 0 {
+            return;
+        }
+        self.min_ns = if self.waits == 0 { *min_ns } else { self.min_ns.min(*min_ns) };
+        self.waits += waits;
+        self.total_ns += total_ns;
+        self.max_ns = self.max_ns.max(*max_ns);
+        self.threads.extend(threads);
+        self.lower_bound |= lower_bound;
+        for (bucket, count) in log2_histogram {
+            *self.log2_histogram.entry(*bucket).or_default() += count;
+        }
+    }
+}
+

@@ -1,0 +1,170 @@
+//! Unit tests of the data model: stats, aggregation, call sites, merging.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use tracer_common::WaitKind;
+
+use super::{symbolize::shared_futexes, *};
+use crate::stacks::Frame;
+
+
+pub(crate) fn frame(name: &str, main: bool) -> Frame {
+    Frame {
+        name: name.to_string(),
+        module: if main { "app".into() } else { "libc.so.6".into() },
+        module_is_main: main,
+        file: None,
+        line: None,
+        inlined: false,
+        address: 0,
+    }
+}
+
+pub(crate) fn stack(names: &[(&str, bool)], kind: WaitKind, tids: &[(u32, u64)]) -> ProfileStack {
+    let mut stats = WaitStats::default();
+    for &(tid, ns) in tids {
+        stats.add(tid, ns);
+    }
+    ProfileStack {
+        frames: names.iter().map(|&(n, m)| frame(n, m)).collect(),
+        kind,
+        object: None,
+        truncated: false,
+        in_progress: false,
+        stats,
+    }
+}
+
+#[test]
+fn stats_count_total_min_max_and_threads() {
+    let mut stats = WaitStats::default();
+    stats.add(1, 20);
+    stats.add(2, 30);
+    stats.add(1, 10);
+    assert_eq!((stats.waits, stats.total_ns, stats.min_ns, stats.max_ns), (3, 60, 10, 30));
+    assert_eq!(stats.threads.len(), 2);
+    // 10 and 20 fall in [8, 16) and [16, 32); 30 in [16, 32).
+    assert_eq!(stats.log2_histogram, [(3, 1), (4, 2)].into());
+    assert!(!stats.lower_bound);
+}
+
+#[test]
+fn merged_stats_keep_the_extremes_and_the_lower_bound_mark() {
+    let mut exact = WaitStats::default();
+    exact.add(1, 50);
+    let mut estimated = WaitStats::default();
+    estimated.add_lower_bound(2, 5);
+    estimated.add_lower_bound(3, 500);
+    exact.merge(&estimated);
+    exact.merge(&WaitStats::default());
+    assert_eq!((exact.waits, exact.min_ns, exact.max_ns), (3, 5, 500));
+    assert_eq!(exact.log2_histogram.values().sum::<u64>(), 3);
+    assert!(exact.lower_bound);
+    assert_eq!(exact.threads.len(), 3);
+}
+
+#[test]
+fn raw_stacks_aggregate_by_addresses_and_kind() {
+    let mut aggregate = WaitAggregate::default();
+    let key = |kind| StackKey {
+        addresses: vec![1, 2, 3],
+        kind,
+        target: WaitObject::None,
+        truncated: false,
+        in_progress: false,
+    };
+    aggregate.add(key(WaitKind::Futex), 7, 100);
+    aggregate.add(key(WaitKind::Futex), 8, 50);
+    aggregate.add(key(WaitKind::Send), 7, 5);
+    assert_eq!(aggregate.stacks.len(), 2);
+    assert_eq!(aggregate.stacks[&key(WaitKind::Futex)].total_ns, 150);
+}
+
+#[test]
+fn only_shared_futexes_count_as_shared() {
+    let mut stacks = HashMap::new();
+    let mut key = |target, tids: &[u32]| {
+        let mut stats = WaitStats::default();
+        for &tid in tids {
+            stats.add(tid, 1);
+        }
+        let key = StackKey {
+            addresses: vec![tids[0] as u64],
+            kind: WaitKind::Futex,
+            target,
+            truncated: false,
+            in_progress: false,
+        };
+        stacks.insert(key, stats);
+    };
+    key(WaitObject::Futex(0x10), &[1, 2]);
+    key(WaitObject::Futex(0x20), &[3]);
+    key(WaitObject::Futex(0x30), &[4]);
+    key(WaitObject::Futex(0x30), &[5]);
+    key(WaitObject::None, &[6, 7]);
+    let shared = shared_futexes(&stacks);
+    assert_eq!(shared, [0x10, 0x30].into_iter().collect());
+}
+
+#[test]
+fn call_site_skips_libc_and_rust_std() {
+    let stack = stack(
+        &[
+            ("start_thread", false),
+            ("std::sys::thread::unix::Thread::new::thread_start", true),
+            ("app::handler", true),
+            ("app::send_stat", true),
+            ("std::sync::mpmc::array::Channel<T>::send", true),
+            ("<std::sync::mpsc::SyncSender<T>>::send", true),
+            ("syscall", false),
+        ],
+        WaitKind::Futex,
+        &[(1, 1)],
+    );
+    assert_eq!(stack.call_site(), "app::send_stat");
+}
+
+#[test]
+fn crates_named_like_the_runtime_are_still_the_program() {
+    let stack = stack(&[("rust_pileup::send_stat", true), ("syscall", false)], WaitKind::Futex, &[]);
+    assert_eq!(stack.call_site(), "rust_pileup::send_stat");
+}
+
+#[test]
+fn call_site_falls_back_to_innermost_named_frame() {
+    let stack = stack(&[("clone3", false), ("__lll_lock_wait", false)], WaitKind::Futex, &[]);
+    assert_eq!(stack.call_site(), "__lll_lock_wait");
+}
+
+#[test]
+fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
+    let base = Profile {
+        kind: ProfileKind::Recording,
+        pid: 1,
+        start_unix_ns: None,
+        command_line: None,
+        comm: "app".into(),
+        duration: Duration::from_secs(1),
+        min_wait: Duration::from_millis(1),
+        target_exited: false,
+        stacks: vec![],
+        below_threshold: vec![],
+        counts: TraceCounts::default(),
+        thread_counts: ThreadCounts::default(),
+        endpoint_states: BTreeMap::new(),
+        thread_names: BTreeMap::new(),
+        wakers: Vec::new(),
+        modules: BTreeMap::new(),
+    };
+    let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
+    let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);
+    let c = stack(&[("main", true), ("g", true)], WaitKind::Send, &[(3, 100)]);
+    let profile = Profile::from_symbolized(base, [a, b, c]);
+    assert_eq!(profile.stacks.len(), 2);
+    assert_eq!(profile.stacks[0].kind, WaitKind::Send);
+    assert_eq!(profile.stacks[1].stats.total_ns, 25);
+    assert_eq!(profile.stacks[1].stats.threads.len(), 2);
+}
