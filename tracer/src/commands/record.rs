@@ -5,50 +5,35 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracer_common::{Counter, ShortWaitTotals, WaitKind};
 
 use crate::{
-    model::{Profile, ProfileKind, ThreadCounts, TraceCounts, WaitAggregate},
-    threads::blocked_now::{SavedFramePointers, collect_blocked_threads},
     cli::RecordArgs,
-    probes::events::{RingBuffers, WaitDecoder, WaitSink, poll_readable, readable},
-    objects::locks::LockNamer,
-    probes::{ProbeConfig, ProbeCounters, Probes, ShortWaitsByKind},
-    report::{
-        Output,
-        summary::{format_duration, render_summary},
+    model::{ProfileKind, ThreadCounts, WaitAggregate},
+    pipeline::{
+        self, Traced,
+        counts::{below_threshold, trace_counts},
+        target::{self, Target},
     },
-    stacks::{ProcessImage, StackSymbolizer, StackWalker},
-    pipeline::target::{self, Target},
-    objects::WaitObjects,
+    probes::{
+        ProbeConfig, Probes,
+        events::{RingBuffers, WaitDecoder, WaitSink, poll_readable, readable},
+    },
+    report::summary::format_duration,
+    stacks::ProcessUnwinder,
+    threads::blocked_now::collect_blocked_threads,
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let RecordArgs { pid, duration, min_wait, outputs, top, maps } = args;
-    // Checks in the order that leaves nothing behind: formats, privileges, target,
-    // kernel, then the files themselves.
-    for path in &outputs {
-        crate::report::Format::from_path(path)?;
-    }
-    target::check_root()?;
-    let target = Target::open(pid)?;
-    // A Go program's goroutines wait in the Go scheduler, not in the kernel: record those.
-    let image = ProcessImage::snapshot(pid)
-        .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
-    if image
-        .modules()
-        .iter()
-        .any(|module| module.is_main_executable && crate::golang::is_go(module.file_bytes()))
-    {
-        return crate::golang::record(&target, &image, duration, &outputs, top).await;
+    let traced = Traced::open(pid, &outputs)?;
+    if traced.is_go() {
+        return crate::golang::record(&traced, duration, &outputs, top).await;
     }
     let btf_path = target::btf_path()?;
-    let outputs = outputs
-        .iter()
-        .map(|path| Output::create(path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = pipeline::create_outputs(&outputs)?;
+    let Traced { target, image } = traced;
 
-    let mut collector = WaitCollector::new(pid, StackWalker::new(pid, image));
+    let mut collector = WaitCollector::new(pid, ProcessUnwinder::new(pid, image));
     let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait, maps }, &btf_path)?;
     probes.attach_wait_probes()?;
     let mut rings = RingBuffers::take(&mut probes)?;
@@ -73,13 +58,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         log::warn!("cannot read the waits in progress: {err}");
         Default::default()
     });
-    let frame_pointers = match probes.task_registers() {
-        Ok(registers) => SavedFramePointers::from_tasks(&registers),
-        Err(err) => {
-            log::warn!("cannot read the threads' saved registers: {err}");
-            SavedFramePointers::default()
-        }
-    };
+    let frame_pointers = pipeline::saved_frame_pointers(&mut probes);
     drop(probes); // detach before the slow part
     // Records written between the drain and the detach.
     rings.drain_now(&mut collector);
@@ -90,7 +69,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     }
 
     let WaitCollector {
-        decoder: WaitDecoder { mut walker, mut targets, malformed_records, pending_wakers, wakers_evicted },
+        decoder:
+            WaitDecoder { mut unwinder, mut objects, malformed_records, pending_wakers, wakers_evicted },
         mut aggregate,
     } = collector;
     // The waits that never ended: threads blocked before we attached, and stuck ones.
@@ -100,10 +80,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     } else {
         match collect_blocked_threads(
             pid,
-            &mut walker,
+            &mut unwinder,
             &known_starts,
             &frame_pointers,
-            &mut targets,
+            &mut objects,
             &mut aggregate,
         ) {
             Ok(counts) => counts,
@@ -120,74 +100,16 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     // A waker still pending here never met its wait's record.
     let wakers_unmatched = wakers_evicted + pending_wakers.len() as u64;
-    let counts =
-        trace_counts(&counters, walker.truncated_walks, &targets, malformed_records, wakers_unmatched);
-    let base = Profile {
-        kind: ProfileKind::Recording,
-        pid,
-        start_unix_ns: target::unix_ns(started_at),
-        command_line: target.command_line.clone(),
-        comm: target.comm.clone(),
-        duration: elapsed,
-        min_wait,
-        target_exited,
-        stacks: Vec::new(),
-        below_threshold: below_threshold(&short_waits),
-        counts,
-        thread_counts,
-        endpoint_states: std::mem::take(&mut targets.endpoint_states),
-        thread_names: Default::default(),
-        wakers: Vec::new(),
-        modules: Default::default(),
-    };
-    targets.log_socket_lookups();
-    let mut symbolizer = StackSymbolizer::new();
-    let mut profile =
-        aggregate.into_profile(base, walker.image(), &mut symbolizer, &mut LockNamer::new());
-    profile.counts.unknown_symbols = symbolizer.unknown_addresses;
-    print!("{}", render_summary(&profile, top));
-    println!("{}", crate::pipeline::own_usage::ProcessUsage::of_self());
-    crate::report::write_outputs(outputs, &profile)
-}
-
-/// What the probes and the collector saw and lost (`unknown_symbols` is filled in by
-/// symbolization).
-pub fn trace_counts(
-    counters: &ProbeCounters,
-    unwind_truncated: u64,
-    targets: &WaitObjects,
-    malformed_records: u64,
-    wakers_unmatched: u64,
-) -> TraceCounts {
-    TraceCounts {
-        waits_started: counters.get(Counter::WaitsStarted),
-        waits_discarded: counters.get(Counter::WaitsDiscarded),
-        short_waits: counters.get(Counter::ShortWaits),
-        long_waits: counters.get(Counter::LongWaits),
-        ring_buffer_full: counters.get(Counter::RingBufferFull),
-        stack_unreadable: counters.get(Counter::StackUnreadable),
-        stack_shortened: counters.get(Counter::StackShortened),
-        in_flight_map_full: counters.get(Counter::InFlightMapFull),
-        wakes_seen: counters.get(Counter::WakesSent),
-        wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),
-        unwind_truncated,
-        unknown_symbols: 0,
-        non_socket_io: targets.non_socket_io,
-        unresolved_descriptors: targets.unresolved_sockets,
-        malformed_records,
-        wakers_unmatched,
-    }
-}
-
-/// The waits under the threshold, per kind. read/write under the threshold are not
-/// resolved to sockets (no record reaches userspace), so they stay `read`/`write`: any
-/// descriptor. Goroutine waits are not syscalls: the probes never count them.
-pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWaitTotals)> {
-    WaitKind::ALL
-        .iter()
-        .filter(|&&kind| kind != WaitKind::Goroutine)
-        .map(|&kind| (kind, short_waits[kind as usize]))
-        .collect()
+    let mut base = pipeline::profile_of(&target, ProfileKind::Recording, started_at);
+    base.duration = elapsed;
+    base.min_wait = min_wait;
+    base.target_exited = target_exited;
+    base.below_threshold = below_threshold(&short_waits);
+    base.counts =
+        trace_counts(&counters, unwinder.truncated_unwinds, &objects, malformed_records, wakers_unmatched);
+    base.thread_counts = thread_counts;
+    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    pipeline::report(&profile, outputs, top)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,8 +149,8 @@ struct WaitCollector {
 }
 
 impl WaitCollector {
-    fn new(pid: u32, walker: StackWalker) -> Self {
-        Self { decoder: WaitDecoder::new(pid, walker), aggregate: WaitAggregate::default() }
+    fn new(pid: u32, unwinder: ProcessUnwinder) -> Self {
+        Self { decoder: WaitDecoder::new(pid, unwinder), aggregate: WaitAggregate::default() }
     }
 }
 

@@ -7,39 +7,29 @@ use std::time::Instant;
 
 
 use crate::{
-    model::{Profile, ProfileKind, TraceCounts, WaitAggregate},
-    threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
     cli::SnapshotArgs,
     golang,
-    objects::locks::LockNamer,
-    report::{Format, Output, summary::render_summary},
-    stacks::{ProcessImage, StackSymbolizer, StackWalker},
-    probes::{ProbeConfig, Probes},
-    pipeline::target::{self, Target},
+    model::{ProfileKind, WaitAggregate},
     objects::WaitObjects,
+    pipeline::{
+        self, Traced,
+        counts::trace_counts,
+        target::{self, Target},
+    },
+    probes::{ProbeConfig, ProbeCounters, Probes},
+    stacks::ProcessUnwinder,
+    threads::blocked_now::{KnownWaitStarts, collect_blocked_threads},
 };
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let SnapshotArgs { pid, outputs, top } = args;
-    for path in &outputs {
-        Format::from_path(path)?;
-    }
-    target::check_root()?;
-    let target = Target::open(pid)?;
-    // A Go program's goroutines wait in the Go scheduler, not in the kernel: read them.
-    let image = ProcessImage::snapshot(pid).map_err(|err| exited_or(&target, err.into()))?;
-    let is_go = image
-        .modules()
-        .iter()
-        .any(|module| module.is_main_executable && golang::is_go(module.file_bytes()));
-    if is_go {
-        return golang::snapshot(&target, &image, &outputs, top);
+    let traced = Traced::open(pid, &outputs)?;
+    if traced.is_go() {
+        return golang::snapshot(&traced, &outputs, top);
     }
     let btf_path = target::btf_path()?;
-    let outputs = outputs
-        .iter()
-        .map(|path| Output::create(path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = pipeline::create_outputs(&outputs)?;
+    let Traced { target, image } = traced;
 
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
@@ -49,63 +39,30 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         ProbeConfig { tgid: pid, min_wait: std::time::Duration::ZERO, maps: Default::default() },
         &btf_path,
     )?;
-    // Without the saved registers, stacks whose CFI needs rbp stop early (counted).
-    let frame_pointers = match probes.task_registers() {
-        Ok(registers) => SavedFramePointers::from_tasks(&registers),
-        Err(err) => {
-            log::warn!("cannot read the threads' saved registers: {err}");
-            SavedFramePointers::default()
-        }
-    };
+    let frame_pointers = pipeline::saved_frame_pointers(&mut probes);
     drop(probes);
-    let mut walker = StackWalker::new(pid, image);
+    let mut unwinder = ProcessUnwinder::new(pid, image);
     let mut aggregate = WaitAggregate::default();
-    let mut targets = WaitObjects::new(pid);
-    let thread_counts =
-        collect_blocked_threads(
-            pid,
-            &mut walker,
-            &KnownWaitStarts::new(),
-            &frame_pointers,
-            &mut targets,
-            &mut aggregate,
-        )
-            .map_err(|err| exited_or(&target, err.into()))?;
+    let mut objects = WaitObjects::new(pid);
+    let thread_counts = collect_blocked_threads(
+        pid,
+        &mut unwinder,
+        &KnownWaitStarts::new(),
+        &frame_pointers,
+        &mut objects,
+        &mut aggregate,
+    )
+    .map_err(|err| exited_or(&target, err.into()))?;
     if target.has_exited() {
         anyhow::bail!("pid {pid} exited during the snapshot");
     }
-    let base = Profile {
-        kind: ProfileKind::Snapshot,
-        pid,
-        start_unix_ns: target::unix_ns(started_at),
-        command_line: target.command_line.clone(),
-        comm: target.comm.clone(),
-        duration: started.elapsed(),
-        min_wait: std::time::Duration::ZERO,
-        target_exited: false,
-        stacks: Vec::new(),
-        below_threshold: Vec::new(),
-        counts: TraceCounts {
-            unwind_truncated: walker.truncated_walks,
-            non_socket_io: targets.non_socket_io,
-            unresolved_descriptors: targets.unresolved_sockets,
-            ..TraceCounts::default()
-        },
-        thread_counts,
-        endpoint_states: std::mem::take(&mut targets.endpoint_states),
-        thread_names: Default::default(),
-        wakers: Vec::new(),
-        modules: Default::default(),
-    };
-    targets.log_socket_lookups();
-    let mut symbolizer = StackSymbolizer::new();
-    let mut profile =
-        aggregate.into_profile(base, walker.image(), &mut symbolizer, &mut LockNamer::new());
-    profile.counts.unknown_symbols = symbolizer.unknown_addresses;
+    let mut base = pipeline::profile_of(&target, ProfileKind::Snapshot, started_at);
+    base.duration = started.elapsed();
+    base.counts = trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
+    base.thread_counts = thread_counts;
+    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
-    print!("{}", render_summary(&profile, top));
-    println!("{}", crate::pipeline::own_usage::ProcessUsage::of_self());
-    crate::report::write_outputs(outputs, &profile)
+    pipeline::report(&profile, outputs, top)
 }
 
 /// A failure to read the target is, more often than not, the target exiting: say so.

@@ -6,47 +6,70 @@
 //! `runtime.allgs`, wait-reason names) → `goroutines` (read the list and unwind each
 //! waiting goroutine from /proc/PID's memory, without stopping the process) → `netpoll`
 //! (the socket each goroutine in IO wait waits on) → `pclntab` (names, files, lines from
-//! `.gopclntab`, which stripped binaries keep) → `report` (the pprof-like stdout table, and
-//! the `Profile` the report exporters write).
+//! `.gopclntab`, which stripped binaries keep) → `stacks` (the common model's stacks, one per
+//! group of goroutines, with the Go call-site rule). Everything after the model is shared
+//! with threads: the same summary, the same exporters.
 
 mod binary;
 mod goroutines;
 mod netpoll;
 mod pclntab;
 mod record;
-mod report;
+mod stacks;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context as _;
 
 use crate::{
-    model::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, module_infos},
-    report::Output,
-    stacks::ProcessImage,
-    pipeline::target::{self, Target},
+    model::{Profile, ProfileKind, ThreadCounts, module_infos},
     objects::WaitObjects,
+    pipeline::{self, Traced, target::Target},
+    stacks::ProcessImage,
 };
 
 pub use binary::is_go;
 pub use record::record;
 
-/// Snapshots the goroutines of the Go process `target`, whose main executable is a module
-/// of `image`, and prints/writes the reports.
-pub fn snapshot(
-    target: &Target,
-    image: &ProcessImage,
-    outputs: &[PathBuf],
-    top: usize,
-) -> anyhow::Result<()> {
+/// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.
+pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Result<()> {
+    let Traced { target, image } = traced;
     let pid = target.pid;
-    let outputs = outputs
-        .iter()
-        .map(|path| Output::create(path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = pipeline::create_outputs(outputs)?;
     let started = Instant::now();
     let started_at = SystemTime::now();
+    let (module, binary) = parse_main(image)?;
+    eprintln!("tracer: reading the goroutines of {} (pid {pid}, {})", target.comm, binary.version);
+    let parsed = started.elapsed();
+    let (mut goroutines, mut counts) = read_waiting(target, &binary, module.bias)?;
+    let mut objects = WaitObjects::new(pid);
+    name_io_waits(pid, &binary, &mut goroutines, &mut counts, &mut objects);
+    let read = started.elapsed();
+    let mut namer = stacks::GoNamer::new(&binary, module.bias, module.name());
+    let named = stacks::from_goroutines(&mut namer, goroutines);
+    let elapsed = started.elapsed();
+    log::info!(
+        "goroutine snapshot of pid {pid}: binary {parsed:?}, memory {:?}, grouping {:?}, total {elapsed:?}",
+        read - parsed,
+        elapsed - read
+    );
+    let mut base = pipeline::profile_of(target, ProfileKind::Snapshot, started_at);
+    base.duration = elapsed;
+    base.thread_counts = thread_counts(&counts, named.runtime_hidden);
+    base.counts.unwind_truncated = named.truncated;
+    base.counts.unresolved_descriptors = counts.io_wait_unresolved;
+    base.counts.non_socket_io = counts.io_wait_not_socket;
+    base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
+    base.modules = module_infos(image);
+    let profile = Profile::from_symbolized(base, named.stacks);
+    pipeline::report(&profile, outputs, top)
+}
+
+/// The main executable of `image` and its Go runtime's tables.
+fn parse_main(
+    image: &ProcessImage,
+) -> anyhow::Result<(&crate::stacks::Module, binary::GoBinary<'_>)> {
     let module = image
         .modules()
         .iter()
@@ -61,44 +84,14 @@ pub fn snapshot(
         binary.layout_source,
         binary.allgs,
         binary.wait_reasons.len(),
-        if binary.stripped {
-            "stripped"
-        } else {
-            "with symbols"
-        }
+        if binary.stripped { "stripped" } else { "with symbols" }
     );
-    let parsed = started.elapsed();
-    let (mut goroutines, mut counts) = read_waiting(target, &binary, module.bias)?;
-    let mut targets = WaitObjects::new(pid);
-    name_io_waits(pid, &binary, &mut goroutines, &mut counts, &mut targets);
-    let read = started.elapsed();
-    let endpoint_states = std::mem::take(&mut targets.endpoint_states);
-    let snapshot =
-        report::GoSnapshot::build(&binary, module.bias, goroutines, counts, endpoint_states);
-    let elapsed = started.elapsed();
-    log::info!(
-        "goroutine snapshot of pid {pid}: binary {parsed:?}, memory {:?}, grouping {:?}, total {elapsed:?}",
-        read - parsed,
-        elapsed - read
-    );
-    print!(
-        "{}",
-        snapshot.render_text(&target.comm, pid, &binary.version, top, elapsed)
-    );
-    println!("{}", crate::pipeline::own_usage::ProcessUsage::of_self());
-    let thread_counts = thread_counts(&snapshot.counts);
-    let stacks = snapshot.profile_stacks(module.name(), true);
-    let mut base =
-        go_profile(ProfileKind::Snapshot, target, image, started_at, elapsed, thread_counts);
-    base.counts.unresolved_descriptors = snapshot.counts.io_wait_unresolved;
-    base.counts.non_socket_io = snapshot.counts.io_wait_not_socket;
-    base.endpoint_states = snapshot.endpoint_states.clone();
-    let profile = Profile::from_symbolized(base, stacks);
-    crate::report::write_outputs(outputs, &profile)
+    Ok((module, binary))
 }
 
-/// A profile's "threads", which for a Go program are its goroutines.
-fn thread_counts(counts: &goroutines::GoroutineCounts) -> ThreadCounts {
+/// A profile's "threads", which for a Go program are its goroutines; `runtime_hidden`
+/// of them are the runtime's own, not shown.
+fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> ThreadCounts {
     let goroutines::GoroutineCounts {
         total,
         waiting,
@@ -117,6 +110,7 @@ fn thread_counts(counts: &goroutines::GoroutineCounts) -> ThreadCounts {
         elsewhere: running + runnable + in_syscall,
         woke_while_read: changed_while_read,
         unreadable,
+        runtime_hidden,
         ..ThreadCounts::default()
     }
 }
@@ -142,14 +136,14 @@ fn read_waiting(
     })
 }
 
-/// Names the socket each goroutine parked on a descriptor waits on, through `targets`
+/// Names the socket each goroutine parked on a descriptor waits on, through `objects`
 /// (which keeps each endpoint's state); what cannot be named is counted.
 fn name_io_waits(
     pid: u32,
     binary: &binary::GoBinary<'_>,
     goroutines: &mut [goroutines::Goroutine],
     counts: &mut goroutines::GoroutineCounts,
-    targets: &mut WaitObjects,
+    objects: &mut WaitObjects,
 ) {
     let io_wait = binary
         .wait_reasons
@@ -166,35 +160,6 @@ fn name_io_waits(
             Default::default()
         }
     };
-    netpoll::name_io_waits(goroutines, &parked, io_wait, targets, counts);
-    targets.log_socket_lookups();
-}
-
-/// A goroutine profile of `target` before its stacks are added.
-fn go_profile(
-    kind: ProfileKind,
-    target: &Target,
-    image: &ProcessImage,
-    started_at: SystemTime,
-    duration: Duration,
-    thread_counts: ThreadCounts,
-) -> Profile {
-    Profile {
-        kind,
-        pid: target.pid,
-        start_unix_ns: target::unix_ns(started_at),
-        command_line: target.command_line.clone(),
-        comm: target.comm.clone(),
-        duration,
-        min_wait: Duration::ZERO,
-        target_exited: false,
-        stacks: Vec::<ProfileStack>::new(),
-        below_threshold: Vec::new(),
-        counts: TraceCounts::default(),
-        thread_counts,
-        endpoint_states: Default::default(),
-        thread_names: Default::default(),
-        wakers: Vec::new(),
-        modules: module_infos(image),
-    }
+    netpoll::name_io_waits(goroutines, &parked, io_wait, objects, counts);
+    objects.log_socket_lookups();
 }

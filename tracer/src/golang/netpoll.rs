@@ -127,7 +127,7 @@ pub fn name_io_waits(
     goroutines: &mut [Goroutine],
     parked: &HashMap<u64, PolledDescriptor>,
     io_wait: Option<u8>,
-    targets: &mut WaitObjects,
+    objects: &mut WaitObjects,
     counts: &mut GoroutineCounts,
 ) {
     for goroutine in goroutines {
@@ -143,13 +143,13 @@ pub fn name_io_waits(
         } else {
             WaitKind::Write
         };
-        let non_socket_before = targets.non_socket_io;
-        match targets.resolve(kind, fd) {
+        let non_socket_before = objects.non_socket_io;
+        match objects.resolve(kind, fd) {
             Some((_, WaitObject::Endpoint(endpoint))) => {
                 goroutine.object = Some(endpoint);
                 counts.io_wait_named += 1;
             }
-            _ if targets.non_socket_io > non_socket_before => counts.io_wait_not_socket += 1,
+            _ if objects.non_socket_io > non_socket_before => counts.io_wait_not_socket += 1,
             _ => counts.io_wait_unresolved += 1,
         }
     }
@@ -204,7 +204,7 @@ mod tests {
     fn io_waits_not_found_are_counted() {
         const IO_WAIT: u8 = 2;
         // Descriptors of a pid that does not exist: the lookups fail and are counted.
-        let mut targets = WaitObjects::new(u32::MAX);
+        let mut objects = WaitObjects::new(u32::MAX);
         let mut goroutines = [
             goroutine(0x100, IO_WAIT),
             goroutine(0x200, IO_WAIT),
@@ -222,7 +222,7 @@ mod tests {
             &mut goroutines,
             &parked,
             Some(IO_WAIT),
-            &mut targets,
+            &mut objects,
             &mut counts,
         );
         assert_eq!(

@@ -1,34 +1,126 @@
 //! The call-site policy: which frame of a stack a reader looks for, per language. The
-//! runtime (libc, a language's standard library and scheduler) is skipped.
+//! runtime (libc, a language's standard library and scheduler) is skipped, as a reader
+//! would skip it.
 
-use crate::stacks::Frame;
+use tracer_common::WaitKind;
 
-/// The innermost frame of `frames` (root first) in the program's own code: not libc,
-/// not the language's standard library or runtime. Falls back to the innermost named
-/// frame.
-pub fn call_site(frames: &[Frame]) -> &str {
+use crate::stacks::{Frame, UNKNOWN_FRAME as UNKNOWN};
+
+/// Whose conventions name a stack's frames, and so which frames are the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    /// Native code: C through libc, Rust and its std.
+    Native,
+    /// Go, by the names in `.gopclntab`.
+    Go,
+}
+
+impl Language {
+    /// The language of a stack waiting in `kind`: goroutines are Go's, threads native.
+    pub fn of(kind: WaitKind) -> Self {
+        match kind {
+            WaitKind::Goroutine => Language::Go,
+            _ => Language::Native,
+        }
+    }
+}
+
+/// The frame of `frames` (root first) a reader looks for, by the rule of `language`.
+pub fn call_site(frames: &[Frame], language: Language) -> &str {
+    match language {
+        Language::Native => native_call_site(frames),
+        Language::Go => go_call_site(frames),
+    }
+}
+
+/// The innermost frame in the program's own code: not libc, not Rust's std or the C
+/// runtime's start-up code. Falls back to the innermost named frame.
+fn native_call_site(frames: &[Frame]) -> &str {
     let innermost_own = frames
         .iter()
         .rev()
-        .find(|frame| frame.module_is_main && !is_runtime_function(&frame.name));
+        .find(|frame| frame.module_is_main && !is_native_runtime(&frame.name));
     innermost_own
         .or_else(|| frames.iter().rev().find(|frame| frame.name != UNKNOWN))
         .map_or(UNKNOWN, |frame| frame.name.as_str())
 }
 
-const UNKNOWN: &str = "[unknown]";
+/// The innermost frame outside Go's standard library (so `main.writeToBackend`, not
+/// `internal/poll.runtime_pollWait`), else the innermost outside package runtime, else
+/// the leaf.
+fn go_call_site(frames: &[Frame]) -> &str {
+    let innermost = |keep: &dyn Fn(&str) -> bool| {
+        frames.iter().rev().map(|frame| frame.name.as_str()).find(|name| keep(name))
+    };
+    innermost(&|name| !is_go_standard_library(name))
+        .or_else(|| innermost(&|name| !name.starts_with("runtime.")))
+        .or_else(|| frames.last().map(|frame| frame.name.as_str()))
+        .unwrap_or(UNKNOWN)
+}
 
-/// Functions of Rust's std/core/alloc, of Go's runtime and of the C runtime's start-up
-/// code, which a statically linked program carries in its own executable.
-fn is_runtime_function(name: &str) -> bool {
-    const RUNTIME_PREFIXES: [&str; 16] = [
+/// Functions of Rust's std/core/alloc and of the C runtime's start-up code, which a
+/// statically linked program carries in its own executable.
+fn is_native_runtime(name: &str) -> bool {
+    const RUNTIME_PREFIXES: [&str; 13] = [
         "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_panic",
         "rust_begin_unwind", "_start", "__libc_", "start_thread", "[",
-        // Go's runtime, its internal packages and sync, which a Go executable carries.
-        "runtime.", "internal/", "sync.",
     ];
     // `<T as core::ops::FnOnce>::call_once` style names are the runtime too.
     RUNTIME_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
         || name.starts_with('<') && name.contains(" as core::ops::function::")
 }
 
+/// Go's standard-library packages have no dot in their first path element ("net/http",
+/// "internal/poll", "runtime"); "main" is the program's own. Unnamed frames
+/// (`[unknown 0x…]`, `[stack lost]`) are not the program either.
+pub fn is_go_standard_library(function: &str) -> bool {
+    if function.starts_with('[') {
+        return true;
+    }
+    let package_end = function.rfind('/').map_or(0, |slash| slash + 1);
+    let package = match function[package_end..].find('.') {
+        Some(dot) => &function[..package_end + dot],
+        None => function,
+    };
+    let first = package.split('/').next().unwrap_or_default();
+    package != "main" && !first.contains('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn go_frames(names: &[&str]) -> Vec<Frame> {
+        // Leaf first as written, root first as stored.
+        names.iter().rev().map(|name| Frame::unknown_named(name, 0)).collect()
+    }
+
+    #[test]
+    fn go_call_site_is_the_innermost_frame_outside_the_standard_library() {
+        let site = |names: &[&str]| call_site(&go_frames(names), Language::Go).to_owned();
+        let io = [
+            "runtime.gopark",
+            "internal/poll.runtime_pollWait",
+            "net.(*conn).Write",
+            "main.writeToBackend",
+        ];
+        assert_eq!(site(&io), "main.writeToBackend");
+        assert_eq!(
+            site(&["runtime.gopark", "github.com/x/y.(*T).Run", "main.main"]),
+            "github.com/x/y.(*T).Run"
+        );
+        assert_eq!(
+            site(&["runtime.gopark", "net/http.(*Server).Serve", "runtime.main"]),
+            "net/http.(*Server).Serve"
+        );
+        assert_eq!(site(&["runtime.gopark", "runtime.bgsweep"]), "runtime.gopark");
+    }
+
+    #[test]
+    fn go_standard_library_packages() {
+        assert!(is_go_standard_library("runtime.gopark"));
+        assert!(is_go_standard_library("net/http.(*conn).serve"));
+        assert!(!is_go_standard_library("main.receiver"));
+        assert!(!is_go_standard_library("example.com/a/b.f"));
+    }
+}

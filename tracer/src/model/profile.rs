@@ -8,7 +8,10 @@ use std::{
 
 use tracer_common::{ShortWaitTotals, WaitKind};
 
-use super::{WaitStats, WakerRow, call_site::call_site};
+use super::{
+    WaitStats, WakerRow,
+    call_site::{Language, call_site},
+};
 use crate::stacks::Frame;
 
 /// A symbolized stack with its waits.
@@ -30,7 +33,7 @@ impl ProfileStack {
     /// The innermost frame in the program's own code: not libc, not the language's
     /// standard library or runtime. Falls back to the innermost named frame.
     pub fn call_site(&self) -> &str {
-        call_site(&self.frames)
+        call_site(&self.frames, Language::of(self.kind))
     }
 }
 
@@ -62,6 +65,80 @@ pub struct TraceCounts {
     /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
     /// that were evicted from the bounded table of pending wakers.
     pub wakers_unmatched: u64,
+    /// Goroutine parks the Go probes could not note (their map of parked goroutines was
+    /// full).
+    pub go_parks_lost: u64,
+    /// Goroutine parks whose stack the Go probes' stack map could not store.
+    pub go_stacks_lost: u64,
+    /// Ended goroutine waits the Go probes could not add (their totals map was full).
+    pub go_waits_lost: u64,
+    /// Ended waits of the Go runtime's own system goroutines (GC workers, sweeper, …):
+    /// not shown.
+    pub go_runtime_waits_hidden: u64,
+}
+
+impl TraceCounts {
+    /// How many of `fields_mut` (the first ones) are losses; the rest is what was seen.
+    pub const LOSSES: usize = 11;
+
+    /// Every counter by name, losses first, in a fixed order: for the formats that list
+    /// them (pprof comments, metrics) and read them back by name.
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 20] {
+        let TraceCounts {
+            waits_started,
+            waits_discarded,
+            short_waits,
+            long_waits,
+            ring_buffer_full,
+            stack_unreadable,
+            stack_shortened,
+            in_flight_map_full,
+            wakes_seen,
+            wake_ring_buffer_full,
+            unwind_truncated,
+            unknown_symbols,
+            non_socket_io,
+            unresolved_descriptors,
+            malformed_records,
+            wakers_unmatched,
+            go_parks_lost,
+            go_stacks_lost,
+            go_waits_lost,
+            go_runtime_waits_hidden,
+        } = self;
+        [
+            ("ring_buffer_full", ring_buffer_full),
+            ("in_flight_map_full", in_flight_map_full),
+            ("stack_unreadable", stack_unreadable),
+            ("unwind_truncated", unwind_truncated),
+            ("unknown_symbols", unknown_symbols),
+            ("unresolved_descriptors", unresolved_descriptors),
+            ("malformed_records", malformed_records),
+            ("wakers_unmatched", wakers_unmatched),
+            ("go_parks_lost", go_parks_lost),
+            ("go_stacks_lost", go_stacks_lost),
+            ("go_waits_lost", go_waits_lost),
+            ("wake_ring_buffer_full", wake_ring_buffer_full),
+            ("waits_started", waits_started),
+            ("waits_discarded", waits_discarded),
+            ("short_waits", short_waits),
+            ("long_waits", long_waits),
+            ("stack_shortened", stack_shortened),
+            ("non_socket_io", non_socket_io),
+            ("wakes_seen", wakes_seen),
+            ("go_runtime_waits_hidden", go_runtime_waits_hidden),
+        ]
+    }
+
+    /// What each counter grew by since `then` (serve's windows).
+    pub fn since(&self, then: &TraceCounts) -> TraceCounts {
+        let mut grown = self.clone();
+        let mut then = then.clone();
+        for ((_, now), (_, then)) in grown.fields_mut().into_iter().zip(then.fields_mut()) {
+            *now = now.saturating_sub(*then);
+        }
+        grown
+    }
 }
 
 /// What a profile holds, and so what a stack's weight means.
@@ -89,6 +166,9 @@ pub struct ThreadCounts {
     pub woke_while_read: u64,
     /// Could not be read (permissions, exec in progress).
     pub unreadable: u64,
+    /// Goroutines of the Go runtime's own (GC workers, sweeper, finalizers, …): not
+    /// shown.
+    pub runtime_hidden: u64,
     /// Blocked threads whose saved rbp was not found (unwound without it; CFI that
     /// needs rbp truncates their stacks).
     pub frame_pointer_unknown: u64,
@@ -141,6 +221,29 @@ pub struct ModuleInfo {
 }
 
 impl Profile {
+    /// An empty profile of `kind` about process `pid` (`comm`): the one constructor.
+    /// Each source fills in what it saw; `from_symbolized` adds the stacks.
+    pub fn new(kind: ProfileKind, pid: u32, comm: String) -> Self {
+        Self {
+            kind,
+            pid,
+            start_unix_ns: None,
+            command_line: None,
+            comm,
+            duration: Duration::ZERO,
+            min_wait: Duration::ZERO,
+            target_exited: false,
+            stacks: Vec::new(),
+            below_threshold: Vec::new(),
+            counts: TraceCounts::default(),
+            thread_counts: ThreadCounts::default(),
+            endpoint_states: BTreeMap::new(),
+            thread_names: BTreeMap::new(),
+            wakers: Vec::new(),
+            modules: BTreeMap::new(),
+        }
+    }
+
     /// Merges stacks that symbolize to the same frames and sorts them heaviest first.
     pub fn from_symbolized(
         mut base: Profile,

@@ -27,12 +27,21 @@ pub fn log2_bucket(duration_ns: u64) -> u32 {
 
 impl WaitStats {
     pub fn add(&mut self, tid: u32, duration_ns: u64) {
-        self.min_ns = if self.waits == 0 { duration_ns } else { self.min_ns.min(duration_ns) };
+        // The first wait with a duration sets the minimum (a wait of unknown age has none).
+        self.min_ns =
+            if self.log2_histogram.is_empty() { duration_ns } else { self.min_ns.min(duration_ns) };
         self.waits += 1;
         self.total_ns += duration_ns;
         self.max_ns = self.max_ns.max(duration_ns);
         self.threads.insert(tid);
         *self.log2_histogram.entry(log2_bucket(duration_ns)).or_default() += 1;
+    }
+
+    /// Adds a wait whose age is not known at all (a goroutine whose runtime has not
+    /// recorded when it began waiting): it counts, its time does not.
+    pub fn add_unaged(&mut self, tid: u32) {
+        self.waits += 1;
+        self.threads.insert(tid);
     }
 
     /// Adds a wait whose duration is only known to be at least `duration_ns`.
@@ -47,7 +56,10 @@ impl WaitStats {
         if *waits == 0 {
             return;
         }
-        self.min_ns = if self.waits == 0 { *min_ns } else { self.min_ns.min(*min_ns) };
+        if !log2_histogram.is_empty() || self.log2_histogram.is_empty() && self.waits == 0 {
+            self.min_ns =
+                if self.log2_histogram.is_empty() { *min_ns } else { self.min_ns.min(*min_ns) };
+        }
         self.waits += waits;
         self.total_ns += total_ns;
         self.max_ns = self.max_ns.max(*max_ns);

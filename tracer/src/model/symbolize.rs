@@ -7,7 +7,7 @@ use tracer_common::WaitKind;
 
 use super::{
     Profile, ProfileStack, StackKey, WaitAggregate, WaitObject, WaitStats, WakerStats,
-    call_site::call_site, modules::module_infos,
+    call_site::{Language, call_site}, modules::module_infos,
 };
 use crate::{
     objects::locks::LockNamer,
@@ -85,11 +85,11 @@ fn waker_rows(
     for (key, by_waker) in wakers {
         let mut waiting = symbolizer.symbolize(image, &key.addresses);
         waiting.reverse();
-        let waiting_site = call_site(&waiting).to_string();
+        let waiting_site = call_site(&waiting, Language::Native).to_string();
         for (waker_stack, stats) in by_waker {
             let mut waker_frames = symbolizer.symbolize(image, &waker_stack);
             waker_frames.reverse();
-            let waker_site = call_site(&waker_frames).to_string();
+            let waker_site = call_site(&waker_frames, Language::Native).to_string();
             let row = rows
                 .entry((waiting_site.clone(), key.kind, waker_site.clone()))
                 .or_insert_with(|| WakerRow {

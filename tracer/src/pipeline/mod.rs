@@ -1,6 +1,106 @@
 //! The tracing pipeline that `record`, `snapshot` and `serve` share: the target process →
-//! its memory-map image → the sources of waits (probes, /proc, the Go runtime) → the
-//! decoder → the `Profile`.
+//! its memory-map image → the sources of waits (the probes' records, the threads blocked
+//! now from /proc, a Go program's goroutines) → the decoder → the `Profile` → the
+//! exporters. Each command runs these stages; none builds a profile its own way.
 
+pub mod counts;
 pub mod own_usage;
 pub mod target;
+
+use std::{path::PathBuf, time::SystemTime};
+
+use crate::{
+    golang,
+    model::{Profile, ProfileKind, WaitAggregate},
+    objects::{WaitObjects, locks::LockNamer},
+    probes::Probes,
+    report::{Format, Output, summary::render_summary},
+    stacks::{ProcessImage, StackSymbolizer},
+    threads::blocked_now::SavedFramePointers,
+};
+use target::Target;
+
+/// A process checked and opened for tracing, with its memory map read once (files kept
+/// open, so a process that exits mid-trace is still symbolized).
+pub struct Traced {
+    pub target: Target,
+    pub image: ProcessImage,
+}
+
+impl Traced {
+    /// The checks in the order that leaves nothing behind: output formats, privileges,
+    /// the target, its memory map. The output files are created later, by `outputs`.
+    pub fn open(pid: u32, outputs: &[PathBuf]) -> anyhow::Result<Self> {
+        for path in outputs {
+            Format::from_path(path)?;
+        }
+        target::check_root()?;
+        let target = Target::open(pid)?;
+        let image = ProcessImage::snapshot(pid).map_err(|err| {
+            if target.has_exited() {
+                anyhow::anyhow!("pid {pid} exited while it was being read")
+            } else {
+                anyhow::Error::new(err).context(format!("cannot read the memory map of pid {pid}"))
+            }
+        })?;
+        Ok(Self { target, image })
+    }
+
+    /// A Go program's goroutines wait in the Go scheduler, not in the kernel: its source
+    /// of waits is the runtime's memory.
+    pub fn is_go(&self) -> bool {
+        self.image
+            .modules()
+            .iter()
+            .any(|module| module.is_main_executable && golang::is_go(module.file_bytes()))
+    }
+}
+
+/// An empty profile of `kind` about `target`, begun at `started_at`.
+pub fn profile_of(target: &Target, kind: ProfileKind, started_at: SystemTime) -> Profile {
+    let mut profile = Profile::new(kind, target.pid, target.comm.clone());
+    profile.start_unix_ns = target::unix_ns(started_at);
+    profile.command_line = target.command_line.clone();
+    profile
+}
+
+/// Creates the output files (after every check, so a refused run leaves none behind).
+pub fn create_outputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Output>> {
+    Ok(paths.iter().map(|path| Output::create(path)).collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The threads' saved frame pointers from one pass of the task iterator. Without them,
+/// stacks whose CFI needs rbp stop early (counted), so a failure costs only that.
+pub fn saved_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
+    match probes.task_registers() {
+        Ok(registers) => SavedFramePointers::from_tasks(&registers),
+        Err(err) => {
+            log::warn!("cannot read the threads' saved registers: {err}");
+            SavedFramePointers::default()
+        }
+    }
+}
+
+/// The symbolization stage: names each unique stack and lock of `aggregate` once and
+/// builds the profile on `base`, with the endpoints' states `objects` saw.
+pub fn symbolize(
+    aggregate: WaitAggregate,
+    mut base: Profile,
+    image: &ProcessImage,
+    objects: &mut WaitObjects,
+) -> Profile {
+    base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
+    objects.log_socket_lookups();
+    let mut symbolizer = StackSymbolizer::new();
+    let mut profile = aggregate.into_profile(base, image, &mut symbolizer, &mut LockNamer::new());
+    profile.counts.unknown_symbols = symbolizer.unknown_addresses;
+    profile
+}
+
+/// The last stage of `record` and `snapshot`: the summary on stdout, the tracer's own
+/// cost, then every output file.
+pub fn report(profile: &Profile, outputs: Vec<Output>, top: usize) -> anyhow::Result<()> {
+    print!("{}", render_summary(profile, top));
+    println!("{}", own_usage::ProcessUsage::of_self());
+    crate::report::write_outputs(outputs, profile)
+}

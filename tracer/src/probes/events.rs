@@ -19,7 +19,7 @@ use tracer_common::{STACK_COPY_BYTES, WaitKind, WaitRecord, WakeRecord};
 use crate::{
     model::{StackKey, WaitAggregate},
     probes::Probes,
-    stacks::{StackWalker, UserRegs},
+    stacks::{ProcessUnwinder, UserRegs},
     objects::WaitObjects,
 };
 
@@ -139,8 +139,8 @@ impl Wait {
 /// Turns ring-buffer records into `Wait`s: unwinds stacks, resolves what each wait
 /// waits on, and pairs each wait with its waker.
 pub struct WaitDecoder {
-    pub walker: StackWalker,
-    pub targets: WaitObjects,
+    pub unwinder: ProcessUnwinder,
+    pub objects: WaitObjects,
     /// Waker (tid, unwound stack) of a long wait, until the wait's own record arrives.
     pub pending_wakers: HashMap<(u32, u64), (u32, Vec<u64>)>,
     pub malformed_records: u64,
@@ -195,10 +195,10 @@ fn stack_of(bytes: &[u8], offset: usize, len: u32) -> &[u8] {
 }
 
 impl WaitDecoder {
-    pub fn new(pid: u32, walker: StackWalker) -> Self {
+    pub fn new(pid: u32, unwinder: ProcessUnwinder) -> Self {
         Self {
-            walker,
-            targets: WaitObjects::new(pid),
+            unwinder,
+            objects: WaitObjects::new(pid),
             pending_wakers: HashMap::new(),
             malformed_records: 0,
             wakers_evicted: 0,
@@ -211,7 +211,7 @@ impl WaitDecoder {
             return;
         }
         let (regs, stack) = regs_and_stack!(bytes, WakeRecord);
-        let walked = self.walker.walk(regs, stack);
+        let walked = self.unwinder.unwind(regs, stack);
         if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
             self.wakers_evicted += self.pending_wakers.len() as u64;
             self.pending_wakers.clear();
@@ -232,9 +232,9 @@ impl WaitDecoder {
             self.malformed_records += 1;
             return None;
         };
-        let (kind, target) = self.targets.resolve(kind, field!(bytes, WaitRecord, object))?;
+        let (kind, target) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
         let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
-        let walked = self.walker.walk(regs, stack);
+        let walked = self.unwinder.unwind(regs, stack);
         let key = StackKey {
             addresses: walked.addresses,
             kind,

@@ -2,6 +2,7 @@
 //! counters. Dropping `Probes` detaches everything.
 
 pub mod events;
+pub mod golang;
 
 use std::{io::Read as _, path::Path, time::Duration};
 
@@ -41,6 +42,9 @@ pub enum ProbeError {
     /// The task iterator's output could not be read.
     #[error("cannot read the task iterator")]
     ReadIterator(#[source] std::io::Error),
+    /// A program the probes define is missing from the embedded object.
+    #[error("probe program {name} is missing from the embedded object")]
+    MissingProgram { name: &'static str },
     /// A map the probes define is missing or has the wrong type.
     #[error("probe map {name} is missing or malformed")]
     Map {
@@ -116,7 +120,7 @@ impl Probes {
     /// Attaches the wait probes: from here on the target's waits are recorded.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
         let Self { ebpf, btf } = self;
-        let program = |name| ProbeError::Map { name, source: None };
+        let program = |name| ProbeError::MissingProgram { name };
         let attach_err = |name| move |source| ProbeError::Program { name, source };
         // A wait's end before its start: every wait noted is also ended.
         for (name, function) in [
@@ -143,7 +147,7 @@ impl Probes {
         let attach_err = |source| ProbeError::Program { name: NAME, source };
         let iter: &mut Iter = ebpf
             .program_mut(NAME)
-            .ok_or(ProbeError::Map { name: NAME, source: None })?
+            .ok_or(ProbeError::MissingProgram { name: NAME })?
             .try_into()
             .map_err(attach_err)?;
         if iter.fd().is_err() {
@@ -233,164 +237,6 @@ impl Probes {
             }
         }
         Ok(totals)
-    }
-}
-
-/// Goroutine waits with one (stack, caller, wait reason), summed over CPUs.
-#[derive(Clone, Debug)]
-pub struct GoWaitTotal {
-    /// The goroutine's stack at `runtime.gopark`'s entry, leaf (gopark itself) first;
-    /// empty when the stack map could not store it.
-    pub pcs: Vec<u64>,
-    /// gopark's return address, which the frame-pointer walk from its entry skips.
-    pub caller: u64,
-    /// `runtime.waitReason`.
-    pub reason: u8,
-    pub count: u64,
-    pub total_ns: u64,
-}
-
-/// The Go probes' counters (the kernel side's GO_COUNTERS), summed over CPUs.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GoProbeCounters {
-    pub parks: u64,
-    /// Parks not noted: the map of parked goroutines was full.
-    pub parks_lost: u64,
-    /// Parks whose stack the stack map could not store.
-    pub stacks_lost: u64,
-    /// Ended waits not added: the totals map was full.
-    pub waits_lost: u64,
-    pub waits_ended: u64,
-}
-
-/// The kernel side's `GoPark`, `GoWaitKey` and `GoWaitTotals`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct GoPark {
-    start_ns: u64,
-    caller: u64,
-    stack_id: u32,
-    reason: u32,
-}
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct GoWaitKey {
-    caller: u64,
-    stack_id: u32,
-    reason: u32,
-}
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct GoWaitTotals {
-    count: u64,
-    total_ns: u64,
-}
-// SAFETY: plain `repr(C)` integers with no padding.
-unsafe impl aya::Pod for GoPark {}
-// SAFETY: as above.
-unsafe impl aya::Pod for GoWaitKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for GoWaitTotals {}
-
-impl Probes {
-    /// Loads the object for goroutine waits of the Go process `tgid`, whose `runtime.g`
-    /// has its `goid` at `goid_offset`.
-    pub fn open_go(tgid: u32, goid_offset: u64, btf_path: &Path) -> Result<Self, ProbeError> {
-        let btf = Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
-            ProbeError::Btf { path: btf_path.display().to_string(), source }
-        })?;
-        let mut loader = EbpfLoader::new();
-        loader.allow_unsupported_maps();
-        let ebpf = loader
-            .btf(Some(&btf))
-            .override_global("TARGET_TGID", &tgid, true)
-            .override_global("GO_GOID_OFFSET", &goid_offset, true)
-            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
-            .map_err(ProbeError::Load)?;
-        Ok(Self { ebpf, btf })
-    }
-
-    /// Attaches the goroutine park/run uprobes to `executable` at the file offsets of
-    /// `runtime.gopark` and `runtime.execute`. Every process running that file fires them;
-    /// the programs keep the target's (a per-process perf event would see one thread only).
-    pub fn attach_go_probes(
-        &mut self,
-        executable: &Path,
-        gopark_offset: u64,
-        execute_offset: u64,
-    ) -> Result<(), ProbeError> {
-        use aya::programs::{UProbe, uprobe::{UProbeAttachLocation, UProbeScope}};
-        // The run probe first, so no park noted is left without its end.
-        for (name, offset) in [("tracer_go_run", execute_offset), ("tracer_go_park", gopark_offset)]
-        {
-            let attach_err = |source| ProbeError::Program { name, source };
-            let program: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Map { name, source: None })?
-                .try_into()
-                .map_err(attach_err)?;
-            program.load().map_err(attach_err)?;
-            program
-                .attach(UProbeAttachLocation::AbsoluteOffset(offset), executable, UProbeScope::AllProcesses)
-                .map_err(attach_err)?;
-        }
-        Ok(())
-    }
-
-    /// The ended goroutine waits, by stack, caller and wait reason, with their stacks.
-    pub fn go_waits(&self) -> Result<Vec<GoWaitTotal>, ProbeError> {
-        use aya::maps::{PerCpuHashMap, StackTraceMap};
-        let map_err = |name| move |source| ProbeError::Map { name, source: Some(source) };
-        let map = |name| self.ebpf.map(name).ok_or(ProbeError::Map { name, source: None });
-        let waits: PerCpuHashMap<_, GoWaitKey, GoWaitTotals> =
-            PerCpuHashMap::try_from(map("GO_WAITS")?).map_err(map_err("GO_WAITS"))?;
-        let stacks = StackTraceMap::try_from(map("GO_STACKS")?).map_err(map_err("GO_STACKS"))?;
-        let mut totals = Vec::new();
-        for entry in waits.iter() {
-            let (key, per_cpu) = entry.map_err(map_err("GO_WAITS"))?;
-            let pcs = if key.stack_id == u32::MAX {
-                Vec::new()
-            } else {
-                stacks
-                    .get(&key.stack_id, 0)
-                    .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
-                    .unwrap_or_default()
-            };
-            totals.push(GoWaitTotal {
-                pcs,
-                caller: key.caller,
-                reason: key.reason as u8,
-                count: per_cpu.iter().map(|value| value.count).sum(),
-                total_ns: per_cpu.iter().map(|value| value.total_ns).sum(),
-            });
-        }
-        Ok(totals)
-    }
-
-    /// The goroutines parked now that the probes saw park: goid → when it parked (ns,
-    /// CLOCK_MONOTONIC, the clock of the runtime's `nanotime`).
-    pub fn go_parked(&self) -> Result<std::collections::HashMap<u64, u64>, ProbeError> {
-        const NAME: &str = "GO_PARKED";
-        let err = |source| ProbeError::Map { name: NAME, source: Some(source) };
-        let map = self.ebpf.map(NAME).ok_or(ProbeError::Map { name: NAME, source: None })?;
-        let parked: aya::maps::HashMap<_, u64, GoPark> =
-            aya::maps::HashMap::try_from(map).map_err(err)?;
-        // An entry removed while iterating is skipped, not an error worth the report.
-        Ok(parked.iter().filter_map(Result::ok).map(|(goid, park)| (goid, park.start_ns)).collect())
-    }
-
-    pub fn go_counters(&self) -> Result<GoProbeCounters, ProbeError> {
-        const NAME: &str = "GO_COUNTERS";
-        let err = |source| ProbeError::Map { name: NAME, source: Some(source) };
-        let map = self.ebpf.map(NAME).ok_or(ProbeError::Map { name: NAME, source: None })?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
-        let mut sums = [0u64; 5];
-        for (index, slot) in sums.iter_mut().enumerate() {
-            *slot = array.get(&(index as u32), 0).map_err(err)?.iter().sum();
-        }
-        let [parks, parks_lost, stacks_lost, waits_lost, waits_ended] = sums;
-        Ok(GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended })
     }
 }
 

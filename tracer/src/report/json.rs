@@ -170,6 +170,20 @@ pub struct JsonTraceCounts {
     pub malformed_records: u64,
     #[serde(default)]
     pub wakers_unmatched: u64,
+    /// Go's losses and hidden runtime waits: written only when not zero, so thread
+    /// profiles read as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub go_parks_lost: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub go_stacks_lost: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub go_waits_lost: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub go_runtime_waits_hidden: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -181,6 +195,9 @@ pub struct JsonThreadCounts {
     pub woke_while_read: u64,
     pub unreadable: u64,
     pub frame_pointer_unknown: u64,
+    /// Goroutines of the Go runtime's own, not shown (written only when not zero).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub runtime_hidden: u64,
 }
 
 /// Why a file is not a profile `tracer report` can read.
@@ -374,6 +391,10 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         unresolved_descriptors,
         malformed_records,
         wakers_unmatched,
+        go_parks_lost,
+        go_stacks_lost,
+        go_waits_lost,
+        go_runtime_waits_hidden,
     } = counts.clone();
     JsonTraceCounts {
         waits_started,
@@ -392,6 +413,10 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         unresolved_descriptors,
         malformed_records,
         wakers_unmatched,
+        go_parks_lost,
+        go_stacks_lost,
+        go_waits_lost,
+        go_runtime_waits_hidden,
     }
 }
 
@@ -404,6 +429,7 @@ fn json_thread_counts(counts: &ThreadCounts) -> JsonThreadCounts {
         woke_while_read,
         unreadable,
         frame_pointer_unknown,
+        runtime_hidden,
     } = counts.clone();
     JsonThreadCounts {
         threads,
@@ -413,6 +439,7 @@ fn json_thread_counts(counts: &ThreadCounts) -> JsonThreadCounts {
         woke_while_read,
         unreadable,
         frame_pointer_unknown,
+        runtime_hidden,
     }
 }
 
@@ -530,30 +557,26 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
             },
         )
         .collect::<Result<Vec<_>, JsonError>>()?;
-    let profile = Profile {
-        kind,
-        pid,
-        start_unix_ns,
-        command_line: command_line.clone(),
-        comm,
-        duration: Duration::from_nanos(duration_ns),
-        min_wait: Duration::from_nanos(min_wait_ns),
-        target_exited: exited,
-        stacks,
-        below_threshold,
-        counts: trace_counts(counts),
-        thread_counts: thread_counts_of(thread_counts),
-        endpoint_states,
-        thread_names,
-        wakers,
-        modules: modules
-            .into_iter()
-            .map(|(name, module)| {
-                let JsonModule { path, build_id, start, end } = module;
-                (name, ModuleInfo { path, build_id, start, end })
-            })
-            .collect(),
-    };
+    let mut profile = Profile::new(kind, pid, comm);
+    profile.start_unix_ns = start_unix_ns;
+    profile.command_line = command_line.clone();
+    profile.duration = Duration::from_nanos(duration_ns);
+    profile.min_wait = Duration::from_nanos(min_wait_ns);
+    profile.target_exited = exited;
+    profile.stacks = stacks;
+    profile.below_threshold = below_threshold;
+    profile.counts = trace_counts(counts);
+    profile.thread_counts = thread_counts_of(thread_counts);
+    profile.endpoint_states = endpoint_states;
+    profile.thread_names = thread_names;
+    profile.wakers = wakers;
+    profile.modules = modules
+        .into_iter()
+        .map(|(name, module)| {
+            let JsonModule { path, build_id, start, end } = module;
+            (name, ModuleInfo { path, build_id, start, end })
+        })
+        .collect();
     Ok(SavedProfile {
         profile,
         provenance: Provenance {
@@ -659,6 +682,10 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         unresolved_descriptors,
         malformed_records,
         wakers_unmatched,
+        go_parks_lost,
+        go_stacks_lost,
+        go_waits_lost,
+        go_runtime_waits_hidden,
     } = counts;
     TraceCounts {
         waits_started,
@@ -677,6 +704,10 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         unresolved_descriptors,
         malformed_records,
         wakers_unmatched,
+        go_parks_lost,
+        go_stacks_lost,
+        go_waits_lost,
+        go_runtime_waits_hidden,
     }
 }
 
@@ -689,6 +720,7 @@ fn thread_counts_of(counts: JsonThreadCounts) -> ThreadCounts {
         woke_while_read,
         unreadable,
         frame_pointer_unknown,
+        runtime_hidden,
     } = counts;
     ThreadCounts {
         threads,
@@ -698,6 +730,7 @@ fn thread_counts_of(counts: JsonThreadCounts) -> ThreadCounts {
         woke_while_read,
         unreadable,
         frame_pointer_unknown,
+        runtime_hidden,
     }
 }
 

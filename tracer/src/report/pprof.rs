@@ -362,51 +362,7 @@ fn sample(builder: &mut Builder, profile: &Profile, stack: &ProfileStack) -> pro
     }
 }
 
-/// `key=value` pairs of the trace counters, in a fixed order; `set` reads them back.
-fn trace_count_fields(counts: &mut TraceCounts) -> [(&'static str, &mut u64); 16] {
-    let TraceCounts {
-        waits_started,
-        waits_discarded,
-        short_waits,
-        long_waits,
-        ring_buffer_full,
-        stack_unreadable,
-        stack_shortened,
-        in_flight_map_full,
-        wakes_seen,
-        wake_ring_buffer_full,
-        unwind_truncated,
-        unknown_symbols,
-        non_socket_io,
-        unresolved_descriptors,
-        malformed_records,
-        wakers_unmatched,
-    } = counts;
-    [
-        ("ring_buffer_full", ring_buffer_full),
-        ("in_flight_map_full", in_flight_map_full),
-        ("stack_unreadable", stack_unreadable),
-        ("unwind_truncated", unwind_truncated),
-        ("unknown_symbols", unknown_symbols),
-        ("unresolved_descriptors", unresolved_descriptors),
-        ("malformed_records", malformed_records),
-        ("wakers_unmatched", wakers_unmatched),
-        ("wake_ring_buffer_full", wake_ring_buffer_full),
-        ("waits_started", waits_started),
-        ("waits_discarded", waits_discarded),
-        ("short_waits", short_waits),
-        ("long_waits", long_waits),
-        ("stack_shortened", stack_shortened),
-        ("non_socket_io", non_socket_io),
-        ("wakes_seen", wakes_seen),
-    ]
-}
-
-/// The first `LOSSES` trace counters are losses (the `lost:` comment), the rest what
-/// was seen.
-const LOSSES: usize = 8;
-
-fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 7] {
+fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 8] {
     let ThreadCounts {
         threads,
         blocked_in_waits,
@@ -414,6 +370,7 @@ fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 
         exited_while_read,
         woke_while_read,
         unreadable,
+        runtime_hidden,
         frame_pointer_unknown,
     } = counts;
     [
@@ -424,6 +381,7 @@ fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 
         ("woke_while_read", woke_while_read),
         ("unreadable", unreadable),
         ("frame_pointer_unknown", frame_pointer_unknown),
+        ("runtime_hidden", runtime_hidden),
     ]
 }
 
@@ -454,8 +412,8 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
         comments.push(format!("main module: {main}"));
     }
     let mut counts = profile.counts.clone();
-    let mut fields = trace_count_fields(&mut counts).into_iter();
-    comments.push(format!("lost: {}", pairs(fields.by_ref().take(LOSSES))));
+    let mut fields = counts.fields_mut().into_iter();
+    comments.push(format!("lost: {}", pairs(fields.by_ref().take(TraceCounts::LOSSES))));
     comments.push(format!("seen: {}", pairs(fields)));
     comments.push(format!(
         "threads read: {}",
@@ -637,7 +595,7 @@ impl<'a> Tables<'a> {
 
     fn module(&self, mapping_id: u64) -> Result<&'a str, PprofError> {
         if mapping_id == 0 {
-            return Ok("[unknown]");
+            return Ok(crate::stacks::UNKNOWN_FRAME);
         }
         let mapping = self
             .mappings
@@ -734,7 +692,7 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
             continue;
         };
         match key {
-            "lost" | "seen" => read_pairs(value, trace_count_fields(&mut counts)),
+            "lost" | "seen" => read_pairs(value, counts.fields_mut()),
             "threads read" => read_pairs(value, thread_count_fields(&mut thread_counts)),
             "under the threshold" => {
                 for entry in value.split(", ") {
@@ -770,25 +728,21 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
         }
     }
     let command_line = comment("command line").map(split_shell_words);
-    let profile = Profile {
-        kind,
-        pid,
-        start_unix_ns: u64::try_from(decoded.time_nanos).ok().filter(|&start| start > 0),
-        command_line: command_line.clone(),
-        comm: comment("comm").unwrap_or_default().to_string(),
-        duration: Duration::from_nanos(decoded.duration_nanos.max(0) as u64),
-        min_wait: Duration::from_nanos(min_wait_ns),
-        target_exited: comment("target exited") == Some("true"),
-        stacks,
-        below_threshold,
-        counts,
-        thread_counts,
-        endpoint_states,
-        thread_names,
-        // Who woke whom is not in the pprof file (it has no place for it).
-        wakers: Vec::new(),
-        modules: tables.modules()?,
-    };
+    let comm = comment("comm").unwrap_or_default().to_string();
+    let mut profile = Profile::new(kind, pid, comm);
+    profile.start_unix_ns = u64::try_from(decoded.time_nanos).ok().filter(|&start| start > 0);
+    profile.command_line = command_line.clone();
+    profile.duration = Duration::from_nanos(decoded.duration_nanos.max(0) as u64);
+    profile.min_wait = Duration::from_nanos(min_wait_ns);
+    profile.target_exited = comment("target exited") == Some("true");
+    profile.stacks = stacks;
+    profile.below_threshold = below_threshold;
+    profile.counts = counts;
+    profile.thread_counts = thread_counts;
+    profile.endpoint_states = endpoint_states;
+    profile.thread_names = thread_names;
+    // Who woke whom is not in the pprof file (it has no place for it).
+    profile.modules = tables.modules()?;
     let provenance = Provenance {
         tracer_version: tracer_version.to_string(),
         kernel: comment("kernel").map(str::to_string),

@@ -9,7 +9,7 @@ use std::{
 use tracer_common::WaitKind;
 
 use crate::{
-    model::{Profile, ProfileKind, WaitStats},
+    model::{Profile, ProfileKind, ProfileStack, WaitStats},
     report::folded::kind_frame,
 };
 
@@ -29,7 +29,7 @@ pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
     let mut by_site: HashMap<(String, WaitKind), WaitStats> = HashMap::new();
     for stack in profile.stacks.iter().filter(|stack| stack.in_progress == in_progress) {
         by_site
-            .entry((stack.call_site().to_string(), stack.kind))
+            .entry((site_label(stack), stack.kind))
             .or_default()
             .merge(&stack.stats);
     }
@@ -42,6 +42,27 @@ pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
     };
     rows.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.site.cmp(&b.site)));
     rows
+}
+
+/// The call site a row names; a goroutine's with its wait reason (`main.f [chan receive]`),
+/// which tells more than its kind.
+fn site_label(stack: &ProfileStack) -> String {
+    match (stack.kind, &stack.object) {
+        (WaitKind::Goroutine, Some(reason)) => format!("{} [{reason}]", stack.call_site()),
+        _ => stack.call_site().to_string(),
+    }
+}
+
+/// What waits in a profile: the goroutines of a Go program, or threads.
+fn waiters(profile: &Profile) -> &'static str {
+    let go = profile.thread_counts.runtime_hidden > 0
+        || profile.stacks.iter().any(|stack| stack.kind == WaitKind::Goroutine);
+    if go { "goroutines" } else { "threads" }
+}
+
+/// The KIND column's width: the longest kind shown, at least the header's.
+fn kind_width(rows: &[SiteRow]) -> usize {
+    rows.iter().map(|row| row.kind.name().len()).max().unwrap_or(0).max(7)
 }
 
 /// The whole text summary of a recording or a snapshot, at most 100 columns wide
@@ -63,7 +84,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             let stuck = top_sites(profile, true);
             if !stuck.is_empty() {
                 let _ = writeln!(out, "still blocked at the end of the recording:");
-                write_threads_table(&mut out, &stuck, top);
+                write_threads_table(&mut out, &stuck, top, waiters(profile));
             }
             write_object_tables(&mut out, profile, top);
             write_wakers(&mut out, profile, top);
@@ -72,16 +93,25 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
         }
         ProfileKind::Snapshot => {
             let threads = &profile.thread_counts;
+            let where_ = if waiters(profile) == "goroutines" {
+                "waiting in the Go scheduler"
+            } else {
+                "blocked in futex or socket waits"
+            };
             let _ = writeln!(
                 out,
-                "{} (pid {}): {} threads, {} blocked in futex or socket waits now",
-                profile.comm, profile.pid, threads.threads, threads.blocked_in_waits
+                "{} (pid {}): {} {}, {} {where_} now",
+                profile.comm,
+                profile.pid,
+                threads.threads,
+                waiters(profile),
+                threads.blocked_in_waits
             );
             let rows = top_sites(profile, true);
             if rows.is_empty() {
                 let _ = writeln!(out, "no thread is blocked in a futex or socket wait\n");
             } else {
-                write_threads_table(&mut out, &rows, top);
+                write_threads_table(&mut out, &rows, top, waiters(profile));
                 write_object_tables(&mut out, profile, top);
                 write_stacks(&mut out, profile, top.min(SNAPSHOT_STACKS_SHOWN));
             }
@@ -100,15 +130,16 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize) {
         let _ = writeln!(out, "no completed waits over the threshold");
         return;
     }
+    let kind = kind_width(rows);
     let _ = writeln!(
         out,
-        "{:<SITE_WIDTH$} {:<7} {:>10} {:>10} {:>9} {:>8}",
+        "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
         "CALL SITE", "KIND", "BLOCKED", "MAX", "WAITS", "THREADS"
     );
     for row in rows.iter().take(top) {
         let _ = writeln!(
             out,
-            "{:<SITE_WIDTH$} {:<7} {:>10} {:>10} {:>9} {:>8}",
+            "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
             elide(&row.site, SITE_WIDTH),
             row.kind.name(),
             format_duration(row.stats.total_ns),
@@ -123,16 +154,19 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize) {
 
 /// Threads in waits in progress: `THREADS KIND YOUNGEST OLDEST CALL SITE`, the call
 /// site last so that its spaces do not break the columns; ends with an empty line.
-fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize) {
+fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: &str) {
+    let header = waiters.to_uppercase();
+    let count = header.len().max(7);
+    let kind = kind_width(rows);
     let _ = writeln!(
         out,
-        "{:>7}  {:<7} {:>10} {:>10}  CALL SITE",
-        "THREADS", "KIND", "YOUNGEST", "OLDEST"
+        "{header:>count$}  {:<kind$} {:>10} {:>10}  CALL SITE",
+        "KIND", "YOUNGEST", "OLDEST"
     );
     for row in rows.iter().take(top) {
         let _ = writeln!(
             out,
-            "{:>7}  {:<7} {:>10} {:>10}  {}",
+            "{:>count$}  {:<kind$} {:>10} {:>10}  {}",
             row.stats.threads.len(),
             row.kind.name(),
             format_age(row.stats.min_ns, row.stats.lower_bound),
@@ -140,7 +174,7 @@ fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize) {
             elide(&row.site, SITE_WIDTH + 14),
         );
     }
-    write_rest(out, rows, top, |row| format!("{} threads", row.stats.threads.len()));
+    write_rest(out, rows, top, |row| format!("{} {waiters}", row.stats.threads.len()));
     let _ = writeln!(out);
 }
 
@@ -156,8 +190,9 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         let stats = &stack.stats;
         let _ = writeln!(
             out,
-            "{} threads @ {}, blocked {} to {}{}:",
+            "{} {} @ {}, blocked {} to {}{}:",
             stats.threads.len(),
+            waiters(profile),
             kind_frame(profile, stack),
             format_age(stats.min_ns, stats.lower_bound),
             format_age(stats.max_ns, stats.lower_bound),
@@ -336,7 +371,19 @@ fn write_counts(out: &mut String, profile: &Profile) {
         }
     }
     let threads = &profile.thread_counts;
-    if threads.threads > 0 {
+    if threads.threads > 0 && waiters(profile) == "goroutines" {
+        write_wrapped(
+            out,
+            &format!("goroutines read from the runtime: {},", threads.threads),
+            &[
+                format!("{} waiting", threads.blocked_in_waits),
+                format!("{} running, runnable or in syscalls", threads.elsewhere),
+                format!("{} of the runtime's own hidden", threads.runtime_hidden),
+                format!("{} changed while read", threads.woke_while_read),
+                format!("{} unreadable", threads.unreadable),
+            ],
+        );
+    } else if threads.threads > 0 {
         write_wrapped(
             out,
             &format!("threads read from /proc: {},", threads.threads),
@@ -362,6 +409,19 @@ fn write_counts(out: &mut String, profile: &Profile) {
             format!("{} descriptors unresolved", counts.unresolved_descriptors),
         ],
     );
+    let go_lost = counts.go_parks_lost + counts.go_stacks_lost + counts.go_waits_lost;
+    if go_lost > 0 || counts.go_runtime_waits_hidden > 0 {
+        write_wrapped(
+            out,
+            "go probes:",
+            &[
+                format!("{} parks lost", counts.go_parks_lost),
+                format!("{} stacks lost", counts.go_stacks_lost),
+                format!("{} waits lost", counts.go_waits_lost),
+                format!("{} waits of the runtime's own hidden", counts.go_runtime_waits_hidden),
+            ],
+        );
+    }
     if counts.malformed_records > 0 {
         let _ = writeln!(out, "lost: {} malformed ring-buffer records", counts.malformed_records);
     }

@@ -107,8 +107,8 @@ impl WaitSink for Collector {
         let Some(wait) = decoder.decode(bytes) else {
             return;
         };
-        if decoder.targets.endpoint_states.len() > MAX_ENDPOINT_STATES {
-            decoder.targets.endpoint_states.clear();
+        if decoder.objects.endpoint_states.len() > MAX_ENDPOINT_STATES {
+            decoder.objects.endpoint_states.clear();
         }
         let Self {
             windows,

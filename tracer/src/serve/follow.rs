@@ -20,7 +20,7 @@ use crate::{
     model::ProfileKind,
     probes::{ProbeConfig, Probes},
     probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
-    stacks::{ProcessImage, StackWalker},
+    stacks::{ProcessImage, ProcessUnwinder},
     pipeline::target::{Target, TargetError},
 };
 
@@ -145,7 +145,7 @@ async fn attach(
         ProcessImage::snapshot(pid)
             .with_context(|| format!("cannot read the memory map of pid {pid} ({what})"))
     };
-    let walker = StackWalker::new(pid, image("unwinding")?);
+    let unwinder = ProcessUnwinder::new(pid, image("unwinding")?);
     shared
         .worker
         .attach(
@@ -163,7 +163,7 @@ async fn attach(
     let rings = RingBuffers::take(&mut probes)?;
     {
         let mut collector = lock(&shared.collector);
-        collector.decoder = Some(WaitDecoder::new(pid, walker));
+        collector.decoder = Some(WaitDecoder::new(pid, unwinder));
         collector.generation = generation;
     }
     *lock(&shared.attached) = Some(Attached {

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     model::{Profile, ProfileKind},
     pipeline::own_usage::ProcessUsage,
-    commands::record::below_threshold,
+    pipeline::counts::below_threshold,
     report::{Provenance, Weight, pprof::write_pprof, summary::render_summary},
 };
 

@@ -25,11 +25,11 @@ use tokio::{
 use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
 
 use crate::{
-    model::{Profile, ProfileKind, ThreadCounts, TraceCounts},
+    model::{Profile, ProfileKind, TraceCounts},
     threads::blocked_now::SavedFramePointers,
     cli::ServeArgs,
     probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
-    commands::record::trace_counts,
+    pipeline::counts::trace_counts,
     pipeline::target,
 };
 
@@ -198,8 +198,8 @@ impl Shared {
         }
         let counts = trace_counts(
             &counters,
-            decoder.walker.truncated_walks,
-            &decoder.targets,
+            decoder.unwinder.truncated_unwinds,
+            &decoder.objects,
             decoder.malformed_records,
             decoder.wakers_evicted,
         );
@@ -217,28 +217,13 @@ impl Shared {
             None => (self.wanted.pid().unwrap_or(0), self.wanted.to_string()),
         };
         let start = std::time::SystemTime::now().checked_sub(duration);
-        Profile {
-            kind,
-            pid,
-            start_unix_ns: start.and_then(crate::pipeline::target::unix_ns),
-            command_line: None,
-            comm,
-            duration,
-            min_wait: if kind == ProfileKind::Recording {
-                self.min_wait
-            } else {
-                Duration::ZERO
-            },
-            target_exited: false,
-            stacks: Vec::new(),
-            below_threshold: Vec::new(),
-            counts: TraceCounts::default(),
-            thread_counts: ThreadCounts::default(),
-            endpoint_states: Default::default(),
-            thread_names: Default::default(),
-            wakers: Vec::new(),
-            modules: Default::default(),
+        let mut profile = Profile::new(kind, pid, comm);
+        profile.start_unix_ns = start.and_then(crate::pipeline::target::unix_ns);
+        profile.duration = duration;
+        if kind == ProfileKind::Recording {
+            profile.min_wait = self.min_wait;
         }
+        profile
     }
 
     /// The threads blocked now in the attached process, as a snapshot profile.
@@ -372,45 +357,7 @@ pub fn counts_since(
 
 /// What the counters of one attachment grew by from `then` to `now`.
 fn counts_between(now: &TraceCounts, then: &TraceCounts) -> TraceCounts {
-    // Every field named, so a new counter must be considered here.
-    let TraceCounts {
-        waits_started,
-        waits_discarded,
-        short_waits,
-        long_waits,
-        ring_buffer_full,
-        stack_unreadable,
-        stack_shortened,
-        in_flight_map_full,
-        wakes_seen,
-        wake_ring_buffer_full,
-        unwind_truncated,
-        unknown_symbols,
-        non_socket_io,
-        unresolved_descriptors,
-        malformed_records,
-        wakers_unmatched,
-    } = now;
-    TraceCounts {
-        waits_started: waits_started.saturating_sub(then.waits_started),
-        waits_discarded: waits_discarded
-            .saturating_sub(then.waits_discarded),
-        short_waits: short_waits.saturating_sub(then.short_waits),
-        long_waits: long_waits.saturating_sub(then.long_waits),
-        ring_buffer_full: ring_buffer_full.saturating_sub(then.ring_buffer_full),
-        stack_unreadable: stack_unreadable.saturating_sub(then.stack_unreadable),
-        stack_shortened: stack_shortened.saturating_sub(then.stack_shortened),
-        in_flight_map_full: in_flight_map_full.saturating_sub(then.in_flight_map_full),
-        wakes_seen: wakes_seen.saturating_sub(then.wakes_seen),
-        wake_ring_buffer_full: wake_ring_buffer_full.saturating_sub(then.wake_ring_buffer_full),
-        unwind_truncated: unwind_truncated.saturating_sub(then.unwind_truncated),
-        // Zero in both marks: symbolizing the window fills it in.
-        unknown_symbols: unknown_symbols.saturating_sub(then.unknown_symbols),
-        non_socket_io: non_socket_io.saturating_sub(then.non_socket_io),
-        unresolved_descriptors: unresolved_descriptors.saturating_sub(then.unresolved_descriptors),
-        malformed_records: malformed_records.saturating_sub(then.malformed_records),
-        wakers_unmatched: wakers_unmatched.saturating_sub(then.wakers_unmatched),
-    }
+    now.since(then)
 }
 
 /// What the per-kind totals under the threshold grew by from `then` to `now`.

@@ -18,7 +18,7 @@ use crate::{
     model::{Profile, WaitAggregate},
     threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
     objects::locks::LockNamer,
-    stacks::{ProcessImage, StackSymbolizer, StackWalker},
+    stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UNKNOWN_FRAME},
     objects::WaitObjects,
 };
 
@@ -30,9 +30,6 @@ const QUEUE_CAPACITY: usize = 8;
 /// Re-read the target's memory map for symbolizing at most this often when an address
 /// falls outside every known module (a library loaded after attaching).
 const IMAGE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What the symbolizer names a frame it found no symbol (or no module) for.
-const UNKNOWN_FRAME: &str = "[unknown]";
 
 /// Why the worker could not build a profile.
 #[derive(Debug, thiserror::Error)]
@@ -171,11 +168,11 @@ struct Attachment {
     generation: u64,
     pid: u32,
     /// Its own memory-map snapshot and unwinder (the drain task has another).
-    walker: StackWalker,
+    unwinder: ProcessUnwinder,
     /// The memory map stacks are symbolized against.
     image: ProcessImage,
     last_image_refresh: Option<Instant>,
-    targets: WaitObjects,
+    objects: WaitObjects,
     symbolizer: StackSymbolizer,
     locks: LockNamer,
 }
@@ -193,10 +190,10 @@ fn run(mut queue: mpsc::Receiver<Job>) {
                 attached = Some(Attachment {
                     generation,
                     pid,
-                    walker: StackWalker::new(pid, unwind_image),
+                    unwinder: ProcessUnwinder::new(pid, unwind_image),
                     image: symbol_image,
                     last_image_refresh: None,
-                    targets: WaitObjects::new(pid),
+                    objects: WaitObjects::new(pid),
                     symbolizer: StackSymbolizer::new(),
                     locks: LockNamer::new(),
                 });
@@ -305,19 +302,19 @@ fn blocked_now(
 ) -> Result<Profile, WorkerError> {
     let started = Instant::now();
     let pid = attachment.pid;
-    let truncated_before = attachment.walker.truncated_walks;
+    let truncated_before = attachment.unwinder.truncated_unwinds;
     let mut aggregate = WaitAggregate::default();
     base.thread_counts = collect_blocked_threads(
         pid,
-        &mut attachment.walker,
+        &mut attachment.unwinder,
         known_starts,
         frame_pointers,
-        &mut attachment.targets,
+        &mut attachment.objects,
         &mut aggregate,
     )
     .map_err(|source| WorkerError::Threads { pid, source })?;
-    base.counts.unwind_truncated = attachment.walker.truncated_walks - truncated_before;
-    base.endpoint_states = std::mem::take(&mut attachment.targets.endpoint_states);
+    base.counts.unwind_truncated = attachment.unwinder.truncated_unwinds - truncated_before;
+    base.endpoint_states = std::mem::take(&mut attachment.objects.endpoint_states);
     let mut profile = symbolize(attachment, aggregate, base);
     profile.duration = started.elapsed();
     Ok(profile)

@@ -2,19 +2,20 @@
 //!
 //! [`ProcessImage`] snapshots the target's executable mappings and keeps each file open, so a
 //! target that exits (or a library deleted on disk) still unwinds and symbolizes.
-//! [`StackUnwinder`] walks the copied stack with `.eh_frame` CFI (frame pointers where no CFI
-//! covers an address), and [`StackSymbolizer`] names the addresses, inlined frames included.
+//! [`StackUnwinder`] unwinds the copied stack with `.eh_frame` CFI (frame pointers where no CFI
+//! covers an address), [`ProcessUnwinder`] does so for one process (re-reading its map
+//! when new code appears), and [`StackSymbolizer`] names the addresses, inlined frames included.
 //! x86_64 only.
 
 mod process_image;
 mod symbolize;
 mod unwind;
-mod walker;
+mod process_unwinder;
 
-pub use process_image::ProcessImage;
-pub use symbolize::{Frame, StackSymbolizer};
+pub use process_image::{Module, ProcessImage};
+pub use symbolize::{Frame, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME};
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
-pub use walker::StackWalker;
+pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,8 @@ use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
 use super::process_image::{Module, ProcessImage};
 
 /// What a frame with no symbol, or no module, is called.
-const UNKNOWN: &str = "[unknown]";
+/// The name of a frame (or module) nothing names.
+pub const UNKNOWN: &str = "[unknown]";
 
 /// One symbolized frame. One address can give several: the inlined callees first, innermost
 /// first, and the containing function last.
@@ -28,6 +29,21 @@ pub struct Frame {
     pub inlined: bool,
     /// The address as unwound (a return address is not adjusted).
     pub address: u64,
+}
+
+impl Frame {
+    /// A frame only known by its address, under `name` (`[unknown]`, `[stack lost]`).
+    pub fn unknown_named(name: &str, address: u64) -> Self {
+        Frame {
+            name: name.to_owned(),
+            module: UNKNOWN.to_owned(),
+            module_is_main: false,
+            file: None,
+            line: None,
+            inlined: false,
+            address,
+        }
+    }
 }
 
 /// Symbolizes stacks, caching the frames of each address.

@@ -137,7 +137,7 @@ impl StackUnwinder {
             }
         }
         let mut reads = Vec::new();
-        let unwound = self.walk(regs, stack, &mut reads);
+        let unwound = self.unwind_uncached(regs, stack, &mut reads);
         if self.walks.len() >= MAX_REMEMBERED_WALKS {
             self.walks.clear();
         }
@@ -146,7 +146,7 @@ impl StackUnwinder {
     }
 
     /// The walk itself, noting every stack word it reads in `reads`.
-    fn walk(&mut self, regs: UserRegs, stack: &[u8], reads: &mut Vec<(u64, Option<u64>)>) -> UnwoundStack {
+    fn unwind_uncached(&mut self, regs: UserRegs, stack: &[u8], reads: &mut Vec<(u64, Option<u64>)>) -> UnwoundStack {
         let Self {
             unwinder,
             cache,

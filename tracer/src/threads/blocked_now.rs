@@ -8,7 +8,7 @@ use tracer_common::{TaskRegs, WaitKind, classify_syscall};
 
 use crate::{
     model::{StackKey, ThreadCounts, WaitAggregate, WaitObject},
-    stacks::{StackWalker, UserRegs},
+    stacks::{ProcessUnwinder, UserRegs},
     objects::WaitObjects,
     threads::{SampleError, ThreadReader, ThreadSample},
 };
@@ -49,10 +49,10 @@ impl SavedFramePointers {
 /// progress, weighted by their age so far) and counts the rest.
 pub fn collect_blocked_threads(
     pid: u32,
-    walker: &mut StackWalker,
+    unwinder: &mut ProcessUnwinder,
     known_starts: &KnownWaitStarts,
     frame_pointers: &SavedFramePointers,
-    targets: &mut WaitObjects,
+    objects: &mut WaitObjects,
     aggregate: &mut WaitAggregate,
 ) -> std::io::Result<ThreadCounts> {
     let mut reader = ThreadReader::new(pid)?;
@@ -80,7 +80,7 @@ pub fn collect_blocked_threads(
                 continue;
             }
         };
-        let Some((kind, target)) = wait_target(&sample, targets) else {
+        let Some((kind, target)) = wait_object(&sample, objects) else {
             counts.elsewhere += 1;
             continue;
         };
@@ -92,7 +92,7 @@ pub fn collect_blocked_threads(
             0
         });
         let regs = UserRegs { ip, sp, bp };
-        let walked = walker.walk(regs, &sample.stack);
+        let walked = unwinder.unwind(regs, &sample.stack);
         let key = StackKey {
             addresses: walked.addresses,
             kind,
@@ -115,11 +115,11 @@ pub fn collect_blocked_threads(
 }
 
 /// The watched wait a sampled thread is in, and on what, if any.
-fn wait_target(sample: &ThreadSample, targets: &mut WaitObjects) -> Option<(WaitKind, WaitObject)> {
+fn wait_object(sample: &ThreadSample, objects: &mut WaitObjects) -> Option<(WaitKind, WaitObject)> {
     let args = sample.syscall.args;
     let (kind, object) =
         classify_syscall(sample.syscall.nr, |n| Ok::<_, ()>(args[n])).ok().flatten()?;
-    targets.resolve(kind, object)
+    objects.resolve(kind, object)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.

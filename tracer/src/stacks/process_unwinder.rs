@@ -12,24 +12,24 @@ const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An unwound stack: addresses leaf first, and whether the walk stopped before the root.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WalkedStack {
+pub struct UnwoundAddresses {
     pub addresses: Vec<u64>,
     pub truncated: bool,
 }
 
-pub struct StackWalker {
+pub struct ProcessUnwinder {
     pid: u32,
     image: ProcessImage,
     unwinder: StackUnwinder,
     last_map_refresh: Option<Instant>,
     /// Walks that stopped before the root.
-    pub truncated_walks: u64,
+    pub truncated_unwinds: u64,
 }
 
-impl StackWalker {
+impl ProcessUnwinder {
     pub fn new(pid: u32, image: ProcessImage) -> Self {
         let unwinder = StackUnwinder::new(&image);
-        Self { pid, image, unwinder, last_map_refresh: None, truncated_walks: 0 }
+        Self { pid, image, unwinder, last_map_refresh: None, truncated_unwinds: 0 }
     }
 
     pub fn image(&self) -> &ProcessImage {
@@ -37,16 +37,16 @@ impl StackWalker {
     }
 
     /// `stack` holds the bytes at [regs.sp, regs.sp + stack.len()).
-    pub fn walk(&mut self, regs: UserRegs, stack: &[u8]) -> WalkedStack {
+    pub fn unwind(&mut self, regs: UserRegs, stack: &[u8]) -> UnwoundAddresses {
         let mut unwound = self.unwinder.unwind(regs, stack);
         if unwound.end == UnwindEnd::NoModule && self.refresh_map() {
             unwound = self.unwinder.unwind(regs, stack);
         }
         let truncated = unwound.end != UnwindEnd::Complete;
         if truncated {
-            self.truncated_walks += 1;
+            self.truncated_unwinds += 1;
         }
-        WalkedStack { addresses: unwound.frames, truncated }
+        UnwoundAddresses { addresses: unwound.frames, truncated }
     }
 
     /// Picks up libraries mapped since the snapshot; returns whether any were added.

@@ -1,0 +1,206 @@
+//! Goroutines as the common model's stacks: one `ProfileStack` per (stack, wait reason,
+//! object), of kind [`WaitKind::Goroutine`], its object the Go wait reason and, for an IO
+//! wait, the endpoint (`IO wait 127.0.0.1:5432`). Names, files, lines and inlined calls
+//! come from `.gopclntab`. The runtime's own system goroutines are left out and counted.
+
+use std::collections::HashMap;
+
+use tracer_common::WaitKind;
+
+use super::{binary::GoBinary, goroutines::Goroutine, pclntab::GoLocation};
+use crate::{
+    model::{ProfileStack, WaitStats},
+    probes::golang::GoWaitTotal,
+    stacks::Frame,
+};
+
+/// Go's own system goroutines start in package runtime, except the main goroutine
+/// (`runtime.isSystemGoroutine`).
+const USER_RUNTIME_ROOTS: &[&str] = &["runtime.main", "runtime.handleAsyncEvent"];
+
+/// Stacks of goroutines, and what was left out of them.
+#[derive(Debug, Default)]
+pub struct GoStacks {
+    pub stacks: Vec<ProfileStack>,
+    /// Goroutines (in a snapshot) or waits (in a recording) of the runtime's own system
+    /// goroutines: the GC workers, the sweeper, the finalizers, … (not shown).
+    pub runtime_hidden: u64,
+    /// Goroutines whose walk stopped before their start function.
+    pub truncated: u64,
+}
+
+/// Names the process addresses of one Go executable, once per address.
+pub struct GoNamer<'a> {
+    binary: &'a GoBinary<'a>,
+    bias: u64,
+    /// The executable's file name (every frame's module).
+    module: String,
+    cache: HashMap<u64, Vec<Frame>>,
+}
+
+impl<'a> GoNamer<'a> {
+    pub fn new(binary: &'a GoBinary<'a>, bias: u64, module: &str) -> Self {
+        Self { binary, bias, module: module.to_owned(), cache: HashMap::new() }
+    }
+
+    /// The frames of the code at process address `pc` (looked up at `pc - back`: 1 for a
+    /// return address, whose call is one byte back), innermost inlined call first.
+    fn frames(&mut self, pc: u64, back: u64) -> &[Frame] {
+        let Self { binary, bias, module, cache } = self;
+        cache.entry(pc.wrapping_sub(back)).or_insert_with(|| {
+            frames_of(binary, pc.wrapping_sub(*bias).wrapping_sub(back), pc, module)
+        })
+    }
+
+    fn wait_reason(&self, reason: u8) -> String {
+        match self.binary.wait_reasons.get(usize::from(reason)) {
+            Some(name) if !name.is_empty() => name.clone(),
+            _ => format!("wait reason {reason}"),
+        }
+    }
+}
+
+/// The goroutines of one read (a snapshot, or those still parked at the end of a
+/// recording) grouped by stack, wait reason and object, each aged from the runtime's
+/// `waitsince` where known (a lower bound: a GC records it after the wait began).
+pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> GoStacks {
+    // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
+    let now = i64::try_from(crate::threads::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
+    type Key = (Vec<u64>, u8, Option<String>);
+    let mut groups: HashMap<Key, (WaitStats, bool)> = HashMap::new();
+    for Goroutine {
+        goid,
+        address: _,
+        sp: _,
+        tracking_seq: _,
+        wait_reason,
+        wait_since,
+        pcs,
+        truncated,
+        object,
+    } in goroutines
+    {
+        let (stats, _) =
+            groups.entry((pcs, wait_reason, object)).or_insert((WaitStats::default(), truncated));
+        // Goroutine ids stand in for thread ids: they tell the goroutines apart.
+        let id = goid as u32;
+        if wait_since > 0 && now > wait_since {
+            stats.add_lower_bound(id, (now - wait_since) as u64);
+        } else {
+            stats.add_unaged(id);
+        }
+    }
+    let mut out = GoStacks::default();
+    for ((pcs, reason, object), (stats, truncated)) in groups {
+        // Every pc of a parked goroutine is a return address.
+        let mut frames: Vec<Frame> =
+            pcs.iter().flat_map(|&pc| namer.frames(pc, 1).to_vec()).collect();
+        frames.reverse(); // root first
+        let goroutines = stats.threads.len() as u64;
+        if is_system(&frames, truncated) {
+            out.runtime_hidden += goroutines;
+            continue;
+        }
+        if truncated {
+            out.truncated += goroutines;
+        }
+        let reason = namer.wait_reason(reason);
+        out.stacks.push(goroutine_stack(frames, reason, object, truncated, true, stats));
+    }
+    out
+}
+
+/// The kernel's sums of ended waits by (stack, caller, wait reason), grouped by named
+/// stack and reason. The kernel keeps no goroutine ids or extremes: only counts and time.
+pub fn from_kernel_totals(namer: &mut GoNamer<'_>, totals: Vec<GoWaitTotal>) -> GoStacks {
+    let mut groups: HashMap<(Vec<String>, u8), (Vec<Frame>, WaitStats, bool)> = HashMap::new();
+    for GoWaitTotal { pcs, caller, reason, count, total_ns } in totals {
+        let mut frames = Vec::with_capacity(pcs.len() + 1);
+        let mut truncated = true;
+        // The leaf is gopark's entry itself; the rest are return addresses. gopark's own
+        // return address (`caller`) is what a frame-pointer walk from its entry skips.
+        for (index, &pc) in pcs.iter().enumerate() {
+            let named = namer.frames(pc, if index == 0 { 0 } else { 1 }).to_vec();
+            if named.iter().any(|frame| frame.name == "runtime.goexit") {
+                truncated = false;
+                break;
+            }
+            frames.extend(named);
+            if index == 0 && caller != 0 {
+                frames.extend(namer.frames(caller, 1).to_vec());
+            }
+        }
+        if frames.is_empty() {
+            frames.push(Frame::unknown_named(STACK_LOST, 0));
+        }
+        frames.reverse(); // root first
+        let key = (frames.iter().map(|frame| frame.name.clone()).collect(), reason);
+        let (_, stats, _) = groups.entry(key).or_insert((frames, WaitStats::default(), truncated));
+        stats.waits += count;
+        stats.total_ns += total_ns;
+    }
+    let mut out = GoStacks::default();
+    for ((_, reason), (frames, stats, truncated)) in groups {
+        if is_system(&frames, truncated) {
+            out.runtime_hidden += stats.waits;
+            continue;
+        }
+        let reason = namer.wait_reason(reason);
+        out.stacks.push(goroutine_stack(frames, reason, None, truncated, false, stats));
+    }
+    out
+}
+
+/// A stack the kernel could not store: the frame that stands for it.
+const STACK_LOST: &str = "[stack lost]";
+
+fn goroutine_stack(
+    frames: Vec<Frame>,
+    reason: String,
+    endpoint: Option<String>,
+    truncated: bool,
+    in_progress: bool,
+    stats: WaitStats,
+) -> ProfileStack {
+    let object = match endpoint {
+        Some(endpoint) => format!("{reason} {endpoint}"),
+        None => reason,
+    };
+    ProfileStack { frames, kind: WaitKind::Goroutine, object: Some(object), truncated, in_progress, stats }
+}
+
+/// Started in package runtime (root first): one of the runtime's own goroutines.
+fn is_system(frames: &[Frame], truncated: bool) -> bool {
+    let root = frames
+        .iter()
+        .map(|frame| frame.name.as_str())
+        .find(|name| *name != "runtime.goexit")
+        .unwrap_or_default();
+    !truncated && root.starts_with("runtime.") && !USER_RUNTIME_ROOTS.contains(&root)
+}
+
+/// The frames of the link-time address `link_pc` (found at the process address `pc`),
+/// innermost inlined call first and the function the code was compiled into last; one
+/// `[unknown 0x…]` frame if no function contains it.
+fn frames_of(binary: &GoBinary<'_>, link_pc: u64, pc: u64, module: &str) -> Vec<Frame> {
+    let frames: Vec<Frame> = binary
+        .pclntab
+        .frames(link_pc)
+        .into_iter()
+        .map(|GoLocation { function, entry: _, file, line, inlined }| Frame {
+            name: function,
+            module: module.to_owned(),
+            module_is_main: true,
+            file,
+            line,
+            inlined,
+            address: pc,
+        })
+        .collect();
+    if frames.is_empty() {
+        let mut unknown = Frame::unknown_named(&format!("[unknown {pc:#x}]"), pc);
+        unknown.module = module.to_owned();
+        return vec![unknown];
+    }
+    frames
+}

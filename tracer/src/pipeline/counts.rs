@@ -1,0 +1,66 @@
+//! The one mapping from what the probes and the decoder counted to the profile's
+//! `TraceCounts`: every loss reaches every report under one name.
+
+use tracer_common::{Counter, ShortWaitTotals, WaitKind};
+
+use crate::{
+    model::TraceCounts,
+    objects::WaitObjects,
+    probes::{ProbeCounters, ShortWaitsByKind, golang::GoProbeCounters},
+};
+
+/// What the probes and the collector saw and lost (`unknown_symbols` is filled in by
+/// symbolization).
+pub fn trace_counts(
+    counters: &ProbeCounters,
+    unwind_truncated: u64,
+    objects: &WaitObjects,
+    malformed_records: u64,
+    wakers_unmatched: u64,
+) -> TraceCounts {
+    TraceCounts {
+        waits_started: counters.get(Counter::WaitsStarted),
+        waits_discarded: counters.get(Counter::WaitsDiscarded),
+        short_waits: counters.get(Counter::ShortWaits),
+        long_waits: counters.get(Counter::LongWaits),
+        ring_buffer_full: counters.get(Counter::RingBufferFull),
+        stack_unreadable: counters.get(Counter::StackUnreadable),
+        stack_shortened: counters.get(Counter::StackShortened),
+        in_flight_map_full: counters.get(Counter::InFlightMapFull),
+        wakes_seen: counters.get(Counter::WakesSent),
+        wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),
+        unwind_truncated,
+        unknown_symbols: 0,
+        non_socket_io: objects.non_socket_io,
+        unresolved_descriptors: objects.unresolved_sockets,
+        malformed_records,
+        wakers_unmatched,
+        ..TraceCounts::default()
+    }
+}
+
+/// The waits under the threshold, per kind. read/write under the threshold are not
+/// resolved to sockets (no record reaches userspace), so they stay `read`/`write`: any
+/// descriptor. Goroutine waits are not syscalls: the probes never count them.
+pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWaitTotals)> {
+    WaitKind::ALL
+        .iter()
+        .filter(|&&kind| kind != WaitKind::Goroutine)
+        .map(|&kind| (kind, short_waits[kind as usize]))
+        .collect()
+}
+
+
+/// What the Go probes saw and lost: parks are the waits begun, ended waits the waits
+/// reported; each loss has its own counter.
+pub fn go_trace_counts(counters: &GoProbeCounters) -> TraceCounts {
+    let GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended } = *counters;
+    TraceCounts {
+        waits_started: parks,
+        long_waits: waits_ended,
+        go_parks_lost: parks_lost,
+        go_stacks_lost: stacks_lost,
+        go_waits_lost: waits_lost,
+        ..TraceCounts::default()
+    }
+}
