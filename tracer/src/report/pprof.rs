@@ -385,9 +385,14 @@ fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 
     ]
 }
 
+/// Counters only a Go profile has: written only when not zero, as in the JSON.
+const GO_ONLY: [&str; 5] =
+    ["go_parks_lost", "go_stacks_lost", "go_waits_lost", "go_runtime_waits_hidden", "runtime_hidden"];
+
 fn pairs<'a>(fields: impl IntoIterator<Item = (&'static str, &'a mut u64)>) -> String {
     let pairs: Vec<String> = fields
         .into_iter()
+        .filter(|(name, value)| **value != 0 || !GO_ONLY.contains(name))
         .map(|(name, value)| format!("{name}={value}"))
         .collect();
     pairs.join(" ")
