@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use libc::{SIGINT, SIGKILL, SIGUSR1, SIGUSR2, WNOHANG};
 
 /// Debian packages of the peers the bench compares against.
 pub const DEBIAN_PACKAGES: [&str; 2] = ["libbpf-tools", "bpftrace"];
@@ -848,39 +849,14 @@ fn one_line(text: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Processes: spawn with captured output, signal, reap with resource usage.
 
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-const SIGUSR1: i32 = 10;
-const SIGUSR2: i32 = 12;
-const WNOHANG: i32 = 1;
-
-/// `struct rusage` (x86_64 and aarch64 Linux): two timevals, then fourteen longs.
-#[repr(C)]
-#[derive(Default)]
-struct RawRusage {
-    utime_sec: i64,
-    utime_usec: i64,
-    stime_sec: i64,
-    stime_usec: i64,
-    maxrss_kib: i64,
-    rest: [i64; 13],
-}
-
-// std links libc on Linux; xtask needs only these two calls, so it declares them rather
-// than taking a dependency.
-unsafe extern "C" {
-    fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut RawRusage) -> i32;
-    fn kill(pid: i32, signal: i32) -> i32;
-}
-
 struct Usage {
     cpu: Duration,
     max_rss_kib: u64,
 }
 
 fn exited_ok(status: i32) -> bool {
-    // WIFEXITED && WEXITSTATUS == 0; a tool stopped by SIGINT that handles it exits 0.
-    status & 0x7f == 0 && (status >> 8) & 0xff == 0
+    // A tool stopped by SIGINT that handles it exits 0.
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
 
 /// A child with its output read by threads (so it never blocks on a full pipe); killed and
@@ -953,7 +929,7 @@ impl Proc {
         if !self.reaped {
             // SAFETY: kill has no memory effects; the pid is our unreaped child, so it cannot
             // have been reused.
-            unsafe { kill(self.pid, signal) };
+            unsafe { libc::kill(self.pid, signal) };
         }
     }
 
@@ -991,9 +967,9 @@ impl Proc {
             bail!("{} was already reaped", self.name);
         }
         let mut status = 0;
-        let mut rusage = RawRusage::default();
-        // SAFETY: status and rusage are valid for writes; rusage has the kernel's layout.
-        let reaped = unsafe { wait4(self.pid, &mut status, options, &mut rusage) };
+        let mut rusage = zeroed_rusage();
+        // SAFETY: status and rusage are valid for writes.
+        let reaped = unsafe { libc::wait4(self.pid, &mut status, options, &mut rusage) };
         if reaped < 0 {
             bail!("wait4 on {} ({}) failed: {}", self.name, self.pid, std::io::Error::last_os_error());
         }
@@ -1004,10 +980,13 @@ impl Proc {
         // Let the reader threads drain what the child wrote last.
         thread::sleep(Duration::from_millis(20));
         self.collect_output();
-        let micros = |sec: i64, usec: i64| Duration::from_micros((sec * 1_000_000 + usec).max(0) as u64);
+        let micros = |time: libc::timeval| {
+            Duration::from_micros((time.tv_sec * 1_000_000 + time.tv_usec).max(0) as u64)
+        };
         let usage = Usage {
-            cpu: micros(rusage.utime_sec, rusage.utime_usec) + micros(rusage.stime_sec, rusage.stime_usec),
-            max_rss_kib: rusage.maxrss_kib.max(0) as u64,
+            cpu: micros(rusage.ru_utime) + micros(rusage.ru_stime),
+            // Linux reports ru_maxrss in KiB.
+            max_rss_kib: rusage.ru_maxrss.max(0) as u64,
         };
         Ok(Some((status, usage)))
     }
@@ -1029,12 +1008,17 @@ impl Drop for Proc {
         if !self.reaped {
             self.signal(SIGKILL);
             let mut status = 0;
-            let mut rusage = RawRusage::default();
-            // SAFETY: as in `wait4`; blocking is fine after SIGKILL.
-            unsafe { wait4(self.pid, &mut status, 0, &mut rusage) };
+            // SAFETY: status is valid for writes, and wait4 takes a null rusage; blocking is
+            // fine after SIGKILL.
+            unsafe { libc::wait4(self.pid, &mut status, 0, std::ptr::null_mut()) };
             self.reaped = true;
         }
     }
+}
+
+fn zeroed_rusage() -> libc::rusage {
+    // SAFETY: `rusage` is plain integers, for which all zeros is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 fn read_lines(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {

@@ -20,9 +20,10 @@ use std::{
 };
 
 use anyhow::Context as _;
+use libc::{SIGUSR1, SIGUSR2};
 
 use super::{
-    HTTP_CONNECTIONS, Proc, SERVICE_MAX_LOSS, SETTLE, SIGUSR1, SIGUSR2, Settings, TOOL_CPU,
+    HTTP_CONNECTIONS, Proc, SERVICE_MAX_LOSS, SETTLE, Settings, TOOL_CPU,
     ToolUsage, Variant, Verdict, WORKLOAD_CPU, group, median, min_max, pinned, start_tool,
     stop_tool,
 };
