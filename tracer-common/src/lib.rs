@@ -146,7 +146,10 @@ pub fn classify_syscall<E>(
     use syscall_nr::*;
     let watched = match nr {
         FUTEX => match arg(1)? & FUTEX_CMD_MASK {
-            self::FUTEX_WAIT | FUTEX_LOCK_PI | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI
+            self::FUTEX_WAIT
+            | FUTEX_LOCK_PI
+            | FUTEX_WAIT_BITSET
+            | FUTEX_WAIT_REQUEUE_PI
             | FUTEX_LOCK_PI2 => Some((WaitKind::Futex, arg(0)?)),
             _ => None,
         },
@@ -391,7 +394,6 @@ const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<GoPark>() == 24);
 const _: () = assert!(core::mem::size_of::<GoWaitKey>() == 16);
 const _: () = assert!(core::mem::size_of::<GoWaitTotals>() == 16);
-
 
 #[cfg(test)]
 mod tests {

@@ -27,8 +27,7 @@ use aya_ebpf::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs, seq_file, task_struct,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_task_btf, bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
         },
@@ -39,7 +38,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, STACK_COPY_BYTES, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
+    InFlightWait, STACK_COPY_BYTES, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT, WAITS_RING_BYTES,
+    WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
     syscall_nr,
 };
 
@@ -230,8 +230,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let nr = unsafe { (*regs).orig_rax } as i64;
     // Only a watched call can end a wait: the others (futex wakes among them, as many as
     // the waits in a handoff) return before the task-storage lookup.
-    let Ok(Some((_, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n)))
-    else {
+    let Ok(Some((_, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n))) else {
         return Ok(());
     };
     // SAFETY: the current task as a BTF pointer.
@@ -450,7 +449,8 @@ static GO_PARKED: aya_ebpf::maps::HashMap<u64, GoPark> =
 
 /// Goroutine stacks at park (user stacks, frame-pointer walk).
 #[map]
-static GO_STACKS: aya_ebpf::maps::StackTrace = aya_ebpf::maps::StackTrace::with_max_entries(16384, 0);
+static GO_STACKS: aya_ebpf::maps::StackTrace =
+    aya_ebpf::maps::StackTrace::with_max_entries(16384, 0);
 
 /// Count and total time of the ended waits, per (stack, caller, reason).
 #[map]
@@ -472,9 +472,7 @@ fn go_count(counter: GoCounter) {
 #[inline(always)]
 fn goid_of(g: u64) -> Result<u64, i32> {
     // SAFETY: reads the target's memory; a bad pointer only makes the helper fail.
-    unsafe {
-        aya_ebpf::helpers::bpf_probe_read_user((g + GO_GOID_OFFSET.load()) as *const u64)
-    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user((g + GO_GOID_OFFSET.load()) as *const u64) }
 }
 
 /// `runtime.gopark(unlockf, lock, reason waitReason, traceEv, traceskip)`, at entry. With
@@ -498,8 +496,7 @@ fn try_go_park(ctx: &aya_ebpf::programs::ProbeContext) -> Result<(), i32> {
     // SAFETY: reads the goroutine's stack; failure gives 0.
     let caller: u64 =
         unsafe { aya_ebpf::helpers::bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    let stack_id = match ctx.get_stackid(&GO_STACKS, aya_ebpf::bindings::BPF_F_USER_STACK as u64)
-    {
+    let stack_id = match ctx.get_stackid(&GO_STACKS, aya_ebpf::bindings::BPF_F_USER_STACK as u64) {
         Ok(id) => id as u32,
         Err(_) => {
             go_count(GoCounter::StacksLost);

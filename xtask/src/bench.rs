@@ -185,8 +185,15 @@ struct ToolUsage {
 pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let BenchArgs { rounds, seconds, http_rate, http_rounds, http_seconds, only } = args;
     let (rounds, seconds, http_rate) = (*rounds, *seconds, *http_rate);
-    if rounds == 0 || seconds <= 0.0 || *http_rounds == 0 || *http_seconds <= 0.0 || http_rate <= 0.0 {
-        bail!("--rounds, --seconds, --http-rounds, --http-seconds and --http-rate must be positive");
+    if rounds == 0
+        || seconds <= 0.0
+        || *http_rounds == 0
+        || *http_seconds <= 0.0
+        || http_rate <= 0.0
+    {
+        bail!(
+            "--rounds, --seconds, --http-rounds, --http-seconds and --http-rate must be positive"
+        );
     }
     if let Err(err) = mount_tracefs() {
         // Only bpftrace needs it; its runs will fail and say so.
@@ -211,12 +218,7 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     let mut results: Results = BTreeMap::new();
-    let workloads = [
-        Workload::Futex,
-        Workload::Tcp,
-        Workload::Waits50k,
-        Workload::Waits100k,
-    ];
+    let workloads = [Workload::Futex, Workload::Tcp, Workload::Waits50k, Workload::Waits100k];
     for workload in workloads.into_iter().filter(|w| wanted(w.key())) {
         let variants = workload.variants();
         let mut runs: Vec<Result<Vec<Run>, String>> = vec![Ok(Vec::new()); variants.len()];
@@ -235,7 +237,11 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                         done.push(run);
                     }
                     Err(err) => {
-                        println!("bench: {} round {round}/{rounds}: {}: failed: {err:#}", workload.key(), variant.label());
+                        println!(
+                            "bench: {} round {round}/{rounds}: {}: failed: {err:#}",
+                            workload.key(),
+                            variant.label()
+                        );
                         runs[index] = Err(format!("{err:#}"));
                     }
                 }
@@ -269,7 +275,10 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             }
             Err(err) => {
                 println!("bench: pile-up failed: {err:#}");
-                let _ = writeln!(md, "## pile-up of {PILEUP_THREADS} blocked threads\n\nfailed: {err:#}\n");
+                let _ = writeln!(
+                    md,
+                    "## pile-up of {PILEUP_THREADS} blocked threads\n\nfailed: {err:#}\n"
+                );
             }
         }
     }
@@ -322,7 +331,11 @@ fn machine_description() -> String {
 // Throughput runs
 
 /// One run: start the workload, attach the variant's tool, measure a window, stop all.
-fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> anyhow::Result<Run> {
+fn run_throughput(
+    settings: &Settings,
+    workload: Workload,
+    variant: Variant,
+) -> anyhow::Result<Run> {
     let release = &settings.release;
     let cap = format!("{}", settings.seconds + 300.0);
     // `target` is the traced process; `window` the one that measures between the signals.
@@ -330,7 +343,9 @@ fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> 
     match workload {
         Workload::Tcp => command.arg("tcp"),
         Workload::Waits50k => command.args(["futex", "--rate", &WAITS_50K_ROUND_TRIPS.to_string()]),
-        Workload::Waits100k => command.args(["futex", "--rate", &WAITS_100K_ROUND_TRIPS.to_string()]),
+        Workload::Waits100k => {
+            command.args(["futex", "--rate", &WAITS_100K_ROUND_TRIPS.to_string()])
+        }
         Workload::Futex => command.arg("futex"),
     };
     // The ping-pong is both the traced process and the one that measures between the signals.
@@ -352,8 +367,10 @@ fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> 
     window.signal(SIGUSR2);
     let window_ns = opened.elapsed().as_nanos() as f64;
     let cpu_after = tool.as_ref().map_or(0, |t| t.cpu_ns());
-    let result =
-        window.wait_stdout_line(|l| l.starts_with("futex ") || l.starts_with("tcp "), Duration::from_secs(30))?;
+    let result = window.wait_stdout_line(
+        |l| l.starts_with("futex ") || l.starts_with("tcp "),
+        Duration::from_secs(30),
+    )?;
     let fields: Vec<&str> = result.split_whitespace().collect();
     let throughput: f64 = fields
         .get(1)
@@ -378,19 +395,32 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             let duration = format!("{}s", (settings.seconds + 300.0).ceil());
             Proc::spawn(
                 "tracer",
-                pinned(TOOL_CPU, &settings.release.join("tracer"))
-                    .args(["record", "--pid", &pid_arg, "--duration", &duration]),
+                pinned(TOOL_CPU, &settings.release.join("tracer")).args([
+                    "record",
+                    "--pid",
+                    &pid_arg,
+                    "--duration",
+                    &duration,
+                ]),
             )?
         }
         Variant::Offcputime => {
             if !Path::new(OFFCPUTIME).exists() {
                 bail!("{OFFCPUTIME} is missing (Debian package libbpf-tools)");
             }
-            Proc::spawn("offcputime", pinned(TOOL_CPU, Path::new(OFFCPUTIME)).args(["-p", &pid_arg]))?
+            Proc::spawn(
+                "offcputime",
+                pinned(TOOL_CPU, Path::new(OFFCPUTIME)).args(["-p", &pid_arg]),
+            )?
         }
         Variant::Bpftrace => Proc::spawn(
             "bpftrace",
-            pinned(TOOL_CPU, Path::new("bpftrace")).args(["-B", "line", "-e", &bpftrace_program(pid)]),
+            pinned(TOOL_CPU, Path::new("bpftrace")).args([
+                "-B",
+                "line",
+                "-e",
+                &bpftrace_program(pid),
+            ]),
         )?,
         Variant::Alone => unreachable!("no tool runs alone"),
     };
@@ -407,10 +437,18 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             return Ok(tool);
         }
         if let Some((status, _)) = tool.try_wait()? {
-            bail!("{} exited before attaching (wait status {status:#x}): {}", tool.name.clone(), tool.stderr_tail());
+            bail!(
+                "{} exited before attaching (wait status {status:#x}): {}",
+                tool.name.clone(),
+                tool.stderr_tail()
+            );
         }
         if Instant::now() > deadline {
-            bail!("{} did not attach within {ATTACH_TIMEOUT:?}: {}", tool.name.clone(), tool.stderr_tail());
+            bail!(
+                "{} did not attach within {ATTACH_TIMEOUT:?}: {}",
+                tool.name.clone(),
+                tool.stderr_tail()
+            );
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -418,7 +456,11 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
 
 /// Stops a tool with SIGINT and reads what it cost and saw; `recorded` is how long it
 /// was attached.
-fn stop_tool(tool: &mut Proc, recorded: Duration, window_cpu_share: f64) -> anyhow::Result<ToolUsage> {
+fn stop_tool(
+    tool: &mut Proc,
+    recorded: Duration,
+    window_cpu_share: f64,
+) -> anyhow::Result<ToolUsage> {
     tool.signal(SIGINT);
     let (status, rusage) = tool.wait(STOP_TIMEOUT)?;
     if !exited_ok(status) {
@@ -475,7 +517,8 @@ fn bpftrace_program(pid: i32) -> String {
 fn has_bpf_link(pid: i32) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
     fds.filter_map(Result::ok).any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().contains("bpf_link"))
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("bpf_link"))
     })
 }
 
@@ -506,13 +549,20 @@ struct PileupResult {
     snapshot_summary: Option<String>,
 }
 
-fn run_pileup(root: &Path, settings: &Settings, out_dir: &Path, rounds: u32) -> anyhow::Result<PileupResult> {
+fn run_pileup(
+    root: &Path,
+    settings: &Settings,
+    out_dir: &Path,
+    rounds: u32,
+) -> anyhow::Result<PileupResult> {
     let source = root.join("tests/workloads/many_waiters.c");
     let binary = out_dir.join("many-waiters");
-    crate::run_command(Command::new("gcc")
-        .args(["-O2", "-g", "-pthread", "-Wall", "-Werror", "-o"])
-        .arg(&binary)
-        .arg(&source))?;
+    crate::run_command(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-pthread", "-Wall", "-Werror", "-o"])
+            .arg(&binary)
+            .arg(&source),
+    )?;
     println!("bench: pile-up: starting {PILEUP_THREADS} blocked threads");
     let mut waiters = Proc::spawn(
         "many-waiters",
@@ -535,13 +585,17 @@ fn run_pileup(root: &Path, settings: &Settings, out_dir: &Path, rounds: u32) -> 
     };
     for round in 1..=rounds {
         let started = Instant::now();
-        let mut snapshot = Proc::spawn("tracer snapshot", pinned(TOOL_CPU, &tracer).args(["snapshot", "--pid", &pid]))?;
+        let mut snapshot = Proc::spawn(
+            "tracer snapshot",
+            pinned(TOOL_CPU, &tracer).args(["snapshot", "--pid", &pid]),
+        )?;
         let (status, usage) = snapshot.wait(PILEUP_TIMEOUT)?;
         let wall = started.elapsed();
         if !exited_ok(status) {
             bail!("tracer snapshot ended with wait status {status:#x}: {}", snapshot.stderr_tail());
         }
-        result.snapshot_summary = snapshot.stdout_lines().into_iter().find(|l| l.contains("blocked in futex"));
+        result.snapshot_summary =
+            snapshot.stdout_lines().into_iter().find(|l| l.contains("blocked in futex"));
         result.snapshot_wall.push(wall);
         result.snapshot_rss_kib.push(usage.max_rss_kib);
         result.snapshot_cpu.push(usage.cpu);
@@ -557,7 +611,10 @@ fn run_pileup(root: &Path, settings: &Settings, out_dir: &Path, rounds: u32) -> 
                 break started.elapsed();
             }
             if let Some((status, _)) = record.try_wait()? {
-                bail!("tracer record exited before recording (wait status {status:#x}): {}", record.stderr_tail());
+                bail!(
+                    "tracer record exited before recording (wait status {status:#x}): {}",
+                    record.stderr_tail()
+                );
             }
             if started.elapsed() > PILEUP_TIMEOUT {
                 bail!("tracer record did not start within {PILEUP_TIMEOUT:?}");
@@ -599,14 +656,18 @@ fn throughput_table(
         "| variant | median /s | min–max /s | vs alone | tool CPU (window) | tool CPU total | tool peak RSS | waits/s seen | events lost |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let baseline = runs.first().and_then(|r| r.as_ref().ok()).map(|runs| median(runs.iter().map(|r| r.throughput)));
+    let baseline = runs
+        .first()
+        .and_then(|r| r.as_ref().ok())
+        .map(|runs| median(runs.iter().map(|r| r.throughput)));
     let mut details = String::new();
     for (variant, runs) in variants.iter().zip(runs) {
         let runs = match runs {
             Ok(runs) if !runs.is_empty() => runs,
             Ok(_) => continue,
             Err(err) => {
-                let _ = writeln!(md, "| {} | did not run here: {} |", variant.label(), one_line(err));
+                let _ =
+                    writeln!(md, "| {} | did not run here: {} |", variant.label(), one_line(err));
                 continue;
             }
         };
@@ -620,7 +681,10 @@ fn throughput_table(
             let waits: Vec<f64> = tools.iter().filter_map(|t| t.waits_per_second).collect();
             let lost: Vec<u64> = tools.iter().filter_map(|t| t.events_lost).collect();
             (
-                format!("{:.2}% of a core", 100.0 * median(tools.iter().map(|t| t.window_cpu_share))),
+                format!(
+                    "{:.2}% of a core",
+                    100.0 * median(tools.iter().map(|t| t.window_cpu_share))
+                ),
                 format!("{:.2} s", median(tools.iter().map(|t| t.total_cpu.as_secs_f64()))),
                 format!("{} MiB", tools.iter().map(|t| t.max_rss_kib).max().unwrap_or(0) / 1024),
                 if waits.is_empty() { "–".into() } else { group(median(waits.iter().copied())) },
@@ -651,14 +715,25 @@ fn throughput_table(
 
 fn pileup_table(result: &PileupResult) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "## pile-up: {PILEUP_THREADS} threads blocked on one condition variable\n");
+    let _ =
+        writeln!(md, "## pile-up: {PILEUP_THREADS} threads blocked on one condition variable\n");
     let _ = writeln!(md, "| measurement | median | min–max | peak RSS (max) | CPU (median) |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     let secs = |d: &Vec<Duration>| d.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
     type Row<'a> = (&'a str, Vec<f64>, &'a Vec<u64>, &'a Vec<Duration>);
     let rows: [Row; 3] = [
-        ("`tracer snapshot` wall time", secs(&result.snapshot_wall), &result.snapshot_rss_kib, &result.snapshot_cpu),
-        ("`tracer record` start (launch → \"tracer: recording\")", secs(&result.record_start), &result.record_rss_kib, &result.record_cpu),
+        (
+            "`tracer snapshot` wall time",
+            secs(&result.snapshot_wall),
+            &result.snapshot_rss_kib,
+            &result.snapshot_cpu,
+        ),
+        (
+            "`tracer record` start (launch → \"tracer: recording\")",
+            secs(&result.record_start),
+            &result.record_rss_kib,
+            &result.record_cpu,
+        ),
         (
             "`tracer record --duration 1s` wall time",
             secs(&result.record_wall),
@@ -701,7 +776,11 @@ impl Verdict {
     }
 }
 
-fn budget_lines(results: &Results, service: Option<&service::ServiceResult>, pileup: Option<&PileupResult>) -> String {
+fn budget_lines(
+    results: &Results,
+    service: Option<&service::ServiceResult>,
+    pileup: Option<&PileupResult>,
+) -> String {
     let mut md = String::from("## budgets (issue 7)\n\n");
     let runs_of = |workload: &str, variant: Variant| -> Option<&Vec<Run>> {
         results
@@ -744,7 +823,10 @@ fn budget_lines(results: &Results, service: Option<&service::ServiceResult>, pil
                     ),
                 );
             }
-            _ => line(Verdict::Skip, format!("ping-pong {workload}: tracer vs offcputime: a variant did not run")),
+            _ => line(
+                Verdict::Skip,
+                format!("ping-pong {workload}: tracer vs offcputime: a variant did not run"),
+            ),
         }
     }
     for (verdict, text) in service.map(service::ServiceResult::budget_lines).unwrap_or_default() {
@@ -900,7 +982,11 @@ impl Proc {
     }
 
     /// Waits for a stdout line matching `wanted`; returns it.
-    fn wait_stdout_line(&mut self, wanted: impl Fn(&str) -> bool, timeout: Duration) -> anyhow::Result<String> {
+    fn wait_stdout_line(
+        &mut self,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -914,7 +1000,11 @@ impl Proc {
                 Err(mpsc::RecvTimeoutError::Timeout) if left > Duration::ZERO => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.collect_output();
-                    bail!("{} printed no expected line within {timeout:?}: {}", self.name.clone(), self.stderr_tail())
+                    bail!(
+                        "{} printed no expected line within {timeout:?}: {}",
+                        self.name.clone(),
+                        self.stderr_tail()
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     thread::sleep(Duration::from_millis(50));
@@ -971,7 +1061,12 @@ impl Proc {
         // SAFETY: status and rusage are valid for writes.
         let reaped = unsafe { libc::wait4(self.pid, &mut status, options, &mut rusage) };
         if reaped < 0 {
-            bail!("wait4 on {} ({}) failed: {}", self.name, self.pid, std::io::Error::last_os_error());
+            bail!(
+                "wait4 on {} ({}) failed: {}",
+                self.name,
+                self.pid,
+                std::io::Error::last_os_error()
+            );
         }
         if reaped == 0 {
             return Ok(None);

@@ -84,9 +84,7 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {command:?}"))?;
+    let status = command.status().with_context(|| format!("cannot start {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed ({status})");
     }
@@ -99,21 +97,28 @@ fn cargo() -> Command {
 
 fn build(root: &Path) -> anyhow::Result<()> {
     println!("xtask: building tracer and the test workloads (release)");
-    run_command(cargo()
-        .current_dir(root)
-        .args(["build", "--release", "--package", "tracer", "--package", "tracer-tests"]))
+    run_command(cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        "--package",
+        "tracer-tests",
+    ]))
 }
 
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let tracer = target_dir(root).join("release/tracer");
     println!("xtask: running all tests (real-kernel tests trace {})", tracer.display());
     // Tests share kernel state (the probes attach machine-wide) and time: one at a time.
-    run_command(cargo()
-        .current_dir(root)
-        .env("TRACER_BIN", &tracer)
-        .args(["test", "--release", "--workspace", "--exclude", "tracer-ebpf"])
-        .args(["--", "--test-threads=1"])
-        .args(args))
+    run_command(
+        cargo()
+            .current_dir(root)
+            .env("TRACER_BIN", &tracer)
+            .args(["test", "--release", "--workspace", "--exclude", "tracer-ebpf"])
+            .args(["--", "--test-threads=1"])
+            .args(args),
+    )
 }
 
 /// Kills the child when dropped, so the demo never leaves workloads behind.
@@ -146,9 +151,7 @@ fn demo(root: &Path, duration: &str) -> anyhow::Result<()> {
     );
     let backend_out = backend.0.stdout.take().context("slow-backend has no stdout")?;
     let mut port = String::new();
-    BufReader::new(backend_out)
-        .read_line(&mut port)
-        .context("slow-backend printed no port")?;
+    BufReader::new(backend_out).read_line(&mut port).context("slow-backend printed no port")?;
     let port = port.trim();
 
     let mut pileup = KillOnDrop(
@@ -161,9 +164,7 @@ fn demo(root: &Path, duration: &str) -> anyhow::Result<()> {
     );
     let pileup_out = pileup.0.stdout.take().context("rust-pileup has no stdout")?;
     let mut ready = String::new();
-    BufReader::new(pileup_out)
-        .read_line(&mut ready)
-        .context("rust-pileup never got ready")?;
+    BufReader::new(pileup_out).read_line(&mut ready).context("rust-pileup never got ready")?;
     // Let the channel fill and the send buffer clog before recording.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -174,12 +175,14 @@ fn demo(root: &Path, duration: &str) -> anyhow::Result<()> {
     );
     let folded = out_dir.join("waits.folded");
     let svg = out_dir.join("waits.svg");
-    run_command(Command::new(release.join("tracer"))
-        .args(["record", "--pid", &pid, "--duration", duration])
-        .arg("--output")
-        .arg(&folded)
-        .arg("--output")
-        .arg(&svg))?;
+    run_command(
+        Command::new(release.join("tracer"))
+            .args(["record", "--pid", &pid, "--duration", duration])
+            .arg("--output")
+            .arg(&folded)
+            .arg("--output")
+            .arg(&svg),
+    )?;
     println!("xtask: demo reports: {} and {}", folded.display(), svg.display());
     Ok(())
 }

@@ -14,15 +14,8 @@ use crate::run_command;
 /// workload, zlib/zstd for linking bpf-linker against LLVM, `go tool pprof` and
 /// `xmllint` to check that the pprof and SVG reports open in the tools people use,
 /// `prometheus` to check that a real server scrapes `tracer serve`.
-const DEBIAN_PACKAGES: [&str; 7] = [
-    "gcc",
-    "libc6-dev",
-    "zlib1g-dev",
-    "libzstd-dev",
-    "golang-go",
-    "libxml2-utils",
-    "prometheus",
-];
+const DEBIAN_PACKAGES: [&str; 7] =
+    ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-dev", "golang-go", "libxml2-utils", "prometheus"];
 
 /// The bpf-linker release that works with LLVM 22 (the nightly's LLVM).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -85,10 +78,12 @@ fn debian_packages(extra: &[&str]) -> anyhow::Result<()> {
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
     run_command(Command::new("apt-get").arg("update").arg("-q"))?;
-    run_command(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn nightly_toolchain() -> anyhow::Result<()> {
@@ -97,8 +92,14 @@ fn nightly_toolchain() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: installing the nightly toolchain (the eBPF probes build with it)");
-    run_command(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-        .context("the probes need a nightly Rust toolchain (for -Z build-std)")
+    run_command(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))
+    .context("the probes need a nightly Rust toolchain (for -Z build-std)")
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -114,8 +115,14 @@ fn rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: adding rust-src to the nightly toolchain (needed by -Z build-std=core)");
-    run_command(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("cannot add rust-src to nightly; the eBPF crate cannot build without it")
+    run_command(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("cannot add rust-src to nightly; the eBPF crate cannot build without it")
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -130,11 +137,13 @@ fn bpf_linker() -> anyhow::Result<()> {
         llvm_prefix.display()
     );
     // bpf-linker's default feature wants LLVM 23; ours is 22.
-    run_command(Command::new("cargo")
-        .args(["install", "--force"])
-        .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", &llvm_prefix))?;
+    run_command(
+        Command::new("cargo")
+            .args(["install", "--force"])
+            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", &llvm_prefix),
+    )?;
     let version = output(Command::new("bpf-linker").arg("--version"))
         .context("bpf-linker was installed but does not run (is ~/.cargo/bin on PATH?)")?;
     println!("setup: {} installed", version.trim());
