@@ -146,7 +146,10 @@ pub fn classify_syscall<E>(
     use syscall_nr::*;
     let watched = match nr {
         FUTEX => match arg(1)? & FUTEX_CMD_MASK {
-            self::FUTEX_WAIT | FUTEX_LOCK_PI | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI
+            self::FUTEX_WAIT
+            | FUTEX_LOCK_PI
+            | FUTEX_WAIT_BITSET
+            | FUTEX_WAIT_REQUEUE_PI
             | FUTEX_LOCK_PI2 => Some((WaitKind::Futex, arg(0)?)),
             _ => None,
         },
@@ -304,6 +307,80 @@ pub enum Counter {
     WakeRingBufferFull = 9,
 }
 
+/// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
+/// value of the GO_PARKED map, keyed by goid) until `runtime.execute` runs it again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoPark {
+    /// `bpf_ktime_get_ns` when the goroutine parked.
+    pub start_ns: u64,
+    /// gopark's return address (the frame-pointer walk from gopark's entry skips it).
+    pub caller: u64,
+    /// The goroutine's stack in the GO_STACKS map; [`GoPark::NO_STACK`] when the stack
+    /// could not be stored.
+    pub stack_id: u32,
+    /// `runtime.waitReason`, an index into `runtime.waitReasonStrings`.
+    pub reason: u32,
+}
+
+impl GoPark {
+    /// `stack_id` of a park whose stack could not be stored.
+    pub const NO_STACK: u32 = u32::MAX;
+}
+
+/// What ended goroutine waits are summed by (the key of the GO_WAITS map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GoWaitKey {
+    /// gopark's return address, as in [`GoPark::caller`].
+    pub caller: u64,
+    /// The stack in GO_STACKS, as in [`GoPark::stack_id`].
+    pub stack_id: u32,
+    /// `runtime.waitReason`, as in [`GoPark::reason`].
+    pub reason: u32,
+}
+
+/// Count and total time of the ended goroutine waits with one [`GoWaitKey`] (the per-CPU
+/// value of the GO_WAITS map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoWaitTotals {
+    /// Number of waits.
+    pub count: u64,
+    /// Their summed duration, in nanoseconds.
+    pub total_ns: u64,
+}
+
+/// Indices of the Go probes' per-CPU counters (the GO_COUNTERS map).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoCounter {
+    /// Goroutines parked (gopark entries of the target).
+    Parks = 0,
+    /// Parks not tracked because GO_PARKED was full.
+    ParksLost = 1,
+    /// Parks whose stack could not be stored in GO_STACKS.
+    StacksLost = 2,
+    /// Ended waits not summed because GO_WAITS was full.
+    WaitsLost = 3,
+    /// Waits ended (a parked goroutine ran again).
+    WaitsEnded = 4,
+}
+
+/// Number of [`GoCounter`] variants (the size of GO_COUNTERS).
+pub const GO_COUNTER_COUNT: usize = 5;
+
+impl GoCounter {
+    /// Every counter, in index order.
+    pub const ALL: [GoCounter; GO_COUNTER_COUNT] = [
+        GoCounter::Parks,
+        GoCounter::ParksLost,
+        GoCounter::StacksLost,
+        GoCounter::WaitsLost,
+        GoCounter::WaitsEnded,
+    ];
+}
+
 /// Number of [`Counter`] variants.
 pub const COUNTER_COUNT: usize = 10;
 const _: () = assert!(Counter::WakeRingBufferFull as usize + 1 == COUNTER_COUNT);
@@ -312,7 +389,11 @@ const _: () = assert!(WaitKind::Goroutine as usize + 1 == WAIT_KIND_COUNT);
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 88 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<InFlightWait>() == 32);
-
+const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
+// No implicit padding in the Go maps' keys and values.
+const _: () = assert!(core::mem::size_of::<GoPark>() == 24);
+const _: () = assert!(core::mem::size_of::<GoWaitKey>() == 16);
+const _: () = assert!(core::mem::size_of::<GoWaitTotals>() == 16);
 
 #[cfg(test)]
 mod tests {
@@ -352,6 +433,13 @@ mod tests {
     }
 
     #[test]
+    fn go_counters_are_listed_in_index_order() {
+        for (index, counter) in GoCounter::ALL.into_iter().enumerate() {
+            assert_eq!(counter as usize, index);
+        }
+    }
+
+    #[test]
     fn socket_calls_carry_their_descriptor() {
         let args = [7, 0, 0, 0, 0, 0];
         assert_eq!(classify(syscall_nr::SENDTO, args), Some((WaitKind::Send, 7)));
@@ -370,4 +458,10 @@ mod user {
     unsafe impl aya::Pod for super::InFlightWait {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ShortWaitTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoPark {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoWaitKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoWaitTotals {}
 }

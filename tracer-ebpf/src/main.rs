@@ -27,8 +27,7 @@ use aya_ebpf::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs, seq_file, task_struct,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_task_btf, bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
         },
@@ -38,8 +37,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, STACK_COPY_BYTES, ShortWaitTotals,
-    TaskRegs, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
+    COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
+    InFlightWait, STACK_COPY_BYTES, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT, WAITS_RING_BYTES,
+    WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
     syscall_nr,
 };
 
@@ -230,8 +230,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let nr = unsafe { (*regs).orig_rax } as i64;
     // Only a watched call can end a wait: the others (futex wakes among them, as many as
     // the waits in a handoff) return before the task-storage lookup.
-    let Ok(Some((_, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n)))
-    else {
+    let Ok(Some((_, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n))) else {
         return Ok(());
     };
     // SAFETY: the current task as a BTF pointer.
@@ -443,36 +442,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(no_mangle)]
 static GO_GOID_OFFSET: Global<u64> = Global::new(152);
 
-/// A parked goroutine (keyed by goid).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GoPark {
-    /// When it parked (ns, monotonic).
-    start_ns: u64,
-    /// gopark's return address (the frame-pointer walk from gopark's entry skips it).
-    caller: u64,
-    /// In GO_STACKS; u32::MAX when the stack could not be stored.
-    stack_id: u32,
-    /// `runtime.waitReason`, an index into `runtime.waitReasonStrings`.
-    reason: u32,
-}
-
-/// What goroutine waits are summed by.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GoWaitKey {
-    caller: u64,
-    stack_id: u32,
-    reason: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GoWaitTotals {
-    count: u64,
-    total_ns: u64,
-}
-
 /// Parked goroutines; 256k entries hold more waiting goroutines than most services have.
 #[map]
 static GO_PARKED: aya_ebpf::maps::HashMap<u64, GoPark> =
@@ -480,31 +449,21 @@ static GO_PARKED: aya_ebpf::maps::HashMap<u64, GoPark> =
 
 /// Goroutine stacks at park (user stacks, frame-pointer walk).
 #[map]
-static GO_STACKS: aya_ebpf::maps::StackTrace = aya_ebpf::maps::StackTrace::with_max_entries(16384, 0);
+static GO_STACKS: aya_ebpf::maps::StackTrace =
+    aya_ebpf::maps::StackTrace::with_max_entries(16384, 0);
 
 /// Count and total time of the ended waits, per (stack, caller, reason).
 #[map]
 static GO_WAITS: aya_ebpf::maps::PerCpuHashMap<GoWaitKey, GoWaitTotals> =
     aya_ebpf::maps::PerCpuHashMap::with_max_entries(16384, 0);
 
-/// Go probe counters, indexed by the `GO_*` counter constants below (userspace reads
-/// them in this order: probes.rs `go_counters`).
+/// Go probe counters, indexed by `GoCounter`.
 #[map]
-static GO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(5, 0);
-/// Goroutines parked.
-const GO_PARKS: u32 = 0;
-/// Parks not tracked because GO_PARKED was full.
-const GO_PARKS_LOST: u32 = 1;
-/// Parks whose stack could not be taken.
-const GO_STACKS_LOST: u32 = 2;
-/// Ended waits not summed because GO_WAITS was full.
-const GO_WAITS_LOST: u32 = 3;
-/// Waits ended.
-const GO_WAITS_ENDED: u32 = 4;
+static GO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GO_COUNTER_COUNT as u32, 0);
 
 #[inline(always)]
-fn go_count(index: u32) {
-    if let Some(value) = GO_COUNTERS.get_ptr_mut(index) {
+fn go_count(counter: GoCounter) {
+    if let Some(value) = GO_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot; no other program touches it on this CPU meanwhile.
         unsafe { *value += 1 };
     }
@@ -513,9 +472,7 @@ fn go_count(index: u32) {
 #[inline(always)]
 fn goid_of(g: u64) -> Result<u64, i32> {
     // SAFETY: reads the target's memory; a bad pointer only makes the helper fail.
-    unsafe {
-        aya_ebpf::helpers::bpf_probe_read_user((g + GO_GOID_OFFSET.load()) as *const u64)
-    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user((g + GO_GOID_OFFSET.load()) as *const u64) }
 }
 
 /// `runtime.gopark(unlockf, lock, reason waitReason, traceEv, traceskip)`, at entry. With
@@ -539,18 +496,17 @@ fn try_go_park(ctx: &aya_ebpf::programs::ProbeContext) -> Result<(), i32> {
     // SAFETY: reads the goroutine's stack; failure gives 0.
     let caller: u64 =
         unsafe { aya_ebpf::helpers::bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    let stack_id = match ctx.get_stackid(&GO_STACKS, aya_ebpf::bindings::BPF_F_USER_STACK as u64)
-    {
+    let stack_id = match ctx.get_stackid(&GO_STACKS, aya_ebpf::bindings::BPF_F_USER_STACK as u64) {
         Ok(id) => id as u32,
         Err(_) => {
-            go_count(GO_STACKS_LOST);
-            u32::MAX
+            go_count(GoCounter::StacksLost);
+            GoPark::NO_STACK
         }
     };
     let park = GoPark { start_ns: now_ns(), caller, stack_id, reason: reason as u8 as u32 };
-    go_count(GO_PARKS);
+    go_count(GoCounter::Parks);
     if GO_PARKED.insert(goid, park, 0).is_err() {
-        go_count(GO_PARKS_LOST);
+        go_count(GoCounter::ParksLost);
     }
     Ok(())
 }
@@ -578,7 +534,7 @@ fn try_go_run(ctx: &aya_ebpf::programs::ProbeContext) -> Result<(), i32> {
     let _ = GO_PARKED.remove(goid);
     let duration_ns = now_ns().saturating_sub(park.start_ns);
     let key = GoWaitKey { caller: park.caller, stack_id: park.stack_id, reason: park.reason };
-    go_count(GO_WAITS_ENDED);
+    go_count(GoCounter::WaitsEnded);
     match GO_WAITS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a per-CPU value.
         Some(totals) => unsafe {
@@ -588,7 +544,7 @@ fn try_go_run(ctx: &aya_ebpf::programs::ProbeContext) -> Result<(), i32> {
         None => {
             let totals = GoWaitTotals { count: 1, total_ns: duration_ns };
             if GO_WAITS.insert(key, totals, 0).is_err() {
-                go_count(GO_WAITS_LOST);
+                go_count(GoCounter::WaitsLost);
             }
         }
     }

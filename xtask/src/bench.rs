@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use libc::{SIGINT, SIGKILL, SIGUSR1, SIGUSR2, WNOHANG};
 
 /// Debian packages of the peers the bench compares against.
 pub const DEBIAN_PACKAGES: [&str; 2] = ["libbpf-tools", "bpftrace"];
@@ -184,8 +185,15 @@ struct ToolUsage {
 pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let BenchArgs { rounds, seconds, http_rate, http_rounds, http_seconds, only } = args;
     let (rounds, seconds, http_rate) = (*rounds, *seconds, *http_rate);
-    if rounds == 0 || seconds <= 0.0 || *http_rounds == 0 || *http_seconds <= 0.0 || http_rate <= 0.0 {
-        bail!("--rounds, --seconds, --http-rounds, --http-seconds and --http-rate must be positive");
+    if rounds == 0
+        || seconds <= 0.0
+        || *http_rounds == 0
+        || *http_seconds <= 0.0
+        || http_rate <= 0.0
+    {
+        bail!(
+            "--rounds, --seconds, --http-rounds, --http-seconds and --http-rate must be positive"
+        );
     }
     if let Err(err) = mount_tracefs() {
         // Only bpftrace needs it; its runs will fail and say so.
@@ -210,12 +218,7 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     let mut results: Results = BTreeMap::new();
-    let workloads = [
-        Workload::Futex,
-        Workload::Tcp,
-        Workload::Waits50k,
-        Workload::Waits100k,
-    ];
+    let workloads = [Workload::Futex, Workload::Tcp, Workload::Waits50k, Workload::Waits100k];
     for workload in workloads.into_iter().filter(|w| wanted(w.key())) {
         let variants = workload.variants();
         let mut runs: Vec<Result<Vec<Run>, String>> = vec![Ok(Vec::new()); variants.len()];
@@ -234,7 +237,11 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                         done.push(run);
                     }
                     Err(err) => {
-                        println!("bench: {} round {round}/{rounds}: {}: failed: {err:#}", workload.key(), variant.label());
+                        println!(
+                            "bench: {} round {round}/{rounds}: {}: failed: {err:#}",
+                            workload.key(),
+                            variant.label()
+                        );
                         runs[index] = Err(format!("{err:#}"));
                     }
                 }
@@ -268,7 +275,10 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             }
             Err(err) => {
                 println!("bench: pile-up failed: {err:#}");
-                let _ = writeln!(md, "## pile-up of {PILEUP_THREADS} blocked threads\n\nfailed: {err:#}\n");
+                let _ = writeln!(
+                    md,
+                    "## pile-up of {PILEUP_THREADS} blocked threads\n\nfailed: {err:#}\n"
+                );
             }
         }
     }
@@ -321,7 +331,11 @@ fn machine_description() -> String {
 // Throughput runs
 
 /// One run: start the workload, attach the variant's tool, measure a window, stop all.
-fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> anyhow::Result<Run> {
+fn run_throughput(
+    settings: &Settings,
+    workload: Workload,
+    variant: Variant,
+) -> anyhow::Result<Run> {
     let release = &settings.release;
     let cap = format!("{}", settings.seconds + 300.0);
     // `target` is the traced process; `window` the one that measures between the signals.
@@ -329,7 +343,9 @@ fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> 
     match workload {
         Workload::Tcp => command.arg("tcp"),
         Workload::Waits50k => command.args(["futex", "--rate", &WAITS_50K_ROUND_TRIPS.to_string()]),
-        Workload::Waits100k => command.args(["futex", "--rate", &WAITS_100K_ROUND_TRIPS.to_string()]),
+        Workload::Waits100k => {
+            command.args(["futex", "--rate", &WAITS_100K_ROUND_TRIPS.to_string()])
+        }
         Workload::Futex => command.arg("futex"),
     };
     // The ping-pong is both the traced process and the one that measures between the signals.
@@ -351,8 +367,10 @@ fn run_throughput(settings: &Settings, workload: Workload, variant: Variant) -> 
     window.signal(SIGUSR2);
     let window_ns = opened.elapsed().as_nanos() as f64;
     let cpu_after = tool.as_ref().map_or(0, |t| t.cpu_ns());
-    let result =
-        window.wait_stdout_line(|l| l.starts_with("futex ") || l.starts_with("tcp "), Duration::from_secs(30))?;
+    let result = window.wait_stdout_line(
+        |l| l.starts_with("futex ") || l.starts_with("tcp "),
+        Duration::from_secs(30),
+    )?;
     let fields: Vec<&str> = result.split_whitespace().collect();
     let throughput: f64 = fields
         .get(1)
@@ -377,19 +395,32 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             let duration = format!("{}s", (settings.seconds + 300.0).ceil());
             Proc::spawn(
                 "tracer",
-                pinned(TOOL_CPU, &settings.release.join("tracer"))
-                    .args(["record", "--pid", &pid_arg, "--duration", &duration]),
+                pinned(TOOL_CPU, &settings.release.join("tracer")).args([
+                    "record",
+                    "--pid",
+                    &pid_arg,
+                    "--duration",
+                    &duration,
+                ]),
             )?
         }
         Variant::Offcputime => {
             if !Path::new(OFFCPUTIME).exists() {
                 bail!("{OFFCPUTIME} is missing (Debian package libbpf-tools)");
             }
-            Proc::spawn("offcputime", pinned(TOOL_CPU, Path::new(OFFCPUTIME)).args(["-p", &pid_arg]))?
+            Proc::spawn(
+                "offcputime",
+                pinned(TOOL_CPU, Path::new(OFFCPUTIME)).args(["-p", &pid_arg]),
+            )?
         }
         Variant::Bpftrace => Proc::spawn(
             "bpftrace",
-            pinned(TOOL_CPU, Path::new("bpftrace")).args(["-B", "line", "-e", &bpftrace_program(pid)]),
+            pinned(TOOL_CPU, Path::new("bpftrace")).args([
+                "-B",
+                "line",
+                "-e",
+                &bpftrace_program(pid),
+            ]),
         )?,
         Variant::Alone => unreachable!("no tool runs alone"),
     };
@@ -406,10 +437,18 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             return Ok(tool);
         }
         if let Some((status, _)) = tool.try_wait()? {
-            bail!("{} exited before attaching (wait status {status:#x}): {}", tool.name.clone(), tool.stderr_tail());
+            bail!(
+                "{} exited before attaching (wait status {status:#x}): {}",
+                tool.name.clone(),
+                tool.stderr_tail()
+            );
         }
         if Instant::now() > deadline {
-            bail!("{} did not attach within {ATTACH_TIMEOUT:?}: {}", tool.name.clone(), tool.stderr_tail());
+            bail!(
+                "{} did not attach within {ATTACH_TIMEOUT:?}: {}",
+                tool.name.clone(),
+                tool.stderr_tail()
+            );
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -417,7 +456,11 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
 
 /// Stops a tool with SIGINT and reads what it cost and saw; `recorded` is how long it
 /// was attached.
-fn stop_tool(tool: &mut Proc, recorded: Duration, window_cpu_share: f64) -> anyhow::Result<ToolUsage> {
+fn stop_tool(
+    tool: &mut Proc,
+    recorded: Duration,
+    window_cpu_share: f64,
+) -> anyhow::Result<ToolUsage> {
     tool.signal(SIGINT);
     let (status, rusage) = tool.wait(STOP_TIMEOUT)?;
     if !exited_ok(status) {
@@ -474,7 +517,8 @@ fn bpftrace_program(pid: i32) -> String {
 fn has_bpf_link(pid: i32) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
     fds.filter_map(Result::ok).any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().contains("bpf_link"))
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("bpf_link"))
     })
 }
 
@@ -505,13 +549,20 @@ struct PileupResult {
     snapshot_summary: Option<String>,
 }
 
-fn run_pileup(root: &Path, settings: &Settings, out_dir: &Path, rounds: u32) -> anyhow::Result<PileupResult> {
+fn run_pileup(
+    root: &Path,
+    settings: &Settings,
+    out_dir: &Path,
+    rounds: u32,
+) -> anyhow::Result<PileupResult> {
     let source = root.join("tests/workloads/many_waiters.c");
     let binary = out_dir.join("many-waiters");
-    crate::run_command(Command::new("gcc")
-        .args(["-O2", "-g", "-pthread", "-Wall", "-Werror", "-o"])
-        .arg(&binary)
-        .arg(&source))?;
+    crate::run_command(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-pthread", "-Wall", "-Werror", "-o"])
+            .arg(&binary)
+            .arg(&source),
+    )?;
     println!("bench: pile-up: starting {PILEUP_THREADS} blocked threads");
     let mut waiters = Proc::spawn(
         "many-waiters",
@@ -534,13 +585,17 @@ fn run_pileup(root: &Path, settings: &Settings, out_dir: &Path, rounds: u32) -> 
     };
     for round in 1..=rounds {
         let started = Instant::now();
-        let mut snapshot = Proc::spawn("tracer snapshot", pinned(TOOL_CPU, &tracer).args(["snapshot", "--pid", &pid]))?;
+        let mut snapshot = Proc::spawn(
+            "tracer snapshot",
+            pinned(TOOL_CPU, &tracer).args(["snapshot", "--pid", &pid]),
+        )?;
         let (status, usage) = snapshot.wait(PILEUP_TIMEOUT)?;
         let wall = started.elapsed();
         if !exited_ok(status) {
             bail!("tracer snapshot ended with wait status {status:#x}: {}", snapshot.stderr_tail());
         }
-        result.snapshot_summary = snapshot.stdout_lines().into_iter().find(|l| l.contains("blocked in futex"));
+        result.snapshot_summary =
+            snapshot.stdout_lines().into_iter().find(|l| l.contains("blocked in futex"));
         result.snapshot_wall.push(wall);
         result.snapshot_rss_kib.push(usage.max_rss_kib);
         result.snapshot_cpu.push(usage.cpu);
@@ -556,7 +611,10 @@ fn run_pileup(root: &Path, settings: &Settings, out_dir: &Path, rounds: u32) -> 
                 break started.elapsed();
             }
             if let Some((status, _)) = record.try_wait()? {
-                bail!("tracer record exited before recording (wait status {status:#x}): {}", record.stderr_tail());
+                bail!(
+                    "tracer record exited before recording (wait status {status:#x}): {}",
+                    record.stderr_tail()
+                );
             }
             if started.elapsed() > PILEUP_TIMEOUT {
                 bail!("tracer record did not start within {PILEUP_TIMEOUT:?}");
@@ -598,14 +656,18 @@ fn throughput_table(
         "| variant | median /s | min–max /s | vs alone | tool CPU (window) | tool CPU total | tool peak RSS | waits/s seen | events lost |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let baseline = runs.first().and_then(|r| r.as_ref().ok()).map(|runs| median(runs.iter().map(|r| r.throughput)));
+    let baseline = runs
+        .first()
+        .and_then(|r| r.as_ref().ok())
+        .map(|runs| median(runs.iter().map(|r| r.throughput)));
     let mut details = String::new();
     for (variant, runs) in variants.iter().zip(runs) {
         let runs = match runs {
             Ok(runs) if !runs.is_empty() => runs,
             Ok(_) => continue,
             Err(err) => {
-                let _ = writeln!(md, "| {} | did not run here: {} |", variant.label(), one_line(err));
+                let _ =
+                    writeln!(md, "| {} | did not run here: {} |", variant.label(), one_line(err));
                 continue;
             }
         };
@@ -619,7 +681,10 @@ fn throughput_table(
             let waits: Vec<f64> = tools.iter().filter_map(|t| t.waits_per_second).collect();
             let lost: Vec<u64> = tools.iter().filter_map(|t| t.events_lost).collect();
             (
-                format!("{:.2}% of a core", 100.0 * median(tools.iter().map(|t| t.window_cpu_share))),
+                format!(
+                    "{:.2}% of a core",
+                    100.0 * median(tools.iter().map(|t| t.window_cpu_share))
+                ),
                 format!("{:.2} s", median(tools.iter().map(|t| t.total_cpu.as_secs_f64()))),
                 format!("{} MiB", tools.iter().map(|t| t.max_rss_kib).max().unwrap_or(0) / 1024),
                 if waits.is_empty() { "–".into() } else { group(median(waits.iter().copied())) },
@@ -650,14 +715,25 @@ fn throughput_table(
 
 fn pileup_table(result: &PileupResult) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "## pile-up: {PILEUP_THREADS} threads blocked on one condition variable\n");
+    let _ =
+        writeln!(md, "## pile-up: {PILEUP_THREADS} threads blocked on one condition variable\n");
     let _ = writeln!(md, "| measurement | median | min–max | peak RSS (max) | CPU (median) |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     let secs = |d: &Vec<Duration>| d.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
     type Row<'a> = (&'a str, Vec<f64>, &'a Vec<u64>, &'a Vec<Duration>);
     let rows: [Row; 3] = [
-        ("`tracer snapshot` wall time", secs(&result.snapshot_wall), &result.snapshot_rss_kib, &result.snapshot_cpu),
-        ("`tracer record` start (launch → \"tracer: recording\")", secs(&result.record_start), &result.record_rss_kib, &result.record_cpu),
+        (
+            "`tracer snapshot` wall time",
+            secs(&result.snapshot_wall),
+            &result.snapshot_rss_kib,
+            &result.snapshot_cpu,
+        ),
+        (
+            "`tracer record` start (launch → \"tracer: recording\")",
+            secs(&result.record_start),
+            &result.record_rss_kib,
+            &result.record_cpu,
+        ),
         (
             "`tracer record --duration 1s` wall time",
             secs(&result.record_wall),
@@ -700,7 +776,11 @@ impl Verdict {
     }
 }
 
-fn budget_lines(results: &Results, service: Option<&service::ServiceResult>, pileup: Option<&PileupResult>) -> String {
+fn budget_lines(
+    results: &Results,
+    service: Option<&service::ServiceResult>,
+    pileup: Option<&PileupResult>,
+) -> String {
     let mut md = String::from("## budgets (issue 7)\n\n");
     let runs_of = |workload: &str, variant: Variant| -> Option<&Vec<Run>> {
         results
@@ -743,7 +823,10 @@ fn budget_lines(results: &Results, service: Option<&service::ServiceResult>, pil
                     ),
                 );
             }
-            _ => line(Verdict::Skip, format!("ping-pong {workload}: tracer vs offcputime: a variant did not run")),
+            _ => line(
+                Verdict::Skip,
+                format!("ping-pong {workload}: tracer vs offcputime: a variant did not run"),
+            ),
         }
     }
     for (verdict, text) in service.map(service::ServiceResult::budget_lines).unwrap_or_default() {
@@ -848,39 +931,14 @@ fn one_line(text: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Processes: spawn with captured output, signal, reap with resource usage.
 
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-const SIGUSR1: i32 = 10;
-const SIGUSR2: i32 = 12;
-const WNOHANG: i32 = 1;
-
-/// `struct rusage` (x86_64 and aarch64 Linux): two timevals, then fourteen longs.
-#[repr(C)]
-#[derive(Default)]
-struct RawRusage {
-    utime_sec: i64,
-    utime_usec: i64,
-    stime_sec: i64,
-    stime_usec: i64,
-    maxrss_kib: i64,
-    rest: [i64; 13],
-}
-
-// std links libc on Linux; xtask needs only these two calls, so it declares them rather
-// than taking a dependency.
-unsafe extern "C" {
-    fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut RawRusage) -> i32;
-    fn kill(pid: i32, signal: i32) -> i32;
-}
-
 struct Usage {
     cpu: Duration,
     max_rss_kib: u64,
 }
 
 fn exited_ok(status: i32) -> bool {
-    // WIFEXITED && WEXITSTATUS == 0; a tool stopped by SIGINT that handles it exits 0.
-    status & 0x7f == 0 && (status >> 8) & 0xff == 0
+    // A tool stopped by SIGINT that handles it exits 0.
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
 
 /// A child with its output read by threads (so it never blocks on a full pipe); killed and
@@ -924,7 +982,11 @@ impl Proc {
     }
 
     /// Waits for a stdout line matching `wanted`; returns it.
-    fn wait_stdout_line(&mut self, wanted: impl Fn(&str) -> bool, timeout: Duration) -> anyhow::Result<String> {
+    fn wait_stdout_line(
+        &mut self,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -938,7 +1000,11 @@ impl Proc {
                 Err(mpsc::RecvTimeoutError::Timeout) if left > Duration::ZERO => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.collect_output();
-                    bail!("{} printed no expected line within {timeout:?}: {}", self.name.clone(), self.stderr_tail())
+                    bail!(
+                        "{} printed no expected line within {timeout:?}: {}",
+                        self.name.clone(),
+                        self.stderr_tail()
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     thread::sleep(Duration::from_millis(50));
@@ -953,7 +1019,7 @@ impl Proc {
         if !self.reaped {
             // SAFETY: kill has no memory effects; the pid is our unreaped child, so it cannot
             // have been reused.
-            unsafe { kill(self.pid, signal) };
+            unsafe { libc::kill(self.pid, signal) };
         }
     }
 
@@ -991,11 +1057,16 @@ impl Proc {
             bail!("{} was already reaped", self.name);
         }
         let mut status = 0;
-        let mut rusage = RawRusage::default();
-        // SAFETY: status and rusage are valid for writes; rusage has the kernel's layout.
-        let reaped = unsafe { wait4(self.pid, &mut status, options, &mut rusage) };
+        let mut rusage = zeroed_rusage();
+        // SAFETY: status and rusage are valid for writes.
+        let reaped = unsafe { libc::wait4(self.pid, &mut status, options, &mut rusage) };
         if reaped < 0 {
-            bail!("wait4 on {} ({}) failed: {}", self.name, self.pid, std::io::Error::last_os_error());
+            bail!(
+                "wait4 on {} ({}) failed: {}",
+                self.name,
+                self.pid,
+                std::io::Error::last_os_error()
+            );
         }
         if reaped == 0 {
             return Ok(None);
@@ -1004,10 +1075,13 @@ impl Proc {
         // Let the reader threads drain what the child wrote last.
         thread::sleep(Duration::from_millis(20));
         self.collect_output();
-        let micros = |sec: i64, usec: i64| Duration::from_micros((sec * 1_000_000 + usec).max(0) as u64);
+        let micros = |time: libc::timeval| {
+            Duration::from_micros((time.tv_sec * 1_000_000 + time.tv_usec).max(0) as u64)
+        };
         let usage = Usage {
-            cpu: micros(rusage.utime_sec, rusage.utime_usec) + micros(rusage.stime_sec, rusage.stime_usec),
-            max_rss_kib: rusage.maxrss_kib.max(0) as u64,
+            cpu: micros(rusage.ru_utime) + micros(rusage.ru_stime),
+            // Linux reports ru_maxrss in KiB.
+            max_rss_kib: rusage.ru_maxrss.max(0) as u64,
         };
         Ok(Some((status, usage)))
     }
@@ -1029,12 +1103,17 @@ impl Drop for Proc {
         if !self.reaped {
             self.signal(SIGKILL);
             let mut status = 0;
-            let mut rusage = RawRusage::default();
-            // SAFETY: as in `wait4`; blocking is fine after SIGKILL.
-            unsafe { wait4(self.pid, &mut status, 0, &mut rusage) };
+            // SAFETY: status is valid for writes, and wait4 takes a null rusage; blocking is
+            // fine after SIGKILL.
+            unsafe { libc::wait4(self.pid, &mut status, 0, std::ptr::null_mut()) };
             self.reaped = true;
         }
     }
+}
+
+fn zeroed_rusage() -> libc::rusage {
+    // SAFETY: `rusage` is plain integers, for which all zeros is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 fn read_lines(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {

@@ -1,5 +1,6 @@
-//! Installs, idempotently, what a fresh machine lacks to build and test tracer.
-//! Each step says what it checks, what it does, and why it failed.
+//! Installs, idempotently, what a fresh machine lacks for one command: building and
+//! tracing, lint, the tests, or the bench ([`Need`]). Each step says what it checks,
+//! what it does, and why it failed.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,40 +11,77 @@ use anyhow::{Context as _, bail};
 
 use crate::run_command;
 
-/// Debian packages the build and the tests need: gcc and libc headers for the C
-/// workload, zlib/zstd for linking bpf-linker against LLVM, `go tool pprof` and
-/// `xmllint` to check that the pprof and SVG reports open in the tools people use,
+/// Debian packages that building tracer and tracing need: gcc and libc headers to link
+/// (and for the C workloads), zlib/zstd for linking bpf-linker against LLVM.
+const BUILD_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-dev"];
+
+/// Debian packages the tests add: `go tool pprof` and `xmllint` to check that the pprof
+/// and SVG reports open in the tools people use (Go also builds the Go test programs),
 /// `prometheus` to check that a real server scrapes `tracer serve`.
-const DEBIAN_PACKAGES: [&str; 7] = [
-    "gcc",
-    "libc6-dev",
-    "zlib1g-dev",
-    "libzstd-dev",
-    "golang-go",
-    "libxml2-utils",
-    "prometheus",
-];
+const TEST_PACKAGES: [&str; 3] = ["golang-go", "libxml2-utils", "prometheus"];
+
+/// The rustup components `cargo xtask lint` runs, on the active toolchain (userspace) and
+/// on nightly (the eBPF crate).
+const LINT_COMPONENTS: [&str; 2] = ["rustfmt", "clippy"];
 
 /// The bpf-linker release that works with LLVM 22 (the nightly's LLVM).
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What a command needs set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Need {
+    /// Building tracer and tracing (`build`, `demo`).
+    Build,
+    /// Build, plus rustfmt and clippy (`lint`).
+    Lint,
+    /// Lint, plus the tools the tests open the reports with (`test`).
+    Test,
+    /// Build, plus the peers the bench measures against (`bench`).
+    Bench,
+}
+
+impl Need {
+    fn debian_packages(self) -> Vec<&'static str> {
+        let extra: &[&str] = match self {
+            Need::Build | Need::Lint => &[],
+            Need::Test => &TEST_PACKAGES,
+            Need::Bench => &crate::bench::DEBIAN_PACKAGES,
+        };
+        BUILD_PACKAGES.iter().chain(extra).copied().collect()
+    }
+
+    fn lints(self) -> bool {
+        match self {
+            Need::Lint | Need::Test => true,
+            Need::Build | Need::Bench => false,
+        }
+    }
+}
 
 fn run_setup_step(name: &str, step: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     step().with_context(|| format!("setup step `{name}` failed"))
 }
 
-/// Sets up what building and testing need.
-pub fn run() -> anyhow::Result<()> {
-    run_with(&[])
-}
-
-/// Sets up what building and testing need, plus `extra` Debian packages (the bench's peers).
-pub fn run_with(extra: &[&str]) -> anyhow::Result<()> {
-    run_setup_step("debian packages", || debian_packages(extra))?;
+/// Installs, step by step, what `need` lacks on this machine; skips what is there.
+pub fn run(need: Need) -> anyhow::Result<()> {
+    run_setup_step("debian packages", || debian_packages(&need.debian_packages()))?;
     run_setup_step("nightly toolchain", nightly_toolchain)?;
-    run_setup_step("rust-src", rust_src)?;
+    run_setup_step("rust-src", || {
+        rust_components(NIGHTLY, &["rust-src"], "-Z build-std=core builds the eBPF crate with it")
+    })?;
     run_setup_step("bpf-linker", bpf_linker)?;
+    if need.lints() {
+        run_setup_step("rustfmt and clippy", || {
+            let active = active_toolchain()?;
+            rust_components(&active, &LINT_COMPONENTS, "`cargo xtask lint` runs them")?;
+            rust_components(NIGHTLY, &LINT_COMPONENTS, "clippy lints the eBPF crate on nightly")
+        })?;
+    }
     Ok(())
 }
+
+/// The toolchain of the eBPF crate (`-Z build-std`).
+const NIGHTLY: &str = "nightly";
 
 fn succeeds(command: &mut Command) -> bool {
     command
@@ -64,8 +102,7 @@ fn output(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn debian_packages(extra: &[&str]) -> anyhow::Result<()> {
-    let wanted: Vec<&str> = DEBIAN_PACKAGES.iter().chain(extra).copied().collect();
+fn debian_packages(wanted: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .copied()
@@ -85,37 +122,68 @@ fn debian_packages(extra: &[&str]) -> anyhow::Result<()> {
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
     run_command(Command::new("apt-get").arg("update").arg("-q"))?;
-    run_command(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn nightly_toolchain() -> anyhow::Result<()> {
-    if succeeds(Command::new("rustc").args(["+nightly", "--version"])) {
+    if succeeds(Command::new("rustc").arg(format!("+{NIGHTLY}")).arg("--version")) {
         println!("setup: nightly toolchain present");
         return Ok(());
     }
     println!("setup: installing the nightly toolchain (the eBPF probes build with it)");
-    run_command(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-        .context("the probes need a nightly Rust toolchain (for -Z build-std)")
+    run_command(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+    ]))
+    .context("the probes need a nightly Rust toolchain (for -Z build-std)")
 }
 
-fn rust_src() -> anyhow::Result<()> {
+/// The toolchain `cargo` runs with in the workspace (the one that lints userspace).
+fn active_toolchain() -> anyhow::Result<String> {
+    let root = crate::workspace_root();
+    let shown =
+        output(Command::new("rustup").current_dir(root).args(["show", "active-toolchain"]))?;
+    shown
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .with_context(|| format!("`rustup show active-toolchain` printed no toolchain: {shown:?}"))
+}
+
+/// Adds the `components` that `toolchain` lacks; `why` says what needs them.
+fn rust_components(toolchain: &str, components: &[&str], why: &str) -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        "nightly",
+        toolchain,
     ]))?;
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
-        println!("setup: nightly rust-src present");
+    // Lines are `rust-src`, or a name with the host triple: `clippy-x86_64-unknown-linux-gnu`.
+    let present = |component: &str| {
+        installed.lines().any(|line| {
+            line == component
+                || line.strip_prefix(component).is_some_and(|rest| rest.starts_with('-'))
+        })
+    };
+    let missing: Vec<&str> = components.iter().copied().filter(|c| !present(c)).collect();
+    if missing.is_empty() {
+        println!("setup: {} present on {toolchain}", components.join(", "));
         return Ok(());
     }
-    println!("setup: adding rust-src to the nightly toolchain (needed by -Z build-std=core)");
-    run_command(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("cannot add rust-src to nightly; the eBPF crate cannot build without it")
+    println!("setup: adding {} to {toolchain} ({why})", missing.join(", "));
+    run_command(
+        Command::new("rustup").args(["component", "add", "--toolchain", toolchain]).args(&missing),
+    )
+    .with_context(|| format!("cannot add {} to {toolchain}; {why}", missing.join(", ")))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -130,11 +198,13 @@ fn bpf_linker() -> anyhow::Result<()> {
         llvm_prefix.display()
     );
     // bpf-linker's default feature wants LLVM 23; ours is 22.
-    run_command(Command::new("cargo")
-        .args(["install", "--force"])
-        .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", &llvm_prefix))?;
+    run_command(
+        Command::new("cargo")
+            .args(["install", "--force"])
+            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", &llvm_prefix),
+    )?;
     let version = output(Command::new("bpf-linker").arg("--version"))
         .context("bpf-linker was installed but does not run (is ~/.cargo/bin on PATH?)")?;
     println!("setup: {} installed", version.trim());

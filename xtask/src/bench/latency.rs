@@ -23,9 +23,7 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self {
-            counts: vec![0; bin_of(MAX_MICROS as u64) + 1],
-        }
+        Self { counts: vec![0; bin_of(MAX_MICROS as u64) + 1] }
     }
 }
 
@@ -39,11 +37,7 @@ fn bin_of(micros: u64) -> usize {
 
 /// The geometric middle of a bin.
 fn bin_value(bin: usize) -> f64 {
-    if bin == 0 {
-        0.0
-    } else {
-        BIN_GROWTH.powf(bin as f64 - 0.5)
-    }
+    if bin == 0 { 0.0 } else { BIN_GROWTH.powf(bin as f64 - 0.5) }
 }
 
 impl Histogram {
@@ -151,11 +145,7 @@ pub fn percentile_ratio(
     }
     ratios.sort_by(f64::total_cmp);
     let at = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
-    Some(RatioEstimate {
-        ratio,
-        low: at(0.025),
-        high: at(0.975),
-    })
+    Some(RatioEstimate { ratio, low: at(0.025), high: at(0.975) })
 }
 
 /// Sebastiano Vigna's SplitMix64: enough randomness for resampling, and no dependency.
@@ -176,10 +166,7 @@ mod tests {
     use super::*;
 
     fn histogram(latencies: &[(u64, u64)]) -> Histogram {
-        let line: Vec<String> = latencies
-            .iter()
-            .map(|(us, n)| format!("{us}:{n}"))
-            .collect();
+        let line: Vec<String> = latencies.iter().map(|(us, n)| format!("{us}:{n}")).collect();
         Histogram::parse(&format!("latencies_us {}", line.join(" "))).expect("parses")
     }
 
@@ -226,12 +213,10 @@ mod tests {
 
     #[test]
     fn a_uniformly_slower_variant_shows_its_ratio_with_a_tight_interval() {
-        let base: Vec<Histogram> = (0..8)
-            .map(|round| histogram(&[(100 + round, 90), (1000 + 10 * round, 10)]))
-            .collect();
-        let slower: Vec<Histogram> = (0..8)
-            .map(|round| histogram(&[(110 + round, 90), (1100 + 11 * round, 10)]))
-            .collect();
+        let base: Vec<Histogram> =
+            (0..8).map(|round| histogram(&[(100 + round, 90), (1000 + 10 * round, 10)])).collect();
+        let slower: Vec<Histogram> =
+            (0..8).map(|round| histogram(&[(110 + round, 90), (1100 + 11 * round, 10)])).collect();
         let estimate = percentile_ratio(&base, &slower, 0.95, 200).expect("estimates");
         assert!(close(estimate.ratio, 1.1), "{estimate:?}");
         assert!(estimate.low > 1.08 && estimate.high < 1.12, "{estimate:?}");
@@ -259,17 +244,10 @@ mod tests {
                 }
             })
             .collect();
-        let shifted: Vec<Histogram> = noisy
-            .iter()
-            .skip(1)
-            .chain(noisy.iter().take(1))
-            .cloned()
-            .collect();
+        let shifted: Vec<Histogram> =
+            noisy.iter().skip(1).chain(noisy.iter().take(1)).cloned().collect();
         let estimate = percentile_ratio(&noisy, &shifted, 0.99, 300).expect("estimates");
         assert!(estimate.low < 0.9 && estimate.high > 1.1, "{estimate:?}");
-        assert_eq!(
-            Some(estimate),
-            percentile_ratio(&noisy, &shifted, 0.99, 300)
-        );
+        assert_eq!(Some(estimate), percentile_ratio(&noisy, &shifted, 0.99, 300));
     }
 }

@@ -20,11 +20,11 @@ use std::{
 };
 
 use anyhow::Context as _;
+use libc::{SIGUSR1, SIGUSR2};
 
 use super::{
-    HTTP_CONNECTIONS, Proc, SERVICE_MAX_LOSS, SETTLE, SIGUSR1, SIGUSR2, Settings, TOOL_CPU,
-    ToolUsage, Variant, Verdict, WORKLOAD_CPU, group, median, min_max, pinned, start_tool,
-    stop_tool,
+    HTTP_CONNECTIONS, Proc, SERVICE_MAX_LOSS, SETTLE, Settings, TOOL_CPU, ToolUsage, Variant,
+    Verdict, WORKLOAD_CPU, group, median, min_max, pinned, start_tool, stop_tool,
 };
 use crate::bench::latency::{Histogram, RatioEstimate, percentile_ratio, pooled};
 
@@ -153,9 +153,8 @@ impl Service {
         let probes_after = tool.as_ref().map(|t| probe_stats(t.pid));
         let cpu_after = tool.as_ref().map_or(0, |t| t.cpu_ns());
 
-        let result = self
-            .load
-            .wait_stdout_line(|l| l.starts_with("http "), Duration::from_secs(30))?;
+        let result =
+            self.load.wait_stdout_line(|l| l.starts_with("http "), Duration::from_secs(30))?;
         let latencies = Histogram::parse(
             &self
                 .load
@@ -280,7 +279,9 @@ pub fn run(settings: &Settings, rounds: u32, window_seconds: f64) -> anyhow::Res
             Err(err) => Err(format!("cannot enable {BPF_STATS}: {err}")),
             Ok(()) => match service.window(settings, variant, window_seconds) {
                 Ok((_, Some(cost))) => Ok(cost),
-                Ok((_, None)) => Err("it holds no program descriptors to read run times from".into()),
+                Ok((_, None)) => {
+                    Err("it holds no program descriptors to read run times from".into())
+                }
                 Err(err) => Err(format!("{err:#}")),
             },
         };
@@ -296,20 +297,10 @@ pub fn run(settings: &Settings, rounds: u32, window_seconds: f64) -> anyhow::Res
     if stats_on.is_ok() {
         let _ = std::fs::write(
             BPF_STATS,
-            if previous.trim().is_empty() {
-                "0"
-            } else {
-                previous.trim()
-            },
+            if previous.trim().is_empty() { "0" } else { previous.trim() },
         );
     }
-    Ok(ServiceResult {
-        arms,
-        probe_costs,
-        window_seconds,
-        rounds,
-        rate: settings.http_rate,
-    })
+    Ok(ServiceResult { arms, probe_costs, window_seconds, rounds, rate: settings.http_rate })
 }
 
 impl ServiceResult {
@@ -324,12 +315,8 @@ impl ServiceResult {
 
     /// Percentile `q` of an arm against the alone arm, paired by round.
     fn against_alone(&self, arm: Arm, q: f64) -> Option<RatioEstimate> {
-        let histograms = |windows: &[Window]| {
-            windows
-                .iter()
-                .map(|w| w.latencies.clone())
-                .collect::<Vec<_>>()
-        };
+        let histograms =
+            |windows: &[Window]| windows.iter().map(|w| w.latencies.clone()).collect::<Vec<_>>();
         let alone = histograms(self.windows(Arm::Run(Variant::Alone))?);
         percentile_ratio(&alone, &histograms(self.windows(arm)?), q, RESAMPLES)
     }
@@ -382,18 +369,13 @@ impl ServiceResult {
                 }
             };
             let all = pooled(windows.iter().map(|w| &w.latencies));
-            let micros = |q: f64| {
-                all.percentile(q)
-                    .map_or("–".into(), |v| format!("{v:.0} µs"))
-            };
+            let micros = |q: f64| all.percentile(q).map_or("–".into(), |v| format!("{v:.0} µs"));
             let throughput = self.throughput(*arm).unwrap_or(f64::NAN);
             let vs_alone =
                 alone_throughput.map_or("–".into(), |base| super::ratio_text(throughput, base));
             let vs_alone_at = |q: f64| match arm {
                 Arm::Run(Variant::Alone) => "–".to_string(),
-                _ => self
-                    .against_alone(*arm, q)
-                    .map_or("–".into(), |e| interval_text(&e)),
+                _ => self.against_alone(*arm, q).map_or("–".into(), |e| interval_text(&e)),
             };
             let (p50_vs, p99_vs) = (vs_alone_at(0.50), vs_alone_at(0.99));
             let (lo, hi) = min_max(windows.iter().map(Window::p99_us));
@@ -406,18 +388,17 @@ impl ServiceResult {
                     100.0 * median(tools.iter().map(|t| t.window_cpu_share))
                 )
             };
-            let probe_cost = self
-                .probe_costs
-                .iter()
-                .find(|(v, _)| Arm::Run(*v) == *arm)
-                .map_or("–".into(), |(_, cost)| match cost {
+            let probe_cost = self.probe_costs.iter().find(|(v, _)| Arm::Run(*v) == *arm).map_or(
+                "–".into(),
+                |(_, cost)| match cost {
                     Ok(cost) => format!(
                         "{:.2} µs ({:.1} program runs)",
                         cost.ns_per_request / 1e3,
                         cost.runs_per_request
                     ),
                     Err(err) => format!("not measured: {}", super::one_line(err)),
-                });
+                },
+            );
             let waits: Vec<f64> = tools.iter().filter_map(|t| t.waits_per_second).collect();
             let lost: Vec<u64> = tools.iter().filter_map(|t| t.events_lost).collect();
             let _ = writeln!(
@@ -429,16 +410,8 @@ impl ServiceResult {
                 micros(0.50),
                 micros(0.99),
                 micros(0.999),
-                if waits.is_empty() {
-                    "–".into()
-                } else {
-                    group(median(waits.iter().copied()))
-                },
-                if lost.is_empty() {
-                    "–".into()
-                } else {
-                    group(lost.iter().sum::<u64>() as f64)
-                },
+                if waits.is_empty() { "–".into() } else { group(median(waits.iter().copied())) },
+                if lost.is_empty() { "–".into() } else { group(lost.iter().sum::<u64>() as f64) },
                 windows.iter().map(|w| w.unanswered).sum::<u64>(),
             );
         }
@@ -449,10 +422,9 @@ impl ServiceResult {
     /// The service budget of issue 7: at most 3% loss of throughput and of p99.
     pub fn budget_lines(&self) -> Vec<(Verdict, String)> {
         let tracer = Arm::Run(Variant::Tracer);
-        let (Some(alone), Some(traced)) = (
-            self.throughput(Arm::Run(Variant::Alone)),
-            self.throughput(tracer),
-        ) else {
+        let (Some(alone), Some(traced)) =
+            (self.throughput(Arm::Run(Variant::Alone)), self.throughput(tracer))
+        else {
             return vec![(
                 Verdict::Skip,
                 "HTTP service: the alone or the tracer windows did not run".into(),
@@ -460,24 +432,13 @@ impl ServiceResult {
         };
         let loss = 1.0 - traced / alone;
         let mut lines = vec![(
-            if loss <= SERVICE_MAX_LOSS {
-                Verdict::Pass
-            } else {
-                Verdict::Fail
-            },
-            format!(
-                "HTTP service: tracer loses {:.1}% of throughput (budget 3%)",
-                100.0 * loss
-            ),
+            if loss <= SERVICE_MAX_LOSS { Verdict::Pass } else { Verdict::Fail },
+            format!("HTTP service: tracer loses {:.1}% of throughput (budget 3%)", 100.0 * loss),
         )];
-        let (Some(p99), Some(control)) = (
-            self.against_alone(tracer, 0.99),
-            self.against_alone(Arm::Control, 0.99),
-        ) else {
-            lines.push((
-                Verdict::Skip,
-                "HTTP service p99: no latencies to compare".into(),
-            ));
+        let (Some(p99), Some(control)) =
+            (self.against_alone(tracer, 0.99), self.against_alone(Arm::Control, 0.99))
+        else {
+            lines.push((Verdict::Skip, "HTTP service p99: no latencies to compare".into()));
             return lines;
         };
         let verdict = p99_verdict(&p99, &control, SERVICE_MAX_LOSS);
@@ -516,12 +477,7 @@ fn interval_text(estimate: &RatioEstimate) -> String {
     if estimate.high.is_infinite() {
         return format!("{} (too few rounds for an interval)", percent(estimate.ratio));
     }
-    format!(
-        "{} ({} to {})",
-        percent(estimate.ratio),
-        percent(estimate.low),
-        percent(estimate.high)
-    )
+    format!("{} ({} to {})", percent(estimate.ratio), percent(estimate.low), percent(estimate.high))
 }
 
 #[cfg(test)]
@@ -543,7 +499,10 @@ mod tests {
     #[test]
     fn too_few_rounds_judge_nothing() {
         let unknown = estimate(1.0, 0.0, f64::INFINITY);
-        assert_eq!(p99_verdict(&estimate(1.0, 0.0, f64::INFINITY), &unknown, 0.03), Verdict::Unresolved);
+        assert_eq!(
+            p99_verdict(&estimate(1.0, 0.0, f64::INFINITY), &unknown, 0.03),
+            Verdict::Unresolved
+        );
         assert!(interval_text(&unknown).contains("too few rounds"));
     }
 
