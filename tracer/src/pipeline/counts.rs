@@ -1,7 +1,7 @@
 //! The one mapping from what the probes and the decoder counted to the profile's
 //! `TraceCounts`: every loss reaches every report under one name.
 
-use tracer_common::{Counter, ShortWaitTotals, WaitKind};
+use tracer_common::{Counter, GoCounter, ShortWaitTotals, WaitKind};
 
 use crate::{
     model::TraceCounts,
@@ -54,13 +54,12 @@ pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWa
 /// What the Go probes saw and lost: parks are the waits begun, ended waits the waits
 /// reported; each loss has its own counter.
 pub fn go_trace_counts(counters: &GoProbeCounters) -> TraceCounts {
-    let GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended } = *counters;
     TraceCounts {
-        waits_started: parks,
-        long_waits: waits_ended,
-        go_parks_lost: parks_lost,
-        go_stacks_lost: stacks_lost,
-        go_waits_lost: waits_lost,
+        waits_started: counters.get(GoCounter::Parks),
+        long_waits: counters.get(GoCounter::WaitsEnded),
+        go_parks_lost: counters.get(GoCounter::ParksLost),
+        go_stacks_lost: counters.get(GoCounter::StacksLost),
+        go_waits_lost: counters.get(GoCounter::WaitsLost),
         ..TraceCounts::default()
     }
 }

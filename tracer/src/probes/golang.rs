@@ -5,6 +5,8 @@ use std::path::Path;
 
 use aya::{Btf, EbpfLoader, maps::PerCpuArray};
 
+use tracer_common::{GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals};
+
 use super::{ProbeError, Probes};
 
 /// Goroutine waits with one (stack, caller, wait reason), summed over CPUs.
@@ -21,47 +23,16 @@ pub struct GoWaitTotal {
     pub total_ns: u64,
 }
 
-/// The Go probes' counters (the kernel side's GO_COUNTERS), summed over CPUs.
+/// The Go probes' counters (the kernel side's GO_COUNTERS), summed over CPUs, indexed
+/// by `GoCounter`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct GoProbeCounters {
-    pub parks: u64,
-    /// Parks not noted: the map of parked goroutines was full.
-    pub parks_lost: u64,
-    /// Parks whose stack the stack map could not store.
-    pub stacks_lost: u64,
-    /// Ended waits not added: the totals map was full.
-    pub waits_lost: u64,
-    pub waits_ended: u64,
-}
+pub struct GoProbeCounters(pub [u64; GO_COUNTER_COUNT]);
 
-/// The kernel side's `GoPark`, `GoWaitKey` and `GoWaitTotals`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct GoPark {
-    start_ns: u64,
-    caller: u64,
-    stack_id: u32,
-    reason: u32,
+impl GoProbeCounters {
+    pub fn get(&self, counter: GoCounter) -> u64 {
+        self.0[counter as usize]
+    }
 }
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct GoWaitKey {
-    caller: u64,
-    stack_id: u32,
-    reason: u32,
-}
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct GoWaitTotals {
-    count: u64,
-    total_ns: u64,
-}
-// SAFETY: plain `repr(C)` integers with no padding.
-unsafe impl aya::Pod for GoPark {}
-// SAFETY: as above.
-unsafe impl aya::Pod for GoWaitKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for GoWaitTotals {}
 
 impl Probes {
     /// Loads the object for goroutine waits of the Go process `tgid`, whose `runtime.g`
@@ -120,7 +91,7 @@ impl Probes {
         let mut totals = Vec::new();
         for entry in waits.iter() {
             let (key, per_cpu) = entry.map_err(map_err("GO_WAITS"))?;
-            let pcs = if key.stack_id == u32::MAX {
+            let pcs = if key.stack_id == GoPark::NO_STACK {
                 Vec::new()
             } else {
                 stacks
@@ -156,12 +127,12 @@ impl Probes {
         let err = |source| ProbeError::Map { name: NAME, source: Some(source) };
         let map = self.ebpf.map(NAME).ok_or(ProbeError::Map { name: NAME, source: None })?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
-        let mut sums = [0u64; 5];
-        for (index, slot) in sums.iter_mut().enumerate() {
-            *slot = array.get(&(index as u32), 0).map_err(err)?.iter().sum();
+        let mut counters = GoProbeCounters::default();
+        for counter in GoCounter::ALL {
+            counters.0[counter as usize] =
+                array.get(&(counter as u32), 0).map_err(err)?.iter().sum();
         }
-        let [parks, parks_lost, stacks_lost, waits_lost, waits_ended] = sums;
-        Ok(GoProbeCounters { parks, parks_lost, stacks_lost, waits_lost, waits_ended })
+        Ok(counters)
     }
 }
 
