@@ -16,18 +16,15 @@ fn main() -> anyhow::Result<()> {
     // them when those change, not only when tracer-ebpf does.
     let common_dir = ebpf_dir.with_file_name("tracer-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
-    let ebpf_dir = ebpf_dir
-        .to_str()
-        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    let ebpf_dir =
+        ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
     aya_build::build_ebpf(
-        [Package {
-            name: "tracer-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
+        [Package { name: "tracer-ebpf", root_dir: ebpf_dir, ..Default::default() }],
         Toolchain::default(),
     )
-    .context("building the eBPF probes (run `cargo xtask setup` if bpf-linker or rust-src is missing)")
+    .context(
+        "building the eBPF probes (run `cargo xtask setup` if bpf-linker or rust-src is missing)",
+    )
 }
 
 /// `proto/profile.proto` → `$OUT_DIR/perftools.profiles.rs`.
@@ -35,7 +32,5 @@ fn compile_pprof_proto() -> anyhow::Result<()> {
     const PROTO: &str = "proto/profile.proto";
     println!("cargo:rerun-if-changed={PROTO}");
     let descriptors = protox::compile([PROTO], ["proto"]).context("parsing proto/profile.proto")?;
-    prost_build::Config::new()
-        .compile_fds(descriptors)
-        .context("generating the pprof types")
+    prost_build::Config::new().compile_fds(descriptors).context("generating the pprof types")
 }

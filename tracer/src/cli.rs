@@ -155,13 +155,10 @@ pub struct MapSizes {
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 5s, 1m)"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration (try 500ms, 5s, 1m)"))?;
     let seconds_per_unit = match unit.trim() {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,

@@ -19,7 +19,6 @@ pub mod serve;
 pub mod stacks;
 pub mod threads;
 
-
 pub use model::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats};
 pub use tracer_common::WaitKind;
 

@@ -105,8 +105,13 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     base.min_wait = min_wait;
     base.target_exited = target_exited;
     base.below_threshold = below_threshold(&short_waits);
-    base.counts =
-        trace_counts(&counters, unwinder.truncated_unwinds, &objects, malformed_records, wakers_unmatched);
+    base.counts = trace_counts(
+        &counters,
+        unwinder.truncated_unwinds,
+        &objects,
+        malformed_records,
+        wakers_unmatched,
+    );
     base.thread_counts = thread_counts;
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     pipeline::report(&profile, outputs, top)
@@ -165,4 +170,3 @@ impl WaitSink for WaitCollector {
         }
     }
 }
-

@@ -12,14 +12,7 @@ use crate::{
 };
 
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let ReportArgs {
-        input,
-        diff: base,
-        outputs,
-        weight,
-        format,
-        top,
-    } = args;
+    let ReportArgs { input, diff: base, outputs, weight, format, top } = args;
     // Formats first, then the inputs, then the files: a bad input leaves no empty report.
     let formats = outputs
         .iter()
@@ -31,10 +24,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
             .zip(&formats)
             .find(|(_, format)| !matches!(format, Format::Svg | Format::Folded | Format::Text))
     {
-        bail!(
-            "{}: a diff is written as .svg, .folded or .txt",
-            path.display()
-        );
+        bail!("{}: a diff is written as .svg, .folded or .txt", path.display());
     }
     let saved = read_saved(&input)?;
     let weight = weight.unwrap_or_else(|| Weight::default_for(saved.profile.kind));
@@ -50,11 +40,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
             for output in outputs {
                 let path = output.path.clone();
                 output
-                    .write_with(
-                        &saved.profile,
-                        &saved.provenance,
-                        RenderOptions { weight, top },
-                    )
+                    .write_with(&saved.profile, &saved.provenance, RenderOptions { weight, top })
                     .with_context(|| format!("{}: cannot write the report", path.display()))?;
                 eprintln!("tracer: wrote {}", path.display());
             }

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-
 use crate::{
     cli::SnapshotArgs,
     golang,
@@ -58,7 +57,8 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     }
     let mut base = pipeline::profile_of(&target, ProfileKind::Snapshot, started_at);
     base.duration = started.elapsed();
-    base.counts = trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
+    base.counts =
+        trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());

@@ -152,12 +152,7 @@ impl PollDescLayout {
 
 /// The minor version of a build-info version such as "go1.21.4".
 fn go_minor(version: &str) -> Option<u32> {
-    version
-        .strip_prefix("go1.")?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    version.strip_prefix("go1.")?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// Where the `runtime.g` layout came from.
@@ -213,9 +208,8 @@ impl<'a> GoBinary<'a> {
         let (layout, layout_source) = match dwarf_g {
             Some(layout) => (layout, LayoutSource::Dwarf),
             None => (
-                GLayout::for_version(&version).ok_or_else(|| GoBinaryError::UnknownLayout {
-                    version: version.clone(),
-                })?,
+                GLayout::for_version(&version)
+                    .ok_or_else(|| GoBinaryError::UnknownLayout { version: version.clone() })?,
                 LayoutSource::KnownVersion,
             ),
         };
@@ -235,9 +229,9 @@ impl<'a> GoBinary<'a> {
         };
         match gofunc(&file, &pclntab, &version) {
             Some(bytes) => pclntab.set_gofunc(bytes),
-            None => log::info!(
-                "{version}: moduledata.gofunc not found; inlined calls are not expanded"
-            ),
+            None => {
+                log::info!("{version}: moduledata.gofunc not found; inlined calls are not expanded")
+            }
         }
         let goexit = pclntab.function_range("runtime.goexit").unwrap_or(0..0);
         Ok(Self {
@@ -323,9 +317,7 @@ fn section_bytes<'d>(file: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]
         object::CompressionFormat::None => Some(Cow::Borrowed(compressed.data)),
         object::CompressionFormat::Zlib => {
             let mut out = Vec::with_capacity(usize::try_from(compressed.uncompressed_size).ok()?);
-            flate2::read::ZlibDecoder::new(compressed.data)
-                .read_to_end(&mut out)
-                .ok()?;
+            flate2::read::ZlibDecoder::new(compressed.data).read_to_end(&mut out).ok()?;
             Some(Cow::Owned(out))
         }
         _ => None,
@@ -448,10 +440,7 @@ fn read_string_table(file: &object::File<'_>, address: u64, count: u64) -> Vec<S
         else {
             break;
         };
-        if !text
-            .bytes()
-            .all(|byte| byte.is_ascii_graphic() || byte == b' ')
-        {
+        if !text.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ') {
             break;
         }
         strings.push(text.to_owned());
@@ -538,10 +527,7 @@ mod tests {
             GLayout::for_version("go1.19.8"),
             Some(GLayout { tracking_seq: Some(189), ..GLayout::GO1_19_TO_1_22_AMD64 })
         );
-        assert_eq!(
-            GLayout::for_version("go1.22"),
-            Some(GLayout::GO1_19_TO_1_22_AMD64)
-        );
+        assert_eq!(GLayout::for_version("go1.22"), Some(GLayout::GO1_19_TO_1_22_AMD64));
         assert_eq!(GLayout::for_version("go1.23.1"), None);
         assert_eq!(GLayout::for_version("go1.18"), None);
         assert_eq!(GLayout::GO1_19_TO_1_22_AMD64.read_len(), 184);

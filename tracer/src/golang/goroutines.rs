@@ -116,10 +116,7 @@ pub fn read_goroutines(
     }
     let mut pointers = vec![0u8; len as usize * 8];
     memory.read_exact(array, &mut pointers)?;
-    let g_addresses: Vec<u64> = pointers
-        .chunks_exact(8)
-        .map(|chunk| word(chunk, 0))
-        .collect();
+    let g_addresses: Vec<u64> = pointers.chunks_exact(8).map(|chunk| word(chunk, 0)).collect();
 
     let g_len = layout.read_len();
     let first = memory.read_many(&g_addresses, g_len);
@@ -181,10 +178,8 @@ pub fn read_goroutines(
     // Read each g again: what changed while we read its stack is not reported.
     let again_addresses: Vec<u64> = walked.iter().map(|&index| g_addresses[index]).collect();
     let again = memory.read_many(&again_addresses, g_len);
-    let before: std::collections::HashMap<usize, &GFields> = waiting
-        .iter()
-        .map(|(index, fields)| (*index, fields))
-        .collect();
+    let before: std::collections::HashMap<usize, &GFields> =
+        waiting.iter().map(|(index, fields)| (*index, fields)).collect();
     let mut kept = Vec::with_capacity(goroutines.len());
     for ((goroutine, index), after) in goroutines.into_iter().zip(&walked).zip(&again) {
         let unchanged = after
@@ -230,25 +225,14 @@ impl GFields {
             bp: word(bytes, at(sched + layout.gobuf_bp)),
             wait_reason: bytes[at(layout.waitreason)],
             wait_since: word(bytes, at(layout.waitsince)) as i64,
-            tracking_seq: layout
-                .tracking_seq
-                .and_then(|offset| bytes.get(at(offset)).copied()),
+            tracking_seq: layout.tracking_seq.and_then(|offset| bytes.get(at(offset)).copied()),
         }
     }
 
     /// Still the same goroutine in the same wait (the GC's scan bit aside).
     fn same_wait(&self, after: &GFields) -> bool {
-        let Self {
-            status,
-            goid,
-            stack_hi,
-            sp,
-            pc,
-            bp,
-            wait_reason,
-            wait_since: _,
-            tracking_seq,
-        } = *self;
+        let Self { status, goid, stack_hi, sp, pc, bp, wait_reason, wait_since: _, tracking_seq } =
+            *self;
         status & !G_SCAN == after.status & !G_SCAN
             && goid == after.goid
             && stack_hi == after.stack_hi
@@ -320,10 +304,7 @@ impl Memory {
         if read == buffer.len() {
             Ok(())
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("short read at {address:#x}"),
-            ))
+            Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read at {address:#x}")))
         }
     }
 
@@ -365,10 +346,7 @@ impl Memory {
 
     /// One `process_vm_readv` of the pieces into `buffer` (their lengths back to back).
     fn readv(&self, pieces: &[(u64, usize)], buffer: &mut [u8]) -> io::Result<usize> {
-        let local = libc::iovec {
-            iov_base: buffer.as_mut_ptr().cast(),
-            iov_len: buffer.len(),
-        };
+        let local = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
         let remote: Vec<libc::iovec> = pieces
             .iter()
             .map(|&(address, len)| libc::iovec {
@@ -388,11 +366,7 @@ impl Memory {
                 0,
             )
         };
-        if read < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(read as usize)
-        }
+        if read < 0 { Err(io::Error::last_os_error()) } else { Ok(read as usize) }
     }
 }
 
@@ -446,22 +420,9 @@ mod tests {
     #[test]
     fn a_rescheduled_goroutine_is_not_the_same_wait() {
         let before = fields(0x10_000, 0x10_010);
-        assert!(before.same_wait(&GFields {
-            status: G_WAITING | G_SCAN,
-            wait_since: 5,
-            ..before
-        }));
-        assert!(!before.same_wait(&GFields {
-            status: G_RUNNABLE,
-            ..before
-        }));
-        assert!(!before.same_wait(&GFields {
-            sp: 0x10_008,
-            ..before
-        }));
-        assert!(!before.same_wait(&GFields {
-            tracking_seq: Some(4),
-            ..before
-        }));
+        assert!(before.same_wait(&GFields { status: G_WAITING | G_SCAN, wait_since: 5, ..before }));
+        assert!(!before.same_wait(&GFields { status: G_RUNNABLE, ..before }));
+        assert!(!before.same_wait(&GFields { sp: 0x10_008, ..before }));
+        assert!(!before.same_wait(&GFields { tracking_seq: Some(4), ..before }));
     }
 }

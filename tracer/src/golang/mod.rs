@@ -156,7 +156,10 @@ fn name_io_waits(
             Default::default()
         }),
         None => {
-            log::warn!("{}: runtime.pollDesc's layout is unknown; IO waits are not named", binary.version);
+            log::warn!(
+                "{}: runtime.pollDesc's layout is unknown; IO waits are not named",
+                binary.version
+            );
             Default::default()
         }
     };

@@ -58,9 +58,7 @@ pub fn parked_on_descriptors(
     let pieces: Vec<(u64, u64)> = registrations
         .iter()
         .flat_map(|&(fd, data)| {
-            poll_desc_candidates(data)
-                .into_iter()
-                .map(move |address| (fd, address))
+            poll_desc_candidates(data).into_iter().map(move |address| (fd, address))
         })
         .collect();
     let addresses: Vec<u64> = pieces.iter().map(|&(_, address)| address).collect();
@@ -138,11 +136,7 @@ pub fn name_io_waits(
             }
             continue;
         };
-        let kind = if reading {
-            WaitKind::Read
-        } else {
-            WaitKind::Write
-        };
+        let kind = if reading { WaitKind::Read } else { WaitKind::Write };
         let non_socket_before = objects.non_socket_io;
         match objects.resolve(kind, fd) {
             Some((_, WaitObject::Endpoint(endpoint))) => {
@@ -164,10 +158,7 @@ mod tests {
         let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
             tfd:        3 events:       19 data: 7f0c8b7ffe58  pos:0 ino:3f5 sdev:d\n\
             tfd:       12 events: 80002019 data:     c00001c000  pos:0 ino:5b2f sdev:8\n";
-        assert_eq!(
-            epoll_registrations(fdinfo),
-            vec![(3, 0x7f0c8b7ffe58), (12, 0xc00001c000)]
-        );
+        assert_eq!(epoll_registrations(fdinfo), vec![(3, 0x7f0c8b7ffe58), (12, 0xc00001c000)]);
         assert!(epoll_registrations("tfd: x events: 1 data: 10\n").is_empty());
     }
 
@@ -205,34 +196,12 @@ mod tests {
         const IO_WAIT: u8 = 2;
         // Descriptors of a pid that does not exist: the lookups fail and are counted.
         let mut objects = WaitObjects::new(u32::MAX);
-        let mut goroutines = [
-            goroutine(0x100, IO_WAIT),
-            goroutine(0x200, IO_WAIT),
-            goroutine(0x300, 7),
-        ];
-        let parked = HashMap::from([(
-            0x100,
-            PolledDescriptor {
-                fd: 9,
-                reading: false,
-            },
-        )]);
+        let mut goroutines =
+            [goroutine(0x100, IO_WAIT), goroutine(0x200, IO_WAIT), goroutine(0x300, 7)];
+        let parked = HashMap::from([(0x100, PolledDescriptor { fd: 9, reading: false })]);
         let mut counts = GoroutineCounts::default();
-        name_io_waits(
-            &mut goroutines,
-            &parked,
-            Some(IO_WAIT),
-            &mut objects,
-            &mut counts,
-        );
-        assert_eq!(
-            (counts.io_wait_unresolved, counts.io_wait_not_socket),
-            (2, 0)
-        );
-        assert!(
-            goroutines
-                .iter()
-                .all(|goroutine| goroutine.object.is_none())
-        );
+        name_io_waits(&mut goroutines, &parked, Some(IO_WAIT), &mut objects, &mut counts);
+        assert_eq!((counts.io_wait_unresolved, counts.io_wait_not_socket), (2, 0));
+        assert!(goroutines.iter().all(|goroutine| goroutine.object.is_none()));
     }
 }

@@ -56,19 +56,9 @@ struct InlinedCallLayout {
 
 impl InlinedCallLayout {
     /// Go 1.18–1.19: `{parent int16, funcID uint8, _ byte, file, line, func_, parentPc int32}`.
-    const GO118: Self = Self {
-        len: 20,
-        func_id: 2,
-        name_off: 12,
-        parent_pc: 16,
-    };
+    const GO118: Self = Self { len: 20, func_id: 2, name_off: 12, parent_pc: 16 };
     /// Go 1.20+: `{funcID uint8, _ [3]byte, nameOff, parentPc, startLine int32}`.
-    const GO120: Self = Self {
-        len: 16,
-        func_id: 0,
-        name_off: 4,
-        parent_pc: 8,
-    };
+    const GO120: Self = Self { len: 16, func_id: 0, name_off: 4, parent_pc: 8 };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,11 +180,8 @@ impl<'a> Pclntab<'a> {
         let mut frames = Vec::new();
         let mut tracepc = pc;
         if let Some(tree) = self.inline_tree(at.func) {
-            let layout = if self.go120 {
-                InlinedCallLayout::GO120
-            } else {
-                InlinedCallLayout::GO118
-            };
+            let layout =
+                if self.go120 { InlinedCallLayout::GO120 } else { InlinedCallLayout::GO118 };
             for _ in 0..MAX_INLINE_DEPTH {
                 let Some(index) = self.pcdata_value(at, PCDATA_INL_TREE_INDEX, tracepc) else {
                     break;
@@ -203,9 +190,8 @@ impl<'a> Pclntab<'a> {
                     // -1: the function's own code.
                     break;
                 };
-                let Some(call) = index
-                    .checked_mul(layout.len)
-                    .and_then(|at| tree.get(at..at + layout.len))
+                let Some(call) =
+                    index.checked_mul(layout.len).and_then(|at| tree.get(at..at + layout.len))
                 else {
                     log::debug!("{name} {pc:#x}: inline tree entry {index} out of bounds");
                     break;
@@ -270,17 +256,15 @@ impl<'a> Pclntab<'a> {
         let line = field(FUNC_PCLN)
             .and_then(|pcln| self.pc_value(pcln, entry, pc))
             .and_then(|line| u32::try_from(line).ok());
-        let file = field(FUNC_PCFILE)
-            .zip(field(FUNC_CU_OFFSET))
-            .and_then(|(pcfile, cu_offset)| {
-                let index = u32::try_from(self.pc_value(pcfile, entry, pc)?).ok()?;
-                let cu_entry = self.cutab + 4 * (cu_offset.checked_add(index)? as usize);
-                let file_offset = read_u32(self.data, cu_entry)?;
-                if file_offset == u32::MAX {
-                    return None;
-                }
-                read_cstr(self.data, self.filetab + file_offset as usize)
-            });
+        let file = field(FUNC_PCFILE).zip(field(FUNC_CU_OFFSET)).and_then(|(pcfile, cu_offset)| {
+            let index = u32::try_from(self.pc_value(pcfile, entry, pc)?).ok()?;
+            let cu_entry = self.cutab + 4 * (cu_offset.checked_add(index)? as usize);
+            let file_offset = read_u32(self.data, cu_entry)?;
+            if file_offset == u32::MAX {
+                return None;
+            }
+            read_cstr(self.data, self.filetab + file_offset as usize)
+        });
         GoLocation {
             function: function.to_owned(),
             entry,
@@ -296,11 +280,7 @@ impl<'a> Pclntab<'a> {
         if table >= npcdata {
             return None;
         }
-        let header = if self.go120 {
-            FUNC_LEN_GO120
-        } else {
-            FUNC_LEN_GO118
-        };
+        let header = if self.go120 { FUNC_LEN_GO120 } else { FUNC_LEN_GO118 };
         let offset = read_u32(self.data, at.func + header + 4 * table as usize)?;
         self.pc_value(offset, at.entry, pc)
     }
@@ -473,9 +453,7 @@ mod tests {
     /// The 1-based line of `source` that is `text` once trimmed.
     fn line_of(source: &str, text: &str) -> u32 {
         let index = source.lines().position(|line| line.trim() == text);
-        index
-            .map(|index| index as u32 + 1)
-            .unwrap_or_else(|| panic!("no line {text:?}"))
+        index.map(|index| index as u32 + 1).unwrap_or_else(|| panic!("no line {text:?}"))
     }
 
     /// Every pc of `function` whose frames expand an inlined call.
@@ -489,21 +467,13 @@ mod tests {
             .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
         assert_eq!(binary.stripped, stripped);
         let table = &binary.pclntab;
-        assert!(
-            table.gofunc.is_some(),
-            "gofunc not found (stripped: {stripped})"
-        );
+        assert!(table.gofunc.is_some(), "gofunc not found (stripped: {stripped})");
         let range = table
             .function_range("main.inlinedReceiver")
             .unwrap_or_else(|| panic!("no main.inlinedReceiver"));
-        let expanded: Vec<Vec<GoLocation>> = range
-            .map(|pc| table.frames(pc))
-            .filter(|frames| frames.len() > 1)
-            .collect();
-        assert!(
-            !expanded.is_empty(),
-            "no inlined call in main.inlinedReceiver"
-        );
+        let expanded: Vec<Vec<GoLocation>> =
+            range.map(|pc| table.frames(pc)).filter(|frames| frames.len() > 1).collect();
+        assert!(!expanded.is_empty(), "no inlined call in main.inlinedReceiver");
         let receive = line_of(&source, "return <-ch");
         let call = line_of(&source, "awaitValue(ch)");
         let at_receive = expanded
@@ -516,21 +486,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                ("main.awaitValue", Some(receive), true),
-                ("main.inlinedReceiver", Some(call), false)
-            ]
+            [("main.awaitValue", Some(receive), true), ("main.inlinedReceiver", Some(call), false)]
         );
         assert!(at_receive.iter().all(|frame| {
-            frame
-                .file
-                .as_deref()
-                .is_some_and(|file| file.ends_with("goroutines.go"))
+            frame.file.as_deref().is_some_and(|file| file.ends_with("goroutines.go"))
         }));
-        assert_eq!(
-            at_receive[0].entry, at_receive[1].entry,
-            "both in the same code"
-        );
+        assert_eq!(at_receive[0].entry, at_receive[1].entry, "both in the same code");
 
         // Without the funcdata, or with funcdata that does not hold the tree: the physical
         // function only.

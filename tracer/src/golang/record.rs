@@ -157,7 +157,8 @@ fn still_parked(
         at_start.iter().map(|goroutine| (goroutine.goid, goroutine)).collect();
     let since_start = i64::try_from(start_read_ns).unwrap_or(i64::MAX);
     for goroutine in &mut goroutines {
-        let same = at_start.get(&goroutine.goid).is_some_and(|earlier| goroutine.same_wait(earlier));
+        let same =
+            at_start.get(&goroutine.goid).is_some_and(|earlier| goroutine.same_wait(earlier));
         if same && (goroutine.wait_since == 0 || goroutine.wait_since > since_start) {
             goroutine.wait_since = since_start;
         } else if !same
@@ -200,8 +201,6 @@ fn file_offset_of(elf: &[u8], address: u64) -> Option<u64> {
     file.sections().find_map(|section| {
         let (offset, _) = section.file_range()?;
         let start = section.address();
-        (start..start + section.size())
-            .contains(&address)
-            .then(|| address - start + offset)
+        (start..start + section.size()).contains(&address).then(|| address - start + offset)
     })
 }

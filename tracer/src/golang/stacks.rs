@@ -166,7 +166,14 @@ fn goroutine_stack(
         Some(endpoint) => format!("{reason} {endpoint}"),
         None => reason,
     };
-    ProfileStack { frames, kind: WaitKind::Goroutine, object: Some(object), truncated, in_progress, stats }
+    ProfileStack {
+        frames,
+        kind: WaitKind::Goroutine,
+        object: Some(object),
+        truncated,
+        in_progress,
+        stats,
+    }
 }
 
 /// Started in package runtime (root first): one of the runtime's own goroutines.

@@ -36,10 +36,8 @@ pub fn call_site(frames: &[Frame], language: Language) -> &str {
 /// The innermost frame in the program's own code: not libc, not Rust's std or the C
 /// runtime's start-up code. Falls back to the innermost named frame.
 fn native_call_site(frames: &[Frame]) -> &str {
-    let innermost_own = frames
-        .iter()
-        .rev()
-        .find(|frame| frame.module_is_main && !is_native_runtime(&frame.name));
+    let innermost_own =
+        frames.iter().rev().find(|frame| frame.module_is_main && !is_native_runtime(&frame.name));
     innermost_own
         .or_else(|| frames.iter().rev().find(|frame| frame.name != UNKNOWN))
         .map_or(UNKNOWN, |frame| frame.name.as_str())
@@ -62,8 +60,19 @@ fn go_call_site(frames: &[Frame]) -> &str {
 /// statically linked program carries in its own executable.
 fn is_native_runtime(name: &str) -> bool {
     const RUNTIME_PREFIXES: [&str; 13] = [
-        "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_panic",
-        "rust_begin_unwind", "_start", "__libc_", "start_thread", "[",
+        "std::",
+        "core::",
+        "alloc::",
+        "<std::",
+        "<core::",
+        "<alloc::",
+        "__rust",
+        "rust_panic",
+        "rust_begin_unwind",
+        "_start",
+        "__libc_",
+        "start_thread",
+        "[",
     ];
     // `<T as core::ops::FnOnce>::call_once` style names are the runtime too.
     RUNTIME_PREFIXES.iter().any(|prefix| name.starts_with(prefix))

@@ -24,4 +24,3 @@ pub fn module_infos(image: &ProcessImage) -> BTreeMap<String, ModuleInfo> {
     }
     modules
 }
-

@@ -7,7 +7,8 @@ use tracer_common::WaitKind;
 
 use super::{
     Profile, ProfileStack, StackKey, WaitAggregate, WaitObject, WaitStats, WakerStats,
-    call_site::{Language, call_site}, modules::module_infos,
+    call_site::{Language, call_site},
+    modules::module_infos,
 };
 use crate::{
     objects::locks::LockNamer,
@@ -60,7 +61,6 @@ impl WaitAggregate {
         profile
     }
 }
-
 
 /// Who woke the waits at one call site: one row per (waiting site, waker site).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,4 +126,3 @@ pub(super) fn shared_futexes(stacks: &HashMap<StackKey, WaitStats>) -> HashSet<u
         .map(|(address, _)| address)
         .collect()
 }
-

@@ -10,7 +10,6 @@ use tracer_common::WaitKind;
 use super::{symbolize::shared_futexes, *};
 use crate::stacks::Frame;
 
-
 pub(crate) fn frame(name: &str, main: bool) -> Frame {
     Frame {
         name: name.to_string(),
@@ -129,7 +128,8 @@ fn call_site_skips_libc_and_rust_std() {
 
 #[test]
 fn crates_named_like_the_runtime_are_still_the_program() {
-    let stack = stack(&[("rust_pileup::send_stat", true), ("syscall", false)], WaitKind::Futex, &[]);
+    let stack =
+        stack(&[("rust_pileup::send_stat", true), ("syscall", false)], WaitKind::Futex, &[]);
     assert_eq!(stack.call_site(), "rust_pileup::send_stat");
 }
 

@@ -105,11 +105,7 @@ fn symbol_at(symbols: &[DataSymbol], svma: u64) -> Option<String> {
     let symbol = symbols.get(after.checked_sub(1)?)?;
     let offset = svma - symbol.start;
     (offset < symbol.size).then(|| {
-        if offset == 0 {
-            symbol.name.clone()
-        } else {
-            format!("{}+{offset:#x}", symbol.name)
-        }
+        if offset == 0 { symbol.name.clone() } else { format!("{}+{offset:#x}", symbol.name) }
     })
 }
 
@@ -164,9 +160,15 @@ mod tests {
         let heap = namer.name(&image, std::ptr::from_ref(&*on_heap) as u64);
         assert!(!heap.from_symbol);
         let heap_name = heap.name;
-        assert!(heap_name.starts_with("heap 0x") || heap_name.starts_with("anon 0x"), "{heap_name}");
+        assert!(
+            heap_name.starts_with("heap 0x") || heap_name.starts_with("anon 0x"),
+            "{heap_name}"
+        );
         let on_stack = 0u64;
         let stack_name = namer.name(&image, std::ptr::from_ref(&on_stack) as u64).name;
-        assert!(stack_name.starts_with("stack 0x") || stack_name.starts_with("anon 0x"), "{stack_name}");
+        assert!(
+            stack_name.starts_with("stack 0x") || stack_name.starts_with("anon 0x"),
+            "{stack_name}"
+        );
     }
 }

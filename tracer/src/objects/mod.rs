@@ -55,7 +55,8 @@ impl WaitObjects {
         match self.sockets.resolve(object) {
             SocketLookup::Socket(info) => {
                 // Go's netpoller parks an accept as a read on the listening socket.
-                let socket_kind = if socket_kind == WaitKind::Recv && info.accept_backlog.is_some() {
+                let socket_kind = if socket_kind == WaitKind::Recv && info.accept_backlog.is_some()
+                {
                     WaitKind::Accept
                 } else {
                     socket_kind

@@ -50,7 +50,6 @@ pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWa
         .collect()
 }
 
-
 /// What the Go probes saw and lost: parks are the waits begun, ended waits the waits
 /// reported; each loss has its own counter.
 pub fn go_trace_counts(counters: &GoProbeCounters) -> TraceCounts {

@@ -14,7 +14,6 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// to play a kernel without BTF).
 const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// Loading probes needs root (CAP_BPF, CAP_PERFMON).
@@ -86,11 +85,9 @@ impl Target {
             return Err(TargetError::Zombie(pid));
         }
         // /proc/TID exists for every thread too (hidden from listings): refuse a thread id.
-        let tgid = fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                status.lines().find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
-            });
+        let tgid = fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|status| {
+            status.lines().find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
+        });
         if let Some(tgid) = tgid.filter(|&tgid| tgid != pid) {
             return Err(TargetError::Thread { pid, tgid });
         }
@@ -112,7 +109,8 @@ impl Target {
     /// Whether the process has exited (its pidfd polls readable).
     pub fn has_exited(&self) -> bool {
         use std::os::fd::AsRawFd as _;
-        let mut poll = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut poll =
+            libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, zero timeout.
         unsafe { libc::poll(&mut poll, 1, 0) > 0 }
     }

@@ -18,9 +18,9 @@ use tracer_common::{STACK_COPY_BYTES, WaitKind, WaitRecord, WakeRecord};
 
 use crate::{
     model::{StackKey, WaitAggregate},
+    objects::WaitObjects,
     probes::Probes,
     stacks::{ProcessUnwinder, UserRegs},
-    objects::WaitObjects,
 };
 
 /// How often the buffers are drained when the probes have not woken us. The probes wake
@@ -159,7 +159,9 @@ macro_rules! field {
         // integers and byte arrays, valid for every bit pattern; read_unaligned needs no
         // alignment. The type is the field's own: `$record` names it at `offset_of!`, and
         // `field_type` ties the read to it.
-        unsafe { field_type(|r: &$record| &r.$field, bytes.as_ptr().add(offset_of!($record, $field))) }
+        unsafe {
+            field_type(|r: &$record| &r.$field, bytes.as_ptr().add(offset_of!($record, $field)))
+        }
     }};
 }
 
@@ -218,7 +220,10 @@ impl WaitDecoder {
         }
         let wakee: u32 = field!(bytes, WakeRecord, wakee_tid);
         let wait_start_ns: u64 = field!(bytes, WakeRecord, wait_start_ns);
-        self.pending_wakers.insert((wakee, wait_start_ns), (field!(bytes, WakeRecord, waker_tid), walked.addresses));
+        self.pending_wakers.insert(
+            (wakee, wait_start_ns),
+            (field!(bytes, WakeRecord, waker_tid), walked.addresses),
+        );
     }
 
     /// The wait of one record; None for a malformed record or a wait not reported

@@ -38,9 +38,8 @@ impl Probes {
     /// Loads the object for goroutine waits of the Go process `tgid`, whose `runtime.g`
     /// has its `goid` at `goid_offset`.
     pub fn open_go(tgid: u32, goid_offset: u64, btf_path: &Path) -> Result<Self, ProbeError> {
-        let btf = Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
-            ProbeError::Btf { path: btf_path.display().to_string(), source }
-        })?;
+        let btf = Btf::parse_file(btf_path, aya::Endianness::default())
+            .map_err(|source| ProbeError::Btf { path: btf_path.display().to_string(), source })?;
         let mut loader = EbpfLoader::new();
         loader.allow_unsupported_maps();
         let ebpf = loader
@@ -61,7 +60,10 @@ impl Probes {
         gopark_offset: u64,
         execute_offset: u64,
     ) -> Result<(), ProbeError> {
-        use aya::programs::{UProbe, uprobe::{UProbeAttachLocation, UProbeScope}};
+        use aya::programs::{
+            UProbe,
+            uprobe::{UProbeAttachLocation, UProbeScope},
+        };
         // The run probe first, so no park noted is left without its end.
         for (name, offset) in [("tracer_go_run", execute_offset), ("tracer_go_park", gopark_offset)]
         {
@@ -74,7 +76,11 @@ impl Probes {
                 .map_err(attach_err)?;
             program.load().map_err(attach_err)?;
             program
-                .attach(UProbeAttachLocation::AbsoluteOffset(offset), executable, UProbeScope::AllProcesses)
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    executable,
+                    UProbeScope::AllProcesses,
+                )
                 .map_err(attach_err)?;
         }
         Ok(())
@@ -135,4 +141,3 @@ impl Probes {
         Ok(counters)
     }
 }
-

@@ -6,12 +6,12 @@ pub mod golang;
 
 use std::{io::Read as _, path::Path, time::Duration};
 
+use crate::cli::MapSizes;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter},
 };
-use crate::cli::MapSizes;
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT,
     WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
@@ -85,12 +85,8 @@ impl ProbeCounters {
 impl Probes {
     /// Loads the object (maps, globals) without attaching anything.
     pub fn open(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
-        let btf = Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
-            ProbeError::Btf {
-                path: btf_path.display().to_string(),
-                source,
-            }
-        })?;
+        let btf = Btf::parse_file(btf_path, aya::Endianness::default())
+            .map_err(|source| ProbeError::Btf { path: btf_path.display().to_string(), source })?;
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -177,14 +173,9 @@ impl Probes {
     }
 
     pub fn counters(&self) -> Result<ProbeCounters, ProbeError> {
-        let err = |source| ProbeError::Map {
-            name: "COUNTERS",
-            source: Some(source),
-        };
-        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::Map {
-            name: "COUNTERS",
-            source: None,
-        })?;
+        let err = |source| ProbeError::Map { name: "COUNTERS", source: Some(source) };
+        let map =
+            self.ebpf.map("COUNTERS").ok_or(ProbeError::Map { name: "COUNTERS", source: None })?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
         let mut counters = ProbeCounters::default();
         for (index, slot) in counters.0.iter_mut().enumerate() {
@@ -220,14 +211,11 @@ impl Probes {
     }
 
     pub fn short_waits(&self) -> Result<ShortWaitsByKind, ProbeError> {
-        let err = |source| ProbeError::Map {
-            name: "SHORT_WAITS",
-            source: Some(source),
-        };
-        let map = self.ebpf.map("SHORT_WAITS").ok_or(ProbeError::Map {
-            name: "SHORT_WAITS",
-            source: None,
-        })?;
+        let err = |source| ProbeError::Map { name: "SHORT_WAITS", source: Some(source) };
+        let map = self
+            .ebpf
+            .map("SHORT_WAITS")
+            .ok_or(ProbeError::Map { name: "SHORT_WAITS", source: None })?;
         let array: PerCpuArray<_, ShortWaitTotals> = PerCpuArray::try_from(map).map_err(err)?;
         let mut totals = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
         for kind in WaitKind::ALL {

@@ -109,14 +109,9 @@ pub fn differential_lines(before: &Profile, after: &Profile, weight: Weight) -> 
         after.as_bytes(),
         &mut out,
     );
-    debug_assert!(
-        written.is_ok(),
-        "in-memory differential failed: {written:?}"
-    );
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    debug_assert!(written.is_ok(), "in-memory differential failed: {written:?}");
+    let mut lines: Vec<String> =
+        String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
     lines.sort(); // inferno writes them in hash order
     lines
 }
@@ -168,11 +163,7 @@ pub fn render_changes(
 
 fn signed_duration(ns: i128) -> String {
     let magnitude = format_duration(u64::try_from(ns.unsigned_abs()).unwrap_or(u64::MAX));
-    if ns < 0 {
-        format!("-{magnitude}")
-    } else {
-        format!("+{magnitude}")
-    }
+    if ns < 0 { format!("-{magnitude}") } else { format!("+{magnitude}") }
 }
 
 #[cfg(test)]

@@ -58,12 +58,7 @@ pub(crate) fn fixture_profile() -> Profile {
         object: Some("app::STATS".to_string()),
         truncated: false,
         in_progress: false,
-        stats: stats(&[
-            (11, 40_000_000),
-            (12, 35_000_000),
-            (13, 45_500_000),
-            (11, 20_000_000),
-        ]),
+        stats: stats(&[(11, 40_000_000), (12, 35_000_000), (13, 45_500_000), (11, 20_000_000)]),
     };
     let reporter_frames = vec![
         frame("app::reporter", "app", Some(70), 0x5500_0000_5000),
@@ -114,10 +109,7 @@ pub(crate) fn fixture_profile() -> Profile {
             .filter(|&&kind| kind != WaitKind::Goroutine)
             .map(|&kind| {
                 let totals = match kind {
-                    WaitKind::Futex => ShortWaitTotals {
-                        count: 7,
-                        total_ns: 700_000,
-                    },
+                    WaitKind::Futex => ShortWaitTotals { count: 7, total_ns: 700_000 },
                     _ => ShortWaitTotals::default(),
                 };
                 (kind, totals)
@@ -179,10 +171,6 @@ pub(crate) fn fixture_provenance() -> Provenance {
     Provenance {
         tracer_version: "0.1.0".to_string(),
         kernel: Some("6.1.0-test".to_string()),
-        command_line: Some(vec![
-            "./app".to_string(),
-            "--handlers".to_string(),
-            "3".to_string(),
-        ]),
+        command_line: Some(vec!["./app".to_string(), "--handlers".to_string(), "3".to_string()]),
     }
 }

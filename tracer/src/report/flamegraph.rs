@@ -23,24 +23,20 @@ use crate::{
 /// `STILL_BLOCKED` whatever their kind.
 fn kind_color(kind: WaitKind) -> Color {
     let (r, g, b) = match kind {
-        WaitKind::Futex => (0x8e, 0x6b, 0xd6),   // violet
-        WaitKind::Send => (0x3b, 0x82, 0xd6),    // blue
-        WaitKind::Recv => (0x2a, 0xb3, 0xc0),    // cyan
-        WaitKind::Connect => (0x4c, 0xaf, 0x50), // green
-        WaitKind::Accept => (0x9e, 0xb8, 0x3b),  // olive
-        WaitKind::Poll => (0x9e, 0x9e, 0x9e),    // grey
-        WaitKind::Read => (0x5c, 0x9d, 0xb0),    // steel
-        WaitKind::Write => (0x6d, 0x7f, 0xc4),   // slate
+        WaitKind::Futex => (0x8e, 0x6b, 0xd6),     // violet
+        WaitKind::Send => (0x3b, 0x82, 0xd6),      // blue
+        WaitKind::Recv => (0x2a, 0xb3, 0xc0),      // cyan
+        WaitKind::Connect => (0x4c, 0xaf, 0x50),   // green
+        WaitKind::Accept => (0x9e, 0xb8, 0x3b),    // olive
+        WaitKind::Poll => (0x9e, 0x9e, 0x9e),      // grey
+        WaitKind::Read => (0x5c, 0x9d, 0xb0),      // steel
+        WaitKind::Write => (0x6d, 0x7f, 0xc4),     // slate
         WaitKind::Goroutine => (0x00, 0x96, 0x88), // teal
     };
     Color { r, g, b }
 }
 
-const STILL_BLOCKED: Color = Color {
-    r: 0xe0,
-    g: 0x3a,
-    b: 0x9a,
-}; // magenta
+const STILL_BLOCKED: Color = Color { r: 0xe0, g: 0x3a, b: 0x9a }; // magenta
 
 /// The legend's height below inferno's drawing: one row of swatches.
 const LEGEND_HEIGHT: usize = 24;
@@ -58,11 +54,7 @@ pub fn write_flamegraph(
     let recording = profile.kind == ProfileKind::Recording;
     for stack in &profile.stacks {
         let still_blocked = recording && stack.in_progress;
-        let color = if still_blocked {
-            STILL_BLOCKED
-        } else {
-            kind_color(stack.kind)
-        };
+        let color = if still_blocked { STILL_BLOCKED } else { kind_color(stack.kind) };
         palette.insert(kind_frame(profile, stack), color);
     }
     let mut options = base_options(&profile.comm, weight);
@@ -125,11 +117,7 @@ fn subtitle(profile: &Profile, weight: Weight) -> String {
     format!(
         "pid {}, {what}{}; width = {width}; top frame = wait kind",
         profile.pid,
-        if profile.target_exited {
-            "; the process exited during the recording"
-        } else {
-            ""
-        },
+        if profile.target_exited { "; the process exited during the recording" } else { "" },
     )
 }
 
@@ -142,11 +130,7 @@ fn with_legend(svg: &[u8], entries: &[(&str, Color)]) -> Vec<u8> {
     };
     let grown = height + LEGEND_HEIGHT;
     let text = text
-        .replacen(
-            &format!("height=\"{height}\""),
-            &format!("height=\"{grown}\""),
-            2,
-        )
+        .replacen(&format!("height=\"{height}\""), &format!("height=\"{grown}\""), 2)
         .replacen(&format!(" {height}\""), &format!(" {grown}\""), 1);
     let mut legend = String::from("<g id=\"legend\">");
     for (index, (name, color)) in entries.iter().enumerate() {
@@ -209,14 +193,8 @@ mod tests {
         let svg = br#"<?xml version="1.0"?><svg version="1.1" width="1200" height="150" viewBox="0 0 1200 150"><rect x="0" y="0" width="100%" height="150" fill="url(#background)"/></svg>"#;
         let out =
             String::from_utf8(with_legend(svg, &[("futex", kind_color(WaitKind::Futex))])).unwrap();
-        assert!(
-            out.contains(r#"width="1200" height="174" viewBox="0 0 1200 174""#),
-            "{out}"
-        );
-        assert!(
-            out.contains(r#"height="174" fill="url(#background)""#),
-            "{out}"
-        );
+        assert!(out.contains(r#"width="1200" height="174" viewBox="0 0 1200 174""#), "{out}");
+        assert!(out.contains(r#"height="174" fill="url(#background)""#), "{out}");
         assert!(
             out.ends_with(
                 r#"<text x="26" y="166">futex</text></g>

@@ -72,7 +72,11 @@ fn sanitize(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
-pub fn write_folded_weighted(profile: &Profile, weight: Weight, out: &mut impl Write) -> io::Result<()> {
+pub fn write_folded_weighted(
+    profile: &Profile,
+    weight: Weight,
+    out: &mut impl Write,
+) -> io::Result<()> {
     for line in folded_lines_weighted(profile, weight) {
         writeln!(out, "{line}")?;
     }
@@ -129,7 +133,8 @@ mod tests {
 
     #[test]
     fn waits_in_progress_are_marked_in_recordings_and_counted_by_thread_in_snapshots() {
-        let mut stuck = stack(&[("app::handler", true)], WaitKind::Futex, &[(1, 7_000), (2, 9_000)]);
+        let mut stuck =
+            stack(&[("app::handler", true)], WaitKind::Futex, &[(1, 7_000), (2, 9_000)]);
         stuck.in_progress = true;
         stuck.object = Some("app::QUEUE".into());
         let mut recording = profile(vec![stuck]);

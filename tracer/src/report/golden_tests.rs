@@ -14,18 +14,13 @@ use crate::report::{
 };
 
 pub(crate) fn check_golden(name: &str, actual: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name);
     if std::env::var_os("TRACER_REFRESH_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         return;
     }
     let expected = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "read {}: {e} (TRACER_REFRESH_GOLDEN=1 writes it)",
-            path.display()
-        )
+        panic!("read {}: {e} (TRACER_REFRESH_GOLDEN=1 writes it)", path.display())
     });
     if expected != actual {
         panic!(

@@ -249,11 +249,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         wakers,
         modules,
     } = profile;
-    let Provenance {
-        tracer_version,
-        kernel,
-        command_line,
-    } = provenance;
+    let Provenance { tracer_version, kernel, command_line } = provenance;
     JsonProfile {
         schema: SCHEMA.to_string(),
         tracer_version: tracer_version.clone(),
@@ -300,14 +296,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
 }
 
 fn json_waker(row: &WakerRow) -> JsonWaker {
-    let WakerRow {
-        waiting_site,
-        kind,
-        waker_site,
-        waker_frames,
-        wakes,
-        waker_threads,
-    } = row;
+    let WakerRow { waiting_site, kind, waker_site, waker_frames, wakes, waker_threads } = row;
     JsonWaker {
         waiting_site: waiting_site.clone(),
         kind: kind.name().to_string(),
@@ -319,23 +308,8 @@ fn json_waker(row: &WakerRow) -> JsonWaker {
 }
 
 fn json_stack(stack: &ProfileStack) -> JsonStack {
-    let ProfileStack {
-        frames,
-        kind,
-        object,
-        truncated,
-        in_progress,
-        stats,
-    } = stack;
-    let WaitStats {
-        waits,
-        total_ns,
-        min_ns,
-        max_ns,
-        threads,
-        lower_bound,
-        log2_histogram,
-    } = stats;
+    let ProfileStack { frames, kind, object, truncated, in_progress, stats } = stack;
+    let WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound, log2_histogram } = stats;
     JsonStack {
         kind: kind.name().to_string(),
         object: object.clone(),
@@ -353,15 +327,7 @@ fn json_stack(stack: &ProfileStack) -> JsonStack {
 }
 
 fn json_frame(frame: &Frame) -> JsonFrame {
-    let Frame {
-        name,
-        module,
-        module_is_main,
-        file,
-        line,
-        inlined,
-        address,
-    } = frame;
+    let Frame { name, module, module_is_main, file, line, inlined, address } = frame;
     JsonFrame {
         name: name.clone(),
         module: module.clone(),
@@ -495,12 +461,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         wakers,
         modules,
     } = json;
-    let JsonTarget {
-        pid,
-        comm,
-        command_line,
-        exited,
-    } = target;
+    let JsonTarget { pid, comm, command_line, exited } = target;
     let invalid = |what: String| JsonError::Invalid(what);
     let kind = parse_profile_kind(&kind)
         .ok_or_else(|| invalid(format!("unknown profile kind {kind:?}")))?;
@@ -514,48 +475,26 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     check_totals(&stacks).map_err(invalid)?;
     let wakers = wakers
         .into_iter()
-        .map(
-            |JsonWaker {
-                 waiting_site,
-                 kind,
-                 waker_site,
-                 waker_frames,
-                 wakes,
-                 waker_threads,
-             }| {
-                let kind = parse_wait_kind(&kind)
-                    .ok_or_else(|| invalid(format!("wakers: unknown wait kind {kind:?}")))?;
-                Ok(WakerRow {
-                    waiting_site,
-                    kind,
-                    waker_site,
-                    waker_frames: waker_frames.into_iter().map(frame).collect(),
-                    wakes,
-                    waker_threads: waker_threads.into_iter().collect(),
-                })
-            },
-        )
+        .map(|JsonWaker { waiting_site, kind, waker_site, waker_frames, wakes, waker_threads }| {
+            let kind = parse_wait_kind(&kind)
+                .ok_or_else(|| invalid(format!("wakers: unknown wait kind {kind:?}")))?;
+            Ok(WakerRow {
+                waiting_site,
+                kind,
+                waker_site,
+                waker_frames: waker_frames.into_iter().map(frame).collect(),
+                wakes,
+                waker_threads: waker_threads.into_iter().collect(),
+            })
+        })
         .collect::<Result<Vec<_>, JsonError>>()?;
     let below_threshold = below_threshold
         .into_iter()
-        .map(
-            |JsonShortWaits {
-                 kind,
-                 waits,
-                 total_ns,
-             }| {
-                let kind = parse_wait_kind(&kind).ok_or_else(|| {
-                    invalid(format!("below_threshold: unknown wait kind {kind:?}"))
-                })?;
-                Ok((
-                    kind,
-                    ShortWaitTotals {
-                        count: waits,
-                        total_ns,
-                    },
-                ))
-            },
-        )
+        .map(|JsonShortWaits { kind, waits, total_ns }| {
+            let kind = parse_wait_kind(&kind)
+                .ok_or_else(|| invalid(format!("below_threshold: unknown wait kind {kind:?}")))?;
+            Ok((kind, ShortWaitTotals { count: waits, total_ns }))
+        })
         .collect::<Result<Vec<_>, JsonError>>()?;
     let mut profile = Profile::new(kind, pid, comm);
     profile.start_unix_ns = start_unix_ns;
@@ -577,14 +516,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
             (name, ModuleInfo { path, build_id, start, end })
         })
         .collect();
-    Ok(SavedProfile {
-        profile,
-        provenance: Provenance {
-            tracer_version,
-            kernel,
-            command_line,
-        },
-    })
+    Ok(SavedProfile { profile, provenance: Provenance { tracer_version, kernel, command_line } })
 }
 
 fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
@@ -608,44 +540,13 @@ fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
     }
     let frames = frames.into_iter().map(frame).collect();
     let threads: BTreeSet<u32> = threads.into_iter().collect();
-    let stats = WaitStats {
-        waits,
-        total_ns,
-        min_ns,
-        max_ns,
-        threads,
-        lower_bound,
-        log2_histogram,
-    };
-    Ok(ProfileStack {
-        frames,
-        kind,
-        object,
-        truncated,
-        in_progress: still_blocked,
-        stats,
-    })
+    let stats = WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound, log2_histogram };
+    Ok(ProfileStack { frames, kind, object, truncated, in_progress: still_blocked, stats })
 }
 
 fn frame(json: JsonFrame) -> Frame {
-    let JsonFrame {
-        name,
-        module,
-        main_module,
-        file,
-        line,
-        inlined,
-        address,
-    } = json;
-    Frame {
-        name,
-        module,
-        module_is_main: main_module,
-        file,
-        line,
-        inlined,
-        address,
-    }
+    let JsonFrame { name, module, main_module, file, line, inlined, address } = json;
+    Frame { name, module, module_is_main: main_module, file, line, inlined, address }
 }
 
 /// The reports add up waits and blocked time over stacks: their sums must fit, with
@@ -750,10 +651,7 @@ mod tests {
         let mut bytes_again = Vec::new();
         serde_json::to_writer_pretty(&mut bytes_again, &again).unwrap();
         bytes_again.push(b'\n');
-        assert_eq!(
-            String::from_utf8(bytes_again).unwrap(),
-            String::from_utf8(bytes).unwrap()
-        );
+        assert_eq!(String::from_utf8(bytes_again).unwrap(), String::from_utf8(bytes).unwrap());
     }
 
     #[test]

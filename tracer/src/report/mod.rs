@@ -250,10 +250,8 @@ impl Output {
     }
 
     pub fn create_as(path: &Path, format: Format) -> Result<Self, OutputError> {
-        let file = File::create(path).map_err(|source| OutputError::Unwritable {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = File::create(path)
+            .map_err(|source| OutputError::Unwritable { path: path.to_path_buf(), source })?;
         Ok(Self { path: path.to_path_buf(), format, file })
     }
 
@@ -276,7 +274,9 @@ impl Output {
             Format::Svg => flamegraph::write_flamegraph(profile, options.weight, &mut out)?,
             Format::Pprof => pprof::write_pprof(profile, provenance, options.weight, &mut out)?,
             Format::Json => json::write_json(profile, provenance, &mut out)?,
-            Format::Text => out.write_all(summary::render_summary(profile, options.top).as_bytes())?,
+            Format::Text => {
+                out.write_all(summary::render_summary(profile, options.top).as_bytes())?
+            }
         }
         out.flush().map_err(|source| OutputError::Unwritable { path, source })?;
         Ok(())

@@ -27,9 +27,7 @@ use prost::Message as _;
 use tracer_common::ShortWaitTotals;
 
 use crate::{
-    model::{
-        ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
-    },
+    model::{ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats},
     report::{
         Provenance, SavedProfile, Weight,
         folded::{TRUNCATED_FRAME, kind_frame},
@@ -101,11 +99,7 @@ impl Builder {
     }
 
     fn function(&mut self, name: &str, system_name: &str, file: &str) -> u64 {
-        let key = (
-            self.string(name),
-            self.string(system_name),
-            self.string(file),
-        );
+        let key = (self.string(name), self.string(system_name), self.string(file));
         if let Some(&id) = self.function_ids.get(&key) {
             return id;
         }
@@ -187,11 +181,7 @@ impl Builder {
             line: key
                 .2
                 .iter()
-                .map(|&(function_id, line)| proto::Line {
-                    function_id,
-                    line,
-                    column: 0,
-                })
+                .map(|&(function_id, line)| proto::Line { function_id, line, column: 0 })
                 .collect(),
             is_folded: false,
         });
@@ -200,33 +190,16 @@ impl Builder {
     }
 
     fn label(&mut self, key: &str, value: &str) -> proto::Label {
-        proto::Label {
-            key: self.string(key),
-            str: self.string(value),
-            num: 0,
-            num_unit: 0,
-        }
+        proto::Label { key: self.string(key), str: self.string(value), num: 0, num_unit: 0 }
     }
 
     fn number_label(&mut self, key: &str, num: u64, unit: &str) -> proto::Label {
-        let num_unit = if unit.is_empty() {
-            0
-        } else {
-            self.string(unit)
-        };
-        proto::Label {
-            key: self.string(key),
-            str: 0,
-            num: num as i64,
-            num_unit,
-        }
+        let num_unit = if unit.is_empty() { 0 } else { self.string(unit) };
+        proto::Label { key: self.string(key), str: 0, num: num as i64, num_unit }
     }
 
     fn value_type(&mut self, kind: &str, unit: &str) -> proto::ValueType {
-        proto::ValueType {
-            r#type: self.string(kind),
-            unit: self.string(unit),
-        }
+        proto::ValueType { r#type: self.string(kind), unit: self.string(unit) }
     }
 }
 
@@ -269,32 +242,20 @@ fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::P
         builder.mapping(main);
     }
     let count_type = count_type(profile.kind);
-    let sample_type = vec![
-        builder.value_type(count_type, "count"),
-        builder.value_type("blocked", "nanoseconds"),
-    ];
+    let sample_type =
+        vec![builder.value_type(count_type, "count"), builder.value_type("blocked", "nanoseconds")];
     let default_sample_type = match weight {
         Weight::Time => "blocked",
         Weight::Count | Weight::Threads => count_type,
     };
-    let samples = profile
-        .stacks
-        .iter()
-        .map(|stack| sample(&mut builder, profile, stack))
-        .collect();
+    let samples = profile.stacks.iter().map(|stack| sample(&mut builder, profile, stack)).collect();
     let comments: Vec<i64> = comments(profile, provenance, main_module.as_deref())
         .iter()
         .map(|comment| builder.string(comment))
         .collect();
     let period_type = Some(builder.value_type(count_type, "count"));
     let default_sample_type = builder.string(default_sample_type);
-    let Builder {
-        strings,
-        functions,
-        mappings,
-        locations,
-        ..
-    } = builder;
+    let Builder { strings, functions, mappings, locations, .. } = builder;
     proto::Profile {
         sample_type,
         sample: samples,
@@ -355,11 +316,7 @@ fn sample(builder: &mut Builder, profile: &Profile, stack: &ProfileStack) -> pro
     }
     label.push(builder.number_label("shortest_wait", stats.min_ns, "nanoseconds"));
     label.push(builder.number_label("longest_wait", stats.max_ns, "nanoseconds"));
-    proto::Sample {
-        location_id,
-        value: vec![count as i64, stats.total_ns as i64],
-        label,
-    }
+    proto::Sample { location_id, value: vec![count as i64, stats.total_ns as i64], label }
 }
 
 fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 8] {
@@ -386,8 +343,13 @@ fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 
 }
 
 /// Counters only a Go profile has: written only when not zero, as in the JSON.
-const GO_ONLY: [&str; 5] =
-    ["go_parks_lost", "go_stacks_lost", "go_waits_lost", "go_runtime_waits_hidden", "runtime_hidden"];
+const GO_ONLY: [&str; 5] = [
+    "go_parks_lost",
+    "go_stacks_lost",
+    "go_waits_lost",
+    "go_runtime_waits_hidden",
+    "runtime_hidden",
+];
 
 fn pairs<'a>(fields: impl IntoIterator<Item = (&'static str, &'a mut u64)>) -> String {
     let pairs: Vec<String> = fields
@@ -430,12 +392,7 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
             .below_threshold
             .iter()
             .map(|(kind, totals)| {
-                format!(
-                    "{} waits={} total_ns={}",
-                    kind.name(),
-                    totals.count,
-                    totals.total_ns
-                )
+                format!("{} waits={} total_ns={}", kind.name(), totals.count, totals.total_ns)
             })
             .collect();
         comments.push(format!("under the threshold: {}", kinds.join(", ")));
@@ -444,11 +401,8 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
         comments.push(format!("endpoint state: {endpoint} = {state}"));
     }
     if !profile.thread_names.is_empty() {
-        let names: Vec<String> = profile
-            .thread_names
-            .iter()
-            .map(|(tid, name)| format!("{tid}={name}"))
-            .collect();
+        let names: Vec<String> =
+            profile.thread_names.iter().map(|(tid, name)| format!("{tid}={name}")).collect();
         comments.push(format!("thread names: {}", shell_words(&names)));
     }
     comments
@@ -460,14 +414,8 @@ fn shell_words(args: &[String]) -> String {
         .iter()
         .map(|arg| {
             let plain = !arg.is_empty()
-                && arg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-            if plain {
-                arg.clone()
-            } else {
-                format!("'{}'", arg.replace('\'', r"'\''"))
-            }
+                && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain { arg.clone() } else { format!("'{}'", arg.replace('\'', r"'\''")) }
         })
         .collect();
     quoted.join(" ")
@@ -553,19 +501,12 @@ impl<'a> Tables<'a> {
             let mut map = HashMap::with_capacity(items.len());
             for item in items {
                 if id(item) == 0 || map.insert(id(item), item).is_some() {
-                    return Err(invalid(format!(
-                        "{what} id {} is zero or repeated",
-                        id(item)
-                    )));
+                    return Err(invalid(format!("{what} id {} is zero or repeated", id(item))));
                 }
             }
             Ok(map)
         }
-        if profile
-            .string_table
-            .first()
-            .is_some_and(|first| !first.is_empty())
-        {
+        if profile.string_table.first().is_some_and(|first| !first.is_empty()) {
             return Err(invalid("string_table[0] is not empty".to_string()));
         }
         Ok(Self {
@@ -585,17 +526,11 @@ impl<'a> Tables<'a> {
     }
 
     fn location(&self, id: u64) -> Result<&'a proto::Location, PprofError> {
-        self.locations
-            .get(&id)
-            .copied()
-            .ok_or_else(|| invalid(format!("no location {id}")))
+        self.locations.get(&id).copied().ok_or_else(|| invalid(format!("no location {id}")))
     }
 
     fn function(&self, id: u64) -> Result<&'a proto::Function, PprofError> {
-        self.functions
-            .get(&id)
-            .copied()
-            .ok_or_else(|| invalid(format!("no function {id}")))
+        self.functions.get(&id).copied().ok_or_else(|| invalid(format!("no function {id}")))
     }
 
     fn module(&self, mapping_id: u64) -> Result<&'a str, PprofError> {
@@ -641,15 +576,10 @@ fn invalid(what: String) -> PprofError {
 
 fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
     let tables = Tables::new(decoded)?;
-    let comments: Vec<&str> = decoded
-        .comment
-        .iter()
-        .map(|&index| tables.string(index))
-        .collect::<Result<_, _>>()?;
+    let comments: Vec<&str> =
+        decoded.comment.iter().map(|&index| tables.string(index)).collect::<Result<_, _>>()?;
     let comment = |key: &str| {
-        comments
-            .iter()
-            .find_map(|comment| comment.strip_prefix(key)?.strip_prefix(": "))
+        comments.iter().find_map(|comment| comment.strip_prefix(key)?.strip_prefix(": "))
     };
     let tracer_version = comment("tracer").ok_or(PprofError::Foreign)?;
     let kind = comment("kind")
@@ -658,9 +588,8 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
     let pid = comment("pid")
         .and_then(|pid| pid.parse().ok())
         .ok_or_else(|| invalid("no \"pid:\" comment".to_string()))?;
-    let min_wait_ns = comment("min wait")
-        .and_then(|text| text.strip_suffix("ns")?.parse().ok())
-        .unwrap_or(0);
+    let min_wait_ns =
+        comment("min wait").and_then(|text| text.strip_suffix("ns")?.parse().ok()).unwrap_or(0);
     let main_module = comment("main module");
 
     let sample_types: Vec<&str> = decoded
@@ -705,10 +634,7 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
                     let mut totals = ShortWaitTotals::default();
                     read_pairs(
                         pairs,
-                        [
-                            ("waits", &mut totals.count),
-                            ("total_ns", &mut totals.total_ns),
-                        ],
+                        [("waits", &mut totals.count), ("total_ns", &mut totals.total_ns)],
                     );
                     if let Some(kind) = parse_wait_kind(kind) {
                         below_threshold.push((kind, totals));
@@ -753,10 +679,7 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
         kernel: comment("kernel").map(str::to_string),
         command_line,
     };
-    Ok(SavedProfile {
-        profile,
-        provenance,
-    })
+    Ok(SavedProfile { profile, provenance })
 }
 
 /// Sets each named field from `name=value` pairs; unknown names are ignored.
@@ -814,10 +737,7 @@ fn read_sample(
     let mut wait_kind = None;
     let mut object = None;
     let mut flags = BTreeSet::new();
-    let mut stats = WaitStats {
-        total_ns,
-        ..WaitStats::default()
-    };
+    let mut stats = WaitStats { total_ns, ..WaitStats::default() };
     for label in &sample.label {
         let key = tables.string(label.key)?;
         let value = tables.string(label.str)?;
@@ -887,24 +807,14 @@ mod tests {
             .iter()
             .find(|location| location.line.len() > 1)
             .expect("a location with inlined frames");
-        let names: Vec<&str> = inlined
-            .line
-            .iter()
-            .map(|line| name(line.function_id))
-            .collect();
+        let names: Vec<&str> = inlined.line.iter().map(|line| name(line.function_id)).collect();
         assert_eq!(
             names,
             ["std::sync::mpmc::array::Channel<T>::send", "app::send_stat"],
             "innermost first, the containing function last"
         );
-        assert_eq!(
-            decoded.string_table[decoded.mapping[0].filename as usize],
-            "/srv/app"
-        );
-        assert_eq!(
-            decoded.string_table[decoded.mapping[0].build_id as usize],
-            "0123456789abcdef"
-        );
+        assert_eq!(decoded.string_table[decoded.mapping[0].filename as usize], "/srv/app");
+        assert_eq!(decoded.string_table[decoded.mapping[0].build_id as usize], "0123456789abcdef");
         let leaf = decoded.sample[1].location_id[0];
         assert_eq!(
             name(decoded.location[leaf as usize - 1].line[0].function_id),
@@ -962,18 +872,13 @@ mod tests {
         let json = |profile: &Profile, provenance: &Provenance| {
             serde_json::to_string_pretty(&to_json(profile, provenance)).unwrap()
         };
-        assert_eq!(
-            json(&saved.profile, &saved.provenance),
-            json(&profile, &fixture_provenance())
-        );
+        assert_eq!(json(&saved.profile, &saved.provenance), json(&profile, &fixture_provenance()));
     }
 
     #[test]
     fn command_lines_split_back_into_their_arguments() {
-        let args: Vec<String> = ["./app", "--name", "two words", "it's", ""]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let args: Vec<String> =
+            ["./app", "--name", "two words", "it's", ""].iter().map(|s| s.to_string()).collect();
         assert_eq!(shell_words(&args), r"./app --name 'two words' 'it'\''s' ''");
         assert_eq!(split_shell_words(&shell_words(&args)), args);
     }
@@ -982,13 +887,9 @@ mod tests {
     fn foreign_and_broken_files_say_why() {
         let message = |bytes: &[u8]| read_pprof(bytes).unwrap_err().to_string();
         let bytes = encode(&fixture_profile());
-        assert_eq!(
-            message(&bytes[..bytes.len() / 2]),
-            "truncated or corrupt gzip data"
-        );
+        assert_eq!(message(&bytes[..bytes.len() / 2]), "truncated or corrupt gzip data");
         let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
-        gzip.write_all(&proto::Profile::default().encode_to_vec())
-            .unwrap();
+        gzip.write_all(&proto::Profile::default().encode_to_vec()).unwrap();
         assert_eq!(
             message(&gzip.finish().unwrap()),
             "a pprof profile not written by tracer (no \"tracer:\" comment)"

@@ -23,11 +23,7 @@ fn seeds(extension: &str) -> Vec<Vec<u8>> {
         .map(|path| std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
         .collect();
     seeds.sort();
-    assert!(
-        !seeds.is_empty(),
-        "no *{extension} seeds in {}",
-        dir.display()
-    );
+    assert!(!seeds.is_empty(), "no *{extension} seeds in {}", dir.display());
     seeds
 }
 
@@ -52,9 +48,7 @@ fn read_and_render(bytes: &[u8]) {
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .expect("seed is gzip");
+    GzDecoder::new(bytes).read_to_end(&mut out).expect("seed is gzip");
     out
 }
 
@@ -98,10 +92,7 @@ fn replace_value(value: &mut serde_json::Value, mut path: usize, replacement: &s
     }
     path /= 4;
     let count = children.len();
-    let child = children
-        .into_iter()
-        .nth(path % count)
-        .expect("index within bounds");
+    let child = children.into_iter().nth(path % count).expect("index within bounds");
     replace_value(child, path / count.max(1), replacement);
 }
 

@@ -1,10 +1,7 @@
 //! The table printed at the end of a recording: the call sites where threads spent the
 //! most time blocked, what was under the threshold, and what the tracing saw and lost.
 
-use std::{
-    collections::HashMap,
-    fmt::Write as _,
-};
+use std::{collections::HashMap, fmt::Write as _};
 
 use tracer_common::WaitKind;
 
@@ -28,15 +25,10 @@ pub struct SiteRow {
 pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
     let mut by_site: HashMap<(String, WaitKind), WaitStats> = HashMap::new();
     for stack in profile.stacks.iter().filter(|stack| stack.in_progress == in_progress) {
-        by_site
-            .entry((site_label(stack), stack.kind))
-            .or_default()
-            .merge(&stack.stats);
+        by_site.entry((site_label(stack), stack.kind)).or_default().merge(&stack.stats);
     }
-    let mut rows: Vec<SiteRow> = by_site
-        .into_iter()
-        .map(|((site, kind), stats)| SiteRow { site, kind, stats })
-        .collect();
+    let mut rows: Vec<SiteRow> =
+        by_site.into_iter().map(|((site, kind), stats)| SiteRow { site, kind, stats }).collect();
     let weight = |row: &SiteRow| {
         if in_progress { row.stats.threads.len() as u64 } else { row.stats.total_ns }
     };
@@ -78,7 +70,11 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                 profile.pid,
                 format_duration(profile.duration.as_nanos() as u64),
                 format_duration(profile.min_wait.as_nanos() as u64),
-                if profile.target_exited { "; the process exited during the recording" } else { "" },
+                if profile.target_exited {
+                    "; the process exited during the recording"
+                } else {
+                    ""
+                },
             );
             write_completed_table(&mut out, &top_sites(profile, false), top);
             let stuck = top_sites(profile, true);
@@ -232,10 +228,9 @@ pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
         let Some(object) = stack.object.as_deref().filter(|_| kinds.contains(&stack.kind)) else {
             continue;
         };
-        let row = rows.entry(object).or_insert_with(|| ObjectRow {
-            object: object.to_string(),
-            ..ObjectRow::default()
-        });
+        let row = rows
+            .entry(object)
+            .or_insert_with(|| ObjectRow { object: object.to_string(), ..ObjectRow::default() });
         if !row.kinds.contains(&stack.kind) {
             row.kinds.push(stack.kind);
         }
@@ -390,7 +385,10 @@ fn write_counts(out: &mut String, profile: &Profile) {
             &[
                 format!("{} blocked in waits", threads.blocked_in_waits),
                 format!("{} running or blocked elsewhere", threads.elsewhere),
-                format!("{} exited and {} woke while read", threads.exited_while_read, threads.woke_while_read),
+                format!(
+                    "{} exited and {} woke while read",
+                    threads.exited_while_read, threads.woke_while_read
+                ),
                 format!("{} unreadable", threads.unreadable),
                 format!("{} without saved rbp", threads.frame_pointer_unknown),
             ],
@@ -552,20 +550,26 @@ mod tests {
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),
             target_exited: false,
-            stacks: vec![
-                handler(1),
-                handler(2),
-                inlined_elsewhere,
-                sender,
-                stuck_sender,
-            ],
-            below_threshold: vec![(WaitKind::Futex, ShortWaitTotals { count: 7, total_ns: 700_000 })],
+            stacks: vec![handler(1), handler(2), inlined_elsewhere, sender, stuck_sender],
+            below_threshold: vec![(
+                WaitKind::Futex,
+                ShortWaitTotals { count: 7, total_ns: 700_000 },
+            )],
             counts: TraceCounts { long_waits: 4, ..TraceCounts::default() },
-            thread_counts: ThreadCounts { threads: 5, blocked_in_waits: 1, elsewhere: 4, ..ThreadCounts::default() },
-            endpoint_states: [("10.0.0.5:80".to_string(), "send buffer full (4608/4608 bytes), peer window zero".to_string())].into(),
+            thread_counts: ThreadCounts {
+                threads: 5,
+                blocked_in_waits: 1,
+                elsewhere: 4,
+                ..ThreadCounts::default()
+            },
+            endpoint_states: [(
+                "10.0.0.5:80".to_string(),
+                "send buffer full (4608/4608 bytes), peer window zero".to_string(),
+            )]
+            .into(),
             thread_names: Default::default(),
-        wakers: Vec::new(),
-        modules: Default::default(),
+            wakers: Vec::new(),
+            modules: Default::default(),
         }
     }
 
@@ -620,7 +624,10 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         }
         let text = render_summary(&snapshot, 10);
         let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("app (pid 4242): 5 threads, 1 blocked in futex or socket waits now"));
+        assert_eq!(
+            lines.next(),
+            Some("app (pid 4242): 5 threads, 1 blocked in futex or socket waits now")
+        );
         assert_eq!(lines.next(), Some("THREADS  KIND      YOUNGEST     OLDEST  CALL SITE"));
         assert_eq!(lines.next(), Some("      3  futex       40.0ms     40.0ms  app::send_stat"));
         assert!(text.contains("threads @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"));

@@ -74,10 +74,7 @@ impl Collector {
 
     pub fn malformed_records(&self) -> u64 {
         self.earlier_malformed
-            + self
-                .decoder
-                .as_ref()
-                .map_or(0, |decoder| decoder.malformed_records)
+            + self.decoder.as_ref().map_or(0, |decoder| decoder.malformed_records)
     }
 
     /// Adds `wait` to `aggregate` unless that would take it past its stack cap.
@@ -110,17 +107,9 @@ impl WaitSink for Collector {
         if decoder.objects.endpoint_states.len() > MAX_ENDPOINT_STATES {
             decoder.objects.endpoint_states.clear();
         }
-        let Self {
-            windows,
-            metrics_window,
-            stacks_dropped,
-            ..
-        } = self;
+        let Self { windows, metrics_window, stacks_dropped, .. } = self;
         // The metrics only need kind, site and object: no wakers.
-        let for_metrics = Wait {
-            waker: None,
-            ..wait.clone()
-        };
+        let for_metrics = Wait { waker: None, ..wait.clone() };
         Self::add_capped(metrics_window, for_metrics, stacks_dropped);
         for window in windows.values_mut() {
             Self::add_capped(&mut window.aggregate, wait.clone(), stacks_dropped);

@@ -18,10 +18,10 @@ use super::{
 };
 use crate::{
     model::ProfileKind,
-    probes::{ProbeConfig, Probes},
-    probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
-    stacks::{ProcessImage, ProcessUnwinder},
     pipeline::target::{Target, TargetError},
+    probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
+    probes::{ProbeConfig, Probes},
+    stacks::{ProcessImage, ProcessUnwinder},
 };
 
 /// How often /proc is searched for a process with the followed name.
@@ -89,19 +89,14 @@ pub async fn run(
                 continue;
             }
             Err(err) => {
-                return Err(err.context(format!(
-                    "cannot attach to pid {} ({})",
-                    target.pid, target.comm
-                )));
+                return Err(
+                    err.context(format!("cannot attach to pid {} ({})", target.pid, target.comm))
+                );
             }
         };
         match wanted {
             Wanted::Comm(name) => {
-                log::info!(
-                    "following {name}: attached to pid {} ({})",
-                    target.pid,
-                    target.comm
-                );
+                log::info!("following {name}: attached to pid {} ({})", target.pid, target.comm);
             }
             Wanted::Pid(_) => log::info!("attached to pid {} ({})", target.pid, target.comm),
         }
@@ -148,17 +143,10 @@ async fn attach(
     let unwinder = ProcessUnwinder::new(pid, image("unwinding")?);
     shared
         .worker
-        .attach(
-            generation,
-            pid,
-            image("unwinding blocked threads")?,
-            image("symbolizing")?,
-        )
+        .attach(generation, pid, image("unwinding blocked threads")?, image("symbolizing")?)
         .await;
-    let mut probes = Probes::open(
-        ProbeConfig { tgid: pid, min_wait, maps: Default::default() },
-        btf_path,
-    )?;
+    let mut probes =
+        Probes::open(ProbeConfig { tgid: pid, min_wait, maps: Default::default() }, btf_path)?;
     probes.attach_wait_probes()?;
     let rings = RingBuffers::take(&mut probes)?;
     {

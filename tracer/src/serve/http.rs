@@ -20,8 +20,8 @@ use super::{
 };
 use crate::{
     model::{Profile, ProfileKind},
-    pipeline::own_usage::ProcessUsage,
     pipeline::counts::below_threshold,
+    pipeline::own_usage::ProcessUsage,
     report::{Provenance, Weight, pprof::write_pprof, summary::render_summary},
 };
 
@@ -114,10 +114,7 @@ async fn respond<B>(shared: &Shared, windows: &Arc<Semaphore>, request: Request<
             Err(message) => Ok(text(StatusCode::BAD_REQUEST, message)),
         },
         "/debug/pprof/threads" => threads(shared, param(query, "debug")).await,
-        path => Ok(text(
-            StatusCode::NOT_FOUND,
-            format!("{path}: no such endpoint\n\n{INDEX}"),
-        )),
+        path => Ok(text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint\n\n{INDEX}"))),
     };
     reply.unwrap_or_else(|err| {
         log::info!("{}: {err}", request.uri());
@@ -220,18 +217,12 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         return Err(ServeError::Worker(super::worker::WorkerError::Busy));
     };
     let mark = shared.counts_mark();
-    let window = OpenWindow {
-        shared,
-        id: lock(&shared.collector).open_window(),
-    };
+    let window = OpenWindow { shared, id: lock(&shared.collector).open_window() };
     let started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (generation, closed) = {
         let mut collector = lock(&shared.collector);
-        (
-            collector.generation,
-            collector.close_window(window.id).unwrap_or_default(),
-        )
+        (collector.generation, collector.close_window(window.id).unwrap_or_default())
     };
     let now = shared.counts_mark();
     let mut base = shared.base_profile(ProfileKind::Recording, started.elapsed());
@@ -240,11 +231,7 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         base.counts = counts;
         base.below_threshold = below_threshold(&short_waits);
     }
-    let super::collector::Window {
-        aggregate,
-        earlier,
-        lost_waits,
-    } = closed;
+    let super::collector::Window { aggregate, earlier, lost_waits } = closed;
     if lost_waits > 0 {
         // Not in the profile: its counts have no field for it (see
         // tracer_lost_events_total{reason="block_window"}).
@@ -265,11 +252,7 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
     log::info!(
         "block profile: {seconds}s, {} stacks, {} waits",
         profile.stacks.len(),
-        profile
-            .stacks
-            .iter()
-            .map(|stack| stack.stats.waits)
-            .sum::<u64>()
+        profile.stacks.iter().map(|stack| stack.stats.waits).sum::<u64>()
     );
     pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await
 }
@@ -317,12 +300,7 @@ mod tests {
         assert_eq!(parse_seconds(Some("2")), Ok(2));
         assert_eq!(parse_seconds(Some("100000")), Ok(MAX_SECONDS));
         for bad in ["0", "-1", "abc", "", "1.5"] {
-            assert!(
-                parse_seconds(Some(bad))
-                    .unwrap_err()
-                    .contains("whole number"),
-                "{bad}"
-            );
+            assert!(parse_seconds(Some(bad)).unwrap_err().contains("whole number"), "{bad}");
         }
     }
 

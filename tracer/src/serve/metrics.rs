@@ -43,11 +43,7 @@ impl SeriesLabels {
     }
 
     fn folded(&self) -> Self {
-        Self {
-            kind: self.kind.clone(),
-            site: OTHER_SITE.to_string(),
-            object: String::new(),
-        }
+        Self { kind: self.kind.clone(), site: OTHER_SITE.to_string(), object: String::new() }
     }
 }
 
@@ -71,12 +67,7 @@ pub struct CappedSeries<V> {
 
 impl<V: Default> CappedSeries<V> {
     pub fn new(max_series: usize) -> Self {
-        Self {
-            max_series,
-            series: HashMap::new(),
-            own_series: 0,
-            folded: HashSet::new(),
-        }
+        Self { max_series, series: HashMap::new(), own_series: 0, folded: HashSet::new() }
     }
 
     /// The value of `labels`, or of its kind's `other` series when the table is full.
@@ -144,12 +135,7 @@ pub struct Scrape<'a> {
 
 /// The OpenMetrics text of one scrape.
 pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
-    let Scrape {
-        blocked,
-        waits,
-        tracer,
-        usage,
-    } = scrape;
+    let Scrape { blocked, waits, tracer, usage } = scrape;
     let mut registry = Registry::default();
 
     let blocked_threads = Family::<SeriesLabels, Gauge>::default();
@@ -166,14 +152,10 @@ pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
     );
     if let Some(blocked) = blocked {
         for (labels, &threads) in &blocked.series {
-            blocked_threads
-                .get_or_create(labels)
-                .set(clamp_i64(threads));
+            blocked_threads.get_or_create(labels).set(clamp_i64(threads));
         }
         folded
-            .get_or_create(&MetricLabel {
-                metric: "tracer_blocked_threads".into(),
-            })
+            .get_or_create(&MetricLabel { metric: "tracer_blocked_threads".into() })
             .set(clamp_i64(blocked.folded() as u64));
     }
 
@@ -190,15 +172,11 @@ pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
         wait_count.clone(),
     );
     for (labels, totals) in &waits.series {
-        wait_seconds
-            .get_or_create(labels)
-            .inc_by(totals.total_ns as f64 / 1e9);
+        wait_seconds.get_or_create(labels).inc_by(totals.total_ns as f64 / 1e9);
         wait_count.get_or_create(labels).inc_by(totals.waits);
     }
     folded
-        .get_or_create(&MetricLabel {
-            metric: "tracer_waits_total".into(),
-        })
+        .get_or_create(&MetricLabel { metric: "tracer_waits_total".into() })
         .set(clamp_i64(waits.folded() as u64));
 
     let events = Counter::<u64>::default();
@@ -211,10 +189,7 @@ pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
     let lost = Family::<ReasonLabel, Counter>::default();
     registry.register("tracer_lost_events", "Events lost, by reason", lost.clone());
     for &(reason, count) in &tracer.lost {
-        lost.get_or_create(&ReasonLabel {
-            reason: reason.to_string(),
-        })
-        .inc_by(count);
+        lost.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc_by(count);
     }
     let cpu = Counter::<f64, AtomicU64>::default();
     registry.register(
@@ -255,11 +230,7 @@ mod tests {
     use super::*;
 
     fn labels(site: &str) -> SeriesLabels {
-        SeriesLabels {
-            kind: "futex".into(),
-            site: site.into(),
-            object: String::new(),
-        }
+        SeriesLabels { kind: "futex".into(), site: site.into(), object: String::new() }
     }
 
     #[test]
@@ -282,16 +253,10 @@ mod tests {
     #[test]
     fn render_names_the_series_with_their_labels() {
         let mut waits = WaitSeries::new(10);
-        *waits.entry(labels("app::send_stat")) = WaitTotals {
-            waits: 3,
-            total_ns: 1_500_000_000,
-        };
+        *waits.entry(labels("app::send_stat")) = WaitTotals { waits: 3, total_ns: 1_500_000_000 };
         let mut blocked = CappedSeries::<u64>::new(10);
         *blocked.entry(labels("app::send_stat")) = 32;
-        let tracer = TracerTotals {
-            events: 7,
-            lost: vec![("ring_buffer_full", 2)],
-        };
+        let tracer = TracerTotals { events: 7, lost: vec![("ring_buffer_full", 2)] };
         let text = render(&Scrape {
             blocked: Some(&blocked),
             waits: &waits,
@@ -313,10 +278,7 @@ mod tests {
             "tracer_resident_memory_bytes 4096",
             r#"tracer_folded_series{metric="tracer_waits_total"} 0"#,
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "no line {line} in:\n{text}"
-            );
+            assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
         }
     }
 }

@@ -25,12 +25,12 @@ use tokio::{
 use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
 
 use crate::{
-    model::{Profile, ProfileKind, TraceCounts},
-    threads::blocked_now::SavedFramePointers,
     cli::ServeArgs,
-    probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
+    model::{Profile, ProfileKind, TraceCounts},
     pipeline::counts::trace_counts,
     pipeline::target,
+    probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
+    threads::blocked_now::SavedFramePointers,
 };
 
 pub use follow::Wanted;
@@ -45,13 +45,7 @@ const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
 const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs {
-        pid,
-        comm,
-        listen,
-        min_wait,
-        max_series,
-    } = args;
+    let ServeArgs { pid, comm, listen, min_wait, max_series } = args;
     let wanted = match (pid, comm) {
         (Some(pid), _) => Wanted::Pid(pid),
         (None, Some(name)) => Wanted::Comm(name),
@@ -62,12 +56,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::pipeline::target::Target::open(pid)?;
     }
     let btf_path = target::btf_path()?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
+    let listener =
+        TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr().context("cannot read the listening address")?;
     if !local.ip().is_loopback() {
         log::warn!(
             "listening on {local}, which is not a loopback address: whoever reaches it can read \
@@ -112,9 +103,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Locks a mutex, taking the data even if a panicking thread poisoned it: every
 /// critical section leaves the data consistent.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The attached process and its probes.
@@ -175,9 +164,7 @@ impl Shared {
 
     /// The pid, name and generation of the attached process.
     pub fn attached_process(&self) -> Option<(u32, String, u64)> {
-        lock(&self.attached)
-            .as_ref()
-            .map(|a| (a.pid, a.comm.clone(), a.generation))
+        lock(&self.attached).as_ref().map(|a| (a.pid, a.comm.clone(), a.generation))
     }
 
     /// The current attachment's counters: what its probes and the decoder saw.
@@ -203,11 +190,7 @@ impl Shared {
             decoder.malformed_records,
             decoder.wakers_evicted,
         );
-        Some(CountsMark {
-            generation,
-            counts,
-            short_waits,
-        })
+        Some(CountsMark { generation, counts, short_waits })
     }
 
     /// An empty profile of `kind` about the attached process (or the one wanted).
@@ -231,11 +214,7 @@ impl Shared {
         let (pid, generation, probes) = {
             let attached = lock(&self.attached);
             let attached = attached.as_ref().ok_or(ServeError::NotAttached)?;
-            (
-                attached.pid,
-                attached.generation,
-                Arc::clone(&attached.probes),
-            )
+            (attached.pid, attached.generation, Arc::clone(&attached.probes))
         };
         // The task iterator walks every task on the host: off the runtime's threads.
         let (known_starts, frame_pointers) = tokio::task::spawn_blocking(move || {
@@ -248,10 +227,7 @@ impl Shared {
         .map_err(ServeError::Sampling)?
         .map_err(ServeError::Probes)?;
         let base = self.base_profile(ProfileKind::Snapshot, Duration::ZERO);
-        Ok(self
-            .worker
-            .blocked_now(generation, base, known_starts, frame_pointers)
-            .await?)
+        Ok(self.worker.blocked_now(generation, base, known_starts, frame_pointers).await?)
     }
 
     /// The threads blocked now, as /metrics series: sampled at most once per
@@ -267,11 +243,8 @@ impl Shared {
         }
         let snapshot = self.blocked_now().await?;
         let series = Arc::new(metrics::blocked_series(&snapshot, self.max_series));
-        *sample = Some(BlockedSample {
-            generation,
-            taken: Instant::now(),
-            series: Arc::clone(&series),
-        });
+        *sample =
+            Some(BlockedSample { generation, taken: Instant::now(), series: Arc::clone(&series) });
         Ok(series)
     }
 
@@ -285,10 +258,7 @@ impl Shared {
             if collector.metrics_window.stacks.is_empty() {
                 return;
             }
-            (
-                collector.generation,
-                std::mem::take(&mut collector.metrics_window),
-            )
+            (collector.generation, std::mem::take(&mut collector.metrics_window))
         };
         let waits = collector::waits_in(&window);
         let base = self.base_profile(ProfileKind::Recording, Duration::ZERO);
@@ -304,9 +274,7 @@ impl Shared {
     /// The probe counters over every attachment.
     pub fn total_counters(&self) -> ProbeCounters {
         let mut total = *lock(&self.earlier_counters);
-        let probes = lock(&self.attached)
-            .as_ref()
-            .map(|attached| Arc::clone(&attached.probes));
+        let probes = lock(&self.attached).as_ref().map(|attached| Arc::clone(&attached.probes));
         if let Some(probes) = probes
             && let Ok(counters) = lock(&probes).counters()
         {
@@ -325,10 +293,7 @@ impl Shared {
             events: collector.records_read,
             lost: vec![
                 ("ring_buffer_full", counters.get(Counter::RingBufferFull)),
-                (
-                    "wake_ring_buffer_full",
-                    counters.get(Counter::WakeRingBufferFull),
-                ),
+                ("wake_ring_buffer_full", counters.get(Counter::WakeRingBufferFull)),
                 ("in_flight_map_full", counters.get(Counter::InFlightMapFull)),
                 ("stack_unreadable", counters.get(Counter::StackUnreadable)),
                 ("malformed_record", collector.malformed_records()),
@@ -397,16 +362,10 @@ mod tests {
 
     fn mark(generation: u64, long_waits: u64, short_count: u64) -> CountsMark {
         let mut short_waits = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
-        short_waits[0] = ShortWaitTotals {
-            count: short_count,
-            total_ns: short_count * 10,
-        };
+        short_waits[0] = ShortWaitTotals { count: short_count, total_ns: short_count * 10 };
         CountsMark {
             generation,
-            counts: TraceCounts {
-                long_waits,
-                ..TraceCounts::default()
-            },
+            counts: TraceCounts { long_waits, ..TraceCounts::default() },
             short_waits,
         }
     }

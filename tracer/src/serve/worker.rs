@@ -16,10 +16,10 @@ use tokio::sync::{
 
 use crate::{
     model::{Profile, WaitAggregate},
-    threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
+    objects::WaitObjects,
     objects::locks::LockNamer,
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UNKNOWN_FRAME},
-    objects::WaitObjects,
+    threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
 };
 
 /// Jobs waiting for the worker beyond the one it runs. Snapshots past that are refused
@@ -87,9 +87,7 @@ pub struct Worker {
 impl Worker {
     pub fn start() -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        std::thread::Builder::new()
-            .name("tracer-symbolize".into())
-            .spawn(move || run(queue))?;
+        std::thread::Builder::new().name("tracer-symbolize".into()).spawn(move || run(queue))?;
         Ok(Self { jobs })
     }
 
@@ -101,15 +99,7 @@ impl Worker {
         unwind_image: ProcessImage,
         symbol_image: ProcessImage,
     ) {
-        let _ = self
-            .jobs
-            .send(Job::Attach {
-                generation,
-                pid,
-                unwind_image,
-                symbol_image,
-            })
-            .await;
+        let _ = self.jobs.send(Job::Attach { generation, pid, unwind_image, symbol_image }).await;
     }
 
     pub async fn detach(&self) {
@@ -126,12 +116,7 @@ impl Worker {
     ) -> Result<Profile, WorkerError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job::Symbolize {
-                generation,
-                aggregate,
-                base,
-                reply,
-            })
+            .send(Job::Symbolize { generation, aggregate, base, reply })
             .await
             .map_err(|_| WorkerError::Stopped)?;
         answer.await.map_err(|_| WorkerError::Stopped)?
@@ -148,13 +133,7 @@ impl Worker {
     ) -> Result<Profile, WorkerError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .try_send(Job::BlockedNow {
-                generation,
-                base,
-                known_starts,
-                frame_pointers,
-                reply,
-            })
+            .try_send(Job::BlockedNow { generation, base, known_starts, frame_pointers, reply })
             .map_err(|err| match err {
                 TrySendError::Full(_) => WorkerError::Busy,
                 TrySendError::Closed(_) => WorkerError::Stopped,
@@ -181,12 +160,7 @@ fn run(mut queue: mpsc::Receiver<Job>) {
     let mut attached: Option<Attachment> = None;
     while let Some(job) = queue.blocking_recv() {
         match job {
-            Job::Attach {
-                generation,
-                pid,
-                unwind_image,
-                symbol_image,
-            } => {
+            Job::Attach { generation, pid, unwind_image, symbol_image } => {
                 attached = Some(Attachment {
                     generation,
                     pid,
@@ -199,12 +173,7 @@ fn run(mut queue: mpsc::Receiver<Job>) {
                 });
             }
             Job::Detach => attached = None,
-            Job::Symbolize {
-                generation,
-                aggregate,
-                base,
-                reply,
-            } => {
+            Job::Symbolize { generation, aggregate, base, reply } => {
                 let profile = match attached.as_mut() {
                     Some(attachment) if attachment.generation == generation => {
                         Ok(symbolize(attachment, aggregate, base))
@@ -213,13 +182,7 @@ fn run(mut queue: mpsc::Receiver<Job>) {
                 };
                 let _ = reply.send(profile);
             }
-            Job::BlockedNow {
-                generation,
-                base,
-                known_starts,
-                frame_pointers,
-                reply,
-            } => {
+            Job::BlockedNow { generation, base, known_starts, frame_pointers, reply } => {
                 let profile = match attached.as_mut() {
                     Some(attachment) if attachment.generation == generation => {
                         blocked_now(attachment, base, &known_starts, &frame_pointers)
@@ -234,12 +197,7 @@ fn run(mut queue: mpsc::Receiver<Job>) {
 
 fn symbolize(attachment: &mut Attachment, aggregate: WaitAggregate, base: Profile) -> Profile {
     refresh_image_for(attachment, &aggregate);
-    let Attachment {
-        image,
-        symbolizer,
-        locks,
-        ..
-    } = attachment;
+    let Attachment { image, symbolizer, locks, .. } = attachment;
     let mut profile = aggregate.into_profile(base, image, symbolizer, locks);
     // The symbolizer's own count covers its cache misses only: a later window showing
     // cached [unknown] frames would report none.
@@ -250,17 +208,9 @@ fn symbolize(attachment: &mut Attachment, aggregate: WaitAggregate, base: Profil
 /// Picks up libraries mapped since the image was taken (dlopen after attach) when a
 /// stack of `aggregate` reaches outside every known module; at most once a second.
 fn refresh_image_for(attachment: &mut Attachment, aggregate: &WaitAggregate) {
-    let Attachment {
-        pid,
-        image,
-        last_image_refresh,
-        ..
-    } = attachment;
-    let outside = |addresses: &[u64]| {
-        addresses
-            .iter()
-            .any(|&address| image.module_for(address).is_none())
-    };
+    let Attachment { pid, image, last_image_refresh, .. } = attachment;
+    let outside =
+        |addresses: &[u64]| addresses.iter().any(|&address| image.module_for(address).is_none());
     let reaches_outside = aggregate.stacks.keys().any(|key| outside(&key.addresses))
         || aggregate
             .wakers
@@ -345,9 +295,7 @@ mod tests {
             .expect("the fixture's truncated stack");
         profile.stacks.push(again);
         assert_eq!(unknown_addresses(&profile), 1);
-        profile
-            .stacks
-            .retain(|stack| stack.frames.iter().all(|frame| frame.name != UNKNOWN_FRAME));
+        profile.stacks.retain(|stack| stack.frames.iter().all(|frame| frame.name != UNKNOWN_FRAME));
         assert_eq!(unknown_addresses(&profile), 0);
     }
 }

@@ -8,14 +8,14 @@
 //! x86_64 only.
 
 mod process_image;
+mod process_unwinder;
 mod symbolize;
 mod unwind;
-mod process_unwinder;
 
 pub use process_image::{Module, ProcessImage};
+pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
 pub use symbolize::{Frame, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME};
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
-pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
 
 #[cfg(test)]
 mod tests;

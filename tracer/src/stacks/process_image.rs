@@ -110,10 +110,7 @@ pub struct Module {
 impl Module {
     /// The file name, e.g. "libc.so.6".
     pub fn name(&self) -> &str {
-        self.path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .unwrap_or(VDSO_NAME)
+        self.path.file_name().and_then(|name| name.to_str()).unwrap_or(VDSO_NAME)
     }
 
     /// A path to the kept-open file that stays valid while this module lives, even after the
@@ -129,10 +126,7 @@ impl Module {
 
     /// The bytes of one section of the file, shared with the module.
     pub(crate) fn section_bytes(&self, section: &SectionLocation) -> SectionBytes {
-        SectionBytes {
-            file: Arc::clone(&self.file),
-            range: section.file_range.clone(),
-        }
+        SectionBytes { file: Arc::clone(&self.file), range: section.file_range.clone() }
     }
 
     /// The whole file's bytes (for its symbol tables).
@@ -193,10 +187,7 @@ struct FileIdentity {
 
 impl FileIdentity {
     fn of(metadata: &std::fs::Metadata) -> Self {
-        Self {
-            dev: metadata.dev(),
-            inode: metadata.ino(),
-        }
+        Self { dev: metadata.dev(), inode: metadata.ino() }
     }
 }
 
@@ -232,9 +223,7 @@ pub(crate) fn load_bias(
         .filter(covers)
         .find(|segment| segment.executable == mapping_executable)
         .or_else(|| segments.iter().find(covers))?;
-    let svma = segment
-        .vaddr
-        .wrapping_add(mapping_offset.wrapping_sub(segment.file_offset));
+    let svma = segment.vaddr.wrapping_add(mapping_offset.wrapping_sub(segment.file_offset));
     Some(mapping_start.wrapping_sub(svma))
 }
 
@@ -289,10 +278,8 @@ fn read_maps(pid: u32) -> Result<Vec<MapsEntry>, ImageError> {
     text.lines()
         .filter(|line| !line.is_empty())
         .map(|line| {
-            parse_maps_line(line).ok_or_else(|| ImageError::MalformedMaps {
-                pid,
-                line: line.to_owned(),
-            })
+            parse_maps_line(line)
+                .ok_or_else(|| ImageError::MalformedMaps { pid, line: line.to_owned() })
         })
         .collect()
 }
@@ -306,12 +293,8 @@ impl ProcessImage {
         let exe_identity = std::fs::metadata(format!("/proc/{pid}/exe"))
             .ok()
             .map(|metadata| FileIdentity::of(&metadata));
-        let mut image = ProcessImage {
-            pid,
-            exe_identity,
-            modules: Vec::new(),
-            mappings: Vec::new(),
-        };
+        let mut image =
+            ProcessImage { pid, exe_identity, modules: Vec::new(), mappings: Vec::new() };
         let entries = read_maps(pid)?;
         image.add_new_modules(&entries);
         image.mappings = entries;
@@ -354,9 +337,7 @@ impl ProcessImage {
 
     /// The module whose executable mapping covers this address.
     pub fn module_for(&self, addr: u64) -> Option<&Module> {
-        let after = self
-            .modules
-            .partition_point(|module| module.avma_range.start <= addr);
+        let after = self.modules.partition_point(|module| module.avma_range.start <= addr);
         let module = self.modules.get(after.checked_sub(1)?)?;
         module.avma_range.contains(&addr).then_some(module)
     }
@@ -372,10 +353,7 @@ impl ProcessImage {
         let mut open_files: HashMap<(String, u64), Arc<ModuleFile>> = HashMap::new();
         for module in &self.modules {
             open_files.insert(
-                (
-                    module.path.to_string_lossy().into_owned(),
-                    module.file.identity.inode,
-                ),
+                (module.path.to_string_lossy().into_owned(), module.file.identity.inode),
                 Arc::clone(&module.file),
             );
         }
@@ -436,11 +414,8 @@ impl ProcessImage {
     }
 
     fn load_file(&self, entry: &MapsEntry, is_vdso: bool) -> Result<ModuleFile, ModuleLoadError> {
-        let file = if is_vdso {
-            copy_vdso(self.pid, entry)?
-        } else {
-            open_mapped_file(self.pid, entry)?
-        };
+        let file =
+            if is_vdso { copy_vdso(self.pid, entry)? } else { open_mapped_file(self.pid, entry)? };
         ModuleFile::parse(file, &entry.path)
     }
 }
@@ -453,15 +428,11 @@ fn open_mapped_file(pid: u32, entry: &MapsEntry) -> Result<File, ModuleLoadError
         return Ok(file);
     }
     let by_root = Path::new(&format!("/proc/{pid}/root")).join(entry.path.trim_start_matches('/'));
-    let file = File::open(&by_root).map_err(|source| ModuleLoadError::Open {
-        path: entry.path.clone(),
-        source,
-    })?;
+    let file = File::open(&by_root)
+        .map_err(|source| ModuleLoadError::Open { path: entry.path.clone(), source })?;
     let inode = file.metadata().map(|metadata| metadata.ino()).ok();
     if entry.deleted || inode != Some(entry.inode) {
-        return Err(ModuleLoadError::Replaced {
-            path: entry.path.clone(),
-        });
+        return Err(ModuleLoadError::Replaced { path: entry.path.clone() });
     }
     Ok(file)
 }
@@ -489,18 +460,11 @@ fn copy_vdso(pid: u32, entry: &MapsEntry) -> Result<File, ModuleLoadError> {
 
 impl ModuleFile {
     fn parse(file: File, path: &str) -> Result<Self, ModuleLoadError> {
-        let map_error = |source| ModuleLoadError::Map {
-            path: path.to_owned(),
-            source,
-        };
+        let map_error = |source| ModuleLoadError::Map { path: path.to_owned(), source };
         let metadata = file.metadata().map_err(map_error)?;
         let bytes = MappedBytes::map(&file, metadata.len()).map_err(map_error)?;
-        let elf = ElfFile64::<object::Endianness>::parse(&*bytes).map_err(|source| {
-            ModuleLoadError::NotElf {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+        let elf = ElfFile64::<object::Endianness>::parse(&*bytes)
+            .map_err(|source| ModuleLoadError::NotElf { path: path.to_owned(), source })?;
         let endian = elf.endian();
         let load_segments = elf
             .elf_program_headers()
@@ -533,13 +497,7 @@ impl ModuleFile {
             got: section(".got"),
         };
         drop(elf);
-        Ok(Self {
-            identity: FileIdentity::of(&metadata),
-            file,
-            bytes,
-            load_segments,
-            sections,
-        })
+        Ok(Self { identity: FileIdentity::of(&metadata), file, bytes, load_segments, sections })
     }
 }
 
@@ -575,10 +533,7 @@ impl MappedBytes {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
+        Ok(Self { ptr: ptr.cast(), len })
     }
 }
 
@@ -606,12 +561,7 @@ mod tests {
     use super::*;
 
     fn segment(file_offset: u64, vaddr: u64, file_size: u64, executable: bool) -> LoadSegment {
-        LoadSegment {
-            file_offset,
-            vaddr,
-            file_size,
-            executable,
-        }
+        LoadSegment { file_offset, vaddr, file_size, executable }
     }
 
     #[test]
@@ -623,31 +573,19 @@ mod tests {
             segment(0x17d000, 0x17d000, 0x4f000, false),
         ];
         let start = 0x7f00_1234_5000 + 0x28000;
-        assert_eq!(
-            load_bias(start, 0x28000, true, &segments),
-            Some(0x7f00_1234_5000)
-        );
+        assert_eq!(load_bias(start, 0x28000, true, &segments), Some(0x7f00_1234_5000));
     }
 
     #[test]
     fn bias_when_vaddr_and_offset_differ() {
         // lld-style layout: the text segment's vaddr is a page above its file offset.
-        let segments = [
-            segment(0, 0, 0x1234, false),
-            segment(0x1234, 0x2234, 0x5000, true),
-        ];
+        let segments = [segment(0, 0, 0x1234, false), segment(0x1234, 0x2234, 0x5000, true)];
         // The kernel maps from the page holding p_offset: offset 0x1000 at start, which is
         // vaddr 0x2000.
         let start = 0x5555_0000_2000;
-        assert_eq!(
-            load_bias(start, 0x1000, true, &segments),
-            Some(0x5555_0000_0000)
-        );
+        assert_eq!(load_bias(start, 0x1000, true, &segments), Some(0x5555_0000_0000));
         // The read-only mapping of the same page resolves through the first segment.
-        assert_eq!(
-            load_bias(0x5555_0000_0000, 0, false, &segments),
-            Some(0x5555_0000_0000)
-        );
+        assert_eq!(load_bias(0x5555_0000_0000, 0, false, &segments), Some(0x5555_0000_0000));
     }
 
     #[test]

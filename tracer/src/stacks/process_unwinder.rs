@@ -52,9 +52,7 @@ impl ProcessUnwinder {
     /// Picks up libraries mapped since the snapshot; returns whether any were added.
     fn refresh_map(&mut self) -> bool {
         let now = Instant::now();
-        if self
-            .last_map_refresh
-            .is_some_and(|last| now.duration_since(last) < MAP_REFRESH_INTERVAL)
+        if self.last_map_refresh.is_some_and(|last| now.duration_since(last) < MAP_REFRESH_INTERVAL)
         {
             return false;
         }

@@ -126,19 +126,13 @@ impl StackSymbolizer {
         let svma = lookup.wrapping_sub(module.bias);
         let input = Input::VirtOffset(svma);
         let with_debug_info = !self.without_debug_info.contains(&module.id);
-        let mut result = self
-            .symbolizer
-            .symbolize_single(&elf_source(module, with_debug_info), input);
+        let mut result =
+            self.symbolizer.symbolize_single(&elf_source(module, with_debug_info), input);
         if with_debug_info && let Err(error) = &result {
             // One unreadable debug file must not cost the module its ELF symbols.
-            log::debug!(
-                "{}: debug info unusable, using ELF symbols: {error:#}",
-                module.name()
-            );
+            log::debug!("{}: debug info unusable, using ELF symbols: {error:#}", module.name());
             self.without_debug_info.insert(module.id);
-            result = self
-                .symbolizer
-                .symbolize_single(&elf_source(module, false), input);
+            result = self.symbolizer.symbolize_single(&elf_source(module, false), input);
         }
         let sym = match result {
             Ok(Symbolized::Sym(sym)) => sym,
@@ -183,11 +177,7 @@ fn elf_source(module: &Module, debug_syms: bool) -> Source<'static> {
 /// the lookup names the call site (and the right function when the call is its last
 /// instruction).
 pub(crate) fn lookup_address(address: u64, is_return_address: bool) -> u64 {
-    if is_return_address {
-        address.saturating_sub(1)
-    } else {
-        address
-    }
+    if is_return_address { address.saturating_sub(1) } else { address }
 }
 
 fn unknown_frame(module: Option<&Module>, address: u64) -> Frame {
@@ -226,10 +216,7 @@ mod tests {
 
     #[test]
     fn strips_only_a_real_rust_hash() {
-        assert_eq!(
-            strip_rust_hash("std::thread::park::h1a2b3c4d5e6f7a8b"),
-            "std::thread::park"
-        );
+        assert_eq!(strip_rust_hash("std::thread::park::h1a2b3c4d5e6f7a8b"), "std::thread::park");
         assert_eq!(strip_rust_hash("pthread_cond_wait"), "pthread_cond_wait");
         assert_eq!(strip_rust_hash("foo::handle"), "foo::handle");
         assert_eq!(strip_rust_hash("foo::h12"), "foo::h12");

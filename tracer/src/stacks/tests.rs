@@ -62,10 +62,7 @@ fn capture_fn() -> Captured {
     }
     let left_on_stack = usize::try_from(own_stack_end() - sp).expect("stack fits usize");
     let stack = read_memory(std::process::id(), sp, STACK_COPY_LEN.min(left_on_stack));
-    black_box(Captured {
-        regs: UserRegs { ip, sp, bp },
-        stack,
-    })
+    black_box(Captured { regs: UserRegs { ip, sp, bp }, stack })
 }
 
 /// The highest address of the calling thread's stack.
@@ -110,10 +107,7 @@ fn position(frames: &[Frame], what: &str) -> usize {
 }
 
 fn names(frames: &[Frame]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|frame| format!("{} ({})", frame.name, frame.module))
-        .collect()
+    frames.iter().map(|frame| format!("{} ({})", frame.name, frame.module)).collect()
 }
 
 /// A stack captured in `capture_fn` on a thread of this test process, and the process's
@@ -133,14 +127,8 @@ fn capture_own_stack() -> (Captured, ProcessImage) {
 #[test]
 fn unwinds_own_stack_through_std_thread_start() {
     let (captured, image) = capture_own_stack();
-    let main_module = image
-        .module_for(captured.regs.ip)
-        .expect("the captured ip is in a module");
-    assert!(
-        main_module.is_main_executable,
-        "ip in {:?}",
-        main_module.path
-    );
+    let main_module = image.module_for(captured.regs.ip).expect("the captured ip is in a module");
+    assert!(main_module.is_main_executable, "ip in {:?}", main_module.path);
 
     let mut unwinder = StackUnwinder::new(&image);
     let unwound = unwinder.unwind(captured.regs, &captured.stack);
@@ -166,10 +154,7 @@ fn unwinds_own_stack_through_std_thread_start() {
     // Line tables come with the test profile's debug info; a release build has none.
     assert!(
         !cfg!(debug_assertions)
-            || capture_frame
-                .file
-                .as_deref()
-                .is_some_and(|file| file.ends_with("stacks/tests.rs")),
+            || capture_frame.file.as_deref().is_some_and(|file| file.ends_with("stacks/tests.rs")),
         "{capture_frame:?}"
     );
 
@@ -234,20 +219,15 @@ fn wait_in_clock_nanosleep(pid: u32) -> (u64, u64) {
             };
             return (hex(sp), hex(pc));
         }
-        assert!(
-            Instant::now() < deadline,
-            "sleep never blocked: {syscall:?}"
-        );
+        assert!(Instant::now() < deadline, "sleep never blocked: {syscall:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 #[test]
 fn a_child_that_exited_still_unwinds_and_symbolizes() {
-    let child = Command::new("sleep")
-        .arg("5")
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn sleep: {e}"));
+    let child =
+        Command::new("sleep").arg("5").spawn().unwrap_or_else(|e| panic!("spawn sleep: {e}"));
     let mut child = ChildGuard(child);
     let pid = child.0.id();
     let (sp, pc) = wait_in_clock_nanosleep(pid);
@@ -256,10 +236,7 @@ fn a_child_that_exited_still_unwinds_and_symbolizes() {
 
     child.0.kill().expect("kill sleep");
     child.0.wait().expect("reap sleep");
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "pid {pid} still exists"
-    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} still exists");
     assert_eq!(image.refresh().expect("refresh a gone process"), 0);
 
     let main = image
@@ -288,9 +265,7 @@ fn a_child_that_exited_still_unwinds_and_symbolizes() {
         .expect("libc exports clock_nanosleep");
     let inside_clock_nanosleep = libc.bias + symbol.address() + 1;
     assert_eq!(
-        image
-            .module_for(inside_clock_nanosleep)
-            .map(|module| &module.path),
+        image.module_for(inside_clock_nanosleep).map(|module| &module.path),
         Some(&libc_path)
     );
 
@@ -306,20 +281,11 @@ fn a_child_that_exited_still_unwinds_and_symbolizes() {
     let regs = UserRegs { ip: pc, sp, bp: 0 };
     let unwound = unwinder.unwind(regs, &stack);
     let frames = symbolizer.symbolize(&image, &unwound.frames);
-    assert!(
-        frames[0].name.contains("clock_nanosleep"),
-        "{:#?}",
-        names(&frames)
-    );
+    assert!(frames[0].name.contains("clock_nanosleep"), "{:#?}", names(&frames));
     assert!(
         frames.iter().any(|frame| frame.module == "sleep"),
         "reaches sleep's own code: {:#?}",
         names(&frames)
     );
-    assert_eq!(
-        unwound.end,
-        UnwindEnd::Complete,
-        "the walk ends at _start: {:#?}",
-        names(&frames)
-    );
+    assert_eq!(unwound.end, UnwindEnd::Complete, "the walk ends at _start: {:#?}", names(&frames));
 }

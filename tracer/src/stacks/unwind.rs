@@ -90,12 +90,7 @@ impl StackUnwinder {
 
     /// Adds modules the image gained after `refresh()`, and drops those it replaced.
     pub fn sync_modules(&mut self, image: &ProcessImage) {
-        let Self {
-            unwinder,
-            cache: _,
-            known,
-            walks,
-        } = self;
+        let Self { unwinder, cache: _, known, walks } = self;
         let in_image = |id: u64| image.modules().iter().any(|module| module.id == id);
         let before = known.len();
         known.retain(|module| {
@@ -109,10 +104,7 @@ impl StackUnwinder {
         for module in image.modules() {
             if known.iter().all(|known| known.id != module.id) {
                 unwinder.add_module(framehop_module(module));
-                known.push(KnownModule {
-                    id: module.id,
-                    avma_range: module.avma_range.clone(),
-                });
+                known.push(KnownModule { id: module.id, avma_range: module.avma_range.clone() });
                 changed = true;
             }
         }
@@ -146,13 +138,13 @@ impl StackUnwinder {
     }
 
     /// The walk itself, noting every stack word it reads in `reads`.
-    fn unwind_uncached(&mut self, regs: UserRegs, stack: &[u8], reads: &mut Vec<(u64, Option<u64>)>) -> UnwoundStack {
-        let Self {
-            unwinder,
-            cache,
-            known,
-            walks: _,
-        } = self;
+    fn unwind_uncached(
+        &mut self,
+        regs: UserRegs,
+        stack: &[u8],
+        reads: &mut Vec<(u64, Option<u64>)>,
+    ) -> UnwoundStack {
+        let Self { unwinder, cache, known, walks: _ } = self;
         let mut read_stack = |addr: u64| {
             let word = read_stack_word(stack, regs.sp, addr);
             reads.push((addr, word.ok()));
@@ -187,9 +179,7 @@ impl StackUnwinder {
 /// The little-endian u64 at `addr`, if all 8 bytes lie inside the copy of [sp, sp + len).
 fn read_stack_word(stack: &[u8], sp: u64, addr: u64) -> Result<u64, ()> {
     let offset = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
-    let bytes = stack
-        .get(offset..offset.checked_add(8).ok_or(())?)
-        .ok_or(())?;
+    let bytes = stack.get(offset..offset.checked_add(8).ok_or(())?).ok_or(())?;
     let word: [u8; 8] = bytes.try_into().map_err(|_| ())?;
     Ok(u64::from_le_bytes(word))
 }
@@ -226,9 +216,7 @@ fn is_known_address(known: &[KnownModule], addr: u64) -> bool {
 fn framehop_module(module: &Module) -> framehop::Module<SectionBytes> {
     let sections = module.unwind_sections();
     let bytes = |section: &Option<SectionLocation>| {
-        section
-            .as_ref()
-            .map(|section| module.section_bytes(section))
+        section.as_ref().map(|section| module.section_bytes(section))
     };
     let svma_range = |section: &Option<SectionLocation>| {
         section.as_ref().map(|section| section.svma_range.clone())
@@ -268,10 +256,7 @@ mod tests {
     fn reads_words_only_inside_the_copy() {
         let mut stack = vec![0u8; 32];
         stack[8..16].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(
-            read_stack_word(&stack, SP, SP + 8),
-            Ok(0x1122_3344_5566_7788)
-        );
+        assert_eq!(read_stack_word(&stack, SP, SP + 8), Ok(0x1122_3344_5566_7788));
         assert_eq!(read_stack_word(&stack, SP, SP + 24), Ok(0));
         assert_eq!(read_stack_word(&stack, SP, SP + 25), Err(()));
         assert_eq!(read_stack_word(&stack, SP, SP - 8), Err(()));
@@ -281,15 +266,9 @@ mod tests {
     #[test]
     fn a_read_just_past_the_copy_means_truncated() {
         let read = |addr| framehop::Error::CouldNotReadStack(addr);
-        assert_eq!(
-            classify_unwind_error(read(SP + 64), SP, 64),
-            UnwindEnd::StackCopyExhausted
-        );
+        assert_eq!(classify_unwind_error(read(SP + 64), SP, 64), UnwindEnd::StackCopyExhausted);
         // Straddling the end: 4 bytes inside, 4 past.
-        assert_eq!(
-            classify_unwind_error(read(SP + 60), SP, 64),
-            UnwindEnd::StackCopyExhausted
-        );
+        assert_eq!(classify_unwind_error(read(SP + 60), SP, 64), UnwindEnd::StackCopyExhausted);
         assert_eq!(
             classify_unwind_error(read(SP + 64 * 1024), SP, 16 * 1024),
             UnwindEnd::StackCopyExhausted
@@ -300,15 +279,9 @@ mod tests {
     fn a_read_outside_any_plausible_stack_means_failed() {
         let read = |addr| framehop::Error::CouldNotReadStack(addr);
         // Below sp: a bogus frame pointer.
-        assert_eq!(
-            classify_unwind_error(read(SP - 16), SP, 64),
-            UnwindEnd::Failed
-        );
+        assert_eq!(classify_unwind_error(read(SP - 16), SP, 64), UnwindEnd::Failed);
         // Far above: a heap or null-ish pointer, not the stack.
-        assert_eq!(
-            classify_unwind_error(read(SP + (1 << 30)), SP, 64),
-            UnwindEnd::Failed
-        );
+        assert_eq!(classify_unwind_error(read(SP + (1 << 30)), SP, 64), UnwindEnd::Failed);
         assert_eq!(classify_unwind_error(read(8), SP, 64), UnwindEnd::Failed);
         assert_eq!(
             classify_unwind_error(framehop::Error::DidNotAdvance, SP, 64),
@@ -323,14 +296,8 @@ mod tests {
     #[test]
     fn known_addresses_are_inside_a_module_range() {
         let known = [
-            KnownModule {
-                id: 1,
-                avma_range: 0x1000..0x2000,
-            },
-            KnownModule {
-                id: 2,
-                avma_range: 0x5000..0x6000,
-            },
+            KnownModule { id: 1, avma_range: 0x1000..0x2000 },
+            KnownModule { id: 2, avma_range: 0x5000..0x6000 },
         ];
         assert!(is_known_address(&known, 0x1000));
         assert!(is_known_address(&known, 0x5fff));

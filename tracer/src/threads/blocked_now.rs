@@ -8,8 +8,8 @@ use tracer_common::{TaskRegs, WaitKind, classify_syscall};
 
 use crate::{
     model::{StackKey, ThreadCounts, WaitAggregate, WaitObject},
-    stacks::{ProcessUnwinder, UserRegs},
     objects::WaitObjects,
+    stacks::{ProcessUnwinder, UserRegs},
     threads::{SampleError, ThreadReader, ThreadSample},
 };
 

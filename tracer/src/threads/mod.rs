@@ -81,9 +81,7 @@ fn parse_hex(field: &str) -> Option<u64> {
 /// `se.exec_start` of a /proc/.../sched file, in nanoseconds. The kernel prints nanoseconds split
 /// as milliseconds with six decimals (`SPLIT_NS`), e.g. `se.exec_start : 123456.789012`.
 pub fn parse_exec_start_ns(sched: &str) -> Option<u64> {
-    let line = sched
-        .lines()
-        .find(|line| line.starts_with("se.exec_start"))?;
+    let line = sched.lines().find(|line| line.starts_with("se.exec_start"))?;
     let (_, value) = line.split_once(':')?;
     let (ms, frac) = value.trim().split_once('.')?;
     if frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -91,10 +89,7 @@ pub fn parse_exec_start_ns(sched: &str) -> Option<u64> {
     }
     // "5" after the point is 500000 ns, whatever the printed width.
     let frac_ns: u64 = frac.parse::<u64>().ok()? * 10u64.pow(6 - frac.len() as u32);
-    ms.parse::<u64>()
-        .ok()?
-        .checked_mul(1_000_000)?
-        .checked_add(frac_ns)
+    ms.parse::<u64>().ok()?.checked_mul(1_000_000)?.checked_add(frac_ns)
 }
 
 /// The scheduler clock "now" on the calling thread's CPU: its own `se.exec_start`.
@@ -235,11 +230,7 @@ pub enum SampleError {
 
 impl From<io::Error> for SampleError {
     fn from(error: io::Error) -> Self {
-        if is_gone(&error) {
-            Self::Exited
-        } else {
-            Self::Unreadable(error)
-        }
+        if is_gone(&error) { Self::Exited } else { Self::Unreadable(error) }
     }
 }
 
@@ -297,11 +288,7 @@ impl ThreadReader {
         let mut tids = Vec::new();
         for entry in fs::read_dir(format!("/proc/{}/task", self.pid))? {
             let entry = entry?;
-            if let Some(tid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse().ok())
-            {
+            if let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse().ok()) {
                 tids.push(tid);
             }
         }
@@ -322,10 +309,7 @@ impl ThreadReader {
             ThreadSyscall::Blocked(state) => state,
             ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
         };
-        let comm = self
-            .read_task_file(tid, "comm")?
-            .trim_end_matches('\n')
-            .to_owned();
+        let comm = self.read_task_file(tid, "comm")?.trim_end_matches('\n').to_owned();
         // Errors of the copy wait for the re-check: a thread that woke or exited says so first.
         let stack = self.read_stack(syscall.sp);
         let exec_start = match self.read_task_file(tid, "sched") {
@@ -471,14 +455,8 @@ fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
     if buf.is_empty() {
         return Ok(0);
     }
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: `local` describes `buf`, which we borrow mutably for the call and which is
     // `iov_len` bytes long; `remote` names memory of the other process, which the kernel

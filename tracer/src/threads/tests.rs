@@ -29,10 +29,7 @@ fn syscall_lines_parse() {
     assert_eq!(parse_syscall("running\n"), Some(ThreadSyscall::Running));
     assert_eq!(
         parse_syscall("-1 0x7ffd5a3c1e08 0x7f8e1b2a1f3d\n"),
-        Some(ThreadSyscall::NotInSyscall {
-            sp: 0x7ffd_5a3c_1e08,
-            pc: 0x7f8e_1b2a_1f3d
-        })
+        Some(ThreadSyscall::NotInSyscall { sp: 0x7ffd_5a3c_1e08, pc: 0x7f8e_1b2a_1f3d })
     );
     assert_eq!(
         parse_syscall(
@@ -72,10 +69,7 @@ fn exec_start_parses_from_a_real_sched_file() {
         se.sum_exec_runtime                          :             0.188303\n\
         nr_switches                                  :                    1\n";
     assert_eq!(parse_exec_start_ns(sched), Some(1_775_432_241_182));
-    assert_eq!(
-        parse_exec_start_ns("se.exec_start : 12.5\n"),
-        Some(12_500_000)
-    );
+    assert_eq!(parse_exec_start_ns("se.exec_start : 12.5\n"), Some(12_500_000));
     assert_eq!(parse_exec_start_ns("se.exec_start : 0.000001\n"), Some(1));
     assert_eq!(parse_exec_start_ns("se.vruntime : 12.5\n"), None);
     assert_eq!(parse_exec_start_ns("se.exec_start : 12\n"), None);
@@ -109,22 +103,10 @@ fn writable_mappings_parse_and_contain_addresses() {
         buf: Vec::new(),
         clock: None,
     };
-    assert_eq!(
-        reader.mapping_of(0x7f8e_1a3f_dc40).map(|m| m.end),
-        Some(0x7f8e_1a3f_e000)
-    );
-    assert_eq!(
-        reader.mapping_of(0x7f8e_19bf_e000).map(|m| m.start),
-        Some(0x7f8e_19bf_e000)
-    );
-    assert!(
-        reader.mapping_of(0x7f8e_1a3f_e000).is_none(),
-        "end is exclusive"
-    );
-    assert!(
-        reader.mapping_of(0x7f8e_19bf_d800).is_none(),
-        "guard page is not writable"
-    );
+    assert_eq!(reader.mapping_of(0x7f8e_1a3f_dc40).map(|m| m.end), Some(0x7f8e_1a3f_e000));
+    assert_eq!(reader.mapping_of(0x7f8e_19bf_e000).map(|m| m.start), Some(0x7f8e_19bf_e000));
+    assert!(reader.mapping_of(0x7f8e_1a3f_e000).is_none(), "end is exclusive");
+    assert!(reader.mapping_of(0x7f8e_19bf_d800).is_none(), "guard page is not writable");
     assert!(reader.mapping_of(0x1000).is_none());
 }
 
@@ -157,11 +139,7 @@ impl Parked {
                     .unwrap_or_else(|e| panic!("spawn parked thread {i}: {e}"))
             })
             .collect();
-        let parked = Self {
-            gate,
-            handles,
-            started,
-        };
+        let parked = Self { gate, handles, started };
         let deadline = Instant::now() + Duration::from_secs(30);
         while parked.started.lock().unwrap().len() < count {
             assert!(Instant::now() < deadline, "parked threads did not start");
@@ -220,10 +198,7 @@ fn own_code_ranges() -> Vec<(u64, u64)> {
             let mut fields = line.split_ascii_whitespace();
             let (start, end) = fields.next()?.split_once('-')?;
             fields.next()?.contains('x').then_some(())?;
-            Some((
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            ))
+            Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?))
         })
         .collect()
 }
@@ -241,9 +216,7 @@ fn thread_blocked_on_a_condvar_is_sampled_with_its_stack() {
     assert_eq!(sample.syscall.nr, SYS_FUTEX);
     assert!(!sample.stack.is_empty());
     assert!(sample.stack.len() <= MAX_STACK_READ);
-    let mapping = reader
-        .mapping_of(sample.syscall.sp)
-        .expect("sp lies in a writable mapping");
+    let mapping = reader.mapping_of(sample.syscall.sp).expect("sp lies in a writable mapping");
     assert!(sample.syscall.sp + sample.stack.len() as u64 <= mapping.end);
 
     // The parked closure and Condvar::wait are in this binary: their return addresses are on
@@ -256,10 +229,7 @@ fn thread_blocked_on_a_condvar_is_sampled_with_its_stack() {
         .map(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")))
         .filter(|word| code.iter().any(|&(start, end)| (start..end).contains(word)))
         .count();
-    assert!(
-        returns_into_binary > 0,
-        "no return address into the test binary on the stack"
-    );
+    assert!(returns_into_binary > 0, "no return address into the test binary on the stack");
 }
 
 #[test]
@@ -273,14 +243,8 @@ fn age_of_a_condvar_wait_is_a_tight_lower_bound() {
     let after = blocked_at.elapsed();
     let age = Duration::from_nanos(sample.blocked_for_at_least_ns.expect("an age"));
     println!("condvar wait: age {age:?}, true age in [{before:?}, {after:?}]");
-    assert!(
-        age <= after + AGE_SLACK_ABOVE,
-        "age {age:?} above the true age {after:?}"
-    );
-    assert!(
-        age + AGE_TOLERANCE >= before,
-        "age {age:?} far below the true age {before:?}"
-    );
+    assert!(age <= after + AGE_SLACK_ABOVE, "age {age:?} above the true age {after:?}");
+    assert!(age + AGE_TOLERANCE >= before, "age {age:?} far below the true age {before:?}");
 }
 
 #[test]
@@ -330,12 +294,7 @@ impl Drop for ChildGuard {
 #[test]
 fn age_of_another_process_sleeping_is_a_tight_lower_bound() {
     let spawned_at = Instant::now();
-    let child = ChildGuard(
-        Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep"),
-    );
+    let child = ChildGuard(Command::new("sleep").arg("30").spawn().expect("spawn sleep"));
     let pid = child.0.id();
     let mut reader = ThreadReader::new(pid).expect("reader for the child");
     // Measure from the moment it is seen asleep, not from the spawn: exec and the loader
@@ -351,7 +310,9 @@ fn age_of_another_process_sleeping_is_a_tight_lower_bound() {
     assert_eq!(sample.syscall.nr, SYS_CLOCK_NANOSLEEP);
     assert!(!sample.stack.is_empty());
     let age = Duration::from_nanos(sample.blocked_for_at_least_ns.expect("an age"));
-    println!("sleep 30: age {age:?}, asleep at least {blocked_at_least:?}, spawned {since_spawn:?} ago");
+    println!(
+        "sleep 30: age {age:?}, asleep at least {blocked_at_least:?}, spawned {since_spawn:?} ago"
+    );
     assert!(
         age <= since_spawn + AGE_SLACK_ABOVE,
         "age {age:?} above the time since spawn {since_spawn:?}"

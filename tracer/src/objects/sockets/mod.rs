@@ -183,11 +183,13 @@ impl SocketInfo {
                 None => "connecting".to_owned(),
             },
             WaitKind::Accept => self.backlog_phrase(),
-            WaitKind::Poll | WaitKind::Futex | WaitKind::Goroutine => match (self.accept_backlog, self.tcp_state) {
-                (Some(_), _) => self.backlog_phrase(),
-                (None, Some(state)) => state.to_string(),
-                (None, None) => self.protocol.to_string(),
-            },
+            WaitKind::Poll | WaitKind::Futex | WaitKind::Goroutine => {
+                match (self.accept_backlog, self.tcp_state) {
+                    (Some(_), _) => self.backlog_phrase(),
+                    (None, Some(state)) => state.to_string(),
+                    (None, None) => self.protocol.to_string(),
+                }
+            }
         }
     }
 
