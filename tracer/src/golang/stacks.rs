@@ -113,7 +113,9 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
 /// The kernel's sums of ended waits by (stack, caller, wait reason), grouped by named
 /// stack and reason. The kernel keeps no goroutine ids or extremes: only counts and time.
 pub fn from_kernel_totals(namer: &mut GoNamer<'_>, totals: Vec<GoWaitTotal>) -> GoStacks {
-    let mut groups: HashMap<(Vec<String>, u8), (Vec<Frame>, WaitStats, bool)> = HashMap::new();
+    // (function names, reason) → (frames, waits, truncated)
+    type Group = (Vec<Frame>, WaitStats, bool);
+    let mut groups: HashMap<(Vec<String>, u8), Group> = HashMap::new();
     for GoWaitTotal { pcs, caller, reason, count, total_ns } in totals {
         let mut frames = Vec::with_capacity(pcs.len() + 1);
         let mut truncated = true;
