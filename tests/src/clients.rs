@@ -321,14 +321,11 @@ impl Prometheus {
     }
 }
 
-/// One group of a Go goroutine profile (pprof's `debug=1` text, or `tracer snapshot`'s
-/// table of a Go process): how many goroutines, the functions of their frames leaf first,
-/// and (tracer only) the headline function and the wait reason.
+/// One group of a Go program's own goroutine profile (pprof's `debug=1` text): how many
+/// goroutines, and the functions of their frames leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoroutineGroup {
     pub count: u64,
-    pub headline: String,
-    pub reason: String,
     pub functions: Vec<String>,
 }
 
@@ -340,7 +337,7 @@ pub fn parse_pprof_goroutines(text: &str) -> Vec<GoroutineGroup> {
         if let Some((count, _)) = line.split_once(" @ ")
             && let Ok(count) = count.trim().parse()
         {
-            groups.push(GoroutineGroup { count, headline: String::new(), reason: String::new(), functions: Vec::new() });
+            groups.push(GoroutineGroup { count, functions: Vec::new() });
         } else if let Some(frame) = line.strip_prefix('#')
             && let Some(group) = groups.last_mut()
         {
@@ -416,4 +413,27 @@ fn traced(what: &str, dir: &TempDir, name: &str, run: impl FnOnce(&str) -> RunOu
     assert!(!out.stdout.trim().is_empty(), "{what} printed nothing; stderr:\n{}", out.stderr);
     let profile = crate::read_profile(&json);
     Traced { out, profile }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_go_goroutine_profile() {
+        let text = "goroutine profile: total 1002\n\
+                    1000 @ 0x43e 0x40a 0x409 0x4a1\n\
+                    #\t0x43d\truntime.gopark+0xce\t/usr/lib/go/src/runtime/proc.go:402\n\
+                    #\t0x4a0\tmain.receiver+0x25\t/src/goroutines.go:101\n\
+                    \n\
+                    2 @ 0x43e 0x4b2\n\
+                    #\t0x4b1\tmain.sendStat+0x31\t/src/goroutines.go:131\n";
+        let groups = parse_pprof_goroutines(text);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].count, 1000);
+        assert_eq!(groups[0].functions, ["runtime.gopark", "main.receiver"]);
+        assert_eq!(goroutines_at(&groups, "main.receiver"), 1000);
+        assert_eq!(goroutines_at(&groups, "main.sendStat"), 2);
+        assert_eq!(goroutines_at(&groups, "main.absent"), 0);
+    }
 }

@@ -8,11 +8,9 @@
 pub mod clients;
 pub mod processes;
 pub mod profiles;
-pub mod tables;
 pub mod workloads;
 
 pub use clients::*;
 pub use processes::*;
 pub use profiles::*;
-pub use tables::*;
 pub use workloads::*;

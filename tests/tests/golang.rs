@@ -151,7 +151,10 @@ fn goroutines_receiving_on_a_channel_match_pprof() {
     };
     assert_eq!(read(&refolded), read(&folded), "the JSON profile reads back unchanged");
     let top = run_tool("go", &["tool", "pprof", "-top", &pprof_arg], TOOL_TIMEOUT).stdout;
-    assert!(top.contains("main.receiver"), "go tool pprof -top does not name main.receiver:\n{top}");
+    assert!(
+        top.contains("main.receiver"),
+        "go tool pprof -top does not name main.receiver:\n{top}"
+    );
 }
 
 /// The address (`127.0.0.1:PORT`) of the peer the pile-up workload's writer is stuck

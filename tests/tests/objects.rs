@@ -76,8 +76,9 @@ fn snapshot(label: &str, workload: &ChildGuard) -> Profile {
 fn assert_one_socket_wait(profile: &Profile, kind: WaitKind, site: &str, endpoint: &str) {
     let is_kind = |s: &ProfileStack| s.kind == kind;
     assert_threads(profile, is_kind, 1, &format!("{} waiters in all", kind.name()));
-    let named =
-        |s: &ProfileStack| is_kind(s) && s.object.as_deref() == Some(endpoint) && has_function(s, site);
+    let named = |s: &ProfileStack| {
+        is_kind(s) && s.object.as_deref() == Some(endpoint) && has_function(s, site)
+    };
     assert_threads(
         profile,
         named,
@@ -223,7 +224,8 @@ fn assert_one_lock(profile: &Profile, is_lock: impl Fn(&str) -> bool, describe: 
         top_stacks(profile, is_handler_wait, 10)
     );
     // The holder waits too (Rust: parked on its own parker), but not on the lock it holds.
-    let on_lock = |s: &ProfileStack| s.kind == WaitKind::Futex && s.object.as_deref() == Some(*lock);
+    let on_lock =
+        |s: &ProfileStack| s.kind == WaitKind::Futex && s.object.as_deref() == Some(*lock);
     assert_threads(profile, on_lock, want, &format!("futex waiters on {lock}, only the handlers"));
     assert_threads(
         profile,

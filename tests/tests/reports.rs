@@ -1,7 +1,8 @@
 //! Real-kernel tests of the reports the ecosystem reads: a recording of the Rust pile-up as
 //! JSON and pprof (read back into the data model, and by `tracer report`), pprof (read by the
-//! real `go tool pprof`) and SVG (checked by `xmllint`); and `tracer report` on broken files. They need root, `go` and
-//! `xmllint` (`cargo xtask setup` installs both) and run one at a time.
+//! real `go tool pprof`) and SVG (checked by `xmllint`); and `tracer report` on broken files.
+//! They need root, `go` and `xmllint` (`cargo xtask setup` installs both) and run one at a
+//! time.
 
 use std::{path::Path, path::PathBuf, time::Duration};
 

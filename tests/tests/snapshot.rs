@@ -68,8 +68,8 @@ const C_SITES: Sites = Sites {
     send: "send_to_backend",
 };
 
-/// Asserts that the stacks that `pred` accepts hold `want` threads in all, each with a youngest age of at least
-/// `min_age` (minus [`AGE_SLACK`]) and an oldest age no younger than that.
+/// Asserts that the stacks that `pred` accepts hold `want` threads in all, each with a youngest
+/// age of at least `min_age` (minus [`AGE_SLACK`]) and an oldest age no younger than that.
 fn assert_aged(
     profile: &Profile,
     pred: impl Fn(&ProfileStack) -> bool,
