@@ -9,7 +9,8 @@
 use std::{process::Command, time::Duration};
 
 use tracer_tests::{
-    C_LOSSES_SOURCE, TempDir, build_c, read_folded, start_workload, tracer_record,
+    C_LOSSES_SOURCE, Profile, ProfileStack, TempDir, WaitKind, build_c, has_function,
+    record_profile, start_workload, top_stacks,
 };
 
 /// Threads of the deep-stack workload; each ends a 5 ms wait about 200 times a second.
@@ -28,86 +29,51 @@ fn deep_stack() -> tracer_tests::ChildGuard {
     start_workload("deep-stack", cmd)
 }
 
-/// The number before `what` in the report's `lost:` paragraph (the line and its indented
-/// continuation lines).
-fn lost(stdout: &str, what: &str) -> u64 {
-    let mut lines = stdout.lines().skip_while(|line| !line.starts_with("lost: "));
-    let first = lines.next().unwrap_or_else(|| panic!("no lost: line in\n{stdout}"));
-    let paragraph: Vec<&str> = std::iter::once(first)
-        .chain(lines.take_while(|line| line.starts_with(' ')))
-        .map(str::trim)
-        .collect();
-    let paragraph = paragraph.join(" ");
-    paragraph
-        .trim_start_matches("lost: ")
-        .split(',')
-        .find_map(|item| item.trim().strip_suffix(what)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{what}` count in {paragraph:?}"))
-}
-
-/// The `lost:` count of `what`, which must be above zero: the loss a test forced.
-fn assert_counted(stdout: &str, what: &str) -> u64 {
-    let count = lost(stdout, what);
+/// A loss counter the test forced, which must be above zero; prints it.
+fn assert_counted(what: &str, count: u64, profile: &Profile) -> u64 {
     println!("{what}: {count}");
-    assert!(count > 0, "nothing counted as {what}:\n{stdout}");
+    assert!(count > 0, "nothing counted as {what}: {:?}", profile.counts);
     count
 }
 
-/// `tracer record` of `pid` for `RECORD` with `extra` flags; its stdout.
-fn record(pid: u32, extra: &[&str]) -> String {
+/// `tracer record` of `pid` for `RECORD` with `extra` flags, read back from its JSON profile.
+fn record(pid: u32, extra: &[&str]) -> Profile {
     let mut args = vec!["--duration", RECORD];
     args.extend_from_slice(extra);
-    let out = tracer_record(pid, &args, TIMEOUT);
-    assert!(out.status.success(), "tracer failed: {}", out.stderr);
-    out.stdout
-}
-
-/// `tracer record` of `pid` for `RECORD` with a folded output in `dir`: its stdout and the
-/// folded stacks.
-fn record_folded(pid: u32, dir: &TempDir) -> (String, Vec<tracer_tests::FoldedStack>) {
-    let folded = dir.join("waits.folded");
-    let stdout = record(pid, &["--output", &folded.to_string_lossy()]);
-    (stdout, read_folded(&folded))
-}
-
-/// The number before `what` in the report's `seen:` line (`seen: N waits, N long, N short`).
-fn seen(stdout: &str, what: &str) -> u64 {
-    let line = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("seen: "))
-        .unwrap_or_else(|| panic!("no seen: line in\n{stdout}"));
-    line.split(',')
-        .find_map(|item| item.trim().strip_suffix(what)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{what}` count in {line:?}"))
+    let dir = TempDir::new("losses-record");
+    record_profile(pid, &args, &dir, TIMEOUT).profile
 }
 
 #[test]
 fn a_full_ring_buffer_is_counted() {
     let workload = deep_stack();
-    let stdout = record(workload.pid(), &["--ring-buffer-bytes", TINY_RING_BUFFER]);
-    assert_counted(&stdout, "ring buffer full");
+    let profile = record(workload.pid(), &["--ring-buffer-bytes", TINY_RING_BUFFER]);
+    assert_counted("ring buffer full", profile.counts.ring_buffer_full, &profile);
 }
 
 #[test]
 fn callers_beyond_the_stack_copy_are_counted_as_truncated_unwinds() {
     let workload = deep_stack();
-    let dir = TempDir::new("losses");
-    let (stdout, stacks) = record_folded(workload.pid(), &dir);
-    assert_counted(&stdout, "unwinds truncated");
-    // The truncated stacks are in the report, marked, and reach the big frame but not its
+    let profile = record(workload.pid(), &[]);
+    assert_counted("unwinds truncated", profile.counts.unwind_truncated, &profile);
+    // The truncated stacks are in the profile, marked, and reach the big frame but not its
     // caller (64 KiB above, beyond the 16 KiB copy).
-    let marked: Vec<_> = stacks
-        .iter()
-        .filter(|stack| stack.frames.get(1).is_some_and(|frame| frame == "[truncated]"))
-        .collect();
-    assert!(!marked.is_empty(), "no [truncated] stack in {stacks:#?}");
+    let truncated = |stack: &ProfileStack| stack.truncated;
     assert!(
-        marked.iter().any(|stack| stack.has_function("big_frame")),
-        "no truncated stack reaches big_frame: {marked:#?}"
+        profile.stacks.iter().any(truncated),
+        "no truncated stack in:\n{}",
+        top_stacks(&profile, |_| true, 20)
     );
     assert!(
-        !marked.iter().any(|stack| stack.has_function("below_big_frame")),
-        "a stack reached below_big_frame, beyond the copy: {marked:#?}"
+        profile.stacks.iter().any(|s| truncated(s) && has_function(s, "big_frame")),
+        "no truncated stack reaches big_frame:\n{}",
+        top_stacks(&profile, truncated, 20)
+    );
+    let beyond = |s: &ProfileStack| truncated(s) && has_function(s, "below_big_frame");
+    assert!(
+        !profile.stacks.iter().any(beyond),
+        "a truncated stack reached below_big_frame, beyond the copy:\n{}",
+        top_stacks(&profile, beyond, 20)
     );
 }
 
@@ -124,40 +90,49 @@ fn c_losses(dir: &TempDir, mode: &str) -> tracer_tests::ChildGuard {
 fn a_full_wake_ring_buffer_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "wakes");
-    let stdout = record(workload.pid(), &["--wake-ring-buffer-bytes", TINY_RING_BUFFER]);
-    assert_counted(&stdout, "wakers lost");
+    let profile = record(workload.pid(), &["--wake-ring-buffer-bytes", TINY_RING_BUFFER]);
+    assert_counted("wakers lost", profile.counts.wake_ring_buffer_full, &profile);
     // The waits themselves still arrive (their ring buffer is the default one).
-    assert!(seen(&stdout, "long") > 0, "no long waits reported:\n{stdout}");
+    assert!(profile.counts.long_waits > 0, "no long waits counted: {:?}", profile.counts);
+    assert!(
+        profile.stacks.iter().any(|s| s.kind == WaitKind::Futex && s.stats.waits > 0),
+        "no futex wait in the profile:\n{}",
+        top_stacks(&profile, |_| true, 20)
+    );
 }
 
 #[test]
 fn a_stack_that_cannot_be_read_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "bad-stack");
-    assert_counted(&record(workload.pid(), &[]), "stacks unreadable");
+    let profile = record(workload.pid(), &[]);
+    assert_counted("stacks unreadable", profile.counts.stack_unreadable, &profile);
 }
 
 #[test]
 fn code_that_no_symbol_covers_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "jit");
-    let (stdout, stacks) = record_folded(workload.pid(), &dir);
-    assert_counted(&stdout, "unknown symbols");
-    // The waits are still reported, their innermost frame (next to the kind) unknown.
-    let leaf_unknown = |stack: &&tracer_tests::FoldedStack| {
-        let frames = &stack.frames;
-        frames.len() >= 2
-            && frames[frames.len() - 1].starts_with("[futex")
-            && frames[frames.len() - 2] == "[unknown]"
+    let profile = record(workload.pid(), &[]);
+    assert_counted("unknown symbols", profile.counts.unknown_symbols, &profile);
+    // The waits are still reported, their innermost frame unknown.
+    let leaf_unknown = |stack: &ProfileStack| {
+        stack.kind == WaitKind::Futex
+            && stack.frames.last().is_some_and(|frame| frame.name == "[unknown]")
     };
-    assert!(stacks.iter().any(|stack| leaf_unknown(&stack)), "no [unknown] leaf in {stacks:#?}");
+    assert!(
+        profile.stacks.iter().any(leaf_unknown),
+        "no futex wait with an unknown leaf in:\n{}",
+        top_stacks(&profile, |_| true, 20)
+    );
 }
 
 #[test]
 fn a_socket_closed_before_it_is_resolved_is_counted() {
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "closed-socket");
-    assert_counted(&record(workload.pid(), &[]), "descriptors unresolved");
+    let profile = record(workload.pid(), &[]);
+    assert_counted("descriptors unresolved", profile.counts.unresolved_descriptors, &profile);
 }
 
 #[test]
@@ -166,17 +141,7 @@ fn a_waker_whose_wait_was_lost_is_counted() {
     // arrives: each waker is left without its wait.
     let dir = TempDir::new("losses");
     let workload = c_losses(&dir, "wakes");
-    let stdout = record(workload.pid(), &["--ring-buffer-bytes", TINY_RING_BUFFER]);
-    let unmatched = stdout
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("lost: ")?
-                .strip_suffix(" wakers whose wait's record never arrived")?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no unmatched wakers counted:\n{stdout}"));
-    println!("wakers unmatched: {unmatched}");
-    assert!(unmatched > 0);
-    assert!(lost(&stdout, "ring buffer full") > 0, "{stdout}");
+    let profile = record(workload.pid(), &["--ring-buffer-bytes", TINY_RING_BUFFER]);
+    assert_counted("wakers unmatched", profile.counts.wakers_unmatched, &profile);
+    assert_counted("ring buffer full", profile.counts.ring_buffer_full, &profile);
 }

@@ -1,17 +1,17 @@
-//! Real-kernel tests of what each wait waits on: the wait-kind frame names the remote endpoint of
-//! a socket wait (`[send 127.0.0.1:PORT]`, `[recv ...]`, `[connect ...]`) and the lock of a futex
-//! wait (`[futex rust_objects::STATS_QUEUE]`, `[futex stats_lock]`), and stdout adds the tables
-//! BY ENDPOINT (with the socket state that explains the wait) and BY LOCK. They need root and
-//! share the kernel, so they run one at a time (`--test-threads=1`); none skips.
+//! Real-kernel tests of what each wait waits on: the profile names the remote endpoint of a
+//! socket wait (`127.0.0.1:PORT` for a send, recv or connect) and the lock of a futex wait
+//! (`rust_objects::STATS_QUEUE`, `stats_lock`) as the stack's object, and keeps the socket state
+//! that explains each endpoint's wait. They need root and share the kernel, so they run one at a
+//! time (`--test-threads=1`); none skips.
 
-use std::path::Path;
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 use tracer_tests::{
-    C_OBJECTS_SOURCE, ChildGuard, EndpointRow, FoldedStack, FullListener, LockRow, RunOutput,
-    TempDir, build_c, parse_endpoint_table, parse_lock_table, read_folded, start_dead_backend,
-    start_rust_stuck, start_stuck, top_stacks, total_threads, tracer_record, tracer_snapshot,
+    C_OBJECTS_SOURCE, ChildGuard, FullListener, Profile, ProfileKind, ProfileStack, TempDir,
+    WaitKind, assert_threads, build_c, has_function, record_profile, snapshot_profile,
+    stacks_where, start_dead_backend, start_rust_stuck, start_stuck, top_stacks,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -46,119 +46,75 @@ const LOCK_SITE: &str = "record_stat";
 const RUST_LOCK: &str = "STATS_QUEUE";
 const C_LOCK: &str = "stats_lock";
 
-/// The phrases of the BY ENDPOINT state column that explain each wait.
+/// The phrases of an endpoint's state that explain each wait.
 const SEND_STATE: &str = "send buffer full";
 const RECV_STATE: &str = "waiting for data";
 const CONNECT_STATE: &str = "SYN";
 
-fn assert_success(what: &str, out: &RunOutput) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
+fn all_stacks(profile: &Profile) -> String {
+    top_stacks(profile, |_| true, 30)
 }
 
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-fn all_stacks(stacks: &[FoldedStack]) -> String {
-    top_stacks(stacks, |_| true, 30)
-}
-
-/// `tracer snapshot` of `workload` into a folded file: its stdout and the stacks.
-fn snapshot(label: &str, workload: &ChildGuard) -> (String, Vec<FoldedStack>) {
+/// `tracer snapshot` of `workload`, read back from its JSON profile.
+fn snapshot(label: &str, workload: &ChildGuard) -> Profile {
     let dir = TempDir::new(label);
-    let folded = dir.join("now.folded");
-    let out = tracer_snapshot(
-        workload.pid(),
-        &["--output", path_arg(&folded)],
-        SNAPSHOT_TIMEOUT,
-    );
+    let traced = snapshot_profile(workload.pid(), &[], &dir, SNAPSHOT_TIMEOUT);
     println!(
         "{label}: snapshot of {} took {:?}:\n{}",
         workload.name(),
-        out.elapsed,
-        out.stdout
+        traced.out.elapsed,
+        traced.out.stdout
     );
-    assert_success("tracer snapshot", &out);
-    let stacks = read_folded(&folded);
-    assert!(
-        !stacks.is_empty(),
-        "{} is empty; stdout:\n{}",
-        folded.display(),
-        out.stdout
-    );
-    (out.stdout, stacks)
+    let profile = traced.profile;
+    assert_eq!(profile.kind, ProfileKind::Snapshot);
+    assert!(!profile.stacks.is_empty(), "a snapshot of {} holds no stacks", workload.name());
+    profile
 }
 
 /// Asserts that exactly one thread waits in `kind` at `site` (and only one in `kind` at all),
-/// and that its wait-kind frame is exactly `[KIND ENDPOINT]`.
-fn assert_one_socket_wait(stacks: &[FoldedStack], kind: &str, site: &str, endpoint: &str) {
-    let bracketed = format!("[{kind}]");
-    let is_kind = |s: &FoldedStack| s.kind() == bracketed;
-    assert_eq!(
-        total_threads(stacks, is_kind),
-        1,
-        "threads on {bracketed} stacks, want the one in {site}; all stacks:\n{}",
-        all_stacks(stacks)
-    );
-    let want_frame = format!("[{kind} {endpoint}]");
-    let named = |s: &FoldedStack| {
-        s.frames.last().is_some_and(|frame| *frame == want_frame) && s.has_function(site)
+/// and that its wait's object is exactly `endpoint`.
+fn assert_one_socket_wait(profile: &Profile, kind: WaitKind, site: &str, endpoint: &str) {
+    let is_kind = |s: &ProfileStack| s.kind == kind;
+    assert_threads(profile, is_kind, 1, &format!("{} waiters in all", kind.name()));
+    let named = |s: &ProfileStack| {
+        is_kind(s) && s.object.as_deref() == Some(endpoint) && has_function(s, site)
     };
-    assert_eq!(
-        total_threads(stacks, named),
+    assert_threads(
+        profile,
+        named,
         1,
-        "no thread on a stack with {site} ending in {want_frame}; {bracketed} stacks \
-         (objects {:?}):\n{}",
-        stacks
-            .iter()
-            .filter(|s| is_kind(s))
-            .map(FoldedStack::object)
-            .collect::<Vec<_>>(),
-        top_stacks(stacks, is_kind, 10)
+        &format!(
+            "{} waiters in {site} on {endpoint} (objects of {} stacks: {:?})",
+            kind.name(),
+            kind.name(),
+            stacks_where(profile, is_kind).iter().map(|s| &s.object).collect::<Vec<_>>()
+        ),
     );
 }
 
-/// The BY ENDPOINT row of `endpoint`, which must be the only one naming it.
-fn endpoint_row(stdout: &str, endpoint: &str) -> EndpointRow {
-    let rows = parse_endpoint_table(stdout);
-    let mut matching = rows.iter().filter(|row| row.endpoint == endpoint);
-    let row = matching
-        .next()
-        .unwrap_or_else(|| panic!("no BY ENDPOINT row for {endpoint}; stdout:\n{stdout}"))
-        .clone();
-    assert!(
-        matching.next().is_none(),
-        "more than one BY ENDPOINT row for {endpoint}; stdout:\n{stdout}"
-    );
-    row
-}
-
-/// Asserts that the BY ENDPOINT row of `endpoint` has wait kind `kind`, `now` threads blocked
-/// now, and a state containing `state`.
-fn assert_endpoint_row(stdout: &str, endpoint: &str, kind: &str, now: u64, state: &str) {
-    let row = endpoint_row(stdout, endpoint);
+/// Asserts that the waits on `endpoint` are all of `kind`, that `now` threads are blocked on it
+/// (at the snapshot, or at the end of the recording), and that its state says `state`.
+fn assert_endpoint(profile: &Profile, endpoint: &str, kind: WaitKind, now: u64, state: &str) {
+    let on_endpoint = |s: &ProfileStack| s.object.as_deref() == Some(endpoint);
+    let kinds: BTreeSet<WaitKind> =
+        stacks_where(profile, on_endpoint).iter().map(|s| s.kind).collect();
     assert_eq!(
-        row.kind, kind,
-        "BY ENDPOINT row {:?}: kind, stdout:\n{stdout}",
-        row.line
+        kinds,
+        BTreeSet::from([kind]),
+        "wait kinds on {endpoint}; stacks:\n{}",
+        all_stacks(profile)
     );
-    assert_eq!(
-        row.now, now,
-        "BY ENDPOINT row {:?}: threads blocked now, stdout:\n{stdout}",
-        row.line
+    assert_threads(
+        profile,
+        |s| on_endpoint(s) && s.in_progress,
+        now,
+        &format!("threads blocked on {endpoint} now"),
     );
-    assert!(
-        row.state.contains(state),
-        "BY ENDPOINT row {:?}: state {:?} does not say {state:?}; stdout:\n{stdout}",
-        row.line,
-        row.state
-    );
+    let known = profile
+        .endpoint_states
+        .get(endpoint)
+        .unwrap_or_else(|| panic!("no state of {endpoint} in {:?}", profile.endpoint_states));
+    assert!(known.contains(state), "the state of {endpoint}, {known:?}, does not say {state:?}");
 }
 
 fn endpoint(port: u16) -> String {
@@ -169,9 +125,9 @@ fn endpoint(port: u16) -> String {
 fn send_wait_names_the_backend_and_its_full_send_buffer() {
     let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, HANDLERS, WORKLOAD_SECONDS);
     let backend = endpoint(stuck.backend_port);
-    let (stdout, stacks) = snapshot("objects-send", &stuck.workload);
-    assert_one_socket_wait(&stacks, "send", RUST_STUCK_SEND_SITE, &backend);
-    assert_endpoint_row(&stdout, &backend, "send", 1, SEND_STATE);
+    let profile = snapshot("objects-send", &stuck.workload);
+    assert_one_socket_wait(&profile, WaitKind::Send, RUST_STUCK_SEND_SITE, &backend);
+    assert_endpoint(&profile, &backend, WaitKind::Send, 1, SEND_STATE);
 }
 
 #[test]
@@ -179,36 +135,32 @@ fn record_names_the_send_still_blocked_at_the_end() {
     let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, HANDLERS, WORKLOAD_SECONDS);
     let backend = endpoint(stuck.backend_port);
     let dir = TempDir::new("objects-record-send");
-    let folded = dir.join("waits.folded");
-    let out = tracer_record(
+    let traced = record_profile(
         stuck.workload.pid(),
-        &["--duration", RECORD_DURATION, "--output", path_arg(&folded)],
+        &["--duration", RECORD_DURATION],
+        &dir,
         RECORD_TIMEOUT,
     );
     println!(
         "objects-record-send: tracer took {:?}:\n{}",
-        out.elapsed, out.stdout
+        traced.out.elapsed, traced.out.stdout
     );
-    assert_success("tracer record", &out);
-    let stacks = read_folded(&folded);
-    let want_frame = format!("[send {backend} still-blocked]");
-    let is_still_send = |s: &FoldedStack| {
-        s.frames.last().is_some_and(|frame| *frame == want_frame)
-            && s.has_function(RUST_STUCK_SEND_SITE)
+    let profile = &traced.profile;
+    let is_still_send = |s: &ProfileStack| {
+        s.in_progress
+            && s.kind == WaitKind::Send
+            && s.object.as_deref() == Some(backend.as_str())
+            && has_function(s, RUST_STUCK_SEND_SITE)
     };
-    assert!(
-        stacks.iter().any(is_still_send),
-        "no stack with {RUST_STUCK_SEND_SITE} ending in {want_frame}; all stacks:\n{}",
-        all_stacks(&stacks)
-    );
+    assert_threads(profile, is_still_send, 1, "sends to the backend still blocked at the end");
     // The sender never wakes, so no send to the backend may be reported as ended.
-    let ended_send = |s: &FoldedStack| s.kind() == "[send]";
+    let ended_send = |s: &ProfileStack| s.kind == WaitKind::Send && !s.in_progress;
     assert!(
-        !stacks.iter().any(ended_send),
+        !profile.stacks.iter().any(ended_send),
         "send waits that never ended are reported as completed:\n{}",
-        top_stacks(&stacks, ended_send, 10)
+        top_stacks(profile, ended_send, 10)
     );
-    assert_endpoint_row(&out.stdout, &backend, "send", 1, SEND_STATE);
+    assert_endpoint(profile, &backend, WaitKind::Send, 1, SEND_STATE);
 }
 
 #[test]
@@ -220,9 +172,9 @@ fn recv_wait_names_the_backend_that_never_replies() {
         .arg("--seconds")
         .arg(WORKLOAD_SECONDS.to_string());
     let workload = start_stuck("rust-objects recv", cmd);
-    let (stdout, stacks) = snapshot("objects-recv", &workload);
-    assert_one_socket_wait(&stacks, "recv", RECV_SITE, &backend);
-    assert_endpoint_row(&stdout, &backend, "recv", 1, RECV_STATE);
+    let profile = snapshot("objects-recv", &workload);
+    assert_one_socket_wait(&profile, WaitKind::Recv, RECV_SITE, &backend);
+    assert_endpoint(&profile, &backend, WaitKind::Recv, 1, RECV_STATE);
 }
 
 #[test]
@@ -241,68 +193,45 @@ fn connect_wait_names_the_listener_that_drops_syns() {
         .arg("--seconds")
         .arg(WORKLOAD_SECONDS.to_string());
     let workload = start_stuck("rust-objects connect", cmd);
-    let (stdout, stacks) = snapshot("objects-connect", &workload);
-    assert_one_socket_wait(&stacks, "connect", CONNECT_SITE, &target);
-    assert_endpoint_row(&stdout, &target, "connect", 1, CONNECT_STATE);
+    let profile = snapshot("objects-connect", &workload);
+    assert_one_socket_wait(&profile, WaitKind::Connect, CONNECT_SITE, &target);
+    assert_endpoint(&profile, &target, WaitKind::Connect, 1, CONNECT_STATE);
 }
 
-/// Asserts that exactly `HANDLERS` threads wait in `[futex]` at `LOCK_SITE`, all on one object
-/// that `is_lock` accepts (`describe` says what it should be), that no other thread waits on
-/// it, and that the BY LOCK row of that object counts them all as blocked now.
-fn assert_one_lock(
-    stdout: &str,
-    stacks: &[FoldedStack],
-    is_lock: impl Fn(&str) -> bool,
-    describe: &str,
-) {
+/// Asserts that exactly `HANDLERS` threads wait in futex at `LOCK_SITE`, all on one object
+/// that `is_lock` accepts (`describe` says what it should be), and that no other thread waits on
+/// it.
+fn assert_one_lock(profile: &Profile, is_lock: impl Fn(&str) -> bool, describe: &str) {
     let want = HANDLERS as u64;
-    let is_handler_wait = |s: &FoldedStack| s.kind() == "[futex]" && s.has_function(LOCK_SITE);
-    assert_eq!(
-        total_threads(stacks, is_handler_wait),
-        want,
-        "threads on [futex] stacks with {LOCK_SITE}; all stacks:\n{}",
-        all_stacks(stacks)
-    );
-    let mut objects: Vec<Option<&str>> = stacks
+    let is_handler_wait =
+        |s: &ProfileStack| s.kind == WaitKind::Futex && has_function(s, LOCK_SITE);
+    assert_threads(profile, is_handler_wait, want, &format!("futex waiters in {LOCK_SITE}"));
+    let objects: BTreeSet<Option<&str>> = stacks_where(profile, is_handler_wait)
         .iter()
-        .filter(|s| is_handler_wait(s))
-        .map(FoldedStack::object)
+        .map(|s| s.object.as_deref())
         .collect();
-    objects.sort_unstable();
-    objects.dedup();
+    let objects: Vec<Option<&str>> = objects.into_iter().collect();
     let [Some(lock)] = objects.as_slice() else {
         panic!(
             "the {want} handlers in {LOCK_SITE} wait on {objects:?}, want one lock, {describe}; \
              stacks:\n{}",
-            top_stacks(stacks, is_handler_wait, 10)
+            top_stacks(profile, is_handler_wait, 10)
         );
     };
     assert!(
         is_lock(lock),
         "the handlers in {LOCK_SITE} wait on {lock:?}, want {describe}; stacks:\n{}",
-        top_stacks(stacks, is_handler_wait, 10)
+        top_stacks(profile, is_handler_wait, 10)
     );
     // The holder waits too (Rust: parked on its own parker), but not on the lock it holds.
-    let on_lock = |s: &FoldedStack| s.kind() == "[futex]" && s.object() == Some(*lock);
-    assert_eq!(
-        total_threads(stacks, on_lock),
+    let on_lock =
+        |s: &ProfileStack| s.kind == WaitKind::Futex && s.object.as_deref() == Some(*lock);
+    assert_threads(profile, on_lock, want, &format!("futex waiters on {lock}, only the handlers"));
+    assert_threads(
+        profile,
+        |s| on_lock(s) && s.in_progress,
         want,
-        "threads on [futex {lock}] stacks in all, want only the handlers:\n{}",
-        top_stacks(stacks, on_lock, 10)
-    );
-
-    let rows = parse_lock_table(stdout);
-    let matching: Vec<&LockRow> = rows.iter().filter(|row| row.lock == *lock).collect();
-    let [row] = matching.as_slice() else {
-        panic!(
-            "{} BY LOCK rows for {lock}, want one; stdout:\n{stdout}",
-            matching.len()
-        );
-    };
-    assert_eq!(
-        row.now, want,
-        "BY LOCK row {:?}: threads blocked now; stdout:\n{stdout}",
-        row.line
+        &format!("threads blocked on {lock} now"),
     );
 }
 
@@ -313,11 +242,10 @@ fn rust_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
         .arg("--seconds")
         .arg(WORKLOAD_SECONDS.to_string());
     let workload = start_stuck("rust-objects mutex", cmd);
-    let (stdout, stacks) = snapshot("objects-rust-mutex", &workload);
+    let profile = snapshot("objects-rust-mutex", &workload);
     // Demangled without its hash: `rust_objects::STATS_QUEUE`.
     assert_one_lock(
-        &stdout,
-        &stacks,
+        &profile,
         |lock| lock == RUST_LOCK || lock.ends_with(&format!("::{RUST_LOCK}")),
         &format!("a path ending in {RUST_LOCK}"),
     );
@@ -331,6 +259,6 @@ fn c_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
     cmd.arg(HANDLERS.to_string())
         .arg(WORKLOAD_SECONDS.to_string());
     let workload = start_stuck("c-objects", cmd);
-    let (stdout, stacks) = snapshot("objects-c-mutex", &workload);
-    assert_one_lock(&stdout, &stacks, |lock| lock == C_LOCK, C_LOCK);
+    let profile = snapshot("objects-c-mutex", &workload);
+    assert_one_lock(&profile, |lock| lock == C_LOCK, C_LOCK);
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tracer_tests::{
-    FoldedStack, Pileup, TempDir, assert_svg, build_c_pileup, read_folded, start_c_pileup,
-    start_rust_pileup, top_stacks, total_micros, tracer_record,
+    Pileup, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, build_c_pileup,
+    has_function, record_profile, start_c_pileup, start_rust_pileup, top_stacks, total_ns,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -27,53 +27,39 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_ATTRIBUTED_SHARE: f64 = 0.90;
 
 /// Records `pileup` and checks the acceptance: futex time attributed to `handler` +
-/// `enqueue_fn`, and `[send]` time under `send_fn`.
+/// `enqueue_fn`, and send time under `send_fn`.
 fn record_and_check(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &str) {
     let dir = TempDir::new(label);
-    let folded = dir.join("waits.folded");
     let svg = dir.join("waits.svg");
-    let out = tracer_record(
+    let traced = record_profile(
         pileup.workload.pid(),
         &[
             "--duration",
             RECORD_DURATION,
             "--output",
-            folded.to_str().expect("utf-8 temp path"),
-            "--output",
             svg.to_str().expect("utf-8 temp path"),
         ],
+        &dir,
         RECORD_TIMEOUT,
     );
+    let profile = &traced.profile;
+    assert_eq!(profile.kind, ProfileKind::Recording);
+    assert_eq!(profile.pid, pileup.workload.pid(), "the profile names another process");
     assert!(
-        out.status.success(),
-        "tracer record failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
+        !profile.stacks.is_empty(),
+        "the recording holds no stacks; tracer stdout:\n{}",
+        traced.out.stdout
     );
 
-    let stacks = read_folded(&folded);
-    assert!(
-        !stacks.is_empty(),
-        "{} is empty; tracer stdout:\n{}",
-        folded.display(),
-        out.stdout
-    );
-    let comm = &stacks[0].frames[0];
-    assert!(
-        stacks.iter().all(|s| &s.frames[0] == comm),
-        "stacks start with different process names"
-    );
-
-    let is_futex = |s: &FoldedStack| s.kind() == "[futex]";
+    let is_futex = |s: &ProfileStack| s.kind == WaitKind::Futex;
     let is_attributed =
-        |s: &FoldedStack| is_futex(s) && s.has_function("handler") && s.has_function(enqueue_fn);
-    let futex_total = total_micros(&stacks, is_futex);
-    let attributed = total_micros(&stacks, is_attributed);
-    let is_send = |s: &FoldedStack| s.kind() == "[send]";
-    let is_reporter_send = |s: &FoldedStack| is_send(s) && s.has_function(send_fn);
-    let send_total = total_micros(&stacks, is_send);
-    let reporter_send = total_micros(&stacks, is_reporter_send);
+        |s: &ProfileStack| is_futex(s) && has_function(s, "handler") && has_function(s, enqueue_fn);
+    let futex_total = total_ns(profile, is_futex);
+    let attributed = total_ns(profile, is_attributed);
+    let is_send = |s: &ProfileStack| s.kind == WaitKind::Send;
+    let is_reporter_send = |s: &ProfileStack| is_send(s) && has_function(s, send_fn);
+    let send_total = total_ns(profile, is_send);
+    let reporter_send = total_ns(profile, is_reporter_send);
 
     let share = |part: u64, whole: u64| {
         if whole == 0 {
@@ -83,29 +69,43 @@ fn record_and_check(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &st
         }
     };
     println!(
-        "{label}: futex {attributed}/{futex_total} us = {:.2}% on handler;{enqueue_fn}; \
-         send {reporter_send}/{send_total} us = {:.2}% under {send_fn}",
+        "{label}: futex {attributed}/{futex_total} ns = {:.2}% on handler;{enqueue_fn}; \
+         send {reporter_send}/{send_total} ns = {:.2}% under {send_fn}",
         100.0 * share(attributed, futex_total),
         100.0 * share(reporter_send, send_total),
     );
 
     assert!(
         futex_total > 0,
-        "no [futex] time recorded; stacks:\n{}",
-        top_stacks(&stacks, |_| true, 20)
+        "no futex time recorded; stacks:\n{}",
+        top_stacks(profile, |_| true, 20)
     );
     assert!(
         share(attributed, futex_total) >= MIN_ATTRIBUTED_SHARE,
-        "only {:.2}% of {futex_total} futex us on stacks with handler and {enqueue_fn} (need {:.0}%); \
-         heaviest futex stacks without them:\n{}",
+        "only {:.2}% of {futex_total} futex ns on stacks with handler and {enqueue_fn} (need \
+         {:.0}%); heaviest futex stacks without them:\n{}",
         100.0 * share(attributed, futex_total),
         100.0 * MIN_ATTRIBUTED_SHARE,
-        top_stacks(&stacks, |s| is_futex(s) && !is_attributed(s), 10)
+        top_stacks(profile, |s| is_futex(s) && !is_attributed(s), 10)
+    );
+    // The handlers' waits end (the channel drains), and each is counted with its thread.
+    let handler_waits = profile
+        .stacks
+        .iter()
+        .filter(|s| is_attributed(s) && !s.in_progress)
+        .map(|s| s.stats.waits)
+        .sum::<u64>();
+    assert!(handler_waits > 0, "no handler wait ended in the recording");
+    let handler_threads = tracer_tests::thread_ids(profile, is_attributed);
+    assert!(
+        handler_threads.len() > 1,
+        "the futex waits come from {} thread(s), not from the {HANDLERS} handlers",
+        handler_threads.len()
     );
     assert!(
         reporter_send > 0,
-        "no [send] stack contains {send_fn}; [send] stacks:\n{}",
-        top_stacks(&stacks, is_send, 10)
+        "no send stack contains {send_fn}; send stacks:\n{}",
+        top_stacks(profile, is_send, 10)
     );
     assert_svg(&svg);
 }
@@ -147,40 +147,22 @@ fn target_exit_ends_recording_and_writes_reports() {
     let reaper = workload.reap_in_background(REAP_TIMEOUT);
 
     let dir = TempDir::new("exit");
-    let folded = dir.join("waits.folded");
-    let out = tracer_record(
-        pid,
-        &[
-            "--duration",
-            EXIT_RECORD_DURATION,
-            "--output",
-            folded.to_str().expect("utf-8 temp path"),
-        ],
-        EXIT_TIMEOUT,
-    );
+    let traced = record_profile(pid, &["--duration", EXIT_RECORD_DURATION], &dir, EXIT_TIMEOUT);
     println!(
         "tracer returned after {:?}; the target exits {EXITING_WORKLOAD_SECONDS}s after it started",
-        out.elapsed
+        traced.out.elapsed
+    );
+    let profile = &traced.profile;
+    assert!(profile.target_exited, "the profile does not say the target exited");
+    assert!(
+        profile.duration < Duration::from_secs(10),
+        "the recording lasted {:?}, past the target's exit",
+        profile.duration
     );
     assert!(
-        out.status.success(),
-        "tracer record failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    assert!(
-        out.stdout.contains("exited") || out.stderr.contains("exited"),
-        "no line says the process exited:\nstdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
-    assert!(folded.is_file(), "{} was not written", folded.display());
-    let stacks = read_folded(&folded);
-    assert!(
-        !stacks.is_empty(),
-        "{} is empty: what was recorded before the exit is lost",
-        folded.display()
+        profile.stacks.iter().any(|s| has_function(s, "send_stat")),
+        "what was recorded before the exit is lost; stacks:\n{}",
+        top_stacks(profile, |_| true, 20)
     );
 
     let status = reaper

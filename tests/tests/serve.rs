@@ -10,8 +10,9 @@ use std::{
 };
 
 use tracer_tests::{
-    HTTP_TIMEOUT, Prometheus, ServeDaemon, TempDir, run_with_timeout, start_rust_pileup,
-    start_rust_stuck, start_workload, tracer_bin,
+    HTTP_TIMEOUT, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind,
+    has_function, read_profile, run_with_timeout, start_rust_pileup, start_rust_stuck,
+    start_workload, top_stacks, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -30,6 +31,22 @@ const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
 /// The issue asks for an exit within a second; this bound is generous so a loaded CI
 /// machine does not fail the test, and the measured time is printed.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The threads blocked now, as the daemon serves them (pprof), read back into the profile.
+fn threads_now(daemon: &ServeDaemon, dir: &TempDir) -> Profile {
+    let threads = daemon.get("/debug/pprof/threads");
+    assert_eq!(threads.status, 200, "{}", threads.text());
+    assert!(
+        threads.body.starts_with(&[0x1f, 0x8b]),
+        "/debug/pprof/threads is not gzip"
+    );
+    let path = dir.join("threads.pb.gz");
+    std::fs::write(&path, &threads.body)
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let profile = read_profile(&path);
+    assert_eq!(profile.kind, ProfileKind::Snapshot);
+    profile
+}
 
 /// Waits until the daemon says it attached to `pid`.
 fn wait_attached(daemon: &mut ServeDaemon, pid: u32) {
@@ -80,12 +97,13 @@ fn go_pprof_reads_the_block_profile_over_http() {
         out.stdout
     );
 
-    // The threads blocked now, as pprof too.
-    let threads = daemon.get("/debug/pprof/threads");
-    assert_eq!(threads.status, 200, "{}", threads.text());
+    // The threads blocked now, as pprof too: the handlers waiting at send_stat.
+    let now = threads_now(&daemon, &dir);
+    assert_eq!(now.pid, pid, "/debug/pprof/threads is of another process");
     assert!(
-        threads.body.starts_with(&[0x1f, 0x8b]),
-        "/debug/pprof/threads is not gzip"
+        now.stacks.iter().any(|s| s.kind == WaitKind::Futex && has_function(s, "send_stat")),
+        "no thread blocked at send_stat in /debug/pprof/threads:\n{}",
+        top_stacks(&now, |_| true, 20)
     );
 }
 
@@ -163,14 +181,22 @@ fn serve_follows_a_process_by_name_across_restarts() {
     wait_attached(&mut daemon, second_pid);
     println!("{}", daemon.log());
 
-    let threads = daemon.get("/debug/pprof/threads?debug=1");
-    assert_eq!(threads.status, 200, "{}", threads.text());
-    assert!(
-        threads.text().contains(&format!("(pid {second_pid})")),
-        "/debug/pprof/threads?debug=1 does not show pid {second_pid}:\n{}",
-        threads.text()
+    // The threads served now are the second process's: its two handlers at send_stat.
+    let now = threads_now(&daemon, &dir);
+    assert_eq!(now.pid, second_pid, "/debug/pprof/threads is not of the restarted process");
+    let at_send_stat = tracer_tests::thread_ids(&now, |s| {
+        s.kind == WaitKind::Futex && has_function(s, "send_stat")
+    });
+    assert_eq!(
+        at_send_stat.len(),
+        2,
+        "threads blocked at send_stat in /debug/pprof/threads:\n{}",
+        top_stacks(&now, |_| true, 20)
     );
-    assert!(threads.text().contains("send_stat"), "{}", threads.text());
+    // The human view is still served.
+    let text = daemon.get("/debug/pprof/threads?debug=1");
+    assert_eq!(text.status, 200, "{}", text.text());
+    assert!(!text.text().trim().is_empty(), "/debug/pprof/threads?debug=1 is empty");
 }
 
 #[test]

@@ -1,0 +1,439 @@
+//! The programs that read or drive the tracer: `tracer record`, `snapshot` and `report` under a
+//! deadline, the `tracer serve` daemon and HTTP to it, a real Prometheus, outside tools
+//! (`go tool pprof`, `xmllint`), and a Go workload's own goroutine profile (the oracle the Go
+//! tests compare with).
+
+use std::io::{BufRead as _, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::processes::{
+    ChildGuard, POLL_INTERVAL, RunOutput, STARTUP_TIMEOUT, TempDir, run_with_timeout,
+};
+
+/// The tracer binary: `$TRACER_BIN`, else `target/release/tracer` of this workspace (honouring
+/// `CARGO_TARGET_DIR`).
+pub fn tracer_bin() -> PathBuf {
+    let path = match std::env::var_os("TRACER_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("tests/ has a parent");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|t| {
+                    if t.is_relative() {
+                        workspace.join(t)
+                    } else {
+                        t
+                    }
+                })
+                .unwrap_or_else(|| workspace.join("target"));
+            target.join("release").join("tracer")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "tracer binary {} is missing: run `cargo build --release` first or set TRACER_BIN",
+        path.display()
+    );
+    path
+}
+
+/// `tracer record --pid PID` with the given extra arguments, under a deadline.
+pub fn tracer_record(pid: u32, args: &[&str], timeout: Duration) -> RunOutput {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("record")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .args(args);
+    run_with_timeout("tracer record", cmd, timeout)
+}
+
+/// `tracer snapshot --pid PID` with the given extra arguments, under a deadline.
+pub fn tracer_snapshot(pid: u32, args: &[&str], timeout: Duration) -> RunOutput {
+    run_with_timeout("tracer snapshot", snapshot_command(pid, args), timeout)
+}
+
+/// The command line of `tracer snapshot --pid PID ARGS...`.
+pub fn snapshot_command(pid: u32, args: &[&str]) -> Command {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("snapshot")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .args(args);
+    cmd
+}
+
+/// `tracer report ARGS...` (needs no root and no live process), under a deadline.
+pub fn tracer_report(args: &[&str], timeout: Duration) -> RunOutput {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("report").args(args);
+    run_with_timeout("tracer report", cmd, timeout)
+}
+
+/// Runs an outside tool (`go tool pprof`, `xmllint`) that `cargo xtask setup` installs,
+/// panicking with its output when it fails.
+pub fn run_tool(program: &str, args: &[&str], timeout: Duration) -> RunOutput {
+    let which = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sh to look for {program}: {e}"));
+    assert!(
+        which.status.success(),
+        "{program} is not installed: `cargo xtask setup` installs it (Debian's golang-go, libxml2-utils)"
+    );
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let out = run_with_timeout(program, cmd, timeout);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+/// `tracer -v serve ARGS... --listen 127.0.0.1:0` running under a guard, with its log
+/// (stderr) collected line by line, and the port it serves on.
+pub struct ServeDaemon {
+    guard: ChildGuard,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub port: u16,
+}
+
+impl ServeDaemon {
+    /// Starts the daemon and waits for the line that names its address.
+    pub fn start(args: &[&str]) -> Self {
+        let mut cmd = Command::new(tracer_bin());
+        cmd.arg("-v")
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn tracer serve ({cmd:?}): {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let mut daemon = Self {
+            guard: ChildGuard::new("tracer serve", child),
+            log,
+            port: 0,
+        };
+        const MARKER: &str = " on http://127.0.0.1:";
+        let line = daemon.wait_for_log(|line| line.contains(MARKER), STARTUP_TIMEOUT);
+        let port = line
+            .split(MARKER)
+            .nth(1)
+            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        daemon.port = port;
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+
+    /// Waits for a log line matching `pred` and returns it; panics with the log after
+    /// `timeout`.
+    pub fn wait_for_log(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|line| pred(line))
+            {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.guard.child.try_wait() {
+                panic!("tracer serve exited ({status}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracer serve logged no such line within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// GET `path` (with its query) from the daemon.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.port, path, HTTP_TIMEOUT)
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit; returns the status and
+    /// how long the exit took.
+    pub fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        let start = Instant::now();
+        // SAFETY: kill takes a pid and a signal; `pid` is our unreaped child.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        let status = self.guard.wait_timeout(timeout);
+        (status, start.elapsed())
+    }
+}
+
+/// Far above what any endpoint takes besides the requested window, for a loaded CI
+/// machine; only a hang reaches it.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An HTTP response: status code and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A plain HTTP/1.1 GET of `path` on 127.0.0.1:`port` (Connection: close; the body is
+/// whatever follows the headers).
+pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+    stream.set_read_timeout(Some(timeout)).expect("set a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {path}: no end of headers in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no status in {head:?}"));
+    HttpResponse { status, body: raw[split + 4..].to_vec() }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap_or_else(|e| panic!("find a free port: {e}"))
+        .port()
+}
+
+/// A real Prometheus server (Debian's `prometheus`) on 127.0.0.1, scraping one target
+/// every second, with its storage in a temporary directory.
+pub struct Prometheus {
+    guard: ChildGuard,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// How long Prometheus may take to start answering (it replays an empty TSDB).
+    const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+    pub fn start(scrape_port: u16) -> Self {
+        let dir = TempDir::new("prometheus");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: tracer\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{scrape_port}']\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+        let port = free_port();
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("spawn prometheus: {e} (`cargo xtask setup` installs Debian's prometheus)")
+        });
+        let prometheus = Self { guard: ChildGuard::new("prometheus", child), port, _dir: dir };
+        let deadline = Instant::now() + Self::READY_TIMEOUT;
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && http_get(port, "/-/ready", HTTP_TIMEOUT).status == 200;
+            if ready {
+                return prometheus;
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready within {:?}", Self::READY_TIMEOUT);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// The JSON answer of the instant query `query` (letters, digits, `_` and `{}=",`
+    /// only: it is percent-encoded here).
+    pub fn query(&self, query: &str) -> String {
+        let encoded: String = query
+            .bytes()
+            .map(|byte| match byte {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (byte as char).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let response = http_get(self.port, &format!("/api/v1/query?query={encoded}"), HTTP_TIMEOUT);
+        assert_eq!(response.status, 200, "prometheus query {query}: {}", response.text());
+        response.text()
+    }
+}
+
+/// One group of a Go program's own goroutine profile (pprof's `debug=1` text): how many
+/// goroutines, and the functions of their frames leaf first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoroutineGroup {
+    pub count: u64,
+    pub functions: Vec<String>,
+}
+
+/// The groups of a `debug=1` goroutine profile: `N @ 0x… 0x…` lines, each followed by
+/// `#\t0xADDR\tfunction+0xOFF\tfile:line` frame lines.
+pub fn parse_pprof_goroutines(text: &str) -> Vec<GoroutineGroup> {
+    let mut groups: Vec<GoroutineGroup> = Vec::new();
+    for line in text.lines() {
+        if let Some((count, _)) = line.split_once(" @ ")
+            && let Ok(count) = count.trim().parse()
+        {
+            groups.push(GoroutineGroup { count, functions: Vec::new() });
+        } else if let Some(frame) = line.strip_prefix('#')
+            && let Some(group) = groups.last_mut()
+        {
+            let mut fields = frame.split_whitespace();
+            let _address = fields.next();
+            if let Some(function) = fields.next() {
+                let name = function.rsplit_once("+0x").map_or(function, |(name, _)| name);
+                group.functions.push(name.to_owned());
+            }
+        }
+    }
+    groups
+}
+
+/// The Go program's own goroutine profile, fetched from its `net/http/pprof`.
+pub fn pprof_goroutines(port: u16) -> Vec<GoroutineGroup> {
+    let response = http_get(port, "/debug/pprof/goroutine?debug=1", Duration::from_secs(30));
+    assert_eq!(response.status, 200, "pprof goroutine profile: {}", response.text());
+    parse_pprof_goroutines(&response.text())
+}
+
+/// Goroutines in the groups whose frames include `function`.
+pub fn goroutines_at(groups: &[GoroutineGroup], function: &str) -> u64 {
+    groups
+        .iter()
+        .filter(|group| group.functions.iter().any(|name| name == function))
+        .map(|group| group.count)
+        .sum()
+}
+
+/// Asserts that `out` is a success, showing its output otherwise.
+pub fn assert_success(what: &str, out: &RunOutput) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// A run of `tracer record` or `tracer snapshot` and the JSON profile it wrote, read back.
+pub struct Traced {
+    pub out: RunOutput,
+    pub profile: crate::Profile,
+}
+
+/// `tracer record --pid PID ARGS... --output DIR/record.json` under a deadline: asserts that it
+/// succeeded and said something, and reads the profile back.
+pub fn record_profile(pid: u32, args: &[&str], dir: &TempDir, timeout: Duration) -> Traced {
+    traced("tracer record", dir, "record.json", |json| {
+        let mut args = args.to_vec();
+        args.extend(["--output", json]);
+        tracer_record(pid, &args, timeout)
+    })
+}
+
+/// `tracer snapshot --pid PID ARGS... --output DIR/snapshot.json` under a deadline: asserts that
+/// it succeeded and said something, and reads the profile back.
+pub fn snapshot_profile(pid: u32, args: &[&str], dir: &TempDir, timeout: Duration) -> Traced {
+    traced("tracer snapshot", dir, "snapshot.json", |json| {
+        let mut args = args.to_vec();
+        args.extend(["--output", json]);
+        tracer_snapshot(pid, &args, timeout)
+    })
+}
+
+fn traced(what: &str, dir: &TempDir, name: &str, run: impl FnOnce(&str) -> RunOutput) -> Traced {
+    let json = dir.join(name);
+    let out = run(json.to_str().expect("utf-8 temp path"));
+    assert_success(what, &out);
+    // The human report is pinned by golden files; here it only has to be there.
+    assert!(!out.stdout.trim().is_empty(), "{what} printed nothing; stderr:\n{}", out.stderr);
+    let profile = crate::read_profile(&json);
+    Traced { out, profile }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_go_goroutine_profile() {
+        let text = "goroutine profile: total 1002\n\
+                    1000 @ 0x43e 0x40a 0x409 0x4a1\n\
+                    #\t0x43d\truntime.gopark+0xce\t/usr/lib/go/src/runtime/proc.go:402\n\
+                    #\t0x4a0\tmain.receiver+0x25\t/src/goroutines.go:101\n\
+                    \n\
+                    2 @ 0x43e 0x4b2\n\
+                    #\t0x4b1\tmain.sendStat+0x31\t/src/goroutines.go:131\n";
+        let groups = parse_pprof_goroutines(text);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].count, 1000);
+        assert_eq!(groups[0].functions, ["runtime.gopark", "main.receiver"]);
+        assert_eq!(goroutines_at(&groups, "main.receiver"), 1000);
+        assert_eq!(goroutines_at(&groups, "main.sendStat"), 2);
+        assert_eq!(goroutines_at(&groups, "main.absent"), 0);
+    }
+}

@@ -1,0 +1,274 @@
+//! Child processes under guards that clean up: spawning with a deadline on the first line,
+//! running to completion with a deadline (and measuring what a child cost), and temporary
+//! directories.
+
+use std::io::{BufRead as _, BufReader, Read};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Starting a workload (connecting, spawning a few dozen threads) takes milliseconds; this is
+/// far above that so a slow CI machine does not fail, and low enough that a broken workload
+/// fails the test quickly.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child process that is killed and reaped when the guard drops, so a failing test leaves
+/// nothing running.
+pub struct ChildGuard {
+    pub(crate) child: Child,
+    name: String,
+}
+
+impl ChildGuard {
+    pub fn new(name: impl Into<String>, child: Child) -> Self {
+        Self {
+            child,
+            name: name.into(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reaps the child in the background as soon as it exits, the way a real parent (a shell,
+    /// systemd) would: a target that exits must not linger as our zombie while it is traced.
+    /// Kills it if it still runs after `timeout`.
+    pub fn reap_in_background(mut self, timeout: Duration) -> std::thread::JoinHandle<ExitStatus> {
+        std::thread::spawn(move || self.wait_timeout(timeout))
+    }
+
+    /// Waits for the child to exit on its own, panicking after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+                Ok(None) => panic!(
+                    "{} (pid {}) still runs after {timeout:?}",
+                    self.name,
+                    self.pid()
+                ),
+                Err(e) => panic!("wait {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Either may fail because the child already exited; that is the goal anyway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How often a deadline loop checks a child: fine enough to measure "within a second".
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Spawns `cmd` with stdout piped and waits for its first stdout line. The rest of its stdout is
+/// drained in the background so the child never blocks on a full pipe.
+pub fn spawn_and_read_line(name: &str, cmd: Command) -> (ChildGuard, String) {
+    spawn_and_read_line_within(name, cmd, STARTUP_TIMEOUT)
+}
+
+/// [`spawn_and_read_line`] with its own deadline, for workloads that take long to set up.
+pub fn spawn_and_read_line_within(
+    name: &str,
+    mut cmd: Command,
+    timeout: Duration,
+) -> (ChildGuard, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let guard = ChildGuard::new(name, child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let line = match rx.recv_timeout(timeout) {
+        Ok(Ok(line)) if !line.is_empty() => line.trim_end().to_owned(),
+        Ok(Ok(_)) => panic!("{name} closed stdout before printing a line"),
+        Ok(Err(e)) => panic!("read stdout of {name}: {e}"),
+        Err(e) => panic!("{name} printed nothing within {timeout:?}: {e}"),
+    };
+    (guard, line)
+}
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// From spawn to exit.
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` to completion, capturing its output; kills it and panics if it is still running
+/// after `timeout`, so a hang fails the test instead of blocking the suite.
+pub fn run_with_timeout(what: &str, mut cmd: Command, timeout: Duration) -> RunOutput {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
+    let stdout = read_in_background(child.stdout.take().expect("stdout is piped"));
+    let stderr = read_in_background(child.stderr.take().expect("stderr is piped"));
+    let mut guard = ChildGuard::new(what, child);
+    let status = guard.wait_timeout(timeout);
+    let elapsed = start.elapsed();
+    RunOutput {
+        status,
+        stdout: collect(what, "stdout", stdout),
+        stderr: collect(what, "stderr", stderr),
+        elapsed,
+    }
+}
+
+fn read_in_background(
+    mut pipe: impl Read + Send + 'static,
+) -> std::thread::JoinHandle<std::io::Result<String>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        pipe.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    })
+}
+
+fn collect(
+    what: &str,
+    stream: &str,
+    reader: std::thread::JoinHandle<std::io::Result<String>>,
+) -> String {
+    reader
+        .join()
+        .unwrap_or_else(|_| panic!("reader of {what} {stream} panicked"))
+        .unwrap_or_else(|e| panic!("read {what} {stream}: {e}"))
+}
+
+/// What a child cost, from the kernel's accounting of that one child (`wait4`).
+#[derive(Debug, Clone, Copy)]
+pub struct ChildUsage {
+    /// Peak resident set size.
+    pub max_rss_kib: u64,
+    pub user: Duration,
+    pub system: Duration,
+}
+
+/// [`run_with_timeout`], and also what the child cost. It reaps the child with `wait4`, which
+/// reports that child's own peak RSS and CPU time (`getrusage(RUSAGE_CHILDREN)` would mix in every
+/// child reaped before, gcc and workloads included).
+pub fn run_measured(what: &str, mut cmd: Command, timeout: Duration) -> (RunOutput, ChildUsage) {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
+    let stdout = read_in_background(child.stdout.take().expect("stdout is piped"));
+    let stderr = read_in_background(child.stderr.take().expect("stderr is piped"));
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    let deadline = start + timeout;
+    let mut timed_out = false;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let flags = if timed_out { 0 } else { libc::WNOHANG };
+        // SAFETY: `pid` is our unreaped child, and both out-pointers point to live locals.
+        let rc = unsafe { libc::wait4(pid, &raw mut status, flags, &raw mut usage) };
+        match rc {
+            0 if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+            0 => {
+                // Not reaped yet, so the pid is still ours to kill; reap it on the next turn.
+                let _ = child.kill();
+                timed_out = true;
+            }
+            rc if rc == pid => break (status, usage),
+            _ => panic!("wait4 {what}: {}", std::io::Error::last_os_error()),
+        }
+    };
+    let elapsed = start.elapsed();
+    // Already reaped: dropping `child` closes nothing else and must not wait or kill it again.
+    drop(child);
+    let out = RunOutput {
+        status: ExitStatus::from_raw(status),
+        stdout: collect(what, "stdout", stdout),
+        stderr: collect(what, "stderr", stderr),
+        elapsed,
+    };
+    assert!(
+        !timed_out,
+        "{what} still ran after {timeout:?} and was killed; stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let timeval = |tv: libc::timeval| {
+        Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))
+    };
+    let usage = ChildUsage {
+        // Linux reports ru_maxrss in KiB.
+        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        user: timeval(usage.ru_utime),
+        system: timeval(usage.ru_stime),
+    };
+    (out, usage)
+}
+
+/// A directory under the system temp dir, removed (with its contents) on drop. Mode 755 so a
+/// test can run a binary from it as another user.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("tracer-tests-{label}-{}-{n}", std::process::id()));
+        // A leftover from a crashed run with a recycled pid would make create_dir fail.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        set_mode(&path, 0o755);
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}

@@ -1,0 +1,317 @@
+//! The workloads the tests trace: the Rust workloads of this crate, C workloads compiled with
+//! gcc and Go workloads built with `go` at run time, started and waited for until they say
+//! they are ready (or stuck).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::processes::{
+    ChildGuard, run_with_timeout, spawn_and_read_line, spawn_and_read_line_within,
+};
+
+/// Seconds the slow backend lives beyond the workload using it, so the workload's reporter is
+/// still blocked in `send` (not failing with EPIPE) until the workload exits.
+pub const BACKEND_EXTRA_SECONDS: f64 = 30.0;
+
+/// The workload sources that the tests compile with gcc at run time.
+pub const C_PILEUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_pileup.c");
+pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_stuck.c");
+pub const MANY_WAITERS_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
+pub const C_LOSSES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_losses.c");
+pub const C_OBJECTS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_objects.c");
+
+/// Starts the slow backend for `seconds` and returns it with the port it listens on.
+pub fn start_backend(bin: &str, seconds: f64) -> (ChildGuard, u16) {
+    start_backend_with(bin, seconds, &[])
+}
+
+/// Starts the slow backend with `--never-read`: a dead backend that accepts and never reads, so
+/// its writer blocks in `send` for good.
+pub fn start_dead_backend(bin: &str, seconds: f64) -> (ChildGuard, u16) {
+    start_backend_with(bin, seconds, &["--never-read"])
+}
+
+fn start_backend_with(bin: &str, seconds: f64, extra: &[&str]) -> (ChildGuard, u16) {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--seconds").arg(seconds.to_string()).args(extra);
+    let (guard, line) = spawn_and_read_line("slow-backend", cmd);
+    let port = line
+        .parse()
+        .unwrap_or_else(|e| panic!("slow-backend printed {line:?}, not a port: {e}"));
+    (guard, port)
+}
+
+/// Starts a workload and waits until it prints `ready` (all its threads run).
+pub fn start_workload(name: &str, cmd: Command) -> ChildGuard {
+    let (guard, line) = spawn_and_read_line(name, cmd);
+    assert_eq!(line, "ready", "{name} printed {line:?} instead of ready");
+    guard
+}
+
+/// A running pile-up: the workload and the backend it writes to. The workload is declared
+/// first so it is killed first (its reporter would otherwise see the backend vanish).
+pub struct Pileup {
+    pub workload: ChildGuard,
+    pub backend: ChildGuard,
+}
+
+/// Starts the slow backend and the Rust pile-up against it.
+pub fn start_rust_pileup(
+    backend_bin: &str,
+    pileup_bin: &str,
+    handlers: usize,
+    seconds: f64,
+) -> Pileup {
+    let (backend, port) = start_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
+    let mut cmd = Command::new(pileup_bin);
+    cmd.arg("--backend")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--handlers")
+        .arg(handlers.to_string())
+        .arg("--seconds")
+        .arg(seconds.to_string());
+    let workload = start_workload("rust-pileup", cmd);
+    Pileup { workload, backend }
+}
+
+/// Compiles the C pile-up into `dir` (see [`build_c`]).
+pub fn build_c_pileup(dir: &Path) -> PathBuf {
+    build_c(dir, C_PILEUP_SOURCE, "c-pileup")
+}
+
+/// Compiles the C workload `source` into `dir/name` the way a C service is usually built: `-O2`
+/// (which omits frame pointers) with debug info, against the system glibc.
+pub fn build_c(dir: &Path, source: &str, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    let output = Command::new("gcc")
+        .args(["-O2", "-g", "-pthread", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(source)
+        .output()
+        .unwrap_or_else(|e| panic!("spawn gcc: {e}"));
+    assert!(
+        output.status.success(),
+        "gcc {source} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// A pile-up that never clears: the workload, whose handlers and sender are blocked for good,
+/// and the dead backend it writes to. The workload is declared first so it is killed first.
+pub struct Stuck {
+    pub workload: ChildGuard,
+    pub backend: ChildGuard,
+    /// The port the dead backend listens on, on 127.0.0.1: the remote end of the sender's wait.
+    pub backend_port: u16,
+    /// When the test read `stuck`: every handler and the sender had blocked by then, so each
+    /// has been blocked at least `stuck_at.elapsed()`.
+    pub stuck_at: Instant,
+}
+
+/// Starts a dead backend and the Rust stuck workload against it, and waits for `stuck`.
+pub fn start_rust_stuck(
+    backend_bin: &str,
+    stuck_bin: &str,
+    handlers: usize,
+    seconds: f64,
+) -> Stuck {
+    let (backend, port) = start_dead_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
+    let mut cmd = Command::new(stuck_bin);
+    cmd.arg("--backend")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--handlers")
+        .arg(handlers.to_string())
+        .arg("--seconds")
+        .arg(seconds.to_string());
+    let (workload, stuck_at) = start_stuck_workload("rust-stuck", cmd);
+    Stuck {
+        workload,
+        backend,
+        backend_port: port,
+        stuck_at,
+    }
+}
+
+/// Starts a dead backend and the compiled C stuck workload against it, and waits for `stuck`.
+pub fn start_c_stuck(backend_bin: &str, stuck_bin: &Path, handlers: usize, seconds: f64) -> Stuck {
+    let (backend, port) = start_dead_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
+    let mut cmd = Command::new(stuck_bin);
+    cmd.arg(port.to_string())
+        .arg(handlers.to_string())
+        .arg(seconds.to_string());
+    let (workload, stuck_at) = start_stuck_workload("c-stuck", cmd);
+    Stuck {
+        workload,
+        backend,
+        backend_port: port,
+        stuck_at,
+    }
+}
+
+/// Starts a workload that prints `stuck` once all its threads are blocked (`rust-objects`,
+/// `c-objects`), and waits for that line.
+pub fn start_stuck(name: &str, cmd: Command) -> ChildGuard {
+    start_stuck_workload(name, cmd).0
+}
+
+fn start_stuck_workload(name: &str, cmd: Command) -> (ChildGuard, Instant) {
+    let (guard, line) = spawn_and_read_line(name, cmd);
+    let stuck_at = Instant::now();
+    assert_eq!(line, "stuck", "{name} printed {line:?} instead of stuck");
+    (guard, stuck_at)
+}
+
+/// Starts the compiled many-waiters workload with `threads` waiters and waits (up to `timeout`:
+/// creating thousands of threads takes a while) until it prints `ready`, i.e. every waiter is in
+/// its futex wait.
+pub fn start_many_waiters(
+    bin: &Path,
+    threads: usize,
+    seconds: f64,
+    timeout: Duration,
+) -> ChildGuard {
+    let mut cmd = Command::new(bin);
+    cmd.arg(threads.to_string()).arg(seconds.to_string());
+    let (guard, line) = spawn_and_read_line_within("many-waiters", cmd, timeout);
+    assert_eq!(
+        line, "ready",
+        "many-waiters printed {line:?} instead of ready"
+    );
+    guard
+}
+
+/// Connections that may wait to fill one listener's accept queue before we call the setup
+/// broken: a backlog of 0 holds one, of 1 two (the kernel lets the queue reach backlog + 1).
+const MAX_FILLERS: usize = 16;
+/// How long a filler connect may take before we take it as hanging, i.e. the listener dropped
+/// its SYN because the accept queue is full. A loopback handshake takes microseconds; the first
+/// SYN retransmission comes after a second.
+const FILLER_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A TCP listener on 127.0.0.1 that never accepts, with its accept queue full: the kernel drops
+/// every new SYN, so a blocking `connect` to it hangs (in SYN-SENT) until the SYN retries run
+/// out, about two minutes with the default `tcp_syn_retries`.
+pub struct FullListener {
+    pub port: u16,
+    listener: std::net::TcpListener,
+    /// The connections that fill the queue: closing them would free it.
+    fillers: Vec<std::net::TcpStream>,
+}
+
+impl FullListener {
+    /// Listens with a backlog of `backlog` and connects until a connect no longer completes.
+    pub fn new(backlog: libc::c_int) -> Self {
+        use std::os::fd::AsRawFd as _;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
+        // std listens with a large backlog; listening again on a listening socket only changes
+        // the backlog.
+        // SAFETY: the fd is the live listening socket that `listener` owns.
+        let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+        assert_eq!(
+            rc,
+            0,
+            "listen(backlog {backlog}): {}",
+            std::io::Error::last_os_error()
+        );
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr of the listener: {e}"));
+        let mut fillers = Vec::new();
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, FILLER_CONNECT_TIMEOUT) {
+                Ok(stream) => fillers.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("connect {addr} after {} fillers: {e}", fillers.len()),
+            }
+            assert!(
+                fillers.len() <= MAX_FILLERS,
+                "{} connections to {addr} (backlog {backlog}) completed and it still accepts \
+                 more: its accept queue does not fill",
+                fillers.len()
+            );
+        }
+        assert!(
+            !fillers.is_empty(),
+            "not even one connection to {addr} (backlog {backlog}) completed"
+        );
+        Self {
+            port: addr.port(),
+            listener,
+            fillers,
+        }
+    }
+
+    /// How many connections it took to fill the accept queue.
+    pub fn fillers(&self) -> usize {
+        self.fillers.len()
+    }
+
+    pub fn listener(&self) -> &std::net::TcpListener {
+        &self.listener
+    }
+}
+
+/// Starts the slow backend and the compiled C pile-up against it.
+pub fn start_c_pileup(
+    backend_bin: &str,
+    pileup_bin: &Path,
+    handlers: usize,
+    seconds: f64,
+) -> Pileup {
+    let (backend, port) = start_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
+    let mut cmd = Command::new(pileup_bin);
+    cmd.arg(port.to_string())
+        .arg(handlers.to_string())
+        .arg(seconds.to_string());
+    let workload = start_workload("c-pileup", cmd);
+    Pileup { workload, backend }
+}
+
+/// The Go workload of the goroutine tests (modes `recv N` and `pileup N`), built with
+/// Debian's `golang-go` at run time.
+pub const GO_GOROUTINES_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/go/goroutines.go");
+
+/// Builds a Go program into `dir` with `go build` (its cache and home inside `dir`, so the
+/// test writes nothing elsewhere); `stripped` adds `-ldflags=-s -w` (no symbols, no DWARF).
+pub fn build_go(dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf {
+    let out = dir.join(name);
+    let mut cmd = Command::new("go");
+    cmd.arg("build").arg("-o").arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    cmd.arg(source)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("HOME", dir)
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GO111MODULE", "off");
+    let result = run_with_timeout(&format!("go build {name}"), cmd, Duration::from_secs(300));
+    assert!(
+        result.status.success(),
+        "go build {name} failed ({}): {}",
+        result.status,
+        result.stderr
+    );
+    out
+}
+
+/// Starts the Go workload `bin mode n` and returns it with the loopback port serving its own
+/// `net/http/pprof` (it prints `ready PORT` once its goroutines have parked).
+pub fn start_go_goroutines(bin: &Path, mode: &str, n: usize, timeout: Duration) -> (ChildGuard, u16) {
+    let mut cmd = Command::new(bin);
+    cmd.arg(mode).arg(n.to_string());
+    let (guard, line) = spawn_and_read_line_within(&format!("goroutines {mode}"), cmd, timeout);
+    let port = line
+        .strip_prefix("ready ")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("goroutines {mode}: expected `ready PORT`, got {line:?}"));
+    (guard, port)
+}
