@@ -18,18 +18,11 @@ pub fn tracer_bin() -> PathBuf {
     let path = match std::env::var_os("TRACER_BIN") {
         Some(bin) => PathBuf::from(bin),
         None => {
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("tests/ has a parent");
+            let workspace =
+                Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent");
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
-                .map(|t| {
-                    if t.is_relative() {
-                        workspace.join(t)
-                    } else {
-                        t
-                    }
-                })
+                .map(|t| if t.is_relative() { workspace.join(t) } else { t })
                 .unwrap_or_else(|| workspace.join("target"));
             target.join("release").join("tracer")
         }
@@ -45,10 +38,7 @@ pub fn tracer_bin() -> PathBuf {
 /// `tracer record --pid PID` with the given extra arguments, under a deadline.
 pub fn tracer_record(pid: u32, args: &[&str], timeout: Duration) -> RunOutput {
     let mut cmd = Command::new(tracer_bin());
-    cmd.arg("record")
-        .arg("--pid")
-        .arg(pid.to_string())
-        .args(args);
+    cmd.arg("record").arg("--pid").arg(pid.to_string()).args(args);
     run_with_timeout("tracer record", cmd, timeout)
 }
 
@@ -60,10 +50,7 @@ pub fn tracer_snapshot(pid: u32, args: &[&str], timeout: Duration) -> RunOutput 
 /// The command line of `tracer snapshot --pid PID ARGS...`.
 pub fn snapshot_command(pid: u32, args: &[&str]) -> Command {
     let mut cmd = Command::new(tracer_bin());
-    cmd.arg("snapshot")
-        .arg("--pid")
-        .arg(pid.to_string())
-        .args(args);
+    cmd.arg("snapshot").arg("--pid").arg(pid.to_string()).args(args);
     cmd
 }
 
@@ -118,9 +105,7 @@ impl ServeDaemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn tracer serve ({cmd:?}): {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn tracer serve ({cmd:?}): {e}"));
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&log);
@@ -130,11 +115,7 @@ impl ServeDaemon {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        let mut daemon = Self {
-            guard: ChildGuard::new("tracer serve", child),
-            log,
-            port: 0,
-        };
+        let mut daemon = Self { guard: ChildGuard::new("tracer serve", child), log, port: 0 };
         const MARKER: &str = " on http://127.0.0.1:";
         let line = daemon.wait_for_log(|line| line.contains(MARKER), STARTUP_TIMEOUT);
         let port = line
@@ -160,12 +141,8 @@ impl ServeDaemon {
     pub fn wait_for_log(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self
-                .log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|line| pred(line))
+            if let Some(line) =
+                self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|line| pred(line))
             {
                 return line.clone();
             }
@@ -223,19 +200,13 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
     stream.set_read_timeout(Some(timeout)).expect("set a read timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+        .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no end of headers in {:?}", String::from_utf8_lossy(&raw)));
+    stream.read_to_end(&mut raw).unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
+        panic!("GET {path}: no end of headers in {:?}", String::from_utf8_lossy(&raw))
+    });
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split_whitespace()
@@ -296,7 +267,11 @@ impl Prometheus {
             if ready {
                 return prometheus;
             }
-            assert!(Instant::now() < deadline, "prometheus not ready within {:?}", Self::READY_TIMEOUT);
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready within {:?}",
+                Self::READY_TIMEOUT
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -24,10 +24,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn new(name: impl Into<String>, child: Child) -> Self {
-        Self {
-            child,
-            name: name.into(),
-        }
+        Self { child, name: name.into() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -52,11 +49,9 @@ impl ChildGuard {
             match self.child.try_wait() {
                 Ok(Some(status)) => return status,
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
-                Ok(None) => panic!(
-                    "{} (pid {}) still runs after {timeout:?}",
-                    self.name,
-                    self.pid()
-                ),
+                Ok(None) => {
+                    panic!("{} (pid {}) still runs after {timeout:?}", self.name, self.pid())
+                }
                 Err(e) => panic!("wait {}: {e}", self.name),
             }
         }

@@ -107,19 +107,15 @@ pub fn top_stacks(profile: &Profile, pred: impl Fn(&ProfileStack) -> bool, n: us
 /// frames and the like) and a `+0x..` offset.
 pub fn frame_is(frame: &str, name: &str) -> bool {
     let mut f = frame.trim();
-    if let Some(stripped) = f
-        .strip_suffix(']')
-        .and_then(|s| s.rsplit_once("_["))
-        .map(|(base, _)| base)
+    if let Some(stripped) =
+        f.strip_suffix(']').and_then(|s| s.rsplit_once("_[")).map(|(base, _)| base)
     {
         f = stripped;
     }
     if let Some((base, _)) = f.split_once("+0x") {
         f = base;
     }
-    f == name
-        || f.strip_suffix(name)
-            .is_some_and(|prefix| prefix.ends_with("::"))
+    f == name || f.strip_suffix(name).is_some_and(|prefix| prefix.ends_with("::"))
 }
 
 /// Asserts that `path` is an SVG document (what inferno writes: an XML prolog, then `<svg`).
@@ -135,16 +131,8 @@ pub fn assert_svg(path: &Path) {
         path.display(),
         &start[..start.len().min(200)]
     );
-    assert!(
-        text.contains("<svg"),
-        "{} has no <svg element",
-        path.display()
-    );
-    assert!(
-        text.trim_end().ends_with("</svg>"),
-        "{} does not end with </svg>",
-        path.display()
-    );
+    assert!(text.contains("<svg"), "{} has no <svg element", path.display());
+    assert!(text.trim_end().ends_with("</svg>"), "{} does not end with </svg>", path.display());
 }
 
 #[cfg(test)]

@@ -37,9 +37,8 @@ fn start_backend_with(bin: &str, seconds: f64, extra: &[&str]) -> (ChildGuard, u
     let mut cmd = Command::new(bin);
     cmd.arg("--seconds").arg(seconds.to_string()).args(extra);
     let (guard, line) = spawn_and_read_line("slow-backend", cmd);
-    let port = line
-        .parse()
-        .unwrap_or_else(|e| panic!("slow-backend printed {line:?}, not a port: {e}"));
+    let port =
+        line.parse().unwrap_or_else(|e| panic!("slow-backend printed {line:?}, not a port: {e}"));
     (guard, port)
 }
 
@@ -128,28 +127,16 @@ pub fn start_rust_stuck(
         .arg("--seconds")
         .arg(seconds.to_string());
     let (workload, stuck_at) = start_stuck_workload("rust-stuck", cmd);
-    Stuck {
-        workload,
-        backend,
-        backend_port: port,
-        stuck_at,
-    }
+    Stuck { workload, backend, backend_port: port, stuck_at }
 }
 
 /// Starts a dead backend and the compiled C stuck workload against it, and waits for `stuck`.
 pub fn start_c_stuck(backend_bin: &str, stuck_bin: &Path, handlers: usize, seconds: f64) -> Stuck {
     let (backend, port) = start_dead_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
     let mut cmd = Command::new(stuck_bin);
-    cmd.arg(port.to_string())
-        .arg(handlers.to_string())
-        .arg(seconds.to_string());
+    cmd.arg(port.to_string()).arg(handlers.to_string()).arg(seconds.to_string());
     let (workload, stuck_at) = start_stuck_workload("c-stuck", cmd);
-    Stuck {
-        workload,
-        backend,
-        backend_port: port,
-        stuck_at,
-    }
+    Stuck { workload, backend, backend_port: port, stuck_at }
 }
 
 /// Starts a workload that prints `stuck` once all its threads are blocked (`rust-objects`,
@@ -177,10 +164,7 @@ pub fn start_many_waiters(
     let mut cmd = Command::new(bin);
     cmd.arg(threads.to_string()).arg(seconds.to_string());
     let (guard, line) = spawn_and_read_line_within("many-waiters", cmd, timeout);
-    assert_eq!(
-        line, "ready",
-        "many-waiters printed {line:?} instead of ready"
-    );
+    assert_eq!(line, "ready", "many-waiters printed {line:?} instead of ready");
     guard
 }
 
@@ -213,15 +197,9 @@ impl FullListener {
         // the backlog.
         // SAFETY: the fd is the live listening socket that `listener` owns.
         let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
-        assert_eq!(
-            rc,
-            0,
-            "listen(backlog {backlog}): {}",
-            std::io::Error::last_os_error()
-        );
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("local_addr of the listener: {e}"));
+        assert_eq!(rc, 0, "listen(backlog {backlog}): {}", std::io::Error::last_os_error());
+        let addr =
+            listener.local_addr().unwrap_or_else(|e| panic!("local_addr of the listener: {e}"));
         let mut fillers = Vec::new();
         loop {
             match std::net::TcpStream::connect_timeout(&addr, FILLER_CONNECT_TIMEOUT) {
@@ -240,11 +218,7 @@ impl FullListener {
             !fillers.is_empty(),
             "not even one connection to {addr} (backlog {backlog}) completed"
         );
-        Self {
-            port: addr.port(),
-            listener,
-            fillers,
-        }
+        Self { port: addr.port(), listener, fillers }
     }
 
     /// How many connections it took to fill the accept queue.
@@ -266,9 +240,7 @@ pub fn start_c_pileup(
 ) -> Pileup {
     let (backend, port) = start_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
     let mut cmd = Command::new(pileup_bin);
-    cmd.arg(port.to_string())
-        .arg(handlers.to_string())
-        .arg(seconds.to_string());
+    cmd.arg(port.to_string()).arg(handlers.to_string()).arg(seconds.to_string());
     let workload = start_workload("c-pileup", cmd);
     Pileup { workload, backend }
 }
@@ -305,7 +277,12 @@ pub fn build_go(dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf
 
 /// Starts the Go workload `bin mode n` and returns it with the loopback port serving its own
 /// `net/http/pprof` (it prints `ready PORT` once its goroutines have parked).
-pub fn start_go_goroutines(bin: &Path, mode: &str, n: usize, timeout: Duration) -> (ChildGuard, u16) {
+pub fn start_go_goroutines(
+    bin: &Path,
+    mode: &str,
+    n: usize,
+    timeout: Duration,
+) -> (ChildGuard, u16) {
     let mut cmd = Command::new(bin);
     cmd.arg(mode).arg(n.to_string());
     let (guard, line) = spawn_and_read_line_within(&format!("goroutines {mode}"), cmd, timeout);

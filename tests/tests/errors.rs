@@ -27,21 +27,14 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// A live userspace process to point the tracer at when the fault lies elsewhere.
 fn sleeper() -> ChildGuard {
-    let child = Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn sleep: {e}"));
+    let child =
+        Command::new("sleep").arg("60").spawn().unwrap_or_else(|e| panic!("spawn sleep: {e}"));
     ChildGuard::new("sleep", child)
 }
 
 /// Checks the error contract and that the line mentions `needle` (case-insensitive).
 fn assert_error(case: &str, out: &RunOutput, needle: &str) {
-    println!(
-        "{case}: exit {} after {:?}: {}",
-        out.status,
-        out.elapsed,
-        out.stderr.trim_end()
-    );
+    println!("{case}: exit {} after {:?}: {}", out.status, out.elapsed, out.stderr.trim_end());
     assert!(
         !out.status.success(),
         "{case}: tracer succeeded:\nstdout:\n{}\nstderr:\n{}",
@@ -90,15 +83,9 @@ fn not_root() {
     set_mode(&bin, 0o755);
 
     let mut cmd = Command::new(&bin);
-    cmd.args([
-        "record",
-        "--pid",
-        &target.pid().to_string(),
-        "--duration",
-        DURATION,
-    ])
-    .uid(NOBODY)
-    .gid(NOBODY);
+    cmd.args(["record", "--pid", &target.pid().to_string(), "--duration", DURATION])
+        .uid(NOBODY)
+        .gid(NOBODY);
     let out = run_with_timeout("tracer record as nobody", cmd, ERROR_TIMEOUT);
     assert_error("not root", &out, "root");
 }
@@ -145,14 +132,8 @@ fn snapshot_pid_is_kernel_thread() {
 fn kernel_without_btf() {
     let target = sleeper();
     let mut cmd = Command::new(tracer_bin());
-    cmd.args([
-        "record",
-        "--pid",
-        &target.pid().to_string(),
-        "--duration",
-        DURATION,
-    ])
-    .env("TRACER_BTF_PATH", "/nonexistent");
+    cmd.args(["record", "--pid", &target.pid().to_string(), "--duration", DURATION])
+        .env("TRACER_BTF_PATH", "/nonexistent");
     let out = run_with_timeout("tracer record without BTF", cmd, ERROR_TIMEOUT);
     assert_error("no BTF", &out, "BTF");
 }
@@ -174,16 +155,9 @@ fn unknown_output_extension() {
     let target = sleeper();
     let dir = TempDir::new("ext");
     let path = dir.join("x.xyz");
-    let out = record(
-        target.pid(),
-        &["--output", path.to_str().expect("utf-8 temp path")],
-    );
+    let out = record(target.pid(), &["--output", path.to_str().expect("utf-8 temp path")]);
     assert_error("unknown extension", &out, "extension");
-    assert!(
-        out.stderr.contains("xyz"),
-        "stderr does not name the extension:\n{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("xyz"), "stderr does not name the extension:\n{}", out.stderr);
 }
 
 /// A pid with no process: the highest free one below pid_max, unlikely to be handed out during

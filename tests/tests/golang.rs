@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tracer_tests::{
     GO_GOROUTINES_SOURCE, GoroutineGroup, Profile, ProfileKind, ProfileStack, TempDir, Traced,
     WaitKind, assert_svg, build_go, function_names, goroutines_at, has_function, http_get,
-    pprof_goroutines, record_profile, run_tool, snapshot_profile, start_go_goroutines,
-    top_stacks, total_ns, tracer_report,
+    pprof_goroutines, record_profile, run_tool, snapshot_profile, start_go_goroutines, top_stacks,
+    total_ns, tracer_report,
 };
 
 /// Receivers in the channel test: enough that an off-by-a-few count shows, few enough to
@@ -170,19 +170,11 @@ fn backend_of(port: u16) -> String {
 /// The pile-up of the story: senders blocked on a full channel behind one writer
 /// blocked on a TCP peer that stopped reading.
 fn check_pileup(stripped: bool) {
-    let dir = TempDir::new(if stripped {
-        "go-pileup-stripped"
-    } else {
-        "go-pileup"
-    });
+    let dir = TempDir::new(if stripped { "go-pileup-stripped" } else { "go-pileup" });
     let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", stripped);
     let (workload, port) = start_go_goroutines(&bin, "pileup", SENDERS, STARTUP_TIMEOUT);
     let oracle = wait_for_oracle(port, "main.sendStat", SENDERS as u64);
-    assert_eq!(
-        goroutines_at(&oracle, "main.writeToBackend"),
-        1,
-        "{oracle:#?}"
-    );
+    assert_eq!(goroutines_at(&oracle, "main.writeToBackend"), 1, "{oracle:#?}");
 
     let profile = snapshot(workload.pid(), &[], &dir);
     let senders = group(&profile, "main.sendStat", |_| true);
@@ -193,16 +185,13 @@ fn check_pileup(stripped: bool) {
     // The writer's socket, found through the netpoller's pollDesc of its descriptor.
     let backend = backend_of(port);
     assert_eq!(writer.object, Some(format!("IO wait {backend}")));
-    assert!(
-        has_function(writer, "net.(*conn).Write"),
-        "{}",
-        tracer_tests::describe(writer)
-    );
-    let state_of = |endpoint: &str| {
-        profile.endpoint_states.get(endpoint).cloned().unwrap_or_else(|| {
-            panic!("no state of {endpoint} in {:?}", profile.endpoint_states)
-        })
-    };
+    assert!(has_function(writer, "net.(*conn).Write"), "{}", tracer_tests::describe(writer));
+    let state_of =
+        |endpoint: &str| {
+            profile.endpoint_states.get(endpoint).cloned().unwrap_or_else(|| {
+                panic!("no state of {endpoint} in {:?}", profile.endpoint_states)
+            })
+        };
     let backend_state = state_of(&backend);
     assert!(backend_state.contains("send buffer full"), "{backend}: {backend_state:?}");
     // The HTTP server's accept, a read of its listening socket to the netpoller, is named by
@@ -214,16 +203,9 @@ fn check_pileup(stripped: bool) {
         .iter()
         .find(|stack| stack.object.as_deref() == Some(on_listener.as_str()))
         .unwrap_or_else(|| {
-            panic!(
-                "no goroutine in IO wait on {listener}:\n{}",
-                top_stacks(&profile, |_| true, 20)
-            )
+            panic!("no goroutine in IO wait on {listener}:\n{}", top_stacks(&profile, |_| true, 20))
         });
-    assert!(
-        has_function(server, "net/http.(*Server).Serve"),
-        "{}",
-        tracer_tests::describe(server)
-    );
+    assert!(has_function(server, "net/http.(*Server).Serve"), "{}", tracer_tests::describe(server));
     let listener_state = state_of(&listener);
     assert!(listener_state.contains("accept queue"), "{listener}: {listener_state:?}");
     // Every IO wait's descriptor was resolved, to a socket.
@@ -233,10 +215,7 @@ fn check_pileup(stripped: bool) {
         (0, 0),
         "IO waits (unresolved, not on sockets): {counts:?}"
     );
-    assert_eq!(
-        goroutines_at(&pprof_goroutines(port), "main.sendStat"),
-        SENDERS as u64
-    );
+    assert_eq!(goroutines_at(&pprof_goroutines(port), "main.sendStat"), SENDERS as u64);
     // Most first: the pile-up heads the profile.
     assert_eq!(profile.stacks[0].call_site(), "main.sendStat");
 }

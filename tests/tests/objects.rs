@@ -141,10 +141,7 @@ fn record_names_the_send_still_blocked_at_the_end() {
         &dir,
         RECORD_TIMEOUT,
     );
-    println!(
-        "objects-record-send: tracer took {:?}:\n{}",
-        traced.out.elapsed, traced.out.stdout
-    );
+    println!("objects-record-send: tracer took {:?}:\n{}", traced.out.elapsed, traced.out.stdout);
     let profile = &traced.profile;
     let is_still_send = |s: &ProfileStack| {
         s.in_progress
@@ -168,9 +165,7 @@ fn recv_wait_names_the_backend_that_never_replies() {
     let (_backend, port) = start_dead_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
     let backend = endpoint(port);
     let mut cmd = Command::new(RUST_OBJECTS);
-    cmd.args(["recv", "--backend", &backend])
-        .arg("--seconds")
-        .arg(WORKLOAD_SECONDS.to_string());
+    cmd.args(["recv", "--backend", &backend]).arg("--seconds").arg(WORKLOAD_SECONDS.to_string());
     let workload = start_stuck("rust-objects recv", cmd);
     let profile = snapshot("objects-recv", &workload);
     assert_one_socket_wait(&profile, WaitKind::Recv, RECV_SITE, &backend);
@@ -189,9 +184,7 @@ fn connect_wait_names_the_listener_that_drops_syns() {
     );
     let target = endpoint(listener.port);
     let mut cmd = Command::new(RUST_OBJECTS);
-    cmd.args(["connect", "--target", &target])
-        .arg("--seconds")
-        .arg(WORKLOAD_SECONDS.to_string());
+    cmd.args(["connect", "--target", &target]).arg("--seconds").arg(WORKLOAD_SECONDS.to_string());
     let workload = start_stuck("rust-objects connect", cmd);
     let profile = snapshot("objects-connect", &workload);
     assert_one_socket_wait(&profile, WaitKind::Connect, CONNECT_SITE, &target);
@@ -206,10 +199,8 @@ fn assert_one_lock(profile: &Profile, is_lock: impl Fn(&str) -> bool, describe: 
     let is_handler_wait =
         |s: &ProfileStack| s.kind == WaitKind::Futex && has_function(s, LOCK_SITE);
     assert_threads(profile, is_handler_wait, want, &format!("futex waiters in {LOCK_SITE}"));
-    let objects: BTreeSet<Option<&str>> = stacks_where(profile, is_handler_wait)
-        .iter()
-        .map(|s| s.object.as_deref())
-        .collect();
+    let objects: BTreeSet<Option<&str>> =
+        stacks_where(profile, is_handler_wait).iter().map(|s| s.object.as_deref()).collect();
     let objects: Vec<Option<&str>> = objects.into_iter().collect();
     let [Some(lock)] = objects.as_slice() else {
         panic!(
@@ -256,8 +247,7 @@ fn c_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
     let build = TempDir::new("c-objects-build");
     let bin = build_c(build.path(), C_OBJECTS_SOURCE, "c-objects");
     let mut cmd = Command::new(&bin);
-    cmd.arg(HANDLERS.to_string())
-        .arg(WORKLOAD_SECONDS.to_string());
+    cmd.arg(HANDLERS.to_string()).arg(WORKLOAD_SECONDS.to_string());
     let workload = start_stuck("c-objects", cmd);
     let profile = snapshot("objects-c-mutex", &workload);
     assert_one_lock(&profile, |lock| lock == C_LOCK, C_LOCK);

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tracer_tests::{
-    Pileup, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, build_c_pileup,
-    has_function, record_profile, start_c_pileup, start_rust_pileup, top_stacks, total_ns,
+    Pileup, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, build_c_pileup, has_function,
+    record_profile, start_c_pileup, start_rust_pileup, top_stacks, total_ns,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -33,12 +33,7 @@ fn record_and_check(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &st
     let svg = dir.join("waits.svg");
     let traced = record_profile(
         pileup.workload.pid(),
-        &[
-            "--duration",
-            RECORD_DURATION,
-            "--output",
-            svg.to_str().expect("utf-8 temp path"),
-        ],
+        &["--duration", RECORD_DURATION, "--output", svg.to_str().expect("utf-8 temp path")],
         &dir,
         RECORD_TIMEOUT,
     );
@@ -62,11 +57,7 @@ fn record_and_check(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &st
     let reporter_send = total_ns(profile, is_reporter_send);
 
     let share = |part: u64, whole: u64| {
-        if whole == 0 {
-            0.0
-        } else {
-            part as f64 / whole as f64
-        }
+        if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
     };
     println!(
         "{label}: futex {attributed}/{futex_total} ns = {:.2}% on handler;{enqueue_fn}; \
@@ -136,12 +127,8 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn target_exit_ends_recording_and_writes_reports() {
-    let Pileup { workload, backend } = start_rust_pileup(
-        SLOW_BACKEND,
-        RUST_PILEUP,
-        HANDLERS,
-        EXITING_WORKLOAD_SECONDS,
-    );
+    let Pileup { workload, backend } =
+        start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, EXITING_WORKLOAD_SECONDS);
     let pid = workload.pid();
     // Reap it the moment it exits, as its real parent would, so it does not linger as a zombie.
     let reaper = workload.reap_in_background(REAP_TIMEOUT);
@@ -165,9 +152,7 @@ fn target_exit_ends_recording_and_writes_reports() {
         top_stacks(profile, |_| true, 20)
     );
 
-    let status = reaper
-        .join()
-        .unwrap_or_else(|_| panic!("reaping rust-pileup (pid {pid}) failed"));
+    let status = reaper.join().unwrap_or_else(|_| panic!("reaping rust-pileup (pid {pid}) failed"));
     assert!(status.success(), "rust-pileup exited with {status}");
     drop(backend);
 }

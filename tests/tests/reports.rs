@@ -7,8 +7,8 @@
 use std::{path::Path, path::PathBuf, time::Duration};
 
 use tracer_tests::{
-    Profile, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, has_function,
-    read_profile, run_tool, start_rust_pileup, top_stacks, tracer_record, tracer_report,
+    Profile, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, has_function, read_profile,
+    run_tool, start_rust_pileup, top_stacks, tracer_record, tracer_report,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -79,9 +79,8 @@ fn assert_pileup(profile: &Profile, pid: u32, format: &str) {
     assert_eq!(profile.comm, "rust-pileup", "{format}");
     let handler_wait =
         |s: &ProfileStack| s.kind == WaitKind::Futex && s.call_site().ends_with("send_stat");
-    let reporter_send = |s: &ProfileStack| {
-        s.kind == WaitKind::Send && has_function(s, "write_to_backend")
-    };
+    let reporter_send =
+        |s: &ProfileStack| s.kind == WaitKind::Send && has_function(s, "write_to_backend");
     for (what, pred) in [
         ("handler futex waits at send_stat", &handler_wait as &dyn Fn(&ProfileStack) -> bool),
         ("reporter sends in write_to_backend", &reporter_send),
@@ -151,10 +150,7 @@ fn pprof_recording_opens_in_go_tool_pprof() {
         top.contains("rust_pileup::send_stat"),
         "go tool pprof -top does not name send_stat:\n{top}"
     );
-    assert!(
-        top.contains("Type: blocked"),
-        "the default sample type is not blocked time:\n{top}"
-    );
+    assert!(top.contains("Type: blocked"), "the default sample type is not blocked time:\n{top}");
     let traces = run_tool("go", &["tool", "pprof", "-traces", pprof], TOOL_TIMEOUT).stdout;
     for expected in [
         "wait_kind:  futex",
@@ -163,14 +159,10 @@ fn pprof_recording_opens_in_go_tool_pprof() {
         "rust_pileup::send_stat",
         "comm: rust-pileup",
     ] {
-        assert!(
-            traces.contains(expected),
-            "go tool pprof -traces lacks {expected:?}:\n{traces}"
-        );
+        assert!(traces.contains(expected), "go tool pprof -traces lacks {expected:?}:\n{traces}");
     }
-    let focus = |tag: &str| {
-        run_tool("go", &["tool", "pprof", "-top", tag, pprof], TOOL_TIMEOUT).stdout
-    };
+    let focus =
+        |tag: &str| run_tool("go", &["tool", "pprof", "-top", tag, pprof], TOOL_TIMEOUT).stdout;
     let sends = focus("-tagfocus=wait_kind=send");
     assert!(
         sends.contains("rust_pileup::write_to_backend")
@@ -202,10 +194,9 @@ fn tracer_report_renders_saved_profiles_like_the_recording() {
     let recorded = read(&recording.folded);
     assert!(!recorded.is_empty(), "the recording's folded output is empty");
     // The same folded stacks from the JSON and from the pprof file.
-    for (input, name) in [
-        (&recording.json, "from-json.folded"),
-        (&recording.pprof, "from-pprof.folded"),
-    ] {
+    for (input, name) in
+        [(&recording.json, "from-json.folded"), (&recording.pprof, "from-pprof.folded")]
+    {
         let again = recording.dir.join(name);
         let report = tracer_report(&[utf8(input), "--output", utf8(&again)], TOOL_TIMEOUT);
         tracer_tests::assert_success(&format!("tracer report {}", input.display()), &report);
@@ -217,10 +208,8 @@ fn tracer_report_renders_saved_profiles_like_the_recording() {
         );
     }
     let rendered_svg = recording.dir.join("from-json.svg");
-    let report = tracer_report(
-        &[utf8(&recording.json), "--output", utf8(&rendered_svg)],
-        TOOL_TIMEOUT,
-    );
+    let report =
+        tracer_report(&[utf8(&recording.json), "--output", utf8(&rendered_svg)], TOOL_TIMEOUT);
     tracer_tests::assert_success("tracer report to SVG", &report);
     run_tool("xmllint", &["--noout", utf8(&rendered_svg)], TOOL_TIMEOUT);
 }
@@ -250,29 +239,19 @@ fn a_diff_of_a_recording_against_itself_changes_nothing() {
     assert!(!read(&diff_txt).trim().is_empty(), "the diff table is empty");
     // Every differential stack has the same weight before and after.
     let differential = read(&diff_folded);
-    assert!(
-        !differential.is_empty(),
-        "the differential folded stacks are empty"
-    );
+    assert!(!differential.is_empty(), "the differential folded stacks are empty");
     for line in differential.lines() {
         let counts: Vec<&str> = line.rsplitn(3, ' ').take(2).collect();
-        assert_eq!(
-            counts[0], counts[1],
-            "before and after differ in a self-diff: {line}"
-        );
+        assert_eq!(counts[0], counts[1], "before and after differ in a self-diff: {line}");
     }
     run_tool("xmllint", &["--noout", utf8(&diff_svg)], TOOL_TIMEOUT);
 }
 
 /// The profiles the property tests mutate, kept in the repository.
-const SEED_JSON: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tracer/testdata/seeds/recording.json"
-);
-const SEED_PPROF: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tracer/testdata/seeds/recording.pb.gz"
-);
+const SEED_JSON: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tracer/testdata/seeds/recording.json");
+const SEED_PPROF: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tracer/testdata/seeds/recording.pb.gz");
 
 #[test]
 fn broken_files_fail_with_one_line_naming_them() {
@@ -281,21 +260,9 @@ fn broken_files_fail_with_one_line_naming_them() {
     let pprof = std::fs::read(SEED_PPROF).unwrap_or_else(|e| panic!("read {SEED_PPROF}: {e}"));
     let cases: [(&str, &[u8], &str); 5] = [
         ("truncated.json", &json[..json.len() / 2], "not valid JSON"),
-        (
-            "truncated.pb.gz",
-            &pprof[..pprof.len() / 2],
-            "truncated or corrupt gzip data",
-        ),
-        (
-            "foreign.json",
-            br#"{"traceEvents": []}"#,
-            "not a tracer profile",
-        ),
-        (
-            "foreign.bin",
-            b"\x7fELF\x02\x01\x01",
-            "not a tracer profile",
-        ),
+        ("truncated.pb.gz", &pprof[..pprof.len() / 2], "truncated or corrupt gzip data"),
+        ("foreign.json", br#"{"traceEvents": []}"#, "not a tracer profile"),
+        ("foreign.bin", b"\x7fELF\x02\x01\x01", "not a tracer profile"),
         ("empty.json", b"", "empty file"),
     ];
     for (name, bytes, reason) in cases {
@@ -311,21 +278,13 @@ fn broken_files_fail_with_one_line_naming_them() {
             out.stderr
         );
         let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{name}: not one line on stderr:\n{}",
-            out.stderr
-        );
+        assert_eq!(lines.len(), 1, "{name}: not one line on stderr:\n{}", out.stderr);
         let prefix = format!("tracer: {}: ", path.display());
         assert!(
             lines[0].starts_with(&prefix) && lines[0].contains(reason),
             "{name}: expected `{prefix}...{reason}...`, got: {}",
             lines[0]
         );
-        assert!(
-            !output.exists(),
-            "{name}: a report was written from a broken file"
-        );
+        assert!(!output.exists(), "{name}: a report was written from a broken file");
     }
 }

@@ -10,9 +10,9 @@ use std::{
 };
 
 use tracer_tests::{
-    HTTP_TIMEOUT, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind,
-    has_function, read_profile, run_with_timeout, start_rust_pileup, start_rust_stuck,
-    start_workload, top_stacks, tracer_bin,
+    HTTP_TIMEOUT, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind, has_function,
+    read_profile, run_with_timeout, start_rust_pileup, start_rust_stuck, start_workload,
+    top_stacks, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -36,10 +36,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 fn threads_now(daemon: &ServeDaemon, dir: &TempDir) -> Profile {
     let threads = daemon.get("/debug/pprof/threads");
     assert_eq!(threads.status, 200, "{}", threads.text());
-    assert!(
-        threads.body.starts_with(&[0x1f, 0x8b]),
-        "/debug/pprof/threads is not gzip"
-    );
+    assert!(threads.body.starts_with(&[0x1f, 0x8b]), "/debug/pprof/threads is not gzip");
     let path = dir.join("threads.pb.gz");
     std::fs::write(&path, &threads.body)
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -62,13 +59,9 @@ fn go_pprof_reads_the_block_profile_over_http() {
     wait_attached(&mut daemon, pid);
 
     let dir = TempDir::new("serve-pprof");
-    let url = format!(
-        "http://127.0.0.1:{}/debug/pprof/block?seconds=2",
-        daemon.port
-    );
+    let url = format!("http://127.0.0.1:{}/debug/pprof/block?seconds=2", daemon.port);
     let mut cmd = Command::new("go");
-    cmd.args(["tool", "pprof", "-top", &url])
-        .env("PPROF_TMPDIR", dir.path());
+    cmd.args(["tool", "pprof", "-top", &url]).env("PPROF_TMPDIR", dir.path());
     let out = run_with_timeout("go tool pprof", cmd, HTTP_TIMEOUT);
     assert!(
         out.status.success(),
@@ -78,24 +71,13 @@ fn go_pprof_reads_the_block_profile_over_http() {
         out.stderr,
         daemon.log()
     );
-    println!(
-        "{}",
-        out.stdout
-            .lines()
-            .filter(|l| l.contains('%'))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    println!("{}", out.stdout.lines().filter(|l| l.contains('%')).collect::<Vec<_>>().join("\n"));
     assert!(
         out.stdout.contains("send_stat"),
         "go tool pprof -top names no send_stat:\n{}",
         out.stdout
     );
-    assert!(
-        out.stdout.contains("Duration: 2"),
-        "not a 2 s window:\n{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("Duration: 2"), "not a 2 s window:\n{}", out.stdout);
 
     // The threads blocked now, as pprof too: the handlers waiting at send_stat.
     let now = threads_now(&daemon, &dir);
@@ -122,19 +104,11 @@ fn prometheus_scrapes_the_blocked_threads_of_the_stuck_site() {
         "tracer_cpu_seconds_total ",
         "tracer_resident_memory_bytes ",
     ] {
-        assert!(
-            metrics.text().contains(name),
-            "/metrics has no {name}:\n{}",
-            metrics.text()
-        );
+        assert!(metrics.text().contains(name), "/metrics has no {name}:\n{}", metrics.text());
     }
 
     let prometheus = Prometheus::start(daemon.port);
-    println!(
-        "prometheus (pid {}) on 127.0.0.1:{}",
-        prometheus.pid(),
-        prometheus.port
-    );
+    println!("prometheus (pid {}) on 127.0.0.1:{}", prometheus.pid(), prometheus.port);
     let query = "tracer_blocked_threads{site=\"rust_stuck::send_stat\",kind=\"futex\"}";
     let deadline = Instant::now() + PROMETHEUS_TIMEOUT;
     let answer = loop {
@@ -151,10 +125,7 @@ fn prometheus_scrapes_the_blocked_threads_of_the_stuck_site() {
     };
     println!("{answer}");
     // Every handler is blocked for good: the gauge counts them all.
-    assert!(
-        answer.contains(&format!(",\"{HANDLERS}\"]")),
-        "the gauge is not {HANDLERS}: {answer}"
-    );
+    assert!(answer.contains(&format!(",\"{HANDLERS}\"]")), "the gauge is not {HANDLERS}: {answer}");
 }
 
 #[test]
@@ -209,35 +180,18 @@ fn bad_requests_get_clear_answers() {
     for bad in ["abc", "0", "-3", "1.5"] {
         let response = daemon.get(&format!("/debug/pprof/block?seconds={bad}"));
         assert_eq!(response.status, 400, "seconds={bad}: {}", response.text());
-        assert!(
-            response.text().contains("whole number of seconds"),
-            "{}",
-            response.text()
-        );
+        assert!(response.text().contains("whole number of seconds"), "{}", response.text());
     }
     let missing = daemon.get("/debug/pprof/heap");
     assert_eq!(missing.status, 404, "{}", missing.text());
     let index = daemon.get("/");
     assert_eq!(index.status, 200);
-    for endpoint in [
-        "/debug/pprof/block",
-        "/debug/pprof/threads",
-        "/metrics",
-        "/healthz",
-    ] {
-        assert!(
-            index.text().contains(endpoint),
-            "/ does not list {endpoint}:\n{}",
-            index.text()
-        );
+    for endpoint in ["/debug/pprof/block", "/debug/pprof/threads", "/metrics", "/healthz"] {
+        assert!(index.text().contains(endpoint), "/ does not list {endpoint}:\n{}", index.text());
     }
     let health = daemon.get("/healthz");
     assert_eq!(health.status, 200);
-    assert!(
-        health.text().contains(&format!("pid {pid}")),
-        "{}",
-        health.text()
-    );
+    assert!(health.text().contains(&format!("pid {pid}")), "{}", health.text());
 }
 
 #[test]
@@ -246,25 +200,13 @@ fn an_address_in_use_is_one_line_and_exit_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
     let address = taken.local_addr().expect("local address").to_string();
     let mut cmd = Command::new(tracer_bin());
-    cmd.args([
-        "serve",
-        "--pid",
-        &stuck.workload.pid().to_string(),
-        "--listen",
-        &address,
-    ]);
+    cmd.args(["serve", "--pid", &stuck.workload.pid().to_string(), "--listen", &address]);
     let out = run_with_timeout("tracer serve", cmd, ATTACH_TIMEOUT);
     println!("{}", out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
-    assert_eq!(
-        out.stderr.lines().count(),
-        1,
-        "not one line:\n{}",
-        out.stderr
-    );
+    assert_eq!(out.stderr.lines().count(), 1, "not one line:\n{}", out.stderr);
     assert!(
-        out.stderr
-            .starts_with(&format!("tracer: cannot listen on {address}: "))
+        out.stderr.starts_with(&format!("tracer: cannot listen on {address}: "))
             && out.stderr.contains("in use"),
         "{}",
         out.stderr
@@ -285,11 +227,7 @@ fn sigterm_detaches_and_exits_promptly() {
     std::thread::sleep(Duration::from_millis(500));
     let (status, took) = daemon.terminate(EXIT_TIMEOUT);
     println!("tracer serve exited {took:?} after SIGTERM ({status})");
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        daemon.log()
-    );
+    assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
     assert!(took < EXIT_TIMEOUT);
     assert!(daemon.log().contains("SIGTERM"), "{}", daemon.log());
     // The probes are gone: the workload keeps running untraced.
@@ -333,12 +271,8 @@ const LATE_WAIT_MS: u32 = 200;
 /// Compiles C `source` with gcc and `flags` into `out`.
 fn gcc(source: &str, flags: &[&str], out: &std::path::Path) {
     let dir = out.parent().expect("a directory");
-    let file = dir.join(format!(
-        "{}.c",
-        out.file_name()
-            .and_then(|n| n.to_str())
-            .expect("a file name")
-    ));
+    let file =
+        dir.join(format!("{}.c", out.file_name().and_then(|n| n.to_str()).expect("a file name")));
     std::fs::write(&file, source).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
     let output = Command::new("gcc")
         .args(["-O2", "-g", "-Wall", "-Werror"])
@@ -362,11 +296,7 @@ fn block_profile_names_a_library_loaded_after_attach() {
     let dir = TempDir::new("serve-dlopen");
     let library = dir.join("liblate.so");
     let wait_ms = format!("-DLATE_WAIT_MS={LATE_WAIT_MS}");
-    gcc(
-        LATE_LIBRARY_SOURCE,
-        &["-shared", "-fPIC", &wait_ms],
-        &library,
-    );
+    gcc(LATE_LIBRARY_SOURCE, &["-shared", "-fPIC", &wait_ms], &library);
     let main = dir.join("late-dlopen");
     gcc(LATE_MAIN_SOURCE, &["-ldl"], &main);
     let trigger = dir.join("load-now");
@@ -379,13 +309,9 @@ fn block_profile_names_a_library_loaded_after_attach() {
     wait_attached(&mut daemon, pid);
     std::fs::write(&trigger, b"").unwrap_or_else(|e| panic!("create the trigger: {e}"));
 
-    let url = format!(
-        "http://127.0.0.1:{}/debug/pprof/block?seconds=3",
-        daemon.port
-    );
+    let url = format!("http://127.0.0.1:{}/debug/pprof/block?seconds=3", daemon.port);
     let mut cmd = Command::new("go");
-    cmd.args(["tool", "pprof", "-traces", &url])
-        .env("PPROF_TMPDIR", dir.path());
+    cmd.args(["tool", "pprof", "-traces", &url]).env("PPROF_TMPDIR", dir.path());
     let out = run_with_timeout("go tool pprof", cmd, HTTP_TIMEOUT);
     assert!(
         out.status.success(),
@@ -424,10 +350,7 @@ fn metrics_show_every_loss_and_frequent_scrapes_are_answered() {
             "tracer_lost_events_total{reason=\"metrics_window\"} 0",
             "tracer_lost_events_total{reason=\"block_window\"} 0",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "scrape {scrape}: no line {line}:\n{text}"
-            );
+            assert!(text.lines().any(|l| l == line), "scrape {scrape}: no line {line}:\n{text}");
         }
         let blocked: u64 = text
             .lines()

@@ -56,17 +56,11 @@ struct Sites {
     send: &'static str,
 }
 
-const RUST_SITES: Sites = Sites {
-    handler: "handler",
-    enqueue: "send_stat",
-    send: "write_to_backend",
-};
+const RUST_SITES: Sites =
+    Sites { handler: "handler", enqueue: "send_stat", send: "write_to_backend" };
 
-const C_SITES: Sites = Sites {
-    handler: "handler",
-    enqueue: "enqueue_stat",
-    send: "send_to_backend",
-};
+const C_SITES: Sites =
+    Sites { handler: "handler", enqueue: "enqueue_stat", send: "send_to_backend" };
 
 /// Asserts that the stacks that `pred` accepts hold `want` threads in all, each with a youngest
 /// age of at least `min_age` (minus [`AGE_SLACK`]) and an oldest age no younger than that.
@@ -181,10 +175,7 @@ fn record_reports_waits_still_blocked_at_the_end() {
         &dir,
         RECORD_TIMEOUT,
     );
-    println!(
-        "record-stuck: tracer took {:?}:\n{}",
-        traced.out.elapsed, traced.out.stdout
-    );
+    println!("record-stuck: tracer took {:?}:\n{}", traced.out.elapsed, traced.out.stdout);
     let profile = &traced.profile;
     assert_eq!(profile.kind, ProfileKind::Recording);
     assert!(
@@ -197,9 +188,8 @@ fn record_reports_waits_still_blocked_at_the_end() {
             && has_function(s, sites.handler)
             && has_function(s, sites.enqueue)
     };
-    let is_still_sender = |s: &ProfileStack| {
-        s.in_progress && s.kind == WaitKind::Send && has_function(s, sites.send)
-    };
+    let is_still_sender =
+        |s: &ProfileStack| s.in_progress && s.kind == WaitKind::Send && has_function(s, sites.send);
     // Each is still blocked at the end, aged at least from before the recording.
     assert_aged(
         profile,
@@ -257,10 +247,7 @@ fn snapshot_of_ten_thousand_waiters() {
     // Every one of the threads, each once, at its call site.
     assert_aged(&profile, at_site, want, since_ready, "waiters in wait_for_work");
     let counts = &profile.thread_counts;
-    assert_eq!(
-        counts.blocked_in_waits, want,
-        "threads counted as blocked in waits: {counts:?}"
-    );
+    assert_eq!(counts.blocked_in_waits, want, "threads counted as blocked in waits: {counts:?}");
     assert_eq!(
         (counts.unreadable, counts.exited_while_read, counts.woke_while_read),
         (0, 0, 0),

@@ -38,8 +38,10 @@ fn main() {
         thread::Builder::new()
             .name("deep".into())
             .stack_size(1024 * 1024)
-            .spawn(move || loop {
-                below_big_frame(&never);
+            .spawn(move || {
+                loop {
+                    below_big_frame(&never);
+                }
             })
             .unwrap_or_else(|e| panic!("spawn: {e}"));
     }

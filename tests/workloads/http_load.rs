@@ -148,7 +148,8 @@ fn wait_until_answered(
                 .iter()
                 .map(|&due| {
                     let stuck_since = due.max(opened);
-                    (closed.duration_since(stuck_since).as_secs_f64() / period.as_secs_f64()).ceil() as u64
+                    (closed.duration_since(stuck_since).as_secs_f64() / period.as_secs_f64()).ceil()
+                        as u64
                 })
                 .sum();
         }

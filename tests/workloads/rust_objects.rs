@@ -88,12 +88,8 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let mode = match mode.as_str() {
-        "recv" => Mode::Recv {
-            backend: backend.ok_or("recv needs --backend ADDR")?,
-        },
-        "connect" => Mode::Connect {
-            target: target.ok_or("connect needs --target ADDR")?,
-        },
+        "recv" => Mode::Recv { backend: backend.ok_or("recv needs --backend ADDR")? },
+        "connect" => Mode::Connect { target: target.ok_or("connect needs --target ADDR")? },
         "mutex" => Mode::Mutex { handlers },
         other => return Err(format!("unknown mode {other}")),
     };
@@ -154,9 +150,7 @@ fn connector(target: String) {
 /// The call site the tests look for on every handler's `[futex STATS_QUEUE]` wait.
 #[inline(never)]
 fn record_stat(id: u64) {
-    let mut queue = STATS_QUEUE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut queue = STATS_QUEUE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     queue.push(std::hint::black_box(id));
 }
 
@@ -169,9 +163,7 @@ fn handler(id: u64) {
 /// Locks `STATS_QUEUE` and never lets go: parks (a futex wait on its own parker, not on the
 /// mutex) until the process exits.
 fn holder(locked: std::sync::mpsc::Sender<()>) {
-    let _guard = STATS_QUEUE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = STATS_QUEUE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     locked.send(()).expect("main waits for the lock");
     loop {
         std::thread::park();
@@ -210,10 +202,7 @@ fn blocked_threads(name: &str, syscalls: &[i64]) -> (usize, usize) {
             continue;
         }
         named += 1;
-        let nr = syscall
-            .split_whitespace()
-            .next()
-            .and_then(|nr| nr.parse::<i64>().ok());
+        let nr = syscall.split_whitespace().next().and_then(|nr| nr.parse::<i64>().ok());
         if nr.is_some_and(|nr| syscalls.contains(&nr)) {
             blocked += 1;
         }

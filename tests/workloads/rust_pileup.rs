@@ -57,11 +57,7 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let backend = backend.ok_or("--backend ADDR is required")?;
-    Ok(Args {
-        backend,
-        handlers,
-        seconds,
-    })
+    Ok(Args { backend, handlers, seconds })
 }
 
 /// The call site the tests look for on every handler's futex wait.
@@ -116,11 +112,7 @@ fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) -> std::io::Result<()
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn main() -> ExitCode {

@@ -62,11 +62,7 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let backend = backend.ok_or("--backend ADDR is required")?;
-    Ok(Args {
-        backend,
-        handlers,
-        seconds,
-    })
+    Ok(Args { backend, handlers, seconds })
 }
 
 /// The call site the tests look for on every handler's futex wait.
@@ -119,11 +115,7 @@ fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) -> std::io::Result<()
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Whether, right now, exactly `handlers` threads named `handler` are all in `futex` and the
@@ -142,10 +134,7 @@ fn all_blocked(handlers: usize) -> bool {
             continue;
         };
         // The first field is the syscall number, or `running` / -1 when not in a syscall.
-        let nr = syscall
-            .split_whitespace()
-            .next()
-            .and_then(|nr| nr.parse::<i64>().ok());
+        let nr = syscall.split_whitespace().next().and_then(|nr| nr.parse::<i64>().ok());
         match (comm.trim_end(), nr) {
             (HANDLER_NAME, Some(SYS_FUTEX)) => futex_handlers += 1,
             (HANDLER_NAME, _) => return false,
@@ -201,11 +190,7 @@ fn main() -> ExitCode {
             eprintln!("rust-stuck: the threads did not all block before the deadline");
             return ExitCode::FAILURE;
         }
-        stable = if all_blocked(args.handlers) {
-            stable + 1
-        } else {
-            0
-        };
+        stable = if all_blocked(args.handlers) { stable + 1 } else { 0 };
         std::thread::sleep(POLL);
     }
     println!("stuck");

@@ -35,11 +35,7 @@ fn set_receive_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn drain_slowly(mut conn: TcpStream) {
