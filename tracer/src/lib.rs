@@ -1,5 +1,13 @@
 //! `tracer`: which call sites of a live process pile up waiting.
 //!
+//! Data flow, one stage per module: `pipeline` (the target, its memory map, the stages
+//! every command runs) → `probes` (kernel programs, ring-buffer records), `threads`
+//! (threads blocked now, from /proc), `golang` (goroutines from the Go runtime's memory)
+//! → `stacks` (unwinding, symbols) → `objects` (what each wait waits on: sockets, locks) →
+//! `model` (aggregate, symbolize, call sites: the `Profile`) → `report` (exporters and
+//! readers). `commands` run it for `record`, `snapshot` and `report`; `serve` keeps it
+//! running behind HTTP endpoints.
+//!
 //! The binary is a thin shell over this library; the integration tests use it to read the
 //! profiles the binary writes back into the data model and assert on what they mean.
 

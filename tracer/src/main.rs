@@ -1,11 +1,6 @@
-//! `tracer`: which call sites of a live process pile up waiting.
-//!
-//! Data flow, one module per stage: `probes` (kernel) → `record` (wait records) and
-//! `threads`/`blocked_now` (threads blocked now, from /proc; `snapshot`) → `stacks`
-//! (unwinding, symbols) → `aggregate` (the data model) → `report` (exporters);
-//! `golang` (goroutines of Go programs, for `snapshot`);
-//! `report_cmd` (`tracer report`) reads saved profiles back into the exporters;
-//! `serve` keeps the record pipeline running behind HTTP endpoints.
+//! `tracer`: which call sites of a live process pile up waiting. A thin shell over the
+//! library: parse the command line, start the async runtime, run the command, print an
+//! error as one line.
 
 use std::process::ExitCode;
 
