@@ -22,10 +22,7 @@ pub fn has_function(stack: &ProfileStack, name: &str) -> bool {
 }
 
 /// The stacks of `profile` that satisfy `pred`.
-pub fn stacks_where<'a>(
-    profile: &'a Profile,
-    pred: impl Fn(&ProfileStack) -> bool,
-) -> Vec<&'a ProfileStack> {
+pub fn stacks_where(profile: &Profile, pred: impl Fn(&ProfileStack) -> bool) -> Vec<&ProfileStack> {
     profile.stacks.iter().filter(|stack| pred(stack)).collect()
 }
 

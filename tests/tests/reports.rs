@@ -93,8 +93,11 @@ fn assert_pileup(profile: &Profile, pid: u32, format: &str) {
     }
 }
 
+/// A stack as two readings must agree on it: kind, object, still blocked, frames, waits.
+type StackKey = (WaitKind, Option<String>, bool, Vec<String>, u64);
+
 /// What two readings of one recording must agree on, stack by stack, in a stable order.
-fn stack_keys(profile: &Profile) -> Vec<(WaitKind, Option<String>, bool, Vec<String>, u64)> {
+fn stack_keys(profile: &Profile) -> Vec<StackKey> {
     let mut keys: Vec<_> = profile
         .stacks
         .iter()
