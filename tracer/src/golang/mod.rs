@@ -148,7 +148,7 @@ fn name_io_waits(
     let io_wait = binary
         .wait_reasons
         .iter()
-        .position(|reason| reason == "IO wait")
+        .position(|reason| reason == crate::model::GO_IO_WAIT)
         .and_then(|index| u8::try_from(index).ok());
     let parked = match &binary.poll_desc {
         Some(layout) => netpoll::parked_on_descriptors(pid, layout).unwrap_or_else(|err| {

@@ -15,4 +15,8 @@ pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts};
 pub use stats::{WaitStats, log2_bucket};
+
+/// The Go wait reason of a goroutine parked on a descriptor; its object is this reason,
+/// a space and the endpoint (`IO wait 10.0.0.5:80`).
+pub const GO_IO_WAIT: &str = "IO wait";
 pub use symbolize::{UNRESOLVED_SOCKET, WakerRow};

@@ -12,7 +12,7 @@ use super::{
     WaitStats, WakerRow,
     call_site::{Language, call_site},
 };
-use crate::stacks::Frame;
+use crate::stacks::{Frame, UNKNOWN_FRAME};
 
 /// A symbolized stack with its waits.
 #[derive(Clone, Debug)]
@@ -242,6 +242,18 @@ impl Profile {
             wakers: Vec::new(),
             modules: BTreeMap::new(),
         }
+    }
+
+    /// Distinct addresses of the profile's frames (stacks and wakers) that got no symbol.
+    pub fn unknown_addresses(&self) -> u64 {
+        let stacks = self.stacks.iter().flat_map(|stack| &stack.frames);
+        let wakers = self.wakers.iter().flat_map(|row| &row.waker_frames);
+        let unknown: std::collections::HashSet<u64> = stacks
+            .chain(wakers)
+            .filter(|frame| frame.name == UNKNOWN_FRAME)
+            .map(|frame| frame.address)
+            .collect();
+        unknown.len() as u64
     }
 
     /// Merges stacks that symbolize to the same frames and sorts them heaviest first.

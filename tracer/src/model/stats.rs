@@ -42,6 +42,8 @@ impl WaitStats {
     pub fn add_unaged(&mut self, tid: u32) {
         self.waits += 1;
         self.threads.insert(tid);
+        // Shown as "≥0", like a thread whose age the scheduler does not tell.
+        self.lower_bound = true;
     }
 
     /// Adds a wait whose duration is only known to be at least `duration_ns`.

@@ -8,7 +8,10 @@ use std::{
 use tracer_common::WaitKind;
 
 use super::{symbolize::shared_futexes, *};
-use crate::stacks::Frame;
+use crate::{
+    report::fixtures::fixture_profile,
+    stacks::{Frame, UNKNOWN_FRAME},
+};
 
 pub(crate) fn frame(name: &str, main: bool) -> Frame {
     Frame {
@@ -167,4 +170,28 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
     assert_eq!(profile.stacks[0].kind, WaitKind::Send);
     assert_eq!(profile.stacks[1].stats.total_ns, 25);
     assert_eq!(profile.stacks[1].stats.threads.len(), 2);
+}
+
+#[test]
+fn unknown_frames_are_counted_once_per_address_in_every_window() {
+    let mut profile = fixture_profile();
+    let unknown = profile
+        .stacks
+        .iter()
+        .flat_map(|stack| &stack.frames)
+        .filter(|frame| frame.name == UNKNOWN_FRAME)
+        .count();
+    assert_eq!(unknown, 1, "the fixture has one [unknown] frame");
+    assert_eq!(profile.unknown_addresses(), 1);
+    // The same address in another stack is still one unknown address.
+    let again = profile
+        .stacks
+        .iter()
+        .find(|stack| stack.frames.iter().any(|frame| frame.name == UNKNOWN_FRAME))
+        .cloned()
+        .expect("the fixture's truncated stack");
+    profile.stacks.push(again);
+    assert_eq!(profile.unknown_addresses(), 1);
+    profile.stacks.retain(|stack| stack.frames.iter().all(|frame| frame.name != UNKNOWN_FRAME));
+    assert_eq!(profile.unknown_addresses(), 0);
 }

@@ -81,8 +81,38 @@ pub fn saved_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
     }
 }
 
-/// The symbolization stage: names each unique stack and lock of `aggregate` once and
-/// builds the profile on `base`, with the endpoints' states `objects` saw.
+/// The symbolization stage, with its caches (symbols by address, lock names): names each
+/// unique stack and lock of an aggregate once and builds the profile. `record` and
+/// `snapshot` use one per run, `serve` one per attached process.
+pub struct Namer {
+    symbolizer: StackSymbolizer,
+    locks: LockNamer,
+}
+
+impl Default for Namer {
+    fn default() -> Self {
+        Self { symbolizer: StackSymbolizer::new(), locks: LockNamer::new() }
+    }
+}
+
+impl Namer {
+    /// The profile of `aggregate` on `base`. Unknown symbols are counted from the profile
+    /// itself (distinct addresses), so a cached `[unknown]` still counts in a later one.
+    pub fn profile(
+        &mut self,
+        aggregate: WaitAggregate,
+        base: Profile,
+        image: &ProcessImage,
+    ) -> Profile {
+        let Self { symbolizer, locks } = self;
+        let mut profile = aggregate.into_profile(base, image, symbolizer, locks);
+        profile.counts.unknown_symbols = profile.unknown_addresses();
+        profile
+    }
+}
+
+/// The symbolization stage of one run: the profile of `aggregate` on `base`, with the
+/// endpoints' states `objects` saw.
 pub fn symbolize(
     aggregate: WaitAggregate,
     mut base: Profile,
@@ -91,10 +121,7 @@ pub fn symbolize(
 ) -> Profile {
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
     objects.log_socket_lookups();
-    let mut symbolizer = StackSymbolizer::new();
-    let mut profile = aggregate.into_profile(base, image, &mut symbolizer, &mut LockNamer::new());
-    profile.counts.unknown_symbols = symbolizer.unknown_addresses;
-    profile
+    Namer::default().profile(aggregate, base, image)
 }
 
 /// The last stage of `record` and `snapshot`: the summary on stdout, the tracer's own

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use aya::{Btf, EbpfLoader, maps::PerCpuArray};
+use aya::{Btf, EbpfLoader};
 
 use tracer_common::{GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals};
 
@@ -129,15 +129,9 @@ impl Probes {
     }
 
     pub fn go_counters(&self) -> Result<GoProbeCounters, ProbeError> {
-        const NAME: &str = "GO_COUNTERS";
-        let err = |source| ProbeError::Map { name: NAME, source: Some(source) };
-        let map = self.ebpf.map(NAME).ok_or(ProbeError::Map { name: NAME, source: None })?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        // Indexed by GoCounter, in order (tracer-common asserts it).
         let mut counters = GoProbeCounters::default();
-        for counter in GoCounter::ALL {
-            counters.0[counter as usize] =
-                array.get(&(counter as u32), 0).map_err(err)?.iter().sum();
-        }
+        self.sum_counters("GO_COUNTERS", &mut counters.0)?;
         Ok(counters)
     }
 }

@@ -173,15 +173,20 @@ impl Probes {
     }
 
     pub fn counters(&self) -> Result<ProbeCounters, ProbeError> {
-        let err = |source| ProbeError::Map { name: "COUNTERS", source: Some(source) };
-        let map =
-            self.ebpf.map("COUNTERS").ok_or(ProbeError::Map { name: "COUNTERS", source: None })?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
         let mut counters = ProbeCounters::default();
-        for (index, slot) in counters.0.iter_mut().enumerate() {
+        self.sum_counters("COUNTERS", &mut counters.0)?;
+        Ok(counters)
+    }
+
+    /// Fills `slots` with the per-CPU array `name`'s first entries, each summed over CPUs.
+    fn sum_counters(&self, name: &'static str, slots: &mut [u64]) -> Result<(), ProbeError> {
+        let err = |source| ProbeError::Map { name, source: Some(source) };
+        let map = self.ebpf.map(name).ok_or(ProbeError::Map { name, source: None })?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        for (index, slot) in slots.iter_mut().enumerate() {
             *slot = array.get(&(index as u32), 0).map_err(err)?.iter().sum();
         }
-        Ok(counters)
+        Ok(())
     }
 
     /// The calls in flight whose thread is asleep in them: when each began, by thread.

@@ -6,7 +6,7 @@ use std::{collections::HashMap, fmt::Write as _};
 use tracer_common::WaitKind;
 
 use crate::{
-    model::{Profile, ProfileKind, ProfileStack, WaitStats},
+    model::{GO_IO_WAIT, Profile, ProfileKind, ProfileStack, WaitStats},
     report::folded::kind_frame,
 };
 
@@ -63,13 +63,20 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
     let mut out = String::new();
     match profile.kind {
         ProfileKind::Recording => {
+            let what = if waiters(profile) == "goroutines" {
+                "goroutine waits from the Go scheduler".to_string()
+            } else {
+                format!(
+                    "waits >= {} with stacks",
+                    format_duration(profile.min_wait.as_nanos() as u64)
+                )
+            };
             let _ = writeln!(
                 out,
-                "{} (pid {}): {} recorded, waits >= {} with stacks{}",
+                "{} (pid {}): {} recorded, {what}{}",
                 profile.comm,
                 profile.pid,
                 format_duration(profile.duration.as_nanos() as u64),
-                format_duration(profile.min_wait.as_nanos() as u64),
                 if profile.target_exited {
                     "; the process exited during the recording"
                 } else {
@@ -225,7 +232,14 @@ pub struct ObjectRow {
 pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
     let mut rows: HashMap<&str, ObjectRow> = HashMap::new();
     for stack in &profile.stacks {
-        let Some(object) = stack.object.as_deref().filter(|_| kinds.contains(&stack.kind)) else {
+        let object = match stack.object.as_deref().filter(|_| kinds.contains(&stack.kind)) {
+            // A goroutine's object is its wait reason: only an IO wait names an endpoint.
+            Some(object) if stack.kind == WaitKind::Goroutine => {
+                object.strip_prefix(GO_IO_WAIT).and_then(|rest| rest.strip_prefix(' '))
+            }
+            object => object,
+        };
+        let Some(object) = object else {
             continue;
         };
         let row = rows
@@ -247,8 +261,8 @@ pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
     rows
 }
 
-const ENDPOINT_KINDS: [WaitKind; 4] =
-    [WaitKind::Send, WaitKind::Recv, WaitKind::Connect, WaitKind::Accept];
+const ENDPOINT_KINDS: [WaitKind; 5] =
+    [WaitKind::Send, WaitKind::Recv, WaitKind::Connect, WaitKind::Accept, WaitKind::Goroutine];
 const ENDPOINT_WIDTH: usize = 22;
 const LOCK_WIDTH: usize = 46;
 
@@ -337,6 +351,10 @@ fn write_below_threshold(out: &mut String, profile: &Profile) {
 }
 
 fn write_counts(out: &mut String, profile: &Profile) {
+    if waiters(profile) == "goroutines" {
+        write_goroutine_counts(out, profile);
+        return;
+    }
     let counts = &profile.counts;
     if profile.kind == ProfileKind::Recording {
         write_wrapped(
@@ -366,19 +384,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
         }
     }
     let threads = &profile.thread_counts;
-    if threads.threads > 0 && waiters(profile) == "goroutines" {
-        write_wrapped(
-            out,
-            &format!("goroutines read from the runtime: {},", threads.threads),
-            &[
-                format!("{} waiting", threads.blocked_in_waits),
-                format!("{} running, runnable or in syscalls", threads.elsewhere),
-                format!("{} of the runtime's own hidden", threads.runtime_hidden),
-                format!("{} changed while read", threads.woke_while_read),
-                format!("{} unreadable", threads.unreadable),
-            ],
-        );
-    } else if threads.threads > 0 {
+    if threads.threads > 0 {
         write_wrapped(
             out,
             &format!("threads read from /proc: {},", threads.threads),
@@ -407,19 +413,6 @@ fn write_counts(out: &mut String, profile: &Profile) {
             format!("{} descriptors unresolved", counts.unresolved_descriptors),
         ],
     );
-    let go_lost = counts.go_parks_lost + counts.go_stacks_lost + counts.go_waits_lost;
-    if go_lost > 0 || counts.go_runtime_waits_hidden > 0 {
-        write_wrapped(
-            out,
-            "go probes:",
-            &[
-                format!("{} parks lost", counts.go_parks_lost),
-                format!("{} stacks lost", counts.go_stacks_lost),
-                format!("{} waits lost", counts.go_waits_lost),
-                format!("{} waits of the runtime's own hidden", counts.go_runtime_waits_hidden),
-            ],
-        );
-    }
     if counts.malformed_records > 0 {
         let _ = writeln!(out, "lost: {} malformed ring-buffer records", counts.malformed_records);
     }
@@ -434,6 +427,52 @@ fn write_counts(out: &mut String, profile: &Profile) {
         let _ = writeln!(
             out,
             "left out: {} read/write waits on descriptors that are not sockets",
+            counts.non_socket_io
+        );
+    }
+}
+
+/// What the Go probes and the goroutine reads saw and lost.
+fn write_goroutine_counts(out: &mut String, profile: &Profile) {
+    let counts = &profile.counts;
+    if profile.kind == ProfileKind::Recording {
+        write_wrapped(
+            out,
+            "seen:",
+            &[
+                format!("{} parks", counts.waits_started),
+                format!("{} waits ended", counts.long_waits),
+                format!("{} waits of the runtime's own hidden", counts.go_runtime_waits_hidden),
+            ],
+        );
+    }
+    let goroutines = &profile.thread_counts;
+    if goroutines.threads > 0 {
+        write_wrapped(
+            out,
+            &format!("goroutines read from the runtime: {},", goroutines.threads),
+            &[
+                format!("{} waiting", goroutines.blocked_in_waits),
+                format!("{} running, runnable or in syscalls", goroutines.elsewhere),
+                format!("{} of the runtime's own hidden", goroutines.runtime_hidden),
+                format!("{} changed while read", goroutines.woke_while_read),
+                format!("{} unreadable", goroutines.unreadable),
+            ],
+        );
+    }
+    let mut lost = Vec::new();
+    if profile.kind == ProfileKind::Recording {
+        lost.push(format!("{} parks", counts.go_parks_lost));
+        lost.push(format!("{} stacks", counts.go_stacks_lost));
+        lost.push(format!("{} waits", counts.go_waits_lost));
+    }
+    lost.push(format!("{} stacks truncated", counts.unwind_truncated));
+    lost.push(format!("{} IO waits unresolved", counts.unresolved_descriptors));
+    write_wrapped(out, "lost:", &lost);
+    if counts.non_socket_io > 0 {
+        let _ = writeln!(
+            out,
+            "left out: {} IO waits on descriptors that are not sockets",
             counts.non_socket_io
         );
     }
@@ -632,5 +671,56 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         assert_eq!(lines.next(), Some("      3  futex       40.0ms     40.0ms  app::send_stat"));
         assert!(text.contains("threads @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"));
         assert!(text.contains("threads @ [send 10.0.0.5:80], blocked"));
+    }
+
+    /// A Go snapshot goes through the same summary: goroutines counted, the wait reason
+    /// beside the call site, an IO wait's endpoint in the endpoint table, the runtime's own
+    /// goroutines counted as hidden.
+    #[test]
+    fn goroutine_snapshot_summary_speaks_of_goroutines() {
+        fn go(name: &str) -> (&str, bool) {
+            (name, true)
+        }
+        let mut senders = stack(
+            &[
+                go("runtime.goexit"),
+                go("main.sendStat"),
+                go("runtime.chansend1"),
+                go("runtime.gopark"),
+            ],
+            WaitKind::Goroutine,
+            &[(1, 1_000), (2, 2_000), (3, 3_000)],
+        );
+        senders.in_progress = true;
+        senders.object = Some("chan send".into());
+        let mut writer = stack(
+            &[
+                go("main.writeToBackend"),
+                go("internal/poll.runtime_pollWait"),
+                go("runtime.gopark"),
+            ],
+            WaitKind::Goroutine,
+            &[(4, 5_000)],
+        );
+        writer.in_progress = true;
+        writer.object = Some("IO wait 10.0.0.5:80".into());
+        let mut snapshot = Profile::new(ProfileKind::Snapshot, 7, "push".into());
+        snapshot.stacks = vec![senders, writer];
+        snapshot.thread_counts = ThreadCounts {
+            threads: 10,
+            blocked_in_waits: 6,
+            runtime_hidden: 2,
+            ..Default::default()
+        };
+        snapshot.endpoint_states = [("10.0.0.5:80".into(), "send buffer full".into())].into();
+        let text = render_summary(&snapshot, 10);
+        assert!(text.starts_with("push (pid 7): 10 goroutines, 6 waiting in the Go scheduler now"));
+        assert!(text.contains("GOROUTINES  KIND"), "{text}");
+        assert!(text.contains("main.sendStat [chan send]"), "{text}");
+        assert!(text.contains("main.writeToBackend [IO wait 10.0.0.5:80]"), "{text}");
+        let endpoint = text.lines().find(|line| line.starts_with("10.0.0.5:80 ")).expect(&text);
+        assert!(endpoint.contains("send buffer full"), "{endpoint}");
+        assert!(text.contains("2 of the runtime's own hidden"), "{text}");
+        assert!(text.contains("3 goroutines @ [chan send]"), "{text}");
     }
 }

@@ -4,10 +4,7 @@
 //! requests cannot multiply the CPU it takes. (blazesym's symbolizer cannot move
 //! between threads, so it lives here for good.)
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -17,8 +14,8 @@ use tokio::sync::{
 use crate::{
     model::{Profile, WaitAggregate},
     objects::WaitObjects,
-    objects::locks::LockNamer,
-    stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UNKNOWN_FRAME},
+    pipeline::Namer,
+    stacks::{MapRefresh, ProcessImage, ProcessUnwinder},
     threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
 };
 
@@ -26,10 +23,6 @@ use crate::{
 /// (503); symbolization jobs wait for a slot, as their callers are few and bounded (the
 /// open windows, the metrics fold).
 const QUEUE_CAPACITY: usize = 8;
-
-/// Re-read the target's memory map for symbolizing at most this often when an address
-/// falls outside every known module (a library loaded after attaching).
-const IMAGE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the worker could not build a profile.
 #[derive(Debug, thiserror::Error)]
@@ -150,10 +143,9 @@ struct Attachment {
     unwinder: ProcessUnwinder,
     /// The memory map stacks are symbolized against.
     image: ProcessImage,
-    last_image_refresh: Option<Instant>,
+    map_refresh: MapRefresh,
     objects: WaitObjects,
-    symbolizer: StackSymbolizer,
-    locks: LockNamer,
+    namer: Namer,
 }
 
 fn run(mut queue: mpsc::Receiver<Job>) {
@@ -166,10 +158,9 @@ fn run(mut queue: mpsc::Receiver<Job>) {
                     pid,
                     unwinder: ProcessUnwinder::new(pid, unwind_image),
                     image: symbol_image,
-                    last_image_refresh: None,
+                    map_refresh: MapRefresh::default(),
                     objects: WaitObjects::new(pid),
-                    symbolizer: StackSymbolizer::new(),
-                    locks: LockNamer::new(),
+                    namer: Namer::default(),
                 });
             }
             Job::Detach => attached = None,
@@ -197,18 +188,14 @@ fn run(mut queue: mpsc::Receiver<Job>) {
 
 fn symbolize(attachment: &mut Attachment, aggregate: WaitAggregate, base: Profile) -> Profile {
     refresh_image_for(attachment, &aggregate);
-    let Attachment { image, symbolizer, locks, .. } = attachment;
-    let mut profile = aggregate.into_profile(base, image, symbolizer, locks);
-    // The symbolizer's own count covers its cache misses only: a later window showing
-    // cached [unknown] frames would report none.
-    profile.counts.unknown_symbols = unknown_addresses(&profile);
-    profile
+    let Attachment { image, namer, .. } = attachment;
+    namer.profile(aggregate, base, image)
 }
 
 /// Picks up libraries mapped since the image was taken (dlopen after attach) when a
 /// stack of `aggregate` reaches outside every known module; at most once a second.
 fn refresh_image_for(attachment: &mut Attachment, aggregate: &WaitAggregate) {
-    let Attachment { pid, image, last_image_refresh, .. } = attachment;
+    let Attachment { pid, image, map_refresh, .. } = attachment;
     let outside =
         |addresses: &[u64]| addresses.iter().any(|&address| image.module_for(address).is_none());
     let reaches_outside = aggregate.stacks.keys().any(|key| outside(&key.addresses))
@@ -220,28 +207,7 @@ fn refresh_image_for(attachment: &mut Attachment, aggregate: &WaitAggregate) {
     if !reaches_outside {
         return;
     }
-    let now = Instant::now();
-    if last_image_refresh.is_some_and(|last| now.duration_since(last) < IMAGE_REFRESH_INTERVAL) {
-        return;
-    }
-    *last_image_refresh = Some(now);
-    match image.refresh() {
-        Ok(0) => {}
-        Ok(added) => log::info!("{added} new modules mapped in pid {pid}"),
-        Err(err) => log::warn!("cannot refresh the memory map of pid {pid}: {err}"),
-    }
-}
-
-/// Distinct addresses of the profile's stacks that got no symbol.
-fn unknown_addresses(profile: &Profile) -> u64 {
-    let unknown: HashSet<u64> = profile
-        .stacks
-        .iter()
-        .flat_map(|stack| &stack.frames)
-        .filter(|frame| frame.name == UNKNOWN_FRAME)
-        .map(|frame| frame.address)
-        .collect();
-    unknown.len() as u64
+    map_refresh.refresh(*pid, image);
 }
 
 fn blocked_now(
@@ -268,34 +234,4 @@ fn blocked_now(
     let mut profile = symbolize(attachment, aggregate, base);
     profile.duration = started.elapsed();
     Ok(profile)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::report::fixtures::fixture_profile;
-
-    #[test]
-    fn unknown_frames_are_counted_once_per_address_in_every_window() {
-        let mut profile = fixture_profile();
-        let unknown = profile
-            .stacks
-            .iter()
-            .flat_map(|stack| &stack.frames)
-            .filter(|frame| frame.name == UNKNOWN_FRAME)
-            .count();
-        assert_eq!(unknown, 1, "the fixture has one [unknown] frame");
-        assert_eq!(unknown_addresses(&profile), 1);
-        // The same address in another stack is still one unknown address.
-        let again = profile
-            .stacks
-            .iter()
-            .find(|stack| stack.frames.iter().any(|frame| frame.name == UNKNOWN_FRAME))
-            .cloned()
-            .expect("the fixture's truncated stack");
-        profile.stacks.push(again);
-        assert_eq!(unknown_addresses(&profile), 1);
-        profile.stacks.retain(|stack| stack.frames.iter().all(|frame| frame.name != UNKNOWN_FRAME));
-        assert_eq!(unknown_addresses(&profile), 0);
-    }
 }

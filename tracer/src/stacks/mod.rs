@@ -12,7 +12,7 @@ mod process_unwinder;
 mod symbolize;
 mod unwind;
 
-pub use process_image::{Module, ProcessImage};
+pub use process_image::{MapRefresh, Module, ProcessImage};
 pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
 pub use symbolize::{Frame, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME};
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};

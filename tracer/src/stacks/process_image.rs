@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use object::read::elf::{ElfFile64, ProgramHeader as _};
 use object::{Object as _, ObjectSection as _};
@@ -21,6 +22,11 @@ const VDSO_NAME: &str = "[vdso]";
 
 /// Suffix the kernel appends to the path of a mapped file that was unlinked.
 const DELETED_SUFFIX: &str = " (deleted)";
+
+/// Re-read a target's memory map at most this often when an address falls outside every
+/// known module (a library loaded after tracing began): a stray address must not make us
+/// re-read /proc/PID/maps per stack.
+const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Module ids are unique across images so caches keyed by them never mix two processes.
 static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
@@ -623,5 +629,35 @@ mod tests {
         assert_eq!(anonymous.path, "");
         assert!(!anonymous.executable);
         assert_eq!(parse_maps_line("garbage"), None);
+    }
+}
+
+/// Re-reads a process image's memory map, at most once per `MAP_REFRESH_INTERVAL`.
+#[derive(Debug, Default)]
+pub struct MapRefresh {
+    last: Option<Instant>,
+}
+
+impl MapRefresh {
+    /// Picks up the libraries `pid` mapped since `image` was read, unless it was re-read
+    /// less than `MAP_REFRESH_INTERVAL` ago; returns how many modules were added.
+    pub fn refresh(&mut self, pid: u32, image: &mut ProcessImage) -> usize {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < MAP_REFRESH_INTERVAL) {
+            return 0;
+        }
+        self.last = Some(now);
+        match image.refresh() {
+            Ok(added) => {
+                if added > 0 {
+                    log::info!("{added} new modules mapped in pid {pid}");
+                }
+                added
+            }
+            Err(err) => {
+                log::warn!("cannot refresh the memory map of pid {pid}: {err}");
+                0
+            }
+        }
     }
 }

@@ -2,13 +2,7 @@
 //! addresses: the memory-map snapshot and the unwinder together, re-reading the map
 //! (rate-limited) when code appears that was mapped after the snapshot.
 
-use std::time::{Duration, Instant};
-
-use super::{ProcessImage, StackUnwinder, UnwindEnd, UserRegs};
-
-/// Re-read the target's memory map at most this often when an address falls outside
-/// every known module (a library loaded after tracing began).
-const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+use super::{MapRefresh, ProcessImage, StackUnwinder, UnwindEnd, UserRegs};
 
 /// An unwound stack: addresses leaf first, and whether the walk stopped before the root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +15,7 @@ pub struct ProcessUnwinder {
     pid: u32,
     image: ProcessImage,
     unwinder: StackUnwinder,
-    last_map_refresh: Option<Instant>,
+    map_refresh: MapRefresh,
     /// Walks that stopped before the root.
     pub truncated_unwinds: u64,
 }
@@ -29,7 +23,7 @@ pub struct ProcessUnwinder {
 impl ProcessUnwinder {
     pub fn new(pid: u32, image: ProcessImage) -> Self {
         let unwinder = StackUnwinder::new(&image);
-        Self { pid, image, unwinder, last_map_refresh: None, truncated_unwinds: 0 }
+        Self { pid, image, unwinder, map_refresh: MapRefresh::default(), truncated_unwinds: 0 }
     }
 
     pub fn image(&self) -> &ProcessImage {
@@ -51,23 +45,10 @@ impl ProcessUnwinder {
 
     /// Picks up libraries mapped since the snapshot; returns whether any were added.
     fn refresh_map(&mut self) -> bool {
-        let now = Instant::now();
-        if self.last_map_refresh.is_some_and(|last| now.duration_since(last) < MAP_REFRESH_INTERVAL)
-        {
-            return false;
+        let added = self.map_refresh.refresh(self.pid, &mut self.image) > 0;
+        if added {
+            self.unwinder.sync_modules(&self.image);
         }
-        self.last_map_refresh = Some(now);
-        match self.image.refresh() {
-            Ok(0) => false,
-            Ok(added) => {
-                log::info!("{added} new modules mapped in pid {}", self.pid);
-                self.unwinder.sync_modules(&self.image);
-                true
-            }
-            Err(err) => {
-                log::warn!("cannot refresh the memory map of pid {}: {err}", self.pid);
-                false
-            }
-        }
+        added
     }
 }

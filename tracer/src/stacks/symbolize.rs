@@ -53,8 +53,6 @@ pub struct StackSymbolizer {
     /// Modules whose debug info blazesym cannot read (e.g. compressed sections of a separate
     /// debug file), symbolized from their ELF symbols instead.
     without_debug_info: HashSet<u64>,
-    /// Count of distinct addresses that got no symbol.
-    pub unknown_addresses: u64,
 }
 
 /// An address within one module (ids are unique across images), and whether it is a return
@@ -79,12 +77,7 @@ impl StackSymbolizer {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        Self {
-            symbolizer,
-            cache: HashMap::new(),
-            without_debug_info: HashSet::new(),
-            unknown_addresses: 0,
-        }
+        Self { symbolizer, cache: HashMap::new(), without_debug_info: HashSet::new() }
     }
 
     /// `frames` as from `UnwoundStack` (leaf first). Return addresses (index >= 1) are looked
@@ -109,12 +102,8 @@ impl StackSymbolizer {
                 Some(module) => self.symbolize_in_module(module, address, lookup),
                 None => Vec::new(),
             };
-            let resolved = if resolved.is_empty() {
-                self.unknown_addresses += 1;
-                vec![unknown_frame(module, address)]
-            } else {
-                resolved
-            };
+            let resolved =
+                if resolved.is_empty() { vec![unknown_frame(module, address)] } else { resolved };
             symbolized.extend_from_slice(&resolved);
             self.cache.insert(key, resolved);
         }
