@@ -220,6 +220,31 @@ fn check_pileup(stripped: bool) {
     assert_eq!(profile.stacks[0].call_site(), "main.sendStat");
 }
 
+/// A Go program's `.txt` report is the table printed on stdout: the same renderer as a
+/// thread profile's (stdout adds only the tracer's own cost after it).
+#[test]
+fn go_text_report_is_what_stdout_shows() {
+    let dir = TempDir::new("go-text");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let (workload, port) = start_go_goroutines(&bin, "pileup", SENDERS, STARTUP_TIMEOUT);
+    wait_for_oracle(port, "main.sendStat", SENDERS as u64);
+    let txt = dir.join("now.txt");
+    let Traced { out, profile } = snapshot_profile(
+        workload.pid(),
+        &["--output", txt.to_str().expect("utf-8 path")],
+        &dir,
+        SNAPSHOT_TIMEOUT,
+    );
+    assert_eq!(profile.stacks[0].call_site(), "main.sendStat");
+    let text = std::fs::read_to_string(&txt).expect("the .txt report");
+    assert!(!text.is_empty());
+    assert!(
+        out.stdout.starts_with(&text),
+        "stdout is not the .txt report:\n--- stdout\n{}\n--- .txt\n{text}",
+        out.stdout
+    );
+}
+
 #[test]
 fn pileup_behind_a_stalled_writer() {
     check_pileup(false);

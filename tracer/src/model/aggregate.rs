@@ -25,7 +25,7 @@ pub enum WaitObject {
 pub struct StackKey {
     pub addresses: Vec<u64>,
     pub kind: WaitKind,
-    pub target: WaitObject,
+    pub object: WaitObject,
     /// The unwinder stopped before the root (stack copy too short, unknown code, ...).
     pub truncated: bool,
     /// A wait still in progress (at the end of a recording, or in a snapshot).

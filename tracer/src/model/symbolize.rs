@@ -32,10 +32,10 @@ impl WaitAggregate {
             .stacks
             .into_iter()
             .map(|(key, stats)| {
-                let StackKey { addresses, kind, target, truncated, in_progress } = key;
+                let StackKey { addresses, kind, object, truncated, in_progress } = key;
                 let mut frames = symbolizer.symbolize(image, &addresses);
                 frames.reverse(); // root first
-                let object = match target {
+                let object = match object {
                     WaitObject::None => None,
                     WaitObject::Endpoint(endpoint) => Some(endpoint),
                     WaitObject::UnresolvedSocket => Some(UNRESOLVED_SOCKET.to_string()),
@@ -116,7 +116,7 @@ pub const UNRESOLVED_SOCKET: &str = "unresolved";
 pub(super) fn shared_futexes(stacks: &HashMap<StackKey, WaitStats>) -> HashSet<u64> {
     let mut waiters: HashMap<u64, BTreeSet<u32>> = HashMap::new();
     for (key, stats) in stacks {
-        if let WaitObject::Futex(address) = key.target {
+        if let WaitObject::Futex(address) = key.object {
             waiters.entry(address).or_default().extend(&stats.threads);
         }
     }

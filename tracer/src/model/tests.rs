@@ -74,7 +74,7 @@ fn raw_stacks_aggregate_by_addresses_and_kind() {
     let key = |kind| StackKey {
         addresses: vec![1, 2, 3],
         kind,
-        target: WaitObject::None,
+        object: WaitObject::None,
         truncated: false,
         in_progress: false,
     };
@@ -88,7 +88,7 @@ fn raw_stacks_aggregate_by_addresses_and_kind() {
 #[test]
 fn only_shared_futexes_count_as_shared() {
     let mut stacks = HashMap::new();
-    let mut key = |target, tids: &[u32]| {
+    let mut key = |object, tids: &[u32]| {
         let mut stats = WaitStats::default();
         for &tid in tids {
             stats.add(tid, 1);
@@ -96,7 +96,7 @@ fn only_shared_futexes_count_as_shared() {
         let key = StackKey {
             addresses: vec![tids[0] as u64],
             kind: WaitKind::Futex,
-            target,
+            object,
             truncated: false,
             in_progress: false,
         };

@@ -39,7 +39,7 @@ impl WaitObjects {
         }
     }
 
-    /// The reported kind and target of a wait on `object` (futex address or
+    /// The reported kind and object of a wait on `object` (futex address or
     /// descriptor); None when it is not a wait we report (read/write off sockets).
     pub fn resolve(&mut self, kind: WaitKind, object: u64) -> Option<(WaitKind, WaitObject)> {
         let socket_kind = match kind {

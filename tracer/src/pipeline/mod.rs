@@ -129,5 +129,5 @@ pub fn symbolize(
 pub fn report(profile: &Profile, outputs: Vec<Output>, top: usize) -> anyhow::Result<()> {
     print!("{}", render_summary(profile, top));
     println!("{}", own_usage::ProcessUsage::of_self());
-    crate::report::write_outputs(outputs, profile)
+    crate::report::write_outputs(outputs, profile, top)
 }

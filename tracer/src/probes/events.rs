@@ -237,13 +237,13 @@ impl WaitDecoder {
             self.malformed_records += 1;
             return None;
         };
-        let (kind, target) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
+        let (kind, object) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
         let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
         let walked = self.unwinder.unwind(regs, stack);
         let key = StackKey {
             addresses: walked.addresses,
             kind,
-            target,
+            object,
             truncated: walked.truncated,
             in_progress: false,
         };

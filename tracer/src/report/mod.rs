@@ -145,12 +145,15 @@ impl Provenance {
     }
 }
 
-/// Writes `profile` to every output with the default options, saying so for each.
-pub fn write_outputs(outputs: Vec<Output>, profile: &Profile) -> anyhow::Result<()> {
+/// Writes `profile` to every output, its text table as long as stdout's (`top` rows),
+/// saying so for each.
+pub fn write_outputs(outputs: Vec<Output>, profile: &Profile, top: usize) -> anyhow::Result<()> {
+    let provenance = Provenance::of_profile(profile);
+    let options = RenderOptions { top, ..RenderOptions::default_for(profile.kind) };
     for output in outputs {
         let path = output.path.clone();
         output
-            .write(profile)
+            .write_with(profile, &provenance, options)
             .map_err(|err| err.context(format!("{}: cannot write the report", path.display())))?;
         eprintln!("tracer: wrote {}", path.display());
     }
@@ -255,12 +258,8 @@ impl Output {
         Ok(Self { path: path.to_path_buf(), format, file })
     }
 
-    /// Writes a profile just taken of `profile.pid`, with the default options.
-    pub fn write(self, profile: &Profile) -> anyhow::Result<()> {
-        let provenance = Provenance::of_profile(profile);
-        self.write_with(profile, &provenance, RenderOptions::default_for(profile.kind))
-    }
-
+    /// Writes `profile` in this output's format: `provenance` for the formats that carry it
+    /// (JSON, pprof), `options` for the flamegraph's width and the text table's rows.
     pub fn write_with(
         self,
         profile: &Profile,

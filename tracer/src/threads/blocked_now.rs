@@ -80,7 +80,7 @@ pub fn collect_blocked_threads(
                 continue;
             }
         };
-        let Some((kind, target)) = wait_object(&sample, objects) else {
+        let Some((kind, object)) = wait_object(&sample, objects) else {
             counts.elsewhere += 1;
             continue;
         };
@@ -96,7 +96,7 @@ pub fn collect_blocked_threads(
         let key = StackKey {
             addresses: walked.addresses,
             kind,
-            target,
+            object,
             truncated: walked.truncated,
             in_progress: true,
         };
