@@ -29,7 +29,7 @@ pub struct Traced {
 
 impl Traced {
     /// The checks in the order that leaves nothing behind: output formats, privileges,
-    /// the target, its memory map. The output files are created later, by `outputs`.
+    /// the target, its memory map. The output files are created later (`create_outputs`).
     pub fn open(pid: u32, outputs: &[PathBuf]) -> anyhow::Result<Self> {
         for path in outputs {
             Format::from_path(path)?;
