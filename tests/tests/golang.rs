@@ -220,6 +220,44 @@ fn check_pileup(stripped: bool) {
     assert_eq!(profile.stacks[0].call_site(), "main.sendStat");
 }
 
+/// Go releases beside Debian's 1.19, from PyPI (`cargo xtask setup` installs them): 1.26
+/// no longer fills `pcHeader.textStart`, which once left every frame unnamed and `record`'s
+/// uprobes at wrong offsets.
+const CURRENT_GO: [&str; 2] = ["1.26.6", "1.27.3"];
+
+/// On current Go, the pile-up reads as on 1.19: the senders at their own call site with
+/// their wait reason, the runtime's own goroutines told apart and hidden, and `record`
+/// attaches and reports them still blocked.
+#[test]
+fn pileup_on_current_go_releases() {
+    for version in CURRENT_GO {
+        let dir = TempDir::new(&format!("go-{version}"));
+        let go = tracer_tests::go_toolchain(version);
+        let bin = tracer_tests::build_go_with(&go, dir.path(), GO_GOROUTINES_SOURCE, "g", false);
+        let (workload, port) = start_go_goroutines(&bin, "pileup", SENDERS, STARTUP_TIMEOUT);
+        wait_for_oracle(port, "main.sendStat", SENDERS as u64);
+
+        let profile = snapshot(workload.pid(), &[], &dir);
+        let senders = group(&profile, "main.sendStat", |_| true);
+        assert_eq!(goroutines(senders), SENDERS as u64, "go {version}");
+        assert_eq!(senders.object.as_deref(), Some("chan send"), "go {version}");
+        assert!(
+            profile.thread_counts.runtime_hidden > 0,
+            "go {version}: no runtime goroutine hidden:\n{}",
+            top_stacks(&profile, |_| true, 20)
+        );
+        assert!(
+            profile.stacks.iter().all(|stack| !stack.call_site().starts_with('[')),
+            "go {version}: unnamed call sites:\n{}",
+            top_stacks(&profile, |_| true, 20)
+        );
+
+        let recorded = record_go(workload.pid(), &["--duration", "1s"], &dir);
+        let stuck = group(&recorded, "main.sendStat", |stack| stack.in_progress);
+        assert_eq!(goroutines(stuck), SENDERS as u64, "go {version}");
+    }
+}
+
 /// A Go program's `.txt` report is the table printed on stdout: the same renderer as a
 /// thread profile's (stdout adds only the tracer's own cost after it).
 #[test]

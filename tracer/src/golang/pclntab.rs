@@ -5,7 +5,8 @@
 //! The layout is the Go 1.18+ one (`runtime/symtab.go`, `pcHeader` and `_func`): a header,
 //! then the function name table, the compilation-unit file table, the file name table, the
 //! pc-value tables and the function table. Go 1.20 added `_func.startLine` after the fields
-//! that name a function, so one reader covers Go 1.18 to 1.22.
+//! that name a function, so one reader covers Go 1.18 to 1.27; from Go 1.26 the header's
+//! `textStart` is zero and entries count from the start of `.text` (`set_text_start`).
 //!
 //! Inlined calls are expanded as `runtime/symtab.go` and `symtabinl.go` do: the function's
 //! `_PCDATA_InlTreeIndex` table gives, at a pc, the index of the innermost inlined call in its
@@ -152,6 +153,18 @@ impl<'a> Pclntab<'a> {
             return Err(PclntabError::Truncated);
         }
         Ok(table)
+    }
+
+    /// Whether the header gave the address function entries are relative to: Go 1.26 left
+    /// `pcHeader.textStart` zero (the runtime takes `moduledata.text` instead).
+    pub fn has_text_start(&self) -> bool {
+        self.text_start != 0
+    }
+
+    /// The link-time address function entries are relative to (`runtime.text`, the start
+    /// of `.text`), where the header does not give it.
+    pub fn set_text_start(&mut self, address: u64) {
+        self.text_start = address;
     }
 
     /// The bytes from `moduledata.gofunc` to the end of its section: enables the expansion
