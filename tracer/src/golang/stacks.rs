@@ -35,7 +35,8 @@ pub struct GoNamer<'a> {
     bias: u64,
     /// The executable's file name (every frame's module).
     module: String,
-    cache: HashMap<u64, Vec<Frame>>,
+    /// By (address, how far back it is looked up): the frames carry the address itself.
+    cache: HashMap<(u64, u64), Vec<Frame>>,
 }
 
 impl<'a> GoNamer<'a> {
@@ -47,7 +48,7 @@ impl<'a> GoNamer<'a> {
     /// return address, whose call is one byte back), innermost inlined call first.
     fn frames(&mut self, pc: u64, back: u64) -> &[Frame] {
         let Self { binary, bias, module, cache } = self;
-        cache.entry(pc.wrapping_sub(back)).or_insert_with(|| {
+        cache.entry((pc, back)).or_insert_with(|| {
             frames_of(binary, pc.wrapping_sub(*bias).wrapping_sub(back), pc, module)
         })
     }
