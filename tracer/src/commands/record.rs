@@ -1,10 +1,9 @@
 //! `tracer record`: attach to a live process, collect its waits until the duration ends
 //! (or Ctrl-C, SIGTERM, or its exit), then symbolize and write every report.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RecordArgs,
@@ -12,11 +11,11 @@ use crate::{
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
-        target::{self, Target},
+        target,
     },
     probes::{
         ProbeConfig, Probes,
-        events::{RingBuffers, WaitDecoder, WaitSink, poll_readable, readable},
+        events::{RingBuffers, WaitDecoder, WaitSink},
     },
     report::summary::format_duration,
     stacks::ProcessUnwinder,
@@ -46,7 +45,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
-    let stop = wait_for_stop(&target, duration, &mut rings, &mut collector).await?;
+    let stop = pipeline::run_until_stop(&target, duration, async || {
+        rings.drain_when_ready(&mut collector).await
+    })
+    .await?;
     let elapsed = started.elapsed();
     // Waits that ended just before the stop are still in the buffer.
     rings.drain_now(&mut collector);
@@ -63,7 +65,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     // Records written between the drain and the detach.
     rings.drain_now(&mut collector);
     drop(rings);
-    let target_exited = stop == Stop::TargetExited || target.has_exited();
+    let target_exited = stop == pipeline::Stop::TargetExited || target.has_exited();
     if target_exited {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
@@ -115,36 +117,6 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     base.thread_counts = thread_counts;
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     pipeline::report(&profile, outputs, top)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    DurationElapsed,
-    Interrupted,
-    TargetExited,
-}
-
-async fn wait_for_stop(
-    target: &Target,
-    duration: Duration,
-    rings: &mut RingBuffers,
-    collector: &mut WaitCollector,
-) -> anyhow::Result<Stop> {
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
-        .context("cannot poll the pidfd")?;
-    let deadline = tokio::time::sleep(duration);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return Ok(Stop::DurationElapsed),
-            _ = sigint.recv() => return Ok(Stop::Interrupted),
-            _ = sigterm.recv() => return Ok(Stop::Interrupted),
-            _ = readable(&exited) => return Ok(Stop::TargetExited),
-            drained = rings.drain_when_ready(collector) => drained?,
-        }
-    }
 }
 
 /// Turns wait records into unwound stacks and aggregates them as they arrive.

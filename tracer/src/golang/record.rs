@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
     binary::GoBinary,
@@ -26,9 +25,6 @@ use crate::{
     probes::Probes,
     report::summary::format_duration,
 };
-
-/// How often the recording checks whether the target has exited.
-const EXIT_POLL: Duration = Duration::from_millis(100);
 
 /// Records the goroutine waits of the Go process `traced` for `duration` and writes the
 /// reports.
@@ -76,7 +72,10 @@ pub async fn record(
     );
     let started = Instant::now();
     let started_at = SystemTime::now();
-    let target_exited = wait_for_stop(target, duration).await?;
+    // The probes sum the waits in the kernel: nothing to drain while recording.
+    let stop =
+        pipeline::run_until_stop(target, duration, async || std::future::pending().await).await?;
+    let target_exited = stop == pipeline::Stop::TargetExited || target.has_exited();
     let elapsed = started.elapsed();
     let waits = probes.go_waits()?;
     let counters = probes.go_counters()?;
@@ -171,28 +170,6 @@ fn still_parked(
         }
     }
     Some(StillParked { goroutines, counts, objects })
-}
-
-/// Waits for the duration, Ctrl-C, SIGTERM or the target's exit; true for the exit.
-async fn wait_for_stop(target: &Target, duration: Duration) -> anyhow::Result<bool> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let deadline = tokio::time::Instant::now() + duration;
-    loop {
-        if target.has_exited() {
-            return Ok(true);
-        }
-        let next = (tokio::time::Instant::now() + EXIT_POLL).min(deadline);
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {
-                if next >= deadline {
-                    return Ok(false);
-                }
-            }
-            _ = interrupt.recv() => return Ok(false),
-            _ = terminate.recv() => return Ok(false),
-        }
-    }
 }
 
 /// The file offset of the link-time address `address` (uprobes attach by offset).

@@ -7,13 +7,22 @@ pub mod counts;
 pub mod own_usage;
 pub mod target;
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     golang,
     model::{Profile, ProfileKind, WaitAggregate},
     objects::{WaitObjects, locks::LockNamer},
-    probes::Probes,
+    probes::{
+        Probes,
+        events::{poll_readable, readable},
+    },
     report::{Format, Output, summary::render_summary},
     stacks::{ProcessImage, StackSymbolizer},
     threads::blocked_now::SavedFramePointers,
@@ -53,6 +62,38 @@ impl Traced {
             .modules()
             .iter()
             .any(|module| module.is_main_executable && golang::is_go(module.file_bytes()))
+    }
+}
+
+/// Why a recording stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    DurationElapsed,
+    Interrupted,
+    TargetExited,
+}
+
+/// Runs `work` (draining what the probes send) again and again until `duration` has
+/// passed, Ctrl-C or SIGTERM comes, or `target` exits (its pidfd turns readable).
+pub async fn run_until_stop(
+    target: &Target,
+    duration: Duration,
+    mut work: impl AsyncFnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Stop> {
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
+        .context("cannot poll the pidfd")?;
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Ok(Stop::DurationElapsed),
+            _ = sigint.recv() => return Ok(Stop::Interrupted),
+            _ = sigterm.recv() => return Ok(Stop::Interrupted),
+            _ = readable(&exited) => return Ok(Stop::TargetExited),
+            done = work() => done?,
+        }
     }
 }
 
