@@ -118,14 +118,7 @@ pub struct RunOutput {
 /// after `timeout`, so a hang fails the test instead of blocking the suite.
 pub fn run_with_timeout(what: &str, mut cmd: Command, timeout: Duration) -> RunOutput {
     let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
-    let stdout = read_in_background(child.stdout.take().expect("stdout is piped"));
-    let stderr = read_in_background(child.stderr.take().expect("stderr is piped"));
+    let (child, stdout, stderr) = spawn_piped(what, &mut cmd);
     let mut guard = ChildGuard::new(what, child);
     let status = guard.wait_timeout(timeout);
     let elapsed = start.elapsed();
@@ -137,9 +130,23 @@ pub fn run_with_timeout(what: &str, mut cmd: Command, timeout: Duration) -> RunO
     }
 }
 
-fn read_in_background(
-    mut pipe: impl Read + Send + 'static,
-) -> std::thread::JoinHandle<std::io::Result<String>> {
+type OutputReader = std::thread::JoinHandle<std::io::Result<String>>;
+
+/// Spawns `cmd` with no stdin, its stdout and stderr read on threads of their own (a full
+/// pipe must never block the child).
+fn spawn_piped(what: &str, cmd: &mut Command) -> (Child, OutputReader, OutputReader) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
+    let stdout = read_in_background(child.stdout.take().expect("stdout is piped"));
+    let stderr = read_in_background(child.stderr.take().expect("stderr is piped"));
+    (child, stdout, stderr)
+}
+
+fn read_in_background(mut pipe: impl Read + Send + 'static) -> OutputReader {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         pipe.read_to_end(&mut buf)?;
@@ -147,11 +154,7 @@ fn read_in_background(
     })
 }
 
-fn collect(
-    what: &str,
-    stream: &str,
-    reader: std::thread::JoinHandle<std::io::Result<String>>,
-) -> String {
+fn collect(what: &str, stream: &str, reader: OutputReader) -> String {
     reader
         .join()
         .unwrap_or_else(|_| panic!("reader of {what} {stream} panicked"))
@@ -174,14 +177,7 @@ pub fn run_measured(what: &str, mut cmd: Command, timeout: Duration) -> (RunOutp
     use std::os::unix::process::ExitStatusExt as _;
 
     let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
-    let stdout = read_in_background(child.stdout.take().expect("stdout is piped"));
-    let stderr = read_in_background(child.stderr.take().expect("stderr is piped"));
+    let (mut child, stdout, stderr) = spawn_piped(what, &mut cmd);
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
     let deadline = start + timeout;
     let mut timed_out = false;

@@ -56,6 +56,19 @@ pub struct Pileup {
     pub backend: ChildGuard,
 }
 
+/// `bin --backend 127.0.0.1:PORT --handlers N --seconds S`: how the Rust pile-up and the Rust
+/// stuck workload are started.
+fn handlers_command(bin: &str, port: u16, handlers: usize, seconds: f64) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--backend")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--handlers")
+        .arg(handlers.to_string())
+        .arg("--seconds")
+        .arg(seconds.to_string());
+    cmd
+}
+
 /// Starts the slow backend and the Rust pile-up against it.
 pub fn start_rust_pileup(
     backend_bin: &str,
@@ -64,14 +77,8 @@ pub fn start_rust_pileup(
     seconds: f64,
 ) -> Pileup {
     let (backend, port) = start_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
-    let mut cmd = Command::new(pileup_bin);
-    cmd.arg("--backend")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--handlers")
-        .arg(handlers.to_string())
-        .arg("--seconds")
-        .arg(seconds.to_string());
-    let workload = start_workload("rust-pileup", cmd);
+    let workload =
+        start_workload("rust-pileup", handlers_command(pileup_bin, port, handlers, seconds));
     Pileup { workload, backend }
 }
 
@@ -119,13 +126,7 @@ pub fn start_rust_stuck(
     seconds: f64,
 ) -> Stuck {
     let (backend, port) = start_dead_backend(backend_bin, seconds + BACKEND_EXTRA_SECONDS);
-    let mut cmd = Command::new(stuck_bin);
-    cmd.arg("--backend")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--handlers")
-        .arg(handlers.to_string())
-        .arg("--seconds")
-        .arg(seconds.to_string());
+    let cmd = handlers_command(stuck_bin, port, handlers, seconds);
     let (workload, stuck_at) = start_stuck_workload("rust-stuck", cmd);
     Stuck { workload, backend, backend_port: port, stuck_at }
 }
