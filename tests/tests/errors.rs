@@ -198,3 +198,30 @@ fn kernel_thread_pid() -> u32 {
         .find(|&pid| is_kthread(pid))
         .expect("no kernel thread in /proc")
 }
+
+/// A stdout that cannot be written (`>/dev/full`; a reader gone, as after `| head`, fails
+/// the same way) costs no report: the output files are written first, and the failure is one
+/// line and exit status 1, not a panic.
+#[test]
+fn a_stdout_that_cannot_be_written_still_leaves_the_reports() {
+    let target = sleeper();
+    let dir = TempDir::new("full-stdout");
+    let json = dir.join("now.json");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+    let mut cmd = tracer_tests::snapshot_command(target.pid(), &["--output"]);
+    cmd.arg(&json).stdout(full).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn tracer: {e}"));
+    // A few lines at most: the pipe holds them until the tracer has exited.
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let status = ChildGuard::new("tracer snapshot >/dev/full", child).wait_timeout(ERROR_TIMEOUT);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut stderr_pipe, &mut stderr).expect("read stderr");
+    println!("exit {status}: {stderr}");
+    assert_eq!(status.code(), Some(1), "exit {status}; stderr:\n{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("tracer: cannot write to stdout"), "stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
+    let profile = tracer_tests::read_profile(&json);
+    assert_eq!(profile.pid, target.pid());
+    assert!(profile.thread_counts.threads >= 1, "{:?}", profile.thread_counts);
+}

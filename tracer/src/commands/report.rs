@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     cli::ReportArgs,
     report::{
-        Format, Output, RenderOptions, Weight, diff, flamegraph, read_saved,
+        Format, Output, RenderOptions, Weight, diff, flamegraph, print_stdout, read_saved,
         summary::render_summary,
     },
 };
@@ -35,8 +35,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
 
     match base {
+        // The files first, stdout last: a stdout that is gone must not cost them.
         None => {
-            print!("{}", render_summary(&saved.profile, top));
             for output in outputs {
                 let path = output.path.clone();
                 output
@@ -44,6 +44,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("{}: cannot write the report", path.display()))?;
                 eprintln!("tracer: wrote {}", path.display());
             }
+            print_stdout(&render_summary(&saved.profile, top))?;
         }
         Some(base_path) => {
             let base = read_saved(&base_path)?;
@@ -55,7 +56,6 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                 &changes,
                 top,
             );
-            print!("{table}");
             let lines = diff::differential_lines(before, after, weight);
             for output in outputs {
                 let path = output.path.clone();
@@ -88,6 +88,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                 output.write_bytes(&bytes)?;
                 eprintln!("tracer: wrote {}", path.display());
             }
+            print_stdout(&table)?;
         }
     }
     Ok(())

@@ -165,10 +165,10 @@ pub fn symbolize(
     Namer::default().profile(aggregate, base, image)
 }
 
-/// The last stage of `record` and `snapshot`: the summary on stdout, the tracer's own
-/// cost, then every output file.
+/// The last stage of `record` and `snapshot`: every output file, then the summary and the
+/// tracer's own cost on stdout (files first: a stdout that is gone must not cost them).
 pub fn report(profile: &Profile, outputs: Vec<Output>, top: usize) -> anyhow::Result<()> {
-    print!("{}", render_summary(profile, top));
-    println!("{}", own_usage::ProcessUsage::of_self());
-    crate::report::write_outputs(outputs, profile, top)
+    crate::report::write_outputs(outputs, profile, top)?;
+    let summary = render_summary(profile, top);
+    crate::report::print_stdout(&format!("{summary}{}\n", own_usage::ProcessUsage::of_self()))
 }

@@ -15,6 +15,7 @@ pub(crate) mod golden_tests;
 #[cfg(test)]
 mod reader_props;
 
+use anyhow::Context as _;
 use std::{
     fs::File,
     io::{BufWriter, Write as _},
@@ -158,6 +159,17 @@ pub fn write_outputs(outputs: Vec<Output>, profile: &Profile, top: usize) -> any
         eprintln!("tracer: wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Prints `text` on stdout. A stdout that cannot take it (a reader that went away, as in
+/// `| head`, or a full disk) is an error of one line, not a panic.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
 }
 
 pub const TRACER_VERSION: &str = env!("CARGO_PKG_VERSION");
