@@ -244,6 +244,14 @@ impl Profile {
         }
     }
 
+    /// What waits in this profile, as reports name it: the goroutines of a Go program
+    /// (goroutine stacks, or the runtime's own goroutines hidden), else threads.
+    pub fn waiters(&self) -> &'static str {
+        let go = self.thread_counts.runtime_hidden > 0
+            || self.stacks.iter().any(|stack| stack.kind == WaitKind::Goroutine);
+        if go { "goroutines" } else { "threads" }
+    }
+
     /// Distinct addresses of the profile's frames (stacks and wakers) that got no symbol.
     pub fn unknown_addresses(&self) -> u64 {
         let stacks = self.stacks.iter().flat_map(|stack| &stack.frames);

@@ -15,7 +15,7 @@ use crate::{
     report::{
         Weight,
         folded::{folded_lines_weighted, kind_frame},
-        summary::format_duration,
+        summary::recording_scope,
     },
 };
 
@@ -60,8 +60,8 @@ pub fn write_flamegraph(
     let mut options = base_options(&profile.comm, weight);
     options.palette_map = Some(&mut palette);
     options.title = match profile.kind {
-        ProfileKind::Recording => format!("{}: where threads blocked", profile.comm),
-        ProfileKind::Snapshot => format!("{}: threads blocked now", profile.comm),
+        ProfileKind::Recording => format!("{}: where {} blocked", profile.comm, profile.waiters()),
+        ProfileKind::Snapshot => format!("{}: {} blocked now", profile.comm, profile.waiters()),
     };
     options.subtitle = Some(subtitle(profile, weight));
     let mut svg = Vec::new();
@@ -74,7 +74,7 @@ pub fn write_flamegraph(
     }
     // A profile holds either threads' syscall waits or goroutines: the legend names
     // the kinds of the one it holds.
-    let goroutines = profile.stacks.iter().any(|stack| stack.kind == WaitKind::Goroutine);
+    let goroutines = profile.waiters() == "goroutines";
     let mut legend: Vec<(&str, Color)> = WaitKind::ALL
         .iter()
         .filter(|&&kind| (kind == WaitKind::Goroutine) == goroutines)
@@ -102,16 +102,12 @@ fn subtitle(profile: &Profile, weight: Weight) -> String {
     let width = match weight {
         Weight::Time if profile.kind == ProfileKind::Snapshot => "time blocked so far",
         Weight::Time => "blocked time",
-        Weight::Count if profile.kind == ProfileKind::Snapshot => "threads",
+        Weight::Count if profile.kind == ProfileKind::Snapshot => profile.waiters(),
         Weight::Count => "waits",
-        Weight::Threads => "threads",
+        Weight::Threads => profile.waiters(),
     };
     let what = match profile.kind {
-        ProfileKind::Recording => format!(
-            "{} recorded, waits >= {} with stacks",
-            format_duration(profile.duration.as_nanos() as u64),
-            format_duration(profile.min_wait.as_nanos() as u64),
-        ),
+        ProfileKind::Recording => recording_scope(profile),
         ProfileKind::Snapshot => "snapshot".to_string(),
     };
     format!(

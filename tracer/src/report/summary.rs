@@ -45,16 +45,21 @@ fn site_label(stack: &ProfileStack) -> String {
     }
 }
 
-/// What waits in a profile: the goroutines of a Go program, or threads.
-fn waiters(profile: &Profile) -> &'static str {
-    let go = profile.thread_counts.runtime_hidden > 0
-        || profile.stacks.iter().any(|stack| stack.kind == WaitKind::Goroutine);
-    if go { "goroutines" } else { "threads" }
-}
-
 /// The KIND column's width: the longest kind shown, at least the header's.
 fn kind_width(rows: &[SiteRow]) -> usize {
     rows.iter().map(|row| row.kind.name().len()).max().unwrap_or(0).max(7)
+}
+
+/// What a recording covered: `5.00s recorded, waits >= 1.0ms with stacks`, or for a Go
+/// program `goroutine waits from the Go scheduler`.
+pub(crate) fn recording_scope(profile: &Profile) -> String {
+    let recorded = format_duration(profile.duration.as_nanos() as u64);
+    if profile.waiters() == "goroutines" {
+        format!("{recorded} recorded, goroutine waits from the Go scheduler")
+    } else {
+        let min_wait = format_duration(profile.min_wait.as_nanos() as u64);
+        format!("{recorded} recorded, waits >= {min_wait} with stacks")
+    }
 }
 
 /// The whole text summary of a recording or a snapshot, at most 100 columns wide
@@ -63,20 +68,12 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
     let mut out = String::new();
     match profile.kind {
         ProfileKind::Recording => {
-            let what = if waiters(profile) == "goroutines" {
-                "goroutine waits from the Go scheduler".to_string()
-            } else {
-                format!(
-                    "waits >= {} with stacks",
-                    format_duration(profile.min_wait.as_nanos() as u64)
-                )
-            };
             let _ = writeln!(
                 out,
-                "{} (pid {}): {} recorded, {what}{}",
+                "{} (pid {}): {}{}",
                 profile.comm,
                 profile.pid,
-                format_duration(profile.duration.as_nanos() as u64),
+                recording_scope(profile),
                 if profile.target_exited {
                     "; the process exited during the recording"
                 } else {
@@ -87,7 +84,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             let stuck = top_sites(profile, true);
             if !stuck.is_empty() {
                 let _ = writeln!(out, "still blocked at the end of the recording:");
-                write_threads_table(&mut out, &stuck, top, waiters(profile));
+                write_threads_table(&mut out, &stuck, top, profile.waiters());
             }
             write_object_tables(&mut out, profile, top);
             write_wakers(&mut out, profile, top);
@@ -96,7 +93,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
         }
         ProfileKind::Snapshot => {
             let threads = &profile.thread_counts;
-            let where_ = if waiters(profile) == "goroutines" {
+            let where_ = if profile.waiters() == "goroutines" {
                 "waiting in the Go scheduler"
             } else {
                 "blocked in futex or socket waits"
@@ -107,14 +104,14 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                 profile.comm,
                 profile.pid,
                 threads.threads,
-                waiters(profile),
+                profile.waiters(),
                 threads.blocked_in_waits
             );
             let rows = top_sites(profile, true);
             if rows.is_empty() {
                 let _ = writeln!(out, "no thread is blocked in a futex or socket wait\n");
             } else {
-                write_threads_table(&mut out, &rows, top, waiters(profile));
+                write_threads_table(&mut out, &rows, top, profile.waiters());
                 write_object_tables(&mut out, profile, top);
                 write_stacks(&mut out, profile, top.min(SNAPSHOT_STACKS_SHOWN));
             }
@@ -195,7 +192,7 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
             out,
             "{} {} @ {}, blocked {} to {}{}:",
             stats.threads.len(),
-            waiters(profile),
+            profile.waiters(),
             kind_frame(profile, stack),
             format_age(stats.min_ns, stats.lower_bound),
             format_age(stats.max_ns, stats.lower_bound),
@@ -351,7 +348,7 @@ fn write_below_threshold(out: &mut String, profile: &Profile) {
 }
 
 fn write_counts(out: &mut String, profile: &Profile) {
-    if waiters(profile) == "goroutines" {
+    if profile.waiters() == "goroutines" {
         write_goroutine_counts(out, profile);
         return;
     }
