@@ -34,13 +34,23 @@ pub use record::record;
 
 /// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.
 pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Result<()> {
+    let outputs = pipeline::create_outputs(outputs)?;
+    eprintln!(
+        "tracer: reading the goroutines of {} (pid {})",
+        traced.target.comm, traced.target.pid
+    );
+    let profile = snapshot_profile(traced)?;
+    pipeline::report(&profile, outputs, top)
+}
+
+/// One read of the goroutines of the Go process `traced`, as a snapshot profile (what
+/// `snapshot` reports and `serve` answers /debug/pprof/goroutine with).
+pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
     let Traced { target, image } = traced;
     let pid = target.pid;
-    let outputs = pipeline::create_outputs(outputs)?;
     let started = Instant::now();
     let started_at = SystemTime::now();
     let (module, binary) = parse_main(image)?;
-    eprintln!("tracer: reading the goroutines of {} (pid {pid}, {})", target.comm, binary.version);
     let parsed = started.elapsed();
     let (mut goroutines, mut counts) = read_waiting(target, &binary, module.bias)?;
     let mut objects = WaitObjects::new(pid);
@@ -50,7 +60,8 @@ pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Res
     let named = stacks::from_goroutines(&mut namer, goroutines);
     let elapsed = started.elapsed();
     log::info!(
-        "goroutine snapshot of pid {pid}: binary {parsed:?}, memory {:?}, grouping {:?}, total {elapsed:?}",
+        "goroutine snapshot of pid {pid} ({}): binary {parsed:?}, memory {:?}, grouping {:?}, total {elapsed:?}",
+        binary.version,
         read - parsed,
         elapsed - read
     );
@@ -62,8 +73,7 @@ pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Res
     base.counts.non_socket_io = counts.io_wait_not_socket;
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
     base.modules = module_infos(image);
-    let profile = Profile::from_symbolized(base, named.stacks);
-    pipeline::report(&profile, outputs, top)
+    Ok(Profile::from_symbolized(base, named.stacks))
 }
 
 /// The main executable of `image` and its Go runtime's tables.
