@@ -252,7 +252,7 @@ fn pileup_on_current_go_releases() {
             top_stacks(&profile, |_| true, 20)
         );
 
-        let recorded = record_go(workload.pid(), &["--duration", "1s"], &dir);
+        let recorded = record_go(workload.pid(), Mode::Sampled, &["--duration", "1s"], &dir);
         let stuck = group(&recorded, "main.sendStat", |stack| stack.in_progress);
         assert_eq!(goroutines(stuck), SENDERS as u64, "go {version}");
     }
@@ -397,15 +397,43 @@ const PINGER_SHARE: f64 = 0.8;
 
 #[test]
 fn record_attributes_goroutine_waits_to_their_call_sites() {
+    check_waits_at_call_sites(Mode::Sampled);
+}
+
+#[test]
+fn exact_record_attributes_goroutine_waits_to_their_call_sites() {
+    check_waits_at_call_sites(Mode::Exact);
+}
+
+/// How a test records: the default (sampled) or `--mode exact` (uprobes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Sampled,
+    Exact,
+}
+
+impl Mode {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Mode::Sampled => &[],
+            Mode::Exact => &["--mode", "exact"],
+        }
+    }
+}
+
+fn check_waits_at_call_sites(mode: Mode) {
     let dir = TempDir::new("go-record");
     let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
     let (workload, _port) = start_go_goroutines(&bin, "pingpong", PINGERS, STARTUP_TIMEOUT);
     let svg = dir.join("waits.svg");
     let profile = record_go(
         workload.pid(),
+        mode,
         &["--duration", RECORD_SECONDS, "--output", svg.to_str().expect("utf-8 path")],
         &dir,
     );
+    // How it was taken is in the profile: a sampling period, or none (exact).
+    assert_eq!(profile.sampling.is_some(), mode == Mode::Sampled, "{:?}", profile.sampling);
     // Waits that ended during the recording: the still-blocked ones are aged from before it
     // (the listener's accept since the program started), not part of the share.
     let total = total_ns(&profile, |stack| !stack.in_progress);
@@ -430,9 +458,11 @@ fn record_attributes_goroutine_waits_to_their_call_sites() {
     assert_svg(&svg);
 }
 
-/// `tracer record` of `pid` with `args` (and a JSON output in `dir`); prints its stdout.
-fn record_go(pid: u32, args: &[&str], dir: &TempDir) -> Profile {
-    let Traced { out, profile } = record_profile(pid, args, dir, RECORD_TIMEOUT);
+/// `tracer record` of `pid` in `mode` with `args` (and a JSON output in `dir`); prints its
+/// stdout.
+fn record_go(pid: u32, mode: Mode, args: &[&str], dir: &TempDir) -> Profile {
+    let args: Vec<&str> = mode.args().iter().chain(args).copied().collect();
+    let Traced { out, profile } = record_profile(pid, &args, dir, RECORD_TIMEOUT);
     println!("{}", out.stdout);
     assert_eq!(profile.kind, ProfileKind::Recording);
     profile
@@ -448,12 +478,21 @@ const STUCK_RECORD: Duration = Duration::from_secs(2);
 /// peer) and at least the recording's length as their age.
 #[test]
 fn record_reports_goroutines_still_blocked_at_the_end() {
+    check_still_blocked_at_the_end(Mode::Sampled);
+}
+
+#[test]
+fn exact_record_reports_goroutines_still_blocked_at_the_end() {
+    check_still_blocked_at_the_end(Mode::Exact);
+}
+
+fn check_still_blocked_at_the_end(mode: Mode) {
     let dir = TempDir::new("go-record-stuck");
     let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
     let (workload, port) = start_go_goroutines(&bin, "pileup", SENDERS, STARTUP_TIMEOUT);
     wait_for_oracle(port, "main.sendStat", SENDERS as u64);
     let backend = backend_of(port);
-    let profile = record_go(workload.pid(), &["--duration", STUCK_RECORD_SECONDS], &dir);
+    let profile = record_go(workload.pid(), mode, &["--duration", STUCK_RECORD_SECONDS], &dir);
     let still = |stack: &ProfileStack| stack.in_progress;
     let senders = group(&profile, "main.sendStat", still);
     assert_eq!(goroutines(senders), SENDERS as u64);
@@ -500,10 +539,19 @@ const LATE_RECORD: Duration = Duration::from_secs(3);
 /// unless a GC ran meanwhile): about two seconds each here, never the whole recording.
 #[test]
 fn goroutines_parked_during_the_recording_are_aged_from_their_park() {
+    check_aged_from_their_park(Mode::Sampled);
+}
+
+#[test]
+fn exact_goroutines_parked_during_the_recording_are_aged_from_their_park() {
+    check_aged_from_their_park(Mode::Exact);
+}
+
+fn check_aged_from_their_park(mode: Mode) {
     let dir = TempDir::new("go-record-late");
     let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
     let (workload, _port) = start_go_goroutines(&bin, "late", LATE, STARTUP_TIMEOUT);
-    let profile = record_go(workload.pid(), &["--duration", LATE_RECORD_SECONDS], &dir);
+    let profile = record_go(workload.pid(), mode, &["--duration", LATE_RECORD_SECONDS], &dir);
     let late = group(&profile, "main.lateReceiver", |stack| stack.in_progress);
     assert_eq!(goroutines(late), LATE as u64);
     assert_eq!(late.object.as_deref(), Some("chan receive"));
@@ -527,10 +575,11 @@ const FLOOD_PAIRS: usize = 4;
 /// Seconds of throughput averaged for each side of the comparison.
 const FLOOD_SAMPLES: usize = 3;
 
-/// The probes' cost on a goroutine-switch-heavy program: prints the wakes per second with
-/// and without `tracer record` (for the note; no assertion on the number).
+/// The exact mode's cost on a goroutine-switch-heavy program (its uprobes run on every
+/// switch): prints the wakes per second with and without `tracer record --mode exact` (for
+/// the note; no assertion on the number: `cargo xtask bench` measures costs).
 #[test]
-fn record_overhead_on_a_goroutine_flood() {
+fn exact_record_of_a_goroutine_flood() {
     use std::io::BufRead as _;
     let dir = TempDir::new("go-flood");
     let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
@@ -560,7 +609,7 @@ fn record_overhead_on_a_goroutine_flood() {
     let recorder = std::thread::spawn(move || {
         tracer_tests::tracer_record(
             pid,
-            &["--duration", "6s", "--output", &json_arg],
+            &["--mode", "exact", "--duration", "6s", "--output", &json_arg],
             RECORD_TIMEOUT,
         )
     });
@@ -583,5 +632,73 @@ fn record_overhead_on_a_goroutine_flood() {
         tracer_tests::total_waits(&profile, at_flooder) > 0,
         "no goroutine wait at main.flooder:\n{}",
         top_stacks(&profile, |_| true, 20)
+    );
+}
+
+/// Reads per second asked of the sampled recording below.
+const SAMPLE_RATE: u32 = 25;
+const SAMPLED_RECORD: Duration = Duration::from_secs(3);
+
+/// A sampled recording (the default for Go) attaches nothing to the process: while it
+/// runs, the tracer holds no BPF program, link or perf event. It reads at the rate asked,
+/// and says so in the report's header and in the profile.
+#[test]
+fn sampled_record_attaches_nothing_and_states_its_rate() {
+    use std::io::BufRead as _;
+    let dir = TempDir::new("go-sampled");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let (workload, _port) = start_go_goroutines(&bin, "pingpong", PINGERS, STARTUP_TIMEOUT);
+    let json = dir.join("sampled.json");
+    let mut child = std::process::Command::new(tracer_tests::tracer_bin())
+        .args(["record", "--pid", &workload.pid().to_string(), "--rate"])
+        .arg(SAMPLE_RATE.to_string())
+        .args(["--duration", &format!("{}s", SAMPLED_RECORD.as_secs()), "--output"])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tracer record");
+    let tracer_pid = child.id();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut stderr = std::io::BufReader::new(stderr);
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("tracer's first line");
+    assert!(line.starts_with("tracer: recording"), "tracer said: {line}");
+    assert!(line.contains(&format!("sampled every {}.0ms", 1000 / SAMPLE_RATE)), "{line}");
+    // Recording now: what the tracer holds open.
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{tracer_pid}/fd"))
+        .expect("the tracer's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .collect();
+    let probes: Vec<&String> =
+        held.iter().filter(|link| link.contains("bpf") || link.contains("perf_event")).collect();
+    assert!(probes.is_empty(), "a sampled recording holds probes: {probes:?}");
+    let out = child.wait_with_output().expect("tracer record ends");
+    assert!(out.status.success(), "tracer record failed: {}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    let header = stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.contains(&format!("sampled at {SAMPLE_RATE} Hz")) && header.contains("statistical"),
+        "the header does not say how the recording was taken: {header}"
+    );
+    let profile = tracer_tests::read_profile(&json);
+    let sampling = profile.sampling.expect("a sampled profile says so");
+    assert_eq!(sampling.period, Duration::from_secs(1) / SAMPLE_RATE);
+    let expected = SAMPLED_RECORD.as_secs() * u64::from(SAMPLE_RATE);
+    assert!(
+        sampling.reads >= expected / 2 && sampling.reads <= expected + 2,
+        "{} reads at {SAMPLE_RATE} Hz over {SAMPLED_RECORD:?}",
+        sampling.reads
+    );
+    // The pingers' waits (10 ms each, shorter than the 40 ms period) are caught in
+    // proportion to their length: most of each pinger's time.
+    let at_pinger =
+        total_ns(&profile, |stack| stack.call_site() == "main.pinger" && !stack.in_progress);
+    let recorded = u64::try_from(SAMPLED_RECORD.as_nanos()).expect("fits u64");
+    assert!(
+        at_pinger as f64 >= 0.5 * (PINGERS as u64 * recorded) as f64,
+        "{PINGERS} pingers blocked most of {SAMPLED_RECORD:?} weigh {at_pinger} ns"
     );
 }

@@ -135,9 +135,31 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 15)]
     pub top: usize,
 
+    /// How to record. sampled: read the target at --rate, attaching nothing to it, so
+    /// its cost does not grow with how often it waits (waits shorter than the period
+    /// are statistical). exact: every wait as it happens, from probes on the wait path
+    /// (for a Go program, uprobes on every goroutine switch: about 20 µs each, too much
+    /// for a busy service). Default: sampled for a Go program, exact otherwise (a
+    /// sampled mode for threads is not built yet).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// Reads per second in sampled mode (default 49: every wait of 21 ms or more is seen).
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: Option<u32>,
+
     /// Probe map sizes (for tests that force losses).
     #[command(flatten)]
     pub maps: MapSizes,
+}
+
+/// How a recording sees waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Read the target at a rate; nothing attached to it.
+    Sampled,
+    /// Every wait as it happens, from probes.
+    Exact,
 }
 
 /// Sizes of the probes' maps. The defaults suit any process; tests shrink them to force

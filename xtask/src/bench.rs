@@ -11,6 +11,7 @@
 //! distributions (`latency.rs`). The pile-up measures `snapshot` and `record`'s start on
 //! 10,000 blocked threads.
 
+mod golang;
 mod latency;
 mod service;
 
@@ -28,8 +29,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use libc::{SIGINT, SIGKILL, SIGUSR1, SIGUSR2, WNOHANG};
 
-/// Debian packages of the peers the bench compares against.
-pub const DEBIAN_PACKAGES: [&str; 2] = ["libbpf-tools", "bpftrace"];
+/// Debian packages of the peers the bench compares against, and wrk (the Go service's
+/// load).
+pub const DEBIAN_PACKAGES: [&str; 3] = ["libbpf-tools", "bpftrace", "wrk"];
+
+/// The Go release the Go rows build with (setup installs it).
+pub const GO_VERSION: &str = golang::GO_VERSION;
 
 /// Where Debian's libbpf-tools installs offcputime (`dpkg -L libbpf-tools`).
 const OFFCPUTIME: &str = "/usr/sbin/offcputime";
@@ -86,7 +91,8 @@ pub struct BenchArgs {
     /// Length of each HTTP service window, in seconds.
     #[arg(long, default_value_t = 2.0)]
     http_seconds: f64,
-    /// Run only these workloads (repeatable): futex, tcp, http, waits50k, waits100k, pileup.
+    /// Run only these workloads (repeatable): futex, tcp, http, waits50k, waits100k, pileup,
+    /// gohttp, goroutines.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -283,7 +289,37 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    let mut go_budgets = String::new();
+    if wanted("gohttp") {
+        match golang::run_http(root, &settings, &out_dir, rounds.max(5)) {
+            Ok(result) => {
+                md.push_str(&result.table());
+                go_budgets.push_str(&result.budget_line());
+            }
+            Err(err) => {
+                println!("bench: Go HTTP service failed: {err:#}");
+                let _ = writeln!(md, "## Go HTTP service\n\nfailed: {err:#}\n");
+            }
+        }
+    }
+    if wanted("goroutines") {
+        match golang::run_many(root, &settings, &out_dir, rounds) {
+            Ok(result) => {
+                md.push_str(&result.table());
+                go_budgets.push_str(&result.budget_line());
+            }
+            Err(err) => {
+                println!("bench: many goroutines failed: {err:#}");
+                let _ = writeln!(md, "## many goroutines\n\nfailed: {err:#}\n");
+            }
+        }
+    }
+
     md.push_str(&budget_lines(&results, service.as_ref(), pileup.as_ref()));
+    if !go_budgets.is_empty() {
+        md.push_str("\n## budgets (issue 14, Go)\n\n");
+        md.push_str(&go_budgets);
+    }
     let path = out_dir.join("results.md");
     std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
     println!("\n{md}");

@@ -80,6 +80,10 @@ pub fn run(need: Need) -> anyhow::Result<()> {
             run_setup_step(&format!("go {version}"), || go_toolchain(version))?;
         }
     }
+    if need == Need::Bench {
+        let version = crate::bench::GO_VERSION;
+        run_setup_step(&format!("go {version}"), || go_toolchain(version))?;
+    }
     if need.lints() {
         run_setup_step("rustfmt and clippy", || {
             let active = active_toolchain()?;

@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use crate::{
-    cli::RecordArgs,
+    cli::{Mode, RecordArgs},
+    golang::{DEFAULT_RATE_HZ, GoRecording},
     model::{ProfileKind, ThreadCounts, WaitAggregate},
     pipeline::{
         self, Traced,
@@ -23,10 +24,23 @@ use crate::{
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let RecordArgs { pid, duration, min_wait, outputs, top, maps } = args;
+    let RecordArgs { pid, duration, min_wait, outputs, top, mode, rate, maps } = args;
     let traced = Traced::open(pid, &outputs)?;
     if traced.is_go() {
-        return crate::golang::record(&traced, duration, &outputs, top).await;
+        if rate.is_some() && mode == Some(Mode::Exact) {
+            anyhow::bail!("--rate is for --mode sampled; an exact recording sees every wait");
+        }
+        let mode = match mode.unwrap_or(Mode::Sampled) {
+            Mode::Sampled => GoRecording::Sampled { rate_hz: rate.unwrap_or(DEFAULT_RATE_HZ) },
+            Mode::Exact => GoRecording::Exact,
+        };
+        return crate::golang::record(&traced, duration, mode, &outputs, top).await;
+    }
+    if mode == Some(Mode::Sampled) || rate.is_some() {
+        anyhow::bail!(
+            "--mode sampled is for Go programs for now; {} (pid {pid}) is not one: use --mode exact",
+            traced.target.comm
+        );
     }
     let btf_path = target::btf_path()?;
     let outputs = pipeline::create_outputs(&outputs)?;

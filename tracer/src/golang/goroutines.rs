@@ -7,7 +7,10 @@
 //! stack; one whose status, id or saved registers changed in between is skipped and
 //! counted, never reported half-read.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::ops::Range;
+use std::sync::Arc;
 
 use super::binary::GLayout;
 
@@ -48,8 +51,9 @@ pub struct Goroutine {
     /// `nanotime()` when the wait began, where a GC recorded it; 0 if not.
     pub wait_since: i64,
     /// Leaf first, process addresses; all are return addresses (a parked goroutine's
-    /// saved pc is the return into `runtime.gopark` from `mcall`).
-    pub pcs: Vec<u64>,
+    /// saved pc is the return into `runtime.gopark` from `mcall`). Shared by every
+    /// goroutine parked on the same stack: 600,000 of them hold a few distinct stacks.
+    pub pcs: Arc<[u64]>,
     /// The walk did not reach `runtime.goexit`.
     pub truncated: bool,
     /// What it waits on, where a later stage could name it (`127.0.0.1:5432`).
@@ -98,73 +102,190 @@ pub struct RuntimeAddresses {
     pub goexit: std::ops::Range<u64>,
 }
 
-pub fn read_goroutines(
-    pid: u32,
-    layout: &GLayout,
-    addresses: &RuntimeAddresses,
-) -> io::Result<(Vec<Goroutine>, GoroutineCounts)> {
-    let memory = Memory { pid };
-    let mut header = [0u8; 16];
-    memory.read_exact(addresses.allgs, &mut header)?;
-    let array = word(&header, 0);
-    let len = word(&header, 8);
-    if len > MAX_GOROUTINES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "runtime.allgs length is implausible",
-        ));
-    }
-    let mut pointers = vec![0u8; len as usize * 8];
-    memory.read_exact(array, &mut pointers)?;
-    let g_addresses: Vec<u64> = pointers.chunks_exact(8).map(|chunk| word(chunk, 0)).collect();
+/// Goroutines read per batch: one `process_vm_readv` for their `g`s, one for their
+/// stacks, one to read the `g`s again. Memory stays a few MiB however many there are.
+const BATCH: usize = IOV_MAX;
 
-    let g_len = layout.read_len();
-    let first = memory.read_many(&g_addresses, g_len);
-    let mut counts = GoroutineCounts::default();
-    let mut waiting = Vec::new();
-    for (index, g) in first.iter().enumerate() {
-        let Some(g) = g else {
-            counts.unreadable += 1;
-            continue;
-        };
-        let fields = GFields::parse(g, layout);
-        match fields.status & !G_SCAN {
-            G_IDLE | G_DEAD => continue,
-            G_RUNNABLE => counts.runnable += 1,
-            G_RUNNING => counts.running += 1,
-            G_SYSCALL => counts.in_syscall += 1,
-            G_WAITING => {
-                counts.waiting += 1;
-                waiting.push((index, fields));
-            }
-            // _Gcopystack, _Gpreempted and the rest: between states.
-            _ => counts.runnable += 1,
+/// Reads the goroutines of one process, again and again if asked: a reader that
+/// remembers keeps each waiting goroutine's stack, and a goroutine still in the same
+/// wait at the next read is not walked again (what makes sampling cheap).
+pub struct GoroutineReader {
+    memory: Memory,
+    layout: GLayout,
+    addresses: RuntimeAddresses,
+    remember: bool,
+    /// The waits of the previous read, by `g` address.
+    previous: HashMap<u64, Remembered>,
+    /// Each distinct stack once.
+    stacks: HashSet<Arc<[u64]>>,
+}
+
+/// A wait seen by the previous read, with its walked stack.
+struct Remembered {
+    fields: GFields,
+    pcs: Arc<[u64]>,
+    truncated: bool,
+}
+
+impl GoroutineReader {
+    /// A reader for one read (`remember: false`: a snapshot keeps nothing) or for many.
+    pub fn new(pid: u32, layout: GLayout, addresses: RuntimeAddresses, remember: bool) -> Self {
+        Self {
+            memory: Memory { pid },
+            layout,
+            addresses,
+            remember,
+            previous: HashMap::new(),
+            stacks: HashSet::new(),
         }
-        counts.total += 1;
     }
 
-    // The stacks from each saved stack pointer, a window at a time.
-    let stack_reads: Vec<(u64, usize)> = waiting
-        .iter()
-        .map(|(_, fields)| {
-            let len = fields.stack_hi.saturating_sub(fields.sp).min(STACK_WINDOW);
-            (fields.sp, len as usize)
-        })
-        .collect();
-    let stacks = memory.read_many_sized(&stack_reads);
+    /// The waiting goroutines now, and every goroutine counted. Never stops the process:
+    /// a `g` that changes while it is read is skipped and counted.
+    pub fn read(&mut self) -> io::Result<(Vec<Goroutine>, GoroutineCounts)> {
+        let g_addresses = self.all_g_addresses()?;
+        let mut counts = GoroutineCounts::default();
+        let mut goroutines = Vec::new();
+        let mut remembered = HashMap::new();
+        let mut buffer = Vec::new();
+        for batch in g_addresses.chunks(BATCH) {
+            self.read_batch(batch, &mut buffer, &mut counts, &mut goroutines, &mut remembered);
+        }
+        if self.remember {
+            self.previous = remembered;
+            // Stacks no wait uses any more.
+            self.stacks.retain(|stack| Arc::strong_count(stack) > 1);
+        } else {
+            self.stacks.clear();
+        }
+        Ok((goroutines, counts))
+    }
 
-    let mut goroutines = Vec::with_capacity(waiting.len());
-    let mut walked = Vec::with_capacity(waiting.len());
-    for ((index, fields), stack) in waiting.iter().zip(&stacks) {
-        let Some(stack) = stack else {
-            counts.unreadable += 1;
-            continue;
-        };
-        let (pcs, truncated) = walk(&memory, fields, stack, &addresses.goexit);
-        walked.push(*index);
+    /// The addresses in `runtime.allgs`.
+    fn all_g_addresses(&self) -> io::Result<Vec<u64>> {
+        let mut header = [0u8; 16];
+        self.memory.read_exact(self.addresses.allgs, &mut header)?;
+        let array = word(&header, 0);
+        let len = word(&header, 8);
+        if len > MAX_GOROUTINES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "runtime.allgs length is implausible",
+            ));
+        }
+        let mut pointers = vec![0u8; len as usize * 8];
+        self.memory.read_exact(array, &mut pointers)?;
+        Ok(pointers.chunks_exact(8).map(|chunk| word(chunk, 0)).collect())
+    }
+
+    /// One batch of `g`s: status counted; the waiting ones in the same wait as at the
+    /// previous read keep their stack, the others are walked and read again.
+    fn read_batch(
+        &mut self,
+        g_addresses: &[u64],
+        buffer: &mut Vec<u8>,
+        counts: &mut GoroutineCounts,
+        goroutines: &mut Vec<Goroutine>,
+        remembered: &mut HashMap<u64, Remembered>,
+    ) {
+        let layout = self.layout;
+        let g_len = layout.read_len();
+        let pieces: Vec<(u64, usize)> =
+            g_addresses.iter().map(|&address| (address, g_len)).collect();
+        let first: Vec<Option<GFields>> = self
+            .memory
+            .read_pieces(&pieces, buffer)
+            .into_iter()
+            .map(|range| range.map(|range| GFields::parse(&buffer[range], &layout)))
+            .collect();
+        // (g address, fields) of the waits whose stack must be walked.
+        let mut to_walk = Vec::new();
+        for (&address, fields) in g_addresses.iter().zip(first) {
+            let Some(fields) = fields else {
+                counts.unreadable += 1;
+                continue;
+            };
+            match fields.status & !G_SCAN {
+                G_IDLE | G_DEAD => continue,
+                G_RUNNABLE => counts.runnable += 1,
+                G_RUNNING => counts.running += 1,
+                G_SYSCALL => counts.in_syscall += 1,
+                G_WAITING => {
+                    counts.waiting += 1;
+                    match self.previous.remove(&address) {
+                        Some(earlier) if earlier.fields.same_wait(&fields) => {
+                            self.keep(
+                                address,
+                                fields,
+                                earlier.pcs,
+                                earlier.truncated,
+                                goroutines,
+                                remembered,
+                            );
+                        }
+                        _ => to_walk.push((address, fields)),
+                    }
+                }
+                // _Gcopystack, _Gpreempted and the rest: between states.
+                _ => counts.runnable += 1,
+            }
+            counts.total += 1;
+        }
+        if to_walk.is_empty() {
+            return;
+        }
+
+        // Each stack from its saved stack pointer up to its top (a window at most).
+        let stack_pieces: Vec<(u64, usize)> = to_walk
+            .iter()
+            .map(|(_, fields)| {
+                let len = fields.stack_hi.saturating_sub(fields.sp).min(STACK_WINDOW);
+                (fields.sp, len as usize)
+            })
+            .collect();
+        let stacks = self.memory.read_pieces(&stack_pieces, buffer);
+        let mut walked = Vec::with_capacity(to_walk.len());
+        for ((address, fields), stack) in to_walk.iter().zip(stacks) {
+            let Some(stack) = stack else {
+                counts.unreadable += 1;
+                continue;
+            };
+            let (pcs, truncated) =
+                walk(&self.memory, fields, &buffer[stack], &self.addresses.goexit);
+            walked.push((*address, *fields, pcs, truncated));
+        }
+
+        // Read each g again: what changed while its stack was read is not reported.
+        let again_pieces: Vec<(u64, usize)> =
+            walked.iter().map(|(address, ..)| (*address, g_len)).collect();
+        let again = self.memory.read_pieces(&again_pieces, buffer);
+        for ((address, fields, pcs, truncated), after) in walked.into_iter().zip(again) {
+            let unchanged = after
+                .is_some_and(|range| fields.same_wait(&GFields::parse(&buffer[range], &layout)));
+            if unchanged {
+                let pcs = self.intern(pcs);
+                self.keep(address, fields, pcs, truncated, goroutines, remembered);
+            } else {
+                counts.changed_while_read += 1;
+            }
+        }
+    }
+
+    fn keep(
+        &self,
+        address: u64,
+        fields: GFields,
+        pcs: Arc<[u64]>,
+        truncated: bool,
+        goroutines: &mut Vec<Goroutine>,
+        remembered: &mut HashMap<u64, Remembered>,
+    ) {
+        if self.remember {
+            remembered.insert(address, Remembered { fields, pcs: Arc::clone(&pcs), truncated });
+        }
         goroutines.push(Goroutine {
             goid: fields.goid,
-            address: g_addresses[*index],
+            address,
             sp: fields.sp,
             tracking_seq: fields.tracking_seq,
             wait_reason: fields.wait_reason,
@@ -175,23 +296,15 @@ pub fn read_goroutines(
         });
     }
 
-    // Read each g again: what changed while we read its stack is not reported.
-    let again_addresses: Vec<u64> = walked.iter().map(|&index| g_addresses[index]).collect();
-    let again = memory.read_many(&again_addresses, g_len);
-    let before: std::collections::HashMap<usize, &GFields> =
-        waiting.iter().map(|(index, fields)| (*index, fields)).collect();
-    let mut kept = Vec::with_capacity(goroutines.len());
-    for ((goroutine, index), after) in goroutines.into_iter().zip(&walked).zip(&again) {
-        let unchanged = after
-            .as_ref()
-            .is_some_and(|after| before[index].same_wait(&GFields::parse(after, layout)));
-        if unchanged {
-            kept.push(goroutine);
-        } else {
-            counts.changed_while_read += 1;
+    /// The one shared copy of the stack `pcs`.
+    fn intern(&mut self, pcs: Vec<u64>) -> Arc<[u64]> {
+        if let Some(stack) = self.stacks.get(pcs.as_slice()) {
+            return Arc::clone(stack);
         }
+        let stack: Arc<[u64]> = pcs.into();
+        self.stacks.insert(Arc::clone(&stack));
+        stack
     }
-    Ok((kept, counts))
 }
 
 /// The fields of one `g` that a snapshot uses.
@@ -311,34 +424,90 @@ impl Memory {
     /// `len` bytes at each address; `None` where that piece could not be read.
     pub fn read_many(&self, addresses: &[u64], len: usize) -> Vec<Option<Vec<u8>>> {
         let pieces: Vec<(u64, usize)> = addresses.iter().map(|&address| (address, len)).collect();
-        self.read_many_sized(&pieces)
+        let mut buffer = Vec::new();
+        self.read_pieces(&pieces, &mut buffer)
+            .into_iter()
+            .map(|range| range.map(|range| buffer[range].to_vec()))
+            .collect()
     }
 
-    /// Each (address, length) piece, batched `IOV_MAX` at a time. A batch stops at the first
-    /// unreadable byte; the pieces after it are retried from there.
-    fn read_many_sized(&self, pieces: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
-        let mut results: Vec<Option<Vec<u8>>> = Vec::with_capacity(pieces.len());
+    /// Each (address, length) piece into `buffer`: where each landed, or `None` where it
+    /// could not be read. Pieces close together in memory are read as one span (the
+    /// kernel pins each span's pages once: 600,000 `g`s laid out side by side cost a few
+    /// thousand spans, not 600,000 pieces); a span that cannot be read is read again piece
+    /// by piece, so only what is really unreadable is lost.
+    pub fn read_pieces(
+        &self,
+        pieces: &[(u64, usize)],
+        buffer: &mut Vec<u8>,
+    ) -> Vec<Option<Range<usize>>> {
+        let spans = Span::cover(pieces);
+        let span_pieces: Vec<(u64, usize)> =
+            spans.iter().map(|span| (span.start, (span.end - span.start) as usize)).collect();
+        let read = self.read_pieces_apart(&span_pieces, buffer);
+        let mut results = vec![None; pieces.len()];
+        let mut retry = Vec::new();
+        for (span, landed) in spans.iter().zip(read) {
+            match landed {
+                Some(landed) => {
+                    for &index in &span.pieces {
+                        let (address, len) = pieces[index];
+                        let from = landed.start + (address - span.start) as usize;
+                        results[index] = Some(from..from + len);
+                    }
+                }
+                None if span.pieces.len() > 1 => retry.extend(span.pieces.iter().copied()),
+                None => {}
+            }
+        }
+        if !retry.is_empty() {
+            let apart: Vec<(u64, usize)> = retry.iter().map(|&index| pieces[index]).collect();
+            let mut again = Vec::new();
+            let landed = self.read_pieces_apart(&apart, &mut again);
+            let offset = buffer.len();
+            buffer.extend_from_slice(&again);
+            for (index, landed) in retry.into_iter().zip(landed) {
+                results[index] = landed.map(|range| range.start + offset..range.end + offset);
+            }
+        }
+        results
+    }
+
+    /// Each piece on its own, into `buffer` back to back, `IOV_MAX` per call. A call stops
+    /// at the first unreadable byte; the pieces after it are read again from there.
+    fn read_pieces_apart(
+        &self,
+        pieces: &[(u64, usize)],
+        buffer: &mut Vec<u8>,
+    ) -> Vec<Option<Range<usize>>> {
+        let total: usize = pieces.iter().map(|(_, len)| len).sum();
+        buffer.clear();
+        buffer.resize(total, 0);
+        let mut results: Vec<Option<Range<usize>>> = Vec::with_capacity(pieces.len());
         let mut start = 0;
+        let mut offset = 0;
         while start < pieces.len() {
             let batch = &pieces[start..(start + IOV_MAX).min(pieces.len())];
-            let total: usize = batch.iter().map(|(_, len)| len).sum();
-            let mut buffer = vec![0u8; total];
-            let read = self.readv(batch, &mut buffer).unwrap_or(0);
-            let mut offset = 0;
+            let batch_len: usize = batch.iter().map(|(_, len)| len).sum();
+            let read = self.readv(batch, &mut buffer[offset..offset + batch_len]).unwrap_or(0);
+            let mut done = 0;
             let mut complete = 0;
             for &(_, len) in batch {
-                if offset + len > read {
+                if done + len > read {
                     break;
                 }
-                results.push(Some(buffer[offset..offset + len].to_vec()));
-                offset += len;
+                results.push(Some(offset + done..offset + done + len));
+                done += len;
                 complete += 1;
             }
+            let mut skipped = done;
             if complete < batch.len() {
-                // The piece where the read stopped is unreadable (or the batch failed on it).
+                // The piece where the read stopped is unreadable (or the call failed on it).
                 results.push(None);
+                skipped += batch[complete].1;
                 complete += 1;
             }
+            offset += skipped;
             start += complete;
         }
         results
@@ -367,6 +536,44 @@ impl Memory {
             )
         };
         if read < 0 { Err(io::Error::last_os_error()) } else { Ok(read as usize) }
+    }
+}
+
+/// Bytes between two pieces that are still read as one span: less than reading them
+/// costs a piece of its own.
+const SPAN_GAP: u64 = 512;
+/// The longest span: spans are read `IOV_MAX` at a time into one buffer.
+const MAX_SPAN: u64 = 64 * 1024;
+
+/// Pieces read together: their addresses' cover, and their indices.
+#[derive(Debug, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    end: u64,
+    pieces: Vec<usize>,
+}
+
+impl Span {
+    /// The spans that cover `pieces` (address, length), in address order.
+    fn cover(pieces: &[(u64, usize)]) -> Vec<Span> {
+        let mut order: Vec<usize> = (0..pieces.len()).collect();
+        order.sort_unstable_by_key(|&index| pieces[index].0);
+        let mut spans: Vec<Span> = Vec::new();
+        for index in order {
+            let (start, len) = pieces[index];
+            let end = start.saturating_add(len as u64);
+            match spans.last_mut() {
+                Some(span)
+                    if start <= span.end.saturating_add(SPAN_GAP)
+                        && end.max(span.end) - span.start <= MAX_SPAN =>
+                {
+                    span.end = span.end.max(end);
+                    span.pieces.push(index);
+                }
+                _ => spans.push(Span { start, end, pieces: vec![index] }),
+            }
+        }
+        spans
     }
 }
 
@@ -424,5 +631,19 @@ mod tests {
         assert!(!before.same_wait(&GFields { status: G_RUNNABLE, ..before }));
         assert!(!before.same_wait(&GFields { sp: 0x10_008, ..before }));
         assert!(!before.same_wait(&GFields { tracking_seq: Some(4), ..before }));
+    }
+
+    #[test]
+    fn pieces_close_together_are_one_span() {
+        // Two g's 16 bytes apart, one far away, one overlapping the first.
+        let pieces = [(0x2000, 64), (0x1000, 48), (0x1040, 48), (0x1010, 8)];
+        let spans = Span::cover(&pieces);
+        assert_eq!(
+            spans,
+            vec![
+                Span { start: 0x1000, end: 0x1070, pieces: vec![1, 3, 2] },
+                Span { start: 0x2000, end: 0x2040, pieces: vec![0] },
+            ]
+        );
     }
 }

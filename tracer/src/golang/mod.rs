@@ -15,6 +15,7 @@ mod goroutines;
 mod netpoll;
 mod pclntab;
 mod record;
+mod sampler;
 mod stacks;
 
 use std::path::PathBuf;
@@ -30,7 +31,8 @@ use crate::{
 };
 
 pub use binary::is_go;
-pub use record::record;
+pub use record::{GoRecording, record};
+pub use sampler::DEFAULT_RATE_HZ;
 
 /// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.
 pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Result<()> {
@@ -52,7 +54,8 @@ pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
     let started_at = SystemTime::now();
     let (module, binary) = parse_main(image)?;
     let parsed = started.elapsed();
-    let (mut goroutines, mut counts) = read_waiting(target, &binary, module.bias)?;
+    let (mut goroutines, mut counts) =
+        read_waiting(target, &mut reader(&binary, pid, module.bias, false))?;
     let mut objects = WaitObjects::new(pid);
     name_io_waits(pid, &binary, &mut goroutines, &mut counts, &mut objects);
     let read = started.elapsed();
@@ -125,21 +128,31 @@ fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> T
     }
 }
 
-/// One read of the goroutines of `target`, whose executable `binary` is mapped at `bias`:
-/// the waiting ones, and every one counted.
-fn read_waiting(
-    target: &Target,
+/// A reader of the goroutines of `target`, whose executable `binary` is mapped at `bias`;
+/// `remember` for a reader that reads again (see [`goroutines::GoroutineReader`]).
+fn reader(
     binary: &binary::GoBinary<'_>,
+    pid: u32,
     bias: u64,
-) -> anyhow::Result<(Vec<goroutines::Goroutine>, goroutines::GoroutineCounts)> {
-    let pid = target.pid;
+    remember: bool,
+) -> goroutines::GoroutineReader {
     let addresses = goroutines::RuntimeAddresses {
         allgs: binary.allgs.wrapping_add(bias),
         goexit: binary.goexit.start.wrapping_add(bias)..binary.goexit.end.wrapping_add(bias),
     };
-    goroutines::read_goroutines(pid, &binary.layout, &addresses).map_err(|err| {
+    goroutines::GoroutineReader::new(pid, binary.layout, addresses, remember)
+}
+
+/// One read of `reader`: the waiting goroutines of `target`, and every one counted. A
+/// failure is more often than not the target exiting: said so.
+fn read_waiting(
+    target: &Target,
+    reader: &mut goroutines::GoroutineReader,
+) -> anyhow::Result<(Vec<goroutines::Goroutine>, goroutines::GoroutineCounts)> {
+    let pid = target.pid;
+    reader.read().map_err(|err| {
         if target.has_exited() {
-            anyhow::anyhow!("pid {pid} exited during the snapshot")
+            anyhow::anyhow!("pid {pid} exited while its goroutines were read")
         } else {
             anyhow::Error::new(err).context(format!("cannot read the goroutines of pid {pid}"))
         }

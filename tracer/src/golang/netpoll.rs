@@ -185,7 +185,7 @@ mod tests {
             tracking_seq: None,
             wait_reason,
             wait_since: 0,
-            pcs: vec![0x1000],
+            pcs: vec![0x1000].into(),
             truncated: false,
             object: None,
         }

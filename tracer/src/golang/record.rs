@@ -1,4 +1,6 @@
-//! `tracer record` on a Go program: goroutine waits as they happen. Uprobes at
+//! `tracer record` on a Go program, two ways. Sampled (the default): the goroutines read
+//! from outside at a rate ([`super::sampler`]), nothing attached, so a busy service pays
+//! nothing per goroutine switch. Exact: goroutine waits as they happen. Uprobes at
 //! `runtime.gopark` (the goroutine, its wait reason and stack) and `runtime.execute` (it
 //! runs again) sum each wait's length in the kernel by (stack, wait reason); this module
 //! attaches them, waits, names the stacks with `.gopclntab` into the common model, weighted
@@ -16,19 +18,126 @@ use object::{Object as _, ObjectSection as _};
 use super::{
     binary::GoBinary,
     goroutines::{Goroutine, GoroutineCounts},
+    sampler::{Sampled, Sampler},
     stacks::{self, GoNamer, GoStacks},
 };
 use crate::{
-    model::{Profile, ProfileKind, module_infos},
+    model::{Profile, ProfileKind, Sampling, module_infos},
     objects::WaitObjects,
     pipeline::{self, Traced, counts::go_trace_counts, target::Target},
     probes::Probes,
     report::summary::format_duration,
 };
 
+/// How to record a Go program's goroutine waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoRecording {
+    /// Read the goroutines `rate_hz` times a second.
+    Sampled { rate_hz: u32 },
+    /// Uprobes on every park and every run (about 20 µs per goroutine switch).
+    Exact,
+}
+
 /// Records the goroutine waits of the Go process `traced` for `duration` and writes the
 /// reports.
 pub async fn record(
+    traced: &Traced,
+    duration: Duration,
+    mode: GoRecording,
+    outputs: &[PathBuf],
+    top: usize,
+) -> anyhow::Result<()> {
+    match mode {
+        GoRecording::Sampled { rate_hz } => {
+            let period = Duration::from_secs(1) / rate_hz.max(1);
+            record_sampled(traced, duration, period, outputs, top).await
+        }
+        GoRecording::Exact => record_exact(traced, duration, outputs, top).await,
+    }
+}
+
+/// A sampled recording: the goroutines read every `period` until the stop.
+async fn record_sampled(
+    traced: &Traced,
+    duration: Duration,
+    period: Duration,
+    outputs: &[PathBuf],
+    top: usize,
+) -> anyhow::Result<()> {
+    let Traced { target, image } = traced;
+    let pid = target.pid;
+    let outputs = pipeline::create_outputs(outputs)?;
+    let (module, binary) = super::parse_main(image)?;
+    let mut sampler = Sampler::new(target, &binary, module.bias, period);
+    eprintln!(
+        "tracer: recording the goroutine waits of {} (pid {pid}, {}) for {}, sampled every {}; \
+         Ctrl-C to stop early",
+        target.comm,
+        binary.version,
+        format_duration(duration.as_nanos() as u64),
+        format_duration(period.as_nanos() as u64),
+    );
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    sampler.read()?;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // A read that ran late (a huge process) delays the next; it does not bunch them up.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = pipeline::run_until_stop(target, duration, async || {
+        ticks.tick().await;
+        match sampler.read() {
+            // The pidfd tells the loop at once; what was read stands.
+            Err(_) if target.has_exited() => Ok(()),
+            other => other,
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let mut target_exited = stop == pipeline::Stop::TargetExited || target.has_exited();
+    if !target_exited && sampler.read().is_err() {
+        target_exited = target.has_exited();
+    }
+    if target_exited {
+        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
+    }
+    let Sampled {
+        ended,
+        still_waiting,
+        mut objects,
+        last_counts,
+        reads,
+        skipped,
+        io_wait_unresolved,
+        io_wait_not_socket,
+    } = sampler.finish();
+
+    let mut namer = GoNamer::new(&binary, module.bias, module.name());
+    let ended = stacks::from_groups(&mut namer, ended, false);
+    let mut base = pipeline::profile_of(target, ProfileKind::Recording, started_at);
+    base.duration = elapsed;
+    base.sampling = Some(Sampling { period, reads });
+    base.target_exited = target_exited;
+    base.counts.go_runtime_waits_hidden = ended.runtime_hidden;
+    base.counts.go_goroutines_skipped = skipped;
+    base.modules = module_infos(image);
+    let mut profile_stacks = ended.stacks;
+    let mut truncated = ended.truncated;
+    if !target_exited {
+        let still = stacks::from_goroutines(&mut namer, still_waiting);
+        base.thread_counts = super::thread_counts(&last_counts, still.runtime_hidden);
+        truncated += still.truncated;
+        profile_stacks.extend(still.stacks);
+    }
+    base.counts.unwind_truncated = truncated;
+    base.counts.unresolved_descriptors = io_wait_unresolved;
+    base.counts.non_socket_io = io_wait_not_socket;
+    base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
+    let profile = Profile::from_symbolized(base, profile_stacks);
+    pipeline::report(&profile, outputs, top)
+}
+
+/// An exact recording: uprobes at every park and run.
+async fn record_exact(
     traced: &Traced,
     duration: Duration,
     outputs: &[PathBuf],
@@ -57,7 +166,8 @@ pub async fn record(
     probes.attach_go_probes(&executable, gopark, execute)?;
     // The goroutines parked now: those still in the same wait at the end have waited at
     // least since this read ended.
-    let parked_at_start = super::read_waiting(target, &binary, module.bias)
+    let mut reader = super::reader(&binary, pid, module.bias, false);
+    let parked_at_start = super::read_waiting(target, &mut reader)
         .map(|(goroutines, _)| goroutines)
         .unwrap_or_else(|err| {
             log::warn!("cannot read the goroutines parked at the start: {err:#}");
@@ -86,7 +196,7 @@ pub async fn record(
     let still = if target_exited {
         None
     } else {
-        still_parked(target, &binary, module.bias, &parked_at_start, start_read_ns, &probes)
+        still_parked(target, &binary, &mut reader, &parked_at_start, start_read_ns, &probes)
     };
     drop(probes);
 
@@ -127,7 +237,7 @@ struct StillParked {
 fn still_parked(
     target: &Target,
     binary: &GoBinary<'_>,
-    bias: u64,
+    reader: &mut super::goroutines::GoroutineReader,
     at_start: &[Goroutine],
     start_read_ns: u64,
     probes: &Probes,
@@ -141,7 +251,7 @@ fn still_parked(
     // A goroutine's park time is its current wait's only if the same park spans the read:
     // one that woke and parked again in between has a newer entry afterwards.
     let parked_before = parks();
-    let read = super::read_waiting(target, binary, bias);
+    let read = super::read_waiting(target, reader);
     let parked_after = parks();
     let (mut goroutines, mut counts) = match read {
         Ok(read) => read,

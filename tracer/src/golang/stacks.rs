@@ -4,6 +4,7 @@
 //! come from `.gopclntab`. The runtime's own system goroutines are left out and counted.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tracer_common::WaitKind;
 
@@ -61,14 +62,23 @@ impl<'a> GoNamer<'a> {
     }
 }
 
+/// Goroutine waits grouped by (stack, wait reason, object), before naming.
+pub type WaitGroups = HashMap<(Arc<[u64]>, u8, Option<String>), GroupedWaits>;
+
+/// The waits of one group, and whether its stack's walk stopped early.
+#[derive(Debug, Default)]
+pub struct GroupedWaits {
+    pub stats: WaitStats,
+    pub truncated: bool,
+}
+
 /// The goroutines of one read (a snapshot, or those still parked at the end of a
 /// recording) grouped by stack, wait reason and object, each aged from the runtime's
 /// `waitsince` where known (a lower bound: a GC records it after the wait began).
 pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> GoStacks {
     // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
     let now = i64::try_from(crate::threads::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
-    type Key = (Vec<u64>, u8, Option<String>);
-    let mut groups: HashMap<Key, (WaitStats, bool)> = HashMap::new();
+    let mut groups = WaitGroups::new();
     for Goroutine {
         goid,
         address: _,
@@ -81,32 +91,39 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         object,
     } in goroutines
     {
-        let (stats, _) =
-            groups.entry((pcs, wait_reason, object)).or_insert((WaitStats::default(), truncated));
+        let group = groups
+            .entry((pcs, wait_reason, object))
+            .or_insert_with(|| GroupedWaits { truncated, ..GroupedWaits::default() });
         // Goroutine ids stand in for thread ids: they tell the goroutines apart.
         let id = goid as u32;
         if wait_since > 0 && now > wait_since {
-            stats.add_lower_bound(id, (now - wait_since) as u64);
+            group.stats.add_lower_bound(id, (now - wait_since) as u64);
         } else {
-            stats.add_unaged(id);
+            group.stats.add_unaged(id);
         }
     }
+    from_groups(namer, groups, true)
+}
+
+/// Named stacks of grouped goroutine waits: in progress (still parked when read), or
+/// ended (a sampled recording's). The runtime's own goroutines are left out and counted.
+pub fn from_groups(namer: &mut GoNamer<'_>, groups: WaitGroups, in_progress: bool) -> GoStacks {
     let mut out = GoStacks::default();
-    for ((pcs, reason, object), (stats, truncated)) in groups {
+    for ((pcs, reason, object), GroupedWaits { stats, truncated }) in groups {
         // Every pc of a parked goroutine is a return address.
         let mut frames: Vec<Frame> =
             pcs.iter().flat_map(|&pc| namer.frames(pc, 1).to_vec()).collect();
         frames.reverse(); // root first
-        let goroutines = stats.threads.len() as u64;
+        let waits = if in_progress { stats.threads.len() as u64 } else { stats.waits };
         if is_system(&frames, truncated) {
-            out.runtime_hidden += goroutines;
+            out.runtime_hidden += waits;
             continue;
         }
         if truncated {
-            out.truncated += goroutines;
+            out.truncated += waits;
         }
         let reason = namer.wait_reason(reason);
-        out.stacks.push(goroutine_stack(frames, reason, object, truncated, true, stats));
+        out.stacks.push(goroutine_stack(frames, reason, object, truncated, in_progress, stats));
     }
     out
 }

@@ -13,7 +13,9 @@ pub(crate) mod tests;
 
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
-pub use profile::{ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts};
+pub use profile::{
+    ModuleInfo, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TraceCounts,
+};
 pub use stats::{WaitStats, log2_bucket};
 
 /// The Go wait reason of a goroutine parked on a descriptor; its object is this reason,

@@ -72,6 +72,9 @@ pub struct TraceCounts {
     pub go_stacks_lost: u64,
     /// Ended goroutine waits the Go probes could not add (their totals map was full).
     pub go_waits_lost: u64,
+    /// Goroutines a sampled read left out: changed while read, or unreadable (their
+    /// wait, if it went on, is seen again by the next read).
+    pub go_goroutines_skipped: u64,
     /// Ended waits of the Go runtime's own system goroutines (GC workers, sweeper, …):
     /// not shown.
     pub go_runtime_waits_hidden: u64,
@@ -79,11 +82,11 @@ pub struct TraceCounts {
 
 impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest is what was seen.
-    pub const LOSSES: usize = 11;
+    pub const LOSSES: usize = 12;
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 20] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 21] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -104,6 +107,7 @@ impl TraceCounts {
             go_parks_lost,
             go_stacks_lost,
             go_waits_lost,
+            go_goroutines_skipped,
             go_runtime_waits_hidden,
         } = self;
         [
@@ -118,6 +122,7 @@ impl TraceCounts {
             ("go_parks_lost", go_parks_lost),
             ("go_stacks_lost", go_stacks_lost),
             ("go_waits_lost", go_waits_lost),
+            ("go_goroutines_skipped", go_goroutines_skipped),
             ("wake_ring_buffer_full", wake_ring_buffer_full),
             ("waits_started", waits_started),
             ("waits_discarded", waits_discarded),
@@ -186,6 +191,9 @@ pub struct Profile {
     pub comm: String,
     pub duration: Duration,
     pub min_wait: Duration,
+    /// How a recording was taken: `None` when every wait was seen as it happened (exact),
+    /// else the sampling of a sampled recording.
+    pub sampling: Option<Sampling>,
     /// The target exited before the recording's end.
     pub target_exited: bool,
     /// Heaviest first.
@@ -206,6 +214,14 @@ pub struct Profile {
     /// The target's executable modules by file name (`Frame::module`), for exporters
     /// that describe mappings (pprof).
     pub modules: BTreeMap<String, ModuleInfo>,
+}
+
+/// A sampled recording: the process was read every `period`, `reads` times; a wait seen
+/// in `n` reads counts as `n` periods, so waits shorter than a period are statistical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sampling {
+    pub period: Duration,
+    pub reads: u64,
 }
 
 /// One executable or library of the target.
@@ -232,6 +248,7 @@ impl Profile {
             comm,
             duration: Duration::ZERO,
             min_wait: Duration::ZERO,
+            sampling: None,
             target_exited: false,
             stacks: Vec::new(),
             below_threshold: Vec::new(),

@@ -152,6 +152,7 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         comm: "app".into(),
         duration: Duration::from_secs(1),
         min_wait: Duration::from_millis(1),
+        sampling: None,
         target_exited: false,
         stacks: vec![],
         below_threshold: vec![],

@@ -102,6 +102,7 @@ pub(crate) fn fixture_profile() -> Profile {
         comm: "app".to_string(),
         duration: Duration::from_millis(3_000),
         min_wait: Duration::from_millis(1),
+        sampling: None,
         target_exited: false,
         stacks: vec![stuck, handlers, sends, truncated],
         below_threshold: WaitKind::ALL

@@ -99,6 +99,7 @@ mod tests {
             comm: "pile;up".into(),
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),
+            sampling: None,
             target_exited: false,
             stacks,
             below_threshold: vec![],

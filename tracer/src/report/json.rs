@@ -17,8 +17,8 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
     model::{
-        ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
-        WakerRow,
+        ModuleInfo, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TraceCounts,
+        WaitStats, WakerRow,
     },
     report::{Provenance, SavedProfile},
     stacks::Frame,
@@ -42,6 +42,12 @@ pub struct JsonProfile {
     pub duration_ns: u64,
     /// Waits at least this long carry a stack (0 in a snapshot).
     pub min_wait_ns: u64,
+    /// A sampled recording: the process was read every `sample_period_ns`,
+    /// `sample_reads` times (absent: exact, every wait seen as it happened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_period_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_reads: Option<u64>,
     /// Heaviest first.
     pub stacks: Vec<JsonStack>,
     /// Waits under the threshold, per kind (no stacks).
@@ -179,6 +185,8 @@ pub struct JsonTraceCounts {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub go_waits_lost: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
+    pub go_goroutines_skipped: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub go_runtime_waits_hidden: u64,
 }
 
@@ -239,6 +247,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         comm,
         duration,
         min_wait,
+        sampling,
         target_exited,
         stacks,
         below_threshold,
@@ -265,6 +274,8 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         start_unix_ns: *start_unix_ns,
         duration_ns: duration.as_nanos() as u64,
         min_wait_ns: min_wait.as_nanos() as u64,
+        sample_period_ns: sampling.map(|sampling| sampling.period.as_nanos() as u64),
+        sample_reads: sampling.map(|sampling| sampling.reads),
         stacks: stacks.iter().map(json_stack).collect(),
         below_threshold: below_threshold
             .iter()
@@ -360,6 +371,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         go_parks_lost,
         go_stacks_lost,
         go_waits_lost,
+        go_goroutines_skipped,
         go_runtime_waits_hidden,
     } = counts.clone();
     JsonTraceCounts {
@@ -382,6 +394,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         go_parks_lost,
         go_stacks_lost,
         go_waits_lost,
+        go_goroutines_skipped,
         go_runtime_waits_hidden,
     }
 }
@@ -452,6 +465,8 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         start_unix_ns,
         duration_ns,
         min_wait_ns,
+        sample_period_ns,
+        sample_reads,
         stacks,
         below_threshold,
         counts,
@@ -501,6 +516,10 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.command_line = command_line.clone();
     profile.duration = Duration::from_nanos(duration_ns);
     profile.min_wait = Duration::from_nanos(min_wait_ns);
+    profile.sampling = sample_period_ns.map(|period_ns| Sampling {
+        period: Duration::from_nanos(period_ns),
+        reads: sample_reads.unwrap_or_default(),
+    });
     profile.target_exited = exited;
     profile.stacks = stacks;
     profile.below_threshold = below_threshold;
@@ -586,6 +605,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         go_parks_lost,
         go_stacks_lost,
         go_waits_lost,
+        go_goroutines_skipped,
         go_runtime_waits_hidden,
     } = counts;
     TraceCounts {
@@ -608,6 +628,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         go_parks_lost,
         go_stacks_lost,
         go_waits_lost,
+        go_goroutines_skipped,
         go_runtime_waits_hidden,
     }
 }
@@ -652,6 +673,20 @@ mod tests {
         serde_json::to_writer_pretty(&mut bytes_again, &again).unwrap();
         bytes_again.push(b'\n');
         assert_eq!(String::from_utf8(bytes_again).unwrap(), String::from_utf8(bytes).unwrap());
+    }
+
+    #[test]
+    fn a_sampled_recording_keeps_its_sampling() {
+        let mut profile = fixture_profile();
+        let sampling = Sampling { period: Duration::from_millis(20), reads: 150 };
+        profile.sampling = Some(sampling);
+        let mut bytes = Vec::new();
+        write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
+        assert_eq!(read_json(&bytes).unwrap().profile.sampling, Some(sampling));
+        // An exact recording writes no sampling fields at all.
+        let mut exact = Vec::new();
+        write_json(&fixture_profile(), &fixture_provenance(), &mut exact).unwrap();
+        assert!(!String::from_utf8(exact).unwrap().contains("sample_"));
     }
 
     #[test]

@@ -343,10 +343,11 @@ fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 
 }
 
 /// Counters only a Go profile has: written only when not zero, as in the JSON.
-const GO_ONLY: [&str; 5] = [
+const GO_ONLY: [&str; 6] = [
     "go_parks_lost",
     "go_stacks_lost",
     "go_waits_lost",
+    "go_goroutines_skipped",
     "go_runtime_waits_hidden",
     "runtime_hidden",
 ];
@@ -374,6 +375,10 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
         comments.push(format!("kernel: {kernel}"));
     }
     comments.push(format!("min wait: {}ns", profile.min_wait.as_nanos()));
+    if let Some(sampling) = profile.sampling {
+        comments.push(format!("sample period: {}ns", sampling.period.as_nanos()));
+        comments.push(format!("sample reads: {}", sampling.reads));
+    }
     comments.push(format!("target exited: {}", profile.target_exited));
     if let Some(main) = main_module {
         comments.push(format!("main module: {main}"));
@@ -665,6 +670,12 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
     profile.command_line = command_line.clone();
     profile.duration = Duration::from_nanos(decoded.duration_nanos.max(0) as u64);
     profile.min_wait = Duration::from_nanos(min_wait_ns);
+    profile.sampling = comment("sample period")
+        .and_then(|text| text.strip_suffix("ns")?.parse().ok())
+        .map(|period_ns| crate::model::Sampling {
+            period: Duration::from_nanos(period_ns),
+            reads: comment("sample reads").and_then(|text| text.parse().ok()).unwrap_or(0),
+        });
     profile.target_exited = comment("target exited") == Some("true");
     profile.stacks = stacks;
     profile.below_threshold = below_threshold;

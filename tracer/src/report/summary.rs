@@ -6,7 +6,7 @@ use std::{collections::HashMap, fmt::Write as _};
 use tracer_common::WaitKind;
 
 use crate::{
-    model::{GO_IO_WAIT, Profile, ProfileKind, ProfileStack, WaitStats},
+    model::{GO_IO_WAIT, Profile, ProfileKind, ProfileStack, Sampling, WaitStats},
     report::folded::kind_frame,
 };
 
@@ -50,12 +50,19 @@ fn kind_width(rows: &[SiteRow]) -> usize {
     rows.iter().map(|row| row.kind.name().len()).max().unwrap_or(0).max(7)
 }
 
-/// What a recording covered: `5.00s recorded, waits >= 1.0ms with stacks`, or for a Go
-/// program `goroutine waits from the Go scheduler`.
+/// What a recording covered and how it was taken: `5.00s recorded, waits >= 1.0ms with
+/// stacks`, a sampled recording's period, or an exact one of a Go program's goroutines.
 pub(crate) fn recording_scope(profile: &Profile) -> String {
     let recorded = format_duration(profile.duration.as_nanos() as u64);
-    if profile.waiters() == "goroutines" {
-        format!("{recorded} recorded, goroutine waits from the Go scheduler")
+    if let Some(Sampling { period, reads }) = profile.sampling {
+        let rate = 1.0 / period.as_secs_f64().max(1e-9);
+        let period = format_duration(period.as_nanos() as u64);
+        format!(
+            "{recorded} recorded, sampled at {rate:.0} Hz ({reads} reads; waits shorter than \
+             {period} are statistical)"
+        )
+    } else if profile.waiters() == "goroutines" {
+        format!("{recorded} recorded, exact: every goroutine wait from the Go scheduler")
     } else {
         let min_wait = format_duration(profile.min_wait.as_nanos() as u64);
         format!("{recorded} recorded, waits >= {min_wait} with stacks")
@@ -432,16 +439,28 @@ fn write_counts(out: &mut String, profile: &Profile) {
 /// What the Go probes and the goroutine reads saw and lost.
 fn write_goroutine_counts(out: &mut String, profile: &Profile) {
     let counts = &profile.counts;
-    if profile.kind == ProfileKind::Recording {
-        write_wrapped(
-            out,
-            "seen:",
-            &[
+    let recording = profile.kind == ProfileKind::Recording;
+    let hidden = format!("{} waits of the runtime's own hidden", counts.go_runtime_waits_hidden);
+    match profile.sampling {
+        Some(Sampling { reads, .. }) if recording => {
+            let ended: u64 = profile
+                .stacks
+                .iter()
+                .filter(|stack| !stack.in_progress)
+                .map(|stack| stack.stats.waits)
+                .sum();
+            let items = [format!("{reads} reads"), format!("{ended} waits ended"), hidden];
+            write_wrapped(out, "seen:", &items);
+        }
+        _ if recording => {
+            let items = [
                 format!("{} parks", counts.waits_started),
                 format!("{} waits ended", counts.long_waits),
-                format!("{} waits of the runtime's own hidden", counts.go_runtime_waits_hidden),
-            ],
-        );
+                hidden,
+            ];
+            write_wrapped(out, "seen:", &items);
+        }
+        _ => {}
     }
     let goroutines = &profile.thread_counts;
     if goroutines.threads > 0 {
@@ -458,7 +477,9 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
         );
     }
     let mut lost = Vec::new();
-    if profile.kind == ProfileKind::Recording {
+    if profile.sampling.is_some() {
+        lost.push(format!("{} goroutines changed while read", counts.go_goroutines_skipped));
+    } else if recording {
         lost.push(format!("{} parks", counts.go_parks_lost));
         lost.push(format!("{} stacks", counts.go_stacks_lost));
         lost.push(format!("{} waits", counts.go_waits_lost));
@@ -585,6 +606,7 @@ mod tests {
             comm: "app".into(),
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),
+            sampling: None,
             target_exited: false,
             stacks: vec![handler(1), handler(2), inlined_elsewhere, sender, stuck_sender],
             below_threshold: vec![(
@@ -607,6 +629,18 @@ mod tests {
             wakers: Vec::new(),
             modules: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_sampled_recording_says_its_rate_and_what_it_resolves() {
+        let mut sampled = profile();
+        sampled.sampling = Some(Sampling { period: Duration::from_millis(20), reads: 150 });
+        assert_eq!(
+            recording_scope(&sampled),
+            "3.00s recorded, sampled at 50 Hz (150 reads; waits shorter than 20.0ms are \
+             statistical)"
+        );
+        assert_eq!(recording_scope(&profile()), "3.00s recorded, waits >= 1.0ms with stacks");
     }
 
     #[test]

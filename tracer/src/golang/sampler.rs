@@ -1,0 +1,293 @@
+//! A sampled recording of goroutine waits: the goroutines read from outside at a rate,
+//! with nothing attached to the process, so its cost does not grow with how often its
+//! goroutines switch. Each read sees which goroutines wait where; a wait seen in `n` reads
+//! counts `n` sampling periods of blocked time (waits shorter than a period are caught
+//! in proportion to their length, so their counts are statistical). Only a goroutine
+//! whose wait changed since the last read has its stack walked again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{
+    binary::GoBinary,
+    goroutines::{Goroutine, GoroutineCounts, GoroutineReader},
+    stacks::{GroupedWaits, WaitGroups},
+};
+use crate::{objects::WaitObjects, pipeline::target::Target};
+
+/// The rate when none is asked for: 49 reads a second (off the beat of timers that fire
+/// at round rates), so a wait of 20 ms or more is always seen.
+pub const DEFAULT_RATE_HZ: u32 = 49;
+
+/// One goroutine's current wait, as the reads have seen it so far.
+struct Wait {
+    /// As last read (its object named when first seen).
+    goroutine: Goroutine,
+    /// The time between the reads that saw it and the reads before those.
+    blocked_ns: u64,
+    /// `CLOCK_MONOTONIC` of the first read that saw it.
+    first_seen_ns: u64,
+}
+
+/// The waits through successive reads: which go on, which are new, which ended.
+struct WaitTracker {
+    period_ns: u64,
+    /// When the last read was taken (`CLOCK_MONOTONIC`), if any was.
+    last_read_ns: Option<u64>,
+    /// The time the current read stands for: since the last read (a period for the
+    /// first, and longer than a period when a read ran late).
+    interval_ns: u64,
+    /// The waits seen by the last read, by goroutine id.
+    current: HashMap<u64, Wait>,
+    /// The waits that ended, grouped.
+    ended: WaitGroups,
+}
+
+impl WaitTracker {
+    fn new(period: Duration) -> Self {
+        Self {
+            period_ns: period.as_nanos() as u64,
+            last_read_ns: None,
+            interval_ns: 0,
+            current: HashMap::new(),
+            ended: WaitGroups::new(),
+        }
+    }
+
+    /// The waiting goroutines of a read taken at `now_ns`: a wait still in progress gains
+    /// the time since the last read, one no longer seen has ended. Returns the new waits,
+    /// for [`WaitTracker::start`] once their objects are named.
+    fn observe(&mut self, now_ns: u64, goroutines: Vec<Goroutine>) -> Vec<Goroutine> {
+        self.interval_ns = match self.last_read_ns {
+            Some(last) => now_ns.saturating_sub(last),
+            None => self.period_ns,
+        };
+        self.last_read_ns = Some(now_ns);
+        let mut previous = std::mem::take(&mut self.current);
+        let mut new = Vec::new();
+        for goroutine in goroutines {
+            match previous.remove(&goroutine.goid) {
+                Some(mut wait) if goroutine.same_wait(&wait.goroutine) => {
+                    wait.blocked_ns += self.interval_ns;
+                    wait.goroutine.wait_since = goroutine.wait_since;
+                    self.current.insert(goroutine.goid, wait);
+                }
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        self.end(earlier);
+                    }
+                    new.push(goroutine);
+                }
+            }
+        }
+        for (_, wait) in previous {
+            self.end(wait);
+        }
+        new
+    }
+
+    fn start(&mut self, now_ns: u64, new: Vec<Goroutine>) {
+        for goroutine in new {
+            let wait = Wait { goroutine, blocked_ns: self.interval_ns, first_seen_ns: now_ns };
+            self.current.insert(wait.goroutine.goid, wait);
+        }
+    }
+
+    fn end(&mut self, wait: Wait) {
+        let Goroutine { goid, wait_reason, pcs, truncated, object, .. } = wait.goroutine;
+        let group = self
+            .ended
+            .entry((pcs, wait_reason, object))
+            .or_insert_with(|| GroupedWaits { truncated, ..GroupedWaits::default() });
+        // Goroutine ids stand in for thread ids: they tell the goroutines apart.
+        group.stats.add(goid as u32, wait.blocked_ns);
+    }
+
+    /// The ended waits, and the goroutines still waiting, each aged from the first read
+    /// that saw it, or from the runtime's `waitsince` if that is older.
+    fn finish(self) -> (WaitGroups, Vec<Goroutine>) {
+        let Self { current, ended, .. } = self;
+        let still = current
+            .into_values()
+            .map(|Wait { mut goroutine, first_seen_ns, .. }| {
+                let seen = i64::try_from(first_seen_ns).unwrap_or(i64::MAX);
+                if goroutine.wait_since <= 0 || goroutine.wait_since > seen {
+                    goroutine.wait_since = seen;
+                }
+                goroutine
+            })
+            .collect();
+        (ended, still)
+    }
+}
+
+/// What a sampled recording gathered.
+pub struct Sampled {
+    /// The waits that ended during the recording.
+    pub ended: WaitGroups,
+    /// The goroutines still waiting at the last read.
+    pub still_waiting: Vec<Goroutine>,
+    /// The endpoints' states, as their waits were named.
+    pub objects: WaitObjects,
+    /// What the goroutines were doing at the last read.
+    pub last_counts: GoroutineCounts,
+    pub reads: u64,
+    /// Goroutines left out of a read: changed while read, or unreadable.
+    pub skipped: u64,
+    /// New IO waits whose descriptor could not be named, or was not a socket.
+    pub io_wait_unresolved: u64,
+    pub io_wait_not_socket: u64,
+}
+
+/// Reads the goroutines of one Go process at a rate.
+pub struct Sampler<'a> {
+    target: &'a Target,
+    binary: &'a GoBinary<'a>,
+    reader: GoroutineReader,
+    objects: WaitObjects,
+    tracker: WaitTracker,
+    reads: u64,
+    skipped: u64,
+    io_wait_unresolved: u64,
+    io_wait_not_socket: u64,
+    last_counts: GoroutineCounts,
+}
+
+impl<'a> Sampler<'a> {
+    pub fn new(target: &'a Target, binary: &'a GoBinary<'a>, bias: u64, period: Duration) -> Self {
+        Self {
+            target,
+            binary,
+            reader: super::reader(binary, target.pid, bias, true),
+            objects: WaitObjects::new(target.pid),
+            tracker: WaitTracker::new(period),
+            reads: 0,
+            skipped: 0,
+            io_wait_unresolved: 0,
+            io_wait_not_socket: 0,
+            last_counts: GoroutineCounts::default(),
+        }
+    }
+
+    /// One read of the goroutines.
+    pub fn read(&mut self) -> anyhow::Result<()> {
+        let now_ns = crate::threads::blocked_now::monotonic_now_ns();
+        let (goroutines, mut counts) = super::read_waiting(self.target, &mut self.reader)?;
+        self.reads += 1;
+        self.skipped += counts.changed_while_read + counts.unreadable;
+        let mut new = self.tracker.observe(now_ns, goroutines);
+        // Only the new waits' descriptors are looked up: the others keep their object.
+        if !new.is_empty() {
+            let pid = self.target.pid;
+            super::name_io_waits(pid, self.binary, &mut new, &mut counts, &mut self.objects);
+        }
+        self.tracker.start(now_ns, new);
+        self.io_wait_unresolved += counts.io_wait_unresolved;
+        self.io_wait_not_socket += counts.io_wait_not_socket;
+        self.last_counts = counts;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Sampled {
+        let Self {
+            objects,
+            tracker,
+            reads,
+            skipped,
+            io_wait_unresolved,
+            io_wait_not_socket,
+            last_counts,
+            ..
+        } = self;
+        let (ended, still_waiting) = tracker.finish();
+        Sampled {
+            ended,
+            still_waiting,
+            objects,
+            last_counts,
+            reads,
+            skipped,
+            io_wait_unresolved,
+            io_wait_not_socket,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn parked(goid: u64, pcs: &Arc<[u64]>, tracking_seq: u8) -> Goroutine {
+        Goroutine {
+            goid,
+            address: 0xc000_0000 + goid * 0x100,
+            sp: 0xc100_0000 + goid * 0x1000,
+            tracking_seq: Some(tracking_seq),
+            wait_reason: 14,
+            wait_since: 0,
+            pcs: Arc::clone(pcs),
+            truncated: false,
+            object: None,
+        }
+    }
+
+    #[test]
+    fn a_wait_counts_one_period_per_read_that_saw_it() {
+        let stack: Arc<[u64]> = vec![0x1000, 0x2000].into();
+        let mut tracker = WaitTracker::new(Duration::from_millis(20));
+        // Goroutine 1 waits through three reads; goroutine 2 through one.
+        for (read, goroutines) in [
+            vec![parked(1, &stack, 5), parked(2, &stack, 9)],
+            vec![parked(1, &stack, 5)],
+            vec![parked(1, &stack, 5)],
+            vec![],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let now = read as u64 * 20_000_000;
+            let new = tracker.observe(now, goroutines);
+            tracker.start(now, new);
+        }
+        let (ended, still) = tracker.finish();
+        assert!(still.is_empty());
+        let group = &ended[&(Arc::clone(&stack), 14, None)];
+        assert_eq!(group.stats.waits, 2);
+        assert_eq!(group.stats.total_ns, 80_000_000);
+        assert_eq!(group.stats.max_ns, 60_000_000);
+        assert_eq!(group.stats.threads.len(), 2);
+    }
+
+    #[test]
+    fn parking_again_at_the_same_place_is_a_new_wait() {
+        let stack: Arc<[u64]> = vec![0x1000].into();
+        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        let new = tracker.observe(0, vec![parked(1, &stack, 5)]);
+        assert_eq!(new.len(), 1);
+        tracker.start(0, new);
+        // Switched out again since (trackingSeq moved): the first wait ended.
+        // A read that ran late stands for the whole time since the last.
+        let new = tracker.observe(25_000_000, vec![parked(1, &stack, 6)]);
+        assert_eq!(new.len(), 1);
+        tracker.start(25_000_000, new);
+        let (ended, still) = tracker.finish();
+        let first = &ended[&(Arc::clone(&stack), 14, None)].stats;
+        assert_eq!((first.waits, first.total_ns), (1, 10_000_000));
+        assert_eq!(still.len(), 1);
+        assert_eq!(still[0].wait_since, 25_000_000);
+    }
+
+    #[test]
+    fn a_still_waiting_goroutine_keeps_an_older_runtime_age() {
+        let stack: Arc<[u64]> = vec![0x1000].into();
+        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        let mut old = parked(1, &stack, 5);
+        old.wait_since = 1_000;
+        let new = tracker.observe(5_000_000, vec![old]);
+        tracker.start(5_000_000, new);
+        let (_, still) = tracker.finish();
+        assert_eq!(still[0].wait_since, 1_000);
+    }
+}
