@@ -44,14 +44,16 @@ fn native_call_site(frames: &[Frame]) -> &str {
 }
 
 /// The innermost frame outside Go's standard library (so `main.writeToBackend`, not
-/// `internal/poll.runtime_pollWait`), else the innermost outside package runtime, else
-/// the leaf.
+/// `internal/poll.runtime_pollWait`). A goroutine of the standard library's own (a
+/// net/http server's connection, an HTTP client's read loop) has none: its site is the
+/// function it was started in, outside package runtime (`net/http.(*conn).serve`, which
+/// says more than the poller it waits in). Else the leaf.
 fn go_call_site(frames: &[Frame]) -> &str {
-    let innermost = |keep: &dyn Fn(&str) -> bool| {
-        frames.iter().rev().map(|frame| frame.name.as_str()).find(|name| keep(name))
-    };
-    innermost(&|name| !is_go_standard_library(name))
-        .or_else(|| innermost(&|name| !name.starts_with("runtime.")))
+    let names = || frames.iter().map(|frame| frame.name.as_str());
+    names()
+        .rev()
+        .find(|name| !is_go_standard_library(name))
+        .or_else(|| names().find(|name| !name.starts_with("runtime.")))
         .or_else(|| frames.last().map(|frame| frame.name.as_str()))
         .unwrap_or(UNKNOWN)
 }
@@ -122,6 +124,15 @@ mod tests {
             site(&["runtime.gopark", "net/http.(*Server).Serve", "runtime.main"]),
             "net/http.(*Server).Serve"
         );
+        let http_connection = [
+            "runtime.gopark",
+            "internal/poll.runtime_pollWait",
+            "net.(*conn).Read",
+            "net/http.(*connReader).Read",
+            "bufio.(*Reader).fill",
+            "net/http.(*conn).serve",
+        ];
+        assert_eq!(site(&http_connection), "net/http.(*conn).serve");
         assert_eq!(site(&["runtime.gopark", "runtime.bgsweep"]), "runtime.gopark");
     }
 
