@@ -153,6 +153,50 @@ impl PollDescLayout {
     }
 }
 
+/// Byte offsets that lead from a goroutine blocked on a channel to the channel: its `g`'s
+/// `waiting` sudog, the sudog's `c`, and the `runtime.hchan`'s length, capacity and
+/// element type (`runtime/runtime2.go`, `runtime/chan.go`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChanLayout {
+    pub g_waiting: u64,
+    pub sudog_c: u64,
+    pub hchan_qcount: u64,
+    pub hchan_dataqsiz: u64,
+    pub hchan_elemtype: u64,
+}
+
+impl ChanLayout {
+    /// The known layout for a build-info version, read off each release's DWARF on amd64
+    /// (go1.20's is not known: its toolchain is not at hand to check).
+    pub fn for_version(version: &str) -> Option<ChanLayout> {
+        // (g.waiting, sudog.c, hchan.elemtype): go1.23 added hchan.timer before elemtype,
+        // go1.26 a word to sudog before c.
+        let (g_waiting, sudog_c, hchan_elemtype) = match go_minor(version)? {
+            19 => (328, 80, 32),
+            21 | 22 => (312, 80, 32),
+            23 | 24 => (320, 80, 40),
+            25 => (312, 80, 40),
+            26 | 27 => (320, 88, 40),
+            _ => return None,
+        };
+        Some(ChanLayout { g_waiting, sudog_c, hchan_qcount: 0, hchan_dataqsiz: 8, hchan_elemtype })
+    }
+
+    /// How many bytes from the start of an hchan hold every field read.
+    pub fn hchan_read_len(&self) -> usize {
+        let end = self.hchan_qcount.max(self.hchan_dataqsiz).max(self.hchan_elemtype) + 8;
+        usize::try_from(end).unwrap_or(usize::MAX)
+    }
+}
+
+/// `abi.Type` (`runtime._type` before go1.21), the same on every release read here:
+/// `TFlag` (uint8) at 20, `Str` (a 32-bit offset of its name from the module's type data)
+/// at 40.
+const TYPE_TFLAG: usize = 20;
+const TYPE_STR: usize = 40;
+/// `TFlagExtraStar`: the name is stored with a `*` in front, which is not part of it.
+const TFLAG_EXTRA_STAR: u8 = 1 << 1;
+
 /// The minor version of a build-info version such as "go1.21.4".
 fn go_minor(version: &str) -> Option<u32> {
     version.strip_prefix("go1.")?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
@@ -174,6 +218,11 @@ pub struct GoBinary<'a> {
     pub layout_source: LayoutSource,
     /// `runtime.pollDesc`'s layout (DWARF, else known offsets), if known.
     pub poll_desc: Option<PollDescLayout>,
+    /// From a blocked goroutine to its channel (DWARF, else known offsets), if known.
+    pub channels: Option<ChanLayout>,
+    /// The module's type data (`runtime.types`, link-time) and the bytes from there on:
+    /// where type names are.
+    types: Option<(u64, &'a [u8])>,
     /// The `[]*g` slice header `runtime.allgs`.
     pub allgs: u64,
     /// `runtime.waitReasonStrings`, indexed by `g.waitreason`; empty if not found.
@@ -211,8 +260,10 @@ impl<'a> GoBinary<'a> {
             let text = file.section_by_name(".text").ok_or(GoBinaryError::NoText)?;
             pclntab.set_text_start(text.address());
         }
-        let (dwarf_g, dwarf_poll_desc) = dwarf_layouts(&file).map_err(GoBinaryError::Dwarf)?;
+        let (dwarf_g, dwarf_poll_desc, dwarf_channels) =
+            dwarf_layouts(&file).map_err(GoBinaryError::Dwarf)?;
         let poll_desc = dwarf_poll_desc.or_else(|| PollDescLayout::for_version(&version));
+        let channels = dwarf_channels.or_else(|| ChanLayout::for_version(&version));
         let (layout, layout_source) = match dwarf_g {
             Some(layout) => (layout, LayoutSource::Dwarf),
             None => (
@@ -242,17 +293,51 @@ impl<'a> GoBinary<'a> {
             }
         }
         let goexit = pclntab.function_range("runtime.goexit").unwrap_or(0..0);
+        // The type data starts at `runtime.types`: the start of `.go.type` (go1.27) or of
+        // `.rodata` (earlier releases), where a stripped binary has no symbol for it.
+        let types_start = symbol("runtime.types").map(|(address, _)| address).or_else(|| {
+            let section = file.section_by_name(".go.type").or(file.section_by_name(".rodata"))?;
+            Some(section.address())
+        });
+        let types = types_start.and_then(|start| Some((start, bytes_from(&file, start)?)));
         Ok(Self {
             version,
             layout,
             layout_source,
             poll_desc,
+            channels,
+            types,
             allgs,
             wait_reasons,
             goexit,
             pclntab,
             stripped,
         })
+    }
+}
+
+impl GoBinary<'_> {
+    /// The name of the Go type whose descriptor is at the link-time address `address`
+    /// (`[]uint8`, `*main.Stat`), read from the executable's type data.
+    pub fn type_name(&self, address: u64) -> Option<String> {
+        let (start, data) = self.types?;
+        let at = usize::try_from(address.checked_sub(start)?).ok()?;
+        let descriptor = data.get(at..at.checked_add(TYPE_STR + 4)?)?;
+        let tflag = descriptor[TYPE_TFLAG];
+        let str_offset = i32::from_le_bytes(descriptor[TYPE_STR..TYPE_STR + 4].try_into().ok()?);
+        let name = data.get(usize::try_from(str_offset).ok()?..)?;
+        // An `abi.Name`: a flags byte, the length as a varint, the bytes.
+        let (mut len, mut used) = (0usize, 1usize);
+        for (index, &byte) in name.iter().skip(1).take(4).enumerate() {
+            len |= usize::from(byte & 0x7f) << (7 * index);
+            used += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let text = std::str::from_utf8(name.get(used..used.checked_add(len)?)?).ok()?;
+        let text = if tflag & TFLAG_EXTRA_STAR != 0 { text.strip_prefix('*')? } else { text };
+        (!text.is_empty() && text.chars().all(|c| !c.is_control())).then(|| text.to_owned())
     }
 }
 
@@ -286,13 +371,7 @@ fn gofunc<'d>(file: &object::File<'d>, pclntab: &Pclntab<'_>, version: &str) -> 
             word(moduledata + pclntab.moduledata_gofunc_offset())?
         }
     };
-    file.sections().find_map(|section| {
-        let start = section.address();
-        if address < start || address >= start + section.size() {
-            return None;
-        }
-        section.data().ok()?.get(usize::try_from(address - start).ok()?..)
-    })
+    bytes_from(file, address)
 }
 
 /// The Go version in `.go.buildinfo` (Go 1.18+ inline-strings format).
@@ -334,11 +413,11 @@ fn section_bytes<'d>(file: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]
 
 /// The `runtime.g`/`runtime.gobuf` and `runtime.pollDesc` member offsets from DWARF;
 /// `None` without DWARF (or without those types).
-fn dwarf_layouts(
-    file: &object::File<'_>,
-) -> Result<(Option<GLayout>, Option<PollDescLayout>), gimli::Error> {
+type DwarfLayouts = (Option<GLayout>, Option<PollDescLayout>, Option<ChanLayout>);
+
+fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> {
     if file.section_by_name(".debug_info").is_none() {
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     let sections = gimli::DwarfSections::load(|id| {
         Ok::<_, gimli::Error>(section_bytes(file, id.name()).unwrap_or(Cow::Borrowed(&[])))
@@ -373,6 +452,8 @@ fn dwarf_layouts(
                     Some("runtime.gobuf") => Some(("gobuf", depth)),
                     Some("runtime.stack") => Some(("stack", depth)),
                     Some("runtime.pollDesc") => Some(("pollDesc", depth)),
+                    Some("runtime.sudog") => Some(("sudog", depth)),
+                    Some("runtime.hchan") => Some(("hchan", depth)),
                     _ => None,
                 };
             } else if entry.tag() == gimli::DW_TAG_member
@@ -409,7 +490,16 @@ fn dwarf_layouts(
             wg: get("pollDesc", "wg")?,
         })
     })();
-    Ok((layout, poll_desc))
+    let channels = (|| {
+        Some(ChanLayout {
+            g_waiting: get("g", "waiting")?,
+            sudog_c: get("sudog", "c")?,
+            hchan_qcount: get("hchan", "qcount")?,
+            hchan_dataqsiz: get("hchan", "dataqsiz")?,
+            hchan_elemtype: get("hchan", "elemtype")?,
+        })
+    })();
+    Ok((layout, poll_desc, channels))
 }
 
 /// The bytes at a link-time address, from whichever section holds them in the file.
@@ -423,6 +513,17 @@ fn bytes_at<'d>(file: &object::File<'d>, address: u64, len: u64) -> Option<&'d [
         let data = section.data().ok()?;
         let from = usize::try_from(address - start).ok()?;
         data.get(from..from.checked_add(usize::try_from(len).ok()?)?)
+    })
+}
+
+/// The bytes of the file from the link-time address `address` to the end of its section.
+fn bytes_from<'d>(file: &object::File<'d>, address: u64) -> Option<&'d [u8]> {
+    file.sections().find_map(|section| {
+        let start = section.address();
+        if address < start || address >= start + section.size() {
+            return None;
+        }
+        section.data().ok()?.get(usize::try_from(address - start).ok()?..)
     })
 }
 

@@ -56,6 +56,8 @@ pub struct Goroutine {
     pub pcs: Arc<[u64]>,
     /// The walk did not reach `runtime.goexit`.
     pub truncated: bool,
+    /// `g.waiting`: the sudog of a goroutine blocked on a channel (0 if none, or unknown).
+    pub waiting: u64,
     /// What it waits on, where a later stage could name it (`127.0.0.1:5432`).
     pub object: Option<String>,
 }
@@ -93,6 +95,8 @@ pub struct GoroutineCounts {
     pub io_wait_unresolved: u64,
     /// In IO wait on a descriptor that is not a socket (a pipe, a tty, …).
     pub io_wait_not_socket: u64,
+    /// Blocked on a channel that could not be read (or whose layout is unknown).
+    pub chan_unnamed: u64,
 }
 
 /// Where the runtime's data is in the process (link-time addresses plus the bias).
@@ -112,6 +116,8 @@ const BATCH: usize = IOV_MAX;
 pub struct GoroutineReader {
     memory: Memory,
     layout: GLayout,
+    /// `g.waiting`'s offset, where known.
+    waiting: Option<u64>,
     addresses: RuntimeAddresses,
     remember: bool,
     /// The waits of the previous read, by `g` address.
@@ -129,10 +135,17 @@ struct Remembered {
 
 impl GoroutineReader {
     /// A reader for one read (`remember: false`: a snapshot keeps nothing) or for many.
-    pub fn new(pid: u32, layout: GLayout, addresses: RuntimeAddresses, remember: bool) -> Self {
+    pub fn new(
+        pid: u32,
+        layout: GLayout,
+        waiting: Option<u64>,
+        addresses: RuntimeAddresses,
+        remember: bool,
+    ) -> Self {
         Self {
             memory: Memory { pid },
             layout,
+            waiting,
             addresses,
             remember,
             previous: HashMap::new(),
@@ -189,14 +202,23 @@ impl GoroutineReader {
         remembered: &mut HashMap<u64, Remembered>,
     ) {
         let layout = self.layout;
-        let g_len = layout.read_len();
+        // g.waiting lies past the fields a wait needs, in bytes read anyway: `g`s sit side
+        // by side and are read as spans.
+        let g_len = layout.read_len().max(self.waiting.map_or(0, |offset| offset as usize + 8));
         let pieces: Vec<(u64, usize)> =
             g_addresses.iter().map(|&address| (address, g_len)).collect();
         let first: Vec<Option<GFields>> = self
             .memory
             .read_pieces(&pieces, buffer)
             .into_iter()
-            .map(|range| range.map(|range| GFields::parse(&buffer[range], &layout)))
+            .map(|range| {
+                range.map(|range| {
+                    let bytes = &buffer[range];
+                    let mut fields = GFields::parse(bytes, &layout);
+                    fields.waiting = self.waiting.map_or(0, |offset| word(bytes, offset as usize));
+                    fields
+                })
+            })
             .collect();
         // (g address, fields) of the waits whose stack must be walked.
         let mut to_walk = Vec::new();
@@ -292,6 +314,7 @@ impl GoroutineReader {
             wait_since: fields.wait_since,
             pcs,
             truncated,
+            waiting: fields.waiting,
             object: None,
         });
     }
@@ -319,6 +342,9 @@ struct GFields {
     wait_reason: u8,
     wait_since: i64,
     tracking_seq: Option<u8>,
+    /// `g.waiting`, where its offset is known (not part of what tells one wait from the
+    /// next: see `same_wait`).
+    waiting: u64,
 }
 
 impl GFields {
@@ -339,13 +365,24 @@ impl GFields {
             wait_reason: bytes[at(layout.waitreason)],
             wait_since: word(bytes, at(layout.waitsince)) as i64,
             tracking_seq: layout.tracking_seq.and_then(|offset| bytes.get(at(offset)).copied()),
+            waiting: 0,
         }
     }
 
     /// Still the same goroutine in the same wait (the GC's scan bit aside).
     fn same_wait(&self, after: &GFields) -> bool {
-        let Self { status, goid, stack_hi, sp, pc, bp, wait_reason, wait_since: _, tracking_seq } =
-            *self;
+        let Self {
+            status,
+            goid,
+            stack_hi,
+            sp,
+            pc,
+            bp,
+            wait_reason,
+            wait_since: _,
+            tracking_seq,
+            waiting: _,
+        } = *self;
         status & !G_SCAN == after.status & !G_SCAN
             && goid == after.goid
             && stack_hi == after.stack_hi
@@ -592,6 +629,7 @@ mod tests {
             wait_reason: 14,
             wait_since: 0,
             tracking_seq: Some(3),
+            waiting: 0,
         }
     }
 

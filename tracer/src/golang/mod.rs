@@ -11,6 +11,7 @@
 //! with threads: the same summary, the same exporters.
 
 mod binary;
+mod channels;
 mod goroutines;
 mod netpoll;
 mod pclntab;
@@ -58,6 +59,7 @@ pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
         read_waiting(target, &mut reader(&binary, pid, module.bias, false))?;
     let mut objects = WaitObjects::new(pid);
     name_io_waits(pid, &binary, &mut goroutines, &mut counts, &mut objects);
+    channels::name_channel_waits(pid, &binary, module.bias, &mut goroutines, &mut counts);
     let read = started.elapsed();
     let mut namer = stacks::GoNamer::new(&binary, module.bias, module.name());
     let named = stacks::from_goroutines(&mut namer, goroutines);
@@ -74,6 +76,7 @@ pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
     base.counts.unwind_truncated = named.truncated;
     base.counts.unresolved_descriptors = counts.io_wait_unresolved;
     base.counts.non_socket_io = counts.io_wait_not_socket;
+    base.counts.go_channels_unnamed = counts.chan_unnamed;
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
     base.modules = module_infos(image);
     Ok(Profile::from_symbolized(base, named.stacks))
@@ -116,6 +119,7 @@ fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> T
         io_wait_named: _,
         io_wait_unresolved: _,
         io_wait_not_socket: _,
+        chan_unnamed: _,
     } = *counts;
     ThreadCounts {
         threads: total,
@@ -140,7 +144,8 @@ fn reader(
         allgs: binary.allgs.wrapping_add(bias),
         goexit: binary.goexit.start.wrapping_add(bias)..binary.goexit.end.wrapping_add(bias),
     };
-    goroutines::GoroutineReader::new(pid, binary.layout, addresses, remember)
+    let waiting = binary.channels.map(|channels| channels.g_waiting);
+    goroutines::GoroutineReader::new(pid, binary.layout, waiting, addresses, remember)
 }
 
 /// One read of `reader`: the waiting goroutines of `target`, and every one counted. A

@@ -187,6 +187,7 @@ mod tests {
             wait_since: 0,
             pcs: vec![0x1000].into(),
             truncated: false,
+            waiting: 0,
             object: None,
         }
     }

@@ -109,6 +109,7 @@ async fn record_sampled(
         skipped,
         io_wait_unresolved,
         io_wait_not_socket,
+        chan_unnamed,
     } = sampler.finish();
 
     let mut namer = GoNamer::new(&binary, module.bias, module.name());
@@ -131,6 +132,7 @@ async fn record_sampled(
     base.counts.unwind_truncated = truncated;
     base.counts.unresolved_descriptors = io_wait_unresolved;
     base.counts.non_socket_io = io_wait_not_socket;
+    base.counts.go_channels_unnamed = chan_unnamed;
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
     let profile = Profile::from_symbolized(base, profile_stacks);
     pipeline::report(&profile, outputs, top)
@@ -196,7 +198,15 @@ async fn record_exact(
     let still = if target_exited {
         None
     } else {
-        still_parked(target, &binary, &mut reader, &parked_at_start, start_read_ns, &probes)
+        still_parked(
+            target,
+            &binary,
+            module.bias,
+            &mut reader,
+            &parked_at_start,
+            start_read_ns,
+            &probes,
+        )
     };
     drop(probes);
 
@@ -216,6 +226,7 @@ async fn record_exact(
         base.counts.unwind_truncated = truncated;
         base.counts.unresolved_descriptors = counts.io_wait_unresolved;
         base.counts.non_socket_io = counts.io_wait_not_socket;
+        base.counts.go_channels_unnamed = counts.chan_unnamed;
         base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
         profile_stacks.extend(stacks);
     }
@@ -237,6 +248,7 @@ struct StillParked {
 fn still_parked(
     target: &Target,
     binary: &GoBinary<'_>,
+    bias: u64,
     reader: &mut super::goroutines::GoroutineReader,
     at_start: &[Goroutine],
     start_read_ns: u64,
@@ -262,6 +274,7 @@ fn still_parked(
     };
     let mut objects = WaitObjects::new(target.pid);
     super::name_io_waits(target.pid, binary, &mut goroutines, &mut counts, &mut objects);
+    super::channels::name_channel_waits(target.pid, binary, bias, &mut goroutines, &mut counts);
     let at_start: HashMap<u64, &Goroutine> =
         at_start.iter().map(|goroutine| (goroutine.goid, goroutine)).collect();
     let since_start = i64::try_from(start_read_ns).unwrap_or(i64::MAX);

@@ -137,12 +137,15 @@ pub struct Sampled {
     /// New IO waits whose descriptor could not be named, or was not a socket.
     pub io_wait_unresolved: u64,
     pub io_wait_not_socket: u64,
+    /// New channel waits whose channel could not be read.
+    pub chan_unnamed: u64,
 }
 
 /// Reads the goroutines of one Go process at a rate.
 pub struct Sampler<'a> {
     target: &'a Target,
     binary: &'a GoBinary<'a>,
+    bias: u64,
     reader: GoroutineReader,
     objects: WaitObjects,
     tracker: WaitTracker,
@@ -150,6 +153,7 @@ pub struct Sampler<'a> {
     skipped: u64,
     io_wait_unresolved: u64,
     io_wait_not_socket: u64,
+    chan_unnamed: u64,
     last_counts: GoroutineCounts,
 }
 
@@ -158,6 +162,7 @@ impl<'a> Sampler<'a> {
         Self {
             target,
             binary,
+            bias,
             reader: super::reader(binary, target.pid, bias, true),
             objects: WaitObjects::new(target.pid),
             tracker: WaitTracker::new(period),
@@ -165,6 +170,7 @@ impl<'a> Sampler<'a> {
             skipped: 0,
             io_wait_unresolved: 0,
             io_wait_not_socket: 0,
+            chan_unnamed: 0,
             last_counts: GoroutineCounts::default(),
         }
     }
@@ -180,10 +186,13 @@ impl<'a> Sampler<'a> {
         if !new.is_empty() {
             let pid = self.target.pid;
             super::name_io_waits(pid, self.binary, &mut new, &mut counts, &mut self.objects);
+            let (binary, bias) = (self.binary, self.bias);
+            super::channels::name_channel_waits(pid, binary, bias, &mut new, &mut counts);
         }
         self.tracker.start(now_ns, new);
         self.io_wait_unresolved += counts.io_wait_unresolved;
         self.io_wait_not_socket += counts.io_wait_not_socket;
+        self.chan_unnamed += counts.chan_unnamed;
         self.last_counts = counts;
         Ok(())
     }
@@ -196,6 +205,7 @@ impl<'a> Sampler<'a> {
             skipped,
             io_wait_unresolved,
             io_wait_not_socket,
+            chan_unnamed,
             last_counts,
             ..
         } = self;
@@ -209,6 +219,7 @@ impl<'a> Sampler<'a> {
             skipped,
             io_wait_unresolved,
             io_wait_not_socket,
+            chan_unnamed,
         }
     }
 }
@@ -229,6 +240,7 @@ mod tests {
             wait_since: 0,
             pcs: Arc::clone(pcs),
             truncated: false,
+            waiting: 0,
             object: None,
         }
     }

@@ -88,6 +88,7 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         wait_since,
         pcs,
         truncated,
+        waiting: _,
         object,
     } in goroutines
     {

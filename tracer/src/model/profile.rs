@@ -75,6 +75,9 @@ pub struct TraceCounts {
     /// Goroutines a sampled read left out: changed while read, or unreadable (their
     /// wait, if it went on, is seen again by the next read).
     pub go_goroutines_skipped: u64,
+    /// Goroutines blocked on a channel that could not be read (or whose layout is not
+    /// known): their object is the wait reason alone.
+    pub go_channels_unnamed: u64,
     /// Ended waits of the Go runtime's own system goroutines (GC workers, sweeper, …):
     /// not shown.
     pub go_runtime_waits_hidden: u64,
@@ -82,11 +85,11 @@ pub struct TraceCounts {
 
 impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest is what was seen.
-    pub const LOSSES: usize = 12;
+    pub const LOSSES: usize = 13;
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 21] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 22] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -108,6 +111,7 @@ impl TraceCounts {
             go_stacks_lost,
             go_waits_lost,
             go_goroutines_skipped,
+            go_channels_unnamed,
             go_runtime_waits_hidden,
         } = self;
         [
@@ -123,6 +127,7 @@ impl TraceCounts {
             ("go_stacks_lost", go_stacks_lost),
             ("go_waits_lost", go_waits_lost),
             ("go_goroutines_skipped", go_goroutines_skipped),
+            ("go_channels_unnamed", go_channels_unnamed),
             ("wake_ring_buffer_full", wake_ring_buffer_full),
             ("waits_started", waits_started),
             ("waits_discarded", waits_discarded),

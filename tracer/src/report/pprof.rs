@@ -343,11 +343,12 @@ fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 
 }
 
 /// Counters only a Go profile has: written only when not zero, as in the JSON.
-const GO_ONLY: [&str; 6] = [
+const GO_ONLY: [&str; 7] = [
     "go_parks_lost",
     "go_stacks_lost",
     "go_waits_lost",
     "go_goroutines_skipped",
+    "go_channels_unnamed",
     "go_runtime_waits_hidden",
     "runtime_hidden",
 ];

@@ -1,0 +1,107 @@
+//! What a goroutine blocked on a channel waits on: the channel, named by its element type,
+//! length and capacity (`chan send on chan []uint8 100/100`: a full buffer, so its reader
+//! is the one to look at). Read from outside: the goroutine's `g.waiting` sudog → the
+//! sudog's `c` → the `runtime.hchan` (`qcount`, `dataqsiz`, `elemtype`) → the element
+//! type's name in the executable's type data.
+
+use std::collections::HashMap;
+
+use super::{
+    binary::{ChanLayout, GoBinary},
+    goroutines::{Goroutine, GoroutineCounts, Memory, word},
+};
+
+/// The wait reasons of a goroutine parked in a channel operation with a sudog on the
+/// channel (a nil channel's have none; a select's wait on several).
+const CHANNEL_WAITS: [&str; 2] = ["chan send", "chan receive"];
+
+/// Names the channel of each goroutine in `goroutines` blocked sending or receiving on one
+/// (`on chan int 0/0` in its object); those whose channel cannot be read are counted.
+pub fn name_channel_waits(
+    pid: u32,
+    binary: &GoBinary<'_>,
+    bias: u64,
+    goroutines: &mut [Goroutine],
+    counts: &mut GoroutineCounts,
+) {
+    let reasons: Vec<u8> = binary
+        .wait_reasons
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| CHANNEL_WAITS.contains(&name.as_str()))
+        .filter_map(|(index, _)| u8::try_from(index).ok())
+        .collect();
+    let blocked: Vec<usize> = goroutines
+        .iter()
+        .enumerate()
+        .filter(|(_, goroutine)| reasons.contains(&goroutine.wait_reason))
+        .map(|(index, _)| index)
+        .collect();
+    if blocked.is_empty() {
+        return;
+    }
+    let Some(layout) = binary.channels else {
+        counts.chan_unnamed += blocked.len() as u64;
+        return;
+    };
+    let memory = Memory { pid };
+    let channels = channels_of(&memory, &layout, &blocked, goroutines);
+    let mut names: HashMap<u64, Option<String>> = HashMap::new();
+    for (&index, channel) in blocked.iter().zip(&channels) {
+        let name = channel.and_then(|hchan| {
+            names
+                .entry(hchan)
+                .or_insert_with(|| describe(&memory, &layout, binary, bias, hchan))
+                .clone()
+        });
+        match name {
+            Some(name) => goroutines[index].object = Some(name),
+            None => counts.chan_unnamed += 1,
+        }
+    }
+}
+
+/// The hchan of each goroutine of `blocked` (indices into `goroutines`): its sudog's `c`,
+/// if the sudog still belongs to it (`sudog.g` is the goroutine: a goroutine that woke
+/// meanwhile may have handed its sudog on).
+fn channels_of(
+    memory: &Memory,
+    layout: &ChanLayout,
+    blocked: &[usize],
+    goroutines: &[Goroutine],
+) -> Vec<Option<u64>> {
+    const SUDOG_G: usize = 0;
+    let len = layout.sudog_c as usize + 8;
+    let pieces: Vec<(u64, usize)> =
+        blocked.iter().map(|&index| (goroutines[index].waiting, len)).collect();
+    let mut buffer = Vec::new();
+    let read = memory.read_pieces(&pieces, &mut buffer);
+    blocked
+        .iter()
+        .zip(read)
+        .map(|(&index, range)| {
+            let bytes = &buffer[range?];
+            let goroutine = &goroutines[index];
+            (goroutine.waiting != 0 && word(bytes, SUDOG_G) == goroutine.address)
+                .then(|| word(bytes, layout.sudog_c as usize))
+                .filter(|&hchan| hchan != 0)
+        })
+        .collect()
+}
+
+/// `on chan ELEMENT LEN/CAP` for the hchan at `hchan`, if it can be read.
+fn describe(
+    memory: &Memory,
+    layout: &ChanLayout,
+    binary: &GoBinary<'_>,
+    bias: u64,
+    hchan: u64,
+) -> Option<String> {
+    let mut bytes = vec![0u8; layout.hchan_read_len()];
+    memory.read_exact(hchan, &mut bytes).ok()?;
+    let len = word(&bytes, layout.hchan_qcount as usize);
+    let cap = word(&bytes, layout.hchan_dataqsiz as usize);
+    let element = word(&bytes, layout.hchan_elemtype as usize);
+    let element = binary.type_name(element.wrapping_sub(bias))?;
+    Some(format!("on chan {element} {len}/{cap}"))
+}
