@@ -30,6 +30,10 @@ use crate::{
 };
 
 pub use binary::is_go;
+pub use binary::{
+    EpollData, GLayout, LayoutSources, NEWEST_KNOWN_GO, OLDEST_KNOWN_GO, PollDescLayout,
+    RuntimeLayout, layout_sources,
+};
 pub use record::record;
 
 /// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.
@@ -161,10 +165,11 @@ fn name_io_waits(
         .position(|reason| reason == crate::model::GO_IO_WAIT)
         .and_then(|index| u8::try_from(index).ok());
     let parked = match &binary.poll_desc {
-        Some(layout) => netpoll::parked_on_descriptors(pid, layout).unwrap_or_else(|err| {
-            log::warn!("cannot read the netpoller's descriptors of pid {pid}: {err}");
-            Default::default()
-        }),
+        Some(layout) => netpoll::parked_on_descriptors(pid, layout, &binary.epoll_data)
+            .unwrap_or_else(|err| {
+                log::warn!("cannot read the netpoller's descriptors of pid {pid}: {err}");
+                Default::default()
+            }),
         None => {
             log::warn!(
                 "{}: runtime.pollDesc's layout is unknown; IO waits are not named",
