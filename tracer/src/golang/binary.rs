@@ -367,9 +367,9 @@ fn build_version(file: &object::File<'_>) -> String {
 
 /// The bytes from `moduledata.gofunc` (where funcdata offsets start) to the end of its
 /// section: the `go:func.*` (Go 1.20+) or `go.func.*` symbol, else the field of
-/// `runtime.firstmoduledata`, found in `.noptrdata` as the word that points at `.gopclntab`
-/// (`moduledata.pcHeader` is its first field) followed by a pointer into it
-/// (`funcnametab`), for the Go versions whose `moduledata` layout is known.
+/// `runtime.firstmoduledata`, found in `.go.module` (Go 1.26+) or `.noptrdata` as the word
+/// that points at `.gopclntab` (`moduledata.pcHeader` is its first field) followed by a
+/// pointer into it (`funcnametab`), for the Go versions whose `moduledata` layout is known.
 fn gofunc<'d>(file: &object::File<'d>, version: &str) -> Option<&'d [u8]> {
     let address = match file
         .symbols()
@@ -380,8 +380,10 @@ fn gofunc<'d>(file: &object::File<'d>, version: &str) -> Option<&'d [u8]> {
             let gofunc_offset = moduledata_gofunc_offset(go_minor(version)?)?;
             let table = file.section_by_name(".gopclntab")?;
             let table_range = table.address()..table.address() + table.size();
-            let noptrdata = file.section_by_name(".noptrdata")?;
-            let data = noptrdata.data().ok()?;
+            let section = file
+                .section_by_name(".go.module")
+                .or_else(|| file.section_by_name(".noptrdata"))?;
+            let data = section.data().ok()?;
             let word = |at: usize| {
                 let bytes = data.get(at..at.checked_add(8)?)?;
                 Some(u64::from_le_bytes(bytes.try_into().ok()?))
