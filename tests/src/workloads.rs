@@ -246,8 +246,8 @@ pub fn start_c_pileup(
     Pileup { workload, backend }
 }
 
-/// The Go workload of the goroutine tests (modes `recv N` and `pileup N`), built with
-/// Debian's `golang-go` at run time.
+/// The Go workload of the goroutine tests (modes `recv N`, `pileup N` and more: see its
+/// header), built at run time with Debian's `golang-go` or a release of [`go_releases`].
 pub const GO_GOROUTINES_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/go/goroutines.go");
 

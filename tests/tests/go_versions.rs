@@ -88,8 +88,12 @@ impl GoBuild {
     }
 }
 
-/// The checks each build gets, by name. Record and serve checks of their own join here.
-const CHECKS: [(&str, fn(&GoBuild)); 2] = [
+/// A check of one build: what it checks, and the function that starts what it needs and
+/// checks it.
+type Check = (&'static str, fn(&GoBuild));
+
+/// The checks each build gets. Record and serve checks of their own join here.
+const CHECKS: [Check; 2] = [
     ("snapshot agrees with the program's own profile", snapshot_agrees_with_pprof),
     ("record reports the pile-up still blocked", record_reports_the_pileup),
 ];
