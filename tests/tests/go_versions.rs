@@ -194,7 +194,13 @@ fn snapshot_agrees_with_pprof(build: &GoBuild) {
         );
     }
     assert_eq!(profile.counts.unwind_truncated, 0, "{case}: stacks cut short:\n{}", all());
-    for expected_group in compared_groups(&oracle) {
+    // The HTTP server's accept loop is woken by the oracle's own request: the profile may
+    // catch it parked or in its next accept4, so its frames are not compared (its call site
+    // is main.main either way, and its wait is checked below).
+    let woken_by_the_oracle = |group: &&GoroutineGroup| {
+        group.functions.iter().any(|name| name == "net/http.(*Server).Serve")
+    };
+    for expected_group in compared_groups(&oracle).filter(|group| !woken_by_the_oracle(group)) {
         let site = oracle_call_site(expected_group);
         let found = profile.stacks.iter().any(|stack| {
             let mut names = tracer_tests::function_names(stack);
