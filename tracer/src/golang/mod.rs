@@ -32,29 +32,39 @@ use crate::{
 };
 
 pub use binary::is_go;
+pub use binary::{
+    EpollData, GLayout, LayoutSources, NEWEST_KNOWN_GO, OLDEST_KNOWN_GO, PollDescLayout,
+    RuntimeLayout, layout_sources,
+};
 pub use record::{GoRecording, record};
 pub use sampler::DEFAULT_RATE_HZ;
 
 /// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.
 pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Result<()> {
     let outputs = pipeline::create_outputs(outputs)?;
-    eprintln!(
-        "tracer: reading the goroutines of {} (pid {})",
-        traced.target.comm, traced.target.pid
-    );
-    let profile = snapshot_profile(traced)?;
+    let profile = read_snapshot(traced, true)?;
     pipeline::report(&profile, outputs, top)
 }
 
 /// One read of the goroutines of the Go process `traced`, as a snapshot profile (what
 /// `snapshot` reports and `serve` answers /debug/pprof/goroutine with).
 pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
+    read_snapshot(traced, false)
+}
+
+/// [`snapshot_profile`]; `announce` says on stderr that the read begins, once the binary
+/// has been read (one that cannot be read, such as a Go newer than the layout table without
+/// DWARF, is then the one line on stderr).
+fn read_snapshot(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     let Traced { target, image } = traced;
     let pid = target.pid;
     let started = Instant::now();
     let started_at = SystemTime::now();
     let (module, binary) = parse_main(image)?;
     let parsed = started.elapsed();
+    if announce {
+        eprintln!("tracer: reading the goroutines of {} (pid {pid})", target.comm);
+    }
     let (mut goroutines, mut counts) =
         read_waiting(target, &mut reader(&binary, pid, module.bias, false))?;
     let mut objects = WaitObjects::new(pid);
@@ -179,10 +189,11 @@ fn name_io_waits(
         .position(|reason| reason == crate::model::GO_IO_WAIT)
         .and_then(|index| u8::try_from(index).ok());
     let parked = match &binary.poll_desc {
-        Some(layout) => netpoll::parked_on_descriptors(pid, layout).unwrap_or_else(|err| {
-            log::warn!("cannot read the netpoller's descriptors of pid {pid}: {err}");
-            Default::default()
-        }),
+        Some(layout) => netpoll::parked_on_descriptors(pid, layout, &binary.epoll_data)
+            .unwrap_or_else(|err| {
+                log::warn!("cannot read the netpoller's descriptors of pid {pid}: {err}");
+                Default::default()
+            }),
         None => {
             log::warn!(
                 "{}: runtime.pollDesc's layout is unknown; IO waits are not named",

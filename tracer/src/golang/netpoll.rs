@@ -1,19 +1,19 @@
 //! Which descriptor each goroutine in IO wait waits on, read from outside. Go's netpoller
 //! registers every descriptor it polls with its epoll instance, the event's data being the
 //! descriptor's `*runtime.pollDesc` (`runtime/netpoll_epoll.go`; a tagged pointer since
-//! go1.21, `runtime/tagptr_64bit.go`), and a goroutine parked on a descriptor is in its
-//! pollDesc's `rg` (reading) or `wg` (writing). So: the process's epoll descriptors →
-//! `/proc/PID/fdinfo` (one `tfd: FD events: … data: HEX` line per registration) → each
-//! pollDesc, whose `fd` must be the registered descriptor (which rules out a wrong
-//! decoding, or an epoll set of the program's own) → the parked `g` → its socket, named by
-//! [`WaitObjects`] as a thread's socket wait is.
+//! go1.21, packed another way since go1.25: [`EpollData`]), and a goroutine parked on a
+//! descriptor is in its pollDesc's `rg` (reading) or `wg` (writing). So: the process's
+//! epoll descriptors → `/proc/PID/fdinfo` (one `tfd: FD events: … data: HEX` line per
+//! registration) → each pollDesc, whose `fd` must be the registered descriptor (which rules
+//! out a wrong decoding, or an epoll set of the program's own) → the parked `g` → its
+//! socket, named by [`WaitObjects`] as a thread's socket wait is.
 
 use std::collections::HashMap;
 use std::{fs, io};
 
 use tracer_common::WaitKind;
 
-use super::binary::PollDescLayout;
+use super::binary::{EpollData, PollDescLayout};
 use super::goroutines::{Goroutine, GoroutineCounts, Memory, word};
 use crate::{model::WaitObject, objects::WaitObjects};
 
@@ -22,11 +22,6 @@ const EPOLL_LINK: &str = "anon_inode:[eventpoll]";
 /// `pdWait` (`runtime/netpoll.go`): `rg`/`wg` values up to it are states (nil, pdReady,
 /// pdWait), not goroutines.
 const PD_WAIT: u64 = 2;
-/// A tagged pollDesc pointer sits above the 16 bits amd64 addresses do not use.
-const TAG_SHIFT: u32 = 16;
-/// The tag also fills the pointer's low alignment bits: 3 (8-byte alignment) when tagging
-/// began in go1.21, 9 in newer runtimes, which align pollDescs to 512 bytes.
-const TAG_ALIGN_MASKS: [u64; 2] = [!0x7, !0x1ff];
 
 /// A goroutine parked on a polled descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,10 +31,12 @@ pub struct PolledDescriptor {
     pub reading: bool,
 }
 
-/// The goroutines parked on the netpoller's descriptors, by `g` address.
+/// The goroutines parked on the netpoller's descriptors, by `g` address; `encodings` are
+/// the ways the runtime may have packed its pollDescs into the epoll data.
 pub fn parked_on_descriptors(
     pid: u32,
     layout: &PollDescLayout,
+    encodings: &[EpollData],
 ) -> io::Result<HashMap<u64, PolledDescriptor>> {
     let mut registrations = Vec::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
@@ -58,7 +55,7 @@ pub fn parked_on_descriptors(
     let pieces: Vec<(u64, u64)> = registrations
         .iter()
         .flat_map(|&(fd, data)| {
-            poll_desc_candidates(data).into_iter().map(move |address| (fd, address))
+            poll_desc_candidates(data, encodings).into_iter().map(move |address| (fd, address))
         })
         .collect();
     let addresses: Vec<u64> = pieces.iter().map(|&(_, address)| address).collect();
@@ -102,15 +99,12 @@ fn epoll_registrations(fdinfo: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Where the pollDesc of an epoll registration's data may be: the data itself (go1.19,
-/// go1.20), or the tagged pointer decoded for each alignment the runtimes use. The
-/// pollDesc's own `fd` tells which one it is.
-fn poll_desc_candidates(data: u64) -> Vec<u64> {
-    // Sign-extended, as the runtime decodes it: amd64 stacks may sit above the VA hole.
-    let shifted = ((data as i64) >> TAG_SHIFT) as u64;
-    let mut candidates = vec![data];
-    for mask in TAG_ALIGN_MASKS {
-        let address = shifted & mask;
+/// Where the pollDesc of an epoll registration's data may be: the data decoded in each of
+/// `encodings` (one for a known Go version). The pollDesc's own `fd` tells which one it is.
+fn poll_desc_candidates(data: u64, encodings: &[EpollData]) -> Vec<u64> {
+    let mut candidates = Vec::with_capacity(encodings.len());
+    for encoding in encodings {
+        let address = encoding.poll_desc(data);
         if address != 0 && !candidates.contains(&address) {
             candidates.push(address);
         }
@@ -163,18 +157,17 @@ mod tests {
     }
 
     #[test]
-    fn tagged_and_plain_poll_desc_pointers() {
-        let pd: u64 = 0x7f3a_1c2b_3d48;
-        // go1.19/1.20: the pointer itself.
-        assert_eq!(poll_desc_candidates(pd)[0], pd);
-        // go1.21+: pointer << 16 | fdseq (19 bits: 16 above, 3 below the 8-byte pointer).
-        let tag: u64 = 0x5_4321;
-        let tagged = (pd << TAG_SHIFT) | tag;
-        assert!(poll_desc_candidates(tagged).contains(&pd));
-        // A 512-byte-aligned pollDesc with a 25-bit tag.
-        let aligned: u64 = 0x7f3a_1c2b_3e00;
-        let tagged = (aligned << TAG_SHIFT) | 0x1ab_cdef;
-        assert!(poll_desc_candidates(tagged).contains(&aligned));
+    fn poll_desc_candidates_of_each_encoding() {
+        let pd: u64 = 0x7f3a_1c2b_3e00;
+        // A known version: its one decoding.
+        let go1_21 = (pd << 16) | 0x5_4321;
+        assert_eq!(poll_desc_candidates(go1_21, &[EpollData::TAGGED_GO1_21]), [pd]);
+        assert_eq!(poll_desc_candidates(pd, &[EpollData::Pointer]), [pd]);
+        // A version newer than the table: every decoding, the right one among them.
+        let go1_25 = (pd << 15) | 0xab_cdef;
+        let all = poll_desc_candidates(go1_25, &EpollData::ALL);
+        assert_eq!(all.len(), 3);
+        assert!(all.contains(&pd));
     }
 
     fn goroutine(address: u64, wait_reason: u8) -> Goroutine {

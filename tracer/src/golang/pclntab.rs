@@ -173,12 +173,6 @@ impl<'a> Pclntab<'a> {
         self.gofunc = Some(bytes);
     }
 
-    /// The byte offset of `moduledata.gofunc` in `runtime.firstmoduledata`: after 38 words
-    /// in Go 1.18–1.19, and 40 from Go 1.20 (which added `covctrs, ecovctrs`).
-    pub fn moduledata_gofunc_offset(&self) -> usize {
-        if self.go120 { 320 } else { 304 }
-    }
-
     /// The frames of the link-time address `pc`, innermost first: the calls inlined at `pc`,
     /// each with the file and line of its own code, then the function the code was compiled
     /// into. Empty if no function contains `pc`. Inline data that cannot be read leaves the
