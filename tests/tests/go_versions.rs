@@ -227,7 +227,7 @@ fn snapshot_agrees_with_pprof(build: &GoBuild) {
         Some("chan send on chan []uint8 16/16"),
         "{case}: the senders' channel"
     );
-    assert_eq!(profile.counts.go_channels_unnamed, 0, "{case}: channels unnamed");
+    assert_eq!(profile.counts.go_objects_unnamed, 0, "{case}: channels unnamed");
 
     // Each IO wait named by its socket.
     let backend = http_get(port, "/backend", HTTP_TIMEOUT).text();

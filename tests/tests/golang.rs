@@ -619,3 +619,50 @@ fn sampled_record_attaches_nothing_and_states_its_rate() {
         "{PINGERS} pingers blocked most of {SAMPLED_RECORD:?} weigh {at_pinger} ns"
     );
 }
+
+/// Goroutines of the `locked` mode blocked on the global mutex.
+const LOCKERS: usize = 100;
+
+/// Goroutines blocked in package sync name the lock they wait on, found in the runtime's
+/// semaphore table: a global by its symbol (Go 1.24+ names the wait `sync.Mutex.Lock`, so
+/// the mutex itself is named; Debian's 1.19 says `semacquire`, and names the semaphore
+/// inside it); in a stripped binary, by its address, one for all of them.
+#[test]
+fn sync_waits_name_their_lock() {
+    let newest = tracer_tests::go_toolchain("1.27.3");
+    let cases = [
+        (None, false, "semacquire on main.statsMu+0x4", Some("semacquire on main.flushes+0x8")),
+        (Some(&newest), false, "sync.Mutex.Lock on main.statsMu", None),
+        (Some(&newest), true, "sync.Mutex.Lock on anon 0x", None),
+    ];
+    for (go, stripped, lockers_object, flush_object) in cases {
+        let dir = TempDir::new("go-locked");
+        let bin = match go {
+            Some(go) => {
+                tracer_tests::build_go_with(go, dir.path(), GO_GOROUTINES_SOURCE, "g", stripped)
+            }
+            None => build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", stripped),
+        };
+        let case = format!("{} (stripped: {stripped})", bin.display());
+        let (workload, port) = start_go_goroutines(&bin, "locked", LOCKERS, STARTUP_TIMEOUT);
+        wait_for_oracle(port, "main.lockStats", LOCKERS as u64);
+        let profile = snapshot(workload.pid(), &[], &dir);
+        let lockers = group(&profile, "main.lockStats", |_| true);
+        assert_eq!(goroutines(lockers), LOCKERS as u64, "{case}");
+        let object = lockers.object.as_deref().unwrap_or_default();
+        assert!(object.starts_with(lockers_object), "{case}: the lockers wait on {object:?}");
+        let flusher = group(&profile, "main.awaitFlushes", |_| true);
+        let flush = flusher.object.as_deref().unwrap_or_default();
+        let expected = flush_object.map_or_else(
+            || {
+                format!(
+                    "sync.WaitGroup.Wait on {}",
+                    if stripped { "anon 0x" } else { "main.flushes" }
+                )
+            },
+            str::to_owned,
+        );
+        assert!(flush.starts_with(&expected), "{case}: the flusher waits on {flush:?}");
+        assert_eq!(profile.counts.go_objects_unnamed, 0, "{case}");
+    }
+}

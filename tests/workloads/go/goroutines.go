@@ -16,6 +16,9 @@
 //	                      (main.lateReceiver), started lateStart after "ready"
 //	goroutines inlined N  N goroutines blocked receiving on a channel in main.awaitValue,
 //	                      which the compiler inlines into main.inlinedReceiver
+//	goroutines locked N   N goroutines blocked locking the global mutex main.statsMu
+//	                      (main.lockStats), which main holds, and one waiting on the global
+//	                      WaitGroup main.flushes (main.awaitFlushes), which never finishes
 package main
 
 import (
@@ -25,6 +28,7 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -141,9 +145,27 @@ func writeToBackend(conn net.Conn, stats chan []byte) {
 	}
 }
 
+// statsMu and flushes are what "locked" mode's goroutines wait on: globals, so the tracer
+// names them by their symbols.
+var (
+	statsMu sync.Mutex
+	flushes sync.WaitGroup
+)
+
+//go:noinline
+func lockStats() {
+	statsMu.Lock()
+	statsMu.Unlock()
+}
+
+//go:noinline
+func awaitFlushes() {
+	flushes.Wait()
+}
+
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -164,6 +186,13 @@ func main() {
 		flood(n)
 	case "late":
 		go late(n)
+	case "locked":
+		statsMu.Lock()
+		flushes.Add(1)
+		for i := 0; i < n; i++ {
+			go lockStats()
+		}
+		go awaitFlushes()
 	case "inlined":
 		ch := make(chan int)
 		for i := 0; i < n; i++ {

@@ -151,11 +151,13 @@ impl PollDescLayout {
 
 /// Byte offsets that lead from a goroutine blocked on a channel to the channel: its `g`'s
 /// `waiting` sudog, the sudog's `c`, and the `runtime.hchan`'s length, capacity and
-/// element type (`runtime/runtime2.go`, `runtime/chan.go`).
+/// element type (`runtime/runtime2.go`, `runtime/chan.go`); and the sudog's `waitlink`,
+/// which chains the goroutines waiting on one semaphore (`runtime/sema.go`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChanLayout {
     pub g_waiting: u64,
     pub sudog_c: u64,
+    pub sudog_waitlink: u64,
     pub hchan_qcount: u64,
     pub hchan_dataqsiz: u64,
     pub hchan_elemtype: u64,
@@ -163,9 +165,17 @@ pub struct ChanLayout {
 
 impl ChanLayout {
     /// (g.waiting, sudog.c, hchan.elemtype) per release: go1.23 added `hchan.timer` before
-    /// elemtype, go1.26 a word to the sudog before c; `g.waiting` moves with `g`.
+    /// elemtype, go1.26 a word to the sudog before `waitlink` and c; `g.waiting` moves
+    /// with `g`.
     const fn new(g_waiting: u64, sudog_c: u64, hchan_elemtype: u64) -> Self {
-        ChanLayout { g_waiting, sudog_c, hchan_qcount: 0, hchan_dataqsiz: 8, hchan_elemtype }
+        ChanLayout {
+            g_waiting,
+            sudog_c,
+            sudog_waitlink: sudog_c - 16,
+            hchan_qcount: 0,
+            hchan_dataqsiz: 8,
+            hchan_elemtype,
+        }
     }
     const GO1_19: ChanLayout = ChanLayout::new(328, 80, 32);
     const GO1_21: ChanLayout = ChanLayout::new(312, 80, 32);
@@ -296,6 +306,8 @@ pub struct GoBinary<'a> {
     pub poll_desc: Option<PollDescLayout>,
     /// From a blocked goroutine to its channel (DWARF, else known offsets), if known.
     pub channels: Option<ChanLayout>,
+    /// `runtime.semtable`, the semaphores' wait queues (link-time), if found.
+    pub semtable: Option<u64>,
     /// The module's type data (`runtime.types`, link-time) and the bytes from there on:
     /// where type names are.
     types: Option<(u64, &'a [u8])>,
@@ -374,6 +386,9 @@ impl<'a> GoBinary<'a> {
             }
         }
         let goexit = pclntab.function_range("runtime.goexit").unwrap_or(0..0);
+        let semtable = symbol("runtime.semtable")
+            .map(|(address, _)| address)
+            .or_else(|| semtable_from_code(&file, &pclntab));
         // The type data starts at `runtime.types`: the start of `.go.type` (go1.27) or of
         // `.rodata` (earlier releases), where a stripped binary has no symbol for it.
         let types_start = symbol("runtime.types").map(|(address, _)| address).or_else(|| {
@@ -387,6 +402,7 @@ impl<'a> GoBinary<'a> {
             layout_source,
             poll_desc,
             channels,
+            semtable,
             types,
             epoll_data,
             allgs,
@@ -617,6 +633,7 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
         Some(ChanLayout {
             g_waiting: get("g", "waiting")?,
             sudog_c: get("sudog", "c")?,
+            sudog_waitlink: get("sudog", "waitlink")?,
             hchan_qcount: get("hchan", "qcount")?,
             hchan_dataqsiz: get("hchan", "dataqsiz")?,
             hchan_elemtype: get("hchan", "elemtype")?,
@@ -727,6 +744,30 @@ fn allgs_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<u64
         .collect();
     candidates.sort_unstable();
     candidates.first().copied()
+}
+
+/// `runtime.semtable` in a binary without symbols: `runtime.semacquire1` finds a
+/// semaphore's queue with `LEAQ runtime.semtable(SB)` (its only address of a zeroed
+/// global, each release read here), so the most common RIP-relative target in `.bss` or
+/// `.noptrbss`.
+fn semtable_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<u64> {
+    let range = pclntab.function_range("runtime.semacquire1")?;
+    let code = bytes_at(file, range.start, range.end - range.start)?;
+    let zeroed: Vec<std::ops::Range<u64>> = [".bss", ".noptrbss"]
+        .into_iter()
+        .filter_map(|name| file.section_by_name(name))
+        .map(|section| section.address()..section.address() + section.size())
+        .collect();
+    let mut counts: std::collections::HashMap<u64, usize> = Default::default();
+    for target in rip_relative_targets(code, range.start) {
+        if zeroed.iter().any(|section| section.contains(&target)) {
+            *counts.entry(target).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(target, count)| (count, std::cmp::Reverse(target)))
+        .map(|(target, _)| target)
 }
 
 /// The addresses of the RIP-relative memory operands of `REX.W MOV/LEA/CMP r64, m64` and

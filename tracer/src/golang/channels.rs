@@ -41,7 +41,7 @@ pub fn name_channel_waits(
         return;
     }
     let Some(layout) = binary.channels else {
-        counts.chan_unnamed += blocked.len() as u64;
+        counts.objects_unnamed += blocked.len() as u64;
         return;
     };
     let memory = Memory { pid };
@@ -56,7 +56,7 @@ pub fn name_channel_waits(
         });
         match name {
             Some(name) => goroutines[index].object = Some(name),
-            None => counts.chan_unnamed += 1,
+            None => counts.objects_unnamed += 1,
         }
     }
 }

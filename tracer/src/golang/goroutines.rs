@@ -95,8 +95,9 @@ pub struct GoroutineCounts {
     pub io_wait_unresolved: u64,
     /// In IO wait on a descriptor that is not a socket (a pipe, a tty, …).
     pub io_wait_not_socket: u64,
-    /// Blocked on a channel that could not be read (or whose layout is unknown).
-    pub chan_unnamed: u64,
+    /// Blocked on a channel or a sync lock that could not be read (or whose layout is
+    /// unknown).
+    pub objects_unnamed: u64,
 }
 
 /// Where the runtime's data is in the process (link-time addresses plus the bias).

@@ -17,6 +17,7 @@ mod netpoll;
 mod pclntab;
 mod record;
 mod sampler;
+mod semaphores;
 mod stacks;
 
 use std::path::PathBuf;
@@ -67,9 +68,8 @@ fn read_snapshot(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     }
     let (mut goroutines, mut counts) =
         read_waiting(target, &mut reader(&binary, pid, module.bias, false))?;
-    let mut objects = WaitObjects::new(pid);
-    name_io_waits(pid, &binary, &mut goroutines, &mut counts, &mut objects);
-    channels::name_channel_waits(pid, &binary, module.bias, &mut goroutines, &mut counts);
+    let mut waits = WaitNamer::new(pid, &binary, image);
+    waits.name(&mut goroutines, &mut counts);
     let read = started.elapsed();
     let mut namer = stacks::GoNamer::new(&binary, module.bias, module.name());
     let named = stacks::from_goroutines(&mut namer, goroutines);
@@ -86,8 +86,8 @@ fn read_snapshot(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     base.counts.unwind_truncated = named.truncated;
     base.counts.unresolved_descriptors = counts.io_wait_unresolved;
     base.counts.non_socket_io = counts.io_wait_not_socket;
-    base.counts.go_channels_unnamed = counts.chan_unnamed;
-    base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
+    base.counts.go_objects_unnamed = counts.objects_unnamed;
+    base.endpoint_states = std::mem::take(&mut waits.objects.endpoint_states);
     base.modules = module_infos(image);
     Ok(Profile::from_symbolized(base, named.stacks))
 }
@@ -129,7 +129,7 @@ fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> T
         io_wait_named: _,
         io_wait_unresolved: _,
         io_wait_not_socket: _,
-        chan_unnamed: _,
+        objects_unnamed: _,
     } = *counts;
     ThreadCounts {
         threads: total,
@@ -172,6 +172,47 @@ fn read_waiting(
             anyhow::Error::new(err).context(format!("cannot read the goroutines of pid {pid}"))
         }
     })
+}
+
+/// Names what the goroutines of a read wait on, where it can: the socket of an IO wait,
+/// the channel of a channel operation, the lock of a sync wait; what cannot be named is
+/// counted. Keeps each endpoint's state and each file's data symbols across reads.
+pub(crate) struct WaitNamer<'a> {
+    pid: u32,
+    binary: &'a binary::GoBinary<'a>,
+    image: &'a ProcessImage,
+    bias: u64,
+    pub objects: WaitObjects,
+    locks: crate::objects::locks::LockNamer,
+}
+
+impl<'a> WaitNamer<'a> {
+    pub fn new(pid: u32, binary: &'a binary::GoBinary<'a>, image: &'a ProcessImage) -> Self {
+        let bias = image
+            .modules()
+            .iter()
+            .find(|module| module.is_main_executable)
+            .map_or(0, |module| module.bias);
+        Self {
+            pid,
+            binary,
+            image,
+            bias,
+            objects: WaitObjects::new(pid),
+            locks: crate::objects::locks::LockNamer::new(),
+        }
+    }
+
+    pub fn name(
+        &mut self,
+        goroutines: &mut [goroutines::Goroutine],
+        counts: &mut goroutines::GoroutineCounts,
+    ) {
+        let Self { pid, binary, image, bias, objects, locks } = self;
+        name_io_waits(*pid, binary, goroutines, counts, objects);
+        channels::name_channel_waits(*pid, binary, *bias, goroutines, counts);
+        semaphores::name_semaphore_waits(*pid, binary, *bias, image, locks, goroutines, counts);
+    }
 }
 
 /// Names the socket each goroutine parked on a descriptor waits on, through `objects`

@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
 
 use super::{
-    binary::GoBinary,
     goroutines::{Goroutine, GoroutineCounts},
     sampler::{Sampled, Sampler},
     stacks::{self, GoNamer, GoStacks},
@@ -68,7 +67,7 @@ async fn record_sampled(
     let pid = target.pid;
     let outputs = pipeline::create_outputs(outputs)?;
     let (module, binary) = super::parse_main(image)?;
-    let mut sampler = Sampler::new(target, &binary, module.bias, period);
+    let mut sampler = Sampler::new(target, &binary, image, module.bias, period);
     eprintln!(
         "tracer: recording the goroutine waits of {} (pid {pid}, {}) for {}, sampled every {}; \
          Ctrl-C to stop early",
@@ -109,7 +108,7 @@ async fn record_sampled(
         skipped,
         io_wait_unresolved,
         io_wait_not_socket,
-        chan_unnamed,
+        objects_unnamed,
     } = sampler.finish();
 
     let mut namer = GoNamer::new(&binary, module.bias, module.name());
@@ -132,7 +131,7 @@ async fn record_sampled(
     base.counts.unwind_truncated = truncated;
     base.counts.unresolved_descriptors = io_wait_unresolved;
     base.counts.non_socket_io = io_wait_not_socket;
-    base.counts.go_channels_unnamed = chan_unnamed;
+    base.counts.go_objects_unnamed = objects_unnamed;
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
     let profile = Profile::from_symbolized(base, profile_stacks);
     pipeline::report(&profile, outputs, top)
@@ -200,8 +199,7 @@ async fn record_exact(
     } else {
         still_parked(
             target,
-            &binary,
-            module.bias,
+            &mut super::WaitNamer::new(pid, &binary, image),
             &mut reader,
             &parked_at_start,
             start_read_ns,
@@ -226,7 +224,7 @@ async fn record_exact(
         base.counts.unwind_truncated = truncated;
         base.counts.unresolved_descriptors = counts.io_wait_unresolved;
         base.counts.non_socket_io = counts.io_wait_not_socket;
-        base.counts.go_channels_unnamed = counts.chan_unnamed;
+        base.counts.go_objects_unnamed = counts.objects_unnamed;
         base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
         profile_stacks.extend(stacks);
     }
@@ -247,8 +245,7 @@ struct StillParked {
 /// costs only this part of the report.
 fn still_parked(
     target: &Target,
-    binary: &GoBinary<'_>,
-    bias: u64,
+    waits: &mut super::WaitNamer<'_>,
     reader: &mut super::goroutines::GoroutineReader,
     at_start: &[Goroutine],
     start_read_ns: u64,
@@ -272,9 +269,8 @@ fn still_parked(
             return None;
         }
     };
-    let mut objects = WaitObjects::new(target.pid);
-    super::name_io_waits(target.pid, binary, &mut goroutines, &mut counts, &mut objects);
-    super::channels::name_channel_waits(target.pid, binary, bias, &mut goroutines, &mut counts);
+    waits.name(&mut goroutines, &mut counts);
+    let objects = std::mem::replace(&mut waits.objects, WaitObjects::new(target.pid));
     let at_start: HashMap<u64, &Goroutine> =
         at_start.iter().map(|goroutine| (goroutine.goid, goroutine)).collect();
     let since_start = i64::try_from(start_read_ns).unwrap_or(i64::MAX);

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{
+    WaitNamer,
     binary::GoBinary,
     goroutines::{Goroutine, GoroutineCounts, GoroutineReader},
     stacks::{GroupedWaits, WaitGroups},
 };
-use crate::{objects::WaitObjects, pipeline::target::Target};
+use crate::{objects::WaitObjects, pipeline::target::Target, stacks::ProcessImage};
 
 /// The rate when none is asked for: 49 reads a second (off the beat of timers that fire
 /// at round rates), so a wait of 20 ms or more is always seen.
@@ -138,39 +139,41 @@ pub struct Sampled {
     pub io_wait_unresolved: u64,
     pub io_wait_not_socket: u64,
     /// New channel waits whose channel could not be read.
-    pub chan_unnamed: u64,
+    pub objects_unnamed: u64,
 }
 
 /// Reads the goroutines of one Go process at a rate.
 pub struct Sampler<'a> {
     target: &'a Target,
-    binary: &'a GoBinary<'a>,
-    bias: u64,
     reader: GoroutineReader,
-    objects: WaitObjects,
+    waits: WaitNamer<'a>,
     tracker: WaitTracker,
     reads: u64,
     skipped: u64,
     io_wait_unresolved: u64,
     io_wait_not_socket: u64,
-    chan_unnamed: u64,
+    objects_unnamed: u64,
     last_counts: GoroutineCounts,
 }
 
 impl<'a> Sampler<'a> {
-    pub fn new(target: &'a Target, binary: &'a GoBinary<'a>, bias: u64, period: Duration) -> Self {
+    pub fn new(
+        target: &'a Target,
+        binary: &'a GoBinary<'a>,
+        image: &'a ProcessImage,
+        bias: u64,
+        period: Duration,
+    ) -> Self {
         Self {
             target,
-            binary,
-            bias,
             reader: super::reader(binary, target.pid, bias, true),
-            objects: WaitObjects::new(target.pid),
+            waits: WaitNamer::new(target.pid, binary, image),
             tracker: WaitTracker::new(period),
             reads: 0,
             skipped: 0,
             io_wait_unresolved: 0,
             io_wait_not_socket: 0,
-            chan_unnamed: 0,
+            objects_unnamed: 0,
             last_counts: GoroutineCounts::default(),
         }
     }
@@ -184,28 +187,25 @@ impl<'a> Sampler<'a> {
         let mut new = self.tracker.observe(now_ns, goroutines);
         // Only the new waits' descriptors are looked up: the others keep their object.
         if !new.is_empty() {
-            let pid = self.target.pid;
-            super::name_io_waits(pid, self.binary, &mut new, &mut counts, &mut self.objects);
-            let (binary, bias) = (self.binary, self.bias);
-            super::channels::name_channel_waits(pid, binary, bias, &mut new, &mut counts);
+            self.waits.name(&mut new, &mut counts);
         }
         self.tracker.start(now_ns, new);
         self.io_wait_unresolved += counts.io_wait_unresolved;
         self.io_wait_not_socket += counts.io_wait_not_socket;
-        self.chan_unnamed += counts.chan_unnamed;
+        self.objects_unnamed += counts.objects_unnamed;
         self.last_counts = counts;
         Ok(())
     }
 
     pub fn finish(self) -> Sampled {
         let Self {
-            objects,
+            waits: WaitNamer { objects, .. },
             tracker,
             reads,
             skipped,
             io_wait_unresolved,
             io_wait_not_socket,
-            chan_unnamed,
+            objects_unnamed,
             last_counts,
             ..
         } = self;
@@ -219,7 +219,7 @@ impl<'a> Sampler<'a> {
             skipped,
             io_wait_unresolved,
             io_wait_not_socket,
-            chan_unnamed,
+            objects_unnamed,
         }
     }
 }

@@ -75,9 +75,9 @@ pub struct TraceCounts {
     /// Goroutines a sampled read left out: changed while read, or unreadable (their
     /// wait, if it went on, is seen again by the next read).
     pub go_goroutines_skipped: u64,
-    /// Goroutines blocked on a channel that could not be read (or whose layout is not
-    /// known): their object is the wait reason alone.
-    pub go_channels_unnamed: u64,
+    /// Goroutines blocked on a channel or a sync lock that could not be read (or whose
+    /// layout is not known): their object is the wait reason alone.
+    pub go_objects_unnamed: u64,
     /// Ended waits of the Go runtime's own system goroutines (GC workers, sweeper, …):
     /// not shown.
     pub go_runtime_waits_hidden: u64,
@@ -111,7 +111,7 @@ impl TraceCounts {
             go_stacks_lost,
             go_waits_lost,
             go_goroutines_skipped,
-            go_channels_unnamed,
+            go_objects_unnamed,
             go_runtime_waits_hidden,
         } = self;
         [
@@ -127,7 +127,7 @@ impl TraceCounts {
             ("go_stacks_lost", go_stacks_lost),
             ("go_waits_lost", go_waits_lost),
             ("go_goroutines_skipped", go_goroutines_skipped),
-            ("go_channels_unnamed", go_channels_unnamed),
+            ("go_objects_unnamed", go_objects_unnamed),
             ("wake_ring_buffer_full", wake_ring_buffer_full),
             ("waits_started", waits_started),
             ("waits_discarded", waits_discarded),

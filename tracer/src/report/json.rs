@@ -187,7 +187,7 @@ pub struct JsonTraceCounts {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub go_goroutines_skipped: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub go_channels_unnamed: u64,
+    pub go_objects_unnamed: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub go_runtime_waits_hidden: u64,
 }
@@ -374,7 +374,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         go_stacks_lost,
         go_waits_lost,
         go_goroutines_skipped,
-        go_channels_unnamed,
+        go_objects_unnamed,
         go_runtime_waits_hidden,
     } = counts.clone();
     JsonTraceCounts {
@@ -398,7 +398,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         go_stacks_lost,
         go_waits_lost,
         go_goroutines_skipped,
-        go_channels_unnamed,
+        go_objects_unnamed,
         go_runtime_waits_hidden,
     }
 }
@@ -610,7 +610,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         go_stacks_lost,
         go_waits_lost,
         go_goroutines_skipped,
-        go_channels_unnamed,
+        go_objects_unnamed,
         go_runtime_waits_hidden,
     } = counts;
     TraceCounts {
@@ -634,7 +634,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         go_stacks_lost,
         go_waits_lost,
         go_goroutines_skipped,
-        go_channels_unnamed,
+        go_objects_unnamed,
         go_runtime_waits_hidden,
     }
 }

@@ -348,7 +348,7 @@ const GO_ONLY: [&str; 7] = [
     "go_stacks_lost",
     "go_waits_lost",
     "go_goroutines_skipped",
-    "go_channels_unnamed",
+    "go_objects_unnamed",
     "go_runtime_waits_hidden",
     "runtime_hidden",
 ];

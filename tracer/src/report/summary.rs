@@ -486,7 +486,7 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
     }
     lost.push(format!("{} stacks truncated", counts.unwind_truncated));
     lost.push(format!("{} IO waits unresolved", counts.unresolved_descriptors));
-    lost.push(format!("{} channels unnamed", counts.go_channels_unnamed));
+    lost.push(format!("{} channels or locks unnamed", counts.go_objects_unnamed));
     write_wrapped(out, "lost:", &lost);
     if counts.non_socket_io > 0 {
         let _ = writeln!(
