@@ -194,7 +194,7 @@ impl HttpResponse {
 }
 
 /// A plain HTTP/1.1 GET of `path` on 127.0.0.1:`port` (Connection: close; the body is
-/// whatever follows the headers).
+/// whatever follows the headers, its chunks joined if it came in chunks).
 pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
     use std::io::Write as _;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
@@ -213,7 +213,37 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("GET {path}: no status in {head:?}"));
-    HttpResponse { status, body: raw[split + 4..].to_vec() }
+    let body = &raw[split + 4..];
+    let chunked = head
+        .lines()
+        .any(|line| line.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked { dechunk(body, path) } else { body.to_vec() };
+    HttpResponse { status, body }
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer (Go's net/http sends big ones so):
+/// each chunk is its size in hex, CRLF, the bytes, CRLF; a size of 0 ends it.
+fn dechunk(mut raw: &[u8], path: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("GET {path}: a chunk without its size line"));
+        let size_text = String::from_utf8_lossy(&raw[..line_end]);
+        let size_hex = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .unwrap_or_else(|e| panic!("GET {path}: chunk size {size_text:?}: {e}"));
+        if size == 0 {
+            return body;
+        }
+        let start = line_end + 2;
+        let chunk = raw
+            .get(start..start + size)
+            .unwrap_or_else(|| panic!("GET {path}: a chunk of {size} bytes cut short"));
+        body.extend_from_slice(chunk);
+        raw = raw.get(start + size + 2..).unwrap_or_default();
+    }
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

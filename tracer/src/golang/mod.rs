@@ -11,6 +11,7 @@
 //! with threads: the same summary, the same exporters.
 
 mod binary;
+mod dump;
 mod goroutines;
 mod netpoll;
 mod pclntab;
@@ -30,6 +31,7 @@ use crate::{
 };
 
 pub use binary::is_go;
+pub use dump::{DumpedGoroutine, GoPc, GoroutineDump, GoroutineGroup};
 pub use record::record;
 
 /// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.
@@ -44,8 +46,28 @@ pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Res
 }
 
 /// One read of the goroutines of the Go process `traced`, as a snapshot profile (what
-/// `snapshot` reports and `serve` answers /debug/pprof/goroutine with).
+/// `snapshot` reports).
 pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
+    let (base, named, ()) = read_snapshot(traced, |namer, goroutines| {
+        (stacks::from_goroutines(namer, goroutines), ())
+    })?;
+    Ok(Profile::from_symbolized(base, named.stacks))
+}
+
+/// One read of the goroutines of the Go process `traced`, kept goroutine by goroutine in
+/// groups of the same return addresses (what `serve` answers /debug/pprof/goroutine with,
+/// in Go's own formats).
+pub fn goroutine_dump(traced: &Traced) -> anyhow::Result<GoroutineDump> {
+    let (base, named, groups) = read_snapshot(traced, dump::group)?;
+    Ok(GoroutineDump::new(base, named.stacks, groups))
+}
+
+/// One read of the goroutines of `traced`, grouped into stacks by `group`: the profile
+/// without its stacks, the stacks, and what else `group` made.
+fn read_snapshot<T>(
+    traced: &Traced,
+    group: impl FnOnce(&mut stacks::GoNamer<'_>, Vec<goroutines::Goroutine>) -> (stacks::GoStacks, T),
+) -> anyhow::Result<(Profile, stacks::GoStacks, T)> {
     let Traced { target, image } = traced;
     let pid = target.pid;
     let started = Instant::now();
@@ -57,7 +79,7 @@ pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
     name_io_waits(pid, &binary, &mut goroutines, &mut counts, &mut objects);
     let read = started.elapsed();
     let mut namer = stacks::GoNamer::new(&binary, module.bias, module.name());
-    let named = stacks::from_goroutines(&mut namer, goroutines);
+    let (named, grouped) = group(&mut namer, goroutines);
     let elapsed = started.elapsed();
     log::info!(
         "goroutine snapshot of pid {pid} ({}): binary {parsed:?}, memory {:?}, grouping {:?}, total {elapsed:?}",
@@ -73,7 +95,7 @@ pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
     base.counts.non_socket_io = counts.io_wait_not_socket;
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
     base.modules = module_infos(image);
-    Ok(Profile::from_symbolized(base, named.stacks))
+    Ok((base, named, grouped))
 }
 
 /// The main executable of `image` and its Go runtime's tables.
