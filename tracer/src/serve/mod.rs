@@ -104,6 +104,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// Gives the heap's free pages of every malloc arena back to the system.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only reads and trims the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Locks a mutex, taking the data even if a panicking thread poisoned it: every
 /// critical section leaves the data consistent.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -298,7 +304,12 @@ impl Shared {
         let max_series = self.max_series;
         // Reading another process's memory and naming the frames: off the runtime's threads.
         let read = tokio::task::spawn_blocking(move || {
-            let dump = crate::golang::goroutine_dump(&traced)?;
+            let dump = crate::golang::goroutine_dump(&traced);
+            // The read's working memory (hundreds of MiB at the seed's scale) is free now;
+            // each blocking thread has its own malloc arena, so unless it goes back to the
+            // system each read on another thread would keep that much more.
+            release_free_memory();
+            let dump = dump?;
             let series = metrics::goroutine_series(&dump, max_series);
             Ok::<_, anyhow::Error>(GoroutineRead { generation, started, dump, series })
         })
