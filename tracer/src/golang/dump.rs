@@ -177,3 +177,72 @@ fn elide_wrappers(stack: &mut ProfileStack, group: &mut GoroutineGroup, wrapper_
         frames.into_iter().zip(keep).filter_map(|(frame, keep)| keep.then_some(frame)).collect();
     group.pcs.retain(|pc| stack.frames.iter().any(|frame| frame.address == pc.pc));
 }
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::WaitKind;
+
+    use super::*;
+    use crate::{model::WaitStats, stacks::Frame};
+
+    fn frame(name: &str, address: u64) -> Frame {
+        let mut frame = Frame::unknown_named(name, address);
+        frame.module_is_main = true;
+        frame
+    }
+
+    fn stack(frames: Vec<Frame>) -> (ProfileStack, GoroutineGroup) {
+        let mut pcs: Vec<GoPc> =
+            frames.iter().map(|frame| GoPc { pc: frame.address, entry: Some(0) }).collect();
+        pcs.reverse();
+        let stack = ProfileStack {
+            frames,
+            kind: WaitKind::Goroutine,
+            object: Some("chan send".into()),
+            truncated: false,
+            in_progress: true,
+            stats: WaitStats::default(),
+        };
+        let group = GoroutineGroup { wait_reason: "chan send".into(), pcs, goroutines: Vec::new() };
+        (stack, group)
+    }
+
+    fn names(stack: &ProfileStack) -> Vec<&str> {
+        stack.frames.iter().map(|frame| frame.name.as_str()).collect()
+    }
+
+    #[test]
+    fn wrappers_are_left_out_unless_they_called_a_panic() {
+        // A `go sendStat(…)` statement's wrapper at the root (root first).
+        let (mut senders, mut group) = stack(vec![
+            frame("main.pileup.gowrap1", 0x10),
+            frame("main.sendStat", 0x20),
+            frame("runtime.gopark", 0x30),
+        ]);
+        elide_wrappers(&mut senders, &mut group, &[0x10]);
+        assert_eq!(names(&senders), ["main.sendStat", "runtime.gopark"]);
+        assert_eq!(group.pcs.iter().map(|pc| pc.pc).collect::<Vec<_>>(), [0x30, 0x20]);
+
+        let (mut panicking, mut group) =
+            stack(vec![frame("main.T.M-fm", 0x10), frame("runtime.gopanic", 0x40)]);
+        elide_wrappers(&mut panicking, &mut group, &[0x10]);
+        assert_eq!(names(&panicking), ["main.T.M-fm", "runtime.gopanic"]);
+    }
+
+    #[test]
+    fn groups_come_most_goroutines_first() {
+        let goroutines = |n: u64| (0..n).map(|id| DumpedGoroutine { id, waiting: None }).collect();
+        let (one, mut few) = stack(vec![frame("main.a", 0x10)]);
+        let (two, mut many) = stack(vec![frame("main.b", 0x20)]);
+        few.goroutines = goroutines(1);
+        many.goroutines = goroutines(3);
+        let base = Profile::new(crate::model::ProfileKind::Snapshot, 1, "g".into());
+        let dump = GoroutineDump::new(base, vec![one, two], vec![few, many]);
+        let order: Vec<(&str, usize)> = dump
+            .iter()
+            .map(|(stack, group)| (stack.frames[0].name.as_str(), group.goroutines.len()))
+            .collect();
+        assert_eq!(order, [("main.b", 3), ("main.a", 1)]);
+        assert_eq!(dump.goroutines(), 4);
+    }
+}

@@ -306,6 +306,22 @@ mod tests {
     }
 
     #[test]
+    fn goroutine_series_past_the_cap_fold_per_wait_reason() {
+        let mut series = CappedSeries::<u64, GoroutineLabels>::new(1);
+        let labels = |wait_reason: &str, site: &str| GoroutineLabels {
+            wait_reason: wait_reason.into(),
+            site: site.into(),
+        };
+        *series.entry(labels("chan send", "main.sendStat")) += 600_000;
+        *series.entry(labels("chan send", "main.other")) += 2;
+        *series.entry(labels("IO wait", "main.main")) += 1;
+        assert_eq!(series.series[&labels("chan send", "main.sendStat")], 600_000);
+        assert_eq!(series.series[&labels("chan send", OTHER_SITE)], 2);
+        assert_eq!(series.series[&labels("IO wait", OTHER_SITE)], 1);
+        assert_eq!(series.folded(), 2);
+    }
+
+    #[test]
     fn render_names_the_series_with_their_labels() {
         let mut waits = WaitSeries::new(10);
         *waits.entry(labels("app::send_stat")) = WaitTotals { waits: 3, total_ns: 1_500_000_000 };
