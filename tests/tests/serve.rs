@@ -184,9 +184,23 @@ fn bad_requests_get_clear_answers() {
     }
     let missing = daemon.get("/debug/pprof/heap");
     assert_eq!(missing.status, 404, "{}", missing.text());
+    // Goroutines are a Go program's: a Rust one is told where its threads are.
+    let goroutines = daemon.get("/debug/pprof/goroutine?debug=1");
+    assert_eq!(goroutines.status, 404, "{}", goroutines.text());
+    assert!(goroutines.text().contains("is not a Go program"), "{}", goroutines.text());
+    assert!(
+        !daemon.get("/metrics").text().contains("tracer_goroutines"),
+        "a Rust program's metrics have goroutines"
+    );
     let index = daemon.get("/");
     assert_eq!(index.status, 200);
-    for endpoint in ["/debug/pprof/block", "/debug/pprof/threads", "/metrics", "/healthz"] {
+    for endpoint in [
+        "/debug/pprof/block",
+        "/debug/pprof/threads",
+        "/debug/pprof/goroutine",
+        "/metrics",
+        "/healthz",
+    ] {
         assert!(index.text().contains(endpoint), "/ does not list {endpoint}:\n{}", index.text());
     }
     let health = daemon.get("/healthz");

@@ -12,6 +12,7 @@
 
 mod binary;
 mod channels;
+mod dump;
 mod goroutines;
 mod netpoll;
 mod pclntab;
@@ -37,26 +38,47 @@ pub use binary::{
     EpollData, GLayout, LayoutSources, NEWEST_KNOWN_GO, OLDEST_KNOWN_GO, PollDescLayout,
     RuntimeLayout, layout_sources,
 };
+pub use dump::{DumpedGoroutine, GoPc, GoroutineDump, GoroutineGroup};
 pub use record::{GoRecording, record};
 pub use sampler::DEFAULT_RATE_HZ;
 
 /// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.
 pub fn snapshot(traced: &Traced, outputs: &[PathBuf], top: usize) -> anyhow::Result<()> {
     let outputs = pipeline::create_outputs(outputs)?;
-    let profile = read_snapshot(traced, true)?;
+    let profile = snapshot_of(traced, true)?;
     pipeline::report(&profile, outputs, top)
 }
 
 /// One read of the goroutines of the Go process `traced`, as a snapshot profile (what
-/// `snapshot` reports and `serve` answers /debug/pprof/goroutine with).
+/// `snapshot` reports).
 pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
-    read_snapshot(traced, false)
+    snapshot_of(traced, false)
 }
 
-/// [`snapshot_profile`]; `announce` says on stderr that the read begins, once the binary
-/// has been read (one that cannot be read, such as a Go newer than the layout table without
-/// DWARF, is then the one line on stderr).
-fn read_snapshot(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
+fn snapshot_of(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
+    let (base, named, ()) = read_snapshot(traced, announce, |namer, goroutines| {
+        (stacks::from_goroutines(namer, goroutines), ())
+    })?;
+    Ok(Profile::from_symbolized(base, named.stacks))
+}
+
+/// One read of the goroutines of the Go process `traced`, kept goroutine by goroutine in
+/// groups of the same return addresses (what `serve` answers /debug/pprof/goroutine with,
+/// in Go's own formats).
+pub fn goroutine_dump(traced: &Traced) -> anyhow::Result<GoroutineDump> {
+    let (base, named, groups) = read_snapshot(traced, false, dump::group)?;
+    Ok(GoroutineDump::new(base, named.stacks, groups))
+}
+
+/// One read of the goroutines of `traced`, grouped into stacks by `group`: the profile
+/// without its stacks, the stacks, and what else `group` made. `announce` says on stderr
+/// that the read begins, once the binary has been read (one that cannot be read, such as a
+/// Go newer than the layout table without DWARF, is then the one line on stderr).
+fn read_snapshot<T>(
+    traced: &Traced,
+    announce: bool,
+    group: impl FnOnce(&mut stacks::GoNamer<'_>, Vec<goroutines::Goroutine>) -> (stacks::GoStacks, T),
+) -> anyhow::Result<(Profile, stacks::GoStacks, T)> {
     let Traced { target, image } = traced;
     let pid = target.pid;
     let started = Instant::now();
@@ -72,7 +94,7 @@ fn read_snapshot(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     waits.name(&mut goroutines, &mut counts);
     let read = started.elapsed();
     let mut namer = stacks::GoNamer::new(&binary, module.bias, module.name());
-    let named = stacks::from_goroutines(&mut namer, goroutines);
+    let (named, grouped) = group(&mut namer, goroutines);
     let elapsed = started.elapsed();
     log::info!(
         "goroutine snapshot of pid {pid} ({}): binary {parsed:?}, memory {:?}, grouping {:?}, total {elapsed:?}",
@@ -89,7 +111,7 @@ fn read_snapshot(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     base.counts.go_objects_unnamed = counts.objects_unnamed;
     base.endpoint_states = std::mem::take(&mut waits.objects.endpoint_states);
     base.modules = module_infos(image);
-    Ok(Profile::from_symbolized(base, named.stacks))
+    Ok((base, named, grouped))
 }
 
 /// The main executable of `image` and its Go runtime's tables.

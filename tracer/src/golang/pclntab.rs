@@ -31,6 +31,9 @@ const FUNC_CU_OFFSET: usize = 32;
 /// offsets follow it, then its funcdata offsets.
 const FUNC_LEN_GO118: usize = 40;
 const FUNC_LEN_GO120: usize = 44;
+/// `_func.funcID`, three bytes before `nfuncdata`.
+const FUNC_ID_GO118: usize = 36;
+const FUNC_ID_GO120: usize = 40;
 /// `_func.nfuncdata`, its last byte.
 const FUNC_NFUNCDATA_GO118: usize = 39;
 const FUNC_NFUNCDATA_GO120: usize = 43;
@@ -171,6 +174,29 @@ impl<'a> Pclntab<'a> {
     /// of inlined calls.
     pub fn set_gofunc(&mut self, bytes: &'a [u8]) {
         self.gofunc = Some(bytes);
+    }
+
+    /// `_func.funcID` of the function containing the link-time address `pc`.
+    pub fn func_id(&self, pc: u64) -> Option<u8> {
+        let at = self.func_at(pc)?;
+        self.data.get(at.func + if self.go120 { FUNC_ID_GO120 } else { FUNC_ID_GO118 }).copied()
+    }
+
+    /// The `funcID` of the compiler's wrappers (method and `go` statement wrappers, which
+    /// Go's tracebacks leave out). Its value moves as releases add special functions
+    /// before it (21 in Go 1.19, 22 with `corostart`, …), but it always follows
+    /// `runtime.systemstack_switch`'s: found from that function's, by a scan of the table.
+    pub fn wrapper_func_id(&self) -> Option<u8> {
+        (0..self.nfunc).find_map(|index| {
+            let func_offset = read_u32(self.data, self.functab + 8 * index + 4)? as usize;
+            let func = self.functab.checked_add(func_offset)?;
+            if self.func_name(func)? != "runtime.systemstack_switch" {
+                return None;
+            }
+            let id =
+                self.data.get(func + if self.go120 { FUNC_ID_GO120 } else { FUNC_ID_GO118 })?;
+            id.checked_add(1)
+        })
     }
 
     /// The frames of the link-time address `pc`, innermost first: the calls inlined at `pc`,

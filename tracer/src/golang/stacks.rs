@@ -54,7 +54,26 @@ impl<'a> GoNamer<'a> {
         })
     }
 
-    fn wait_reason(&self, reason: u8) -> String {
+    /// The process address where the function containing the return address `pc`
+    /// begins (what Go's `func+0x…` offsets count from).
+    pub fn entry(&self, pc: u64) -> Option<u64> {
+        let link_pc = pc.wrapping_sub(self.bias).wrapping_sub(1);
+        self.binary.pclntab.frames(link_pc).first().map(|at| at.entry.wrapping_add(self.bias))
+    }
+
+    /// Whether the function containing the return address `pc` is a wrapper the
+    /// compiler made (of kind `wrapper`: see `Pclntab::wrapper_func_id`).
+    pub fn is_wrapper(&self, pc: u64, wrapper: u8) -> bool {
+        let link_pc = pc.wrapping_sub(self.bias).wrapping_sub(1);
+        self.binary.pclntab.func_id(link_pc) == Some(wrapper)
+    }
+
+    /// The `funcID` of the compiler's wrappers in this binary, if found.
+    pub fn wrapper_func_id(&self) -> Option<u8> {
+        self.binary.pclntab.wrapper_func_id()
+    }
+
+    pub fn wait_reason(&self, reason: u8) -> String {
         match self.binary.wait_reasons.get(usize::from(reason)) {
             Some(name) if !name.is_empty() => name.clone(),
             _ => format!("wait reason {reason}"),

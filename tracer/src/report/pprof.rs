@@ -62,6 +62,76 @@ pub fn write_pprof(
     Ok(())
 }
 
+/// A count profile as Go's `runtime/pprof` writes one (its goroutine profile, `name`
+/// "goroutine"): period and sample type `NAME/count`, period 1, one sample per stack
+/// valued by its waits (for a snapshot of goroutines: its goroutines), with only the
+/// stack's own frames (Go's profiles have no wait-kind or `[truncated]` frames) and an
+/// `object` label (the wait reason, and what is waited on). The comments say where it
+/// came from, as in every profile tracer writes.
+pub fn write_count_pprof(
+    profile: &Profile,
+    provenance: &Provenance,
+    name: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut builder = Builder::new(&profile.modules);
+    let main_module = main_module(profile);
+    if let Some(main) = &main_module {
+        builder.mapping(main);
+    }
+    let sample_type = vec![builder.value_type(name, "count")];
+    let period_type = Some(builder.value_type(name, "count"));
+    let samples = profile
+        .stacks
+        .iter()
+        .map(|stack| {
+            let location_id = location_groups(&stack.frames)
+                .into_iter()
+                .rev()
+                .map(|group| builder.location(group))
+                .collect();
+            let label = stack.object.iter().map(|object| builder.label("object", object)).collect();
+            proto::Sample { location_id, value: vec![stack.stats.waits as i64], label }
+        })
+        .collect();
+    let comment = comments(profile, provenance, main_module.as_deref())
+        .iter()
+        .map(|comment| builder.string(comment))
+        .collect();
+    let Builder { strings, functions, mappings, locations, .. } = builder;
+    let encoded = proto::Profile {
+        sample_type,
+        sample: samples,
+        mapping: mappings,
+        location: locations,
+        function: functions,
+        string_table: strings,
+        time_nanos: profile
+            .start_unix_ns
+            .map_or(0, |start| i64::try_from(start).unwrap_or(i64::MAX)),
+        period_type,
+        period: 1,
+        comment,
+        ..proto::Profile::default()
+    }
+    .encode_to_vec();
+    let mut gzip = GzEncoder::new(out, Compression::default());
+    gzip.write_all(&encoded)?;
+    gzip.finish()?;
+    Ok(())
+}
+
+/// The module of the first frame in the target's main executable: pprof's convention
+/// puts it in mapping[0].
+fn main_module(profile: &Profile) -> Option<String> {
+    profile
+        .stacks
+        .iter()
+        .flat_map(|stack| &stack.frames)
+        .find(|frame| frame.module_is_main)
+        .map(|frame| frame.module.clone())
+}
+
 /// Interns strings, functions, mappings and locations, so that each is stored once
 /// and every reference resolves.
 #[derive(Default)]
@@ -232,12 +302,7 @@ fn count_type(kind: ProfileKind) -> &'static str {
 fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::Profile {
     let mut builder = Builder::new(&profile.modules);
     // mapping[0] is the main executable, by pprof's convention.
-    let main_module = profile
-        .stacks
-        .iter()
-        .flat_map(|stack| &stack.frames)
-        .find(|frame| frame.module_is_main)
-        .map(|frame| frame.module.clone());
+    let main_module = main_module(profile);
     if let Some(main) = &main_module {
         builder.mapping(main);
     }

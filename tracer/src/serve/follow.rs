@@ -18,7 +18,10 @@ use super::{
 };
 use crate::{
     model::ProfileKind,
-    pipeline::target::{Target, TargetError},
+    pipeline::{
+        Traced,
+        target::{Target, TargetError},
+    },
     probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
     probes::{ProbeConfig, Probes},
     stacks::{ProcessImage, ProcessUnwinder},
@@ -145,6 +148,15 @@ async fn attach(
         .worker
         .attach(generation, pid, image("unwinding blocked threads")?, image("symbolizing")?)
         .await;
+    // A Go program's goroutines park in its runtime, not in the kernel: they are read
+    // from its memory on request (its threads are traced all the same).
+    let go = {
+        let traced = Traced { target: Target::open(pid)?, image: image("goroutines")? };
+        traced.is_go().then(|| Arc::new(traced))
+    };
+    if go.is_some() {
+        log::info!("pid {pid} is a Go program: /debug/pprof/goroutine reads its goroutines");
+    }
     let mut probes =
         Probes::open(ProbeConfig { tgid: pid, min_wait, maps: Default::default() }, btf_path)?;
     probes.attach_wait_probes()?;
@@ -159,6 +171,7 @@ async fn attach(
         comm: target.comm.clone(),
         generation,
         probes: Arc::new(Mutex::new(probes)),
+        go,
     });
     Ok(rings)
 }

@@ -1,7 +1,11 @@
 //! The endpoints, over HTTP/1.1 (hyper). Read-only; bounded in connections and time,
 //! so slow or many clients cannot take more than their share.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,14 +19,18 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{
-    ServeError, Shared, counts_since, lock,
+    BLOCKED_SAMPLE_TTL, GoroutineRead, ServeError, Shared, counts_since, goroutines, lock,
     metrics::{self, Scrape},
 };
 use crate::{
     model::{Profile, ProfileKind},
     pipeline::counts::below_threshold,
     pipeline::own_usage::ProcessUsage,
-    report::{Provenance, Weight, pprof::write_pprof, summary::render_summary},
+    report::{
+        Provenance, Weight,
+        pprof::{write_count_pprof, write_pprof},
+        summary::render_summary,
+    },
 };
 
 /// Connections served at once; more wait in the listen backlog.
@@ -50,11 +58,16 @@ const BLOCK_ATTACHMENT: HeaderValue =
     HeaderValue::from_static("attachment; filename=\"block.pb.gz\"");
 const THREADS_ATTACHMENT: HeaderValue =
     HeaderValue::from_static("attachment; filename=\"threads.pb.gz\"");
+/// What Go's net/http/pprof names its goroutine profile.
+const GOROUTINE_ATTACHMENT: HeaderValue =
+    HeaderValue::from_static("attachment; filename=\"goroutine\"");
 
 const INDEX: &str = "tracer serve: the waits of a live process
 
 /debug/pprof/block?seconds=N   waits that end in the next N seconds (default 30, at most 300), pprof
 /debug/pprof/threads           threads blocked now, pprof; ?debug=1 for text
+/debug/pprof/goroutine         a Go program's goroutines waiting now, as Go's net/http/pprof
+                               answers: pprof; ?debug=1 counts by stack, ?debug=2 each goroutine
 /metrics                       Prometheus metrics
 /healthz                       liveness
 ";
@@ -114,18 +127,33 @@ async fn respond<B>(shared: &Shared, windows: &Arc<Semaphore>, request: Request<
             Err(message) => Ok(text(StatusCode::BAD_REQUEST, message)),
         },
         "/debug/pprof/threads" => threads(shared, param(query, "debug")).await,
+        "/debug/pprof/goroutine" => goroutine(shared, param(query, "debug")).await,
         path => Ok(text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint\n\n{INDEX}"))),
     };
     reply.unwrap_or_else(|err| {
-        log::info!("{}: {err}", request.uri());
+        let message = with_causes(&err);
+        log::info!("{}: {message}", request.uri());
         let status = match err {
             ServeError::NotAttached | ServeError::Worker(super::worker::WorkerError::Busy) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ServeError::NotGo { .. } => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        text(status, format!("{err}\n"))
+        text(status, format!("{message}\n"))
     })
+}
+
+/// An error and its causes on one line: `cannot read the goroutines: pid 4242 exited…`.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        message.push_str(": ");
+        message.push_str(&err.to_string());
+        cause = err.source();
+    }
+    message
 }
 
 fn text(status: StatusCode, body: String) -> Reply {
@@ -184,11 +212,26 @@ async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
             None
         }
     };
+    // Like the blocked threads, a read of the goroutines serves every scrape for a while.
+    let goroutines = if shared.is_go() {
+        let not_before =
+            Instant::now().checked_sub(BLOCKED_SAMPLE_TTL).unwrap_or_else(Instant::now);
+        match shared.goroutines(not_before).await {
+            Ok(read) => Some(read),
+            Err(err) => {
+                log::info!("no goroutines for /metrics: {}", with_causes(&err));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let tracer = shared.tracer_totals();
     let body = {
         let waits = lock(&shared.waits);
         metrics::render(&Scrape {
             blocked: blocked.as_deref(),
+            goroutines: goroutines.as_deref().map(|read: &GoroutineRead| &read.series),
             waits: &waits,
             tracer: &tracer,
             usage: ProcessUsage::of_self(),
@@ -212,6 +255,9 @@ impl Drop for OpenWindow<'_> {
     }
 }
 
+// For a Go program this is still the threads' waits (runtime.futex and the netpoller).
+// In goroutine terms it would be the goroutine sampler's recording (issue 14, item 2)
+// over the window, its profile written here as it is for threads.
 async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Reply, ServeError> {
     let Ok(_slot) = windows.try_acquire() else {
         return Err(ServeError::Worker(super::worker::WorkerError::Busy));
@@ -263,6 +309,45 @@ async fn threads(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeErr
         return Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP)));
     }
     pprof(profile, Weight::Threads, THREADS_ATTACHMENT).await
+}
+
+/// The goroutines of a Go program waiting now, as Go's net/http/pprof answers
+/// /debug/pprof/goroutine: `debug` 0 (or absent, or not a number) pprof, 1 the counts by
+/// stack as text, 2 and more every goroutine's stack as text. Each request reads the
+/// goroutines anew (or takes a read that began after it came).
+async fn goroutine(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeError> {
+    let read = shared.goroutines(Instant::now()).await?;
+    let debug = debug.and_then(|value| value.parse::<i64>().ok()).unwrap_or(0);
+    if debug <= 0 {
+        let encoded = tokio::task::spawn_blocking(move || {
+            let profile = &read.dump.profile;
+            let mut bytes = Vec::new();
+            write_count_pprof(profile, &Provenance::of_profile(profile), "goroutine", &mut bytes)
+                .map(|()| bytes)
+        })
+        .await;
+        return Ok(match encoded {
+            Ok(Ok(bytes)) => binary(bytes, GOROUTINE_ATTACHMENT),
+            Ok(Err(err)) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the profile: {err}\n"),
+            ),
+            Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+        });
+    }
+    // Hundreds of thousands of goroutines make tens of MiB of text.
+    let rendered = tokio::task::spawn_blocking(move || {
+        if debug == 1 {
+            goroutines::count_text(&read.dump)
+        } else {
+            goroutines::traceback_text(&read.dump)
+        }
+    })
+    .await;
+    Ok(match rendered {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+    })
 }
 
 /// Encodes off the runtime's threads: a big profile takes a while to compress.

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{Hash as _, Hasher as _},
+    hash::Hasher as _,
     sync::atomic::AtomicU64,
 };
 
@@ -41,9 +41,31 @@ impl SeriesLabels {
             object: stack.object.clone().unwrap_or_default(),
         }
     }
+}
 
+/// A label set a full table folds into another: its `site="other"` one.
+pub trait Foldable: Clone + Eq + std::hash::Hash {
+    fn folded(&self) -> Self;
+}
+
+impl Foldable for SeriesLabels {
     fn folded(&self) -> Self {
         Self { kind: self.kind.clone(), site: OTHER_SITE.to_string(), object: String::new() }
+    }
+}
+
+/// One series of `tracer_goroutines`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct GoroutineLabels {
+    /// Go's wait reason: `chan send`, `IO wait`, `sync.Mutex.Lock`, …
+    pub wait_reason: String,
+    /// The innermost frame outside Go's standard library.
+    pub site: String,
+}
+
+impl Foldable for GoroutineLabels {
+    fn folded(&self) -> Self {
+        Self { wait_reason: self.wait_reason.clone(), site: OTHER_SITE.to_string() }
     }
 }
 
@@ -54,24 +76,24 @@ pub struct WaitTotals {
 }
 
 /// Labelled series with at most `max_series` distinct label sets besides the
-/// per-kind `other` ones.
+/// per-kind (per wait reason) `other` ones.
 #[derive(Debug)]
-pub struct CappedSeries<V> {
+pub struct CappedSeries<V, L = SeriesLabels> {
     pub max_series: usize,
-    pub series: HashMap<SeriesLabels, V>,
+    pub series: HashMap<L, V>,
     /// Series in `series` that are not a kind's `other`.
     own_series: usize,
     /// Hashes of the label sets folded into `other`.
     folded: HashSet<u64>,
 }
 
-impl<V: Default> CappedSeries<V> {
+impl<V: Default, L: Foldable> CappedSeries<V, L> {
     pub fn new(max_series: usize) -> Self {
         Self { max_series, series: HashMap::new(), own_series: 0, folded: HashSet::new() }
     }
 
     /// The value of `labels`, or of its kind's `other` series when the table is full.
-    pub fn entry(&mut self, labels: SeriesLabels) -> &mut V {
+    pub fn entry(&mut self, labels: L) -> &mut V {
         if self.series.contains_key(&labels) {
             return self.series.entry(labels).or_default();
         }
@@ -116,6 +138,23 @@ pub fn blocked_series(snapshot: &Profile, max_series: usize) -> CappedSeries<u64
     series
 }
 
+/// The goroutines waiting now, per wait reason and call site: the dump's groups come
+/// most goroutines first, so a full table keeps the biggest sites.
+pub fn goroutine_series(
+    dump: &crate::golang::GoroutineDump,
+    max_series: usize,
+) -> CappedSeries<u64, GoroutineLabels> {
+    let mut series = CappedSeries::new(max_series);
+    for (stack, group) in dump.iter() {
+        let labels = GoroutineLabels {
+            wait_reason: group.wait_reason.clone(),
+            site: stack.call_site().to_string(),
+        };
+        *series.entry(labels) += group.goroutines.len() as u64;
+    }
+    series
+}
+
 /// What the tracer itself did and lost, over its whole run.
 #[derive(Clone, Debug, Default)]
 pub struct TracerTotals {
@@ -128,6 +167,8 @@ pub struct TracerTotals {
 /// Everything one scrape shows.
 pub struct Scrape<'a> {
     pub blocked: Option<&'a CappedSeries<u64>>,
+    /// For a Go program: its goroutines waiting now.
+    pub goroutines: Option<&'a CappedSeries<u64, GoroutineLabels>>,
     pub waits: &'a WaitSeries,
     pub tracer: &'a TracerTotals,
     pub usage: ProcessUsage,
@@ -135,7 +176,7 @@ pub struct Scrape<'a> {
 
 /// The OpenMetrics text of one scrape.
 pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
-    let Scrape { blocked, waits, tracer, usage } = scrape;
+    let Scrape { blocked, goroutines, waits, tracer, usage } = scrape;
     let mut registry = Registry::default();
 
     let blocked_threads = Family::<SeriesLabels, Gauge>::default();
@@ -157,6 +198,20 @@ pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
         folded
             .get_or_create(&MetricLabel { metric: "tracer_blocked_threads".into() })
             .set(clamp_i64(blocked.folded() as u64));
+    }
+    if let Some(goroutines) = goroutines {
+        let family = Family::<GoroutineLabels, Gauge>::default();
+        registry.register(
+            "tracer_goroutines",
+            "Goroutines of the target (a Go program) waiting now, by wait reason and call site",
+            family.clone(),
+        );
+        for (labels, &count) in &goroutines.series {
+            family.get_or_create(labels).set(clamp_i64(count));
+        }
+        folded
+            .get_or_create(&MetricLabel { metric: "tracer_goroutines".into() })
+            .set(clamp_i64(goroutines.folded() as u64));
     }
 
     let wait_seconds = Family::<SeriesLabels, Counter<f64, AtomicU64>>::default();
@@ -251,14 +306,36 @@ mod tests {
     }
 
     #[test]
+    fn goroutine_series_past_the_cap_fold_per_wait_reason() {
+        let mut series = CappedSeries::<u64, GoroutineLabels>::new(1);
+        let labels = |wait_reason: &str, site: &str| GoroutineLabels {
+            wait_reason: wait_reason.into(),
+            site: site.into(),
+        };
+        *series.entry(labels("chan send", "main.sendStat")) += 600_000;
+        *series.entry(labels("chan send", "main.other")) += 2;
+        *series.entry(labels("IO wait", "main.main")) += 1;
+        assert_eq!(series.series[&labels("chan send", "main.sendStat")], 600_000);
+        assert_eq!(series.series[&labels("chan send", OTHER_SITE)], 2);
+        assert_eq!(series.series[&labels("IO wait", OTHER_SITE)], 1);
+        assert_eq!(series.folded(), 2);
+    }
+
+    #[test]
     fn render_names_the_series_with_their_labels() {
         let mut waits = WaitSeries::new(10);
         *waits.entry(labels("app::send_stat")) = WaitTotals { waits: 3, total_ns: 1_500_000_000 };
         let mut blocked = CappedSeries::<u64>::new(10);
         *blocked.entry(labels("app::send_stat")) = 32;
         let tracer = TracerTotals { events: 7, lost: vec![("ring_buffer_full", 2)] };
+        let mut goroutines = CappedSeries::<u64, GoroutineLabels>::new(10);
+        *goroutines.entry(GoroutineLabels {
+            wait_reason: "chan send".into(),
+            site: "main.sendStat".into(),
+        }) = 600_000;
         let text = render(&Scrape {
             blocked: Some(&blocked),
+            goroutines: Some(&goroutines),
             waits: &waits,
             tracer: &tracer,
             usage: ProcessUsage {
@@ -277,6 +354,9 @@ mod tests {
             "tracer_cpu_seconds_total 1.5",
             "tracer_resident_memory_bytes 4096",
             r#"tracer_folded_series{metric="tracer_waits_total"} 0"#,
+            r#"tracer_goroutines{wait_reason="chan send",site="main.sendStat"} 600000"#,
+            "# TYPE tracer_goroutines gauge",
+            r#"tracer_folded_series{metric="tracer_goroutines"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
         }

@@ -4,10 +4,13 @@
 //! One module per stage: `follow` (which process; attach, and re-attach when it
 //! restarts; drains the ring buffers) → `collector` (waits into per-window aggregates)
 //! → `worker` (one thread: unwinding of blocked threads, symbolization) → `metrics`
-//! (Prometheus series) and `http` (the endpoints).
+//! (Prometheus series) and `http` (the endpoints). A Go program's goroutines are read
+//! from its memory on demand (`golang::goroutine_dump`) and answered in Go's own formats
+//! (`goroutines`).
 
 mod collector;
 mod follow;
+mod goroutines;
 mod http;
 mod metrics;
 mod worker;
@@ -26,9 +29,10 @@ use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
 
 use crate::{
     cli::ServeArgs,
+    golang::GoroutineDump,
     model::{Profile, ProfileKind, TraceCounts},
     pipeline::counts::trace_counts,
-    pipeline::target,
+    pipeline::{Traced, target},
     probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
     threads::blocked_now::SavedFramePointers,
 };
@@ -100,6 +104,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// Gives the heap's free pages of every malloc arena back to the system.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only reads and trims the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Locks a mutex, taking the data even if a panicking thread poisoned it: every
 /// critical section leaves the data consistent.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,6 +124,8 @@ pub struct Attached {
     /// Shared with the blocking task that samples the threads blocked now, so the
     /// sampling does not hold `Shared::attached`.
     pub probes: Arc<Mutex<Probes>>,
+    /// A Go program, opened for reading its goroutines; `None` for any other.
+    pub go: Option<Arc<Traced>>,
 }
 
 /// What the drain task, the endpoints and the follower share.
@@ -130,6 +142,18 @@ pub struct Shared {
     /// The last sample of the blocked threads for /metrics; locked across sampling so
     /// concurrent scrapes share one.
     blocked_sample: tokio::sync::Mutex<Option<BlockedSample>>,
+    /// The last read of a Go program's goroutines; locked across reading, so one read
+    /// at a time runs and requests that waited for it share it.
+    goroutine_read: tokio::sync::Mutex<Option<Arc<GoroutineRead>>>,
+}
+
+/// One read of a Go program's goroutines, and its /metrics series.
+pub struct GoroutineRead {
+    generation: u64,
+    /// When the read began: a request that came before that may use it.
+    started: Instant,
+    pub dump: GoroutineDump,
+    pub series: metrics::CappedSeries<u64, metrics::GoroutineLabels>,
 }
 
 /// The blocked threads of one attachment, as series, and when they were sampled.
@@ -159,6 +183,7 @@ impl Shared {
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
+            goroutine_read: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -246,6 +271,60 @@ impl Shared {
         *sample =
             Some(BlockedSample { generation, taken: Instant::now(), series: Arc::clone(&series) });
         Ok(series)
+    }
+
+    /// Whether the attached process is a Go program.
+    pub fn is_go(&self) -> bool {
+        lock(&self.attached).as_ref().is_some_and(|attached| attached.go.is_some())
+    }
+
+    /// The goroutines of the attached Go program, from a read that began at
+    /// `not_before` or later: the last one if it did, else a new one (one at a time; a
+    /// request that waited for a read in flight takes that read).
+    pub async fn goroutines(&self, not_before: Instant) -> Result<Arc<GoroutineRead>, ServeError> {
+        let mut last = self.goroutine_read.lock().await;
+        let (generation, traced) = {
+            let attached = lock(&self.attached);
+            let attached = attached.as_ref().ok_or(ServeError::NotAttached)?;
+            let traced = attached.go.clone().ok_or_else(|| ServeError::NotGo {
+                pid: attached.pid,
+                comm: attached.comm.clone(),
+            })?;
+            (attached.generation, traced)
+        };
+        if let Some(read) = last.as_ref()
+            && read.generation == generation
+            && read.started >= not_before
+        {
+            return Ok(Arc::clone(read));
+        }
+        // Drop the last read before taking the next: at the seed's scale each is large.
+        *last = None;
+        let started = Instant::now();
+        let max_series = self.max_series;
+        // Reading another process's memory and naming the frames: off the runtime's threads.
+        let read = tokio::task::spawn_blocking(move || {
+            let dump = crate::golang::goroutine_dump(&traced);
+            // The read's working memory (hundreds of MiB at the seed's scale) is free now;
+            // each blocking thread has its own malloc arena, so unless it goes back to the
+            // system each read on another thread would keep that much more.
+            release_free_memory();
+            let dump = dump?;
+            let series = metrics::goroutine_series(&dump, max_series);
+            Ok::<_, anyhow::Error>(GoroutineRead { generation, started, dump, series })
+        })
+        .await
+        .map_err(|err| ServeError::Goroutines(err.into()))?
+        .map_err(|err| ServeError::Goroutines(err.into()))?;
+        log::debug!(
+            "read {} goroutines in {} groups in {:?}",
+            read.dump.goroutines(),
+            read.dump.groups.len(),
+            started.elapsed()
+        );
+        let read = Arc::new(read);
+        *last = Some(Arc::clone(&read));
+        Ok(read)
     }
 
     /// Folds the waits gathered since the last fold into the Prometheus series. Waits
@@ -342,6 +421,12 @@ pub enum ServeError {
     /// No process is attached (the followed one exited and none restarted yet).
     #[error("no process attached yet")]
     NotAttached,
+    /// Goroutines were asked of a process that is not a Go program.
+    #[error("pid {pid} ({comm}) is not a Go program: /debug/pprof/threads shows its threads")]
+    NotGo { pid: u32, comm: String },
+    /// The goroutines of the Go program could not be read.
+    #[error("cannot read the goroutines")]
+    Goroutines(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Reading the probes' maps failed.
     #[error("cannot read the probes")]
     Probes(#[source] ProbeError),
