@@ -337,3 +337,47 @@ fn the_readme_alert_rule_fires_on_the_pileup() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Pingers in the block-profile test: each waits 10 ms at a time on its own channel.
+const PINGERS: usize = 20;
+
+/// `/debug/pprof/block?seconds=N` of a Go program is in goroutine terms: the goroutines
+/// sampled over the window (their call sites, wait reasons and channels), not the Go
+/// runtime's threads in `runtime.futex`. `go tool pprof` reads it.
+#[test]
+fn block_profile_of_a_go_program_is_in_goroutine_terms() {
+    let dir = TempDir::new("serve-go-block");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let (workload, _port) = start_go_goroutines(&bin, "pingpong", PINGERS, STARTUP_TIMEOUT);
+    let pid = workload.pid();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    daemon.wait_for_log(|line| line.contains(&format!("attached to pid {pid} ")), ATTACH_TIMEOUT);
+    let body = get(&daemon, "/debug/pprof/block?seconds=2");
+    let path = dir.join("block.pb.gz");
+    std::fs::write(&path, &body).expect("write the block profile");
+    let profile = tracer_tests::read_profile(&path);
+    let sampling = profile.sampling.expect("a sampled window says so");
+    assert!(sampling.reads >= 10, "{} reads in a 2 s window", sampling.reads);
+    let pinger = |stack: &tracer_tests::ProfileStack| {
+        stack.kind == tracer_tests::WaitKind::Goroutine
+            && stack.call_site() == "main.pinger"
+            && stack.object.as_deref() == Some("chan receive on chan int 0/0")
+    };
+    let at_pinger = tracer_tests::total_ns(&profile, |stack| pinger(stack) && !stack.in_progress);
+    let total = tracer_tests::total_ns(&profile, |stack| !stack.in_progress);
+    assert!(
+        at_pinger as f64 >= 0.8 * total as f64 && at_pinger > 0,
+        "main.pinger holds {at_pinger} of {total} ns:\n{}",
+        tracer_tests::top_stacks(&profile, |_| true, 10)
+    );
+    assert!(
+        !profile.stacks.iter().any(|stack| tracer_tests::has_function(stack, "runtime.futex")),
+        "the runtime's threads in a goroutine block profile:\n{}",
+        tracer_tests::top_stacks(&profile, |_| true, 10)
+    );
+    let mut cmd = Command::new("go");
+    cmd.args(["tool", "pprof", "-top"]).arg(&path).env("PPROF_TMPDIR", dir.path());
+    let out = run_with_timeout("go tool pprof", cmd, HTTP_TIMEOUT);
+    assert!(out.status.success(), "go tool pprof failed: {}", out.stderr);
+    assert!(out.stdout.contains("main.pinger"), "go tool pprof -top:\n{}", out.stdout);
+}

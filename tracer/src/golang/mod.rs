@@ -39,7 +39,7 @@ pub use binary::{
     RuntimeLayout, layout_sources,
 };
 pub use dump::{DumpedGoroutine, GoPc, GoroutineDump, GoroutineGroup};
-pub use record::{GoRecording, record};
+pub use record::{GoRecording, record, sample_window};
 pub use sampler::DEFAULT_RATE_HZ;
 
 /// Snapshots the goroutines of the Go process `traced` and prints/writes the reports.

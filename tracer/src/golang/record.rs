@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
 
 use super::{
+    binary::GoBinary,
     goroutines::{Goroutine, GoroutineCounts},
     sampler::{Sampled, Sampler},
     stacks::{self, GoNamer, GoStacks},
@@ -99,6 +100,57 @@ async fn record_sampled(
     if target_exited {
         eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
     }
+    let profile =
+        sampled_profile(traced, &binary, module, sampler, started_at, elapsed, target_exited);
+    pipeline::report(&profile, outputs, top)
+}
+
+/// A sampled recording of `duration` (or until the target exits), taken on the calling
+/// thread: what serve answers /debug/pprof/block with for a Go program.
+pub fn sample_window(
+    traced: &Traced,
+    duration: Duration,
+    period: Duration,
+) -> anyhow::Result<Profile> {
+    let Traced { target, image } = traced;
+    let (module, binary) = super::parse_main(image)?;
+    let mut sampler = Sampler::new(target, &binary, image, module.bias, period);
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let mut target_exited = false;
+    loop {
+        let read_started = Instant::now();
+        if let Err(err) = sampler.read() {
+            if target.has_exited() {
+                target_exited = true;
+                break;
+            }
+            return Err(err);
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        // The next read a period after this one began: at once if this one ran late.
+        let next = period.saturating_sub(read_started.elapsed());
+        std::thread::sleep(next.min(duration - elapsed));
+    }
+    let elapsed = started.elapsed();
+    Ok(sampled_profile(traced, &binary, module, sampler, started_at, elapsed, target_exited))
+}
+
+/// The profile of a sampled recording that began at `started_at` and lasted `elapsed`.
+fn sampled_profile(
+    traced: &Traced,
+    binary: &GoBinary<'_>,
+    module: &crate::stacks::Module,
+    sampler: Sampler<'_>,
+    started_at: SystemTime,
+    elapsed: Duration,
+    target_exited: bool,
+) -> Profile {
+    let Traced { target, image } = traced;
+    let period = sampler.period();
     let Sampled {
         ended,
         still_waiting,
@@ -110,8 +162,7 @@ async fn record_sampled(
         io_wait_not_socket,
         objects_unnamed,
     } = sampler.finish();
-
-    let mut namer = GoNamer::new(&binary, module.bias, module.name());
+    let mut namer = GoNamer::new(binary, module.bias, module.name());
     let ended = stacks::from_groups(&mut namer, ended, false);
     let mut base = pipeline::profile_of(target, ProfileKind::Recording, started_at);
     base.duration = elapsed;
@@ -133,8 +184,7 @@ async fn record_sampled(
     base.counts.non_socket_io = io_wait_not_socket;
     base.counts.go_objects_unnamed = objects_unnamed;
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
-    let profile = Profile::from_symbolized(base, profile_stacks);
-    pipeline::report(&profile, outputs, top)
+    Profile::from_symbolized(base, profile_stacks)
 }
 
 /// An exact recording: uprobes at every park and run.

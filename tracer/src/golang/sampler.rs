@@ -178,6 +178,10 @@ impl<'a> Sampler<'a> {
         }
     }
 
+    pub fn period(&self) -> Duration {
+        Duration::from_nanos(self.tracker.period_ns)
+    }
+
     /// One read of the goroutines.
     pub fn read(&mut self) -> anyhow::Result<()> {
         let now_ns = crate::threads::blocked_now::monotonic_now_ns();

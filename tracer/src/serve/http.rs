@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     model::{Profile, ProfileKind},
+    pipeline::Traced,
     pipeline::counts::below_threshold,
     pipeline::own_usage::ProcessUsage,
     report::{
@@ -256,12 +257,13 @@ impl Drop for OpenWindow<'_> {
 }
 
 // For a Go program this is still the threads' waits (runtime.futex and the netpoller).
-// In goroutine terms it would be the goroutine sampler's recording (issue 14, item 2)
-// over the window, its profile written here as it is for threads.
 async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Reply, ServeError> {
     let Ok(_slot) = windows.try_acquire() else {
         return Err(ServeError::Worker(super::worker::WorkerError::Busy));
     };
+    if let Some(traced) = shared.go_target() {
+        return goroutine_block(traced, seconds).await;
+    }
     let mark = shared.counts_mark();
     let window = OpenWindow { shared, id: lock(&shared.collector).open_window() };
     let started = std::time::Instant::now();
@@ -299,6 +301,25 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         "block profile: {seconds}s, {} stacks, {} waits",
         profile.stacks.len(),
         profile.stacks.iter().map(|stack| stack.stats.waits).sum::<u64>()
+    );
+    pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await
+}
+
+/// A Go program's block profile in goroutine terms: its goroutines sampled over the
+/// window, as `tracer record` samples them (their waits at their call sites, with their
+/// wait reasons and objects), not the runtime's threads.
+async fn goroutine_block(traced: Arc<Traced>, seconds: u64) -> Result<Reply, ServeError> {
+    let period = Duration::from_secs(1) / crate::golang::DEFAULT_RATE_HZ;
+    let window = Duration::from_secs(seconds);
+    let profile =
+        tokio::task::spawn_blocking(move || crate::golang::sample_window(&traced, window, period))
+            .await
+            .map_err(|err| ServeError::Goroutines(err.into()))?
+            .map_err(|err| ServeError::Goroutines(err.into()))?;
+    log::info!(
+        "goroutine block profile: {seconds}s, {} reads, {} stacks",
+        profile.sampling.map_or(0, |sampling| sampling.reads),
+        profile.stacks.len()
     );
     pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await
 }

@@ -275,7 +275,12 @@ impl Shared {
 
     /// Whether the attached process is a Go program.
     pub fn is_go(&self) -> bool {
-        lock(&self.attached).as_ref().is_some_and(|attached| attached.go.is_some())
+        self.go_target().is_some()
+    }
+
+    /// The attached process, if it is a Go program.
+    pub fn go_target(&self) -> Option<Arc<Traced>> {
+        lock(&self.attached).as_ref().and_then(|attached| attached.go.clone())
     }
 
     /// The goroutines of the attached Go program, from a read that began at
