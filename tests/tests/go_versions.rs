@@ -93,9 +93,10 @@ impl GoBuild {
 type Check = (&'static str, fn(&GoBuild));
 
 /// The checks each build gets. Record and serve checks of their own join here.
-const CHECKS: [Check; 2] = [
+const CHECKS: [Check; 3] = [
     ("snapshot agrees with the program's own profile", snapshot_agrees_with_pprof),
     ("record reports the pile-up still blocked", record_reports_the_pileup),
+    ("serve answers the goroutine profile as the program does", serve_agrees_with_pprof),
 ];
 
 /// Builds the program with `toolchain`, not stripped then stripped, and runs every check
@@ -255,6 +256,32 @@ fn record_reports_the_pileup(build: &GoBuild) {
     assert_eq!(profile.kind, ProfileKind::Recording);
     let stuck = group(&profile, "main.sendStat", |stack| stack.in_progress);
     assert_eq!(goroutines(stuck), SENDERS as u64, "{}", build.case());
+}
+
+/// `tracer serve`'s `/debug/pprof/goroutine?debug=1` of the pile-up: the same goroutines
+/// at the senders' and the writer's call sites as the program's own, and `/metrics` counts
+/// the senders waiting on their channel.
+fn serve_agrees_with_pprof(build: &GoBuild) {
+    let case = build.case();
+    let (workload, port) = build.start_pileup();
+    let pid = workload.pid();
+    let mut daemon = tracer_tests::ServeDaemon::start(&["--pid", &pid.to_string()]);
+    daemon.wait_for_log(|line| line.contains(&format!("attached to pid {pid} ")), HTTP_TIMEOUT);
+    let ours = daemon.get("/debug/pprof/goroutine?debug=1");
+    assert_eq!(ours.status, 200, "{case}: {}\n{}", ours.text(), daemon.log());
+    let ours = tracer_tests::parse_pprof_goroutines(&ours.text());
+    let theirs = pprof_goroutines(port);
+    for function in ["main.sendStat", "main.writeToBackend"] {
+        assert_eq!(
+            tracer_tests::goroutines_at(&ours, function),
+            tracer_tests::goroutines_at(&theirs, function),
+            "{case}: goroutines at {function}, served (left) and the program's own (right)"
+        );
+    }
+    let metrics = daemon.get("/metrics").text();
+    let senders =
+        format!("tracer_goroutines{{wait_reason=\"chan send\",site=\"main.sendStat\"}} {SENDERS}");
+    assert!(metrics.lines().any(|line| line == senders), "{case}: no `{senders}` in /metrics");
 }
 
 /// One test per toolchain, and a check that they are the releases setup installs.
