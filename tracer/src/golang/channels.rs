@@ -45,21 +45,27 @@ pub fn name_channel_waits(
         return;
     };
     let memory = Memory { pid };
-    let channels = channels_of(&memory, &layout, &blocked, goroutines);
     let mut names: HashMap<u64, Option<String>> = HashMap::new();
-    for (&index, channel) in blocked.iter().zip(&channels) {
-        let name = channel.and_then(|hchan| {
-            names
-                .entry(hchan)
-                .or_insert_with(|| describe(&memory, &layout, binary, bias, hchan))
-                .clone()
-        });
-        match name {
-            Some(name) => goroutines[index].object = Some(name),
-            None => counts.objects_unnamed += 1,
+    // A batch at a time: 600,000 senders' sudogs would otherwise be 60 MiB read at once.
+    for batch in blocked.chunks(BATCH) {
+        let channels = channels_of(&memory, &layout, batch, goroutines);
+        for (&index, channel) in batch.iter().zip(&channels) {
+            let name = channel.and_then(|hchan| {
+                names
+                    .entry(hchan)
+                    .or_insert_with(|| describe(&memory, &layout, binary, bias, hchan))
+                    .clone()
+            });
+            match name {
+                Some(name) => goroutines[index].object = Some(name),
+                None => counts.objects_unnamed += 1,
+            }
         }
     }
 }
+
+/// Goroutines whose sudogs are read at once.
+const BATCH: usize = 4096;
 
 /// The hchan of each goroutine of `blocked` (indices into `goroutines`): its sudog's `c`,
 /// if the sudog still belongs to it (`sudog.g` is the goroutine: a goroutine that woke
