@@ -206,6 +206,7 @@ pub(crate) struct WaitNamer<'a> {
     bias: u64,
     pub objects: WaitObjects,
     locks: crate::objects::locks::LockNamer,
+    epolls: netpoll::EpollDescriptors,
 }
 
 impl<'a> WaitNamer<'a> {
@@ -222,6 +223,7 @@ impl<'a> WaitNamer<'a> {
             bias,
             objects: WaitObjects::new(pid),
             locks: crate::objects::locks::LockNamer::new(),
+            epolls: netpoll::EpollDescriptors::default(),
         }
     }
 
@@ -230,8 +232,8 @@ impl<'a> WaitNamer<'a> {
         goroutines: &mut [goroutines::Goroutine],
         counts: &mut goroutines::GoroutineCounts,
     ) {
-        let Self { pid, binary, image, bias, objects, locks } = self;
-        name_io_waits(*pid, binary, goroutines, counts, objects);
+        let Self { pid, binary, image, bias, objects, locks, epolls } = self;
+        name_io_waits(*pid, binary, goroutines, counts, objects, epolls);
         channels::name_channel_waits(*pid, binary, *bias, goroutines, counts);
         semaphores::name_semaphore_waits(*pid, binary, *bias, image, locks, goroutines, counts);
     }
@@ -245,14 +247,18 @@ fn name_io_waits(
     goroutines: &mut [goroutines::Goroutine],
     counts: &mut goroutines::GoroutineCounts,
     objects: &mut WaitObjects,
+    epolls: &mut netpoll::EpollDescriptors,
 ) {
     let io_wait = binary
         .wait_reasons
         .iter()
         .position(|reason| reason == crate::model::GO_IO_WAIT)
         .and_then(|index| u8::try_from(index).ok());
+    if !goroutines.iter().any(|goroutine| Some(goroutine.wait_reason) == io_wait) {
+        return;
+    }
     let parked = match &binary.poll_desc {
-        Some(layout) => netpoll::parked_on_descriptors(pid, layout, &binary.epoll_data)
+        Some(layout) => netpoll::parked_on_descriptors(pid, layout, &binary.epoll_data, epolls)
             .unwrap_or_else(|err| {
                 log::warn!("cannot read the netpoller's descriptors of pid {pid}: {err}");
                 Default::default()

@@ -37,21 +37,9 @@ pub fn parked_on_descriptors(
     pid: u32,
     layout: &PollDescLayout,
     encodings: &[EpollData],
+    epolls: &mut EpollDescriptors,
 ) -> io::Result<HashMap<u64, PolledDescriptor>> {
-    let mut registrations = Vec::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let entry = entry?;
-        let is_epoll = fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == EPOLL_LINK);
-        if !is_epoll {
-            continue;
-        }
-        let fd = entry.file_name();
-        // An epoll descriptor closed meanwhile has nothing parked on it.
-        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
-        {
-            registrations.extend(epoll_registrations(&text));
-        }
-    }
+    let registrations = epolls.registrations(pid)?;
     let pieces: Vec<(u64, u64)> = registrations
         .iter()
         .flat_map(|&(fd, data)| {
@@ -75,6 +63,57 @@ pub fn parked_on_descriptors(
         }
     }
     Ok(parked)
+}
+
+/// The process's epoll descriptors, found once: a sampled recording names IO waits at
+/// every read, and listing every descriptor of a busy server (a readlink each) each time
+/// cost more than the rest of the read.
+#[derive(Debug, Default)]
+pub struct EpollDescriptors {
+    /// The descriptors last found to be epoll instances.
+    known: Vec<String>,
+}
+
+impl EpollDescriptors {
+    /// The (descriptor, data) of every registration of the process's epoll instances:
+    /// those found before while they all still read, else those of a new listing.
+    fn registrations(&mut self, pid: u32) -> io::Result<Vec<(u64, u64)>> {
+        if !self.known.is_empty()
+            && let Some(registrations) = Self::read(pid, &self.known)
+        {
+            return Ok(registrations);
+        }
+        self.known.clear();
+        for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let entry = entry?;
+            if fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == EPOLL_LINK) {
+                self.known.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        // An epoll descriptor closed meanwhile has nothing parked on it.
+        Ok(Self::read(pid, &self.known).unwrap_or_default())
+    }
+
+    /// The registrations of the epoll descriptors `fds`; `None` if one no longer reads as
+    /// one (closed, or its number reused for something else).
+    fn read(pid: u32, fds: &[String]) -> Option<Vec<(u64, u64)>> {
+        let mut registrations = Vec::new();
+        for fd in fds {
+            let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+            // An epoll's fdinfo lists its registrations (`tfd:` lines) after `pos`,
+            // `flags` and `mnt_id`; any other file's has no `tfd:` but may have none yet
+            // either, so the link is checked again only when nothing is registered.
+            let found = epoll_registrations(&text);
+            if found.is_empty()
+                && !fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .is_ok_and(|link| link.as_os_str() == EPOLL_LINK)
+            {
+                return None;
+            }
+            registrations.extend(found);
+        }
+        Some(registrations)
+    }
 }
 
 /// The (descriptor, data) of each registration in an epoll descriptor's fdinfo
