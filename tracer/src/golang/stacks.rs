@@ -97,7 +97,12 @@ pub struct GroupedWaits {
 pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> GoStacks {
     // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
     let now = i64::try_from(crate::threads::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
-    let mut groups = WaitGroups::new();
+    // Keyed by the stack's one shared copy (the reader interns them): no stack is hashed
+    // per goroutine. Each group's waits are added at once (see `add_lower_bounds`).
+    type Key = (*const u64, u8, Option<String>);
+    /// The stack, whether its walk stopped early, and each goroutine's id and age.
+    type Waits = (Arc<[u64]>, bool, Vec<(u32, Option<u64>)>);
+    let mut waits: HashMap<Key, Waits> = HashMap::new();
     for Goroutine {
         goid,
         address: _,
@@ -111,16 +116,18 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         object,
     } in goroutines
     {
-        let group = groups
-            .entry((pcs, wait_reason, object))
-            .or_insert_with(|| GroupedWaits { truncated, ..GroupedWaits::default() });
+        let key = (pcs.as_ptr(), wait_reason, object);
+        let (_, _, group) = waits.entry(key).or_insert_with(|| (pcs, truncated, Vec::new()));
         // Goroutine ids stand in for thread ids: they tell the goroutines apart.
-        let id = goid as u32;
-        if wait_since > 0 && now > wait_since {
-            group.stats.add_lower_bound(id, (now - wait_since) as u64);
-        } else {
-            group.stats.add_unaged(id);
-        }
+        let age = (wait_since > 0 && now > wait_since).then(|| (now - wait_since) as u64);
+        group.push((goid as u32, age));
+    }
+    let mut groups = WaitGroups::new();
+    for ((_, reason, object), (pcs, truncated, waits)) in waits {
+        let group = groups
+            .entry((pcs, reason, object))
+            .or_insert_with(|| GroupedWaits { truncated, ..GroupedWaits::default() });
+        group.stats.add_lower_bounds(waits);
     }
     from_groups(namer, groups, true)
 }

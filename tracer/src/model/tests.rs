@@ -196,3 +196,25 @@ fn unknown_frames_are_counted_once_per_address_in_every_window() {
     profile.stacks.retain(|stack| stack.frames.iter().all(|frame| frame.name != UNKNOWN_FRAME));
     assert_eq!(profile.unknown_addresses(), 0);
 }
+
+#[test]
+fn waits_added_at_once_are_the_waits_added_one_by_one() {
+    let waits = [(7, Some(5_000)), (3, None), (9, Some(40)), (7, Some(1 << 20)), (1, None)];
+    let mut one_by_one = WaitStats::default();
+    for (tid, age) in waits {
+        match age {
+            Some(duration_ns) => one_by_one.add_lower_bound(tid, duration_ns),
+            None => one_by_one.add_unaged(tid),
+        }
+    }
+    let mut at_once = WaitStats::default();
+    at_once.add_lower_bounds(waits);
+    assert_eq!(at_once, one_by_one);
+    // And onto waits already there.
+    let mut onto = WaitStats::default();
+    onto.add_lower_bound(2, 100);
+    let mut expected = onto.clone();
+    onto.add_lower_bounds(waits);
+    expected.merge(&at_once);
+    assert_eq!(onto, expected);
+}
