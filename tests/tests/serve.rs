@@ -380,3 +380,59 @@ fn metrics_show_every_loss_and_frequent_scrapes_are_answered() {
     }
     println!("{SCRAPES} scrapes in {:?}", started.elapsed());
 }
+
+/// Clients that connect, send nothing and reconnect when closed.
+const IDLE_CLIENTS: usize = 64;
+/// Each request must be answered within this while they do.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle connections do not starve the endpoints: with 64 loopback clients that connect,
+/// send nothing and reconnect whenever closed, `/metrics` and `/healthz` are still
+/// answered (issue 16, item 3: none of 4 were, within 10 s).
+#[test]
+fn idle_connections_do_not_starve_the_endpoints() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, 2, WORKLOAD_SECONDS);
+    let pid = stuck.workload.pid();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    wait_attached(&mut daemon, pid);
+    let port = daemon.port;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let idlers: Vec<_> = (0..IDLE_CLIENTS)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                    // Wait, sending nothing, until the daemon closes the connection.
+                    let mut byte = [0u8; 1];
+                    while !stop.load(Ordering::Relaxed) {
+                        match std::io::Read::read(&mut stream, &mut byte) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the idle clients take their connections first.
+    std::thread::sleep(Duration::from_millis(500));
+    for path in ["/metrics", "/healthz", "/metrics", "/healthz", "/metrics", "/metrics"] {
+        let started = Instant::now();
+        let response = tracer_tests::http_get(port, path, ANSWER_TIMEOUT);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        println!("{path} answered in {:?} beside {IDLE_CLIENTS} idle clients", started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for idler in idlers {
+        idler.join().expect("idle client");
+    }
+}

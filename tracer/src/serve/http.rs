@@ -34,8 +34,15 @@ use crate::{
     },
 };
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections open at once; more wait in the listen backlog. An idle connection costs a
+/// socket and a small task, so the cap is high: clients that connect and send nothing
+/// (issue 16: 64 of them, reconnecting when closed) must not keep /metrics from its
+/// scrapers, as they did with 32.
+const MAX_CONNECTIONS: usize = 1024;
+/// Past this many open connections, a new one gets `CROWDED_HEADER_TIMEOUT` to send its
+/// request, so that idle ones give way sooner.
+const CROWDED: usize = 128;
+const CROWDED_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// `/debug/pprof/block` windows open at once (each holds an aggregate).
 const MAX_BLOCK_WINDOWS: usize = 8;
 /// A client must send its request headers within this.
@@ -91,6 +98,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = Arc::clone(&shared);
         let windows = Arc::clone(&windows);
+        let open = MAX_CONNECTIONS - connections.available_permits();
+        let header_timeout = if open > CROWDED { CROWDED_HEADER_TIMEOUT } else { HEADER_TIMEOUT };
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |request| {
@@ -100,7 +109,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             let limit = Duration::from_secs(MAX_SECONDS) + CONNECTION_SLACK;
             match tokio::time::timeout(limit, connection).await {
