@@ -207,6 +207,7 @@ pub(crate) struct WaitNamer<'a> {
     pub objects: WaitObjects,
     locks: crate::objects::locks::LockNamer,
     epolls: netpoll::EpollDescriptors,
+    named: netpoll::NamedRegistrations,
 }
 
 impl<'a> WaitNamer<'a> {
@@ -224,6 +225,7 @@ impl<'a> WaitNamer<'a> {
             objects: WaitObjects::new(pid),
             locks: crate::objects::locks::LockNamer::new(),
             epolls: netpoll::EpollDescriptors::default(),
+            named: netpoll::NamedRegistrations::new(),
         }
     }
 
@@ -232,8 +234,8 @@ impl<'a> WaitNamer<'a> {
         goroutines: &mut [goroutines::Goroutine],
         counts: &mut goroutines::GoroutineCounts,
     ) {
-        let Self { pid, binary, image, bias, objects, locks, epolls } = self;
-        name_io_waits(*pid, binary, goroutines, counts, objects, epolls);
+        let Self { pid, binary, image, bias, objects, locks, epolls, named } = self;
+        name_io_waits(*pid, binary, goroutines, counts, objects, epolls, named);
         channels::name_channel_waits(*pid, binary, *bias, goroutines, counts);
         semaphores::name_semaphore_waits(*pid, binary, *bias, image, locks, goroutines, counts);
     }
@@ -248,6 +250,7 @@ fn name_io_waits(
     counts: &mut goroutines::GoroutineCounts,
     objects: &mut WaitObjects,
     epolls: &mut netpoll::EpollDescriptors,
+    named: &mut netpoll::NamedRegistrations,
 ) {
     let io_wait = binary
         .wait_reasons
@@ -271,6 +274,6 @@ fn name_io_waits(
             Default::default()
         }
     };
-    netpoll::name_io_waits(goroutines, &parked, io_wait, objects, counts);
+    netpoll::name_io_waits(goroutines, &parked, io_wait, objects, counts, named);
     objects.log_socket_lookups();
 }

@@ -29,7 +29,16 @@ pub struct PolledDescriptor {
     pub fd: u64,
     /// Parked in `rg` (waiting to read) rather than `wg` (waiting to write).
     pub reading: bool,
+    /// The epoll registration's data: with `fd`, what tells this registration from a later
+    /// one of the same descriptor number (the runtime tags it with a sequence number).
+    pub registration: u64,
 }
+
+/// The endpoints of registrations named at earlier reads, by (descriptor, registration,
+/// reading): a sampled recording of a busy server sees its connections park again and
+/// again, and looking each one up again (a readlink and a socket query) at every read cost
+/// more than the read itself. Kept while the registration is.
+pub type NamedRegistrations = HashMap<(u64, u64, bool), String>;
 
 /// The goroutines parked on the netpoller's descriptors, by `g` address; `encodings` are
 /// the ways the runtime may have packed its pollDescs into the epoll data.
@@ -50,15 +59,17 @@ pub fn parked_on_descriptors(
     let memory = Memory { pid };
     let read = memory.read_many(&addresses, layout.read_len());
     let mut parked = HashMap::new();
+    let data_of: HashMap<u64, u64> = registrations.iter().copied().collect();
     for (&(fd, _), bytes) in pieces.iter().zip(&read) {
         let Some(bytes) = bytes else { continue };
+        let registration = data_of.get(&fd).copied().unwrap_or_default();
         if word(bytes, layout.fd as usize) != fd {
             continue;
         }
         for (offset, reading) in [(layout.rg, true), (layout.wg, false)] {
             let g = word(bytes, offset as usize);
             if g > PD_WAIT {
-                parked.insert(g, PolledDescriptor { fd, reading });
+                parked.insert(g, PolledDescriptor { fd, reading, registration });
             }
         }
     }
@@ -160,19 +171,31 @@ pub fn name_io_waits(
     io_wait: Option<u8>,
     objects: &mut WaitObjects,
     counts: &mut GoroutineCounts,
+    named: &mut NamedRegistrations,
 ) {
+    // Forget the registrations no goroutine parks on now (closed ones among them).
+    let live: std::collections::HashSet<(u64, u64, bool)> =
+        parked.values().map(|parked| (parked.fd, parked.registration, parked.reading)).collect();
+    named.retain(|key, _| live.contains(key));
     for goroutine in goroutines {
-        let Some(&PolledDescriptor { fd, reading }) = parked.get(&goroutine.address) else {
+        let Some(&PolledDescriptor { fd, reading, registration }) = parked.get(&goroutine.address)
+        else {
             if Some(goroutine.wait_reason) == io_wait {
                 // Woke between the two reads, or between its park and its `rg`/`wg` store.
                 counts.io_wait_unresolved += 1;
             }
             continue;
         };
+        if let Some(endpoint) = named.get(&(fd, registration, reading)) {
+            goroutine.object = Some(endpoint.clone());
+            counts.io_wait_named += 1;
+            continue;
+        }
         let kind = if reading { WaitKind::Read } else { WaitKind::Write };
         let non_socket_before = objects.non_socket_io;
         match objects.resolve(kind, fd) {
             Some((_, WaitObject::Endpoint(endpoint))) => {
+                named.insert((fd, registration, reading), endpoint.clone());
                 goroutine.object = Some(endpoint);
                 counts.io_wait_named += 1;
             }
@@ -231,9 +254,20 @@ mod tests {
         let mut objects = WaitObjects::new(u32::MAX);
         let mut goroutines =
             [goroutine(0x100, IO_WAIT), goroutine(0x200, IO_WAIT), goroutine(0x300, 7)];
-        let parked = HashMap::from([(0x100, PolledDescriptor { fd: 9, reading: false })]);
+        let parked = HashMap::from([(
+            0x100,
+            PolledDescriptor { fd: 9, reading: false, registration: 0x9_0000 },
+        )]);
         let mut counts = GoroutineCounts::default();
-        name_io_waits(&mut goroutines, &parked, Some(IO_WAIT), &mut objects, &mut counts);
+        let mut named = NamedRegistrations::new();
+        name_io_waits(
+            &mut goroutines,
+            &parked,
+            Some(IO_WAIT),
+            &mut objects,
+            &mut counts,
+            &mut named,
+        );
         assert_eq!((counts.io_wait_unresolved, counts.io_wait_not_socket), (2, 0));
         assert!(goroutines.iter().all(|goroutine| goroutine.object.is_none()));
     }

@@ -53,9 +53,15 @@ fn go_call_site(frames: &[Frame]) -> &str {
     names()
         .rev()
         .find(|name| !is_go_standard_library(name))
-        .or_else(|| names().find(|name| !name.starts_with("runtime.")))
+        .or_else(|| names().find(|name| !name.starts_with("runtime.") && !is_go_wrapper(name)))
         .or_else(|| frames.last().map(|frame| frame.name.as_str()))
         .unwrap_or(UNKNOWN)
+}
+
+/// The compiler's wrapper for a `go f(x)` statement (`net/http.(*Server).Serve.gowrap3`,
+/// Go 1.22+): the goroutine starts in it, but the function it calls is what it runs.
+fn is_go_wrapper(name: &str) -> bool {
+    name.rsplit('.').next().is_some_and(|last| last.starts_with("gowrap"))
 }
 
 /// Functions of Rust's std/core/alloc and of the C runtime's start-up code, which a
@@ -131,6 +137,7 @@ mod tests {
             "net/http.(*connReader).Read",
             "bufio.(*Reader).fill",
             "net/http.(*conn).serve",
+            "net/http.(*Server).Serve.gowrap3",
         ];
         assert_eq!(site(&http_connection), "net/http.(*conn).serve");
         assert_eq!(site(&["runtime.gopark", "runtime.bgsweep"]), "runtime.gopark");
