@@ -886,7 +886,8 @@ fn budget_lines(
                 line(
                     Verdict::of(loss <= SAMPLED_PING_PONG_MAX_LOSS),
                     format!(
-                        "ping-pong {workload}: tracer --mode sampled loses {:.1}% of throughput                          (issue 15: at most {:.0}%)",
+                        "ping-pong {workload}: tracer --mode sampled loses {:.1}% of throughput \
+                         (issue 15: at most {:.0}%)",
                         100.0 * loss,
                         100.0 * SAMPLED_PING_PONG_MAX_LOSS
                     ),
