@@ -1,26 +1,32 @@
 //! `tracer record`: attach to a live process, collect its waits until the duration ends
 //! (or Ctrl-C, SIGTERM, or its exit), then symbolize and write every report.
 
-use std::time::Instant;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::Context as _;
 
 use crate::{
     cli::{Mode, RecordArgs},
     golang::{DEFAULT_RATE_HZ, GoRecording},
-    model::{ProfileKind, ThreadCounts, WaitAggregate},
+    model::{ProfileKind, Sampling, ThreadCounts, WaitAggregate},
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
         target,
     },
     probes::{
-        ProbeConfig, Probes,
+        ProbeConfig, ProbeCounters, Probes,
         events::{RingBuffers, WaitDecoder, WaitSink},
     },
     report::summary::format_duration,
     stacks::ProcessUnwinder,
-    threads::blocked_now::collect_blocked_threads,
+    threads::{
+        blocked_now::collect_blocked_threads,
+        sampler::{Sampled, ThreadSampler},
+    },
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
@@ -36,11 +42,15 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         };
         return crate::golang::record(&traced, duration, mode, &outputs, top).await;
     }
-    if mode == Some(Mode::Sampled) || rate.is_some() {
-        anyhow::bail!(
-            "--mode sampled is for Go programs for now; {} (pid {pid}) is not one: use --mode exact",
-            traced.target.comm
-        );
+    match mode.unwrap_or(Mode::Exact) {
+        Mode::Sampled => {
+            let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
+            return record_sampled(traced, duration, period, &outputs, top).await;
+        }
+        Mode::Exact if rate.is_some() => {
+            anyhow::bail!("--rate is for --mode sampled; an exact recording sees every wait");
+        }
+        Mode::Exact => {}
     }
     let btf_path = target::btf_path()?;
     let outputs = pipeline::create_outputs(&outputs)?;
@@ -58,7 +68,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let started_at = std::time::SystemTime::now();
+    let started_at = SystemTime::now();
     let stop = pipeline::run_until_stop(&target, duration, async || {
         rings.drain_when_ready(&mut collector).await
     })
@@ -128,6 +138,68 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         malformed_records,
         wakers_unmatched,
     );
+    base.thread_counts = thread_counts;
+    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    pipeline::report(&profile, outputs, top)
+}
+
+/// A sampled recording of a process's threads: read every `period` until the stop, with
+/// nothing attached to the process (only the task iterator runs, for reads that see new
+/// waits).
+async fn record_sampled(
+    traced: Traced,
+    duration: Duration,
+    period: Duration,
+    outputs: &[PathBuf],
+    top: usize,
+) -> anyhow::Result<()> {
+    let btf_path = target::btf_path()?;
+    let outputs = pipeline::create_outputs(outputs)?;
+    let Traced { target, image } = traced;
+    let pid = target.pid;
+    let config = ProbeConfig { tgid: pid, min_wait: Duration::ZERO, maps: Default::default() };
+    let probes = Probes::open(config, &btf_path)?;
+    let unwinder = ProcessUnwinder::new(pid, image);
+    let mut sampler = ThreadSampler::new(pid, unwinder, probes, period)
+        .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+    eprintln!(
+        "tracer: recording {} (pid {pid}) for {}, sampled every {}; Ctrl-C to stop early",
+        target.comm,
+        format_duration(duration.as_nanos() as u64),
+        format_duration(period.as_nanos() as u64),
+    );
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let mut ticks = tokio::time::interval(period);
+    // A read that ran late delays the next; it does not bunch them up.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = pipeline::run_until_stop(&target, duration, async || {
+        ticks.tick().await;
+        match sampler.read() {
+            // The pidfd tells the loop at once; what was read stands.
+            Err(_) if target.has_exited() => Ok(()),
+            other => Ok(other?),
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let mut target_exited = stop == pipeline::Stop::TargetExited || target.has_exited();
+    // The last read: what is still blocked at the end.
+    if !target_exited && sampler.read().is_err() {
+        target_exited = target.has_exited();
+    }
+    if target_exited {
+        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
+    }
+    let Sampled { aggregate, unwinder, mut objects, thread_counts, reads, threads_skipped } =
+        sampler.finish(target_exited);
+    log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
+    let mut base = pipeline::profile_of(&target, ProfileKind::Recording, started_at);
+    base.duration = elapsed;
+    base.sampling = Some(Sampling { period, reads });
+    base.target_exited = target_exited;
+    base.counts =
+        trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     pipeline::report(&profile, outputs, top)

@@ -360,7 +360,12 @@ fn write_counts(out: &mut String, profile: &Profile) {
         return;
     }
     let counts = &profile.counts;
-    if profile.kind == ProfileKind::Recording {
+    if let (ProfileKind::Recording, Some(Sampling { reads, .. })) = (profile.kind, profile.sampling)
+    {
+        let ended: u64 =
+            profile.stacks.iter().filter(|s| !s.in_progress).map(|s| s.stats.waits).sum();
+        write_wrapped(out, "seen:", &[format!("{reads} reads"), format!("{ended} waits ended")]);
+    } else if profile.kind == ProfileKind::Recording {
         write_wrapped(
             out,
             "seen:",

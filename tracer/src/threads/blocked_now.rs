@@ -86,20 +86,7 @@ pub fn collect_blocked_threads(
         };
         counts.blocked_in_waits += 1;
         aggregate.name_thread(sample.tid, &sample.comm);
-        let (sp, ip) = (sample.syscall.sp, sample.syscall.pc);
-        let bp = frame_pointers.get(sp, ip).unwrap_or_else(|| {
-            counts.frame_pointer_unknown += 1;
-            0
-        });
-        let regs = UserRegs { ip, sp, bp };
-        let walked = unwinder.unwind(regs, &sample.stack);
-        let key = StackKey {
-            addresses: walked.addresses,
-            kind,
-            object,
-            truncated: walked.truncated,
-            in_progress: true,
-        };
+        let key = stack_key(&sample, (kind, object), unwinder, frame_pointers, &mut counts);
         match known_starts.get(&tid) {
             Some(&start_ns) => {
                 aggregate.add(key, tid, monotonic_now.saturating_sub(start_ns));
@@ -114,8 +101,34 @@ pub fn collect_blocked_threads(
     Ok(counts)
 }
 
+/// The stack of a blocked thread's wait in progress (`counts` notes a missing rbp).
+pub(crate) fn stack_key(
+    sample: &ThreadSample,
+    (kind, object): (WaitKind, WaitObject),
+    unwinder: &mut ProcessUnwinder,
+    frame_pointers: &SavedFramePointers,
+    counts: &mut ThreadCounts,
+) -> StackKey {
+    let (sp, ip) = (sample.syscall.sp, sample.syscall.pc);
+    let bp = frame_pointers.get(sp, ip).unwrap_or_else(|| {
+        counts.frame_pointer_unknown += 1;
+        0
+    });
+    let walked = unwinder.unwind(UserRegs { ip, sp, bp }, &sample.stack);
+    StackKey {
+        addresses: walked.addresses,
+        kind,
+        object,
+        truncated: walked.truncated,
+        in_progress: true,
+    }
+}
+
 /// The watched wait a sampled thread is in, and on what, if any.
-fn wait_object(sample: &ThreadSample, objects: &mut WaitObjects) -> Option<(WaitKind, WaitObject)> {
+pub(crate) fn wait_object(
+    sample: &ThreadSample,
+    objects: &mut WaitObjects,
+) -> Option<(WaitKind, WaitObject)> {
     let args = sample.syscall.args;
     let (kind, object) =
         classify_syscall(sample.syscall.nr, |n| Ok::<_, ()>(args[n])).ok().flatten()?;

@@ -3,6 +3,7 @@
 //! process_vm_readv copies the user stack, /proc/PID/task/TID/sched dates the block.
 
 pub mod blocked_now;
+pub mod sampler;
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -212,6 +213,17 @@ pub struct ThreadSample {
     /// How long it has been off the CPU, from the scheduler's accounting: a lower bound on how
     /// long it has been blocked (show it as "≥"). None when the sched file is unavailable.
     pub blocked_for_at_least_ns: Option<u64>,
+    /// Its `se.exec_start`: when it last stopped running. It does not move while the thread
+    /// stays blocked, so a later read that finds it unchanged sees the same wait.
+    pub exec_start_ns: Option<u64>,
+}
+
+/// What a cheap look at a blocked thread tells (see [`ThreadReader::peek`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockedState {
+    pub syscall: SyscallState,
+    /// `se.exec_start`, None when the sched file is unavailable.
+    pub exec_start_ns: Option<u64>,
 }
 
 /// Why a thread could not be sampled.
@@ -335,7 +347,24 @@ impl ThreadReader {
             blocked_for_at_least_ns: exec_start
                 .zip(now)
                 .map(|(start, now)| now.saturating_sub(start)),
+            exec_start_ns: exec_start,
         }))
+    }
+
+    /// The syscall thread `tid` is blocked in and when it last stopped running, without
+    /// copying its stack: enough to tell whether it is still in the wait an earlier read
+    /// saw. Ok(None) when it is running or blocked outside a syscall.
+    pub fn peek(&mut self, tid: u32) -> Result<Option<BlockedState>, SampleError> {
+        let syscall = match self.read_syscall(tid)? {
+            ThreadSyscall::Blocked(state) => state,
+            ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
+        };
+        let exec_start_ns = match self.read_task_file(tid, "sched") {
+            Ok(sched) => parse_exec_start_ns(sched),
+            Err(error) if is_gone(&error) => return Err(SampleError::Exited),
+            Err(_) => None,
+        };
+        Ok(Some(BlockedState { syscall, exec_start_ns }))
     }
 
     /// `/proc/PID/task/TID/syscall`, parsed.

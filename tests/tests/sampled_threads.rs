@@ -1,0 +1,341 @@
+//! Real-kernel tests of `tracer record --mode sampled` on threads: the pile-ups recorded in
+//! both modes put the same shares of blocked time at the same call sites, stuck threads are
+//! counted as a snapshot counts them, the profile says it was sampled and at what rate, and
+//! nothing is attached to the kernel's hot paths while it records. They need root and share
+//! the kernel, so they run one at a time (`--test-threads=1`); none skips.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracer_tests::{
+    ChildGuard, Pileup, Profile, ProfileKind, ProfileStack, Stuck, TempDir, WaitKind,
+    assert_threads, build_c, build_c_pileup, has_function, read_profile, record_profile,
+    snapshot_profile, stacks_where, start_c_pileup, start_c_stuck, start_rust_pileup,
+    start_rust_stuck, top_stacks, total_ns, tracer_bin,
+};
+
+const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
+const RUST_PILEUP: &str = env!("CARGO_BIN_EXE_rust-pileup");
+const RUST_STUCK: &str = env!("CARGO_BIN_EXE_rust-stuck");
+
+/// As in `record.rs`: the pile-up dwarfs everything else in the process.
+const HANDLERS: usize = 32;
+/// Handler threads of the stuck workloads (as in `snapshot.rs`).
+const STUCK_HANDLERS: usize = 16;
+/// The workloads outlive every recording; their guards kill them when the test ends.
+const WORKLOAD_SECONDS: f64 = 120.0;
+/// Each mode records this long: at 50 Hz, 200 reads, so a site holding 5% of the blocked
+/// time is seen in hundreds of thread-reads.
+const RECORD_DURATION: &str = "4s";
+const RECORD_SECONDS: Duration = Duration::from_secs(4);
+/// A round rate, so that the header's rate and period are exact numbers to check.
+const RATE_HZ: u32 = 50;
+const RATE: &str = "50";
+/// Only a hang should reach it.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(60);
+/// The acceptance: at each call site, the share of blocked time of the two modes is this
+/// close, in percentage points.
+const MAX_SHARE_GAP_POINTS: f64 = 5.0;
+/// A call site with at least this share in either mode is a top one, compared.
+const TOP_SITE_SHARE: f64 = 0.01;
+/// A sampled read may run late on a loaded machine (the next waits for it), so fewer reads
+/// than rate × duration are fine; far fewer means the reads are not paced by the rate.
+const MIN_READ_FRACTION: f64 = 0.5;
+/// What a reported age may fall short of the time since the workload blocked (as in
+/// `snapshot.rs`: the scheduler's clock is read against ours in two steps).
+const AGE_SLACK: Duration = Duration::from_millis(50);
+/// How often the tracer's descriptors are looked at while it records.
+const FD_LOOK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Blocked time of the waits that ended, by (call site, kind): what each mode attributes.
+fn blocked_by_site(profile: &Profile) -> BTreeMap<(String, &'static str), u64> {
+    let mut sites = BTreeMap::new();
+    for stack in profile.stacks.iter().filter(|s| !s.in_progress) {
+        *sites.entry((stack.call_site().to_string(), stack.kind.name())).or_default() +=
+            stack.stats.total_ns;
+    }
+    sites
+}
+
+fn shares(profile: &Profile) -> BTreeMap<(String, &'static str), f64> {
+    let sites = blocked_by_site(profile);
+    let total: u64 = sites.values().sum();
+    assert!(total > 0, "no blocked time; stacks:\n{}", top_stacks(profile, |_| true, 20));
+    sites.into_iter().map(|(site, ns)| (site, ns as f64 / total as f64)).collect()
+}
+
+/// Asserts that `profile` says it was sampled at [`RATE_HZ`], with reads paced by it, in the
+/// JSON and in the header.
+fn assert_sampled_at_rate(profile: &Profile, stdout: &str) {
+    let sampling = profile.sampling.unwrap_or_else(|| panic!("the profile says exact:\n{stdout}"));
+    assert_eq!(sampling.period, Duration::from_secs(1) / RATE_HZ, "sampling period");
+    let expected = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
+    assert!(
+        sampling.reads as f64 >= MIN_READ_FRACTION * expected
+            && sampling.reads as f64 <= expected + 2.0,
+        "{} reads in {RECORD_SECONDS:?} at {RATE_HZ} Hz",
+        sampling.reads
+    );
+    let header = format!("sampled at {RATE_HZ} Hz ({} reads", sampling.reads);
+    assert!(stdout.contains(&header), "the header does not say {header:?}:\n{stdout}");
+}
+
+/// Records `pileup` exactly, then sampled, and compares the shares of blocked time at each
+/// top call site; both must find the handlers' futex waits under `enqueue_fn` and the
+/// sender's under `send_fn`.
+fn compare_modes(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &str) {
+    let pid = pileup.workload.pid();
+    let dir = TempDir::new(label);
+    let exact_dir = TempDir::new(&format!("{label}-exact"));
+    let exact = record_profile(pid, &["--duration", RECORD_DURATION], &exact_dir, RECORD_TIMEOUT);
+    let sampled = record_profile(
+        pid,
+        &["--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    println!("{label} exact:\n{}\n{label} sampled:\n{}", exact.out.stdout, sampled.out.stdout);
+    assert!(exact.profile.sampling.is_none(), "the exact recording says it was sampled");
+    assert_eq!(sampled.profile.kind, ProfileKind::Recording);
+    assert_sampled_at_rate(&sampled.profile, &sampled.out.stdout);
+
+    let (exact_shares, sampled_shares) = (shares(&exact.profile), shares(&sampled.profile));
+    let sites: BTreeSet<_> = exact_shares
+        .iter()
+        .chain(&sampled_shares)
+        .filter(|(_, share)| **share >= TOP_SITE_SHARE)
+        .map(|(site, _)| site.clone())
+        .collect();
+    for site in &sites {
+        let exact_share = 100.0 * exact_shares.get(site).copied().unwrap_or(0.0);
+        let sampled_share = 100.0 * sampled_shares.get(site).copied().unwrap_or(0.0);
+        println!("{label}: {site:?}: exact {exact_share:.2}%, sampled {sampled_share:.2}%");
+        assert!(
+            (exact_share - sampled_share).abs() <= MAX_SHARE_GAP_POINTS,
+            "{site:?}: {exact_share:.2}% of the blocked time exactly, {sampled_share:.2}% \
+             sampled (more than {MAX_SHARE_GAP_POINTS} points apart)"
+        );
+    }
+    // The sites that matter are among them, with the stacks that explain them.
+    let profile = &sampled.profile;
+    let handler_futex = |s: &ProfileStack| {
+        !s.in_progress
+            && s.kind == WaitKind::Futex
+            && has_function(s, "handler")
+            && has_function(s, enqueue_fn)
+    };
+    let futex = total_ns(profile, |s| !s.in_progress && s.kind == WaitKind::Futex);
+    assert!(
+        total_ns(profile, handler_futex) as f64 >= 0.9 * futex as f64,
+        "less than 90% of the sampled futex time under handler and {enqueue_fn}:\n{}",
+        top_stacks(profile, |_| true, 20)
+    );
+    assert!(
+        tracer_tests::thread_ids(profile, handler_futex).len() > 1,
+        "the sampled futex waits come from one thread, not the {HANDLERS} handlers"
+    );
+    assert!(
+        total_ns(profile, |s| s.kind == WaitKind::Send && has_function(s, send_fn)) > 0,
+        "no sampled send wait under {send_fn}:\n{}",
+        top_stacks(profile, |_| true, 20)
+    );
+    // The endpoints are named as exact mode names them.
+    let endpoints = |profile: &Profile| -> BTreeSet<String> {
+        profile
+            .stacks
+            .iter()
+            .filter(|s| s.kind == WaitKind::Send)
+            .filter_map(|s| s.object.clone())
+            .collect()
+    };
+    let sampled_endpoints = endpoints(profile);
+    assert!(
+        sampled_endpoints.iter().any(|e| e.starts_with("127.0.0.1:")),
+        "no sampled send wait names the backend's endpoint: {sampled_endpoints:?}"
+    );
+    assert_eq!(sampled_endpoints, endpoints(&exact.profile), "send endpoints, sampled and exact");
+}
+
+#[test]
+fn rust_pileup_shares_match_exact_mode() {
+    let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
+    compare_modes("sampled-rust-pileup", &pileup, "send_stat", "write_to_backend");
+}
+
+#[test]
+fn c_pileup_shares_match_exact_mode() {
+    let build = TempDir::new("sampled-c-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    compare_modes("sampled-c-pileup", &pileup, "enqueue_stat", "send_to_backend");
+}
+
+/// Records `stuck` sampled and checks its stuck threads against a snapshot's: the same
+/// count, each aged at least from before the recording.
+fn stuck_counted_exactly(label: &str, stuck: &Stuck, enqueue_fn: &str, send_fn: &str) {
+    let pid = stuck.workload.pid();
+    let dir = TempDir::new(label);
+    let snapshot = snapshot_profile(pid, &[], &dir, RECORD_TIMEOUT).profile;
+    let min_age = stuck.stuck_at.elapsed() + RECORD_SECONDS;
+    let traced = record_profile(
+        pid,
+        &["--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    println!("{label}:\n{}", traced.out.stdout);
+    let profile = &traced.profile;
+    assert_sampled_at_rate(profile, &traced.out.stdout);
+    let handlers = STUCK_HANDLERS as u64;
+    let still_handler = |s: &ProfileStack| {
+        s.in_progress
+            && s.kind == WaitKind::Futex
+            && has_function(s, "handler")
+            && has_function(s, enqueue_fn)
+    };
+    let still_sender =
+        |s: &ProfileStack| s.in_progress && s.kind == WaitKind::Send && has_function(s, send_fn);
+    assert_threads(profile, still_handler, handlers, "handlers still blocked in futex");
+    assert_threads(profile, still_sender, 1, "the sender still blocked in send");
+    assert_eq!(
+        profile.thread_counts.blocked_in_waits, snapshot.thread_counts.blocked_in_waits,
+        "threads blocked in waits at the end of the recording and in a snapshot"
+    );
+    assert_eq!(profile.thread_counts.blocked_in_waits, handlers + 1);
+    let bound = u64::try_from(min_age.saturating_sub(AGE_SLACK).as_nanos()).expect("fits u64");
+    for stack in stacks_where(profile, |s| still_handler(s) || still_sender(s)) {
+        assert!(
+            stack.stats.min_ns >= bound,
+            "a stuck thread aged {:?}, less than the {min_age:?} it has been blocked: {}",
+            Duration::from_nanos(stack.stats.min_ns),
+            tracer_tests::describe(stack)
+        );
+    }
+    // Nothing wakes: no wait ended.
+    assert!(
+        !profile.stacks.iter().any(|s| !s.in_progress && s.stats.waits > 0),
+        "waits that never ended are reported as ended:\n{}",
+        top_stacks(profile, |s| !s.in_progress, 20)
+    );
+}
+
+#[test]
+fn rust_stuck_threads_are_counted_exactly() {
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, STUCK_HANDLERS, WORKLOAD_SECONDS);
+    std::thread::sleep(Duration::from_secs(1));
+    stuck_counted_exactly("sampled-rust-stuck", &stuck, "send_stat", "write_to_backend");
+}
+
+#[test]
+fn c_stuck_threads_are_counted_exactly() {
+    let build = TempDir::new("sampled-c-stuck-build");
+    let bin = build_c(build.path(), tracer_tests::C_STUCK_SOURCE, "c-stuck");
+    let stuck = start_c_stuck(SLOW_BACKEND, &bin, STUCK_HANDLERS, WORKLOAD_SECONDS);
+    std::thread::sleep(Duration::from_secs(1));
+    stuck_counted_exactly("sampled-c-stuck", &stuck, "enqueue_stat", "send_to_backend");
+}
+
+/// What the tracer's descriptors held at the looks taken while it recorded.
+#[derive(Debug, Default)]
+struct FdLooks {
+    /// Looks that found the probes loaded (a BPF map open): the tracer was recording.
+    loaded: u64,
+    /// bpf_link descriptors by `link_type` (fdinfo), summed over the looks.
+    links: BTreeMap<String, u64>,
+    /// perf_event descriptors, summed over the looks.
+    perf_events: u64,
+}
+
+/// Runs `tracer record ARGS` on `pid` and looks at its descriptors every
+/// [`FD_LOOK_INTERVAL`] until it exits.
+fn look_at_fds_while_recording(pid: u32, args: &[&str], dir: &TempDir) -> FdLooks {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("record")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .args(args)
+        .arg("--output")
+        .arg(dir.join("record.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().expect("spawn tracer record");
+    let mut tracer = ChildGuard::new("tracer record", child);
+    let tracer_pid = tracer.pid();
+    let deadline = Instant::now() + RECORD_TIMEOUT;
+    let mut looks = FdLooks::default();
+    while Instant::now() < deadline {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{tracer_pid}/fd")) else { break };
+        let mut loaded = false;
+        for entry in entries.flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            if target.contains("bpf-map") {
+                loaded = true;
+            } else if target.contains("perf_event") {
+                looks.perf_events += 1;
+            } else if target.contains("bpf_link") {
+                let fdinfo = Path::new("/proc")
+                    .join(tracer_pid.to_string())
+                    .join("fdinfo")
+                    .join(entry.file_name());
+                let link_type = std::fs::read_to_string(fdinfo)
+                    .ok()
+                    .and_then(|info| {
+                        info.lines()
+                            .find_map(|l| l.strip_prefix("link_type:").map(|t| t.trim().to_owned()))
+                    })
+                    .unwrap_or_else(|| "gone".to_owned());
+                *looks.links.entry(link_type).or_default() += 1;
+            }
+        }
+        looks.loaded += u64::from(loaded);
+        if has_exited(tracer_pid) {
+            break;
+        }
+        std::thread::sleep(FD_LOOK_INTERVAL);
+    }
+    let status = tracer.wait_timeout(RECORD_TIMEOUT);
+    assert!(status.success(), "tracer record {args:?} exited with {status}");
+    looks
+}
+
+/// Whether `pid` (our unreaped child) has exited: a zombie, or gone.
+fn has_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn sampled_recording_attaches_nothing() {
+    let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid();
+    // The same look at an exact recording finds its tracepoint links: the look can see them.
+    let exact_dir = TempDir::new("fds-exact");
+    let exact = look_at_fds_while_recording(pid, &["--duration", "2s"], &exact_dir);
+    println!("exact: {exact:?}");
+    assert!(exact.loaded > 10, "too few looks at the exact recording: {exact:?}");
+    let tracepoint_links: u64 =
+        exact.links.iter().filter(|(kind, _)| *kind != "iter").map(|(_, n)| n).sum();
+    assert!(tracepoint_links > 0, "the exact recording showed no tracepoint link: {exact:?}");
+
+    let dir = TempDir::new("fds-sampled");
+    let sampled = look_at_fds_while_recording(
+        pid,
+        &["--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE],
+        &dir,
+    );
+    println!("sampled: {sampled:?}");
+    // Many looks while it read the threads (about 4 s at one look per 20 ms).
+    assert!(sampled.loaded > 50, "too few looks at the sampled recording: {sampled:?}");
+    assert_eq!(sampled.perf_events, 0, "a sampled recording opened perf events: {sampled:?}");
+    assert!(
+        sampled.links.keys().all(|kind| kind == "iter" || kind == "gone"),
+        "a sampled recording holds a link other than the task iterator's: {sampled:?}"
+    );
+    let profile = read_profile(&dir.join("record.json"));
+    assert!(profile.sampling.is_some(), "the recording says it was exact");
+    assert!(!profile.stacks.is_empty(), "the sampled recording holds no stacks");
+}

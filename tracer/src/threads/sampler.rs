@@ -1,0 +1,417 @@
+//! A sampled recording of thread waits: the target's threads read from /proc at a rate,
+//! with nothing attached to it, so its cost does not grow with how often it waits or makes
+//! syscalls. Each read sees which threads are blocked in a watched call; a wait seen in `n`
+//! reads counts `n` sampling periods of blocked time (waits shorter than a period are caught
+//! in proportion to their length, so their counts are statistical). Only a thread whose
+//! wait is new or changed since the last read has its stack copied and unwound; the task
+//! iterator that finds its saved rbp runs only for such a read.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::{
+    model::{StackKey, ThreadCounts, WaitAggregate},
+    objects::WaitObjects,
+    pipeline,
+    probes::Probes,
+    stacks::ProcessUnwinder,
+    threads::{
+        BlockedState, SampleError, ThreadReader,
+        blocked_now::{SavedFramePointers, monotonic_now_ns, stack_key, wait_object},
+    },
+};
+
+/// One thread's current wait, as the reads have seen it so far.
+#[derive(Debug)]
+struct Wait {
+    /// The call, its arguments, sp and pc, and when the thread last ran: a later read that
+    /// finds all of them unchanged sees the same wait.
+    state: BlockedState,
+    /// Its stack and object; None for a blocked call that is not reported (a read of a
+    /// pipe), kept so that it is not looked at again.
+    key: Option<StackKey>,
+    /// The time between the reads that saw it and the reads before those.
+    blocked_ns: u64,
+    /// `CLOCK_MONOTONIC` of the first read that saw it.
+    first_seen_ns: u64,
+    /// How long it had been blocked when first seen, from the scheduler (a lower bound).
+    age_when_seen_ns: Option<u64>,
+}
+
+/// The waits through successive reads: which go on, which are new, which ended.
+#[derive(Debug)]
+struct WaitTracker {
+    period_ns: u64,
+    /// When the last read was taken (`CLOCK_MONOTONIC`), if any was.
+    last_read_ns: Option<u64>,
+    /// The time the current read stands for: since the last read (a period for the first,
+    /// and longer than a period when a read ran late).
+    interval_ns: u64,
+    /// The waits seen by the last read, by thread id.
+    current: HashMap<u32, Wait>,
+    /// The waits that ended, by stack.
+    ended: WaitAggregate,
+}
+
+/// A thread blocked now whose wait still goes on, as [`WaitTracker::observe`] left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// The wait of an earlier read, reported (true) or not.
+    Continues { reported: bool },
+    /// A new wait, to be read and given to [`WaitTracker::start`].
+    New,
+}
+
+impl WaitTracker {
+    fn new(period: Duration) -> Self {
+        Self {
+            period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
+            last_read_ns: None,
+            interval_ns: 0,
+            current: HashMap::new(),
+            ended: WaitAggregate::default(),
+        }
+    }
+
+    /// The blocked threads of a read taken at `now_ns`: a wait still in progress gains
+    /// the time since the last read, one no longer seen (or changed) has ended.
+    fn observe(&mut self, now_ns: u64, blocked: &[(u32, BlockedState)]) -> Vec<Seen> {
+        self.interval_ns = match self.last_read_ns {
+            Some(last) => now_ns.saturating_sub(last),
+            None => self.period_ns,
+        };
+        self.last_read_ns = Some(now_ns);
+        let mut previous = std::mem::take(&mut self.current);
+        let mut seen = Vec::with_capacity(blocked.len());
+        for &(tid, state) in blocked {
+            match previous.remove(&tid) {
+                Some(mut wait) if wait.state == state => {
+                    wait.blocked_ns += self.interval_ns;
+                    seen.push(Seen::Continues { reported: wait.key.is_some() });
+                    self.current.insert(tid, wait);
+                }
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        self.end(tid, earlier);
+                    }
+                    seen.push(Seen::New);
+                }
+            }
+        }
+        for (tid, wait) in previous {
+            self.end(tid, wait);
+        }
+        seen
+    }
+
+    /// A new wait of thread `tid` first seen by the read at `now_ns`.
+    fn start(
+        &mut self,
+        now_ns: u64,
+        tid: u32,
+        state: BlockedState,
+        key: Option<StackKey>,
+        age_when_seen_ns: Option<u64>,
+    ) {
+        let wait = Wait {
+            state,
+            key,
+            blocked_ns: self.interval_ns,
+            first_seen_ns: now_ns,
+            age_when_seen_ns,
+        };
+        self.current.insert(tid, wait);
+    }
+
+    fn end(&mut self, tid: u32, wait: Wait) {
+        if let Some(mut key) = wait.key {
+            key.in_progress = false;
+            self.ended.add(key, tid, wait.blocked_ns);
+        }
+    }
+
+    /// The ended waits, with the waits still in progress at the last read added as such:
+    /// aged from the scheduler's accounting when first seen plus the time since, a lower
+    /// bound as a snapshot's ages are. `target_exited` drops them (nothing waits any more).
+    fn finish(self, target_exited: bool) -> WaitAggregate {
+        let Self { current, mut ended, last_read_ns, .. } = self;
+        if target_exited {
+            return ended;
+        }
+        for (tid, wait) in current {
+            let Wait { key: Some(key), first_seen_ns, age_when_seen_ns, .. } = wait else {
+                continue;
+            };
+            let since_seen = last_read_ns.unwrap_or(first_seen_ns).saturating_sub(first_seen_ns);
+            ended.add_lower_bound(key, tid, age_when_seen_ns.unwrap_or(0) + since_seen);
+        }
+        ended
+    }
+}
+
+/// What a sampled recording gathered, for the profile.
+pub struct Sampled {
+    /// The waits that ended, and those still in progress at the last read.
+    pub aggregate: WaitAggregate,
+    pub unwinder: ProcessUnwinder,
+    pub objects: WaitObjects,
+    /// The threads as the last read found them; `frame_pointer_unknown` counts every
+    /// stack of the recording unwound without its saved rbp.
+    pub thread_counts: ThreadCounts,
+    pub reads: u64,
+    /// Reads of threads that woke, exited or were unreadable while read (their wait, if it
+    /// went on, is seen again by the next read).
+    pub threads_skipped: u64,
+}
+
+/// Reads the blocked threads of one process at a rate.
+pub struct ThreadSampler {
+    pid: u32,
+    reader: ThreadReader,
+    unwinder: ProcessUnwinder,
+    objects: WaitObjects,
+    /// Loaded, never attached: only the task iterator runs, on demand.
+    probes: Probes,
+    tracker: WaitTracker,
+    thread_names: WaitAggregate,
+    reads: u64,
+    threads_skipped: u64,
+    frame_pointer_unknown: u64,
+    last_counts: ThreadCounts,
+}
+
+impl ThreadSampler {
+    pub fn new(
+        pid: u32,
+        unwinder: ProcessUnwinder,
+        probes: Probes,
+        period: Duration,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            pid,
+            reader: ThreadReader::new(pid)?,
+            unwinder,
+            objects: WaitObjects::new(pid),
+            probes,
+            tracker: WaitTracker::new(period),
+            thread_names: WaitAggregate::default(),
+            reads: 0,
+            threads_skipped: 0,
+            frame_pointer_unknown: 0,
+            last_counts: ThreadCounts::default(),
+        })
+    }
+
+    pub fn period(&self) -> Duration {
+        Duration::from_nanos(self.tracker.period_ns)
+    }
+
+    /// One read of the threads: a look at each (its syscall and when it last ran), then a
+    /// stack copy and unwind of each whose wait is new.
+    pub fn read(&mut self) -> std::io::Result<()> {
+        let now_ns = monotonic_now_ns();
+        let tids = self.reader.thread_ids()?;
+        let mut counts = ThreadCounts { threads: tids.len() as u64, ..ThreadCounts::default() };
+        let mut blocked = Vec::with_capacity(tids.len());
+        for tid in tids {
+            match self.reader.peek(tid) {
+                Ok(Some(state)) => blocked.push((tid, state)),
+                Ok(None) => counts.elsewhere += 1,
+                Err(err) => self.skip(tid, &err, &mut counts),
+            }
+        }
+        self.reads += 1;
+        let seen = self.tracker.observe(now_ns, &blocked);
+        let mut frame_pointers = None;
+        for (&(tid, _), seen) in blocked.iter().zip(seen) {
+            match seen {
+                Seen::Continues { reported: true } => counts.blocked_in_waits += 1,
+                Seen::Continues { reported: false } => counts.elsewhere += 1,
+                Seen::New => {
+                    // The saved registers of this read, taken once and only when needed.
+                    let frame_pointers = frame_pointers
+                        .get_or_insert_with(|| pipeline::saved_frame_pointers(&mut self.probes));
+                    self.start(now_ns, tid, frame_pointers, &mut counts);
+                }
+            }
+        }
+        self.frame_pointer_unknown += counts.frame_pointer_unknown;
+        self.last_counts = counts;
+        Ok(())
+    }
+
+    /// Reads the new wait of thread `tid` and starts tracking it.
+    fn start(
+        &mut self,
+        now_ns: u64,
+        tid: u32,
+        frame_pointers: &SavedFramePointers,
+        counts: &mut ThreadCounts,
+    ) {
+        let sample = match self.reader.sample(tid) {
+            Ok(Some(sample)) => sample,
+            Ok(None) => {
+                counts.elsewhere += 1;
+                return;
+            }
+            Err(err) => {
+                self.skip(tid, &err, counts);
+                return;
+            }
+        };
+        let state = BlockedState { syscall: sample.syscall, exec_start_ns: sample.exec_start_ns };
+        let key = match wait_object(&sample, &mut self.objects) {
+            Some(wait) => {
+                counts.blocked_in_waits += 1;
+                self.thread_names.name_thread(tid, &sample.comm);
+                Some(stack_key(&sample, wait, &mut self.unwinder, frame_pointers, counts))
+            }
+            None => {
+                counts.elsewhere += 1;
+                None
+            }
+        };
+        self.tracker.start(now_ns, tid, state, key, sample.blocked_for_at_least_ns);
+    }
+
+    fn skip(&mut self, tid: u32, err: &SampleError, counts: &mut ThreadCounts) {
+        self.threads_skipped += 1;
+        match err {
+            SampleError::Exited => counts.exited_while_read += 1,
+            SampleError::Woke => counts.woke_while_read += 1,
+            SampleError::Unreadable(source) => {
+                log::debug!("thread {tid} of pid {} unreadable: {source}", self.pid);
+                counts.unreadable += 1;
+            }
+        }
+    }
+
+    /// What the reads gathered; `target_exited` leaves out the waits still in progress.
+    pub fn finish(self, target_exited: bool) -> Sampled {
+        let Self {
+            tracker,
+            thread_names,
+            unwinder,
+            objects,
+            reads,
+            threads_skipped,
+            frame_pointer_unknown,
+            last_counts,
+            ..
+        } = self;
+        let mut aggregate = tracker.finish(target_exited);
+        aggregate.thread_names = thread_names.thread_names;
+        let thread_counts = if target_exited {
+            ThreadCounts::default()
+        } else {
+            ThreadCounts { frame_pointer_unknown, ..last_counts }
+        };
+        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::WaitKind;
+
+    use super::*;
+    use crate::{model::WaitObject, threads::SyscallState};
+
+    const FUTEX: i64 = 202;
+    const MS: u64 = 1_000_000;
+
+    fn blocked(futex: u64, exec_start_ns: u64) -> BlockedState {
+        BlockedState {
+            syscall: SyscallState { nr: FUTEX, args: [futex, 0, 0, 0, 0, 0], sp: 0x7000, pc: 0x10 },
+            exec_start_ns: Some(exec_start_ns),
+        }
+    }
+
+    fn key(futex: u64) -> StackKey {
+        StackKey {
+            addresses: vec![0x10, 0x20],
+            kind: WaitKind::Futex,
+            object: WaitObject::Futex(futex),
+            truncated: false,
+            in_progress: true,
+        }
+    }
+
+    /// One read at `now`: the new waits are started with their key and `age`.
+    fn read(tracker: &mut WaitTracker, now: u64, threads: &[(u32, BlockedState)], age: u64) {
+        let seen = tracker.observe(now, threads);
+        for (&(tid, state), seen) in threads.iter().zip(seen) {
+            if seen == Seen::New {
+                let futex = state.syscall.args[0];
+                tracker.start(now, tid, state, Some(key(futex)), Some(age));
+            }
+        }
+    }
+
+    fn ended(aggregate: &WaitAggregate, futex: u64) -> &crate::model::WaitStats {
+        let mut key = key(futex);
+        key.in_progress = false;
+        &aggregate.stacks[&key]
+    }
+
+    #[test]
+    fn a_wait_that_continues_counts_one_interval_per_read() {
+        let mut tracker = WaitTracker::new(Duration::from_millis(20));
+        // Thread 1 waits through three reads, thread 2 through one.
+        read(&mut tracker, 0, &[(1, blocked(0xa0, 5)), (2, blocked(0xa0, 7))], 0);
+        read(&mut tracker, 20 * MS, &[(1, blocked(0xa0, 5))], 0);
+        read(&mut tracker, 40 * MS, &[(1, blocked(0xa0, 5))], 0);
+        read(&mut tracker, 60 * MS, &[], 0);
+        let aggregate = tracker.finish(false);
+        let stats = ended(&aggregate, 0xa0);
+        assert_eq!((stats.waits, stats.total_ns, stats.max_ns), (2, 80 * MS, 60 * MS));
+        assert_eq!(stats.threads.len(), 2);
+        assert_eq!(aggregate.stacks.len(), 1, "nothing is still in progress");
+    }
+
+    #[test]
+    fn a_changed_call_or_a_run_in_between_is_a_new_wait() {
+        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        read(&mut tracker, 0, &[(1, blocked(0xa0, 5))], 0);
+        // Another futex: the first wait ended. A late read stands for the whole time since.
+        read(&mut tracker, 25 * MS, &[(1, blocked(0xb0, 5))], 0);
+        // The same futex, but the thread ran since (exec_start moved): a new wait again.
+        read(&mut tracker, 35 * MS, &[(1, blocked(0xb0, 30 * MS))], 0);
+        let aggregate = tracker.finish(false);
+        assert_eq!((ended(&aggregate, 0xa0).waits, ended(&aggregate, 0xa0).total_ns), (1, 10 * MS));
+        assert_eq!((ended(&aggregate, 0xb0).waits, ended(&aggregate, 0xb0).total_ns), (1, 25 * MS));
+        let still = &aggregate.stacks[&key(0xb0)];
+        assert_eq!((still.waits, still.total_ns), (1, 0), "aged from its first read, the last");
+    }
+
+    #[test]
+    fn a_wait_in_progress_at_the_end_is_aged_from_the_scheduler_and_reads() {
+        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        // Blocked 3 s before the first read, then through 5 reads.
+        for n in 0..5 {
+            read(&mut tracker, n * 10 * MS, &[(1, blocked(0xa0, 5))], 3_000 * MS);
+        }
+        let aggregate = tracker.finish(false);
+        let still = &aggregate.stacks[&key(0xa0)];
+        assert_eq!((still.waits, still.total_ns), (1, 3_040 * MS));
+        assert!(still.lower_bound, "the age is a lower bound");
+        assert_eq!(aggregate.stacks.len(), 1, "no wait ended");
+        // A target that exited has nothing in progress.
+        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        read(&mut tracker, 0, &[(1, blocked(0xa0, 5))], 0);
+        assert!(tracker.finish(true).stacks.is_empty());
+    }
+
+    #[test]
+    fn an_unreported_wait_is_remembered_and_never_counted() {
+        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        let pipe_read = blocked(0xa0, 5);
+        let seen = tracker.observe(0, &[(1, pipe_read)]);
+        assert_eq!(seen, [Seen::New]);
+        tracker.start(0, 1, pipe_read, None, None);
+        let seen = tracker.observe(10 * MS, &[(1, pipe_read)]);
+        assert_eq!(seen, [Seen::Continues { reported: false }]);
+        tracker.observe(20 * MS, &[]);
+        assert!(tracker.finish(false).stacks.is_empty());
+    }
+}
