@@ -44,7 +44,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tracer: {}", error_line(&err, cli.verbose > 0));
+            // Not eprintln!: a stderr that is gone (a terminal hung up) must not panic.
+            // Causes can quote the process's names: no escape sequences on the terminal.
+            let line = error_line(&err, cli.verbose > 0);
+            tracer::report::note(&format!("tracer: {}", tracer::report::escape_controls(&line)));
             ExitCode::FAILURE
         }
     }
