@@ -253,6 +253,9 @@ pub enum ReadError {
         #[source]
         source: std::io::Error,
     },
+    /// A device, a pipe, a directory: `/dev/zero` would be read for ever.
+    #[error("{}: not a regular file (give a profile tracer saved)", .0.display())]
+    NotRegular(PathBuf),
     /// Empty.
     #[error("{}: empty file", .0.display())]
     Empty(PathBuf),
@@ -276,9 +279,17 @@ pub enum ReadError {
 }
 
 /// Reads a profile `tracer` saved as JSON or pprof, telling them apart by content.
+/// Only a regular file: a device or a pipe may never end.
 pub fn read_saved(path: &Path) -> Result<SavedProfile, ReadError> {
-    let bytes = std::fs::read(path)
-        .map_err(|source| ReadError::Unreadable { path: path.to_path_buf(), source })?;
+    use std::io::Read as _;
+    let unreadable = |source| ReadError::Unreadable { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(unreadable)?;
+    let metadata = file.metadata().map_err(unreadable)?;
+    if !metadata.is_file() {
+        return Err(ReadError::NotRegular(path.to_path_buf()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or_default());
+    file.read_to_end(&mut bytes).map_err(unreadable)?;
     read_saved_bytes(path, &bytes)
 }
 
@@ -491,6 +502,14 @@ mod tests {
         assert_eq!(escape_controls("a\tb\nc\rd\x7f"), "a\tb\nc\\x0dd\\x7f");
         assert_eq!(escape_name("a\nb"), "a\\x0ab");
         assert!(matches!(escape_controls("plain ünïcode"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn only_regular_files_are_read_as_profiles() {
+        let err = read_saved(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, ReadError::NotRegular(_)), "{err}");
+        let err = read_saved(Path::new("/")).unwrap_err();
+        assert!(matches!(err, ReadError::NotRegular(_)), "{err}");
     }
 
     #[test]
