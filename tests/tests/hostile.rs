@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use tracer_tests::{
-    C_HOSTILE_SOURCE, ChildGuard, TempDir, build_c, function_names, has_function, run_tool,
-    snapshot_profile, stacks_where, start_workload, tracer_snapshot,
+    C_HOSTILE_SOURCE, ChildGuard, ServeDaemon, TempDir, build_c, function_names, has_function,
+    http_get, run_tool, snapshot_profile, stacks_where, start_workload, tracer_snapshot,
 };
 
 /// Threads the workload blocks in a futex wait.
@@ -64,6 +64,17 @@ fn names_from_the_target_cannot_drive_the_terminal_or_break_the_svg() {
     let svg_text = std::fs::read_to_string(&svg).expect("read the svg");
     assert_no_controls("the svg", &svg_text);
     run_tool("xmllint", &["--noout", svg.to_str().expect("utf-8 path")], RUN_TIMEOUT);
+
+    // serve logs the name of the process it attaches to.
+    let pid = workload.pid().to_string();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid]);
+    daemon.wait_for_log(|line| line.contains(&format!("attached to pid {pid}")), RUN_TIMEOUT);
+    let summary = http_get(daemon.port, "/debug/pprof/threads?debug=1", RUN_TIMEOUT);
+    daemon.terminate(RUN_TIMEOUT);
+    assert_eq!(summary.status, 200, "{}", summary.text());
+    assert!(summary.text().contains("\\x1b]0;pwn"), "{}", summary.text());
+    assert_no_controls("serve's log", &daemon.log());
+    assert_no_controls("serve's summary", &summary.text());
 }
 
 #[test]

@@ -158,6 +158,11 @@ fn with_causes(err: &dyn std::error::Error) -> String {
 }
 
 fn text(status: StatusCode, body: String) -> Reply {
+    // Text answers are read in terminals (curl), and quote the target's names.
+    let body = match crate::report::escape_controls(&body) {
+        std::borrow::Cow::Borrowed(_) => body,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
