@@ -6,8 +6,8 @@ use anyhow::bail;
 use crate::{
     cli::ReportArgs,
     report::{
-        Format, Output, RenderOptions, Weight, diff, flamegraph, note_written, outputs_failed,
-        print_stdout, read_saved, summary::render_summary,
+        Format, Output, RenderOptions, Weight, diff, escape_controls, flamegraph, note_written,
+        outputs_failed, print_stdout, read_saved, summary::render_summary,
     },
 };
 
@@ -52,12 +52,14 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
             let base = read_saved(&base_path)?;
             let (before, after) = (&base.profile, &saved.profile);
             let changes = diff::site_changes(before, after);
-            let table = diff::render_changes(
+            // Escaped once for stdout and the .txt alike: it quotes the targets' names.
+            let table = escape_controls(&diff::render_changes(
                 &base_path.display().to_string(),
                 &input.display().to_string(),
                 &changes,
                 top,
-            );
+            ))
+            .into_owned();
             let lines = diff::differential_lines(before, after, weight);
             let mut failed = 0;
             for output in &outputs {
