@@ -225,3 +225,11 @@ fn a_stdout_that_cannot_be_written_still_leaves_the_reports() {
     assert_eq!(profile.pid, target.pid());
     assert!(profile.thread_counts.threads >= 1, "{:?}", profile.thread_counts);
 }
+
+/// A device never ends: `tracer report /dev/zero` read 8 GiB in 8 s. Only regular files
+/// are read.
+#[test]
+fn report_refuses_a_device() {
+    let out = tracer_tests::tracer_report(&["/dev/zero"], ERROR_TIMEOUT);
+    assert_error("report /dev/zero", &out, "not a regular file");
+}

@@ -42,7 +42,7 @@ pub struct ServeArgs {
 
     /// Trace the process with this name (/proc/PID/comm), and the next one with that
     /// name each time it exits and restarts.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Option<String>,
 
     /// The address to serve on. A non-loopback address exposes the endpoints (which
@@ -175,6 +175,14 @@ pub struct MapSizes {
     pub wake_ring_buffer_bytes: Option<u32>,
 }
 
+/// A process name to wait for: an empty one names no process, and the wait would never end.
+fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("give the name of a process (/proc/PID/comm), not an empty one".to_string());
+    }
+    Ok(text.to_string())
+}
+
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -207,6 +215,13 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn an_empty_comm_is_refused() {
+        let err = Cli::try_parse_from(["tracer", "serve", "--comm", ""]).unwrap_err();
+        assert!(err.to_string().contains("not an empty one"), "{err}");
+        assert!(Cli::try_parse_from(["tracer", "serve", "--comm", "nginx"]).is_ok());
     }
 
     #[test]

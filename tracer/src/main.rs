@@ -19,7 +19,17 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new().filter_level(level).init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        // Messages can quote the target's names (serve logs its comm): no escape
+        // sequences on the terminal.
+        .format(|buf, record| {
+            use std::io::Write as _;
+            let message = record.args().to_string();
+            let message = tracer::report::escape_controls(&message);
+            writeln!(buf, "[{} {}] {message}", record.level(), record.target())
+        })
+        .init();
 
     // `serve` drains the ring buffers on one task while others answer requests.
     let mut builder = match cli.command {
@@ -44,7 +54,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tracer: {}", error_line(&err, cli.verbose > 0));
+            // Not eprintln!: a stderr that is gone (a terminal hung up) must not panic.
+            // Causes can quote the process's names: no escape sequences on the terminal.
+            let line = error_line(&err, cli.verbose > 0);
+            tracer::report::note(&format!("tracer: {}", tracer::report::escape_controls(&line)));
             ExitCode::FAILURE
         }
     }

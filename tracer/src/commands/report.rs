@@ -1,13 +1,13 @@
 //! `tracer report`: re-renders a profile tracer saved (JSON, or its own pprof) in any
 //! format, or compares it with a baseline. Needs no privileges and no live process.
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use crate::{
     cli::ReportArgs,
     report::{
-        Format, Output, RenderOptions, Weight, diff, flamegraph, print_stdout, read_saved,
-        summary::render_summary,
+        Format, Output, RenderOptions, Weight, diff, escape_controls, flamegraph, note_written,
+        outputs_failed, print_stdout, read_saved, summary::render_summary,
     },
 };
 
@@ -37,28 +37,32 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     match base {
         // The files first, stdout last: a stdout that is gone must not cost them.
         None => {
-            for output in outputs {
-                let path = output.path.clone();
-                output
-                    .write_with(&saved.profile, &saved.provenance, RenderOptions { weight, top })
-                    .with_context(|| format!("{}: cannot write the report", path.display()))?;
-                eprintln!("tracer: wrote {}", path.display());
-            }
+            let failed = outputs
+                .iter()
+                .filter(|output| {
+                    let options = RenderOptions { weight, top };
+                    let written = output.write_with(&saved.profile, &saved.provenance, options);
+                    note_written(&output.path, written)
+                })
+                .count();
             print_stdout(&render_summary(&saved.profile, top))?;
+            outputs_failed(failed, outputs.len())?;
         }
         Some(base_path) => {
             let base = read_saved(&base_path)?;
             let (before, after) = (&base.profile, &saved.profile);
             let changes = diff::site_changes(before, after);
-            let table = diff::render_changes(
+            // Escaped once for stdout and the .txt alike: it quotes the targets' names.
+            let table = escape_controls(&diff::render_changes(
                 &base_path.display().to_string(),
                 &input.display().to_string(),
                 &changes,
                 top,
-            );
+            ))
+            .into_owned();
             let lines = diff::differential_lines(before, after, weight);
-            for output in outputs {
-                let path = output.path.clone();
+            let mut failed = 0;
+            for output in &outputs {
                 let bytes = match output.format {
                     Format::Svg => {
                         let mut svg = Vec::new();
@@ -85,10 +89,10 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                         .into_bytes(),
                     _ => table.clone().into_bytes(),
                 };
-                output.write_bytes(&bytes)?;
-                eprintln!("tracer: wrote {}", path.display());
+                failed += usize::from(note_written(&output.path, output.write_bytes(&bytes)));
             }
             print_stdout(&table)?;
+            outputs_failed(failed, outputs.len())?;
         }
     }
     Ok(())

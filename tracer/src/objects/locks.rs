@@ -109,12 +109,9 @@ fn symbol_at(symbols: &[DataSymbol], svma: u64) -> Option<String> {
     })
 }
 
-/// Rust names without their hash; anything else as it is.
+/// Rust and C++ names demangled (Rust's without the hash); anything else as it is.
 fn demangle(name: &str) -> String {
-    match rustc_demangle::try_demangle(name) {
-        Ok(demangled) => format!("{demangled:#}"),
-        Err(_) => name.to_string(),
-    }
+    crate::stacks::demangle(name).into_owned()
 }
 
 #[cfg(test)]

@@ -74,7 +74,8 @@ pub enum Stop {
 }
 
 /// Runs `work` (draining what the probes send) again and again until `duration` has
-/// passed, Ctrl-C or SIGTERM comes, or `target` exits (its pidfd turns readable).
+/// passed, Ctrl-C, SIGTERM or SIGHUP (the terminal closed) comes, or `target` exits (its
+/// pidfd turns readable).
 pub async fn run_until_stop(
     target: &Target,
     duration: Duration,
@@ -82,6 +83,7 @@ pub async fn run_until_stop(
 ) -> anyhow::Result<Stop> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
         .context("cannot poll the pidfd")?;
     let deadline = tokio::time::sleep(duration);
@@ -91,6 +93,7 @@ pub async fn run_until_stop(
             _ = &mut deadline => return Ok(Stop::DurationElapsed),
             _ = sigint.recv() => return Ok(Stop::Interrupted),
             _ = sigterm.recv() => return Ok(Stop::Interrupted),
+            _ = sighup.recv() => return Ok(Stop::Interrupted),
             _ = readable(&exited) => return Ok(Stop::TargetExited),
             done = work() => done?,
         }
@@ -105,7 +108,8 @@ pub fn profile_of(target: &Target, kind: ProfileKind, started_at: SystemTime) ->
     profile
 }
 
-/// Creates the output files (after every check, so a refused run leaves none behind).
+/// Checks that each output file can be written (after every check; a refused run leaves
+/// none behind, and an earlier report stays until the new one replaces it whole).
 pub fn create_outputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Output>> {
     Ok(paths.iter().map(|path| Output::create(path)).collect::<Result<Vec<_>, _>>()?)
 }
@@ -166,9 +170,11 @@ pub fn symbolize(
 }
 
 /// The last stage of `record` and `snapshot`: every output file, then the summary and the
-/// tracer's own cost on stdout (files first: a stdout that is gone must not cost them).
+/// tracer's own cost on stdout (files first: a stdout that is gone must not cost them),
+/// then the error of the outputs that could not be written, if any.
 pub fn report(profile: &Profile, outputs: Vec<Output>, top: usize) -> anyhow::Result<()> {
-    crate::report::write_outputs(outputs, profile, top)?;
+    let written = crate::report::write_outputs(outputs, profile, top);
     let summary = render_summary(profile, top);
-    crate::report::print_stdout(&format!("{summary}{}\n", own_usage::ProcessUsage::of_self()))
+    crate::report::print_stdout(&format!("{summary}{}\n", own_usage::ProcessUsage::of_self()))?;
+    written
 }

@@ -22,7 +22,7 @@ pub enum TargetError {
     /// No such process.
     #[error("pid {0} does not exist")]
     NoSuchProcess(u32),
-    /// The process has exited and waits for its parent to reap it.
+    /// The process has exited, every thread of it, and waits for its parent to reap it.
     #[error("pid {0} has exited (a zombie waiting for its parent); nothing left to trace")]
     Zombie(u32),
     /// A thread id was given; the process is its thread group.
@@ -55,7 +55,8 @@ pub enum TargetError {
 #[derive(Debug)]
 pub struct Target {
     pub pid: u32,
-    /// The process name (/proc/PID/comm).
+    /// The process name (/proc/PID/comm), its control characters written out: the
+    /// process chose it, and it is printed on root's terminal.
     pub comm: String,
     /// Its command line (/proc/PID/cmdline), when readable.
     pub command_line: Option<Vec<String>>,
@@ -81,7 +82,8 @@ impl Target {
         if flags & PF_KTHREAD != 0 {
             return Err(TargetError::KernelThread { pid, comm });
         }
-        if state == 'Z' || state == 'X' {
+        // A main thread that called pthread_exit is a zombie while the others live on.
+        if is_dead(state) && live_thread(pid) == pid {
             return Err(TargetError::Zombie(pid));
         }
         // /proc/TID exists for every thread too (hidden from listings): refuse a thread id.
@@ -102,7 +104,8 @@ impl Target {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let command_line = read_command_line(pid);
+        let command_line = read_command_line(live_thread(pid));
+        let comm = crate::report::escape_name(&comm).into_owned();
         Ok(Self { pid, comm, command_line, pidfd })
     }
 
@@ -114,6 +117,35 @@ impl Target {
         // SAFETY: one valid pollfd, zero timeout.
         unsafe { libc::poll(&mut poll, 1, 0) > 0 }
     }
+}
+
+/// A thread through which /proc and `process_vm_readv` still see process `pid`: `pid`
+/// itself, unless its main thread has exited (`pthread_exit`) while others live on. Such
+/// a main thread has given up the process's memory, files and namespaces, so
+/// /proc/PID/maps, fd/ and cmdline read empty and `process_vm_readv(PID)` fails, while
+/// /proc/TID of any live thread shows them all (task/ too lists every thread). `pid` when
+/// no thread lives.
+pub fn live_thread(pid: u32) -> u32 {
+    let state = |dir: &str| -> Option<char> {
+        parse_stat(&fs::read_to_string(format!("{dir}/stat")).ok()?).map(|stat| stat.state)
+    };
+    if state(&format!("/proc/{pid}")).is_none_or(|state| !is_dead(state)) {
+        return pid;
+    }
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return pid;
+    };
+    tasks
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&tid| {
+            tid != pid && state(&format!("/proc/{pid}/task/{tid}")).is_some_and(|s| !is_dead(s))
+        })
+        .unwrap_or(pid)
+}
+
+/// A zombie (exited, not yet reaped) or a task being torn down.
+fn is_dead(state: char) -> bool {
+    state == 'Z' || state == 'X'
 }
 
 struct ProcStat {
@@ -204,6 +236,11 @@ mod tests {
         }
         assert!(matches!(Target::open(pid), Err(TargetError::Zombie(p)) if p == pid));
         drop(child.wait_with_output());
+    }
+
+    #[test]
+    fn a_live_process_is_read_through_itself() {
+        assert_eq!(live_thread(std::process::id()), std::process::id());
     }
 
     #[test]

@@ -57,17 +57,19 @@ pub fn write_flamegraph(
         let color = if still_blocked { STILL_BLOCKED } else { kind_color(stack.kind) };
         palette.insert(kind_frame(profile, stack), color);
     }
-    let mut options = base_options(&profile.comm, weight);
+    // The comm comes from the process: no control characters in the XML.
+    let comm = crate::report::escape_name(&profile.comm);
+    let mut options = base_options(&comm, weight);
     options.palette_map = Some(&mut palette);
     options.title = match profile.kind {
-        ProfileKind::Recording => format!("{}: where {} blocked", profile.comm, profile.waiters()),
-        ProfileKind::Snapshot => format!("{}: {} blocked now", profile.comm, profile.waiters()),
+        ProfileKind::Recording => format!("{comm}: where {} blocked", profile.waiters()),
+        ProfileKind::Snapshot => format!("{comm}: {} blocked now", profile.waiters()),
     };
     options.subtitle = Some(subtitle(profile, weight));
     let mut svg = Vec::new();
     if lines.is_empty() {
         // inferno refuses an empty profile; draw one frame that says so.
-        let empty = [format!("{} (no waits over the threshold) 1", profile.comm)];
+        let empty = [format!("{comm} (no waits over the threshold) 1")];
         flamegraph::from_lines(&mut options, empty.iter().map(String::as_str), &mut svg)?;
     } else {
         flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)?;
@@ -169,8 +171,8 @@ pub fn write_differential(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let mut options = base_options("diff", weight);
-    options.title = title.to_string();
-    options.subtitle = Some(subtitle.to_string());
+    options.title = crate::report::escape_name(title).into_owned();
+    options.subtitle = Some(crate::report::escape_name(subtitle).into_owned());
     if lines.is_empty() {
         let empty = ["(no waits in either profile) 1 1"];
         flamegraph::from_lines(&mut options, empty.iter().copied(), out)?;

@@ -67,9 +67,10 @@ pub fn kind_frame(profile: &Profile, stack: &ProfileStack) -> String {
     frame
 }
 
-/// `;` separates frames and a newline ends the line, so neither may appear in a name.
+/// `;` separates frames and a newline ends the line, so neither may appear in a name;
+/// other control characters are written out (the SVG is drawn from these lines).
 fn sanitize(name: &str) -> String {
-    name.replace(';', ":").replace(['\n', '\r'], " ")
+    crate::report::escape_name(&name.replace(';', ":").replace(['\n', '\r'], " ")).into_owned()
 }
 
 pub fn write_folded_weighted(

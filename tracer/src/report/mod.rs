@@ -47,13 +47,20 @@ pub enum OutputError {
     /// The extension names no format we write.
     #[error("{}: unknown output extension (use {EXTENSIONS})", .0.display())]
     UnknownExtension(PathBuf),
-    /// The file cannot be created.
+    /// The file cannot be created or written.
     #[error("{}: cannot write", .path.display())]
     Unwritable {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// A symbolic link: replacing it would break the link, following it would let whoever
+    /// owns the link choose what root overwrites.
+    #[error("{}: is a symbolic link; give the path of the file itself", .0.display())]
+    Symlink(PathBuf),
+    /// A directory, a device, a pipe: a report replaces a regular file or creates one.
+    #[error("{}: not a regular file", .0.display())]
+    NotRegular(PathBuf),
 }
 
 impl Format {
@@ -147,18 +154,73 @@ impl Provenance {
 }
 
 /// Writes `profile` to every output, its text table as long as stdout's (`top` rows),
-/// saying so for each.
+/// saying so for each. Every output is attempted: each failure is one line on stderr, and
+/// the error says how many failed.
 pub fn write_outputs(outputs: Vec<Output>, profile: &Profile, top: usize) -> anyhow::Result<()> {
     let provenance = Provenance::of_profile(profile);
     let options = RenderOptions { top, ..RenderOptions::default_for(profile.kind) };
-    for output in outputs {
-        let path = output.path.clone();
-        output
-            .write_with(profile, &provenance, options)
-            .map_err(|err| err.context(format!("{}: cannot write the report", path.display())))?;
-        eprintln!("tracer: wrote {}", path.display());
+    let total = outputs.len();
+    let failed = outputs
+        .into_iter()
+        .filter(|output| {
+            let written = output.write_with(profile, &provenance, options);
+            note_written(&output.path, written)
+        })
+        .count();
+    outputs_failed(failed, total)
+}
+
+/// Says on stderr that `path` was written, or why not; true if it was not.
+pub fn note_written(path: &Path, written: anyhow::Result<()>) -> bool {
+    let line = match &written {
+        Ok(()) => format!("tracer: wrote {}", path.display()),
+        Err(err) => format!("tracer: {}: cannot write the report: {err:#}", path.display()),
+    };
+    note(&line);
+    written.is_err()
+}
+
+/// The error of a run in which `failed` of `total` outputs could not be written.
+pub fn outputs_failed(failed: usize, total: usize) -> anyhow::Result<()> {
+    match failed {
+        0 => Ok(()),
+        _ => anyhow::bail!("{failed} of {total} reports not written"),
     }
-    Ok(())
+}
+
+/// A line on stderr that never panics: a terminal that hung up (SIGHUP) must not cost
+/// the reports still to be written.
+pub fn note(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `text` with its control characters written out (`\x1b`, `\u{9b}`), except the newlines
+/// and tabs of our own layout: names come from the traced process, and one that holds
+/// escape sequences must not drive root's terminal (set its title, clear it) or end up
+/// in an SVG, which XML forbids them in.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls_but(text, &['\n', '\t'])
+}
+
+/// One name on one line: every control character written out, newlines too.
+pub fn escape_name(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls_but(text, &[])
+}
+
+fn escape_controls_but<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    let escaped = |c: char| c.is_control() && !keep.contains(&c);
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !escaped(c) => out.push(c),
+            c if u32::from(c) <= 0xff => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Prints `text` on stdout. A stdout that cannot take it (a reader that went away, as in
@@ -167,7 +229,7 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(text.as_bytes())
+        .write_all(escape_controls(text).as_bytes())
         .and_then(|()| stdout.flush())
         .context("cannot write to stdout")
 }
@@ -191,6 +253,9 @@ pub enum ReadError {
         #[source]
         source: std::io::Error,
     },
+    /// A device, a pipe, a directory: `/dev/zero` would be read for ever.
+    #[error("{}: not a regular file (give a profile tracer saved)", .0.display())]
+    NotRegular(PathBuf),
     /// Empty.
     #[error("{}: empty file", .0.display())]
     Empty(PathBuf),
@@ -214,9 +279,17 @@ pub enum ReadError {
 }
 
 /// Reads a profile `tracer` saved as JSON or pprof, telling them apart by content.
+/// Only a regular file: a device or a pipe may never end.
 pub fn read_saved(path: &Path) -> Result<SavedProfile, ReadError> {
-    let bytes = std::fs::read(path)
-        .map_err(|source| ReadError::Unreadable { path: path.to_path_buf(), source })?;
+    use std::io::Read as _;
+    let unreadable = |source| ReadError::Unreadable { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(unreadable)?;
+    let metadata = file.metadata().map_err(unreadable)?;
+    if !metadata.is_file() {
+        return Err(ReadError::NotRegular(path.to_path_buf()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or_default());
+    file.read_to_end(&mut bytes).map_err(unreadable)?;
     read_saved_bytes(path, &bytes)
 }
 
@@ -252,11 +325,12 @@ impl RenderOptions {
     }
 }
 
-/// An output file, created before tracing starts so a bad path fails at once.
+/// An output file, checked before tracing starts so a bad path fails at once, and
+/// written at the end to a temporary file beside it that is then renamed into place: an
+/// earlier report stays whole until the new one is complete, even if the tracer is killed.
 pub struct Output {
     pub path: PathBuf,
     pub format: Format,
-    file: File,
 }
 
 impl Output {
@@ -264,43 +338,86 @@ impl Output {
         Self::create_as(path, Format::from_path(path)?)
     }
 
+    /// Checks that `path` can be replaced: not a symbolic link, a regular file if it
+    /// exists, and a temporary file can be created beside it (then removed).
     pub fn create_as(path: &Path, format: Format) -> Result<Self, OutputError> {
-        let file = File::create(path)
-            .map_err(|source| OutputError::Unwritable { path: path.to_path_buf(), source })?;
-        Ok(Self { path: path.to_path_buf(), format, file })
+        let output = Self { path: path.to_path_buf(), format };
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                return Err(OutputError::Symlink(output.path));
+            }
+            Ok(metadata) if !metadata.is_file() => {
+                return Err(OutputError::NotRegular(output.path));
+            }
+            _ => {}
+        }
+        let temporary = output.temporary_path();
+        create_new(&temporary)
+            .map_err(|source| OutputError::Unwritable { path: output.path.clone(), source })?;
+        let _ = std::fs::remove_file(&temporary);
+        Ok(output)
+    }
+
+    /// `.NAME.tracer-PID.tmp` in the output's directory: the same file system, so the
+    /// rename is atomic; hidden, and named after this run.
+    fn temporary_path(&self) -> PathBuf {
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        self.path.with_file_name(format!(".{name}.tracer-{}.tmp", std::process::id()))
+    }
+
+    /// Writes `bytes_of`'s output to the temporary file, syncs it and renames it over the
+    /// output; on failure the temporary file is removed and the output left as it was.
+    fn replace_with(
+        &self,
+        bytes_of: impl FnOnce(&mut BufWriter<File>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let temporary = self.temporary_path();
+        let written = create_new(&temporary).map_err(anyhow::Error::new).and_then(|file| {
+            let mut out = BufWriter::new(file);
+            bytes_of(&mut out)?;
+            let file = out.into_inner().map_err(|err| err.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &self.path)?;
+            Ok(())
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written
     }
 
     /// Writes `profile` in this output's format: `provenance` for the formats that carry it
     /// (JSON, pprof), `options` for the flamegraph's width and the text table's rows.
     pub fn write_with(
-        self,
+        &self,
         profile: &Profile,
         provenance: &Provenance,
         options: RenderOptions,
     ) -> anyhow::Result<()> {
-        let Output { path, format, file } = self;
-        let mut out = BufWriter::new(file);
-        match format {
-            Format::Folded => folded::write_folded_weighted(profile, options.weight, &mut out)?,
-            Format::Svg => flamegraph::write_flamegraph(profile, options.weight, &mut out)?,
-            Format::Pprof => pprof::write_pprof(profile, provenance, options.weight, &mut out)?,
-            Format::Json => json::write_json(profile, provenance, &mut out)?,
-            Format::Text => {
-                out.write_all(summary::render_summary(profile, options.top).as_bytes())?
+        self.replace_with(|out| {
+            match self.format {
+                Format::Folded => folded::write_folded_weighted(profile, options.weight, out)?,
+                Format::Svg => flamegraph::write_flamegraph(profile, options.weight, out)?,
+                Format::Pprof => pprof::write_pprof(profile, provenance, options.weight, out)?,
+                Format::Json => json::write_json(profile, provenance, out)?,
+                Format::Text => {
+                    let summary = summary::render_summary(profile, options.top);
+                    out.write_all(escape_controls(&summary).as_bytes())?
+                }
             }
-        }
-        out.flush().map_err(|source| OutputError::Unwritable { path, source })?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Writes raw bytes (a diff's reports).
-    pub fn write_bytes(self, bytes: &[u8]) -> Result<(), OutputError> {
-        let Output { path, format: _, file } = self;
-        let mut out = BufWriter::new(file);
-        out.write_all(bytes)
-            .and_then(|()| out.flush())
-            .map_err(|source| OutputError::Unwritable { path, source })
+    pub fn write_bytes(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.replace_with(|out| Ok(out.write_all(bytes)?))
     }
+}
+
+/// Creates `path`, failing if anything (a link planted there) exists.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    File::options().write(true).create_new(true).open(path)
 }
 
 #[cfg(test)]
@@ -320,5 +437,84 @@ mod tests {
             err.to_string(),
             "waits.gz: unknown output extension (use .folded, .svg, .pb.gz, .pprof, .json or .txt)"
         );
+    }
+
+    fn temp_dir(label: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tracer-output-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_output_replaces_the_file_whole_or_not_at_all() {
+        let dir = temp_dir("replace");
+        let path = dir.join("waits.txt");
+        std::fs::write(&path, "earlier").unwrap();
+        let output = Output::create(&path).unwrap();
+        // Checking the path leaves the earlier report and nothing beside it.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier");
+        assert_eq!(names_in(&dir), ["waits.txt"]);
+
+        let failed = output.replace_with(|out| {
+            out.write_all(b"half")?;
+            anyhow::bail!("the disk is full")
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier");
+        assert_eq!(names_in(&dir), ["waits.txt"]);
+
+        output.write_bytes(b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(names_in(&dir), ["waits.txt"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_and_special_files_are_refused_as_outputs() {
+        let dir = temp_dir("refused");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = dir.join("waits.json");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(matches!(Output::create(&link), Err(OutputError::Symlink(_))));
+        let directory = dir.join("waits.svg");
+        std::fs::create_dir(&directory).unwrap();
+        assert!(matches!(Output::create(&directory), Err(OutputError::NotRegular(_))));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn control_characters_are_written_out() {
+        let name = "\x1b]0;pwn\x07<a>\u{9b}2J";
+        assert_eq!(escape_name(name), "\\x1b]0;pwn\\x07<a>\\x9b2J");
+        assert_eq!(escape_controls("a\tb\nc\rd\x7f"), "a\tb\nc\\x0dd\\x7f");
+        assert_eq!(escape_name("a\nb"), "a\\x0ab");
+        assert!(matches!(escape_controls("plain ünïcode"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn only_regular_files_are_read_as_profiles() {
+        let err = read_saved(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, ReadError::NotRegular(_)), "{err}");
+        let err = read_saved(Path::new("/")).unwrap_err();
+        assert!(matches!(err, ReadError::NotRegular(_)), "{err}");
+    }
+
+    #[test]
+    fn failed_outputs_are_counted_in_one_line() {
+        assert!(outputs_failed(0, 3).is_ok());
+        assert_eq!(outputs_failed(2, 3).unwrap_err().to_string(), "2 of 3 reports not written");
     }
 }

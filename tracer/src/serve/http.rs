@@ -167,6 +167,11 @@ fn with_causes(err: &dyn std::error::Error) -> String {
 }
 
 fn text(status: StatusCode, body: String) -> Reply {
+    // Text answers are read in terminals (curl), and quote the target's names.
+    let body = match crate::report::escape_controls(&body) {
+        std::borrow::Cow::Borrowed(_) => body,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
@@ -192,16 +197,17 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
-/// `seconds` of /debug/pprof/block: a whole number from 1, cut to MAX_SECONDS.
+/// `seconds` of /debug/pprof/block: a whole number from 1 to MAX_SECONDS, as the error
+/// says (a longer window is refused, not cut short unsaid).
 fn parse_seconds(value: Option<&str>) -> Result<u64, String> {
     let Some(value) = value else {
         return Ok(DEFAULT_SECONDS);
     };
     match value.parse::<u64>() {
-        Ok(0) | Err(_) => Err(format!(
+        Ok(seconds @ 1..=MAX_SECONDS) => Ok(seconds),
+        _ => Err(format!(
             "seconds={value}: give a whole number of seconds from 1 to {MAX_SECONDS}\n"
         )),
-        Ok(seconds) => Ok(seconds.min(MAX_SECONDS)),
     }
 }
 
@@ -413,7 +419,9 @@ mod tests {
     fn seconds_default_cap_and_refuse() {
         assert_eq!(parse_seconds(None), Ok(DEFAULT_SECONDS));
         assert_eq!(parse_seconds(Some("2")), Ok(2));
-        assert_eq!(parse_seconds(Some("100000")), Ok(MAX_SECONDS));
+        assert_eq!(parse_seconds(Some("300")), Ok(MAX_SECONDS));
+        assert!(parse_seconds(Some("301")).unwrap_err().contains("from 1 to 300"));
+        assert!(parse_seconds(Some("100000")).unwrap_err().contains("from 1 to 300"));
         for bad in ["0", "-1", "abc", "", "1.5"] {
             assert!(parse_seconds(Some(bad)).unwrap_err().contains("whole number"), "{bad}");
         }

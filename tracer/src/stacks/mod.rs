@@ -14,6 +14,7 @@ mod unwind;
 
 pub use process_image::{MapRefresh, Module, ProcessImage};
 pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
+pub(crate) use symbolize::demangle;
 pub use symbolize::{Frame, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME};
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
 

@@ -296,6 +296,8 @@ impl ProcessImage {
     /// file: load bias and the sections the unwinder needs. The vDSO is copied into a memfd.
     /// Mappings that cannot be opened or parsed are left out (logged at debug level).
     pub fn snapshot(pid: u32) -> Result<ProcessImage, ImageError> {
+        // A process whose main thread has exited is read through a thread that lives.
+        let pid = crate::pipeline::target::live_thread(pid);
         let exe_identity = std::fs::metadata(format!("/proc/{pid}/exe"))
             .ok()
             .map(|metadata| FileIdentity::of(&metadata));

@@ -75,7 +75,9 @@ impl StackSymbolizer {
         let symbolizer = Symbolizer::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
-            .enable_demangling(true)
+            // blazesym would demangle every name it cannot place as C++ types: a C
+            // function `i` or `Pc` would read `int`, `char*`. `demangle` is stricter.
+            .enable_demangling(false)
             .build();
         Self { symbolizer, cache: HashMap::new(), without_debug_info: HashSet::new() }
     }
@@ -135,7 +137,7 @@ impl StackSymbolizer {
             }
         };
         let frame = |name: &str, code_info: Option<&CodeInfo<'_>>, inlined: bool| Frame {
-            name: strip_rust_hash(name).to_owned(),
+            name: strip_rust_hash(&demangle(name)).to_owned(),
             module: module.name().to_owned(),
             module_is_main: module.is_main_executable,
             file: code_info.map(|info| info.to_path().display().to_string()),
@@ -181,6 +183,25 @@ fn unknown_frame(module: Option<&Module>, address: u64) -> Frame {
     }
 }
 
+/// A mangled name demangled, anything else as it is: only `_R…` (Rust v0) and `_Z…`
+/// (Rust legacy `_ZN…E`, C++) are mangled; a C function may well be named `i`, `Pc` or
+/// `St`, which a demangler reads as a C++ type. Rust's hash is left out.
+pub(crate) fn demangle(name: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    if (name.starts_with("_R") || name.starts_with("_ZN"))
+        && let Ok(demangled) = rustc_demangle::try_demangle(name)
+    {
+        return Cow::Owned(format!("{demangled:#}"));
+    }
+    if name.starts_with("_Z")
+        && let Some(demangled) =
+            cpp_demangle::Symbol::new(name).ok().and_then(|symbol| symbol.demangle().ok())
+    {
+        return Cow::Owned(demangled);
+    }
+    Cow::Borrowed(name)
+}
+
 /// Removes a legacy Rust mangling hash ("::h0123456789abcdef") that demangling left in place
 /// (blazesym strips it when it demangles, but names from DWARF or ELF may keep it).
 pub(crate) fn strip_rust_hash(name: &str) -> &str {
@@ -195,6 +216,20 @@ pub(crate) fn strip_rust_hash(name: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_mangled_names_are_demangled() {
+        // Plain C names that read as C++ types to a demangler that tries everything.
+        for name in ["i", "Pc", "St", "Dn", "f", "main", "enqueue_stat"] {
+            assert_eq!(demangle(name), name);
+        }
+        assert_eq!(demangle("_ZN3app11STATS_QUEUE17h0123456789abcdefE"), "app::STATS_QUEUE");
+        assert_eq!(demangle("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
+        assert_eq!(demangle("_Z3fooic"), "foo(int, char)");
+        assert_eq!(demangle("_ZN5space3fooEibc"), "space::foo(int, bool, char)");
+        // Not a valid mangling: left as it is.
+        assert_eq!(demangle("_Zzz"), "_Zzz");
+    }
 
     #[test]
     fn return_addresses_are_looked_up_one_byte_back() {

@@ -283,7 +283,8 @@ impl ThreadReader {
     /// when a thread's sp falls in none of them).
     pub fn new(pid: u32) -> Result<Self, io::Error> {
         let mut reader = Self {
-            pid,
+            // A process whose main thread has exited is read through a thread that lives.
+            pid: crate::pipeline::target::live_thread(pid),
             mappings: Vec::new(),
             mappings_stale: false,
             mappings_read_at: Instant::now(),

@@ -279,7 +279,8 @@ impl SocketResolver {
     /// errors surface per lookup.
     pub fn new(pid: u32) -> Self {
         Self {
-            pid,
+            // A process whose main thread has exited is read through a thread that lives.
+            pid: crate::pipeline::target::live_thread(pid),
             diag: None,
             last_open: None,
             table: HashMap::new(),

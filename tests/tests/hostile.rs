@@ -1,0 +1,147 @@
+//! Targets that are hostile or odd: names that carry escape sequences and markup, plain C
+//! functions whose names a demangler reads as C++ types, a process whose main thread has
+//! exited while its other threads live on. Real kernel, run as root.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tracer_tests::{
+    C_HOSTILE_SOURCE, ChildGuard, ServeDaemon, TempDir, build_c, function_names, has_function,
+    http_get, run_tool, snapshot_profile, stacks_where, start_workload, tracer_snapshot,
+};
+
+/// Threads the workload blocks in a futex wait.
+const WAITERS: usize = 4;
+/// The workload's alarm: far beyond any test, so only a hang meets it.
+const WORKLOAD_SECONDS: &str = "120";
+/// Far above the second a snapshot takes, so a loaded machine does not flake.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The name the workload gives itself in `name` mode (see tests/workloads/c_hostile.c).
+const HOSTILE_NAME: &str = "\x1b]0;pwn\x07<a>";
+/// The plain C functions on every waiter's stack, leaf last; a demangler that tries any
+/// name reads them as `float`, `std::nullptr_t`, `std`, `char*`, `int`.
+const C_NAMES: [&str; 5] = ["f", "Dn", "St", "Pc", "i"];
+
+fn start_hostile(dir: &TempDir, mode: &str) -> ChildGuard {
+    let bin = build_c(dir.path(), C_HOSTILE_SOURCE, "c-hostile");
+    let mut cmd = Command::new(bin);
+    cmd.arg(mode).arg(WAITERS.to_string()).arg(WORKLOAD_SECONDS);
+    start_workload(&format!("c-hostile {mode}"), cmd)
+}
+
+/// No byte that starts or ends a terminal control sequence: ESC, BEL, CSI (C1, as UTF-8).
+fn assert_no_controls(what: &str, text: &str) {
+    for (name, bad) in [("ESC", "\x1b"), ("BEL", "\x07"), ("CSI", "\u{9b}")] {
+        assert!(!text.contains(bad), "{what} holds {name}:\n{text:?}");
+    }
+}
+
+#[test]
+fn names_from_the_target_cannot_drive_the_terminal_or_break_the_svg() {
+    let dir = TempDir::new("hostile-name");
+    let workload = start_hostile(&dir, "name");
+    let comm = std::fs::read(format!("/proc/{}/comm", workload.pid())).expect("read comm");
+    assert_eq!(comm, format!("{HOSTILE_NAME}\n").as_bytes(), "the workload did not rename itself");
+    let (svg, folded, txt) = (dir.join("now.svg"), dir.join("now.folded"), dir.join("now.txt"));
+    let mut args = vec![];
+    for path in [&svg, &folded, &txt] {
+        args.extend(["--output", path.to_str().expect("utf-8 path")]);
+    }
+
+    let out = tracer_snapshot(workload.pid(), &args, RUN_TIMEOUT);
+    assert!(out.status.success(), "exit {}; stderr:\n{}", out.status, out.stderr);
+    assert_no_controls("stdout", &out.stdout);
+    assert_no_controls("stderr", &out.stderr);
+    // The name is still there to read, written out.
+    assert!(out.stdout.contains("\\x1b]0;pwn\\x07<a>"), "stdout:\n{}", out.stdout);
+    let txt = std::fs::read_to_string(&txt).expect("read the text report");
+    assert_no_controls("the text report", &txt);
+    let folded = std::fs::read_to_string(&folded).expect("read the folded stacks");
+    assert_no_controls("the folded stacks", &folded);
+    // One line per stack, each ending in its count: the waiters' stack.
+    assert_eq!(folded.lines().count(), 1, "folded:\n{folded}");
+    assert!(folded.trim_end().ends_with(&format!(" {WAITERS}")), "folded:\n{folded}");
+    let svg_text = std::fs::read_to_string(&svg).expect("read the svg");
+    assert_no_controls("the svg", &svg_text);
+    run_tool("xmllint", &["--noout", svg.to_str().expect("utf-8 path")], RUN_TIMEOUT);
+
+    // serve logs the name of the process it attaches to.
+    let pid = workload.pid().to_string();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid]);
+    daemon.wait_for_log(|line| line.contains(&format!("attached to pid {pid}")), RUN_TIMEOUT);
+    let summary = http_get(daemon.port, "/debug/pprof/threads?debug=1", RUN_TIMEOUT);
+    daemon.terminate(RUN_TIMEOUT);
+    assert_eq!(summary.status, 200, "{}", summary.text());
+    assert!(summary.text().contains("\\x1b]0;pwn"), "{}", summary.text());
+    assert_no_controls("serve's log", &daemon.log());
+    assert_no_controls("serve's summary", &summary.text());
+}
+
+#[test]
+fn plain_c_names_are_not_demangled() {
+    let dir = TempDir::new("c-names");
+    let workload = start_hostile(&dir, "plain");
+    let traced = snapshot_profile(workload.pid(), &[], &dir, RUN_TIMEOUT);
+    let waiters = stacks_where(&traced.profile, |stack| has_function(stack, "waiter"));
+    assert_eq!(waiters.len(), 1, "stacks: {:#?}", traced.profile.stacks);
+    let names = function_names(waiters[0]);
+    let position = |name: &str| names.iter().position(|frame| *frame == name);
+    let positions: Vec<_> = C_NAMES.iter().map(|name| position(name)).collect();
+    assert!(positions.iter().all(Option::is_some), "{C_NAMES:?} not all in {names:?}");
+    assert!(positions.is_sorted(), "{C_NAMES:?} not in call order in {names:?}");
+    for wrong in ["float", "std::nullptr_t", "std", "char*", "int"] {
+        assert!(!names.contains(&wrong), "{wrong} in {names:?}");
+    }
+}
+
+/// Waits until the workload's main thread is a zombie (it calls pthread_exit after `ready`).
+fn wait_main_thread_exited(pid: u32) {
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "main thread of {pid} still runs: {stat}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The threads blocked on the waiters' stack, and that stack's frames.
+fn waiter_threads(profile: &tracer_tests::Profile) -> (usize, Vec<String>) {
+    let waiters = stacks_where(profile, |stack| has_function(stack, "waiter"));
+    let threads = tracer_tests::thread_ids(profile, |stack| has_function(stack, "waiter")).len();
+    let names = waiters
+        .first()
+        .map(|stack| function_names(stack).into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    (threads, names)
+}
+
+#[test]
+fn a_process_whose_main_thread_exited_is_traced() {
+    let dir = TempDir::new("main-exits");
+    let workload = start_hostile(&dir, "main-exits");
+    wait_main_thread_exited(workload.pid());
+
+    let snapshot = snapshot_profile(workload.pid(), &[], &dir, RUN_TIMEOUT);
+    let (threads, names) = waiter_threads(&snapshot.profile);
+    assert_eq!(threads, WAITERS, "stacks: {:#?}", snapshot.profile.stacks);
+    assert!(names.iter().any(|name| name == "i"), "the waiters' stack is unnamed: {names:?}");
+
+    let record =
+        tracer_tests::record_profile(workload.pid(), &["--duration", "1s"], &dir, RUN_TIMEOUT);
+    let (threads, _) = waiter_threads(&record.profile);
+    assert_eq!(threads, WAITERS, "stacks: {:#?}", record.profile.stacks);
+}
+
+/// Every thread gone: the one case still refused, in one line.
+#[test]
+fn a_process_with_no_live_thread_is_refused() {
+    let child = Command::new("true").spawn().unwrap_or_else(|e| panic!("spawn true: {e}"));
+    let guard = ChildGuard::new("true", child);
+    wait_main_thread_exited(guard.pid());
+    let out = tracer_snapshot(guard.pid(), &[], RUN_TIMEOUT);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("has exited"), "stderr:\n{}", out.stderr);
+}

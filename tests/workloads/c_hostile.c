@@ -1,0 +1,121 @@
+/*
+ * A target that is hostile or odd in the ways a probe of the tracer found: WAITERS threads
+ * blocked for good in pthread_cond_wait, reached through functions with plain C names that a
+ * careless demangler reads as C++ types (f, Dn, St, Pc, i: float, std::nullptr_t, std,
+ * char*, int).
+ *
+ * Usage: c-hostile MODE [WAITERS] [SECONDS]
+ *   plain       the waiters only;
+ *   name        then the process and every thread name themselves HOSTILE_NAME, an escape
+ *               sequence that sets a terminal's title, and markup;
+ *   main-exits  then the main thread calls pthread_exit: the process is a zombie leader
+ *               whose threads live on and stay blocked.
+ * Prints "ready" once every waiter is in its futex wait (and renamed). An alarm ends the
+ * process after SECONDS whatever happens. Built by the tests with `gcc -O2 -g -pthread`.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "c_workload.h"
+
+/* The name the waiters have until they all wait; the readiness check goes by it. */
+#define WAITER_NAME "waiter"
+/* ESC ] 0 ; pwn BEL sets an xterm's title; <a> is markup. 11 bytes: fits comm's 15. */
+#define HOSTILE_NAME "\x1b]0;pwn\x07<a>"
+/* x86_64 futex (arch/x86/entry/syscalls/syscall_64.tbl). */
+#define SYS_FUTEX_NR 202
+#define POLL_SECONDS 0.01
+#define STABLE_POLLS 10
+
+/* noinline and noclone keep each name a frame of its own (no f.constprop.0). */
+#define CALL_SITE __attribute__((noinline, noclone))
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
+
+/* The empty asm keeps gcc from turning each call into a tail call (and dropping a frame). */
+CALL_SITE void i(void)
+{
+	pthread_mutex_lock(&lock);
+	for (;;)
+		pthread_cond_wait(&never, &lock);
+}
+
+CALL_SITE void Pc(void)
+{
+	i();
+	__asm__ volatile("");
+}
+
+CALL_SITE void St(void)
+{
+	Pc();
+	__asm__ volatile("");
+}
+
+CALL_SITE void Dn(void)
+{
+	St();
+	__asm__ volatile("");
+}
+
+CALL_SITE void f(void)
+{
+	Dn();
+	__asm__ volatile("");
+}
+
+CALL_SITE void *waiter(void *arg)
+{
+	(void)arg;
+	pthread_setname_np(pthread_self(), WAITER_NAME);
+	f();
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || argc > 4) {
+		fprintf(stderr, "usage: c-hostile plain|name|main-exits [WAITERS] [SECONDS]\n");
+		return 2;
+	}
+	const char *mode = argv[1];
+	long waiters = argc > 2 ? atol(argv[2]) : 4;
+	unsigned seconds = argc > 3 ? (unsigned)atoi(argv[3]) : 60;
+	if (strcmp(mode, "plain") != 0 && strcmp(mode, "name") != 0 &&
+	    strcmp(mode, "main-exits") != 0) {
+		fprintf(stderr, "c-hostile: unknown mode %s\n", mode);
+		return 2;
+	}
+	alarm(seconds);
+
+	pthread_t *tids = calloc((size_t)waiters, sizeof *tids);
+	for (long n = 0; n < waiters; n++) {
+		int err = pthread_create(&tids[n], NULL, waiter, NULL);
+		if (err != 0) {
+			fprintf(stderr, "c-hostile: pthread_create: %s\n", strerror(err));
+			return 1;
+		}
+	}
+	/* Poll instead of a barrier: main must never wait on a futex. */
+	for (int stable = 0; stable < STABLE_POLLS;) {
+		stable = threads_in_syscall(WAITER_NAME, SYS_FUTEX_NR) == waiters ? stable + 1 : 0;
+		sleep_seconds(POLL_SECONDS);
+	}
+	if (strcmp(mode, "name") == 0) {
+		for (long n = 0; n < waiters; n++)
+			pthread_setname_np(tids[n], HOSTILE_NAME);
+		prctl(PR_SET_NAME, HOSTILE_NAME, 0, 0, 0);
+	}
+	printf("ready\n");
+	fflush(stdout);
+	if (strcmp(mode, "main-exits") == 0)
+		pthread_exit(NULL);
+	for (;;)
+		pause();
+}
