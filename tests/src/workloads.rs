@@ -252,6 +252,10 @@ pub fn start_c_pileup(
 pub const GO_GOROUTINES_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/go/goroutines.go");
 
+/// The plain Go HTTP service of the bench (prints `ready PORT`).
+pub const GO_HTTP_SERVICE_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/go/httpservice.go");
+
 /// Builds a Go program into `dir` with Debian's `go` (see [`build_go_with`]); `stripped`
 /// adds `-ldflags=-s -w` (no symbols, no DWARF).
 pub fn build_go(dir: &Path, source: &str, name: &str, stripped: bool) -> PathBuf {

@@ -671,3 +671,45 @@ fn sync_waits_name_their_lock() {
         assert_eq!(profile.counts.go_objects_unnamed, 0, "{case}");
     }
 }
+
+/// Go 1.24+ listens and accepts with Multipath TCP by default, and sock_diag's TCP dump does
+/// not list MPTCP sockets: a Go HTTP server's idle keep-alive connection is still named by
+/// its client, and its listener by its address (they read `IO wait other` before).
+#[test]
+fn a_go_servers_mptcp_connections_are_named() {
+    use std::io::{Read as _, Write as _};
+    let dir = TempDir::new("go-mptcp");
+    let go = tracer_tests::go_toolchain("1.27.3");
+    let bin = tracer_tests::build_go_with(
+        &go,
+        dir.path(),
+        tracer_tests::GO_HTTP_SERVICE_SOURCE,
+        "httpservice",
+        false,
+    );
+    let (service, line) = tracer_tests::spawn_and_read_line("go http service", {
+        let mut cmd = std::process::Command::new(&bin);
+        // What a module built for go1.24 or later gets by default (the tests build outside
+        // modules, which keeps the old default).
+        cmd.env("GODEBUG", "multipathtcp=1").stdout(std::process::Stdio::piped());
+        cmd
+    });
+    let port: u16 = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("not a ready line: {line:?}"));
+    // One request on a connection kept open: its goroutine then waits for the next.
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send a request");
+    let mut answer = [0u8; 256];
+    let read = client.read(&mut answer).expect("an answer");
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", &answer[..read]);
+    let client_address = client.local_addr().expect("the client's address").to_string();
+    let profile = snapshot(service.pid(), &[], &dir);
+    let connection = group(&profile, "net/http.(*conn).serve", |_| true);
+    assert_eq!(connection.object, Some(format!("IO wait {client_address}")));
+    let listener = group(&profile, "main.main", |_| true);
+    assert_eq!(listener.object, Some(format!("IO wait 127.0.0.1:{port}")));
+    assert_eq!(profile.counts.unresolved_descriptors, 0);
+}

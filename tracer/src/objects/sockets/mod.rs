@@ -237,8 +237,13 @@ const FRESH_FOR: Duration = Duration::from_millis(50);
 /// Which sock_diag query finds a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SocketKind {
-    Inet { family: u8, protocol: u8 },
+    Inet {
+        family: u8,
+        protocol: u8,
+    },
     Unix,
+    /// Multipath TCP, named from a duplicate of the descriptor.
+    Mptcp,
     Other,
 }
 
@@ -358,6 +363,25 @@ impl SocketResolver {
             None => return Outcome::Gone,
         };
         match kind {
+            // sock_diag's TCP dump does not list MPTCP sockets (Go 1.24+ listens and
+            // accepts with MPTCP by default): their addresses from a duplicate of the
+            // descriptor, as the process sees them.
+            SocketKind::Mptcp => {
+                let (local, remote) = addresses_of_duplicate(self.pid, fd);
+                Outcome::Found(SocketInfo {
+                    inode,
+                    protocol: Protocol::Tcp,
+                    local,
+                    remote,
+                    tcp_state: None,
+                    send_queue: None,
+                    send_buffer: None,
+                    recv_queue: None,
+                    recv_buffer: None,
+                    accept_backlog: None,
+                    peer_window_zero: None,
+                })
+            }
             SocketKind::Other => Outcome::Found(SocketInfo {
                 inode,
                 protocol: Protocol::Other,
@@ -473,6 +497,66 @@ fn socket_kind(fd_path: &str) -> Option<SocketKind> {
     Some(kind_of_protocol_name(name))
 }
 
+/// The local and peer addresses of descriptor `fd` of process `pid`, read from a duplicate
+/// of it (`pidfd_getfd`, which needs what ptrace needs: root here); `None` where a name
+/// cannot be had (a listener has no peer).
+fn addresses_of_duplicate(pid: u32, fd: u64) -> (Option<String>, Option<String>) {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(pidfd) = i32::try_from(pidfd) else { return (None, None) };
+    if pidfd < 0 {
+        return (None, None);
+    }
+    // SAFETY: a descriptor just returned to us, owned from here on.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: pidfd_getfd takes a pidfd, the target's descriptor number and flags.
+    let socket = unsafe {
+        libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0)
+    };
+    let Ok(socket) = i32::try_from(socket) else { return (None, None) };
+    if socket < 0 {
+        return (None, None);
+    }
+    // SAFETY: as above.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let name = |peer: bool| -> Option<String> {
+        // SAFETY: sockaddr_storage is plain old data; the calls write at most `len` bytes
+        // into it and set `len`.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        let pointer = (&raw mut storage).cast::<libc::sockaddr>();
+        // SAFETY: as above.
+        let result = unsafe {
+            if peer {
+                libc::getpeername(raw, pointer, &mut len)
+            } else {
+                libc::getsockname(raw, pointer, &mut len)
+            }
+        };
+        if result != 0 {
+            return None;
+        }
+        match i32::from(storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let address = unsafe { *(&raw const storage).cast::<libc::sockaddr_in>() };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
+                Some(diag::format_address(ip.into(), u16::from_be(address.sin_port)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let address = unsafe { *(&raw const storage).cast::<libc::sockaddr_in6>() };
+                let ip = std::net::Ipv6Addr::from(address.sin6_addr.s6_addr);
+                Some(diag::format_address(ip.into(), u16::from_be(address.sin6_port)))
+            }
+            _ => None,
+        }
+    };
+    (name(false), name(true))
+}
+
 fn kind_of_protocol_name(name: &[u8]) -> SocketKind {
     let inet = |family, protocol| SocketKind::Inet { family, protocol };
     match name {
@@ -481,6 +565,7 @@ fn kind_of_protocol_name(name: &[u8]) -> SocketKind {
         b"UDP" => inet(AF_INET, IPPROTO_UDP),
         b"UDPv6" => inet(AF_INET6, IPPROTO_UDP),
         b"UNIX" | b"UNIX-STREAM" => SocketKind::Unix,
+        b"MPTCP" | b"MPTCPv6" => SocketKind::Mptcp,
         _ => SocketKind::Other,
     }
 }
