@@ -266,7 +266,7 @@ impl GoroutineReader {
                 (fields.sp, len as usize)
             })
             .collect();
-        let stacks = self.memory.read_pieces(&stack_pieces, buffer);
+        let stacks = self.memory.read_pieces_spanning(&stack_pieces, buffer, STACK_SPAN_GAP);
         let mut walked = Vec::with_capacity(to_walk.len());
         for ((address, fields), stack) in to_walk.iter().zip(stacks) {
             let Some(stack) = stack else {
@@ -479,7 +479,17 @@ impl Memory {
         pieces: &[(u64, usize)],
         buffer: &mut Vec<u8>,
     ) -> Vec<Option<Range<usize>>> {
-        let spans = Span::cover(pieces);
+        self.read_pieces_spanning(pieces, buffer, SPAN_GAP)
+    }
+
+    /// [`Memory::read_pieces`], pieces at most `gap` bytes apart read as one span.
+    pub fn read_pieces_spanning(
+        &self,
+        pieces: &[(u64, usize)],
+        buffer: &mut Vec<u8>,
+        gap: u64,
+    ) -> Vec<Option<Range<usize>>> {
+        let spans = Span::cover_with(pieces, gap);
         let span_pieces: Vec<(u64, usize)> =
             spans.iter().map(|span| (span.start, (span.end - span.start) as usize)).collect();
         let read = self.read_pieces_apart(&span_pieces, buffer);
@@ -580,6 +590,10 @@ impl Memory {
 /// Bytes between two pieces that are still read as one span: less than reading them
 /// costs a piece of its own.
 const SPAN_GAP: u64 = 512;
+/// Goroutine stacks sit side by side in the runtime's stack spans, a few KiB each, with
+/// only their top few hundred bytes in use: reading the unused parts between them costs
+/// less than a piece per stack (measured: 600,000 stacks, 2% less CPU).
+const STACK_SPAN_GAP: u64 = 4096;
 /// The longest span: spans are read `IOV_MAX` at a time into one buffer.
 const MAX_SPAN: u64 = 64 * 1024;
 
@@ -592,8 +606,9 @@ struct Span {
 }
 
 impl Span {
-    /// The spans that cover `pieces` (address, length), in address order.
-    fn cover(pieces: &[(u64, usize)]) -> Vec<Span> {
+    /// The spans that cover `pieces` (address, length), in address order, pieces at most
+    /// `gap` bytes apart in one span.
+    fn cover_with(pieces: &[(u64, usize)], gap: u64) -> Vec<Span> {
         let mut order: Vec<usize> = (0..pieces.len()).collect();
         order.sort_unstable_by_key(|&index| pieces[index].0);
         let mut spans: Vec<Span> = Vec::new();
@@ -602,7 +617,7 @@ impl Span {
             let end = start.saturating_add(len as u64);
             match spans.last_mut() {
                 Some(span)
-                    if start <= span.end.saturating_add(SPAN_GAP)
+                    if start <= span.end.saturating_add(gap)
                         && end.max(span.end) - span.start <= MAX_SPAN =>
                 {
                     span.end = span.end.max(end);
@@ -676,7 +691,7 @@ mod tests {
     fn pieces_close_together_are_one_span() {
         // Two g's 16 bytes apart, one far away, one overlapping the first.
         let pieces = [(0x2000, 64), (0x1000, 48), (0x1040, 48), (0x1010, 8)];
-        let spans = Span::cover(&pieces);
+        let spans = Span::cover_with(&pieces, SPAN_GAP);
         assert_eq!(
             spans,
             vec![
