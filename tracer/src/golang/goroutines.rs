@@ -529,8 +529,11 @@ impl Memory {
         buffer: &mut Vec<u8>,
     ) -> Vec<Option<Range<usize>>> {
         let total: usize = pieces.iter().map(|(_, len)| len).sum();
-        buffer.clear();
-        buffer.resize(total, 0);
+        // Grown (zeroed) only when too short: the bytes of an earlier read left beyond what
+        // this one writes are never handed out (results point only at what was read).
+        if buffer.len() < total {
+            buffer.resize(total, 0);
+        }
         let mut results: Vec<Option<Range<usize>>> = Vec::with_capacity(pieces.len());
         let mut start = 0;
         let mut offset = 0;
