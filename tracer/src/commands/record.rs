@@ -168,29 +168,9 @@ async fn record_sampled(
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
     );
-    let started = Instant::now();
     let started_at = SystemTime::now();
-    let mut ticks = tokio::time::interval(period);
-    // A read that ran late delays the next; it does not bunch them up.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = pipeline::run_until_stop(&target, duration, async || {
-        ticks.tick().await;
-        match sampler.read() {
-            // The pidfd tells the loop at once; what was read stands.
-            Err(_) if target.has_exited() => Ok(()),
-            other => Ok(other?),
-        }
-    })
-    .await?;
-    let elapsed = started.elapsed();
-    let mut target_exited = stop == pipeline::Stop::TargetExited || target.has_exited();
-    // The last read: what is still blocked at the end.
-    if !target_exited && sampler.read().is_err() {
-        target_exited = target.has_exited();
-    }
-    if target_exited {
-        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
-    }
+    let (elapsed, target_exited) =
+        pipeline::sample_until_stop(&target, duration, period, || Ok(sampler.read()?)).await?;
     let Sampled { aggregate, unwinder, mut objects, thread_counts, reads, threads_skipped } =
         sampler.finish(target_exited);
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");

@@ -77,29 +77,9 @@ async fn record_sampled(
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
     );
-    let started = Instant::now();
     let started_at = SystemTime::now();
-    sampler.read()?;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    // A read that ran late (a huge process) delays the next; it does not bunch them up.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = pipeline::run_until_stop(target, duration, async || {
-        ticks.tick().await;
-        match sampler.read() {
-            // The pidfd tells the loop at once; what was read stands.
-            Err(_) if target.has_exited() => Ok(()),
-            other => other,
-        }
-    })
-    .await?;
-    let elapsed = started.elapsed();
-    let mut target_exited = stop == pipeline::Stop::TargetExited || target.has_exited();
-    if !target_exited && sampler.read().is_err() {
-        target_exited = target.has_exited();
-    }
-    if target_exited {
-        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
-    }
+    let (elapsed, target_exited) =
+        pipeline::sample_until_stop(target, duration, period, || sampler.read()).await?;
     let profile =
         sampled_profile(traced, &binary, module, sampler, started_at, elapsed, target_exited);
     pipeline::report(&profile, outputs, top)

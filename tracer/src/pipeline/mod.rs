@@ -100,6 +100,43 @@ pub async fn run_until_stop(
     }
 }
 
+/// The loop of every sampled recording (threads and goroutines alike): `read` at once and
+/// then every `period` (a read that runs late delays the next, it does not bunch them up)
+/// until `duration` has passed, Ctrl-C or SIGTERM comes, or `target` exits; then once more
+/// for what is still blocked at the end, unless the target has exited. A read that fails
+/// because the target exited stops nothing by itself: the pidfd ends the loop at once and
+/// what was read stands. Returns how long it ran and whether the target exited.
+pub async fn sample_until_stop(
+    target: &Target,
+    duration: Duration,
+    period: Duration,
+    mut read: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(Duration, bool)> {
+    let started = std::time::Instant::now();
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = run_until_stop(target, duration, async || {
+        ticks.tick().await;
+        match read() {
+            Err(_) if target.has_exited() => Ok(()),
+            other => other,
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let mut target_exited = stop == Stop::TargetExited || target.has_exited();
+    if !target_exited && read().is_err() {
+        target_exited = target.has_exited();
+    }
+    if target_exited {
+        eprintln!(
+            "tracer: pid {} exited during the recording; reporting what was recorded",
+            target.pid
+        );
+    }
+    Ok((elapsed, target_exited))
+}
+
 /// An empty profile of `kind` about `target`, begun at `started_at`.
 pub fn profile_of(target: &Target, kind: ProfileKind, started_at: SystemTime) -> Profile {
     let mut profile = Profile::new(kind, target.pid, target.comm.clone());
