@@ -17,7 +17,7 @@ use super::{
 use crate::{objects::WaitObjects, pipeline::target::Target, stacks::ProcessImage};
 
 /// The rate when none is asked for: 49 reads a second (off the beat of timers that fire
-/// at round rates), so a wait of 20 ms or more is always seen.
+/// at round rates), so a wait of 21 ms or more is always seen.
 pub const DEFAULT_RATE_HZ: u32 = 49;
 
 /// One goroutine's current wait, as the reads have seen it so far.
@@ -138,7 +138,7 @@ pub struct Sampled {
     /// New IO waits whose descriptor could not be named, or was not a socket.
     pub io_wait_unresolved: u64,
     pub io_wait_not_socket: u64,
-    /// New channel waits whose channel could not be read.
+    /// New channel and lock waits whose channel or lock could not be read.
     pub objects_unnamed: u64,
 }
 
