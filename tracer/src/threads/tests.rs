@@ -252,10 +252,25 @@ fn sched_clock_reads_each_cpu_and_the_slowest_is_at_most_this_one() {
     let start = Instant::now();
     let clock = SchedClock::calibrate().expect("calibrate the scheduler clock");
     let took = start.elapsed();
-    let slowest = clock.now_ns(None).expect("calibrated now");
-    let here = scheduler_now_ns().expect("own now");
+    // Stay on one CPU while its clock is read and named: a thread moved between the two
+    // compares one CPU's clock with another's (seen here: 1.7 ms apart).
     // SAFETY: sched_getcpu takes no arguments.
     let this_cpu = usize::try_from(unsafe { libc::sched_getcpu() }).expect("a CPU number");
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: zeroed cpu_set_t values are empty sets; sched_getaffinity fills `allowed` and
+    // sched_setaffinity reads `one`, for the calling thread (pid 0); CPU_SET adds a CPU.
+    let (pinned, allowed) = unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, size, &mut allowed);
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(this_cpu, &mut one);
+        (libc::sched_setaffinity(0, size, &one) == 0, allowed)
+    };
+    assert!(pinned, "cannot pin the test thread to CPU {this_cpu}");
+    let slowest = clock.now_ns(None).expect("calibrated now");
+    let here = scheduler_now_ns().expect("own now");
+    // SAFETY: as above: the thread's own affinity, as it was.
+    unsafe { libc::sched_setaffinity(0, size, &allowed) };
     let this_cpu_clock = clock.now_ns(Some(this_cpu)).expect("this CPU's clock");
     println!(
         "calibrated on every CPU in {took:?}; this CPU {} us ahead of the slowest, \
