@@ -176,25 +176,41 @@ pub const WAITS_RING_BYTES: u32 = 16 * 1024 * 1024;
 pub const WAKES_RING_BYTES: u32 = 4 * 1024 * 1024;
 
 /// A thread's wait in progress, in the thread's task storage: noted when the thread goes
-/// to sleep inside a watched call, ended when that call returns. The entry stays between
-/// waits, idle (`start_ns == 0`), so that each wait rewrites it in place; the kernel frees
-/// it with the task.
+/// to sleep inside a watched call, ended when it is woken (by a thread of the target) or
+/// switched back in. The entry stays between waits, idle (`start_ns == 0`), so that each
+/// wait rewrites it in place; the kernel frees it with the task.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightWait {
-    /// `bpf_ktime_get_ns` when the thread first went to sleep in the call; 0 when the
-    /// thread is in no wait.
+    /// `bpf_ktime_get_ns` when the thread went to sleep in the call; 0 when the thread is
+    /// in no wait.
     pub start_ns: u64,
     /// What is waited on: the futex address, or the descriptor for socket calls.
     pub object: u64,
     /// A [`WaitKind`] discriminant.
     pub kind: u32,
-    /// The syscall number slept in: the exit that ends the wait must be this call's.
-    pub syscall: u32,
     /// The thread's id (the entry hangs off its task; a waker's probe reads it here).
     pub tid: u32,
+}
+
+/// Threads whose user stack can be kept from the moment they went to sleep (the
+/// SLEEP_STACKS map, least recently used first out): 16 MiB of kernel memory.
+pub const SLEEP_STACK_SLOTS: u32 = 1024;
+
+/// A copy of a thread's user stack taken as it went to sleep, for waits whose waker is
+/// likely outside the process (a socket's data, a timeout): when such a wait ends, no
+/// probe runs where the sleeping thread's memory can be read.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SleepStack {
+    /// The wait this copy belongs to ([`InFlightWait::start_ns`]).
+    pub start_ns: u64,
+    /// Bytes of `stack` that hold data.
+    pub len: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// The user stack copied from the saved stack pointer upwards.
+    pub stack: [u8; STACK_COPY_BYTES],
 }
 
 /// A wait over the threshold, sent through the ring buffer when it ends.
@@ -205,14 +221,12 @@ pub struct WaitRecord {
     pub tid: u32,
     /// A [`WaitKind`] discriminant.
     pub kind: u32,
-    /// `bpf_ktime_get_ns` when the thread first went to sleep in the call.
+    /// `bpf_ktime_get_ns` when the thread went to sleep in the call.
     pub start_ns: u64,
-    /// Time from that first sleep to the call's exit, in nanoseconds.
+    /// Time from that sleep to the wake (or the switch back in), in nanoseconds.
     pub duration_ns: u64,
     /// The futex address, or the descriptor for socket calls.
     pub object: u64,
-    /// The syscall's return value.
-    pub ret: i64,
     /// User instruction pointer at the syscall (the unwinder's first frame).
     pub ip: u64,
     /// User stack pointer at the syscall; `stack` is a copy from here upwards.
@@ -285,8 +299,9 @@ pub struct ShortWaitTotals {
 pub enum Counter {
     /// Waits begun: a thread of the target went to sleep inside a watched call.
     WaitsStarted = 0,
-    /// Waits dropped because the call that exited was not the one noted (a missed exit;
-    /// none is known to happen): left out, not reported with a wrong length.
+    /// Waits dropped because their thread went to sleep again without its wake or switch
+    /// back in having been seen (none is known to happen): left out, not reported with a
+    /// wrong length.
     WaitsDiscarded = 1,
     /// Waits under the threshold (counted per kind, no stack).
     ShortWaits = 2,
@@ -294,7 +309,8 @@ pub enum Counter {
     LongWaits = 3,
     /// Long waits dropped because the ring buffer was full.
     RingBufferFull = 4,
-    /// Long waits whose user stack could not be read at all.
+    /// Long waits sent without their user stack: unmapped, or ended where no probe could
+    /// read it (a waker outside the process, with no copy kept from the sleep).
     StackUnreadable = 5,
     /// Long waits whose stack copy was shorter than `STACK_COPY_BYTES`.
     StackShortened = 6,
@@ -386,9 +402,10 @@ pub const COUNTER_COUNT: usize = 10;
 const _: () = assert!(Counter::WakeRingBufferFull as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(WaitKind::Goroutine as usize + 1 == WAIT_KIND_COUNT);
 // No implicit padding in the records that cross the ring buffers.
-const _: () = assert!(core::mem::size_of::<WaitRecord>() == 88 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
-const _: () = assert!(core::mem::size_of::<InFlightWait>() == 32);
+const _: () = assert!(core::mem::size_of::<InFlightWait>() == 24);
+const _: () = assert!(core::mem::size_of::<SleepStack>() == 16 + STACK_COPY_BYTES);
 const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 // No implicit padding in the Go maps' keys and values.
 const _: () = assert!(core::mem::size_of::<GoPark>() == 24);

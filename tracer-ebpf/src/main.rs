@@ -1,19 +1,25 @@
 //! tracer's kernel-side probes: which threads of one process block, in which call,
 //! for how long, and (for waits over the threshold) where in the program.
 //!
-//! Three programs share each thread's wait in progress (task storage):
-//! - `sched_switch` notes a wait when a thread of the target goes to sleep inside a
-//!   watched call (the call and its arguments read from the registers saved at syscall
-//!   entry). Other processes cost one comparison, and calls that return without sleeping
-//!   cost nothing: there is no syscall-entry probe.
-//! - `sched_waking` sends the waker's stack when a thread of the target wakes another out
-//!   of a long futex wait;
-//! - `raw_syscalls:sys_exit` ends the wait: under the threshold it only adds to per-kind
-//!   totals; over it, it sends the registers and a copy of the user stack to userspace.
+//! Two scheduler tracepoints share each thread's wait in progress (task storage); nothing
+//! runs on a syscall's entry or exit, so calls that do not sleep cost nothing, and other
+//! processes cost the two comparisons of a thread-group id.
+//! - `sched_switch`, on the side of the thread going to sleep (`prev`, whose context it
+//!   runs in), notes a wait when a thread of the target sleeps inside a watched call (the
+//!   call and its arguments read from the registers saved at syscall entry). For waits a
+//!   thread of the target is unlikely to end (socket calls, timed futex waits), it keeps a
+//!   copy of the user stack too.
+//! - `sched_waking`, when a thread of the target wakes another out of a wait that has
+//!   lasted the threshold, ends that wait there: the waker shares the sleeper's memory, so
+//!   the sleeper's stack is read as it slept. For futex wakes it sends the waker's stack.
+//! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
+//!   wait: under the threshold it only adds to per-kind totals; over it, it sends the
+//!   registers and a copy of the user stack (read from memory when `prev` is a thread of
+//!   the target, else the copy kept from the sleep) to userspace.
 //!
-//! All three are attached raw (`tp_btf`): sys_exit fires on every syscall of the machine,
-//! and a classic tracepoint program would first have the kernel fill a perf record for
-//! each one.
+//! A call that sleeps twice (a spurious wake, an epoll that found nothing ready) counts
+//! as two waits; its blocked time is the same. Both are attached raw (`tp_btf`): a classic
+//! tracepoint program would first have the kernel fill a perf record for every switch.
 //!
 //! Besides: a task iterator (`iter/task`) that reads every task's saved registers for
 //! `snapshot`, and for Go programs two uprobes (`runtime.gopark`, `runtime.execute`) that
@@ -27,20 +33,20 @@ use aya_ebpf::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs, seq_file, task_struct,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_task_btf, bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
+            self, bpf_get_current_task_btf, bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
         },
     },
     macros::{btf_map, btf_tracepoint, map},
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, STACK_COPY_BYTES, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT, WAITS_RING_BYTES,
-    WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
-    syscall_nr,
+    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskRegs,
+    WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord,
+    classify_syscall, is_futex_wake, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -51,6 +57,13 @@ static TARGET_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static MIN_WAIT_NS: Global<u64> = Global::new(1_000_000);
 
+/// Offsets of `tgid` and `comm` in this kernel's `struct task_struct` (from its BTF); set
+/// by the loader. `next` in sched_switch is not the current task, so no helper reads them.
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_COMM_OFFSET: Global<u64> = Global::new(0);
+
 mod task_storage;
 
 use task_storage::TaskStorage;
@@ -59,6 +72,15 @@ use task_storage::TaskStorage;
 /// wake on another CPU; not by tid in a hash: the task pointer finds it without hashing).
 #[btf_map]
 static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
+
+/// Stacks copied as threads went to sleep, by tid (see `SleepStack`).
+#[map]
+static SLEEP_STACKS: LruHashMap<u32, SleepStack> =
+    LruHashMap::with_max_entries(SLEEP_STACK_SLOTS, 0);
+
+/// Room to build a SLEEP_STACKS value (too big for the BPF stack) before inserting it.
+#[map]
+static SLEEP_STACK_SCRATCH: PerCpuArray<SleepStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// Waits over the threshold, with their stacks. 16 MiB holds about a thousand records.
 #[map]
@@ -141,19 +163,32 @@ fn syscall_arg(regs: *const pt_regs, n: usize) -> u64 {
     }
 }
 
-/// Notes a wait when a thread of the target goes to sleep inside a watched call.
 /// Arguments: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state),
 /// see include/trace/events/sched.h; the program runs in the context of `prev`.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_sched_switch(&ctx);
+    let target = TARGET_TGID.load();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let prev_is_target = (pid_tgid >> 32) as u32 == target;
+    if prev_is_target {
+        note_sleep(&ctx, pid_tgid as u32);
+    }
+    let next: *mut task_struct = ctx.arg(2);
+    // SAFETY: a BTF task pointer from the tracepoint; a failed read gives 0, no target.
+    let next_tgid: u32 = unsafe {
+        bpf_probe_read_kernel(next.cast::<u8>().add(TASK_TGID_OFFSET.load() as usize).cast())
+    }
+    .unwrap_or(0);
+    if next_tgid == target {
+        end_at_switch_in(next, prev_is_target);
+    }
     0
 }
 
-fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let Some(tid) = target_thread() else {
-        return Ok(());
-    };
+/// Notes a wait when the current thread (`prev`, of the target) goes to sleep inside a
+/// watched call.
+#[inline(always)]
+fn note_sleep(ctx: &BtfTracePointContext, tid: u32) {
     // Sleeping states (include/linux/sched.h); a stopped or traced thread has neither
     // bit: it waits for a signal or a debugger, not for what its call waits on.
     const TASK_INTERRUPTIBLE: u32 = 0x1;
@@ -163,7 +198,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Preempted (even between set_current_state() and schedule()), the thread stays
     // runnable: it waits for a CPU, not for an event.
     if preempted != 0 || prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0 {
-        return Ok(());
+        return;
     }
     // SAFETY: the current task (prev) as a BTF pointer.
     let task = unsafe { bpf_get_current_task_btf() };
@@ -177,79 +212,103 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let (nr, rax) = unsafe { ((*regs).orig_rax as i64, (*regs).rax as i64) };
     const ENOSYS: i64 = 38;
     if rax != -ENOSYS {
-        return Ok(());
+        return;
     }
     let Ok(Some((kind, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n)))
     else {
-        return Ok(());
+        return;
     };
-    // SAFETY: the entry is this thread's own, and only its own sleeps and exits write it.
+    // SAFETY: the entry is this thread's own; it is asleep from here until its wake.
     let Some(entry) = (unsafe { IN_FLIGHT.get_or_create(task) }) else {
         count(Counter::InFlightMapFull);
-        return Ok(());
+        return;
     };
     // SAFETY: as above.
-    let noted = unsafe { *entry };
-    if noted.start_ns != 0 {
-        if noted.syscall == nr as u32 && noted.object == object {
-            // Asleep again in the same call: the wait began at its first sleep.
-            return Ok(());
-        }
-        // A wait no exit of its call ended (an exit missed: none is known to be).
+    if unsafe { (*entry).start_ns } != 0 {
+        // The thread ran since that wait began, yet neither its wake nor its switch back
+        // in ended it (none is known to be missed).
         count(Counter::WaitsDiscarded);
     }
     count(Counter::WaitsStarted);
+    let start_ns = now_ns();
     // SAFETY: as above.
-    unsafe {
-        *entry = InFlightWait {
-            start_ns: now_ns(),
-            object,
-            kind: kind as u32,
-            syscall: nr as u32,
-            tid,
-            _pad: 0,
+    unsafe { *entry = InFlightWait { start_ns, object, kind: kind as u32, tid } };
+    if woken_from_outside(kind, nr, regs) {
+        // SAFETY: a BTF pointer, as in `syscall_arg`.
+        keep_sleep_stack(tid, start_ns, unsafe { (*regs).rsp });
+    }
+}
+
+/// Whether a wait is likely ended by something other than a thread of the target (a
+/// socket's peer or the network, a timer), where the sleeper's memory cannot be read.
+/// Untimed futex waits are woken by the lock's or condition's other users, in the process.
+#[inline(always)]
+fn woken_from_outside(kind: WaitKind, nr: i64, regs: *const pt_regs) -> bool {
+    if kind != WaitKind::Futex {
+        return true;
+    }
+    // The timeout argument: futex(uaddr, op, val, timeout, ...), futex_waitv(waiters, n,
+    // flags, timeout, clock), futex_wait(uaddr, val, mask, flags, timeout, clock).
+    let timeout = if nr == syscall_nr::FUTEX_WAIT { syscall_arg(regs, 4) } else { syscall_arg(regs, 3) };
+    timeout != 0
+}
+
+/// Copies the current thread's user stack from `sp` into its SLEEP_STACKS slot.
+#[inline(always)]
+fn keep_sleep_stack(tid: u32, start_ns: u64, sp: u64) {
+    let slot = match SLEEP_STACKS.get_ptr_mut(&tid) {
+        Some(slot) => slot,
+        None => {
+            let Some(scratch) = SLEEP_STACK_SCRATCH.get_ptr(0) else { return };
+            // SAFETY: a per-CPU array value of SleepStack size; its contents are rewritten
+            // below, once in the map.
+            if SLEEP_STACKS.insert(&tid, unsafe { &*scratch }, 0).is_err() {
+                return;
+            }
+            let Some(slot) = SLEEP_STACKS.get_ptr_mut(&tid) else { return };
+            slot
         }
     };
-    Ok(())
+    // SAFETY: a map value of SleepStack size, this thread's; only its own sleeps write it.
+    unsafe {
+        (*slot).start_ns = start_ns;
+        (*slot).len = copy_user_stack(&mut (*slot).stack, sp);
+    }
 }
 
-/// Arguments: (struct pt_regs *regs, long ret), see include/trace/events/syscalls.h.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn tracer_sys_exit(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_sys_exit(&ctx);
-    0
-}
-
-fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let Some(tid) = target_thread() else {
-        return Ok(());
+/// Ends the wait of `next`, a thread of the target being switched in, unless its waker
+/// already did. `prev_is_target`: the current task shares `next`'s memory.
+#[inline(always)]
+fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool) {
+    // SAFETY: a BTF task pointer from the tracepoint.
+    let Some(entry) = (unsafe { IN_FLIGHT.get(next) }) else {
+        return;
     };
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: the tracepoint's (BTF) pointer to the exiting call's saved registers, as in
-    // `syscall_arg`.
-    let nr = unsafe { (*regs).orig_rax } as i64;
-    // Only a watched call can end a wait: the others (futex wakes among them, as many as
-    // the waits in a handoff) return before the task-storage lookup.
-    let Ok(Some((_, object))) = classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n))) else {
-        return Ok(());
-    };
-    // SAFETY: the current task as a BTF pointer.
-    let Some(entry) = (unsafe { IN_FLIGHT.get(bpf_get_current_task_btf()) }) else {
-        return Ok(());
-    };
-    // SAFETY: only this thread writes its entry, and it is here, not in sched_switch.
+    // SAFETY: `next` is not running: its own probes do not write the entry meanwhile.
     let wait = unsafe { *entry };
     if wait.start_ns == 0 {
-        // Not in a wait: the call returned without sleeping.
-        return Ok(());
+        return;
     }
-    // SAFETY: as above; the wait ends here, one way or the other.
+    // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
-    if nr as u32 != wait.syscall || object != wait.object {
-        count(Counter::WaitsDiscarded);
-        return Ok(());
-    }
-    let duration_ns = now_ns().saturating_sub(wait.start_ns);
+    let source = if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy };
+    end_wait(next, &wait, now_ns(), source);
+}
+
+/// Where a long wait's user stack is read from when it ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StackSource {
+    /// The current task shares the sleeper's memory: read it there, as it slept.
+    Memory,
+    /// The copy `keep_sleep_stack` took, if it belongs to this wait.
+    SleepCopy,
+}
+
+/// Ends `wait`, the wait of `task` (asleep, not the current task): a short one is added to
+/// its kind's totals, a long one is sent with its stack.
+#[inline(always)]
+fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: StackSource) {
+    let duration_ns = end_ns.saturating_sub(wait.start_ns);
     if duration_ns < MIN_WAIT_NS.load() {
         count(Counter::ShortWaits);
         if let Some(totals) = SHORT_WAITS.get_ptr_mut(wait.kind) {
@@ -259,45 +318,67 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 (*totals).total_ns += duration_ns;
             }
         }
-        return Ok(());
+        return;
     }
-    let ret: i64 = ctx.arg(1);
-    send_long_wait(tid, &wait, duration_ns, ret, regs)
-}
-
-/// `regs`: the exiting call's saved user registers (a BTF pointer, as in `syscall_arg`).
-fn send_long_wait(
-    tid: u32,
-    wait: &InFlightWait,
-    duration_ns: u64,
-    ret: i64,
-    regs: *const pt_regs,
-) -> Result<(), i32> {
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
         count(Counter::RingBufferFull);
-        return Ok(());
+        return;
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to a reserved ring-buffer slot of WaitRecord size; every
-    // field is written before submit. `regs` as above.
+    // field is written before submit. `task` is a BTF task pointer, its registers the ones
+    // saved when it entered the call it sleeps in.
     unsafe {
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
         let (ip, sp, bp) = ((*regs).rip, (*regs).rsp, (*regs).rbp);
-        (*record).tid = tid;
+        (*record).tid = wait.tid;
         (*record).kind = wait.kind;
         (*record).start_ns = wait.start_ns;
         (*record).duration_ns = duration_ns;
         (*record).object = wait.object;
-        (*record).ret = ret;
         (*record).ip = ip;
         (*record).sp = sp;
         (*record).bp = bp;
-        (*record).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*record).comm = bpf_probe_read_kernel(
+            task.cast::<u8>().add(TASK_COMM_OFFSET.load() as usize).cast::<[u8; 16]>(),
+        )
+        .unwrap_or([0; 16]);
         (*record)._pad = 0;
-        (*record).stack_len = copy_user_stack(&mut (*record).stack, sp);
+        let len = match source {
+            StackSource::Memory => copy_user_stack(&mut (*record).stack, sp),
+            StackSource::SleepCopy => copy_sleep_stack(&mut (*record).stack, wait),
+        };
+        (*record).stack_len = len;
+        if len == 0 {
+            count(Counter::StackUnreadable);
+        } else if (len as usize) < STACK_COPY_BYTES {
+            count(Counter::StackShortened);
+        }
     }
     count(Counter::LongWaits);
     entry.submit(wake_flags(&WAITS, WAITS_WAKE_AT_BYTES.load()));
-    Ok(())
+}
+
+/// Copies the stack kept at `wait`'s sleep into `stack`; returns its length, 0 when no
+/// copy of this wait is kept (never taken, or its slot reused by another thread).
+#[inline(always)]
+fn copy_sleep_stack(stack: &mut [u8; STACK_COPY_BYTES], wait: &InFlightWait) -> u32 {
+    let Some(slot) = SLEEP_STACKS.get_ptr(&wait.tid) else {
+        return 0;
+    };
+    // SAFETY: a map value of SleepStack size; its thread is asleep, so nothing rewrites it
+    // meanwhile.
+    unsafe {
+        if (*slot).start_ns != wait.start_ns {
+            return 0;
+        }
+        let copied = generated::bpf_probe_read_kernel(
+            stack.as_mut_ptr().cast(),
+            STACK_COPY_BYTES as u32,
+            (*slot).stack.as_ptr().cast(),
+        );
+        if copied == 0 { (*slot).len } else { 0 }
+    }
 }
 
 /// Copies the user stack from `sp` upwards; returns the bytes copied.
@@ -318,11 +399,9 @@ fn copy_user_stack(stack: &mut [u8; STACK_COPY_BYTES], sp: u64) -> u32 {
         let len = rest_of_page + pages * PAGE;
         // The full length already failed (sp page aligned makes the first try equal it).
         if len < STACK_COPY_BYTES && read_user(stack.as_mut_ptr(), len, sp) {
-            count(Counter::StackShortened);
             return len as u32;
         }
     }
-    count(Counter::StackUnreadable);
     0
 }
 
@@ -333,9 +412,10 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
 }
 
-/// Who wakes a long futex wait: when a thread of the target wakes another one whose
-/// futex wait has already lasted the threshold, send the waker's stack. Runs in the
-/// waker's context (sched_waking fires in the task that calls wake_up).
+/// A thread of the target wakes another one (runs in the waker's context: sched_waking
+/// fires in the task that calls wake_up, or in an interrupt on the CPU it runs on). A wait
+/// that has lasted the threshold ends here, read through the waker's view of the shared
+/// memory; a futex wake also sends the waker's own stack.
 /// Arguments: (struct task_struct *p), the task being woken (include/trace/events/sched.h).
 #[btf_tracepoint(function = "sched_waking")]
 pub fn tracer_sched_waking(ctx: BtfTracePointContext) -> u32 {
@@ -347,26 +427,28 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(waker_tid) = target_thread() else {
         return Ok(());
     };
-    // SAFETY: the current task's saved user registers (a BTF pointer, as in
-    // `syscall_arg`). The waker must be in a futex wake: a wake from an interrupt (a
-    // timed wait's timer) that happened to land on a target thread inside some other call
-    // is not this thread's doing. Checked first: it is cheaper than the wakee's lookup.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    let (nr, op) = unsafe { ((*regs).orig_rax as i64, (*regs).rsi) };
-    if !(nr == syscall_nr::FUTEX_WAKE || nr == syscall_nr::FUTEX && is_futex_wake(op)) {
-        return Ok(());
-    }
     let wakee: *mut task_struct = ctx.arg(0);
-    // SAFETY: a BTF task pointer from the tracepoint; read-only copy of its entry (a
-    // concurrent exit only makes it stale).
-    let Some(wait) = (unsafe { IN_FLIGHT.get(wakee) }).map(|entry| unsafe { *entry }) else {
+    // SAFETY: a BTF task pointer from the tracepoint.
+    let Some(entry) = (unsafe { IN_FLIGHT.get(wakee) }) else {
         return Ok(());
     };
-    let wakee_tid = wait.tid;
-    if wakee_tid == waker_tid
-        || wait.start_ns == 0
-        || wait.kind != WaitKind::Futex as u32
-        || now_ns().saturating_sub(wait.start_ns) < MIN_WAIT_NS.load()
+    // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
+    let wait = unsafe { *entry };
+    let now = now_ns();
+    if wait.start_ns == 0 || wait.tid == waker_tid || now.saturating_sub(wait.start_ns) < MIN_WAIT_NS.load() {
+        // Short waits end at the switch back in, where they cost least.
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).start_ns = 0 };
+    end_wait(wakee, &wait, now, StackSource::Memory);
+    // The waker must be in a futex wake: a wake from an interrupt (a timed wait's timer)
+    // that happened to land on a target thread inside some other call is not its doing.
+    // SAFETY: the current task's saved user registers (a BTF pointer, as in `syscall_arg`).
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let (nr, op) = unsafe { ((*regs).orig_rax as i64, (*regs).rsi) };
+    if wait.kind != WaitKind::Futex as u32
+        || !(nr == syscall_nr::FUTEX_WAKE || nr == syscall_nr::FUTEX && is_futex_wake(op))
     {
         return Ok(());
     }
@@ -380,7 +462,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: a reserved slot of WakeRecord size; every field is written before submit.
     unsafe {
         (*record).waker_tid = waker_tid;
-        (*record).wakee_tid = wakee_tid;
+        (*record).wakee_tid = wait.tid;
         (*record).wait_start_ns = wait.start_ns;
         (*record).ip = ip;
         (*record).sp = sp;

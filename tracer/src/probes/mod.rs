@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod golang;
+mod kernel_btf;
 
 use std::{io::Read as _, path::Path, time::Duration};
 
@@ -25,6 +26,20 @@ pub enum ProbeError {
         path: String,
         #[source]
         source: aya::BtfError,
+    },
+    /// The kernel BTF lacks what the probes need to read other tasks.
+    #[error("cannot read the kernel BTF at {path}")]
+    KernelBtf {
+        path: String,
+        #[source]
+        source: kernel_btf::KernelBtfError,
+    },
+    /// The kernel BTF file could not be read.
+    #[error("cannot read the kernel BTF at {path}")]
+    ReadBtf {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The object file or one of its maps was refused by the kernel.
     #[error("the kernel refused to load the probes")]
@@ -87,6 +102,12 @@ impl Probes {
     pub fn open(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
         let btf = Btf::parse_file(btf_path, aya::Endianness::default())
             .map_err(|source| ProbeError::Btf { path: btf_path.display().to_string(), source })?;
+        let path = || btf_path.display().to_string();
+        let raw_btf = std::fs::read(btf_path)
+            .map_err(|source| ProbeError::ReadBtf { path: path(), source })?;
+        let task = kernel_btf::task_offsets(&raw_btf)
+            .map_err(|source| ProbeError::KernelBtf { path: path(), source })?;
+        let (tgid_offset, comm_offset) = (u64::from(task.tgid), u64::from(task.comm));
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -108,6 +129,8 @@ impl Probes {
             .override_global("WAKES_WAKE_AT_BYTES", &wakes_wake_at, true)
             .override_global("TARGET_TGID", &config.tgid, true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)
+            .override_global("TASK_TGID_OFFSET", &tgid_offset, true)
+            .override_global("TASK_COMM_OFFSET", &comm_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self { ebpf, btf })
@@ -118,9 +141,9 @@ impl Probes {
         let Self { ebpf, btf } = self;
         let program = |name| ProbeError::MissingProgram { name };
         let attach_err = |name| move |source| ProbeError::Program { name, source };
-        // A wait's end before its start: every wait noted is also ended.
+        // The waker's end of long waits before sched_switch, which notes waits and ends
+        // the rest.
         for (name, function) in [
-            ("tracer_sys_exit", "sys_exit"),
             ("tracer_sched_waking", "sched_waking"),
             ("tracer_sched_switch", "sched_switch"),
         ] {

@@ -376,10 +376,10 @@ fn write_counts(out: &mut String, profile: &Profile) {
             ],
         );
         if counts.waits_discarded > 0 {
-            // Ended by an exit that was not their call's: their length is unknown.
+            // Their thread slept again before their end was seen: their length is unknown.
             let _ = writeln!(
                 out,
-                "left out: {} waits whose call's exit was not seen",
+                "left out: {} waits whose end was not seen",
                 counts.waits_discarded
             );
         }

@@ -1,0 +1,158 @@
+//! Offsets of a few `struct task_struct` members in the running kernel, from its BTF.
+//!
+//! The scheduler probe reads the task being switched in (`next`), which is not the
+//! current task, so no helper gives its thread-group id or name: it reads them at these
+//! offsets. aya-ebpf has no CO-RE relocations, and aya does not expose the BTF it parses,
+//! so this walks the BTF type section itself (include/uapi/linux/btf.h): only far enough
+//! to find one struct's members.
+
+use std::collections::HashMap;
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+
+/// Byte offsets in the kernel's `struct task_struct`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `pid_t tgid`: the process id.
+    pub tgid: u32,
+    /// `char comm[16]`: the thread's name.
+    pub comm: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelBtfError {
+    #[error("the kernel BTF is malformed ({0})")]
+    Malformed(&'static str),
+    #[error("the kernel BTF has no struct task_struct with a {0} member")]
+    MissingMember(&'static str),
+}
+
+/// The offsets of `task_struct.tgid` and `task_struct.comm` in the BTF blob `btf`
+/// (`/sys/kernel/btf/vmlinux`).
+pub fn task_offsets(btf: &[u8]) -> Result<TaskOffsets, KernelBtfError> {
+    let members = struct_members(btf, "task_struct")?;
+    let member = |name: &'static str| {
+        members.get(name).copied().ok_or(KernelBtfError::MissingMember(name))
+    };
+    Ok(TaskOffsets { tgid: member("tgid")?, comm: member("comm")? })
+}
+
+/// Byte offsets of the named members of the first struct called `wanted`.
+fn struct_members(btf: &[u8], wanted: &str) -> Result<HashMap<String, u32>, KernelBtfError> {
+    use KernelBtfError::Malformed;
+    let u16_at = |at: usize| btf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| {
+        btf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    if u16_at(0) != Some(BTF_MAGIC) {
+        return Err(Malformed("bad magic: not a little-endian BTF blob"));
+    }
+    let header = |at| u32_at(at).map(|v| v as usize).ok_or(Malformed("truncated header"));
+    let (header_len, type_off, type_len, str_off, str_len) =
+        (header(4)?, header(8)?, header(12)?, header(16)?, header(20)?);
+    let types = header_len + type_off;
+    let strings = header_len + str_off;
+    if btf.len() < types + type_len || btf.len() < strings + str_len {
+        return Err(Malformed("sections run past the end"));
+    }
+    let name_at = |offset: u32| -> &[u8] {
+        let start = strings + offset as usize;
+        let rest = btf.get(start..strings + str_len).unwrap_or(&[]);
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    };
+    let mut at = types;
+    while at + 12 <= types + type_len {
+        let name = u32_at(at).ok_or(Malformed("truncated type"))?;
+        let info = u32_at(at + 4).ok_or(Malformed("truncated type"))?;
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        let kind_flag = info >> 31 == 1;
+        at += 12;
+        if kind == KIND_STRUCT && name_at(name) == wanted.as_bytes() {
+            let mut members = HashMap::new();
+            for member in 0..vlen {
+                let base = at + member * 12;
+                let name = u32_at(base).ok_or(Malformed("truncated member"))?;
+                let offset = u32_at(base + 8).ok_or(Malformed("truncated member"))?;
+                // With kind_flag the low 24 bits are the bit offset, the high 8 a bitfield
+                // size; without, the whole word is the bit offset.
+                let bits = if kind_flag { offset & 0xff_ffff } else { offset };
+                members.insert(String::from_utf8_lossy(name_at(name)).into_owned(), bits / 8);
+            }
+            return Ok(members);
+        }
+        at += trailing_bytes(kind, vlen).ok_or(Malformed("unknown type kind"))?;
+    }
+    Ok(HashMap::new())
+}
+
+/// Bytes that follow a type's 12-byte header, by kind (include/uapi/linux/btf.h).
+fn trailing_bytes(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+        // INT, VAR, DECL_TAG
+        1 | 14 | 17 => 4,
+        // ARRAY
+        3 => 12,
+        // STRUCT, UNION, DATASEC, ENUM64
+        4 | 5 | 15 | 19 => vlen * 12,
+        // ENUM, FUNC_PROTO
+        6 | 13 => vlen * 8,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob of one INT type and `struct task_struct { int pad; int tgid; char comm[16]; }`
+    /// with kind_flag bitfield encoding on the struct.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0task_struct\0pad\0tgid\0comm\0".to_vec();
+        let name = |s: &str| {
+            let needle = format!("\0{s}\0");
+            strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
+        // [1] int: INT, size 4, then its encoding word.
+        push(&[name("int"), 1 << 24, 4, 32]);
+        // [2] struct task_struct, kind_flag set, 3 members.
+        push(&[name("task_struct"), (1 << 31) | (4 << 24) | 3, 24]);
+        push(&[name("pad"), 1, 0]);
+        push(&[name("tgid"), 1, 32]);
+        push(&[name("comm"), 1, (8 << 24) | 64]);
+        let mut btf = Vec::new();
+        btf.extend(BTF_MAGIC.to_le_bytes());
+        btf.extend([1u8, 0]);
+        for word in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            btf.extend(word.to_le_bytes());
+        }
+        btf.extend(types);
+        btf.extend(strings);
+        btf
+    }
+
+    #[test]
+    fn finds_task_struct_members_through_other_types() {
+        assert_eq!(task_offsets(&blob()).unwrap(), TaskOffsets { tgid: 4, comm: 8 });
+    }
+
+    #[test]
+    fn refuses_foreign_or_truncated_blobs() {
+        assert!(matches!(task_offsets(b"nope"), Err(KernelBtfError::Malformed(_))));
+        let mut truncated = blob();
+        truncated.truncate(40);
+        assert!(matches!(task_offsets(&truncated), Err(KernelBtfError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_running_kernels_task_struct_has_both_members() {
+        let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this machine has BTF");
+        let offsets = task_offsets(&btf).unwrap();
+        assert!(offsets.tgid > 0 && offsets.comm > offsets.tgid, "{offsets:?}");
+    }
+}
