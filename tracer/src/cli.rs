@@ -138,10 +138,10 @@ pub struct RecordArgs {
     /// How to record. sampled: read the target at --rate, attaching nothing to it, so
     /// its cost does not grow with how often it waits (waits shorter than the period
     /// are statistical; --min-wait does not apply). exact: every wait as it happens,
-    /// from probes on the wait path (for threads, scheduler and syscall-exit
-    /// tracepoints; for a Go program, uprobes on every goroutine switch: about 20 µs
-    /// each, too much for a busy service). Default: sampled for a Go program, exact
-    /// for threads (every wait counted, with its waker).
+    /// from probes on the wait path (for threads, the scheduler's switch and wake
+    /// tracepoints: calls that do not sleep cost nothing; for a Go program, uprobes on
+    /// every goroutine switch: about 20 µs each, too much for a busy service). Default:
+    /// sampled for a Go program, exact for threads (every wait counted, with its waker).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
 

@@ -11,6 +11,7 @@
 //! distributions (`latency.rs`). The pile-up measures `snapshot` and `record`'s start on
 //! 10,000 blocked threads.
 
+mod closed_loop;
 mod golang;
 mod latency;
 mod service;
@@ -29,9 +30,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use libc::{SIGINT, SIGKILL, SIGUSR1, SIGUSR2, WNOHANG};
 
-/// Debian packages of the peers the bench compares against, and wrk (the Go service's
-/// load).
-pub const DEBIAN_PACKAGES: [&str; 3] = ["libbpf-tools", "bpftrace", "wrk"];
+/// Debian packages of the peers the bench compares against, wrk (the Go service's load),
+/// and Redis (the full-speed row).
+pub const DEBIAN_PACKAGES: [&str; 5] =
+    ["libbpf-tools", "bpftrace", "wrk", "redis-server", "redis-tools"];
 
 /// The Go release the Go rows build with (setup installs it).
 pub const GO_VERSION: &str = golang::GO_VERSION;
@@ -94,8 +96,8 @@ pub struct BenchArgs {
     /// Length of each HTTP service window, in seconds.
     #[arg(long, default_value_t = 2.0)]
     http_seconds: f64,
-    /// Run only these workloads (repeatable): futex, tcp, http, waits50k, waits100k, pileup,
-    /// gohttp, goroutines.
+    /// Run only these workloads (repeatable): futex, tcp, http, waits50k, waits100k, redis,
+    /// collateral, pileup, gohttp, goroutines.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -269,6 +271,23 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         results.insert(workload.key(), variants.iter().copied().zip(runs).collect());
     }
 
+    let mut closed_loop_budgets = String::new();
+    for row in [closed_loop::Row::Redis, closed_loop::Row::Collateral] {
+        if !wanted(row.key()) {
+            continue;
+        }
+        match closed_loop::run(&settings, row, rounds.max(5)) {
+            Ok(result) => {
+                md.push_str(&result.table());
+                closed_loop_budgets.push_str(&result.budget_lines());
+            }
+            Err(err) => {
+                println!("bench: {} failed: {err:#}", row.key());
+                let _ = writeln!(md, "## {}\n\nfailed: {err:#}\n", row.key());
+            }
+        }
+    }
+
     let mut service = None;
     if wanted("http") {
         match service::run(&settings, *http_rounds, *http_seconds) {
@@ -327,6 +346,10 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     md.push_str(&budget_lines(&results, service.as_ref(), pileup.as_ref()));
+    if !closed_loop_budgets.is_empty() {
+        md.push_str("\n## budgets (issue 15, full speed and collateral)\n\n");
+        md.push_str(&closed_loop_budgets);
+    }
     if !go_budgets.is_empty() {
         md.push_str("\n## budgets (issue 14, Go)\n\n");
         md.push_str(&go_budgets);

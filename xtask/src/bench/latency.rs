@@ -148,6 +148,43 @@ pub fn percentile_ratio(
     Some(RatioEstimate { ratio, low: at(0.025), high: at(0.975) })
 }
 
+/// The median of `variant` over the median of `baseline`, rates from the same rounds (value
+/// i of each from round i), with a 95% percentile-bootstrap interval over rounds (fixed
+/// seed); [0, ∞) below MIN_ROUNDS_FOR_INTERVAL rounds.
+pub fn median_ratio(baseline: &[f64], variant: &[f64]) -> Option<RatioEstimate> {
+    const RESAMPLES: u32 = 2000;
+    let rounds = baseline.len().min(variant.len());
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+    };
+    if rounds == 0 {
+        return None;
+    }
+    let base = median(&mut baseline[..rounds].to_vec());
+    if base <= 0.0 {
+        return None;
+    }
+    let ratio = median(&mut variant[..rounds].to_vec()) / base;
+    if rounds < MIN_ROUNDS_FOR_INTERVAL {
+        return Some(RatioEstimate { ratio, low: 0.0, high: f64::INFINITY });
+    }
+    let mut random = SplitMix64(0x7261_6365_7231_3535);
+    let mut ratios: Vec<f64> = (0..RESAMPLES)
+        .filter_map(|_| {
+            let picks: Vec<usize> =
+                (0..rounds).map(|_| (random.next() % rounds as u64) as usize).collect();
+            let base = median(&mut picks.iter().map(|&i| baseline[i]).collect());
+            let other = median(&mut picks.iter().map(|&i| variant[i]).collect());
+            (base > 0.0).then(|| other / base)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
+    Some(RatioEstimate { ratio, low: at(0.025), high: at(0.975) })
+}
+
 /// Sebastiano Vigna's SplitMix64: enough randomness for resampling, and no dependency.
 struct SplitMix64(u64);
 
@@ -220,6 +257,18 @@ mod tests {
         let estimate = percentile_ratio(&base, &slower, 0.95, 200).expect("estimates");
         assert!(close(estimate.ratio, 1.1), "{estimate:?}");
         assert!(estimate.low > 1.08 && estimate.high < 1.12, "{estimate:?}");
+    }
+
+    #[test]
+    fn a_median_ratio_brackets_a_steady_loss_and_needs_five_rounds() {
+        let alone = [100.0, 102.0, 98.0, 101.0, 99.0, 100.0];
+        let traced: Vec<f64> = alone.iter().map(|rate| rate * 0.9).collect();
+        let estimate = median_ratio(&alone, &traced).unwrap();
+        assert!((estimate.ratio - 0.9).abs() < 1e-9, "{estimate:?}");
+        assert!(estimate.low <= 0.9 && estimate.high >= 0.9 && estimate.high < 0.95, "{estimate:?}");
+        let few = median_ratio(&alone[..3], &traced[..3]).unwrap();
+        assert!(few.high.is_infinite());
+        assert!(median_ratio(&[], &traced).is_none());
     }
 
     #[test]

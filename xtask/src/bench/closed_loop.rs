@@ -1,0 +1,423 @@
+//! Rows where a cost shows at full speed (issue 15), each arm against alone, with a
+//! second alone arm as the control and a bootstrap interval over rounds:
+//!
+//! - Redis at full speed: Debian's redis-server on the workload CPU, redis-benchmark (50
+//!   clients, GET) on the tool CPU, requests per second. Redis makes a few syscalls per
+//!   request, so a per-syscall probe shows here.
+//! - Collateral: an untraced futex ping-pong on the workload CPU while each tool traces
+//!   another process (a slow ping-pong on the tool CPU): what everyone else on the host
+//!   pays for a tool's probes.
+//!
+//! Every arm runs once per round, in an order that rotates each round, and every tool is
+//! started and stopped around its own window, as in the other rows.
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use libc::{SIGUSR1, SIGUSR2};
+
+use super::{
+    Proc, SETTLE, Settings, TOOL_CPU, ToolUsage, Variant, WARM_UP, WORKLOAD_CPU, group,
+    latency::{MIN_ROUNDS_FOR_INTERVAL, RatioEstimate, median_ratio},
+    median, min_max, pinned, start_tool, stop_tool,
+};
+
+/// Budgets from issue 15 (losses against alone, medians).
+const SAMPLED_REDIS_MAX_LOSS: f64 = 0.01;
+const EXACT_REDIS_MAX_LOSS: f64 = 0.03;
+const SAMPLED_COLLATERAL_MAX_LOSS: f64 = 0.01;
+const EXACT_COLLATERAL_MAX_LOSS: f64 = 0.05;
+
+/// redis-benchmark's clients, and requests per second of window asked of it (it runs a
+/// request count, not a duration: about 110,000 GETs/s here).
+const REDIS_CLIENTS: &str = "50";
+const REDIS_REQUESTS_PER_SECOND: f64 = 100_000.0;
+/// The traced process of the collateral row: a ping-pong slow enough to be idle, busy
+/// enough that every tool has something to report.
+const COLLATERAL_TRACED_RATE: &str = "200";
+
+/// One way to run a row's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    Alone,
+    Tool(Variant),
+    /// A second alone arm: how far alone is from itself says what the others can resolve.
+    Control,
+}
+
+/// The control sits between tools, not next to the first alone arm.
+const ARMS: [Arm; 6] = [
+    Arm::Alone,
+    Arm::Tool(Variant::TracerSampled),
+    Arm::Tool(Variant::Tracer),
+    Arm::Control,
+    Arm::Tool(Variant::Offcputime),
+    Arm::Tool(Variant::Bpftrace),
+];
+
+impl Arm {
+    fn label(self) -> &'static str {
+        match self {
+            Arm::Alone => "alone",
+            Arm::Control => "alone again (control)",
+            Arm::Tool(variant) => variant.label(),
+        }
+    }
+}
+
+/// Which row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    Redis,
+    Collateral,
+}
+
+impl Row {
+    pub fn key(self) -> &'static str {
+        match self {
+            Row::Redis => "redis",
+            Row::Collateral => "collateral",
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Row::Redis => format!(
+                "Redis at full speed (redis-server pinned, redis-benchmark -c {REDIS_CLIENTS} GET): requests per second"
+            ),
+            Row::Collateral => format!(
+                "collateral: an untraced futex ping-pong while the tool traces another process (a ping-pong at {COLLATERAL_TRACED_RATE}/s): round trips per second"
+            ),
+        }
+    }
+}
+
+/// Each arm's throughput per round (`None` in rounds where it failed) and tool usage.
+pub struct RowResult {
+    row: Row,
+    runs: Vec<(Arm, Vec<f64>, Vec<ToolUsage>, Option<String>)>,
+}
+
+pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResult> {
+    let mut fixture = Fixture::start(settings, row)?;
+    let mut runs: Vec<(Arm, Vec<f64>, Vec<ToolUsage>, Option<String>)> =
+        ARMS.iter().map(|&arm| (arm, Vec::new(), Vec::new(), None)).collect();
+    for round in 0..rounds as usize {
+        for offset in 0..ARMS.len() {
+            let index = (round + offset) % ARMS.len();
+            let (arm, rates, usages, failure) = &mut runs[index];
+            // An arm whose tool does not run here is not retried.
+            if failure.is_some() {
+                continue;
+            }
+            match fixture.window(settings, *arm) {
+                Ok((rate, usage)) => {
+                    println!(
+                        "bench: {} round {}/{rounds}: {}: {}/s",
+                        row.key(),
+                        round + 1,
+                        arm.label(),
+                        group(rate)
+                    );
+                    rates.push(rate);
+                    usages.extend(usage);
+                }
+                Err(err) => {
+                    println!(
+                        "bench: {} round {}/{rounds}: {}: failed: {err:#}",
+                        row.key(),
+                        round + 1,
+                        arm.label()
+                    );
+                    *failure = Some(format!("{err:#}"));
+                }
+            }
+        }
+    }
+    Ok(RowResult { row, runs })
+}
+
+/// The processes a row keeps across its windows.
+struct Fixture {
+    row: Row,
+    /// The process every tool traces: redis-server, or the slow ping-pong.
+    traced: Proc,
+    redis_port: u16,
+}
+
+impl Fixture {
+    fn start(settings: &Settings, row: Row) -> anyhow::Result<Self> {
+        let cap = format!("{}", 3600);
+        let (traced, redis_port) = match row {
+            Row::Redis => {
+                let port = free_port()?;
+                let server = Proc::spawn(
+                    "redis-server",
+                    pinned(WORKLOAD_CPU, Path::new("redis-server")).args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ]),
+                )
+                .context("cannot start redis-server (Debian package redis-server)")?;
+                wait_for_redis(port)?;
+                // A key to GET, so that each request reads a value.
+                run_quiet(Command::new("redis-cli").args(["-p", &port.to_string(), "set", "key:__rand_int__", "x"]))?;
+                (server, port)
+            }
+            Row::Collateral => {
+                let mut traced = Proc::spawn(
+                    "slow ping-pong",
+                    pinned(TOOL_CPU, &settings.release.join("ping-pong")).args([
+                        "futex",
+                        "--rate",
+                        COLLATERAL_TRACED_RATE,
+                        "--seconds",
+                        &cap,
+                    ]),
+                )?;
+                // It says nothing until it ends; give its players time to start.
+                thread::sleep(WARM_UP);
+                if let Some((status, _)) = traced.try_wait()? {
+                    bail!("the slow ping-pong exited ({status:#x}): {}", traced.stderr_tail());
+                }
+                (traced, 0)
+            }
+        };
+        thread::sleep(WARM_UP);
+        Ok(Self { row, traced, redis_port })
+    }
+
+    /// One window of `arm`: its throughput, and the tool's usage when a tool ran.
+    fn window(
+        &mut self,
+        settings: &Settings,
+        arm: Arm,
+    ) -> anyhow::Result<(f64, Option<ToolUsage>)> {
+        // The collateral row's measured ping-pong is fresh each window, as in the
+        // ping-pong rows; it is never traced.
+        let mut measured = match self.row {
+            Row::Redis => None,
+            Row::Collateral => {
+                let mut command = pinned(WORKLOAD_CPU, &settings.release.join("ping-pong"));
+                let command = command.args(["futex", "--window", "--seconds", "3600"]);
+                let mut measured = Proc::spawn("ping-pong", command)?;
+                measured.wait_stdout_line(|l| l == "ready", Duration::from_secs(10))?;
+                thread::sleep(WARM_UP);
+                Some(measured)
+            }
+        };
+        let mut tool = match arm {
+            Arm::Tool(variant) => Some(start_tool(settings, variant, self.traced.pid)?),
+            Arm::Alone | Arm::Control => None,
+        };
+        let attached_at = Instant::now();
+        thread::sleep(SETTLE);
+        let cpu_before = tool.as_ref().map_or(0, |t| t.cpu_ns());
+        let opened = Instant::now();
+        let rate = match &mut measured {
+            None => redis_benchmark(self.redis_port, settings.seconds)?,
+            Some(measured) => {
+                measured.signal(SIGUSR1);
+                thread::sleep(Duration::from_secs_f64(settings.seconds));
+                measured.signal(SIGUSR2);
+                let line =
+                    measured.wait_stdout_line(|l| l.starts_with("futex "), Duration::from_secs(30))?;
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("cannot read the ping-pong's result {line:?}"))?
+            }
+        };
+        let window_ns = opened.elapsed().as_nanos() as f64;
+        let usage = match &mut tool {
+            None => None,
+            Some(tool) => {
+                let share = tool.cpu_ns().saturating_sub(cpu_before) as f64 / window_ns;
+                Some(stop_tool(tool, attached_at.elapsed(), share)?)
+            }
+        };
+        Ok((rate, usage))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if self.row == Row::Redis {
+            let _ = run_quiet(Command::new("redis-cli").args([
+                "-p",
+                &self.redis_port.to_string(),
+                "shutdown",
+                "nosave",
+            ]));
+        }
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn wait_for_redis(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    bail!("redis-server did not listen on port {port} within 10 s")
+}
+
+fn run_quiet(command: &mut Command) -> anyhow::Result<()> {
+    let output = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// GETs per second redis-benchmark reaches in about `seconds`, on the tool CPU.
+fn redis_benchmark(port: u16, seconds: f64) -> anyhow::Result<f64> {
+    let requests = (REDIS_REQUESTS_PER_SECOND * seconds).ceil() as u64;
+    let output = pinned(TOOL_CPU, Path::new("redis-benchmark"))
+        .args(["-p", &port.to_string(), "-c", REDIS_CLIENTS, "-n", &requests.to_string()])
+        .args(["-t", "get", "--csv"])
+        .output()
+        .context("cannot run redis-benchmark (Debian package redis-tools)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // `"GET","108499.09","0.257",...` after a header line.
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.split(',').map(|f| f.trim_matches('"'));
+            (fields.next()? == "GET").then(|| fields.next()?.parse().ok())?
+        })
+        .with_context(|| format!("no GET rate in redis-benchmark's output: {text}"))
+}
+
+impl RowResult {
+    fn rates(&self, arm: Arm) -> &[f64] {
+        self.runs.iter().find(|run| run.0 == arm).map_or(&[], |run| &run.1)
+    }
+
+    /// The arm's median against alone's, with its interval.
+    fn against_alone(&self, arm: Arm) -> Option<RatioEstimate> {
+        median_ratio(self.rates(Arm::Alone), self.rates(arm))
+    }
+
+    pub fn table(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "## {}\n", self.row.title());
+        let _ = writeln!(
+            md,
+            "Medians over rounds; the interval is a 95% bootstrap over rounds (paired by round) \
+             of the median against alone's, given from {MIN_ROUNDS_FOR_INTERVAL} rounds. The \
+             control's distance from 1 is what this machine can resolve.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| variant | median /s | min–max /s | vs alone (95% interval) | tool CPU (window) | waits/s seen |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        for (arm, rates, usages, failure) in &self.runs {
+            if let Some(failure) = failure {
+                let _ = writeln!(md, "| {} | failed: {} | | | | |", arm.label(), super::one_line(failure));
+                continue;
+            }
+            if rates.is_empty() {
+                continue;
+            }
+            let rate = median(rates.iter().copied());
+            let (low, high) = min_max(rates.iter().copied());
+            let versus = match arm {
+                Arm::Alone => "1.000".to_string(),
+                _ => self.against_alone(*arm).map_or("–".into(), |e| estimate_text(&e)),
+            };
+            let cpu = if usages.is_empty() {
+                "–".to_string()
+            } else {
+                format!(
+                    "{:.2}% of a core",
+                    100.0 * median(usages.iter().map(|u| u.window_cpu_share))
+                )
+            };
+            let seen: Vec<f64> = usages.iter().filter_map(|u| u.waits_per_second).collect();
+            let seen = if seen.is_empty() { "–".into() } else { group(median(seen.into_iter())) };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {}–{} | {versus} | {cpu} | {seen} |",
+                arm.label(),
+                group(rate),
+                group(low),
+                group(high)
+            );
+        }
+        md.push('\n');
+        md
+    }
+
+    /// The issue's budgets for this row, one line each.
+    pub fn budget_lines(&self) -> String {
+        let loss = |arm| self.against_alone(arm).map(|e| 1.0 - e.ratio);
+        let control = loss(Arm::Control)
+            .map_or(String::new(), |l| format!("; control {:+.1}%", -l * 100.0));
+        let line = |what: &str, arm: Arm, budget: f64, extra: Option<(f64, &str)>| match loss(arm) {
+            None => format!("- {what}: no result\n"),
+            Some(loss) => {
+                let mut within = loss <= budget;
+                let mut against = String::new();
+                if let Some((peer_loss, peer)) = extra {
+                    within &= loss <= peer_loss;
+                    let _ = write!(against, ", and no more than {peer}'s {:.1}%", peer_loss * 100.0);
+                }
+                format!(
+                    "- {what}: {:.1}% lost (budget {:.0}%{against}{control}): {}\n",
+                    loss * 100.0,
+                    budget * 100.0,
+                    if within { "within" } else { "OVER" }
+                )
+            }
+        };
+        let sampled = Arm::Tool(Variant::TracerSampled);
+        let exact = Arm::Tool(Variant::Tracer);
+        match self.row {
+            Row::Redis => {
+                line("Redis, sampled", sampled, SAMPLED_REDIS_MAX_LOSS, None)
+                    + &line("Redis, exact", exact, EXACT_REDIS_MAX_LOSS, None)
+            }
+            Row::Collateral => {
+                let offcputime = loss(Arm::Tool(Variant::Offcputime)).map(|l| (l, "offcputime"));
+                line("untraced ping-pong, sampled", sampled, SAMPLED_COLLATERAL_MAX_LOSS, None)
+                    + &line("untraced ping-pong, exact", exact, EXACT_COLLATERAL_MAX_LOSS, offcputime)
+            }
+        }
+    }
+}
+
+fn estimate_text(estimate: &RatioEstimate) -> String {
+    let percent = |ratio: f64| format!("{:+.1}%", (ratio - 1.0) * 100.0);
+    if estimate.high.is_infinite() {
+        format!("{:.3} ({}; too few rounds for an interval)", estimate.ratio, percent(estimate.ratio))
+    } else {
+        format!(
+            "{:.3} ({}; {} to {})",
+            estimate.ratio,
+            percent(estimate.ratio),
+            percent(estimate.low),
+            percent(estimate.high)
+        )
+    }
+}
