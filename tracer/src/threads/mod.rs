@@ -318,6 +318,18 @@ impl ThreadReader {
     /// between passes; its stack then is that of an identical wait. ENOENT or ESRCH anywhere
     /// gives Err(Exited).
     pub fn sample(&mut self, tid: u32) -> Result<Option<ThreadSample>, SampleError> {
+        self.sample_as(tid, true)
+    }
+
+    /// As `sample`, without the age (`blocked_for_at_least_ns` is None): a sampled
+    /// recording knows a wait first seen after its first read began within the last period,
+    /// and spares the scheduler-clock calibration, which visits every CPU, the traced
+    /// service's among them.
+    pub fn sample_without_age(&mut self, tid: u32) -> Result<Option<ThreadSample>, SampleError> {
+        self.sample_as(tid, false)
+    }
+
+    fn sample_as(&mut self, tid: u32, age: bool) -> Result<Option<ThreadSample>, SampleError> {
         let syscall = match self.read_syscall(tid)? {
             ThreadSyscall::Blocked(state) => state,
             ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
@@ -330,16 +342,16 @@ impl ThreadReader {
             Err(error) if is_gone(&error) => return Err(SampleError::Exited),
             Err(_) => None,
         };
-        let last_cpu = match self.read_task_file(tid, "stat") {
-            Ok(stat) => parse_last_cpu(stat),
-            Err(error) if is_gone(&error) => return Err(SampleError::Exited),
-            Err(_) => None,
+        let last_cpu = match age.then(|| self.read_task_file(tid, "stat")) {
+            Some(Ok(stat)) => parse_last_cpu(stat),
+            Some(Err(error)) if is_gone(&error) => return Err(SampleError::Exited),
+            _ => None,
         };
         if self.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) {
             return Err(SampleError::Woke);
         }
         let stack = stack?;
-        let now = self.now_ns(last_cpu);
+        let now = if age { self.now_ns(last_cpu) } else { None };
         Ok(Some(ThreadSample {
             tid,
             comm,

@@ -248,7 +248,14 @@ impl ThreadSampler {
         frame_pointers: &SavedFramePointers,
         counts: &mut ThreadCounts,
     ) {
-        let sample = match self.reader.sample(tid) {
+        // Only the first read meets waits that began before the recording; their age is
+        // the part of them it did not see.
+        let sample = if self.reads == 1 {
+            self.reader.sample(tid)
+        } else {
+            self.reader.sample_without_age(tid)
+        };
+        let sample = match sample {
             Ok(Some(sample)) => sample,
             Ok(None) => {
                 counts.elsewhere += 1;
