@@ -22,6 +22,8 @@ pub const MANY_WAITERS_SOURCE: &str =
 pub const C_LOSSES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_losses.c");
 pub const C_OBJECTS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_objects.c");
 pub const C_HOSTILE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_hostile.c");
+pub const C_WAKE_PATHS_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_wake_paths.c");
 
 /// Starts the slow backend for `seconds` and returns it with the port it listens on.
 pub fn start_backend(bin: &str, seconds: f64) -> (ChildGuard, u16) {

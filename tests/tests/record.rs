@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
+use std::process::Command;
+
 use tracer_tests::{
-    Pileup, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, build_c_pileup, has_function,
-    record_profile, start_c_pileup, start_rust_pileup, top_stacks, total_ns,
+    C_WAKE_PATHS_SOURCE, Pileup, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, build_c,
+    build_c_pileup, has_function, record_profile, start_c_pileup, start_rust_pileup,
+    start_workload, top_stacks, total_ns, total_waits,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -155,4 +158,52 @@ fn target_exit_ends_recording_and_writes_reports() {
     let status = reaper.join().unwrap_or_else(|_| panic!("reaping rust-pileup (pid {pid}) failed"));
     assert!(status.success(), "rust-pileup exited with {status}");
     drop(backend);
+}
+
+/// Each way an exact recording sees a wait end keeps the wait's stack: a waker in the process
+/// (its view of the shared memory), a timer, another process over a socket, and another
+/// process on a shared futex (both from the copy kept at the sleep). Each wait loop blocks
+/// nearly all the time, at its own call site.
+#[test]
+fn every_way_a_wait_ends_keeps_its_stack() {
+    let build = TempDir::new("wake-paths-build");
+    let bin = build_c(build.path(), C_WAKE_PATHS_SOURCE, "c-wake-paths");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(WORKLOAD_SECONDS.to_string());
+    let workload = start_workload("c-wake-paths", cmd);
+    let dir = TempDir::new("wake-paths");
+    let traced = record_profile(
+        workload.pid(),
+        &["--duration", RECORD_DURATION, "--mode", "exact"],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    let profile = &traced.profile;
+    let recorded_ns = profile.duration.as_nanos() as u64;
+    for (site, kind, ended_by) in [
+        ("signalled_wait", WaitKind::Futex, "a thread of the process"),
+        ("timed_wait", WaitKind::Futex, "its timeout"),
+        ("peer_wait", WaitKind::Recv, "another process's send"),
+        ("shared_wait", WaitKind::Futex, "another process's signal on a shared futex"),
+    ] {
+        let at_site = |s: &ProfileStack| s.kind == kind && has_function(s, site);
+        let ended = |s: &ProfileStack| at_site(s) && !s.in_progress;
+        let blocked = total_ns(profile, at_site);
+        let waits = total_waits(profile, ended);
+        println!("{site}: {waits} waits ended, {blocked} ns blocked of {recorded_ns}");
+        // Each loop waits 30-60 ms at a time: dozens of waits in 3 s, nearly all of it blocked.
+        assert!(
+            waits >= 10 && blocked as f64 >= 0.8 * recorded_ns as f64,
+            "{site} (waits ended by {ended_by}): {waits} waits, {blocked} ns of {recorded_ns} \
+             attributed; stacks:\n{}",
+            top_stacks(profile, |s| s.kind == kind, 10)
+        );
+    }
+    let counts = &profile.counts;
+    assert_eq!(
+        (counts.stack_unreadable, counts.unwind_truncated),
+        (0, 0),
+        "every long wait's stack was read and unwound; tracer stdout:\n{}",
+        traced.out.stdout
+    );
 }

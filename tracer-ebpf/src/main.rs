@@ -7,8 +7,8 @@
 //! - `sched_switch`, on the side of the thread going to sleep (`prev`, whose context it
 //!   runs in), notes a wait when a thread of the target sleeps inside a watched call (the
 //!   call and its arguments read from the registers saved at syscall entry). For waits a
-//!   thread of the target is unlikely to end (socket calls, timed futex waits), it keeps a
-//!   copy of the user stack too.
+//!   thread of the target is unlikely to end (socket calls, timed or process-shared futex
+//!   waits), it keeps a copy of the user stack too.
 //! - `sched_waking`, when a thread of the target wakes another out of a wait that has
 //!   lasted the threshold, ends that wait there: the waker shares the sleeper's memory, so
 //!   the sleeper's stack is read as it slept. For futex wakes it sends the waker's stack.
@@ -241,17 +241,25 @@ fn note_sleep(ctx: &BtfTracePointContext, tid: u32) {
 }
 
 /// Whether a wait is likely ended by something other than a thread of the target (a
-/// socket's peer or the network, a timer), where the sleeper's memory cannot be read.
-/// Untimed futex waits are woken by the lock's or condition's other users, in the process.
+/// socket's peer or the network, a timer, another process sharing a futex), where the
+/// sleeper's memory cannot be read. An untimed wait on a process-private futex is woken by
+/// the lock's or condition's other users, in the process.
 #[inline(always)]
 fn woken_from_outside(kind: WaitKind, nr: i64, regs: *const pt_regs) -> bool {
+    // FUTEX_PRIVATE_FLAG in futex(2)'s op, FUTEX2_PRIVATE in futex_wait(2)'s flags: the
+    // same bit (include/uapi/linux/futex.h).
+    const PRIVATE: u64 = 128;
     if kind != WaitKind::Futex {
         return true;
     }
-    // The timeout argument: futex(uaddr, op, val, timeout, ...), futex_waitv(waiters, n,
-    // flags, timeout, clock), futex_wait(uaddr, val, mask, flags, timeout, clock).
-    let timeout = if nr == syscall_nr::FUTEX_WAIT { syscall_arg(regs, 4) } else { syscall_arg(regs, 3) };
-    timeout != 0
+    // futex(uaddr, op, val, timeout, ...), futex_wait(uaddr, val, mask, flags, timeout,
+    // clock); futex_waitv's flags are per waiter, in memory: taken as shared.
+    let (flags, timeout) = match nr {
+        syscall_nr::FUTEX => (syscall_arg(regs, 1), syscall_arg(regs, 3)),
+        syscall_nr::FUTEX_WAIT => (syscall_arg(regs, 3), syscall_arg(regs, 4)),
+        _ => return true,
+    };
+    timeout != 0 || flags & PRIVATE == 0
 }
 
 /// Copies the current thread's user stack from `sp` into its SLEEP_STACKS slot.

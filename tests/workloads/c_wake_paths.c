@@ -1,0 +1,173 @@
+/*
+ * One long wait per way an exact recording can see a wait end, in C through glibc, each at a
+ * call site of its own, over and over:
+ *   - signalled_wait: pthread_cond_wait (no timeout), signalled every 40 ms by a thread of
+ *     this process: the wait ends at its waker, which shares its memory;
+ *   - timed_wait: pthread_cond_timedwait that times out after 30 ms: a timer ends it, outside
+ *     any thread of the process;
+ *   - peer_wait: recv on a socketpair that a child process writes to every 50 ms: another
+ *     process ends it;
+ *   - shared_wait: pthread_cond_wait on a process-shared condition in shared memory that the
+ *     child signals every 60 ms: another process ends an untimed futex wait, the one case
+ *     whose stack no probe can read (the tests expect it counted, not lost silently).
+ *
+ * Usage: c-wake-paths [SECONDS]
+ * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2). Prints "ready"
+ * once every thread has started; exits after SECONDS (the child with it).
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "c_workload.h"
+
+/* noinline and noclone keep each call site a frame with its plain name. */
+#define CALL_SITE __attribute__((noinline, noclone))
+
+static pthread_mutex_t local_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t local_cond = PTHREAD_COND_INITIALIZER;
+static unsigned long local_signals;
+
+/* In memory shared with the child. */
+struct shared {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	unsigned long signals;
+};
+static struct shared *shared;
+static int sockets[2];
+
+CALL_SITE void signalled_wait(void)
+{
+	pthread_mutex_lock(&local_lock);
+	unsigned long seen = local_signals;
+	while (local_signals == seen)
+		pthread_cond_wait(&local_cond, &local_lock);
+	pthread_mutex_unlock(&local_lock);
+}
+
+CALL_SITE void timed_wait(void)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += 30 * 1000 * 1000;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec += 1;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&lock);
+	while (pthread_cond_timedwait(&never, &lock, &until) == 0)
+		;
+	pthread_mutex_unlock(&lock);
+}
+
+CALL_SITE void peer_wait(void)
+{
+	char byte;
+	if (recv(sockets[0], &byte, 1, 0) != 1)
+		sleep_seconds(0.05);
+}
+
+CALL_SITE void shared_wait(void)
+{
+	pthread_mutex_lock(&shared->lock);
+	unsigned long seen = shared->signals;
+	while (shared->signals == seen)
+		pthread_cond_wait(&shared->cond, &shared->lock);
+	pthread_mutex_unlock(&shared->lock);
+}
+
+static void *loop(void *arg)
+{
+	void (*wait)(void) = (void (*)(void))arg;
+	for (;;)
+		wait();
+	return NULL;
+}
+
+static void *signaller(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		sleep_seconds(0.04);
+		pthread_mutex_lock(&local_lock);
+		local_signals++;
+		pthread_cond_signal(&local_cond);
+		pthread_mutex_unlock(&local_lock);
+	}
+	return NULL;
+}
+
+/* The child: writes to the socket every 50 ms and signals the shared condition every 60. */
+static void child_loop(void)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	double next_write = now_seconds(), next_signal = next_write;
+	for (;;) {
+		double now = now_seconds();
+		if (now >= next_write) {
+			if (send(sockets[1], "x", 1, 0) != 1)
+				_exit(0);
+			next_write = now + 0.05;
+		}
+		if (now >= next_signal) {
+			pthread_mutex_lock(&shared->lock);
+			shared->signals++;
+			pthread_cond_signal(&shared->cond);
+			pthread_mutex_unlock(&shared->lock);
+			next_signal = now + 0.06;
+		}
+		sleep_seconds(0.005);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	double seconds = argc > 1 ? atof(argv[1]) : 30.0;
+	shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (shared == MAP_FAILED || socketpair(AF_UNIX, SOCK_STREAM, 0, sockets) < 0) {
+		perror("c-wake-paths: setup");
+		return 1;
+	}
+	pthread_mutexattr_t mutex_attr;
+	pthread_condattr_t cond_attr;
+	pthread_mutexattr_init(&mutex_attr);
+	pthread_mutexattr_setpshared(&mutex_attr, PTHREAD_PROCESS_SHARED);
+	pthread_condattr_init(&cond_attr);
+	pthread_condattr_setpshared(&cond_attr, PTHREAD_PROCESS_SHARED);
+	pthread_mutex_init(&shared->lock, &mutex_attr);
+	pthread_cond_init(&shared->cond, &cond_attr);
+	pid_t child = fork();
+	if (child < 0) {
+		perror("c-wake-paths: fork");
+		return 1;
+	}
+	if (child == 0)
+		child_loop();
+
+	void (*waits[])(void) = { signalled_wait, timed_wait, peer_wait, shared_wait };
+	pthread_t thread;
+	for (size_t i = 0; i < sizeof waits / sizeof waits[0]; i++) {
+		if (pthread_create(&thread, NULL, loop, (void *)waits[i]) != 0) {
+			perror("c-wake-paths: pthread_create");
+			return 1;
+		}
+	}
+	if (pthread_create(&thread, NULL, signaller, NULL) != 0) {
+		perror("c-wake-paths: pthread_create");
+		return 1;
+	}
+	printf("ready\n");
+	fflush(stdout);
+	sleep_seconds(seconds);
+	kill(child, SIGKILL);
+	return 0;
+}
