@@ -53,10 +53,40 @@ fn wait_attached(daemon: &mut ServeDaemon, pid: u32) {
 
 #[test]
 fn go_pprof_reads_the_block_profile_over_http() {
+    block_profile_over_http(None);
+}
+
+#[test]
+fn go_pprof_reads_the_block_profile_over_http_in_exact_mode() {
+    block_profile_over_http(Some("exact"));
+}
+
+/// The BPF links a process holds: what it has attached.
+fn bpf_links(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|to| to.to_string_lossy().contains("bpf_link"))
+        })
+        .count()
+}
+
+/// The pile-up's block profile from `serve` (sampled, its default, or `--mode MODE`),
+/// through go tool pprof.
+fn block_profile_over_http(mode: Option<&str>) {
     let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
-    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    let pid_arg = pid.to_string();
+    let mut args = vec!["--pid", pid_arg.as_str()];
+    args.extend(mode.iter().flat_map(|mode| ["--mode", mode]));
+    let mut daemon = ServeDaemon::start(&args);
     wait_attached(&mut daemon, pid);
+    // Sampled, nothing is attached to anything; exact, the scheduler tracepoints are.
+    let links = bpf_links(daemon.pid());
+    match mode {
+        None => assert_eq!(links, 0, "serve (sampled) attached {links} BPF programs"),
+        Some(_) => assert!(links >= 2, "serve --mode exact holds {links} BPF links"),
+    }
 
     let dir = TempDir::new("serve-pprof");
     let url = format!("http://127.0.0.1:{}/debug/pprof/block?seconds=2", daemon.port);

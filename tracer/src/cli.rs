@@ -59,6 +59,17 @@ pub struct ServeArgs {
     /// folded into site="other".
     #[arg(long, default_value_t = 200, value_name = "N")]
     pub max_series: usize,
+
+    /// How to see waits. sampled: read the target's threads at --rate, attaching nothing
+    /// to it, so the cost stays bounded however often it waits: for always-on use (waits
+    /// shorter than the period are statistical; --min-wait does not apply). exact: every
+    /// wait as it happens, from the scheduler tracepoints, with its waker.
+    #[arg(long, value_enum, default_value = "sampled")]
+    pub mode: Mode,
+
+    /// Reads per second in sampled mode (default 49: every wait of 21 ms or more is seen).
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: Option<u32>,
 }
 
 #[derive(Debug, Args)]

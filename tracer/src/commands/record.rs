@@ -157,8 +157,7 @@ async fn record_sampled(
     let outputs = pipeline::create_outputs(outputs)?;
     let Traced { target, image } = traced;
     let pid = target.pid;
-    let config = ProbeConfig { tgid: pid, min_wait: Duration::ZERO, maps: Default::default() };
-    let probes = Probes::open(config, &btf_path)?;
+    let probes = Probes::open_for_reading(pid, &btf_path)?;
     let unwinder = ProcessUnwinder::new(pid, image);
     let mut sampler = ThreadSampler::new(pid, unwinder, probes, period)
         .with_context(|| format!("cannot list the threads of pid {pid}"))?;

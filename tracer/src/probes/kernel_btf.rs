@@ -32,9 +32,8 @@ pub enum KernelBtfError {
 /// (`/sys/kernel/btf/vmlinux`).
 pub fn task_offsets(btf: &[u8]) -> Result<TaskOffsets, KernelBtfError> {
     let members = struct_members(btf, "task_struct")?;
-    let member = |name: &'static str| {
-        members.get(name).copied().ok_or(KernelBtfError::MissingMember(name))
-    };
+    let member =
+        |name: &'static str| members.get(name).copied().ok_or(KernelBtfError::MissingMember(name));
     Ok(TaskOffsets { tgid: member("tgid")?, comm: member("comm")? })
 }
 
@@ -42,9 +41,8 @@ pub fn task_offsets(btf: &[u8]) -> Result<TaskOffsets, KernelBtfError> {
 fn struct_members(btf: &[u8], wanted: &str) -> Result<HashMap<String, u32>, KernelBtfError> {
     use KernelBtfError::Malformed;
     let u16_at = |at: usize| btf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |at: usize| {
-        btf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    };
+    let u32_at =
+        |at: usize| btf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
     if u16_at(0) != Some(BTF_MAGIC) {
         return Err(Malformed("bad magic: not a little-endian BTF blob"));
     }

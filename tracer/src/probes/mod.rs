@@ -14,8 +14,8 @@ use aya::{
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, ShortWaitTotals, TaskRegs, WAIT_KIND_COUNT,
-    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
+    COUNTER_COUNT, Counter, InFlightWait, SLEEP_STACK_SLOTS, ShortWaitTotals, TaskRegs,
+    WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,26 @@ impl ProbeCounters {
 impl Probes {
     /// Loads the object (maps, globals) without attaching anything.
     pub fn open(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
+        Self::open_sized(config, SLEEP_STACK_SLOTS, btf_path)
+    }
+
+    /// Loads the object for its task iterator alone (a sampled recording): the wait
+    /// probes will not be attached, so the maps they fill are made as small as the kernel
+    /// allows instead of the tens of MiB of kernel memory they take by default.
+    pub fn open_for_reading(tgid: u32, btf_path: &Path) -> Result<Self, ProbeError> {
+        const SMALLEST_RING: u32 = 4096;
+        let maps = MapSizes {
+            ring_buffer_bytes: Some(SMALLEST_RING),
+            wake_ring_buffer_bytes: Some(SMALLEST_RING),
+        };
+        Self::open_sized(ProbeConfig { tgid, min_wait: Duration::ZERO, maps }, 1, btf_path)
+    }
+
+    fn open_sized(
+        config: ProbeConfig,
+        sleep_stack_slots: u32,
+        btf_path: &Path,
+    ) -> Result<Self, ProbeError> {
         let btf = Btf::parse_file(btf_path, aya::Endianness::default())
             .map_err(|source| ProbeError::Btf { path: btf_path.display().to_string(), source })?;
         let path = || btf_path.display().to_string();
@@ -113,6 +133,7 @@ impl Probes {
         // The waits in progress live in task storage, which aya has no map type for; only
         // the kernel side uses it.
         loader.allow_unsupported_maps();
+        loader.map_max_entries("SLEEP_STACKS", sleep_stack_slots);
         let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes } = config.maps;
         if let Some(bytes) = ring_buffer_bytes {
             loader.map_max_entries("WAITS", bytes);
@@ -143,10 +164,9 @@ impl Probes {
         let attach_err = |name| move |source| ProbeError::Program { name, source };
         // The waker's end of long waits before sched_switch, which notes waits and ends
         // the rest.
-        for (name, function) in [
-            ("tracer_sched_waking", "sched_waking"),
-            ("tracer_sched_switch", "sched_switch"),
-        ] {
+        for (name, function) in
+            [("tracer_sched_waking", "sched_waking"), ("tracer_sched_switch", "sched_switch")]
+        {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| program(name))?

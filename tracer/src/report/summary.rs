@@ -377,11 +377,8 @@ fn write_counts(out: &mut String, profile: &Profile) {
         );
         if counts.waits_discarded > 0 {
             // Their thread slept again before their end was seen: their length is unknown.
-            let _ = writeln!(
-                out,
-                "left out: {} waits whose end was not seen",
-                counts.waits_discarded
-            );
+            let _ =
+                writeln!(out, "left out: {} waits whose end was not seen", counts.waits_discarded);
         }
         if counts.stack_shortened > 0 {
             // Not a loss by itself: a shallow thread's stack ends before the copy would.

@@ -16,7 +16,7 @@ pub const MAX_WINDOW_STACKS: usize = 20_000;
 
 /// Endpoint states (`send buffer full ...`) remembered for the profiles; a service
 /// talking to many peers would otherwise grow this map for as long as it runs.
-const MAX_ENDPOINT_STATES: usize = 1_024;
+pub const MAX_ENDPOINT_STATES: usize = 1_024;
 
 /// One open window.
 #[derive(Default)]
@@ -75,6 +75,29 @@ impl Collector {
     pub fn malformed_records(&self) -> u64 {
         self.earlier_malformed
             + self.decoder.as_ref().map_or(0, |decoder| decoder.malformed_records)
+    }
+
+    /// Adds the waits a sampled read saw end to every window, each stack unless that
+    /// would take the window past its stack cap.
+    pub fn add_ended(&mut self, ended: WaitAggregate) {
+        self.records_read += waits_in(&ended);
+        let Self { windows, metrics_window, stacks_dropped, .. } = self;
+        for aggregate in
+            std::iter::once(metrics_window).chain(windows.values_mut().map(|w| &mut w.aggregate))
+        {
+            for (key, stats) in &ended.stacks {
+                if aggregate.stacks.len() >= MAX_WINDOW_STACKS
+                    && !aggregate.stacks.contains_key(key)
+                {
+                    *stacks_dropped += stats.waits;
+                    continue;
+                }
+                aggregate.stacks.entry(key.clone()).or_default().merge(stats);
+            }
+            aggregate
+                .thread_names
+                .extend(ended.thread_names.iter().map(|(tid, name)| (*tid, name.clone())));
+        }
     }
 
     /// Adds `wait` to `aggregate` unless that would take it past its stack cap.

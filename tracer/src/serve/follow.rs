@@ -1,12 +1,17 @@
 //! Which process `serve` traces: a pid, for as long as it lives, or the process with a
-//! given name, found again each time it restarts. Attaches the probes, drains their
-//! ring buffers into the collector until the process exits, then detaches.
+//! given name, found again each time it restarts. Attaches the probes and drains their
+//! ring buffers into the collector (exact mode), or reads the threads at a rate and hands
+//! the collector the waits that ended (sampled mode), until the process exits; then
+//! detaches.
 
 use std::{
     fmt,
     path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -25,6 +30,7 @@ use crate::{
     probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
     probes::{ProbeConfig, Probes},
     stacks::{ProcessImage, ProcessUnwinder},
+    threads::sampler::ThreadSampler,
 };
 
 /// How often /proc is searched for a process with the followed name.
@@ -62,7 +68,7 @@ impl fmt::Display for Wanted {
 /// Traces the wanted process until it exits (`--pid`) or forever (`--comm`).
 pub async fn run(
     wanted: &Wanted,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     btf_path: &Path,
     min_wait: Duration,
 ) -> anyhow::Result<()> {
@@ -77,8 +83,8 @@ pub async fn run(
             Wanted::Comm(name) => find_by_comm(name, generation == 0).await,
         };
         generation += 1;
-        let mut rings = match attach(&target, shared, btf_path, min_wait, generation).await {
-            Ok(rings) => rings,
+        let source = match attach(&target, shared, btf_path, min_wait, generation).await {
+            Ok(source) => source,
             // The process may have exited while we attached: look again. Any other
             // failure (the verifier, the kernel's BTF) would only repeat.
             Err(err) if matches!(wanted, Wanted::Comm(_)) && vanished(&target) => {
@@ -105,16 +111,36 @@ pub async fn run(
         }
         let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
             .context("cannot poll the pidfd")?;
-        let mut sink = LockedCollector(&shared.collector);
-        loop {
-            tokio::select! {
-                _ = readable(&exited) => break,
-                drained = rings.drain_when_ready(&mut sink) => drained?,
+        match source {
+            WaitSource::Probes(mut rings) => {
+                let mut sink = LockedCollector(&shared.collector);
+                loop {
+                    tokio::select! {
+                        _ = readable(&exited) => break,
+                        drained = rings.drain_when_ready(&mut sink) => drained?,
+                    }
+                }
+                // Waits that ended just before the exit are still in the buffers.
+                rings.drain_now(&mut sink);
+            }
+            WaitSource::Sampler(sampler) => {
+                let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+                let mut reading = tokio::task::spawn_blocking({
+                    let (shared, stop) = (Arc::clone(shared), Arc::clone(&stop.0));
+                    move || sample_into_collector(sampler, &shared, &stop)
+                });
+                // Its reads fail once the target is gone: whichever notices first.
+                let finished = tokio::select! {
+                    _ = readable(&exited) => false,
+                    _ = &mut reading => true,
+                };
+                drop(stop);
+                // No read of this attachment may reach the collector after the detach.
+                if !finished {
+                    let _ = reading.await;
+                }
             }
         }
-        // Waits that ended just before the exit are still in the buffers.
-        rings.drain_now(&mut sink);
-        drop(rings);
         log::info!("pid {} ({}) exited", target.pid, target.comm);
         detach(shared).await;
     }
@@ -129,15 +155,62 @@ fn vanished(target: &Target) -> bool {
         )
 }
 
-/// Loads and attaches the probes for `target` and hands the decoder, the probes and
-/// images for the worker to the shared state.
+/// Where an attachment's waits come from. One per attachment, moved once: the sizes of
+/// its variants do not matter.
+#[allow(clippy::large_enum_variant)]
+enum WaitSource {
+    /// The probes' ring buffers (exact mode).
+    Probes(RingBuffers),
+    /// Reads of the threads at a rate (sampled mode).
+    Sampler(ThreadSampler),
+}
+
+/// Sets the flag when dropped: stops the sampling thread however `run` ends (the target's
+/// exit, or serve shutting down and dropping `run`).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads the threads every period and hands the collector the waits that ended, until
+/// `stop` or a read fails (the target exited). On a blocking thread: a read can take
+/// milliseconds of /proc reads and unwinding.
+fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &AtomicBool) {
+    let period = sampler.period();
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(err) = sampler.read() {
+            log::debug!("sampling stopped: {err}");
+            return;
+        }
+        let ended = sampler.take_ended();
+        shared.note_sampled_read(sampler.reads(), sampler.truncated_unwinds());
+        if !ended.stacks.is_empty() {
+            lock(&shared.collector).add_ended(ended);
+        }
+        let objects = sampler.objects_mut();
+        if objects.endpoint_states.len() > super::collector::MAX_ENDPOINT_STATES {
+            objects.endpoint_states.clear();
+        }
+        // A read that ran late does not make the next ones hurry to catch up.
+        next = (next + period).max(Instant::now());
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Loads the probes for `target` (attaching them in exact mode; in sampled mode they only
+/// serve the task iterator) and hands the decoder, the probes and images for the worker
+/// to the shared state.
 async fn attach(
     target: &Target,
     shared: &Shared,
     btf_path: &Path,
     min_wait: Duration,
     generation: u64,
-) -> anyhow::Result<RingBuffers> {
+) -> anyhow::Result<WaitSource> {
     let pid = target.pid;
     let image = |what| {
         ProcessImage::snapshot(pid)
@@ -157,15 +230,27 @@ async fn attach(
     if go.is_some() {
         log::info!("pid {pid} is a Go program: /debug/pprof/goroutine reads its goroutines");
     }
-    let mut probes =
-        Probes::open(ProbeConfig { tgid: pid, min_wait, maps: Default::default() }, btf_path)?;
-    probes.attach_wait_probes()?;
-    let rings = RingBuffers::take(&mut probes)?;
-    {
-        let mut collector = lock(&shared.collector);
-        collector.decoder = Some(WaitDecoder::new(pid, unwinder));
-        collector.generation = generation;
-    }
+    let (probes, source) = match shared.sampling {
+        Some(period) => {
+            let sampler =
+                ThreadSampler::new(pid, unwinder, Probes::open_for_reading(pid, btf_path)?, period)
+                    .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+            lock(&shared.collector).generation = generation;
+            (Probes::open_for_reading(pid, btf_path)?, WaitSource::Sampler(sampler))
+        }
+        None => {
+            let mut probes = Probes::open(
+                ProbeConfig { tgid: pid, min_wait, maps: Default::default() },
+                btf_path,
+            )?;
+            probes.attach_wait_probes()?;
+            let rings = RingBuffers::take(&mut probes)?;
+            let mut collector = lock(&shared.collector);
+            collector.decoder = Some(WaitDecoder::new(pid, unwinder));
+            collector.generation = generation;
+            (probes, WaitSource::Probes(rings))
+        }
+    };
     *lock(&shared.attached) = Some(Attached {
         pid,
         comm: target.comm.clone(),
@@ -173,7 +258,7 @@ async fn attach(
         probes: Arc::new(Mutex::new(probes)),
         go,
     });
-    Ok(rings)
+    Ok(source)
 }
 
 /// Detaches the probes, keeps their counters, and symbolizes what the open windows hold

@@ -293,6 +293,13 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         let (counts, short_waits) = counts_since(now, mark.as_ref());
         base.counts = counts;
         base.below_threshold = below_threshold(&short_waits);
+        if let Some(period) = shared.sampling {
+            let reads = match mark.as_ref().filter(|mark| mark.generation == now.generation) {
+                Some(mark) => now.reads.saturating_sub(mark.reads),
+                None => now.reads,
+            };
+            base.sampling = Some(crate::model::Sampling { period, reads });
+        }
     }
     let super::collector::Window { aggregate, earlier, lost_waits } = closed;
     if lost_waits > 0 {

@@ -28,7 +28,7 @@ use tokio::{
 use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
 
 use crate::{
-    cli::ServeArgs,
+    cli::{Mode, ServeArgs},
     golang::GoroutineDump,
     model::{Profile, ProfileKind, TraceCounts},
     pipeline::counts::trace_counts,
@@ -49,7 +49,16 @@ const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
 const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { pid, comm, listen, min_wait, max_series } = args;
+    let ServeArgs { pid, comm, listen, min_wait, max_series, mode, rate } = args;
+    let sampling = match mode {
+        Mode::Sampled => {
+            Some(Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ))
+        }
+        Mode::Exact if rate.is_some() => {
+            anyhow::bail!("--rate is for --mode sampled; exact mode sees every wait")
+        }
+        Mode::Exact => None,
+    };
     let wanted = match (pid, comm) {
         (Some(pid), _) => Wanted::Pid(pid),
         (None, Some(name)) => Wanted::Comm(name),
@@ -75,10 +84,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(
         wanted.clone(),
         min_wait,
+        sampling,
         max_series,
         worker::Worker::start().context("cannot start the symbolizer thread")?,
     ));
     eprintln!("tracer: serving {wanted} on http://{local}/");
+    match sampling {
+        Some(period) => eprintln!(
+            "tracer: its threads read every {}, nothing attached to them (--mode exact sees \
+             every wait)",
+            crate::report::summary::format_duration(period.as_nanos() as u64)
+        ),
+        None => eprintln!("tracer: every wait traced as it happens (exact mode)"),
+    }
     let server = tokio::spawn(http::run(listener, Arc::clone(&shared)));
     let folder = tokio::spawn({
         let shared = Arc::clone(&shared);
@@ -132,6 +150,10 @@ pub struct Attached {
 pub struct Shared {
     pub wanted: Wanted,
     pub min_wait: Duration,
+    /// The period of the reads in sampled mode; None in exact mode.
+    pub sampling: Option<Duration>,
+    /// Reads of the current attachment's sampler, and its unwinds that stopped short.
+    sampled: Mutex<SampledProgress>,
     pub max_series: usize,
     pub collector: Mutex<collector::Collector>,
     pub attached: Mutex<Option<Attached>>,
@@ -163,19 +185,37 @@ struct BlockedSample {
     series: Arc<metrics::CappedSeries<u64>>,
 }
 
+/// How far the current attachment's sampler got.
+#[derive(Clone, Copy, Debug, Default)]
+struct SampledProgress {
+    generation: u64,
+    reads: u64,
+    truncated_unwinds: u64,
+}
+
 /// Where an attachment's counters stood when a window opened.
 #[derive(Clone, Debug)]
 pub struct CountsMark {
     pub generation: u64,
     pub counts: TraceCounts,
     pub short_waits: ShortWaitsByKind,
+    /// The sampler's reads so far (sampled mode).
+    pub reads: u64,
 }
 
 impl Shared {
-    fn new(wanted: Wanted, min_wait: Duration, max_series: usize, worker: worker::Worker) -> Self {
+    fn new(
+        wanted: Wanted,
+        min_wait: Duration,
+        sampling: Option<Duration>,
+        max_series: usize,
+        worker: worker::Worker,
+    ) -> Self {
         Self {
             wanted,
             min_wait,
+            sampling,
+            sampled: Mutex::new(SampledProgress::default()),
             max_series,
             collector: Mutex::new(collector::Collector::default()),
             attached: Mutex::new(None),
@@ -192,8 +232,28 @@ impl Shared {
         lock(&self.attached).as_ref().map(|a| (a.pid, a.comm.clone(), a.generation))
     }
 
-    /// The current attachment's counters: what its probes and the decoder saw.
+    /// After each read of the sampler: its reads and truncated unwinds so far.
+    pub fn note_sampled_read(&self, reads: u64, truncated_unwinds: u64) {
+        let generation = lock(&self.collector).generation;
+        *lock(&self.sampled) = SampledProgress { generation, reads, truncated_unwinds };
+    }
+
+    /// The current attachment's counters: what its probes and the decoder saw (in
+    /// sampled mode, the sampler's reads and unwinds).
     pub fn counts_mark(&self) -> Option<CountsMark> {
+        if self.sampling.is_some() {
+            let progress = *lock(&self.sampled);
+            let counts = TraceCounts {
+                unwind_truncated: progress.truncated_unwinds,
+                ..TraceCounts::default()
+            };
+            return Some(CountsMark {
+                generation: progress.generation,
+                counts,
+                short_waits: Default::default(),
+                reads: progress.reads,
+            });
+        }
         let (generation, probes) = {
             let attached = lock(&self.attached);
             let attached = attached.as_ref()?;
@@ -215,7 +275,7 @@ impl Shared {
             decoder.malformed_records,
             decoder.wakers_evicted,
         );
-        Some(CountsMark { generation, counts, short_waits })
+        Some(CountsMark { generation, counts, short_waits, reads: 0 })
     }
 
     /// An empty profile of `kind` about the attached process (or the one wanted).
@@ -457,6 +517,7 @@ mod tests {
             generation,
             counts: TraceCounts { long_waits, ..TraceCounts::default() },
             short_waits,
+            reads: 0,
         }
     }
 

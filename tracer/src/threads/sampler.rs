@@ -130,6 +130,11 @@ impl WaitTracker {
         }
     }
 
+    /// The waits that ended since the last call.
+    fn take_ended(&mut self) -> WaitAggregate {
+        std::mem::take(&mut self.ended)
+    }
+
     /// The ended waits, with the waits still in progress at the last read added as such:
     /// aged from the scheduler's accounting when first seen plus the time since, a lower
     /// bound as a snapshot's ages are. `target_exited` drops them (nothing waits any more).
@@ -291,6 +296,33 @@ impl ThreadSampler {
                 counts.unreadable += 1;
             }
         }
+    }
+
+    /// The waits that ended since the last call, with their threads' names: for a
+    /// recording that never ends (serve), which hands them on as they end.
+    pub fn take_ended(&mut self) -> WaitAggregate {
+        let mut ended = self.tracker.take_ended();
+        for tid in ended.stacks.values().flat_map(|stats| stats.threads.iter()) {
+            if let Some(name) = self.thread_names.thread_names.get(tid) {
+                ended.thread_names.insert(*tid, name.clone());
+            }
+        }
+        ended
+    }
+
+    /// Reads so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// What the reads found out about the waits' objects (endpoints and their states).
+    pub fn objects_mut(&mut self) -> &mut WaitObjects {
+        &mut self.objects
+    }
+
+    /// Long waits (and frames of blocked threads) whose unwinding stopped before the root.
+    pub fn truncated_unwinds(&self) -> u64 {
+        self.unwinder.truncated_unwinds
     }
 
     /// What the reads gathered; `target_exited` leaves out the waits still in progress.

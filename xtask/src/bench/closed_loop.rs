@@ -98,20 +98,31 @@ impl Row {
     }
 }
 
-/// Each arm's throughput per round (`None` in rounds where it failed) and tool usage.
+/// One arm's throughput per round and its tool's usage per window; once it failed, why
+/// (it is not run again).
+struct ArmRuns {
+    arm: Arm,
+    rates: Vec<f64>,
+    usages: Vec<ToolUsage>,
+    failure: Option<String>,
+}
+
+/// Every arm's runs.
 pub struct RowResult {
     row: Row,
-    runs: Vec<(Arm, Vec<f64>, Vec<ToolUsage>, Option<String>)>,
+    runs: Vec<ArmRuns>,
 }
 
 pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResult> {
     let mut fixture = Fixture::start(settings, row)?;
-    let mut runs: Vec<(Arm, Vec<f64>, Vec<ToolUsage>, Option<String>)> =
-        ARMS.iter().map(|&arm| (arm, Vec::new(), Vec::new(), None)).collect();
+    let mut runs: Vec<ArmRuns> = ARMS
+        .iter()
+        .map(|&arm| ArmRuns { arm, rates: Vec::new(), usages: Vec::new(), failure: None })
+        .collect();
     for round in 0..rounds as usize {
         for offset in 0..ARMS.len() {
             let index = (round + offset) % ARMS.len();
-            let (arm, rates, usages, failure) = &mut runs[index];
+            let ArmRuns { arm, rates, usages, failure } = &mut runs[index];
             // An arm whose tool does not run here is not retried.
             if failure.is_some() {
                 continue;
@@ -173,7 +184,13 @@ impl Fixture {
                 .context("cannot start redis-server (Debian package redis-server)")?;
                 wait_for_redis(port)?;
                 // A key to GET, so that each request reads a value.
-                run_quiet(Command::new("redis-cli").args(["-p", &port.to_string(), "set", "key:__rand_int__", "x"]))?;
+                run_quiet(Command::new("redis-cli").args([
+                    "-p",
+                    &port.to_string(),
+                    "set",
+                    "key:__rand_int__",
+                    "x",
+                ]))?;
                 (server, port)
             }
             Row::Collateral => {
@@ -232,8 +249,8 @@ impl Fixture {
                 measured.signal(SIGUSR1);
                 thread::sleep(Duration::from_secs_f64(settings.seconds));
                 measured.signal(SIGUSR2);
-                let line =
-                    measured.wait_stdout_line(|l| l.starts_with("futex "), Duration::from_secs(30))?;
+                let line = measured
+                    .wait_stdout_line(|l| l.starts_with("futex "), Duration::from_secs(30))?;
                 line.split_whitespace()
                     .nth(1)
                     .and_then(|v| v.parse().ok())
@@ -310,7 +327,7 @@ fn redis_benchmark(port: u16, seconds: f64) -> anyhow::Result<f64> {
 
 impl RowResult {
     fn rates(&self, arm: Arm) -> &[f64] {
-        self.runs.iter().find(|run| run.0 == arm).map_or(&[], |run| &run.1)
+        self.runs.iter().find(|run| run.arm == arm).map_or(&[], |run| &run.rates)
     }
 
     /// The arm's median against alone's, with its interval.
@@ -332,9 +349,14 @@ impl RowResult {
             "| variant | median /s | min–max /s | vs alone (95% interval) | tool CPU (window) | waits/s seen |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-        for (arm, rates, usages, failure) in &self.runs {
+        for ArmRuns { arm, rates, usages, failure } in &self.runs {
             if let Some(failure) = failure {
-                let _ = writeln!(md, "| {} | failed: {} | | | | |", arm.label(), super::one_line(failure));
+                let _ = writeln!(
+                    md,
+                    "| {} | failed: {} | | | | |",
+                    arm.label(),
+                    super::one_line(failure)
+                );
                 continue;
             }
             if rates.is_empty() {
@@ -372,8 +394,8 @@ impl RowResult {
     /// The budgets for this row, one line each.
     pub fn budget_lines(&self) -> String {
         let loss = |arm| self.against_alone(arm).map(|e| 1.0 - e.ratio);
-        let control = loss(Arm::Control)
-            .map_or(String::new(), |l| format!("; control {:+.1}%", -l * 100.0));
+        let control =
+            loss(Arm::Control).map_or(String::new(), |l| format!("; control {:+.1}%", -l * 100.0));
         let line = |what: &str, arm: Arm, budget: f64, extra: Option<(f64, &str)>| match loss(arm) {
             None => format!("- {what}: no result\n"),
             Some(loss) => {
@@ -381,7 +403,8 @@ impl RowResult {
                 let mut against = String::new();
                 if let Some((peer_loss, peer)) = extra {
                     within &= loss <= peer_loss;
-                    let _ = write!(against, ", and no more than {peer}'s {:.1}%", peer_loss * 100.0);
+                    let _ =
+                        write!(against, ", and no more than {peer}'s {:.1}%", peer_loss * 100.0);
                 }
                 format!(
                     "- {what}: {:.1}% lost (budget {:.0}%{against}{control}): {}\n",
@@ -401,7 +424,12 @@ impl RowResult {
             Row::Collateral => {
                 let offcputime = loss(Arm::Tool(Variant::Offcputime)).map(|l| (l, "offcputime"));
                 line("untraced ping-pong, sampled", sampled, SAMPLED_COLLATERAL_MAX_LOSS, None)
-                    + &line("untraced ping-pong, exact", exact, EXACT_COLLATERAL_MAX_LOSS, offcputime)
+                    + &line(
+                        "untraced ping-pong, exact",
+                        exact,
+                        EXACT_COLLATERAL_MAX_LOSS,
+                        offcputime,
+                    )
             }
         }
     }
@@ -410,7 +438,11 @@ impl RowResult {
 fn estimate_text(estimate: &RatioEstimate) -> String {
     let percent = |ratio: f64| format!("{:+.1}%", (ratio - 1.0) * 100.0);
     if estimate.high.is_infinite() {
-        format!("{:.3} ({}; too few rounds for an interval)", estimate.ratio, percent(estimate.ratio))
+        format!(
+            "{:.3} ({}; too few rounds for an interval)",
+            estimate.ratio,
+            percent(estimate.ratio)
+        )
     } else {
         format!(
             "{:.3} ({}; {} to {})",

@@ -265,7 +265,10 @@ mod tests {
         let traced: Vec<f64> = alone.iter().map(|rate| rate * 0.9).collect();
         let estimate = median_ratio(&alone, &traced).unwrap();
         assert!((estimate.ratio - 0.9).abs() < 1e-9, "{estimate:?}");
-        assert!(estimate.low <= 0.9 && estimate.high >= 0.9 && estimate.high < 0.95, "{estimate:?}");
+        assert!(
+            estimate.low <= 0.9 && estimate.high >= 0.9 && estimate.high < 0.95,
+            "{estimate:?}"
+        );
         let few = median_ratio(&alone[..3], &traced[..3]).unwrap();
         assert!(few.high.is_infinite());
         assert!(median_ratio(&[], &traced).is_none());
