@@ -145,3 +145,47 @@ fn a_process_with_no_live_thread_is_refused() {
     assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
     assert!(out.stderr.contains("has exited"), "stderr:\n{}", out.stderr);
 }
+
+/// The waiters' hold in `drain` mode (tests/workloads/c_hostile.c): they are released this
+/// long after the workload says ready.
+const DRAIN_SECONDS: f64 = 2.0;
+
+/// A pile-up that drains while it is recorded: waits that began before the recording and
+/// ended during it are completed waits, at their call site, shown as lower bounds (their
+/// earlier part comes from the scheduler's accounting).
+#[test]
+fn waits_begun_before_the_recording_count_when_they_end() {
+    let dir = TempDir::new("drain");
+    let workload = start_hostile(&dir, "drain");
+    let ready = std::time::Instant::now();
+    let record = tracer_tests::record_profile(
+        workload.pid(),
+        &["--duration", "4s", "--mode", "exact"],
+        &dir,
+        RUN_TIMEOUT,
+    );
+    let profile = &record.profile;
+    // Released, each waiter may also wait a moment for the mutex: a wait of its own,
+    // begun in the recording.
+    let ended_before = |stack: &tracer_tests::ProfileStack| {
+        has_function(stack, "i") && !stack.in_progress && stack.stats.lower_bound
+    };
+    let stacks = stacks_where(profile, ended_before);
+    let waits: u64 = stacks.iter().map(|stack| stack.stats.waits).sum();
+    let threads = tracer_tests::thread_ids(profile, ended_before).len();
+    assert_eq!(
+        (waits as usize, threads),
+        (WAITERS, WAITERS),
+        "each waiter's wait, begun before the recording, ended once in it, as a lower bound; \
+         tracer stdout:\n{}",
+        record.out.stdout
+    );
+    // They had all waited since before "ready", and were released DRAIN_SECONDS after it.
+    let shortest = stacks.iter().map(|stack| stack.stats.min_ns).min().unwrap_or(0);
+    assert!(
+        shortest as f64 >= 0.95 * DRAIN_SECONDS * 1e9,
+        "the shortest wait ({shortest} ns) is shorter than the {DRAIN_SECONDS} s hold (the \
+         recording began {:?} after ready)",
+        ready.elapsed().saturating_sub(record.out.elapsed)
+    );
+}

@@ -9,7 +9,10 @@
  *   name        then the process and every thread name themselves HOSTILE_NAME, an escape
  *               sequence that sets a terminal's title, and markup;
  *   main-exits  then the main thread calls pthread_exit: the process is a zombie leader
- *               whose threads live on and stay blocked.
+ *               whose threads live on and stay blocked;
+ *   drain       then, DRAIN_SECONDS after "ready", the main thread releases every waiter
+ *               (they return from their wait and exit): a pile-up that drains while it
+ *               is recorded.
  * Prints "ready" once every waiter is in its futex wait (and renamed). An alarm ends the
  * process after SECONDS whatever happens. Built by the tests with `gcc -O2 -g -pthread`.
  */
@@ -35,15 +38,21 @@
 /* noinline and noclone keep each name a frame of its own (no f.constprop.0). */
 #define CALL_SITE __attribute__((noinline, noclone))
 
+/* How long the drain mode holds its waiters after "ready". */
+#define DRAIN_SECONDS 2.0
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
+/* Set (under lock) when the drain mode releases the waiters. */
+static int released;
 
 /* The empty asm keeps gcc from turning each call into a tail call (and dropping a frame). */
 CALL_SITE void i(void)
 {
 	pthread_mutex_lock(&lock);
-	for (;;)
+	while (!released)
 		pthread_cond_wait(&never, &lock);
+	pthread_mutex_unlock(&lock);
 }
 
 CALL_SITE void Pc(void)
@@ -81,14 +90,14 @@ CALL_SITE void *waiter(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 2 || argc > 4) {
-		fprintf(stderr, "usage: c-hostile plain|name|main-exits [WAITERS] [SECONDS]\n");
+		fprintf(stderr, "usage: c-hostile plain|name|main-exits|drain [WAITERS] [SECONDS]\n");
 		return 2;
 	}
 	const char *mode = argv[1];
 	long waiters = argc > 2 ? atol(argv[2]) : 4;
 	unsigned seconds = argc > 3 ? (unsigned)atoi(argv[3]) : 60;
 	if (strcmp(mode, "plain") != 0 && strcmp(mode, "name") != 0 &&
-	    strcmp(mode, "main-exits") != 0) {
+	    strcmp(mode, "main-exits") != 0 && strcmp(mode, "drain") != 0) {
 		fprintf(stderr, "c-hostile: unknown mode %s\n", mode);
 		return 2;
 	}
@@ -116,6 +125,13 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	if (strcmp(mode, "main-exits") == 0)
 		pthread_exit(NULL);
+	if (strcmp(mode, "drain") == 0) {
+		sleep_seconds(DRAIN_SECONDS);
+		pthread_mutex_lock(&lock);
+		released = 1;
+		pthread_cond_broadcast(&never);
+		pthread_mutex_unlock(&lock);
+	}
 	for (;;)
 		pause();
 }

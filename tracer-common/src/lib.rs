@@ -191,7 +191,15 @@ pub struct InFlightWait {
     pub kind: u32,
     /// The thread's id (the entry hangs off its task; a waker's probe reads it here).
     pub tid: u32,
+    /// `WAIT_BEGAN_BEFORE` or 0.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
+
+/// A wait that was already in progress when the probes were attached, noted by userspace
+/// from the thread's saved state: `start_ns` is when it was noted, not when it began.
+pub const WAIT_BEGAN_BEFORE: u32 = 1;
 
 /// Threads whose user stack can be kept from the moment they went to sleep (the
 /// SLEEP_STACKS map, least recently used first out): 16 MiB of kernel memory.
@@ -237,8 +245,8 @@ pub struct WaitRecord {
     pub stack_len: u32,
     /// The waiter's thread name (`comm`), NUL-padded.
     pub comm: [u8; 16],
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The wait's [`InFlightWait::flags`].
+    pub flags: u32,
     /// The user stack copied from `sp`.
     pub stack: [u8; STACK_COPY_BYTES],
 }
@@ -404,7 +412,7 @@ const _: () = assert!(WaitKind::Goroutine as usize + 1 == WAIT_KIND_COUNT);
 // No implicit padding in the records that cross the ring buffers.
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
-const _: () = assert!(core::mem::size_of::<InFlightWait>() == 24);
+const _: () = assert!(core::mem::size_of::<InFlightWait>() == 32);
 const _: () = assert!(core::mem::size_of::<SleepStack>() == 16 + STACK_COPY_BYTES);
 const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 // No implicit padding in the Go maps' keys and values.
@@ -473,6 +481,8 @@ mod tests {
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid, explicit padding.
     unsafe impl aya::Pod for super::InFlightWait {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SleepStack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ShortWaitTotals {}
     // SAFETY: as above.

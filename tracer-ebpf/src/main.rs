@@ -233,7 +233,9 @@ fn note_sleep(ctx: &BtfTracePointContext, tid: u32) {
     count(Counter::WaitsStarted);
     let start_ns = now_ns();
     // SAFETY: as above.
-    unsafe { *entry = InFlightWait { start_ns, object, kind: kind as u32, tid } };
+    unsafe {
+        *entry = InFlightWait { start_ns, object, kind: kind as u32, tid, flags: 0, _pad: 0 }
+    };
     if woken_from_outside(kind, nr, regs) {
         // SAFETY: a BTF pointer, as in `syscall_arg`.
         keep_sleep_stack(tid, start_ns, unsafe { (*regs).rsp });
@@ -354,7 +356,7 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
             task.cast::<u8>().add(TASK_COMM_OFFSET.load() as usize).cast::<[u8; 16]>(),
         )
         .unwrap_or([0; 16]);
-        (*record)._pad = 0;
+        (*record).flags = wait.flags;
         let len = match source {
             StackSource::Memory => copy_user_stack(&mut (*record).stack, sp),
             StackSource::SleepCopy => copy_sleep_stack(&mut (*record).stack, wait),

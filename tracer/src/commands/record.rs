@@ -26,6 +26,7 @@ use crate::{
     threads::{
         blocked_now::collect_blocked_threads,
         sampler::{Sampled, ThreadSampler},
+        waits_before::adopt_waits_in_progress,
     },
 };
 
@@ -60,6 +61,19 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait, maps }, &btf_path)?;
     probes.attach_wait_probes()?;
     let mut rings = RingBuffers::take(&mut probes)?;
+    // The threads asleep since before the attach: their waits count from here, their
+    // earlier part added when they end.
+    let waits_begun_before = match adopt_waits_in_progress(pid, &mut probes) {
+        Ok((ages, adopted)) => {
+            log::info!("waits in progress at the attach: {adopted:?}");
+            collector.decoder.ages_at_start = ages;
+            adopted.waits
+        }
+        Err(err) => {
+            log::warn!("cannot read the waits in progress at the attach: {err}");
+            0
+        }
+    };
     eprintln!(
         "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
         target.comm,
@@ -96,7 +110,14 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
 
     let WaitCollector {
         decoder:
-            WaitDecoder { mut unwinder, mut objects, malformed_records, pending_wakers, wakers_evicted },
+            WaitDecoder {
+                mut unwinder,
+                mut objects,
+                malformed_records,
+                pending_wakers,
+                wakers_evicted,
+                ..
+            },
         mut aggregate,
     } = collector;
     // The waits that never ended: threads blocked before we attached, and stuck ones.
@@ -138,6 +159,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         malformed_records,
         wakers_unmatched,
     );
+    base.counts.waits_begun_before = waits_begun_before;
     base.thread_counts = thread_counts;
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     pipeline::report(&profile, outputs, top)

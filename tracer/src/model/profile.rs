@@ -81,6 +81,9 @@ pub struct TraceCounts {
     /// Ended waits of the Go runtime's own system goroutines (GC workers, sweeper, …):
     /// not shown.
     pub go_runtime_waits_hidden: u64,
+    /// Waits already in progress when an exact recording attached, handed to the probes
+    /// from the threads' saved state (their earlier part is a lower bound).
+    pub waits_begun_before: u64,
 }
 
 impl TraceCounts {
@@ -89,7 +92,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 22] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 23] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -113,6 +116,7 @@ impl TraceCounts {
             go_goroutines_skipped,
             go_objects_unnamed,
             go_runtime_waits_hidden,
+            waits_begun_before,
         } = self;
         [
             ("ring_buffer_full", ring_buffer_full),
@@ -137,6 +141,7 @@ impl TraceCounts {
             ("non_socket_io", non_socket_io),
             ("wakes_seen", wakes_seen),
             ("go_runtime_waits_hidden", go_runtime_waits_hidden),
+            ("waits_begun_before", waits_begun_before),
         ]
     }
 

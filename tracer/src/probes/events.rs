@@ -14,13 +14,14 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{Interval, MissedTickBehavior, interval},
 };
-use tracer_common::{STACK_COPY_BYTES, WaitKind, WaitRecord, WakeRecord};
+use tracer_common::{STACK_COPY_BYTES, WAIT_BEGAN_BEFORE, WaitKind, WaitRecord, WakeRecord};
 
 use crate::{
     model::{StackKey, WaitAggregate},
     objects::WaitObjects,
     probes::Probes,
     stacks::{ProcessUnwinder, UserRegs},
+    threads::waits_before::AgesAtStart,
 };
 
 /// How often the buffers are drained when the probes have not woken us. The probes wake
@@ -123,15 +124,22 @@ pub struct Wait {
     pub thread_name: String,
     /// The waker's thread id and unwound stack.
     pub waker: Option<(u32, Vec<u64>)>,
+    /// It began before the recording: `duration_ns` adds its earlier part as the
+    /// scheduler knew it, a lower bound.
+    pub lower_bound: bool,
 }
 
 impl Wait {
     pub fn add_to(self, aggregate: &mut WaitAggregate) {
-        let Self { key, tid, duration_ns, thread_name, waker } = self;
+        let Self { key, tid, duration_ns, thread_name, waker, lower_bound } = self;
         if let Some((waker_tid, waker_stack)) = waker {
             aggregate.add_waker(&key, waker_tid, waker_stack);
         }
-        aggregate.add(key, tid, duration_ns);
+        if lower_bound {
+            aggregate.add_lower_bound(key, tid, duration_ns);
+        } else {
+            aggregate.add(key, tid, duration_ns);
+        }
         aggregate.name_thread(tid, &thread_name);
     }
 }
@@ -146,6 +154,9 @@ pub struct WaitDecoder {
     pub malformed_records: u64,
     /// Pending wakers dropped because the table was full.
     pub wakers_evicted: u64,
+    /// How long the waits handed to the probes at the attach had lasted by then, by
+    /// thread (`threads::waits_before`).
+    pub ages_at_start: AgesAtStart,
 }
 
 /// One field of a record in ring-buffer bytes, read in place: copying a whole record would
@@ -204,6 +215,7 @@ impl WaitDecoder {
             pending_wakers: HashMap::new(),
             malformed_records: 0,
             wakers_evicted: 0,
+            ages_at_start: AgesAtStart::new(),
         }
     }
 
@@ -252,12 +264,19 @@ impl WaitDecoder {
         let waker = self.pending_wakers.remove(&(tid, start_ns));
         let comm: [u8; 16] = field!(bytes, WaitRecord, comm);
         let comm_len = comm.iter().position(|&byte| byte == 0).unwrap_or(comm.len());
+        let mut duration_ns: u64 = field!(bytes, WaitRecord, duration_ns);
+        let flags: u32 = field!(bytes, WaitRecord, flags);
+        let lower_bound = flags & WAIT_BEGAN_BEFORE != 0;
+        if lower_bound {
+            duration_ns += self.ages_at_start.remove(&tid).unwrap_or(0);
+        }
         Some(Wait {
             key,
             tid,
-            duration_ns: field!(bytes, WaitRecord, duration_ns),
+            duration_ns,
             thread_name: String::from_utf8_lossy(&comm[..comm_len]).into_owned(),
             waker,
+            lower_bound,
         })
     }
 }

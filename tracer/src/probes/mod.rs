@@ -14,8 +14,9 @@ use aya::{
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, SLEEP_STACK_SLOTS, ShortWaitTotals, TaskRegs,
-    WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
+    COUNTER_COUNT, Counter, InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals,
+    SleepStack, TaskRegs, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES,
+    WaitKind,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -249,13 +250,81 @@ impl Probes {
             return Ok(starts);
         };
         for tid in tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            // An adopted wait's start is the attach, not its beginning: it is aged from
+            // the scheduler like the waits the probes never saw.
             if let Some(wait) = lookup_task_storage(map_fd, tid)
                 && wait.start_ns != 0
+                && wait.flags & WAIT_BEGAN_BEFORE == 0
             {
                 starts.insert(tid, wait.start_ns);
             }
         }
         Ok(starts)
+    }
+
+    /// Hands the (attached) probes the wait thread `tid` is in, begun before they were
+    /// attached, with its stack (for the end of a wait no probe can read it at): from now
+    /// on its end is seen as any other's.
+    pub fn adopt_wait(
+        &mut self,
+        tid: u32,
+        wait: InFlightWait,
+        stack: &[u8],
+    ) -> Result<(), AdoptError> {
+        let map_err = |name| move |source| AdoptError::Map { name, source };
+        let len = stack.len().min(STACK_COPY_BYTES);
+        let mut copy = Box::new(SleepStack {
+            start_ns: wait.start_ns,
+            len: len as u32,
+            _pad: 0,
+            stack: [0; STACK_COPY_BYTES],
+        });
+        copy.stack[..len].copy_from_slice(&stack[..len]);
+        // The stack first: the wait may end the moment it is in IN_FLIGHT.
+        let map = self.ebpf.map_mut("SLEEP_STACKS").ok_or(AdoptError::Map {
+            name: "SLEEP_STACKS",
+            source: std::io::Error::other("missing"),
+        })?;
+        let mut stacks: aya::maps::HashMap<_, u32, SleepStack> = aya::maps::HashMap::try_from(map)
+            .map_err(|err| AdoptError::Map {
+                name: "SLEEP_STACKS",
+                source: std::io::Error::other(err),
+            })?;
+        stacks.insert(tid, *copy, 0).map_err(|err| AdoptError::Map {
+            name: "SLEEP_STACKS",
+            source: std::io::Error::other(err),
+        })?;
+        let map_fd = self.in_flight_fd()?;
+        let mut value = wait;
+        const BPF_NOEXIST: u64 = 1;
+        match task_storage_call(MapCommand::Update, map_fd, tid, &mut value, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => Err(AdoptError::AlreadyNoted),
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Err(AdoptError::Gone),
+            Err(err) => Err(map_err("IN_FLIGHT")(err)),
+        }
+    }
+
+    /// Takes back the wait `adopt_wait` gave for thread `tid` (it woke before the hand-over
+    /// was done), unless the probes have ended it or noted another since.
+    pub fn withdraw_wait(&mut self, tid: u32, start_ns: u64) {
+        let Ok(map_fd) = self.in_flight_fd() else { return };
+        if lookup_task_storage(map_fd, tid).is_some_and(|wait| wait.start_ns == start_ns) {
+            let mut unused =
+                InFlightWait { start_ns: 0, object: 0, kind: 0, tid: 0, flags: 0, _pad: 0 };
+            let _ = task_storage_call(MapCommand::Delete, map_fd, tid, &mut unused, 0);
+        }
+    }
+
+    fn in_flight_fd(&self) -> Result<std::os::fd::RawFd, AdoptError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let Some(Map::Unsupported(in_flight)) = self.ebpf.map("IN_FLIGHT") else {
+            return Err(AdoptError::Map {
+                name: "IN_FLIGHT",
+                source: std::io::Error::other("missing"),
+            });
+        };
+        Ok(in_flight.fd().as_fd().as_raw_fd())
     }
 
     pub fn short_waits(&self) -> Result<ShortWaitsByKind, ProbeError> {
@@ -276,11 +345,38 @@ impl Probes {
     }
 }
 
-/// The task-storage value of thread `tid`: BPF_MAP_LOOKUP_ELEM keyed by a pidfd of the
-/// thread (PIDFD_THREAD, Linux 6.9+).
-fn lookup_task_storage(map_fd: std::os::fd::RawFd, tid: u32) -> Option<InFlightWait> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    /// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM reads it (include/uapi/linux/bpf.h).
+/// A pidfd of thread `tid` (PIDFD_THREAD, Linux 6.9+): the key of a task-storage map.
+fn thread_pidfd(tid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, PIDFD_THREAD) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as i32) })
+}
+
+/// The BPF map commands used on task storage (include/uapi/linux/bpf.h).
+#[derive(Clone, Copy)]
+enum MapCommand {
+    Lookup = 1,
+    Update = 2,
+    Delete = 3,
+}
+
+/// One BPF_MAP_*_ELEM call on the task-storage map `map_fd`, keyed by thread `tid`;
+/// `value` is read (update) or filled (lookup), unused by delete.
+fn task_storage_call(
+    command: MapCommand,
+    map_fd: std::os::fd::RawFd,
+    tid: u32,
+    value: &mut InFlightWait,
+    flags: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    /// `union bpf_attr` as the BPF_MAP_*_ELEM commands read it.
     #[repr(C)]
     struct MapElemAttr {
         map_fd: u32,
@@ -289,35 +385,49 @@ fn lookup_task_storage(map_fd: std::os::fd::RawFd, tid: u32) -> Option<InFlightW
         value: u64,
         flags: u64,
     }
-    const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, PIDFD_THREAD) };
-    if raw < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let pidfd = thread_pidfd(tid)?;
     let key: i32 = pidfd.as_raw_fd();
-    let mut value = std::mem::MaybeUninit::<InFlightWait>::zeroed();
     let attr = MapElemAttr {
         map_fd: map_fd as u32,
         _pad: 0,
         key: std::ptr::from_ref(&key) as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
+        value: std::ptr::from_mut(value) as u64,
+        flags,
     };
-    // SAFETY: `attr` points at a live key and a value buffer of the map's value size.
+    // SAFETY: `attr` points at a live key and a value of the map's value size.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
+            command as libc::c_long,
             std::ptr::from_ref(&attr),
             std::mem::size_of::<MapElemAttr>(),
         )
     };
-    // SAFETY: on success the kernel filled the whole value; zeroed is valid otherwise.
-    (rc == 0).then(|| unsafe { value.assume_init() })
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The task-storage value of thread `tid`, if it has one.
+fn lookup_task_storage(map_fd: std::os::fd::RawFd, tid: u32) -> Option<InFlightWait> {
+    let mut value = InFlightWait { start_ns: 0, object: 0, kind: 0, tid: 0, flags: 0, _pad: 0 };
+    task_storage_call(MapCommand::Lookup, map_fd, tid, &mut value, 0).ok()?;
+    Some(value)
+}
+
+/// Why a wait in progress could not be handed to the probes.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// The probes have seen the thread sleep since they were attached: they track it.
+    #[error("the probes already track this thread")]
+    AlreadyNoted,
+    /// The thread exited.
+    #[error("the thread exited")]
+    Gone,
+    #[error("probe map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Splits the iterator's output into records (native-endian `ip, sp, bp` triples).

@@ -190,6 +190,8 @@ pub struct JsonTraceCounts {
     pub go_objects_unnamed: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub go_runtime_waits_hidden: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waits_begun_before: u64,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -376,6 +378,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         go_goroutines_skipped,
         go_objects_unnamed,
         go_runtime_waits_hidden,
+        waits_begun_before,
     } = counts.clone();
     JsonTraceCounts {
         waits_started,
@@ -400,6 +403,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         go_goroutines_skipped,
         go_objects_unnamed,
         go_runtime_waits_hidden,
+        waits_begun_before,
     }
 }
 
@@ -612,6 +616,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         go_goroutines_skipped,
         go_objects_unnamed,
         go_runtime_waits_hidden,
+        waits_begun_before,
     } = counts;
     TraceCounts {
         waits_started,
@@ -636,6 +641,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         go_goroutines_skipped,
         go_objects_unnamed,
         go_runtime_waits_hidden,
+        waits_begun_before,
     }
 }
 

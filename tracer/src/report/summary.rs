@@ -149,13 +149,16 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize) {
             "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
             elide(&row.site, SITE_WIDTH),
             row.kind.name(),
-            format_duration(row.stats.total_ns),
-            format_duration(row.stats.max_ns),
+            // Waits begun before the recording know their earlier part as a lower bound.
+            format_age(row.stats.total_ns, row.stats.lower_bound),
+            format_age(row.stats.max_ns, row.stats.lower_bound),
             row.stats.waits,
             row.stats.threads.len(),
         );
     }
-    write_rest(out, rows, top, |row| format_duration(row.stats.total_ns) + " blocked");
+    write_rest(out, rows, top, |row| {
+        format_age(row.stats.total_ns, row.stats.lower_bound) + " blocked"
+    });
     let _ = writeln!(out);
 }
 
@@ -375,6 +378,14 @@ fn write_counts(out: &mut String, profile: &Profile) {
                 format!("{} short", counts.short_waits),
             ],
         );
+        if counts.waits_begun_before > 0 {
+            let _ = writeln!(
+                out,
+                "begun before the recording: {} waits, their earlier part from the scheduler \
+                 (a lower bound)",
+                counts.waits_begun_before
+            );
+        }
         if counts.waits_discarded > 0 {
             // Their thread slept again before their end was seen: their length is unknown.
             let _ =

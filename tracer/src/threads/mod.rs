@@ -4,6 +4,7 @@
 
 pub mod blocked_now;
 pub mod sampler;
+pub mod waits_before;
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
