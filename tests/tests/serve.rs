@@ -257,6 +257,27 @@ fn an_address_in_use_is_one_line_and_exit_1() {
     );
 }
 
+/// Serving on every address is allowed, and said in the tracer's one-line style.
+#[test]
+fn a_non_loopback_address_is_warned_of_in_one_line() {
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, 2, WORKLOAD_SECONDS);
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "INT", "3"]).arg(tracer_bin()).args([
+        "serve",
+        "--pid",
+        &stuck.workload.pid().to_string(),
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    let out = run_with_timeout("tracer serve", cmd, ATTACH_TIMEOUT);
+    let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.contains("loopback")).collect();
+    assert!(
+        warnings.len() == 1 && warnings[0].starts_with("tracer: warning: listening on 0.0.0.0:"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn sigterm_detaches_and_exits_promptly() {
     let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
@@ -372,6 +393,21 @@ fn block_profile_names_a_library_loaded_after_attach() {
          attach:\n{}\ntracer log:\n{}",
         out.stdout,
         daemon.log()
+    );
+    // The call site is the library's function, the innermost frame of the program's own
+    // modules, not `main` below it nor libc's poll above it.
+    drop(daemon);
+    let recorded = tracer_tests::record_profile(pid, &["--duration", "1s"], &dir, HTTP_TIMEOUT);
+    let sites: Vec<&str> = recorded
+        .profile
+        .stacks
+        .iter()
+        .filter(|stack| has_function(stack, "late_library_wait"))
+        .map(|stack| stack.call_site())
+        .collect();
+    assert!(
+        !sites.is_empty() && sites.iter().all(|site| *site == "late_library_wait"),
+        "call sites of the waits in the late library: {sites:?}"
     );
     drop(workload);
 }

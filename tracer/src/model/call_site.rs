@@ -33,14 +33,45 @@ pub fn call_site(frames: &[Frame], language: Language) -> &str {
     }
 }
 
-/// The innermost frame in the program's own code: not libc, not Rust's std or the C
-/// runtime's start-up code. Falls back to the innermost named frame.
+/// The innermost frame in the program's own code: its executable or a library of its own
+/// (one it links or loads with dlopen), not the system's C and C++ runtime libraries, not
+/// Rust's std or the C runtime's start-up code. Falls back to the innermost named frame.
 fn native_call_site(frames: &[Frame]) -> &str {
-    let innermost_own =
-        frames.iter().rev().find(|frame| frame.module_is_main && !is_native_runtime(&frame.name));
-    innermost_own
+    let is_own = |frame: &&Frame| {
+        !is_native_runtime(&frame.name)
+            && (frame.module_is_main
+                // `[unknown]`, `[vdso]`: not a file of the program's.
+                || !frame.module.starts_with('[') && !is_system_runtime_module(&frame.module))
+    };
+    frames
+        .iter()
+        .rev()
+        .find(is_own)
         .or_else(|| frames.iter().rev().find(|frame| frame.name != UNKNOWN))
         .map_or(UNKNOWN, |frame| frame.name.as_str())
+}
+
+/// The system libraries a C, C++ or Rust program waits through: the C library (with the
+/// loader and glibc's former satellites), the C++ runtimes and the unwinder. A frame in
+/// them is how the program waits, not where.
+fn is_system_runtime_module(module: &str) -> bool {
+    const SYSTEM_RUNTIME: [&str; 13] = [
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "ld-musl",
+        "libc.musl",
+        "libpthread",
+        "libdl.so",
+        "librt.so",
+        "libm.so",
+        "libstdc++",
+        "libc++",
+        "libgcc_s",
+        "libunwind",
+    ];
+    let file = module.rsplit('/').next().unwrap_or(module);
+    SYSTEM_RUNTIME.iter().any(|prefix| file.starts_with(prefix))
 }
 
 /// The innermost frame outside Go's standard library (so `main.writeToBackend`, not
@@ -110,6 +141,40 @@ mod tests {
     fn go_frames(names: &[&str]) -> Vec<Frame> {
         // Leaf first as written, root first as stored.
         names.iter().rev().map(|name| Frame::unknown_named(name, 0)).collect()
+    }
+
+    fn native_frame(name: &str, module: &str, main: bool) -> Frame {
+        Frame { module: module.to_owned(), module_is_main: main, ..Frame::unknown_named(name, 0) }
+    }
+
+    #[test]
+    fn native_call_site_is_the_innermost_frame_of_the_programs_own_modules() {
+        // Root first: main calls into a library it loaded with dlopen, which polls.
+        let plugin = [
+            native_frame("_start", "app", true),
+            native_frame("main", "app", true),
+            native_frame("late_library_wait", "liblate.so", false),
+            native_frame("__GI___poll", "libc.so.6", false),
+        ];
+        assert_eq!(call_site(&plugin, Language::Native), "late_library_wait");
+        // The C++ runtime's condition variable is how it waits, not where.
+        let cxx = [
+            native_frame("main", "app", true),
+            native_frame("worker", "app", true),
+            native_frame("std::condition_variable::wait", "libstdc++.so.6", false),
+            native_frame("pthread_cond_wait", "libc.so.6", false),
+        ];
+        assert_eq!(call_site(&cxx, Language::Native), "worker");
+        // Nothing of the program's own (after an exec, the old image knows none of it).
+        let unknown = [
+            native_frame(UNKNOWN, UNKNOWN, false),
+            native_frame(
+                "__futex_abstimed_wait_common",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                false,
+            ),
+        ];
+        assert_eq!(call_site(&unknown, Language::Native), "__futex_abstimed_wait_common");
     }
 
     #[test]

@@ -73,9 +73,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
     if !local.ip().is_loopback() {
-        log::warn!(
-            "listening on {local}, which is not a loopback address: whoever reaches it can read \
-             the target's call stacks"
+        eprintln!(
+            "tracer: warning: listening on {local}, which is not a loopback address: whoever \
+             reaches it can read the target's call stacks"
         );
     }
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
