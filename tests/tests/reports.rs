@@ -291,3 +291,23 @@ fn broken_files_fail_with_one_line_naming_them() {
         assert!(!output.exists(), "{name}: a report was written from a broken file");
     }
 }
+
+/// A file far larger than any profile the tracer writes is refused in one line before it is
+/// read (reading takes several times a file's size in memory).
+#[test]
+fn an_oversized_profile_is_refused_before_it_is_read() {
+    let dir = TempDir::new("huge-report");
+    let path = dir.join("huge.json");
+    let file = std::fs::File::create(&path).expect("create huge.json");
+    // Sparse: 400 MiB that take no disk, starting like a JSON profile.
+    std::os::unix::fs::FileExt::write_at(&file, b"{", 0).expect("write the first byte");
+    file.set_len(400 << 20).expect("extend huge.json");
+    let out = tracer_report(&[utf8(&path)], TOOL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "not one line:\n{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!("tracer: {}: 400 MiB, larger than", path.display())),
+        "{}",
+        out.stderr
+    );
+}

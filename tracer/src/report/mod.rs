@@ -259,6 +259,13 @@ pub enum ReadError {
     /// Empty.
     #[error("{}: empty file", .0.display())]
     Empty(PathBuf),
+    /// Larger than any profile tracer writes, and reading it would take several times
+    /// its size in memory.
+    #[error(
+        "{}: {} MiB, larger than the {} MiB a tracer profile can be read at",
+        .path.display(), .bytes >> 20, MAX_SAVED_PROFILE_BYTES >> 20
+    )]
+    TooLarge { path: PathBuf, bytes: u64 },
     /// Neither JSON nor gzip.
     #[error("{}: not a tracer profile (expected tracer's JSON or a gzip pprof file)", .0.display())]
     Foreign(PathBuf),
@@ -278,6 +285,11 @@ pub enum ReadError {
     },
 }
 
+/// The largest saved profile read: reading takes about eight times the file's size in
+/// memory (a 375 MB JSON file took 2.9 GB), so this bounds it near 1 GiB. A recording of
+/// 20,000 distinct stacks of 40 frames is about 60 MiB of JSON.
+pub const MAX_SAVED_PROFILE_BYTES: u64 = 128 << 20;
+
 /// Reads a profile `tracer` saved as JSON or pprof, telling them apart by content.
 /// Only a regular file: a device or a pipe may never end.
 pub fn read_saved(path: &Path) -> Result<SavedProfile, ReadError> {
@@ -287,6 +299,9 @@ pub fn read_saved(path: &Path) -> Result<SavedProfile, ReadError> {
     let metadata = file.metadata().map_err(unreadable)?;
     if !metadata.is_file() {
         return Err(ReadError::NotRegular(path.to_path_buf()));
+    }
+    if metadata.len() > MAX_SAVED_PROFILE_BYTES {
+        return Err(ReadError::TooLarge { path: path.to_path_buf(), bytes: metadata.len() });
     }
     let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or_default());
     file.read_to_end(&mut bytes).map_err(unreadable)?;

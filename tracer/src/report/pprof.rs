@@ -47,7 +47,7 @@ const SYNTHETIC: &str = "tracer:synthetic";
 
 /// A gzip file that inflates past this is not a profile of ours (a stack-heavy hour
 /// of recording is a few MiB).
-const MAX_DECOMPRESSED: u64 = 512 << 20;
+const MAX_DECOMPRESSED: u64 = super::MAX_SAVED_PROFILE_BYTES;
 
 pub fn write_pprof(
     profile: &Profile,

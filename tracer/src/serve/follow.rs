@@ -30,7 +30,7 @@ use crate::{
     probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
     probes::{ProbeConfig, Probes},
     stacks::{ProcessImage, ProcessUnwinder},
-    threads::sampler::ThreadSampler,
+    threads::{sampler::ThreadSampler, waits_before::adopt_waits_in_progress},
 };
 
 /// How often /proc is searched for a process with the followed name.
@@ -245,12 +245,22 @@ async fn attach(
             )?;
             probes.attach_wait_probes()?;
             let rings = RingBuffers::take(&mut probes)?;
+            let mut decoder = WaitDecoder::new(pid, unwinder);
+            // Threads asleep since before the attach: their waits count when they end.
+            match adopt_waits_in_progress(pid, &mut probes) {
+                Ok((ages, adopted)) => {
+                    log::debug!("pid {pid}: waits in progress at the attach: {adopted:?}");
+                    decoder.ages_at_start = ages;
+                }
+                Err(err) => log::warn!("pid {pid}: cannot read the waits in progress: {err}"),
+            }
             let mut collector = lock(&shared.collector);
-            collector.decoder = Some(WaitDecoder::new(pid, unwinder));
+            collector.decoder = Some(decoder);
             collector.generation = generation;
             (probes, WaitSource::Probes(rings))
         }
     };
+    *lock(&shared.last_attached) = Some((pid, target.comm.clone()));
     *lock(&shared.attached) = Some(Attached {
         pid,
         comm: target.comm.clone(),

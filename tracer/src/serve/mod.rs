@@ -157,6 +157,9 @@ pub struct Shared {
     pub max_series: usize,
     pub collector: Mutex<collector::Collector>,
     pub attached: Mutex<Option<Attached>>,
+    /// The pid and name of the last process attached, kept after it exits: the windows
+    /// open then hold its waits.
+    pub last_attached: Mutex<Option<(u32, String)>>,
     pub worker: worker::Worker,
     pub waits: Mutex<metrics::WaitSeries>,
     /// Probe counters of earlier attachments, so totals never go down on re-attach.
@@ -219,6 +222,7 @@ impl Shared {
             max_series,
             collector: Mutex::new(collector::Collector::default()),
             attached: Mutex::new(None),
+            last_attached: Mutex::new(None),
             worker,
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
@@ -282,7 +286,10 @@ impl Shared {
     pub fn base_profile(&self, kind: ProfileKind, duration: Duration) -> Profile {
         let (pid, comm) = match self.attached_process() {
             Some((pid, comm, _)) => (pid, comm),
-            None => (self.wanted.pid().unwrap_or(0), self.wanted.to_string()),
+            None => match lock(&self.last_attached).clone() {
+                Some(last) => last,
+                None => (self.wanted.pid().unwrap_or(0), self.wanted.to_string()),
+            },
         };
         let start = std::time::SystemTime::now().checked_sub(duration);
         let mut profile = Profile::new(kind, pid, comm);
