@@ -214,17 +214,27 @@ pub struct ThreadSample {
     /// How long it has been off the CPU, from the scheduler's accounting: a lower bound on how
     /// long it has been blocked (show it as "≥"). None when the sched file is unavailable.
     pub blocked_for_at_least_ns: Option<u64>,
-    /// Its `se.exec_start`: when it last stopped running. It does not move while the thread
-    /// stays blocked, so a later read that finds it unchanged sees the same wait.
+    /// Its `se.exec_start`: when it last stopped running (None without an age).
     pub exec_start_ns: Option<u64>,
+    /// How many times it has been run on a CPU (see [`BlockedState::runs`]).
+    pub runs: Option<u64>,
 }
 
 /// What a cheap look at a blocked thread tells (see [`ThreadReader::peek`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockedState {
     pub syscall: SyscallState,
-    /// `se.exec_start`, None when the sched file is unavailable.
-    pub exec_start_ns: Option<u64>,
+    /// How many times it has been run on a CPU (`pcount`, the third field of
+    /// /proc/PID/task/TID/schedstat). It does not move while the thread stays blocked, so
+    /// a later read that finds it (and the call) unchanged sees the same wait. The
+    /// schedstat file is a quarter of the cost of the sched file (3 µs against 12 here).
+    /// None when it is unavailable.
+    pub runs: Option<u64>,
+}
+
+/// The run count (`pcount`) of a /proc/.../schedstat file: `run_ns wait_ns pcount`.
+pub fn parse_run_count(schedstat: &str) -> Option<u64> {
+    schedstat.split_ascii_whitespace().nth(2)?.parse().ok()
 }
 
 /// Why a thread could not be sampled.
@@ -338,11 +348,12 @@ impl ThreadReader {
         let comm = self.read_task_file(tid, "comm")?.trim_end_matches('\n').to_owned();
         // Errors of the copy wait for the re-check: a thread that woke or exited says so first.
         let stack = self.read_stack(syscall.sp);
-        let exec_start = match self.read_task_file(tid, "sched") {
-            Ok(sched) => parse_exec_start_ns(sched),
-            Err(error) if is_gone(&error) => return Err(SampleError::Exited),
-            Err(_) => None,
+        let exec_start = match age.then(|| self.read_task_file(tid, "sched")) {
+            Some(Ok(sched)) => parse_exec_start_ns(sched),
+            Some(Err(error)) if is_gone(&error) => return Err(SampleError::Exited),
+            _ => None,
         };
+        let runs = self.read_run_count(tid)?;
         let last_cpu = match age.then(|| self.read_task_file(tid, "stat")) {
             Some(Ok(stat)) => parse_last_cpu(stat),
             Some(Err(error)) if is_gone(&error) => return Err(SampleError::Exited),
@@ -362,6 +373,7 @@ impl ThreadReader {
                 .zip(now)
                 .map(|(start, now)| now.saturating_sub(start)),
             exec_start_ns: exec_start,
+            runs,
         }))
     }
 
@@ -373,12 +385,17 @@ impl ThreadReader {
             ThreadSyscall::Blocked(state) => state,
             ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
         };
-        let exec_start_ns = match self.read_task_file(tid, "sched") {
-            Ok(sched) => parse_exec_start_ns(sched),
-            Err(error) if is_gone(&error) => return Err(SampleError::Exited),
-            Err(_) => None,
-        };
-        Ok(Some(BlockedState { syscall, exec_start_ns }))
+        let runs = self.read_run_count(tid)?;
+        Ok(Some(BlockedState { syscall, runs }))
+    }
+
+    /// The run count of thread `tid` (see [`BlockedState::runs`]).
+    fn read_run_count(&mut self, tid: u32) -> Result<Option<u64>, SampleError> {
+        match self.read_task_file(tid, "schedstat") {
+            Ok(schedstat) => Ok(parse_run_count(schedstat)),
+            Err(error) if is_gone(&error) => Err(SampleError::Exited),
+            Err(_) => Ok(None),
+        }
     }
 
     /// `/proc/PID/task/TID/syscall`, parsed.

@@ -271,7 +271,7 @@ impl ThreadSampler {
                 return;
             }
         };
-        let state = BlockedState { syscall: sample.syscall, exec_start_ns: sample.exec_start_ns };
+        let state = BlockedState { syscall: sample.syscall, runs: sample.runs };
         let key = match wait_object(&sample, &mut self.objects) {
             Some(wait) => {
                 counts.blocked_in_waits += 1;
@@ -359,10 +359,11 @@ mod tests {
     const FUTEX: i64 = 202;
     const MS: u64 = 1_000_000;
 
-    fn blocked(futex: u64, exec_start_ns: u64) -> BlockedState {
+    /// Thread blocked on `futex`, having been run `runs` times.
+    fn blocked(futex: u64, runs: u64) -> BlockedState {
         BlockedState {
             syscall: SyscallState { nr: FUTEX, args: [futex, 0, 0, 0, 0, 0], sp: 0x7000, pc: 0x10 },
-            exec_start_ns: Some(exec_start_ns),
+            runs: Some(runs),
         }
     }
 
@@ -414,8 +415,8 @@ mod tests {
         read(&mut tracker, 0, &[(1, blocked(0xa0, 5))], 0);
         // Another futex: the first wait ended. A late read stands for the whole time since.
         read(&mut tracker, 25 * MS, &[(1, blocked(0xb0, 5))], 0);
-        // The same futex, but the thread ran since (exec_start moved): a new wait again.
-        read(&mut tracker, 35 * MS, &[(1, blocked(0xb0, 30 * MS))], 0);
+        // The same futex, but the thread ran since (its run count moved): a new wait again.
+        read(&mut tracker, 35 * MS, &[(1, blocked(0xb0, 6))], 0);
         let aggregate = tracker.finish(false);
         assert_eq!((ended(&aggregate, 0xa0).waits, ended(&aggregate, 0xa0).total_ns), (1, 10 * MS));
         assert_eq!((ended(&aggregate, 0xb0).waits, ended(&aggregate, 0xb0).total_ns), (1, 25 * MS));

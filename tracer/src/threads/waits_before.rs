@@ -57,7 +57,7 @@ pub fn adopt_waits_in_progress(
         else {
             continue;
         };
-        let state = BlockedState { syscall: sample.syscall, exec_start_ns: sample.exec_start_ns };
+        let state = BlockedState { syscall: sample.syscall, runs: sample.runs };
         // bpf_ktime_get_ns is CLOCK_MONOTONIC.
         let start_ns = monotonic_now_ns();
         let wait = InFlightWait {
