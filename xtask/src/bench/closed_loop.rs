@@ -103,6 +103,10 @@ impl Row {
 struct ArmRuns {
     arm: Arm,
     rates: Vec<f64>,
+    /// Redis: the server's own CPU per request, in nanoseconds, per round. redis-benchmark
+    /// is the bottleneck here (94% of its CPU against the server's 69%), so throughput
+    /// shows what the client loses; this is what the server pays.
+    server_ns_per_request: Vec<f64>,
     usages: Vec<ToolUsage>,
     failure: Option<String>,
 }
@@ -117,18 +121,25 @@ pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResu
     let mut fixture = Fixture::start(settings, row)?;
     let mut runs: Vec<ArmRuns> = ARMS
         .iter()
-        .map(|&arm| ArmRuns { arm, rates: Vec::new(), usages: Vec::new(), failure: None })
+        .map(|&arm| ArmRuns {
+            arm,
+            rates: Vec::new(),
+            server_ns_per_request: Vec::new(),
+            usages: Vec::new(),
+            failure: None,
+        })
         .collect();
     for round in 0..rounds as usize {
         for offset in 0..ARMS.len() {
             let index = (round + offset) % ARMS.len();
-            let ArmRuns { arm, rates, usages, failure } = &mut runs[index];
+            let ArmRuns { arm, rates, server_ns_per_request, usages, failure } = &mut runs[index];
             // An arm whose tool does not run here is not retried.
             if failure.is_some() {
                 continue;
             }
             match fixture.window(settings, *arm) {
-                Ok((rate, usage)) => {
+                Ok((rate, server_ns, usage)) => {
+                    server_ns_per_request.extend(server_ns);
                     println!(
                         "bench: {} round {}/{rounds}: {}: {}/s",
                         row.key(),
@@ -216,12 +227,13 @@ impl Fixture {
         Ok(Self { row, traced, redis_port })
     }
 
-    /// One window of `arm`: its throughput, and the tool's usage when a tool ran.
+    /// One window of `arm`: its throughput, the Redis server's CPU per request, and the
+    /// tool's usage when a tool ran.
     fn window(
         &mut self,
         settings: &Settings,
         arm: Arm,
-    ) -> anyhow::Result<(f64, Option<ToolUsage>)> {
+    ) -> anyhow::Result<(f64, Option<f64>, Option<ToolUsage>)> {
         // The collateral row's measured ping-pong is fresh each window, as in the
         // ping-pong rows; it is never traced.
         let mut measured = match self.row {
@@ -243,8 +255,15 @@ impl Fixture {
         thread::sleep(SETTLE);
         let cpu_before = tool.as_ref().map_or(0, |t| t.cpu_ns());
         let opened = Instant::now();
+        let server_cpu_before = self.traced.cpu_ns();
+        let mut server_ns = None;
         let rate = match &mut measured {
-            None => redis_benchmark(self.redis_port, settings.seconds)?,
+            None => {
+                let (rate, requests) = redis_benchmark(self.redis_port, settings.seconds)?;
+                let server_cpu = self.traced.cpu_ns().saturating_sub(server_cpu_before);
+                server_ns = Some(server_cpu as f64 / requests as f64);
+                rate
+            }
             Some(measured) => {
                 measured.signal(SIGUSR1);
                 thread::sleep(Duration::from_secs_f64(settings.seconds));
@@ -265,7 +284,7 @@ impl Fixture {
                 Some(stop_tool(tool, attached_at.elapsed(), share)?)
             }
         };
-        Ok((rate, usage))
+        Ok((rate, server_ns, usage))
     }
 }
 
@@ -307,8 +326,9 @@ fn run_quiet(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// GETs per second redis-benchmark reaches in about `seconds`, on the tool CPU.
-fn redis_benchmark(port: u16, seconds: f64) -> anyhow::Result<f64> {
+/// GETs per second redis-benchmark reaches in about `seconds`, on the tool CPU, and the
+/// requests it made.
+fn redis_benchmark(port: u16, seconds: f64) -> anyhow::Result<(f64, u64)> {
     let requests = (REDIS_REQUESTS_PER_SECOND * seconds).ceil() as u64;
     let output = pinned(TOOL_CPU, Path::new("redis-benchmark"))
         .args(["-p", &port.to_string(), "-c", REDIS_CLIENTS, "-n", &requests.to_string()])
@@ -317,12 +337,14 @@ fn redis_benchmark(port: u16, seconds: f64) -> anyhow::Result<f64> {
         .context("cannot run redis-benchmark (Debian package redis-tools)")?;
     let text = String::from_utf8_lossy(&output.stdout);
     // `"GET","108499.09","0.257",...` after a header line.
-    text.lines()
+    let rate = text
+        .lines()
         .find_map(|line| {
             let mut fields = line.split(',').map(|f| f.trim_matches('"'));
             (fields.next()? == "GET").then(|| fields.next()?.parse().ok())?
         })
-        .with_context(|| format!("no GET rate in redis-benchmark's output: {text}"))
+        .with_context(|| format!("no GET rate in redis-benchmark's output: {text}"))?;
+    Ok((rate, requests))
 }
 
 impl RowResult {
@@ -333,6 +355,15 @@ impl RowResult {
     /// The arm's median against alone's, with its interval.
     fn against_alone(&self, arm: Arm) -> Option<RatioEstimate> {
         median_ratio(self.rates(Arm::Alone), self.rates(arm))
+    }
+
+    fn server_cost(&self, arm: Arm) -> &[f64] {
+        self.runs.iter().find(|run| run.arm == arm).map_or(&[], |run| &run.server_ns_per_request)
+    }
+
+    /// The Redis server's CPU per request against alone's, with its interval.
+    fn server_cost_against_alone(&self, arm: Arm) -> Option<RatioEstimate> {
+        median_ratio(self.server_cost(Arm::Alone), self.server_cost(arm))
     }
 
     pub fn table(&self) -> String {
@@ -346,14 +377,14 @@ impl RowResult {
         );
         let _ = writeln!(
             md,
-            "| variant | median /s | min–max /s | vs alone (95% interval) | tool CPU (window) | waits/s seen |"
+            "| variant | median /s | min–max /s | vs alone (95% interval) | server CPU per request (vs alone, 95% interval) | tool CPU (window) | waits/s seen |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-        for ArmRuns { arm, rates, usages, failure } in &self.runs {
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        for ArmRuns { arm, rates, server_ns_per_request, usages, failure } in &self.runs {
             if let Some(failure) = failure {
                 let _ = writeln!(
                     md,
-                    "| {} | failed: {} | | | | |",
+                    "| {} | failed: {} | | | | | |",
                     arm.label(),
                     super::one_line(failure)
                 );
@@ -376,11 +407,22 @@ impl RowResult {
                     100.0 * median(usages.iter().map(|u| u.window_cpu_share))
                 )
             };
+            let server = if server_ns_per_request.is_empty() {
+                "–".to_string()
+            } else {
+                let ns = median(server_ns_per_request.iter().copied());
+                match arm {
+                    Arm::Alone => format!("{:.2} µs", ns / 1000.0),
+                    _ => self.server_cost_against_alone(*arm).map_or("–".into(), |e| {
+                        format!("{:.2} µs ({})", ns / 1000.0, estimate_text(&e))
+                    }),
+                }
+            };
             let seen: Vec<f64> = usages.iter().filter_map(|u| u.waits_per_second).collect();
             let seen = if seen.is_empty() { "–".into() } else { group(median(seen.into_iter())) };
             let _ = writeln!(
                 md,
-                "| {} | {} | {}–{} | {versus} | {cpu} | {seen} |",
+                "| {} | {} | {}–{} | {versus} | {server} | {cpu} | {seen} |",
                 arm.label(),
                 group(rate),
                 group(low),
@@ -418,8 +460,18 @@ impl RowResult {
         let exact = Arm::Tool(Variant::Tracer);
         match self.row {
             Row::Redis => {
+                let cost = |what: &str, arm: Arm| match self.server_cost_against_alone(arm) {
+                    None => String::new(),
+                    Some(e) => {
+                        format!("- {what}: the server's CPU per request {}\n", estimate_text(&e))
+                    }
+                };
                 line("Redis, sampled", sampled, SAMPLED_REDIS_MAX_LOSS, None)
                     + &line("Redis, exact", exact, EXACT_REDIS_MAX_LOSS, None)
+                    + &cost("Redis, sampled", sampled)
+                    + &cost("Redis, exact", exact)
+                    + &cost("Redis, offcputime", Arm::Tool(Variant::Offcputime))
+                    + &cost("Redis, control", Arm::Control)
             }
             Row::Collateral => {
                 let offcputime = loss(Arm::Tool(Variant::Offcputime)).map(|l| (l, "offcputime"));
