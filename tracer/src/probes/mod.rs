@@ -271,7 +271,21 @@ impl Probes {
         wait: InFlightWait,
         stack: &[u8],
     ) -> Result<(), AdoptError> {
+        const BPF_NOEXIST: u64 = 1;
         let map_err = |name| move |source| AdoptError::Map { name, source };
+        // The wait first, and only if the probes have not seen the thread sleep since the
+        // attach: then it has no stack copy of its own that ours could replace. (A wait
+        // that ends before the copy is in place is sent without a stack, and counted.)
+        let map_fd = self.in_flight_fd()?;
+        let mut value = wait;
+        match task_storage_call(MapCommand::Update, map_fd, tid, &mut value, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(AdoptError::AlreadyNoted);
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Err(AdoptError::Gone),
+            Err(err) => return Err(map_err("IN_FLIGHT")(err)),
+        }
         let len = stack.len().min(STACK_COPY_BYTES);
         let mut copy = Box::new(SleepStack {
             start_ns: wait.start_ns,
@@ -280,29 +294,18 @@ impl Probes {
             stack: [0; STACK_COPY_BYTES],
         });
         copy.stack[..len].copy_from_slice(&stack[..len]);
-        // The stack first: the wait may end the moment it is in IN_FLIGHT.
-        let map = self.ebpf.map_mut("SLEEP_STACKS").ok_or(AdoptError::Map {
-            name: "SLEEP_STACKS",
-            source: std::io::Error::other("missing"),
-        })?;
-        let mut stacks: aya::maps::HashMap<_, u32, SleepStack> = aya::maps::HashMap::try_from(map)
-            .map_err(|err| AdoptError::Map {
-                name: "SLEEP_STACKS",
-                source: std::io::Error::other(err),
-            })?;
-        stacks.insert(tid, *copy, 0).map_err(|err| AdoptError::Map {
-            name: "SLEEP_STACKS",
-            source: std::io::Error::other(err),
-        })?;
-        let map_fd = self.in_flight_fd()?;
-        let mut value = wait;
-        const BPF_NOEXIST: u64 = 1;
-        match task_storage_call(MapCommand::Update, map_fd, tid, &mut value, BPF_NOEXIST) {
-            Ok(()) => Ok(()),
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => Err(AdoptError::AlreadyNoted),
-            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Err(AdoptError::Gone),
-            Err(err) => Err(map_err("IN_FLIGHT")(err)),
+        // Without the copy the wait is still counted; only a stack no probe can read at its
+        // end is missing then (and counted as unreadable).
+        let inserted = match self.ebpf.map_mut("SLEEP_STACKS") {
+            Some(map) => aya::maps::HashMap::<_, u32, SleepStack>::try_from(map)
+                .map_err(|err| err.to_string())
+                .and_then(|mut stacks| stacks.insert(tid, *copy, 0).map_err(|e| e.to_string())),
+            None => Err("no SLEEP_STACKS map".to_string()),
+        };
+        if let Err(err) = inserted {
+            log::warn!("thread {tid}: cannot keep the stack of its wait in progress: {err}");
         }
+        Ok(())
     }
 
     /// Takes back the wait `adopt_wait` gave for thread `tid` (it woke before the hand-over
