@@ -33,6 +33,11 @@ struct Wait {
 /// The waits through successive reads: which go on, which are new, which ended.
 struct WaitTracker {
     period_ns: u64,
+    /// When the recording began (`CLOCK_MONOTONIC`): the first read, taken at once, stands
+    /// for the goroutines waiting then.
+    started_ns: u64,
+    /// When the first read was taken, if any was.
+    first_read_ns: Option<u64>,
     /// When the last read was taken (`CLOCK_MONOTONIC`), if any was.
     last_read_ns: Option<u64>,
     /// The time the current read stands for: since the last read (a period for the
@@ -45,9 +50,12 @@ struct WaitTracker {
 }
 
 impl WaitTracker {
-    fn new(period: Duration) -> Self {
+    /// A tracker of a recording that began at `started_ns` (`CLOCK_MONOTONIC`).
+    fn new(period: Duration, started_ns: u64) -> Self {
         Self {
             period_ns: period.as_nanos() as u64,
+            started_ns,
+            first_read_ns: None,
             last_read_ns: None,
             interval_ns: 0,
             current: HashMap::new(),
@@ -64,6 +72,7 @@ impl WaitTracker {
             None => self.period_ns,
         };
         self.last_read_ns = Some(now_ns);
+        self.first_read_ns.get_or_insert(now_ns);
         let mut previous = std::mem::take(&mut self.current);
         let mut new = Vec::new();
         for goroutine in goroutines {
@@ -105,12 +114,16 @@ impl WaitTracker {
     }
 
     /// The ended waits, and the goroutines still waiting, each aged from the first read
-    /// that saw it, or from the runtime's `waitsince` if that is older.
+    /// that saw it (from the recording's start for the first read, which is taken at once
+    /// and so sees the goroutines waiting then), or from the runtime's `waitsince` if that
+    /// is older.
     fn finish(self) -> (WaitGroups, Vec<Goroutine>) {
-        let Self { current, ended, .. } = self;
+        let Self { current, ended, started_ns, first_read_ns, .. } = self;
         let still = current
             .into_values()
             .map(|Wait { mut goroutine, first_seen_ns, .. }| {
+                let first_seen_ns =
+                    if Some(first_seen_ns) == first_read_ns { started_ns } else { first_seen_ns };
                 let seen = i64::try_from(first_seen_ns).unwrap_or(i64::MAX);
                 if goroutine.wait_since <= 0 || goroutine.wait_since > seen {
                     goroutine.wait_since = seen;
@@ -168,7 +181,7 @@ impl<'a> Sampler<'a> {
             target,
             reader: super::reader(binary, target.pid, bias, true),
             waits: WaitNamer::new(target.pid, binary, image),
-            tracker: WaitTracker::new(period),
+            tracker: WaitTracker::new(period, crate::threads::blocked_now::monotonic_now_ns()),
             reads: 0,
             skipped: 0,
             io_wait_unresolved: 0,
@@ -252,7 +265,7 @@ mod tests {
     #[test]
     fn a_wait_counts_one_period_per_read_that_saw_it() {
         let stack: Arc<[u64]> = vec![0x1000, 0x2000].into();
-        let mut tracker = WaitTracker::new(Duration::from_millis(20));
+        let mut tracker = WaitTracker::new(Duration::from_millis(20), 0);
         // Goroutine 1 waits through three reads; goroutine 2 through one.
         for (read, goroutines) in [
             vec![parked(1, &stack, 5), parked(2, &stack, 9)],
@@ -279,7 +292,7 @@ mod tests {
     #[test]
     fn parking_again_at_the_same_place_is_a_new_wait() {
         let stack: Arc<[u64]> = vec![0x1000].into();
-        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        let mut tracker = WaitTracker::new(Duration::from_millis(10), 0);
         let new = tracker.observe(0, vec![parked(1, &stack, 5)]);
         assert_eq!(new.len(), 1);
         tracker.start(0, new);
@@ -298,12 +311,26 @@ mod tests {
     #[test]
     fn a_still_waiting_goroutine_keeps_an_older_runtime_age() {
         let stack: Arc<[u64]> = vec![0x1000].into();
-        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        let mut tracker = WaitTracker::new(Duration::from_millis(10), 2_000_000);
         let mut old = parked(1, &stack, 5);
         old.wait_since = 1_000;
         let new = tracker.observe(5_000_000, vec![old]);
         tracker.start(5_000_000, new);
         let (_, still) = tracker.finish();
         assert_eq!(still[0].wait_since, 1_000);
+    }
+
+    #[test]
+    fn a_goroutine_waiting_at_the_first_read_is_aged_from_the_recordings_start() {
+        let stack: Arc<[u64]> = vec![0x1000].into();
+        let mut tracker = WaitTracker::new(Duration::from_millis(10), 2_000_000);
+        // No runtime age: waiting at the first read (taken at once), and one first seen later.
+        let new = tracker.observe(5_000_000, vec![parked(1, &stack, 5)]);
+        tracker.start(5_000_000, new);
+        let new = tracker.observe(15_000_000, vec![parked(1, &stack, 5), parked(2, &stack, 6)]);
+        tracker.start(15_000_000, new);
+        let (_, still) = tracker.finish();
+        let since = |goid| still.iter().find(|g| g.goid == goid).map(|g| g.wait_since);
+        assert_eq!((since(1), since(2)), (Some(2_000_000), Some(15_000_000)));
     }
 }
