@@ -63,6 +63,9 @@ static MIN_WAIT_NS: Global<u64> = Global::new(1_000_000);
 static TASK_TGID_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static TASK_COMM_OFFSET: Global<u64> = Global::new(0);
+/// Offset of `pid` (the thread id) in `struct task_struct`; set by the loader.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: Global<u64> = Global::new(0);
 
 mod task_storage;
 
@@ -168,28 +171,44 @@ fn syscall_arg(regs: *const pt_regs, n: usize) -> u64 {
 #[btf_tracepoint(function = "sched_switch")]
 pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
     let target = TARGET_TGID.load();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let prev_is_target = (pid_tgid >> 32) as u32 == target;
-    if prev_is_target {
-        note_sleep(&ctx, pid_tgid as u32);
-    }
+    let prev: *mut task_struct = ctx.arg(1);
     let next: *mut task_struct = ctx.arg(2);
-    // SAFETY: a BTF task pointer from the tracepoint. The offset is a constant of the
-    // frozen read-only globals, so the verifier checks this plain load against the
-    // kernel's BTF (a `pid_t` member there) and makes it fault-safe: cheaper than a
-    // read helper on every switch of the machine.
-    let next_tgid: u32 =
-        unsafe { *next.cast::<u8>().add(TASK_TGID_OFFSET.load() as usize).cast::<u32>() };
-    if next_tgid == target {
-        end_at_switch_in(next, prev_is_target);
+    // Plain loads of both tasks' ids, no helper call: every switch of the machine runs
+    // this. SAFETY: BTF task pointers from the tracepoint; see `task_field`.
+    let prev_is_target = unsafe { task_field(prev, TASK_TGID_OFFSET.load()) } == target;
+    let next_is_target = unsafe { task_field(next, TASK_TGID_OFFSET.load()) } == target;
+    if !prev_is_target && !next_is_target {
+        return 0;
+    }
+    // One clock read for both ends of the switch.
+    let now = now_ns();
+    if prev_is_target {
+        // SAFETY: as above.
+        let tid = unsafe { task_field(prev, TASK_PID_OFFSET.load()) };
+        note_sleep(&ctx, prev, tid, now);
+    }
+    if next_is_target {
+        end_at_switch_in(next, prev_is_target, now);
     }
     0
+}
+
+/// The 32-bit member (`pid_t`) of `task` at `offset`.
+///
+/// # Safety
+/// `task` must be a BTF task pointer (a tp_btf argument). The offset is a constant of the
+/// frozen read-only globals, so the verifier checks the plain load against the kernel's
+/// BTF (a 4-byte member there) and makes it fault-safe.
+#[inline(always)]
+unsafe fn task_field(task: *mut task_struct, offset: u64) -> u32 {
+    // SAFETY: as the caller promises.
+    unsafe { *task.cast::<u8>().add(offset as usize).cast::<u32>() }
 }
 
 /// Notes a wait when the current thread (`prev`, of the target) goes to sleep inside a
 /// watched call.
 #[inline(always)]
-fn note_sleep(ctx: &BtfTracePointContext, tid: u32) {
+fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, now: u64) {
     // Sleeping states (include/linux/sched.h); a stopped or traced thread has neither
     // bit: it waits for a signal or a debugger, not for what its call waits on.
     const TASK_INTERRUPTIBLE: u32 = 0x1;
@@ -201,9 +220,8 @@ fn note_sleep(ctx: &BtfTracePointContext, tid: u32) {
     if preempted != 0 || prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0 {
         return;
     }
-    // SAFETY: the current task (prev) as a BTF pointer.
-    let task = unsafe { bpf_get_current_task_btf() };
-    // SAFETY: the current task's user registers, saved at syscall entry.
+    // SAFETY: prev (the current task), a BTF pointer; its user registers, saved at
+    // syscall entry.
     let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
     // A sleep outside any syscall (a page fault) has orig_rax -1, which no kind matches.
     // The entry code sets rax to -ENOSYS and the call's return value replaces it: a sleep
@@ -231,7 +249,7 @@ fn note_sleep(ctx: &BtfTracePointContext, tid: u32) {
         count(Counter::WaitsDiscarded);
     }
     count(Counter::WaitsStarted);
-    let start_ns = now_ns();
+    let start_ns = now;
     // SAFETY: as above.
     unsafe {
         *entry = InFlightWait { start_ns, object, kind: kind as u32, tid, flags: 0, _pad: 0 }
@@ -292,7 +310,7 @@ fn keep_sleep_stack(tid: u32, start_ns: u64, sp: u64) {
 /// Ends the wait of `next`, a thread of the target being switched in, unless its waker
 /// already did. `prev_is_target`: the current task shares `next`'s memory.
 #[inline(always)]
-fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool) {
+fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, now: u64) {
     // SAFETY: a BTF task pointer from the tracepoint.
     let Some(entry) = (unsafe { IN_FLIGHT.get(next) }) else {
         return;
@@ -305,7 +323,7 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool) {
     // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
     let source = if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy };
-    end_wait(next, &wait, now_ns(), source);
+    end_wait(next, &wait, now, source);
 }
 
 /// Where a long wait's user stack is read from when it ends.

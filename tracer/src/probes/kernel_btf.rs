@@ -14,6 +14,8 @@ const KIND_STRUCT: u32 = 4;
 /// Byte offsets in the kernel's `struct task_struct`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskOffsets {
+    /// `pid_t pid`: the thread id.
+    pub pid: u32,
     /// `pid_t tgid`: the process id.
     pub tgid: u32,
     /// `char comm[16]`: the thread's name.
@@ -28,13 +30,13 @@ pub enum KernelBtfError {
     MissingMember(&'static str),
 }
 
-/// The offsets of `task_struct.tgid` and `task_struct.comm` in the BTF blob `btf`
+/// The offsets of `task_struct.pid`, `.tgid` and `.comm` in the BTF blob `btf`
 /// (`/sys/kernel/btf/vmlinux`).
 pub fn task_offsets(btf: &[u8]) -> Result<TaskOffsets, KernelBtfError> {
     let members = struct_members(btf, "task_struct")?;
     let member =
         |name: &'static str| members.get(name).copied().ok_or(KernelBtfError::MissingMember(name));
-    Ok(TaskOffsets { tgid: member("tgid")?, comm: member("comm")? })
+    Ok(TaskOffsets { pid: member("pid")?, tgid: member("tgid")?, comm: member("comm")? })
 }
 
 /// Byte offsets of the named members of the first struct called `wanted`.
@@ -106,10 +108,10 @@ fn trailing_bytes(kind: u32, vlen: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// A BTF blob of one INT type and `struct task_struct { int pad; int tgid; char comm[16]; }`
+    /// A BTF blob of one INT type and `struct task_struct { int pid; int tgid; char comm[16]; }`
     /// with kind_flag bitfield encoding on the struct.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0task_struct\0pad\0tgid\0comm\0".to_vec();
+        let strings = b"\0int\0task_struct\0pid\0tgid\0comm\0".to_vec();
         let name = |s: &str| {
             let needle = format!("\0{s}\0");
             strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
@@ -120,7 +122,7 @@ mod tests {
         push(&[name("int"), 1 << 24, 4, 32]);
         // [2] struct task_struct, kind_flag set, 3 members.
         push(&[name("task_struct"), (1 << 31) | (4 << 24) | 3, 24]);
-        push(&[name("pad"), 1, 0]);
+        push(&[name("pid"), 1, 0]);
         push(&[name("tgid"), 1, 32]);
         push(&[name("comm"), 1, (8 << 24) | 64]);
         let mut btf = Vec::new();
@@ -136,7 +138,7 @@ mod tests {
 
     #[test]
     fn finds_task_struct_members_through_other_types() {
-        assert_eq!(task_offsets(&blob()).unwrap(), TaskOffsets { tgid: 4, comm: 8 });
+        assert_eq!(task_offsets(&blob()).unwrap(), TaskOffsets { pid: 0, tgid: 4, comm: 8 });
     }
 
     #[test]
@@ -151,6 +153,6 @@ mod tests {
     fn the_running_kernels_task_struct_has_both_members() {
         let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this machine has BTF");
         let offsets = task_offsets(&btf).unwrap();
-        assert!(offsets.tgid > 0 && offsets.comm > offsets.tgid, "{offsets:?}");
+        assert!(offsets.tgid == offsets.pid + 4 && offsets.comm > offsets.tgid, "{offsets:?}");
     }
 }

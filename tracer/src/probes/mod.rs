@@ -128,7 +128,8 @@ impl Probes {
             .map_err(|source| ProbeError::ReadBtf { path: path(), source })?;
         let task = kernel_btf::task_offsets(&raw_btf)
             .map_err(|source| ProbeError::KernelBtf { path: path(), source })?;
-        let (tgid_offset, comm_offset) = (u64::from(task.tgid), u64::from(task.comm));
+        let (pid_offset, tgid_offset, comm_offset) =
+            (u64::from(task.pid), u64::from(task.tgid), u64::from(task.comm));
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -151,6 +152,7 @@ impl Probes {
             .override_global("WAKES_WAKE_AT_BYTES", &wakes_wake_at, true)
             .override_global("TARGET_TGID", &config.tgid, true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)
+            .override_global("TASK_PID_OFFSET", &pid_offset, true)
             .override_global("TASK_TGID_OFFSET", &tgid_offset, true)
             .override_global("TASK_COMM_OFFSET", &comm_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
