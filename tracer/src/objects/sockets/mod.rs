@@ -135,6 +135,29 @@ pub struct SocketInfo {
 }
 
 impl SocketInfo {
+    /// A socket known only by its addresses (no sock_diag state): an MPTCP socket read from
+    /// a duplicate of its descriptor, or one of a family sock_diag does not cover.
+    pub fn addresses_only(
+        inode: u64,
+        protocol: Protocol,
+        local: Option<String>,
+        remote: Option<String>,
+    ) -> Self {
+        SocketInfo {
+            inode,
+            protocol,
+            local,
+            remote,
+            tcp_state: None,
+            send_queue: None,
+            send_buffer: None,
+            recv_queue: None,
+            recv_buffer: None,
+            accept_backlog: None,
+            peer_window_zero: None,
+        }
+    }
+
     /// The endpoint a wait of this kind names: the remote address for send/recv/connect, the
     /// local (listening) address for accept; "unix" when a Unix socket has no name.
     pub fn endpoint(&self, kind: WaitKind) -> String {
@@ -368,33 +391,11 @@ impl SocketResolver {
             // descriptor, as the process sees them.
             SocketKind::Mptcp => {
                 let (local, remote) = addresses_of_duplicate(self.pid, fd);
-                Outcome::Found(SocketInfo {
-                    inode,
-                    protocol: Protocol::Tcp,
-                    local,
-                    remote,
-                    tcp_state: None,
-                    send_queue: None,
-                    send_buffer: None,
-                    recv_queue: None,
-                    recv_buffer: None,
-                    accept_backlog: None,
-                    peer_window_zero: None,
-                })
+                Outcome::Found(SocketInfo::addresses_only(inode, Protocol::Tcp, local, remote))
             }
-            SocketKind::Other => Outcome::Found(SocketInfo {
-                inode,
-                protocol: Protocol::Other,
-                local: None,
-                remote: None,
-                tcp_state: None,
-                send_queue: None,
-                send_buffer: None,
-                recv_queue: None,
-                recv_buffer: None,
-                accept_backlog: None,
-                peer_window_zero: None,
-            }),
+            SocketKind::Other => {
+                Outcome::Found(SocketInfo::addresses_only(inode, Protocol::Other, None, None))
+            }
             // Socket inodes come from get_next_ino(), an unsigned int, like udiag_ino.
             SocketKind::Unix => match u32::try_from(inode) {
                 Ok(unix_inode) => self.refresh(inode, DiagKey::Unix { inode: unix_inode }),

@@ -32,19 +32,7 @@ fn protocol_names_map() {
 }
 
 fn info(protocol: Protocol) -> SocketInfo {
-    SocketInfo {
-        inode: 1,
-        protocol,
-        local: None,
-        remote: None,
-        tcp_state: None,
-        send_queue: None,
-        send_buffer: None,
-        recv_queue: None,
-        recv_buffer: None,
-        accept_backlog: None,
-        peer_window_zero: None,
-    }
+    SocketInfo::addresses_only(1, protocol, None, None)
 }
 
 #[test]
