@@ -121,11 +121,13 @@ impl Probes {
         sleep_stack_slots: u32,
         btf_path: &Path,
     ) -> Result<Self, ProbeError> {
-        let btf = Btf::parse_file(btf_path, aya::Endianness::default())
-            .map_err(|source| ProbeError::Btf { path: btf_path.display().to_string(), source })?;
+        // Read once: aya parses it for the loader, and `kernel_btf` finds task_struct's
+        // members in the same bytes.
         let path = || btf_path.display().to_string();
         let raw_btf = std::fs::read(btf_path)
             .map_err(|source| ProbeError::ReadBtf { path: path(), source })?;
+        let btf = Btf::parse(&raw_btf, aya::Endianness::default())
+            .map_err(|source| ProbeError::Btf { path: path(), source })?;
         let task = kernel_btf::task_offsets(&raw_btf)
             .map_err(|source| ProbeError::KernelBtf { path: path(), source })?;
         let (pid_offset, tgid_offset, comm_offset) =
@@ -289,19 +291,19 @@ impl Probes {
             Err(err) => return Err(map_err("IN_FLIGHT")(err)),
         }
         let len = stack.len().min(STACK_COPY_BYTES);
-        let mut copy = Box::new(SleepStack {
+        let mut copy = SleepStack {
             start_ns: wait.start_ns,
             len: len as u32,
             _pad: 0,
             stack: [0; STACK_COPY_BYTES],
-        });
+        };
         copy.stack[..len].copy_from_slice(&stack[..len]);
         // Without the copy the wait is still counted; only a stack no probe can read at its
         // end is missing then (and counted as unreadable).
         let inserted = match self.ebpf.map_mut("SLEEP_STACKS") {
             Some(map) => aya::maps::HashMap::<_, u32, SleepStack>::try_from(map)
                 .map_err(|err| err.to_string())
-                .and_then(|mut stacks| stacks.insert(tid, *copy, 0).map_err(|e| e.to_string())),
+                .and_then(|mut stacks| stacks.insert(tid, copy, 0).map_err(|e| e.to_string())),
             None => Err("no SLEEP_STACKS map".to_string()),
         };
         if let Err(err) = inserted {
