@@ -38,6 +38,8 @@ const EXACT_COLLATERAL_MAX_LOSS: f64 = 0.05;
 /// request count, not a duration: about 110,000 GETs/s here).
 const REDIS_CLIENTS: &str = "50";
 const REDIS_REQUESTS_PER_SECOND: f64 = 100_000.0;
+/// How long the row's processes may live: far beyond any run; the bench stops them.
+const PROCESS_SECONDS: u32 = 3600;
 /// The traced process of the collateral row: a ping-pong slow enough to be idle, busy
 /// enough that every tool has something to report.
 const COLLATERAL_TRACED_RATE: &str = "200";
@@ -175,7 +177,7 @@ struct Fixture {
 
 impl Fixture {
     fn start(settings: &Settings, row: Row) -> anyhow::Result<Self> {
-        let cap = format!("{}", 3600);
+        let cap = PROCESS_SECONDS.to_string();
         let (traced, redis_port) = match row {
             Row::Redis => {
                 let port = free_port()?;
@@ -240,7 +242,8 @@ impl Fixture {
             Row::Redis => None,
             Row::Collateral => {
                 let mut command = pinned(WORKLOAD_CPU, &settings.release.join("ping-pong"));
-                let command = command.args(["futex", "--window", "--seconds", "3600"]);
+                let cap = PROCESS_SECONDS.to_string();
+                let command = command.args(["futex", "--window", "--seconds", &cap]);
                 let mut measured = Proc::spawn("ping-pong", command)?;
                 measured.wait_stdout_line(|l| l == "ready", Duration::from_secs(10))?;
                 thread::sleep(WARM_UP);
@@ -488,20 +491,11 @@ impl RowResult {
 }
 
 fn estimate_text(estimate: &RatioEstimate) -> String {
-    let percent = |ratio: f64| format!("{:+.1}%", (ratio - 1.0) * 100.0);
-    if estimate.high.is_infinite() {
-        format!(
-            "{:.3} ({}; too few rounds for an interval)",
-            estimate.ratio,
-            percent(estimate.ratio)
-        )
-    } else {
-        format!(
-            "{:.3} ({}; {} to {})",
-            estimate.ratio,
-            percent(estimate.ratio),
-            percent(estimate.low),
-            percent(estimate.high)
-        )
-    }
+    let interval = estimate.interval_text();
+    format!(
+        "{:.3} ({}; {})",
+        estimate.ratio,
+        estimate.change_text(),
+        interval.as_deref().unwrap_or("too few rounds for an interval")
+    )
 }

@@ -109,6 +109,23 @@ pub struct RatioEstimate {
     pub high: f64,
 }
 
+impl RatioEstimate {
+    /// The change against the baseline: `+1.3%`.
+    pub fn change_text(&self) -> String {
+        percent_change(self.ratio)
+    }
+
+    /// The interval as changes, `-5.0% to +9.8%`; None when there were too few rounds.
+    pub fn interval_text(&self) -> Option<String> {
+        (!self.high.is_infinite())
+            .then(|| format!("{} to {}", percent_change(self.low), percent_change(self.high)))
+    }
+}
+
+fn percent_change(ratio: f64) -> String {
+    format!("{:+.1}%", 100.0 * (ratio - 1.0))
+}
+
 /// Compares percentile `q` of the pooled `variant` windows with that of the pooled
 /// `baseline` windows; window i of each must come from the same round. The interval is a
 /// percentile bootstrap over rounds with a fixed seed, so a rerun on the same data gives

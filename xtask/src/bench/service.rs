@@ -473,11 +473,12 @@ fn p99_verdict(tracer: &RatioEstimate, control: &RatioEstimate, budget: f64) -> 
 }
 
 fn interval_text(estimate: &RatioEstimate) -> String {
-    let percent = |ratio: f64| format!("{:+.1}%", 100.0 * (ratio - 1.0));
-    if estimate.high.is_infinite() {
-        return format!("{} (too few rounds for an interval)", percent(estimate.ratio));
-    }
-    format!("{} ({} to {})", percent(estimate.ratio), percent(estimate.low), percent(estimate.high))
+    let interval = estimate.interval_text();
+    format!(
+        "{} ({})",
+        estimate.change_text(),
+        interval.as_deref().unwrap_or("too few rounds for an interval")
+    )
 }
 
 #[cfg(test)]
