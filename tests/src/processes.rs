@@ -263,3 +263,26 @@ pub fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
 }
+
+/// The BPF links process `pid` holds now, by `link_type` as its fdinfo gives it (`iter`,
+/// `tracing`, `perf_event`, …; `gone` for one closed while looked at).
+pub fn bpf_links_by_type(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut links = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return links };
+    for entry in entries.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        if !target.to_string_lossy().contains("bpf_link") {
+            continue;
+        }
+        let fdinfo =
+            Path::new("/proc").join(pid.to_string()).join("fdinfo").join(entry.file_name());
+        let link_type = std::fs::read_to_string(fdinfo)
+            .ok()
+            .and_then(|info| {
+                info.lines().find_map(|l| l.strip_prefix("link_type:").map(|t| t.trim().to_owned()))
+            })
+            .unwrap_or_else(|| "gone".to_owned());
+        *links.entry(link_type).or_default() += 1;
+    }
+    links
+}

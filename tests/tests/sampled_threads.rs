@@ -5,15 +5,14 @@
 //! the kernel, so they run one at a time (`--test-threads=1`); none skips.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tracer_tests::{
     ChildGuard, Pileup, Profile, ProfileKind, ProfileStack, Stuck, TempDir, WaitKind,
-    assert_threads, build_c, build_c_pileup, has_function, read_profile, record_profile,
-    snapshot_profile, stacks_where, start_c_pileup, start_c_stuck, start_rust_pileup,
-    start_rust_stuck, top_stacks, total_ns, tracer_bin,
+    assert_threads, bpf_links_by_type, build_c, build_c_pileup, has_function, read_profile,
+    record_profile, snapshot_profile, stacks_where, start_c_pileup, start_c_stuck,
+    start_rust_pileup, start_rust_stuck, top_stacks, total_ns, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -270,25 +269,12 @@ fn look_at_fds_while_recording(pid: u32, args: &[&str], dir: &TempDir) -> FdLook
         let mut loaded = false;
         for entry in entries.flatten() {
             let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-            let target = target.to_string_lossy().into_owned();
-            if target.contains("bpf-map") {
-                loaded = true;
-            } else if target.contains("perf_event") {
-                looks.perf_events += 1;
-            } else if target.contains("bpf_link") {
-                let fdinfo = Path::new("/proc")
-                    .join(tracer_pid.to_string())
-                    .join("fdinfo")
-                    .join(entry.file_name());
-                let link_type = std::fs::read_to_string(fdinfo)
-                    .ok()
-                    .and_then(|info| {
-                        info.lines()
-                            .find_map(|l| l.strip_prefix("link_type:").map(|t| t.trim().to_owned()))
-                    })
-                    .unwrap_or_else(|| "gone".to_owned());
-                *looks.links.entry(link_type).or_default() += 1;
-            }
+            let target = target.to_string_lossy();
+            loaded |= target.contains("bpf-map");
+            looks.perf_events += u64::from(target.contains("perf_event"));
+        }
+        for (link_type, count) in bpf_links_by_type(tracer_pid) {
+            *looks.links.entry(link_type).or_default() += count;
         }
         looks.loaded += u64::from(loaded);
         if has_exited(tracer_pid) {

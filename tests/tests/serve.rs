@@ -10,9 +10,9 @@ use std::{
 };
 
 use tracer_tests::{
-    HTTP_TIMEOUT, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind, has_function,
-    read_profile, run_with_timeout, start_rust_pileup, start_rust_stuck, start_workload,
-    top_stacks, tracer_bin,
+    HTTP_TIMEOUT, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind,
+    bpf_links_by_type, has_function, read_profile, run_with_timeout, start_rust_pileup,
+    start_rust_stuck, start_workload, top_stacks, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -61,14 +61,10 @@ fn go_pprof_reads_the_block_profile_over_http_in_exact_mode() {
     block_profile_over_http(Some("exact"));
 }
 
-/// The BPF links a process holds: what it has attached.
-fn bpf_links(pid: u32) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
-    fds.filter_map(Result::ok)
-        .filter(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|to| to.to_string_lossy().contains("bpf_link"))
-        })
-        .count()
+/// The BPF links a process holds that run on others' paths: every link but the task
+/// iterator's, which runs only when read.
+fn attached_links(pid: u32) -> u64 {
+    bpf_links_by_type(pid).into_iter().filter(|(kind, _)| kind != "iter").map(|(_, n)| n).sum()
 }
 
 /// The pile-up's block profile from `serve` (sampled, its default, or `--mode MODE`),
@@ -82,7 +78,7 @@ fn block_profile_over_http(mode: Option<&str>) {
     let mut daemon = ServeDaemon::start(&args);
     wait_attached(&mut daemon, pid);
     // Sampled, nothing is attached to anything; exact, the scheduler tracepoints are.
-    let links = bpf_links(daemon.pid());
+    let links = attached_links(daemon.pid());
     match mode {
         None => assert_eq!(links, 0, "serve (sampled) attached {links} BPF programs"),
         Some(_) => assert!(links >= 2, "serve --mode exact holds {links} BPF links"),

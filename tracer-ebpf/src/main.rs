@@ -455,10 +455,16 @@ pub fn tracer_sched_waking(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let wakee: *mut task_struct = ctx.arg(0);
+    // The wakee first, by a plain load: every wake of the machine runs this, and for
+    // other processes' wakes it ends here without a helper call.
+    // SAFETY: a BTF task pointer from the tracepoint; see `task_field`.
+    if unsafe { task_field(wakee, TASK_TGID_OFFSET.load()) } != TARGET_TGID.load() {
+        return Ok(());
+    }
     let Some(waker_tid) = target_thread() else {
         return Ok(());
     };
-    let wakee: *mut task_struct = ctx.arg(0);
     // SAFETY: a BTF task pointer from the tracepoint.
     let Some(entry) = (unsafe { IN_FLIGHT.get(wakee) }) else {
         return Ok(());

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod golang;
 mod kernel_btf;
+mod task_iter;
 
 use std::{io::Read as _, path::Path, time::Duration};
 
@@ -83,6 +84,10 @@ pub struct ProbeConfig {
 pub struct Probes {
     ebpf: Ebpf,
     btf: Btf,
+    /// The process whose threads the task iterator walks.
+    tgid: u32,
+    /// The task iterator's link to that process's threads, made at the first pass.
+    process_tasks: Option<std::os::fd::OwnedFd>,
 }
 
 /// Per-kind totals of the waits under the threshold.
@@ -159,12 +164,12 @@ impl Probes {
             .override_global("TASK_COMM_OFFSET", &comm_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
-        Ok(Self { ebpf, btf })
+        Ok(Self { ebpf, btf, tgid: config.tgid, process_tasks: None })
     }
 
     /// Attaches the wait probes: from here on the target's waits are recorded.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
-        let Self { ebpf, btf } = self;
+        let Self { ebpf, btf, .. } = self;
         let program = |name| ProbeError::MissingProgram { name };
         let attach_err = |name| move |source| ProbeError::Program { name, source };
         // The waker's end of long waits before sched_switch, which notes waits and ends
@@ -183,11 +188,11 @@ impl Probes {
         Ok(())
     }
 
-    /// The saved user registers of every task on the system, from one pass of the
-    /// task iterator.
+    /// The saved user registers of the target's threads, from one pass of the task
+    /// iterator (of every task on the host where the kernel cannot walk one process's).
     pub fn task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
         const NAME: &str = "tracer_task_regs";
-        let Self { ebpf, btf } = self;
+        let Self { ebpf, btf, tgid, process_tasks } = self;
         let attach_err = |source| ProbeError::Program { name: NAME, source };
         let iter: &mut Iter = ebpf
             .program_mut(NAME)
@@ -197,9 +202,21 @@ impl Probes {
         if iter.fd().is_err() {
             iter.load("task", btf).map_err(attach_err)?;
         }
-        let link_id = iter.attach().map_err(attach_err)?;
-        let link = iter.take_link(link_id).map_err(attach_err)?;
-        let mut file = link.into_file().map_err(ProbeError::Iterate)?;
+        if process_tasks.is_none() {
+            let program = std::os::fd::AsFd::as_fd(iter.fd().map_err(attach_err)?);
+            match task_iter::link_to_process(program, *tgid) {
+                Ok(link) => *process_tasks = Some(link),
+                Err(err) => log::debug!("no task iterator over one process ({err}): every task"),
+            }
+        }
+        let mut file = match process_tasks {
+            Some(link) => task_iter::start_pass(link).map_err(ProbeError::ReadIterator)?,
+            None => {
+                let link_id = iter.attach().map_err(attach_err)?;
+                let link = iter.take_link(link_id).map_err(attach_err)?;
+                link.into_file().map_err(ProbeError::Iterate)?
+            }
+        };
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(ProbeError::ReadIterator)?;
         Ok(parse_task_registers(&bytes))

@@ -43,9 +43,9 @@ pub use follow::Wanted;
 /// scrapes, so the window stays small.
 const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long /metrics reuses its sample of the blocked threads: sampling runs the task
-/// iterator over every task on the host, too much to repeat for each of several
-/// scrapers' scrapes.
+/// How long /metrics reuses its sample of the blocked threads: sampling reads every
+/// thread's files and stack and runs the task iterator, too much to repeat for each of
+/// several scrapers' scrapes.
 const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -308,7 +308,7 @@ impl Shared {
             let attached = attached.as_ref().ok_or(ServeError::NotAttached)?;
             (attached.pid, attached.generation, Arc::clone(&attached.probes))
         };
-        // The task iterator walks every task on the host: off the runtime's threads.
+        // The task iterator and the /proc reads block: off the runtime's threads.
         let (known_starts, frame_pointers) = tokio::task::spawn_blocking(move || {
             let mut probes = lock(&probes);
             let known_starts = probes.waits_in_progress(pid)?;

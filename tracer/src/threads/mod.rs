@@ -6,9 +6,11 @@ pub mod blocked_now;
 pub mod sampler;
 pub mod waits_before;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{self, Read as _};
+use std::io;
+use std::os::unix::fs::FileExt as _;
 use std::time::{Duration, Instant};
 
 /// Most stack bytes copied per thread. A function can keep a 64 KiB buffer in its frame, which
@@ -285,6 +287,12 @@ pub struct ThreadReader {
     /// Reused path and file buffers: sampling allocates only what a sample returns.
     path: String,
     buf: Vec<u8>,
+    /// The files of `KEPT_LEAVES` of each thread `peek` has looked at, kept open: a
+    /// sampled recording peeks at every thread each period, and opening a file (a path
+    /// walk through /proc and a permission check) cost more than reading it.
+    kept_files: HashMap<u32, KeptFiles>,
+    /// /proc/PID/task, open from the first listing on.
+    task_dir: Option<File>,
     /// For ages; None until the first blocked thread, or when the sched file is unreadable.
     clock: Option<SchedClock>,
 }
@@ -301,20 +309,44 @@ impl ThreadReader {
             mappings_read_at: Instant::now(),
             path: String::with_capacity(64),
             buf: vec![0; READ_BUF],
+            kept_files: HashMap::new(),
+            task_dir: None,
             clock: None,
         };
         reader.refresh_mappings()?;
         Ok(reader)
     }
 
-    /// Thread ids from /proc/PID/task, ascending.
-    pub fn thread_ids(&self) -> io::Result<Vec<u32>> {
+    /// Thread ids from /proc/PID/task, ascending. The directory stays open and is
+    /// listed again from its start at each call (a sampled recording lists it every
+    /// period, and opening it cost more than listing it).
+    pub fn thread_ids(&mut self) -> io::Result<Vec<u32>> {
+        use std::os::fd::AsRawFd as _;
+        let dir = match &self.task_dir {
+            Some(dir) => dir,
+            None => self.task_dir.insert(File::open(format!("/proc/{}/task", self.pid))?),
+        };
+        let fd = dir.as_raw_fd();
+        // SAFETY: lseek on a descriptor we own; a directory's offset 0 is its start.
+        if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         let mut tids = Vec::new();
-        for entry in fs::read_dir(format!("/proc/{}/task", self.pid))? {
-            let entry = entry?;
-            if let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse().ok()) {
-                tids.push(tid);
+        let mut entries = [0u8; 4096];
+        loop {
+            // SAFETY: the kernel writes at most `entries.len()` bytes of dirent64 records
+            // into `entries`, which we own for the call.
+            let len = unsafe {
+                libc::syscall(libc::SYS_getdents64, fd, entries.as_mut_ptr(), entries.len())
+            };
+            let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
+            if len == 0 {
+                break;
             }
+            tids.extend(
+                dirent_names(&entries[..len])
+                    .filter_map(|name| std::str::from_utf8(name).ok()?.parse::<u32>().ok()),
+            );
         }
         tids.sort_unstable();
         Ok(tids)
@@ -380,13 +412,35 @@ impl ThreadReader {
     /// The syscall thread `tid` is blocked in and when it last stopped running, without
     /// copying its stack: enough to tell whether it is still in the wait an earlier read
     /// saw. Ok(None) when it is running or blocked outside a syscall.
+    ///
+    /// The thread's files stay open for the next peek and sample (see `forget_threads_except`).
     pub fn peek(&mut self, tid: u32) -> Result<Option<BlockedState>, SampleError> {
+        if !self.kept_files.contains_key(&tid) && self.kept_files.len() < MAX_KEPT_THREADS {
+            self.kept_files.insert(tid, KeptFiles::default());
+        }
+        match self.peek_once(tid) {
+            // The kept files may belong to an earlier thread that had this id (ids are
+            // reused): open them again; a thread really gone fails the open too.
+            Err(SampleError::Exited) if self.kept_files.remove(&tid).is_some() => {
+                self.kept_files.insert(tid, KeptFiles::default());
+                self.peek_once(tid)
+            }
+            other => other,
+        }
+    }
+
+    fn peek_once(&mut self, tid: u32) -> Result<Option<BlockedState>, SampleError> {
         let syscall = match self.read_syscall(tid)? {
             ThreadSyscall::Blocked(state) => state,
             ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
         };
         let runs = self.read_run_count(tid)?;
         Ok(Some(BlockedState { syscall, runs }))
+    }
+
+    /// Closes the files kept for threads not in `tids` (the threads listed now, sorted).
+    pub fn forget_threads_except(&mut self, tids: &[u32]) {
+        self.kept_files.retain(|tid, _| tids.binary_search(tid).is_ok());
     }
 
     /// The run count of thread `tid` (see [`BlockedState::runs`]).
@@ -401,33 +455,27 @@ impl ThreadReader {
     /// `/proc/PID/task/TID/syscall`, parsed.
     fn read_syscall(&mut self, tid: u32) -> Result<ThreadSyscall, SampleError> {
         let text = self.read_task_file(tid, "syscall")?;
-        parse_syscall(text).ok_or_else(|| {
-            SampleError::Unreadable(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unexpected syscall file: {text:?}"),
-            ))
-        })
+        parse_syscall(text).ok_or_else(|| unexpected_syscall_file(text))
     }
 
-    /// Reads /proc/PID/task/TID/`leaf` into the reused buffer, with one read when it fits.
+    /// Reads /proc/PID/task/TID/`leaf` into the reused buffer, with one read when it fits;
+    /// through the kept file when the thread has kept files (see `peek`).
     fn read_task_file(&mut self, tid: u32, leaf: &str) -> io::Result<&str> {
         self.path.clear();
         // Writing into a String cannot fail.
         let _ = write!(self.path, "/proc/{}/task/{tid}/{leaf}", self.pid);
-        // Paths this short are turned into C strings on the stack: no allocation.
-        let mut file = File::open(&self.path)?;
-        let mut len = 0;
-        loop {
-            let n = file.read(&mut self.buf[len..])?;
-            len += n;
-            // seq_file hands out the whole text in one read when the buffer holds it.
-            if n == 0 || len < self.buf.len() {
-                break;
-            }
-            self.buf.resize(self.buf.len() * 2, 0);
+        let kept =
+            KEPT_LEAVES.iter().position(|kept| *kept == leaf).zip(self.kept_files.get_mut(&tid));
+        if let Some((slot, kept)) = kept {
+            let file = match &mut kept.0[slot] {
+                Some(file) => file,
+                empty => empty.insert(File::open(&self.path)?),
+            };
+            return read_whole_at_start(file, &mut self.buf);
         }
-        std::str::from_utf8(&self.buf[..len])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        // Paths this short are turned into C strings on the stack: no allocation.
+        let file = File::open(&self.path)?;
+        read_whole_at_start(&file, &mut self.buf)
     }
 
     /// Copies the user stack from `sp` to the end of its mapping, at most `MAX_STACK_READ`.
@@ -483,6 +531,53 @@ impl ThreadReader {
         }
         self.clock.as_ref()?.now_ns(cpu)
     }
+}
+
+/// Threads whose files stay open: three descriptors each, well inside the usual limit
+/// of 1,024 descriptors beside the probes' maps and the unwinder's binaries.
+const MAX_KEPT_THREADS: usize = 200;
+
+/// The per-thread files every sampled read (`syscall`, `schedstat`) or every new wait
+/// (`comm`) reads.
+const KEPT_LEAVES: [&str; 3] = ["syscall", "schedstat", "comm"];
+
+/// A thread's open files of `KEPT_LEAVES`, each opened at its first read.
+#[derive(Default)]
+struct KeptFiles([Option<File>; KEPT_LEAVES.len()]);
+
+/// The names in a buffer of `linux_dirent64` records (getdents64(2)): an 8-byte inode,
+/// an 8-byte offset, a 2-byte record length, a type byte, then the NUL-terminated name.
+fn dirent_names(mut records: &[u8]) -> impl Iterator<Item = &[u8]> {
+    const NAME_AT: usize = 19;
+    std::iter::from_fn(move || {
+        let reclen = usize::from(u16::from_ne_bytes([*records.get(16)?, *records.get(17)?]));
+        let record = records.get(..reclen).filter(|_| reclen > NAME_AT)?;
+        records = &records[reclen..];
+        let name = &record[NAME_AT..];
+        Some(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())])
+    })
+}
+
+/// The whole text of an open /proc file, read again from its start into `buf` (a seq_file
+/// read at offset 0 shows the state of now), growing `buf` when it does not fit.
+fn read_whole_at_start<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b str> {
+    let mut len = 0;
+    loop {
+        let n = file.read_at(&mut buf[len..], len as u64)?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    std::str::from_utf8(&buf[..len]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn unexpected_syscall_file(text: &str) -> SampleError {
+    SampleError::Unreadable(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected syscall file: {text:?}"),
+    ))
 }
 
 /// The CPU a task last ran on: field 39 (`processor`) of /proc/PID/task/TID/stat, counted

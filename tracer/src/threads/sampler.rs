@@ -216,6 +216,7 @@ impl ThreadSampler {
     pub fn read(&mut self) -> std::io::Result<()> {
         let now_ns = monotonic_now_ns();
         let tids = self.reader.thread_ids()?;
+        self.reader.forget_threads_except(&tids);
         let mut counts = ThreadCounts { threads: tids.len() as u64, ..ThreadCounts::default() };
         let mut blocked = Vec::with_capacity(tids.len());
         for tid in tids {

@@ -101,6 +101,8 @@ fn writable_mappings_parse_and_contain_addresses() {
         mappings_read_at: Instant::now(),
         path: String::new(),
         buf: Vec::new(),
+        kept_files: HashMap::new(),
+        task_dir: None,
         clock: None,
     };
     assert_eq!(reader.mapping_of(0x7f8e_1a3f_dc40).map(|m| m.end), Some(0x7f8e_1a3f_e000));
@@ -348,6 +350,58 @@ fn exited_thread_is_gone() {
         Err(SampleError::Exited) => {}
         other => panic!("sample of an exited thread: {other:?}"),
     }
+}
+
+#[test]
+fn a_kept_listing_and_kept_files_follow_threads_that_come_and_go() {
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    let before = reader.thread_ids().expect("thread ids");
+    let parked = Parked::spawn(1, "kept", 64 << 10);
+    let tid = parked.tids()[0].0;
+    let during = reader.thread_ids().expect("thread ids");
+    assert!(!before.contains(&tid) && during.contains(&tid), "{before:?} then {during:?}");
+    // Peeked twice: the second read goes through the files kept open by the first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.peek(tid).expect("peek").is_none() {
+        assert!(Instant::now() < deadline, "tid {tid} never seen blocked");
+        thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..2 {
+        let state = reader.peek(tid).expect("peek").expect("still blocked");
+        assert_eq!(state.syscall.nr, libc::SYS_futex);
+    }
+    drop(parked);
+    // A joined thread leaves the listing a moment after its join returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after = reader.thread_ids().expect("thread ids");
+        if !after.contains(&tid) {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "tid {tid} still listed: {after:?}");
+        thread::sleep(Duration::from_millis(1));
+    };
+    reader.forget_threads_except(&after);
+    assert!(matches!(reader.peek(tid), Err(SampleError::Exited)));
+}
+
+#[test]
+fn directory_records_give_their_names() {
+    let mut records = Vec::new();
+    for name in ["1234", "5", "."] {
+        // inode, offset, record length, type, name, NUL, padding to 8 bytes.
+        let reclen = (19 + name.len() + 1).next_multiple_of(8);
+        records.extend_from_slice(&7u64.to_ne_bytes());
+        records.extend_from_slice(&0i64.to_ne_bytes());
+        records.extend_from_slice(&(reclen as u16).to_ne_bytes());
+        records.push(libc::DT_DIR);
+        records.extend_from_slice(name.as_bytes());
+        records.resize(records.len() + reclen - 19 - name.len(), 0);
+    }
+    let names: Vec<&[u8]> = dirent_names(&records).collect();
+    assert_eq!(names, [&b"1234"[..], b"5", b"."]);
+    // A record cut short ends the walk instead of reading past the buffer.
+    assert_eq!(dirent_names(&records[..30]).count(), 1);
 }
 
 #[test]
