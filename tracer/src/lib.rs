@@ -4,8 +4,8 @@
 //! every command runs) → `probes` (kernel programs, ring-buffer records), `threads`
 //! (threads blocked now, from /proc), `golang` (goroutines from the Go runtime's memory)
 //! → `stacks` (unwinding, symbols) → `objects` (what each wait waits on: sockets, locks) →
-//! `model` (aggregate, symbolize, call sites: the `Profile`) → `report` (exporters and
-//! readers). `commands` run it for `record`, `snapshot` and `report`; `serve` keeps it
+//! `model` (aggregate, symbolize, call sites: the `Profile`) → `chains` (from the piled-up
+//! sites through their wakers to what holds them up) → `report` (exporters and readers). `commands` run it for `record`, `snapshot` and `report`; `serve` keeps it
 //! running behind HTTP endpoints.
 //!
 //! The binary is a thin shell over this library; the integration tests use it to read the
@@ -15,6 +15,7 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("tracer supports x86_64 only");
 
+pub mod chains;
 pub mod cli;
 pub mod commands;
 pub mod golang;

@@ -98,7 +98,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         log::warn!("cannot read the waits in progress: {err}");
         Default::default()
     });
-    let frame_pointers = pipeline::saved_frame_pointers(&mut probes);
+    let frame_pointers = pipeline::host_frame_pointers(&mut probes);
     drop(probes); // detach before the slow part
     // Records written between the drain and the detach.
     rings.drain_now(&mut collector);
@@ -161,7 +161,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     );
     base.counts.waits_begun_before = waits_begun_before;
     base.thread_counts = thread_counts;
-    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     pipeline::report(&profile, outputs, top)
 }
 
@@ -192,8 +193,15 @@ async fn record_sampled(
     let started_at = SystemTime::now();
     let (elapsed, target_exited) =
         pipeline::sample_until_stop(&target, duration, period, || Ok(sampler.read()?)).await?;
-    let Sampled { aggregate, unwinder, mut objects, thread_counts, reads, threads_skipped } =
-        sampler.finish(target_exited);
+    let Sampled {
+        aggregate,
+        mut unwinder,
+        mut objects,
+        thread_counts,
+        reads,
+        threads_skipped,
+        mut probes,
+    } = sampler.finish(target_exited);
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
     let mut base = pipeline::profile_of(&target, ProfileKind::Recording, started_at);
     base.duration = elapsed;
@@ -202,7 +210,9 @@ async fn record_sampled(
     base.counts =
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
-    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let frame_pointers = pipeline::host_frame_pointers(&mut probes);
+    pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     pipeline::report(&profile, outputs, top)
 }
 

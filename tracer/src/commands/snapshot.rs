@@ -38,7 +38,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         ProbeConfig { tgid: pid, min_wait: std::time::Duration::ZERO, maps: Default::default() },
         &btf_path,
     )?;
-    let frame_pointers = pipeline::saved_frame_pointers(&mut probes);
+    let frame_pointers = pipeline::host_frame_pointers(&mut probes);
     drop(probes);
     let mut unwinder = ProcessUnwinder::new(pid, image);
     let mut aggregate = WaitAggregate::default();
@@ -60,7 +60,8 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     base.counts =
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
-    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
     pipeline::report(&profile, outputs, top)
 }

@@ -12,7 +12,10 @@ use super::{
     WaitStats, WakerRow,
     call_site::{Language, call_site},
 };
-use crate::stacks::{Frame, UNKNOWN_FRAME};
+use crate::{
+    chains::WaitChain,
+    stacks::{Frame, UNKNOWN_FRAME},
+};
 
 /// A symbolized stack with its waits.
 #[derive(Clone, Debug)]
@@ -224,6 +227,10 @@ pub struct Profile {
     /// The target's executable modules by file name (`Frame::module`), for exporters
     /// that describe mappings (pprof).
     pub modules: BTreeMap<String, ModuleInfo>,
+    /// The address of each named lock (a futex object), for reading its holder.
+    pub lock_addresses: BTreeMap<String, u64>,
+    /// From the sites where threads pile up to what holds them up, heaviest first.
+    pub chains: Vec<WaitChain>,
 }
 
 /// A sampled recording: the process was read every `period`, `reads` times; a wait seen
@@ -268,6 +275,8 @@ impl Profile {
             thread_names: BTreeMap::new(),
             wakers: Vec::new(),
             modules: BTreeMap::new(),
+            lock_addresses: BTreeMap::new(),
+            chains: Vec::new(),
         }
     }
 

@@ -28,6 +28,7 @@ impl WaitAggregate {
         let thread_names = self.thread_names;
         let wakers = waker_rows(self.wakers, image, symbolizer);
         let mut lock_names: HashMap<u64, Option<String>> = HashMap::new();
+        let mut lock_addresses = std::collections::BTreeMap::new();
         let symbolized: Vec<ProfileStack> = self
             .stacks
             .into_iter()
@@ -49,7 +50,10 @@ impl WaitAggregate {
                             (lock.from_symbol || shared_futexes.contains(&address))
                                 .then_some(lock.name)
                         })
-                        .clone(),
+                        .clone()
+                        .inspect(|name| {
+                            lock_addresses.insert(name.clone(), address);
+                        }),
                 };
                 ProfileStack { frames, kind, object, truncated, in_progress, stats }
             })
@@ -57,6 +61,7 @@ impl WaitAggregate {
         let mut profile = Profile::from_symbolized(base, symbolized);
         profile.thread_names = thread_names;
         profile.wakers = wakers;
+        profile.lock_addresses = lock_addresses;
         profile.modules = module_infos(image);
         profile
     }

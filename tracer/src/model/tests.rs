@@ -162,6 +162,8 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         thread_names: BTreeMap::new(),
         wakers: Vec::new(),
         modules: BTreeMap::new(),
+        lock_addresses: BTreeMap::new(),
+        chains: Vec::new(),
     };
     let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
     let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

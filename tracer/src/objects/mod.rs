@@ -15,6 +15,8 @@ pub struct WaitObjects {
     sockets: SocketResolver,
     /// The last state seen for each endpoint (`send buffer full (...)`).
     pub endpoint_states: BTreeMap<String, String>,
+    /// The socket last seen behind each endpoint (its addresses find its peer).
+    pub endpoint_sockets: BTreeMap<String, sockets::SocketInfo>,
     /// read/write waits on descriptors that are not sockets (left out).
     pub non_socket_io: u64,
     /// Socket waits whose socket was gone (or unreadable) before it was resolved.
@@ -26,6 +28,7 @@ impl WaitObjects {
         Self {
             sockets: SocketResolver::new(pid),
             endpoint_states: BTreeMap::new(),
+            endpoint_sockets: BTreeMap::new(),
             non_socket_io: 0,
             unresolved_sockets: 0,
         }
@@ -63,6 +66,7 @@ impl WaitObjects {
                 };
                 let endpoint = info.endpoint(socket_kind);
                 self.endpoint_states.insert(endpoint.clone(), info.wait_state(socket_kind));
+                self.endpoint_sockets.insert(endpoint.clone(), info);
                 Some((socket_kind, WaitObject::Endpoint(endpoint)))
             }
             SocketLookup::NotSocket if is_read_or_write => {

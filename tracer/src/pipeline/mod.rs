@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    golang,
+    chains, golang,
     model::{Profile, ProfileKind, WaitAggregate},
     objects::{WaitObjects, locks::LockNamer},
     probes::{
@@ -24,7 +24,7 @@ use crate::{
         events::{poll_readable, readable},
     },
     report::{Format, Output, summary::render_summary},
-    stacks::{ProcessImage, StackSymbolizer},
+    stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer},
     threads::blocked_now::SavedFramePointers,
 };
 use target::Target;
@@ -154,7 +154,20 @@ pub fn create_outputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Output>> {
 /// The threads' saved frame pointers from one pass of the task iterator. Without them,
 /// stacks whose CFI needs rbp stop early (counted), so a failure costs only that.
 pub fn saved_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
-    match probes.task_registers() {
+    frame_pointers_of(probes.task_registers())
+}
+
+/// As `saved_frame_pointers`, of every task on the host: for the one pass at the end of
+/// a recording or in a snapshot, whose wait chains unwind other processes' threads too
+/// (the peers of local endpoints).
+pub fn host_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
+    frame_pointers_of(probes.host_task_registers())
+}
+
+fn frame_pointers_of(
+    registers: Result<Vec<tracer_common::TaskRegs>, crate::probes::ProbeError>,
+) -> SavedFramePointers {
+    match registers {
         Ok(registers) => SavedFramePointers::from_tasks(&registers),
         Err(err) => {
             log::warn!("cannot read the threads' saved registers: {err}");
@@ -204,6 +217,19 @@ pub fn symbolize(
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
     objects.log_socket_lookups();
     Namer::default().profile(aggregate, base, image)
+}
+
+/// The wait-chains stage: reads what the chains end in from the live system (the
+/// processes behind local endpoints, lock holders, what the wakers do now) and joins the
+/// profile's sites, wakers and those into chains.
+pub fn add_wait_chains(
+    profile: &mut Profile,
+    objects: &WaitObjects,
+    unwinder: &mut ProcessUnwinder,
+    frame_pointers: &SavedFramePointers,
+) {
+    let facts = chains::live::gather(profile, &objects.endpoint_sockets, unwinder, frame_pointers);
+    profile.chains = chains::build(profile, &facts);
 }
 
 /// The last stage of `record` and `snapshot`: every output file, then the summary and the

@@ -191,6 +191,16 @@ impl Probes {
     /// The saved user registers of the target's threads, from one pass of the task
     /// iterator (of every task on the host where the kernel cannot walk one process's).
     pub fn task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
+        self.iterate_tasks(false)
+    }
+
+    /// The saved user registers of every task on the host, from one pass: for the
+    /// other processes a report looks at (the peers of its endpoints) besides the target.
+    pub fn host_task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
+        self.iterate_tasks(true)
+    }
+
+    fn iterate_tasks(&mut self, whole_host: bool) -> Result<Vec<TaskRegs>, ProbeError> {
         const NAME: &str = "tracer_task_regs";
         let Self { ebpf, btf, tgid, process_tasks } = self;
         let attach_err = |source| ProbeError::Program { name: NAME, source };
@@ -202,7 +212,7 @@ impl Probes {
         if iter.fd().is_err() {
             iter.load("task", btf).map_err(attach_err)?;
         }
-        if process_tasks.is_none() {
+        if process_tasks.is_none() && !whole_host {
             let program = std::os::fd::AsFd::as_fd(iter.fd().map_err(attach_err)?);
             match task_iter::link_to_process(program, *tgid) {
                 Ok(link) => *process_tasks = Some(link),
@@ -210,8 +220,10 @@ impl Probes {
             }
         }
         let mut file = match process_tasks {
-            Some(link) => task_iter::start_pass(link).map_err(ProbeError::ReadIterator)?,
-            None => {
+            Some(link) if !whole_host => {
+                task_iter::start_pass(link).map_err(ProbeError::ReadIterator)?
+            }
+            _ => {
                 let link_id = iter.attach().map_err(attach_err)?;
                 let link = iter.take_link(link_id).map_err(attach_err)?;
                 link.into_file().map_err(ProbeError::Iterate)?

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
+    chains::{self, ChainFacts, PeerProcess, ThreadNow, ThreadState},
     model::{
         ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
         WakerRow,
@@ -94,7 +95,7 @@ pub(crate) fn fixture_profile() -> Profile {
         in_progress: false,
         stats: stats(&[(30, 5_000_000)]),
     };
-    Profile {
+    let mut profile = Profile {
         kind: ProfileKind::Recording,
         pid: 4242,
         start_unix_ns: None,
@@ -165,7 +166,29 @@ pub(crate) fn fixture_profile() -> Profile {
             },
         )]
         .into(),
-    }
+        lock_addresses: [("app::STATS".to_string(), 0x5500_0008_0000)].into(),
+        chains: Vec::new(),
+    };
+    // The backend behind the reporter's endpoint, as if it ran on this host.
+    let backend = ThreadNow {
+        tid: 5151,
+        name: "stats-backend".to_string(),
+        state: ThreadState::Blocked {
+            syscall: "clock_nanosleep".to_string(),
+            call_site: Some("backend::drain".to_string()),
+            stack: vec!["backend::main".to_string(), "backend::drain".to_string()],
+        },
+    };
+    let facts = ChainFacts {
+        peers: [(
+            "10.0.0.5:80".to_string(),
+            PeerProcess { pid: 5151, comm: "stats-backend".to_string(), threads: vec![backend] },
+        )]
+        .into(),
+        ..ChainFacts::default()
+    };
+    profile.chains = chains::build(&profile, &facts);
+    profile
 }
 
 pub(crate) fn fixture_provenance() -> Provenance {

@@ -110,6 +110,8 @@ mod tests {
             thread_names: Default::default(),
             wakers: Vec::new(),
             modules: Default::default(),
+            lock_addresses: Default::default(),
+            chains: Vec::new(),
         }
     }
 

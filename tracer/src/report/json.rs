@@ -3,8 +3,10 @@
 //!
 //! The schema is a set of mirror structs converted from and to `Profile`, so that the
 //! internal model can change while the files stay readable: a field added here keeps
-//! `tracer-profile/1` (readers ignore fields they do not know); a field renamed,
-//! removed or changed in meaning makes it `tracer-profile/2`.
+//! the schema (readers ignore fields they do not know); a field renamed, removed or
+//! changed in meaning makes a new one. `tracer-profile/2` added the wait chains, whose
+//! peers and lock holders only the live system could tell; `/1` files are still read,
+//! their chains joined from their stacks and wakers.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,16 +18,23 @@ use serde::{Deserialize, Serialize};
 use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
+    chains::{self, ChainFacts},
     model::{
         ModuleInfo, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TraceCounts,
         WaitStats, WakerRow,
     },
-    report::{Provenance, SavedProfile},
+    report::{
+        Provenance, SavedProfile,
+        json_chains::{JsonChain, json_chains, wait_chains},
+    },
     stacks::Frame,
 };
 
 /// The value of the `schema` field of every file this version writes.
-pub const SCHEMA: &str = "tracer-profile/1";
+pub const SCHEMA: &str = "tracer-profile/2";
+/// The schema before wait chains: still read (their chains are joined from the file's
+/// stacks and wakers, without the facts read from the live system).
+pub const SCHEMA_WITHOUT_CHAINS: &str = "tracer-profile/1";
 
 /// The whole file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,6 +73,10 @@ pub struct JsonProfile {
     /// The target's executables and libraries by file name (the frames' `module`).
     #[serde(default)]
     pub modules: BTreeMap<String, JsonModule>,
+    /// From the sites where threads pile up to what holds them up, heaviest first
+    /// (absent before `tracer-profile/2`).
+    #[serde(default)]
+    pub chains: Vec<JsonChain>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -222,11 +235,13 @@ pub enum JsonError {
     #[error("not a tracer profile (no \"schema\": \"{SCHEMA}\")")]
     Foreign,
     /// A tracer profile of a schema this version does not read.
-    #[error("schema {0:?} is not one this tracer reads (it reads {SCHEMA:?})")]
+    #[error(
+        "schema {0:?} is not one this tracer reads (it reads {SCHEMA_WITHOUT_CHAINS:?} and {SCHEMA:?})"
+    )]
     UnknownSchema(String),
     /// The schema's fields are missing or of the wrong type.
-    #[error("not a valid {SCHEMA} profile")]
-    Shape(#[source] serde_json::Error),
+    #[error("not a valid {0} profile")]
+    Shape(String, #[source] serde_json::Error),
     /// A value no recording can have.
     #[error("{0}")]
     Invalid(String),
@@ -261,6 +276,8 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         thread_names,
         wakers,
         modules,
+        lock_addresses: _,
+        chains,
     } = profile;
     let Provenance { tracer_version, kernel, command_line } = provenance;
     JsonProfile {
@@ -294,6 +311,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         endpoint_states: endpoint_states.clone(),
         thread_names: thread_names.clone(),
         wakers: wakers.iter().map(json_waker).collect(),
+        chains: json_chains(chains, profile.waiters()),
         modules: modules
             .iter()
             .map(|(name, info)| {
@@ -449,23 +467,28 @@ pub fn parse_wait_kind(name: &str) -> Option<WaitKind> {
     WaitKind::ALL.into_iter().find(|kind| kind.name() == name)
 }
 
-/// Reads a JSON profile written by any tracer of schema `tracer-profile/1`.
+/// Reads a JSON profile written by any tracer of schema `tracer-profile/1` or `/2`.
 pub fn read_json(bytes: &[u8]) -> Result<SavedProfile, JsonError> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(JsonError::Syntax)?;
-    match value.get("schema") {
-        Some(serde_json::Value::String(schema)) if schema == SCHEMA => {}
+    let schema = match value.get("schema") {
+        Some(serde_json::Value::String(schema))
+            if schema == SCHEMA || schema == SCHEMA_WITHOUT_CHAINS =>
+        {
+            schema.clone()
+        }
         Some(serde_json::Value::String(schema)) if schema.starts_with("tracer-profile/") => {
             return Err(JsonError::UnknownSchema(schema.clone()));
         }
         _ => return Err(JsonError::Foreign),
-    }
-    let json: JsonProfile = serde_json::from_value(value).map_err(JsonError::Shape)?;
+    };
+    let json: JsonProfile =
+        serde_json::from_value(value).map_err(|err| JsonError::Shape(schema, err))?;
     from_json(json)
 }
 
 pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     let JsonProfile {
-        schema: _,
+        schema,
         tracer_version,
         kind,
         target,
@@ -483,7 +506,9 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         thread_names,
         wakers,
         modules,
+        chains,
     } = json;
+    let has_chains = schema != SCHEMA_WITHOUT_CHAINS;
     let JsonTarget { pid, comm, command_line, exited } = target;
     let invalid = |what: String| JsonError::Invalid(what);
     let kind = parse_profile_kind(&kind)
@@ -536,6 +561,11 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.endpoint_states = endpoint_states;
     profile.thread_names = thread_names;
     profile.wakers = wakers;
+    profile.chains = if has_chains {
+        wait_chains(chains).map_err(invalid)?
+    } else {
+        chains::build(&profile, &ChainFacts::default())
+    };
     profile.modules = modules
         .into_iter()
         .map(|(name, module)| {
@@ -671,7 +701,10 @@ fn thread_counts_of(counts: JsonThreadCounts) -> ThreadCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{fixture_profile, fixture_provenance};
+    use crate::report::{
+        fixtures::{fixture_profile, fixture_provenance},
+        summary::format_duration,
+    };
 
     #[test]
     fn a_profile_survives_the_round_trip() {
@@ -706,20 +739,46 @@ mod tests {
         let message = |bytes: &[u8]| read_json(bytes).unwrap_err().to_string();
         assert_eq!(
             message(br#"{"name": "x"}"#),
-            "not a tracer profile (no \"schema\": \"tracer-profile/1\")"
+            "not a tracer profile (no \"schema\": \"tracer-profile/2\")"
         );
         assert_eq!(
             message(b"[1, 2]"),
-            "not a tracer profile (no \"schema\": \"tracer-profile/1\")"
+            "not a tracer profile (no \"schema\": \"tracer-profile/2\")"
         );
         assert_eq!(
             message(br#"{"schema": "tracer-profile/9"}"#),
-            "schema \"tracer-profile/9\" is not one this tracer reads (it reads \"tracer-profile/1\")"
+            "schema \"tracer-profile/9\" is not one this tracer reads (it reads \"tracer-profile/1\" \
+             and \"tracer-profile/2\")"
         );
         assert_eq!(
             message(br#"{"schema": "tracer-profile/1"}"#),
             "not a valid tracer-profile/1 profile"
         );
         assert_eq!(message(br#"{"schema": "tracer-pro"#), "not valid JSON");
+    }
+
+    #[test]
+    fn chains_survive_the_round_trip_and_older_files_get_theirs_joined() {
+        let profile = fixture_profile();
+        assert!(!profile.chains.is_empty(), "the fixture has a chain");
+        let mut bytes = Vec::new();
+        write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
+        assert_eq!(read_json(&bytes).unwrap().profile.chains, profile.chains);
+        // A file of the schema before chains: joined from its stacks and wakers, without
+        // the peer only the live system could name.
+        let mut older: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        older["schema"] = SCHEMA_WITHOUT_CHAINS.into();
+        older.as_object_mut().unwrap().remove("chains");
+        let read = read_json(older.to_string().as_bytes()).unwrap().profile;
+        let line = |profile: &Profile| -> Vec<String> {
+            let waiters = profile.waiters();
+            profile.chains.iter().map(|c| chains::chain_line(c, waiters, format_duration)).collect()
+        };
+        assert_eq!(
+            line(&read),
+            ["3 threads at app::send_stat [futex app::STATS] ← woken by reporter, blocked \
+                 1.29s in app::write_to_backend [send 10.0.0.5:80: send buffer full (4608/4608 \
+                 bytes), peer window zero]"]
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
+pub mod json_chains;
 pub mod pprof;
 pub mod summary;
 

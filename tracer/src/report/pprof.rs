@@ -12,7 +12,8 @@
 //! - labels on each sample: `wait_kind`, `object` (when known), `still_blocked`
 //!   (`true` on waits still in progress at the end of a recording), `truncated`,
 //!   `lower_bound`, one `thread` label per distinct thread name and one numeric `tid`
-//!   label per thread, and `shortest_wait`/`longest_wait` in nanoseconds;
+//!   label per thread, `shortest_wait`/`longest_wait` in nanoseconds, and `chain`: the
+//!   wait chain that starts at the sample's call site, as the summary prints it;
 //! - comments, one `key: value` each: tracer version, profile kind, pid, comm,
 //!   command line, kernel, threshold, and every counter of what was seen and lost.
 
@@ -24,14 +25,16 @@ use std::{
 
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use prost::Message as _;
-use tracer_common::ShortWaitTotals;
+use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
+    chains,
     model::{ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats},
     report::{
         Provenance, SavedProfile, Weight,
         folded::{TRUNCATED_FRAME, kind_frame},
         json::{check_totals, kind_name, parse_profile_kind, parse_wait_kind},
+        summary::format_duration,
     },
     stacks::Frame,
 };
@@ -313,7 +316,23 @@ fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::P
         Weight::Time => "blocked",
         Weight::Count | Weight::Threads => count_type,
     };
-    let samples = profile.stacks.iter().map(|stack| sample(&mut builder, profile, stack)).collect();
+    // Each site a chain starts at or passes through, to the heaviest such chain.
+    let mut chain_lines: HashMap<(String, WaitKind), String> = HashMap::new();
+    for chain in &profile.chains {
+        let line = chains::chain_line(chain, profile.waiters(), format_duration);
+        let sites = std::iter::once(&chain.start).chain(chain.hops.iter().map(|hop| &hop.at));
+        for site in sites {
+            chain_lines.entry((site.site.clone(), site.kind)).or_insert_with(|| line.clone());
+        }
+    }
+    let samples = profile
+        .stacks
+        .iter()
+        .map(|stack| {
+            let chain = chain_lines.get(&(stack.call_site().to_string(), stack.kind));
+            sample(&mut builder, profile, stack, chain)
+        })
+        .collect();
     let comments: Vec<i64> = comments(profile, provenance, main_module.as_deref())
         .iter()
         .map(|comment| builder.string(comment))
@@ -342,7 +361,12 @@ fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::P
     }
 }
 
-fn sample(builder: &mut Builder, profile: &Profile, stack: &ProfileStack) -> proto::Sample {
+fn sample(
+    builder: &mut Builder,
+    profile: &Profile,
+    stack: &ProfileStack,
+    chain: Option<&String>,
+) -> proto::Sample {
     let mut location_id = vec![builder.synthetic_location(&kind_frame(profile, stack))];
     for group in location_groups(&stack.frames).into_iter().rev() {
         location_id.push(builder.location(group));
@@ -378,6 +402,9 @@ fn sample(builder: &mut Builder, profile: &Profile, stack: &ProfileStack) -> pro
     }
     for &tid in &stats.threads {
         label.push(builder.number_label("tid", u64::from(tid), ""));
+    }
+    if let Some(chain) = chain {
+        label.push(builder.label("chain", chain));
     }
     label.push(builder.number_label("shortest_wait", stats.min_ns, "nanoseconds"));
     label.push(builder.number_label("longest_wait", stats.max_ns, "nanoseconds"));
@@ -924,7 +951,11 @@ mod tests {
                 "object=10.0.0.5:80",
                 "still_blocked=true",
                 "lower_bound=true",
-                "thread=reporter"
+                "thread=reporter",
+                "chain=3 threads at app::send_stat [futex app::STATS] ← woken by reporter, \
+                 blocked 1.29s in app::write_to_backend [send 10.0.0.5:80: send buffer full \
+                 (4608/4608 bytes), peer window zero] → peer pid 5151 (stats-backend): blocked \
+                 in clock_nanosleep at backend::drain",
             ]
         );
         assert!(
@@ -939,8 +970,10 @@ mod tests {
     #[test]
     fn a_profile_survives_the_round_trip() {
         let mut profile = fixture_profile();
-        // pprof has no place for wakers or per-stack duration histograms.
+        // pprof has no place for wakers, chains (beyond a label) or per-stack duration
+        // histograms.
         profile.wakers.clear();
+        profile.chains.clear();
         for stack in &mut profile.stacks {
             stack.stats.log2_histogram.clear();
         }

@@ -6,6 +6,7 @@ use std::{collections::HashMap, fmt::Write as _};
 use tracer_common::WaitKind;
 
 use crate::{
+    chains,
     model::{GO_IO_WAIT, Profile, ProfileKind, ProfileStack, Sampling, WaitStats},
     report::folded::kind_frame,
 };
@@ -70,7 +71,8 @@ pub(crate) fn recording_scope(profile: &Profile) -> String {
 }
 
 /// The whole text summary of a recording or a snapshot, at most 100 columns wide
-/// (call-site names are shortened, keeping their end).
+/// (call-site names are shortened, keeping their end), but for the wait chains: one
+/// line each, whatever their length.
 pub fn render_summary(profile: &Profile, top: usize) -> String {
     let mut out = String::new();
     match profile.kind {
@@ -87,6 +89,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                     ""
                 },
             );
+            write_chains(&mut out, profile, top);
             write_completed_table(&mut out, &top_sites(profile, false), top);
             let stuck = top_sites(profile, true);
             if !stuck.is_empty() {
@@ -114,6 +117,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                 profile.waiters(),
                 threads.blocked_in_waits
             );
+            write_chains(&mut out, profile, top);
             let rows = top_sites(profile, true);
             if rows.is_empty() {
                 let _ = writeln!(out, "no thread is blocked in a futex or socket wait\n");
@@ -316,6 +320,30 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
         }
         let _ = writeln!(out);
     }
+}
+
+/// Frames of a lock holder's stack printed under its chain, innermost first.
+const HOLDER_FRAMES_SHOWN: usize = 12;
+
+/// The wait chains, one line each, heaviest first: the answer before the tables it joins.
+fn write_chains(out: &mut String, profile: &Profile, top: usize) {
+    if profile.chains.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "WAIT CHAINS");
+    for chain in profile.chains.iter().take(top) {
+        let line = chains::chain_line(chain, profile.waiters(), format_duration);
+        let _ = writeln!(out, "  {line}");
+        // The holder's stack as it is now: where the lock is held.
+        if let chains::Terminal::LockHolder(holder) = &chain.terminal
+            && let chains::ThreadState::Blocked { stack, .. } = &holder.state
+        {
+            for name in stack.iter().rev().take(HOLDER_FRAMES_SHOWN) {
+                let _ = writeln!(out, "      {}", elide(name, 94));
+            }
+        }
+    }
+    let _ = writeln!(out);
 }
 
 const WAKE_SITE_WIDTH: usize = 38;
@@ -642,6 +670,8 @@ mod tests {
             thread_names: Default::default(),
             wakers: Vec::new(),
             modules: Default::default(),
+            lock_addresses: Default::default(),
+            chains: Vec::new(),
         }
     }
 

@@ -606,7 +606,7 @@ fn parse_writable_mappings(maps: &str) -> Vec<Mapping> {
 
 /// Copies `buf.len()` bytes at `addr` of process `pid`; returns how many were copied (fewer
 /// when the range runs into unmapped memory).
-fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
     if buf.is_empty() {
         return Ok(0);
     }

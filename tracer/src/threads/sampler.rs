@@ -167,6 +167,8 @@ pub struct Sampled {
     /// Reads of threads that woke, exited or were unreadable while read (their wait, if it
     /// went on, is seen again by the next read).
     pub threads_skipped: u64,
+    /// The probes the reads used (their task iterator), for a last pass over the host.
+    pub probes: Probes,
 }
 
 /// Reads the blocked threads of one process at a rate.
@@ -337,6 +339,7 @@ impl ThreadSampler {
             threads_skipped,
             frame_pointer_unknown,
             last_counts,
+            probes,
             ..
         } = self;
         let mut aggregate = tracker.finish(target_exited);
@@ -346,7 +349,7 @@ impl ThreadSampler {
         } else {
             ThreadCounts { frame_pointer_unknown, ..last_counts }
         };
-        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped }
+        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped, probes }
     }
 }
 

@@ -6,7 +6,7 @@
 //! `system.sockprotoname` attribute → NETLINK_SOCK_DIAG ([`diag`]). Nothing here stops the
 //! target.
 
-mod diag;
+pub(crate) mod diag;
 
 use std::{
     collections::{HashMap, HashSet},

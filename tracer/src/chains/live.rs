@@ -1,0 +1,257 @@
+//! The facts wait chains end in, read from the live system when a profile is made: the
+//! process behind a local endpoint (sock_diag gives the peer socket's inode, /proc/*/fd its
+//! owner), the thread holding a glibc mutex (its `__owner`, or a PI futex's word), and what
+//! a thread is doing now (its syscall, and its call site when its stack unwinds).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use tracer_common::WaitKind;
+
+use super::{ChainFacts, PeerProcess, ThreadNow, ThreadState};
+use crate::{
+    model::{
+        Profile,
+        call_site::{Language, call_site},
+    },
+    objects::sockets::{Protocol, SocketInfo, diag::SockDiag},
+    stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
+    threads::{
+        ThreadReader, ThreadSyscall, blocked_now::SavedFramePointers, parse_syscall, read_memory,
+    },
+};
+
+/// Threads of a peer process described at most: a pool of hundreds says nothing more.
+const MAX_PEER_THREADS: usize = 16;
+/// Mutex lock functions of glibc: a futex wait under one of them is a wait for a
+/// `pthread_mutex_t`, whose `__owner` names the holder.
+const MUTEX_LOCK_FUNCTIONS: [&str; 6] = [
+    "pthread_mutex_lock",
+    "__pthread_mutex_lock",
+    "___pthread_mutex_lock",
+    "pthread_mutex_timedlock",
+    "__pthread_mutex_clocklock_common",
+    "__lll_lock_wait",
+];
+/// `struct __pthread_mutex_s` on x86_64 (glibc sysdeps/x86/nptl/bits/struct_mutex.h):
+/// `int __lock; unsigned int __count; int __owner; ...`.
+const MUTEX_OWNER_OFFSET: u64 = 8;
+/// The owner's tid in a PI futex word (FUTEX_TID_MASK).
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// Reads the facts `profile`'s chains may end in: the peers of its endpoints (whose
+/// sockets `sockets` saw), the holders of its mutexes, what its waker threads do now.
+/// `unwinder` is the target's; nothing is read of a target that has exited.
+pub fn gather(
+    profile: &Profile,
+    sockets: &BTreeMap<String, SocketInfo>,
+    unwinder: &mut ProcessUnwinder,
+    frame_pointers: &SavedFramePointers,
+) -> ChainFacts {
+    let pid = profile.pid;
+    let mut facts = ChainFacts::default();
+    if profile.target_exited {
+        return facts;
+    }
+    let mut symbolizer = StackSymbolizer::new();
+    let mut target = ThreadLooker { pid, unwinder, symbolizer: &mut symbolizer, frame_pointers };
+    let waker_threads: BTreeSet<u32> =
+        profile.wakers.iter().flat_map(|row| row.waker_threads.iter().copied()).collect();
+    for tid in waker_threads {
+        facts.threads_now.insert(tid, target.now(tid));
+    }
+    for stack in &profile.stacks {
+        let Some(object) = &stack.object else { continue };
+        if stack.kind != WaitKind::Futex || facts.holders.contains_key(object) {
+            continue;
+        }
+        let under_mutex_lock =
+            stack.frames.iter().any(|frame| MUTEX_LOCK_FUNCTIONS.contains(&frame.name.as_str()));
+        let Some(&address) = profile.lock_addresses.get(object) else { continue };
+        if let Some(owner) = under_mutex_lock.then(|| mutex_owner(pid, address)).flatten() {
+            facts.holders.insert(object.clone(), target.now(owner));
+        }
+    }
+    let endpoints: BTreeSet<&String> =
+        profile.stacks.iter().filter_map(|stack| stack.object.as_ref()).collect();
+    let mut diag = None;
+    for endpoint in endpoints {
+        let Some(socket) = sockets.get(endpoint) else { continue };
+        if let Some(peer) = local_peer(pid, socket, &mut diag, frame_pointers) {
+            facts.peers.insert(endpoint.clone(), peer);
+        }
+    }
+    facts
+}
+
+/// The holder of the mutex whose `__lock` is at `address` in `pid`: its `__owner`, or the
+/// tid in a PI mutex's lock word; only a live thread of `pid`.
+fn mutex_owner(pid: u32, address: u64) -> Option<u32> {
+    let mut words = [0u8; 12];
+    if read_memory(pid, address, &mut words).ok()? < words.len() {
+        return None;
+    }
+    let word =
+        |index: usize| u32::from_ne_bytes(words[index * 4..index * 4 + 4].try_into().unwrap());
+    let (lock, owner) = (word(0), word((MUTEX_OWNER_OFFSET / 4) as usize));
+    // A normal mutex's word is 1 (locked) or 2 (locked, waiters); a PI mutex's holds the
+    // owner's tid itself.
+    let owner = if lock == 1 || lock == 2 { owner } else { lock & FUTEX_TID_MASK };
+    let is_thread =
+        owner != 0 && std::path::Path::new(&format!("/proc/{pid}/task/{owner}")).exists();
+    is_thread.then_some(owner)
+}
+
+/// Reads threads of one process and names where they are blocked.
+struct ThreadLooker<'a> {
+    pid: u32,
+    unwinder: &'a mut ProcessUnwinder,
+    symbolizer: &'a mut StackSymbolizer,
+    /// The saved rbp of blocked threads, by (sp, ip), which CFI needs for rbp-based frames.
+    frame_pointers: &'a SavedFramePointers,
+}
+
+impl ThreadLooker<'_> {
+    /// What thread `tid` is doing now.
+    fn now(&mut self, tid: u32) -> ThreadNow {
+        let name = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.pid))
+            .map(|comm| comm.trim_end().to_owned())
+            .unwrap_or_else(|_| format!("tid {tid}"));
+        ThreadNow { tid, name, state: self.state(tid) }
+    }
+
+    fn state(&mut self, tid: u32) -> ThreadState {
+        let Ok(mut reader) = ThreadReader::new(self.pid) else { return ThreadState::Unknown };
+        match reader.sample(tid) {
+            Ok(Some(sample)) => {
+                let (ip, sp) = (sample.syscall.pc, sample.syscall.sp);
+                let bp = self.frame_pointers.get(sp, ip).unwrap_or(0);
+                let regs = UserRegs { ip, sp, bp };
+                let walked = self.unwinder.unwind(regs, &sample.stack);
+                log::debug!(
+                    "thread {tid} of pid {}: {} frames{}",
+                    self.pid,
+                    walked.addresses.len(),
+                    if walked.truncated { ", truncated" } else { "" }
+                );
+                let mut frames =
+                    self.symbolizer.symbolize(self.unwinder.image(), &walked.addresses);
+                frames.reverse();
+                let site = call_site(&frames, Language::Native);
+                ThreadState::Blocked {
+                    syscall: syscall_name(sample.syscall.nr),
+                    call_site: (!site.is_empty()).then(|| site.to_owned()),
+                    stack: frames.iter().map(|frame| frame.name.clone()).collect(),
+                }
+            }
+            // Running, or off the CPU outside a syscall (preempted): not waiting.
+            Ok(None) => match read_syscall(self.pid, tid) {
+                Some(ThreadSyscall::Blocked(state)) => ThreadState::Blocked {
+                    syscall: syscall_name(state.nr),
+                    call_site: None,
+                    stack: Vec::new(),
+                },
+                Some(_) => ThreadState::Running,
+                None => ThreadState::Unknown,
+            },
+            Err(_) => ThreadState::Unknown,
+        }
+    }
+}
+
+fn read_syscall(pid: u32, tid: u32) -> Option<ThreadSyscall> {
+    parse_syscall(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+}
+
+/// The process on this host at the other end of TCP socket `socket` of `pid` (its
+/// network namespace), with what its threads do now. `diag` is opened at the first use.
+fn local_peer(
+    pid: u32,
+    socket: &SocketInfo,
+    diag: &mut Option<SockDiag>,
+    frame_pointers: &SavedFramePointers,
+) -> Option<PeerProcess> {
+    if socket.protocol != Protocol::Tcp {
+        return None;
+    }
+    let (local, remote) = (socket.local.as_ref()?, socket.remote.as_ref()?);
+    let family = if local.starts_with('[') { AF_INET6 } else { AF_INET };
+    if diag.is_none() {
+        *diag = SockDiag::open(pid).ok();
+    }
+    let records = diag.as_mut()?.dump_inet(family, IPPROTO_TCP).ok()?;
+    // The peer's socket is the one whose addresses are ours, crossed.
+    let peer_inode = records.iter().find_map(|record| {
+        let info = &record.info;
+        (info.local.as_ref() == Some(remote) && info.remote.as_ref() == Some(local))
+            .then_some(info.inode)
+    })?;
+    let peer_pid = socket_owner(peer_inode, pid)?;
+    let comm =
+        std::fs::read_to_string(format!("/proc/{peer_pid}/comm")).ok()?.trim_end().to_owned();
+    Some(PeerProcess { pid: peer_pid, comm, threads: peer_threads(peer_pid, frame_pointers) })
+}
+
+/// The process holding socket `inode` open, preferring any but `not_pid` (a process
+/// talking to itself over loopback holds both ends).
+fn socket_owner(inode: u64, not_pid: u32) -> Option<u32> {
+    let wanted = format!("socket:[{inode}]");
+    let mut own = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|to| to.as_os_str() == wanted.as_str())
+        });
+        if holds {
+            if pid != not_pid {
+                return Some(pid);
+            }
+            own = Some(pid);
+        }
+    }
+    own
+}
+
+/// What the threads of peer `pid` do now, unwound with its own image.
+fn peer_threads(pid: u32, frame_pointers: &SavedFramePointers) -> Vec<ThreadNow> {
+    let Ok(image) = ProcessImage::snapshot(pid) else { return Vec::new() };
+    let mut unwinder = ProcessUnwinder::new(pid, image);
+    let mut symbolizer = StackSymbolizer::new();
+    let mut looker =
+        ThreadLooker { pid, unwinder: &mut unwinder, symbolizer: &mut symbolizer, frame_pointers };
+    let Ok(mut reader) = ThreadReader::new(pid) else { return Vec::new() };
+    let Ok(tids) = reader.thread_ids() else { return Vec::new() };
+    tids.into_iter().take(MAX_PEER_THREADS).map(|tid| looker.now(tid)).collect()
+}
+
+/// The name of x86_64 syscall `nr` for the blocking calls a thread is usually found in.
+pub fn syscall_name(nr: i64) -> String {
+    let name = match nr {
+        0 => "read",
+        1 => "write",
+        7 => "poll",
+        23 => "select",
+        34 => "pause",
+        35 => "nanosleep",
+        43 => "accept",
+        44 => "sendto",
+        45 => "recvfrom",
+        46 => "sendmsg",
+        47 => "recvmsg",
+        42 => "connect",
+        61 => "wait4",
+        202 => "futex",
+        230 => "clock_nanosleep",
+        232 => "epoll_wait",
+        270 => "pselect6",
+        271 => "ppoll",
+        281 => "epoll_pwait",
+        288 => "accept4",
+        441 => "epoll_pwait2",
+        _ => return format!("syscall {nr}"),
+    };
+    name.to_owned()
+}

@@ -1,0 +1,428 @@
+//! Wait chains: from the sites where threads pile up, through the threads that woke them
+//! and what those threads were blocked on, to a terminal (an endpoint and the process
+//! behind it, a lock holder, a thread doing something else). The seed's answer in one
+//! line: "32 threads at stat_send ← woken by sender, blocked 3.9s in httpsend [send …]
+//! → peer pid 30375 (python3)".
+//!
+//! The graph is built from a finished profile (`build`): its stacks, its wakers (who woke
+//! which site's futex waits, from `sched_waking`) and the facts read from the live system
+//! when the profile was made (`live`): the process behind a local endpoint, the holder of
+//! a mutex, what a thread is doing now.
+
+pub mod live;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Write as _,
+};
+
+use tracer_common::WaitKind;
+
+use crate::model::{Profile, ProfileKind, ProfileStack};
+
+/// Hops followed at most: a longer chain is cut with an `unknown` terminal.
+const MAX_HOPS: usize = 4;
+/// A waker blocked in watched waits less than this share of the recording is taken to
+/// have been doing something else (running, sleeping) rather than waiting on a next hop.
+const MIN_BLOCKED_SHARE: f64 = 0.2;
+/// Chains kept in a profile.
+pub const MAX_CHAINS: usize = 10;
+
+/// Where threads wait: a call site, its kind and its object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChainSite {
+    pub site: String,
+    pub kind: WaitKind,
+    pub object: Option<String>,
+}
+
+/// One step of a chain: the threads that woke the previous site's waits, and where they
+/// were themselves blocked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHop {
+    /// The wakers' name (`comm`).
+    pub waker: String,
+    pub waker_threads: Vec<u32>,
+    /// Their blocked time at `at`.
+    pub blocked_ns: u64,
+    pub at: ChainSite,
+}
+
+/// What a thread is doing now, read from /proc when the profile was made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadNow {
+    pub tid: u32,
+    pub name: String,
+    pub state: ThreadState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ThreadState {
+    Running,
+    /// Blocked in a syscall (`clock_nanosleep`), at a call site when its stack could be
+    /// unwound and named; `stack` is its functions, root first (empty when unknown).
+    Blocked {
+        syscall: String,
+        call_site: Option<String>,
+        stack: Vec<String>,
+    },
+    /// Gone, or unreadable.
+    Unknown,
+}
+
+/// The process holding the other end of a local endpoint, and what its threads do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub threads: Vec<ThreadNow>,
+}
+
+/// Where a chain ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Terminal {
+    /// A socket: its endpoint, why it waits, and the process behind it when it is on this
+    /// host.
+    Endpoint { endpoint: String, state: Option<String>, peer: Option<PeerProcess> },
+    /// The thread that holds the lock the waits are for.
+    LockHolder(ThreadNow),
+    /// The last wakers were mostly not blocked in a watched wait: what they do now.
+    Thread(ThreadNow),
+    /// Nothing more is known (why).
+    Unknown(String),
+}
+
+/// One chain: the threads at its start and their blocked time, its hops, its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitChain {
+    pub start: ChainSite,
+    pub threads: u64,
+    pub blocked_ns: u64,
+    pub hops: Vec<ChainHop>,
+    pub terminal: Terminal,
+}
+
+/// Facts from the live system that the chains end in, gathered when the profile is made
+/// (see `live`).
+#[derive(Clone, Debug, Default)]
+pub struct ChainFacts {
+    /// The local process behind each endpoint, by endpoint.
+    pub peers: BTreeMap<String, PeerProcess>,
+    /// The holder of each lock, by the object name its waits show.
+    pub holders: BTreeMap<String, ThreadNow>,
+    /// What each waker thread does now, by tid.
+    pub threads_now: BTreeMap<u32, ThreadNow>,
+}
+
+/// One site's waits (a call site and kind): blocked time, threads, and blocked time by
+/// object. A site waits on more than one object when, say, a glibc condition variable
+/// alternates between its two futex words: still one place in the program.
+#[derive(Default)]
+struct SiteWaits {
+    blocked_ns: u64,
+    threads: BTreeSet<u32>,
+    objects: BTreeMap<Option<String>, u64>,
+}
+
+impl SiteWaits {
+    /// The objects, heaviest first.
+    fn objects(&self) -> Vec<&Option<String>> {
+        let mut objects: Vec<_> = self.objects.iter().collect();
+        objects.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        objects.into_iter().map(|(object, _)| object).collect()
+    }
+}
+
+/// A call site and the kind of wait there: what the graph's nodes are.
+type SiteKey = (String, WaitKind);
+
+fn site_key(stack: &ProfileStack) -> SiteKey {
+    (stack.call_site().to_string(), stack.kind)
+}
+
+/// The chains of `profile`, longest blocked time (or, in a snapshot, most threads) first:
+/// one per site that leads somewhere (a hop, a lock holder, a waker doing something
+/// else, a peer process), but for the
+/// sites another chain passes through (the sender behind a pile-up is in its chain).
+pub fn build(profile: &Profile, facts: &ChainFacts) -> Vec<WaitChain> {
+    let mut sites: HashMap<SiteKey, SiteWaits> = HashMap::new();
+    // Blocked time per (thread, site), to follow a waker to where it was blocked (each
+    // stack's total shared evenly among its threads: stacks keep no per-thread totals).
+    let mut by_thread: HashMap<u32, HashMap<SiteKey, u64>> = HashMap::new();
+    for stack in &profile.stacks {
+        let site = site_key(stack);
+        let waits = sites.entry(site.clone()).or_default();
+        waits.blocked_ns += stack.stats.total_ns;
+        waits.threads.extend(&stack.stats.threads);
+        *waits.objects.entry(stack.object.clone()).or_default() += stack.stats.total_ns;
+        let share = stack.stats.total_ns / stack.stats.threads.len().max(1) as u64;
+        for &tid in &stack.stats.threads {
+            *by_thread.entry(tid).or_default().entry(site.clone()).or_default() += share;
+        }
+    }
+    let graph = Graph { profile, facts, sites: &sites, by_thread: &by_thread };
+    let mut chains: Vec<WaitChain> =
+        sites.keys().filter_map(|start| graph.chain_from(start)).collect();
+    // A chain inside another is left out, unless each passes through the other (a cycle).
+    let passes = |chain: &WaitChain, start: &ChainSite| {
+        chain.hops.iter().any(|hop| hop.at.site == start.site && hop.at.kind == start.kind)
+    };
+    let inside: Vec<bool> = chains
+        .iter()
+        .map(|chain| {
+            chains.iter().any(|other| passes(other, &chain.start) && !passes(chain, &other.start))
+        })
+        .collect();
+    let mut inside = inside.into_iter();
+    chains.retain(|_| !inside.next().unwrap_or(false));
+    let weight = |chain: &WaitChain| match profile.kind {
+        ProfileKind::Recording => (chain.blocked_ns, chain.threads),
+        ProfileKind::Snapshot => (chain.threads, chain.blocked_ns),
+    };
+    chains.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.start.cmp(&b.start)));
+    chains.truncate(MAX_CHAINS);
+    chains
+}
+
+struct Graph<'a> {
+    profile: &'a Profile,
+    facts: &'a ChainFacts,
+    sites: &'a HashMap<SiteKey, SiteWaits>,
+    by_thread: &'a HashMap<u32, HashMap<SiteKey, u64>>,
+}
+
+impl Graph<'_> {
+    /// The chain starting at `start`, when it leads anywhere beyond the site itself.
+    fn chain_from(&self, start: &SiteKey) -> Option<WaitChain> {
+        let waits = &self.sites[start];
+        let mut hops: Vec<ChainHop> = Vec::new();
+        let mut visited = BTreeSet::from([start.clone()]);
+        let mut at = start.clone();
+        let terminal = loop {
+            if let Some(terminal) = self.terminal_at(&at) {
+                break terminal;
+            }
+            let Some((waker, waker_threads)) = self.wakers_of(&at) else {
+                break Terminal::Unknown(unknown_reason(at.1));
+            };
+            if hops.len() == MAX_HOPS {
+                break Terminal::Unknown(format!("more than {MAX_HOPS} hops"));
+            }
+            match self.where_blocked(&waker_threads) {
+                Some((next, blocked_ns)) if !visited.contains(&next) => {
+                    let at_site = self.chain_site(&next);
+                    hops.push(ChainHop { waker, waker_threads, blocked_ns, at: at_site });
+                    visited.insert(next.clone());
+                    at = next;
+                }
+                Some((next, _)) => {
+                    break Terminal::Unknown(format!("a cycle back to {}", next.0));
+                }
+                None => break self.thread_now(&waker, &waker_threads),
+            }
+        };
+        let leads_somewhere = !hops.is_empty()
+            || matches!(terminal, Terminal::LockHolder(_) | Terminal::Thread(_))
+            || matches!(terminal, Terminal::Endpoint { peer: Some(_), .. });
+        leads_somewhere.then(|| WaitChain {
+            start: self.chain_site(start),
+            threads: waits.threads.len() as u64,
+            blocked_ns: waits.blocked_ns,
+            hops,
+            terminal,
+        })
+    }
+
+    /// The site as a chain shows it, with its heaviest object.
+    fn chain_site(&self, (site, kind): &SiteKey) -> ChainSite {
+        let object = self.sites[&(site.clone(), *kind)].objects().first().copied().cloned();
+        ChainSite { site: site.clone(), kind: *kind, object: object.flatten() }
+    }
+
+    /// A site that ends a chain by itself: a socket wait (on its heaviest endpoint), or
+    /// a lock whose holder is known.
+    fn terminal_at(&self, at: &SiteKey) -> Option<Terminal> {
+        let objects = self.sites[at].objects();
+        if is_socket_kind(at.1) {
+            let endpoint = objects.into_iter().flatten().next()?.clone();
+            return Some(Terminal::Endpoint {
+                state: self.profile.endpoint_states.get(&endpoint).cloned(),
+                peer: self.facts.peers.get(&endpoint).cloned(),
+                endpoint,
+            });
+        }
+        let holder =
+            objects.into_iter().flatten().find_map(|object| self.facts.holders.get(object))?;
+        Some(Terminal::LockHolder(holder.clone()))
+    }
+
+    /// The threads that woke the waits at `at` most often, with their name.
+    fn wakers_of(&self, (site, kind): &SiteKey) -> Option<(String, Vec<u32>)> {
+        let row = self
+            .profile
+            .wakers
+            .iter()
+            .filter(|row| row.waiting_site == *site && row.kind == *kind)
+            .max_by_key(|row| row.wakes)?;
+        let threads: Vec<u32> = row.waker_threads.iter().copied().collect();
+        let name = threads
+            .iter()
+            .find_map(|tid| self.profile.thread_names.get(tid))
+            .cloned()
+            .unwrap_or_else(|| row.waker_site.clone());
+        Some((name, threads))
+    }
+
+    /// Where `threads` were blocked the longest, when that was a real share of their time.
+    fn where_blocked(&self, threads: &[u32]) -> Option<(SiteKey, u64)> {
+        let mut totals: HashMap<&SiteKey, u64> = HashMap::new();
+        for tid in threads {
+            for (site, ns) in self.by_thread.get(tid).into_iter().flatten() {
+                *totals.entry(site).or_default() += ns;
+            }
+        }
+        let (site, blocked_ns) =
+            totals.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))?;
+        // In a snapshot every wait shown is blocked now, whatever its age.
+        let enough = match self.profile.kind {
+            ProfileKind::Snapshot => true,
+            ProfileKind::Recording => {
+                let span = self.profile.duration.as_nanos() as f64 * threads.len() as f64;
+                blocked_ns as f64 >= MIN_BLOCKED_SHARE * span
+            }
+        };
+        enough.then(|| (site.clone(), blocked_ns))
+    }
+
+    /// The wakers were not (mostly) blocked in a watched wait: what they do now.
+    fn thread_now(&self, waker: &str, threads: &[u32]) -> Terminal {
+        match threads.iter().find_map(|tid| self.facts.threads_now.get(tid)) {
+            Some(now) => Terminal::Thread(now.clone()),
+            None => Terminal::Unknown(format!("{waker} was not blocked in a watched wait")),
+        }
+    }
+}
+
+fn unknown_reason(kind: WaitKind) -> String {
+    match kind {
+        WaitKind::Futex => "no waker seen".to_owned(),
+        WaitKind::Poll => "a poll on many descriptors".to_owned(),
+        _ => "nothing more known".to_owned(),
+    }
+}
+
+fn is_socket_kind(kind: WaitKind) -> bool {
+    matches!(
+        kind,
+        WaitKind::Send
+            | WaitKind::Recv
+            | WaitKind::Connect
+            | WaitKind::Accept
+            | WaitKind::Read
+            | WaitKind::Write
+    )
+}
+
+/// A site as the chain line shows it: `enqueue_stat [futex queue.not_full]`.
+fn site_text(site: &ChainSite) -> String {
+    match &site.object {
+        Some(object) => format!("{} [{} {object}]", site.site, site.kind.name()),
+        None => format!("{} [{}]", site.site, site.kind.name()),
+    }
+}
+
+fn thread_now_text(now: &ThreadNow) -> String {
+    match &now.state {
+        ThreadState::Running => "running".to_owned(),
+        ThreadState::Blocked { syscall, call_site: Some(site), .. } => {
+            format!("blocked in {syscall} at {site}")
+        }
+        ThreadState::Blocked { syscall, call_site: None, .. } => format!("blocked in {syscall}"),
+        ThreadState::Unknown => "state unknown (gone or unreadable)".to_owned(),
+    }
+}
+
+/// What a peer's threads do now, in a few words: its busiest state first.
+pub fn peer_text(peer: &PeerProcess) -> String {
+    let mut states: Vec<(String, usize)> = Vec::new();
+    for thread in &peer.threads {
+        let text = thread_now_text(thread);
+        match states.iter_mut().find(|(known, _)| *known == text) {
+            Some((_, count)) => *count += 1,
+            None => states.push((text, 1)),
+        }
+    }
+    states.sort_by_key(|state| std::cmp::Reverse(state.1));
+    let doing: Vec<String> = states
+        .into_iter()
+        .map(|(text, count)| if count > 1 { format!("{count} threads {text}") } else { text })
+        .collect();
+    let doing = if doing.is_empty() { "no thread readable".to_owned() } else { doing.join(", ") };
+    format!("peer pid {} ({}): {doing}", peer.pid, peer.comm)
+}
+
+/// The terminal as the end of a chain line (nothing for an endpoint with no local
+/// process found behind it: the site before it already names it, with its state).
+pub fn terminal_text(terminal: &Terminal) -> String {
+    match terminal {
+        Terminal::Endpoint { peer: Some(peer), .. } => format!("→ {}", peer_text(peer)),
+        Terminal::Endpoint { peer: None, .. } => String::new(),
+        Terminal::LockHolder(holder) => {
+            format!("→ held by {} (tid {}): {}", holder.name, holder.tid, thread_now_text(holder))
+        }
+        Terminal::Thread(now) => {
+            format!("→ {} (tid {}) {}", now.name, now.tid, thread_now_text(now))
+        }
+        Terminal::Unknown(why) => format!("→ unknown: {why}"),
+    }
+}
+
+/// One line per chain: `32 threads at enqueue_stat [futex queue.not_full] ← woken by
+/// reporter, blocked 3.9s in send_to_backend [send 127.0.0.1:18523: send buffer full]
+/// → peer pid 30375 (slow-backend): blocked in clock_nanosleep`.
+pub fn chain_line(chain: &WaitChain, waiters: &str, format_ns: impl Fn(u64) -> String) -> String {
+    let mut line = format!(
+        "{} {} at {}",
+        chain.threads,
+        if chain.threads == 1 { waiters.trim_end_matches('s') } else { waiters },
+        site_text(&chain.start)
+    );
+    // A socket site carries its state right after it, where the reader looks for it.
+    let endpoint_state = |site: &ChainSite| match &chain.terminal {
+        Terminal::Endpoint { endpoint, state: Some(state), .. }
+            if site.object.as_deref() == Some(endpoint) =>
+        {
+            Some(state.clone())
+        }
+        _ => None,
+    };
+    if chain.hops.is_empty()
+        && let Some(state) = endpoint_state(&chain.start)
+    {
+        line.truncate(line.len() - 1);
+        let _ = write!(line, ": {state}]");
+    }
+    for (index, hop) in chain.hops.iter().enumerate() {
+        let _ = write!(
+            line,
+            " ← woken by {}, blocked {} in {}",
+            hop.waker,
+            format_ns(hop.blocked_ns),
+            site_text(&hop.at)
+        );
+        if index + 1 == chain.hops.len()
+            && let Some(state) = endpoint_state(&hop.at)
+        {
+            line.truncate(line.len() - 1);
+            let _ = write!(line, ": {state}]");
+        }
+    }
+    let terminal = terminal_text(&chain.terminal);
+    if !terminal.is_empty() {
+        let _ = write!(line, " {terminal}");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+use std::time::Duration;
+
+use super::*;
+use crate::{
+    model::{WaitStats, WakerRow},
+    stacks::Frame,
+};
+
+const SECOND: u64 = 1_000_000_000;
+
+fn frame(name: &str) -> Frame {
+    Frame {
+        name: name.to_string(),
+        module: "app".to_string(),
+        module_is_main: true,
+        file: None,
+        line: None,
+        inlined: false,
+        address: 0x1000,
+    }
+}
+
+/// `threads` blocked `ns_each` at `site` (a one-frame stack).
+fn stack(
+    site: &str,
+    kind: WaitKind,
+    object: Option<&str>,
+    threads: &[u32],
+    ns_each: u64,
+) -> ProfileStack {
+    let mut stats = WaitStats::default();
+    for &tid in threads {
+        stats.add(tid, ns_each);
+    }
+    ProfileStack {
+        frames: vec![frame(site)],
+        kind,
+        object: object.map(str::to_string),
+        truncated: false,
+        in_progress: false,
+        stats,
+    }
+}
+
+fn woken(site: &str, by: &[u32]) -> WakerRow {
+    WakerRow {
+        waiting_site: site.to_string(),
+        kind: WaitKind::Futex,
+        waker_site: "wake".to_string(),
+        waker_frames: Vec::new(),
+        wakes: 10,
+        waker_threads: by.iter().copied().collect(),
+    }
+}
+
+fn recording(stacks: Vec<ProfileStack>, wakers: Vec<WakerRow>, names: &[(u32, &str)]) -> Profile {
+    let mut profile = Profile::new(ProfileKind::Recording, 1, "app".to_string());
+    profile.duration = Duration::from_secs(4);
+    profile.stacks = stacks;
+    profile.wakers = wakers;
+    profile.thread_names = names.iter().map(|&(tid, name)| (tid, name.to_string())).collect();
+    profile
+}
+
+fn lines(profile: &Profile, facts: &ChainFacts) -> Vec<String> {
+    build(profile, facts)
+        .iter()
+        .map(|chain| chain_line(chain, profile.waiters(), |ns| format!("{}s", ns / SECOND)))
+        .collect()
+}
+
+#[test]
+fn a_pile_up_leads_through_two_hops_to_the_endpoint() {
+    // Handlers wait for the batcher, the batcher for the sender, the sender on a socket.
+    let profile = recording(
+        vec![
+            stack("handle", WaitKind::Futex, Some("queue"), &[1, 2, 3], 4 * SECOND),
+            stack("batch", WaitKind::Futex, Some("outbox"), &[10], 3 * SECOND),
+            stack("flush", WaitKind::Send, Some("10.0.0.5:80"), &[20], 4 * SECOND),
+        ],
+        vec![woken("handle", &[10]), woken("batch", &[20])],
+        &[(10, "batcher"), (20, "sender")],
+    );
+    let mut facts = ChainFacts::default();
+    let backend = ThreadNow { tid: 99, name: "backend".to_string(), state: ThreadState::Running };
+    facts.peers.insert(
+        "10.0.0.5:80".to_string(),
+        PeerProcess { pid: 99, comm: "backend".to_string(), threads: vec![backend] },
+    );
+    assert_eq!(
+        lines(&profile, &facts),
+        ["3 threads at handle [futex queue] ← woken by batcher, blocked 3s in batch [futex \
+             outbox] ← woken by sender, blocked 4s in flush [send 10.0.0.5:80] → peer pid 99 \
+             (backend): running"],
+        "the batcher's and the sender's own chains are inside the handlers'"
+    );
+}
+
+#[test]
+fn a_waker_that_mostly_ran_ends_the_chain_with_what_it_does_now() {
+    // The waker was blocked 0.1 s of 4 s: it is the work, not a wait.
+    let profile = recording(
+        vec![
+            stack("handle", WaitKind::Futex, Some("queue"), &[1, 2], 4 * SECOND),
+            stack("idle", WaitKind::Futex, Some("tick"), &[10], SECOND / 10),
+        ],
+        vec![woken("handle", &[10])],
+        &[(10, "worker")],
+    );
+    assert_eq!(
+        lines(&profile, &ChainFacts::default()),
+        Vec::<String>::new(),
+        "without knowing what the worker does now, the chain leads nowhere"
+    );
+    let mut facts = ChainFacts::default();
+    let state = ThreadState::Blocked {
+        syscall: "read".to_string(),
+        call_site: Some("load_file".to_string()),
+        stack: vec!["main".to_string(), "load_file".to_string()],
+    };
+    facts.threads_now.insert(10, ThreadNow { tid: 10, name: "worker".to_string(), state });
+    let chains = build(&profile, &facts);
+    assert_eq!(chains.len(), 1);
+    assert!(chains[0].hops.is_empty());
+    assert!(matches!(&chains[0].terminal, Terminal::Thread(now) if now.tid == 10));
+    assert_eq!(
+        chain_line(&chains[0], "threads", |ns| format!("{}s", ns / SECOND)),
+        "2 threads at handle [futex queue] → worker (tid 10) blocked in read at load_file"
+    );
+}
+
+#[test]
+fn a_cycle_of_wakes_ends_as_unknown() {
+    // Two pools that wake each other, each mostly blocked: a wait cycle.
+    let profile = recording(
+        vec![
+            stack("ping", WaitKind::Futex, Some("a"), &[1], 4 * SECOND),
+            stack("pong", WaitKind::Futex, Some("b"), &[2], 4 * SECOND),
+        ],
+        vec![woken("ping", &[2]), woken("pong", &[1])],
+        &[(1, "pinger"), (2, "ponger")],
+    );
+    let chains = build(&profile, &ChainFacts::default());
+    assert!(!chains.is_empty());
+    for chain in &chains {
+        assert_eq!(chain.hops.len(), 1, "{chain:?}");
+        assert!(
+            matches!(&chain.terminal, Terminal::Unknown(why) if why.starts_with("a cycle back to")),
+            "{chain:?}"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_names_the_holder_of_the_lock_its_threads_wait_for() {
+    let mut profile = Profile::new(ProfileKind::Snapshot, 1, "app".to_string());
+    // A condition variable's two futex words are one site; the lock is another.
+    profile.stacks = vec![
+        stack("record_stat", WaitKind::Futex, Some("stats_lock"), &[1, 2, 3], SECOND),
+        stack("wait_turn", WaitKind::Futex, Some("turn+0x50"), &[4], SECOND),
+        stack("wait_turn", WaitKind::Futex, Some("turn+0x54"), &[5, 6], SECOND),
+    ];
+    let holder = ThreadNow {
+        tid: 7,
+        name: "holder".to_string(),
+        state: ThreadState::Blocked {
+            syscall: "pause".to_string(),
+            call_site: Some("hold".to_string()),
+            stack: vec!["start_thread".to_string(), "hold".to_string(), "pause".to_string()],
+        },
+    };
+    let mut facts = ChainFacts::default();
+    facts.holders.insert("stats_lock".to_string(), holder);
+    assert_eq!(
+        lines(&profile, &facts),
+        ["3 threads at record_stat [futex stats_lock] → held by holder (tid 7): blocked in pause \
+          at hold"]
+    );
+    // Without a holder (or wakers, which a snapshot has none of) nothing leads anywhere.
+    assert_eq!(build(&profile, &ChainFacts::default()), []);
+}
+
+#[test]
+fn chains_stop_after_the_longest_they_may_run() {
+    // site0 ← t1 at site1 ← t2 at site2 … each woken by the next thread.
+    let sites = MAX_HOPS + 2;
+    let stacks = (0..sites)
+        .map(|i| stack(&format!("site{i}"), WaitKind::Futex, Some("x"), &[i as u32], 4 * SECOND))
+        .collect();
+    let wakers = (0..sites - 1).map(|i| woken(&format!("site{i}"), &[i as u32 + 1])).collect();
+    let profile = recording(stacks, wakers, &[]);
+    let chains = build(&profile, &ChainFacts::default());
+    let longest = chains.iter().map(|chain| chain.hops.len()).max().unwrap();
+    assert_eq!(longest, MAX_HOPS);
+    assert!(chains.iter().any(|chain| matches!(&chain.terminal,
+        Terminal::Unknown(why) if why == &format!("more than {MAX_HOPS} hops"))));
+}
