@@ -85,7 +85,8 @@ pub struct ReportArgs {
     pub diff: Option<PathBuf>,
 
     /// Write a report; the extension names the format: .folded, .svg, .pb.gz or
-    /// .pprof (pprof), .json, .txt (the table printed to stdout). Repeat for several.
+    /// .pprof (pprof), .json, .txt (the table printed to stdout), .chains.svg or
+    /// .chains.folded (each wait chain as one tower). Repeat for several.
     #[arg(short, long = "output", value_name = "FILE")]
     pub outputs: Vec<PathBuf>,
 
@@ -112,7 +113,8 @@ pub struct SnapshotArgs {
     /// Write a report; the extension names the format: .folded (collapsed stacks,
     /// weighted by threads), .svg (flamegraph), .pb.gz or .pprof (pprof), .json
     /// (tracer's schema, read back by `tracer report`), .txt (the table printed to
-    /// stdout). Repeat for several.
+    /// stdout), .chains.svg or .chains.folded (each wait chain as one tower). Repeat for
+    /// several.
     #[arg(short, long = "output", value_name = "FILE")]
     pub outputs: Vec<PathBuf>,
 
@@ -138,7 +140,9 @@ pub struct RecordArgs {
 
     /// Write a report; the extension names the format: .folded (collapsed stacks),
     /// .svg (flamegraph), .pb.gz or .pprof (pprof), .json (tracer's schema, read back
-    /// by `tracer report`), .txt (the table printed to stdout). Repeat for several.
+    /// by `tracer report`), .txt (the table printed to stdout), .chains.svg or
+    /// .chains.folded (each wait chain as one tower on the waiters' stack). Repeat for
+    /// several.
     #[arg(short, long = "output", value_name = "FILE")]
     pub outputs: Vec<PathBuf>,
 

@@ -14,7 +14,7 @@ use crate::{
     model::{Profile, ProfileKind},
     report::{
         Weight,
-        folded::{folded_lines_weighted, kind_frame},
+        folded::{chain_folded_lines, folded_lines_weighted, kind_frame},
         summary::recording_scope,
     },
 };
@@ -50,6 +50,27 @@ pub fn write_flamegraph(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let lines = folded_lines_weighted(profile, weight);
+    draw(profile, weight, &lines, "", out)
+}
+
+/// The flamegraph with each wait chain as one tower (see `chain_folded_lines`): the
+/// pile-up's stacks, and above them what held them up.
+pub fn write_chains_flamegraph(
+    profile: &Profile,
+    weight: Weight,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let lines = chain_folded_lines(profile, weight);
+    draw(profile, weight, &lines, ", with what held them up", out)
+}
+
+fn draw(
+    profile: &Profile,
+    weight: Weight,
+    lines: &[String],
+    title_end: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let mut palette = PaletteMap::default();
     let recording = profile.kind == ProfileKind::Recording;
     for stack in &profile.stacks {
@@ -62,8 +83,8 @@ pub fn write_flamegraph(
     let mut options = base_options(&comm, weight);
     options.palette_map = Some(&mut palette);
     options.title = match profile.kind {
-        ProfileKind::Recording => format!("{comm}: where {} blocked", profile.waiters()),
-        ProfileKind::Snapshot => format!("{comm}: {} blocked now", profile.waiters()),
+        ProfileKind::Recording => format!("{comm}: where {} blocked{title_end}", profile.waiters()),
+        ProfileKind::Snapshot => format!("{comm}: {} blocked now{title_end}", profile.waiters()),
     };
     options.subtitle = Some(subtitle(profile, weight));
     let mut svg = Vec::new();

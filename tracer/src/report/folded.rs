@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use tracer_common::WaitKind;
 
 use crate::{
+    chains::{self, ChainSite},
     model::{Profile, ProfileKind, ProfileStack},
     report::Weight,
 };
@@ -71,6 +72,59 @@ pub fn kind_frame(profile: &Profile, stack: &ProfileStack) -> String {
 /// other control characters are written out (the SVG is drawn from these lines).
 fn sanitize(name: &str) -> String {
     crate::report::escape_name(&name.replace(';', ":").replace(['\n', '\r'], " ")).into_owned()
+}
+
+/// The folded lines with each chain as one tower, as offwaketime merges a wakee's stack
+/// with its waker's: a stack where a chain starts goes on with `[woken by NAME]`, the
+/// stack where that waker was blocked (the heaviest of its site), and so on to a frame
+/// for the chain's end (`[→ peer pid 30375 (backend)]`). Other stacks are as in
+/// `folded_lines_weighted`.
+pub fn chain_folded_lines(profile: &Profile, weight: Weight) -> Vec<String> {
+    let chain_at = |stack: &ProfileStack| {
+        let site = stack.call_site();
+        profile
+            .chains
+            .iter()
+            .find(|chain| chain.start.site == site && chain.start.kind == stack.kind)
+    };
+    profile
+        .stacks
+        .iter()
+        .filter_map(|stack| {
+            let count = weight.of(stack);
+            if count == 0 {
+                return None;
+            }
+            let mut line = folded_stack(profile, stack);
+            if let Some(chain) = chain_at(stack) {
+                for hop in &chain.hops {
+                    line.push_str(&format!(";[woken by {}]", sanitize(&hop.waker)));
+                    if let Some(blocked) = heaviest_at(profile, &hop.at) {
+                        for frame in &blocked.frames {
+                            line.push(';');
+                            line.push_str(&sanitize(&frame.name));
+                        }
+                        line.push(';');
+                        line.push_str(&sanitize(&kind_frame(profile, blocked)));
+                    }
+                }
+                let end = chains::terminal_text(&chain.terminal);
+                if !end.is_empty() {
+                    line.push_str(&format!(";[{}]", sanitize(&end)));
+                }
+            }
+            Some(format!("{line} {count}"))
+        })
+        .collect()
+}
+
+/// The heaviest stack at `site` (its object's first).
+fn heaviest_at<'a>(profile: &'a Profile, site: &ChainSite) -> Option<&'a ProfileStack> {
+    let at_site = profile
+        .stacks
+        .iter()
+        .filter(|stack| stack.kind == site.kind && stack.call_site() == site.site);
+    at_site.max_by_key(|stack| (stack.object == site.object, stack.stats.total_ns))
 }
 
 pub fn write_folded_weighted(
@@ -148,6 +202,26 @@ mod tests {
         );
         recording.kind = ProfileKind::Snapshot;
         assert_eq!(folded_lines(&recording), ["pile:up;app::handler;[futex app::QUEUE] 2"]);
+    }
+
+    #[test]
+    fn a_chain_stands_as_one_tower_on_its_waiters_stack() {
+        let profile = crate::report::fixtures::fixture_profile();
+        let lines = chain_folded_lines(&profile, Weight::Time);
+        let handlers = lines.iter().find(|line| line.contains("app::send_stat")).unwrap();
+        assert_eq!(
+            handlers,
+            "app;start_thread;app::handler;app::send_stat;std::sync::mpmc::array::Channel<T>::send;\
+             syscall;[futex app::STATS];[woken by reporter];app::reporter;app::write_to_backend;\
+             send;[send 10.0.0.5:80 still-blocked];[→ peer pid 5151 (stats-backend): blocked in \
+             clock_nanosleep at backend::drain] 140500"
+        );
+        // The other stacks are as in the plain folded lines.
+        let plain = folded_lines_weighted(&profile, Weight::Time);
+        assert_eq!(lines.len(), plain.len());
+        for line in lines.iter().filter(|line| !line.contains("app::send_stat")) {
+            assert!(plain.contains(line), "{line}");
+        }
     }
 
     #[test]

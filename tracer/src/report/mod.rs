@@ -38,10 +38,15 @@ pub enum Format {
     Json,
     /// The text summary printed to stdout (`.txt`).
     Text,
+    /// Collapsed stacks with each wait chain as one tower (`.chains.folded`).
+    ChainsFolded,
+    /// A flamegraph of those (`.chains.svg`).
+    ChainsSvg,
 }
 
 /// The extensions, as the error message lists them.
-const EXTENSIONS: &str = ".folded, .svg, .pb.gz, .pprof, .json or .txt";
+const EXTENSIONS: &str =
+    ".folded, .svg, .pb.gz, .pprof, .json, .txt, .chains.folded or .chains.svg";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -69,6 +74,12 @@ impl Format {
         let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
         if name.ends_with(".pb.gz") {
             return Ok(Format::Pprof);
+        }
+        if name.ends_with(".chains.folded") {
+            return Ok(Format::ChainsFolded);
+        }
+        if name.ends_with(".chains.svg") {
+            return Ok(Format::ChainsSvg);
         }
         match path.extension().and_then(|ext| ext.to_str()) {
             Some("folded") => Ok(Format::Folded),
@@ -414,6 +425,14 @@ impl Output {
             match self.format {
                 Format::Folded => folded::write_folded_weighted(profile, options.weight, out)?,
                 Format::Svg => flamegraph::write_flamegraph(profile, options.weight, out)?,
+                Format::ChainsFolded => {
+                    for line in folded::chain_folded_lines(profile, options.weight) {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                Format::ChainsSvg => {
+                    flamegraph::write_chains_flamegraph(profile, options.weight, out)?
+                }
                 Format::Pprof => pprof::write_pprof(profile, provenance, options.weight, out)?,
                 Format::Json => json::write_json(profile, provenance, out)?,
                 Format::Text => {
@@ -448,10 +467,15 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("waits.pprof")).unwrap(), Format::Pprof);
         assert_eq!(Format::from_path(Path::new("waits.json")).unwrap(), Format::Json);
         assert_eq!(Format::from_path(Path::new("waits.txt")).unwrap(), Format::Text);
+        let chains = Format::from_path(Path::new("waits.chains.svg")).unwrap();
+        assert_eq!(chains, Format::ChainsSvg);
+        let chains = Format::from_path(Path::new("waits.chains.folded")).unwrap();
+        assert_eq!(chains, Format::ChainsFolded);
         let err = Format::from_path(Path::new("waits.gz")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "waits.gz: unknown output extension (use .folded, .svg, .pb.gz, .pprof, .json or .txt)"
+            "waits.gz: unknown output extension (use .folded, .svg, .pb.gz, .pprof, .json, .txt, \
+             .chains.folded or .chains.svg)"
         );
     }
 

@@ -347,7 +347,7 @@ async fn goroutine_block(traced: Arc<Traced>, seconds: u64) -> Result<Reply, Ser
 }
 
 async fn threads(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeError> {
-    let profile = shared.blocked_now().await?;
+    let profile = shared.blocked_now(super::worker::ChainsWanted::WithFacts).await?;
     if debug.is_some_and(|value| value != "0") {
         return Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP)));
     }

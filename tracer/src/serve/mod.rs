@@ -302,7 +302,7 @@ impl Shared {
     }
 
     /// The threads blocked now in the attached process, as a snapshot profile.
-    pub async fn blocked_now(&self) -> Result<Profile, ServeError> {
+    pub async fn blocked_now(&self, chains: worker::ChainsWanted) -> Result<Profile, ServeError> {
         let (pid, generation, probes) = {
             let attached = lock(&self.attached);
             let attached = attached.as_ref().ok_or(ServeError::NotAttached)?;
@@ -319,7 +319,7 @@ impl Shared {
         .map_err(ServeError::Sampling)?
         .map_err(ServeError::Probes)?;
         let base = self.base_profile(ProfileKind::Snapshot, Duration::ZERO);
-        Ok(self.worker.blocked_now(generation, base, known_starts, frame_pointers).await?)
+        Ok(self.worker.blocked_now(generation, base, known_starts, frame_pointers, chains).await?)
     }
 
     /// The threads blocked now, as /metrics series: sampled at most once per
@@ -333,7 +333,7 @@ impl Shared {
         {
             return Ok(Arc::clone(&sample.series));
         }
-        let snapshot = self.blocked_now().await?;
+        let snapshot = self.blocked_now(worker::ChainsWanted::No).await?;
         let series = Arc::new(metrics::blocked_series(&snapshot, self.max_series));
         *sample =
             Some(BlockedSample { generation, taken: Instant::now(), series: Arc::clone(&series) });

@@ -12,6 +12,7 @@ use tokio::sync::{
 };
 
 use crate::{
+    chains::{self, ChainFacts},
     model::{Profile, WaitAggregate},
     objects::WaitObjects,
     pipeline::Namer,
@@ -68,8 +69,17 @@ enum Job {
         base: Profile,
         known_starts: KnownWaitStarts,
         frame_pointers: SavedFramePointers,
+        chains: ChainsWanted,
         reply: oneshot::Sender<Result<Profile, WorkerError>>,
     },
+}
+
+/// Whether a snapshot's wait chains read their facts from the live system (peers
+/// behind endpoints, lock holders): for a report someone reads, not for /metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainsWanted {
+    WithFacts,
+    No,
 }
 
 /// The handle the rest of `serve` sends jobs through.
@@ -123,14 +133,14 @@ impl Worker {
         base: Profile,
         known_starts: KnownWaitStarts,
         frame_pointers: SavedFramePointers,
+        chains: ChainsWanted,
     ) -> Result<Profile, WorkerError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .try_send(Job::BlockedNow { generation, base, known_starts, frame_pointers, reply })
-            .map_err(|err| match err {
-                TrySendError::Full(_) => WorkerError::Busy,
-                TrySendError::Closed(_) => WorkerError::Stopped,
-            })?;
+        let job = Job::BlockedNow { generation, base, known_starts, frame_pointers, chains, reply };
+        self.jobs.try_send(job).map_err(|err| match err {
+            TrySendError::Full(_) => WorkerError::Busy,
+            TrySendError::Closed(_) => WorkerError::Stopped,
+        })?;
         answer.await.map_err(|_| WorkerError::Stopped)?
     }
 }
@@ -173,10 +183,10 @@ fn run(mut queue: mpsc::Receiver<Job>) {
                 };
                 let _ = reply.send(profile);
             }
-            Job::BlockedNow { generation, base, known_starts, frame_pointers, reply } => {
+            Job::BlockedNow { generation, base, known_starts, frame_pointers, chains, reply } => {
                 let profile = match attached.as_mut() {
                     Some(attachment) if attachment.generation == generation => {
-                        blocked_now(attachment, base, &known_starts, &frame_pointers)
+                        blocked_now(attachment, base, &known_starts, &frame_pointers, chains)
                     }
                     _ => Err(WorkerError::Stale),
                 };
@@ -186,10 +196,15 @@ fn run(mut queue: mpsc::Receiver<Job>) {
     }
 }
 
+/// A window's profile, with the chains its stacks and wakers make (the facts only the
+/// live system has, the peers and lock holders, are read for snapshots: a window's
+/// waits may be long over).
 fn symbolize(attachment: &mut Attachment, aggregate: WaitAggregate, base: Profile) -> Profile {
     refresh_image_for(attachment, &aggregate);
     let Attachment { image, namer, .. } = attachment;
-    namer.profile(aggregate, base, image)
+    let mut profile = namer.profile(aggregate, base, image);
+    profile.chains = chains::build(&profile, &ChainFacts::default());
+    profile
 }
 
 /// Picks up libraries mapped since the image was taken (dlopen after attach) when a
@@ -215,6 +230,7 @@ fn blocked_now(
     mut base: Profile,
     known_starts: &KnownWaitStarts,
     frame_pointers: &SavedFramePointers,
+    chains_wanted: ChainsWanted,
 ) -> Result<Profile, WorkerError> {
     let started = Instant::now();
     let pid = attachment.pid;
@@ -233,5 +249,16 @@ fn blocked_now(
     base.endpoint_states = std::mem::take(&mut attachment.objects.endpoint_states);
     let mut profile = symbolize(attachment, aggregate, base);
     profile.duration = started.elapsed();
+    if chains_wanted == ChainsWanted::No {
+        profile.chains.clear();
+        return Ok(profile);
+    }
+    let facts = chains::live::gather(
+        &profile,
+        &attachment.objects.endpoint_sockets,
+        &mut attachment.unwinder,
+        frame_pointers,
+    );
+    profile.chains = chains::build(&profile, &facts);
     Ok(profile)
 }
