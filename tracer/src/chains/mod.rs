@@ -361,6 +361,21 @@ pub fn peer_text(peer: &PeerProcess) -> String {
     format!("peer pid {} ({}): {doing}", peer.pid, peer.comm)
 }
 
+/// The terminal in a few words, for a flamegraph frame: who, not what they do
+/// (`→ peer pid 30375 (slow-backend)`, `→ held by holder (tid 12)`); empty as in
+/// `terminal_text`.
+pub fn terminal_name(terminal: &Terminal) -> String {
+    match terminal {
+        Terminal::Endpoint { peer: Some(peer), .. } => {
+            format!("→ peer pid {} ({})", peer.pid, peer.comm)
+        }
+        Terminal::Endpoint { peer: None, .. } => String::new(),
+        Terminal::LockHolder(holder) => format!("→ held by {} (tid {})", holder.name, holder.tid),
+        Terminal::Thread(now) => format!("→ {} (tid {})", now.name, now.tid),
+        Terminal::Unknown(why) => format!("→ unknown: {why}"),
+    }
+}
+
 /// The terminal as the end of a chain line (nothing for an endpoint with no local
 /// process found behind it: the site before it already names it, with its state).
 pub fn terminal_text(terminal: &Terminal) -> String {

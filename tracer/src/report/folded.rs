@@ -77,7 +77,8 @@ fn sanitize(name: &str) -> String {
 /// The folded lines with each chain as one tower, as offwaketime merges a wakee's stack
 /// with its waker's: a stack where a chain starts goes on with `[woken by NAME]`, the
 /// stack where that waker was blocked (the heaviest of its site), and so on to a frame
-/// for the chain's end (`[→ peer pid 30375 (backend)]`). Other stacks are as in
+/// for the chain's end (`[→ peer pid 30375 (backend)]`; what its threads do is in the
+/// summary's line). Other stacks are as in
 /// `folded_lines_weighted`.
 pub fn chain_folded_lines(profile: &Profile, weight: Weight) -> Vec<String> {
     let chain_at = |stack: &ProfileStack| {
@@ -108,7 +109,7 @@ pub fn chain_folded_lines(profile: &Profile, weight: Weight) -> Vec<String> {
                         line.push_str(&sanitize(&kind_frame(profile, blocked)));
                     }
                 }
-                let end = chains::terminal_text(&chain.terminal);
+                let end = chains::terminal_name(&chain.terminal);
                 if !end.is_empty() {
                     line.push_str(&format!(";[{}]", sanitize(&end)));
                 }
@@ -213,8 +214,7 @@ mod tests {
             handlers,
             "app;start_thread;app::handler;app::send_stat;std::sync::mpmc::array::Channel<T>::send;\
              syscall;[futex app::STATS];[woken by reporter];app::reporter;app::write_to_backend;\
-             send;[send 10.0.0.5:80 still-blocked];[→ peer pid 5151 (stats-backend): blocked in \
-             clock_nanosleep at backend::drain] 140500"
+             send;[send 10.0.0.5:80 still-blocked];[→ peer pid 5151 (stats-backend)] 140500"
         );
         // The other stacks are as in the plain folded lines.
         let plain = folded_lines_weighted(&profile, Weight::Time);
