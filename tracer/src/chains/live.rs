@@ -14,10 +14,14 @@ use crate::{
         Profile,
         call_site::{Language, call_site},
     },
-    objects::sockets::{Protocol, SocketInfo, diag::SockDiag},
+    objects::sockets::{
+        Protocol, SocketInfo,
+        diag::{Record, SockDiag},
+    },
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
     threads::{
-        ThreadReader, ThreadSyscall, blocked_now::SavedFramePointers, parse_syscall, read_memory,
+        SampleError, ThreadReader, ThreadSyscall, blocked_now::SavedFramePointers, parse_syscall,
+        read_memory,
     },
 };
 
@@ -54,7 +58,8 @@ pub fn gather(
         return facts;
     }
     let mut symbolizer = StackSymbolizer::new();
-    let mut target = ThreadLooker { pid, unwinder, symbolizer: &mut symbolizer, frame_pointers };
+    let mut target =
+        ThreadLooker { pid, unwinder, symbolizer: &mut symbolizer, frame_pointers, reader: None };
     let waker_threads: BTreeSet<u32> =
         profile.wakers.iter().flat_map(|row| row.waker_threads.iter().copied()).collect();
     for tid in waker_threads {
@@ -72,15 +77,12 @@ pub fn gather(
             facts.holders.insert(object.clone(), target.now(owner));
         }
     }
-    let endpoints: BTreeSet<&String> =
-        profile.stacks.iter().filter_map(|stack| stack.object.as_ref()).collect();
-    let mut diag = None;
-    for endpoint in endpoints {
-        let Some(socket) = sockets.get(endpoint) else { continue };
-        if let Some(peer) = local_peer(pid, socket, &mut diag, frame_pointers) {
-            facts.peers.insert(endpoint.clone(), peer);
-        }
-    }
+    let endpoints = profile
+        .stacks
+        .iter()
+        .filter_map(|stack| stack.object.as_ref())
+        .filter_map(|endpoint| Some((endpoint, sockets.get(endpoint)?)));
+    facts.peers = local_peers(pid, endpoints, frame_pointers);
     facts
 }
 
@@ -109,6 +111,8 @@ struct ThreadLooker<'a> {
     symbolizer: &'a mut StackSymbolizer,
     /// The saved rbp of blocked threads, by (sp, ip), which CFI needs for rbp-based frames.
     frame_pointers: &'a SavedFramePointers,
+    /// Opened at the first look (it reads the process's memory map).
+    reader: Option<ThreadReader>,
 }
 
 impl ThreadLooker<'_> {
@@ -121,8 +125,16 @@ impl ThreadLooker<'_> {
     }
 
     fn state(&mut self, tid: u32) -> ThreadState {
-        let Ok(mut reader) = ThreadReader::new(self.pid) else { return ThreadState::Unknown };
-        match reader.sample(tid) {
+        if self.reader.is_none() {
+            self.reader = ThreadReader::new(self.pid).ok();
+        }
+        let Some(reader) = self.reader.as_mut() else { return ThreadState::Unknown };
+        // A thread that woke while read is read once more.
+        let sample = match reader.sample(tid) {
+            Err(SampleError::Woke) => reader.sample(tid),
+            first => first,
+        };
+        match sample {
             Ok(Some(sample)) => {
                 let (ip, sp) = (sample.syscall.pc, sample.syscall.sp);
                 let bp = self.frame_pointers.get(sp, ip).unwrap_or(0);
@@ -163,56 +175,83 @@ fn read_syscall(pid: u32, tid: u32) -> Option<ThreadSyscall> {
     parse_syscall(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
 }
 
-/// The process on this host at the other end of TCP socket `socket` of `pid` (its
-/// network namespace), with what its threads do now. `diag` is opened at the first use.
-fn local_peer(
+/// The processes on this host at the other end of the TCP sockets behind `endpoints`,
+/// seen from the network namespace of `pid`, with what their threads do now: one
+/// sock_diag dump per address family, one pass over /proc/*/fd for every peer socket.
+fn local_peers<'a>(
     pid: u32,
-    socket: &SocketInfo,
-    diag: &mut Option<SockDiag>,
+    endpoints: impl Iterator<Item = (&'a String, &'a SocketInfo)>,
     frame_pointers: &SavedFramePointers,
-) -> Option<PeerProcess> {
-    if socket.protocol != Protocol::Tcp {
-        return None;
+) -> BTreeMap<String, PeerProcess> {
+    let mut diag = None;
+    let mut dumps: BTreeMap<u8, Vec<Record>> = BTreeMap::new();
+    let mut peer_sockets: BTreeMap<&String, u64> = BTreeMap::new();
+    for (endpoint, socket) in endpoints {
+        let (Protocol::Tcp, Some(local), Some(remote)) =
+            (socket.protocol, socket.local.as_ref(), socket.remote.as_ref())
+        else {
+            continue;
+        };
+        let family = if local.starts_with('[') { AF_INET6 } else { AF_INET };
+        let records = dumps.entry(family).or_insert_with(|| {
+            let diag = diag.get_or_insert_with(|| SockDiag::open(pid).ok());
+            let records = diag.as_mut().and_then(|diag| diag.dump_inet(family, IPPROTO_TCP).ok());
+            records.unwrap_or_default()
+        });
+        // The peer's socket is the one whose addresses are ours, crossed.
+        let crossed = records.iter().find(|record| {
+            record.info.local.as_ref() == Some(remote) && record.info.remote.as_ref() == Some(local)
+        });
+        if let Some(record) = crossed {
+            peer_sockets.insert(endpoint, record.info.inode);
+        }
     }
-    let (local, remote) = (socket.local.as_ref()?, socket.remote.as_ref()?);
-    let family = if local.starts_with('[') { AF_INET6 } else { AF_INET };
-    if diag.is_none() {
-        *diag = SockDiag::open(pid).ok();
+    if peer_sockets.is_empty() {
+        return BTreeMap::new();
     }
-    let records = diag.as_mut()?.dump_inet(family, IPPROTO_TCP).ok()?;
-    // The peer's socket is the one whose addresses are ours, crossed.
-    let peer_inode = records.iter().find_map(|record| {
-        let info = &record.info;
-        (info.local.as_ref() == Some(remote) && info.remote.as_ref() == Some(local))
-            .then_some(info.inode)
-    })?;
-    let peer_pid = socket_owner(peer_inode, pid)?;
-    let comm =
-        std::fs::read_to_string(format!("/proc/{peer_pid}/comm")).ok()?.trim_end().to_owned();
-    Some(PeerProcess { pid: peer_pid, comm, threads: peer_threads(peer_pid, frame_pointers) })
+    let owners = socket_owners(&peer_sockets.values().copied().collect(), pid);
+    let mut processes: BTreeMap<u32, Option<PeerProcess>> = BTreeMap::new();
+    let mut peers = BTreeMap::new();
+    for (endpoint, inode) in peer_sockets {
+        let Some(&owner) = owners.get(&inode) else { continue };
+        let peer = processes.entry(owner).or_insert_with(|| {
+            let comm = std::fs::read_to_string(format!("/proc/{owner}/comm")).ok()?;
+            let threads = peer_threads(owner, frame_pointers);
+            Some(PeerProcess { pid: owner, comm: comm.trim_end().to_owned(), threads })
+        });
+        if let Some(peer) = peer {
+            peers.insert(endpoint.clone(), peer.clone());
+        }
+    }
+    peers
 }
 
-/// The process holding socket `inode` open, preferring any but `not_pid` (a process
-/// talking to itself over loopback holds both ends).
-fn socket_owner(inode: u64, not_pid: u32) -> Option<u32> {
-    let wanted = format!("socket:[{inode}]");
-    let mut own = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+/// The process holding each socket of `inodes` open, preferring any but `not_pid` (a
+/// process talking to itself over loopback holds both ends).
+fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, u32> {
+    let mut owners = BTreeMap::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else { return owners };
+    for entry in processes.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|to| to.as_os_str() == wanted.as_str())
-        });
-        if holds {
-            if pid != not_pid {
-                return Some(pid);
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let inode = target
+                .to_str()
+                .and_then(|target| target.strip_prefix("socket:["))
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inode| inode.parse::<u64>().ok());
+            if let Some(inode) = inode.filter(|inode| inodes.contains(inode)) {
+                let owner = owners.entry(inode).or_insert(pid);
+                if *owner == not_pid {
+                    *owner = pid;
+                }
             }
-            own = Some(pid);
         }
     }
-    own
+    owners
 }
 
 /// What the threads of peer `pid` do now, unwound with its own image.
@@ -220,10 +259,15 @@ fn peer_threads(pid: u32, frame_pointers: &SavedFramePointers) -> Vec<ThreadNow>
     let Ok(image) = ProcessImage::snapshot(pid) else { return Vec::new() };
     let mut unwinder = ProcessUnwinder::new(pid, image);
     let mut symbolizer = StackSymbolizer::new();
-    let mut looker =
-        ThreadLooker { pid, unwinder: &mut unwinder, symbolizer: &mut symbolizer, frame_pointers };
     let Ok(mut reader) = ThreadReader::new(pid) else { return Vec::new() };
     let Ok(tids) = reader.thread_ids() else { return Vec::new() };
+    let mut looker = ThreadLooker {
+        pid,
+        unwinder: &mut unwinder,
+        symbolizer: &mut symbolizer,
+        frame_pointers,
+        reader: Some(reader),
+    };
     tids.into_iter().take(MAX_PEER_THREADS).map(|tid| looker.now(tid)).collect()
 }
 
