@@ -116,7 +116,7 @@ fn json_recording_reads_back_into_the_profile() {
     // The versioned schema, named in the file.
     let json_text = read(&recording.json);
     assert!(
-        json_text.contains("\"schema\": \"tracer-profile/1\""),
+        json_text.contains("\"schema\": \"tracer-profile/2\""),
         "no schema field in {}",
         recording.json.display()
     );
