@@ -238,14 +238,22 @@ fn demo(root: &Path, duration: &str) -> anyhow::Result<()> {
     );
     let folded = out_dir.join("waits.folded");
     let svg = out_dir.join("waits.svg");
+    let towers = out_dir.join("waits.chains.svg");
     run_command(
         Command::new(release.join("tracer"))
             .args(["record", "--pid", &pid, "--duration", duration])
             .arg("--output")
             .arg(&folded)
             .arg("--output")
-            .arg(&svg),
+            .arg(&svg)
+            .arg("--output")
+            .arg(&towers),
     )?;
-    println!("xtask: demo reports: {} and {}", folded.display(), svg.display());
+    println!(
+        "xtask: demo reports: {}, {} and {} (each wait chain as one tower)",
+        folded.display(),
+        svg.display(),
+        towers.display()
+    );
     Ok(())
 }
