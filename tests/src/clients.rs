@@ -196,12 +196,27 @@ impl HttpResponse {
 /// A plain HTTP/1.1 GET of `path` on 127.0.0.1:`port` (Connection: close; the body is
 /// whatever follows the headers, its chunks joined if it came chunked).
 pub fn http_get(port: u16, path: &str, timeout: Duration) -> HttpResponse {
+    http_get_with(port, path, &[], timeout)
+}
+
+/// As `http_get`, with more request headers (`("Authorization", "Bearer x")`).
+pub fn http_get_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> HttpResponse {
     use std::io::Write as _;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
     stream.set_read_timeout(Some(timeout)).expect("set a read timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-        .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
+    let headers: String =
+        headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
@@ -266,13 +281,22 @@ impl Prometheus {
     const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
     pub fn start(scrape_port: u16) -> Self {
+        Self::start_with_token(scrape_port, None)
+    }
+
+    /// As `start`, sending the bearer token in `token_file` with each scrape (the
+    /// `authorization` of its scrape config).
+    pub fn start_with_token(scrape_port: u16, token_file: Option<&Path>) -> Self {
         let dir = TempDir::new("prometheus");
         let config = dir.join("prometheus.yml");
+        let authorization = token_file.map_or(String::new(), |file| {
+            format!("    authorization:\n      credentials_file: {}\n", file.display())
+        });
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: tracer\n    static_configs:\n      \
+                 scrape_configs:\n  - job_name: tracer\n{authorization}    static_configs:\n      \
                  - targets: ['127.0.0.1:{scrape_port}']\n"
             ),
         )

@@ -11,8 +11,8 @@ use std::{
 
 use tracer_tests::{
     HTTP_TIMEOUT, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind,
-    bpf_links_by_type, has_function, read_profile, run_with_timeout, start_rust_pileup,
-    start_rust_stuck, start_workload, top_stacks, tracer_bin,
+    bpf_links_by_type, has_function, http_get_with, read_profile, run_with_timeout,
+    start_rust_pileup, start_rust_stuck, start_workload, top_stacks, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -253,25 +253,72 @@ fn an_address_in_use_is_one_line_and_exit_1() {
     );
 }
 
-/// Serving on every address is allowed, and said in the tracer's one-line style.
+/// Off loopback, serve needs a token or `--insecure`: refused in one line without either,
+/// and warned of in one line with `--insecure`.
 #[test]
-fn a_non_loopback_address_is_warned_of_in_one_line() {
+fn off_loopback_serve_wants_a_token_or_insecure() {
     let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, 2, WORKLOAD_SECONDS);
-    let mut cmd = Command::new("timeout");
-    cmd.args(["-s", "INT", "3"]).arg(tracer_bin()).args([
-        "serve",
-        "--pid",
-        &stuck.workload.pid().to_string(),
-        "--listen",
-        "0.0.0.0:0",
-    ]);
-    let out = run_with_timeout("tracer serve", cmd, ATTACH_TIMEOUT);
-    let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.contains("loopback")).collect();
+    let pid = stuck.workload.pid().to_string();
+    let serve = |extra: &[&str]| {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "INT", "3"]).arg(tracer_bin());
+        cmd.args(["serve", "--pid", &pid, "--listen", "0.0.0.0:0"]).args(extra);
+        run_with_timeout("tracer serve", cmd, ATTACH_TIMEOUT)
+    };
+    let refused = serve(&[]);
+    assert!(!refused.status.success(), "serve started off loopback without a token");
+    assert_eq!(
+        refused.stderr.lines().collect::<Vec<_>>(),
+        ["tracer: 0.0.0.0:0 is not a loopback address: give --token-file (a bearer token every \
+             request must carry), or --insecure to let anyone who reaches it read the target's \
+             call stacks"]
+    );
+    let insecure = serve(&["--insecure"]);
+    let warnings: Vec<&str> = insecure.stderr.lines().filter(|l| l.contains("loopback")).collect();
     assert!(
         warnings.len() == 1 && warnings[0].starts_with("tracer: warning: listening on 0.0.0.0:"),
         "stderr:\n{}",
-        out.stderr
+        insecure.stderr
     );
+}
+
+/// With a token, every endpoint but /healthz refuses requests without it or with another
+/// one, and a real Prometheus that sends it (`authorization: credentials_file`) scrapes.
+#[test]
+fn a_token_guards_every_endpoint_but_healthz() {
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, HANDLERS, WORKLOAD_SECONDS);
+    let pid = stuck.workload.pid();
+    let dir = TempDir::new("serve-token");
+    let token_file = dir.join("token");
+    let token = format!("tracer-test-{pid}-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write the token file");
+    let token_arg = token_file.to_str().expect("utf-8 path");
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string(), "--token-file", token_arg]);
+    wait_attached(&mut daemon, pid);
+    let right = format!("Bearer {token}");
+    let wrong = format!("Bearer {token}x");
+    for path in ["/", "/metrics", "/debug/pprof/threads", "/debug/pprof/block?seconds=1"] {
+        for headers in [&[][..], &[("Authorization", wrong.as_str())][..]] {
+            let refused = http_get_with(daemon.port, path, headers, HTTP_TIMEOUT);
+            assert_eq!(refused.status, 401, "{path} with {headers:?}: {}", refused.text());
+        }
+        let answered = http_get_with(daemon.port, path, &[("Authorization", &right)], HTTP_TIMEOUT);
+        assert_eq!(answered.status, 200, "{path} with the token: {}", answered.text());
+    }
+    let health = daemon.get("/healthz");
+    assert_eq!(health.status, 200, "/healthz stays open: {}", health.text());
+
+    let prometheus = Prometheus::start_with_token(daemon.port, Some(&token_file));
+    let query = "tracer_blocked_threads{site=\"rust_stuck::send_stat\",kind=\"futex\"}";
+    let deadline = Instant::now() + PROMETHEUS_TIMEOUT;
+    loop {
+        let answer = prometheus.query(query);
+        if answer.contains(&format!(",\"{HANDLERS}\"]")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus never scraped {query}: {answer}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

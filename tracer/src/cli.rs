@@ -45,10 +45,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Option<String>,
 
-    /// The address to serve on. A non-loopback address exposes the endpoints (which
-    /// show the target's call stacks) to the network.
+    /// The address to serve on. Off loopback, the endpoints (which show the target's
+    /// call stacks, command line and peers) need --token-file, or --insecure.
     #[arg(long, default_value = "127.0.0.1:6060", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
+
+    /// A file holding the bearer token every request must carry (`Authorization: Bearer
+    /// TOKEN`, as Prometheus's `authorization` sends it); /healthz stays open.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve off loopback without a token: anyone who reaches the address reads the
+    /// target's call stacks.
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Waits at least this long carry a stack; shorter ones are only counted per
     /// kind.

@@ -28,14 +28,17 @@ use crate::{
 /// Threads of a peer process described at most: a pool of hundreds says nothing more.
 const MAX_PEER_THREADS: usize = 16;
 /// Mutex lock functions of glibc: a futex wait under one of them is a wait for a
-/// `pthread_mutex_t`, whose `__owner` names the holder.
-const MUTEX_LOCK_FUNCTIONS: [&str; 6] = [
+/// `pthread_mutex_t`, whose `__owner` names the holder. (`__lll_lock_wait` alone is not
+/// enough: glibc's internal locks, malloc's and stdio's, wait in it too, with no owner.)
+const MUTEX_LOCK_FUNCTIONS: [&str; 8] = [
     "pthread_mutex_lock",
     "__pthread_mutex_lock",
     "___pthread_mutex_lock",
     "pthread_mutex_timedlock",
+    "___pthread_mutex_timedlock",
+    "pthread_mutex_clocklock",
     "__pthread_mutex_clocklock_common",
-    "__lll_lock_wait",
+    "__pthread_mutex_cond_lock",
 ];
 /// `struct __pthread_mutex_s` on x86_64 (glibc sysdeps/x86/nptl/bits/struct_mutex.h):
 /// `int __lock; unsigned int __count; int __owner; ...`.
@@ -192,14 +195,18 @@ fn local_peers<'a>(
         else {
             continue;
         };
-        let family = if local.starts_with('[') { AF_INET6 } else { AF_INET };
-        let records = dumps.entry(family).or_insert_with(|| {
-            let diag = diag.get_or_insert_with(|| SockDiag::open(pid).ok());
-            let records = diag.as_mut().and_then(|diag| diag.dump_inet(family, IPPROTO_TCP).ok());
-            records.unwrap_or_default()
-        });
+        // Both families: a dual-stack listener's sockets are IPv6 while their addresses
+        // print as IPv4 (mapped), so the peer may be in either dump.
+        for family in [AF_INET, AF_INET6] {
+            dumps.entry(family).or_insert_with(|| {
+                let diag = diag.get_or_insert_with(|| SockDiag::open(pid).ok());
+                let records =
+                    diag.as_mut().and_then(|diag| diag.dump_inet(family, IPPROTO_TCP).ok());
+                records.unwrap_or_default()
+            });
+        }
         // The peer's socket is the one whose addresses are ours, crossed.
-        let crossed = records.iter().find(|record| {
+        let crossed = dumps.values().flatten().find(|record| {
             record.info.local.as_ref() == Some(remote) && record.info.remote.as_ref() == Some(local)
         });
         if let Some(record) = crossed {
@@ -216,8 +223,9 @@ fn local_peers<'a>(
         let Some(&owner) = owners.get(&inode) else { continue };
         let peer = processes.entry(owner).or_insert_with(|| {
             let comm = std::fs::read_to_string(format!("/proc/{owner}/comm")).ok()?;
-            let threads = peer_threads(owner, frame_pointers);
-            Some(PeerProcess { pid: owner, comm: comm.trim_end().to_owned(), threads })
+            let (threads, thread_count) = peer_threads(owner, frame_pointers);
+            let comm = comm.trim_end().to_owned();
+            Some(PeerProcess { pid: owner, comm, threads, thread_count })
         });
         if let Some(peer) = peer {
             peers.insert(endpoint.clone(), peer.clone());
@@ -254,13 +262,15 @@ fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, u32> {
     owners
 }
 
-/// What the threads of peer `pid` do now, unwound with its own image.
-fn peer_threads(pid: u32, frame_pointers: &SavedFramePointers) -> Vec<ThreadNow> {
-    let Ok(image) = ProcessImage::snapshot(pid) else { return Vec::new() };
+/// What the threads of peer `pid` do now (the first `MAX_PEER_THREADS`), unwound with
+/// its own image, and how many threads it has.
+fn peer_threads(pid: u32, frame_pointers: &SavedFramePointers) -> (Vec<ThreadNow>, u64) {
+    let Ok(image) = ProcessImage::snapshot(pid) else { return (Vec::new(), 0) };
     let mut unwinder = ProcessUnwinder::new(pid, image);
     let mut symbolizer = StackSymbolizer::new();
-    let Ok(mut reader) = ThreadReader::new(pid) else { return Vec::new() };
-    let Ok(tids) = reader.thread_ids() else { return Vec::new() };
+    let Ok(mut reader) = ThreadReader::new(pid) else { return (Vec::new(), 0) };
+    let Ok(tids) = reader.thread_ids() else { return (Vec::new(), 0) };
+    let thread_count = tids.len() as u64;
     let mut looker = ThreadLooker {
         pid,
         unwinder: &mut unwinder,
@@ -268,7 +278,8 @@ fn peer_threads(pid: u32, frame_pointers: &SavedFramePointers) -> Vec<ThreadNow>
         frame_pointers,
         reader: Some(reader),
     };
-    tids.into_iter().take(MAX_PEER_THREADS).map(|tid| looker.now(tid)).collect()
+    let threads = tids.into_iter().take(MAX_PEER_THREADS).map(|tid| looker.now(tid)).collect();
+    (threads, thread_count)
 }
 
 /// The name of x86_64 syscall `nr` for the blocking calls a thread is usually found in.

@@ -75,7 +75,10 @@ pub enum ThreadState {
 pub struct PeerProcess {
     pub pid: u32,
     pub comm: String,
+    /// What its first threads do now (at most 16 are read).
     pub threads: Vec<ThreadNow>,
+    /// How many threads it has.
+    pub thread_count: u64,
 }
 
 /// Where a chain ends.
@@ -163,25 +166,26 @@ pub fn build(profile: &Profile, facts: &ChainFacts) -> Vec<WaitChain> {
     let graph = Graph { profile, facts, sites: &sites, by_thread: &by_thread };
     let mut chains: Vec<WaitChain> =
         sites.keys().filter_map(|start| graph.chain_from(start)).collect();
-    // A chain inside another is left out, unless each passes through the other (a cycle).
-    let passes = |chain: &WaitChain, start: &ChainSite| {
-        chain.hops.iter().any(|hop| hop.at.site == start.site && hop.at.kind == start.kind)
-    };
-    let inside: Vec<bool> = chains
-        .iter()
-        .map(|chain| {
-            chains.iter().any(|other| passes(other, &chain.start) && !passes(chain, &other.start))
-        })
-        .collect();
-    let mut inside = inside.into_iter();
-    chains.retain(|_| !inside.next().unwrap_or(false));
     let weight = |chain: &WaitChain| match profile.kind {
         ProfileKind::Recording => (chain.blocked_ns, chain.threads),
         ProfileKind::Snapshot => (chain.threads, chain.blocked_ns),
     };
     chains.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.start.cmp(&b.start)));
-    chains.truncate(MAX_CHAINS);
-    chains
+    // Heaviest first, a chain that a chain kept before it passes through is left out,
+    // unless it passes through that one too (a cycle): the text does not repeat it, and
+    // no chain is left out for one that is not shown.
+    let passes = |chain: &WaitChain, start: &ChainSite| {
+        chain.hops.iter().any(|hop| hop.at.site == start.site && hop.at.kind == start.kind)
+    };
+    let mut kept: Vec<WaitChain> = Vec::new();
+    for chain in chains {
+        let inside =
+            kept.iter().any(|other| passes(other, &chain.start) && !passes(&chain, &other.start));
+        if !inside && kept.len() < MAX_CHAINS {
+            kept.push(chain);
+        }
+    }
+    kept
 }
 
 struct Graph<'a> {
@@ -205,10 +209,10 @@ impl Graph<'_> {
             let Some((waker, waker_threads)) = self.wakers_of(&at) else {
                 break Terminal::Unknown(unknown_reason(at.1));
             };
-            if hops.len() == MAX_HOPS {
-                break Terminal::Unknown(format!("more than {MAX_HOPS} hops"));
-            }
             match self.where_blocked(&waker_threads) {
+                Some(_) if hops.len() == MAX_HOPS => {
+                    break Terminal::Unknown(format!("more than {MAX_HOPS} hops"));
+                }
                 Some((next, blocked_ns)) if !visited.contains(&next) => {
                     let at_site = self.chain_site(&next);
                     hops.push(ChainHop { waker, waker_threads, blocked_ns, at: at_site });
@@ -273,7 +277,8 @@ impl Graph<'_> {
         Some((name, threads))
     }
 
-    /// Where `threads` were blocked the longest, when that was a real share of their time.
+    /// Where `threads` were blocked the longest, when they spent a real share of their
+    /// time blocked in watched waits at all.
     fn where_blocked(&self, threads: &[u32]) -> Option<(SiteKey, u64)> {
         let mut totals: HashMap<&SiteKey, u64> = HashMap::new();
         for tid in threads {
@@ -281,6 +286,7 @@ impl Graph<'_> {
                 *totals.entry(site).or_default() += ns;
             }
         }
+        let blocked_anywhere: u64 = totals.values().sum();
         let (site, blocked_ns) =
             totals.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))?;
         // In a snapshot every wait shown is blocked now, whatever its age.
@@ -288,7 +294,7 @@ impl Graph<'_> {
             ProfileKind::Snapshot => true,
             ProfileKind::Recording => {
                 let span = self.profile.duration.as_nanos() as f64 * threads.len() as f64;
-                blocked_ns as f64 >= MIN_BLOCKED_SHARE * span
+                blocked_anywhere as f64 >= MIN_BLOCKED_SHARE * span
             }
         };
         enough.then(|| (site.clone(), blocked_ns))
@@ -358,7 +364,13 @@ pub fn peer_text(peer: &PeerProcess) -> String {
         .map(|(text, count)| if count > 1 { format!("{count} threads {text}") } else { text })
         .collect();
     let doing = if doing.is_empty() { "no thread readable".to_owned() } else { doing.join(", ") };
-    format!("peer pid {} ({}): {doing}", peer.pid, peer.comm)
+    let read = peer.threads.len() as u64;
+    let of_all = if peer.thread_count > read {
+        format!(" ({read} of its {} threads read)", peer.thread_count)
+    } else {
+        String::new()
+    };
+    format!("peer pid {} ({}): {doing}{of_all}", peer.pid, peer.comm)
 }
 
 /// The terminal in a few words, for a flamegraph frame: who, not what they do

@@ -34,6 +34,15 @@ impl WaitObjects {
         }
     }
 
+    /// Forgets the endpoints' states and sockets once there are more than `max` of either:
+    /// a daemon whose service talks to ever new peers must not keep them all.
+    pub fn forget_endpoints_beyond(&mut self, max: usize) {
+        if self.endpoint_states.len() > max || self.endpoint_sockets.len() > max {
+            self.endpoint_states.clear();
+            self.endpoint_sockets.clear();
+        }
+    }
+
     /// Says, at info level, how the socket lookups went and why the last one failed.
     pub fn log_socket_lookups(&self) {
         log::info!("socket lookups: {:?}", self.sockets.counts());

@@ -86,8 +86,9 @@ pub struct Probes {
     btf: Btf,
     /// The process whose threads the task iterator walks.
     tgid: u32,
-    /// The task iterator's link to that process's threads, made at the first pass.
-    process_tasks: Option<std::os::fd::OwnedFd>,
+    /// The task iterator's link to that process's threads, made at the first pass;
+    /// `Err` when the kernel has no such filter (before 6.1), so it is not tried again.
+    process_tasks: Option<Result<std::os::fd::OwnedFd, ()>>,
 }
 
 /// Per-kind totals of the waits under the threshold.
@@ -214,13 +215,13 @@ impl Probes {
         }
         if process_tasks.is_none() && !whole_host {
             let program = std::os::fd::AsFd::as_fd(iter.fd().map_err(attach_err)?);
-            match task_iter::link_to_process(program, *tgid) {
-                Ok(link) => *process_tasks = Some(link),
-                Err(err) => log::debug!("no task iterator over one process ({err}): every task"),
-            }
+            let link = task_iter::link_to_process(program, *tgid).map_err(|err| {
+                log::info!("no task iterator over one process ({err}): every task's");
+            });
+            *process_tasks = Some(link);
         }
         let mut file = match process_tasks {
-            Some(link) if !whole_host => {
+            Some(Ok(link)) if !whole_host => {
                 task_iter::start_pass(link).map_err(ProbeError::ReadIterator)?
             }
             _ => {

@@ -43,7 +43,7 @@ struct IterCreateAttr {
 }
 
 /// Links the loaded task iterator `program` to the threads of process `pid` only.
-/// Fails with EINVAL on kernels before 6.1, which know no task filter.
+/// Fails on kernels before 6.1, which know no task filter (E2BIG or EINVAL).
 pub fn link_to_process(program: BorrowedFd<'_>, pid: u32) -> io::Result<OwnedFd> {
     let info = TaskIterInfo { tid: 0, pid, pid_fd: 0, _pad: 0 };
     let attr = LinkCreateAttr {

@@ -182,7 +182,12 @@ pub(crate) fn fixture_profile() -> Profile {
     let facts = ChainFacts {
         peers: [(
             "10.0.0.5:80".to_string(),
-            PeerProcess { pid: 5151, comm: "stats-backend".to_string(), threads: vec![backend] },
+            PeerProcess {
+                pid: 5151,
+                comm: "stats-backend".to_string(),
+                threads: vec![backend],
+                thread_count: 1,
+            },
         )]
         .into(),
         ..ChainFacts::default()

@@ -54,7 +54,10 @@ pub enum JsonTerminal {
 pub struct JsonPeer {
     pub pid: u32,
     pub comm: String,
+    /// What its first threads do (at most 16 are read), and how many it has.
     pub threads: Vec<JsonThreadNow>,
+    #[serde(default)]
+    pub thread_count: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,6 +102,7 @@ pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
                         pid: peer.pid,
                         comm: peer.comm.clone(),
                         threads: peer.threads.iter().map(json_thread).collect(),
+                        thread_count: peer.thread_count,
                     }),
                 },
                 Terminal::LockHolder(thread) => {
@@ -153,9 +157,9 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
             endpoint,
             state,
             peer: peer
-                .map(|JsonPeer { pid, comm, threads }| {
+                .map(|JsonPeer { pid, comm, threads, thread_count }| {
                     let threads = threads.into_iter().map(thread_now).collect::<Result<_, _>>()?;
-                    Ok::<_, String>(PeerProcess { pid, comm, threads })
+                    Ok::<_, String>(PeerProcess { pid, comm, threads, thread_count })
                 })
                 .transpose()?,
         },

@@ -13,7 +13,8 @@
 //!   (`true` on waits still in progress at the end of a recording), `truncated`,
 //!   `lower_bound`, one `thread` label per distinct thread name and one numeric `tid`
 //!   label per thread, `shortest_wait`/`longest_wait` in nanoseconds, and `chain`: the
-//!   wait chain that starts at the sample's call site, as the summary prints it;
+//!   heaviest wait chain that starts at or passes through the sample's call site, as
+//!   the summary prints it;
 //! - comments, one `key: value` each: tracer version, profile kind, pid, comm,
 //!   command line, kernel, threshold, and every counter of what was seen and lost.
 
@@ -952,8 +953,7 @@ mod tests {
                 "still_blocked=true",
                 "lower_bound=true",
                 "thread=reporter",
-                "chain=3 threads at app::send_stat [futex app::STATS] ← woken by reporter, \
-                 blocked 1.29s in app::write_to_backend [send 10.0.0.5:80: send buffer full \
+                "chain=1 thread at app::write_to_backend [send 10.0.0.5:80: send buffer full \
                  (4608/4608 bytes), peer window zero] → peer pid 5151 (stats-backend): blocked \
                  in clock_nanosleep at backend::drain",
             ]

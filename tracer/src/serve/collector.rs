@@ -14,8 +14,8 @@ use crate::{
 /// lost. Far above what a program's wait sites produce, far below what would hurt.
 pub const MAX_WINDOW_STACKS: usize = 20_000;
 
-/// Endpoint states (`send buffer full ...`) remembered for the profiles; a service
-/// talking to many peers would otherwise grow this map for as long as it runs.
+/// Endpoint states (`send buffer full ...`) and sockets remembered for the profiles; a
+/// service talking to many peers would otherwise grow these maps for as long as it runs.
 pub const MAX_ENDPOINT_STATES: usize = 1_024;
 
 /// One open window.
@@ -127,9 +127,7 @@ impl WaitSink for Collector {
         let Some(wait) = decoder.decode(bytes) else {
             return;
         };
-        if decoder.objects.endpoint_states.len() > MAX_ENDPOINT_STATES {
-            decoder.objects.endpoint_states.clear();
-        }
+        decoder.objects.forget_endpoints_beyond(MAX_ENDPOINT_STATES);
         let Self { windows, metrics_window, stacks_dropped, .. } = self;
         // The metrics only need kind, site and object: no wakers.
         let for_metrics = Wait { waker: None, ..wait.clone() };

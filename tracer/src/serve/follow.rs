@@ -191,10 +191,7 @@ fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &Ato
         if !ended.stacks.is_empty() {
             lock(&shared.collector).add_ended(ended);
         }
-        let objects = sampler.objects_mut();
-        if objects.endpoint_states.len() > super::collector::MAX_ENDPOINT_STATES {
-            objects.endpoint_states.clear();
-        }
+        sampler.objects_mut().forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
         // A read that ran late does not make the next ones hurry to catch up.
         next = (next + period).max(Instant::now());
         std::thread::sleep(next.saturating_duration_since(Instant::now()));

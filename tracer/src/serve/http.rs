@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
-    header::{CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue},
+    header::{AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
 };
@@ -19,7 +19,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{
-    BLOCKED_SAMPLE_TTL, GoroutineRead, ServeError, Shared, counts_since, goroutines, lock,
+    BLOCKED_SAMPLE_TTL, GoroutineRead, ServeError, Shared,
+    access::Access,
+    counts_since, goroutines, lock,
     metrics::{self, Scrape},
 };
 use crate::{
@@ -59,6 +61,7 @@ const SUMMARY_TOP: usize = 30;
 
 // Header values checked when compiled: no parsing, nothing to fail, per response.
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const BEARER_REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"tracer\"");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const OPENMETRICS: HeaderValue =
     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
@@ -80,7 +83,7 @@ const INDEX: &str = "tracer serve: the waits of a live process
 /healthz                       liveness
 ";
 
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, access: Arc<Access>) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let windows = Arc::new(Semaphore::new(MAX_BLOCK_WINDOWS));
     loop {
@@ -98,14 +101,22 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = Arc::clone(&shared);
         let windows = Arc::clone(&windows);
+        let access = Arc::clone(&access);
         let open = MAX_CONNECTIONS - connections.available_permits();
         let header_timeout = if open > CROWDED { CROWDED_HEADER_TIMEOUT } else { HEADER_TIMEOUT };
         tokio::spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |request| {
+            let service = service_fn(move |request: Request<_>| {
                 let shared = Arc::clone(&shared);
                 let windows = Arc::clone(&windows);
-                async move { Ok::<_, Infallible>(respond(&shared, &windows, request).await) }
+                let allowed =
+                    access.allows(request.uri().path(), request.headers().get(AUTHORIZATION));
+                async move {
+                    if !allowed {
+                        return Ok::<_, Infallible>(unauthorized());
+                    }
+                    Ok::<_, Infallible>(respond(&shared, &windows, request).await)
+                }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -164,6 +175,13 @@ fn with_causes(err: &dyn std::error::Error) -> String {
         cause = err.source();
     }
     message
+}
+
+/// The answer to a request without the token (RFC 6750).
+fn unauthorized() -> Reply {
+    let mut response = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n".into());
+    response.headers_mut().insert(WWW_AUTHENTICATE, BEARER_REALM);
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Reply {

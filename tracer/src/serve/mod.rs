@@ -8,6 +8,7 @@
 //! from its memory on demand (`golang::goroutine_dump`) and answered in Go's own formats
 //! (`goroutines`).
 
+mod access;
 mod collector;
 mod follow;
 mod goroutines;
@@ -49,7 +50,9 @@ const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
 const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { pid, comm, listen, min_wait, max_series, mode, rate } = args;
+    let ServeArgs { pid, comm, listen, token_file, insecure, min_wait, max_series, mode, rate } =
+        args;
+    let access = Arc::new(access::Access::for_listen(listen, token_file.as_deref(), insecure)?);
     let sampling = match mode {
         Mode::Sampled => {
             Some(Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ))
@@ -72,10 +75,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
-    if !local.ip().is_loopback() {
+    if !local.ip().is_loopback() && !access.has_token() {
         eprintln!(
-            "tracer: warning: listening on {local}, which is not a loopback address: whoever \
-             reaches it can read the target's call stacks"
+            "tracer: warning: listening on {local}, which is not a loopback address, without \
+             a token (--insecure): whoever reaches it can read the target's call stacks"
         );
     }
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -97,7 +100,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => eprintln!("tracer: every wait traced as it happens (exact mode)"),
     }
-    let server = tokio::spawn(http::run(listener, Arc::clone(&shared)));
+    let server = tokio::spawn(http::run(listener, Arc::clone(&shared), access));
     let folder = tokio::spawn({
         let shared = Arc::clone(&shared);
         async move {
@@ -312,7 +315,11 @@ impl Shared {
         let (known_starts, frame_pointers) = tokio::task::spawn_blocking(move || {
             let mut probes = lock(&probes);
             let known_starts = probes.waits_in_progress(pid)?;
-            let registers = probes.task_registers()?;
+            // The chains unwind the peers behind endpoints too: every task's registers.
+            let registers = match chains {
+                worker::ChainsWanted::WithFacts => probes.host_task_registers()?,
+                worker::ChainsWanted::No => probes.task_registers()?,
+            };
             Ok::<_, ProbeError>((known_starts, SavedFramePointers::from_tasks(&registers)))
         })
         .await

@@ -250,15 +250,13 @@ fn blocked_now(
     let mut profile = symbolize(attachment, aggregate, base);
     profile.duration = started.elapsed();
     if chains_wanted == ChainsWanted::No {
+        attachment.objects.endpoint_sockets.clear();
         profile.chains.clear();
         return Ok(profile);
     }
-    let facts = chains::live::gather(
-        &profile,
-        &attachment.objects.endpoint_sockets,
-        &mut attachment.unwinder,
-        frame_pointers,
-    );
+    // This snapshot's sockets only: the next one resolves its own.
+    let sockets = std::mem::take(&mut attachment.objects.endpoint_sockets);
+    let facts = chains::live::gather(&profile, &sockets, &mut attachment.unwinder, frame_pointers);
     profile.chains = chains::build(&profile, &facts);
     Ok(profile)
 }
