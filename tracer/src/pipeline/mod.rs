@@ -43,7 +43,7 @@ impl Traced {
         for path in outputs {
             Format::from_path(path)?;
         }
-        target::check_root()?;
+        target::check_capabilities()?;
         let target = Target::open(pid)?;
         let image = ProcessImage::snapshot(pid).map_err(|err| {
             if target.has_exited() {

@@ -16,9 +16,12 @@ const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    /// Loading probes needs root (CAP_BPF, CAP_PERFMON).
-    #[error("must run as root to load eBPF probes (euid is {0})")]
-    NotRoot(u32),
+    /// Capabilities tracing needs are missing (see `NEEDED_CAPABILITIES`).
+    #[error(
+        "missing {0}: run as root, or grant them (setpriv --ambient-caps, systemd's \
+         AmbientCapabilities=, a container's securityContext.capabilities)"
+    )]
+    MissingCapabilities(String),
     /// No such process.
     #[error("pid {0} does not exist")]
     NoSuchProcess(u32),
@@ -185,14 +188,39 @@ pub fn unix_ns(time: std::time::SystemTime) -> Option<u64> {
     u64::try_from(since_epoch.as_nanos()).ok()
 }
 
-/// Tracing needs root.
-pub fn check_root() -> Result<(), TargetError> {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Err(TargetError::NotRoot(euid));
+/// The capabilities tracing needs, by number (include/uapi/linux/capability.h), and what
+/// for; root has them all. Nothing more: no CAP_SYS_ADMIN.
+pub const NEEDED_CAPABILITIES: [(u32, &str, &str); 4] = [
+    (39, "CAP_BPF", "loading the probes and their maps"),
+    (38, "CAP_PERFMON", "the scheduler tracepoints, uprobes and the task iterator"),
+    (19, "CAP_SYS_PTRACE", "reading another process's threads, stacks and descriptors"),
+    (2, "CAP_DAC_READ_SEARCH", "opening another user's /proc/PID/task/TID/syscall and fd/"),
+];
+
+/// Tracing needs `NEEDED_CAPABILITIES` in the effective set; the error names each one
+/// missing and what it is for.
+pub fn check_capabilities() -> Result<(), TargetError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing = missing_capabilities(effective);
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let plural = if missing.len() == 1 { "capability" } else { "capabilities" };
+    Err(TargetError::MissingCapabilities(format!("{plural} {}", missing.join(", "))))
+}
+
+/// The needed capabilities not in `effective` (a CapEff bit mask), each with its use.
+fn missing_capabilities(effective: u64) -> Vec<String> {
+    NEEDED_CAPABILITIES
+        .iter()
+        .filter(|(bit, _, _)| effective & (1 << bit) == 0)
+        .map(|(_, name, why)| format!("{name} ({why})"))
+        .collect()
 }
 
 /// The kernel BTF file the probes need.
@@ -209,6 +237,19 @@ pub fn btf_path() -> Result<PathBuf, TargetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_missing_capability_is_named_with_its_use() {
+        let all = NEEDED_CAPABILITIES.iter().fold(0u64, |mask, (bit, _, _)| mask | 1 << bit);
+        assert!(missing_capabilities(all).is_empty());
+        assert!(missing_capabilities(u64::MAX).is_empty(), "root's set");
+        let without_bpf = all & !(1 << 39);
+        assert_eq!(
+            missing_capabilities(without_bpf),
+            ["CAP_BPF (loading the probes and their maps)"]
+        );
+        assert_eq!(missing_capabilities(0).len(), NEEDED_CAPABILITIES.len());
+    }
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {

@@ -67,7 +67,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some(name)) => Wanted::Comm(name),
         (None, None) => anyhow::bail!("give --pid or --comm"),
     };
-    target::check_root()?;
+    target::check_capabilities()?;
     if let Wanted::Pid(pid) = wanted {
         crate::pipeline::target::Target::open(pid)?;
     }
