@@ -116,9 +116,13 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// The process to look at.
-    #[arg(short, long)]
-    pub pid: u32,
+    /// The process to look at; repeat for several (one report of them all).
+    #[arg(short, long, required_unless_present = "comm")]
+    pub pid: Vec<u32>,
+
+    /// Every process with this name (/proc/PID/comm), with any --pid.
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
+    pub comm: Option<String>,
 
     /// Write a report; the extension names the format: .folded (collapsed stacks,
     /// weighted by threads), .svg (flamegraph), .pb.gz or .pprof (pprof), .json
@@ -135,9 +139,14 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
-    /// The process to trace (all its threads, including ones it creates later).
-    #[arg(short, long)]
-    pub pid: u32,
+    /// The process to trace (all its threads, including ones it creates later); repeat
+    /// for several (sampled: one report of them all).
+    #[arg(short, long, required_unless_present = "comm")]
+    pub pid: Vec<u32>,
+
+    /// Every process with this name (/proc/PID/comm), with any --pid.
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
+    pub comm: Option<String>,
 
     /// How long to record; Ctrl-C, SIGTERM or the target's exit end it sooner.
     #[arg(short, long, default_value = "10s", value_parser = parse_duration)]

@@ -18,7 +18,7 @@ use std::{
 
 use tracer_common::WaitKind;
 
-use crate::model::{Profile, ProfileKind, ProfileStack};
+use crate::model::{ProcessTag, Profile, ProfileKind, ProfileStack};
 
 /// Hops followed at most: a longer chain is cut with an `unknown` terminal.
 const MAX_HOPS: usize = 4;
@@ -98,6 +98,8 @@ pub enum Terminal {
 /// One chain: the threads at its start and their blocked time, its hops, its end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaitChain {
+    /// In a profile of several processes, whose chain it is.
+    pub process: Option<ProcessTag>,
     pub start: ChainSite,
     pub threads: u64,
     pub blocked_ns: u64,
@@ -229,6 +231,7 @@ impl Graph<'_> {
             || matches!(terminal, Terminal::LockHolder(_) | Terminal::Thread(_))
             || matches!(terminal, Terminal::Endpoint { peer: Some(_), .. });
         leads_somewhere.then(|| WaitChain {
+            process: None,
             start: self.chain_site(start),
             threads: waits.threads.len() as u64,
             blocked_ns: waits.blocked_ns,
@@ -408,8 +411,10 @@ pub fn terminal_text(terminal: &Terminal) -> String {
 /// reporter, blocked 3.9s in send_to_backend [send 127.0.0.1:18523: send buffer full]
 /// → peer pid 30375 (slow-backend): blocked in clock_nanosleep`.
 pub fn chain_line(chain: &WaitChain, waiters: &str, format_ns: impl Fn(u64) -> String) -> String {
+    let of_process =
+        chain.process.as_ref().map_or(String::new(), |process| format!(" of {process}"));
     let mut line = format!(
-        "{} {} at {}",
+        "{} {}{of_process} at {}",
         chain.threads,
         if chain.threads == 1 { waiters.trim_end_matches('s') } else { waiters },
         site_text(&chain.start)

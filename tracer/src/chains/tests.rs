@@ -39,6 +39,7 @@ fn stack(
         truncated: false,
         in_progress: false,
         stats,
+        process: None,
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::{
     cli::{Mode, RecordArgs},
     golang::{DEFAULT_RATE_HZ, GoRecording},
-    model::{ProfileKind, Sampling, ThreadCounts, WaitAggregate},
+    model::{Profile, ProfileKind, Sampling, ThreadCounts, WaitAggregate},
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
@@ -31,7 +31,19 @@ use crate::{
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let RecordArgs { pid, duration, min_wait, outputs, top, mode, rate, maps } = args;
+    let RecordArgs { pid, comm, duration, min_wait, outputs, top, mode, rate, maps } = args;
+    let pids = target::select_processes(&pid, comm.as_deref())?;
+    let [pid] = pids[..] else {
+        // Several: one sampled recording of them all.
+        if mode == Some(Mode::Exact) {
+            anyhow::bail!(
+                "several processes are recorded sampled (--mode sampled); exact mode traces \
+                 one process at a time for now"
+            );
+        }
+        let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
+        return record_sampled_several(&pids, duration, period, &outputs, top).await;
+    };
     let traced = Traced::open(pid, &outputs)?;
     if traced.is_go() {
         if rate.is_some() && mode == Some(Mode::Exact) {
@@ -193,6 +205,86 @@ async fn record_sampled(
     let started_at = SystemTime::now();
     let (elapsed, target_exited) =
         pipeline::sample_until_stop(&target, duration, period, || Ok(sampler.read()?)).await?;
+    let sampled = sampler.finish(target_exited);
+    let timing = SampledTiming { started_at, elapsed, period };
+    let profile = sampled_profile(&target, sampled, timing, target_exited);
+    pipeline::report(&profile, outputs, top)
+}
+
+/// One sampled recording of several processes, read in turn each period, reported as
+/// one profile whose stacks name their process. Go programs are recorded one at a time
+/// for now.
+async fn record_sampled_several(
+    pids: &[u32],
+    duration: Duration,
+    period: Duration,
+    outputs: &[PathBuf],
+    top: usize,
+) -> anyhow::Result<()> {
+    let btf_path = target::btf_path()?;
+    let mut targets = Vec::with_capacity(pids.len());
+    let mut samplers = Vec::with_capacity(pids.len());
+    for (index, &pid) in pids.iter().enumerate() {
+        // The output formats are checked with the first.
+        let traced = Traced::open(pid, if index == 0 { outputs } else { &[] })?;
+        if traced.is_go() {
+            anyhow::bail!("pid {pid} is a Go program: record it alone (--pid {pid})");
+        }
+        let Traced { target, image } = traced;
+        let probes = Probes::open_for_reading(pid, &btf_path)?;
+        let sampler = ThreadSampler::new(pid, ProcessUnwinder::new(pid, image), probes, period)
+            .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+        targets.push(target);
+        samplers.push(sampler);
+    }
+    let outputs = pipeline::create_outputs(outputs)?;
+    let names: Vec<String> =
+        targets.iter().map(|target| format!("{} ({})", target.comm, target.pid)).collect();
+    eprintln!(
+        "tracer: recording {} processes ({}) for {}, sampled every {}; Ctrl-C to stop early",
+        targets.len(),
+        names.join(", "),
+        format_duration(duration.as_nanos() as u64),
+        format_duration(period.as_nanos() as u64),
+    );
+    let started_at = SystemTime::now();
+    let (elapsed, exited) =
+        pipeline::sample_several_until_stop(&targets, duration, period, |exited| {
+            for ((sampler, &gone), target) in samplers.iter_mut().zip(exited).zip(&targets) {
+                // A read that fails is of a process exiting: the next look says so.
+                if !gone && let Err(err) = sampler.read() {
+                    log::debug!("pid {}: read failed: {err}", target.pid);
+                }
+            }
+        })
+        .await?;
+    let timing = SampledTiming { started_at, elapsed, period };
+    let profiles = targets
+        .iter()
+        .zip(samplers)
+        .zip(exited)
+        .map(|((target, sampler), gone)| {
+            sampled_profile(target, sampler.finish(gone), timing, gone)
+        })
+        .collect();
+    pipeline::report(&Profile::of_processes(profiles), outputs, top)
+}
+
+/// When and how often a sampled recording read.
+#[derive(Clone, Copy)]
+struct SampledTiming {
+    started_at: SystemTime,
+    elapsed: Duration,
+    period: Duration,
+}
+
+/// The profile of one process's sampled recording, with its chains.
+fn sampled_profile(
+    target: &target::Target,
+    sampled: Sampled,
+    timing: SampledTiming,
+    target_exited: bool,
+) -> Profile {
     let Sampled {
         aggregate,
         mut unwinder,
@@ -201,9 +293,10 @@ async fn record_sampled(
         reads,
         threads_skipped,
         mut probes,
-    } = sampler.finish(target_exited);
+    } = sampled;
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
-    let mut base = pipeline::profile_of(&target, ProfileKind::Recording, started_at);
+    let SampledTiming { started_at, elapsed, period } = timing;
+    let mut base = pipeline::profile_of(target, ProfileKind::Recording, started_at);
     base.duration = elapsed;
     base.sampling = Some(Sampling { period, reads });
     base.target_exited = target_exited;
@@ -213,7 +306,7 @@ async fn record_sampled(
     let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let frame_pointers = pipeline::host_frame_pointers(&mut probes);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
-    pipeline::report(&profile, outputs, top)
+    profile
 }
 
 /// Turns wait records into unwound stacks and aggregates them as they arrive.

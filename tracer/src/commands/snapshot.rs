@@ -3,12 +3,15 @@
 //! stuck since long before the tracer started. Reads /proc and attaches nothing to the
 //! process: one pass of a BPF task iterator reads the threads' saved registers.
 
-use std::time::Instant;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     cli::SnapshotArgs,
     golang,
-    model::{ProfileKind, WaitAggregate},
+    model::{Profile, ProfileKind, WaitAggregate},
     objects::WaitObjects,
     pipeline::{
         self, Traced,
@@ -17,29 +20,75 @@ use crate::{
     },
     probes::{ProbeConfig, ProbeCounters, Probes},
     stacks::ProcessUnwinder,
-    threads::blocked_now::{KnownWaitStarts, collect_blocked_threads},
+    threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
 };
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    let SnapshotArgs { pid, outputs, top } = args;
-    let traced = Traced::open(pid, &outputs)?;
-    if traced.is_go() {
-        return golang::snapshot(&traced, &outputs, top);
+    let SnapshotArgs { pid, comm, outputs, top } = args;
+    let pids = target::select_processes(&pid, comm.as_deref())?;
+    if let [pid] = pids[..] {
+        let traced = Traced::open(pid, &outputs)?;
+        if traced.is_go() {
+            return golang::snapshot(&traced, &outputs, top);
+        }
+        let outputs = pipeline::create_outputs(&outputs)?;
+        let mut probes = open_probes(pid)?;
+        let frame_pointers = pipeline::host_frame_pointers(&mut probes);
+        drop(probes);
+        let profile = snapshot_profile(traced, &frame_pointers)?;
+        return pipeline::report(&profile, outputs, top);
     }
-    let btf_path = target::btf_path()?;
-    let outputs = pipeline::create_outputs(&outputs)?;
-    let Traced { target, image } = traced;
+    snapshot_several(&pids, &outputs, top)
+}
 
-    let started = Instant::now();
-    let started_at = std::time::SystemTime::now();
-    // Only the task iterator runs: it reads the saved registers, nothing is attached
-    // to the process.
-    let mut probes = Probes::open(
-        ProbeConfig { tgid: pid, min_wait: std::time::Duration::ZERO, maps: Default::default() },
-        &btf_path,
-    )?;
+/// One report of several processes' blocked threads, each stack tagged with its
+/// process. One that exits meanwhile is left out and said so; Go programs are
+/// snapshotted one at a time for now.
+fn snapshot_several(pids: &[u32], outputs: &[PathBuf], top: usize) -> anyhow::Result<()> {
+    let mut traced = Vec::with_capacity(pids.len());
+    for (index, &pid) in pids.iter().enumerate() {
+        // The output formats are checked with the first.
+        let one = Traced::open(pid, if index == 0 { outputs } else { &[] })?;
+        if one.is_go() {
+            anyhow::bail!("pid {pid} is a Go program: snapshot it alone (--pid {pid})");
+        }
+        traced.push(one);
+    }
+    let outputs = pipeline::create_outputs(outputs)?;
+    // One pass over the host's tasks serves every process.
+    let mut probes = open_probes(pids[0])?;
     let frame_pointers = pipeline::host_frame_pointers(&mut probes);
     drop(probes);
+    let mut profiles = Vec::with_capacity(traced.len());
+    for one in traced {
+        let pid = one.target.pid;
+        match snapshot_profile(one, &frame_pointers) {
+            Ok(profile) => profiles.push(profile),
+            Err(err) => eprintln!("tracer: pid {pid} left out: {err:#}"),
+        }
+    }
+    if profiles.is_empty() {
+        anyhow::bail!("every process exited during the snapshot");
+    }
+    pipeline::report(&Profile::of_processes(profiles), outputs, top)
+}
+
+/// The task iterator alone: it reads the saved registers, nothing is attached.
+fn open_probes(pid: u32) -> anyhow::Result<Probes> {
+    let btf_path = target::btf_path()?;
+    let config = ProbeConfig { tgid: pid, min_wait: Duration::ZERO, maps: Default::default() };
+    Ok(Probes::open(config, &btf_path)?)
+}
+
+/// The snapshot profile of one process (its threads blocked now, its chains).
+fn snapshot_profile(
+    traced: Traced,
+    frame_pointers: &SavedFramePointers,
+) -> anyhow::Result<Profile> {
+    let Traced { target, image } = traced;
+    let pid = target.pid;
+    let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let mut unwinder = ProcessUnwinder::new(pid, image);
     let mut aggregate = WaitAggregate::default();
     let mut objects = WaitObjects::new(pid);
@@ -47,7 +96,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         pid,
         &mut unwinder,
         &KnownWaitStarts::new(),
-        &frame_pointers,
+        frame_pointers,
         &mut objects,
         &mut aggregate,
     )
@@ -61,9 +110,9 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
     let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
-    pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
+    pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, frame_pointers);
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
-    pipeline::report(&profile, outputs, top)
+    Ok(profile)
 }
 
 /// A failure to read the target is, more often than not, the target exiting: say so.

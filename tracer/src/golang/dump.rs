@@ -202,6 +202,7 @@ mod tests {
             truncated: false,
             in_progress: true,
             stats: WaitStats::default(),
+            process: None,
         };
         let group = GoroutineGroup { wait_reason: "chan send".into(), pcs, goroutines: Vec::new() };
         (stack, group)

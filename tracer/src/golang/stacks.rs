@@ -220,6 +220,7 @@ fn goroutine_stack(
         truncated,
         in_progress,
         stats,
+        process: None,
     }
 }
 

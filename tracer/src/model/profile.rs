@@ -30,6 +30,22 @@ pub struct ProfileStack {
     /// Still blocked when the recording ended (or at the snapshot).
     pub in_progress: bool,
     pub stats: WaitStats,
+    /// Whose waits these are, in a profile of several processes (None: the profile's
+    /// one process).
+    pub process: Option<ProcessTag>,
+}
+
+/// A process of a profile of several.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessTag {
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl std::fmt::Display for ProcessTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.comm, self.pid)
+    }
 }
 
 impl ProfileStack {
@@ -192,6 +208,30 @@ pub struct ThreadCounts {
     pub frame_pointer_unknown: u64,
 }
 
+impl ThreadCounts {
+    /// Adds another process's counts to these.
+    pub fn add(&mut self, other: &ThreadCounts) {
+        let ThreadCounts {
+            threads,
+            blocked_in_waits,
+            elsewhere,
+            exited_while_read,
+            woke_while_read,
+            unreadable,
+            runtime_hidden,
+            frame_pointer_unknown,
+        } = other;
+        self.threads += threads;
+        self.blocked_in_waits += blocked_in_waits;
+        self.elsewhere += elsewhere;
+        self.exited_while_read += exited_while_read;
+        self.woke_while_read += woke_while_read;
+        self.unreadable += unreadable;
+        self.runtime_hidden += runtime_hidden;
+        self.frame_pointer_unknown += frame_pointer_unknown;
+    }
+}
+
 /// Everything the exporters need about one recording or snapshot.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -231,6 +271,9 @@ pub struct Profile {
     pub lock_addresses: BTreeMap<String, u64>,
     /// From the sites where threads pile up to what holds them up, heaviest first.
     pub chains: Vec<WaitChain>,
+    /// The processes of a profile of several (`Profile::of_processes`), in the order
+    /// given; empty for one process (`pid` and `comm`).
+    pub processes: Vec<ProcessTag>,
 }
 
 /// A sampled recording: the process was read every `period`, `reads` times; a wait seen
@@ -277,6 +320,7 @@ impl Profile {
             modules: BTreeMap::new(),
             lock_addresses: BTreeMap::new(),
             chains: Vec::new(),
+            processes: Vec::new(),
         }
     }
 
@@ -300,18 +344,75 @@ impl Profile {
         unknown.len() as u64
     }
 
+    /// One profile of the processes `profiles` were made of, each stack tagged with its
+    /// process: counts summed, tables joined, heaviest first. Its `pid` is 0 and its
+    /// `comm` says how many processes (`2 processes`); `processes` lists them.
+    pub fn of_processes(profiles: Vec<Profile>) -> Profile {
+        let kind = profiles.first().map_or(ProfileKind::Snapshot, |profile| profile.kind);
+        let mut merged = Profile::new(kind, 0, format!("{} processes", profiles.len()));
+        let mut below: BTreeMap<WaitKind, ShortWaitTotals> = BTreeMap::new();
+        let mut chains = Vec::new();
+        for profile in profiles {
+            let tag = ProcessTag { pid: profile.pid, comm: profile.comm.clone() };
+            merged.start_unix_ns = match (merged.start_unix_ns, profile.start_unix_ns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            merged.duration = merged.duration.max(profile.duration);
+            merged.min_wait = profile.min_wait;
+            merged.sampling = profile.sampling.or(merged.sampling);
+            merged.target_exited |= profile.target_exited;
+            merged.stacks.extend(profile.stacks.into_iter().map(|mut stack| {
+                stack.process = Some(tag.clone());
+                stack
+            }));
+            for (kind, totals) in profile.below_threshold {
+                let sum = below.entry(kind).or_default();
+                sum.count += totals.count;
+                sum.total_ns += totals.total_ns;
+            }
+            let mut counts = profile.counts;
+            for ((_, sum), (_, add)) in
+                merged.counts.fields_mut().into_iter().zip(counts.fields_mut())
+            {
+                *sum += *add;
+            }
+            merged.thread_counts.add(&profile.thread_counts);
+            merged.endpoint_states.extend(profile.endpoint_states);
+            merged.thread_names.extend(profile.thread_names);
+            merged.wakers.extend(profile.wakers);
+            for (name, module) in profile.modules {
+                merged.modules.entry(name).or_insert(module);
+            }
+            chains.extend(profile.chains.into_iter().map(|mut chain| {
+                chain.process = Some(tag.clone());
+                chain
+            }));
+            merged.processes.push(tag);
+        }
+        merged.below_threshold = below.into_iter().collect();
+        let weight = |chain: &WaitChain| match kind {
+            ProfileKind::Recording => (chain.blocked_ns, chain.threads),
+            ProfileKind::Snapshot => (chain.threads, chain.blocked_ns),
+        };
+        chains.sort_by_key(|chain| std::cmp::Reverse(weight(chain)));
+        merged.chains = chains;
+        let stacks = std::mem::take(&mut merged.stacks);
+        Profile::from_symbolized(merged, stacks)
+    }
+
     /// Merges stacks that symbolize to the same frames and sorts them heaviest first.
     pub fn from_symbolized(
         mut base: Profile,
         symbolized: impl IntoIterator<Item = ProfileStack>,
     ) -> Profile {
-        type MergeKey = (Vec<String>, WaitKind, Option<String>, bool, bool);
+        type MergeKey = (Option<ProcessTag>, Vec<String>, WaitKind, Option<String>, bool, bool);
         let mut merged: HashMap<MergeKey, ProfileStack> = HashMap::new();
         for stack in symbolized {
             let names = stack.frames.iter().map(|frame| frame.name.clone()).collect();
-            let object = stack.object.clone();
+            let (process, object) = (stack.process.clone(), stack.object.clone());
             merged
-                .entry((names, stack.kind, object, stack.truncated, stack.in_progress))
+                .entry((process, names, stack.kind, object, stack.truncated, stack.in_progress))
                 .and_modify(|existing| existing.stats.merge(&stack.stats))
                 .or_insert(stack);
         }

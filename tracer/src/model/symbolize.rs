@@ -55,7 +55,7 @@ impl WaitAggregate {
                             lock_addresses.insert(name.clone(), address);
                         }),
                 };
-                ProfileStack { frames, kind, object, truncated, in_progress, stats }
+                ProfileStack { frames, kind, object, truncated, in_progress, stats, process: None }
             })
             .collect();
         let mut profile = Profile::from_symbolized(base, symbolized);

@@ -37,6 +37,7 @@ pub(crate) fn stack(names: &[(&str, bool)], kind: WaitKind, tids: &[(u32, u64)])
         truncated: false,
         in_progress: false,
         stats,
+        process: None,
     }
 }
 
@@ -164,6 +165,7 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         modules: BTreeMap::new(),
         lock_addresses: BTreeMap::new(),
         chains: Vec::new(),
+        processes: Vec::new(),
     };
     let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
     let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

@@ -137,6 +137,51 @@ pub async fn sample_until_stop(
     Ok((elapsed, target_exited))
 }
 
+/// `sample_until_stop` for several processes: `read` (told which have exited) at once
+/// and every `period` until `duration` has passed, Ctrl-C or SIGTERM comes, or every
+/// process has exited; then once more for what is still blocked at the end. Returns how
+/// long it ran and which processes exited.
+pub async fn sample_several_until_stop(
+    targets: &[Target],
+    duration: Duration,
+    period: Duration,
+    mut read: impl FnMut(&[bool]),
+) -> anyhow::Result<(Duration, Vec<bool>)> {
+    let started = std::time::Instant::now();
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let exited = || targets.iter().map(Target::has_exited).collect::<Vec<bool>>();
+    loop {
+        let gone = exited();
+        if gone.iter().all(|&gone| gone) {
+            break;
+        }
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+            _ = ticks.tick() => read(&gone),
+        }
+    }
+    let gone = exited();
+    if !gone.iter().all(|&gone| gone) {
+        read(&gone);
+    }
+    for (target, _) in targets.iter().zip(&gone).filter(|(_, gone)| **gone) {
+        eprintln!(
+            "tracer: pid {} exited during the recording; reporting what was recorded",
+            target.pid
+        );
+    }
+    Ok((started.elapsed(), gone))
+}
+
 /// An empty profile of `kind` about `target`, begun at `started_at`.
 pub fn profile_of(target: &Target, kind: ProfileKind, started_at: SystemTime) -> Profile {
     let mut profile = Profile::new(kind, target.pid, target.comm.clone());

@@ -25,6 +25,9 @@ pub enum TargetError {
     /// No such process.
     #[error("pid {0} does not exist")]
     NoSuchProcess(u32),
+    /// `--comm` named no running process.
+    #[error("no process is named {0:?}")]
+    NoProcessNamed(String),
     /// The process has exited, every thread of it, and waits for its parent to reap it.
     #[error("pid {0} has exited (a zombie waiting for its parent); nothing left to trace")]
     Zombie(u32),
@@ -186,6 +189,30 @@ pub fn read_command_line(pid: u32) -> Option<Vec<String>> {
 pub fn unix_ns(time: std::time::SystemTime) -> Option<u64> {
     let since_epoch = time.duration_since(std::time::UNIX_EPOCH).ok()?;
     u64::try_from(since_epoch.as_nanos()).ok()
+}
+
+/// The processes `--pid` (each given) and `--comm` (every process of that name but the
+/// tracer) select, in pid order, each once.
+pub fn select_processes(pids: &[u32], comm: Option<&str>) -> Result<Vec<u32>, TargetError> {
+    let mut selected: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
+    if let Some(name) = comm {
+        let own = std::process::id();
+        let named: Vec<u32> = std::fs::read_dir("/proc")
+            .map_err(|_| TargetError::NoProcessNamed(name.to_owned()))?
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != own)
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|found| found.trim_end_matches('\n') == name)
+            })
+            .collect();
+        if named.is_empty() {
+            return Err(TargetError::NoProcessNamed(name.to_owned()));
+        }
+        selected.extend(named);
+    }
+    Ok(selected.into_iter().collect())
 }
 
 /// The capabilities tracing needs, by number (include/uapi/linux/capability.h), and what

@@ -60,6 +60,7 @@ pub(crate) fn fixture_profile() -> Profile {
         truncated: false,
         in_progress: false,
         stats: stats(&[(11, 40_000_000), (12, 35_000_000), (13, 45_500_000), (11, 20_000_000)]),
+        process: None,
     };
     let reporter_frames = vec![
         frame("app::reporter", "app", Some(70), 0x5500_0000_5000),
@@ -73,6 +74,7 @@ pub(crate) fn fixture_profile() -> Profile {
         truncated: false,
         in_progress: false,
         stats: stats(&[(20, 30_000_000), (20, 12_000_000)]),
+        process: None,
     };
     let mut stuck_stats = stats(&[(20, 1_250_000_000)]);
     stuck_stats.lower_bound = true;
@@ -83,6 +85,7 @@ pub(crate) fn fixture_profile() -> Profile {
         truncated: false,
         in_progress: true,
         stats: stuck_stats,
+        process: None,
     };
     let truncated = ProfileStack {
         frames: vec![
@@ -94,6 +97,7 @@ pub(crate) fn fixture_profile() -> Profile {
         truncated: true,
         in_progress: false,
         stats: stats(&[(30, 5_000_000)]),
+        process: None,
     };
     let mut profile = Profile {
         kind: ProfileKind::Recording,
@@ -168,6 +172,7 @@ pub(crate) fn fixture_profile() -> Profile {
         .into(),
         lock_addresses: [("app::STATS".to_string(), 0x5500_0008_0000)].into(),
         chains: Vec::new(),
+        processes: Vec::new(),
     };
     // The backend behind the reporter's endpoint, as if it ran on this host.
     let backend = ThreadNow {

@@ -34,9 +34,13 @@ pub fn folded_lines_weighted(profile: &Profile, weight: Weight) -> Vec<String> {
         .collect()
 }
 
-/// The `;`-joined frames of one stack, without the count.
+/// The `;`-joined frames of one stack, without the count. The root frame names the
+/// process: its comm, and in a profile of several processes its pid too (`app (4242)`).
 pub fn folded_stack(profile: &Profile, stack: &ProfileStack) -> String {
-    let mut line = sanitize(&profile.comm);
+    let mut line = match &stack.process {
+        Some(process) => sanitize(&process.to_string()),
+        None => sanitize(&profile.comm),
+    };
     if stack.truncated {
         line.push(';');
         line.push_str(TRUNCATED_FRAME);
@@ -167,6 +171,7 @@ mod tests {
             modules: Default::default(),
             lock_addresses: Default::default(),
             chains: Vec::new(),
+            processes: Vec::new(),
         }
     }
 

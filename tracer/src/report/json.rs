@@ -20,8 +20,8 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 use crate::{
     chains::{self, ChainFacts},
     model::{
-        ModuleInfo, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TraceCounts,
-        WaitStats, WakerRow,
+        ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts,
+        TraceCounts, WaitStats, WakerRow,
     },
     report::{
         Provenance, SavedProfile,
@@ -77,6 +77,10 @@ pub struct JsonProfile {
     /// (absent before `tracer-profile/2`).
     #[serde(default)]
     pub chains: Vec<JsonChain>,
+    /// A profile of several processes: each of them (then `target.pid` is 0, and each
+    /// stack names its `process`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<JsonProcess>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -139,6 +143,16 @@ pub struct JsonStack {
     /// waits in progress: their ages).
     #[serde(default)]
     pub log2_histogram: BTreeMap<u32, u64>,
+    /// In a profile of several processes: the process these waits are of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<JsonProcess>,
+}
+
+/// A process of a profile of several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JsonProcess {
+    pub pid: u32,
+    pub comm: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -278,6 +292,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         modules,
         lock_addresses: _,
         chains,
+        processes,
     } = profile;
     let Provenance { tracer_version, kernel, command_line } = provenance;
     JsonProfile {
@@ -312,6 +327,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         thread_names: thread_names.clone(),
         wakers: wakers.iter().map(json_waker).collect(),
         chains: json_chains(chains, profile.waiters()),
+        processes: processes.iter().map(json_process).collect(),
         modules: modules
             .iter()
             .map(|(name, info)| {
@@ -341,7 +357,7 @@ fn json_waker(row: &WakerRow) -> JsonWaker {
 }
 
 fn json_stack(stack: &ProfileStack) -> JsonStack {
-    let ProfileStack { frames, kind, object, truncated, in_progress, stats } = stack;
+    let ProfileStack { frames, kind, object, truncated, in_progress, stats, process } = stack;
     let WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound, log2_histogram } = stats;
     JsonStack {
         kind: kind.name().to_string(),
@@ -356,7 +372,16 @@ fn json_stack(stack: &ProfileStack) -> JsonStack {
         lower_bound: *lower_bound,
         threads: threads.iter().copied().collect(),
         log2_histogram: log2_histogram.clone(),
+        process: process.as_ref().map(json_process),
     }
+}
+
+fn json_process(process: &ProcessTag) -> JsonProcess {
+    JsonProcess { pid: process.pid, comm: process.comm.clone() }
+}
+
+fn process_tag(process: JsonProcess) -> ProcessTag {
+    ProcessTag { pid: process.pid, comm: process.comm }
 }
 
 fn json_frame(frame: &Frame) -> JsonFrame {
@@ -507,6 +532,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         wakers,
         modules,
         chains,
+        processes,
     } = json;
     let has_chains = schema != SCHEMA_WITHOUT_CHAINS;
     let JsonTarget { pid, comm, command_line, exited } = target;
@@ -561,6 +587,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.endpoint_states = endpoint_states;
     profile.thread_names = thread_names;
     profile.wakers = wakers;
+    profile.processes = processes.into_iter().map(process_tag).collect();
     profile.chains = if has_chains {
         wait_chains(chains).map_err(invalid)?
     } else {
@@ -590,6 +617,7 @@ fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
         lower_bound,
         threads,
         log2_histogram,
+        process,
     } = stack;
     let kind = parse_wait_kind(&kind).ok_or_else(|| format!("unknown wait kind {kind:?}"))?;
     if min_ns > max_ns {
@@ -598,7 +626,8 @@ fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
     let frames = frames.into_iter().map(frame).collect();
     let threads: BTreeSet<u32> = threads.into_iter().collect();
     let stats = WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound, log2_histogram };
-    Ok(ProfileStack { frames, kind, object, truncated, in_progress: still_blocked, stats })
+    let process = process.map(process_tag);
+    Ok(ProfileStack { frames, kind, object, truncated, in_progress: still_blocked, stats, process })
 }
 
 fn frame(json: JsonFrame) -> Frame {

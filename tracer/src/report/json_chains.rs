@@ -8,13 +8,20 @@ use crate::{
     chains::{
         ChainHop, ChainSite, PeerProcess, Terminal, ThreadNow, ThreadState, WaitChain, chain_line,
     },
-    report::{json::parse_wait_kind, summary::format_duration},
+    model::ProcessTag,
+    report::{
+        json::{JsonProcess, parse_wait_kind},
+        summary::format_duration,
+    },
 };
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JsonChain {
     /// The chain as the summary's WAIT CHAINS section prints it.
     pub line: String,
+    /// In a profile of several processes, whose chain it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<JsonProcess>,
     /// Where the threads wait.
     pub start: JsonChainSite,
     /// Threads (or goroutines) at the start, and their blocked time there.
@@ -81,6 +88,10 @@ pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
         .iter()
         .map(|chain| JsonChain {
             line: chain_line(chain, waiters, format_duration),
+            process: chain
+                .process
+                .as_ref()
+                .map(|process| JsonProcess { pid: process.pid, comm: process.comm.clone() }),
             start: json_site(&chain.start),
             threads: chain.threads,
             blocked_ns: chain.blocked_ns,
@@ -145,7 +156,8 @@ pub fn wait_chains(chains: Vec<JsonChain>) -> Result<Vec<WaitChain>, String> {
 }
 
 fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
-    let JsonChain { line: _, start, threads, blocked_ns, hops, terminal } = chain;
+    let JsonChain { line: _, process, start, threads, blocked_ns, hops, terminal } = chain;
+    let process = process.map(|JsonProcess { pid, comm }| ProcessTag { pid, comm });
     let hops = hops
         .into_iter()
         .map(|JsonChainHop { waker, waker_threads, blocked_ns, at }| {
@@ -167,7 +179,7 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
         JsonTerminal::Thread { thread } => Terminal::Thread(thread_now(thread)?),
         JsonTerminal::Unknown { reason } => Terminal::Unknown(reason),
     };
-    Ok(WaitChain { start: chain_site(start)?, threads, blocked_ns, hops, terminal })
+    Ok(WaitChain { process, start: chain_site(start)?, threads, blocked_ns, hops, terminal })
 }
 
 fn chain_site(site: JsonChainSite) -> Result<ChainSite, String> {

@@ -11,7 +11,8 @@
 //!   has a `[truncated]` root, so every pprof view matches the flamegraph;
 //! - labels on each sample: `wait_kind`, `object` (when known), `still_blocked`
 //!   (`true` on waits still in progress at the end of a recording), `truncated`,
-//!   `lower_bound`, one `thread` label per distinct thread name and one numeric `tid`
+//!   `lower_bound`, `pid` (numeric) and `comm` in a profile of several processes, one
+//!   `thread` label per distinct thread name and one numeric `tid`
 //!   label per thread, `shortest_wait`/`longest_wait` in nanoseconds, and `chain`: the
 //!   heaviest wait chain that starts at or passes through the sample's call site, as
 //!   the summary prints it;
@@ -30,7 +31,10 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 
 use crate::{
     chains,
-    model::{ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats},
+    model::{
+        ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts,
+        WaitStats,
+    },
     report::{
         Provenance, SavedProfile, Weight,
         folded::{TRUNCATED_FRAME, kind_frame},
@@ -381,6 +385,10 @@ fn sample(
         ProfileKind::Snapshot => stats.threads.len() as u64,
     };
     let mut label = vec![builder.label("wait_kind", stack.kind.name())];
+    if let Some(process) = &stack.process {
+        label.push(builder.number_label("pid", u64::from(process.pid), ""));
+        label.push(builder.label("comm", &process.comm));
+    }
     if let Some(object) = &stack.object {
         label.push(builder.label("object", object));
     }
@@ -771,6 +779,10 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
             reads: comment("sample reads").and_then(|text| text.parse().ok()).unwrap_or(0),
         });
     profile.target_exited = comment("target exited") == Some("true");
+    // The processes of a profile of several, from its samples' labels.
+    let processes: BTreeSet<ProcessTag> =
+        stacks.iter().filter_map(|stack: &ProfileStack| stack.process.clone()).collect();
+    profile.processes = processes.into_iter().collect();
     profile.stacks = stacks;
     profile.below_threshold = below_threshold;
     profile.counts = counts;
@@ -841,6 +853,7 @@ fn read_sample(
     }
     let mut wait_kind = None;
     let mut object = None;
+    let (mut pid, mut comm) = (None, None);
     let mut flags = BTreeSet::new();
     let mut stats = WaitStats { total_ns, ..WaitStats::default() };
     for label in &sample.label {
@@ -855,6 +868,10 @@ fn read_sample(
                 );
             }
             "object" => object = Some(value.to_string()),
+            "pid" => {
+                pid = Some(u32::try_from(num).map_err(|_| invalid(format!("pid {num}")))?);
+            }
+            "comm" => comm = Some(value.to_string()),
             "still_blocked" | "truncated" | "lower_bound" if value == "true" => {
                 flags.insert(key);
             }
@@ -881,6 +898,7 @@ fn read_sample(
         truncated: flags.contains("truncated"),
         in_progress: kind == ProfileKind::Snapshot || flags.contains("still_blocked"),
         stats,
+        process: pid.zip(comm).map(|(pid, comm)| ProcessTag { pid, comm }),
     })
 }
 

@@ -40,10 +40,60 @@ pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
 /// The call site a row names; a goroutine's with its wait reason (`main.f [chan receive]`),
 /// which tells more than its kind.
 fn site_label(stack: &ProfileStack) -> String {
-    match (stack.kind, &stack.object) {
+    let site = match (stack.kind, &stack.object) {
         (WaitKind::Goroutine, Some(reason)) => format!("{} [{reason}]", stack.call_site()),
         _ => stack.call_site().to_string(),
+    };
+    // In a profile of several processes, whose (kept when the name is shortened).
+    match &stack.process {
+        Some(process) => format!("{site} in {process}"),
+        None => site,
     }
+}
+
+/// What a profile is of: `app (pid 4242)`, or `2 processes: app (4242), db (4250)`.
+fn target_name(profile: &Profile) -> String {
+    if profile.processes.is_empty() {
+        return format!("{} (pid {})", profile.comm, profile.pid);
+    }
+    let names: Vec<String> = profile.processes.iter().map(ToString::to_string).collect();
+    format!("{} processes: {}", profile.processes.len(), names.join(", "))
+}
+
+/// Which processes of a profile of several have pile-ups: blocked time and threads
+/// blocked at the end (a recording), or threads blocked now (a snapshot), by process.
+fn write_processes(out: &mut String, profile: &Profile, top: usize) {
+    if profile.processes.is_empty() {
+        return;
+    }
+    type Row<'a> = (&'a crate::model::ProcessTag, u64, bool, std::collections::BTreeSet<u32>);
+    let mut rows: Vec<Row> =
+        profile.processes.iter().map(|process| (process, 0, false, Default::default())).collect();
+    for stack in &profile.stacks {
+        let Some(row) = rows.iter_mut().find(|row| Some(row.0) == stack.process.as_ref()) else {
+            continue;
+        };
+        row.1 += stack.stats.total_ns;
+        row.2 |= stack.stats.lower_bound;
+        if stack.in_progress {
+            row.3.extend(&stack.stats.threads);
+        }
+    }
+    rows.sort_by_key(|(_, blocked, _, now)| std::cmp::Reverse((now.len(), *blocked)));
+    let waiters = profile.waiters().to_uppercase();
+    let _ =
+        writeln!(out, "{:>8}  {:<24} {:>9} {:>12}", "PID", "PROCESS", "BLOCKED", waiters + " NOW");
+    for (process, blocked, lower_bound, now) in rows.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<24} {:>9} {:>12}",
+            process.pid,
+            elide(&process.comm, 24),
+            format_age(*blocked, *lower_bound),
+            now.len()
+        );
+    }
+    let _ = writeln!(out);
 }
 
 /// The KIND column's width: the longest kind shown, at least the header's.
@@ -79,17 +129,19 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
         ProfileKind::Recording => {
             let _ = writeln!(
                 out,
-                "{} (pid {}): {}{}",
-                profile.comm,
-                profile.pid,
+                "{}: {}{}",
+                target_name(profile),
                 recording_scope(profile),
-                if profile.target_exited {
+                if profile.target_exited && !profile.processes.is_empty() {
+                    "; a process exited during the recording"
+                } else if profile.target_exited {
                     "; the process exited during the recording"
                 } else {
                     ""
                 },
             );
             write_chains(&mut out, profile, top);
+            write_processes(&mut out, profile, top);
             write_completed_table(&mut out, &top_sites(profile, false), top);
             let stuck = top_sites(profile, true);
             if !stuck.is_empty() {
@@ -110,14 +162,14 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             };
             let _ = writeln!(
                 out,
-                "{} (pid {}): {} {}, {} {where_} now",
-                profile.comm,
-                profile.pid,
+                "{}: {} {}, {} {where_} now",
+                target_name(profile),
                 threads.threads,
                 profile.waiters(),
                 threads.blocked_in_waits
             );
             write_chains(&mut out, profile, top);
+            write_processes(&mut out, profile, top);
             let rows = top_sites(profile, true);
             if rows.is_empty() {
                 let _ = writeln!(out, "no thread is blocked in a futex or socket wait\n");
@@ -672,6 +724,7 @@ mod tests {
             modules: Default::default(),
             lock_addresses: Default::default(),
             chains: Vec::new(),
+            processes: Vec::new(),
         }
     }
 

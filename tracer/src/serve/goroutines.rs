@@ -350,6 +350,7 @@ mod tests {
                 truncated: false,
                 in_progress: true,
                 stats,
+                process: None,
             }
         };
         let goroutine = |id, minutes: Option<u64>| DumpedGoroutine {

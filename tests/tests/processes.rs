@@ -1,0 +1,115 @@
+//! Real-kernel tests of several processes in one report: two pile-ups (C through glibc,
+//! Rust) snapshotted and recorded together, by `--pid` and by `--comm`; every output
+//! names each stack's process (folded root frame, pprof `pid`/`comm` labels, JSON),
+//! and the summary says which process has the pile-up.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tracer_tests::{
+    Pileup, Profile, TempDir, build_c_pileup, read_profile, record_profile, snapshot_profile,
+    start_c_pileup, start_rust_pileup, tracer_snapshot,
+};
+
+const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
+const RUST_PILEUP: &str = env!("CARGO_BIN_EXE_rust-pileup");
+const C_HANDLERS: usize = 8;
+const RUST_HANDLERS: usize = 12;
+const WORKLOAD_SECONDS: f64 = 120.0;
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The handlers of `pid` blocked at `site`, from the stacks tagged with that process.
+fn handlers_at(profile: &Profile, pid: u32, comm: &str, site: &str) -> usize {
+    let threads: BTreeSet<u32> = profile
+        .stacks
+        .iter()
+        .filter(|stack| stack.call_site() == site)
+        .inspect(|stack| {
+            let process = stack.process.as_ref().expect("every stack names its process");
+            assert_eq!(process.comm, comm, "{site} is {comm}'s");
+        })
+        .filter(|stack| stack.process.as_ref().is_some_and(|process| process.pid == pid))
+        .flat_map(|stack| stack.stats.threads.iter().copied())
+        .collect();
+    threads.len()
+}
+
+/// Both pile-ups in `profile`, each under its own process.
+fn assert_both(profile: &Profile, c: &Pileup, rust: &Pileup, what: &str) {
+    let (c_pid, rust_pid) = (c.workload.pid(), rust.workload.pid());
+    let listed: Vec<u32> = profile.processes.iter().map(|process| process.pid).collect();
+    let mut expected = vec![c_pid, rust_pid];
+    expected.sort_unstable();
+    assert_eq!(listed, expected, "{what}: the processes");
+    assert_eq!(handlers_at(profile, c_pid, "c-pileup", "enqueue_stat"), C_HANDLERS, "{what}");
+    assert_eq!(
+        handlers_at(profile, rust_pid, "rust-pileup", "rust_pileup::send_stat"),
+        RUST_HANDLERS,
+        "{what}"
+    );
+}
+
+fn start_both() -> (Pileup, Pileup, TempDir) {
+    let build = TempDir::new("processes-build");
+    let bin = build_c_pileup(build.path());
+    let c = start_c_pileup(SLOW_BACKEND, &bin, C_HANDLERS, WORKLOAD_SECONDS);
+    let rust = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, RUST_HANDLERS, WORKLOAD_SECONDS);
+    (c, rust, build)
+}
+
+#[test]
+fn two_pileups_snapshotted_together_name_their_processes_everywhere() {
+    let (c, rust, _build) = start_both();
+    let (c_pid, rust_pid) = (c.workload.pid().to_string(), rust.workload.pid().to_string());
+    let dir = TempDir::new("processes-snapshot");
+    let (folded, pprof) = (dir.join("now.folded"), dir.join("now.pb.gz"));
+    let args = [
+        "--pid",
+        &rust_pid,
+        "--output",
+        folded.to_str().expect("utf-8"),
+        "--output",
+        pprof.to_str().expect("utf-8"),
+    ];
+    let traced = snapshot_profile(c.workload.pid(), &args, &dir, TIMEOUT);
+    assert_both(&traced.profile, &c, &rust, "snapshot (json)");
+    assert_both(&read_profile(&pprof), &c, &rust, "snapshot (pprof labels)");
+    let folded = std::fs::read_to_string(&folded).expect("read the folded stacks");
+    for root in [format!("c-pileup ({c_pid});"), format!("rust-pileup ({rust_pid});")] {
+        assert!(folded.lines().any(|line| line.starts_with(&root)), "no {root} root:\n{folded}");
+    }
+    // Which processes have pile-ups now: both, with their threads blocked.
+    let stdout = &traced.out.stdout;
+    assert!(stdout.starts_with("2 processes: "), "{stdout}");
+    // The handlers, and the reporter when it is in its send at that moment.
+    for (pid, handlers) in [(&c_pid, C_HANDLERS), (&rust_pid, RUST_HANDLERS)] {
+        let row = stdout
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(pid.as_str()))
+            .unwrap_or_else(|| panic!("no row for pid {pid}:\n{stdout}"));
+        let now: usize = row.split_whitespace().last().and_then(|n| n.parse().ok()).unwrap();
+        assert!(now == handlers || now == handlers + 1, "threads blocked now in {row:?}");
+    }
+}
+
+#[test]
+fn two_pileups_recorded_together_by_pid_and_by_name() {
+    let (c, rust, _build) = start_both();
+    let dir = TempDir::new("processes-record");
+    let args = ["--comm", "rust-pileup", "--duration", "2s"];
+    let traced = record_profile(c.workload.pid(), &args, &dir, TIMEOUT);
+    assert!(traced.profile.sampling.is_some(), "several processes are recorded sampled");
+    assert_both(&traced.profile, &c, &rust, "record");
+    let chains = &traced.profile.chains;
+    assert!(
+        chains.iter().any(|chain| chain.process.as_ref().is_some_and(|p| p.comm == "c-pileup")),
+        "each process's chains, named: {chains:#?}"
+    );
+}
+
+#[test]
+fn a_name_no_process_has_is_one_line() {
+    let out = tracer_snapshot(0, &["--comm", "no-such-process-name"], TIMEOUT);
+    assert!(!out.status.success());
+    assert_eq!(out.stderr.trim_end(), "tracer: no process is named \"no-such-process-name\"");
+}
