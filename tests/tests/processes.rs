@@ -1,14 +1,15 @@
 //! Real-kernel tests of several processes in one report: two pile-ups (C through glibc,
-//! Rust) snapshotted and recorded together, by `--pid` and by `--comm`; every output
-//! names each stack's process (folded root frame, pprof `pid`/`comm` labels, JSON),
-//! and the summary says which process has the pile-up.
+//! Rust) snapshotted and recorded together, by `--pid`, by `--comm` and by `--cgroup`
+//! (a cgroup the test makes, with a process started into it after the tracer attached);
+//! every output names each stack's process (folded root frame, pprof `pid`/`comm`
+//! labels, JSON), and the summary says which process has the pile-up.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tracer_tests::{
-    Pileup, Profile, TempDir, build_c_pileup, read_profile, record_profile, snapshot_profile,
-    start_c_pileup, start_rust_pileup, tracer_snapshot,
+    ChildGuard, Pileup, Profile, TempDir, build_c_pileup, read_profile, record_profile,
+    snapshot_profile, start_c_pileup, start_rust_pileup, tracer_bin, tracer_snapshot,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -112,4 +113,88 @@ fn a_name_no_process_has_is_one_line() {
     let out = tracer_snapshot(0, &["--comm", "no-such-process-name"], TIMEOUT);
     assert!(!out.status.success());
     assert_eq!(out.stderr.trim_end(), "tracer: no process is named \"no-such-process-name\"");
+}
+
+/// A cgroup the test makes, removed when dropped (after the processes in it are gone).
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    /// Under the cgroup v2 hierarchy (the root, or `unified` on a hybrid host), else v1's
+    /// pids controller.
+    fn make() -> Self {
+        let name = format!("tracer-test-{}", std::process::id());
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|root| root.join("cgroup.procs").is_file())
+            .expect("a cgroup hierarchy under /sys/fs/cgroup");
+        let path = root.join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self(path)
+    }
+
+    fn add(&self, pid: u32) {
+        let procs = self.0.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", procs.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The killed processes leave the cgroup a moment after they are reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("cannot remove the test cgroup {}", self.0.display());
+    }
+}
+
+#[test]
+fn a_process_that_starts_in_the_cgroup_while_recording_is_followed() {
+    let cgroup = TestCgroup::make();
+    let build = TempDir::new("processes-cgroup-build");
+    let bin = build_c_pileup(build.path());
+    let c = start_c_pileup(SLOW_BACKEND, &bin, C_HANDLERS, WORKLOAD_SECONDS);
+    cgroup.add(c.workload.pid());
+    let dir = TempDir::new("processes-cgroup");
+    let json = dir.join("record.json");
+    let mut cmd = std::process::Command::new(tracer_bin());
+    cmd.arg("record").arg("--cgroup").arg(&cgroup.0).args(["--duration", "4s", "--output"]);
+    cmd.arg(&json).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let (mut tracer, line) = spawn_and_read_line_from_stderr("tracer record --cgroup", cmd);
+    assert!(line.starts_with("tracer: recording 1 processes"), "{line}");
+    // Started after the tracer attached, and moved into the cgroup.
+    let rust = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, RUST_HANDLERS, WORKLOAD_SECONDS);
+    cgroup.add(rust.workload.pid());
+    let status = tracer.wait_timeout(TIMEOUT);
+    assert!(status.success(), "tracer record --cgroup: {status}");
+    assert_both(&read_profile(&json), &c, &rust, "record --cgroup");
+}
+
+/// Spawns `cmd` (stderr piped) and returns it with the first line it writes to stderr;
+/// the rest of its stderr is drained.
+fn spawn_and_read_line_from_stderr(
+    name: &str,
+    mut cmd: std::process::Command,
+) -> (ChildGuard, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let guard = ChildGuard::new(name, child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let line = match rx.recv_timeout(TIMEOUT) {
+        Ok(Ok(line)) => line.trim_end().to_owned(),
+        other => panic!("{name} wrote no line to stderr: {other:?}"),
+    };
+    (guard, line)
 }

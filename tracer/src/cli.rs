@@ -117,12 +117,17 @@ pub struct ReportArgs {
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// The process to look at; repeat for several (one report of them all).
-    #[arg(short, long, required_unless_present = "comm")]
+    #[arg(short, long, required_unless_present_any = ["comm", "cgroup"])]
     pub pid: Vec<u32>,
 
     /// Every process with this name (/proc/PID/comm), with any --pid.
     #[arg(long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Option<String>,
+
+    /// Every process in this cgroup and the ones below it (a systemd unit, a pod): a
+    /// path, absolute or under /sys/fs/cgroup.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
 
     /// Write a report; the extension names the format: .folded (collapsed stacks,
     /// weighted by threads), .svg (flamegraph), .pb.gz or .pprof (pprof), .json
@@ -141,12 +146,18 @@ pub struct SnapshotArgs {
 pub struct RecordArgs {
     /// The process to trace (all its threads, including ones it creates later); repeat
     /// for several (sampled: one report of them all).
-    #[arg(short, long, required_unless_present = "comm")]
+    #[arg(short, long, required_unless_present_any = ["comm", "cgroup"])]
     pub pid: Vec<u32>,
 
     /// Every process with this name (/proc/PID/comm), with any --pid.
     #[arg(long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Option<String>,
+
+    /// Every process in this cgroup and the ones below it (a systemd unit, a pod),
+    /// including those that start in it while recording (sampled): a path, absolute or
+    /// under /sys/fs/cgroup.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
 
     /// How long to record; Ctrl-C, SIGTERM or the target's exit end it sooner.
     #[arg(short, long, default_value = "10s", value_parser = parse_duration)]

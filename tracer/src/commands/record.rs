@@ -2,6 +2,7 @@
 //! (or Ctrl-C, SIGTERM, or its exit), then symbolize and write every report.
 
 use std::{
+    collections::BTreeSet,
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -31,9 +32,16 @@ use crate::{
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let RecordArgs { pid, comm, duration, min_wait, outputs, top, mode, rate, maps } = args;
-    let pids = target::select_processes(&pid, comm.as_deref())?;
-    let [pid] = pids[..] else {
+    let RecordArgs { pid, comm, cgroup, duration, min_wait, outputs, top, mode, rate, maps } = args;
+    let cgroup = cgroup.as_deref().map(target::cgroup_path).transpose()?;
+    let pids = target::select_processes(&pid, comm.as_deref(), cgroup.as_deref())?;
+    // A cgroup is followed (processes that start in it join the recording): sampled,
+    // as several processes are.
+    let single = match pids[..] {
+        [pid] if cgroup.is_none() => Some(pid),
+        _ => None,
+    };
+    let Some(pid) = single else {
         // Several: one sampled recording of them all.
         if mode == Some(Mode::Exact) {
             anyhow::bail!(
@@ -42,7 +50,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             );
         }
         let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
-        return record_sampled_several(&pids, duration, period, &outputs, top).await;
+        return record_sampled_several(&pids, cgroup, duration, period, &outputs, top).await;
     };
     let traced = Traced::open(pid, &outputs)?;
     if traced.is_go() {
@@ -212,62 +220,131 @@ async fn record_sampled(
 }
 
 /// One sampled recording of several processes, read in turn each period, reported as
-/// one profile whose stacks name their process. Go programs are recorded one at a time
-/// for now.
+/// one profile whose stacks name their process; with a cgroup, the processes that start
+/// in it join as they are seen. Go programs are recorded one at a time for now.
 async fn record_sampled_several(
     pids: &[u32],
+    cgroup: Option<PathBuf>,
     duration: Duration,
     period: Duration,
     outputs: &[PathBuf],
     top: usize,
 ) -> anyhow::Result<()> {
-    let btf_path = target::btf_path()?;
-    let mut targets = Vec::with_capacity(pids.len());
-    let mut samplers = Vec::with_capacity(pids.len());
+    let mut members = Members {
+        btf_path: target::btf_path()?,
+        period,
+        cgroup,
+        members: Vec::new(),
+        seen: BTreeSet::new(),
+    };
     for (index, &pid) in pids.iter().enumerate() {
         // The output formats are checked with the first.
-        let traced = Traced::open(pid, if index == 0 { outputs } else { &[] })?;
-        if traced.is_go() {
-            anyhow::bail!("pid {pid} is a Go program: record it alone (--pid {pid})");
-        }
-        let Traced { target, image } = traced;
-        let probes = Probes::open_for_reading(pid, &btf_path)?;
-        let sampler = ThreadSampler::new(pid, ProcessUnwinder::new(pid, image), probes, period)
-            .with_context(|| format!("cannot list the threads of pid {pid}"))?;
-        targets.push(target);
-        samplers.push(sampler);
+        members.join(pid, if index == 0 { outputs } else { &[] })?;
+    }
+    if pids.is_empty() {
+        // Nothing in the cgroup yet: the checks the first member would have made.
+        pipeline::check_outputs(outputs)?;
     }
     let outputs = pipeline::create_outputs(outputs)?;
-    let names: Vec<String> =
-        targets.iter().map(|target| format!("{} ({})", target.comm, target.pid)).collect();
+    let names: Vec<String> = members
+        .members
+        .iter()
+        .map(|(target, _)| format!("{} ({})", target.comm, target.pid))
+        .collect();
+    let following = members
+        .cgroup
+        .as_ref()
+        .map_or(String::new(), |cgroup| format!(", and whatever starts in {}", cgroup.display()));
     eprintln!(
-        "tracer: recording {} processes ({}) for {}, sampled every {}; Ctrl-C to stop early",
-        targets.len(),
+        "tracer: recording {} processes ({}{following}) for {}, sampled every {}; Ctrl-C to \
+         stop early",
+        members.members.len(),
         names.join(", "),
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
     );
     let started_at = SystemTime::now();
-    let (elapsed, exited) =
-        pipeline::sample_several_until_stop(&targets, duration, period, |exited| {
-            for ((sampler, &gone), target) in samplers.iter_mut().zip(exited).zip(&targets) {
-                // A read that fails is of a process exiting: the next look says so.
-                if !gone && let Err(err) = sampler.read() {
-                    log::debug!("pid {}: read failed: {err}", target.pid);
-                }
-            }
-        })
-        .await?;
+    let elapsed = pipeline::sample_while(duration, period, || members.read()).await?;
+    // Once more, for what is still blocked at the end.
+    members.read();
     let timing = SampledTiming { started_at, elapsed, period };
-    let profiles = targets
-        .iter()
-        .zip(samplers)
-        .zip(exited)
-        .map(|((target, sampler), gone)| {
-            sampled_profile(target, sampler.finish(gone), timing, gone)
+    let profiles = members
+        .members
+        .into_iter()
+        .map(|(target, sampler)| {
+            let exited = target.has_exited();
+            if exited {
+                eprintln!(
+                    "tracer: pid {} exited during the recording; reporting what was recorded",
+                    target.pid
+                );
+            }
+            sampled_profile(&target, sampler.finish(exited), timing, exited)
         })
         .collect();
     pipeline::report(&Profile::of_processes(profiles), outputs, top)
+}
+
+/// The processes of a sampled recording of several, and the cgroup new ones come from.
+struct Members {
+    btf_path: PathBuf,
+    period: Duration,
+    cgroup: Option<PathBuf>,
+    members: Vec<(target::Target, ThreadSampler)>,
+    /// Every pid met in the cgroup, joined or not (a Go program, one that exited first).
+    seen: BTreeSet<u32>,
+}
+
+impl Members {
+    /// Starts reading process `pid` (`outputs`: the report paths to check with it).
+    fn join(&mut self, pid: u32, outputs: &[PathBuf]) -> anyhow::Result<()> {
+        self.seen.insert(pid);
+        let traced = Traced::open(pid, outputs)?;
+        if traced.is_go() {
+            anyhow::bail!("pid {pid} is a Go program: record it alone (--pid {pid})");
+        }
+        let Traced { target, image } = traced;
+        let probes = Probes::open_for_reading(pid, &self.btf_path)?;
+        let unwinder = ProcessUnwinder::new(pid, image);
+        let sampler = ThreadSampler::new(pid, unwinder, probes, self.period)
+            .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+        self.members.push((target, sampler));
+        Ok(())
+    }
+
+    /// One read of every live member, after letting in the cgroup's new processes; false
+    /// when there is nothing left to read (every member exited, and no cgroup to wait on).
+    fn read(&mut self) -> bool {
+        if let Some(cgroup) = self.cgroup.clone() {
+            let new: Vec<u32> = target::cgroup_processes(&cgroup)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|pid| !self.seen.contains(pid))
+                .collect();
+            for pid in new {
+                match self.join(pid, &[]) {
+                    Ok(()) => {
+                        eprintln!("tracer: pid {pid} started in the cgroup; recording it too")
+                    }
+                    Err(err) => {
+                        eprintln!("tracer: pid {pid} started in the cgroup, left out: {err:#}")
+                    }
+                }
+            }
+        }
+        let mut alive = false;
+        for (target, sampler) in &mut self.members {
+            if target.has_exited() {
+                continue;
+            }
+            alive = true;
+            // A read that fails is of a process exiting: the next look says so.
+            if let Err(err) = sampler.read() {
+                log::debug!("pid {}: read failed: {err}", target.pid);
+            }
+        }
+        alive || self.cgroup.is_some()
+    }
 }
 
 /// When and how often a sampled recording read.

@@ -24,8 +24,12 @@ use crate::{
 };
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    let SnapshotArgs { pid, comm, outputs, top } = args;
-    let pids = target::select_processes(&pid, comm.as_deref())?;
+    let SnapshotArgs { pid, comm, cgroup, outputs, top } = args;
+    let cgroup = cgroup.as_deref().map(target::cgroup_path).transpose()?;
+    let pids = target::select_processes(&pid, comm.as_deref(), cgroup.as_deref())?;
+    if pids.is_empty() {
+        anyhow::bail!("no process is in the cgroup");
+    }
     if let [pid] = pids[..] {
         let traced = Traced::open(pid, &outputs)?;
         if traced.is_go() {

@@ -29,6 +29,16 @@ use crate::{
 };
 use target::Target;
 
+/// The checks every command makes before it opens a process: the output formats, then
+/// the capabilities.
+pub fn check_outputs(outputs: &[PathBuf]) -> anyhow::Result<()> {
+    for path in outputs {
+        Format::from_path(path)?;
+    }
+    target::check_capabilities()?;
+    Ok(())
+}
+
 /// A process checked and opened for tracing, with its memory map read once (files kept
 /// open, so a process that exits mid-trace is still symbolized).
 pub struct Traced {
@@ -40,10 +50,7 @@ impl Traced {
     /// The checks in the order that leaves nothing behind: output formats, privileges,
     /// the target, its memory map. The output files are created later (`create_outputs`).
     pub fn open(pid: u32, outputs: &[PathBuf]) -> anyhow::Result<Self> {
-        for path in outputs {
-            Format::from_path(path)?;
-        }
-        target::check_capabilities()?;
+        check_outputs(outputs)?;
         let target = Target::open(pid)?;
         let image = ProcessImage::snapshot(pid).map_err(|err| {
             if target.has_exited() {
@@ -137,16 +144,14 @@ pub async fn sample_until_stop(
     Ok((elapsed, target_exited))
 }
 
-/// `sample_until_stop` for several processes: `read` (told which have exited) at once
-/// and every `period` until `duration` has passed, Ctrl-C or SIGTERM comes, or every
-/// process has exited; then once more for what is still blocked at the end. Returns how
-/// long it ran and which processes exited.
-pub async fn sample_several_until_stop(
-    targets: &[Target],
+/// The loop of a sampled recording of several processes: `read` at once and every
+/// `period` until `duration` has passed, Ctrl-C, SIGTERM or SIGHUP comes, or `read` says
+/// there is nothing left to read (false). Returns how long it ran.
+pub async fn sample_while(
     duration: Duration,
     period: Duration,
-    mut read: impl FnMut(&[bool]),
-) -> anyhow::Result<(Duration, Vec<bool>)> {
+    mut read: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -155,31 +160,16 @@ pub async fn sample_several_until_stop(
     tokio::pin!(deadline);
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let exited = || targets.iter().map(Target::has_exited).collect::<Vec<bool>>();
     loop {
-        let gone = exited();
-        if gone.iter().all(|&gone| gone) {
-            break;
-        }
         tokio::select! {
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
-            _ = ticks.tick() => read(&gone),
+            _ = ticks.tick() => if !read() { break },
         }
     }
-    let gone = exited();
-    if !gone.iter().all(|&gone| gone) {
-        read(&gone);
-    }
-    for (target, _) in targets.iter().zip(&gone).filter(|(_, gone)| **gone) {
-        eprintln!(
-            "tracer: pid {} exited during the recording; reporting what was recorded",
-            target.pid
-        );
-    }
-    Ok((started.elapsed(), gone))
+    Ok(started.elapsed())
 }
 
 /// An empty profile of `kind` about `target`, begun at `started_at`.

@@ -4,7 +4,7 @@
 use std::{
     fs, io,
     os::fd::{FromRawFd as _, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 /// `PF_KTHREAD` in the flags field of /proc/PID/stat (include/linux/sched.h).
@@ -28,6 +28,9 @@ pub enum TargetError {
     /// `--comm` named no running process.
     #[error("no process is named {0:?}")]
     NoProcessNamed(String),
+    /// `--cgroup` named no cgroup.
+    #[error("{} is not a cgroup (no cgroup.procs in it)", .0.display())]
+    NoCgroup(PathBuf),
     /// The process has exited, every thread of it, and waits for its parent to reap it.
     #[error("pid {0} has exited (a zombie waiting for its parent); nothing left to trace")]
     Zombie(u32),
@@ -191,10 +194,18 @@ pub fn unix_ns(time: std::time::SystemTime) -> Option<u64> {
     u64::try_from(since_epoch.as_nanos()).ok()
 }
 
-/// The processes `--pid` (each given) and `--comm` (every process of that name but the
-/// tracer) select, in pid order, each once.
-pub fn select_processes(pids: &[u32], comm: Option<&str>) -> Result<Vec<u32>, TargetError> {
+/// The processes `--pid` (each given), `--comm` (every process of that name but the
+/// tracer) and `--cgroup` (every process in it and its descendants) select, in pid
+/// order, each once.
+pub fn select_processes(
+    pids: &[u32],
+    comm: Option<&str>,
+    cgroup: Option<&Path>,
+) -> Result<Vec<u32>, TargetError> {
     let mut selected: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
+    if let Some(cgroup) = cgroup {
+        selected.extend(cgroup_processes(cgroup)?);
+    }
     if let Some(name) = comm {
         let own = std::process::id();
         let named: Vec<u32> = std::fs::read_dir("/proc")
@@ -213,6 +224,40 @@ pub fn select_processes(pids: &[u32], comm: Option<&str>) -> Result<Vec<u32>, Ta
         selected.extend(named);
     }
     Ok(selected.into_iter().collect())
+}
+
+/// A cgroup given as a path: absolute, or relative to /sys/fs/cgroup (`system.slice/x.service`,
+/// `unified/kubepods/pod…` on a hybrid host); it must exist.
+pub fn cgroup_path(given: &Path) -> Result<PathBuf, TargetError> {
+    let path = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        Path::new("/sys/fs/cgroup").join(given)
+    };
+    if !path.join("cgroup.procs").is_file() {
+        return Err(TargetError::NoCgroup(path));
+    }
+    Ok(path)
+}
+
+/// The processes in `cgroup` and the cgroups below it (a pod's containers), from their
+/// `cgroup.procs`; a cgroup removed meanwhile has none.
+pub fn cgroup_processes(cgroup: &Path) -> Result<Vec<u32>, TargetError> {
+    let mut pids = Vec::new();
+    let mut pending = vec![cgroup.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|line| line.trim().parse::<u32>().ok()));
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        pending.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+    }
+    if pids.is_empty() && !cgroup.exists() {
+        return Err(TargetError::NoCgroup(cgroup.to_path_buf()));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
 }
 
 /// The capabilities tracing needs, by number (include/uapi/linux/capability.h), and what
