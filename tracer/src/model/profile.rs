@@ -209,8 +209,9 @@ pub struct ThreadCounts {
 }
 
 impl ThreadCounts {
-    /// Adds another process's counts to these.
-    pub fn add(&mut self, other: &ThreadCounts) {
+    /// Every counter by name, in a fixed order: for the formats that list them (pprof
+    /// comments) and read them back by name, and to add counts up.
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 8] {
         let ThreadCounts {
             threads,
             blocked_in_waits,
@@ -220,15 +221,25 @@ impl ThreadCounts {
             unreadable,
             runtime_hidden,
             frame_pointer_unknown,
-        } = other;
-        self.threads += threads;
-        self.blocked_in_waits += blocked_in_waits;
-        self.elsewhere += elsewhere;
-        self.exited_while_read += exited_while_read;
-        self.woke_while_read += woke_while_read;
-        self.unreadable += unreadable;
-        self.runtime_hidden += runtime_hidden;
-        self.frame_pointer_unknown += frame_pointer_unknown;
+        } = self;
+        [
+            ("threads", threads),
+            ("blocked_in_waits", blocked_in_waits),
+            ("elsewhere", elsewhere),
+            ("exited_while_read", exited_while_read),
+            ("woke_while_read", woke_while_read),
+            ("unreadable", unreadable),
+            ("frame_pointer_unknown", frame_pointer_unknown),
+            ("runtime_hidden", runtime_hidden),
+        ]
+    }
+
+    /// Adds another process's counts to these.
+    pub fn add(&mut self, other: &ThreadCounts) {
+        let mut other = other.clone();
+        for ((_, sum), (_, add)) in self.fields_mut().into_iter().zip(other.fields_mut()) {
+            *sum += *add;
+        }
     }
 }
 

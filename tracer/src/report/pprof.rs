@@ -420,29 +420,6 @@ fn sample(
     proto::Sample { location_id, value: vec![count as i64, stats.total_ns as i64], label }
 }
 
-fn thread_count_fields(counts: &mut ThreadCounts) -> [(&'static str, &mut u64); 8] {
-    let ThreadCounts {
-        threads,
-        blocked_in_waits,
-        elsewhere,
-        exited_while_read,
-        woke_while_read,
-        unreadable,
-        runtime_hidden,
-        frame_pointer_unknown,
-    } = counts;
-    [
-        ("threads", threads),
-        ("blocked_in_waits", blocked_in_waits),
-        ("elsewhere", elsewhere),
-        ("exited_while_read", exited_while_read),
-        ("woke_while_read", woke_while_read),
-        ("unreadable", unreadable),
-        ("frame_pointer_unknown", frame_pointer_unknown),
-        ("runtime_hidden", runtime_hidden),
-    ]
-}
-
 /// Counters only a Go profile has: written only when not zero, as in the JSON.
 const GO_ONLY: [&str; 7] = [
     "go_parks_lost",
@@ -489,10 +466,7 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
     let mut fields = counts.fields_mut().into_iter();
     comments.push(format!("lost: {}", pairs(fields.by_ref().take(TraceCounts::LOSSES))));
     comments.push(format!("seen: {}", pairs(fields)));
-    comments.push(format!(
-        "threads read: {}",
-        pairs(thread_count_fields(&mut profile.thread_counts.clone()))
-    ));
+    comments.push(format!("threads read: {}", pairs(profile.thread_counts.clone().fields_mut())));
     // One line each, so that pprof's header (which prints every comment) stays short.
     if !profile.below_threshold.is_empty() {
         let kinds: Vec<String> = profile
@@ -734,7 +708,7 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
         };
         match key {
             "lost" | "seen" => read_pairs(value, counts.fields_mut()),
-            "threads read" => read_pairs(value, thread_count_fields(&mut thread_counts)),
+            "threads read" => read_pairs(value, thread_counts.fields_mut()),
             "under the threshold" => {
                 for entry in value.split(", ") {
                     let (kind, pairs) = entry.split_once(' ').unwrap_or((entry, ""));
