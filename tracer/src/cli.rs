@@ -36,17 +36,31 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The process to trace; the daemon stops when it exits.
-    #[arg(short, long, required_unless_present = "comm", conflicts_with = "comm")]
-    pub pid: Option<u32>,
+    /// The process to trace; the daemon stops when it exits. Repeat for several (read
+    /// sampled; the daemon stops when all have exited).
+    #[arg(short, long, required_unless_present_any = ["comm", "cgroup", "all"])]
+    pub pid: Vec<u32>,
 
     /// Trace the process with this name (/proc/PID/comm), and the next one with that
     /// name each time it exits and restarts.
-    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
+    #[arg(long, value_name = "NAME", value_parser = parse_comm,
+          conflicts_with_all = ["pid", "cgroup", "all"])]
     pub comm: Option<String>,
 
+    /// Every process in this cgroup and below it (a systemd unit, a pod), and those that
+    /// start in it later: a path, absolute or under /sys/fs/cgroup. Read sampled; every
+    /// series and profile names its process (?pid= and ?comm= pick one).
+    #[arg(long, value_name = "PATH", conflicts_with = "all")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Every user process on the host, and those that start later: the per-host daemon.
+    /// Read sampled; every series and profile names its process (?pid= and ?comm= pick
+    /// one).
+    #[arg(long, conflicts_with = "pid")]
+    pub all: bool,
+
     /// The address to serve on. Off loopback, the endpoints (which show the target's
-    /// call stacks, command line and peers) need --token-file, or --insecure.
+    /// call stacks, command line and peers) need --token-file or TLS, or --insecure.
     #[arg(long, default_value = "127.0.0.1:6060", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
 
@@ -55,8 +69,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// Serve off loopback without a token: anyone who reaches the address reads the
-    /// target's call stacks.
+    /// Serve HTTPS with this certificate chain (PEM), with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Ask every client for a certificate signed by these CAs (PEM), and refuse those
+    /// without one.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve off loopback without a token or TLS: anyone who reaches the address reads
+    /// the target's call stacks.
     #[arg(long)]
     pub insecure: bool,
 
@@ -114,10 +141,13 @@ pub struct ReportArgs {
     pub top: usize,
 }
 
+/// Which processes: one, several, or many (one report of them all, each stack naming
+/// its process).
 #[derive(Debug, Args)]
-pub struct SnapshotArgs {
-    /// The process to look at; repeat for several (one report of them all).
-    #[arg(short, long, required_unless_present_any = ["comm", "cgroup"])]
+pub struct ProcessSelection {
+    /// A process to trace (all its threads, including ones it creates later); repeat for
+    /// several.
+    #[arg(short, long, required_unless_present_any = ["comm", "cgroup", "all"])]
     pub pid: Vec<u32>,
 
     /// Every process with this name (/proc/PID/comm), with any --pid.
@@ -125,9 +155,21 @@ pub struct SnapshotArgs {
     pub comm: Option<String>,
 
     /// Every process in this cgroup and the ones below it (a systemd unit, a pod): a
-    /// path, absolute or under /sys/fs/cgroup.
+    /// path, absolute or under /sys/fs/cgroup. A recording lets in the ones that start
+    /// in it while it runs.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+
+    /// Every user process on the host (sampled, so the cost stays bounded); a recording
+    /// lets in the ones that start while it runs.
+    #[arg(long, conflicts_with_all = ["pid", "comm", "cgroup"])]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub processes: ProcessSelection,
 
     /// Write a report; the extension names the format: .folded (collapsed stacks,
     /// weighted by threads), .svg (flamegraph), .pb.gz or .pprof (pprof), .json
@@ -144,20 +186,9 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
-    /// The process to trace (all its threads, including ones it creates later); repeat
-    /// for several (sampled: one report of them all).
-    #[arg(short, long, required_unless_present_any = ["comm", "cgroup"])]
-    pub pid: Vec<u32>,
-
-    /// Every process with this name (/proc/PID/comm), with any --pid.
-    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
-    pub comm: Option<String>,
-
-    /// Every process in this cgroup and the ones below it (a systemd unit, a pod),
-    /// including those that start in it while recording (sampled): a path, absolute or
-    /// under /sys/fs/cgroup.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    /// Several processes are recorded sampled, one report of them all.
+    #[command(flatten)]
+    pub processes: ProcessSelection,
 
     /// How long to record; Ctrl-C, SIGTERM or the target's exit end it sooner.
     #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
@@ -218,6 +249,20 @@ pub struct MapSizes {
     /// Bytes of the ring buffer for the wakers of long futex waits (likewise).
     #[arg(long, hide = true)]
     pub wake_ring_buffer_bytes: Option<u32>,
+}
+
+impl ProcessSelection {
+    /// The selection, its cgroup checked and made absolute.
+    pub fn resolve(&self) -> anyhow::Result<crate::pipeline::members::Selection> {
+        let cgroup =
+            self.cgroup.as_deref().map(crate::pipeline::target::cgroup_path).transpose()?;
+        Ok(crate::pipeline::members::Selection {
+            pids: self.pid.clone(),
+            comm: self.comm.clone(),
+            cgroup,
+            all: self.all,
+        })
+    }
 }
 
 /// A process name to wait for: an empty one names no process, and the wait would never end.

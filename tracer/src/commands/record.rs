@@ -2,7 +2,6 @@
 //! (or Ctrl-C, SIGTERM, or its exit), then symbolize and write every report.
 
 use std::{
-    collections::BTreeSet,
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -16,6 +15,7 @@ use crate::{
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
+        members::{Joined, Member, Members, Selection},
         target,
     },
     probes::{
@@ -26,19 +26,19 @@ use crate::{
     stacks::ProcessUnwinder,
     threads::{
         blocked_now::collect_blocked_threads,
-        sampler::{Sampled, ThreadSampler},
+        sampler::{Sampled, TaskRegisters, ThreadSampler},
         waits_before::adopt_waits_in_progress,
     },
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let RecordArgs { pid, comm, cgroup, duration, min_wait, outputs, top, mode, rate, maps } = args;
-    let cgroup = cgroup.as_deref().map(target::cgroup_path).transpose()?;
-    let pids = target::select_processes(&pid, comm.as_deref(), cgroup.as_deref())?;
-    // A cgroup is followed (processes that start in it join the recording): sampled,
-    // as several processes are.
+    let RecordArgs { processes, duration, min_wait, outputs, top, mode, rate, maps } = args;
+    let selection = processes.resolve()?;
+    let pids = selection.matching()?;
+    // A cgroup or the host is followed (processes that start join the recording):
+    // sampled, as several processes are.
     let single = match pids[..] {
-        [pid] if cgroup.is_none() => Some(pid),
+        [pid] if !selection.follows() => Some(pid),
         _ => None,
     };
     let Some(pid) = single else {
@@ -50,7 +50,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             );
         }
         let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
-        return record_sampled_several(&pids, cgroup, duration, period, &outputs, top).await;
+        return record_sampled_several(selection, pids, duration, period, &outputs, top).await;
     };
     let traced = Traced::open(pid, &outputs)?;
     if traced.is_go() {
@@ -200,9 +200,9 @@ async fn record_sampled(
     let outputs = pipeline::create_outputs(outputs)?;
     let Traced { target, image } = traced;
     let pid = target.pid;
-    let probes = Probes::open_for_reading(pid, &btf_path)?;
+    let registers = TaskRegisters::Own(Probes::open_for_reading(pid, &btf_path)?);
     let unwinder = ProcessUnwinder::new(pid, image);
-    let mut sampler = ThreadSampler::new(pid, unwinder, probes, period)
+    let mut sampler = ThreadSampler::new(pid, unwinder, registers, period)
         .with_context(|| format!("cannot list the threads of pid {pid}"))?;
     eprintln!(
         "tracer: recording {} (pid {pid}) for {}, sampled every {}; Ctrl-C to stop early",
@@ -220,58 +220,51 @@ async fn record_sampled(
 }
 
 /// One sampled recording of several processes, read in turn each period, reported as
-/// one profile whose stacks name their process; with a cgroup, the processes that start
-/// in it join as they are seen. Go programs are recorded one at a time for now.
+/// one profile whose stacks name their process; with a cgroup or `--all`, the processes
+/// that start meanwhile join as they are seen. A Go program's threads are read (its
+/// goroutines need it recorded alone).
 async fn record_sampled_several(
-    pids: &[u32],
-    cgroup: Option<PathBuf>,
+    selection: Selection,
+    pids: Vec<u32>,
     duration: Duration,
     period: Duration,
     outputs: &[PathBuf],
     top: usize,
 ) -> anyhow::Result<()> {
-    let mut members = Members {
-        btf_path: target::btf_path()?,
-        period,
-        cgroup,
-        members: Vec::new(),
-        seen: BTreeSet::new(),
-    };
-    for (index, &pid) in pids.iter().enumerate() {
-        // The output formats are checked with the first.
-        members.join(pid, if index == 0 { outputs } else { &[] })?;
-    }
-    if pids.is_empty() {
-        // Nothing in the cgroup yet: the checks the first member would have made.
-        pipeline::check_outputs(outputs)?;
-    }
+    pipeline::check_outputs(outputs)?;
+    let (mut members, joined) = Members::start(selection, pids, period)?;
     let outputs = pipeline::create_outputs(outputs)?;
-    let names: Vec<String> = members
-        .members
-        .iter()
-        .map(|(target, _)| format!("{} ({})", target.comm, target.pid))
-        .collect();
-    let following = members
-        .cgroup
-        .as_ref()
-        .map_or(String::new(), |cgroup| format!(", and whatever starts in {}", cgroup.display()));
+    for joined in joined.iter().filter(|joined| !matches!(joined, Joined::Joined { go: false, .. })) {
+        eprintln!("tracer: {joined}");
+    }
+    let following = if members.selection().follows() {
+        ", and the processes that start meanwhile"
+    } else {
+        ""
+    };
     eprintln!(
-        "tracer: recording {} processes ({}{following}) for {}, sampled every {}; Ctrl-C to \
+        "tracer: recording {} ({} processes{following}) for {}, sampled every {}; Ctrl-C to \
          stop early",
+        members.selection().describe(),
         members.members.len(),
-        names.join(", "),
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
     );
     let started_at = SystemTime::now();
-    let elapsed = pipeline::sample_while(duration, period, || members.read()).await?;
+    let elapsed = pipeline::sample_while(duration, period, || {
+        for joined in members.look_for_new() {
+            eprintln!("tracer: {joined}");
+        }
+        members.read()
+    })
+    .await?;
     // Once more, for what is still blocked at the end.
     members.read();
     let timing = SampledTiming { started_at, elapsed, period };
     let profiles = members
         .members
         .into_iter()
-        .map(|(target, sampler)| {
+        .map(|Member { target, sampler, .. }| {
             let exited = target.has_exited();
             if exited {
                 eprintln!(
@@ -283,68 +276,6 @@ async fn record_sampled_several(
         })
         .collect();
     pipeline::report(&Profile::of_processes(profiles), outputs, top)
-}
-
-/// The processes of a sampled recording of several, and the cgroup new ones come from.
-struct Members {
-    btf_path: PathBuf,
-    period: Duration,
-    cgroup: Option<PathBuf>,
-    members: Vec<(target::Target, ThreadSampler)>,
-    /// Every pid met in the cgroup, joined or not (a Go program, one that exited first).
-    seen: BTreeSet<u32>,
-}
-
-impl Members {
-    /// Starts reading process `pid` (`outputs`: the report paths to check with it).
-    fn join(&mut self, pid: u32, outputs: &[PathBuf]) -> anyhow::Result<()> {
-        self.seen.insert(pid);
-        let traced = Traced::open(pid, outputs)?;
-        if traced.is_go() {
-            anyhow::bail!("pid {pid} is a Go program: record it alone (--pid {pid})");
-        }
-        let Traced { target, image } = traced;
-        let probes = Probes::open_for_reading(pid, &self.btf_path)?;
-        let unwinder = ProcessUnwinder::new(pid, image);
-        let sampler = ThreadSampler::new(pid, unwinder, probes, self.period)
-            .with_context(|| format!("cannot list the threads of pid {pid}"))?;
-        self.members.push((target, sampler));
-        Ok(())
-    }
-
-    /// One read of every live member, after letting in the cgroup's new processes; false
-    /// when there is nothing left to read (every member exited, and no cgroup to wait on).
-    fn read(&mut self) -> bool {
-        if let Some(cgroup) = self.cgroup.clone() {
-            let new: Vec<u32> = target::cgroup_processes(&cgroup)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|pid| !self.seen.contains(pid))
-                .collect();
-            for pid in new {
-                match self.join(pid, &[]) {
-                    Ok(()) => {
-                        eprintln!("tracer: pid {pid} started in the cgroup; recording it too")
-                    }
-                    Err(err) => {
-                        eprintln!("tracer: pid {pid} started in the cgroup, left out: {err:#}")
-                    }
-                }
-            }
-        }
-        let mut alive = false;
-        for (target, sampler) in &mut self.members {
-            if target.has_exited() {
-                continue;
-            }
-            alive = true;
-            // A read that fails is of a process exiting: the next look says so.
-            if let Err(err) = sampler.read() {
-                log::debug!("pid {}: read failed: {err}", target.pid);
-            }
-        }
-        alive || self.cgroup.is_some()
-    }
 }
 
 /// When and how often a sampled recording read.
@@ -369,7 +300,7 @@ fn sampled_profile(
         thread_counts,
         reads,
         threads_skipped,
-        mut probes,
+        mut registers,
     } = sampled;
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
     let SampledTiming { started_at, elapsed, period } = timing;
@@ -381,7 +312,7 @@ fn sampled_profile(
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
     let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
-    let frame_pointers = pipeline::host_frame_pointers(&mut probes);
+    let frame_pointers = registers.host();
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     profile
 }

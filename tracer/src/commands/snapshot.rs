@@ -24,13 +24,15 @@ use crate::{
 };
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    let SnapshotArgs { pid, comm, cgroup, outputs, top } = args;
-    let cgroup = cgroup.as_deref().map(target::cgroup_path).transpose()?;
-    let pids = target::select_processes(&pid, comm.as_deref(), cgroup.as_deref())?;
+    let SnapshotArgs { processes, outputs, top } = args;
+    let selection = processes.resolve()?;
+    let pids = selection.matching()?;
     if pids.is_empty() {
         anyhow::bail!("no process is in the cgroup");
     }
-    if let [pid] = pids[..] {
+    if let [pid] = pids[..]
+        && !selection.all
+    {
         let traced = Traced::open(pid, &outputs)?;
         if traced.is_go() {
             return golang::snapshot(&traced, &outputs, top);
@@ -42,21 +44,28 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         let profile = snapshot_profile(traced, &frame_pointers)?;
         return pipeline::report(&profile, outputs, top);
     }
-    snapshot_several(&pids, &outputs, top)
+    let named = if selection.all { &[][..] } else { &selection.pids[..] };
+    snapshot_several(&pids, named, &outputs, top)
 }
 
-/// One report of several processes' blocked threads, each stack tagged with its
-/// process. One that exits meanwhile is left out and said so; Go programs are
-/// snapshotted one at a time for now.
-fn snapshot_several(pids: &[u32], outputs: &[PathBuf], top: usize) -> anyhow::Result<()> {
+/// One report of several processes' blocked threads (a Go program's goroutines), each
+/// stack tagged with its process. Those named by pid must be readable; any other that
+/// exits meanwhile or cannot be read is left out, and said so.
+fn snapshot_several(
+    pids: &[u32],
+    named: &[u32],
+    outputs: &[PathBuf],
+    top: usize,
+) -> anyhow::Result<()> {
+    pipeline::check_outputs(outputs)?;
     let mut traced = Vec::with_capacity(pids.len());
-    for (index, &pid) in pids.iter().enumerate() {
-        // The output formats are checked with the first.
-        let one = Traced::open(pid, if index == 0 { outputs } else { &[] })?;
-        if one.is_go() {
-            anyhow::bail!("pid {pid} is a Go program: snapshot it alone (--pid {pid})");
+    let mut left_out = Vec::new();
+    for &pid in pids {
+        match Traced::open(pid, &[]) {
+            Ok(one) => traced.push(one),
+            Err(err) if named.contains(&pid) => return Err(err),
+            Err(err) => left_out.push((pid, format!("{err:#}"))),
         }
-        traced.push(one);
     }
     let outputs = pipeline::create_outputs(outputs)?;
     // One pass over the host's tasks serves every process.
@@ -66,15 +75,39 @@ fn snapshot_several(pids: &[u32], outputs: &[PathBuf], top: usize) -> anyhow::Re
     let mut profiles = Vec::with_capacity(traced.len());
     for one in traced {
         let pid = one.target.pid;
-        match snapshot_profile(one, &frame_pointers) {
+        let profile = if one.is_go() {
+            golang::snapshot_profile(&one).map(|mut profile| {
+                profile.cgroup = one.target.cgroup.clone();
+                profile
+            })
+        } else {
+            snapshot_profile(one, &frame_pointers)
+        };
+        match profile {
             Ok(profile) => profiles.push(profile),
-            Err(err) => eprintln!("tracer: pid {pid} left out: {err:#}"),
+            Err(err) => left_out.push((pid, format!("{err:#}"))),
         }
     }
+    say_left_out(&left_out);
     if profiles.is_empty() {
         anyhow::bail!("every process exited during the snapshot");
     }
     pipeline::report(&Profile::of_processes(profiles), outputs, top)
+}
+
+/// Names the processes left out of a snapshot of several: each, or (many of them, as
+/// under --all) how many and the first few.
+fn say_left_out(left_out: &[(u32, String)]) {
+    const NAMED: usize = 5;
+    for (pid, reason) in left_out.iter().take(NAMED) {
+        eprintln!("tracer: pid {pid} left out: {reason}");
+    }
+    if left_out.len() > NAMED {
+        eprintln!("tracer: {} more processes left out (-v names them)", left_out.len() - NAMED);
+        for (pid, reason) in &left_out[NAMED..] {
+            log::info!("pid {pid} left out: {reason}");
+        }
+    }
 }
 
 /// The task iterator alone: it reads the saved registers, nothing is attached.

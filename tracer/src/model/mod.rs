@@ -14,7 +14,7 @@ pub(crate) mod tests;
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
-    ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TraceCounts,
+    ModuleInfo, ProcessTag, container_id, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TraceCounts,
 };
 pub use stats::{WaitStats, log2_bucket};
 

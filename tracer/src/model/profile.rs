@@ -40,6 +40,37 @@ pub struct ProfileStack {
 pub struct ProcessTag {
     pub pid: u32,
     pub comm: String,
+    /// Its cgroup (v2 path, `/system.slice/redis.service`), where one was read.
+    pub cgroup: Option<String>,
+}
+
+impl ProcessTag {
+    /// The container the process runs in: the 64-hex-digit id that Docker, containerd,
+    /// CRI-O and Podman put in the name of a container's cgroup.
+    pub fn container_id(&self) -> Option<&str> {
+        container_id(self.cgroup.as_deref()?)
+    }
+
+    /// The shortest name of where it runs, for a table: a container's short id, else
+    /// the last part of its cgroup (`redis.service`).
+    pub fn unit(&self) -> Option<&str> {
+        if let Some(id) = self.container_id() {
+            return id.get(..12);
+        }
+        let cgroup = self.cgroup.as_deref()?;
+        cgroup.rsplit('/').find(|part| !part.is_empty())
+    }
+}
+
+/// The container id in a cgroup path: the last part holding 64 hex digits, as
+/// `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`
+/// or `/docker/<id>` (cgroup v1 style) name it.
+pub fn container_id(cgroup: &str) -> Option<&str> {
+    cgroup.rsplit('/').find_map(|part| {
+        let part = part.strip_suffix(".scope").unwrap_or(part);
+        let id = part.rsplit(['-', ':']).next()?;
+        (id.len() == 64 && id.bytes().all(|byte| byte.is_ascii_hexdigit())).then_some(id)
+    })
 }
 
 impl std::fmt::Display for ProcessTag {
@@ -253,6 +284,8 @@ pub struct Profile {
     /// The target's command line, read when tracing began.
     pub command_line: Option<Vec<String>>,
     pub comm: String,
+    /// The process's cgroup (v2 path), where it was read.
+    pub cgroup: Option<String>,
     pub duration: Duration,
     pub min_wait: Duration,
     /// How a recording was taken: `None` when every wait was seen as it happened (exact),
@@ -317,6 +350,7 @@ impl Profile {
             start_unix_ns: None,
             command_line: None,
             comm,
+            cgroup: None,
             duration: Duration::ZERO,
             min_wait: Duration::ZERO,
             sampling: None,
@@ -364,7 +398,11 @@ impl Profile {
         let mut below: BTreeMap<WaitKind, ShortWaitTotals> = BTreeMap::new();
         let mut chains = Vec::new();
         for profile in profiles {
-            let tag = ProcessTag { pid: profile.pid, comm: profile.comm.clone() };
+            let tag = ProcessTag {
+                pid: profile.pid,
+                comm: profile.comm.clone(),
+                cgroup: profile.cgroup.clone(),
+            };
             merged.start_unix_ns = match (merged.start_unix_ns, profile.start_unix_ns) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

@@ -151,6 +151,7 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         start_unix_ns: None,
         command_line: None,
         comm: "app".into(),
+        cgroup: None,
         duration: Duration::from_secs(1),
         min_wait: Duration::from_millis(1),
         sampling: None,

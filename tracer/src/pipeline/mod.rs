@@ -4,6 +4,7 @@
 //! exporters. Each command runs these stages; none builds a profile its own way.
 
 pub mod counts;
+pub mod members;
 pub mod own_usage;
 pub mod target;
 
@@ -177,6 +178,7 @@ pub fn profile_of(target: &Target, kind: ProfileKind, started_at: SystemTime) ->
     let mut profile = Profile::new(kind, target.pid, target.comm.clone());
     profile.start_unix_ns = target::unix_ns(started_at);
     profile.command_line = target.command_line.clone();
+    profile.cgroup = target.cgroup.clone();
     profile
 }
 

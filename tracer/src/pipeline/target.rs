@@ -69,6 +69,8 @@ pub struct Target {
     pub comm: String,
     /// Its command line (/proc/PID/cmdline), when readable.
     pub command_line: Option<Vec<String>>,
+    /// Its cgroup v2 path (`/system.slice/redis.service`), when readable.
+    pub cgroup: Option<String>,
     /// Becomes readable when the process exits.
     pub pidfd: OwnedFd,
 }
@@ -115,7 +117,8 @@ impl Target {
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let command_line = read_command_line(live_thread(pid));
         let comm = crate::report::escape_name(&comm).into_owned();
-        Ok(Self { pid, comm, command_line, pidfd })
+        let cgroup = process_cgroup(pid);
+        Ok(Self { pid, comm, command_line, cgroup, pidfd })
     }
 
     /// Whether the process has exited (its pidfd polls readable).
@@ -226,6 +229,27 @@ pub fn select_processes(
     Ok(selected.into_iter().collect())
 }
 
+/// Every live user process on the host but this one (`--all`): kernel threads and
+/// zombies left out.
+pub fn user_processes() -> Vec<u32> {
+    let own = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own)
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            // A dead main thread with live threads behind it is still a process.
+            parse_stat(&stat).is_some_and(|stat| {
+                stat.flags & PF_KTHREAD == 0 && (!is_dead(stat.state) || live_thread(*pid) != *pid)
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// A cgroup given as a path: absolute, or relative to /sys/fs/cgroup (`system.slice/x.service`,
 /// `unified/kubepods/pod…` on a hybrid host); it must exist.
 pub fn cgroup_path(given: &Path) -> Result<PathBuf, TargetError> {
@@ -238,6 +262,14 @@ pub fn cgroup_path(given: &Path) -> Result<PathBuf, TargetError> {
         return Err(TargetError::NoCgroup(path));
     }
     Ok(path)
+}
+
+/// The cgroup v2 path of process `pid` (the `0::` line of /proc/PID/cgroup), its control
+/// characters written out (a container runtime names it).
+pub fn process_cgroup(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    Some(crate::report::escape_name(path).into_owned())
 }
 
 /// The processes in `cgroup` and the cgroups below it (a pod's containers), from their

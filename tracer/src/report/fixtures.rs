@@ -105,6 +105,7 @@ pub(crate) fn fixture_profile() -> Profile {
         start_unix_ns: None,
         command_line: None,
         comm: "app".to_string(),
+        cgroup: None,
         duration: Duration::from_millis(3_000),
         min_wait: Duration::from_millis(1),
         sampling: None,

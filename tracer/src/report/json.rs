@@ -115,6 +115,12 @@ pub struct JsonTarget {
     pub command_line: Option<Vec<String>>,
     /// The target exited before the recording's end.
     pub exited: bool,
+    /// Its cgroup v2 path, where one was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container id in the cgroup's name, where there is one (written, not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -153,6 +159,13 @@ pub struct JsonStack {
 pub struct JsonProcess {
     pub pid: u32,
     pub comm: String,
+    /// Its cgroup v2 path, where one was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container id in the cgroup's name, where there is one (written, not read:
+    /// it follows from `cgroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -278,6 +291,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         start_unix_ns,
         command_line: profile_command_line,
         comm,
+        cgroup,
         duration,
         min_wait,
         sampling,
@@ -305,6 +319,8 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
             // Read when tracing began, else (an older profile) when the report was written.
             command_line: profile_command_line.clone().or_else(|| command_line.clone()),
             exited: *target_exited,
+            cgroup: cgroup.clone(),
+            container: cgroup.as_deref().and_then(crate::model::container_id).map(str::to_string),
         },
         kernel: kernel.clone(),
         start_unix_ns: *start_unix_ns,
@@ -376,12 +392,17 @@ fn json_stack(stack: &ProfileStack) -> JsonStack {
     }
 }
 
-fn json_process(process: &ProcessTag) -> JsonProcess {
-    JsonProcess { pid: process.pid, comm: process.comm.clone() }
+pub(crate) fn json_process(process: &ProcessTag) -> JsonProcess {
+    JsonProcess {
+        pid: process.pid,
+        comm: process.comm.clone(),
+        cgroup: process.cgroup.clone(),
+        container: process.container_id().map(str::to_string),
+    }
 }
 
-fn process_tag(process: JsonProcess) -> ProcessTag {
-    ProcessTag { pid: process.pid, comm: process.comm }
+pub(crate) fn process_tag(process: JsonProcess) -> ProcessTag {
+    ProcessTag { pid: process.pid, comm: process.comm, cgroup: process.cgroup }
 }
 
 fn json_frame(frame: &Frame) -> JsonFrame {
@@ -535,7 +556,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         processes,
     } = json;
     let has_chains = schema != SCHEMA_WITHOUT_CHAINS;
-    let JsonTarget { pid, comm, command_line, exited } = target;
+    let JsonTarget { pid, comm, command_line, exited, cgroup, container: _ } = target;
     let invalid = |what: String| JsonError::Invalid(what);
     let kind = parse_profile_kind(&kind)
         .ok_or_else(|| invalid(format!("unknown profile kind {kind:?}")))?;
@@ -573,6 +594,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     let mut profile = Profile::new(kind, pid, comm);
     profile.start_unix_ns = start_unix_ns;
     profile.command_line = command_line.clone();
+    profile.cgroup = cgroup;
     profile.duration = Duration::from_nanos(duration_ns);
     profile.min_wait = Duration::from_nanos(min_wait_ns);
     profile.sampling = sample_period_ns.map(|period_ns| Sampling {

@@ -8,7 +8,6 @@ use crate::{
     chains::{
         ChainHop, ChainSite, PeerProcess, Terminal, ThreadNow, ThreadState, WaitChain, chain_line,
     },
-    model::ProcessTag,
     report::{
         json::{JsonProcess, parse_wait_kind},
         summary::format_duration,
@@ -91,7 +90,7 @@ pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
             process: chain
                 .process
                 .as_ref()
-                .map(|process| JsonProcess { pid: process.pid, comm: process.comm.clone() }),
+                .map(super::json::json_process),
             start: json_site(&chain.start),
             threads: chain.threads,
             blocked_ns: chain.blocked_ns,
@@ -157,7 +156,7 @@ pub fn wait_chains(chains: Vec<JsonChain>) -> Result<Vec<WaitChain>, String> {
 
 fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
     let JsonChain { line: _, process, start, threads, blocked_ns, hops, terminal } = chain;
-    let process = process.map(|JsonProcess { pid, comm }| ProcessTag { pid, comm });
+    let process = process.map(super::json::process_tag);
     let hops = hops
         .into_iter()
         .map(|JsonChainHop { waker, waker_threads, blocked_ns, at }| {

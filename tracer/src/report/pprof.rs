@@ -388,6 +388,12 @@ fn sample(
     if let Some(process) = &stack.process {
         label.push(builder.number_label("pid", u64::from(process.pid), ""));
         label.push(builder.label("comm", &process.comm));
+        if let Some(cgroup) = &process.cgroup {
+            label.push(builder.label("cgroup", cgroup));
+        }
+        if let Some(container) = process.container_id() {
+            label.push(builder.label("container", container));
+        }
     }
     if let Some(object) = &stack.object {
         label.push(builder.label("object", object));
@@ -827,6 +833,7 @@ fn read_sample(
     }
     let mut wait_kind = None;
     let mut object = None;
+    let mut cgroup = None;
     let (mut pid, mut comm) = (None, None);
     let mut flags = BTreeSet::new();
     let mut stats = WaitStats { total_ns, ..WaitStats::default() };
@@ -846,6 +853,7 @@ fn read_sample(
                 pid = Some(u32::try_from(num).map_err(|_| invalid(format!("pid {num}")))?);
             }
             "comm" => comm = Some(value.to_string()),
+            "cgroup" => cgroup = Some(value.to_string()),
             "still_blocked" | "truncated" | "lower_bound" if value == "true" => {
                 flags.insert(key);
             }
@@ -872,7 +880,7 @@ fn read_sample(
         truncated: flags.contains("truncated"),
         in_progress: kind == ProfileKind::Snapshot || flags.contains("still_blocked"),
         stats,
-        process: pid.zip(comm).map(|(pid, comm)| ProcessTag { pid, comm }),
+        process: pid.zip(comm).map(|(pid, comm)| ProcessTag { pid, comm, cgroup }),
     })
 }
 

@@ -698,6 +698,7 @@ mod tests {
             start_unix_ns: None,
             command_line: None,
             comm: "app".into(),
+            cgroup: None,
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),
             sampling: None,

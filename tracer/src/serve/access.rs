@@ -24,14 +24,16 @@ impl Access {
     pub fn for_listen(
         listen: SocketAddr,
         token_file: Option<&Path>,
+        tls: bool,
         insecure: bool,
     ) -> anyhow::Result<Self> {
         let token = token_file.map(read_token).transpose()?;
-        if token.is_none() && !insecure && !listen.ip().is_loopback() {
+        if token.is_none() && !tls && !insecure && !listen.ip().is_loopback() {
             bail!(
                 "{listen} is not a loopback address: give --token-file (a bearer token every \
-                 request must carry), or --insecure to let anyone who reaches it read the \
-                 target's call stacks"
+                 request must carry), TLS (--tls-cert and --tls-key, with --tls-client-ca to \
+                 ask for client certificates), or --insecure to let anyone who reaches it \
+                 read the target's call stacks"
             );
         }
         Ok(Self { token })
@@ -112,13 +114,15 @@ mod tests {
     }
 
     #[test]
-    fn off_loopback_a_token_or_insecure_is_needed() {
+    fn off_loopback_a_token_tls_or_insecure_is_needed() {
         let any: SocketAddr = "0.0.0.0:6060".parse().unwrap();
         let loopback: SocketAddr = "127.0.0.1:6060".parse().unwrap();
-        let refused = Access::for_listen(any, None, false).unwrap_err().to_string();
+        let refused = Access::for_listen(any, None, false, false).unwrap_err().to_string();
         assert!(refused.starts_with("0.0.0.0:6060 is not a loopback address: give --token-file"));
-        assert!(!Access::for_listen(any, None, true).unwrap().has_token());
-        assert!(!Access::for_listen(loopback, None, false).unwrap().has_token());
+        assert!(refused.contains("--tls-cert"), "{refused}");
+        assert!(!Access::for_listen(any, None, false, true).unwrap().has_token());
+        assert!(!Access::for_listen(any, None, true, false).unwrap().has_token());
+        assert!(!Access::for_listen(loopback, None, false, false).unwrap().has_token());
     }
 
     #[test]

@@ -30,7 +30,10 @@ use crate::{
     probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
     probes::{ProbeConfig, Probes},
     stacks::{ProcessImage, ProcessUnwinder},
-    threads::{sampler::ThreadSampler, waits_before::adopt_waits_in_progress},
+    threads::{
+        sampler::{TaskRegisters, ThreadSampler},
+        waits_before::adopt_waits_in_progress,
+    },
 };
 
 /// How often /proc is searched for a process with the followed name.
@@ -229,9 +232,9 @@ async fn attach(
     }
     let (probes, source) = match shared.sampling {
         Some(period) => {
-            let sampler =
-                ThreadSampler::new(pid, unwinder, Probes::open_for_reading(pid, btf_path)?, period)
-                    .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+            let registers = TaskRegisters::Own(Probes::open_for_reading(pid, btf_path)?);
+            let sampler = ThreadSampler::new(pid, unwinder, registers, period)
+                .with_context(|| format!("cannot list the threads of pid {pid}"))?;
             lock(&shared.collector).generation = generation;
             (Probes::open_for_reading(pid, btf_path)?, WaitSource::Sampler(sampler))
         }

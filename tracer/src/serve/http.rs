@@ -17,11 +17,14 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use super::{
     BLOCKED_SAMPLE_TTL, GoroutineRead, ServeError, Shared,
     access::Access,
-    counts_since, goroutines, lock,
+    counts_since, goroutines,
+    host::{Host, HostError, ProcessFilter},
+    lock,
     metrics::{self, Scrape},
 };
 use crate::{
@@ -83,7 +86,30 @@ const INDEX: &str = "tracer serve: the waits of a live process
 /healthz                       liveness
 ";
 
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, access: Arc<Access>) {
+const HOST_INDEX: &str = "tracer serve: the waits of the processes of a host (or a cgroup)
+
+Each endpoint takes ?pid=N or ?comm=NAME for one process; without them, all of them.
+/debug/pprof/block?seconds=N   waits in the next N seconds (default 30, at most 300), pprof:
+                               those that ended, and the part in the window of those that go on
+/debug/pprof/threads           threads blocked now, pprof; ?debug=1 for text
+/metrics                       Prometheus metrics, labelled by process (pid, comm, cgroup)
+/healthz                       liveness
+";
+
+/// What the endpoints answer about: one process (followed across restarts), or the
+/// processes of a host or cgroup.
+#[derive(Clone)]
+pub enum Daemon {
+    One(Arc<Shared>),
+    Host(Arc<Host>),
+}
+
+pub async fn run(
+    listener: TcpListener,
+    daemon: Daemon,
+    access: Arc<Access>,
+    tls: Option<TlsAcceptor>,
+) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let windows = Arc::new(Semaphore::new(MAX_BLOCK_WINDOWS));
     loop {
@@ -99,15 +125,16 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, access: Arc<Access>
                 continue;
             }
         };
-        let shared = Arc::clone(&shared);
+        let daemon = daemon.clone();
         let windows = Arc::clone(&windows);
         let access = Arc::clone(&access);
+        let tls = tls.clone();
         let open = MAX_CONNECTIONS - connections.available_permits();
         let header_timeout = if open > CROWDED { CROWDED_HEADER_TIMEOUT } else { HEADER_TIMEOUT };
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |request: Request<_>| {
-                let shared = Arc::clone(&shared);
+                let daemon = daemon.clone();
                 let windows = Arc::clone(&windows);
                 let allowed =
                     access.allows(request.uri().path(), request.headers().get(AUTHORIZATION));
@@ -115,21 +142,143 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, access: Arc<Access>
                     if !allowed {
                         return Ok::<_, Infallible>(unauthorized());
                     }
-                    Ok::<_, Infallible>(respond(&shared, &windows, request).await)
+                    let reply = match &daemon {
+                        Daemon::One(shared) => respond(shared, &windows, request).await,
+                        Daemon::Host(host) => respond_host(host, &windows, request).await,
+                    };
+                    Ok::<_, Infallible>(reply)
                 }
             });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+            let http = http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(header_timeout).clone();
             let limit = Duration::from_secs(MAX_SECONDS) + CONNECTION_SLACK;
-            match tokio::time::timeout(limit, connection).await {
+            let served = match tls {
+                None => {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::time::timeout(limit, connection).await
+                }
+                Some(tls) => {
+                    // The handshake, too, within the time a request's headers get.
+                    let stream = match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            log::info!("TLS handshake with {peer} failed: {err}");
+                            return;
+                        }
+                        Err(_) => {
+                            log::debug!("TLS handshake with {peer} timed out");
+                            return;
+                        }
+                    };
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::time::timeout(limit, connection).await
+                }
+            };
+            match served {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => log::debug!("connection from {peer}: {err}"),
                 Err(_) => log::info!("connection from {peer} closed after {limit:?}"),
             }
         });
     }
+}
+
+/// The endpoints of the host daemon: the same as one process's, each for one process
+/// (`?pid=`, `?comm=`) or all of them.
+async fn respond_host<B>(host: &Host, windows: &Arc<Semaphore>, request: Request<B>) -> Reply {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let filter = match process_filter(query) {
+        Ok(filter) => filter,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let reply = match request.uri().path() {
+        "/" | "/debug/pprof" | "/debug/pprof/" => Ok(text(StatusCode::OK, HOST_INDEX.into())),
+        "/healthz" => {
+            let processes = host.processes().len();
+            Ok(text(
+                StatusCode::OK,
+                format!("ok: reading {processes} processes of {}\n", host.selection.describe()),
+            ))
+        }
+        "/metrics" => host.render_metrics().await.map(|body| {
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(CONTENT_TYPE, OPENMETRICS);
+            response
+        }),
+        "/debug/pprof/block" => match parse_seconds(param(query, "seconds")) {
+            Ok(seconds) => match windows.try_acquire() {
+                Ok(_slot) => match host.window(filter, seconds).await {
+                    Ok(profile) => return pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await,
+                    Err(err) => Err(err),
+                },
+                Err(_) => Err(HostError::Busy),
+            },
+            Err(message) => Ok(text(StatusCode::BAD_REQUEST, message)),
+        },
+        "/debug/pprof/threads" => {
+            let debug = param(query, "debug").is_some_and(|value| value != "0");
+            match host.blocked_now(filter, true).await {
+                Ok(profile) if debug => Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP))),
+                Ok(profile) => return pprof(profile, Weight::Threads, THREADS_ATTACHMENT).await,
+                Err(err) => Err(err),
+            }
+        }
+        "/debug/pprof/goroutine" => Ok(text(
+            StatusCode::NOT_FOUND,
+            "goroutines are read of one Go program: serve it alone (--pid or --comm)\n".into(),
+        )),
+        path => Ok(text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint\n\n{HOST_INDEX}"))),
+    };
+    reply.unwrap_or_else(|err| {
+        let message = with_causes(&err);
+        log::info!("{}: {message}", request.uri());
+        let status = match err {
+            HostError::NoSuchProcess(_) => StatusCode::NOT_FOUND,
+            HostError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            HostError::Stopped | HostError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        text(status, format!("{message}\n"))
+    })
+}
+
+/// `?pid=N` and `?comm=NAME` (percent-decoded: a name may hold any byte).
+fn process_filter(query: &str) -> Result<ProcessFilter, String> {
+    let pid = match param(query, "pid") {
+        Some(value) => Some(
+            value.parse::<u32>().map_err(|_| format!("pid={value}: give a process id\n"))?,
+        ),
+        None => None,
+    };
+    let comm = param(query, "comm").map(percent_decode);
+    Ok(ProcessFilter { pid, comm })
+}
+
+/// `%XX` escapes and `+` (a space) of a query value, as browsers and curl send them.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+        match bytes[index] {
+            b'%' if hex(index + 1).is_some() && hex(index + 2).is_some() => {
+                let (high, low) = (hex(index + 1).unwrap_or(0), hex(index + 2).unwrap_or(0));
+                decoded.push((high * 16 + low) as u8);
+                index += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -269,6 +418,7 @@ async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
             waits: &waits,
             tracer: &tracer,
             usage: ProcessUsage::of_self(),
+            processes: None,
         })
     };
     let body = body.map_err(ServeError::Render)?;
@@ -342,7 +492,7 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         profile.stacks.len(),
         profile.stacks.iter().map(|stack| stack.stats.waits).sum::<u64>()
     );
-    pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await
+    Ok(pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await)
 }
 
 /// A Go program's block profile in goroutine terms: its goroutines sampled over the
@@ -361,7 +511,7 @@ async fn goroutine_block(traced: Arc<Traced>, seconds: u64) -> Result<Reply, Ser
         profile.sampling.map_or(0, |sampling| sampling.reads),
         profile.stacks.len()
     );
-    pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await
+    Ok(pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await)
 }
 
 async fn threads(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeError> {
@@ -369,7 +519,7 @@ async fn threads(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeErr
     if debug.is_some_and(|value| value != "0") {
         return Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP)));
     }
-    pprof(profile, Weight::Threads, THREADS_ATTACHMENT).await
+    Ok(pprof(profile, Weight::Threads, THREADS_ATTACHMENT).await)
 }
 
 /// The goroutines of a Go program waiting now, as Go's net/http/pprof answers
@@ -412,11 +562,7 @@ async fn goroutine(shared: &Shared, debug: Option<&str>) -> Result<Reply, ServeE
 }
 
 /// Encodes off the runtime's threads: a big profile takes a while to compress.
-async fn pprof(
-    profile: Profile,
-    weight: Weight,
-    attachment: HeaderValue,
-) -> Result<Reply, ServeError> {
+async fn pprof(profile: Profile, weight: Weight, attachment: HeaderValue) -> Reply {
     let encoded = tokio::task::spawn_blocking(move || {
         let provenance = Provenance::of_profile(&profile);
         let mut bytes = Vec::new();
@@ -424,15 +570,12 @@ async fn pprof(
     })
     .await;
     match encoded {
-        Ok(Ok(bytes)) => Ok(binary(bytes, attachment)),
+        Ok(Ok(bytes)) => binary(bytes, attachment),
         Ok(Err(err)) => {
             log::warn!("cannot encode a pprof profile: {err:#}");
-            Ok(text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the profile: {err}\n"),
-            ))
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the profile: {err}\n"))
         }
-        Err(err) => Ok(text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"))),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
     }
 }
 
@@ -450,6 +593,20 @@ mod tests {
         for bad in ["0", "-1", "abc", "", "1.5"] {
             assert!(parse_seconds(Some(bad)).unwrap_err().contains("whole number"), "{bad}");
         }
+    }
+
+    #[test]
+    fn process_filters_come_from_the_query() {
+        assert_eq!(process_filter(""), Ok(ProcessFilter::default()));
+        assert_eq!(
+            process_filter("seconds=5&pid=42"),
+            Ok(ProcessFilter { pid: Some(42), comm: None })
+        );
+        assert_eq!(
+            process_filter("comm=my%20app+x%zz").map(|filter| filter.comm),
+            Ok(Some("my app x%zz".to_string()))
+        );
+        assert!(process_filter("pid=abc").unwrap_err().contains("give a process id"));
     }
 
     #[test]

@@ -33,7 +33,32 @@ pub struct SeriesLabels {
     pub object: String,
 }
 
-impl SeriesLabels {
+/// One series of the wait metrics of a daemon of several processes: the process, then
+/// what `SeriesLabels` holds.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ProcessSeriesLabels {
+    pub pid: String,
+    pub comm: String,
+    /// The process's cgroup (v2 path); empty when unknown.
+    pub cgroup: String,
+    /// The container id in the cgroup's name; empty outside containers.
+    pub container: String,
+    pub kind: String,
+    pub site: String,
+    pub object: String,
+}
+
+/// A label set a full table folds into another: its `site="other"` one.
+pub trait Foldable: Clone + Eq + std::hash::Hash {
+    fn folded(&self) -> Self;
+}
+
+/// The labels of a stack's series.
+pub trait StackLabels: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static {
+    fn of(stack: &crate::model::ProfileStack) -> Self;
+}
+
+impl StackLabels for SeriesLabels {
     fn of(stack: &crate::model::ProfileStack) -> Self {
         Self {
             kind: stack.kind.name().to_string(),
@@ -43,14 +68,44 @@ impl SeriesLabels {
     }
 }
 
-/// A label set a full table folds into another: its `site="other"` one.
-pub trait Foldable: Clone + Eq + std::hash::Hash {
-    fn folded(&self) -> Self;
-}
-
 impl Foldable for SeriesLabels {
     fn folded(&self) -> Self {
         Self { kind: self.kind.clone(), site: OTHER_SITE.to_string(), object: String::new() }
+    }
+}
+
+impl StackLabels for ProcessSeriesLabels {
+    fn of(stack: &crate::model::ProfileStack) -> Self {
+        let SeriesLabels { kind, site, object } = SeriesLabels::of(stack);
+        let process = stack.process.as_ref();
+        Self {
+            pid: process.map_or_else(String::new, |process| process.pid.to_string()),
+            comm: process.map_or_else(String::new, |process| process.comm.clone()),
+            cgroup: process.and_then(|process| process.cgroup.clone()).unwrap_or_default(),
+            container: process
+                .and_then(|process| process.container_id())
+                .unwrap_or_default()
+                .to_string(),
+            kind,
+            site,
+            object,
+        }
+    }
+}
+
+impl Foldable for ProcessSeriesLabels {
+    /// Into one `other` per kind over every process: a per-process one would let the
+    /// series grow with the number of processes.
+    fn folded(&self) -> Self {
+        Self {
+            pid: String::new(),
+            comm: String::new(),
+            cgroup: String::new(),
+            container: String::new(),
+            kind: self.kind.clone(),
+            site: OTHER_SITE.to_string(),
+            object: String::new(),
+        }
     }
 }
 
@@ -116,13 +171,13 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
 }
 
 /// The cumulative wait counters, folded in from each metrics window.
-pub type WaitSeries = CappedSeries<WaitTotals>;
+pub type WaitSeries<L = SeriesLabels> = CappedSeries<WaitTotals, L>;
 
-impl WaitSeries {
+impl<L: StackLabels> CappedSeries<WaitTotals, L> {
     /// Adds the waits of one symbolized window.
     pub fn fold(&mut self, window: &Profile) {
         for stack in &window.stacks {
-            let totals = self.entry(SeriesLabels::of(stack));
+            let totals = self.entry(L::of(stack));
             totals.waits += stack.stats.waits;
             totals.total_ns += stack.stats.total_ns;
         }
@@ -130,10 +185,10 @@ impl WaitSeries {
 }
 
 /// The threads blocked now, per series.
-pub fn blocked_series(snapshot: &Profile, max_series: usize) -> CappedSeries<u64> {
+pub fn blocked_series<L: StackLabels>(snapshot: &Profile, max_series: usize) -> CappedSeries<u64, L> {
     let mut series = CappedSeries::new(max_series);
     for stack in &snapshot.stacks {
-        *series.entry(SeriesLabels::of(stack)) += stack.stats.threads.len() as u64;
+        *series.entry(L::of(stack)) += stack.stats.threads.len() as u64;
     }
     series
 }
@@ -165,26 +220,33 @@ pub struct TracerTotals {
 }
 
 /// Everything one scrape shows.
-pub struct Scrape<'a> {
-    pub blocked: Option<&'a CappedSeries<u64>>,
+pub struct Scrape<'a, L = SeriesLabels> {
+    pub blocked: Option<&'a CappedSeries<u64, L>>,
     /// For a Go program: its goroutines waiting now.
     pub goroutines: Option<&'a CappedSeries<u64, GoroutineLabels>>,
-    pub waits: &'a WaitSeries,
+    pub waits: &'a WaitSeries<L>,
     pub tracer: &'a TracerTotals,
     pub usage: ProcessUsage,
+    /// For a daemon of several processes: how many it reads now.
+    pub processes: Option<usize>,
 }
 
 /// The OpenMetrics text of one scrape.
-pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
-    let Scrape { blocked, goroutines, waits, tracer, usage } = scrape;
+pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt::Error> {
+    let Scrape { blocked, goroutines, waits, tracer, usage, processes } = scrape;
     let mut registry = Registry::default();
 
-    let blocked_threads = Family::<SeriesLabels, Gauge>::default();
+    let blocked_threads = Family::<L, Gauge>::default();
     registry.register(
         "tracer_blocked_threads",
         "Threads of the target blocked now in a futex or socket wait",
         blocked_threads.clone(),
     );
+    if let Some(processes) = processes {
+        let gauge = Gauge::<i64>::default();
+        registry.register("tracer_processes", "Processes the daemon reads now", gauge.clone());
+        gauge.set(clamp_i64(*processes as u64));
+    }
     let folded = Family::<MetricLabel, Gauge>::default();
     registry.register(
         "tracer_folded_series",
@@ -214,13 +276,13 @@ pub fn render(scrape: &Scrape<'_>) -> Result<String, std::fmt::Error> {
             .set(clamp_i64(goroutines.folded() as u64));
     }
 
-    let wait_seconds = Family::<SeriesLabels, Counter<f64, AtomicU64>>::default();
+    let wait_seconds = Family::<L, Counter<f64, AtomicU64>>::default();
     registry.register(
         "tracer_wait_seconds",
         "Time the target's threads spent in waits that ended, over --min-wait",
         wait_seconds.clone(),
     );
-    let wait_count = Family::<SeriesLabels, Counter>::default();
+    let wait_count = Family::<L, Counter>::default();
     registry.register(
         "tracer_waits",
         "Waits of the target that ended, over --min-wait",
@@ -343,6 +405,7 @@ mod tests {
                 resident_bytes: 4096,
                 peak_resident_bytes: 4096,
             },
+            processes: None,
         })
         .unwrap();
         for line in [

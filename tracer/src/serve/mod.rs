@@ -12,8 +12,10 @@ mod access;
 mod collector;
 mod follow;
 mod goroutines;
+mod host;
 mod http;
 mod metrics;
+mod tls;
 mod worker;
 
 use std::{
@@ -50,9 +52,46 @@ const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
 const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { pid, comm, listen, token_file, insecure, min_wait, max_series, mode, rate } =
-        args;
-    let access = Arc::new(access::Access::for_listen(listen, token_file.as_deref(), insecure)?);
+    let ServeArgs {
+        pid,
+        comm,
+        cgroup,
+        all,
+        listen,
+        token_file,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        insecure,
+        min_wait,
+        max_series,
+        mode,
+        rate,
+    } = args;
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, tls_client_ca.as_deref())?),
+        _ => None,
+    };
+    let access = Arc::new(access::Access::for_listen(
+        listen,
+        token_file.as_deref(),
+        tls.is_some(),
+        insecure,
+    )?);
+    // Several processes, a cgroup or the host: the per-host daemon, sampled.
+    if all || cgroup.is_some() || pid.len() > 1 {
+        if mode == Mode::Exact {
+            anyhow::bail!(
+                "several processes are read sampled (--mode sampled); exact mode traces one \
+                 process at a time"
+            );
+        }
+        let cgroup = cgroup.as_deref().map(target::cgroup_path).transpose()?;
+        let selection = crate::pipeline::members::Selection { pids: pid, comm: None, cgroup, all };
+        let period = Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ);
+        return serve_host(selection, period, max_series, listen, access, tls).await;
+    }
+    let pid = pid.first().copied();
     let sampling = match mode {
         Mode::Sampled => {
             Some(Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ))
@@ -100,7 +139,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => eprintln!("tracer: every wait traced as it happens (exact mode)"),
     }
-    let server = tokio::spawn(http::run(listener, Arc::clone(&shared), access));
+    let server =
+        tokio::spawn(http::run(listener, http::Daemon::One(Arc::clone(&shared)), access, tls));
     let folder = tokio::spawn({
         let shared = Arc::clone(&shared);
         async move {
@@ -123,6 +163,44 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     drop(attached);
     log::info!("detached; stopped");
     outcome
+}
+
+/// The per-host daemon: the processes of `selection`, read every `period`, until a
+/// signal (or, for pids given, until all have exited).
+async fn serve_host(
+    selection: crate::pipeline::members::Selection,
+    period: Duration,
+    max_series: usize,
+    listen: std::net::SocketAddr,
+    access: Arc<access::Access>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
+    target::check_capabilities()?;
+    let listener =
+        TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr().context("cannot read the listening address")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let described = selection.describe();
+    let (host, finished) = tokio::task::spawn_blocking(move || {
+        host::Host::start(selection, period, max_series)
+    })
+    .await
+    .context("cannot start reading the processes")??;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!(
+        "tracer: serving {described} ({} processes now) on {scheme}://{local}/, read every {}",
+        host.processes().len(),
+        crate::report::summary::format_duration(period.as_nanos() as u64)
+    );
+    let server = tokio::spawn(http::run(listener, http::Daemon::Host(Arc::clone(&host)), access, tls));
+    tokio::select! {
+        _ = finished => log::info!("every process exited; stopping"),
+        _ = sigterm.recv() => log::info!("SIGTERM: stopping"),
+        _ = sigint.recv() => log::info!("interrupted: stopping"),
+    }
+    server.abort();
+    Ok(())
 }
 
 /// Gives the heap's free pages of every malloc arena back to the system.

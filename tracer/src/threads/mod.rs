@@ -291,6 +291,9 @@ pub struct ThreadReader {
     /// sampled recording peeks at every thread each period, and opening a file (a path
     /// walk through /proc and a permission check) cost more than reading it.
     kept_files: HashMap<u32, KeptFiles>,
+    /// How many threads may keep their files open (`MAX_KEPT_THREADS`, less when many
+    /// processes share the descriptor limit).
+    max_kept_threads: usize,
     /// /proc/PID/task, open from the first listing on.
     task_dir: Option<File>,
     /// For ages; None until the first blocked thread, or when the sched file is unreadable.
@@ -310,11 +313,25 @@ impl ThreadReader {
             path: String::with_capacity(64),
             buf: vec![0; READ_BUF],
             kept_files: HashMap::new(),
+            max_kept_threads: MAX_KEPT_THREADS,
             task_dir: None,
             clock: None,
         };
         reader.refresh_mappings()?;
         Ok(reader)
+    }
+
+    /// Keeps the files of at most `threads` threads open from now on (those beyond it
+    /// are closed): several readers share the process's descriptor limit.
+    pub fn keep_files_of_at_most(&mut self, threads: usize) {
+        self.max_kept_threads = threads.min(MAX_KEPT_THREADS);
+        if self.kept_files.len() > self.max_kept_threads {
+            let extra: Vec<u32> =
+                self.kept_files.keys().copied().skip(self.max_kept_threads).collect();
+            for tid in extra {
+                self.kept_files.remove(&tid);
+            }
+        }
     }
 
     /// Thread ids from /proc/PID/task, ascending. The directory stays open and is
@@ -415,7 +432,7 @@ impl ThreadReader {
     ///
     /// The thread's files stay open for the next peek and sample (see `forget_threads_except`).
     pub fn peek(&mut self, tid: u32) -> Result<Option<BlockedState>, SampleError> {
-        if !self.kept_files.contains_key(&tid) && self.kept_files.len() < MAX_KEPT_THREADS {
+        if !self.kept_files.contains_key(&tid) && self.kept_files.len() < self.max_kept_threads {
             self.kept_files.insert(tid, KeptFiles::default());
         }
         match self.peek_once(tid) {

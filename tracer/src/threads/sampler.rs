@@ -7,6 +7,7 @@
 //! iterator that finds its saved rbp runs only for such a read.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{
@@ -36,6 +37,30 @@ struct Wait {
     first_seen_ns: u64,
     /// How long it had been blocked when first seen, from the scheduler (a lower bound).
     age_when_seen_ns: Option<u64>,
+    /// Which wait this is, of all the tracker saw (for the windows it was open across).
+    serial: u64,
+}
+
+/// The waits of one window: each counts only its time after the window opened, so that
+/// consecutive windows add up (a delta profile).
+#[derive(Debug, Default)]
+struct WindowLedger {
+    /// The waits in progress when the window opened: their serial and time so far.
+    opened_with: HashMap<u32, (u64, u64)>,
+    /// The waits that ended in the window, their part in it.
+    ended: WaitAggregate,
+}
+
+impl WindowLedger {
+    /// The part of `wait` (of thread `tid`) that fell in the window.
+    fn part_of(&self, tid: u32, wait: &Wait) -> u64 {
+        match self.opened_with.get(&tid) {
+            Some(&(serial, before)) if serial == wait.serial => {
+                wait.blocked_ns.saturating_sub(before)
+            }
+            _ => wait.blocked_ns,
+        }
+    }
 }
 
 /// The waits through successive reads: which go on, which are new, which ended.
@@ -51,6 +76,10 @@ struct WaitTracker {
     current: HashMap<u32, Wait>,
     /// The waits that ended, by stack.
     ended: WaitAggregate,
+    /// Waits started so far (each wait's serial).
+    started: u64,
+    /// The open windows, by id.
+    windows: HashMap<u64, WindowLedger>,
 }
 
 /// A thread blocked now whose wait still goes on, as [`WaitTracker::observe`] left it.
@@ -70,6 +99,8 @@ impl WaitTracker {
             interval_ns: 0,
             current: HashMap::new(),
             ended: WaitAggregate::default(),
+            started: 0,
+            windows: HashMap::new(),
         }
     }
 
@@ -113,26 +144,71 @@ impl WaitTracker {
         key: Option<StackKey>,
         age_when_seen_ns: Option<u64>,
     ) {
+        self.started += 1;
         let wait = Wait {
             state,
             key,
             blocked_ns: self.interval_ns,
             first_seen_ns: now_ns,
             age_when_seen_ns,
+            serial: self.started,
         };
         self.current.insert(tid, wait);
     }
 
     fn end(&mut self, tid: u32, wait: Wait) {
-        if let Some(mut key) = wait.key {
-            key.in_progress = false;
-            self.ended.add(key, tid, wait.blocked_ns);
+        let Some(key) = &wait.key else { return };
+        let mut key = key.clone();
+        key.in_progress = false;
+        for ledger in self.windows.values_mut() {
+            let part = ledger.part_of(tid, &wait);
+            ledger.ended.add(key.clone(), tid, part);
         }
+        self.ended.add(key, tid, wait.blocked_ns);
+    }
+
+    /// Opens window `id`: from now on, what each wait adds counts in it too.
+    fn open_window(&mut self, id: u64) {
+        let opened_with =
+            self.current.iter().map(|(&tid, wait)| (tid, (wait.serial, wait.blocked_ns))).collect();
+        self.windows.insert(id, WindowLedger { opened_with, ended: WaitAggregate::default() });
+    }
+
+    /// Closes window `id`: the waits that ended in it and the waits in progress at the
+    /// last read, each with its time since the window opened. None if it was not open.
+    fn close_window(&mut self, id: u64) -> Option<WaitAggregate> {
+        let ledger = self.windows.remove(&id)?;
+        let mut aggregate = WaitAggregate::default();
+        for (&tid, wait) in &self.current {
+            if let Some(key) = &wait.key {
+                aggregate.add(key.clone(), tid, ledger.part_of(tid, wait));
+            }
+        }
+        let WindowLedger { ended, .. } = ledger;
+        for (key, stats) in ended.stacks {
+            aggregate.stacks.entry(key).or_default().merge(&stats);
+        }
+        Some(aggregate)
     }
 
     /// The waits that ended since the last call.
     fn take_ended(&mut self) -> WaitAggregate {
         std::mem::take(&mut self.ended)
+    }
+
+    /// The waits in progress at the last read, as a snapshot sees them: each aged from
+    /// the scheduler's accounting when first seen plus the time since (a lower bound).
+    fn in_progress(&self) -> WaitAggregate {
+        let mut aggregate = WaitAggregate::default();
+        let last_read_ns = self.last_read_ns.unwrap_or(0);
+        for (&tid, wait) in &self.current {
+            let Wait { key: Some(key), first_seen_ns, age_when_seen_ns, .. } = wait else {
+                continue;
+            };
+            let since_seen = last_read_ns.saturating_sub(*first_seen_ns);
+            aggregate.add_lower_bound(key.clone(), tid, age_when_seen_ns.unwrap_or(0) + since_seen);
+        }
+        aggregate
     }
 
     /// The ended waits, with the waits still in progress at the last read added as such:
@@ -167,8 +243,74 @@ pub struct Sampled {
     /// Reads of threads that woke, exited or were unreadable while read (their wait, if it
     /// went on, is seen again by the next read).
     pub threads_skipped: u64,
-    /// The probes the reads used (their task iterator), for a last pass over the host.
-    pub probes: Probes,
+    /// Where the reads took the saved registers from, for a last pass over the host.
+    pub registers: TaskRegisters,
+}
+
+/// Where a sampler takes its threads' saved registers from (their rbp, which CFI needs
+/// for frames that keep the frame pointer).
+pub enum TaskRegisters {
+    /// Its own probes' task iterator, over its process's tasks alone.
+    Own(Probes),
+    /// One iterator over the host's tasks, for the samplers of many processes (`--all`):
+    /// one object loaded in all, not one per process.
+    Shared(Arc<HostTaskRegisters>),
+}
+
+impl TaskRegisters {
+    /// The saved registers of the process's tasks (of every task, when shared).
+    fn read(&mut self) -> Arc<SavedFramePointers> {
+        match self {
+            TaskRegisters::Own(probes) => Arc::new(pipeline::saved_frame_pointers(probes)),
+            TaskRegisters::Shared(host) => host.read(),
+        }
+    }
+
+    /// The saved registers of every task on the host: for the wait chains, which unwind
+    /// the peers behind endpoints.
+    pub fn host(&mut self) -> Arc<SavedFramePointers> {
+        match self {
+            TaskRegisters::Own(probes) => Arc::new(pipeline::host_frame_pointers(probes)),
+            TaskRegisters::Shared(host) => host.read(),
+        }
+    }
+}
+
+/// A task iterator over the host shared by several samplers. Each round of reads (one
+/// read of every process) walks the host at most once: the first sampler that meets a
+/// new wait walks it, the others of the round take that walk.
+pub struct HostTaskRegisters {
+    probes: Mutex<Probes>,
+    /// The round now, and the walk taken in it, if any.
+    state: Mutex<(u64, Option<Arc<SavedFramePointers>>)>,
+}
+
+impl HostTaskRegisters {
+    pub fn new(probes: Probes) -> Self {
+        Self { probes: Mutex::new(probes), state: Mutex::new((0, None)) }
+    }
+
+    /// Starts a round: the next read walks the host again.
+    pub fn next_round(&self) {
+        let mut state = lock(&self.state);
+        state.0 += 1;
+        state.1 = None;
+    }
+
+    fn read(&self) -> Arc<SavedFramePointers> {
+        let mut state = lock(&self.state);
+        if let Some(walk) = &state.1 {
+            return Arc::clone(walk);
+        }
+        let walk = Arc::new(pipeline::host_frame_pointers(&mut lock(&self.probes)));
+        state.1 = Some(Arc::clone(&walk));
+        walk
+    }
+}
+
+/// Its data even if a panicking thread poisoned it: each critical section leaves it whole.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads the blocked threads of one process at a rate.
@@ -178,7 +320,7 @@ pub struct ThreadSampler {
     unwinder: ProcessUnwinder,
     objects: WaitObjects,
     /// Loaded, never attached: only the task iterator runs, on demand.
-    probes: Probes,
+    registers: TaskRegisters,
     tracker: WaitTracker,
     thread_names: WaitAggregate,
     reads: u64,
@@ -191,7 +333,7 @@ impl ThreadSampler {
     pub fn new(
         pid: u32,
         unwinder: ProcessUnwinder,
-        probes: Probes,
+        registers: TaskRegisters,
         period: Duration,
     ) -> std::io::Result<Self> {
         Ok(Self {
@@ -199,7 +341,7 @@ impl ThreadSampler {
             reader: ThreadReader::new(pid)?,
             unwinder,
             objects: WaitObjects::new(pid),
-            probes,
+            registers,
             tracker: WaitTracker::new(period),
             thread_names: WaitAggregate::default(),
             reads: 0,
@@ -207,6 +349,12 @@ impl ThreadSampler {
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
         })
+    }
+
+    /// Keeps the per-thread files of at most `threads` threads open (see
+    /// `ThreadReader::keep_files_of_at_most`).
+    pub fn keep_files_of_at_most(&mut self, threads: usize) {
+        self.reader.keep_files_of_at_most(threads);
     }
 
     pub fn period(&self) -> Duration {
@@ -237,8 +385,8 @@ impl ThreadSampler {
                 Seen::Continues { reported: false } => counts.elsewhere += 1,
                 Seen::New => {
                     // The saved registers of this read, taken once and only when needed.
-                    let frame_pointers = frame_pointers
-                        .get_or_insert_with(|| pipeline::saved_frame_pointers(&mut self.probes));
+                    let frame_pointers =
+                        frame_pointers.get_or_insert_with(|| self.registers.read());
                     self.start(now_ns, tid, frame_pointers, &mut counts);
                 }
             }
@@ -313,6 +461,52 @@ impl ThreadSampler {
         ended
     }
 
+    /// Opens window `id` (see `close_window`).
+    pub fn open_window(&mut self, id: u64) {
+        self.tracker.open_window(id);
+    }
+
+    /// Whether window `id` is open.
+    pub fn has_window(&self, id: u64) -> bool {
+        self.tracker.windows.contains_key(&id)
+    }
+
+    /// The waits of window `id`, with their threads' names: those that ended since it
+    /// opened and those in progress at the last read, each counting only its time since
+    /// the window opened, so that consecutive windows add up. None if it was not open.
+    pub fn close_window(&mut self, id: u64) -> Option<WaitAggregate> {
+        let mut window = self.tracker.close_window(id)?;
+        for tid in window.stacks.values().flat_map(|stats| stats.threads.iter()) {
+            if let Some(name) = self.thread_names.thread_names.get(tid) {
+                window.thread_names.insert(*tid, name.clone());
+            }
+        }
+        Some(window)
+    }
+
+    /// The threads blocked at the last read, with their threads' names: a snapshot that
+    /// costs no read of its own.
+    pub fn blocked_now(&self) -> WaitAggregate {
+        let mut blocked = self.tracker.in_progress();
+        for tid in blocked.stacks.values().flat_map(|stats| stats.threads.iter()) {
+            if let Some(name) = self.thread_names.thread_names.get(tid) {
+                blocked.thread_names.insert(*tid, name.clone());
+            }
+        }
+        blocked
+    }
+
+    /// The threads as the last read found them.
+    pub fn thread_counts(&self) -> ThreadCounts {
+        ThreadCounts { frame_pointer_unknown: self.frame_pointer_unknown, ..self.last_counts }
+    }
+
+    /// The unwinder and what the reads found out about the waits' objects, for
+    /// symbolizing what the sampler gathered and for wait chains.
+    pub fn parts_mut(&mut self) -> (&mut ProcessUnwinder, &mut WaitObjects, &mut TaskRegisters) {
+        (&mut self.unwinder, &mut self.objects, &mut self.registers)
+    }
+
     /// Reads so far.
     pub fn reads(&self) -> u64 {
         self.reads
@@ -339,7 +533,7 @@ impl ThreadSampler {
             threads_skipped,
             frame_pointer_unknown,
             last_counts,
-            probes,
+            registers,
             ..
         } = self;
         let mut aggregate = tracker.finish(target_exited);
@@ -349,7 +543,7 @@ impl ThreadSampler {
         } else {
             ThreadCounts { frame_pointer_unknown, ..last_counts }
         };
-        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped, probes }
+        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped, registers }
     }
 }
 
@@ -444,6 +638,38 @@ mod tests {
         let mut tracker = WaitTracker::new(Duration::from_millis(10));
         read(&mut tracker, 0, &[(1, blocked(0xa0, 5))], 0);
         assert!(tracker.finish(true).stacks.is_empty());
+    }
+
+    #[test]
+    fn windows_count_each_wait_only_in_their_time_so_consecutive_ones_add_up() {
+        let mut tracker = WaitTracker::new(Duration::from_millis(10));
+        // Thread 1 waits from 0 to 50 ms; thread 2 from 20 ms on, past the end.
+        read(&mut tracker, 0, &[(1, blocked(0xa0, 5))], 0);
+        read(&mut tracker, 10 * MS, &[(1, blocked(0xa0, 5))], 0);
+        tracker.open_window(1);
+        read(&mut tracker, 20 * MS, &[(1, blocked(0xa0, 5)), (2, blocked(0xb0, 3))], 0);
+        read(&mut tracker, 30 * MS, &[(1, blocked(0xa0, 5)), (2, blocked(0xb0, 3))], 0);
+        let first = tracker.close_window(1).unwrap();
+        tracker.open_window(2);
+        read(&mut tracker, 40 * MS, &[(1, blocked(0xa0, 5)), (2, blocked(0xb0, 3))], 0);
+        read(&mut tracker, 50 * MS, &[(2, blocked(0xb0, 3))], 0);
+        let second = tracker.close_window(2).unwrap();
+        let time = |window: &WaitAggregate, futex: u64, in_progress: bool| {
+            let mut key = key(futex);
+            key.in_progress = in_progress;
+            window.stacks.get(&key).map_or(0, |stats| stats.total_ns)
+        };
+        // Window 1 (10–30 ms): 20 ms of thread 1 (going on), 20 ms of thread 2.
+        assert_eq!(time(&first, 0xa0, true), 20 * MS);
+        assert_eq!(time(&first, 0xb0, true), 20 * MS);
+        // Window 2 (30–50 ms): thread 1 ended in it (last seen at 40 ms), counted from
+        // 30 ms; thread 2 goes on.
+        assert_eq!(time(&second, 0xa0, false), 10 * MS);
+        assert_eq!(time(&second, 0xa0, true), 0);
+        assert_eq!(time(&second, 0xb0, true), 20 * MS);
+        // The windows add up to the wait's time after the first opened (50 − 20 ms).
+        assert_eq!(ended(&tracker.finish(false), 0xa0).total_ns, 50 * MS);
+        assert_eq!(time(&first, 0xa0, true) + time(&second, 0xa0, false), 30 * MS);
     }
 
     #[test]

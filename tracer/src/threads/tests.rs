@@ -102,6 +102,7 @@ fn writable_mappings_parse_and_contain_addresses() {
         path: String::new(),
         buf: Vec::new(),
         kept_files: HashMap::new(),
+        max_kept_threads: 200,
         task_dir: None,
         clock: None,
     };

@@ -1,0 +1,257 @@
+//! The processes of a sampled recording or daemon of several: which ones (pids, a name, a
+//! cgroup, every user process on the host), joined as they appear, each read by its own
+//! `ThreadSampler`. The samplers share one task iterator over the host, so tracing many
+//! processes loads one BPF object, not one per process.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use super::{Traced, target};
+use crate::{
+    probes::Probes,
+    stacks::ProcessUnwinder,
+    threads::sampler::{HostTaskRegisters, TaskRegisters, ThreadSampler},
+};
+
+/// How often the processes that match are looked for again, when new ones may join.
+const LOOK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Descriptors left to everything but the threads' kept files: the probes' maps, the
+/// unwinders' binaries, the daemon's connections.
+const DESCRIPTORS_RESERVED: u64 = 512;
+
+/// The descriptors a thread's kept files take (`threads::KEPT_LEAVES`).
+const DESCRIPTORS_PER_THREAD: u64 = 3;
+
+/// Which processes to trace: the union of these.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    /// Every process with this name.
+    pub comm: Option<String>,
+    /// Every process in this cgroup and below it.
+    pub cgroup: Option<PathBuf>,
+    /// Every user process on the host.
+    pub all: bool,
+}
+
+impl Selection {
+    /// The processes that match now.
+    pub fn matching(&self) -> Result<Vec<u32>, target::TargetError> {
+        if self.all {
+            return Ok(target::user_processes());
+        }
+        target::select_processes(&self.pids, self.comm.as_deref(), self.cgroup.as_deref())
+    }
+
+    /// Whether processes that start later join: a cgroup's, or every process.
+    pub fn follows(&self) -> bool {
+        self.all || self.cgroup.is_some()
+    }
+
+    /// What is traced, for messages: `every user process`, `the cgroup /sys/…`.
+    pub fn describe(&self) -> String {
+        if self.all {
+            return "every user process".to_string();
+        }
+        let mut parts = Vec::new();
+        if !self.pids.is_empty() {
+            let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
+            parts.push(format!("pid {}", pids.join(", ")));
+        }
+        if let Some(name) = &self.comm {
+            parts.push(format!("processes named {name}"));
+        }
+        if let Some(cgroup) = &self.cgroup {
+            parts.push(format!("the cgroup {}", cgroup.display()));
+        }
+        parts.join(" and ")
+    }
+}
+
+/// One process being read.
+pub struct Member {
+    pub target: target::Target,
+    pub sampler: ThreadSampler,
+    /// A Go program: its threads are read (its goroutines need it traced alone).
+    pub go: bool,
+}
+
+/// What happened to a process that matched the selection.
+pub enum Joined {
+    Joined { pid: u32, comm: String, go: bool },
+    LeftOut { pid: u32, reason: String },
+}
+
+/// The processes of the selection, read in turn each period.
+pub struct Members {
+    selection: Selection,
+    period: Duration,
+    registers: Arc<HostTaskRegisters>,
+    pub members: Vec<Member>,
+    /// Every pid that matched, joined or not (one that exited first, one refused), so
+    /// that it is not tried again; pruned to the pids that still match.
+    seen: BTreeSet<u32>,
+    /// Processes matched once, not joined yet: they join when still there at the next
+    /// look, so a short-lived command (`ls`, a health check) costs no image read.
+    candidates: BTreeMap<u32, Instant>,
+    last_look: Option<Instant>,
+}
+
+impl Members {
+    /// Joins `pids` (the processes that matched, after the caller's checks). Fails on
+    /// the first that cannot be traced of those named by pid.
+    pub fn start(
+        selection: Selection,
+        pids: Vec<u32>,
+        period: Duration,
+    ) -> anyhow::Result<(Self, Vec<Joined>)> {
+        let btf_path = target::btf_path()?;
+        // One object for the host's task iterator: the samplers read nothing else of it.
+        let probes = Probes::open_for_reading(0, &btf_path)?;
+        let mut members = Self {
+            selection,
+            period,
+            registers: Arc::new(HostTaskRegisters::new(probes)),
+            members: Vec::new(),
+            seen: BTreeSet::new(),
+            candidates: BTreeMap::new(),
+            last_look: Some(Instant::now()),
+        };
+        let mut joined = Vec::with_capacity(pids.len());
+        for pid in pids {
+            match members.join(pid) {
+                Ok(member) => joined.push(member),
+                // Named by pid: the user wants to know. Matched otherwise: it may have
+                // exited since it matched, or be one we cannot read (said, left out).
+                Err(err) if members.selection.pids.contains(&pid) => return Err(err),
+                Err(err) => joined.push(Joined::LeftOut { pid, reason: format!("{err:#}") }),
+            }
+        }
+        Ok((members, joined))
+    }
+
+    fn join(&mut self, pid: u32) -> anyhow::Result<Joined> {
+        self.seen.insert(pid);
+        let traced = Traced::open(pid, &[])?;
+        let go = traced.is_go();
+        let Traced { target, image } = traced;
+        let unwinder = ProcessUnwinder::new(pid, image);
+        let registers = TaskRegisters::Shared(Arc::clone(&self.registers));
+        let sampler = ThreadSampler::new(pid, unwinder, registers, self.period)
+            .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+        let comm = target.comm.clone();
+        self.members.push(Member { target, sampler, go });
+        self.share_descriptors();
+        Ok(Joined::Joined { pid, comm, go })
+    }
+
+    /// Splits the descriptor limit between the members' kept thread files: with many
+    /// processes each keeps fewer open (the rest are opened per read, as before).
+    fn share_descriptors(&mut self) {
+        let limit = raise_descriptor_limit();
+        let per_member = limit.saturating_sub(DESCRIPTORS_RESERVED)
+            / DESCRIPTORS_PER_THREAD
+            / self.members.len().max(1) as u64;
+        for member in &mut self.members {
+            member.sampler.keep_files_of_at_most(per_member as usize);
+        }
+    }
+
+    /// Lets in the processes that started since the last look (at most once per
+    /// `LOOK_INTERVAL`), when the selection follows new ones.
+    pub fn look_for_new(&mut self) -> Vec<Joined> {
+        if !self.selection.follows()
+            || self.last_look.is_some_and(|last| last.elapsed() < LOOK_INTERVAL)
+        {
+            return Vec::new();
+        }
+        self.last_look = Some(Instant::now());
+        let Ok(matching) = self.selection.matching() else { return Vec::new() };
+        let now: BTreeSet<u32> = matching.into_iter().collect();
+        self.seen.retain(|pid| now.contains(pid));
+        self.candidates.retain(|pid, _| now.contains(pid));
+        let mut joined = Vec::new();
+        for &pid in now.difference(&self.seen.clone()) {
+            if self.candidates.remove(&pid).is_none() {
+                self.candidates.insert(pid, Instant::now());
+                continue;
+            }
+            joined.push(match self.join(pid) {
+                Ok(member) => member,
+                Err(err) => Joined::LeftOut { pid, reason: format!("{err:#}") },
+            });
+        }
+        joined
+    }
+
+    /// One read of every live member; false when there is nothing left to read (every
+    /// member exited, and nothing new may join).
+    pub fn read(&mut self) -> bool {
+        self.registers.next_round();
+        let mut alive = false;
+        for member in &mut self.members {
+            if member.target.has_exited() {
+                continue;
+            }
+            alive = true;
+            // A read that fails is of a process exiting: the next look says so.
+            if let Err(err) = member.sampler.read() {
+                log::debug!("pid {}: read failed: {err}", member.target.pid);
+            }
+        }
+        alive || self.selection.follows()
+    }
+
+    /// Takes out the members whose process exited (a daemon's, after their last waits
+    /// were taken).
+    pub fn remove_exited(&mut self) -> Vec<Member> {
+        let (exited, live) =
+            std::mem::take(&mut self.members).into_iter().partition(|m| m.target.has_exited());
+        self.members = live;
+        exited
+    }
+
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one (systemd's default soft
+/// limit is 1,024) and returns it.
+fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+impl std::fmt::Display for Joined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Joined::Joined { pid, comm, go: false } => write!(f, "pid {pid} ({comm}) joined"),
+            Joined::Joined { pid, comm, go: true } => write!(
+                f,
+                "pid {pid} ({comm}) joined: a Go program, its threads are read (trace it \
+                 alone, --pid {pid}, for its goroutines)"
+            ),
+            Joined::LeftOut { pid, reason } => write!(f, "pid {pid} left out: {reason}"),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! `tracer serve --all` (or `--cgroup`, or several `--pid`): the per-host daemon.
+//!
+//! One thread reads every process of the selection at the rate (`pipeline::members`)
+//! and keeps what the endpoints ask for: the waits that ended, symbolized as they end
+//! (while the process's image is at hand), folded into the /metrics series and the open
+//! /debug/pprof/block windows; and, between reads, answers for the threads blocked now
+//! from its last read, so a snapshot costs no read of its own. Requests reach it over a
+//! channel.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::oneshot;
+
+use super::{
+    lock,
+    metrics::{self, CappedSeries, ProcessSeriesLabels},
+};
+use crate::{
+    model::{ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, WaitAggregate},
+    pipeline::{
+        self, Namer,
+        counts::trace_counts,
+        members::{Member, Members, Selection},
+    },
+    probes::ProbeCounters,
+};
+
+/// Requests waiting for the reading thread beyond the one it answers; more are refused.
+const QUEUE_CAPACITY: usize = 16;
+
+/// How long /metrics reuses its snapshot of the blocked threads.
+const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
+
+/// Which processes a request is about: `?pid=` and `?comm=`, or all of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFilter {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+impl ProcessFilter {
+    fn matches(&self, pid: u32, comm: &str) -> bool {
+        self.pid.is_none_or(|wanted| wanted == pid)
+            && self.comm.as_deref().is_none_or(|wanted| wanted == comm)
+    }
+
+}
+
+impl std::fmt::Display for ProcessFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.pid, &self.comm) {
+            (Some(pid), Some(comm)) => write!(f, "pid {pid} named {comm}"),
+            (Some(pid), None) => write!(f, "pid {pid}"),
+            (None, Some(comm)) => write!(f, "a process named {comm}"),
+            (None, None) => write!(f, "any process"),
+        }
+    }
+}
+
+/// Why the host daemon cannot answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("no traced process is {0}")]
+    NoSuchProcess(ProcessFilter),
+    #[error("busy: too many requests waiting; retry later")]
+    Busy,
+    #[error("the reading thread stopped")]
+    Stopped,
+    #[error("cannot render the metrics")]
+    Render(#[source] std::fmt::Error),
+}
+
+enum Request {
+    /// The threads blocked at the last read, with their chains when asked.
+    Snapshot { filter: ProcessFilter, chains: bool, reply: oneshot::Sender<Option<Profile>> },
+    /// From now on, the waits of the processes `filter` picks count in window `id`.
+    OpenWindow { id: u64, filter: ProcessFilter },
+    /// The waits of window `id`, each with its part in the window.
+    CloseWindow { id: u64, reply: oneshot::Sender<Vec<ProfileStack>> },
+    /// Window `id` is not wanted any more (its client went away).
+    DropWindow { id: u64 },
+}
+
+/// How long a window may stay open before the reader drops it (its request is gone).
+const WINDOW_EXPIRY: Duration = Duration::from_secs(600);
+
+/// What the reading thread and the endpoints share.
+pub struct Host {
+    pub selection: Selection,
+    pub period: Duration,
+    max_series: usize,
+    requests: mpsc::SyncSender<Request>,
+    /// The waits that ended, as series (cumulative).
+    waits: Mutex<metrics::WaitSeries<ProcessSeriesLabels>>,
+    next_window: AtomicU64,
+    /// The processes read now, and the reads so far.
+    processes: Mutex<Vec<ProcessTag>>,
+    reads: AtomicU64,
+    /// Waits whose stacks stopped short, over every process.
+    truncated_unwinds: AtomicU64,
+    blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<CappedSeries<u64, ProcessSeriesLabels>>)>>,
+}
+
+impl Host {
+    /// Joins the processes that match now and starts the reading thread; `finished`
+    /// fires when it stops (every process exited and none may join).
+    pub fn start(
+        selection: Selection,
+        period: Duration,
+        max_series: usize,
+    ) -> anyhow::Result<(Arc<Self>, oneshot::Receiver<()>)> {
+        let pids = selection.matching()?;
+        let (members, joined) = Members::start(selection.clone(), pids, period)?;
+        for joined in &joined {
+            log::info!("{joined}");
+        }
+        let (requests, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let host = Arc::new(Self {
+            selection,
+            period,
+            max_series,
+            requests,
+            waits: Mutex::new(metrics::WaitSeries::new(max_series)),
+            next_window: AtomicU64::new(0),
+            processes: Mutex::new(members.members.iter().map(tag).collect()),
+            reads: AtomicU64::new(0),
+            truncated_unwinds: AtomicU64::new(0),
+            blocked_sample: tokio::sync::Mutex::new(None),
+        });
+        let (finished, finished_receiver) = oneshot::channel();
+        let weak = Arc::downgrade(&host);
+        std::thread::Builder::new().name("tracer-read".into()).spawn(move || {
+            let reader = Reader {
+                members,
+                namers: HashMap::new(),
+                windows: BTreeMap::new(),
+                host: weak,
+            };
+            reader.run(receiver);
+            let _ = finished.send(());
+        })?;
+        Ok((host, finished_receiver))
+    }
+
+    /// The processes read now.
+    pub fn processes(&self) -> Vec<ProcessTag> {
+        lock(&self.processes).clone()
+    }
+
+    /// The threads blocked at the last read of the processes `filter` picks.
+    pub async fn blocked_now(
+        &self,
+        filter: ProcessFilter,
+        chains: bool,
+    ) -> Result<Profile, HostError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Request::Snapshot { filter: filter.clone(), chains, reply })?;
+        answer.await.map_err(|_| HostError::Stopped)?.ok_or(HostError::NoSuchProcess(filter))
+    }
+
+    /// The waits of the processes `filter` picks over the next `seconds`, each counting
+    /// only its time in the window (those that ended in it and those still going on), so
+    /// consecutive windows add up: the delta profile continuous profilers pull.
+    pub async fn window(&self, filter: ProcessFilter, seconds: u64) -> Result<Profile, HostError> {
+        if !self.processes().iter().any(|process| filter.matches(process.pid, &process.comm)) {
+            return Err(HostError::NoSuchProcess(filter));
+        }
+        let id = self.next_window.fetch_add(1, Ordering::Relaxed);
+        let reads_before = self.reads.load(Ordering::Relaxed);
+        let started_at = SystemTime::now();
+        self.ask(Request::OpenWindow { id, filter })?;
+        let mut open = OpenWindow { host: self, id, closed: false };
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let (reply, answer) = oneshot::channel();
+        self.ask(Request::CloseWindow { id, reply })?;
+        open.closed = true;
+        let stacks = answer.await.map_err(|_| HostError::Stopped)?;
+        let mut base = Profile::new(ProfileKind::Recording, 0, self.selection.describe());
+        base.start_unix_ns = pipeline::target::unix_ns(started_at);
+        base.duration = Duration::from_secs(seconds);
+        let reads = self.reads.load(Ordering::Relaxed).saturating_sub(reads_before);
+        base.sampling = Some(Sampling { period: self.period, reads });
+        let mut processes: Vec<ProcessTag> =
+            stacks.iter().filter_map(|stack| stack.process.clone()).collect();
+        processes.sort();
+        processes.dedup();
+        base.processes = processes;
+        Ok(Profile::from_symbolized(base, stacks))
+    }
+
+    /// The threads blocked now as series: one snapshot serves every scrape for a while.
+    pub async fn blocked_series(
+        &self,
+    ) -> Result<Arc<CappedSeries<u64, ProcessSeriesLabels>>, HostError> {
+        let mut sample = self.blocked_sample.lock().await;
+        if let Some((taken, series)) = sample.as_ref()
+            && taken.elapsed() < BLOCKED_SAMPLE_TTL
+        {
+            return Ok(Arc::clone(series));
+        }
+        let series = match self.blocked_now(ProcessFilter::default(), false).await {
+            Ok(snapshot) => metrics::blocked_series(&snapshot, self.max_series),
+            // Nothing traced right now (a cgroup that emptied): no series.
+            Err(HostError::NoSuchProcess(_)) => CappedSeries::new(self.max_series),
+            Err(err) => return Err(err),
+        };
+        let series = Arc::new(series);
+        *sample = Some((Instant::now(), Arc::clone(&series)));
+        Ok(series)
+    }
+
+    /// The OpenMetrics text of one scrape.
+    pub async fn render_metrics(&self) -> Result<String, HostError> {
+        let blocked = self.blocked_series().await?;
+        let tracer = metrics::TracerTotals {
+            events: 0,
+            lost: vec![("unwind_truncated", self.truncated_unwinds.load(Ordering::Relaxed))],
+        };
+        let waits = lock(&self.waits);
+        metrics::render(&metrics::Scrape {
+            blocked: Some(&blocked),
+            goroutines: None,
+            waits: &waits,
+            tracer: &tracer,
+            usage: pipeline::own_usage::ProcessUsage::of_self(),
+            processes: Some(lock(&self.processes).len()),
+        })
+        .map_err(HostError::Render)
+    }
+
+    fn ask(&self, request: Request) -> Result<(), HostError> {
+        self.requests.try_send(request).map_err(|err| match err {
+            mpsc::TrySendError::Full(_) => HostError::Busy,
+            mpsc::TrySendError::Disconnected(_) => HostError::Stopped,
+        })
+    }
+
+}
+
+/// Tells the reader to drop the window if the request ends early (the client went away).
+struct OpenWindow<'a> {
+    host: &'a Host,
+    id: u64,
+    closed: bool,
+}
+
+impl Drop for OpenWindow<'_> {
+    fn drop(&mut self) {
+        if !self.closed {
+            // A full queue leaves it to expire.
+            let _ = self.host.ask(Request::DropWindow { id: self.id });
+        }
+    }
+}
+
+struct ReaderWindow {
+    filter: ProcessFilter,
+    opened: Instant,
+    of_exited: Vec<ProfileStack>,
+}
+
+/// The reading thread: owns the processes' samplers and their symbolizers (which
+/// cannot move between threads).
+struct Reader {
+    members: Members,
+    namers: HashMap<u32, Namer>,
+    /// The open windows: which processes each is about, when it opened, and the waits
+    /// of its processes that exited while it was open.
+    windows: BTreeMap<u64, ReaderWindow>,
+    /// Weak: the thread stops when the daemon drops the host.
+    host: std::sync::Weak<Host>,
+}
+
+impl Reader {
+    fn run(mut self, requests: mpsc::Receiver<Request>) {
+        let period = match self.host.upgrade() {
+            Some(host) => host.period,
+            None => return,
+        };
+        let mut next = Instant::now();
+        loop {
+            let Some(host) = self.host.upgrade() else { return };
+            let joined = self.members.look_for_new();
+            for joined in &joined {
+                log::info!("{joined}");
+            }
+            if !joined.is_empty() {
+                self.open_windows_of_newcomers();
+            }
+            let alive = self.members.read();
+            host.reads.fetch_add(1, Ordering::Relaxed);
+            self.hand_on_ended(&host);
+            for mut exited in self.members.remove_exited() {
+                log::info!("pid {} ({}) exited", exited.target.pid, exited.target.comm);
+                // Its part of the open windows, symbolized while its image is at hand.
+                for (&id, window) in &mut self.windows {
+                    if let Some(waits) = exited.sampler.close_window(id) {
+                        let profile =
+                            profile_of(&mut exited, &mut self.namers, waits, ProfileKind::Recording);
+                        window.of_exited.extend(profile.stacks);
+                    }
+                }
+                self.namers.remove(&exited.target.pid);
+            }
+            self.windows.retain(|_, window| window.opened.elapsed() < WINDOW_EXPIRY);
+            *lock(&host.processes) = self.members.members.iter().map(tag).collect();
+            let truncated = self.members.members.iter().map(|m| m.sampler.truncated_unwinds()).sum();
+            host.truncated_unwinds.fetch_max(truncated, Ordering::Relaxed);
+            if !alive {
+                log::info!("every process exited; stopping");
+                return;
+            }
+            drop(host);
+            // Requests are answered until the next read is due.
+            next = (next + period).max(Instant::now());
+            loop {
+                let wait = next.saturating_duration_since(Instant::now());
+                match requests.recv_timeout(wait) {
+                    Ok(request) => self.answer(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+    }
+
+    /// Symbolizes each process's waits that ended since the last read and hands them on.
+    fn hand_on_ended(&mut self, host: &Host) {
+        for member in &mut self.members.members {
+            let ended = member.sampler.take_ended();
+            member.sampler.objects_mut().forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
+            if ended.stacks.is_empty() {
+                continue;
+            }
+            let profile = profile_of(member, &mut self.namers, ended, ProfileKind::Recording);
+            lock(&host.waits).fold(&profile);
+        }
+    }
+
+    /// Opens the open windows in the members that joined since they opened.
+    fn open_windows_of_newcomers(&mut self) {
+        for member in &mut self.members.members {
+            for (&id, window) in &self.windows {
+                if window.filter.matches(member.target.pid, &member.target.comm)
+                    && !member.sampler.has_window(id)
+                {
+                    member.sampler.open_window(id);
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Snapshot { filter, chains, reply } => {
+                let _ = reply.send(self.snapshot(&filter, chains));
+            }
+            Request::OpenWindow { id, filter } => {
+                for member in &mut self.members.members {
+                    if filter.matches(member.target.pid, &member.target.comm) {
+                        member.sampler.open_window(id);
+                    }
+                }
+                let window = ReaderWindow { filter, opened: Instant::now(), of_exited: Vec::new() };
+                self.windows.insert(id, window);
+            }
+            Request::CloseWindow { id, reply } => {
+                let mut stacks =
+                    self.windows.remove(&id).map(|window| window.of_exited).unwrap_or_default();
+                let Self { members, namers, .. } = self;
+                for member in &mut members.members {
+                    let Some(waits) = member.sampler.close_window(id) else { continue };
+                    if !waits.stacks.is_empty() {
+                        let profile = profile_of(member, namers, waits, ProfileKind::Recording);
+                        stacks.extend(profile.stacks);
+                    }
+                }
+                let _ = reply.send(stacks);
+            }
+            Request::DropWindow { id } => {
+                self.windows.remove(&id);
+                for member in &mut self.members.members {
+                    member.sampler.close_window(id);
+                }
+            }
+        }
+    }
+
+    /// The snapshot of the processes `filter` picks; None when it picks none.
+    fn snapshot(&mut self, filter: &ProcessFilter, chains: bool) -> Option<Profile> {
+        let mut profiles = Vec::new();
+        let started_at = SystemTime::now();
+        let picked: Vec<usize> = (0..self.members.members.len())
+            .filter(|&index| {
+                let target = &self.members.members[index].target;
+                filter.matches(target.pid, &target.comm)
+            })
+            .collect();
+        for index in picked {
+            let member = &mut self.members.members[index];
+            let blocked = member.sampler.blocked_now();
+            let mut profile = profile_of(member, &mut self.namers, blocked, ProfileKind::Snapshot);
+            profile.start_unix_ns = pipeline::target::unix_ns(started_at);
+            profile.thread_counts = member.sampler.thread_counts();
+            if chains && !profile.stacks.is_empty() {
+                let (unwinder, objects, registers) = member.sampler.parts_mut();
+                let frame_pointers = registers.host();
+                pipeline::add_wait_chains(&mut profile, objects, unwinder, &frame_pointers);
+            }
+            profiles.push(profile);
+        }
+        (!profiles.is_empty()).then(|| Profile::of_processes(profiles))
+    }
+}
+
+fn tag(member: &Member) -> ProcessTag {
+    ProcessTag {
+        pid: member.target.pid,
+        comm: member.target.comm.clone(),
+        cgroup: member.target.cgroup.clone(),
+    }
+}
+
+/// The profile of one process's `aggregate`, each stack tagged with the process.
+fn profile_of(
+    member: &mut Member,
+    namers: &mut HashMap<u32, Namer>,
+    aggregate: WaitAggregate,
+    kind: ProfileKind,
+) -> Profile {
+    let process = tag(member);
+    let mut base = pipeline::profile_of(&member.target, kind, SystemTime::now());
+    let (unwinder, objects, _) = member.sampler.parts_mut();
+    base.counts = trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, objects, 0, 0);
+    base.endpoint_states = objects.endpoint_states.clone();
+    let namer = namers.entry(member.target.pid).or_default();
+    let mut profile = namer.profile(aggregate, base, unwinder.image());
+    for stack in &mut profile.stacks {
+        stack.process = Some(process.clone());
+    }
+    profile
+}
