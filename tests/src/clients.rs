@@ -116,7 +116,8 @@ impl ServeDaemon {
             }
         });
         let mut daemon = Self { guard: ChildGuard::new("tracer serve", child), log, port: 0 };
-        const MARKER: &str = " on http://127.0.0.1:";
+        // http:// or https://
+        const MARKER: &str = "://127.0.0.1:";
         let line = daemon.wait_for_log(|line| line.contains(MARKER), STARTUP_TIMEOUT);
         let port = line
             .split(MARKER)
@@ -287,17 +288,33 @@ impl Prometheus {
     /// As `start`, sending the bearer token in `token_file` with each scrape (the
     /// `authorization` of its scrape config).
     pub fn start_with_token(scrape_port: u16, token_file: Option<&Path>) -> Self {
+        Self::start_scraping(&[scrape_port], token_file, None)
+    }
+
+    /// Scrapes every port of `scrape_ports` as an instance of one job, with the bearer
+    /// token in `token_file`, over HTTPS trusting `ca_file` when given.
+    pub fn start_scraping(
+        scrape_ports: &[u16],
+        token_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Self {
         let dir = TempDir::new("prometheus");
         let config = dir.join("prometheus.yml");
         let authorization = token_file.map_or(String::new(), |file| {
             format!("    authorization:\n      credentials_file: {}\n", file.display())
         });
+        let tls = ca_file.map_or(String::new(), |file| {
+            format!("    scheme: https\n    tls_config:\n      ca_file: {}\n", file.display())
+        });
+        let targets: Vec<String> =
+            scrape_ports.iter().map(|port| format!("'127.0.0.1:{port}'")).collect();
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: tracer\n{authorization}    static_configs:\n      \
-                 - targets: ['127.0.0.1:{scrape_port}']\n"
+                 scrape_configs:\n  - job_name: tracer\n{authorization}{tls}    \
+                 static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
             ),
         )
         .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
@@ -347,6 +364,108 @@ impl Prometheus {
         assert_eq!(response.status, 200, "prometheus query {query}: {}", response.text());
         response.text()
     }
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate it signed, made
+/// with Debian's `openssl` (P-256 keys, valid two days).
+pub struct TestCertificates {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCertificates {
+    pub fn make(dir: &TempDir) -> Self {
+        let openssl = |args: &[&str]| {
+            let mut cmd = Command::new("openssl");
+            cmd.args(args).current_dir(dir.path());
+            let out = run_with_timeout("openssl", cmd, Duration::from_secs(30));
+            assert_success(&format!("openssl {}", args.join(" ")), &out);
+        };
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let ca =
+            ["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tracer-test-ca"];
+        openssl(&[&["req", "-x509"], &key[..], &ca[..]].concat());
+        let extensions = [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
+        ];
+        for (name, extension) in extensions {
+            std::fs::write(dir.join(&format!("{name}.ext")), extension)
+                .expect("write the extensions");
+            let (csr, out_key, cert, ext) = (
+                format!("{name}.csr"),
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            let subject = format!("/CN={name}");
+            openssl(
+                &[&["req"], &key[..], &["-keyout", &out_key, "-out", &csr, "-subj", &subject]]
+                    .concat(),
+            );
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Self {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
+/// A GET of `path` on https://127.0.0.1:`port` with curl, trusting `ca`, with the bearer
+/// `token` and the client certificate and key `client` when given. Err: curl's complaint
+/// (a refused handshake).
+pub fn https_get(
+    port: u16,
+    path: &str,
+    ca: &Path,
+    token: Option<&str>,
+    client: Option<(&Path, &Path)>,
+) -> Result<HttpResponse, String> {
+    let body = std::env::temp_dir().join(format!("tracer-https-{}-{port}", std::process::id()));
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-w", "%{http_code}", "-o"]).arg(&body);
+    cmd.arg("--cacert").arg(ca);
+    if let Some(token) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {token}"));
+    }
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    cmd.arg(format!("https://127.0.0.1:{port}{path}"));
+    let out = run_with_timeout("curl", cmd, HTTP_TIMEOUT + Duration::from_secs(10));
+    let answer = std::fs::read(&body).unwrap_or_default();
+    let _ = std::fs::remove_file(&body);
+    if !out.status.success() {
+        return Err(out.stderr.trim().to_string());
+    }
+    let status = out.stdout.trim().parse().map_err(|_| format!("curl printed {:?}", out.stdout))?;
+    Ok(HttpResponse { status, body: answer })
 }
 
 /// One group of a Go program's own goroutine profile (pprof's `debug=1` text): how many

@@ -270,7 +270,8 @@ fn off_loopback_serve_wants_a_token_or_insecure() {
     assert_eq!(
         refused.stderr.lines().collect::<Vec<_>>(),
         ["tracer: 0.0.0.0:0 is not a loopback address: give --token-file (a bearer token every \
-             request must carry), or --insecure to let anyone who reaches it read the target's \
+             request must carry), TLS (--tls-cert and --tls-key, with --tls-client-ca to ask for \
+             client certificates), or --insecure to let anyone who reaches it read the target's \
              call stacks"]
     );
     let insecure = serve(&["--insecure"]);

@@ -234,19 +234,17 @@ async fn record_sampled_several(
     pipeline::check_outputs(outputs)?;
     let (mut members, joined) = Members::start(selection, pids, period)?;
     let outputs = pipeline::create_outputs(outputs)?;
-    for joined in joined.iter().filter(|joined| !matches!(joined, Joined::Joined { go: false, .. })) {
+    for joined in joined.iter().filter(|joined| !matches!(joined, Joined::Joined { go: false, .. }))
+    {
         eprintln!("tracer: {joined}");
     }
-    let following = if members.selection().follows() {
-        ", and the processes that start meanwhile"
-    } else {
-        ""
-    };
+    let following =
+        if members.selection().follows() { ", and those that start meanwhile," } else { "" };
     eprintln!(
-        "tracer: recording {} ({} processes{following}) for {}, sampled every {}; Ctrl-C to \
+        "tracer: recording {} processes of {}{following} for {}, sampled every {}; Ctrl-C to \
          stop early",
-        members.selection().describe(),
         members.members.len(),
+        members.selection().describe(),
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
     );

@@ -14,7 +14,8 @@ pub(crate) mod tests;
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
-    ModuleInfo, ProcessTag, container_id, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TraceCounts,
+    ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts,
+    TraceCounts, container_id,
 };
 pub use stats::{WaitStats, log2_bucket};
 

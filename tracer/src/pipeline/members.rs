@@ -4,7 +4,7 @@
 //! processes loads one BPF object, not one per process.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// How often the processes that match are looked for again, when new ones may join.
-const LOOK_INTERVAL: Duration = Duration::from_secs(1);
+const LOOK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Descriptors left to everything but the threads' kept files: the probes' maps, the
 /// unwinders' binaries, the daemon's connections.
@@ -44,8 +44,13 @@ pub struct Selection {
 impl Selection {
     /// The processes that match now.
     pub fn matching(&self) -> Result<Vec<u32>, target::TargetError> {
+        self.matching_besides(&BTreeSet::new())
+    }
+
+    /// The processes that match now but for `known` (which may be left out unchecked).
+    fn matching_besides(&self, known: &BTreeSet<u32>) -> Result<Vec<u32>, target::TargetError> {
         if self.all {
-            return Ok(target::user_processes());
+            return Ok(target::user_processes_except(known));
         }
         target::select_processes(&self.pids, self.comm.as_deref(), self.cgroup.as_deref())
     }
@@ -100,7 +105,7 @@ pub struct Members {
     seen: BTreeSet<u32>,
     /// Processes matched once, not joined yet: they join when still there at the next
     /// look, so a short-lived command (`ls`, a health check) costs no image read.
-    candidates: BTreeMap<u32, Instant>,
+    candidates: BTreeSet<u32>,
     last_look: Option<Instant>,
 }
 
@@ -121,7 +126,7 @@ impl Members {
             registers: Arc::new(HostTaskRegisters::new(probes)),
             members: Vec::new(),
             seen: BTreeSet::new(),
-            candidates: BTreeMap::new(),
+            candidates: BTreeSet::new(),
             last_look: Some(Instant::now()),
         };
         let mut joined = Vec::with_capacity(pids.len());
@@ -173,14 +178,16 @@ impl Members {
             return Vec::new();
         }
         self.last_look = Some(Instant::now());
-        let Ok(matching) = self.selection.matching() else { return Vec::new() };
-        let now: BTreeSet<u32> = matching.into_iter().collect();
-        self.seen.retain(|pid| now.contains(pid));
-        self.candidates.retain(|pid, _| now.contains(pid));
+        // The pids already seen that are gone: forgotten (a reused pid is a new process).
+        self.seen.retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let Ok(matching) = self.selection.matching_besides(&self.seen) else { return Vec::new() };
+        let new: BTreeSet<u32> =
+            matching.into_iter().filter(|pid| !self.seen.contains(pid)).collect();
+        self.candidates.retain(|pid| new.contains(pid));
         let mut joined = Vec::new();
-        for &pid in now.difference(&self.seen.clone()) {
-            if self.candidates.remove(&pid).is_none() {
-                self.candidates.insert(pid, Instant::now());
+        for pid in new {
+            if !self.candidates.remove(&pid) {
+                self.candidates.insert(pid);
                 continue;
             }
             joined.push(match self.join(pid) {

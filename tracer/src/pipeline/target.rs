@@ -232,12 +232,18 @@ pub fn select_processes(
 /// Every live user process on the host but this one (`--all`): kernel threads and
 /// zombies left out.
 pub fn user_processes() -> Vec<u32> {
+    user_processes_except(&Default::default())
+}
+
+/// As `user_processes`, leaving out `known` unread: a daemon that looks for new
+/// processes every second reads only the new ones' stat.
+pub fn user_processes_except(known: &std::collections::BTreeSet<u32>) -> Vec<u32> {
     let own = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     let mut pids: Vec<u32> = entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != own)
+        .filter(|&pid| pid != own && !known.contains(&pid))
         .filter(|pid| {
             let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
             // A dead main thread with live threads behind it is still a process.

@@ -87,10 +87,7 @@ pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
         .iter()
         .map(|chain| JsonChain {
             line: chain_line(chain, waiters, format_duration),
-            process: chain
-                .process
-                .as_ref()
-                .map(super::json::json_process),
+            process: chain.process.as_ref().map(super::json::json_process),
             start: json_site(&chain.start),
             threads: chain.threads,
             blocked_ns: chain.blocked_ns,

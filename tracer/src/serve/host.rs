@@ -51,7 +51,6 @@ impl ProcessFilter {
         self.pid.is_none_or(|wanted| wanted == pid)
             && self.comm.as_deref().is_none_or(|wanted| wanted == comm)
     }
-
 }
 
 impl std::fmt::Display for ProcessFilter {
@@ -92,6 +91,9 @@ enum Request {
 /// How long a window may stay open before the reader drops it (its request is gone).
 const WINDOW_EXPIRY: Duration = Duration::from_secs(600);
 
+/// The threads blocked now, as series labelled by process.
+type BlockedSeries = CappedSeries<u64, ProcessSeriesLabels>;
+
 /// What the reading thread and the endpoints share.
 pub struct Host {
     pub selection: Selection,
@@ -106,7 +108,7 @@ pub struct Host {
     reads: AtomicU64,
     /// Waits whose stacks stopped short, over every process.
     truncated_unwinds: AtomicU64,
-    blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<CappedSeries<u64, ProcessSeriesLabels>>)>>,
+    blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
 }
 
 impl Host {
@@ -138,12 +140,8 @@ impl Host {
         let (finished, finished_receiver) = oneshot::channel();
         let weak = Arc::downgrade(&host);
         std::thread::Builder::new().name("tracer-read".into()).spawn(move || {
-            let reader = Reader {
-                members,
-                namers: HashMap::new(),
-                windows: BTreeMap::new(),
-                host: weak,
-            };
+            let reader =
+                Reader { members, namers: HashMap::new(), windows: BTreeMap::new(), host: weak };
             reader.run(receiver);
             let _ = finished.send(());
         })?;
@@ -197,9 +195,7 @@ impl Host {
     }
 
     /// The threads blocked now as series: one snapshot serves every scrape for a while.
-    pub async fn blocked_series(
-        &self,
-    ) -> Result<Arc<CappedSeries<u64, ProcessSeriesLabels>>, HostError> {
+    pub async fn blocked_series(&self) -> Result<Arc<BlockedSeries>, HostError> {
         let mut sample = self.blocked_sample.lock().await;
         if let Some((taken, series)) = sample.as_ref()
             && taken.elapsed() < BLOCKED_SAMPLE_TTL
@@ -242,7 +238,6 @@ impl Host {
             mpsc::TrySendError::Disconnected(_) => HostError::Stopped,
         })
     }
-
 }
 
 /// Tells the reader to drop the window if the request ends early (the client went away).
@@ -303,8 +298,12 @@ impl Reader {
                 // Its part of the open windows, symbolized while its image is at hand.
                 for (&id, window) in &mut self.windows {
                     if let Some(waits) = exited.sampler.close_window(id) {
-                        let profile =
-                            profile_of(&mut exited, &mut self.namers, waits, ProfileKind::Recording);
+                        let profile = profile_of(
+                            &mut exited,
+                            &mut self.namers,
+                            waits,
+                            ProfileKind::Recording,
+                        );
                         window.of_exited.extend(profile.stacks);
                     }
                 }
@@ -312,7 +311,8 @@ impl Reader {
             }
             self.windows.retain(|_, window| window.opened.elapsed() < WINDOW_EXPIRY);
             *lock(&host.processes) = self.members.members.iter().map(tag).collect();
-            let truncated = self.members.members.iter().map(|m| m.sampler.truncated_unwinds()).sum();
+            let truncated =
+                self.members.members.iter().map(|m| m.sampler.truncated_unwinds()).sum();
             host.truncated_unwinds.fetch_max(truncated, Ordering::Relaxed);
             if !alive {
                 log::info!("every process exited; stopping");
@@ -336,7 +336,10 @@ impl Reader {
     fn hand_on_ended(&mut self, host: &Host) {
         for member in &mut self.members.members {
             let ended = member.sampler.take_ended();
-            member.sampler.objects_mut().forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
+            member
+                .sampler
+                .objects_mut()
+                .forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
             if ended.stacks.is_empty() {
                 continue;
             }
@@ -439,7 +442,8 @@ fn profile_of(
     let process = tag(member);
     let mut base = pipeline::profile_of(&member.target, kind, SystemTime::now());
     let (unwinder, objects, _) = member.sampler.parts_mut();
-    base.counts = trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, objects, 0, 0);
+    base.counts =
+        trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, objects, 0, 0);
     base.endpoint_states = objects.endpoint_states.clone();
     let namer = namers.entry(member.target.pid).or_default();
     let mut profile = namer.profile(aggregate, base, unwinder.image());

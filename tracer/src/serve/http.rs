@@ -149,7 +149,10 @@ pub async fn run(
                     Ok::<_, Infallible>(reply)
                 }
             });
-            let http = http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(header_timeout).clone();
+            let http = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .clone();
             let limit = Duration::from_secs(MAX_SECONDS) + CONNECTION_SLACK;
             let served = match tls {
                 None => {
@@ -158,17 +161,18 @@ pub async fn run(
                 }
                 Some(tls) => {
                     // The handshake, too, within the time a request's headers get.
-                    let stream = match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            log::info!("TLS handshake with {peer} failed: {err}");
-                            return;
-                        }
-                        Err(_) => {
-                            log::debug!("TLS handshake with {peer} timed out");
-                            return;
-                        }
-                    };
+                    let stream =
+                        match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(err)) => {
+                                log::info!("TLS handshake with {peer} failed: {err}");
+                                return;
+                            }
+                            Err(_) => {
+                                log::debug!("TLS handshake with {peer} timed out");
+                                return;
+                            }
+                        };
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     tokio::time::timeout(limit, connection).await
                 }
@@ -220,7 +224,9 @@ async fn respond_host<B>(host: &Host, windows: &Arc<Semaphore>, request: Request
         "/debug/pprof/threads" => {
             let debug = param(query, "debug").is_some_and(|value| value != "0");
             match host.blocked_now(filter, true).await {
-                Ok(profile) if debug => Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP))),
+                Ok(profile) if debug => {
+                    Ok(text(StatusCode::OK, render_summary(&profile, SUMMARY_TOP)))
+                }
                 Ok(profile) => return pprof(profile, Weight::Threads, THREADS_ATTACHMENT).await,
                 Err(err) => Err(err),
             }
@@ -229,7 +235,9 @@ async fn respond_host<B>(host: &Host, windows: &Arc<Semaphore>, request: Request
             StatusCode::NOT_FOUND,
             "goroutines are read of one Go program: serve it alone (--pid or --comm)\n".into(),
         )),
-        path => Ok(text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint\n\n{HOST_INDEX}"))),
+        path => {
+            Ok(text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint\n\n{HOST_INDEX}")))
+        }
     };
     reply.unwrap_or_else(|err| {
         let message = with_causes(&err);
@@ -246,9 +254,9 @@ async fn respond_host<B>(host: &Host, windows: &Arc<Semaphore>, request: Request
 /// `?pid=N` and `?comm=NAME` (percent-decoded: a name may hold any byte).
 fn process_filter(query: &str) -> Result<ProcessFilter, String> {
     let pid = match param(query, "pid") {
-        Some(value) => Some(
-            value.parse::<u32>().map_err(|_| format!("pid={value}: give a process id\n"))?,
-        ),
+        Some(value) => {
+            Some(value.parse::<u32>().map_err(|_| format!("pid={value}: give a process id\n"))?)
+        }
         None => None,
     };
     let comm = param(query, "comm").map(percent_decode);

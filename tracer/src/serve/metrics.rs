@@ -185,7 +185,10 @@ impl<L: StackLabels> CappedSeries<WaitTotals, L> {
 }
 
 /// The threads blocked now, per series.
-pub fn blocked_series<L: StackLabels>(snapshot: &Profile, max_series: usize) -> CappedSeries<u64, L> {
+pub fn blocked_series<L: StackLabels>(
+    snapshot: &Profile,
+    max_series: usize,
+) -> CappedSeries<u64, L> {
     let mut series = CappedSeries::new(max_series);
     for stack in &snapshot.stacks {
         *series.entry(L::of(stack)) += stack.stats.threads.len() as u64;

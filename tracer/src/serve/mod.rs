@@ -114,12 +114,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
-    if !local.ip().is_loopback() && !access.has_token() {
-        eprintln!(
-            "tracer: warning: listening on {local}, which is not a loopback address, without \
-             a token (--insecure): whoever reaches it can read the target's call stacks"
-        );
-    }
+    warn_if_unguarded(local, &access, tls.is_some());
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
@@ -130,7 +125,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_series,
         worker::Worker::start().context("cannot start the symbolizer thread")?,
     ));
-    eprintln!("tracer: serving {wanted} on http://{local}/");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("tracer: serving {wanted} on {scheme}://{local}/");
     match sampling {
         Some(period) => eprintln!(
             "tracer: its threads read every {}, nothing attached to them (--mode exact sees \
@@ -179,21 +175,23 @@ async fn serve_host(
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
+    warn_if_unguarded(local, &access, tls.is_some());
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let described = selection.describe();
-    let (host, finished) = tokio::task::spawn_blocking(move || {
-        host::Host::start(selection, period, max_series)
-    })
-    .await
-    .context("cannot start reading the processes")??;
+    let (host, finished) =
+        tokio::task::spawn_blocking(move || host::Host::start(selection, period, max_series))
+            .await
+            .context("cannot start reading the processes")??;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "tracer: serving {described} ({} processes now) on {scheme}://{local}/, read every {}",
+        "tracer: read every {}, nothing attached; serving {described} ({} processes now) on \
+         {scheme}://{local}/",
+        crate::report::summary::format_duration(period.as_nanos() as u64),
         host.processes().len(),
-        crate::report::summary::format_duration(period.as_nanos() as u64)
     );
-    let server = tokio::spawn(http::run(listener, http::Daemon::Host(Arc::clone(&host)), access, tls));
+    let server =
+        tokio::spawn(http::run(listener, http::Daemon::Host(Arc::clone(&host)), access, tls));
     tokio::select! {
         _ = finished => log::info!("every process exited; stopping"),
         _ = sigterm.recv() => log::info!("SIGTERM: stopping"),
@@ -201,6 +199,16 @@ async fn serve_host(
     }
     server.abort();
     Ok(())
+}
+
+/// Says so when serve listens off loopback with neither a token nor TLS (--insecure).
+fn warn_if_unguarded(local: std::net::SocketAddr, access: &access::Access, tls: bool) {
+    if !local.ip().is_loopback() && !access.has_token() && !tls {
+        eprintln!(
+            "tracer: warning: listening on {local}, which is not a loopback address, without \
+             a token or TLS (--insecure): whoever reaches it can read the target's call stacks"
+        );
+    }
 }
 
 /// Gives the heap's free pages of every malloc arena back to the system.

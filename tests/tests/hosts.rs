@@ -1,0 +1,424 @@
+//! Real-kernel tests of the per-host view (issue 18): `--all` finds a pile-up in a process
+//! with its own pid, mount and network namespaces (its binary only inside its mount
+//! namespace, its backend only inside its network namespace); `serve --all` labels its
+//! series by process and answers for one process (`?pid=`, `?comm=`) with delta block
+//! profiles; two daemons are scraped by a real Prometheus over TLS with a bearer token, and
+//! a PromQL query finds which instance and which process hold the pile-up; and TLS with
+//! client certificates keeps out whoever has none.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracer_tests::{
+    ChildGuard, Pileup, Profile, Prometheus, ServeDaemon, TempDir, TestCertificates,
+    assert_success, build_c_pileup, https_get, read_profile, run_with_timeout, start_c_pileup,
+    start_workload, tracer_bin,
+};
+
+const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
+const HANDLERS: usize = 8;
+const WORKLOAD_SECONDS: f64 = 120.0;
+const TIMEOUT: Duration = Duration::from_secs(90);
+/// Prometheus scrapes every second; its first scrapes come a few seconds after it starts.
+const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The handlers of `pid` blocked at `site`, from the stacks tagged with that process.
+fn threads_at(profile: &Profile, pid: u32, site: &str) -> usize {
+    let threads: BTreeSet<u32> = profile
+        .stacks
+        .iter()
+        .filter(|stack| stack.call_site() == site)
+        .filter(|stack| stack.process.as_ref().is_some_and(|process| process.pid == pid))
+        .flat_map(|stack| stack.stats.threads.iter().copied())
+        .collect();
+    threads.len()
+}
+
+/// The C pile-up in namespaces of its own: `unshare` makes a pid, mount and network
+/// namespace; inside, loopback comes up, a tmpfs hides the directory its binary is copied
+/// to (so the binary exists only in its mount namespace), and its slow backend listens on
+/// the namespace's own loopback.
+struct NamespacedPileup {
+    guard: ChildGuard,
+    /// Its pid as the host sees it.
+    pid: u32,
+    _dir: TempDir,
+}
+
+const NAMESPACED_NAME: &str = "ns-pileup";
+
+impl NamespacedPileup {
+    fn start(pileup_bin: &Path) -> Self {
+        let dir = TempDir::new("hosts-namespaced");
+        let script = r#"set -e
+ip link set lo up
+mount -t tmpfs tmpfs "$DIR"
+cp "$PILEUP" "$DIR/ns-pileup"
+"$BACKEND" --seconds "$SECONDS_LEFT" > "$DIR/port" &
+while [ ! -s "$DIR/port" ]; do sleep 0.05; done
+exec "$DIR/ns-pileup" "$(head -n 1 "$DIR/port")" "$HANDLERS" "$SECONDS_LEFT"
+"#;
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--mount"])
+            .args(["sh", "-c", script])
+            .env("DIR", dir.path())
+            .env("PILEUP", pileup_bin)
+            .env("BACKEND", SLOW_BACKEND)
+            .env("HANDLERS", HANDLERS.to_string())
+            .env("SECONDS_LEFT", WORKLOAD_SECONDS.to_string());
+        let guard = start_workload("unshare ns-pileup", cmd);
+        let pid = process_named(NAMESPACED_NAME).expect("ns-pileup runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+        let nspid = status.lines().find(|line| line.starts_with("NSpid:")).expect("NSpid");
+        assert_eq!(nspid.split_whitespace().count(), 3, "a pid namespace of its own: {nspid}");
+        for namespace in ["mnt", "net", "pid"] {
+            let own = std::fs::read_link(format!("/proc/self/ns/{namespace}")).expect("own ns");
+            let its = std::fs::read_link(format!("/proc/{pid}/ns/{namespace}")).expect("its ns");
+            assert_ne!(own, its, "a {namespace} namespace of its own");
+        }
+        assert!(
+            !dir.join(NAMESPACED_NAME).exists(),
+            "its binary must not be visible outside its mount namespace"
+        );
+        Self { guard, pid, _dir: dir }
+    }
+}
+
+impl Drop for NamespacedPileup {
+    fn drop(&mut self) {
+        // The namespace's init: the kernel kills the rest of the namespace with it.
+        // SAFETY: kill takes a pid and a signal.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        let _ = &self.guard;
+    }
+}
+
+/// The pid of the one process named `name`.
+fn process_named(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+}
+
+/// `tracer snapshot|record --all ARGS... --output DIR/NAME.json`, read back.
+fn trace_all(command: &str, args: &[&str], dir: &TempDir) -> (Profile, String) {
+    let json = dir.join(&format!("{command}.json"));
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg(command).arg("--all").args(args).arg("--output").arg(&json);
+    let out = run_with_timeout(&format!("tracer {command} --all"), cmd, TIMEOUT);
+    assert_success(&format!("tracer {command} --all"), &out);
+    (read_profile(&json), out.stdout)
+}
+
+#[test]
+fn all_finds_the_pileup_of_a_process_in_namespaces_of_its_own() {
+    let build = TempDir::new("hosts-build");
+    let bin = build_c_pileup(build.path());
+    let namespaced = NamespacedPileup::start(&bin);
+    let dir = TempDir::new("hosts-all");
+    let (snapshot, stdout) = trace_all("snapshot", &[], &dir);
+    let (recording, _) = trace_all("record", &["--duration", "3s"], &dir);
+    for (what, profile) in [("snapshot --all", &snapshot), ("record --all", &recording)] {
+        let process =
+            profile.processes.iter().find(|process| process.pid == namespaced.pid).unwrap_or_else(
+                || panic!("{what}: no pid {} in {:?}", namespaced.pid, profile.processes),
+            );
+        assert_eq!(process.comm, NAMESPACED_NAME, "{what}");
+        // Symbolized from the binary in its mount namespace.
+        assert_eq!(threads_at(profile, namespaced.pid, "enqueue_stat"), HANDLERS, "{what}");
+        // The endpoint, read in its network namespace: its own loopback's backend.
+        let sender = profile
+            .stacks
+            .iter()
+            .find(|stack| {
+                stack.call_site() == "send_to_backend"
+                    && stack.process.as_ref().is_some_and(|p| p.pid == namespaced.pid)
+            })
+            .unwrap_or_else(|| panic!("{what}: no send_to_backend of pid {}", namespaced.pid));
+        let object = sender.object.as_deref().unwrap_or_default();
+        assert!(object.starts_with("127.0.0.1:"), "{what}: endpoint {object:?}");
+    }
+    // The summary's table of processes puts the pile-up first among them.
+    assert!(stdout.contains(&format!("enqueue_stat in {NAMESPACED_NAME} ({})", namespaced.pid)));
+    // Its chain ends at its backend, found in its network namespace.
+    let chain = snapshot
+        .chains
+        .iter()
+        .find(|chain| chain.process.as_ref().is_some_and(|p| p.pid == namespaced.pid))
+        .unwrap_or_else(|| panic!("no chain of the namespaced pile-up: {:#?}", snapshot.chains));
+    let line = format!("{chain:?}");
+    assert!(line.contains("slow-backend"), "the chain ends at its backend: {line}");
+}
+
+/// `serve --all`: every series names its process, `?pid=` picks one, and block profiles of
+/// consecutive windows hold only their own time.
+#[test]
+fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
+    let build = TempDir::new("hosts-serve-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid();
+    let daemon = ServeDaemon::start(&["--all"]);
+    let line = format!("pid=\"{pid}\",comm=\"c-pileup\",");
+    let metrics = wait_for(TIMEOUT, || {
+        let metrics = daemon.get("/metrics").text();
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("tracer_blocked_threads{")
+                    && l.contains(&line)
+                    && l.contains("site=\"enqueue_stat\"")
+            })
+            .then_some(metrics)
+    });
+    let blocked: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tracer_blocked_threads{") && l.contains(&line))
+        .filter(|l| l.contains("site=\"enqueue_stat\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(blocked, HANDLERS as u64, "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("tracer_processes ")), "{metrics}");
+
+    // One process: its threads now, and nobody else's.
+    let text = daemon.get(&format!("/debug/pprof/threads?debug=1&pid={pid}")).text();
+    assert!(text.starts_with(&format!("1 processes: c-pileup ({pid})")), "{text}");
+    let by_name = daemon.get("/debug/pprof/threads?debug=1&comm=c-pileup").text();
+    assert!(by_name.contains(&format!("enqueue_stat in c-pileup ({pid})")), "{by_name}");
+    let missing = daemon.get("/debug/pprof/threads?pid=4194304");
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(missing.text(), "no traced process is pid 4194304\n");
+
+    // Two windows in a row: each holds at most its own seconds of each thread.
+    let dir = TempDir::new("hosts-serve");
+    for window in 0..2 {
+        let path = dir.join(&format!("block-{window}.pb.gz"));
+        let response = daemon.get(&format!("/debug/pprof/block?seconds=2&pid={pid}"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        std::fs::write(&path, &response.body).expect("write the profile");
+        let profile = read_profile(&path);
+        let pids: BTreeSet<u32> =
+            profile.stacks.iter().filter_map(|s| s.process.as_ref().map(|p| p.pid)).collect();
+        assert_eq!(pids, BTreeSet::from([pid]), "window {window}: one process");
+        let handlers_ns: u64 = profile
+            .stacks
+            .iter()
+            .filter(|stack| stack.call_site() == "enqueue_stat")
+            .map(|stack| stack.stats.total_ns)
+            .sum();
+        // Each handler blocked nearly all the window; the reads' spacing is its slack.
+        let window_ns = Duration::from_secs(2).as_nanos() as u64;
+        let most = window_ns * HANDLERS as u64 * 11 / 10;
+        assert!(
+            handlers_ns <= most && handlers_ns >= window_ns * HANDLERS as u64 / 2,
+            "window {window}: {handlers_ns} ns of handlers' waits in a 2 s window"
+        );
+    }
+}
+
+/// Repeats `probe` every half second until it gives a value; panics after `timeout`.
+fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not seen within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A cgroup the test makes under the cgroup v2 hierarchy, removed when dropped.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn make(name: &str) -> Self {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(Path::new)
+            .find(|root| root.join("cgroup.procs").is_file())
+            .expect("a cgroup v2 hierarchy under /sys/fs/cgroup");
+        let path = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self(path)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.0.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("cannot remove the test cgroup {}", self.0.display());
+    }
+}
+
+/// The fleet: two daemons stand for two hosts (one `serve --all`, one `serve --cgroup`
+/// whose cgroup holds only an idle process, as a host without the pile-up), each over TLS
+/// with a bearer token. A real Prometheus scrapes both as two instances of one job, and a
+/// PromQL query names the instance and the process that hold the pile-up.
+#[test]
+fn prometheus_finds_the_instance_and_process_of_the_pileup_across_a_fleet() {
+    let build = TempDir::new("hosts-fleet-build");
+    let bin = build_c_pileup(build.path());
+    let pileup: Pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid();
+    let cgroup = TestCgroup::make("tracer-fleet");
+    let mut idle = Command::new("sleep");
+    idle.arg("120").stdin(Stdio::null()).stdout(Stdio::null());
+    let idle = ChildGuard::new("sleep", idle.spawn().expect("spawn sleep"));
+    cgroup.add(idle.pid());
+
+    let dir = TempDir::new("hosts-fleet");
+    let certificates = TestCertificates::make(&dir);
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("fleet-{pid}-token\n")).expect("write the token file");
+    let tls = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for (flag, path) in [
+            ("--tls-cert", &certificates.server_cert),
+            ("--tls-key", &certificates.server_key),
+            ("--token-file", &token_file),
+        ] {
+            args.push(flag.to_string());
+            args.push(path.to_str().expect("utf-8").to_string());
+        }
+        args
+    };
+    let host_args = tls(&["--all"]);
+    let cgroup_args = tls(&["--cgroup", cgroup.0.to_str().expect("utf-8")]);
+    let host = ServeDaemon::start(&host_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let other = ServeDaemon::start(&cgroup_args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let prometheus = Prometheus::start_scraping(
+        &[host.port, other.port],
+        Some(&token_file),
+        Some(&certificates.ca),
+    );
+    // Both instances up, over HTTPS with the token.
+    wait_for(PROMETHEUS_TIMEOUT, || {
+        let up = prometheus.query("sum(up{job=\"tracer\"})");
+        up.contains("\"2\"]").then_some(())
+    });
+    let query = "max by (instance, pid, comm) (tracer_blocked_threads{site=\"enqueue_stat\"})";
+    let answer = wait_for(PROMETHEUS_TIMEOUT, || {
+        let answer = prometheus.query(query);
+        answer.contains(&format!("\"{HANDLERS}\"]")).then_some(answer)
+    });
+    let host_instance = format!("\"instance\":\"127.0.0.1:{}\"", host.port);
+    assert!(answer.contains(&host_instance), "the instance with the pile-up: {answer}");
+    assert!(answer.contains(&format!("\"pid\":\"{pid}\"")), "its pid: {answer}");
+    assert!(answer.contains("\"comm\":\"c-pileup\""), "its name: {answer}");
+    assert!(
+        !answer.contains(&format!("127.0.0.1:{}", other.port)),
+        "the other instance holds no pile-up: {answer}"
+    );
+    // The other daemon reads its cgroup's one process.
+    let processes = prometheus.query("tracer_processes");
+    let other_instance = format!("\"instance\":\"127.0.0.1:{}\"", other.port);
+    assert!(processes.contains(&other_instance), "{processes}");
+}
+
+/// Over TLS, a request without the token or with a wrong one is refused on every endpoint
+/// but /healthz; with client certificates asked for, a client without one gets no answer.
+#[test]
+fn tls_and_a_token_guard_every_endpoint_but_healthz() {
+    let build = TempDir::new("hosts-access-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid().to_string();
+    let dir = TempDir::new("hosts-access");
+    let certificates = TestCertificates::make(&dir);
+    let token = format!("access-{pid}-token");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write the token file");
+    let path = |path: &Path| path.to_str().expect("utf-8").to_string();
+    let (cert, key, ca, token_path) = (
+        path(&certificates.server_cert),
+        path(&certificates.server_key),
+        path(&certificates.ca),
+        path(&token_file),
+    );
+    let tls = ["--tls-cert", &cert, "--tls-key", &key, "--token-file", &token_path];
+    for daemon_args in [&["--pid", &pid][..], &["--all"][..]] {
+        let daemon = ServeDaemon::start(&[daemon_args, &tls[..]].concat());
+        let wrong = format!("{token}x");
+        for endpoint in ["/", "/metrics", "/debug/pprof/threads", "/debug/pprof/block?seconds=1"] {
+            for offered in [None, Some(wrong.as_str())] {
+                let refused = https_get(daemon.port, endpoint, &certificates.ca, offered, None)
+                    .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+                assert_eq!(refused.status, 401, "{daemon_args:?} {endpoint} with {offered:?}");
+            }
+            let answered = https_get(daemon.port, endpoint, &certificates.ca, Some(&token), None)
+                .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+            assert_eq!(answered.status, 200, "{daemon_args:?} {endpoint}: {}", answered.text());
+        }
+        let health = https_get(daemon.port, "/healthz", &certificates.ca, None, None)
+            .unwrap_or_else(|e| panic!("/healthz: {e}"));
+        assert_eq!(health.status, 200, "/healthz stays open: {}", health.text());
+        // Plain HTTP to a TLS port is not answered with data.
+        let plain = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).map(|mut stream| {
+            use std::io::{Read as _, Write as _};
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            answer
+        });
+        let plain = plain.expect("connect");
+        assert!(!plain.windows(14).any(|w| w == b"tracer_blocked"), "plain HTTP got metrics");
+    }
+
+    // Client certificates asked for: none, no answer; the CA's, answered.
+    let client_ca = ["--tls-client-ca", &ca];
+    let daemon = ServeDaemon::start(&[&["--pid", &pid][..], &tls[..], &client_ca[..]].concat());
+    let without = https_get(daemon.port, "/metrics", &certificates.ca, Some(&token), None);
+    assert!(without.is_err(), "answered without a client certificate: {without:?}");
+    let client = (certificates.client_cert.as_path(), certificates.client_key.as_path());
+    let with = https_get(daemon.port, "/metrics", &certificates.ca, Some(&token), Some(client))
+        .unwrap_or_else(|e| panic!("with the client certificate: {e}"));
+    assert_eq!(with.status, 200, "{}", with.text());
+}
+
+/// Off loopback without a token or TLS, serve refuses in one line; TLS alone is enough.
+#[test]
+fn off_loopback_serve_all_wants_a_token_or_tls() {
+    let serve = |extra: &[&str]| {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "INT", "3"]).arg(tracer_bin());
+        cmd.args(["serve", "--all", "--listen", "0.0.0.0:0"]).args(extra);
+        run_with_timeout("tracer serve --all", cmd, TIMEOUT)
+    };
+    let refused = serve(&[]);
+    assert!(!refused.status.success(), "serve --all started off loopback unguarded");
+    let lines: Vec<&str> = refused.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", refused.stderr);
+    assert!(lines[0].starts_with("tracer: 0.0.0.0:0 is not a loopback address: give --token-file"));
+    assert!(lines[0].contains("TLS (--tls-cert and --tls-key"), "{}", lines[0]);
+
+    let dir = TempDir::new("hosts-off-loopback");
+    let certificates = TestCertificates::make(&dir);
+    let (cert, key) =
+        (certificates.server_cert.to_str().unwrap(), certificates.server_key.to_str().unwrap());
+    let with_tls = serve(&["--tls-cert", cert, "--tls-key", key]);
+    assert!(with_tls.stderr.contains("on https://0.0.0.0:"), "{}", with_tls.stderr);
+    let bad_key = serve(&["--tls-cert", cert, "--tls-key", cert]);
+    assert!(!bad_key.status.success());
+    assert_eq!(bad_key.stderr.lines().count(), 1, "{}", bad_key.stderr);
+    assert!(bad_key.stderr.contains("cannot read a private key"), "{}", bad_key.stderr);
+}
