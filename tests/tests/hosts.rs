@@ -165,7 +165,8 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
     let bin = build_c_pileup(build.path());
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
-    let daemon = ServeDaemon::start(&["--all"]);
+    // A cap no busy test host reaches: the pile-up's series is never folded into `other`.
+    let daemon = ServeDaemon::start(&["--all", "--max-series", "100000"]);
     let line = format!("pid=\"{pid}\",comm=\"c-pileup\",");
     let metrics = wait_for(TIMEOUT, || {
         let metrics = daemon.get("/metrics").text();
@@ -191,6 +192,7 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
     let text = daemon.get(&format!("/debug/pprof/threads?debug=1&pid={pid}")).text();
     assert!(text.starts_with(&format!("1 processes: c-pileup ({pid})")), "{text}");
     let by_name = daemon.get("/debug/pprof/threads?debug=1&comm=c-pileup").text();
+    assert!(by_name.starts_with(&format!("1 processes: c-pileup ({pid})")), "{by_name}");
     assert!(by_name.contains(&format!("enqueue_stat in c-pileup ({pid})")), "{by_name}");
     let missing = daemon.get("/debug/pprof/threads?pid=4194304");
     assert_eq!(missing.status, 404, "{}", missing.text());
@@ -213,9 +215,10 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
             .filter(|stack| stack.call_site() == "enqueue_stat")
             .map(|stack| stack.stats.total_ns)
             .sum();
-        // Each handler blocked nearly all the window; the reads' spacing is its slack.
+        // Each handler blocked nearly all the window; the reads' spacing (and a loaded
+        // machine's late reads) is its slack.
         let window_ns = Duration::from_secs(2).as_nanos() as u64;
-        let most = window_ns * HANDLERS as u64 * 11 / 10;
+        let most = window_ns * HANDLERS as u64 * 5 / 4;
         assert!(
             handlers_ns <= most && handlers_ns >= window_ns * HANDLERS as u64 / 2,
             "window {window}: {handlers_ns} ns of handlers' waits in a 2 s window"
@@ -300,7 +303,7 @@ fn prometheus_finds_the_instance_and_process_of_the_pileup_across_a_fleet() {
         }
         args
     };
-    let host_args = tls(&["--all"]);
+    let host_args = tls(&["--all", "--max-series", "100000"]);
     let cgroup_args = tls(&["--cgroup", cgroup.0.to_str().expect("utf-8")]);
     let host = ServeDaemon::start(&host_args.iter().map(String::as_str).collect::<Vec<_>>());
     let other = ServeDaemon::start(&cgroup_args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -329,9 +332,9 @@ fn prometheus_finds_the_instance_and_process_of_the_pileup_across_a_fleet() {
         "the other instance holds no pile-up: {answer}"
     );
     // The other daemon reads its cgroup's one process.
-    let processes = prometheus.query("tracer_processes");
-    let other_instance = format!("\"instance\":\"127.0.0.1:{}\"", other.port);
-    assert!(processes.contains(&other_instance), "{processes}");
+    let processes =
+        prometheus.query(&format!("tracer_processes{{instance=\"127.0.0.1:{}\"}}", other.port));
+    assert!(processes.contains("\"1\"]"), "one process: {processes}");
 }
 
 /// Over TLS, a request without the token or with a wrong one is refused on every endpoint
@@ -395,12 +398,14 @@ fn tls_and_a_token_guard_every_endpoint_but_healthz() {
     assert_eq!(with.status, 200, "{}", with.text());
 }
 
-/// Off loopback without a token or TLS, serve refuses in one line; TLS alone is enough.
+/// Off loopback without a token or TLS, serve refuses in one line; TLS alone starts it,
+/// with a warning that it lets anyone in; a bad key is one line.
 #[test]
 fn off_loopback_serve_all_wants_a_token_or_tls() {
     let serve = |extra: &[&str]| {
+        // Long enough to open every process of a busy host and say where it listens.
         let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "INT", "3"]).arg(tracer_bin());
+        cmd.args(["-s", "INT", "10"]).arg(tracer_bin());
         cmd.args(["serve", "--all", "--listen", "0.0.0.0:0"]).args(extra);
         run_with_timeout("tracer serve --all", cmd, TIMEOUT)
     };
@@ -417,6 +422,10 @@ fn off_loopback_serve_all_wants_a_token_or_tls() {
         (certificates.server_cert.to_str().unwrap(), certificates.server_key.to_str().unwrap());
     let with_tls = serve(&["--tls-cert", cert, "--tls-key", key]);
     assert!(with_tls.stderr.contains("on https://0.0.0.0:"), "{}", with_tls.stderr);
+    let warnings: Vec<&str> =
+        with_tls.stderr.lines().filter(|line| line.contains("tracer: warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{}", with_tls.stderr);
+    assert!(warnings[0].contains("over TLS without a token or --tls-client-ca"), "{}", warnings[0]);
     let bad_key = serve(&["--tls-cert", cert, "--tls-key", cert]);
     assert!(!bad_key.status.success());
     assert_eq!(bad_key.stderr.lines().count(), 1, "{}", bad_key.stderr);

@@ -93,9 +93,10 @@ pub struct ServeArgs {
     pub min_wait: Duration,
 
     /// At most this many (kind, call site, object) series per metric; the rest are
-    /// folded into site="other".
-    #[arg(long, default_value_t = 200, value_name = "N")]
-    pub max_series: usize,
+    /// folded into site="other". Default: 200 for one process, 2000 for several (each
+    /// process's sites are series of their own).
+    #[arg(long, value_name = "N")]
+    pub max_series: Option<usize>,
 
     /// How to see waits. sampled: read the target's threads at --rate, attaching nothing
     /// to it, so the cost stays bounded however often it waits: for always-on use (waits

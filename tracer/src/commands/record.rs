@@ -200,7 +200,7 @@ async fn record_sampled(
     let outputs = pipeline::create_outputs(outputs)?;
     let Traced { target, image } = traced;
     let pid = target.pid;
-    let registers = TaskRegisters::Own(Probes::open_for_reading(pid, &btf_path)?);
+    let registers = TaskRegisters::Own(Box::new(Probes::open_for_reading(pid, &btf_path)?));
     let unwinder = ProcessUnwinder::new(pid, image);
     let mut sampler = ThreadSampler::new(pid, unwinder, registers, period)
         .with_context(|| format!("cannot list the threads of pid {pid}"))?;

@@ -28,7 +28,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let selection = processes.resolve()?;
     let pids = selection.matching()?;
     if pids.is_empty() {
-        anyhow::bail!("no process is in the cgroup");
+        anyhow::bail!("no process matches: {}", selection.describe());
     }
     if let [pid] = pids[..]
         && !selection.all

@@ -47,6 +47,8 @@ pub struct WaitAggregate {
     pub wakers: HashMap<StackKey, HashMap<Vec<u64>, WakerStats>>,
     /// The name (`comm`) each thread had when last seen.
     pub thread_names: BTreeMap<u32, String>,
+    /// The waits in time, when the recording keeps them (`record`).
+    pub timeline: Option<super::timeline::TimelineRecorder>,
 }
 
 impl WaitAggregate {

@@ -10,6 +10,7 @@ mod stats;
 mod symbolize;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod timeline;
 
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
@@ -18,6 +19,7 @@ pub use profile::{
     TraceCounts, container_id,
 };
 pub use stats::{WaitStats, log2_bucket};
+pub use timeline::{Timeline, TimelineRecorder};
 
 /// The Go wait reason of a goroutine parked on a descriptor; its object is this reason,
 /// a space and the endpoint (`IO wait 10.0.0.5:80`).

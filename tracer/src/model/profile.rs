@@ -318,6 +318,8 @@ pub struct Profile {
     /// The processes of a profile of several (`Profile::of_processes`), in the order
     /// given; empty for one process (`pid` and `comm`).
     pub processes: Vec<ProcessTag>,
+    /// The waits in time (a recording's), when kept.
+    pub timeline: Option<super::Timeline>,
 }
 
 /// A sampled recording: the process was read every `period`, `reads` times; a wait seen
@@ -366,6 +368,7 @@ impl Profile {
             lock_addresses: BTreeMap::new(),
             chains: Vec::new(),
             processes: Vec::new(),
+            timeline: None,
         }
     }
 
@@ -397,6 +400,7 @@ impl Profile {
         let mut merged = Profile::new(kind, 0, format!("{} processes", profiles.len()));
         let mut below: BTreeMap<WaitKind, ShortWaitTotals> = BTreeMap::new();
         let mut chains = Vec::new();
+        let mut timelines = Vec::new();
         for profile in profiles {
             let tag = ProcessTag {
                 pid: profile.pid,
@@ -437,9 +441,13 @@ impl Profile {
                 chain.process = Some(tag.clone());
                 chain
             }));
+            if let Some(timeline) = profile.timeline {
+                timelines.push((tag.clone(), timeline));
+            }
             merged.processes.push(tag);
         }
         merged.below_threshold = below.into_iter().collect();
+        merged.timeline = (!timelines.is_empty()).then(|| super::Timeline::of_processes(timelines));
         let weight = |chain: &WaitChain| match kind {
             ProfileKind::Recording => (chain.blocked_ns, chain.threads),
             ProfileKind::Snapshot => (chain.threads, chain.blocked_ns),

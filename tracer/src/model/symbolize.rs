@@ -9,6 +9,7 @@ use super::{
     Profile, ProfileStack, StackKey, WaitAggregate, WaitObject, WaitStats, WakerStats,
     call_site::{Language, call_site},
     modules::module_infos,
+    timeline::TimelineStack,
 };
 use crate::{
     objects::locks::LockNamer,
@@ -24,46 +25,80 @@ impl WaitAggregate {
         symbolizer: &mut StackSymbolizer,
         locks: &mut LockNamer,
     ) -> Profile {
-        let shared_futexes = shared_futexes(&self.stacks);
-        let thread_names = self.thread_names;
-        let wakers = waker_rows(self.wakers, image, symbolizer);
-        let mut lock_names: HashMap<u64, Option<String>> = HashMap::new();
-        let mut lock_addresses = std::collections::BTreeMap::new();
-        let symbolized: Vec<ProfileStack> = self
-            .stacks
+        let WaitAggregate { stacks, wakers, thread_names, timeline } = self;
+        let mut objects = ObjectNamer {
+            image,
+            locks,
+            shared_futexes: shared_futexes(&stacks),
+            names: HashMap::new(),
+            addresses: std::collections::BTreeMap::new(),
+        };
+        let wakers = waker_rows(wakers, image, symbolizer);
+        let symbolized: Vec<ProfileStack> = stacks
             .into_iter()
             .map(|(key, stats)| {
                 let StackKey { addresses, kind, object, truncated, in_progress } = key;
                 let mut frames = symbolizer.symbolize(image, &addresses);
                 frames.reverse(); // root first
-                let object = match object {
-                    WaitObject::None => None,
-                    WaitObject::Endpoint(endpoint) => Some(endpoint),
-                    WaitObject::UnresolvedSocket => Some(UNRESOLVED_SOCKET.to_string()),
-                    WaitObject::Futex(address) => lock_names
-                        .entry(address)
-                        .or_insert_with(|| {
-                            let lock = locks.name(image, address);
-                            // A futex only one thread waits on (its own parker, as in
-                            // Rust's channels) names nothing shared: unless a symbol
-                            // names it, it stays a plain [futex].
-                            (lock.from_symbol || shared_futexes.contains(&address))
-                                .then_some(lock.name)
-                        })
-                        .clone()
-                        .inspect(|name| {
-                            lock_addresses.insert(name.clone(), address);
-                        }),
-                };
+                let object = objects.name(object);
                 ProfileStack { frames, kind, object, truncated, in_progress, stats, process: None }
             })
             .collect();
+        let start_unix_ns = base.start_unix_ns;
         let mut profile = Profile::from_symbolized(base, symbolized);
+        profile.timeline = timeline.map(|timeline| {
+            // The same names as the stacks' (the symbols and locks are cached by now).
+            let names = timeline
+                .keys()
+                .iter()
+                .map(|key| {
+                    let mut frames = symbolizer.symbolize(image, &key.addresses);
+                    frames.reverse();
+                    TimelineStack::new(&frames, key.kind, objects.name(key.object.clone()))
+                })
+                .collect();
+            timeline.into_timeline(names, start_unix_ns)
+        });
         profile.thread_names = thread_names;
         profile.wakers = wakers;
-        profile.lock_addresses = lock_addresses;
+        profile.lock_addresses = objects.addresses;
         profile.modules = module_infos(image);
         profile
+    }
+}
+
+/// Names what waits wait on, each lock once.
+struct ObjectNamer<'a> {
+    image: &'a ProcessImage,
+    locks: &'a mut LockNamer,
+    /// Futexes more than one thread waited on.
+    shared_futexes: HashSet<u64>,
+    names: HashMap<u64, Option<String>>,
+    /// Each lock named, by name: its address (for reading its holder later).
+    addresses: std::collections::BTreeMap<String, u64>,
+}
+
+impl ObjectNamer<'_> {
+    fn name(&mut self, object: WaitObject) -> Option<String> {
+        let Self { image, locks, shared_futexes, names, addresses } = self;
+        match object {
+            WaitObject::None => None,
+            WaitObject::Endpoint(endpoint) => Some(endpoint),
+            WaitObject::UnresolvedSocket => Some(UNRESOLVED_SOCKET.to_string()),
+            WaitObject::Futex(address) => names
+                .entry(address)
+                .or_insert_with(|| {
+                    let lock = locks.name(image, address);
+                    // A futex only one thread waits on (its own parker, as in Rust's
+                    // channels) names nothing shared: unless a symbol names it, it stays
+                    // a plain [futex].
+                    (lock.from_symbol || shared_futexes.contains(&address)).then_some(lock.name)
+                })
+                .clone()
+                .inspect(|name| {
+                    addresses.insert(name.clone(), address);
+                }),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -16,15 +16,16 @@ use super::{Traced, target};
 use crate::{
     probes::Probes,
     stacks::ProcessUnwinder,
-    threads::sampler::{HostTaskRegisters, TaskRegisters, ThreadSampler},
+    threads::sampler::{TaskRegisters, ThreadSampler},
 };
 
 /// How often the processes that match are looked for again, when new ones may join.
 const LOOK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Descriptors left to everything but the threads' kept files: the probes' maps, the
-/// unwinders' binaries, the daemon's connections.
+/// daemon's connections; and per process its pidfd, task directory and mapped files.
 const DESCRIPTORS_RESERVED: u64 = 512;
+const DESCRIPTORS_PER_PROCESS: u64 = 32;
 
 /// The descriptors a thread's kept files take (`threads::KEPT_LEAVES`).
 const DESCRIPTORS_PER_THREAD: u64 = 3;
@@ -44,15 +45,20 @@ pub struct Selection {
 impl Selection {
     /// The processes that match now.
     pub fn matching(&self) -> Result<Vec<u32>, target::TargetError> {
-        self.matching_besides(&BTreeSet::new())
-    }
-
-    /// The processes that match now but for `known` (which may be left out unchecked).
-    fn matching_besides(&self, known: &BTreeSet<u32>) -> Result<Vec<u32>, target::TargetError> {
         if self.all {
-            return Ok(target::user_processes_except(known));
+            return Ok(target::user_processes());
         }
         target::select_processes(&self.pids, self.comm.as_deref(), self.cgroup.as_deref())
+    }
+
+    /// The processes of the part that follows (the cgroup's, or every one) but for
+    /// `known`: pids and names given are taken once, at the start.
+    fn followed_besides(&self, known: &BTreeSet<u32>) -> Result<Vec<u32>, target::TargetError> {
+        match &self.cgroup {
+            _ if self.all => Ok(target::user_processes_except(known)),
+            Some(cgroup) => target::cgroup_processes(cgroup),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Whether processes that start later join: a cgroup's, or every process.
@@ -98,7 +104,8 @@ pub enum Joined {
 pub struct Members {
     selection: Selection,
     period: Duration,
-    registers: Arc<HostTaskRegisters>,
+    /// The task iterator every member's sampler walks its process with.
+    probes: Arc<Mutex<Probes>>,
     pub members: Vec<Member>,
     /// Every pid that matched, joined or not (one that exited first, one refused), so
     /// that it is not tried again; pruned to the pids that still match.
@@ -107,6 +114,8 @@ pub struct Members {
     /// look, so a short-lived command (`ls`, a health check) costs no image read.
     candidates: BTreeSet<u32>,
     last_look: Option<Instant>,
+    /// Said once when a look fails (a cgroup removed), not at every look.
+    look_failed: bool,
 }
 
 impl Members {
@@ -123,11 +132,12 @@ impl Members {
         let mut members = Self {
             selection,
             period,
-            registers: Arc::new(HostTaskRegisters::new(probes)),
+            probes: Arc::new(Mutex::new(probes)),
             members: Vec::new(),
             seen: BTreeSet::new(),
             candidates: BTreeSet::new(),
             last_look: Some(Instant::now()),
+            look_failed: false,
         };
         let mut joined = Vec::with_capacity(pids.len());
         for pid in pids {
@@ -148,7 +158,7 @@ impl Members {
         let go = traced.is_go();
         let Traced { target, image } = traced;
         let unwinder = ProcessUnwinder::new(pid, image);
-        let registers = TaskRegisters::Shared(Arc::clone(&self.registers));
+        let registers = TaskRegisters::Shared { probes: Arc::clone(&self.probes), pid };
         let sampler = ThreadSampler::new(pid, unwinder, registers, self.period)
             .with_context(|| format!("cannot list the threads of pid {pid}"))?;
         let comm = target.comm.clone();
@@ -161,9 +171,9 @@ impl Members {
     /// processes each keeps fewer open (the rest are opened per read, as before).
     fn share_descriptors(&mut self) {
         let limit = raise_descriptor_limit();
-        let per_member = limit.saturating_sub(DESCRIPTORS_RESERVED)
-            / DESCRIPTORS_PER_THREAD
-            / self.members.len().max(1) as u64;
+        let processes = self.members.len().max(1) as u64;
+        let reserved = DESCRIPTORS_RESERVED + DESCRIPTORS_PER_PROCESS * processes;
+        let per_member = limit.saturating_sub(reserved) / DESCRIPTORS_PER_THREAD / processes;
         for member in &mut self.members {
             member.sampler.keep_files_of_at_most(per_member as usize);
         }
@@ -178,9 +188,21 @@ impl Members {
             return Vec::new();
         }
         self.last_look = Some(Instant::now());
+        for member in &mut self.members {
+            // A process that execs or moves renames itself: the labels follow.
+            member.target.refresh_names();
+        }
         // The pids already seen that are gone: forgotten (a reused pid is a new process).
         self.seen.retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
-        let Ok(matching) = self.selection.matching_besides(&self.seen) else { return Vec::new() };
+        let matching = match self.selection.followed_besides(&self.seen) {
+            Ok(matching) => matching,
+            Err(err) => {
+                if !std::mem::replace(&mut self.look_failed, true) {
+                    log::warn!("cannot look for new processes: {err}");
+                }
+                return Vec::new();
+            }
+        };
         let new: BTreeSet<u32> =
             matching.into_iter().filter(|pid| !self.seen.contains(pid)).collect();
         self.candidates.retain(|pid| new.contains(pid));
@@ -201,7 +223,6 @@ impl Members {
     /// One read of every live member; false when there is nothing left to read (every
     /// member exited, and nothing new may join).
     pub fn read(&mut self) -> bool {
-        self.registers.next_round();
         let mut alive = false;
         for member in &mut self.members {
             if member.target.has_exited() {
@@ -222,6 +243,9 @@ impl Members {
         let (exited, live) =
             std::mem::take(&mut self.members).into_iter().partition(|m| m.target.has_exited());
         self.members = live;
+        if !exited.is_empty() {
+            self.share_descriptors();
+        }
         exited
     }
 

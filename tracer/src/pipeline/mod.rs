@@ -201,7 +201,7 @@ pub fn host_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
     frame_pointers_of(probes.host_task_registers())
 }
 
-fn frame_pointers_of(
+pub fn frame_pointers_of(
     registers: Result<Vec<tracer_common::TaskRegs>, crate::probes::ProbeError>,
 ) -> SavedFramePointers {
     match registers {

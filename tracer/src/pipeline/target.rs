@@ -121,6 +121,19 @@ impl Target {
         Ok(Self { pid, comm, command_line, cgroup, pidfd })
     }
 
+    /// Reads its name and cgroup again: a process that execs or moves changes them.
+    pub fn refresh_names(&mut self) {
+        if let Ok(comm) = fs::read_to_string(format!("/proc/{}/comm", self.pid)) {
+            let comm = comm.strip_suffix('\n').unwrap_or(&comm);
+            if comm != self.comm {
+                self.comm = crate::report::escape_name(comm).into_owned();
+            }
+        }
+        if let Some(cgroup) = process_cgroup(self.pid) {
+            self.cgroup = Some(cgroup);
+        }
+    }
+
     /// Whether the process has exited (its pidfd polls readable).
     pub fn has_exited(&self) -> bool {
         use std::os::fd::AsRawFd as _;

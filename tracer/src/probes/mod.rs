@@ -6,7 +6,7 @@ pub mod golang;
 mod kernel_btf;
 mod task_iter;
 
-use std::{io::Read as _, path::Path, time::Duration};
+use std::{collections::HashMap, io::Read as _, path::Path, time::Duration};
 
 use crate::cli::MapSizes;
 use aya::{
@@ -86,9 +86,9 @@ pub struct Probes {
     btf: Btf,
     /// The process whose threads the task iterator walks.
     tgid: u32,
-    /// The task iterator's link to that process's threads, made at the first pass;
+    /// The task iterator's links to one process's threads each, made at its first pass;
     /// `Err` when the kernel has no such filter (before 6.1), so it is not tried again.
-    process_tasks: Option<Result<std::os::fd::OwnedFd, ()>>,
+    process_links: HashMap<u32, Result<std::os::fd::OwnedFd, ()>>,
 }
 
 /// Per-kind totals of the waits under the threshold.
@@ -165,7 +165,7 @@ impl Probes {
             .override_global("TASK_COMM_OFFSET", &comm_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
-        Ok(Self { ebpf, btf, tgid: config.tgid, process_tasks: None })
+        Ok(Self { ebpf, btf, tgid: config.tgid, process_links: HashMap::new() })
     }
 
     /// Attaches the wait probes: from here on the target's waits are recorded.
@@ -192,18 +192,30 @@ impl Probes {
     /// The saved user registers of the target's threads, from one pass of the task
     /// iterator (of every task on the host where the kernel cannot walk one process's).
     pub fn task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
-        self.iterate_tasks(false)
+        self.iterate_tasks(Some(self.tgid))
+    }
+
+    /// As `task_registers`, of process `pid`: one loaded iterator serves many processes
+    /// (a link to each, made at its first pass; `forget_process` closes it).
+    pub fn process_task_registers(&mut self, pid: u32) -> Result<Vec<TaskRegs>, ProbeError> {
+        self.iterate_tasks(Some(pid))
+    }
+
+    /// Closes the iterator's link to process `pid` (it exited).
+    pub fn forget_process(&mut self, pid: u32) {
+        self.process_links.remove(&pid);
     }
 
     /// The saved user registers of every task on the host, from one pass: for the
     /// other processes a report looks at (the peers of its endpoints) besides the target.
     pub fn host_task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
-        self.iterate_tasks(true)
+        self.iterate_tasks(None)
     }
 
-    fn iterate_tasks(&mut self, whole_host: bool) -> Result<Vec<TaskRegs>, ProbeError> {
+    /// One pass over the threads of `process`, or over every task.
+    fn iterate_tasks(&mut self, process: Option<u32>) -> Result<Vec<TaskRegs>, ProbeError> {
         const NAME: &str = "tracer_task_regs";
-        let Self { ebpf, btf, tgid, process_tasks } = self;
+        let Self { ebpf, btf, process_links, .. } = self;
         let attach_err = |source| ProbeError::Program { name: NAME, source };
         let iter: &mut Iter = ebpf
             .program_mut(NAME)
@@ -213,17 +225,18 @@ impl Probes {
         if iter.fd().is_err() {
             iter.load("task", btf).map_err(attach_err)?;
         }
-        if process_tasks.is_none() && !whole_host {
+        if let Some(pid) = process
+            && !process_links.contains_key(&pid)
+        {
             let program = std::os::fd::AsFd::as_fd(iter.fd().map_err(attach_err)?);
-            let link = task_iter::link_to_process(program, *tgid).map_err(|err| {
+            let link = task_iter::link_to_process(program, pid).map_err(|err| {
                 log::info!("no task iterator over one process ({err}): every task's");
             });
-            *process_tasks = Some(link);
+            process_links.insert(pid, link);
         }
-        let mut file = match process_tasks {
-            Some(Ok(link)) if !whole_host => {
-                task_iter::start_pass(link).map_err(ProbeError::ReadIterator)?
-            }
+        let link = process.and_then(|pid| process_links.get(&pid));
+        let mut file = match link {
+            Some(Ok(link)) => task_iter::start_pass(link).map_err(ProbeError::ReadIterator)?,
             _ => {
                 let link_id = iter.attach().map_err(attach_err)?;
                 let link = iter.take_link(link_id).map_err(attach_err)?;

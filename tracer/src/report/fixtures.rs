@@ -174,6 +174,7 @@ pub(crate) fn fixture_profile() -> Profile {
         lock_addresses: [("app::STATS".to_string(), 0x5500_0008_0000)].into(),
         chains: Vec::new(),
         processes: Vec::new(),
+        timeline: None,
     };
     // The backend behind the reporter's endpoint, as if it ran on this host.
     let backend = ThreadNow {

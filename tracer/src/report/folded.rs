@@ -173,6 +173,7 @@ mod tests {
             lock_addresses: Default::default(),
             chains: Vec::new(),
             processes: Vec::new(),
+            timeline: None,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::{
     chains::{self, ChainFacts},
     model::{
         ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts,
-        TraceCounts, WaitStats, WakerRow,
+        Timeline, TraceCounts, WaitStats, WakerRow, timeline::SiteSeconds,
     },
     report::{
         Provenance, SavedProfile,
@@ -81,6 +81,34 @@ pub struct JsonProfile {
     /// stack names its `process`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<JsonProcess>,
+    /// A recording's waits second by second, per call site (absent in a snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<JsonTimeline>,
+}
+
+/// Second by second from the recording's start, per call site: threads blocked at the end
+/// of each second and the time blocked within it. The waits themselves are in the
+/// `.trace.json` the recording wrote.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonTimeline {
+    /// Wall time of second 0, nanoseconds since the Unix epoch.
+    pub origin_unix_ns: Option<u64>,
+    /// Waits not kept as spans for the `.trace.json` (past its cap); the seconds count them.
+    pub spans_dropped: u64,
+    /// Heaviest site first.
+    pub sites: Vec<JsonSiteSeconds>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonSiteSeconds {
+    pub site: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<JsonProcess>,
+    /// Threads blocked at the end of each second.
+    pub threads: Vec<u32>,
+    /// Nanoseconds blocked within each second.
+    pub blocked_ns: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -307,6 +335,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         lock_addresses: _,
         chains,
         processes,
+        timeline,
     } = profile;
     let Provenance { tracer_version, kernel, command_line } = provenance;
     JsonProfile {
@@ -344,6 +373,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         wakers: wakers.iter().map(json_waker).collect(),
         chains: json_chains(chains, profile.waiters()),
         processes: processes.iter().map(json_process).collect(),
+        timeline: timeline.as_ref().map(json_timeline),
         modules: modules
             .iter()
             .map(|(name, info)| {
@@ -390,6 +420,37 @@ fn json_stack(stack: &ProfileStack) -> JsonStack {
         log2_histogram: log2_histogram.clone(),
         process: process.as_ref().map(json_process),
     }
+}
+
+fn json_timeline(timeline: &Timeline) -> JsonTimeline {
+    JsonTimeline {
+        origin_unix_ns: timeline.origin_unix_ns,
+        spans_dropped: timeline.spans_dropped,
+        sites: timeline
+            .seconds
+            .iter()
+            .map(|site| JsonSiteSeconds {
+                site: site.site.clone(),
+                kind: site.kind.name().to_string(),
+                process: site.process.as_ref().map(json_process),
+                threads: site.threads.clone(),
+                blocked_ns: site.blocked_ns.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn timeline_of(timeline: JsonTimeline) -> Result<Timeline, String> {
+    let JsonTimeline { origin_unix_ns, spans_dropped, sites } = timeline;
+    let seconds = sites
+        .into_iter()
+        .map(|JsonSiteSeconds { site, kind, process, threads, blocked_ns }| {
+            let kind = parse_wait_kind(&kind)
+                .ok_or_else(|| format!("timeline: unknown wait kind {kind:?}"))?;
+            Ok(SiteSeconds { site, kind, process: process.map(process_tag), threads, blocked_ns })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Timeline { origin_unix_ns, stacks: Vec::new(), spans: Vec::new(), spans_dropped, seconds })
 }
 
 pub(crate) fn json_process(process: &ProcessTag) -> JsonProcess {
@@ -554,6 +615,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         modules,
         chains,
         processes,
+        timeline,
     } = json;
     let has_chains = schema != SCHEMA_WITHOUT_CHAINS;
     let JsonTarget { pid, comm, command_line, exited, cgroup, container: _ } = target;
@@ -610,6 +672,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.thread_names = thread_names;
     profile.wakers = wakers;
     profile.processes = processes.into_iter().map(process_tag).collect();
+    profile.timeline = timeline.map(timeline_of).transpose().map_err(invalid)?;
     profile.chains = if has_chains {
         wait_chains(chains).map_err(invalid)?
     } else {

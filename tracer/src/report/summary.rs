@@ -726,6 +726,7 @@ mod tests {
             lock_addresses: Default::default(),
             chains: Vec::new(),
             processes: Vec::new(),
+            timeline: None,
         }
     }
 

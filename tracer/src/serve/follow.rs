@@ -232,7 +232,7 @@ async fn attach(
     }
     let (probes, source) = match shared.sampling {
         Some(period) => {
-            let registers = TaskRegisters::Own(Probes::open_for_reading(pid, btf_path)?);
+            let registers = TaskRegisters::Own(Box::new(Probes::open_for_reading(pid, btf_path)?));
             let sampler = ThreadSampler::new(pid, unwinder, registers, period)
                 .with_context(|| format!("cannot list the threads of pid {pid}"))?;
             lock(&shared.collector).generation = generation;

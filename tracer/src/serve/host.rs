@@ -33,8 +33,10 @@ use crate::{
     probes::ProbeCounters,
 };
 
-/// Requests waiting for the reading thread beyond the one it answers; more are refused.
-const QUEUE_CAPACITY: usize = 16;
+/// Snapshots waiting for the reading thread; more are refused (503). Windows' opening,
+/// closing and dropping are never refused: a window closed must be answered, and one
+/// dropped must not be left open.
+const MAX_PENDING_SNAPSHOTS: usize = 16;
 
 /// How long /metrics reuses its snapshot of the blocked threads.
 const BLOCKED_SAMPLE_TTL: Duration = Duration::from_secs(2);
@@ -99,14 +101,16 @@ pub struct Host {
     pub selection: Selection,
     pub period: Duration,
     max_series: usize,
-    requests: mpsc::SyncSender<Request>,
+    requests: mpsc::Sender<Request>,
+    pending_snapshots: std::sync::atomic::AtomicUsize,
     /// The waits that ended, as series (cumulative).
     waits: Mutex<metrics::WaitSeries<ProcessSeriesLabels>>,
     next_window: AtomicU64,
     /// The processes read now, and the reads so far.
     processes: Mutex<Vec<ProcessTag>>,
     reads: AtomicU64,
-    /// Waits whose stacks stopped short, over every process.
+    /// Waits whose stacks stopped short, over every process (of the processes that
+    /// exited, and of those read now).
     truncated_unwinds: AtomicU64,
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
 }
@@ -124,12 +128,13 @@ impl Host {
         for joined in &joined {
             log::info!("{joined}");
         }
-        let (requests, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let (requests, receiver) = mpsc::channel();
         let host = Arc::new(Self {
             selection,
             period,
             max_series,
             requests,
+            pending_snapshots: Default::default(),
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             next_window: AtomicU64::new(0),
             processes: Mutex::new(members.members.iter().map(tag).collect()),
@@ -140,8 +145,13 @@ impl Host {
         let (finished, finished_receiver) = oneshot::channel();
         let weak = Arc::downgrade(&host);
         std::thread::Builder::new().name("tracer-read".into()).spawn(move || {
-            let reader =
-                Reader { members, namers: HashMap::new(), windows: BTreeMap::new(), host: weak };
+            let reader = Reader {
+                members,
+                namers: HashMap::new(),
+                windows: BTreeMap::new(),
+                truncated_of_exited: 0,
+                host: weak,
+            };
             reader.run(receiver);
             let _ = finished.send(());
         })?;
@@ -159,6 +169,11 @@ impl Host {
         filter: ProcessFilter,
         chains: bool,
     ) -> Result<Profile, HostError> {
+        let pending = self.pending_snapshots.fetch_add(1, Ordering::Relaxed);
+        let _pending = Pending(&self.pending_snapshots);
+        if pending >= MAX_PENDING_SNAPSHOTS {
+            return Err(HostError::Busy);
+        }
         let (reply, answer) = oneshot::channel();
         self.ask(Request::Snapshot { filter: filter.clone(), chains, reply })?;
         answer.await.map_err(|_| HostError::Stopped)?.ok_or(HostError::NoSuchProcess(filter))
@@ -233,10 +248,16 @@ impl Host {
     }
 
     fn ask(&self, request: Request) -> Result<(), HostError> {
-        self.requests.try_send(request).map_err(|err| match err {
-            mpsc::TrySendError::Full(_) => HostError::Busy,
-            mpsc::TrySendError::Disconnected(_) => HostError::Stopped,
-        })
+        self.requests.send(request).map_err(|_| HostError::Stopped)
+    }
+}
+
+/// One snapshot waiting, counted while it waits.
+struct Pending<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -250,7 +271,7 @@ struct OpenWindow<'a> {
 impl Drop for OpenWindow<'_> {
     fn drop(&mut self) {
         if !self.closed {
-            // A full queue leaves it to expire.
+            // Fails only when the reader has stopped, and its windows with it.
             let _ = self.host.ask(Request::DropWindow { id: self.id });
         }
     }
@@ -270,6 +291,7 @@ struct Reader {
     /// The open windows: which processes each is about, when it opened, and the waits
     /// of its processes that exited while it was open.
     windows: BTreeMap<u64, ReaderWindow>,
+    truncated_of_exited: u64,
     /// Weak: the thread stops when the daemon drops the host.
     host: std::sync::Weak<Host>,
 }
@@ -308,12 +330,15 @@ impl Reader {
                     }
                 }
                 self.namers.remove(&exited.target.pid);
+                self.truncated_of_exited += exited.sampler.truncated_unwinds();
+                // Its series end with it: the cap is for the processes there now.
+                lock(&host.waits).retain(|labels| labels.pid != exited.target.pid.to_string());
             }
-            self.windows.retain(|_, window| window.opened.elapsed() < WINDOW_EXPIRY);
+            self.expire_windows();
             *lock(&host.processes) = self.members.members.iter().map(tag).collect();
-            let truncated =
+            let truncated: u64 =
                 self.members.members.iter().map(|m| m.sampler.truncated_unwinds()).sum();
-            host.truncated_unwinds.fetch_max(truncated, Ordering::Relaxed);
+            host.truncated_unwinds.store(self.truncated_of_exited + truncated, Ordering::Relaxed);
             if !alive {
                 log::info!("every process exited; stopping");
                 return;
@@ -345,6 +370,26 @@ impl Reader {
             }
             let profile = profile_of(member, &mut self.namers, ended, ProfileKind::Recording);
             lock(&host.waits).fold(&profile);
+        }
+    }
+
+    /// Drops the windows nobody closed (their request is long gone), in every member too.
+    fn expire_windows(&mut self) {
+        let expired: Vec<u64> = self
+            .windows
+            .iter()
+            .filter(|(_, window)| window.opened.elapsed() >= WINDOW_EXPIRY)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.drop_window(id);
+        }
+    }
+
+    fn drop_window(&mut self, id: u64) {
+        self.windows.remove(&id);
+        for member in &mut self.members.members {
+            member.sampler.close_window(id);
         }
     }
 
@@ -388,12 +433,7 @@ impl Reader {
                 }
                 let _ = reply.send(stacks);
             }
-            Request::DropWindow { id } => {
-                self.windows.remove(&id);
-                for member in &mut self.members.members {
-                    member.sampler.close_window(id);
-                }
-            }
+            Request::DropWindow { id } => self.drop_window(id),
         }
     }
 

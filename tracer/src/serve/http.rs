@@ -88,7 +88,7 @@ const INDEX: &str = "tracer serve: the waits of a live process
 
 const HOST_INDEX: &str = "tracer serve: the waits of the processes of a host (or a cgroup)
 
-Each endpoint takes ?pid=N or ?comm=NAME for one process; without them, all of them.
+The profiles take ?pid=N or ?comm=NAME for one process; without them, all of them.
 /debug/pprof/block?seconds=N   waits in the next N seconds (default 30, at most 300), pprof:
                                those that ended, and the part in the window of those that go on
 /debug/pprof/threads           threads blocked now, pprof; ?debug=1 for text
@@ -165,7 +165,8 @@ pub async fn run(
                         match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(err)) => {
-                                log::info!("TLS handshake with {peer} failed: {err}");
+                                // Scanners, clients without a certificate: not news.
+                                log::debug!("TLS handshake with {peer} failed: {err}");
                                 return;
                             }
                             Err(_) => {
@@ -193,11 +194,15 @@ async fn respond_host<B>(host: &Host, windows: &Arc<Semaphore>, request: Request
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
     let query = request.uri().query().unwrap_or_default();
-    let filter = match process_filter(query) {
-        Ok(filter) => filter,
-        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    let path = request.uri().path();
+    let filter = match path {
+        "/debug/pprof/block" | "/debug/pprof/threads" => match process_filter(query) {
+            Ok(filter) => filter,
+            Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        },
+        _ => ProcessFilter::default(),
     };
-    let reply = match request.uri().path() {
+    let reply = match path {
         "/" | "/debug/pprof" | "/debug/pprof/" => Ok(text(StatusCode::OK, HOST_INDEX.into())),
         "/healthz" => {
             let processes = host.processes().len();

@@ -164,6 +164,14 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
         self.series.entry(labels.folded()).or_default()
     }
 
+    /// Keeps the series `keep` picks and the `other` ones, dropping the rest (those of a
+    /// process that exited): their places under the cap are free again.
+    pub fn retain(&mut self, keep: impl Fn(&L) -> bool) {
+        let before = self.series.len();
+        self.series.retain(|labels, _| keep(labels) || labels.folded() == *labels);
+        self.own_series = self.own_series.saturating_sub(before - self.series.len());
+    }
+
     /// How many distinct label sets were folded into `other`.
     pub fn folded(&self) -> usize {
         self.folded.len()

@@ -42,6 +42,10 @@ use crate::{
 
 pub use follow::Wanted;
 
+/// The default cap on series per metric of one process, and of a daemon of several.
+const MAX_SERIES: usize = 200;
+const HOST_MAX_SERIES: usize = 2000;
+
 /// How often the waits gathered for /metrics are folded into the series when nobody
 /// scrapes, so the window stays small.
 const METRICS_FOLD_INTERVAL: Duration = Duration::from_secs(10);
@@ -72,6 +76,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, tls_client_ca.as_deref())?),
         _ => None,
     };
+    let tls_mode = Tls::of(tls.as_ref(), tls_client_ca.is_some());
     let access = Arc::new(access::Access::for_listen(
         listen,
         token_file.as_deref(),
@@ -89,8 +94,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let cgroup = cgroup.as_deref().map(target::cgroup_path).transpose()?;
         let selection = crate::pipeline::members::Selection { pids: pid, comm: None, cgroup, all };
         let period = Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ);
-        return serve_host(selection, period, max_series, listen, access, tls).await;
+        let max_series = max_series.unwrap_or(HOST_MAX_SERIES);
+        return serve_host(selection, period, max_series, listen, access, (tls, tls_mode)).await;
     }
+    let max_series = max_series.unwrap_or(MAX_SERIES);
     let pid = pid.first().copied();
     let sampling = match mode {
         Mode::Sampled => {
@@ -114,7 +121,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
-    warn_if_unguarded(local, &access, tls.is_some());
+    warn_if_unguarded(local, &access, tls_mode);
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
@@ -169,13 +176,13 @@ async fn serve_host(
     max_series: usize,
     listen: std::net::SocketAddr,
     access: Arc<access::Access>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    (tls, tls_mode): (Option<tokio_rustls::TlsAcceptor>, Tls),
 ) -> anyhow::Result<()> {
     target::check_capabilities()?;
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
-    warn_if_unguarded(local, &access, tls.is_some());
+    warn_if_unguarded(local, &access, tls_mode);
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let described = selection.describe();
@@ -192,22 +199,53 @@ async fn serve_host(
     );
     let server =
         tokio::spawn(http::run(listener, http::Daemon::Host(Arc::clone(&host)), access, tls));
-    tokio::select! {
-        _ = finished => log::info!("every process exited; stopping"),
-        _ = sigterm.recv() => log::info!("SIGTERM: stopping"),
-        _ = sigint.recv() => log::info!("interrupted: stopping"),
-    }
+    let outcome = tokio::select! {
+        finished = finished => match finished {
+            Ok(()) => {
+                log::info!("every process exited; stopping");
+                Ok(())
+            }
+            // Its sender dropped unsent: the thread panicked (said on stderr).
+            Err(_) => Err(anyhow::anyhow!("the thread reading the processes stopped")),
+        },
+        _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); Ok(()) }
+        _ = sigint.recv() => { log::info!("interrupted: stopping"); Ok(()) }
+    };
     server.abort();
-    Ok(())
+    outcome
 }
 
-/// Says so when serve listens off loopback with neither a token nor TLS (--insecure).
-fn warn_if_unguarded(local: std::net::SocketAddr, access: &access::Access, tls: bool) {
-    if !local.ip().is_loopback() && !access.has_token() && !tls {
-        eprintln!(
-            "tracer: warning: listening on {local}, which is not a loopback address, without \
-             a token or TLS (--insecure): whoever reaches it can read the target's call stacks"
-        );
+/// Says so when serve listens off loopback without a token or client certificates:
+/// with --insecure, or with TLS alone (which encrypts, but lets anyone in).
+fn warn_if_unguarded(local: std::net::SocketAddr, access: &access::Access, tls: Tls) {
+    if local.ip().is_loopback() || access.has_token() || tls == Tls::WithClientCertificates {
+        return;
+    }
+    let how = match tls {
+        Tls::No => "without a token or TLS (--insecure)",
+        _ => "over TLS without a token or --tls-client-ca",
+    };
+    eprintln!(
+        "tracer: warning: listening on {local}, which is not a loopback address, {how}: \
+         whoever reaches it can read the target's call stacks"
+    );
+}
+
+/// How serve's connections are secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tls {
+    No,
+    ServerOnly,
+    WithClientCertificates,
+}
+
+impl Tls {
+    fn of(acceptor: Option<&tokio_rustls::TlsAcceptor>, client_ca: bool) -> Self {
+        match (acceptor, client_ca) {
+            (None, _) => Tls::No,
+            (Some(_), false) => Tls::ServerOnly,
+            (Some(_), true) => Tls::WithClientCertificates,
+        }
     }
 }
 

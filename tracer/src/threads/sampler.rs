@@ -251,60 +251,42 @@ pub struct Sampled {
 /// for frames that keep the frame pointer).
 pub enum TaskRegisters {
     /// Its own probes' task iterator, over its process's tasks alone.
-    Own(Probes),
-    /// One iterator over the host's tasks, for the samplers of many processes (`--all`):
-    /// one object loaded in all, not one per process.
-    Shared(Arc<HostTaskRegisters>),
+    Own(Box<Probes>),
+    /// One loaded iterator shared by the samplers of many processes (`--all`), each
+    /// walking its own process's tasks (one object loaded, not one per process).
+    Shared { probes: Arc<Mutex<Probes>>, pid: u32 },
 }
 
 impl TaskRegisters {
-    /// The saved registers of the process's tasks (of every task, when shared).
-    fn read(&mut self) -> Arc<SavedFramePointers> {
+    /// The saved registers of the process's tasks.
+    fn read(&mut self) -> SavedFramePointers {
         match self {
-            TaskRegisters::Own(probes) => Arc::new(pipeline::saved_frame_pointers(probes)),
-            TaskRegisters::Shared(host) => host.read(),
+            TaskRegisters::Own(probes) => pipeline::saved_frame_pointers(probes),
+            TaskRegisters::Shared { probes, pid } => {
+                let registers = lock(probes).process_task_registers(*pid);
+                pipeline::frame_pointers_of(registers)
+            }
         }
     }
 
     /// The saved registers of every task on the host: for the wait chains, which unwind
     /// the peers behind endpoints.
-    pub fn host(&mut self) -> Arc<SavedFramePointers> {
+    pub fn host(&mut self) -> SavedFramePointers {
         match self {
-            TaskRegisters::Own(probes) => Arc::new(pipeline::host_frame_pointers(probes)),
-            TaskRegisters::Shared(host) => host.read(),
+            TaskRegisters::Own(probes) => pipeline::host_frame_pointers(probes),
+            TaskRegisters::Shared { probes, .. } => {
+                pipeline::host_frame_pointers(&mut lock(probes))
+            }
         }
     }
 }
 
-/// A task iterator over the host shared by several samplers. Each round of reads (one
-/// read of every process) walks the host at most once: the first sampler that meets a
-/// new wait walks it, the others of the round take that walk.
-pub struct HostTaskRegisters {
-    probes: Mutex<Probes>,
-    /// The round now, and the walk taken in it, if any.
-    state: Mutex<(u64, Option<Arc<SavedFramePointers>>)>,
-}
-
-impl HostTaskRegisters {
-    pub fn new(probes: Probes) -> Self {
-        Self { probes: Mutex::new(probes), state: Mutex::new((0, None)) }
-    }
-
-    /// Starts a round: the next read walks the host again.
-    pub fn next_round(&self) {
-        let mut state = lock(&self.state);
-        state.0 += 1;
-        state.1 = None;
-    }
-
-    fn read(&self) -> Arc<SavedFramePointers> {
-        let mut state = lock(&self.state);
-        if let Some(walk) = &state.1 {
-            return Arc::clone(walk);
+impl Drop for TaskRegisters {
+    /// A shared iterator's link to the process is closed with its sampler.
+    fn drop(&mut self) {
+        if let TaskRegisters::Shared { probes, pid } = self {
+            lock(probes).forget_process(*pid);
         }
-        let walk = Arc::new(pipeline::host_frame_pointers(&mut lock(&self.probes)));
-        state.1 = Some(Arc::clone(&walk));
-        walk
     }
 }
 
@@ -458,6 +440,11 @@ impl ThreadSampler {
                 ended.thread_names.insert(*tid, name.clone());
             }
         }
+        // Never-ending (serve): only the names of the threads blocked now are kept, or a
+        // process that keeps making threads would grow them for good. A thread is named
+        // again when it next blocks.
+        let current = &self.tracker.current;
+        self.thread_names.thread_names.retain(|tid, _| current.contains_key(tid));
         ended
     }
 

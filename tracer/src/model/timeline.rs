@@ -1,0 +1,397 @@
+//! Time in the data: each long wait of a recording as a span on its thread's track (for
+//! `.trace.json`, the timeline Perfetto and speedscope open), and per call site, second by
+//! second, the threads blocked and the time blocked (in the JSON, and charted above the
+//! flamegraph), so that "when did it start?" has an answer.
+//!
+//! `TimelineRecorder` takes raw waits as the sources see them (stack keys, `CLOCK_MONOTONIC`
+//! times); `Timeline` is the same after symbolization, which names each key once.
+
+use std::collections::HashMap;
+
+use tracer_common::WaitKind;
+
+use super::{ProcessTag, StackKey, call_site::Language};
+use crate::stacks::Frame;
+
+/// Spans kept per recording: about 40 bytes each. Past it, spans are counted, not kept
+/// (the per-second counts still take every wait).
+pub const MAX_SPANS: usize = 500_000;
+
+/// Seconds of per-second counts kept (an hour); a longer recording's later seconds are
+/// left out of the counts (their spans are kept).
+pub const MAX_SECONDS: usize = 3600;
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// One wait on its thread's track, with a stack key interned by the recorder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawSpan {
+    pub tid: u32,
+    /// Index of its key in the recorder's `keys`.
+    pub key: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub flags: SpanFlags,
+    /// The thread that woke it, if the probes saw one.
+    pub waker_tid: Option<u32>,
+}
+
+/// What a span's ends mean.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanFlags {
+    /// Still blocked when the recording ended: the span runs to the end.
+    pub still_blocked: bool,
+    /// It began before the recording: the span starts at the recording's start.
+    pub began_before: bool,
+}
+
+/// The seconds of one stack: time blocked in each, and the threads blocked at its end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Seconds {
+    blocked_ns: Vec<u64>,
+    threads_at_end: Vec<u32>,
+}
+
+/// Waits with their times, as the sources see them; part of a recording's aggregate.
+#[derive(Debug)]
+pub struct TimelineRecorder {
+    /// `CLOCK_MONOTONIC` of the recording's start: second 0 begins here.
+    origin_ns: u64,
+    keys: Vec<StackKey>,
+    key_index: HashMap<StackKey, u32>,
+    seconds: Vec<Seconds>,
+    spans: Vec<RawSpan>,
+    pub spans_dropped: u64,
+}
+
+impl TimelineRecorder {
+    pub fn new(origin_ns: u64) -> Self {
+        Self {
+            origin_ns,
+            keys: Vec::new(),
+            key_index: HashMap::new(),
+            seconds: Vec::new(),
+            spans: Vec::new(),
+            spans_dropped: 0,
+        }
+    }
+
+    /// A wait of thread `tid` at `key` from `start_ns` to `end_ns` (`CLOCK_MONOTONIC`);
+    /// one that began before the recording is cut at its start.
+    pub fn add(
+        &mut self,
+        tid: u32,
+        key: &StackKey,
+        start_ns: u64,
+        end_ns: u64,
+        still_blocked: bool,
+        waker_tid: Option<u32>,
+    ) {
+        let began_before = start_ns < self.origin_ns;
+        let start_ns = start_ns.max(self.origin_ns);
+        let end_ns = end_ns.max(start_ns);
+        let key = self.intern(key);
+        self.count_seconds(key, start_ns, end_ns, still_blocked);
+        if self.spans.len() >= MAX_SPANS {
+            self.spans_dropped += 1;
+            return;
+        }
+        let flags = SpanFlags { still_blocked, began_before };
+        self.spans.push(RawSpan { tid, key, start_ns, end_ns, flags, waker_tid });
+    }
+
+    fn intern(&mut self, key: &StackKey) -> u32 {
+        // One key whether the wait ended or not: both are the same call site's.
+        let mut key = key.clone();
+        key.in_progress = false;
+        if let Some(&index) = self.key_index.get(&key) {
+            return index;
+        }
+        let index = self.keys.len() as u32;
+        self.keys.push(key.clone());
+        self.key_index.insert(key, index);
+        self.seconds.push(Seconds::default());
+        index
+    }
+
+    /// Adds the span's time to each second it overlaps, and counts its thread at the end
+    /// of each second it spans (a still-blocked span also at the recording's end).
+    fn count_seconds(&mut self, key: u32, start_ns: u64, end_ns: u64, still_blocked: bool) {
+        let seconds = &mut self.seconds[key as usize];
+        let (from, to) = (start_ns - self.origin_ns, end_ns - self.origin_ns);
+        let first = (from / SECOND_NS) as usize;
+        let last = (to.saturating_sub(1) / SECOND_NS) as usize;
+        for second in first..=last.max(first) {
+            if second >= MAX_SECONDS {
+                break;
+            }
+            if seconds.blocked_ns.len() <= second {
+                seconds.blocked_ns.resize(second + 1, 0);
+                seconds.threads_at_end.resize(second + 1, 0);
+            }
+            let (begin, end) = (second as u64 * SECOND_NS, (second as u64 + 1) * SECOND_NS);
+            seconds.blocked_ns[second] += to.min(end).saturating_sub(from.max(begin));
+            // Blocked at the second's end: the span goes on past it (a still-blocked span
+            // counts in its last, partial second too).
+            if to > end || (still_blocked && second == last) {
+                seconds.threads_at_end[second] += 1;
+            }
+        }
+    }
+
+    /// The interned keys, for naming: `Timeline::from_recorder` takes their names in the
+    /// same order.
+    pub fn keys(&self) -> &[StackKey] {
+        &self.keys
+    }
+
+    /// The symbolized timeline: `names[i]` is the site of `keys()[i]`; `origin_unix_ns`
+    /// the wall time of the recording's start.
+    pub fn into_timeline(self, names: Vec<TimelineStack>, origin_unix_ns: Option<u64>) -> Timeline {
+        let Self { origin_ns, seconds, spans, spans_dropped, .. } = self;
+        let spans = spans
+            .into_iter()
+            .map(|span| TimelineSpan {
+                pid: None,
+                tid: span.tid,
+                stack: span.key,
+                start_ns: span.start_ns - origin_ns,
+                duration_ns: span.end_ns - span.start_ns,
+                flags: span.flags,
+                waker_tid: span.waker_tid,
+            })
+            .collect();
+        // Per call site (and kind), the seconds of every stack at it, summed.
+        let mut by_site: Vec<SiteSeconds> = Vec::new();
+        for (stack, seconds) in names.iter().zip(seconds) {
+            let position = by_site.iter().position(|site| {
+                site.site == stack.site && site.kind == stack.kind && site.process.is_none()
+            });
+            let site = match position {
+                Some(index) => &mut by_site[index],
+                None => {
+                    by_site.push(SiteSeconds {
+                        site: stack.site.clone(),
+                        kind: stack.kind,
+                        process: None,
+                        threads: Vec::new(),
+                        blocked_ns: Vec::new(),
+                    });
+                    by_site.last_mut().expect("just pushed")
+                }
+            };
+            add_seconds(&mut site.blocked_ns, &seconds.blocked_ns);
+            add_seconds(&mut site.threads, &seconds.threads_at_end);
+        }
+        by_site.sort_by_key(|site| std::cmp::Reverse(site.blocked_ns.iter().sum::<u64>()));
+        Timeline { origin_unix_ns, stacks: names, spans, spans_dropped, seconds: by_site }
+    }
+}
+
+fn add_seconds<T: Copy + Default + std::ops::AddAssign>(sum: &mut Vec<T>, add: &[T]) {
+    if sum.len() < add.len() {
+        sum.resize(add.len(), T::default());
+    }
+    for (sum, add) in sum.iter_mut().zip(add) {
+        *sum += *add;
+    }
+}
+
+/// A named stack of the timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineStack {
+    pub site: String,
+    pub kind: WaitKind,
+    pub object: Option<String>,
+    /// Root first.
+    pub frames: Vec<String>,
+}
+
+impl TimelineStack {
+    pub fn new(frames: &[Frame], kind: WaitKind, object: Option<String>) -> Self {
+        let language = Language::of(kind);
+        Self {
+            site: super::call_site::call_site(frames, language).to_string(),
+            kind,
+            object,
+            frames: frames.iter().map(|frame| frame.name.clone()).collect(),
+        }
+    }
+}
+
+/// A wait on its thread's track; times from the recording's start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineSpan {
+    /// Its process, in a timeline of several (else the profile's).
+    pub pid: Option<u32>,
+    pub tid: u32,
+    /// Index into `Timeline::stacks`.
+    pub stack: u32,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub flags: SpanFlags,
+    pub waker_tid: Option<u32>,
+}
+
+/// One call site's seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteSeconds {
+    pub site: String,
+    pub kind: WaitKind,
+    /// Its process, in a profile of several.
+    pub process: Option<ProcessTag>,
+    /// Threads blocked at the end of each second.
+    pub threads: Vec<u32>,
+    /// Time blocked within each second.
+    pub blocked_ns: Vec<u64>,
+}
+
+/// A recording's waits in time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// Wall time of second 0, nanoseconds since the Unix epoch.
+    pub origin_unix_ns: Option<u64>,
+    pub stacks: Vec<TimelineStack>,
+    /// Empty when read back from a saved profile (the JSON keeps the seconds only).
+    pub spans: Vec<TimelineSpan>,
+    pub spans_dropped: u64,
+    /// Heaviest site first.
+    pub seconds: Vec<SiteSeconds>,
+}
+
+impl Timeline {
+    /// Several processes' timelines as one: each span and site names its process.
+    pub fn of_processes(timelines: Vec<(ProcessTag, Timeline)>) -> Timeline {
+        let mut merged = Timeline::default();
+        for (process, timeline) in timelines {
+            let offset = merged.stacks.len() as u32;
+            merged.origin_unix_ns = match (merged.origin_unix_ns, timeline.origin_unix_ns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            merged.stacks.extend(timeline.stacks);
+            merged.spans.extend(timeline.spans.into_iter().map(|mut span| {
+                span.pid = Some(process.pid);
+                span.stack += offset;
+                span
+            }));
+            merged.spans_dropped += timeline.spans_dropped;
+            merged.seconds.extend(timeline.seconds.into_iter().map(|mut site| {
+                site.process = Some(process.clone());
+                site
+            }));
+        }
+        merged.seconds.sort_by_key(|site| std::cmp::Reverse(site.blocked_ns.iter().sum::<u64>()));
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::WaitObject;
+
+    const S: u64 = SECOND_NS;
+    const MS: u64 = 1_000_000;
+
+    fn key(address: u64) -> StackKey {
+        StackKey {
+            addresses: vec![address],
+            kind: WaitKind::Futex,
+            object: WaitObject::None,
+            truncated: false,
+            in_progress: false,
+        }
+    }
+
+    fn stack(site: &str) -> TimelineStack {
+        TimelineStack { site: site.into(), kind: WaitKind::Futex, object: None, frames: vec![] }
+    }
+
+    #[test]
+    fn seconds_take_each_span_s_overlap_and_the_threads_blocked_at_their_ends() {
+        let origin = 100 * S;
+        let mut recorder = TimelineRecorder::new(origin);
+        // Thread 1: 0.5 s to 2.5 s. Thread 2: from before the start to 0.25 s.
+        recorder.add(1, &key(1), origin + S / 2, origin + 5 * S / 2, false, Some(9));
+        recorder.add(2, &key(1), origin - S, origin + S / 4, false, None);
+        // Thread 3, at another stack of the same site: from 2.2 s, still blocked at 3 s.
+        let mut still = key(2);
+        still.in_progress = true;
+        recorder.add(3, &still, origin + 2200 * MS, origin + 3 * S, true, None);
+        let timeline = recorder.into_timeline(vec![stack("send"), stack("send")], Some(7));
+        assert_eq!(timeline.seconds.len(), 1, "one site");
+        let site = &timeline.seconds[0];
+        assert_eq!(site.blocked_ns, [S / 2 + S / 4, S, S / 2 + 800 * MS]);
+        // At 1 s and 2 s thread 1 is blocked; at 3 s (the end) thread 3 still is.
+        assert_eq!(site.threads, [1, 1, 1]);
+        let spans = &timeline.spans;
+        assert_eq!(spans.len(), 3);
+        assert_eq!((spans[1].start_ns, spans[1].duration_ns), (0, S / 4), "cut at the start");
+        assert!(spans[1].flags.began_before && !spans[1].flags.still_blocked);
+        assert!(spans[2].flags.still_blocked);
+        assert_eq!(spans[0].waker_tid, Some(9));
+        assert_eq!((spans[2].stack, spans[0].stack), (1, 0), "keys interned apart");
+    }
+
+    #[test]
+    fn a_pileup_that_builds_up_shows_in_the_threads_per_second() {
+        let mut recorder = TimelineRecorder::new(0);
+        // Thread n blocks from second n on, to the end at 4 s.
+        for tid in 0..4u32 {
+            let start = u64::from(tid) * S + S / 10;
+            recorder.add(tid, &key(1), start, 4 * S, true, None);
+        }
+        let timeline = recorder.into_timeline(vec![stack("enqueue")], None);
+        assert_eq!(timeline.seconds[0].threads, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn spans_past_the_cap_are_counted_and_still_counted_per_second() {
+        let mut recorder = TimelineRecorder::new(0);
+        recorder.spans = vec![
+            RawSpan {
+                tid: 0,
+                key: 0,
+                start_ns: 0,
+                end_ns: 0,
+                flags: SpanFlags::default(),
+                waker_tid: None
+            };
+            MAX_SPANS
+        ];
+        recorder.intern(&key(1));
+        recorder.add(1, &key(1), 0, S / 2, false, None);
+        assert_eq!(recorder.spans_dropped, 1);
+        assert_eq!(recorder.seconds[0].blocked_ns, [S / 2]);
+    }
+
+    #[test]
+    fn processes_keep_their_spans_and_sites_apart() {
+        let timeline = |site: &str| Timeline {
+            stacks: vec![stack(site)],
+            spans: vec![TimelineSpan {
+                pid: None,
+                tid: 5,
+                stack: 0,
+                start_ns: 0,
+                duration_ns: 1,
+                flags: SpanFlags::default(),
+                waker_tid: None,
+            }],
+            seconds: vec![SiteSeconds {
+                site: site.into(),
+                kind: WaitKind::Futex,
+                process: None,
+                threads: vec![1],
+                blocked_ns: vec![1],
+            }],
+            ..Timeline::default()
+        };
+        let tag = |pid| ProcessTag { pid, comm: "app".into(), cgroup: None };
+        let merged = Timeline::of_processes(vec![(tag(1), timeline("a")), (tag(2), timeline("b"))]);
+        assert_eq!(merged.spans[1].pid, Some(2));
+        assert_eq!(merged.stacks[merged.spans[1].stack as usize].site, "b");
+        assert_eq!(merged.seconds.len(), 2);
+    }
+}
