@@ -16,6 +16,8 @@ pub const BACKEND_EXTRA_SECONDS: f64 = 30.0;
 
 /// The workload sources that the tests compile with gcc at run time.
 pub const C_PILEUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_pileup.c");
+/// A pile-up that builds up: handlers come to a lock held for good one at a time.
+pub const C_BUILDUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_buildup.c");
 pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_stuck.c");
 pub const MANY_WAITERS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");

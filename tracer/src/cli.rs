@@ -32,6 +32,19 @@ pub enum Command {
     /// Keep tracing a process and serve its waits over HTTP: pprof profiles
     /// (/debug/pprof/block, /debug/pprof/threads) and Prometheus metrics (/metrics).
     Serve(ServeArgs),
+    /// Watch pile-ups form, live in the terminal: call sites by threads blocked now, with
+    /// their blocked time and the last minutes (the processes are read sampled).
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub processes: ProcessSelection,
+
+    /// Reads per second (default 49).
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +121,26 @@ pub struct ServeArgs {
     /// Reads per second in sampled mode (default 49: every wait of 21 ms or more is seen).
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: Option<u32>,
+
+    /// Catch the moment: when CONDITION holds, write the process's snapshot and the last
+    /// --trigger-window of its waits (JSON, SVG, .trace.json) to --trigger-dir.
+    /// `threads>=N`: N threads of one process blocked at one call site; `wait>=DURATION`:
+    /// a thread blocked that long. Repeat for several. The processes are read sampled.
+    #[arg(long, value_name = "CONDITION", value_parser = crate::serve::parse_condition,
+          requires = "trigger_dir")]
+    pub trigger: Vec<crate::serve::Condition>,
+
+    /// Where a trigger writes its files (made if missing).
+    #[arg(long, value_name = "DIR", requires = "trigger")]
+    pub trigger_dir: Option<PathBuf>,
+
+    /// A trigger fires at most once per this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub trigger_cooldown: Duration,
+
+    /// How much of the time before a firing its recording holds.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub trigger_window: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@ pub mod report;
 pub mod serve;
 pub mod stacks;
 pub mod threads;
+pub mod top;
 
 pub use model::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats};
 pub use tracer_common::WaitKind;

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             Command::Snapshot(args) => snapshot::snapshot(args),
             Command::Report(args) => report::report(args),
             Command::Serve(args) => serve::serve(args).await,
+            Command::Top(args) => tracer::top::top(args),
         }
     });
     match result {

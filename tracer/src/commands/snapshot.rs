@@ -25,6 +25,15 @@ use crate::{
 
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let SnapshotArgs { processes, outputs, top } = args;
+    if let Some(path) = outputs.iter().find(|path| {
+        crate::report::Format::from_path(path).is_ok_and(|f| f == crate::report::Format::TraceJson)
+    }) {
+        anyhow::bail!(
+            "{}: a snapshot has no waits in time: `tracer record --output FILE.trace.json` \
+             writes the timeline",
+            path.display()
+        );
+    }
     let selection = processes.resolve()?;
     let pids = selection.matching()?;
     if pids.is_empty() {

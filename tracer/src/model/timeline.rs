@@ -62,6 +62,12 @@ pub struct TimelineRecorder {
     seconds: Vec<Seconds>,
     spans: Vec<RawSpan>,
     pub spans_dropped: u64,
+    /// When the recording stopped, once it has: the waits still blocked then are read
+    /// after it (the end's read), and end here.
+    stop_ns: Option<u64>,
+    /// Whether each wait is counted per second as it comes (a recording), or only kept
+    /// as a span (a daemon's rolling window: counted when a window is taken).
+    counting: bool,
 }
 
 impl TimelineRecorder {
@@ -73,7 +79,51 @@ impl TimelineRecorder {
             seconds: Vec::new(),
             spans: Vec::new(),
             spans_dropped: 0,
+            stop_ns: None,
+            counting: true,
         }
+    }
+
+    /// The recording stopped at `stop_ns`: no span added from now on runs past it.
+    pub fn stop(&mut self, stop_ns: u64) {
+        self.stop_ns = Some(stop_ns);
+    }
+
+    /// For a daemon: the spans only, pruned (`prune_ended_before`), and a window taken
+    /// of them when asked (`window_since`).
+    pub fn rolling(origin_ns: u64) -> Self {
+        Self { counting: false, ..Self::new(origin_ns) }
+    }
+
+    /// Drops the spans that ended before `ns`.
+    pub fn prune_ended_before(&mut self, ns: u64) {
+        self.spans.retain(|span| span.end_ns >= ns);
+    }
+
+    /// The spans that reach past `origin_ns` (cut to it), counted per second from it,
+    /// and as an aggregate of their parts in the window: a recording of the last window.
+    pub fn window_since(&self, origin_ns: u64) -> (TimelineRecorder, super::WaitAggregate) {
+        let mut window = TimelineRecorder::new(origin_ns);
+        let mut aggregate = super::WaitAggregate::default();
+        for span in self.spans.iter().filter(|span| span.end_ns > origin_ns) {
+            let mut key = self.keys[span.key as usize].clone();
+            window.add(
+                span.tid,
+                &key,
+                span.start_ns,
+                span.end_ns,
+                span.flags.still_blocked,
+                span.waker_tid,
+            );
+            key.in_progress = span.flags.still_blocked;
+            let part_ns = span.end_ns - span.start_ns.max(origin_ns);
+            if span.flags.still_blocked || span.start_ns < origin_ns {
+                aggregate.add_lower_bound(key, span.tid, part_ns);
+            } else {
+                aggregate.add(key, span.tid, part_ns);
+            }
+        }
+        (window, aggregate)
     }
 
     /// A wait of thread `tid` at `key` from `start_ns` to `end_ns` (`CLOCK_MONOTONIC`);
@@ -88,10 +138,12 @@ impl TimelineRecorder {
         waker_tid: Option<u32>,
     ) {
         let began_before = start_ns < self.origin_ns;
-        let start_ns = start_ns.max(self.origin_ns);
-        let end_ns = end_ns.max(start_ns);
+        let end_ns = self.stop_ns.map_or(end_ns, |stop| end_ns.min(stop));
+        let start_ns = start_ns.max(self.origin_ns).min(end_ns);
         let key = self.intern(key);
-        self.count_seconds(key, start_ns, end_ns, still_blocked);
+        if self.counting {
+            self.count_seconds(key, start_ns, end_ns, still_blocked);
+        }
         if self.spans.len() >= MAX_SPANS {
             self.spans_dropped += 1;
             return;
@@ -364,6 +416,28 @@ mod tests {
         recorder.add(1, &key(1), 0, S / 2, false, None);
         assert_eq!(recorder.spans_dropped, 1);
         assert_eq!(recorder.seconds[0].blocked_ns, [S / 2]);
+    }
+
+    #[test]
+    fn a_rolling_window_is_a_recording_of_its_last_seconds() {
+        let mut rolling = TimelineRecorder::rolling(0);
+        rolling.add(1, &key(1), 0, 2 * S, false, None);
+        rolling.add(2, &key(1), 5 * S, 9 * S, false, Some(1));
+        rolling.add(3, &key(2), 7 * S, 10 * S, true, None);
+        assert!(rolling.seconds.iter().all(|seconds| seconds.blocked_ns.is_empty()));
+        rolling.prune_ended_before(3 * S);
+        assert_eq!(rolling.spans.len(), 2, "the first span ended before");
+        let (window, aggregate) = rolling.window_since(6 * S);
+        // Thread 2 from 6 s (cut), thread 3 from 7 s, still blocked at 10 s.
+        assert_eq!(window.seconds[0].blocked_ns, [S, S, S]);
+        assert_eq!(window.seconds[1].blocked_ns, [0, S, S, S]);
+        assert_eq!(window.seconds[1].threads_at_end, [0, 1, 1, 1]);
+        assert!(window.spans[0].flags.began_before);
+        let total: u64 = aggregate.stacks.values().map(|stats| stats.total_ns).sum();
+        assert_eq!(total, 3 * S + 3 * S);
+        let mut still = key(2);
+        still.in_progress = true;
+        assert!(aggregate.stacks[&still].lower_bound);
     }
 
     #[test]

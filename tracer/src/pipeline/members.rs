@@ -12,9 +12,11 @@ use std::{
 
 use anyhow::Context as _;
 
+use super::counts::trace_counts;
 use super::{Traced, target};
 use crate::{
-    probes::Probes,
+    model::{ProcessTag, Profile, ProfileKind, WaitAggregate},
+    probes::{ProbeCounters, Probes},
     stacks::ProcessUnwinder,
     threads::sampler::{TaskRegisters, ThreadSampler},
 };
@@ -94,6 +96,38 @@ pub struct Member {
     pub go: bool,
 }
 
+impl Member {
+    /// The process, as profiles of several name it.
+    pub fn tag(&self) -> ProcessTag {
+        ProcessTag {
+            pid: self.target.pid,
+            comm: self.target.comm.clone(),
+            cgroup: self.target.cgroup.clone(),
+        }
+    }
+
+    /// The profile of `aggregate` (this process's waits), named by `namer` (which keeps
+    /// this process's symbols: one per process), each stack tagged with the process.
+    pub fn profile(
+        &mut self,
+        namer: &mut super::Namer,
+        aggregate: WaitAggregate,
+        kind: ProfileKind,
+    ) -> Profile {
+        let process = self.tag();
+        let mut base = super::profile_of(&self.target, kind, std::time::SystemTime::now());
+        let (unwinder, objects, _) = self.sampler.parts_mut();
+        base.counts =
+            trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, objects, 0, 0);
+        base.endpoint_states = objects.endpoint_states.clone();
+        let mut profile = namer.profile(aggregate, base, unwinder.image());
+        for stack in &mut profile.stacks {
+            stack.process = Some(process.clone());
+        }
+        profile
+    }
+}
+
 /// What happened to a process that matched the selection.
 pub enum Joined {
     Joined { pid: u32, comm: String, go: bool },
@@ -116,6 +150,10 @@ pub struct Members {
     last_look: Option<Instant>,
     /// Said once when a look fails (a cgroup removed), not at every look.
     look_failed: bool,
+    /// Second 0 of the members' timelines, once a recording keeps them.
+    timeline_origin: Option<u64>,
+    /// The window of the members' rolling timelines, once a daemon keeps them.
+    rolling_window: Option<Duration>,
 }
 
 impl Members {
@@ -138,6 +176,8 @@ impl Members {
             candidates: BTreeSet::new(),
             last_look: Some(Instant::now()),
             look_failed: false,
+            timeline_origin: None,
+            rolling_window: None,
         };
         let mut joined = Vec::with_capacity(pids.len());
         for pid in pids {
@@ -159,8 +199,14 @@ impl Members {
         let Traced { target, image } = traced;
         let unwinder = ProcessUnwinder::new(pid, image);
         let registers = TaskRegisters::Shared { probes: Arc::clone(&self.probes), pid };
-        let sampler = ThreadSampler::new(pid, unwinder, registers, self.period)
+        let mut sampler = ThreadSampler::new(pid, unwinder, registers, self.period)
             .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+        if let Some(origin_ns) = self.timeline_origin {
+            sampler.keep_timeline(origin_ns);
+        }
+        if let Some(window) = self.rolling_window {
+            sampler.keep_rolling_timeline(window);
+        }
         let comm = target.comm.clone();
         self.members.push(Member { target, sampler, go });
         self.share_descriptors();
@@ -176,6 +222,24 @@ impl Members {
         let per_member = limit.saturating_sub(reserved) / DESCRIPTORS_PER_THREAD / processes;
         for member in &mut self.members {
             member.sampler.keep_files_of_at_most(per_member as usize);
+        }
+    }
+
+    /// Keeps every member's waits in time from `origin_ns` (`CLOCK_MONOTONIC`) on, and
+    /// those of the processes that join later.
+    pub fn keep_timelines(&mut self, origin_ns: u64) {
+        self.timeline_origin = Some(origin_ns);
+        for member in &mut self.members {
+            member.sampler.keep_timeline(origin_ns);
+        }
+    }
+
+    /// Keeps every member's last `window` of waits in time (a daemon's triggers), and
+    /// those of the processes that join later.
+    pub fn keep_rolling_timelines(&mut self, window: Duration) {
+        self.rolling_window = Some(window);
+        for member in &mut self.members {
+            member.sampler.keep_rolling_timeline(window);
         }
     }
 

@@ -127,11 +127,18 @@ pub struct Wait {
     /// It began before the recording: `duration_ns` adds its earlier part as the
     /// scheduler knew it, a lower bound.
     pub lower_bound: bool,
+    /// When it ended (`CLOCK_MONOTONIC`): it began `duration_ns` before.
+    pub end_ns: u64,
 }
 
 impl Wait {
     pub fn add_to(self, aggregate: &mut WaitAggregate) {
-        let Self { key, tid, duration_ns, thread_name, waker, lower_bound } = self;
+        let Self { key, tid, duration_ns, thread_name, waker, lower_bound, end_ns } = self;
+        if let Some(timeline) = &mut aggregate.timeline {
+            let waker_tid = waker.as_ref().map(|(waker_tid, _)| *waker_tid);
+            let start_ns = end_ns.saturating_sub(duration_ns);
+            timeline.add(tid, &key, start_ns, end_ns, false, waker_tid);
+        }
         if let Some((waker_tid, waker_stack)) = waker {
             aggregate.add_waker(&key, waker_tid, waker_stack);
         }
@@ -265,6 +272,7 @@ impl WaitDecoder {
         let comm: [u8; 16] = field!(bytes, WaitRecord, comm);
         let comm_len = comm.iter().position(|&byte| byte == 0).unwrap_or(comm.len());
         let mut duration_ns: u64 = field!(bytes, WaitRecord, duration_ns);
+        let end_ns = start_ns.saturating_add(duration_ns);
         let flags: u32 = field!(bytes, WaitRecord, flags);
         let lower_bound = flags & WAIT_BEGAN_BEFORE != 0;
         if lower_bound {
@@ -277,6 +285,7 @@ impl WaitDecoder {
             thread_name: String::from_utf8_lossy(&comm[..comm_len]).into_owned(),
             waker,
             lower_bound,
+            end_ns,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     report::{
         Weight,
         folded::{chain_folded_lines, folded_lines_weighted, kind_frame},
-        summary::recording_scope,
+        summary::{format_duration, recording_scope},
     },
 };
 
@@ -51,6 +51,146 @@ pub fn write_flamegraph(
 ) -> anyhow::Result<()> {
     let lines = folded_lines_weighted(profile, weight);
     draw(profile, weight, &lines, "", out)
+}
+
+/// The height the time chart adds above the frames.
+const CHART_HEIGHT: usize = 120;
+/// Where it starts: under the title and subtitle.
+const CHART_TOP: usize = 58;
+/// Call sites charted, heaviest first (the rest are summed in the title's count).
+const CHART_SITES: usize = 4;
+const CHART_COLORS: [&str; CHART_SITES] = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"];
+
+/// A recording's threads blocked at each call site second by second, as lines above the
+/// frames, so that "when did it start?" is answered at a glance. The drawing grows by
+/// `CHART_HEIGHT`; the frames and the texts under them move down by as much.
+fn with_time_chart(svg: Vec<u8>, profile: &Profile) -> Vec<u8> {
+    let Some(timeline) = &profile.timeline else { return svg };
+    let seconds = timeline.seconds.iter().map(|site| site.threads.len()).max().unwrap_or(0);
+    if seconds < 2 {
+        return svg; // one point is no line
+    }
+    let text = String::from_utf8_lossy(&svg).into_owned();
+    let (Some(height), Some(frames)) = (root_height(&text), text.find("<svg id=\"frames\"")) else {
+        return svg;
+    };
+    let Some(frames_end) =
+        text.rfind("</svg>").and_then(|root_end| text[..root_end].rfind("</svg>"))
+    else {
+        return svg;
+    };
+    let grown = height + CHART_HEIGHT;
+    let mut text = format!(
+        "{}{}<g transform=\"translate(0,{CHART_HEIGHT})\">{}</svg></g>{}",
+        &text[..frames],
+        chart(profile, timeline, seconds),
+        &text[frames..frames_end],
+        &text[frames_end + "</svg>".len()..],
+    );
+    text = text
+        .replacen(&format!("height=\"{height}\""), &format!("height=\"{grown}\""), 2)
+        .replacen(&format!(" {height}\""), &format!(" {grown}\""), 1);
+    for id in ["details", "matched"] {
+        text = move_down(&text, id, CHART_HEIGHT);
+    }
+    text.into_bytes()
+}
+
+/// The chart: a line per heaviest call site (threads blocked at the end of each second),
+/// its legend, and the axes' extremes. x is in percent, as inferno's fluid frames are.
+fn chart(profile: &Profile, timeline: &crate::model::Timeline, seconds: usize) -> String {
+    let sites = &timeline.seconds[..timeline.seconds.len().min(CHART_SITES)];
+    let most = sites.iter().flat_map(|site| site.threads.iter().copied()).max().unwrap_or(0).max(1);
+    let plot_top = CHART_TOP + 18;
+    let plot_height = CHART_HEIGHT - 36;
+    let mut chart = format!(
+        "<g id=\"timechart\"><text x=\"10\" y=\"{}\">{} blocked at each second's end, by call \
+         site</text>",
+        CHART_TOP + 10,
+        profile.waiters(),
+    );
+    chart.push_str(&format!(
+        "<rect x=\"1%\" y=\"{plot_top}\" width=\"98%\" height=\"{plot_height}\" fill=\"white\" \
+         fill-opacity=\"0.6\" stroke=\"#999\" stroke-width=\"0.5\"/>"
+    ));
+    // x in milliseconds from the start: each count is at its second's end (the last at
+    // the recording's end, its second a partial one).
+    let end_ms = (profile.duration.as_millis() as usize).max(1);
+    chart.push_str(&format!(
+        "<svg x=\"1%\" y=\"{plot_top}\" width=\"98%\" height=\"{plot_height}\" viewBox=\"0 0 \
+         {end_ms} {most}\" preserveAspectRatio=\"none\">"
+    ));
+    for (site, color) in sites.iter().zip(CHART_COLORS) {
+        let points: Vec<String> = (0..seconds)
+            .map(|second| {
+                let threads = site.threads.get(second).copied().unwrap_or(0);
+                format!("{},{}", ((second + 1) * 1000).min(end_ms), most - threads)
+            })
+            .collect();
+        chart.push_str(&format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" \
+             vector-effect=\"non-scaling-stroke\"/>",
+            points.join(" ")
+        ));
+    }
+    chart.push_str("</svg>");
+    let bottom = plot_top + plot_height;
+    chart.push_str(&format!(
+        "<text x=\"1%\" y=\"{}\" font-size=\"10\">0 s</text><text x=\"99%\" y=\"{}\" \
+         font-size=\"10\" text-anchor=\"end\">{}</text><text x=\"0.2%\" y=\"{}\" \
+         font-size=\"10\">{most}</text>",
+        bottom + 11,
+        bottom + 11,
+        format_duration(profile.duration.as_nanos() as u64),
+        plot_top + 9,
+    ));
+    // The legend, right of the heading.
+    let mut x = 45.0;
+    for (site, color) in sites.iter().zip(CHART_COLORS) {
+        let name = match &site.process {
+            Some(process) => format!("{} in {process}", site.site),
+            None => site.site.clone(),
+        };
+        let name = xml_escape(&elide(&name, 36));
+        chart.push_str(&format!(
+            "<rect x=\"{x:.1}%\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text \
+             x=\"{:.1}%\" y=\"{}\" font-size=\"11\">{name}</text>",
+            CHART_TOP + 1,
+            x + 1.0,
+            CHART_TOP + 10,
+        ));
+        x += 14.0;
+    }
+    chart.push_str("</g>");
+    chart
+}
+
+/// `text` cut to `max` characters, with an ellipsis.
+fn elide(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Moves the element `id="..."`'s `y` down by `by`.
+fn move_down(svg: &str, id: &str, by: usize) -> String {
+    let marker = format!("id=\"{id}\"");
+    let Some(at) = svg.find(&marker) else { return svg.to_string() };
+    let Some(y_at) = svg[at..].find(" y=\"").map(|offset| at + offset + " y=\"".len()) else {
+        return svg.to_string();
+    };
+    let Some(y_end) = svg[y_at..].find('"').map(|offset| y_at + offset) else {
+        return svg.to_string();
+    };
+    let Ok(y) = svg[y_at..y_end].parse::<f64>() else { return svg.to_string() };
+    format!("{}{:.2}{}", &svg[..y_at], y + by as f64, &svg[y_end..])
 }
 
 /// The flamegraph with each wait chain as one tower (see `chain_folded_lines`): the
@@ -106,6 +246,8 @@ fn draw(
     if recording {
         legend.push(("still blocked", STILL_BLOCKED));
     }
+    // The chart of time is the plain flamegraph's (the chains' towers are not in time).
+    let svg = if title_end.is_empty() { with_time_chart(svg, profile) } else { svg };
     out.write_all(&with_legend(&svg, &legend))?;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod json;
 pub mod json_chains;
 pub mod pprof;
 pub mod summary;
+pub mod trace_json;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -42,11 +43,14 @@ pub enum Format {
     ChainsFolded,
     /// A flamegraph of those (`.chains.svg`).
     ChainsSvg,
+    /// A recording's timeline in Chrome's trace-event JSON (`.trace.json`), for Perfetto
+    /// UI and speedscope.
+    TraceJson,
 }
 
 /// The extensions, as the error message lists them.
 const EXTENSIONS: &str =
-    ".folded, .svg, .pb.gz, .pprof, .json, .txt, .chains.folded or .chains.svg";
+    ".folded, .svg, .pb.gz, .pprof, .json, .txt, .chains.folded, .chains.svg or .trace.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -80,6 +84,9 @@ impl Format {
         }
         if name.ends_with(".chains.svg") {
             return Ok(Format::ChainsSvg);
+        }
+        if name.ends_with(".trace.json") {
+            return Ok(Format::TraceJson);
         }
         match path.extension().and_then(|ext| ext.to_str()) {
             Some("folded") => Ok(Format::Folded),
@@ -435,6 +442,7 @@ impl Output {
                 }
                 Format::Pprof => pprof::write_pprof(profile, provenance, options.weight, out)?,
                 Format::Json => json::write_json(profile, provenance, out)?,
+                Format::TraceJson => trace_json::write_trace_json(profile, out)?,
                 Format::Text => {
                     let summary = summary::render_summary(profile, options.top);
                     out.write_all(escape_controls(&summary).as_bytes())?
@@ -471,11 +479,13 @@ mod tests {
         assert_eq!(chains, Format::ChainsSvg);
         let chains = Format::from_path(Path::new("waits.chains.folded")).unwrap();
         assert_eq!(chains, Format::ChainsFolded);
+        let trace = Format::from_path(Path::new("waits.trace.json")).unwrap();
+        assert_eq!(trace, Format::TraceJson);
         let err = Format::from_path(Path::new("waits.gz")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "waits.gz: unknown output extension (use .folded, .svg, .pb.gz, .pprof, .json, .txt, \
-             .chains.folded or .chains.svg)"
+             .chains.folded, .chains.svg or .trace.json)"
         );
     }
 

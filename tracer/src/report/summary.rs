@@ -52,7 +52,7 @@ fn site_label(stack: &ProfileStack) -> String {
 }
 
 /// What a profile is of: `app (pid 4242)`, or `2 processes: app (4242), db (4250)`.
-fn target_name(profile: &Profile) -> String {
+pub(crate) fn target_name(profile: &Profile) -> String {
     if profile.processes.is_empty() {
         return format!("{} (pid {})", profile.comm, profile.pid);
     }

@@ -22,15 +22,14 @@ use tokio::sync::oneshot;
 use super::{
     lock,
     metrics::{self, CappedSeries, ProcessSeriesLabels},
+    trigger::{self, TriggerConfig, Triggers},
 };
 use crate::{
-    model::{ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, WaitAggregate},
+    model::{ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, StackKey, WaitAggregate},
     pipeline::{
         self, Namer,
-        counts::trace_counts,
         members::{Member, Members, Selection},
     },
-    probes::ProbeCounters,
 };
 
 /// Snapshots waiting for the reading thread; more are refused (503). Windows' opening,
@@ -113,6 +112,8 @@ pub struct Host {
     /// exited, and of those read now).
     truncated_unwinds: AtomicU64,
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
+    /// How often each trigger condition fired.
+    firings: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Host {
@@ -122,9 +123,13 @@ impl Host {
         selection: Selection,
         period: Duration,
         max_series: usize,
+        triggers: Option<TriggerConfig>,
     ) -> anyhow::Result<(Arc<Self>, oneshot::Receiver<()>)> {
         let pids = selection.matching()?;
-        let (members, joined) = Members::start(selection.clone(), pids, period)?;
+        let (mut members, joined) = Members::start(selection.clone(), pids, period)?;
+        if let Some(triggers) = &triggers {
+            members.keep_rolling_timelines(triggers.window);
+        }
         for joined in &joined {
             log::info!("{joined}");
         }
@@ -137,10 +142,11 @@ impl Host {
             pending_snapshots: Default::default(),
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             next_window: AtomicU64::new(0),
-            processes: Mutex::new(members.members.iter().map(tag).collect()),
+            processes: Mutex::new(members.members.iter().map(Member::tag).collect()),
             reads: AtomicU64::new(0),
             truncated_unwinds: AtomicU64::new(0),
             blocked_sample: tokio::sync::Mutex::new(None),
+            firings: Mutex::new(BTreeMap::new()),
         });
         let (finished, finished_receiver) = oneshot::channel();
         let weak = Arc::downgrade(&host);
@@ -150,6 +156,7 @@ impl Host {
                 namers: HashMap::new(),
                 windows: BTreeMap::new(),
                 truncated_of_exited: 0,
+                triggers: triggers.map(Triggers::new),
                 host: weak,
             };
             reader.run(receiver);
@@ -243,6 +250,7 @@ impl Host {
             tracer: &tracer,
             usage: pipeline::own_usage::ProcessUsage::of_self(),
             processes: Some(lock(&self.processes).len()),
+            firings: Some(&lock(&self.firings)),
         })
         .map_err(HostError::Render)
     }
@@ -283,6 +291,16 @@ struct ReaderWindow {
     of_exited: Vec<ProfileStack>,
 }
 
+/// The profile of one process's `aggregate`, named by that process's own symbolizer.
+fn member_profile(
+    member: &mut Member,
+    namers: &mut HashMap<u32, Namer>,
+    aggregate: WaitAggregate,
+    kind: ProfileKind,
+) -> Profile {
+    member.profile(namers.entry(member.target.pid).or_default(), aggregate, kind)
+}
+
 /// The reading thread: owns the processes' samplers and their symbolizers (which
 /// cannot move between threads).
 struct Reader {
@@ -292,6 +310,8 @@ struct Reader {
     /// of its processes that exited while it was open.
     windows: BTreeMap<u64, ReaderWindow>,
     truncated_of_exited: u64,
+    /// `--trigger`, when given.
+    triggers: Option<Triggers>,
     /// Weak: the thread stops when the daemon drops the host.
     host: std::sync::Weak<Host>,
 }
@@ -315,12 +335,13 @@ impl Reader {
             let alive = self.members.read();
             host.reads.fetch_add(1, Ordering::Relaxed);
             self.hand_on_ended(&host);
+            self.check_triggers(&host);
             for mut exited in self.members.remove_exited() {
                 log::info!("pid {} ({}) exited", exited.target.pid, exited.target.comm);
                 // Its part of the open windows, symbolized while its image is at hand.
                 for (&id, window) in &mut self.windows {
                     if let Some(waits) = exited.sampler.close_window(id) {
-                        let profile = profile_of(
+                        let profile = member_profile(
                             &mut exited,
                             &mut self.namers,
                             waits,
@@ -335,7 +356,7 @@ impl Reader {
                 lock(&host.waits).retain(|labels| labels.pid != exited.target.pid.to_string());
             }
             self.expire_windows();
-            *lock(&host.processes) = self.members.members.iter().map(tag).collect();
+            *lock(&host.processes) = self.members.members.iter().map(Member::tag).collect();
             let truncated: u64 =
                 self.members.members.iter().map(|m| m.sampler.truncated_unwinds()).sum();
             host.truncated_unwinds.store(self.truncated_of_exited + truncated, Ordering::Relaxed);
@@ -368,8 +389,63 @@ impl Reader {
             if ended.stacks.is_empty() {
                 continue;
             }
-            let profile = profile_of(member, &mut self.namers, ended, ProfileKind::Recording);
+            let profile = member_profile(member, &mut self.namers, ended, ProfileKind::Recording);
             lock(&host.waits).fold(&profile);
+        }
+    }
+
+    /// Fires the trigger for the first process whose blocked threads meet a condition.
+    fn check_triggers(&mut self, host: &Host) {
+        let Some(triggers) = &mut self.triggers else { return };
+        if !triggers.due() {
+            return;
+        }
+        let Self { members, namers, .. } = self;
+        for member in &mut members.members {
+            let blocked: Vec<(StackKey, u64)> =
+                member.sampler.blocked_ages().map(|(key, age)| (key.clone(), age)).collect();
+            let mut named = None;
+            let firing = triggers.first_met(blocked.iter().map(|(key, age)| (key, *age)), || {
+                let blocked = member.sampler.blocked_now();
+                let profile = member_profile(member, namers, blocked, ProfileKind::Snapshot);
+                named = Some(profile.clone());
+                profile
+            });
+            let Some(firing) = firing else { continue };
+            triggers.fired();
+            let mut snapshot = match named {
+                Some(profile) => profile,
+                None => {
+                    let blocked = member.sampler.blocked_now();
+                    member_profile(member, namers, blocked, ProfileKind::Snapshot)
+                }
+            };
+            snapshot.thread_counts = member.sampler.thread_counts();
+            let (unwinder, objects, registers) = member.sampler.parts_mut();
+            let frame_pointers = registers.host();
+            pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
+            let config = &triggers.config;
+            let window = member.sampler.timeline_window(config.window).unwrap_or_default();
+            let window = member_profile(member, namers, window, ProfileKind::Recording);
+            let written =
+                trigger::write_firing(&config.dir, &snapshot, window, config, host.period);
+            *lock(&host.firings).entry(firing.condition.to_string()).or_default() += 1;
+            match written {
+                Ok(stem) => eprintln!(
+                    "tracer: trigger {} fired: {} of {} (pid {}); wrote {}.*",
+                    firing.condition,
+                    firing.what,
+                    member.target.comm,
+                    member.target.pid,
+                    stem.display()
+                ),
+                Err(err) => eprintln!(
+                    "tracer: trigger {} fired ({} of pid {}), but its files cannot be \
+                     written: {err:#}",
+                    firing.condition, firing.what, member.target.pid
+                ),
+            }
+            return;
         }
     }
 
@@ -427,7 +503,7 @@ impl Reader {
                 for member in &mut members.members {
                     let Some(waits) = member.sampler.close_window(id) else { continue };
                     if !waits.stacks.is_empty() {
-                        let profile = profile_of(member, namers, waits, ProfileKind::Recording);
+                        let profile = member_profile(member, namers, waits, ProfileKind::Recording);
                         stacks.extend(profile.stacks);
                     }
                 }
@@ -450,7 +526,8 @@ impl Reader {
         for index in picked {
             let member = &mut self.members.members[index];
             let blocked = member.sampler.blocked_now();
-            let mut profile = profile_of(member, &mut self.namers, blocked, ProfileKind::Snapshot);
+            let mut profile =
+                member_profile(member, &mut self.namers, blocked, ProfileKind::Snapshot);
             profile.start_unix_ns = pipeline::target::unix_ns(started_at);
             profile.thread_counts = member.sampler.thread_counts();
             if chains && !profile.stacks.is_empty() {
@@ -462,33 +539,4 @@ impl Reader {
         }
         (!profiles.is_empty()).then(|| Profile::of_processes(profiles))
     }
-}
-
-fn tag(member: &Member) -> ProcessTag {
-    ProcessTag {
-        pid: member.target.pid,
-        comm: member.target.comm.clone(),
-        cgroup: member.target.cgroup.clone(),
-    }
-}
-
-/// The profile of one process's `aggregate`, each stack tagged with the process.
-fn profile_of(
-    member: &mut Member,
-    namers: &mut HashMap<u32, Namer>,
-    aggregate: WaitAggregate,
-    kind: ProfileKind,
-) -> Profile {
-    let process = tag(member);
-    let mut base = pipeline::profile_of(&member.target, kind, SystemTime::now());
-    let (unwinder, objects, _) = member.sampler.parts_mut();
-    base.counts =
-        trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, objects, 0, 0);
-    base.endpoint_states = objects.endpoint_states.clone();
-    let namer = namers.entry(member.target.pid).or_default();
-    let mut profile = namer.profile(aggregate, base, unwinder.image());
-    for stack in &mut profile.stacks {
-        stack.process = Some(process.clone());
-    }
-    profile
 }

@@ -432,6 +432,7 @@ async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
             tracer: &tracer,
             usage: ProcessUsage::of_self(),
             processes: None,
+            firings: None,
         })
     };
     let body = body.map_err(ServeError::Render)?;

@@ -240,11 +240,13 @@ pub struct Scrape<'a, L = SeriesLabels> {
     pub usage: ProcessUsage,
     /// For a daemon of several processes: how many it reads now.
     pub processes: Option<usize>,
+    /// `--trigger`: how often each condition fired.
+    pub firings: Option<&'a std::collections::BTreeMap<String, u64>>,
 }
 
 /// The OpenMetrics text of one scrape.
 pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt::Error> {
-    let Scrape { blocked, goroutines, waits, tracer, usage, processes } = scrape;
+    let Scrape { blocked, goroutines, waits, tracer, usage, processes, firings } = scrape;
     let mut registry = Registry::default();
 
     let blocked_threads = Family::<L, Gauge>::default();
@@ -253,6 +255,17 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
         "Threads of the target blocked now in a futex or socket wait",
         blocked_threads.clone(),
     );
+    if let Some(firings) = firings {
+        let family = Family::<TriggerLabel, Counter>::default();
+        registry.register(
+            "tracer_trigger_firings",
+            "Times a --trigger condition fired and wrote its files",
+            family.clone(),
+        );
+        for (trigger, &count) in firings.iter() {
+            family.get_or_create(&TriggerLabel { trigger: trigger.clone() }).inc_by(count);
+        }
+    }
     if let Some(processes) = processes {
         let gauge = Gauge::<i64>::default();
         registry.register("tracer_processes", "Processes the daemon reads now", gauge.clone());
@@ -349,6 +362,11 @@ struct MetricLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabel {
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -417,6 +435,7 @@ mod tests {
                 peak_resident_bytes: 4096,
             },
             processes: None,
+            firings: None,
         })
         .unwrap();
         for line in [

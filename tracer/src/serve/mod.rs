@@ -16,6 +16,7 @@ mod host;
 mod http;
 mod metrics;
 mod tls;
+mod trigger;
 mod worker;
 
 use std::{
@@ -41,6 +42,7 @@ use crate::{
 };
 
 pub use follow::Wanted;
+pub use trigger::{Condition, parse_condition};
 
 /// The default cap on series per metric of one process, and of a daemon of several.
 const MAX_SERIES: usize = 200;
@@ -71,7 +73,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_series,
         mode,
         rate,
+        trigger,
+        trigger_dir,
+        trigger_cooldown,
+        trigger_window,
     } = args;
+    let triggers = trigger_dir.map(|dir| trigger::TriggerConfig {
+        conditions: trigger,
+        dir,
+        cooldown: trigger_cooldown,
+        window: trigger_window,
+    });
     let tls = match (&tls_cert, &tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, tls_client_ca.as_deref())?),
         _ => None,
@@ -83,19 +95,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls.is_some(),
         insecure,
     )?);
-    // Several processes, a cgroup or the host: the per-host daemon, sampled.
-    if all || cgroup.is_some() || pid.len() > 1 {
+    // Several processes, a cgroup or the host, or triggers: the per-host daemon, sampled.
+    if all || cgroup.is_some() || pid.len() > 1 || triggers.is_some() {
         if mode == Mode::Exact {
             anyhow::bail!(
-                "several processes are read sampled (--mode sampled); exact mode traces one \
-                 process at a time"
+                "several processes, and triggers, are read sampled (--mode sampled); exact \
+                 mode traces one process at a time"
+            );
+        }
+        if comm.is_some() {
+            anyhow::bail!(
+                "--trigger watches processes given by --pid, --cgroup or --all (--comm \
+                 follows one process across restarts, without triggers)"
             );
         }
         let cgroup = cgroup.as_deref().map(target::cgroup_path).transpose()?;
         let selection = crate::pipeline::members::Selection { pids: pid, comm: None, cgroup, all };
         let period = Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ);
         let max_series = max_series.unwrap_or(HOST_MAX_SERIES);
-        return serve_host(selection, period, max_series, listen, access, (tls, tls_mode)).await;
+        let host = HostOptions { period, max_series, triggers };
+        return serve_host(selection, host, listen, access, (tls, tls_mode)).await;
     }
     let max_series = max_series.unwrap_or(MAX_SERIES);
     let pid = pid.first().copied();
@@ -170,10 +189,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The per-host daemon: the processes of `selection`, read every `period`, until a
 /// signal (or, for pids given, until all have exited).
-async fn serve_host(
-    selection: crate::pipeline::members::Selection,
+/// How the per-host daemon reads and what it keeps.
+struct HostOptions {
     period: Duration,
     max_series: usize,
+    triggers: Option<trigger::TriggerConfig>,
+}
+
+async fn serve_host(
+    selection: crate::pipeline::members::Selection,
+    options: HostOptions,
     listen: std::net::SocketAddr,
     access: Arc<access::Access>,
     (tls, tls_mode): (Option<tokio_rustls::TlsAcceptor>, Tls),
@@ -186,10 +211,21 @@ async fn serve_host(
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let described = selection.describe();
-    let (host, finished) =
-        tokio::task::spawn_blocking(move || host::Host::start(selection, period, max_series))
-            .await
-            .context("cannot start reading the processes")??;
+    let HostOptions { period, max_series, triggers } = options;
+    if let Some(triggers) = &triggers {
+        let conditions: Vec<String> = triggers.conditions.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "tracer: trigger {} writes to {} (at most once per {})",
+            conditions.join(" or "),
+            triggers.dir.display(),
+            crate::report::summary::format_duration(triggers.cooldown.as_nanos() as u64)
+        );
+    }
+    let (host, finished) = tokio::task::spawn_blocking(move || {
+        host::Host::start(selection, period, max_series, triggers)
+    })
+    .await
+    .context("cannot start reading the processes")??;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
         "tracer: read every {}, nothing attached; serving {described} ({} processes now) on \

@@ -87,15 +87,18 @@ pub fn collect_blocked_threads(
         counts.blocked_in_waits += 1;
         aggregate.name_thread(sample.tid, &sample.comm);
         let key = stack_key(&sample, (kind, object), unwinder, frame_pointers, &mut counts);
+        let start_ns = match known_starts.get(&tid) {
+            Some(&start_ns) => start_ns,
+            // Unknown age: shown as "≥ 0".
+            None => monotonic_now.saturating_sub(sample.blocked_for_at_least_ns.unwrap_or(0)),
+        };
+        if let Some(timeline) = &mut aggregate.timeline {
+            timeline.add(tid, &key, start_ns, monotonic_now, true, None);
+        }
+        let blocked_ns = monotonic_now.saturating_sub(start_ns);
         match known_starts.get(&tid) {
-            Some(&start_ns) => {
-                aggregate.add(key, tid, monotonic_now.saturating_sub(start_ns));
-            }
-            None => {
-                // Unknown age: shown as "≥ 0".
-                let age = sample.blocked_for_at_least_ns.unwrap_or(0);
-                aggregate.add_lower_bound(key, tid, age);
-            }
+            Some(_) => aggregate.add(key, tid, blocked_ns),
+            None => aggregate.add_lower_bound(key, tid, blocked_ns),
         }
     }
     Ok(counts)

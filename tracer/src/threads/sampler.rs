@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{
-    model::{StackKey, ThreadCounts, WaitAggregate},
+    model::{StackKey, ThreadCounts, TimelineRecorder, WaitAggregate},
     objects::WaitObjects,
     pipeline,
     probes::Probes,
@@ -39,6 +39,8 @@ struct Wait {
     age_when_seen_ns: Option<u64>,
     /// Which wait this is, of all the tracker saw (for the windows it was open across).
     serial: u64,
+    /// `CLOCK_MONOTONIC` of the last read that saw it.
+    last_seen_ns: u64,
 }
 
 /// The waits of one window: each counts only its time after the window opened, so that
@@ -118,6 +120,7 @@ impl WaitTracker {
             match previous.remove(&tid) {
                 Some(mut wait) if wait.state == state => {
                     wait.blocked_ns += self.interval_ns;
+                    wait.last_seen_ns = now_ns;
                     seen.push(Seen::Continues { reported: wait.key.is_some() });
                     self.current.insert(tid, wait);
                 }
@@ -152,6 +155,7 @@ impl WaitTracker {
             first_seen_ns: now_ns,
             age_when_seen_ns,
             serial: self.started,
+            last_seen_ns: now_ns,
         };
         self.current.insert(tid, wait);
     }
@@ -160,6 +164,11 @@ impl WaitTracker {
         let Some(key) = &wait.key else { return };
         let mut key = key.clone();
         key.in_progress = false;
+        if let Some(timeline) = &mut self.ended.timeline {
+            // The time the reads saw it blocked, up to the last that did.
+            let start_ns = wait.last_seen_ns.saturating_sub(wait.blocked_ns);
+            timeline.add(tid, &key, start_ns, wait.last_seen_ns, false, None);
+        }
         for ledger in self.windows.values_mut() {
             let part = ledger.part_of(tid, &wait);
             ledger.ended.add(key.clone(), tid, part);
@@ -223,8 +232,14 @@ impl WaitTracker {
             let Wait { key: Some(key), first_seen_ns, age_when_seen_ns, .. } = wait else {
                 continue;
             };
-            let since_seen = last_read_ns.unwrap_or(first_seen_ns).saturating_sub(first_seen_ns);
-            ended.add_lower_bound(key, tid, age_when_seen_ns.unwrap_or(0) + since_seen);
+            let last_read_ns = last_read_ns.unwrap_or(first_seen_ns);
+            let since_seen = last_read_ns.saturating_sub(first_seen_ns);
+            let blocked_ns = age_when_seen_ns.unwrap_or(0) + since_seen;
+            if let Some(timeline) = &mut ended.timeline {
+                let start_ns = last_read_ns.saturating_sub(blocked_ns);
+                timeline.add(tid, &key, start_ns, last_read_ns, true, None);
+            }
+            ended.add_lower_bound(key, tid, blocked_ns);
         }
         ended
     }
@@ -309,6 +324,8 @@ pub struct ThreadSampler {
     threads_skipped: u64,
     frame_pointer_unknown: u64,
     last_counts: ThreadCounts,
+    /// The window a daemon's rolling timeline keeps.
+    rolling_window: Option<Duration>,
 }
 
 impl ThreadSampler {
@@ -330,6 +347,7 @@ impl ThreadSampler {
             threads_skipped: 0,
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
+            rolling_window: None,
         })
     }
 
@@ -434,7 +452,15 @@ impl ThreadSampler {
     /// The waits that ended since the last call, with their threads' names: for a
     /// recording that never ends (serve), which hands them on as they end.
     pub fn take_ended(&mut self) -> WaitAggregate {
+        // The rolling timeline stays: it is the daemon's last window, not one read's.
+        let timeline = self.tracker.ended.timeline.take();
         let mut ended = self.tracker.take_ended();
+        self.tracker.ended.timeline = timeline;
+        if let (Some(timeline), Some(window), Some(now_ns)) =
+            (&mut self.tracker.ended.timeline, self.rolling_window, self.tracker.last_read_ns)
+        {
+            timeline.prune_ended_before(now_ns.saturating_sub(window.as_nanos() as u64));
+        }
         for tid in ended.stacks.values().flat_map(|stats| stats.threads.iter()) {
             if let Some(name) = self.thread_names.thread_names.get(tid) {
                 ended.thread_names.insert(*tid, name.clone());
@@ -446,6 +472,55 @@ impl ThreadSampler {
         let current = &self.tracker.current;
         self.thread_names.thread_names.retain(|tid, _| current.contains_key(tid));
         ended
+    }
+
+    /// Keeps the waits in time from now on (`CLOCK_MONOTONIC` `origin_ns` is second 0):
+    /// a recording's timeline and per-second counts.
+    pub fn keep_timeline(&mut self, origin_ns: u64) {
+        self.tracker.ended.timeline = Some(TimelineRecorder::new(origin_ns));
+    }
+
+    /// Keeps the waits of the last `window` in time (a daemon's): see `timeline_window`.
+    pub fn keep_rolling_timeline(&mut self, window: Duration) {
+        let now_ns = monotonic_now_ns();
+        self.tracker.ended.timeline = Some(TimelineRecorder::rolling(now_ns));
+        self.rolling_window = Some(window);
+    }
+
+    /// The last `window` of waits as a recording: those that ended in it and those in
+    /// progress at the last read (still blocked), each cut to the window; None unless
+    /// `keep_rolling_timeline` was called.
+    pub fn timeline_window(&self, window: Duration) -> Option<WaitAggregate> {
+        let rolling = self.tracker.ended.timeline.as_ref()?;
+        let now_ns = self.tracker.last_read_ns.unwrap_or_else(monotonic_now_ns);
+        let origin_ns = now_ns.saturating_sub(window.as_nanos() as u64);
+        let (mut timeline, mut aggregate) = rolling.window_since(origin_ns);
+        for (&tid, wait) in &self.tracker.current {
+            let Some(key) = &wait.key else { continue };
+            let since_seen = now_ns.saturating_sub(wait.first_seen_ns);
+            let start_ns = now_ns.saturating_sub(wait.age_when_seen_ns.unwrap_or(0) + since_seen);
+            timeline.add(tid, key, start_ns, now_ns, true, None);
+            let part_ns = now_ns - start_ns.max(origin_ns);
+            aggregate.add_lower_bound(key.clone(), tid, part_ns);
+        }
+        for tid in aggregate.stacks.values().flat_map(|stats| stats.threads.iter()) {
+            if let Some(name) = self.thread_names.thread_names.get(tid) {
+                aggregate.thread_names.insert(*tid, name.clone());
+            }
+        }
+        aggregate.timeline = Some(timeline);
+        Some(aggregate)
+    }
+
+    /// The waits blocked now: per stack, the threads and the oldest's age (a lower
+    /// bound): what a trigger looks at, without reading or naming anything.
+    pub fn blocked_ages(&self) -> impl Iterator<Item = (&StackKey, u64)> {
+        let now_ns = self.tracker.last_read_ns.unwrap_or(0);
+        self.tracker.current.values().filter_map(move |wait| {
+            let key = wait.key.as_ref()?;
+            let since_seen = now_ns.saturating_sub(wait.first_seen_ns);
+            Some((key, wait.age_when_seen_ns.unwrap_or(0) + since_seen))
+        })
     }
 
     /// Opens window `id` (see `close_window`).

@@ -1,0 +1,177 @@
+//! Real-kernel test of `tracer top`, driven as a user drives it: in a tmux pane of 80×24,
+//! with keys sent to it and the screen read back. The C pile-up's call site comes first;
+//! `s` sorts by blocked time; Enter opens the site (its whole stack and its wait chain, to
+//! the slow backend); Esc goes back; `q` quits, and the terminal is the shell's again
+//! (alternate screen left, cursor shown).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tracer_tests::{TempDir, build_c_pileup, start_c_pileup, tracer_bin};
+
+const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
+const HANDLERS: usize = 8;
+const WORKLOAD_SECONDS: f64 = 120.0;
+/// Far above what a refresh takes; only a hang reaches it.
+const SCREEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A detached tmux session running a plain shell in an 80×24 pane; killed when dropped.
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start() -> Self {
+        let session = format!("tracer-top-{}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "80", "-y", "24"])
+            .args(["env", "PS1=$ ", "TERM=xterm-256color", "bash", "--norc", "--noprofile"])
+            .status()
+            .expect("run tmux (cargo xtask setup installs Debian's tmux)");
+        assert!(status.success(), "tmux new-session: {status}");
+        Self { session }
+    }
+
+    /// Types `keys` (tmux key names: `Enter`, `Escape`, or literal text).
+    fn send(&self, keys: &[&str]) {
+        let status = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
+    }
+
+    /// What the pane shows now.
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A pane variable (`alternate_on`, `cursor_flag`).
+    fn pane(&self, variable: &str) -> String {
+        let out = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.session, &format!("#{{{variable}}}")])
+            .output()
+            .expect("tmux display-message");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until the screen satisfies `pred`, and returns it.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + SCREEN_TIMEOUT;
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} on the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).status();
+    }
+}
+
+/// The first row of the table: the line after its header.
+fn first_row(screen: &str) -> &str {
+    let mut lines = screen.lines().skip_while(|line| !line.contains("THREADS"));
+    lines.next();
+    lines.next().unwrap_or_default()
+}
+
+#[test]
+fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
+    let build = TempDir::new("top-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid();
+    let tmux = Tmux::start();
+    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
+    // The marker is quoted apart on the command line, so only its output matches.
+    let command = format!("{} top --pid {pid}; echo \"top\"\"-exited $?\"", tracer_bin().display());
+    tmux.send(&[&command, "Enter"]);
+
+    // The pile-up's call site on top, with its threads blocked now.
+    let screen =
+        tmux.wait_for("the pile-up's row", |screen| first_row(screen).contains("enqueue_stat"));
+    assert_eq!(tmux.pane("alternate_on"), "1", "top draws on the alternate screen");
+    assert!(
+        screen.contains(&format!("c-pileup ({pid})")),
+        "the header names the process:\n{screen}"
+    );
+    assert!(screen.contains("sampled at 49 Hz"), "{screen}");
+    assert!(screen.contains("% CPU"), "the tracer's own cost:\n{screen}");
+    let row = first_row(&screen);
+    let threads: u64 = row.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(threads >= HANDLERS as u64 - 1, "{row}");
+    assert!(row.contains("futex"), "{row}");
+    for line in screen.lines() {
+        assert!(line.chars().count() <= 80, "wider than the pane: {line:?}");
+    }
+
+    // Sorted by blocked time.
+    tmux.send(&["s"]);
+    tmux.wait_for("sort by blocked time", |screen| screen.contains("sort: blocked time"));
+
+    // Back to threads, then the top site opened: its whole stack. A snapshot sees no
+    // wakers, so no chain starts at a condition variable's waiters; it says so.
+    tmux.send(&["s", "s"]);
+    let screen = tmux.wait_for("sort by threads", |screen| screen.contains("sort: threads now"));
+    assert!(first_row(&screen).contains("enqueue_stat"), "{screen}");
+    tmux.send(&["Enter"]);
+    let opened = tmux.wait_for("the opened site", |screen| screen.contains("wait chain"));
+    assert!(opened.contains("enqueue_stat futex"), "{opened}");
+    assert!(opened.contains("pthread_cond_wait"), "its whole stack:\n{opened}");
+    assert!(opened.contains("handler"), "{opened}");
+    tmux.send(&["Escape"]);
+    tmux.wait_for("the table again", |screen| screen.contains("THREADS"));
+
+    // Filtered to the reporter's send, and opened: its chain ends at the slow backend.
+    tmux.send(&["/"]);
+    tmux.send(&["-l", "send_to"]);
+    tmux.send(&["Enter"]);
+    let filtered = tmux.wait_for("the filter", |screen| screen.contains("filter: send_to"));
+    assert!(first_row(&filtered).contains("send_to_backend"), "{filtered}");
+    assert!(!filtered.contains("enqueue_stat"), "filtered out:\n{filtered}");
+    tmux.send(&["Enter"]);
+    let opened = tmux.wait_for("the reporter's chain", |screen| screen.contains("wait chain:"));
+    assert!(opened.contains("slow-backend"), "the chain ends at the backend:\n{opened}");
+    tmux.send(&["Escape"]);
+    tmux.wait_for("the table again", |screen| screen.contains("THREADS"));
+
+    // Quit: the shell's screen is back, the cursor shown, the exit status 0.
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the exit", |screen| screen.contains("top-exited "));
+    assert!(screen.contains("top-exited 0"), "{screen}");
+    assert_eq!(tmux.pane("alternate_on"), "0", "the alternate screen is left");
+    assert_eq!(tmux.pane("cursor_flag"), "1", "the cursor is shown again");
+}
+
+/// SIGTERM (a session killed) restores the terminal as `q` does.
+#[test]
+fn sigterm_gives_the_terminal_back() {
+    let build = TempDir::new("top-sigterm-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let tmux = Tmux::start();
+    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
+    // In the foreground (it owns the terminal), terminated after 3 s.
+    let command = format!(
+        "timeout --foreground --preserve-status -s TERM 3 {} top --pid {}; echo \"top\"\"-exited $?\"",
+        tracer_bin().display(),
+        pileup.workload.pid()
+    );
+    tmux.send(&[&command, "Enter"]);
+    let screen = tmux.wait_for("the exit", |screen| screen.contains("top-exited "));
+    assert!(screen.contains("top-exited 0"), "{screen}");
+    assert_eq!(tmux.pane("alternate_on"), "0");
+    assert_eq!(tmux.pane("cursor_flag"), "1");
+}

@@ -1,0 +1,162 @@
+//! Draws `tracer top`: a header (the processes, their threads, the mode and rate, the
+//! tracer's own cost), the table of call sites or one site opened, and a line of keys.
+//! Laid out for 80×24 and wider.
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Paragraph, Row, Table as TableWidget, Wrap},
+};
+
+use super::{
+    View,
+    table::{Sort, Table, sparkline},
+};
+use crate::{model::ProcessTag, report::summary::format_duration};
+
+/// The header's numbers, taken at each refresh.
+#[derive(Clone, Debug, Default)]
+pub struct Header {
+    pub processes: Vec<ProcessTag>,
+    pub threads: u64,
+    pub blocked: u64,
+    pub rate: u32,
+    pub cpu_percent: f64,
+    pub resident_bytes: u64,
+}
+
+pub struct State<'a> {
+    pub header: &'a Header,
+    pub table: &'a Table,
+    pub view: &'a View,
+    pub paused: bool,
+}
+
+const SPARK_WIDTH: usize = 16;
+
+pub fn draw(frame: &mut Frame<'_>, state: &State<'_>) {
+    let [header, body, keys] =
+        Layout::vertical([Constraint::Length(2), Constraint::Min(3), Constraint::Length(1)])
+            .areas(frame.area());
+    frame.render_widget(header_lines(state), header);
+    match state.view {
+        View::Site { title, lines } => draw_site(frame, body, title, lines),
+        View::Table | View::Filter => draw_table(frame, body, state),
+    }
+    frame.render_widget(key_line(state), keys);
+}
+
+fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
+    let header = state.header;
+    let processes = match &header.processes[..] {
+        [] => "no process".to_string(),
+        [one] => one.to_string(),
+        many => format!("{} processes", many.len()),
+    };
+    let first = Line::from(vec![
+        Span::styled("tracer top ", Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!(
+            "{processes}: {} threads, {} blocked in waits",
+            header.threads, header.blocked
+        )),
+    ]);
+    let mut second = format!(
+        "sampled at {} Hz; tracer {:.1}% CPU, {} MiB; sort: {}",
+        header.rate,
+        header.cpu_percent,
+        header.resident_bytes / (1 << 20),
+        state.table.sort.name()
+    );
+    if !state.table.filter.is_empty() {
+        second.push_str(&format!("; filter: {}", state.table.filter));
+    }
+    if state.paused {
+        second.push_str("; PAUSED");
+    }
+    Paragraph::new(vec![first, Line::from(second)])
+}
+
+fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
+    let rows = state.table.visible();
+    let several = state.header.processes.len() > 1;
+    let header = Row::new(["THREADS", "BLOCKED/s", "KIND", "LAST MINUTES", "CALL SITE [OBJECT]"])
+        .style(Style::new().add_modifier(Modifier::BOLD));
+    let body: Vec<Row> = rows
+        .iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let key = &row.key;
+            let mut site = key.site.clone();
+            if several && let Some(process) = &key.process {
+                site.push_str(&format!(" in {process}"));
+            }
+            if let Some(object) = &key.object {
+                site.push_str(&format!(" [{object}]"));
+            }
+            let style = if index == state.table.selected {
+                Style::new().add_modifier(Modifier::REVERSED)
+            } else {
+                Style::new()
+            };
+            Row::new(vec![
+                Cell::from(format!("{:>7}", row.threads_now)),
+                Cell::from(format!("{:>9}", format_duration(row.blocked_ns))),
+                Cell::from(key.kind.name()),
+                Cell::from(sparkline(&row.history, SPARK_WIDTH)),
+                Cell::from(crate::report::escape_name(&site).into_owned()),
+            ])
+            .style(style)
+        })
+        .collect();
+    let empty = rows.is_empty();
+    let widths = [
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Length(SPARK_WIDTH as u16),
+        Constraint::Min(20),
+    ];
+    let title = if state.table.refreshes == 0 {
+        " reading… ".to_string()
+    } else if empty {
+        " no thread blocked in a futex or socket wait ".to_string()
+    } else {
+        format!(" {} call sites ", rows.len())
+    };
+    let table = TableWidget::new(body, widths)
+        .header(header)
+        .column_spacing(1)
+        .block(Block::new().borders(Borders::TOP).title(title));
+    frame.render_widget(table, area);
+}
+
+fn draw_site(frame: &mut Frame<'_>, area: Rect, title: &str, lines: &[String]) {
+    let text: Vec<Line> = lines
+        .iter()
+        .map(|line| Line::from(crate::report::escape_name(line).into_owned()))
+        .collect();
+    let title = format!(" {} ", crate::report::escape_name(title));
+    let paragraph = Paragraph::new(text)
+        .wrap(Wrap { trim: false })
+        .block(Block::new().borders(Borders::TOP).title(title));
+    frame.render_widget(paragraph, area);
+}
+
+fn key_line<'a>(state: &State<'_>) -> Paragraph<'a> {
+    let keys = match state.view {
+        View::Filter => format!("filter: {}▏  Enter apply  Esc clear", state.table.filter),
+        View::Site { .. } => "Esc/Enter back  q quit".to_string(),
+        View::Table => {
+            let next = state.table.sort.next();
+            let sort = match next {
+                Sort::ThreadsNow => "s by threads",
+                Sort::BlockedTime => "s by time",
+                Sort::Site => "s by name",
+            };
+            format!("q quit  {sort}  / filter  p pause  ↑↓ select  Enter open site")
+        }
+    };
+    Paragraph::new(Line::from(keys)).style(Style::new().add_modifier(Modifier::REVERSED))
+}

@@ -1,0 +1,307 @@
+//! `tracer top`: the pile-ups of live processes as they form, in the terminal. The
+//! processes are read sampled (`pipeline::members`); once a second the call sites are
+//! ranked by threads blocked now, with their blocked time over the last second and a
+//! sparkline of the last minutes (`table`), and drawn (`draw`). Keys sort, filter, pause,
+//! open a site (its whole stack and its wait chain) and quit; the terminal is restored on
+//! every way out (a key, Ctrl-C, SIGTERM, SIGHUP, a panic, the processes exiting).
+
+mod draw;
+mod table;
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::{
+    cli::TopArgs,
+    model::{Profile, ProfileKind},
+    pipeline::{
+        Namer,
+        members::{Member, Members},
+        own_usage::ProcessUsage,
+    },
+};
+use table::Table;
+
+/// How often the table is refreshed.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Set by SIGTERM and SIGHUP: leave as a key press would.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn top(args: TopArgs) -> anyhow::Result<()> {
+    let TopArgs { processes, rate } = args;
+    let selection = processes.resolve()?;
+    let rate = rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ);
+    let period = Duration::from_secs(1) / rate;
+    crate::pipeline::check_outputs(&[])?;
+    let pids = selection.matching()?;
+    if pids.is_empty() {
+        anyhow::bail!("no process matches: {}", selection.describe());
+    }
+    let (members, _) = Members::start(selection, pids, period)?;
+    if members.members.is_empty() {
+        anyhow::bail!("none of the processes can be read");
+    }
+    let mut session = Session {
+        members,
+        namers: HashMap::new(),
+        table: Table::default(),
+        view: View::Table,
+        paused: false,
+        rate,
+        window: 0,
+        usage: (Instant::now(), ProcessUsage::of_self()),
+        header: draw::Header::default(),
+    };
+    session.open_windows();
+    watch_signals();
+    let mut terminal = Terminal::enter()?;
+    session.run(&mut terminal)
+}
+
+/// What the screen shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum View {
+    Table,
+    /// Typing a filter.
+    Filter,
+    /// One site: its stack and its chain, as found when opened.
+    Site {
+        title: String,
+        lines: Vec<String>,
+    },
+}
+
+struct Session {
+    members: Members,
+    namers: HashMap<u32, Namer>,
+    table: Table,
+    view: View,
+    paused: bool,
+    rate: u32,
+    /// The id of the window the samplers count the current interval in.
+    window: u64,
+    /// When the tracer's own usage was last read, and what it was.
+    usage: (Instant, ProcessUsage),
+    header: draw::Header,
+}
+
+impl Session {
+    fn run(&mut self, terminal: &mut Terminal) -> anyhow::Result<()> {
+        let period = Duration::from_secs(1) / self.rate;
+        let mut next_read = Instant::now();
+        let mut next_refresh = Instant::now() + REFRESH;
+        self.draw(terminal)?;
+        loop {
+            if STOP.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= next_read {
+                self.members.look_for_new();
+                if !self.members.read() {
+                    return Ok(()); // every process exited
+                }
+                for exited in self.members.remove_exited() {
+                    self.namers.remove(&exited.target.pid);
+                }
+                next_read = (next_read + period).max(Instant::now());
+            }
+            if now >= next_refresh {
+                self.refresh();
+                self.draw(terminal)?;
+                next_refresh = (next_refresh + REFRESH).max(Instant::now());
+            }
+            let wait = next_read.min(next_refresh).saturating_duration_since(Instant::now());
+            // A signal interrupts the wait: the loop's top sees what it asked.
+            let ready = match event::poll(wait) {
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => false,
+                ready => ready.context("cannot read the terminal")?,
+            };
+            if ready {
+                let Event::Key(key) = event::read().context("cannot read the terminal")? else {
+                    self.draw(terminal)?; // a resize
+                    continue;
+                };
+                if key.kind != KeyEventKind::Press {
+                    continue;
+                }
+                if self.on_key(key) == Flow::Quit {
+                    return Ok(());
+                }
+                self.draw(terminal)?;
+            }
+        }
+    }
+
+    /// Starts every member's next interval.
+    fn open_windows(&mut self) {
+        for member in &mut self.members.members {
+            if !member.sampler.has_window(self.window) {
+                member.sampler.open_window(self.window);
+            }
+        }
+    }
+
+    /// Ends the interval: the table takes the threads blocked now and the interval's
+    /// waits (unless paused), the header the processes' and the tracer's own numbers.
+    fn refresh(&mut self) {
+        let window = self.window;
+        self.window += 1;
+        let (mut now, mut interval) = (Vec::new(), Vec::new());
+        let (mut threads, mut blocked) = (0, 0);
+        for member in &mut self.members.members {
+            let namer = self.namers.entry(member.target.pid).or_default();
+            let waits = member.sampler.close_window(window).unwrap_or_default();
+            member.sampler.open_window(self.window);
+            let counts = member.sampler.thread_counts();
+            threads += counts.threads;
+            blocked += counts.blocked_in_waits;
+            if self.paused {
+                continue;
+            }
+            let blocked_now = member.sampler.blocked_now();
+            now.push(member.profile(namer, blocked_now, ProfileKind::Snapshot));
+            interval.push(member.profile(namer, waits, ProfileKind::Recording));
+        }
+        // Members that joined during the interval start theirs now.
+        self.open_windows();
+        let usage = ProcessUsage::of_self();
+        let elapsed = self.usage.0.elapsed().as_secs_f64().max(1e-3);
+        let cpu = (usage.cpu_seconds - self.usage.1.cpu_seconds).max(0.0) / elapsed;
+        self.header = draw::Header {
+            processes: self.members.members.iter().map(Member::tag).collect(),
+            threads,
+            blocked,
+            rate: self.rate,
+            cpu_percent: cpu * 100.0,
+            resident_bytes: usage.resident_bytes,
+        };
+        self.usage = (Instant::now(), usage);
+        if !self.paused {
+            self.table.refresh(&Profile::of_processes(now), &Profile::of_processes(interval));
+        }
+    }
+
+    fn draw(&self, terminal: &mut Terminal) -> anyhow::Result<()> {
+        let state = draw::State {
+            header: &self.header,
+            table: &self.table,
+            view: &self.view,
+            paused: self.paused,
+        };
+        terminal.inner.draw(|frame| draw::draw(frame, &state)).context("cannot draw")?;
+        Ok(())
+    }
+
+    fn on_key(&mut self, key: KeyEvent) -> Flow {
+        let ctrl_c =
+            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+        if ctrl_c {
+            return Flow::Quit;
+        }
+        match (&self.view, key.code) {
+            (View::Filter, KeyCode::Enter) => self.view = View::Table,
+            (View::Filter, KeyCode::Esc) => {
+                self.table.filter.clear();
+                self.view = View::Table;
+            }
+            (View::Filter, KeyCode::Backspace) => {
+                self.table.filter.pop();
+            }
+            (View::Filter, KeyCode::Char(c)) => self.table.filter.push(c),
+            (View::Site { .. }, KeyCode::Esc | KeyCode::Enter | KeyCode::Left) => {
+                self.view = View::Table
+            }
+            (_, KeyCode::Char('q')) => return Flow::Quit,
+            (View::Table, KeyCode::Esc) => return Flow::Quit,
+            (View::Table, KeyCode::Char('s')) => self.table.sort = self.table.sort.next(),
+            (View::Table, KeyCode::Char('/')) => self.view = View::Filter,
+            (View::Table, KeyCode::Char('p') | KeyCode::Char(' ')) => self.paused = !self.paused,
+            (View::Table, KeyCode::Up | KeyCode::Char('k')) => self.table.move_selection(-1),
+            (View::Table, KeyCode::Down | KeyCode::Char('j')) => self.table.move_selection(1),
+            (View::Table, KeyCode::Enter | KeyCode::Right) => self.open_site(),
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    /// The selected site: its whole stack, and the wait chain that starts there (read
+    /// from the live system now, as a snapshot's).
+    fn open_site(&mut self) {
+        let Some(row) = self.table.selected_row() else { return };
+        let key = row.key.clone();
+        let mut lines: Vec<String> = Vec::new();
+        lines.push(format!("{} threads blocked now; stack, innermost first:", row.threads_now));
+        lines.extend(row.frames.iter().rev().map(|frame| format!("  {frame}")));
+        lines.push(String::new());
+        let member = self.members.members.iter_mut().find(|member| {
+            key.process.as_ref().is_none_or(|process| process.pid == member.target.pid)
+        });
+        let chain = member.and_then(|member| {
+            let namer = self.namers.entry(member.target.pid).or_default();
+            let blocked_now = member.sampler.blocked_now();
+            let mut snapshot = member.profile(namer, blocked_now, ProfileKind::Snapshot);
+            let (unwinder, objects, registers) = member.sampler.parts_mut();
+            let frame_pointers = registers.host();
+            crate::pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
+            snapshot.chains.iter().find(|chain| chain.start.site == key.site).map(|chain| {
+                let format = crate::report::summary::format_duration;
+                crate::chains::chain_line(chain, snapshot.waiters(), format)
+            })
+        });
+        match chain {
+            Some(chain) => {
+                lines.push("wait chain:".to_string());
+                lines.push(format!("  {chain}"));
+            }
+            None => lines.push("no wait chain starts here now".to_string()),
+        }
+        let object = key.object.as_deref().map_or(String::new(), |object| format!(" [{object}]"));
+        let title = format!("{} {}{object}", key.site, key.kind.name());
+        self.view = View::Site { title, lines };
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Quit,
+}
+
+/// The terminal in raw mode on the alternate screen, given back as it was however the
+/// session ends: on drop, and from the panic hook ratatui installs.
+struct Terminal {
+    inner: ratatui::DefaultTerminal,
+}
+
+impl Terminal {
+    fn enter() -> anyhow::Result<Self> {
+        let inner = ratatui::try_init().context("cannot take over the terminal")?;
+        Ok(Self { inner })
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+/// SIGTERM and SIGHUP (the SSH session closing) end the session like `q`, so the
+/// terminal is restored; Ctrl-C reaches it as a key in raw mode.
+fn watch_signals() {
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, Ordering::Relaxed);
+    }
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}

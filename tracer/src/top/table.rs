@@ -1,0 +1,263 @@
+//! What `tracer top` shows, apart from how it is drawn: a row per call site (of a
+//! process), its threads blocked now and its blocked time in the last interval, a history
+//! of the threads blocked for its sparkline; the sort, the filter, the selection.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use tracer_common::WaitKind;
+
+use crate::model::{ProcessTag, Profile};
+
+/// Refreshes kept per row: five minutes at one a second.
+pub const HISTORY: usize = 300;
+
+/// What a row is: a call site of a process, its kind and object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SiteKey {
+    pub process: Option<ProcessTag>,
+    pub site: String,
+    pub kind: WaitKind,
+    pub object: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SiteRow {
+    pub key: SiteKey,
+    pub threads_now: u64,
+    /// Blocked time over the last interval, summed over its threads.
+    pub blocked_ns: u64,
+    /// Threads blocked at each refresh, oldest first.
+    pub history: VecDeque<u64>,
+    /// The heaviest stack at the site now (or when last seen), root first.
+    pub frames: Vec<String>,
+}
+
+/// The order of the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sort {
+    ThreadsNow,
+    BlockedTime,
+    Site,
+}
+
+impl Sort {
+    pub fn next(self) -> Self {
+        match self {
+            Sort::ThreadsNow => Sort::BlockedTime,
+            Sort::BlockedTime => Sort::Site,
+            Sort::Site => Sort::ThreadsNow,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sort::ThreadsNow => "threads now",
+            Sort::BlockedTime => "blocked time",
+            Sort::Site => "call site",
+        }
+    }
+}
+
+/// The rows and how they are looked at.
+#[derive(Debug)]
+pub struct Table {
+    rows: BTreeMap<SiteKey, SiteRow>,
+    pub sort: Sort,
+    /// Rows whose site, object or process name hold this (case-insensitive).
+    pub filter: String,
+    pub selected: usize,
+    pub refreshes: u64,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self {
+            rows: BTreeMap::new(),
+            sort: Sort::ThreadsNow,
+            filter: String::new(),
+            selected: 0,
+            refreshes: 0,
+        }
+    }
+}
+
+impl Table {
+    /// One refresh: `now` the threads blocked at the last read (a snapshot), `interval`
+    /// the waits of the last interval (a recording of it). A row seen in neither keeps
+    /// its history (a zero added) until its whole history is zeros.
+    pub fn refresh(&mut self, now: &Profile, interval: &Profile) {
+        self.refreshes += 1;
+        let mut threads: BTreeMap<SiteKey, (BTreeSet<u32>, &[crate::stacks::Frame], u64)> =
+            BTreeMap::new();
+        for stack in &now.stacks {
+            let entry = threads.entry(key_of(stack)).or_insert((BTreeSet::new(), &[], 0));
+            entry.0.extend(&stack.stats.threads);
+            let weight = stack.stats.threads.len() as u64;
+            if weight > entry.2 {
+                entry.1 = &stack.frames;
+                entry.2 = weight;
+            }
+        }
+        let mut blocked: BTreeMap<SiteKey, (u64, &[crate::stacks::Frame])> = BTreeMap::new();
+        for stack in &interval.stacks {
+            let entry = blocked.entry(key_of(stack)).or_insert((0, &[]));
+            entry.0 += stack.stats.total_ns;
+            if entry.1.is_empty() {
+                entry.1 = &stack.frames;
+            }
+        }
+        let keys: BTreeSet<SiteKey> =
+            threads.keys().chain(blocked.keys()).chain(self.rows.keys()).cloned().collect();
+        for key in keys {
+            let (threads_now, frames_now) = threads
+                .get(&key)
+                .map_or((0, &[][..]), |(threads, frames, _)| (threads.len() as u64, *frames));
+            let (blocked_ns, frames_then) = blocked.get(&key).copied().unwrap_or((0, &[]));
+            let row = self.rows.entry(key.clone()).or_insert_with(|| SiteRow {
+                key,
+                threads_now: 0,
+                blocked_ns: 0,
+                history: VecDeque::new(),
+                frames: Vec::new(),
+            });
+            row.threads_now = threads_now;
+            row.blocked_ns = blocked_ns;
+            let frames = if frames_now.is_empty() { frames_then } else { frames_now };
+            if !frames.is_empty() {
+                row.frames = frames.iter().map(|frame| frame.name.clone()).collect();
+            }
+            row.history.push_back(threads_now);
+            if row.history.len() > HISTORY {
+                row.history.pop_front();
+            }
+        }
+        self.rows.retain(|_, row| row.blocked_ns > 0 || row.history.iter().any(|&n| n > 0));
+        self.selected = self.selected.min(self.visible().len().saturating_sub(1));
+    }
+
+    /// The rows the filter lets through, in the sort's order.
+    pub fn visible(&self) -> Vec<&SiteRow> {
+        let filter = self.filter.to_lowercase();
+        let mut rows: Vec<&SiteRow> = self
+            .rows
+            .values()
+            .filter(|row| filter.is_empty() || matches_filter(row, &filter))
+            .collect();
+        match self.sort {
+            Sort::ThreadsNow => {
+                rows.sort_by_key(|row| std::cmp::Reverse((row.threads_now, row.blocked_ns)))
+            }
+            Sort::BlockedTime => {
+                rows.sort_by_key(|row| std::cmp::Reverse((row.blocked_ns, row.threads_now)))
+            }
+            Sort::Site => rows.sort_by(|a, b| a.key.site.cmp(&b.key.site)),
+        }
+        rows
+    }
+
+    pub fn selected_row(&self) -> Option<&SiteRow> {
+        self.visible().get(self.selected).copied()
+    }
+
+    pub fn move_selection(&mut self, by: isize) {
+        let rows = self.visible().len();
+        if rows == 0 {
+            self.selected = 0;
+            return;
+        }
+        self.selected = self.selected.saturating_add_signed(by).min(rows - 1);
+    }
+}
+
+fn key_of(stack: &crate::model::ProfileStack) -> SiteKey {
+    SiteKey {
+        process: stack.process.clone(),
+        site: stack.call_site().to_string(),
+        kind: stack.kind,
+        object: stack.object.clone(),
+    }
+}
+
+fn matches_filter(row: &SiteRow, lowercase: &str) -> bool {
+    let key = &row.key;
+    key.site.to_lowercase().contains(lowercase)
+        || key.object.as_deref().is_some_and(|object| object.to_lowercase().contains(lowercase))
+        || key.process.as_ref().is_some_and(|p| p.to_string().to_lowercase().contains(lowercase))
+}
+
+/// A sparkline of `values` in `width` cells (the latest at the right), scaled to their
+/// maximum: one of eight block heights each.
+pub fn sparkline(values: &VecDeque<u64>, width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let shown: Vec<u64> = values.iter().rev().take(width).rev().copied().collect();
+    let most = shown.iter().copied().max().unwrap_or(0);
+    let mut line: String = " ".repeat(width - shown.len());
+    for value in shown {
+        line.push(if most == 0 || value == 0 {
+            ' '
+        } else {
+            BARS[((value * 7).div_ceil(most)) as usize]
+        });
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ProfileKind, tests::stack};
+
+    fn snapshot(threads_at_send: &[(u32, u64)], threads_at_recv: &[(u32, u64)]) -> Profile {
+        let mut profile = Profile::new(ProfileKind::Snapshot, 1, "app".into());
+        profile.stacks.push(stack(
+            &[("main", true), ("send_stat", true)],
+            WaitKind::Futex,
+            threads_at_send,
+        ));
+        profile.stacks.push(stack(
+            &[("main", true), ("recv_loop", true)],
+            WaitKind::Recv,
+            threads_at_recv,
+        ));
+        profile.stacks.retain(|stack| !stack.stats.threads.is_empty());
+        profile
+    }
+
+    #[test]
+    fn rows_are_call_sites_sorted_filtered_and_kept_while_their_history_lasts() {
+        let mut table = Table::default();
+        let now = snapshot(&[(1, 5), (2, 5), (3, 5)], &[(4, 9)]);
+        let interval = snapshot(&[(1, 900_000_000)], &[(4, 2_000_000_000)]);
+        table.refresh(&now, &interval);
+        let sites: Vec<&str> = table.visible().iter().map(|row| row.key.site.as_str()).collect();
+        assert_eq!(sites, ["send_stat", "recv_loop"], "most threads now first");
+        table.sort = Sort::BlockedTime;
+        assert_eq!(table.visible()[0].key.site, "recv_loop");
+        table.filter = "SEND".into();
+        assert_eq!(table.visible().len(), 1);
+        table.filter.clear();
+        // Gone from both: kept, its history going to zero.
+        table.refresh(&snapshot(&[(1, 5)], &[]), &snapshot(&[], &[]));
+        let recv = table.visible().into_iter().find(|row| row.key.site == "recv_loop").unwrap();
+        assert_eq!((recv.threads_now, recv.blocked_ns), (0, 0));
+        assert_eq!(recv.history, [1, 0]);
+        assert_eq!(recv.frames, ["main", "recv_loop"]);
+    }
+
+    #[test]
+    fn the_selection_stays_on_the_rows() {
+        let mut table = Table::default();
+        table.refresh(&snapshot(&[(1, 5)], &[(2, 5)]), &snapshot(&[], &[]));
+        table.move_selection(5);
+        assert_eq!(table.selected, 1);
+        table.move_selection(-9);
+        assert_eq!(table.selected, 0);
+    }
+
+    #[test]
+    fn sparklines_scale_to_their_largest_value() {
+        let values: VecDeque<u64> = [0, 1, 2, 4, 8].into_iter().collect();
+        assert_eq!(sparkline(&values, 7), "   ▂▃▅█");
+        assert_eq!(sparkline(&VecDeque::new(), 3), "   ");
+    }
+}
