@@ -468,6 +468,66 @@ pub fn https_get(
     Ok(HttpResponse { status, body: answer })
 }
 
+/// What speedscope (from npm, installed by `cargo xtask setup`) makes of a `.trace.json`,
+/// opened in headless Chromium as a user opens it: the page's title and the names of the
+/// tracks it imported (`app (42) (pid 42), worker (43) (tid 43)`), read off the page.
+pub fn speedscope_tracks(trace: &Path) -> (String, Vec<String>) {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let release = PathBuf::from(home)
+        .join(".local/share/tracer/speedscope/node_modules/speedscope/dist/release");
+    assert!(release.join("index.html").is_file(), "no speedscope (cargo xtask setup installs it)");
+    // The page and the trace served from one directory on loopback, as speedscope fetches
+    // a `profileURL`.
+    let site = TempDir::new("speedscope");
+    for entry in std::fs::read_dir(&release).expect("read speedscope's release") {
+        let entry = entry.expect("an entry");
+        std::fs::copy(entry.path(), site.join(&entry.file_name().to_string_lossy()))
+            .expect("copy speedscope");
+    }
+    std::fs::copy(trace, site.join("waits.trace.json")).expect("copy the trace");
+    let port = free_port();
+    let mut server = Command::new("python3");
+    server.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"]);
+    server.current_dir(site.path()).stdout(Stdio::null()).stderr(Stdio::null());
+    let _server = ChildGuard::new("http.server", server.spawn().expect("spawn python3"));
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "http.server did not listen");
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let profile = format!("http%3A%2F%2F127.0.0.1%3A{port}%2Fwaits.trace.json");
+    let mut chromium = Command::new("chromium");
+    chromium
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", site.join("chromium").display()))
+        .arg(format!("http://127.0.0.1:{port}/index.html#profileURL={profile}"));
+    let out = run_with_timeout("chromium", chromium, Duration::from_secs(120));
+    assert_success("chromium --dump-dom", &out);
+    // The text of the page's elements, one per piece.
+    let texts: Vec<String> = out
+        .stdout
+        .split('<')
+        .filter_map(|element| element.split_once('>').map(|(_, text)| text.trim()))
+        .filter(|text| !text.is_empty())
+        .map(|text| text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+        .collect();
+    let title = texts.iter().find(|text| text.ends_with(" - speedscope")).cloned();
+    let tracks: std::collections::BTreeSet<String> =
+        texts.iter().filter(|text| text.contains("(tid ")).cloned().collect();
+    (title.unwrap_or_default(), tracks.into_iter().collect())
+}
+
 /// One group of a Go program's own goroutine profile (pprof's `debug=1` text): how many
 /// goroutines, and the functions of their frames leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]

