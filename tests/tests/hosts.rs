@@ -359,7 +359,11 @@ fn tls_and_a_token_guard_every_endpoint_but_healthz() {
     );
     let tls = ["--tls-cert", &cert, "--tls-key", &key, "--token-file", &token_path];
     for daemon_args in [&["--pid", &pid][..], &["--all"][..]] {
-        let daemon = ServeDaemon::start(&[daemon_args, &tls[..]].concat());
+        let mut daemon = ServeDaemon::start(&[daemon_args, &tls[..]].concat());
+        if daemon_args[0] == "--pid" {
+            // The one-process daemon listens first, then attaches.
+            daemon.wait_for_log(|line| line.contains("attached to pid"), TIMEOUT);
+        }
         let wrong = format!("{token}x");
         for endpoint in ["/", "/metrics", "/debug/pprof/threads", "/debug/pprof/block?seconds=1"] {
             for offered in [None, Some(wrong.as_str())] {

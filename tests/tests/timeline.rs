@@ -24,10 +24,43 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const SITE: &str = "take_lock";
 
 fn start_buildup(dir: &TempDir) -> tracer_tests::ChildGuard {
+    start_buildup_with(dir, &[])
+}
+
+/// The build-up workload; with `on-signal`, its handlers come only after SIGUSR1.
+fn start_buildup_with(dir: &TempDir, extra: &[&str]) -> tracer_tests::ChildGuard {
     let bin = build_c(dir.path(), C_BUILDUP_SOURCE, "c-buildup");
     let mut cmd = std::process::Command::new(bin);
     cmd.arg(HANDLERS.to_string()).arg(STEP_MS.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    cmd.args(extra);
     start_workload("c-buildup", cmd)
+}
+
+/// `tracer record --pid P ARGS --output DIR/record.json` over a build-up that starts
+/// when the recording has: the workload gets SIGUSR1 once the tracer says it records, so
+/// the build-up's timing does not depend on how long attaching took.
+fn record_buildup(dir: &TempDir, args: &[&str]) -> tracer_tests::Profile {
+    use std::io::BufRead as _;
+    let workload = start_buildup_with(dir, &["on-signal"]);
+    let json = dir.join("record.json");
+    let mut cmd = std::process::Command::new(tracer_tests::tracer_bin());
+    cmd.arg("record").arg("--pid").arg(workload.pid().to_string()).args(args);
+    cmd.arg("--output").arg(&json);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn tracer record");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut tracer = tracer_tests::ChildGuard::new("tracer record", child);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let said = lines.find(|line| line.as_ref().is_ok_and(|l| l.starts_with("tracer: recording")));
+    assert!(said.is_some(), "tracer record never said it records");
+    // SAFETY: kill takes a pid and a signal; the workload is our unreaped child.
+    let sent = unsafe { libc::kill(workload.pid() as libc::pid_t, libc::SIGUSR1) };
+    assert_eq!(sent, 0, "signal the workload");
+    std::thread::spawn(move || lines.for_each(drop));
+    let status = tracer.wait_timeout(TIMEOUT);
+    assert!(status.success(), "tracer record: {status}");
+    drop(workload);
+    read_profile(&json)
 }
 
 /// The build-up in the profile's per-second counts: few handlers blocked at the first
@@ -46,8 +79,8 @@ fn assert_builds_up(profile: &tracer_tests::Profile, what: &str) {
         threads.len() == RECORD_SECONDS || threads.len() == RECORD_SECONDS + 1,
         "{what}: a count per second: {threads:?}"
     );
-    // Handlers come at 0.4 s, 0.8 s, …: at most 3 by the first second's end (the recording
-    // starts a little after the workload), all 8 by the fifth.
+    // Handlers come at 0.4 s, 0.8 s, … after the recording began: 2 by the first second's
+    // end (3 if the signal came late), all 8 by the fifth.
     assert!(threads[0] <= 3, "{what}: {threads:?}");
     assert_eq!(threads[RECORD_SECONDS - 1] as usize, HANDLERS, "{what}: {threads:?}");
     assert!(threads.windows(2).all(|pair| pair[0] <= pair[1]), "{what}: {threads:?}");
@@ -71,8 +104,10 @@ fn read_trace(path: &Path) -> Vec<Value> {
             "M" => assert!(event["args"]["name"].is_string(), "{event}"),
             "X" => {
                 assert!(event["tid"].is_u64(), "{event}");
-                assert!(event["ts"].as_f64().is_some_and(|ts| ts >= 0.0), "{event}");
-                assert!(event["dur"].as_f64().is_some_and(|dur| dur >= 0.0), "{event}");
+                // Within the recording (well under a minute here), never before it.
+                let (ts, dur) = (event["ts"].as_f64(), event["dur"].as_f64());
+                let (ts, dur) = (ts.expect("ts"), dur.expect("dur"));
+                assert!(ts >= 0.0 && dur >= 0.0 && ts + dur <= 60e6, "{event}");
             }
             "s" | "f" => assert!(event["id"].is_u64() && event["ts"].is_f64(), "{event}"),
             other => panic!("unexpected phase {other}: {event}"),
@@ -118,7 +153,6 @@ fn assert_handler_slices(events: &[Value], what: &str) {
 #[test]
 fn an_exact_recording_shows_the_buildup_in_seconds_slices_and_wake_arrows() {
     let dir = TempDir::new("timeline-exact");
-    let workload = start_buildup(&dir);
     let (trace, svg) = (dir.join("waits.trace.json"), dir.join("waits.svg"));
     let args = [
         "--duration",
@@ -128,9 +162,9 @@ fn an_exact_recording_shows_the_buildup_in_seconds_slices_and_wake_arrows() {
         "--output",
         svg.to_str().expect("utf-8"),
     ];
-    let traced = record_profile(workload.pid(), &args, &dir, TIMEOUT);
-    assert!(traced.profile.sampling.is_none(), "exact by default");
-    assert_builds_up(&traced.profile, "exact");
+    let profile = record_buildup(&dir, &args);
+    assert!(profile.sampling.is_none(), "exact by default");
+    assert_builds_up(&profile, "exact");
     let events = read_trace(&trace);
     assert_handler_slices(&events, "exact");
 
@@ -197,13 +231,12 @@ fn an_exact_recording_shows_the_buildup_in_seconds_slices_and_wake_arrows() {
 #[test]
 fn a_sampled_recording_shows_the_buildup_too() {
     let dir = TempDir::new("timeline-sampled");
-    let workload = start_buildup(&dir);
     let trace = dir.join("waits.trace.json");
     let args =
         ["--mode", "sampled", "--duration", "5s", "--output", trace.to_str().expect("utf-8")];
-    let traced = record_profile(workload.pid(), &args, &dir, TIMEOUT);
-    assert!(traced.profile.sampling.is_some());
-    assert_builds_up(&traced.profile, "sampled");
+    let profile = record_buildup(&dir, &args);
+    assert!(profile.sampling.is_some());
+    assert_builds_up(&profile, "sampled");
     assert_handler_slices(&read_trace(&trace), "sampled");
 }
 
@@ -266,7 +299,10 @@ fn a_trigger_catches_the_buildup_once_and_its_files_hold_it() {
     assert_eq!(log.matches("tracer: trigger threads>=6 fired").count(), 1, "fired once:\n{log}");
     let metrics = daemon.get("/metrics").text();
     assert!(
-        metrics.lines().any(|l| l == "tracer_trigger_firings_total{trigger=\"threads>=6\"} 1"),
+        metrics
+            .lines()
+            .any(|l| l
+                == "tracer_trigger_firings_total{trigger=\"threads>=6\",result=\"written\"} 1"),
         "{metrics}"
     );
 

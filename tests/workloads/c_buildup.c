@@ -5,12 +5,14 @@
  * pair of threads hand a token back and forth through a condition variable every 5 ms, so
  * that waits end with a waker (the timeline's wake arrows).
  *
- * Usage: c-buildup HANDLERS STEP_MS SECONDS
+ * Usage: c-buildup HANDLERS STEP_MS SECONDS [on-signal]
  * Prints "ready" when the holder has the lock and the pair runs, before any handler
- * comes; exits after SECONDS.
+ * comes; exits after SECONDS. With `on-signal`, the handlers start coming only once the
+ * process gets SIGUSR1 (a test sends it when its tracer has started).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,13 +82,19 @@ static void *pinger(void *arg)
 
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: c-buildup HANDLERS STEP_MS SECONDS\n");
+	if (argc != 4 && !(argc == 5 && strcmp(argv[4], "on-signal") == 0)) {
+		fprintf(stderr, "usage: c-buildup HANDLERS STEP_MS SECONDS [on-signal]\n");
 		return 2;
 	}
 	long handlers = strtol(argv[1], NULL, 10);
 	step_seconds = strtod(argv[2], NULL) / 1000.0;
 	double seconds = strtod(argv[3], NULL);
+	int on_signal = argc == 5;
+	/* Blocked in every thread, so that sigwait takes it. */
+	sigset_t usr1;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
 	pthread_t thread;
 	pthread_create(&thread, NULL, holder, NULL);
 	pthread_setname_np(thread, "holder");
@@ -99,12 +107,21 @@ int main(int argc, char **argv)
 		pthread_create(&thread, NULL, pinger, (void *)side);
 		pthread_setname_np(thread, side == 0 ? "ping" : "pong");
 	}
+	if (on_signal) {
+		printf("ready\n");
+		fflush(stdout);
+		int signal;
+		sigwait(&usr1, &signal);
+	}
+	double started = now_seconds();
 	for (long index = 1; index <= handlers; index++) {
 		pthread_create(&thread, NULL, handler, (void *)index);
 		pthread_setname_np(thread, "handler");
 	}
-	printf("ready\n");
-	fflush(stdout);
-	sleep_seconds(seconds);
+	if (!on_signal) {
+		printf("ready\n");
+		fflush(stdout);
+	}
+	sleep_seconds(seconds - (now_seconds() - started));
 	return 0;
 }

@@ -6,7 +6,7 @@
 //! `TimelineRecorder` takes raw waits as the sources see them (stack keys, `CLOCK_MONOTONIC`
 //! times); `Timeline` is the same after symbolization, which names each key once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use tracer_common::WaitKind;
 
@@ -60,7 +60,8 @@ pub struct TimelineRecorder {
     keys: Vec<StackKey>,
     key_index: HashMap<StackKey, u32>,
     seconds: Vec<Seconds>,
-    spans: Vec<RawSpan>,
+    /// In the order they were added: for a rolling recorder, the order they ended.
+    spans: VecDeque<RawSpan>,
     pub spans_dropped: u64,
     /// When the recording stopped, once it has: the waits still blocked then are read
     /// after it (the end's read), and end here.
@@ -77,7 +78,7 @@ impl TimelineRecorder {
             keys: Vec::new(),
             key_index: HashMap::new(),
             seconds: Vec::new(),
-            spans: Vec::new(),
+            spans: VecDeque::new(),
             spans_dropped: 0,
             stop_ns: None,
             counting: true,
@@ -95,15 +96,40 @@ impl TimelineRecorder {
         Self { counting: false, ..Self::new(origin_ns) }
     }
 
-    /// Drops the spans that ended before `ns`.
+    /// Drops the spans that ended before `ns` (a rolling recorder's come in the order
+    /// they ended), and the stacks no span names any more.
     pub fn prune_ended_before(&mut self, ns: u64) {
-        self.spans.retain(|span| span.end_ns >= ns);
+        while self.spans.front().is_some_and(|span| span.end_ns < ns) {
+            self.spans.pop_front();
+        }
+        // Objects (sockets, futexes) come and go: the stacks are interned again once most
+        // of them are gone, so a long-running daemon's table does not grow for good.
+        if self.keys.len() > 1024 && self.keys.len() > 2 * self.spans.len() {
+            self.compact_keys();
+        }
+    }
+
+    fn compact_keys(&mut self) {
+        let old_keys = std::mem::take(&mut self.keys);
+        self.key_index.clear();
+        self.seconds.clear();
+        let mut spans = std::mem::take(&mut self.spans);
+        for span in &mut spans {
+            span.key = self.intern(&old_keys[span.key as usize]);
+        }
+        self.spans = spans;
+    }
+
+    /// When the recorder began: its spans start no earlier.
+    pub fn origin_ns(&self) -> u64 {
+        self.origin_ns
     }
 
     /// The spans that reach past `origin_ns` (cut to it), counted per second from it,
     /// and as an aggregate of their parts in the window: a recording of the last window.
     pub fn window_since(&self, origin_ns: u64) -> (TimelineRecorder, super::WaitAggregate) {
         let mut window = TimelineRecorder::new(origin_ns);
+        window.spans_dropped = self.spans_dropped;
         let mut aggregate = super::WaitAggregate::default();
         for span in self.spans.iter().filter(|span| span.end_ns > origin_ns) {
             let mut key = self.keys[span.key as usize].clone();
@@ -115,9 +141,16 @@ impl TimelineRecorder {
                 span.flags.still_blocked,
                 span.waker_tid,
             );
+            // Cut at the daemon's own start, it began before too.
+            if span.flags.began_before
+                && let Some(added) = window.spans.back_mut()
+            {
+                added.flags.began_before = true;
+            }
             key.in_progress = span.flags.still_blocked;
             let part_ns = span.end_ns - span.start_ns.max(origin_ns);
-            if span.flags.still_blocked || span.start_ns < origin_ns {
+            let cut = span.start_ns < origin_ns || span.flags.began_before;
+            if span.flags.still_blocked || cut {
                 aggregate.add_lower_bound(key, span.tid, part_ns);
             } else {
                 aggregate.add(key, span.tid, part_ns);
@@ -137,19 +170,30 @@ impl TimelineRecorder {
         still_blocked: bool,
         waker_tid: Option<u32>,
     ) {
+        if let Some(stop_ns) = self.stop_ns
+            && still_blocked
+            && start_ns >= stop_ns
+        {
+            return; // blocked only after the recording stopped
+        }
         let began_before = start_ns < self.origin_ns;
-        let end_ns = self.stop_ns.map_or(end_ns, |stop| end_ns.min(stop));
-        let start_ns = start_ns.max(self.origin_ns).min(end_ns);
+        // A wait that ended between the attach and second 0 (drained after it) is cut to
+        // nothing at second 0: no time before the origin is ever counted.
+        let end_ns = self.stop_ns.map_or(end_ns, |stop| end_ns.min(stop)).max(self.origin_ns);
+        let start_ns = start_ns.clamp(self.origin_ns, end_ns);
         let key = self.intern(key);
         if self.counting {
             self.count_seconds(key, start_ns, end_ns, still_blocked);
         }
         if self.spans.len() >= MAX_SPANS {
             self.spans_dropped += 1;
-            return;
+            if self.counting {
+                return; // a recording keeps its first spans
+            }
+            self.spans.pop_front(); // a rolling window keeps its latest
         }
         let flags = SpanFlags { still_blocked, began_before };
-        self.spans.push(RawSpan { tid, key, start_ns, end_ns, flags, waker_tid });
+        self.spans.push_back(RawSpan { tid, key, start_ns, end_ns, flags, waker_tid });
     }
 
     fn intern(&mut self, key: &StackKey) -> u32 {
@@ -170,7 +214,8 @@ impl TimelineRecorder {
     /// of each second it spans (a still-blocked span also at the recording's end).
     fn count_seconds(&mut self, key: u32, start_ns: u64, end_ns: u64, still_blocked: bool) {
         let seconds = &mut self.seconds[key as usize];
-        let (from, to) = (start_ns - self.origin_ns, end_ns - self.origin_ns);
+        let from = start_ns.saturating_sub(self.origin_ns);
+        let to = end_ns.saturating_sub(self.origin_ns);
         let first = (from / SECOND_NS) as usize;
         let last = (to.saturating_sub(1) / SECOND_NS) as usize;
         for second in first..=last.max(first) {
@@ -207,8 +252,8 @@ impl TimelineRecorder {
                 pid: None,
                 tid: span.tid,
                 stack: span.key,
-                start_ns: span.start_ns - origin_ns,
-                duration_ns: span.end_ns - span.start_ns,
+                start_ns: span.start_ns.saturating_sub(origin_ns),
+                duration_ns: span.end_ns.saturating_sub(span.start_ns),
                 flags: span.flags,
                 waker_tid: span.waker_tid,
             })
@@ -401,21 +446,52 @@ mod tests {
     #[test]
     fn spans_past_the_cap_are_counted_and_still_counted_per_second() {
         let mut recorder = TimelineRecorder::new(0);
-        recorder.spans = vec![
-            RawSpan {
-                tid: 0,
-                key: 0,
-                start_ns: 0,
-                end_ns: 0,
-                flags: SpanFlags::default(),
-                waker_tid: None
-            };
-            MAX_SPANS
-        ];
+        let filler = RawSpan {
+            tid: 0,
+            key: 0,
+            start_ns: 0,
+            end_ns: 0,
+            flags: SpanFlags::default(),
+            waker_tid: None,
+        };
+        recorder.spans = std::iter::repeat_n(filler, MAX_SPANS).collect();
         recorder.intern(&key(1));
         recorder.add(1, &key(1), 0, S / 2, false, None);
         assert_eq!(recorder.spans_dropped, 1);
         assert_eq!(recorder.seconds[0].blocked_ns, [S / 2]);
+    }
+
+    #[test]
+    fn waits_that_ended_before_second_0_or_blocked_after_the_stop_count_nothing() {
+        let origin = 100 * S;
+        let mut recorder = TimelineRecorder::new(origin);
+        // Ended in the attach's gap, drained after second 0.
+        recorder.add(1, &key(1), origin - S, origin - S / 2, false, None);
+        recorder.stop(origin + 2 * S);
+        // Blocked only after the stop, read at the end.
+        recorder.add(2, &key(1), origin + 3 * S, origin + 3 * S, true, None);
+        // Still blocked at the end: cut at the stop.
+        recorder.add(3, &key(1), origin + S, origin + 5 * S, true, None);
+        let timeline = recorder.into_timeline(vec![stack("x")], None);
+        let spans = &timeline.spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!((spans[0].start_ns, spans[0].duration_ns), (0, 0));
+        assert_eq!((spans[1].start_ns, spans[1].duration_ns), (S, S));
+        assert_eq!(timeline.seconds[0].blocked_ns, [0, S]);
+        assert_eq!(timeline.seconds[0].threads, [0, 1]);
+    }
+
+    #[test]
+    fn a_rolling_recorder_keeps_its_latest_spans_and_forgets_old_stacks() {
+        let mut rolling = TimelineRecorder::rolling(0);
+        for n in 0..3000u64 {
+            rolling.add(1, &key(n), n * 10, n * 10 + 5, false, None);
+        }
+        rolling.prune_ended_before(29_000);
+        assert_eq!(rolling.spans.len(), 100);
+        assert_eq!(rolling.keys.len(), 100, "the stacks of pruned spans are forgotten");
+        let (window, _) = rolling.window_since(29_500);
+        assert_eq!(window.spans.len(), 50);
     }
 
     #[test]

@@ -151,7 +151,8 @@ fn chart(profile: &Profile, timeline: &crate::model::Timeline, seconds: usize) -
             Some(process) => format!("{} in {process}", site.site),
             None => site.site.clone(),
         };
-        let name = xml_escape(&elide(&name, 36));
+        // The process named it: no control characters in the XML.
+        let name = xml_escape(&elide(&crate::report::escape_name(&name), 36));
         chart.push_str(&format!(
             "<rect x=\"{x:.1}%\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text \
              x=\"{:.1}%\" y=\"{}\" font-size=\"11\">{name}</text>",

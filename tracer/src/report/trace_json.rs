@@ -54,23 +54,35 @@ pub fn write_trace_json(profile: &Profile, out: &mut impl Write) -> anyhow::Resu
         event(value, out)?;
     }
     let mut flow_id = 0u64;
+    // The last wake sliver on each waker's track: a broadcast wakes many at once, and
+    // their arrows share one sliver instead of overlapping ones.
+    let mut slivers: std::collections::HashMap<(u32, u32), f64> = Default::default();
     for span in &timeline.spans {
         let pid = span.pid.unwrap_or(profile.pid);
         event(wait_slice(timeline, span, pid), out)?;
         let Some(waker) = span.waker_tid else { continue };
+        // An arrow needs a slice to land in: a wait cut to nothing (at the recording's
+        // edges) gets none.
+        if span.duration_ns < 1_000 {
+            continue;
+        }
         // The wake: a sliver on the waker's track, and an arrow from it to the wait's end.
         flow_id += 1;
         let end_us = micros(span.start_ns + span.duration_ns);
         let at_us = end_us - WAKE_SLICE_US / 2.0;
         let site = &timeline.stacks[span.stack as usize].site;
-        event(
-            json!({
-                "name": "wake", "cat": "wake", "ph": "X", "pid": pid, "tid": waker,
-                "ts": end_us - WAKE_SLICE_US, "dur": WAKE_SLICE_US,
-                "args": { "woke": span.tid, "woken_at": site },
-            }),
-            out,
-        )?;
+        let sliver = slivers.get(&(pid, waker)).copied();
+        if sliver.is_none_or(|from| !(from..=from + WAKE_SLICE_US).contains(&at_us)) {
+            slivers.insert((pid, waker), end_us - WAKE_SLICE_US);
+            event(
+                json!({
+                    "name": "wake", "cat": "wake", "ph": "X", "pid": pid, "tid": waker,
+                    "ts": end_us - WAKE_SLICE_US, "dur": WAKE_SLICE_US,
+                    "args": { "woke": span.tid, "woken_at": site },
+                }),
+                out,
+            )?;
+        }
         event(
             json!({ "name": "wake", "cat": "wake", "ph": "s", "id": flow_id, "pid": pid,
                     "tid": waker, "ts": at_us }),
@@ -244,6 +256,24 @@ mod tests {
         let sliver = events.iter().find(|e| e["name"] == "wake" && e["ph"] == "X").unwrap();
         let (from, dur) = (sliver["ts"].as_f64().unwrap(), sliver["dur"].as_f64().unwrap());
         assert!(from <= ts && ts <= from + dur && sliver["tid"] == 8);
+    }
+
+    #[test]
+    fn a_broadcast_s_arrows_share_one_sliver_and_cut_waits_get_none() {
+        let mut profile = profile_with_timeline();
+        let timeline = profile.timeline.as_mut().unwrap();
+        // Two more waits ended by thread 8 at the same instant as the first (a broadcast),
+        // and one cut to nothing.
+        let mut same = timeline.spans[0].clone();
+        same.tid = 10;
+        timeline.spans.push(same);
+        let mut cut = timeline.spans[0].clone();
+        (cut.tid, cut.duration_ns) = (11, 0);
+        timeline.spans.push(cut);
+        let events = events(&profile);
+        let slivers = events.iter().filter(|e| e["name"] == "wake" && e["ph"] == "X").count();
+        let arrows = events.iter().filter(|e| e["ph"] == "f").count();
+        assert_eq!((slivers, arrows), (1, 2));
     }
 
     #[test]

@@ -112,8 +112,8 @@ pub struct Host {
     /// exited, and of those read now).
     truncated_unwinds: AtomicU64,
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
-    /// How often each trigger condition fired.
-    firings: Mutex<BTreeMap<String, u64>>,
+    /// How often each trigger condition fired, by whether its files were written.
+    firings: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Host {
@@ -394,14 +394,20 @@ impl Reader {
         }
     }
 
-    /// Fires the trigger for the first process whose blocked threads meet a condition.
+    /// Fires the trigger for each process whose blocked threads meet a condition (each
+    /// process at most once per cooldown, so one noisy process hides no other's).
     fn check_triggers(&mut self, host: &Host) {
         let Some(triggers) = &mut self.triggers else { return };
         if !triggers.due() {
             return;
         }
         let Self { members, namers, .. } = self;
+        let live: Vec<u32> = members.members.iter().map(|member| member.target.pid).collect();
+        triggers.forget_processes_except(&live);
         for member in &mut members.members {
+            if triggers.cooling(member.target.pid) {
+                continue;
+            }
             let blocked: Vec<(StackKey, u64)> =
                 member.sampler.blocked_ages().map(|(key, age)| (key.clone(), age)).collect();
             let mut named = None;
@@ -412,7 +418,7 @@ impl Reader {
                 profile
             });
             let Some(firing) = firing else { continue };
-            triggers.fired();
+            triggers.fired(member.target.pid);
             let mut snapshot = match named {
                 Some(profile) => profile,
                 None => {
@@ -425,11 +431,13 @@ impl Reader {
             let frame_pointers = registers.host();
             pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
             let config = &triggers.config;
-            let window = member.sampler.timeline_window(config.window).unwrap_or_default();
-            let window = member_profile(member, namers, window, ProfileKind::Recording);
-            let written =
-                trigger::write_firing(&config.dir, &snapshot, window, config, host.period);
-            *lock(&host.firings).entry(firing.condition.to_string()).or_default() += 1;
+            let (window, length) =
+                member.sampler.timeline_window(config.window).unwrap_or_default();
+            let mut window = member_profile(member, namers, window, ProfileKind::Recording);
+            window.duration = length;
+            let written = trigger::write_firing(&config.dir, &snapshot, window, host.period);
+            let result = if written.is_ok() { "written" } else { "failed" };
+            *lock(&host.firings).entry((firing.condition.to_string(), result)).or_default() += 1;
             match written {
                 Ok(stem) => eprintln!(
                     "tracer: trigger {} fired: {} of {} (pid {}); wrote {}.*",
@@ -445,7 +453,6 @@ impl Reader {
                     firing.condition, firing.what, member.target.pid
                 ),
             }
-            return;
         }
     }
 

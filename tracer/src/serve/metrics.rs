@@ -240,8 +240,8 @@ pub struct Scrape<'a, L = SeriesLabels> {
     pub usage: ProcessUsage,
     /// For a daemon of several processes: how many it reads now.
     pub processes: Option<usize>,
-    /// `--trigger`: how often each condition fired.
-    pub firings: Option<&'a std::collections::BTreeMap<String, u64>>,
+    /// `--trigger`: how often each condition fired, by whether its files were written.
+    pub firings: Option<&'a std::collections::BTreeMap<(String, &'static str), u64>>,
 }
 
 /// The OpenMetrics text of one scrape.
@@ -259,11 +259,12 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
         let family = Family::<TriggerLabel, Counter>::default();
         registry.register(
             "tracer_trigger_firings",
-            "Times a --trigger condition fired and wrote its files",
+            "Times a --trigger condition fired, by whether its files were written",
             family.clone(),
         );
-        for (trigger, &count) in firings.iter() {
-            family.get_or_create(&TriggerLabel { trigger: trigger.clone() }).inc_by(count);
+        for ((trigger, result), &count) in firings.iter() {
+            let labels = TriggerLabel { trigger: trigger.clone(), result: result.to_string() };
+            family.get_or_create(&labels).inc_by(count);
         }
     }
     if let Some(processes) = processes {
@@ -364,6 +365,8 @@ struct MetricLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabel {
     trigger: String,
+    /// `written`, or `failed` (the files could not be written; the log says why).
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -76,11 +76,11 @@ pub struct TriggerConfig {
     pub window: Duration,
 }
 
-/// The conditions, and when they last fired.
+/// The conditions, and when they last fired for each process.
 pub struct Triggers {
     pub config: TriggerConfig,
     last_check: Option<Instant>,
-    last_fired: Option<Instant>,
+    last_fired: HashMap<u32, Instant>,
 }
 
 /// What made a trigger fire, for the log and the files' names.
@@ -91,15 +91,11 @@ pub struct Firing {
 
 impl Triggers {
     pub fn new(config: TriggerConfig) -> Self {
-        Self { config, last_check: None, last_fired: None }
+        Self { config, last_check: None, last_fired: HashMap::new() }
     }
 
-    /// Whether it is time to look (once per `CHECK_INTERVAL`, never within the cooldown
-    /// of the last firing).
+    /// Whether it is time to look (once per `CHECK_INTERVAL`).
     pub fn due(&mut self) -> bool {
-        if self.last_fired.is_some_and(|fired| fired.elapsed() < self.config.cooldown) {
-            return false;
-        }
         if self.last_check.is_some_and(|checked| checked.elapsed() < CHECK_INTERVAL) {
             return false;
         }
@@ -107,8 +103,18 @@ impl Triggers {
         true
     }
 
-    pub fn fired(&mut self) {
-        self.last_fired = Some(Instant::now());
+    /// Whether process `pid` fired within the cooldown.
+    pub fn cooling(&self, pid: u32) -> bool {
+        self.last_fired.get(&pid).is_some_and(|fired| fired.elapsed() < self.config.cooldown)
+    }
+
+    pub fn fired(&mut self, pid: u32) {
+        self.last_fired.insert(pid, Instant::now());
+    }
+
+    /// Forgets the firings of processes no longer read.
+    pub fn forget_processes_except(&mut self, live: &[u32]) {
+        self.last_fired.retain(|pid, _| live.contains(pid));
     }
 
     /// The first condition that one process's blocked waits meet, if any, from the raw
@@ -171,7 +177,6 @@ pub fn write_firing(
     dir: &Path,
     snapshot: &Profile,
     mut window: Profile,
-    config: &TriggerConfig,
     period: Duration,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
@@ -182,15 +187,15 @@ pub fn write_firing(
         snapshot.pid
     ));
     window.kind = ProfileKind::Recording;
-    window.duration = config.window;
-    // Its second 0 is the window's start, `window` before now.
+    // Its second 0 is the window's start, its duration before now.
     let start =
-        SystemTime::now().checked_sub(config.window).and_then(crate::pipeline::target::unix_ns);
+        SystemTime::now().checked_sub(window.duration).and_then(crate::pipeline::target::unix_ns);
     window.start_unix_ns = start;
     if let Some(timeline) = &mut window.timeline {
         timeline.origin_unix_ns = start;
     }
-    window.sampling = Some(Sampling { period, reads: 0 });
+    let reads = (window.duration.as_nanos() / period.as_nanos().max(1)) as u64;
+    window.sampling = Some(Sampling { period, reads });
     let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", stem.display()));
     let snapshot_files = vec![Output::create(&with(".snapshot.json"))?];
     let window_files = vec![

@@ -487,20 +487,21 @@ impl ThreadSampler {
         self.rolling_window = Some(window);
     }
 
-    /// The last `window` of waits as a recording: those that ended in it and those in
-    /// progress at the last read (still blocked), each cut to the window; None unless
+    /// The last `window` of waits as a recording, and how long it really is (less when
+    /// the process has not been watched that long): the waits that ended in it and those
+    /// in progress at the last read (still blocked), each cut to the window; None unless
     /// `keep_rolling_timeline` was called.
-    pub fn timeline_window(&self, window: Duration) -> Option<WaitAggregate> {
+    pub fn timeline_window(&self, window: Duration) -> Option<(WaitAggregate, Duration)> {
         let rolling = self.tracker.ended.timeline.as_ref()?;
         let now_ns = self.tracker.last_read_ns.unwrap_or_else(monotonic_now_ns);
-        let origin_ns = now_ns.saturating_sub(window.as_nanos() as u64);
+        let origin_ns = now_ns.saturating_sub(window.as_nanos() as u64).max(rolling.origin_ns());
         let (mut timeline, mut aggregate) = rolling.window_since(origin_ns);
         for (&tid, wait) in &self.tracker.current {
             let Some(key) = &wait.key else { continue };
             let since_seen = now_ns.saturating_sub(wait.first_seen_ns);
             let start_ns = now_ns.saturating_sub(wait.age_when_seen_ns.unwrap_or(0) + since_seen);
             timeline.add(tid, key, start_ns, now_ns, true, None);
-            let part_ns = now_ns - start_ns.max(origin_ns);
+            let part_ns = now_ns.saturating_sub(start_ns.max(origin_ns));
             aggregate.add_lower_bound(key.clone(), tid, part_ns);
         }
         for tid in aggregate.stacks.values().flat_map(|stats| stats.threads.iter()) {
@@ -509,7 +510,7 @@ impl ThreadSampler {
             }
         }
         aggregate.timeline = Some(timeline);
-        Some(aggregate)
+        Some((aggregate, Duration::from_nanos(now_ns - origin_ns)))
     }
 
     /// The waits blocked now: per stack, the threads and the oldest's age (a lower

@@ -81,7 +81,7 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
 fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
     let rows = state.table.visible();
     let several = state.header.processes.len() > 1;
-    let header = Row::new(["THREADS", "BLOCKED/s", "KIND", "LAST MINUTES", "CALL SITE [OBJECT]"])
+    let header = Row::new(["THREADS", "BLOCKED/s", "KIND", "LAST 5 MINUTES", "CALL SITE [OBJECT]"])
         .style(Style::new().add_modifier(Modifier::BOLD));
     let body: Vec<Row> = rows
         .iter()

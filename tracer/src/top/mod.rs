@@ -3,7 +3,7 @@
 //! ranked by threads blocked now, with their blocked time over the last second and a
 //! sparkline of the last minutes (`table`), and drawn (`draw`). Keys sort, filter, pause,
 //! open a site (its whole stack and its wait chain) and quit; the terminal is restored on
-//! every way out (a key, Ctrl-C, SIGTERM, SIGHUP, a panic, the processes exiting).
+//! every way out (a key, Ctrl-C, SIGTERM, a panic, an error, the processes exiting).
 
 mod draw;
 mod table;
@@ -31,7 +31,7 @@ use table::Table;
 /// How often the table is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// Set by SIGTERM and SIGHUP: leave as a key press would.
+/// Set by SIGTERM: leave as `q` would.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
@@ -119,12 +119,8 @@ impl Session {
                 next_refresh = (next_refresh + REFRESH).max(Instant::now());
             }
             let wait = next_read.min(next_refresh).saturating_duration_since(Instant::now());
-            // A signal interrupts the wait: the loop's top sees what it asked.
-            let ready = match event::poll(wait) {
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => false,
-                ready => ready.context("cannot read the terminal")?,
-            };
-            if ready {
+            // At most a read's period: a SIGTERM is seen at the loop's top that soon.
+            if event::poll(wait).context("cannot read the terminal")? {
                 let Event::Key(key) = event::read().context("cannot read the terminal")? else {
                     self.draw(terminal)?; // a resize
                     continue;
@@ -283,8 +279,18 @@ struct Terminal {
 
 impl Terminal {
     fn enter() -> anyhow::Result<Self> {
-        let inner = ratatui::try_init().context("cannot take over the terminal")?;
-        Ok(Self { inner })
+        use std::io::IsTerminal as _;
+        if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+            anyhow::bail!("tracer top draws in a terminal: run it in one (or use `tracer serve`)");
+        }
+        match ratatui::try_init() {
+            Ok(inner) => Ok(Self { inner }),
+            Err(err) => {
+                // Raw mode may be on already: give the terminal back before saying why.
+                ratatui::restore();
+                Err(anyhow::Error::new(err).context("cannot take over the terminal"))
+            }
+        }
     }
 }
 
@@ -294,14 +300,12 @@ impl Drop for Terminal {
     }
 }
 
-/// SIGTERM and SIGHUP (the SSH session closing) end the session like `q`, so the
-/// terminal is restored; Ctrl-C reaches it as a key in raw mode.
+/// SIGTERM ends the session like `q`, so the terminal is restored; Ctrl-C reaches it as
+/// a key in raw mode. SIGHUP keeps its default: the terminal is gone, nothing to restore.
 fn watch_signals() {
     extern "C" fn on_signal(_: libc::c_int) {
         STOP.store(true, Ordering::Relaxed);
     }
-    for signal in [libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
-    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t) };
 }

@@ -185,11 +185,23 @@ fn matches_filter(row: &SiteRow, lowercase: &str) -> bool {
         || key.process.as_ref().is_some_and(|p| p.to_string().to_lowercase().contains(lowercase))
 }
 
-/// A sparkline of `values` in `width` cells (the latest at the right), scaled to their
-/// maximum: one of eight block heights each.
+/// A sparkline of the whole history in `width` cells (the latest at the right), each
+/// cell the most of its share of the refreshes, scaled to the maximum: one of eight
+/// block heights each.
 pub fn sparkline(values: &VecDeque<u64>, width: usize) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let shown: Vec<u64> = values.iter().rev().take(width).rev().copied().collect();
+    let per_cell = HISTORY.div_ceil(width.max(1));
+    // Cells counted back from the latest refresh, so the newest cell is always current.
+    let mut shown: Vec<u64> = values
+        .iter()
+        .rev()
+        .copied()
+        .collect::<Vec<_>>()
+        .chunks(per_cell)
+        .take(width)
+        .map(|cell| cell.iter().copied().max().unwrap_or(0))
+        .collect();
+    shown.reverse();
     let most = shown.iter().copied().max().unwrap_or(0);
     let mut line: String = " ".repeat(width - shown.len());
     for value in shown {
@@ -255,9 +267,16 @@ mod tests {
     }
 
     #[test]
-    fn sparklines_scale_to_their_largest_value() {
-        let values: VecDeque<u64> = [0, 1, 2, 4, 8].into_iter().collect();
-        assert_eq!(sparkline(&values, 7), "   ▂▃▅█");
+    fn sparklines_cover_the_whole_history_scaled_to_its_largest_value() {
+        // 300 refreshes in 3 cells: 100 each, the most of each shown.
+        let mut values: VecDeque<u64> = std::iter::repeat_n(0, 300).collect();
+        values[50] = 2;
+        values[150] = 4;
+        values[299] = 8;
+        assert_eq!(sparkline(&values, 3), "▃▅█");
+        // Fewer refreshes than that: the cells they fill, at the right.
+        let few: VecDeque<u64> = std::iter::repeat_n(8, 150).collect();
+        assert_eq!(sparkline(&few, 3), " ██");
         assert_eq!(sparkline(&VecDeque::new(), 3), "   ");
     }
 }
