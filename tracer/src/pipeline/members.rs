@@ -1,7 +1,8 @@
 //! The processes of a sampled recording or daemon of several: which ones (pids, a name, a
 //! cgroup, every user process on the host), joined as they appear, each read by its own
-//! `ThreadSampler`. The samplers share one task iterator over the host, so tracing many
-//! processes loads one BPF object, not one per process.
+//! `ThreadSampler`. The samplers share one loaded task iterator, each with a link of its
+//! own to its process's tasks, so tracing many processes loads one BPF object, not one
+//! per process.
 
 use std::{
     collections::BTreeSet,

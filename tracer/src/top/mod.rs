@@ -1,7 +1,7 @@
 //! `tracer top`: the pile-ups of live processes as they form, in the terminal. The
 //! processes are read sampled (`pipeline::members`); once a second the call sites are
 //! ranked by threads blocked now, with their blocked time over the last second and a
-//! sparkline of the last minutes (`table`), and drawn (`draw`). Keys sort, filter, pause,
+//! sparkline of the last five minutes (`table`), and drawn (`draw`). Keys sort, filter, pause,
 //! open a site (its whole stack and its wait chain) and quit; the terminal is restored on
 //! every way out (a key, Ctrl-C, SIGTERM, a panic, an error, the processes exiting).
 
