@@ -286,3 +286,45 @@ pub fn bpf_links_by_type(pid: u32) -> std::collections::BTreeMap<String, u64> {
     }
     links
 }
+
+/// A cgroup the test makes (`NAME-PID` under the cgroup v2 hierarchy, the root or
+/// `unified` on a hybrid host, else v1's pids controller), removed when dropped, after
+/// the processes in it are gone.
+pub struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    pub fn make(name: &str) -> Self {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids"]
+            .into_iter()
+            .map(Path::new)
+            .find(|root| root.join("cgroup.procs").is_file())
+            .expect("a cgroup hierarchy under /sys/fs/cgroup");
+        let path = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Moves process `pid` into it.
+    pub fn add(&self, pid: u32) {
+        let procs = self.0.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", procs.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The killed processes leave the cgroup a moment after they are reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("cannot remove the test cgroup {}", self.0.display());
+    }
+}

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tracer_tests::{
-    ChildGuard, Pileup, Profile, Prometheus, ServeDaemon, TempDir, TestCertificates,
+    ChildGuard, Pileup, Profile, Prometheus, ServeDaemon, TempDir, TestCertificates, TestCgroup,
     assert_success, build_c_pileup, https_get, read_profile, run_with_timeout, start_c_pileup,
     start_workload, tracer_bin,
 };
@@ -238,39 +238,6 @@ fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// A cgroup the test makes under the cgroup v2 hierarchy, removed when dropped.
-struct TestCgroup(std::path::PathBuf);
-
-impl TestCgroup {
-    fn make(name: &str) -> Self {
-        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .map(Path::new)
-            .find(|root| root.join("cgroup.procs").is_file())
-            .expect("a cgroup v2 hierarchy under /sys/fs/cgroup");
-        let path = root.join(format!("{name}-{}", std::process::id()));
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self(path)
-    }
-
-    fn add(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.0.display()));
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("cannot remove the test cgroup {}", self.0.display());
-    }
-}
-
 /// The fleet: two daemons stand for two hosts (one `serve --all`, one `serve --cgroup`
 /// whose cgroup holds only an idle process, as a host without the pile-up), each over TLS
 /// with a bearer token. A real Prometheus scrapes both as two instances of one job, and a
@@ -304,7 +271,7 @@ fn prometheus_finds_the_instance_and_process_of_the_pileup_across_a_fleet() {
         args
     };
     let host_args = tls(&["--all", "--max-series", "100000"]);
-    let cgroup_args = tls(&["--cgroup", cgroup.0.to_str().expect("utf-8")]);
+    let cgroup_args = tls(&["--cgroup", cgroup.path().to_str().expect("utf-8")]);
     let host = ServeDaemon::start(&host_args.iter().map(String::as_str).collect::<Vec<_>>());
     let other = ServeDaemon::start(&cgroup_args.iter().map(String::as_str).collect::<Vec<_>>());
 

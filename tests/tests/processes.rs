@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tracer_tests::{
-    ChildGuard, Pileup, Profile, TempDir, build_c_pileup, read_profile, record_profile,
+    ChildGuard, Pileup, Profile, TempDir, TestCgroup, build_c_pileup, read_profile, record_profile,
     snapshot_profile, start_c_pileup, start_rust_pileup, tracer_bin, tracer_snapshot,
 };
 
@@ -115,47 +115,9 @@ fn a_name_no_process_has_is_one_line() {
     assert_eq!(out.stderr.trim_end(), "tracer: no process is named \"no-such-process-name\"");
 }
 
-/// A cgroup the test makes, removed when dropped (after the processes in it are gone).
-struct TestCgroup(std::path::PathBuf);
-
-impl TestCgroup {
-    /// Under the cgroup v2 hierarchy (the root, or `unified` on a hybrid host), else v1's
-    /// pids controller.
-    fn make() -> Self {
-        let name = format!("tracer-test-{}", std::process::id());
-        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids"]
-            .into_iter()
-            .map(std::path::Path::new)
-            .find(|root| root.join("cgroup.procs").is_file())
-            .expect("a cgroup hierarchy under /sys/fs/cgroup");
-        let path = root.join(name);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self(path)
-    }
-
-    fn add(&self, pid: u32) {
-        let procs = self.0.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string())
-            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", procs.display()));
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The killed processes leave the cgroup a moment after they are reaped.
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("cannot remove the test cgroup {}", self.0.display());
-    }
-}
-
 #[test]
 fn a_process_that_starts_in_the_cgroup_while_recording_is_followed() {
-    let cgroup = TestCgroup::make();
+    let cgroup = TestCgroup::make("tracer-test");
     let build = TempDir::new("processes-cgroup-build");
     let bin = build_c_pileup(build.path());
     let c = start_c_pileup(SLOW_BACKEND, &bin, C_HANDLERS, WORKLOAD_SECONDS);
@@ -163,7 +125,7 @@ fn a_process_that_starts_in_the_cgroup_while_recording_is_followed() {
     let dir = TempDir::new("processes-cgroup");
     let json = dir.join("record.json");
     let mut cmd = std::process::Command::new(tracer_bin());
-    cmd.arg("record").arg("--cgroup").arg(&cgroup.0).args(["--duration", "4s", "--output"]);
+    cmd.arg("record").arg("--cgroup").arg(cgroup.path()).args(["--duration", "4s", "--output"]);
     cmd.arg(&json).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     let (mut tracer, line) = spawn_and_read_line_from_stderr("tracer record --cgroup", cmd);
     assert!(line.starts_with("tracer: recording 1 processes"), "{line}");

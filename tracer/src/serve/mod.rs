@@ -137,12 +137,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::pipeline::target::Target::open(pid)?;
     }
     let btf_path = target::btf_path()?;
-    let listener =
-        TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr().context("cannot read the listening address")?;
-    warn_if_unguarded(local, &access, tls_mode);
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let (listener, local, mut sigterm, mut sigint) = listen_on(listen, &access, tls_mode).await?;
 
     let shared = Arc::new(Shared::new(
         wanted.clone(),
@@ -204,12 +199,7 @@ async fn serve_host(
     (tls, tls_mode): (Option<tokio_rustls::TlsAcceptor>, Tls),
 ) -> anyhow::Result<()> {
     target::check_capabilities()?;
-    let listener =
-        TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr().context("cannot read the listening address")?;
-    warn_if_unguarded(local, &access, tls_mode);
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let (listener, local, mut sigterm, mut sigint) = listen_on(listen, &access, tls_mode).await?;
     let described = selection.describe();
     let HostOptions { period, max_series, triggers } = options;
     if let Some(triggers) = &triggers {
@@ -249,6 +239,27 @@ async fn serve_host(
     };
     server.abort();
     outcome
+}
+
+/// The listening socket and its address (said unguarded if it is), and the signals that
+/// stop the daemon: what both daemons set up before they serve.
+async fn listen_on(
+    listen: std::net::SocketAddr,
+    access: &access::Access,
+    tls_mode: Tls,
+) -> anyhow::Result<(
+    TcpListener,
+    std::net::SocketAddr,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+)> {
+    let listener =
+        TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr().context("cannot read the listening address")?;
+    warn_if_unguarded(local, access, tls_mode);
+    let sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok((listener, local, sigterm, sigint))
 }
 
 /// Says so when serve listens off loopback without a token or client certificates:
