@@ -19,6 +19,7 @@ pub mod chains;
 pub mod cli;
 pub mod commands;
 pub mod golang;
+pub mod memory;
 pub mod model;
 pub mod objects;
 pub mod pipeline;
