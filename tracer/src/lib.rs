@@ -24,6 +24,7 @@ pub mod model;
 pub mod objects;
 pub mod pipeline;
 pub mod probes;
+pub mod python;
 pub mod report;
 pub mod serve;
 pub mod stacks;

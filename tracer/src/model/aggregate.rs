@@ -18,6 +18,8 @@ pub enum WaitObject {
     Endpoint(String),
     /// A socket that was gone (or unreadable) before it could be resolved.
     UnresolvedSocket,
+    /// An object named where it was read (a Python `Queue stats_queue`).
+    Named(String),
 }
 
 /// One unwound stack (instruction addresses, leaf first) and the kind of wait at its tip.

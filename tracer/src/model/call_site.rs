@@ -4,7 +4,8 @@
 
 use tracer_common::WaitKind;
 
-use crate::stacks::{Frame, UNKNOWN_FRAME as UNKNOWN};
+use crate::python::is_runtime_file;
+use crate::stacks::{Frame, PYTHON_MODULE, UNKNOWN_FRAME as UNKNOWN};
 
 /// Whose conventions name a stack's frames, and so which frames are the runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +37,11 @@ pub fn call_site(frames: &[Frame], language: Language) -> &str {
 /// The innermost frame in the program's own code: its executable or a library of its own
 /// (one it links or loads with dlopen), not the system's C and C++ runtime libraries, not
 /// Rust's std or the C runtime's start-up code. Falls back to the innermost named frame.
+/// A thread that runs Python is named by its Python frames.
 fn native_call_site(frames: &[Frame]) -> &str {
+    if let Some(site) = python_call_site(frames) {
+        return site;
+    }
     let is_own = |frame: &&Frame| {
         !is_native_runtime(&frame.name)
             && (frame.module_is_main
@@ -49,6 +54,17 @@ fn native_call_site(frames: &[Frame]) -> &str {
         .find(is_own)
         .or_else(|| frames.iter().rev().find(|frame| frame.name != UNKNOWN))
         .map_or(UNKNOWN, |frame| frame.name.as_str())
+}
+
+/// The innermost Python frame of the program's own code (not the standard library's:
+/// `queue`, `threading`, `socket` are how it waits), else the innermost Python frame;
+/// `None` for a stack without Python frames.
+fn python_call_site(frames: &[Frame]) -> Option<&str> {
+    let python = || frames.iter().rev().filter(|frame| frame.module == PYTHON_MODULE);
+    python()
+        .find(|frame| !frame.file.as_deref().is_some_and(is_runtime_file))
+        .or_else(|| python().next())
+        .map(|frame| frame.name.as_str())
 }
 
 /// The system libraries a C, C++ or Rust program waits through: the C library (with the
@@ -175,6 +191,47 @@ mod tests {
             ),
         ];
         assert_eq!(call_site(&unknown, Language::Native), "__futex_abstimed_wait_common");
+    }
+
+    fn python_frame(name: &str, file: &str) -> Frame {
+        Frame {
+            module: PYTHON_MODULE.to_owned(),
+            file: Some(file.to_owned()),
+            ..Frame::unknown_named(name, 0)
+        }
+    }
+
+    #[test]
+    fn python_call_site_is_the_innermost_python_frame_outside_the_standard_library() {
+        // Root first: a handler thread putting on a full queue, through CPython's C.
+        let handler = [
+            native_frame("start_thread", "libc.so.6", false),
+            python_frame("Thread._bootstrap (threading.py:995)", "/usr/lib/python3.11/threading.py"),
+            python_frame("handler (pypileup.py:31)", "/srv/app/pypileup.py"),
+            python_frame("report_stat (pypileup.py:26)", "/srv/app/pypileup.py"),
+            python_frame("Queue.put (queue.py:140)", "/usr/lib/python3.11/queue.py"),
+            python_frame("Condition.wait (threading.py:320)", "/usr/lib/python3.11/threading.py"),
+            native_frame("lock_PyThread_acquire_lock", "python3.11", true),
+            native_frame("__futex_abstimed_wait_common", "libc.so.6", false),
+        ];
+        assert_eq!(call_site(&handler, Language::Native), "report_stat (pypileup.py:26)");
+        // A library of the program's (site-packages) is its own code.
+        let library = [
+            python_frame("main (app.py:3)", "/srv/app.py"),
+            python_frame(
+                "Session.post (api.py:115)",
+                "/venv/lib/python3.11/site-packages/requests/api.py",
+            ),
+            python_frame("socket.sendall (socket.py:1)", "/usr/lib/python3.11/socket.py"),
+        ];
+        assert_eq!(call_site(&library, Language::Native), "Session.post (api.py:115)");
+        // Only the runtime's frames: the innermost Python one.
+        let runtime = [
+            python_frame("Thread._bootstrap (threading.py:995)", "/usr/lib/python3.11/threading.py"),
+            python_frame("Event.wait (threading.py:622)", "/usr/lib/python3.11/threading.py"),
+            native_frame("sem_clockwait", "libc.so.6", false),
+        ];
+        assert_eq!(call_site(&runtime, Language::Native), "Event.wait (threading.py:622)");
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl ObjectNamer<'_> {
         let Self { image, locks, shared_futexes, names, addresses } = self;
         match object {
             WaitObject::None => None,
-            WaitObject::Endpoint(endpoint) => Some(endpoint),
+            WaitObject::Endpoint(endpoint) | WaitObject::Named(endpoint) => Some(endpoint),
             WaitObject::UnresolvedSocket => Some(UNRESOLVED_SOCKET.to_string()),
             WaitObject::Futex(address) => names
                 .entry(address)

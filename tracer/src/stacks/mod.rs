@@ -15,7 +15,8 @@ mod unwind;
 pub use process_image::{MapRefresh, Module, ProcessImage};
 pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
 pub(crate) use symbolize::demangle;
-pub use symbolize::{Frame, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME};
+pub(crate) use symbolize::lookup_address;
+pub use symbolize::{Frame, PYTHON_MODULE, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME};
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
 
 #[cfg(test)]

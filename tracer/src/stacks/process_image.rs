@@ -95,6 +95,8 @@ pub struct ProcessImage {
     modules: Vec<Module>,
     /// Every mapping as last read (data too), to say where a data address lies.
     mappings: Vec<MapsEntry>,
+    /// The names of the Python frames its stacks hold (by their stand-in addresses).
+    pub python_frames: crate::python::PythonFrameTable,
 }
 
 /// One executable mapping of a file in the target.
@@ -302,7 +304,13 @@ impl ProcessImage {
             .ok()
             .map(|metadata| FileIdentity::of(&metadata));
         let mut image =
-            ProcessImage { pid, exe_identity, modules: Vec::new(), mappings: Vec::new() };
+            ProcessImage {
+                pid,
+                exe_identity,
+                modules: Vec::new(),
+                mappings: Vec::new(),
+                python_frames: Default::default(),
+            };
         let entries = read_maps(pid)?;
         image.add_new_modules(&entries);
         image.mappings = entries;

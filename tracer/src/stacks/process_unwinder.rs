@@ -1,8 +1,11 @@
 //! One process's stacks, from registers and stack bytes to a `StackKey`-ready list of
 //! addresses: the memory-map snapshot and the unwinder together, re-reading the map
-//! (rate-limited) when code appears that was mapped after the snapshot.
+//! (rate-limited) when code appears that was mapped after the snapshot. A CPython process's
+//! Python frames are read with the stacks of threads blocked now and put where the
+//! interpreter runs them.
 
 use super::{MapRefresh, ProcessImage, StackUnwinder, UnwindEnd, UserRegs};
+use crate::python::{self, PythonFrame, PythonProcess};
 
 /// An unwound stack: addresses leaf first, and whether the walk stopped before the root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,12 +21,70 @@ pub struct ProcessUnwinder {
     map_refresh: MapRefresh,
     /// Walks that stopped before the root.
     pub truncated_unwinds: u64,
+    /// The process's CPython interpreter, if it runs one we can read.
+    python: Option<PythonProcess>,
+    /// Why a CPython process's Python frames cannot be read (its stacks stay native).
+    pub python_unreadable: Option<String>,
 }
 
 impl ProcessUnwinder {
     pub fn new(pid: u32, image: ProcessImage) -> Self {
         let unwinder = StackUnwinder::new(&image);
-        Self { pid, image, unwinder, map_refresh: MapRefresh::default(), truncated_unwinds: 0 }
+        let (python, python_unreadable) = match PythonProcess::detect(pid, &image) {
+            Ok(python) => (python, None),
+            Err(err) => {
+                log::warn!("pid {pid}: {err}");
+                (None, Some(err.to_string()))
+            }
+        };
+        if let Some(python) = &python {
+            log::info!("pid {pid} runs CPython {}: reading its Python frames", python.version());
+        }
+        Self {
+            pid,
+            image,
+            unwinder,
+            map_refresh: MapRefresh::default(),
+            truncated_unwinds: 0,
+            python,
+            python_unreadable,
+        }
+    }
+
+    /// The process's CPython interpreter, if it runs one we can read.
+    pub fn python(&mut self) -> Option<&mut PythonProcess> {
+        self.python.as_mut()
+    }
+
+    /// Whether the process runs a CPython we read.
+    pub fn is_python(&self) -> bool {
+        self.python.is_some()
+    }
+
+    /// As [`ProcessUnwinder::unwind`], for thread `tid` while it is still where `regs`
+    /// say: a Python thread's Python frames (read now) replace the interpreter's
+    /// evaluation frames. Returns them too (leaf first), to name what the thread waits on.
+    pub fn unwind_thread(
+        &mut self,
+        tid: u32,
+        regs: UserRegs,
+        stack: &[u8],
+    ) -> (UnwoundAddresses, Vec<PythonFrame>) {
+        let mut unwound = self.unwind(regs, stack);
+        let Some(python) = &mut self.python else {
+            return (unwound, Vec::new());
+        };
+        let frames = python.thread_frames(tid);
+        if !frames.is_empty() {
+            let table = &mut self.image.python_frames;
+            unwound.addresses = python::interleave(
+                &unwound.addresses,
+                &frames,
+                |address| python.is_evaluation(address),
+                |frame| table.address_of(frame.name()),
+            );
+        }
+        (unwound, frames)
     }
 
     pub fn image(&self) -> &ProcessImage {

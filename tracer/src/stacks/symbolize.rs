@@ -6,10 +6,13 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
 
 use super::process_image::{Module, ProcessImage};
+use crate::python;
 
-/// What a frame with no symbol, or no module, is called.
 /// The name of a frame (or module) nothing names.
 pub const UNKNOWN: &str = "[unknown]";
+
+/// The module of a Python frame (its file is the frame's `file`).
+pub const PYTHON_MODULE: &str = "[python]";
 
 /// One symbolized frame. One address can give several: the inlined callees first, innermost
 /// first, and the containing function last.
@@ -88,6 +91,10 @@ impl StackSymbolizer {
     pub fn symbolize(&mut self, image: &ProcessImage, frames: &[u64]) -> Vec<Frame> {
         let mut symbolized = Vec::with_capacity(frames.len());
         for (index, &address) in frames.iter().enumerate() {
+            if python::is_python_frame_address(address) {
+                symbolized.push(python_frame(image, address));
+                continue;
+            }
             let is_return_address = index > 0;
             let lookup = lookup_address(address, is_return_address);
             let module = image.module_for(lookup);
@@ -154,6 +161,22 @@ impl StackSymbolizer {
             .collect();
         frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
         frames
+    }
+}
+
+/// The Python frame that `address` stands for in `image`'s stacks.
+fn python_frame(image: &ProcessImage, address: u64) -> Frame {
+    match image.python_frames.get(address) {
+        Some(name) => Frame {
+            name: name.display(),
+            module: PYTHON_MODULE.to_owned(),
+            module_is_main: false,
+            file: Some(name.file.clone()),
+            line: name.line,
+            inlined: false,
+            address,
+        },
+        None => Frame::unknown_named(UNKNOWN, address),
     }
 }
 

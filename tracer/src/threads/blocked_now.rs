@@ -117,7 +117,15 @@ pub(crate) fn stack_key(
         counts.frame_pointer_unknown += 1;
         0
     });
-    let walked = unwinder.unwind(UserRegs { ip, sp, bp }, &sample.stack);
+    let (walked, python_frames) =
+        unwinder.unwind_thread(sample.tid, UserRegs { ip, sp, bp }, &sample.stack);
+    let object = match (&object, unwinder.python()) {
+        // A Python thread's lock or queue, named as the program holds it.
+        (WaitObject::Futex(futex), Some(python)) if !python_frames.is_empty() => python
+            .waited_object(&python_frames, Some(*futex))
+            .map_or(object, WaitObject::Named),
+        _ => object,
+    };
     StackKey {
         addresses: walked.addresses,
         kind,

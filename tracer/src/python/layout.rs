@@ -1,0 +1,291 @@
+//! Where CPython keeps what we read, per version (x86_64, release builds with the GIL).
+//!
+//! 3.11 and 3.12 from their headers (`Include/internal/pycore_{runtime,interp,frame}.h`,
+//! `Include/cpython/{pystate,code,unicodeobject,genobject}.h`), checked against live
+//! interpreters with ctypes. 3.13 publishes most of them in `_PyRuntime.debug_offsets`
+//! (`_Py_DebugOffsets`), which are read from the process and preferred to ours.
+
+use crate::memory::word;
+
+/// The byte offsets the reader needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub version: (u8, u8),
+    /// `_PyRuntime.interpreters.head`.
+    pub runtime_interpreters_head: u64,
+    /// `PyInterpreterState.threads.head`, `.modules` (3.12+: `.imports.modules`).
+    pub interp_threads_head: u64,
+    pub interp_modules: u64,
+    /// `PyThreadState.next`, `.native_thread_id`.
+    pub thread_next: u64,
+    pub thread_native_id: u64,
+    pub current_frame: CurrentFrame,
+    pub frame: FrameLayout,
+    pub code: CodeLayout,
+    /// `sizeof(PyASCIIObject)`: where a compact ASCII string's bytes start.
+    pub ascii_data: u64,
+    /// `sizeof(PyCompactUnicodeObject)`: where a compact non-ASCII string's code points start.
+    pub compact_data: u64,
+    /// A generator's (coroutine's) `gi_frame_state` (i8) and embedded `gi_iframe`.
+    pub gen_frame_state: u64,
+    pub gen_iframe: u64,
+    /// `gi_frame_state` of a generator suspended at a yield (or an await).
+    pub gen_suspended: i8,
+    /// Instance attributes kept out of a dict (3.11's managed "values"): the keys are the
+    /// type's `ht_cached_keys`.
+    pub type_cached_keys: Option<u64>,
+    /// `PyDictValues.values`, from the pointer.
+    pub dict_values_start: u64,
+}
+
+/// How a thread state leads to its innermost frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CurrentFrame {
+    /// `tstate->cframe->current_frame` (3.11, 3.12).
+    ThroughCFrame { cframe: u64, current_frame: u64 },
+    /// `tstate->current_frame` (3.13).
+    Direct(u64),
+}
+
+/// `_PyInterpreterFrame`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameLayout {
+    pub code: u64,
+    pub previous: u64,
+    pub globals: u64,
+    /// `prev_instr` (3.11, 3.12) or `instr_ptr` (3.13): both count from the code's first unit.
+    pub instruction: u64,
+    pub stacktop: u64,
+    pub owner: u64,
+    /// 3.11's `is_entry`: the outermost frame of one C-level evaluation. Later versions
+    /// put a frame owned by the C stack below it instead.
+    pub is_entry: Option<u64>,
+    pub localsplus: u64,
+    /// Bytes read per frame (up to `localsplus`).
+    pub size: u64,
+}
+
+/// `_PyInterpreterFrame.owner` of the shim frame between two C-level evaluations (3.12+).
+pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
+pub const FRAME_OWNED_BY_GENERATOR: u8 = 1;
+
+/// `PyCodeObject`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeLayout {
+    pub argcount: u64,
+    pub firstlineno: u64,
+    pub nlocalsplus: u64,
+    pub localsplusnames: u64,
+    pub filename: u64,
+    pub name: u64,
+    pub qualname: u64,
+    pub linetable: u64,
+    /// `co_code_adaptive`: the first code unit.
+    pub code_start: u64,
+}
+
+/// Offsets every version shares: `ob_type`, `tp_name`, a tuple's items, a bytes object's
+/// bytes, a dict's keys and values.
+pub const OB_TYPE: u64 = 8;
+pub const VAR_SIZE: u64 = 16;
+pub const TP_NAME: u64 = 24;
+pub const TUPLE_ITEMS: u64 = 24;
+pub const BYTES_DATA: u64 = 32;
+pub const UNICODE_LENGTH: u64 = 16;
+pub const UNICODE_STATE: u64 = 32;
+pub const DICT_KEYS: u64 = 32;
+pub const DICT_VALUES: u64 = 40;
+
+impl Layout {
+    /// The layout of `PY_VERSION_HEX` `version`, `None` for versions we do not know.
+    /// `runtime` is the start of `_PyRuntime` as read (3.13's debug offsets).
+    pub fn for_version(version: u64, runtime: &[u8]) -> Option<Layout> {
+        let major_minor = ((version >> 24) as u8, (version >> 16) as u8);
+        match major_minor {
+            (3, 11) => Some(python_3_11()),
+            (3, 12) => Some(python_3_12()),
+            (3, 13) => python_3_13(runtime),
+            _ => None,
+        }
+    }
+}
+
+fn python_3_11() -> Layout {
+    Layout {
+        version: (3, 11),
+        runtime_interpreters_head: 40,
+        interp_threads_head: 16,
+        interp_modules: 888,
+        thread_next: 8,
+        thread_native_id: 160,
+        current_frame: CurrentFrame::ThroughCFrame { cframe: 56, current_frame: 8 },
+        frame: FrameLayout {
+            code: 32,
+            previous: 48,
+            globals: 8,
+            instruction: 56,
+            stacktop: 64,
+            owner: 69,
+            is_entry: Some(68),
+            localsplus: 72,
+            size: 72,
+        },
+        code: CodeLayout {
+            argcount: 56,
+            firstlineno: 72,
+            nlocalsplus: 76,
+            localsplusnames: 96,
+            filename: 112,
+            name: 120,
+            qualname: 128,
+            linetable: 136,
+            code_start: 184,
+        },
+        ascii_data: 48,
+        compact_data: 72,
+        gen_frame_state: 75,
+        gen_iframe: 80,
+        gen_suspended: -1,
+        // sizeof(PyTypeObject) 408, then as_async, as_number, as_mapping, as_sequence,
+        // as_buffer, ht_name, ht_slots, ht_qualname.
+        type_cached_keys: Some(872),
+        dict_values_start: 0,
+    }
+}
+
+fn python_3_12() -> Layout {
+    Layout {
+        version: (3, 12),
+        runtime_interpreters_head: 40,
+        interp_threads_head: 72,
+        interp_modules: 944,
+        thread_next: 8,
+        thread_native_id: 144,
+        current_frame: CurrentFrame::ThroughCFrame { cframe: 56, current_frame: 0 },
+        frame: FrameLayout {
+            code: 0,
+            previous: 8,
+            globals: 24,
+            instruction: 56,
+            stacktop: 64,
+            owner: 70,
+            is_entry: None,
+            localsplus: 72,
+            size: 72,
+        },
+        code: CodeLayout {
+            argcount: 52,
+            firstlineno: 68,
+            nlocalsplus: 72,
+            localsplusnames: 96,
+            filename: 112,
+            name: 120,
+            qualname: 128,
+            linetable: 136,
+            code_start: 192,
+        },
+        ascii_data: 40,
+        compact_data: 56,
+        gen_frame_state: 67,
+        gen_iframe: 72,
+        gen_suspended: -1,
+        type_cached_keys: None,
+        dict_values_start: 0,
+    }
+}
+
+/// 3.13: ours, then every offset `_Py_DebugOffsets` publishes taken from the process.
+fn python_3_13(runtime: &[u8]) -> Option<Layout> {
+    let mut layout = Layout {
+        version: (3, 13),
+        runtime_interpreters_head: 632,
+        interp_threads_head: 7344,
+        interp_modules: 7656,
+        thread_next: 8,
+        thread_native_id: 160,
+        current_frame: CurrentFrame::Direct(72),
+        frame: FrameLayout {
+            code: 0,
+            previous: 8,
+            globals: 24,
+            instruction: 56,
+            stacktop: 64,
+            owner: 70,
+            is_entry: None,
+            localsplus: 72,
+            size: 72,
+        },
+        code: CodeLayout {
+            argcount: 52,
+            firstlineno: 68,
+            nlocalsplus: 72,
+            localsplusnames: 96,
+            filename: 112,
+            name: 120,
+            qualname: 128,
+            linetable: 136,
+            code_start: 200,
+        },
+        ascii_data: 40,
+        compact_data: 56,
+        gen_frame_state: 67,
+        gen_iframe: 72,
+        gen_suspended: -2,
+        type_cached_keys: None,
+        dict_values_start: 8,
+    };
+    if let Some(debug) = DebugOffsets::read(runtime) {
+        if debug.free_threaded() {
+            // Every object is laid out differently without the GIL.
+            return None;
+        }
+        debug.apply(&mut layout);
+    }
+    Some(layout)
+}
+
+/// `_Py_DebugOffsets` (3.13): the first member of `_PyRuntime`, "xdebugpy" then u64s.
+struct DebugOffsets<'a>(&'a [u8]);
+
+/// Bytes of `_PyRuntime` read to find the debug offsets.
+pub const DEBUG_OFFSETS_SIZE: usize = 584;
+
+impl<'a> DebugOffsets<'a> {
+    fn read(runtime: &'a [u8]) -> Option<Self> {
+        (runtime.len() >= DEBUG_OFFSETS_SIZE && runtime.starts_with(b"xdebugpy"))
+            .then_some(Self(runtime))
+    }
+
+    fn at(&self, offset: usize) -> u64 {
+        word(self.0, offset)
+    }
+
+    fn apply(&self, layout: &mut Layout) {
+        layout.runtime_interpreters_head = self.at(40);
+        layout.interp_threads_head = self.at(72);
+        layout.interp_modules = self.at(88);
+        layout.thread_next = self.at(168);
+        layout.current_frame = CurrentFrame::Direct(self.at(184));
+        layout.thread_native_id = self.at(200);
+        layout.frame.previous = self.at(232);
+        layout.frame.code = self.at(240);
+        layout.frame.instruction = self.at(248);
+        layout.frame.localsplus = self.at(256);
+        layout.frame.size = layout.frame.localsplus;
+        layout.frame.owner = self.at(264);
+        layout.code.filename = self.at(280);
+        layout.code.name = self.at(288);
+        layout.code.qualname = self.at(296);
+        layout.code.linetable = self.at(304);
+        layout.code.firstlineno = self.at(312);
+        layout.code.argcount = self.at(320);
+        layout.code.localsplusnames = self.at(328);
+        layout.code.code_start = self.at(344);
+        layout.ascii_data = self.at(560);
+    }
+
+    /// A free-threaded build (3.13t), whose objects are laid out differently.
+    fn free_threaded(&self) -> bool {
+        self.at(16) != 0
+    }
+}

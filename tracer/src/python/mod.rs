@@ -1,0 +1,371 @@
+//! CPython from outside: each thread's Python frames, read from the interpreter's memory
+//! without stopping it (as py-spy does), and put in its native stack where the interpreter
+//! evaluates them; the Python objects its waits wait on; asyncio's pending tasks.
+//!
+//! The way in is the `_PyRuntime` symbol of the interpreter's executable or libpython:
+//! `_PyRuntime.interpreters.head → threads.head → next …`, each thread state with its
+//! native thread id and its innermost frame; frames link to their callers and hold their
+//! code object (function, file, line table) and the instruction being run.
+
+mod code;
+mod layout;
+mod objects;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object::{Object as _, ObjectSymbol as _};
+
+pub use code::line_for_offset;
+use code::{CodeCache, CodeInfo};
+use layout::{FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, Layout};
+
+use crate::memory::{Memory, word};
+use crate::stacks::ProcessImage;
+
+/// Frames read per thread at most; deeper ones are left out (the root end).
+const MAX_FRAMES: usize = 512;
+/// Thread states walked at most (a torn list must not loop).
+const MAX_THREADS: usize = 1 << 20;
+/// A thread not found among the thread states re-reads them, at most this often.
+const THREAD_STATES_REFRESH: Duration = Duration::from_millis(100);
+
+/// One CPython interpreter in a process, found and ready to read.
+pub struct PythonProcess {
+    memory: Memory,
+    layout: Layout,
+    /// The address of `_PyRuntime`.
+    runtime: u64,
+    /// `_PyEval_EvalFrameDefault` (and its cold part): a native frame there is one
+    /// evaluation of Python frames.
+    evaluation: Vec<Range<u64>>,
+    codes: CodeCache,
+    /// Thread state by native thread id.
+    thread_states: HashMap<u32, u64>,
+    states_read_at: Option<Instant>,
+    pub counts: PythonCounts,
+}
+
+/// What could not be read, for the report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonCounts {
+    /// Frames whose code object could not be read (left out of their stack).
+    pub unreadable_frames: u64,
+    /// Stacks cut at `MAX_FRAMES`.
+    pub truncated_stacks: u64,
+}
+
+/// One Python frame of a thread, leaf first in a list.
+#[derive(Clone, Debug)]
+pub struct PythonFrame {
+    /// The `_PyInterpreterFrame` (its locals follow it).
+    pub address: u64,
+    pub code: Arc<CodeInfo>,
+    pub line: Option<u32>,
+    /// `f_globals`: the module's dict.
+    pub globals: u64,
+    /// The outermost frame of one C-level evaluation: the frames up to here stand for
+    /// one `_PyEval_EvalFrameDefault` of the native stack.
+    pub ends_evaluation: bool,
+}
+
+impl PythonFrame {
+    /// How the frame is shown: `report_stat (pypileup.py:15)`, as py-spy shows it.
+    pub fn name(&self) -> PythonFrameName {
+        PythonFrameName {
+            function: self.code.qualname.clone(),
+            file: self.code.filename.clone(),
+            line: self.line,
+        }
+    }
+}
+
+/// Why a process that runs CPython cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    #[error("CPython {0}.{1} is not supported (3.11, 3.12 and 3.13 are); its stacks stay native")]
+    UnsupportedVersion(u64, u64),
+    #[error("a free-threaded CPython build is not supported; its stacks stay native")]
+    FreeThreaded,
+    #[error("cannot read CPython's _PyRuntime: {0}")]
+    Unreadable(std::io::Error),
+}
+
+/// The interpreter's symbols, in the target's addresses.
+struct InterpreterSymbols {
+    runtime: u64,
+    version: u64,
+    evaluation: Vec<Range<u64>>,
+}
+
+impl PythonProcess {
+    /// The CPython interpreter of process `pid`, if it runs one: `Ok(None)` for a
+    /// process without one.
+    pub fn detect(pid: u32, image: &ProcessImage) -> Result<Option<Self>, PythonError> {
+        let Some(symbols) = image.modules().iter().find_map(interpreter_symbols) else {
+            return Ok(None);
+        };
+        let memory = Memory { pid };
+        let mut version = [0u8; 8];
+        memory.read_exact(symbols.version, &mut version).map_err(PythonError::Unreadable)?;
+        let version = u64::from_le_bytes(version);
+        let mut runtime = vec![0u8; layout::DEBUG_OFFSETS_SIZE];
+        memory.read_exact(symbols.runtime, &mut runtime).map_err(PythonError::Unreadable)?;
+        let layout = Layout::for_version(version, &runtime).ok_or_else(|| {
+            let (major, minor) = (version >> 24 & 0xff, version >> 16 & 0xff);
+            if (major, minor) == (3, 13) {
+                PythonError::FreeThreaded
+            } else {
+                PythonError::UnsupportedVersion(major, minor)
+            }
+        })?;
+        Ok(Some(Self {
+            memory,
+            layout,
+            runtime: symbols.runtime,
+            evaluation: symbols.evaluation,
+            codes: CodeCache::default(),
+            thread_states: HashMap::new(),
+            states_read_at: None,
+            counts: PythonCounts::default(),
+        }))
+    }
+
+    /// "3.11".
+    pub fn version(&self) -> String {
+        format!("{}.{}", self.layout.version.0, self.layout.version.1)
+    }
+
+    /// Whether `address` (a native frame's, as looked up) is in the evaluation loop.
+    pub fn is_evaluation(&self, address: u64) -> bool {
+        self.evaluation.iter().any(|range| range.contains(&address))
+    }
+
+    /// The Python frames thread `tid` is in now, leaf first (none for a thread that has
+    /// no thread state: one that never ran Python, or not yet).
+    pub fn thread_frames(&mut self, tid: u32) -> Vec<PythonFrame> {
+        let Some(state) = self.thread_state(tid) else {
+            return Vec::new();
+        };
+        let Some(mut frame) = self.current_frame(state) else {
+            return Vec::new();
+        };
+        let mut frames: Vec<PythonFrame> = Vec::new();
+        let layout = &self.layout.frame;
+        let mut bytes = vec![0u8; layout.size as usize];
+        while frame != 0 {
+            if frames.len() == MAX_FRAMES {
+                self.counts.truncated_stacks += 1;
+                break;
+            }
+            if self.memory.read_exact(frame, &mut bytes).is_err() {
+                self.counts.unreadable_frames += 1;
+                break;
+            }
+            let previous = word(&bytes, layout.previous as usize);
+            let owner = bytes[layout.owner as usize];
+            if layout.is_entry.is_none() && owner == FRAME_OWNED_BY_CSTACK {
+                // The shim below an evaluation's outermost frame (3.12+).
+                if let Some(last) = frames.last_mut() {
+                    last.ends_evaluation = true;
+                }
+                frame = previous;
+                continue;
+            }
+            let code_address = word(&bytes, layout.code as usize);
+            let instruction = word(&bytes, layout.instruction as usize);
+            let ends_evaluation = layout.is_entry.is_some_and(|at| bytes[at as usize] != 0);
+            let Some(code) = self.codes.get(&self.memory, &self.layout, code_address) else {
+                self.counts.unreadable_frames += 1;
+                frame = previous;
+                continue;
+            };
+            // A frame being set up has not run its first instruction: not a call yet.
+            let started = instruction >= code_address + self.layout.code.code_start;
+            if started || owner == FRAME_OWNED_BY_GENERATOR {
+                let line = code.line_at(code_address, &self.layout, instruction);
+                let globals = word(&bytes, layout.globals as usize);
+                frames.push(PythonFrame { address: frame, code, line, globals, ends_evaluation });
+            } else if ends_evaluation && let Some(last) = frames.last_mut() {
+                last.ends_evaluation = true;
+            }
+            frame = previous;
+        }
+        frames
+    }
+
+    /// The thread state of native thread `tid`, re-reading the list when it is not known.
+    fn thread_state(&mut self, tid: u32) -> Option<u64> {
+        if let Some(&state) = self.thread_states.get(&tid) {
+            return Some(state);
+        }
+        let stale = self.states_read_at.is_none_or(|at| at.elapsed() >= THREAD_STATES_REFRESH);
+        if stale {
+            self.thread_states = self.read_thread_states();
+            self.states_read_at = Some(Instant::now());
+        }
+        self.thread_states.get(&tid).copied()
+    }
+
+    /// Every interpreter's thread states, by native thread id.
+    fn read_thread_states(&self) -> HashMap<u32, u64> {
+        let layout = &self.layout;
+        let mut states = HashMap::new();
+        let mut interpreter = self.read_word(self.runtime + layout.runtime_interpreters_head);
+        let mut interpreters = 0;
+        while let Some(interp) = interpreter.filter(|&address| address != 0) {
+            interpreters += 1;
+            let mut state = self.read_word(interp + layout.interp_threads_head);
+            while let Some(thread) = state.filter(|&address| address != 0) {
+                if states.len() >= MAX_THREADS {
+                    return states;
+                }
+                if let Some(tid) = self.read_word(thread + layout.thread_native_id) {
+                    states.insert(tid as u32, thread);
+                }
+                state = self.read_word(thread + layout.thread_next);
+            }
+            // `PyInterpreterState.next` is its first member.
+            interpreter = self.read_word(interp).filter(|_| interpreters < 256);
+        }
+        states
+    }
+
+    fn current_frame(&self, state: u64) -> Option<u64> {
+        match self.layout.current_frame {
+            layout::CurrentFrame::ThroughCFrame { cframe, current_frame } => {
+                let cframe = self.read_word(state + cframe).filter(|&address| address != 0)?;
+                self.read_word(cframe + current_frame)
+            }
+            layout::CurrentFrame::Direct(offset) => self.read_word(state + offset),
+        }
+        .filter(|&address| address != 0)
+    }
+
+    fn read_word(&self, address: u64) -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        self.memory.read_exact(address, &mut bytes).ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
+}
+
+/// `_PyRuntime`, `Py_Version` and the evaluation loop of `module`, if it is CPython's
+/// executable or libpython.
+fn interpreter_symbols(module: &crate::stacks::Module) -> Option<InterpreterSymbols> {
+    let file_name = module.name().rsplit('/').next().unwrap_or_default();
+    if !file_name.starts_with("python") && !file_name.starts_with("libpython") {
+        return None;
+    }
+    let file = object::File::parse(module.file_bytes()).ok()?;
+    let (mut runtime, mut version) = (None, None);
+    let mut evaluation = Vec::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        let Ok(name) = symbol.name() else { continue };
+        let address = symbol.address().wrapping_add(module.bias);
+        match name {
+            "_PyRuntime" => runtime = Some(address),
+            "Py_Version" => version = Some(address),
+            "_PyEval_EvalFrameDefault" | "_PyEval_EvalFrameDefault.cold" if symbol.size() > 0 => {
+                evaluation.push(address..address + symbol.size());
+            }
+            _ => {}
+        }
+    }
+    evaluation.sort_by_key(|range| range.start);
+    evaluation.dedup();
+    Some(InterpreterSymbols { runtime: runtime?, version: version?, evaluation })
+}
+
+/// Python frames stand in a stack's address list for the evaluation they ran in: as
+/// addresses no user code has (the top bits set) that index the process's table of names.
+pub const PYTHON_FRAME_BASE: u64 = 0xffff_f000_0000_0000;
+
+/// How a Python frame is named in reports.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PythonFrameName {
+    /// `co_qualname`: `Handler.report`, `report_stat`.
+    pub function: String,
+    pub file: String,
+    pub line: Option<u32>,
+}
+
+impl PythonFrameName {
+    /// `report_stat (pypileup.py:15)`: the function with its file's name and line, as
+    /// py-spy names it (the path is the frame's file).
+    pub fn display(&self) -> String {
+        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+        match self.line {
+            Some(line) => format!("{} ({file}:{line})", self.function),
+            None => format!("{} ({file})", self.function),
+        }
+    }
+}
+
+/// The Python frames of a process's stacks, each name once, by its stand-in address.
+#[derive(Debug, Default)]
+pub struct PythonFrameTable {
+    names: Vec<PythonFrameName>,
+    index: HashMap<PythonFrameName, u64>,
+}
+
+impl PythonFrameTable {
+    pub fn address_of(&mut self, name: PythonFrameName) -> u64 {
+        let next = PYTHON_FRAME_BASE + self.names.len() as u64;
+        *self.index.entry(name.clone()).or_insert_with(|| {
+            self.names.push(name);
+            next
+        })
+    }
+
+    pub fn get(&self, address: u64) -> Option<&PythonFrameName> {
+        let index = address.checked_sub(PYTHON_FRAME_BASE)?;
+        self.names.get(usize::try_from(index).ok()?)
+    }
+}
+
+/// Whether `address` stands for a Python frame.
+pub fn is_python_frame_address(address: u64) -> bool {
+    address >= PYTHON_FRAME_BASE
+}
+
+/// `native` (leaf first) with each evaluation-loop frame replaced by the Python frames
+/// it ran (as `py-spy --native` shows them); Python frames beyond the last evaluation
+/// the unwinder reached are put at the root end.
+pub fn interleave(
+    native: &[u64],
+    python: &[PythonFrame],
+    is_evaluation: impl Fn(u64) -> bool,
+    mut address_of: impl FnMut(&PythonFrame) -> u64,
+) -> Vec<u64> {
+    let mut evaluations = python.split_inclusive(|frame| frame.ends_evaluation);
+    let mut stack = Vec::with_capacity(native.len() + python.len());
+    for (index, &address) in native.iter().enumerate() {
+        let lookup = crate::stacks::lookup_address(address, index > 0);
+        if is_evaluation(lookup)
+            && let Some(frames) = evaluations.next()
+        {
+            stack.extend(frames.iter().map(&mut address_of));
+        } else {
+            stack.push(address);
+        }
+    }
+    for frames in evaluations {
+        stack.extend(frames.iter().map(&mut address_of));
+    }
+    stack
+}
+
+/// Whether a Python file is the runtime's (the standard library, frozen modules), whose
+/// frames are how a program waits, not where.
+pub fn is_runtime_file(file: &str) -> bool {
+    if file.starts_with('<') {
+        return true; // <frozen importlib._bootstrap>, <string>
+    }
+    let in_standard_library = file.split('/').any(|part| {
+        part.strip_prefix("python3.").is_some_and(|minor| minor.bytes().all(|b| b.is_ascii_digit()))
+    }) && file.contains("/lib");
+    in_standard_library && !file.contains("-packages/")
+}
+

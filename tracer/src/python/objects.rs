@@ -1,0 +1,187 @@
+//! What a Python thread's wait waits on, named as its program names it: the object the
+//! runtime code was called on (the `Queue` of `Queue.put`, the `Condition` of
+//! `Condition.wait`) or the lock whose futex the thread sleeps on, and the local,
+//! attribute or global that holds it (`Queue stats_queue`, `Lock self.client_lock`).
+
+use super::code::read_str;
+use super::layout::{DICT_KEYS, DICT_VALUES, OB_TYPE, TP_NAME};
+use super::{PythonFrame, PythonProcess, is_runtime_file};
+use crate::memory::word;
+
+/// Entries of one dict read at most (a module's globals have a few hundred).
+const MAX_DICT_ENTRIES: u64 = 1 << 16;
+/// `Py_TPFLAGS_MANAGED_DICT` (3.11+): the instance's attributes live before it.
+const MANAGED_DICT: u64 = 1 << 4;
+const TP_FLAGS: u64 = 168;
+/// `_thread.lock` and `_thread.RLock` keep their `PyThread_type_lock` (a `sem_t`, whose
+/// first word is the futex) right after the object header.
+const LOCK_HANDLE: u64 = 16;
+
+impl PythonProcess {
+    /// The Python object a thread waits on, if it can be named. `frames` leaf first;
+    /// `futex` the address a futex wait sleeps on.
+    pub fn waited_object(&mut self, frames: &[PythonFrame], futex: Option<u64>) -> Option<String> {
+        let site = frames.iter().position(|frame| !is_runtime_file(&frame.code.filename))?;
+        let site_frame = &frames[site];
+        let object = match site.checked_sub(1).map(|callee| &frames[callee]) {
+            Some(callee) => self.self_argument(callee)?,
+            None => self.lock_with_futex(site_frame, futex?)?,
+        };
+        let type_name = self.type_name(object).unwrap_or_else(|| "object".to_owned());
+        let type_name = type_name.rsplit('.').next().unwrap_or(&type_name).to_owned();
+        Some(match self.holder_of(site_frame, object) {
+            Some(holder) => format!("{type_name} {holder}"),
+            None => format!("{type_name} at {object:#x}"),
+        })
+    }
+
+    /// The `self` a method frame runs on.
+    fn self_argument(&self, frame: &PythonFrame) -> Option<u64> {
+        let is_method = frame.code.argcount >= 1
+            && frame.code.local_names.first().is_some_and(|name| name == "self");
+        is_method
+            .then(|| self.read_word(frame.address + self.layout.frame.localsplus))
+            .flatten()
+            .filter(|&object| object != 0)
+    }
+
+    /// A `_thread.lock`/`RLock` among the frame's locals and globals whose futex is `futex`.
+    fn lock_with_futex(&self, frame: &PythonFrame, futex: u64) -> Option<u64> {
+        let locals = self.locals(frame).into_iter().map(|(_, value)| value);
+        let globals = self.dict_entries(frame.globals).into_iter().map(|(_, value)| value);
+        locals.chain(globals).find(|&object| {
+            let is_lock = self
+                .type_name(object)
+                .is_some_and(|name| name == "_thread.lock" || name == "_thread.RLock");
+            is_lock && self.read_word(object + LOCK_HANDLE) == Some(futex)
+        })
+    }
+
+    /// The name `frame` holds `object` by: a local, an attribute of its `self`, a global.
+    fn holder_of(&self, frame: &PythonFrame, object: u64) -> Option<String> {
+        let locals = self.locals(frame);
+        if let Some((name, _)) = locals.iter().find(|(name, value)| *value == object && name != "self")
+        {
+            return Some(name.clone());
+        }
+        let this = locals.iter().find(|(name, _)| name == "self").map(|(_, value)| *value);
+        if let Some(this) = this
+            && let Some(attribute) = self.attribute_holding(this, object)
+        {
+            return Some(format!("self.{attribute}"));
+        }
+        self.dict_entries(frame.globals)
+            .into_iter()
+            .find(|&(_, value)| value == object)
+            .and_then(|(key, _)| read_str(&self.memory, &self.layout, key))
+    }
+
+    /// A frame's named locals and their values (arguments first).
+    fn locals(&self, frame: &PythonFrame) -> Vec<(String, u64)> {
+        let names = &frame.code.local_names;
+        let mut values = vec![0u8; names.len() * 8];
+        let start = frame.address + self.layout.frame.localsplus;
+        if self.memory.read_exact(start, &mut values).is_err() {
+            return Vec::new();
+        }
+        names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (name.clone(), word(&values, index * 8)))
+            .filter(|(_, value)| *value != 0)
+            .collect()
+    }
+
+    /// The attribute of `instance` that holds `object`.
+    fn attribute_holding(&self, instance: u64, object: u64) -> Option<String> {
+        self.attributes(instance)
+            .into_iter()
+            .find(|&(_, value)| value == object)
+            .and_then(|(key, _)| read_str(&self.memory, &self.layout, key))
+    }
+
+    /// An instance's attributes as (name object, value): its managed values (3.11, keys
+    /// shared by its type) or its dict.
+    pub(super) fn attributes(&self, instance: u64) -> Vec<(u64, u64)> {
+        let Some(kind) = self.read_word(instance + OB_TYPE) else {
+            return Vec::new();
+        };
+        let flags = self.read_word(kind + TP_FLAGS).unwrap_or_default();
+        if flags & MANAGED_DICT == 0 {
+            return Vec::new();
+        }
+        // 3.11: the values at instance - 4 words, the dict (once made) at - 3 words.
+        if let Some(cached_keys) = self.layout.type_cached_keys {
+            let values = self.read_word(instance.wrapping_sub(32)).unwrap_or_default();
+            if values != 0 {
+                let keys = self.read_word(kind + cached_keys).unwrap_or_default();
+                return self.keys_and_values(keys, values + self.layout.dict_values_start);
+            }
+        }
+        let dict = self.read_word(instance.wrapping_sub(24)).unwrap_or_default();
+        self.dict_entries(dict)
+    }
+
+    /// A dict's (key, value) pairs.
+    pub(super) fn dict_entries(&self, dict: u64) -> Vec<(u64, u64)> {
+        if dict == 0 {
+            return Vec::new();
+        }
+        let Some(keys) = self.read_word(dict + DICT_KEYS) else {
+            return Vec::new();
+        };
+        let values = self.read_word(dict + DICT_VALUES).unwrap_or_default();
+        let values = if values == 0 { 0 } else { values + self.layout.dict_values_start };
+        self.keys_and_values(keys, values)
+    }
+
+    /// The live entries of a `PyDictKeysObject`, values from `values` for a split table.
+    fn keys_and_values(&self, keys: u64, values: u64) -> Vec<(u64, u64)> {
+        let mut head = [0u8; 32];
+        if keys == 0 || self.memory.read_exact(keys, &mut head).is_err() {
+            return Vec::new();
+        }
+        let (log2_index_bytes, kind) = (head[9], head[10]);
+        let entries = word(&head, 24).min(MAX_DICT_ENTRIES) as usize;
+        if log2_index_bytes > 40 {
+            return Vec::new();
+        }
+        // General tables hold (hash, key, value), unicode and split ones (key, value).
+        let (entry_size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
+        let start = keys + 32 + (1u64 << log2_index_bytes);
+        let mut table = vec![0u8; entries * entry_size];
+        if self.memory.read_exact(start, &mut table).is_err() {
+            return Vec::new();
+        }
+        let mut split_values = vec![0u8; if values != 0 { entries * 8 } else { 0 }];
+        if values != 0 && self.memory.read_exact(values, &mut split_values).is_err() {
+            return Vec::new();
+        }
+        (0..entries)
+            .map(|index| {
+                let entry = index * entry_size;
+                let key = word(&table, entry + key_at);
+                let value = if values != 0 {
+                    word(&split_values, index * 8)
+                } else {
+                    word(&table, entry + key_at + 8)
+                };
+                (key, value)
+            })
+            .filter(|&(key, value)| key != 0 && value != 0)
+            .collect()
+    }
+
+    /// `type(object).__name__` as the type spells it (`_thread.lock`, `Queue`).
+    pub(super) fn type_name(&self, object: u64) -> Option<String> {
+        let kind = self.read_word(object + OB_TYPE).filter(|&kind| kind != 0)?;
+        let name = self.read_word(kind + TP_NAME).filter(|&name| name != 0)?;
+        // A name near the end of its mapping: read what there is.
+        let mut bytes = [0u8; 128];
+        let len = [128, 64, 32, 16]
+            .into_iter()
+            .find(|&len| self.memory.read_exact(name, &mut bytes[..len]).is_ok())?;
+        let end = bytes[..len].iter().position(|&byte| byte == 0)?;
+        String::from_utf8(bytes[..end].to_vec()).ok().filter(|name| !name.is_empty())
+    }
+}
