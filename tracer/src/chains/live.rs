@@ -142,7 +142,7 @@ impl ThreadLooker<'_> {
                 let (ip, sp) = (sample.syscall.pc, sample.syscall.sp);
                 let bp = self.frame_pointers.get(sp, ip).unwrap_or(0);
                 let regs = UserRegs { ip, sp, bp };
-                let walked = self.unwinder.unwind(regs, &sample.stack);
+                let (walked, _) = self.unwinder.unwind_thread(tid, regs, &sample.stack);
                 log::debug!(
                     "thread {tid} of pid {}: {} frames{}",
                     self.pid,

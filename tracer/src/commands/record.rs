@@ -70,7 +70,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         };
         return crate::golang::record(&traced, duration, mode, &outputs, top).await;
     }
-    match mode.unwrap_or(Mode::Exact) {
+    // Python frames are read from threads while they wait: a CPython process is recorded
+    // sampled unless asked otherwise.
+    let is_python = traced.is_python();
+    match mode.unwrap_or(if is_python { Mode::Sampled } else { Mode::Exact }) {
         Mode::Sampled => {
             let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
             return record_sampled(traced, duration, period, &outputs, top).await;
@@ -84,7 +87,15 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let outputs = pipeline::create_outputs(&outputs)?;
     let Traced { target, image } = traced;
 
-    let mut collector = WaitCollector::new(pid, ProcessUnwinder::new(pid, image));
+    let mut unwinder = ProcessUnwinder::new(pid, image);
+    if is_python {
+        const EXACT_PYTHON: &str = "an exact recording shows Python frames only for the waits \
+             still blocked at its end (the others ended before their threads could be read): \
+             --mode sampled names every wait by its Python frames";
+        eprintln!("tracer: {} (pid {pid}) runs CPython; {EXACT_PYTHON}", target.comm);
+        unwinder.note_python_frames_missing(EXACT_PYTHON);
+    }
+    let mut collector = WaitCollector::new(pid, unwinder);
     let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait, maps }, &btf_path)?;
     probes.attach_wait_probes()?;
     let mut rings = RingBuffers::take(&mut probes)?;

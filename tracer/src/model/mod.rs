@@ -15,6 +15,7 @@ pub mod timeline;
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
+    PythonInfo,
     ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts,
     TraceCounts, container_id,
 };

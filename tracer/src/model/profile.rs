@@ -320,6 +320,20 @@ pub struct Profile {
     pub processes: Vec<ProcessTag>,
     /// The waits in time (a recording's), when kept.
     pub timeline: Option<super::Timeline>,
+    /// The CPython interpreter whose Python frames the stacks hold, if the process runs one.
+    pub python: Option<PythonInfo>,
+}
+
+/// A CPython process's Python frames: which interpreter, and what could not be had.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PythonInfo {
+    /// "3.11" (what `Py_Version` says), or "unknown" where it could not be told.
+    pub version: String,
+    /// Why some or all of the stacks have no Python frames (an unsupported version, an
+    /// exact recording's waits that ended), for the report to say.
+    pub missing: Option<String>,
+    /// Frames whose code object could not be read, left out of their stacks.
+    pub unreadable_frames: u64,
 }
 
 /// A sampled recording: the process was read every `period`, `reads` times; a wait seen
@@ -369,6 +383,7 @@ impl Profile {
             chains: Vec::new(),
             processes: Vec::new(),
             timeline: None,
+            python: None,
         }
     }
 

@@ -65,6 +65,10 @@ impl Traced {
 
     /// A Go program's goroutines wait in the Go scheduler, not in the kernel: its source
     /// of waits is the runtime's memory.
+    pub fn is_python(&self) -> bool {
+        crate::python::runs_cpython(&self.image)
+    }
+
     pub fn is_go(&self) -> bool {
         self.image
             .modules()

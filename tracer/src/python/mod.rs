@@ -93,6 +93,17 @@ pub enum PythonError {
     Unreadable(std::io::Error),
 }
 
+impl PythonError {
+    /// The interpreter's version as far as it was told.
+    pub fn version(&self) -> String {
+        match self {
+            PythonError::UnsupportedVersion(major, minor) => format!("{major}.{minor}"),
+            PythonError::FreeThreaded => "3.13t".to_owned(),
+            PythonError::Unreadable(_) => "unknown".to_owned(),
+        }
+    }
+}
+
 /// The interpreter's symbols, in the target's addresses.
 struct InterpreterSymbols {
     runtime: u64,
@@ -251,6 +262,11 @@ impl PythonProcess {
     }
 }
 
+/// Whether `image` has a CPython interpreter (its executable or libpython).
+pub fn runs_cpython(image: &ProcessImage) -> bool {
+    image.modules().iter().any(|module| interpreter_symbols(module).is_some())
+}
+
 /// `_PyRuntime`, `Py_Version` and the evaluation loop of `module`, if it is CPython's
 /// executable or libpython.
 fn interpreter_symbols(module: &crate::stacks::Module) -> Option<InterpreterSymbols> {
@@ -308,6 +324,8 @@ impl PythonFrameName {
 pub struct PythonFrameTable {
     names: Vec<PythonFrameName>,
     index: HashMap<PythonFrameName, u64>,
+    /// The interpreter the frames come from (or could not), for the report.
+    pub interpreter: Option<crate::model::PythonInfo>,
 }
 
 impl PythonFrameTable {

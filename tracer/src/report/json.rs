@@ -20,7 +20,7 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 use crate::{
     chains::{self, ChainFacts},
     model::{
-        ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts,
+        ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo, Sampling, ThreadCounts,
         Timeline, TraceCounts, WaitStats, WakerRow, timeline::SiteSeconds,
     },
     report::{
@@ -84,6 +84,18 @@ pub struct JsonProfile {
     /// A recording's waits second by second, per call site (absent in a snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<JsonTimeline>,
+    /// A CPython process: its version and what Python frames could not be had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<JsonPython>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonPython {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+    #[serde(default)]
+    pub unreadable_frames: u64,
 }
 
 /// Second by second from the recording's start, per call site: threads blocked at the end
@@ -336,6 +348,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         chains,
         processes,
         timeline,
+        python,
     } = profile;
     let Provenance { tracer_version, kernel, command_line } = provenance;
     JsonProfile {
@@ -374,6 +387,13 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         chains: json_chains(chains, profile.waiters()),
         processes: processes.iter().map(json_process).collect(),
         timeline: timeline.as_ref().map(json_timeline),
+        python: python.as_ref().map(|PythonInfo { version, missing, unreadable_frames }| {
+            JsonPython {
+                version: version.clone(),
+                missing: missing.clone(),
+                unreadable_frames: *unreadable_frames,
+            }
+        }),
         modules: modules
             .iter()
             .map(|(name, info)| {
@@ -616,6 +636,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         chains,
         processes,
         timeline,
+        python,
     } = json;
     let has_chains = schema != SCHEMA_WITHOUT_CHAINS;
     let JsonTarget { pid, comm, command_line, exited, cgroup, container: _ } = target;
@@ -673,6 +694,9 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.wakers = wakers;
     profile.processes = processes.into_iter().map(process_tag).collect();
     profile.timeline = timeline.map(timeline_of).transpose().map_err(invalid)?;
+    profile.python = python.map(|JsonPython { version, missing, unreadable_frames }| {
+        PythonInfo { version, missing, unreadable_frames }
+    });
     profile.chains = if has_chains {
         wait_chains(chains).map_err(invalid)?
     } else {

@@ -41,7 +41,7 @@ use crate::{
         json::{check_totals, kind_name, parse_profile_kind, parse_wait_kind},
         summary::format_duration,
     },
-    stacks::Frame,
+    stacks::{Frame, PYTHON_MODULE},
 };
 
 #[allow(clippy::all, missing_docs)]
@@ -229,7 +229,8 @@ impl Builder {
             .iter()
             .map(|frame| {
                 let file = frame.file.as_deref().unwrap_or_default();
-                let function = self.function(&frame.name, &frame.name, file);
+                // A Python frame's function is its name; its line is in its name too.
+                let function = self.function(frame.function_name(), &frame.name, file);
                 (function, frame.line.map_or(0, i64::from))
             })
             .collect();
@@ -819,8 +820,10 @@ fn read_sample(
                 continue;
             }
             let file = tables.string(function.filename)?;
+            // A Python frame's whole name (with its line) is its system name.
+            let name = if module == PYTHON_MODULE { function.system_name } else { function.name };
             frames.push(Frame {
-                name: tables.string(function.name)?.to_string(),
+                name: tables.string(name)?.to_string(),
                 module: module.to_string(),
                 module_is_main: main_module == Some(module),
                 file: (!file.is_empty()).then(|| file.to_string()),

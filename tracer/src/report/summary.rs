@@ -120,6 +120,20 @@ pub(crate) fn recording_scope(profile: &Profile) -> String {
     }
 }
 
+/// Where a CPython process's Python frames come from, and what could not be had.
+fn write_python(out: &mut String, profile: &Profile) {
+    let Some(python) = &profile.python else { return };
+    let mut line = format!("CPython {}: ", python.version);
+    match &python.missing {
+        Some(missing) => line.push_str(missing),
+        None => line.push_str("Python frames read from each blocked thread's memory"),
+    }
+    if python.unreadable_frames > 0 {
+        let _ = write!(line, "; {} frames unreadable (left out)", python.unreadable_frames);
+    }
+    let _ = writeln!(out, "{line}");
+}
+
 /// The whole text summary of a recording or a snapshot, at most 100 columns wide
 /// (call-site names are shortened, keeping their end), but for the wait chains: one
 /// line each, whatever their length.
@@ -140,6 +154,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                     ""
                 },
             );
+            write_python(&mut out, profile);
             write_chains(&mut out, profile, top);
             write_processes(&mut out, profile, top);
             write_completed_table(&mut out, &top_sites(profile, false), top);
@@ -168,6 +183,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
                 profile.waiters(),
                 threads.blocked_in_waits
             );
+            write_python(&mut out, profile);
             write_chains(&mut out, profile, top);
             write_processes(&mut out, profile, top);
             let rows = top_sites(profile, true);

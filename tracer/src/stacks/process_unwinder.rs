@@ -5,6 +5,7 @@
 //! interpreter runs them.
 
 use super::{MapRefresh, ProcessImage, StackUnwinder, UnwindEnd, UserRegs};
+use crate::model::PythonInfo;
 use crate::python::{self, PythonFrame, PythonProcess};
 
 /// An unwound stack: addresses leaf first, and whether the walk stopped before the root.
@@ -23,31 +24,37 @@ pub struct ProcessUnwinder {
     pub truncated_unwinds: u64,
     /// The process's CPython interpreter, if it runs one we can read.
     python: Option<PythonProcess>,
-    /// Why a CPython process's Python frames cannot be read (its stacks stay native).
-    pub python_unreadable: Option<String>,
 }
 
 impl ProcessUnwinder {
     pub fn new(pid: u32, image: ProcessImage) -> Self {
         let unwinder = StackUnwinder::new(&image);
-        let (python, python_unreadable) = match PythonProcess::detect(pid, &image) {
-            Ok(python) => (python, None),
+        let mut image = image;
+        let python = match PythonProcess::detect(pid, &image) {
+            Ok(Some(python)) => {
+                log::info!("pid {pid} runs CPython {}: reading its Python frames", python.version());
+                let version = python.version();
+                image.python_frames.interpreter = Some(PythonInfo { version, ..Default::default() });
+                Some(python)
+            }
+            Ok(None) => None,
             Err(err) => {
                 log::warn!("pid {pid}: {err}");
-                (None, Some(err.to_string()))
+                image.python_frames.interpreter = Some(PythonInfo {
+                    version: err.version(),
+                    missing: Some(err.to_string()),
+                    unreadable_frames: 0,
+                });
+                None
             }
         };
-        if let Some(python) = &python {
-            log::info!("pid {pid} runs CPython {}: reading its Python frames", python.version());
-        }
-        Self {
-            pid,
-            image,
-            unwinder,
-            map_refresh: MapRefresh::default(),
-            truncated_unwinds: 0,
-            python,
-            python_unreadable,
+        Self { pid, image, unwinder, map_refresh: MapRefresh::default(), truncated_unwinds: 0, python }
+    }
+
+    /// Says in the report why some stacks have no Python frames (a CPython process only).
+    pub fn note_python_frames_missing(&mut self, why: &str) {
+        if let Some(info) = &mut self.image.python_frames.interpreter {
+            info.missing = Some(why.to_owned());
         }
     }
 
@@ -75,6 +82,9 @@ impl ProcessUnwinder {
             return (unwound, Vec::new());
         };
         let frames = python.thread_frames(tid);
+        if let Some(info) = &mut self.image.python_frames.interpreter {
+            info.unreadable_frames = python.counts.unreadable_frames;
+        }
         if !frames.is_empty() {
             let table = &mut self.image.python_frames;
             unwound.addresses = python::interleave(

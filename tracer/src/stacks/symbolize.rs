@@ -35,6 +35,14 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The function alone: a Python frame's name without its `(file:line)`.
+    pub fn function_name(&self) -> &str {
+        match self.name.rsplit_once(" (") {
+            Some((function, _)) if self.module == PYTHON_MODULE => function,
+            _ => &self.name,
+        }
+    }
+
     /// A frame only known by its address, under `name` (`[unknown]`, `[stack lost]`).
     pub fn unknown_named(name: &str, address: u64) -> Self {
         Frame {
