@@ -345,3 +345,80 @@ pub fn start_go_goroutines(
         .unwrap_or_else(|| panic!("goroutines {mode}: expected `ready PORT`, got {line:?}"));
     (guard, port)
 }
+
+pub const PY_PILEUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/pypileup.py");
+pub const PY_ASYNC_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/pyasync.py");
+
+/// Debian's CPython 3.11 (the `python3` package `cargo xtask setup` installs): every
+/// Python test runs on it.
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
+
+/// The CPython builds the Python tests run on: Debian's, then any other 3.11, 3.12 or
+/// 3.13 pyenv has on this machine (a shared-libpython 3.11 build; the versions whose
+/// layouts come from their headers and 3.13's debug offsets).
+pub fn python_interpreters() -> Vec<PathBuf> {
+    assert!(
+        Path::new(DEBIAN_PYTHON).is_file(),
+        "no {DEBIAN_PYTHON} (cargo xtask setup installs it)"
+    );
+    let mut found = vec![PathBuf::from(DEBIAN_PYTHON)];
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".pyenv")));
+    let Some(versions) = root.map(|root| root.join("versions")) else { return found };
+    let mut others: Vec<PathBuf> = std::fs::read_dir(versions)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_string_lossy().into_owned();
+            let minor = ["3.11.", "3.12.", "3.13."].iter().find(|p| version.starts_with(**p))?;
+            let bin = entry.path().join("bin").join(format!("python{}", &minor[..minor.len() - 1]));
+            bin.is_file().then_some(bin)
+        })
+        .collect();
+    others.sort();
+    found.extend(others);
+    found
+}
+
+/// `py-spy dump --json` of `pid` (PyPI's py-spy, installed by `cargo xtask setup`): the
+/// oracle for Python frames. Each thread's os thread id and frames, innermost first, as
+/// `function (file:line)`.
+pub fn py_spy_dump(pid: u32) -> std::collections::BTreeMap<u32, Vec<String>> {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let py_spy = PathBuf::from(home).join(".local/share/tracer/py-spy/bin/py-spy");
+    assert!(py_spy.is_file(), "no {} (cargo xtask setup installs it)", py_spy.display());
+    let out = crate::run_tool(
+        py_spy.to_str().expect("utf-8 home"),
+        &["dump", "--json", "--pid", &pid.to_string()],
+        std::time::Duration::from_secs(60),
+    );
+    crate::assert_success("py-spy dump", &out);
+    let threads: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("py-spy's JSON: {e}"));
+    let threads = threads.as_array().expect("py-spy dumps a list of threads");
+    threads
+        .iter()
+        .filter_map(|thread| {
+            let tid = thread["os_thread_id"].as_u64()? as u32;
+            let frames = thread["frames"].as_array()?;
+            let frames = frames
+                .iter()
+                .map(|frame| {
+                    let name = frame["name"].as_str().unwrap_or_default();
+                    let file = frame["short_filename"].as_str().unwrap_or_default();
+                    format!("{name} ({file}:{})", frame["line"])
+                })
+                .collect();
+            Some((tid, frames))
+        })
+        .collect()
+}
+
+/// The line of `source` that holds `text` (1-based): where a call site's line must point.
+pub fn line_of(source: &str, text: &str) -> u32 {
+    let code = std::fs::read_to_string(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+    let index = code.lines().position(|line| line.contains(text));
+    index.unwrap_or_else(|| panic!("{source} has no line with {text:?}")) as u32 + 1
+}

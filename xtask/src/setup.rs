@@ -20,9 +20,23 @@ const BUILD_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-de
 /// `prometheus` to check that a real server scrapes `tracer serve`, `openssl` and `curl`
 /// for the TLS tests' certificates and client, `iproute2` for a network namespace's
 /// loopback, `tmux` to drive `tracer top` as a terminal, `chromium` to open a timeline
-/// in speedscope.
-const TEST_PACKAGES: [&str; 8] =
-    ["golang-go", "libxml2-utils", "prometheus", "openssl", "curl", "iproute2", "tmux", "chromium"];
+/// in speedscope, `python3` (CPython 3.11) for the Python workloads.
+const TEST_PACKAGES: [&str; 10] = [
+    "golang-go",
+    "libxml2-utils",
+    "prometheus",
+    "openssl",
+    "curl",
+    "iproute2",
+    "tmux",
+    "chromium",
+    "python3",
+    "python3-venv",
+];
+
+/// py-spy, from PyPI: the oracle the Python tests check their frames against
+/// (`tracer_tests::py_spy_dump`).
+const PY_SPY: &str = "py-spy==0.4.3";
 
 /// speedscope, from the npm registry: a real reader of `.trace.json`, which the tests
 /// open in headless Chromium (`tracer_tests::speedscope_tracks`).
@@ -94,6 +108,7 @@ pub fn run(need: Need) -> anyhow::Result<()> {
             run_setup_step(&format!("go {version}"), || go_toolchain(version))?;
         }
         run_setup_step("speedscope", speedscope)?;
+        run_setup_step("py-spy", py_spy)?;
     }
     if need == Need::Bench {
         let version = crate::bench::GO_VERSION;
@@ -158,6 +173,25 @@ fn speedscope() -> anyhow::Result<()> {
             .args(["install", "--no-audit", "--no-fund", "--prefix"])
             .arg(&prefix)
             .arg(SPEEDSCOPE),
+    )
+}
+
+/// py-spy into a virtualenv at `~/.local/share/tracer/py-spy` (made with Debian's python3).
+fn py_spy() -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let venv = PathBuf::from(home).join(".local/share/tracer/py-spy");
+    let py_spy = venv.join("bin/py-spy");
+    let version = PY_SPY.rsplit('=').next().unwrap_or_default();
+    if output(Command::new(&py_spy).arg("--version")).is_ok_and(|out| out.contains(version)) {
+        println!("xtask: setup: {PY_SPY} present ({})", py_spy.display());
+        return Ok(());
+    }
+    println!("xtask: setup: installing {PY_SPY} from PyPI into {}", venv.display());
+    run_command(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
+    run_command(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(PY_SPY),
     )
 }
 

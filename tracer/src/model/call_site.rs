@@ -206,7 +206,10 @@ mod tests {
         // Root first: a handler thread putting on a full queue, through CPython's C.
         let handler = [
             native_frame("start_thread", "libc.so.6", false),
-            python_frame("Thread._bootstrap (threading.py:995)", "/usr/lib/python3.11/threading.py"),
+            python_frame(
+                "Thread._bootstrap (threading.py:995)",
+                "/usr/lib/python3.11/threading.py",
+            ),
             python_frame("handler (pypileup.py:31)", "/srv/app/pypileup.py"),
             python_frame("report_stat (pypileup.py:26)", "/srv/app/pypileup.py"),
             python_frame("Queue.put (queue.py:140)", "/usr/lib/python3.11/queue.py"),
@@ -227,7 +230,10 @@ mod tests {
         assert_eq!(call_site(&library, Language::Native), "Session.post (api.py:115)");
         // Only the runtime's frames: the innermost Python one.
         let runtime = [
-            python_frame("Thread._bootstrap (threading.py:995)", "/usr/lib/python3.11/threading.py"),
+            python_frame(
+                "Thread._bootstrap (threading.py:995)",
+                "/usr/lib/python3.11/threading.py",
+            ),
             python_frame("Event.wait (threading.py:622)", "/usr/lib/python3.11/threading.py"),
             native_frame("sem_clockwait", "libc.so.6", false),
         ];

@@ -15,8 +15,7 @@ pub mod timeline;
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
-    PythonInfo,
-    ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts,
+    ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo, Sampling, ThreadCounts,
     TraceCounts, container_id,
 };
 pub use stats::{WaitStats, log2_bucket};

@@ -63,7 +63,7 @@ impl WaitAggregate {
         profile.wakers = wakers;
         profile.lock_addresses = objects.addresses;
         profile.modules = module_infos(image);
-        profile.python = image.python_frames.interpreter.clone();
+        profile.python = image.python_frames.interpreter();
         profile
     }
 }

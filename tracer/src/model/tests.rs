@@ -168,6 +168,7 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         chains: Vec::new(),
         processes: Vec::new(),
         timeline: None,
+        python: None,
     };
     let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
     let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

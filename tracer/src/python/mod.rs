@@ -13,7 +13,7 @@ mod objects;
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use object::{Object as _, ObjectSymbol as _};
@@ -23,6 +23,7 @@ use code::{CodeCache, CodeInfo};
 use layout::{FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, Layout};
 
 use crate::memory::{Memory, word};
+use crate::model::PythonInfo;
 use crate::stacks::ProcessImage;
 
 /// Frames read per thread at most; deeper ones are left out (the root end).
@@ -308,10 +309,10 @@ pub struct PythonFrameName {
 }
 
 impl PythonFrameName {
-    /// `report_stat (pypileup.py:15)`: the function with its file's name and line, as
-    /// py-spy names it (the path is the frame's file).
+    /// `report_stat (pypileup.py:15)`: the function with its file's short name and line,
+    /// as py-spy names it (the whole path is the frame's file).
     pub fn display(&self) -> String {
-        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+        let file = short_file_name(&self.file);
         match self.line {
             Some(line) => format!("{} ({file}:{line})", self.function),
             None => format!("{} ({file})", self.function),
@@ -319,27 +320,79 @@ impl PythonFrameName {
     }
 }
 
+/// A module's file as it is imported: from the standard library or a packages directory,
+/// its path within it (`http/client.py`, `requests/api.py`); else the file's name.
+fn short_file_name(file: &str) -> &str {
+    let parts: Vec<&str> = file.split('/').collect();
+    let is_library = |index: usize| {
+        let part = parts[index];
+        part.ends_with("-packages")
+            || index > 0
+                && parts[index - 1] == "lib"
+                && part.strip_prefix("python3.").is_some_and(|minor| {
+                    !minor.is_empty() && minor.bytes().all(|byte| byte.is_ascii_digit())
+                })
+    };
+    // The innermost library directory that holds the file (site-packages inside
+    // lib/python3.11 wins).
+    match (0..parts.len().saturating_sub(1)).rev().find(|&index| is_library(index)) {
+        Some(index) => {
+            let start: usize = parts[..=index].iter().map(|part| part.len() + 1).sum();
+            &file[start..]
+        }
+        None => parts.last().copied().unwrap_or(file),
+    }
+}
+
 /// The Python frames of a process's stacks, each name once, by its stand-in address.
+/// Shared by the images of one process (a daemon unwinds with one and symbolizes with
+/// another), so a clone is the same table.
+#[derive(Clone, Debug, Default)]
+pub struct PythonFrameTable(Arc<Mutex<FrameNames>>);
+
 #[derive(Debug, Default)]
-pub struct PythonFrameTable {
+struct FrameNames {
     names: Vec<PythonFrameName>,
     index: HashMap<PythonFrameName, u64>,
     /// The interpreter the frames come from (or could not), for the report.
-    pub interpreter: Option<crate::model::PythonInfo>,
+    interpreter: Option<PythonInfo>,
 }
 
 impl PythonFrameTable {
-    pub fn address_of(&mut self, name: PythonFrameName) -> u64 {
-        let next = PYTHON_FRAME_BASE + self.names.len() as u64;
-        *self.index.entry(name.clone()).or_insert_with(|| {
-            self.names.push(name);
-            next
-        })
+    fn lock(&self) -> std::sync::MutexGuard<'_, FrameNames> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn get(&self, address: u64) -> Option<&PythonFrameName> {
-        let index = address.checked_sub(PYTHON_FRAME_BASE)?;
-        self.names.get(usize::try_from(index).ok()?)
+    pub fn address_of(&self, name: PythonFrameName) -> u64 {
+        let mut table = self.lock();
+        let next = PYTHON_FRAME_BASE + table.names.len() as u64;
+        if let Some(&address) = table.index.get(&name) {
+            return address;
+        }
+        table.names.push(name.clone());
+        table.index.insert(name, next);
+        next
+    }
+
+    pub fn get(&self, address: u64) -> Option<PythonFrameName> {
+        let index = usize::try_from(address.checked_sub(PYTHON_FRAME_BASE)?).ok()?;
+        self.lock().names.get(index).cloned()
+    }
+
+    /// The interpreter the frames come from, for the report.
+    pub fn interpreter(&self) -> Option<PythonInfo> {
+        self.lock().interpreter.clone()
+    }
+
+    pub fn set_interpreter(&self, info: PythonInfo) {
+        self.lock().interpreter = Some(info);
+    }
+
+    /// Changes what is known of the interpreter, if one is.
+    pub fn update_interpreter(&self, change: impl FnOnce(&mut PythonInfo)) {
+        if let Some(info) = &mut self.lock().interpreter {
+            change(info);
+        }
     }
 }
 
@@ -387,3 +440,30 @@ pub fn is_runtime_file(file: &str) -> bool {
     in_standard_library && !file.contains("-packages/")
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_file_names_keep_the_package_path() {
+        assert_eq!(short_file_name("/usr/lib/python3.11/http/client.py"), "http/client.py");
+        assert_eq!(short_file_name("/usr/lib/python3.11/queue.py"), "queue.py");
+        let venv = "/srv/venv/lib/python3.11/site-packages/requests/api.py";
+        assert_eq!(short_file_name(venv), "requests/api.py");
+        assert_eq!(short_file_name("/srv/app/pypileup.py"), "pypileup.py");
+        assert_eq!(short_file_name("pypileup.py"), "pypileup.py");
+        assert_eq!(
+            short_file_name("<frozen importlib._bootstrap>"),
+            "<frozen importlib._bootstrap>"
+        );
+    }
+
+    #[test]
+    fn the_standard_library_and_frozen_modules_are_the_runtime() {
+        assert!(is_runtime_file("/usr/lib/python3.11/threading.py"));
+        assert!(is_runtime_file("/root/.pyenv/versions/3.11.7/lib/python3.11/queue.py"));
+        assert!(is_runtime_file("<frozen importlib._bootstrap>"));
+        assert!(!is_runtime_file("/srv/venv/lib/python3.11/site-packages/requests/api.py"));
+        assert!(!is_runtime_file("/srv/app/pypileup.py"));
+    }
+}

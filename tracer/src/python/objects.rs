@@ -60,7 +60,8 @@ impl PythonProcess {
     /// The name `frame` holds `object` by: a local, an attribute of its `self`, a global.
     fn holder_of(&self, frame: &PythonFrame, object: u64) -> Option<String> {
         let locals = self.locals(frame);
-        if let Some((name, _)) = locals.iter().find(|(name, value)| *value == object && name != "self")
+        if let Some((name, _)) =
+            locals.iter().find(|(name, value)| *value == object && name != "self")
         {
             return Some(name.clone());
         }

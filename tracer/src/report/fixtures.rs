@@ -175,6 +175,7 @@ pub(crate) fn fixture_profile() -> Profile {
         chains: Vec::new(),
         processes: Vec::new(),
         timeline: None,
+        python: None,
     };
     // The backend behind the reporter's endpoint, as if it ran on this host.
     let backend = ThreadNow {

@@ -20,8 +20,8 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 use crate::{
     chains::{self, ChainFacts},
     model::{
-        ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo, Sampling, ThreadCounts,
-        Timeline, TraceCounts, WaitStats, WakerRow, timeline::SiteSeconds,
+        ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo, Sampling,
+        ThreadCounts, Timeline, TraceCounts, WaitStats, WakerRow, timeline::SiteSeconds,
     },
     report::{
         Provenance, SavedProfile,
@@ -694,8 +694,10 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.wakers = wakers;
     profile.processes = processes.into_iter().map(process_tag).collect();
     profile.timeline = timeline.map(timeline_of).transpose().map_err(invalid)?;
-    profile.python = python.map(|JsonPython { version, missing, unreadable_frames }| {
-        PythonInfo { version, missing, unreadable_frames }
+    profile.python = python.map(|JsonPython { version, missing, unreadable_frames }| PythonInfo {
+        version,
+        missing,
+        unreadable_frames,
     });
     profile.chains = if has_chains {
         wait_chains(chains).map_err(invalid)?

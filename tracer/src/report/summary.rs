@@ -743,6 +743,7 @@ mod tests {
             chains: Vec::new(),
             processes: Vec::new(),
             timeline: None,
+            python: None,
         }
     }
 

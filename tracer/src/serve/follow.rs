@@ -212,9 +212,14 @@ async fn attach(
     generation: u64,
 ) -> anyhow::Result<WaitSource> {
     let pid = target.pid;
+    // One table of Python frames for the three images: stacks unwound with one are
+    // symbolized with another.
+    let python_frames = crate::python::PythonFrameTable::default();
     let image = |what| {
-        ProcessImage::snapshot(pid)
-            .with_context(|| format!("cannot read the memory map of pid {pid} ({what})"))
+        let mut image = ProcessImage::snapshot(pid)
+            .with_context(|| format!("cannot read the memory map of pid {pid} ({what})"))?;
+        image.python_frames = python_frames.clone();
+        anyhow::Ok(image)
     };
     let unwinder = ProcessUnwinder::new(pid, image("unwinding")?);
     shared

@@ -211,8 +211,11 @@ fn symbolize(attachment: &mut Attachment, aggregate: WaitAggregate, base: Profil
 /// stack of `aggregate` reaches outside every known module; at most once a second.
 fn refresh_image_for(attachment: &mut Attachment, aggregate: &WaitAggregate) {
     let Attachment { pid, image, map_refresh, .. } = attachment;
-    let outside =
-        |addresses: &[u64]| addresses.iter().any(|&address| image.module_for(address).is_none());
+    let outside = |addresses: &[u64]| {
+        addresses.iter().any(|&address| {
+            !crate::python::is_python_frame_address(address) && image.module_for(address).is_none()
+        })
+    };
     let reaches_outside = aggregate.stacks.keys().any(|key| outside(&key.addresses))
         || aggregate
             .wakers

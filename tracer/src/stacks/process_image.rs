@@ -303,14 +303,13 @@ impl ProcessImage {
         let exe_identity = std::fs::metadata(format!("/proc/{pid}/exe"))
             .ok()
             .map(|metadata| FileIdentity::of(&metadata));
-        let mut image =
-            ProcessImage {
-                pid,
-                exe_identity,
-                modules: Vec::new(),
-                mappings: Vec::new(),
-                python_frames: Default::default(),
-            };
+        let mut image = ProcessImage {
+            pid,
+            exe_identity,
+            modules: Vec::new(),
+            mappings: Vec::new(),
+            python_frames: Default::default(),
+        };
         let entries = read_maps(pid)?;
         image.add_new_modules(&entries);
         image.mappings = entries;

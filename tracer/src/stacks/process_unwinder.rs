@@ -29,18 +29,20 @@ pub struct ProcessUnwinder {
 impl ProcessUnwinder {
     pub fn new(pid: u32, image: ProcessImage) -> Self {
         let unwinder = StackUnwinder::new(&image);
-        let mut image = image;
         let python = match PythonProcess::detect(pid, &image) {
             Ok(Some(python)) => {
-                log::info!("pid {pid} runs CPython {}: reading its Python frames", python.version());
+                log::info!(
+                    "pid {pid} runs CPython {}: reading its Python frames",
+                    python.version()
+                );
                 let version = python.version();
-                image.python_frames.interpreter = Some(PythonInfo { version, ..Default::default() });
+                image.python_frames.set_interpreter(PythonInfo { version, ..Default::default() });
                 Some(python)
             }
             Ok(None) => None,
             Err(err) => {
                 log::warn!("pid {pid}: {err}");
-                image.python_frames.interpreter = Some(PythonInfo {
+                image.python_frames.set_interpreter(PythonInfo {
                     version: err.version(),
                     missing: Some(err.to_string()),
                     unreadable_frames: 0,
@@ -48,14 +50,19 @@ impl ProcessUnwinder {
                 None
             }
         };
-        Self { pid, image, unwinder, map_refresh: MapRefresh::default(), truncated_unwinds: 0, python }
+        Self {
+            pid,
+            image,
+            unwinder,
+            map_refresh: MapRefresh::default(),
+            truncated_unwinds: 0,
+            python,
+        }
     }
 
     /// Says in the report why some stacks have no Python frames (a CPython process only).
     pub fn note_python_frames_missing(&mut self, why: &str) {
-        if let Some(info) = &mut self.image.python_frames.interpreter {
-            info.missing = Some(why.to_owned());
-        }
+        self.image.python_frames.update_interpreter(|info| info.missing = Some(why.to_owned()));
     }
 
     /// The process's CPython interpreter, if it runs one we can read.
@@ -82,11 +89,10 @@ impl ProcessUnwinder {
             return (unwound, Vec::new());
         };
         let frames = python.thread_frames(tid);
-        if let Some(info) = &mut self.image.python_frames.interpreter {
-            info.unreadable_frames = python.counts.unreadable_frames;
-        }
+        let unreadable = python.counts.unreadable_frames;
+        self.image.python_frames.update_interpreter(|info| info.unreadable_frames = unreadable);
         if !frames.is_empty() {
-            let table = &mut self.image.python_frames;
+            let table = &self.image.python_frames;
             unwound.addresses = python::interleave(
                 &unwound.addresses,
                 &frames,

@@ -179,7 +179,7 @@ fn python_frame(image: &ProcessImage, address: u64) -> Frame {
             name: name.display(),
             module: PYTHON_MODULE.to_owned(),
             module_is_main: false,
-            file: Some(name.file.clone()),
+            file: Some(name.file),
             line: name.line,
             inlined: false,
             address,

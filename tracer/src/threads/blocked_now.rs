@@ -121,9 +121,9 @@ pub(crate) fn stack_key(
         unwinder.unwind_thread(sample.tid, UserRegs { ip, sp, bp }, &sample.stack);
     let object = match (&object, unwinder.python()) {
         // A Python thread's lock or queue, named as the program holds it.
-        (WaitObject::Futex(futex), Some(python)) if !python_frames.is_empty() => python
-            .waited_object(&python_frames, Some(*futex))
-            .map_or(object, WaitObject::Named),
+        (WaitObject::Futex(futex), Some(python)) if !python_frames.is_empty() => {
+            python.waited_object(&python_frames, Some(*futex)).map_or(object, WaitObject::Named)
+        }
         _ => object,
     };
     StackKey {

@@ -1,0 +1,200 @@
+//! Real-kernel tests of Python programs (issue 20): a CPython pile-up (handlers blocked in
+//! `Queue.put`, a reporter in `sendall` to a backend that stopped reading, a poster in an
+//! `http.client` POST waiting for its answer, auditors on a `threading.Lock` a holder
+//! keeps) read from outside by `snapshot`, a sampled `record` and `serve`, its call sites
+//! named by their Python frames with file and line, its queue, lock and endpoints named,
+//! and every Python frame checked against `py-spy dump` (PyPI's py-spy, the oracle) of the
+//! same threads. On Debian's CPython 3.11 and on every other 3.11-3.13 build pyenv has.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tracer_tests::{
+    PY_PILEUP_SOURCE, Profile, ProfileStack, ServeDaemon, TempDir, WaitKind, line_of, py_spy_dump,
+    python_interpreters, read_profile, record_profile, run_tool, snapshot_profile,
+    spawn_and_read_line,
+};
+
+const HANDLERS: usize = 8;
+const WORKLOAD_SECONDS: &str = "120";
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts at a snapshot that shows the whole pile-up (the handlers fill the queue within
+/// milliseconds of starting; a loaded machine may take longer).
+const ATTEMPTS: usize = 10;
+
+/// The pile-up on `python`, and the ports of its stats and metrics backends.
+fn start_pileup(python: &Path) -> (tracer_tests::ChildGuard, u16, u16) {
+    let mut cmd = Command::new(python);
+    cmd.arg(PY_PILEUP_SOURCE).arg(HANDLERS.to_string()).arg(WORKLOAD_SECONDS);
+    let (guard, line) = spawn_and_read_line("pypileup", cmd);
+    let ports: Vec<u16> =
+        line.split_whitespace().skip(1).filter_map(|port| port.parse().ok()).collect();
+    assert_eq!(ports.len(), 2, "pypileup said {line:?}");
+    (guard, ports[0], ports[1])
+}
+
+/// `function (pypileup.py:LINE)` for the line of the pile-up that holds `text`.
+fn site(function: &str, text: &str) -> String {
+    format!("{function} (pypileup.py:{})", line_of(PY_PILEUP_SOURCE, text))
+}
+
+fn at<'a>(profile: &'a Profile, site: &str) -> Vec<&'a ProfileStack> {
+    profile.stacks.iter().filter(|stack| stack.call_site() == site).collect()
+}
+
+fn threads_at(profile: &Profile, site: &str) -> usize {
+    at(profile, site).iter().map(|stack| stack.stats.threads.len()).sum()
+}
+
+/// A stack's Python frames, innermost first, as py-spy names them.
+fn python_frames(stack: &ProfileStack) -> Vec<String> {
+    stack
+        .frames
+        .iter()
+        .rev()
+        .filter(|frame| frame.module == "[python]")
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// Whether the profile shows the whole pile-up (every handler at `report_stat`).
+fn piled_up(profile: &Profile) -> bool {
+    threads_at(profile, &site("report_stat", "STATS_QUEUE.put(stat)")) == HANDLERS
+        && threads_at(profile, &site("post_stats", "connection.sendall(payload)")) == 1
+        && threads_at(profile, &site("send_metrics", "return client.getresponse()")) == 1
+}
+
+/// What each Python site of the pile-up must be: its threads, kind and object.
+fn assert_pileup(profile: &Profile, stats_port: u16, metrics_port: u16, names_locks: bool) {
+    let summary = || tracer_tests::top_stacks(profile, |_| true, 12);
+    let expect = |site: String, threads: usize, kind: WaitKind, object: Option<String>| {
+        let stacks = at(profile, &site);
+        let count: usize = stacks.iter().map(|stack| stack.stats.threads.len()).sum();
+        assert_eq!(count, threads, "threads at {site}:\n{}", summary());
+        for stack in stacks {
+            assert_eq!(stack.kind, kind, "{site}:\n{}", summary());
+            if let Some(object) = &object {
+                assert_eq!(stack.object.as_ref(), Some(object), "{site}'s object:\n{}", summary());
+            }
+        }
+    };
+    let queue = Some("Queue STATS_QUEUE".to_owned());
+    expect(site("report_stat", "STATS_QUEUE.put(stat)"), HANDLERS, WaitKind::Futex, queue);
+    let stats = Some(format!("127.0.0.1:{stats_port}"));
+    expect(site("post_stats", "connection.sendall(payload)"), 1, WaitKind::Send, stats);
+    let metrics = Some(format!("127.0.0.1:{metrics_port}"));
+    expect(site("send_metrics", "return client.getresponse()"), 1, WaitKind::Recv, metrics);
+    let lock = names_locks.then(|| "lock AUDIT_LOCK".to_owned());
+    expect(site("audit", "with AUDIT_LOCK:"), 2, WaitKind::Futex, lock);
+    // The handlers' frames under the call site are the runtime's, then the native ones.
+    let handler = at(profile, &site("report_stat", "STATS_QUEUE.put(stat)"))[0];
+    let frames = python_frames(handler);
+    assert!(frames[0].starts_with("Condition.wait (threading.py:"), "{frames:?}");
+    assert!(frames[1].starts_with("Queue.put (queue.py:"), "{frames:?}");
+    assert!(frames.last().is_some_and(|root| root.starts_with("Thread._bootstrap ")), "{frames:?}");
+    let native_leaf = handler.frames.last().expect("frames");
+    assert_ne!(native_leaf.module, "[python]", "the native frames stay below the Python ones");
+}
+
+/// Every thread of every stack with Python frames has exactly the frames py-spy reads.
+fn assert_frames_match_py_spy(profile: &Profile, pid: u32) {
+    let oracle = py_spy_dump(pid);
+    let mut compared = 0;
+    for stack in &profile.stacks {
+        let ours = python_frames(stack);
+        if ours.is_empty() {
+            continue;
+        }
+        for tid in &stack.stats.threads {
+            let theirs = oracle.get(tid).unwrap_or_else(|| panic!("py-spy has no thread {tid}"));
+            assert_eq!(&ours, theirs, "thread {tid}'s Python frames: ours, then py-spy's");
+            compared += 1;
+        }
+    }
+    assert!(compared >= HANDLERS + 4, "only {compared} threads compared with py-spy");
+}
+
+/// The version `python` says it is ("3.11").
+fn version_of(python: &Path) -> String {
+    let out = run_tool(
+        python.to_str().expect("utf-8 path"),
+        &["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        TIMEOUT,
+    );
+    out.stdout.trim().to_owned()
+}
+
+#[test]
+fn snapshot_names_python_call_sites_and_objects_with_the_frames_py_spy_reads() {
+    for python in python_interpreters() {
+        let version = version_of(&python);
+        eprintln!("{}: CPython {version}", python.display());
+        let (workload, stats_port, metrics_port) = start_pileup(&python);
+        let dir = TempDir::new("python-snapshot");
+        let mut profile = None;
+        for _ in 0..ATTEMPTS {
+            let traced = snapshot_profile(workload.pid(), &[], &dir, TIMEOUT);
+            let done = piled_up(&traced.profile);
+            profile = Some(traced);
+            if done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let traced = profile.expect("a snapshot");
+        let python_info = traced.profile.python.as_ref().expect("the profile names its CPython");
+        assert_eq!(python_info.version, version);
+        assert_eq!(python_info.missing, None);
+        assert!(traced.out.stdout.contains(&format!("CPython {version}: Python frames")));
+        // 3.13's locks park on the parking lot, not on a futex of their own.
+        let names_locks = version != "3.13";
+        assert_pileup(&traced.profile, stats_port, metrics_port, names_locks);
+        assert_frames_match_py_spy(&traced.profile, workload.pid());
+    }
+}
+
+#[test]
+fn sampled_record_and_serve_show_python_frames_and_exact_mode_says_where_they_are_missing() {
+    let python = Path::new(tracer_tests::DEBIAN_PYTHON);
+    let (workload, stats_port, metrics_port) = start_pileup(python);
+    let dir = TempDir::new("python-record");
+    // Settled: every handler at the full queue.
+    for _ in 0..ATTEMPTS {
+        if piled_up(&snapshot_profile(workload.pid(), &[], &dir, TIMEOUT).profile) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A recording of a CPython process is sampled unless asked otherwise.
+    let recorded = record_profile(workload.pid(), &["--duration", "2s"], &dir, TIMEOUT);
+    assert!(recorded.profile.sampling.is_some(), "recorded exact:\n{}", recorded.out.stdout);
+    assert_pileup(&recorded.profile, stats_port, metrics_port, true);
+    assert_frames_match_py_spy(&recorded.profile, workload.pid());
+
+    // Exact: the waits still blocked at the end have their Python frames; the report says
+    // the others cannot, and where to get them.
+    let exact =
+        record_profile(workload.pid(), &["--duration", "1s", "--mode", "exact"], &dir, TIMEOUT);
+    let missing = exact.profile.python.as_ref().and_then(|python| python.missing.clone());
+    assert!(missing.as_deref().is_some_and(|why| why.contains("--mode sampled")), "{missing:?}");
+    assert!(exact.out.stdout.contains("--mode sampled"), "{}", exact.out.stdout);
+    assert_pileup(&exact.profile, stats_port, metrics_port, true);
+
+    // serve: pprof with the Python frames as functions, files and lines.
+    let mut daemon = ServeDaemon::start(&["--pid", &workload.pid().to_string()]);
+    let attached = format!("attached to pid {} ", workload.pid());
+    daemon.wait_for_log(|line| line.contains(&attached), TIMEOUT);
+    let response = daemon.get("/debug/pprof/threads");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let saved = dir.join("threads.pb.gz");
+    std::fs::write(&saved, &response.body).expect("write the pprof");
+    let served = read_profile(&saved);
+    assert_pileup(&served, stats_port, metrics_port, true);
+    let raw = run_tool("go", &["tool", "pprof", "-raw", saved.to_str().expect("utf-8")], TIMEOUT);
+    tracer_tests::assert_success("go tool pprof -raw", &raw);
+    let line = line_of(PY_PILEUP_SOURCE, "STATS_QUEUE.put(stat)");
+    let location = format!(" report_stat {PY_PILEUP_SOURCE}:{line} ");
+    assert!(raw.stdout.contains(&location), "no {location:?} in:\n{}", raw.stdout);
+}
