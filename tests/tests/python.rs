@@ -98,7 +98,7 @@ fn assert_pileup(profile: &Profile, stats_port: u16, metrics_port: u16, names_lo
 }
 
 /// Every thread of every stack with Python frames has exactly the frames py-spy reads.
-fn assert_frames_match_py_spy(profile: &Profile, pid: u32) {
+fn assert_frames_match_py_spy(profile: &Profile, pid: u32, at_least: usize) {
     let oracle = py_spy_dump(pid);
     let mut compared = 0;
     for stack in &profile.stacks {
@@ -106,13 +106,16 @@ fn assert_frames_match_py_spy(profile: &Profile, pid: u32) {
         if ours.is_empty() {
             continue;
         }
+        if stack.kind == WaitKind::Task {
+            continue; // tasks are not threads: py-spy does not see them
+        }
         for tid in &stack.stats.threads {
             let theirs = oracle.get(tid).unwrap_or_else(|| panic!("py-spy has no thread {tid}"));
             assert_eq!(&ours, theirs, "thread {tid}'s Python frames: ours, then py-spy's");
             compared += 1;
         }
     }
-    assert!(compared >= HANDLERS + 4, "only {compared} threads compared with py-spy");
+    assert!(compared >= at_least, "only {compared} threads compared with py-spy");
 }
 
 /// The version `python` says it is ("3.11").
@@ -150,7 +153,7 @@ fn snapshot_names_python_call_sites_and_objects_with_the_frames_py_spy_reads() {
         // 3.13's locks park on the parking lot, not on a futex of their own.
         let names_locks = version != "3.13";
         assert_pileup(&traced.profile, stats_port, metrics_port, names_locks);
-        assert_frames_match_py_spy(&traced.profile, workload.pid());
+        assert_frames_match_py_spy(&traced.profile, workload.pid(), HANDLERS + 4);
     }
 }
 
@@ -171,7 +174,7 @@ fn sampled_record_and_serve_show_python_frames_and_exact_mode_says_where_they_ar
     let recorded = record_profile(workload.pid(), &["--duration", "2s"], &dir, TIMEOUT);
     assert!(recorded.profile.sampling.is_some(), "recorded exact:\n{}", recorded.out.stdout);
     assert_pileup(&recorded.profile, stats_port, metrics_port, true);
-    assert_frames_match_py_spy(&recorded.profile, workload.pid());
+    assert_frames_match_py_spy(&recorded.profile, workload.pid(), HANDLERS + 4);
 
     // Exact: the waits still blocked at the end have their Python frames; the report says
     // the others cannot, and where to get them.
@@ -197,4 +200,68 @@ fn sampled_record_and_serve_show_python_frames_and_exact_mode_says_where_they_ar
     let line = line_of(PY_PILEUP_SOURCE, "STATS_QUEUE.put(stat)");
     let location = format!(" report_stat {PY_PILEUP_SOURCE}:{line} ");
     assert!(raw.stdout.contains(&location), "no {location:?} in:\n{}", raw.stdout);
+}
+
+/// The asyncio pile-up on Debian's CPython, its pending tasks' coroutine stacks as the
+/// program itself sees them (the oracle it writes), and its event loop's port.
+fn start_async_pileup(dir: &TempDir) -> (tracer_tests::ChildGuard, u16, serde_json::Value) {
+    let oracle = dir.join("tasks.json");
+    let mut cmd = Command::new(tracer_tests::DEBIAN_PYTHON);
+    cmd.arg(tracer_tests::PY_ASYNC_SOURCE)
+        .args([REFRESHERS.to_string(), FETCHERS.to_string(), WORKLOAD_SECONDS.to_owned()])
+        .arg(&oracle);
+    let (guard, line) = spawn_and_read_line("pyasync", cmd);
+    let port = line.split_whitespace().nth(1).and_then(|port| port.parse().ok());
+    let port = port.unwrap_or_else(|| panic!("pyasync said {line:?}"));
+    let text = std::fs::read_to_string(&oracle).expect("the workload's task stacks");
+    (guard, port, serde_json::from_str(&text).expect("JSON task stacks"))
+}
+
+const REFRESHERS: usize = 6;
+const FETCHERS: usize = 4;
+
+#[test]
+fn snapshot_groups_asyncio_tasks_by_coroutine_stack_with_what_they_await() {
+    let dir = TempDir::new("python-asyncio");
+    let (workload, port, oracle) = start_async_pileup(&dir);
+    let traced = snapshot_profile(workload.pid(), &[], &dir, TIMEOUT);
+    let profile = &traced.profile;
+    let summary = tracer_tests::top_stacks(profile, |_| true, 12);
+    let tasks_at = |function: &str, text: &str| {
+        let wanted =
+            format!("{function} (pyasync.py:{})", line_of(tracer_tests::PY_ASYNC_SOURCE, text));
+        let stacks: Vec<&ProfileStack> = profile
+            .stacks
+            .iter()
+            .filter(|stack| stack.kind == WaitKind::Task && stack.call_site() == wanted)
+            .collect();
+        assert_eq!(stacks.len(), 1, "one coroutine stack at {wanted}:\n{summary}");
+        stacks[0]
+    };
+    let refreshers = tasks_at("refresh_cache", "async with CACHE_LOCK:");
+    assert_eq!(refreshers.stats.threads.len(), REFRESHERS, "{summary}");
+    assert_eq!(refreshers.object.as_deref(), Some("Lock CACHE_LOCK"));
+    let fetchers = tasks_at("fetch_quote", "return await reader.read(100)");
+    assert_eq!(fetchers.stats.threads.len(), FETCHERS, "{summary}");
+    assert_eq!(fetchers.object, Some(format!("recv 127.0.0.1:{port}")));
+    assert!(traced.out.stdout.contains("[Lock CACHE_LOCK]"), "{}", traced.out.stdout);
+
+    // Every task's coroutine stack is the one the program sees (outermost first).
+    let mut compared = 0;
+    for stack in profile.stacks.iter().filter(|stack| stack.kind == WaitKind::Task) {
+        let ours: Vec<&str> = stack.frames.iter().map(|frame| frame.name.as_str()).collect();
+        for number in &stack.stats.threads {
+            // The main task wrote the oracle, running: it is not in it.
+            let Some(theirs) = oracle[format!("Task-{number}")].as_array() else {
+                assert_eq!(*number, 1, "the program has no Task-{number}");
+                continue;
+            };
+            let theirs: Vec<&str> = theirs.iter().filter_map(|frame| frame.as_str()).collect();
+            assert_eq!(ours, theirs, "Task-{number}'s coroutines: ours, then the program's");
+            compared += 1;
+        }
+    }
+    assert!(compared >= REFRESHERS + FETCHERS, "only {compared} tasks compared");
+    // The event loop's own thread, and the backend's, as py-spy reads them.
+    assert_frames_match_py_spy(profile, workload.pid(), 2);
 }

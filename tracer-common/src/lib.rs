@@ -35,10 +35,13 @@ pub enum WaitKind {
     /// A goroutine parked in the Go scheduler (never seen by the probes); the object is
     /// its wait reason (`chan receive`, `IO wait`, ...).
     Goroutine = 8,
+    /// An asyncio task pending in its event loop (read from a CPython process's memory,
+    /// never by the probes); the object is what it awaits (`recv 10.0.0.5:80`, `Lock L`).
+    Task = 9,
 }
 
 /// Number of [`WaitKind`] variants (the size of per-kind arrays).
-pub const WAIT_KIND_COUNT: usize = 9;
+pub const WAIT_KIND_COUNT: usize = 10;
 
 impl WaitKind {
     /// Every kind, in discriminant order.
@@ -52,6 +55,7 @@ impl WaitKind {
         WaitKind::Read,
         WaitKind::Write,
         WaitKind::Goroutine,
+        WaitKind::Task,
     ];
 
     /// The kind with this discriminant, if any.
@@ -71,6 +75,7 @@ impl WaitKind {
             WaitKind::Read => "read",
             WaitKind::Write => "write",
             WaitKind::Goroutine => "goroutine",
+            WaitKind::Task => "task",
         }
     }
 }
@@ -408,7 +413,7 @@ impl GoCounter {
 /// Number of [`Counter`] variants.
 pub const COUNTER_COUNT: usize = 10;
 const _: () = assert!(Counter::WakeRingBufferFull as usize + 1 == COUNTER_COUNT);
-const _: () = assert!(WaitKind::Goroutine as usize + 1 == WAIT_KIND_COUNT);
+const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // No implicit padding in the records that cross the ring buffers.
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);

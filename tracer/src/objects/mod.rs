@@ -58,7 +58,7 @@ impl WaitObjects {
             WaitKind::Futex => return Some((kind, WaitObject::Futex(object))),
             WaitKind::Poll => return Some((kind, WaitObject::None)),
             // Not a syscall: the probes never report it.
-            WaitKind::Goroutine => return None,
+            WaitKind::Goroutine | WaitKind::Task => return None,
             WaitKind::Read => WaitKind::Recv,
             WaitKind::Write => WaitKind::Send,
             WaitKind::Send | WaitKind::Recv | WaitKind::Connect | WaitKind::Accept => kind,

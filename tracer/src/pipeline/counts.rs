@@ -41,11 +41,11 @@ pub fn trace_counts(
 
 /// The waits under the threshold, per kind. read/write under the threshold are not
 /// resolved to sockets (no record reaches userspace), so they stay `read`/`write`: any
-/// descriptor. Goroutine waits are not syscalls: the probes never count them.
+/// descriptor. Goroutine and task waits are not syscalls: the probes never count them.
 pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWaitTotals)> {
     WaitKind::ALL
         .iter()
-        .filter(|&&kind| kind != WaitKind::Goroutine)
+        .filter(|&&kind| !matches!(kind, WaitKind::Goroutine | WaitKind::Task))
         .map(|&kind| (kind, short_waits[kind as usize]))
         .collect()
 }

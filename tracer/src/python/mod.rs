@@ -7,6 +7,7 @@
 //! native thread id and its innermost frame; frames link to their callers and hold their
 //! code object (function, file, line table) and the instruction being run.
 
+mod asyncio;
 mod code;
 mod layout;
 mod objects;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use object::{Object as _, ObjectSymbol as _};
 
+pub use asyncio::{Awaited, PendingTask, task_stacks};
 pub use code::line_for_offset;
 use code::{CodeCache, CodeInfo};
 use layout::{FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, Layout};

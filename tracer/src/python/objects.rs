@@ -78,7 +78,7 @@ impl PythonProcess {
     }
 
     /// A frame's named locals and their values (arguments first).
-    fn locals(&self, frame: &PythonFrame) -> Vec<(String, u64)> {
+    pub(super) fn locals(&self, frame: &PythonFrame) -> Vec<(String, u64)> {
         let names = &frame.code.local_names;
         let mut values = vec![0u8; names.len() * 8];
         let start = frame.address + self.layout.frame.localsplus;

@@ -113,7 +113,7 @@ pub(crate) fn fixture_profile() -> Profile {
         stacks: vec![stuck, handlers, sends, truncated],
         below_threshold: WaitKind::ALL
             .iter()
-            .filter(|&&kind| kind != WaitKind::Goroutine)
+            .filter(|&&kind| !matches!(kind, WaitKind::Goroutine | WaitKind::Task))
             .map(|&kind| {
                 let totals = match kind {
                     WaitKind::Futex => ShortWaitTotals { count: 7, total_ns: 700_000 },

@@ -32,6 +32,7 @@ fn kind_color(kind: WaitKind) -> Color {
         WaitKind::Read => (0x5c, 0x9d, 0xb0),      // steel
         WaitKind::Write => (0x6d, 0x7f, 0xc4),     // slate
         WaitKind::Goroutine => (0x00, 0x96, 0x88), // teal
+        WaitKind::Task => (0x30, 0x69, 0x98),      // Python blue
     };
     Color { r, g, b }
 }

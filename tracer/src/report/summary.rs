@@ -41,7 +41,9 @@ pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
 /// which tells more than its kind.
 fn site_label(stack: &ProfileStack) -> String {
     let site = match (stack.kind, &stack.object) {
-        (WaitKind::Goroutine, Some(reason)) => format!("{} [{reason}]", stack.call_site()),
+        (WaitKind::Goroutine | WaitKind::Task, Some(reason)) => {
+            format!("{} [{reason}]", stack.call_site())
+        }
         _ => stack.call_site().to_string(),
     };
     // In a profile of several processes, whose (kept when the name is shortened).
@@ -316,6 +318,12 @@ pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
             Some(object) if stack.kind == WaitKind::Goroutine => {
                 object.strip_prefix(GO_IO_WAIT).and_then(|rest| rest.strip_prefix(' '))
             }
+            // An asyncio task's object is what it awaits: a socket's names its endpoint.
+            Some(object) if stack.kind == WaitKind::Task => {
+                ["recv ", "send ", "accept ", "connect "]
+                    .iter()
+                    .find_map(|verb| object.strip_prefix(verb))
+            }
             object => object,
         };
         let Some(object) = object else {
@@ -340,8 +348,14 @@ pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
     rows
 }
 
-const ENDPOINT_KINDS: [WaitKind; 5] =
-    [WaitKind::Send, WaitKind::Recv, WaitKind::Connect, WaitKind::Accept, WaitKind::Goroutine];
+const ENDPOINT_KINDS: [WaitKind; 6] = [
+    WaitKind::Send,
+    WaitKind::Recv,
+    WaitKind::Connect,
+    WaitKind::Accept,
+    WaitKind::Goroutine,
+    WaitKind::Task,
+];
 const ENDPOINT_WIDTH: usize = 22;
 const LOCK_WIDTH: usize = 46;
 

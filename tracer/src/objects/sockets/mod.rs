@@ -206,7 +206,7 @@ impl SocketInfo {
                 None => "connecting".to_owned(),
             },
             WaitKind::Accept => self.backlog_phrase(),
-            WaitKind::Poll | WaitKind::Futex | WaitKind::Goroutine => {
+            WaitKind::Poll | WaitKind::Futex | WaitKind::Goroutine | WaitKind::Task => {
                 match (self.accept_backlog, self.tcp_state) {
                     (Some(_), _) => self.backlog_phrase(),
                     (None, Some(state)) => state.to_string(),

@@ -1,0 +1,315 @@
+//! asyncio's pending tasks, read from outside (CPython 3.11): every task in
+//! `asyncio.tasks._all_tasks` that is still pending, its coroutine stack (each coroutine's
+//! frame, then the one it awaits, to the innermost), and what the innermost awaits: a
+//! socket (its endpoint), or the object a standard-library coroutine runs on (an
+//! `asyncio.Lock`, `Event`, `Queue`), named as the program holds it. The idea of CPython
+//! 3.14's `python -m asyncio pstree`, without entering the process.
+
+use std::collections::BTreeMap;
+
+use tracer_common::WaitKind;
+
+use super::code::read_str;
+use super::{PythonFrame, PythonProcess, is_runtime_file};
+use crate::memory::word;
+use crate::model::{ProfileStack, WaitObject, WaitStats};
+use crate::objects::WaitObjects;
+use crate::stacks::{Frame, PYTHON_MODULE};
+
+/// Tasks read at most (a torn set must not run away).
+const MAX_TASKS: u64 = 1 << 20;
+/// Coroutines followed per task at most.
+const MAX_AWAIT_DEPTH: usize = 256;
+/// 3.11's C `TaskObj` (`Modules/_asynciomodule.c`): `fut_state`, then after the future's
+/// fields `task_fut_waiter`, `task_coro`, `task_name`.
+const TASK_STATE: usize = 88;
+const TASK_FUT_WAITER: usize = 128;
+const TASK_CORO: usize = 136;
+const TASK_NAME: usize = 144;
+const TASK_SIZE: usize = 152;
+/// `PySetObject.mask` and `.table`; a set entry is (key, hash).
+const SET_MASK: u64 = 32;
+const SET_TABLE: u64 = 40;
+/// `PyWeakReference.wr_object`, `PyModuleObject.md_dict`, a socket object's `sock_fd`.
+const WEAKREF_OBJECT: u64 = 16;
+const MODULE_DICT: u64 = 16;
+const SOCKET_FD: u64 = 16;
+/// 3.11's `RESUME` opcode and its quickened form `RESUME_QUICK` (`Include/opcode.h`):
+/// with an oparg of 2 or more the frame awaits (or yields from) what is on top of its stack.
+const RESUME: [u8; 2] = [151, 150];
+
+/// One pending task: its coroutine stack and what it awaits.
+#[derive(Clone, Debug)]
+pub struct PendingTask {
+    /// `Task-12`, or the name the program gave it.
+    pub name: String,
+    /// The coroutine frames, innermost first (as a thread's Python frames).
+    pub frames: Vec<PythonFrame>,
+    pub awaits: Awaited,
+}
+
+/// What a pending task's innermost coroutine waits on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Awaited {
+    /// A socket, by descriptor, in the direction the coroutine uses it.
+    Socket {
+        kind: WaitKind,
+        fd: u32,
+    },
+    /// An object named as the program holds it (`Lock LOCK`), or a future's type.
+    Object(String),
+    Nothing,
+}
+
+impl PythonProcess {
+    /// Every pending asyncio task of the process (none if it never imported asyncio).
+    pub fn pending_tasks(&mut self) -> Result<Vec<PendingTask>, String> {
+        if self.layout.version != (3, 11) {
+            return Err(format!(
+                "asyncio tasks are read on CPython 3.11 only (this is {})",
+                self.version()
+            ));
+        }
+        let Some(all_tasks) = self.all_tasks() else {
+            return Ok(Vec::new());
+        };
+        let tasks = self.weak_set_members(all_tasks);
+        let mut pending = Vec::new();
+        for task in tasks {
+            if self.type_name(task).as_deref() != Some("_asyncio.Task") {
+                continue; // a task of asyncio's Python implementation, or a subclass
+            }
+            let mut fields = [0u8; TASK_SIZE];
+            if self.memory.read_exact(task, &mut fields).is_err() {
+                continue;
+            }
+            let state =
+                u32::from_le_bytes(fields[TASK_STATE..][..4].try_into().unwrap_or_default());
+            if state != 0 {
+                continue; // done or cancelled
+            }
+            let name = read_str(&self.memory, &self.layout, word(&fields, TASK_NAME))
+                .unwrap_or_else(|| format!("task at {task:#x}"));
+            let frames = self.coroutine_stack(word(&fields, TASK_CORO));
+            let awaits = self.awaited(&frames, word(&fields, TASK_FUT_WAITER));
+            pending.push(PendingTask { name, frames, awaits });
+        }
+        Ok(pending)
+    }
+
+    /// `asyncio.tasks._all_tasks`, from `sys.modules`.
+    fn all_tasks(&self) -> Option<u64> {
+        let interp = self.read_word(self.runtime + self.layout.runtime_interpreters_head)?;
+        let modules = self.read_word(interp + self.layout.interp_modules)?;
+        let module = self.dict_get(modules, "asyncio.tasks")?;
+        let globals = self.read_word(module + MODULE_DICT)?;
+        self.dict_get(globals, "_all_tasks")
+    }
+
+    /// The value of string key `key` in a dict.
+    fn dict_get(&self, dict: u64, key: &str) -> Option<u64> {
+        self.dict_entries(dict).into_iter().find_map(|(name, value)| {
+            (read_str(&self.memory, &self.layout, name).as_deref() == Some(key)).then_some(value)
+        })
+    }
+
+    /// The live objects of a `weakref.WeakSet` (its `data`: a set of weak references).
+    fn weak_set_members(&self, weak_set: u64) -> Vec<u64> {
+        let Some(data) = self.attributes(weak_set).into_iter().find_map(|(name, value)| {
+            (read_str(&self.memory, &self.layout, name).as_deref() == Some("data")).then_some(value)
+        }) else {
+            return Vec::new();
+        };
+        let (Some(mask), Some(table)) =
+            (self.read_word(data + SET_MASK), self.read_word(data + SET_TABLE))
+        else {
+            return Vec::new();
+        };
+        let slots = (mask + 1).min(MAX_TASKS);
+        let mut entries = vec![0u8; slots as usize * 16];
+        if self.memory.read_exact(table, &mut entries).is_err() {
+            return Vec::new();
+        }
+        (0..slots as usize)
+            .map(|slot| word(&entries, slot * 16))
+            .filter(|&key| key != 0)
+            // Free slots hold the set's dummy; references are `weakref.ReferenceType`.
+            .filter(|&key| self.type_name(key).is_some_and(|name| name.ends_with("ReferenceType")))
+            .filter_map(|reference| self.read_word(reference + WEAKREF_OBJECT))
+            .filter(|&object| object != 0)
+            .collect()
+    }
+
+    /// A coroutine's frame, then each coroutine (or generator) it awaits: innermost first.
+    fn coroutine_stack(&mut self, coroutine: u64) -> Vec<PythonFrame> {
+        let layout = self.layout.clone();
+        let mut frames = Vec::new();
+        let mut object = coroutine;
+        while frames.len() < MAX_AWAIT_DEPTH {
+            let is_coroutine = self
+                .type_name(object)
+                .is_some_and(|name| matches!(name.as_str(), "coroutine" | "generator"));
+            if !is_coroutine {
+                log::debug!("await chain ends at {object:#x} ({:?})", self.type_name(object));
+                break;
+            }
+            let mut state = [0u8; 1];
+            if self.memory.read_exact(object + layout.gen_frame_state, &mut state).is_err()
+                || state[0] as i8 != layout.gen_suspended
+            {
+                break;
+            }
+            let frame = object + layout.gen_iframe;
+            let mut bytes = vec![0u8; layout.frame.size as usize];
+            if self.memory.read_exact(frame, &mut bytes).is_err() {
+                break;
+            }
+            let code_address = word(&bytes, layout.frame.code as usize);
+            let instruction = word(&bytes, layout.frame.instruction as usize);
+            let Some(code) = self.codes.get(&self.memory, &layout, code_address) else {
+                self.counts.unreadable_frames += 1;
+                break;
+            };
+            let line = code.line_at(code_address, &layout, instruction);
+            let globals = word(&bytes, layout.frame.globals as usize);
+            frames.push(PythonFrame {
+                address: frame,
+                code,
+                line,
+                globals,
+                ends_evaluation: false,
+            });
+            // Awaiting: the next instruction resumes from an await, and what it awaits is
+            // on top of the frame's stack (CPython's `_PyGen_yf`).
+            let mut next = [0u8; 2];
+            let awaiting = self.memory.read_exact(instruction + 2, &mut next).is_ok()
+                && RESUME.contains(&next[0])
+                && next[1] >= 2;
+            let stacktop = u32::from_le_bytes(
+                bytes[layout.frame.stacktop as usize..][..4].try_into().unwrap_or_default(),
+            );
+            if !awaiting || stacktop == 0 {
+                log::debug!("coroutine {object:#x} awaits nothing ({next:?}, stacktop {stacktop})");
+                break;
+            }
+            let top = frame + layout.frame.localsplus + 8 * (u64::from(stacktop) - 1);
+            match self.read_word(top) {
+                Some(awaited) if awaited != 0 => object = awaited,
+                _ => break,
+            }
+        }
+        frames.reverse();
+        frames
+    }
+
+    /// What the innermost coroutine of a task waits on.
+    fn awaited(&mut self, frames: &[PythonFrame], future: u64) -> Awaited {
+        if let Some(socket) = self.awaited_socket(frames) {
+            return socket;
+        }
+        if let Some(object) = self.waited_object(frames, None) {
+            return Awaited::Object(object);
+        }
+        match self.type_name(future).filter(|_| future != 0) {
+            Some(name) => Awaited::Object(name.rsplit('.').next().unwrap_or(&name).to_owned()),
+            None => Awaited::Nothing,
+        }
+    }
+
+    /// A socket among the locals of the runtime's coroutines the program's innermost one
+    /// awaits (not the program's own: a listener it keeps is not what it waits on), or
+    /// held by their `self` (a transport's `_sock`, a stream's `_transport._sock`); its
+    /// direction from the innermost coroutine's name.
+    fn awaited_socket(&self, frames: &[PythonFrame]) -> Option<Awaited> {
+        let site = frames.iter().position(|frame| !is_runtime_file(&frame.code.filename))?;
+        let attribute = |object: u64, wanted: &str| {
+            self.attributes(object).into_iter().find_map(|(name, value)| {
+                (read_str(&self.memory, &self.layout, name).as_deref() == Some(wanted))
+                    .then_some(value)
+            })
+        };
+        let fd = frames[..site].iter().find_map(|frame| {
+            let locals = self.locals(frame);
+            let socket = locals.iter().map(|(_, value)| *value).find(|&v| self.is_socket(v));
+            socket.or_else(|| {
+                let this = locals.iter().find(|(name, _)| name == "self")?.1;
+                let transport = attribute(this, "_transport").unwrap_or(this);
+                attribute(transport, "_sock").filter(|&sock| self.is_socket(sock))
+            })
+        });
+        let fd = self.read_word(fd? + SOCKET_FD)? as u32;
+        let innermost = frames.first()?.code.qualname.to_ascii_lowercase();
+        let kind = if innermost.contains("accept") {
+            WaitKind::Accept
+        } else if innermost.contains("connect") {
+            WaitKind::Connect
+        } else if ["send", "write", "drain"].iter().any(|verb| innermost.contains(verb)) {
+            WaitKind::Send
+        } else {
+            WaitKind::Recv
+        };
+        Some(Awaited::Socket { kind, fd })
+    }
+
+    fn is_socket(&self, object: u64) -> bool {
+        object != 0
+            && self
+                .type_name(object)
+                .is_some_and(|name| name == "socket" || name == "_socket.socket")
+    }
+}
+
+/// The pending tasks as stacks of kind `task`, one per coroutine stack and object, each
+/// task counted once (by its number, `Task-12` → 12). Their ages are not known.
+pub fn task_stacks(tasks: &[PendingTask], objects: &mut WaitObjects) -> Vec<ProfileStack> {
+    let mut groups: BTreeMap<(Vec<String>, String), (Vec<Frame>, WaitStats)> = BTreeMap::new();
+    for (index, task) in tasks.iter().enumerate() {
+        let object = match &task.awaits {
+            Awaited::Socket { kind, fd } => match objects.resolve(*kind, u64::from(*fd)) {
+                Some((kind, WaitObject::Endpoint(endpoint))) => {
+                    format!("{} {endpoint}", kind.name())
+                }
+                _ => format!("{} socket", kind.name()),
+            },
+            Awaited::Object(object) => object.clone(),
+            Awaited::Nothing => "nothing".to_owned(),
+        };
+        // Root first, as every profile stack.
+        let frames: Vec<Frame> = task.frames.iter().rev().map(frame_of).collect();
+        let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
+        let number = task
+            .name
+            .strip_prefix("Task-")
+            .and_then(|number| number.parse().ok())
+            .unwrap_or(u32::MAX - index as u32);
+        let (_, stats) =
+            groups.entry((names, object)).or_insert_with(|| (frames, WaitStats::default()));
+        stats.add(number, 0);
+        stats.lower_bound = true;
+    }
+    groups
+        .into_iter()
+        .map(|((_, object), (frames, stats))| ProfileStack {
+            frames,
+            kind: WaitKind::Task,
+            object: Some(object),
+            truncated: false,
+            in_progress: true,
+            stats,
+            process: None,
+        })
+        .collect()
+}
+
+fn frame_of(frame: &PythonFrame) -> Frame {
+    let name = frame.name();
+    Frame {
+        name: name.display(),
+        module: PYTHON_MODULE.to_owned(),
+        module_is_main: false,
+        file: Some(name.file),
+        line: name.line,
+        inlined: false,
+        address: frame.address,
+    }
+}
