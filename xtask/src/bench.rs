@@ -14,6 +14,7 @@
 mod closed_loop;
 mod golang;
 mod latency;
+mod python;
 mod service;
 
 use std::{
@@ -32,8 +33,15 @@ use libc::{SIGINT, SIGKILL, SIGUSR1, SIGUSR2, WNOHANG};
 
 /// Debian packages of the peers the bench compares against, wrk (the Go service's load),
 /// and Redis (the full-speed row).
-pub const DEBIAN_PACKAGES: [&str; 5] =
-    ["libbpf-tools", "bpftrace", "wrk", "redis-server", "redis-tools"];
+pub const DEBIAN_PACKAGES: [&str; 7] = [
+    "libbpf-tools",
+    "bpftrace",
+    "wrk",
+    "redis-server",
+    "redis-tools",
+    "python3",
+    "python3-venv",
+];
 
 /// The Go release the Go rows build with (setup installs it).
 pub const GO_VERSION: &str = golang::GO_VERSION;
@@ -97,7 +105,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2.0)]
     http_seconds: f64,
     /// Run only these workloads (repeatable): futex, tcp, http, waits50k, waits100k, redis,
-    /// collateral, pileup, gohttp, goroutines.
+    /// collateral, pileup, gohttp, goroutines, pypileup, pyservice.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -341,6 +349,25 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             Err(err) => {
                 println!("bench: many goroutines failed: {err:#}");
                 let _ = writeln!(md, "## many goroutines\n\nfailed: {err:#}\n");
+            }
+        }
+    }
+
+    if wanted("pypileup") {
+        match python::run_pileup(root, &settings, rounds) {
+            Ok(table) => md.push_str(&table),
+            Err(err) => {
+                println!("bench: python pile-up failed: {err:#}");
+                let _ = writeln!(md, "## CPython pile-up\n\nfailed: {err:#}\n");
+            }
+        }
+    }
+    if wanted("pyservice") {
+        match python::run_service(root, &settings, &out_dir, rounds.max(5)) {
+            Ok(table) => md.push_str(&table),
+            Err(err) => {
+                println!("bench: python service failed: {err:#}");
+                let _ = writeln!(md, "## CPU-bound Python service\n\nfailed: {err:#}\n");
             }
         }
     }

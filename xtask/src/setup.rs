@@ -113,6 +113,7 @@ pub fn run(need: Need) -> anyhow::Result<()> {
     if need == Need::Bench {
         let version = crate::bench::GO_VERSION;
         run_setup_step(&format!("go {version}"), || go_toolchain(version))?;
+        run_setup_step("py-spy", py_spy)?;
     }
     if need.lints() {
         run_setup_step("rustfmt and clippy", || {
