@@ -33,15 +33,8 @@ use libc::{SIGINT, SIGKILL, SIGUSR1, SIGUSR2, WNOHANG};
 
 /// Debian packages of the peers the bench compares against, wrk (the Go service's load),
 /// and Redis (the full-speed row).
-pub const DEBIAN_PACKAGES: [&str; 7] = [
-    "libbpf-tools",
-    "bpftrace",
-    "wrk",
-    "redis-server",
-    "redis-tools",
-    "python3",
-    "python3-venv",
-];
+pub const DEBIAN_PACKAGES: [&str; 7] =
+    ["libbpf-tools", "bpftrace", "wrk", "redis-server", "redis-tools", "python3", "python3-venv"];
 
 /// The Go release the Go rows build with (setup installs it).
 pub const GO_VERSION: &str = golang::GO_VERSION;

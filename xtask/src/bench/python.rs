@@ -65,8 +65,13 @@ pub fn run_pileup(root: &Path, settings: &Settings, rounds: u32) -> anyhow::Resu
     let mut summary = None;
     for round in 1..=rounds {
         let mut snapshot = pinned(TOOL_CPU, &tracer);
-        let (wall, usage, out) = timed("tracer snapshot", snapshot.args(["snapshot", "--pid", &pid]))?;
-        summary = out.into_iter().find(|line| line.contains("report_stat"));
+        let (wall, usage, out) =
+            timed("tracer snapshot", snapshot.args(["snapshot", "--pid", &pid]))?;
+        // The call-site table's row of the handlers.
+        summary = out.into_iter().find(|line| {
+            line.trim_start().starts_with(|c: char| c.is_ascii_digit())
+                && line.contains("report_stat")
+        });
         ours.push((wall, usage));
         let mut dump = pinned(TOOL_CPU, &py_spy);
         let (wall, usage, _) = timed("py-spy dump", dump.args(["dump", "--pid", &pid]))?;
@@ -96,7 +101,7 @@ pub fn run_pileup(root: &Path, settings: &Settings, rounds: u32) -> anyhow::Resu
         );
     }
     if let Some(summary) = summary {
-        let _ = writeln!(md, "\nThe snapshot's top row: `{}`", summary.trim());
+        let _ = writeln!(md, "\nThe snapshot's row of the handlers: `{}`", summary.trim());
     }
     md.push('\n');
     Ok(md)
@@ -259,10 +264,10 @@ fn service_window(
     thread::sleep(Duration::from_secs_f64(settings.seconds));
     service.signal(SIGUSR2);
     let window_ns = opened.elapsed().as_nanos() as f64;
-    let cpu_share = tool
-        .as_ref()
-        .map(|tool| tool.cpu_ns().saturating_sub(cpu_before) as f64 / window_ns);
-    let line = service.wait_stdout_line(|line| line.starts_with("python "), Duration::from_secs(30))?;
+    let cpu_share =
+        tool.as_ref().map(|tool| tool.cpu_ns().saturating_sub(cpu_before) as f64 / window_ns);
+    let line =
+        service.wait_stdout_line(|line| line.starts_with("python "), Duration::from_secs(30))?;
     let rate: f64 = line
         .split_whitespace()
         .nth(1)
