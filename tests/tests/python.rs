@@ -265,3 +265,34 @@ fn snapshot_groups_asyncio_tasks_by_coroutine_stack_with_what_they_await() {
     // The event loop's own thread, and the backend's, as py-spy reads them.
     assert_frames_match_py_spy(profile, workload.pid(), 2);
 }
+
+/// A CPU-bound service: its worker threads take turns at the GIL, and their waits for it
+/// are named so, on every CPython build at hand.
+#[test]
+fn waits_for_the_gil_are_named_the_gil() {
+    for python in python_interpreters() {
+        let mut cmd = Command::new(&python);
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/pycpu.py")).args(["4", "60"]);
+        let (workload, _) = spawn_and_read_line("pycpu", cmd);
+        let dir = TempDir::new("python-gil");
+        let recorded = record_profile(workload.pid(), &["--duration", "1s"], &dir, TIMEOUT);
+        let profile = &recorded.profile;
+        let gil_threads: std::collections::BTreeSet<u32> = profile
+            .stacks
+            .iter()
+            .filter(|stack| stack.object.as_deref() == Some("GIL"))
+            .flat_map(|stack| stack.stats.threads.iter().copied())
+            .collect();
+        let summary = tracer_tests::top_stacks(profile, |_| true, 8);
+        // Four workers and the main thread between its sleeps want the GIL.
+        assert!(
+            gil_threads.len() >= 4,
+            "{}: GIL waits of {gil_threads:?}:\n{summary}",
+            python.display()
+        );
+        let gil_sites = profile.stacks.iter().filter(|s| s.object.as_deref() == Some("GIL"));
+        for stack in gil_sites {
+            assert!(stack.call_site().contains("(pycpu.py:"), "{}", stack.call_site());
+        }
+    }
+}

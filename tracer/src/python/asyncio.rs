@@ -14,7 +14,7 @@ use super::{PythonFrame, PythonProcess, is_runtime_file};
 use crate::memory::word;
 use crate::model::{ProfileStack, WaitObject, WaitStats};
 use crate::objects::WaitObjects;
-use crate::stacks::{Frame, PYTHON_MODULE};
+use crate::stacks::Frame;
 
 /// Tasks read at most (a torn set must not run away).
 const MAX_TASKS: u64 = 1 << 20;
@@ -275,7 +275,12 @@ pub fn task_stacks(tasks: &[PendingTask], objects: &mut WaitObjects) -> Vec<Prof
             Awaited::Nothing => "nothing".to_owned(),
         };
         // Root first, as every profile stack.
-        let frames: Vec<Frame> = task.frames.iter().rev().map(frame_of).collect();
+        let frames: Vec<Frame> = task
+            .frames
+            .iter()
+            .rev()
+            .map(|frame| Frame::python(frame.name(), frame.address))
+            .collect();
         let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
         let number = task
             .name
@@ -299,17 +304,4 @@ pub fn task_stacks(tasks: &[PendingTask], objects: &mut WaitObjects) -> Vec<Prof
             process: None,
         })
         .collect()
-}
-
-fn frame_of(frame: &PythonFrame) -> Frame {
-    let name = frame.name();
-    Frame {
-        name: name.display(),
-        module: PYTHON_MODULE.to_owned(),
-        module_is_main: false,
-        file: Some(name.file),
-        line: name.line,
-        inlined: false,
-        address: frame.address,
-    }
 }

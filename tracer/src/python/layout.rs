@@ -36,7 +36,23 @@ pub struct Layout {
     pub type_cached_keys: Option<u64>,
     /// `PyDictValues.values`, from the pointer.
     pub dict_values_start: u64,
+    /// Where the main interpreter's GIL (`struct _gil_runtime_state`) is.
+    pub gil: Gil,
 }
+
+/// Where the GIL lives: in `_PyRuntime.ceval` (3.11), or in the main interpreter's state
+/// (3.12+, one per interpreter). Found by its `interval` (`sys.setswitchinterval`) in live
+/// interpreters: 3.11 `_PyRuntime+0x168`, 3.12 main interpreter `+0x410`, 3.13 `+7752`
+/// (its debug offsets' `gil_runtime_state` too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gil {
+    InRuntime(u64),
+    InMainInterpreter(u64),
+}
+
+/// `sizeof(struct _gil_runtime_state)`: interval, last holder, locked, switch number, two
+/// condition variables and two mutexes.
+pub const GIL_SIZE: u64 = 208;
 
 /// How a thread state leads to its innermost frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +166,7 @@ fn python_3_11() -> Layout {
         // as_buffer, ht_name, ht_slots, ht_qualname.
         type_cached_keys: Some(872),
         dict_values_start: 0,
+        gil: Gil::InRuntime(0x168),
     }
 }
 
@@ -191,48 +208,29 @@ fn python_3_12() -> Layout {
         gen_suspended: -1,
         type_cached_keys: None,
         dict_values_start: 0,
+        gil: Gil::InMainInterpreter(0x410),
     }
 }
 
-/// 3.13: ours, then every offset `_Py_DebugOffsets` publishes taken from the process.
+/// 3.13: 3.12's frames and code objects but for where the code starts, its own runtime,
+/// interpreter and thread states; then every offset `_Py_DebugOffsets` publishes, taken
+/// from the process.
 fn python_3_13(runtime: &[u8]) -> Option<Layout> {
+    let python_3_12 = python_3_12();
     let mut layout = Layout {
         version: (3, 13),
         runtime_interpreters_head: 632,
         interp_threads_head: 7344,
         interp_modules: 7656,
-        thread_next: 8,
         thread_native_id: 160,
         current_frame: CurrentFrame::Direct(72),
-        frame: FrameLayout {
-            code: 0,
-            previous: 8,
-            globals: 24,
-            instruction: 56,
-            stacktop: 64,
-            owner: 70,
-            is_entry: None,
-            localsplus: 72,
-            size: 72,
-        },
-        code: CodeLayout {
-            argcount: 52,
-            firstlineno: 68,
-            nlocalsplus: 72,
-            localsplusnames: 96,
-            filename: 112,
-            name: 120,
-            qualname: 128,
-            linetable: 136,
-            code_start: 200,
-        },
-        ascii_data: 40,
-        compact_data: 56,
-        gen_frame_state: 67,
-        gen_iframe: 72,
+        code: CodeLayout { code_start: 200, ..python_3_12.code },
+        // SUSPENDED_YIELD_FROM (-1) is new; a plain suspension is -2.
         gen_suspended: -2,
-        type_cached_keys: None,
+        // `PyDictValues` begins with its capacity, size and flags.
         dict_values_start: 8,
+        gil: Gil::InMainInterpreter(7752),
+        ..python_3_12
     };
     if let Some(debug) = DebugOffsets::read(runtime) {
         if debug.free_threaded() {

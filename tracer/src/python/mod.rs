@@ -22,7 +22,7 @@ use object::{Object as _, ObjectSymbol as _};
 pub use asyncio::{Awaited, PendingTask, task_stacks};
 pub use code::line_for_offset;
 use code::{CodeCache, CodeInfo};
-use layout::{FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, Layout};
+use layout::{FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, GIL_SIZE, Gil, Layout};
 
 use crate::memory::{Memory, word};
 use crate::model::PythonInfo;
@@ -48,6 +48,10 @@ pub struct PythonProcess {
     /// Thread state by native thread id.
     thread_states: HashMap<u32, u64>,
     states_read_at: Option<Instant>,
+    /// The main interpreter's GIL: a futex wait in it is a thread waiting to run Python.
+    gil: Option<Range<u64>>,
+    /// Type objects known to be (or not to be) `_thread.lock`/`RLock`.
+    lock_types: HashMap<u64, bool>,
     pub counts: PythonCounts,
 }
 
@@ -135,14 +139,25 @@ impl PythonProcess {
                 PythonError::UnsupportedVersion(major, minor)
             }
         })?;
+        let gil = match layout.gil {
+            Gil::InRuntime(offset) => Some(symbols.runtime + offset),
+            Gil::InMainInterpreter(offset) => {
+                // `_PyRuntime.interpreters.main` follows `.head`.
+                let mut main = [0u8; 8];
+                let at = symbols.runtime + layout.runtime_interpreters_head + 8;
+                memory.read_exact(at, &mut main).ok().map(|_| u64::from_le_bytes(main) + offset)
+            }
+        };
         Ok(Some(Self {
             memory,
+            gil: gil.map(|start| start..start + GIL_SIZE),
             layout,
             runtime: symbols.runtime,
             evaluation: symbols.evaluation,
             codes: CodeCache::default(),
             thread_states: HashMap::new(),
             states_read_at: None,
+            lock_types: HashMap::new(),
             counts: PythonCounts::default(),
         }))
     }
@@ -150,6 +165,11 @@ impl PythonProcess {
     /// "3.11".
     pub fn version(&self) -> String {
         format!("{}.{}", self.layout.version.0, self.layout.version.1)
+    }
+
+    /// Whether a futex at `address` is the GIL's (a thread waiting to run Python code).
+    pub fn is_gil(&self, address: u64) -> bool {
+        self.gil.as_ref().is_some_and(|gil| gil.contains(&address))
     }
 
     /// Whether `address` (a native frame's, as looked up) is in the evaluation loop.

@@ -46,15 +46,35 @@ impl PythonProcess {
     }
 
     /// A `_thread.lock`/`RLock` among the frame's locals and globals whose futex is `futex`.
-    fn lock_with_futex(&self, frame: &PythonFrame, futex: u64) -> Option<u64> {
+    /// Every futex wait of a thread in Python code asks (the GIL's too), so the candidates'
+    /// types are read in one call and each type is named once.
+    fn lock_with_futex(&mut self, frame: &PythonFrame, futex: u64) -> Option<u64> {
         let locals = self.locals(frame).into_iter().map(|(_, value)| value);
         let globals = self.dict_entries(frame.globals).into_iter().map(|(_, value)| value);
-        locals.chain(globals).find(|&object| {
-            let is_lock = self
-                .type_name(object)
-                .is_some_and(|name| name == "_thread.lock" || name == "_thread.RLock");
-            is_lock && self.read_word(object + LOCK_HANDLE) == Some(futex)
-        })
+        let candidates: Vec<u64> = locals.chain(globals).collect();
+        let types = self
+            .memory
+            .read_many(&candidates.iter().map(|object| object + OB_TYPE).collect::<Vec<_>>(), 8);
+        let locks: Vec<u64> = candidates
+            .into_iter()
+            .zip(types)
+            .filter_map(|(object, kind)| Some((object, word(&kind?, 0))))
+            .filter(|&(_, kind)| self.is_lock_type(kind))
+            .map(|(object, _)| object)
+            .collect();
+        locks.into_iter().find(|&lock| self.read_word(lock + LOCK_HANDLE) == Some(futex))
+    }
+
+    /// Whether `kind` is `_thread.lock` or `_thread.RLock` (remembered per type).
+    fn is_lock_type(&mut self, kind: u64) -> bool {
+        if let Some(&is_lock) = self.lock_types.get(&kind) {
+            return is_lock;
+        }
+        let is_lock = self
+            .name_of_type(kind)
+            .is_some_and(|name| name == "_thread.lock" || name == "_thread.RLock");
+        self.lock_types.insert(kind, is_lock);
+        is_lock
     }
 
     /// The name `frame` holds `object` by: a local, an attribute of its `self`, a global.
@@ -176,6 +196,11 @@ impl PythonProcess {
     /// `type(object).__name__` as the type spells it (`_thread.lock`, `Queue`).
     pub(super) fn type_name(&self, object: u64) -> Option<String> {
         let kind = self.read_word(object + OB_TYPE).filter(|&kind| kind != 0)?;
+        self.name_of_type(kind)
+    }
+
+    /// A type object's `tp_name`.
+    fn name_of_type(&self, kind: u64) -> Option<String> {
         let name = self.read_word(kind + TP_NAME).filter(|&name| name != 0)?;
         // A name near the end of its mapping: read what there is.
         let mut bytes = [0u8; 128];

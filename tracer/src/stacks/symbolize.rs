@@ -43,6 +43,19 @@ impl Frame {
         }
     }
 
+    /// A Python frame, named as py-spy names it (`report_stat (pypileup.py:22)`).
+    pub fn python(name: python::PythonFrameName, address: u64) -> Self {
+        Frame {
+            name: name.display(),
+            module: PYTHON_MODULE.to_owned(),
+            module_is_main: false,
+            file: Some(name.file),
+            line: name.line,
+            inlined: false,
+            address,
+        }
+    }
+
     /// A frame only known by its address, under `name` (`[unknown]`, `[stack lost]`).
     pub fn unknown_named(name: &str, address: u64) -> Self {
         Frame {
@@ -175,15 +188,7 @@ impl StackSymbolizer {
 /// The Python frame that `address` stands for in `image`'s stacks.
 fn python_frame(image: &ProcessImage, address: u64) -> Frame {
     match image.python_frames.get(address) {
-        Some(name) => Frame {
-            name: name.display(),
-            module: PYTHON_MODULE.to_owned(),
-            module_is_main: false,
-            file: Some(name.file),
-            line: name.line,
-            inlined: false,
-            address,
-        },
+        Some(name) => Frame::python(name, address),
         None => Frame::unknown_named(UNKNOWN, address),
     }
 }

@@ -120,6 +120,10 @@ pub(crate) fn stack_key(
     let (walked, python_frames) =
         unwinder.unwind_thread(sample.tid, UserRegs { ip, sp, bp }, &sample.stack);
     let object = match (&object, unwinder.python()) {
+        // A Python thread waiting for its turn to run Python code.
+        (WaitObject::Futex(futex), Some(python)) if python.is_gil(*futex) => {
+            WaitObject::Named(GIL.to_owned())
+        }
         // A Python thread's lock or queue, named as the program holds it.
         (WaitObject::Futex(futex), Some(python)) if !python_frames.is_empty() => {
             python.waited_object(&python_frames, Some(*futex)).map_or(object, WaitObject::Named)
@@ -134,6 +138,9 @@ pub(crate) fn stack_key(
         in_progress: true,
     }
 }
+
+/// What a wait for CPython's global interpreter lock is named.
+pub const GIL: &str = "GIL";
 
 /// The watched wait a sampled thread is in, and on what, if any.
 pub(crate) fn wait_object(
