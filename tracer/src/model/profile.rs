@@ -334,6 +334,8 @@ pub struct PythonInfo {
     pub missing: Option<String>,
     /// Frames whose code object could not be read, left out of their stacks.
     pub unreadable_frames: u64,
+    /// Stacks deeper than the frames read per thread, their root end left out.
+    pub truncated_stacks: u64,
 }
 
 /// A sampled recording: the process was read every `period`, `reads` times; a wait seen

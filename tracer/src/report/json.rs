@@ -96,6 +96,8 @@ pub struct JsonPython {
     pub missing: Option<String>,
     #[serde(default)]
     pub unreadable_frames: u64,
+    #[serde(default)]
+    pub truncated_stacks: u64,
 }
 
 /// Second by second from the recording's start, per call site: threads blocked at the end
@@ -387,13 +389,14 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         chains: json_chains(chains, profile.waiters()),
         processes: processes.iter().map(json_process).collect(),
         timeline: timeline.as_ref().map(json_timeline),
-        python: python.as_ref().map(|PythonInfo { version, missing, unreadable_frames }| {
-            JsonPython {
+        python: python.as_ref().map(
+            |PythonInfo { version, missing, unreadable_frames, truncated_stacks }| JsonPython {
                 version: version.clone(),
                 missing: missing.clone(),
                 unreadable_frames: *unreadable_frames,
-            }
-        }),
+                truncated_stacks: *truncated_stacks,
+            },
+        ),
         modules: modules
             .iter()
             .map(|(name, info)| {
@@ -694,11 +697,10 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.wakers = wakers;
     profile.processes = processes.into_iter().map(process_tag).collect();
     profile.timeline = timeline.map(timeline_of).transpose().map_err(invalid)?;
-    profile.python = python.map(|JsonPython { version, missing, unreadable_frames }| PythonInfo {
-        version,
-        missing,
-        unreadable_frames,
-    });
+    profile.python =
+        python.map(|JsonPython { version, missing, unreadable_frames, truncated_stacks }| {
+            PythonInfo { version, missing, unreadable_frames, truncated_stacks }
+        });
     profile.chains = if has_chains {
         wait_chains(chains).map_err(invalid)?
     } else {
@@ -872,6 +874,25 @@ mod tests {
         let mut exact = Vec::new();
         write_json(&fixture_profile(), &fixture_provenance(), &mut exact).unwrap();
         assert!(!String::from_utf8(exact).unwrap().contains("sample_"));
+    }
+
+    #[test]
+    fn a_python_process_keeps_its_interpreter_and_what_was_missing() {
+        let mut profile = fixture_profile();
+        let python = PythonInfo {
+            version: "3.11".into(),
+            missing: Some("an exact recording ...".into()),
+            unreadable_frames: 2,
+            truncated_stacks: 1,
+        };
+        profile.python = Some(python.clone());
+        let mut bytes = Vec::new();
+        write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
+        assert_eq!(read_json(&bytes).unwrap().profile.python, Some(python));
+        // Any other process writes no python section.
+        let mut native = Vec::new();
+        write_json(&fixture_profile(), &fixture_provenance(), &mut native).unwrap();
+        assert!(!String::from_utf8(native).unwrap().contains("\"python\""));
     }
 
     #[test]

@@ -133,6 +133,9 @@ fn write_python(out: &mut String, profile: &Profile) {
     if python.unreadable_frames > 0 {
         let _ = write!(line, "; {} frames unreadable (left out)", python.unreadable_frames);
     }
+    if python.truncated_stacks > 0 {
+        let _ = write!(line, "; {} stacks cut at their root end", python.truncated_stacks);
+    }
     let _ = writeln!(out, "{line}");
 }
 

@@ -45,7 +45,7 @@ impl ProcessUnwinder {
                 image.python_frames.set_interpreter(PythonInfo {
                     version: err.version(),
                     missing: Some(err.to_string()),
-                    unreadable_frames: 0,
+                    ..Default::default()
                 });
                 None
             }
@@ -89,8 +89,11 @@ impl ProcessUnwinder {
             return (unwound, Vec::new());
         };
         let frames = python.thread_frames(tid);
-        let unreadable = python.counts.unreadable_frames;
-        self.image.python_frames.update_interpreter(|info| info.unreadable_frames = unreadable);
+        let counts = python.counts;
+        self.image.python_frames.update_interpreter(|info| {
+            info.unreadable_frames = counts.unreadable_frames;
+            info.truncated_stacks = counts.truncated_stacks;
+        });
         if !frames.is_empty() {
             let table = &self.image.python_frames;
             unwound.addresses = python::interleave(
