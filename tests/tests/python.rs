@@ -264,6 +264,24 @@ fn snapshot_groups_asyncio_tasks_by_coroutine_stack_with_what_they_await() {
     assert!(compared >= REFRESHERS + FETCHERS, "only {compared} tasks compared");
     // The event loop's own thread, and the backend's, as py-spy reads them.
     assert_frames_match_py_spy(profile, workload.pid(), 2);
+
+    // serve's snapshot of the process has the tasks too, in pprof.
+    let mut daemon = ServeDaemon::start(&["--pid", &workload.pid().to_string()]);
+    let attached = format!("attached to pid {} ", workload.pid());
+    daemon.wait_for_log(|line| line.contains(&attached), TIMEOUT);
+    let response = daemon.get("/debug/pprof/threads");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let saved = dir.join("threads.pb.gz");
+    std::fs::write(&saved, &response.body).expect("write the pprof");
+    let served = read_profile(&saved);
+    let refreshers_served: usize = served
+        .stacks
+        .iter()
+        .filter(|stack| stack.kind == WaitKind::Task && stack.call_site() == refreshers.call_site())
+        .map(|stack| stack.stats.waits as usize)
+        .sum();
+    let served_summary = tracer_tests::top_stacks(&served, |_| true, 12);
+    assert_eq!(refreshers_served, REFRESHERS, "served:\n{served_summary}");
 }
 
 /// A CPU-bound service: its worker threads take turns at the GIL, and their waits for it

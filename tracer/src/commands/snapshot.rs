@@ -151,24 +151,14 @@ fn snapshot_profile(
         anyhow::bail!("pid {pid} exited during the snapshot");
     }
     // A CPython process's asyncio tasks pending in its event loops.
-    let tasks = match unwinder.python().map(|python| python.pending_tasks()) {
-        Some(Ok(tasks)) => crate::python::task_stacks(&tasks, &mut objects),
-        Some(Err(why)) => {
-            log::info!("pid {pid}: {why}");
-            Vec::new()
-        }
-        None => Vec::new(),
-    };
+    let tasks = pipeline::pending_task_stacks(&mut unwinder, &mut objects);
     let mut base = pipeline::profile_of(&target, ProfileKind::Snapshot, started_at);
     base.duration = started.elapsed();
     base.counts =
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
-    let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
-    if !tasks.is_empty() {
-        let threads = std::mem::take(&mut profile.stacks);
-        profile = Profile::from_symbolized(profile, threads.into_iter().chain(tasks));
-    }
+    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let mut profile = pipeline::with_stacks(profile, tasks);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, frame_pointers);
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
     Ok(profile)

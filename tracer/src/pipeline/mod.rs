@@ -260,6 +260,31 @@ pub fn symbolize(
     Namer::default().profile(aggregate, base, image)
 }
 
+/// A CPython process's asyncio tasks pending now, as stacks of kind `task` (none for
+/// another process, or a version whose tasks are not read: logged).
+pub fn pending_task_stacks(
+    unwinder: &mut ProcessUnwinder,
+    objects: &mut WaitObjects,
+) -> Vec<crate::model::ProfileStack> {
+    match unwinder.python().map(|python| python.pending_tasks()) {
+        Some(Ok(tasks)) => crate::python::task_stacks(&tasks, objects),
+        Some(Err(why)) => {
+            log::info!("{why}");
+            Vec::new()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// `profile` with `stacks` added among its own (merged and ordered as symbolized ones).
+pub fn with_stacks(mut profile: Profile, stacks: Vec<crate::model::ProfileStack>) -> Profile {
+    if stacks.is_empty() {
+        return profile;
+    }
+    let own = std::mem::take(&mut profile.stacks);
+    Profile::from_symbolized(profile, own.into_iter().chain(stacks))
+}
+
 /// The wait-chains stage: reads what the chains end in from the live system (the
 /// processes behind local endpoints, lock holders, what the wakers do now) and joins the
 /// profile's sites, wakers and those into chains.

@@ -15,7 +15,7 @@ use crate::{
     chains::{self, ChainFacts},
     model::{Profile, WaitAggregate},
     objects::WaitObjects,
-    pipeline::Namer,
+    pipeline::{self, Namer},
     stacks::{MapRefresh, ProcessImage, ProcessUnwinder},
     threads::blocked_now::{KnownWaitStarts, SavedFramePointers, collect_blocked_threads},
 };
@@ -249,8 +249,11 @@ fn blocked_now(
     )
     .map_err(|source| WorkerError::Threads { pid, source })?;
     base.counts.unwind_truncated = attachment.unwinder.truncated_unwinds - truncated_before;
+    // A CPython process's asyncio tasks pending now.
+    let tasks = pipeline::pending_task_stacks(&mut attachment.unwinder, &mut attachment.objects);
     base.endpoint_states = std::mem::take(&mut attachment.objects.endpoint_states);
-    let mut profile = symbolize(attachment, aggregate, base);
+    let profile = symbolize(attachment, aggregate, base);
+    let mut profile = pipeline::with_stacks(profile, tasks);
     profile.duration = started.elapsed();
     if chains_wanted == ChainsWanted::No {
         attachment.objects.endpoint_sockets.clear();
