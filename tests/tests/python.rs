@@ -118,6 +118,18 @@ fn assert_frames_match_py_spy(profile: &Profile, pid: u32, at_least: usize) {
     assert!(compared >= at_least, "only {compared} threads compared with py-spy");
 }
 
+/// `serve --pid PID`'s `/debug/pprof/threads`, saved in `dir` and read back.
+fn served_threads(pid: u32, dir: &TempDir) -> (Profile, std::path::PathBuf) {
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    let attached = format!("attached to pid {pid} ");
+    daemon.wait_for_log(|line| line.contains(&attached), TIMEOUT);
+    let response = daemon.get("/debug/pprof/threads");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let saved = dir.join("threads.pb.gz");
+    std::fs::write(&saved, &response.body).expect("write the pprof");
+    (read_profile(&saved), saved)
+}
+
 /// The version `python` says it is ("3.11").
 fn version_of(python: &Path) -> String {
     let out = run_tool(
@@ -186,14 +198,7 @@ fn sampled_record_and_serve_show_python_frames_and_exact_mode_says_where_they_ar
     assert_pileup(&exact.profile, stats_port, metrics_port, true);
 
     // serve: pprof with the Python frames as functions, files and lines.
-    let mut daemon = ServeDaemon::start(&["--pid", &workload.pid().to_string()]);
-    let attached = format!("attached to pid {} ", workload.pid());
-    daemon.wait_for_log(|line| line.contains(&attached), TIMEOUT);
-    let response = daemon.get("/debug/pprof/threads");
-    assert_eq!(response.status, 200, "{}", response.text());
-    let saved = dir.join("threads.pb.gz");
-    std::fs::write(&saved, &response.body).expect("write the pprof");
-    let served = read_profile(&saved);
+    let (served, saved) = served_threads(workload.pid(), &dir);
     assert_pileup(&served, stats_port, metrics_port, true);
     let raw = run_tool("go", &["tool", "pprof", "-raw", saved.to_str().expect("utf-8")], TIMEOUT);
     tracer_tests::assert_success("go tool pprof -raw", &raw);
@@ -266,14 +271,7 @@ fn snapshot_groups_asyncio_tasks_by_coroutine_stack_with_what_they_await() {
     assert_frames_match_py_spy(profile, workload.pid(), 2);
 
     // serve's snapshot of the process has the tasks too, in pprof.
-    let mut daemon = ServeDaemon::start(&["--pid", &workload.pid().to_string()]);
-    let attached = format!("attached to pid {} ", workload.pid());
-    daemon.wait_for_log(|line| line.contains(&attached), TIMEOUT);
-    let response = daemon.get("/debug/pprof/threads");
-    assert_eq!(response.status, 200, "{}", response.text());
-    let saved = dir.join("threads.pb.gz");
-    std::fs::write(&saved, &response.body).expect("write the pprof");
-    let served = read_profile(&saved);
+    let (served, _) = served_threads(workload.pid(), &dir);
     let refreshers_served: usize = served
         .stacks
         .iter()

@@ -142,7 +142,7 @@ impl PythonProcess {
 
     /// A coroutine's frame, then each coroutine (or generator) it awaits: innermost first.
     fn coroutine_stack(&mut self, coroutine: u64) -> Vec<PythonFrame> {
-        let layout = self.layout.clone();
+        let layout = &self.layout;
         let mut frames = Vec::new();
         let mut object = coroutine;
         while frames.len() < MAX_AWAIT_DEPTH {
@@ -166,11 +166,11 @@ impl PythonProcess {
             }
             let code_address = word(&bytes, layout.frame.code as usize);
             let instruction = word(&bytes, layout.frame.instruction as usize);
-            let Some(code) = self.codes.get(&self.memory, &layout, code_address) else {
+            let Some(code) = self.codes.get(&self.memory, layout, code_address) else {
                 self.counts.unreadable_frames += 1;
                 break;
             };
-            let line = code.line_at(code_address, &layout, instruction);
+            let line = code.line_at(code_address, layout, instruction);
             let globals = word(&bytes, layout.frame.globals as usize);
             frames.push(PythonFrame {
                 address: frame,

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use object::{Object as _, ObjectSymbol as _};
 
 pub use asyncio::{Awaited, PendingTask, task_stacks};
-pub use code::line_for_offset;
 use code::{CodeCache, CodeInfo};
 use layout::{FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, GIL_SIZE, Gil, Layout};
 
@@ -347,13 +346,8 @@ impl PythonFrameName {
 fn short_file_name(file: &str) -> &str {
     let parts: Vec<&str> = file.split('/').collect();
     let is_library = |index: usize| {
-        let part = parts[index];
-        part.ends_with("-packages")
-            || index > 0
-                && parts[index - 1] == "lib"
-                && part.strip_prefix("python3.").is_some_and(|minor| {
-                    !minor.is_empty() && minor.bytes().all(|byte| byte.is_ascii_digit())
-                })
+        parts[index].ends_with("-packages")
+            || index > 0 && is_standard_library_dir(parts[index - 1], parts[index])
     };
     // The innermost library directory that holds the file (site-packages inside
     // lib/python3.11 wins).
@@ -456,10 +450,19 @@ pub fn is_runtime_file(file: &str) -> bool {
     if file.starts_with('<') {
         return true; // <frozen importlib._bootstrap>, <string>
     }
-    let in_standard_library = file.split('/').any(|part| {
-        part.strip_prefix("python3.").is_some_and(|minor| minor.bytes().all(|b| b.is_ascii_digit()))
-    }) && file.contains("/lib");
+    let parts: Vec<&str> = file.split('/').collect();
+    let in_standard_library =
+        parts.windows(2).any(|pair| is_standard_library_dir(pair[0], pair[1]));
     in_standard_library && !file.contains("-packages/")
+}
+
+/// `lib/python3.11` (or `lib64/python3.11`): the standard library's directory, by the
+/// directory `part` and its parent.
+fn is_standard_library_dir(parent: &str, part: &str) -> bool {
+    parent.starts_with("lib")
+        && part.strip_prefix("python3.").is_some_and(|minor| {
+            !minor.is_empty() && minor.bytes().all(|byte| byte.is_ascii_digit())
+        })
 }
 
 #[cfg(test)]

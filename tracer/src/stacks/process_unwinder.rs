@@ -70,11 +70,6 @@ impl ProcessUnwinder {
         self.python.as_mut()
     }
 
-    /// Whether the process runs a CPython we read.
-    pub fn is_python(&self) -> bool {
-        self.python.is_some()
-    }
-
     /// As [`ProcessUnwinder::unwind`], for thread `tid` while it is still where `regs`
     /// say: a Python thread's Python frames (read now) replace the interpreter's
     /// evaluation frames. Returns them too (leaf first), to name what the thread waits on.
