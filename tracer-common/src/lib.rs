@@ -256,19 +256,39 @@ pub struct WaitRecord {
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
-/// The user registers a task saved on entering the kernel, as the task iterator
-/// writes them for every task (the iterator cannot tell tasks apart without kernel
-/// struct offsets; userspace matches them by `sp` and `ip` to the threads it reads
-/// from /proc). `bp` is what /proc does not show and CFI unwinding can need.
+/// One look at a task, as the task iterator writes it for each task it walks: its ids,
+/// whether it sleeps, how often it has been switched out, and the user registers it
+/// saved on entering the kernel (its syscall, arguments, sp and ip, which /proc shows too,
+/// and bp, which /proc does not and CFI unwinding can need). A sampled recording reads
+/// its target's threads with one pass of these instead of two /proc files per thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TaskRegs {
+pub struct TaskLook {
+    /// Thread id (`task_struct.pid`).
+    pub tid: u32,
+    /// Process id (`task_struct.tgid`).
+    pub tgid: u32,
+    /// `task_struct.__state`: 0 while running or waiting for a CPU.
+    pub state: u32,
+    /// `task_struct.on_cpu`: not 0 while it is still on a CPU, which a thread going to
+    /// sleep is between setting its state and switching out.
+    pub on_cpu: u32,
+    /// `nvcsw + nivcsw`: how often it has been switched out. A thread blocked now that
+    /// ran since an earlier look was switched out again since, so the same count and
+    /// call mean the same wait.
+    pub switches: u64,
+    /// `orig_rax`: the syscall it is in; negative outside any.
+    pub syscall_nr: i64,
+    /// The syscall's arguments (rdi, rsi, rdx, r10, r8, r9).
+    pub args: [u64; 6],
     /// User instruction pointer.
     pub ip: u64,
     /// User stack pointer.
     pub sp: u64,
     /// User frame pointer (rbp).
     pub bp: u64,
+    /// Its name (`comm`), NUL-padded.
+    pub comm: [u8; 16],
 }
 
 /// A thread of the target waking another one out of a long futex wait: the waker's
@@ -418,6 +438,7 @@ const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<InFlightWait>() == 32);
+const _: () = assert!(core::mem::size_of::<TaskLook>() == 120);
 const _: () = assert!(core::mem::size_of::<SleepStack>() == 16 + STACK_COPY_BYTES);
 const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 // No implicit padding in the Go maps' keys and values.

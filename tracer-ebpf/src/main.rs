@@ -44,7 +44,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskRegs,
+    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook,
     WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord,
     classify_syscall, is_futex_wake, syscall_nr,
 };
@@ -66,6 +66,16 @@ static TASK_COMM_OFFSET: Global<u64> = Global::new(0);
 /// Offset of `pid` (the thread id) in `struct task_struct`; set by the loader.
 #[unsafe(no_mangle)]
 static TASK_PID_OFFSET: Global<u64> = Global::new(0);
+/// Offsets of `__state`, `on_cpu`, `nvcsw` and `nivcsw` in `struct task_struct`, for the
+/// task iterator's looks; set by the loader.
+#[unsafe(no_mangle)]
+static TASK_STATE_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_ON_CPU_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_NVCSW_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_NIVCSW_OFFSET: Global<u64> = Global::new(0);
 
 mod task_storage;
 
@@ -203,6 +213,16 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
 unsafe fn task_field(task: *mut task_struct, offset: u64) -> u32 {
     // SAFETY: as the caller promises.
     unsafe { *task.cast::<u8>().add(offset as usize).cast::<u32>() }
+}
+
+/// The 64-bit member (`unsigned long`) of `task` at `offset`.
+///
+/// # Safety
+/// As for [`task_field`], with an 8-byte member.
+#[inline(always)]
+unsafe fn task_field_u64(task: *mut task_struct, offset: u64) -> u64 {
+    // SAFETY: as the caller promises.
+    unsafe { *task.cast::<u8>().add(offset as usize).cast::<u64>() }
 }
 
 /// Notes a wait when the current thread (`prev`, of the target) goes to sleep inside a
@@ -515,16 +535,18 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// A task iterator (`iter/task`): writes the saved user registers of every task to the
-/// iterator's seq file. `tracer snapshot` needs rbp, which /proc does not show, to
-/// unwind through frames whose CFI is rbp-based. The context is
+/// A task iterator (`iter/task`): writes a [`TaskLook`] of each task it walks (one
+/// process's threads, or every task) to the iterator's seq file. A sampled recording reads
+/// its target's threads this way, one pass per read; `tracer snapshot` needs rbp, which
+/// /proc does not show, to unwind through frames whose CFI is rbp-based. The context is
 /// `struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; }`,
 /// and `bpf_iter_meta` starts with `struct seq_file *seq` (include/linux/bpf.h).
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
-pub fn tracer_task_regs(ctx: *mut core::ffi::c_void) -> i32 {
+pub fn tracer_task_looks(ctx: *mut core::ffi::c_void) -> i32 {
     // SAFETY: the verifier types these loads from the iterator context; `task` is
-    // NULL once, at the end of the iteration, and is checked.
+    // NULL once, at the end of the iteration, and is checked. `task` is then a BTF task
+    // pointer and `regs` a BTF pt_regs pointer, so the field loads are fault-checked.
     unsafe {
         let meta = *(ctx as *const *const *mut seq_file);
         let task = *(ctx as *const *mut task_struct).add(1);
@@ -533,15 +555,34 @@ pub fn tracer_task_regs(ctx: *mut core::ffi::c_void) -> i32 {
         }
         let seq = *meta;
         let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        let saved = TaskRegs {
-            ip: bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0),
-            sp: bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0),
-            bp: bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0),
+        let look = TaskLook {
+            tid: task_field(task, TASK_PID_OFFSET.load()),
+            tgid: task_field(task, TASK_TGID_OFFSET.load()),
+            state: task_field(task, TASK_STATE_OFFSET.load()),
+            on_cpu: task_field(task, TASK_ON_CPU_OFFSET.load()),
+            switches: task_field_u64(task, TASK_NVCSW_OFFSET.load())
+                .wrapping_add(task_field_u64(task, TASK_NIVCSW_OFFSET.load())),
+            syscall_nr: (*regs).orig_rax as i64,
+            args: [
+                syscall_arg(regs, 0),
+                syscall_arg(regs, 1),
+                syscall_arg(regs, 2),
+                syscall_arg(regs, 3),
+                syscall_arg(regs, 4),
+                syscall_arg(regs, 5),
+            ],
+            ip: (*regs).rip,
+            sp: (*regs).rsp,
+            bp: (*regs).rbp,
+            comm: bpf_probe_read_kernel(
+                task.cast::<u8>().add(TASK_COMM_OFFSET.load() as usize).cast::<[u8; 16]>(),
+            )
+            .unwrap_or([0; 16]),
         };
         bpf_seq_write(
             seq,
-            (&saved as *const TaskRegs).cast(),
-            core::mem::size_of::<TaskRegs>() as u32,
+            (&look as *const TaskLook).cast(),
+            core::mem::size_of::<TaskLook>() as u32,
         );
     }
     0

@@ -26,7 +26,7 @@ use crate::{
     stacks::ProcessUnwinder,
     threads::{
         blocked_now::{collect_blocked_threads, monotonic_now_ns},
-        sampler::{Sampled, TaskRegisters, ThreadSampler},
+        sampler::{Sampled, TaskIterator, ThreadSampler},
         waits_before::adopt_waits_in_progress,
     },
 };
@@ -222,9 +222,9 @@ async fn record_sampled(
     let outputs = pipeline::create_outputs(outputs)?;
     let Traced { target, image } = traced;
     let pid = target.pid;
-    let registers = TaskRegisters::Own(Box::new(Probes::open_for_reading(pid, &btf_path)?));
+    let tasks = TaskIterator::Own(Box::new(Probes::open_for_reading(pid, &btf_path)?));
     let unwinder = ProcessUnwinder::new(pid, image);
-    let mut sampler = ThreadSampler::new(pid, unwinder, registers, period)
+    let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
         .with_context(|| format!("cannot list the threads of pid {pid}"))?;
     eprintln!(
         "tracer: recording {} (pid {pid}) for {}, sampled every {}; Ctrl-C to stop early",
@@ -329,7 +329,7 @@ fn sampled_profile(
         thread_counts,
         reads,
         threads_skipped,
-        mut registers,
+        mut tasks,
     } = sampled;
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
     let SampledTiming { started_at, elapsed, period } = timing;
@@ -341,7 +341,7 @@ fn sampled_profile(
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
     let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
-    let frame_pointers = registers.host();
+    let frame_pointers = tasks.host();
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     profile
 }

@@ -19,7 +19,7 @@ use crate::{
     model::{ProcessTag, Profile, ProfileKind, WaitAggregate},
     probes::{ProbeCounters, Probes},
     stacks::ProcessUnwinder,
-    threads::sampler::{TaskRegisters, ThreadSampler},
+    threads::sampler::{TaskIterator, ThreadSampler},
 };
 
 /// How often the processes that match are looked for again, when new ones may join.
@@ -199,8 +199,8 @@ impl Members {
         let go = traced.is_go();
         let Traced { target, image } = traced;
         let unwinder = ProcessUnwinder::new(pid, image);
-        let registers = TaskRegisters::Shared { probes: Arc::clone(&self.probes), pid };
-        let mut sampler = ThreadSampler::new(pid, unwinder, registers, self.period)
+        let tasks = TaskIterator::Shared { probes: Arc::clone(&self.probes), pid };
+        let mut sampler = ThreadSampler::new(pid, unwinder, tasks, self.period)
             .with_context(|| format!("cannot list the threads of pid {pid}"))?;
         if let Some(origin_ns) = self.timeline_origin {
             sampler.keep_timeline(origin_ns);

@@ -195,21 +195,21 @@ pub fn create_outputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Output>> {
 /// The threads' saved frame pointers from one pass of the task iterator. Without them,
 /// stacks whose CFI needs rbp stop early (counted), so a failure costs only that.
 pub fn saved_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
-    frame_pointers_of(probes.task_registers())
+    frame_pointers_of(probes.task_looks())
 }
 
 /// As `saved_frame_pointers`, of every task on the host: for the one pass at the end of
 /// a recording or in a snapshot, whose wait chains unwind other processes' threads too
 /// (the peers of local endpoints).
 pub fn host_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
-    frame_pointers_of(probes.host_task_registers())
+    frame_pointers_of(probes.host_task_looks())
 }
 
 pub fn frame_pointers_of(
-    registers: Result<Vec<tracer_common::TaskRegs>, crate::probes::ProbeError>,
+    looks: Result<Vec<tracer_common::TaskLook>, crate::probes::ProbeError>,
 ) -> SavedFramePointers {
-    match registers {
-        Ok(registers) => SavedFramePointers::from_tasks(&registers),
+    match looks {
+        Ok(looks) => SavedFramePointers::from_tasks(&looks),
         Err(err) => {
             log::warn!("cannot read the threads' saved registers: {err}");
             SavedFramePointers::default()

@@ -20,6 +20,13 @@ pub struct TaskOffsets {
     pub tgid: u32,
     /// `char comm[16]`: the thread's name.
     pub comm: u32,
+    /// `unsigned int __state`: 0 while running or runnable.
+    pub state: u32,
+    /// `int on_cpu`: whether it is still on a CPU.
+    pub on_cpu: u32,
+    /// `unsigned long nvcsw`, `nivcsw`: its voluntary and involuntary switches out.
+    pub nvcsw: u32,
+    pub nivcsw: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +37,21 @@ pub enum KernelBtfError {
     MissingMember(&'static str),
 }
 
-/// The offsets of `task_struct.pid`, `.tgid` and `.comm` in the BTF blob `btf`
+/// The offsets of the `task_struct` members the probes read in the BTF blob `btf`
 /// (`/sys/kernel/btf/vmlinux`).
 pub fn task_offsets(btf: &[u8]) -> Result<TaskOffsets, KernelBtfError> {
     let members = struct_members(btf, "task_struct")?;
     let member =
         |name: &'static str| members.get(name).copied().ok_or(KernelBtfError::MissingMember(name));
-    Ok(TaskOffsets { pid: member("pid")?, tgid: member("tgid")?, comm: member("comm")? })
+    Ok(TaskOffsets {
+        pid: member("pid")?,
+        tgid: member("tgid")?,
+        comm: member("comm")?,
+        state: member("__state")?,
+        on_cpu: member("on_cpu")?,
+        nvcsw: member("nvcsw")?,
+        nivcsw: member("nivcsw")?,
+    })
 }
 
 /// Byte offsets of the named members of the first struct called `wanted`.
@@ -108,10 +123,12 @@ fn trailing_bytes(kind: u32, vlen: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// A BTF blob of one INT type and `struct task_struct { int pid; int tgid; char comm[16]; }`
-    /// with kind_flag bitfield encoding on the struct.
+    /// A BTF blob of one INT type and `struct task_struct { unsigned int __state; int on_cpu;
+    /// int pid; int tgid; unsigned long nvcsw, nivcsw; char comm[16]; }` (every member
+    /// typed as the INT: only offsets matter) with kind_flag bitfield encoding on the struct.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0task_struct\0pid\0tgid\0comm\0".to_vec();
+        let strings =
+            b"\0int\0task_struct\0__state\0on_cpu\0pid\0tgid\0nvcsw\0nivcsw\0comm\0".to_vec();
         let name = |s: &str| {
             let needle = format!("\0{s}\0");
             strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
@@ -120,11 +137,15 @@ mod tests {
         let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
         // [1] int: INT, size 4, then its encoding word.
         push(&[name("int"), 1 << 24, 4, 32]);
-        // [2] struct task_struct, kind_flag set, 3 members.
-        push(&[name("task_struct"), (1 << 31) | (4 << 24) | 3, 24]);
-        push(&[name("pid"), 1, 0]);
-        push(&[name("tgid"), 1, 32]);
-        push(&[name("comm"), 1, (8 << 24) | 64]);
+        // [2] struct task_struct, kind_flag set, 7 members.
+        push(&[name("task_struct"), (1 << 31) | (4 << 24) | 7, 48]);
+        push(&[name("__state"), 1, 0]);
+        push(&[name("on_cpu"), 1, 32]);
+        push(&[name("pid"), 1, 64]);
+        push(&[name("tgid"), 1, 96]);
+        push(&[name("nvcsw"), 1, 128]);
+        push(&[name("nivcsw"), 1, 192]);
+        push(&[name("comm"), 1, (8 << 24) | 256]);
         let mut btf = Vec::new();
         btf.extend(BTF_MAGIC.to_le_bytes());
         btf.extend([1u8, 0]);
@@ -138,7 +159,10 @@ mod tests {
 
     #[test]
     fn finds_task_struct_members_through_other_types() {
-        assert_eq!(task_offsets(&blob()).unwrap(), TaskOffsets { pid: 0, tgid: 4, comm: 8 });
+        assert_eq!(
+            task_offsets(&blob()).unwrap(),
+            TaskOffsets { pid: 8, tgid: 12, comm: 32, state: 0, on_cpu: 4, nvcsw: 16, nivcsw: 24 }
+        );
     }
 
     #[test]
@@ -150,9 +174,14 @@ mod tests {
     }
 
     #[test]
-    fn the_running_kernels_task_struct_has_both_members() {
+    fn the_running_kernels_task_struct_has_every_member() {
         let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this machine has BTF");
         let offsets = task_offsets(&btf).unwrap();
         assert!(offsets.tgid == offsets.pid + 4 && offsets.comm > offsets.tgid, "{offsets:?}");
+        // __state leads the struct after thread_info; the switch counts sit side by side.
+        assert!(
+            offsets.state < offsets.on_cpu && offsets.nivcsw == offsets.nvcsw + 8,
+            "{offsets:?}"
+        );
     }
 }

@@ -16,7 +16,7 @@ use aya::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals,
-    SleepStack, TaskRegs, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES,
+    SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES,
     WaitKind,
 };
 
@@ -136,8 +136,7 @@ impl Probes {
             .map_err(|source| ProbeError::Btf { path: path(), source })?;
         let task = kernel_btf::task_offsets(&raw_btf)
             .map_err(|source| ProbeError::KernelBtf { path: path(), source })?;
-        let (pid_offset, tgid_offset, comm_offset) =
-            (u64::from(task.pid), u64::from(task.tgid), u64::from(task.comm));
+
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -160,9 +159,13 @@ impl Probes {
             .override_global("WAKES_WAKE_AT_BYTES", &wakes_wake_at, true)
             .override_global("TARGET_TGID", &config.tgid, true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)
-            .override_global("TASK_PID_OFFSET", &pid_offset, true)
-            .override_global("TASK_TGID_OFFSET", &tgid_offset, true)
-            .override_global("TASK_COMM_OFFSET", &comm_offset, true)
+            .override_global("TASK_PID_OFFSET", &u64::from(task.pid), true)
+            .override_global("TASK_TGID_OFFSET", &u64::from(task.tgid), true)
+            .override_global("TASK_COMM_OFFSET", &u64::from(task.comm), true)
+            .override_global("TASK_STATE_OFFSET", &u64::from(task.state), true)
+            .override_global("TASK_ON_CPU_OFFSET", &u64::from(task.on_cpu), true)
+            .override_global("TASK_NVCSW_OFFSET", &u64::from(task.nvcsw), true)
+            .override_global("TASK_NIVCSW_OFFSET", &u64::from(task.nivcsw), true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self { ebpf, btf, tgid: config.tgid, process_links: HashMap::new() })
@@ -189,15 +192,14 @@ impl Probes {
         Ok(())
     }
 
-    /// The saved user registers of the target's threads, from one pass of the task
-    /// iterator (of every task on the host where the kernel cannot walk one process's).
-    pub fn task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
+    /// A look at each of the target's threads, from one pass of the task iterator.
+    pub fn task_looks(&mut self) -> Result<Vec<TaskLook>, ProbeError> {
         self.iterate_tasks(Some(self.tgid))
     }
 
-    /// As `task_registers`, of process `pid`: one loaded iterator serves many processes
-    /// (a link to each, made at its first pass; `forget_process` closes it).
-    pub fn process_task_registers(&mut self, pid: u32) -> Result<Vec<TaskRegs>, ProbeError> {
+    /// As `task_looks`, of process `pid`: one loaded iterator serves many processes (a
+    /// link to each, made at its first pass; `forget_process` closes it).
+    pub fn process_task_looks(&mut self, pid: u32) -> Result<Vec<TaskLook>, ProbeError> {
         self.iterate_tasks(Some(pid))
     }
 
@@ -206,15 +208,16 @@ impl Probes {
         self.process_links.remove(&pid);
     }
 
-    /// The saved user registers of every task on the host, from one pass: for the
-    /// other processes a report looks at (the peers of its endpoints) besides the target.
-    pub fn host_task_registers(&mut self) -> Result<Vec<TaskRegs>, ProbeError> {
+    /// A look at every task on the host, from one pass: for the other processes a
+    /// report looks at (the peers of its endpoints) besides the target.
+    pub fn host_task_looks(&mut self) -> Result<Vec<TaskLook>, ProbeError> {
         self.iterate_tasks(None)
     }
 
-    /// One pass over the threads of `process`, or over every task.
-    fn iterate_tasks(&mut self, process: Option<u32>) -> Result<Vec<TaskRegs>, ProbeError> {
-        const NAME: &str = "tracer_task_regs";
+    /// One pass over the threads of `process` (over every task, kept to those of
+    /// `process`, where the kernel cannot walk one process's), or over every task.
+    fn iterate_tasks(&mut self, process: Option<u32>) -> Result<Vec<TaskLook>, ProbeError> {
+        const NAME: &str = "tracer_task_looks";
         let Self { ebpf, btf, process_links, .. } = self;
         let attach_err = |source| ProbeError::Program { name: NAME, source };
         let iter: &mut Iter = ebpf
@@ -243,9 +246,12 @@ impl Probes {
                 link.into_file().map_err(ProbeError::Iterate)?
             }
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(ProbeError::ReadIterator)?;
-        Ok(parse_task_registers(&bytes))
+        let bytes = read_pass(&mut file).map_err(ProbeError::ReadIterator)?;
+        let mut looks = parse_task_looks(&bytes);
+        if let Some(pid) = process {
+            looks.retain(|look| look.tgid == pid);
+        }
+        Ok(looks)
     }
 
     /// The ring buffer of long waits (can be taken once).
@@ -480,16 +486,36 @@ pub enum AdoptError {
     },
 }
 
-/// Splits the iterator's output into records (native-endian `ip, sp, bp` triples).
-fn parse_task_registers(bytes: &[u8]) -> Vec<TaskRegs> {
-    let word = |chunk: &[u8], index: usize| {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&chunk[index * 8..index * 8 + 8]);
-        u64::from_ne_bytes(raw)
-    };
+/// Everything a pass of the iterator writes. Reads into a buffer that holds a few hundred
+/// looks at once (doubled when full): `read_to_end` probes with short reads first and asks
+/// for the file's size and position, a dozen syscalls where two do, every period.
+fn read_pass(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+    const FIRST_READ_BYTES: usize = 32 << 10;
+    let mut bytes = vec![0u8; FIRST_READ_BYTES];
+    let mut len = 0;
+    loop {
+        if len == bytes.len() {
+            bytes.resize(bytes.len() * 2, 0);
+        }
+        match file.read(&mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(read) => len += read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// The looks in a pass of the task iterator (native-endian `TaskLook` records); a partial
+/// record at the end is left out.
+fn parse_task_looks(bytes: &[u8]) -> Vec<TaskLook> {
     bytes
-        .chunks_exact(std::mem::size_of::<TaskRegs>())
-        .map(|chunk| TaskRegs { ip: word(chunk, 0), sp: word(chunk, 1), bp: word(chunk, 2) })
+        .chunks_exact(size_of::<TaskLook>())
+        // SAFETY: a chunk of exactly the record's size, read unaligned; every field is an
+        // integer, so any bytes make a valid TaskLook.
+        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskLook>()) })
         .collect()
 }
 
@@ -498,15 +524,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_registers_parse_as_triples_and_ignore_a_partial_tail() {
+    fn task_looks_parse_as_records_and_ignore_a_partial_tail() {
+        let looks = [
+            TaskLook {
+                tid: 7,
+                tgid: 5,
+                state: 1,
+                switches: 40,
+                syscall_nr: 202,
+                ip: 1,
+                sp: 2,
+                bp: 3,
+                ..TaskLook::default()
+            },
+            TaskLook {
+                tid: 8,
+                tgid: 5,
+                syscall_nr: -1,
+                args: [1, 2, 3, 4, 5, 6],
+                ..TaskLook::default()
+            },
+        ];
         let mut bytes = Vec::new();
-        for value in [1u64, 2, 3, 4, 5, 6] {
-            bytes.extend_from_slice(&value.to_ne_bytes());
+        for look in &looks {
+            // SAFETY: a plain-old-data record viewed as its bytes.
+            bytes.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(
+                    (look as *const TaskLook).cast::<u8>(),
+                    size_of::<TaskLook>(),
+                )
+            });
         }
         bytes.extend_from_slice(&[9, 9]);
-        assert_eq!(
-            parse_task_registers(&bytes),
-            [TaskRegs { ip: 1, sp: 2, bp: 3 }, TaskRegs { ip: 4, sp: 5, bp: 6 }]
-        );
+        assert_eq!(parse_task_looks(&bytes), looks);
     }
 }

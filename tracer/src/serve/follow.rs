@@ -31,7 +31,7 @@ use crate::{
     probes::{ProbeConfig, Probes},
     stacks::{ProcessImage, ProcessUnwinder},
     threads::{
-        sampler::{TaskRegisters, ThreadSampler},
+        sampler::{TaskIterator, ThreadSampler},
         waits_before::adopt_waits_in_progress,
     },
 };
@@ -237,8 +237,8 @@ async fn attach(
     }
     let (probes, source) = match shared.sampling {
         Some(period) => {
-            let registers = TaskRegisters::Own(Box::new(Probes::open_for_reading(pid, btf_path)?));
-            let sampler = ThreadSampler::new(pid, unwinder, registers, period)
+            let tasks = TaskIterator::Own(Box::new(Probes::open_for_reading(pid, btf_path)?));
+            let sampler = ThreadSampler::new(pid, unwinder, tasks, period)
                 .with_context(|| format!("cannot list the threads of pid {pid}"))?;
             lock(&shared.collector).generation = generation;
             (Probes::open_for_reading(pid, btf_path)?, WaitSource::Sampler(sampler))

@@ -427,8 +427,8 @@ impl Reader {
                 }
             };
             snapshot.thread_counts = member.sampler.thread_counts();
-            let (unwinder, objects, registers) = member.sampler.parts_mut();
-            let frame_pointers = registers.host();
+            let (unwinder, objects, tasks) = member.sampler.parts_mut();
+            let frame_pointers = tasks.host();
             pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
             let config = &triggers.config;
             let (window, length) =
@@ -538,8 +538,8 @@ impl Reader {
             profile.start_unix_ns = pipeline::target::unix_ns(started_at);
             profile.thread_counts = member.sampler.thread_counts();
             if chains && !profile.stacks.is_empty() {
-                let (unwinder, objects, registers) = member.sampler.parts_mut();
-                let frame_pointers = registers.host();
+                let (unwinder, objects, tasks) = member.sampler.parts_mut();
+                let frame_pointers = tasks.host();
                 pipeline::add_wait_chains(&mut profile, objects, unwinder, &frame_pointers);
             }
             profiles.push(profile);

@@ -488,8 +488,8 @@ impl Shared {
             let known_starts = probes.waits_in_progress(pid)?;
             // The chains unwind the peers behind endpoints too: every task's registers.
             let registers = match chains {
-                worker::ChainsWanted::WithFacts => probes.host_task_registers()?,
-                worker::ChainsWanted::No => probes.task_registers()?,
+                worker::ChainsWanted::WithFacts => probes.host_task_looks()?,
+                worker::ChainsWanted::No => probes.task_looks()?,
             };
             Ok::<_, ProbeError>((known_starts, SavedFramePointers::from_tasks(&registers)))
         })

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use tracer_common::{TaskRegs, WaitKind, classify_syscall};
+use tracer_common::{TaskLook, WaitKind, classify_syscall};
 
 use crate::{
     model::{StackKey, ThreadCounts, WaitAggregate, WaitObject},
@@ -25,7 +25,7 @@ pub type KnownWaitStarts = HashMap<u32, u64>;
 pub struct SavedFramePointers(HashMap<(u64, u64), Option<u64>>);
 
 impl SavedFramePointers {
-    pub fn from_tasks(tasks: &[TaskRegs]) -> Self {
+    pub fn from_tasks(tasks: &[TaskLook]) -> Self {
         let mut by_sp_ip: HashMap<(u64, u64), Option<u64>> = HashMap::new();
         for task in tasks {
             by_sp_ip
@@ -168,13 +168,13 @@ mod tests {
     #[test]
     fn frame_pointers_are_found_by_sp_and_ip_unless_ambiguous() {
         let tasks = [
-            TaskRegs { ip: 0x10, sp: 0x7000, bp: 0x7100 },
-            TaskRegs { ip: 0x10, sp: 0x8000, bp: 0x8100 },
+            TaskLook { ip: 0x10, sp: 0x7000, bp: 0x7100, ..TaskLook::default() },
+            TaskLook { ip: 0x10, sp: 0x8000, bp: 0x8100, ..TaskLook::default() },
             // Another process blocked at the same sp and ip, with another rbp.
-            TaskRegs { ip: 0x10, sp: 0x8000, bp: 0x9100 },
+            TaskLook { ip: 0x10, sp: 0x8000, bp: 0x9100, ..TaskLook::default() },
             // The same registers seen twice agree.
-            TaskRegs { ip: 0x20, sp: 0x6000, bp: 0x6100 },
-            TaskRegs { ip: 0x20, sp: 0x6000, bp: 0x6100 },
+            TaskLook { ip: 0x20, sp: 0x6000, bp: 0x6100, ..TaskLook::default() },
+            TaskLook { ip: 0x20, sp: 0x6000, bp: 0x6100, ..TaskLook::default() },
         ];
         let frame_pointers = SavedFramePointers::from_tasks(&tasks);
         assert_eq!(frame_pointers.get(0x7000, 0x10), Some(0x7100));

@@ -13,6 +13,8 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::time::{Duration, Instant};
 
+use tracer_common::TaskLook;
+
 /// Most stack bytes copied per thread. A function can keep a 64 KiB buffer in its frame, which
 /// puts its callers beyond a short copy; past 512 KiB it is more likely we are reading a heap
 /// mapping that happens to hold sp (a green-thread stack) than frames the unwinder needs.
@@ -53,6 +55,26 @@ pub enum ThreadSyscall {
     NotInSyscall { sp: u64, pc: u64 },
     /// In a syscall and off the CPU: blocked (or preempted inside the kernel).
     Blocked(SyscallState),
+}
+
+impl ThreadSyscall {
+    /// What /proc's syscall file would say of the thread a task iterator's look saw:
+    /// running while its state is 0 or it is still on a CPU (/proc waits for it to leave
+    /// the CPU; a sampled read does not), otherwise the syscall it sleeps in.
+    pub fn of_look(look: &TaskLook) -> Self {
+        if look.state == 0 || look.on_cpu != 0 {
+            ThreadSyscall::Running
+        } else if look.syscall_nr < 0 {
+            ThreadSyscall::NotInSyscall { sp: look.sp, pc: look.ip }
+        } else {
+            ThreadSyscall::Blocked(SyscallState {
+                nr: look.syscall_nr,
+                args: look.args,
+                sp: look.sp,
+                pc: look.ip,
+            })
+        }
+    }
 }
 
 /// Parses the text of /proc/PID/task/TID/syscall
@@ -390,6 +412,10 @@ impl ThreadReader {
     }
 
     fn sample_as(&mut self, tid: u32, age: bool) -> Result<Option<ThreadSample>, SampleError> {
+        self.with_kept_files(tid, |reader| reader.sample_once(tid, age))
+    }
+
+    fn sample_once(&mut self, tid: u32, age: bool) -> Result<Option<ThreadSample>, SampleError> {
         let syscall = match self.read_syscall(tid)? {
             ThreadSyscall::Blocked(state) => state,
             ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
@@ -426,21 +452,58 @@ impl ThreadReader {
         }))
     }
 
+    /// Samples the thread a task iterator's `look` found blocked in `syscall`, without
+    /// an age: copies its stack, then reads its syscall file: Err(Woke) unless it is still
+    /// in that call, at that sp and pc (see `sample`). Its name and run count are the look's.
+    pub fn sample_look(
+        &mut self,
+        look: &TaskLook,
+        syscall: SyscallState,
+    ) -> Result<ThreadSample, SampleError> {
+        let tid = look.tid;
+        self.with_kept_files(tid, |reader| {
+            let stack = reader.read_stack(syscall.sp);
+            if reader.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) {
+                return Err(SampleError::Woke);
+            }
+            let name = &look.comm[..look.comm.iter().position(|&b| b == 0).unwrap_or(16)];
+            Ok(ThreadSample {
+                tid,
+                comm: String::from_utf8_lossy(name).into_owned(),
+                syscall,
+                stack: stack?,
+                blocked_for_at_least_ns: None,
+                exec_start_ns: None,
+                runs: Some(look.switches),
+            })
+        })
+    }
+
     /// The syscall thread `tid` is blocked in and when it last stopped running, without
     /// copying its stack: enough to tell whether it is still in the wait an earlier read
     /// saw. Ok(None) when it is running or blocked outside a syscall.
     ///
     /// The thread's files stay open for the next peek and sample (see `forget_threads_except`).
     pub fn peek(&mut self, tid: u32) -> Result<Option<BlockedState>, SampleError> {
+        self.with_kept_files(tid, |reader| reader.peek_once(tid))
+    }
+
+    /// Runs `read` on thread `tid` with its files kept open (while fewer than
+    /// `max_kept_threads` threads keep theirs).
+    fn with_kept_files<T>(
+        &mut self,
+        tid: u32,
+        mut read: impl FnMut(&mut Self) -> Result<T, SampleError>,
+    ) -> Result<T, SampleError> {
         if !self.kept_files.contains_key(&tid) && self.kept_files.len() < self.max_kept_threads {
             self.kept_files.insert(tid, KeptFiles::default());
         }
-        match self.peek_once(tid) {
+        match read(self) {
             // The kept files may belong to an earlier thread that had this id (ids are
             // reused): open them again; a thread really gone fails the open too.
             Err(SampleError::Exited) if self.kept_files.remove(&tid).is_some() => {
                 self.kept_files.insert(tid, KeptFiles::default());
-                self.peek_once(tid)
+                read(self)
             }
             other => other,
         }

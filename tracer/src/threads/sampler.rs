@@ -2,13 +2,17 @@
 //! with nothing attached to it, so its cost does not grow with how often it waits or makes
 //! syscalls. Each read sees which threads are blocked in a watched call; a wait seen in `n`
 //! reads counts `n` sampling periods of blocked time (waits shorter than a period are caught
-//! in proportion to their length, so their counts are statistical). Only a thread whose
-//! wait is new or changed since the last read has its stack copied and unwound; the task
-//! iterator that finds its saved rbp runs only for such a read.
+//! in proportion to their length, so their counts are statistical). A read is one pass of
+//! the task iterator over the process's threads (their state, switch count, syscall and
+//! saved registers, for a few µs), or two /proc files per thread where the iterator does not
+//! run. Only a thread whose wait is new or changed since the last read has its stack copied
+//! and unwound.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tracer_common::TaskLook;
 
 use crate::{
     model::{StackKey, ThreadCounts, TimelineRecorder, WaitAggregate},
@@ -17,7 +21,7 @@ use crate::{
     probes::Probes,
     stacks::ProcessUnwinder,
     threads::{
-        BlockedState, SampleError, ThreadReader,
+        BlockedState, SampleError, ThreadReader, ThreadSyscall,
         blocked_now::{SavedFramePointers, monotonic_now_ns, stack_key, wait_object},
     },
 };
@@ -258,13 +262,14 @@ pub struct Sampled {
     /// Reads of threads that woke, exited or were unreadable while read (their wait, if it
     /// went on, is seen again by the next read).
     pub threads_skipped: u64,
-    /// Where the reads took the saved registers from, for a last pass over the host.
-    pub registers: TaskRegisters,
+    /// The task iterator the reads used, for a last pass over the host.
+    pub tasks: TaskIterator,
 }
 
-/// Where a sampler takes its threads' saved registers from (their rbp, which CFI needs
-/// for frames that keep the frame pointer).
-pub enum TaskRegisters {
+/// The task iterator a sampler reads its threads with: their state and switch count, and
+/// their saved registers (rbp among them, which CFI needs for frames that keep the frame
+/// pointer).
+pub enum TaskIterator {
     /// Its own probes' task iterator, over its process's tasks alone.
     Own(Box<Probes>),
     /// One loaded iterator shared by the samplers of many processes (`--all`), each
@@ -272,15 +277,12 @@ pub enum TaskRegisters {
     Shared { probes: Arc<Mutex<Probes>>, pid: u32 },
 }
 
-impl TaskRegisters {
-    /// The saved registers of the process's tasks.
-    fn read(&mut self) -> SavedFramePointers {
+impl TaskIterator {
+    /// A look at each of the process's threads.
+    fn looks(&mut self) -> Result<Vec<TaskLook>, crate::probes::ProbeError> {
         match self {
-            TaskRegisters::Own(probes) => pipeline::saved_frame_pointers(probes),
-            TaskRegisters::Shared { probes, pid } => {
-                let registers = lock(probes).process_task_registers(*pid);
-                pipeline::frame_pointers_of(registers)
-            }
+            TaskIterator::Own(probes) => probes.task_looks(),
+            TaskIterator::Shared { probes, pid } => lock(probes).process_task_looks(*pid),
         }
     }
 
@@ -288,18 +290,16 @@ impl TaskRegisters {
     /// the peers behind endpoints.
     pub fn host(&mut self) -> SavedFramePointers {
         match self {
-            TaskRegisters::Own(probes) => pipeline::host_frame_pointers(probes),
-            TaskRegisters::Shared { probes, .. } => {
-                pipeline::host_frame_pointers(&mut lock(probes))
-            }
+            TaskIterator::Own(probes) => pipeline::host_frame_pointers(probes),
+            TaskIterator::Shared { probes, .. } => pipeline::host_frame_pointers(&mut lock(probes)),
         }
     }
 }
 
-impl Drop for TaskRegisters {
+impl Drop for TaskIterator {
     /// A shared iterator's link to the process is closed with its sampler.
     fn drop(&mut self) {
-        if let TaskRegisters::Shared { probes, pid } = self {
+        if let TaskIterator::Shared { probes, pid } = self {
             lock(probes).forget_process(*pid);
         }
     }
@@ -316,8 +316,11 @@ pub struct ThreadSampler {
     reader: ThreadReader,
     unwinder: ProcessUnwinder,
     objects: WaitObjects,
-    /// Loaded, never attached: only the task iterator runs, on demand.
-    registers: TaskRegisters,
+    /// Loaded, never attached: only the task iterator runs, once per read.
+    tasks: TaskIterator,
+    /// False once the iterator failed: the reads go to /proc from then on, so that a
+    /// wait's run count always comes from the same source.
+    iterator_works: bool,
     tracker: WaitTracker,
     thread_names: WaitAggregate,
     reads: u64,
@@ -332,7 +335,7 @@ impl ThreadSampler {
     pub fn new(
         pid: u32,
         unwinder: ProcessUnwinder,
-        registers: TaskRegisters,
+        tasks: TaskIterator,
         period: Duration,
     ) -> std::io::Result<Self> {
         Ok(Self {
@@ -340,7 +343,8 @@ impl ThreadSampler {
             reader: ThreadReader::new(pid)?,
             unwinder,
             objects: WaitObjects::new(pid),
-            registers,
+            tasks,
+            iterator_works: true,
             tracker: WaitTracker::new(period),
             thread_names: WaitAggregate::default(),
             reads: 0,
@@ -361,33 +365,32 @@ impl ThreadSampler {
         Duration::from_nanos(self.tracker.period_ns)
     }
 
-    /// One read of the threads: a look at each (its syscall and when it last ran), then a
-    /// stack copy and unwind of each whose wait is new.
+    /// One read of the threads: a look at each (its syscall and how often it has run),
+    /// then a stack copy and unwind of each whose wait is new.
     pub fn read(&mut self) -> std::io::Result<()> {
         let now_ns = monotonic_now_ns();
-        let tids = self.reader.thread_ids()?;
-        self.reader.forget_threads_except(&tids);
-        let mut counts = ThreadCounts { threads: tids.len() as u64, ..ThreadCounts::default() };
-        let mut blocked = Vec::with_capacity(tids.len());
-        for tid in tids {
-            match self.reader.peek(tid) {
-                Ok(Some(state)) => blocked.push((tid, state)),
-                Ok(None) => counts.elsewhere += 1,
-                Err(err) => self.skip(tid, &err, &mut counts),
-            }
-        }
+        let mut counts = ThreadCounts::default();
+        let looks = self.looks_from_iterator();
+        let blocked = match &looks {
+            Some(looks) => self.blocked_in_looks(looks, &mut counts),
+            None => self.blocked_in_proc(&mut counts)?,
+        };
         self.reads += 1;
-        let seen = self.tracker.observe(now_ns, &blocked);
-        let mut frame_pointers = None;
-        for (&(tid, _), seen) in blocked.iter().zip(seen) {
+        let states: Vec<(u32, BlockedState)> =
+            blocked.iter().map(|&(tid, state, _)| (tid, state)).collect();
+        let seen = self.tracker.observe(now_ns, &states);
+        // The looks carry every thread's saved rbp; a read from /proc takes them from a
+        // pass of the iterator, once and only when a wait is new.
+        let mut frame_pointers = looks.as_deref().map(SavedFramePointers::from_tasks);
+        for (&(tid, state, look), seen) in blocked.iter().zip(seen) {
             match seen {
                 Seen::Continues { reported: true } => counts.blocked_in_waits += 1,
                 Seen::Continues { reported: false } => counts.elsewhere += 1,
                 Seen::New => {
-                    // The saved registers of this read, taken once and only when needed.
-                    let frame_pointers =
-                        frame_pointers.get_or_insert_with(|| self.registers.read());
-                    self.start(now_ns, tid, frame_pointers, &mut counts);
+                    let frame_pointers = frame_pointers
+                        .get_or_insert_with(|| pipeline::frame_pointers_of(self.tasks.looks()));
+                    let look = looks.as_deref().zip(look).map(|(looks, index)| &looks[index]);
+                    self.start(now_ns, tid, state, look, frame_pointers, &mut counts);
                 }
             }
         }
@@ -396,22 +399,99 @@ impl ThreadSampler {
         Ok(())
     }
 
-    /// Reads the new wait of thread `tid` and starts tracking it.
+    /// A pass of the task iterator over the process's threads, while the iterator works.
+    /// None sends this read to /proc: after a failure (logged once, and every read from
+    /// then on), or when the pass found no thread (the process may have exited, which
+    /// /proc tells).
+    fn looks_from_iterator(&mut self) -> Option<Vec<TaskLook>> {
+        if !self.iterator_works {
+            return None;
+        }
+        match self.tasks.looks() {
+            Ok(looks) if looks.is_empty() => None,
+            Ok(looks) => Some(looks),
+            Err(err) => {
+                log::warn!(
+                    "pid {}: the task iterator failed ({err}); reading threads from /proc",
+                    self.pid
+                );
+                self.iterator_works = false;
+                None
+            }
+        }
+    }
+
+    /// The threads blocked in a syscall, as the looks show them (with the index of their
+    /// look); counts the others.
+    fn blocked_in_looks(
+        &mut self,
+        looks: &[TaskLook],
+        counts: &mut ThreadCounts,
+    ) -> Vec<(u32, BlockedState, Option<usize>)> {
+        let mut tids: Vec<u32> = looks.iter().map(|look| look.tid).collect();
+        tids.sort_unstable();
+        self.reader.forget_threads_except(&tids);
+        counts.threads = looks.len() as u64;
+        let mut blocked = Vec::with_capacity(looks.len());
+        for (index, look) in looks.iter().enumerate() {
+            match ThreadSyscall::of_look(look) {
+                ThreadSyscall::Blocked(syscall) => {
+                    let state = BlockedState { syscall, runs: Some(look.switches) };
+                    blocked.push((look.tid, state, Some(index)));
+                }
+                ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => {
+                    counts.elsewhere += 1
+                }
+            }
+        }
+        blocked
+    }
+
+    /// The threads blocked in a syscall, from their /proc files; counts the others.
+    fn blocked_in_proc(
+        &mut self,
+        counts: &mut ThreadCounts,
+    ) -> std::io::Result<Vec<(u32, BlockedState, Option<usize>)>> {
+        let tids = self.reader.thread_ids()?;
+        self.reader.forget_threads_except(&tids);
+        counts.threads = tids.len() as u64;
+        let mut blocked = Vec::with_capacity(tids.len());
+        for tid in tids {
+            match self.reader.peek(tid) {
+                Ok(Some(state)) => blocked.push((tid, state, None)),
+                Ok(None) => counts.elsewhere += 1,
+                Err(err) => self.skip(tid, &err, counts),
+            }
+        }
+        Ok(blocked)
+    }
+
+    /// Reads the new wait of thread `tid`, which this read found in `state` (through
+    /// `look`, when the task iterator read it), and starts tracking it.
     fn start(
         &mut self,
         now_ns: u64,
         tid: u32,
+        state: BlockedState,
+        look: Option<&TaskLook>,
         frame_pointers: &SavedFramePointers,
         counts: &mut ThreadCounts,
     ) {
         // Only the first read meets waits that began before the recording; their age is
-        // the part of them it did not see.
-        let sample = if self.reads == 1 {
-            self.reader.sample(tid)
-        } else {
-            self.reader.sample_without_age(tid)
+        // the part of them it did not see. Later waits need no age, and what a look
+        // already read is not read again from /proc.
+        let sample = match look {
+            _ if self.reads == 1 => self.reader.sample(tid),
+            Some(look) => self.reader.sample_look(look, state.syscall).map(Some),
+            None => self.reader.sample_without_age(tid),
         };
         let sample = match sample {
+            // The copy is of the wait the read found only if the thread is still in that
+            // call: otherwise it woke since, and the next read sees what it does now.
+            Ok(Some(sample)) if sample.syscall != state.syscall => {
+                self.skip(tid, &SampleError::Woke, counts);
+                return;
+            }
             Ok(Some(sample)) => sample,
             Ok(None) => {
                 counts.elsewhere += 1;
@@ -422,7 +502,6 @@ impl ThreadSampler {
                 return;
             }
         };
-        let state = BlockedState { syscall: sample.syscall, runs: sample.runs };
         let key = match wait_object(&sample, &mut self.objects) {
             Some(wait) => {
                 counts.blocked_in_waits += 1;
@@ -566,8 +645,8 @@ impl ThreadSampler {
 
     /// The unwinder and what the reads found out about the waits' objects, for
     /// symbolizing what the sampler gathered and for wait chains.
-    pub fn parts_mut(&mut self) -> (&mut ProcessUnwinder, &mut WaitObjects, &mut TaskRegisters) {
-        (&mut self.unwinder, &mut self.objects, &mut self.registers)
+    pub fn parts_mut(&mut self) -> (&mut ProcessUnwinder, &mut WaitObjects, &mut TaskIterator) {
+        (&mut self.unwinder, &mut self.objects, &mut self.tasks)
     }
 
     /// Reads so far.
@@ -596,7 +675,7 @@ impl ThreadSampler {
             threads_skipped,
             frame_pointer_unknown,
             last_counts,
-            registers,
+            tasks,
             ..
         } = self;
         let mut aggregate = tracker.finish(target_exited);
@@ -606,7 +685,7 @@ impl ThreadSampler {
         } else {
             ThreadCounts { frame_pointer_unknown, ..last_counts }
         };
-        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped, registers }
+        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped, tasks }
     }
 }
 

@@ -486,3 +486,66 @@ fn pile_up_of_two_thousand_threads_is_sampled() {
 fn pile_up_of_ten_thousand_threads_is_sampled() {
     sample_pile_up(10_000);
 }
+
+#[test]
+fn a_look_reads_as_the_syscall_file_would() {
+    let blocked = TaskLook {
+        tid: 7,
+        tgid: 5,
+        state: 1,
+        syscall_nr: 202,
+        args: [0x10, 0x189, 0, 0, 0, 0xffff_ffff],
+        ip: 0x7f00_0000_1f3d,
+        sp: 0x7ffd_0000_1e08,
+        ..TaskLook::default()
+    };
+    assert_eq!(
+        ThreadSyscall::of_look(&blocked),
+        ThreadSyscall::Blocked(SyscallState {
+            nr: 202,
+            args: [0x10, 0x189, 0, 0, 0, 0xffff_ffff],
+            sp: 0x7ffd_0000_1e08,
+            pc: 0x7f00_0000_1f3d,
+        })
+    );
+    // Runnable, or still on its CPU on the way to sleep: /proc says "running".
+    assert_eq!(ThreadSyscall::of_look(&TaskLook { state: 0, ..blocked }), ThreadSyscall::Running);
+    assert_eq!(ThreadSyscall::of_look(&TaskLook { on_cpu: 1, ..blocked }), ThreadSyscall::Running);
+    // Asleep outside any syscall (a page fault): "-1 sp pc".
+    assert_eq!(
+        ThreadSyscall::of_look(&TaskLook { syscall_nr: -1, ..blocked }),
+        ThreadSyscall::NotInSyscall { sp: 0x7ffd_0000_1e08, pc: 0x7f00_0000_1f3d }
+    );
+}
+
+/// The task iterator's looks at parked threads of this process say what their /proc
+/// files say, and their switch counts hold still while they stay parked. Loads the probe
+/// object into the kernel (root).
+#[test]
+fn the_task_iterators_looks_agree_with_proc() {
+    let parked = Parked::spawn(4, "tracer-look", PILE_UP_STACK);
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    let tids: Vec<u32> = parked.tids().into_iter().map(|(tid, _)| tid).collect();
+    for &tid in &tids {
+        sample_until_blocked(&mut reader, tid);
+    }
+    let btf = crate::pipeline::target::btf_path().expect("this machine has BTF");
+    let mut probes = crate::probes::Probes::open_for_reading(this_pid(), &btf).expect("probes");
+    let first = probes.task_looks().expect("a pass of the iterator");
+    thread::sleep(Duration::from_millis(50));
+    let second = probes.task_looks().expect("a second pass");
+    assert!(first.iter().all(|look| look.tgid == this_pid()), "only this process's threads");
+    for tid in tids {
+        let look = first.iter().find(|look| look.tid == tid).expect("a look at each parked thread");
+        let proc =
+            parse_syscall(&fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap());
+        assert_eq!(Some(ThreadSyscall::of_look(look)), proc, "tid {tid}");
+        assert!(
+            matches!(ThreadSyscall::of_look(look), ThreadSyscall::Blocked(s) if s.nr == SYS_FUTEX)
+        );
+        assert_eq!(&look.comm[..12], b"tracer-look\0", "tid {tid}");
+        assert!(look.switches > 0, "{look:?}");
+        let again = second.iter().find(|look| look.tid == tid).expect("seen again");
+        assert_eq!(again, look, "a parked thread's look holds still");
+    }
+}

@@ -244,8 +244,8 @@ impl Session {
             let namer = self.namers.entry(member.target.pid).or_default();
             let blocked_now = member.sampler.blocked_now();
             let mut snapshot = member.profile(namer, blocked_now, ProfileKind::Snapshot);
-            let (unwinder, objects, registers) = member.sampler.parts_mut();
-            let frame_pointers = registers.host();
+            let (unwinder, objects, tasks) = member.sampler.parts_mut();
+            let frame_pointers = tasks.host();
             crate::pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
             snapshot.chains.iter().find(|chain| chain.start.site == key.site).map(|chain| {
                 let format = crate::report::summary::format_duration;
