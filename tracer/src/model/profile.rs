@@ -298,7 +298,7 @@ pub struct Profile {
     /// Waits under the threshold, per kind (no stacks).
     pub below_threshold: Vec<(WaitKind, ShortWaitTotals)>,
     pub counts: TraceCounts,
-    /// The threads read from /proc (snapshot, or the in-progress waits of a recording).
+    /// The threads read (snapshot, or the in-progress waits of a recording).
     pub thread_counts: ThreadCounts,
     /// Why each endpoint's waits wait (`send buffer full (4096/4608 bytes)`), as
     /// last seen.

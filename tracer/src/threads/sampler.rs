@@ -1,4 +1,4 @@
-//! A sampled recording of thread waits: the target's threads read from /proc at a rate,
+//! A sampled recording of thread waits: the target's threads read at a rate,
 //! with nothing attached to it, so its cost does not grow with how often it waits or makes
 //! syscalls. Each read sees which threads are blocked in a watched call; a wait seen in `n`
 //! reads counts `n` sampling periods of blocked time (waits shorter than a period are caught
