@@ -379,16 +379,18 @@ impl ThreadSampler {
         let states: Vec<(u32, BlockedState)> =
             blocked.iter().map(|&(tid, state, _)| (tid, state)).collect();
         let seen = self.tracker.observe(now_ns, &states);
-        // The looks carry every thread's saved rbp; a read from /proc takes them from a
-        // pass of the iterator, once and only when a wait is new.
-        let mut frame_pointers = looks.as_deref().map(SavedFramePointers::from_tasks);
+        // The saved rbp of every thread, gathered once and only when a wait is new: from
+        // the looks, or from a pass of the iterator after a read from /proc.
+        let mut frame_pointers = None;
         for (&(tid, state, look), seen) in blocked.iter().zip(seen) {
             match seen {
                 Seen::Continues { reported: true } => counts.blocked_in_waits += 1,
                 Seen::Continues { reported: false } => counts.elsewhere += 1,
                 Seen::New => {
-                    let frame_pointers = frame_pointers
-                        .get_or_insert_with(|| pipeline::frame_pointers_of(self.tasks.looks()));
+                    let frame_pointers = frame_pointers.get_or_insert_with(|| match &looks {
+                        Some(looks) => SavedFramePointers::from_tasks(looks),
+                        None => pipeline::frame_pointers_of(self.tasks.looks()),
+                    });
                     let look = looks.as_deref().zip(look).map(|(looks, index)| &looks[index]);
                     self.start(now_ns, tid, state, look, frame_pointers, &mut counts);
                 }
