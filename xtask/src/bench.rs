@@ -16,6 +16,7 @@ mod golang;
 mod latency;
 mod python;
 mod service;
+mod steadiness;
 
 use std::{
     collections::BTreeMap,
@@ -229,6 +230,26 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let mut md = String::new();
     let _ = writeln!(md, "# tracer overhead bench\n");
     let _ = writeln!(md, "{}\n", machine_description());
+    let steadiness: Vec<String> = [WORKLOAD_CPU, TOOL_CPU]
+        .iter()
+        .filter_map(|cpu| {
+            let cpu: usize = cpu.parse().expect("the bench CPUs are numbers");
+            println!("bench: how steadily CPU {cpu} runs (a spin loop, 10 s)");
+            steadiness::Steadiness::measure(cpu)
+                .inspect_err(|err| println!("bench: cannot pin a spin loop to CPU {cpu}: {err}"))
+                .ok()
+                .map(|steadiness| steadiness.text())
+        })
+        .collect();
+    if !steadiness.is_empty() {
+        let _ = writeln!(
+            md,
+            "How steadily the CPUs run (a spin loop pinned to each, 20 slices of 0.5 s): {}. \
+             A cost smaller than this spread is resolved only over many rounds: see each \
+             row's control.\n",
+            steadiness.join("; ")
+        );
+    }
     let _ = writeln!(
         md,
         "Workload pinned to CPU {WORKLOAD_CPU}, tool and load generator to CPU {TOOL_CPU}; \

@@ -441,23 +441,38 @@ impl RowResult {
         let loss = |arm| self.against_alone(arm).map(|e| 1.0 - e.ratio);
         let control =
             loss(Arm::Control).map_or(String::new(), |l| format!("; control {:+.1}%", -l * 100.0));
-        let line = |what: &str, arm: Arm, budget: f64, extra: Option<(f64, &str)>| match loss(arm) {
-            None => format!("- {what}: no result\n"),
-            Some(loss) => {
-                let mut within = loss <= budget;
-                let mut against = String::new();
-                if let Some((peer_loss, peer)) = extra {
-                    within &= loss <= peer_loss;
-                    let _ =
-                        write!(against, ", and no more than {peer}'s {:.1}%", peer_loss * 100.0);
-                }
-                format!(
-                    "- {what}: {:.1}% lost (budget {:.0}%{against}{control}): {}\n",
-                    loss * 100.0,
-                    budget * 100.0,
-                    if within { "within" } else { "OVER" }
-                )
+        // A verdict needs the interval to fall on one side of the budget: within when
+        // even its worst loss is inside, OVER when even its best is past; otherwise the
+        // rounds do not resolve the budget here. Without an interval (too few rounds),
+        // the median decides.
+        let line = |what: &str, arm: Arm, budget: f64, extra: Option<(f64, &str)>| {
+            let Some(estimate) = self.against_alone(arm) else {
+                return format!("- {what}: no result\n");
+            };
+            let loss = 1.0 - estimate.ratio;
+            let (best, worst) = if estimate.high.is_infinite() {
+                (loss, loss)
+            } else {
+                (1.0 - estimate.high, 1.0 - estimate.low)
+            };
+            let mut against = String::new();
+            let mut peer_ok = true;
+            if let Some((peer_loss, peer)) = extra {
+                peer_ok = loss <= peer_loss;
+                let _ = write!(against, ", and no more than {peer}'s {:.1}%", peer_loss * 100.0);
             }
+            let verdict = if !peer_ok || best > budget {
+                "OVER"
+            } else if worst <= budget {
+                "within"
+            } else {
+                "UNRESOLVED (the interval spans the budget)"
+            };
+            format!(
+                "- {what}: {:.1}% lost (budget {:.0}%{against}{control}): {verdict}\n",
+                loss * 100.0,
+                budget * 100.0,
+            )
         };
         let sampled = Arm::Tool(Variant::TracerSampled);
         let exact = Arm::Tool(Variant::Tracer);
