@@ -441,10 +441,17 @@ impl RowResult {
         let loss = |arm| self.against_alone(arm).map(|e| 1.0 - e.ratio);
         let control =
             loss(Arm::Control).map_or(String::new(), |l| format!("; control {:+.1}%", -l * 100.0));
-        // A verdict needs the interval to fall on one side of the budget: within when
-        // even its worst loss is inside, OVER when even its best is past; otherwise the
-        // rounds do not resolve the budget here. Without an interval (too few rounds),
-        // the median decides.
+        // A verdict needs this machine to resolve the budget (the control, alone against
+        // alone, within it on both sides) and the arm's interval on one side of it:
+        // within when even its worst loss is inside, OVER when even its best is past.
+        // Without intervals (too few rounds), the medians decide.
+        let control_spread = self.against_alone(Arm::Control).map(|control| {
+            if control.high.is_infinite() {
+                (control.ratio - 1.0).abs()
+            } else {
+                (1.0 - control.low).max(control.high - 1.0)
+            }
+        });
         let line = |what: &str, arm: Arm, budget: f64, extra: Option<(f64, &str)>| {
             let Some(estimate) = self.against_alone(arm) else {
                 return format!("- {what}: no result\n");
@@ -461,12 +468,13 @@ impl RowResult {
                 peer_ok = loss <= peer_loss;
                 let _ = write!(against, ", and no more than {peer}'s {:.1}%", peer_loss * 100.0);
             }
-            let verdict = if !peer_ok || best > budget {
-                "OVER"
-            } else if worst <= budget {
-                "within"
-            } else {
-                "UNRESOLVED (the interval spans the budget)"
+            let verdict = match control_spread {
+                Some(spread) if spread > budget => {
+                    "UNRESOLVED (alone against alone differs by more than the budget here)"
+                }
+                _ if !peer_ok || best > budget => "OVER",
+                _ if worst <= budget => "within",
+                _ => "UNRESOLVED (the interval spans the budget)",
             };
             format!(
                 "- {what}: {:.1}% lost (budget {:.0}%{against}{control}): {verdict}\n",
