@@ -136,7 +136,6 @@ impl Probes {
             .map_err(|source| ProbeError::Btf { path: path(), source })?;
         let task = kernel_btf::task_offsets(&raw_btf)
             .map_err(|source| ProbeError::KernelBtf { path: path(), source })?;
-
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only

@@ -248,11 +248,11 @@ pub struct ThreadSample {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockedState {
     pub syscall: SyscallState,
-    /// How many times it has been run on a CPU (`pcount`, the third field of
-    /// /proc/PID/task/TID/schedstat). It does not move while the thread stays blocked, so
-    /// a later read that finds it (and the call) unchanged sees the same wait. The
-    /// schedstat file is a quarter of the cost of the sched file (3 µs against 12 here).
-    /// None when it is unavailable.
+    /// How many times it has run: a task iterator look's switch count, or from /proc
+    /// `pcount`, the third field of /proc/PID/task/TID/schedstat (a quarter of the cost of
+    /// the sched file, 3 µs against 12 here). A sampler keeps to one of the two. It does
+    /// not move while the thread stays blocked, so a later read that finds it (and the
+    /// call) unchanged sees the same wait. None when it is unavailable.
     pub runs: Option<u64>,
 }
 
@@ -412,10 +412,6 @@ impl ThreadReader {
     }
 
     fn sample_as(&mut self, tid: u32, age: bool) -> Result<Option<ThreadSample>, SampleError> {
-        self.with_kept_files(tid, |reader| reader.sample_once(tid, age))
-    }
-
-    fn sample_once(&mut self, tid: u32, age: bool) -> Result<Option<ThreadSample>, SampleError> {
         let syscall = match self.read_syscall(tid)? {
             ThreadSyscall::Blocked(state) => state,
             ThreadSyscall::Running | ThreadSyscall::NotInSyscall { .. } => return Ok(None),
@@ -455,6 +451,7 @@ impl ThreadReader {
     /// Samples the thread a task iterator's `look` found blocked in `syscall`, without
     /// an age: copies its stack, then reads its syscall file: Err(Woke) unless it is still
     /// in that call, at that sp and pc (see `sample`). Its name and run count are the look's.
+    /// The syscall file stays open for the thread's next new wait, as `peek` keeps it.
     pub fn sample_look(
         &mut self,
         look: &TaskLook,

@@ -4,9 +4,9 @@
 //! reads counts `n` sampling periods of blocked time (waits shorter than a period are caught
 //! in proportion to their length, so their counts are statistical). A read is one pass of
 //! the task iterator over the process's threads (their state, switch count, syscall and
-//! saved registers, for a few µs), or two /proc files per thread where the iterator does not
-//! run. Only a thread whose wait is new or changed since the last read has its stack copied
-//! and unwound.
+//! saved registers, all in one `read`), or two /proc files per thread where the iterator
+//! does not run. Only a thread whose wait is new or changed since the last read has its
+//! stack copied and unwound.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
