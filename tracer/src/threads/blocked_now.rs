@@ -59,30 +59,34 @@ pub fn collect_blocked_threads(
     let tids = reader.thread_ids()?;
     let monotonic_now = monotonic_now_ns();
     let mut counts = ThreadCounts { threads: tids.len() as u64, ..ThreadCounts::default() };
-    for tid in tids {
+    // Reads one thread; true when it was caught running or woke while read, to be read
+    // once more after the others: in a pile-up the waiters take turns waking (the queue
+    // moves), and each is back in its wait within microseconds.
+    let mut read_thread = |tid: u32, last_try: bool| -> bool {
         let sample = match reader.sample(tid) {
             Ok(Some(sample)) => sample,
+            Ok(None) | Err(SampleError::Woke) if !last_try => return true,
             Ok(None) => {
                 counts.elsewhere += 1;
-                continue;
+                return false;
             }
             Err(SampleError::Exited) => {
                 counts.exited_while_read += 1;
-                continue;
+                return false;
             }
             Err(SampleError::Woke) => {
                 counts.woke_while_read += 1;
-                continue;
+                return false;
             }
             Err(SampleError::Unreadable(err)) => {
                 log::debug!("thread {tid} of pid {pid} unreadable: {err}");
                 counts.unreadable += 1;
-                continue;
+                return false;
             }
         };
         let Some((kind, object)) = wait_object(&sample, objects) else {
             counts.elsewhere += 1;
-            continue;
+            return false;
         };
         counts.blocked_in_waits += 1;
         aggregate.name_thread(sample.tid, &sample.comm);
@@ -100,6 +104,11 @@ pub fn collect_blocked_threads(
             Some(_) => aggregate.add(key, tid, blocked_ns),
             None => aggregate.add_lower_bound(key, tid, blocked_ns),
         }
+        false
+    };
+    let once_more: Vec<u32> = tids.into_iter().filter(|&tid| read_thread(tid, false)).collect();
+    for tid in once_more {
+        read_thread(tid, true);
     }
     Ok(counts)
 }
