@@ -192,19 +192,15 @@ pub fn create_outputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Output>> {
     Ok(paths.iter().map(|path| Output::create(path)).collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The threads' saved frame pointers from one pass of the task iterator. Without them,
-/// stacks whose CFI needs rbp stop early (counted), so a failure costs only that.
-pub fn saved_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
-    frame_pointers_of(probes.task_looks())
-}
-
-/// As `saved_frame_pointers`, of every task on the host: for the one pass at the end of
-/// a recording or in a snapshot, whose wait chains unwind other processes' threads too
-/// (the peers of local endpoints).
+/// The saved frame pointers of every task on the host, from one pass of the task
+/// iterator: for the one pass at the end of a recording or in a snapshot, whose wait
+/// chains unwind other processes' threads too (the peers of local endpoints).
 pub fn host_frame_pointers(probes: &mut Probes) -> SavedFramePointers {
     frame_pointers_of(probes.host_task_looks())
 }
 
+/// The saved frame pointers in the looks of a pass. Without them, stacks whose CFI needs
+/// rbp stop early (counted), so a failed pass costs only that.
 pub fn frame_pointers_of(
     looks: Result<Vec<tracer_common::TaskLook>, crate::probes::ProbeError>,
 ) -> SavedFramePointers {

@@ -270,7 +270,6 @@ impl WaitDecoder {
         let start_ns: u64 = field!(bytes, WaitRecord, start_ns);
         let waker = self.pending_wakers.remove(&(tid, start_ns));
         let comm: [u8; 16] = field!(bytes, WaitRecord, comm);
-        let comm_len = comm.iter().position(|&byte| byte == 0).unwrap_or(comm.len());
         let mut duration_ns: u64 = field!(bytes, WaitRecord, duration_ns);
         let end_ns = start_ns.saturating_add(duration_ns);
         let flags: u32 = field!(bytes, WaitRecord, flags);
@@ -282,7 +281,7 @@ impl WaitDecoder {
             key,
             tid,
             duration_ns,
-            thread_name: String::from_utf8_lossy(&comm[..comm_len]).into_owned(),
+            thread_name: super::comm_text(&comm),
             waker,
             lower_bound,
             end_ns,

@@ -485,6 +485,12 @@ pub enum AdoptError {
     },
 }
 
+/// A thread's name as the kernel keeps it (`task_struct.comm`, NUL-padded), as text.
+pub fn comm_text(comm: &[u8; 16]) -> String {
+    let len = comm.iter().position(|&byte| byte == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
 /// Everything a pass of the iterator writes. Reads into a buffer that holds a few hundred
 /// looks at once (doubled when full): `read_to_end` probes with short reads first and asks
 /// for the file's size and position, a dozen syscalls where two do, every period.

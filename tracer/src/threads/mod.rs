@@ -463,10 +463,9 @@ impl ThreadReader {
             if reader.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) {
                 return Err(SampleError::Woke);
             }
-            let name = &look.comm[..look.comm.iter().position(|&b| b == 0).unwrap_or(16)];
             Ok(ThreadSample {
                 tid,
-                comm: String::from_utf8_lossy(name).into_owned(),
+                comm: crate::probes::comm_text(&look.comm),
                 syscall,
                 stack: stack?,
                 blocked_for_at_least_ns: None,

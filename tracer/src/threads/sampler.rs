@@ -112,7 +112,11 @@ impl WaitTracker {
 
     /// The blocked threads of a read taken at `now_ns`: a wait still in progress gains
     /// the time since the last read, one no longer seen (or changed) has ended.
-    fn observe(&mut self, now_ns: u64, blocked: &[(u32, BlockedState)]) -> Vec<Seen> {
+    fn observe(
+        &mut self,
+        now_ns: u64,
+        blocked: impl ExactSizeIterator<Item = (u32, BlockedState)>,
+    ) -> Vec<Seen> {
         self.interval_ns = match self.last_read_ns {
             Some(last) => now_ns.saturating_sub(last),
             None => self.period_ns,
@@ -120,7 +124,7 @@ impl WaitTracker {
         self.last_read_ns = Some(now_ns);
         let mut previous = std::mem::take(&mut self.current);
         let mut seen = Vec::with_capacity(blocked.len());
-        for &(tid, state) in blocked {
+        for (tid, state) in blocked {
             match previous.remove(&tid) {
                 Some(mut wait) if wait.state == state => {
                     wait.blocked_ns += self.interval_ns;
@@ -376,9 +380,8 @@ impl ThreadSampler {
             None => self.blocked_in_proc(&mut counts)?,
         };
         self.reads += 1;
-        let states: Vec<(u32, BlockedState)> =
-            blocked.iter().map(|&(tid, state, _)| (tid, state)).collect();
-        let seen = self.tracker.observe(now_ns, &states);
+        let seen =
+            self.tracker.observe(now_ns, blocked.iter().map(|&(tid, state, _)| (tid, state)));
         // The saved rbp of every thread, gathered once and only when a wait is new: from
         // the looks, or from a pass of the iterator after a read from /proc.
         let mut frame_pointers = None;
@@ -721,7 +724,7 @@ mod tests {
 
     /// One read at `now`: the new waits are started with their key and `age`.
     fn read(tracker: &mut WaitTracker, now: u64, threads: &[(u32, BlockedState)], age: u64) {
-        let seen = tracker.observe(now, threads);
+        let seen = tracker.observe(now, threads.iter().copied());
         for (&(tid, state), seen) in threads.iter().zip(seen) {
             if seen == Seen::New {
                 let futex = state.syscall.args[0];
@@ -820,12 +823,12 @@ mod tests {
     fn an_unreported_wait_is_remembered_and_never_counted() {
         let mut tracker = WaitTracker::new(Duration::from_millis(10));
         let pipe_read = blocked(0xa0, 5);
-        let seen = tracker.observe(0, &[(1, pipe_read)]);
+        let seen = tracker.observe(0, [(1, pipe_read)].into_iter());
         assert_eq!(seen, [Seen::New]);
         tracker.start(0, 1, pipe_read, None, None);
-        let seen = tracker.observe(10 * MS, &[(1, pipe_read)]);
+        let seen = tracker.observe(10 * MS, [(1, pipe_read)].into_iter());
         assert_eq!(seen, [Seen::Continues { reported: false }]);
-        tracker.observe(20 * MS, &[]);
+        tracker.observe(20 * MS, std::iter::empty());
         assert!(tracker.finish(false).stacks.is_empty());
     }
 }
