@@ -72,6 +72,8 @@ const WAITS_100K_ROUND_TRIPS: f64 = 60_000.0;
 
 /// Budgets from issue 7.
 const PING_PONG_LOSS_VS_OFFCPUTIME: f64 = 1.0 / 3.0;
+/// Issue 15's tighter budget for the exact mode, once the syscall-exit probe was gone.
+const EXACT_PING_PONG_LOSS_VS_OFFCPUTIME: f64 = 1.0 / 5.0;
 /// Issue 15: what a sampled recording may cost the ping-pong, which waits far more often
 /// than it is read.
 const SAMPLED_PING_PONG_MAX_LOSS: f64 = 0.02;
@@ -897,7 +899,7 @@ fn budget_lines(
     service: Option<&service::ServiceResult>,
     pileup: Option<&PileupResult>,
 ) -> String {
-    let mut md = String::from("## budgets (issue 7)\n\n");
+    let mut md = String::from("## budgets (issues 7 and 15)\n\n");
     let runs_of = |workload: &str, variant: Variant| -> Option<&Vec<Run>> {
         results
             .get(workload)?
@@ -938,6 +940,18 @@ fn budget_lines(
                         100.0 * limit
                     ),
                 );
+                if workload == "futex" {
+                    let limit = offcpu_loss * EXACT_PING_PONG_LOSS_VS_OFFCPUTIME;
+                    line(
+                        Verdict::of(tracer_loss <= limit),
+                        format!(
+                            "ping-pong futex: tracer (exact) loses {:.1}%, at most a fifth of \
+                             offcputime's (issue 15: {:.1}%)",
+                            100.0 * tracer_loss,
+                            100.0 * limit
+                        ),
+                    );
+                }
             }
             _ => line(
                 Verdict::Skip,
