@@ -101,6 +101,23 @@ fn record_and_check(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &st
         "no send stack contains {send_fn}; send stacks:\n{}",
         top_stacks(profile, is_send, 10)
     );
+    // The reporter blocks in send from one place over and over: once a walk has read its
+    // stack, the probes copy only that part of it as it goes to sleep again, and the walks
+    // of those copies still reach the root.
+    assert!(
+        profile.counts.stack_partial > 0,
+        "no stack was copied in part: {:?}; send stacks:\n{}",
+        profile.counts,
+        top_stacks(profile, is_send, 10)
+    );
+    let truncated_send = total_ns(profile, |s| is_reporter_send(s) && s.truncated);
+    assert_eq!(
+        truncated_send,
+        0,
+        "send stacks under {send_fn} stop before the root: {:?}\n{}",
+        profile.counts,
+        top_stacks(profile, is_send, 10)
+    );
     assert_svg(&svg);
 }
 

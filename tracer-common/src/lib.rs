@@ -220,10 +220,36 @@ pub struct SleepStack {
     pub start_ns: u64,
     /// Bytes of `stack` that hold data.
     pub len: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Bytes the probe asked for: `STACK_COPY_BYTES`, or what the thread's last walk
+    /// from the same registers read (see [`StackSpan`]). A copy shorter than this ended at
+    /// the top of the thread's stack.
+    pub asked: u32,
     /// The user stack copied from the saved stack pointer upwards.
     pub stack: [u8; STACK_COPY_BYTES],
+}
+
+/// Threads whose stack span is remembered (the STACK_SPANS map, least recently used
+/// first out).
+pub const STACK_SPAN_SLOTS: u32 = 4096;
+
+/// How much of a thread's stack its last complete walk from these registers read: the
+/// value of the STACK_SPANS map, by tid, written by userspace as it unwinds long waits.
+/// A thread that goes to sleep again with the same registers (a loop waiting in the same
+/// call, at the same depth) most likely has the same callers above it, so its sleep copy
+/// takes only this much. The copy is taken at every sleep of a socket wait, long or short,
+/// and 16 KiB of it cost the sleeping thread's CPU a few microseconds here, mostly for
+/// bytes no walk reads. A walk that runs off a shortened copy is counted as truncated, and
+/// its thread's span forgotten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackSpan {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes from `sp` up (at most `STACK_COPY_BYTES`).
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// A wait over the threshold, sent through the ring buffer when it ends.
@@ -354,6 +380,9 @@ pub enum Counter {
     WakesSent = 8,
     /// Such wakes dropped because their ring buffer was full.
     WakeRingBufferFull = 9,
+    /// Long waits whose stack came from a sleep copy taken in part: as far as the
+    /// thread's last walk from the same registers read (see [`StackSpan`]).
+    StackPartial = 10,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -431,8 +460,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 10;
-const _: () = assert!(Counter::WakeRingBufferFull as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 11;
+const _: () = assert!(Counter::StackPartial as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // No implicit padding in the records that cross the ring buffers.
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
@@ -440,6 +469,7 @@ const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTE
 const _: () = assert!(core::mem::size_of::<InFlightWait>() == 32);
 const _: () = assert!(core::mem::size_of::<TaskLook>() == 120);
 const _: () = assert!(core::mem::size_of::<SleepStack>() == 16 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<StackSpan>() == 32);
 const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 // No implicit padding in the Go maps' keys and values.
 const _: () = assert!(core::mem::size_of::<GoPark>() == 24);
@@ -509,6 +539,8 @@ mod user {
     unsafe impl aya::Pod for super::InFlightWait {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SleepStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackSpan {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ShortWaitTotals {}
     // SAFETY: as above.

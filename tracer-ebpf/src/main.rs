@@ -8,7 +8,8 @@
 //!   runs in), notes a wait when a thread of the target sleeps inside a watched call (the
 //!   call and its arguments read from the registers saved at syscall entry). For waits a
 //!   thread of the target is unlikely to end (socket calls, timed or process-shared futex
-//!   waits), it keeps a copy of the user stack too.
+//!   waits), it keeps a copy of the user stack too: as much as the thread's last walk
+//!   from the same registers read (`StackSpan`), else all of `STACK_COPY_BYTES`.
 //! - `sched_waking`, when a thread of the target wakes another out of a wait that has
 //!   lasted the threshold, ends that wait there: the waker shares the sleeper's memory, so
 //!   the sleeper's stack is read as it slept. For futex wakes it sends the waker's stack.
@@ -44,9 +45,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook,
-    WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord,
-    classify_syscall, is_futex_wake, syscall_nr,
+    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
+    SleepStack, StackSpan, TaskLook, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
+    WaitRecord, WakeRecord, classify_syscall, is_futex_wake, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -90,6 +91,11 @@ static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 #[map]
 static SLEEP_STACKS: LruHashMap<u32, SleepStack> =
     LruHashMap::with_max_entries(SLEEP_STACK_SLOTS, 0);
+
+/// How much of each thread's stack its last walk read, and from where (see `StackSpan`);
+/// written by userspace.
+#[map]
+static STACK_SPANS: LruHashMap<u32, StackSpan> = LruHashMap::with_max_entries(STACK_SPAN_SLOTS, 0);
 
 /// Room to build a SLEEP_STACKS value (too big for the BPF stack) before inserting it.
 #[map]
@@ -275,8 +281,7 @@ fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, now:
         *entry = InFlightWait { start_ns, object, kind: kind as u32, tid, flags: 0, _pad: 0 }
     };
     if woken_from_outside(kind, nr, regs) {
-        // SAFETY: a BTF pointer, as in `syscall_arg`.
-        keep_sleep_stack(tid, start_ns, unsafe { (*regs).rsp });
+        keep_sleep_stack(tid, start_ns, regs);
     }
 }
 
@@ -302,9 +307,19 @@ fn woken_from_outside(kind: WaitKind, nr: i64, regs: *const pt_regs) -> bool {
     timeout != 0 || flags & PRIVATE == 0
 }
 
-/// Copies the current thread's user stack from `sp` into its SLEEP_STACKS slot.
+/// Copies the current thread's user stack, whose registers are `regs`, into its
+/// SLEEP_STACKS slot: as much as its last walk from the same registers read, else all
+/// `STACK_COPY_BYTES`.
 #[inline(always)]
-fn keep_sleep_stack(tid: u32, start_ns: u64, sp: u64) {
+fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) {
+    // SAFETY: a BTF pointer, as in `syscall_arg`.
+    let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
+    // SAFETY: a value of the map, copied at once; userspace may rewrite it meanwhile, and
+    // a torn read only makes the registers differ.
+    let asked = match unsafe { STACK_SPANS.get(tid) } {
+        Some(span) if span.ip == ip && span.sp == sp && span.bp == bp => span.len,
+        _ => STACK_COPY_BYTES as u32,
+    };
     let slot = match SLEEP_STACKS.get_ptr_mut(tid) {
         Some(slot) => slot,
         None => {
@@ -323,8 +338,21 @@ fn keep_sleep_stack(tid: u32, start_ns: u64, sp: u64) {
     // SAFETY: a map value of SleepStack size, this thread's; only its own sleeps write it.
     unsafe {
         (*slot).start_ns = start_ns;
-        (*slot).len = copy_user_stack(&mut (*slot).stack, sp);
+        (*slot).asked = asked;
+        (*slot).len = copy_user_stack_part(&mut (*slot).stack, sp, asked);
     }
+}
+
+/// Copies `asked` bytes of the user stack from `sp`, or as `copy_user_stack` does when
+/// that is the whole copy or fails (the end of the mapping is nearer).
+#[inline(always)]
+fn copy_user_stack_part(stack: &mut [u8; STACK_COPY_BYTES], sp: u64, asked: u32) -> u32 {
+    // The mask bounds the length for the verifier; a whole copy masks to 0.
+    let part = asked as usize & (STACK_COPY_BYTES - 1);
+    if part > 0 && read_user(stack.as_mut_ptr(), part, sp) {
+        return part as u32;
+    }
+    copy_user_stack(stack, sp)
 }
 
 /// Ends the wait of `next`, a thread of the target being switched in, unless its waker
@@ -395,40 +423,46 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
         )
         .unwrap_or([0; 16]);
         (*record).flags = wait.flags;
-        let len = match source {
-            StackSource::Memory => copy_user_stack(&mut (*record).stack, sp),
+        let (len, asked) = match source {
+            StackSource::Memory => {
+                (copy_user_stack(&mut (*record).stack, sp), STACK_COPY_BYTES as u32)
+            }
             StackSource::SleepCopy => copy_sleep_stack(&mut (*record).stack, wait),
         };
         (*record).stack_len = len;
         if len == 0 {
             count(Counter::StackUnreadable);
-        } else if (len as usize) < STACK_COPY_BYTES {
+        } else if len < asked {
             count(Counter::StackShortened);
+        } else if (asked as usize) < STACK_COPY_BYTES {
+            count(Counter::StackPartial);
         }
     }
     count(Counter::LongWaits);
     entry.submit(wake_flags(&WAITS, WAITS_WAKE_AT_BYTES.load()));
 }
 
-/// Copies the stack kept at `wait`'s sleep into `stack`; returns its length, 0 when no
-/// copy of this wait is kept (never taken, or its slot reused by another thread).
+/// Copies the stack kept at `wait`'s sleep into `stack`; returns its length (0 when no
+/// copy of this wait is kept: never taken, or its slot reused by another thread) and the
+/// length the probe asked for when it took it.
 #[inline(always)]
-fn copy_sleep_stack(stack: &mut [u8; STACK_COPY_BYTES], wait: &InFlightWait) -> u32 {
+fn copy_sleep_stack(stack: &mut [u8; STACK_COPY_BYTES], wait: &InFlightWait) -> (u32, u32) {
+    const NONE: (u32, u32) = (0, STACK_COPY_BYTES as u32);
     let Some(slot) = SLEEP_STACKS.get_ptr(wait.tid) else {
-        return 0;
+        return NONE;
     };
     // SAFETY: a map value of SleepStack size; its thread is asleep, so nothing rewrites it
     // meanwhile.
     unsafe {
         if (*slot).start_ns != wait.start_ns {
-            return 0;
+            return NONE;
         }
         let copied = generated::bpf_probe_read_kernel(
             stack.as_mut_ptr().cast(),
             STACK_COPY_BYTES as u32,
             (*slot).stack.as_ptr().cast(),
         );
-        if copied == 0 { (*slot).len } else { 0 }
+        if copied == 0 { ((*slot).len, (*slot).asked) } else { NONE }
     }
 }
 

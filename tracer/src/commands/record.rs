@@ -123,7 +123,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at = SystemTime::now();
     let stop = pipeline::run_until_stop(&target, duration, async || {
-        rings.drain_when_ready(&mut collector).await
+        rings.drain_when_ready(&mut collector).await?;
+        probes.update_stack_spans(collector.decoder.stack_spans.take_changes());
+        Ok(())
     })
     .await?;
     let elapsed = started.elapsed();

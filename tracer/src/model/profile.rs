@@ -97,6 +97,9 @@ pub struct TraceCounts {
     pub ring_buffer_full: u64,
     pub stack_unreadable: u64,
     pub stack_shortened: u64,
+    /// Long waits whose stack was copied in part, as far as their thread's last walk from
+    /// the same place read (not a loss: a walk that needed more counts as truncated).
+    pub stack_partial: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits by the target's threads, with the waker's stack.
     pub wakes_seen: u64,
@@ -142,7 +145,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 23] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 24] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -151,6 +154,7 @@ impl TraceCounts {
             ring_buffer_full,
             stack_unreadable,
             stack_shortened,
+            stack_partial,
             in_flight_map_full,
             wakes_seen,
             wake_ring_buffer_full,
@@ -188,6 +192,7 @@ impl TraceCounts {
             ("short_waits", short_waits),
             ("long_waits", long_waits),
             ("stack_shortened", stack_shortened),
+            ("stack_partial", stack_partial),
             ("non_socket_io", non_socket_io),
             ("wakes_seen", wakes_seen),
             ("go_runtime_waits_hidden", go_runtime_waits_hidden),

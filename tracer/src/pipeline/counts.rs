@@ -26,6 +26,7 @@ pub fn trace_counts(
         ring_buffer_full: counters.get(Counter::RingBufferFull),
         stack_unreadable: counters.get(Counter::StackUnreadable),
         stack_shortened: counters.get(Counter::StackShortened),
+        stack_partial: counters.get(Counter::StackPartial),
         in_flight_map_full: counters.get(Counter::InFlightMapFull),
         wakes_seen: counters.get(Counter::WakesSent),
         wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),

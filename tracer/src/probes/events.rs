@@ -19,7 +19,7 @@ use tracer_common::{STACK_COPY_BYTES, WAIT_BEGAN_BEFORE, WaitKind, WaitRecord, W
 use crate::{
     model::{StackKey, WaitAggregate},
     objects::WaitObjects,
-    probes::Probes,
+    probes::{Probes, stack_spans::StackSpans},
     stacks::{ProcessUnwinder, UserRegs},
     threads::waits_before::AgesAtStart,
 };
@@ -164,6 +164,8 @@ pub struct WaitDecoder {
     /// How long the waits handed to the probes at the attach had lasted by then, by
     /// thread (`threads::waits_before`).
     pub ages_at_start: AgesAtStart,
+    /// How much of each thread's stack its walks read, for the probes' sleep copies.
+    pub stack_spans: StackSpans,
 }
 
 /// One field of a record in ring-buffer bytes, read in place: copying a whole record would
@@ -223,6 +225,7 @@ impl WaitDecoder {
             malformed_records: 0,
             wakers_evicted: 0,
             ages_at_start: AgesAtStart::new(),
+            stack_spans: StackSpans::default(),
         }
     }
 
@@ -259,6 +262,8 @@ impl WaitDecoder {
         let (kind, object) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
         let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
         let walked = self.unwinder.unwind(regs, stack);
+        let tid: u32 = field!(bytes, WaitRecord, tid);
+        self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
         let key = StackKey {
             addresses: walked.addresses,
             kind,
@@ -266,7 +271,6 @@ impl WaitDecoder {
             truncated: walked.truncated,
             in_progress: false,
         };
-        let tid: u32 = field!(bytes, WaitRecord, tid);
         let start_ns: u64 = field!(bytes, WaitRecord, start_ns);
         let waker = self.pending_wakers.remove(&(tid, start_ns));
         let comm: [u8; 16] = field!(bytes, WaitRecord, comm);

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod golang;
 mod kernel_btf;
+pub mod stack_spans;
 mod task_iter;
 
 use std::{collections::HashMap, io::Read as _, path::Path, time::Duration};
@@ -342,7 +343,7 @@ impl Probes {
         let mut copy = SleepStack {
             start_ns: wait.start_ns,
             len: len as u32,
-            _pad: 0,
+            asked: STACK_COPY_BYTES as u32,
             stack: [0; STACK_COPY_BYTES],
         };
         copy.stack[..len].copy_from_slice(&stack[..len]);

@@ -244,6 +244,9 @@ pub struct JsonTraceCounts {
     pub ring_buffer_full: u64,
     pub stack_unreadable: u64,
     pub stack_shortened: u64,
+    /// Long waits whose stack was copied in part (added in tracer 0.1.0; 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stack_partial: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits seen with the waker's stack (added in tracer 0.1.0;
     /// 0 when absent).
@@ -511,6 +514,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         ring_buffer_full,
         stack_unreadable,
         stack_shortened,
+        stack_partial,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -536,6 +540,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         ring_buffer_full,
         stack_unreadable,
         stack_shortened,
+        stack_partial,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -773,6 +778,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         ring_buffer_full,
         stack_unreadable,
         stack_shortened,
+        stack_partial,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -798,6 +804,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         ring_buffer_full,
         stack_unreadable,
         stack_shortened,
+        stack_partial,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,

@@ -512,6 +512,14 @@ fn write_counts(out: &mut String, profile: &Profile) {
                 counts.stack_shortened
             );
         }
+        if counts.stack_partial > 0 {
+            let _ = writeln!(
+                out,
+                "stacks: {} copied in part, as far as their thread's last walk from the same \
+                 place read",
+                counts.stack_partial
+            );
+        }
     }
     let threads = &profile.thread_counts;
     if threads.threads > 0 {

@@ -122,6 +122,7 @@ pub async fn run(
                         _ = readable(&exited) => break,
                         drained = rings.drain_when_ready(&mut sink) => drained?,
                     }
+                    update_stack_spans(shared);
                 }
                 // Waits that ended just before the exit are still in the buffers.
                 rings.drain_now(&mut sink);
@@ -181,6 +182,18 @@ impl Drop for StopOnDrop {
 /// Reads the threads every period and hands the collector the waits that ended, until
 /// `stop` or a read fails (the target exited). On a blocking thread: a read can take
 /// milliseconds of /proc reads and unwinding.
+/// Hands the probes what the decoder learned of the threads' stack spans (see
+/// `probes::stack_spans`); one lock at a time.
+fn update_stack_spans(shared: &Shared) {
+    let changes = match lock(&shared.collector).decoder.as_mut() {
+        Some(decoder) => decoder.stack_spans.take_changes(),
+        None => return,
+    };
+    if let Some(attached) = lock(&shared.attached).as_ref() {
+        lock(&attached.probes).update_stack_spans(changes);
+    }
+}
+
 fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &AtomicBool) {
     let period = sampler.period();
     let mut next = Instant::now();

@@ -13,6 +13,8 @@ use crate::python::{self, PythonFrame, PythonProcess};
 pub struct UnwoundAddresses {
     pub addresses: Vec<u64>,
     pub truncated: bool,
+    /// How many bytes of the stack copy, from its start, the walk read.
+    pub read_bytes: u64,
 }
 
 pub struct ProcessUnwinder {
@@ -115,7 +117,7 @@ impl ProcessUnwinder {
         if truncated {
             self.truncated_unwinds += 1;
         }
-        UnwoundAddresses { addresses: unwound.frames, truncated }
+        UnwoundAddresses { addresses: unwound.frames, truncated, read_bytes: unwound.read_bytes }
     }
 
     /// Picks up libraries mapped since the snapshot; returns whether any were added.

@@ -29,6 +29,8 @@ pub struct UnwoundStack {
     /// Leaf first: `frames[0]` is the ip, then return addresses as found on the stack.
     pub frames: Vec<u64>,
     pub end: UnwindEnd,
+    /// How many bytes of the copy, from its start, the walk read.
+    pub read_bytes: u64,
 }
 
 /// Why an unwind stopped.
@@ -172,7 +174,13 @@ impl StackUnwinder {
                 Err(error) => break classify_unwind_error(error, regs.sp, stack.len()),
             }
         };
-        UnwoundStack { frames, end }
+        let read_bytes = reads
+            .iter()
+            .filter(|(_, word)| word.is_some())
+            .map(|&(addr, _)| addr - regs.sp + 8)
+            .max()
+            .unwrap_or(0);
+        UnwoundStack { frames, end, read_bytes }
     }
 }
 

@@ -1,0 +1,148 @@
+//! How much stack the probes copy as a thread goes to sleep in a socket wait: the walks of
+//! its long waits tell (see `tracer_common::StackSpan`). The decoder learns a thread's span
+//! from each walk of its stack, the record loop hands the changes to the STACK_SPANS map.
+
+use std::collections::HashMap;
+
+use aya::maps::HashMap as BpfHashMap;
+use tracer_common::{STACK_COPY_BYTES, StackSpan};
+
+use super::Probes;
+use crate::stacks::UserRegs;
+
+/// Bytes copied beyond what the last walk read, in case the next one reads a little
+/// further (a caller with a slightly larger frame at the same depth); spans are whole
+/// multiples of this.
+const SPAN_SLACK_BYTES: u64 = 512;
+
+/// Threads remembered here; past it, the table starts over (the kernel's map is bounded on
+/// its own, least recently used first out, and spans are sent again as walks renew them).
+const MAX_THREADS: usize = 2 * tracer_common::STACK_SPAN_SLOTS as usize;
+
+/// A change for the STACK_SPANS map: the thread's span, or None to forget it.
+pub type SpanChange = (u32, Option<StackSpan>);
+
+/// The spans the probes were given, and the changes not yet handed to them.
+#[derive(Default)]
+pub struct StackSpans {
+    known: HashMap<u32, StackSpan>,
+    changes: HashMap<u32, Option<StackSpan>>,
+}
+
+impl StackSpans {
+    /// Notes the walk of thread `tid`'s stack from `regs`: a complete walk that read
+    /// `read_bytes` sets its span; any other forgets it, so its next copies are whole (a
+    /// shortened copy may be why the walk stopped).
+    pub fn learn(&mut self, tid: u32, regs: UserRegs, complete: bool, read_bytes: u64) {
+        if !complete {
+            if self.known.remove(&tid).is_some() {
+                self.changes.insert(tid, None);
+            }
+            return;
+        }
+        let len = (read_bytes + SPAN_SLACK_BYTES).next_multiple_of(SPAN_SLACK_BYTES);
+        let span = StackSpan {
+            ip: regs.ip,
+            sp: regs.sp,
+            bp: regs.bp,
+            len: len.min(STACK_COPY_BYTES as u64) as u32,
+            _pad: 0,
+        };
+        if self.known.get(&tid) == Some(&span) {
+            return;
+        }
+        if self.known.len() >= MAX_THREADS {
+            self.known.clear();
+        }
+        self.known.insert(tid, span);
+        self.changes.insert(tid, Some(span));
+    }
+
+    /// The changes since the last call.
+    pub fn take_changes(&mut self) -> Vec<SpanChange> {
+        self.changes.drain().collect()
+    }
+}
+
+impl Probes {
+    /// Hands the probes the threads' new spans. A span the map cannot take costs only
+    /// whole copies of that thread's stack, so failures are logged, not returned.
+    pub fn update_stack_spans(&mut self, changes: Vec<SpanChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let Some(map) = self.ebpf.map_mut("STACK_SPANS") else {
+            log::debug!("no STACK_SPANS map");
+            return;
+        };
+        let mut spans = match BpfHashMap::<_, u32, StackSpan>::try_from(map) {
+            Ok(spans) => spans,
+            Err(err) => {
+                log::debug!("STACK_SPANS: {err}");
+                return;
+            }
+        };
+        for (tid, span) in changes {
+            let result = match span {
+                Some(span) => spans.insert(tid, span, 0),
+                None => spans.remove(&tid),
+            };
+            if let Err(err) = result {
+                log::debug!("thread {tid}: cannot update its stack span: {err}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGS: UserRegs = UserRegs { ip: 0x1000, sp: 0x7ff0_0000, bp: 0x7ff0_0100 };
+
+    #[test]
+    fn a_complete_walk_sets_a_span_with_slack_once() {
+        let mut spans = StackSpans::default();
+        spans.learn(7, REGS, true, 1000);
+        let changes = spans.take_changes();
+        assert_eq!(changes.len(), 1);
+        let (tid, Some(span)) = changes[0] else { panic!("no span: {changes:?}") };
+        assert_eq!(tid, 7);
+        assert_eq!((span.ip, span.sp, span.bp), (REGS.ip, REGS.sp, REGS.bp));
+        // 1000 bytes read, 512 of slack, whole multiples of 512.
+        assert_eq!(span.len, 1536);
+        // The same walk again changes nothing.
+        spans.learn(7, REGS, true, 1000);
+        assert!(spans.take_changes().is_empty());
+    }
+
+    #[test]
+    fn a_span_never_exceeds_the_whole_copy() {
+        let mut spans = StackSpans::default();
+        spans.learn(7, REGS, true, STACK_COPY_BYTES as u64);
+        let changes = spans.take_changes();
+        assert_eq!(changes[0].1.map(|span| span.len), Some(STACK_COPY_BYTES as u32));
+    }
+
+    #[test]
+    fn a_truncated_walk_forgets_the_span_and_only_a_known_one() {
+        let mut spans = StackSpans::default();
+        spans.learn(7, REGS, false, 4096);
+        assert!(spans.take_changes().is_empty(), "nothing to forget");
+        spans.learn(7, REGS, true, 100);
+        spans.take_changes();
+        spans.learn(7, REGS, false, 512);
+        assert_eq!(spans.take_changes(), vec![(7, None)]);
+    }
+
+    #[test]
+    fn other_registers_replace_the_span() {
+        let mut spans = StackSpans::default();
+        spans.learn(7, REGS, true, 100);
+        spans.take_changes();
+        spans.learn(7, UserRegs { sp: REGS.sp - 64, ..REGS }, true, 164);
+        let changes = spans.take_changes();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].1.map(|span| span.sp), Some(REGS.sp - 64));
+    }
+}
