@@ -9,7 +9,10 @@
 //!   pays for a tool's probes.
 //!
 //! Every arm runs once per round, in an order that rotates each round, and every tool is
-//! started and stopped around its own window, as in the other rows.
+//! started and stopped around its own window, as in the other rows. At the end, with
+//! `kernel.bpf_stats_enabled` on, one more window per tool measures its probes' CPU per
+//! request (per round trip in the collateral row): a figure this machine's noise does not
+//! hide, where the throughput's control says a few percent cannot be resolved.
 
 use std::{
     fmt::Write as _,
@@ -25,7 +28,9 @@ use libc::{SIGUSR1, SIGUSR2};
 use super::{
     Proc, SETTLE, Settings, TOOL_CPU, ToolUsage, Variant, WARM_UP, WORKLOAD_CPU, group,
     latency::{MIN_ROUNDS_FOR_INTERVAL, RatioEstimate, median_ratio},
-    median, min_max, pinned, start_tool, stop_tool,
+    median, min_max, pinned,
+    service::{BPF_STATS, probe_stats},
+    start_tool, stop_tool,
 };
 
 /// Budgets from issue 15 (losses against alone, medians).
@@ -88,6 +93,14 @@ impl Row {
         }
     }
 
+    /// What one unit of the row's work is.
+    fn unit(self) -> &'static str {
+        match self {
+            Row::Redis => "request",
+            Row::Collateral => "round trip",
+        }
+    }
+
     fn title(self) -> String {
         match self {
             Row::Redis => format!(
@@ -111,6 +124,25 @@ struct ArmRuns {
     server_ns_per_request: Vec<f64>,
     usages: Vec<ToolUsage>,
     failure: Option<String>,
+    /// The probes' CPU per unit of work, from the bpf_stats window (tools only).
+    probe_cost: Option<Result<ProbeCost, String>>,
+}
+
+/// What a tool's probes cost per request (Redis) or per round trip (collateral).
+struct ProbeCost {
+    ns_per_unit: f64,
+    runs_per_unit: f64,
+}
+
+/// One window's results.
+struct Window {
+    rate: f64,
+    /// Redis: the server's CPU per request.
+    server_ns: Option<f64>,
+    usage: Option<ToolUsage>,
+    /// With `measure_probes`: the probes' run time (ns) and runs in the window, and the
+    /// requests or round trips it held.
+    probes: Option<(u64, u64, f64)>,
 }
 
 /// Every arm's runs.
@@ -129,18 +161,20 @@ pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResu
             server_ns_per_request: Vec::new(),
             usages: Vec::new(),
             failure: None,
+            probe_cost: None,
         })
         .collect();
     for round in 0..rounds as usize {
         for offset in 0..ARMS.len() {
             let index = (round + offset) % ARMS.len();
-            let ArmRuns { arm, rates, server_ns_per_request, usages, failure } = &mut runs[index];
+            let ArmRuns { arm, rates, server_ns_per_request, usages, failure, .. } =
+                &mut runs[index];
             // An arm whose tool does not run here is not retried.
             if failure.is_some() {
                 continue;
             }
-            match fixture.window(settings, *arm) {
-                Ok((rate, server_ns, usage)) => {
+            match fixture.window(settings, *arm, false) {
+                Ok(Window { rate, server_ns, usage, .. }) => {
                     server_ns_per_request.extend(server_ns);
                     println!(
                         "bench: {} round {}/{rounds}: {}: {}/s",
@@ -164,7 +198,48 @@ pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResu
             }
         }
     }
+    measure_probe_costs(settings, &mut fixture, &mut runs);
     Ok(RowResult { row, runs })
+}
+
+/// One more window per tool that ran, with bpf_stats on (it adds two clock reads to every
+/// program run, so it stays off for the measured rounds).
+fn measure_probe_costs(settings: &Settings, fixture: &mut Fixture, runs: &mut [ArmRuns]) {
+    let previous = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
+    let stats_on = std::fs::write(BPF_STATS, "1");
+    for run in runs.iter_mut() {
+        let Arm::Tool(variant) = run.arm else { continue };
+        if run.failure.is_some() {
+            continue;
+        }
+        let cost = match &stats_on {
+            Err(err) => Err(format!("cannot enable {BPF_STATS}: {err}")),
+            Ok(()) => match fixture.window(settings, run.arm, true) {
+                Ok(Window { probes: Some((run_ns, program_runs, units)), .. }) if units > 0.0 => {
+                    Ok(ProbeCost {
+                        ns_per_unit: run_ns as f64 / units,
+                        runs_per_unit: program_runs as f64 / units,
+                    })
+                }
+                Ok(_) => Err("no program run times to read, or no work done".into()),
+                Err(err) => Err(format!("{err:#}")),
+            },
+        };
+        if let Ok(cost) = &cost {
+            println!(
+                "bench: {} probe cost: {}: {:.0} ns per {}",
+                fixture.row.key(),
+                variant.label(),
+                cost.ns_per_unit,
+                fixture.row.unit()
+            );
+        }
+        run.probe_cost = Some(cost);
+    }
+    if stats_on.is_ok() {
+        let restored = if previous.trim().is_empty() { "0" } else { previous.trim() };
+        let _ = std::fs::write(BPF_STATS, restored);
+    }
 }
 
 /// The processes a row keeps across its windows.
@@ -229,13 +304,14 @@ impl Fixture {
         Ok(Self { row, traced, redis_port })
     }
 
-    /// One window of `arm`: its throughput, the Redis server's CPU per request, and the
-    /// tool's usage when a tool ran.
+    /// One window of `arm`: its throughput, the Redis server's CPU per request, the tool's
+    /// usage when a tool ran, and with `measure_probes` its programs' run times.
     fn window(
         &mut self,
         settings: &Settings,
         arm: Arm,
-    ) -> anyhow::Result<(f64, Option<f64>, Option<ToolUsage>)> {
+        measure_probes: bool,
+    ) -> anyhow::Result<Window> {
         // The collateral row's measured ping-pong is fresh each window, as in the
         // ping-pong rows; it is never traced.
         let mut measured = match self.row {
@@ -257,14 +333,17 @@ impl Fixture {
         let attached_at = Instant::now();
         thread::sleep(SETTLE);
         let cpu_before = tool.as_ref().map_or(0, |t| t.cpu_ns());
+        let probes_before = tool.as_ref().filter(|_| measure_probes).map(|t| probe_stats(t.pid));
         let opened = Instant::now();
         let server_cpu_before = self.traced.cpu_ns();
         let mut server_ns = None;
+        let mut units = 0.0;
         let rate = match &mut measured {
             None => {
                 let (rate, requests) = redis_benchmark(self.redis_port, settings.seconds)?;
                 let server_cpu = self.traced.cpu_ns().saturating_sub(server_cpu_before);
                 server_ns = Some(server_cpu as f64 / requests as f64);
+                units = requests as f64;
                 rate
             }
             Some(measured) => {
@@ -280,6 +359,16 @@ impl Fixture {
             }
         };
         let window_ns = opened.elapsed().as_nanos() as f64;
+        if measured.is_some() {
+            units = rate * window_ns / 1e9;
+        }
+        let probes = match (&tool, probes_before) {
+            (Some(tool), Some((ns_before, runs_before))) => {
+                let (ns, runs) = probe_stats(tool.pid);
+                Some((ns.saturating_sub(ns_before), runs.saturating_sub(runs_before), units))
+            }
+            _ => None,
+        };
         let usage = match &mut tool {
             None => None,
             Some(tool) => {
@@ -287,7 +376,7 @@ impl Fixture {
                 Some(stop_tool(tool, attached_at.elapsed(), share)?)
             }
         };
-        Ok((rate, server_ns, usage))
+        Ok(Window { rate, server_ns, usage, probes })
     }
 }
 
@@ -383,7 +472,7 @@ impl RowResult {
             "| variant | median /s | min–max /s | vs alone (95% interval) | server CPU per request (vs alone, 95% interval) | tool CPU (window) | waits/s seen |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
-        for ArmRuns { arm, rates, server_ns_per_request, usages, failure } in &self.runs {
+        for ArmRuns { arm, rates, server_ns_per_request, usages, failure, .. } in &self.runs {
             if let Some(failure) = failure {
                 let _ = writeln!(
                     md,
@@ -431,6 +520,40 @@ impl RowResult {
                 group(low),
                 group(high)
             );
+        }
+        md.push('\n');
+        md += &self.probe_cost_lines();
+        md
+    }
+
+    /// The probes' CPU per unit of work, one line per tool, and for Redis as a share of
+    /// the server's own CPU per request alone.
+    fn probe_cost_lines(&self) -> String {
+        let unit = self.row.unit();
+        let mut md = format!(
+            "The probes' CPU per {unit} (bpf_stats, one more window per tool; its own clock \
+             reads add to every program run, about 57 ns each on this machine's VM):\n\n"
+        );
+        let alone_server_ns = (!self.server_cost(Arm::Alone).is_empty())
+            .then(|| median(self.server_cost(Arm::Alone).iter().copied()));
+        for run in &self.runs {
+            let Some(cost) = &run.probe_cost else { continue };
+            let text = match cost {
+                Err(err) => format!("not measured: {}", super::one_line(err)),
+                Ok(cost) => {
+                    let share = alone_server_ns.map_or(String::new(), |server| {
+                        format!(
+                            ", {:.1}% of the server's own CPU per request alone",
+                            100.0 * cost.ns_per_unit / server
+                        )
+                    });
+                    format!(
+                        "{:.0} ns ({:.1} program runs){share}",
+                        cost.ns_per_unit, cost.runs_per_unit
+                    )
+                }
+            };
+            let _ = writeln!(md, "- {}: {text}", run.arm.label());
         }
         md.push('\n');
         md

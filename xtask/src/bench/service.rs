@@ -34,7 +34,7 @@ const WARM_UP: Duration = Duration::from_secs(1);
 const GAP: Duration = Duration::from_millis(300);
 /// Bootstrap resamples behind each confidence interval.
 const RESAMPLES: u32 = 1000;
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+pub(super) const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// One arm of the comparison: a variant, or the second set of alone windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +199,7 @@ impl Service {
 
 /// The summed run time (ns) and run count of the BPF programs a process holds, from
 /// /proc/PID/fdinfo (counted only while `kernel.bpf_stats_enabled` is 1).
-fn probe_stats(pid: i32) -> (u64, u64) {
+pub(super) fn probe_stats(pid: i32) -> (u64, u64) {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return (0, 0);
     };
