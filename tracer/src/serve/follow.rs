@@ -179,9 +179,6 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Reads the threads every period and hands the collector the waits that ended, until
-/// `stop` or a read fails (the target exited). On a blocking thread: a read can take
-/// milliseconds of /proc reads and unwinding.
 /// Hands the probes what the decoder learned of the threads' stack spans (see
 /// `probes::stack_spans`); one lock at a time.
 fn update_stack_spans(shared: &Shared) {
@@ -194,6 +191,9 @@ fn update_stack_spans(shared: &Shared) {
     }
 }
 
+/// Reads the threads every period and hands the collector the waits that ended, until
+/// `stop` or a read fails (the target exited). On a blocking thread: a read can take
+/// milliseconds of /proc reads and unwinding.
 fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &AtomicBool) {
     let period = sampler.period();
     let mut next = Instant::now();

@@ -124,6 +124,24 @@ fn capture_own_stack() -> (Captured, ProcessImage) {
     (captured, image)
 }
 
+/// What the probes' part copies rest on (`probes::stack_spans`): a copy cut where the
+/// walk's reads ended walks the same way; cut one word shorter, it runs out.
+#[test]
+fn a_copy_of_the_bytes_a_walk_read_walks_the_same_way() {
+    let (captured, image) = capture_own_stack();
+    let mut unwinder = StackUnwinder::new(&image);
+    let whole = unwinder.unwind(captured.regs, &captured.stack);
+    assert_eq!(whole.end, UnwindEnd::Complete);
+    let read = whole.read_bytes as usize;
+    assert!(read > 0 && read < captured.stack.len(), "read {read} of {}", captured.stack.len());
+
+    let part = unwinder.unwind(captured.regs, &captured.stack[..read]);
+    assert_eq!((&part.frames, part.end), (&whole.frames, UnwindEnd::Complete));
+    assert_eq!(part.read_bytes, whole.read_bytes);
+    let short = unwinder.unwind(captured.regs, &captured.stack[..read - 8]);
+    assert_eq!(short.end, UnwindEnd::StackCopyExhausted, "{:x?}", short.frames);
+}
+
 #[test]
 fn unwinds_own_stack_through_std_thread_start() {
     let (captured, image) = capture_own_stack();
