@@ -29,7 +29,7 @@ use super::{
     Proc, SETTLE, Settings, TOOL_CPU, ToolUsage, Variant, WARM_UP, WORKLOAD_CPU, group,
     latency::{MIN_ROUNDS_FOR_INTERVAL, RatioEstimate, median_ratio},
     median, min_max, pinned,
-    service::{BPF_STATS, probe_stats},
+    service::{BpfStats, probe_stats},
     start_tool, stop_tool,
 };
 
@@ -205,16 +205,15 @@ pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResu
 /// One more window per tool that ran, with bpf_stats on (it adds two clock reads to every
 /// program run, so it stays off for the measured rounds).
 fn measure_probe_costs(settings: &Settings, fixture: &mut Fixture, runs: &mut [ArmRuns]) {
-    let previous = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
-    let stats_on = std::fs::write(BPF_STATS, "1");
+    let stats = BpfStats::enable();
     for run in runs.iter_mut() {
         let Arm::Tool(variant) = run.arm else { continue };
         if run.failure.is_some() {
             continue;
         }
-        let cost = match &stats_on {
-            Err(err) => Err(format!("cannot enable {BPF_STATS}: {err}")),
-            Ok(()) => match fixture.window(settings, run.arm, true) {
+        let cost = match &stats {
+            Err(err) => Err(err.clone()),
+            Ok(_) => match fixture.window(settings, run.arm, true) {
                 Ok(Window { probes: Some((run_ns, program_runs, units)), .. }) if units > 0.0 => {
                     Ok(ProbeCost {
                         ns_per_unit: run_ns as f64 / units,
@@ -235,10 +234,6 @@ fn measure_probe_costs(settings: &Settings, fixture: &mut Fixture, runs: &mut [A
             );
         }
         run.probe_cost = Some(cost);
-    }
-    if stats_on.is_ok() {
-        let restored = if previous.trim().is_empty() { "0" } else { previous.trim() };
-        let _ = std::fs::write(BPF_STATS, restored);
     }
 }
 

@@ -34,7 +34,29 @@ const WARM_UP: Duration = Duration::from_secs(1);
 const GAP: Duration = Duration::from_millis(300);
 /// Bootstrap resamples behind each confidence interval.
 const RESAMPLES: u32 = 1000;
-pub(super) const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` on for as long as this lives, then back to what it was: it
+/// adds two clock reads to every program run, so only the probe-cost windows have it.
+pub(super) struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    pub(super) fn enable() -> Result<Self, String> {
+        let previous = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
+        std::fs::write(BPF_STATS, "1")
+            .map_err(|err| format!("cannot enable {BPF_STATS}: {err}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let previous = self.previous.trim();
+        let _ = std::fs::write(BPF_STATS, if previous.is_empty() { "0" } else { previous });
+    }
+}
 
 /// One arm of the comparison: a variant, or the second set of alone windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,16 +290,15 @@ pub fn run(settings: &Settings, rounds: u32, window_seconds: f64) -> anyhow::Res
     }
 
     let mut probe_costs = Vec::new();
-    let previous = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
-    let stats_on = std::fs::write(BPF_STATS, "1");
+    let stats = BpfStats::enable();
     for (arm, windows) in &arms {
         let Arm::Run(variant) = *arm else { continue };
         if variant == Variant::Alone || windows.is_err() {
             continue;
         }
-        let cost = match &stats_on {
-            Err(err) => Err(format!("cannot enable {BPF_STATS}: {err}")),
-            Ok(()) => match service.window(settings, variant, window_seconds) {
+        let cost = match &stats {
+            Err(err) => Err(err.clone()),
+            Ok(_) => match service.window(settings, variant, window_seconds) {
                 Ok((_, Some(cost))) => Ok(cost),
                 Ok((_, None)) => {
                     Err("it holds no program descriptors to read run times from".into())
@@ -294,12 +315,7 @@ pub fn run(settings: &Settings, rounds: u32, window_seconds: f64) -> anyhow::Res
         }
         probe_costs.push((variant, cost));
     }
-    if stats_on.is_ok() {
-        let _ = std::fs::write(
-            BPF_STATS,
-            if previous.trim().is_empty() { "0" } else { previous.trim() },
-        );
-    }
+    drop(stats);
     Ok(ServiceResult { arms, probe_costs, window_seconds, rounds, rate: settings.http_rate })
 }
 
