@@ -180,6 +180,31 @@ pub fn classify_syscall<E>(
 pub const WAITS_RING_BYTES: u32 = 16 * 1024 * 1024;
 pub const WAKES_RING_BYTES: u32 = 4 * 1024 * 1024;
 
+/// Slots of the WAIT_STARTS array: a copy of each thread's latest wait start, which
+/// sched_waking reads to tell a short wait without a task-storage lookup (a helper call;
+/// the verifier inlines an array lookup). Thread `tid` has slot `tid % WAIT_START_SLOTS`.
+pub const WAIT_START_SLOTS: u32 = 1 << 16;
+
+/// Bits of a WAIT_STARTS word that tell apart the threads sharing its slot: thread ids are
+/// below 2^22 (the kernel's PID_MAX_LIMIT on 64-bit), so `tid / WAIT_START_SLOTS` fits
+/// in 6; the start, shifted above them, fits until 2^58 ns (9 years) of uptime.
+pub const WAIT_START_TAG_BITS: u32 = 6;
+
+/// The WAIT_STARTS word of a wait of thread `tid` begun at `start_ns`: one word, stored
+/// at once, so two threads sharing a slot never mix their halves.
+#[inline(always)]
+pub fn wait_start_word(tid: u32, start_ns: u64) -> u64 {
+    start_ns << WAIT_START_TAG_BITS | u64::from(tid / WAIT_START_SLOTS)
+}
+
+/// When `tid`'s latest wait began, by the WAIT_STARTS word of its slot; `None` when the
+/// word is another thread's.
+#[inline(always)]
+pub fn wait_start_of(word: u64, tid: u32) -> Option<u64> {
+    const TAG_MASK: u64 = (1 << WAIT_START_TAG_BITS) - 1;
+    (word & TAG_MASK == u64::from(tid / WAIT_START_SLOTS)).then_some(word >> WAIT_START_TAG_BITS)
+}
+
 /// A thread's wait in progress, in the thread's task storage: noted when the thread goes
 /// to sleep inside a watched call, ended when it is woken (by a thread of the target) or
 /// switched back in. The entry stays between waits, idle (`start_ns == 0`), so that each
@@ -511,6 +536,26 @@ mod tests {
         assert!(!is_futex_wake(0)); // FUTEX_WAIT
         assert!(!is_futex_wake(9 | PRIVATE)); // FUTEX_WAIT_BITSET
         assert!(!is_futex_wake(6)); // FUTEX_LOCK_PI
+    }
+
+    #[test]
+    fn a_wait_start_word_is_read_back_only_by_its_own_thread() {
+        const PID_MAX_LIMIT: u32 = 1 << 22;
+        let start_ns = 123_456_789_012_345;
+        for tid in [1, 4242, WAIT_START_SLOTS - 1, WAIT_START_SLOTS + 4242, PID_MAX_LIMIT - 1] {
+            let word = wait_start_word(tid, start_ns);
+            assert_eq!(wait_start_of(word, tid), Some(start_ns), "tid {tid}");
+        }
+        // Threads that share a slot (ids equal modulo the slot count) differ by their tag.
+        let sharing = [4242, 4242 + WAIT_START_SLOTS, 4242 + 63 * WAIT_START_SLOTS];
+        for writer in sharing {
+            for reader in sharing.iter().filter(|&&reader| reader != writer) {
+                assert_eq!(wait_start_of(wait_start_word(writer, start_ns), *reader), None);
+            }
+        }
+        // A slot never written reads as a wait begun at boot, long ago, for its tag-0 threads.
+        assert_eq!(wait_start_of(0, 4242), Some(0));
+        assert_eq!(wait_start_of(0, 4242 + WAIT_START_SLOTS), None);
     }
 
     #[test]

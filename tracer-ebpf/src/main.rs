@@ -13,6 +13,8 @@
 //! - `sched_waking`, when a thread of the target wakes another out of a wait that has
 //!   lasted the threshold, ends that wait there: the waker shares the sleeper's memory, so
 //!   the sleeper's stack is read as it slept. For futex wakes it sends the waker's stack.
+//!   Most wakes end short waits, which it leaves alone: it tells them from a copy of each
+//!   wait's start in a plain array (`WAIT_STARTS`), cheaper to reach than task storage.
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
 //!   wait: under the threshold it only adds to per-kind totals; over it, it sends the
 //!   registers and a copy of the user stack (read from memory when `prev` is a thread of
@@ -40,14 +42,15 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, btf_tracepoint, map},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
     InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
-    SleepStack, StackSpan, TaskLook, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
-    WaitRecord, WakeRecord, classify_syscall, is_futex_wake, syscall_nr,
+    SleepStack, StackSpan, TaskLook, WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES,
+    WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
+    syscall_nr, wait_start_of, wait_start_word,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -86,6 +89,21 @@ use task_storage::TaskStorage;
 /// wake on another CPU; not by tid in a hash: the task pointer finds it without hashing).
 #[btf_map]
 static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
+
+/// Each thread's latest wait start (see `WAIT_START_SLOTS`).
+#[map]
+static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
+
+/// Whether `tid`'s latest wait, by its WAIT_STARTS copy, began less than `MIN_WAIT_NS`
+/// before `now` (false when the copy is another thread's, which sends the wake to
+/// IN_FLIGHT).
+#[inline(always)]
+fn began_recently(tid: u32, now: u64) -> bool {
+    let Some(word) = WAIT_STARTS.get(tid % WAIT_START_SLOTS) else { return false };
+    // An aligned word, which other CPUs rewrite whole.
+    wait_start_of(*word, tid)
+        .is_some_and(|start_ns| now.saturating_sub(start_ns) < MIN_WAIT_NS.load())
+}
 
 /// Stacks copied as threads went to sleep, by tid (see `SleepStack`).
 #[map]
@@ -280,6 +298,10 @@ fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, now:
     unsafe {
         *entry = InFlightWait { start_ns, object, kind: kind as u32, tid, flags: 0, _pad: 0 }
     };
+    if let Some(word) = WAIT_STARTS.get_ptr_mut(tid % WAIT_START_SLOTS) {
+        // SAFETY: an aligned u64 of the map, written in one store.
+        unsafe { *word = wait_start_word(tid, start_ns) };
+    }
     if woken_from_outside(kind, nr, regs) {
         keep_sleep_stack(tid, start_ns, regs);
     }
@@ -516,21 +538,25 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if unsafe { task_field(wakee, TASK_TGID_OFFSET.load()) } != TARGET_TGID.load() {
         return Ok(());
     }
-    let Some(waker_tid) = target_thread() else {
+    let now = now_ns();
+    // Short waits end at the switch back in, where they cost least.
+    // SAFETY: as above.
+    if began_recently(unsafe { task_field(wakee, TASK_PID_OFFSET.load()) }, now) {
         return Ok(());
-    };
+    }
     // SAFETY: a BTF task pointer from the tracepoint.
     let Some(entry) = (unsafe { IN_FLIGHT.get(wakee) }) else {
         return Ok(());
     };
     // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
     let wait = unsafe { *entry };
-    let now = now_ns();
-    if wait.start_ns == 0
-        || wait.tid == waker_tid
-        || now.saturating_sub(wait.start_ns) < MIN_WAIT_NS.load()
-    {
-        // Short waits end at the switch back in, where they cost least.
+    if wait.start_ns == 0 || now.saturating_sub(wait.start_ns) < MIN_WAIT_NS.load() {
+        return Ok(());
+    }
+    let Some(waker_tid) = target_thread() else {
+        return Ok(());
+    };
+    if wait.tid == waker_tid {
         return Ok(());
     }
     // SAFETY: as above.

@@ -290,7 +290,7 @@ fn still_parked(
     // A goroutine's park time is its current wait's only if the same park spans the read:
     // one that woke and parked again in between has a newer entry afterwards.
     let parked_before = parks();
-    let read = super::read_waiting(target, reader);
+    let read = read_most_parked(target, reader);
     let parked_after = parks();
     let (mut goroutines, mut counts) = match read {
         Ok(read) => read,
@@ -319,6 +319,31 @@ fn still_parked(
         }
     }
     Some(StillParked { goroutines, counts, objects })
+}
+
+/// The goroutines parked now: of up to `READS` reads, the one that found the most parked.
+/// Goroutines that take turns (a pile-up whose queue moves, a ping-pong) are each parked
+/// again within microseconds, but any one read may catch many of them between two waits,
+/// running or in a run queue; so the read is made again, briefly later, while it caught
+/// any. One read is reported whole, so its counts describe one moment.
+fn read_most_parked(
+    target: &Target,
+    reader: &mut super::goroutines::GoroutineReader,
+) -> anyhow::Result<(Vec<Goroutine>, super::goroutines::GoroutineCounts)> {
+    const READS: usize = 3;
+    const BETWEEN_READS: Duration = Duration::from_millis(2);
+    let mut best = super::read_waiting(target, reader)?;
+    for _ in 1..READS {
+        if best.1.running + best.1.runnable == 0 {
+            break;
+        }
+        std::thread::sleep(BETWEEN_READS);
+        let again = super::read_waiting(target, reader)?;
+        if again.1.waiting > best.1.waiting {
+            best = again;
+        }
+    }
+    Ok(best)
 }
 
 /// The file offset of the link-time address `address` (uprobes attach by offset).
