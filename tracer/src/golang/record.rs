@@ -338,7 +338,8 @@ fn read_most_parked(
             break;
         }
         std::thread::sleep(BETWEEN_READS);
-        let again = super::read_waiting(target, reader)?;
+        // A later read that fails (the process exiting) leaves the one in hand.
+        let Ok(again) = super::read_waiting(target, reader) else { break };
         if again.1.waiting > best.1.waiting {
             best = again;
         }
