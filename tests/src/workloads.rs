@@ -87,6 +87,29 @@ pub fn start_rust_pileup(
     Pileup { workload, backend }
 }
 
+/// Starts the slow backend on a Unix stream socket at `path` and the Rust pile-up against it.
+pub fn start_rust_pileup_over_unix(
+    backend_bin: &str,
+    pileup_bin: &str,
+    path: &Path,
+    handlers: usize,
+    seconds: f64,
+) -> Pileup {
+    let mut cmd = Command::new(backend_bin);
+    cmd.arg("--seconds").arg((seconds + BACKEND_EXTRA_SECONDS).to_string()).arg("--unix").arg(path);
+    let (backend, line) = spawn_and_read_line("slow-backend", cmd);
+    assert_eq!(line, "unix", "slow-backend printed {line:?} instead of unix");
+    let mut cmd = Command::new(pileup_bin);
+    cmd.arg("--backend").arg(format!("unix:{}", path.display())).args([
+        "--handlers",
+        &handlers.to_string(),
+        "--seconds",
+        &seconds.to_string(),
+    ]);
+    let workload = start_workload("rust-pileup", cmd);
+    Pileup { workload, backend }
+}
+
 /// Compiles the C pile-up into `dir` (see [`build_c`]).
 pub fn build_c_pileup(dir: &Path) -> PathBuf {
     build_c(dir, C_PILEUP_SOURCE, "c-pileup")

@@ -3,7 +3,8 @@
 //!
 //! - C through glibc, two processes: handlers on a condition variable, woken by a reporter
 //!   blocked in `send()` to slow-backend (another process);
-//! - Rust without frame pointers: the same through a std `sync_channel`;
+//! - Rust without frame pointers: the same through a std `sync_channel`, and again with
+//!   slow-backend behind a Unix stream socket;
 //! - a snapshot of threads on a pthread mutex names its holder and the holder's stack;
 //! - `tracer report` keeps the chains of a saved recording.
 //!
@@ -16,7 +17,7 @@ use tracer::chains::{Terminal, ThreadState, WaitChain};
 use tracer_tests::{
     C_OBJECTS_SOURCE, Pileup, Profile, TempDir, WaitKind, assert_success, build_c, build_c_pileup,
     read_profile, record_profile, run_tool, snapshot_profile, start_c_pileup, start_rust_pileup,
-    start_stuck, tracer_report,
+    start_rust_pileup_over_unix, start_stuck, tracer_report,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -106,6 +107,39 @@ fn rust_sync_channel_pileup_leads_to_the_slow_tcp_peer() {
         "rust_pileup::send_stat",
         "rust_pileup::write_to_backend",
     );
+}
+
+/// The same pile-up with the backend behind a Unix stream socket: the chain ends at the
+/// socket's path, and its peer (found by the peer socket's inode) is slow-backend.
+#[test]
+fn rust_pileup_over_a_unix_socket_leads_to_the_slow_peer() {
+    let dir = TempDir::new("chains-unix");
+    let path = dir.join("backend.sock");
+    let pileup =
+        start_rust_pileup_over_unix(SLOW_BACKEND, RUST_PILEUP, &path, HANDLERS, WORKLOAD_SECONDS);
+    let args = ["--duration", RECORD_DURATION];
+    let traced = record_profile(pileup.workload.pid(), &args, &dir, TIMEOUT);
+    let chain = chain_at(&traced.profile, "rust_pileup::send_stat");
+    assert_eq!(chain.threads, HANDLERS as u64, "every handler at the start: {chain:#?}");
+    assert_eq!(chain.hops.len(), 1, "{chain:#?}");
+    let hop = &chain.hops[0];
+    assert_eq!(hop.waker, "reporter", "{chain:#?}");
+    let at = (hop.at.site.as_str(), hop.at.kind);
+    assert_eq!(at, ("rust_pileup::write_to_backend", WaitKind::Send), "{chain:#?}");
+    let Terminal::Endpoint { endpoint, peer: Some(peer), .. } = &chain.terminal else {
+        panic!("the chain ends at the Unix socket with its peer: {chain:#?}");
+    };
+    assert_eq!(endpoint.as_str(), path.to_str().expect("utf-8 path"), "{chain:#?}");
+    assert_eq!(peer.pid, pileup.backend.pid(), "the peer is slow-backend: {chain:#?}");
+    assert_eq!(peer.comm, "slow-backend", "{chain:#?}");
+    // The root cause: the peer's reading thread, asleep between its slow reads.
+    let reading = peer.threads.iter().any(|thread| {
+        matches!(&thread.state, ThreadState::Blocked { call_site: Some(site), .. }
+            if site == "slow_backend::drain_slowly")
+    });
+    assert!(reading, "the peer's reader at slow_backend::drain_slowly: {chain:#?}");
+    let expected_peer = format!("→ peer pid {} (slow-backend): ", peer.pid);
+    assert!(traced.out.stdout.contains(&expected_peer), "{}", traced.out.stdout);
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! The pile-up the tracer was built for, in Rust: handler threads push statistics into a bounded
-//! channel; one reporter thread drains it and writes each message over TCP to a backend that
-//! reads slowly. The backend's slowness fills the reporter's send buffer, the reporter blocks in
+//! channel; one reporter thread drains it and writes each message over TCP (or a Unix stream
+//! socket, with `--backend unix:PATH`) to a backend that reads slowly. The backend's slowness fills the reporter's send buffer, the reporter blocks in
 //! `send`, the channel fills, and every handler blocks in `send_stat`.
 //!
-//! Usage: `rust-pileup --backend ADDR [--handlers N] [--seconds S]`
+//! Usage: `rust-pileup --backend ADDR|unix:PATH [--handlers N] [--seconds S]`
 //!
 //! Prints `ready` once every thread runs. The main thread never waits on a futex (it only
 //! sleeps, which the tracer does not trace), so all futex time in the process belongs to the
@@ -11,7 +11,8 @@
 
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -79,14 +80,39 @@ fn handler(id: usize, tx: SyncSender<Vec<u8>>) {
     }
 }
 
+/// The connection to the backend.
+enum Backend {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Backend {
+    fn connect(address: &str) -> std::io::Result<Self> {
+        match address.strip_prefix("unix:") {
+            Some(path) => UnixStream::connect(path).map(Self::Unix),
+            None => TcpStream::connect(address).map(Self::Tcp),
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            Self::Tcp(stream) => stream.as_raw_fd(),
+            Self::Unix(stream) => stream.as_raw_fd(),
+        }
+    }
+}
+
 /// The call site the tests look for on the reporter's `[send]` wait.
 #[inline(never)]
-fn write_to_backend(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
-    stream.write_all(msg)
+fn write_to_backend(backend: &mut Backend, msg: &[u8]) -> std::io::Result<()> {
+    match backend {
+        Backend::Tcp(stream) => stream.write_all(msg),
+        Backend::Unix(stream) => stream.write_all(msg),
+    }
 }
 
 #[inline(never)]
-fn reporter(rx: Receiver<Vec<u8>>, mut stream: TcpStream) {
+fn reporter(rx: Receiver<Vec<u8>>, mut stream: Backend) {
     STARTED.fetch_add(1, Ordering::Relaxed);
     while let Ok(msg) = rx.recv() {
         if let Err(e) = write_to_backend(&mut stream, &msg) {
@@ -100,12 +126,12 @@ fn reporter(rx: Receiver<Vec<u8>>, mut stream: TcpStream) {
     }
 }
 
-fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: the fd is a live socket owned by `stream`, and the option value points to a
-    // c_int whose size we pass.
+fn set_send_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: `fd` is a live socket borrowed from its owner for this call, and the option
+    // value points to a c_int whose size we pass.
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_SNDBUF,
             (&raw const bytes).cast(),
@@ -120,20 +146,20 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => {
             eprintln!("rust-pileup: {e}");
-            eprintln!("usage: rust-pileup --backend ADDR [--handlers N] [--seconds S]");
+            eprintln!("usage: rust-pileup --backend ADDR|unix:PATH [--handlers N] [--seconds S]");
             return ExitCode::from(2);
         }
     };
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
 
-    let stream = match TcpStream::connect(&args.backend) {
+    let stream = match Backend::connect(&args.backend) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("rust-pileup: connect {}: {e}", args.backend);
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = set_send_buffer(&stream, SEND_BUFFER_BYTES) {
+    if let Err(e) = set_send_buffer(stream.fd(), SEND_BUFFER_BYTES) {
         eprintln!("rust-pileup: setsockopt SO_SNDBUF: {e}");
         return ExitCode::FAILURE;
     }

@@ -1,16 +1,17 @@
-//! A backend that chokes: it accepts TCP connections on 127.0.0.1 and reads them slowly, so
-//! whoever writes to it fills its send buffer and blocks in `send`. With `--never-read` it is a
-//! dead backend: it accepts and holds each connection open but never reads, so the writer blocks
-//! in `send` for good.
+//! A backend that chokes: it accepts TCP connections on 127.0.0.1 (or Unix stream connections
+//! at `--unix PATH`) and reads them slowly, so whoever writes to it fills its send buffer and
+//! blocks in `send`. With `--never-read` it is a dead backend: it accepts and holds each
+//! connection open but never reads, so the writer blocks in `send` for good.
 //!
-//! Usage: `slow-backend [--seconds S] [--never-read]`
+//! Usage: `slow-backend [--seconds S] [--never-read] [--unix PATH]`
 //!
-//! Prints the port it listens on, then exits after S seconds (so a failed test cannot leave it
-//! behind for long).
+//! Prints the port it listens on (or `unix`), then exits after S seconds (so a failed test
+//! cannot leave it behind for long).
 
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd as _, RawFd};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -38,10 +39,15 @@ fn set_receive_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
-fn drain_slowly(mut conn: TcpStream) {
+/// Not generic over the two kinds of connection, and never inlined: the tests find it by
+/// name on the reading thread's stack.
+#[inline(never)]
+fn drain_slowly(conn: OwnedFd) {
     if let Err(e) = set_receive_buffer(conn.as_raw_fd(), RECEIVE_BUFFER_BYTES) {
         eprintln!("slow-backend: setsockopt SO_RCVBUF: {e}");
     }
+    // read(2) on the socket, whatever its family.
+    let mut conn = std::fs::File::from(conn);
     let mut buf = [0u8; READ_CHUNK_BYTES];
     loop {
         match conn.read(&mut buf) {
@@ -53,7 +59,7 @@ fn drain_slowly(mut conn: TcpStream) {
 
 /// Holds `conn` open without ever reading it: the peer's writes fill our receive buffer, then its
 /// send buffer, and it blocks. Closing would reset the peer instead, so this never returns.
-fn never_read(conn: TcpStream) -> ! {
+fn never_read(conn: OwnedFd) -> ! {
     if let Err(e) = set_receive_buffer(conn.as_raw_fd(), RECEIVE_BUFFER_BYTES) {
         eprintln!("slow-backend: setsockopt SO_RCVBUF: {e}");
     }
@@ -62,14 +68,42 @@ fn never_read(conn: TcpStream) -> ! {
     }
 }
 
+/// As the TCP backend, on a Unix stream socket at `path` (a Unix socket has no receive
+/// window: the writer's send buffer fills with what this side leaves unread).
+fn serve_unix(path: &str, read: bool, seconds: f64) -> ExitCode {
+    let _ = std::fs::remove_file(path);
+    let listener = match UnixListener::bind(path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("slow-backend: bind {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("unix");
+    let _ = std::io::stdout().flush();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if read {
+                std::thread::spawn(move || drain_slowly(conn.into()));
+            } else {
+                std::thread::spawn(move || never_read(conn.into()));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let _ = std::fs::remove_file(path);
+    ExitCode::SUCCESS
+}
+
 fn usage() -> ExitCode {
-    eprintln!("usage: slow-backend [--seconds S] [--never-read]");
+    eprintln!("usage: slow-backend [--seconds S] [--never-read] [--unix PATH]");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let mut seconds = 60.0_f64;
     let mut read = true;
+    let mut unix_path = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -78,8 +112,15 @@ fn main() -> ExitCode {
                 _ => return usage(),
             },
             "--never-read" => read = false,
+            "--unix" => match args.next() {
+                Some(path) => unix_path = Some(path),
+                None => return usage(),
+            },
             _ => return usage(),
         }
+    }
+    if let Some(path) = unix_path {
+        return serve_unix(&path, read, seconds);
     }
 
     let listener = match TcpListener::bind("127.0.0.1:0") {
@@ -108,9 +149,9 @@ fn main() -> ExitCode {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             if read {
-                std::thread::spawn(move || drain_slowly(conn));
+                std::thread::spawn(move || drain_slowly(conn.into()));
             } else {
-                std::thread::spawn(move || never_read(conn));
+                std::thread::spawn(move || never_read(conn.into()));
             }
         }
     });

@@ -178,9 +178,10 @@ fn read_syscall(pid: u32, tid: u32) -> Option<ThreadSyscall> {
     parse_syscall(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
 }
 
-/// The processes on this host at the other end of the TCP sockets behind `endpoints`,
-/// seen from the network namespace of `pid`, with what their threads do now: one
-/// sock_diag dump per address family, one pass over /proc/*/fd for every peer socket.
+/// The processes on this host at the other end of the TCP and Unix sockets behind
+/// `endpoints`, seen from the network namespace of `pid`, with what their threads do now:
+/// one sock_diag dump per address family (a Unix socket names its peer's inode itself),
+/// one pass over /proc/*/fd for every peer socket.
 fn local_peers<'a>(
     pid: u32,
     endpoints: impl Iterator<Item = (&'a String, &'a SocketInfo)>,
@@ -190,6 +191,16 @@ fn local_peers<'a>(
     let mut dumps: BTreeMap<u8, Vec<Record>> = BTreeMap::new();
     let mut peer_sockets: BTreeMap<&String, u64> = BTreeMap::new();
     for (endpoint, socket) in endpoints {
+        if socket.protocol == Protocol::Unix {
+            let diag = diag.get_or_insert_with(|| SockDiag::open(pid).ok());
+            let peer = u32::try_from(socket.inode)
+                .ok()
+                .and_then(|inode| diag.as_mut()?.unix_peer(inode).ok().flatten());
+            if let Some(peer) = peer {
+                peer_sockets.insert(endpoint, u64::from(peer));
+            }
+            continue;
+        }
         let (Protocol::Tcp, Some(local), Some(remote)) =
             (socket.protocol, socket.local.as_ref(), socket.remote.as_ref())
         else {

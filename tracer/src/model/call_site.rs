@@ -114,23 +114,21 @@ fn is_go_wrapper(name: &str) -> bool {
 /// Functions of Rust's std/core/alloc and of the C runtime's start-up code, which a
 /// statically linked program carries in its own executable.
 fn is_native_runtime(name: &str) -> bool {
-    const RUNTIME_PREFIXES: [&str; 13] = [
-        "std::",
-        "core::",
-        "alloc::",
-        "<std::",
-        "<core::",
-        "<alloc::",
-        "__rust",
-        "rust_panic",
-        "rust_begin_unwind",
-        "_start",
-        "__libc_",
-        "start_thread",
-        "[",
-    ];
-    // `<T as core::ops::FnOnce>::call_once` style names are the runtime too.
-    RUNTIME_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    const RUNTIME_PATHS: [&str; 3] = ["std::", "core::", "alloc::"];
+    const RUNTIME_PREFIXES: [&str; 7] =
+        ["__rust", "rust_panic", "rust_begin_unwind", "_start", "__libc_", "start_thread", "["];
+    // An impl's methods start with its type: `<std::fs::File as std::io::Read>::read`, or
+    // a reference or pointer to it (`<&std::os::unix::net::UnixStream as
+    // std::io::Write>::write`).
+    let path = name.strip_prefix('<').map_or(name, |inner| {
+        ["&mut ", "&", "*const ", "*mut "]
+            .iter()
+            .find_map(|pointer| inner.strip_prefix(pointer))
+            .unwrap_or(inner)
+    });
+    RUNTIME_PATHS.iter().any(|runtime| path.starts_with(runtime))
+        || RUNTIME_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        // `<T as core::ops::FnOnce>::call_once` style names are the runtime too.
         || name.starts_with('<') && name.contains(" as core::ops::function::")
 }
 
@@ -181,6 +179,22 @@ mod tests {
             native_frame("pthread_cond_wait", "libc.so.6", false),
         ];
         assert_eq!(call_site(&cxx, Language::Native), "worker");
+        // Rust's std is linked into the executable: its impls are the runtime too, on a
+        // type or on a reference to it.
+        let rust = [
+            native_frame("app::reporter", "app", true),
+            native_frame("app::write_to_backend", "app", true),
+            native_frame("std::io::Write::write_all", "app", true),
+            native_frame(
+                "<&std::os::unix::net::stream::UnixStream as std::io::Write>::write",
+                "app",
+                true,
+            ),
+            native_frame("<std::net::tcp::TcpStream as std::io::Write>::write", "app", true),
+            native_frame("<&mut alloc::vec::Vec<u8> as std::io::Write>::write", "app", true),
+            native_frame("__send", "libc.so.6", false),
+        ];
+        assert_eq!(call_site(&rust, Language::Native), "app::write_to_backend");
         // Nothing of the program's own (after an exec, the old image knows none of it).
         let unknown = [
             native_frame(UNKNOWN, UNKNOWN, false),

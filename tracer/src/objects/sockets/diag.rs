@@ -139,6 +139,13 @@ impl SockDiag {
         Ok(Some(unix_record(&response, peer_name)))
     }
 
+    /// The inode of the socket that Unix socket `inode` is connected to; `None` when either
+    /// is gone or it is not connected.
+    pub fn unix_peer(&mut self, inode: u32) -> Result<Option<u32>, DiagError> {
+        let response = self.get_unix_response(inode)?;
+        Ok(response.and_then(|response| response.peer()).filter(|&peer| peer != 0))
+    }
+
     fn get_unix_response(&mut self, inode: u32) -> Result<Option<UnixResponse>, DiagError> {
         let request = SockDiagMessage::UnixRequest(UnixRequest {
             state_flags: unix::StateFlags::all(),
