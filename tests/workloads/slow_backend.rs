@@ -68,31 +68,52 @@ fn never_read(conn: OwnedFd) -> ! {
     }
 }
 
-/// As the TCP backend, on a Unix stream socket at `path` (a Unix socket has no receive
-/// window: the writer's send buffer fills with what this side leaves unread).
-fn serve_unix(path: &str, read: bool, seconds: f64) -> ExitCode {
-    let _ = std::fs::remove_file(path);
-    let listener = match UnixListener::bind(path) {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("slow-backend: bind {path}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("unix");
-    let _ = std::io::stdout().flush();
+/// Accepts connections on a thread of its own, and reads each on one more, slowly or never.
+fn serve<C: Into<OwnedFd>>(
+    mut accept: impl FnMut() -> std::io::Result<C> + Send + 'static,
+    read: bool,
+) {
     std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
+        loop {
+            let Ok(conn) = accept() else { continue };
+            let conn = conn.into();
             if read {
-                std::thread::spawn(move || drain_slowly(conn.into()));
+                std::thread::spawn(move || drain_slowly(conn));
             } else {
-                std::thread::spawn(move || never_read(conn.into()));
+                std::thread::spawn(move || never_read(conn));
             }
         }
     });
-    std::thread::sleep(Duration::from_secs_f64(seconds));
+}
+
+/// Listens on a Unix stream socket at `path` (which has no receive window: the writer's
+/// send buffer fills with what this side leaves unread) and prints `unix`.
+fn listen_unix(path: &str, read: bool) -> Result<(), ExitCode> {
     let _ = std::fs::remove_file(path);
-    ExitCode::SUCCESS
+    let listener = UnixListener::bind(path).map_err(|e| {
+        eprintln!("slow-backend: bind {path}: {e}");
+        ExitCode::FAILURE
+    })?;
+    serve(move || listener.accept().map(|(conn, _)| conn), read);
+    println!("unix");
+    Ok(())
+}
+
+/// Listens on 127.0.0.1 and prints the port.
+fn listen_tcp(read: bool) -> Result<(), ExitCode> {
+    let failed = |what: &str, e: std::io::Error| {
+        eprintln!("slow-backend: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| failed("bind 127.0.0.1:0", e))?;
+    // Accepted sockets inherit the listener's buffer size, which also sets the window scale
+    // offered in the handshake; setting it again on each connection is belt and braces.
+    set_receive_buffer(listener.as_raw_fd(), RECEIVE_BUFFER_BYTES)
+        .map_err(|e| failed("setsockopt SO_RCVBUF", e))?;
+    let port = listener.local_addr().map_err(|e| failed("local_addr", e))?.port();
+    serve(move || listener.accept().map(|(conn, _)| conn), read);
+    println!("{port}");
+    Ok(())
 }
 
 fn usage() -> ExitCode {
@@ -119,42 +140,17 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
-    if let Some(path) = unix_path {
-        return serve_unix(&path, read, seconds);
-    }
-
-    let listener = match TcpListener::bind("127.0.0.1:0") {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("slow-backend: bind 127.0.0.1:0: {e}");
-            return ExitCode::FAILURE;
-        }
+    let listening = match &unix_path {
+        Some(path) => listen_unix(path, read),
+        None => listen_tcp(read),
     };
-    // Accepted sockets inherit the listener's buffer size, which also sets the window scale
-    // offered in the handshake; setting it again on each connection below is belt and braces.
-    if let Err(e) = set_receive_buffer(listener.as_raw_fd(), RECEIVE_BUFFER_BYTES) {
-        eprintln!("slow-backend: setsockopt SO_RCVBUF: {e}");
-        return ExitCode::FAILURE;
+    if let Err(code) = listening {
+        return code;
     }
-    let port = match listener.local_addr() {
-        Ok(addr) => addr.port(),
-        Err(e) => {
-            eprintln!("slow-backend: local_addr: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{port}");
     let _ = std::io::stdout().flush();
-
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            if read {
-                std::thread::spawn(move || drain_slowly(conn.into()));
-            } else {
-                std::thread::spawn(move || never_read(conn.into()));
-            }
-        }
-    });
     std::thread::sleep(Duration::from_secs_f64(seconds));
+    if let Some(path) = unix_path {
+        let _ = std::fs::remove_file(path);
+    }
     ExitCode::SUCCESS
 }
