@@ -1,7 +1,8 @@
 //! The pile-up the tracer was built for, in Rust: handler threads push statistics into a bounded
 //! channel; one reporter thread drains it and writes each message over TCP (or a Unix stream
-//! socket, with `--backend unix:PATH`) to a backend that reads slowly. The backend's slowness fills the reporter's send buffer, the reporter blocks in
-//! `send`, the channel fills, and every handler blocks in `send_stat`.
+//! socket, with `--backend unix:PATH`) to a backend that reads slowly. The backend's slowness
+//! fills the reporter's send buffer, the reporter blocks in `send`, the channel fills, and every
+//! handler blocks in `send_stat`.
 //!
 //! Usage: `rust-pileup --backend ADDR|unix:PATH [--handlers N] [--seconds S]`
 //!

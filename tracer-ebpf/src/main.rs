@@ -101,8 +101,13 @@ static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
 fn began_recently(tid: u32, now: u64) -> bool {
     let Some(word) = WAIT_STARTS.get(tid % WAIT_START_SLOTS) else { return false };
     // An aligned word, which other CPUs rewrite whole.
-    wait_start_of(*word, tid)
-        .is_some_and(|start_ns| now.saturating_sub(start_ns) < MIN_WAIT_NS.load())
+    wait_start_of(*word, tid).is_some_and(|start_ns| under_threshold(start_ns, now))
+}
+
+/// Whether a wait begun at `start_ns` is, at `now`, shorter than `MIN_WAIT_NS`.
+#[inline(always)]
+fn under_threshold(start_ns: u64, now: u64) -> bool {
+    now.saturating_sub(start_ns) < MIN_WAIT_NS.load()
 }
 
 /// Stacks copied as threads went to sleep, by tid (see `SleepStack`).
@@ -550,7 +555,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
     let wait = unsafe { *entry };
-    if wait.start_ns == 0 || now.saturating_sub(wait.start_ns) < MIN_WAIT_NS.load() {
+    if wait.start_ns == 0 || under_threshold(wait.start_ns, now) {
         return Ok(());
     }
     let Some(waker_tid) = target_thread() else {

@@ -192,10 +192,9 @@ fn local_peers<'a>(
     let mut peer_sockets: BTreeMap<&String, u64> = BTreeMap::new();
     for (endpoint, socket) in endpoints {
         if socket.protocol == Protocol::Unix {
-            let diag = diag.get_or_insert_with(|| SockDiag::open(pid).ok());
             let peer = u32::try_from(socket.inode)
                 .ok()
-                .and_then(|inode| diag.as_mut()?.unix_peer(inode).ok().flatten());
+                .and_then(|inode| sock_diag(&mut diag, pid)?.unix_peer(inode).ok().flatten());
             if let Some(peer) = peer {
                 peer_sockets.insert(endpoint, u64::from(peer));
             }
@@ -210,9 +209,8 @@ fn local_peers<'a>(
         // print as IPv4 (mapped), so the peer may be in either dump.
         for family in [AF_INET, AF_INET6] {
             dumps.entry(family).or_insert_with(|| {
-                let diag = diag.get_or_insert_with(|| SockDiag::open(pid).ok());
-                let records =
-                    diag.as_mut().and_then(|diag| diag.dump_inet(family, IPPROTO_TCP).ok());
+                let records = sock_diag(&mut diag, pid)
+                    .and_then(|diag| diag.dump_inet(family, IPPROTO_TCP).ok());
                 records.unwrap_or_default()
             });
         }
@@ -243,6 +241,12 @@ fn local_peers<'a>(
         }
     }
     peers
+}
+
+/// The sock_diag socket in `pid`'s network namespace, opened at the first use (`None` in
+/// `opened` once opening failed, so it is not tried again).
+fn sock_diag(opened: &mut Option<Option<SockDiag>>, pid: u32) -> Option<&mut SockDiag> {
+    opened.get_or_insert_with(|| SockDiag::open(pid).ok()).as_mut()
 }
 
 /// The process holding each socket of `inodes` open, preferring any but `not_pid` (a
