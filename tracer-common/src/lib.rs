@@ -180,43 +180,137 @@ pub fn classify_syscall<E>(
 pub const WAITS_RING_BYTES: u32 = 16 * 1024 * 1024;
 pub const WAKES_RING_BYTES: u32 = 4 * 1024 * 1024;
 
-/// Slots of the WAIT_STARTS array: a copy of each thread's latest wait start, which
-/// sched_waking reads to tell a short wait without a task-storage lookup (a helper call;
-/// the verifier inlines an array lookup). Thread `tid` has slot `tid % WAIT_START_SLOTS`.
+/// Slots of the WAIT_STARTS array: a word per thread that tells whether its latest wait
+/// is in progress, since when and of which kind. The scheduler probes read it before task
+/// storage, whose lookup is a helper call (the verifier inlines an array lookup): most
+/// waits are short, and end by their word alone. Thread `tid` has slot
+/// `tid % WAIT_START_SLOTS`; threads sharing a slot fall back to task storage.
 pub const WAIT_START_SLOTS: u32 = 1 << 16;
 
-/// Bits of a WAIT_STARTS word that tell apart the threads sharing its slot: thread ids are
-/// below 2^22 (the kernel's PID_MAX_LIMIT on 64-bit), so `tid / WAIT_START_SLOTS` fits
-/// in 6; the start, shifted above them, fits until 2^58 ns (9 years) of uptime.
-pub const WAIT_START_TAG_BITS: u32 = 6;
+/// A WAIT_STARTS word, from its low bits up:
+/// - 7 bits of tag, `tid / WAIT_START_SLOTS + 1`: thread ids are below 2^22 (the kernel's
+///   PID_MAX_LIMIT on 64-bit), and a word never written (0) is no thread's;
+/// - 1 bit set while the wait is in progress;
+/// - 4 bits of [`WaitKind`];
+/// - the low 52 bits of the wait's start (`bpf_ktime_get_ns`). Times are compared modulo
+///   2^52 ns (52 days), which is exact for every wait shorter than that.
+///
+/// A word is stored whole, so threads sharing a slot never mix their halves.
+const WAIT_WORD_TAG_BITS: u32 = 7;
+const WAIT_WORD_IN_PROGRESS: u64 = 1 << WAIT_WORD_TAG_BITS;
+const WAIT_WORD_KIND_SHIFT: u32 = WAIT_WORD_TAG_BITS + 1;
+const WAIT_WORD_START_SHIFT: u32 = WAIT_WORD_KIND_SHIFT + 4;
+const WAIT_WORD_START_MASK: u64 = u64::MAX >> WAIT_WORD_START_SHIFT;
 
-/// The WAIT_STARTS word of a wait of thread `tid` begun at `start_ns`: one word, stored
-/// at once, so two threads sharing a slot never mix their halves.
-#[inline(always)]
-pub fn wait_start_word(tid: u32, start_ns: u64) -> u64 {
-    start_ns << WAIT_START_TAG_BITS | u64::from(tid / WAIT_START_SLOTS)
+/// What a WAIT_STARTS word says of one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitSlot {
+    /// The word is another thread's, or was never written: task storage tells.
+    Unknown,
+    /// The thread's latest wait has ended.
+    Ended,
+    /// The thread is in a wait of `kind` (a [`WaitKind`] discriminant) begun at `start`, a
+    /// clock reading cut to the word's bits (see [`WaitSlot::elapsed_ns`]).
+    InProgress { start: u64, kind: u32 },
 }
 
-/// When `tid`'s latest wait began, by the WAIT_STARTS word of its slot; `None` when the
-/// word is another thread's.
-#[inline(always)]
-pub fn wait_start_of(word: u64, tid: u32) -> Option<u64> {
-    const TAG_MASK: u64 = (1 << WAIT_START_TAG_BITS) - 1;
-    (word & TAG_MASK == u64::from(tid / WAIT_START_SLOTS)).then_some(word >> WAIT_START_TAG_BITS)
+impl WaitSlot {
+    #[inline(always)]
+    fn tag(tid: u32) -> u64 {
+        u64::from(tid / WAIT_START_SLOTS) + 1
+    }
+
+    /// The word of thread `tid` going to sleep at `start_ns` in a wait of `kind`.
+    #[inline(always)]
+    pub fn in_progress_word(tid: u32, kind: u32, start_ns: u64) -> u64 {
+        (start_ns & WAIT_WORD_START_MASK) << WAIT_WORD_START_SHIFT
+            | u64::from(kind & 0xf) << WAIT_WORD_KIND_SHIFT
+            | WAIT_WORD_IN_PROGRESS
+            | Self::tag(tid)
+    }
+
+    /// The word of thread `tid` whose wait has ended.
+    #[inline(always)]
+    pub fn ended_word(tid: u32) -> u64 {
+        Self::tag(tid)
+    }
+
+    /// What `word` says of thread `tid`.
+    #[inline(always)]
+    pub fn read(word: u64, tid: u32) -> WaitSlot {
+        const TAG_MASK: u64 = (1 << WAIT_WORD_TAG_BITS) - 1;
+        if word & TAG_MASK != Self::tag(tid) {
+            WaitSlot::Unknown
+        } else if word & WAIT_WORD_IN_PROGRESS == 0 {
+            WaitSlot::Ended
+        } else {
+            WaitSlot::InProgress {
+                start: word >> WAIT_WORD_START_SHIFT,
+                kind: (word >> WAIT_WORD_KIND_SHIFT) as u32 & 0xf,
+            }
+        }
+    }
+
+    /// Nanoseconds from `start` (of [`WaitSlot::InProgress`]) to the clock reading `now_ns`.
+    #[inline(always)]
+    pub fn elapsed_ns(start: u64, now_ns: u64) -> u64 {
+        now_ns.wrapping_sub(start) & WAIT_WORD_START_MASK
+    }
+
+    /// Whether `start` is the cut of the full clock reading `start_ns`.
+    #[inline(always)]
+    pub fn same_start(start: u64, start_ns: u64) -> bool {
+        start == start_ns & WAIT_WORD_START_MASK
+    }
+
+    /// What a probe makes of thread `tid`'s wait from its word alone, at `now_ns`.
+    #[inline(always)]
+    pub fn verdict(word: u64, tid: u32, now_ns: u64, min_wait_ns: u64) -> WordVerdict {
+        match WaitSlot::read(word, tid) {
+            WaitSlot::Ended => WordVerdict::NoWait,
+            WaitSlot::InProgress { start, kind } => {
+                let elapsed_ns = WaitSlot::elapsed_ns(start, now_ns);
+                if elapsed_ns < min_wait_ns {
+                    WordVerdict::Short { kind, elapsed_ns }
+                } else {
+                    WordVerdict::AskTaskStorage
+                }
+            }
+            WaitSlot::Unknown => WordVerdict::AskTaskStorage,
+        }
+    }
+}
+
+/// See [`WaitSlot::verdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WordVerdict {
+    /// The thread is in no wait.
+    NoWait,
+    /// A wait of `kind` under the threshold so far: a switch in ends it by the word alone,
+    /// a wake leaves it to the switch in.
+    Short { kind: u32, elapsed_ns: u64 },
+    /// A wait that has lasted the threshold, or a word that is another thread's: task
+    /// storage (IN_FLIGHT) decides.
+    AskTaskStorage,
 }
 
 /// A thread's wait in progress, in the thread's task storage: noted when the thread goes
 /// to sleep inside a watched call, ended when it is woken (by a thread of the target) or
-/// switched back in. The entry stays between waits, idle (`start_ns == 0`), so that each
-/// wait rewrites it in place; the kernel frees it with the task.
+/// switched back in. The entry stays between waits, so that each wait rewrites it in place;
+/// the kernel frees it with the task. A wait ended through task storage leaves it idle
+/// (`start_ns == 0`); a short wait ended by its WAIT_STARTS word alone leaves it as it was,
+/// and `switches` tells it is over: the thread has been switched out since.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct InFlightWait {
     /// `bpf_ktime_get_ns` when the thread went to sleep in the call; 0 when the thread is
     /// in no wait.
     pub start_ns: u64,
     /// What is waited on: the futex address, or the descriptor for socket calls.
     pub object: u64,
+    /// The thread's context switches (voluntary and not) counted when it went to sleep,
+    /// its sleep's own included: the wait is in progress only while the count is the same.
+    pub switches: u64,
     /// A [`WaitKind`] discriminant.
     pub kind: u32,
     /// The thread's id (the entry hangs off its task; a waker's probe reads it here).
@@ -225,6 +319,16 @@ pub struct InFlightWait {
     pub flags: u32,
     /// Explicit padding.
     pub _pad: u32,
+}
+
+impl InFlightWait {
+    /// Whether this is a wait in progress of a thread that has now been switched out
+    /// `switches` times. An adopted wait (`WAIT_BEGAN_BEFORE`) was noted without a count;
+    /// only task storage ends it, so its `start_ns` alone tells.
+    #[inline(always)]
+    pub fn in_progress(&self, switches: u64) -> bool {
+        self.start_ns != 0 && (self.flags & WAIT_BEGAN_BEFORE != 0 || self.switches == switches)
+    }
 }
 
 /// A wait that was already in progress when the probes were attached, noted by userspace
@@ -488,10 +592,12 @@ impl GoCounter {
 pub const COUNTER_COUNT: usize = 11;
 const _: () = assert!(Counter::StackPartial as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
+// A kind fits the 4 bits of a WAIT_STARTS word.
+const _: () = assert!(WAIT_KIND_COUNT <= 16);
 // No implicit padding in the records that cross the ring buffers.
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
-const _: () = assert!(core::mem::size_of::<InFlightWait>() == 32);
+const _: () = assert!(core::mem::size_of::<InFlightWait>() == 40);
 const _: () = assert!(core::mem::size_of::<TaskLook>() == 120);
 const _: () = assert!(core::mem::size_of::<SleepStack>() == 16 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<StackSpan>() == 32);
@@ -500,6 +606,9 @@ const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<GoPark>() == 24);
 const _: () = assert!(core::mem::size_of::<GoWaitKey>() == 16);
 const _: () = assert!(core::mem::size_of::<GoWaitTotals>() == 16);
+
+#[cfg(test)]
+mod wait_word_protocol;
 
 #[cfg(test)]
 mod tests {
@@ -539,23 +648,57 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_start_word_is_read_back_only_by_its_own_thread() {
+    fn a_wait_slot_word_is_read_back_only_by_its_own_thread() {
         const PID_MAX_LIMIT: u32 = 1 << 22;
         let start_ns = 123_456_789_012_345;
+        let kind = WaitKind::Poll as u32;
         for tid in [1, 4242, WAIT_START_SLOTS - 1, WAIT_START_SLOTS + 4242, PID_MAX_LIMIT - 1] {
-            let word = wait_start_word(tid, start_ns);
-            assert_eq!(wait_start_of(word, tid), Some(start_ns), "tid {tid}");
+            let word = WaitSlot::in_progress_word(tid, kind, start_ns);
+            let WaitSlot::InProgress { start, kind: read_kind } = WaitSlot::read(word, tid) else {
+                panic!("tid {tid}: {:?}", WaitSlot::read(word, tid));
+            };
+            assert_eq!(read_kind, kind, "tid {tid}");
+            assert!(WaitSlot::same_start(start, start_ns), "tid {tid}");
+            assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1_500), 1_500, "tid {tid}");
+            assert_eq!(WaitSlot::read(WaitSlot::ended_word(tid), tid), WaitSlot::Ended);
         }
         // Threads that share a slot (ids equal modulo the slot count) differ by their tag.
         let sharing = [4242, 4242 + WAIT_START_SLOTS, 4242 + 63 * WAIT_START_SLOTS];
         for writer in sharing {
             for reader in sharing.iter().filter(|&&reader| reader != writer) {
-                assert_eq!(wait_start_of(wait_start_word(writer, start_ns), *reader), None);
+                let word = WaitSlot::in_progress_word(writer, kind, start_ns);
+                assert_eq!(WaitSlot::read(word, *reader), WaitSlot::Unknown);
+                assert_eq!(
+                    WaitSlot::read(WaitSlot::ended_word(writer), *reader),
+                    WaitSlot::Unknown
+                );
             }
         }
-        // A slot never written reads as a wait begun at boot, long ago, for its tag-0 threads.
-        assert_eq!(wait_start_of(0, 4242), Some(0));
-        assert_eq!(wait_start_of(0, 4242 + WAIT_START_SLOTS), None);
+        // A slot never written is no thread's.
+        for tid in sharing {
+            assert_eq!(WaitSlot::read(0, tid), WaitSlot::Unknown);
+        }
+    }
+
+    #[test]
+    fn a_wait_slot_times_waits_across_the_wrap_of_its_clock_bits() {
+        // A wait begun just before the start bits wrap (every 2^52 ns) and ended after.
+        let start_ns = (1u64 << 52) * 3 - 400;
+        let word = WaitSlot::in_progress_word(7, WaitKind::Futex as u32, start_ns);
+        let WaitSlot::InProgress { start, kind } = WaitSlot::read(word, 7) else {
+            panic!("{:?}", WaitSlot::read(word, 7));
+        };
+        assert_eq!(kind, WaitKind::Futex as u32);
+        assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1_000), 1_000);
+        assert!(WaitSlot::same_start(start, start_ns));
+        assert!(!WaitSlot::same_start(start, start_ns + 1));
+        // Every kind fits its bits.
+        for kind in WaitKind::ALL {
+            let word = WaitSlot::in_progress_word(7, kind as u32, start_ns);
+            assert!(
+                matches!(WaitSlot::read(word, 7), WaitSlot::InProgress { kind: k, .. } if k == kind as u32)
+            );
+        }
     }
 
     #[test]

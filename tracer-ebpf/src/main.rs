@@ -13,12 +13,15 @@
 //! - `sched_waking`, when a thread of the target wakes another out of a wait that has
 //!   lasted the threshold, ends that wait there: the waker shares the sleeper's memory, so
 //!   the sleeper's stack is read as it slept. For futex wakes it sends the waker's stack.
-//!   Most wakes end short waits, which it leaves alone: it tells them from a copy of each
-//!   wait's start in a plain array (`WAIT_STARTS`), cheaper to reach than task storage.
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
 //!   wait: under the threshold it only adds to per-kind totals; over it, it sends the
 //!   registers and a copy of the user stack (read from memory when `prev` is a thread of
 //!   the target, else the copy kept from the sleep) to userspace.
+//!
+//! Most waits are short, and most switches in end one or none. Each thread's wait also
+//! has a word in a plain array (`WAIT_STARTS`: in progress or not, since when, of which
+//! kind), which both probes read first: a short wait ends by its word alone, and a switch
+//! in of a thread in no wait stops there, neither calling a helper to reach task storage.
 //!
 //! A call that sleeps twice (a spurious wake, an epoll that found nothing ready) counts
 //! as two waits; its blocked time is the same. Both are attached raw (`tp_btf`): a classic
@@ -49,8 +52,8 @@ use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
     InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
     SleepStack, StackSpan, TaskLook, WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES,
-    WAKES_RING_BYTES, WaitKind, WaitRecord, WakeRecord, classify_syscall, is_futex_wake,
-    syscall_nr, wait_start_of, wait_start_word,
+    WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall,
+    is_futex_wake, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -90,24 +93,45 @@ use task_storage::TaskStorage;
 #[btf_map]
 static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 
-/// Each thread's latest wait start (see `WAIT_START_SLOTS`).
+/// Each thread's latest wait, a word a thread (see `WaitSlot`). Only ever a copy: a word
+/// lost to another thread of the same slot sends that thread's probes to IN_FLIGHT.
 #[map]
 static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
 
-/// Whether `tid`'s latest wait, by its WAIT_STARTS copy, began less than `MIN_WAIT_NS`
-/// before `now` (false when the copy is another thread's, which sends the wake to
-/// IN_FLIGHT).
+/// `tid`'s WAIT_STARTS word: an aligned word, which other CPUs rewrite whole.
 #[inline(always)]
-fn began_recently(tid: u32, now: u64) -> bool {
-    let Some(word) = WAIT_STARTS.get(tid % WAIT_START_SLOTS) else { return false };
-    // An aligned word, which other CPUs rewrite whole.
-    wait_start_of(*word, tid).is_some_and(|start_ns| under_threshold(start_ns, now))
+fn wait_word(tid: u32) -> Option<*mut u64> {
+    WAIT_STARTS.get_ptr_mut(tid % WAIT_START_SLOTS)
+}
+
+/// Marks `tid`'s latest wait ended in its word, if the word is still `tid`'s.
+#[inline(always)]
+fn end_in_word(word: *mut u64, tid: u32) {
+    // SAFETY: a value of WAIT_STARTS, from `wait_word`.
+    unsafe {
+        if WaitSlot::read(*word, tid) != WaitSlot::Unknown {
+            *word = WaitSlot::ended_word(tid);
+        }
+    }
 }
 
 /// Whether a wait begun at `start_ns` is, at `now`, shorter than `MIN_WAIT_NS`.
 #[inline(always)]
 fn under_threshold(start_ns: u64, now: u64) -> bool {
     now.saturating_sub(start_ns) < MIN_WAIT_NS.load()
+}
+
+/// Context switches of `task` so far, voluntary or not (see `InFlightWait::switches`).
+///
+/// # Safety
+/// `task` must be a BTF task pointer, as for [`task_field`].
+#[inline(always)]
+unsafe fn switches_of(task: *mut task_struct) -> u64 {
+    // SAFETY: as the caller promises.
+    unsafe {
+        task_field_u64(task, TASK_NVCSW_OFFSET.load())
+            .wrapping_add(task_field_u64(task, TASK_NIVCSW_OFFSET.load()))
+    }
 }
 
 /// Stacks copied as threads went to sleep, by tid (see `SleepStack`).
@@ -291,21 +315,33 @@ fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, now:
         count(Counter::InFlightMapFull);
         return;
     };
-    // SAFETY: as above.
-    if unsafe { (*entry).start_ns } != 0 {
+    let word = wait_word(tid);
+    // SAFETY: a value of WAIT_STARTS.
+    if let Some(word) = word
+        && matches!(WaitSlot::read(unsafe { *word }, tid), WaitSlot::InProgress { .. })
+    {
         // The thread ran since that wait began, yet neither its wake nor its switch back
-        // in ended it (none is known to be missed).
+        // in ended it (none is known to be missed). Not seen when another thread of the
+        // slot has taken the word meanwhile.
         count(Counter::WaitsDiscarded);
     }
     count(Counter::WaitsStarted);
     let start_ns = now;
-    // SAFETY: as above.
+    // SAFETY: as above; `task` is a BTF task pointer.
     unsafe {
-        *entry = InFlightWait { start_ns, object, kind: kind as u32, tid, flags: 0, _pad: 0 }
+        *entry = InFlightWait {
+            start_ns,
+            object,
+            switches: switches_of(task),
+            kind: kind as u32,
+            tid,
+            flags: 0,
+            _pad: 0,
+        }
     };
-    if let Some(word) = WAIT_STARTS.get_ptr_mut(tid % WAIT_START_SLOTS) {
-        // SAFETY: an aligned u64 of the map, written in one store.
-        unsafe { *word = wait_start_word(tid, start_ns) };
+    if let Some(word) = word {
+        // SAFETY: an aligned u64 of the map, written in one store, after the entry.
+        unsafe { *word = WaitSlot::in_progress_word(tid, kind as u32, start_ns) };
     }
     if woken_from_outside(kind, nr, regs) {
         keep_sleep_stack(tid, start_ns, regs);
@@ -387,18 +423,48 @@ fn copy_user_stack_part(stack: &mut [u8; STACK_COPY_BYTES], sp: u64, asked: u32)
 #[inline(always)]
 fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, now: u64) {
     // SAFETY: a BTF task pointer from the tracepoint.
+    let tid = unsafe { task_field(next, TASK_PID_OFFSET.load()) };
+    let Some(word) = wait_word(tid) else { return };
+    // SAFETY: a value of WAIT_STARTS; `next` is not running, so only its wake could
+    // rewrite the word meanwhile, and that wake is over.
+    match WaitSlot::verdict(unsafe { *word }, tid, now, MIN_WAIT_NS.load()) {
+        WordVerdict::NoWait => return,
+        WordVerdict::Short { kind, elapsed_ns } => {
+            // SAFETY: as above.
+            unsafe { *word = WaitSlot::ended_word(tid) };
+            add_short_wait(kind, elapsed_ns);
+            return;
+        }
+        WordVerdict::AskTaskStorage => {}
+    }
+    // SAFETY: a BTF task pointer from the tracepoint.
     let Some(entry) = (unsafe { IN_FLIGHT.get(next) }) else {
         return;
     };
     // SAFETY: `next` is not running: its own probes do not write the entry meanwhile.
     let wait = unsafe { *entry };
-    if wait.start_ns == 0 {
+    // SAFETY: as above.
+    if !wait.in_progress(unsafe { switches_of(next) }) {
         return;
     }
     // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
+    end_in_word(word, tid);
     let source = if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy };
     end_wait(next, &wait, now, source);
+}
+
+/// Adds a wait under the threshold to its kind's totals.
+#[inline(always)]
+fn add_short_wait(kind: u32, duration_ns: u64) {
+    count(Counter::ShortWaits);
+    if let Some(totals) = SHORT_WAITS.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe {
+            (*totals).count += 1;
+            (*totals).total_ns += duration_ns;
+        }
+    }
 }
 
 /// Where a long wait's user stack is read from when it ends.
@@ -416,14 +482,7 @@ enum StackSource {
 fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: StackSource) {
     let duration_ns = end_ns.saturating_sub(wait.start_ns);
     if duration_ns < MIN_WAIT_NS.load() {
-        count(Counter::ShortWaits);
-        if let Some(totals) = SHORT_WAITS.get_ptr_mut(wait.kind) {
-            // SAFETY: per-CPU slot, as in `count`.
-            unsafe {
-                (*totals).count += 1;
-                (*totals).total_ns += duration_ns;
-            }
-        }
+        add_short_wait(wait.kind, duration_ns);
         return;
     }
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
@@ -544,9 +603,20 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let now = now_ns();
-    // Short waits end at the switch back in, where they cost least.
     // SAFETY: as above.
-    if began_recently(unsafe { task_field(wakee, TASK_PID_OFFSET.load()) }, now) {
+    let tid = unsafe { task_field(wakee, TASK_PID_OFFSET.load()) };
+    let word = wait_word(tid).ok_or(0)?;
+    // Short waits end at the switch back in, where they cost least.
+    // SAFETY: a value of WAIT_STARTS.
+    if WaitSlot::verdict(unsafe { *word }, tid, now, MIN_WAIT_NS.load())
+        != WordVerdict::AskTaskStorage
+    {
+        return Ok(());
+    }
+    // A wakee still on a CPU has not finished going to sleep (or is woken before it
+    // sleeps, its last wait's entry not yet replaced): its wait, if any, is not long.
+    // SAFETY: as above.
+    if unsafe { task_field(wakee, TASK_ON_CPU_OFFSET.load()) } != 0 {
         return Ok(());
     }
     // SAFETY: a BTF task pointer from the tracepoint.
@@ -555,7 +625,8 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
     let wait = unsafe { *entry };
-    if wait.start_ns == 0 || under_threshold(wait.start_ns, now) {
+    // SAFETY: as above.
+    if !wait.in_progress(unsafe { switches_of(wakee) }) || under_threshold(wait.start_ns, now) {
         return Ok(());
     }
     let Some(waker_tid) = target_thread() else {
@@ -566,6 +637,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
+    end_in_word(word, tid);
     end_wait(wakee, &wait, now, StackSource::Memory);
     // The waker must be in a futex wake: a wake from an interrupt (a timed wait's timer)
     // that happened to land on a target thread inside some other call is not its doing.

@@ -12,13 +12,13 @@ use std::{collections::HashMap, io::Read as _, path::Path, time::Duration};
 use crate::cli::MapSizes;
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
     COUNTER_COUNT, Counter, InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals,
-    SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAITS_RING_BYTES, WAKES_RING_BYTES,
-    WaitKind,
+    SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES,
+    WAKES_RING_BYTES, WaitKind, WaitSlot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -288,7 +288,9 @@ impl Probes {
 
     /// The calls in flight whose thread is asleep in them: when each began, by thread.
     /// The entries hang off the tasks (task storage), so each thread of `pid` is looked
-    /// up by a pidfd of its own; a thread gone meanwhile is simply absent.
+    /// up by a pidfd of its own; a thread gone meanwhile is simply absent. A short wait
+    /// ended by its WAIT_STARTS word leaves its entry as it was: the word tells, or, when
+    /// another thread of its slot has taken the word, the thread's switch count.
     pub fn waits_in_progress(
         &self,
         pid: u32,
@@ -298,6 +300,12 @@ impl Probes {
             return Err(ProbeError::Map { name: "IN_FLIGHT", source: None });
         };
         let map_fd = in_flight.fd().as_fd().as_raw_fd();
+        let words_err = |source| ProbeError::Map { name: "WAIT_STARTS", source: Some(source) };
+        let words = self
+            .ebpf
+            .map("WAIT_STARTS")
+            .ok_or(ProbeError::Map { name: "WAIT_STARTS", source: None })?;
+        let words: Array<_, u64> = Array::try_from(words).map_err(words_err)?;
         let mut starts = std::collections::HashMap::new();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return Ok(starts);
@@ -305,10 +313,17 @@ impl Probes {
         for tid in tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
             // An adopted wait's start is the attach, not its beginning: it is aged from
             // the scheduler like the waits the probes never saw.
-            if let Some(wait) = lookup_task_storage(map_fd, tid)
-                && wait.start_ns != 0
-                && wait.flags & WAIT_BEGAN_BEFORE == 0
-            {
+            let Some(wait) = lookup_task_storage(map_fd, tid) else { continue };
+            if wait.start_ns == 0 || wait.flags & WAIT_BEGAN_BEFORE != 0 {
+                continue;
+            }
+            let word = words.get(&(tid % WAIT_START_SLOTS), 0).map_err(words_err)?;
+            let in_progress = match WaitSlot::read(word, tid) {
+                WaitSlot::InProgress { start, .. } => WaitSlot::same_start(start, wait.start_ns),
+                WaitSlot::Ended => false,
+                WaitSlot::Unknown => thread_switches(pid, tid) == Some(wait.switches),
+            };
+            if in_progress {
                 starts.insert(tid, wait.start_ns);
             }
         }
@@ -366,8 +381,7 @@ impl Probes {
     pub fn withdraw_wait(&mut self, tid: u32, start_ns: u64) {
         let Ok(map_fd) = self.in_flight_fd() else { return };
         if lookup_task_storage(map_fd, tid).is_some_and(|wait| wait.start_ns == start_ns) {
-            let mut unused =
-                InFlightWait { start_ns: 0, object: 0, kind: 0, tid: 0, flags: 0, _pad: 0 };
+            let mut unused = InFlightWait::default();
             let _ = task_storage_call(MapCommand::Delete, map_fd, tid, &mut unused, 0);
         }
     }
@@ -399,6 +413,16 @@ impl Probes {
         }
         Ok(totals)
     }
+}
+
+/// Context switches of thread `tid` of `pid` so far, voluntary or not, as the probes count
+/// them (`InFlightWait::switches`); `None` when the thread is gone.
+fn thread_switches(pid: u32, tid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let count = |name: &str| -> Option<u64> {
+        status.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+    };
+    Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?)
 }
 
 /// A pidfd of thread `tid` (PIDFD_THREAD, Linux 6.9+): the key of a task-storage map.
@@ -464,7 +488,7 @@ fn task_storage_call(
 
 /// The task-storage value of thread `tid`, if it has one.
 fn lookup_task_storage(map_fd: std::os::fd::RawFd, tid: u32) -> Option<InFlightWait> {
-    let mut value = InFlightWait { start_ns: 0, object: 0, kind: 0, tid: 0, flags: 0, _pad: 0 };
+    let mut value = InFlightWait::default();
     task_storage_call(MapCommand::Lookup, map_fd, tid, &mut value, 0).ok()?;
     Some(value)
 }

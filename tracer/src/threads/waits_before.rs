@@ -63,6 +63,8 @@ pub fn adopt_waits_in_progress(
         let wait = InFlightWait {
             start_ns,
             object,
+            // Not compared: an adopted wait is told by its flag (InFlightWait::in_progress).
+            switches: 0,
             kind: kind as u32,
             tid,
             flags: WAIT_BEGAN_BEFORE,

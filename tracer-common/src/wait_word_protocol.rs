@@ -1,0 +1,231 @@
+//! The scheduler probes' use of WAIT_STARTS words and task storage, played out at random
+//! for two threads that share one word's slot (as threads whose ids differ by a multiple
+//! of `WAIT_START_SLOTS` do): every wait is ended once, with its true length, and nothing
+//! else is ended. `Probes` mirrors tracer-ebpf's `note_sleep`, `end_at_switch_in` and
+//! `sched_waking`, step for step, on a model of the kernel's side.
+
+extern crate std;
+
+use super::*;
+use std::vec::Vec;
+
+const MIN_WAIT_NS: u64 = 1_000_000;
+
+/// One thread, as the kernel and the probes' maps hold it.
+struct Thread {
+    tid: u32,
+    /// Its IN_FLIGHT entry (task storage), created at its first watched sleep.
+    entry: Option<InFlightWait>,
+    /// nvcsw + nivcsw, counted at each switch out before the tracepoint runs.
+    switches: u64,
+    on_cpu: bool,
+    /// The wait the thread is truly in (start, kind), and whether a probe has ended it.
+    true_wait: Option<(u64, u32, bool)>,
+}
+
+/// What the probes sent or counted.
+#[derive(Default)]
+struct Ends {
+    /// (tid, duration) of waits added to the short totals.
+    short: Vec<(u32, u64)>,
+    /// (tid, start, duration) of waits sent with a stack.
+    long: Vec<(u32, u64, u64)>,
+    discarded: u64,
+}
+
+struct Probes {
+    now: u64,
+    /// The one WAIT_STARTS word both threads' ids map to.
+    word: u64,
+    threads: [Thread; 2],
+    ends: Ends,
+}
+
+impl Probes {
+    fn new() -> Self {
+        let thread = |tid| Thread { tid, entry: None, switches: 0, on_cpu: true, true_wait: None };
+        Probes {
+            now: 1 << 40,
+            word: 0,
+            threads: [thread(4242), thread(4242 + WAIT_START_SLOTS)],
+            ends: Ends::default(),
+        }
+    }
+
+    /// Thread `i` switches out asleep in a watched call: `note_sleep`.
+    fn sleep_in_watched_call(&mut self, i: usize, kind: u32) {
+        let now = self.now;
+        let t = &mut self.threads[i];
+        t.switches += 1;
+        t.on_cpu = false;
+        t.true_wait = Some((now, kind, false));
+        if matches!(WaitSlot::read(self.word, t.tid), WaitSlot::InProgress { .. }) {
+            self.ends.discarded += 1;
+        }
+        t.entry = Some(InFlightWait {
+            start_ns: now,
+            object: 0,
+            switches: t.switches,
+            kind,
+            tid: t.tid,
+            flags: 0,
+            _pad: 0,
+        });
+        self.word = WaitSlot::in_progress_word(t.tid, kind, now);
+    }
+
+    /// Thread `i` switches out, preempted or asleep outside any watched call: no probe
+    /// notes anything.
+    fn switch_out_unwatched(&mut self, i: usize) {
+        let t = &mut self.threads[i];
+        t.switches += 1;
+        t.on_cpu = false;
+    }
+
+    /// `end_in_word`.
+    fn end_in_word(&mut self, tid: u32) {
+        if WaitSlot::read(self.word, tid) != WaitSlot::Unknown {
+            self.word = WaitSlot::ended_word(tid);
+        }
+    }
+
+    /// A probe ends thread `i`'s wait: it must be the one the thread is truly in, not yet
+    /// ended, with its true start.
+    fn ended(&mut self, i: usize, start: Option<u64>, duration: u64) {
+        let now = self.now;
+        let t = &mut self.threads[i];
+        let Some((true_start, _, done)) = t.true_wait.as_mut() else {
+            panic!("thread {} ended a wait it is not in", t.tid);
+        };
+        assert!(!*done, "thread {}: a wait ended twice", t.tid);
+        assert_eq!(duration, now - *true_start, "thread {}", t.tid);
+        if let Some(start) = start {
+            assert_eq!(start, *true_start, "thread {}", t.tid);
+        }
+        *done = true;
+        if duration < MIN_WAIT_NS {
+            self.ends.short.push((t.tid, duration));
+        } else {
+            self.ends.long.push((t.tid, *true_start, duration));
+        }
+    }
+
+    /// Thread `i` is switched in: `end_at_switch_in`.
+    fn switch_in(&mut self, i: usize) {
+        let now = self.now;
+        let tid = self.threads[i].tid;
+        match WaitSlot::verdict(self.word, tid, now, MIN_WAIT_NS) {
+            WordVerdict::NoWait => {}
+            WordVerdict::Short { elapsed_ns, .. } => {
+                self.word = WaitSlot::ended_word(tid);
+                self.ended(i, None, elapsed_ns);
+            }
+            WordVerdict::AskTaskStorage => {
+                let t = &mut self.threads[i];
+                if let Some(entry) = t.entry.as_mut()
+                    && entry.in_progress(t.switches)
+                {
+                    let wait = *entry;
+                    entry.start_ns = 0;
+                    self.end_in_word(tid);
+                    self.ended(i, Some(wait.start_ns), now - wait.start_ns);
+                }
+            }
+        }
+        let t = &mut self.threads[i];
+        if let Some((start, _, done)) = t.true_wait.take() {
+            assert!(done, "thread {}: its wait begun at {start} was never ended", t.tid);
+        }
+        t.on_cpu = true;
+    }
+
+    /// Another thread of the target wakes thread `i` (on a CPU or not): `sched_waking`.
+    fn wake(&mut self, i: usize) {
+        let now = self.now;
+        let tid = self.threads[i].tid;
+        if WaitSlot::verdict(self.word, tid, now, MIN_WAIT_NS) != WordVerdict::AskTaskStorage {
+            return;
+        }
+        let t = &mut self.threads[i];
+        if t.on_cpu {
+            return;
+        }
+        let Some(entry) = t.entry.as_mut() else { return };
+        if !entry.in_progress(t.switches) || now - entry.start_ns < MIN_WAIT_NS {
+            return;
+        }
+        let wait = *entry;
+        entry.start_ns = 0;
+        self.end_in_word(tid);
+        self.ended(i, Some(wait.start_ns), now - wait.start_ns);
+    }
+}
+
+/// A small xorshift generator: the same sequence at every run.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % sides
+    }
+}
+
+#[test]
+fn threads_sharing_a_word_have_each_wait_ended_once_with_its_true_length() {
+    let mut probes = Probes::new();
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+    // Steps short and long against the threshold, and each thread's life one step at a time.
+    const STEPS_NS: [u64; 5] = [1_000, 200_000, 999_999, 1_000_000, 30_000_000];
+    for _ in 0..200_000 {
+        probes.now += STEPS_NS[dice.roll(STEPS_NS.len() as u64) as usize];
+        let i = dice.roll(2) as usize;
+        if probes.threads[i].on_cpu {
+            match dice.roll(4) {
+                0 | 1 => probes.sleep_in_watched_call(i, dice.roll(WAIT_KIND_COUNT as u64) as u32),
+                2 => probes.switch_out_unwatched(i),
+                // Woken while still on its CPU: on its way to sleep, before schedule().
+                _ => probes.wake(i),
+            }
+        } else {
+            if dice.roll(2) == 0 {
+                probes.wake(i);
+            }
+            probes.switch_in(i);
+        }
+    }
+    let ends = &probes.ends;
+    assert_eq!(ends.discarded, 0);
+    // Both ways of ending, for both threads, were played.
+    for tid in [4242, 4242 + WAIT_START_SLOTS] {
+        assert!(ends.short.iter().filter(|(t, _)| *t == tid).count() > 1000, "tid {tid}");
+        assert!(ends.long.iter().filter(|(t, _, _)| *t == tid).count() > 1000, "tid {tid}");
+    }
+}
+
+#[test]
+fn a_thread_with_a_word_of_its_own_ends_short_waits_by_the_word_alone() {
+    let mut probes = Probes::new();
+    // Thread 0 alone: its word is never taken, so task storage is only asked for long
+    // waits; a short wait's entry is left as it was, and told over by its switch count.
+    probes.sleep_in_watched_call(0, WaitKind::Futex as u32);
+    probes.now += 5_000;
+    probes.switch_in(0);
+    assert_eq!(probes.ends.short, [(4242, 5_000)]);
+    assert_ne!(probes.threads[0].entry.unwrap().start_ns, 0);
+    assert_eq!(WaitSlot::read(probes.word, 4242), WaitSlot::Ended);
+    // Preempted and switched in again: no wait, and the entry left over is not one.
+    probes.switch_out_unwatched(0);
+    probes.switch_in(0);
+    let entry = probes.threads[0].entry.unwrap();
+    assert!(!entry.in_progress(probes.threads[0].switches));
+    // Now the other thread of the slot takes the word; thread 0, preempted again, is
+    // switched in through task storage, which finds no wait either.
+    probes.sleep_in_watched_call(1, WaitKind::Send as u32);
+    probes.switch_out_unwatched(0);
+    probes.switch_in(0);
+    assert_eq!(probes.ends.short.len(), 1);
+    assert!(probes.ends.long.is_empty());
+}
