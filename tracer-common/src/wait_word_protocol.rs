@@ -110,7 +110,8 @@ impl Probes {
         }
     }
 
-    /// Thread `i` is switched in: `end_at_switch_in`.
+    /// Thread `i` is switched in: `end_at_switch_in` (whose first look, at an ended word,
+    /// `verdict` makes too).
     fn switch_in(&mut self, i: usize) {
         let now = self.now;
         let tid = self.threads[i].tid;
@@ -143,8 +144,14 @@ impl Probes {
     fn wake(&mut self, i: usize) {
         let now = self.now;
         let tid = self.threads[i].tid;
-        if WaitSlot::verdict(self.word, tid, now, MIN_WAIT_NS) != WordVerdict::AskTaskStorage {
-            return;
+        match WaitSlot::verdict(self.word, tid, now, MIN_WAIT_NS) {
+            WordVerdict::NoWait => return,
+            WordVerdict::Short { elapsed_ns, .. } => {
+                self.word = WaitSlot::ended_word(tid);
+                self.ended(i, None, elapsed_ns);
+                return;
+            }
+            WordVerdict::AskTaskStorage => {}
         }
         let t = &mut self.threads[i];
         if t.on_cpu {
@@ -228,4 +235,11 @@ fn a_thread_with_a_word_of_its_own_ends_short_waits_by_the_word_alone() {
     probes.switch_in(0);
     assert_eq!(probes.ends.short.len(), 1);
     assert!(probes.ends.long.is_empty());
+    // Woken, a short wait ends at its wake, and its switch in finds the word ended.
+    probes.sleep_in_watched_call(0, WaitKind::Futex as u32);
+    probes.now += 7_000;
+    probes.wake(0);
+    probes.now += 50_000;
+    probes.switch_in(0);
+    assert_eq!(probes.ends.short[1..], [(4242, 7_000)]);
 }

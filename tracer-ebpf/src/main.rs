@@ -10,18 +10,22 @@
 //!   thread of the target is unlikely to end (socket calls, timed or process-shared futex
 //!   waits), it keeps a copy of the user stack too: as much as the thread's last walk
 //!   from the same registers read (`StackSpan`), else all of `STACK_COPY_BYTES`.
-//! - `sched_waking`, when a thread of the target wakes another out of a wait that has
-//!   lasted the threshold, ends that wait there: the waker shares the sleeper's memory, so
-//!   the sleeper's stack is read as it slept. For futex wakes it sends the waker's stack.
+//! - `sched_waking` ends a wait under the threshold at its wake, whoever the waker, only
+//!   adding it to per-kind totals. When a thread of the target wakes another out of a wait
+//!   that has lasted the threshold, it ends that wait there too: the waker shares the
+//!   sleeper's memory, so the sleeper's stack is read as it slept. For futex wakes it
+//!   sends the waker's stack.
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
-//!   wait: under the threshold it only adds to per-kind totals; over it, it sends the
-//!   registers and a copy of the user stack (read from memory when `prev` is a thread of
-//!   the target, else the copy kept from the sleep) to userspace.
+//!   wait (woken from outside the process, or its wake missed by a race with the sleep):
+//!   under the threshold it only adds to per-kind totals; over it, it sends the registers
+//!   and a copy of the user stack (read from memory when `prev` is a thread of the target,
+//!   else the copy kept from the sleep) to userspace.
 //!
-//! Most waits are short, and most switches in end one or none. Each thread's wait also
-//! has a word in a plain array (`WAIT_STARTS`: in progress or not, since when, of which
-//! kind), which both probes read first: a short wait ends by its word alone, and a switch
-//! in of a thread in no wait stops there, neither calling a helper to reach task storage.
+//! Most waits are short, and most switches in end none. Each thread's wait also has a
+//! word in a plain array (`WAIT_STARTS`: in progress or not, since when, of which kind),
+//! which both probes read first: a short wait ends by its word alone, and a switch in of
+//! a thread in no wait stops there, neither calling a helper to reach task storage nor,
+//! when nothing else in the switch needs it, reading the clock.
 //!
 //! A call that sleeps twice (a spurious wake, an epoll that found nothing ready) counts
 //! as two waits; its blocked time is the same. Both are attached raw (`tp_btf`): a classic
@@ -243,17 +247,31 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
     if !prev_is_target && !next_is_target {
         return 0;
     }
-    // One clock read for both ends of the switch.
-    let now = now_ns();
+    // At most one clock read for both ends of the switch, and none for a preemption
+    // that switches in a thread whose wait its wake has ended.
+    let mut clock = LazyClock(0);
     if prev_is_target {
         // SAFETY: as above.
         let tid = unsafe { task_field(prev, TASK_PID_OFFSET.load()) };
-        note_sleep(&ctx, prev, tid, now);
+        note_sleep(&ctx, prev, tid, &mut clock);
     }
     if next_is_target {
-        end_at_switch_in(next, prev_is_target, now);
+        end_at_switch_in(next, prev_is_target, &mut clock);
     }
     0
+}
+
+/// The clock, read when first asked for (a helper call, and a slow TSC read in a VM).
+struct LazyClock(u64);
+
+impl LazyClock {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now_ns();
+        }
+        self.0
+    }
 }
 
 /// The 32-bit member (`pid_t`) of `task` at `offset`.
@@ -281,7 +299,7 @@ unsafe fn task_field_u64(task: *mut task_struct, offset: u64) -> u64 {
 /// Notes a wait when the current thread (`prev`, of the target) goes to sleep inside a
 /// watched call.
 #[inline(always)]
-fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, now: u64) {
+fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, clock: &mut LazyClock) {
     // Sleeping states (include/linux/sched.h); a stopped or traced thread has neither
     // bit: it waits for a signal or a debugger, not for what its call waits on.
     const TASK_INTERRUPTIBLE: u32 = 0x1;
@@ -326,7 +344,7 @@ fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, now:
         count(Counter::WaitsDiscarded);
     }
     count(Counter::WaitsStarted);
-    let start_ns = now;
+    let start_ns = clock.now();
     // SAFETY: as above; `task` is a BTF task pointer.
     unsafe {
         *entry = InFlightWait {
@@ -418,16 +436,21 @@ fn copy_user_stack_part(stack: &mut [u8; STACK_COPY_BYTES], sp: u64, asked: u32)
     copy_user_stack(stack, sp)
 }
 
-/// Ends the wait of `next`, a thread of the target being switched in, unless its waker
+/// Ends the wait of `next`, a thread of the target being switched in, unless its wake
 /// already did. `prev_is_target`: the current task shares `next`'s memory.
 #[inline(always)]
-fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, now: u64) {
+fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut LazyClock) {
     // SAFETY: a BTF task pointer from the tracepoint.
     let tid = unsafe { task_field(next, TASK_PID_OFFSET.load()) };
     let Some(word) = wait_word(tid) else { return };
     // SAFETY: a value of WAIT_STARTS; `next` is not running, so only its wake could
     // rewrite the word meanwhile, and that wake is over.
-    match WaitSlot::verdict(unsafe { *word }, tid, now, MIN_WAIT_NS.load()) {
+    let word_now = unsafe { *word };
+    if WaitSlot::read(word_now, tid) == WaitSlot::Ended {
+        return;
+    }
+    let now = clock.now();
+    match WaitSlot::verdict(word_now, tid, now, MIN_WAIT_NS.load()) {
         WordVerdict::NoWait => return,
         WordVerdict::Short { kind, elapsed_ns } => {
             // SAFETY: as above.
@@ -583,10 +606,11 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
 }
 
-/// A thread of the target wakes another one (runs in the waker's context: sched_waking
-/// fires in the task that calls wake_up, or in an interrupt on the CPU it runs on). A wait
-/// that has lasted the threshold ends here, read through the waker's view of the shared
-/// memory; a futex wake also sends the waker's own stack.
+/// A thread of the target is woken (runs in the waker's context: sched_waking fires in the
+/// task that calls wake_up, or in an interrupt on the CPU it runs on). A short wait ends
+/// here. A wait that has lasted the threshold ends here when a thread of the target wakes
+/// it, read through the waker's view of the shared memory; a futex wake also sends the
+/// waker's own stack.
 /// Arguments: (struct task_struct *p), the task being woken (include/trace/events/sched.h).
 #[btf_tracepoint(function = "sched_waking")]
 pub fn tracer_sched_waking(ctx: BtfTracePointContext) -> u32 {
@@ -606,12 +630,19 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: as above.
     let tid = unsafe { task_field(wakee, TASK_PID_OFFSET.load()) };
     let word = wait_word(tid).ok_or(0)?;
-    // Short waits end at the switch back in, where they cost least.
-    // SAFETY: a value of WAIT_STARTS.
-    if WaitSlot::verdict(unsafe { *word }, tid, now, MIN_WAIT_NS.load())
-        != WordVerdict::AskTaskStorage
-    {
-        return Ok(());
+    // A short wait ends here, by its word alone, whoever the waker: the switch in then
+    // finds it ended and reads no clock.
+    // SAFETY: a value of WAIT_STARTS; the wakee is asleep, and its wakes are serialized
+    // (the wakee's pi_lock), so only this program writes its word meanwhile.
+    match WaitSlot::verdict(unsafe { *word }, tid, now, MIN_WAIT_NS.load()) {
+        WordVerdict::NoWait => return Ok(()),
+        WordVerdict::Short { kind, elapsed_ns } => {
+            // SAFETY: as above.
+            unsafe { *word = WaitSlot::ended_word(tid) };
+            add_short_wait(kind, elapsed_ns);
+            return Ok(());
+        }
+        WordVerdict::AskTaskStorage => {}
     }
     // A wakee still on a CPU has not finished going to sleep (or is woken before it
     // sleeps, its last wait's entry not yet replaced): its wait, if any, is not long.
