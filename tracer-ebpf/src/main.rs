@@ -97,8 +97,8 @@ use task_storage::TaskStorage;
 #[btf_map]
 static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 
-/// Each thread's latest wait, a word a thread (see `WaitSlot`). Only ever a copy: a word
-/// lost to another thread of the same slot sends that thread's probes to IN_FLIGHT.
+/// Each thread's latest wait in one word (see `WaitSlot`). IN_FLIGHT stays the record: a
+/// word lost to another thread of the same slot sends that thread's probes there.
 #[map]
 static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
 

@@ -162,15 +162,21 @@ impl SchedClock {
     /// for the read and back after (a few context switches per CPU). Falls back to the current
     /// CPU's clock when the affinity cannot be changed.
     fn calibrate() -> Option<Self> {
+        const CALIBRATION_TRIES: usize = 3;
         let base = Instant::now();
         let mut at_base_ns: Vec<Option<i128>> = Vec::new();
         let read_here = |at_base_ns: &mut Vec<Option<i128>>, cpu: usize| {
-            let Some(clock) = scheduler_now_ns() else {
+            // Taken after the read: the clock value is older than this instant, so the offset
+            // errs low (and ages with it), by as long as the thread was held up in between:
+            // on a busy VM's vCPU, tens of milliseconds now and then. The highest of a few
+            // tries is the one held up least.
+            let tries = (0..CALIBRATION_TRIES).filter_map(|_| {
+                let clock = scheduler_now_ns()?;
+                Some(i128::from(clock) - base.elapsed().as_nanos() as i128)
+            });
+            let Some(clock_at_base) = tries.max() else {
                 return;
             };
-            // Taken after the read: the clock value is older than this instant, so the offset
-            // errs low (and ages with it).
-            let clock_at_base = i128::from(clock) - base.elapsed().as_nanos() as i128;
             if at_base_ns.len() <= cpu {
                 at_base_ns.resize(cpu + 1, None);
             }
