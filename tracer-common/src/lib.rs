@@ -286,8 +286,8 @@ impl WaitSlot {
 pub enum WordVerdict {
     /// The thread is in no wait.
     NoWait,
-    /// A wait of `kind` under the threshold so far: a switch in ends it by the word alone,
-    /// a wake leaves it to the switch in.
+    /// A wait of `kind` under the threshold so far: its wake (or, when its wake was not
+    /// seen, its switch in) ends it by the word alone.
     Short { kind: u32, elapsed_ns: u64 },
     /// A wait that has lasted the threshold, or a word that is another thread's: task
     /// storage (IN_FLIGHT) decides.
@@ -295,8 +295,7 @@ pub enum WordVerdict {
 }
 
 /// A thread's wait in progress, in the thread's task storage: noted when the thread goes
-/// to sleep inside a watched call, ended when it is woken (by a thread of the target) or
-/// switched back in. The entry stays between waits, so that each wait rewrites it in place;
+/// to sleep inside a watched call, ended when it is woken or switched back in. The entry stays between waits, so that each wait rewrites it in place;
 /// the kernel frees it with the task. A wait ended through task storage leaves it idle
 /// (`start_ns == 0`); a short wait ended by its WAIT_STARTS word alone leaves it as it was,
 /// and `switches` tells it is over: the thread has been switched out since.
