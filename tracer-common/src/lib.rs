@@ -263,13 +263,20 @@ impl WaitSlot {
         start == start_ns & WAIT_WORD_START_MASK
     }
 
-    /// What a probe makes of thread `tid`'s wait from its word alone, at `now_ns`.
+    /// What a probe makes of thread `tid`'s wait from its word alone. `now_ns` reads the
+    /// clock, called only for a wait in progress: a switch in of a thread in no wait reads
+    /// none.
     #[inline(always)]
-    pub fn verdict(word: u64, tid: u32, now_ns: u64, min_wait_ns: u64) -> WordVerdict {
+    pub fn verdict(
+        word: u64,
+        tid: u32,
+        min_wait_ns: u64,
+        now_ns: impl FnOnce() -> u64,
+    ) -> WordVerdict {
         match WaitSlot::read(word, tid) {
             WaitSlot::Ended => WordVerdict::NoWait,
             WaitSlot::InProgress { start, kind } => {
-                let elapsed_ns = WaitSlot::elapsed_ns(start, now_ns);
+                let elapsed_ns = WaitSlot::elapsed_ns(start, now_ns());
                 if elapsed_ns < min_wait_ns {
                     WordVerdict::Short { kind, elapsed_ns }
                 } else {

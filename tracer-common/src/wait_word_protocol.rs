@@ -110,12 +110,11 @@ impl Probes {
         }
     }
 
-    /// Thread `i` is switched in: `end_at_switch_in` (whose first look, at an ended word,
-    /// `verdict` makes too).
+    /// Thread `i` is switched in: `end_at_switch_in`.
     fn switch_in(&mut self, i: usize) {
         let now = self.now;
         let tid = self.threads[i].tid;
-        match WaitSlot::verdict(self.word, tid, now, MIN_WAIT_NS) {
+        match WaitSlot::verdict(self.word, tid, MIN_WAIT_NS, || now) {
             WordVerdict::NoWait => {}
             WordVerdict::Short { elapsed_ns, .. } => {
                 self.word = WaitSlot::ended_word(tid);
@@ -144,7 +143,7 @@ impl Probes {
     fn wake(&mut self, i: usize) {
         let now = self.now;
         let tid = self.threads[i].tid;
-        match WaitSlot::verdict(self.word, tid, now, MIN_WAIT_NS) {
+        match WaitSlot::verdict(self.word, tid, MIN_WAIT_NS, || now) {
             WordVerdict::NoWait => return,
             WordVerdict::Short { elapsed_ns, .. } => {
                 self.word = WaitSlot::ended_word(tid);

@@ -445,12 +445,7 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut La
     let Some(word) = wait_word(tid) else { return };
     // SAFETY: a value of WAIT_STARTS; `next` is not running, so only its wake could
     // rewrite the word meanwhile, and that wake is over.
-    let word_now = unsafe { *word };
-    if WaitSlot::read(word_now, tid) == WaitSlot::Ended {
-        return;
-    }
-    let now = clock.now();
-    match WaitSlot::verdict(word_now, tid, now, MIN_WAIT_NS.load()) {
+    match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now()) {
         WordVerdict::NoWait => return,
         WordVerdict::Short { kind, elapsed_ns } => {
             // SAFETY: as above.
@@ -474,7 +469,7 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut La
     unsafe { (*entry).start_ns = 0 };
     end_in_word(word, tid);
     let source = if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy };
-    end_wait(next, &wait, now, source);
+    end_wait(next, &wait, clock.now(), source);
 }
 
 /// Adds a wait under the threshold to its kind's totals.
@@ -634,7 +629,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // finds it ended and reads no clock.
     // SAFETY: a value of WAIT_STARTS; the wakee is asleep, and its wakes are serialized
     // (the wakee's pi_lock), so only this program writes its word meanwhile.
-    match WaitSlot::verdict(unsafe { *word }, tid, now, MIN_WAIT_NS.load()) {
+    match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || now) {
         WordVerdict::NoWait => return Ok(()),
         WordVerdict::Short { kind, elapsed_ns } => {
             // SAFETY: as above.
