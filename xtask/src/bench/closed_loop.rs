@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 use libc::{SIGUSR1, SIGUSR2};
 
 use super::{
-    Proc, SETTLE, Settings, TOOL_CPU, ToolUsage, Variant, WARM_UP, WORKLOAD_CPU, group,
+    ProbeCost, Proc, SETTLE, Settings, TOOL_CPU, ToolUsage, Variant, WARM_UP, WORKLOAD_CPU, group,
     latency::{MIN_ROUNDS_FOR_INTERVAL, RatioEstimate, median_ratio},
     median, min_max, pinned,
     service::{BpfStats, probe_stats},
@@ -126,12 +126,6 @@ struct ArmRuns {
     failure: Option<String>,
     /// The probes' CPU per unit of work, from the bpf_stats window (tools only).
     probe_cost: Option<Result<ProbeCost, String>>,
-}
-
-/// What a tool's probes cost per request (Redis) or per round trip (collateral).
-struct ProbeCost {
-    ns_per_unit: f64,
-    runs_per_unit: f64,
 }
 
 /// One window's results.
