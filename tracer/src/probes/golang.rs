@@ -7,7 +7,7 @@ use aya::{Btf, EbpfLoader};
 
 use tracer_common::{GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals};
 
-use super::{ProbeError, Probes};
+use super::{ProbeError, Probes, map_error};
 
 /// Goroutine waits with one (stack, caller, wait reason), summed over CPUs.
 #[derive(Clone, Debug)]
@@ -89,14 +89,13 @@ impl Probes {
     /// The ended goroutine waits, by stack, caller and wait reason, with their stacks.
     pub fn go_waits(&self) -> Result<Vec<GoWaitTotal>, ProbeError> {
         use aya::maps::{PerCpuHashMap, StackTraceMap};
-        let map_err = |name| move |source| ProbeError::Map { name, source: Some(source) };
-        let map = |name| self.ebpf.map(name).ok_or(ProbeError::Map { name, source: None });
         let waits: PerCpuHashMap<_, GoWaitKey, GoWaitTotals> =
-            PerCpuHashMap::try_from(map("GO_WAITS")?).map_err(map_err("GO_WAITS"))?;
-        let stacks = StackTraceMap::try_from(map("GO_STACKS")?).map_err(map_err("GO_STACKS"))?;
+            PerCpuHashMap::try_from(self.map("GO_WAITS")?).map_err(map_error("GO_WAITS"))?;
+        let stacks =
+            StackTraceMap::try_from(self.map("GO_STACKS")?).map_err(map_error("GO_STACKS"))?;
         let mut totals = Vec::new();
         for entry in waits.iter() {
-            let (key, per_cpu) = entry.map_err(map_err("GO_WAITS"))?;
+            let (key, per_cpu) = entry.map_err(map_error("GO_WAITS"))?;
             let pcs = if key.stack_id == GoPark::NO_STACK {
                 Vec::new()
             } else {
@@ -119,11 +118,8 @@ impl Probes {
     /// The goroutines parked now that the probes saw park: goid → when it parked (ns,
     /// CLOCK_MONOTONIC, the clock of the runtime's `nanotime`).
     pub fn go_parked(&self) -> Result<std::collections::HashMap<u64, u64>, ProbeError> {
-        const NAME: &str = "GO_PARKED";
-        let err = |source| ProbeError::Map { name: NAME, source: Some(source) };
-        let map = self.ebpf.map(NAME).ok_or(ProbeError::Map { name: NAME, source: None })?;
         let parked: aya::maps::HashMap<_, u64, GoPark> =
-            aya::maps::HashMap::try_from(map).map_err(err)?;
+            aya::maps::HashMap::try_from(self.map("GO_PARKED")?).map_err(map_error("GO_PARKED"))?;
         // An entry removed while iterating is skipped, not an error worth the report.
         Ok(parked.iter().filter_map(Result::ok).map(|(goid, park)| (goid, park.start_ns)).collect())
     }

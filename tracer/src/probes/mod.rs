@@ -266,7 +266,21 @@ impl Probes {
 
     fn take_ring_buffer(&mut self, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self.ebpf.take_map(name).ok_or(ProbeError::Map { name, source: None })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name, source: Some(source) })
+        RingBuf::try_from(map).map_err(map_error(name))
+    }
+
+    /// The map `name` of the loaded object; its absence is an error of the build.
+    fn map(&self, name: &'static str) -> Result<&Map, ProbeError> {
+        self.ebpf.map(name).ok_or(ProbeError::Map { name, source: None })
+    }
+
+    /// IN_FLIGHT's descriptor, for the task-storage calls aya has no type for.
+    fn in_flight_raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        match self.ebpf.map("IN_FLIGHT") {
+            Some(Map::Unsupported(in_flight)) => Some(in_flight.fd().as_fd().as_raw_fd()),
+            _ => None,
+        }
     }
 
     pub fn counters(&self) -> Result<ProbeCounters, ProbeError> {
@@ -277,11 +291,10 @@ impl Probes {
 
     /// Fills `slots` with the per-CPU array `name`'s first entries, each summed over CPUs.
     fn sum_counters(&self, name: &'static str, slots: &mut [u64]) -> Result<(), ProbeError> {
-        let err = |source| ProbeError::Map { name, source: Some(source) };
-        let map = self.ebpf.map(name).ok_or(ProbeError::Map { name, source: None })?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_error(name))?;
         for (index, slot) in slots.iter_mut().enumerate() {
-            *slot = array.get(&(index as u32), 0).map_err(err)?.iter().sum();
+            *slot = array.get(&(index as u32), 0).map_err(map_error(name))?.iter().sum();
         }
         Ok(())
     }
@@ -295,17 +308,10 @@ impl Probes {
         &self,
         pid: u32,
     ) -> Result<std::collections::HashMap<u32, u64>, ProbeError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let Some(Map::Unsupported(in_flight)) = self.ebpf.map("IN_FLIGHT") else {
-            return Err(ProbeError::Map { name: "IN_FLIGHT", source: None });
-        };
-        let map_fd = in_flight.fd().as_fd().as_raw_fd();
-        let words_err = |source| ProbeError::Map { name: "WAIT_STARTS", source: Some(source) };
-        let words = self
-            .ebpf
-            .map("WAIT_STARTS")
-            .ok_or(ProbeError::Map { name: "WAIT_STARTS", source: None })?;
-        let words: Array<_, u64> = Array::try_from(words).map_err(words_err)?;
+        let map_fd =
+            self.in_flight_raw_fd().ok_or(ProbeError::Map { name: "IN_FLIGHT", source: None })?;
+        let words_err = map_error("WAIT_STARTS");
+        let words: Array<_, u64> = Array::try_from(self.map("WAIT_STARTS")?).map_err(&words_err)?;
         let mut starts = std::collections::HashMap::new();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return Ok(starts);
@@ -317,7 +323,7 @@ impl Probes {
             if wait.start_ns == 0 || wait.flags & WAIT_BEGAN_BEFORE != 0 {
                 continue;
             }
-            let word = words.get(&(tid % WAIT_START_SLOTS), 0).map_err(words_err)?;
+            let word = words.get(&(tid % WAIT_START_SLOTS), 0).map_err(&words_err)?;
             let in_progress = match WaitSlot::read(word, tid) {
                 WaitSlot::InProgress { start, .. } => WaitSlot::same_start(start, wait.start_ns),
                 WaitSlot::Ended => false,
@@ -387,32 +393,30 @@ impl Probes {
     }
 
     fn in_flight_fd(&self) -> Result<std::os::fd::RawFd, AdoptError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let Some(Map::Unsupported(in_flight)) = self.ebpf.map("IN_FLIGHT") else {
-            return Err(AdoptError::Map {
-                name: "IN_FLIGHT",
-                source: std::io::Error::other("missing"),
-            });
-        };
-        Ok(in_flight.fd().as_fd().as_raw_fd())
+        self.in_flight_raw_fd().ok_or_else(|| AdoptError::Map {
+            name: "IN_FLIGHT",
+            source: std::io::Error::other("missing"),
+        })
     }
 
     pub fn short_waits(&self) -> Result<ShortWaitsByKind, ProbeError> {
-        let err = |source| ProbeError::Map { name: "SHORT_WAITS", source: Some(source) };
-        let map = self
-            .ebpf
-            .map("SHORT_WAITS")
-            .ok_or(ProbeError::Map { name: "SHORT_WAITS", source: None })?;
-        let array: PerCpuArray<_, ShortWaitTotals> = PerCpuArray::try_from(map).map_err(err)?;
+        let err = map_error("SHORT_WAITS");
+        let array: PerCpuArray<_, ShortWaitTotals> =
+            PerCpuArray::try_from(self.map("SHORT_WAITS")?).map_err(&err)?;
         let mut totals = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
         for kind in WaitKind::ALL {
-            for per_cpu in array.get(&(kind as u32), 0).map_err(err)?.iter() {
+            for per_cpu in array.get(&(kind as u32), 0).map_err(&err)?.iter() {
                 totals[kind as usize].count += per_cpu.count;
                 totals[kind as usize].total_ns += per_cpu.total_ns;
             }
         }
         Ok(totals)
     }
+}
+
+/// How an operation on the map `name` failed.
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source: Some(source) }
 }
 
 /// Context switches of thread `tid` of `pid` so far, voluntary or not, as the probes count
