@@ -462,9 +462,9 @@ fn check_still_blocked_at_the_end(mode: Mode) {
     assert_eq!(goroutines_at(&pprof_goroutines(port), "main.sendStat"), SENDERS as u64);
 }
 
-/// Goroutines of the `late` mode, which park about a second into the recording.
+/// Goroutines of the `late` mode, which park a second after the recording has
+/// attached and signalled them.
 const LATE: usize = 200;
-/// Longer than the workload's one-second delay before its goroutines park.
 const LATE_RECORD_SECONDS: &str = "3s";
 const LATE_RECORD: Duration = Duration::from_secs(3);
 
@@ -485,11 +485,11 @@ fn check_aged_from_their_park(mode: Mode) {
     let dir = TempDir::new("go-record-late");
     let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
     let (workload, _port) = start_go_goroutines(&bin, "late", LATE, STARTUP_TIMEOUT);
-    let profile = record_go(workload.pid(), mode, &["--duration", LATE_RECORD_SECONDS], &dir);
+    let profile = record_go_signalling(workload.pid(), mode, LATE_RECORD_SECONDS, &dir);
     let late = group(&profile, "main.lateReceiver", |stack| stack.in_progress);
     assert_eq!(goroutines(late), LATE as u64);
     assert_eq!(late.object.as_deref(), Some(RECEIVE_ON_INT));
-    // Parked one second into a three-second recording: each waited about two seconds.
+    // Parked a second into a three-second recording: each waited about two seconds.
     let record_ns = u64::try_from(LATE_RECORD.as_nanos()).expect("fits u64");
     let weight = late.stats.total_ns;
     assert!(
@@ -502,6 +502,48 @@ fn check_aged_from_their_park(mode: Mode) {
         "a goroutine parked during the recording is aged {} ns, more than the recording",
         late.stats.max_ns
     );
+}
+
+/// `tracer record` of `pid` for `duration`, sending `pid` SIGUSR1 once the tracer says it
+/// is recording (its probes attached, its first read done).
+fn record_go_signalling(pid: u32, mode: Mode, duration: &str, dir: &TempDir) -> Profile {
+    use std::io::BufRead as _;
+    let json = dir.join("record.json");
+    let mut child = std::process::Command::new(tracer_tests::tracer_bin())
+        .args(["record", "--pid", &pid.to_string()])
+        .args(mode.args())
+        .args(["--duration", duration, "--output"])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tracer record");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).expect("read the tracer's stderr");
+        said.push_str(&line);
+        assert!(read > 0, "tracer record ended without recording: {said}");
+        if line.starts_with("tracer: recording") {
+            break;
+        }
+    }
+    // The rest of stderr, read meanwhile so that the tracer never blocks on it.
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    // SAFETY: kill takes a pid and a signal number.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0, "signal the workload");
+    let out = child.wait_with_output().expect("tracer record ends");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let rest = rest.join().unwrap_or_default();
+    assert!(out.status.success(), "tracer record failed: {}: {said}{rest}", out.status);
+    let profile = tracer_tests::read_profile(&json);
+    assert_eq!(profile.kind, ProfileKind::Recording);
+    profile
 }
 
 /// Pairs of goroutines passing a value back and forth as fast as they can.

@@ -13,7 +13,8 @@
 //	goroutines flood N    N pairs of goroutines passing a value back and forth as fast as
 //	                      they can; prints "wakes W" every second (for probe overhead)
 //	goroutines late N     N goroutines that block for good receiving on a channel
-//	                      (main.lateReceiver), started lateStart after "ready"
+//	                      (main.lateReceiver), started lateStart after a SIGUSR1 (sent
+//	                      once a recording has attached)
 //	goroutines inlined N  N goroutines blocked receiving on a channel in main.awaitValue,
 //	                      which the compiler inlines into main.inlinedReceiver
 //	goroutines locked N   N goroutines blocked locking the global mutex main.statsMu
@@ -27,9 +28,11 @@ import (
 	"net/http"
 	_ "net/http/pprof"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -47,8 +50,9 @@ const settle = 300 * time.Millisecond
 // dominate, short enough that a 2-second recording sees a hundred of them.
 const pingPeriod = 10 * time.Millisecond
 
-// lateStart is how long "late" mode waits after "ready" before its goroutines park: a
-// recording started at "ready" sees them park.
+// lateStart is how long "late" mode waits after its SIGUSR1 before its goroutines park:
+// the recording that sent it sees them park, well inside it. A signal, not a time after
+// "ready": a recording may take longer than any fixed time to attach.
 const lateStart = time.Second
 
 // wakes counts receives in pingpong and flood modes.
@@ -122,7 +126,8 @@ func inlinedReceiver(ch chan int) {
 	awaitValue(ch)
 }
 
-func late(n int) {
+func late(n int, start <-chan os.Signal) {
+	<-start
 	time.Sleep(lateStart)
 	ch := make(chan int)
 	for i := 0; i < n; i++ {
@@ -185,7 +190,9 @@ func main() {
 	case "flood":
 		flood(n)
 	case "late":
-		go late(n)
+		start := make(chan os.Signal, 1)
+		signal.Notify(start, syscall.SIGUSR1)
+		go late(n, start)
 	case "locked":
 		statsMu.Lock()
 		flushes.Add(1)
