@@ -479,12 +479,8 @@ fn p99_verdict(tracer: &RatioEstimate, control: &RatioEstimate, budget: f64) -> 
     let (low_limit, high_limit) = (1.0 - budget, 1.0 + budget);
     if control.low < low_limit || control.high > high_limit {
         Verdict::Unresolved
-    } else if tracer.high <= high_limit {
-        Verdict::Pass
-    } else if tracer.low > high_limit {
-        Verdict::Fail
     } else {
-        Verdict::Unresolved
+        super::at_most(tracer, high_limit)
     }
 }
 
