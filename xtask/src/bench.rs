@@ -839,13 +839,13 @@ fn throughput_table(
     let _ = writeln!(md, "## {}\n", workload.title());
     let _ = writeln!(
         md,
-        "| variant | median /s | min–max /s | vs alone | probe CPU per round trip (bpf_stats) | tool CPU (window) | tool CPU total | tool peak RSS | waits/s seen | events lost |"
+        "| variant | median /s | min–max /s | vs alone (95% interval) | probe CPU per round trip (bpf_stats) | tool CPU (window) | tool CPU total | tool peak RSS | waits/s seen | events lost |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let baseline = runs
+    let baseline: Option<Vec<f64>> = runs
         .first()
         .and_then(|r| r.as_ref().ok())
-        .map(|runs| median(runs.iter().map(|r| r.throughput)));
+        .map(|runs| runs.iter().map(|r| r.throughput).collect());
     let mut details = String::new();
     for ((variant, runs), probe_cost) in variants.iter().zip(runs).zip(probe_costs) {
         let probe_cost = match probe_cost {
@@ -866,7 +866,19 @@ fn throughput_table(
         };
         let med = median(runs.iter().map(|r| r.throughput));
         let (lo, hi) = min_max(runs.iter().map(|r| r.throughput));
-        let ratio = baseline.map_or(String::from("–"), |base| ratio_text(med, base));
+        // Against alone, resampled by round: a round's arms ran close in time.
+        let rates: Vec<f64> = runs.iter().map(|r| r.throughput).collect();
+        let estimate = baseline.as_deref().and_then(|base| latency::median_ratio(base, &rates));
+        let ratio = match estimate {
+            _ if *variant == Variant::Alone => String::from("1.000"),
+            None => String::from("–"),
+            Some(estimate) => match estimate.interval_text() {
+                Some(interval) => {
+                    format!("{:.3} ({}; {interval})", estimate.ratio, estimate.change_text())
+                }
+                None => format!("{:.3} ({})", estimate.ratio, estimate.change_text()),
+            },
+        };
         let tools: Vec<&ToolUsage> = runs.iter().filter_map(|r| r.tool.as_ref()).collect();
         let (cpu_window, cpu_total, rss, waits, lost) = if tools.is_empty() {
             ("–".to_string(), "–".to_string(), "–".to_string(), "–".to_string(), "–".to_string())
