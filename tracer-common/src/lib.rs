@@ -302,10 +302,11 @@ pub enum WordVerdict {
 }
 
 /// A thread's wait in progress, in the thread's task storage: noted when the thread goes
-/// to sleep inside a watched call, ended when it is woken or switched back in. The entry stays between waits, so that each wait rewrites it in place;
-/// the kernel frees it with the task. A wait ended through task storage leaves it idle
-/// (`start_ns == 0`); a short wait ended by its WAIT_STARTS word alone leaves it as it was,
-/// and `switches` tells it is over: the thread has been switched out since.
+/// to sleep inside a watched call, ended when it is woken or switched back in. The entry
+/// stays between waits, so that each wait rewrites it in place; the kernel frees it with the
+/// task. A wait ended through task storage leaves it idle (`start_ns == 0`); a short wait
+/// ended by its WAIT_STARTS word alone leaves it as it was, and `switches` tells it is over:
+/// the thread has been switched out since.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InFlightWait {

@@ -621,7 +621,8 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if unsafe { task_field(wakee, TASK_TGID_OFFSET.load()) } != TARGET_TGID.load() {
         return Ok(());
     }
-    let now = now_ns();
+    // Read only for a wait in progress: a wake of a thread in no watched wait reads none.
+    let mut clock = LazyClock(0);
     // SAFETY: as above.
     let tid = unsafe { task_field(wakee, TASK_PID_OFFSET.load()) };
     let word = wait_word(tid).ok_or(0)?;
@@ -629,7 +630,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // finds it ended and reads no clock.
     // SAFETY: a value of WAIT_STARTS; the wakee is asleep, and its wakes are serialized
     // (the wakee's pi_lock), so only this program writes its word meanwhile.
-    match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || now) {
+    match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now()) {
         WordVerdict::NoWait => return Ok(()),
         WordVerdict::Short { kind, elapsed_ns } => {
             // SAFETY: as above.
@@ -652,7 +653,11 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
     let wait = unsafe { *entry };
     // SAFETY: as above.
-    if !wait.in_progress(unsafe { switches_of(wakee) }) || under_threshold(wait.start_ns, now) {
+    if !wait.in_progress(unsafe { switches_of(wakee) }) {
+        return Ok(());
+    }
+    let now = clock.now();
+    if under_threshold(wait.start_ns, now) {
         return Ok(());
     }
     let Some(waker_tid) = target_thread() else {
