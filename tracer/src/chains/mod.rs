@@ -414,9 +414,8 @@ pub fn chain_line(chain: &WaitChain, waiters: &str, format_ns: impl Fn(u64) -> S
     let of_process =
         chain.process.as_ref().map_or(String::new(), |process| format!(" of {process}"));
     let mut line = format!(
-        "{} {}{of_process} at {}",
-        chain.threads,
-        if chain.threads == 1 { waiters.trim_end_matches('s') } else { waiters },
+        "{}{of_process} at {}",
+        crate::model::counted(chain.threads, waiters),
         site_text(&chain.start)
     );
     // A socket site carries its state right after it, where the reader looks for it.

@@ -16,7 +16,7 @@ pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
     ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo, Sampling, ThreadCounts,
-    TraceCounts, container_id,
+    TraceCounts, container_id, counted,
 };
 pub use stats::{WaitStats, log2_bucket};
 pub use timeline::{Timeline, TimelineRecorder};

@@ -402,6 +402,11 @@ impl Profile {
         if go { "goroutines" } else { "threads" }
     }
 
+    /// `1 thread`, `3 threads`: a count of this profile's waiters, in the singular for one.
+    pub fn count_waiters(&self, count: u64) -> String {
+        counted(count, self.waiters())
+    }
+
     /// Distinct addresses of the profile's frames (stacks and wakers) that got no symbol.
     pub fn unknown_addresses(&self) -> u64 {
         let stacks = self.stacks.iter().flat_map(|stack| &stack.frames);
@@ -506,4 +511,11 @@ impl Profile {
         base.stacks = stacks;
         base
     }
+}
+
+/// `1 thread`, `2 threads`: `plural` (an English plural in `s`) after the count, in the
+/// singular for one.
+pub fn counted(count: u64, plural: &str) -> String {
+    let noun = if count == 1 { plural.strip_suffix('s').unwrap_or(plural) } else { plural };
+    format!("{count} {noun}")
 }

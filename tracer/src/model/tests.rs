@@ -225,3 +225,11 @@ fn waits_added_at_once_are_the_waits_added_one_by_one() {
     expected.merge(&at_once);
     assert_eq!(onto, expected);
 }
+
+#[test]
+fn one_waiter_is_counted_in_the_singular() {
+    assert_eq!(counted(1, "threads"), "1 thread");
+    assert_eq!(counted(0, "threads"), "0 threads");
+    assert_eq!(counted(300, "goroutines"), "300 goroutines");
+    assert_eq!(counted(1, "goroutines"), "1 goroutine");
+}

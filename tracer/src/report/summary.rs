@@ -7,7 +7,7 @@ use tracer_common::WaitKind;
 
 use crate::{
     chains,
-    model::{GO_IO_WAIT, Profile, ProfileKind, ProfileStack, Sampling, WaitStats},
+    model::{GO_IO_WAIT, Profile, ProfileKind, ProfileStack, Sampling, WaitStats, counted},
     report::folded::kind_frame,
 };
 
@@ -182,10 +182,9 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             };
             let _ = writeln!(
                 out,
-                "{}: {} {}, {} {where_} now",
+                "{}: {}, {} {where_} now",
                 target_name(profile),
-                threads.threads,
-                profile.waiters(),
+                profile.count_waiters(threads.threads),
                 threads.blocked_in_waits
             );
             write_python(&mut out, profile);
@@ -261,7 +260,7 @@ fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: 
             elide(&row.site, SITE_WIDTH + 14),
         );
     }
-    write_rest(out, rows, top, |row| format!("{} {waiters}", row.stats.threads.len()));
+    write_rest(out, rows, top, |row| counted(row.stats.threads.len() as u64, waiters));
     let _ = writeln!(out);
 }
 
@@ -277,9 +276,8 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         let stats = &stack.stats;
         let _ = writeln!(
             out,
-            "{} {} @ {}, blocked {} to {}{}:",
-            stats.threads.len(),
-            profile.waiters(),
+            "{} @ {}, blocked {} to {}{}:",
+            profile.count_waiters(stats.threads.len() as u64),
             kind_frame(profile, stack),
             format_age(stats.min_ns, stats.lower_bound),
             format_age(stats.max_ns, stats.lower_bound),
@@ -841,8 +839,9 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         );
         assert_eq!(lines.next(), Some("THREADS  KIND      YOUNGEST     OLDEST  CALL SITE"));
         assert_eq!(lines.next(), Some("      3  futex       40.0ms     40.0ms  app::send_stat"));
-        assert!(text.contains("threads @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"));
-        assert!(text.contains("threads @ [send 10.0.0.5:80], blocked"));
+        // One thread is one, not "1 threads".
+        assert!(text.contains("\n1 thread @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"), "{text}");
+        assert!(text.contains("\n1 thread @ [send 10.0.0.5:80], blocked"), "{text}");
     }
 
     /// A Go snapshot goes through the same summary: goroutines counted, the wait reason
