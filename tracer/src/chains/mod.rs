@@ -252,9 +252,15 @@ impl Graph<'_> {
         let objects = self.sites[at].objects();
         if is_socket_kind(at.1) {
             let endpoint = objects.into_iter().flatten().next()?.clone();
+            // A listener has no peer: the process found at the other end of a connection
+            // to the same address did not keep this accept waiting.
+            let peer = match at.1 {
+                WaitKind::Accept => None,
+                _ => self.facts.peers.get(&endpoint).cloned(),
+            };
             return Some(Terminal::Endpoint {
                 state: self.profile.endpoint_states.get(&endpoint).cloned(),
-                peer: self.facts.peers.get(&endpoint).cloned(),
+                peer,
                 endpoint,
             });
         }

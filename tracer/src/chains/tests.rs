@@ -103,6 +103,32 @@ fn a_pile_up_leads_through_two_hops_to_the_endpoint() {
 }
 
 #[test]
+fn threads_waiting_in_accept_lead_to_no_peer() {
+    // A server's acceptors and a client of the same address, in one process: the peer
+    // found for the client's connection is not the acceptors' (a listener has none), so
+    // idle acceptors make no chain; the client's recv still leads to its peer.
+    let profile = recording(
+        vec![
+            stack("serve", WaitKind::Accept, Some("127.0.0.1:8080"), &[1, 2], 4 * SECOND),
+            stack("fetch", WaitKind::Recv, Some("127.0.0.1:8080"), &[3], 4 * SECOND),
+        ],
+        Vec::new(),
+        &[],
+    );
+    let mut facts = ChainFacts::default();
+    let server = ThreadNow { tid: 9, name: "server".to_string(), state: ThreadState::Running };
+    facts.peers.insert(
+        "127.0.0.1:8080".to_string(),
+        PeerProcess { pid: 1, comm: "app".to_string(), threads: vec![server], thread_count: 3 },
+    );
+    assert_eq!(
+        lines(&profile, &facts),
+        ["1 thread at fetch [recv 127.0.0.1:8080] → peer pid 1 (app): running (1 of its 3 \
+          threads read)"]
+    );
+}
+
+#[test]
 fn a_waker_that_mostly_ran_ends_the_chain_with_what_it_does_now() {
     // The waker was blocked 0.1 s of 4 s: it is the work, not a wait.
     let profile = recording(
