@@ -405,10 +405,16 @@ pub fn python_interpreters() -> Vec<PathBuf> {
     found
 }
 
-/// `py-spy dump --json` of `pid` (PyPI's py-spy, installed by `cargo xtask setup`): the
-/// oracle for Python frames. Each thread's os thread id and frames, innermost first, as
+/// One thread as py-spy reads it: its Python name and its frames, innermost first, as
 /// `function (file:line)`.
-pub fn py_spy_dump(pid: u32) -> std::collections::BTreeMap<u32, Vec<String>> {
+pub struct PySpyThread {
+    pub name: Option<String>,
+    pub frames: Vec<String>,
+}
+
+/// `py-spy dump --json` of `pid` (PyPI's py-spy, installed by `cargo xtask setup`): the
+/// oracle for Python frames and thread names, by os thread id.
+pub fn py_spy_dump(pid: u32) -> std::collections::BTreeMap<u32, PySpyThread> {
     let home = std::env::var_os("HOME").expect("HOME is set");
     let py_spy = PathBuf::from(home).join(".local/share/tracer/py-spy/bin/py-spy");
     assert!(py_spy.is_file(), "no {} (cargo xtask setup installs it)", py_spy.display());
@@ -434,7 +440,8 @@ pub fn py_spy_dump(pid: u32) -> std::collections::BTreeMap<u32, Vec<String>> {
                     format!("{name} ({file}:{})", frame["line"])
                 })
                 .collect();
-            Some((tid, frames))
+            let name = thread["thread_name"].as_str().map(str::to_owned);
+            Some((tid, PySpyThread { name, frames }))
         })
         .collect()
 }

@@ -97,7 +97,8 @@ fn assert_pileup(profile: &Profile, stats_port: u16, metrics_port: u16, names_lo
     assert_ne!(native_leaf.module, "[python]", "the native frames stay below the Python ones");
 }
 
-/// Every thread of every stack with Python frames has exactly the frames py-spy reads.
+/// Every thread of every stack with Python frames has exactly the frames py-spy reads,
+/// and the name py-spy reads (`Thread-3 (handler)`: the kernel's is `python3` for all).
 fn assert_frames_match_py_spy(profile: &Profile, pid: u32, at_least: usize) {
     let oracle = py_spy_dump(pid);
     let mut compared = 0;
@@ -111,7 +112,10 @@ fn assert_frames_match_py_spy(profile: &Profile, pid: u32, at_least: usize) {
         }
         for tid in &stack.stats.threads {
             let theirs = oracle.get(tid).unwrap_or_else(|| panic!("py-spy has no thread {tid}"));
-            assert_eq!(&ours, theirs, "thread {tid}'s Python frames: ours, then py-spy's");
+            assert_eq!(ours, theirs.frames, "thread {tid}'s Python frames: ours, then py-spy's");
+            let name = profile.thread_names.get(tid);
+            assert!(theirs.name.is_some(), "py-spy names no thread {tid}");
+            assert_eq!(name, theirs.name.as_ref(), "thread {tid}'s name: ours, then py-spy's");
             compared += 1;
         }
     }
@@ -196,6 +200,7 @@ fn sampled_record_and_serve_show_python_frames_and_exact_mode_says_where_they_ar
     assert!(missing.as_deref().is_some_and(|why| why.contains("--mode sampled")), "{missing:?}");
     assert!(exact.out.stdout.contains("--mode sampled"), "{}", exact.out.stdout);
     assert_pileup(&exact.profile, stats_port, metrics_port, true);
+    assert_frames_match_py_spy(&exact.profile, workload.pid(), HANDLERS + 4);
 
     // serve: pprof with the Python frames as functions, files and lines.
     let (served, saved) = served_threads(workload.pid(), &dir);

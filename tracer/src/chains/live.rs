@@ -121,9 +121,11 @@ struct ThreadLooker<'a> {
 impl ThreadLooker<'_> {
     /// What thread `tid` is doing now.
     fn now(&mut self, tid: u32) -> ThreadNow {
-        let name = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.pid))
-            .map(|comm| comm.trim_end().to_owned())
-            .unwrap_or_else(|_| format!("tid {tid}"));
+        let name = self.unwinder.thread_name(tid).unwrap_or_else(|| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.pid))
+                .map(|comm| comm.trim_end().to_owned())
+                .unwrap_or_else(|_| format!("tid {tid}"))
+        });
         ThreadNow { tid, name, state: self.state(tid) }
     }
 

@@ -281,14 +281,7 @@ impl WaitDecoder {
         if lower_bound {
             duration_ns += self.ages_at_start.remove(&tid).unwrap_or(0);
         }
-        Some(Wait {
-            key,
-            tid,
-            duration_ns,
-            thread_name: super::comm_text(&comm),
-            waker,
-            lower_bound,
-            end_ns,
-        })
+        let thread_name = self.unwinder.thread_name(tid).unwrap_or_else(|| super::comm_text(&comm));
+        Some(Wait { key, tid, duration_ns, thread_name, waker, lower_bound, end_ns })
     }
 }

@@ -30,9 +30,8 @@ const TASK_SIZE: usize = 152;
 /// `PySetObject.mask` and `.table`; a set entry is (key, hash).
 const SET_MASK: u64 = 32;
 const SET_TABLE: u64 = 40;
-/// `PyWeakReference.wr_object`, `PyModuleObject.md_dict`, a socket object's `sock_fd`.
+/// `PyWeakReference.wr_object`, a socket object's `sock_fd`.
 const WEAKREF_OBJECT: u64 = 16;
-const MODULE_DICT: u64 = 16;
 const SOCKET_FD: u64 = 16;
 /// 3.11's `RESUME` opcode and its quickened form `RESUME_QUICK` (`Include/opcode.h`):
 /// with an oparg of 2 or more the frame awaits (or yields from) what is on top of its stack.
@@ -97,20 +96,9 @@ impl PythonProcess {
         Ok(pending)
     }
 
-    /// `asyncio.tasks._all_tasks`, from `sys.modules`.
+    /// `asyncio.tasks._all_tasks`.
     fn all_tasks(&self) -> Option<u64> {
-        let interp = self.read_word(self.runtime + self.layout.runtime_interpreters_head)?;
-        let modules = self.read_word(interp + self.layout.interp_modules)?;
-        let module = self.dict_get(modules, "asyncio.tasks")?;
-        let globals = self.read_word(module + MODULE_DICT)?;
-        self.dict_get(globals, "_all_tasks")
-    }
-
-    /// The value of string key `key` in a dict.
-    fn dict_get(&self, dict: u64, key: &str) -> Option<u64> {
-        self.dict_entries(dict).into_iter().find_map(|(name, value)| {
-            (read_str(&self.memory, &self.layout, name).as_deref() == Some(key)).then_some(value)
-        })
+        self.module_global("asyncio.tasks", "_all_tasks")
     }
 
     /// The live objects of a `weakref.WeakSet` (its `data`: a set of weak references).

@@ -31,13 +31,30 @@ pub struct Layout {
     pub gen_iframe: u64,
     /// `gi_frame_state` of a generator suspended at a yield (or an await).
     pub gen_suspended: i8,
-    /// Instance attributes kept out of a dict (3.11's managed "values"): the keys are the
-    /// type's `ht_cached_keys`.
-    pub type_cached_keys: Option<u64>,
+    /// Where an instance keeps attributes that are not in a dict of its own (its managed
+    /// "values"), and its type's `ht_cached_keys`, which name them.
+    pub managed_values: ManagedValues,
+    pub type_cached_keys: u64,
     /// `PyDictValues.values`, from the pointer.
     pub dict_values_start: u64,
     /// Where the main interpreter's GIL (`struct _gil_runtime_state`) is.
     pub gil: Gil,
+}
+
+/// Where an instance of a class with `Py_TPFLAGS_MANAGED_DICT` keeps its attributes while
+/// no dict was made for it (`Include/internal/pycore_object.h` of each version).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedValues {
+    /// 3.11: a pointer to the values 4 words before the object; the dict, once made,
+    /// 3 words before.
+    PointerBefore,
+    /// 3.12: 3 words before the object, the dict, or the values' address minus one (odd:
+    /// `PyDictOrValues`).
+    TaggedBefore,
+    /// 3.13: right after the object's fixed part (`tp_basicsize`) while their `valid`
+    /// byte says so, for types with `Py_TPFLAGS_INLINE_VALUES`; else the dict, 3 words
+    /// before.
+    Inline,
 }
 
 /// Where the GIL lives: in `_PyRuntime.ceval` (3.11), or in the main interpreter's state
@@ -164,7 +181,8 @@ fn python_3_11() -> Layout {
         gen_suspended: -1,
         // sizeof(PyTypeObject) 408, then as_async, as_number, as_mapping, as_sequence,
         // as_buffer, ht_name, ht_slots, ht_qualname.
-        type_cached_keys: Some(872),
+        managed_values: ManagedValues::PointerBefore,
+        type_cached_keys: 872,
         dict_values_start: 0,
         gil: Gil::InRuntime(0x168),
     }
@@ -206,7 +224,9 @@ fn python_3_12() -> Layout {
         gen_frame_state: 67,
         gen_iframe: 72,
         gen_suspended: -1,
-        type_cached_keys: None,
+        managed_values: ManagedValues::TaggedBefore,
+        // PyTypeObject grew `tp_watched` (8 bytes with its padding).
+        type_cached_keys: 880,
         dict_values_start: 0,
         gil: Gil::InMainInterpreter(0x410),
     }
@@ -228,6 +248,7 @@ fn python_3_13(runtime: &[u8]) -> Option<Layout> {
         // SUSPENDED_YIELD_FROM (-1) is new; a plain suspension is -2.
         gen_suspended: -2,
         // `PyDictValues` begins with its capacity, size and flags.
+        managed_values: ManagedValues::Inline,
         dict_values_start: 8,
         gil: Gil::InMainInterpreter(7752),
         ..python_3_12

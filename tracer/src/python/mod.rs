@@ -11,6 +11,7 @@ mod asyncio;
 mod code;
 mod layout;
 mod objects;
+mod thread_names;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -51,6 +52,8 @@ pub struct PythonProcess {
     gil: Option<Range<u64>>,
     /// Type objects known to be (or not to be) `_thread.lock`/`RLock`.
     lock_types: HashMap<u64, bool>,
+    /// Python threads' names by native thread id, as last read.
+    thread_names: thread_names::ThreadNames,
     pub counts: PythonCounts,
 }
 
@@ -157,6 +160,7 @@ impl PythonProcess {
             thread_states: HashMap::new(),
             states_read_at: None,
             lock_types: HashMap::new(),
+            thread_names: Default::default(),
             counts: PythonCounts::default(),
         }))
     }

@@ -4,15 +4,24 @@
 //! attribute or global that holds it (`Queue stats_queue`, `Lock self.client_lock`).
 
 use super::code::read_str;
-use super::layout::{DICT_KEYS, DICT_VALUES, OB_TYPE, TP_NAME};
+use super::layout::{DICT_KEYS, DICT_VALUES, ManagedValues, OB_TYPE, TP_NAME};
 use super::{PythonFrame, PythonProcess, is_runtime_file};
 use crate::memory::word;
 
 /// Entries of one dict read at most (a module's globals have a few hundred).
 const MAX_DICT_ENTRIES: u64 = 1 << 16;
-/// `Py_TPFLAGS_MANAGED_DICT` (3.11+): the instance's attributes live before it.
+/// `Py_TPFLAGS_MANAGED_DICT` (3.11+): the instance's attributes live outside a dict of
+/// its own until one is made; `Py_TPFLAGS_INLINE_VALUES` (3.13): right after it.
 const MANAGED_DICT: u64 = 1 << 4;
+const INLINE_VALUES: u64 = 1 << 2;
+const TP_BASICSIZE: u64 = 32;
 const TP_FLAGS: u64 = 168;
+/// A Python int's digit count (3.11: signed `ob_size`; 3.12+: `lv_tag`, the count shifted
+/// left by 3 above a sign) and its 30-bit digits.
+const LONG_SIZE: u64 = 16;
+const LONG_DIGITS: u64 = 24;
+/// `PyModuleObject.md_dict`: a module's globals.
+const MODULE_DICT: u64 = 16;
 /// `_thread.lock` and `_thread.RLock` keep their `PyThread_type_lock` (a `sem_t`, whose
 /// first word is the futex) right after the object header.
 const LOCK_HANDLE: u64 = 16;
@@ -121,7 +130,7 @@ impl PythonProcess {
             .and_then(|(key, _)| read_str(&self.memory, &self.layout, key))
     }
 
-    /// An instance's attributes as (name object, value): its managed values (3.11, keys
+    /// An instance's attributes as (name object, value): its managed values (the keys
     /// shared by its type) or its dict.
     pub(super) fn attributes(&self, instance: u64) -> Vec<(u64, u64)> {
         let Some(kind) = self.read_word(instance + OB_TYPE) else {
@@ -131,16 +140,70 @@ impl PythonProcess {
         if flags & MANAGED_DICT == 0 {
             return Vec::new();
         }
-        // 3.11: the values at instance - 4 words, the dict (once made) at - 3 words.
-        if let Some(cached_keys) = self.layout.type_cached_keys {
-            let values = self.read_word(instance.wrapping_sub(32)).unwrap_or_default();
-            if values != 0 {
-                let keys = self.read_word(kind + cached_keys).unwrap_or_default();
-                return self.keys_and_values(keys, values + self.layout.dict_values_start);
+        let words_before =
+            |words: u64| self.read_word(instance.wrapping_sub(8 * words)).unwrap_or_default();
+        let values = match self.layout.managed_values {
+            ManagedValues::PointerBefore => Some(words_before(4)).filter(|&values| values != 0),
+            ManagedValues::TaggedBefore => {
+                let dict_or_values = words_before(3);
+                (dict_or_values & 1 == 1).then(|| dict_or_values + 1)
             }
+            ManagedValues::Inline if flags & INLINE_VALUES != 0 => {
+                let values = instance + self.read_word(kind + TP_BASICSIZE).unwrap_or_default();
+                let mut header = [0u8; 4];
+                let valid = self.memory.read_exact(values, &mut header).is_ok() && header[3] != 0;
+                valid.then_some(values)
+            }
+            ManagedValues::Inline => None,
+        };
+        match values {
+            Some(values) => {
+                let keys = self.read_word(kind + self.layout.type_cached_keys).unwrap_or_default();
+                self.keys_and_values(keys, values + self.layout.dict_values_start)
+            }
+            None => self.dict_entries(words_before(3)),
         }
-        let dict = self.read_word(instance.wrapping_sub(24)).unwrap_or_default();
-        self.dict_entries(dict)
+    }
+
+    /// The value of a Python int of up to two digits (60 bits: a thread id), `None` for a
+    /// negative or larger one.
+    pub(super) fn small_int(&self, object: u64) -> Option<u64> {
+        let mut bytes = [0u8; LONG_DIGITS as usize + 8];
+        self.memory.read_exact(object, &mut bytes).ok()?;
+        let size = word(&bytes, LONG_SIZE as usize);
+        let digits = match self.layout.version {
+            (3, 11) => i64::try_from(size).ok()?,
+            // Sign 0 positive, 1 zero, 2 negative.
+            _ if size & 3 == 2 => return None,
+            _ => i64::try_from(size >> 3).ok()?,
+        };
+        let digit = |index: usize| {
+            let at = LONG_DIGITS as usize + 4 * index;
+            u64::from(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default()))
+        };
+        match digits {
+            0 => Some(0),
+            1 => Some(digit(0)),
+            2 => Some(digit(0) | digit(1) << 30),
+            _ => None,
+        }
+    }
+
+    /// Global `name` of module `module` (`sys.modules[module].name`), `None` before the
+    /// program imports it.
+    pub(super) fn module_global(&self, module: &str, name: &str) -> Option<u64> {
+        let interp = self.read_word(self.runtime + self.layout.runtime_interpreters_head)?;
+        let modules = self.read_word(interp + self.layout.interp_modules)?;
+        let module = self.dict_get(modules, module)?;
+        let globals = self.read_word(module + MODULE_DICT)?;
+        self.dict_get(globals, name)
+    }
+
+    /// The value of string key `key` in a dict.
+    fn dict_get(&self, dict: u64, key: &str) -> Option<u64> {
+        self.dict_entries(dict).into_iter().find_map(|(name, value)| {
+            (read_str(&self.memory, &self.layout, name).as_deref() == Some(key)).then_some(value)
+        })
     }
 
     /// A dict's (key, value) pairs.

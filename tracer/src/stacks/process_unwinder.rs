@@ -72,6 +72,12 @@ impl ProcessUnwinder {
         self.python.as_mut()
     }
 
+    /// Thread `tid`'s name in a CPython program, which names its threads itself (the
+    /// kernel's `comm` there is the interpreter's for every thread); `None` elsewhere.
+    pub fn thread_name(&mut self, tid: u32) -> Option<String> {
+        self.python.as_mut()?.thread_name(tid)
+    }
+
     /// As [`ProcessUnwinder::unwind`], for thread `tid` while it is still where `regs`
     /// say: a Python thread's Python frames (read now) replace the interpreter's
     /// evaluation frames. Returns them too (leaf first), to name what the thread waits on.

@@ -89,7 +89,7 @@ pub fn collect_blocked_threads(
             return false;
         };
         counts.blocked_in_waits += 1;
-        aggregate.name_thread(sample.tid, &sample.comm);
+        aggregate.name_thread(sample.tid, &thread_name(&sample, unwinder));
         let key = stack_key(&sample, (kind, object), unwinder, frame_pointers, &mut counts);
         let start_ns = match known_starts.get(&tid) {
             Some(&start_ns) => start_ns,
@@ -111,6 +111,11 @@ pub fn collect_blocked_threads(
         read_thread(tid, true);
     }
     Ok(counts)
+}
+
+/// A thread's name for reports: its own in a CPython program, else its `comm`.
+pub(crate) fn thread_name(sample: &ThreadSample, unwinder: &mut ProcessUnwinder) -> String {
+    unwinder.thread_name(sample.tid).unwrap_or_else(|| sample.comm.clone())
 }
 
 /// The stack of a blocked thread's wait in progress (`counts` notes a missing rbp).

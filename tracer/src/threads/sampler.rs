@@ -22,7 +22,7 @@ use crate::{
     stacks::ProcessUnwinder,
     threads::{
         BlockedState, SampleError, ThreadReader, ThreadSyscall,
-        blocked_now::{SavedFramePointers, monotonic_now_ns, stack_key, wait_object},
+        blocked_now::{SavedFramePointers, monotonic_now_ns, stack_key, thread_name, wait_object},
     },
 };
 
@@ -510,7 +510,8 @@ impl ThreadSampler {
         let key = match wait_object(&sample, &mut self.objects) {
             Some(wait) => {
                 counts.blocked_in_waits += 1;
-                self.thread_names.name_thread(tid, &sample.comm);
+                let name = thread_name(&sample, &mut self.unwinder);
+                self.thread_names.name_thread(tid, &name);
                 Some(stack_key(&sample, wait, &mut self.unwinder, frame_pointers, counts))
             }
             None => {
