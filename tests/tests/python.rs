@@ -212,11 +212,14 @@ fn sampled_record_and_serve_show_python_frames_and_exact_mode_says_where_they_ar
     assert!(raw.stdout.contains(&location), "no {location:?} in:\n{}", raw.stdout);
 }
 
-/// The asyncio pile-up on Debian's CPython, its pending tasks' coroutine stacks as the
-/// program itself sees them (the oracle it writes), and its event loop's port.
-fn start_async_pileup(dir: &TempDir) -> (tracer_tests::ChildGuard, u16, serde_json::Value) {
+/// The asyncio pile-up on `python`, its pending tasks' coroutine stacks as the program
+/// itself sees them (the oracle it writes), and its event loop's port.
+fn start_async_pileup(
+    python: &Path,
+    dir: &TempDir,
+) -> (tracer_tests::ChildGuard, u16, serde_json::Value) {
     let oracle = dir.join("tasks.json");
-    let mut cmd = Command::new(tracer_tests::DEBIAN_PYTHON);
+    let mut cmd = Command::new(python);
     cmd.arg(tracer_tests::PY_ASYNC_SOURCE)
         .args([REFRESHERS.to_string(), FETCHERS.to_string(), WORKLOAD_SECONDS.to_owned()])
         .arg(&oracle);
@@ -232,8 +235,16 @@ const FETCHERS: usize = 4;
 
 #[test]
 fn snapshot_groups_asyncio_tasks_by_coroutine_stack_with_what_they_await() {
+    for python in python_interpreters() {
+        eprintln!("{}: CPython {}", python.display(), version_of(&python));
+        assert_async_pileup(&python);
+    }
+}
+
+/// One asyncio pile-up on `python`, as `snapshot` and `serve` show its tasks.
+fn assert_async_pileup(python: &Path) {
     let dir = TempDir::new("python-asyncio");
-    let (workload, port, oracle) = start_async_pileup(&dir);
+    let (workload, port, oracle) = start_async_pileup(python, &dir);
     let traced = snapshot_profile(workload.pid(), &[], &dir, TIMEOUT);
     let profile = &traced.profile;
     let summary = tracer_tests::top_stacks(profile, |_| true, 12);

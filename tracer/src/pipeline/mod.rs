@@ -257,17 +257,13 @@ pub fn symbolize(
 }
 
 /// A CPython process's asyncio tasks pending now, as stacks of kind `task` (none for
-/// another process, or a version whose tasks are not read: logged).
+/// another process).
 pub fn pending_task_stacks(
     unwinder: &mut ProcessUnwinder,
     objects: &mut WaitObjects,
 ) -> Vec<crate::model::ProfileStack> {
     match unwinder.python().map(|python| python.pending_tasks()) {
-        Some(Ok(tasks)) => crate::python::task_stacks(&tasks, objects),
-        Some(Err(why)) => {
-            log::info!("{why}");
-            Vec::new()
-        }
+        Some(tasks) => crate::python::task_stacks(&tasks, objects),
         None => Vec::new(),
     }
 }

@@ -1,5 +1,5 @@
-//! asyncio's pending tasks, read from outside (CPython 3.11): every task in
-//! `asyncio.tasks._all_tasks` that is still pending, its coroutine stack (each coroutine's
+//! asyncio's pending tasks, read from outside (CPython 3.11-3.13): every task of
+//! `asyncio.tasks` (`_all_tasks`, 3.12+ `_scheduled_tasks`) that is still pending, its coroutine stack (each coroutine's
 //! frame, then the one it awaits, to the innermost), and what the innermost awaits: a
 //! socket (its endpoint), or the object a standard-library coroutine runs on (an
 //! `asyncio.Lock`, `Event`, `Queue`), named as the program holds it. The idea of CPython
@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use tracer_common::WaitKind;
 
 use super::code::read_str;
+use super::layout::CoroutineAwait;
 use super::{PythonFrame, PythonProcess, is_runtime_file};
 use crate::memory::word;
 use crate::model::{ProfileStack, WaitObject, WaitStats};
@@ -20,22 +21,12 @@ use crate::stacks::Frame;
 const MAX_TASKS: u64 = 1 << 20;
 /// Coroutines followed per task at most.
 const MAX_AWAIT_DEPTH: usize = 256;
-/// 3.11's C `TaskObj` (`Modules/_asynciomodule.c`): `fut_state`, then after the future's
-/// fields `task_fut_waiter`, `task_coro`, `task_name`.
-const TASK_STATE: usize = 88;
-const TASK_FUT_WAITER: usize = 128;
-const TASK_CORO: usize = 136;
-const TASK_NAME: usize = 144;
-const TASK_SIZE: usize = 152;
 /// `PySetObject.mask` and `.table`; a set entry is (key, hash).
 const SET_MASK: u64 = 32;
 const SET_TABLE: u64 = 40;
 /// `PyWeakReference.wr_object`, a socket object's `sock_fd`.
 const WEAKREF_OBJECT: u64 = 16;
 const SOCKET_FD: u64 = 16;
-/// 3.11's `RESUME` opcode and its quickened form `RESUME_QUICK` (`Include/opcode.h`):
-/// with an oparg of 2 or more the frame awaits (or yields from) what is on top of its stack.
-const RESUME: [u8; 2] = [151, 150];
 
 /// One pending task: its coroutine stack and what it awaits.
 #[derive(Clone, Debug)]
@@ -62,15 +53,10 @@ pub enum Awaited {
 
 impl PythonProcess {
     /// Every pending asyncio task of the process (none if it never imported asyncio).
-    pub fn pending_tasks(&mut self) -> Result<Vec<PendingTask>, String> {
-        if self.layout.version != (3, 11) {
-            return Err(format!(
-                "asyncio tasks are read on CPython 3.11 only (this is {})",
-                self.version()
-            ));
-        }
-        let Some(all_tasks) = self.all_tasks() else {
-            return Ok(Vec::new());
+    pub fn pending_tasks(&mut self) -> Vec<PendingTask> {
+        let task_layout = self.layout.task;
+        let Some(all_tasks) = self.module_global("asyncio.tasks", task_layout.registry) else {
+            return Vec::new();
         };
         let tasks = self.weak_set_members(all_tasks);
         let mut pending = Vec::new();
@@ -78,27 +64,32 @@ impl PythonProcess {
             if self.type_name(task).as_deref() != Some("_asyncio.Task") {
                 continue; // a task of asyncio's Python implementation, or a subclass
             }
-            let mut fields = [0u8; TASK_SIZE];
+            let mut fields = vec![0u8; task_layout.size];
             if self.memory.read_exact(task, &mut fields).is_err() {
                 continue;
             }
             let state =
-                u32::from_le_bytes(fields[TASK_STATE..][..4].try_into().unwrap_or_default());
+                u32::from_le_bytes(fields[task_layout.state..][..4].try_into().unwrap_or_default());
             if state != 0 {
                 continue; // done or cancelled
             }
-            let name = read_str(&self.memory, &self.layout, word(&fields, TASK_NAME))
+            let name = self
+                .task_name(word(&fields, task_layout.name))
                 .unwrap_or_else(|| format!("task at {task:#x}"));
-            let frames = self.coroutine_stack(word(&fields, TASK_CORO));
-            let awaits = self.awaited(&frames, word(&fields, TASK_FUT_WAITER));
+            let frames = self.coroutine_stack(word(&fields, task_layout.coro));
+            let awaits = self.awaited(&frames, word(&fields, task_layout.fut_waiter));
             pending.push(PendingTask { name, frames, awaits });
         }
-        Ok(pending)
+        pending
     }
 
-    /// `asyncio.tasks._all_tasks`.
-    fn all_tasks(&self) -> Option<u64> {
-        self.module_global("asyncio.tasks", "_all_tasks")
+    /// A task's name: a string, or (3.12+, until `get_name()` formats it) the number
+    /// of `Task-12`.
+    fn task_name(&self, name: u64) -> Option<String> {
+        match self.type_name(name)?.as_str() {
+            "int" => self.small_int(name).map(|number| format!("Task-{number}")),
+            _ => read_str(&self.memory, &self.layout, name),
+        }
     }
 
     /// The live objects of a `weakref.WeakSet` (its `data`: a set of weak references).
@@ -142,9 +133,17 @@ impl PythonProcess {
                 break;
             }
             let mut state = [0u8; 1];
-            if self.memory.read_exact(object + layout.gen_frame_state, &mut state).is_err()
-                || state[0] as i8 != layout.gen_suspended
-            {
+            if self.memory.read_exact(object + layout.gen_frame_state, &mut state).is_err() {
+                break;
+            }
+            let state = state[0] as i8;
+            let suspended = match layout.coroutine_await {
+                CoroutineAwait::NextResume { suspended, .. } => state == suspended,
+                CoroutineAwait::State { suspended, awaiting } => {
+                    state == suspended || state == awaiting
+                }
+            };
+            if !suspended {
                 break;
             }
             let frame = object + layout.gen_iframe;
@@ -167,12 +166,16 @@ impl PythonProcess {
                 globals,
                 ends_evaluation: false,
             });
-            // Awaiting: the next instruction resumes from an await, and what it awaits is
-            // on top of the frame's stack (CPython's `_PyGen_yf`).
+            // Awaiting: what it awaits is on top of the frame's stack.
             let mut next = [0u8; 2];
-            let awaiting = self.memory.read_exact(instruction + 2, &mut next).is_ok()
-                && RESUME.contains(&next[0])
-                && next[1] >= 2;
+            let awaiting = match layout.coroutine_await {
+                CoroutineAwait::NextResume { resume, .. } => {
+                    self.memory.read_exact(instruction + 2, &mut next).is_ok()
+                        && resume.contains(&next[0])
+                        && next[1] >= 2
+                }
+                CoroutineAwait::State { awaiting, .. } => state == awaiting,
+            };
             let stacktop = u32::from_le_bytes(
                 bytes[layout.frame.stacktop as usize..][..4].try_into().unwrap_or_default(),
             );

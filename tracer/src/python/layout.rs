@@ -29,8 +29,10 @@ pub struct Layout {
     /// A generator's (coroutine's) `gi_frame_state` (i8) and embedded `gi_iframe`.
     pub gen_frame_state: u64,
     pub gen_iframe: u64,
-    /// `gi_frame_state` of a generator suspended at a yield (or an await).
-    pub gen_suspended: i8,
+    /// How a suspended coroutine shows that it awaits what is on top of its stack.
+    pub coroutine_await: CoroutineAwait,
+    /// asyncio's C task, and where the pending ones are listed.
+    pub task: TaskLayout,
     /// Where an instance keeps attributes that are not in a dict of its own (its managed
     /// "values"), and its type's `ht_cached_keys`, which name them.
     pub managed_values: ManagedValues,
@@ -39,6 +41,33 @@ pub struct Layout {
     pub dict_values_start: u64,
     /// Where the main interpreter's GIL (`struct _gil_runtime_state`) is.
     pub gil: Gil,
+}
+
+/// How a coroutine (or generator) suspended at an await is told from one suspended at a
+/// plain yield (CPython's `_PyGen_yf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoroutineAwait {
+    /// 3.11, 3.12: `gi_frame_state` is `suspended`, and the next instruction is a RESUME
+    /// (`resume`: its opcode and its quickened or instrumented form) with an oparg of 2
+    /// or more.
+    NextResume { suspended: i8, resume: [u8; 2] },
+    /// 3.13: `gi_frame_state` is `suspended` at a yield, `awaiting` at an await
+    /// (`FRAME_SUSPENDED_YIELD_FROM`).
+    State { suspended: i8, awaiting: i8 },
+}
+
+/// asyncio's C `TaskObj` (`Modules/_asynciomodule.c`): the future's `fut_state` (0 while
+/// pending), then after the future's fields `task_fut_waiter`, `task_coro`, `task_name`;
+/// and the `asyncio.tasks` global that holds the pending tasks (a `WeakSet`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLayout {
+    pub state: usize,
+    pub fut_waiter: usize,
+    pub coro: usize,
+    pub name: usize,
+    /// Bytes read per task (to its name).
+    pub size: usize,
+    pub registry: &'static str,
 }
 
 /// Where an instance of a class with `Py_TPFLAGS_MANAGED_DICT` keeps its attributes while
@@ -178,7 +207,16 @@ fn python_3_11() -> Layout {
         compact_data: 72,
         gen_frame_state: 75,
         gen_iframe: 80,
-        gen_suspended: -1,
+        // RESUME and RESUME_QUICK.
+        coroutine_await: CoroutineAwait::NextResume { suspended: -1, resume: [151, 150] },
+        task: TaskLayout {
+            state: 88,
+            fut_waiter: 128,
+            coro: 136,
+            name: 144,
+            size: 152,
+            registry: "_all_tasks",
+        },
         // sizeof(PyTypeObject) 408, then as_async, as_number, as_mapping, as_sequence,
         // as_buffer, ht_name, ht_slots, ht_qualname.
         managed_values: ManagedValues::PointerBefore,
@@ -223,7 +261,11 @@ fn python_3_12() -> Layout {
         compact_data: 56,
         gen_frame_state: 67,
         gen_iframe: 72,
-        gen_suspended: -1,
+        // RESUME and INSTRUMENTED_RESUME.
+        coroutine_await: CoroutineAwait::NextResume { suspended: -1, resume: [151, 240] },
+        // 3.11's task; the tasks that ran a step are in `_scheduled_tasks` (and an eager
+        // one, while it runs its first, in `_eager_tasks`: never pending).
+        task: TaskLayout { registry: "_scheduled_tasks", ..python_3_11().task },
         managed_values: ManagedValues::TaggedBefore,
         // PyTypeObject grew `tp_watched` (8 bytes with its padding).
         type_cached_keys: 880,
@@ -245,8 +287,17 @@ fn python_3_13(runtime: &[u8]) -> Option<Layout> {
         thread_native_id: 160,
         current_frame: CurrentFrame::Direct(72),
         code: CodeLayout { code_start: 200, ..python_3_12.code },
-        // SUSPENDED_YIELD_FROM (-1) is new; a plain suspension is -2.
-        gen_suspended: -2,
+        coroutine_await: CoroutineAwait::State { suspended: -2, awaiting: -1 },
+        // The future's `fut_cancelled_exc` moved before its state, its log and blocking
+        // flags became bit fields, and `dict` went.
+        task: TaskLayout {
+            state: 96,
+            fut_waiter: 112,
+            coro: 120,
+            name: 128,
+            size: 136,
+            registry: "_scheduled_tasks",
+        },
         // `PyDictValues` begins with its capacity, size and flags.
         managed_values: ManagedValues::Inline,
         dict_values_start: 8,

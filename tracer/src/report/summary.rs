@@ -250,13 +250,18 @@ fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: 
         "KIND", "YOUNGEST", "OLDEST"
     );
     for row in rows.iter().take(top) {
+        // An asyncio task's age is not known (it is read, not traced).
+        let age = |ns| match row.kind {
+            WaitKind::Task => "-".to_owned(),
+            _ => format_age(ns, row.stats.lower_bound),
+        };
         let _ = writeln!(
             out,
             "{:>count$}  {:<kind$} {:>10} {:>10}  {}",
             row.stats.threads.len(),
             row.kind.name(),
-            format_age(row.stats.min_ns, row.stats.lower_bound),
-            format_age(row.stats.max_ns, row.stats.lower_bound),
+            age(row.stats.min_ns),
+            age(row.stats.max_ns),
             elide(&row.site, SITE_WIDTH + 14),
         );
     }
@@ -274,13 +279,23 @@ fn write_rest(out: &mut String, rows: &[SiteRow], top: usize, what: impl Fn(&Sit
 fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
     for stack in profile.stacks.iter().filter(|stack| stack.in_progress).take(shown) {
         let stats = &stack.stats;
+        let count = stats.threads.len() as u64;
+        // Tasks are neither threads nor goroutines, and their ages are not known.
+        let (waiters, ages) = match stack.kind {
+            WaitKind::Task => (counted(count, "tasks"), String::new()),
+            _ => (
+                profile.count_waiters(count),
+                format!(
+                    ", blocked {} to {}",
+                    format_age(stats.min_ns, stats.lower_bound),
+                    format_age(stats.max_ns, stats.lower_bound)
+                ),
+            ),
+        };
         let _ = writeln!(
             out,
-            "{} @ {}, blocked {} to {}{}:",
-            profile.count_waiters(stats.threads.len() as u64),
+            "{waiters} @ {}{ages}{}:",
             kind_frame(profile, stack),
-            format_age(stats.min_ns, stats.lower_bound),
-            format_age(stats.max_ns, stats.lower_bound),
             if stack.truncated { " (stack truncated)" } else { "" },
         );
         for frame in stack.frames.iter().rev().take(FRAMES_SHOWN) {
@@ -842,6 +857,32 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         // One thread is one, not "1 threads".
         assert!(text.contains("\n1 thread @ [futex], blocked 40.0ms to 40.0ms:\n    syscall  (libc.so.6)\n    app::send_stat  (app)\n"), "{text}");
         assert!(text.contains("\n1 thread @ [send 10.0.0.5:80], blocked"), "{text}");
+    }
+
+    /// A snapshot of an asyncio program: its tasks are counted as tasks, without ages
+    /// (they are read, not traced), next to its threads.
+    #[test]
+    fn asyncio_tasks_are_counted_as_tasks_without_ages() {
+        let mut snapshot = profile();
+        snapshot.kind = ProfileKind::Snapshot;
+        let mut tasks = stack(&[("refresh_cache", true)], WaitKind::Task, &[(11, 0), (12, 0)]);
+        tasks.object = Some("Lock CACHE_LOCK".into());
+        tasks.stats.lower_bound = true;
+        snapshot.stacks = vec![tasks];
+        for stack in &mut snapshot.stacks {
+            stack.in_progress = true;
+        }
+        let text = render_summary(&snapshot, 10);
+        assert!(
+            text.contains(
+                "\n      2  task             -          -  refresh_cache [Lock CACHE_LOCK]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n2 tasks @ [task Lock CACHE_LOCK]:\n    refresh_cache  (app)\n"),
+            "{text}"
+        );
     }
 
     /// A Go snapshot goes through the same summary: goroutines counted, the wait reason
