@@ -234,7 +234,7 @@ const REFRESHERS: usize = 6;
 const FETCHERS: usize = 4;
 
 #[test]
-fn snapshot_groups_asyncio_tasks_by_coroutine_stack_with_what_they_await() {
+fn snapshot_and_record_group_asyncio_tasks_by_coroutine_stack_with_what_they_await() {
     for python in python_interpreters() {
         eprintln!("{}: CPython {}", python.display(), version_of(&python));
         assert_async_pileup(&python);
@@ -285,6 +285,19 @@ fn assert_async_pileup(python: &Path) {
     assert!(compared >= REFRESHERS + FETCHERS, "only {compared} tasks compared");
     // The event loop's own thread, and the backend's, as py-spy reads them.
     assert_frames_match_py_spy(profile, workload.pid(), 2);
+
+    // A recording, sampled or exact, ends with the tasks still pending, as a snapshot.
+    for mode in ["sampled", "exact"] {
+        let args = ["--duration", "1s", "--mode", mode];
+        let recorded = record_profile(workload.pid(), &args, &dir, TIMEOUT);
+        let tasks_at = |site: &str| -> usize {
+            let tasks = recorded.profile.stacks.iter().filter(|stack| stack.kind == WaitKind::Task);
+            tasks.filter(|stack| stack.call_site() == site).map(|s| s.stats.threads.len()).sum()
+        };
+        let recorded_summary = &recorded.out.stdout;
+        assert_eq!(tasks_at(refreshers.call_site()), REFRESHERS, "{mode}:\n{recorded_summary}");
+        assert_eq!(tasks_at(fetchers.call_site()), FETCHERS, "{mode}:\n{recorded_summary}");
+    }
 
     // serve's snapshot of the process has the tasks too, in pprof.
     let (served, _) = served_threads(workload.pid(), &dir);

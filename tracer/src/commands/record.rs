@@ -11,7 +11,10 @@ use anyhow::Context as _;
 use crate::{
     cli::{Mode, RecordArgs},
     golang::{DEFAULT_RATE_HZ, GoRecording},
-    model::{Profile, ProfileKind, Sampling, ThreadCounts, TimelineRecorder, WaitAggregate},
+    model::{
+        Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TimelineRecorder, WaitAggregate,
+    },
+    objects::WaitObjects,
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
@@ -205,7 +208,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     );
     base.counts.waits_begun_before = waits_begun_before;
     base.thread_counts = thread_counts;
-    let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let tasks = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
+    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let mut profile = pipeline::with_stacks(profile, tasks);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     pipeline::report(&profile, outputs, top)
 }
@@ -317,6 +322,19 @@ struct SampledTiming {
     period: Duration,
 }
 
+/// A CPython process's asyncio tasks still pending at the end of a recording, as its
+/// threads still blocked are (read once, at the end: tasks are not traced).
+fn pending_tasks_at_end(
+    unwinder: &mut ProcessUnwinder,
+    objects: &mut WaitObjects,
+    target_exited: bool,
+) -> Vec<ProfileStack> {
+    if target_exited {
+        return Vec::new();
+    }
+    pipeline::pending_task_stacks(unwinder, objects)
+}
+
 /// The profile of one process's sampled recording, with its chains.
 fn sampled_profile(
     target: &target::Target,
@@ -342,7 +360,9 @@ fn sampled_profile(
     base.counts =
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
-    let mut profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let pending = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
+    let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
+    let mut profile = pipeline::with_stacks(profile, pending);
     let frame_pointers = tasks.host();
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     profile
