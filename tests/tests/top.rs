@@ -171,6 +171,33 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
     assert_eq!(tmux.pane("cursor_flag"), "1", "the cursor is shown again");
 }
 
+/// An asyncio program's pending tasks are rows of the table as blocked threads are: the
+/// refreshers' tasks at the lock a holder keeps, the event loop's thread in its poll.
+#[test]
+fn top_shows_an_asyncio_programs_pending_tasks() {
+    const REFRESHERS: &str = "6";
+    let dir = TempDir::new("top-asyncio");
+    let mut cmd = Command::new(tracer_tests::DEBIAN_PYTHON);
+    cmd.arg(tracer_tests::PY_ASYNC_SOURCE)
+        .args([REFRESHERS, "4", "120"])
+        .arg(dir.path().join("tasks.json"));
+    let (workload, _) = tracer_tests::spawn_and_read_line("pyasync", cmd);
+    let tmux = Tmux::start();
+    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
+    let command = format!("{} top --pid {}", tracer_bin().display(), workload.pid());
+    tmux.send(&[&command, "Enter"]);
+    let refreshers = |screen: &str| {
+        let row = screen.lines().find(|line| line.contains("refresh_cache"))?;
+        Some(row.to_owned())
+    };
+    let screen = tmux.wait_for("the refreshers' tasks", |screen| refreshers(screen).is_some());
+    let row = refreshers(&screen).unwrap_or_default();
+    // Six tasks, their waits' time not known (they are read, not traced), of kind task.
+    let columns: Vec<&str> = row.split_whitespace().take(3).collect();
+    assert_eq!(columns, [REFRESHERS, "-", "task"], "{screen}");
+    tmux.send(&["q"]);
+}
+
 /// SIGTERM (a session killed) restores the terminal as `q` does.
 #[test]
 fn sigterm_gives_the_terminal_back() {

@@ -108,7 +108,8 @@ impl Member {
     }
 
     /// The profile of `aggregate` (this process's waits), named by `namer` (which keeps
-    /// this process's symbols: one per process), each stack tagged with the process.
+    /// this process's symbols: one per process), each stack tagged with the process; a
+    /// snapshot's has a CPython process's asyncio tasks pending now too.
     pub fn profile(
         &mut self,
         namer: &mut super::Namer,
@@ -121,7 +122,12 @@ impl Member {
         base.counts =
             trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, objects, 0, 0);
         base.endpoint_states = objects.endpoint_states.clone();
-        let mut profile = namer.profile(aggregate, base, unwinder.image());
+        let tasks = match kind {
+            ProfileKind::Snapshot => super::pending_task_stacks(unwinder, objects),
+            ProfileKind::Recording => Vec::new(),
+        };
+        let profile = namer.profile(aggregate, base, unwinder.image());
+        let mut profile = super::with_stacks(profile, tasks);
         for stack in &mut profile.stacks {
             stack.process = Some(process.clone());
         }

@@ -9,6 +9,7 @@ use ratatui::{
     text::{Line, Span},
     widgets::{Block, Borders, Cell, Paragraph, Row, Table as TableWidget, Wrap},
 };
+use tracer_common::WaitKind;
 
 use super::{
     View,
@@ -100,9 +101,14 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
             } else {
                 Style::new()
             };
+            // An asyncio task is read, not traced: how long it waited is not known.
+            let blocked = match key.kind {
+                WaitKind::Task => "-".to_owned(),
+                _ => format_duration(row.blocked_ns),
+            };
             Row::new(vec![
                 Cell::from(format!("{:>7}", row.threads_now)),
-                Cell::from(format!("{:>9}", format_duration(row.blocked_ns))),
+                Cell::from(format!("{blocked:>9}")),
                 Cell::from(key.kind.name()),
                 Cell::from(sparkline(&row.history, SPARK_WIDTH)),
                 Cell::from(crate::report::escape_name(&site).into_owned()),
