@@ -1,9 +1,9 @@
 //! asyncio's pending tasks, read from outside (CPython 3.11-3.13): every task of
-//! `asyncio.tasks` (`_all_tasks`, 3.12+ `_scheduled_tasks`) that is still pending, its coroutine stack (each coroutine's
-//! frame, then the one it awaits, to the innermost), and what the innermost awaits: a
-//! socket (its endpoint), or the object a standard-library coroutine runs on (an
-//! `asyncio.Lock`, `Event`, `Queue`), named as the program holds it. The idea of CPython
-//! 3.14's `python -m asyncio pstree`, without entering the process.
+//! `asyncio.tasks` (`_all_tasks`, 3.12+ `_scheduled_tasks`) that is still pending, its
+//! coroutine stack (each coroutine's frame, then the one it awaits, to the innermost), and
+//! what the innermost awaits: a socket (its endpoint), or the object a standard-library
+//! coroutine runs on (an `asyncio.Lock`, `Event`, `Queue`), named as the program holds it.
+//! The idea of CPython 3.14's `python -m asyncio pstree`, without entering the process.
 
 use std::collections::BTreeMap;
 
