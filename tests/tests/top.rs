@@ -172,7 +172,7 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
 }
 
 /// An asyncio program's pending tasks are rows of the table as blocked threads are: the
-/// refreshers' tasks at the lock a holder keeps, the event loop's thread in its poll.
+/// refreshers' tasks at the lock a holder keeps.
 #[test]
 fn top_shows_an_asyncio_programs_pending_tasks() {
     const REFRESHERS: &str = "6";

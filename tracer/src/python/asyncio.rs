@@ -94,9 +94,7 @@ impl PythonProcess {
 
     /// The live objects of a `weakref.WeakSet` (its `data`: a set of weak references).
     fn weak_set_members(&self, weak_set: u64) -> Vec<u64> {
-        let Some(data) = self.attributes(weak_set).into_iter().find_map(|(name, value)| {
-            (read_str(&self.memory, &self.layout, name).as_deref() == Some("data")).then_some(value)
-        }) else {
+        let Some(data) = self.attribute(weak_set, "data") else {
             return Vec::new();
         };
         let (Some(mask), Some(table)) =
@@ -213,19 +211,13 @@ impl PythonProcess {
     /// direction from the innermost coroutine's name.
     fn awaited_socket(&self, frames: &[PythonFrame]) -> Option<Awaited> {
         let site = frames.iter().position(|frame| !is_runtime_file(&frame.code.filename))?;
-        let attribute = |object: u64, wanted: &str| {
-            self.attributes(object).into_iter().find_map(|(name, value)| {
-                (read_str(&self.memory, &self.layout, name).as_deref() == Some(wanted))
-                    .then_some(value)
-            })
-        };
         let fd = frames[..site].iter().find_map(|frame| {
             let locals = self.locals(frame);
             let socket = locals.iter().map(|(_, value)| *value).find(|&v| self.is_socket(v));
             socket.or_else(|| {
                 let this = locals.iter().find(|(name, _)| name == "self")?.1;
-                let transport = attribute(this, "_transport").unwrap_or(this);
-                attribute(transport, "_sock").filter(|&sock| self.is_socket(sock))
+                let transport = self.attribute(this, "_transport").unwrap_or(this);
+                self.attribute(transport, "_sock").filter(|&sock| self.is_socket(sock))
             })
         });
         let fd = self.read_word(fd? + SOCKET_FD)? as u32;

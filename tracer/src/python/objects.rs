@@ -130,6 +130,11 @@ impl PythonProcess {
             .and_then(|(key, _)| read_str(&self.memory, &self.layout, key))
     }
 
+    /// The value of attribute `name` of `instance`.
+    pub(super) fn attribute(&self, instance: u64, name: &str) -> Option<u64> {
+        self.value_named(self.attributes(instance), name)
+    }
+
     /// An instance's attributes as (name object, value): its managed values (the keys
     /// shared by its type) or its dict.
     pub(super) fn attributes(&self, instance: u64) -> Vec<(u64, u64)> {
@@ -201,8 +206,13 @@ impl PythonProcess {
 
     /// The value of string key `key` in a dict.
     fn dict_get(&self, dict: u64, key: &str) -> Option<u64> {
-        self.dict_entries(dict).into_iter().find_map(|(name, value)| {
-            (read_str(&self.memory, &self.layout, name).as_deref() == Some(key)).then_some(value)
+        self.value_named(self.dict_entries(dict), key)
+    }
+
+    /// The value of the (string key, value) pair whose key reads `name`.
+    fn value_named(&self, pairs: Vec<(u64, u64)>, name: &str) -> Option<u64> {
+        pairs.into_iter().find_map(|(key, value)| {
+            (read_str(&self.memory, &self.layout, key).as_deref() == Some(name)).then_some(value)
         })
     }
 
