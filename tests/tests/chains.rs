@@ -6,6 +6,7 @@
 //! - Rust without frame pointers: the same through a std `sync_channel`, and again with
 //!   slow-backend behind a Unix stream socket;
 //! - a snapshot of threads on a pthread mutex names its holder and the holder's stack;
+//! - a snapshot of a protocol deadlock names the peer's threads waiting on the connection;
 //! - `tracer report` keeps the chains of a saved recording.
 //!
 //! They need root and share the kernel, so they run one at a time (`--test-threads=1`).
@@ -15,9 +16,10 @@ use std::time::Duration;
 
 use tracer::chains::{Terminal, ThreadState, WaitChain};
 use tracer_tests::{
-    C_OBJECTS_SOURCE, Pileup, Profile, TempDir, WaitKind, assert_success, build_c, build_c_pileup,
-    read_profile, record_profile, run_tool, snapshot_profile, start_c_pileup, start_rust_pileup,
-    start_rust_pileup_over_unix, start_stuck, tracer_report,
+    C_DEADLOCK_SOURCE, C_OBJECTS_SOURCE, Pileup, Profile, TempDir, WaitKind, assert_success,
+    build_c, build_c_pileup, read_profile, record_profile, run_tool, snapshot_profile,
+    spawn_and_read_line, start_c_pileup, start_rust_pileup, start_rust_pileup_over_unix,
+    start_stuck, tracer_report,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -63,6 +65,9 @@ fn assert_pileup_chain(pileup: &Pileup, label: &str, waiting_site: &str, send_si
     assert_eq!(peer.pid, pileup.backend.pid(), "the peer is slow-backend: {chain:#?}");
     assert_eq!(peer.comm, "slow-backend", "{chain:#?}");
     assert!(!peer.threads.is_empty(), "what the peer's threads do: {chain:#?}");
+    // Its reader sleeps between reads of a buffer that is never empty: no thread of it
+    // waits on the connection.
+    assert_eq!(peer.waiting_on_socket, Some(Vec::new()), "{chain:#?}");
 
     // The line the reader sees, at the top of the summary.
     let stdout = &traced.out.stdout;
@@ -72,7 +77,8 @@ fn assert_pileup_chain(pileup: &Pileup, label: &str, waiting_site: &str, send_si
     let expected_hop = "← woken by reporter, blocked ".to_owned();
     let expected_send = format!("in {send_site} [send {endpoint}: send buffer full");
     let expected_peer = format!("→ peer pid {} (slow-backend): ", peer.pid);
-    for part in [&expected_start, &expected_hop, &expected_send, &expected_peer] {
+    let expected_none = "; none of its threads waits on this connection".to_owned();
+    for part in [&expected_start, &expected_hop, &expected_send, &expected_peer, &expected_none] {
         assert!(line.contains(part.as_str()), "{part:?} missing from the chain line:\n{line}");
     }
     assert!(line.starts_with(&expected_start), "{line}");
@@ -140,6 +146,58 @@ fn rust_pileup_over_a_unix_socket_leads_to_the_slow_peer() {
     assert!(reading, "the peer's reader at slow_backend::drain_slowly: {chain:#?}");
     let expected_peer = format!("→ peer pid {} (slow-backend): ", peer.pid);
     assert!(traced.out.stdout.contains(&expected_peer), "{}", traced.out.stdout);
+}
+
+/// Two processes each waiting for the other to speak first: the client's recv leads to
+/// the peer, whose threads waiting on that connection (one in epoll_wait, one in poll) are
+/// named, and its idle thread is not.
+#[test]
+fn a_snapshot_names_the_peer_threads_waiting_on_the_same_connection() {
+    let build = TempDir::new("chains-deadlock-build");
+    let bin = build_c(build.path(), C_DEADLOCK_SOURCE, "c-deadlock");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(WORKLOAD_SECONDS.to_string());
+    let (workload, line) = spawn_and_read_line("c-deadlock", cmd);
+    let child: u32 = line
+        .strip_prefix("ready ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("c-deadlock printed {line:?}, not `ready PID`"));
+    let peer_tids: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{child}/task"))
+        .expect("the child's threads")
+        .flatten()
+        .filter_map(|task| {
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            Some((comm.trim_end().to_owned(), tid))
+        })
+        .collect();
+    let tid_of = |name: &str| {
+        peer_tids
+            .iter()
+            .find(|(comm, _)| comm == name)
+            .map(|(_, tid)| *tid)
+            .unwrap_or_else(|| panic!("no thread {name} in the child: {peer_tids:?}"))
+    };
+    let dir = TempDir::new("chains-deadlock");
+    let traced = snapshot_profile(workload.pid(), &[], &dir, TIMEOUT);
+    let chain = chain_at(&traced.profile, "wait_for_greeting");
+    assert_eq!(chain.start.kind, WaitKind::Recv, "{chain:#?}");
+    let Terminal::Endpoint { peer: Some(peer), .. } = &chain.terminal else {
+        panic!("the chain ends at the connection with its peer: {chain:#?}");
+    };
+    assert_eq!(peer.pid, child, "{chain:#?}");
+    let mut waiting = peer.waiting_on_socket.clone().expect("the peer's threads were read");
+    waiting.sort_unstable();
+    let mut expected = vec![tid_of("peer-epoll"), tid_of("peer-poll")];
+    expected.sort_unstable();
+    assert_eq!(waiting, expected, "the epoll and poll waiters, not peer-idle: {chain:#?}");
+    let stdout = &traced.out.stdout;
+    for part in [
+        format!("peer-epoll (tid {}) in epoll_wait", tid_of("peer-epoll")),
+        format!("peer-poll (tid {}) in poll", tid_of("peer-poll")),
+    ] {
+        assert!(stdout.contains(&part), "{part:?} missing from the summary:\n{stdout}");
+    }
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use tracer_common::WaitKind;
 
-use super::{ChainFacts, PeerProcess, ThreadNow, ThreadState};
+use super::{
+    ChainFacts, PeerProcess, ThreadNow, ThreadState,
+    socket_waiters::{EpollSets, descriptors_waited_on},
+};
 use crate::{
     model::{
         Profile,
@@ -20,8 +23,8 @@ use crate::{
     },
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
     threads::{
-        SampleError, ThreadReader, ThreadSyscall, blocked_now::SavedFramePointers, parse_syscall,
-        read_memory,
+        SampleError, SyscallState, ThreadReader, ThreadSyscall, blocked_now::SavedFramePointers,
+        parse_syscall, read_memory,
     },
 };
 
@@ -228,21 +231,68 @@ fn local_peers<'a>(
         return BTreeMap::new();
     }
     let owners = socket_owners(&peer_sockets.values().copied().collect(), pid);
+    // Which of each owner's threads wait on each peer socket; those are read first.
+    let mut calls: BTreeMap<u32, Option<Vec<(u32, SyscallState)>>> = BTreeMap::new();
+    let mut epoll_sets = EpollSets::default();
+    let mut waiting: BTreeMap<&String, Option<Vec<u32>>> = BTreeMap::new();
+    for (endpoint, inode) in &peer_sockets {
+        let Some(owner) = owners.get(inode) else { continue };
+        let blocked = calls.entry(owner.pid).or_insert_with(|| blocked_calls(owner.pid));
+        let on_socket = blocked.as_ref().map(|blocked| {
+            blocked
+                .iter()
+                .filter(|(_, call)| {
+                    let fds = descriptors_waited_on(owner.pid, call, &mut epoll_sets);
+                    owner.fds.iter().any(|fd| fds.contains(fd))
+                })
+                .map(|(tid, _)| *tid)
+                .collect()
+        });
+        waiting.insert(*endpoint, on_socket);
+    }
     let mut processes: BTreeMap<u32, Option<PeerProcess>> = BTreeMap::new();
     let mut peers = BTreeMap::new();
-    for (endpoint, inode) in peer_sockets {
-        let Some(&owner) = owners.get(&inode) else { continue };
-        let peer = processes.entry(owner).or_insert_with(|| {
-            let comm = std::fs::read_to_string(format!("/proc/{owner}/comm")).ok()?;
-            let (threads, thread_count) = peer_threads(owner, frame_pointers);
+    for (endpoint, inode) in &peer_sockets {
+        let Some(owner) = owners.get(inode) else { continue };
+        let peer = processes.entry(owner.pid).or_insert_with(|| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", owner.pid)).ok()?;
+            let first: BTreeSet<u32> = peer_sockets
+                .iter()
+                .filter(|(_, inode)| owners.get(inode).is_some_and(|other| other.pid == owner.pid))
+                .filter_map(|(endpoint, _)| waiting.get(endpoint)?.clone())
+                .flatten()
+                .collect();
+            let (threads, thread_count) = peer_threads(owner.pid, &first, frame_pointers);
             let comm = comm.trim_end().to_owned();
-            Some(PeerProcess { pid: owner, comm, threads, thread_count })
+            Some(PeerProcess {
+                pid: owner.pid,
+                comm,
+                threads,
+                thread_count,
+                waiting_on_socket: None,
+            })
         });
         if let Some(peer) = peer {
-            peers.insert(endpoint.clone(), peer.clone());
+            let waiting_on_socket = waiting.get(endpoint).cloned().flatten();
+            peers.insert((*endpoint).clone(), PeerProcess { waiting_on_socket, ..peer.clone() });
         }
     }
     peers
+}
+
+/// The syscall each blocked thread of `pid` is in now, or None when its threads cannot be
+/// listed.
+fn blocked_calls(pid: u32) -> Option<Vec<(u32, SyscallState)>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let blocked = tasks
+        .flatten()
+        .filter_map(|task| task.file_name().to_str()?.parse().ok())
+        .filter_map(|tid| match read_syscall(pid, tid)? {
+            ThreadSyscall::Blocked(call) => Some((tid, call)),
+            _ => None,
+        })
+        .collect();
+    Some(blocked)
 }
 
 /// The sock_diag socket in `pid`'s network namespace, opened at the first use (`None` in
@@ -251,10 +301,16 @@ fn sock_diag(opened: &mut Option<Option<SockDiag>>, pid: u32) -> Option<&mut Soc
     opened.get_or_insert_with(|| SockDiag::open(pid).ok()).as_mut()
 }
 
+/// A process holding a socket open, and its descriptors for it.
+struct SocketOwner {
+    pid: u32,
+    fds: Vec<i32>,
+}
+
 /// The process holding each socket of `inodes` open, preferring any but `not_pid` (a
 /// process talking to itself over loopback holds both ends).
-fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, u32> {
-    let mut owners = BTreeMap::new();
+fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, SocketOwner> {
+    let mut owners: BTreeMap<u64, SocketOwner> = BTreeMap::new();
     let Ok(processes) = std::fs::read_dir("/proc") else { return owners };
     for entry in processes.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
@@ -262,26 +318,35 @@ fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, u32> {
         };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
         for fd in fds.flatten() {
+            let Some(fd_number) = fd.file_name().to_str().and_then(|name| name.parse().ok()) else {
+                continue;
+            };
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
             let inode = target
                 .to_str()
                 .and_then(|target| target.strip_prefix("socket:["))
                 .and_then(|rest| rest.strip_suffix(']'))
                 .and_then(|inode| inode.parse::<u64>().ok());
-            if let Some(inode) = inode.filter(|inode| inodes.contains(inode)) {
-                let owner = owners.entry(inode).or_insert(pid);
-                if *owner == not_pid {
-                    *owner = pid;
-                }
+            let Some(inode) = inode.filter(|inode| inodes.contains(inode)) else { continue };
+            let owner = owners.entry(inode).or_insert(SocketOwner { pid, fds: Vec::new() });
+            if owner.pid == not_pid && pid != not_pid {
+                *owner = SocketOwner { pid, fds: Vec::new() };
+            }
+            if owner.pid == pid {
+                owner.fds.push(fd_number);
             }
         }
     }
     owners
 }
 
-/// What the threads of peer `pid` do now (the first `MAX_PEER_THREADS`), unwound with
-/// its own image, and how many threads it has.
-fn peer_threads(pid: u32, frame_pointers: &SavedFramePointers) -> (Vec<ThreadNow>, u64) {
+/// What the threads of peer `pid` do now (`first`, then others, `MAX_PEER_THREADS` in
+/// all), unwound with its own image, and how many threads it has.
+fn peer_threads(
+    pid: u32,
+    first: &BTreeSet<u32>,
+    frame_pointers: &SavedFramePointers,
+) -> (Vec<ThreadNow>, u64) {
     let Ok(image) = ProcessImage::snapshot(pid) else { return (Vec::new(), 0) };
     let mut unwinder = ProcessUnwinder::new(pid, image);
     let mut symbolizer = StackSymbolizer::new();
@@ -295,7 +360,9 @@ fn peer_threads(pid: u32, frame_pointers: &SavedFramePointers) -> (Vec<ThreadNow
         frame_pointers,
         reader: Some(reader),
     };
-    let threads = tids.into_iter().take(MAX_PEER_THREADS).map(|tid| looker.now(tid)).collect();
+    let others = tids.into_iter().filter(|tid| !first.contains(tid));
+    let read = first.iter().copied().chain(others).take(MAX_PEER_THREADS);
+    let threads = read.map(|tid| looker.now(tid)).collect();
     (threads, thread_count)
 }
 

@@ -10,6 +10,7 @@
 //! a mutex, what a thread is doing now.
 
 pub mod live;
+mod socket_waiters;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -79,6 +80,9 @@ pub struct PeerProcess {
     pub threads: Vec<ThreadNow>,
     /// How many threads it has.
     pub thread_count: u64,
+    /// Its threads blocked in a call on its end of the connection now (a read or write of
+    /// the socket, a poll or epoll holding it); None when its threads could not be read.
+    pub waiting_on_socket: Option<Vec<u32>>,
 }
 
 /// Where a chain ends.
@@ -379,7 +383,33 @@ pub fn peer_text(peer: &PeerProcess) -> String {
     } else {
         String::new()
     };
-    format!("peer pid {} ({}): {doing}{of_all}", peer.pid, peer.comm)
+    let on_socket = match peer.waiting_on_socket.as_deref() {
+        None => String::new(),
+        Some([]) => "; none of its threads waits on this connection".to_owned(),
+        Some(tids) => format!("; waiting on this connection: {}", socket_waiters_text(peer, tids)),
+    };
+    format!("peer pid {} ({}): {doing}{of_all}{on_socket}", peer.pid, peer.comm)
+}
+
+/// The peer threads waiting on the connection, by name and call: `reader (tid 12) in
+/// recvfrom`; a few of them, then how many more.
+fn socket_waiters_text(peer: &PeerProcess, tids: &[u32]) -> String {
+    const NAMED: usize = 3;
+    let mut named: Vec<String> = tids
+        .iter()
+        .take(NAMED)
+        .map(|&tid| match peer.threads.iter().find(|thread| thread.tid == tid) {
+            Some(ThreadNow { name, state: ThreadState::Blocked { syscall, .. }, .. }) => {
+                format!("{name} (tid {tid}) in {syscall}")
+            }
+            Some(ThreadNow { name, .. }) => format!("{name} (tid {tid})"),
+            None => format!("tid {tid}"),
+        })
+        .collect();
+    if tids.len() > NAMED {
+        named.push(format!("{} more", tids.len() - NAMED));
+    }
+    named.join(", ")
 }
 
 /// The terminal in a few words, for a flamegraph frame: who, not what they do

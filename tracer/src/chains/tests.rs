@@ -91,13 +91,14 @@ fn a_pile_up_leads_through_two_hops_to_the_endpoint() {
             comm: "backend".to_string(),
             threads: vec![backend],
             thread_count: 1,
+            waiting_on_socket: Some(Vec::new()),
         },
     );
     assert_eq!(
         lines(&profile, &facts),
         ["3 threads at handle [futex queue] ← woken by batcher, blocked 3s in batch [futex \
              outbox] ← woken by sender, blocked 4s in flush [send 10.0.0.5:80] → peer pid 99 \
-             (backend): running"],
+             (backend): running; none of its threads waits on this connection"],
         "the batcher's and the sender's own chains are inside the handlers'"
     );
 }
@@ -119,12 +120,59 @@ fn threads_waiting_in_accept_lead_to_no_peer() {
     let server = ThreadNow { tid: 9, name: "server".to_string(), state: ThreadState::Running };
     facts.peers.insert(
         "127.0.0.1:8080".to_string(),
-        PeerProcess { pid: 1, comm: "app".to_string(), threads: vec![server], thread_count: 3 },
+        PeerProcess {
+            pid: 1,
+            comm: "app".to_string(),
+            threads: vec![server],
+            thread_count: 3,
+            waiting_on_socket: None,
+        },
     );
     assert_eq!(
         lines(&profile, &facts),
         ["1 thread at fetch [recv 127.0.0.1:8080] → peer pid 1 (app): running (1 of its 3 \
           threads read)"]
+    );
+}
+
+#[test]
+fn a_peer_waiting_to_receive_on_the_same_connection_is_named() {
+    // Both ends wait to receive: a protocol deadlock, which the line names by the peer
+    // thread in recvfrom; only a few of many waiters are named.
+    let profile = recording(
+        vec![stack("fetch", WaitKind::Recv, Some("10.0.0.5:80"), &[3], 4 * SECOND)],
+        Vec::new(),
+        &[],
+    );
+    let blocked = |tid: u32, name: &str| ThreadNow {
+        tid,
+        name: name.to_string(),
+        state: ThreadState::Blocked {
+            syscall: "recvfrom".to_string(),
+            call_site: Some("serve".to_string()),
+            stack: Vec::new(),
+        },
+    };
+    let mut peer = PeerProcess {
+        pid: 7,
+        comm: "server".to_string(),
+        threads: vec![blocked(70, "conn"), blocked(71, "conn"), blocked(72, "conn")],
+        thread_count: 3,
+        waiting_on_socket: Some(vec![70]),
+    };
+    let mut facts = ChainFacts::default();
+    facts.peers.insert("10.0.0.5:80".to_string(), peer.clone());
+    assert_eq!(
+        lines(&profile, &facts),
+        ["1 thread at fetch [recv 10.0.0.5:80] → peer pid 7 (server): 3 threads blocked in \
+          recvfrom at serve; waiting on this connection: conn (tid 70) in recvfrom"]
+    );
+    peer.waiting_on_socket = Some(vec![70, 71, 72, 73, 74]);
+    assert_eq!(
+        super::peer_text(&peer),
+        "peer pid 7 (server): 3 threads blocked in recvfrom at serve; waiting on this \
+         connection: conn (tid 70) in recvfrom, conn (tid 71) in recvfrom, conn (tid 72) in \
+         recvfrom, 2 more"
     );
 }
 

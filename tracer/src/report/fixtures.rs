@@ -195,6 +195,7 @@ pub(crate) fn fixture_profile() -> Profile {
                 comm: "stats-backend".to_string(),
                 threads: vec![backend],
                 thread_count: 1,
+                waiting_on_socket: Some(Vec::new()),
             },
         )]
         .into(),

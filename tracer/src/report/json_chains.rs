@@ -64,6 +64,9 @@ pub struct JsonPeer {
     pub threads: Vec<JsonThreadNow>,
     #[serde(default)]
     pub thread_count: u64,
+    /// Its threads blocked in a call on its end of the connection (absent when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_on_socket: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,6 +113,7 @@ pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
                         comm: peer.comm.clone(),
                         threads: peer.threads.iter().map(json_thread).collect(),
                         thread_count: peer.thread_count,
+                        waiting_on_socket: peer.waiting_on_socket.clone(),
                     }),
                 },
                 Terminal::LockHolder(thread) => {
@@ -165,9 +169,15 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
             endpoint,
             state,
             peer: peer
-                .map(|JsonPeer { pid, comm, threads, thread_count }| {
+                .map(|JsonPeer { pid, comm, threads, thread_count, waiting_on_socket }| {
                     let threads = threads.into_iter().map(thread_now).collect::<Result<_, _>>()?;
-                    Ok::<_, String>(PeerProcess { pid, comm, threads, thread_count })
+                    Ok::<_, String>(PeerProcess {
+                        pid,
+                        comm,
+                        threads,
+                        thread_count,
+                        waiting_on_socket,
+                    })
                 })
                 .transpose()?,
         },

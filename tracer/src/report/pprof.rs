@@ -958,7 +958,8 @@ mod tests {
                 "thread=reporter",
                 "chain=1 thread at app::write_to_backend [send 10.0.0.5:80: send buffer full \
                  (4608/4608 bytes), peer window zero] → peer pid 5151 (stats-backend): blocked \
-                 in clock_nanosleep at backend::drain",
+                 in clock_nanosleep at backend::drain; none of its threads waits on this \
+                 connection",
             ]
         );
         assert!(
