@@ -1418,28 +1418,24 @@ fn read_lines(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 mod tests {
     use super::*;
 
-    fn estimate(ratio: f64, low: f64, high: f64) -> RatioEstimate {
-        RatioEstimate { ratio, low, high }
-    }
-
     #[test]
     fn a_budget_holds_or_breaks_only_by_the_whole_interval() {
-        assert_eq!(at_most(&estimate(0.15, 0.10, 0.19), 0.2), Verdict::Pass);
-        assert_eq!(at_most(&estimate(0.15, 0.10, 0.27), 0.2), Verdict::Unresolved);
-        assert_eq!(at_most(&estimate(0.30, 0.21, 0.40), 0.2), Verdict::Fail);
+        assert_eq!(at_most(&RatioEstimate::new(0.15, 0.10, 0.19), 0.2), Verdict::Pass);
+        assert_eq!(at_most(&RatioEstimate::new(0.15, 0.10, 0.27), 0.2), Verdict::Unresolved);
+        assert_eq!(at_most(&RatioEstimate::new(0.30, 0.21, 0.40), 0.2), Verdict::Fail);
         // Too few rounds for an interval: the estimate decides.
-        assert_eq!(at_most(&estimate(0.15, 0.0, f64::INFINITY), 0.2), Verdict::Pass);
-        assert_eq!(at_most(&estimate(0.25, 0.0, f64::INFINITY), 0.2), Verdict::Fail);
+        assert_eq!(at_most(&RatioEstimate::new(0.15, 0.0, f64::INFINITY), 0.2), Verdict::Pass);
+        assert_eq!(at_most(&RatioEstimate::new(0.25, 0.0, f64::INFINITY), 0.2), Verdict::Fail);
     }
 
     #[test]
     fn a_share_shows_its_interval() {
         assert_eq!(
-            share_text(&estimate(0.213, 0.151, 0.268)),
+            share_text(&RatioEstimate::new(0.213, 0.151, 0.268)),
             "0.21 of offcputime's loss (95% interval 0.15–0.27)"
         );
         assert_eq!(
-            share_text(&estimate(0.2, 0.0, f64::INFINITY)),
+            share_text(&RatioEstimate::new(0.2, 0.0, f64::INFINITY)),
             "0.20 of offcputime's loss (too few rounds for an interval)"
         );
     }

@@ -110,6 +110,12 @@ pub struct RatioEstimate {
 }
 
 impl RatioEstimate {
+    /// An estimate of `ratio` within `low` to `high`, for the verdicts' unit tests.
+    #[cfg(test)]
+    pub fn new(ratio: f64, low: f64, high: f64) -> Self {
+        Self { ratio, low, high }
+    }
+
     /// The change against the baseline: `+1.3%`.
     pub fn change_text(&self) -> String {
         percent_change(self.ratio)

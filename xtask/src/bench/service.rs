@@ -497,23 +497,22 @@ fn interval_text(estimate: &RatioEstimate) -> String {
 mod tests {
     use super::*;
 
-    fn estimate(ratio: f64, low: f64, high: f64) -> RatioEstimate {
-        RatioEstimate { ratio, low, high }
-    }
-
     #[test]
     fn a_quiet_run_judges_the_tracer_by_its_whole_interval() {
-        let quiet = estimate(1.0, 0.99, 1.01);
-        assert_eq!(p99_verdict(&estimate(1.01, 1.0, 1.02), &quiet, 0.03), Verdict::Pass);
-        assert_eq!(p99_verdict(&estimate(1.10, 1.05, 1.15), &quiet, 0.03), Verdict::Fail);
-        assert_eq!(p99_verdict(&estimate(1.03, 1.01, 1.05), &quiet, 0.03), Verdict::Unresolved);
+        let quiet = RatioEstimate::new(1.0, 0.99, 1.01);
+        assert_eq!(p99_verdict(&RatioEstimate::new(1.01, 1.0, 1.02), &quiet, 0.03), Verdict::Pass);
+        assert_eq!(p99_verdict(&RatioEstimate::new(1.10, 1.05, 1.15), &quiet, 0.03), Verdict::Fail);
+        assert_eq!(
+            p99_verdict(&RatioEstimate::new(1.03, 1.01, 1.05), &quiet, 0.03),
+            Verdict::Unresolved
+        );
     }
 
     #[test]
     fn too_few_rounds_judge_nothing() {
-        let unknown = estimate(1.0, 0.0, f64::INFINITY);
+        let unknown = RatioEstimate::new(1.0, 0.0, f64::INFINITY);
         assert_eq!(
-            p99_verdict(&estimate(1.0, 0.0, f64::INFINITY), &unknown, 0.03),
+            p99_verdict(&RatioEstimate::new(1.0, 0.0, f64::INFINITY), &unknown, 0.03),
             Verdict::Unresolved
         );
         assert!(interval_text(&unknown).contains("too few rounds"));
@@ -521,11 +520,20 @@ mod tests {
 
     #[test]
     fn a_run_that_cannot_tell_alone_from_alone_judges_nothing() {
-        let noisy = estimate(1.2, 0.9, 1.5);
-        assert_eq!(p99_verdict(&estimate(1.0, 0.99, 1.01), &noisy, 0.03), Verdict::Unresolved);
-        assert_eq!(p99_verdict(&estimate(1.8, 1.5, 2.0), &noisy, 0.03), Verdict::Unresolved);
+        let noisy = RatioEstimate::new(1.2, 0.9, 1.5);
+        assert_eq!(
+            p99_verdict(&RatioEstimate::new(1.0, 0.99, 1.01), &noisy, 0.03),
+            Verdict::Unresolved
+        );
+        assert_eq!(
+            p99_verdict(&RatioEstimate::new(1.8, 1.5, 2.0), &noisy, 0.03),
+            Verdict::Unresolved
+        );
         // Noise that happens to favour one side is noise all the same.
-        let shifted = estimate(0.9, 0.85, 0.95);
-        assert_eq!(p99_verdict(&estimate(1.0, 0.99, 1.01), &shifted, 0.03), Verdict::Unresolved);
+        let shifted = RatioEstimate::new(0.9, 0.85, 0.95);
+        assert_eq!(
+            p99_verdict(&RatioEstimate::new(1.0, 0.99, 1.01), &shifted, 0.03),
+            Verdict::Unresolved
+        );
     }
 }
