@@ -3,8 +3,9 @@
 //!
 //! - C through glibc, two processes: handlers on a condition variable, woken by a reporter
 //!   blocked in `send()` to slow-backend (another process);
-//! - Rust without frame pointers: the same through a std `sync_channel`, and again with
-//!   slow-backend behind a Unix stream socket;
+//! - Rust without frame pointers: the same through a std `sync_channel`, again with
+//!   slow-backend behind a Unix stream socket, and with slow-backend in a network
+//!   namespace of its own, reached over a veth pair;
 //! - a snapshot of threads on a pthread mutex names its holder and the holder's stack;
 //! - a snapshot of a protocol deadlock names the peer's threads waiting on the connection;
 //! - `tracer report` keeps the chains of a saved recording.
@@ -19,7 +20,7 @@ use tracer_tests::{
     C_DEADLOCK_SOURCE, C_OBJECTS_SOURCE, Pileup, Profile, TempDir, WaitKind, assert_success,
     build_c, build_c_pileup, read_profile, record_profile, run_tool, snapshot_profile,
     spawn_and_read_line, start_c_pileup, start_rust_pileup, start_rust_pileup_over_unix,
-    start_stuck, tracer_report,
+    start_stuck, start_workload, tracer_report,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -44,7 +45,13 @@ fn chain_at<'a>(profile: &'a Profile, site: &str) -> &'a WaitChain {
 /// The pile-up's chain: the handlers at `waiting_site` (futex) ← woken by the reporter,
 /// blocked in `send_site` [send] to the backend's endpoint → slow-backend's pid; and the
 /// same in the printed line.
-fn assert_pileup_chain(pileup: &Pileup, label: &str, waiting_site: &str, send_site: &str) {
+fn assert_pileup_chain(
+    pileup: &Pileup,
+    label: &str,
+    waiting_site: &str,
+    send_site: &str,
+    backend_ip: &str,
+) {
     let dir = TempDir::new(label);
     let towers = dir.join("waits.chains.svg");
     let towers_arg = towers.to_str().expect("utf-8 path");
@@ -61,7 +68,7 @@ fn assert_pileup_chain(pileup: &Pileup, label: &str, waiting_site: &str, send_si
         panic!("the chain ends at an endpoint with its peer: {chain:#?}");
     };
     assert_eq!(hop.at.object.as_ref(), Some(endpoint), "{chain:#?}");
-    assert!(endpoint.starts_with("127.0.0.1:"), "{chain:#?}");
+    assert!(endpoint.starts_with(&format!("{backend_ip}:")), "{chain:#?}");
     assert_eq!(peer.pid, pileup.backend.pid(), "the peer is slow-backend: {chain:#?}");
     assert_eq!(peer.comm, "slow-backend", "{chain:#?}");
     assert!(!peer.threads.is_empty(), "what the peer's threads do: {chain:#?}");
@@ -101,7 +108,7 @@ fn c_condition_variable_pileup_leads_to_the_slow_reader_in_another_process() {
     let build = TempDir::new("chains-c-build");
     let bin = build_c_pileup(build.path());
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
-    assert_pileup_chain(&pileup, "chains-c", "enqueue_stat", "send_to_backend");
+    assert_pileup_chain(&pileup, "chains-c", "enqueue_stat", "send_to_backend", "127.0.0.1");
 }
 
 #[test]
@@ -112,6 +119,61 @@ fn rust_sync_channel_pileup_leads_to_the_slow_tcp_peer() {
         "chains-rust",
         "rust_pileup::send_stat",
         "rust_pileup::write_to_backend",
+        "127.0.0.1",
+    );
+}
+
+/// The backend's address in its network namespace, and the host side's.
+const NETNS_BACKEND_IP: &str = "10.213.0.2";
+const NETNS_HOST_IP: &str = "10.213.0.1";
+
+/// The Rust pile-up on the host, its backend in a network namespace of its own reached over
+/// a veth pair, as a container on a bridge is: the peer is found in the other namespace.
+#[test]
+fn rust_pileup_leads_to_its_peer_in_another_network_namespace() {
+    // Inside a new network namespace: a veth pair with its outer end in ours, both ends
+    // addressed and up, then the backend on the inner address. The pair goes with the
+    // namespace, when the backend exits.
+    let script = r#"set -e
+ip link set lo up
+ip link add "$INNER" type veth peer name "$OUTER" netns "$HOST_PID"
+nsenter -t "$HOST_PID" -n ip addr add "$HOST_IP/24" dev "$OUTER"
+nsenter -t "$HOST_PID" -n ip link set "$OUTER" up
+ip addr add "$BACKEND_IP/24" dev "$INNER"
+ip link set "$INNER" up
+exec "$BACKEND" --bind "$BACKEND_IP" --seconds "$SECONDS_LEFT"
+"#;
+    let suffix = std::process::id() % 100_000;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "sh", "-c", script])
+        .env("INNER", format!("tri{suffix}"))
+        .env("OUTER", format!("tro{suffix}"))
+        .env("HOST_PID", std::process::id().to_string())
+        .env("HOST_IP", NETNS_HOST_IP)
+        .env("BACKEND_IP", NETNS_BACKEND_IP)
+        .env("BACKEND", SLOW_BACKEND)
+        .env("SECONDS_LEFT", (WORKLOAD_SECONDS + 5.0).to_string());
+    let (backend, line) = spawn_and_read_line("slow-backend in a network namespace", cmd);
+    let port: u16 =
+        line.parse().unwrap_or_else(|e| panic!("slow-backend printed {line:?}, not a port: {e}"));
+    let own = std::fs::read_link("/proc/self/ns/net").expect("our network namespace");
+    let its = std::fs::read_link(format!("/proc/{}/ns/net", backend.pid())).expect("its");
+    assert_ne!(own, its, "the backend has a network namespace of its own");
+    let mut cmd = Command::new(RUST_PILEUP);
+    cmd.args(["--backend", &format!("{NETNS_BACKEND_IP}:{port}")]).args([
+        "--handlers",
+        &HANDLERS.to_string(),
+        "--seconds",
+        &WORKLOAD_SECONDS.to_string(),
+    ]);
+    let workload = start_workload("rust-pileup", cmd);
+    let pileup = Pileup { workload, backend };
+    assert_pileup_chain(
+        &pileup,
+        "chains-netns",
+        "rust_pileup::send_stat",
+        "rust_pileup::write_to_backend",
+        NETNS_BACKEND_IP,
     );
 }
 

@@ -3,13 +3,14 @@
 //! blocks in `send`. With `--never-read` it is a dead backend: it accepts and holds each
 //! connection open but never reads, so the writer blocks in `send` for good.
 //!
-//! Usage: `slow-backend [--seconds S] [--never-read] [--unix PATH]`
+//! Usage: `slow-backend [--seconds S] [--never-read] [--unix PATH | --bind IP]`
 //!
-//! Prints the port it listens on (or `unix`), then exits after S seconds (so a failed test
+//! Listens on 127.0.0.1 unless `--bind` names another address (one in a network namespace
+//! of its own, say). Prints the port it listens on (or `unix`), then exits after S seconds (so a failed test
 //! cannot leave it behind for long).
 
 use std::io::{Read as _, Write as _};
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
@@ -99,13 +100,14 @@ fn listen_unix(path: &str, read: bool) -> Result<(), ExitCode> {
     Ok(())
 }
 
-/// Listens on 127.0.0.1 and prints the port.
-fn listen_tcp(read: bool) -> Result<(), ExitCode> {
+/// Listens on `ip` and prints the port.
+fn listen_tcp(ip: IpAddr, read: bool) -> Result<(), ExitCode> {
     let failed = |what: &str, e: std::io::Error| {
         eprintln!("slow-backend: {what}: {e}");
         ExitCode::FAILURE
     };
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| failed("bind 127.0.0.1:0", e))?;
+    let listener =
+        TcpListener::bind((ip, 0)).map_err(|e| failed(&format!("bind {ip} port 0"), e))?;
     // Accepted sockets inherit the listener's buffer size, which also sets the window scale
     // offered in the handshake; setting it again on each connection is belt and braces.
     set_receive_buffer(listener.as_raw_fd(), RECEIVE_BUFFER_BYTES)
@@ -117,7 +119,7 @@ fn listen_tcp(read: bool) -> Result<(), ExitCode> {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: slow-backend [--seconds S] [--never-read] [--unix PATH]");
+    eprintln!("usage: slow-backend [--seconds S] [--never-read] [--unix PATH | --bind IP]");
     ExitCode::from(2)
 }
 
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
     let mut seconds = 60.0_f64;
     let mut read = true;
     let mut unix_path = None;
+    let mut ip = IpAddr::from([127, 0, 0, 1]);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -133,6 +136,10 @@ fn main() -> ExitCode {
                 _ => return usage(),
             },
             "--never-read" => read = false,
+            "--bind" => match args.next().map(|v| v.parse::<IpAddr>()) {
+                Some(Ok(v)) => ip = v,
+                _ => return usage(),
+            },
             "--unix" => match args.next() {
                 Some(path) => unix_path = Some(path),
                 None => return usage(),
@@ -142,7 +149,7 @@ fn main() -> ExitCode {
     }
     let listening = match &unix_path {
         Some(path) => listen_unix(path, read),
-        None => listen_tcp(read),
+        None => listen_tcp(ip, read),
     };
     if let Err(code) = listening {
         return code;

@@ -3,7 +3,11 @@
 //! owner), the thread holding a glibc mutex (its `__owner`, or a PI futex's word), and what
 //! a thread is doing now (its syscall, and its call site when its stack unwinds).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use tracer_common::WaitKind;
@@ -30,6 +34,9 @@ use crate::{
 
 /// Threads of a peer process described at most: a pool of hundreds says nothing more.
 const MAX_PEER_THREADS: usize = 16;
+/// Looks again at a thread seen running, and how long after each look.
+const RUNNING_RELOOKS: usize = 3;
+const RUNNING_RELOOK_AFTER: Duration = Duration::from_millis(2);
 /// Mutex lock functions of glibc: a futex wait under one of them is a wait for a
 /// `pthread_mutex_t`, whose `__owner` names the holder. (`__lll_lock_wait` alone is not
 /// enough: glibc's internal locks, malloc's and stdio's, wait in it too, with no owner.)
@@ -129,7 +136,18 @@ impl ThreadLooker<'_> {
                 .map(|comm| comm.trim_end().to_owned())
                 .unwrap_or_else(|_| format!("tid {tid}"))
         });
-        ThreadNow { tid, name, state: self.state(tid) }
+        // A thread seen running is looked at again a moment later: one that sleeps between
+        // short bursts (a slow reader) is better described by its sleep, and one that
+        // waits for a CPU right after its wake shows as running too.
+        let mut state = self.state(tid);
+        for _ in 0..RUNNING_RELOOKS {
+            if state != ThreadState::Running {
+                break;
+            }
+            std::thread::sleep(RUNNING_RELOOK_AFTER);
+            state = self.state(tid);
+        }
+        ThreadNow { tid, name, state }
     }
 
     fn state(&mut self, tid: u32) -> ThreadState {
@@ -184,16 +202,17 @@ fn read_syscall(pid: u32, tid: u32) -> Option<ThreadSyscall> {
 }
 
 /// The processes on this host at the other end of the TCP and Unix sockets behind
-/// `endpoints`, seen from the network namespace of `pid`, with what their threads do now:
-/// one sock_diag dump per address family (a Unix socket names its peer's inode itself),
-/// one pass over /proc/*/fd for every peer socket.
+/// `endpoints`, seen from the network namespace of `pid` (and, for a TCP peer not found
+/// there, from the host's other network namespaces), with what their threads do now: one
+/// sock_diag dump per address family and namespace (a Unix socket names its peer's inode
+/// itself), one pass over /proc/*/fd for every peer socket.
 fn local_peers<'a>(
     pid: u32,
     endpoints: impl Iterator<Item = (&'a String, &'a SocketInfo)>,
     frame_pointers: &SavedFramePointers,
 ) -> BTreeMap<String, PeerProcess> {
     let mut diag = None;
-    let mut dumps: BTreeMap<u8, Vec<Record>> = BTreeMap::new();
+    let mut tcp = TcpTables::default();
     let mut peer_sockets: BTreeMap<&String, u64> = BTreeMap::new();
     for (endpoint, socket) in endpoints {
         if socket.protocol == Protocol::Unix {
@@ -210,21 +229,8 @@ fn local_peers<'a>(
         else {
             continue;
         };
-        // Both families: a dual-stack listener's sockets are IPv6 while their addresses
-        // print as IPv4 (mapped), so the peer may be in either dump.
-        for family in [AF_INET, AF_INET6] {
-            dumps.entry(family).or_insert_with(|| {
-                let records = sock_diag(&mut diag, pid)
-                    .and_then(|diag| diag.dump_inet(family, IPPROTO_TCP).ok());
-                records.unwrap_or_default()
-            });
-        }
-        // The peer's socket is the one whose addresses are ours, crossed.
-        let crossed = dumps.values().flatten().find(|record| {
-            record.info.local.as_ref() == Some(remote) && record.info.remote.as_ref() == Some(local)
-        });
-        if let Some(record) = crossed {
-            peer_sockets.insert(endpoint, record.info.inode);
+        if let Some(inode) = tcp.crossing(&mut diag, pid, local, remote) {
+            peer_sockets.insert(endpoint, inode);
         }
     }
     if peer_sockets.is_empty() {
@@ -278,6 +284,80 @@ fn local_peers<'a>(
         }
     }
     peers
+}
+
+/// TCP sockets to find a peer's among: those of the target's network namespace, and,
+/// read only when a peer is not there, those of every other network namespace on the host
+/// (containers on one bridge reach each other untranslated, so their sockets cross too).
+#[derive(Default)]
+struct TcpTables {
+    own: Option<Vec<Record>>,
+    others: Option<Vec<Record>>,
+}
+
+impl TcpTables {
+    /// The inode of the socket whose addresses are `local` and `remote` crossed: the other
+    /// end of a connection of `pid`'s.
+    fn crossing(
+        &mut self,
+        diag: &mut Option<Option<SockDiag>>,
+        pid: u32,
+        local: &str,
+        remote: &str,
+    ) -> Option<u64> {
+        let own = self.own.get_or_insert_with(|| dump_tcp(sock_diag(diag, pid)));
+        if let Some(inode) = crossing_in(own, local, remote) {
+            return Some(inode);
+        }
+        // Every namespace has a loopback of its own: a crossing there is not our peer.
+        if remote.parse::<SocketAddr>().is_ok_and(|address| address.ip().is_loopback()) {
+            return None;
+        }
+        let others = self.others.get_or_insert_with(|| {
+            let namespaces = other_network_namespaces(pid);
+            let mut records = Vec::new();
+            for member in namespaces {
+                records.extend(dump_tcp(SockDiag::open(member).ok().as_mut()));
+            }
+            records
+        });
+        crossing_in(others, local, remote)
+    }
+}
+
+fn crossing_in(records: &[Record], local: &str, remote: &str) -> Option<u64> {
+    records
+        .iter()
+        .find(|record| {
+            record.info.local.as_deref() == Some(remote)
+                && record.info.remote.as_deref() == Some(local)
+        })
+        .map(|record| record.info.inode)
+}
+
+/// The TCP sockets of both families that `diag` sees: a dual-stack listener's sockets are
+/// IPv6 while their addresses print as IPv4 (mapped), so a peer may be in either dump.
+fn dump_tcp(diag: Option<&mut SockDiag>) -> Vec<Record> {
+    let Some(diag) = diag else { return Vec::new() };
+    let mut records = diag.dump_inet(AF_INET, IPPROTO_TCP).unwrap_or_default();
+    records.extend(diag.dump_inet(AF_INET6, IPPROTO_TCP).unwrap_or_default());
+    records
+}
+
+/// One process in each network namespace of the host other than `pid`'s.
+fn other_network_namespaces(pid: u32) -> Vec<u32> {
+    let own = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let mut seen = BTreeSet::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
+    processes
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&member| {
+            let namespace = std::fs::read_link(format!("/proc/{member}/ns/net")).ok();
+            namespace
+                .is_some_and(|namespace| Some(&namespace) != own.as_ref() && seen.insert(namespace))
+        })
+        .collect()
 }
 
 /// The syscall each blocked thread of `pid` is in now, or None when its threads cannot be
