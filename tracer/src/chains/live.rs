@@ -1,7 +1,9 @@
 //! The facts wait chains end in, read from the live system when a profile is made: the
-//! process behind a local endpoint (sock_diag gives the peer socket's inode, /proc/*/fd its
-//! owner), the thread holding a glibc mutex (its `__owner`, or a PI futex's word), and what
-//! a thread is doing now (its syscall, and its call site when its stack unwinds).
+//! process behind a local endpoint (sock_diag, in the target's network namespace or
+//! another of the host's, gives the peer socket's inode, /proc/*/fd its owner) and which of
+//! its threads wait on that socket (`socket_waiters`), the thread holding a glibc mutex
+//! (its `__owner`, or a PI futex's word), and what a thread is doing now (its syscall, and
+//! its call site when its stack unwinds).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -238,24 +240,7 @@ fn local_peers<'a>(
     }
     let owners = socket_owners(&peer_sockets.values().copied().collect(), pid);
     // Which of each owner's threads wait on each peer socket; those are read first.
-    let mut calls: BTreeMap<u32, Option<Vec<(u32, SyscallState)>>> = BTreeMap::new();
-    let mut epoll_sets = EpollSets::default();
-    let mut waiting: BTreeMap<&String, Option<Vec<u32>>> = BTreeMap::new();
-    for (endpoint, inode) in &peer_sockets {
-        let Some(owner) = owners.get(inode) else { continue };
-        let blocked = calls.entry(owner.pid).or_insert_with(|| blocked_calls(owner.pid));
-        let on_socket = blocked.as_ref().map(|blocked| {
-            blocked
-                .iter()
-                .filter(|(_, call)| {
-                    let fds = descriptors_waited_on(owner.pid, call, &mut epoll_sets);
-                    owner.fds.iter().any(|fd| fds.contains(fd))
-                })
-                .map(|(tid, _)| *tid)
-                .collect()
-        });
-        waiting.insert(*endpoint, on_socket);
-    }
+    let waiting = socket_waiters(&peer_sockets, &owners);
     let mut processes: BTreeMap<u32, Option<PeerProcess>> = BTreeMap::new();
     let mut peers = BTreeMap::new();
     for (endpoint, inode) in &peer_sockets {
@@ -284,6 +269,33 @@ fn local_peers<'a>(
         }
     }
     peers
+}
+
+/// For each endpoint, the threads of its peer socket's owner blocked in a call on that
+/// socket (None where the owner's threads could not be listed).
+fn socket_waiters<'e>(
+    peer_sockets: &BTreeMap<&'e String, u64>,
+    owners: &BTreeMap<u64, SocketOwner>,
+) -> BTreeMap<&'e String, Option<Vec<u32>>> {
+    let mut calls: BTreeMap<u32, Option<Vec<(u32, SyscallState)>>> = BTreeMap::new();
+    let mut epoll_sets = EpollSets::default();
+    let mut waiting = BTreeMap::new();
+    for (&endpoint, inode) in peer_sockets {
+        let Some(owner) = owners.get(inode) else { continue };
+        let blocked = calls.entry(owner.pid).or_insert_with(|| blocked_calls(owner.pid));
+        let on_socket = blocked.as_ref().map(|blocked| {
+            blocked
+                .iter()
+                .filter(|(_, call)| {
+                    let fds = descriptors_waited_on(owner.pid, call, &mut epoll_sets);
+                    owner.fds.iter().any(|fd| fds.contains(fd))
+                })
+                .map(|(tid, _)| *tid)
+                .collect()
+        });
+        waiting.insert(endpoint, on_socket);
+    }
+    waiting
 }
 
 /// TCP sockets to find a peer's among: those of the target's network namespace, and,
