@@ -42,9 +42,14 @@ pub fn start_dead_backend(bin: &str, seconds: f64) -> (ChildGuard, u16) {
 fn start_backend_with(bin: &str, seconds: f64, extra: &[&str]) -> (ChildGuard, u16) {
     let mut cmd = Command::new(bin);
     cmd.arg("--seconds").arg(seconds.to_string()).args(extra);
-    let (guard, line) = spawn_and_read_line("slow-backend", cmd);
-    let port =
-        line.parse().unwrap_or_else(|e| panic!("slow-backend printed {line:?}, not a port: {e}"));
+    spawn_backend("slow-backend", cmd)
+}
+
+/// Spawns `cmd`, a slow backend on TCP (or a command that ends by running one), and
+/// returns it with the port it prints.
+pub fn spawn_backend(name: &str, cmd: Command) -> (ChildGuard, u16) {
+    let (guard, line) = spawn_and_read_line(name, cmd);
+    let port = line.parse().unwrap_or_else(|e| panic!("{name} printed {line:?}, not a port: {e}"));
     (guard, port)
 }
 

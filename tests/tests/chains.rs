@@ -19,8 +19,8 @@ use tracer::chains::{Terminal, ThreadState, WaitChain};
 use tracer_tests::{
     C_DEADLOCK_SOURCE, C_OBJECTS_SOURCE, Pileup, Profile, TempDir, WaitKind, assert_success,
     build_c, build_c_pileup, read_profile, record_profile, run_tool, snapshot_profile,
-    spawn_and_read_line, start_c_pileup, start_rust_pileup, start_rust_pileup_over_unix,
-    start_stuck, start_workload, tracer_report,
+    spawn_and_read_line, spawn_backend, start_c_pileup, start_rust_pileup,
+    start_rust_pileup_over_unix, start_stuck, start_workload, tracer_report,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -153,9 +153,7 @@ exec "$BACKEND" --bind "$BACKEND_IP" --seconds "$SECONDS_LEFT"
         .env("BACKEND_IP", NETNS_BACKEND_IP)
         .env("BACKEND", SLOW_BACKEND)
         .env("SECONDS_LEFT", (WORKLOAD_SECONDS + 5.0).to_string());
-    let (backend, line) = spawn_and_read_line("slow-backend in a network namespace", cmd);
-    let port: u16 =
-        line.parse().unwrap_or_else(|e| panic!("slow-backend printed {line:?}, not a port: {e}"));
+    let (backend, port) = spawn_backend("slow-backend in a network namespace", cmd);
     let own = std::fs::read_link("/proc/self/ns/net").expect("our network namespace");
     let its = std::fs::read_link(format!("/proc/{}/ns/net", backend.pid())).expect("its");
     assert_ne!(own, its, "the backend has a network namespace of its own");
@@ -224,22 +222,7 @@ fn a_snapshot_names_the_peer_threads_waiting_on_the_same_connection() {
         .strip_prefix("ready ")
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("c-deadlock printed {line:?}, not `ready PID`"));
-    let peer_tids: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{child}/task"))
-        .expect("the child's threads")
-        .flatten()
-        .filter_map(|task| {
-            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            Some((comm.trim_end().to_owned(), tid))
-        })
-        .collect();
-    let tid_of = |name: &str| {
-        peer_tids
-            .iter()
-            .find(|(comm, _)| comm == name)
-            .map(|(_, tid)| *tid)
-            .unwrap_or_else(|| panic!("no thread {name} in the child: {peer_tids:?}"))
-    };
+    let tid_of = |name: &str| thread_named(child, name);
     let dir = TempDir::new("chains-deadlock");
     let traced = snapshot_profile(workload.pid(), &[], &dir, TIMEOUT);
     let chain = chain_at(&traced.profile, "wait_for_greeting");

@@ -26,6 +26,7 @@ use crate::{
     objects::sockets::{
         Protocol, SocketInfo,
         diag::{Record, SockDiag},
+        socket_inode,
     },
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
     threads::{
@@ -414,11 +415,7 @@ fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, SocketOw
                 continue;
             };
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-            let inode = target
-                .to_str()
-                .and_then(|target| target.strip_prefix("socket:["))
-                .and_then(|rest| rest.strip_suffix(']'))
-                .and_then(|inode| inode.parse::<u64>().ok());
+            let inode = target.to_str().and_then(socket_inode);
             let Some(inode) = inode.filter(|inode| inodes.contains(inode)) else { continue };
             let owner = owners.entry(inode).or_insert(SocketOwner { pid, fds: Vec::new() });
             if owner.pid == not_pid && pid != not_pid {

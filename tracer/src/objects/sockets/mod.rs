@@ -24,7 +24,7 @@ pub use self::diag::DiagError;
 use self::diag::{DiagKey, Record, SockDiag};
 
 /// The inode of a `socket:[INODE]` link target.
-fn socket_inode(target: &str) -> Option<u64> {
+pub fn socket_inode(target: &str) -> Option<u64> {
     target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
