@@ -4,8 +4,9 @@
 //! - C through glibc, two processes: handlers on a condition variable, woken by a reporter
 //!   blocked in `send()` to slow-backend (another process);
 //! - Rust without frame pointers: the same through a std `sync_channel`, again with
-//!   slow-backend behind a Unix stream socket, and with slow-backend in a network
-//!   namespace of its own, reached over a veth pair;
+//!   slow-backend behind a Unix stream socket, with slow-backend in a network namespace
+//!   of its own, reached over a veth pair, and with that address rewritten by a DNAT
+//!   rule (found through conntrack);
 //! - a snapshot of threads on a pthread mutex names its holder and the holder's stack;
 //! - a snapshot of a protocol deadlock names the peer's threads waiting on the connection;
 //! - `tracer report` keeps the chains of a saved recording.
@@ -15,11 +16,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tracer::chains::{Terminal, ThreadState, WaitChain};
+use tracer::chains::{PeerProcess, Terminal, ThreadState, WaitChain};
 use tracer_tests::{
-    C_DEADLOCK_SOURCE, C_OBJECTS_SOURCE, Pileup, Profile, TempDir, WaitKind, assert_success,
-    build_c, build_c_pileup, read_profile, record_profile, run_tool, snapshot_profile,
-    spawn_and_read_line, spawn_backend, start_c_pileup, start_rust_pileup,
+    C_DEADLOCK_SOURCE, C_OBJECTS_SOURCE, ChildGuard, Pileup, Profile, TempDir, WaitKind,
+    assert_success, build_c, build_c_pileup, read_profile, record_profile, run_tool,
+    snapshot_profile, spawn_and_read_line, spawn_backend, start_c_pileup, start_rust_pileup,
     start_rust_pileup_over_unix, start_stuck, start_workload, tracer_report,
 };
 
@@ -51,7 +52,7 @@ fn assert_pileup_chain(
     waiting_site: &str,
     send_site: &str,
     backend_ip: &str,
-) {
+) -> PeerProcess {
     let dir = TempDir::new(label);
     let towers = dir.join("waits.chains.svg");
     let towers_arg = towers.to_str().expect("utf-8 path");
@@ -83,7 +84,11 @@ fn assert_pileup_chain(
     let expected_start = format!("{HANDLERS} threads at {waiting_site} [futex");
     let expected_hop = "← woken by reporter, blocked ".to_owned();
     let expected_send = format!("in {send_site} [send {endpoint}: send buffer full");
-    let expected_peer = format!("→ peer pid {} (slow-backend): ", peer.pid);
+    let reached_at = match &peer.reached_at {
+        Some(address) => format!(" at {address} (address translated)"),
+        None => String::new(),
+    };
+    let expected_peer = format!("→ peer pid {} (slow-backend){reached_at}: ", peer.pid);
     let expected_none = "; none of its threads waits on this connection".to_owned();
     for part in [&expected_start, &expected_hop, &expected_send, &expected_peer, &expected_none] {
         assert!(line.contains(part.as_str()), "{part:?} missing from the chain line:\n{line}");
@@ -101,6 +106,7 @@ fn assert_pileup_chain(
     for frame in ["[woken by reporter]", send_site, "→ peer pid"] {
         assert!(svg.contains(frame), "{frame:?} missing from the chains flamegraph");
     }
+    peer.clone()
 }
 
 #[test]
@@ -123,15 +129,27 @@ fn rust_sync_channel_pileup_leads_to_the_slow_tcp_peer() {
     );
 }
 
-/// The backend's address in its network namespace, and the host side's.
-const NETNS_BACKEND_IP: &str = "10.213.0.2";
-const NETNS_HOST_IP: &str = "10.213.0.1";
+/// A network namespace of the tests' own: the veth pair's names and addresses.
+struct Namespace {
+    /// Prefix of the pair's names, unique per test (`tri`: inner end, `tro`: outer).
+    pair: &'static str,
+    host_ip: &'static str,
+    backend_ip: &'static str,
+}
 
-/// The Rust pile-up on the host, its backend in a network namespace of its own reached over
-/// a veth pair, as a container on a bridge is: the peer is found in the other namespace.
-#[test]
-fn rust_pileup_leads_to_its_peer_in_another_network_namespace() {
-    // Inside a new network namespace: a veth pair with its outer end in ours, both ends
+/// The one the backend lives in when it is reached untranslated.
+const BRIDGED: Namespace =
+    Namespace { pair: "tr", host_ip: "10.213.0.1", backend_ip: "10.213.0.2" };
+/// The one for the address-translated connection, and the address its clients dial
+/// (on the pair's subnet, so that it routes), rewritten to the backend's.
+const TRANSLATED: Namespace =
+    Namespace { pair: "td", host_ip: "10.214.0.1", backend_ip: "10.214.0.2" };
+const SERVICE_ADDRESS: &str = "10.214.0.9:80";
+
+/// slow-backend in a new network namespace, reached over a veth pair as a container on
+/// a bridge is: the backend and the port it listens on.
+fn start_backend_in_namespace(namespace: &Namespace) -> (ChildGuard, u16) {
+    // Inside the new namespace: a veth pair with its outer end in ours, both ends
     // addressed and up, then the backend on the inner address. The pair goes with the
     // namespace, when the backend exits.
     let script = r#"set -e
@@ -146,33 +164,95 @@ exec "$BACKEND" --bind "$BACKEND_IP" --seconds "$SECONDS_LEFT"
     let suffix = std::process::id() % 100_000;
     let mut cmd = Command::new("unshare");
     cmd.args(["--net", "sh", "-c", script])
-        .env("INNER", format!("tri{suffix}"))
-        .env("OUTER", format!("tro{suffix}"))
+        .env("INNER", format!("{}i{suffix}", namespace.pair))
+        .env("OUTER", format!("{}o{suffix}", namespace.pair))
         .env("HOST_PID", std::process::id().to_string())
-        .env("HOST_IP", NETNS_HOST_IP)
-        .env("BACKEND_IP", NETNS_BACKEND_IP)
+        .env("HOST_IP", namespace.host_ip)
+        .env("BACKEND_IP", namespace.backend_ip)
         .env("BACKEND", SLOW_BACKEND)
         .env("SECONDS_LEFT", (WORKLOAD_SECONDS + 5.0).to_string());
     let (backend, port) = spawn_backend("slow-backend in a network namespace", cmd);
     let own = std::fs::read_link("/proc/self/ns/net").expect("our network namespace");
     let its = std::fs::read_link(format!("/proc/{}/ns/net", backend.pid())).expect("its");
     assert_ne!(own, its, "the backend has a network namespace of its own");
+    (backend, port)
+}
+
+/// The Rust pile-up writing to `address`.
+fn start_rust_pileup_to(address: &str) -> ChildGuard {
     let mut cmd = Command::new(RUST_PILEUP);
-    cmd.args(["--backend", &format!("{NETNS_BACKEND_IP}:{port}")]).args([
+    cmd.args(["--backend", address]).args([
         "--handlers",
         &HANDLERS.to_string(),
         "--seconds",
         &WORKLOAD_SECONDS.to_string(),
     ]);
-    let workload = start_workload("rust-pileup", cmd);
+    start_workload("rust-pileup", cmd)
+}
+
+/// The Rust pile-up on the host, its backend in a network namespace of its own: the peer
+/// is found in the other namespace.
+#[test]
+fn rust_pileup_leads_to_its_peer_in_another_network_namespace() {
+    let (backend, port) = start_backend_in_namespace(&BRIDGED);
+    let workload = start_rust_pileup_to(&format!("{}:{port}", BRIDGED.backend_ip));
     let pileup = Pileup { workload, backend };
-    assert_pileup_chain(
+    let peer = assert_pileup_chain(
         &pileup,
         "chains-netns",
         "rust_pileup::send_stat",
         "rust_pileup::write_to_backend",
-        NETNS_BACKEND_IP,
+        BRIDGED.backend_ip,
     );
+    assert_eq!(peer.reached_at, None, "an untranslated connection: {peer:#?}");
+}
+
+/// An nftables table of ours, deleted when dropped (a failed test leaves no rule behind).
+struct NftTable(String);
+
+impl NftTable {
+    /// `table ip NAME` holding `rules` (nft syntax, inside the table).
+    fn create(name: String, rules: &str) -> Self {
+        let script = format!("table ip {name} {{\n{rules}\n}}\n");
+        let dir = TempDir::new("chains-nft");
+        let path = dir.join("rules.nft");
+        std::fs::write(&path, script).expect("write the nft script");
+        run_tool("nft", &["-f", path.to_str().expect("utf-8 path")], TIMEOUT);
+        Self(name)
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "ip", &self.0]).status();
+    }
+}
+
+/// The pile-up's backend behind an address that a DNAT rule rewrites, as a Kubernetes
+/// service address or a published container port is: no socket has the address the
+/// reporter sends to, and conntrack leads to the backend in its namespace.
+#[test]
+fn rust_pileup_leads_through_address_translation_to_its_peer() {
+    let (backend, port) = start_backend_in_namespace(&TRANSLATED);
+    let (service_ip, service_port) = SERVICE_ADDRESS.split_once(':').expect("ip:port");
+    let backend_address = format!("{}:{port}", TRANSLATED.backend_ip);
+    let _table = NftTable::create(
+        format!("tracer_test_{}", std::process::id()),
+        &format!(
+            "chain out {{ type nat hook output priority -100; \
+             ip daddr {service_ip} tcp dport {service_port} dnat to {backend_address}; }}"
+        ),
+    );
+    let workload = start_rust_pileup_to(SERVICE_ADDRESS);
+    let pileup = Pileup { workload, backend };
+    let peer = assert_pileup_chain(
+        &pileup,
+        "chains-dnat",
+        "rust_pileup::send_stat",
+        "rust_pileup::write_to_backend",
+        service_ip,
+    );
+    assert_eq!(peer.reached_at, Some(backend_address), "{peer:#?}");
 }
 
 /// The same pile-up with the backend behind a Unix stream socket: the chain ends at the

@@ -18,16 +18,18 @@ const BUILD_PACKAGES: [&str; 4] = ["gcc", "libc6-dev", "zlib1g-dev", "libzstd-de
 /// Debian packages the tests add: `go tool pprof` and `xmllint` to check that the pprof
 /// and SVG reports open in the tools people use (Go also builds the Go test programs),
 /// `prometheus` to check that a real server scrapes `tracer serve`, `openssl` and `curl`
-/// for the TLS tests' certificates and client, `iproute2` for a network namespace's
-/// loopback, `tmux` to drive `tracer top` as a terminal, `chromium` to open a timeline
-/// in speedscope, `python3` (CPython 3.11) for the Python workloads.
-const TEST_PACKAGES: [&str; 10] = [
+/// for the TLS tests' certificates and client, `iproute2` for network namespaces and
+/// their veth pairs, `nftables` for an address-translated connection (DNAT) between
+/// them, `tmux` to drive `tracer top` as a terminal, `chromium` to open a timeline in
+/// speedscope, `python3` (CPython 3.11) for the Python workloads.
+const TEST_PACKAGES: [&str; 11] = [
     "golang-go",
     "libxml2-utils",
     "prometheus",
     "openssl",
     "curl",
     "iproute2",
+    "nftables",
     "tmux",
     "chromium",
     "python3",

@@ -1,33 +1,29 @@
 //! The facts wait chains end in, read from the live system when a profile is made: the
-//! process behind a local endpoint (sock_diag, in the target's network namespace or
-//! another of the host's, gives the peer socket's inode, /proc/*/fd its owner) and which of
+//! process behind a local endpoint (sock_diag gives the peer socket's inode, in the
+//! target's network namespace, another of the host's, or through conntrack where the
+//! address was rewritten: `tcp_peers`; /proc/*/fd its owner) and which of
 //! its threads wait on that socket (`socket_waiters`), the thread holding a glibc mutex
 //! (its `__owner`, or a PI futex's word), and what a thread is doing now (its syscall, and
 //! its call site when its stack unwinds).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
     time::Duration,
 };
 
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use tracer_common::WaitKind;
 
 use super::{
     ChainFacts, PeerProcess, ThreadNow, ThreadState,
     socket_waiters::{EpollSets, descriptors_waited_on},
+    tcp_peers::TcpTables,
 };
 use crate::{
     model::{
         Profile,
         call_site::{Language, call_site},
     },
-    objects::sockets::{
-        Protocol, SocketInfo,
-        diag::{Record, SockDiag},
-        socket_inode,
-    },
+    objects::sockets::{Protocol, SocketInfo, diag::SockDiag, socket_inode},
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
     threads::{
         SampleError, SyscallState, ThreadReader, ThreadSyscall, blocked_now::SavedFramePointers,
@@ -217,6 +213,8 @@ fn local_peers<'a>(
     let mut diag = None;
     let mut tcp = TcpTables::default();
     let mut peer_sockets: BTreeMap<&String, u64> = BTreeMap::new();
+    // Where a connection whose address was rewritten reaches its peer.
+    let mut reached_at: BTreeMap<&String, String> = BTreeMap::new();
     for (endpoint, socket) in endpoints {
         if socket.protocol == Protocol::Unix {
             let peer = u32::try_from(socket.inode)
@@ -232,8 +230,11 @@ fn local_peers<'a>(
         else {
             continue;
         };
-        if let Some(inode) = tcp.crossing(&mut diag, pid, local, remote) {
-            peer_sockets.insert(endpoint, inode);
+        if let Some(peer) = tcp.peer(sock_diag(&mut diag, pid), pid, local, remote) {
+            peer_sockets.insert(endpoint, peer.inode);
+            if let Some(address) = peer.reached_at {
+                reached_at.insert(endpoint, address);
+            }
         }
     }
     if peer_sockets.is_empty() {
@@ -262,11 +263,16 @@ fn local_peers<'a>(
                 threads,
                 thread_count,
                 waiting_on_socket: None,
+                reached_at: None,
             })
         });
         if let Some(peer) = peer {
             let waiting_on_socket = waiting.get(endpoint).cloned().flatten();
-            peers.insert((*endpoint).clone(), PeerProcess { waiting_on_socket, ..peer.clone() });
+            let reached_at = reached_at.get(endpoint).cloned();
+            peers.insert(
+                (*endpoint).clone(),
+                PeerProcess { waiting_on_socket, reached_at, ..peer.clone() },
+            );
         }
     }
     peers
@@ -297,80 +303,6 @@ fn socket_waiters<'e>(
         waiting.insert(endpoint, on_socket);
     }
     waiting
-}
-
-/// TCP sockets to find a peer's among: those of the target's network namespace, and,
-/// read only when a peer is not there, those of every other network namespace on the host
-/// (containers on one bridge reach each other untranslated, so their sockets cross too).
-#[derive(Default)]
-struct TcpTables {
-    own: Option<Vec<Record>>,
-    others: Option<Vec<Record>>,
-}
-
-impl TcpTables {
-    /// The inode of the socket whose addresses are `local` and `remote` crossed: the other
-    /// end of a connection of `pid`'s.
-    fn crossing(
-        &mut self,
-        diag: &mut Option<Option<SockDiag>>,
-        pid: u32,
-        local: &str,
-        remote: &str,
-    ) -> Option<u64> {
-        let own = self.own.get_or_insert_with(|| dump_tcp(sock_diag(diag, pid)));
-        if let Some(inode) = crossing_in(own, local, remote) {
-            return Some(inode);
-        }
-        // Every namespace has a loopback of its own: a crossing there is not our peer.
-        if remote.parse::<SocketAddr>().is_ok_and(|address| address.ip().is_loopback()) {
-            return None;
-        }
-        let others = self.others.get_or_insert_with(|| {
-            let namespaces = other_network_namespaces(pid);
-            let mut records = Vec::new();
-            for member in namespaces {
-                records.extend(dump_tcp(SockDiag::open(member).ok().as_mut()));
-            }
-            records
-        });
-        crossing_in(others, local, remote)
-    }
-}
-
-fn crossing_in(records: &[Record], local: &str, remote: &str) -> Option<u64> {
-    records
-        .iter()
-        .find(|record| {
-            record.info.local.as_deref() == Some(remote)
-                && record.info.remote.as_deref() == Some(local)
-        })
-        .map(|record| record.info.inode)
-}
-
-/// The TCP sockets of both families that `diag` sees: a dual-stack listener's sockets are
-/// IPv6 while their addresses print as IPv4 (mapped), so a peer may be in either dump.
-fn dump_tcp(diag: Option<&mut SockDiag>) -> Vec<Record> {
-    let Some(diag) = diag else { return Vec::new() };
-    let mut records = diag.dump_inet(AF_INET, IPPROTO_TCP).unwrap_or_default();
-    records.extend(diag.dump_inet(AF_INET6, IPPROTO_TCP).unwrap_or_default());
-    records
-}
-
-/// One process in each network namespace of the host other than `pid`'s.
-fn other_network_namespaces(pid: u32) -> Vec<u32> {
-    let own = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-    let mut seen = BTreeSet::new();
-    let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
-    processes
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&member| {
-            let namespace = std::fs::read_link(format!("/proc/{member}/ns/net")).ok();
-            namespace
-                .is_some_and(|namespace| Some(&namespace) != own.as_ref() && seen.insert(namespace))
-        })
-        .collect()
 }
 
 /// The syscall each blocked thread of `pid` is in now, or None when its threads cannot be

@@ -11,6 +11,7 @@
 
 pub mod live;
 mod socket_waiters;
+mod tcp_peers;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -83,6 +84,10 @@ pub struct PeerProcess {
     /// Its threads blocked in a call on its end of the connection now (a read or write of
     /// the socket, a poll or epoll holding it); None when its threads could not be read.
     pub waiting_on_socket: Option<Vec<u32>>,
+    /// The address the connection reaches it at, when address translation rewrote the
+    /// one the target sees (the endpoint): `10.244.1.7:8080` behind a service's
+    /// `10.96.0.10:80`.
+    pub reached_at: Option<String>,
 }
 
 /// Where a chain ends.
@@ -388,7 +393,11 @@ pub fn peer_text(peer: &PeerProcess) -> String {
         Some([]) => "; none of its threads waits on this connection".to_owned(),
         Some(tids) => format!("; waiting on this connection: {}", socket_waiters_text(peer, tids)),
     };
-    format!("peer pid {} ({}): {doing}{of_all}{on_socket}", peer.pid, peer.comm)
+    let reached_at = match &peer.reached_at {
+        Some(address) => format!(" at {address} (address translated)"),
+        None => String::new(),
+    };
+    format!("peer pid {} ({}){reached_at}: {doing}{of_all}{on_socket}", peer.pid, peer.comm)
 }
 
 /// The peer threads waiting on the connection, by name and call: `reader (tid 12) in

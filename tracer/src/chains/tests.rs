@@ -92,6 +92,7 @@ fn a_pile_up_leads_through_two_hops_to_the_endpoint() {
             threads: vec![backend],
             thread_count: 1,
             waiting_on_socket: Some(Vec::new()),
+            reached_at: None,
         },
     );
     assert_eq!(
@@ -126,6 +127,7 @@ fn threads_waiting_in_accept_lead_to_no_peer() {
             threads: vec![server],
             thread_count: 3,
             waiting_on_socket: None,
+            reached_at: None,
         },
     );
     assert_eq!(
@@ -159,6 +161,7 @@ fn a_peer_waiting_to_receive_on_the_same_connection_is_named() {
         threads: vec![blocked(70, "conn"), blocked(71, "conn"), blocked(72, "conn")],
         thread_count: 3,
         waiting_on_socket: Some(vec![70]),
+        reached_at: None,
     };
     let mut facts = ChainFacts::default();
     facts.peers.insert("10.0.0.5:80".to_string(), peer.clone());
@@ -173,6 +176,36 @@ fn a_peer_waiting_to_receive_on_the_same_connection_is_named() {
         "peer pid 7 (server): 3 threads blocked in recvfrom at serve; waiting on this \
          connection: conn (tid 70) in recvfrom, conn (tid 71) in recvfrom, conn (tid 72) in \
          recvfrom, 2 more"
+    );
+}
+
+#[test]
+fn a_peer_behind_address_translation_is_named_with_the_address_it_is_reached_at() {
+    // A client of a service address (rewritten by DNAT to a pod's): the endpoint stays
+    // the address the client sees, the peer says where the connection really goes.
+    let profile = recording(
+        vec![stack("fetch", WaitKind::Recv, Some("10.96.0.10:80"), &[3], 4 * SECOND)],
+        Vec::new(),
+        &[],
+    );
+    let peer = PeerProcess {
+        pid: 7,
+        comm: "server".to_string(),
+        threads: vec![ThreadNow {
+            tid: 70,
+            name: "server".to_string(),
+            state: ThreadState::Running,
+        }],
+        thread_count: 1,
+        waiting_on_socket: Some(Vec::new()),
+        reached_at: Some("10.244.1.7:8080".to_string()),
+    };
+    let mut facts = ChainFacts::default();
+    facts.peers.insert("10.96.0.10:80".to_string(), peer);
+    assert_eq!(
+        lines(&profile, &facts),
+        ["1 thread at fetch [recv 10.96.0.10:80] → peer pid 7 (server) at 10.244.1.7:8080 \
+          (address translated): running; none of its threads waits on this connection"]
     );
 }
 

@@ -196,6 +196,7 @@ pub(crate) fn fixture_profile() -> Profile {
                 threads: vec![backend],
                 thread_count: 1,
                 waiting_on_socket: Some(Vec::new()),
+                reached_at: None,
             },
         )]
         .into(),

@@ -67,6 +67,10 @@ pub struct JsonPeer {
     /// Its threads blocked in a call on its end of the connection (absent when unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_on_socket: Option<Vec<u32>>,
+    /// The address the connection reaches it at, when address translation rewrote the
+    /// endpoint's (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,6 +118,7 @@ pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
                         threads: peer.threads.iter().map(json_thread).collect(),
                         thread_count: peer.thread_count,
                         waiting_on_socket: peer.waiting_on_socket.clone(),
+                        reached_at: peer.reached_at.clone(),
                     }),
                 },
                 Terminal::LockHolder(thread) => {
@@ -169,16 +174,27 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
             endpoint,
             state,
             peer: peer
-                .map(|JsonPeer { pid, comm, threads, thread_count, waiting_on_socket }| {
-                    let threads = threads.into_iter().map(thread_now).collect::<Result<_, _>>()?;
-                    Ok::<_, String>(PeerProcess {
-                        pid,
-                        comm,
-                        threads,
-                        thread_count,
-                        waiting_on_socket,
-                    })
-                })
+                .map(
+                    |JsonPeer {
+                         pid,
+                         comm,
+                         threads,
+                         thread_count,
+                         waiting_on_socket,
+                         reached_at,
+                     }| {
+                        let threads =
+                            threads.into_iter().map(thread_now).collect::<Result<_, _>>()?;
+                        Ok::<_, String>(PeerProcess {
+                            pid,
+                            comm,
+                            threads,
+                            thread_count,
+                            waiting_on_socket,
+                            reached_at,
+                        })
+                    },
+                )
                 .transpose()?,
         },
         JsonTerminal::LockHolder { thread } => Terminal::LockHolder(thread_now(thread)?),

@@ -6,58 +6,22 @@
 //! `netlink-packet-sock-diag`.
 
 use std::{
-    fs, io,
     net::{IpAddr, SocketAddr},
-    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
-    time::Duration,
+    os::unix::ffi::OsStrExt as _,
 };
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_LISTEN},
     inet::{self, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
     unix::{self, ShowFlags, UnixRequest, UnixResponse, nlas::UnixDiagName},
 };
-use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
-use super::{Protocol, SocketInfo, TcpState};
-
-/// A netlink request that went wrong; the lookup that needed it reports the socket unresolved.
-#[derive(Debug, thiserror::Error)]
-pub enum DiagError {
-    /// The NETLINK_SOCK_DIAG socket could not be opened.
-    #[error("cannot open a sock_diag netlink socket")]
-    Open(#[source] io::Error),
-    /// The target lives in another network namespace that could not be entered.
-    #[error("cannot enter the network namespace of pid {pid}")]
-    NetNs {
-        pid: u32,
-        #[source]
-        source: io::Error,
-    },
-    /// Sending the request failed.
-    #[error("sock_diag request failed")]
-    Send(#[source] io::Error),
-    /// Receiving the answer failed (or timed out).
-    #[error("sock_diag answer failed")]
-    Recv(#[source] io::Error),
-    /// The kernel answered with an error other than "no such socket".
-    #[error("kernel refused the sock_diag request")]
-    Kernel(#[source] io::Error),
-    /// The answer could not be decoded.
-    #[error("cannot decode a sock_diag answer")]
-    Decode(#[source] netlink_packet_core::DecodeError),
-}
-
-/// How long one request may wait for its answer: the kernel answers at once, so this only
-/// guards against a lost datagram hanging the tracer.
-const RECV_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Dump datagrams are at most 32 KiB (`netlink_dump` caps `max_recvmsg_len` there).
-const RECV_BUFFER: usize = 64 * 1024;
+use super::{
+    Protocol, SocketInfo, TcpState,
+    netlink::{NetlinkChannel, NetlinkError},
+};
 
 /// `INET_DIAG_NOCOOKIE`: "any socket with this tuple / inode".
 const NO_COOKIE: [u8; 8] = [0xff; 8];
@@ -78,27 +42,24 @@ pub struct Record {
 
 /// A NETLINK_SOCK_DIAG socket in the target's network namespace.
 pub struct SockDiag {
-    socket: Socket,
-    buffer: Vec<u8>,
-    sequence: u32,
+    channel: NetlinkChannel,
 }
 
 impl SockDiag {
     /// Opens the socket in the network namespace of `pid` (sock_diag only sees its own).
-    pub fn open(pid: u32) -> Result<Self, DiagError> {
-        let socket = if same_netns(pid) { new_socket()? } else { open_in_netns(pid)? };
-        Ok(Self { socket, buffer: vec![0; RECV_BUFFER], sequence: 0 })
+    pub fn open(pid: u32) -> Result<Self, NetlinkError> {
+        Ok(Self { channel: NetlinkChannel::open(pid, NETLINK_SOCK_DIAG)? })
     }
 
     /// Every `protocol` socket of `family` in the namespace.
-    pub fn dump_inet(&mut self, family: u8, protocol: u8) -> Result<Vec<Record>, DiagError> {
+    pub fn dump_inet(&mut self, family: u8, protocol: u8) -> Result<Vec<Record>, NetlinkError> {
         let request = inet_request(
             family,
             protocol,
             if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() },
         );
         let mut records = Vec::new();
-        self.exchange(request, true, |message| {
+        self.channel.exchange(request, true, |message| {
             if let SockDiagMessage::InetResponse(response) = message {
                 records.push(inet_record(protocol, *response));
             }
@@ -112,19 +73,22 @@ impl SockDiag {
         family: u8,
         protocol: u8,
         id: &SocketId,
-    ) -> Result<Option<Record>, DiagError> {
+    ) -> Result<Option<Record>, NetlinkError> {
         let mut record = None;
-        let found =
-            self.exchange(inet_request(family, protocol, id.clone()), false, |message| {
+        let found = self.channel.exchange(
+            inet_request(family, protocol, id.clone()),
+            false,
+            |message| {
                 if let SockDiagMessage::InetResponse(response) = message {
                     record = Some(inet_record(protocol, *response));
                 }
-            })?;
+            },
+        )?;
         Ok(record.filter(|_| found))
     }
 
     /// One Unix socket by inode, with its peer's name; `None` when it is gone.
-    pub fn get_unix(&mut self, inode: u32) -> Result<Option<Record>, DiagError> {
+    pub fn get_unix(&mut self, inode: u32) -> Result<Option<Record>, NetlinkError> {
         let Some(response) = self.get_unix_response(inode)? else {
             return Ok(None);
         };
@@ -141,12 +105,12 @@ impl SockDiag {
 
     /// The inode of the socket that Unix socket `inode` is connected to; `None` when either
     /// is gone or it is not connected.
-    pub fn unix_peer(&mut self, inode: u32) -> Result<Option<u32>, DiagError> {
+    pub fn unix_peer(&mut self, inode: u32) -> Result<Option<u32>, NetlinkError> {
         let response = self.get_unix_response(inode)?;
         Ok(response.and_then(|response| response.peer()).filter(|&peer| peer != 0))
     }
 
-    fn get_unix_response(&mut self, inode: u32) -> Result<Option<UnixResponse>, DiagError> {
+    fn get_unix_response(&mut self, inode: u32) -> Result<Option<UnixResponse>, NetlinkError> {
         let request = SockDiagMessage::UnixRequest(UnixRequest {
             state_flags: unix::StateFlags::all(),
             inode,
@@ -154,86 +118,13 @@ impl SockDiag {
             cookie: NO_COOKIE,
         });
         let mut found = None;
-        let ok = self.exchange(request, false, |message| {
+        let ok = self.channel.exchange(request, false, |message| {
             if let SockDiagMessage::UnixResponse(response) = message {
                 found = Some(*response);
             }
         })?;
         Ok(found.filter(|_| ok))
     }
-
-    /// Sends `request` and feeds each answer to `each`, until NLMSG_DONE for a dump or the
-    /// first answer otherwise. Returns false when the kernel says there is no such socket.
-    fn exchange(
-        &mut self,
-        request: SockDiagMessage,
-        dump: bool,
-        mut each: impl FnMut(SockDiagMessage),
-    ) -> Result<bool, DiagError> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-        header.sequence_number = self.sequence;
-        let mut packet = NetlinkMessage::new(header, request.into());
-        packet.finalize();
-        let mut bytes = vec![0; packet.buffer_len()];
-        packet.serialize(&mut bytes);
-        self.socket.send(&bytes, 0).map_err(DiagError::Send)?;
-
-        loop {
-            let received = self
-                .socket
-                .recv(&mut &mut self.buffer[..], 0)
-                .map_err(DiagError::Recv)?
-                .min(self.buffer.len());
-            let mut datagram = &self.buffer[..received];
-            while datagram.len() >= NLMSG_HEADER_LEN {
-                let length = message_length(datagram);
-                if length < NLMSG_HEADER_LEN || length > datagram.len() {
-                    return Err(DiagError::Decode("truncated netlink message".into()));
-                }
-                let message = NetlinkMessage::<SockDiagMessage>::deserialize(&datagram[..length]);
-                datagram = &datagram[align4(length).min(datagram.len())..];
-                let message = message.map_err(DiagError::Decode)?;
-                // Answers to an earlier request that timed out.
-                if message.header.sequence_number != self.sequence {
-                    continue;
-                }
-                match message.payload {
-                    NetlinkPayload::InnerMessage(message) => {
-                        each(message);
-                        if !dump {
-                            return Ok(true);
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(true),
-                    NetlinkPayload::Error(error) => {
-                        let error = error.to_io();
-                        return match error.raw_os_error() {
-                            Some(libc::ENOENT) => Ok(false),
-                            _ => Err(DiagError::Kernel(error)),
-                        };
-                    }
-                    // NLMSG_NOOP, NLMSG_OVERRUN: nothing for us.
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-/// `sizeof(struct nlmsghdr)`.
-const NLMSG_HEADER_LEN: usize = 16;
-
-fn message_length(datagram: &[u8]) -> usize {
-    let mut length = [0; 4];
-    length.copy_from_slice(&datagram[..4]);
-    u32::from_ne_bytes(length) as usize
-}
-
-/// `NLMSG_ALIGN`.
-fn align4(length: usize) -> usize {
-    (length + 3) & !3
 }
 
 fn inet_request(family: u8, protocol: u8, socket_id: SocketId) -> SockDiagMessage {
@@ -243,62 +134,6 @@ fn inet_request(family: u8, protocol: u8, socket_id: SocketId) -> SockDiagMessag
         extensions: ExtensionFlags::SKMEMINFO | ExtensionFlags::INFO,
         states: StateFlags::all(),
         socket_id,
-    })
-}
-
-fn new_socket() -> Result<Socket, DiagError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Open)?;
-    socket.bind_auto().map_err(DiagError::Open)?;
-    socket.connect(&NetlinkAddr::new(0, 0)).map_err(DiagError::Open)?;
-    set_recv_timeout(&socket, RECV_TIMEOUT).map_err(DiagError::Open)?;
-    Ok(socket)
-}
-
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    let timeval = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: the descriptor is the open netlink socket we own; the option value is a valid
-    // `timeval` whose size is passed alongside.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-fn same_netns(pid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (fs::metadata(format!("/proc/{pid}/ns/net")), fs::metadata("/proc/self/ns/net")) {
-        (Ok(theirs), Ok(ours)) => (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()),
-        // Cannot tell (the target is gone, or no access): stay in ours.
-        _ => true,
-    }
-}
-
-/// A socket keeps the namespace it was created in, so a short-lived thread enters the
-/// target's, opens the socket, and ends (the tracer's own threads never switch).
-fn open_in_netns(pid: u32) -> Result<Socket, DiagError> {
-    let netns_error = |source| DiagError::NetNs { pid, source };
-    let netns = fs::File::open(format!("/proc/{pid}/ns/net")).map_err(netns_error)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: `netns` is an open namespace descriptor; setns only changes this
-                // thread, which does nothing else and ends right after.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(netns_error(io::Error::last_os_error()));
-                }
-                new_socket()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(netns_error(io::Error::other("netns thread panicked"))))
     })
 }
 
@@ -430,7 +265,10 @@ pub fn unix_record(response: &UnixResponse, peer_name: Option<String>) -> Record
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        time::Duration,
+    };
 
     use netlink_packet_sock_diag::{
         constants::{AF_INET, TCP_ESTABLISHED},

@@ -4,9 +4,12 @@
 //!
 //! Path: `/proc/PID/fd/N` (a `socket:[INODE]` link) → the protocol from the socket's
 //! `system.sockprotoname` attribute → NETLINK_SOCK_DIAG ([`diag`]). Nothing here stops the
-//! target.
+//! target. [`conntrack`] answers where an address-translated connection really goes (for
+//! wait chains); both talk netlink in the target's namespace through [`netlink`].
 
+pub(crate) mod conntrack;
 pub(crate) mod diag;
+mod netlink;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,8 +23,8 @@ use std::{
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 use tracer_common::WaitKind;
 
-pub use self::diag::DiagError;
 use self::diag::{DiagKey, Record, SockDiag};
+pub use self::netlink::NetlinkError;
 
 /// The inode of a `socket:[INODE]` link target.
 pub fn socket_inode(target: &str) -> Option<u64> {
@@ -280,7 +283,7 @@ enum Outcome {
     Found(SocketInfo),
     Gone,
     HeldBack,
-    Failed(DiagError),
+    Failed(NetlinkError),
 }
 
 /// Resolves descriptors of one traced process to their sockets, keeping a table of the
@@ -299,7 +302,7 @@ pub struct SocketResolver {
     descriptors: HashMap<u64, (Option<u64>, Instant)>,
     last_dump: HashMap<(u8, u8), Instant>,
     counts: ResolveCounts,
-    last_error: Option<DiagError>,
+    last_error: Option<NetlinkError>,
 }
 
 impl SocketResolver {
@@ -374,7 +377,7 @@ impl SocketResolver {
     }
 
     /// The latest netlink failure, for a report that wants to say why sockets went unresolved.
-    pub fn last_error(&self) -> Option<&DiagError> {
+    pub fn last_error(&self) -> Option<&NetlinkError> {
         self.last_error.as_ref()
     }
 
@@ -453,17 +456,17 @@ impl SocketResolver {
         }
     }
 
-    fn failed(&mut self, error: DiagError) -> Outcome {
+    fn failed(&mut self, error: NetlinkError) -> Outcome {
         // A broken socket is reopened on a later lookup.
         self.diag = None;
         Outcome::Failed(error)
     }
 
-    fn diag(&mut self) -> Result<&mut SockDiag, DiagError> {
+    fn diag(&mut self) -> Result<&mut SockDiag, NetlinkError> {
         if self.diag.is_none() {
             let now = Instant::now();
             if self.last_open.is_some_and(|last| now - last < DUMP_INTERVAL) {
-                return Err(DiagError::Open(std::io::Error::other(
+                return Err(NetlinkError::Open(std::io::Error::other(
                     "reopening too soon after a failure",
                 )));
             }
@@ -472,7 +475,7 @@ impl SocketResolver {
         }
         match self.diag.as_mut() {
             Some(diag) => Ok(diag),
-            None => Err(DiagError::Open(std::io::Error::other("no sock_diag socket"))),
+            None => Err(NetlinkError::Open(std::io::Error::other("no sock_diag socket"))),
         }
     }
 }

@@ -1,0 +1,148 @@
+//! The socket at the other end of a TCP connection of the target, wherever on this host it
+//! is: in the target's network namespace; in another namespace of the host (containers on
+//! one bridge reach each other untranslated, so their sockets cross too); or, when the
+//! connection's address was rewritten on its way (a published container port, a
+//! Kubernetes service address, a REDIRECT to a local proxy), at the address conntrack says
+//! its replies come from.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+
+use crate::objects::sockets::{
+    conntrack::{Conntrack, Tuple},
+    diag::format_address,
+    diag::{Record, SockDiag},
+};
+
+/// The peer socket of a connection, and where the connection reaches it when that is not
+/// the address the target sees (`10.244.1.7:8080` behind `10.96.0.10:80`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSocket {
+    pub inode: u64,
+    pub reached_at: Option<String>,
+}
+
+/// TCP sockets and conntrack tables to find peers in, each read when first needed: those
+/// of the target's network namespace, then those of every other namespace on the host.
+#[derive(Default)]
+pub struct TcpTables {
+    own: Option<Vec<Record>>,
+    /// One process in each other network namespace, with that namespace's TCP sockets.
+    others: Option<Vec<(u32, Vec<Record>)>>,
+    /// Conntrack sockets by a member process of their namespace (`None`: cannot open).
+    conntrack: BTreeMap<u32, Option<Conntrack>>,
+}
+
+impl TcpTables {
+    /// The other end of `pid`'s TCP connection from `local` to `remote` (as the reports
+    /// print addresses); `diag` is the sock_diag socket of `pid`'s namespace.
+    pub fn peer(
+        &mut self,
+        diag: Option<&mut SockDiag>,
+        pid: u32,
+        local: &str,
+        remote: &str,
+    ) -> Option<PeerSocket> {
+        let own = self.own.get_or_insert_with(|| dump_tcp(diag));
+        if let Some(inode) = crossing_in(own, local, remote) {
+            return Some(PeerSocket { inode, reached_at: None });
+        }
+        let original = Tuple { source: local.parse().ok()?, destination: remote.parse().ok()? };
+        // Every namespace has a loopback of its own: a crossing there is not our peer.
+        // (A loopback address rewritten to a container's is found through conntrack.)
+        if !original.destination.ip().is_loopback() {
+            let inode = self
+                .others(pid)
+                .iter()
+                .find_map(|(_, records)| crossing_in(records, local, remote));
+            if let Some(inode) = inode {
+                return Some(PeerSocket { inode, reached_at: None });
+            }
+        }
+        self.translated_peer(pid, original)
+    }
+
+    /// The peer of a connection whose address was rewritten: conntrack of the target's
+    /// namespace first (a rewrite on the way out of it), then of the others (a rewrite on
+    /// the host, between containers' namespaces).
+    fn translated_peer(&mut self, pid: u32, original: Tuple) -> Option<PeerSocket> {
+        let members: Vec<u32> = std::iter::once(pid)
+            .chain(self.others(pid).iter().map(|(member, _)| *member))
+            .collect();
+        let reply = members.into_iter().find_map(|member| {
+            let conntrack =
+                self.conntrack.entry(member).or_insert_with(|| Conntrack::open(member).ok());
+            let reply = conntrack.as_mut()?.reply_of(original).ok()??;
+            // An untranslated connection is tracked too: its reply is the plain reverse.
+            (reply != original.reversed()).then_some(reply)
+        })?;
+        // The peer socket's own addresses are the reply's: from its source, to its
+        // destination (the client, after any source rewrite).
+        let (peer_local, peer_remote) =
+            (address_text(reply.source), address_text(reply.destination));
+        let own = self.own.as_deref().unwrap_or_default();
+        let inode = match crossing_in(own, &peer_remote, &peer_local) {
+            Some(inode) => inode,
+            None => self
+                .others(pid)
+                .iter()
+                .find_map(|(_, records)| crossing_in(records, &peer_remote, &peer_local))?,
+        };
+        Some(PeerSocket { inode, reached_at: Some(peer_local) })
+    }
+
+    fn others(&mut self, pid: u32) -> &[(u32, Vec<Record>)] {
+        self.others.get_or_insert_with(|| {
+            other_network_namespaces(pid)
+                .into_iter()
+                .map(|member| (member, dump_tcp(SockDiag::open(member).ok().as_mut())))
+                .collect()
+        })
+    }
+}
+
+/// The inode of the socket among `records` whose addresses are `local` and `remote`
+/// crossed.
+fn crossing_in(records: &[Record], local: &str, remote: &str) -> Option<u64> {
+    records
+        .iter()
+        .find(|record| {
+            record.info.local.as_deref() == Some(remote)
+                && record.info.remote.as_deref() == Some(local)
+        })
+        .map(|record| record.info.inode)
+}
+
+/// An address as sock_diag records print it.
+fn address_text(address: SocketAddr) -> String {
+    format_address(address.ip(), address.port())
+}
+
+/// The TCP sockets of both families that `diag` sees: a dual-stack listener's sockets are
+/// IPv6 while their addresses print as IPv4 (mapped), so a peer may be in either dump.
+fn dump_tcp(diag: Option<&mut SockDiag>) -> Vec<Record> {
+    let Some(diag) = diag else { return Vec::new() };
+    let mut records = diag.dump_inet(AF_INET, IPPROTO_TCP).unwrap_or_default();
+    records.extend(diag.dump_inet(AF_INET6, IPPROTO_TCP).unwrap_or_default());
+    records
+}
+
+/// One process in each network namespace of the host other than `pid`'s.
+fn other_network_namespaces(pid: u32) -> Vec<u32> {
+    let own = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let mut seen = BTreeSet::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
+    processes
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&member| {
+            let namespace = std::fs::read_link(format!("/proc/{member}/ns/net")).ok();
+            namespace
+                .is_some_and(|namespace| Some(&namespace) != own.as_ref() && seen.insert(namespace))
+        })
+        .collect()
+}
