@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tracer::chains::Terminal;
 use tracer::golang::{NEWEST_KNOWN_GO, layout_sources};
 use tracer::model::call_site::{Language, call_site};
 use tracer::stacks::Frame;
@@ -243,6 +244,21 @@ fn snapshot_agrees_with_pprof(build: &GoBuild) {
         (counts.unresolved_descriptors, counts.non_socket_io),
         (0, 0),
         "{case}: IO waits (unresolved, not on sockets): {counts:?}"
+    );
+
+    // The wait chain: from the senders to the writer holding their channel (found in its
+    // stack, whatever this compiler spilled where), and on to the backend's end, which
+    // the program holds itself.
+    let chain =
+        profile.chains.iter().find(|chain| chain.start.site == "main.sendStat").unwrap_or_else(
+            || panic!("{case}: no chain from main.sendStat: {:#?}", profile.chains),
+        );
+    let hops: Vec<&str> = chain.hops.iter().map(|hop| hop.at.site.as_str()).collect();
+    assert_eq!(hops, ["main.writeToBackend"], "{case}: {chain:#?}");
+    assert!(
+        matches!(&chain.terminal, Terminal::Endpoint { endpoint, peer: Some(peer), .. }
+            if *endpoint == backend && peer.pid == workload.pid()),
+        "{case}: the chain ends at the backend: {chain:#?}"
     );
 }
 

@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracer::chains::Terminal;
+
 use tracer_tests::{
     GO_GOROUTINES_SOURCE, Profile, ProfileKind, ProfileStack, TempDir, Traced, WaitKind,
     assert_svg, build_go, function_names, goroutines, goroutines_at, group, has_function, http_get,
@@ -127,7 +129,8 @@ fn check_pileup(stripped: bool) {
     let oracle = wait_for_oracle(port, "main.sendStat", SENDERS as u64);
     assert_eq!(goroutines_at(&oracle, "main.writeToBackend"), 1, "{oracle:#?}");
 
-    let profile = snapshot(workload.pid(), &[], &dir);
+    let Traced { out, profile } = snapshot_profile(workload.pid(), &[], &dir, SNAPSHOT_TIMEOUT);
+    println!("{}", out.stdout);
     let senders = group(&profile, "main.sendStat", |_| true);
     assert_eq!(goroutines(senders), SENDERS as u64);
     assert_eq!(senders.object.as_deref(), Some(SEND_ON_STATS));
@@ -169,6 +172,49 @@ fn check_pileup(stripped: bool) {
     assert_eq!(goroutines_at(&pprof_goroutines(port), "main.sendStat"), SENDERS as u64);
     // Most first: the pile-up heads the profile.
     assert_eq!(profile.stacks[0].call_site(), "main.sendStat");
+    assert_pileup_chain(&profile, &out.stdout, &backend, workload.pid());
+}
+
+/// The pile-up's wait chain: from the senders on the full channel to the writer holding
+/// it (its loop keeps the channel in its frame), blocked writing to the backend, and on
+/// to the process holding the backend's end: the workload itself, which accepted it and
+/// never reads.
+fn assert_pileup_chain(profile: &Profile, stdout: &str, backend: &str, pid: u32) {
+    let chain = profile
+        .chains
+        .iter()
+        .find(|chain| chain.start.site == "main.sendStat")
+        .unwrap_or_else(|| panic!("no chain from main.sendStat: {:#?}", profile.chains));
+    assert_eq!(chain.threads, SENDERS as u64, "{chain:#?}");
+    assert_eq!(chain.start.object.as_deref(), Some(SEND_ON_STATS), "{chain:#?}");
+    assert_eq!(chain.hops.len(), 1, "{chain:#?}");
+    let hop = &chain.hops[0];
+    assert_eq!(hop.at.site, "main.writeToBackend", "{chain:#?}");
+    assert_eq!(hop.waker_threads.len(), 1, "the one writer: {chain:#?}");
+    let waker = format!("goroutine {} (holds the channel)", hop.waker_threads[0]);
+    assert_eq!(hop.waker, waker, "{chain:#?}");
+    let Terminal::Endpoint { endpoint, state, peer: Some(peer) } = &chain.terminal else {
+        panic!("the chain ends at the backend with its process: {chain:#?}");
+    };
+    assert_eq!(endpoint, backend, "{chain:#?}");
+    assert!(state.as_deref().is_some_and(|state| state.contains("send buffer full")), "{chain:#?}");
+    assert_eq!(peer.pid, pid, "the workload holds the backend's end: {chain:#?}");
+    // Go's netpoller holds every socket in its epoll set, edge-triggered: whether a
+    // goroutine reads this one cannot be told from the threads.
+    assert_eq!(peer.waiting_on_socket, None, "{chain:#?}");
+    let line = stdout
+        .lines()
+        .find(|line| line.contains("at main.sendStat ["))
+        .unwrap_or_else(|| panic!("no chain line from main.sendStat:\n{stdout}"));
+    let expected = format!(
+        "{SENDERS} goroutines at main.sendStat [goroutine {SEND_ON_STATS}] ← woken by {waker}, \
+         blocked"
+    );
+    assert!(line.trim_start().starts_with(&expected), "{expected:?} does not start:\n{line}");
+    let expected_at =
+        format!("in main.writeToBackend [goroutine IO wait {backend}: send buffer full");
+    assert!(line.contains(&expected_at), "{expected_at:?} missing:\n{line}");
+    assert!(line.contains(&format!("→ peer pid {pid} (goroutines)")), "{line}");
 }
 
 /// A Go program's `.txt` report is the table printed on stdout: the same renderer as a

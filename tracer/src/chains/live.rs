@@ -15,13 +15,14 @@ use tracer_common::WaitKind;
 
 use super::{
     ChainFacts, PeerProcess, ThreadNow, ThreadState,
-    socket_waiters::{EpollSets, descriptors_waited_on},
+    socket_waiters::{EpollSets, descriptors_watched},
     tcp_peers::TcpTables,
 };
 use crate::{
     model::{
         Profile,
         call_site::{Language, call_site},
+        endpoint_in_object,
     },
     objects::sockets::{Protocol, SocketInfo, diag::SockDiag, socket_inode},
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
@@ -89,13 +90,37 @@ pub fn gather(
             facts.holders.insert(object.clone(), target.now(owner));
         }
     }
-    let endpoints = profile
-        .stacks
-        .iter()
-        .filter_map(|stack| stack.object.as_ref())
-        .filter_map(|endpoint| Some((endpoint, sockets.get(endpoint)?)));
-    facts.peers = local_peers(pid, endpoints, frame_pointers);
+    facts.peers = local_peers(pid, endpoints_of(profile, sockets), frame_pointers);
     facts
+}
+
+/// The facts a goroutine snapshot's chains end in: the processes behind the endpoints its
+/// goroutines wait on, and `channel_holders` (see [`ChainFacts::channel_holders`]), read
+/// with the goroutines.
+pub fn gather_goroutines(
+    profile: &Profile,
+    sockets: &BTreeMap<String, SocketInfo>,
+    channel_holders: BTreeMap<u32, Vec<u32>>,
+) -> ChainFacts {
+    let mut facts = ChainFacts { channel_holders, ..ChainFacts::default() };
+    if !profile.target_exited {
+        // A Go peer's threads are the runtime's; a C or Rust peer's unwind by CFI, and
+        // the few frames that need a saved rbp stop early.
+        let frame_pointers = SavedFramePointers::default();
+        facts.peers = local_peers(profile.pid, endpoints_of(profile, sockets), &frame_pointers);
+    }
+    facts
+}
+
+/// The endpoints `profile`'s waits name, with their sockets.
+fn endpoints_of<'a>(
+    profile: &'a Profile,
+    sockets: &'a BTreeMap<String, SocketInfo>,
+) -> impl Iterator<Item = (&'a String, &'a SocketInfo)> {
+    profile.stacks.iter().filter_map(|stack| {
+        let endpoint = endpoint_in_object(stack.kind, stack.object.as_deref()?)?;
+        sockets.get_key_value(endpoint)
+    })
 }
 
 /// The holder of the mutex whose `__lock` is at `address` in `pid`: its `__owner`, or the
@@ -279,7 +304,8 @@ fn local_peers<'a>(
 }
 
 /// For each endpoint, the threads of its peer socket's owner blocked in a call on that
-/// socket (None where the owner's threads could not be listed).
+/// socket; None where that cannot be told: the owner's threads could not be listed, or
+/// only an edge-triggered epoll set holds the socket (see `socket_waiters`).
 fn socket_waiters<'e>(
     peer_sockets: &BTreeMap<&'e String, u64>,
     owners: &BTreeMap<u64, SocketOwner>,
@@ -290,15 +316,19 @@ fn socket_waiters<'e>(
     for (&endpoint, inode) in peer_sockets {
         let Some(owner) = owners.get(inode) else { continue };
         let blocked = calls.entry(owner.pid).or_insert_with(|| blocked_calls(owner.pid));
-        let on_socket = blocked.as_ref().map(|blocked| {
-            blocked
-                .iter()
-                .filter(|(_, call)| {
-                    let fds = descriptors_waited_on(owner.pid, call, &mut epoll_sets);
-                    owner.fds.iter().any(|fd| fds.contains(fd))
-                })
-                .map(|(tid, _)| *tid)
-                .collect()
+        let on_socket = blocked.as_ref().and_then(|blocked| {
+            let mut waiters = Vec::new();
+            let mut untold = false;
+            for (tid, call) in blocked {
+                let watched = descriptors_watched(owner.pid, call, &mut epoll_sets);
+                let holds = |fds: &BTreeSet<i32>| owner.fds.iter().any(|fd| fds.contains(fd));
+                if holds(&watched.waited_on) {
+                    waiters.push(*tid);
+                } else if holds(&watched.edge_triggered) {
+                    untold = true;
+                }
+            }
+            (!waiters.is_empty() || !untold).then_some(waiters)
         });
         waiting.insert(endpoint, on_socket);
     }

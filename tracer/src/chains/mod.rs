@@ -20,7 +20,9 @@ use std::{
 
 use tracer_common::WaitKind;
 
-use crate::model::{ProcessTag, Profile, ProfileKind, ProfileStack};
+use crate::model::{
+    ProcessTag, Profile, ProfileKind, ProfileStack, endpoint_in_object, is_socket_kind,
+};
 
 /// Hops followed at most: a longer chain is cut with an `unknown` terminal.
 const MAX_HOPS: usize = 4;
@@ -82,7 +84,9 @@ pub struct PeerProcess {
     /// How many threads it has.
     pub thread_count: u64,
     /// Its threads blocked in a call on its end of the connection now (a read or write of
-    /// the socket, a poll or epoll holding it); None when its threads could not be read.
+    /// the socket, a poll or epoll holding it); None when that cannot be told: its threads
+    /// could not be read, or only an edge-triggered epoll set holds the socket (an event
+    /// loop's, such as Go's netpoller, which holds every socket whether it is read or not).
     pub waiting_on_socket: Option<Vec<u32>>,
     /// The address the connection reaches it at, when address translation rewrote the
     /// one the target sees (the endpoint): `10.244.1.7:8080` behind a service's
@@ -126,6 +130,10 @@ pub struct ChainFacts {
     pub holders: BTreeMap<String, ThreadNow>,
     /// What each waker thread does now, by tid.
     pub threads_now: BTreeMap<u32, ThreadNow>,
+    /// In a goroutine snapshot, which has no wakers: the goroutines holding the channel
+    /// each blocked goroutine waits on (their stacks hold its address), by the blocked
+    /// goroutine's id.
+    pub channel_holders: BTreeMap<u32, Vec<u32>>,
 }
 
 /// One site's waits (a call site and kind): blocked time, threads, and blocked time by
@@ -255,37 +263,48 @@ impl Graph<'_> {
         ChainSite { site: site.clone(), kind: *kind, object: object.flatten() }
     }
 
-    /// A site that ends a chain by itself: a socket wait (on its heaviest endpoint), or
-    /// a lock whose holder is known.
+    /// A site that ends a chain by itself: a socket wait (on its heaviest endpoint; a
+    /// goroutine's or asyncio task's wait that names one), or a lock whose holder is known.
     fn terminal_at(&self, at: &SiteKey) -> Option<Terminal> {
         let objects = self.sites[at].objects();
-        if is_socket_kind(at.1) {
-            let endpoint = objects.into_iter().flatten().next()?.clone();
+        let endpoint =
+            objects.iter().copied().flatten().find_map(|object| endpoint_in_object(at.1, object));
+        if let Some(endpoint) = endpoint {
             // A listener has no peer: the process found at the other end of a connection
             // to the same address did not keep this accept waiting.
             let peer = match at.1 {
                 WaitKind::Accept => None,
-                _ => self.facts.peers.get(&endpoint).cloned(),
+                _ => self.facts.peers.get(endpoint).cloned(),
             };
             return Some(Terminal::Endpoint {
-                state: self.profile.endpoint_states.get(&endpoint).cloned(),
+                state: self.profile.endpoint_states.get(endpoint).cloned(),
                 peer,
-                endpoint,
+                endpoint: endpoint.to_owned(),
             });
+        }
+        if is_socket_kind(at.1) {
+            // A socket wait whose socket is unknown ends nowhere.
+            return None;
         }
         let holder =
             objects.into_iter().flatten().find_map(|object| self.facts.holders.get(object))?;
         Some(Terminal::LockHolder(holder.clone()))
     }
 
-    /// The threads that woke the waits at `at` most often, with their name.
-    fn wakers_of(&self, (site, kind): &SiteKey) -> Option<(String, Vec<u32>)> {
-        let row = self
+    /// The threads that woke the waits at `at` most often, with their name; where no
+    /// wake was seen (a goroutine snapshot), the goroutines holding the channel its
+    /// goroutines wait on: the ones that would wake them.
+    fn wakers_of(&self, at: &SiteKey) -> Option<(String, Vec<u32>)> {
+        let (site, kind) = at;
+        let Some(row) = self
             .profile
             .wakers
             .iter()
             .filter(|row| row.waiting_site == *site && row.kind == *kind)
-            .max_by_key(|row| row.wakes)?;
+            .max_by_key(|row| row.wakes)
+        else {
+            return self.channel_holders_of(at);
+        };
         let threads: Vec<u32> = row.waker_threads.iter().copied().collect();
         let name = threads
             .iter()
@@ -293,6 +312,25 @@ impl Graph<'_> {
             .cloned()
             .unwrap_or_else(|| row.waker_site.clone());
         Some((name, threads))
+    }
+
+    /// The goroutines holding the channel the goroutines at `at` wait on (not those
+    /// waiting there themselves), named as the hop shows them.
+    fn channel_holders_of(&self, at: &SiteKey) -> Option<(String, Vec<u32>)> {
+        let waiting = &self.sites[at].threads;
+        let holders: BTreeSet<u32> = waiting
+            .iter()
+            .filter_map(|goid| self.facts.channel_holders.get(goid))
+            .flatten()
+            .filter(|holder| !waiting.contains(holder))
+            .copied()
+            .collect();
+        let name = match holders.len() {
+            0 => return None,
+            1 => format!("goroutine {} (holds the channel)", holders.first()?),
+            many => format!("{many} goroutines holding the channel"),
+        };
+        Some((name, holders.into_iter().collect()))
     }
 
     /// Where `threads` were blocked the longest, when they spent a real share of their
@@ -333,18 +371,6 @@ fn unknown_reason(kind: WaitKind) -> String {
         WaitKind::Poll => "a poll on many descriptors".to_owned(),
         _ => "nothing more known".to_owned(),
     }
-}
-
-fn is_socket_kind(kind: WaitKind) -> bool {
-    matches!(
-        kind,
-        WaitKind::Send
-            | WaitKind::Recv
-            | WaitKind::Connect
-            | WaitKind::Accept
-            | WaitKind::Read
-            | WaitKind::Write
-    )
 }
 
 /// A site as the chain line shows it: `enqueue_stat [futex queue.not_full]`.
@@ -466,7 +492,8 @@ pub fn chain_line(chain: &WaitChain, waiters: &str, format_ns: impl Fn(u64) -> S
     // A socket site carries its state right after it, where the reader looks for it.
     let endpoint_state = |site: &ChainSite| match &chain.terminal {
         Terminal::Endpoint { endpoint, state: Some(state), .. }
-            if site.object.as_deref() == Some(endpoint) =>
+            if site.object.as_deref().and_then(|object| endpoint_in_object(site.kind, object))
+                == Some(endpoint) =>
         {
             Some(state.clone())
         }
@@ -479,13 +506,14 @@ pub fn chain_line(chain: &WaitChain, waiters: &str, format_ns: impl Fn(u64) -> S
         let _ = write!(line, ": {state}]");
     }
     for (index, hop) in chain.hops.iter().enumerate() {
-        let _ = write!(
-            line,
-            " ← woken by {}, blocked {} in {}",
-            hop.waker,
-            format_ns(hop.blocked_ns),
-            site_text(&hop.at)
-        );
+        // A goroutine snapshot may know no wait's age (the runtime records one only
+        // where a GC saw the wait).
+        let blocked = match hop.blocked_ns {
+            0 => String::new(),
+            ns => format!(" {}", format_ns(ns)),
+        };
+        let _ =
+            write!(line, " ← woken by {}, blocked{blocked} in {}", hop.waker, site_text(&hop.at));
         if index + 1 == chain.hops.len()
             && let Some(state) = endpoint_state(&hop.at)
         {

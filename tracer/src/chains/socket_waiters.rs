@@ -2,7 +2,9 @@
 //! reading or writing one of the socket's descriptors, or in a poll, select or epoll wait
 //! whose set holds one. "None of them" is the root cause a chain ends in when the peer has
 //! stopped reading; a peer thread waiting to receive from a connection whose other end
-//! waits to receive too is a protocol deadlock.
+//! waits to receive too is a protocol deadlock. An epoll set that holds the socket
+//! edge-triggered tells neither: event loops (Go's netpoller, tokio, nginx) register
+//! every socket so, whether or not the program reads it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,14 +17,34 @@ const MAX_POLL_FDS: u64 = 4096;
 /// select(2)'s descriptors are below FD_SETSIZE.
 const FD_SETSIZE: u64 = 1024;
 
-/// The descriptors a thread blocked in `call` waits on, read from its arguments (and, for
-/// a poll or select set, from `pid`'s memory; for an epoll set, from `epoll_sets`). Empty
-/// for a call that waits on none.
-pub fn descriptors_waited_on(
-    pid: u32,
-    call: &SyscallState,
-    epoll_sets: &mut EpollSets,
-) -> BTreeSet<i32> {
+/// The descriptors a blocked thread's call watches.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// Those it waits on: the one it reads or writes, a poll or select set's, an epoll
+    /// set's level-triggered ones. Empty for a call that waits on none.
+    pub waited_on: BTreeSet<i32>,
+    /// An epoll set's edge-triggered ones: whether it waits on them cannot be told.
+    pub edge_triggered: BTreeSet<i32>,
+}
+
+/// The descriptors a thread blocked in `call` watches, read from its arguments (and, for
+/// a poll or select set, from `pid`'s memory; for an epoll set, from `epoll_sets`).
+pub fn descriptors_watched(pid: u32, call: &SyscallState, epoll_sets: &mut EpollSets) -> Watched {
+    let args = call.args;
+    if let syscall_nr::EPOLL_WAIT | syscall_nr::EPOLL_PWAIT | syscall_nr::EPOLL_PWAIT2 = call.nr {
+        let set = epoll_sets.watched(pid, args[0] as i32);
+        let (edge, level): (Vec<&EpollEntry>, Vec<&EpollEntry>) =
+            set.iter().partition(|entry| entry.edge_triggered);
+        return Watched {
+            waited_on: level.into_iter().map(|entry| entry.fd).collect(),
+            edge_triggered: edge.into_iter().map(|entry| entry.fd).collect(),
+        };
+    }
+    Watched { waited_on: descriptors_waited_on(pid, call), edge_triggered: BTreeSet::new() }
+}
+
+/// The descriptors a thread blocked in `call`, not an epoll wait, waits on.
+fn descriptors_waited_on(pid: u32, call: &SyscallState) -> BTreeSet<i32> {
     let args = call.args;
     let socket_call = classify_syscall(call.nr, |n| Ok::<_, ()>(args[n])).ok().flatten();
     match (call.nr, socket_call) {
@@ -35,9 +57,6 @@ pub fn descriptors_waited_on(
             let mut fds = select_set(pid, args[0], args[1]);
             fds.extend(select_set(pid, args[0], args[2]));
             fds
-        }
-        (syscall_nr::EPOLL_WAIT | syscall_nr::EPOLL_PWAIT | syscall_nr::EPOLL_PWAIT2, _) => {
-            epoll_sets.watched(pid, args[0] as i32).clone()
         }
         _ => BTreeSet::new(),
     }
@@ -83,11 +102,18 @@ fn parse_select_set(bytes: &[u8], nfds: u64) -> BTreeSet<i32> {
 /// /proc/PID/fdinfo/EPFD.
 #[derive(Default)]
 pub struct EpollSets {
-    sets: BTreeMap<(u32, i32), BTreeSet<i32>>,
+    sets: BTreeMap<(u32, i32), Vec<EpollEntry>>,
+}
+
+/// A descriptor an epoll set watches, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EpollEntry {
+    fd: i32,
+    edge_triggered: bool,
 }
 
 impl EpollSets {
-    fn watched(&mut self, pid: u32, epoll_fd: i32) -> &BTreeSet<i32> {
+    fn watched(&mut self, pid: u32, epoll_fd: i32) -> &[EpollEntry] {
         self.sets.entry((pid, epoll_fd)).or_insert_with(|| {
             std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epoll_fd}"))
                 .map(|text| parse_epoll_fdinfo(&text))
@@ -97,11 +123,21 @@ impl EpollSets {
 }
 
 /// An epoll descriptor's fdinfo has a line per watched descriptor:
-/// `tfd:        5 events:       19 data:                5  pos:0 ino:1a3 sdev:8`.
-fn parse_epoll_fdinfo(text: &str) -> BTreeSet<i32> {
+/// `tfd:        5 events:       19 data:                5  pos:0 ino:1a3 sdev:8`, its
+/// events mask in hex (EPOLLET is its top bit).
+fn parse_epoll_fdinfo(text: &str) -> Vec<EpollEntry> {
+    const EPOLLET: u32 = 1 << 31;
     text.lines()
         .filter_map(|line| line.strip_prefix("tfd:"))
-        .filter_map(|rest| rest.split_ascii_whitespace().next()?.parse().ok())
+        .filter_map(|rest| {
+            let mut words = rest.split_ascii_whitespace();
+            let fd = words.next()?.parse().ok()?;
+            let events = match (words.next(), words.next()) {
+                (Some("events:"), Some(mask)) => u32::from_str_radix(mask, 16).ok()?,
+                _ => return None,
+            };
+            Some(EpollEntry { fd, edge_triggered: events & EPOLLET != 0 })
+        })
         .collect()
 }
 
@@ -133,11 +169,18 @@ mod tests {
     }
 
     #[test]
-    fn an_epoll_fdinfo_names_its_watched_descriptors() {
+    fn an_epoll_fdinfo_names_its_watched_descriptors_and_how() {
+        // Go's netpoller registers EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET: 80002005.
         let text = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
                     tfd:        5 events:       19 data:                5  pos:0 ino:1a3 sdev:8\n\
-                    tfd:       11 events:       1d data:       7f00000000b  pos:0 ino:1b0 sdev:8\n";
-        assert_eq!(parse_epoll_fdinfo(text), BTreeSet::from([5, 11]));
+                    tfd:       11 events: 80002005 data:       7f00000000b  pos:0 ino:1b0 sdev:8\n";
+        assert_eq!(
+            parse_epoll_fdinfo(text),
+            [
+                EpollEntry { fd: 5, edge_triggered: false },
+                EpollEntry { fd: 11, edge_triggered: true }
+            ]
+        );
     }
 
     #[test]
@@ -145,11 +188,12 @@ mod tests {
         let mut sets = EpollSets::default();
         let recv =
             SyscallState { nr: syscall_nr::RECVFROM, args: [9, 0, 0, 0, 0, 0], sp: 0, pc: 0 };
-        assert_eq!(descriptors_waited_on(0, &recv, &mut sets), BTreeSet::from([9]));
+        let mut waited_on = |call| descriptors_watched(0, &call, &mut sets).waited_on;
+        assert_eq!(waited_on(recv), BTreeSet::from([9]));
         let read = SyscallState { nr: syscall_nr::READ, args: [4, 0, 0, 0, 0, 0], sp: 0, pc: 0 };
-        assert_eq!(descriptors_waited_on(0, &read, &mut sets), BTreeSet::from([4]));
+        assert_eq!(waited_on(read), BTreeSet::from([4]));
         let futex =
             SyscallState { nr: syscall_nr::FUTEX, args: [0x1000, 0, 1, 0, 0, 0], sp: 0, pc: 0 };
-        assert!(descriptors_waited_on(0, &futex, &mut sets).is_empty());
+        assert!(waited_on(futex).is_empty());
     }
 }

@@ -326,3 +326,41 @@ fn a_waker_blocked_at_several_sites_leads_to_its_heaviest() {
     assert_eq!(handle.hops.len(), 1, "{handle:?}");
     assert_eq!(handle.hops[0].at.site, "flush");
 }
+
+#[test]
+fn a_goroutine_snapshot_leads_from_a_channel_to_its_holders_and_their_endpoint() {
+    // Senders on a full channel; goroutine 9 holds it (and one of the senders, found in
+    // a frame too, is no hop of its own), blocked writing to an endpoint. Ages unknown.
+    let mut profile = recording(
+        vec![
+            stack(
+                "sendStat",
+                WaitKind::Goroutine,
+                Some("chan send on chan int 16/16"),
+                &[1, 2, 3],
+                0,
+            ),
+            stack("writeToBackend", WaitKind::Goroutine, Some("IO wait 10.0.0.5:80"), &[9], 0),
+        ],
+        Vec::new(),
+        &[],
+    );
+    profile.kind = ProfileKind::Snapshot;
+    profile.endpoint_states.insert("10.0.0.5:80".to_string(), "send buffer full".to_string());
+    let mut facts = ChainFacts::default();
+    for sender in [1, 2, 3] {
+        facts.channel_holders.insert(sender, vec![9, 2]);
+    }
+    assert_eq!(
+        lines(&profile, &facts),
+        ["3 goroutines at sendStat [goroutine chan send on chan int 16/16] ← woken by \
+          goroutine 9 (holds the channel), blocked in writeToBackend [goroutine IO wait \
+          10.0.0.5:80: send buffer full]"]
+    );
+    // Two holders are counted, not named.
+    facts.channel_holders.insert(1, vec![9, 10]);
+    profile.stacks[1].stats.add(10, 0);
+    let chains = build(&profile, &facts);
+    assert_eq!(chains[0].hops[0].waker, "2 goroutines holding the channel");
+    assert_eq!(chains[0].hops[0].waker_threads, [9, 10]);
+}

@@ -50,6 +50,7 @@ pub fn name_channel_waits(
     for batch in blocked.chunks(BATCH) {
         let channels = channels_of(&memory, &layout, batch, goroutines);
         for (&index, channel) in batch.iter().zip(&channels) {
+            goroutines[index].channel = channel.unwrap_or_default();
             let name = channel.and_then(|hchan| {
                 names
                     .entry(hchan)

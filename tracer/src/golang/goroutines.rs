@@ -44,6 +44,8 @@ pub struct Goroutine {
     /// and the reason, what tells one wait from the next (see [`Goroutine::same_wait`]).
     pub sp: u64,
     pub tracking_seq: Option<u8>,
+    /// The top of its stack (`g.stack.hi`): its frames are between `sp` and here.
+    pub stack_hi: u64,
     /// Index into the runtime's wait-reason table.
     pub wait_reason: u8,
     /// `nanotime()` when the wait began, where a GC recorded it; 0 if not.
@@ -58,6 +60,9 @@ pub struct Goroutine {
     pub waiting: u64,
     /// What it waits on, where a later stage could name it (`127.0.0.1:5432`).
     pub object: Option<String>,
+    /// The `hchan` of the channel it is blocked on, where a later stage read it (0 if
+    /// none): what tells the goroutines holding that channel (`holders.rs`).
+    pub channel: u64,
 }
 
 impl Goroutine {
@@ -309,12 +314,14 @@ impl GoroutineReader {
             address,
             sp: fields.sp,
             tracking_seq: fields.tracking_seq,
+            stack_hi: fields.stack_hi,
             wait_reason: fields.wait_reason,
             wait_since: fields.wait_since,
             pcs,
             truncated,
             waiting: fields.waiting,
             object: None,
+            channel: 0,
         });
     }
 

@@ -14,6 +14,7 @@ mod binary;
 mod channels;
 mod dump;
 mod goroutines;
+mod holders;
 mod netpoll;
 mod pclntab;
 mod record;
@@ -27,6 +28,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::Context as _;
 
 use crate::{
+    chains,
     model::{Profile, ProfileKind, ThreadCounts, module_infos},
     objects::WaitObjects,
     pipeline::{self, Traced, target::Target},
@@ -55,29 +57,45 @@ pub fn snapshot_profile(traced: &Traced) -> anyhow::Result<Profile> {
     snapshot_of(traced, false)
 }
 
+/// The profile has the wait chains a snapshot of goroutines can have: from a channel's
+/// blocked goroutines to those holding it (`holders`), on to the endpoint and the process
+/// behind it.
 fn snapshot_of(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
-    let (base, named, ()) = read_snapshot(traced, announce, |namer, goroutines| {
-        (stacks::from_goroutines(namer, goroutines), ())
+    let pid = traced.target.pid;
+    let mut sockets = Default::default();
+    let (base, named, holders) = read_snapshot(traced, announce, |namer, goroutines, objects| {
+        let holders = holders::channel_holders(pid, &goroutines);
+        sockets = std::mem::take(&mut objects.endpoint_sockets);
+        (stacks::from_goroutines(namer, goroutines), holders)
     })?;
-    Ok(Profile::from_symbolized(base, named.stacks))
+    let mut profile = Profile::from_symbolized(base, named.stacks);
+    let facts = chains::live::gather_goroutines(&profile, &sockets, holders);
+    profile.chains = chains::build(&profile, &facts);
+    Ok(profile)
 }
 
 /// One read of the goroutines of the Go process `traced`, kept goroutine by goroutine in
 /// groups of the same return addresses (what `serve` answers /debug/pprof/goroutine with,
 /// in Go's own formats).
 pub fn goroutine_dump(traced: &Traced) -> anyhow::Result<GoroutineDump> {
-    let (base, named, groups) = read_snapshot(traced, false, dump::group)?;
+    let (base, named, groups) =
+        read_snapshot(traced, false, |namer, goroutines, _| dump::group(namer, goroutines))?;
     Ok(GoroutineDump::new(base, named.stacks, groups))
 }
 
-/// One read of the goroutines of `traced`, grouped into stacks by `group`: the profile
-/// without its stacks, the stacks, and what else `group` made. `announce` says on stderr
+/// One read of the goroutines of `traced`, grouped into stacks by `group` (which also sees
+/// the objects their waits were named from): the profile without its stacks, the stacks,
+/// and what else `group` made. `announce` says on stderr
 /// that the read begins, once the binary has been read (one that cannot be read, such as a
 /// Go newer than the layout table without DWARF, is then the one line on stderr).
 fn read_snapshot<T>(
     traced: &Traced,
     announce: bool,
-    group: impl FnOnce(&mut stacks::GoNamer<'_>, Vec<goroutines::Goroutine>) -> (stacks::GoStacks, T),
+    group: impl FnOnce(
+        &mut stacks::GoNamer<'_>,
+        Vec<goroutines::Goroutine>,
+        &mut WaitObjects,
+    ) -> (stacks::GoStacks, T),
 ) -> anyhow::Result<(Profile, stacks::GoStacks, T)> {
     let Traced { target, image } = traced;
     let pid = target.pid;
@@ -94,7 +112,7 @@ fn read_snapshot<T>(
     waits.name(&mut goroutines, &mut counts);
     let read = started.elapsed();
     let mut namer = stacks::GoNamer::new(&binary, module.bias, module.name());
-    let (named, grouped) = group(&mut namer, goroutines);
+    let (named, grouped) = group(&mut namer, goroutines, &mut waits.objects);
     let elapsed = started.elapsed();
     log::info!(
         "goroutine snapshot of pid {pid} ({}): binary {parsed:?}, memory {:?}, grouping {:?}, total {elapsed:?}",

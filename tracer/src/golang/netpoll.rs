@@ -244,6 +244,8 @@ mod tests {
             truncated: false,
             waiting: 0,
             object: None,
+            channel: 0,
+            stack_hi: 0,
         }
     }
 

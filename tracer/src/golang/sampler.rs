@@ -259,6 +259,8 @@ mod tests {
             truncated: false,
             waiting: 0,
             object: None,
+            channel: 0,
+            stack_hi: 0,
         }
     }
 

@@ -108,12 +108,14 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         address: _,
         sp: _,
         tracking_seq: _,
+        stack_hi: _,
         wait_reason,
         wait_since,
         pcs,
         truncated,
         waiting: _,
         object,
+        channel: _,
     } in goroutines
     {
         let key = (pcs.as_ptr(), wait_reason, object);

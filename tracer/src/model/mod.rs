@@ -12,6 +12,8 @@ mod symbolize;
 pub(crate) mod tests;
 pub mod timeline;
 
+use tracer_common::WaitKind;
+
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
@@ -24,4 +26,32 @@ pub use timeline::{Timeline, TimelineRecorder};
 /// The Go wait reason of a goroutine parked on a descriptor; its object is this reason,
 /// a space and the endpoint (`IO wait 10.0.0.5:80`).
 pub const GO_IO_WAIT: &str = "IO wait";
+
+/// A thread's wait on a socket (a `read`/`write` counts once its descriptor is one).
+pub fn is_socket_kind(kind: WaitKind) -> bool {
+    matches!(
+        kind,
+        WaitKind::Send
+            | WaitKind::Recv
+            | WaitKind::Connect
+            | WaitKind::Accept
+            | WaitKind::Read
+            | WaitKind::Write
+    )
+}
+
+/// What an asyncio task awaiting a socket names before its endpoint (`recv 10.0.0.5:80`).
+const TASK_SOCKET_VERBS: [&str; 4] = ["recv ", "send ", "accept ", "connect "];
+
+/// The endpoint a wait of `kind` on `object` waits on, if it is a socket's: a thread's
+/// socket wait names it alone, a goroutine's and an asyncio task's after what they do
+/// (`IO wait 10.0.0.5:80`, `recv 10.0.0.5:80`).
+pub fn endpoint_in_object(kind: WaitKind, object: &str) -> Option<&str> {
+    match kind {
+        kind if is_socket_kind(kind) => Some(object),
+        WaitKind::Goroutine => object.strip_prefix(GO_IO_WAIT)?.strip_prefix(' '),
+        WaitKind::Task => TASK_SOCKET_VERBS.iter().find_map(|verb| object.strip_prefix(verb)),
+        _ => None,
+    }
+}
 pub use symbolize::{UNRESOLVED_SOCKET, WakerRow};

@@ -7,7 +7,7 @@ use tracer_common::WaitKind;
 
 use crate::{
     chains,
-    model::{GO_IO_WAIT, Profile, ProfileKind, ProfileStack, Sampling, WaitStats, counted},
+    model::{Profile, ProfileKind, ProfileStack, Sampling, WaitStats, counted, endpoint_in_object},
     report::folded::kind_frame,
 };
 
@@ -330,15 +330,10 @@ pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
     let mut rows: HashMap<&str, ObjectRow> = HashMap::new();
     for stack in &profile.stacks {
         let object = match stack.object.as_deref().filter(|_| kinds.contains(&stack.kind)) {
-            // A goroutine's object is its wait reason: only an IO wait names an endpoint.
-            Some(object) if stack.kind == WaitKind::Goroutine => {
-                object.strip_prefix(GO_IO_WAIT).and_then(|rest| rest.strip_prefix(' '))
-            }
-            // An asyncio task's object is what it awaits: a socket's names its endpoint.
-            Some(object) if stack.kind == WaitKind::Task => {
-                ["recv ", "send ", "accept ", "connect "]
-                    .iter()
-                    .find_map(|verb| object.strip_prefix(verb))
+            // A goroutine's object is its wait reason, an asyncio task's what it awaits:
+            // only an IO wait, or a socket's, names an endpoint.
+            Some(object) if matches!(stack.kind, WaitKind::Goroutine | WaitKind::Task) => {
+                endpoint_in_object(stack.kind, object)
             }
             object => object,
         };
