@@ -172,14 +172,29 @@ fn check_pileup(stripped: bool) {
     assert_eq!(goroutines_at(&pprof_goroutines(port), "main.sendStat"), SENDERS as u64);
     // Most first: the pile-up heads the profile.
     assert_eq!(profile.stacks[0].call_site(), "main.sendStat");
-    assert_pileup_chain(&profile, &out.stdout, &backend, workload.pid());
+    let waker = assert_pileup_chain(&profile, &backend, workload.pid());
+    let line = out
+        .stdout
+        .lines()
+        .find(|line| line.contains("at main.sendStat ["))
+        .unwrap_or_else(|| panic!("no chain line from main.sendStat:\n{}", out.stdout));
+    let expected = format!(
+        "{SENDERS} goroutines at main.sendStat [goroutine {SEND_ON_STATS}] ← woken by {waker}, \
+         blocked"
+    );
+    assert!(line.trim_start().starts_with(&expected), "{expected:?} does not start:\n{line}");
+    let expected_at =
+        format!("in main.writeToBackend [goroutine IO wait {backend}: send buffer full");
+    assert!(line.contains(&expected_at), "{expected_at:?} missing:\n{line}");
+    let expected_peer = format!("→ peer pid {} (goroutines)", workload.pid());
+    assert!(line.contains(&expected_peer), "{line}");
 }
 
 /// The pile-up's wait chain: from the senders on the full channel to the writer holding
 /// it (its loop keeps the channel in its frame), blocked writing to the backend, and on
 /// to the process holding the backend's end: the workload itself, which accepted it and
-/// never reads.
-fn assert_pileup_chain(profile: &Profile, stdout: &str, backend: &str, pid: u32) {
+/// never reads. Returns the hop's waker as the line names it.
+fn assert_pileup_chain(profile: &Profile, backend: &str, pid: u32) -> String {
     let chain = profile
         .chains
         .iter()
@@ -197,24 +212,13 @@ fn assert_pileup_chain(profile: &Profile, stdout: &str, backend: &str, pid: u32)
         panic!("the chain ends at the backend with its process: {chain:#?}");
     };
     assert_eq!(endpoint, backend, "{chain:#?}");
-    assert!(state.as_deref().is_some_and(|state| state.contains("send buffer full")), "{chain:#?}");
+    let full = state.as_deref().is_some_and(|state| state.contains("send buffer full"));
+    assert!(full, "{chain:#?}");
     assert_eq!(peer.pid, pid, "the workload holds the backend's end: {chain:#?}");
     // Go's netpoller holds every socket in its epoll set, edge-triggered: whether a
     // goroutine reads this one cannot be told from the threads.
     assert_eq!(peer.waiting_on_socket, None, "{chain:#?}");
-    let line = stdout
-        .lines()
-        .find(|line| line.contains("at main.sendStat ["))
-        .unwrap_or_else(|| panic!("no chain line from main.sendStat:\n{stdout}"));
-    let expected = format!(
-        "{SENDERS} goroutines at main.sendStat [goroutine {SEND_ON_STATS}] ← woken by {waker}, \
-         blocked"
-    );
-    assert!(line.trim_start().starts_with(&expected), "{expected:?} does not start:\n{line}");
-    let expected_at =
-        format!("in main.writeToBackend [goroutine IO wait {backend}: send buffer full");
-    assert!(line.contains(&expected_at), "{expected_at:?} missing:\n{line}");
-    assert!(line.contains(&format!("→ peer pid {pid} (goroutines)")), "{line}");
+    waker
 }
 
 /// A Go program's `.txt` report is the table printed on stdout: the same renderer as a
@@ -475,6 +479,9 @@ fn check_still_blocked_at_the_end(mode: Mode) {
     assert_eq!(goroutines(writer), 1);
     assert_eq!(writer.object, Some(format!("IO wait {backend}")));
     assert!(has_function(writer, "net.(*conn).Write"), "{}", tracer_tests::describe(writer));
+    // The chain, from the goroutines still parked at the end (the last read's, or those
+    // read when an exact recording stops).
+    assert_pileup_chain(&profile, &backend, workload.pid());
     // Nothing moved: no wait at either site ended.
     let ended = |stack: &ProfileStack| {
         !stack.in_progress

@@ -8,7 +8,7 @@
 //! the probes attached, or stuck) come from a goroutine snapshot taken then, reported as
 //! still blocked; one read at the start tells which have waited the whole recording.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +22,7 @@ use super::{
     stacks::{self, GoNamer, GoStacks},
 };
 use crate::{
+    chains,
     model::{Profile, ProfileKind, Sampling, module_infos},
     objects::WaitObjects,
     pipeline::{self, Traced, counts::go_trace_counts, target::Target},
@@ -80,8 +81,8 @@ async fn record_sampled(
     let started_at = SystemTime::now();
     let (elapsed, target_exited) =
         pipeline::sample_until_stop(target, duration, period, || sampler.read()).await?;
-    let profile =
-        sampled_profile(traced, &binary, module, sampler, started_at, elapsed, target_exited);
+    let window = SampledWindow { started_at, elapsed, target_exited };
+    let profile = sampled_profile(traced, &binary, module, sampler, window, Peers::Read);
     pipeline::report(&profile, outputs, top)
 }
 
@@ -115,19 +116,36 @@ pub fn sample_window(
         let next = period.saturating_sub(read_started.elapsed());
         std::thread::sleep(next.min(duration - elapsed));
     }
-    let elapsed = started.elapsed();
-    Ok(sampled_profile(traced, &binary, module, sampler, started_at, elapsed, target_exited))
+    let window = SampledWindow { started_at, elapsed: started.elapsed(), target_exited };
+    // A window's chains stop short of the processes behind its endpoints, as a thread
+    // window's do (serve reads those for snapshots only).
+    Ok(sampled_profile(traced, &binary, module, sampler, window, Peers::NotRead))
 }
 
-/// The profile of a sampled recording that began at `started_at` and lasted `elapsed`.
+/// When a sampled recording began, how long it lasted, and whether its target exited.
+struct SampledWindow {
+    started_at: SystemTime,
+    elapsed: Duration,
+    target_exited: bool,
+}
+
+/// Whether a sampled profile's chains read the processes behind its endpoints.
+#[derive(PartialEq, Eq)]
+enum Peers {
+    Read,
+    NotRead,
+}
+
+/// The profile of a sampled recording, with its chains: from the channels the goroutines
+/// still waiting at the last read are blocked on, to those holding them (see
+/// `holders.rs`), and on to endpoints (and, with `Peers::Read`, the processes behind them).
 fn sampled_profile(
     traced: &Traced,
     binary: &GoBinary<'_>,
     module: &crate::stacks::Module,
     sampler: Sampler<'_>,
-    started_at: SystemTime,
-    elapsed: Duration,
-    target_exited: bool,
+    SampledWindow { started_at, elapsed, target_exited }: SampledWindow,
+    peers: Peers,
 ) -> Profile {
     let Traced { target, image } = traced;
     let period = sampler.period();
@@ -153,7 +171,9 @@ fn sampled_profile(
     base.modules = module_infos(image);
     let mut profile_stacks = ended.stacks;
     let mut truncated = ended.truncated;
+    let mut channel_holders = BTreeMap::new();
     if !target_exited {
+        channel_holders = super::holders::channel_holders(target.pid, &still_waiting);
         let still = stacks::from_goroutines(&mut namer, still_waiting);
         base.thread_counts = super::thread_counts(&last_counts, still.runtime_hidden);
         truncated += still.truncated;
@@ -164,7 +184,14 @@ fn sampled_profile(
     base.counts.non_socket_io = io_wait_not_socket;
     base.counts.go_objects_unnamed = objects_unnamed;
     base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
-    Profile::from_symbolized(base, profile_stacks)
+    let mut profile = Profile::from_symbolized(base, profile_stacks);
+    let sockets = match peers {
+        Peers::Read => std::mem::take(&mut objects.endpoint_sockets),
+        Peers::NotRead => BTreeMap::new(),
+    };
+    let facts = chains::live::gather_goroutines(&profile, &sockets, channel_holders);
+    profile.chains = chains::build(&profile, &facts);
+    profile
 }
 
 /// An exact recording: uprobes at every park and run.
@@ -247,7 +274,11 @@ async fn record_exact(
     base.counts.go_runtime_waits_hidden = ended.runtime_hidden;
     base.modules = module_infos(image);
     let mut profile_stacks = ended.stacks;
+    let mut channel_holders = BTreeMap::new();
+    let mut sockets = BTreeMap::new();
     if let Some(StillParked { goroutines, counts, mut objects }) = still {
+        channel_holders = super::holders::channel_holders(pid, &goroutines);
+        sockets = std::mem::take(&mut objects.endpoint_sockets);
         let GoStacks { stacks, runtime_hidden, truncated } =
             stacks::from_goroutines(&mut namer, goroutines);
         base.thread_counts = super::thread_counts(&counts, runtime_hidden);
@@ -258,7 +289,11 @@ async fn record_exact(
         base.endpoint_states = std::mem::take(&mut objects.endpoint_states);
         profile_stacks.extend(stacks);
     }
-    let profile = Profile::from_symbolized(base, profile_stacks);
+    let mut profile = Profile::from_symbolized(base, profile_stacks);
+    // The kernel's sums keep no goroutine ids: chains start from the goroutines still
+    // parked at the end, as a snapshot's do.
+    let facts = chains::live::gather_goroutines(&profile, &sockets, channel_holders);
+    profile.chains = chains::build(&profile, &facts);
     pipeline::report(&profile, outputs, top)
 }
 
