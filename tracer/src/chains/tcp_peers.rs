@@ -14,8 +14,7 @@ use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 
 use crate::objects::sockets::{
     conntrack::{Conntrack, Tuple},
-    diag::format_address,
-    diag::{Record, SockDiag},
+    diag::{Record, SockDiag, format_address},
 };
 
 /// The peer socket of a connection, and where the connection reaches it when that is not

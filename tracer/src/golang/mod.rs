@@ -85,9 +85,9 @@ pub fn goroutine_dump(traced: &Traced) -> anyhow::Result<GoroutineDump> {
 
 /// One read of the goroutines of `traced`, grouped into stacks by `group` (which also sees
 /// the objects their waits were named from): the profile without its stacks, the stacks,
-/// and what else `group` made. `announce` says on stderr
-/// that the read begins, once the binary has been read (one that cannot be read, such as a
-/// Go newer than the layout table without DWARF, is then the one line on stderr).
+/// and what else `group` made. `announce` says on stderr that the read begins, once the
+/// binary has been read (one that cannot be read, such as a Go newer than the layout table
+/// without DWARF, is then the one line on stderr).
 fn read_snapshot<T>(
     traced: &Traced,
     announce: bool,

@@ -130,7 +130,6 @@ struct SampledWindow {
 }
 
 /// Whether a sampled profile's chains read the processes behind its endpoints.
-#[derive(PartialEq, Eq)]
 enum Peers {
     Read,
     NotRead,
