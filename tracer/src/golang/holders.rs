@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::goroutines::Goroutine;
 use crate::memory::{Memory, word};
 
-/// The most of one stack scanned: a loop's frame sits near the top of a parked
-/// goroutine's stack only when its callee's frames are small, and a deeper holder is
-/// missed rather than 600,000 stacks read whole.
+/// The most of one stack scanned, from its sp up: a holder's frame lies above the frames
+/// of the calls it is parked in (a few hundred bytes under `net.Conn.Write`), and one
+/// further up than this is missed rather than every stack read whole.
 const SCAN_WINDOW: u64 = 16 * 1024;
 /// Stacks read at once (a batch's bytes at most `SCAN_BATCH × SCAN_WINDOW`).
 const SCAN_BATCH: usize = 256;
