@@ -69,16 +69,16 @@ impl TcpTables {
     /// namespace first (a rewrite on the way out of it), then of the others (a rewrite on
     /// the host, between containers' namespaces).
     fn translated_peer(&mut self, pid: u32, original: Tuple) -> Option<PeerSocket> {
-        let members: Vec<u32> = std::iter::once(pid)
-            .chain(self.others(pid).iter().map(|(member, _)| *member))
-            .collect();
-        let reply = members.into_iter().find_map(|member| {
-            let conntrack =
-                self.conntrack.entry(member).or_insert_with(|| Conntrack::open(member).ok());
-            let reply = conntrack.as_mut()?.reply_of(original).ok()??;
-            // An untranslated connection is tracked too: its reply is the plain reverse.
-            (reply != original.reversed()).then_some(reply)
-        })?;
+        // The other namespaces' sockets are dumped only when the target's own conntrack
+        // has no rewrite of this connection (a loopback peer that is simply gone, say).
+        let reply = match self.translated_reply(pid, original) {
+            Some(reply) => reply,
+            None => {
+                let members: Vec<u32> =
+                    self.others(pid).iter().map(|(member, _)| *member).collect();
+                members.into_iter().find_map(|member| self.translated_reply(member, original))?
+            }
+        };
         // The peer socket's own addresses are the reply's: from its source, to its
         // destination (the client, after any source rewrite).
         let (peer_local, peer_remote) =
@@ -92,6 +92,16 @@ impl TcpTables {
                 .find_map(|(_, records)| crossing_in(records, &peer_remote, &peer_local))?,
         };
         Some(PeerSocket { inode, reached_at: Some(peer_local) })
+    }
+
+    /// The reply tuple of `original` in the conntrack of `member`'s namespace, when the
+    /// connection was rewritten there.
+    fn translated_reply(&mut self, member: u32, original: Tuple) -> Option<Tuple> {
+        let conntrack =
+            self.conntrack.entry(member).or_insert_with(|| Conntrack::open(member).ok());
+        let reply = conntrack.as_mut()?.reply_of(original).ok()??;
+        // An untranslated connection is tracked too: its reply is the plain reverse.
+        (reply != original.reversed()).then_some(reply)
     }
 
     fn others(&mut self, pid: u32) -> &[(u32, Vec<Record>)] {
