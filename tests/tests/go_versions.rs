@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tracer::chains::Terminal;
+use tracer::chains::{Terminal, WaitChain};
 use tracer::golang::{NEWEST_KNOWN_GO, layout_sources};
 use tracer::model::call_site::{Language, call_site};
 use tracer::stacks::Frame;
@@ -56,6 +56,7 @@ impl Toolchain {
 
 /// The pile-up program built by one toolchain: what every check starts.
 struct GoBuild {
+    toolchain: Toolchain,
     /// The build's Go version (`go env GOVERSION`, e.g. "go1.27.3").
     version: String,
     /// Built with `-ldflags=-s -w`: no symbols, no DWARF.
@@ -72,7 +73,7 @@ impl GoBuild {
         let label = format!("{version}{}", if stripped { "-stripped" } else { "" });
         let dir = TempDir::new(&label);
         let bin = build_go_with(&go, dir.path(), GO_GOROUTINES_SOURCE, "goroutines", stripped);
-        Self { version, stripped, bin, dir }
+        Self { toolchain, version, stripped, bin, dir }
     }
 
     /// Names the case in assertion messages.
@@ -94,10 +95,11 @@ impl GoBuild {
 type Check = (&'static str, fn(&GoBuild));
 
 /// The checks each build gets. Record and serve checks of their own join here.
-const CHECKS: [Check; 3] = [
+const CHECKS: [Check; 4] = [
     ("snapshot agrees with the program's own profile", snapshot_agrees_with_pprof),
     ("record reports the pile-up still blocked", record_reports_the_pileup),
     ("serve answers the goroutine profile as the program does", serve_agrees_with_pprof),
+    ("a lock held across a stalled write leads to its holder", lock_leads_to_its_holder),
 ];
 
 /// Builds the program with `toolchain`, not stripped then stripped, and runs every check
@@ -260,6 +262,77 @@ fn snapshot_agrees_with_pprof(build: &GoBuild) {
             if *endpoint == backend && peer.pid == workload.pid()),
         "{case}: the chain ends at the backend: {chain:#?}"
     );
+}
+
+/// Where the "guarded" workload's lockers and the holder of their lock both are.
+const GUARDED_SEND: &str = "main.(*statsClient).send";
+
+/// The lockers of a mutex held across a write to a peer that stopped reading (`mu.Lock();
+/// defer mu.Unlock()`), and a goroutine waiting for that write on a `WaitGroup` (`defer
+/// wg.Done()`): both chains go to the goroutine holding the two (its deferred calls keep
+/// their addresses in its frames, wherever this compiler put them), blocked writing to the
+/// backend, and on to the process behind it. Releases before go1.24 say `semacquire` for
+/// a `WaitGroup`'s wait, and go1.19 for a mutex's too: the stack tells which it is.
+fn lock_leads_to_its_holder(build: &GoBuild) {
+    let case = build.case();
+    let (workload, port) = start_go_goroutines(&build.bin, "guarded", SENDERS, STARTUP_TIMEOUT);
+    // The lockers and the holder, all in the same method.
+    wait_for_oracle(port, GUARDED_SEND, SENDERS as u64 + 1);
+    let backend = http_get(port, "/backend", HTTP_TIMEOUT).text();
+    let Traced { out, profile } =
+        snapshot_profile(workload.pid(), &[], &build.dir, SNAPSHOT_TIMEOUT);
+    println!("{}", out.stdout);
+    let chain_from = |site: &str, reason: &str| {
+        let start = |chain: &&WaitChain| {
+            chain.start.site == site
+                && chain.start.object.as_deref().is_some_and(|object| object.starts_with(reason))
+        };
+        profile.chains.iter().find(start).unwrap_or_else(|| {
+            panic!("{case}: no chain from {site} [{reason}]: {:#?}", profile.chains)
+        })
+    };
+    let ends_at_the_backend = |chain: &WaitChain| {
+        let [hop] = chain.hops.as_slice() else {
+            panic!("{case}: one hop, to the holder: {chain:#?}");
+        };
+        assert_eq!(hop.at.site, GUARDED_SEND, "{case}: {chain:#?}");
+        assert_eq!(hop.at.object, Some(format!("IO wait {backend}")), "{case}: {chain:#?}");
+        assert!(
+            matches!(&chain.terminal, Terminal::Endpoint { endpoint, peer: Some(peer), .. }
+                if *endpoint == backend && peer.pid == workload.pid()),
+            "{case}: the chain ends at the backend: {chain:#?}"
+        );
+        hop.clone()
+    };
+    let (mutex_wait, wait_group_wait) = match build.toolchain {
+        Toolchain::Debian => ("semacquire on ", "semacquire on "),
+        Toolchain::Release(version) if minor_release(version) < 24 => {
+            ("sync.Mutex.Lock on ", "semacquire on ")
+        }
+        Toolchain::Release(_) => ("sync.Mutex.Lock on ", "sync.WaitGroup.Wait on "),
+    };
+
+    let lockers = chain_from(GUARDED_SEND, mutex_wait);
+    assert_eq!(lockers.threads, SENDERS as u64, "{case}: {lockers:#?}");
+    let hop = ends_at_the_backend(lockers);
+    let [holder] = hop.waker_threads[..] else {
+        panic!("{case}: one goroutine holds the lock: {lockers:#?}");
+    };
+    assert_eq!(hop.waker, format!("goroutine {holder} (holds the lock)"), "{case}");
+
+    // A stale word in another goroutine's frame may name the WaitGroup too (only the Go
+    // runtime's stack maps tell a dead slot from a live one): the holder is among those
+    // found, and the hop goes where it is.
+    let waiter = chain_from("main.awaitSends", wait_group_wait);
+    let hop = ends_at_the_backend(waiter);
+    assert!(hop.waker_threads.contains(&holder), "{case}: {waiter:#?}");
+    assert!(hop.waker.ends_with("the WaitGroup)") || hop.waker.ends_with("the WaitGroup"));
+}
+
+/// The minor release of a version such as "1.22.10": 22.
+fn minor_release(version: &str) -> u32 {
+    let minor = version.split('.').nth(1).and_then(|minor| minor.parse().ok());
+    minor.unwrap_or_else(|| panic!("not a Go release: {version:?}"))
 }
 
 /// `tracer record` of the pile-up, parked before the recording began: every sender is

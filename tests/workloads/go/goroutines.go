@@ -20,6 +20,11 @@
 //	goroutines locked N   N goroutines blocked locking the global mutex main.statsMu
 //	                      (main.lockStats), which main holds, and one waiting on the global
 //	                      WaitGroup main.flushes (main.awaitFlushes), which never finishes
+//	goroutines guarded N  N goroutines blocked locking the mutex of a stats client
+//	                      (main.(*statsClient).send), whose holder is blocked writing to a
+//	                      TCP peer that stopped reading with the lock held, and one
+//	                      waiting for that write on a WaitGroup (main.awaitSends); serves
+//	                      that peer's address at /backend, as pileup does
 package main
 
 import (
@@ -170,7 +175,7 @@ func awaitFlushes() {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -200,6 +205,8 @@ func main() {
 			go lockStats()
 		}
 		go awaitFlushes()
+	case "guarded":
+		guarded(n)
 	case "inlined":
 		ch := make(chan int)
 		for i := 0; i < n; i++ {
@@ -223,7 +230,9 @@ func main() {
 // peer keeps the backend's accepted connection referenced, so it is never closed.
 var peer net.Conn
 
-func pileup(n int) {
+// stalledBackend connects to a loopback backend that never reads (its accepted end is
+// kept in peer) and serves the backend's address at /backend.
+func stalledBackend() net.Conn {
 	backend, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
@@ -238,6 +247,11 @@ func pileup(n int) {
 	if peer, err = backend.Accept(); err != nil {
 		panic(err)
 	}
+	return conn
+}
+
+func pileup(n int) {
+	conn := stalledBackend()
 	stats := make(chan []byte, statsBuffer)
 	stats <- make([]byte, stalledPayload)
 	go writeToBackend(conn, stats)
@@ -252,5 +266,48 @@ func pileup(n int) {
 	}
 	for sent.Load() != statsBuffer {
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// statsClient sends stats over one connection, one send at a time: its mutex is held
+// across the write (after the connection, so the mutex's address is not the client's).
+type statsClient struct {
+	conn net.Conn
+	mu   sync.Mutex
+}
+
+//go:noinline
+func (c *statsClient) send(stat []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := c.conn.Write(stat); err != nil {
+		panic(err)
+	}
+}
+
+//go:noinline
+func stalledSend(client *statsClient, sends *sync.WaitGroup) {
+	defer sends.Done()
+	client.send(make([]byte, stalledPayload))
+}
+
+//go:noinline
+func awaitSends(sends *sync.WaitGroup) {
+	sends.Wait()
+}
+
+func guarded(n int) {
+	client := &statsClient{conn: stalledBackend()}
+	sends := new(sync.WaitGroup)
+	sends.Add(1)
+	go stalledSend(client, sends)
+	go awaitSends(sends)
+	// The stalled send holds the lock from here on; the n senders after it block.
+	for client.mu.TryLock() {
+		client.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < n; i++ {
+		go client.send([]byte("stat"))
 	}
 }

@@ -14,7 +14,7 @@ use std::{
 use tracer_common::WaitKind;
 
 use super::{
-    ChainFacts, PeerProcess, ThreadNow, ThreadState,
+    ChainFacts, GoHolders, PeerProcess, ThreadNow, ThreadState,
     socket_waiters::{EpollSets, descriptors_watched},
     tcp_peers::TcpTables,
 };
@@ -95,14 +95,14 @@ pub fn gather(
 }
 
 /// The facts a goroutine snapshot's chains end in: the processes behind the endpoints its
-/// goroutines wait on, and `channel_holders` (see [`ChainFacts::channel_holders`]), read
+/// goroutines wait on, and `goroutine_holders` (see [`ChainFacts::goroutine_holders`]), read
 /// with the goroutines.
 pub fn gather_goroutines(
     profile: &Profile,
     sockets: &BTreeMap<String, SocketInfo>,
-    channel_holders: BTreeMap<u32, Vec<u32>>,
+    goroutine_holders: BTreeMap<u32, GoHolders>,
 ) -> ChainFacts {
-    let mut facts = ChainFacts { channel_holders, ..ChainFacts::default() };
+    let mut facts = ChainFacts { goroutine_holders, ..ChainFacts::default() };
     if !profile.target_exited {
         // A Go peer's threads are the runtime's; a C or Rust peer's unwind by CFI, and
         // the few frames that need a saved rbp stop early.

@@ -21,7 +21,8 @@ use std::{
 use tracer_common::WaitKind;
 
 use crate::model::{
-    ProcessTag, Profile, ProfileKind, ProfileStack, endpoint_in_object, is_socket_kind,
+    ProcessTag, Profile, ProfileKind, ProfileStack, endpoint_in_object, go_wait_reason,
+    is_socket_kind,
 };
 
 /// Hops followed at most: a longer chain is cut with an `unknown` terminal.
@@ -131,9 +132,18 @@ pub struct ChainFacts {
     /// What each waker thread does now, by tid.
     pub threads_now: BTreeMap<u32, ThreadNow>,
     /// In a goroutine snapshot, which has no wakers: the goroutines holding the channel
-    /// each blocked goroutine waits on (their stacks hold its address), by the blocked
-    /// goroutine's id.
-    pub channel_holders: BTreeMap<u32, Vec<u32>>,
+    /// or lock each blocked goroutine waits on (their stacks hold its address), by the
+    /// blocked goroutine's id.
+    pub goroutine_holders: BTreeMap<u32, GoHolders>,
+}
+
+/// The goroutines holding what one goroutine is blocked on (see
+/// [`ChainFacts::goroutine_holders`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoHolders {
+    /// What they hold, as the hop names it: `channel`, `lock`, `WaitGroup`.
+    pub held: &'static str,
+    pub goroutines: Vec<u32>,
 }
 
 /// One site's waits (a call site and kind): blocked time, threads, and blocked time by
@@ -155,11 +165,29 @@ impl SiteWaits {
     }
 }
 
-/// A call site and the kind of wait there: what the graph's nodes are.
-type SiteKey = (String, WaitKind);
+/// What the graph's nodes are: a call site, the kind of wait there and, for goroutines
+/// (all of one kind), the wait reason. A goroutine holding a lock and those waiting for it
+/// are often at one call site (`mu.Lock(); defer mu.Unlock(); conn.Write(…)`), as a
+/// thread's lock and socket waits at one site are two nodes by their kinds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SiteKey {
+    site: String,
+    kind: WaitKind,
+    go_reason: Option<String>,
+}
+
+impl SiteKey {
+    fn new(site: &str, kind: WaitKind, object: Option<&str>) -> Self {
+        let go_reason = match kind {
+            WaitKind::Goroutine => object.map(|object| go_wait_reason(object).to_string()),
+            _ => None,
+        };
+        Self { site: site.to_string(), kind, go_reason }
+    }
+}
 
 fn site_key(stack: &ProfileStack) -> SiteKey {
-    (stack.call_site().to_string(), stack.kind)
+    SiteKey::new(stack.call_site(), stack.kind, stack.object.as_deref())
 }
 
 /// The chains of `profile`, longest blocked time (or, in a snapshot, most threads) first:
@@ -193,8 +221,9 @@ pub fn build(profile: &Profile, facts: &ChainFacts) -> Vec<WaitChain> {
     // Heaviest first, a chain that a chain kept before it passes through is left out,
     // unless it passes through that one too (a cycle): the text does not repeat it, and
     // no chain is left out for one that is not shown.
+    let key = |site: &ChainSite| SiteKey::new(&site.site, site.kind, site.object.as_deref());
     let passes = |chain: &WaitChain, start: &ChainSite| {
-        chain.hops.iter().any(|hop| hop.at.site == start.site && hop.at.kind == start.kind)
+        chain.hops.iter().any(|hop| key(&hop.at) == key(start))
     };
     let mut kept: Vec<WaitChain> = Vec::new();
     for chain in chains {
@@ -226,7 +255,7 @@ impl Graph<'_> {
                 break terminal;
             }
             let Some((waker, waker_threads)) = self.wakers_of(&at) else {
-                break Terminal::Unknown(unknown_reason(at.1));
+                break Terminal::Unknown(unknown_reason(at.kind));
             };
             match self.where_blocked(&waker_threads) {
                 Some(_) if hops.len() == MAX_HOPS => {
@@ -239,7 +268,7 @@ impl Graph<'_> {
                     at = next;
                 }
                 Some((next, _)) => {
-                    break Terminal::Unknown(format!("a cycle back to {}", next.0));
+                    break Terminal::Unknown(format!("a cycle back to {}", next.site));
                 }
                 None => break self.thread_now(&waker, &waker_threads),
             }
@@ -258,21 +287,24 @@ impl Graph<'_> {
     }
 
     /// The site as a chain shows it, with its heaviest object.
-    fn chain_site(&self, (site, kind): &SiteKey) -> ChainSite {
-        let object = self.sites[&(site.clone(), *kind)].objects().first().copied().cloned();
-        ChainSite { site: site.clone(), kind: *kind, object: object.flatten() }
+    fn chain_site(&self, at: &SiteKey) -> ChainSite {
+        let object = self.sites[at].objects().first().copied().cloned();
+        ChainSite { site: at.site.clone(), kind: at.kind, object: object.flatten() }
     }
 
     /// A site that ends a chain by itself: a socket wait (on its heaviest endpoint; a
     /// goroutine's or asyncio task's wait that names one), or a lock whose holder is known.
     fn terminal_at(&self, at: &SiteKey) -> Option<Terminal> {
         let objects = self.sites[at].objects();
-        let endpoint =
-            objects.iter().copied().flatten().find_map(|object| endpoint_in_object(at.1, object));
+        let endpoint = objects
+            .iter()
+            .copied()
+            .flatten()
+            .find_map(|object| endpoint_in_object(at.kind, object));
         if let Some(endpoint) = endpoint {
             // A listener has no peer: the process found at the other end of a connection
             // to the same address did not keep this accept waiting.
-            let peer = match at.1 {
+            let peer = match at.kind {
                 WaitKind::Accept => None,
                 _ => self.facts.peers.get(endpoint).cloned(),
             };
@@ -282,7 +314,7 @@ impl Graph<'_> {
                 endpoint: endpoint.to_owned(),
             });
         }
-        if is_socket_kind(at.1) {
+        if is_socket_kind(at.kind) {
             // A socket wait whose socket is unknown ends nowhere.
             return None;
         }
@@ -292,18 +324,17 @@ impl Graph<'_> {
     }
 
     /// The threads that woke the waits at `at` most often, with their name; where no
-    /// wake was seen (a goroutine snapshot), the goroutines holding the channel its
+    /// wake was seen (a goroutine snapshot), the goroutines holding the channel or lock its
     /// goroutines wait on: the ones that would wake them.
     fn wakers_of(&self, at: &SiteKey) -> Option<(String, Vec<u32>)> {
-        let (site, kind) = at;
         let Some(row) = self
             .profile
             .wakers
             .iter()
-            .filter(|row| row.waiting_site == *site && row.kind == *kind)
+            .filter(|row| row.waiting_site == at.site && row.kind == at.kind)
             .max_by_key(|row| row.wakes)
         else {
-            return self.channel_holders_of(at);
+            return self.goroutine_holders_of(at);
         };
         let threads: Vec<u32> = row.waker_threads.iter().copied().collect();
         let name = threads
@@ -314,21 +345,26 @@ impl Graph<'_> {
         Some((name, threads))
     }
 
-    /// The goroutines holding the channel the goroutines at `at` wait on (not those
+    /// The goroutines holding the channel or lock the goroutines at `at` wait on (not those
     /// waiting there themselves), named as the hop shows them.
-    fn channel_holders_of(&self, at: &SiteKey) -> Option<(String, Vec<u32>)> {
+    fn goroutine_holders_of(&self, at: &SiteKey) -> Option<(String, Vec<u32>)> {
         let waiting = &self.sites[at].threads;
-        let holders: BTreeSet<u32> = waiting
-            .iter()
-            .filter_map(|goid| self.facts.channel_holders.get(goid))
-            .flatten()
-            .filter(|holder| !waiting.contains(holder))
-            .copied()
-            .collect();
+        let mut held = BTreeSet::new();
+        let mut holders = BTreeSet::new();
+        for found in waiting.iter().filter_map(|goid| self.facts.goroutine_holders.get(goid)) {
+            held.insert(found.held);
+            holders.extend(found.goroutines.iter().filter(|holder| !waiting.contains(holder)));
+        }
+        // The goroutines at one site wait on one kind of object, unless a generic
+        // function's site is shared by, say, a channel's and a lock's waits.
+        let held = match held.len() {
+            1 => format!("the {}", held.first()?),
+            _ => "what they wait on".to_string(),
+        };
         let name = match holders.len() {
             0 => return None,
-            1 => format!("goroutine {} (holds the channel)", holders.first()?),
-            many => format!("{many} goroutines holding the channel"),
+            1 => format!("goroutine {} (holds {held})", holders.first()?),
+            many => format!("{many} goroutines holding {held}"),
         };
         Some((name, holders.into_iter().collect()))
     }

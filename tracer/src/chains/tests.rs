@@ -348,8 +348,10 @@ fn a_goroutine_snapshot_leads_from_a_channel_to_its_holders_and_their_endpoint()
     profile.kind = ProfileKind::Snapshot;
     profile.endpoint_states.insert("10.0.0.5:80".to_string(), "send buffer full".to_string());
     let mut facts = ChainFacts::default();
+    let holding =
+        |goroutines: &[u32]| GoHolders { held: "channel", goroutines: goroutines.to_vec() };
     for sender in [1, 2, 3] {
-        facts.channel_holders.insert(sender, vec![9, 2]);
+        facts.goroutine_holders.insert(sender, holding(&[9, 2]));
     }
     assert_eq!(
         lines(&profile, &facts),
@@ -358,9 +360,39 @@ fn a_goroutine_snapshot_leads_from_a_channel_to_its_holders_and_their_endpoint()
           10.0.0.5:80: send buffer full]"]
     );
     // Two holders are counted, not named.
-    facts.channel_holders.insert(1, vec![9, 10]);
+    facts.goroutine_holders.insert(1, holding(&[9, 10]));
     profile.stacks[1].stats.add(10, 0);
     let chains = build(&profile, &facts);
     assert_eq!(chains[0].hops[0].waker, "2 goroutines holding the channel");
     assert_eq!(chains[0].hops[0].waker_threads, [9, 10]);
+}
+
+#[test]
+fn a_goroutine_snapshot_leads_from_a_lock_to_its_holder() {
+    // Lockers of one mutex; goroutine 9, whose frame keeps the mutex for its deferred
+    // unlock, is blocked writing with it held.
+    let mut profile = recording(
+        vec![
+            stack(
+                "send",
+                WaitKind::Goroutine,
+                Some("sync.Mutex.Lock on anon 0xc000010"),
+                &[1, 2],
+                0,
+            ),
+            stack("send", WaitKind::Goroutine, Some("IO wait 10.0.0.5:80"), &[9], 0),
+        ],
+        Vec::new(),
+        &[],
+    );
+    profile.kind = ProfileKind::Snapshot;
+    let mut facts = ChainFacts::default();
+    for locker in [1, 2] {
+        facts.goroutine_holders.insert(locker, GoHolders { held: "lock", goroutines: vec![9] });
+    }
+    assert_eq!(
+        lines(&profile, &facts),
+        ["2 goroutines at send [goroutine sync.Mutex.Lock on anon 0xc000010] ← woken by \
+          goroutine 9 (holds the lock), blocked in send [goroutine IO wait 10.0.0.5:80]"]
+    );
 }

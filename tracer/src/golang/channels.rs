@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use super::{
     binary::{ChanLayout, GoBinary},
     goroutines::{Goroutine, GoroutineCounts, Memory, word},
+    holders::Held,
 };
 
 /// The wait reasons of a goroutine parked in a channel operation with a sudog on the
@@ -50,7 +51,8 @@ pub fn name_channel_waits(
     for batch in blocked.chunks(BATCH) {
         let channels = channels_of(&memory, &layout, batch, goroutines);
         for (&index, channel) in batch.iter().zip(&channels) {
-            goroutines[index].channel = channel.unwrap_or_default();
+            goroutines[index].blocked_on =
+                channel.map(|address| Held { address, what: Held::CHANNEL });
             let name = channel.and_then(|hchan| {
                 names
                     .entry(hchan)

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
-use super::binary::GLayout;
+use super::{binary::GLayout, holders::Held};
 pub(super) use crate::memory::{Memory, word};
 
 /// Bytes of stack read at once from the saved stack pointer: a parked goroutine's frames
@@ -60,9 +60,9 @@ pub struct Goroutine {
     pub waiting: u64,
     /// What it waits on, where a later stage could name it (`127.0.0.1:5432`).
     pub object: Option<String>,
-    /// The `hchan` of the channel it is blocked on, where a later stage read it (0 if
-    /// none): what tells the goroutines holding that channel (`holders.rs`).
-    pub channel: u64,
+    /// The channel or package sync object it is blocked on, where a later stage read it:
+    /// what tells the goroutines holding it (`holders.rs`).
+    pub blocked_on: Option<Held>,
 }
 
 impl Goroutine {
@@ -321,7 +321,7 @@ impl GoroutineReader {
             truncated,
             waiting: fields.waiting,
             object: None,
-            channel: 0,
+            blocked_on: None,
         });
     }
 

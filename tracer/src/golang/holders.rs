@@ -1,20 +1,41 @@
-//! Which goroutines hold a channel that others are blocked on: the hop a goroutine
-//! snapshot's wait chains take where a thread's take its wakers (nothing is attached to a
-//! Go program, so no wake is seen).
+//! Which goroutines hold a channel or lock that others are blocked on: the hop a
+//! goroutine snapshot's wait chains take where a thread's take its wakers (nothing is
+//! attached to a Go program, so no wake is seen).
 //!
 //! Senders blocked on a full channel wait for its reader, receivers on an empty one for
-//! its writers, and the runtime keeps no record of either. But a goroutine that uses a
-//! channel in a loop (`for stat := range stats { conn.Write(stat) }`) keeps the channel
-//! live across the calls it makes, so the `hchan` pointer sits in a slot of its frame while
-//! it is parked elsewhere. A word-aligned scan of each parked goroutine's stack (from its
-//! saved sp to `g.stack.hi`) for the addresses of the channels others are blocked on finds
-//! them, as a conservative collector would; the goroutines blocked on the channel itself
-//! hold it too and are left out.
+//! its writers, lockers of a `sync.Mutex` for the goroutine holding it, and the runtime
+//! keeps no record of any of them. But a goroutine that uses a channel in a loop (`for
+//! stat := range stats { conn.Write(stat) }`) keeps the channel live across the calls it
+//! makes, and one that holds a lock keeps it for its unlock (`mu.Lock(); defer
+//! mu.Unlock()` stores `&mu` in its frame), so the address sits in a slot of its frame
+//! while it is parked elsewhere. A word-aligned scan of each parked goroutine's stack (from
+//! its saved sp towards `g.stack.hi`) for the addresses of the objects others are blocked
+//! on finds them, as a conservative collector would; the goroutines blocked on the object
+//! itself hold it too and are left out. A lock whose holder keeps no pointer to it (a
+//! global locked and unlocked by name) is not found.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::goroutines::Goroutine;
-use crate::memory::{Memory, word};
+use crate::{
+    chains::GoHolders,
+    memory::{Memory, word},
+};
+
+/// What a goroutine is blocked on that others hold: a channel's `hchan`, or a package
+/// sync object (`sync.Mutex`, `RWMutex`, `WaitGroup`), by address, and what the hop calls
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Held {
+    pub address: u64,
+    pub what: &'static str,
+}
+
+impl Held {
+    pub const CHANNEL: &'static str = "channel";
+    pub const LOCK: &'static str = "lock";
+    pub const WAIT_GROUP: &'static str = "WaitGroup";
+}
 
 /// The most of one stack scanned, from its sp up: a holder's frame lies above the frames
 /// of the calls it is parked in (a few hundred bytes under `net.Conn.Write`), and one
@@ -22,26 +43,26 @@ use crate::memory::{Memory, word};
 const SCAN_WINDOW: u64 = 16 * 1024;
 /// Stacks read at once (a batch's bytes at most `SCAN_BATCH × SCAN_WINDOW`).
 const SCAN_BATCH: usize = 256;
-/// The most goroutines whose stacks are scanned, those blocked on no channel first (the
-/// reader behind 600,000 blocked senders is in an IO wait, say); beyond it, a holder is
-/// missed, and the log says how many were scanned.
+/// The most goroutines whose stacks are scanned, those blocked on nothing others hold
+/// first (the reader behind 600,000 blocked senders is in an IO wait, say); beyond it, a
+/// holder is missed, and the log says how many were scanned.
 const MAX_SCANNED: usize = 20_000;
 
-/// The goroutines holding the channel each blocked goroutine of `goroutines` waits on, by
-/// the blocked goroutine's id (as the profile's stacks count goroutines: `goid as u32`).
-pub fn channel_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, Vec<u32>> {
-    let channels: HashSet<u64> =
-        goroutines.iter().map(|goroutine| goroutine.channel).filter(|&c| c != 0).collect();
-    if channels.is_empty() {
+/// The goroutines holding what each blocked goroutine of `goroutines` waits on, by the
+/// blocked goroutine's id (as the profile's stacks count goroutines: `goid as u32`).
+pub fn goroutine_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, GoHolders> {
+    let objects: HashSet<u64> =
+        goroutines.iter().filter_map(|goroutine| Some(goroutine.blocked_on?.address)).collect();
+    if objects.is_empty() {
         return BTreeMap::new();
     }
     let started = std::time::Instant::now();
-    // A goroutine blocked on the one channel others are blocked on holds no other.
+    // A goroutine blocked on the one object others are blocked on holds no other.
     let mut candidates: Vec<&Goroutine> = goroutines
         .iter()
-        .filter(|goroutine| goroutine.channel == 0 || channels.len() > 1)
+        .filter(|goroutine| goroutine.blocked_on.is_none() || objects.len() > 1)
         .collect();
-    candidates.sort_by_key(|goroutine| goroutine.channel != 0);
+    candidates.sort_by_key(|goroutine| goroutine.blocked_on.is_some());
     candidates.truncate(MAX_SCANNED);
     let memory = Memory { pid };
     let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
@@ -58,35 +79,38 @@ pub fn channel_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, Vec<
         let read = memory.read_pieces(&pieces, &mut buffer);
         for (goroutine, range) in batch.iter().zip(read) {
             let Some(range) = range else { continue };
-            for channel in channels_in(&buffer[range], &channels) {
-                if channel != goroutine.channel {
-                    holders.entry(channel).or_default().push(goroutine.goid as u32);
+            let own = goroutine.blocked_on.map(|held| held.address);
+            for object in objects_in(&buffer[range], &objects) {
+                if Some(object) != own {
+                    holders.entry(object).or_default().push(goroutine.goid as u32);
                 }
             }
         }
     }
     log::info!(
-        "channel holders: {} of {} goroutines' stacks scanned for {} channels in {:?}",
+        "goroutine holders: {} of {} goroutines' stacks scanned for {} objects in {:?}",
         candidates.len(),
         goroutines.len(),
-        channels.len(),
+        objects.len(),
         started.elapsed()
     );
     goroutines
         .iter()
         .filter_map(|goroutine| {
-            let holding = holders.get(&goroutine.channel)?;
-            Some((goroutine.goid as u32, holding.clone()))
+            let held = goroutine.blocked_on?;
+            let holding = holders.get(&held.address)?;
+            let found = GoHolders { held: held.what, goroutines: holding.clone() };
+            Some((goroutine.goid as u32, found))
         })
         .collect()
 }
 
-/// The channels of `channels` whose address is a word of `stack` (read from an aligned
-/// sp), each once.
-fn channels_in(stack: &[u8], channels: &HashSet<u64>) -> Vec<u64> {
+/// The objects of `objects` whose address is a word of `stack` (read from an aligned sp),
+/// each once.
+fn objects_in(stack: &[u8], objects: &HashSet<u64>) -> Vec<u64> {
     let mut found: Vec<u64> = (0..stack.len() / 8)
         .map(|index| word(stack, index * 8))
-        .filter(|value| channels.contains(value))
+        .filter(|value| objects.contains(value))
         .collect();
     found.sort_unstable();
     found.dedup();
@@ -98,18 +122,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stack_holds_the_channels_whose_addresses_are_its_aligned_words() {
-        let channels = HashSet::from([0xc000_0100_0000, 0xc000_0200_0000]);
+    fn a_stack_holds_the_objects_whose_addresses_are_its_aligned_words() {
+        let objects = HashSet::from([0xc000_0100_0000, 0xc000_0200_0000]);
         let mut stack = Vec::new();
         for value in [7_u64, 0xc000_0200_0000, 0xc000_0100_0000, 0xc000_0200_0000, 0xc000_0300_0000]
         {
             stack.extend(value.to_le_bytes());
         }
-        assert_eq!(channels_in(&stack, &channels), [0xc000_0100_0000, 0xc000_0200_0000]);
+        assert_eq!(objects_in(&stack, &objects), [0xc000_0100_0000, 0xc000_0200_0000]);
         // An address split across two words is not a pointer slot.
         let mut unaligned = vec![0_u8; 4];
         unaligned.extend(0xc000_0100_0000_u64.to_le_bytes());
         unaligned.extend([0; 4]);
-        assert!(channels_in(&unaligned, &channels).is_empty());
+        assert!(objects_in(&unaligned, &objects).is_empty());
     }
 }

@@ -244,7 +244,7 @@ mod tests {
             truncated: false,
             waiting: 0,
             object: None,
-            channel: 0,
+            blocked_on: None,
             stack_hi: 0,
         }
     }

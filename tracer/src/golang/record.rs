@@ -170,9 +170,9 @@ fn sampled_profile(
     base.modules = module_infos(image);
     let mut profile_stacks = ended.stacks;
     let mut truncated = ended.truncated;
-    let mut channel_holders = BTreeMap::new();
+    let mut goroutine_holders = BTreeMap::new();
     if !target_exited {
-        channel_holders = super::holders::channel_holders(target.pid, &still_waiting);
+        goroutine_holders = super::holders::goroutine_holders(target.pid, &still_waiting);
         let still = stacks::from_goroutines(&mut namer, still_waiting);
         base.thread_counts = super::thread_counts(&last_counts, still.runtime_hidden);
         truncated += still.truncated;
@@ -188,7 +188,7 @@ fn sampled_profile(
         Peers::Read => std::mem::take(&mut objects.endpoint_sockets),
         Peers::NotRead => BTreeMap::new(),
     };
-    let facts = chains::live::gather_goroutines(&profile, &sockets, channel_holders);
+    let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
     profile.chains = chains::build(&profile, &facts);
     profile
 }
@@ -273,10 +273,10 @@ async fn record_exact(
     base.counts.go_runtime_waits_hidden = ended.runtime_hidden;
     base.modules = module_infos(image);
     let mut profile_stacks = ended.stacks;
-    let mut channel_holders = BTreeMap::new();
+    let mut goroutine_holders = BTreeMap::new();
     let mut sockets = BTreeMap::new();
     if let Some(StillParked { goroutines, counts, mut objects }) = still {
-        channel_holders = super::holders::channel_holders(pid, &goroutines);
+        goroutine_holders = super::holders::goroutine_holders(pid, &goroutines);
         sockets = std::mem::take(&mut objects.endpoint_sockets);
         let GoStacks { stacks, runtime_hidden, truncated } =
             stacks::from_goroutines(&mut namer, goroutines);
@@ -291,7 +291,7 @@ async fn record_exact(
     let mut profile = Profile::from_symbolized(base, profile_stacks);
     // The kernel's sums keep no goroutine ids: chains start from the goroutines still
     // parked at the end, as a snapshot's do.
-    let facts = chains::live::gather_goroutines(&profile, &sockets, channel_holders);
+    let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
     profile.chains = chains::build(&profile, &facts);
     pipeline::report(&profile, outputs, top)
 }

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use super::{
     binary::{ChanLayout, GoBinary},
     goroutines::{Goroutine, GoroutineCounts, Memory, word},
+    holders::Held,
 };
 use crate::{objects::locks::LockNamer, stacks::ProcessImage};
 
@@ -28,18 +29,29 @@ const SUDOG_ELEM: usize = 24;
 /// as unnamed.
 const MAX_SUDOGS: usize = 100_000;
 
-/// Package sync's semaphore waits by wait reason (go1.24+ names each; earlier releases
-/// say `semacquire` for all), and where the semaphore lies in the object that holds it, so
-/// that the object is named rather than its field (`sync.Mutex.sema` at 4,
-/// `RWMutex.readerSem` at 12, `WaitGroup.sema` at 8). A writer's `RWMutex.Lock` waits on
-/// either of two fields, and `semacquire` on any: their semaphore is named as it is.
-const SYNC_WAITS: [(&str, u64); 5] = [
-    ("sync.Mutex.Lock", 4),
-    ("sync.RWMutex.RLock", 12),
-    ("sync.WaitGroup.Wait", 8),
-    ("sync.RWMutex.Lock", 0),
-    ("semacquire", 0),
+/// Package sync's semaphore waits by wait reason (go1.24+ names a `WaitGroup`'s; earlier
+/// releases say `semacquire` for it, as for every other semaphore), where the semaphore
+/// lies in the object that holds it, so that the object is named rather than its field
+/// (`sync.Mutex.sema` at 4, `RWMutex.readerSem` at 12, `WaitGroup.sema` at 8), and what a
+/// goroutine that the waiter waits for holds (a reader waits for the writer holding the
+/// `RWMutex`; a `WaitGroup`'s waiter for the goroutines still to call `Done`). A writer's
+/// `RWMutex.Lock` waits on either of two fields, and `semacquire` on any: their semaphore
+/// is named as it is, and no holder is looked for.
+const SYNC_WAITS: [(&str, u64, Option<&str>); 5] = [
+    ("sync.Mutex.Lock", 4, Some(Held::LOCK)),
+    ("sync.RWMutex.RLock", 12, Some(Held::LOCK)),
+    ("sync.WaitGroup.Wait", 8, Some(Held::WAIT_GROUP)),
+    ("sync.RWMutex.Lock", 0, None),
+    ("semacquire", 0, None),
 ];
+
+/// Package sync functions a `semacquire` wait is parked under (the one reason releases
+/// before go1.24 give a `WaitGroup`'s wait, and go1.19 every sync wait), with the
+/// semaphore's offset in its object and what a holder holds: where the reason does not
+/// tell the object, the stack does. (`RWMutex.RLock` is inlined into its callers: it has no
+/// frame to find.)
+const SEMACQUIRE_CALLERS: [(&str, u64, &str); 2] =
+    [("sync.(*WaitGroup).Wait", 8, Held::WAIT_GROUP), ("sync.(*Mutex).lockSlow", 4, Held::LOCK)];
 
 /// Names the lock of each goroutine in `goroutines` blocked on a sync semaphore
 /// (`on main.statsMu` in its object); those whose semaphore cannot be found are counted.
@@ -52,14 +64,14 @@ pub fn name_semaphore_waits(
     goroutines: &mut [Goroutine],
     counts: &mut GoroutineCounts,
 ) {
-    // Wait reason index → the semaphore's offset in its object.
-    let offsets: HashMap<u8, u64> = binary
+    // Wait reason index → the semaphore's offset in its object, and what its holders hold.
+    let offsets: HashMap<u8, (u64, Option<&'static str>)> = binary
         .wait_reasons
         .iter()
         .enumerate()
         .filter_map(|(index, name)| {
-            let (_, offset) = SYNC_WAITS.iter().find(|(reason, _)| reason == name)?;
-            Some((u8::try_from(index).ok()?, *offset))
+            let (_, offset, held) = SYNC_WAITS.iter().find(|(reason, ..)| reason == name)?;
+            Some((u8::try_from(index).ok()?, (*offset, *held)))
         })
         .collect();
     let blocked: Vec<usize> = goroutines
@@ -77,15 +89,41 @@ pub fn name_semaphore_waits(
     };
     let memory = Memory { pid };
     let semaphores = semaphores_by_goroutine(&memory, &layout, semtable.wrapping_add(bias));
+    // Where the reason is `semacquire`, the package sync function in the stack tells.
+    let semacquire = binary
+        .wait_reasons
+        .iter()
+        .position(|reason| reason == "semacquire")
+        .and_then(|index| u8::try_from(index).ok());
+    let is_semacquire = |goroutine: &Goroutine| Some(goroutine.wait_reason) == semacquire;
+    let callers: Vec<_> = match blocked.iter().any(|&index| is_semacquire(&goroutines[index])) {
+        true => SEMACQUIRE_CALLERS
+            .iter()
+            .filter_map(|&(function, offset, held)| {
+                let range = binary.pclntab.function_range(function)?;
+                Some((range.start + bias..range.end + bias, offset, held))
+            })
+            .collect(),
+        false => Vec::new(),
+    };
     for index in blocked {
         let goroutine = &mut goroutines[index];
         let Some(&semaphore) = semaphores.get(&goroutine.address) else {
             counts.objects_unnamed += 1;
             continue;
         };
-        let offset = offsets[&goroutine.wait_reason];
-        let name = locks.name(image, semaphore.wrapping_sub(offset));
+        // A return address is just past its call: the call is inside the function.
+        let caller = callers.iter().filter(|_| is_semacquire(goroutine)).find(|(range, ..)| {
+            goroutine.pcs.iter().any(|&pc| range.contains(&pc.wrapping_sub(1)))
+        });
+        let (offset, held) = match caller {
+            Some(&(_, offset, held)) => (offset, Some(held)),
+            None => offsets[&goroutine.wait_reason],
+        };
+        let object = semaphore.wrapping_sub(offset);
+        let name = locks.name(image, object);
         goroutine.object = Some(format!("on {}", name.name));
+        goroutine.blocked_on = held.map(|what| Held { address: object, what });
     }
 }
 

@@ -115,7 +115,7 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         truncated,
         waiting: _,
         object,
-        channel: _,
+        blocked_on: _,
     } in goroutines
     {
         let key = (pcs.as_ptr(), wait_reason, object);

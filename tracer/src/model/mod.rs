@@ -54,4 +54,14 @@ pub fn endpoint_in_object(kind: WaitKind, object: &str) -> Option<&str> {
         _ => None,
     }
 }
+
+/// What a goroutine's wait is, out of its object: the Go wait reason before what it
+/// names (`chan send` of `chan send on chan int 0/0`, `IO wait` of `IO wait 10.0.0.5:80`);
+/// no reason has " on " in it.
+pub fn go_wait_reason(object: &str) -> &str {
+    if endpoint_in_object(WaitKind::Goroutine, object).is_some() {
+        return GO_IO_WAIT;
+    }
+    object.split_once(" on ").map_or(object, |(reason, _)| reason)
+}
 pub use symbolize::{UNRESOLVED_SOCKET, WakerRow};

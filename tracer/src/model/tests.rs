@@ -233,3 +233,12 @@ fn one_waiter_is_counted_in_the_singular() {
     assert_eq!(counted(300, "goroutines"), "300 goroutines");
     assert_eq!(counted(1, "goroutines"), "1 goroutine");
 }
+
+#[test]
+fn a_goroutine_waits_reason_is_what_its_object_says_before_what_it_names() {
+    assert_eq!(go_wait_reason("chan send on chan []uint8 16/16"), "chan send");
+    assert_eq!(go_wait_reason("sync.Mutex.Lock on main.statsMu"), "sync.Mutex.Lock");
+    assert_eq!(go_wait_reason("IO wait 10.0.0.5:80"), "IO wait");
+    assert_eq!(go_wait_reason("IO wait"), "IO wait");
+    assert_eq!(go_wait_reason("select"), "select");
+}
