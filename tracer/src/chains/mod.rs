@@ -372,14 +372,18 @@ impl Graph<'_> {
     /// Where `threads` were blocked the longest, when they spent a real share of their
     /// time blocked in watched waits at all.
     fn where_blocked(&self, threads: &[u32]) -> Option<(SiteKey, u64)> {
-        let mut totals: HashMap<&SiteKey, u64> = HashMap::new();
+        // Blocked time and threads by site: where no age is known (a goroutine snapshot's
+        // waits), the site most of them are at.
+        let mut totals: HashMap<&SiteKey, (u64, usize)> = HashMap::new();
         for tid in threads {
             for (site, ns) in self.by_thread.get(tid).into_iter().flatten() {
-                *totals.entry(site).or_default() += ns;
+                let total = totals.entry(site).or_default();
+                total.0 += ns;
+                total.1 += 1;
             }
         }
-        let blocked_anywhere: u64 = totals.values().sum();
-        let (site, blocked_ns) =
+        let blocked_anywhere: u64 = totals.values().map(|(ns, _)| ns).sum();
+        let (site, (blocked_ns, _)) =
             totals.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))?;
         // In a snapshot every wait shown is blocked now, whatever its age.
         let enough = match self.profile.kind {

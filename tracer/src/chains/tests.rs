@@ -396,3 +396,25 @@ fn a_goroutine_snapshot_leads_from_a_lock_to_its_holder() {
           goroutine 9 (holds the lock), blocked in send [goroutine IO wait 10.0.0.5:80]"]
     );
 }
+
+#[test]
+fn with_no_ages_known_a_hop_goes_where_most_of_its_goroutines_are() {
+    let mut profile = recording(
+        vec![
+            stack("send", WaitKind::Goroutine, Some("chan send on chan int 0/0"), &[1, 2], 0),
+            stack("flush", WaitKind::Goroutine, Some("IO wait 10.0.0.6:80"), &[10, 11], 0),
+            stack("write", WaitKind::Goroutine, Some("IO wait 10.0.0.5:80"), &[9], 0),
+        ],
+        Vec::new(),
+        &[],
+    );
+    profile.kind = ProfileKind::Snapshot;
+    let mut facts = ChainFacts::default();
+    for sender in [1, 2] {
+        let holders = GoHolders { held: "channel", goroutines: vec![9, 10, 11] };
+        facts.goroutine_holders.insert(sender, holders);
+    }
+    let chains = build(&profile, &facts);
+    let from_senders = chains.iter().find(|chain| chain.start.site == "send").expect("a chain");
+    assert_eq!(from_senders.hops[0].at.site, "flush", "{from_senders:?}");
+}

@@ -44,6 +44,8 @@ pub struct Goroutine {
     /// and the reason, what tells one wait from the next (see [`Goroutine::same_wait`]).
     pub sp: u64,
     pub tracking_seq: Option<u8>,
+    /// The saved frame pointer: where the walk up its frames starts.
+    pub bp: u64,
     /// The top of its stack (`g.stack.hi`): its frames are between `sp` and here.
     pub stack_hi: u64,
     /// Index into the runtime's wait-reason table.
@@ -314,6 +316,7 @@ impl GoroutineReader {
             address,
             sp: fields.sp,
             tracking_seq: fields.tracking_seq,
+            bp: fields.bp,
             stack_hi: fields.stack_hi,
             wait_reason: fields.wait_reason,
             wait_since: fields.wait_since,

@@ -8,15 +8,16 @@
 //! stat := range stats { conn.Write(stat) }`) keeps the channel live across the calls it
 //! makes, and one that holds a lock keeps it for its unlock (`mu.Lock(); defer
 //! mu.Unlock()` stores `&mu` in its frame), so the address sits in a slot of its frame
-//! while it is parked elsewhere. A word-aligned scan of each parked goroutine's stack (from
-//! its saved sp towards `g.stack.hi`) for the addresses of the objects others are blocked
-//! on finds them, as a conservative collector would; the goroutines blocked on the object
-//! itself hold it too and are left out. A lock whose holder keeps no pointer to it (a
-//! global locked and unlocked by name) is not found.
+//! while it is parked elsewhere. A scan of each parked goroutine's stack (from its saved sp
+//! towards `g.stack.hi`) for the addresses of the objects others are blocked on finds
+//! them: of the words its frames hold live at their pcs, as the runtime's collector reads
+//! them (`stack_maps.rs`), so that a stale copy in a dead slot names no one; the
+//! goroutines blocked on the object itself hold it too and are left out. A lock whose
+//! holder keeps no pointer to it (a global locked and unlocked by name) is not found.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::goroutines::Goroutine;
+use super::{goroutines::Goroutine, stack_maps::StackMaps};
 use crate::{
     chains::GoHolders,
     memory::{Memory, word},
@@ -50,7 +51,11 @@ const MAX_SCANNED: usize = 20_000;
 
 /// The goroutines holding what each blocked goroutine of `goroutines` waits on, by the
 /// blocked goroutine's id (as the profile's stacks count goroutines: `goid as u32`).
-pub fn goroutine_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, GoHolders> {
+pub fn goroutine_holders(
+    pid: u32,
+    goroutines: &[Goroutine],
+    maps: &mut StackMaps<'_>,
+) -> BTreeMap<u32, GoHolders> {
     let objects: HashSet<u64> =
         goroutines.iter().filter_map(|goroutine| Some(goroutine.blocked_on?.address)).collect();
     if objects.is_empty() {
@@ -67,6 +72,8 @@ pub fn goroutine_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, Go
     let memory = Memory { pid };
     let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut buffer = Vec::new();
+    // Stacks scanned whole: no stack maps for their first frame.
+    let mut unmapped = 0;
     for batch in candidates.chunks(SCAN_BATCH) {
         let pieces: Vec<(u64, usize)> = batch
             .iter()
@@ -79,8 +86,15 @@ pub fn goroutine_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, Go
         let read = memory.read_pieces(&pieces, &mut buffer);
         for (goroutine, range) in batch.iter().zip(read) {
             let Some(range) = range else { continue };
+            let stack = &buffer[range];
+            let pc = goroutine.pcs.first().copied().unwrap_or_default();
+            let words =
+                maps.live_words(goroutine.sp, stack, pc, goroutine.bp).unwrap_or_else(|| {
+                    unmapped += 1;
+                    (0..stack.len() / 8).map(|index| word(stack, index * 8)).collect()
+                });
             let own = goroutine.blocked_on.map(|held| held.address);
-            for object in objects_in(&buffer[range], &objects) {
+            for object in objects_in(&words, &objects) {
                 if Some(object) != own {
                     holders.entry(object).or_default().push(goroutine.goid as u32);
                 }
@@ -88,7 +102,8 @@ pub fn goroutine_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, Go
         }
     }
     log::info!(
-        "goroutine holders: {} of {} goroutines' stacks scanned for {} objects in {:?}",
+        "goroutine holders: {} of {} goroutines' stacks scanned for {} objects ({unmapped} \
+         without stack maps, whole) in {:?}",
         candidates.len(),
         goroutines.len(),
         objects.len(),
@@ -105,13 +120,10 @@ pub fn goroutine_holders(pid: u32, goroutines: &[Goroutine]) -> BTreeMap<u32, Go
         .collect()
 }
 
-/// The objects of `objects` whose address is a word of `stack` (read from an aligned sp),
-/// each once.
-fn objects_in(stack: &[u8], objects: &HashSet<u64>) -> Vec<u64> {
-    let mut found: Vec<u64> = (0..stack.len() / 8)
-        .map(|index| word(stack, index * 8))
-        .filter(|value| objects.contains(value))
-        .collect();
+/// The objects of `objects` whose address is one of `words`, each once.
+fn objects_in(words: &[u64], objects: &HashSet<u64>) -> Vec<u64> {
+    let mut found: Vec<u64> =
+        words.iter().copied().filter(|value| objects.contains(value)).collect();
     found.sort_unstable();
     found.dedup();
     found
@@ -122,18 +134,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stack_holds_the_objects_whose_addresses_are_its_aligned_words() {
+    fn a_stack_holds_the_objects_whose_addresses_are_its_words() {
         let objects = HashSet::from([0xc000_0100_0000, 0xc000_0200_0000]);
-        let mut stack = Vec::new();
-        for value in [7_u64, 0xc000_0200_0000, 0xc000_0100_0000, 0xc000_0200_0000, 0xc000_0300_0000]
-        {
-            stack.extend(value.to_le_bytes());
-        }
-        assert_eq!(objects_in(&stack, &objects), [0xc000_0100_0000, 0xc000_0200_0000]);
-        // An address split across two words is not a pointer slot.
-        let mut unaligned = vec![0_u8; 4];
-        unaligned.extend(0xc000_0100_0000_u64.to_le_bytes());
-        unaligned.extend([0; 4]);
-        assert!(objects_in(&unaligned, &objects).is_empty());
+        let words = [7, 0xc000_0200_0000, 0xc000_0100_0000, 0xc000_0200_0000, 0xc000_0300_0000];
+        assert_eq!(objects_in(&words, &objects), [0xc000_0100_0000, 0xc000_0200_0000]);
+        assert!(objects_in(&[1, 2, 3], &objects).is_empty());
     }
 }

@@ -20,6 +20,7 @@ mod pclntab;
 mod record;
 mod sampler;
 mod semaphores;
+mod stack_maps;
 mod stacks;
 
 use std::path::PathBuf;
@@ -64,7 +65,7 @@ fn snapshot_of(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     let pid = traced.target.pid;
     let mut sockets = Default::default();
     let (base, named, holders) = read_snapshot(traced, announce, |namer, goroutines, objects| {
-        let holders = holders::goroutine_holders(pid, &goroutines);
+        let holders = holders::goroutine_holders(pid, &goroutines, &mut namer.stack_maps());
         sockets = std::mem::take(&mut objects.endpoint_sockets);
         (stacks::from_goroutines(namer, goroutines), holders)
     })?;

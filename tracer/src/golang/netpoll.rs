@@ -245,6 +245,7 @@ mod tests {
             waiting: 0,
             object: None,
             blocked_on: None,
+            bp: 0,
             stack_hi: 0,
         }
     }

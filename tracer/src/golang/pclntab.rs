@@ -112,11 +112,11 @@ pub struct GoLocation {
 
 /// The function table entry an address lies in.
 #[derive(Clone, Copy)]
-struct FuncAt {
+pub struct FuncAt {
     /// Offset of its `_func` in the table.
     func: usize,
     /// Link-time entry address.
-    entry: u64,
+    pub entry: u64,
 }
 
 impl<'a> Pclntab<'a> {
@@ -321,27 +321,44 @@ impl<'a> Pclntab<'a> {
     /// The function's inline tree (`runtime.funcdata(f, _FUNCDATA_InlTree)`), from its start to
     /// the end of the funcdata section; `None` if it has none or `gofunc` is unknown.
     fn inline_tree(&self, func: usize) -> Option<&'a [u8]> {
+        self.funcdata(FuncAt { func, entry: 0 }, FUNCDATA_INL_TREE)
+    }
+
+    /// The function's funcdata `index` (`runtime.funcdata`), from its start to the end of
+    /// the funcdata section; `None` if it has none or `gofunc` is unknown.
+    pub fn funcdata(&self, at: FuncAt, index: u8) -> Option<&'a [u8]> {
         let gofunc = self.gofunc?;
         let (header, nfuncdata_at) = if self.go120 {
             (FUNC_LEN_GO120, FUNC_NFUNCDATA_GO120)
         } else {
             (FUNC_LEN_GO118, FUNC_NFUNCDATA_GO118)
         };
-        let nfuncdata = *self.data.get(func + nfuncdata_at)?;
-        if FUNCDATA_INL_TREE >= nfuncdata {
+        let nfuncdata = *self.data.get(at.func + nfuncdata_at)?;
+        if index >= nfuncdata {
             return None;
         }
-        let npcdata = read_u32(self.data, func + FUNC_NPCDATA)? as usize;
-        let slot = func + header + 4 * npcdata.checked_add(usize::from(FUNCDATA_INL_TREE))?;
+        let npcdata = read_u32(self.data, at.func + FUNC_NPCDATA)? as usize;
+        let slot = at.func + header + 4 * npcdata.checked_add(usize::from(index))?;
         let offset = read_u32(self.data, slot)?;
         if offset == u32::MAX {
             return None;
         }
-        let tree = gofunc.get(offset as usize..);
-        if tree.is_none() {
-            log::debug!("inline tree at go:func.*+{offset:#x} is outside its section");
+        let data = gofunc.get(offset as usize..);
+        if data.is_none() {
+            log::debug!("funcdata {index} at go:func.*+{offset:#x} is outside its section");
         }
-        tree
+        data
+    }
+
+    /// The function containing the link-time address `pc`, for `funcdata` and `pcdata`.
+    pub fn function_at(&self, pc: u64) -> Option<FuncAt> {
+        self.func_at(pc)
+    }
+
+    /// The value at the link-time address `pc` of the pcdata table `table` of the function
+    /// `at` (`runtime.pcdatavalue`).
+    pub fn pcdata(&self, at: FuncAt, table: u32, pc: u64) -> Option<i64> {
+        self.pcdata_value(at, table, pc)
     }
 
     /// The link-time address range of the function named `name` (a linear scan: used a

@@ -172,7 +172,9 @@ fn sampled_profile(
     let mut truncated = ended.truncated;
     let mut goroutine_holders = BTreeMap::new();
     if !target_exited {
-        goroutine_holders = super::holders::goroutine_holders(target.pid, &still_waiting);
+        let mut maps = namer.stack_maps();
+        goroutine_holders =
+            super::holders::goroutine_holders(target.pid, &still_waiting, &mut maps);
         let still = stacks::from_goroutines(&mut namer, still_waiting);
         base.thread_counts = super::thread_counts(&last_counts, still.runtime_hidden);
         truncated += still.truncated;
@@ -276,7 +278,8 @@ async fn record_exact(
     let mut goroutine_holders = BTreeMap::new();
     let mut sockets = BTreeMap::new();
     if let Some(StillParked { goroutines, counts, mut objects }) = still {
-        goroutine_holders = super::holders::goroutine_holders(pid, &goroutines);
+        goroutine_holders =
+            super::holders::goroutine_holders(pid, &goroutines, &mut namer.stack_maps());
         sockets = std::mem::take(&mut objects.endpoint_sockets);
         let GoStacks { stacks, runtime_hidden, truncated } =
             stacks::from_goroutines(&mut namer, goroutines);

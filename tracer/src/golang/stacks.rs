@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tracer_common::WaitKind;
 
-use super::{binary::GoBinary, goroutines::Goroutine, pclntab::GoLocation};
+use super::{binary::GoBinary, goroutines::Goroutine, pclntab::GoLocation, stack_maps::StackMaps};
 use crate::{
     model::{ProfileStack, WaitStats},
     probes::golang::GoWaitTotal,
@@ -43,6 +43,11 @@ pub struct GoNamer<'a> {
 impl<'a> GoNamer<'a> {
     pub fn new(binary: &'a GoBinary<'a>, bias: u64, module: &str) -> Self {
         Self { binary, bias, module: module.to_owned(), cache: HashMap::new() }
+    }
+
+    /// The executable's stack maps, at its place in the process.
+    pub fn stack_maps(&self) -> StackMaps<'a> {
+        StackMaps::new(&self.binary.pclntab, self.bias)
     }
 
     /// The frames of the code at process address `pc` (looked up at `pc - back`: 1 for a
@@ -116,6 +121,7 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         waiting: _,
         object,
         blocked_on: _,
+        bp: _,
     } in goroutines
     {
         let key = (pcs.as_ptr(), wait_reason, object);
