@@ -268,11 +268,12 @@ fn snapshot_agrees_with_pprof(build: &GoBuild) {
 const GUARDED_SEND: &str = "main.(*statsClient).send";
 
 /// The lockers of a mutex held across a write to a peer that stopped reading (`mu.Lock();
-/// defer mu.Unlock()`), and a goroutine waiting for that write on a `WaitGroup` (`defer
-/// wg.Done()`): both chains go to the goroutine holding the two (its deferred calls keep
-/// their addresses in its frames, wherever this compiler put them), blocked writing to the
-/// backend, and on to the process behind it. Releases before go1.24 say `semacquire` for
-/// a `WaitGroup`'s wait, and go1.19 for a mutex's too: the stack tells which it is.
+/// defer mu.Unlock()`), a goroutine waiting for that write on a `WaitGroup` (`defer
+/// wg.Done()`) and a writer waiting for the read lock the write is under: each chain goes
+/// to the goroutine holding the three (its deferred calls keep their addresses in its
+/// frames, wherever this compiler put them), blocked writing to the backend, and on to
+/// the process behind it. Releases before go1.24 say `semacquire` for a `WaitGroup`'s
+/// wait, and go1.19 for every sync wait: the stack tells which it is.
 fn lock_leads_to_its_holder(build: &GoBuild) {
     let case = build.case();
     let (workload, port) = start_go_goroutines(&build.bin, "guarded", SENDERS, STARTUP_TIMEOUT);
@@ -304,12 +305,14 @@ fn lock_leads_to_its_holder(build: &GoBuild) {
         );
         hop.clone()
     };
-    let (mutex_wait, wait_group_wait) = match build.toolchain {
-        Toolchain::Debian => ("semacquire on ", "semacquire on "),
+    let (mutex_wait, rw_mutex_wait, wait_group_wait) = match build.toolchain {
+        Toolchain::Debian => ("semacquire on ", "semacquire on ", "semacquire on "),
         Toolchain::Release(version) if minor_release(version) < 24 => {
-            ("sync.Mutex.Lock on ", "semacquire on ")
+            ("sync.Mutex.Lock on ", "sync.RWMutex.Lock on ", "semacquire on ")
         }
-        Toolchain::Release(_) => ("sync.Mutex.Lock on ", "sync.WaitGroup.Wait on "),
+        Toolchain::Release(_) => {
+            ("sync.Mutex.Lock on ", "sync.RWMutex.Lock on ", "sync.WaitGroup.Wait on ")
+        }
     };
 
     let lockers = chain_from(GUARDED_SEND, mutex_wait);
@@ -327,6 +330,12 @@ fn lock_leads_to_its_holder(build: &GoBuild) {
     let hop = ends_at_the_backend(waiter);
     assert_eq!(hop.waker_threads, [holder], "{case}: {waiter:#?}");
     assert_eq!(hop.waker, format!("goroutine {holder} (holds the WaitGroup)"), "{case}");
+
+    // The settings' writer waits for their reader: the same goroutine again.
+    let writer = chain_from("main.updateSettings", rw_mutex_wait);
+    let hop = ends_at_the_backend(writer);
+    assert_eq!(hop.waker_threads, [holder], "{case}: {writer:#?}");
+    assert_eq!(hop.waker, format!("goroutine {holder} (holds the lock)"), "{case}");
 }
 
 /// The minor release of a version such as "1.22.10": 22.

@@ -22,9 +22,11 @@
 //	                      WaitGroup main.flushes (main.awaitFlushes), which never finishes
 //	goroutines guarded N  N goroutines blocked locking the mutex of a stats client
 //	                      (main.(*statsClient).send), whose holder is blocked writing to a
-//	                      TCP peer that stopped reading with the lock held, and one
-//	                      waiting for that write on a WaitGroup (main.awaitSends); serves
-//	                      that peer's address at /backend, as pileup does
+//	                      TCP peer that stopped reading with the lock held (and a read
+//	                      lock of the settings), one waiting for that write on a
+//	                      WaitGroup (main.awaitSends) and one for the settings' write
+//	                      lock (main.updateSettings); serves that peer's address at
+//	                      /backend, as pileup does
 package main
 
 import (
@@ -286,9 +288,17 @@ func (c *statsClient) send(stat []byte) {
 }
 
 //go:noinline
-func stalledSend(client *statsClient, sends *sync.WaitGroup) {
+func stalledSend(client *statsClient, settings *sync.RWMutex, sends *sync.WaitGroup) {
 	defer sends.Done()
+	settings.RLock()
+	defer settings.RUnlock()
 	client.send(make([]byte, stalledPayload))
+}
+
+//go:noinline
+func updateSettings(settings *sync.RWMutex) {
+	settings.Lock()
+	settings.Unlock()
 }
 
 //go:noinline
@@ -298,15 +308,16 @@ func awaitSends(sends *sync.WaitGroup) {
 
 func guarded(n int) {
 	client := &statsClient{conn: stalledBackend()}
-	sends := new(sync.WaitGroup)
+	settings, sends := new(sync.RWMutex), new(sync.WaitGroup)
 	sends.Add(1)
-	go stalledSend(client, sends)
+	go stalledSend(client, settings, sends)
 	go awaitSends(sends)
 	// The stalled send holds the lock from here on; the n senders after it block.
 	for client.mu.TryLock() {
 		client.mu.Unlock()
 		time.Sleep(time.Millisecond)
 	}
+	go updateSettings(settings)
 	for i := 0; i < n; i++ {
 		go client.send([]byte("stat"))
 	}

@@ -190,6 +190,18 @@ fn site_key(stack: &ProfileStack) -> SiteKey {
     SiteKey::new(stack.call_site(), stack.kind, stack.object.as_deref())
 }
 
+impl ChainSite {
+    fn key(&self) -> SiteKey {
+        SiteKey::new(&self.site, self.kind, self.object.as_deref())
+    }
+
+    /// Whether `stack` waits at this site (its call site and kind; a goroutine's, its
+    /// wait reason too).
+    pub fn matches(&self, stack: &ProfileStack) -> bool {
+        self.key() == site_key(stack)
+    }
+}
+
 /// The chains of `profile`, longest blocked time (or, in a snapshot, most threads) first:
 /// one per site that leads somewhere (a hop, a lock holder, a waker doing something
 /// else, a peer process), but for the
@@ -221,9 +233,8 @@ pub fn build(profile: &Profile, facts: &ChainFacts) -> Vec<WaitChain> {
     // Heaviest first, a chain that a chain kept before it passes through is left out,
     // unless it passes through that one too (a cycle): the text does not repeat it, and
     // no chain is left out for one that is not shown.
-    let key = |site: &ChainSite| SiteKey::new(&site.site, site.kind, site.object.as_deref());
     let passes = |chain: &WaitChain, start: &ChainSite| {
-        chain.hops.iter().any(|hop| key(&hop.at) == key(start))
+        chain.hops.iter().any(|hop| hop.at.key() == start.key())
     };
     let mut kept: Vec<WaitChain> = Vec::new();
     for chain in chains {

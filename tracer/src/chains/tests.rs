@@ -418,3 +418,21 @@ fn with_no_ages_known_a_hop_goes_where_most_of_its_goroutines_are() {
     let from_senders = chains.iter().find(|chain| chain.start.site == "send").expect("a chain");
     assert_eq!(from_senders.hops[0].at.site, "flush", "{from_senders:?}");
 }
+
+#[test]
+fn a_goroutine_site_is_its_call_site_and_wait_reason() {
+    let site = |kind, object: &str| ChainSite {
+        site: "send".to_string(),
+        kind,
+        object: Some(object.to_string()),
+    };
+    let lockers = site(WaitKind::Goroutine, "sync.Mutex.Lock on anon 0xc000010");
+    let locker = stack("send", WaitKind::Goroutine, Some("sync.Mutex.Lock on main.mu"), &[1], 0);
+    let holder = stack("send", WaitKind::Goroutine, Some("IO wait 10.0.0.5:80"), &[9], 0);
+    assert!(lockers.matches(&locker));
+    assert!(!lockers.matches(&holder));
+    // A thread's site is its call site and kind, whatever its object.
+    let futex = site(WaitKind::Futex, "queue.not_full");
+    assert!(futex.matches(&stack("send", WaitKind::Futex, Some("queue.not_empty"), &[2], 0)));
+    assert!(!futex.matches(&holder));
+}

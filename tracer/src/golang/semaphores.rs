@@ -32,26 +32,31 @@ const MAX_SUDOGS: usize = 100_000;
 /// Package sync's semaphore waits by wait reason (go1.24+ names a `WaitGroup`'s; earlier
 /// releases say `semacquire` for it, as for every other semaphore), where the semaphore
 /// lies in the object that holds it, so that the object is named rather than its field
-/// (`sync.Mutex.sema` at 4, `RWMutex.readerSem` at 12, `WaitGroup.sema` at 8), and what a
-/// goroutine that the waiter waits for holds (a reader waits for the writer holding the
-/// `RWMutex`; a `WaitGroup`'s waiter for the goroutines still to call `Done`). A writer's
-/// `RWMutex.Lock` waits on either of two fields, and `semacquire` on any: their semaphore
-/// is named as it is, and no holder is looked for.
+/// (`sync.Mutex.sema` at 4, `RWMutex.writerSem` at 8 and `readerSem` at 12,
+/// `WaitGroup.sema` at 8), and what a goroutine that the waiter waits for holds (a writer
+/// waits for the readers holding the `RWMutex`, a reader for the writer; a `WaitGroup`'s
+/// waiter for the goroutines still to call `Done`). A writer queued behind another writer
+/// waits in the `RWMutex`'s inner `Mutex` (at 0), as `sync.Mutex.Lock`. `semacquire` may be
+/// any of them: see [`SEMACQUIRE_CALLERS`].
 const SYNC_WAITS: [(&str, u64, Option<&str>); 5] = [
     ("sync.Mutex.Lock", 4, Some(Held::LOCK)),
     ("sync.RWMutex.RLock", 12, Some(Held::LOCK)),
+    ("sync.RWMutex.Lock", 8, Some(Held::LOCK)),
     ("sync.WaitGroup.Wait", 8, Some(Held::WAIT_GROUP)),
-    ("sync.RWMutex.Lock", 0, None),
     ("semacquire", 0, None),
 ];
 
 /// Package sync functions a `semacquire` wait is parked under (the one reason releases
 /// before go1.24 give a `WaitGroup`'s wait, and go1.19 every sync wait), with the
 /// semaphore's offset in its object and what a holder holds: where the reason does not
-/// tell the object, the stack does. (`RWMutex.RLock` is inlined into its callers: it has no
-/// frame to find.)
-const SEMACQUIRE_CALLERS: [(&str, u64, &str); 2] =
-    [("sync.(*WaitGroup).Wait", 8, Held::WAIT_GROUP), ("sync.(*Mutex).lockSlow", 4, Held::LOCK)];
+/// tell the object, the innermost of them in the stack does (a writer queued behind
+/// another is in `Mutex.lockSlow` under `RWMutex.Lock`). `RWMutex.RLock` is inlined into
+/// its callers: it has no frame to find.
+const SEMACQUIRE_CALLERS: [(&str, u64, &str); 3] = [
+    ("sync.(*WaitGroup).Wait", 8, Held::WAIT_GROUP),
+    ("sync.(*Mutex).lockSlow", 4, Held::LOCK),
+    ("sync.(*RWMutex).Lock", 8, Held::LOCK),
+];
 
 /// Names the lock of each goroutine in `goroutines` blocked on a sync semaphore
 /// (`on main.statsMu` in its object); those whose semaphore cannot be found are counted.
@@ -112,10 +117,11 @@ pub fn name_semaphore_waits(
             counts.objects_unnamed += 1;
             continue;
         };
-        // A return address is just past its call: the call is inside the function.
-        let caller = callers.iter().filter(|_| is_semacquire(goroutine)).find(|(range, ..)| {
-            goroutine.pcs.iter().any(|&pc| range.contains(&pc.wrapping_sub(1)))
-        });
+        // Leaf first; a return address is just past its call, inside the function.
+        let caller =
+            goroutine.pcs.iter().filter(|_| is_semacquire(goroutine)).find_map(|&pc| {
+                callers.iter().find(|(range, ..)| range.contains(&pc.wrapping_sub(1)))
+            });
         let (offset, held) = match caller {
             Some(&(_, offset, held)) => (offset, Some(held)),
             None => offsets[&goroutine.wait_reason],

@@ -85,13 +85,8 @@ fn sanitize(name: &str) -> String {
 /// summary's line). Other stacks are as in
 /// `folded_lines_weighted`.
 pub fn chain_folded_lines(profile: &Profile, weight: Weight) -> Vec<String> {
-    let chain_at = |stack: &ProfileStack| {
-        let site = stack.call_site();
-        profile
-            .chains
-            .iter()
-            .find(|chain| chain.start.site == site && chain.start.kind == stack.kind)
-    };
+    let chain_at =
+        |stack: &ProfileStack| profile.chains.iter().find(|chain| chain.start.matches(stack));
     profile
         .stacks
         .iter()
