@@ -116,7 +116,7 @@ pub struct FuncAt {
     /// Offset of its `_func` in the table.
     func: usize,
     /// Link-time entry address.
-    pub entry: u64,
+    entry: u64,
 }
 
 impl<'a> Pclntab<'a> {

@@ -135,8 +135,8 @@ enum Peers {
     NotRead,
 }
 
-/// The profile of a sampled recording, with its chains: from the channels the goroutines
-/// still waiting at the last read are blocked on, to those holding them (see
+/// The profile of a sampled recording, with its chains: from the channels and locks the
+/// goroutines still waiting at the last read are blocked on, to those holding them (see
 /// `holders.rs`), and on to endpoints (and, with `Peers::Read`, the processes behind them).
 fn sampled_profile(
     traced: &Traced,

@@ -147,7 +147,8 @@ fn live_words(
         for index in reached {
             scanned[index] = true;
             let (start, _, pointer_bytes) = objects[index];
-            live.extend((start..start + pointer_bytes).step_by(8).filter_map(read));
+            let object_end = start.saturating_add(pointer_bytes).min(end);
+            live.extend((start..object_end).step_by(8).filter_map(read));
         }
     }
     Some(live)
