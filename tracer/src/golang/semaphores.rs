@@ -101,27 +101,28 @@ pub fn name_semaphore_waits(
         .position(|reason| reason == "semacquire")
         .and_then(|index| u8::try_from(index).ok());
     let is_semacquire = |goroutine: &Goroutine| Some(goroutine.wait_reason) == semacquire;
-    let callers: Vec<_> = match blocked.iter().any(|&index| is_semacquire(&goroutines[index])) {
-        true => SEMACQUIRE_CALLERS
-            .iter()
-            .filter_map(|&(function, offset, held)| {
-                let range = binary.pclntab.function_range(function)?;
-                Some((range.start + bias..range.end + bias, offset, held))
-            })
-            .collect(),
-        false => Vec::new(),
-    };
+    let mut callers = Vec::new();
+    if blocked.iter().any(|&index| is_semacquire(&goroutines[index])) {
+        callers.extend(SEMACQUIRE_CALLERS.iter().filter_map(|&(function, offset, held)| {
+            let range = binary.pclntab.function_range(function)?;
+            Some((range.start + bias..range.end + bias, offset, held))
+        }));
+    }
     for index in blocked {
         let goroutine = &mut goroutines[index];
         let Some(&semaphore) = semaphores.get(&goroutine.address) else {
             counts.objects_unnamed += 1;
             continue;
         };
+        // Only a `semacquire` wait is told by its stack (a named reason says its field).
         // Leaf first; a return address is just past its call, inside the function.
-        let caller =
-            goroutine.pcs.iter().filter(|_| is_semacquire(goroutine)).find_map(|&pc| {
+        let caller = if is_semacquire(goroutine) {
+            goroutine.pcs.iter().find_map(|&pc| {
                 callers.iter().find(|(range, ..)| range.contains(&pc.wrapping_sub(1)))
-            });
+            })
+        } else {
+            None
+        };
         let (offset, held) = match caller {
             Some(&(_, offset, held)) => (offset, Some(held)),
             None => offsets[&goroutine.wait_reason],
