@@ -95,11 +95,12 @@ impl GoBuild {
 type Check = (&'static str, fn(&GoBuild));
 
 /// The checks each build gets. Record and serve checks of their own join here.
-const CHECKS: [Check; 4] = [
+const CHECKS: [Check; 5] = [
     ("snapshot agrees with the program's own profile", snapshot_agrees_with_pprof),
     ("record reports the pile-up still blocked", record_reports_the_pileup),
     ("serve answers the goroutine profile as the program does", serve_agrees_with_pprof),
     ("a lock held across a stalled write leads to its holder", lock_leads_to_its_holder),
+    ("a lock held in a system call leads to its holder", lock_held_in_a_syscall),
 ];
 
 /// Builds the program with `toolchain`, not stripped then stripped, and runs every check
@@ -336,6 +337,69 @@ fn lock_leads_to_its_holder(build: &GoBuild) {
     let hop = ends_at_the_backend(writer);
     assert_eq!(hop.waker_threads, [holder], "{case}: {writer:#?}");
     assert_eq!(hop.waker, format!("goroutine {holder} (holds the lock)"), "{case}");
+}
+
+/// Where the "journaled" workload's lockers and the holder of their lock both are.
+const JOURNAL_APPEND: &str = "main.(*journal).append";
+
+/// The lockers of a mutex held across a write(2) to a pipe nobody reads, a system call of
+/// the goroutine's own (not the netpoller's): the holder is read from where it entered the
+/// call (`g.syscallsp`, its frame pointer kept from go1.23 on, found from the frames'
+/// sizes before), its whole stack down to the write; the call is named from its thread
+/// (`syscall write on pipe:[…]`), and the chain goes on to the process holding the pipe's
+/// read end (the workload itself).
+fn lock_held_in_a_syscall(build: &GoBuild) {
+    let case = build.case();
+    let (workload, port) = start_go_goroutines(&build.bin, "journaled", SENDERS, STARTUP_TIMEOUT);
+    wait_for_oracle(port, JOURNAL_APPEND, SENDERS as u64 + 1);
+    let Traced { out, profile } =
+        snapshot_profile(workload.pid(), &[], &build.dir, SNAPSHOT_TIMEOUT);
+    println!("{}", out.stdout);
+
+    let in_syscall = |stack: &ProfileStack| {
+        stack.object.as_deref().is_some_and(|object| object.starts_with("syscall write on pipe:["))
+    };
+    let holder = group(&profile, JOURNAL_APPEND, in_syscall);
+    assert_eq!(goroutines(holder), 1, "{case}: {holder:#?}");
+    assert!(!holder.truncated, "{case}: the holder's stack reaches its start: {holder:#?}");
+    let names: Vec<&str> = holder.frames.iter().rev().map(|frame| frame.name.as_str()).collect();
+    assert!(
+        is_subsequence(&["syscall.Write".into(), JOURNAL_APPEND.into()], &names),
+        "{case}: the write under the append, leaf first: {names:?}"
+    );
+    let pipe = holder.object.as_deref().and_then(|object| object.strip_prefix("syscall write on "));
+
+    let mutex_wait = match build.toolchain {
+        Toolchain::Debian => "semacquire on ",
+        Toolchain::Release(_) => "sync.Mutex.Lock on ",
+    };
+    let lockers = profile
+        .chains
+        .iter()
+        .find(|chain| {
+            chain.start.site == JOURNAL_APPEND
+                && chain
+                    .start
+                    .object
+                    .as_deref()
+                    .is_some_and(|object| object.starts_with(mutex_wait))
+        })
+        .unwrap_or_else(|| panic!("{case}: no chain from the lockers: {:#?}", profile.chains));
+    assert_eq!(lockers.threads, SENDERS as u64, "{case}: {lockers:#?}");
+    let [hop] = lockers.hops.as_slice() else {
+        panic!("{case}: one hop, to the holder: {lockers:#?}");
+    };
+    assert_eq!(hop.at.site, JOURNAL_APPEND, "{case}: {lockers:#?}");
+    assert_eq!(hop.at.object, holder.object, "{case}: {lockers:#?}");
+    let [goid] = hop.waker_threads[..] else {
+        panic!("{case}: one goroutine holds the lock: {lockers:#?}");
+    };
+    assert_eq!(hop.waker, format!("goroutine {goid} (holds the lock)"), "{case}");
+    assert!(
+        matches!(&lockers.terminal, Terminal::Endpoint { endpoint, peer: Some(peer), .. }
+            if Some(endpoint.as_str()) == pipe && peer.pid == workload.pid()),
+        "{case}: the chain ends at the pipe's reader: {lockers:#?}"
+    );
 }
 
 /// The minor release of a version such as "1.22.10": 22.

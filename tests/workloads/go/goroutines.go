@@ -27,6 +27,10 @@
 //	                      WaitGroup (main.awaitSends) and one for the settings' write
 //	                      lock (main.updateSettings); serves that peer's address at
 //	                      /backend, as pileup does
+//	goroutines journaled N N goroutines blocked locking the mutex of a journal
+//	                      (main.(*journal).append), whose holder is blocked in a write(2)
+//	                      to a pipe nobody reads, a system call outside the netpoller,
+//	                      with the lock held
 package main
 
 import (
@@ -177,7 +181,7 @@ func awaitFlushes() {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded|journaled N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -209,6 +213,8 @@ func main() {
 		go awaitFlushes()
 	case "guarded":
 		guarded(n)
+	case "journaled":
+		journaled(n)
 	case "inlined":
 		ch := make(chan int)
 		for i := 0; i < n; i++ {
@@ -320,5 +326,41 @@ func guarded(n int) {
 	go updateSettings(settings)
 	for i := 0; i < n; i++ {
 		go client.send([]byte("stat"))
+	}
+}
+
+// journal appends records to a descriptor, one append at a time: its mutex is held across
+// the write, a plain system call (after the descriptor, so the mutex's address is not the
+// journal's).
+type journal struct {
+	fd int
+	mu sync.Mutex
+}
+
+//go:noinline
+func (j *journal) append(record []byte) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if _, err := syscall.Write(j.fd, record); err != nil {
+		panic(err)
+	}
+}
+
+func journaled(n int) {
+	// A blocking pipe (syscall.Pipe, not os.Pipe, which the netpoller would take): the
+	// first append fills its buffer and blocks in write(2) for good, as nothing reads.
+	var fds [2]int
+	if err := syscall.Pipe(fds[:]); err != nil {
+		panic(err)
+	}
+	j := &journal{fd: fds[1]}
+	go j.append(make([]byte, stalledPayload))
+	// The stalled append holds the lock from here on; the n appends after it block.
+	for j.mu.TryLock() {
+		j.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < n; i++ {
+		go j.append([]byte("record"))
 	}
 }

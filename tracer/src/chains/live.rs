@@ -20,15 +20,15 @@ use super::{
 };
 use crate::{
     model::{
-        Profile,
+        Profile, ProfileStack,
         call_site::{Language, call_site},
-        endpoint_in_object,
+        endpoint_in_object, go_syscall_in_object,
     },
     objects::sockets::{Protocol, SocketInfo, diag::SockDiag, socket_inode},
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
     threads::{
-        SampleError, SyscallState, ThreadReader, ThreadSyscall, blocked_now::SavedFramePointers,
-        parse_syscall, read_memory,
+        SampleError, SyscallState, ThreadReader, ThreadSyscall, blocked_calls,
+        blocked_now::SavedFramePointers, read_memory, read_syscall, syscall_name,
     },
 };
 
@@ -90,7 +90,8 @@ pub fn gather(
             facts.holders.insert(object.clone(), target.now(owner));
         }
     }
-    facts.peers = local_peers(pid, endpoints_of(profile, sockets), frame_pointers);
+    facts.peers =
+        local_peers(pid, endpoints_of(profile, sockets), std::iter::empty(), frame_pointers);
     facts
 }
 
@@ -107,9 +108,31 @@ pub fn gather_goroutines(
         // A Go peer's threads are the runtime's; a C or Rust peer's unwind by CFI, and
         // the few frames that need a saved rbp stop early.
         let frame_pointers = SavedFramePointers::default();
-        facts.peers = local_peers(profile.pid, endpoints_of(profile, sockets), &frame_pointers);
+        let pipes = pipes_of(profile);
+        let pipes = pipes.iter().map(|(pipe, end)| (pipe, *end));
+        facts.peers =
+            local_peers(profile.pid, endpoints_of(profile, sockets), pipes, &frame_pointers);
     }
     facts
+}
+
+/// The pipes `profile`'s goroutines wait on in system calls, with the end their peer
+/// holds: a write waits for the pipe's reader, a read for its writer.
+fn pipes_of(profile: &Profile) -> BTreeMap<String, PeerEnd> {
+    const WRITES: [&str; 5] = ["write", "writev", "pwrite64", "pwritev", "sendfile"];
+    let pipe = |stack: &ProfileStack| {
+        let object = stack.object.as_deref().filter(|_| stack.kind == WaitKind::Goroutine)?;
+        let (call, on) = go_syscall_in_object(object)?;
+        let pipe = on?;
+        let inode = pipe_inode(pipe)?;
+        let end = if WRITES.contains(&call) {
+            PeerEnd::PipeReader(inode)
+        } else {
+            PeerEnd::PipeWriter(inode)
+        };
+        Some((pipe.to_owned(), end))
+    };
+    profile.stacks.iter().filter_map(pipe).collect()
 }
 
 /// The endpoints `profile`'s waits name, with their sockets.
@@ -221,23 +244,29 @@ impl ThreadLooker<'_> {
     }
 }
 
-fn read_syscall(pid: u32, tid: u32) -> Option<ThreadSyscall> {
-    parse_syscall(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+/// What the process at the other end of a wait holds open: the peer socket (by inode), or
+/// the other end of a pipe: its read end for a write, its write end for a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PeerEnd {
+    Socket(u64),
+    PipeReader(u64),
+    PipeWriter(u64),
 }
 
 /// The processes on this host at the other end of the TCP and Unix sockets behind
 /// `endpoints`, seen from the network namespace of `pid` (and, for a TCP peer not found
-/// there, from the host's other network namespaces), with what their threads do now: one
-/// sock_diag dump per address family and namespace (a Unix socket names its peer's inode
-/// itself), one pass over /proc/*/fd for every peer socket.
+/// there, from the host's other network namespaces), and of the pipes `pipes`, with what
+/// their threads do now: one sock_diag dump per address family and namespace (a Unix
+/// socket names its peer's inode itself), one pass over /proc/*/fd for them all.
 fn local_peers<'a>(
     pid: u32,
     endpoints: impl Iterator<Item = (&'a String, &'a SocketInfo)>,
+    pipes: impl Iterator<Item = (&'a String, PeerEnd)>,
     frame_pointers: &SavedFramePointers,
 ) -> BTreeMap<String, PeerProcess> {
     let mut diag = None;
     let mut tcp = TcpTables::default();
-    let mut peer_sockets: BTreeMap<&String, u64> = BTreeMap::new();
+    let mut peer_ends: BTreeMap<&String, PeerEnd> = pipes.collect();
     // Where a connection whose address was rewritten reaches its peer.
     let mut reached_at: BTreeMap<&String, String> = BTreeMap::new();
     for (endpoint, socket) in endpoints {
@@ -246,7 +275,7 @@ fn local_peers<'a>(
                 .ok()
                 .and_then(|inode| sock_diag(&mut diag, pid)?.unix_peer(inode).ok().flatten());
             if let Some(peer) = peer {
-                peer_sockets.insert(endpoint, u64::from(peer));
+                peer_ends.insert(endpoint, PeerEnd::Socket(u64::from(peer)));
             }
             continue;
         }
@@ -256,27 +285,27 @@ fn local_peers<'a>(
             continue;
         };
         if let Some(peer) = tcp.peer(sock_diag(&mut diag, pid), pid, local, remote) {
-            peer_sockets.insert(endpoint, peer.inode);
+            peer_ends.insert(endpoint, PeerEnd::Socket(peer.inode));
             if let Some(address) = peer.reached_at {
                 reached_at.insert(endpoint, address);
             }
         }
     }
-    if peer_sockets.is_empty() {
+    if peer_ends.is_empty() {
         return BTreeMap::new();
     }
-    let owners = socket_owners(&peer_sockets.values().copied().collect(), pid);
-    // Which of each owner's threads wait on each peer socket; those are read first.
-    let waiting = socket_waiters(&peer_sockets, &owners);
+    let owners = descriptor_owners(&peer_ends.values().copied().collect(), pid);
+    // Which of each owner's threads wait on each peer end; those are read first.
+    let waiting = peer_end_waiters(&peer_ends, &owners);
     let mut processes: BTreeMap<u32, Option<PeerProcess>> = BTreeMap::new();
     let mut peers = BTreeMap::new();
-    for (endpoint, inode) in &peer_sockets {
-        let Some(owner) = owners.get(inode) else { continue };
+    for (endpoint, end) in &peer_ends {
+        let Some(owner) = owners.get(end) else { continue };
         let peer = processes.entry(owner.pid).or_insert_with(|| {
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", owner.pid)).ok()?;
-            let first: BTreeSet<u32> = peer_sockets
+            let first: BTreeSet<u32> = peer_ends
                 .iter()
-                .filter(|(_, inode)| owners.get(inode).is_some_and(|other| other.pid == owner.pid))
+                .filter(|(_, end)| owners.get(end).is_some_and(|other| other.pid == owner.pid))
                 .filter_map(|(endpoint, _)| waiting.get(endpoint)?.clone())
                 .flatten()
                 .collect();
@@ -303,18 +332,18 @@ fn local_peers<'a>(
     peers
 }
 
-/// For each endpoint, the threads of its peer socket's owner blocked in a call on that
-/// socket; None where that cannot be told: the owner's threads could not be listed, or
-/// only an edge-triggered epoll set holds the socket (see `socket_waiters`).
-fn socket_waiters<'e>(
-    peer_sockets: &BTreeMap<&'e String, u64>,
-    owners: &BTreeMap<u64, SocketOwner>,
+/// For each endpoint, the threads of its peer end's owner blocked in a call on that socket
+/// or pipe; None where that cannot be told: the owner's threads could not be listed, or
+/// only an edge-triggered epoll set holds it (see `socket_waiters`).
+fn peer_end_waiters<'e>(
+    peer_ends: &BTreeMap<&'e String, PeerEnd>,
+    owners: &BTreeMap<PeerEnd, DescriptorOwner>,
 ) -> BTreeMap<&'e String, Option<Vec<u32>>> {
     let mut calls: BTreeMap<u32, Option<Vec<(u32, SyscallState)>>> = BTreeMap::new();
     let mut epoll_sets = EpollSets::default();
     let mut waiting = BTreeMap::new();
-    for (&endpoint, inode) in peer_sockets {
-        let Some(owner) = owners.get(inode) else { continue };
+    for (&endpoint, end) in peer_ends {
+        let Some(owner) = owners.get(end) else { continue };
         let blocked = calls.entry(owner.pid).or_insert_with(|| blocked_calls(owner.pid));
         let on_socket = blocked.as_ref().and_then(|blocked| {
             let mut waiters = Vec::new();
@@ -335,37 +364,22 @@ fn socket_waiters<'e>(
     waiting
 }
 
-/// The syscall each blocked thread of `pid` is in now, or None when its threads cannot be
-/// listed.
-fn blocked_calls(pid: u32) -> Option<Vec<(u32, SyscallState)>> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let blocked = tasks
-        .flatten()
-        .filter_map(|task| task.file_name().to_str()?.parse().ok())
-        .filter_map(|tid| match read_syscall(pid, tid)? {
-            ThreadSyscall::Blocked(call) => Some((tid, call)),
-            _ => None,
-        })
-        .collect();
-    Some(blocked)
-}
-
 /// The sock_diag socket in `pid`'s network namespace, opened at the first use (`None` in
 /// `opened` once opening failed, so it is not tried again).
 fn sock_diag(opened: &mut Option<Option<SockDiag>>, pid: u32) -> Option<&mut SockDiag> {
     opened.get_or_insert_with(|| SockDiag::open(pid).ok()).as_mut()
 }
 
-/// A process holding a socket open, and its descriptors for it.
-struct SocketOwner {
+/// A process holding a socket or pipe end open, and its descriptors for it.
+struct DescriptorOwner {
     pid: u32,
     fds: Vec<i32>,
 }
 
-/// The process holding each socket of `inodes` open, preferring any but `not_pid` (a
-/// process talking to itself over loopback holds both ends).
-fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, SocketOwner> {
-    let mut owners: BTreeMap<u64, SocketOwner> = BTreeMap::new();
+/// The process holding each of `ends` open, preferring any but `not_pid` (a process
+/// talking to itself over loopback or a pipe holds both ends).
+fn descriptor_owners(ends: &BTreeSet<PeerEnd>, not_pid: u32) -> BTreeMap<PeerEnd, DescriptorOwner> {
+    let mut owners: BTreeMap<PeerEnd, DescriptorOwner> = BTreeMap::new();
     let Ok(processes) = std::fs::read_dir("/proc") else { return owners };
     for entry in processes.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
@@ -377,18 +391,59 @@ fn socket_owners(inodes: &BTreeSet<u64>, not_pid: u32) -> BTreeMap<u64, SocketOw
                 continue;
             };
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-            let inode = target.to_str().and_then(socket_inode);
-            let Some(inode) = inode.filter(|inode| inodes.contains(inode)) else { continue };
-            let owner = owners.entry(inode).or_insert(SocketOwner { pid, fds: Vec::new() });
-            if owner.pid == not_pid && pid != not_pid {
-                *owner = SocketOwner { pid, fds: Vec::new() };
-            }
-            if owner.pid == pid {
-                owner.fds.push(fd_number);
+            let Some(target) = target.to_str() else { continue };
+            for end in ends_held(target, ends, || access_mode(pid, fd_number)) {
+                let owner = owners.entry(end).or_insert(DescriptorOwner { pid, fds: Vec::new() });
+                if owner.pid == not_pid && pid != not_pid {
+                    *owner = DescriptorOwner { pid, fds: Vec::new() };
+                }
+                if owner.pid == pid {
+                    owner.fds.push(fd_number);
+                }
             }
         }
     }
     owners
+}
+
+/// Which of `ends` a descriptor open on `target` (`socket:[…]`, `pipe:[…]`) is, its
+/// access mode (`O_ACCMODE` of its flags) read only for a pipe of `ends`.
+fn ends_held(
+    target: &str,
+    ends: &BTreeSet<PeerEnd>,
+    access_mode: impl FnOnce() -> Option<u32>,
+) -> Vec<PeerEnd> {
+    const O_WRONLY: u32 = 1;
+    const O_RDWR: u32 = 2;
+    if let Some(inode) = socket_inode(target) {
+        return ends.get(&PeerEnd::Socket(inode)).copied().into_iter().collect();
+    }
+    let Some(inode) = pipe_inode(target) else { return Vec::new() };
+    let (reader, writer) = (PeerEnd::PipeReader(inode), PeerEnd::PipeWriter(inode));
+    if !ends.contains(&reader) && !ends.contains(&writer) {
+        return Vec::new();
+    }
+    let Some(mode) = access_mode() else { return Vec::new() };
+    let reads = mode != O_WRONLY;
+    let writes = mode == O_WRONLY || mode == O_RDWR;
+    [(reader, reads), (writer, writes)]
+        .into_iter()
+        .filter(|(end, holds)| *holds && ends.contains(end))
+        .map(|(end, _)| end)
+        .collect()
+}
+
+/// The inode of a pipe's descriptor from its /proc link (`pipe:[4711]`).
+pub fn pipe_inode(target: &str) -> Option<u64> {
+    target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The access mode (`O_RDONLY`, `O_WRONLY`, `O_RDWR`) of descriptor `fd` of `pid`, from
+/// the octal `flags:` line of /proc/PID/fdinfo/FD.
+fn access_mode(pid: u32, fd: i32) -> Option<u32> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let flags = info.lines().find_map(|line| line.strip_prefix("flags:"))?;
+    Some(u32::from_str_radix(flags.trim(), 8).ok()? & 3)
 }
 
 /// What the threads of peer `pid` do now (`first`, then others, `MAX_PEER_THREADS` in
@@ -417,31 +472,27 @@ fn peer_threads(
     (threads, thread_count)
 }
 
-/// The name of x86_64 syscall `nr` for the blocking calls a thread is usually found in.
-pub fn syscall_name(nr: i64) -> String {
-    let name = match nr {
-        0 => "read",
-        1 => "write",
-        7 => "poll",
-        23 => "select",
-        34 => "pause",
-        35 => "nanosleep",
-        43 => "accept",
-        44 => "sendto",
-        45 => "recvfrom",
-        46 => "sendmsg",
-        47 => "recvmsg",
-        42 => "connect",
-        61 => "wait4",
-        202 => "futex",
-        230 => "clock_nanosleep",
-        232 => "epoll_wait",
-        270 => "pselect6",
-        271 => "ppoll",
-        281 => "epoll_pwait",
-        288 => "accept4",
-        441 => "epoll_pwait2",
-        _ => return format!("syscall {nr}"),
-    };
-    name.to_owned()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_end_is_told_by_its_access_mode() {
+        let ends = BTreeSet::from([PeerEnd::PipeReader(4711), PeerEnd::Socket(99)]);
+        const O_RDONLY: u32 = 0;
+        const O_WRONLY: u32 = 1;
+        const O_RDWR: u32 = 2;
+        let held = |target: &str, mode: u32| ends_held(target, &ends, || Some(mode));
+        assert_eq!(held("pipe:[4711]", O_RDONLY), [PeerEnd::PipeReader(4711)]);
+        assert_eq!(held("pipe:[4711]", O_WRONLY), []);
+        // A FIFO opened for both is either end.
+        assert_eq!(held("pipe:[4711]", O_RDWR), [PeerEnd::PipeReader(4711)]);
+        assert_eq!(held("pipe:[4712]", O_RDONLY), []);
+        assert_eq!(held("socket:[99]", O_WRONLY), [PeerEnd::Socket(99)]);
+        assert_eq!(held("/var/log/app.log", O_RDONLY), []);
+        // The mode is read only for a pipe that is wanted.
+        assert_eq!(ends_held("pipe:[1]", &ends, || panic!("not read")), []);
+        assert_eq!(pipe_inode("pipe:[4711]"), Some(4711));
+        assert_eq!(pipe_inode("socket:[4711]"), None);
+    }
 }

@@ -443,8 +443,9 @@ fn thread_now_text(now: &ThreadNow) -> String {
     }
 }
 
-/// What a peer's threads do now, in a few words: its busiest state first.
-pub fn peer_text(peer: &PeerProcess) -> String {
+/// What a peer's threads do now, in a few words: its busiest state first; `endpoint` is
+/// what joins it to the chain (a socket's, or a pipe's).
+pub fn peer_text(peer: &PeerProcess, endpoint: &str) -> String {
     let mut states: Vec<(String, usize)> = Vec::new();
     for thread in &peer.threads {
         let text = thread_now_text(thread);
@@ -465,10 +466,13 @@ pub fn peer_text(peer: &PeerProcess) -> String {
     } else {
         String::new()
     };
+    let joined_by = if endpoint.starts_with("pipe:[") { "pipe" } else { "connection" };
     let on_socket = match peer.waiting_on_socket.as_deref() {
         None => String::new(),
-        Some([]) => "; none of its threads waits on this connection".to_owned(),
-        Some(tids) => format!("; waiting on this connection: {}", socket_waiters_text(peer, tids)),
+        Some([]) => format!("; none of its threads waits on this {joined_by}"),
+        Some(tids) => {
+            format!("; waiting on this {joined_by}: {}", socket_waiters_text(peer, tids))
+        }
     };
     let reached_at = match &peer.reached_at {
         Some(address) => format!(" at {address} (address translated)"),
@@ -517,7 +521,9 @@ pub fn terminal_name(terminal: &Terminal) -> String {
 /// process found behind it: the site before it already names it, with its state).
 pub fn terminal_text(terminal: &Terminal) -> String {
     match terminal {
-        Terminal::Endpoint { peer: Some(peer), .. } => format!("→ {}", peer_text(peer)),
+        Terminal::Endpoint { peer: Some(peer), endpoint, .. } => {
+            format!("→ {}", peer_text(peer, endpoint))
+        }
         Terminal::Endpoint { peer: None, .. } => String::new(),
         Terminal::LockHolder(holder) => {
             format!("→ held by {} (tid {}): {}", holder.name, holder.tid, thread_now_text(holder))

@@ -172,10 +172,15 @@ fn a_peer_waiting_to_receive_on_the_same_connection_is_named() {
     );
     peer.waiting_on_socket = Some(vec![70, 71, 72, 73, 74]);
     assert_eq!(
-        super::peer_text(&peer),
+        super::peer_text(&peer, "10.0.0.5:80"),
         "peer pid 7 (server): 3 threads blocked in recvfrom at serve; waiting on this \
          connection: conn (tid 70) in recvfrom, conn (tid 71) in recvfrom, conn (tid 72) in \
          recvfrom, 2 more"
+    );
+    peer.waiting_on_socket = Some(Vec::new());
+    assert!(
+        super::peer_text(&peer, "pipe:[4711]")
+            .ends_with("; none of its threads waits on this pipe")
     );
 }
 

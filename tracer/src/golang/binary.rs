@@ -53,13 +53,20 @@ pub enum GoBinaryError {
 /// Byte offsets of the `runtime.g` fields a snapshot reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GLayout {
-    /// `g.stack.hi`: the top (highest address) of the goroutine's stack.
+    /// `g.stack.lo`, `g.stack.hi`: the bottom and top of the goroutine's stack.
+    pub stack_lo: u64,
     pub stack_hi: u64,
     /// `g.sched`, a `runtime.gobuf`, and its `sp`, `pc`, `bp` (relative to `sched`).
     pub sched: u64,
     pub gobuf_sp: u64,
     pub gobuf_pc: u64,
     pub gobuf_bp: u64,
+    /// `g.syscallsp`, `g.syscallpc`: where a goroutine in a system call entered it (the
+    /// caller of `entersyscall`), and `g.syscallbp` (Go 1.23+), its frame pointer there;
+    /// before 1.23 the frame pointer is not kept and is found from the frame's size.
+    pub syscallsp: u64,
+    pub syscallpc: u64,
+    pub syscallbp: Option<u64>,
     /// `g.atomicstatus` (uint32; `atomic.Uint32` since Go 1.20, same layout).
     pub atomicstatus: u64,
     /// `g.goid` (int64; uint64 since Go 1.20).
@@ -83,11 +90,15 @@ impl GLayout {
     /// of bools and bytes that ends at trackingSeq. Go 1.20 kept all of it (the atomic
     /// types it switched to have the same sizes); 1.21 and 1.22 moved only trackingSeq.
     const GO1_19: GLayout = GLayout {
+        stack_lo: 0,
         stack_hi: 8,
         sched: 56,
         gobuf_sp: 0,
         gobuf_pc: 8,
         gobuf_bp: 48,
+        syscallsp: 112,
+        syscallpc: 120,
+        syscallbp: None,
         atomicstatus: 144,
         goid: 152,
         waitsince: 168,
@@ -97,6 +108,7 @@ impl GLayout {
     /// Go 1.23 inserted `syscallbp` after `syscallpc`: everything from atomicstatus on
     /// moves by a word.
     const GO1_23: GLayout = GLayout {
+        syscallbp: Some(128),
         atomicstatus: 152,
         goid: 160,
         waitsince: 176,
@@ -104,16 +116,28 @@ impl GLayout {
         tracking_seq: Some(199),
         ..Self::GO1_19
     };
-    /// Go 1.25 dropped `gobuf.ret`: `bp` and everything after `sched` move back by a word.
-    const GO1_25: GLayout = GLayout { gobuf_bp: 40, tracking_seq: Some(191), ..Self::GO1_19 };
+    /// Go 1.25 dropped `gobuf.ret`: `bp` and the syscall fields move back by a word, and
+    /// with `syscallbp` everything after them is where it was in 1.19.
+    const GO1_25: GLayout = GLayout {
+        gobuf_bp: 40,
+        syscallsp: 104,
+        syscallpc: 112,
+        syscallbp: Some(120),
+        tracking_seq: Some(191),
+        ..Self::GO1_19
+    };
 
     /// How many bytes from the start of a `g` hold every field read.
     pub fn read_len(&self) -> usize {
         let ends = [
+            self.stack_lo + 8,
             self.stack_hi + 8,
             self.sched + self.gobuf_sp + 8,
             self.sched + self.gobuf_pc + 8,
             self.sched + self.gobuf_bp + 8,
+            self.syscallsp + 8,
+            self.syscallpc + 8,
+            self.syscallbp.map_or(0, |offset| offset + 8),
             self.atomicstatus + 4,
             self.goid + 8,
             self.waitsince + 8,
@@ -610,11 +634,15 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
     let get = |owner: &'static str, member: &str| members.get(&(owner, member.to_owned())).copied();
     let layout = (|| {
         Some(GLayout {
+            stack_lo: get("g", "stack")? + get("stack", "lo")?,
             stack_hi: get("g", "stack")? + get("stack", "hi")?,
             sched: get("g", "sched")?,
             gobuf_sp: get("gobuf", "sp")?,
             gobuf_pc: get("gobuf", "pc")?,
             gobuf_bp: get("gobuf", "bp")?,
+            syscallsp: get("g", "syscallsp")?,
+            syscallpc: get("g", "syscallpc")?,
+            syscallbp: get("g", "syscallbp"),
             atomicstatus: get("g", "atomicstatus")?,
             goid: get("g", "goid")?,
             waitsince: get("g", "waitsince")?,

@@ -1,6 +1,8 @@
 //! Reading the goroutines of a live Go process from outside, without stopping it: the
 //! runtime's list of all goroutines (`runtime.allgs`), each `g`'s status, wait reason and
 //! saved registers, and its stack unwound by frame pointers (which Go keeps on amd64).
+//! Goroutines parked in the scheduler and those in a system call are read (both wait; a
+//! lock's holder is often the second); running and runnable ones only counted.
 //!
 //! Memory is read with `process_vm_readv`, up to `IOV_MAX` pieces per call, so 100,000
 //! goroutines cost a few hundred system calls. A `g` is read twice, before and after its
@@ -11,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
-use super::{binary::GLayout, holders::Held};
+use super::{binary::GLayout, holders::Held, pclntab::Pclntab};
 pub(super) use crate::memory::{Memory, word};
 
 /// Bytes of stack read at once from the saved stack pointer: a parked goroutine's frames
@@ -33,7 +35,11 @@ const G_WAITING: u32 = 4;
 const G_DEAD: u32 = 6;
 const G_SCAN: u32 = 0x1000;
 
-/// One waiting goroutine, as read.
+/// The wait reason given to a goroutine in a system call, which has none of the runtime's
+/// (`g.waitreason` is only set by a park): no reason of the runtime's table has this index.
+pub const IN_SYSCALL: u8 = u8::MAX;
+
+/// One waiting goroutine (parked, or in a system call), as read.
 #[derive(Clone, Debug)]
 pub struct Goroutine {
     /// The runtime's goroutine id (`goid`).
@@ -44,16 +50,22 @@ pub struct Goroutine {
     /// and the reason, what tells one wait from the next (see [`Goroutine::same_wait`]).
     pub sp: u64,
     pub tracking_seq: Option<u8>,
-    /// The saved frame pointer: where the walk up its frames starts.
+    /// The saved frame pointer: where the walk up its frames starts, at the frame of
+    /// `pcs[frameless]` (0 where no frame of the stack was found to have one).
     pub bp: u64,
-    /// The top of its stack (`g.stack.hi`): its frames are between `sp` and here.
+    /// How many frames at the top of the stack have no frame of their own (assembly, such
+    /// as go1.19's `syscall.Syscall`): their return addresses are at the stack pointer.
+    pub frameless: usize,
+    /// Its stack (`g.stack.lo`, `g.stack.hi`): its frames are between `sp` and `stack_hi`.
+    pub stack_lo: u64,
     pub stack_hi: u64,
-    /// Index into the runtime's wait-reason table.
+    /// Index into the runtime's wait-reason table, or [`IN_SYSCALL`].
     pub wait_reason: u8,
     /// `nanotime()` when the wait began, where a GC recorded it; 0 if not.
     pub wait_since: i64,
     /// Leaf first, process addresses; all are return addresses (a parked goroutine's
-    /// saved pc is the return into `runtime.gopark` from `mcall`). Shared by every
+    /// saved pc is the return into `runtime.gopark` from `mcall`, one in a system call's
+    /// the return from `entersyscall` into its caller). Shared by every
     /// goroutine parked on the same stack: 600,000 of them hold a few distinct stacks.
     pub pcs: Arc<[u64]>,
     /// The walk did not reach `runtime.goexit`.
@@ -68,6 +80,10 @@ pub struct Goroutine {
 }
 
 impl Goroutine {
+    pub fn in_syscall(&self) -> bool {
+        self.wait_reason == IN_SYSCALL
+    }
+
     /// The same goroutine still in the same wait as in an earlier read: same id, place
     /// and reason, and not switched out since (`trackingSeq`; where it is unknown, a
     /// goroutine that woke and parked again at the same place looks the same).
@@ -101,7 +117,7 @@ pub struct GoroutineCounts {
     /// In IO wait on a descriptor that is not a socket (a pipe, a tty, …).
     pub io_wait_not_socket: u64,
     /// Blocked on a channel or a sync lock that could not be read (or whose layout is
-    /// unknown).
+    /// unknown), or in a system call whose thread was not found blocked.
     pub objects_unnamed: u64,
 }
 
@@ -119,8 +135,9 @@ const BATCH: usize = crate::memory::IOV_MAX;
 /// Reads the goroutines of one process, again and again if asked: a reader that
 /// remembers keeps each waiting goroutine's stack, and a goroutine still in the same
 /// wait at the next read is not walked again (what makes sampling cheap).
-pub struct GoroutineReader {
+pub struct GoroutineReader<'a> {
     memory: Memory,
+    frame_sizes: FrameSizes<'a>,
     layout: GLayout,
     /// `g.waiting`'s offset, where known.
     waiting: Option<u64>,
@@ -135,21 +152,47 @@ pub struct GoroutineReader {
 /// A wait seen by the previous read, with its walked stack.
 struct Remembered {
     fields: GFields,
-    pcs: Arc<[u64]>,
-    truncated: bool,
+    walked: Walked,
 }
 
-impl GoroutineReader {
+/// A walked stack, its one shared copy.
+#[derive(Clone)]
+struct Walked {
+    pcs: Arc<[u64]>,
+    truncated: bool,
+    frameless: usize,
+    bp: u64,
+}
+
+/// The frame sizes of the executable's functions, at its place in the process: what finds
+/// the frame pointer of a goroutine in a system call where the runtime did not keep it
+/// (before Go 1.23).
+pub struct FrameSizes<'a> {
+    pub pclntab: &'a Pclntab<'a>,
+    /// Load bias: process address = link-time address + bias.
+    pub bias: u64,
+}
+
+impl FrameSizes<'_> {
+    /// The frame size at the process address `pc` (see `Pclntab::frame_size`).
+    fn at(&self, pc: u64) -> Option<u64> {
+        self.pclntab.frame_size(pc.wrapping_sub(self.bias))
+    }
+}
+
+impl<'a> GoroutineReader<'a> {
     /// A reader for one read (`remember: false`: a snapshot keeps nothing) or for many.
     pub fn new(
         pid: u32,
         layout: GLayout,
         waiting: Option<u64>,
         addresses: RuntimeAddresses,
+        frame_sizes: FrameSizes<'a>,
         remember: bool,
     ) -> Self {
         Self {
             memory: Memory { pid },
+            frame_sizes,
             layout,
             waiting,
             addresses,
@@ -237,19 +280,15 @@ impl GoroutineReader {
                 G_IDLE | G_DEAD => continue,
                 G_RUNNABLE => counts.runnable += 1,
                 G_RUNNING => counts.running += 1,
-                G_SYSCALL => counts.in_syscall += 1,
-                G_WAITING => {
-                    counts.waiting += 1;
+                G_SYSCALL | G_WAITING => {
+                    if fields.status & !G_SCAN == G_SYSCALL {
+                        counts.in_syscall += 1;
+                    } else {
+                        counts.waiting += 1;
+                    }
                     match self.previous.remove(&address) {
                         Some(earlier) if earlier.fields.same_wait(&fields) => {
-                            self.keep(
-                                address,
-                                fields,
-                                earlier.pcs,
-                                earlier.truncated,
-                                goroutines,
-                                remembered,
-                            );
+                            self.keep(address, fields, earlier.walked, goroutines, remembered);
                         }
                         _ => to_walk.push((address, fields)),
                     }
@@ -278,21 +317,23 @@ impl GoroutineReader {
                 counts.unreadable += 1;
                 continue;
             };
-            let (pcs, truncated) =
-                walk(&self.memory, fields, &buffer[stack], &self.addresses.goexit);
-            walked.push((*address, *fields, pcs, truncated));
+            let walk = walk(&self.memory, fields, &buffer[stack], &self.addresses.goexit, |pc| {
+                self.frame_sizes.at(pc)
+            });
+            walked.push((*address, *fields, walk));
         }
 
         // Read each g again: what changed while its stack was read is not reported.
         let again_pieces: Vec<(u64, usize)> =
             walked.iter().map(|(address, ..)| (*address, g_len)).collect();
         let again = self.memory.read_pieces(&again_pieces, buffer);
-        for ((address, fields, pcs, truncated), after) in walked.into_iter().zip(again) {
+        for ((address, fields, walk), after) in walked.into_iter().zip(again) {
             let unchanged = after
                 .is_some_and(|range| fields.same_wait(&GFields::parse(&buffer[range], &layout)));
             if unchanged {
-                let pcs = self.intern(pcs);
-                self.keep(address, fields, pcs, truncated, goroutines, remembered);
+                let Walk { pcs, truncated, frameless, bp } = walk;
+                let walked = Walked { pcs: self.intern(pcs), truncated, frameless, bp };
+                self.keep(address, fields, walked, goroutines, remembered);
             } else {
                 counts.changed_while_read += 1;
             }
@@ -303,20 +344,22 @@ impl GoroutineReader {
         &self,
         address: u64,
         fields: GFields,
-        pcs: Arc<[u64]>,
-        truncated: bool,
+        walked: Walked,
         goroutines: &mut Vec<Goroutine>,
         remembered: &mut HashMap<u64, Remembered>,
     ) {
         if self.remember {
-            remembered.insert(address, Remembered { fields, pcs: Arc::clone(&pcs), truncated });
+            remembered.insert(address, Remembered { fields, walked: walked.clone() });
         }
+        let Walked { pcs, truncated, frameless, bp } = walked;
         goroutines.push(Goroutine {
             goid: fields.goid,
             address,
             sp: fields.sp,
             tracking_seq: fields.tracking_seq,
-            bp: fields.bp,
+            bp,
+            frameless,
+            stack_lo: fields.stack_lo,
             stack_hi: fields.stack_hi,
             wait_reason: fields.wait_reason,
             wait_since: fields.wait_since,
@@ -344,7 +387,10 @@ impl GoroutineReader {
 struct GFields {
     status: u32,
     goid: u64,
+    stack_lo: u64,
     stack_hi: u64,
+    /// Where its frames start: the saved registers of a parked goroutine (`g.sched`),
+    /// the entry of one in a system call (`g.syscallsp`, …; its `bp` 0 where not kept).
     sp: u64,
     pc: u64,
     bp: u64,
@@ -359,19 +405,35 @@ struct GFields {
 impl GFields {
     fn parse(bytes: &[u8], layout: &GLayout) -> Self {
         let at = |offset: u64| offset as usize;
+        let status = u32::from_le_bytes(
+            bytes[at(layout.atomicstatus)..at(layout.atomicstatus) + 4]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        // `entersyscall` saves the same sp and pc in `sched` too, but only Go 1.23+ its bp.
+        let in_syscall = status & !G_SCAN == G_SYSCALL;
         let sched = layout.sched;
+        let (sp, pc, bp, wait_reason) = if in_syscall {
+            let bp = layout.syscallbp.map_or(0, |offset| word(bytes, at(offset)));
+            let (sp, pc) = (word(bytes, at(layout.syscallsp)), word(bytes, at(layout.syscallpc)));
+            (sp, pc, bp, IN_SYSCALL)
+        } else {
+            (
+                word(bytes, at(sched + layout.gobuf_sp)),
+                word(bytes, at(sched + layout.gobuf_pc)),
+                word(bytes, at(sched + layout.gobuf_bp)),
+                bytes[at(layout.waitreason)],
+            )
+        };
         Self {
-            status: u32::from_le_bytes(
-                bytes[at(layout.atomicstatus)..at(layout.atomicstatus) + 4]
-                    .try_into()
-                    .unwrap_or_default(),
-            ),
+            status,
             goid: word(bytes, at(layout.goid)),
+            stack_lo: word(bytes, at(layout.stack_lo)),
             stack_hi: word(bytes, at(layout.stack_hi)),
-            sp: word(bytes, at(sched + layout.gobuf_sp)),
-            pc: word(bytes, at(sched + layout.gobuf_pc)),
-            bp: word(bytes, at(sched + layout.gobuf_bp)),
-            wait_reason: bytes[at(layout.waitreason)],
+            sp,
+            pc,
+            bp,
+            wait_reason,
             wait_since: word(bytes, at(layout.waitsince)) as i64,
             tracking_seq: layout.tracking_seq.and_then(|offset| bytes.get(at(offset)).copied()),
             waiting: 0,
@@ -383,6 +445,7 @@ impl GFields {
         let Self {
             status,
             goid,
+            stack_lo: _,
             stack_hi,
             sp,
             pc,
@@ -403,15 +466,31 @@ impl GFields {
     }
 }
 
+/// A goroutine's stack as walked.
+#[derive(Debug, PartialEq, Eq)]
+struct Walk {
+    pcs: Vec<u64>,
+    /// The walk did not reach `runtime.goexit`.
+    truncated: bool,
+    /// Frames at the top with no frame of their own (see `Goroutine::frameless`).
+    frameless: usize,
+    /// The frame pointer of `pcs[frameless]`'s frame: the saved one, or found from the
+    /// frame sizes (0 if none was).
+    bp: u64,
+}
+
 /// Walks the frame-pointer chain from the saved `bp`: each frame holds the caller's `bp` at
 /// `[bp]` and the return address at `[bp+8]`. Stops at `runtime.goexit` (not reported,
-/// like pprof) or where the chain leaves the stack or stops growing upward.
+/// like pprof) or where the chain leaves the stack or stops growing upward. Without a
+/// saved `bp` (a system call entered before Go 1.23), the frame sizes lead to the first
+/// frame that has one.
 fn walk(
     memory: &Memory,
     fields: &GFields,
     window: &[u8],
     goexit: &std::ops::Range<u64>,
-) -> (Vec<u64>, bool) {
+    frame_size: impl Fn(u64) -> Option<u64>,
+) -> Walk {
     let read = |address: u64| -> Option<u64> {
         let offset = address.checked_sub(fields.sp)?;
         if offset + 8 <= window.len() as u64 {
@@ -422,26 +501,76 @@ fn walk(
         Some(u64::from_le_bytes(bytes))
     };
     let mut pcs = vec![fields.pc];
-    let mut bp = fields.bp;
-    let mut low = fields.sp;
-    while pcs.len() < MAX_FRAMES {
-        if bp < low || bp.saturating_add(16) > fields.stack_hi {
-            return (pcs, true);
+    let (start_bp, start_sp) = if fields.bp != 0 {
+        (fields.bp, fields.sp)
+    } else {
+        match first_frame_pointer(fields, frame_size, read, goexit, &mut pcs) {
+            FirstFrame::At { bp, sp } => (bp, sp),
+            FirstFrame::Goexit => {
+                return Walk { frameless: pcs.len(), pcs, truncated: false, bp: 0 };
+            }
+            FirstFrame::Lost => return Walk { frameless: pcs.len(), pcs, truncated: true, bp: 0 },
+        }
+    };
+    let frameless = pcs.len() - 1;
+    let (mut bp, mut low) = (start_bp, start_sp);
+    let truncated = loop {
+        if pcs.len() >= MAX_FRAMES || bp < low || bp.saturating_add(16) > fields.stack_hi {
+            break true;
         }
         let (Some(caller_bp), Some(return_address)) = (read(bp), read(bp + 8)) else {
-            return (pcs, true);
+            break true;
         };
         if goexit.contains(&return_address.wrapping_sub(1)) {
-            return (pcs, false);
+            break false;
         }
         if return_address == 0 {
-            return (pcs, true);
+            break true;
         }
         pcs.push(return_address);
         low = bp + 16;
         bp = caller_bp;
+    };
+    Walk { pcs, truncated, frameless, bp: start_bp }
+}
+
+/// Where [`first_frame_pointer`] got to.
+enum FirstFrame {
+    /// The frame of the last pc has its frame pointer at `bp`; its stack pointer is `sp`.
+    At { bp: u64, sp: u64 },
+    /// The stack ended (a return into `runtime.goexit`) before any frame had one.
+    Goexit,
+    /// A frame's size is unknown, or its return address unreadable.
+    Lost,
+}
+
+/// The frame pointer of the first frame up from `fields.pc` that has one, found from the
+/// frames' sizes as Go's own unwinder goes (`runtime.funcspdelta`): a frame of size
+/// `size` at `sp` has its return address at `sp + size` and, when it has a frame at all,
+/// its caller's frame pointer saved just below it, where its own frame pointer points.
+/// The return addresses of the frameless frames on the way are pushed onto `pcs`.
+fn first_frame_pointer(
+    fields: &GFields,
+    frame_size: impl Fn(u64) -> Option<u64>,
+    read: impl Fn(u64) -> Option<u64>,
+    goexit: &std::ops::Range<u64>,
+    pcs: &mut Vec<u64>,
+) -> FirstFrame {
+    let mut sp = fields.sp;
+    while pcs.len() < MAX_FRAMES {
+        let pc = pcs[pcs.len() - 1];
+        let Some(size) = frame_size(pc) else { return FirstFrame::Lost };
+        if size > 0 {
+            return FirstFrame::At { bp: sp + size - 8, sp };
+        }
+        let Some(return_address) = read(sp) else { return FirstFrame::Lost };
+        if goexit.contains(&return_address.wrapping_sub(1)) {
+            return FirstFrame::Goexit;
+        }
+        pcs.push(return_address);
+        sp += 8;
     }
-    (pcs, true)
+    FirstFrame::Lost
 }
 
 /// Goroutine stacks sit side by side in the runtime's stack spans, a few KiB each, with
@@ -456,6 +585,7 @@ mod tests {
         GFields {
             status: G_WAITING,
             goid: 7,
+            stack_lo: sp - 64,
             stack_hi: sp + 64,
             sp,
             pc: 0x1000,
@@ -479,9 +609,40 @@ mod tests {
         put(32, 0);
         put(40, 0x3001); // goexit + 1
         let memory = Memory { pid: 0 };
-        let (pcs, truncated) = walk(&memory, &fields(sp, sp + 16), &stack, &(0x3000..0x3010));
-        assert_eq!(pcs, vec![0x1000, 0x2000]);
-        assert!(!truncated);
+        let walked = walk(&memory, &fields(sp, sp + 16), &stack, &(0x3000..0x3010), |_| None);
+        let expected =
+            Walk { pcs: vec![0x1000, 0x2000], truncated: false, frameless: 0, bp: sp + 16 };
+        assert_eq!(walked, expected);
+    }
+
+    #[test]
+    fn a_system_call_without_a_saved_frame_pointer_is_walked_by_frame_sizes() {
+        let sp: u64 = 0x10_000;
+        // 0x1000 is frameless (assembly): its return address, 0x1100, is at sp. 0x1100's
+        // frame is 24 bytes from sp+8: its frame pointer is at sp+24, below its return
+        // address (0x2000) at sp+32; then the chain goes on to goexit.
+        let mut stack = vec![0u8; 64];
+        let mut put =
+            |at: usize, value: u64| stack[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        put(0, 0x1100);
+        put(24, sp + 48);
+        put(32, 0x2000);
+        put(48, 0);
+        put(56, 0x3001); // goexit + 1
+        let sizes = |pc: u64| match pc {
+            0x1000 => Some(0),
+            0x1100 => Some(24),
+            _ => None,
+        };
+        let memory = Memory { pid: 0 };
+        let walked = walk(&memory, &fields(sp, 0), &stack, &(0x3000..0x3010), sizes);
+        let expected =
+            Walk { pcs: vec![0x1000, 0x1100, 0x2000], truncated: false, frameless: 1, bp: sp + 24 };
+        assert_eq!(walked, expected);
+        // A frame of unknown size ends the walk there.
+        let walked = walk(&memory, &fields(sp, 0), &stack, &(0x3000..0x3010), |_| None);
+        let lost = Walk { pcs: vec![0x1000], truncated: true, frameless: 1, bp: 0 };
+        assert_eq!(walked, lost);
     }
 
     #[test]
@@ -491,9 +652,9 @@ mod tests {
         stack[16..24].copy_from_slice(&(sp + 8).to_le_bytes());
         stack[24..32].copy_from_slice(&0x2000u64.to_le_bytes());
         let memory = Memory { pid: 0 };
-        let (pcs, truncated) = walk(&memory, &fields(sp, sp + 16), &stack, &(0x3000..0x3010));
-        assert_eq!(pcs, vec![0x1000, 0x2000]);
-        assert!(truncated);
+        let walked = walk(&memory, &fields(sp, sp + 16), &stack, &(0x3000..0x3010), |_| None);
+        assert_eq!(walked.pcs, vec![0x1000, 0x2000]);
+        assert!(walked.truncated);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! stat := range stats { conn.Write(stat) }`) keeps the channel live across the calls it
 //! makes, and one that holds a lock keeps it for its unlock (`mu.Lock(); defer
 //! mu.Unlock()` stores `&mu` in its frame), so the address sits in a slot of its frame
-//! while it is parked elsewhere. A scan of each parked goroutine's stack (from its saved sp
-//! towards `g.stack.hi`) for the addresses of the objects others are blocked on finds
+//! while it is parked elsewhere or in a system call. A scan of each such goroutine's stack
+//! (from its saved sp towards `g.stack.hi`) for the addresses of the objects others are
+//! blocked on finds
 //! them: of the words its frames hold live at their pcs, as the runtime's collector reads
 //! them (`stack_maps.rs`), so that a stale copy in a dead slot names no one; the
 //! goroutines blocked on the object itself hold it too and are left out. A lock whose
@@ -87,9 +88,12 @@ pub fn goroutine_holders(
         for (goroutine, range) in batch.iter().zip(read) {
             let Some(range) = range else { continue };
             let stack = &buffer[range];
-            let pc = goroutine.pcs.first().copied().unwrap_or_default();
-            let words =
-                maps.live_words(goroutine.sp, stack, pc, goroutine.bp).unwrap_or_else(|| {
+            // The frame `bp` belongs to (past the frameless ones a system call may be
+            // entered from, which hold no pointers of their own).
+            let pc = goroutine.pcs.get(goroutine.frameless).copied();
+            let words = pc
+                .and_then(|pc| maps.live_words(goroutine.sp, stack, pc, goroutine.bp))
+                .unwrap_or_else(|| {
                     unmapped += 1;
                     (0..stack.len() / 8).map(|index| word(stack, index * 8)).collect()
                 });

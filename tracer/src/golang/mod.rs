@@ -22,6 +22,7 @@ mod sampler;
 mod semaphores;
 mod stack_maps;
 mod stacks;
+mod syscalls;
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
@@ -174,8 +175,9 @@ fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> T
     } = *counts;
     ThreadCounts {
         threads: total,
-        blocked_in_waits: waiting,
-        elsewhere: running + runnable + in_syscall,
+        // A goroutine in a system call is reported as it is (`syscall write on …`).
+        blocked_in_waits: waiting + in_syscall,
+        elsewhere: running + runnable,
         woke_while_read: changed_while_read,
         unreadable,
         runtime_hidden,
@@ -185,25 +187,26 @@ fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> T
 
 /// A reader of the goroutines of `target`, whose executable `binary` is mapped at `bias`;
 /// `remember` for a reader that reads again (see [`goroutines::GoroutineReader`]).
-fn reader(
-    binary: &binary::GoBinary<'_>,
+fn reader<'a>(
+    binary: &'a binary::GoBinary<'a>,
     pid: u32,
     bias: u64,
     remember: bool,
-) -> goroutines::GoroutineReader {
+) -> goroutines::GoroutineReader<'a> {
     let addresses = goroutines::RuntimeAddresses {
         allgs: binary.allgs.wrapping_add(bias),
         goexit: binary.goexit.start.wrapping_add(bias)..binary.goexit.end.wrapping_add(bias),
     };
     let waiting = binary.channels.map(|channels| channels.g_waiting);
-    goroutines::GoroutineReader::new(pid, binary.layout, waiting, addresses, remember)
+    let frame_sizes = goroutines::FrameSizes { pclntab: &binary.pclntab, bias };
+    goroutines::GoroutineReader::new(pid, binary.layout, waiting, addresses, frame_sizes, remember)
 }
 
 /// One read of `reader`: the waiting goroutines of `target`, and every one counted. A
 /// failure is more often than not the target exiting: said so.
 fn read_waiting(
     target: &Target,
-    reader: &mut goroutines::GoroutineReader,
+    reader: &mut goroutines::GoroutineReader<'_>,
 ) -> anyhow::Result<(Vec<goroutines::Goroutine>, goroutines::GoroutineCounts)> {
     let pid = target.pid;
     reader.read().map_err(|err| {
@@ -257,6 +260,7 @@ impl<'a> WaitNamer<'a> {
         name_io_waits(*pid, binary, goroutines, counts, objects, epolls, named);
         channels::name_channel_waits(*pid, binary, *bias, goroutines, counts);
         semaphores::name_semaphore_waits(*pid, binary, *bias, image, locks, goroutines, counts);
+        syscalls::name_syscall_waits(*pid, goroutines, counts);
     }
 }
 

@@ -246,6 +246,8 @@ mod tests {
             object: None,
             blocked_on: None,
             bp: 0,
+            frameless: 0,
+            stack_lo: 0,
             stack_hi: 0,
         }
     }

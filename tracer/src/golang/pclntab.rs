@@ -23,6 +23,7 @@ const MAGIC_GO120: u32 = 0xffff_fff1;
 const HEADER_LEN: usize = 8 + 8 * 8;
 /// Byte offsets of the `_func` fields used here.
 const FUNC_NAME_OFF: usize = 4;
+const FUNC_PCSP: usize = 16;
 const FUNC_PCFILE: usize = 20;
 const FUNC_PCLN: usize = 24;
 const FUNC_NPCDATA: usize = 28;
@@ -359,6 +360,15 @@ impl<'a> Pclntab<'a> {
     /// `at` (`runtime.pcdatavalue`).
     pub fn pcdata(&self, at: FuncAt, table: u32, pc: u64) -> Option<i64> {
         self.pcdata_value(at, table, pc)
+    }
+
+    /// The size of the frame of the function containing the link-time address `pc`, at
+    /// `pc`: how far its stack pointer is below the return address (`runtime.funcspdelta`,
+    /// from the function's pcsp table). `None` outside any function.
+    pub fn frame_size(&self, pc: u64) -> Option<u64> {
+        let at = self.func_at(pc)?;
+        let pcsp = read_u32(self.data, at.func + FUNC_PCSP)?;
+        u64::try_from(self.pc_value(pcsp, at.entry, pc)?).ok()
     }
 
     /// The link-time address range of the function named `name` (a linear scan: used a

@@ -313,7 +313,7 @@ struct StillParked {
 fn still_parked(
     target: &Target,
     waits: &mut super::WaitNamer<'_>,
-    reader: &mut super::goroutines::GoroutineReader,
+    reader: &mut super::goroutines::GoroutineReader<'_>,
     at_start: &[Goroutine],
     start_read_ns: u64,
     probes: &Probes,
@@ -365,7 +365,7 @@ fn still_parked(
 /// any. One read is reported whole, so its counts describe one moment.
 fn read_most_parked(
     target: &Target,
-    reader: &mut super::goroutines::GoroutineReader,
+    reader: &mut super::goroutines::GoroutineReader<'_>,
 ) -> anyhow::Result<(Vec<Goroutine>, super::goroutines::GoroutineCounts)> {
     const READS: usize = 3;
     const BETWEEN_READS: Duration = Duration::from_millis(2);

@@ -158,7 +158,7 @@ pub struct Sampled {
 /// Reads the goroutines of one Go process at a rate.
 pub struct Sampler<'a> {
     target: &'a Target,
-    reader: GoroutineReader,
+    reader: GoroutineReader<'a>,
     waits: WaitNamer<'a>,
     tracker: WaitTracker,
     reads: u64,
@@ -261,6 +261,8 @@ mod tests {
             object: None,
             blocked_on: None,
             bp: 0,
+            frameless: 0,
+            stack_lo: 0,
             stack_hi: 0,
         }
     }

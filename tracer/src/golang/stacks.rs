@@ -8,9 +8,14 @@ use std::sync::Arc;
 
 use tracer_common::WaitKind;
 
-use super::{binary::GoBinary, goroutines::Goroutine, pclntab::GoLocation, stack_maps::StackMaps};
+use super::{
+    binary::GoBinary,
+    goroutines::{Goroutine, IN_SYSCALL},
+    pclntab::GoLocation,
+    stack_maps::StackMaps,
+};
 use crate::{
-    model::{ProfileStack, WaitStats},
+    model::{GO_SYSCALL, ProfileStack, WaitStats},
     probes::golang::GoWaitTotal,
     stacks::Frame,
 };
@@ -78,7 +83,12 @@ impl<'a> GoNamer<'a> {
         self.binary.pclntab.wrapper_func_id()
     }
 
+    /// The name of wait reason `reason` (`syscall` for a goroutine in a system call, as
+    /// Go's tracebacks say).
     pub fn wait_reason(&self, reason: u8) -> String {
+        if reason == IN_SYSCALL {
+            return GO_SYSCALL.to_owned();
+        }
         match self.binary.wait_reasons.get(usize::from(reason)) {
             Some(name) if !name.is_empty() => name.clone(),
             _ => format!("wait reason {reason}"),
@@ -113,6 +123,7 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         address: _,
         sp: _,
         tracking_seq: _,
+        stack_lo: _,
         stack_hi: _,
         wait_reason,
         wait_since,
@@ -122,6 +133,7 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         object,
         blocked_on: _,
         bp: _,
+        frameless: _,
     } in goroutines
     {
         let key = (pcs.as_ptr(), wait_reason, object);

@@ -27,6 +27,10 @@ pub use timeline::{Timeline, TimelineRecorder};
 /// a space and the endpoint (`IO wait 10.0.0.5:80`).
 pub const GO_IO_WAIT: &str = "IO wait";
 
+/// What a goroutine in a system call is shown waiting in (as Go's tracebacks say); its
+/// object is this, the call and what it is on (`syscall write on pipe:[4711]`).
+pub const GO_SYSCALL: &str = "syscall";
+
 /// A thread's wait on a socket (a `read`/`write` counts once its descriptor is one).
 pub fn is_socket_kind(kind: WaitKind) -> bool {
     matches!(
@@ -43,23 +47,36 @@ pub fn is_socket_kind(kind: WaitKind) -> bool {
 /// What an asyncio task awaiting a socket names before its endpoint (`recv 10.0.0.5:80`).
 const TASK_SOCKET_VERBS: [&str; 4] = ["recv ", "send ", "accept ", "connect "];
 
-/// The endpoint a wait of `kind` on `object` waits on, if it is a socket's: a thread's
-/// socket wait names it alone, a goroutine's and an asyncio task's after what they do
-/// (`IO wait 10.0.0.5:80`, `recv 10.0.0.5:80`).
+/// The endpoint a wait of `kind` on `object` waits on, if it is a socket's or a pipe's: a
+/// thread's socket wait names it alone, a goroutine's and an asyncio task's after what
+/// they do (`IO wait 10.0.0.5:80`, `syscall write on pipe:[4711]`, `recv 10.0.0.5:80`).
 pub fn endpoint_in_object(kind: WaitKind, object: &str) -> Option<&str> {
     match kind {
         kind if is_socket_kind(kind) => Some(object),
-        WaitKind::Goroutine => object.strip_prefix(GO_IO_WAIT)?.strip_prefix(' '),
+        WaitKind::Goroutine => match object.strip_prefix(GO_IO_WAIT) {
+            Some(endpoint) => endpoint.strip_prefix(' '),
+            None => go_syscall_in_object(object)?.1.filter(|on| on.starts_with("pipe:[")),
+        },
         WaitKind::Task => TASK_SOCKET_VERBS.iter().find_map(|verb| object.strip_prefix(verb)),
         _ => None,
     }
 }
 
+/// The call of a goroutine in a system call, out of its object, and what it is on
+/// (`write` and `pipe:[4711]` of `syscall write on pipe:[4711]`).
+pub fn go_syscall_in_object(object: &str) -> Option<(&str, Option<&str>)> {
+    let call = object.strip_prefix(GO_SYSCALL)?.strip_prefix(' ')?;
+    Some(match call.split_once(" on ") {
+        Some((call, on)) => (call, Some(on)),
+        None => (call, None),
+    })
+}
+
 /// What a goroutine's wait is, out of its object: the Go wait reason before what it
-/// names (`chan send` of `chan send on chan int 0/0`, `IO wait` of `IO wait 10.0.0.5:80`);
-/// no reason has " on " in it.
+/// names (`chan send` of `chan send on chan int 0/0`, `IO wait` of `IO wait 10.0.0.5:80`,
+/// `syscall write` of `syscall write on pipe:[4711]`); no reason has " on " in it.
 pub fn go_wait_reason(object: &str) -> &str {
-    if endpoint_in_object(WaitKind::Goroutine, object).is_some() {
+    if object.starts_with(GO_IO_WAIT) {
         return GO_IO_WAIT;
     }
     object.split_once(" on ").map_or(object, |(reason, _)| reason)

@@ -129,7 +129,8 @@ pub struct TraceCounts {
     /// wait, if it went on, is seen again by the next read).
     pub go_goroutines_skipped: u64,
     /// Goroutines blocked on a channel or a sync lock that could not be read (or whose
-    /// layout is not known): their object is the wait reason alone.
+    /// layout is not known), or in a system call whose thread was not found blocked:
+    /// their object is the wait reason alone.
     pub go_objects_unnamed: u64,
     /// Ended waits of the Go runtime's own system goroutines (GC workers, sweeper, …):
     /// not shown.

@@ -241,4 +241,22 @@ fn a_goroutine_waits_reason_is_what_its_object_says_before_what_it_names() {
     assert_eq!(go_wait_reason("IO wait 10.0.0.5:80"), "IO wait");
     assert_eq!(go_wait_reason("IO wait"), "IO wait");
     assert_eq!(go_wait_reason("select"), "select");
+    assert_eq!(go_wait_reason("syscall write on pipe:[4711]"), "syscall write");
+    assert_eq!(go_wait_reason("syscall"), "syscall");
+}
+
+#[test]
+fn a_goroutine_in_a_system_call_waits_on_a_pipe_as_on_an_endpoint() {
+    let endpoint = |object| endpoint_in_object(WaitKind::Goroutine, object);
+    assert_eq!(endpoint("syscall write on pipe:[4711]"), Some("pipe:[4711]"));
+    assert_eq!(endpoint("IO wait 10.0.0.5:80"), Some("10.0.0.5:80"));
+    // A file has no other end; a call whose thread was not found names nothing.
+    assert_eq!(endpoint("syscall fsync on /var/lib/app/journal"), None);
+    assert_eq!(endpoint("syscall"), None);
+    assert_eq!(
+        go_syscall_in_object("syscall write on pipe:[4711]"),
+        Some(("write", Some("pipe:[4711]")))
+    );
+    assert_eq!(go_syscall_in_object("syscall nanosleep"), Some(("nanosleep", None)));
+    assert_eq!(go_syscall_in_object("sync.Mutex.Lock on main.mu"), None);
 }

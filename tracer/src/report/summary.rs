@@ -176,7 +176,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
         ProfileKind::Snapshot => {
             let threads = &profile.thread_counts;
             let where_ = if profile.waiters() == "goroutines" {
-                "waiting in the Go scheduler"
+                "waiting in the Go scheduler or in system calls"
             } else {
                 "blocked in futex or socket waits"
             };
@@ -610,8 +610,8 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
             out,
             &format!("goroutines read from the runtime: {},", goroutines.threads),
             &[
-                format!("{} waiting", goroutines.blocked_in_waits),
-                format!("{} running, runnable or in syscalls", goroutines.elsewhere),
+                format!("{} waiting (parked or in system calls)", goroutines.blocked_in_waits),
+                format!("{} running or runnable", goroutines.elsewhere),
                 format!("{} of the runtime's own hidden", goroutines.runtime_hidden),
                 format!("{} changed while read", goroutines.woke_while_read),
                 format!("{} unreadable", goroutines.unreadable),
@@ -628,7 +628,7 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
     }
     lost.push(format!("{} stacks truncated", counts.unwind_truncated));
     lost.push(format!("{} IO waits unresolved", counts.unresolved_descriptors));
-    lost.push(format!("{} channels or locks unnamed", counts.go_objects_unnamed));
+    lost.push(format!("{} channels, locks or calls unnamed", counts.go_objects_unnamed));
     write_wrapped(out, "lost:", &lost);
     if counts.non_socket_io > 0 {
         let _ = writeln!(
@@ -921,7 +921,9 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         };
         snapshot.endpoint_states = [("10.0.0.5:80".into(), "send buffer full".into())].into();
         let text = render_summary(&snapshot, 10);
-        assert!(text.starts_with("push (pid 7): 10 goroutines, 6 waiting in the Go scheduler now"));
+        assert!(text.starts_with(
+            "push (pid 7): 10 goroutines, 6 waiting in the Go scheduler or in system calls now"
+        ));
         assert!(text.contains("GOROUTINES  KIND"), "{text}");
         assert!(text.contains("main.sendStat [chan send]"), "{text}");
         assert!(text.contains("main.writeToBackend [IO wait 10.0.0.5:80]"), "{text}");

@@ -77,6 +77,79 @@ impl ThreadSyscall {
     }
 }
 
+/// What /proc says of thread `tid` of `pid` now, if it can be read.
+pub fn read_syscall(pid: u32, tid: u32) -> Option<ThreadSyscall> {
+    parse_syscall(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+}
+
+/// The syscall each blocked thread of `pid` is in now, or None when its threads cannot be
+/// listed.
+pub fn blocked_calls(pid: u32) -> Option<Vec<(u32, SyscallState)>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let blocked = tasks
+        .flatten()
+        .filter_map(|task| task.file_name().to_str()?.parse().ok())
+        .filter_map(|tid| match read_syscall(pid, tid)? {
+            ThreadSyscall::Blocked(call) => Some((tid, call)),
+            _ => None,
+        })
+        .collect();
+    Some(blocked)
+}
+
+/// The name of x86_64 syscall `nr` for the blocking calls a thread is usually found in.
+pub fn syscall_name(nr: i64) -> String {
+    let name = match nr {
+        0 => "read",
+        1 => "write",
+        7 => "poll",
+        17 => "pread64",
+        18 => "pwrite64",
+        19 => "readv",
+        20 => "writev",
+        23 => "select",
+        34 => "pause",
+        35 => "nanosleep",
+        40 => "sendfile",
+        42 => "connect",
+        43 => "accept",
+        44 => "sendto",
+        45 => "recvfrom",
+        46 => "sendmsg",
+        47 => "recvmsg",
+        61 => "wait4",
+        73 => "flock",
+        74 => "fsync",
+        75 => "fdatasync",
+        202 => "futex",
+        230 => "clock_nanosleep",
+        232 => "epoll_wait",
+        247 => "waitid",
+        257 => "openat",
+        270 => "pselect6",
+        271 => "ppoll",
+        275 => "splice",
+        281 => "epoll_pwait",
+        288 => "accept4",
+        295 => "preadv",
+        296 => "pwritev",
+        441 => "epoll_pwait2",
+        _ => return format!("syscall {nr}"),
+    };
+    name.to_owned()
+}
+
+/// The descriptor a blocking call waits on, for the calls of `syscall_name` whose first
+/// argument is a descriptor (`write`, `fsync`, `flock`, …).
+pub fn syscall_descriptor(call: &SyscallState) -> Option<i32> {
+    const ON_FIRST_ARGUMENT: [i64; 20] =
+        [0, 1, 17, 18, 19, 20, 40, 42, 43, 44, 45, 46, 47, 73, 74, 75, 275, 288, 295, 296];
+    if !ON_FIRST_ARGUMENT.contains(&call.nr) {
+        return None;
+    }
+    i32::try_from(call.args[0]).ok().filter(|fd| *fd >= 0)
+}
+
 /// Parses the text of /proc/PID/task/TID/syscall
 /// (<https://elixir.bootlin.com/linux/v6.18/source/fs/proc/base.c> `proc_pid_syscall`).
 pub fn parse_syscall(text: &str) -> Option<ThreadSyscall> {
