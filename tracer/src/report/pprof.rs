@@ -27,7 +27,7 @@ use std::{
 
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use prost::Message as _;
-use tracer_common::{ShortWaitTotals, WaitKind};
+use tracer_common::ShortWaitTotals;
 
 use crate::{
     chains,
@@ -322,21 +322,24 @@ fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::P
         Weight::Time => "blocked",
         Weight::Count | Weight::Threads => count_type,
     };
-    // Each site a chain starts at or passes through, to the heaviest such chain.
-    let mut chain_lines: HashMap<(String, WaitKind), String> = HashMap::new();
-    for chain in &profile.chains {
-        let line = chains::chain_line(chain, profile.waiters(), format_duration);
-        let sites = std::iter::once(&chain.start).chain(chain.hops.iter().map(|hop| &hop.at));
-        for site in sites {
-            chain_lines.entry((site.site.clone(), site.kind)).or_insert_with(|| line.clone());
-        }
-    }
+    // Each site a chain starts at or passes through, heaviest chain first: a stack takes
+    // the first whose site it waits at (for a goroutine, with the same wait reason too:
+    // the lockers of a mutex and its holder may share a call site).
+    let chain_lines: Vec<(&chains::ChainSite, String)> = profile
+        .chains
+        .iter()
+        .flat_map(|chain| {
+            let line = chains::chain_line(chain, profile.waiters(), format_duration);
+            let sites = std::iter::once(&chain.start).chain(chain.hops.iter().map(|hop| &hop.at));
+            sites.map(move |site| (site, line.clone()))
+        })
+        .collect();
     let samples = profile
         .stacks
         .iter()
         .map(|stack| {
-            let chain = chain_lines.get(&(stack.call_site().to_string(), stack.kind));
-            sample(&mut builder, profile, stack, chain)
+            let chain = chain_lines.iter().find(|(site, _)| site.matches(stack));
+            sample(&mut builder, profile, stack, chain.map(|(_, line)| line))
         })
         .collect();
     let comments: Vec<i64> = comments(profile, provenance, main_module.as_deref())
@@ -889,6 +892,8 @@ fn read_sample(
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::WaitKind;
+
     use super::*;
     use crate::report::{
         fixtures::{fixture_profile, fixture_provenance},
@@ -928,6 +933,38 @@ mod tests {
             name(decoded.location[leaf as usize - 1].line[0].function_id),
             "[futex app::STATS]"
         );
+    }
+
+    #[test]
+    fn a_chain_label_goes_to_the_stacks_waiting_at_its_sites_only() {
+        // The lockers of a mutex and a goroutine in a select at the same call site: only
+        // the lockers' stack is in the chain.
+        let mut profile = fixture_profile();
+        let goroutines = |object: &str| ProfileStack {
+            kind: WaitKind::Goroutine,
+            object: Some(object.to_owned()),
+            ..profile.stacks[0].clone()
+        };
+        let (lockers, selecting) = (goroutines("sync.Mutex.Lock on main.mu"), goroutines("select"));
+        profile.chains = vec![chains::WaitChain {
+            process: None,
+            start: chains::ChainSite {
+                site: lockers.call_site().to_owned(),
+                kind: WaitKind::Goroutine,
+                object: lockers.object.clone(),
+            },
+            threads: 2,
+            blocked_ns: 0,
+            hops: Vec::new(),
+            terminal: chains::Terminal::Unknown("no holder found".to_owned()),
+        }];
+        profile.stacks = vec![lockers, selecting];
+        let decoded = build(&profile, &fixture_provenance(), Weight::Time);
+        let has_chain = |sample: &proto::Sample| {
+            sample.label.iter().any(|label| decoded.string_table[label.key as usize] == "chain")
+        };
+        let labelled: Vec<bool> = decoded.sample.iter().map(has_chain).collect();
+        assert_eq!(labelled, [true, false]);
     }
 
     #[test]

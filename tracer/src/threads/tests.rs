@@ -389,7 +389,13 @@ fn exited_thread_is_gone() {
     let handle = thread::spawn(gettid);
     let tid = handle.join().expect("join");
     let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
-    assert!(!reader.thread_ids().expect("thread ids").contains(&tid));
+    // `join` returns once the thread's tid word is cleared, which the kernel does before
+    // it unlists the task: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.thread_ids().expect("thread ids").contains(&tid) {
+        assert!(Instant::now() < deadline, "tid {tid} still listed 10 s after its join");
+        thread::sleep(Duration::from_millis(1));
+    }
     match reader.sample(tid) {
         Err(SampleError::Exited) => {}
         other => panic!("sample of an exited thread: {other:?}"),
