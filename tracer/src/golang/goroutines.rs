@@ -80,6 +80,7 @@ pub struct Goroutine {
 }
 
 impl Goroutine {
+    /// In a system call, not parked (see [`IN_SYSCALL`]).
     pub fn in_syscall(&self) -> bool {
         self.wait_reason == IN_SYSCALL
     }

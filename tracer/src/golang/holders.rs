@@ -10,11 +10,11 @@
 //! mu.Unlock()` stores `&mu` in its frame), so the address sits in a slot of its frame
 //! while it is parked elsewhere or in a system call. A scan of each such goroutine's stack
 //! (from its saved sp towards `g.stack.hi`) for the addresses of the objects others are
-//! blocked on finds
-//! them: of the words its frames hold live at their pcs, as the runtime's collector reads
-//! them (`stack_maps.rs`), so that a stale copy in a dead slot names no one; the
-//! goroutines blocked on the object itself hold it too and are left out. A lock whose
-//! holder keeps no pointer to it (a global locked and unlocked by name) is not found.
+//! blocked on finds them: of the words its frames hold live at their pcs, as the
+//! runtime's collector reads them (`stack_maps.rs`), so that a stale copy in a dead slot
+//! names no one; the goroutines blocked on the object itself hold it too and are left
+//! out. A lock whose holder keeps no pointer to it (a global locked and unlocked by name)
+//! is not found.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
