@@ -346,8 +346,8 @@ const JOURNAL_APPEND: &str = "main.(*journal).append";
 /// the goroutine's own (not the netpoller's): the holder is read from where it entered the
 /// call (`g.syscallsp`, its frame pointer kept from go1.23 on, found from the frames'
 /// sizes before), its whole stack down to the write; the call is named from its thread
-/// (`syscall write on pipe:[…]`), and the chain goes on to the process holding the pipe's
-/// read end (the workload itself).
+/// (`syscall write on pipe:[…]`, the pipe full), and the chain goes on to the process
+/// holding the pipe's read end (the workload itself).
 fn lock_held_in_a_syscall(build: &GoBuild) {
     let case = build.case();
     let (workload, port) = start_go_goroutines(&build.bin, "journaled", SENDERS, STARTUP_TIMEOUT);
@@ -395,9 +395,13 @@ fn lock_held_in_a_syscall(build: &GoBuild) {
         panic!("{case}: one goroutine holds the lock: {lockers:#?}");
     };
     assert_eq!(hop.waker, format!("goroutine {goid} (holds the lock)"), "{case}");
+    // The pipe is full: what the write waits for.
+    let full = |state: &Option<String>| {
+        state.as_deref().is_some_and(|state| state.starts_with("pipe full ("))
+    };
     assert!(
-        matches!(&lockers.terminal, Terminal::Endpoint { endpoint, peer: Some(peer), .. }
-            if Some(endpoint.as_str()) == pipe && peer.pid == workload.pid()),
+        matches!(&lockers.terminal, Terminal::Endpoint { endpoint, peer: Some(peer), state }
+            if Some(endpoint.as_str()) == pipe && peer.pid == workload.pid() && full(state)),
         "{case}: the chain ends at the pipe's reader: {lockers:#?}"
     );
 }

@@ -260,7 +260,7 @@ impl<'a> WaitNamer<'a> {
         name_io_waits(*pid, binary, goroutines, counts, objects, epolls, named);
         channels::name_channel_waits(*pid, binary, *bias, goroutines, counts);
         semaphores::name_semaphore_waits(*pid, binary, *bias, image, locks, goroutines, counts);
-        syscalls::name_syscall_waits(*pid, goroutines, counts);
+        syscalls::name_syscall_waits(*pid, goroutines, counts, objects);
     }
 }
 

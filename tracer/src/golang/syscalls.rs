@@ -2,17 +2,25 @@
 //! pipe:[4711]`, `fsync on /var/lib/app/journal`). The runtime does not say cheaply which
 //! thread runs a goroutine, but the thread's user stack pointer at the call's entry
 //! (/proc/PID/task/TID/syscall) lies in the goroutine's stack, and no two goroutines'
-//! stacks overlap: that ties each blocked thread to its goroutine.
+//! stacks overlap: that ties each blocked thread to its goroutine. A pipe's fill is kept as
+//! its state, as a socket's buffers are (`pipe full (65536/65536 bytes)`).
 
 use super::goroutines::{Goroutine, GoroutineCounts};
 use crate::{
+    objects::{WaitObjects, pipe_fill, pipe_state},
     report::escape_name,
     threads::{SyscallState, blocked_calls, syscall_descriptor, syscall_name},
 };
 
-/// Names the call of each goroutine of `goroutines` in a system call; those whose thread
-/// is not found blocked (it returned, or is on a CPU in the kernel) are counted.
-pub fn name_syscall_waits(pid: u32, goroutines: &mut [Goroutine], counts: &mut GoroutineCounts) {
+/// Names the call of each goroutine of `goroutines` in a system call, and keeps each
+/// pipe's state in `objects`; those whose thread is not found blocked (it returned, or is
+/// on a CPU in the kernel) are counted.
+pub fn name_syscall_waits(
+    pid: u32,
+    goroutines: &mut [Goroutine],
+    counts: &mut GoroutineCounts,
+    objects: &mut WaitObjects,
+) {
     let mut in_syscall: Vec<&mut Goroutine> =
         goroutines.iter_mut().filter(|goroutine| goroutine.in_syscall()).collect();
     if in_syscall.is_empty() {
@@ -21,7 +29,7 @@ pub fn name_syscall_waits(pid: u32, goroutines: &mut [Goroutine], counts: &mut G
     in_syscall.sort_by_key(|goroutine| goroutine.stack_lo);
     for (_, call) in blocked_calls(pid).unwrap_or_default() {
         if let Some(goroutine) = on_stack(&mut in_syscall, call.sp) {
-            goroutine.object = Some(describe(pid, &call));
+            goroutine.object = Some(describe(pid, &call, objects));
         }
     }
     counts.objects_unnamed +=
@@ -38,13 +46,19 @@ fn on_stack<'g>(by_stack: &'g mut [&mut Goroutine], sp: u64) -> Option<&'g mut G
 
 /// `write on pipe:[4711]`: the call's name, and what its descriptor is open on (a path,
 /// `pipe:[…]`, `socket:[…]`) where it has one.
-fn describe(pid: u32, call: &SyscallState) -> String {
+fn describe(pid: u32, call: &SyscallState, objects: &mut WaitObjects) -> String {
     let name = syscall_name(call.nr);
     let Some(fd) = syscall_descriptor(call) else { return name };
-    match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
-        Ok(target) => format!("{name} on {}", escape_name(&target.to_string_lossy())),
-        Err(_) => format!("{name} on fd {fd}"),
+    let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else {
+        return format!("{name} on fd {fd}");
+    };
+    let target = escape_name(&target.to_string_lossy()).into_owned();
+    if target.starts_with("pipe:[")
+        && let Some(fill) = pipe_fill(pid, fd as u64)
+    {
+        objects.endpoint_states.insert(target.clone(), pipe_state(fill));
     }
+    format!("{name} on {target}")
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use tracer_common::WaitKind;
 pub mod locks;
 pub mod sockets;
 
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
 use crate::model::WaitObject;
 use sockets::{SocketLookup, SocketResolver};
 
@@ -93,5 +95,69 @@ impl WaitObjects {
                 Some((socket_kind, WaitObject::UnresolvedSocket))
             }
         }
+    }
+}
+
+/// A duplicate of descriptor `fd` of process `pid` (`pidfd_getfd`, which needs what
+/// ptrace needs: root here), to ask the kernel about what it is open on.
+pub fn duplicate(pid: u32, fd: u64) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let pidfd = i32::try_from(pidfd).ok().filter(|pidfd| *pidfd >= 0)?;
+    // SAFETY: a descriptor just returned to us, owned from here on.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: pidfd_getfd takes a pidfd, the target's descriptor number and flags.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    let copy = i32::try_from(copy).ok().filter(|copy| *copy >= 0)?;
+    // SAFETY: as above.
+    Some(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// How full the pipe open as descriptor `fd` of `pid` is: the bytes queued in it and its
+/// capacity (`FIONREAD`, `F_GETPIPE_SZ` on a duplicate).
+pub fn pipe_fill(pid: u32, fd: u64) -> Option<(u64, u64)> {
+    let pipe = duplicate(pid, fd)?;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int; both calls only read the pipe's state.
+    let (read, capacity) = unsafe {
+        (
+            libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut queued),
+            libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ),
+        )
+    };
+    if read != 0 {
+        return None;
+    }
+    Some((u64::try_from(queued).ok()?, u64::try_from(capacity).ok()?))
+}
+
+/// A pipe's state as a chain shows it beside the pipe, as a socket's buffers are shown:
+/// `pipe full (65536/65536 bytes)`.
+pub fn pipe_state((queued, capacity): (u64, u64)) -> String {
+    if queued >= capacity {
+        format!("pipe full ({queued}/{capacity} bytes)")
+    } else {
+        format!("{queued}/{capacity} bytes in the pipe")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn a_pipe_s_fill_is_read_through_a_duplicate() {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        let mut writer = writer;
+        writer.write_all(b"twelve bytes").expect("write");
+        let fd = writer.as_raw_fd() as u64;
+        let (queued, capacity) = pipe_fill(std::process::id(), fd).expect("the pipe's fill");
+        assert_eq!(queued, 12);
+        assert!(capacity >= 4096, "{capacity}");
+        assert_eq!(pipe_state((queued, capacity)), format!("12/{capacity} bytes in the pipe"));
+        assert_eq!(pipe_state((65536, 65536)), "pipe full (65536/65536 bytes)");
+        drop(reader);
     }
 }

@@ -502,28 +502,9 @@ fn socket_kind(fd_path: &str) -> Option<SocketKind> {
 }
 
 /// The local and peer addresses of descriptor `fd` of process `pid`, read from a duplicate
-/// of it (`pidfd_getfd`, which needs what ptrace needs: root here); `None` where a name
-/// cannot be had (a listener has no peer).
+/// of it; `None` where a name cannot be had (a listener has no peer).
 fn addresses_of_duplicate(pid: u32, fd: u64) -> (Option<String>, Option<String>) {
-    use std::os::fd::{FromRawFd as _, OwnedFd};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let Ok(pidfd) = i32::try_from(pidfd) else { return (None, None) };
-    if pidfd < 0 {
-        return (None, None);
-    }
-    // SAFETY: a descriptor just returned to us, owned from here on.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    // SAFETY: pidfd_getfd takes a pidfd, the target's descriptor number and flags.
-    let socket = unsafe {
-        libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0)
-    };
-    let Ok(socket) = i32::try_from(socket) else { return (None, None) };
-    if socket < 0 {
-        return (None, None);
-    }
-    // SAFETY: as above.
-    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let Some(socket) = crate::objects::duplicate(pid, fd) else { return (None, None) };
     let name = |peer: bool| -> Option<String> {
         // SAFETY: sockaddr_storage is plain old data; the calls write at most `len` bytes
         // into it and set `len`.
