@@ -9,7 +9,7 @@ use super::goroutines::{Goroutine, GoroutineCounts};
 use crate::{
     objects::{WaitObjects, pipe_fill, pipe_state},
     report::escape_name,
-    threads::{SyscallState, blocked_calls, syscall_descriptor, syscall_name},
+    threads::{SyscallState, blocked_calls, known_syscall_name, syscall_descriptor},
 };
 
 /// Names the call of each goroutine of `goroutines` in a system call, and keeps each
@@ -44,10 +44,11 @@ fn on_stack<'g>(by_stack: &'g mut [&mut Goroutine], sp: u64) -> Option<&'g mut G
     (sp < goroutine.stack_hi).then_some(&mut **goroutine)
 }
 
-/// `write on pipe:[4711]`: the call's name, and what its descriptor is open on (a path,
-/// `pipe:[…]`, `socket:[…]`) where it has one.
+/// `write on pipe:[4711]`: the call's name (its number for a call not known by name:
+/// the goroutine's object reads `syscall 999`), and what its descriptor is open on (a
+/// path, `pipe:[…]`, `socket:[…]`) where it has one.
 fn describe(pid: u32, call: &SyscallState, objects: &mut WaitObjects) -> String {
-    let name = syscall_name(call.nr);
+    let name = known_syscall_name(call.nr).map_or_else(|| call.nr.to_string(), str::to_owned);
     let Some(fd) = syscall_descriptor(call) else { return name };
     let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else {
         return format!("{name} on fd {fd}");

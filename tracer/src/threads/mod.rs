@@ -97,9 +97,15 @@ pub fn blocked_calls(pid: u32) -> Option<Vec<(u32, SyscallState)>> {
     Some(blocked)
 }
 
-/// The name of x86_64 syscall `nr` for the blocking calls a thread is usually found in.
+/// The name of x86_64 syscall `nr` (`syscall 999` for one not among the blocking calls a
+/// thread is usually found in).
 pub fn syscall_name(nr: i64) -> String {
-    let name = match nr {
+    known_syscall_name(nr).map_or_else(|| format!("syscall {nr}"), str::to_owned)
+}
+
+/// The name of x86_64 syscall `nr`, for the blocking calls a thread is usually found in.
+pub fn known_syscall_name(nr: i64) -> Option<&'static str> {
+    Some(match nr {
         0 => "read",
         1 => "write",
         7 => "poll",
@@ -134,20 +140,36 @@ pub fn syscall_name(nr: i64) -> String {
         295 => "preadv",
         296 => "pwritev",
         441 => "epoll_pwait2",
-        _ => return format!("syscall {nr}"),
-    };
-    name.to_owned()
+        _ => return None,
+    })
 }
 
-/// The descriptor a blocking call waits on, for the calls of `syscall_name` whose first
-/// argument is a descriptor (`write`, `fsync`, `flock`, …).
+/// The descriptor a blocking call waits on, for the calls whose first argument is one.
 pub fn syscall_descriptor(call: &SyscallState) -> Option<i32> {
-    const ON_FIRST_ARGUMENT: [i64; 20] =
-        [0, 1, 17, 18, 19, 20, 40, 42, 43, 44, 45, 46, 47, 73, 74, 75, 275, 288, 295, 296];
-    if !ON_FIRST_ARGUMENT.contains(&call.nr) {
-        return None;
-    }
-    i32::try_from(call.args[0]).ok().filter(|fd| *fd >= 0)
+    let on_descriptor = matches!(
+        known_syscall_name(call.nr)?,
+        "read"
+            | "write"
+            | "pread64"
+            | "pwrite64"
+            | "readv"
+            | "writev"
+            | "preadv"
+            | "pwritev"
+            | "sendfile"
+            | "splice"
+            | "connect"
+            | "accept"
+            | "accept4"
+            | "sendto"
+            | "recvfrom"
+            | "sendmsg"
+            | "recvmsg"
+            | "flock"
+            | "fsync"
+            | "fdatasync"
+    );
+    i32::try_from(call.args[0]).ok().filter(|fd| on_descriptor && *fd >= 0)
 }
 
 /// Parses the text of /proc/PID/task/TID/syscall

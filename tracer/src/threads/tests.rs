@@ -598,3 +598,16 @@ fn the_task_iterators_looks_agree_with_proc() {
         assert_eq!(again, look, "a parked thread's look holds still");
     }
 }
+
+#[test]
+fn a_call_on_a_descriptor_names_it() {
+    let call =
+        |nr: i64, first: u64| SyscallState { nr, args: [first, 0, 0, 0, 0, 0], sp: 0, pc: 0 };
+    assert_eq!(syscall_descriptor(&call(1, 7)), Some(7)); // write
+    assert_eq!(syscall_descriptor(&call(74, 3)), Some(3)); // fsync
+    assert_eq!(syscall_descriptor(&call(202, 0x7f00_0000)), None); // futex: an address
+    assert_eq!(syscall_descriptor(&call(999, 7)), None);
+    assert_eq!(syscall_descriptor(&call(1, u64::MAX)), None); // -1
+    assert_eq!(syscall_name(74), "fsync");
+    assert_eq!(syscall_name(999), "syscall 999");
+}
