@@ -24,7 +24,10 @@ use crate::{
         call_site::{Language, call_site},
         endpoint_in_object, go_syscall_in_object,
     },
-    objects::sockets::{Protocol, SocketInfo, diag::SockDiag, socket_inode},
+    objects::{
+        pipe_inode,
+        sockets::{Protocol, SocketInfo, diag::SockDiag, socket_inode},
+    },
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
     threads::{
         SampleError, SyscallState, ThreadReader, ThreadSyscall, blocked_calls,
@@ -431,11 +434,6 @@ fn ends_held(
         .filter(|(end, holds)| *holds && ends.contains(end))
         .map(|(end, _)| end)
         .collect()
-}
-
-/// The inode of a pipe's descriptor from its /proc link (`pipe:[4711]`).
-pub fn pipe_inode(target: &str) -> Option<u64> {
-    target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// The access mode (`O_RDONLY`, `O_WRONLY`, `O_RDWR`) of descriptor `fd` of `pid`, from

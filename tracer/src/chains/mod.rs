@@ -20,9 +20,12 @@ use std::{
 
 use tracer_common::WaitKind;
 
-use crate::model::{
-    ProcessTag, Profile, ProfileKind, ProfileStack, endpoint_in_object, go_wait_reason,
-    is_socket_kind,
+use crate::{
+    model::{
+        ProcessTag, Profile, ProfileKind, ProfileStack, endpoint_in_object, go_wait_reason,
+        is_socket_kind,
+    },
+    objects::pipe_inode,
 };
 
 /// Hops followed at most: a longer chain is cut with an `unknown` terminal.
@@ -466,7 +469,7 @@ pub fn peer_text(peer: &PeerProcess, endpoint: &str) -> String {
     } else {
         String::new()
     };
-    let joined_by = if endpoint.starts_with("pipe:[") { "pipe" } else { "connection" };
+    let joined_by = if pipe_inode(endpoint).is_some() { "pipe" } else { "connection" };
     let on_socket = match peer.waiting_on_socket.as_deref() {
         None => String::new(),
         Some([]) => format!("; none of its threads waits on this {joined_by}"),

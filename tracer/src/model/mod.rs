@@ -14,6 +14,8 @@ pub mod timeline;
 
 use tracer_common::WaitKind;
 
+use crate::objects::pipe_inode;
+
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
@@ -55,7 +57,7 @@ pub fn endpoint_in_object(kind: WaitKind, object: &str) -> Option<&str> {
         kind if is_socket_kind(kind) => Some(object),
         WaitKind::Goroutine => match object.strip_prefix(GO_IO_WAIT) {
             Some(endpoint) => endpoint.strip_prefix(' '),
-            None => go_syscall_in_object(object)?.1.filter(|on| on.starts_with("pipe:[")),
+            None => go_syscall_in_object(object)?.1.filter(|on| pipe_inode(on).is_some()),
         },
         WaitKind::Task => TASK_SOCKET_VERBS.iter().find_map(|verb| object.strip_prefix(verb)),
         _ => None,

@@ -113,6 +113,12 @@ pub fn duplicate(pid: u32, fd: u64) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
+/// The inode of a pipe from its descriptor's /proc link, or from an object that names the
+/// pipe by it (`pipe:[4711]`).
+pub fn pipe_inode(target: &str) -> Option<u64> {
+    target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
 /// How full the pipe open as descriptor `fd` of `pid` is: the bytes queued in it and its
 /// capacity (`FIONREAD`, `F_GETPIPE_SZ` on a duplicate).
 pub fn pipe_fill(pid: u32, fd: u64) -> Option<(u64, u64)> {
@@ -149,8 +155,7 @@ mod tests {
 
     #[test]
     fn a_pipe_s_fill_is_read_through_a_duplicate() {
-        let (reader, writer) = std::io::pipe().expect("a pipe");
-        let mut writer = writer;
+        let (reader, mut writer) = std::io::pipe().expect("a pipe");
         writer.write_all(b"twelve bytes").expect("write");
         let fd = writer.as_raw_fd() as u64;
         let (queued, capacity) = pipe_fill(std::process::id(), fd).expect("the pipe's fill");
