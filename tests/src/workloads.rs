@@ -23,6 +23,7 @@ pub const MANY_WAITERS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
 pub const C_LOSSES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_losses.c");
 pub const C_OBJECTS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_objects.c");
+pub const C_LOGGER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_logger.c");
 pub const C_DEADLOCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_deadlock.c");
 pub const C_HOSTILE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_hostile.c");
 pub const C_WAKE_PATHS_SOURCE: &str =

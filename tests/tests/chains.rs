@@ -8,6 +8,9 @@
 //!   of its own, reached over a veth pair, and with that address rewritten by a DNAT
 //!   rule (found through conntrack);
 //! - a snapshot of threads on a pthread mutex names its holder and the holder's stack;
+//! - C handlers logging under a mutex to a pipe whose reader stopped: the chain goes from
+//!   the lock's waiters through its holder's write to the collector process, with the
+//!   pipe's fill, in a snapshot and in both modes of a recording;
 //! - a snapshot of a protocol deadlock names the peer's threads waiting on the connection;
 //! - `tracer report` keeps the chains of a saved recording.
 //!
@@ -18,8 +21,8 @@ use std::time::Duration;
 
 use tracer::chains::{PeerProcess, Terminal, ThreadState, WaitChain};
 use tracer_tests::{
-    C_DEADLOCK_SOURCE, C_OBJECTS_SOURCE, ChildGuard, Pileup, Profile, TempDir, WaitKind,
-    assert_success, build_c, build_c_pileup, read_profile, record_profile, run_tool,
+    C_DEADLOCK_SOURCE, C_LOGGER_SOURCE, C_OBJECTS_SOURCE, ChildGuard, Pileup, Profile, TempDir,
+    WaitKind, assert_success, build_c, build_c_pileup, read_profile, record_profile, run_tool,
     snapshot_profile, spawn_and_read_line, spawn_backend, start_c_pileup, start_rust_pileup,
     start_rust_pileup_over_unix, start_stuck, start_workload, tracer_report,
 };
@@ -33,6 +36,8 @@ const HANDLERS: usize = 16;
 const WORKLOAD_SECONDS: f64 = 120.0;
 /// Long enough for hundreds of wakes of the handlers by the reporter.
 const RECORD_DURATION: &str = "3s";
+/// x86_64's write(2).
+const SYS_WRITE: u32 = 1;
 /// Recording, attaching, unwinding and symbolizing with a wide margin: only a hang reaches it.
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -354,6 +359,87 @@ fn a_snapshot_names_the_mutex_holder_and_its_stack() {
          blocked in pause at holder"
     );
     assert!(stdout.contains(&expected), "{expected:?} missing from:\n{stdout}");
+}
+
+#[test]
+fn a_lock_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reader() {
+    let build = TempDir::new("chains-logger-build");
+    let bin = build_c(build.path(), C_LOGGER_SOURCE, "c-logger");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(HANDLERS.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    let (workload, line) = spawn_and_read_line("c-logger", cmd);
+    let collector: u32 = line
+        .strip_prefix("stuck ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("c-logger printed {line:?}"));
+    let pid = workload.pid();
+    let writer = thread_in_syscall(pid, SYS_WRITE);
+    // Past stdin, stdout and stderr (stdout is a pipe to this test too).
+    let pipe = (3..16)
+        .filter_map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok())
+        .filter_map(|link| link.to_str().map(str::to_owned))
+        .find(|link| link.starts_with("pipe:["))
+        .expect("the log pipe among the workload's descriptors");
+    let runs = [
+        ("snapshot", Vec::new()),
+        ("exact", vec!["--duration", RECORD_DURATION, "--mode", "exact"]),
+        ("sampled", vec!["--duration", RECORD_DURATION, "--mode", "sampled"]),
+    ];
+    for (run, args) in runs {
+        let dir = TempDir::new(&format!("chains-logger-{run}"));
+        let traced = match run {
+            "snapshot" => snapshot_profile(pid, &args, &dir, TIMEOUT),
+            _ => record_profile(pid, &args, &dir, TIMEOUT),
+        };
+        let chain = chain_at(&traced.profile, "log_line");
+        assert_eq!(chain.start.kind, WaitKind::Futex, "{run}: {chain:#?}");
+        assert_eq!(chain.start.object.as_deref(), Some("log_lock"), "{run}: {chain:#?}");
+        assert_eq!(chain.threads, HANDLERS as u64 - 1, "{run}: {chain:#?}");
+        assert_eq!(chain.hops.len(), 1, "{run}: the holder's write: {chain:#?}");
+        let hop = &chain.hops[0];
+        assert_eq!(hop.waker_threads, [writer], "{run}: {chain:#?}");
+        assert_eq!(hop.waker, format!("handler (tid {writer}, holds the lock)"), "{run}");
+        assert_eq!((hop.at.site.as_str(), hop.at.kind), ("log_line", WaitKind::Write), "{run}");
+        assert_eq!(hop.at.object.as_ref(), Some(&pipe), "{run}: {chain:#?}");
+        let Terminal::Endpoint { endpoint, state, peer: Some(peer) } = &chain.terminal else {
+            panic!("{run}: the chain ends at the pipe with its reader: {chain:#?}");
+        };
+        assert_eq!(endpoint, &pipe, "{run}: {chain:#?}");
+        let state = state.as_deref().unwrap_or_default();
+        assert!(state.starts_with("pipe full ("), "{run}: {chain:#?}");
+        assert_eq!((peer.pid, peer.comm.as_str()), (collector, "collector"), "{run}");
+        assert_eq!(peer.waiting_on_socket, Some(Vec::new()), "{run}: never reads: {chain:#?}");
+
+        let stdout = &traced.out.stdout;
+        let section = stdout.split("WAIT CHAINS\n").nth(1).expect("a WAIT CHAINS section");
+        let line = section.lines().next().expect("a chain line").trim();
+        let expected = [
+            format!(
+                "{} threads at log_line [futex log_lock] ← woken by handler (tid {writer}, holds the lock), blocked ",
+                HANDLERS - 1
+            ),
+            format!("in log_line [write {pipe}: {state}] → peer pid {collector} (collector): "),
+            "; none of its threads waits on this pipe".to_owned(),
+        ];
+        for part in &expected {
+            assert!(line.contains(part.as_str()), "{run}: {part:?} missing from:\n{line}");
+        }
+    }
+}
+
+/// The one thread of `pid` blocked in system call `nr`, or a panic.
+fn thread_in_syscall(pid: u32, nr: u32) -> u32 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads");
+    let in_call: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| task.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+                .is_ok_and(|call| call.split(' ').next() == Some(nr.to_string().as_str()))
+        })
+        .collect();
+    assert_eq!(in_call.len(), 1, "one thread of {pid} in syscall {nr}: {in_call:?}");
+    in_call[0]
 }
 
 #[test]

@@ -93,8 +93,9 @@ pub fn gather(
             facts.holders.insert(object.clone(), target.now(owner));
         }
     }
-    facts.peers =
-        local_peers(pid, endpoints_of(profile, sockets), std::iter::empty(), frame_pointers);
+    let pipes = pipes_of(profile);
+    let pipes = pipes.iter().map(|(pipe, end)| (pipe, *end));
+    facts.peers = local_peers(pid, endpoints_of(profile, sockets), pipes, frame_pointers);
     facts
 }
 
@@ -119,21 +120,25 @@ pub fn gather_goroutines(
     facts
 }
 
-/// The pipes `profile`'s goroutines wait on in system calls, with the end their peer
-/// holds: a write waits for the pipe's reader, a read for its writer.
+/// The pipes `profile`'s waits are on, with the end their peer holds: a write waits for
+/// the pipe's reader, a read for its writer (a thread's by its kind, a goroutine's in a
+/// system call by its call); a goroutine parked on a pipe in the netpoller (`IO wait
+/// pipe:[4711]`) names no direction, and its peer holds either end.
 fn pipes_of(profile: &Profile) -> BTreeMap<String, PeerEnd> {
     const WRITES: [&str; 5] = ["write", "writev", "pwrite64", "pwritev", "sendfile"];
     let pipe = |stack: &ProfileStack| {
-        let object = stack.object.as_deref().filter(|_| stack.kind == WaitKind::Goroutine)?;
-        let (call, on) = go_syscall_in_object(object)?;
-        let pipe = on?;
-        let inode = pipe_inode(pipe)?;
-        let end = if WRITES.contains(&call) {
-            PeerEnd::PipeReader(inode)
-        } else {
-            PeerEnd::PipeWriter(inode)
+        let object = stack.object.as_deref()?;
+        let end = match stack.kind {
+            WaitKind::Write => PeerEnd::PipeReader(pipe_inode(object)?),
+            WaitKind::Read => PeerEnd::PipeWriter(pipe_inode(object)?),
+            WaitKind::Goroutine => match go_syscall_in_object(object) {
+                Some((call, on)) if WRITES.contains(&call) => PeerEnd::PipeReader(pipe_inode(on?)?),
+                Some((_, on)) => PeerEnd::PipeWriter(pipe_inode(on?)?),
+                None => PeerEnd::Pipe(pipe_inode(endpoint_in_object(stack.kind, object)?)?),
+            },
+            _ => return None,
         };
-        Some((pipe.to_owned(), end))
+        Some((endpoint_in_object(stack.kind, object)?.to_owned(), end))
     };
     profile.stacks.iter().filter_map(pipe).collect()
 }
@@ -248,12 +253,14 @@ impl ThreadLooker<'_> {
 }
 
 /// What the process at the other end of a wait holds open: the peer socket (by inode), or
-/// the other end of a pipe: its read end for a write, its write end for a read.
+/// the other end of a pipe: its read end for a write, its write end for a read, either
+/// where the wait's direction is not known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum PeerEnd {
     Socket(u64),
     PipeReader(u64),
     PipeWriter(u64),
+    Pipe(u64),
 }
 
 /// The processes on this host at the other end of the TCP and Unix sockets behind
@@ -423,17 +430,20 @@ fn ends_held(
     }
     let Some(inode) = pipe_inode(target) else { return Vec::new() };
     let (reader, writer) = (PeerEnd::PipeReader(inode), PeerEnd::PipeWriter(inode));
+    let mut held: Vec<PeerEnd> = ends.get(&PeerEnd::Pipe(inode)).copied().into_iter().collect();
     if !ends.contains(&reader) && !ends.contains(&writer) {
-        return Vec::new();
+        return held;
     }
-    let Some(mode) = access_mode() else { return Vec::new() };
+    let Some(mode) = access_mode() else { return held };
     let reads = mode != O_WRONLY;
     let writes = mode == O_WRONLY || mode == O_RDWR;
-    [(reader, reads), (writer, writes)]
-        .into_iter()
-        .filter(|(end, holds)| *holds && ends.contains(end))
-        .map(|(end, _)| end)
-        .collect()
+    held.extend(
+        [(reader, reads), (writer, writes)]
+            .into_iter()
+            .filter(|(end, holds)| *holds && ends.contains(end))
+            .map(|(end, _)| end),
+    );
+    held
 }
 
 /// The access mode (`O_RDONLY`, `O_WRONLY`, `O_RDWR`) of descriptor `fd` of `pid`, from
@@ -475,6 +485,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pipe_wait_s_peer_holds_the_other_end() {
+        let stack = |kind, object: &str| ProfileStack {
+            frames: Vec::new(),
+            kind,
+            object: Some(object.to_owned()),
+            truncated: false,
+            in_progress: true,
+            stats: Default::default(),
+            process: None,
+        };
+        let mut profile = Profile::new(crate::model::ProfileKind::Snapshot, 1, "app".into());
+        profile.stacks = vec![
+            stack(WaitKind::Write, "pipe:[1]"),
+            stack(WaitKind::Read, "pipe:[2]"),
+            stack(WaitKind::Goroutine, "syscall write on pipe:[3]"),
+            stack(WaitKind::Goroutine, "syscall read on pipe:[4]"),
+            stack(WaitKind::Goroutine, "IO wait pipe:[5]"),
+            stack(WaitKind::Goroutine, "IO wait 10.0.0.5:80"),
+            stack(WaitKind::Send, "10.0.0.5:80"),
+            stack(WaitKind::Futex, "pipe:[6]"),
+        ];
+        let ends: Vec<(String, PeerEnd)> = pipes_of(&profile).into_iter().collect();
+        let expected = [
+            ("pipe:[1]", PeerEnd::PipeReader(1)),
+            ("pipe:[2]", PeerEnd::PipeWriter(2)),
+            ("pipe:[3]", PeerEnd::PipeReader(3)),
+            ("pipe:[4]", PeerEnd::PipeWriter(4)),
+            ("pipe:[5]", PeerEnd::Pipe(5)),
+        ];
+        assert_eq!(ends, expected.map(|(pipe, end)| (pipe.to_owned(), end)));
+    }
+
+    #[test]
     fn a_pipe_end_is_told_by_its_access_mode() {
         let ends = BTreeSet::from([PeerEnd::PipeReader(4711), PeerEnd::Socket(99)]);
         const O_RDONLY: u32 = 0;
@@ -490,6 +533,9 @@ mod tests {
         assert_eq!(held("/var/log/app.log", O_RDONLY), []);
         // The mode is read only for a pipe that is wanted.
         assert_eq!(ends_held("pipe:[1]", &ends, || panic!("not read")), []);
+        // Either end of a pipe whose wait names no direction, its mode not read.
+        let either = BTreeSet::from([PeerEnd::Pipe(4711)]);
+        assert_eq!(ends_held("pipe:[4711]", &either, || panic!("not read")), [PeerEnd::Pipe(4711)]);
         assert_eq!(pipe_inode("pipe:[4711]"), Some(4711));
         assert_eq!(pipe_inode("socket:[4711]"), None);
     }

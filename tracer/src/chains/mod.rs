@@ -266,7 +266,27 @@ impl Graph<'_> {
         let mut at = start.clone();
         let terminal = loop {
             if let Some(terminal) = self.terminal_at(&at) {
-                break terminal;
+                // A holder blocked in a watched wait of its own (a write to a full pipe
+                // under the lock) is a hop, as a goroutine holding the lock is.
+                let held_by = match &terminal {
+                    Terminal::LockHolder(holder) => self.holder_blocked(holder, &visited),
+                    _ => None,
+                };
+                let Some((holder, next, blocked_ns)) = held_by else { break terminal };
+                if hops.len() == MAX_HOPS {
+                    break Terminal::Unknown(format!("more than {MAX_HOPS} hops"));
+                }
+                let waker = format!("{} (tid {}, holds the lock)", holder.name, holder.tid);
+                let at_site = self.chain_site(&next);
+                hops.push(ChainHop {
+                    waker,
+                    waker_threads: vec![holder.tid],
+                    blocked_ns,
+                    at: at_site,
+                });
+                visited.insert(next.clone());
+                at = next;
+                continue;
             }
             let Some((waker, waker_threads)) = self.wakers_of(&at) else {
                 break Terminal::Unknown(unknown_reason(at.kind));
@@ -408,6 +428,20 @@ impl Graph<'_> {
             }
         };
         enough.then(|| (site.clone(), blocked_ns))
+    }
+
+    /// Where a lock's holder is blocked now, when it is in a watched wait at a site of the
+    /// profile not yet in the chain.
+    fn holder_blocked<'h>(
+        &self,
+        holder: &'h ThreadNow,
+        visited: &BTreeSet<SiteKey>,
+    ) -> Option<(&'h ThreadNow, SiteKey, u64)> {
+        if !matches!(holder.state, ThreadState::Blocked { .. }) {
+            return None;
+        }
+        let (next, blocked_ns) = self.where_blocked(&[holder.tid])?;
+        (!visited.contains(&next)).then_some((holder, next, blocked_ns))
     }
 
     /// The wakers were not (mostly) blocked in a watched wait: what they do now.

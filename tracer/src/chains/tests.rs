@@ -299,6 +299,50 @@ fn a_snapshot_names_the_holder_of_the_lock_its_threads_wait_for() {
 }
 
 #[test]
+fn a_lock_holder_blocked_in_a_watched_wait_is_a_hop_to_it() {
+    let mut profile = Profile::new(ProfileKind::Snapshot, 1, "app".to_string());
+    let pipe = "pipe:[4711]";
+    profile.stacks = vec![
+        stack("log_line", WaitKind::Futex, Some("log_lock"), &[1, 2, 3], SECOND),
+        stack("log_line", WaitKind::Write, Some(pipe), &[7], 2 * SECOND),
+    ];
+    profile.endpoint_states.insert(pipe.to_string(), "pipe full (65536/65536 bytes)".into());
+    let blocked = |syscall: &str, site: &str| ThreadState::Blocked {
+        syscall: syscall.to_string(),
+        call_site: Some(site.to_string()),
+        stack: Vec::new(),
+    };
+    let holder = ThreadNow { tid: 7, name: "handler".into(), state: blocked("write", "log_line") };
+    let collector =
+        ThreadNow { tid: 90, name: "collector".into(), state: blocked("pause", "main") };
+    let mut facts = ChainFacts::default();
+    facts.holders.insert("log_lock".to_string(), holder.clone());
+    facts.peers.insert(
+        pipe.to_string(),
+        PeerProcess {
+            pid: 90,
+            comm: "collector".into(),
+            threads: vec![collector],
+            thread_count: 1,
+            waiting_on_socket: Some(Vec::new()),
+            reached_at: None,
+        },
+    );
+    // The holder's own chain is inside the lock's, and not shown again.
+    assert_eq!(
+        lines(&profile, &facts),
+        ["3 threads at log_line [futex log_lock] ← woken by handler (tid 7, holds the lock), \
+          blocked 2s in log_line [write pipe:[4711]: pipe full (65536/65536 bytes)] → peer pid \
+          90 (collector): blocked in pause at main; none of its threads waits on this pipe"]
+    );
+    // A holder running, or blocked outside the watched waits, ends the chain itself.
+    let running = ThreadNow { state: ThreadState::Running, ..holder };
+    facts.holders.insert("log_lock".to_string(), running);
+    let first = lines(&profile, &facts).remove(0);
+    assert!(first.ends_with("[futex log_lock] → held by handler (tid 7): running"), "{first}");
+}
+
+#[test]
 fn chains_stop_after_the_longest_they_may_run() {
     // site0 ← t1 at site1 ← t2 at site2 … each woken by the next thread.
     let sites = MAX_HOPS + 2;

@@ -110,12 +110,12 @@ pub struct GoroutineCounts {
     pub changed_while_read: u64,
     /// A `g` or stack that could not be read (freed under us).
     pub unreadable: u64,
-    /// In IO wait on a socket whose endpoint was named.
+    /// In IO wait on a socket whose endpoint was named, or on a pipe (`pipe:[4711]`).
     pub io_wait_named: u64,
     /// In IO wait on a descriptor that could not be named: not found in the netpoller
     /// (woke meanwhile), closed, or its socket gone before it was resolved.
     pub io_wait_unresolved: u64,
-    /// In IO wait on a descriptor that is not a socket (a pipe, a tty, …).
+    /// In IO wait on a descriptor neither a socket nor a pipe (a tty, an eventfd, …).
     pub io_wait_not_socket: u64,
     /// Blocked on a channel or a sync lock that could not be read (or whose layout is
     /// unknown), or in a system call whose thread was not found blocked.

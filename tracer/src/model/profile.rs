@@ -109,7 +109,8 @@ pub struct TraceCounts {
     pub unwind_truncated: u64,
     /// Distinct addresses with no symbol.
     pub unknown_symbols: u64,
-    /// read/write waits on descriptors that are not sockets (not socket waits: left out).
+    /// read/write waits on descriptors neither sockets nor pipes (files, ttys, eventfds: left
+    /// out).
     pub non_socket_io: u64,
     /// Socket waits whose socket was gone (or unreadable) before it could be resolved.
     pub unresolved_descriptors: u64,

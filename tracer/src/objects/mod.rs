@@ -1,7 +1,10 @@
-//! What each wait waits on, as it is seen: a socket is resolved at once (it may be
+//! What each wait waits on, as it is seen: a socket or pipe is resolved at once (it may be
 //! gone later), a futex address is kept and named when the profile is built.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use tracer_common::WaitKind;
 
@@ -13,13 +16,21 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use crate::model::WaitObject;
 use sockets::{SocketLookup, SocketResolver};
 
+/// How long a pipe's fill stands before it is read again: a busy pipe is waited on by
+/// every write, and its fill takes four syscalls.
+const PIPE_FILL_FRESH_FOR: Duration = Duration::from_millis(50);
+
 pub struct WaitObjects {
+    pid: u32,
     sockets: SocketResolver,
-    /// The last state seen for each endpoint (`send buffer full (...)`).
+    /// The last state seen for each endpoint (`send buffer full (...)`, `pipe full (...)`).
     pub endpoint_states: BTreeMap<String, String>,
     /// The socket last seen behind each endpoint (its addresses find its peer).
     pub endpoint_sockets: BTreeMap<String, sockets::SocketInfo>,
-    /// read/write waits on descriptors that are not sockets (left out).
+    /// When each pipe's fill was read, by its inode.
+    pipe_fills_read: HashMap<u64, Instant>,
+    /// read/write waits on descriptors neither sockets nor pipes: files, ttys, eventfds
+    /// (left out).
     pub non_socket_io: u64,
     /// Socket waits whose socket was gone (or unreadable) before it was resolved.
     pub unresolved_sockets: u64,
@@ -28,9 +39,11 @@ pub struct WaitObjects {
 impl WaitObjects {
     pub fn new(pid: u32) -> Self {
         Self {
+            pid,
             sockets: SocketResolver::new(pid),
             endpoint_states: BTreeMap::new(),
             endpoint_sockets: BTreeMap::new(),
+            pipe_fills_read: HashMap::new(),
             non_socket_io: 0,
             unresolved_sockets: 0,
         }
@@ -42,6 +55,7 @@ impl WaitObjects {
         if self.endpoint_states.len() > max || self.endpoint_sockets.len() > max {
             self.endpoint_states.clear();
             self.endpoint_sockets.clear();
+            self.pipe_fills_read.clear();
         }
     }
 
@@ -54,7 +68,9 @@ impl WaitObjects {
     }
 
     /// The reported kind and object of a wait on `object` (futex address or
-    /// descriptor); None when it is not a wait we report (read/write off sockets).
+    /// descriptor); None when it is not a wait we report (read/write off sockets and
+    /// pipes). A pipe's read or write keeps its kind and names the pipe as its endpoint
+    /// (`pipe:[4711]`), its fill as the endpoint's state.
     pub fn resolve(&mut self, kind: WaitKind, object: u64) -> Option<(WaitKind, WaitObject)> {
         let socket_kind = match kind {
             WaitKind::Futex => return Some((kind, WaitObject::Futex(object))),
@@ -80,6 +96,20 @@ impl WaitObjects {
                 self.endpoint_sockets.insert(endpoint.clone(), info);
                 Some((socket_kind, WaitObject::Endpoint(endpoint)))
             }
+            SocketLookup::Pipe(inode) if is_read_or_write => {
+                let endpoint = format!("pipe:[{inode}]");
+                let fresh = self
+                    .pipe_fills_read
+                    .get(&inode)
+                    .is_some_and(|read| read.elapsed() < PIPE_FILL_FRESH_FOR);
+                if !fresh {
+                    self.pipe_fills_read.insert(inode, Instant::now());
+                    if let Some(fill) = pipe_fill(self.pid, object) {
+                        self.endpoint_states.insert(endpoint.clone(), pipe_state(fill));
+                    }
+                }
+                Some((kind, WaitObject::Endpoint(endpoint)))
+            }
             SocketLookup::NotSocket if is_read_or_write => {
                 self.non_socket_io += 1;
                 None
@@ -90,7 +120,8 @@ impl WaitObjects {
                 self.unresolved_sockets += 1;
                 None
             }
-            SocketLookup::NotSocket | SocketLookup::Unresolved => {
+            // send, recv, connect, accept on a descriptor that is no socket fail at once.
+            SocketLookup::Pipe(_) | SocketLookup::NotSocket | SocketLookup::Unresolved => {
                 self.unresolved_sockets += 1;
                 Some((socket_kind, WaitObject::UnresolvedSocket))
             }
@@ -138,9 +169,13 @@ pub fn pipe_fill(pid: u32, fd: u64) -> Option<(u64, u64)> {
 }
 
 /// A pipe's state as a chain shows it beside the pipe, as a socket's buffers are shown:
-/// `pipe full (65536/65536 bytes)`.
+/// `pipe full (65536/65536 bytes)`. A pipe's buffers are pages: one whose queued bytes
+/// leave no page free has every buffer in use, and a writer that needs a new one waits
+/// (lines of a log rarely fill the last byte).
 pub fn pipe_state((queued, capacity): (u64, u64)) -> String {
-    if queued >= capacity {
+    const PAGE: u64 = 4096;
+    let no_page_free = capacity > PAGE && queued > capacity - PAGE;
+    if queued >= capacity || no_page_free {
         format!("pipe full ({queued}/{capacity} bytes)")
     } else {
         format!("{queued}/{capacity} bytes in the pipe")
@@ -163,6 +198,30 @@ mod tests {
         assert!(capacity >= 4096, "{capacity}");
         assert_eq!(pipe_state((queued, capacity)), format!("12/{capacity} bytes in the pipe"));
         assert_eq!(pipe_state((65536, 65536)), "pipe full (65536/65536 bytes)");
+        assert_eq!(pipe_state((65408, 65536)), "pipe full (65408/65536 bytes)");
+        assert_eq!(pipe_state((61440, 65536)), "61440/65536 bytes in the pipe");
+        assert_eq!(pipe_state((1, 4096)), "1/4096 bytes in the pipe");
         drop(reader);
+    }
+
+    #[test]
+    fn a_pipe_s_read_or_write_is_shown_and_a_file_s_is_counted() {
+        let (reader, mut writer) = std::io::pipe().expect("a pipe");
+        writer.write_all(b"queued").expect("write");
+        let mut objects = WaitObjects::new(std::process::id());
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", writer.as_raw_fd()));
+        let pipe = link.expect("the pipe's link").to_str().expect("utf-8").to_owned();
+        let write = objects.resolve(WaitKind::Write, writer.as_raw_fd() as u64);
+        assert_eq!(write, Some((WaitKind::Write, WaitObject::Endpoint(pipe.clone()))));
+        let read = objects.resolve(WaitKind::Read, reader.as_raw_fd() as u64);
+        assert_eq!(read, Some((WaitKind::Read, WaitObject::Endpoint(pipe.clone()))));
+        let state = objects.endpoint_states.get(&pipe).expect("the pipe's fill");
+        assert!(state.starts_with("6/") && state.ends_with(" bytes in the pipe"), "{state}");
+        // A pipe is never sent on: a send on one fails at once, and is not named as one.
+        let send = objects.resolve(WaitKind::Send, writer.as_raw_fd() as u64);
+        assert_eq!(send, Some((WaitKind::Send, WaitObject::UnresolvedSocket)));
+        let file = std::fs::File::open("/proc/self/status").expect("a file");
+        assert_eq!(objects.resolve(WaitKind::Read, file.as_raw_fd() as u64), None);
+        assert_eq!(objects.non_socket_io, 1);
     }
 }

@@ -178,7 +178,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             let where_ = if profile.waiters() == "goroutines" {
                 "waiting in the Go scheduler or in system calls"
             } else {
-                "blocked in futex or socket waits"
+                "blocked in futex, socket or pipe waits"
             };
             let _ = writeln!(
                 out,
@@ -192,7 +192,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             write_processes(&mut out, profile, top);
             let rows = top_sites(profile, true);
             if rows.is_empty() {
-                let _ = writeln!(out, "no thread is blocked in a futex or socket wait\n");
+                let _ = writeln!(out, "no thread is blocked in a futex, socket or pipe wait\n");
             } else {
                 write_threads_table(&mut out, &rows, top, profile.waiters());
                 write_object_tables(&mut out, profile, top);
@@ -572,7 +572,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
     if counts.non_socket_io > 0 {
         let _ = writeln!(
             out,
-            "left out: {} read/write waits on descriptors that are not sockets",
+            "left out: {} read/write waits on descriptors neither sockets nor pipes",
             counts.non_socket_io
         );
     }
@@ -633,7 +633,7 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
     if counts.non_socket_io > 0 {
         let _ = writeln!(
             out,
-            "left out: {} IO waits on descriptors that are not sockets",
+            "left out: {} IO waits on descriptors neither sockets nor pipes",
             counts.non_socket_io
         );
     }
@@ -845,7 +845,7 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         let mut lines = text.lines();
         assert_eq!(
             lines.next(),
-            Some("app (pid 4242): 5 threads, 1 blocked in futex or socket waits now")
+            Some("app (pid 4242): 5 threads, 1 blocked in futex, socket or pipe waits now")
         );
         assert_eq!(lines.next(), Some("THREADS  KIND      YOUNGEST     OLDEST  CALL SITE"));
         assert_eq!(lines.next(), Some("      3  futex       40.0ms     40.0ms  app::send_stat"));

@@ -252,7 +252,7 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
     let blocked_threads = Family::<L, Gauge>::default();
     registry.register(
         "tracer_blocked_threads",
-        "Threads of the target blocked now in a futex or socket wait",
+        "Threads of the target blocked now in a futex, socket or pipe wait",
         blocked_threads.clone(),
     );
     if let Some(firings) = firings {

@@ -127,7 +127,7 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
     let title = if state.table.refreshes == 0 {
         " reading… ".to_string()
     } else if empty {
-        " no thread blocked in a futex or socket wait ".to_string()
+        " no thread blocked in a futex, socket or pipe wait ".to_string()
     } else {
         format!(" {} call sites ", rows.len())
     };

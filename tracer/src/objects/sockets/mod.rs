@@ -1,6 +1,7 @@
 //! Resolves a descriptor the target blocked on to its socket: whether it is one at all (so
-//! that `read`/`write` waits on sockets count as `recv`/`send`), and for socket waits the
-//! protocol, the addresses and the queue state that explains the wait.
+//! that `read`/`write` waits on sockets count as `recv`/`send`; a pipe is told apart by its
+//! inode), and for socket waits the protocol, the addresses and the queue state that
+//! explains the wait.
 //!
 //! Path: `/proc/PID/fd/N` (a `socket:[INODE]` link) → the protocol from the socket's
 //! `system.sockprotoname` attribute → NETLINK_SOCK_DIAG ([`diag`]). Nothing here stops the
@@ -231,7 +232,9 @@ impl SocketInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SocketLookup {
     Socket(SocketInfo),
-    /// A pipe, file, eventfd, tty, ...
+    /// A pipe or FIFO, by its inode (`pipe:[INODE]`).
+    Pipe(u64),
+    /// A file, eventfd, tty, ...
     NotSocket,
     /// The descriptor closed, or the socket gone before it was resolved, or a netlink
     /// request failed or was held back: never a guess. [`SocketResolver::counts`] says which.
@@ -259,6 +262,24 @@ pub const DUMP_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long a cached answer stands before the socket is asked about again (queues move).
 const FRESH_FOR: Duration = Duration::from_millis(50);
+
+/// What a descriptor is open on, from its /proc link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Descriptor {
+    Socket(u64),
+    Pipe(u64),
+    Other,
+}
+
+impl Descriptor {
+    fn of_link(target: &str) -> Self {
+        match (socket_inode(target), super::pipe_inode(target)) {
+            (Some(inode), _) => Self::Socket(inode),
+            (None, Some(inode)) => Self::Pipe(inode),
+            (None, None) => Self::Other,
+        }
+    }
+}
 
 /// Which sock_diag query finds a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,12 +315,11 @@ pub struct SocketResolver {
     diag: Option<SockDiag>,
     last_open: Option<Instant>,
     table: HashMap<u64, Entry>,
-    /// What each descriptor was when last looked at (a socket's inode, or None: not a
-    /// socket), and when. Within `FRESH_FOR` the answer stands without a readlink: one per
+    /// What each descriptor was when last looked at, and when. Within `FRESH_FOR` the answer stands without a readlink: one per
     /// wait was a quarter of the tracer's CPU on a busy service. A descriptor closed and
     /// reused within that time is named as its old socket, a race the lookup already runs
     /// (it looks after the wait, when the ring buffer is drained).
-    descriptors: HashMap<u64, (Option<u64>, Instant)>,
+    descriptors: HashMap<u64, (Descriptor, Instant)>,
     last_dump: HashMap<(u8, u8), Instant>,
     counts: ResolveCounts,
     last_error: Option<NetlinkError>,
@@ -324,13 +344,13 @@ impl SocketResolver {
 
     /// Resolves descriptor `fd` of the process now.
     pub fn resolve(&mut self, fd: u64) -> SocketLookup {
-        let inode = match self.descriptors.get(&fd) {
-            Some(&(inode, seen)) if seen.elapsed() < FRESH_FOR => inode,
+        let descriptor = match self.descriptors.get(&fd) {
+            Some(&(descriptor, seen)) if seen.elapsed() < FRESH_FOR => descriptor,
             _ => match fs::read_link(format!("/proc/{}/fd/{fd}", self.pid)) {
                 Ok(link) => {
-                    let inode = socket_inode(&link.to_string_lossy());
-                    self.descriptors.insert(fd, (inode, Instant::now()));
-                    inode
+                    let descriptor = Descriptor::of_link(&link.to_string_lossy());
+                    self.descriptors.insert(fd, (descriptor, Instant::now()));
+                    descriptor
                 }
                 Err(_) => {
                     self.descriptors.remove(&fd);
@@ -339,8 +359,10 @@ impl SocketResolver {
                 }
             },
         };
-        let Some(inode) = inode else {
-            return SocketLookup::NotSocket;
+        let inode = match descriptor {
+            Descriptor::Socket(inode) => inode,
+            Descriptor::Pipe(inode) => return SocketLookup::Pipe(inode),
+            Descriptor::Other => return SocketLookup::NotSocket,
         };
         let outcome = match self.table.get(&inode) {
             Some(entry) if entry.fetched.elapsed() < FRESH_FOR => {

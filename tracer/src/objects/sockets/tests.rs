@@ -393,10 +393,14 @@ fn a_descriptor_closed_after_a_lookup_is_unresolved_once_the_answer_is_stale() {
 }
 
 #[test]
-fn pipe_is_not_a_socket() {
+fn a_pipe_is_named_by_its_inode_and_a_file_is_not_a_socket() {
     let (reader, _writer) = std::io::pipe().unwrap();
     let mut resolver = SocketResolver::new(std::process::id());
-    assert_eq!(resolver.resolve(fd(&reader)), SocketLookup::NotSocket);
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd(&reader))).unwrap();
+    let inode = crate::objects::pipe_inode(link.to_str().unwrap()).expect("a pipe's link");
+    assert_eq!(resolver.resolve(fd(&reader)), SocketLookup::Pipe(inode));
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    assert_eq!(resolver.resolve(fd(&file)), SocketLookup::NotSocket);
 }
 
 #[test]

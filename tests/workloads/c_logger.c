@@ -1,0 +1,171 @@
+/*
+ * Handlers that log through one mutex-guarded pipe whose reader stopped reading, in C
+ * through glibc: a service whose stdout goes to a log collector that hangs. HANDLERS handler
+ * threads call log_line, which locks the static `log_lock` and write()s a line to the pipe.
+ * The collector, a child process, holds the pipe's read end and never reads; once the pipe
+ * is full, one handler blocks in write() holding the lock, and the others block on its futex.
+ * The tests check that the tracer's chain goes from the lock's waiters through its holder's
+ * write to the collector, with the pipe's fill.
+ *
+ * Usage: c-logger [HANDLERS] [SECONDS]
+ * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2).
+ * Prints "stuck COLLECTOR_PID" once one handler is in write and every other in a futex wait,
+ * as seen in /proc/self/task/TID/syscall. The collector dies with the workload (its parent
+ * death signal); the main thread only sleeps and exits after SECONDS.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "c_workload.h"
+
+#define HANDLER_NAME "handler"
+#define COLLECTOR_NAME "collector"
+/* x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). */
+#define SYS_WRITE_NR 1
+#define SYS_FUTEX_NR 202
+#define POLL_SECONDS 0.01
+#define STABLE_POLLS 10
+
+/* noinline and noclone keep the call sites as frames under their plain names. */
+#define CALL_SITE __attribute__((noinline, noclone))
+
+/* The lock the tests expect the tracer to name: a static, so it has a symbol. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static int log_fd = -1;
+
+/* The call site of both the lock's waits and its holder's write. */
+CALL_SITE void log_line(unsigned long id)
+{
+	char line[128];
+	int len = snprintf(line, sizeof line, "handler %lu handled a request\n", id);
+	pthread_mutex_lock(&log_lock);
+	/* A short or failed write is dropped, as a logger does. */
+	if (write(log_fd, line, (size_t)len) < 0)
+		perror("c-logger: write");
+	pthread_mutex_unlock(&log_lock);
+}
+
+CALL_SITE void *handler(void *arg)
+{
+	unsigned long id = (unsigned long)arg;
+
+	pthread_setname_np(pthread_self(), HANDLER_NAME);
+	for (;;)
+		log_line(id);
+	return NULL;
+}
+
+/* The collector: holds the read end and never reads, until its parent dies. */
+static void collect(void)
+{
+	prctl(PR_SET_NAME, COLLECTOR_NAME);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (;;)
+		pause();
+}
+
+/* How many threads named `name` are in `nr_a` and in `nr_b` now; false if one is elsewhere. */
+static int tally_syscalls(const char *name, long nr_a, long *in_a, long nr_b, long *in_b)
+{
+	DIR *dir = opendir("/proc/self/task");
+	if (!dir)
+		return 0;
+	int all_in = 1;
+	*in_a = *in_b = 0;
+	struct dirent *entry;
+	while ((entry = readdir(dir)) != NULL) {
+		long tid = strtol(entry->d_name, NULL, 10);
+		if (tid <= 0)
+			continue;
+		char path[64], comm[32], syscall[256];
+		snprintf(path, sizeof path, "/proc/self/task/%ld/comm", tid);
+		if (read_small(path, comm, sizeof comm) < 0)
+			continue;
+		comm[strcspn(comm, "\n")] = '\0';
+		if (strcmp(comm, name) != 0)
+			continue;
+		snprintf(path, sizeof path, "/proc/self/task/%ld/syscall", tid);
+		if (read_small(path, syscall, sizeof syscall) < 0)
+			continue;
+		char *end;
+		long in = strtol(syscall, &end, 10);
+		if (end != syscall && in == nr_a)
+			++*in_a;
+		else if (end != syscall && in == nr_b)
+			++*in_b;
+		else
+			all_in = 0;
+	}
+	closedir(dir);
+	return all_in;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 3) {
+		fprintf(stderr, "usage: c-logger [HANDLERS] [SECONDS]\n");
+		return 2;
+	}
+	long handlers = argc > 1 ? atol(argv[1]) : 16;
+	double seconds = argc > 2 ? atof(argv[2]) : 60.0;
+	double deadline = now_seconds() + seconds;
+	if (handlers < 2) {
+		fprintf(stderr, "c-logger: HANDLERS must be 2 or more\n");
+		return 2;
+	}
+
+	int ends[2];
+	if (pipe(ends) < 0) {
+		perror("c-logger: pipe");
+		return 1;
+	}
+	fflush(stdout);
+	pid_t collector = fork();
+	if (collector < 0) {
+		perror("c-logger: fork");
+		return 1;
+	}
+	if (collector == 0) {
+		close(ends[1]);
+		collect();
+	}
+	close(ends[0]);
+	log_fd = ends[1];
+
+	pthread_t tid;
+	for (long i = 0; i < handlers; i++) {
+		int err = pthread_create(&tid, NULL, handler, (void *)i);
+		if (err != 0) {
+			fprintf(stderr, "c-logger: pthread_create: %s\n", strerror(err));
+			return 1;
+		}
+	}
+
+	for (int stable = 0; stable < STABLE_POLLS;) {
+		if (now_seconds() >= deadline) {
+			fprintf(stderr, "c-logger: the handlers did not all block before the deadline\n");
+			_exit(1);
+		}
+		long writing, locking;
+		int blocked = tally_syscalls(HANDLER_NAME, SYS_WRITE_NR, &writing, SYS_FUTEX_NR,
+					     &locking) &&
+			      writing == 1 && locking == handlers - 1;
+		stable = blocked ? stable + 1 : 0;
+		sleep_seconds(POLL_SECONDS);
+	}
+	printf("stuck %d\n", (int)collector);
+	fflush(stdout);
+
+	double left = deadline - now_seconds();
+	if (left > 0)
+		sleep_seconds(left);
+	/* _exit: skip atexit and stdio teardown while a handler still holds the lock. */
+	_exit(0);
+}
