@@ -8,9 +8,10 @@
 //!   of its own, reached over a veth pair, and with that address rewritten by a DNAT
 //!   rule (found through conntrack);
 //! - a snapshot of threads on a pthread mutex names its holder and the holder's stack;
-//! - C handlers logging under a mutex to a pipe whose reader stopped: the chain goes from
-//!   the lock's waiters through its holder's write to the collector process, with the
-//!   pipe's fill, in a snapshot and in both modes of a recording;
+//! - C handlers logging to a pipe whose reader stopped, under a mutex or through stderr
+//!   (stdio's FILE lock): the chain goes from the lock's waiters through its holder's
+//!   write to the collector process, with the pipe's fill, in a snapshot and in both
+//!   modes of a recording;
 //! - a snapshot of a protocol deadlock names the peer's threads waiting on the connection;
 //! - `tracer report` keeps the chains of a saved recording.
 //!
@@ -362,11 +363,23 @@ fn a_snapshot_names_the_mutex_holder_and_its_stack() {
 }
 
 #[test]
-fn a_lock_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reader() {
+fn a_mutex_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reader() {
+    assert_logger_chain("mutex", "log_lock");
+}
+
+#[test]
+fn stderr_s_lock_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reader() {
+    assert_logger_chain("stdio", "stderr");
+}
+
+/// c-logger in `mode`: its handlers' chain, from their waits on `lock` through the
+/// holder's write to the full pipe, to the collector that never reads it; in a snapshot
+/// and in both modes of a recording.
+fn assert_logger_chain(mode: &str, lock: &str) {
     let build = TempDir::new("chains-logger-build");
     let bin = build_c(build.path(), C_LOGGER_SOURCE, "c-logger");
     let mut cmd = Command::new(&bin);
-    cmd.arg(HANDLERS.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    cmd.arg(HANDLERS.to_string()).arg(WORKLOAD_SECONDS.to_string()).arg(mode);
     let (workload, line) = spawn_and_read_line("c-logger", cmd);
     let collector: u32 = line
         .strip_prefix("stuck ")
@@ -374,12 +387,12 @@ fn a_lock_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reader() {
         .unwrap_or_else(|| panic!("c-logger printed {line:?}"));
     let pid = workload.pid();
     let writer = thread_in_syscall(pid, SYS_WRITE);
-    // Past stdin, stdout and stderr (stdout is a pipe to this test too).
-    let pipe = (3..16)
-        .filter_map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok())
+    // The log pipe is the one descriptor the collector keeps (its read end).
+    let pipe = (0..16)
+        .filter_map(|fd| std::fs::read_link(format!("/proc/{collector}/fd/{fd}")).ok())
         .filter_map(|link| link.to_str().map(str::to_owned))
         .find(|link| link.starts_with("pipe:["))
-        .expect("the log pipe among the workload's descriptors");
+        .expect("the log pipe among the collector's descriptors");
     let runs = [
         ("snapshot", Vec::new()),
         ("exact", vec!["--duration", RECORD_DURATION, "--mode", "exact"]),
@@ -393,7 +406,7 @@ fn a_lock_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reader() {
         };
         let chain = chain_at(&traced.profile, "log_line");
         assert_eq!(chain.start.kind, WaitKind::Futex, "{run}: {chain:#?}");
-        assert_eq!(chain.start.object.as_deref(), Some("log_lock"), "{run}: {chain:#?}");
+        assert_eq!(chain.start.object.as_deref(), Some(lock), "{run}: {chain:#?}");
         assert_eq!(chain.threads, HANDLERS as u64 - 1, "{run}: {chain:#?}");
         assert_eq!(chain.hops.len(), 1, "{run}: the holder's write: {chain:#?}");
         let hop = &chain.hops[0];
@@ -415,7 +428,8 @@ fn a_lock_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reader() {
         let line = section.lines().next().expect("a chain line").trim();
         let expected = [
             format!(
-                "{} threads at log_line [futex log_lock] ← woken by handler (tid {writer}, holds the lock), blocked ",
+                "{} threads at log_line [futex {lock}] ← woken by handler (tid {writer}, holds \
+                 the lock), blocked ",
                 HANDLERS - 1
             ),
             format!("in log_line [write {pipe}: {state}] → peer pid {collector} (collector): "),

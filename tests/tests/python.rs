@@ -337,7 +337,13 @@ fn waits_for_the_gil_are_named_the_gil() {
         );
         let gil_sites = profile.stacks.iter().filter(|s| s.object.as_deref() == Some("GIL"));
         for stack in gil_sites {
-            assert!(stack.call_site().contains("(pycpu.py:"), "{}", stack.call_site());
+            let frames: Vec<&str> = stack.frames.iter().map(|f| f.name.as_str()).collect();
+            assert!(
+                stack.call_site().contains("(pycpu.py:"),
+                "{}: {} {frames:?}:\n{summary}",
+                python.display(),
+                stack.call_site()
+            );
         }
     }
 }

@@ -1,13 +1,14 @@
 /*
- * Handlers that log through one mutex-guarded pipe whose reader stopped reading, in C
- * through glibc: a service whose stdout goes to a log collector that hangs. HANDLERS handler
- * threads call log_line, which locks the static `log_lock` and write()s a line to the pipe.
- * The collector, a child process, holds the pipe's read end and never reads; once the pipe
- * is full, one handler blocks in write() holding the lock, and the others block on its futex.
- * The tests check that the tracer's chain goes from the lock's waiters through its holder's
- * write to the collector, with the pipe's fill.
+ * Handlers that log through one lock to a pipe whose reader stopped reading, in C through
+ * glibc: a service whose log goes to a collector that hangs. HANDLERS handler threads call
+ * log_line, which either (mode `mutex`) locks the static `log_lock` and write()s a line to
+ * the pipe, or (mode `stdio`) fprintf()s it to stderr, made the pipe: stdio's own FILE lock
+ * guards it. The collector, a child process, holds the pipe's read end and never reads; once
+ * the pipe is full, one handler blocks in write() holding the lock, and the others block on
+ * its futex. The tests check that the tracer's chain goes from the lock's waiters through its
+ * holder's write to the collector, with the pipe's fill.
  *
- * Usage: c-logger [HANDLERS] [SECONDS]
+ * Usage: c-logger [HANDLERS] [SECONDS] [mutex|stdio]
  * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2).
  * Prints "stuck COLLECTOR_PID" once one handler is in write and every other in a futex wait,
  * as seen in /proc/self/task/TID/syscall. The collector dies with the workload (its parent
@@ -39,16 +40,23 @@
 /* The lock the tests expect the tracer to name: a static, so it has a symbol. */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static int log_fd = -1;
+static int through_stdio;
+static unsigned long lines_logged;
 
 /* The call site of both the lock's waits and its holder's write. */
 CALL_SITE void log_line(unsigned long id)
 {
+	if (through_stdio) {
+		fprintf(stderr, "handler %lu handled a request\n", id);
+		__atomic_add_fetch(&lines_logged, 1, __ATOMIC_RELAXED);
+		return;
+	}
 	char line[128];
 	int len = snprintf(line, sizeof line, "handler %lu handled a request\n", id);
 	pthread_mutex_lock(&log_lock);
 	/* A short or failed write is dropped, as a logger does. */
-	if (write(log_fd, line, (size_t)len) < 0)
-		perror("c-logger: write");
+	if (write(log_fd, line, (size_t)len) > 0)
+		lines_logged++;
 	pthread_mutex_unlock(&log_lock);
 }
 
@@ -62,11 +70,14 @@ CALL_SITE void *handler(void *arg)
 	return NULL;
 }
 
-/* The collector: holds the read end and never reads, until its parent dies. */
-static void collect(void)
+/* The collector: keeps the read end `reader` alone and never reads, until its parent dies. */
+static void collect(int reader)
 {
 	prctl(PR_SET_NAME, COLLECTOR_NAME);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (int fd = 0; fd < 1024; fd++)
+		if (fd != reader)
+			close(fd);
 	for (;;)
 		pause();
 }
@@ -109,8 +120,9 @@ static int tally_syscalls(const char *name, long nr_a, long *in_a, long nr_b, lo
 
 int main(int argc, char **argv)
 {
-	if (argc > 3) {
-		fprintf(stderr, "usage: c-logger [HANDLERS] [SECONDS]\n");
+	const char *mode = argc > 3 ? argv[3] : "mutex";
+	if (argc > 4 || (strcmp(mode, "mutex") != 0 && strcmp(mode, "stdio") != 0)) {
+		fprintf(stderr, "usage: c-logger [HANDLERS] [SECONDS] [mutex|stdio]\n");
 		return 2;
 	}
 	long handlers = argc > 1 ? atol(argv[1]) : 16;
@@ -120,6 +132,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "c-logger: HANDLERS must be 2 or more\n");
 		return 2;
 	}
+	through_stdio = strcmp(mode, "stdio") == 0;
+	/* Where this program's own errors go once stderr is the pipe. */
+	int errors = dup(STDERR_FILENO);
 
 	int ends[2];
 	if (pipe(ends) < 0) {
@@ -132,25 +147,27 @@ int main(int argc, char **argv)
 		perror("c-logger: fork");
 		return 1;
 	}
-	if (collector == 0) {
-		close(ends[1]);
-		collect();
-	}
+	if (collector == 0)
+		collect(ends[0]);
 	close(ends[0]);
 	log_fd = ends[1];
+	if (through_stdio && dup2(ends[1], STDERR_FILENO) < 0) {
+		perror("c-logger: dup2");
+		return 1;
+	}
 
 	pthread_t tid;
 	for (long i = 0; i < handlers; i++) {
 		int err = pthread_create(&tid, NULL, handler, (void *)i);
 		if (err != 0) {
-			fprintf(stderr, "c-logger: pthread_create: %s\n", strerror(err));
+			dprintf(errors, "c-logger: pthread_create: %s\n", strerror(err));
 			return 1;
 		}
 	}
 
 	for (int stable = 0; stable < STABLE_POLLS;) {
 		if (now_seconds() >= deadline) {
-			fprintf(stderr, "c-logger: the handlers did not all block before the deadline\n");
+			dprintf(errors, "c-logger: the handlers did not all block before the deadline\n");
 			_exit(1);
 		}
 		long writing, locking;

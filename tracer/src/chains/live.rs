@@ -2,9 +2,10 @@
 //! process behind a local endpoint (sock_diag gives the peer socket's inode, in the
 //! target's network namespace, another of the host's, or through conntrack where the
 //! address was rewritten: `tcp_peers`; /proc/*/fd its owner) and which of
-//! its threads wait on that socket (`socket_waiters`), the thread holding a glibc mutex
-//! (its `__owner`, or a PI futex's word), and what a thread is doing now (its syscall, and
-//! its call site when its stack unwinds).
+//! its threads wait on that socket (`socket_waiters`), the same for a pipe's other end,
+//! the thread holding a glibc mutex (its `__owner`, or a PI futex's word) or FILE lock
+//! (`objects::stdio`), and what a thread is doing now (its syscall, and its call site
+//! when its stack unwinds).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,6 +28,7 @@ use crate::{
     objects::{
         pipe_inode,
         sockets::{Protocol, SocketInfo, diag::SockDiag, socket_inode},
+        stdio::StdioLocks,
     },
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
     threads::{
@@ -81,6 +83,8 @@ pub fn gather(
     for tid in waker_threads {
         facts.threads_now.insert(tid, target.now(tid));
     }
+    // Read at the first futex wait that is not a pthread mutex's.
+    let mut stdio: Option<Option<StdioLocks>> = None;
     for stack in &profile.stacks {
         let Some(object) = &stack.object else { continue };
         if stack.kind != WaitKind::Futex || facts.holders.contains_key(object) {
@@ -89,7 +93,13 @@ pub fn gather(
         let under_mutex_lock =
             stack.frames.iter().any(|frame| MUTEX_LOCK_FUNCTIONS.contains(&frame.name.as_str()));
         let Some(&address) = profile.lock_addresses.get(object) else { continue };
-        if let Some(owner) = under_mutex_lock.then(|| mutex_owner(pid, address)).flatten() {
+        let owner = if under_mutex_lock {
+            mutex_owner(pid, address)
+        } else {
+            let locks = stdio.get_or_insert_with(|| StdioLocks::read(target.unwinder.image()));
+            locks.as_ref().and_then(|locks| locks.holder(address))
+        };
+        if let Some(owner) = owner {
             facts.holders.insert(object.clone(), target.now(owner));
         }
     }

@@ -1,13 +1,21 @@
-//! What a futex wait waits on: the futex address is the lock's identity. An address
-//! inside a data symbol of the program or a library (a static mutex, a global queue)
-//! is named by that symbol; any other by the mapping it lies in (heap, a thread's
-//! stack, anonymous memory) and its address.
+//! What a futex wait waits on: the futex address is the lock's identity. A glibc FILE's
+//! lock is named by its FILE (`stdout`); an address inside a data symbol of the program or
+//! a library (a static mutex, a global queue) by that symbol; any other by the mapping it
+//! lies in (heap, a thread's stack, anonymous memory) and its address.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use object::{Object as _, ObjectSymbol as _, SymbolKind};
 
+use super::stdio::StdioLocks;
 use crate::stacks::ProcessImage;
+
+/// How long the FILEs read from a process stand before they are read again (FILEs open
+/// and close; a profile names its locks within a moment).
+const STDIO_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// One data symbol of a module: [start, start + size) in the file's addresses (svma).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +37,8 @@ pub struct LockName {
 pub struct LockNamer {
     /// Sorted by start, per module file path.
     symbols_by_file: HashMap<String, Vec<DataSymbol>>,
+    /// The FILE locks last read, of which process and when.
+    stdio: Option<(u32, Instant, Option<StdioLocks>)>,
 }
 
 impl LockNamer {
@@ -36,8 +46,11 @@ impl LockNamer {
         Self::default()
     }
 
-    /// `STATS_QUEUE`, `queue+0x28 (libfoo.so)`, or `heap 0x55d0c2a4b188`.
+    /// `stdout`, `STATS_QUEUE`, `queue+0x28 (libfoo.so)`, or `heap 0x55d0c2a4b188`.
     pub fn name(&mut self, image: &ProcessImage, address: u64) -> LockName {
+        if let Some(file) = self.stdio_locks(image).and_then(|locks| locks.file_of(address)) {
+            return LockName { name: file.to_owned(), from_symbol: true };
+        }
         let unnamed = |name| LockName { name, from_symbol: false };
         let Some((mapping, previous)) = image.mapping_for(address) else {
             return unnamed(format!("{address:#x}"));
@@ -74,6 +87,16 @@ impl LockNamer {
             path => path.rsplit('/').next().unwrap_or(path),
         };
         unnamed(format!("{region} {address:#x}"))
+    }
+
+    /// The FILE locks of `image`'s process, read again once stale.
+    fn stdio_locks(&mut self, image: &ProcessImage) -> Option<&StdioLocks> {
+        let pid = image.pid();
+        let fresh = matches!(&self.stdio, Some((of, read, _)) if *of == pid && read.elapsed() < STDIO_FRESH_FOR);
+        if !fresh {
+            self.stdio = Some((pid, Instant::now(), StdioLocks::read(image)));
+        }
+        self.stdio.as_ref()?.2.as_ref()
     }
 }
 

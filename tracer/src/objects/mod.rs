@@ -10,6 +10,7 @@ use tracer_common::WaitKind;
 
 pub mod locks;
 pub mod sockets;
+pub mod stdio;
 
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 

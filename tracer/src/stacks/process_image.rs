@@ -357,6 +357,11 @@ impl ProcessImage {
         module.avma_range.contains(&addr).then_some(module)
     }
 
+    /// The process the image is of.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// All modules, sorted by start address.
     pub fn modules(&self) -> &[Module] {
         &self.modules

@@ -15,6 +15,9 @@ pub struct UnwoundAddresses {
     pub truncated: bool,
     /// How many bytes of the stack copy, from its start, the walk read.
     pub read_bytes: u64,
+    /// The stack runs Python code, yet its thread was in no Python frame when they were
+    /// read: it ran on since its registers were read, and the stack is not of one moment.
+    pub python_frames_gone: bool,
 }
 
 pub struct ProcessUnwinder {
@@ -97,7 +100,10 @@ impl ProcessUnwinder {
             info.unreadable_frames = counts.unreadable_frames;
             info.truncated_stacks = counts.truncated_stacks;
         });
-        if !frames.is_empty() {
+        if frames.is_empty() {
+            unwound.python_frames_gone =
+                unwound.addresses.iter().any(|&address| python.is_evaluation(address));
+        } else {
             let table = &self.image.python_frames;
             unwound.addresses = python::interleave(
                 &unwound.addresses,
@@ -123,7 +129,12 @@ impl ProcessUnwinder {
         if truncated {
             self.truncated_unwinds += 1;
         }
-        UnwoundAddresses { addresses: unwound.frames, truncated, read_bytes: unwound.read_bytes }
+        UnwoundAddresses {
+            addresses: unwound.frames,
+            truncated,
+            read_bytes: unwound.read_bytes,
+            python_frames_gone: false,
+        }
     }
 
     /// Picks up libraries mapped since the snapshot; returns whether any were added.

@@ -88,9 +88,16 @@ pub fn collect_blocked_threads(
             counts.elsewhere += 1;
             return false;
         };
+        let key = match stack_key(&sample, (kind, object), unwinder, frame_pointers, &mut counts) {
+            Ok(key) => key,
+            Err(_) if !last_try => return true,
+            Err(_) => {
+                counts.woke_while_read += 1;
+                return false;
+            }
+        };
         counts.blocked_in_waits += 1;
         aggregate.name_thread(sample.tid, &thread_name(&sample, unwinder));
-        let key = stack_key(&sample, (kind, object), unwinder, frame_pointers, &mut counts);
         let start_ns = match known_starts.get(&tid) {
             Some(&start_ns) => start_ns,
             // Unknown age: shown as "≥ 0".
@@ -118,14 +125,15 @@ pub(crate) fn thread_name(sample: &ThreadSample, unwinder: &mut ProcessUnwinder)
     unwinder.thread_name(sample.tid).unwrap_or_else(|| sample.comm.clone())
 }
 
-/// The stack of a blocked thread's wait in progress (`counts` notes a missing rbp).
+/// The stack of a blocked thread's wait in progress (`counts` notes a missing rbp);
+/// Err(Woke) when its Python frames show it ran on since it was read.
 pub(crate) fn stack_key(
     sample: &ThreadSample,
     (kind, object): (WaitKind, WaitObject),
     unwinder: &mut ProcessUnwinder,
     frame_pointers: &SavedFramePointers,
     counts: &mut ThreadCounts,
-) -> StackKey {
+) -> Result<StackKey, SampleError> {
     let (sp, ip) = (sample.syscall.sp, sample.syscall.pc);
     let bp = frame_pointers.get(sp, ip).unwrap_or_else(|| {
         counts.frame_pointer_unknown += 1;
@@ -133,6 +141,9 @@ pub(crate) fn stack_key(
     });
     let (walked, python_frames) =
         unwinder.unwind_thread(sample.tid, UserRegs { ip, sp, bp }, &sample.stack);
+    if walked.python_frames_gone {
+        return Err(SampleError::Woke);
+    }
     let object = match (&object, unwinder.python()) {
         // A Python thread waiting for its turn to run Python code.
         (WaitObject::Futex(futex), Some(python)) if python.is_gil(*futex) => {
@@ -144,13 +155,13 @@ pub(crate) fn stack_key(
         }
         _ => object,
     };
-    StackKey {
+    Ok(StackKey {
         addresses: walked.addresses,
         kind,
         object,
         truncated: walked.truncated,
         in_progress: true,
-    }
+    })
 }
 
 /// What a wait for CPython's global interpreter lock is named.

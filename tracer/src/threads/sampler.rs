@@ -509,10 +509,18 @@ impl ThreadSampler {
         };
         let key = match wait_object(&sample, &mut self.objects) {
             Some(wait) => {
+                let key = stack_key(&sample, wait, &mut self.unwinder, frame_pointers, counts);
+                let key = match key {
+                    Ok(key) => key,
+                    Err(err) => {
+                        self.skip(tid, &err, counts);
+                        return;
+                    }
+                };
                 counts.blocked_in_waits += 1;
                 let name = thread_name(&sample, &mut self.unwinder);
                 self.thread_names.name_thread(tid, &name);
-                Some(stack_key(&sample, wait, &mut self.unwinder, frame_pointers, counts))
+                Some(key)
             }
             None => {
                 counts.elsewhere += 1;
