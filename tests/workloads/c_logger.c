@@ -15,7 +15,6 @@
  * death signal); the main thread only sleeps and exits after SECONDS.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -80,42 +79,6 @@ static void collect(int reader)
 			close(fd);
 	for (;;)
 		pause();
-}
-
-/* How many threads named `name` are in `nr_a` and in `nr_b` now; false if one is elsewhere. */
-static int tally_syscalls(const char *name, long nr_a, long *in_a, long nr_b, long *in_b)
-{
-	DIR *dir = opendir("/proc/self/task");
-	if (!dir)
-		return 0;
-	int all_in = 1;
-	*in_a = *in_b = 0;
-	struct dirent *entry;
-	while ((entry = readdir(dir)) != NULL) {
-		long tid = strtol(entry->d_name, NULL, 10);
-		if (tid <= 0)
-			continue;
-		char path[64], comm[32], syscall[256];
-		snprintf(path, sizeof path, "/proc/self/task/%ld/comm", tid);
-		if (read_small(path, comm, sizeof comm) < 0)
-			continue;
-		comm[strcspn(comm, "\n")] = '\0';
-		if (strcmp(comm, name) != 0)
-			continue;
-		snprintf(path, sizeof path, "/proc/self/task/%ld/syscall", tid);
-		if (read_small(path, syscall, sizeof syscall) < 0)
-			continue;
-		char *end;
-		long in = strtol(syscall, &end, 10);
-		if (end != syscall && in == nr_a)
-			++*in_a;
-		else if (end != syscall && in == nr_b)
-			++*in_b;
-		else
-			all_in = 0;
-	}
-	closedir(dir);
-	return all_in;
 }
 
 int main(int argc, char **argv)

@@ -41,15 +41,17 @@ static inline int read_small(const char *path, char *buf, size_t size)
 }
 
 /*
- * How many threads named `name` are in syscall `nr` right now; -1 if one of them is
- * anywhere else (a running thread shows "running" in /proc and counts as elsewhere).
+ * How many threads named `name` are in syscall `nr_a` and in `nr_b` right now; false if one
+ * of them is anywhere else (a running thread shows "running" in /proc and counts as
+ * elsewhere).
  */
-static inline long threads_in_syscall(const char *name, long nr)
+static inline int tally_syscalls(const char *name, long nr_a, long *in_a, long nr_b, long *in_b)
 {
 	DIR *dir = opendir("/proc/self/task");
 	if (!dir)
-		return -1;
-	long count = 0;
+		return 0;
+	int all_in = 1;
+	*in_a = *in_b = 0;
 	struct dirent *entry;
 	while ((entry = readdir(dir)) != NULL) {
 		/* Task directories are thread ids; skip . and .. */
@@ -68,14 +70,26 @@ static inline long threads_in_syscall(const char *name, long nr)
 			continue;
 		char *end;
 		long in = strtol(syscall, &end, 10);
-		if (end == syscall || in != nr) {
-			count = -1;
-			break;
-		}
-		count++;
+		if (end != syscall && in == nr_a)
+			++*in_a;
+		else if (end != syscall && in == nr_b)
+			++*in_b;
+		else
+			all_in = 0;
 	}
 	closedir(dir);
-	return count;
+	return all_in;
+}
+
+/*
+ * How many threads named `name` are in syscall `nr` right now; -1 if one of them is
+ * anywhere else.
+ */
+static inline long threads_in_syscall(const char *name, long nr)
+{
+	long in, never;
+	/* Never in a syscall file: -1 is a thread outside any syscall, which is elsewhere. */
+	return tally_syscalls(name, nr, &in, -2, &never) ? in : -1;
 }
 
 #endif

@@ -2,7 +2,7 @@
 //! futex word, a recursion count and its owner's thread pointer) while another thread holds
 //! it, often one blocked writing to a stdout whose reader stalled. The FILEs of a process
 //! are the list libc keeps of them (`_IO_list_all`), each naming its lock: a futex at one
-//! of those is named by its FILE (`stdout`, `FILE fd 7`), and its holder is the thread
+//! of those is named by its FILE (`stdout`, `FILE fd 7 (/var/log/app.log)`), and its holder is the thread
 //! whose descriptor (`struct pthread`) the owner points to, its tid at the offset glibc
 //! publishes for debuggers (`_thread_db_pthread_tid`).
 
@@ -67,7 +67,7 @@ impl StdioLocks {
             let fd = word(&fields, FILE_FILENO) as u32 as i32;
             let name = match symbols.streams.iter().find(|(address, _)| *address == file) {
                 Some((_, stream)) => (*stream).to_owned(),
-                None => format!("FILE fd {fd}"),
+                None => file_name(memory.pid, fd),
             };
             if lock != 0 {
                 files.insert(lock, name);
@@ -109,6 +109,15 @@ impl StdioLocks {
         let mut bytes = [0u8; 8];
         self.memory.read_exact(address, &mut bytes).ok()?;
         Some(u64::from_le_bytes(bytes))
+    }
+}
+
+/// A FILE other than the standard streams, by its descriptor and what that is open on:
+/// `FILE fd 7 (/var/log/app.log)`.
+fn file_name(pid: u32, fd: i32) -> String {
+    match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(target) => format!("FILE fd {fd} ({})", target.display()),
+        Err(_) => format!("FILE fd {fd}"),
     }
 }
 
@@ -164,14 +173,19 @@ mod tests {
     fn a_file_s_lock_is_named_by_its_file_and_held_by_its_thread() {
         let (_reader, writer) = std::io::pipe().expect("a pipe");
         let fd = writer.as_raw_fd();
-        // SAFETY: a descriptor we own, kept open by `writer` while the FILE lives (the FILE
-        // is never closed: it would close the descriptor twice).
+        // SAFETY: a duplicate of a descriptor we own, which the FILE owns from here on (it
+        // is never closed: one descriptor left open in a test).
         let fp = unsafe { libc::fdopen(libc::dup(fd), c"w".as_ptr()) };
         assert!(!fp.is_null());
         let image = ProcessImage::snapshot(std::process::id()).expect("this process's image");
         let locks = StdioLocks::read(&image).expect("glibc's FILEs");
         let lock = lock_of(fp);
-        assert!(locks.file_of(lock).is_some_and(|name| name.starts_with("FILE fd ")));
+        let name = locks.file_of(lock).expect("the FILE's lock");
+        // SAFETY: a live FILE.
+        let fd = (unsafe { libc::fileno(fp) }).to_string();
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("its descriptor");
+        assert_eq!(name, format!("FILE fd {fd} ({})", link.display()));
+        assert!(name.contains(" (pipe:["), "{name}");
         assert_eq!(locks.holder(lock), None, "unlocked");
         // SAFETY: locks the FILE for this thread; unlocked below.
         unsafe { flockfile(fp) };
