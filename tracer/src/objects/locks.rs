@@ -92,7 +92,8 @@ impl LockNamer {
     /// The FILE locks of `image`'s process, read again once stale.
     fn stdio_locks(&mut self, image: &ProcessImage) -> Option<&StdioLocks> {
         let pid = image.pid();
-        let fresh = matches!(&self.stdio, Some((of, read, _)) if *of == pid && read.elapsed() < STDIO_FRESH_FOR);
+        let fresh = matches!(&self.stdio,
+            Some((of, read, _)) if *of == pid && read.elapsed() < STDIO_FRESH_FOR);
         if !fresh {
             self.stdio = Some((pid, Instant::now(), StdioLocks::read(image)));
         }

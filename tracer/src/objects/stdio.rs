@@ -2,9 +2,9 @@
 //! futex word, a recursion count and its owner's thread pointer) while another thread holds
 //! it, often one blocked writing to a stdout whose reader stalled. The FILEs of a process
 //! are the list libc keeps of them (`_IO_list_all`), each naming its lock: a futex at one
-//! of those is named by its FILE (`stdout`, `FILE fd 7 (/var/log/app.log)`), and its holder is the thread
-//! whose descriptor (`struct pthread`) the owner points to, its tid at the offset glibc
-//! publishes for debuggers (`_thread_db_pthread_tid`).
+//! of those is named by its FILE (`stdout`, `FILE fd 7 (/var/log/app.log)`), and its
+//! holder is the thread whose descriptor (`struct pthread`) the owner points to, its tid
+//! at the offset glibc publishes for debuggers (`_thread_db_pthread_tid`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -84,7 +84,7 @@ impl StdioLocks {
         Some(Self { memory, files, tid_offset })
     }
 
-    /// The FILE whose lock is at `address`: `stdout`, `FILE fd 7`.
+    /// The FILE whose lock is at `address`: `stdout`, `FILE fd 7 (/var/log/app.log)`.
     pub fn file_of(&self, address: u64) -> Option<&str> {
         self.files.get(&address).map(String::as_str)
     }
@@ -182,9 +182,9 @@ mod tests {
         let lock = lock_of(fp);
         let name = locks.file_of(lock).expect("the FILE's lock");
         // SAFETY: a live FILE.
-        let fd = (unsafe { libc::fileno(fp) }).to_string();
-        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("its descriptor");
-        assert_eq!(name, format!("FILE fd {fd} ({})", link.display()));
+        let file_fd = unsafe { libc::fileno(fp) };
+        let link = std::fs::read_link(format!("/proc/self/fd/{file_fd}")).expect("its fd");
+        assert_eq!(name, format!("FILE fd {file_fd} ({})", link.display()));
         assert!(name.contains(" (pipe:["), "{name}");
         assert_eq!(locks.holder(lock), None, "unlocked");
         // SAFETY: locks the FILE for this thread; unlocked below.

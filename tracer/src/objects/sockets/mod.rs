@@ -315,10 +315,11 @@ pub struct SocketResolver {
     diag: Option<SockDiag>,
     last_open: Option<Instant>,
     table: HashMap<u64, Entry>,
-    /// What each descriptor was when last looked at, and when. Within `FRESH_FOR` the answer stands without a readlink: one per
-    /// wait was a quarter of the tracer's CPU on a busy service. A descriptor closed and
-    /// reused within that time is named as its old socket, a race the lookup already runs
-    /// (it looks after the wait, when the ring buffer is drained).
+    /// What each descriptor was when last looked at, and when. Within `FRESH_FOR` the
+    /// answer stands without a readlink: one per wait was a quarter of the tracer's CPU on
+    /// a busy service. A descriptor closed and reused within that time is named as its old
+    /// socket, a race the lookup already runs (it looks after the wait, when the ring
+    /// buffer is drained).
     descriptors: HashMap<u64, (Descriptor, Instant)>,
     last_dump: HashMap<(u8, u8), Instant>,
     counts: ResolveCounts,
