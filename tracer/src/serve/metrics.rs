@@ -25,7 +25,7 @@ const MAX_FOLDED_REMEMBERED: usize = 100_000;
 /// One series of the wait metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct SeriesLabels {
-    /// futex, send, recv, connect, accept, poll.
+    /// futex, send, recv, connect, accept, poll, read or write (a pipe's).
     pub kind: String,
     /// The innermost frame in the program's own code.
     pub site: String,

@@ -135,14 +135,16 @@ pub(crate) fn stack_key(
     counts: &mut ThreadCounts,
 ) -> Result<StackKey, SampleError> {
     let (sp, ip) = (sample.syscall.sp, sample.syscall.pc);
-    let bp = frame_pointers.get(sp, ip).unwrap_or_else(|| {
-        counts.frame_pointer_unknown += 1;
-        0
-    });
+    let saved_bp = frame_pointers.get(sp, ip);
+    let bp = saved_bp.unwrap_or(0);
     let (walked, python_frames) =
         unwinder.unwind_thread(sample.tid, UserRegs { ip, sp, bp }, &sample.stack);
     if walked.python_frames_gone {
         return Err(SampleError::Woke);
+    }
+    // Counted once the stack is kept (a thread read again would count twice).
+    if saved_bp.is_none() {
+        counts.frame_pointer_unknown += 1;
     }
     let object = match (&object, unwinder.python()) {
         // A Python thread waiting for its turn to run Python code.
