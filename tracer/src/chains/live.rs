@@ -27,7 +27,7 @@ use crate::{
     },
     objects::{
         pipe_inode,
-        sockets::{Protocol, SocketInfo, diag::SockDiag, socket_inode},
+        sockets::{Descriptor, Protocol, SocketInfo, diag::SockDiag},
         stdio::StdioLocks,
     },
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
@@ -435,10 +435,13 @@ fn ends_held(
 ) -> Vec<PeerEnd> {
     const O_WRONLY: u32 = 1;
     const O_RDWR: u32 = 2;
-    if let Some(inode) = socket_inode(target) {
-        return ends.get(&PeerEnd::Socket(inode)).copied().into_iter().collect();
-    }
-    let Some(inode) = pipe_inode(target) else { return Vec::new() };
+    let inode = match Descriptor::of_link(target) {
+        Descriptor::Socket(inode) => {
+            return ends.get(&PeerEnd::Socket(inode)).copied().into_iter().collect();
+        }
+        Descriptor::Pipe(inode) => inode,
+        Descriptor::Other => return Vec::new(),
+    };
     let (reader, writer) = (PeerEnd::PipeReader(inode), PeerEnd::PipeWriter(inode));
     let mut held: Vec<PeerEnd> = ends.get(&PeerEnd::Pipe(inode)).copied().into_iter().collect();
     if !ends.contains(&reader) && !ends.contains(&writer) {

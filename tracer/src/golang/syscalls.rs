@@ -7,7 +7,7 @@
 
 use super::goroutines::{Goroutine, GoroutineCounts};
 use crate::{
-    objects::{WaitObjects, pipe_fill, pipe_inode, pipe_state},
+    objects::{WaitObjects, pipe_inode},
     report::escape_name,
     threads::{SyscallState, blocked_calls, known_syscall_name, syscall_descriptor},
 };
@@ -54,10 +54,8 @@ fn describe(pid: u32, call: &SyscallState, objects: &mut WaitObjects) -> String 
         return format!("{name} on fd {fd}");
     };
     let target = escape_name(&target.to_string_lossy()).into_owned();
-    if pipe_inode(&target).is_some()
-        && let Some(fill) = pipe_fill(pid, fd as u64)
-    {
-        objects.endpoint_states.insert(target.clone(), pipe_state(fill));
+    if let Some(inode) = pipe_inode(&target) {
+        objects.note_pipe(inode, fd as u64);
     }
     format!("{name} on {target}")
 }

@@ -89,13 +89,19 @@ impl LockNamer {
         unnamed(format!("{region} {address:#x}"))
     }
 
-    /// The FILE locks of `image`'s process, read again once stale.
+    /// The FILE locks of `image`'s process, its list of FILEs read again once stale.
     fn stdio_locks(&mut self, image: &ProcessImage) -> Option<&StdioLocks> {
         let pid = image.pid();
-        let fresh = matches!(&self.stdio,
-            Some((of, read, _)) if *of == pid && read.elapsed() < STDIO_FRESH_FOR);
-        if !fresh {
-            self.stdio = Some((pid, Instant::now(), StdioLocks::read(image)));
+        match &mut self.stdio {
+            Some((of, read, locks)) if *of == pid => {
+                if read.elapsed() >= STDIO_FRESH_FOR {
+                    *read = Instant::now();
+                    if let Some(locks) = locks {
+                        locks.refresh();
+                    }
+                }
+            }
+            _ => self.stdio = Some((pid, Instant::now(), StdioLocks::read(image))),
         }
         self.stdio.as_ref()?.2.as_ref()
     }

@@ -68,6 +68,23 @@ impl WaitObjects {
         }
     }
 
+    /// The endpoint of pipe `inode`, open as descriptor `fd` of the target (`pipe:[4711]`),
+    /// its fill noted as the endpoint's state unless read in the last `PIPE_FILL_FRESH_FOR`.
+    pub fn note_pipe(&mut self, inode: u64, fd: u64) -> String {
+        let endpoint = format!("pipe:[{inode}]");
+        let fresh = self
+            .pipe_fills_read
+            .get(&inode)
+            .is_some_and(|read| read.elapsed() < PIPE_FILL_FRESH_FOR);
+        if !fresh {
+            self.pipe_fills_read.insert(inode, Instant::now());
+            if let Some(fill) = pipe_fill(self.pid, fd) {
+                self.endpoint_states.insert(endpoint.clone(), pipe_state(fill));
+            }
+        }
+        endpoint
+    }
+
     /// The reported kind and object of a wait on `object` (futex address or
     /// descriptor); None when it is not a wait we report (read/write off sockets and
     /// pipes). A pipe's read or write keeps its kind and names the pipe as its endpoint
@@ -98,18 +115,7 @@ impl WaitObjects {
                 Some((socket_kind, WaitObject::Endpoint(endpoint)))
             }
             SocketLookup::Pipe(inode) if is_read_or_write => {
-                let endpoint = format!("pipe:[{inode}]");
-                let fresh = self
-                    .pipe_fills_read
-                    .get(&inode)
-                    .is_some_and(|read| read.elapsed() < PIPE_FILL_FRESH_FOR);
-                if !fresh {
-                    self.pipe_fills_read.insert(inode, Instant::now());
-                    if let Some(fill) = pipe_fill(self.pid, object) {
-                        self.endpoint_states.insert(endpoint.clone(), pipe_state(fill));
-                    }
-                }
-                Some((kind, WaitObject::Endpoint(endpoint)))
+                Some((kind, WaitObject::Endpoint(self.note_pipe(inode, object))))
             }
             SocketLookup::NotSocket if is_read_or_write => {
                 self.non_socket_io += 1;

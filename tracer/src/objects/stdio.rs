@@ -32,6 +32,8 @@ const MAX_FILES: usize = 4096;
 /// The FILE locks of one process, read from its memory.
 pub struct StdioLocks {
     memory: Memory,
+    /// Where libc's FILEs and the tid field are, found once (libc does not move).
+    symbols: StdioSymbols,
     /// The FILE each lock belongs to, by the lock's (and its futex word's) address.
     files: HashMap<u64, String>,
     /// Where `struct pthread` keeps the thread's tid, when libc says.
@@ -48,14 +50,26 @@ struct StdioSymbols {
 }
 
 impl StdioLocks {
-    /// The FILE locks of `image`'s process; None when it has no glibc (or its list of
-    /// FILEs cannot be read).
+    /// The FILE locks of `image`'s process; None when it has no glibc.
     pub fn read(image: &ProcessImage) -> Option<Self> {
         let symbols = stdio_symbols(image);
+        symbols.list_all?;
         let memory = Memory { pid: image.pid() };
+        let mut locks = Self { memory, symbols, files: HashMap::new(), tid_offset: None };
+        locks.refresh();
+        Some(locks)
+    }
+
+    /// Reads the list of FILEs again (FILEs are opened and closed), with the symbols found
+    /// at the first read.
+    pub fn refresh(&mut self) {
+        let (memory, symbols) = (&self.memory, &self.symbols);
+        self.files.clear();
         let mut head = [0u8; 8];
-        memory.read_exact(symbols.list_all?, &mut head).ok()?;
-        let mut files = HashMap::new();
+        let Some(list_all) = symbols.list_all else { return };
+        if memory.read_exact(list_all, &mut head).is_err() {
+            return;
+        }
         let mut seen = HashSet::new();
         let mut file = u64::from_le_bytes(head);
         while file != 0 && seen.insert(file) && seen.len() <= MAX_FILES {
@@ -70,18 +84,17 @@ impl StdioLocks {
                 None => file_name(memory.pid, fd),
             };
             if lock != 0 {
-                files.insert(lock, name);
+                self.files.insert(lock, name);
             }
             file = word(&fields, FILE_CHAIN);
         }
-        let tid_offset = symbols.tid_field.and_then(|field| {
+        self.tid_offset = symbols.tid_field.and_then(|field| {
             let mut descriptor = [0u8; 12];
             memory.read_exact(field, &mut descriptor).ok()?;
             let [bits, _count, offset] =
                 [0, 4, 8].map(|at| u32::from_le_bytes(descriptor[at..at + 4].try_into().unwrap()));
             (bits == 32).then_some(u64::from(offset))
         });
-        Some(Self { memory, files, tid_offset })
     }
 
     /// The FILE whose lock is at `address`: `stdout`, `FILE fd 7 (/var/log/app.log)`.
@@ -200,5 +213,19 @@ mod tests {
         let stderr_lock = lock_of(unsafe { stderr });
         assert_eq!(locks.file_of(stderr_lock), Some("stderr"));
         assert_eq!(locks.file_of(0x1000), None);
+    }
+
+    #[test]
+    fn a_file_opened_after_the_first_read_is_found_by_a_refresh() {
+        let image = ProcessImage::snapshot(std::process::id()).expect("this process's image");
+        let mut locks = StdioLocks::read(&image).expect("glibc's FILEs");
+        let (_reader, writer) = std::io::pipe().expect("a pipe");
+        // SAFETY: as in the test above: a duplicate the FILE owns, left open.
+        let fp = unsafe { libc::fdopen(libc::dup(writer.as_raw_fd()), c"w".as_ptr()) };
+        assert!(!fp.is_null());
+        assert_eq!(locks.file_of(lock_of(fp)), None, "opened after the read");
+        locks.refresh();
+        let name = locks.file_of(lock_of(fp)).expect("found by the refresh");
+        assert!(name.starts_with("FILE fd ") && name.contains("(pipe:["), "{name}");
     }
 }

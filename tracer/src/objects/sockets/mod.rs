@@ -265,14 +265,14 @@ const FRESH_FOR: Duration = Duration::from_millis(50);
 
 /// What a descriptor is open on, from its /proc link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Descriptor {
+pub enum Descriptor {
     Socket(u64),
     Pipe(u64),
     Other,
 }
 
 impl Descriptor {
-    fn of_link(target: &str) -> Self {
+    pub fn of_link(target: &str) -> Self {
         match (socket_inode(target), super::pipe_inode(target)) {
             (Some(inode), _) => Self::Socket(inode),
             (None, Some(inode)) => Self::Pipe(inode),
