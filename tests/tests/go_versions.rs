@@ -95,12 +95,13 @@ impl GoBuild {
 type Check = (&'static str, fn(&GoBuild));
 
 /// The checks each build gets. Record and serve checks of their own join here.
-const CHECKS: [Check; 5] = [
+const CHECKS: [Check; 6] = [
     ("snapshot agrees with the program's own profile", snapshot_agrees_with_pprof),
     ("record reports the pile-up still blocked", record_reports_the_pileup),
     ("serve answers the goroutine profile as the program does", serve_agrees_with_pprof),
     ("a lock held across a stalled write leads to its holder", lock_leads_to_its_holder),
     ("a lock held in a system call leads to its holder", lock_held_in_a_syscall),
+    ("a logger writing to a stalled collector leads to it", logger_leads_to_its_collector),
 ];
 
 /// Builds the program with `toolchain`, not stripped then stripped, and runs every check
@@ -403,6 +404,93 @@ fn lock_held_in_a_syscall(build: &GoBuild) {
         matches!(&lockers.terminal, Terminal::Endpoint { endpoint, peer: Some(peer), state }
             if Some(endpoint.as_str()) == pipe && peer.pid == workload.pid() && full(state)),
         "{case}: the chain ends at the pipe's reader: {lockers:#?}"
+    );
+}
+
+/// Where the "logged" workload's loggers all are.
+const LOG_STATS: &str = "main.logStats";
+
+/// The standard library's logger over a stderr whose reader stalled, the service's log
+/// collector: the goroutine that holds the logger's mutex is blocked writing to the full
+/// pipe, the other loggers wait for the mutex, and the chain goes from them through the
+/// holder to the collector, another process holding the pipe's read end.
+fn logger_leads_to_its_collector(build: &GoBuild) {
+    let case = build.case();
+    let (workload, port) = start_go_goroutines(&build.bin, "logged", SENDERS, STARTUP_TIMEOUT);
+    let collector: u32 = http_get(port, "/collector", HTTP_TIMEOUT)
+        .text()
+        .parse()
+        .unwrap_or_else(|err| panic!("{case}: the collector's pid: {err}"));
+    // Ready once the program's own profile shows the writer and every other logger parked
+    // on the mutex (`sync.runtime_SemacquireMutex`, in internal/sync from go1.24).
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        let groups = pprof_goroutines(port);
+        let at_mutex: u64 = groups
+            .iter()
+            .filter(|group| {
+                let has = |suffix: &str| group.functions.iter().any(|name| name.ends_with(suffix));
+                has(LOG_STATS) && has("runtime_SemacquireMutex")
+            })
+            .map(|group| group.count)
+            .sum();
+        if at_mutex == SENDERS as u64 && tracer_tests::goroutines_at(&groups, "syscall.Write") == 1
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{case}: loggers not parked: {groups:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Traced { out, profile } =
+        snapshot_profile(workload.pid(), &[], &build.dir, SNAPSHOT_TIMEOUT);
+    println!("{}", out.stdout);
+
+    let in_syscall = |stack: &ProfileStack| {
+        stack.object.as_deref().is_some_and(|object| object.starts_with("syscall write on pipe:["))
+    };
+    let writer = group(&profile, LOG_STATS, in_syscall);
+    assert_eq!(goroutines(writer), 1, "{case}: {writer:#?}");
+    let names: Vec<&str> = writer.frames.iter().rev().map(|frame| frame.name.as_str()).collect();
+    let through_the_logger =
+        ["syscall.Write", "os.(*File).Write", "log.Printf", LOG_STATS].map(String::from);
+    assert!(
+        is_subsequence(&through_the_logger, &names),
+        "{case}: the write under the logger, leaf first: {names:?}"
+    );
+    let pipe = writer.object.as_deref().and_then(|object| object.strip_prefix("syscall write on "));
+
+    let mutex_wait = match build.toolchain {
+        Toolchain::Debian => "semacquire on ",
+        Toolchain::Release(_) => "sync.Mutex.Lock on ",
+    };
+    let loggers = profile
+        .chains
+        .iter()
+        .find(|chain| {
+            chain.start.site == LOG_STATS
+                && chain
+                    .start
+                    .object
+                    .as_deref()
+                    .is_some_and(|object| object.starts_with(mutex_wait))
+        })
+        .unwrap_or_else(|| panic!("{case}: no chain from the loggers: {:#?}", profile.chains));
+    assert_eq!(loggers.threads, SENDERS as u64, "{case}: {loggers:#?}");
+    let [hop] = loggers.hops.as_slice() else {
+        panic!("{case}: one hop, to the writer: {loggers:#?}");
+    };
+    assert_eq!(hop.at.object, writer.object, "{case}: {loggers:#?}");
+    let [goid] = hop.waker_threads[..] else {
+        panic!("{case}: one goroutine holds the lock: {loggers:#?}");
+    };
+    assert_eq!(hop.waker, format!("goroutine {goid} (holds the lock)"), "{case}");
+    let full = |state: &Option<String>| {
+        state.as_deref().is_some_and(|state| state.starts_with("pipe full ("))
+    };
+    assert!(
+        matches!(&loggers.terminal, Terminal::Endpoint { endpoint, peer: Some(peer), state }
+            if Some(endpoint.as_str()) == pipe && peer.pid == collector && full(state)),
+        "{case}: the chain ends at the collector (pid {collector}): {loggers:#?}"
     );
 }
 

@@ -31,14 +31,21 @@
 //	                      (main.(*journal).append), whose holder is blocked in a write(2)
 //	                      to a pipe nobody reads, a system call outside the netpoller,
 //	                      with the lock held
+//	goroutines logged N   N goroutines logging through the standard logger
+//	                      (main.logStats, log.Printf) to stderr, a pipe whose reader, a
+//	                      child process, never reads: one blocks in write(2) holding the
+//	                      logger's mutex, the others wait for it; serves the child's pid at
+//	                      /collector
 package main
 
 import (
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"sync"
@@ -181,7 +188,7 @@ func awaitFlushes() {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded|journaled N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded|journaled|logged N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -215,6 +222,8 @@ func main() {
 		guarded(n)
 	case "journaled":
 		journaled(n)
+	case "logged":
+		logged(n)
 	case "inlined":
 		ch := make(chan int)
 		for i := 0; i < n; i++ {
@@ -362,5 +371,43 @@ func journaled(n int) {
 	}
 	for i := 0; i < n; i++ {
 		go j.append([]byte("record"))
+	}
+}
+
+// logStats logs stats through the standard logger for good.
+//
+//go:noinline
+func logStats(i int) {
+	for {
+		log.Printf("stat %d: %0100d", i, i)
+	}
+}
+
+// logged points stderr at a pipe read by a collector that stalls, as a service's log
+// collector may: a child process holding the pipe's read end that never reads it. The
+// pipe is blocking (as a service's inherited stderr is), so the logger's writes are
+// write(2) calls of their own, not the netpoller's.
+func logged(n int) {
+	reader, writer, err := os.Pipe()
+	if err != nil {
+		panic(err)
+	}
+	collector := exec.Command("sleep", "infinity")
+	collector.Stdin = reader
+	collector.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := collector.Start(); err != nil {
+		panic(err)
+	}
+	http.HandleFunc("/collector", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, collector.Process.Pid)
+	})
+	reader.Close()
+	// Fd puts the descriptor back in blocking mode; stderr becomes the pipe's write end.
+	if err := syscall.Dup3(int(writer.Fd()), 2, 0); err != nil {
+		panic(err)
+	}
+	writer.Close()
+	for i := 0; i < n+1; i++ {
+		go logStats(i)
 	}
 }

@@ -359,11 +359,15 @@ pub fn object_rows(profile: &Profile, kinds: &[WaitKind]) -> Vec<ObjectRow> {
     rows
 }
 
-const ENDPOINT_KINDS: [WaitKind; 6] = [
+/// Waits on sockets and pipes: a thread's read/write is one only on a pipe (on a socket
+/// it is a send/recv), a goroutine's and a task's where their object names an endpoint.
+const ENDPOINT_KINDS: [WaitKind; 8] = [
     WaitKind::Send,
     WaitKind::Recv,
     WaitKind::Connect,
     WaitKind::Accept,
+    WaitKind::Read,
+    WaitKind::Write,
     WaitKind::Goroutine,
     WaitKind::Task,
 ];
@@ -803,6 +807,22 @@ mod tests {
         let stuck = top_sites(&profile(), true);
         assert_eq!(stuck.len(), 1);
         assert_eq!(stuck[0].stats.threads.len(), 1);
+    }
+
+    #[test]
+    fn a_pipe_written_to_is_an_endpoint_with_its_fill() {
+        let mut profile = profile();
+        let mut logger = stack(&[("log_line", true)], WaitKind::Write, &[(12, 900_000_000)]);
+        logger.object = Some("pipe:[4711]".into());
+        profile.stacks.push(logger);
+        profile
+            .endpoint_states
+            .insert("pipe:[4711]".into(), "pipe full (65408/65536 bytes)".into());
+        let text = render_summary(&profile, 10);
+        let row = text.lines().find(|line| line.starts_with("pipe:[4711]")).expect(&text);
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[..3], ["pipe:[4711]", "write", "900.0ms"], "{row}");
+        assert!(row.ends_with("pipe full (65408/65536 bytes)"), "{row}");
     }
 
     #[test]

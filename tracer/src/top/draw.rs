@@ -93,8 +93,10 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
             if several && let Some(process) = &key.process {
                 site.push_str(&format!(" in {process}"));
             }
-            if let Some(object) = &key.object {
-                site.push_str(&format!(" [{object}]"));
+            match (&key.object, &row.state) {
+                (Some(object), Some(state)) => site.push_str(&format!(" [{object}: {state}]")),
+                (Some(object), None) => site.push_str(&format!(" [{object}]")),
+                (None, _) => {}
             }
             let style = if index == state.table.selected {
                 Style::new().add_modifier(Modifier::REVERSED)

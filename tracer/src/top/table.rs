@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tracer_common::WaitKind;
 
-use crate::model::{ProcessTag, Profile};
+use crate::model::{ProcessTag, Profile, endpoint_in_object};
 
 /// Refreshes kept per row: five minutes at one a second.
 pub const HISTORY: usize = 300;
@@ -30,6 +30,9 @@ pub struct SiteRow {
     pub history: VecDeque<u64>,
     /// The heaviest stack at the site now (or when last seen), root first.
     pub frames: Vec<String>,
+    /// The state of the socket or pipe the site waits on, as last read while threads
+    /// waited there (`pipe full (65408/65536 bytes)`).
+    pub state: Option<String>,
 }
 
 /// The order of the rows.
@@ -119,9 +122,16 @@ impl Table {
                 blocked_ns: 0,
                 history: VecDeque::new(),
                 frames: Vec::new(),
+                state: None,
             });
             row.threads_now = threads_now;
             row.blocked_ns = blocked_ns;
+            if threads_now > 0 || blocked_ns > 0 {
+                let endpoint = (row.key.object.as_deref())
+                    .and_then(|object| endpoint_in_object(row.key.kind, object));
+                row.state =
+                    endpoint.and_then(|endpoint| now.endpoint_states.get(endpoint)).cloned();
+            }
             let frames = if frames_now.is_empty() { frames_then } else { frames_now };
             if !frames.is_empty() {
                 row.frames = frames.iter().map(|frame| frame.name.clone()).collect();
@@ -254,6 +264,33 @@ mod tests {
         assert_eq!((recv.threads_now, recv.blocked_ns), (0, 0));
         assert_eq!(recv.history, [1, 0]);
         assert_eq!(recv.frames, ["main", "recv_loop"]);
+    }
+
+    #[test]
+    fn a_row_shows_the_state_of_the_pipe_or_socket_it_waits_on() {
+        let mut now = snapshot(&[(1, 5)], &[(2, 5)]);
+        now.stacks[1].object = Some("10.0.0.5:80".into());
+        let mut write = stack(&[("main", true), ("log_line", true)], WaitKind::Write, &[(3, 5)]);
+        write.object = Some("pipe:[4711]".into());
+        now.stacks.push(write);
+        now.endpoint_states = [
+            ("pipe:[4711]".into(), "pipe full (65408/65536 bytes)".into()),
+            ("10.0.0.5:80".into(), "waiting for data".into()),
+        ]
+        .into();
+        let mut table = Table::default();
+        table.refresh(&now, &snapshot(&[], &[]));
+        let state_of = |table: &Table, site: &str| {
+            let row = table.visible().into_iter().find(|row| row.key.site == site).unwrap();
+            row.state.clone()
+        };
+        assert_eq!(state_of(&table, "log_line").as_deref(), Some("pipe full (65408/65536 bytes)"));
+        assert_eq!(state_of(&table, "recv_loop").as_deref(), Some("waiting for data"));
+        assert_eq!(state_of(&table, "send_stat"), None, "a lock has no state");
+        // Read again only while threads wait there: the last state seen stays.
+        now.endpoint_states.clear();
+        table.refresh(&snapshot(&[], &[]), &snapshot(&[], &[]));
+        assert_eq!(state_of(&table, "log_line").as_deref(), Some("pipe full (65408/65536 bytes)"));
     }
 
     #[test]
