@@ -412,8 +412,9 @@ const LOG_STATS: &str = "main.logStats";
 
 /// The standard library's logger over a stderr whose reader stalled, the service's log
 /// collector: the goroutine that holds the logger's mutex is blocked writing to the full
-/// pipe, the other loggers wait for the mutex, and the chain goes from them through the
-/// holder to the collector, another process holding the pipe's read end.
+/// pipe, the other loggers wait for the mutex (named by the global pointing to the
+/// logger), and the chain goes from them through the holder to the collector, another
+/// process holding the pipe's read end.
 fn logger_leads_to_its_collector(build: &GoBuild) {
     let case = build.case();
     let (workload, port) = start_go_goroutines(&build.bin, "logged", SENDERS, STARTUP_TIMEOUT);
@@ -476,6 +477,13 @@ fn logger_leads_to_its_collector(build: &GoBuild) {
         })
         .unwrap_or_else(|| panic!("{case}: no chain from the loggers: {:#?}", profile.chains));
     assert_eq!(loggers.threads, SENDERS as u64, "{case}: {loggers:#?}");
+    // The logger's mutex leads the `Logger` that the global `log.std` points to.
+    let lock = if build.stripped { "anon 0x" } else { "*log.std" };
+    let object = loggers.start.object.as_deref().unwrap_or_default();
+    assert!(
+        object.starts_with(&format!("{mutex_wait}{lock}")),
+        "{case}: the loggers wait on {object:?}"
+    );
     let [hop] = loggers.hops.as_slice() else {
         panic!("{case}: one hop, to the writer: {loggers:#?}");
     };

@@ -1,7 +1,8 @@
 //! What a futex wait waits on: the futex address is the lock's identity. A glibc FILE's
 //! lock is named by its FILE (`stdout`); an address inside a data symbol of the program or
-//! a library (a static mutex, a global queue) by that symbol; any other by the mapping it
-//! lies in (heap, a thread's stack, anonymous memory) and its address.
+//! a library (a static mutex, a global queue) by that symbol; one in an object a global
+//! points to by that global (`*log.std`); any other by the mapping it lies in (heap, a
+//! thread's stack, anonymous memory) and its address.
 
 use std::{
     collections::HashMap,
@@ -10,11 +11,15 @@ use std::{
 
 use object::{Object as _, ObjectSymbol as _, SymbolKind};
 
-use super::stdio::StdioLocks;
-use crate::stacks::ProcessImage;
+use super::{
+    global_pointers::{GlobalPointers, in_anonymous_memory},
+    stdio::StdioLocks,
+};
+use crate::stacks::{Module, ProcessImage};
 
-/// How long the FILEs read from a process stand before they are read again (FILEs open
-/// and close; a profile names its locks within a moment).
+/// How long the FILEs, and the globals' pointers, read from a process stand before they
+/// are read again (FILEs open and close, pointers change; a profile names its locks within
+/// a moment).
 const STDIO_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// One data symbol of a module: [start, start + size) in the file's addresses (svma).
@@ -39,6 +44,8 @@ pub struct LockNamer {
     symbols_by_file: HashMap<String, Vec<DataSymbol>>,
     /// The FILE locks last read, of which process and when.
     stdio: Option<(u32, Instant, Option<StdioLocks>)>,
+    /// The main executable's pointers into the heap last read, of which process and when.
+    pointers: Option<(u32, Instant, GlobalPointers)>,
 }
 
 impl LockNamer {
@@ -66,12 +73,8 @@ impl LockNamer {
         if let Some(path) = file_path.filter(|path| path.starts_with('/'))
             && let Some(module) = image.module_of_file(path)
         {
-            let symbols = self
-                .symbols_by_file
-                .entry(path.to_string())
-                .or_insert_with(|| data_symbols(module.file_bytes()));
             let svma = address.wrapping_sub(module.bias);
-            if let Some(name) = symbol_at(symbols, svma) {
+            if let Some(name) = symbol_at(self.symbols_of(module), svma) {
                 let name = if module.is_main_executable {
                     name
                 } else {
@@ -80,6 +83,9 @@ impl LockNamer {
                 return LockName { name, from_symbol: true };
             }
         }
+        if let Some(name) = self.pointed_from_a_global(image, address) {
+            return LockName { name, from_symbol: true };
+        }
         let region = match mapping.path.as_str() {
             "" => "anon",
             "[heap]" => "heap",
@@ -87,6 +93,29 @@ impl LockNamer {
             path => path.rsplit('/').next().unwrap_or(path),
         };
         unnamed(format!("{region} {address:#x}"))
+    }
+
+    /// The data symbols of `module`'s file, read once.
+    fn symbols_of(&mut self, module: &Module) -> &[DataSymbol] {
+        let path = module.path.to_string_lossy().into_owned();
+        self.symbols_by_file.entry(path).or_insert_with(|| data_symbols(module.file_bytes()))
+    }
+
+    /// `address` named by the global of the main executable that points to it
+    /// (`*log.std`), when it lies in anonymous memory and one does.
+    fn pointed_from_a_global(&mut self, image: &ProcessImage, address: u64) -> Option<String> {
+        if !in_anonymous_memory(image, address) {
+            return None;
+        }
+        let pid = image.pid();
+        let fresh = matches!(&self.pointers,
+            Some((of, read, _)) if *of == pid && read.elapsed() < STDIO_FRESH_FOR);
+        if !fresh {
+            self.pointers = Some((pid, Instant::now(), GlobalPointers::read(image)));
+        }
+        let global = self.pointers.as_ref()?.2.pointing_to(address)?;
+        let main = image.modules().iter().find(|module| module.is_main_executable)?;
+        Some(format!("*{}", symbol_at(self.symbols_of(main), global)?))
     }
 
     /// The FILE locks of `image`'s process, its list of FILEs read again once stale.

@@ -1,5 +1,6 @@
 //! What each wait waits on, as it is seen: a socket or pipe is resolved at once (it may be
-//! gone later), a futex address is kept and named when the profile is built.
+//! gone later), a futex address is kept and named when the profile is built (`locks`: by
+//! its FILE, `stdio`; its symbol; the global pointing to its object, `global_pointers`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -8,6 +9,7 @@ use std::{
 
 use tracer_common::WaitKind;
 
+pub mod global_pointers;
 pub mod locks;
 pub mod sockets;
 pub mod stdio;
