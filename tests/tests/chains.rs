@@ -372,6 +372,11 @@ fn stderr_s_lock_held_across_a_write_to_a_stalled_pipe_leads_to_the_pipe_s_reade
     assert_logger_chain("stdio", "stderr");
 }
 
+#[test]
+fn a_mutex_in_an_object_a_global_points_to_is_named_by_that_global() {
+    assert_logger_chain("heap", "*logger");
+}
+
 /// c-logger in `mode`: its handlers' chain, from their waits on `lock` through the
 /// holder's write to the full pipe, to the collector that never reads it; in a snapshot
 /// and in both modes of a recording.

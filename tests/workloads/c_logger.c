@@ -3,12 +3,13 @@
  * glibc: a service whose log goes to a collector that hangs. HANDLERS handler threads call
  * log_line, which either (mode `mutex`) locks the static `log_lock` and write()s a line to
  * the pipe, or (mode `stdio`) fprintf()s it to stderr, made the pipe: stdio's own FILE lock
- * guards it. The collector, a child process, holds the pipe's read end and never reads; once
+ * guards it, or (mode `heap`) does as `mutex` with the lock of a logger allocated at start,
+ * which the static `logger` points to. The collector, a child process, holds the pipe's read end and never reads; once
  * the pipe is full, one handler blocks in write() holding the lock, and the others block on
  * its futex. The tests check that the tracer's chain goes from the lock's waiters through its
- * holder's write to the collector, with the pipe's fill.
+ * holder's write to the collector, with the pipe's fill, and the lock's name.
  *
- * Usage: c-logger [HANDLERS] [SECONDS] [mutex|stdio]
+ * Usage: c-logger [HANDLERS] [SECONDS] [mutex|stdio|heap]
  * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2).
  * Prints "stuck COLLECTOR_PID" once one handler is in write and every other in a futex wait,
  * as seen in /proc/self/task/TID/syscall. The collector dies with the workload (its parent
@@ -40,6 +41,12 @@
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static int log_fd = -1;
 static int through_stdio;
+/* Mode `heap`: the lock leads an object on the heap, named by the static pointing to it. */
+struct logger {
+	pthread_mutex_t lock;
+	int fd;
+};
+static struct logger *logger;
 static unsigned long lines_logged;
 
 /* The call site of both the lock's waits and its holder's write. */
@@ -52,11 +59,13 @@ CALL_SITE void log_line(unsigned long id)
 	}
 	char line[128];
 	int len = snprintf(line, sizeof line, "handler %lu handled a request\n", id);
-	pthread_mutex_lock(&log_lock);
+	pthread_mutex_t *lock = logger ? &logger->lock : &log_lock;
+	int fd = logger ? logger->fd : log_fd;
+	pthread_mutex_lock(lock);
 	/* A short or failed write is dropped, as a logger does. */
-	if (write(log_fd, line, (size_t)len) > 0)
+	if (write(fd, line, (size_t)len) > 0)
 		lines_logged++;
-	pthread_mutex_unlock(&log_lock);
+	pthread_mutex_unlock(lock);
 }
 
 CALL_SITE void *handler(void *arg)
@@ -84,8 +93,9 @@ static void collect(int reader)
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 3 ? argv[3] : "mutex";
-	if (argc > 4 || (strcmp(mode, "mutex") != 0 && strcmp(mode, "stdio") != 0)) {
-		fprintf(stderr, "usage: c-logger [HANDLERS] [SECONDS] [mutex|stdio]\n");
+	if (argc > 4 || (strcmp(mode, "mutex") != 0 && strcmp(mode, "stdio") != 0 &&
+			 strcmp(mode, "heap") != 0)) {
+		fprintf(stderr, "usage: c-logger [HANDLERS] [SECONDS] [mutex|stdio|heap]\n");
 		return 2;
 	}
 	long handlers = argc > 1 ? atol(argv[1]) : 16;
@@ -96,6 +106,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	through_stdio = strcmp(mode, "stdio") == 0;
+	if (strcmp(mode, "heap") == 0) {
+		logger = calloc(1, sizeof *logger);
+		if (logger == NULL || pthread_mutex_init(&logger->lock, NULL) != 0) {
+			fprintf(stderr, "c-logger: cannot make the logger\n");
+			return 1;
+		}
+	}
 	/* Where this program's own errors go once stderr is the pipe. */
 	int errors = dup(STDERR_FILENO);
 
@@ -114,6 +131,8 @@ int main(int argc, char **argv)
 		collect(ends[0]);
 	close(ends[0]);
 	log_fd = ends[1];
+	if (logger != NULL)
+		logger->fd = ends[1];
 	if (through_stdio && dup2(ends[1], STDERR_FILENO) < 0) {
 		perror("c-logger: dup2");
 		return 1;

@@ -281,10 +281,17 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     for workload in workloads.into_iter().filter(|w| wanted(w.key())) {
         let variants = workload.variants();
         let mut runs: Vec<Result<Vec<Run>, String>> = vec![Ok(Vec::new()); variants.len()];
+        // Why a variant stopped after rounds that ran: their runs stand (a round's arms are
+        // paired by index, and a variant's runs stay a prefix of the rounds).
+        let mut stopped: Vec<Option<String>> = vec![None; variants.len()];
         for round in 1..=rounds {
             for (index, &variant) in variants.iter().enumerate() {
-                // A variant that failed once (its tool does not run here) is not retried.
+                // A variant that failed once (its tool does not run here, or hung) is not
+                // retried.
                 let Ok(done) = &mut runs[index] else { continue };
+                if stopped[index].is_some() {
+                    continue;
+                }
                 match run_throughput(&settings, workload, variant, false) {
                     Ok(run) => {
                         println!(
@@ -301,13 +308,21 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                             workload.key(),
                             variant.label()
                         );
-                        runs[index] = Err(format!("{err:#}"));
+                        if done.is_empty() {
+                            runs[index] = Err(format!("{err:#}"));
+                        } else {
+                            stopped[index] = Some(format!(
+                                "stopped after {} of {rounds} rounds: round {round} failed: {}",
+                                done.len(),
+                                one_line(&format!("{err:#}"))
+                            ));
+                        }
                     }
                 }
             }
         }
         let probe_costs = measure_probe_costs(&settings, workload, variants, &runs);
-        let table = throughput_table(workload, variants, &runs, &probe_costs);
+        let table = throughput_table(workload, variants, &runs, &stopped, &probe_costs);
         md.push_str(&table);
         results.insert(workload.key(), variants.iter().copied().zip(runs).collect());
     }
@@ -833,6 +848,7 @@ fn throughput_table(
     workload: Workload,
     variants: &[Variant],
     runs: &[Result<Vec<Run>, String>],
+    stopped: &[Option<String>],
     probe_costs: &[Option<Result<ProbeCost, String>>],
 ) -> String {
     let mut md = String::new();
@@ -847,7 +863,9 @@ fn throughput_table(
         .and_then(|r| r.as_ref().ok())
         .map(|runs| runs.iter().map(|r| r.throughput).collect());
     let mut details = String::new();
-    for ((variant, runs), probe_cost) in variants.iter().zip(runs).zip(probe_costs) {
+    for (((variant, runs), stopped), probe_cost) in
+        variants.iter().zip(runs).zip(stopped).zip(probe_costs)
+    {
         let probe_cost = match probe_cost {
             None => "–".to_string(),
             Some(Ok(cost)) => {
@@ -905,6 +923,9 @@ fn throughput_table(
             group(hi),
             ratio,
         );
+        if let Some(stopped) = stopped {
+            let _ = writeln!(details, "- {}: {stopped}", variant.label());
+        }
         if let Some(last) = tools.last() {
             for line in [&last.seen_line, &last.lost_line].into_iter().flatten() {
                 let _ = writeln!(details, "- {} (last round): `{line}`", variant.label());

@@ -322,24 +322,29 @@ impl<'a> Pclntab<'a> {
     /// The function's inline tree (`runtime.funcdata(f, _FUNCDATA_InlTree)`), from its start to
     /// the end of the funcdata section; `None` if it has none or `gofunc` is unknown.
     fn inline_tree(&self, func: usize) -> Option<&'a [u8]> {
-        self.funcdata(FuncAt { func, entry: 0 }, FUNCDATA_INL_TREE)
+        self.funcdata_of(func, FUNCDATA_INL_TREE)
     }
 
     /// The function's funcdata `index` (`runtime.funcdata`), from its start to the end of
     /// the funcdata section; `None` if it has none or `gofunc` is unknown.
     pub fn funcdata(&self, at: FuncAt, index: u8) -> Option<&'a [u8]> {
+        self.funcdata_of(at.func, index)
+    }
+
+    /// [`Self::funcdata`] of the `_func` at offset `func` of the pclntab.
+    fn funcdata_of(&self, func: usize, index: u8) -> Option<&'a [u8]> {
         let gofunc = self.gofunc?;
         let (header, nfuncdata_at) = if self.go120 {
             (FUNC_LEN_GO120, FUNC_NFUNCDATA_GO120)
         } else {
             (FUNC_LEN_GO118, FUNC_NFUNCDATA_GO118)
         };
-        let nfuncdata = *self.data.get(at.func + nfuncdata_at)?;
+        let nfuncdata = *self.data.get(func + nfuncdata_at)?;
         if index >= nfuncdata {
             return None;
         }
-        let npcdata = read_u32(self.data, at.func + FUNC_NPCDATA)? as usize;
-        let slot = at.func + header + 4 * npcdata.checked_add(usize::from(index))?;
+        let npcdata = read_u32(self.data, func + FUNC_NPCDATA)? as usize;
+        let slot = func + header + 4 * npcdata.checked_add(usize::from(index))?;
         let offset = read_u32(self.data, slot)?;
         if offset == u32::MAX {
             return None;

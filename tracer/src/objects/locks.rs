@@ -20,7 +20,7 @@ use crate::stacks::{Module, ProcessImage};
 /// How long the FILEs, and the globals' pointers, read from a process stand before they
 /// are read again (FILEs open and close, pointers change; a profile names its locks within
 /// a moment).
-const STDIO_FRESH_FOR: Duration = Duration::from_secs(1);
+const READ_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// One data symbol of a module: [start, start + size) in the file's addresses (svma).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl LockNamer {
         }
         let pid = image.pid();
         let fresh = matches!(&self.pointers,
-            Some((of, read, _)) if *of == pid && read.elapsed() < STDIO_FRESH_FOR);
+            Some((of, read, _)) if *of == pid && read.elapsed() < READ_FRESH_FOR);
         if !fresh {
             self.pointers = Some((pid, Instant::now(), GlobalPointers::read(image)));
         }
@@ -123,7 +123,7 @@ impl LockNamer {
         let pid = image.pid();
         match &mut self.stdio {
             Some((of, read, locks)) if *of == pid => {
-                if read.elapsed() >= STDIO_FRESH_FOR {
+                if read.elapsed() >= READ_FRESH_FOR {
                     *read = Instant::now();
                     if let Some(locks) = locks {
                         locks.refresh();

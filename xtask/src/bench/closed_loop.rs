@@ -123,7 +123,11 @@ struct ArmRuns {
     /// shows what the client loses; this is what the server pays.
     server_ns_per_request: Vec<f64>,
     usages: Vec<ToolUsage>,
+    /// Why the arm ran no round (its tool does not run here).
     failure: Option<String>,
+    /// Why it stopped after rounds that ran (they stand: its rates stay a prefix of the
+    /// rounds, paired with alone's by index).
+    stopped: Option<String>,
     /// The probes' CPU per unit of work, from the bpf_stats window (tools only).
     probe_cost: Option<Result<ProbeCost, String>>,
 }
@@ -155,16 +159,17 @@ pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResu
             server_ns_per_request: Vec::new(),
             usages: Vec::new(),
             failure: None,
+            stopped: None,
             probe_cost: None,
         })
         .collect();
     for round in 0..rounds as usize {
         for offset in 0..ARMS.len() {
             let index = (round + offset) % ARMS.len();
-            let ArmRuns { arm, rates, server_ns_per_request, usages, failure, .. } =
+            let ArmRuns { arm, rates, server_ns_per_request, usages, failure, stopped, .. } =
                 &mut runs[index];
-            // An arm whose tool does not run here is not retried.
-            if failure.is_some() {
+            // An arm whose tool does not run here, or hung, is not retried.
+            if failure.is_some() || stopped.is_some() {
                 continue;
             }
             match fixture.window(settings, *arm, false) {
@@ -187,7 +192,16 @@ pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResu
                         round + 1,
                         arm.label()
                     );
-                    *failure = Some(format!("{err:#}"));
+                    if rates.is_empty() {
+                        *failure = Some(format!("{err:#}"));
+                    } else {
+                        *stopped = Some(format!(
+                            "stopped after {} of {rounds} rounds: round {} failed: {}",
+                            rates.len(),
+                            round + 1,
+                            super::one_line(&format!("{err:#}"))
+                        ));
+                    }
                 }
             }
         }
@@ -511,6 +525,13 @@ impl RowResult {
             );
         }
         md.push('\n');
+        let stopped: Vec<String> = (self.runs.iter())
+            .filter_map(|run| Some(format!("- {}: {}\n", run.arm.label(), run.stopped.as_ref()?)))
+            .collect();
+        if !stopped.is_empty() {
+            md += &stopped.concat();
+            md.push('\n');
+        }
         md += &self.probe_cost_lines();
         md
     }
