@@ -496,10 +496,10 @@ impl ThreadReader {
     ///
     /// Otherwise reads its syscall file, comm, user stack (process_vm_readv from sp to the end of
     /// the mapping holding sp, at most `MAX_STACK_READ`) and sched file, then reads the syscall
-    /// file again: Err(Woke) if it changed, so a stack copied while the thread ran is never
-    /// returned. A thread that woke and blocked again at the very same syscall, sp and pc in
-    /// between passes; its stack then is that of an identical wait. ENOENT or ESRCH anywhere
-    /// gives Err(Exited).
+    /// file again: Err(Woke) if it changed, or if the thread's run count (schedstat's
+    /// `pcount`, read before the copy and after) did, so a stack copied while the thread ran
+    /// is never returned, even when it came back to the very same syscall, sp and pc (a
+    /// loop's sleep). ENOENT or ESRCH anywhere gives Err(Exited).
     pub fn sample(&mut self, tid: u32) -> Result<Option<ThreadSample>, SampleError> {
         self.sample_as(tid, true)
     }
@@ -519,6 +519,7 @@ impl ThreadReader {
         };
         let comm = self.read_task_file(tid, "comm")?.trim_end_matches('\n').to_owned();
         // Errors of the copy wait for the re-check: a thread that woke or exited says so first.
+        let runs_before = self.read_run_count(tid)?;
         let stack = self.read_stack(syscall.sp);
         let exec_start = match age.then(|| self.read_task_file(tid, "sched")) {
             Some(Ok(sched)) => parse_exec_start_ns(sched),
@@ -531,7 +532,10 @@ impl ThreadReader {
             Some(Err(error)) if is_gone(&error) => return Err(SampleError::Exited),
             _ => None,
         };
-        if self.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) {
+        // A thread that ran during the copy and went back to the same wait (a loop's sleep
+        // at the same sp and pc) leaves the same syscall file but a torn copy: its run count
+        // tells.
+        if self.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) || runs != runs_before {
             return Err(SampleError::Woke);
         }
         let stack = stack?;
@@ -551,7 +555,8 @@ impl ThreadReader {
 
     /// Samples the thread a task iterator's `look` found blocked in `syscall`, without
     /// an age: copies its stack, then reads its syscall file: Err(Woke) unless it is still
-    /// in that call, at that sp and pc (see `sample`). Its name and run count are the look's.
+    /// in that call, at that sp and pc, and did not run during the copy (see `sample`). Its
+    /// name and run count are the look's.
     /// The syscall file stays open for the thread's next new wait, as `peek` keeps it.
     pub fn sample_look(
         &mut self,
@@ -560,8 +565,12 @@ impl ThreadReader {
     ) -> Result<ThreadSample, SampleError> {
         let tid = look.tid;
         self.with_kept_files(tid, |reader| {
+            let runs_before = reader.read_run_count(tid)?;
             let stack = reader.read_stack(syscall.sp);
-            if reader.read_syscall(tid)? != ThreadSyscall::Blocked(syscall) {
+            // As in `sample_as`: a thread back in the same wait after running during the copy.
+            if reader.read_syscall(tid)? != ThreadSyscall::Blocked(syscall)
+                || reader.read_run_count(tid)? != runs_before
+            {
                 return Err(SampleError::Woke);
             }
             Ok(ThreadSample {
