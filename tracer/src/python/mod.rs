@@ -13,7 +13,7 @@ mod layout;
 mod objects;
 mod thread_names;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -192,8 +192,11 @@ impl PythonProcess {
         let mut frames: Vec<PythonFrame> = Vec::new();
         let layout = &self.layout.frame;
         let mut bytes = vec![0u8; layout.size as usize];
+        // Frames read, shims included: a torn read may chain shims into a cycle.
+        let mut reads = 0;
         while frame != 0 {
-            if frames.len() == MAX_FRAMES {
+            reads += 1;
+            if frames.len() == MAX_FRAMES || reads > 2 * MAX_FRAMES {
                 self.counts.truncated_stacks += 1;
                 break;
             }
@@ -250,12 +253,15 @@ impl PythonProcess {
     fn read_thread_states(&self) -> HashMap<u32, u64> {
         let layout = &self.layout;
         let mut states = HashMap::new();
+        // The lists are read while the interpreter may change them: a thread state seen
+        // twice (a torn read's cycle) ends its list, which would not end otherwise.
+        let mut seen = HashSet::new();
         let mut interpreter = self.read_word(self.runtime + layout.runtime_interpreters_head);
         let mut interpreters = 0;
         while let Some(interp) = interpreter.filter(|&address| address != 0) {
             interpreters += 1;
             let mut state = self.read_word(interp + layout.interp_threads_head);
-            while let Some(thread) = state.filter(|&address| address != 0) {
+            while let Some(thread) = state.filter(|&address| address != 0 && seen.insert(address)) {
                 if states.len() >= MAX_THREADS {
                     return states;
                 }
