@@ -44,17 +44,50 @@ impl ChildGuard {
 
     /// Waits for the child to exit on its own, panicking after `timeout`.
     pub fn wait_timeout(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_until(timeout).unwrap_or_else(|| {
+            panic!("{} (pid {}) still runs after {timeout:?}", self.name, self.pid())
+        })
+    }
+
+    /// The child's exit status once it exits on its own, or None if it still runs after
+    /// `timeout`.
+    fn wait_until(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.child.try_wait() {
-                Ok(Some(status)) => return status,
+                Ok(Some(status)) => return Some(status),
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
-                Ok(None) => {
-                    panic!("{} (pid {}) still runs after {timeout:?}", self.name, self.pid())
-                }
+                Ok(None) => return None,
                 Err(e) => panic!("wait {}: {e}", self.name),
             }
         }
+    }
+
+    /// Where each thread of the child is now (name, kernel wait channel, system call, kernel
+    /// stack), for a failure message: what a hung child was waiting for.
+    fn threads_now(&self) -> String {
+        let pid = self.pid();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return format!("(pid {pid}: no task list)");
+        };
+        let mut text = String::new();
+        for task in tasks.flatten() {
+            let read = |leaf: &str| {
+                std::fs::read_to_string(task.path().join(leaf))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            text += &format!(
+                "thread {} {:?}: wchan {} syscall {}\n{}\n",
+                task.file_name().to_string_lossy(),
+                read("comm"),
+                read("wchan"),
+                read("syscall"),
+                read("stack")
+            );
+        }
+        text
     }
 }
 
@@ -120,7 +153,15 @@ pub fn run_with_timeout(what: &str, mut cmd: Command, timeout: Duration) -> RunO
     let start = Instant::now();
     let (child, stdout, stderr) = spawn_piped(what, &mut cmd);
     let mut guard = ChildGuard::new(what, child);
-    let status = guard.wait_timeout(timeout);
+    let Some(status) = guard.wait_until(timeout) else {
+        // Said before the child is killed, then with what it wrote.
+        let threads = guard.threads_now();
+        drop(guard);
+        panic!(
+            "{what} still ran after {timeout:?}; its threads then:\n{threads}\nits stderr:\n{}",
+            collect(what, "stderr", stderr)
+        );
+    };
     let elapsed = start.elapsed();
     RunOutput {
         status,

@@ -135,8 +135,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     if let Some(timeline) = &mut collector.aggregate.timeline {
         timeline.stop(monotonic_now_ns());
     }
-    // Waits that ended just before the stop are still in the buffer.
-    rings.drain_now(&mut collector);
+    // Waits that ended just before the stop are still in the buffer (the probes still
+    // run: a pass, the rest after the detach).
+    rings.drain_pass(&mut collector);
     let counters = probes.counters()?;
     let short_waits = probes.short_waits()?;
     // Neither of these may cost the recording: without them, ages are lower bounds and

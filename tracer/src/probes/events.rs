@@ -29,6 +29,12 @@ use crate::{
 /// tracer on a CPU the traced service needs hundreds of times a second.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Records taken from each buffer in one pass while the probes run. A consumer slower than
+/// the probes (a busy target, a tracer short of CPU) would otherwise drain for ever and
+/// never see its deadline or a signal; what it cannot keep up with fills the buffers, and
+/// the probes count what they drop.
+const MAX_RECORDS_PER_PASS: usize = 4096;
+
 /// The probes' two ring buffers: long waits, and the wakers of long futex waits.
 pub struct RingBuffers {
     waits: AsyncFd<RingBuf<MapData>>,
@@ -55,26 +61,46 @@ impl RingBuffers {
     /// drained.
     pub async fn drain_when_ready(&mut self, sink: &mut impl WaitSink) -> anyhow::Result<()> {
         let Self { waits, wakes, drain_timer } = self;
+        let limit = Some(MAX_RECORDS_PER_PASS);
+        // A buffer left with records stays ready: the next pass comes at once.
         tokio::select! {
             guard = waits.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(wakes.get_mut(), guard.get_inner_mut(), sink);
-                guard.clear_ready();
+                if drain(wakes.get_mut(), guard.get_inner_mut(), sink, limit) == Drained::All {
+                    guard.clear_ready();
+                }
             }
             guard = wakes.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), waits.get_mut(), sink);
-                guard.clear_ready();
+                if drain(guard.get_inner_mut(), waits.get_mut(), sink, limit) == Drained::All {
+                    guard.clear_ready();
+                }
             }
-            _ = drain_timer.tick() => drain(wakes.get_mut(), waits.get_mut(), sink),
+            _ = drain_timer.tick() => {
+                drain(wakes.get_mut(), waits.get_mut(), sink, limit);
+            }
         }
         Ok(())
     }
 
-    /// Drains whatever is in both buffers now, without waiting.
-    pub fn drain_now(&mut self, sink: &mut impl WaitSink) {
-        drain(self.wakes.get_mut(), self.waits.get_mut(), sink);
+    /// Drains at most a pass of records from each buffer now, without waiting: while the
+    /// probes still run.
+    pub fn drain_pass(&mut self, sink: &mut impl WaitSink) {
+        drain(self.wakes.get_mut(), self.waits.get_mut(), sink, Some(MAX_RECORDS_PER_PASS));
     }
+
+    /// Drains whatever is in both buffers now, without waiting: once the probes are
+    /// detached or write no more (the target gone), so that the draining ends.
+    pub fn drain_now(&mut self, sink: &mut impl WaitSink) {
+        drain(self.wakes.get_mut(), self.waits.get_mut(), sink, None);
+    }
+}
+
+/// Whether a drain emptied both buffers or stopped at its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drained {
+    All,
+    UpToTheLimit,
 }
 
 /// Registers an owned descriptor with the runtime, for readiness to read.
@@ -93,13 +119,31 @@ pub async fn readable(fd: &AsyncFd<OwnedFd>) {
 
 /// Wakes first: a waker's record is written before its wakee can even return, so
 /// reading them first lets each long wait find its waker.
-fn drain(wakes: &mut RingBuf<MapData>, waits: &mut RingBuf<MapData>, sink: &mut impl WaitSink) {
-    while let Some(item) = wakes.next() {
+fn drain(
+    wakes: &mut RingBuf<MapData>,
+    waits: &mut RingBuf<MapData>,
+    sink: &mut impl WaitSink,
+    limit: Option<usize>,
+) -> Drained {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut drained = Drained::All;
+    for taken in 0.. {
+        let Some(item) = wakes.next() else { break };
         sink.add_wake(&item);
+        if taken + 1 == limit {
+            drained = Drained::UpToTheLimit;
+            break;
+        }
     }
-    while let Some(item) = waits.next() {
+    for taken in 0.. {
+        let Some(item) = waits.next() else { break };
         sink.add_record(&item);
+        if taken + 1 == limit {
+            drained = Drained::UpToTheLimit;
+            break;
+        }
     }
+    drained
 }
 
 /// Where the ring buffers' records go: `record`'s one aggregate, or `serve`'s windows.
