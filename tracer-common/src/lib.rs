@@ -192,8 +192,9 @@ pub const WAIT_START_SLOTS: u32 = 1 << 16;
 ///   PID_MAX_LIMIT on 64-bit), and a word never written (0) is no thread's;
 /// - 1 bit set while the wait is in progress;
 /// - 4 bits of [`WaitKind`];
-/// - the low 52 bits of the wait's start (`bpf_ktime_get_ns`). Times are compared modulo
-///   2^52 ns (52 days), which is exact for every wait shorter than that.
+/// - the low 52 bits of the wait's start (`CLOCK_MONOTONIC`). Times are compared modulo
+///   2^52 ns: a wait shorter than 2^51 ns (26 days) is timed exactly, and a clock reading
+///   a little before the start (two clocks, two CPUs) times it as 0, not as 52 days.
 ///
 /// A word is stored whole, so threads sharing a slot never mix their halves.
 const WAIT_WORD_TAG_BITS: u32 = 7;
@@ -254,7 +255,8 @@ impl WaitSlot {
     /// Nanoseconds from `start` (of [`WaitSlot::InProgress`]) to the clock reading `now_ns`.
     #[inline(always)]
     pub fn elapsed_ns(start: u64, now_ns: u64) -> u64 {
-        now_ns.wrapping_sub(start) & WAIT_WORD_START_MASK
+        let elapsed = now_ns.wrapping_sub(start) & WAIT_WORD_START_MASK;
+        if elapsed > WAIT_WORD_START_MASK / 2 { 0 } else { elapsed }
     }
 
     /// Whether `start` is the cut of the full clock reading `start_ns`.
@@ -299,6 +301,51 @@ pub enum WordVerdict {
     /// A wait that has lasted the threshold, or a word that is another thread's: task
     /// storage (IN_FLIGHT) decides.
     AskTaskStorage,
+}
+
+/// The offset from the run queues' clock (`sched_clock`, which the scheduler reads at
+/// every switch) to `CLOCK_MONOTONIC`, measured at the tracer's own switches: the switch
+/// probe then times waits without reading a clock itself.
+///
+/// A run queue's clock is read at the start of `__schedule`, or earlier when a wake that
+/// preempts has the switch skip its update (tens of µs on this VM's idle CPUs): each
+/// measure is the offset plus that delay, never less. The offset is the least measure of
+/// the last two windows of `WINDOW_NS`: late by at most two windows of the clocks' drift
+/// (NTP's slewing of the monotonic clock, about 0.5 µs a second here). The probe keeps the
+/// words in an array map; offsets are compared by their signed difference, as either sign
+/// is possible.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchClock {
+    /// `CLOCK_MONOTONIC - rq clock` (wrapping); valid once `measured` is 1.
+    pub offset: u64,
+    pub measured: u64,
+    /// The least measure of the last window that ended, and of the one in progress.
+    pub last_window_min: u64,
+    pub window_min: u64,
+    /// When the window in progress ends (`CLOCK_MONOTONIC`).
+    pub window_end_ns: u64,
+}
+
+impl SwitchClock {
+    pub const WINDOW_NS: u64 = 500_000_000;
+
+    /// Takes in a measure (`CLOCK_MONOTONIC` at `now_ns` minus the run queue's clock).
+    #[inline(always)]
+    pub fn measure(&mut self, now_ns: u64, measure: u64) {
+        let least = |a: u64, b: u64| if (a.wrapping_sub(b) as i64) < 0 { a } else { b };
+        if self.measured == 0 {
+            (self.last_window_min, self.window_min) = (measure, measure);
+            self.window_end_ns = now_ns + Self::WINDOW_NS;
+        } else if now_ns >= self.window_end_ns {
+            (self.last_window_min, self.window_min) = (self.window_min, measure);
+            self.window_end_ns = now_ns + Self::WINDOW_NS;
+        } else {
+            self.window_min = least(self.window_min, measure);
+        }
+        self.offset = least(self.last_window_min, self.window_min);
+        self.measured = 1;
+    }
 }
 
 /// A thread's wait in progress, in the thread's task storage: noted when the thread goes
@@ -688,6 +735,30 @@ mod tests {
     }
 
     #[test]
+    fn the_switch_clock_keeps_the_least_measure_of_two_windows() {
+        const W: u64 = SwitchClock::WINDOW_NS;
+        let mut clock = SwitchClock::default();
+        assert_eq!(clock.measured, 0);
+        // A negative offset (the run queues' clock ahead), then smaller delays over it.
+        let offset = (-13_000_000i64) as u64;
+        let at = |delay: u64| offset.wrapping_add(delay);
+        clock.measure(1_000, at(20_000));
+        assert_eq!((clock.measured, clock.offset), (1, at(20_000)));
+        clock.measure(2_000, at(300));
+        clock.measure(3_000, at(45_000));
+        assert_eq!(clock.offset, at(300), "the least so far, at once");
+        // The next window's measures are all later; its own least shows only once the
+        // window with the lower one has passed (the monotonic clock drifted ahead).
+        clock.measure(1_000 + W, at(2_000));
+        clock.measure(1_500 + W, at(900));
+        assert_eq!(clock.offset, at(300));
+        clock.measure(2_000 + 2 * W, at(5_000));
+        assert_eq!(clock.offset, at(900));
+        clock.measure(3_000 + 3 * W, at(7_000));
+        assert_eq!(clock.offset, at(5_000));
+    }
+
+    #[test]
     fn a_wait_slot_times_waits_across_the_wrap_of_its_clock_bits() {
         // A wait begun just before the start bits wrap (every 2^52 ns) and ended after.
         let start_ns = (1u64 << 52) * 3 - 400;
@@ -699,6 +770,11 @@ mod tests {
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1_000), 1_000);
         assert!(WaitSlot::same_start(start, start_ns));
         assert!(!WaitSlot::same_start(start, start_ns + 1));
+        // A reading a little before the start (the switch's clock and the wake's differ
+        // by their calibration) is no time, not nearly 2^52 ns; a wait of 26 days is.
+        assert_eq!(WaitSlot::elapsed_ns(start, start_ns - 300), 0);
+        let days_26 = 26 * 86_400 * 1_000_000_000;
+        assert_eq!(WaitSlot::elapsed_ns(start, start_ns + days_26), days_26);
         // Every kind fits its bits.
         for kind in WaitKind::ALL {
             let word = WaitSlot::in_progress_word(7, kind as u32, start_ns);

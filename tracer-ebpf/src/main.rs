@@ -10,22 +10,28 @@
 //!   thread of the target is unlikely to end (socket calls, timed or process-shared futex
 //!   waits), it keeps a copy of the user stack too: as much as the thread's last walk
 //!   from the same registers read (`StackSpan`), else all of `STACK_COPY_BYTES`.
-//! - `sched_waking` ends a wait under the threshold at its wake, whoever the waker, only
-//!   adding it to per-kind totals. When a thread of the target wakes another out of a wait
-//!   that has lasted the threshold, it ends that wait there too: the waker shares the
-//!   sleeper's memory, so the sleeper's stack is read as it slept. For futex wakes it
-//!   sends the waker's stack.
+//! - `sched_waking`, when a thread of the target wakes another, ends its wait there: under
+//!   the threshold only adding it to per-kind totals; over it, sending it with the
+//!   sleeper's stack, read as it slept through the memory the waker shares, and for futex
+//!   wakes the waker's stack too.
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
 //!   wait (woken from outside the process, or its wake missed by a race with the sleep):
 //!   under the threshold it only adds to per-kind totals; over it, it sends the registers
 //!   and a copy of the user stack (read from memory when `prev` is a thread of the target,
 //!   else the copy kept from the sleep) to userspace.
 //!
-//! Most waits are short, and most switches in end none. Each thread's wait also has a
+//! Most waits are short. Each thread's wait also has a
 //! word in a plain array (`WAIT_STARTS`: in progress or not, since when, of which kind),
 //! which both probes read first: a short wait ends by its word alone, and a switch in of
-//! a thread in no wait stops there, neither calling a helper to reach task storage nor,
-//! when nothing else in the switch needs it, reading the clock.
+//! a thread in no wait stops there, without a helper call to reach task storage.
+//!
+//! Reading the clock is a probe's dearest step (a helper, an indirect call and a TSC read:
+//! about 60 ns in a VM here). A switch needs none: the scheduler has just read its run
+//! queue's clock (`rq->clock`, `sched_clock`), which the probe loads from memory and moves
+//! to `CLOCK_MONOTONIC` by an offset it measures at the tracer's own switches
+//! (`SWITCH_CLOCK`). A wake of a thread in a wait still reads the clock: a wait that has
+//! lasted the threshold may end there, with the waker's stack, and no clock the waker's
+//! CPU has kept tells that closely enough.
 //!
 //! A call that sleeps twice (a spurious wake, an epoll that found nothing ready) counts
 //! as two waits; its blocked time is the same. Both are attached raw (`tp_btf`): a classic
@@ -55,14 +61,27 @@ use aya_ebpf::{
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
     InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
-    SleepStack, StackSpan, TaskLook, WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES,
-    WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall,
-    is_futex_wake, syscall_nr,
+    SleepStack, StackSpan, SwitchClock, TaskLook, WAIT_KIND_COUNT, WAIT_START_SLOTS,
+    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict,
+    classify_syscall, is_futex_wake, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
 #[unsafe(no_mangle)]
 static TARGET_TGID: Global<u32> = Global::new(0);
+
+/// The tracer's own process: its switches calibrate `SWITCH_CLOCK`; set by the loader.
+#[unsafe(no_mangle)]
+static TRACER_TGID: Global<u32> = Global::new(0);
+
+/// The path from a task to its run queue's clock (`task->se.cfs_rq->rq->clock`, see
+/// tracer's kernel_btf.rs); set by the loader, 0 when this kernel has no such path.
+#[unsafe(no_mangle)]
+static TASK_CFS_RQ_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static CFS_RQ_RQ_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static RQ_CLOCK_OFFSET: Global<u64> = Global::new(0);
 
 /// Waits at least this long are sent with a stack; shorter ones are only counted.
 #[unsafe(no_mangle)]
@@ -178,6 +197,11 @@ static WAKES_WAKE_AT_BYTES: Global<u64> = Global::new(WAKES_RING_BYTES as u64 / 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
 
+/// `CLOCK_MONOTONIC` minus the run queues' clock, measured at the tracer's own switches
+/// (see `SwitchClock`).
+#[map]
+static SWITCH_CLOCK: Array<SwitchClock> = Array::with_max_entries(1, 0);
+
 /// Submit flags that wake userspace only once `ring` holds `wake_at` bytes: it drains on a
 /// timer too (events.rs), and a wake-up per record would schedule the tracer hundreds of
 /// times a second on CPUs the traced service needs.
@@ -242,14 +266,18 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
     let next: *mut task_struct = ctx.arg(2);
     // Plain loads of both tasks' ids, no helper call: every switch of the machine runs
     // this. SAFETY: BTF task pointers from the tracepoint; see `task_field`.
-    let prev_is_target = unsafe { task_field(prev, TASK_TGID_OFFSET.load()) } == target;
-    let next_is_target = unsafe { task_field(next, TASK_TGID_OFFSET.load()) } == target;
+    let prev_tgid = unsafe { task_field(prev, TASK_TGID_OFFSET.load()) };
+    let next_tgid = unsafe { task_field(next, TASK_TGID_OFFSET.load()) };
+    let (prev_is_target, next_is_target) = (prev_tgid == target, next_tgid == target);
     if !prev_is_target && !next_is_target {
+        let tracer = TRACER_TGID.load();
+        if prev_tgid == tracer || next_tgid == tracer {
+            measure_switch_clock(prev);
+        }
         return 0;
     }
-    // At most one clock read for both ends of the switch, and none for a preemption
-    // that switches in a thread whose wait its wake has ended.
-    let mut clock = LazyClock(0);
+    // Both ends of the switch share one clock reading: the run queue's.
+    let mut clock = SwitchTime { task: if prev_is_target { prev } else { next }, now: 0 };
     if prev_is_target {
         // SAFETY: as above.
         let tid = unsafe { task_field(prev, TASK_PID_OFFSET.load()) };
@@ -271,6 +299,79 @@ impl LazyClock {
             self.0 = now_ns();
         }
         self.0
+    }
+}
+
+/// `CLOCK_MONOTONIC` at a switch: the switch's run-queue clock moved by the measured
+/// offset, loaded when first asked for; the clock helper until the offset is measured or
+/// where the run queue cannot be read.
+struct SwitchTime {
+    /// A task of the switch (prev or next: both are on this CPU's run queue).
+    task: *mut task_struct,
+    now: u64,
+}
+
+impl SwitchTime {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.now == 0 {
+            self.now = match SWITCH_CLOCK.get(0) {
+                // SAFETY: a task of the switch, a BTF pointer.
+                Some(clock) if clock.measured == 1 => match unsafe { run_queue_clock(self.task) } {
+                    0 => now_ns(),
+                    rq_clock => rq_clock.wrapping_add(clock.offset),
+                },
+                _ => now_ns(),
+            };
+        }
+        self.now
+    }
+}
+
+/// The clock of `task`'s run queue (`sched_clock` at its last update: at a switch, the
+/// start of that `__schedule`); 0 where this kernel has no path to it.
+///
+/// # Safety
+/// As for [`task_field`]. The loads are through BTF pointers the verifier types member by
+/// member, and a fault reads 0.
+#[inline(always)]
+unsafe fn run_queue_clock(task: *mut task_struct) -> u64 {
+    let task_cfs_rq = TASK_CFS_RQ_OFFSET.load();
+    if task_cfs_rq == 0 {
+        return 0;
+    }
+    // SAFETY: as the caller promises.
+    unsafe {
+        let cfs_rq = *task.cast::<u8>().add(task_cfs_rq as usize).cast::<*const u8>();
+        if cfs_rq.is_null() {
+            return 0;
+        }
+        let rq = *cfs_rq.add(CFS_RQ_RQ_OFFSET.load() as usize).cast::<*const u8>();
+        if rq.is_null() {
+            return 0;
+        }
+        *rq.add(RQ_CLOCK_OFFSET.load() as usize).cast::<u64>()
+    }
+}
+
+/// Measures `SWITCH_CLOCK` at a switch of the tracer's own (`task` is one of its tasks);
+/// see [`tracer_common::SwitchClock`].
+#[inline(never)]
+fn measure_switch_clock(task: *mut task_struct) {
+    // SAFETY: a task of the switch, a BTF pointer.
+    let rq_clock = unsafe { run_queue_clock(task) };
+    if rq_clock == 0 {
+        return;
+    }
+    let now = now_ns();
+    let Some(clock) = SWITCH_CLOCK.get_ptr_mut(0) else { return };
+    // SAFETY: the map's one value. Two CPUs measuring at once may lose a measure; the
+    // offset is stored before the flag that says it is measured, each an aligned word.
+    unsafe {
+        let mut next = *clock;
+        next.measure(now, now.wrapping_sub(rq_clock));
+        *clock = SwitchClock { measured: (*clock).measured, ..next };
+        core::ptr::write_volatile(&mut (*clock).measured, 1);
     }
 }
 
@@ -299,7 +400,12 @@ unsafe fn task_field_u64(task: *mut task_struct, offset: u64) -> u64 {
 /// Notes a wait when the current thread (`prev`, of the target) goes to sleep inside a
 /// watched call.
 #[inline(always)]
-fn note_sleep(ctx: &BtfTracePointContext, task: *mut task_struct, tid: u32, clock: &mut LazyClock) {
+fn note_sleep(
+    ctx: &BtfTracePointContext,
+    task: *mut task_struct,
+    tid: u32,
+    clock: &mut SwitchTime,
+) {
     // Sleeping states (include/linux/sched.h); a stopped or traced thread has neither
     // bit: it waits for a signal or a debugger, not for what its call waits on.
     const TASK_INTERRUPTIBLE: u32 = 0x1;
@@ -439,7 +545,7 @@ fn copy_user_stack_part(stack: &mut [u8; STACK_COPY_BYTES], sp: u64, asked: u32)
 /// Ends the wait of `next`, a thread of the target being switched in, unless its wake
 /// already did. `prev_is_target`: the current task shares `next`'s memory.
 #[inline(always)]
-fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut LazyClock) {
+fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut SwitchTime) {
     // SAFETY: a BTF task pointer from the tracepoint.
     let tid = unsafe { task_field(next, TASK_PID_OFFSET.load()) };
     let Some(word) = wait_word(tid) else { return };
@@ -660,9 +766,14 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if under_threshold(wait.start_ns, now) {
         return Ok(());
     }
-    let Some(waker_tid) = target_thread() else {
+    // SAFETY: the helper returns the current task as a BTF pointer, whose ids are then
+    // plain loads, as in `task_field`.
+    let waker = unsafe { bpf_get_current_task_btf() };
+    if unsafe { task_field(waker, TASK_TGID_OFFSET.load()) } != TARGET_TGID.load() {
         return Ok(());
-    };
+    }
+    // SAFETY: as above.
+    let waker_tid = unsafe { task_field(waker, TASK_PID_OFFSET.load()) };
     if wait.tid == waker_tid {
         return Ok(());
     }
@@ -673,7 +784,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // The waker must be in a futex wake: a wake from an interrupt (a timed wait's timer)
     // that happened to land on a target thread inside some other call is not its doing.
     // SAFETY: the current task's saved user registers (a BTF pointer, as in `syscall_arg`).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let regs = unsafe { bpf_task_pt_regs(waker) } as *const pt_regs;
     let (nr, op) = unsafe { ((*regs).orig_rax as i64, (*regs).rsi) };
     if wait.kind != WaitKind::Futex as u32
         || !(nr == syscall_nr::FUTEX_WAKE || nr == syscall_nr::FUTEX && is_futex_wake(op))

@@ -2,7 +2,8 @@
 //!
 //! The scheduler probe reads the task being switched in (`next`), which is not the
 //! current task, so no helper gives its thread-group id or name: it reads them at these
-//! offsets. aya-ebpf has no CO-RE relocations, and aya does not expose the BTF it parses,
+//! offsets. It also reads the clock the scheduler has just read for the switch (its run
+//! queue's), reached from a task through the members of [`RqClockPath`]. aya-ebpf has no CO-RE relocations, and aya does not expose the BTF it parses,
 //! so this walks the BTF type section itself (include/uapi/linux/btf.h): only far enough
 //! to find one struct's members.
 
@@ -29,6 +30,19 @@ pub struct TaskOffsets {
     pub nivcsw: u32,
 }
 
+/// Where a task's run queue's clock is: `task->se.cfs_rq->rq->clock`, the
+/// `sched_clock_cpu` reading `__schedule` takes before every switch. `cfs_rq` has its
+/// `rq` member only in kernels built with group scheduling (`CONFIG_FAIR_GROUP_SCHED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RqClockPath {
+    /// `struct cfs_rq *` in the task: `se`'s offset plus `cfs_rq`'s in `sched_entity`.
+    pub task_cfs_rq: u32,
+    /// `struct rq *rq` in `struct cfs_rq`.
+    pub cfs_rq_rq: u32,
+    /// `u64 clock` in `struct rq`.
+    pub rq_clock: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelBtfError {
     #[error("the kernel BTF is malformed ({0})")]
@@ -52,6 +66,23 @@ pub fn task_offsets(btf: &[u8]) -> Result<TaskOffsets, KernelBtfError> {
         nvcsw: member("nvcsw")?,
         nivcsw: member("nivcsw")?,
     })
+}
+
+/// The members leading from a task to its run queue's clock, or None when this kernel
+/// lacks one of them.
+pub fn rq_clock_path(btf: &[u8]) -> Result<Option<RqClockPath>, KernelBtfError> {
+    let member = |owner: &str, name: &str| -> Result<Option<u32>, KernelBtfError> {
+        Ok(struct_members(btf, owner)?.get(name).copied())
+    };
+    let (Some(se), Some(cfs_rq), Some(rq), Some(clock)) = (
+        member("task_struct", "se")?,
+        member("sched_entity", "cfs_rq")?,
+        member("cfs_rq", "rq")?,
+        member("rq", "clock")?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(RqClockPath { task_cfs_rq: se + cfs_rq, cfs_rq_rq: rq, rq_clock: clock }))
 }
 
 /// Byte offsets of the named members of the first struct called `wanted`.
@@ -183,5 +214,13 @@ mod tests {
             offsets.state < offsets.on_cpu && offsets.nivcsw == offsets.nvcsw + 8,
             "{offsets:?}"
         );
+        // This kernel has group scheduling (the probes then read the switch's clock).
+        let path = rq_clock_path(&btf).unwrap().expect("cfs_rq has an rq member");
+        assert!(path.task_cfs_rq > offsets.on_cpu && path.rq_clock > 0, "{path:?}");
+    }
+
+    #[test]
+    fn a_kernel_without_the_run_queue_members_has_no_clock_path() {
+        assert_eq!(rq_clock_path(&blob()).unwrap(), None);
     }
 }

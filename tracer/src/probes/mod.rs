@@ -137,6 +137,10 @@ impl Probes {
             .map_err(|source| ProbeError::Btf { path: path(), source })?;
         let task = kernel_btf::task_offsets(&raw_btf)
             .map_err(|source| ProbeError::KernelBtf { path: path(), source })?;
+        // Without it the switch probe reads the clock by a helper call instead.
+        let rq_clock = kernel_btf::rq_clock_path(&raw_btf)
+            .map_err(|source| ProbeError::KernelBtf { path: path(), source })?
+            .unwrap_or(kernel_btf::RqClockPath { task_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0 });
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -158,6 +162,10 @@ impl Probes {
             .override_global("WAITS_WAKE_AT_BYTES", &waits_wake_at, true)
             .override_global("WAKES_WAKE_AT_BYTES", &wakes_wake_at, true)
             .override_global("TARGET_TGID", &config.tgid, true)
+            .override_global("TRACER_TGID", &std::process::id(), true)
+            .override_global("TASK_CFS_RQ_OFFSET", &u64::from(rq_clock.task_cfs_rq), true)
+            .override_global("CFS_RQ_RQ_OFFSET", &u64::from(rq_clock.cfs_rq_rq), true)
+            .override_global("RQ_CLOCK_OFFSET", &u64::from(rq_clock.rq_clock), true)
             .override_global("MIN_WAIT_NS", &min_wait_ns, true)
             .override_global("TASK_PID_OFFSET", &u64::from(task.pid), true)
             .override_global("TASK_TGID_OFFSET", &u64::from(task.tgid), true)
