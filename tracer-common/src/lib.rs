@@ -181,10 +181,11 @@ pub const WAITS_RING_BYTES: u32 = 16 * 1024 * 1024;
 pub const WAKES_RING_BYTES: u32 = 4 * 1024 * 1024;
 
 /// Slots of the WAIT_STARTS array: a word per thread that tells whether its latest wait
-/// is in progress, since when and of which kind. The scheduler probes read it before task
-/// storage, whose lookup is a helper call (the verifier inlines an array lookup): most
-/// waits are short, and end by their word alone. Thread `tid` has slot
-/// `tid % WAIT_START_SLOTS`; threads sharing a slot fall back to task storage.
+/// is in progress, since when and of which kind. A wait is noted in its thread's word,
+/// taken by a compare-and-swap: an array is reached without a helper call (the verifier
+/// inlines its lookup), task storage through one. Thread `tid` has slot
+/// `tid % WAIT_START_SLOTS`; while another thread's wait in progress holds the word, a
+/// wait is noted in task storage instead (IN_FLIGHT).
 pub const WAIT_START_SLOTS: u32 = 1 << 16;
 
 /// A WAIT_STARTS word, from its low bits up:
@@ -265,6 +266,13 @@ impl WaitSlot {
         start == start_ns & WAIT_WORD_START_MASK
     }
 
+    /// Whether `word` holds a wait in progress of a thread other than `tid`: `tid`'s wait
+    /// must then be noted in task storage.
+    #[inline(always)]
+    pub fn held_by_another(word: u64, tid: u32) -> bool {
+        word & WAIT_WORD_IN_PROGRESS != 0 && WaitSlot::read(word, tid) == WaitSlot::Unknown
+    }
+
     /// What a probe makes of thread `tid`'s wait from its word alone. `now_ns` reads the
     /// clock, called only for a wait in progress: a switch in of a thread in no wait reads
     /// none.
@@ -282,7 +290,7 @@ impl WaitSlot {
                 if elapsed_ns < min_wait_ns {
                     WordVerdict::Short { kind, elapsed_ns }
                 } else {
-                    WordVerdict::AskTaskStorage
+                    WordVerdict::Long { kind, elapsed_ns }
                 }
             }
             WaitSlot::Unknown => WordVerdict::AskTaskStorage,
@@ -298,8 +306,9 @@ pub enum WordVerdict {
     /// A wait of `kind` under the threshold so far: its wake (or, when its wake was not
     /// seen, its switch in) ends it by the word alone.
     Short { kind: u32, elapsed_ns: u64 },
-    /// A wait that has lasted the threshold, or a word that is another thread's: task
-    /// storage (IN_FLIGHT) decides.
+    /// A wait of `kind` that has lasted the threshold: sent with its stack where it ends.
+    Long { kind: u32, elapsed_ns: u64 },
+    /// A word that is another thread's: the wait, if any, is in task storage (IN_FLIGHT).
     AskTaskStorage,
 }
 
@@ -348,12 +357,14 @@ impl SwitchClock {
     }
 }
 
-/// A thread's wait in progress, in the thread's task storage: noted when the thread goes
-/// to sleep inside a watched call, ended when it is woken or switched back in. The entry
-/// stays between waits, so that each wait rewrites it in place; the kernel frees it with the
-/// task. A wait ended through task storage leaves it idle (`start_ns == 0`); a short wait
-/// ended by its WAIT_STARTS word alone leaves it as it was, and `switches` tells it is over:
-/// the thread has been switched out since.
+/// A thread's wait in progress, in the thread's task storage, where a wait is noted when
+/// another thread's wait holds its WAIT_STARTS word (and where the tracer puts a wait it
+/// finds in progress at the attach); the probes also build one from a word to end a long
+/// wait. Noted when the thread goes to sleep inside a watched call, ended when it is woken
+/// or switched back in. The entry stays between waits, so that each wait rewrites it in
+/// place; the kernel frees it with the task. A wait ended through task storage leaves it
+/// idle (`start_ns == 0`); a later wait noted in the word leaves it as it was, and
+/// `switches` tells it is over: the thread has been switched out since.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InFlightWait {

@@ -2,7 +2,8 @@
 //! for two threads that share one word's slot (as threads whose ids differ by a multiple
 //! of `WAIT_START_SLOTS` do): every wait is ended once, with its true length, and nothing
 //! else is ended. `Probes` mirrors tracer-ebpf's `note_sleep`, `end_at_switch_in` and
-//! `sched_waking`, step for step, on a model of the kernel's side.
+//! `sched_waking`, step for step, on a model of the kernel's side (one step at a time: the
+//! compare-and-swap that takes a word always finds it as read).
 
 extern crate std;
 
@@ -14,7 +15,8 @@ const MIN_WAIT_NS: u64 = 1_000_000;
 /// One thread, as the kernel and the probes' maps hold it.
 struct Thread {
     tid: u32,
-    /// Its IN_FLIGHT entry (task storage), created at its first watched sleep.
+    /// Its IN_FLIGHT entry (task storage), created at its first watched sleep that finds
+    /// the word held by the other thread's wait.
     entry: Option<InFlightWait>,
     /// nvcsw + nivcsw, counted at each switch out before the tracepoint runs.
     switches: u64,
@@ -59,18 +61,21 @@ impl Probes {
         t.switches += 1;
         t.on_cpu = false;
         t.true_wait = Some((now, kind, false));
+        if WaitSlot::held_by_another(self.word, t.tid) {
+            t.entry = Some(InFlightWait {
+                start_ns: now,
+                object: 0,
+                switches: t.switches,
+                kind,
+                tid: t.tid,
+                flags: 0,
+                _pad: 0,
+            });
+            return;
+        }
         if matches!(WaitSlot::read(self.word, t.tid), WaitSlot::InProgress { .. }) {
             self.ends.discarded += 1;
         }
-        t.entry = Some(InFlightWait {
-            start_ns: now,
-            object: 0,
-            switches: t.switches,
-            kind,
-            tid: t.tid,
-            flags: 0,
-            _pad: 0,
-        });
         self.word = WaitSlot::in_progress_word(t.tid, kind, now);
     }
 
@@ -80,13 +85,6 @@ impl Probes {
         let t = &mut self.threads[i];
         t.switches += 1;
         t.on_cpu = false;
-    }
-
-    /// `end_in_word`.
-    fn end_in_word(&mut self, tid: u32) {
-        if WaitSlot::read(self.word, tid) != WaitSlot::Unknown {
-            self.word = WaitSlot::ended_word(tid);
-        }
     }
 
     /// A probe ends thread `i`'s wait: it must be the one the thread is truly in, not yet
@@ -120,6 +118,10 @@ impl Probes {
                 self.word = WaitSlot::ended_word(tid);
                 self.ended(i, None, elapsed_ns);
             }
+            WordVerdict::Long { elapsed_ns, .. } => {
+                self.word = WaitSlot::ended_word(tid);
+                self.ended(i, Some(now - elapsed_ns), elapsed_ns);
+            }
             WordVerdict::AskTaskStorage => {
                 let t = &mut self.threads[i];
                 if let Some(entry) = t.entry.as_mut()
@@ -127,7 +129,6 @@ impl Probes {
                 {
                     let wait = *entry;
                     entry.start_ns = 0;
-                    self.end_in_word(tid);
                     self.ended(i, Some(wait.start_ns), now - wait.start_ns);
                 }
             }
@@ -139,21 +140,28 @@ impl Probes {
         t.on_cpu = true;
     }
 
-    /// Another thread of the target wakes thread `i` (on a CPU or not): `sched_waking`.
-    fn wake(&mut self, i: usize) {
+    /// Thread `i` is woken (on a CPU or not), by another thread of the target or from
+    /// outside the process: `sched_waking`.
+    fn wake(&mut self, i: usize, by_a_target_thread: bool) {
         let now = self.now;
         let tid = self.threads[i].tid;
-        match WaitSlot::verdict(self.word, tid, MIN_WAIT_NS, || now) {
+        let verdict = WaitSlot::verdict(self.word, tid, MIN_WAIT_NS, || now);
+        match verdict {
             WordVerdict::NoWait => return,
             WordVerdict::Short { elapsed_ns, .. } => {
                 self.word = WaitSlot::ended_word(tid);
                 self.ended(i, None, elapsed_ns);
                 return;
             }
-            WordVerdict::AskTaskStorage => {}
+            WordVerdict::Long { .. } | WordVerdict::AskTaskStorage => {}
         }
         let t = &mut self.threads[i];
-        if t.on_cpu {
+        if t.on_cpu || !by_a_target_thread {
+            return;
+        }
+        if let WordVerdict::Long { elapsed_ns, .. } = verdict {
+            self.word = WaitSlot::ended_word(tid);
+            self.ended(i, Some(now - elapsed_ns), elapsed_ns);
             return;
         }
         let Some(entry) = t.entry.as_mut() else { return };
@@ -162,7 +170,6 @@ impl Probes {
         }
         let wait = *entry;
         entry.start_ns = 0;
-        self.end_in_word(tid);
         self.ended(i, Some(wait.start_ns), now - wait.start_ns);
     }
 }
@@ -193,11 +200,11 @@ fn threads_sharing_a_word_have_each_wait_ended_once_with_its_true_length() {
                 0 | 1 => probes.sleep_in_watched_call(i, dice.roll(WAIT_KIND_COUNT as u64) as u32),
                 2 => probes.switch_out_unwatched(i),
                 // Woken while still on its CPU: on its way to sleep, before schedule().
-                _ => probes.wake(i),
+                _ => probes.wake(i, dice.roll(2) == 0),
             }
         } else {
             if dice.roll(2) == 0 {
-                probes.wake(i);
+                probes.wake(i, dice.roll(2) == 0);
             }
             probes.switch_in(i);
         }
@@ -212,33 +219,42 @@ fn threads_sharing_a_word_have_each_wait_ended_once_with_its_true_length() {
 }
 
 #[test]
-fn a_thread_with_a_word_of_its_own_ends_short_waits_by_the_word_alone() {
+fn a_thread_with_a_word_of_its_own_never_asks_task_storage() {
     let mut probes = Probes::new();
-    // Thread 0 alone: its word is never taken, so task storage is only asked for long
-    // waits; a short wait's entry is left as it was, and told over by its switch count.
+    // Thread 0 alone: its word is never held by the other thread's wait, so its waits,
+    // short or long, are noted and ended in the word alone.
     probes.sleep_in_watched_call(0, WaitKind::Futex as u32);
     probes.now += 5_000;
     probes.switch_in(0);
+    probes.sleep_in_watched_call(0, WaitKind::Recv as u32);
+    probes.now += 3 * MIN_WAIT_NS;
+    probes.switch_in(0);
     assert_eq!(probes.ends.short, [(4242, 5_000)]);
-    assert_ne!(probes.threads[0].entry.unwrap().start_ns, 0);
+    assert_eq!(probes.ends.long, [(4242, (1 << 40) + 5_000, 3 * MIN_WAIT_NS)]);
+    assert!(probes.threads[0].entry.is_none());
     assert_eq!(WaitSlot::read(probes.word, 4242), WaitSlot::Ended);
-    // Preempted and switched in again: no wait, and the entry left over is not one.
-    probes.switch_out_unwatched(0);
-    probes.switch_in(0);
-    let entry = probes.threads[0].entry.unwrap();
-    assert!(!entry.in_progress(probes.threads[0].switches));
-    // Now the other thread of the slot takes the word; thread 0, preempted again, is
-    // switched in through task storage, which finds no wait either.
-    probes.sleep_in_watched_call(1, WaitKind::Send as u32);
-    probes.switch_out_unwatched(0);
-    probes.switch_in(0);
-    assert_eq!(probes.ends.short.len(), 1);
-    assert!(probes.ends.long.is_empty());
     // Woken, a short wait ends at its wake, and its switch in finds the word ended.
     probes.sleep_in_watched_call(0, WaitKind::Futex as u32);
     probes.now += 7_000;
-    probes.wake(0);
+    probes.wake(0, true);
     probes.now += 50_000;
     probes.switch_in(0);
     assert_eq!(probes.ends.short[1..], [(4242, 7_000)]);
+    // While its wait holds the word, the other thread's wait goes to task storage; once it
+    // has ended, the other thread takes the word.
+    probes.sleep_in_watched_call(0, WaitKind::Futex as u32);
+    probes.sleep_in_watched_call(1, WaitKind::Send as u32);
+    assert_eq!(probes.threads[1].entry.map(|e| e.kind), Some(WaitKind::Send as u32));
+    probes.now += 2_000;
+    probes.switch_in(0);
+    probes.switch_in(1);
+    probes.sleep_in_watched_call(1, WaitKind::Futex as u32);
+    assert!(matches!(
+        WaitSlot::read(probes.word, 4242 + WAIT_START_SLOTS),
+        WaitSlot::InProgress { .. }
+    ));
+    // Its entry, left from the wait before, is over: the thread has switched since.
+    let t = &probes.threads[1];
+    assert!(!t.entry.unwrap().in_progress(t.switches));
+    assert!(probes.threads[0].entry.is_none());
 }

@@ -42,6 +42,9 @@
 //! time goroutine waits in the Go scheduler.
 #![no_std]
 #![no_main]
+// A compare-and-swap (BPF_CMPXCHG): core's atomics offer none on the bpf target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     Global,
@@ -58,6 +61,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
     InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
@@ -111,13 +116,15 @@ mod task_storage;
 
 use task_storage::TaskStorage;
 
-/// Each thread's wait in progress, stored on its task (not per CPU: a thread may
-/// wake on another CPU; not by tid in a hash: the task pointer finds it without hashing).
+/// A thread's wait in progress when another thread's wait holds its WAIT_STARTS word,
+/// stored on its task (not per CPU: a thread may wake on another CPU; not by tid in a
+/// hash: the task pointer finds it without hashing). The tracer puts here too a wait it
+/// finds in progress at the attach.
 #[btf_map]
 static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 
-/// Each thread's latest wait in one word (see `WaitSlot`). IN_FLIGHT stays the record: a
-/// word lost to another thread of the same slot sends that thread's probes there.
+/// Each thread's latest wait in one word (see `WaitSlot`), which a wait takes unless
+/// another thread of the same slot is in a wait that holds it.
 #[map]
 static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
 
@@ -125,17 +132,6 @@ static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
 #[inline(always)]
 fn wait_word(tid: u32) -> Option<*mut u64> {
     WAIT_STARTS.get_ptr_mut(tid % WAIT_START_SLOTS)
-}
-
-/// Marks `tid`'s latest wait ended in its word, if the word is still `tid`'s.
-#[inline(always)]
-fn end_in_word(word: *mut u64, tid: u32) {
-    // SAFETY: a value of WAIT_STARTS, from `wait_word`.
-    unsafe {
-        if WaitSlot::read(*word, tid) != WaitSlot::Unknown {
-            *word = WaitSlot::ended_word(tid);
-        }
-    }
 }
 
 /// Whether a wait begun at `start_ns` is, at `now`, shorter than `MIN_WAIT_NS`.
@@ -434,42 +430,72 @@ fn note_sleep(
     else {
         return;
     };
-    // SAFETY: the entry is this thread's own; it is asleep from here until its wake.
-    let Some(entry) = (unsafe { IN_FLIGHT.get_or_create(task) }) else {
-        count(Counter::InFlightMapFull);
-        return;
-    };
-    let word = wait_word(tid);
-    // SAFETY: a value of WAIT_STARTS.
-    if let Some(word) = word
-        && matches!(WaitSlot::read(unsafe { *word }, tid), WaitSlot::InProgress { .. })
-    {
-        // The thread ran since that wait began, yet neither its wake nor its switch back
-        // in ended it (none is known to be missed). Not seen when another thread of the
-        // slot has taken the word meanwhile.
-        count(Counter::WaitsDiscarded);
-    }
     count(Counter::WaitsStarted);
     let start_ns = clock.now();
-    // SAFETY: as above; `task` is a BTF task pointer.
-    unsafe {
-        *entry = InFlightWait {
-            start_ns,
-            object,
-            switches: switches_of(task),
-            kind: kind as u32,
-            tid,
-            flags: 0,
-            _pad: 0,
-        }
-    };
-    if let Some(word) = word {
-        // SAFETY: an aligned u64 of the map, written in one store, after the entry.
-        unsafe { *word = WaitSlot::in_progress_word(tid, kind as u32, start_ns) };
+    let in_word = wait_word(tid).is_some_and(|word| note_in_word(word, tid, kind, start_ns));
+    if !in_word {
+        // SAFETY: the entry is this thread's own; it is asleep from here until its wake.
+        let Some(entry) = (unsafe { IN_FLIGHT.get_or_create(task) }) else {
+            count(Counter::InFlightMapFull);
+            return;
+        };
+        // SAFETY: as above; `task` is a BTF task pointer.
+        unsafe {
+            *entry = InFlightWait {
+                start_ns,
+                object,
+                switches: switches_of(task),
+                kind: kind as u32,
+                tid,
+                flags: 0,
+                _pad: 0,
+            }
+        };
     }
     if woken_from_outside(kind, nr, regs) {
         keep_sleep_stack(tid, start_ns, regs);
     }
+}
+
+/// Notes thread `tid`'s wait in its WAIT_STARTS `word`, unless another thread's wait in
+/// progress holds the word (then false: the wait goes to task storage).
+#[inline(always)]
+fn note_in_word(word: *mut u64, tid: u32, kind: WaitKind, start_ns: u64) -> bool {
+    // SAFETY: a value of WAIT_STARTS, an aligned u64.
+    let seen = unsafe { *word };
+    if WaitSlot::held_by_another(seen, tid) {
+        return false;
+    }
+    if matches!(WaitSlot::read(seen, tid), WaitSlot::InProgress { .. }) {
+        // The thread ran since that wait began, yet neither its wake nor its switch back
+        // in ended it (none is known to be missed).
+        count(Counter::WaitsDiscarded);
+    }
+    // Swapped, not stored: another thread of the slot may be taking the word on another
+    // CPU. Once a wait holds it, only that wait's end rewrites it.
+    let noted = WaitSlot::in_progress_word(tid, kind as u32, start_ns);
+    // SAFETY: as above; every other access to the word is a whole aligned load or store.
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            word, seen, noted,
+        )
+    };
+    swapped
+}
+
+/// The wait of `task` (asleep in it, not the current task) that its WAIT_STARTS word holds,
+/// begun at `start_ns`: what is waited on is read again from the call's arguments.
+#[inline(always)]
+fn wait_from_word(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64) -> InFlightWait {
+    // SAFETY: a BTF task pointer; its user registers, saved when it entered the call.
+    let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
+    // SAFETY: a BTF pointer, as in `syscall_arg`.
+    let nr = unsafe { (*regs).orig_rax as i64 };
+    let object = match classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n))) {
+        Ok(Some((_, object))) => object,
+        _ => 0,
+    };
+    InFlightWait { start_ns, object, switches: 0, kind, tid, flags: 0, _pad: 0 }
 }
 
 /// Whether a wait is likely ended by something other than a thread of the target (a
@@ -559,6 +585,14 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
             add_short_wait(kind, elapsed_ns);
             return;
         }
+        WordVerdict::Long { kind, elapsed_ns } => {
+            // SAFETY: as above.
+            unsafe { *word = WaitSlot::ended_word(tid) };
+            let now = clock.now();
+            let wait = wait_from_word(next, tid, kind, now.wrapping_sub(elapsed_ns));
+            end_wait(next, &wait, now, stack_source(prev_is_target));
+            return;
+        }
         WordVerdict::AskTaskStorage => {}
     }
     // SAFETY: a BTF task pointer from the tracepoint.
@@ -573,9 +607,14 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
     }
     // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
-    end_in_word(word, tid);
-    let source = if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy };
-    end_wait(next, &wait, clock.now(), source);
+    end_wait(next, &wait, clock.now(), stack_source(prev_is_target));
+}
+
+/// Where the stack of a wait that ends at a switch in is read: in memory when the thread
+/// switched out shares it (`prev_is_target`), else the copy kept at the sleep.
+#[inline(always)]
+fn stack_source(prev_is_target: bool) -> StackSource {
+    if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy }
 }
 
 /// Adds a wait under the threshold to its kind's totals.
@@ -733,18 +772,18 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let tid = unsafe { task_field(wakee, TASK_PID_OFFSET.load()) };
     let word = wait_word(tid).ok_or(0)?;
     // A short wait ends here, by its word alone, whoever the waker: the switch in then
-    // finds it ended and reads no clock.
+    // finds it ended.
     // SAFETY: a value of WAIT_STARTS; the wakee is asleep, and its wakes are serialized
     // (the wakee's pi_lock), so only this program writes its word meanwhile.
-    match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now()) {
-        WordVerdict::NoWait => return Ok(()),
-        WordVerdict::Short { kind, elapsed_ns } => {
-            // SAFETY: as above.
-            unsafe { *word = WaitSlot::ended_word(tid) };
-            add_short_wait(kind, elapsed_ns);
-            return Ok(());
-        }
-        WordVerdict::AskTaskStorage => {}
+    let verdict = WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now());
+    if let WordVerdict::Short { kind, elapsed_ns } = verdict {
+        // SAFETY: as above.
+        unsafe { *word = WaitSlot::ended_word(tid) };
+        add_short_wait(kind, elapsed_ns);
+        return Ok(());
+    }
+    if verdict == WordVerdict::NoWait {
+        return Ok(());
     }
     // A wakee still on a CPU has not finished going to sleep (or is woken before it
     // sleeps, its last wait's entry not yet replaced): its wait, if any, is not long.
@@ -752,20 +791,7 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if unsafe { task_field(wakee, TASK_ON_CPU_OFFSET.load()) } != 0 {
         return Ok(());
     }
-    // SAFETY: a BTF task pointer from the tracepoint.
-    let Some(entry) = (unsafe { IN_FLIGHT.get(wakee) }) else {
-        return Ok(());
-    };
-    // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
-    let wait = unsafe { *entry };
-    // SAFETY: as above.
-    if !wait.in_progress(unsafe { switches_of(wakee) }) {
-        return Ok(());
-    }
-    let now = clock.now();
-    if under_threshold(wait.start_ns, now) {
-        return Ok(());
-    }
+    // A long wait ends here only when another thread of the target wakes it.
     // SAFETY: the helper returns the current task as a BTF pointer, whose ids are then
     // plain loads, as in `task_field`.
     let waker = unsafe { bpf_get_current_task_btf() };
@@ -774,12 +800,29 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     // SAFETY: as above.
     let waker_tid = unsafe { task_field(waker, TASK_PID_OFFSET.load()) };
-    if wait.tid == waker_tid {
+    if tid == waker_tid {
         return Ok(());
     }
-    // SAFETY: as above.
-    unsafe { (*entry).start_ns = 0 };
-    end_in_word(word, tid);
+    let now = clock.now();
+    let wait = if let WordVerdict::Long { kind, elapsed_ns } = verdict {
+        // SAFETY: as above.
+        unsafe { *word = WaitSlot::ended_word(tid) };
+        wait_from_word(wakee, tid, kind, now.wrapping_sub(elapsed_ns))
+    } else {
+        // SAFETY: a BTF task pointer from the tracepoint.
+        let Some(entry) = (unsafe { IN_FLIGHT.get(wakee) }) else {
+            return Ok(());
+        };
+        // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
+        let wait = unsafe { *entry };
+        // SAFETY: as above.
+        if !wait.in_progress(unsafe { switches_of(wakee) }) || under_threshold(wait.start_ns, now) {
+            return Ok(());
+        }
+        // SAFETY: as above.
+        unsafe { (*entry).start_ns = 0 };
+        wait
+    };
     end_wait(wakee, &wait, now, StackSource::Memory);
     // The waker must be in a futex wake: a wake from an interrupt (a timed wait's timer)
     // that happened to land on a target thread inside some other call is not its doing.

@@ -282,6 +282,13 @@ impl Probes {
         self.ebpf.map(name).ok_or(ProbeError::Map { name, source: None })
     }
 
+    /// Thread `tid`'s WAIT_STARTS word.
+    fn wait_word(&self, tid: u32) -> Result<u64, ProbeError> {
+        let words: Array<_, u64> =
+            Array::try_from(self.map("WAIT_STARTS")?).map_err(map_error("WAIT_STARTS"))?;
+        words.get(&(tid % WAIT_START_SLOTS), 0).map_err(map_error("WAIT_STARTS"))
+    }
+
     /// IN_FLIGHT's descriptor, for the task-storage calls aya has no type for.
     fn in_flight_raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -308,37 +315,39 @@ impl Probes {
     }
 
     /// The calls in flight whose thread is asleep in them: when each began, by thread.
-    /// The entries hang off the tasks (task storage), so each thread of `pid` is looked
-    /// up by a pidfd of its own; a thread gone meanwhile is simply absent. A short wait
-    /// ended by its WAIT_STARTS word leaves its entry as it was: the word tells, or, when
-    /// another thread of its slot has taken the word, the thread's switch count.
+    /// A wait is in its thread's WAIT_STARTS word, or, when another thread of the slot
+    /// holds the word, in task storage, whose entries hang off the tasks: looked up by a
+    /// pidfd of the thread's own (a thread gone meanwhile is simply absent), and told over
+    /// by the thread's switch count when a later wait went to the word.
     pub fn waits_in_progress(
         &self,
         pid: u32,
     ) -> Result<std::collections::HashMap<u32, u64>, ProbeError> {
         let map_fd =
             self.in_flight_raw_fd().ok_or(ProbeError::Map { name: "IN_FLIGHT", source: None })?;
-        let words_err = map_error("WAIT_STARTS");
-        let words: Array<_, u64> = Array::try_from(self.map("WAIT_STARTS")?).map_err(&words_err)?;
         let mut starts = std::collections::HashMap::new();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return Ok(starts);
         };
         for tid in tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-            // An adopted wait's start is the attach, not its beginning: it is aged from
-            // the scheduler like the waits the probes never saw.
-            let Some(wait) = lookup_task_storage(map_fd, tid) else { continue };
-            if wait.start_ns == 0 || wait.flags & WAIT_BEGAN_BEFORE != 0 {
-                continue;
-            }
-            let word = words.get(&(tid % WAIT_START_SLOTS), 0).map_err(&words_err)?;
-            let in_progress = match WaitSlot::read(word, tid) {
-                WaitSlot::InProgress { start, .. } => WaitSlot::same_start(start, wait.start_ns),
-                WaitSlot::Ended => false,
-                WaitSlot::Unknown => thread_switches(pid, tid) == Some(wait.switches),
-            };
-            if in_progress {
-                starts.insert(tid, wait.start_ns);
+            match WaitSlot::read(self.wait_word(tid)?, tid) {
+                WaitSlot::InProgress { start, .. } => {
+                    // The word keeps the start's low bits: the rest from the clock now.
+                    let now = crate::threads::blocked_now::monotonic_now_ns();
+                    starts.insert(tid, now.saturating_sub(WaitSlot::elapsed_ns(start, now)));
+                }
+                WaitSlot::Ended => {}
+                WaitSlot::Unknown => {
+                    // An adopted wait's start is the attach, not its beginning: it is aged
+                    // from the scheduler like the waits the probes never saw.
+                    let Some(wait) = lookup_task_storage(map_fd, tid) else { continue };
+                    if wait.start_ns != 0
+                        && wait.flags & WAIT_BEGAN_BEFORE == 0
+                        && thread_switches(pid, tid) == Some(wait.switches)
+                    {
+                        starts.insert(tid, wait.start_ns);
+                    }
+                }
             }
         }
         Ok(starts)
@@ -356,8 +365,16 @@ impl Probes {
         const BPF_NOEXIST: u64 = 1;
         let map_err = |name| move |source| AdoptError::Map { name, source };
         // The wait first, and only if the probes have not seen the thread sleep since the
-        // attach: then it has no stack copy of its own that ours could replace. (A wait
-        // that ends before the copy is in place is sent without a stack, and counted.)
+        // attach (its word is not its own, nor has it an entry): then it has no stack copy
+        // of its own that ours could replace. (A wait that ends before the copy is in place
+        // is sent without a stack, and counted.) A sleep the probes note meanwhile
+        // makes the entry over, by its switch count.
+        let word = self
+            .wait_word(tid)
+            .map_err(|err| map_err("WAIT_STARTS")(std::io::Error::other(err.to_string())))?;
+        if WaitSlot::read(word, tid) != WaitSlot::Unknown {
+            return Err(AdoptError::AlreadyNoted);
+        }
         let map_fd = self.in_flight_fd()?;
         let mut value = wait;
         match task_storage_call(MapCommand::Update, map_fd, tid, &mut value, BPF_NOEXIST) {
