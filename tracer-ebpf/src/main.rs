@@ -1,7 +1,7 @@
 //! tracer's kernel-side probes: which threads of one process block, in which call,
 //! for how long, and (for waits over the threshold) where in the program.
 //!
-//! Two scheduler tracepoints share each thread's wait in progress (task storage); nothing
+//! Two scheduler tracepoints share each thread's wait in progress (`WAIT_STARTS`); nothing
 //! runs on a syscall's entry or exit, so calls that do not sleep cost nothing, and other
 //! processes cost the two comparisons of a thread-group id.
 //! - `sched_switch`, on the side of the thread going to sleep (`prev`, whose context it
@@ -20,10 +20,11 @@
 //!   and a copy of the user stack (read from memory when `prev` is a thread of the target,
 //!   else the copy kept from the sleep) to userspace.
 //!
-//! Most waits are short. Each thread's wait also has a
-//! word in a plain array (`WAIT_STARTS`: in progress or not, since when, of which kind),
-//! which both probes read first: a short wait ends by its word alone, and a switch in of
-//! a thread in no wait stops there, without a helper call to reach task storage.
+//! Most waits are short, and every step on their way is a helper call saved or spent (each
+//! returns through the SRSO Safe-RET thunk on this VM's CPUs). A thread's wait is a word of
+//! a plain array, which the verifier inlines (`WAIT_STARTS`: in progress or not, since when,
+//! of which kind), taken at the sleep by a compare-and-swap; only while another thread of
+//! its slot holds the word does a wait go to task storage (`IN_FLIGHT`, a helper call).
 //!
 //! Reading the clock is a probe's dearest step (a helper, an indirect call and a TSC read:
 //! about 60 ns in a VM here). A switch needs none: the scheduler has just read its run
@@ -366,7 +367,11 @@ fn measure_switch_clock(task: *mut task_struct) {
     unsafe {
         let mut next = *clock;
         next.measure(now, now.wrapping_sub(rq_clock));
-        *clock = SwitchClock { measured: (*clock).measured, ..next };
+        (*clock).last_window_min = next.last_window_min;
+        (*clock).window_min = next.window_min;
+        (*clock).window_end_ns = next.window_end_ns;
+        // Volatile stores keep their order (the bpf target has no fence to select).
+        core::ptr::write_volatile(&mut (*clock).offset, next.offset);
         core::ptr::write_volatile(&mut (*clock).measured, 1);
     }
 }

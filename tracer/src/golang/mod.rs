@@ -138,11 +138,7 @@ fn read_snapshot<T>(
 fn parse_main(
     image: &ProcessImage,
 ) -> anyhow::Result<(&crate::stacks::Module, binary::GoBinary<'_>)> {
-    let module = image
-        .modules()
-        .iter()
-        .find(|module| module.is_main_executable)
-        .context("no main executable mapping")?;
+    let module = image.main_module().context("no main executable mapping")?;
     let binary = binary::GoBinary::parse(module.file_bytes())
         .with_context(|| format!("{}: cannot read the Go runtime's tables", module.name()))?;
     log::info!(
@@ -234,11 +230,7 @@ pub(crate) struct WaitNamer<'a> {
 
 impl<'a> WaitNamer<'a> {
     pub fn new(pid: u32, binary: &'a binary::GoBinary<'a>, image: &'a ProcessImage) -> Self {
-        let bias = image
-            .modules()
-            .iter()
-            .find(|module| module.is_main_executable)
-            .map_or(0, |module| module.bias);
+        let bias = image.main_module().map_or(0, |module| module.bias);
         Self {
             pid,
             binary,

@@ -28,7 +28,7 @@ impl GlobalPointers {
     /// The pointers held now by the globals (`.data`, `.bss`) of `image`'s main executable.
     pub fn read(image: &ProcessImage) -> Self {
         let mut pointers = Self::default();
-        let Some(main) = image.modules().iter().find(|module| module.is_main_executable) else {
+        let Some(main) = image.main_module() else {
             return pointers;
         };
         let Ok(file) = object::File::parse(main.file_bytes()) else { return pointers };
@@ -66,9 +66,7 @@ impl GlobalPointers {
 
 /// Whether `address` lies in the heap or an anonymous mapping (Go's heap, mmap'd memory).
 pub fn in_anonymous_memory(image: &ProcessImage, address: u64) -> bool {
-    image
-        .mapping_for(address)
-        .is_some_and(|(mapping, _)| mapping.path.is_empty() || mapping.path == "[heap]")
+    image.mapping_for(address).is_some_and(|(mapping, _)| mapping.is_anonymous())
 }
 
 #[cfg(test)]
@@ -86,7 +84,7 @@ mod tests {
         JOBS.store(jobs, std::sync::atomic::Ordering::SeqCst);
         let image = ProcessImage::snapshot(std::process::id()).unwrap();
         let pointers = GlobalPointers::read(&image);
-        let main = image.modules().iter().find(|module| module.is_main_executable).unwrap();
+        let main = image.main_module().unwrap();
         let global = std::ptr::from_ref(&JOBS) as u64 - main.bias;
         let address = jobs as u64;
         assert_eq!(pointers.pointing_to(address), Some(global));

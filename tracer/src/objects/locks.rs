@@ -11,10 +11,7 @@ use std::{
 
 use object::{Object as _, ObjectSymbol as _, SymbolKind};
 
-use super::{
-    global_pointers::{GlobalPointers, in_anonymous_memory},
-    stdio::StdioLocks,
-};
+use super::{global_pointers::GlobalPointers, stdio::StdioLocks};
 use crate::stacks::{Module, ProcessImage};
 
 /// How long the FILEs, and the globals' pointers, read from a process stand before they
@@ -83,7 +80,9 @@ impl LockNamer {
                 return LockName { name, from_symbol: true };
             }
         }
-        if let Some(name) = self.pointed_from_a_global(image, address) {
+        if mapping.is_anonymous()
+            && let Some(name) = self.pointed_from_a_global(image, address)
+        {
             return LockName { name, from_symbol: true };
         }
         let region = match mapping.path.as_str() {
@@ -101,12 +100,9 @@ impl LockNamer {
         self.symbols_by_file.entry(path).or_insert_with(|| data_symbols(module.file_bytes()))
     }
 
-    /// `address` named by the global of the main executable that points to it
-    /// (`*log.std`), when it lies in anonymous memory and one does.
+    /// `address` (in anonymous memory) named by the global of the main executable that
+    /// points to it (`*log.std`), when one does.
     fn pointed_from_a_global(&mut self, image: &ProcessImage, address: u64) -> Option<String> {
-        if !in_anonymous_memory(image, address) {
-            return None;
-        }
         let pid = image.pid();
         let fresh = matches!(&self.pointers,
             Some((of, read, _)) if *of == pid && read.elapsed() < READ_FRESH_FOR);
@@ -114,7 +110,7 @@ impl LockNamer {
             self.pointers = Some((pid, Instant::now(), GlobalPointers::read(image)));
         }
         let global = self.pointers.as_ref()?.2.pointing_to(address)?;
-        let main = image.modules().iter().find(|module| module.is_main_executable)?;
+        let main = image.main_module()?;
         Some(format!("*{}", symbol_at(self.symbols_of(main), global)?))
     }
 

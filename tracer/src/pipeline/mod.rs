@@ -70,10 +70,7 @@ impl Traced {
     }
 
     pub fn is_go(&self) -> bool {
-        self.image
-            .modules()
-            .iter()
-            .any(|module| module.is_main_executable && golang::is_go(module.file_bytes()))
+        self.image.main_module().is_some_and(|module| golang::is_go(module.file_bytes()))
     }
 }
 

@@ -248,6 +248,13 @@ pub(crate) struct MapsEntry {
     pub(crate) deleted: bool,
 }
 
+impl MapsEntry {
+    /// The heap or an anonymous mapping (Go's heap, mmap'd memory).
+    pub(crate) fn is_anonymous(&self) -> bool {
+        self.path.is_empty() || self.path == "[heap]"
+    }
+}
+
 /// Parses "start-end perms offset dev inode [path]" (see proc_pid_maps(5)).
 pub(crate) fn parse_maps_line(line: &str) -> Option<MapsEntry> {
     let mut rest = line;
@@ -365,6 +372,11 @@ impl ProcessImage {
     /// All modules, sorted by start address.
     pub fn modules(&self) -> &[Module] {
         &self.modules
+    }
+
+    /// The process's executable, as mapped.
+    pub fn main_module(&self) -> Option<&Module> {
+        self.modules.iter().find(|module| module.is_main_executable)
     }
 
     /// Adds a module for each executable mapping not yet known; returns how many.

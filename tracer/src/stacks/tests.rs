@@ -257,11 +257,7 @@ fn a_child_that_exited_still_unwinds_and_symbolizes() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} still exists");
     assert_eq!(image.refresh().expect("refresh a gone process"), 0);
 
-    let main = image
-        .modules()
-        .iter()
-        .find(|module| module.is_main_executable)
-        .expect("sleep's executable is a module");
+    let main = image.main_module().expect("sleep's executable is a module");
     assert_eq!(main.name(), "sleep");
     let libc = image
         .modules()
