@@ -260,12 +260,6 @@ impl WaitSlot {
         if elapsed > WAIT_WORD_START_MASK / 2 { 0 } else { elapsed }
     }
 
-    /// Whether `start` is the cut of the full clock reading `start_ns`.
-    #[inline(always)]
-    pub fn same_start(start: u64, start_ns: u64) -> bool {
-        start == start_ns & WAIT_WORD_START_MASK
-    }
-
     /// Whether `word` holds a wait in progress of a thread other than `tid`: `tid`'s wait
     /// must then be noted in task storage.
     #[inline(always)]
@@ -723,7 +717,7 @@ mod tests {
                 panic!("tid {tid}: {:?}", WaitSlot::read(word, tid));
             };
             assert_eq!(read_kind, kind, "tid {tid}");
-            assert!(WaitSlot::same_start(start, start_ns), "tid {tid}");
+            assert_eq!(WaitSlot::elapsed_ns(start, start_ns), 0, "tid {tid}");
             assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1_500), 1_500, "tid {tid}");
             assert_eq!(WaitSlot::read(WaitSlot::ended_word(tid), tid), WaitSlot::Ended);
         }
@@ -779,8 +773,8 @@ mod tests {
         };
         assert_eq!(kind, WaitKind::Futex as u32);
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1_000), 1_000);
-        assert!(WaitSlot::same_start(start, start_ns));
-        assert!(!WaitSlot::same_start(start, start_ns + 1));
+        assert_eq!(WaitSlot::elapsed_ns(start, start_ns), 0);
+        assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1), 1);
         // A reading a little before the start (the switch's clock and the wake's differ
         // by their calibration) is no time, not nearly 2^52 ns; a wait of 26 days is.
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns - 300), 0);
