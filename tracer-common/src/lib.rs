@@ -362,8 +362,8 @@ impl SwitchClock {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InFlightWait {
-    /// `bpf_ktime_get_ns` when the thread went to sleep in the call; 0 when the thread is
-    /// in no wait.
+    /// `CLOCK_MONOTONIC` when the thread went to sleep in the call (the switch's clock,
+    /// see [`SwitchClock`]); 0 when the thread is in no wait.
     pub start_ns: u64,
     /// What is waited on: the futex address, or the descriptor for socket calls.
     pub object: u64,
@@ -448,7 +448,7 @@ pub struct WaitRecord {
     pub tid: u32,
     /// A [`WaitKind`] discriminant.
     pub kind: u32,
-    /// `bpf_ktime_get_ns` when the thread went to sleep in the call.
+    /// `CLOCK_MONOTONIC` when the thread went to sleep in the call (see [`SwitchClock`]).
     pub start_ns: u64,
     /// Time from that sleep to the wake (or the switch back in), in nanoseconds.
     pub duration_ns: u64,

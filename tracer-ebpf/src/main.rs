@@ -3,7 +3,8 @@
 //!
 //! Two scheduler tracepoints share each thread's wait in progress (`WAIT_STARTS`); nothing
 //! runs on a syscall's entry or exit, so calls that do not sleep cost nothing, and other
-//! processes cost the two comparisons of a thread-group id.
+//! processes cost comparisons of thread-group ids: a switch's two with the target's, then
+//! with the tracer's (whose switches measure `SWITCH_CLOCK`); a wake's one.
 //! - `sched_switch`, on the side of the thread going to sleep (`prev`, whose context it
 //!   runs in), notes a wait when a thread of the target sleeps inside a watched call (the
 //!   call and its arguments read from the registers saved at syscall entry). For waits a
