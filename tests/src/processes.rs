@@ -369,3 +369,34 @@ impl Drop for TestCgroup {
         eprintln!("cannot remove the test cgroup {}", self.0.display());
     }
 }
+
+/// A kernel setting under /proc/sys raised to at least `value` for a test, and set back to
+/// what it was on drop.
+pub struct RaisedSysctl {
+    path: PathBuf,
+    before: Option<String>,
+}
+
+impl RaisedSysctl {
+    pub fn at_least(path: &str, value: u64) -> Self {
+        let path = PathBuf::from(path);
+        let read = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let current: u64 =
+            read.trim().parse().unwrap_or_else(|e| panic!("{}: {read:?}: {e}", path.display()));
+        if current >= value {
+            return Self { path, before: None };
+        }
+        std::fs::write(&path, value.to_string())
+            .unwrap_or_else(|e| panic!("write {value} to {}: {e}", path.display()));
+        Self { path, before: Some(read.trim().to_string()) }
+    }
+}
+
+impl Drop for RaisedSysctl {
+    fn drop(&mut self) {
+        if let Some(before) = &self.before {
+            let _ = std::fs::write(&self.path, before);
+        }
+    }
+}

@@ -6,9 +6,9 @@ use std::time::Duration;
 use std::process::Command;
 
 use tracer_tests::{
-    C_WAKE_PATHS_SOURCE, Pileup, ProfileKind, ProfileStack, TempDir, WaitKind, assert_svg, build_c,
-    build_c_pileup, has_function, record_profile, start_c_pileup, start_rust_pileup,
-    start_workload, top_stacks, total_ns, total_waits,
+    C_WAKE_PATHS_SOURCE, Pileup, ProfileKind, ProfileStack, RaisedSysctl, TempDir, WaitKind,
+    assert_svg, build_c, build_c_pileup, has_function, record_profile, start_c_pileup,
+    start_rust_pileup, start_workload, top_stacks, total_ns, total_waits,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -183,11 +183,36 @@ fn target_exit_ends_recording_and_writes_reports() {
 /// nearly all the time, at its own call site.
 #[test]
 fn every_way_a_wait_ends_keeps_its_stack() {
+    record_wake_paths(&[]);
+}
+
+/// The same four wait loops on threads whose ids are equal modulo `WAIT_START_SLOTS`, so all
+/// four share one wait word: a wait taken while another holds the word goes to task storage,
+/// and each loop's waits must still end with their stacks and their whole length. Thread ids reach
+/// that far on hosts whose pid_max is systemd's 4194304; this machine's may be lower, so it is
+/// raised for the test.
+#[test]
+fn threads_sharing_a_wait_word_keep_every_wait() {
+    let stride = u64::from(tracer_common::WAIT_START_SLOTS);
+    let _pid_max = RaisedSysctl::at_least("/proc/sys/kernel/pid_max", 4194304);
+    let tids = record_wake_paths(&[stride.to_string()]);
+    let most_in_one_slot = tids
+        .iter()
+        .map(|tid| tids.iter().filter(|other| *other % stride == tid % stride).count())
+        .max();
+    assert_eq!(most_in_one_slot, Some(4), "the four wait loops share no slot: tids {tids:?}");
+}
+
+/// Starts c-wake-paths with `extra` arguments after its seconds, records it in exact mode and
+/// checks that each wait loop's waits ended with their stacks; returns the workload's thread
+/// ids as they were while recorded.
+fn record_wake_paths(extra: &[String]) -> Vec<u64> {
     let build = TempDir::new("wake-paths-build");
     let bin = build_c(build.path(), C_WAKE_PATHS_SOURCE, "c-wake-paths");
     let mut cmd = Command::new(&bin);
-    cmd.arg(WORKLOAD_SECONDS.to_string());
+    cmd.arg(WORKLOAD_SECONDS.to_string()).args(extra);
     let workload = start_workload("c-wake-paths", cmd);
+    let tids = thread_ids(workload.pid());
     let dir = TempDir::new("wake-paths");
     let traced = record_profile(
         workload.pid(),
@@ -212,7 +237,7 @@ fn every_way_a_wait_ends_keeps_its_stack() {
         assert!(
             waits >= 10 && blocked as f64 >= 0.8 * recorded_ns as f64,
             "{site} (waits ended by {ended_by}): {waits} waits, {blocked} ns of {recorded_ns} \
-             attributed; stacks:\n{}",
+             attributed (threads {tids:?}); stacks:\n{}",
             top_stacks(profile, |s| s.kind == kind, 10)
         );
     }
@@ -220,7 +245,18 @@ fn every_way_a_wait_ends_keeps_its_stack() {
     assert_eq!(
         (counts.stack_unreadable, counts.unwind_truncated),
         (0, 0),
-        "every long wait's stack was read and unwound; tracer stdout:\n{}",
+        "every long wait's stack was read and unwound (threads {tids:?}); tracer stdout:\n{}",
         traced.out.stdout
     );
+    tids
+}
+
+/// The thread ids of process `pid` now.
+fn thread_ids(pid: u32) -> Vec<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("list the threads of {pid}: {e}"));
+    let mut tids: Vec<u64> =
+        tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    tids
 }

@@ -11,7 +11,12 @@
  *     child signals every 60 ms: another process ends an untimed futex wait, the one case
  *     whose stack no probe can read (the tests expect it counted, not lost silently).
  *
- * Usage: c-wake-paths [SECONDS]
+ * Usage: c-wake-paths [SECONDS [TID_STRIDE]]
+ * With TID_STRIDE, the four wait loops run on threads whose ids are BASE, BASE + TID_STRIDE,
+ * BASE + 2 * TID_STRIDE and BASE + 3 * TID_STRIDE: the tracer keeps each thread's wait in
+ * a word indexed by its id modulo its slot count, so with that count as the stride all four
+ * share one word. Each thread is placed by writing the pid namespace's last allocated id just
+ * before creating it (root only; kernel.pid_max must exceed BASE + 3 * TID_STRIDE).
  * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2). Prints "ready"
  * once every thread has started; exits after SECONDS (the child with it).
  */
@@ -85,12 +90,69 @@ CALL_SITE void shared_wait(void)
 	pthread_mutex_unlock(&shared->lock);
 }
 
+struct wait_loop {
+	void (*wait)(void);
+	/* The loop's thread id, once it runs. */
+	pid_t tid;
+};
+
 static void *loop(void *arg)
 {
-	void (*wait)(void) = (void (*)(void))arg;
+	struct wait_loop *self = arg;
+	__atomic_store_n(&self->tid, gettid(), __ATOMIC_RELEASE);
 	for (;;)
-		wait();
+		self->wait();
 	return NULL;
+}
+
+/* Makes `tid` the id the next thread or process of this pid namespace gets, unless another
+ * one is created first (the caller checks). */
+static int set_next_tid(long tid)
+{
+	FILE *f = fopen("/proc/sys/kernel/ns_last_pid", "we");
+	if (!f)
+		return -1;
+	int failed = fprintf(f, "%ld", tid - 1) < 0;
+	return fclose(f) != 0 || failed ? -1 : 0;
+}
+
+/* A base id at which no thread or process exists at any of `count` strides. */
+static long free_tid_base(long stride, size_t count)
+{
+	char path[64];
+	for (long base = getpid() + 1000;; base++) {
+		size_t free = 0;
+		for (; free < count; free++) {
+			snprintf(path, sizeof path, "/proc/%ld", base + (long)free * stride);
+			if (access(path, F_OK) == 0)
+				break;
+		}
+		if (free == count)
+			return base;
+	}
+}
+
+/* Starts `wait_loop` on a thread; with a stride, on thread id `tid`. */
+static int start_loop(struct wait_loop *wait_loop, long stride, long tid)
+{
+	if (stride > 0 && set_next_tid(tid) != 0) {
+		perror("c-wake-paths: ns_last_pid");
+		return -1;
+	}
+	pthread_t thread;
+	if (pthread_create(&thread, NULL, loop, wait_loop) != 0) {
+		perror("c-wake-paths: pthread_create");
+		return -1;
+	}
+	pid_t got;
+	while ((got = __atomic_load_n(&wait_loop->tid, __ATOMIC_ACQUIRE)) == 0)
+		sleep_seconds(0.001);
+	if (stride > 0 && got != tid) {
+		fprintf(stderr, "c-wake-paths: a wait loop got thread id %d, not %ld (another "
+				"process was created meanwhile)\n", got, tid);
+		return -1;
+	}
+	return 0;
 }
 
 static void *signaller(void *arg)
@@ -132,6 +194,7 @@ static void child_loop(void)
 int main(int argc, char **argv)
 {
 	double seconds = argc > 1 ? atof(argv[1]) : 30.0;
+	long stride = argc > 2 ? atol(argv[2]) : 0;
 	shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (shared == MAP_FAILED || socketpair(AF_UNIX, SOCK_STREAM, 0, sockets) < 0) {
 		perror("c-wake-paths: setup");
@@ -153,14 +216,15 @@ int main(int argc, char **argv)
 	if (child == 0)
 		child_loop();
 
-	void (*waits[])(void) = { signalled_wait, timed_wait, peer_wait, shared_wait };
-	pthread_t thread;
-	for (size_t i = 0; i < sizeof waits / sizeof waits[0]; i++) {
-		if (pthread_create(&thread, NULL, loop, (void *)waits[i]) != 0) {
-			perror("c-wake-paths: pthread_create");
+	static struct wait_loop loops[] = {
+		{ signalled_wait, 0 }, { timed_wait, 0 }, { peer_wait, 0 }, { shared_wait, 0 },
+	};
+	size_t count = sizeof loops / sizeof loops[0];
+	long base = stride > 0 ? free_tid_base(stride, count) : 0;
+	for (size_t i = 0; i < count; i++)
+		if (start_loop(&loops[i], stride, base + (long)i * stride) != 0)
 			return 1;
-		}
-	}
+	pthread_t thread;
 	if (pthread_create(&thread, NULL, signaller, NULL) != 0) {
 		perror("c-wake-paths: pthread_create");
 		return 1;

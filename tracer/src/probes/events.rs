@@ -120,30 +120,53 @@ pub async fn readable(fd: &AsyncFd<OwnedFd>) {
 /// Wakes first: a waker's record is written before its wakee can even return, so
 /// reading them first lets each long wait find its waker.
 fn drain(
-    wakes: &mut RingBuf<MapData>,
-    waits: &mut RingBuf<MapData>,
+    wakes: &mut impl RecordSource,
+    waits: &mut impl RecordSource,
     sink: &mut impl WaitSink,
     limit: Option<usize>,
 ) -> Drained {
     let limit = limit.unwrap_or(usize::MAX);
-    let mut drained = Drained::All;
-    for taken in 0.. {
-        let Some(item) = wakes.next() else { break };
-        sink.add_wake(&item);
-        if taken + 1 == limit {
-            drained = Drained::UpToTheLimit;
-            break;
+    let wakes_drained = drain_source(wakes, limit, |bytes| sink.add_wake(bytes));
+    let waits_drained = drain_source(waits, limit, |bytes| sink.add_record(bytes));
+    if wakes_drained == Drained::All && waits_drained == Drained::All {
+        Drained::All
+    } else {
+        Drained::UpToTheLimit
+    }
+}
+
+/// Hands at most `limit` records of `source` to `add`; `UpToTheLimit` when it took that many
+/// (more may be left).
+fn drain_source(
+    source: &mut impl RecordSource,
+    limit: usize,
+    mut add: impl FnMut(&[u8]),
+) -> Drained {
+    for _ in 0..limit {
+        if !source.take_one(&mut add) {
+            return Drained::All;
         }
     }
-    for taken in 0.. {
-        let Some(item) = waits.next() else { break };
-        sink.add_record(&item);
-        if taken + 1 == limit {
-            drained = Drained::UpToTheLimit;
-            break;
+    Drained::UpToTheLimit
+}
+
+/// A buffer of records read one at a time: the probes' ring buffers (a unit test's queue).
+trait RecordSource {
+    /// Hands the oldest record to `add` and consumes it; false when there is none.
+    fn take_one(&mut self, add: &mut dyn FnMut(&[u8])) -> bool;
+}
+
+impl RecordSource for RingBuf<MapData> {
+    fn take_one(&mut self, add: &mut dyn FnMut(&[u8])) -> bool {
+        // The item borrows the ring until dropped, which consumes the record.
+        match self.next() {
+            Some(item) => {
+                add(&item);
+                true
+            }
+            None => false,
         }
     }
-    drained
 }
 
 /// Where the ring buffers' records go: `record`'s one aggregate, or `serve`'s windows.
@@ -327,5 +350,67 @@ impl WaitDecoder {
         }
         let thread_name = self.unwinder.thread_name(tid).unwrap_or_else(|| super::comm_text(&comm));
         Some(Wait { key, tid, duration_ns, thread_name, waker, lower_bound, end_ns })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    impl RecordSource for VecDeque<Vec<u8>> {
+        fn take_one(&mut self, add: &mut dyn FnMut(&[u8])) -> bool {
+            self.pop_front().map(|record| add(&record)).is_some()
+        }
+    }
+
+    /// Records in the order the sink saw them: wakes as `w`, waits as `r`.
+    #[derive(Default)]
+    struct Seen(Vec<(char, u8)>);
+
+    impl WaitSink for Seen {
+        fn add_wake(&mut self, bytes: &[u8]) {
+            self.0.push(('w', bytes[0]));
+        }
+        fn add_record(&mut self, bytes: &[u8]) {
+            self.0.push(('r', bytes[0]));
+        }
+    }
+
+    fn queue(records: std::ops::Range<u8>) -> VecDeque<Vec<u8>> {
+        records.map(|n| vec![n]).collect()
+    }
+
+    #[test]
+    fn a_pass_takes_at_most_its_limit_from_each_buffer_wakes_first() {
+        let (mut wakes, mut waits) = (queue(0..5), queue(10..13));
+        let mut seen = Seen::default();
+        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, Some(3)), Drained::UpToTheLimit);
+        assert_eq!(seen.0, [('w', 0), ('w', 1), ('w', 2), ('r', 10), ('r', 11), ('r', 12)]);
+        assert_eq!((wakes.len(), waits.len()), (2, 0));
+        // The next pass takes the rest, and says the buffers are empty.
+        let mut seen = Seen::default();
+        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, Some(3)), Drained::All);
+        assert_eq!(seen.0, [('w', 3), ('w', 4)]);
+    }
+
+    #[test]
+    fn a_pass_that_fills_its_limit_says_so_even_if_nothing_is_left() {
+        let (mut wakes, mut waits) = (queue(0..0), queue(0..4));
+        assert_eq!(
+            drain(&mut wakes, &mut waits, &mut Seen::default(), Some(4)),
+            Drained::UpToTheLimit
+        );
+        assert_eq!(drain(&mut wakes, &mut waits, &mut Seen::default(), Some(4)), Drained::All);
+    }
+
+    #[test]
+    fn an_unbounded_drain_empties_both_buffers() {
+        let (mut wakes, mut waits) = (queue(0..200), queue(0..255));
+        let mut seen = Seen::default();
+        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, None), Drained::All);
+        assert_eq!(seen.0.len(), 455);
+        assert!(wakes.is_empty() && waits.is_empty());
     }
 }
