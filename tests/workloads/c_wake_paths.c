@@ -121,13 +121,13 @@ static long free_tid_base(long stride, size_t count)
 {
 	char path[64];
 	for (long base = getpid() + 1000;; base++) {
-		size_t free = 0;
-		for (; free < count; free++) {
-			snprintf(path, sizeof path, "/proc/%ld", base + (long)free * stride);
+		size_t unused = 0;
+		for (; unused < count; unused++) {
+			snprintf(path, sizeof path, "/proc/%ld", base + (long)unused * stride);
 			if (access(path, F_OK) == 0)
 				break;
 		}
-		if (free == count)
+		if (unused == count)
 			return base;
 	}
 }
