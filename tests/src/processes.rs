@@ -370,6 +370,16 @@ impl Drop for TestCgroup {
     }
 }
 
+/// The thread ids of process `pid` now, in order; panics when it has no task list.
+pub fn live_thread_ids(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("list the threads of {pid}: {e}"));
+    let mut tids: Vec<u32> =
+        tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    tids
+}
+
 /// A kernel setting under /proc/sys raised to at least `value` for a test, and set back to
 /// what it was on drop.
 pub struct RaisedSysctl {

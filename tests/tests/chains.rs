@@ -23,9 +23,9 @@ use std::time::Duration;
 use tracer::chains::{PeerProcess, Terminal, ThreadState, WaitChain};
 use tracer_tests::{
     C_DEADLOCK_SOURCE, C_LOGGER_SOURCE, C_OBJECTS_SOURCE, ChildGuard, Pileup, Profile, TempDir,
-    WaitKind, assert_success, build_c, build_c_pileup, read_profile, record_profile, run_tool,
-    snapshot_profile, spawn_and_read_line, spawn_backend, start_c_pileup, start_rust_pileup,
-    start_rust_pileup_over_unix, start_stuck, start_workload, tracer_report,
+    WaitKind, assert_success, build_c, build_c_pileup, live_thread_ids, read_profile,
+    record_profile, run_tool, snapshot_profile, spawn_and_read_line, spawn_backend, start_c_pileup,
+    start_rust_pileup, start_rust_pileup_over_unix, start_stuck, start_workload, tracer_report,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -448,10 +448,8 @@ fn assert_logger_chain(mode: &str, lock: &str) {
 
 /// The one thread of `pid` blocked in system call `nr`, or a panic.
 fn thread_in_syscall(pid: u32, nr: u32) -> u32 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads");
-    let in_call: Vec<u32> = tasks
-        .flatten()
-        .filter_map(|task| task.file_name().to_str()?.parse::<u32>().ok())
+    let in_call: Vec<u32> = live_thread_ids(pid)
+        .into_iter()
         .filter(|tid| {
             std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
                 .is_ok_and(|call| call.split(' ').next() == Some(nr.to_string().as_str()))
@@ -485,10 +483,8 @@ fn tracer_report_keeps_the_chains_of_a_saved_recording() {
 
 /// The thread of `pid` named `name` (its comm).
 fn thread_named(pid: u32, name: &str) -> u32 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads");
-    tasks
-        .flatten()
-        .filter_map(|task| task.file_name().to_str()?.parse::<u32>().ok())
+    live_thread_ids(pid)
+        .into_iter()
         .find(|tid| {
             std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
                 .is_ok_and(|comm| comm.trim_end() == name)
