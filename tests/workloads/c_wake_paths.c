@@ -9,14 +9,17 @@
  *     process ends it;
  *   - shared_wait: pthread_cond_wait on a process-shared condition in shared memory that the
  *     child signals every 60 ms: another process ends an untimed futex wait, the one case
- *     whose stack no probe can read (the tests expect it counted, not lost silently).
+ *     whose stack no probe can read (the tests expect it counted, not lost silently);
+ *   - echo_wait: recv of the child's echo of a byte just sent on a second socketpair: the
+ *     child echoes at once (thousands of short waits a second, each ended by another
+ *     process) but holds one echo for 20 ms every 100 ms (a long one). A thread whose waits
+ *     are mostly short still gets its later stack copies sized to what a walk reads.
  *
  * Usage: c-wake-paths [SECONDS [TID_STRIDE]]
- * With TID_STRIDE, the four wait loops run on threads whose ids are BASE, BASE + TID_STRIDE,
- * BASE + 2 * TID_STRIDE and BASE + 3 * TID_STRIDE: the tracer keeps each thread's wait in
- * a word indexed by its id modulo its slot count, so with that count as the stride all four
- * share one word. Each thread is placed by writing the pid namespace's last allocated id just
- * before creating it (root only; kernel.pid_max must exceed BASE + 3 * TID_STRIDE).
+ * With TID_STRIDE, the five wait loops run on threads whose ids are BASE, BASE + TID_STRIDE,
+ * ..., BASE + 4 * TID_STRIDE: the tracer keeps each thread's wait in a word indexed by its id
+ * modulo its slot count, so with that count as the stride all five share one word. Each thread is placed by writing the pid namespace's last allocated id just
+ * before creating it (root only; kernel.pid_max must exceed BASE + 4 * TID_STRIDE).
  * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2). Prints "ready"
  * once every thread has started; exits after SECONDS (the child with it).
  */
@@ -47,6 +50,7 @@ struct shared {
 };
 static struct shared *shared;
 static int sockets[2];
+static int echo_sockets[2];
 
 CALL_SITE void signalled_wait(void)
 {
@@ -79,6 +83,17 @@ CALL_SITE void peer_wait(void)
 	char byte;
 	if (recv(sockets[0], &byte, 1, 0) != 1)
 		sleep_seconds(0.05);
+}
+
+CALL_SITE void echo_wait(void)
+{
+	/* A pause every 16 round trips keeps the short waits to some thousands a second. */
+	static unsigned long round_trips;
+	char byte = 'e';
+	if (send(echo_sockets[0], &byte, 1, 0) != 1 || recv(echo_sockets[0], &byte, 1, 0) != 1)
+		sleep_seconds(0.05);
+	if (++round_trips % 16 == 0)
+		sleep_seconds(0.001);
 }
 
 CALL_SITE void shared_wait(void)
@@ -168,10 +183,32 @@ static void *signaller(void *arg)
 	return NULL;
 }
 
-/* The child: writes to the socket every 50 ms and signals the shared condition every 60. */
+/* The child's echo of echo_wait's bytes: at once, except one held for 20 ms every 100 ms. */
+static void *echo_loop(void *arg)
+{
+	(void)arg;
+	double next_hold = now_seconds();
+	char byte;
+	while (recv(echo_sockets[1], &byte, 1, 0) == 1) {
+		double now = now_seconds();
+		if (now >= next_hold) {
+			sleep_seconds(0.02);
+			next_hold = now + 0.1;
+		}
+		if (send(echo_sockets[1], &byte, 1, 0) != 1)
+			break;
+	}
+	_exit(0);
+}
+
+/* The child: echoes on its own thread, writes to the socket every 50 ms and signals the
+ * shared condition every 60. */
 static void child_loop(void)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	pthread_t echo;
+	if (pthread_create(&echo, NULL, echo_loop, NULL) != 0)
+		_exit(1);
 	double next_write = now_seconds(), next_signal = next_write;
 	for (;;) {
 		double now = now_seconds();
@@ -196,7 +233,8 @@ int main(int argc, char **argv)
 	double seconds = argc > 1 ? atof(argv[1]) : 30.0;
 	long stride = argc > 2 ? atol(argv[2]) : 0;
 	shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (shared == MAP_FAILED || socketpair(AF_UNIX, SOCK_STREAM, 0, sockets) < 0) {
+	if (shared == MAP_FAILED || socketpair(AF_UNIX, SOCK_STREAM, 0, sockets) < 0 ||
+	    socketpair(AF_UNIX, SOCK_STREAM, 0, echo_sockets) < 0) {
 		perror("c-wake-paths: setup");
 		return 1;
 	}
@@ -218,6 +256,7 @@ int main(int argc, char **argv)
 
 	static struct wait_loop loops[] = {
 		{ signalled_wait, 0 }, { timed_wait, 0 }, { peer_wait, 0 }, { shared_wait, 0 },
+		{ echo_wait, 0 },
 	};
 	size_t count = sizeof loops / sizeof loops[0];
 	long base = stride > 0 ? free_tid_base(stride, count) : 0;

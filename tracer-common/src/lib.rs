@@ -193,15 +193,18 @@ pub const WAIT_START_SLOTS: u32 = 1 << 16;
 ///   PID_MAX_LIMIT on 64-bit), and a word never written (0) is no thread's;
 /// - 1 bit set while the wait is in progress;
 /// - 4 bits of [`WaitKind`];
-/// - the low 52 bits of the wait's start (`CLOCK_MONOTONIC`). Times are compared modulo
-///   2^52 ns: a wait shorter than 2^51 ns (26 days) is timed exactly, and a clock reading
-///   a little before the start (two clocks, two CPUs) times it as 0, not as 52 days.
+/// - 1 bit set when the wait's sleep copy should be sent even if the wait ends short (a
+///   span sample, see [`SleepStack::whole_copies`]);
+/// - the low 51 bits of the wait's start (`CLOCK_MONOTONIC`). Times are compared modulo
+///   2^51 ns: a wait shorter than 2^50 ns (13 days) is timed exactly, and a clock reading
+///   a little before the start (two clocks, two CPUs) times it as 0, not as 26 days.
 ///
 /// A word is stored whole, so threads sharing a slot never mix their halves.
 const WAIT_WORD_TAG_BITS: u32 = 7;
 const WAIT_WORD_IN_PROGRESS: u64 = 1 << WAIT_WORD_TAG_BITS;
 const WAIT_WORD_KIND_SHIFT: u32 = WAIT_WORD_TAG_BITS + 1;
-const WAIT_WORD_START_SHIFT: u32 = WAIT_WORD_KIND_SHIFT + 4;
+const WAIT_WORD_SPAN_SAMPLE: u64 = 1 << (WAIT_WORD_KIND_SHIFT + 4);
+const WAIT_WORD_START_SHIFT: u32 = WAIT_WORD_KIND_SHIFT + 5;
 const WAIT_WORD_START_MASK: u64 = u64::MAX >> WAIT_WORD_START_SHIFT;
 
 /// What a WAIT_STARTS word says of one thread.
@@ -212,8 +215,9 @@ pub enum WaitSlot {
     /// The thread's latest wait has ended.
     Ended,
     /// The thread is in a wait of `kind` (a [`WaitKind`] discriminant) begun at `start`, a
-    /// clock reading cut to the word's bits (see [`WaitSlot::elapsed_ns`]).
-    InProgress { start: u64, kind: u32 },
+    /// clock reading cut to the word's bits (see [`WaitSlot::elapsed_ns`]); `span_sample`:
+    /// its sleep copy is to be sent even if it ends short.
+    InProgress { start: u64, kind: u32, span_sample: bool },
 }
 
 impl WaitSlot {
@@ -224,8 +228,10 @@ impl WaitSlot {
 
     /// The word of thread `tid` going to sleep at `start_ns` in a wait of `kind`.
     #[inline(always)]
-    pub fn in_progress_word(tid: u32, kind: u32, start_ns: u64) -> u64 {
+    pub fn in_progress_word(tid: u32, kind: u32, start_ns: u64, span_sample: bool) -> u64 {
+        let sample = if span_sample { WAIT_WORD_SPAN_SAMPLE } else { 0 };
         (start_ns & WAIT_WORD_START_MASK) << WAIT_WORD_START_SHIFT
+            | sample
             | u64::from(kind & 0xf) << WAIT_WORD_KIND_SHIFT
             | WAIT_WORD_IN_PROGRESS
             | Self::tag(tid)
@@ -249,6 +255,7 @@ impl WaitSlot {
             WaitSlot::InProgress {
                 start: word >> WAIT_WORD_START_SHIFT,
                 kind: (word >> WAIT_WORD_KIND_SHIFT) as u32 & 0xf,
+                span_sample: word & WAIT_WORD_SPAN_SAMPLE != 0,
             }
         }
     }
@@ -279,10 +286,10 @@ impl WaitSlot {
     ) -> WordVerdict {
         match WaitSlot::read(word, tid) {
             WaitSlot::Ended => WordVerdict::NoWait,
-            WaitSlot::InProgress { start, kind } => {
+            WaitSlot::InProgress { start, kind, span_sample } => {
                 let elapsed_ns = WaitSlot::elapsed_ns(start, now_ns());
                 if elapsed_ns < min_wait_ns {
-                    WordVerdict::Short { kind, elapsed_ns }
+                    WordVerdict::Short { kind, elapsed_ns, span_sample }
                 } else {
                     WordVerdict::Long { kind, elapsed_ns }
                 }
@@ -298,8 +305,9 @@ pub enum WordVerdict {
     /// The thread is in no wait.
     NoWait,
     /// A wait of `kind` under the threshold so far: its wake (or, when its wake was not
-    /// seen, its switch in) ends it by the word alone.
-    Short { kind: u32, elapsed_ns: u64 },
+    /// seen, its switch in) ends it by the word alone; `span_sample`: its sleep copy is to
+    /// be sent all the same (see [`SleepStack::whole_copies`]).
+    Short { kind: u32, elapsed_ns: u64, span_sample: bool },
     /// A wait of `kind` that has lasted the threshold: sent with its stack where it ends.
     Long { kind: u32, elapsed_ns: u64 },
     /// A word that is another thread's: the wait, if any, is in task storage (IN_FLIGHT).
@@ -374,7 +382,7 @@ pub struct InFlightWait {
     pub kind: u32,
     /// The thread's id (the entry hangs off its task; a waker's probe reads it here).
     pub tid: u32,
-    /// `WAIT_BEGAN_BEFORE` or 0.
+    /// `WAIT_BEGAN_BEFORE`, `WAIT_SPAN_SAMPLE`, or 0.
     pub flags: u32,
     /// Explicit padding.
     pub _pad: u32,
@@ -394,6 +402,17 @@ impl InFlightWait {
 /// from the thread's saved state: `start_ns` is when it was noted, not when it began.
 pub const WAIT_BEGAN_BEFORE: u32 = 1;
 
+/// In [`InFlightWait::flags`]: the wait's sleep copy is to be sent even if the wait ends
+/// short. In [`WaitRecord::flags`]: the record is such a copy, sent only for userspace to
+/// walk and learn the thread's [`StackSpan`]; not a wait to report.
+pub const WAIT_SPAN_SAMPLE: u32 = 2;
+
+/// A thread's whole sleep copies (no span known for its registers) are sent as span
+/// samples the first time and then one in this many: a walk that could not size the copy
+/// (a stack deeper than the copy, an unwinding failure) is retried now and then, not at
+/// every sleep.
+pub const SPAN_SAMPLE_EVERY: u32 = 1024;
+
 /// Threads whose user stack can be kept from the moment they went to sleep (the
 /// SLEEP_STACKS map, least recently used first out): 16 MiB of kernel memory.
 pub const SLEEP_STACK_SLOTS: u32 = 1024;
@@ -412,6 +431,14 @@ pub struct SleepStack {
     /// from the same registers read (see [`StackSpan`]). A copy shorter than this ended at
     /// the top of the thread's stack.
     pub asked: u32,
+    /// Whole copies taken for this thread so far (copies with no span known for their
+    /// registers): the first and every [`SPAN_SAMPLE_EVERY`]th are span samples. A wait
+    /// that ends short has no stack to report, and spans are otherwise learned only from
+    /// long waits: a thread whose waits were all short would copy its whole stack, 16 KiB,
+    /// at every sleep.
+    pub whole_copies: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// The user stack copied from the saved stack pointer upwards.
     pub stack: [u8; STACK_COPY_BYTES],
 }
@@ -571,6 +598,12 @@ pub enum Counter {
     /// Long waits whose stack came from a sleep copy taken in part: as far as the
     /// thread's last walk from the same registers read (see [`StackSpan`]).
     StackPartial = 10,
+    /// Short waits' sleep copies sent for userspace to size the thread's later copies
+    /// (`WAIT_SPAN_SAMPLE`).
+    SpanSamples = 11,
+    /// Span samples dropped because the ring buffer was full (only the copy's size is
+    /// at stake: the thread copies its whole stack until a later sample).
+    SpanSamplesDropped = 12,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -648,8 +681,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 11;
-const _: () = assert!(Counter::StackPartial as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 13;
+const _: () = assert!(Counter::SpanSamplesDropped as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);
@@ -658,7 +691,7 @@ const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTE
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<InFlightWait>() == 40);
 const _: () = assert!(core::mem::size_of::<TaskLook>() == 120);
-const _: () = assert!(core::mem::size_of::<SleepStack>() == 16 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<SleepStack>() == 24 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<StackSpan>() == 32);
 const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 // No implicit padding in the Go maps' keys and values.
@@ -712,11 +745,19 @@ mod tests {
         let start_ns = 123_456_789_012_345;
         let kind = WaitKind::Poll as u32;
         for tid in [1, 4242, WAIT_START_SLOTS - 1, WAIT_START_SLOTS + 4242, PID_MAX_LIMIT - 1] {
-            let word = WaitSlot::in_progress_word(tid, kind, start_ns);
-            let WaitSlot::InProgress { start, kind: read_kind } = WaitSlot::read(word, tid) else {
+            for sample in [false, true] {
+                let word = WaitSlot::in_progress_word(tid, kind, start_ns, sample);
+                let WaitSlot::InProgress { kind: read_kind, span_sample, .. } =
+                    WaitSlot::read(word, tid)
+                else {
+                    panic!("tid {tid}: {:?}", WaitSlot::read(word, tid));
+                };
+                assert_eq!((read_kind, span_sample), (kind, sample), "tid {tid}");
+            }
+            let word = WaitSlot::in_progress_word(tid, kind, start_ns, false);
+            let WaitSlot::InProgress { start, .. } = WaitSlot::read(word, tid) else {
                 panic!("tid {tid}: {:?}", WaitSlot::read(word, tid));
             };
-            assert_eq!(read_kind, kind, "tid {tid}");
             assert_eq!(WaitSlot::elapsed_ns(start, start_ns), 0, "tid {tid}");
             assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1_500), 1_500, "tid {tid}");
             assert_eq!(WaitSlot::read(WaitSlot::ended_word(tid), tid), WaitSlot::Ended);
@@ -725,7 +766,7 @@ mod tests {
         let sharing = [4242, 4242 + WAIT_START_SLOTS, 4242 + 63 * WAIT_START_SLOTS];
         for writer in sharing {
             for reader in sharing.iter().filter(|&&reader| reader != writer) {
-                let word = WaitSlot::in_progress_word(writer, kind, start_ns);
+                let word = WaitSlot::in_progress_word(writer, kind, start_ns, true);
                 assert_eq!(WaitSlot::read(word, *reader), WaitSlot::Unknown);
                 assert_eq!(
                     WaitSlot::read(WaitSlot::ended_word(writer), *reader),
@@ -765,10 +806,10 @@ mod tests {
 
     #[test]
     fn a_wait_slot_times_waits_across_the_wrap_of_its_clock_bits() {
-        // A wait begun just before the start bits wrap (every 2^52 ns) and ended after.
-        let start_ns = (1u64 << 52) * 3 - 400;
-        let word = WaitSlot::in_progress_word(7, WaitKind::Futex as u32, start_ns);
-        let WaitSlot::InProgress { start, kind } = WaitSlot::read(word, 7) else {
+        // A wait begun just before the start bits wrap (every 2^51 ns) and ended after.
+        let start_ns = (1u64 << 51) * 3 - 400;
+        let word = WaitSlot::in_progress_word(7, WaitKind::Futex as u32, start_ns, true);
+        let WaitSlot::InProgress { start, kind, .. } = WaitSlot::read(word, 7) else {
             panic!("{:?}", WaitSlot::read(word, 7));
         };
         assert_eq!(kind, WaitKind::Futex as u32);
@@ -776,13 +817,13 @@ mod tests {
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns), 0);
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns + 1), 1);
         // A reading a little before the start (the switch's clock and the wake's differ
-        // by their calibration) is no time, not nearly 2^52 ns; a wait of 26 days is.
+        // by their calibration) is no time, not nearly 2^51 ns; a wait of 13 days is.
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns - 300), 0);
-        let days_26 = 26 * 86_400 * 1_000_000_000;
-        assert_eq!(WaitSlot::elapsed_ns(start, start_ns + days_26), days_26);
+        let days_13 = 13 * 86_400 * 1_000_000_000;
+        assert_eq!(WaitSlot::elapsed_ns(start, start_ns + days_13), days_13);
         // Every kind fits its bits.
         for kind in WaitKind::ALL {
-            let word = WaitSlot::in_progress_word(7, kind as u32, start_ns);
+            let word = WaitSlot::in_progress_word(7, kind as u32, start_ns, false);
             assert!(
                 matches!(WaitSlot::read(word, 7), WaitSlot::InProgress { kind: k, .. } if k == kind as u32)
             );

@@ -76,7 +76,8 @@ impl Probes {
         if matches!(WaitSlot::read(self.word, t.tid), WaitSlot::InProgress { .. }) {
             self.ends.discarded += 1;
         }
-        self.word = WaitSlot::in_progress_word(t.tid, kind, now);
+        // Half the waits ask for a span sample: the bit must not disturb the rest.
+        self.word = WaitSlot::in_progress_word(t.tid, kind, now, now & 1 == 1);
     }
 
     /// Thread `i` switches out, preempted or asleep outside any watched call: no probe

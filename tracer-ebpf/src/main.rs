@@ -67,10 +67,10 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
-    SleepStack, StackSpan, SwitchClock, TaskLook, WAIT_KIND_COUNT, WAIT_START_SLOTS,
-    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict,
-    classify_syscall, is_futex_wake, syscall_nr,
+    InFlightWait, SLEEP_STACK_SLOTS, SPAN_SAMPLE_EVERY, STACK_COPY_BYTES, STACK_SPAN_SLOTS,
+    ShortWaitTotals, SleepStack, StackSpan, SwitchClock, TaskLook, WAIT_KIND_COUNT,
+    WAIT_SPAN_SAMPLE, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord,
+    WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -438,7 +438,9 @@ fn note_sleep(
     };
     count(Counter::WaitsStarted);
     let start_ns = clock.now();
-    let in_word = wait_word(tid).is_some_and(|word| note_in_word(word, tid, kind, start_ns));
+    let span_sample = woken_from_outside(kind, nr, regs) && keep_sleep_stack(tid, start_ns, regs);
+    let in_word =
+        wait_word(tid).is_some_and(|word| note_in_word(word, tid, kind, start_ns, span_sample));
     if !in_word {
         // SAFETY: the entry is this thread's own; it is asleep from here until its wake.
         let Some(entry) = (unsafe { IN_FLIGHT.get_or_create(task) }) else {
@@ -453,20 +455,23 @@ fn note_sleep(
                 switches: switches_of(task),
                 kind: kind as u32,
                 tid,
-                flags: 0,
+                flags: if span_sample { WAIT_SPAN_SAMPLE } else { 0 },
                 _pad: 0,
             }
         };
-    }
-    if woken_from_outside(kind, nr, regs) {
-        keep_sleep_stack(tid, start_ns, regs);
     }
 }
 
 /// Notes thread `tid`'s wait in its WAIT_STARTS `word`, unless another thread's wait in
 /// progress holds the word (then false: the wait goes to task storage).
 #[inline(always)]
-fn note_in_word(word: *mut u64, tid: u32, kind: WaitKind, start_ns: u64) -> bool {
+fn note_in_word(
+    word: *mut u64,
+    tid: u32,
+    kind: WaitKind,
+    start_ns: u64,
+    span_sample: bool,
+) -> bool {
     // SAFETY: a value of WAIT_STARTS, an aligned u64.
     let seen = unsafe { *word };
     if WaitSlot::held_by_another(seen, tid) {
@@ -479,7 +484,7 @@ fn note_in_word(word: *mut u64, tid: u32, kind: WaitKind, start_ns: u64) -> bool
     }
     // Swapped, not stored: another thread of the slot may be taking the word on another
     // CPU. Once a wait holds it, only that wait's end rewrites it.
-    let noted = WaitSlot::in_progress_word(tid, kind as u32, start_ns);
+    let noted = WaitSlot::in_progress_word(tid, kind as u32, start_ns, span_sample);
     // SAFETY: as above; every other access to the word is a whole aligned load or store.
     let (_, swapped) = unsafe {
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
@@ -528,9 +533,10 @@ fn woken_from_outside(kind: WaitKind, nr: i64, regs: *const pt_regs) -> bool {
 
 /// Copies the current thread's user stack, whose registers are `regs`, into its
 /// SLEEP_STACKS slot: as much as its last walk from the same registers read, else all
-/// `STACK_COPY_BYTES`.
+/// `STACK_COPY_BYTES`. True when the copy is to be sent even if the wait ends short, for
+/// userspace to learn how much of it a walk reads (see `SleepStack::whole_copies`).
 #[inline(always)]
-fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) {
+fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) -> bool {
     // SAFETY: a BTF pointer, as in `syscall_arg`.
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     // SAFETY: a value of the map, copied at once; userspace may rewrite it meanwhile, and
@@ -542,15 +548,15 @@ fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) {
     let slot = match SLEEP_STACKS.get_ptr_mut(tid) {
         Some(slot) => slot,
         None => {
-            let Some(scratch) = SLEEP_STACK_SCRATCH.get_ptr(0) else { return };
+            let Some(scratch) = SLEEP_STACK_SCRATCH.get_ptr(0) else { return false };
             // SAFETY: a per-CPU array value of SleepStack size; its contents are rewritten
             // below, once in the map. By reference: by value, 16 KiB would be copied onto
             // the 512-byte BPF stack.
             #[allow(clippy::needless_borrows_for_generic_args)]
             if SLEEP_STACKS.insert(tid, unsafe { &*scratch }, 0).is_err() {
-                return;
+                return false;
             }
-            let Some(slot) = SLEEP_STACKS.get_ptr_mut(tid) else { return };
+            let Some(slot) = SLEEP_STACKS.get_ptr_mut(tid) else { return false };
             slot
         }
     };
@@ -558,7 +564,14 @@ fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) {
     unsafe {
         (*slot).start_ns = start_ns;
         (*slot).asked = asked;
-        (*slot).len = copy_user_stack_part(&mut (*slot).stack, sp, asked);
+        let len = copy_user_stack_part(&mut (*slot).stack, sp, asked);
+        (*slot).len = len;
+        if asked != STACK_COPY_BYTES as u32 || len == 0 {
+            return false;
+        }
+        let whole_copies = (*slot).whole_copies.wrapping_add(1);
+        (*slot).whole_copies = whole_copies;
+        whole_copies % SPAN_SAMPLE_EVERY == 1
     }
 }
 
@@ -585,10 +598,14 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
     // rewrite the word meanwhile, and that wake is over.
     match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now()) {
         WordVerdict::NoWait => return,
-        WordVerdict::Short { kind, elapsed_ns } => {
+        WordVerdict::Short { kind, elapsed_ns, span_sample } => {
             // SAFETY: as above.
             unsafe { *word = WaitSlot::ended_word(tid) };
             add_short_wait(kind, elapsed_ns);
+            if span_sample {
+                let now = clock.now();
+                send_span_sample(next, tid, kind, now.wrapping_sub(elapsed_ns), elapsed_ns);
+            }
             return;
         }
         WordVerdict::Long { kind, elapsed_ns } => {
@@ -652,6 +669,9 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
     let duration_ns = end_ns.saturating_sub(wait.start_ns);
     if duration_ns < MIN_WAIT_NS.load() {
         add_short_wait(wait.kind, duration_ns);
+        if wait.flags & WAIT_SPAN_SAMPLE != 0 {
+            send_span_sample(task, wait.tid, wait.kind, wait.start_ns, duration_ns);
+        }
         return;
     }
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
@@ -659,9 +679,41 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
         return;
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to a reserved ring-buffer slot of WaitRecord size; every
-    // field is written before submit. `task` is a BTF task pointer, its registers the ones
-    // saved when it entered the call it sleeps in.
+    // SAFETY: `record` points to a reserved ring-buffer slot of WaitRecord size; `task` is
+    // a BTF task pointer.
+    unsafe {
+        // A long wait is reported; it was never a span sample (its walk learns the span).
+        let flags = wait.flags & !WAIT_SPAN_SAMPLE;
+        let (len, asked) = fill_wait_record(record, task, wait, duration_ns, flags, source);
+        if len == 0 {
+            count(Counter::StackUnreadable);
+        } else if len < asked {
+            count(Counter::StackShortened);
+        } else if (asked as usize) < STACK_COPY_BYTES {
+            count(Counter::StackPartial);
+        }
+    }
+    count(Counter::LongWaits);
+    entry.submit(wake_flags(&WAITS, WAITS_WAKE_AT_BYTES.load()));
+}
+
+/// Writes every field of `record` for `wait`, the wait of `task` (asleep, not the current
+/// task), `duration_ns` long, with `flags`; returns the stack copy's length and the length
+/// asked for.
+///
+/// # Safety
+/// `record` must point to a reserved ring-buffer slot of WaitRecord size, `task` be a BTF
+/// task pointer; its registers are the ones saved when it entered the call it sleeps in.
+#[inline(always)]
+unsafe fn fill_wait_record(
+    record: *mut WaitRecord,
+    task: *mut task_struct,
+    wait: &InFlightWait,
+    duration_ns: u64,
+    flags: u32,
+    source: StackSource,
+) -> (u32, u32) {
+    // SAFETY: as the caller promises.
     unsafe {
         let regs = bpf_task_pt_regs(task) as *const pt_regs;
         let (ip, sp, bp) = ((*regs).rip, (*regs).rsp, (*regs).rbp);
@@ -677,7 +729,7 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
             task.cast::<u8>().add(TASK_COMM_OFFSET.load() as usize).cast::<[u8; 16]>(),
         )
         .unwrap_or([0; 16]);
-        (*record).flags = wait.flags;
+        (*record).flags = flags;
         let (len, asked) = match source {
             StackSource::Memory => {
                 (copy_user_stack(&mut (*record).stack, sp), STACK_COPY_BYTES as u32)
@@ -685,15 +737,28 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
             StackSource::SleepCopy => copy_sleep_stack(&mut (*record).stack, wait),
         };
         (*record).stack_len = len;
-        if len == 0 {
-            count(Counter::StackUnreadable);
-        } else if len < asked {
-            count(Counter::StackShortened);
-        } else if (asked as usize) < STACK_COPY_BYTES {
-            count(Counter::StackPartial);
-        }
+        (len, asked)
     }
-    count(Counter::LongWaits);
+}
+
+/// Sends the sleep copy of thread `tid`'s wait of `kind` begun at `start_ns`, which ended
+/// short, as a span sample (`WAIT_SPAN_SAMPLE`): userspace walks it to learn how much of
+/// the thread's stack later copies need. Only the first and then one in
+/// `SPAN_SAMPLE_EVERY` of a thread's whole copies are sent (see `keep_sleep_stack`).
+#[inline(never)]
+fn send_span_sample(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64, duration_ns: u64) {
+    let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
+        count(Counter::SpanSamplesDropped);
+        return;
+    };
+    let wait = InFlightWait { start_ns, object: 0, switches: 0, kind, tid, flags: 0, _pad: 0 };
+    let record = entry.as_mut_ptr();
+    // SAFETY: a reserved slot of WaitRecord size; `task` is a BTF task pointer (the
+    // caller's tracepoint argument).
+    unsafe {
+        fill_wait_record(record, task, &wait, duration_ns, WAIT_SPAN_SAMPLE, StackSource::SleepCopy)
+    };
+    count(Counter::SpanSamples);
     entry.submit(wake_flags(&WAITS, WAITS_WAKE_AT_BYTES.load()));
 }
 
@@ -782,10 +847,13 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: a value of WAIT_STARTS; the wakee is asleep, and its wakes are serialized
     // (the wakee's pi_lock), so only this program writes its word meanwhile.
     let verdict = WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now());
-    if let WordVerdict::Short { kind, elapsed_ns } = verdict {
+    if let WordVerdict::Short { kind, elapsed_ns, span_sample } = verdict {
         // SAFETY: as above.
         unsafe { *word = WaitSlot::ended_word(tid) };
         add_short_wait(kind, elapsed_ns);
+        if span_sample {
+            send_span_sample(wakee, tid, kind, clock.now().wrapping_sub(elapsed_ns), elapsed_ns);
+        }
         return Ok(());
     }
     if verdict == WordVerdict::NoWait {

@@ -100,6 +100,12 @@ pub struct TraceCounts {
     /// Long waits whose stack was copied in part, as far as their thread's last walk from
     /// the same place read (not a loss: a walk that needed more counts as truncated).
     pub stack_partial: u64,
+    /// Short waits' sleep copies sent for their walk to size the thread's later copies
+    /// (not waits: nothing of them is reported).
+    pub span_samples: u64,
+    /// Such copies dropped because the ring buffer was full (not a loss of what is
+    /// reported: the thread copies its whole stack until a later sample).
+    pub span_samples_dropped: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits by the target's threads, with the waker's stack.
     pub wakes_seen: u64,
@@ -147,7 +153,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 24] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 26] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -157,6 +163,8 @@ impl TraceCounts {
             stack_unreadable,
             stack_shortened,
             stack_partial,
+            span_samples,
+            span_samples_dropped,
             in_flight_map_full,
             wakes_seen,
             wake_ring_buffer_full,
@@ -195,6 +203,8 @@ impl TraceCounts {
             ("long_waits", long_waits),
             ("stack_shortened", stack_shortened),
             ("stack_partial", stack_partial),
+            ("span_samples", span_samples),
+            ("span_samples_dropped", span_samples_dropped),
             ("non_socket_io", non_socket_io),
             ("wakes_seen", wakes_seen),
             ("go_runtime_waits_hidden", go_runtime_waits_hidden),

@@ -27,6 +27,8 @@ pub fn trace_counts(
         stack_unreadable: counters.get(Counter::StackUnreadable),
         stack_shortened: counters.get(Counter::StackShortened),
         stack_partial: counters.get(Counter::StackPartial),
+        span_samples: counters.get(Counter::SpanSamples),
+        span_samples_dropped: counters.get(Counter::SpanSamplesDropped),
         in_flight_map_full: counters.get(Counter::InFlightMapFull),
         wakes_seen: counters.get(Counter::WakesSent),
         wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),

@@ -14,7 +14,9 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{Interval, MissedTickBehavior, interval},
 };
-use tracer_common::{STACK_COPY_BYTES, WAIT_BEGAN_BEFORE, WaitKind, WaitRecord, WakeRecord};
+use tracer_common::{
+    STACK_COPY_BYTES, WAIT_BEGAN_BEFORE, WAIT_SPAN_SAMPLE, WaitKind, WaitRecord, WakeRecord,
+};
 
 use crate::{
     model::{StackKey, WaitAggregate},
@@ -315,8 +317,8 @@ impl WaitDecoder {
         );
     }
 
-    /// The wait of one record; None for a malformed record or a wait not reported
-    /// (read/write off sockets).
+    /// The wait of one record; None for a malformed record, a wait not reported
+    /// (read/write off sockets), or a span sample (a short wait's copy, only walked).
     pub fn decode(&mut self, bytes: &[u8]) -> Option<Wait> {
         if bytes.len() < size_of::<WaitRecord>() {
             self.malformed_records += 1;
@@ -326,10 +328,17 @@ impl WaitDecoder {
             self.malformed_records += 1;
             return None;
         };
+        let tid: u32 = field!(bytes, WaitRecord, tid);
+        let flags: u32 = field!(bytes, WaitRecord, flags);
+        if flags & WAIT_SPAN_SAMPLE != 0 {
+            let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
+            let walked = self.unwinder.unwind(regs, stack);
+            self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
+            return None;
+        }
         let (kind, object) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
         let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
         let walked = self.unwinder.unwind(regs, stack);
-        let tid: u32 = field!(bytes, WaitRecord, tid);
         self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
         let key = StackKey {
             addresses: walked.addresses,
@@ -343,7 +352,6 @@ impl WaitDecoder {
         let comm: [u8; 16] = field!(bytes, WaitRecord, comm);
         let mut duration_ns: u64 = field!(bytes, WaitRecord, duration_ns);
         let end_ns = start_ns.saturating_add(duration_ns);
-        let flags: u32 = field!(bytes, WaitRecord, flags);
         let lower_bound = flags & WAIT_BEGAN_BEFORE != 0;
         if lower_bound {
             duration_ns += self.ages_at_start.remove(&tid).unwrap_or(0);

@@ -390,6 +390,8 @@ impl Probes {
             start_ns: wait.start_ns,
             len: len as u32,
             asked: STACK_COPY_BYTES as u32,
+            whole_copies: 0,
+            _pad: 0,
             stack: [0; STACK_COPY_BYTES],
         };
         copy.stack[..len].copy_from_slice(&stack[..len]);

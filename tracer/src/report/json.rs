@@ -247,6 +247,12 @@ pub struct JsonTraceCounts {
     /// Long waits whose stack was copied in part (added in tracer 0.1.0; 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stack_partial: u64,
+    /// Short waits' copies walked to size later ones, and such copies dropped (added in
+    /// tracer 0.1.0; 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub span_samples: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub span_samples_dropped: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits seen with the waker's stack (added in tracer 0.1.0;
     /// 0 when absent).
@@ -515,6 +521,8 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         stack_unreadable,
         stack_shortened,
         stack_partial,
+        span_samples,
+        span_samples_dropped,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -541,6 +549,8 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         stack_unreadable,
         stack_shortened,
         stack_partial,
+        span_samples,
+        span_samples_dropped,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -779,6 +789,8 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         stack_unreadable,
         stack_shortened,
         stack_partial,
+        span_samples,
+        span_samples_dropped,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -805,6 +817,8 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         stack_unreadable,
         stack_shortened,
         stack_partial,
+        span_samples,
+        span_samples_dropped,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,

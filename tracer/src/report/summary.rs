@@ -532,6 +532,18 @@ fn write_counts(out: &mut String, profile: &Profile) {
                 counts.stack_partial
             );
         }
+        if counts.span_samples + counts.span_samples_dropped > 0 {
+            // Not waits: copies of short ones, walked only to size later copies.
+            let mut line = format!(
+                "stacks: {} short waits' copies walked to size their thread's later copies",
+                counts.span_samples
+            );
+            if counts.span_samples_dropped > 0 {
+                line +=
+                    &format!(" ({} more dropped: ring buffer full)", counts.span_samples_dropped);
+            }
+            let _ = writeln!(out, "{line}");
+        }
     }
     let threads = &profile.thread_counts;
     if threads.threads > 0 {
