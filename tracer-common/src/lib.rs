@@ -574,8 +574,9 @@ pub enum Counter {
     /// Waits begun: a thread of the target went to sleep inside a watched call.
     WaitsStarted = 0,
     /// Waits dropped because their thread went to sleep again without its wake or switch
-    /// back in having been seen (none is known to happen): left out, not reported with a
-    /// wrong length.
+    /// back in having been seen (rare: the kernel switched the thread in, by its
+    /// `sched_info.pcount`, yet no `sched_switch` run saw it): left out, not reported with
+    /// a wrong length.
     WaitsDiscarded = 1,
     /// Waits under the threshold (counted per kind, no stack).
     ShortWaits = 2,
@@ -601,8 +602,9 @@ pub enum Counter {
     /// Short waits' sleep copies sent for userspace to size the thread's later copies
     /// (`WAIT_SPAN_SAMPLE`).
     SpanSamples = 11,
-    /// Span samples dropped because the ring buffer was full (only the copy's size is
-    /// at stake: the thread copies its whole stack until a later sample).
+    /// Span samples not sent: the ring buffer was full, or the copy was gone by the
+    /// wait's end (only the copy's size is at stake: the thread copies its whole stack
+    /// until a later sample).
     SpanSamplesDropped = 12,
 }
 

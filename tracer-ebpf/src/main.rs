@@ -479,7 +479,8 @@ fn note_in_word(
     }
     if matches!(WaitSlot::read(seen, tid), WaitSlot::InProgress { .. }) {
         // The thread ran since that wait began, yet neither its wake nor its switch back
-        // in ended it (none is known to be missed).
+        // in ended it: a switch in that reached no run of this program (rare, see
+        // Counter::WaitsDiscarded).
         count(Counter::WaitsDiscarded);
     }
     // Swapped, not stored: another thread of the slot may be taking the word on another
@@ -755,9 +756,15 @@ fn send_span_sample(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64, 
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved slot of WaitRecord size; `task` is a BTF task pointer (the
     // caller's tracepoint argument).
-    unsafe {
+    let (len, _) = unsafe {
         fill_wait_record(record, task, &wait, duration_ns, WAIT_SPAN_SAMPLE, StackSource::SleepCopy)
     };
+    // The copy is gone (its slot taken by another thread): nothing to walk.
+    if len == 0 {
+        entry.discard(0);
+        count(Counter::SpanSamplesDropped);
+        return;
+    }
     count(Counter::SpanSamples);
     entry.submit(wake_flags(&WAITS, WAITS_WAKE_AT_BYTES.load()));
 }

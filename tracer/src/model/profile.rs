@@ -103,8 +103,8 @@ pub struct TraceCounts {
     /// Short waits' sleep copies sent for their walk to size the thread's later copies
     /// (not waits: nothing of them is reported).
     pub span_samples: u64,
-    /// Such copies dropped because the ring buffer was full (not a loss of what is
-    /// reported: the thread copies its whole stack until a later sample).
+    /// Such copies not sent: the ring buffer was full, or the copy was gone (not a loss
+    /// of what is reported: the thread copies its whole stack until a later sample).
     pub span_samples_dropped: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits by the target's threads, with the waker's stack.

@@ -539,8 +539,10 @@ fn write_counts(out: &mut String, profile: &Profile) {
                 counts.span_samples
             );
             if counts.span_samples_dropped > 0 {
-                line +=
-                    &format!(" ({} more dropped: ring buffer full)", counts.span_samples_dropped);
+                line += &format!(
+                    " ({} more not sent: ring buffer full, or the copy gone)",
+                    counts.span_samples_dropped
+                );
             }
             let _ = writeln!(out, "{line}");
         }
@@ -806,6 +808,27 @@ mod tests {
              statistical)"
         );
         assert_eq!(recording_scope(&profile()), "3.00s recorded, waits >= 1.0ms with stacks");
+    }
+
+    #[test]
+    fn span_samples_are_told_apart_from_waits() {
+        let mut sampled = profile();
+        let text = render_summary(&sampled, 10);
+        assert!(!text.contains("short waits' copies"), "{text}");
+        sampled.counts.span_samples = 2;
+        let text = render_summary(&sampled, 10);
+        assert!(
+            text.contains(
+                "stacks: 2 short waits' copies walked to size their thread's later copies\n"
+            ),
+            "{text}"
+        );
+        sampled.counts.span_samples_dropped = 1;
+        let text = render_summary(&sampled, 10);
+        assert!(
+            text.contains("later copies (1 more not sent: ring buffer full, or the copy gone)\n"),
+            "{text}"
+        );
     }
 
     #[test]
