@@ -253,7 +253,8 @@ fn record_wake_paths(extra: &[String]) -> Vec<u32> {
         echo_waits >= 10
             && shortest_echo.is_some_and(|ns| ns >= 1_000_000)
             && counts.span_samples >= 1,
-        "echo_wait: {echo_waits} long waits (the shortest {shortest_echo:?} ns), {} span samples          (threads {tids:?}); stacks:\n{}",
+        "echo_wait: {echo_waits} long waits (the shortest {shortest_echo:?} ns), {} span \
+         samples (threads {tids:?}); stacks:\n{}",
         counts.span_samples,
         top_stacks(profile, |s| s.kind == WaitKind::Recv, 10)
     );

@@ -22,7 +22,7 @@ use crate::{
     model::{StackKey, WaitAggregate},
     objects::WaitObjects,
     probes::{Probes, stack_spans::StackSpans},
-    stacks::{ProcessUnwinder, UserRegs},
+    stacks::{ProcessUnwinder, UnwoundAddresses, UserRegs},
     threads::waits_before::AgesAtStart,
 };
 
@@ -317,6 +317,15 @@ impl WaitDecoder {
         );
     }
 
+    /// Unwinds the stack of a wait record (of thread `tid`), and learns from the walk how
+    /// much of the thread's stack its next sleep copies need.
+    fn walk(&mut self, bytes: &[u8], tid: u32) -> UnwoundAddresses {
+        let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
+        let walked = self.unwinder.unwind(regs, stack);
+        self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
+        walked
+    }
+
     /// The wait of one record; None for a malformed record, a wait not reported
     /// (read/write off sockets), or a span sample (a short wait's copy, only walked).
     pub fn decode(&mut self, bytes: &[u8]) -> Option<Wait> {
@@ -331,15 +340,11 @@ impl WaitDecoder {
         let tid: u32 = field!(bytes, WaitRecord, tid);
         let flags: u32 = field!(bytes, WaitRecord, flags);
         if flags & WAIT_SPAN_SAMPLE != 0 {
-            let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
-            let walked = self.unwinder.unwind(regs, stack);
-            self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
+            self.walk(bytes, tid);
             return None;
         }
         let (kind, object) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
-        let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
-        let walked = self.unwinder.unwind(regs, stack);
-        self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
+        let walked = self.walk(bytes, tid);
         let key = StackKey {
             addresses: walked.addresses,
             kind,

@@ -247,7 +247,7 @@ pub struct JsonTraceCounts {
     /// Long waits whose stack was copied in part (added in tracer 0.1.0; 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stack_partial: u64,
-    /// Short waits' copies walked to size later ones, and such copies dropped (added in
+    /// Short waits' copies walked to size later ones, and such copies not sent (added in
     /// tracer 0.1.0; 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub span_samples: u64,
