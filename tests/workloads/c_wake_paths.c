@@ -18,8 +18,9 @@
  * Usage: c-wake-paths [SECONDS [TID_STRIDE]]
  * With TID_STRIDE, the five wait loops run on threads whose ids are BASE, BASE + TID_STRIDE,
  * ..., BASE + 4 * TID_STRIDE: the tracer keeps each thread's wait in a word indexed by its id
- * modulo its slot count, so with that count as the stride all five share one word. Each thread is placed by writing the pid namespace's last allocated id just
- * before creating it (root only; kernel.pid_max must exceed BASE + 4 * TID_STRIDE).
+ * modulo its slot count, so with that count as the stride all five share one word. Each
+ * thread is placed by writing the pid namespace's last allocated id just before creating it
+ * (root only; kernel.pid_max must exceed BASE + 4 * TID_STRIDE).
  * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2). Prints "ready"
  * once every thread has started; exits after SECONDS (the child with it).
  */

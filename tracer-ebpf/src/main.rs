@@ -602,11 +602,8 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
         WordVerdict::Short { kind, elapsed_ns, span_sample } => {
             // SAFETY: as above.
             unsafe { *word = WaitSlot::ended_word(tid) };
-            add_short_wait(kind, elapsed_ns);
-            if span_sample {
-                let now = clock.now();
-                send_span_sample(next, tid, kind, now.wrapping_sub(elapsed_ns), elapsed_ns);
-            }
+            let start_ns = clock.now().wrapping_sub(elapsed_ns);
+            end_short_wait(next, tid, kind, start_ns, elapsed_ns, span_sample);
             return;
         }
         WordVerdict::Long { kind, elapsed_ns } => {
@@ -641,9 +638,18 @@ fn stack_source(prev_is_target: bool) -> StackSource {
     if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy }
 }
 
-/// Adds a wait under the threshold to its kind's totals.
+/// Ends thread `tid`'s wait of `kind` (of `task`, asleep), begun at `start_ns` and under
+/// the threshold: adds it to its kind's totals, and sends its sleep copy as a span sample
+/// when its sleep asked for one.
 #[inline(always)]
-fn add_short_wait(kind: u32, duration_ns: u64) {
+fn end_short_wait(
+    task: *mut task_struct,
+    tid: u32,
+    kind: u32,
+    start_ns: u64,
+    duration_ns: u64,
+    span_sample: bool,
+) {
     count(Counter::ShortWaits);
     if let Some(totals) = SHORT_WAITS.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, as in `count`.
@@ -651,6 +657,9 @@ fn add_short_wait(kind: u32, duration_ns: u64) {
             (*totals).count += 1;
             (*totals).total_ns += duration_ns;
         }
+    }
+    if span_sample {
+        send_span_sample(task, tid, kind, start_ns, duration_ns);
     }
 }
 
@@ -669,10 +678,8 @@ enum StackSource {
 fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: StackSource) {
     let duration_ns = end_ns.saturating_sub(wait.start_ns);
     if duration_ns < MIN_WAIT_NS.load() {
-        add_short_wait(wait.kind, duration_ns);
-        if wait.flags & WAIT_SPAN_SAMPLE != 0 {
-            send_span_sample(task, wait.tid, wait.kind, wait.start_ns, duration_ns);
-        }
+        let span_sample = wait.flags & WAIT_SPAN_SAMPLE != 0;
+        end_short_wait(task, wait.tid, wait.kind, wait.start_ns, duration_ns, span_sample);
         return;
     }
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
@@ -857,10 +864,8 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if let WordVerdict::Short { kind, elapsed_ns, span_sample } = verdict {
         // SAFETY: as above.
         unsafe { *word = WaitSlot::ended_word(tid) };
-        add_short_wait(kind, elapsed_ns);
-        if span_sample {
-            send_span_sample(wakee, tid, kind, clock.now().wrapping_sub(elapsed_ns), elapsed_ns);
-        }
+        let start_ns = clock.now().wrapping_sub(elapsed_ns);
+        end_short_wait(wakee, tid, kind, start_ns, elapsed_ns, span_sample);
         return Ok(());
     }
     if verdict == WordVerdict::NoWait {
