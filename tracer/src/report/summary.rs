@@ -532,19 +532,20 @@ fn write_counts(out: &mut String, profile: &Profile) {
                 counts.stack_partial
             );
         }
-        if counts.span_samples + counts.span_samples_dropped > 0 {
+        if counts.span_samples > 0 {
             // Not waits: copies of short ones, walked only to size later copies.
-            let mut line = format!(
+            let _ = writeln!(
+                out,
                 "stacks: {} short waits' copies walked to size their thread's later copies",
                 counts.span_samples
             );
-            if counts.span_samples_dropped > 0 {
-                line += &format!(
-                    " ({} more not sent: ring buffer full, or the copy gone)",
-                    counts.span_samples_dropped
-                );
-            }
-            let _ = writeln!(out, "{line}");
+        }
+        if counts.span_samples_dropped > 0 {
+            let _ = writeln!(
+                out,
+                "stacks: {} short waits' copies not sent (ring buffer full, or the copy gone)",
+                counts.span_samples_dropped
+            );
         }
     }
     let threads = &profile.thread_counts;
@@ -826,9 +827,13 @@ mod tests {
         sampled.counts.span_samples_dropped = 1;
         let text = render_summary(&sampled, 10);
         assert!(
-            text.contains("later copies (1 more not sent: ring buffer full, or the copy gone)\n"),
+            text.contains(
+                "stacks: 1 short waits' copies not sent (ring buffer full, or the copy gone)\n"
+            ),
             "{text}"
         );
+        // Each line within the report's 100 columns.
+        assert!(text.lines().all(|line| line.chars().count() <= 100), "{text}");
     }
 
     #[test]
