@@ -241,9 +241,9 @@ fn record_wake_paths(extra: &[String]) -> Vec<u32> {
             top_stacks(profile, |s| s.kind == kind, 10)
         );
     }
-    // The echo loop's waits are mostly short: its thread's first sleep copies are sent as
-    // span samples, walked and never reported as waits; its long waits (a held echo, 20 ms
-    // every 100 ms) are reported as the others are.
+    // The echo loop's waits are mostly short: some of its thread's first sleep copies are
+    // sent as span samples, walked and never reported as waits; its long waits (a held
+    // echo, 20 ms every 100 ms) are reported as the others are.
     let at_echo = |s: &ProfileStack| s.kind == WaitKind::Recv && has_function(s, "echo_wait");
     let echo_waits = total_waits(profile, |s| at_echo(s) && !s.in_progress);
     let shortest_echo = profile.stacks.iter().filter(|s| at_echo(s)).map(|s| s.stats.min_ns).min();
@@ -257,6 +257,14 @@ fn record_wake_paths(extra: &[String]) -> Vec<u32> {
          samples (threads {tids:?}); stacks:\n{}",
         counts.span_samples,
         top_stacks(profile, |s| s.kind == WaitKind::Recv, 10)
+    );
+    // Its round trips sleep at two places in turn (a frame apart): with a span kept for
+    // each, few sleeps copy the whole stack (about half did with one span per thread).
+    assert!(
+        counts.sleep_copies_whole * 5 < counts.short_waits,
+        "{} of {} sleeps copied whole (threads {tids:?})",
+        counts.sleep_copies_whole,
+        counts.short_waits
     );
     assert_eq!(
         (counts.stack_unreadable, counts.unwind_truncated),

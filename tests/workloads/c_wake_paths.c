@@ -12,8 +12,9 @@
  *     whose stack no probe can read (the tests expect it counted, not lost silently);
  *   - echo_wait: recv of the child's echo of a byte just sent on a second socketpair: the
  *     child echoes at once (thousands of short waits a second, each ended by another
- *     process) but holds one echo for 20 ms every 100 ms (a long one). A thread whose waits
- *     are mostly short still gets its later stack copies sized to what a walk reads.
+ *     process) but holds one echo for 20 ms every 100 ms (a long one). Every other round
+ *     trip sleeps a frame deeper. A thread whose waits are mostly short, at two places in
+ *     turn, still gets its later stack copies sized to what a walk reads at each.
  *
  * Usage: c-wake-paths [SECONDS [TID_STRIDE]]
  * With TID_STRIDE, the five wait loops run on threads whose ids are BASE, BASE + TID_STRIDE,
@@ -86,14 +87,29 @@ CALL_SITE void peer_wait(void)
 		sleep_seconds(0.05);
 }
 
+CALL_SITE static int echo_round_trip(void)
+{
+	char byte = 'e';
+	return send(echo_sockets[0], &byte, 1, 0) == 1 && recv(echo_sockets[0], &byte, 1, 0) == 1;
+}
+
+/* The same round trip a frame further down the stack: a second place the thread sleeps at. */
+CALL_SITE static int echo_round_trip_deeper(void)
+{
+	volatile char frame[64];
+	frame[0] = 1;
+	int done = echo_round_trip();
+	return done && frame[0];
+}
+
 CALL_SITE void echo_wait(void)
 {
 	/* A pause every 16 round trips keeps the short waits to some thousands a second. */
 	static unsigned long round_trips;
-	char byte = 'e';
-	if (send(echo_sockets[0], &byte, 1, 0) != 1 || recv(echo_sockets[0], &byte, 1, 0) != 1)
+	int deeper = ++round_trips % 2;
+	if (!(deeper ? echo_round_trip_deeper() : echo_round_trip()))
 		sleep_seconds(0.05);
-	if (++round_trips % 16 == 0)
+	if (round_trips % 16 == 0)
 		sleep_seconds(0.001);
 }
 

@@ -407,11 +407,23 @@ pub const WAIT_BEGAN_BEFORE: u32 = 1;
 /// walk and learn the thread's [`StackSpan`]; not a wait to report.
 pub const WAIT_SPAN_SAMPLE: u32 = 2;
 
-/// A thread's whole sleep copies (no span known for its registers) are sent as span
-/// samples the first time and then one in this many: a walk that could not size the copy
-/// (a stack deeper than the copy, an unwinding failure) is retried now and then, not at
-/// every sleep.
+/// In [`WaitRecord::flags`]: the record's stack is its sleep copy (`SleepStack`), whose
+/// walk tells how much of the thread's stack later copies at the same registers need.
+pub const WAIT_STACK_FROM_SLEEP_COPY: u32 = 4;
+
+/// A thread's whole sleep copies (no span known for their registers) are sent as span
+/// samples at first often, then one in this many (see [`is_span_sample`]): a walk that
+/// could not size the copy (a stack deeper than the copy, an unwinding failure) is retried
+/// now and then, not at every sleep.
 pub const SPAN_SAMPLE_EVERY: u32 = 1024;
+
+/// Whether a thread's `whole_copies`th whole sleep copy is sent as a span sample: the 1st,
+/// 2nd, 4th, … 1024th, then every [`SPAN_SAMPLE_EVERY`]th. Early ones come often, so that a
+/// thread that begins sleeping at a second place soon has a span for it too.
+#[inline(always)]
+pub const fn is_span_sample(whole_copies: u32) -> bool {
+    whole_copies.is_power_of_two() || whole_copies.is_multiple_of(SPAN_SAMPLE_EVERY)
+}
 
 /// Threads whose user stack can be kept from the moment they went to sleep (the
 /// SLEEP_STACKS map, least recently used first out): 16 MiB of kernel memory.
@@ -432,7 +444,7 @@ pub struct SleepStack {
     /// the top of the thread's stack.
     pub asked: u32,
     /// Whole copies taken for this thread so far (copies with no span known for their
-    /// registers): the first and every [`SPAN_SAMPLE_EVERY`]th are span samples. A wait
+    /// registers); some are span samples ([`is_span_sample`]). A wait
     /// that ends short has no stack to report, and spans are otherwise learned only from
     /// long waits: a thread whose waits were all short would copy its whole stack, 16 KiB,
     /// at every sleep.
@@ -443,28 +455,83 @@ pub struct SleepStack {
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
-/// Threads whose stack span is remembered (the STACK_SPANS map, least recently used
+/// Threads whose stack spans are remembered (the STACK_SPANS map, least recently used
 /// first out).
 pub const STACK_SPAN_SLOTS: u32 = 4096;
 
-/// How much of a thread's stack its last complete walk from these registers read: the
-/// value of the STACK_SPANS map, by tid, written by userspace as it unwinds long waits.
-/// A thread that goes to sleep again with the same registers (a loop waiting in the same
-/// call, at the same depth) most likely has the same callers above it, so its sleep copy
-/// takes only this much. The copy is taken at every sleep of a socket wait, long or short,
-/// and 16 KiB of it cost the sleeping thread's CPU a few microseconds here, mostly for
-/// bytes no walk reads. A walk that runs off a shortened copy is counted as truncated, and
-/// its thread's span forgotten.
+/// How much of a thread's stack the last complete walk from one place (its registers as it
+/// went to sleep) read. A thread that goes to sleep again with the same registers (a loop
+/// waiting in the same call, at the same depth) most likely has the same callers above it,
+/// so its sleep copy takes only this much. The copy is taken at every sleep of a socket
+/// wait, long or short, and 16 KiB of it cost the sleeping thread's CPU a few microseconds
+/// here, mostly for bytes no walk reads. A walk that runs off a shortened copy is counted
+/// as truncated, and that place's span forgotten.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackSpan {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
-    /// Bytes from `sp` up (at most `STACK_COPY_BYTES`).
+    /// Bytes from `sp` up (at most `STACK_COPY_BYTES`); 0 in an unused site.
     pub len: u32,
     /// Explicit padding.
     pub _pad: u32,
+}
+
+/// Places a thread's spans are kept for: a server thread often sleeps at a few (a poll, a
+/// read, a write), and with one span it would copy its whole stack at all but one of them.
+pub const STACK_SPAN_SITES: usize = 4;
+
+/// A thread's spans, the most recently learned first: the value of the STACK_SPANS map, by
+/// tid, written by userspace as it walks the stacks of the thread's sleep copies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadSpans {
+    pub sites: [StackSpan; STACK_SPAN_SITES],
+}
+
+impl ThreadSpans {
+    /// The index of the site learned at these registers.
+    #[inline(always)]
+    pub fn site(&self, ip: u64, sp: u64, bp: u64) -> Option<usize> {
+        self.sites.iter().position(|s| s.len != 0 && s.ip == ip && s.sp == sp && s.bp == bp)
+    }
+
+    /// How much a sleep copy at these registers takes: the site's span, else the whole.
+    #[inline(always)]
+    pub fn copy_len(&self, ip: u64, sp: u64, bp: u64) -> u32 {
+        match self.site(ip, sp, bp) {
+            Some(index) => self.sites[index].len,
+            None => STACK_COPY_BYTES as u32,
+        }
+    }
+
+    /// These spans with `span` learned: in its site's place when it has one, else first,
+    /// the least recently learned site dropped.
+    pub fn with(mut self, span: StackSpan) -> Self {
+        match self.site(span.ip, span.sp, span.bp) {
+            Some(index) => self.sites[index] = span,
+            None => {
+                self.sites.rotate_right(1);
+                self.sites[0] = span;
+            }
+        }
+        self
+    }
+
+    /// These spans with site `index` forgotten (the later ones move up).
+    pub fn without(mut self, index: usize) -> Self {
+        if index < STACK_SPAN_SITES {
+            self.sites[index..].rotate_left(1);
+            self.sites[STACK_SPAN_SITES - 1] = StackSpan::default();
+        }
+        self
+    }
+
+    /// No site learned.
+    pub fn is_empty(&self) -> bool {
+        self.sites.iter().all(|s| s.len == 0)
+    }
 }
 
 /// A wait over the threshold, sent through the ring buffer when it ends.
@@ -606,6 +673,8 @@ pub enum Counter {
     /// wait's end (only the copy's size is at stake: the thread copies its whole stack
     /// until a later sample).
     SpanSamplesDropped = 12,
+    /// Sleep copies taken whole: no span known for their thread at their registers.
+    SleepCopiesWhole = 13,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -683,8 +752,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 13;
-const _: () = assert!(Counter::SpanSamplesDropped as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 14;
+const _: () = assert!(Counter::SleepCopiesWhole as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);
@@ -695,6 +764,7 @@ const _: () = assert!(core::mem::size_of::<InFlightWait>() == 40);
 const _: () = assert!(core::mem::size_of::<TaskLook>() == 120);
 const _: () = assert!(core::mem::size_of::<SleepStack>() == 24 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<StackSpan>() == 32);
+const _: () = assert!(core::mem::size_of::<ThreadSpans>() == 32 * STACK_SPAN_SITES);
 const _: () = assert!(GoCounter::WaitsEnded as usize + 1 == GO_COUNTER_COUNT);
 // No implicit padding in the Go maps' keys and values.
 const _: () = assert!(core::mem::size_of::<GoPark>() == 24);
@@ -710,6 +780,46 @@ mod tests {
 
     fn classify(nr: i64, args: [u64; 6]) -> Option<(WaitKind, u64)> {
         classify_syscall(nr, |n| Ok::<_, ()>(args[n])).unwrap()
+    }
+
+    fn span(ip: u64, len: u32) -> StackSpan {
+        StackSpan { ip, sp: 0x7ff0_0000, bp: 0x7ff0_0100, len, _pad: 0 }
+    }
+
+    #[test]
+    fn span_samples_come_often_at_first_then_one_in_a_thousand_and_twenty_four() {
+        let samples = (1..=5000).filter(|&n| is_span_sample(n));
+        let expected = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3072, 4096];
+        assert!(samples.eq(expected), "the sampled whole copies");
+    }
+
+    #[test]
+    fn a_thread_keeps_a_span_per_place_it_sleeps_at() {
+        let spans = ThreadSpans::default().with(span(1, 512)).with(span(2, 1024));
+        assert_eq!(spans.copy_len(1, 0x7ff0_0000, 0x7ff0_0100), 512);
+        assert_eq!(spans.copy_len(2, 0x7ff0_0000, 0x7ff0_0100), 1024);
+        // Other registers at a known ip: not that place.
+        assert_eq!(spans.copy_len(1, 0x7ff0_0040, 0x7ff0_0100), STACK_COPY_BYTES as u32);
+        // Learned again, a place keeps its rank; the most recent is first.
+        let spans = spans.with(span(1, 1536));
+        assert_eq!(spans.sites[..2], [span(2, 1024), span(1, 1536)]);
+        // An unused site (length 0) matches no registers, not even zeros.
+        assert_eq!(ThreadSpans::default().site(0, 0, 0), None);
+    }
+
+    #[test]
+    fn a_new_place_drops_the_least_recently_learned_and_forgetting_closes_the_gap() {
+        let mut spans = ThreadSpans::default();
+        for ip in 1..=STACK_SPAN_SITES as u64 + 1 {
+            spans = spans.with(span(ip, 512));
+        }
+        assert_eq!(spans.site(1, 0x7ff0_0000, 0x7ff0_0100), None, "the first learned is dropped");
+        assert_eq!(spans.sites[0].ip, STACK_SPAN_SITES as u64 + 1);
+        let forgotten = spans.without(0);
+        assert_eq!(forgotten.sites[0].ip, STACK_SPAN_SITES as u64);
+        assert_eq!(forgotten.sites[STACK_SPAN_SITES - 1], StackSpan::default());
+        let empty = (0..STACK_SPAN_SITES).fold(spans, |spans, _| spans.without(0));
+        assert!(empty.is_empty() && !spans.is_empty());
     }
 
     #[test]
@@ -859,7 +969,7 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SleepStack {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::StackSpan {}
+    unsafe impl aya::Pod for super::ThreadSpans {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ShortWaitTotals {}
     // SAFETY: as above.

@@ -10,7 +10,7 @@
 //!   call and its arguments read from the registers saved at syscall entry). For waits a
 //!   thread of the target is unlikely to end (socket calls, timed or process-shared futex
 //!   waits), it keeps a copy of the user stack too: as much as the thread's last walk
-//!   from the same registers read (`StackSpan`), else all of `STACK_COPY_BYTES`.
+//!   from the same registers read (`ThreadSpans`), else all of `STACK_COPY_BYTES`.
 //! - `sched_waking`, when a thread of the target wakes another, ends its wait there: under
 //!   the threshold only adding it to per-kind totals; over it, sending it with the
 //!   sleeper's stack, read as it slept through the memory the waker shares, and for futex
@@ -67,10 +67,11 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, SLEEP_STACK_SLOTS, SPAN_SAMPLE_EVERY, STACK_COPY_BYTES, STACK_SPAN_SLOTS,
-    ShortWaitTotals, SleepStack, StackSpan, SwitchClock, TaskLook, WAIT_KIND_COUNT,
-    WAIT_SPAN_SAMPLE, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord,
-    WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, syscall_nr,
+    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
+    SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
+    WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
+    WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
+    syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -160,10 +161,11 @@ unsafe fn switches_of(task: *mut task_struct) -> u64 {
 static SLEEP_STACKS: LruHashMap<u32, SleepStack> =
     LruHashMap::with_max_entries(SLEEP_STACK_SLOTS, 0);
 
-/// How much of each thread's stack its last walk read, and from where (see `StackSpan`);
-/// written by userspace.
+/// How much of each thread's stack its last walks read, and from where (see
+/// `ThreadSpans`); written by userspace.
 #[map]
-static STACK_SPANS: LruHashMap<u32, StackSpan> = LruHashMap::with_max_entries(STACK_SPAN_SLOTS, 0);
+static STACK_SPANS: LruHashMap<u32, ThreadSpans> =
+    LruHashMap::with_max_entries(STACK_SPAN_SLOTS, 0);
 
 /// Room to build a SLEEP_STACKS value (too big for the BPF stack) before inserting it.
 #[map]
@@ -540,11 +542,12 @@ fn woken_from_outside(kind: WaitKind, nr: i64, regs: *const pt_regs) -> bool {
 fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) -> bool {
     // SAFETY: a BTF pointer, as in `syscall_arg`.
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
-    // SAFETY: a value of the map, copied at once; userspace may rewrite it meanwhile, and
-    // a torn read only makes the registers differ.
+    // SAFETY: a value of the map, read in place; userspace may rewrite it meanwhile, and
+    // a torn read only makes the registers differ (or a walk run off the copy: counted,
+    // and that span forgotten).
     let asked = match unsafe { STACK_SPANS.get(tid) } {
-        Some(span) if span.ip == ip && span.sp == sp && span.bp == bp => span.len,
-        _ => STACK_COPY_BYTES as u32,
+        Some(spans) => spans.copy_len(ip, sp, bp),
+        None => STACK_COPY_BYTES as u32,
     };
     let slot = match SLEEP_STACKS.get_ptr_mut(tid) {
         Some(slot) => slot,
@@ -570,9 +573,10 @@ fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) -> bool {
         if asked != STACK_COPY_BYTES as u32 || len == 0 {
             return false;
         }
+        count(Counter::SleepCopiesWhole);
         let whole_copies = (*slot).whole_copies.wrapping_add(1);
         (*slot).whole_copies = whole_copies;
-        whole_copies % SPAN_SAMPLE_EVERY == 1
+        is_span_sample(whole_copies)
     }
 }
 
@@ -737,7 +741,6 @@ unsafe fn fill_wait_record(
             task.cast::<u8>().add(TASK_COMM_OFFSET.load() as usize).cast::<[u8; 16]>(),
         )
         .unwrap_or([0; 16]);
-        (*record).flags = flags;
         let (len, asked) = match source {
             StackSource::Memory => {
                 (copy_user_stack(&mut (*record).stack, sp), STACK_COPY_BYTES as u32)
@@ -745,14 +748,17 @@ unsafe fn fill_wait_record(
             StackSource::SleepCopy => copy_sleep_stack(&mut (*record).stack, wait),
         };
         (*record).stack_len = len;
+        // Only a sleep copy's walk sizes later sleep copies.
+        let from_copy = source == StackSource::SleepCopy && len > 0;
+        (*record).flags = if from_copy { flags | WAIT_STACK_FROM_SLEEP_COPY } else { flags };
         (len, asked)
     }
 }
 
 /// Sends the sleep copy of thread `tid`'s wait of `kind` begun at `start_ns`, which ended
 /// short, as a span sample (`WAIT_SPAN_SAMPLE`): userspace walks it to learn how much of
-/// the thread's stack later copies need. Only the first and then one in
-/// `SPAN_SAMPLE_EVERY` of a thread's whole copies are sent (see `keep_sleep_stack`).
+/// the thread's stack later copies need. Only some of a thread's whole copies are sent
+/// (`is_span_sample`).
 #[inline(never)]
 fn send_span_sample(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64, duration_ns: u64) {
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {

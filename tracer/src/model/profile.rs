@@ -106,6 +106,10 @@ pub struct TraceCounts {
     /// Such copies not sent: the ring buffer was full, or the copy was gone (not a loss
     /// of what is reported: the thread copies its whole stack until a later sample).
     pub span_samples_dropped: u64,
+    /// Sleeps whose stack was copied whole (waits likely ended from outside: socket
+    /// calls, timed or shared futex waits), no span being known for their thread at that
+    /// place yet: each cost the sleeping thread a few microseconds.
+    pub sleep_copies_whole: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits by the target's threads, with the waker's stack.
     pub wakes_seen: u64,
@@ -153,7 +157,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 26] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 27] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -165,6 +169,7 @@ impl TraceCounts {
             stack_partial,
             span_samples,
             span_samples_dropped,
+            sleep_copies_whole,
             in_flight_map_full,
             wakes_seen,
             wake_ring_buffer_full,
@@ -205,6 +210,7 @@ impl TraceCounts {
             ("stack_partial", stack_partial),
             ("span_samples", span_samples),
             ("span_samples_dropped", span_samples_dropped),
+            ("sleep_copies_whole", sleep_copies_whole),
             ("non_socket_io", non_socket_io),
             ("wakes_seen", wakes_seen),
             ("go_runtime_waits_hidden", go_runtime_waits_hidden),

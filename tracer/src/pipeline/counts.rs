@@ -29,6 +29,7 @@ pub fn trace_counts(
         stack_partial: counters.get(Counter::StackPartial),
         span_samples: counters.get(Counter::SpanSamples),
         span_samples_dropped: counters.get(Counter::SpanSamplesDropped),
+        sleep_copies_whole: counters.get(Counter::SleepCopiesWhole),
         in_flight_map_full: counters.get(Counter::InFlightMapFull),
         wakes_seen: counters.get(Counter::WakesSent),
         wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),

@@ -15,7 +15,8 @@ use tokio::{
     time::{Interval, MissedTickBehavior, interval},
 };
 use tracer_common::{
-    STACK_COPY_BYTES, WAIT_BEGAN_BEFORE, WAIT_SPAN_SAMPLE, WaitKind, WaitRecord, WakeRecord,
+    STACK_COPY_BYTES, WAIT_BEGAN_BEFORE, WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WaitKind,
+    WaitRecord, WakeRecord,
 };
 
 use crate::{
@@ -317,12 +318,15 @@ impl WaitDecoder {
         );
     }
 
-    /// Unwinds the stack of a wait record (of thread `tid`), and learns from the walk how
-    /// much of the thread's stack its next sleep copies need.
-    fn walk(&mut self, bytes: &[u8], tid: u32) -> UnwoundAddresses {
+    /// Unwinds the stack of a wait record (of thread `tid`, with `flags`); when it is a
+    /// sleep copy, learns from the walk how much of the thread's stack its next sleep
+    /// copies at the same registers need.
+    fn walk(&mut self, bytes: &[u8], tid: u32, flags: u32) -> UnwoundAddresses {
         let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
         let walked = self.unwinder.unwind(regs, stack);
-        self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
+        if flags & WAIT_STACK_FROM_SLEEP_COPY != 0 {
+            self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
+        }
         walked
     }
 
@@ -340,11 +344,11 @@ impl WaitDecoder {
         let tid: u32 = field!(bytes, WaitRecord, tid);
         let flags: u32 = field!(bytes, WaitRecord, flags);
         if flags & WAIT_SPAN_SAMPLE != 0 {
-            self.walk(bytes, tid);
+            self.walk(bytes, tid, flags);
             return None;
         }
         let (kind, object) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
-        let walked = self.walk(bytes, tid);
+        let walked = self.walk(bytes, tid, flags);
         let key = StackKey {
             addresses: walked.addresses,
             kind,

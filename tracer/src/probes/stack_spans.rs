@@ -1,11 +1,12 @@
 //! How much stack the probes copy as a thread goes to sleep in a socket wait: the walks of
-//! its long waits tell (see `tracer_common::StackSpan`). The decoder learns a thread's span
-//! from each walk of its stack, the record loop hands the changes to the STACK_SPANS map.
+//! its sleep copies tell, per place it sleeps at (see `tracer_common::ThreadSpans`). The
+//! decoder learns a thread's spans from each such walk, the record loop hands the changes
+//! to the STACK_SPANS map.
 
 use std::collections::HashMap;
 
 use aya::maps::HashMap as BpfHashMap;
-use tracer_common::{STACK_COPY_BYTES, StackSpan};
+use tracer_common::{STACK_COPY_BYTES, StackSpan, ThreadSpans};
 
 use super::Probes;
 use crate::stacks::UserRegs;
@@ -19,43 +20,50 @@ const SPAN_SLACK_BYTES: u64 = 512;
 /// its own, least recently used first out, and spans are sent again as walks renew them).
 const MAX_THREADS: usize = 2 * tracer_common::STACK_SPAN_SLOTS as usize;
 
-/// A change for the STACK_SPANS map: the thread's span, or None to forget it.
-pub type SpanChange = (u32, Option<StackSpan>);
+/// A change for the STACK_SPANS map: the thread's spans, or None to forget them all.
+pub type SpanChange = (u32, Option<ThreadSpans>);
 
 /// The spans the probes were given, and the changes not yet handed to them.
 #[derive(Default)]
 pub struct StackSpans {
-    known: HashMap<u32, StackSpan>,
-    changes: HashMap<u32, Option<StackSpan>>,
+    known: HashMap<u32, ThreadSpans>,
+    changes: HashMap<u32, Option<ThreadSpans>>,
 }
 
 impl StackSpans {
-    /// Notes the walk of thread `tid`'s stack from `regs`: a complete walk that read
-    /// `read_bytes` sets its span; any other forgets it, so its next copies are whole (a
-    /// shortened copy may be why the walk stopped).
+    /// Notes the walk of a sleep copy of thread `tid`'s stack from `regs`: a complete walk
+    /// that read `read_bytes` sets the span of that place; any other forgets it, so its next
+    /// copies are whole (a shortened copy may be why the walk stopped).
     pub fn learn(&mut self, tid: u32, regs: UserRegs, complete: bool, read_bytes: u64) {
-        if !complete {
-            if self.known.remove(&tid).is_some() {
-                self.changes.insert(tid, None);
+        let spans = self.known.get(&tid).copied().unwrap_or_default();
+        let site = spans.site(regs.ip, regs.sp, regs.bp);
+        let learned = if complete {
+            let len = (read_bytes + SPAN_SLACK_BYTES).next_multiple_of(SPAN_SLACK_BYTES);
+            let span = StackSpan {
+                ip: regs.ip,
+                sp: regs.sp,
+                bp: regs.bp,
+                len: len.min(STACK_COPY_BYTES as u64) as u32,
+                _pad: 0,
+            };
+            if site.is_some_and(|index| spans.sites[index] == span) {
+                return;
             }
-            return;
-        }
-        let len = (read_bytes + SPAN_SLACK_BYTES).next_multiple_of(SPAN_SLACK_BYTES);
-        let span = StackSpan {
-            ip: regs.ip,
-            sp: regs.sp,
-            bp: regs.bp,
-            len: len.min(STACK_COPY_BYTES as u64) as u32,
-            _pad: 0,
+            spans.with(span)
+        } else {
+            let Some(index) = site else { return };
+            spans.without(index)
         };
-        if self.known.get(&tid) == Some(&span) {
+        if learned.is_empty() {
+            self.known.remove(&tid);
+            self.changes.insert(tid, None);
             return;
         }
-        if self.known.len() >= MAX_THREADS {
+        if self.known.len() >= MAX_THREADS && !self.known.contains_key(&tid) {
             self.known.clear();
         }
-        self.known.insert(tid, span);
-        self.changes.insert(tid, Some(span));
+        self.known.insert(tid, learned);
+        self.changes.insert(tid, Some(learned));
     }
 
     /// The changes since the last call.
@@ -75,20 +83,20 @@ impl Probes {
             log::debug!("no STACK_SPANS map");
             return;
         };
-        let mut spans = match BpfHashMap::<_, u32, StackSpan>::try_from(map) {
+        let mut spans = match BpfHashMap::<_, u32, ThreadSpans>::try_from(map) {
             Ok(spans) => spans,
             Err(err) => {
                 log::debug!("STACK_SPANS: {err}");
                 return;
             }
         };
-        for (tid, span) in changes {
-            let result = match span {
-                Some(span) => spans.insert(tid, span, 0),
+        for (tid, change) in changes {
+            let result = match change {
+                Some(learned) => spans.insert(tid, learned, 0),
                 None => spans.remove(&tid),
             };
             if let Err(err) = result {
-                log::debug!("thread {tid}: cannot update its stack span: {err}");
+                log::debug!("thread {tid}: cannot update its stack spans: {err}");
             }
         }
     }
@@ -100,14 +108,20 @@ mod tests {
 
     const REGS: UserRegs = UserRegs { ip: 0x1000, sp: 0x7ff0_0000, bp: 0x7ff0_0100 };
 
+    /// The one change taken.
+    fn only_change(spans: &mut StackSpans) -> (u32, Option<ThreadSpans>) {
+        let changes = spans.take_changes();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        changes[0]
+    }
+
     #[test]
     fn a_complete_walk_sets_a_span_with_slack_once() {
         let mut spans = StackSpans::default();
         spans.learn(7, REGS, true, 1000);
-        let changes = spans.take_changes();
-        assert_eq!(changes.len(), 1);
-        let (tid, Some(span)) = changes[0] else { panic!("no span: {changes:?}") };
+        let (tid, Some(learned)) = only_change(&mut spans) else { panic!("no spans") };
         assert_eq!(tid, 7);
+        let span = learned.sites[0];
         assert_eq!((span.ip, span.sp, span.bp), (REGS.ip, REGS.sp, REGS.bp));
         // 1000 bytes read, 512 of slack, whole multiples of 512.
         assert_eq!(span.len, 1536);
@@ -120,29 +134,44 @@ mod tests {
     fn a_span_never_exceeds_the_whole_copy() {
         let mut spans = StackSpans::default();
         spans.learn(7, REGS, true, STACK_COPY_BYTES as u64);
-        let changes = spans.take_changes();
-        assert_eq!(changes[0].1.map(|span| span.len), Some(STACK_COPY_BYTES as u32));
+        let (_, learned) = only_change(&mut spans);
+        assert_eq!(learned.map(|l| l.sites[0].len), Some(STACK_COPY_BYTES as u32));
     }
 
     #[test]
-    fn a_truncated_walk_forgets_the_span_and_only_a_known_one() {
+    fn a_truncated_walk_forgets_its_place_and_only_a_known_one() {
         let mut spans = StackSpans::default();
         spans.learn(7, REGS, false, 4096);
         assert!(spans.take_changes().is_empty(), "nothing to forget");
         spans.learn(7, REGS, true, 100);
+        spans.learn(7, UserRegs { sp: REGS.sp - 64, ..REGS }, true, 164);
         spans.take_changes();
+        // A truncated walk elsewhere forgets nothing.
+        spans.learn(7, UserRegs { ip: 0x2000, ..REGS }, false, 512);
+        assert!(spans.take_changes().is_empty());
         spans.learn(7, REGS, false, 512);
+        let (_, Some(learned)) = only_change(&mut spans) else { panic!("all forgotten") };
+        assert_eq!(learned.copy_len(REGS.ip, REGS.sp, REGS.bp), STACK_COPY_BYTES as u32);
+        assert_eq!(learned.copy_len(REGS.ip, REGS.sp - 64, REGS.bp), 1024);
+        // The last place forgotten: the thread's entry goes.
+        spans.learn(7, UserRegs { sp: REGS.sp - 64, ..REGS }, false, 512);
         assert_eq!(spans.take_changes(), vec![(7, None)]);
     }
 
     #[test]
-    fn other_registers_replace_the_span() {
+    fn a_thread_sleeping_at_two_places_keeps_both_spans() {
         let mut spans = StackSpans::default();
+        let deeper = UserRegs { sp: REGS.sp - 64, ..REGS };
         spans.learn(7, REGS, true, 100);
-        spans.take_changes();
-        spans.learn(7, UserRegs { sp: REGS.sp - 64, ..REGS }, true, 164);
-        let changes = spans.take_changes();
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].1.map(|span| span.sp), Some(REGS.sp - 64));
+        spans.learn(7, deeper, true, 1600);
+        let (_, Some(learned)) = only_change(&mut spans) else { panic!("no spans") };
+        assert_eq!(learned.copy_len(REGS.ip, REGS.sp, REGS.bp), 1024);
+        assert_eq!(learned.copy_len(deeper.ip, deeper.sp, deeper.bp), 2560);
+        // Walks that alternate between them change nothing more.
+        for _ in 0..3 {
+            spans.learn(7, REGS, true, 100);
+            spans.learn(7, deeper, true, 1600);
+        }
+        assert!(spans.take_changes().is_empty());
     }
 }

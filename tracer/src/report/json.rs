@@ -253,6 +253,9 @@ pub struct JsonTraceCounts {
     pub span_samples: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub span_samples_dropped: u64,
+    /// Sleeps whose stack was copied whole (added in tracer 0.1.0; 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sleep_copies_whole: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits seen with the waker's stack (added in tracer 0.1.0;
     /// 0 when absent).
@@ -523,6 +526,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         stack_partial,
         span_samples,
         span_samples_dropped,
+        sleep_copies_whole,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -551,6 +555,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         stack_partial,
         span_samples,
         span_samples_dropped,
+        sleep_copies_whole,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -791,6 +796,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         stack_partial,
         span_samples,
         span_samples_dropped,
+        sleep_copies_whole,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -819,6 +825,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         stack_partial,
         span_samples,
         span_samples_dropped,
+        sleep_copies_whole,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,

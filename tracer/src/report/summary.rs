@@ -547,6 +547,14 @@ fn write_counts(out: &mut String, profile: &Profile) {
                 counts.span_samples_dropped
             );
         }
+        if counts.sleep_copies_whole > 0 {
+            // What the spans save: each whole copy costs the sleeping thread microseconds.
+            let _ = writeln!(
+                out,
+                "stacks: {} sleeps copied whole (no span known yet for where they slept)",
+                counts.sleep_copies_whole
+            );
+        }
     }
     let threads = &profile.thread_counts;
     if threads.threads > 0 {
@@ -829,6 +837,14 @@ mod tests {
         assert!(
             text.contains(
                 "stacks: 1 short waits' copies not sent (ring buffer full, or the copy gone)\n"
+            ),
+            "{text}"
+        );
+        sampled.counts.sleep_copies_whole = 3;
+        let text = render_summary(&sampled, 10);
+        assert!(
+            text.contains(
+                "stacks: 3 sleeps copied whole (no span known yet for where they slept)\n"
             ),
             "{text}"
         );
