@@ -39,10 +39,37 @@ pub struct LockName {
 pub struct LockNamer {
     /// Sorted by start, per module file path.
     symbols_by_file: HashMap<String, Vec<DataSymbol>>,
-    /// The FILE locks last read, of which process and when.
-    stdio: Option<(u32, Instant, Option<StdioLocks>)>,
-    /// The main executable's pointers into the heap last read, of which process and when.
-    pointers: Option<(u32, Instant, GlobalPointers)>,
+    /// The FILE locks last read.
+    stdio: Option<ReadOf<Option<StdioLocks>>>,
+    /// The main executable's pointers into the heap last read.
+    pointers: Option<ReadOf<GlobalPointers>>,
+}
+
+/// What was read of one process, and when.
+struct ReadOf<T> {
+    pid: u32,
+    at: Instant,
+    value: T,
+}
+
+/// What `slot` holds of process `pid`: `read` when it holds another process's (or
+/// nothing), put through `refresh` once `READ_FRESH_FOR` old.
+fn fresh<T>(
+    slot: &mut Option<ReadOf<T>>,
+    pid: u32,
+    read: impl FnOnce() -> T,
+    refresh: impl FnOnce(&mut T),
+) -> &T {
+    match slot {
+        Some(last) if last.pid == pid => {
+            if last.at.elapsed() >= READ_FRESH_FOR {
+                last.at = Instant::now();
+                refresh(&mut last.value);
+            }
+        }
+        _ => *slot = None,
+    }
+    &slot.get_or_insert_with(|| ReadOf { pid, at: Instant::now(), value: read() }).value
 }
 
 impl LockNamer {
@@ -103,32 +130,18 @@ impl LockNamer {
     /// `address` (in anonymous memory) named by the global of the main executable that
     /// points to it (`*log.std`), when one does.
     fn pointed_from_a_global(&mut self, image: &ProcessImage, address: u64) -> Option<String> {
-        let pid = image.pid();
-        let fresh = matches!(&self.pointers,
-            Some((of, read, _)) if *of == pid && read.elapsed() < READ_FRESH_FOR);
-        if !fresh {
-            self.pointers = Some((pid, Instant::now(), GlobalPointers::read(image)));
-        }
-        let global = self.pointers.as_ref()?.2.pointing_to(address)?;
+        let read = || GlobalPointers::read(image);
+        let pointers = fresh(&mut self.pointers, image.pid(), read, |p| *p = read());
+        let global = pointers.pointing_to(address)?;
         let main = image.main_module()?;
         Some(format!("*{}", symbol_at(self.symbols_of(main), global)?))
     }
 
     /// The FILE locks of `image`'s process, its list of FILEs read again once stale.
     fn stdio_locks(&mut self, image: &ProcessImage) -> Option<&StdioLocks> {
-        let pid = image.pid();
-        match &mut self.stdio {
-            Some((of, read, locks)) if *of == pid => {
-                if read.elapsed() >= READ_FRESH_FOR {
-                    *read = Instant::now();
-                    if let Some(locks) = locks {
-                        locks.refresh();
-                    }
-                }
-            }
-            _ => self.stdio = Some((pid, Instant::now(), StdioLocks::read(image))),
-        }
-        self.stdio.as_ref()?.2.as_ref()
+        let read = || StdioLocks::read(image);
+        let refresh = |locks: &mut Option<StdioLocks>| locks.iter_mut().for_each(|l| l.refresh());
+        fresh(&mut self.stdio, image.pid(), read, refresh).as_ref()
     }
 }
 

@@ -3,9 +3,10 @@
 //! The scheduler probe reads the task being switched in (`next`), which is not the
 //! current task, so no helper gives its thread-group id or name: it reads them at these
 //! offsets. It also reads the clock the scheduler has just read for the switch (its run
-//! queue's), reached from a task through the members of [`RqClockPath`]. aya-ebpf has no CO-RE relocations, and aya does not expose the BTF it parses,
-//! so this walks the BTF type section itself (include/uapi/linux/btf.h): only far enough
-//! to find one struct's members.
+//! queue's), reached from a task through the members of [`RqClockPath`]. aya-ebpf has no
+//! CO-RE relocations, and aya does not expose the BTF it parses, so this walks the BTF type
+//! section itself (include/uapi/linux/btf.h), once, only far enough to find those structs'
+//! members.
 
 use std::collections::HashMap;
 
@@ -51,42 +52,59 @@ pub enum KernelBtfError {
     MissingMember(&'static str),
 }
 
-/// The offsets of the `task_struct` members the probes read in the BTF blob `btf`
-/// (`/sys/kernel/btf/vmlinux`).
-pub fn task_offsets(btf: &[u8]) -> Result<TaskOffsets, KernelBtfError> {
-    let members = struct_members(btf, "task_struct")?;
-    let member =
-        |name: &'static str| members.get(name).copied().ok_or(KernelBtfError::MissingMember(name));
-    Ok(TaskOffsets {
-        pid: member("pid")?,
-        tgid: member("tgid")?,
-        comm: member("comm")?,
-        state: member("__state")?,
-        on_cpu: member("on_cpu")?,
-        nvcsw: member("nvcsw")?,
-        nivcsw: member("nivcsw")?,
-    })
+/// The structs whose members the probes read: `task_struct`, and the path to a run queue's
+/// clock ([`RqClockPath`]).
+const STRUCTS_READ: [&str; 4] = ["task_struct", "sched_entity", "cfs_rq", "rq"];
+
+/// The members of the kernel structs the probes read, by struct and member name: byte
+/// offsets found in one pass over the BTF blob (`/sys/kernel/btf/vmlinux`).
+pub struct KernelStructs {
+    members: HashMap<&'static str, HashMap<String, u32>>,
 }
 
-/// The members leading from a task to its run queue's clock, or None when this kernel
-/// lacks one of them.
-pub fn rq_clock_path(btf: &[u8]) -> Result<Option<RqClockPath>, KernelBtfError> {
-    let member = |owner: &str, name: &str| -> Result<Option<u32>, KernelBtfError> {
-        Ok(struct_members(btf, owner)?.get(name).copied())
-    };
-    let (Some(se), Some(cfs_rq), Some(rq), Some(clock)) = (
-        member("task_struct", "se")?,
-        member("sched_entity", "cfs_rq")?,
-        member("cfs_rq", "rq")?,
-        member("rq", "clock")?,
-    ) else {
-        return Ok(None);
-    };
-    Ok(Some(RqClockPath { task_cfs_rq: se + cfs_rq, cfs_rq_rq: rq, rq_clock: clock }))
+impl KernelStructs {
+    pub fn read(btf: &[u8]) -> Result<Self, KernelBtfError> {
+        Ok(Self { members: struct_members(btf, &STRUCTS_READ)? })
+    }
+
+    fn member(&self, owner: &str, name: &str) -> Option<u32> {
+        self.members.get(owner)?.get(name).copied()
+    }
+
+    /// The offsets of the `task_struct` members the probes read.
+    pub fn task_offsets(&self) -> Result<TaskOffsets, KernelBtfError> {
+        let member = |name: &'static str| {
+            self.member("task_struct", name).ok_or(KernelBtfError::MissingMember(name))
+        };
+        Ok(TaskOffsets {
+            pid: member("pid")?,
+            tgid: member("tgid")?,
+            comm: member("comm")?,
+            state: member("__state")?,
+            on_cpu: member("on_cpu")?,
+            nvcsw: member("nvcsw")?,
+            nivcsw: member("nivcsw")?,
+        })
+    }
+
+    /// The members leading from a task to its run queue's clock, or None when this
+    /// kernel lacks one of them.
+    pub fn rq_clock_path(&self) -> Option<RqClockPath> {
+        Some(RqClockPath {
+            task_cfs_rq: self.member("task_struct", "se")?
+                + self.member("sched_entity", "cfs_rq")?,
+            cfs_rq_rq: self.member("cfs_rq", "rq")?,
+            rq_clock: self.member("rq", "clock")?,
+        })
+    }
 }
 
-/// Byte offsets of the named members of the first struct called `wanted`.
-fn struct_members(btf: &[u8], wanted: &str) -> Result<HashMap<String, u32>, KernelBtfError> {
+/// Byte offsets of the named members of the first struct called each of `wanted`, in one
+/// pass over the type section.
+fn struct_members(
+    btf: &[u8],
+    wanted: &[&'static str],
+) -> Result<HashMap<&'static str, HashMap<String, u32>>, KernelBtfError> {
     use KernelBtfError::Malformed;
     let u16_at = |at: usize| btf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at =
@@ -107,15 +125,20 @@ fn struct_members(btf: &[u8], wanted: &str) -> Result<HashMap<String, u32>, Kern
         let rest = btf.get(start..strings + str_len).unwrap_or(&[]);
         &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
     };
+    let mut found = HashMap::new();
     let mut at = types;
-    while at + 12 <= types + type_len {
+    while at + 12 <= types + type_len && found.len() < wanted.len() {
         let name = u32_at(at).ok_or(Malformed("truncated type"))?;
         let info = u32_at(at + 4).ok_or(Malformed("truncated type"))?;
         let kind = (info >> 24) & 0x1f;
         let vlen = (info & 0xffff) as usize;
         let kind_flag = info >> 31 == 1;
         at += 12;
-        if kind == KIND_STRUCT && name_at(name) == wanted.as_bytes() {
+        let struct_name = (kind == KIND_STRUCT)
+            .then(|| wanted.iter().find(|wanted| name_at(name) == wanted.as_bytes()))
+            .flatten()
+            .filter(|wanted| !found.contains_key(**wanted));
+        if let Some(struct_name) = struct_name {
             let mut members = HashMap::new();
             for member in 0..vlen {
                 let base = at + member * 12;
@@ -126,11 +149,11 @@ fn struct_members(btf: &[u8], wanted: &str) -> Result<HashMap<String, u32>, Kern
                 let bits = if kind_flag { offset & 0xff_ffff } else { offset };
                 members.insert(String::from_utf8_lossy(name_at(name)).into_owned(), bits / 8);
             }
-            return Ok(members);
+            found.insert(*struct_name, members);
         }
         at += trailing_bytes(kind, vlen).ok_or(Malformed("unknown type kind"))?;
     }
-    Ok(HashMap::new())
+    Ok(found)
 }
 
 /// Bytes that follow a type's 12-byte header, by kind (include/uapi/linux/btf.h).
@@ -191,23 +214,24 @@ mod tests {
     #[test]
     fn finds_task_struct_members_through_other_types() {
         assert_eq!(
-            task_offsets(&blob()).unwrap(),
+            KernelStructs::read(&blob()).unwrap().task_offsets().unwrap(),
             TaskOffsets { pid: 8, tgid: 12, comm: 32, state: 0, on_cpu: 4, nvcsw: 16, nivcsw: 24 }
         );
     }
 
     #[test]
     fn refuses_foreign_or_truncated_blobs() {
-        assert!(matches!(task_offsets(b"nope"), Err(KernelBtfError::Malformed(_))));
+        assert!(matches!(KernelStructs::read(b"nope"), Err(KernelBtfError::Malformed(_))));
         let mut truncated = blob();
         truncated.truncate(40);
-        assert!(matches!(task_offsets(&truncated), Err(KernelBtfError::Malformed(_))));
+        assert!(matches!(KernelStructs::read(&truncated), Err(KernelBtfError::Malformed(_))));
     }
 
     #[test]
     fn the_running_kernels_task_struct_has_every_member() {
         let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this machine has BTF");
-        let offsets = task_offsets(&btf).unwrap();
+        let structs = KernelStructs::read(&btf).unwrap();
+        let offsets = structs.task_offsets().unwrap();
         assert!(offsets.tgid == offsets.pid + 4 && offsets.comm > offsets.tgid, "{offsets:?}");
         // __state leads the struct after thread_info; the switch counts sit side by side.
         assert!(
@@ -215,12 +239,12 @@ mod tests {
             "{offsets:?}"
         );
         // This kernel has group scheduling (the probes then read the switch's clock).
-        let path = rq_clock_path(&btf).unwrap().expect("cfs_rq has an rq member");
+        let path = structs.rq_clock_path().expect("cfs_rq has an rq member");
         assert!(path.task_cfs_rq > offsets.on_cpu && path.rq_clock > 0, "{path:?}");
     }
 
     #[test]
     fn a_kernel_without_the_run_queue_members_has_no_clock_path() {
-        assert_eq!(rq_clock_path(&blob()).unwrap(), None);
+        assert_eq!(KernelStructs::read(&blob()).unwrap().rq_clock_path(), None);
     }
 }

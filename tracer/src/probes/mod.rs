@@ -135,12 +135,15 @@ impl Probes {
             .map_err(|source| ProbeError::ReadBtf { path: path(), source })?;
         let btf = Btf::parse(&raw_btf, aya::Endianness::default())
             .map_err(|source| ProbeError::Btf { path: path(), source })?;
-        let task = kernel_btf::task_offsets(&raw_btf)
-            .map_err(|source| ProbeError::KernelBtf { path: path(), source })?;
+        let btf_error = |source| ProbeError::KernelBtf { path: path(), source };
+        let structs = kernel_btf::KernelStructs::read(&raw_btf).map_err(btf_error)?;
+        let task = structs.task_offsets().map_err(btf_error)?;
         // Without it the switch probe reads the clock by a helper call instead.
-        let rq_clock = kernel_btf::rq_clock_path(&raw_btf)
-            .map_err(|source| ProbeError::KernelBtf { path: path(), source })?
-            .unwrap_or(kernel_btf::RqClockPath { task_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0 });
+        let rq_clock = structs.rq_clock_path().unwrap_or(kernel_btf::RqClockPath {
+            task_cfs_rq: 0,
+            cfs_rq_rq: 0,
+            rq_clock: 0,
+        });
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
