@@ -516,44 +516,28 @@ fn write_counts(out: &mut String, profile: &Profile) {
             let _ =
                 writeln!(out, "left out: {} waits whose end was not seen", counts.waits_discarded);
         }
-        if counts.stack_shortened > 0 {
-            // Not a loss by itself: a shallow thread's stack ends before the copy would.
-            let _ = writeln!(
-                out,
-                "stacks: {} copies ended at the top of their thread's stack",
-                counts.stack_shortened
-            );
-        }
-        if counts.stack_partial > 0 {
-            let _ = writeln!(
-                out,
-                "stacks: {} copied in part, as far as their thread's last walk from the same \
-                 place read",
-                counts.stack_partial
-            );
-        }
-        if counts.span_samples > 0 {
+        // What the stack copies were: none of these is a loss by itself.
+        let stack_lines = [
+            // A shallow thread's stack ends before the copy would.
+            (counts.stack_shortened, "copies ended at the top of their thread's stack"),
+            (
+                counts.stack_partial,
+                "copied in part, as far as their thread's last walk from the same place read",
+            ),
             // Not waits: copies of short ones, walked only to size later copies.
-            let _ = writeln!(
-                out,
-                "stacks: {} short waits' copies walked to size their thread's later copies",
-                counts.span_samples
-            );
-        }
-        if counts.span_samples_dropped > 0 {
-            let _ = writeln!(
-                out,
-                "stacks: {} short waits' copies not sent (ring buffer full, or the copy gone)",
-                counts.span_samples_dropped
-            );
-        }
-        if counts.sleep_copies_whole > 0 {
+            (counts.span_samples, "short waits' copies walked to size their thread's later copies"),
+            (
+                counts.span_samples_dropped,
+                "short waits' copies not sent (ring buffer full, or the copy gone)",
+            ),
             // What the spans save: each whole copy costs the sleeping thread microseconds.
-            let _ = writeln!(
-                out,
-                "stacks: {} sleeps copied whole (no span known yet for where they slept)",
-                counts.sleep_copies_whole
-            );
+            (
+                counts.sleep_copies_whole,
+                "sleeps copied whole (no span known yet for where they slept)",
+            ),
+        ];
+        for (count, what) in stack_lines.into_iter().filter(|&(count, _)| count > 0) {
+            let _ = writeln!(out, "stacks: {count} {what}");
         }
     }
     let threads = &profile.thread_counts;
