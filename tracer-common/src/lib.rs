@@ -585,6 +585,11 @@ pub struct TaskLook {
     /// ran since an earlier look was switched out again since, so the same count and
     /// call mean the same wait.
     pub switches: u64,
+    /// `sched_info.pcount`: how often it has arrived on a CPU, as /proc's `schedstat`
+    /// shows it (its third field), so that one read of that file after a stack copy tells
+    /// whether the thread ran since this look. [`TaskLook::ARRIVALS_UNKNOWN`] on kernels
+    /// without `CONFIG_SCHED_INFO`.
+    pub arrivals: u64,
     /// `orig_rax`: the syscall it is in; negative outside any.
     pub syscall_nr: i64,
     /// The syscall's arguments (rdi, rsi, rdx, r10, r8, r9).
@@ -597,6 +602,11 @@ pub struct TaskLook {
     pub bp: u64,
     /// Its name (`comm`), NUL-padded.
     pub comm: [u8; 16],
+}
+
+impl TaskLook {
+    /// `arrivals` where the kernel keeps no count of them.
+    pub const ARRIVALS_UNKNOWN: u64 = u64::MAX;
 }
 
 /// A thread of the target waking another one out of a long futex wait: the waker's
@@ -761,7 +771,7 @@ const _: () = assert!(WAIT_KIND_COUNT <= 16);
 const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<InFlightWait>() == 40);
-const _: () = assert!(core::mem::size_of::<TaskLook>() == 120);
+const _: () = assert!(core::mem::size_of::<TaskLook>() == 128);
 const _: () = assert!(core::mem::size_of::<SleepStack>() == 24 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<StackSpan>() == 32);
 const _: () = assert!(core::mem::size_of::<ThreadSpans>() == 32 * STACK_SPAN_SITES);

@@ -114,6 +114,10 @@ static TASK_ON_CPU_OFFSET: Global<u64> = Global::new(0);
 static TASK_NVCSW_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static TASK_NIVCSW_OFFSET: Global<u64> = Global::new(0);
+/// Offset of `sched_info.pcount` in `struct task_struct`, for the looks' `arrivals`;
+/// `TaskLook::ARRIVALS_UNKNOWN` where the kernel has none. Set by the loader.
+#[unsafe(no_mangle)]
+static TASK_ARRIVALS_OFFSET: Global<u64> = Global::new(TaskLook::ARRIVALS_UNKNOWN);
 
 mod task_storage;
 
@@ -976,6 +980,10 @@ pub fn tracer_task_looks(ctx: *mut core::ffi::c_void) -> i32 {
             on_cpu: task_field(task, TASK_ON_CPU_OFFSET.load()),
             switches: task_field_u64(task, TASK_NVCSW_OFFSET.load())
                 .wrapping_add(task_field_u64(task, TASK_NIVCSW_OFFSET.load())),
+            arrivals: match TASK_ARRIVALS_OFFSET.load() {
+                TaskLook::ARRIVALS_UNKNOWN => TaskLook::ARRIVALS_UNKNOWN,
+                offset => task_field_u64(task, offset),
+            },
             syscall_nr: (*regs).orig_rax as i64,
             args: [
                 syscall_arg(regs, 0),

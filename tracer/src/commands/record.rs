@@ -18,7 +18,7 @@ use crate::{
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
-        members::{Joined, Member, Members, Selection},
+        members::{self, Joined, Member, Members, Selection},
         target,
     },
     probes::{
@@ -234,6 +234,7 @@ async fn record_sampled(
     let unwinder = ProcessUnwinder::new(pid, image);
     let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
         .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+    sampler.keep_files_of_at_most(members::kept_threads_per_process(1));
     eprintln!(
         "tracer: recording {} (pid {pid}) for {}, sampled every {}; Ctrl-C to stop early",
         target.comm,

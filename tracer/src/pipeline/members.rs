@@ -223,12 +223,9 @@ impl Members {
     /// Splits the descriptor limit between the members' kept thread files: with many
     /// processes each keeps fewer open (the rest are opened per read, as before).
     fn share_descriptors(&mut self) {
-        let limit = raise_descriptor_limit();
-        let processes = self.members.len().max(1) as u64;
-        let reserved = DESCRIPTORS_RESERVED + DESCRIPTORS_PER_PROCESS * processes;
-        let per_member = limit.saturating_sub(reserved) / DESCRIPTORS_PER_THREAD / processes;
+        let per_member = kept_threads_per_process(self.members.len());
         for member in &mut self.members {
-            member.sampler.keep_files_of_at_most(per_member as usize);
+            member.sampler.keep_files_of_at_most(per_member);
         }
     }
 
@@ -323,6 +320,15 @@ impl Members {
     pub fn selection(&self) -> &Selection {
         &self.selection
     }
+}
+
+/// How many threads of each of `processes` sampled processes may keep their files open
+/// (`ThreadSampler::keep_files_of_at_most`) within the descriptor limit, raised first.
+pub fn kept_threads_per_process(processes: usize) -> usize {
+    let limit = raise_descriptor_limit();
+    let processes = processes.max(1) as u64;
+    let reserved = DESCRIPTORS_RESERVED + DESCRIPTORS_PER_PROCESS * processes;
+    (limit.saturating_sub(reserved) / DESCRIPTORS_PER_THREAD / processes) as usize
 }
 
 /// Raises the soft limit on open descriptors to the hard one (systemd's default soft

@@ -52,9 +52,9 @@ pub enum KernelBtfError {
     MissingMember(&'static str),
 }
 
-/// The structs whose members the probes read: `task_struct`, and the path to a run queue's
-/// clock ([`RqClockPath`]).
-const STRUCTS_READ: [&str; 4] = ["task_struct", "sched_entity", "cfs_rq", "rq"];
+/// The structs whose members the probes read: `task_struct`, the path to a run queue's
+/// clock ([`RqClockPath`]), and a task's arrivals on a CPU (`sched_info.pcount`).
+const STRUCTS_READ: [&str; 5] = ["task_struct", "sched_entity", "cfs_rq", "rq", "sched_info"];
 
 /// The members of the kernel structs the probes read, by struct and member name: byte
 /// offsets found in one pass over the BTF blob (`/sys/kernel/btf/vmlinux`).
@@ -85,6 +85,13 @@ impl KernelStructs {
             nvcsw: member("nvcsw")?,
             nivcsw: member("nivcsw")?,
         })
+    }
+
+    /// Where a task counts its arrivals on a CPU (`sched_info.pcount`, which /proc's
+    /// `schedstat` shows), or None when this kernel keeps no such count
+    /// (`CONFIG_SCHED_INFO`).
+    pub fn arrivals_offset(&self) -> Option<u32> {
+        Some(self.member("task_struct", "sched_info")? + self.member("sched_info", "pcount")?)
     }
 
     /// The members leading from a task to its run queue's clock, or None when this
@@ -241,10 +248,15 @@ mod tests {
         // This kernel has group scheduling (the probes then read the switch's clock).
         let path = structs.rq_clock_path().expect("cfs_rq has an rq member");
         assert!(path.task_cfs_rq > offsets.on_cpu && path.rq_clock > 0, "{path:?}");
+        // And counts arrivals (its /proc/PID/schedstat has them).
+        let arrivals = structs.arrivals_offset().expect("task_struct has sched_info");
+        assert!(arrivals > offsets.on_cpu, "{arrivals}");
     }
 
     #[test]
     fn a_kernel_without_the_run_queue_members_has_no_clock_path() {
-        assert_eq!(KernelStructs::read(&blob()).unwrap().rq_clock_path(), None);
+        let structs = KernelStructs::read(&blob()).unwrap();
+        assert_eq!(structs.rq_clock_path(), None);
+        assert_eq!(structs.arrivals_offset(), None);
     }
 }

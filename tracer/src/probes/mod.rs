@@ -144,6 +144,8 @@ impl Probes {
             cfs_rq_rq: 0,
             rq_clock: 0,
         });
+        let arrivals_offset =
+            structs.arrivals_offset().map_or(TaskLook::ARRIVALS_UNKNOWN, u64::from);
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -177,6 +179,7 @@ impl Probes {
             .override_global("TASK_ON_CPU_OFFSET", &u64::from(task.on_cpu), true)
             .override_global("TASK_NVCSW_OFFSET", &u64::from(task.nvcsw), true)
             .override_global("TASK_NIVCSW_OFFSET", &u64::from(task.nivcsw), true)
+            .override_global("TASK_ARRIVALS_OFFSET", &arrivals_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self { ebpf, btf, tgid: config.tgid, process_links: HashMap::new() })

@@ -251,8 +251,9 @@ async fn attach(
     let (probes, source) = match shared.sampling {
         Some(period) => {
             let tasks = TaskIterator::Own(Box::new(Probes::open_for_reading(pid, btf_path)?));
-            let sampler = ThreadSampler::new(pid, unwinder, tasks, period)
+            let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
                 .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+            sampler.keep_files_of_at_most(crate::pipeline::members::kept_threads_per_process(1));
             lock(&shared.collector).generation = generation;
             (Probes::open_for_reading(pid, btf_path)?, WaitSource::Sampler(sampler))
         }

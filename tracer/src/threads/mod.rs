@@ -436,7 +436,7 @@ impl ThreadReader {
             path: String::with_capacity(64),
             buf: vec![0; READ_BUF],
             kept_files: HashMap::new(),
-            max_kept_threads: MAX_KEPT_THREADS,
+            max_kept_threads: DEFAULT_KEPT_THREADS,
             task_dir: None,
             clock: None,
         };
@@ -554,22 +554,29 @@ impl ThreadReader {
     }
 
     /// Samples the thread a task iterator's `look` found blocked in `syscall`, without
-    /// an age: copies its stack, then reads its syscall file: Err(Woke) unless it is still
-    /// in that call, at that sp and pc, and did not run during the copy (see `sample`). Its
-    /// name and run count are the look's.
-    /// The syscall file stays open for the thread's next new wait, as `peek` keeps it.
+    /// an age: copies its stack, then reads its run count: Err(Woke) if the thread arrived
+    /// on a CPU since the look (it may have left the call, or come back to the very same
+    /// one after running, a loop's sleep, with its stack torn by the copy). Its name and
+    /// run count are the look's. One /proc file a thread, kept open for its next new wait
+    /// as `peek` keeps it; on a kernel whose looks count no arrivals, the run count brackets
+    /// the copy alone, and the syscall file says whether the thread is still in that call
+    /// (see `sample`).
     pub fn sample_look(
         &mut self,
         look: &TaskLook,
         syscall: SyscallState,
     ) -> Result<ThreadSample, SampleError> {
         let tid = look.tid;
+        let look_counts_arrivals = look.arrivals != TaskLook::ARRIVALS_UNKNOWN;
         self.with_kept_files(tid, |reader| {
-            let runs_before = reader.read_run_count(tid)?;
+            let arrivals_before = match look_counts_arrivals {
+                true => Some(look.arrivals),
+                false => reader.read_run_count(tid)?,
+            };
             let stack = reader.read_stack(syscall.sp);
-            // As in `sample_as`: a thread back in the same wait after running during the copy.
-            if reader.read_syscall(tid)? != ThreadSyscall::Blocked(syscall)
-                || reader.read_run_count(tid)? != runs_before
+            if reader.read_run_count(tid)? != arrivals_before
+                || (!look_counts_arrivals
+                    && reader.read_syscall(tid)? != ThreadSyscall::Blocked(syscall))
             {
                 return Err(SampleError::Woke);
             }
@@ -719,9 +726,13 @@ impl ThreadReader {
     }
 }
 
-/// Threads whose files stay open: three descriptors each, well inside the usual limit
-/// of 1,024 descriptors beside the probes' maps and the unwinder's binaries.
-const MAX_KEPT_THREADS: usize = 200;
+/// Threads whose files stay open until told how many may (`keep_files_of_at_most`, from
+/// the descriptor limit): three descriptors each, well inside the usual limit of 1,024
+/// descriptors beside the probes' maps and the unwinder's binaries.
+const DEFAULT_KEPT_THREADS: usize = 200;
+/// The most threads whose files stay open, however high the limit: a process with more
+/// opens the rest's files at each read.
+const MAX_KEPT_THREADS: usize = 10_000;
 
 /// The per-thread files every sampled read (`syscall`, `schedstat`) or every new wait
 /// (`comm`) reads.

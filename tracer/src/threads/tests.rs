@@ -594,8 +594,74 @@ fn the_task_iterators_looks_agree_with_proc() {
         );
         assert_eq!(&look.comm[..12], b"tracer-look\0", "tid {tid}");
         assert!(look.switches > 0, "{look:?}");
+        let schedstat = fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap();
+        assert_eq!(Some(look.arrivals), parse_run_count(&schedstat), "tid {tid}");
         let again = second.iter().find(|look| look.tid == tid).expect("seen again");
         assert_eq!(again, look, "a parked thread's look holds still");
+    }
+}
+
+/// A stack copied on the word of a look stands only while the thread has not run since
+/// the look: a thread woken and back at the very same place (a condition variable's
+/// spurious wakeup: same call, sp and pc) is refused, and a fresh look's copy stands.
+/// Loads the probe object into the kernel (root).
+#[test]
+fn a_look_is_stale_once_its_thread_ran_again() {
+    let parked = Parked::spawn(2, "tracer-stale", PILE_UP_STACK);
+    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
+    let tids: Vec<u32> = parked.tids().into_iter().map(|(tid, _)| tid).collect();
+    for &tid in &tids {
+        sample_until_blocked(&mut reader, tid);
+    }
+    let btf = crate::pipeline::target::btf_path().expect("this machine has BTF");
+    let mut probes = crate::probes::Probes::open_for_reading(this_pid(), &btf).expect("probes");
+    let look_of = |looks: &[TaskLook], tid| *looks.iter().find(|look| look.tid == tid).unwrap();
+    let before = probes.task_looks().expect("a pass of the iterator");
+    // Wake them without releasing them: each goes back to the same wait.
+    {
+        let (lock, condvar) = &*parked.gate;
+        let _held = lock.lock().unwrap();
+        condvar.notify_all();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after = probes.task_looks().expect("a pass of the iterator");
+        let back = |&tid: &u32| {
+            let (old, new) = (look_of(&before, tid), look_of(&after, tid));
+            // Back at the same sp and pc (the futex word's value moved on).
+            new.arrivals > old.arrivals
+                && matches!(ThreadSyscall::of_look(&new), ThreadSyscall::Blocked(call)
+                    if call.nr == SYS_FUTEX && (call.sp, call.pc) == (old.sp, old.ip))
+        };
+        if tids.iter().all(back) {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "the woken threads did not wait again");
+        thread::sleep(Duration::from_millis(5));
+    };
+    for &tid in &tids {
+        let stale = look_of(&before, tid);
+        let ThreadSyscall::Blocked(call) = ThreadSyscall::of_look(&stale) else {
+            panic!("tid {tid} was not blocked: {stale:?}");
+        };
+        assert!(
+            matches!(reader.sample_look(&stale, call), Err(SampleError::Woke)),
+            "tid {tid}: a copy after the thread ran is refused"
+        );
+        let fresh = look_of(&after, tid);
+        let ThreadSyscall::Blocked(call) = ThreadSyscall::of_look(&fresh) else { unreachable!() };
+        let sample = reader.sample_look(&fresh, call).expect("a fresh look's copy stands");
+        assert!(!sample.stack.is_empty() && sample.syscall == call, "tid {tid}");
+        // A kernel whose looks count no arrivals: /proc says the same.
+        let uncounted = TaskLook { arrivals: TaskLook::ARRIVALS_UNKNOWN, ..fresh };
+        assert!(reader.sample_look(&uncounted, call).is_ok(), "tid {tid}");
+        let mut moved_on = call;
+        moved_on.args[2] ^= 1;
+        let uncounted_stale = TaskLook { args: moved_on.args, ..uncounted };
+        assert!(
+            matches!(reader.sample_look(&uncounted_stale, moved_on), Err(SampleError::Woke)),
+            "tid {tid}: without arrivals, a call that is not the look's is refused"
+        );
     }
 }
 
