@@ -6,6 +6,7 @@
 pub mod counts;
 pub mod members;
 pub mod own_usage;
+pub mod pace;
 pub mod target;
 
 use std::{
@@ -110,7 +111,8 @@ pub async fn run_until_stop(
 }
 
 /// The loop of every sampled recording (threads and goroutines alike): `read` at once and
-/// then every `period` (a read that runs late delays the next, it does not bunch them up)
+/// then every `period`, or less often when reads would take more than `pace`'s share of a
+/// CPU (a read that runs late delays the next, it does not bunch them up)
 /// until `duration` has passed, Ctrl-C or SIGTERM comes, or `target` exits; then once more
 /// for what is still blocked at the end, unless the target has exited. A read that fails
 /// because the target exited stops nothing by itself: the pidfd ends the loop at once and
@@ -122,11 +124,10 @@ pub async fn sample_until_stop(
     mut read: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<(Duration, bool)> {
     let started = std::time::Instant::now();
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = pace::ReadPace::new(period);
     let stop = run_until_stop(target, duration, async || {
-        ticks.tick().await;
-        match read() {
+        tokio::time::sleep_until(pace.next().into()).await;
+        match pace.read(&mut read) {
             Err(_) if target.has_exited() => Ok(()),
             other => other,
         }
@@ -147,7 +148,7 @@ pub async fn sample_until_stop(
 }
 
 /// The loop of a sampled recording of several processes: `read` at once and every
-/// `period` until `duration` has passed, Ctrl-C, SIGTERM or SIGHUP comes, or `read` says
+/// `period` (paced as `sample_until_stop`'s) until `duration` has passed, Ctrl-C, SIGTERM or SIGHUP comes, or `read` says
 /// there is nothing left to read (false). Returns how long it ran.
 pub async fn sample_while(
     duration: Duration,
@@ -160,15 +161,14 @@ pub async fn sample_while(
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let deadline = tokio::time::sleep(duration);
     tokio::pin!(deadline);
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = pace::ReadPace::new(period);
     loop {
         tokio::select! {
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
-            _ = ticks.tick() => if !read() { break },
+            _ = tokio::time::sleep_until(pace.next().into()) => if !pace.read(&mut read) { break },
         }
     }
     Ok(started.elapsed())

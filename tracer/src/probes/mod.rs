@@ -90,6 +90,9 @@ pub struct Probes {
     /// The task iterator's links to one process's threads each, made at its first pass;
     /// `Err` when the kernel has no such filter (before 6.1), so it is not tried again.
     process_links: HashMap<u32, Result<std::os::fd::OwnedFd, ()>>,
+    /// What the last pass of the task iterator wrote: kept, at the size of the largest
+    /// pass, so that a sampled read neither zeroes nor regrows it every period.
+    pass_bytes: Vec<u8>,
 }
 
 /// Per-kind totals of the waits under the threshold.
@@ -182,7 +185,13 @@ impl Probes {
             .override_global("TASK_ARRIVALS_OFFSET", &arrivals_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
-        Ok(Self { ebpf, btf, tgid: config.tgid, process_links: HashMap::new() })
+        Ok(Self {
+            ebpf,
+            btf,
+            tgid: config.tgid,
+            process_links: HashMap::new(),
+            pass_bytes: Vec::new(),
+        })
     }
 
     /// Attaches the wait probes: from here on the target's waits are recorded.
@@ -232,7 +241,7 @@ impl Probes {
     /// `process`, where the kernel cannot walk one process's), or over every task.
     fn iterate_tasks(&mut self, process: Option<u32>) -> Result<Vec<TaskLook>, ProbeError> {
         const NAME: &str = "tracer_task_looks";
-        let Self { ebpf, btf, process_links, .. } = self;
+        let Self { ebpf, btf, process_links, pass_bytes, .. } = self;
         let attach_err = |source| ProbeError::Program { name: NAME, source };
         let iter: &mut Iter = ebpf
             .program_mut(NAME)
@@ -260,8 +269,8 @@ impl Probes {
                 link.into_file().map_err(ProbeError::Iterate)?
             }
         };
-        let bytes = read_pass(&mut file).map_err(ProbeError::ReadIterator)?;
-        let mut looks = parse_task_looks(&bytes);
+        let len = read_pass(&mut file, pass_bytes).map_err(ProbeError::ReadIterator)?;
+        let mut looks = parse_task_looks(&pass_bytes[..len]);
         if let Some(pid) = process {
             looks.retain(|look| look.tgid == pid);
         }
@@ -553,12 +562,15 @@ pub fn comm_text(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
-/// Everything a pass of the iterator writes. Reads into a buffer that holds a few hundred
-/// looks at once (doubled when full): `read_to_end` probes with short reads first and asks
-/// for the file's size and position, a dozen syscalls where two do, every period.
-fn read_pass(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+/// Reads everything a pass of the iterator writes into `bytes` and returns its length.
+/// `bytes` starts at a size that holds a few hundred looks and doubles when full; it keeps
+/// its size for the next pass. (`read_to_end` probes with short reads first and asks for
+/// the file's size and position, a dozen syscalls where two do, every period.)
+fn read_pass(file: &mut std::fs::File, bytes: &mut Vec<u8>) -> std::io::Result<usize> {
     const FIRST_READ_BYTES: usize = 32 << 10;
-    let mut bytes = vec![0u8; FIRST_READ_BYTES];
+    if bytes.is_empty() {
+        bytes.resize(FIRST_READ_BYTES, 0);
+    }
     let mut len = 0;
     loop {
         if len == bytes.len() {
@@ -571,8 +583,7 @@ fn read_pass(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
             Err(err) => return Err(err),
         }
     }
-    bytes.truncate(len);
-    Ok(bytes)
+    Ok(len)
 }
 
 /// The looks in a pass of the task iterator (native-endian `TaskLook` records); a partial

@@ -109,6 +109,16 @@ pub(crate) fn recording_scope(profile: &Profile) -> String {
     let recorded = format_duration(profile.duration.as_nanos() as u64);
     if let Some(Sampling { period, reads }) = profile.sampling {
         let rate = 1.0 / period.as_secs_f64().max(1e-9);
+        let average = reads as f64 / profile.duration.as_secs_f64().max(1e-9);
+        if reads >= 2 && average < rate * 0.8 {
+            let average_period = format_duration((1e9 / average) as u64);
+            let budget = crate::pipeline::pace::READ_CPU_BUDGET * 100.0;
+            return format!(
+                "{recorded} recorded, sampled at {rate:.0} Hz asked, {average:.1} Hz on average \
+                 ({reads} reads, spaced out to keep them within {budget:.0}% of a CPU, or late \
+                 on a busy machine; waits shorter than {average_period} are statistical)"
+            );
+        }
         let period = format_duration(period.as_nanos() as u64);
         format!(
             "{recorded} recorded, sampled at {rate:.0} Hz ({reads} reads; waits shorter than \
@@ -801,6 +811,14 @@ mod tests {
              statistical)"
         );
         assert_eq!(recording_scope(&profile()), "3.00s recorded, waits >= 1.0ms with stacks");
+        // Reads spaced out by their cost: the rate they came at, and what it resolves.
+        sampled.sampling = Some(Sampling { period: Duration::from_millis(20), reads: 15 });
+        assert_eq!(
+            recording_scope(&sampled),
+            "3.00s recorded, sampled at 50 Hz asked, 5.0 Hz on average (15 reads, spaced out \
+             to keep them within 5% of a CPU, or late on a busy machine; waits shorter than \
+             200.0ms are statistical)"
+        );
     }
 
     #[test]

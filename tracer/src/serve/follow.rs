@@ -195,10 +195,9 @@ fn update_stack_spans(shared: &Shared) {
 /// `stop` or a read fails (the target exited). On a blocking thread: a read can take
 /// milliseconds of /proc reads and unwinding.
 fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &AtomicBool) {
-    let period = sampler.period();
-    let mut next = Instant::now();
+    let mut pace = crate::pipeline::pace::ReadPace::new(sampler.period());
     while !stop.load(Ordering::Relaxed) {
-        if let Err(err) = sampler.read() {
+        if let Err(err) = pace.read(|| sampler.read()) {
             log::debug!("sampling stopped: {err}");
             return;
         }
@@ -208,9 +207,7 @@ fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &Ato
             lock(&shared.collector).add_ended(ended);
         }
         sampler.objects_mut().forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
-        // A read that ran late does not make the next ones hurry to catch up.
-        next = (next + period).max(Instant::now());
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        std::thread::sleep(pace.next().saturating_duration_since(Instant::now()));
     }
 }
 

@@ -318,11 +318,10 @@ struct Reader {
 
 impl Reader {
     fn run(mut self, requests: mpsc::Receiver<Request>) {
-        let period = match self.host.upgrade() {
-            Some(host) => host.period,
+        let mut pace = match self.host.upgrade() {
+            Some(host) => crate::pipeline::pace::ReadPace::new(host.period),
             None => return,
         };
-        let mut next = Instant::now();
         loop {
             let Some(host) = self.host.upgrade() else { return };
             let joined = self.members.look_for_new();
@@ -332,7 +331,7 @@ impl Reader {
             if !joined.is_empty() {
                 self.open_windows_of_newcomers();
             }
-            let alive = self.members.read();
+            let alive = pace.read(|| self.members.read());
             host.reads.fetch_add(1, Ordering::Relaxed);
             self.hand_on_ended(&host);
             self.check_triggers(&host);
@@ -366,9 +365,8 @@ impl Reader {
             }
             drop(host);
             // Requests are answered until the next read is due.
-            next = (next + period).max(Instant::now());
             loop {
-                let wait = next.saturating_duration_since(Instant::now());
+                let wait = pace.next().saturating_duration_since(Instant::now());
                 match requests.recv_timeout(wait) {
                     Ok(request) => self.answer(request),
                     Err(mpsc::RecvTimeoutError::Timeout) => break,

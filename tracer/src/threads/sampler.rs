@@ -45,6 +45,8 @@ struct Wait {
     serial: u64,
     /// `CLOCK_MONOTONIC` of the last read that saw it.
     last_seen_ns: u64,
+    /// Which read that was (the tracker's count).
+    last_read: u64,
 }
 
 /// The waits of one window: each counts only its time after the window opened, so that
@@ -84,6 +86,8 @@ struct WaitTracker {
     ended: WaitAggregate,
     /// Waits started so far (each wait's serial).
     started: u64,
+    /// Reads observed so far.
+    reads: u64,
     /// The open windows, by id.
     windows: HashMap<u64, WindowLedger>,
 }
@@ -106,6 +110,7 @@ impl WaitTracker {
             current: HashMap::new(),
             ended: WaitAggregate::default(),
             started: 0,
+            reads: 0,
             windows: HashMap::new(),
         }
     }
@@ -122,25 +127,29 @@ impl WaitTracker {
             None => self.period_ns,
         };
         self.last_read_ns = Some(now_ns);
-        let mut previous = std::mem::take(&mut self.current);
+        self.reads += 1;
+        let read = self.reads;
+        // In place: a read of a thousand threads blocked for good moves no wait.
         let mut seen = Vec::with_capacity(blocked.len());
         for (tid, state) in blocked {
-            match previous.remove(&tid) {
-                Some(mut wait) if wait.state == state => {
+            match self.current.get_mut(&tid) {
+                Some(wait) if wait.state == state => {
                     wait.blocked_ns += self.interval_ns;
                     wait.last_seen_ns = now_ns;
+                    wait.last_read = read;
                     seen.push(Seen::Continues { reported: wait.key.is_some() });
-                    self.current.insert(tid, wait);
                 }
-                earlier => {
-                    if let Some(earlier) = earlier {
-                        self.end(tid, earlier);
-                    }
+                Some(_) => {
+                    let earlier = self.current.remove(&tid).expect("just found");
+                    self.end(tid, earlier);
                     seen.push(Seen::New);
                 }
+                None => seen.push(Seen::New),
             }
         }
-        for (tid, wait) in previous {
+        let ended: Vec<(u32, Wait)> =
+            self.current.extract_if(|_, wait| wait.last_read != read).collect();
+        for (tid, wait) in ended {
             self.end(tid, wait);
         }
         seen
@@ -164,6 +173,7 @@ impl WaitTracker {
             age_when_seen_ns,
             serial: self.started,
             last_seen_ns: now_ns,
+            last_read: self.reads,
         };
         self.current.insert(tid, wait);
     }

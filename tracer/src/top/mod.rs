@@ -24,6 +24,7 @@ use crate::{
         Namer,
         members::{Member, Members},
         own_usage::ProcessUsage,
+        pace::ReadPace,
     },
 };
 use table::Table;
@@ -94,8 +95,7 @@ struct Session {
 
 impl Session {
     fn run(&mut self, terminal: &mut Terminal) -> anyhow::Result<()> {
-        let period = Duration::from_secs(1) / self.rate;
-        let mut next_read = Instant::now();
+        let mut pace = ReadPace::new(Duration::from_secs(1) / self.rate);
         let mut next_refresh = Instant::now() + REFRESH;
         self.draw(terminal)?;
         loop {
@@ -103,22 +103,21 @@ impl Session {
                 return Ok(());
             }
             let now = Instant::now();
-            if now >= next_read {
+            if now >= pace.next() {
                 self.members.look_for_new();
-                if !self.members.read() {
+                if !pace.read(|| self.members.read()) {
                     return Ok(()); // every process exited
                 }
                 for exited in self.members.remove_exited() {
                     self.namers.remove(&exited.target.pid);
                 }
-                next_read = (next_read + period).max(Instant::now());
             }
             if now >= next_refresh {
                 self.refresh();
                 self.draw(terminal)?;
                 next_refresh = (next_refresh + REFRESH).max(Instant::now());
             }
-            let wait = next_read.min(next_refresh).saturating_duration_since(Instant::now());
+            let wait = pace.next().min(next_refresh).saturating_duration_since(Instant::now());
             // At most a read's period: a SIGTERM is seen at the loop's top that soon.
             if event::poll(wait).context("cannot read the terminal")? {
                 let Event::Key(key) = event::read().context("cannot read the terminal")? else {

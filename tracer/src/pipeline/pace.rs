@@ -1,0 +1,118 @@
+//! When a sampled read is next due: a period after the last one began, or later when the
+//! reads would take more than [`READ_CPU_BUDGET`] of one CPU. A read's cost follows the
+//! target's threads (a pass over 10,000 blocked threads takes about 9 ms here, 45% of a
+//! core at 49 Hz) and how many are in a new wait, whose stacks are copied and unwound;
+//! always-on use needs a bound that holds whatever the target does. Reads that come later
+//! each count the time since the one before, so the profile stays whole; its header gives
+//! the average rate when it fell below the asked one.
+
+use std::time::{Duration, Instant};
+
+/// The most of one CPU the reads may take, measured as this thread's CPU time per read.
+pub const READ_CPU_BUDGET: f64 = 0.05;
+
+/// The due time of each read of a sampled recording.
+#[derive(Debug)]
+pub struct ReadPace {
+    period: Duration,
+    next: Instant,
+    reads: u64,
+    /// Reads after which the next was put off by the budget.
+    slowed: u64,
+}
+
+impl ReadPace {
+    /// Reads every `period`, the first now.
+    pub fn new(period: Duration) -> Self {
+        Self { period, next: Instant::now(), reads: 0, slowed: 0 }
+    }
+
+    /// Runs one read and sets when the next is due (see [`ReadPace::next`]).
+    pub fn read<T>(&mut self, read: impl FnOnce() -> T) -> T {
+        let cpu_before = thread_cpu_time();
+        let result = read();
+        let spent = thread_cpu_time().saturating_sub(cpu_before);
+        self.reads += 1;
+        // The first read samples every blocked thread from /proc, once: it sets no pace.
+        let gap = if self.reads == 1 { self.period } else { gap_within_budget(self.period, spent) };
+        if gap > self.period {
+            self.slowed += 1;
+            if self.slowed == 1 {
+                log::info!(
+                    "a read took {spent:?} of CPU: reads come every {gap:?} instead of {:?} \
+                     to stay within {:.0}% of a CPU",
+                    self.period,
+                    READ_CPU_BUDGET * 100.0
+                );
+            }
+        }
+        // A read that ran late does not make the next ones hurry to catch up.
+        self.next = (self.next + gap).max(Instant::now());
+        result
+    }
+
+    /// When the next read is due.
+    pub fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// Reads after which the next was put off to stay within the budget.
+    pub fn slowed(&self) -> u64 {
+        self.slowed
+    }
+}
+
+/// The time from one read's start to the next's: `period`, or longer when a read that
+/// took `spent` of CPU would otherwise exceed the budget.
+fn gap_within_budget(period: Duration, spent: Duration) -> Duration {
+    period.max(spent.div_f64(READ_CPU_BUDGET))
+}
+
+/// This thread's CPU time so far (`CLOCK_THREAD_CPUTIME_ID`); zero if it cannot be read,
+/// which sets no pace.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cheap_read_keeps_the_period_and_a_costly_one_stretches_it() {
+        let period = Duration::from_millis(20);
+        assert_eq!(gap_within_budget(period, Duration::from_micros(300)), period);
+        // At the budget exactly: 1 ms of CPU every 20 ms is 5%.
+        assert_eq!(gap_within_budget(period, Duration::from_millis(1)), period);
+        // 9 ms a read (10,000 threads): every 180 ms, 5% of a CPU.
+        assert_eq!(gap_within_budget(period, Duration::from_millis(9)), Duration::from_millis(180));
+    }
+
+    #[test]
+    fn reads_that_burn_cpu_are_put_off_but_the_first_is_not() {
+        let burn = |cpu: Duration| {
+            let start = thread_cpu_time();
+            while thread_cpu_time().saturating_sub(start) < cpu {
+                std::hint::black_box(0u64);
+            }
+        };
+        let period = Duration::from_millis(1);
+        let mut pace = ReadPace::new(period);
+        let started = Instant::now();
+        pace.read(|| burn(Duration::from_millis(5)));
+        assert_eq!(pace.slowed(), 0, "the first read sets no pace");
+        assert!(pace.next() <= Instant::now() + period);
+        let second = Instant::now();
+        pace.read(|| burn(Duration::from_millis(5)));
+        assert_eq!(pace.slowed(), 1);
+        // 5 ms of CPU at 5%: the next read at least 100 ms after the first was due.
+        assert!(pace.next() >= started + Duration::from_millis(100), "{:?}", pace.next() - second);
+        pace.read(|| ());
+        assert_eq!(pace.slowed(), 1, "a cheap read keeps the period");
+    }
+}
