@@ -567,19 +567,26 @@ fn a_look_reads_as_the_syscall_file_would() {
     );
 }
 
-/// The task iterator's looks at parked threads of this process say what their /proc
-/// files say, and their switch counts hold still while they stay parked. Loads the probe
-/// object into the kernel (root).
-#[test]
-fn the_task_iterators_looks_agree_with_proc() {
-    let parked = Parked::spawn(4, "tracer-look", PILE_UP_STACK);
+/// A reader of this process that has seen each of `parked`'s threads blocked, their ids,
+/// and the probes for a pass of the task iterator over this process.
+fn read_once_blocked(parked: &Parked) -> (ThreadReader, Vec<u32>, crate::probes::Probes) {
     let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
     let tids: Vec<u32> = parked.tids().into_iter().map(|(tid, _)| tid).collect();
     for &tid in &tids {
         sample_until_blocked(&mut reader, tid);
     }
     let btf = crate::pipeline::target::btf_path().expect("this machine has BTF");
-    let mut probes = crate::probes::Probes::open_for_reading(this_pid(), &btf).expect("probes");
+    let probes = crate::probes::Probes::open_for_reading(this_pid(), &btf).expect("probes");
+    (reader, tids, probes)
+}
+
+/// The task iterator's looks at parked threads of this process say what their /proc
+/// files say, and their switch counts hold still while they stay parked. Loads the probe
+/// object into the kernel (root).
+#[test]
+fn the_task_iterators_looks_agree_with_proc() {
+    let parked = Parked::spawn(4, "tracer-look", PILE_UP_STACK);
+    let (_reader, tids, mut probes) = read_once_blocked(&parked);
     let first = probes.task_looks().expect("a pass of the iterator");
     thread::sleep(Duration::from_millis(50));
     let second = probes.task_looks().expect("a second pass");
@@ -608,13 +615,7 @@ fn the_task_iterators_looks_agree_with_proc() {
 #[test]
 fn a_look_is_stale_once_its_thread_ran_again() {
     let parked = Parked::spawn(2, "tracer-stale", PILE_UP_STACK);
-    let mut reader = ThreadReader::new(this_pid()).expect("reader for own pid");
-    let tids: Vec<u32> = parked.tids().into_iter().map(|(tid, _)| tid).collect();
-    for &tid in &tids {
-        sample_until_blocked(&mut reader, tid);
-    }
-    let btf = crate::pipeline::target::btf_path().expect("this machine has BTF");
-    let mut probes = crate::probes::Probes::open_for_reading(this_pid(), &btf).expect("probes");
+    let (mut reader, tids, mut probes) = read_once_blocked(&parked);
     let look_of = |looks: &[TaskLook], tid| *looks.iter().find(|look| look.tid == tid).unwrap();
     let before = probes.task_looks().expect("a pass of the iterator");
     // Wake them without releasing them: each goes back to the same wait.
