@@ -233,3 +233,15 @@ fn report_refuses_a_device() {
     let out = tracer_tests::tracer_report(&["/dev/zero"], ERROR_TIMEOUT);
     assert_error("report /dev/zero", &out, "not a regular file");
 }
+
+/// The options only a sampled recording takes are refused in exact mode, by name.
+#[test]
+fn sampled_only_options_are_refused_in_exact_mode() {
+    let target = sleeper();
+    for option in [["--rate", "20"], ["--cpu-budget", "20"]] {
+        let mut args = vec!["--mode", "exact"];
+        args.extend_from_slice(&option);
+        let out = record(target.pid(), &args);
+        assert_error(&format!("{} in exact mode", option[0]), &out, option[0]);
+    }
+}

@@ -45,6 +45,12 @@ pub struct TopArgs {
     /// Reads per second (default 49).
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: Option<u32>,
+
+    /// The most of one CPU the sampled reads may take, in percent (default 5): when reads
+    /// would take more (many threads, many new waits), they come less often, each counting
+    /// the time since the one before, and the report says at what rate they came.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_cpu_budget)]
+    pub cpu_budget: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +127,12 @@ pub struct ServeArgs {
     /// Reads per second in sampled mode (default 49: every wait of 21 ms or more is seen).
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: Option<u32>,
+
+    /// The most of one CPU the sampled reads may take, in percent (default 5): when reads
+    /// would take more (many threads, many new waits), they come less often, each counting
+    /// the time since the one before, and the report says at what rate they came.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_cpu_budget)]
+    pub cpu_budget: Option<f64>,
 
     /// Catch the moment: when CONDITION holds, write the process's snapshot and the last
     /// --trigger-window of its waits (JSON, SVG, .trace.json) to --trigger-dir.
@@ -259,6 +271,12 @@ pub struct RecordArgs {
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: Option<u32>,
 
+    /// The most of one CPU the sampled reads may take, in percent (default 5): when reads
+    /// would take more (many threads, many new waits), they come less often, each counting
+    /// the time since the one before, and the report says at what rate they came.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_cpu_budget)]
+    pub cpu_budget: Option<f64>,
+
     /// Probe map sizes (for tests that force losses).
     #[command(flatten)]
     pub maps: MapSizes,
@@ -305,6 +323,24 @@ fn parse_comm(text: &str) -> Result<String, String> {
         return Err("give the name of a process (/proc/PID/comm), not an empty one".to_string());
     }
     Ok(text.to_string())
+}
+
+/// The option given that only a sampled recording takes (`--rate`, `--cpu-budget`), to
+/// refuse it in exact mode.
+pub fn sampled_only_option(rate: Option<u32>, cpu_budget: Option<f64>) -> Option<&'static str> {
+    match (rate, cpu_budget) {
+        (Some(_), _) => Some("--rate"),
+        (None, Some(_)) => Some("--cpu-budget"),
+        (None, None) => None,
+    }
+}
+
+/// Parses a share of one CPU in percent, above 0 and at most 100.
+fn parse_cpu_budget(text: &str) -> Result<f64, String> {
+    match text.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(percent) if percent > 0.0 && percent <= 100.0 => Ok(percent),
+        _ => Err(format!("give a percentage of one CPU above 0 and at most 100, not {text:?}")),
+    }
 }
 
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).

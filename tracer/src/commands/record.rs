@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cli::{Mode, RecordArgs},
+    cli::{Mode, RecordArgs, sampled_only_option},
     golang::{DEFAULT_RATE_HZ, GoRecording},
     model::{
         Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TimelineRecorder, WaitAggregate,
@@ -35,7 +35,9 @@ use crate::{
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let RecordArgs { processes, duration, min_wait, outputs, top, mode, rate, maps } = args;
+    let RecordArgs { processes, duration, min_wait, outputs, top, mode, rate, cpu_budget, maps } =
+        args;
+    crate::pipeline::pace::set_cpu_budget(cpu_budget);
     let selection = processes.resolve()?;
     let pids = selection.matching()?;
     // A cgroup or the host is followed (processes that start join the recording):
@@ -64,8 +66,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
                 path.display()
             );
         }
-        if rate.is_some() && mode == Some(Mode::Exact) {
-            anyhow::bail!("--rate is for --mode sampled; an exact recording sees every wait");
+        if let Some(option) = sampled_only_option(rate, cpu_budget)
+            && mode == Some(Mode::Exact)
+        {
+            anyhow::bail!("{option} is for --mode sampled; an exact recording sees every wait");
         }
         let mode = match mode.unwrap_or(Mode::Sampled) {
             Mode::Sampled => GoRecording::Sampled { rate_hz: rate.unwrap_or(DEFAULT_RATE_HZ) },
@@ -81,10 +85,11 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
             return record_sampled(traced, duration, period, &outputs, top).await;
         }
-        Mode::Exact if rate.is_some() => {
-            anyhow::bail!("--rate is for --mode sampled; an exact recording sees every wait");
+        Mode::Exact => {
+            if let Some(option) = sampled_only_option(rate, cpu_budget) {
+                anyhow::bail!("{option} is for --mode sampled; an exact recording sees every wait");
+            }
         }
-        Mode::Exact => {}
     }
     let btf_path = target::btf_path()?;
     let outputs = pipeline::create_outputs(&outputs)?;

@@ -1,15 +1,33 @@
 //! When a sampled read is next due: a period after the last one began, or later when the
-//! reads would take more than [`READ_CPU_BUDGET`] of one CPU. A read's cost follows the
+//! reads would take more than their budget of one CPU (`--cpu-budget`, 5% by default). A read's cost follows the
 //! target's threads (a pass over 10,000 blocked threads takes about 9 ms here, 45% of a
 //! core at 49 Hz) and how many are in a new wait, whose stacks are copied and unwound;
 //! always-on use needs a bound that holds whatever the target does. Reads that come later
 //! each count the time since the one before, so the profile stays whole; its header gives
 //! the average rate when it fell below the asked one.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
-/// The most of one CPU the reads may take, measured as this thread's CPU time per read.
-pub const READ_CPU_BUDGET: f64 = 0.05;
+/// The most of one CPU the reads may take by default, in percent.
+pub const DEFAULT_CPU_BUDGET_PERCENT: f64 = 5.0;
+
+/// The budget of this run's reads, in percent (f64 bits): set once from the command line,
+/// read by every pace and by the report that states it.
+static CPU_BUDGET_PERCENT: AtomicU64 = AtomicU64::new(DEFAULT_CPU_BUDGET_PERCENT.to_bits());
+
+/// Sets the most of one CPU this run's reads may take (`--cpu-budget`), in percent.
+pub fn set_cpu_budget(percent: Option<f64>) {
+    let percent = percent.unwrap_or(DEFAULT_CPU_BUDGET_PERCENT);
+    CPU_BUDGET_PERCENT.store(percent.to_bits(), Ordering::Relaxed);
+}
+
+/// The most of one CPU this run's reads may take, in percent.
+pub fn cpu_budget_percent() -> f64 {
+    f64::from_bits(CPU_BUDGET_PERCENT.load(Ordering::Relaxed))
+}
 
 /// The due time of each read of a sampled recording.
 #[derive(Debug)]
@@ -34,15 +52,19 @@ impl ReadPace {
         let spent = thread_cpu_time().saturating_sub(cpu_before);
         self.reads += 1;
         // The first read samples every blocked thread from /proc, once: it sets no pace.
-        let gap = if self.reads == 1 { self.period } else { gap_within_budget(self.period, spent) };
+        let budget = cpu_budget_percent() / 100.0;
+        let gap = match self.reads {
+            1 => self.period,
+            _ => gap_within_budget(self.period, spent, budget),
+        };
         if gap > self.period {
             self.slowed += 1;
             if self.slowed == 1 {
                 log::info!(
                     "a read took {spent:?} of CPU: reads come every {gap:?} instead of {:?} \
-                     to stay within {:.0}% of a CPU",
+                     to stay within {}% of a CPU",
                     self.period,
-                    READ_CPU_BUDGET * 100.0
+                    cpu_budget_percent()
                 );
             }
         }
@@ -63,9 +85,9 @@ impl ReadPace {
 }
 
 /// The time from one read's start to the next's: `period`, or longer when a read that
-/// took `spent` of CPU would otherwise exceed the budget.
-fn gap_within_budget(period: Duration, spent: Duration) -> Duration {
-    period.max(spent.div_f64(READ_CPU_BUDGET))
+/// took `spent` of CPU would otherwise take more than `budget` (a fraction) of one CPU.
+fn gap_within_budget(period: Duration, spent: Duration, budget: f64) -> Duration {
+    period.max(spent.div_f64(budget))
 }
 
 /// This thread's CPU time so far (`CLOCK_THREAD_CPUTIME_ID`); zero if it cannot be read,
@@ -86,11 +108,13 @@ mod tests {
     #[test]
     fn a_cheap_read_keeps_the_period_and_a_costly_one_stretches_it() {
         let period = Duration::from_millis(20);
-        assert_eq!(gap_within_budget(period, Duration::from_micros(300)), period);
+        let gap = |spent| gap_within_budget(period, spent, 0.05);
+        assert_eq!(gap(Duration::from_micros(300)), period);
         // At the budget exactly: 1 ms of CPU every 20 ms is 5%.
-        assert_eq!(gap_within_budget(period, Duration::from_millis(1)), period);
-        // 9 ms a read (10,000 threads): every 180 ms, 5% of a CPU.
-        assert_eq!(gap_within_budget(period, Duration::from_millis(9)), Duration::from_millis(180));
+        assert_eq!(gap(Duration::from_millis(1)), period);
+        // 9 ms a read (10,000 threads): every 180 ms, 5% of a CPU; at 50%, every 20 ms.
+        assert_eq!(gap(Duration::from_millis(9)), Duration::from_millis(180));
+        assert_eq!(gap_within_budget(period, Duration::from_millis(9), 0.5), period);
     }
 
     #[test]

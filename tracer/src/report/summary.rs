@@ -112,11 +112,11 @@ pub(crate) fn recording_scope(profile: &Profile) -> String {
         let average = reads as f64 / profile.duration.as_secs_f64().max(1e-9);
         if reads >= 2 && average < rate * 0.8 {
             let average_period = format_duration((1e9 / average) as u64);
-            let budget = crate::pipeline::pace::READ_CPU_BUDGET * 100.0;
+            // The budget is the recording's, which a profile read again does not keep.
             return format!(
                 "{recorded} recorded, sampled at {rate:.0} Hz asked, {average:.1} Hz on average \
-                 ({reads} reads, spaced out to keep them within {budget:.0}% of a CPU, or late \
-                 on a busy machine; waits shorter than {average_period} are statistical)"
+                 ({reads} reads, spaced out to stay within --cpu-budget, or late on a busy \
+                 machine; waits shorter than {average_period} are statistical)"
             );
         }
         let period = format_duration(period.as_nanos() as u64);
@@ -816,7 +816,7 @@ mod tests {
         assert_eq!(
             recording_scope(&sampled),
             "3.00s recorded, sampled at 50 Hz asked, 5.0 Hz on average (15 reads, spaced out \
-             to keep them within 5% of a CPU, or late on a busy machine; waits shorter than \
+             to stay within --cpu-budget, or late on a busy machine; waits shorter than \
              200.0ms are statistical)"
         );
     }

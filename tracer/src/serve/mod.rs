@@ -73,11 +73,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_series,
         mode,
         rate,
+        cpu_budget,
         trigger,
         trigger_dir,
         trigger_cooldown,
         trigger_window,
     } = args;
+    crate::pipeline::pace::set_cpu_budget(cpu_budget);
     let triggers = trigger_dir.map(|dir| trigger::TriggerConfig {
         conditions: trigger,
         dir,
@@ -122,10 +124,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Mode::Sampled => {
             Some(Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ))
         }
-        Mode::Exact if rate.is_some() => {
-            anyhow::bail!("--rate is for --mode sampled; exact mode sees every wait")
+        Mode::Exact => {
+            if let Some(option) = crate::cli::sampled_only_option(rate, cpu_budget) {
+                anyhow::bail!("{option} is for --mode sampled; exact mode sees every wait")
+            }
+            None
         }
-        Mode::Exact => None,
     };
     let wanted = match (pid, comm) {
         (Some(pid), _) => Wanted::Pid(pid),

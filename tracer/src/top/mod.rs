@@ -36,7 +36,8 @@ const REFRESH: Duration = Duration::from_secs(1);
 static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
-    let TopArgs { processes, rate } = args;
+    let TopArgs { processes, rate, cpu_budget } = args;
+    crate::pipeline::pace::set_cpu_budget(cpu_budget);
     let selection = processes.resolve()?;
     let rate = rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ);
     let period = Duration::from_secs(1) / rate;
