@@ -78,6 +78,11 @@ impl ReadPace {
         self.next
     }
 
+    /// Reads so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
     /// Reads after which the next was put off to stay within the budget.
     pub fn slowed(&self) -> u64 {
         self.slowed

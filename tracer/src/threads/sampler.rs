@@ -57,6 +57,10 @@ struct WindowLedger {
     opened_with: HashMap<u32, (u64, u64)>,
     /// The waits that ended in the window, their part in it.
     ended: WaitAggregate,
+    /// The time the window's reads stood for (each the time since the one before): what
+    /// its waits' times are out of. Reads spaced out by their cost make it differ from the
+    /// window's wall time by up to a read's gap.
+    covered_ns: u64,
 }
 
 impl WindowLedger {
@@ -128,6 +132,9 @@ impl WaitTracker {
         };
         self.last_read_ns = Some(now_ns);
         self.reads += 1;
+        for ledger in self.windows.values_mut() {
+            ledger.covered_ns += self.interval_ns;
+        }
         let read = self.reads;
         // In place: a read of a thousand threads blocked for good moves no wait.
         let mut seen = Vec::with_capacity(blocked.len());
@@ -198,7 +205,13 @@ impl WaitTracker {
     fn open_window(&mut self, id: u64) {
         let opened_with =
             self.current.iter().map(|(&tid, wait)| (tid, (wait.serial, wait.blocked_ns))).collect();
-        self.windows.insert(id, WindowLedger { opened_with, ended: WaitAggregate::default() });
+        let ledger = WindowLedger { opened_with, ..WindowLedger::default() };
+        self.windows.insert(id, ledger);
+    }
+
+    /// The time window `id`'s reads have stood for so far; None if it is not open.
+    fn window_covered(&self, id: u64) -> Option<Duration> {
+        Some(Duration::from_nanos(self.windows.get(&id)?.covered_ns))
     }
 
     /// Closes window `id`: the waits that ended in it and the waits in progress at the
@@ -632,6 +645,12 @@ impl ThreadSampler {
         self.tracker.open_window(id);
     }
 
+    /// The time window `id`'s reads have stood for so far, the time its waits are out of
+    /// (a rate's denominator); None if it is not open.
+    pub fn window_covered(&self, id: u64) -> Option<Duration> {
+        self.tracker.window_covered(id)
+    }
+
     /// Whether window `id` is open.
     pub fn has_window(&self, id: u64) -> bool {
         self.tracker.windows.contains_key(&id)
@@ -815,10 +834,12 @@ mod tests {
         tracker.open_window(1);
         read(&mut tracker, 20 * MS, &[(1, blocked(0xa0, 5)), (2, blocked(0xb0, 3))], 0);
         read(&mut tracker, 30 * MS, &[(1, blocked(0xa0, 5)), (2, blocked(0xb0, 3))], 0);
+        assert_eq!(tracker.window_covered(1), Some(Duration::from_millis(20)));
         let first = tracker.close_window(1).unwrap();
         tracker.open_window(2);
         read(&mut tracker, 40 * MS, &[(1, blocked(0xa0, 5)), (2, blocked(0xb0, 3))], 0);
         read(&mut tracker, 50 * MS, &[(2, blocked(0xb0, 3))], 0);
+        assert_eq!(tracker.window_covered(2), Some(Duration::from_millis(20)));
         let second = tracker.close_window(2).unwrap();
         let time = |window: &WaitAggregate, futex: u64, in_progress: bool| {
             let mut key = key(futex);
@@ -833,6 +854,11 @@ mod tests {
         assert_eq!(time(&second, 0xa0, false), 10 * MS);
         assert_eq!(time(&second, 0xa0, true), 0);
         assert_eq!(time(&second, 0xb0, true), 20 * MS);
+        // Each window's reads stood for 20 ms; a read spaced out stretches its window.
+        assert_eq!(tracker.window_covered(2), None, "closed");
+        tracker.open_window(3);
+        read(&mut tracker, 80 * MS, &[(2, blocked(0xb0, 3))], 0);
+        assert_eq!(tracker.window_covered(3), Some(Duration::from_millis(30)));
         // The windows add up to the wait's time after the first opened (50 − 20 ms).
         assert_eq!(ended(&tracker.finish(false), 0xa0).total_ns, 50 * MS);
         assert_eq!(time(&first, 0xa0, true) + time(&second, 0xa0, false), 30 * MS);

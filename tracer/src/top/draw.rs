@@ -23,7 +23,10 @@ pub struct Header {
     pub processes: Vec<ProcessTag>,
     pub threads: u64,
     pub blocked: u64,
+    /// The reads per second asked for, and those made over the last interval (fewer when
+    /// their cost spaced them out, see `pipeline::pace`).
     pub rate: u32,
+    pub reads_per_second: f64,
     pub cpu_percent: f64,
     pub resident_bytes: u64,
 }
@@ -63,9 +66,16 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
             header.threads, header.blocked
         )),
     ]);
+    let sampled = if header.reads_per_second < f64::from(header.rate) * 0.8 {
+        format!(
+            "sampled at {:.1} Hz ({} asked: reads spaced out to stay within --cpu-budget)",
+            header.reads_per_second, header.rate
+        )
+    } else {
+        format!("sampled at {} Hz", header.rate)
+    };
     let mut second = format!(
-        "sampled at {} Hz; tracer {:.1}% CPU, {} MiB; sort: {}",
-        header.rate,
+        "{sampled}; tracer {:.1}% CPU, {} MiB; sort: {}",
         header.cpu_percent,
         header.resident_bytes / (1 << 20),
         state.table.sort.name()

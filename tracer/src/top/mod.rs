@@ -19,7 +19,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, Ke
 
 use crate::{
     cli::TopArgs,
-    model::{Profile, ProfileKind},
+    model::{Profile, ProfileKind, WaitAggregate},
     pipeline::{
         Namer,
         members::{Member, Members},
@@ -59,12 +59,24 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         rate,
         window: 0,
         usage: (Instant::now(), ProcessUsage::of_self()),
-        header: draw::Header::default(),
+        reads_at_refresh: 0,
+        header: draw::Header { rate, reads_per_second: f64::from(rate), ..Default::default() },
     };
     session.open_windows();
     watch_signals();
     let mut terminal = Terminal::enter()?;
     session.run(&mut terminal)
+}
+
+/// `waits`' blocked times per second of the time the window's reads stood for
+/// (`covered`): about the refresh interval, but a read's gap longer or shorter when reads
+/// are spaced out by their cost.
+fn per_second(mut waits: WaitAggregate, covered: Option<Duration>) -> WaitAggregate {
+    let Some(covered) = covered.filter(|covered| !covered.is_zero()) else { return waits };
+    for stats in waits.stacks.values_mut() {
+        stats.total_ns = (stats.total_ns as f64 / covered.as_secs_f64()) as u64;
+    }
+    waits
 }
 
 /// What the screen shows.
@@ -91,6 +103,8 @@ struct Session {
     window: u64,
     /// When the tracer's own usage was last read, and what it was.
     usage: (Instant, ProcessUsage),
+    /// The reads made by then.
+    reads_at_refresh: u64,
     header: draw::Header,
 }
 
@@ -114,7 +128,7 @@ impl Session {
                 }
             }
             if now >= next_refresh {
-                self.refresh();
+                self.refresh(pace.reads());
                 self.draw(terminal)?;
                 next_refresh = (next_refresh + REFRESH).max(Instant::now());
             }
@@ -146,15 +160,18 @@ impl Session {
     }
 
     /// Ends the interval: the table takes the threads blocked now and the interval's
-    /// waits (unless paused), the header the processes' and the tracer's own numbers.
-    fn refresh(&mut self) {
+    /// waits (unless paused), the header the processes' and the tracer's own numbers
+    /// (`reads`: how many reads were made so far, for the rate they came at).
+    fn refresh(&mut self, reads: u64) {
         let window = self.window;
         self.window += 1;
         let (mut now, mut interval) = (Vec::new(), Vec::new());
         let (mut threads, mut blocked) = (0, 0);
         for member in &mut self.members.members {
             let namer = self.namers.entry(member.target.pid).or_default();
-            let waits = member.sampler.close_window(window).unwrap_or_default();
+            let covered = member.sampler.window_covered(window);
+            let waits =
+                per_second(member.sampler.close_window(window).unwrap_or_default(), covered);
             member.sampler.open_window(self.window);
             let counts = member.sampler.thread_counts();
             threads += counts.threads;
@@ -176,10 +193,12 @@ impl Session {
             threads,
             blocked,
             rate: self.rate,
+            reads_per_second: reads.saturating_sub(self.reads_at_refresh) as f64 / elapsed,
             cpu_percent: cpu * 100.0,
             resident_bytes: usage.resident_bytes,
         };
         self.usage = (Instant::now(), usage);
+        self.reads_at_refresh = reads;
         if !self.paused {
             self.table.refresh(&Profile::of_processes(now), &Profile::of_processes(interval));
         }
@@ -308,4 +327,33 @@ fn watch_signals() {
     }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{StackKey, WaitObject};
+    use tracer_common::WaitKind;
+
+    #[test]
+    fn blocked_time_is_per_second_of_what_the_reads_stood_for() {
+        let waits = || {
+            let mut waits = WaitAggregate::default();
+            let key = StackKey {
+                addresses: vec![0x10],
+                kind: WaitKind::Futex,
+                object: WaitObject::Futex(0xa0),
+                truncated: false,
+                in_progress: true,
+            };
+            waits.add(key, 7, 300_000_000);
+            waits
+        };
+        let total = |waits: &WaitAggregate| waits.stacks.values().map(|s| s.total_ns).sum::<u64>();
+        // Reads spaced out: 1.5 s of them in the window.
+        let spaced = per_second(waits(), Some(Duration::from_millis(1500)));
+        assert_eq!(total(&spaced), 200_000_000);
+        // No read yet: nothing to divide by.
+        assert_eq!(total(&per_second(waits(), Some(Duration::ZERO))), 300_000_000);
+    }
 }
