@@ -107,7 +107,8 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
         screen.contains(&format!("c-pileup ({pid})")),
         "the header names the process:\n{screen}"
     );
-    assert!(screen.contains("sampled at 49 Hz"), "{screen}");
+    // The rate asked, or the one the reads came at when a busy machine made them late.
+    assert!(screen.contains("sampled at 49 Hz") || screen.contains("(49 asked: "), "{screen}");
     assert!(screen.contains("% CPU"), "the tracer's own cost:\n{screen}");
     let row = first_row(&screen);
     assert!(row.contains("futex"), "{row}");

@@ -68,7 +68,7 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
     ]);
     let sampled = if header.reads_per_second < f64::from(header.rate) * 0.8 {
         format!(
-            "sampled at {:.1} Hz ({} asked: reads spaced out to stay within --cpu-budget)",
+            "sampled at {:.1} Hz ({} asked: spaced out to stay within --cpu-budget, or late)",
             header.reads_per_second, header.rate
         )
     } else {
