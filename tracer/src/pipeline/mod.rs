@@ -111,8 +111,8 @@ pub async fn run_until_stop(
 }
 
 /// The loop of every sampled recording (threads and goroutines alike): `read` at once and
-/// then every `period`, or less often when reads would take more than `pace`'s share of a
-/// CPU (a read that runs late delays the next, it does not bunch them up)
+/// then every `period`, or less often when reads would take more than their share of a
+/// CPU (`pace`; a read that runs late delays the next, it does not bunch them up)
 /// until `duration` has passed, Ctrl-C or SIGTERM comes, or `target` exits; then once more
 /// for what is still blocked at the end, unless the target has exited. A read that fails
 /// because the target exited stops nothing by itself: the pidfd ends the loop at once and
@@ -148,8 +148,9 @@ pub async fn sample_until_stop(
 }
 
 /// The loop of a sampled recording of several processes: `read` at once and every
-/// `period` (paced as `sample_until_stop`'s) until `duration` has passed, Ctrl-C, SIGTERM or SIGHUP comes, or `read` says
-/// there is nothing left to read (false). Returns how long it ran.
+/// `period` (paced as `sample_until_stop`'s) until `duration` has passed, Ctrl-C, SIGTERM
+/// or SIGHUP comes, or `read` says there is nothing left to read (false). Returns how long
+/// it ran.
 pub async fn sample_while(
     duration: Duration,
     period: Duration,

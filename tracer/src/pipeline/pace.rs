@@ -1,10 +1,10 @@
 //! When a sampled read is next due: a period after the last one began, or later when the
-//! reads would take more than their budget of one CPU (`--cpu-budget`, 5% by default). A read's cost follows the
-//! target's threads (a pass over 10,000 blocked threads takes about 9 ms here, 45% of a
-//! core at 49 Hz) and how many are in a new wait, whose stacks are copied and unwound;
-//! always-on use needs a bound that holds whatever the target does. Reads that come later
-//! each count the time since the one before, so the profile stays whole; its header gives
-//! the average rate when it fell below the asked one.
+//! reads would take more than their budget of one CPU (`--cpu-budget`, 5% by default). A
+//! read's cost follows the target's threads (a pass over 10,000 blocked threads takes
+//! about 9 ms here, 45% of a core at 49 Hz) and how many are in a new wait, whose stacks
+//! are copied and unwound; always-on use needs a bound that holds whatever the target
+//! does. Reads that come later each count the time since the one before, so the profile
+//! stays whole; its header gives the rate they came at when it fell below the asked one.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -15,7 +15,7 @@ use std::{
 pub const DEFAULT_CPU_BUDGET_PERCENT: f64 = 5.0;
 
 /// The budget of this run's reads, in percent (f64 bits): set once from the command line,
-/// read by every pace and by the report that states it.
+/// read by every pace.
 static CPU_BUDGET_PERCENT: AtomicU64 = AtomicU64::new(DEFAULT_CPU_BUDGET_PERCENT.to_bits());
 
 /// Sets the most of one CPU this run's reads may take (`--cpu-budget`), in percent.
@@ -27,6 +27,12 @@ pub fn set_cpu_budget(percent: Option<f64>) {
 /// The most of one CPU this run's reads may take, in percent.
 pub fn cpu_budget_percent() -> f64 {
     f64::from_bits(CPU_BUDGET_PERCENT.load(Ordering::Relaxed))
+}
+
+/// Whether reads that came at `came_hz` fell well below the `asked_hz` rate: spaced out by
+/// their cost, or late on a busy machine. Reports then give the rate they came at.
+pub fn came_slower(asked_hz: f64, came_hz: f64) -> bool {
+    came_hz < asked_hz * 0.8
 }
 
 /// The due time of each read of a sampled recording.

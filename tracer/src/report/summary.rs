@@ -110,7 +110,7 @@ pub(crate) fn recording_scope(profile: &Profile) -> String {
     if let Some(Sampling { period, reads }) = profile.sampling {
         let rate = 1.0 / period.as_secs_f64().max(1e-9);
         let average = reads as f64 / profile.duration.as_secs_f64().max(1e-9);
-        if reads >= 2 && average < rate * 0.8 {
+        if reads >= 2 && crate::pipeline::pace::came_slower(rate, average) {
             let average_period = format_duration((1e9 / average) as u64);
             // The budget is the recording's, which a profile read again does not keep.
             return format!(

@@ -15,7 +15,7 @@ use super::{
     View,
     table::{Sort, Table, sparkline},
 };
-use crate::{model::ProcessTag, report::summary::format_duration};
+use crate::{model::ProcessTag, pipeline::pace::came_slower, report::summary::format_duration};
 
 /// The header's numbers, taken at each refresh.
 #[derive(Clone, Debug, Default)]
@@ -66,7 +66,7 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
             header.threads, header.blocked
         )),
     ]);
-    let sampled = if header.reads_per_second < f64::from(header.rate) * 0.8 {
+    let sampled = if came_slower(f64::from(header.rate), header.reads_per_second) {
         format!(
             "sampled at {:.1} Hz ({} asked: spaced out to stay within --cpu-budget, or late)",
             header.reads_per_second, header.rate
