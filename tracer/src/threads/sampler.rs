@@ -350,7 +350,6 @@ pub struct ThreadSampler {
     iterator_works: bool,
     tracker: WaitTracker,
     thread_names: WaitAggregate,
-    reads: u64,
     threads_skipped: u64,
     frame_pointer_unknown: u64,
     last_counts: ThreadCounts,
@@ -374,7 +373,6 @@ impl ThreadSampler {
             iterator_works: true,
             tracker: WaitTracker::new(period),
             thread_names: WaitAggregate::default(),
-            reads: 0,
             threads_skipped: 0,
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
@@ -402,7 +400,6 @@ impl ThreadSampler {
             Some(looks) => self.blocked_in_looks(looks, &mut counts),
             None => self.blocked_in_proc(&mut counts)?,
         };
-        self.reads += 1;
         let seen =
             self.tracker.observe(now_ns, blocked.iter().map(|&(tid, state, _)| (tid, state)));
         // The saved rbp of every thread, gathered once and only when a wait is new: from
@@ -509,7 +506,7 @@ impl ThreadSampler {
         // the part of them it did not see. Later waits need no age, and what a look
         // already read is not read again from /proc.
         let sample = match look {
-            _ if self.reads == 1 => self.reader.sample(tid),
+            _ if self.tracker.reads == 1 => self.reader.sample(tid),
             Some(look) => self.reader.sample_look(look, state.syscall).map(Some),
             None => self.reader.sample_without_age(tid),
         };
@@ -694,7 +691,7 @@ impl ThreadSampler {
 
     /// Reads so far.
     pub fn reads(&self) -> u64 {
-        self.reads
+        self.tracker.reads
     }
 
     /// What the reads found out about the waits' objects (endpoints and their states).
@@ -714,13 +711,13 @@ impl ThreadSampler {
             thread_names,
             unwinder,
             objects,
-            reads,
             threads_skipped,
             frame_pointer_unknown,
             last_counts,
             tasks,
             ..
         } = self;
+        let reads = tracker.reads;
         let mut aggregate = tracker.finish(target_exited);
         aggregate.thread_names = thread_names.thread_names;
         let thread_counts = if target_exited {
