@@ -245,3 +245,12 @@ fn sampled_only_options_are_refused_in_exact_mode() {
         assert_error(&format!("{} in exact mode", option[0]), &out, option[0]);
     }
 }
+
+/// `--no-wakers` leaves out a probe only an exact recording of threads attaches: refused
+/// in sampled mode, by name.
+#[test]
+fn no_wakers_is_refused_in_sampled_mode() {
+    let target = sleeper();
+    let out = record(target.pid(), &["--mode", "sampled", "--no-wakers"]);
+    assert_error("--no-wakers in sampled mode", &out, "--no-wakers is for an exact recording");
+}

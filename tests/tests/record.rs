@@ -13,6 +13,7 @@ use tracer_tests::{
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
 const RUST_PILEUP: &str = env!("CARGO_BIN_EXE_rust-pileup");
+const PING_PONG: &str = env!("CARGO_BIN_EXE_ping-pong");
 
 /// Enough handlers that the pile-up dwarfs everything else in the process, as in the story (the
 /// machine has 2 cores; they are blocked nearly all the time, so 32 cost little CPU).
@@ -29,17 +30,20 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(60);
 /// both the handler function and the function that enqueues into the channel.
 const MIN_ATTRIBUTED_SHARE: f64 = 0.90;
 
-/// Records `pileup` and checks the acceptance: futex time attributed to `handler` +
-/// `enqueue_fn`, and send time under `send_fn`.
-fn record_and_check(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &str) {
+/// Records `pileup` (with `extra` options) and checks the acceptance: futex time
+/// attributed to `handler` + `enqueue_fn`, and send time under `send_fn`.
+fn record_and_check(
+    label: &str,
+    pileup: &Pileup,
+    enqueue_fn: &str,
+    send_fn: &str,
+    extra: &[&str],
+) -> tracer_tests::Traced {
     let dir = TempDir::new(label);
     let svg = dir.join("waits.svg");
-    let traced = record_profile(
-        pileup.workload.pid(),
-        &["--duration", RECORD_DURATION, "--output", svg.to_str().expect("utf-8 temp path")],
-        &dir,
-        RECORD_TIMEOUT,
-    );
+    let mut args = vec!["--duration", RECORD_DURATION, "--output", svg.to_str().expect("utf-8")];
+    args.extend(extra);
+    let traced = record_profile(pileup.workload.pid(), &args, &dir, RECORD_TIMEOUT);
     let profile = &traced.profile;
     assert_eq!(profile.kind, ProfileKind::Recording);
     assert_eq!(profile.pid, pileup.workload.pid(), "the profile names another process");
@@ -119,12 +123,13 @@ fn record_and_check(label: &str, pileup: &Pileup, enqueue_fn: &str, send_fn: &st
         top_stacks(profile, is_send, 10)
     );
     assert_svg(&svg);
+    traced
 }
 
 #[test]
 fn rust_pileup_attributes_futex_and_send_waits() {
     let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
-    record_and_check("rust-pileup", &pileup, "send_stat", "write_to_backend");
+    record_and_check("rust-pileup", &pileup, "send_stat", "write_to_backend", &[]);
 }
 
 #[test]
@@ -132,7 +137,63 @@ fn c_pileup_attributes_futex_and_send_waits() {
     let build = TempDir::new("c-build");
     let bin = build_c_pileup(build.path());
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
-    record_and_check("c-pileup", &pileup, "enqueue_stat", "send_to_backend");
+    let traced = record_and_check("c-pileup", &pileup, "enqueue_stat", "send_to_backend", &[]);
+    assert!(!traced.profile.no_wakers && !traced.profile.wakers.is_empty(), "no wakers recorded");
+}
+
+/// Without the wake probe the handlers' waits end where they are switched back in, mostly
+/// after the idle task, whose view holds none of the process's memory: their stacks come
+/// from the copies their sleeps kept, and the report attributes them as with wakers.
+#[test]
+fn c_pileup_without_wakers_attributes_futex_and_send_waits() {
+    let build = TempDir::new("c-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let traced = record_and_check(
+        "c-pileup-no-wakers",
+        &pileup,
+        "enqueue_stat",
+        "send_to_backend",
+        &["--no-wakers"],
+    );
+    let (profile, stdout) = (&traced.profile, &traced.out.stdout);
+    assert!(profile.no_wakers && profile.wakers.is_empty(), "{:?}", profile.wakers);
+    assert_eq!(profile.counts.wakes_seen, 0, "{:?}", profile.counts);
+    assert!(profile.counts.sleep_copies > 0, "no sleep kept a copy: {:?}", profile.counts);
+    assert!(stdout.contains("with stacks, no wakers (--no-wakers)"), "{stdout}");
+}
+
+/// Without the wake probe, a thread whose waits all end short (a ping-pong's handoffs)
+/// sleeps without copying its stack after its first few waits: copies at every handoff
+/// would cost it most of what leaving the probe out saves.
+#[test]
+fn short_handoffs_without_wakers_keep_no_copies() {
+    // It prints only when it ends: started, and given time to start its players.
+    let child = Command::new(PING_PONG)
+        .args(["futex", "--seconds", &WORKLOAD_SECONDS.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ping-pong");
+    let workload = tracer_tests::ChildGuard::new("ping-pong", child);
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = TempDir::new("ping-pong-no-wakers");
+    let traced = record_profile(
+        workload.pid(),
+        &["--duration", "2s", "--mode", "exact", "--no-wakers"],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    let counts = &traced.profile.counts;
+    println!("{counts:?}");
+    // Tens of thousands of handoffs a second here: a copy at each would be as many. A
+    // thread's first sleeps copy, and so do those after a wait that lasted the threshold
+    // (a player descheduled for a while).
+    assert!(
+        counts.short_waits >= 10_000 && counts.sleep_copies * 100 < counts.short_waits,
+        "{} short waits, {} sleeps copied",
+        counts.short_waits,
+        counts.sleep_copies
+    );
 }
 
 /// The target lives this long: long enough for the tracer to load and attach its probes first,
@@ -183,7 +244,14 @@ fn target_exit_ends_recording_and_writes_reports() {
 /// nearly all the time, at its own call site.
 #[test]
 fn every_way_a_wait_ends_keeps_its_stack() {
-    record_wake_paths(&[]);
+    record_wake_paths(&[], &[]);
+}
+
+/// As above without the wake probe: the waits a thread of the process ends end at their
+/// switch in too, read from the copy kept at their sleep when the memory is not at hand.
+#[test]
+fn every_way_a_wait_ends_keeps_its_stack_without_wakers() {
+    record_wake_paths(&[], &["--no-wakers"]);
 }
 
 /// The same five wait loops on threads whose ids are equal modulo `WAIT_START_SLOTS`, so all
@@ -195,7 +263,7 @@ fn every_way_a_wait_ends_keeps_its_stack() {
 fn threads_sharing_a_wait_word_keep_every_wait() {
     let stride = tracer_common::WAIT_START_SLOTS;
     let _pid_max = RaisedSysctl::at_least("/proc/sys/kernel/pid_max", 4194304);
-    let tids = record_wake_paths(&[stride.to_string()]);
+    let tids = record_wake_paths(&[stride.to_string()], &[]);
     let most_in_one_slot = tids
         .iter()
         .map(|tid| tids.iter().filter(|other| *other % stride == tid % stride).count())
@@ -203,10 +271,10 @@ fn threads_sharing_a_wait_word_keep_every_wait() {
     assert_eq!(most_in_one_slot, Some(5), "the five wait loops share no slot: tids {tids:?}");
 }
 
-/// Starts c-wake-paths with `extra` arguments after its seconds, records it in exact mode and
-/// checks that each wait loop's waits ended with their stacks; returns the workload's thread
-/// ids as they were while recorded.
-fn record_wake_paths(extra: &[String]) -> Vec<u32> {
+/// Starts c-wake-paths with `extra` arguments after its seconds, records it in exact mode
+/// (with `options`) and checks that each wait loop's waits ended with their stacks; returns
+/// the workload's thread ids as they were while recorded.
+fn record_wake_paths(extra: &[String], options: &[&str]) -> Vec<u32> {
     let build = TempDir::new("wake-paths-build");
     let bin = build_c(build.path(), C_WAKE_PATHS_SOURCE, "c-wake-paths");
     let mut cmd = Command::new(&bin);
@@ -214,12 +282,9 @@ fn record_wake_paths(extra: &[String]) -> Vec<u32> {
     let workload = start_workload("c-wake-paths", cmd);
     let tids = live_thread_ids(workload.pid());
     let dir = TempDir::new("wake-paths");
-    let traced = record_profile(
-        workload.pid(),
-        &["--duration", RECORD_DURATION, "--mode", "exact"],
-        &dir,
-        RECORD_TIMEOUT,
-    );
+    let mut args = vec!["--duration", RECORD_DURATION, "--mode", "exact"];
+    args.extend(options);
+    let traced = record_profile(workload.pid(), &args, &dir, RECORD_TIMEOUT);
     let profile = &traced.profile;
     let recorded_ns = profile.duration.as_nanos() as u64;
     for (site, kind, ended_by) in [

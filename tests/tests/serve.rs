@@ -53,12 +53,17 @@ fn wait_attached(daemon: &mut ServeDaemon, pid: u32) {
 
 #[test]
 fn go_pprof_reads_the_block_profile_over_http() {
-    block_profile_over_http(None);
+    block_profile_over_http(&[]);
 }
 
 #[test]
 fn go_pprof_reads_the_block_profile_over_http_in_exact_mode() {
-    block_profile_over_http(Some("exact"));
+    block_profile_over_http(&["--mode", "exact"]);
+}
+
+#[test]
+fn go_pprof_reads_the_block_profile_over_http_in_exact_mode_without_wakers() {
+    block_profile_over_http(&["--mode", "exact", "--no-wakers"]);
 }
 
 /// The BPF links a process holds that run on others' paths: every link but the task
@@ -67,22 +72,25 @@ fn attached_links(pid: u32) -> u64 {
     bpf_links_by_type(pid).into_iter().filter(|(kind, _)| kind != "iter").map(|(_, n)| n).sum()
 }
 
-/// The pile-up's block profile from `serve` (sampled, its default, or `--mode MODE`),
+/// The pile-up's block profile from `serve` (sampled, its default, or as `options` say),
 /// through go tool pprof.
-fn block_profile_over_http(mode: Option<&str>) {
+fn block_profile_over_http(options: &[&str]) {
     let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
     let pid_arg = pid.to_string();
     let mut args = vec!["--pid", pid_arg.as_str()];
-    args.extend(mode.iter().flat_map(|mode| ["--mode", mode]));
+    args.extend(options);
     let mut daemon = ServeDaemon::start(&args);
     wait_attached(&mut daemon, pid);
-    // Sampled, nothing is attached to anything; exact, the scheduler tracepoints are.
+    // Sampled, nothing is attached to anything; exact, the two scheduler tracepoints are,
+    // or without wakers `sched_switch` alone.
     let links = attached_links(daemon.pid());
-    match mode {
-        None => assert_eq!(links, 0, "serve (sampled) attached {links} BPF programs"),
-        Some(_) => assert!(links >= 2, "serve --mode exact holds {links} BPF links"),
-    }
+    let expected = match options {
+        [] => 0,
+        [.., "--no-wakers"] => 1,
+        _ => 2,
+    };
+    assert_eq!(links, expected, "serve {options:?} holds {links} BPF links");
 
     let dir = TempDir::new("serve-pprof");
     let url = format!("http://127.0.0.1:{}/debug/pprof/block?seconds=2", daemon.port);

@@ -188,6 +188,32 @@ pub const WAKES_RING_BYTES: u32 = 4 * 1024 * 1024;
 /// wait is noted in task storage instead (IN_FLIGHT).
 pub const WAIT_START_SLOTS: u32 = 1 << 16;
 
+/// How many of a thread's waits in a row ended under the threshold, kept (in a plain
+/// array, a slot per `tid % WAIT_START_SLOTS`) only while no probe sees wakes: a long wait
+/// is then read where its thread is switched back in, most often after the idle task or
+/// another process's thread, in whose view the target's memory cannot be read, so its
+/// sleep keeps a copy of its stack. A thread whose last waits all ended short (a
+/// ping-pong's) is taken to wait short again, and sleeps without one: copies at every
+/// handoff would cost it dearly. Threads sharing a slot share a guess, nothing more.
+pub struct ShortRun;
+
+impl ShortRun {
+    /// Waits ended short in a row after which a sleep keeps no copy.
+    pub const SKIP_COPY_AFTER: u32 = 4;
+
+    /// The run after a wait ended, long or not.
+    #[inline(always)]
+    pub fn after(run: u32, long: bool) -> u32 {
+        if long { 0 } else { (run + 1).min(Self::SKIP_COPY_AFTER) }
+    }
+
+    /// Whether a thread whose run is `run` keeps a copy of its stack as it sleeps.
+    #[inline(always)]
+    pub fn keeps_copy(run: u32) -> bool {
+        run < Self::SKIP_COPY_AFTER
+    }
+}
+
 /// A WAIT_STARTS word, from its low bits up:
 /// - 7 bits of tag, `tid / WAIT_START_SLOTS + 1`: thread ids are below 2^22 (the kernel's
 ///   PID_MAX_LIMIT on 64-bit), and a word never written (0) is no thread's;
@@ -685,6 +711,9 @@ pub enum Counter {
     SpanSamplesDropped = 12,
     /// Sleep copies taken whole: no span known for their thread at their registers.
     SleepCopiesWhole = 13,
+    /// Sleeps that kept a copy of their stack, whole or in part (waits likely to end where
+    /// the sleeper's memory cannot be read).
+    SleepCopies = 14,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -762,8 +791,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 14;
-const _: () = assert!(Counter::SleepCopiesWhole as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 15;
+const _: () = assert!(Counter::SleepCopies as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);
@@ -859,6 +888,21 @@ mod tests {
         assert!(!is_futex_wake(0)); // FUTEX_WAIT
         assert!(!is_futex_wake(9 | PRIVATE)); // FUTEX_WAIT_BITSET
         assert!(!is_futex_wake(6)); // FUTEX_LOCK_PI
+    }
+
+    #[test]
+    fn a_sleep_keeps_no_copy_only_after_a_run_of_short_waits() {
+        // A thread never seen, or whose last wait was long: a copy.
+        assert!(ShortRun::keeps_copy(0));
+        assert!(ShortRun::keeps_copy(ShortRun::after(ShortRun::SKIP_COPY_AFTER, true)));
+        let mut run = 0;
+        for short_waits in 1..=ShortRun::SKIP_COPY_AFTER + 2 {
+            run = ShortRun::after(run, false);
+            assert_eq!(ShortRun::keeps_copy(run), short_waits < ShortRun::SKIP_COPY_AFTER);
+        }
+        // Saturated, one long wait brings the copies back.
+        assert_eq!(run, ShortRun::SKIP_COPY_AFTER);
+        assert!(ShortRun::keeps_copy(ShortRun::after(run, true)));
     }
 
     #[test]

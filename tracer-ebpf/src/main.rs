@@ -16,10 +16,16 @@
 //!   sleeper's stack, read as it slept through the memory the waker shares, and for futex
 //!   wakes the waker's stack too.
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
-//!   wait (woken from outside the process, or its wake missed by a race with the sleep):
-//!   under the threshold it only adds to per-kind totals; over it, it sends the registers
-//!   and a copy of the user stack (read from memory when `prev` is a thread of the target,
-//!   else the copy kept from the sleep) to userspace.
+//!   wait (woken from outside the process, or its wake missed by a race with the sleep)
+//!   at the time its wake queued it (`sched_info.last_queued`): under the threshold it
+//!   only adds to per-kind totals; over it, it sends the registers and a copy of the user
+//!   stack (read from memory when `prev` is a thread of the target, else the copy kept
+//!   from the sleep) to userspace.
+//!
+//! Without wakers (`--no-wakers`, `WAKES_ATTACHED` 0) only `sched_switch` is attached:
+//! every machine-wide wake then costs nothing, and every wait ends at its switch in, so a
+//! futex sleep keeps a stack copy too, unless its thread's last waits all ended short
+//! (`SHORT_RUNS`: a ping-pong's handoffs copy nothing).
 //!
 //! Most waits are short, and every step on their way is a helper call saved or spent (each
 //! returns through the SRSO Safe-RET thunk on this VM's CPUs). A thread's wait is a word of
@@ -67,7 +73,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortWaitTotals,
+    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals,
     SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
     WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
     WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
@@ -118,6 +124,15 @@ static TASK_NIVCSW_OFFSET: Global<u64> = Global::new(0);
 /// `TaskLook::ARRIVALS_UNKNOWN` where the kernel has none. Set by the loader.
 #[unsafe(no_mangle)]
 static TASK_ARRIVALS_OFFSET: Global<u64> = Global::new(TaskLook::ARRIVALS_UNKNOWN);
+/// Offset of `sched_info.last_queued` in `struct task_struct`: when a task was put on a
+/// run queue (by its wake, for a sleeper), by that run queue's clock; 0 where the kernel
+/// has none. Set by the loader.
+#[unsafe(no_mangle)]
+static TASK_LAST_QUEUED_OFFSET: Global<u64> = Global::new(0);
+/// 1 when `sched_waking` is attached (the wakers recorded); 0 when only `sched_switch`
+/// is, and every wait ends at its switch in. Set by the loader.
+#[unsafe(no_mangle)]
+static WAKES_ATTACHED: Global<u64> = Global::new(1);
 
 mod task_storage;
 
@@ -134,6 +149,11 @@ static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 /// another thread of the same slot is in a wait that holds it.
 #[map]
 static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
+
+/// Each thread's run of waits ended short (see `ShortRun`), a slot per WAIT_STARTS slot;
+/// kept only without the wake probe.
+#[map]
+static SHORT_RUNS: Array<u32> = Array::with_max_entries(WAIT_START_SLOTS, 0);
 
 /// `tid`'s WAIT_STARTS word: an aligned word, which other CPUs rewrite whole.
 #[inline(always)]
@@ -332,6 +352,28 @@ impl SwitchTime {
     }
 }
 
+impl SwitchTime {
+    /// When `next`, a thread switched in, was woken: when its wake put it on a run queue
+    /// (`sched_info.last_queued`, by that queue's clock, which the switch has not yet
+    /// cleared), so that a wait ended here does not count the time its thread then waited
+    /// for a CPU. The switch's time where that is not known.
+    #[inline(always)]
+    fn woken_at(&mut self, next: *mut task_struct) -> u64 {
+        let now = self.now();
+        let offset_field = TASK_LAST_QUEUED_OFFSET.load();
+        let Some(clock) = SWITCH_CLOCK.get(0) else { return now };
+        if offset_field == 0 || clock.measured != 1 {
+            return now;
+        }
+        // SAFETY: a BTF task pointer from the tracepoint; an 8-byte member, as in
+        // `task_field_u64`.
+        let queued = unsafe { task_field_u64(next, offset_field) };
+        let woken = queued.wrapping_add(clock.offset);
+        // Not queued (0), or a clock of another CPU's queue a little ahead of this one.
+        if queued == 0 || (now.wrapping_sub(woken) as i64) < 0 { now } else { woken }
+    }
+}
+
 /// The clock of `task`'s run queue (`sched_clock` at its last update: at a switch, the
 /// start of that `__schedule`); 0 where this kernel has no path to it.
 ///
@@ -444,7 +486,8 @@ fn note_sleep(
     };
     count(Counter::WaitsStarted);
     let start_ns = clock.now();
-    let span_sample = woken_from_outside(kind, nr, regs) && keep_sleep_stack(tid, start_ns, regs);
+    let span_sample =
+        keeps_sleep_copy(kind, nr, regs, tid) && keep_sleep_stack(tid, start_ns, regs);
     let in_word =
         wait_word(tid).is_some_and(|word| note_in_word(word, tid, kind, start_ns, span_sample));
     if !in_word {
@@ -516,6 +559,37 @@ fn wait_from_word(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64) ->
     InFlightWait { start_ns, object, switches: 0, kind, tid, flags: 0, _pad: 0 }
 }
 
+/// Whether thread `tid`'s sleep in a wait of `kind` keeps a copy of its stack: when the
+/// wait is likely to end where the sleeper's memory cannot be read.
+#[inline(always)]
+fn keeps_sleep_copy(kind: WaitKind, nr: i64, regs: *const pt_regs, tid: u32) -> bool {
+    if woken_from_outside(kind, nr, regs) {
+        return true;
+    }
+    // Without the wake probe, even a wait a thread of the target ends is read where its
+    // thread is switched back in: copied, unless the thread's waits end short.
+    WAKES_ATTACHED.load() == 0 && ShortRun::keeps_copy(short_run(tid).map_or(0, |run| *run))
+}
+
+/// Thread `tid`'s slot of SHORT_RUNS.
+#[inline(always)]
+fn short_run(tid: u32) -> Option<&'static mut u32> {
+    // SAFETY: an array value, a plain aligned u32; threads sharing the slot only share a
+    // guess (see `ShortRun`).
+    SHORT_RUNS.get_ptr_mut(tid % WAIT_START_SLOTS).map(|run| unsafe { &mut *run })
+}
+
+/// Notes that thread `tid`'s wait ended, `long` or not, for its next sleep's guess
+/// (`keeps_sleep_copy`).
+#[inline(always)]
+fn note_wait_ended(tid: u32, long: bool) {
+    if WAKES_ATTACHED.load() == 0
+        && let Some(run) = short_run(tid)
+    {
+        *run = ShortRun::after(*run, long);
+    }
+}
+
 /// Whether a wait is likely ended by something other than a thread of the target (a
 /// socket's peer or the network, a timer, another process sharing a futex), where the
 /// sleeper's memory cannot be read. An untimed wait on a process-private futex is woken by
@@ -574,6 +648,7 @@ fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) -> bool {
         (*slot).asked = asked;
         let len = copy_user_stack_part(&mut (*slot).stack, sp, asked);
         (*slot).len = len;
+        count(Counter::SleepCopies);
         if asked != STACK_COPY_BYTES as u32 || len == 0 {
             return false;
         }
@@ -605,21 +680,21 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
     let Some(word) = wait_word(tid) else { return };
     // SAFETY: a value of WAIT_STARTS; `next` is not running, so only its wake could
     // rewrite the word meanwhile, and that wake is over.
-    match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now()) {
+    match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.woken_at(next)) {
         WordVerdict::NoWait => return,
         WordVerdict::Short { kind, elapsed_ns, span_sample } => {
             // SAFETY: as above.
             unsafe { *word = WaitSlot::ended_word(tid) };
-            let start_ns = clock.now().wrapping_sub(elapsed_ns);
+            let start_ns = clock.woken_at(next).wrapping_sub(elapsed_ns);
             end_short_wait(next, tid, kind, start_ns, elapsed_ns, span_sample);
             return;
         }
         WordVerdict::Long { kind, elapsed_ns } => {
             // SAFETY: as above.
             unsafe { *word = WaitSlot::ended_word(tid) };
-            let now = clock.now();
-            let wait = wait_from_word(next, tid, kind, now.wrapping_sub(elapsed_ns));
-            end_wait(next, &wait, now, stack_source(prev_is_target));
+            let end_ns = clock.woken_at(next);
+            let wait = wait_from_word(next, tid, kind, end_ns.wrapping_sub(elapsed_ns));
+            end_wait(next, &wait, end_ns, stack_source(prev_is_target));
             return;
         }
         WordVerdict::AskTaskStorage => {}
@@ -636,7 +711,7 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
     }
     // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
-    end_wait(next, &wait, clock.now(), stack_source(prev_is_target));
+    end_wait(next, &wait, clock.woken_at(next), stack_source(prev_is_target));
 }
 
 /// Where the stack of a wait that ends at a switch in is read: in memory when the thread
@@ -659,6 +734,7 @@ fn end_short_wait(
     span_sample: bool,
 ) {
     count(Counter::ShortWaits);
+    note_wait_ended(tid, false);
     if let Some(totals) = SHORT_WAITS.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, as in `count`.
         unsafe {
@@ -690,6 +766,7 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
         end_short_wait(task, wait.tid, wait.kind, wait.start_ns, duration_ns, span_sample);
         return;
     }
+    note_wait_ended(wait.tid, true);
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
         count(Counter::RingBufferFull);
         return;

@@ -116,6 +116,8 @@ enum Variant {
     Tracer,
     /// `tracer record --mode sampled`: the threads read at the default rate, nothing attached.
     TracerSampled,
+    /// `tracer record --no-wakers`: exact, `sched_switch` alone.
+    TracerNoWakers,
     Offcputime,
     Bpftrace,
 }
@@ -126,16 +128,18 @@ impl Variant {
             Variant::Alone => "alone",
             Variant::Tracer => "tracer record",
             Variant::TracerSampled => "tracer record --mode sampled",
+            Variant::TracerNoWakers => "tracer record --no-wakers",
             Variant::Offcputime => "offcputime -p",
             Variant::Bpftrace => "bpftrace histogram",
         }
     }
 }
 
-const ALL_VARIANTS: [Variant; 5] = [
+const ALL_VARIANTS: [Variant; 6] = [
     Variant::Alone,
     Variant::Tracer,
     Variant::TracerSampled,
+    Variant::TracerNoWakers,
     Variant::Offcputime,
     Variant::Bpftrace,
 ];
@@ -586,21 +590,15 @@ fn measure_probe_costs(
 fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result<Proc> {
     let pid_arg = pid.to_string();
     let mut tool = match variant {
-        Variant::Tracer | Variant::TracerSampled => {
+        Variant::Tracer | Variant::TracerSampled | Variant::TracerNoWakers => {
             let duration = format!("{}s", (settings.seconds + 300.0).ceil());
-            let mode = if variant == Variant::Tracer { "exact" } else { "sampled" };
-            Proc::spawn(
-                "tracer",
-                pinned(TOOL_CPU, &settings.release.join("tracer")).args([
-                    "record",
-                    "--pid",
-                    &pid_arg,
-                    "--duration",
-                    &duration,
-                    "--mode",
-                    mode,
-                ]),
-            )?
+            let mode = if variant == Variant::TracerSampled { "sampled" } else { "exact" };
+            let mut command = pinned(TOOL_CPU, &settings.release.join("tracer"));
+            command.args(["record", "--pid", &pid_arg, "--duration", &duration, "--mode", mode]);
+            if variant == Variant::TracerNoWakers {
+                command.arg("--no-wakers");
+            }
+            Proc::spawn("tracer", &mut command)?
         }
         Variant::Offcputime => {
             if !Path::new(OFFCPUTIME).exists() {
@@ -626,7 +624,7 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
     loop {
         tool.collect_output();
         let attached = match variant {
-            Variant::Tracer | Variant::TracerSampled => {
+            Variant::Tracer | Variant::TracerSampled | Variant::TracerNoWakers => {
                 tool.stderr.iter().any(|l| l.starts_with("tracer: recording"))
             }
             Variant::Bpftrace => tool.stdout.iter().any(|l| l == "attached"),
@@ -1032,48 +1030,48 @@ fn budget_lines(
             continue;
         }
         let alone = runs_of(workload, Variant::Alone).map(rates);
-        let tracer = runs_of(workload, Variant::Tracer).map(rates);
         let offcpu = runs_of(workload, Variant::Offcputime).map(rates);
-        match (&alone, &tracer, &offcpu) {
-            (Some(alone), Some(tracer), Some(offcpu)) => {
-                // The tracer's loss as a share of offcputime's: both from the same rounds'
-                // alone arm, so a round's speed cancels; resampled by round.
-                let share = latency::of_round_medians(&[alone, tracer, offcpu], |m| {
-                    let offcpu_loss = 1.0 - m[2] / m[0];
-                    (offcpu_loss > 0.0).then(|| (1.0 - m[1] / m[0]) / offcpu_loss)
-                });
-                let tracer_loss =
-                    1.0 - median(tracer.iter().copied()) / median(alone.iter().copied());
-                let offcpu_loss =
-                    1.0 - median(offcpu.iter().copied()) / median(alone.iter().copied());
-                let mut budgets = vec![("a third", PING_PONG_LOSS_VS_OFFCPUTIME, "issue 7")];
-                if workload == "futex" {
-                    budgets.push((
-                        "a fifth",
-                        EXACT_PING_PONG_LOSS_VS_OFFCPUTIME,
-                        "issue 15, exact",
-                    ));
-                }
-                for (what, limit, issue) in budgets {
-                    let (verdict, share_text) = match &share {
-                        Some(share) => (at_most(share, limit), share_text(share)),
-                        None => (Verdict::Skip, "no share: offcputime cost nothing".into()),
-                    };
-                    line(
-                        verdict,
-                        format!(
-                            "ping-pong {workload}: tracer loses {:.1}% of throughput, offcputime \
-                             {:.1}%: {share_text}, at most {what} ({issue})",
-                            100.0 * tracer_loss,
-                            100.0 * offcpu_loss,
-                        ),
-                    );
-                }
+        for (variant, tool) in
+            [(Variant::Tracer, "tracer"), (Variant::TracerNoWakers, "tracer --no-wakers")]
+        {
+            let tracer = runs_of(workload, variant).map(rates);
+            let (Some(alone), Some(tracer), Some(offcpu)) = (&alone, &tracer, &offcpu) else {
+                line(
+                    Verdict::Skip,
+                    format!("ping-pong {workload}: {tool} vs offcputime: a variant did not run"),
+                );
+                continue;
+            };
+            // The tracer's loss as a share of offcputime's: both from the same rounds' alone
+            // arm, so a round's speed cancels; resampled by round.
+            let share = latency::of_round_medians(&[alone, tracer, offcpu], |m| {
+                let offcpu_loss = 1.0 - m[2] / m[0];
+                (offcpu_loss > 0.0).then(|| (1.0 - m[1] / m[0]) / offcpu_loss)
+            });
+            let tracer_loss = 1.0 - median(tracer.iter().copied()) / median(alone.iter().copied());
+            let offcpu_loss = 1.0 - median(offcpu.iter().copied()) / median(alone.iter().copied());
+            let mut budgets = Vec::new();
+            if variant == Variant::Tracer {
+                budgets.push(("a third", PING_PONG_LOSS_VS_OFFCPUTIME, "issue 7"));
             }
-            _ => line(
-                Verdict::Skip,
-                format!("ping-pong {workload}: tracer vs offcputime: a variant did not run"),
-            ),
+            if workload == "futex" {
+                budgets.push(("a fifth", EXACT_PING_PONG_LOSS_VS_OFFCPUTIME, "issue 15, exact"));
+            }
+            for (what, limit, issue) in budgets {
+                let (verdict, share_text) = match &share {
+                    Some(share) => (at_most(share, limit), share_text(share)),
+                    None => (Verdict::Skip, "no share: offcputime cost nothing".into()),
+                };
+                line(
+                    verdict,
+                    format!(
+                        "ping-pong {workload}: {tool} loses {:.1}% of throughput, offcputime \
+                         {:.1}%: {share_text}, at most {what} ({issue})",
+                        100.0 * tracer_loss,
+                        100.0 * offcpu_loss,
+                    ),
+                );
+            }
         }
         let sampled = runs_of(workload, Variant::TracerSampled).map(rates);
         match (&alone, &sampled) {

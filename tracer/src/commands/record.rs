@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cli::{Mode, RecordArgs, sampled_only_option},
+    cli::{Mode, NO_WAKERS_EXACT_ONLY, RecordArgs, sampled_only_option},
     golang::{DEFAULT_RATE_HZ, GoRecording},
     model::{
         Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TimelineRecorder, WaitAggregate,
@@ -35,8 +35,18 @@ use crate::{
 };
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let RecordArgs { processes, duration, min_wait, outputs, top, mode, rate, cpu_budget, maps } =
-        args;
+    let RecordArgs {
+        processes,
+        duration,
+        min_wait,
+        outputs,
+        top,
+        mode,
+        rate,
+        cpu_budget,
+        no_wakers,
+        maps,
+    } = args;
     crate::pipeline::pace::set_cpu_budget(cpu_budget);
     let selection = processes.resolve()?;
     let pids = selection.matching()?;
@@ -53,6 +63,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
                 "several processes are recorded sampled (--mode sampled); exact mode traces \
                  one process at a time for now"
             );
+        }
+        if no_wakers {
+            anyhow::bail!(NO_WAKERS_EXACT_ONLY);
         }
         let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
         return record_sampled_several(selection, pids, duration, period, &outputs, top).await;
@@ -71,6 +84,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         {
             anyhow::bail!("{option} is for --mode sampled; an exact recording sees every wait");
         }
+        if no_wakers {
+            anyhow::bail!(NO_WAKERS_EXACT_ONLY);
+        }
         let mode = match mode.unwrap_or(Mode::Sampled) {
             Mode::Sampled => GoRecording::Sampled { rate_hz: rate.unwrap_or(DEFAULT_RATE_HZ) },
             Mode::Exact => GoRecording::Exact,
@@ -82,6 +98,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let is_python = traced.is_python();
     match mode.unwrap_or(if is_python { Mode::Sampled } else { Mode::Exact }) {
         Mode::Sampled => {
+            if no_wakers {
+                anyhow::bail!(NO_WAKERS_EXACT_ONLY);
+            }
             let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
             return record_sampled(traced, duration, period, &outputs, top).await;
         }
@@ -104,7 +123,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         unwinder.note_python_frames_missing(EXACT_PYTHON);
     }
     let mut collector = WaitCollector::new(pid, unwinder);
-    let mut probes = Probes::open(ProbeConfig { tgid: pid, min_wait, maps }, &btf_path)?;
+    let config = ProbeConfig { tgid: pid, min_wait, wakers: !no_wakers, maps };
+    let mut probes = Probes::open(config, &btf_path)?;
     probes.attach_wait_probes()?;
     let mut rings = RingBuffers::take(&mut probes)?;
     // The threads asleep since before the attach: their waits count from here, their
@@ -203,6 +223,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut base = pipeline::profile_of(&target, ProfileKind::Recording, started_at);
     base.duration = elapsed;
     base.min_wait = min_wait;
+    base.no_wakers = no_wakers;
     base.target_exited = target_exited;
     base.below_threshold = below_threshold(&short_waits);
     base.counts = trace_counts(

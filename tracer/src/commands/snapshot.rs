@@ -122,7 +122,12 @@ fn say_left_out(left_out: &[(u32, String)]) {
 /// The task iterator alone: it reads the saved registers, nothing is attached.
 fn open_probes(pid: u32) -> anyhow::Result<Probes> {
     let btf_path = target::btf_path()?;
-    let config = ProbeConfig { tgid: pid, min_wait: Duration::ZERO, maps: Default::default() };
+    let config = ProbeConfig {
+        tgid: pid,
+        min_wait: Duration::ZERO,
+        wakers: false,
+        maps: Default::default(),
+    };
     Ok(Probes::open(config, &btf_path)?)
 }
 

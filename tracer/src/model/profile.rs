@@ -110,6 +110,8 @@ pub struct TraceCounts {
     /// calls, timed or shared futex waits), no span being known for their thread at that
     /// place yet: each cost the sleeping thread a few microseconds.
     pub sleep_copies_whole: u64,
+    /// Sleeps that kept a copy of their stack, whole or in part.
+    pub sleep_copies: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits by the target's threads, with the waker's stack.
     pub wakes_seen: u64,
@@ -157,7 +159,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 27] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 28] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -170,6 +172,7 @@ impl TraceCounts {
             span_samples,
             span_samples_dropped,
             sleep_copies_whole,
+            sleep_copies,
             in_flight_map_full,
             wakes_seen,
             wake_ring_buffer_full,
@@ -211,6 +214,7 @@ impl TraceCounts {
             ("span_samples", span_samples),
             ("span_samples_dropped", span_samples_dropped),
             ("sleep_copies_whole", sleep_copies_whole),
+            ("sleep_copies", sleep_copies),
             ("non_socket_io", non_socket_io),
             ("wakes_seen", wakes_seen),
             ("go_runtime_waits_hidden", go_runtime_waits_hidden),
@@ -314,6 +318,9 @@ pub struct Profile {
     /// How a recording was taken: `None` when every wait was seen as it happened (exact),
     /// else the sampling of a sampled recording.
     pub sampling: Option<Sampling>,
+    /// An exact recording without the wake probe (`--no-wakers`): no waker was looked
+    /// for, so `wakers` is empty and no chain goes through one.
+    pub no_wakers: bool,
     /// The target exited before the recording's end.
     pub target_exited: bool,
     /// Heaviest first.
@@ -395,6 +402,7 @@ impl Profile {
             duration: Duration::ZERO,
             min_wait: Duration::ZERO,
             sampling: None,
+            no_wakers: false,
             target_exited: false,
             stacks: Vec::new(),
             below_threshold: Vec::new(),
@@ -459,6 +467,7 @@ impl Profile {
             merged.duration = merged.duration.max(profile.duration);
             merged.min_wait = profile.min_wait;
             merged.sampling = profile.sampling.or(merged.sampling);
+            merged.no_wakers |= profile.no_wakers;
             merged.target_exited |= profile.target_exited;
             merged.stacks.extend(profile.stacks.into_iter().map(|mut stack| {
                 stack.process = Some(tag.clone());

@@ -155,6 +155,7 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         duration: Duration::from_secs(1),
         min_wait: Duration::from_millis(1),
         sampling: None,
+        no_wakers: false,
         target_exited: false,
         stacks: vec![],
         below_threshold: vec![],

@@ -30,6 +30,7 @@ pub fn trace_counts(
         span_samples: counters.get(Counter::SpanSamples),
         span_samples_dropped: counters.get(Counter::SpanSamplesDropped),
         sleep_copies_whole: counters.get(Counter::SleepCopiesWhole),
+        sleep_copies: counters.get(Counter::SleepCopies),
         in_flight_map_full: counters.get(Counter::InFlightMapFull),
         wakes_seen: counters.get(Counter::WakesSent),
         wake_ring_buffer_full: counters.get(Counter::WakeRingBufferFull),

@@ -48,7 +48,8 @@ impl Probes {
             .override_global("GO_GOID_OFFSET", &goid_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
-        Ok(Self { ebpf, btf, tgid, process_links: Default::default(), pass_bytes: Vec::new() })
+        let process_links = Default::default();
+        Ok(Self { ebpf, btf, tgid, wakers: false, process_links, pass_bytes: Vec::new() })
     }
 
     /// Attaches the goroutine park/run uprobes to `executable` at the file offsets of

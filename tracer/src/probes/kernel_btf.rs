@@ -53,7 +53,8 @@ pub enum KernelBtfError {
 }
 
 /// The structs whose members the probes read: `task_struct`, the path to a run queue's
-/// clock ([`RqClockPath`]), and a task's arrivals on a CPU (`sched_info.pcount`).
+/// clock ([`RqClockPath`]), and a task's arrivals on a CPU and its last time queued for
+/// one (`sched_info`).
 const STRUCTS_READ: [&str; 5] = ["task_struct", "sched_entity", "cfs_rq", "rq", "sched_info"];
 
 /// The members of the kernel structs the probes read, by struct and member name: byte
@@ -92,6 +93,12 @@ impl KernelStructs {
     /// (`CONFIG_SCHED_INFO`).
     pub fn arrivals_offset(&self) -> Option<u32> {
         Some(self.member("task_struct", "sched_info")? + self.member("sched_info", "pcount")?)
+    }
+
+    /// Where a task keeps when it was last put on a run queue (`sched_info.last_queued`,
+    /// by that queue's clock), or None as for `arrivals_offset`.
+    pub fn last_queued_offset(&self) -> Option<u32> {
+        Some(self.member("task_struct", "sched_info")? + self.member("sched_info", "last_queued")?)
     }
 
     /// The members leading from a task to its run queue's clock, or None when this
@@ -251,6 +258,8 @@ mod tests {
         // And counts arrivals (its /proc/PID/schedstat has them).
         let arrivals = structs.arrivals_offset().expect("task_struct has sched_info");
         assert!(arrivals > offsets.on_cpu, "{arrivals}");
+        let last_queued = structs.last_queued_offset().expect("sched_info has last_queued");
+        assert!(last_queued > arrivals, "{last_queued} {arrivals}");
     }
 
     #[test]
@@ -258,5 +267,6 @@ mod tests {
         let structs = KernelStructs::read(&blob()).unwrap();
         assert_eq!(structs.rq_clock_path(), None);
         assert_eq!(structs.arrivals_offset(), None);
+        assert_eq!(structs.last_queued_offset(), None);
     }
 }

@@ -77,6 +77,9 @@ pub enum ProbeError {
 pub struct ProbeConfig {
     pub tgid: u32,
     pub min_wait: Duration,
+    /// Attach `sched_waking` too: long futex waits ended by a thread of the target carry
+    /// their waker. It runs at every wake of the machine (see `attach_wait_probes`).
+    pub wakers: bool,
     /// Overrides of the maps' built-in sizes.
     pub maps: MapSizes,
 }
@@ -87,6 +90,8 @@ pub struct Probes {
     btf: Btf,
     /// The process whose threads the task iterator walks.
     tgid: u32,
+    /// Whether `attach_wait_probes` attaches `sched_waking` (`ProbeConfig::wakers`).
+    wakers: bool,
     /// The task iterator's links to one process's threads each, made at its first pass;
     /// `Err` when the kernel has no such filter (before 6.1), so it is not tried again.
     process_links: HashMap<u32, Result<std::os::fd::OwnedFd, ()>>,
@@ -123,7 +128,8 @@ impl Probes {
             ring_buffer_bytes: Some(SMALLEST_RING),
             wake_ring_buffer_bytes: Some(SMALLEST_RING),
         };
-        Self::open_sized(ProbeConfig { tgid, min_wait: Duration::ZERO, maps }, 1, btf_path)
+        let config = ProbeConfig { tgid, min_wait: Duration::ZERO, wakers: false, maps };
+        Self::open_sized(config, 1, btf_path)
     }
 
     fn open_sized(
@@ -149,6 +155,8 @@ impl Probes {
         });
         let arrivals_offset =
             structs.arrivals_offset().map_or(TaskLook::ARRIVALS_UNKNOWN, u64::from);
+        // Without it a wait ended at its switch in counts its wait for a CPU too.
+        let last_queued_offset = structs.last_queued_offset().map_or(0, u64::from);
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -183,27 +191,36 @@ impl Probes {
             .override_global("TASK_NVCSW_OFFSET", &u64::from(task.nvcsw), true)
             .override_global("TASK_NIVCSW_OFFSET", &u64::from(task.nivcsw), true)
             .override_global("TASK_ARRIVALS_OFFSET", &arrivals_offset, true)
+            .override_global("TASK_LAST_QUEUED_OFFSET", &last_queued_offset, true)
+            .override_global("WAKES_ATTACHED", &u64::from(config.wakers), true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self {
             ebpf,
             btf,
             tgid: config.tgid,
+            wakers: config.wakers,
             process_links: HashMap::new(),
             pass_bytes: Vec::new(),
         })
     }
 
     /// Attaches the wait probes: from here on the target's waits are recorded.
+    ///
+    /// `sched_switch` notes and ends every wait. `sched_waking`, with wakers, ends a wait
+    /// at its wake and takes the waker of long ones; it runs at every wake of every
+    /// process, and its dispatch alone (before any of its code) costs a futex ping-pong
+    /// about 8% of its round trips on this project's test VMs, traced or not: without it,
+    /// a recording costs untraced processes one tracepoint, as offcputime does.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
-        let Self { ebpf, btf, .. } = self;
+        let Self { ebpf, btf, wakers, .. } = self;
         let program = |name| ProbeError::MissingProgram { name };
         let attach_err = |name| move |source| ProbeError::Program { name, source };
+        let waking = [("tracer_sched_waking", "sched_waking")];
+        let waking = if *wakers { &waking[..] } else { &[] };
         // The waker's end of long waits before sched_switch, which notes waits and ends
         // the rest.
-        for (name, function) in
-            [("tracer_sched_waking", "sched_waking"), ("tracer_sched_switch", "sched_switch")]
-        {
+        for &(name, function) in waking.iter().chain(&[("tracer_sched_switch", "sched_switch")]) {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| program(name))?

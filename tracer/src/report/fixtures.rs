@@ -109,6 +109,7 @@ pub(crate) fn fixture_profile() -> Profile {
         duration: Duration::from_millis(3_000),
         min_wait: Duration::from_millis(1),
         sampling: None,
+        no_wakers: false,
         target_exited: false,
         stacks: vec![stuck, handlers, sends, truncated],
         below_threshold: WaitKind::ALL

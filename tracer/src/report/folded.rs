@@ -156,6 +156,7 @@ mod tests {
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),
             sampling: None,
+            no_wakers: false,
             target_exited: false,
             stacks,
             below_threshold: vec![],

@@ -57,6 +57,9 @@ pub struct JsonProfile {
     pub sample_period_ns: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_reads: Option<u64>,
+    /// An exact recording without the wake probe: no wakers were looked for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_wakers: bool,
     /// Heaviest first.
     pub stacks: Vec<JsonStack>,
     /// Waits under the threshold, per kind (no stacks).
@@ -256,6 +259,9 @@ pub struct JsonTraceCounts {
     /// Sleeps whose stack was copied whole (added in tracer 0.1.0; 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sleep_copies_whole: u64,
+    /// Sleeps that kept a copy of their stack (added in tracer 0.1.0; 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sleep_copies: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits seen with the waker's stack (added in tracer 0.1.0;
     /// 0 when absent).
@@ -349,6 +355,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         duration,
         min_wait,
         sampling,
+        no_wakers,
         target_exited,
         stacks,
         below_threshold,
@@ -384,6 +391,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         min_wait_ns: min_wait.as_nanos() as u64,
         sample_period_ns: sampling.map(|sampling| sampling.period.as_nanos() as u64),
         sample_reads: sampling.map(|sampling| sampling.reads),
+        no_wakers: *no_wakers,
         stacks: stacks.iter().map(json_stack).collect(),
         below_threshold: below_threshold
             .iter()
@@ -527,6 +535,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         span_samples,
         span_samples_dropped,
         sleep_copies_whole,
+        sleep_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -556,6 +565,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         span_samples,
         span_samples_dropped,
         sleep_copies_whole,
+        sleep_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -648,6 +658,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         min_wait_ns,
         sample_period_ns,
         sample_reads,
+        no_wakers,
         stacks,
         below_threshold,
         counts,
@@ -707,6 +718,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         period: Duration::from_nanos(period_ns),
         reads: sample_reads.unwrap_or_default(),
     });
+    profile.no_wakers = no_wakers;
     profile.target_exited = exited;
     profile.stacks = stacks;
     profile.below_threshold = below_threshold;
@@ -797,6 +809,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         span_samples,
         span_samples_dropped,
         sleep_copies_whole,
+        sleep_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -826,6 +839,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         span_samples,
         span_samples_dropped,
         sleep_copies_whole,
+        sleep_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -902,6 +916,19 @@ mod tests {
         let mut exact = Vec::new();
         write_json(&fixture_profile(), &fixture_provenance(), &mut exact).unwrap();
         assert!(!String::from_utf8(exact).unwrap().contains("sample_"));
+    }
+
+    #[test]
+    fn a_recording_without_wakers_says_so_when_read_again() {
+        let mut profile = fixture_profile();
+        profile.no_wakers = true;
+        let mut bytes = Vec::new();
+        write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
+        assert!(read_json(&bytes).unwrap().profile.no_wakers);
+        // With wakers (the default) the field is left out.
+        let mut with_wakers = Vec::new();
+        write_json(&fixture_profile(), &fixture_provenance(), &mut with_wakers).unwrap();
+        assert!(!String::from_utf8(with_wakers).unwrap().contains("no_wakers"));
     }
 
     #[test]

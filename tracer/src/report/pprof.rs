@@ -468,6 +468,9 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
         comments.push(format!("sample period: {}ns", sampling.period.as_nanos()));
         comments.push(format!("sample reads: {}", sampling.reads));
     }
+    if profile.no_wakers {
+        comments.push("wakers: not recorded".to_string());
+    }
     comments.push(format!("target exited: {}", profile.target_exited));
     if let Some(main) = main_module {
         comments.push(format!("main module: {main}"));
@@ -762,6 +765,7 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
             period: Duration::from_nanos(period_ns),
             reads: comment("sample reads").and_then(|text| text.parse().ok()).unwrap_or(0),
         });
+    profile.no_wakers = comment("wakers") == Some("not recorded");
     profile.target_exited = comment("target exited") == Some("true");
     // The processes of a profile of several, from its samples' labels.
     let processes: BTreeSet<ProcessTag> =
@@ -1018,6 +1022,7 @@ mod tests {
         for stack in &mut profile.stacks {
             stack.stats.log2_histogram.clear();
         }
+        profile.no_wakers = true;
         let saved = read_pprof(&encode(&profile)).unwrap();
         assert_eq!(folded_lines(&saved.profile), folded_lines(&profile));
         let json = |profile: &Profile, provenance: &Provenance| {

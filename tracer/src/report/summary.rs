@@ -128,7 +128,8 @@ pub(crate) fn recording_scope(profile: &Profile) -> String {
         format!("{recorded} recorded, exact: every goroutine wait from the Go scheduler")
     } else {
         let min_wait = format_duration(profile.min_wait.as_nanos() as u64);
-        format!("{recorded} recorded, waits >= {min_wait} with stacks")
+        let wakers = if profile.no_wakers { ", no wakers (--no-wakers)" } else { "" };
+        format!("{recorded} recorded, waits >= {min_wait} with stacks{wakers}")
     }
 }
 
@@ -540,6 +541,8 @@ fn write_counts(out: &mut String, profile: &Profile) {
                 counts.span_samples_dropped,
                 "short waits' copies not sent (ring buffer full, or the copy gone)",
             ),
+            // For waits likely to end where no probe can read the sleeper's memory.
+            (counts.sleep_copies, "sleeps kept a copy of their stack (whole or in part)"),
             // What the spans save: each whole copy costs the sleeping thread microseconds.
             (
                 counts.sleep_copies_whole,
@@ -772,6 +775,7 @@ mod tests {
             duration: Duration::from_secs(3),
             min_wait: Duration::from_millis(1),
             sampling: None,
+            no_wakers: false,
             target_exited: false,
             stacks: vec![handler(1), handler(2), inlined_elsewhere, sender, stuck_sender],
             below_threshold: vec![(
@@ -811,6 +815,12 @@ mod tests {
              statistical)"
         );
         assert_eq!(recording_scope(&profile()), "3.00s recorded, waits >= 1.0ms with stacks");
+        let mut without_wakers = profile();
+        without_wakers.no_wakers = true;
+        assert_eq!(
+            recording_scope(&without_wakers),
+            "3.00s recorded, waits >= 1.0ms with stacks, no wakers (--no-wakers)"
+        );
         // Reads spaced out by their cost: the rate they came at, and what it resolves.
         sampled.sampling = Some(Sampling { period: Duration::from_millis(20), reads: 15 });
         assert_eq!(
@@ -829,8 +839,10 @@ mod tests {
         sampled.counts.span_samples = 2;
         sampled.counts.span_samples_dropped = 1;
         sampled.counts.sleep_copies_whole = 3;
+        sampled.counts.sleep_copies = 7;
         let text = render_summary(&sampled, 10);
         for line in [
+            "stacks: 7 sleeps kept a copy of their stack (whole or in part)",
             "stacks: 2 short waits' copies walked to size their thread's later copies",
             "stacks: 1 short waits' copies not sent (ring buffer full, or the copy gone)",
             "stacks: 3 sleeps copied whole (no span known yet for where they slept)",

@@ -256,7 +256,12 @@ async fn attach(
         }
         None => {
             let mut probes = Probes::open(
-                ProbeConfig { tgid: pid, min_wait, maps: Default::default() },
+                ProbeConfig {
+                    tgid: pid,
+                    min_wait,
+                    wakers: shared.wakers,
+                    maps: Default::default(),
+                },
                 btf_path,
             )?;
             probes.attach_wait_probes()?;

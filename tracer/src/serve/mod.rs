@@ -74,6 +74,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mode,
         rate,
         cpu_budget,
+        no_wakers,
         trigger,
         trigger_dir,
         trigger_cooldown,
@@ -105,6 +106,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                  mode traces one process at a time"
             );
         }
+        if no_wakers {
+            anyhow::bail!(crate::cli::NO_WAKERS_EXACT_ONLY);
+        }
         if comm.is_some() {
             anyhow::bail!(
                 "--trigger watches processes given by --pid, --cgroup or --all (--comm \
@@ -122,6 +126,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pid = pid.first().copied();
     let sampling = match mode {
         Mode::Sampled => {
+            if no_wakers {
+                anyhow::bail!(crate::cli::NO_WAKERS_EXACT_ONLY);
+            }
             Some(Duration::from_secs(1) / rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ))
         }
         Mode::Exact => {
@@ -147,6 +154,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         wanted.clone(),
         min_wait,
         sampling,
+        !no_wakers,
         max_series,
         worker::Worker::start().context("cannot start the symbolizer thread")?,
     ));
@@ -330,6 +338,8 @@ pub struct Shared {
     pub min_wait: Duration,
     /// The period of the reads in sampled mode; None in exact mode.
     pub sampling: Option<Duration>,
+    /// In exact mode, whether the wake probe is attached too (`ProbeConfig::wakers`).
+    pub wakers: bool,
     /// Reads of the current attachment's sampler, and its unwinds that stopped short.
     sampled: Mutex<SampledProgress>,
     pub max_series: usize,
@@ -389,6 +399,7 @@ impl Shared {
         wanted: Wanted,
         min_wait: Duration,
         sampling: Option<Duration>,
+        wakers: bool,
         max_series: usize,
         worker: worker::Worker,
     ) -> Self {
@@ -396,6 +407,7 @@ impl Shared {
             wanted,
             min_wait,
             sampling,
+            wakers,
             sampled: Mutex::new(SampledProgress::default()),
             max_series,
             collector: Mutex::new(collector::Collector::default()),
@@ -475,6 +487,7 @@ impl Shared {
         profile.duration = duration;
         if kind == ProfileKind::Recording {
             profile.min_wait = self.min_wait;
+            profile.no_wakers = self.sampling.is_none() && !self.wakers;
         }
         profile
     }

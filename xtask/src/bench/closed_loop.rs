@@ -59,10 +59,11 @@ enum Arm {
 }
 
 /// The control sits between tools, not next to the first alone arm.
-const ARMS: [Arm; 6] = [
+const ARMS: [Arm; 7] = [
     Arm::Alone,
     Arm::Tool(Variant::TracerSampled),
     Arm::Tool(Variant::Tracer),
+    Arm::Tool(Variant::TracerNoWakers),
     Arm::Control,
     Arm::Tool(Variant::Offcputime),
     Arm::Tool(Variant::Bpftrace),
@@ -617,6 +618,7 @@ impl RowResult {
         };
         let sampled = Arm::Tool(Variant::TracerSampled);
         let exact = Arm::Tool(Variant::Tracer);
+        let no_wakers = Arm::Tool(Variant::TracerNoWakers);
         match self.row {
             Row::Redis => {
                 let cost = |what: &str, arm: Arm| match self.server_cost_against_alone(arm) {
@@ -627,8 +629,10 @@ impl RowResult {
                 };
                 line("Redis, sampled", sampled, SAMPLED_REDIS_MAX_LOSS, None)
                     + &line("Redis, exact", exact, EXACT_REDIS_MAX_LOSS, None)
+                    + &line("Redis, exact --no-wakers", no_wakers, EXACT_REDIS_MAX_LOSS, None)
                     + &cost("Redis, sampled", sampled)
                     + &cost("Redis, exact", exact)
+                    + &cost("Redis, exact --no-wakers", no_wakers)
                     + &cost("Redis, offcputime", Arm::Tool(Variant::Offcputime))
                     + &cost("Redis, control", Arm::Control)
             }
@@ -638,6 +642,12 @@ impl RowResult {
                     + &line(
                         "untraced ping-pong, exact",
                         exact,
+                        EXACT_COLLATERAL_MAX_LOSS,
+                        offcputime,
+                    )
+                    + &line(
+                        "untraced ping-pong, exact --no-wakers",
+                        no_wakers,
                         EXACT_COLLATERAL_MAX_LOSS,
                         offcputime,
                     )
