@@ -301,7 +301,7 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     // Both ends of the switch share one clock reading: the run queue's.
-    let mut clock = SwitchTime { task: if prev_is_target { prev } else { next }, now: 0 };
+    let mut clock = SwitchTime { task: if prev_is_target { prev } else { next }, now: 0, woken: 0 };
     if prev_is_target {
         // SAFETY: as above.
         let tid = unsafe { task_field(prev, TASK_PID_OFFSET.load()) };
@@ -333,6 +333,8 @@ struct SwitchTime {
     /// A task of the switch (prev or next: both are on this CPU's run queue).
     task: *mut task_struct,
     now: u64,
+    /// When the thread switched in was woken (`woken_at`), once asked for.
+    woken: u64,
 }
 
 impl SwitchTime {
@@ -350,27 +352,30 @@ impl SwitchTime {
         }
         self.now
     }
-}
 
-impl SwitchTime {
-    /// When `next`, a thread switched in, was woken: when its wake put it on a run queue
-    /// (`sched_info.last_queued`, by that queue's clock, which the switch has not yet
-    /// cleared), so that a wait ended here does not count the time its thread then waited
-    /// for a CPU. The switch's time where that is not known.
+    /// When `next`, the thread switched in, was woken: when its wake put it on a run
+    /// queue (`sched_info.last_queued`, by that queue's clock, which this switch clears
+    /// only after the tracepoint), so that a wait ended here leaves out the time its
+    /// thread then waited for a CPU. (Moved to another CPU's queue meanwhile, it was
+    /// queued again there: a little later.) The switch's time where that is not known.
     #[inline(always)]
     fn woken_at(&mut self, next: *mut task_struct) -> u64 {
-        let now = self.now();
-        let offset_field = TASK_LAST_QUEUED_OFFSET.load();
-        let Some(clock) = SWITCH_CLOCK.get(0) else { return now };
-        if offset_field == 0 || clock.measured != 1 {
-            return now;
+        if self.woken == 0 {
+            let now = self.now();
+            let offset_field = TASK_LAST_QUEUED_OFFSET.load();
+            self.woken = match SWITCH_CLOCK.get(0) {
+                Some(clock) if clock.measured == 1 && offset_field != 0 => {
+                    // SAFETY: a BTF task pointer from the tracepoint; an 8-byte member,
+                    // as in `task_field_u64`.
+                    let queued = unsafe { task_field_u64(next, offset_field) };
+                    let woken = queued.wrapping_add(clock.offset);
+                    // Not queued (0), or another CPU's queue clock a little ahead of this.
+                    if queued == 0 || (now.wrapping_sub(woken) as i64) < 0 { now } else { woken }
+                }
+                _ => now,
+            };
         }
-        // SAFETY: a BTF task pointer from the tracepoint; an 8-byte member, as in
-        // `task_field_u64`.
-        let queued = unsafe { task_field_u64(next, offset_field) };
-        let woken = queued.wrapping_add(clock.offset);
-        // Not queued (0), or a clock of another CPU's queue a little ahead of this one.
-        if queued == 0 || (now.wrapping_sub(woken) as i64) < 0 { now } else { woken }
+        self.woken
     }
 }
 
