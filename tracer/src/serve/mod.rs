@@ -166,6 +166,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              every wait)",
             crate::report::summary::format_duration(period.as_nanos() as u64)
         ),
+        None if no_wakers => {
+            eprintln!("tracer: every wait traced as it happens (exact mode, no wakers)")
+        }
         None => eprintln!("tracer: every wait traced as it happens (exact mode)"),
     }
     let server =
