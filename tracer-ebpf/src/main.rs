@@ -301,7 +301,8 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     // Both ends of the switch share one clock reading: the run queue's.
-    let mut clock = SwitchTime { task: if prev_is_target { prev } else { next }, now: 0, woken: 0 };
+    let task = if prev_is_target { prev } else { next };
+    let mut clock = SwitchTime { task, now: 0, offset: None, woken: 0 };
     if prev_is_target {
         // SAFETY: as above.
         let tid = unsafe { task_field(prev, TASK_PID_OFFSET.load()) };
@@ -333,6 +334,9 @@ struct SwitchTime {
     /// A task of the switch (prev or next: both are on this CPU's run queue).
     task: *mut task_struct,
     now: u64,
+    /// The measured offset `now` moved the run queue's clock by (None until measured):
+    /// `woken_at` moves another run-queue time by it.
+    offset: Option<u64>,
     /// When the thread switched in was woken (`woken_at`), once asked for.
     woken: u64,
 }
@@ -341,13 +345,14 @@ impl SwitchTime {
     #[inline(always)]
     fn now(&mut self) -> u64 {
         if self.now == 0 {
-            self.now = match SWITCH_CLOCK.get(0) {
+            self.offset = SWITCH_CLOCK.get(0).filter(|clock| clock.measured == 1).map(|c| c.offset);
+            self.now = match self.offset {
                 // SAFETY: a task of the switch, a BTF pointer.
-                Some(clock) if clock.measured == 1 => match unsafe { run_queue_clock(self.task) } {
+                Some(offset) => match unsafe { run_queue_clock(self.task) } {
                     0 => now_ns(),
-                    rq_clock => rq_clock.wrapping_add(clock.offset),
+                    rq_clock => rq_clock.wrapping_add(offset),
                 },
-                _ => now_ns(),
+                None => now_ns(),
             };
         }
         self.now
@@ -363,12 +368,12 @@ impl SwitchTime {
         if self.woken == 0 {
             let now = self.now();
             let offset_field = TASK_LAST_QUEUED_OFFSET.load();
-            self.woken = match SWITCH_CLOCK.get(0) {
-                Some(clock) if clock.measured == 1 && offset_field != 0 => {
+            self.woken = match self.offset {
+                Some(offset) if offset_field != 0 => {
                     // SAFETY: a BTF task pointer from the tracepoint; an 8-byte member,
                     // as in `task_field_u64`.
                     let queued = unsafe { task_field_u64(next, offset_field) };
-                    let woken = queued.wrapping_add(clock.offset);
+                    let woken = queued.wrapping_add(offset);
                     // Not queued (0), or another CPU's queue clock a little ahead of this.
                     if queued == 0 || (now.wrapping_sub(woken) as i64) < 0 { now } else { woken }
                 }
