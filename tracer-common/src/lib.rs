@@ -677,9 +677,10 @@ pub enum Counter {
     /// Waits begun: a thread of the target went to sleep inside a watched call.
     WaitsStarted = 0,
     /// Waits dropped because their thread went to sleep again without its wake or switch
-    /// back in having been seen (rare: the kernel switched the thread in, by its
-    /// `sched_info.pcount`, yet no `sched_switch` run saw it): left out, not reported with
-    /// a wrong length.
+    /// back in having been seen: left out, not reported with a wrong length. Rare: the
+    /// kernel switched the thread in (its `sched_info.pcount` rose) after a thread whose
+    /// switches out reach no tracepoint (this VM's agent, PID 1: ftrace logs none of them
+    /// either).
     WaitsDiscarded = 1,
     /// Waits under the threshold (counted per kind, no stack).
     ShortWaits = 2,

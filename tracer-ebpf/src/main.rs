@@ -538,7 +538,7 @@ fn note_in_word(
     }
     if matches!(WaitSlot::read(seen, tid), WaitSlot::InProgress { .. }) {
         // The thread ran since that wait began, yet neither its wake nor its switch back
-        // in ended it: a switch in that reached no run of this program (rare, see
+        // in ended it: a switch in that reached no tracepoint (rare, see
         // Counter::WaitsDiscarded).
         count(Counter::WaitsDiscarded);
     }
