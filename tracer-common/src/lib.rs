@@ -676,11 +676,11 @@ pub struct ShortWaitTotals {
 pub enum Counter {
     /// Waits begun: a thread of the target went to sleep inside a watched call.
     WaitsStarted = 0,
-    /// Waits dropped because their thread went to sleep again without its wake or switch
-    /// back in having been seen: left out, not reported with a wrong length. Rare: the
-    /// kernel switched the thread in (its `sched_info.pcount` rose) after a thread whose
-    /// switches out reach no tracepoint (this VM's agent, PID 1: ftrace logs none of them
-    /// either).
+    /// Waits whose thread was switched in unseen (rare: after a thread whose switches out
+    /// reach no tracepoint, such as this VM's agent, PID 1, which ftrace does not log
+    /// either) and that could not be timed when it next switched out: long ones, whose
+    /// registers and stack had moved on. Left out, not reported with a wrong length; a
+    /// short one is timed to the thread's last arrival and counted with the short waits.
     WaitsDiscarded = 1,
     /// Waits under the threshold (counted per kind, no stack).
     ShortWaits = 2,

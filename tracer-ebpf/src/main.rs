@@ -21,6 +21,9 @@
 //!   only adds to per-kind totals; over it, it sends the registers and a copy of the user
 //!   stack (read from memory when `prev` is a thread of the target, else the copy kept
 //!   from the sleep) to userspace.
+//! - `sched_switch`, on the side of a thread of the target switching out, first ends a
+//!   wait its word still holds: one whose switch in reached no tracepoint (rare), timed to
+//!   the thread's last arrival when short, else left out and counted.
 //!
 //! Without wakers (`--no-wakers`, `WAKES_ATTACHED` 0) only `sched_switch` is attached:
 //! every machine-wide wake then costs nothing, and every wait ends at its switch in, so a
@@ -129,6 +132,10 @@ static TASK_ARRIVALS_OFFSET: Global<u64> = Global::new(TaskLook::ARRIVALS_UNKNOW
 /// has none. Set by the loader.
 #[unsafe(no_mangle)]
 static TASK_LAST_QUEUED_OFFSET: Global<u64> = Global::new(0);
+/// Offset of `sched_info.last_arrival` in `struct task_struct`: when a task was last
+/// switched in, by its run queue's clock; 0 where the kernel has none. Set by the loader.
+#[unsafe(no_mangle)]
+static TASK_LAST_ARRIVAL_OFFSET: Global<u64> = Global::new(0);
 /// 1 when `sched_waking` is attached (the wakers recorded); 0 when only `sched_switch`
 /// is, and every wait ends at its switch in. Set by the loader.
 #[unsafe(no_mangle)]
@@ -306,6 +313,7 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
     if prev_is_target {
         // SAFETY: as above.
         let tid = unsafe { task_field(prev, TASK_PID_OFFSET.load()) };
+        end_unseen_wait(prev, tid, &mut clock);
         note_sleep(&ctx, prev, tid, &mut clock);
     }
     if next_is_target {
@@ -381,6 +389,22 @@ impl SwitchTime {
             };
         }
         self.woken
+    }
+
+    /// When `task`, this CPU's running thread (the switch's prev), was switched in: its
+    /// `sched_info.last_arrival`, by this run queue's clock. None where that is not known.
+    #[inline(always)]
+    fn arrived_at(&mut self, task: *mut task_struct) -> Option<u64> {
+        let now = self.now();
+        let (offset, field) = (self.offset?, TASK_LAST_ARRIVAL_OFFSET.load());
+        if field == 0 {
+            return None;
+        }
+        // SAFETY: a BTF task pointer from the tracepoint; an 8-byte member, as in
+        // `task_field_u64`.
+        let arrived = unsafe { task_field_u64(task, field) };
+        let at = arrived.wrapping_add(offset);
+        (arrived != 0 && (now.wrapping_sub(at) as i64) >= 0).then_some(at)
     }
 }
 
@@ -521,6 +545,45 @@ fn note_sleep(
     }
 }
 
+/// Ends the wait that `prev`'s WAIT_STARTS word still holds as `prev`, a thread of the
+/// target, switches out: it has been running, so that wait ended at a switch in no
+/// tracepoint saw (see Counter::WaitsDiscarded). A short one is timed to that switch in
+/// (the thread's last arrival on this CPU); a long one, whose registers and stack have
+/// moved on since, is left out and counted.
+#[inline(always)]
+fn end_unseen_wait(prev: *mut task_struct, tid: u32, clock: &mut SwitchTime) {
+    let Some(word) = wait_word(tid) else { return };
+    // SAFETY: a value of WAIT_STARTS, an aligned u64.
+    let seen = unsafe { *word };
+    if !matches!(WaitSlot::read(seen, tid), WaitSlot::InProgress { .. }) {
+        return;
+    }
+    // Swapped, not stored: a wake of the running thread may end the same word meanwhile.
+    // SAFETY: as above; every other access to the word is a whole aligned load or store.
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            word,
+            seen,
+            WaitSlot::ended_word(tid),
+        )
+    };
+    if !swapped {
+        return;
+    }
+    let Some(arrived) = clock.arrived_at(prev) else {
+        count(Counter::WaitsDiscarded);
+        return;
+    };
+    match WaitSlot::verdict(seen, tid, MIN_WAIT_NS.load(), || arrived) {
+        // No span sample: the sleep copy's registers are gone with the wait.
+        WordVerdict::Short { kind, elapsed_ns, .. } => {
+            let start_ns = arrived.wrapping_sub(elapsed_ns);
+            end_short_wait(prev, tid, kind, start_ns, elapsed_ns, false);
+        }
+        _ => count(Counter::WaitsDiscarded),
+    }
+}
+
 /// Notes thread `tid`'s wait in its WAIT_STARTS `word`, unless another thread's wait in
 /// progress holds the word (then false: the wait goes to task storage).
 #[inline(always)]
@@ -535,12 +598,6 @@ fn note_in_word(
     let seen = unsafe { *word };
     if WaitSlot::held_by_another(seen, tid) {
         return false;
-    }
-    if matches!(WaitSlot::read(seen, tid), WaitSlot::InProgress { .. }) {
-        // The thread ran since that wait began, yet neither its wake nor its switch back
-        // in ended it: a switch in that reached no tracepoint (rare, see
-        // Counter::WaitsDiscarded).
-        count(Counter::WaitsDiscarded);
     }
     // Swapped, not stored: another thread of the slot may be taking the word on another
     // CPU. Once a wait holds it, only that wait's end rewrites it.

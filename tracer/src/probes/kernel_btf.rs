@@ -101,6 +101,15 @@ impl KernelStructs {
         Some(self.member("task_struct", "sched_info")? + self.member("sched_info", "last_queued")?)
     }
 
+    /// Where a task keeps when it was last switched in (`sched_info.last_arrival`, by the
+    /// run queue's clock), or None as for `arrivals_offset`.
+    pub fn last_arrival_offset(&self) -> Option<u32> {
+        Some(
+            self.member("task_struct", "sched_info")?
+                + self.member("sched_info", "last_arrival")?,
+        )
+    }
+
     /// The members leading from a task to its run queue's clock, or None when this
     /// kernel lacks one of them.
     pub fn rq_clock_path(&self) -> Option<RqClockPath> {
@@ -260,6 +269,9 @@ mod tests {
         assert!(arrivals > offsets.on_cpu, "{arrivals}");
         let last_queued = structs.last_queued_offset().expect("sched_info has last_queued");
         assert!(last_queued > arrivals, "{last_queued} {arrivals}");
+        // sched_info ends with the last arrival and the last queueing, each a u64.
+        let last_arrival = structs.last_arrival_offset().expect("sched_info has last_arrival");
+        assert_eq!(last_arrival + 8, last_queued);
     }
 
     #[test]
@@ -268,5 +280,6 @@ mod tests {
         assert_eq!(structs.rq_clock_path(), None);
         assert_eq!(structs.arrivals_offset(), None);
         assert_eq!(structs.last_queued_offset(), None);
+        assert_eq!(structs.last_arrival_offset(), None);
     }
 }

@@ -157,6 +157,8 @@ impl Probes {
             structs.arrivals_offset().map_or(TaskLook::ARRIVALS_UNKNOWN, u64::from);
         // Without it a wait ended at its switch in counts its wait for a CPU too.
         let last_queued_offset = structs.last_queued_offset().map_or(0, u64::from);
+        // Without it a wait whose switch in no tracepoint saw is left out, even a short one.
+        let last_arrival_offset = structs.last_arrival_offset().map_or(0, u64::from);
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -192,6 +194,7 @@ impl Probes {
             .override_global("TASK_NIVCSW_OFFSET", &u64::from(task.nivcsw), true)
             .override_global("TASK_ARRIVALS_OFFSET", &arrivals_offset, true)
             .override_global("TASK_LAST_QUEUED_OFFSET", &last_queued_offset, true)
+            .override_global("TASK_LAST_ARRIVAL_OFFSET", &last_arrival_offset, true)
             .override_global("WAKES_ATTACHED", &u64::from(config.wakers), true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
