@@ -196,6 +196,46 @@ fn short_handoffs_without_wakers_keep_no_copies() {
     );
 }
 
+/// Without wakers, a long wait right after a run of short ones kept no copy of its stack at
+/// its sleep; the tracer copies it from outside while it sleeps, so the ponger's waits out
+/// the pinger's pauses are reported where they wait (`hit`), not as unreadable stacks.
+#[test]
+fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
+    // Every 20,000 round trips (a fraction of a second here) the pinger sleeps 100 ms.
+    let child = Command::new(PING_PONG)
+        .args(["futex", "--seconds", &WORKLOAD_SECONDS.to_string()])
+        .args(["--pause-every", "20000", "--pause-ms", "100"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ping-pong");
+    let workload = tracer_tests::ChildGuard::new("ping-pong", child);
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = TempDir::new("ping-pong-pauses");
+    let traced = record_profile(
+        workload.pid(),
+        &["--duration", "4s", "--mode", "exact", "--no-wakers"],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    let profile = &traced.profile;
+    let counts = &profile.counts;
+    println!("{counts:?}");
+    // The pauses, about 100 ms each, two or three a second. A player descheduled for a
+    // millisecond or two adds a long wait that may end before the tracer's look: without
+    // a stack, and counted, but a sliver of the time.
+    let long = |s: &ProfileStack| s.kind == WaitKind::Futex && !s.in_progress;
+    let at_hit = |s: &ProfileStack| long(s) && has_function(s, "hit");
+    let (at_hit_ns, long_ns) = (total_ns(profile, at_hit), total_ns(profile, long));
+    println!("{}", top_stacks(profile, long, 5));
+    assert!(
+        total_waits(profile, at_hit) >= 5 && at_hit_ns as f64 >= 0.9 * long_ns as f64,
+        "pauses at hit: {} waits, {at_hit_ns} of {long_ns} ns",
+        total_waits(profile, at_hit)
+    );
+    // Their sleeps came after runs of short waits: copied late, not at the sleep.
+    assert!(counts.late_copies >= 4, "{} late copies", counts.late_copies);
+}
+
 /// The target lives this long: long enough for the tracer to load and attach its probes first,
 /// short against the recording below so that it exits mid-recording.
 const EXITING_WORKLOAD_SECONDS: f64 = 2.0;

@@ -2,11 +2,13 @@
 //! hand a token back and forth through a mutex and condition variable (futex waits),
 //! and two threads bounce one byte over TCP loopback (socket waits).
 //!
-//! Usage: `ping-pong [futex|tcp] [--seconds S] [--rate R] [--window]`; prints
-//! `<mode> <round trips per second>`.
+//! Usage: `ping-pong [futex|tcp] [--seconds S] [--rate R] [--pause-every N --pause-ms M]
+//! [--window]`; prints `<mode> <round trips per second>`.
 //!
 //! - `--rate R`: at most R round trips per second (paced; each round trip is two waits),
 //!   for measuring a tracer's own cost at a known wait rate.
+//! - `--pause-every N --pause-ms M`: after every N round trips the pinger sleeps M ms, so
+//!   the ponger's run of short waits ends in a long one.
 //! - `--window` (for the bench): prints `ready` once both players run, then measures only
 //!   between SIGUSR1 and SIGUSR2 (see `window.rs`) and prints the rate of that window;
 //!   `--seconds` is then only the time after which the workload exits.
@@ -32,6 +34,8 @@ struct Settings {
     duration: Duration,
     /// Seconds between two round trips when paced.
     pace: Option<f64>,
+    /// Round trips between two pauses, and how long each pause is.
+    pauses: Option<(u64, Duration)>,
     window: bool,
 }
 
@@ -40,6 +44,8 @@ fn main() {
     let mut seconds = 3.0_f64;
     let mut rate: Option<f64> = None;
     let mut window = false;
+    let mut pause_every: Option<u64> = None;
+    let mut pause_ms: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -51,6 +57,14 @@ fn main() {
                 Some(value) if value > 0.0 => rate = Some(value),
                 _ => usage(),
             },
+            "--pause-every" => match args.next().and_then(|value| value.parse().ok()) {
+                Some(value) if value > 0 => pause_every = Some(value),
+                _ => usage(),
+            },
+            "--pause-ms" => match args.next().and_then(|value| value.parse().ok()) {
+                Some(value) => pause_ms = Some(value),
+                None => usage(),
+            },
             "--window" => window = true,
             "futex" | "tcp" => mode = arg,
             _ => usage(),
@@ -60,6 +74,11 @@ fn main() {
     let settings = Settings {
         duration: Duration::from_secs_f64(seconds),
         pace: rate.map(|rate| 1.0 / rate),
+        pauses: match (pause_every, pause_ms) {
+            (Some(every), Some(ms)) => Some((every, Duration::from_millis(ms))),
+            (None, None) => None,
+            _ => usage(),
+        },
         window,
     };
     if let Some(signals) = signals {
@@ -79,7 +98,10 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ping-pong [futex|tcp] [--seconds S] [--rate R] [--window]");
+    eprintln!(
+        "usage: ping-pong [futex|tcp] [--seconds S] [--rate R] \
+         [--pause-every N --pause-ms M] [--window]"
+    );
     std::process::exit(2);
 }
 
@@ -94,8 +116,15 @@ fn watch_window(signals: &window::WindowSignals, mode: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// Before round trip `n`: with pacing, sleeps until it is due.
+/// Before round trip `n`: with pacing, sleeps until it is due; with pauses, sleeps the
+/// pause after every so many.
 fn pace(settings: &Settings, started: Instant, n: u64) {
+    if let Some((every, pause)) = settings.pauses
+        && n > 0
+        && n.is_multiple_of(every)
+    {
+        thread::sleep(pause);
+    }
     if let Some(period) = settings.pace {
         let due = started + Duration::from_secs_f64(period * n as f64);
         let now = Instant::now();

@@ -194,7 +194,9 @@ pub const WAIT_START_SLOTS: u32 = 1 << 16;
 /// another process's thread, in whose view the target's memory cannot be read, so its
 /// sleep keeps a copy of its stack. A thread whose last waits all ended short (a
 /// ping-pong's) is taken to wait short again, and sleeps without one: copies at every
-/// handoff would cost it dearly. Threads sharing a slot share a guess, nothing more.
+/// handoff would cost it dearly (one that waits long after all gets its copy from the
+/// tracer while it sleeps, `pipeline::late_copies`). Threads sharing a slot share a
+/// guess, nothing more.
 pub struct ShortRun;
 
 impl ShortRun {

@@ -153,9 +153,12 @@ use task_storage::TaskStorage;
 static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 
 /// Each thread's latest wait in one word (see `WaitSlot`), which a wait takes unless
-/// another thread of the same slot is in a wait that holds it.
+/// another thread of the same slot is in a wait that holds it. Mapped into the tracer's
+/// memory too: without wakers it looks over the target's waits every few milliseconds for
+/// long ones that kept no stack copy (`pipeline::late_copies`), a load per thread.
 #[map]
-static WAIT_STARTS: Array<u64> = Array::with_max_entries(WAIT_START_SLOTS, 0);
+static WAIT_STARTS: Array<u64> =
+    Array::with_max_entries(WAIT_START_SLOTS, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Each thread's run of waits ended short (see `ShortRun`), a slot per WAIT_STARTS slot;
 /// kept only without the wake probe.

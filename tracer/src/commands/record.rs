@@ -18,6 +18,7 @@ use crate::{
     pipeline::{
         self, Traced,
         counts::{below_threshold, trace_counts},
+        late_copies::{self, LateCopies},
         members::{self, Joined, Member, Members, Selection},
         target,
     },
@@ -127,6 +128,18 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut probes = Probes::open(config, &btf_path)?;
     probes.attach_wait_probes()?;
     let mut rings = RingBuffers::take(&mut probes)?;
+    // Without wakers, a long wait whose sleep kept no stack copy gets one from outside.
+    let mut late_copier = no_wakers
+        .then(|| match probes.wait_words() {
+            Ok(words) => Some(LateCopies::new(pid, words, min_wait)),
+            Err(err) => {
+                log::warn!("cannot map the wait words ({err}): no late stack copies");
+                None
+            }
+        })
+        .flatten();
+    let mut late_copy_poll = tokio::time::interval(late_copies::POLL);
+    late_copy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The threads asleep since before the attach: their waits count from here, their
     // earlier part added when they end.
     let waits_begun_before = match adopt_waits_in_progress(pid, &mut probes) {
@@ -151,7 +164,15 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at = SystemTime::now();
     let stop = pipeline::run_until_stop(&target, duration, async || {
-        rings.drain_when_ready(&mut collector).await?;
+        match &mut late_copier {
+            Some(late_copier) => tokio::select! {
+                drained = rings.drain_when_ready(&mut collector) => drained?,
+                _ = late_copy_poll.tick() => {
+                    collector.decoder.late_copies += late_copier.poll(&mut probes);
+                }
+            },
+            None => rings.drain_when_ready(&mut collector).await?,
+        }
         probes.update_stack_spans(collector.decoder.stack_spans.take_changes());
         Ok(())
     })
@@ -189,6 +210,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
                 malformed_records,
                 pending_wakers,
                 wakers_evicted,
+                late_copies,
                 ..
             },
         mut aggregate,
@@ -234,6 +256,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         wakers_unmatched,
     );
     base.counts.waits_begun_before = waits_begun_before;
+    base.counts.late_copies = late_copies;
     base.thread_counts = thread_counts;
     let tasks = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);

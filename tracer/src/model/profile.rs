@@ -112,6 +112,9 @@ pub struct TraceCounts {
     pub sleep_copies_whole: u64,
     /// Sleeps that kept a copy of their stack, whole or in part.
     pub sleep_copies: u64,
+    /// Long waits whose sleep kept no copy, whose stack the tracer copied from outside
+    /// while they still slept (exact mode without wakers).
+    pub late_copies: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits by the target's threads, with the waker's stack.
     pub wakes_seen: u64,
@@ -159,7 +162,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 28] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 29] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -173,6 +176,7 @@ impl TraceCounts {
             span_samples_dropped,
             sleep_copies_whole,
             sleep_copies,
+            late_copies,
             in_flight_map_full,
             wakes_seen,
             wake_ring_buffer_full,
@@ -215,6 +219,7 @@ impl TraceCounts {
             ("span_samples_dropped", span_samples_dropped),
             ("sleep_copies_whole", sleep_copies_whole),
             ("sleep_copies", sleep_copies),
+            ("late_copies", late_copies),
             ("non_socket_io", non_socket_io),
             ("wakes_seen", wakes_seen),
             ("go_runtime_waits_hidden", go_runtime_waits_hidden),

@@ -4,6 +4,7 @@
 //! exporters. Each command runs these stages; none builds a profile its own way.
 
 pub mod counts;
+pub mod late_copies;
 pub mod members;
 pub mod own_usage;
 pub mod pace;

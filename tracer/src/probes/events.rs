@@ -236,6 +236,8 @@ pub struct WaitDecoder {
     pub ages_at_start: AgesAtStart,
     /// How much of each thread's stack its walks read, for the probes' sleep copies.
     pub stack_spans: StackSpans,
+    /// Long waits' stacks copied from outside while they slept (`pipeline::late_copies`).
+    pub late_copies: u64,
 }
 
 /// One field of a record in ring-buffer bytes, read in place: copying a whole record would
@@ -296,6 +298,7 @@ impl WaitDecoder {
             wakers_evicted: 0,
             ages_at_start: AgesAtStart::new(),
             stack_spans: StackSpans::default(),
+            late_copies: 0,
         }
     }
 

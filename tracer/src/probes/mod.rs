@@ -6,6 +6,7 @@ pub mod golang;
 mod kernel_btf;
 pub mod stack_spans;
 mod task_iter;
+pub mod wait_words;
 
 use std::{collections::HashMap, io::Read as _, path::Path, time::Duration};
 
@@ -324,6 +325,52 @@ impl Probes {
         words.get(&(tid % WAIT_START_SLOTS), 0).map_err(map_error("WAIT_STARTS"))
     }
 
+    /// WAIT_STARTS mapped into our memory, for a look over many threads' words at once.
+    pub fn wait_words(&self) -> std::io::Result<wait_words::WaitWords> {
+        use std::os::fd::AsFd as _;
+        match self.ebpf.map("WAIT_STARTS") {
+            Some(Map::Array(words)) => wait_words::WaitWords::map(words.fd().as_fd()),
+            _ => Err(std::io::Error::other("no WAIT_STARTS array")),
+        }
+    }
+
+    /// The start of the wait whose stack copy thread `tid`'s SLEEP_STACKS entry holds, and
+    /// how many whole copies the thread took (None when it has no entry).
+    pub fn sleep_copy_of(&self, tid: u32) -> Option<(u64, u32)> {
+        let stacks =
+            aya::maps::HashMap::<_, u32, SleepStack>::try_from(self.map("SLEEP_STACKS").ok()?)
+                .ok()?;
+        let copy = stacks.get(&tid, 0).ok()?;
+        Some((copy.start_ns, copy.whole_copies))
+    }
+
+    /// Keeps `stack` (read from `sp` upwards) as the stack copy of thread `tid`'s wait
+    /// begun at `start_ns`, as if its sleep had taken it: the probe that ends the wait where
+    /// the sleeper's memory cannot be read sends it. `whole_copies` carries the thread's
+    /// count on (see `SleepStack::whole_copies`).
+    pub fn keep_sleep_copy(
+        &mut self,
+        tid: u32,
+        start_ns: u64,
+        stack: &[u8],
+        whole_copies: u32,
+    ) -> Result<(), String> {
+        let len = stack.len().min(STACK_COPY_BYTES);
+        let mut copy = SleepStack {
+            start_ns,
+            len: len as u32,
+            asked: STACK_COPY_BYTES as u32,
+            whole_copies,
+            _pad: 0,
+            stack: [0; STACK_COPY_BYTES],
+        };
+        copy.stack[..len].copy_from_slice(&stack[..len]);
+        let map = self.ebpf.map_mut("SLEEP_STACKS").ok_or("no SLEEP_STACKS map")?;
+        let mut stacks = aya::maps::HashMap::<_, u32, SleepStack>::try_from(map)
+            .map_err(|err| err.to_string())?;
+        stacks.insert(tid, copy, 0).map_err(|err| err.to_string())
+    }
+
     /// IN_FLIGHT's descriptor, for the task-storage calls aya has no type for.
     fn in_flight_raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -420,25 +467,9 @@ impl Probes {
             Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Err(AdoptError::Gone),
             Err(err) => return Err(map_err("IN_FLIGHT")(err)),
         }
-        let len = stack.len().min(STACK_COPY_BYTES);
-        let mut copy = SleepStack {
-            start_ns: wait.start_ns,
-            len: len as u32,
-            asked: STACK_COPY_BYTES as u32,
-            whole_copies: 0,
-            _pad: 0,
-            stack: [0; STACK_COPY_BYTES],
-        };
-        copy.stack[..len].copy_from_slice(&stack[..len]);
         // Without the copy the wait is still counted; only a stack no probe can read at its
         // end is missing then (and counted as unreadable).
-        let inserted = match self.ebpf.map_mut("SLEEP_STACKS") {
-            Some(map) => aya::maps::HashMap::<_, u32, SleepStack>::try_from(map)
-                .map_err(|err| err.to_string())
-                .and_then(|mut stacks| stacks.insert(tid, copy, 0).map_err(|e| e.to_string())),
-            None => Err("no SLEEP_STACKS map".to_string()),
-        };
-        if let Err(err) = inserted {
+        if let Err(err) = self.keep_sleep_copy(tid, wait.start_ns, stack, 0) {
             log::warn!("thread {tid}: cannot keep the stack of its wait in progress: {err}");
         }
         Ok(())

@@ -262,6 +262,10 @@ pub struct JsonTraceCounts {
     /// Sleeps that kept a copy of their stack (added in tracer 0.1.0; 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sleep_copies: u64,
+    /// Long waits' stacks copied from outside while they slept (added in tracer 0.1.0;
+    /// 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub late_copies: u64,
     pub in_flight_map_full: u64,
     /// Wakes of long futex waits seen with the waker's stack (added in tracer 0.1.0;
     /// 0 when absent).
@@ -536,6 +540,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         span_samples_dropped,
         sleep_copies_whole,
         sleep_copies,
+        late_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -566,6 +571,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         span_samples_dropped,
         sleep_copies_whole,
         sleep_copies,
+        late_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -810,6 +816,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         span_samples_dropped,
         sleep_copies_whole,
         sleep_copies,
+        late_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,
@@ -840,6 +847,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         span_samples_dropped,
         sleep_copies_whole,
         sleep_copies,
+        late_copies,
         in_flight_map_full,
         wakes_seen,
         wake_ring_buffer_full,

@@ -543,6 +543,8 @@ fn write_counts(out: &mut String, profile: &Profile) {
             ),
             // For waits likely to end where no probe can read the sleeper's memory.
             (counts.sleep_copies, "sleeps kept a copy of their stack (whole or in part)"),
+            // Without wakers: long waits whose sleep kept none, copied while they slept.
+            (counts.late_copies, "long waits' stacks copied from outside while they slept"),
             // What the spans save: each whole copy costs the sleeping thread microseconds.
             (
                 counts.sleep_copies_whole,
@@ -840,9 +842,11 @@ mod tests {
         sampled.counts.span_samples_dropped = 1;
         sampled.counts.sleep_copies_whole = 3;
         sampled.counts.sleep_copies = 7;
+        sampled.counts.late_copies = 4;
         let text = render_summary(&sampled, 10);
         for line in [
             "stacks: 7 sleeps kept a copy of their stack (whole or in part)",
+            "stacks: 4 long waits' stacks copied from outside while they slept",
             "stacks: 2 short waits' copies walked to size their thread's later copies",
             "stacks: 1 short waits' copies not sent (ring buffer full, or the copy gone)",
             "stacks: 3 sleeps copied whole (no span known yet for where they slept)",

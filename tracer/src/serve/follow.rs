@@ -25,6 +25,7 @@ use crate::{
     model::ProfileKind,
     pipeline::{
         Traced,
+        late_copies::{self, LateCopies},
         target::{Target, TargetError},
     },
     probes::events::{RingBuffers, WaitDecoder, poll_readable, readable},
@@ -115,12 +116,19 @@ pub async fn run(
         let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
             .context("cannot poll the pidfd")?;
         match source {
-            WaitSource::Probes(mut rings) => {
+            WaitSource::Probes(mut rings, mut late_copier) => {
                 let mut sink = LockedCollector(&shared.collector);
+                let mut late_copy_poll = tokio::time::interval(late_copies::POLL);
+                late_copy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = readable(&exited) => break,
                         drained = rings.drain_when_ready(&mut sink) => drained?,
+                        _ = late_copy_poll.tick(), if late_copier.is_some() => {
+                            if let Some(late_copier) = &mut late_copier {
+                                poll_late_copies(shared, late_copier);
+                            }
+                        }
                     }
                     update_stack_spans(shared);
                 }
@@ -163,8 +171,9 @@ fn vanished(target: &Target) -> bool {
 /// its variants do not matter.
 #[allow(clippy::large_enum_variant)]
 enum WaitSource {
-    /// The probes' ring buffers (exact mode).
-    Probes(RingBuffers),
+    /// The probes' ring buffers (exact mode), and without wakers the copier of long
+    /// waits' stacks.
+    Probes(RingBuffers, Option<LateCopies>),
     /// Reads of the threads at a rate (sampled mode).
     Sampler(ThreadSampler),
 }
@@ -181,6 +190,19 @@ impl Drop for StopOnDrop {
 
 /// Hands the probes what the decoder learned of the threads' stack spans (see
 /// `probes::stack_spans`); one lock at a time.
+/// Copies the stacks of the attached process's long waits that kept none (without
+/// wakers), counted with the attachment's decoder.
+fn poll_late_copies(shared: &Shared, late_copier: &mut LateCopies) {
+    let Some(probes) = lock(&shared.attached).as_ref().map(|attached| Arc::clone(&attached.probes))
+    else {
+        return;
+    };
+    let copies = late_copier.poll(&mut lock(&probes));
+    if let Some(decoder) = lock(&shared.collector).decoder.as_mut() {
+        decoder.late_copies += copies;
+    }
+}
+
 fn update_stack_spans(shared: &Shared) {
     let changes = match lock(&shared.collector).decoder.as_mut() {
         Some(decoder) => decoder.stack_spans.take_changes(),
@@ -266,6 +288,14 @@ async fn attach(
             )?;
             probes.attach_wait_probes()?;
             let rings = RingBuffers::take(&mut probes)?;
+            let late_copier = match probes.wait_words() {
+                Ok(words) if !shared.wakers => Some(LateCopies::new(pid, words, min_wait)),
+                Ok(_) => None,
+                Err(err) => {
+                    log::warn!("pid {pid}: cannot map the wait words ({err}): no late copies");
+                    None
+                }
+            };
             let mut decoder = WaitDecoder::new(pid, unwinder);
             // Threads asleep since before the attach: their waits count when they end.
             match adopt_waits_in_progress(pid, &mut probes) {
@@ -278,7 +308,7 @@ async fn attach(
             let mut collector = lock(&shared.collector);
             collector.decoder = Some(decoder);
             collector.generation = generation;
-            (probes, WaitSource::Probes(rings))
+            (probes, WaitSource::Probes(rings, late_copier))
         }
     };
     *lock(&shared.last_attached) = Some((pid, target.comm.clone()));

@@ -465,13 +465,14 @@ impl Shared {
         if collector.generation != generation {
             return None;
         }
-        let counts = trace_counts(
+        let mut counts = trace_counts(
             &counters,
             decoder.unwinder.truncated_unwinds,
             &decoder.objects,
             decoder.malformed_records,
             decoder.wakers_evicted,
         );
+        counts.late_copies = decoder.late_copies;
         Some(CountsMark { generation, counts, short_waits, reads: 0 })
     }
 

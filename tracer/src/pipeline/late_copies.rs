@@ -1,0 +1,128 @@
+//! Late stack copies, for exact recordings without wakers. There every wait ends where its
+//! thread is switched back in, most often after the idle task or another process, whose
+//! view holds none of the target's memory: so a sleep keeps a copy of its stack, except a
+//! thread's sleep right after a run of short waits (`ShortRun`: a ping-pong's handoffs
+//! would pay for copies at every sleep). When such a sleep turns out long, its stack was
+//! nowhere to read at its end.
+//!
+//! So every `POLL`, this stage looks over the target's wait words (mapped, a load per
+//! thread) for waits that have lasted the threshold and kept no copy, and copies their
+//! stacks from outside while they still sleep (the saved sp from /proc's syscall file,
+//! then `process_vm_readv`), handing each to the probes as if the sleep had kept it. A
+//! wait that ends before the poll after its threshold still has no stack (counted as
+//! unreadable, as before).
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use tracer_common::{STACK_COPY_BYTES, WaitSlot};
+
+use crate::{
+    probes::{Probes, wait_words::WaitWords},
+    threads::{self, ThreadSyscall, blocked_now::monotonic_now_ns},
+};
+
+/// How often the waits are looked over: a wait without a copy gets one once it has lasted
+/// the threshold and at most this much more.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// How often the target's thread list is read again (new threads wait unseen until then).
+const THREADS_REFRESH: Duration = Duration::from_secs(1);
+
+/// The stage's state over one recording.
+pub struct LateCopies {
+    pid: u32,
+    words: WaitWords,
+    min_wait_ns: u64,
+    tids: Vec<u32>,
+    tids_read_at: Option<Instant>,
+    /// The long waits in progress already looked at (copied, or with a copy of their
+    /// own), by (thread, start): each is copied once.
+    looked_at: HashSet<(u32, u64)>,
+}
+
+impl LateCopies {
+    pub fn new(pid: u32, words: WaitWords, min_wait: Duration) -> Self {
+        Self {
+            pid,
+            words,
+            min_wait_ns: u64::try_from(min_wait.as_nanos()).unwrap_or(u64::MAX),
+            tids: Vec::new(),
+            tids_read_at: None,
+            looked_at: HashSet::new(),
+        }
+    }
+
+    /// Copies the stack of every wait of the target that has lasted the threshold with no
+    /// copy kept, once; returns how many it copied.
+    pub fn poll(&mut self, probes: &mut Probes) -> u64 {
+        if self.tids_read_at.is_none_or(|at| at.elapsed() >= THREADS_REFRESH) {
+            // A process gone leaves the list as it was: its words end nothing any more.
+            if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
+                self.tids = tasks
+                    .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+                    .collect();
+            }
+            self.tids_read_at = Some(Instant::now());
+        }
+        let now = monotonic_now_ns();
+        let mut still = HashSet::with_capacity(self.looked_at.len());
+        let mut copies = 0;
+        for index in 0..self.tids.len() {
+            let tid = self.tids[index];
+            let WaitSlot::InProgress { start, .. } = WaitSlot::read(self.words.word(tid), tid)
+            else {
+                continue;
+            };
+            let elapsed = WaitSlot::elapsed_ns(start, now);
+            if elapsed < self.min_wait_ns {
+                continue;
+            }
+            // The word keeps the start's low bits; the probes end the wait with the same
+            // full start, rebuilt alike from the clock.
+            let start_ns = now - elapsed;
+            still.insert((tid, start_ns));
+            if !self.looked_at.contains(&(tid, start_ns)) {
+                copies += u64::from(self.copy_if_missing(probes, tid, start, start_ns));
+            }
+        }
+        self.looked_at = still;
+        copies
+    }
+
+    /// Copies the stack of thread `tid`'s wait begun at `start_ns` (its word's `start`)
+    /// unless its sleep kept one; true when it did.
+    fn copy_if_missing(&self, probes: &mut Probes, tid: u32, start: u64, start_ns: u64) -> bool {
+        let whole_copies = match probes.sleep_copy_of(tid) {
+            Some((copy_start, _)) if copy_start == start_ns => return false,
+            Some((_, whole_copies)) => whole_copies,
+            None => 0,
+        };
+        let Some(ThreadSyscall::Blocked(call)) = threads::read_syscall(self.pid, tid) else {
+            return false;
+        };
+        let mut stack = vec![0u8; STACK_COPY_BYTES];
+        let Ok(len) = threads::read_memory(self.pid, call.sp, &mut stack) else { return false };
+        stack.truncate(len);
+        // Still the same wait after the copy: the thread has not run, so the copy is whole.
+        let still_asleep = matches!(
+            WaitSlot::read(self.words.word(tid), tid),
+            WaitSlot::InProgress { start: now, .. } if now == start
+        );
+        if len == 0 || !still_asleep {
+            return false;
+        }
+        // A wait that ends between that look and this hand-over leaves a copy no wait
+        // matches; only a sleep of the thread's within those microseconds could lose its
+        // own copy to it.
+        match probes.keep_sleep_copy(tid, start_ns, &stack, whole_copies) {
+            Ok(()) => true,
+            Err(err) => {
+                log::warn!("thread {tid}: cannot keep a late copy of its stack: {err}");
+                false
+            }
+        }
+    }
+}
