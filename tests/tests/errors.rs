@@ -246,6 +246,18 @@ fn sampled_only_options_are_refused_in_exact_mode() {
     }
 }
 
+/// `top --mode exact` watches one process: two are refused by one line before the
+/// terminal is taken.
+#[test]
+fn top_in_exact_mode_refuses_two_processes() {
+    let (one, two) = (sleeper(), sleeper());
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args(["top", "--mode", "exact", "--pid", &one.pid().to_string()])
+        .args(["--pid", &two.pid().to_string()]);
+    let out = run_with_timeout("tracer top", cmd, ERROR_TIMEOUT);
+    assert_error("top --mode exact on two processes", &out, "watches one process");
+}
+
 /// `--no-wakers` leaves out a probe only an exact recording of threads attaches: refused
 /// in sampled mode, by name.
 #[test]

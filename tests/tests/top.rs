@@ -172,6 +172,40 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
     assert_eq!(tmux.pane("cursor_flag"), "1", "the cursor is shown again");
 }
 
+/// `top --mode exact`: the pile-up's blocked time from the probes, every wait as it ends;
+/// its threads blocked now still read; the header says so.
+#[test]
+fn top_in_exact_mode_shows_the_pileup_from_the_probes() {
+    let build = TempDir::new("top-exact-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid();
+    let tmux = Tmux::start();
+    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
+    let command = format!(
+        "{} top --mode exact --pid {pid}; echo \"top\"\"-exited $?\"",
+        tracer_bin().display()
+    );
+    tmux.send(&[&command, "Enter"]);
+    // Two refreshes: the first interval may end before any handler's wait did.
+    let with_time = |screen: &str| {
+        let row = first_row(screen);
+        let blocked = row.split_whitespace().nth(1).unwrap_or("-");
+        row.contains("enqueue_stat") && blocked != "-" && blocked != "0s"
+    };
+    let screen = tmux.wait_for("the pile-up's row with its blocked time", with_time);
+    assert!(screen.contains("exact ≥1.0ms"), "the header says exact:\n{screen}");
+    assert!(screen.contains("threads read at"), "THREADS is still read:\n{screen}");
+    let row = first_row(&screen);
+    assert!(row.contains("futex"), "{row}");
+    for line in screen.lines() {
+        assert!(line.chars().count() <= 80, "wider than the pane: {line:?}");
+    }
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the exit", |screen| screen.contains("top-exited "));
+    assert!(screen.contains("top-exited 0"), "{screen}");
+}
+
 /// An asyncio program's pending tasks are rows of the table as blocked threads are: the
 /// refreshers' tasks at the lock a holder keeps.
 #[test]

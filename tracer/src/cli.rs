@@ -51,6 +51,17 @@ pub struct TopArgs {
     /// the time since the one before, and the report says at what rate they came.
     #[arg(long, value_name = "PERCENT", value_parser = parse_cpu_budget)]
     pub cpu_budget: Option<f64>,
+
+    /// How to see waits. sampled: every column from the reads of the processes' threads
+    /// at --rate, nothing attached. exact (one process, not Go): BLOCKED/s counts every
+    /// wait of --min-wait or more as it ends, from the `sched_switch` probe alone (no
+    /// wakers: top shows none), while THREADS is still read at --rate.
+    #[arg(long, value_enum, default_value = "sampled")]
+    pub mode: Mode,
+
+    /// In exact mode, waits at least this long are shown; shorter ones are left out.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub min_wait: Duration,
 }
 
 #[derive(Debug, Args)]

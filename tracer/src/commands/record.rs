@@ -11,9 +11,7 @@ use anyhow::Context as _;
 use crate::{
     cli::{Mode, NO_WAKERS_EXACT_ONLY, RecordArgs, sampled_only_option},
     golang::{DEFAULT_RATE_HZ, GoRecording},
-    model::{
-        Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TimelineRecorder, WaitAggregate,
-    },
+    model::{Profile, ProfileKind, ProfileStack, Sampling, ThreadCounts, TimelineRecorder},
     objects::WaitObjects,
     pipeline::{
         self, Traced,
@@ -24,7 +22,7 @@ use crate::{
     },
     probes::{
         ProbeConfig, ProbeCounters, Probes,
-        events::{RingBuffers, WaitDecoder, WaitSink},
+        events::{RingBuffers, WaitCollector, WaitDecoder},
     },
     report::summary::format_duration,
     stacks::ProcessUnwinder,
@@ -129,15 +127,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     probes.attach_wait_probes()?;
     let mut rings = RingBuffers::take(&mut probes)?;
     // Without wakers, a long wait whose sleep kept no stack copy gets one from outside.
-    let mut late_copier = no_wakers
-        .then(|| match probes.wait_words() {
-            Ok(words) => Some(LateCopies::new(pid, words, min_wait)),
-            Err(err) => {
-                log::warn!("cannot map the wait words ({err}): no late stack copies");
-                None
-            }
-        })
-        .flatten();
+    let mut late_copier = no_wakers.then(|| LateCopies::start(pid, &probes, min_wait)).flatten();
     let mut late_copy_poll = tokio::time::interval(late_copies::POLL);
     late_copy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The threads asleep since before the attach: their waits count from here, their
@@ -417,28 +407,4 @@ fn sampled_profile(
     let frame_pointers = tasks.host();
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
     profile
-}
-
-/// Turns wait records into unwound stacks and aggregates them as they arrive.
-struct WaitCollector {
-    decoder: WaitDecoder,
-    aggregate: WaitAggregate,
-}
-
-impl WaitCollector {
-    fn new(pid: u32, unwinder: ProcessUnwinder) -> Self {
-        Self { decoder: WaitDecoder::new(pid, unwinder), aggregate: WaitAggregate::default() }
-    }
-}
-
-impl WaitSink for WaitCollector {
-    fn add_wake(&mut self, bytes: &[u8]) {
-        self.decoder.add_wake(bytes);
-    }
-
-    fn add_record(&mut self, bytes: &[u8]) {
-        if let Some(wait) = self.decoder.decode(bytes) {
-            wait.add_to(&mut self.aggregate);
-        }
-    }
 }

@@ -44,7 +44,19 @@ pub struct LateCopies {
 }
 
 impl LateCopies {
-    pub fn new(pid: u32, words: WaitWords, min_wait: Duration) -> Self {
+    /// The stage for process `pid` traced by `probes` (without wakers); None, said in the
+    /// log, when the probes' wait words cannot be mapped.
+    pub fn start(pid: u32, probes: &Probes, min_wait: Duration) -> Option<Self> {
+        match probes.wait_words() {
+            Ok(words) => Some(Self::new(pid, words, min_wait)),
+            Err(err) => {
+                log::warn!("pid {pid}: cannot map the wait words ({err}): no late stack copies");
+                None
+            }
+        }
+    }
+
+    fn new(pid: u32, words: WaitWords, min_wait: Duration) -> Self {
         Self {
             pid,
             words,
@@ -70,8 +82,7 @@ impl LateCopies {
         let now = monotonic_now_ns();
         let mut still = HashSet::with_capacity(self.looked_at.len());
         let mut copies = 0;
-        for index in 0..self.tids.len() {
-            let tid = self.tids[index];
+        for &tid in &self.tids {
             let WaitSlot::InProgress { start, .. } = WaitSlot::read(self.words.word(tid), tid)
             else {
                 continue;

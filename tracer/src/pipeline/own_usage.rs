@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// The tracer process's own CPU time and memory, from /proc/self.
+/// The tracer process's own CPU time (getrusage) and memory (/proc/self).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessUsage {
     /// User and system time, all threads.
@@ -16,14 +16,11 @@ pub struct ProcessUsage {
 impl ProcessUsage {
     pub fn of_self() -> Self {
         // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        // SAFETY: as above.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         Self {
-            cpu_seconds: parse_cpu_ticks(&stat).map_or(0.0, |ticks_used| ticks_used as f64 / ticks),
+            cpu_seconds: cpu_seconds_of_self(),
             resident_bytes: parse_resident_pages(&statm).map_or(0, |pages| pages * page),
             peak_resident_bytes: parse_peak_resident_kib(&status).map_or(0, |kib| kib * 1024),
         }
@@ -42,13 +39,17 @@ impl fmt::Display for ProcessUsage {
     }
 }
 
-/// utime + stime (fields 14 and 15 of proc_pid_stat(5)), counted after the comm's ')'.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    // After ')': state is field 3, so utime (14) is the 12th.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+/// User and system time of every thread of the tracer, to the microsecond (getrusage):
+/// /proc's `stat` counts clock ticks, 10 ms each, more than a second of top's own use.
+fn cpu_seconds_of_self() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given; RUSAGE_SELF always exists.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// The resident pages: the second field of /proc/self/statm.
@@ -67,14 +68,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proc_self_stat_statm_and_status_parse() {
-        let stat = "42 (tracer (x)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(300));
+    fn proc_self_statm_and_status_parse() {
         assert_eq!(parse_resident_pages("1000 250 30 1 0 400 0"), Some(250));
         assert_eq!(parse_peak_resident_kib("VmPeak:\t  9000 kB\nVmHWM:\t   7412 kB\n"), Some(7412));
         let usage = ProcessUsage::of_self();
         assert!(usage.resident_bytes > 0);
         assert!(usage.peak_resident_bytes >= usage.resident_bytes);
+    }
+
+    #[test]
+    fn own_cpu_time_counts_microseconds() {
+        let before = ProcessUsage::of_self().cpu_seconds;
+        // About a millisecond of work: less than one clock tick.
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(2) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let after = ProcessUsage::of_self().cpu_seconds;
+        assert!(after > before, "{before} then {after}");
     }
 
     #[test]

@@ -373,6 +373,30 @@ impl WaitDecoder {
     }
 }
 
+/// Turns wait records into unwound stacks and aggregates them as they arrive.
+pub struct WaitCollector {
+    pub decoder: WaitDecoder,
+    pub aggregate: WaitAggregate,
+}
+
+impl WaitCollector {
+    pub fn new(pid: u32, unwinder: ProcessUnwinder) -> Self {
+        Self { decoder: WaitDecoder::new(pid, unwinder), aggregate: WaitAggregate::default() }
+    }
+}
+
+impl WaitSink for WaitCollector {
+    fn add_wake(&mut self, bytes: &[u8]) {
+        self.decoder.add_wake(bytes);
+    }
+
+    fn add_record(&mut self, bytes: &[u8]) {
+        if let Some(wait) = self.decoder.decode(bytes) {
+            wait.add_to(&mut self.aggregate);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;

@@ -344,7 +344,7 @@ impl Probes {
         Some((copy.start_ns, copy.whole_copies))
     }
 
-    /// Keeps `stack` (read from `sp` upwards) as the stack copy of thread `tid`'s wait
+    /// Keeps `stack` (the user stack from its saved sp up) as the copy of thread `tid`'s wait
     /// begun at `start_ns`, as if its sleep had taken it: the probe that ends the wait where
     /// the sleeper's memory cannot be read sends it. `whole_copies` carries the thread's
     /// count on (see `SleepStack::whole_copies`).

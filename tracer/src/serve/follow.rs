@@ -288,14 +288,9 @@ async fn attach(
             )?;
             probes.attach_wait_probes()?;
             let rings = RingBuffers::take(&mut probes)?;
-            let late_copier = match probes.wait_words() {
-                Ok(words) if !shared.wakers => Some(LateCopies::new(pid, words, min_wait)),
-                Ok(_) => None,
-                Err(err) => {
-                    log::warn!("pid {pid}: cannot map the wait words ({err}): no late copies");
-                    None
-                }
-            };
+            // Without wakers, a long wait whose sleep kept no stack copy gets one late.
+            let late_copier =
+                (!shared.wakers).then(|| LateCopies::start(pid, &probes, min_wait)).flatten();
             let mut decoder = WaitDecoder::new(pid, unwinder);
             // Threads asleep since before the attach: their waits count when they end.
             match adopt_waits_in_progress(pid, &mut probes) {

@@ -29,6 +29,14 @@ pub struct Header {
     pub reads_per_second: f64,
     pub cpu_percent: f64,
     pub resident_bytes: u64,
+    /// In exact mode, the threshold of the waits shown and the waits lost so far.
+    pub exact: Option<ExactHeader>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExactHeader {
+    pub min_wait: std::time::Duration,
+    pub lost: u64,
 }
 
 pub struct State<'a> {
@@ -59,10 +67,16 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
         [one] => one.to_string(),
         many => format!("{} processes", many.len()),
     };
+    let exact = match header.exact {
+        Some(ExactHeader { min_wait, .. }) => {
+            format!("; exact ≥{}", format_duration(min_wait.as_nanos() as u64))
+        }
+        None => String::new(),
+    };
     let first = Line::from(vec![
         Span::styled("tracer top ", Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(format!(
-            "{processes}: {} threads, {} blocked in waits",
+            "{processes}: {} threads, {} blocked in waits{exact}",
             header.threads, header.blocked
         )),
     ]);
@@ -73,6 +87,14 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
         )
     } else {
         format!("sampled at {} Hz", header.rate)
+    };
+    // Exact: the blocked time from the probes; the threads blocked now are still read.
+    let sampled = match header.exact {
+        Some(ExactHeader { lost: 0, .. }) => sampled.replacen("sampled", "threads read", 1),
+        Some(ExactHeader { lost, .. }) => {
+            format!("{}; {lost} lost", sampled.replacen("sampled", "threads read", 1))
+        }
+        None => sampled,
     };
     let mut second = format!(
         "{sampled}; tracer {:.1}% CPU, {} MiB; sort: {}",

@@ -6,6 +6,7 @@
 //! every way out (a key, Ctrl-C, SIGTERM, a panic, an error, the processes exiting).
 
 mod draw;
+mod exact;
 mod table;
 
 use std::{
@@ -18,7 +19,7 @@ use anyhow::Context as _;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
-    cli::TopArgs,
+    cli::{Mode, TopArgs},
     model::{Profile, ProfileKind, WaitAggregate},
     pipeline::{
         Namer,
@@ -27,6 +28,7 @@ use crate::{
         pace::ReadPace,
     },
 };
+use exact::ExactWaits;
 use table::Table;
 
 /// How often the table is refreshed.
@@ -36,7 +38,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
-    let TopArgs { processes, rate, cpu_budget } = args;
+    let TopArgs { processes, rate, cpu_budget, mode, min_wait } = args;
     crate::pipeline::pace::set_cpu_budget(cpu_budget);
     let selection = processes.resolve()?;
     let rate = rate.unwrap_or(crate::golang::DEFAULT_RATE_HZ);
@@ -46,10 +48,22 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     if pids.is_empty() {
         anyhow::bail!("no process matches: {}", selection.describe());
     }
+    if mode == Mode::Exact && (pids.len() > 1 || selection.follows()) {
+        anyhow::bail!("top --mode exact watches one process (--pid PID); several are read sampled");
+    }
     let (members, _) = Members::start(selection, pids, period)?;
     if members.members.is_empty() {
         anyhow::bail!("none of the processes can be read");
     }
+    let exact = match (mode, &members.members[..]) {
+        (Mode::Sampled, _) => None,
+        (Mode::Exact, [member]) if member.go => anyhow::bail!(
+            "top --mode exact watches a process's threads; a Go program's goroutines are \
+             read sampled (top without --mode)"
+        ),
+        (Mode::Exact, [member]) => Some(ExactWaits::attach(member.target.pid, min_wait)?),
+        (Mode::Exact, _) => anyhow::bail!("top --mode exact watches one process"),
+    };
     let mut session = Session {
         members,
         namers: HashMap::new(),
@@ -60,7 +74,13 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         window: 0,
         usage: (Instant::now(), ProcessUsage::of_self()),
         reads_at_refresh: 0,
-        header: draw::Header { rate, reads_per_second: f64::from(rate), ..Default::default() },
+        header: draw::Header {
+            rate,
+            reads_per_second: f64::from(rate),
+            exact: exact.as_ref().map(ExactWaits::header),
+            ..Default::default()
+        },
+        exact,
     };
     session.open_windows();
     watch_signals();
@@ -106,6 +126,8 @@ struct Session {
     /// The reads made by then.
     reads_at_refresh: u64,
     header: draw::Header,
+    /// In exact mode, the probes that give the intervals' blocked time.
+    exact: Option<ExactWaits>,
 }
 
 impl Session {
@@ -116,6 +138,9 @@ impl Session {
         loop {
             if STOP.load(Ordering::Relaxed) {
                 return Ok(());
+            }
+            if let Some(exact) = &mut self.exact {
+                exact.drain();
             }
             let now = Instant::now();
             if now >= pace.next() {
@@ -167,11 +192,16 @@ impl Session {
         self.window += 1;
         let (mut now, mut interval) = (Vec::new(), Vec::new());
         let (mut threads, mut blocked) = (0, 0);
+        // Exact mode has one member: the probes' waits stand for its interval.
+        let mut exact_interval = self.exact.as_mut().map(ExactWaits::take_interval);
         for member in &mut self.members.members {
             let namer = self.namers.entry(member.target.pid).or_default();
             let covered = member.sampler.window_covered(window);
-            let waits =
-                per_second(member.sampler.close_window(window).unwrap_or_default(), covered);
+            let sampled = member.sampler.close_window(window).unwrap_or_default();
+            let waits = match exact_interval.take() {
+                Some((waits, covered)) => per_second(waits, Some(covered)),
+                None => per_second(sampled, covered),
+            };
             member.sampler.open_window(self.window);
             let counts = member.sampler.thread_counts();
             threads += counts.threads;
@@ -189,6 +219,7 @@ impl Session {
         let elapsed = self.usage.0.elapsed().as_secs_f64().max(1e-3);
         let cpu = (usage.cpu_seconds - self.usage.1.cpu_seconds).max(0.0) / elapsed;
         self.header = draw::Header {
+            exact: self.exact.as_ref().map(ExactWaits::header),
             processes: self.members.members.iter().map(Member::tag).collect(),
             threads,
             blocked,

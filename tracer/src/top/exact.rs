@@ -1,0 +1,104 @@
+//! `tracer top --mode exact`: an interval's blocked time from the probes, every wait of
+//! one process of `--min-wait` or more as it ends, instead of the reads' estimate. Only
+//! `sched_switch` is attached (top shows no wakers, so no process pays for the wake
+//! probe), and a long wait whose sleep kept no stack copy gets one late
+//! (`pipeline::late_copies`). The threads blocked now are still read by the process's
+//! sampler: the probes see a wait's stack only when it ends.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tracer_common::Counter;
+
+use super::draw::ExactHeader;
+use crate::{
+    model::WaitAggregate,
+    pipeline::{
+        Traced,
+        late_copies::{self, LateCopies},
+        target,
+    },
+    probes::{
+        ProbeConfig, Probes,
+        events::{RingBuffers, WaitCollector},
+    },
+    stacks::ProcessUnwinder,
+    threads::waits_before::adopt_waits_in_progress,
+};
+
+pub struct ExactWaits {
+    probes: Probes,
+    rings: RingBuffers,
+    collector: WaitCollector,
+    late_copier: Option<LateCopies>,
+    next_late_copies: Instant,
+    /// When the interval began: its waits' blocked time is per second of it.
+    interval_started: Instant,
+    min_wait: Duration,
+}
+
+impl ExactWaits {
+    /// Attaches the probes to process `pid` (its threads, not a Go program's goroutines).
+    pub fn attach(pid: u32, min_wait: Duration) -> anyhow::Result<Self> {
+        let Traced { image, .. } = Traced::open(pid, &[])?;
+        let btf_path = target::btf_path()?;
+        let config = ProbeConfig { tgid: pid, min_wait, wakers: false, maps: Default::default() };
+        let mut probes = Probes::open(config, &btf_path)?;
+        probes.attach_wait_probes()?;
+        let rings = RingBuffers::take(&mut probes)?;
+        let mut collector = WaitCollector::new(pid, ProcessUnwinder::new(pid, image));
+        // Threads asleep since before the attach: their waits count when they end.
+        let (ages, _) = adopt_waits_in_progress(pid, &mut probes)
+            .with_context(|| format!("cannot read the waits in progress of pid {pid}"))?;
+        collector.decoder.ages_at_start = ages;
+        let late_copier = LateCopies::start(pid, &probes, min_wait);
+        Ok(Self {
+            probes,
+            rings,
+            collector,
+            late_copier,
+            next_late_copies: Instant::now(),
+            interval_started: Instant::now(),
+            min_wait,
+        })
+    }
+
+    /// Takes what the probes sent, and copies late the stacks of long waits that kept
+    /// none when due.
+    pub fn drain(&mut self) {
+        self.rings.drain_pass(&mut self.collector);
+        if let Some(late_copier) = &mut self.late_copier
+            && Instant::now() >= self.next_late_copies
+        {
+            self.collector.decoder.late_copies += late_copier.poll(&mut self.probes);
+            self.next_late_copies = Instant::now() + late_copies::POLL;
+        }
+        self.probes.update_stack_spans(self.collector.decoder.stack_spans.take_changes());
+    }
+
+    /// The waits that ended since the last call, and the time they stand for.
+    pub fn take_interval(&mut self) -> (WaitAggregate, Duration) {
+        self.drain();
+        let covered = self.interval_started.elapsed();
+        self.interval_started = Instant::now();
+        (std::mem::take(&mut self.collector.aggregate), covered)
+    }
+
+    /// What the header says: the threshold, and the waits lost so far (not reported:
+    /// ring buffer full, task storage full, their end unseen; or reported without their
+    /// stack).
+    pub fn header(&self) -> ExactHeader {
+        let lost = self.probes.counters().map_or(0, |counters| {
+            [
+                Counter::RingBufferFull,
+                Counter::InFlightMapFull,
+                Counter::WaitsDiscarded,
+                Counter::StackUnreadable,
+            ]
+            .into_iter()
+            .map(|counter| counters.get(counter))
+            .sum()
+        });
+        ExactHeader { min_wait: self.min_wait, lost }
+    }
+}
