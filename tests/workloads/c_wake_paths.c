@@ -21,7 +21,8 @@
  * ..., BASE + 4 * TID_STRIDE: the tracer keeps each thread's wait in a word indexed by its id
  * modulo its slot count, so with that count as the stride all five share one word. Each
  * thread is placed by writing the pid namespace's last allocated id just before creating it
- * (root only; kernel.pid_max must exceed BASE + 4 * TID_STRIDE).
+ * (root only; kernel.pid_max must exceed BASE + 4 * TID_STRIDE); when another process takes
+ * an id first, all five start again at another BASE.
  * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2). Prints "ready"
  * once every thread has started; exits after SECONDS (the child with it).
  */
@@ -124,14 +125,22 @@ CALL_SITE void shared_wait(void)
 
 struct wait_loop {
 	void (*wait)(void);
-	/* The loop's thread id, once it runs. */
+	/* The loop's thread id, once its thread runs. */
 	pid_t tid;
+	/* 0 until main has checked the id: then 1 to wait in a loop, -1 to end. */
+	int go;
+	pthread_t thread;
 };
 
 static void *loop(void *arg)
 {
 	struct wait_loop *self = arg;
 	__atomic_store_n(&self->tid, gettid(), __ATOMIC_RELEASE);
+	int go;
+	while ((go = __atomic_load_n(&self->go, __ATOMIC_ACQUIRE)) == 0)
+		sleep_seconds(0.001);
+	if (go < 0)
+		return NULL;
 	for (;;)
 		self->wait();
 	return NULL;
@@ -164,27 +173,48 @@ static long free_tid_base(long stride, size_t count)
 	}
 }
 
-/* Starts `wait_loop` on a thread; with a stride, on thread id `tid`. */
+/* Starts `wait_loop`'s thread, held until main says go; with a stride, on thread id `tid`.
+ * Returns -1 on failure, 1 when another thread or process took `tid` first, else 0. */
 static int start_loop(struct wait_loop *wait_loop, long stride, long tid)
 {
+	wait_loop->tid = 0;
+	wait_loop->go = 0;
 	if (stride > 0 && set_next_tid(tid) != 0) {
 		perror("c-wake-paths: ns_last_pid");
 		return -1;
 	}
-	pthread_t thread;
-	if (pthread_create(&thread, NULL, loop, wait_loop) != 0) {
+	if (pthread_create(&wait_loop->thread, NULL, loop, wait_loop) != 0) {
 		perror("c-wake-paths: pthread_create");
 		return -1;
 	}
 	pid_t got;
 	while ((got = __atomic_load_n(&wait_loop->tid, __ATOMIC_ACQUIRE)) == 0)
 		sleep_seconds(0.001);
-	if (stride > 0 && got != tid) {
-		fprintf(stderr, "c-wake-paths: a wait loop got thread id %d, not %ld (another "
-				"process was created meanwhile)\n", got, tid);
-		return -1;
+	return stride > 0 && got != tid;
+}
+
+/* Starts every loop; with a stride, on ids `stride` apart (one slot of the tracer's
+ * wait words), trying other ids while something else on the machine takes one first. */
+static int start_loops(struct wait_loop *loops, size_t count, long stride)
+{
+	for (int attempt = 0; attempt < 10; attempt++) {
+		long base = stride > 0 ? free_tid_base(stride, count) : 0;
+		int taken = 0;
+		for (size_t i = 0; i < count; i++) {
+			int started = start_loop(&loops[i], stride, base + (long)i * stride);
+			if (started < 0)
+				return -1;
+			taken |= started;
+		}
+		for (size_t i = 0; i < count; i++)
+			__atomic_store_n(&loops[i].go, taken ? -1 : 1, __ATOMIC_RELEASE);
+		if (!taken)
+			return 0;
+		for (size_t i = 0; i < count; i++)
+			pthread_join(loops[i].thread, NULL);
 	}
-	return 0;
+	fprintf(stderr, "c-wake-paths: other processes kept taking the wait loops' ids\n");
+	return -1;
 }
 
 static void *signaller(void *arg)
@@ -272,14 +302,11 @@ int main(int argc, char **argv)
 		child_loop();
 
 	static struct wait_loop loops[] = {
-		{ signalled_wait, 0 }, { timed_wait, 0 }, { peer_wait, 0 }, { shared_wait, 0 },
-		{ echo_wait, 0 },
+		{ .wait = signalled_wait }, { .wait = timed_wait }, { .wait = peer_wait },
+		{ .wait = shared_wait }, { .wait = echo_wait },
 	};
-	size_t count = sizeof loops / sizeof loops[0];
-	long base = stride > 0 ? free_tid_base(stride, count) : 0;
-	for (size_t i = 0; i < count; i++)
-		if (start_loop(&loops[i], stride, base + (long)i * stride) != 0)
-			return 1;
+	if (start_loops(loops, sizeof loops / sizeof loops[0], stride) != 0)
+		return 1;
 	pthread_t thread;
 	if (pthread_create(&thread, NULL, signaller, NULL) != 0) {
 		perror("c-wake-paths: pthread_create");

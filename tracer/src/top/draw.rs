@@ -33,6 +33,7 @@ pub struct Header {
     pub exact: Option<ExactHeader>,
 }
 
+/// What the header says of an exact view (`top --mode exact`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExactHeader {
     pub min_wait: std::time::Duration,
@@ -80,24 +81,23 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
             header.threads, header.blocked
         )),
     ]);
-    let sampled = if came_slower(f64::from(header.rate), header.reads_per_second) {
+    // Exact: the blocked time comes from the probes; the threads blocked now are still read.
+    let read = if header.exact.is_some() { "threads read" } else { "sampled" };
+    let mut reads = if came_slower(f64::from(header.rate), header.reads_per_second) {
         format!(
-            "sampled at {:.1} Hz ({} asked: spaced out to stay within --cpu-budget, or late)",
+            "{read} at {:.1} Hz ({} asked: spaced out to stay within --cpu-budget, or late)",
             header.reads_per_second, header.rate
         )
     } else {
-        format!("sampled at {} Hz", header.rate)
+        format!("{read} at {} Hz", header.rate)
     };
-    // Exact: the blocked time from the probes; the threads blocked now are still read.
-    let sampled = match header.exact {
-        Some(ExactHeader { lost: 0, .. }) => sampled.replacen("sampled", "threads read", 1),
-        Some(ExactHeader { lost, .. }) => {
-            format!("{}; {lost} lost", sampled.replacen("sampled", "threads read", 1))
-        }
-        None => sampled,
-    };
+    if let Some(ExactHeader { lost, .. }) = header.exact
+        && lost > 0
+    {
+        reads.push_str(&format!("; {lost} lost"));
+    }
     let mut second = format!(
-        "{sampled}; tracer {:.1}% CPU, {} MiB; sort: {}",
+        "{reads}; tracer {:.1}% CPU, {} MiB; sort: {}",
         header.cpu_percent,
         header.resident_bytes / (1 << 20),
         state.table.sort.name()
