@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tracer_tests::{TempDir, build_c_pileup, start_c_pileup, tracer_bin};
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
+const PING_PONG: &str = env!("CARGO_BIN_EXE_ping-pong");
 const HANDLERS: usize = 8;
 const WORKLOAD_SECONDS: f64 = 120.0;
 /// Far above what a refresh takes; only a hang reaches it.
@@ -204,6 +205,30 @@ fn top_in_exact_mode_shows_the_pileup_from_the_probes() {
     tmux.send(&["q"]);
     let screen = tmux.wait_for("the exit", |screen| screen.contains("top-exited "));
     assert!(screen.contains("top-exited 0"), "{screen}");
+}
+
+/// `top --mode exact` on a futex ping-pong, whose handoffs are all under the threshold:
+/// they carry no stack, and their time shows as one row of kind futex.
+#[test]
+fn top_in_exact_mode_shows_the_waits_under_the_threshold_as_a_row() {
+    let child = Command::new(PING_PONG)
+        .args(["futex", "--seconds", &WORKLOAD_SECONDS.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ping-pong");
+    let workload = tracer_tests::ChildGuard::new("ping-pong", child);
+    let tmux = Tmux::start();
+    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
+    let command = format!("{} top --mode exact --pid {}", tracer_bin().display(), workload.pid());
+    tmux.send(&[&command, "Enter"]);
+    let short_row = |screen: &str| {
+        let row = screen.lines().find(|line| line.contains("(waits under 1.0ms: no stack)"))?;
+        let columns: Vec<&str> = row.split_whitespace().take(3).collect();
+        (columns.len() == 3 && columns[1] != "0ns").then(|| columns[2].to_owned())
+    };
+    let screen = tmux.wait_for("the short waits' row", |screen| short_row(screen).is_some());
+    assert_eq!(short_row(&screen).as_deref(), Some("futex"), "{screen}");
+    tmux.send(&["q"]);
 }
 
 /// An asyncio program's pending tasks are rows of the table as blocked threads are: the

@@ -54,12 +54,13 @@ pub struct TopArgs {
 
     /// How to see waits. sampled: every column from the reads of the processes' threads
     /// at --rate, nothing attached. exact (one process, not Go): BLOCKED/s counts every
-    /// wait of --min-wait or more as it ends, from the `sched_switch` probe alone (no
-    /// wakers: top shows none), while THREADS is still read at --rate.
+    /// wait as it ends, from the `sched_switch` probe alone (no wakers: top shows none),
+    /// those under --min-wait as a row per kind; THREADS is still read at --rate.
     #[arg(long, value_enum, default_value = "sampled")]
     pub mode: Mode,
 
-    /// In exact mode, waits at least this long are shown; shorter ones are left out.
+    /// In exact mode, waits at least this long are shown by call site; shorter ones,
+    /// which carry no stack, as one row per kind.
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub min_wait: Duration,
 }

@@ -1,5 +1,6 @@
 //! `tracer top --mode exact`: an interval's blocked time from the probes, every wait of
-//! one process of `--min-wait` or more as it ends, instead of the reads' estimate. Only
+//! one process of `--min-wait` or more as it ends (the shorter ones, which carry no stack,
+//! as a row per kind), instead of the reads' estimate. Only
 //! `sched_switch` is attached (top shows no wakers, so no process pays for the wake
 //! probe), and a long wait whose sleep kept no stack copy gets one late
 //! (`pipeline::late_copies`). The threads blocked now are still read by the process's
@@ -12,16 +13,20 @@ use tracer_common::Counter;
 
 use super::draw::ExactHeader;
 use crate::{
-    model::WaitAggregate,
+    model::{ProfileStack, WaitAggregate, WaitStats},
+    pipeline::counts::below_threshold,
     pipeline::{
         Traced,
         late_copies::{self, LateCopies},
         target,
     },
+    probes::ShortWaitsByKind,
     probes::{
         ProbeConfig, Probes,
         events::{RingBuffers, WaitCollector},
     },
+    report::summary::format_duration,
+    stacks::Frame,
     stacks::ProcessUnwinder,
     threads::waits_before::adopt_waits_in_progress,
 };
@@ -35,6 +40,8 @@ pub struct ExactWaits {
     /// When the interval began: its waits' blocked time is per second of it.
     interval_started: Instant,
     min_wait: Duration,
+    /// The probes' totals of the waits under --min-wait when the interval began.
+    short_waits_before: ShortWaitsByKind,
 }
 
 impl ExactWaits {
@@ -52,6 +59,7 @@ impl ExactWaits {
             .with_context(|| format!("cannot read the waits in progress of pid {pid}"))?;
         collector.decoder.ages_at_start = ages;
         let late_copier = LateCopies::start(pid, &probes, min_wait);
+        let short_waits_before = probes.short_waits()?;
         Ok(Self {
             probes,
             rings,
@@ -60,6 +68,7 @@ impl ExactWaits {
             next_late_copies: Instant::now(),
             interval_started: Instant::now(),
             min_wait,
+            short_waits_before,
         })
     }
 
@@ -76,12 +85,53 @@ impl ExactWaits {
         self.probes.update_stack_spans(self.collector.decoder.stack_spans.take_changes());
     }
 
-    /// The waits that ended since the last call, and the time they stand for.
-    pub fn take_interval(&mut self) -> (WaitAggregate, Duration) {
+    /// The waits that ended since the last call: those of --min-wait or more by stack,
+    /// the shorter ones (which carry none) as one row per kind, each row's blocked time
+    /// per second of the interval; and the time they stand for.
+    pub fn take_interval(&mut self) -> (WaitAggregate, Vec<ProfileStack>, Duration) {
         self.drain();
         let covered = self.interval_started.elapsed();
         self.interval_started = Instant::now();
-        (std::mem::take(&mut self.collector.aggregate), covered)
+        let short_waits = self.probes.short_waits().unwrap_or(self.short_waits_before);
+        let mut grown = short_waits;
+        for (now, before) in grown.iter_mut().zip(&self.short_waits_before) {
+            now.count = now.count.saturating_sub(before.count);
+            now.total_ns = now.total_ns.saturating_sub(before.total_ns);
+        }
+        self.short_waits_before = short_waits;
+        let site = format!("(waits under {}: no stack)", format_duration(self.min_wait_ns()));
+        let per_second = covered.as_secs_f64().max(1e-3);
+        let short_rows = below_threshold(&grown)
+            .into_iter()
+            .filter(|(_, totals)| totals.count > 0)
+            .map(|(kind, totals)| ProfileStack {
+                // A row of its own, named for what it is: no place in the program.
+                frames: vec![Frame {
+                    name: site.clone(),
+                    module: String::new(),
+                    module_is_main: true,
+                    file: None,
+                    line: None,
+                    inlined: false,
+                    address: 0,
+                }],
+                kind,
+                object: None,
+                truncated: false,
+                in_progress: false,
+                stats: WaitStats {
+                    waits: totals.count,
+                    total_ns: (totals.total_ns as f64 / per_second) as u64,
+                    ..WaitStats::default()
+                },
+                process: None,
+            })
+            .collect();
+        (std::mem::take(&mut self.collector.aggregate), short_rows, covered)
+    }
+
+    fn min_wait_ns(&self) -> u64 {
+        u64::try_from(self.min_wait.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// What the header says: the threshold, and the waits lost so far (not reported:

@@ -20,7 +20,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, Ke
 
 use crate::{
     cli::{Mode, TopArgs},
-    model::{Profile, ProfileKind, WaitAggregate},
+    model::{Profile, ProfileKind, ProfileStack, WaitAggregate},
     pipeline::{
         Namer,
         members::{Member, Members},
@@ -198,9 +198,11 @@ impl Session {
             let namer = self.namers.entry(member.target.pid).or_default();
             let covered = member.sampler.window_covered(window);
             let sampled = member.sampler.close_window(window).unwrap_or_default();
-            let waits = match exact_interval.take() {
-                Some((waits, covered)) => per_second(waits, Some(covered)),
-                None => per_second(sampled, covered),
+            let (waits, short_rows) = match exact_interval.take() {
+                Some((waits, short_rows, covered)) => {
+                    (per_second(waits, Some(covered)), short_rows)
+                }
+                None => (per_second(sampled, covered), Vec::new()),
             };
             member.sampler.open_window(self.window);
             let counts = member.sampler.thread_counts();
@@ -211,7 +213,12 @@ impl Session {
             }
             let blocked_now = member.sampler.blocked_now();
             now.push(member.profile(namer, blocked_now, ProfileKind::Snapshot));
-            interval.push(member.profile(namer, waits, ProfileKind::Recording));
+            let mut waits = member.profile(namer, waits, ProfileKind::Recording);
+            let process = Some(member.tag());
+            waits.stacks.extend(
+                short_rows.into_iter().map(|row| ProfileStack { process: process.clone(), ..row }),
+            );
+            interval.push(waits);
         }
         // Members that joined during the interval start theirs now.
         self.open_windows();
