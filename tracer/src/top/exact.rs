@@ -31,6 +31,7 @@ use crate::{
     threads::waits_before::adopt_waits_in_progress,
 };
 
+/// The probes of an exact view, and what their waits add up to between two refreshes.
 pub struct ExactWaits {
     probes: Probes,
     rings: RingBuffers,
@@ -99,7 +100,8 @@ impl ExactWaits {
             now.total_ns = now.total_ns.saturating_sub(before.total_ns);
         }
         self.short_waits_before = short_waits;
-        let site = format!("(waits under {}: no stack)", format_duration(self.min_wait_ns()));
+        let min_wait = format_duration(self.min_wait.as_nanos() as u64);
+        let site = format!("(waits under {min_wait}: no stack)");
         let per_second = covered.as_secs_f64().max(1e-3);
         let short_rows = below_threshold(&grown)
             .into_iter()
@@ -128,10 +130,6 @@ impl ExactWaits {
             })
             .collect();
         (std::mem::take(&mut self.collector.aggregate), short_rows, covered)
-    }
-
-    fn min_wait_ns(&self) -> u64 {
-        u64::try_from(self.min_wait.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// What the header says: the threshold, and the waits lost so far (not reported:
