@@ -1,7 +1,7 @@
 //! The one mapping from what the probes and the decoder counted to the profile's
 //! `TraceCounts`: every loss reaches every report under one name.
 
-use tracer_common::{Counter, GoCounter, ShortWaitTotals, WaitKind};
+use tracer_common::{Counter, GoCounter, ShortWaitTotals, WAIT_KIND_COUNT, WaitKind};
 
 use crate::{
     model::TraceCounts,
@@ -53,6 +53,17 @@ pub fn below_threshold(short_waits: &ShortWaitsByKind) -> Vec<(WaitKind, ShortWa
         .filter(|&&kind| !matches!(kind, WaitKind::Goroutine | WaitKind::Task))
         .map(|&kind| (kind, short_waits[kind as usize]))
         .collect()
+}
+
+/// What the per-kind totals under the threshold grew by from `then` to `now`.
+pub fn short_waits_between(now: &ShortWaitsByKind, then: &ShortWaitsByKind) -> ShortWaitsByKind {
+    let mut grown = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
+    for ((slot, now), then) in grown.iter_mut().zip(now).zip(then) {
+        let ShortWaitTotals { count, total_ns } = now;
+        slot.count = count.saturating_sub(then.count);
+        slot.total_ns = total_ns.saturating_sub(then.total_ns);
+    }
+    grown
 }
 
 /// What the Go probes saw and lost: parks are the waits begun, ended waits the waits

@@ -29,13 +29,13 @@ use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::{Counter, ShortWaitTotals, WAIT_KIND_COUNT};
+use tracer_common::Counter;
 
 use crate::{
     cli::{Mode, ServeArgs},
     golang::GoroutineDump,
     model::{Profile, ProfileKind, TraceCounts},
-    pipeline::counts::trace_counts,
+    pipeline::counts::{short_waits_between, trace_counts},
     pipeline::{Traced, target},
     probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
     threads::blocked_now::SavedFramePointers,
@@ -675,17 +675,6 @@ fn counts_between(now: &TraceCounts, then: &TraceCounts) -> TraceCounts {
     now.since(then)
 }
 
-/// What the per-kind totals under the threshold grew by from `then` to `now`.
-fn short_waits_between(now: &ShortWaitsByKind, then: &ShortWaitsByKind) -> ShortWaitsByKind {
-    let mut grown = [ShortWaitTotals::default(); WAIT_KIND_COUNT];
-    for ((slot, now), then) in grown.iter_mut().zip(now).zip(then) {
-        let ShortWaitTotals { count, total_ns } = now;
-        slot.count = count.saturating_sub(then.count);
-        slot.total_ns = total_ns.saturating_sub(then.total_ns);
-    }
-    grown
-}
-
 /// Why an endpoint cannot answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -714,6 +703,8 @@ pub enum ServeError {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::{ShortWaitTotals, WAIT_KIND_COUNT};
+
     use super::*;
 
     fn mark(generation: u64, long_waits: u64, short_count: u64) -> CountsMark {

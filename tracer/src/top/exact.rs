@@ -14,7 +14,7 @@ use tracer_common::Counter;
 use super::draw::ExactHeader;
 use crate::{
     model::{ProfileStack, WaitAggregate, WaitStats},
-    pipeline::counts::below_threshold,
+    pipeline::counts::{below_threshold, short_waits_between},
     pipeline::{
         Traced,
         late_copies::{self, LateCopies},
@@ -94,11 +94,7 @@ impl ExactWaits {
         let covered = self.interval_started.elapsed();
         self.interval_started = Instant::now();
         let short_waits = self.probes.short_waits().unwrap_or(self.short_waits_before);
-        let mut grown = short_waits;
-        for (now, before) in grown.iter_mut().zip(&self.short_waits_before) {
-            now.count = now.count.saturating_sub(before.count);
-            now.total_ns = now.total_ns.saturating_sub(before.total_ns);
-        }
+        let grown = short_waits_between(&short_waits, &self.short_waits_before);
         self.short_waits_before = short_waits;
         let min_wait = format_duration(self.min_wait.as_nanos() as u64);
         let site = format!("(waits under {min_wait}: no stack)");
