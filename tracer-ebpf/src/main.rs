@@ -377,18 +377,9 @@ impl SwitchTime {
     #[inline(always)]
     fn woken_at(&mut self, next: *mut task_struct) -> u64 {
         if self.woken == 0 {
-            let now = self.now();
-            let offset_field = TASK_LAST_QUEUED_OFFSET.load();
-            self.woken = match self.offset {
-                Some(offset) if offset_field != 0 => {
-                    // SAFETY: a BTF task pointer from the tracepoint; an 8-byte member,
-                    // as in `task_field_u64`.
-                    let queued = unsafe { task_field_u64(next, offset_field) };
-                    let woken = queued.wrapping_add(offset);
-                    // Not queued (0), or another CPU's queue clock a little ahead of this.
-                    if queued == 0 || (now.wrapping_sub(woken) as i64) < 0 { now } else { woken }
-                }
-                _ => now,
+            self.woken = match self.queue_time(next, TASK_LAST_QUEUED_OFFSET.load()) {
+                Some(woken) => woken,
+                None => self.now(),
             };
         }
         self.woken
@@ -398,16 +389,24 @@ impl SwitchTime {
     /// `sched_info.last_arrival`, by this run queue's clock. None where that is not known.
     #[inline(always)]
     fn arrived_at(&mut self, task: *mut task_struct) -> Option<u64> {
+        self.queue_time(task, TASK_LAST_ARRIVAL_OFFSET.load())
+    }
+
+    /// The run-queue time `task` keeps at offset `field` (0: this kernel has none), moved
+    /// to `CLOCK_MONOTONIC`. None where unknown: no offset measured, the time not set (0),
+    /// or another CPU's queue clock a little ahead of this switch.
+    #[inline(always)]
+    fn queue_time(&mut self, task: *mut task_struct, field: u64) -> Option<u64> {
         let now = self.now();
-        let (offset, field) = (self.offset?, TASK_LAST_ARRIVAL_OFFSET.load());
+        let offset = self.offset?;
         if field == 0 {
             return None;
         }
         // SAFETY: a BTF task pointer from the tracepoint; an 8-byte member, as in
         // `task_field_u64`.
-        let arrived = unsafe { task_field_u64(task, field) };
-        let at = arrived.wrapping_add(offset);
-        (arrived != 0 && (now.wrapping_sub(at) as i64) >= 0).then_some(at)
+        let queue_time = unsafe { task_field_u64(task, field) };
+        let at = queue_time.wrapping_add(offset);
+        (queue_time != 0 && (now.wrapping_sub(at) as i64) >= 0).then_some(at)
     }
 }
 
@@ -562,15 +561,7 @@ fn end_unseen_wait(prev: *mut task_struct, tid: u32, clock: &mut SwitchTime) {
         return;
     }
     // Swapped, not stored: a wake of the running thread may end the same word meanwhile.
-    // SAFETY: as above; every other access to the word is a whole aligned load or store.
-    let (_, swapped) = unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            word,
-            seen,
-            WaitSlot::ended_word(tid),
-        )
-    };
-    if !swapped {
+    if !swap_word(word, seen, WaitSlot::ended_word(tid)) {
         return;
     }
     let Some(arrived) = clock.arrived_at(prev) else {
@@ -604,12 +595,16 @@ fn note_in_word(
     }
     // Swapped, not stored: another thread of the slot may be taking the word on another
     // CPU. Once a wait holds it, only that wait's end rewrites it.
-    let noted = WaitSlot::in_progress_word(tid, kind as u32, start_ns, span_sample);
-    // SAFETY: as above; every other access to the word is a whole aligned load or store.
+    swap_word(word, seen, WaitSlot::in_progress_word(tid, kind as u32, start_ns, span_sample))
+}
+
+/// Replaces the WAIT_STARTS `word` by `new` if it still holds `seen`; whether it did.
+#[inline(always)]
+fn swap_word(word: *mut u64, seen: u64, new: u64) -> bool {
+    // SAFETY: a value of WAIT_STARTS, an aligned u64; every other access to the word is a
+    // whole aligned load or store.
     let (_, swapped) = unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            word, seen, noted,
-        )
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(word, seen, new)
     };
     swapped
 }
