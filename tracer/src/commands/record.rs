@@ -128,8 +128,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut rings = RingBuffers::take(&mut probes)?;
     // Without wakers, a long wait whose sleep kept no stack copy gets one from outside.
     let mut late_copier = no_wakers.then(|| LateCopies::start(pid, &probes, min_wait)).flatten();
-    let mut late_copy_poll = tokio::time::interval(late_copies::POLL);
-    late_copy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut late_copy_poll = late_copies::poll_timer();
     // The threads asleep since before the attach: their waits count from here, their
     // earlier part added when they end.
     let waits_begun_before = match adopt_waits_in_progress(pid, &mut probes) {

@@ -28,6 +28,14 @@ use crate::{
 /// the threshold and at most this much more.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// The timer an async loop polls the stage on (a late tick delays the next, it does not
+/// bunch them up).
+pub fn poll_timer() -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(POLL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
 /// How often the target's thread list is read again (new threads wait unseen until then).
 const THREADS_REFRESH: Duration = Duration::from_secs(1);
 

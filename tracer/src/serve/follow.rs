@@ -118,8 +118,7 @@ pub async fn run(
         match source {
             WaitSource::Probes(mut rings, mut late_copier) => {
                 let mut sink = LockedCollector(&shared.collector);
-                let mut late_copy_poll = tokio::time::interval(late_copies::POLL);
-                late_copy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut late_copy_poll = late_copies::poll_timer();
                 loop {
                     tokio::select! {
                         _ = readable(&exited) => break,
