@@ -54,6 +54,21 @@ pub fn spawn_backend(name: &str, cmd: Command) -> (ChildGuard, u16) {
     (guard, port)
 }
 
+/// Starts `ping_pong` (the ping-pong workload's binary) in its futex mode for `seconds`,
+/// with `extra` options, and gives it time to start its players: it prints only when it
+/// ends.
+pub fn start_futex_ping_pong(ping_pong: &str, seconds: f64, extra: &[&str]) -> ChildGuard {
+    let child = Command::new(ping_pong)
+        .args(["futex", "--seconds", &seconds.to_string()])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn ping-pong: {e}"));
+    let workload = ChildGuard::new("ping-pong", child);
+    std::thread::sleep(Duration::from_millis(500));
+    workload
+}
+
 /// Starts a workload and waits until it prints `ready` (all its threads run).
 pub fn start_workload(name: &str, cmd: Command) -> ChildGuard {
     let (guard, line) = spawn_and_read_line(name, cmd);

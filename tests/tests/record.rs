@@ -8,7 +8,8 @@ use std::process::Command;
 use tracer_tests::{
     C_WAKE_PATHS_SOURCE, Pileup, ProfileKind, ProfileStack, RaisedSysctl, TempDir, WaitKind,
     assert_svg, build_c, build_c_pileup, has_function, live_thread_ids, record_profile,
-    start_c_pileup, start_rust_pileup, start_workload, top_stacks, total_ns, total_waits,
+    start_c_pileup, start_futex_ping_pong, start_rust_pileup, start_workload, top_stacks, total_ns,
+    total_waits,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -163,26 +164,12 @@ fn c_pileup_without_wakers_attributes_futex_and_send_waits() {
     assert!(stdout.contains("with stacks, no wakers (--no-wakers)"), "{stdout}");
 }
 
-/// The futex ping-pong (with `extra` options), given time to start its players: it
-/// prints only when it ends.
-fn start_futex_ping_pong(extra: &[&str]) -> tracer_tests::ChildGuard {
-    let child = Command::new(PING_PONG)
-        .args(["futex", "--seconds", &WORKLOAD_SECONDS.to_string()])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ping-pong");
-    let workload = tracer_tests::ChildGuard::new("ping-pong", child);
-    std::thread::sleep(Duration::from_millis(500));
-    workload
-}
-
 /// Without the wake probe, a thread whose waits all end short (a ping-pong's handoffs)
 /// sleeps without copying its stack after its first few waits: copies at every handoff
 /// would cost it most of what leaving the probe out saves.
 #[test]
 fn short_handoffs_without_wakers_keep_no_copies() {
-    let workload = start_futex_ping_pong(&[]);
+    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &[]);
     let dir = TempDir::new("ping-pong-no-wakers");
     let traced = record_profile(
         workload.pid(),
@@ -209,7 +196,11 @@ fn short_handoffs_without_wakers_keep_no_copies() {
 #[test]
 fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
     // Every 20,000 round trips (a fraction of a second here) the pinger sleeps 100 ms.
-    let workload = start_futex_ping_pong(&["--pause-every", "20000", "--pause-ms", "100"]);
+    let workload = start_futex_ping_pong(
+        PING_PONG,
+        WORKLOAD_SECONDS,
+        &["--pause-every", "20000", "--pause-ms", "100"],
+    );
     let dir = TempDir::new("ping-pong-pauses");
     let traced = record_profile(
         workload.pid(),

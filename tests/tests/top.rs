@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tracer_tests::{TempDir, build_c_pileup, start_c_pileup, tracer_bin};
+use tracer_tests::{TempDir, build_c_pileup, start_c_pileup, start_futex_ping_pong, tracer_bin};
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
 const PING_PONG: &str = env!("CARGO_BIN_EXE_ping-pong");
@@ -211,12 +211,7 @@ fn top_in_exact_mode_shows_the_pileup_from_the_probes() {
 /// they carry no stack, and their time shows as one row of kind futex.
 #[test]
 fn top_in_exact_mode_shows_the_waits_under_the_threshold_as_a_row() {
-    let child = Command::new(PING_PONG)
-        .args(["futex", "--seconds", &WORKLOAD_SECONDS.to_string()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ping-pong");
-    let workload = tracer_tests::ChildGuard::new("ping-pong", child);
+    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &[]);
     let tmux = Tmux::start();
     tmux.wait_for("shell prompt", |screen| screen.contains('$'));
     let command = format!("{} top --mode exact --pid {}", tracer_bin().display(), workload.pid());
