@@ -316,8 +316,12 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
     if prev_is_target {
         // SAFETY: as above.
         let tid = unsafe { task_field(prev, TASK_PID_OFFSET.load()) };
-        end_unseen_wait(prev, tid, &mut clock);
-        note_sleep(&ctx, prev, tid, &mut clock);
+        // The thread's word, looked up once for both.
+        let word = wait_word(tid);
+        if let Some(word) = word {
+            end_unseen_wait(prev, tid, word, &mut clock);
+        }
+        note_sleep(&ctx, prev, tid, word, &mut clock);
     }
     if next_is_target {
         end_at_switch_in(next, prev_is_target, &mut clock);
@@ -490,6 +494,7 @@ fn note_sleep(
     ctx: &BtfTracePointContext,
     task: *mut task_struct,
     tid: u32,
+    word: Option<*mut u64>,
     clock: &mut SwitchTime,
 ) {
     // Sleeping states (include/linux/sched.h); a stopped or traced thread has neither
@@ -524,8 +529,7 @@ fn note_sleep(
     let start_ns = clock.now();
     let span_sample =
         keeps_sleep_copy(kind, nr, regs, tid) && keep_sleep_stack(tid, start_ns, regs);
-    let in_word =
-        wait_word(tid).is_some_and(|word| note_in_word(word, tid, kind, start_ns, span_sample));
+    let in_word = word.is_some_and(|word| note_in_word(word, tid, kind, start_ns, span_sample));
     if !in_word {
         // SAFETY: the entry is this thread's own; it is asleep from here until its wake.
         let Some(entry) = (unsafe { IN_FLIGHT.get_or_create(task) }) else {
@@ -547,14 +551,13 @@ fn note_sleep(
     }
 }
 
-/// Ends the wait that `prev`'s WAIT_STARTS word still holds as `prev`, a thread of the
+/// Ends the wait that `prev`'s WAIT_STARTS `word` still holds as `prev`, a thread of the
 /// target, switches out: it has been running, so that wait ended at a switch in no
 /// tracepoint saw (see Counter::WaitsDiscarded). A short one is timed to that switch in
 /// (the thread's last arrival on this CPU); a long one, whose registers and stack have
 /// moved on since, is left out and counted.
 #[inline(always)]
-fn end_unseen_wait(prev: *mut task_struct, tid: u32, clock: &mut SwitchTime) {
-    let Some(word) = wait_word(tid) else { return };
+fn end_unseen_wait(prev: *mut task_struct, tid: u32, word: *mut u64, clock: &mut SwitchTime) {
     // SAFETY: a value of WAIT_STARTS, an aligned u64.
     let seen = unsafe { *word };
     if !matches!(WaitSlot::read(seen, tid), WaitSlot::InProgress { .. }) {
