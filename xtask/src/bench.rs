@@ -242,6 +242,17 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         // Only bpftrace needs it; its runs will fail and say so.
         println!("bench: {err:#}");
     }
+    // Held to the end: the stats go back to what they were.
+    let (_stats_off, stats_note) = match service::BpfStats::disable() {
+        Ok((guard, was_on)) => (
+            Some(guard),
+            was_on.then(|| "kernel.bpf_stats_enabled was 1: 0 for the timed runs.".to_string()),
+        ),
+        Err(err) => (None, Some(format!("{err}: the timed runs may carry its clock reads."))),
+    };
+    if let Some(note) = &stats_note {
+        println!("bench: {note}");
+    }
     let release = target.join("release");
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir)
@@ -252,6 +263,9 @@ pub fn run(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let mut md = String::new();
     let _ = writeln!(md, "# tracer overhead bench\n");
     let _ = writeln!(md, "{}\n", machine_description());
+    if let Some(note) = &stats_note {
+        let _ = writeln!(md, "{note}\n");
+    }
     let steadiness: Vec<String> = [WORKLOAD_CPU, TOOL_CPU]
         .iter()
         .filter_map(|cpu| {

@@ -36,17 +36,30 @@ const GAP: Duration = Duration::from_millis(300);
 const RESAMPLES: u32 = 1000;
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// `kernel.bpf_stats_enabled` on for as long as this lives, then back to what it was: it
-/// adds two clock reads to every program run, so only the probe-cost windows have it.
+/// `kernel.bpf_stats_enabled` set for as long as this lives, then back to what it was: on,
+/// it adds two clock reads to every program run, so only the probe-cost windows have it.
 pub(super) struct BpfStats {
     previous: String,
 }
 
 impl BpfStats {
     pub(super) fn enable() -> Result<Self, String> {
+        Self::set("1")
+    }
+
+    /// Off for the timed windows, however the machine was left (a run stopped inside its
+    /// probe-cost windows leaves it on, and every later run would time the clock reads).
+    /// Says whether it was on.
+    pub(super) fn disable() -> Result<(Self, bool), String> {
+        let guard = Self::set("0")?;
+        let was_on = guard.previous.trim() == "1";
+        Ok((guard, was_on))
+    }
+
+    fn set(value: &str) -> Result<Self, String> {
         let previous = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
-        std::fs::write(BPF_STATS, "1")
-            .map_err(|err| format!("cannot enable {BPF_STATS}: {err}"))?;
+        std::fs::write(BPF_STATS, value)
+            .map_err(|err| format!("cannot write {value} to {BPF_STATS}: {err}"))?;
         Ok(Self { previous })
     }
 }
