@@ -26,10 +26,10 @@ impl WaitAggregate {
         locks: &mut LockNamer,
     ) -> Profile {
         let WaitAggregate { stacks, wakers, thread_names, timeline } = self;
+        locks.note_shared(image.pid(), shared_futexes(&stacks));
         let mut objects = ObjectNamer {
             image,
             locks,
-            shared_futexes: shared_futexes(&stacks),
             names: HashMap::new(),
             addresses: std::collections::BTreeMap::new(),
         };
@@ -72,8 +72,6 @@ impl WaitAggregate {
 struct ObjectNamer<'a> {
     image: &'a ProcessImage,
     locks: &'a mut LockNamer,
-    /// Futexes more than one thread waited on.
-    shared_futexes: HashSet<u64>,
     names: HashMap<u64, Option<String>>,
     /// Each lock named, by name: its address (for reading its holder later).
     addresses: std::collections::BTreeMap<String, u64>,
@@ -81,7 +79,7 @@ struct ObjectNamer<'a> {
 
 impl ObjectNamer<'_> {
     fn name(&mut self, object: WaitObject) -> Option<String> {
-        let Self { image, locks, shared_futexes, names, addresses } = self;
+        let Self { image, locks, names, addresses } = self;
         match object {
             WaitObject::None => None,
             WaitObject::Endpoint(endpoint) | WaitObject::Named(endpoint) => Some(endpoint),
@@ -93,7 +91,7 @@ impl ObjectNamer<'_> {
                     // A futex only one thread waits on (its own parker, as in Rust's
                     // channels) names nothing shared: unless a symbol names it, it stays
                     // a plain [futex].
-                    (lock.from_symbol || shared_futexes.contains(&address)).then_some(lock.name)
+                    (lock.from_symbol || locks.is_shared(image.pid(), address)).then_some(lock.name)
                 })
                 .clone()
                 .inspect(|name| {

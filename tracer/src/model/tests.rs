@@ -113,6 +113,48 @@ fn only_shared_futexes_count_as_shared() {
 }
 
 #[test]
+fn a_futex_once_shared_stays_named_in_the_profiles_after() {
+    use crate::{
+        objects::locks::LockNamer,
+        stacks::{ProcessImage, StackSymbolizer},
+    };
+    let image = ProcessImage::snapshot(std::process::id()).unwrap();
+    let on_heap = Box::new(0u32);
+    let address = std::ptr::from_ref(&*on_heap) as u64;
+    let key = StackKey {
+        addresses: vec![],
+        kind: WaitKind::Futex,
+        object: WaitObject::Futex(address),
+        truncated: false,
+        in_progress: false,
+    };
+    let waits = |tids: &[u32]| {
+        let mut aggregate = WaitAggregate::default();
+        for &tid in tids {
+            aggregate.add(key.clone(), tid, 1_000);
+        }
+        aggregate
+    };
+    let object_of = |aggregate: WaitAggregate, locks: &mut LockNamer| {
+        let profile = aggregate.into_profile(
+            Profile::new(ProfileKind::Snapshot, std::process::id(), "test".into()),
+            &image,
+            &mut StackSymbolizer::new(),
+            locks,
+        );
+        profile.stacks[0].object.clone()
+    };
+    // One waiter alone names nothing shared (a thread's own parker).
+    assert_eq!(object_of(waits(&[1]), &mut LockNamer::new()), None);
+    // Two waiters name the lock; a later profile with one waiter (a moment of the same
+    // lock) names it alike.
+    let mut locks = LockNamer::new();
+    let shared = object_of(waits(&[1, 2]), &mut locks);
+    assert!(shared.as_deref().is_some_and(|name| name.contains("0x")), "{shared:?}");
+    assert_eq!(object_of(waits(&[2]), &mut locks), shared);
+}
+
+#[test]
 fn call_site_skips_libc_and_rust_std() {
     let stack = stack(
         &[

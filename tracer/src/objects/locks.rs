@@ -5,7 +5,7 @@
 //! thread's stack, anonymous memory) and its address.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -43,6 +43,11 @@ pub struct LockNamer {
     stdio: Option<ReadOf<Option<StdioLocks>>>,
     /// The main executable's pointers into the heap last read.
     pointers: Option<ReadOf<GlobalPointers>>,
+    /// Futexes (by process) more than one thread has waited on in the profiles named so
+    /// far. A lock stays shared from one profile to the next: `top` names its threads
+    /// blocked now and its last second's waits apart, and a moment may find one waiter
+    /// where the second found two (a row each otherwise).
+    shared_futexes: HashSet<(u32, u64)>,
 }
 
 /// What was read of one process, and when.
@@ -119,6 +124,17 @@ impl LockNamer {
             path => path.rsplit('/').next().unwrap_or(path),
         };
         unnamed(format!("{region} {address:#x}"))
+    }
+
+    /// Notes that more than one thread of process `pid` waited on each of `addresses`.
+    pub fn note_shared(&mut self, pid: u32, addresses: impl IntoIterator<Item = u64>) {
+        self.shared_futexes.extend(addresses.into_iter().map(|address| (pid, address)));
+    }
+
+    /// Whether more than one thread of process `pid` waited on the futex at `address`, in
+    /// any profile named so far.
+    pub fn is_shared(&self, pid: u32, address: u64) -> bool {
+        self.shared_futexes.contains(&(pid, address))
     }
 
     /// The data symbols of `module`'s file, read once.

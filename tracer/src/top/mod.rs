@@ -211,9 +211,11 @@ impl Session {
             if self.paused {
                 continue;
             }
+            // The interval's waits first: the locks they show shared (two waiters) are named
+            // in the threads blocked now too, where a moment may find one waiter.
+            let mut waits = member.profile(namer, waits, ProfileKind::Recording);
             let blocked_now = member.sampler.blocked_now();
             now.push(member.profile(namer, blocked_now, ProfileKind::Snapshot));
-            let mut waits = member.profile(namer, waits, ProfileKind::Recording);
             let process = Some(member.tag());
             waits.stacks.extend(
                 short_rows.into_iter().map(|row| ProfileStack { process: process.clone(), ..row }),
