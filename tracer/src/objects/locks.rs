@@ -34,6 +34,9 @@ pub struct LockName {
     pub from_symbol: bool,
 }
 
+/// How many shared futexes a namer keeps (see `LockNamer::note_shared`).
+const SHARED_FUTEXES_KEPT: usize = 1 << 16;
+
 /// Names futex addresses; data symbols are read once per file.
 #[derive(Default)]
 pub struct LockNamer {
@@ -128,6 +131,12 @@ impl LockNamer {
 
     /// Notes that more than one thread of process `pid` waited on each of `addresses`.
     pub fn note_shared(&mut self, pid: u32, addresses: impl IntoIterator<Item = u64>) {
+        // `serve` names a process's profiles for as long as it runs, and a program may
+        // share a new heap futex per request: past the bound the set starts over (a lock
+        // then counts as shared again once two threads wait on it in one profile).
+        if self.shared_futexes.len() >= SHARED_FUTEXES_KEPT {
+            self.shared_futexes.clear();
+        }
         self.shared_futexes.extend(addresses.into_iter().map(|address| (pid, address)));
     }
 
@@ -225,6 +234,17 @@ mod tests {
     fn rust_names_lose_their_hash() {
         assert_eq!(demangle("_ZN3app11STATS_QUEUE17h0123456789abcdefE"), "app::STATS_QUEUE");
         assert_eq!(demangle("queue"), "queue");
+    }
+
+    #[test]
+    fn the_shared_futexes_kept_are_bounded() {
+        let mut namer = LockNamer::new();
+        namer.note_shared(1, 0..SHARED_FUTEXES_KEPT as u64);
+        assert!(namer.is_shared(1, 0) && !namer.is_shared(2, 0));
+        // Full, the set starts over with the next profile's.
+        namer.note_shared(1, [u64::MAX]);
+        assert!(namer.is_shared(1, u64::MAX) && !namer.is_shared(1, 0));
+        assert_eq!(namer.shared_futexes.len(), 1);
     }
 
     /// A static of this test binary: its futex word is named by its symbol.
