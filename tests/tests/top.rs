@@ -22,6 +22,7 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A shell in a new 80×24 session, at its prompt.
     fn start() -> Self {
         let session = format!("tracer-top-{}", std::process::id());
         let status = Command::new("tmux")
@@ -30,7 +31,21 @@ impl Tmux {
             .status()
             .expect("run tmux (cargo xtask setup installs Debian's tmux)");
         assert!(status.success(), "tmux new-session: {status}");
-        Self { session }
+        let tmux = Self { session };
+        tmux.wait_for("shell prompt", |screen| screen.contains('$'));
+        tmux
+    }
+
+    /// Runs `command` in the shell, then prints its exit status after `top-exited `
+    /// (quoted apart on the command line, so only the output matches).
+    fn run(&self, command: &str) {
+        self.send(&[&format!("{command}; echo \"top\"\"-exited $?\""), "Enter"]);
+    }
+
+    /// Waits for the command `run` started to exit, and checks that it exited 0.
+    fn wait_for_exit_0(&self) {
+        let screen = self.wait_for("the exit", |screen| screen.contains("top-exited "));
+        assert!(screen.contains("top-exited 0"), "{screen}");
     }
 
     /// Types `keys` (tmux key names: `Enter`, `Escape`, or literal text).
@@ -95,10 +110,7 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
     let tmux = Tmux::start();
-    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
-    // The marker is quoted apart on the command line, so only its output matches.
-    let command = format!("{} top --pid {pid}; echo \"top\"\"-exited $?\"", tracer_bin().display());
-    tmux.send(&[&command, "Enter"]);
+    tmux.run(&format!("{} top --pid {pid}", tracer_bin().display()));
 
     // The pile-up's call site on top, with its threads blocked now.
     let screen =
@@ -167,8 +179,7 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
 
     // Quit: the shell's screen is back, the cursor shown, the exit status 0.
     tmux.send(&["q"]);
-    let screen = tmux.wait_for("the exit", |screen| screen.contains("top-exited "));
-    assert!(screen.contains("top-exited 0"), "{screen}");
+    tmux.wait_for_exit_0();
     assert_eq!(tmux.pane("alternate_on"), "0", "the alternate screen is left");
     assert_eq!(tmux.pane("cursor_flag"), "1", "the cursor is shown again");
 }
@@ -182,12 +193,7 @@ fn top_in_exact_mode_shows_the_pileup_from_the_probes() {
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
     let tmux = Tmux::start();
-    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
-    let command = format!(
-        "{} top --mode exact --pid {pid}; echo \"top\"\"-exited $?\"",
-        tracer_bin().display()
-    );
-    tmux.send(&[&command, "Enter"]);
+    tmux.run(&format!("{} top --mode exact --pid {pid}", tracer_bin().display()));
     // Two refreshes: the first interval may end before any handler's wait did.
     let with_time = |screen: &str| {
         let row = first_row(screen);
@@ -203,8 +209,7 @@ fn top_in_exact_mode_shows_the_pileup_from_the_probes() {
         assert!(line.chars().count() <= 80, "wider than the pane: {line:?}");
     }
     tmux.send(&["q"]);
-    let screen = tmux.wait_for("the exit", |screen| screen.contains("top-exited "));
-    assert!(screen.contains("top-exited 0"), "{screen}");
+    tmux.wait_for_exit_0();
 }
 
 /// `top --mode exact` on a futex ping-pong, whose handoffs are all under the threshold:
@@ -213,9 +218,7 @@ fn top_in_exact_mode_shows_the_pileup_from_the_probes() {
 fn top_in_exact_mode_shows_the_waits_under_the_threshold_as_a_row() {
     let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &[]);
     let tmux = Tmux::start();
-    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
-    let command = format!("{} top --mode exact --pid {}", tracer_bin().display(), workload.pid());
-    tmux.send(&[&command, "Enter"]);
+    tmux.run(&format!("{} top --mode exact --pid {}", tracer_bin().display(), workload.pid()));
     let short_row = |screen: &str| {
         let row = screen.lines().find(|line| line.contains("(waits under 1.0ms: no stack)"))?;
         let columns: Vec<&str> = row.split_whitespace().take(3).collect();
@@ -238,9 +241,7 @@ fn top_shows_an_asyncio_programs_pending_tasks() {
         .arg(dir.path().join("tasks.json"));
     let (workload, _) = tracer_tests::spawn_and_read_line("pyasync", cmd);
     let tmux = Tmux::start();
-    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
-    let command = format!("{} top --pid {}", tracer_bin().display(), workload.pid());
-    tmux.send(&[&command, "Enter"]);
+    tmux.run(&format!("{} top --pid {}", tracer_bin().display(), workload.pid()));
     let refreshers = |screen: &str| {
         let row = screen.lines().find(|line| line.contains("refresh_cache"))?;
         Some(row.to_owned())
@@ -260,19 +261,16 @@ fn sigterm_gives_the_terminal_back() {
     let bin = build_c_pileup(build.path());
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
     let tmux = Tmux::start();
-    tmux.wait_for("shell prompt", |screen| screen.contains('$'));
     // In the foreground (it owns the terminal), terminated after 8 s: once its table is
     // drawn, so the signal meets the terminal taken over.
-    let command = format!(
-        "timeout --foreground --preserve-status -s TERM 8 {} top --pid {}; echo \"top\"\"-exited $?\"",
+    tmux.run(&format!(
+        "timeout --foreground --preserve-status -s TERM 8 {} top --pid {}",
         tracer_bin().display(),
         pileup.workload.pid()
-    );
-    tmux.send(&[&command, "Enter"]);
+    ));
     tmux.wait_for("the table", |screen| first_row(screen).contains("enqueue_stat"));
     assert_eq!(tmux.pane("alternate_on"), "1");
-    let screen = tmux.wait_for("the exit", |screen| screen.contains("top-exited "));
-    assert!(screen.contains("top-exited 0"), "{screen}");
+    tmux.wait_for_exit_0();
     assert_eq!(tmux.pane("alternate_on"), "0");
     assert_eq!(tmux.pane("cursor_flag"), "1");
 }
