@@ -312,7 +312,13 @@ impl WaitSlot {
         min_wait_ns: u64,
         now_ns: impl FnOnce() -> u64,
     ) -> WordVerdict {
-        match WaitSlot::read(word, tid) {
+        WaitSlot::read(word, tid).judge(min_wait_ns, now_ns)
+    }
+
+    /// As [`WaitSlot::verdict`], of a word already read.
+    #[inline(always)]
+    pub fn judge(self, min_wait_ns: u64, now_ns: impl FnOnce() -> u64) -> WordVerdict {
+        match self {
             WaitSlot::Ended => WordVerdict::NoWait,
             WaitSlot::InProgress { start, kind, span_sample } => {
                 let elapsed_ns = WaitSlot::elapsed_ns(start, now_ns());

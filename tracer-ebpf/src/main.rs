@@ -11,12 +11,14 @@
 //!   thread of the target is unlikely to end (socket calls, timed or process-shared futex
 //!   waits), it keeps a copy of the user stack too: as much as the thread's last walk
 //!   from the same registers read (`ThreadSpans`), else all of `STACK_COPY_BYTES`.
-//! - `sched_waking`, when a thread of the target wakes another, ends its wait there: under
-//!   the threshold only adding it to per-kind totals; over it, sending it with the
-//!   sleeper's stack, read as it slept through the memory the waker shares, and for futex
-//!   wakes the waker's stack too.
+//! - `sched_waking`, at the wake of a thread of the target in a futex wait, ends the wait
+//!   there: under the threshold only adding it to per-kind totals; over it, when a thread
+//!   of the target wakes it, sending it with the sleeper's stack, read as it slept through
+//!   the memory the waker shares, and the waker's stack too when it is in a futex wake.
+//!   Other waits have no waker to take: their wakes read nothing.
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
-//!   wait (woken from outside the process, or its wake missed by a race with the sleep)
+//!   wait (not a futex wait, woken from outside the process, or its wake missed by a race
+//!   with the sleep)
 //!   at the time its wake queued it (`sched_info.last_queued`): under the threshold it
 //!   only adds to per-kind totals; over it, it sends the registers and a copy of the user
 //!   stack (read from memory when `prev` is a thread of the target, else the copy kept
@@ -987,10 +989,10 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
 }
 
 /// A thread of the target is woken (runs in the waker's context: sched_waking fires in the
-/// task that calls wake_up, or in an interrupt on the CPU it runs on). A short wait ends
-/// here. A wait that has lasted the threshold ends here when a thread of the target wakes
-/// it, read through the waker's view of the shared memory; a futex wake also sends the
-/// waker's own stack.
+/// task that calls wake_up, or in an interrupt on the CPU it runs on). A short futex wait
+/// ends here. A futex wait that has lasted the threshold ends here when a thread of the
+/// target wakes it, read through the waker's view of the shared memory; a futex wake also
+/// sends the waker's own stack. Other waits end at their switch in.
 /// Arguments: (struct task_struct *p), the task being woken (include/trace/events/sched.h).
 #[btf_tracepoint(function = "sched_waking")]
 pub fn tracer_sched_waking(ctx: BtfTracePointContext) -> u32 {
@@ -1011,11 +1013,24 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: as above.
     let tid = unsafe { task_field(wakee, TASK_PID_OFFSET.load()) };
     let word = wait_word(tid).ok_or(0)?;
-    // A short wait ends here, by its word alone, whoever the waker: the switch in then
-    // finds it ended.
     // SAFETY: a value of WAIT_STARTS; the wakee is asleep, and its wakes are serialized
     // (the wakee's pi_lock), so only this program writes its word meanwhile.
-    let verdict = WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.now());
+    let seen = unsafe { *word };
+    // Only a futex wait has a waker to take. Any other wait ends at its switch in, which
+    // times it without reading a clock and has the stack copy its sleep kept (see
+    // `woken_from_outside`): a socket's wakes, from the network or a peer, read nothing.
+    // (The word read once: a second read's tag test, which the verifier cannot tell the
+    // first decided, would leave a path on which the compiled code spills an unset
+    // register, and the verifier rejects the program.)
+    let slot = WaitSlot::read(seen, tid);
+    if let WaitSlot::InProgress { kind, .. } = slot
+        && kind != WaitKind::Futex as u32
+    {
+        return Ok(());
+    }
+    // A short wait ends here, by its word alone, whoever the waker: the switch in then
+    // finds it ended.
+    let verdict = slot.judge(MIN_WAIT_NS.load(), || clock.now());
     if let WordVerdict::Short { kind, elapsed_ns, span_sample } = verdict {
         // SAFETY: as above.
         unsafe { *word = WaitSlot::ended_word(tid) };
@@ -1056,6 +1071,10 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
         };
         // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
         let wait = unsafe { *entry };
+        // As for a wait in the word: only a futex wait's end is the waker's.
+        if wait.kind != WaitKind::Futex as u32 {
+            return Ok(());
+        }
         // SAFETY: as above.
         if !wait.in_progress(unsafe { switches_of(wakee) }) || under_threshold(wait.start_ns, now) {
             return Ok(());

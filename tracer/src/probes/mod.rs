@@ -211,11 +211,12 @@ impl Probes {
 
     /// Attaches the wait probes: from here on the target's waits are recorded.
     ///
-    /// `sched_switch` notes and ends every wait. `sched_waking`, with wakers, ends a wait
-    /// at its wake and takes the waker of long ones; it runs at every wake of every
-    /// process, and its dispatch alone (before any of its code) costs a futex ping-pong
-    /// about 10% of its round trips on this project's test VMs, traced or not: without
-    /// it, a recording costs untraced processes one tracepoint, as offcputime does.
+    /// `sched_switch` notes every wait and ends those their wake did not. `sched_waking`,
+    /// with wakers, ends futex waits at their wake and takes the waker of long ones; it
+    /// runs at every wake of every process, and its dispatch alone (before any of its
+    /// code) costs a futex ping-pong about 3% of its round trips on this project's test
+    /// VM, traced or not: without it, a recording costs untraced processes one
+    /// tracepoint, as offcputime does.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
         let Self { ebpf, btf, wakers, .. } = self;
         let program = |name| ProbeError::MissingProgram { name };
