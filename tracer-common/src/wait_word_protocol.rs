@@ -146,7 +146,14 @@ impl Probes {
     fn wake(&mut self, i: usize, by_a_target_thread: bool) {
         let now = self.now;
         let tid = self.threads[i].tid;
-        let verdict = WaitSlot::verdict(self.word, tid, MIN_WAIT_NS, || now);
+        let slot = WaitSlot::read(self.word, tid);
+        // A wait other than a futex wait is left to its switch in.
+        if let WaitSlot::InProgress { kind, .. } = slot
+            && kind != WaitKind::Futex as u32
+        {
+            return;
+        }
+        let verdict = slot.judge(MIN_WAIT_NS, || now);
         match verdict {
             WordVerdict::NoWait => return,
             WordVerdict::Short { elapsed_ns, .. } => {
@@ -166,6 +173,9 @@ impl Probes {
             return;
         }
         let Some(entry) = t.entry.as_mut() else { return };
+        if entry.kind != WaitKind::Futex as u32 {
+            return;
+        }
         if !entry.in_progress(t.switches) || now - entry.start_ns < MIN_WAIT_NS {
             return;
         }

@@ -18,11 +18,10 @@
 //!   Other waits have no waker to take: their wakes read nothing.
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
 //!   wait (not a futex wait, woken from outside the process, or its wake missed by a race
-//!   with the sleep)
-//!   at the time its wake queued it (`sched_info.last_queued`): under the threshold it
-//!   only adds to per-kind totals; over it, it sends the registers and a copy of the user
-//!   stack (read from memory when `prev` is a thread of the target, else the copy kept
-//!   from the sleep) to userspace.
+//!   with the sleep) at the time its wake queued it (`sched_info.last_queued`): under the
+//!   threshold it only adds to per-kind totals; over it, it sends the registers and a copy
+//!   of the user stack (read from memory when `prev` is a thread of the target, else the
+//!   copy kept from the sleep) to userspace.
 //! - `sched_switch`, on the side of a thread of the target switching out, first ends a
 //!   wait its word still holds: one whose switch in reached no tracepoint (rare), timed to
 //!   the thread's last arrival when short, else left out and counted.
