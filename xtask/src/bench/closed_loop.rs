@@ -610,8 +610,11 @@ impl RowResult {
                 _ if worst <= budget => "within",
                 _ => "UNRESOLVED (the interval spans the budget)",
             };
+            // What the issue's acceptance reads: the medians alone.
+            let by_medians = if peer_ok && loss <= budget { "within" } else { "OVER" };
             format!(
-                "- {what}: {:.1}% lost (budget {:.0}%{against}{control}): {verdict}\n",
+                "- {what}: {:.1}% lost (budget {:.0}%{against}{control}): {verdict}; by the \
+                 medians: {by_medians}\n",
                 loss * 100.0,
                 budget * 100.0,
             )
@@ -664,4 +667,51 @@ fn estimate_text(estimate: &RatioEstimate) -> String {
         estimate.change_text(),
         interval.as_deref().unwrap_or("too few rounds for an interval")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An arm that ran `rates`, round by round.
+    fn arm(arm: Arm, rates: &[f64]) -> ArmRuns {
+        ArmRuns {
+            arm,
+            rates: rates.to_vec(),
+            server_ns_per_request: Vec::new(),
+            usages: Vec::new(),
+            failure: None,
+            stopped: None,
+            probe_cost: None,
+        }
+    }
+
+    #[test]
+    fn a_budget_line_gives_the_medians_verdict_beside_the_intervals() {
+        let alone = [100.0, 101.0, 99.0, 100.0, 102.0, 98.0];
+        // Alone against alone within 1%: the 5% budget resolves here.
+        let control = [100.5, 100.0, 99.5, 100.0, 101.0, 99.0];
+        let result = RowResult {
+            row: Row::Collateral,
+            runs: vec![
+                arm(Arm::Alone, &alone),
+                arm(Arm::Control, &control),
+                arm(Arm::Tool(Variant::Offcputime), &[97.0, 98.0, 96.0, 97.0, 99.0, 95.0]),
+                // 2% lost, under offcputime's 3%: within by the intervals and the medians.
+                arm(Arm::Tool(Variant::TracerNoWakers), &[98.0, 99.0, 97.0, 98.0, 100.0, 96.0]),
+                // 6% lost: over 5% and over offcputime's, both ways.
+                arm(Arm::Tool(Variant::Tracer), &[94.0, 95.0, 93.0, 94.0, 96.0, 92.0]),
+            ],
+        };
+        let lines = result.budget_lines();
+        let line = |what: &str| {
+            lines.lines().find(|line| line.starts_with(&format!("- {what}:"))).unwrap().to_owned()
+        };
+        let no_wakers = line("untraced ping-pong, exact --no-wakers");
+        assert!(no_wakers.ends_with(": within; by the medians: within"), "{no_wakers}");
+        let exact = line("untraced ping-pong, exact");
+        assert!(exact.ends_with(": OVER; by the medians: OVER"), "{exact}");
+        // The sampled arm did not run: said so, with no verdict.
+        assert_eq!(line("untraced ping-pong, sampled"), "- untraced ping-pong, sampled: no result");
+    }
 }
