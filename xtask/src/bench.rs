@@ -1201,8 +1201,6 @@ fn at_most(estimate: &RatioEstimate, limit: f64) -> Verdict {
     }
 }
 
-/// A share of offcputime's loss with its interval: `0.21 of offcputime's loss (95% interval
-/// 0.15–0.27)`.
 /// The verdict of the medians alone, which is what the issues' acceptance reads ("medians
 /// from the same run"), beside the interval's, which says whether this machine resolves it.
 fn medians_verdict(verdict: Verdict) -> &'static str {
@@ -1213,6 +1211,8 @@ fn medians_verdict(verdict: Verdict) -> &'static str {
     }
 }
 
+/// A share of offcputime's loss with its interval: `0.21 of offcputime's loss (95% interval
+/// 0.15–0.27)`.
 fn share_text(share: &RatioEstimate) -> String {
     let interval = share
         .interval_of(|v| format!("{v:.2}"))
