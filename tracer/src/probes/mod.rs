@@ -214,7 +214,7 @@ impl Probes {
     /// `sched_switch` notes every wait and ends those their wake did not. `sched_waking`,
     /// with wakers, ends futex waits at their wake and takes the waker of long ones; it
     /// runs at every wake of every process, and its dispatch alone (before any of its
-    /// code) costs a futex ping-pong about 3% of its round trips on this project's test
+    /// code) costs a futex ping-pong about 4.5% of its round trips on this project's test
     /// VM, traced or not: without it, a recording costs untraced processes one
     /// tracepoint, as offcputime does.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
