@@ -82,13 +82,14 @@ fn block_profile_over_http(options: &[&str]) {
     args.extend(options);
     let mut daemon = ServeDaemon::start(&args);
     wait_attached(&mut daemon, pid);
-    // Sampled, nothing is attached to anything; exact, the two scheduler tracepoints are,
-    // or without wakers `sched_switch` alone.
+    // Sampled, nothing is attached to anything; exact, `sched_switch` and the wake probes
+    // (`sched_wakeup` and `csd_queue_cpu`, for wakes queued to the wakee's CPU) are, or
+    // without wakers `sched_switch` alone.
     let links = attached_links(daemon.pid());
     let expected = match options {
         [] => 0,
         [.., "--no-wakers"] => 1,
-        _ => 2,
+        _ => 3,
     };
     assert_eq!(links, expected, "serve {options:?} holds {links} BPF links");
 

@@ -143,6 +143,13 @@ static TASK_LAST_ARRIVAL_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static WAKES_ATTACHED: Global<u64> = Global::new(1);
 
+/// Where a queued wake's node (`wake_entry`) and the kernel stack's base (`stack`) lie in
+/// `struct task_struct`; set by the loader when it attaches `tracer_queued_wake`.
+#[unsafe(no_mangle)]
+static TASK_WAKE_ENTRY_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: Global<u64> = Global::new(0);
+
 mod task_storage;
 
 use task_storage::TaskStorage;
@@ -161,6 +168,12 @@ static IN_FLIGHT: TaskStorage<InFlightWait> = TaskStorage::new();
 #[map]
 static WAIT_STARTS: Array<u64> =
     Array::with_max_entries(WAIT_START_SLOTS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// Wakes queued to the wakee's CPU, by WAIT_STARTS slot: the thread id whose wake
+/// `tracer_queued_wake` took in the waker's context, until `tracer_wakeup` runs the wake's
+/// second half on the wakee's CPU, where the current task is not the waker, and clears it.
+#[map]
+static QUEUED_WAKES: Array<u32> = Array::with_max_entries(WAIT_START_SLOTS, 0);
 
 /// Each thread's run of waits ended short (see `ShortRun`), a slot per WAIT_STARTS slot;
 /// kept only without the wake probe.
@@ -529,10 +542,15 @@ fn note_sleep(
     };
     count(Counter::WaitsStarted);
     let start_ns = clock.now();
-    let span_sample =
-        keeps_sleep_copy(kind, nr, regs, tid) && keep_sleep_stack(tid, start_ns, regs);
+    let copy_kept = keeps_sleep_copy(kind, nr, regs, tid);
+    let mut span_sample = copy_kept && keep_sleep_stack(tid, start_ns, regs);
     let in_word = word.is_some_and(|word| note_in_word(word, tid, kind, start_ns, span_sample));
     if !in_word {
+        // A wake queued to another CPU cannot reach task storage (`tracer_queued_wake`):
+        // the wait may then end at its switch in, where its memory may not be readable.
+        if !copy_kept {
+            span_sample = keep_sleep_stack(tid, start_ns, regs);
+        }
         // SAFETY: the entry is this thread's own; it is asleep from here until its wake.
         let Some(entry) = (unsafe { IN_FLIGHT.get_or_create(task) }) else {
             count(Counter::InFlightMapFull);
@@ -619,8 +637,14 @@ fn swap_word(word: *mut u64, seen: u64, new: u64) -> bool {
 #[inline(always)]
 fn wait_from_word(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64) -> InFlightWait {
     // SAFETY: a BTF task pointer; its user registers, saved when it entered the call.
-    let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
-    // SAFETY: a BTF pointer, as in `syscall_arg`.
+    wait_from_regs(unsafe { bpf_task_pt_regs(task) } as *const pt_regs, tid, kind, start_ns)
+}
+
+/// As [`wait_from_word`], from the sleeper's saved user registers `regs` (a BTF pointer,
+/// or a copy on the probe's stack).
+#[inline(always)]
+fn wait_from_regs(regs: *const pt_regs, tid: u32, kind: u32, start_ns: u64) -> InFlightWait {
+    // SAFETY: as the caller promises; a BTF pointer's loads are fault-checked.
     let nr = unsafe { (*regs).orig_rax as i64 };
     let object = match classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(regs, n))) {
         Ok(Some((_, object))) => object,
@@ -803,6 +827,16 @@ fn end_short_wait(
     duration_ns: u64,
     span_sample: bool,
 ) {
+    add_short_wait(tid, kind, duration_ns);
+    if span_sample {
+        send_span_sample(task, tid, kind, start_ns, duration_ns);
+    }
+}
+
+/// Adds thread `tid`'s wait of `kind`, `duration_ns` long and under the threshold, to its
+/// kind's totals.
+#[inline(always)]
+fn add_short_wait(tid: u32, kind: u32, duration_ns: u64) {
     count(Counter::ShortWaits);
     note_wait_ended(tid, false);
     if let Some(totals) = SHORT_WAITS.get_ptr_mut(kind) {
@@ -811,9 +845,6 @@ fn end_short_wait(
             (*totals).count += 1;
             (*totals).total_ns += duration_ns;
         }
-    }
-    if span_sample {
-        send_span_sample(task, tid, kind, start_ns, duration_ns);
     }
 }
 
@@ -836,18 +867,34 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
         end_short_wait(task, wait.tid, wait.kind, wait.start_ns, duration_ns, span_sample);
         return;
     }
+    // SAFETY: a BTF task pointer; its user registers, saved when it entered the call.
+    let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
+    send_long_wait(task, regs, wait, duration_ns, source);
+}
+
+/// Sends `wait`, the wait of `task` (asleep, not the current task) whose saved user
+/// registers are `regs` (a BTF pointer, or a copy on the probe's stack), `duration_ns`
+/// long and over the threshold, with its stack.
+#[inline(always)]
+fn send_long_wait(
+    task: *mut task_struct,
+    regs: *const pt_regs,
+    wait: &InFlightWait,
+    duration_ns: u64,
+    source: StackSource,
+) {
     note_wait_ended(wait.tid, true);
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
         count(Counter::RingBufferFull);
         return;
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to a reserved ring-buffer slot of WaitRecord size; `task` is
-    // a BTF task pointer.
+    // SAFETY: `record` points to a reserved ring-buffer slot of WaitRecord size; `regs`
+    // are `task`'s, as the caller promises.
     unsafe {
         // A long wait is reported; it was never a span sample (its walk learns the span).
         let flags = wait.flags & !WAIT_SPAN_SAMPLE;
-        let (len, asked) = fill_wait_record(record, task, wait, duration_ns, flags, source);
+        let (len, asked) = fill_wait_record(record, task, regs, wait, duration_ns, flags, source);
         if len == 0 {
             count(Counter::StackUnreadable);
         } else if len < asked {
@@ -865,12 +912,14 @@ fn end_wait(task: *mut task_struct, wait: &InFlightWait, end_ns: u64, source: St
 /// asked for.
 ///
 /// # Safety
-/// `record` must point to a reserved ring-buffer slot of WaitRecord size, `task` be a BTF
-/// task pointer; its registers are the ones saved when it entered the call it sleeps in.
+/// `record` must point to a reserved ring-buffer slot of WaitRecord size; `regs` must be
+/// `task`'s user registers, saved when it entered the call it sleeps in (a BTF pointer, or
+/// a copy on the probe's stack); `task` is only read through a helper (its name).
 #[inline(always)]
 unsafe fn fill_wait_record(
     record: *mut WaitRecord,
     task: *mut task_struct,
+    regs: *const pt_regs,
     wait: &InFlightWait,
     duration_ns: u64,
     flags: u32,
@@ -878,7 +927,6 @@ unsafe fn fill_wait_record(
 ) -> (u32, u32) {
     // SAFETY: as the caller promises.
     unsafe {
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
         let (ip, sp, bp) = ((*regs).rip, (*regs).rsp, (*regs).rbp);
         (*record).tid = wait.tid;
         (*record).kind = wait.kind;
@@ -921,7 +969,9 @@ fn send_span_sample(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64, 
     // SAFETY: a reserved slot of WaitRecord size; `task` is a BTF task pointer (the
     // caller's tracepoint argument).
     let (len, _) = unsafe {
-        fill_wait_record(record, task, &wait, duration_ns, WAIT_SPAN_SAMPLE, StackSource::SleepCopy)
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        let flags = WAIT_SPAN_SAMPLE;
+        fill_wait_record(record, task, regs, &wait, duration_ns, flags, StackSource::SleepCopy)
     };
     // The copy is gone (its slot taken by another thread): nothing to walk.
     if len == 0 {
@@ -988,19 +1038,25 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
 }
 
-/// A thread of the target is woken (runs in the waker's context: sched_waking fires in the
-/// task that calls wake_up, or in an interrupt on the CPU it runs on). A short futex wait
-/// ends here. A futex wait that has lasted the threshold ends here when a thread of the
-/// target wakes it, read through the waker's view of the shared memory; a futex wake also
-/// sends the waker's own stack. Other waits end at their switch in.
+/// A thread of the target is woken. Attached to `sched_wakeup`, which fires after the
+/// wake's preemption check: in the waker's context, unless the wake was queued to the
+/// wakee's CPU (`tracer_queued_wake` took that one in the waker's context; this is its
+/// second half, run there). Where the kernel cannot name queued wakes, attached to
+/// `sched_waking` instead, which always fires in the waker's context but before the
+/// preemption check, where its time tips a waker sharing its CPU with the wakee into
+/// being preempted (see `Probes::attach_wait_probes`).
+///
+/// A short futex wait ends here. A futex wait that has lasted the threshold ends here when
+/// a thread of the target wakes it, read through the waker's view of the shared memory; a
+/// futex wake also sends the waker's own stack. Other waits end at their switch in.
 /// Arguments: (struct task_struct *p), the task being woken (include/trace/events/sched.h).
-#[btf_tracepoint(function = "sched_waking")]
-pub fn tracer_sched_waking(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_sched_waking(&ctx);
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn tracer_wakeup(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_wakeup(&ctx);
     0
 }
 
-fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_wakeup(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let wakee: *mut task_struct = ctx.arg(0);
     // The wakee first, by a plain load: every wake of the machine runs this, and for
     // other processes' wakes it ends here without a helper call.
@@ -1008,14 +1064,172 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if unsafe { task_field(wakee, TASK_TGID_OFFSET.load()) } != TARGET_TGID.load() {
         return Ok(());
     }
-    // Read only for a wait in progress: a wake of a thread in no watched wait reads none.
-    let mut clock = LazyClock(0);
     // SAFETY: as above.
     let tid = unsafe { task_field(wakee, TASK_PID_OFFSET.load()) };
+    if let Some(queued) = QUEUED_WAKES.get_ptr_mut(tid % WAIT_START_SLOTS) {
+        // SAFETY: an array value, an aligned u32; see `QUEUED_WAKES`.
+        unsafe {
+            if *queued == tid {
+                *queued = 0;
+                return Ok(());
+            }
+        }
+    }
     let word = wait_word(tid).ok_or(0)?;
-    // SAFETY: a value of WAIT_STARTS; the wakee is asleep, and its wakes are serialized
-    // (the wakee's pi_lock), so only this program writes its word meanwhile.
+    // SAFETY: a value of WAIT_STARTS; the wakee is not running (its wakes are serialized
+    // by its pi_lock, its switch in by its run queue's lock, held here), so only this
+    // program writes its word meanwhile.
     let seen = unsafe { *word };
+    let end_short = |kind, start_ns, elapsed_ns, span_sample| {
+        end_short_wait(wakee, tid, kind, start_ns, elapsed_ns, span_sample)
+    };
+    let Some((kind, elapsed_ns, mut clock)) = judge_wake(tid, word, seen, end_short)? else {
+        return Ok(());
+    };
+    // A wakee still on a CPU has not finished going to sleep (or is woken before it
+    // sleeps, its last wait's entry not yet replaced): its wait, if any, is not long.
+    // SAFETY: as above.
+    if unsafe { task_field(wakee, TASK_ON_CPU_OFFSET.load()) } != 0 {
+        return Ok(());
+    }
+    let Some((waker, waker_tid)) = waker_of(tid) else {
+        return Ok(());
+    };
+    let now = clock.now();
+    let wait = match kind {
+        Some(kind) => {
+            // SAFETY: as above.
+            unsafe { *word = WaitSlot::ended_word(tid) };
+            wait_from_word(wakee, tid, kind, now.wrapping_sub(elapsed_ns))
+        }
+        None => {
+            // SAFETY: a BTF task pointer from the tracepoint.
+            let Some(entry) = (unsafe { IN_FLIGHT.get(wakee) }) else {
+                return Ok(());
+            };
+            // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
+            let wait = unsafe { *entry };
+            // As for a wait in the word: only a futex wait's end is the waker's.
+            if wait.kind != WaitKind::Futex as u32 {
+                return Ok(());
+            }
+            // SAFETY: as above.
+            if !wait.in_progress(unsafe { switches_of(wakee) })
+                || under_threshold(wait.start_ns, now)
+            {
+                return Ok(());
+            }
+            // SAFETY: as above.
+            unsafe { (*entry).start_ns = 0 };
+            wait
+        }
+    };
+    end_wait(wakee, &wait, now, StackSource::Memory);
+    send_waker(waker, waker_tid, &wait);
+    Ok(())
+}
+
+/// A wake queued to the wakee's CPU (`csd_queue_cpu`, in the waker's context): the kernel
+/// does so when that CPU is idle or shares no cache with the waker's, and then runs the
+/// wake's second half (`sched_wakeup`) there, where the waker is gone. This takes the
+/// wake as `tracer_wakeup` would, and marks it in `QUEUED_WAKES` for that second half.
+/// It runs for every function call queued to another CPU; only for a wake's (its node's
+/// type `CSD_TYPE_TTWU`) is the task, whose `wake_entry` the node is, read, by helper: the
+/// pointer is arithmetic, not one the verifier types.
+/// Arguments: (unsigned int cpu, unsigned long callsite, smp_call_func_t func,
+/// call_single_data_t *csd) (include/trace/events/csd.h).
+#[btf_tracepoint(function = "csd_queue_cpu")]
+pub fn tracer_queued_wake(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_queued_wake(&ctx);
+    0
+}
+
+fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    // The node's type (include/linux/smp_types.h): the verifier lets no program read the
+    // function argument, whose type is a function's.
+    const CSD_FLAG_TYPE_MASK: u32 = 0xf0;
+    const CSD_TYPE_TTWU: u32 = 0x30;
+    // `u_flags` follows the node's `llist_node` (one pointer), in every kernel that has
+    // the tracepoint.
+    const NODE_FLAGS_OFFSET: usize = 8;
+    let node: *const u8 = ctx.arg(3);
+    // SAFETY: a BTF pointer from the tracepoint (`struct __call_single_data`, whose
+    // `node.u_flags` this is): a fault-checked load.
+    let flags = unsafe { *node.add(NODE_FLAGS_OFFSET).cast::<u32>() };
+    if flags & CSD_FLAG_TYPE_MASK != CSD_TYPE_TTWU {
+        return Ok(());
+    }
+    let wakee = (node as u64).wrapping_sub(TASK_WAKE_ENTRY_OFFSET.load());
+    let field = |offset: u64| wakee.wrapping_add(offset) as *const u32;
+    // SAFETY: the helper faults safely; a queued wake's node is inside its task.
+    if unsafe { bpf_probe_read_kernel(field(TASK_TGID_OFFSET.load())) } != Ok(TARGET_TGID.load()) {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let tid = unsafe { bpf_probe_read_kernel(field(TASK_PID_OFFSET.load())) }?;
+    // Before llist_add queues the wake: its second half, on the wakee's CPU, sees the mark.
+    if let Some(queued) = QUEUED_WAKES.get_ptr_mut(tid % WAIT_START_SLOTS) {
+        // SAFETY: an array value, an aligned u32.
+        unsafe { *queued = tid };
+    }
+    let word = wait_word(tid).ok_or(0)?;
+    // SAFETY: as in `try_wakeup`: the wakee runs only after this wake's second half.
+    let seen = unsafe { *word };
+    // A span sample reads the sleeper's registers from a pointer the verifier types: this
+    // wait's is dropped (counted), a later one's sent.
+    let end_short = |kind, _, elapsed_ns, span_sample| {
+        add_short_wait(tid, kind, elapsed_ns);
+        if span_sample {
+            count(Counter::SpanSamplesDropped);
+        }
+    };
+    let Some((Some(kind), elapsed_ns, mut clock)) = judge_wake(tid, word, seen, end_short)? else {
+        // No long wait in the word. One in task storage ends at its switch in, without its
+        // waker: the storage is reached only from a task pointer the verifier types.
+        return Ok(());
+    };
+    // SAFETY: as above.
+    if unsafe { bpf_probe_read_kernel(field(TASK_ON_CPU_OFFSET.load())) }? != 0 {
+        return Ok(());
+    }
+    let Some((waker, waker_tid)) = waker_of(tid) else {
+        return Ok(());
+    };
+    // The wakee's saved registers, at the same place below every task's kernel stack:
+    // found from the waker's, whose pointer the verifier types.
+    // SAFETY: `waker` is a BTF task pointer; the reads fault safely.
+    let regs: pt_regs = unsafe {
+        let waker_regs = bpf_task_pt_regs(waker) as u64;
+        let waker_stack = task_field_u64(waker, TASK_STACK_OFFSET.load());
+        let wakee_stack: u64 =
+            bpf_probe_read_kernel(wakee.wrapping_add(TASK_STACK_OFFSET.load()) as *const u64)?;
+        let at = waker_regs.wrapping_sub(waker_stack).wrapping_add(wakee_stack);
+        bpf_probe_read_kernel(at as *const pt_regs)?
+    };
+    let now = clock.now();
+    // SAFETY: as above.
+    unsafe { *word = WaitSlot::ended_word(tid) };
+    let wait = wait_from_regs(&regs, tid, kind, now.wrapping_sub(elapsed_ns));
+    send_long_wait(wakee as *mut task_struct, &regs, &wait, elapsed_ns, StackSource::Memory);
+    send_waker(waker, waker_tid, &wait);
+    Ok(())
+}
+
+/// What a wake of thread `tid` makes of the wait its `word` holds (`seen`): a short futex
+/// wait ends here, by the word alone, whoever the waker (`end_short` takes its kind, start,
+/// length and whether it is a span sample; the switch in then finds it ended). Some when
+/// the wait may be long and its waker is to be looked at: its kind and time so far when it
+/// is in the word, None for both when it may be in task storage, with the clock read for
+/// it.
+#[inline(always)]
+fn judge_wake(
+    tid: u32,
+    word: *mut u64,
+    seen: u64,
+    end_short: impl FnOnce(u32, u64, u64, bool),
+) -> Result<Option<(Option<u32>, u64, LazyClock)>, i32> {
+    // Read only for a wait in progress: a wake of a thread in no watched wait reads none.
+    let mut clock = LazyClock(0);
     // Only a futex wait has a waker to take. Any other wait ends at its switch in, which
     // times it without reading a clock and has the stack copy its sleep kept (see
     // `woken_from_outside`): a socket's wakes, from the network or a peer, read nothing.
@@ -1026,79 +1240,54 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if let WaitSlot::InProgress { kind, .. } = slot
         && kind != WaitKind::Futex as u32
     {
-        return Ok(());
+        return Ok(None);
     }
-    // A short wait ends here, by its word alone, whoever the waker: the switch in then
-    // finds it ended.
-    let verdict = slot.judge(MIN_WAIT_NS.load(), || clock.now());
-    if let WordVerdict::Short { kind, elapsed_ns, span_sample } = verdict {
-        // SAFETY: as above.
-        unsafe { *word = WaitSlot::ended_word(tid) };
-        let start_ns = clock.now().wrapping_sub(elapsed_ns);
-        end_short_wait(wakee, tid, kind, start_ns, elapsed_ns, span_sample);
-        return Ok(());
+    match slot.judge(MIN_WAIT_NS.load(), || clock.now()) {
+        WordVerdict::Short { kind, elapsed_ns, span_sample } => {
+            // SAFETY: a value of WAIT_STARTS, which the caller read.
+            unsafe { *word = WaitSlot::ended_word(tid) };
+            end_short(kind, clock.now().wrapping_sub(elapsed_ns), elapsed_ns, span_sample);
+            Ok(None)
+        }
+        WordVerdict::NoWait => Ok(None),
+        WordVerdict::Long { kind, elapsed_ns } => Ok(Some((Some(kind), elapsed_ns, clock))),
+        WordVerdict::AskTaskStorage => Ok(Some((None, 0, clock))),
     }
-    if verdict == WordVerdict::NoWait {
-        return Ok(());
-    }
-    // A wakee still on a CPU has not finished going to sleep (or is woken before it
-    // sleeps, its last wait's entry not yet replaced): its wait, if any, is not long.
-    // SAFETY: as above.
-    if unsafe { task_field(wakee, TASK_ON_CPU_OFFSET.load()) } != 0 {
-        return Ok(());
-    }
-    // A long wait ends here only when another thread of the target wakes it.
+}
+
+/// The current task and its thread id when it is a thread of the target other than
+/// `wakee_tid`: only then is a long wait's end its doing.
+#[inline(always)]
+fn waker_of(wakee_tid: u32) -> Option<(*mut task_struct, u32)> {
     // SAFETY: the helper returns the current task as a BTF pointer, whose ids are then
     // plain loads, as in `task_field`.
     let waker = unsafe { bpf_get_current_task_btf() };
     if unsafe { task_field(waker, TASK_TGID_OFFSET.load()) } != TARGET_TGID.load() {
-        return Ok(());
+        return None;
     }
     // SAFETY: as above.
     let waker_tid = unsafe { task_field(waker, TASK_PID_OFFSET.load()) };
-    if tid == waker_tid {
-        return Ok(());
-    }
-    let now = clock.now();
-    let wait = if let WordVerdict::Long { kind, elapsed_ns } = verdict {
-        // SAFETY: as above.
-        unsafe { *word = WaitSlot::ended_word(tid) };
-        wait_from_word(wakee, tid, kind, now.wrapping_sub(elapsed_ns))
-    } else {
-        // SAFETY: a BTF task pointer from the tracepoint.
-        let Some(entry) = (unsafe { IN_FLIGHT.get(wakee) }) else {
-            return Ok(());
-        };
-        // SAFETY: the wakee is asleep: its own probes do not write the entry meanwhile.
-        let wait = unsafe { *entry };
-        // As for a wait in the word: only a futex wait's end is the waker's.
-        if wait.kind != WaitKind::Futex as u32 {
-            return Ok(());
-        }
-        // SAFETY: as above.
-        if !wait.in_progress(unsafe { switches_of(wakee) }) || under_threshold(wait.start_ns, now) {
-            return Ok(());
-        }
-        // SAFETY: as above.
-        unsafe { (*entry).start_ns = 0 };
-        wait
-    };
-    end_wait(wakee, &wait, now, StackSource::Memory);
-    // The waker must be in a futex wake: a wake from an interrupt (a timed wait's timer)
-    // that happened to land on a target thread inside some other call is not its doing.
+    (waker_tid != wakee_tid).then_some((waker, waker_tid))
+}
+
+/// Sends the waker of `wait` (the current task, `waker`) with its stack, when it is in a
+/// futex wake: a wake from an interrupt (a timed wait's timer) that happened to land on a
+/// target thread inside some other call is not its doing.
+#[inline(always)]
+fn send_waker(waker: *mut task_struct, waker_tid: u32, wait: &InFlightWait) {
     // SAFETY: the current task's saved user registers (a BTF pointer, as in `syscall_arg`).
     let regs = unsafe { bpf_task_pt_regs(waker) } as *const pt_regs;
     let (nr, op) = unsafe { ((*regs).orig_rax as i64, (*regs).rsi) };
     if wait.kind != WaitKind::Futex as u32
         || !(nr == syscall_nr::FUTEX_WAKE || nr == syscall_nr::FUTEX && is_futex_wake(op))
     {
-        return Ok(());
+        return;
     }
     // SAFETY: as above.
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     let Some(mut entry) = WAKES.reserve::<WakeRecord>(0) else {
         count(Counter::WakeRingBufferFull);
-        return Ok(());
+        return;
     };
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved slot of WakeRecord size; every field is written before submit.
@@ -1114,7 +1303,6 @@ fn try_sched_waking(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     count(Counter::WakesSent);
     entry.submit(wake_flags(&WAKES, WAKES_WAKE_AT_BYTES.load()));
-    Ok(())
 }
 
 /// A task iterator (`iter/task`): writes a [`TaskLook`] of each task it walks (one

@@ -49,7 +49,15 @@ impl Probes {
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         let process_links = Default::default();
-        Ok(Self { ebpf, btf, tgid, wakers: false, process_links, pass_bytes: Vec::new() })
+        Ok(Self {
+            ebpf,
+            btf,
+            tgid,
+            wakers: false,
+            queued_wakes: false,
+            process_links,
+            pass_bytes: Vec::new(),
+        })
     }
 
     /// Attaches the goroutine park/run uprobes to `executable` at the file offsets of

@@ -44,6 +44,16 @@ pub struct RqClockPath {
     pub rq_clock: u32,
 }
 
+/// Byte offsets in `struct task_struct` of what the queued-wake probe reads from a task it
+/// reaches only by arithmetic (`tracer_queued_wake`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedWakeOffsets {
+    /// `struct __call_single_node wake_entry`: the node `csd_queue_cpu` names.
+    pub wake_entry: u32,
+    /// `void *stack`: the kernel stack, below whose top the user registers are saved.
+    pub stack: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelBtfError {
     #[error("the kernel BTF is malformed ({0})")]
@@ -108,6 +118,15 @@ impl KernelStructs {
             self.member("task_struct", "sched_info")?
                 + self.member("sched_info", "last_arrival")?,
         )
+    }
+
+    /// Where a task keeps the node of a wake queued to its CPU (`wake_entry`) and the
+    /// base of its kernel stack (`stack`), or None when this kernel lacks either.
+    pub fn queued_wake_offsets(&self) -> Option<QueuedWakeOffsets> {
+        Some(QueuedWakeOffsets {
+            wake_entry: self.member("task_struct", "wake_entry")?,
+            stack: self.member("task_struct", "stack")?,
+        })
     }
 
     /// The members leading from a task to its run queue's clock, or None when this
@@ -272,12 +291,17 @@ mod tests {
         // sched_info ends with the last arrival and the last queueing, each a u64.
         let last_arrival = structs.last_arrival_offset().expect("sched_info has last_arrival");
         assert_eq!(last_arrival + 8, last_queued);
+        // The stack pointer leads the struct after __state; the wake node follows on_cpu.
+        let queued = structs.queued_wake_offsets().expect("task_struct has wake_entry");
+        assert!(queued.stack == offsets.state + 8, "{queued:?} {offsets:?}");
+        assert!(queued.wake_entry > offsets.on_cpu && queued.wake_entry < arrivals, "{queued:?}");
     }
 
     #[test]
     fn a_kernel_without_the_run_queue_members_has_no_clock_path() {
         let structs = KernelStructs::read(&blob()).unwrap();
         assert_eq!(structs.rq_clock_path(), None);
+        assert_eq!(structs.queued_wake_offsets(), None);
         assert_eq!(structs.arrivals_offset(), None);
         assert_eq!(structs.last_queued_offset(), None);
         assert_eq!(structs.last_arrival_offset(), None);

@@ -78,8 +78,8 @@ pub enum ProbeError {
 pub struct ProbeConfig {
     pub tgid: u32,
     pub min_wait: Duration,
-    /// Attach `sched_waking` too: long futex waits ended by a thread of the target carry
-    /// their waker. It runs at every wake of the machine (see `attach_wait_probes`).
+    /// Attach the wake probes too: long futex waits ended by a thread of the target carry
+    /// their waker. They run at every wake of the machine (see `attach_wait_probes`).
     pub wakers: bool,
     /// Overrides of the maps' built-in sizes.
     pub maps: MapSizes,
@@ -91,8 +91,10 @@ pub struct Probes {
     btf: Btf,
     /// The process whose threads the task iterator walks.
     tgid: u32,
-    /// Whether `attach_wait_probes` attaches `sched_waking` (`ProbeConfig::wakers`).
+    /// Whether `attach_wait_probes` attaches the wake probes (`ProbeConfig::wakers`).
     wakers: bool,
+    /// Whether the kernel names queued wakes (see `attach_wait_probes`).
+    queued_wakes: bool,
     /// The task iterator's links to one process's threads each, made at its first pass;
     /// `Err` when the kernel has no such filter (before 6.1), so it is not tried again.
     process_links: HashMap<u32, Result<std::os::fd::OwnedFd, ()>>,
@@ -160,6 +162,10 @@ impl Probes {
         let last_queued_offset = structs.last_queued_offset().map_or(0, u64::from);
         // Without it a wait whose switch in no tracepoint saw is left out, even a short one.
         let last_arrival_offset = structs.last_arrival_offset().map_or(0, u64::from);
+        // Without them, wakes are taken at `sched_waking` (see `attach_wait_probes`).
+        let queued_wakes = structs.queued_wake_offsets().filter(|_| config.wakers);
+        let (wake_entry_offset, stack_offset) = queued_wakes
+            .map_or((0, 0), |offsets| (u64::from(offsets.wake_entry), u64::from(offsets.stack)));
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
@@ -197,6 +203,8 @@ impl Probes {
             .override_global("TASK_LAST_QUEUED_OFFSET", &last_queued_offset, true)
             .override_global("TASK_LAST_ARRIVAL_OFFSET", &last_arrival_offset, true)
             .override_global("WAKES_ATTACHED", &u64::from(config.wakers), true)
+            .override_global("TASK_WAKE_ENTRY_OFFSET", &wake_entry_offset, true)
+            .override_global("TASK_STACK_OFFSET", &stack_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self {
@@ -204,6 +212,7 @@ impl Probes {
             btf,
             tgid: config.tgid,
             wakers: config.wakers,
+            queued_wakes: queued_wakes.is_some(),
             process_links: HashMap::new(),
             pass_bytes: Vec::new(),
         })
@@ -211,29 +220,57 @@ impl Probes {
 
     /// Attaches the wait probes: from here on the target's waits are recorded.
     ///
-    /// `sched_switch` notes every wait and ends those their wake did not. `sched_waking`,
-    /// with wakers, ends futex waits at their wake and takes the waker of long ones; it
-    /// runs at every wake of every process, and its dispatch alone (before any of its
-    /// code) costs a futex ping-pong about 4.5% of its round trips on this project's test
-    /// VM, traced or not: without it, a recording costs untraced processes one
-    /// tracepoint, as offcputime does.
+    /// `sched_switch` notes every wait and ends those their wake did not. With wakers,
+    /// the wake probe ends futex waits at their wake and takes the waker of long ones, at
+    /// every wake of every process: at `sched_wakeup`, with `csd_queue_cpu` for the wakes
+    /// the kernel queues to the wakee's CPU (whose `sched_wakeup` runs there, where the
+    /// waker is gone). Not at `sched_waking`, which would see every wake in the waker's
+    /// context by itself: it fires before the wake's preemption check, and the time of
+    /// any program there (an empty one too) tips a waker that shares its CPU with the
+    /// wakee into being preempted more often. On this project's test VM an empty program
+    /// at `sched_waking` cost an untraced futex ping-pong on one CPU about 4% of its round
+    /// trips (4.2 switches a round trip became 4.55), as much as offcputime in all, and
+    /// the wake probe there cost the traced one 16.5% against 9.7% at `sched_wakeup`.
+    /// `sched_waking` stays the fallback where the kernel cannot name queued wakes.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
-        let Self { ebpf, btf, wakers, .. } = self;
-        let program = |name| ProbeError::MissingProgram { name };
+        let Self { ebpf, btf, wakers, queued_wakes, .. } = self;
         let attach_err = |name| move |source| ProbeError::Program { name, source };
-        let waking = [("tracer_sched_waking", "sched_waking")];
-        let waking = if *wakers { &waking[..] } else { &[] };
+        // Loaded first: a kernel without the tracepoint (before 6.3) or its members
+        // falls back to sched_waking.
+        let queued = match (*wakers, *queued_wakes) {
+            (true, true) => {
+                let queued = tracepoint(ebpf, "tracer_queued_wake")?;
+                match queued.load("csd_queue_cpu", btf) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        log::info!("queued wakes cannot be read ({err}): wakes at sched_waking");
+                        false
+                    }
+                }
+            }
+            (true, false) => {
+                log::info!("this kernel's tasks name no queued wake: wakes at sched_waking");
+                false
+            }
+            (false, _) => false,
+        };
         // The waker's end of long waits before sched_switch, which notes waits and ends
-        // the rest.
-        for &(name, function) in waking.iter().chain(&[("tracer_sched_switch", "sched_switch")]) {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| program(name))?
-                .try_into()
-                .map_err(attach_err(name))?;
-            program.load(function, btf).map_err(attach_err(name))?;
-            program.attach().map_err(attach_err(name))?;
+        // the rest; a queued wake's second half before its first.
+        if *wakers {
+            const NAME: &str = "tracer_wakeup";
+            let wake = tracepoint(ebpf, NAME)?;
+            let function = if queued { "sched_wakeup" } else { "sched_waking" };
+            wake.load(function, btf).map_err(attach_err(NAME))?;
+            wake.attach().map_err(attach_err(NAME))?;
         }
+        if queued {
+            const NAME: &str = "tracer_queued_wake";
+            tracepoint(ebpf, NAME)?.attach().map_err(attach_err(NAME))?;
+        }
+        const SWITCH: &str = "tracer_sched_switch";
+        let switch = tracepoint(ebpf, SWITCH)?;
+        switch.load("sched_switch", btf).map_err(attach_err(SWITCH))?;
+        switch.attach().map_err(attach_err(SWITCH))?;
         Ok(())
     }
 
@@ -647,6 +684,15 @@ fn parse_task_looks(bytes: &[u8]) -> Vec<TaskLook> {
         // integer, so any bytes make a valid TaskLook.
         .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskLook>()) })
         .collect()
+}
+
+/// The `tp_btf` program `name` of the object.
+fn tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram { name })?;
+    program.try_into().map_err(|source| ProbeError::Program { name, source })
 }
 
 #[cfg(test)]
