@@ -2,7 +2,7 @@
 //! for two threads that share one word's slot (as threads whose ids differ by a multiple
 //! of `WAIT_START_SLOTS` do): every wait is ended once, with its true length, and nothing
 //! else is ended. `Probes` mirrors tracer-ebpf's `note_sleep`, `end_at_switch_in` and
-//! `sched_waking`, step for step, on a model of the kernel's side (one step at a time: the
+//! the wake probes (`tracer_wakeup`, `tracer_queued_wake`), step for step, on a model of the kernel's side (one step at a time: the
 //! compare-and-swap that takes a word always finds it as read).
 
 extern crate std;
@@ -142,8 +142,9 @@ impl Probes {
     }
 
     /// Thread `i` is woken (on a CPU or not), by another thread of the target or from
-    /// outside the process: `sched_waking`.
-    fn wake(&mut self, i: usize, by_a_target_thread: bool) {
+    /// outside the process: `tracer_wakeup`, or `tracer_queued_wake` for a wake `queued`
+    /// to the wakee's CPU, which cannot reach task storage.
+    fn wake(&mut self, i: usize, by_a_target_thread: bool, queued: bool) {
         let now = self.now;
         let tid = self.threads[i].tid;
         let slot = WaitSlot::read(self.word, tid);
@@ -170,6 +171,9 @@ impl Probes {
         if let WordVerdict::Long { elapsed_ns, .. } = verdict {
             self.word = WaitSlot::ended_word(tid);
             self.ended(i, Some(now - elapsed_ns), elapsed_ns);
+            return;
+        }
+        if queued {
             return;
         }
         let Some(entry) = t.entry.as_mut() else { return };
@@ -211,11 +215,11 @@ fn threads_sharing_a_word_have_each_wait_ended_once_with_its_true_length() {
                 0 | 1 => probes.sleep_in_watched_call(i, dice.roll(WAIT_KIND_COUNT as u64) as u32),
                 2 => probes.switch_out_unwatched(i),
                 // Woken while still on its CPU: on its way to sleep, before schedule().
-                _ => probes.wake(i, dice.roll(2) == 0),
+                _ => probes.wake(i, dice.roll(2) == 0, dice.roll(2) == 0),
             }
         } else {
             if dice.roll(2) == 0 {
-                probes.wake(i, dice.roll(2) == 0);
+                probes.wake(i, dice.roll(2) == 0, dice.roll(2) == 0);
             }
             probes.switch_in(i);
         }
@@ -247,7 +251,7 @@ fn a_thread_with_a_word_of_its_own_never_asks_task_storage() {
     // Woken, a short wait ends at its wake, and its switch in finds the word ended.
     probes.sleep_in_watched_call(0, WaitKind::Futex as u32);
     probes.now += 7_000;
-    probes.wake(0, true);
+    probes.wake(0, true, false);
     probes.now += 50_000;
     probes.switch_in(0);
     assert_eq!(probes.ends.short[1..], [(4242, 7_000)]);

@@ -1,8 +1,8 @@
 //! tracer's kernel-side probes: which threads of one process block, in which call,
 //! for how long, and (for waits over the threshold) where in the program.
 //!
-//! Two scheduler tracepoints share each thread's wait in progress (`WAIT_STARTS`); nothing
-//! runs on a syscall's entry or exit, so calls that do not sleep cost nothing, and other
+//! Scheduler tracepoints share each thread's wait in progress (`WAIT_STARTS`); nothing runs
+//! on a syscall's entry or exit, so calls that do not sleep cost nothing, and other
 //! processes cost comparisons of thread-group ids: a switch's two with the target's, then
 //! with the tracer's (whose switches measure `SWITCH_CLOCK`); a wake's one.
 //! - `sched_switch`, on the side of the thread going to sleep (`prev`, whose context it
@@ -11,11 +11,17 @@
 //!   thread of the target is unlikely to end (socket calls, timed or process-shared futex
 //!   waits), it keeps a copy of the user stack too: as much as the thread's last walk
 //!   from the same registers read (`ThreadSpans`), else all of `STACK_COPY_BYTES`.
-//! - `sched_waking`, at the wake of a thread of the target in a futex wait, ends the wait
-//!   there: under the threshold only adding it to per-kind totals; over it, when a thread
-//!   of the target wakes it, sending it with the sleeper's stack, read as it slept through
-//!   the memory the waker shares, and the waker's stack too when it is in a futex wake.
-//!   Other waits have no waker to take: their wakes read nothing.
+//! - `sched_wakeup`, at the wake of a thread of the target in a futex wait, in the waker's
+//!   context, ends the wait there: under the threshold only adding it to per-kind totals;
+//!   over it, when a thread of the target wakes it, sending it with the sleeper's stack,
+//!   read as it slept through the memory the waker shares, and the waker's stack too when
+//!   it is in a futex wake. Other waits have no waker to take: their wakes read nothing.
+//!   A wake the kernel queues to the wakee's CPU (idle, or sharing no cache with the
+//!   waker's) runs `sched_wakeup` there instead, where the waker is gone: `csd_queue_cpu`
+//!   takes it in the waker's context (`tracer_queued_wake`), and `QUEUED_WAKES` tells the
+//!   second half to do nothing. Not `sched_waking`, which fires before the wake's
+//!   preemption check: time spent there tips a waker that shares its CPU with the wakee
+//!   into being preempted more often (see the loader's `attach_wait_probes`).
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
 //!   wait (not a futex wait, woken from outside the process, or its wake missed by a race
 //!   with the sleep) at the time its wake queued it (`sched_info.last_queued`): under the
@@ -47,7 +53,7 @@
 //! (a run queue's can be a tick behind).
 //!
 //! A call that sleeps twice (a spurious wake, an epoll that found nothing ready) counts
-//! as two waits; its blocked time is the same. Both are attached raw (`tp_btf`): a classic
+//! as two waits; its blocked time is the same. All are attached raw (`tp_btf`): a classic
 //! tracepoint program would first have the kernel fill a perf record for every switch.
 //!
 //! Besides: a task iterator (`iter/task`) that reads every task's saved registers for
@@ -138,7 +144,7 @@ static TASK_LAST_QUEUED_OFFSET: Global<u64> = Global::new(0);
 /// switched in, by its run queue's clock; 0 where the kernel has none. Set by the loader.
 #[unsafe(no_mangle)]
 static TASK_LAST_ARRIVAL_OFFSET: Global<u64> = Global::new(0);
-/// 1 when `sched_waking` is attached (the wakers recorded); 0 when only `sched_switch`
+/// 1 when the wake probes are attached (the wakers recorded); 0 when only `sched_switch`
 /// is, and every wait ends at its switch in. Set by the loader.
 #[unsafe(no_mangle)]
 static WAKES_ATTACHED: Global<u64> = Global::new(1);
@@ -344,10 +350,15 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The clock, read when first asked for (a helper call, and a slow TSC read in a VM).
+/// `CLOCK_MONOTONIC` now, read once, when first asked for.
+trait Clock {
+    fn now(&mut self) -> u64;
+}
+
+/// The clock helper (a helper call, and a slow TSC read in a VM).
 struct LazyClock(u64);
 
-impl LazyClock {
+impl Clock for LazyClock {
     #[inline(always)]
     fn now(&mut self) -> u64 {
         if self.0 == 0 {
@@ -371,7 +382,7 @@ struct SwitchTime {
     woken: u64,
 }
 
-impl SwitchTime {
+impl Clock for SwitchTime {
     #[inline(always)]
     fn now(&mut self) -> u64 {
         if self.now == 0 {
@@ -387,7 +398,9 @@ impl SwitchTime {
         }
         self.now
     }
+}
 
+impl SwitchTime {
     /// When `next`, the thread switched in, was woken: when its wake put it on a run
     /// queue (`sched_info.last_queued`, by that queue's clock, which this switch clears
     /// only after the tracepoint), so that a wait ended here leaves out the time its
@@ -1052,12 +1065,25 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
 /// Arguments: (struct task_struct *p), the task being woken (include/trace/events/sched.h).
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn tracer_wakeup(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_wakeup(&ctx);
+    let wakee: *mut task_struct = ctx.arg(0);
+    // The wake's run queue (the wakee's, whose lock is held) has just read its clock: the
+    // probe loads it, as a switch does, where the clock helper would cost a futex
+    // ping-pong a few points of its handoffs.
+    let _ = try_wakeup(wakee, SwitchTime { task: wakee, now: 0, offset: None, woken: 0 });
     0
 }
 
-fn try_wakeup(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let wakee: *mut task_struct = ctx.arg(0);
+/// `tracer_wakeup` at `sched_waking`, the fallback (see the loader's
+/// `attach_wait_probes`): there the wake's run queue clock is not fresh, so the probe
+/// reads the clock.
+#[btf_tracepoint(function = "sched_waking")]
+pub fn tracer_waking(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_wakeup(ctx.arg(0), LazyClock(0));
+    0
+}
+
+#[inline(always)]
+fn try_wakeup(wakee: *mut task_struct, mut clock: impl Clock) -> Result<(), i32> {
     // The wakee first, by a plain load: every wake of the machine runs this, and for
     // other processes' wakes it ends here without a helper call.
     // SAFETY: a BTF task pointer from the tracepoint; see `task_field`.
@@ -1083,7 +1109,7 @@ fn try_wakeup(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let end_short = |kind, start_ns, elapsed_ns, span_sample| {
         end_short_wait(wakee, tid, kind, start_ns, elapsed_ns, span_sample)
     };
-    let Some((kind, elapsed_ns, mut clock)) = judge_wake(tid, word, seen, end_short)? else {
+    let Some((kind, elapsed_ns)) = judge_wake(tid, word, seen, &mut clock, end_short)? else {
         return Ok(());
     };
     // A wakee still on a CPU has not finished going to sleep (or is woken before it
@@ -1183,7 +1209,8 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
             count(Counter::SpanSamplesDropped);
         }
     };
-    let Some((Some(kind), elapsed_ns, mut clock)) = judge_wake(tid, word, seen, end_short)? else {
+    let mut clock = LazyClock(0);
+    let Some((Some(kind), elapsed_ns)) = judge_wake(tid, word, seen, &mut clock, end_short)? else {
         // No long wait in the word. One in task storage ends at its switch in, without its
         // waker: the storage is reached only from a task pointer the verifier types.
         return Ok(());
@@ -1219,17 +1246,16 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
 /// wait ends here, by the word alone, whoever the waker (`end_short` takes its kind, start,
 /// length and whether it is a span sample; the switch in then finds it ended). Some when
 /// the wait may be long and its waker is to be looked at: its kind and time so far when it
-/// is in the word, None for both when it may be in task storage, with the clock read for
-/// it.
+/// is in the word, None for both when it may be in task storage. `clock` is read only for
+/// a wait in progress: a wake of a thread in no watched wait reads none.
 #[inline(always)]
 fn judge_wake(
     tid: u32,
     word: *mut u64,
     seen: u64,
+    clock: &mut impl Clock,
     end_short: impl FnOnce(u32, u64, u64, bool),
-) -> Result<Option<(Option<u32>, u64, LazyClock)>, i32> {
-    // Read only for a wait in progress: a wake of a thread in no watched wait reads none.
-    let mut clock = LazyClock(0);
+) -> Result<Option<(Option<u32>, u64)>, i32> {
     // Only a futex wait has a waker to take. Any other wait ends at its switch in, which
     // times it without reading a clock and has the stack copy its sleep kept (see
     // `woken_from_outside`): a socket's wakes, from the network or a peer, read nothing.
@@ -1250,8 +1276,8 @@ fn judge_wake(
             Ok(None)
         }
         WordVerdict::NoWait => Ok(None),
-        WordVerdict::Long { kind, elapsed_ns } => Ok(Some((Some(kind), elapsed_ns, clock))),
-        WordVerdict::AskTaskStorage => Ok(Some((None, 0, clock))),
+        WordVerdict::Long { kind, elapsed_ns } => Ok(Some((Some(kind), elapsed_ns))),
+        WordVerdict::AskTaskStorage => Ok(Some((None, 0))),
     }
 }
 

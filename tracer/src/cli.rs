@@ -146,10 +146,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PERCENT", value_parser = parse_cpu_budget)]
     pub cpu_budget: Option<f64>,
 
-    /// Exact mode without the wake tracepoint (`sched_waking`): no wakers, so a long
-    /// futex wait's chain names no thread that woke it, and every process on the machine
-    /// pays one scheduler tracepoint instead of two (measured here: an untraced futex
-    /// ping-pong lost 6% of its round trips instead of 16%; offcputime cost it 8%).
+    /// Exact mode without the wake tracepoints (`sched_wakeup`, `csd_queue_cpu`): no
+    /// wakers, so a long futex wait's chain names no thread that woke it, and every
+    /// process on the machine pays one scheduler tracepoint at its switches and none at
+    /// its wakes (see README, Overhead).
     #[arg(long)]
     pub no_wakers: bool,
 
@@ -296,10 +296,10 @@ pub struct RecordArgs {
     #[arg(long, value_name = "PERCENT", value_parser = parse_cpu_budget)]
     pub cpu_budget: Option<f64>,
 
-    /// Exact mode without the wake tracepoint (`sched_waking`): no wakers, so a long
-    /// futex wait's chain names no thread that woke it, and every process on the machine
-    /// pays one scheduler tracepoint instead of two (measured here: an untraced futex
-    /// ping-pong lost 6% of its round trips instead of 16%; offcputime cost it 8%).
+    /// Exact mode without the wake tracepoints (`sched_wakeup`, `csd_queue_cpu`): no
+    /// wakers, so a long futex wait's chain names no thread that woke it, and every
+    /// process on the machine pays one scheduler tracepoint at its switches and none at
+    /// its wakes (see README, Overhead).
     #[arg(long)]
     pub no_wakers: bool,
 

@@ -5,7 +5,7 @@
 //! → peer pid 30375 (python3)".
 //!
 //! The graph is built from a finished profile (`build`): its stacks, its wakers (who woke
-//! which site's futex waits, from `sched_waking`) and the facts read from the live system
+//! which site's futex waits, from the wake probes) and the facts read from the live system
 //! when the profile was made (`live`): the process behind a local endpoint, the holder of
 //! a mutex, what a thread is doing now.
 

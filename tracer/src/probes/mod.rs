@@ -257,11 +257,13 @@ impl Probes {
         // The waker's end of long waits before sched_switch, which notes waits and ends
         // the rest; a queued wake's second half before its first.
         if *wakers {
-            const NAME: &str = "tracer_wakeup";
-            let wake = tracepoint(ebpf, NAME)?;
-            let function = if queued { "sched_wakeup" } else { "sched_waking" };
-            wake.load(function, btf).map_err(attach_err(NAME))?;
-            wake.attach().map_err(attach_err(NAME))?;
+            let (name, function) = match queued {
+                true => ("tracer_wakeup", "sched_wakeup"),
+                false => ("tracer_waking", "sched_waking"),
+            };
+            let wake = tracepoint(ebpf, name)?;
+            wake.load(function, btf).map_err(attach_err(name))?;
+            wake.attach().map_err(attach_err(name))?;
         }
         if queued {
             const NAME: &str = "tracer_queued_wake";
