@@ -47,10 +47,12 @@
 //! 3 to 4.5 points of a traced futex ping-pong's round trips here, once per handoff). A
 //! switch needs none: the scheduler has just read its run queue's clock (`rq->clock`,
 //! `sched_clock`), which the probe loads from memory and moves to `CLOCK_MONOTONIC` by an
-//! offset it measures at the tracer's own switches (`SWITCH_CLOCK`). A wake of a thread in
-//! a futex wait still reads the clock: a wait that has lasted the threshold may end there,
-//! with the waker's stack, and no clock the waker's CPU has kept tells that closely enough
-//! (a run queue's can be a tick behind).
+//! offset it measures at the tracer's own switches (`SWITCH_CLOCK`). Nor does a wake at
+//! `sched_wakeup`: the wakee's run queue read its clock for the enqueue just before. A
+//! queued wake (`csd_queue_cpu`, before that run queue is touched) and the `sched_waking`
+//! fallback read the clock: a wait that has lasted the threshold may end there, with the
+//! waker's stack, and no clock the waker's CPU has kept tells that closely enough (a run
+//! queue's can be a tick behind).
 //!
 //! A call that sleeps twice (a spurious wake, an epoll that found nothing ready) counts
 //! as two waits; its blocked time is the same. All are attached raw (`tp_btf`): a classic
