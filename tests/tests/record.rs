@@ -227,6 +227,62 @@ fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
     assert!(counts.late_copies >= 4, "{} late copies", counts.late_copies);
 }
 
+/// Wakes across CPUs: with the ping-pong's two threads pinned to different CPUs, the
+/// wakee's CPU is idle at each wake, so the kernel queues the wake to it and runs the
+/// wake's second half (`sched_wakeup`) there, away from the waker. The queued-wake probe
+/// (`csd_queue_cpu`) takes them in the waker's context: the waits end with their stacks
+/// and their waker, as on one CPU.
+#[test]
+fn wakes_queued_to_another_cpu_keep_their_stacks_and_wakers() {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    assert!(cpus >= 2, "this test needs two CPUs, the machine has {cpus}");
+    // 200 handoffs a second: each wait about 5 ms, over the 1 ms threshold.
+    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &["--rate", "200"]);
+    let tids = live_thread_ids(workload.pid());
+    assert_eq!(tids.len(), 2, "the ping-pong's threads: {tids:?}");
+    for (cpu, &tid) in tids.iter().enumerate() {
+        // SAFETY: a zeroed cpu_set_t with one CPU set, passed with its size.
+        let pinned = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid as libc::pid_t, std::mem::size_of_val(&set), &set)
+        };
+        assert_eq!(pinned, 0, "pin thread {tid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+    let dir = TempDir::new("ping-pong-across-cpus");
+    let traced = record_profile(
+        workload.pid(),
+        &["--duration", "3s", "--mode", "exact"],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    let profile = &traced.profile;
+    let counts = &profile.counts;
+    let at_hit =
+        |s: &ProfileStack| s.kind == WaitKind::Futex && !s.in_progress && has_function(s, "hit");
+    let waits = total_waits(profile, at_hit);
+    let woken: u64 = profile
+        .wakers
+        .iter()
+        .filter(|row| row.waiting_site.contains("hit") && row.waker_site.contains("hit"))
+        .map(|row| row.wakes)
+        .sum();
+    println!("{waits} waits at hit, {woken} woken by hit; {counts:?}");
+    // About 600 long waits in 3 s; without the queued-wake probe none would have a waker.
+    assert!(
+        waits >= 300 && woken * 10 >= waits * 9,
+        "{waits} waits at hit, {woken} with their waker; wakers {:?}; stacks:\n{}",
+        profile
+            .wakers
+            .iter()
+            .map(|row| (&row.waiting_site, &row.waker_site, row.wakes))
+            .collect::<Vec<_>>(),
+        top_stacks(profile, |s| s.kind == WaitKind::Futex, 5)
+    );
+    assert_eq!(counts.stack_unreadable, 0, "{counts:?}");
+}
+
 /// The target lives this long: long enough for the tracer to load and attach its probes first,
 /// short against the recording below so that it exits mid-recording.
 const EXITING_WORKLOAD_SECONDS: f64 = 2.0;

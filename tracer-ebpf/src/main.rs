@@ -19,9 +19,9 @@
 //!   A wake the kernel queues to the wakee's CPU (idle, or sharing no cache with the
 //!   waker's) runs `sched_wakeup` there instead, where the waker is gone: `csd_queue_cpu`
 //!   takes it in the waker's context (`tracer_queued_wake`), and `QUEUED_WAKES` tells the
-//!   second half to do nothing. Not `sched_waking`, which fires before the wake's
-//!   preemption check: time spent there tips a waker that shares its CPU with the wakee
-//!   into being preempted more often (see the loader's `attach_wait_probes`).
+//!   second half to do nothing. Not `sched_waking`, where even an empty program costs a
+//!   futex ping-pong on one CPU several times what it does at `sched_wakeup` (see the
+//!   loader's `attach_wait_probes`).
 //! - `sched_switch`, on the side of the thread switched in (`next`), ends every other
 //!   wait (not a futex wait, woken from outside the process, or its wake missed by a race
 //!   with the sleep) at the time its wake queued it (`sched_info.last_queued`): under the
@@ -157,6 +157,10 @@ static WAKES_ATTACHED: Global<u64> = Global::new(1);
 static TASK_WAKE_ENTRY_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static TASK_STACK_OFFSET: Global<u64> = Global::new(0);
+/// Offset of `mm` in `struct task_struct`: NULL in a thread that is exiting, whose memory
+/// is no longer its to read; 0 where unknown. Set by the loader.
+#[unsafe(no_mangle)]
+static TASK_MM_OFFSET: Global<u64> = Global::new(0);
 
 mod task_storage;
 
@@ -347,7 +351,13 @@ pub fn tracer_sched_switch(ctx: BtfTracePointContext) -> u32 {
         note_sleep(&ctx, prev, tid, word, &mut clock);
     }
     if next_is_target {
-        end_at_switch_in(next, prev_is_target, &mut clock);
+        // A thread of the target on its way out (its last switch, after exit_mm) no longer
+        // has the memory to read `next`'s stack in.
+        let mm = TASK_MM_OFFSET.load();
+        // SAFETY: as above; an 8-byte member.
+        let prev_shares_memory =
+            prev_is_target && (mm == 0 || unsafe { task_field_u64(prev, mm) } != 0);
+        end_at_switch_in(next, prev_shares_memory, &mut clock);
     }
     0
 }
@@ -781,9 +791,9 @@ fn copy_user_stack_part(stack: &mut [u8; STACK_COPY_BYTES], sp: u64, asked: u32)
 }
 
 /// Ends the wait of `next`, a thread of the target being switched in, unless its wake
-/// already did. `prev_is_target`: the current task shares `next`'s memory.
+/// already did. `prev_shares_memory`: the current task (`prev`) shares `next`'s memory.
 #[inline(always)]
-fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut SwitchTime) {
+fn end_at_switch_in(next: *mut task_struct, prev_shares_memory: bool, clock: &mut SwitchTime) {
     // SAFETY: a BTF task pointer from the tracepoint.
     let tid = unsafe { task_field(next, TASK_PID_OFFSET.load()) };
     let Some(word) = wait_word(tid) else { return };
@@ -803,7 +813,7 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
             unsafe { *word = WaitSlot::ended_word(tid) };
             let end_ns = clock.woken_at(next);
             let wait = wait_from_word(next, tid, kind, end_ns.wrapping_sub(elapsed_ns));
-            end_wait(next, &wait, end_ns, stack_source(prev_is_target));
+            end_wait(next, &wait, end_ns, stack_source(prev_shares_memory));
             return;
         }
         WordVerdict::AskTaskStorage => {}
@@ -820,14 +830,19 @@ fn end_at_switch_in(next: *mut task_struct, prev_is_target: bool, clock: &mut Sw
     }
     // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
-    end_wait(next, &wait, clock.woken_at(next), stack_source(prev_is_target));
+    // A wake queued to its CPU may have copied its stack (`keep_queued_wake_copy`).
+    let source = match prev_shares_memory {
+        true => StackSource::Memory,
+        false => StackSource::SleepOrQueuedCopy,
+    };
+    end_wait(next, &wait, clock.woken_at(next), source);
 }
 
 /// Where the stack of a wait that ends at a switch in is read: in memory when the thread
-/// switched out shares it (`prev_is_target`), else the copy kept at the sleep.
+/// switched out shares it, else the copy kept at the sleep.
 #[inline(always)]
-fn stack_source(prev_is_target: bool) -> StackSource {
-    if prev_is_target { StackSource::Memory } else { StackSource::SleepCopy }
+fn stack_source(prev_shares_memory: bool) -> StackSource {
+    if prev_shares_memory { StackSource::Memory } else { StackSource::SleepCopy }
 }
 
 /// Ends thread `tid`'s wait of `kind` (of `task`, asleep), begun at `start_ns` and under
@@ -870,6 +885,9 @@ enum StackSource {
     Memory,
     /// The copy `keep_sleep_stack` took, if it belongs to this wait.
     SleepCopy,
+    /// As `SleepCopy`, or the copy a queued wake took (`keep_queued_wake_copy`): for a
+    /// wait in task storage.
+    SleepOrQueuedCopy,
 }
 
 /// Ends `wait`, the wait of `task` (asleep, not the current task): a short one is added to
@@ -959,11 +977,12 @@ unsafe fn fill_wait_record(
             StackSource::Memory => {
                 (copy_user_stack(&mut (*record).stack, sp), STACK_COPY_BYTES as u32)
             }
-            StackSource::SleepCopy => copy_sleep_stack(&mut (*record).stack, wait),
+            StackSource::SleepCopy => copy_sleep_stack(&mut (*record).stack, wait, false),
+            StackSource::SleepOrQueuedCopy => copy_sleep_stack(&mut (*record).stack, wait, true),
         };
         (*record).stack_len = len;
         // Only a sleep copy's walk sizes later sleep copies.
-        let from_copy = source == StackSource::SleepCopy && len > 0;
+        let from_copy = source != StackSource::Memory && len > 0;
         (*record).flags = if from_copy { flags | WAIT_STACK_FROM_SLEEP_COPY } else { flags };
         (len, asked)
     }
@@ -1000,9 +1019,14 @@ fn send_span_sample(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64, 
 
 /// Copies the stack kept at `wait`'s sleep into `stack`; returns its length (0 when no
 /// copy of this wait is kept: never taken, or its slot reused by another thread) and the
-/// length the probe asked for when it took it.
+/// length the probe asked for when it took it. `queued`: a copy its queued wake took
+/// (`QUEUED_WAKE_COPY`) is this wait's too.
 #[inline(always)]
-fn copy_sleep_stack(stack: &mut [u8; STACK_COPY_BYTES], wait: &InFlightWait) -> (u32, u32) {
+fn copy_sleep_stack(
+    stack: &mut [u8; STACK_COPY_BYTES],
+    wait: &InFlightWait,
+    queued: bool,
+) -> (u32, u32) {
     const NONE: (u32, u32) = (0, STACK_COPY_BYTES as u32);
     let Some(slot) = SLEEP_STACKS.get_ptr(wait.tid) else {
         return NONE;
@@ -1010,7 +1034,8 @@ fn copy_sleep_stack(stack: &mut [u8; STACK_COPY_BYTES], wait: &InFlightWait) -> 
     // SAFETY: a map value of SleepStack size; its thread is asleep, so nothing rewrites it
     // meanwhile.
     unsafe {
-        if (*slot).start_ns != wait.start_ns {
+        let start_ns = (*slot).start_ns;
+        if start_ns != wait.start_ns && !(queued && start_ns == QUEUED_WAKE_COPY) {
             return NONE;
         }
         let copied = generated::bpf_probe_read_kernel(
@@ -1053,13 +1078,12 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
 }
 
-/// A thread of the target is woken. Attached to `sched_wakeup`, which fires after the
-/// wake's preemption check: in the waker's context, unless the wake was queued to the
-/// wakee's CPU (`tracer_queued_wake` took that one in the waker's context; this is its
-/// second half, run there). Where the kernel cannot name queued wakes, attached to
-/// `sched_waking` instead, which always fires in the waker's context but before the
-/// preemption check, where its time tips a waker sharing its CPU with the wakee into
-/// being preempted (see `Probes::attach_wait_probes`).
+/// A thread of the target is woken. Attached to `sched_wakeup`: in the waker's context,
+/// unless the wake was queued to the wakee's CPU (`tracer_queued_wake` took that one in
+/// the waker's context; this is its second half, run there). Where the kernel cannot name
+/// queued wakes, `tracer_waking` at `sched_waking` instead, which always fires in the
+/// waker's context but costs a ping-pong on one CPU several times more (see the loader's
+/// `attach_wait_probes`).
 ///
 /// A short futex wait ends here. A futex wait that has lasted the threshold ends here when
 /// a thread of the target wakes it, read through the waker's view of the shared memory; a
@@ -1212,9 +1236,7 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
     };
     let mut clock = LazyClock(0);
-    let Some((Some(kind), elapsed_ns)) = judge_wake(tid, word, seen, &mut clock, end_short)? else {
-        // No long wait in the word. One in task storage ends at its switch in, without its
-        // waker: the storage is reached only from a task pointer the verifier types.
+    let Some((kind, elapsed_ns)) = judge_wake(tid, word, seen, &mut clock, end_short)? else {
         return Ok(());
     };
     // SAFETY: as above.
@@ -1235,6 +1257,14 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
         let at = waker_regs.wrapping_sub(waker_stack).wrapping_add(wakee_stack);
         bpf_probe_read_kernel(at as *const pt_regs)?
     };
+    let Some(kind) = kind else {
+        // A wait in task storage, which only a task pointer the verifier types reaches: it
+        // ends at its switch in, without its waker, and with this copy of its stack where
+        // its memory cannot be read there (its sleep's copy may be partial, or an adopted
+        // wait's not yet in place).
+        keep_queued_wake_copy(tid, regs.rsp);
+        return Ok(());
+    };
     let now = clock.now();
     // SAFETY: as above.
     unsafe { *word = WaitSlot::ended_word(tid) };
@@ -1242,6 +1272,37 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
     send_long_wait(wakee as *mut task_struct, &regs, &wait, elapsed_ns, StackSource::Memory);
     send_waker(waker, waker_tid, &wait);
     Ok(())
+}
+
+/// The `start_ns` of a SLEEP_STACKS copy that a queued wake took of a wait in task
+/// storage (`keep_queued_wake_copy`): only such a wait's end takes it
+/// (`StackSource::SleepOrQueuedCopy`).
+const QUEUED_WAKE_COPY: u64 = u64::MAX;
+
+/// Copies thread `tid`'s user stack from `sp` (read in the waker's memory, which it
+/// shares) into its SLEEP_STACKS slot, marked `QUEUED_WAKE_COPY`.
+#[inline(never)]
+fn keep_queued_wake_copy(tid: u32, sp: u64) {
+    let slot = match SLEEP_STACKS.get_ptr_mut(tid) {
+        Some(slot) => slot,
+        None => {
+            let Some(scratch) = SLEEP_STACK_SCRATCH.get_ptr(0) else { return };
+            // SAFETY: as in `keep_sleep_stack`.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            if SLEEP_STACKS.insert(tid, unsafe { &*scratch }, 0).is_err() {
+                return;
+            }
+            let Some(slot) = SLEEP_STACKS.get_ptr_mut(tid) else { return };
+            slot
+        }
+    };
+    // SAFETY: a map value of SleepStack size, this thread's: it is asleep, so its own
+    // sleeps do not write it meanwhile.
+    unsafe {
+        (*slot).start_ns = QUEUED_WAKE_COPY;
+        (*slot).asked = STACK_COPY_BYTES as u32;
+        (*slot).len = copy_user_stack(&mut (*slot).stack, sp);
+    }
 }
 
 /// What a wake of thread `tid` makes of the wait its `word` holds (`seen`): a short futex

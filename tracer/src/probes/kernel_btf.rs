@@ -120,6 +120,12 @@ impl KernelStructs {
         )
     }
 
+    /// Where a task keeps its memory (`mm`, NULL once an exiting thread has let go of
+    /// it), or None when this kernel's task has no such member.
+    pub fn mm_offset(&self) -> Option<u32> {
+        self.member("task_struct", "mm")
+    }
+
     /// Where a task keeps the node of a wake queued to its CPU (`wake_entry`) and the
     /// base of its kernel stack (`stack`), or None when this kernel lacks either.
     pub fn queued_wake_offsets(&self) -> Option<QueuedWakeOffsets> {
@@ -292,6 +298,7 @@ mod tests {
         let last_arrival = structs.last_arrival_offset().expect("sched_info has last_arrival");
         assert_eq!(last_arrival + 8, last_queued);
         // The stack pointer leads the struct after __state; the wake node follows on_cpu.
+        assert!(structs.mm_offset().is_some_and(|mm| mm > offsets.state), "task_struct has mm");
         let queued = structs.queued_wake_offsets().expect("task_struct has wake_entry");
         assert!(queued.stack == offsets.state + 8, "{queued:?} {offsets:?}");
         assert!(queued.wake_entry > offsets.on_cpu && queued.wake_entry < arrivals, "{queued:?}");

@@ -162,6 +162,8 @@ impl Probes {
         let last_queued_offset = structs.last_queued_offset().map_or(0, u64::from);
         // Without it a wait whose switch in no tracepoint saw is left out, even a short one.
         let last_arrival_offset = structs.last_arrival_offset().map_or(0, u64::from);
+        // Without it, a thread of the target switching out is taken to share its memory.
+        let mm_offset = structs.mm_offset().map_or(0, u64::from);
         // Without them, wakes are taken at `sched_waking` (see `attach_wait_probes`).
         let queued_wakes = structs.queued_wake_offsets().filter(|_| config.wakers);
         let (wake_entry_offset, stack_offset) = queued_wakes
@@ -205,6 +207,7 @@ impl Probes {
             .override_global("WAKES_ATTACHED", &u64::from(config.wakers), true)
             .override_global("TASK_WAKE_ENTRY_OFFSET", &wake_entry_offset, true)
             .override_global("TASK_STACK_OFFSET", &stack_offset, true)
+            .override_global("TASK_MM_OFFSET", &mm_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self {
@@ -225,12 +228,12 @@ impl Probes {
     /// every wake of every process: at `sched_wakeup`, with `csd_queue_cpu` for the wakes
     /// the kernel queues to the wakee's CPU (whose `sched_wakeup` runs there, where the
     /// waker is gone). Not at `sched_waking`, which would see every wake in the waker's
-    /// context by itself: it fires before the wake's preemption check, and the time of
-    /// any program there (an empty one too) tips a waker that shares its CPU with the
-    /// wakee into being preempted more often. On this project's test VM an empty program
-    /// at `sched_waking` cost an untraced futex ping-pong on one CPU about 4% of its round
-    /// trips (4.2 switches a round trip became 4.55), as much as offcputime in all, and
-    /// the wake probe there cost the traced one 16.5% against 9.7% at `sched_wakeup`.
+    /// context by itself: on this project's test VM an empty program there cost an
+    /// untraced futex ping-pong on one CPU 2–4% of its round trips (0–1.5% at
+    /// `sched_wakeup`), as much as offcputime in all, and the wake probe there cost the
+    /// traced one 16.5% against 9.7% at `sched_wakeup`. Why is not established:
+    /// `sched_waking` fires before the wake's preemption check and `sched_wakeup` after
+    /// it, but the ping-pong's switches a round trip did not change (counted from /proc).
     /// `sched_waking` stays the fallback where the kernel cannot name queued wakes.
     pub fn attach_wait_probes(&mut self) -> Result<(), ProbeError> {
         let Self { ebpf, btf, wakers, queued_wakes, .. } = self;
