@@ -731,6 +731,21 @@ fn woken_from_outside(kind: WaitKind, nr: i64, regs: *const pt_regs) -> bool {
     timeout != 0 || flags & PRIVATE == 0
 }
 
+/// Thread `tid`'s SLEEP_STACKS slot, made when it has none; None when the map refuses.
+#[inline(always)]
+fn sleep_stack_slot(tid: u32) -> Option<*mut SleepStack> {
+    if let Some(slot) = SLEEP_STACKS.get_ptr_mut(tid) {
+        return Some(slot);
+    }
+    let scratch = SLEEP_STACK_SCRATCH.get_ptr(0)?;
+    // SAFETY: a per-CPU array value of SleepStack size; its contents are rewritten by the
+    // caller, once in the map. By reference: by value, 16 KiB would be copied onto the
+    // 512-byte BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    SLEEP_STACKS.insert(tid, unsafe { &*scratch }, 0).ok()?;
+    SLEEP_STACKS.get_ptr_mut(tid)
+}
+
 /// Copies the current thread's user stack, whose registers are `regs`, into its
 /// SLEEP_STACKS slot: as much as its last walk from the same registers read, else all
 /// `STACK_COPY_BYTES`. True when the copy is to be sent even if the wait ends short, for
@@ -746,21 +761,7 @@ fn keep_sleep_stack(tid: u32, start_ns: u64, regs: *const pt_regs) -> bool {
         Some(spans) => spans.copy_len(ip, sp, bp),
         None => STACK_COPY_BYTES as u32,
     };
-    let slot = match SLEEP_STACKS.get_ptr_mut(tid) {
-        Some(slot) => slot,
-        None => {
-            let Some(scratch) = SLEEP_STACK_SCRATCH.get_ptr(0) else { return false };
-            // SAFETY: a per-CPU array value of SleepStack size; its contents are rewritten
-            // below, once in the map. By reference: by value, 16 KiB would be copied onto
-            // the 512-byte BPF stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            if SLEEP_STACKS.insert(tid, unsafe { &*scratch }, 0).is_err() {
-                return false;
-            }
-            let Some(slot) = SLEEP_STACKS.get_ptr_mut(tid) else { return false };
-            slot
-        }
-    };
+    let Some(slot) = sleep_stack_slot(tid) else { return false };
     // SAFETY: a map value of SleepStack size, this thread's; only its own sleeps write it.
     unsafe {
         (*slot).start_ns = start_ns;
@@ -1283,19 +1284,7 @@ const QUEUED_WAKE_COPY: u64 = u64::MAX;
 /// shares) into its SLEEP_STACKS slot, marked `QUEUED_WAKE_COPY`.
 #[inline(never)]
 fn keep_queued_wake_copy(tid: u32, sp: u64) {
-    let slot = match SLEEP_STACKS.get_ptr_mut(tid) {
-        Some(slot) => slot,
-        None => {
-            let Some(scratch) = SLEEP_STACK_SCRATCH.get_ptr(0) else { return };
-            // SAFETY: as in `keep_sleep_stack`.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            if SLEEP_STACKS.insert(tid, unsafe { &*scratch }, 0).is_err() {
-                return;
-            }
-            let Some(slot) = SLEEP_STACKS.get_ptr_mut(tid) else { return };
-            slot
-        }
-    };
+    let Some(slot) = sleep_stack_slot(tid) else { return };
     // SAFETY: a map value of SleepStack size, this thread's: it is asleep, so its own
     // sleeps do not write it meanwhile.
     unsafe {
