@@ -143,7 +143,8 @@ impl Probes {
 
     /// Thread `i` is woken (on a CPU or not), by another thread of the target or from
     /// outside the process: `tracer_wakeup`, or `tracer_queued_wake` for a wake `queued`
-    /// to the wakee's CPU, which cannot reach task storage.
+    /// to the wakee's CPU, which cannot reach task storage (it leaves such a wait to its
+    /// switch in; the waker it sends, keyed by the sleep copy's start, is not played here).
     fn wake(&mut self, i: usize, by_a_target_thread: bool, queued: bool) {
         let now = self.now;
         let tid = self.threads[i].tid;

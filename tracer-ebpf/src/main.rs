@@ -572,7 +572,8 @@ fn note_sleep(
     let in_word = word.is_some_and(|word| note_in_word(word, tid, kind, start_ns, span_sample));
     if !in_word {
         // A wake queued to another CPU cannot reach task storage (`tracer_queued_wake`):
-        // the wait may then end at its switch in, where its memory may not be readable.
+        // the wait may then end at its switch in, where its memory may not be readable,
+        // and its waker is told by this copy's start.
         if !copy_kept {
             span_sample = keep_sleep_stack(tid, start_ns, regs);
         }
@@ -1260,10 +1261,29 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let Some(kind) = kind else {
         // A wait in task storage, which only a task pointer the verifier types reaches: it
-        // ends at its switch in, without its waker, and with this copy of its stack where
-        // its memory cannot be read there (its sleep's copy may be partial, or an adopted
-        // wait's not yet in place).
-        keep_queued_wake_copy(tid, regs.rsp);
+        // ends at its switch in, with this copy of its stack where its memory cannot be
+        // read there (its sleep's copy may be partial, or an adopted wait's not yet in
+        // place). Its start is the one its sleep's copy was kept with: a long futex wait's
+        // waker is sent under it, for userspace to join to the wait's record.
+        let kept_start_ns = keep_queued_wake_copy(tid, regs.rsp);
+        let now = clock.now();
+        if kept_start_ns != QUEUED_WAKE_COPY && !under_threshold(kept_start_ns, now) {
+            let nr = regs.orig_rax as i64;
+            if let Ok(Some((kind, object))) =
+                classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(&regs, n)))
+            {
+                let wait = InFlightWait {
+                    start_ns: kept_start_ns,
+                    object,
+                    switches: 0,
+                    kind: kind as u32,
+                    tid,
+                    flags: 0,
+                    _pad: 0,
+                };
+                send_waker(waker, waker_tid, &wait);
+            }
+        }
         return Ok(());
     };
     let now = clock.now();
@@ -1281,16 +1301,20 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
 const QUEUED_WAKE_COPY: u64 = u64::MAX;
 
 /// Copies thread `tid`'s user stack from `sp` (read in the waker's memory, which it
-/// shares) into its SLEEP_STACKS slot, marked `QUEUED_WAKE_COPY`.
+/// shares) into its SLEEP_STACKS slot, marked `QUEUED_WAKE_COPY`; returns the start of
+/// the wait whose sleep's copy the slot held (`QUEUED_WAKE_COPY` when none).
 #[inline(never)]
-fn keep_queued_wake_copy(tid: u32, sp: u64) {
-    let Some(slot) = sleep_stack_slot(tid) else { return };
+fn keep_queued_wake_copy(tid: u32, sp: u64) -> u64 {
+    let Some(slot) = sleep_stack_slot(tid) else { return QUEUED_WAKE_COPY };
     // SAFETY: a map value of SleepStack size, this thread's: it is asleep, so its own
     // sleeps do not write it meanwhile.
     unsafe {
+        let kept_start_ns = (*slot).start_ns;
         (*slot).start_ns = QUEUED_WAKE_COPY;
         (*slot).asked = STACK_COPY_BYTES as u32;
         (*slot).len = copy_user_stack(&mut (*slot).stack, sp);
+        // A slot just made holds no copy (0).
+        if kept_start_ns == 0 { QUEUED_WAKE_COPY } else { kept_start_ns }
     }
 }
 
