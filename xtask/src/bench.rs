@@ -120,7 +120,14 @@ enum Variant {
     TracerNoWakers,
     Offcputime,
     Bpftrace,
+    /// Empty programs (tests' `empty-probes`) at the exact mode's tracepoints: the
+    /// kernel's part of its cost, which no code of ours can lower.
+    EmptyPrograms,
 }
+
+/// Where the exact mode with wakers attaches (tracer/src/probes/mod.rs,
+/// `attach_wait_probes`), for the empty programs.
+const EXACT_MODE_TRACEPOINTS: [&str; 3] = ["sched_switch", "sched_wakeup", "csd_queue_cpu"];
 
 impl Variant {
     fn label(self) -> &'static str {
@@ -131,6 +138,7 @@ impl Variant {
             Variant::TracerNoWakers => "tracer record --no-wakers",
             Variant::Offcputime => "offcputime -p",
             Variant::Bpftrace => "bpftrace histogram",
+            Variant::EmptyPrograms => "empty programs at exact's tracepoints",
         }
     }
 }
@@ -632,6 +640,10 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
                 &bpftrace_program(pid),
             ]),
         )?,
+        Variant::EmptyPrograms => Proc::spawn(
+            "empty-probes",
+            pinned(TOOL_CPU, &settings.release.join("empty-probes")).args(EXACT_MODE_TRACEPOINTS),
+        )?,
         Variant::Alone => unreachable!("no tool runs alone"),
     };
     let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -641,7 +653,9 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             Variant::Tracer | Variant::TracerSampled | Variant::TracerNoWakers => {
                 tool.stderr.iter().any(|l| l.starts_with("tracer: recording"))
             }
-            Variant::Bpftrace => tool.stdout.iter().any(|l| l == "attached"),
+            Variant::Bpftrace | Variant::EmptyPrograms => {
+                tool.stdout.iter().any(|l| l == "attached")
+            }
             // offcputime prints nothing until it ends: its attached program is a bpf_link fd.
             _ => has_bpf_link(tool.pid),
         };
@@ -683,6 +697,8 @@ fn stop_tool(
     let traced_something = match tool.name.as_str() {
         "bpftrace" => stdout.iter().any(|l| l.starts_with("@usecs")),
         "offcputime" => stdout.iter().any(|l| l.trim_start().starts_with('-')),
+        // Its programs trace nothing by design: attached is all it can show.
+        "empty-probes" => stdout.iter().any(|l| l == "attached"),
         _ => stdout.iter().any(|l| l.starts_with("seen: ")),
     };
     if !traced_something {

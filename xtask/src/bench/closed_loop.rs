@@ -6,7 +6,8 @@
 //!   request, so a per-syscall probe shows here.
 //! - Collateral: an untraced futex ping-pong on the workload CPU while each tool traces
 //!   another process (a slow ping-pong on the tool CPU): what everyone else on the host
-//!   pays for a tool's probes.
+//!   pays for a tool's probes. Empty programs at the exact mode's tracepoints run as one
+//!   more arm: the part of that cost that is the kernel's running a program there at all.
 //!
 //! Every arm runs once per round, in an order that rotates each round, and every tool is
 //! started and stopped around its own window, as in the other rows. At the end, with
@@ -69,6 +70,19 @@ const ARMS: [Arm; 7] = [
     Arm::Tool(Variant::Bpftrace),
 ];
 
+/// The collateral row's: also empty programs at the exact mode's tracepoints, for the part
+/// of what an untraced process pays that is the kernel's running a program there at all.
+const COLLATERAL_ARMS: [Arm; 8] = [
+    Arm::Alone,
+    Arm::Tool(Variant::TracerSampled),
+    Arm::Tool(Variant::Tracer),
+    Arm::Tool(Variant::TracerNoWakers),
+    Arm::Control,
+    Arm::Tool(Variant::EmptyPrograms),
+    Arm::Tool(Variant::Offcputime),
+    Arm::Tool(Variant::Bpftrace),
+];
+
 impl Arm {
     fn label(self) -> &'static str {
         match self {
@@ -91,6 +105,13 @@ impl Row {
         match self {
             Row::Redis => "redis",
             Row::Collateral => "collateral",
+        }
+    }
+
+    fn arms(self) -> &'static [Arm] {
+        match self {
+            Row::Redis => &ARMS,
+            Row::Collateral => &COLLATERAL_ARMS,
         }
     }
 
@@ -152,7 +173,8 @@ pub struct RowResult {
 
 pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResult> {
     let mut fixture = Fixture::start(settings, row)?;
-    let mut runs: Vec<ArmRuns> = ARMS
+    let arms = row.arms();
+    let mut runs: Vec<ArmRuns> = arms
         .iter()
         .map(|&arm| ArmRuns {
             arm,
@@ -165,8 +187,8 @@ pub fn run(settings: &Settings, row: Row, rounds: u32) -> anyhow::Result<RowResu
         })
         .collect();
     for round in 0..rounds as usize {
-        for offset in 0..ARMS.len() {
-            let index = (round + offset) % ARMS.len();
+        for offset in 0..arms.len() {
+            let index = (round + offset) % arms.len();
             let ArmRuns { arm, rates, server_ns_per_request, usages, failure, stopped, .. } =
                 &mut runs[index];
             // An arm whose tool does not run here, or hung, is not retried.
@@ -654,8 +676,29 @@ impl RowResult {
                         EXACT_COLLATERAL_MAX_LOSS,
                         offcputime,
                     )
+                    + &self.kernel_part_line()
             }
         }
+    }
+}
+
+impl RowResult {
+    /// What the empty programs at the exact mode's tracepoints cost the untraced ping-pong,
+    /// beside the exact mode: how much of its cost is the kernel's, not its code's.
+    fn kernel_part_line(&self) -> String {
+        let Some(empty) = self.against_alone(Arm::Tool(Variant::EmptyPrograms)) else {
+            return String::new();
+        };
+        let exact = self
+            .against_alone(Arm::Tool(Variant::Tracer))
+            .map_or(String::new(), |e| format!("; exact {:.1}%", (1.0 - e.ratio) * 100.0));
+        format!(
+            "- untraced ping-pong, empty programs at {} (no budget: the kernel's part of \
+             exact's cost, whatever its programs do): {:.1}% lost ({}){exact}\n",
+            super::EXACT_MODE_TRACEPOINTS.join(", "),
+            (1.0 - empty.ratio) * 100.0,
+            empty.interval_text().as_deref().unwrap_or("too few rounds for an interval"),
+        )
     }
 }
 
@@ -701,6 +744,8 @@ mod tests {
                 arm(Arm::Tool(Variant::TracerNoWakers), &[98.0, 99.0, 97.0, 98.0, 100.0, 96.0]),
                 // 6% lost: over 5% and over offcputime's, both ways.
                 arm(Arm::Tool(Variant::Tracer), &[94.0, 95.0, 93.0, 94.0, 96.0, 92.0]),
+                // 5% lost by empty programs: no verdict, only the figure beside exact's.
+                arm(Arm::Tool(Variant::EmptyPrograms), &[95.0, 96.0, 94.0, 95.0, 97.0, 93.0]),
             ],
         };
         let lines = result.budget_lines();
@@ -711,6 +756,12 @@ mod tests {
         assert!(no_wakers.ends_with(": within; by the medians: within"), "{no_wakers}");
         let exact = line("untraced ping-pong, exact");
         assert!(exact.ends_with(": OVER; by the medians: OVER"), "{exact}");
+        let kernel_part = lines
+            .lines()
+            .find(|line| line.starts_with("- untraced ping-pong, empty programs at sched_switch"))
+            .unwrap();
+        assert!(kernel_part.contains("): 5.0% lost ("), "{kernel_part}");
+        assert!(kernel_part.ends_with("; exact 6.0%"), "{kernel_part}");
         // The sampled arm did not run: said so, with no verdict.
         assert_eq!(line("untraced ping-pong, sampled"), "- untraced ping-pong, sampled: no result");
     }
