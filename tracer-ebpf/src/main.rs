@@ -1173,6 +1173,12 @@ fn try_wakeup(wakee: *mut task_struct, mut clock: impl Clock) -> Result<(), i32>
             {
                 return Ok(());
             }
+            // A queued wake's second half whose mark another thread of its QUEUED_WAKES
+            // slot overwrote: its first half took the copy and the waker, and the current
+            // task is not the waker. The wait ends at its switch in.
+            if queued_wake_took(tid) {
+                return Ok(());
+            }
             // SAFETY: as above.
             unsafe { (*entry).start_ns = 0 };
             wait
@@ -1316,6 +1322,14 @@ fn keep_queued_wake_copy(tid: u32, sp: u64) -> u64 {
         // A slot just made holds no copy (0).
         if kept_start_ns == 0 { QUEUED_WAKE_COPY } else { kept_start_ns }
     }
+}
+
+/// Whether a queued wake took thread `tid`'s stack (`keep_queued_wake_copy`) since its
+/// last sleep: asked only of a wait in task storage, whose sleep always keeps a copy.
+#[inline(never)]
+fn queued_wake_took(tid: u32) -> bool {
+    // SAFETY: a map value of SleepStack size; only its start is read.
+    SLEEP_STACKS.get_ptr(tid).is_some_and(|slot| unsafe { (*slot).start_ns } == QUEUED_WAKE_COPY)
 }
 
 /// What a wake of thread `tid` makes of the wait its `word` holds (`seen`): a short futex
