@@ -121,7 +121,7 @@ enum Variant {
     Offcputime,
     Bpftrace,
     /// Empty programs (tests' `empty-probes`) at the exact mode's tracepoints: the
-    /// kernel's part of its cost, which no code of ours can lower.
+    /// kernel's part of its cost, whatever the programs do.
     EmptyPrograms,
 }
 
