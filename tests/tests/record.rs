@@ -393,6 +393,33 @@ fn record_wake_paths(extra: &[String], options: &[&str]) -> Vec<u32> {
             top_stacks(profile, |s| s.kind == kind, 10)
         );
     }
+    // With wakers, the signalled loop's waits name the signalling thread as their waker,
+    // whether their wake ran on its CPU or was queued to theirs, and whether the wait was
+    // in its word or (sharing the word) in task storage. All but one: the wait in progress
+    // at the attach is handed to the probes with its copy a moment later, and a wake
+    // queued before the copy is in place has no start to send its waker under.
+    if !options.contains(&"--no-wakers") {
+        let signalled = total_waits(profile, |s| {
+            s.kind == WaitKind::Futex && has_function(s, "signalled_wait") && !s.in_progress
+        });
+        let woken: u64 = profile
+            .wakers
+            .iter()
+            .filter(|row| row.waiting_site == "signalled_wait" && row.waker_site == "signaller")
+            .map(|row| row.wakes)
+            .sum();
+        println!("signalled_wait: {signalled} waits ended, {woken} with the signaller's wake");
+        assert!(
+            signalled >= 10 && woken + 1 >= signalled,
+            "signalled_wait: {woken} of {signalled} waits have the signaller for their waker \
+             (threads {tids:?}); wakers {:?}",
+            profile
+                .wakers
+                .iter()
+                .map(|row| (&row.waiting_site, &row.waker_site, row.wakes))
+                .collect::<Vec<_>>()
+        );
+    }
     // The echo loop's waits are mostly short: some of its thread's first sleep copies are
     // sent as span samples, walked and never reported as waits; its long waits (a held
     // echo, 20 ms every 100 ms) are reported as the others are.
