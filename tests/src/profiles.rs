@@ -67,6 +67,30 @@ pub fn assert_threads(
     );
 }
 
+/// The wakes, over the profile's waker rows, of waits at a call site satisfying `waiting` by
+/// a waker at one satisfying `waker`.
+pub fn wakes_between(
+    profile: &Profile,
+    waiting: impl Fn(&str) -> bool,
+    waker: impl Fn(&str) -> bool,
+) -> u64 {
+    profile
+        .wakers
+        .iter()
+        .filter(|row| waiting(&row.waiting_site) && waker(&row.waker_site))
+        .map(|row| row.wakes)
+        .sum()
+}
+
+/// The profile's waker rows as (waiting site, waker site, wakes), for failure messages.
+pub fn waker_rows(profile: &Profile) -> Vec<(&str, &str, u64)> {
+    profile
+        .wakers
+        .iter()
+        .map(|row| (row.waiting_site.as_str(), row.waker_site.as_str(), row.wakes))
+        .collect()
+}
+
 /// One line describing a stack, for failure messages: kind, object, state, weight, and the
 /// frames root first.
 pub fn describe(stack: &ProfileStack) -> String {

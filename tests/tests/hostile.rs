@@ -183,23 +183,14 @@ fn waits_begun_before_the_recording_count_when_they_end() {
     // Each was woken by main's broadcast, whether the wake ran on the waker's CPU or was
     // queued to the waiter's (where only the queued half sees the waker, and these waits,
     // adopted at the attach, live in task storage).
-    let woken: u64 = profile
-        .wakers
-        .iter()
-        .filter(|row| row.waiting_site == "i" && row.waker_site == "main")
-        .map(|row| row.wakes)
-        .sum();
+    let woken = tracer_tests::wakes_between(profile, |site| site == "i", |site| site == "main");
     // (At least: a waiter that then waits a millisecond for the mutex main still holds
     // is woken by main too.)
     assert!(
         woken as usize >= WAITERS,
         "each waiter's wait has main's broadcast for its waker: {woken} of {WAITERS}; \
          wakers {:?}; counts {:?}",
-        profile
-            .wakers
-            .iter()
-            .map(|row| (&row.waiting_site, &row.waker_site, row.wakes))
-            .collect::<Vec<_>>(),
+        tracer_tests::waker_rows(profile),
         profile.counts
     );
     // They had all waited since before "ready", and were released DRAIN_SECONDS after it.

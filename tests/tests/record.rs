@@ -9,7 +9,7 @@ use tracer_tests::{
     C_WAKE_PATHS_SOURCE, Pileup, ProfileKind, ProfileStack, RaisedSysctl, TempDir, WaitKind,
     assert_svg, build_c, build_c_pileup, has_function, live_thread_ids, record_profile,
     start_c_pileup, start_futex_ping_pong, start_rust_pileup, start_workload, top_stacks, total_ns,
-    total_waits,
+    total_waits, waker_rows, wakes_between,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -262,22 +262,13 @@ fn wakes_queued_to_another_cpu_keep_their_stacks_and_wakers() {
     let at_hit =
         |s: &ProfileStack| s.kind == WaitKind::Futex && !s.in_progress && has_function(s, "hit");
     let waits = total_waits(profile, at_hit);
-    let woken: u64 = profile
-        .wakers
-        .iter()
-        .filter(|row| row.waiting_site.contains("hit") && row.waker_site.contains("hit"))
-        .map(|row| row.wakes)
-        .sum();
+    let woken = wakes_between(profile, |site| site.contains("hit"), |site| site.contains("hit"));
     println!("{waits} waits at hit, {woken} woken by hit; {counts:?}");
     // About 600 long waits in 3 s; without the queued-wake probe none would have a waker.
     assert!(
         waits >= 300 && woken * 10 >= waits * 9,
         "{waits} waits at hit, {woken} with their waker; wakers {:?}; stacks:\n{}",
-        profile
-            .wakers
-            .iter()
-            .map(|row| (&row.waiting_site, &row.waker_site, row.wakes))
-            .collect::<Vec<_>>(),
+        waker_rows(profile),
         top_stacks(profile, |s| s.kind == WaitKind::Futex, 5)
     );
     assert_eq!(counts.stack_unreadable, 0, "{counts:?}");
@@ -402,22 +393,14 @@ fn record_wake_paths(extra: &[String], options: &[&str]) -> Vec<u32> {
         let signalled = total_waits(profile, |s| {
             s.kind == WaitKind::Futex && has_function(s, "signalled_wait") && !s.in_progress
         });
-        let woken: u64 = profile
-            .wakers
-            .iter()
-            .filter(|row| row.waiting_site == "signalled_wait" && row.waker_site == "signaller")
-            .map(|row| row.wakes)
-            .sum();
+        let woken =
+            wakes_between(profile, |site| site == "signalled_wait", |site| site == "signaller");
         println!("signalled_wait: {signalled} waits ended, {woken} with the signaller's wake");
         assert!(
             signalled >= 10 && woken + 1 >= signalled,
             "signalled_wait: {woken} of {signalled} waits have the signaller for their waker \
              (threads {tids:?}); wakers {:?}",
-            profile
-                .wakers
-                .iter()
-                .map(|row| (&row.waiting_site, &row.waker_site, row.wakes))
-                .collect::<Vec<_>>()
+            waker_rows(profile)
         );
     }
     // The echo loop's waits are mostly short: some of its thread's first sleep copies are
