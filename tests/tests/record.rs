@@ -234,22 +234,9 @@ fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
 /// and their waker, as on one CPU.
 #[test]
 fn wakes_queued_to_another_cpu_keep_their_stacks_and_wakers() {
-    // SAFETY: sysconf has no preconditions.
-    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    assert!(cpus >= 2, "this test needs two CPUs, the machine has {cpus}");
     // 200 handoffs a second: each wait about 5 ms, over the 1 ms threshold.
     let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &["--rate", "200"]);
-    let tids = live_thread_ids(workload.pid());
-    assert_eq!(tids.len(), 2, "the ping-pong's threads: {tids:?}");
-    for (cpu, &tid) in tids.iter().enumerate() {
-        // SAFETY: a zeroed cpu_set_t with one CPU set, passed with its size.
-        let pinned = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(tid as libc::pid_t, std::mem::size_of_val(&set), &set)
-        };
-        assert_eq!(pinned, 0, "pin thread {tid} to CPU {cpu}: {}", std::io::Error::last_os_error());
-    }
+    pin_threads_to_their_own_cpus(workload.pid());
     let dir = TempDir::new("ping-pong-across-cpus");
     let traced = record_profile(
         workload.pid(),
@@ -272,6 +259,53 @@ fn wakes_queued_to_another_cpu_keep_their_stacks_and_wakers() {
         top_stacks(profile, |s| s.kind == WaitKind::Futex, 5)
     );
     assert_eq!(counts.stack_unreadable, 0, "{counts:?}");
+}
+
+/// Short waits woken across CPUs whose sleep kept a stack copy (timed waits): the queued
+/// wake ends them, and the span samples it is asked for are sent with the sleeper's
+/// registers, read from the waker's side, not dropped.
+#[test]
+fn short_waits_woken_across_cpus_send_their_span_samples() {
+    // Full speed: every wait short; timed, so every sleep keeps a copy.
+    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &["--timed"]);
+    let tids = pin_threads_to_their_own_cpus(workload.pid());
+    let dir = TempDir::new("timed-ping-pong-across-cpus");
+    let traced = record_profile(
+        workload.pid(),
+        &["--duration", "2s", "--mode", "exact"],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    let counts = &traced.profile.counts;
+    println!("threads {tids:?}: {counts:?}");
+    assert!(
+        counts.short_waits >= 1000 && counts.span_samples >= 1 && counts.span_samples_dropped == 0,
+        "short waits {}, span samples {} sent, {} dropped: {counts:?}",
+        counts.short_waits,
+        counts.span_samples,
+        counts.span_samples_dropped
+    );
+}
+
+/// Pins each thread of `pid` (there must be two: the ping-pong's) to a CPU of its own, so
+/// that every wake of one by the other is queued to the wakee's idle CPU; returns their
+/// ids.
+fn pin_threads_to_their_own_cpus(pid: u32) -> Vec<u32> {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    assert!(cpus >= 2, "this test needs two CPUs, the machine has {cpus}");
+    let tids = live_thread_ids(pid);
+    assert_eq!(tids.len(), 2, "the ping-pong's threads: {tids:?}");
+    for (cpu, &tid) in tids.iter().enumerate() {
+        // SAFETY: a zeroed cpu_set_t with one CPU set, passed with its size.
+        let pinned = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid as libc::pid_t, std::mem::size_of_val(&set), &set)
+        };
+        assert_eq!(pinned, 0, "pin thread {tid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+    tids
 }
 
 /// The target lives this long: long enough for the tracer to load and attach its probes first,

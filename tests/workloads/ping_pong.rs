@@ -3,12 +3,14 @@
 //! and two threads bounce one byte over TCP loopback (socket waits).
 //!
 //! Usage: `ping-pong [futex|tcp] [--seconds S] [--rate R] [--pause-every N --pause-ms M]
-//! [--window]`; prints `<mode> <round trips per second>`.
+//! [--timed] [--window]`; prints `<mode> <round trips per second>`.
 //!
 //! - `--rate R`: at most R round trips per second (paced; each round trip is two waits),
 //!   for measuring a tracer's own cost at a known wait rate.
 //! - `--pause-every N --pause-ms M`: after every N round trips the pinger sleeps M ms, so
 //!   the ponger's run of short waits ends in a long one.
+//! - `--timed` (futex): each wait has a timeout (never reached): a timed wait is one the
+//!   tracer keeps a stack copy for at its sleep, as for waits woken from outside.
 //! - `--window` (for the bench): prints `ready` once both players run, then measures only
 //!   between SIGUSR1 and SIGUSR2 (see `window.rs`) and prints the rate of that window;
 //!   `--seconds` is then only the time after which the workload exits.
@@ -37,6 +39,7 @@ struct Settings {
     /// Round trips between two pauses, and how long each pause is.
     pauses: Option<(u64, Duration)>,
     window: bool,
+    timed: bool,
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
     let mut seconds = 3.0_f64;
     let mut rate: Option<f64> = None;
     let mut window = false;
+    let mut timed = false;
     let mut pause_every: Option<u64> = None;
     let mut pause_ms: Option<u64> = None;
     let mut args = std::env::args().skip(1);
@@ -66,6 +70,7 @@ fn main() {
                 None => usage(),
             },
             "--window" => window = true,
+            "--timed" => timed = true,
             "futex" | "tcp" => mode = arg,
             _ => usage(),
         }
@@ -80,6 +85,7 @@ fn main() {
             _ => usage(),
         },
         window,
+        timed,
     };
     if let Some(signals) = signals {
         let mode = mode.clone();
@@ -100,7 +106,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: ping-pong [futex|tcp] [--seconds S] [--rate R] \
-         [--pause-every N --pause-ms M] [--window]"
+         [--pause-every N --pause-ms M] [--timed] [--window]"
     );
     std::process::exit(2);
 }
@@ -151,7 +157,12 @@ fn ready(settings: &Settings) {
 struct Table {
     ball: Mutex<u64>,
     moved: Condvar,
+    /// Wait with a timeout (`--timed`).
+    timed: bool,
 }
+
+/// A timed wait's timeout: far beyond any handoff.
+const TIMED_WAIT_LIMIT: Duration = Duration::from_secs(10);
 
 const STOP: u64 = u64::MAX;
 
@@ -160,7 +171,12 @@ const STOP: u64 = u64::MAX;
 fn hit(table: &Table, parity: u64) -> bool {
     let mut ball = table.ball.lock().unwrap_or_else(|e| e.into_inner());
     while *ball != STOP && *ball % 2 != parity {
-        ball = table.moved.wait(ball).unwrap_or_else(|e| e.into_inner());
+        ball = if table.timed {
+            let waited = table.moved.wait_timeout(ball, TIMED_WAIT_LIMIT);
+            waited.unwrap_or_else(|e| e.into_inner()).0
+        } else {
+            table.moved.wait(ball).unwrap_or_else(|e| e.into_inner())
+        };
     }
     if *ball == STOP {
         return false;
@@ -171,7 +187,8 @@ fn hit(table: &Table, parity: u64) -> bool {
 }
 
 fn futex_ping_pong(settings: &Settings) -> u64 {
-    let table = Arc::new(Table { ball: Mutex::new(0), moved: Condvar::new() });
+    let table =
+        Arc::new(Table { ball: Mutex::new(0), moved: Condvar::new(), timed: settings.timed });
     let ponger = {
         let table = table.clone();
         thread::Builder::new()

@@ -861,7 +861,9 @@ fn end_short_wait(
 ) {
     add_short_wait(tid, kind, duration_ns);
     if span_sample {
-        send_span_sample(task, tid, kind, start_ns, duration_ns);
+        // SAFETY: a BTF task pointer; its user registers, saved when it entered the call.
+        let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
+        send_span_sample(task, regs, &sampled_wait(tid, kind, start_ns), duration_ns);
     }
 }
 
@@ -990,24 +992,34 @@ unsafe fn fill_wait_record(
     }
 }
 
-/// Sends the sleep copy of thread `tid`'s wait of `kind` begun at `start_ns`, which ended
-/// short, as a span sample (`WAIT_SPAN_SAMPLE`): userspace walks it to learn how much of
-/// the thread's stack later copies need. Only some of a thread's whole copies are sent
-/// (`is_span_sample`).
+/// The wait a span sample stands for: thread `tid`'s of `kind`, begun at `start_ns`.
+#[inline(always)]
+fn sampled_wait(tid: u32, kind: u32, start_ns: u64) -> InFlightWait {
+    InFlightWait { start_ns, object: 0, switches: 0, kind, tid, flags: 0, _pad: 0 }
+}
+
+/// Sends the sleep copy of `wait` (its thread, kind and start; `task`, asleep, whose
+/// saved user registers are `regs`), which ended short, as a span sample
+/// (`WAIT_SPAN_SAMPLE`): userspace walks it to learn how much of the thread's stack later
+/// copies need. Only some of a thread's whole copies are sent (`is_span_sample`).
 #[inline(never)]
-fn send_span_sample(task: *mut task_struct, tid: u32, kind: u32, start_ns: u64, duration_ns: u64) {
+fn send_span_sample(
+    task: *mut task_struct,
+    regs: *const pt_regs,
+    wait: &InFlightWait,
+    duration_ns: u64,
+) {
     let Some(mut entry) = WAITS.reserve::<WaitRecord>(0) else {
         count(Counter::SpanSamplesDropped);
         return;
     };
-    let wait = InFlightWait { start_ns, object: 0, switches: 0, kind, tid, flags: 0, _pad: 0 };
     let record = entry.as_mut_ptr();
-    // SAFETY: a reserved slot of WaitRecord size; `task` is a BTF task pointer (the
-    // caller's tracepoint argument).
+    // SAFETY: a reserved slot of WaitRecord size; `regs` are `task`'s (a BTF pointer or a
+    // copy on the caller's stack), as the caller promises; `task` is only read through a
+    // helper (its name).
     let (len, _) = unsafe {
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
         let flags = WAIT_SPAN_SAMPLE;
-        fill_wait_record(record, task, regs, &wait, duration_ns, flags, StackSource::SleepCopy)
+        fill_wait_record(record, task, regs, wait, duration_ns, flags, StackSource::SleepCopy)
     };
     // The copy is gone (its slot taken by another thread): nothing to walk.
     if len == 0 {
@@ -1235,12 +1247,17 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let word = wait_word(tid).ok_or(0)?;
     // SAFETY: as in `try_wakeup`: the wakee runs only after this wake's second half.
     let seen = unsafe { *word };
-    // A span sample reads the sleeper's registers from a pointer the verifier types: this
-    // wait's is dropped (counted), a later one's sent.
-    let end_short = |kind, _, elapsed_ns, span_sample| {
+    // A span sample's registers are the sleeper's, read as below.
+    let end_short = |kind, start_ns, elapsed_ns, span_sample| {
         add_short_wait(tid, kind, elapsed_ns);
         if span_sample {
-            count(Counter::SpanSamplesDropped);
+            match queued_wakee_regs(wakee) {
+                Ok(regs) => {
+                    let wait = sampled_wait(tid, kind, start_ns);
+                    send_span_sample(wakee as *mut task_struct, &regs, &wait, elapsed_ns);
+                }
+                Err(_) => count(Counter::SpanSamplesDropped),
+            }
         }
     };
     let mut clock = LazyClock(0);
@@ -1254,17 +1271,7 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some((waker, waker_tid)) = waker_of(tid) else {
         return Ok(());
     };
-    // The wakee's saved registers, at the same place below every task's kernel stack:
-    // found from the waker's, whose pointer the verifier types.
-    // SAFETY: `waker` is a BTF task pointer; the reads fault safely.
-    let regs: pt_regs = unsafe {
-        let waker_regs = bpf_task_pt_regs(waker) as u64;
-        let waker_stack = task_field_u64(waker, TASK_STACK_OFFSET.load());
-        let wakee_stack: u64 =
-            bpf_probe_read_kernel(wakee.wrapping_add(TASK_STACK_OFFSET.load()) as *const u64)?;
-        let at = waker_regs.wrapping_sub(waker_stack).wrapping_add(wakee_stack);
-        bpf_probe_read_kernel(at as *const pt_regs)?
-    };
+    let regs = queued_wakee_regs(wakee)?;
     let Some(kind) = kind else {
         // A wait in task storage, which only a task pointer the verifier types reaches: it
         // ends at its switch in, with this copy of its stack where its memory cannot be
@@ -1299,6 +1306,24 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
     send_long_wait(wakee as *mut task_struct, &regs, &wait, elapsed_ns, StackSource::Memory);
     send_waker(waker, waker_tid, &wait);
     Ok(())
+}
+
+/// The saved user registers of `wakee` (the task of a queued wake, an address the
+/// verifier does not type), read from the current task's: they sit at the same place below
+/// every task's kernel stack.
+#[inline(always)]
+fn queued_wakee_regs(wakee: u64) -> Result<pt_regs, i32> {
+    // SAFETY: the helper returns the current task as a BTF pointer; the other reads fault
+    // safely.
+    unsafe {
+        let current = bpf_get_current_task_btf();
+        let current_regs = bpf_task_pt_regs(current) as u64;
+        let current_stack = task_field_u64(current, TASK_STACK_OFFSET.load());
+        let wakee_stack: u64 =
+            bpf_probe_read_kernel(wakee.wrapping_add(TASK_STACK_OFFSET.load()) as *const u64)?;
+        let at = current_regs.wrapping_sub(current_stack).wrapping_add(wakee_stack);
+        bpf_probe_read_kernel(at as *const pt_regs)
+    }
 }
 
 /// The `start_ns` of a SLEEP_STACKS copy that a queued wake took of a wait in task
