@@ -714,9 +714,9 @@ pub enum Counter {
     /// Short waits' sleep copies sent for userspace to size the thread's later copies
     /// (`WAIT_SPAN_SAMPLE`).
     SpanSamples = 11,
-    /// Span samples not sent: the ring buffer was full, or the copy was gone by the
-    /// wait's end (only the copy's size is at stake: the thread copies its whole stack
-    /// until a later sample).
+    /// Span samples not sent: the ring buffer was full, the copy was gone by the wait's
+    /// end, or a wake queued to the sleeper's CPU could not read its registers (only the
+    /// copy's size is at stake: the thread copies its whole stack until a later sample).
     SpanSamplesDropped = 12,
     /// Sleep copies taken whole: no span known for their thread at their registers.
     SleepCopiesWhole = 13,
