@@ -6,8 +6,8 @@ use std::time::Duration;
 use std::process::Command;
 
 use tracer_tests::{
-    C_WAKE_PATHS_SOURCE, Pileup, ProfileKind, ProfileStack, RaisedSysctl, TempDir, WaitKind,
-    assert_svg, build_c, build_c_pileup, has_function, live_thread_ids, record_profile,
+    C_WAKE_PATHS_SOURCE, Pileup, ProfileKind, ProfileStack, RaisedSysctl, TempDir, Traced,
+    WaitKind, assert_svg, build_c, build_c_pileup, has_function, live_thread_ids, record_profile,
     start_c_pileup, start_futex_ping_pong, start_rust_pileup, start_workload, top_stacks, total_ns,
     total_waits, waker_rows, wakes_between,
 };
@@ -235,15 +235,7 @@ fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
 #[test]
 fn wakes_queued_to_another_cpu_keep_their_stacks_and_wakers() {
     // 200 handoffs a second: each wait about 5 ms, over the 1 ms threshold.
-    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &["--rate", "200"]);
-    pin_threads_to_their_own_cpus(workload.pid());
-    let dir = TempDir::new("ping-pong-across-cpus");
-    let traced = record_profile(
-        workload.pid(),
-        &["--duration", "3s", "--mode", "exact"],
-        &dir,
-        RECORD_TIMEOUT,
-    );
+    let (traced, _) = record_ping_pong_across_cpus(&["--rate", "200"], "3s");
     let profile = &traced.profile;
     let counts = &profile.counts;
     let at_hit =
@@ -267,15 +259,7 @@ fn wakes_queued_to_another_cpu_keep_their_stacks_and_wakers() {
 #[test]
 fn short_waits_woken_across_cpus_send_their_span_samples() {
     // Full speed: every wait short; timed, so every sleep keeps a copy.
-    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &["--timed"]);
-    let tids = pin_threads_to_their_own_cpus(workload.pid());
-    let dir = TempDir::new("timed-ping-pong-across-cpus");
-    let traced = record_profile(
-        workload.pid(),
-        &["--duration", "2s", "--mode", "exact"],
-        &dir,
-        RECORD_TIMEOUT,
-    );
+    let (traced, tids) = record_ping_pong_across_cpus(&["--timed"], "2s");
     let counts = &traced.profile.counts;
     println!("threads {tids:?}: {counts:?}");
     assert!(
@@ -287,9 +271,19 @@ fn short_waits_woken_across_cpus_send_their_span_samples() {
     );
 }
 
-/// Pins each thread of `pid` (there must be two: the ping-pong's) to a CPU of its own, so
-/// that every wake of one by the other is queued to the wakee's idle CPU; returns their
-/// ids.
+/// Records the futex ping-pong, started with `args`, for `duration` in exact mode, with its
+/// two threads pinned to CPUs of their own, so that every wake of one by the other is
+/// queued to the wakee's idle CPU; returns the recording and the threads' ids.
+fn record_ping_pong_across_cpus(args: &[&str], duration: &str) -> (Traced, Vec<u32>) {
+    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, args);
+    let tids = pin_threads_to_their_own_cpus(workload.pid());
+    let dir = TempDir::new("ping-pong-across-cpus");
+    let args = ["--duration", duration, "--mode", "exact"];
+    (record_profile(workload.pid(), &args, &dir, RECORD_TIMEOUT), tids)
+}
+
+/// Pins each thread of `pid` (there must be two: the ping-pong's) to a CPU of its own;
+/// returns their ids.
 fn pin_threads_to_their_own_cpus(pid: u32) -> Vec<u32> {
     // SAFETY: sysconf has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };

@@ -863,7 +863,7 @@ fn end_short_wait(
     if span_sample {
         // SAFETY: a BTF task pointer; its user registers, saved when it entered the call.
         let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
-        send_span_sample(task, regs, &sampled_wait(tid, kind, start_ns), duration_ns);
+        send_span_sample(task, regs, &bare_wait(tid, kind, start_ns), duration_ns);
     }
 }
 
@@ -992,9 +992,10 @@ unsafe fn fill_wait_record(
     }
 }
 
-/// The wait a span sample stands for: thread `tid`'s of `kind`, begun at `start_ns`.
+/// Thread `tid`'s wait of `kind` begun at `start_ns`, without what only a reported wait
+/// carries (its object, its switch count): what a span sample or a waker's record names.
 #[inline(always)]
-fn sampled_wait(tid: u32, kind: u32, start_ns: u64) -> InFlightWait {
+fn bare_wait(tid: u32, kind: u32, start_ns: u64) -> InFlightWait {
     InFlightWait { start_ns, object: 0, switches: 0, kind, tid, flags: 0, _pad: 0 }
 }
 
@@ -1253,7 +1254,7 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
         if span_sample {
             match queued_wakee_regs(wakee) {
                 Ok(regs) => {
-                    let wait = sampled_wait(tid, kind, start_ns);
+                    let wait = bare_wait(tid, kind, start_ns);
                     send_span_sample(wakee as *mut task_struct, &regs, &wait, elapsed_ns);
                 }
                 Err(_) => count(Counter::SpanSamplesDropped),
@@ -1282,19 +1283,10 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
         let now = clock.now();
         if kept_start_ns != QUEUED_WAKE_COPY && !under_threshold(kept_start_ns, now) {
             let nr = regs.orig_rax as i64;
-            if let Ok(Some((kind, object))) =
+            if let Ok(Some((kind, _))) =
                 classify_syscall(nr, |n| Ok::<_, ()>(syscall_arg(&regs, n)))
             {
-                let wait = InFlightWait {
-                    start_ns: kept_start_ns,
-                    object,
-                    switches: 0,
-                    kind: kind as u32,
-                    tid,
-                    flags: 0,
-                    _pad: 0,
-                };
-                send_waker(waker, waker_tid, &wait);
+                send_waker(waker, waker_tid, &bare_wait(tid, kind as u32, kept_start_ns));
             }
         }
         return Ok(());
