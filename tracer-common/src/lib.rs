@@ -295,6 +295,18 @@ impl WaitSlot {
         if elapsed > WAIT_WORD_START_MASK / 2 { 0 } else { elapsed }
     }
 
+    /// The whole start (`CLOCK_MONOTONIC`) of a wait whose word holds `start`, rebuilt
+    /// from a clock reading `now_ns` within 2^50 ns of it, before or after: exactly the
+    /// start its sleep's probe took (and keyed its sleep copy by), even where `now_ns` is a
+    /// little before it and [`WaitSlot::elapsed_ns`] says 0.
+    #[inline(always)]
+    pub fn start_ns(start: u64, now_ns: u64) -> u64 {
+        let behind = now_ns.wrapping_sub(start) & WAIT_WORD_START_MASK;
+        // The 51-bit difference, signed: its top bit moved to bit 63 and shifted back.
+        let signed = ((behind << WAIT_WORD_START_SHIFT) as i64) >> WAIT_WORD_START_SHIFT;
+        now_ns.wrapping_sub(signed as u64)
+    }
+
     /// Whether `word` holds a wait in progress of a thread other than `tid`: `tid`'s wait
     /// must then be noted in task storage.
     #[inline(always)]
@@ -321,11 +333,13 @@ impl WaitSlot {
         match self {
             WaitSlot::Ended => WordVerdict::NoWait,
             WaitSlot::InProgress { start, kind, span_sample } => {
-                let elapsed_ns = WaitSlot::elapsed_ns(start, now_ns());
+                let now_ns = now_ns();
+                let start_ns = WaitSlot::start_ns(start, now_ns);
+                let elapsed_ns = WaitSlot::elapsed_ns(start, now_ns);
                 if elapsed_ns < min_wait_ns {
-                    WordVerdict::Short { kind, elapsed_ns, span_sample }
+                    WordVerdict::Short { kind, start_ns, elapsed_ns, span_sample }
                 } else {
-                    WordVerdict::Long { kind, elapsed_ns }
+                    WordVerdict::Long { kind, start_ns, elapsed_ns }
                 }
             }
             WaitSlot::Unknown => WordVerdict::AskTaskStorage,
@@ -338,12 +352,14 @@ impl WaitSlot {
 pub enum WordVerdict {
     /// The thread is in no wait.
     NoWait,
-    /// A wait of `kind` under the threshold so far: its wake (or, when its wake was not
-    /// seen, its switch in) ends it by the word alone; `span_sample`: its sleep copy is to
-    /// be sent all the same (see [`SleepStack::whole_copies`]).
-    Short { kind: u32, elapsed_ns: u64, span_sample: bool },
-    /// A wait of `kind` that has lasted the threshold: sent with its stack where it ends.
-    Long { kind: u32, elapsed_ns: u64 },
+    /// A wait of `kind`, begun at `start_ns` ([`WaitSlot::start_ns`]), under the threshold
+    /// so far: its wake (or, when its wake was not seen, its switch in) ends it by the
+    /// word alone; `span_sample`: its sleep copy is to be sent all the same (see
+    /// [`SleepStack::whole_copies`]).
+    Short { kind: u32, start_ns: u64, elapsed_ns: u64, span_sample: bool },
+    /// A wait of `kind`, begun at `start_ns`, that has lasted the threshold: sent with its
+    /// stack where it ends.
+    Long { kind: u32, start_ns: u64, elapsed_ns: u64 },
     /// A word that is another thread's: the wait, if any, is in task storage (IN_FLIGHT).
     AskTaskStorage,
 }
@@ -996,6 +1012,21 @@ mod tests {
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns - 300), 0);
         let days_13 = 13 * 86_400 * 1_000_000_000;
         assert_eq!(WaitSlot::elapsed_ns(start, start_ns + days_13), days_13);
+        // The whole start, from readings after it, at it and before it (where the time
+        // so far is 0 but the start is still the one the sleep keyed its copy by).
+        for now_ns in [start_ns + 1_000, start_ns, start_ns - 300, start_ns + days_13] {
+            assert_eq!(WaitSlot::start_ns(start, now_ns), start_ns, "now {now_ns}");
+        }
+        let verdict = WaitSlot::read(word, 7).judge(1_000_000, || start_ns - 300);
+        assert_eq!(
+            verdict,
+            WordVerdict::Short {
+                kind: WaitKind::Futex as u32,
+                start_ns,
+                elapsed_ns: 0,
+                span_sample: true
+            }
+        );
         // Every kind fits its bits.
         for kind in WaitKind::ALL {
             let word = WaitSlot::in_progress_word(7, kind as u32, start_ns, false);

@@ -90,7 +90,7 @@ impl Probes {
 
     /// A probe ends thread `i`'s wait: it must be the one the thread is truly in, not yet
     /// ended, with its true start.
-    fn ended(&mut self, i: usize, start: Option<u64>, duration: u64) {
+    fn ended(&mut self, i: usize, start: u64, duration: u64) {
         let now = self.now;
         let t = &mut self.threads[i];
         let Some((true_start, _, done)) = t.true_wait.as_mut() else {
@@ -98,9 +98,7 @@ impl Probes {
         };
         assert!(!*done, "thread {}: a wait ended twice", t.tid);
         assert_eq!(duration, now - *true_start, "thread {}", t.tid);
-        if let Some(start) = start {
-            assert_eq!(start, *true_start, "thread {}", t.tid);
-        }
+        assert_eq!(start, *true_start, "thread {}", t.tid);
         *done = true;
         if duration < MIN_WAIT_NS {
             self.ends.short.push((t.tid, duration));
@@ -115,13 +113,10 @@ impl Probes {
         let tid = self.threads[i].tid;
         match WaitSlot::verdict(self.word, tid, MIN_WAIT_NS, || now) {
             WordVerdict::NoWait => {}
-            WordVerdict::Short { elapsed_ns, .. } => {
+            WordVerdict::Short { start_ns, elapsed_ns, .. }
+            | WordVerdict::Long { start_ns, elapsed_ns, .. } => {
                 self.word = WaitSlot::ended_word(tid);
-                self.ended(i, None, elapsed_ns);
-            }
-            WordVerdict::Long { elapsed_ns, .. } => {
-                self.word = WaitSlot::ended_word(tid);
-                self.ended(i, Some(now - elapsed_ns), elapsed_ns);
+                self.ended(i, start_ns, elapsed_ns);
             }
             WordVerdict::AskTaskStorage => {
                 let t = &mut self.threads[i];
@@ -130,7 +125,7 @@ impl Probes {
                 {
                     let wait = *entry;
                     entry.start_ns = 0;
-                    self.ended(i, Some(wait.start_ns), now - wait.start_ns);
+                    self.ended(i, wait.start_ns, now - wait.start_ns);
                 }
             }
         }
@@ -158,9 +153,9 @@ impl Probes {
         let verdict = slot.judge(MIN_WAIT_NS, || now);
         match verdict {
             WordVerdict::NoWait => return,
-            WordVerdict::Short { elapsed_ns, .. } => {
+            WordVerdict::Short { start_ns, elapsed_ns, .. } => {
                 self.word = WaitSlot::ended_word(tid);
-                self.ended(i, None, elapsed_ns);
+                self.ended(i, start_ns, elapsed_ns);
                 return;
             }
             WordVerdict::Long { .. } | WordVerdict::AskTaskStorage => {}
@@ -169,9 +164,9 @@ impl Probes {
         if t.on_cpu || !by_a_target_thread {
             return;
         }
-        if let WordVerdict::Long { elapsed_ns, .. } = verdict {
+        if let WordVerdict::Long { start_ns, elapsed_ns, .. } = verdict {
             self.word = WaitSlot::ended_word(tid);
-            self.ended(i, Some(now - elapsed_ns), elapsed_ns);
+            self.ended(i, start_ns, elapsed_ns);
             return;
         }
         if queued {
@@ -186,7 +181,7 @@ impl Probes {
         }
         let wait = *entry;
         entry.start_ns = 0;
-        self.ended(i, Some(wait.start_ns), now - wait.start_ns);
+        self.ended(i, wait.start_ns, now - wait.start_ns);
     }
 }
 

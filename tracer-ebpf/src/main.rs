@@ -619,8 +619,7 @@ fn end_unseen_wait(prev: *mut task_struct, tid: u32, word: *mut u64, clock: &mut
     };
     match WaitSlot::verdict(seen, tid, MIN_WAIT_NS.load(), || arrived) {
         // No span sample: the sleep copy's registers are gone with the wait.
-        WordVerdict::Short { kind, elapsed_ns, .. } => {
-            let start_ns = arrived.wrapping_sub(elapsed_ns);
+        WordVerdict::Short { kind, start_ns, elapsed_ns, .. } => {
             end_short_wait(prev, tid, kind, start_ns, elapsed_ns, false);
         }
         _ => count(Counter::WaitsDiscarded),
@@ -803,19 +802,17 @@ fn end_at_switch_in(next: *mut task_struct, prev_shares_memory: bool, clock: &mu
     // rewrite the word meanwhile, and that wake is over.
     match WaitSlot::verdict(unsafe { *word }, tid, MIN_WAIT_NS.load(), || clock.woken_at(next)) {
         WordVerdict::NoWait => return,
-        WordVerdict::Short { kind, elapsed_ns, span_sample } => {
+        WordVerdict::Short { kind, start_ns, elapsed_ns, span_sample } => {
             // SAFETY: as above.
             unsafe { *word = WaitSlot::ended_word(tid) };
-            let start_ns = clock.woken_at(next).wrapping_sub(elapsed_ns);
             end_short_wait(next, tid, kind, start_ns, elapsed_ns, span_sample);
             return;
         }
-        WordVerdict::Long { kind, elapsed_ns } => {
+        WordVerdict::Long { kind, start_ns, .. } => {
             // SAFETY: as above.
             unsafe { *word = WaitSlot::ended_word(tid) };
-            let end_ns = clock.woken_at(next);
-            let wait = wait_from_word(next, tid, kind, end_ns.wrapping_sub(elapsed_ns));
-            end_wait(next, &wait, end_ns, stack_source(prev_shares_memory));
+            let wait = wait_from_word(next, tid, kind, start_ns);
+            end_wait(next, &wait, clock.woken_at(next), stack_source(prev_shares_memory));
             return;
         }
         WordVerdict::AskTaskStorage => {}
@@ -1150,7 +1147,7 @@ fn try_wakeup(wakee: *mut task_struct, mut clock: impl Clock) -> Result<(), i32>
     let end_short = |kind, start_ns, elapsed_ns, span_sample| {
         end_short_wait(wakee, tid, kind, start_ns, elapsed_ns, span_sample)
     };
-    let Some((kind, elapsed_ns)) = judge_wake(tid, word, seen, &mut clock, end_short)? else {
+    let Some((kind, start_ns, _)) = judge_wake(tid, word, seen, &mut clock, end_short)? else {
         return Ok(());
     };
     // A wakee still on a CPU has not finished going to sleep (or is woken before it
@@ -1167,7 +1164,7 @@ fn try_wakeup(wakee: *mut task_struct, mut clock: impl Clock) -> Result<(), i32>
         Some(kind) => {
             // SAFETY: as above.
             unsafe { *word = WaitSlot::ended_word(tid) };
-            wait_from_word(wakee, tid, kind, now.wrapping_sub(elapsed_ns))
+            wait_from_word(wakee, tid, kind, start_ns)
         }
         None => {
             // SAFETY: a BTF task pointer from the tracepoint.
@@ -1262,7 +1259,8 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
     };
     let mut clock = LazyClock(0);
-    let Some((kind, elapsed_ns)) = judge_wake(tid, word, seen, &mut clock, end_short)? else {
+    let Some((kind, start_ns, elapsed_ns)) = judge_wake(tid, word, seen, &mut clock, end_short)?
+    else {
         return Ok(());
     };
     // SAFETY: as above.
@@ -1291,10 +1289,9 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
         return Ok(());
     };
-    let now = clock.now();
     // SAFETY: as above.
     unsafe { *word = WaitSlot::ended_word(tid) };
-    let wait = wait_from_regs(&regs, tid, kind, now.wrapping_sub(elapsed_ns));
+    let wait = wait_from_regs(&regs, tid, kind, start_ns);
     send_long_wait(wakee as *mut task_struct, &regs, &wait, elapsed_ns, StackSource::Memory);
     send_waker(waker, waker_tid, &wait);
     Ok(())
@@ -1352,9 +1349,9 @@ fn queued_wake_took(tid: u32) -> bool {
 /// What a wake of thread `tid` makes of the wait its `word` holds (`seen`): a short futex
 /// wait ends here, by the word alone, whoever the waker (`end_short` takes its kind, start,
 /// length and whether it is a span sample; the switch in then finds it ended). Some when
-/// the wait may be long and its waker is to be looked at: its kind and time so far when it
-/// is in the word, None for both when it may be in task storage. `clock` is read only for
-/// a wait in progress: a wake of a thread in no watched wait reads none.
+/// the wait may be long and its waker is to be looked at: its kind, start and time so far
+/// when it is in the word, None (and zeros) when it may be in task storage. `clock` is read
+/// only for a wait in progress: a wake of a thread in no watched wait reads none.
 #[inline(always)]
 fn judge_wake(
     tid: u32,
@@ -1362,7 +1359,7 @@ fn judge_wake(
     seen: u64,
     clock: &mut impl Clock,
     end_short: impl FnOnce(u32, u64, u64, bool),
-) -> Result<Option<(Option<u32>, u64)>, i32> {
+) -> Result<Option<(Option<u32>, u64, u64)>, i32> {
     // Only a futex wait has a waker to take. Any other wait ends at its switch in, which
     // times it without reading a clock and has the stack copy its sleep kept (see
     // `woken_from_outside`): a socket's wakes, from the network or a peer, read nothing.
@@ -1376,15 +1373,17 @@ fn judge_wake(
         return Ok(None);
     }
     match slot.judge(MIN_WAIT_NS.load(), || clock.now()) {
-        WordVerdict::Short { kind, elapsed_ns, span_sample } => {
+        WordVerdict::Short { kind, start_ns, elapsed_ns, span_sample } => {
             // SAFETY: a value of WAIT_STARTS, which the caller read.
             unsafe { *word = WaitSlot::ended_word(tid) };
-            end_short(kind, clock.now().wrapping_sub(elapsed_ns), elapsed_ns, span_sample);
+            end_short(kind, start_ns, elapsed_ns, span_sample);
             Ok(None)
         }
         WordVerdict::NoWait => Ok(None),
-        WordVerdict::Long { kind, elapsed_ns } => Ok(Some((Some(kind), elapsed_ns))),
-        WordVerdict::AskTaskStorage => Ok(Some((None, 0))),
+        WordVerdict::Long { kind, start_ns, elapsed_ns } => {
+            Ok(Some((Some(kind), start_ns, elapsed_ns)))
+        }
+        WordVerdict::AskTaskStorage => Ok(Some((None, 0, 0))),
     }
 }
 

@@ -100,8 +100,8 @@ impl LateCopies {
                 continue;
             }
             // The word keeps the start's low bits; the probes end the wait with the same
-            // full start, rebuilt alike from the clock.
-            let start_ns = now - elapsed;
+            // full start, rebuilt alike.
+            let start_ns = WaitSlot::start_ns(start, now);
             still.insert((tid, start_ns));
             if !self.looked_at.contains(&(tid, start_ns)) {
                 copies += u64::from(self.copy_if_missing(probes, tid, start, start_ns));
