@@ -123,7 +123,14 @@ enum Variant {
     /// Empty programs (tests' `empty-probes`) at the exact mode's tracepoints: the
     /// kernel's part of its cost, whatever the programs do.
     EmptyPrograms,
+    /// A process on the tool's CPU that wakes at the sampled mode's rate and does nothing
+    /// (tests' `idle-wakes`): the machine's part of that mode's cost, whatever its reads do.
+    IdleWakes,
 }
+
+/// The sampled mode's default rate (tracer/src/golang/sampler.rs, `DEFAULT_RATE_HZ`), at
+/// which the idle wakes wake.
+const SAMPLED_RATE_HZ: u32 = 49;
 
 /// Where the exact mode with wakers attaches (tracer/src/probes/mod.rs,
 /// `attach_wait_probes`), for the empty programs.
@@ -139,17 +146,19 @@ impl Variant {
             Variant::Offcputime => "offcputime -p",
             Variant::Bpftrace => "bpftrace histogram",
             Variant::EmptyPrograms => "empty programs at exact's tracepoints",
+            Variant::IdleWakes => "idle wakes at the sampled rate",
         }
     }
 }
 
-const ALL_VARIANTS: [Variant; 6] = [
+const ALL_VARIANTS: [Variant; 7] = [
     Variant::Alone,
     Variant::Tracer,
     Variant::TracerSampled,
     Variant::TracerNoWakers,
     Variant::Offcputime,
     Variant::Bpftrace,
+    Variant::IdleWakes,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -584,7 +593,8 @@ fn measure_probe_costs(
         .iter()
         .zip(runs)
         .map(|(&variant, runs)| {
-            if variant == Variant::Alone || runs.is_err() {
+            // Idle wakes run no program.
+            if matches!(variant, Variant::Alone | Variant::IdleWakes) || runs.is_err() {
                 return None;
             }
             if let Err(err) = &stats {
@@ -644,6 +654,10 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             "empty-probes",
             pinned(TOOL_CPU, &settings.release.join("empty-probes")).args(EXACT_MODE_TRACEPOINTS),
         )?,
+        Variant::IdleWakes => Proc::spawn(
+            "idle-wakes",
+            pinned(TOOL_CPU, &settings.release.join("idle-wakes")).arg(SAMPLED_RATE_HZ.to_string()),
+        )?,
         Variant::Alone => unreachable!("no tool runs alone"),
     };
     let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -656,6 +670,7 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             Variant::Bpftrace | Variant::EmptyPrograms => {
                 tool.stdout.iter().any(|l| l == "attached")
             }
+            Variant::IdleWakes => tool.stdout.iter().any(|l| l == "started"),
             // offcputime prints nothing until it ends: its attached program is a bpf_link fd.
             _ => has_bpf_link(tool.pid),
         };
@@ -699,6 +714,8 @@ fn stop_tool(
         "offcputime" => stdout.iter().any(|l| l.trim_start().starts_with('-')),
         // Its programs trace nothing by design: attached is all it can show.
         "empty-probes" => stdout.iter().any(|l| l == "attached"),
+        // Nor do idle wakes: that they woke is what they show.
+        "idle-wakes" => stdout.iter().any(|l| l.starts_with("woke ") && l != "woke 0 times"),
         _ => stdout.iter().any(|l| l.starts_with("seen: ")),
     };
     if !traced_something {
@@ -1015,13 +1032,15 @@ fn pileup_table(result: &PileupResult) -> String {
 type Results = BTreeMap<&'static str, Vec<(Variant, Result<Vec<Run>, String>)>>;
 
 /// How a budget came out. `Unresolved`: the measurement's own uncertainty straddles the
-/// budget, so this run can neither show it held nor that it broke.
+/// budget, so this run can neither show it held nor that it broke. `NoBudget`: a
+/// measurement shown beside a budget's, which has none of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Pass,
     Fail,
     Unresolved,
     Skip,
+    NoBudget,
 }
 
 impl Verdict {
@@ -1048,12 +1067,13 @@ fn budget_lines(
     let rates = |runs: &Vec<Run>| -> Vec<f64> { runs.iter().map(|r| r.throughput).collect() };
     let mut line = |verdict: Verdict, text: String| {
         let verdict = match verdict {
-            Verdict::Pass => "PASS",
-            Verdict::Fail => "FAIL",
-            Verdict::Unresolved => "UNRESOLVED",
-            Verdict::Skip => "SKIP",
+            Verdict::Pass => "PASS: ",
+            Verdict::Fail => "FAIL: ",
+            Verdict::Unresolved => "UNRESOLVED: ",
+            Verdict::Skip => "SKIP: ",
+            Verdict::NoBudget => "",
         };
-        let _ = writeln!(md, "- {verdict}: {text}");
+        let _ = writeln!(md, "- {verdict}{text}");
     };
     for workload in ["futex", "tcp"] {
         if !results.contains_key(workload) {
@@ -1108,34 +1128,41 @@ fn budget_lines(
             }
         }
         let sampled = runs_of(workload, Variant::TracerSampled).map(rates);
-        match (&alone, &sampled) {
-            (Some(alone), Some(sampled)) => {
-                let Some(ratio) = latency::median_ratio(alone, sampled) else { continue };
-                // As a loss: 1 − ratio, so the interval's ends swap.
-                let loss = RatioEstimate {
-                    ratio: 1.0 - ratio.ratio,
-                    low: if ratio.high.is_infinite() { 0.0 } else { 1.0 - ratio.high },
-                    high: if ratio.high.is_infinite() { f64::INFINITY } else { 1.0 - ratio.low },
-                };
-                line(
-                    at_most(&loss, SAMPLED_PING_PONG_MAX_LOSS),
-                    format!(
-                        "ping-pong {workload}: tracer --mode sampled loses {:.1}% of throughput \
-                         ({}), at most {:.0}% (issue 15){}",
-                        100.0 * loss.ratio,
-                        loss.interval_of(|v| format!("{:.1}%", 100.0 * v))
-                            .map_or("too few rounds for an interval".into(), |(low, high)| {
-                                format!("95% interval {low} to {high}")
-                            }),
-                        100.0 * SAMPLED_PING_PONG_MAX_LOSS,
-                        medians_verdict(Verdict::of(loss.ratio <= SAMPLED_PING_PONG_MAX_LOSS))
-                    ),
-                );
-            }
-            _ => line(
+        let Some(alone) = &alone else { continue };
+        let Some(sampled) = &sampled else {
+            line(
                 Verdict::Skip,
                 format!("ping-pong {workload}: tracer --mode sampled: a variant did not run"),
+            );
+            continue;
+        };
+        let Some(loss) = loss_against(alone, sampled) else { continue };
+        line(
+            at_most(&loss, SAMPLED_PING_PONG_MAX_LOSS),
+            format!(
+                "ping-pong {workload}: tracer --mode sampled loses {:.1}% of throughput ({}), \
+                 at most {:.0}% (issue 15){}",
+                100.0 * loss.ratio,
+                loss_interval_text(&loss),
+                100.0 * SAMPLED_PING_PONG_MAX_LOSS,
+                medians_verdict(Verdict::of(loss.ratio <= SAMPLED_PING_PONG_MAX_LOSS))
             ),
+        );
+        // The machine's part of that loss: no verdict, beside it.
+        let idle = runs_of(workload, Variant::IdleWakes).map(rates);
+        if let Some(idle) = idle.as_ref().and_then(|idle| loss_against(alone, idle)) {
+            line(
+                Verdict::NoBudget,
+                format!(
+                    "ping-pong {workload}: a process waking {SAMPLED_RATE_HZ} times a second on \
+                     the tool's CPU, doing nothing (no budget: what this machine charges for \
+                     waking its other CPU at the sampled mode's rate, whatever the reads do): \
+                     {:.1}% lost ({}); sampled {:.1}%",
+                    100.0 * idle.ratio,
+                    loss_interval_text(&idle),
+                    100.0 * loss.ratio,
+                ),
+            );
         }
     }
     for (verdict, text) in service.map(service::ServiceResult::budget_lines).unwrap_or_default() {
@@ -1205,6 +1232,24 @@ fn budget_lines(
 /// A budget on an estimate with an interval: PASS when the whole interval is within it,
 /// FAIL when the whole interval is beyond it, else UNRESOLVED. Without an interval (too few
 /// rounds) the estimate alone decides.
+/// What an arm that ran `rates` lost against `alone`'s, round by round: 1 − their ratio,
+/// whose interval's ends swap.
+fn loss_against(alone: &[f64], rates: &[f64]) -> Option<RatioEstimate> {
+    let ratio = latency::median_ratio(alone, rates)?;
+    Some(RatioEstimate {
+        ratio: 1.0 - ratio.ratio,
+        low: if ratio.high.is_infinite() { 0.0 } else { 1.0 - ratio.high },
+        high: if ratio.high.is_infinite() { f64::INFINITY } else { 1.0 - ratio.low },
+    })
+}
+
+fn loss_interval_text(loss: &RatioEstimate) -> String {
+    loss.interval_of(|v| format!("{:.1}%", 100.0 * v))
+        .map_or("too few rounds for an interval".into(), |(low, high)| {
+            format!("95% interval {low} to {high}")
+        })
+}
+
 fn at_most(estimate: &RatioEstimate, limit: f64) -> Verdict {
     if estimate.high.is_infinite() {
         Verdict::of(estimate.ratio <= limit)
@@ -1223,7 +1268,7 @@ fn medians_verdict(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Pass => "; by the medians: PASS",
         Verdict::Fail => "; by the medians: FAIL",
-        Verdict::Unresolved | Verdict::Skip => "",
+        Verdict::Unresolved | Verdict::Skip | Verdict::NoBudget => "",
     }
 }
 
@@ -1490,6 +1535,23 @@ mod tests {
         // Too few rounds for an interval: the estimate decides.
         assert_eq!(at_most(&RatioEstimate::new(0.15, 0.0, f64::INFINITY), 0.2), Verdict::Pass);
         assert_eq!(at_most(&RatioEstimate::new(0.25, 0.0, f64::INFINITY), 0.2), Verdict::Fail);
+    }
+
+    #[test]
+    fn a_loss_is_one_minus_the_ratio_with_its_interval_turned_round() {
+        let alone = [100.0, 102.0, 98.0, 101.0, 99.0];
+        let slower = [97.0, 99.0, 95.0, 98.0, 96.0];
+        let loss = loss_against(&alone, &slower).expect("rounds");
+        let ratio = latency::median_ratio(&alone, &slower).expect("rounds");
+        assert!((loss.ratio - (1.0 - ratio.ratio)).abs() < 1e-12, "{loss:?}");
+        assert!((loss.low - (1.0 - ratio.high)).abs() < 1e-12, "{loss:?} {ratio:?}");
+        assert!((loss.high - (1.0 - ratio.low)).abs() < 1e-12, "{loss:?} {ratio:?}");
+        assert!(loss.low <= loss.ratio && loss.ratio <= loss.high, "{loss:?}");
+        assert!(loss_interval_text(&loss).starts_with("95% interval "), "{loss:?}");
+        // Too few rounds: no interval to turn.
+        let loss = loss_against(&alone[..2], &slower[..2]).expect("rounds");
+        assert_eq!((loss.low, loss.high), (0.0, f64::INFINITY));
+        assert_eq!(loss_interval_text(&loss), "too few rounds for an interval");
     }
 
     #[test]
