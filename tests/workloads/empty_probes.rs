@@ -8,6 +8,11 @@
 
 use std::{ffi::CString, process::ExitCode};
 
+#[path = "stop_signals.rs"]
+mod stop_signals;
+
+use stop_signals::block_stop_signals;
+
 // include/uapi/linux/bpf.h
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
@@ -61,20 +66,6 @@ fn attach_empty(tracepoint: &str) -> Result<(), String> {
     open.set_u64(0, name.as_ptr() as u64).set_u32(8, program as u32);
     bpf(BPF_RAW_TRACEPOINT_OPEN, &mut open).map_err(|err| format!("attach: {err}"))?;
     Ok(())
-}
-
-/// SIGINT and SIGTERM, blocked on this thread (before anything else starts), so that
-/// `sigwait` takes them instead of their default action, ending the process unreported.
-fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: a signal set built by libc on this thread's stack.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
 }
 
 fn main() -> ExitCode {

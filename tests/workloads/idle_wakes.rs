@@ -8,20 +8,10 @@
 
 use std::{process::ExitCode, time::Duration};
 
-/// SIGINT and SIGTERM, blocked on this thread (before anything else starts), so that
-/// `sigtimedwait` takes them instead of their default action, ending the process
-/// unreported.
-fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: a signal set built by libc on this thread's stack.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
+#[path = "stop_signals.rs"]
+mod stop_signals;
+
+use stop_signals::block_stop_signals;
 
 fn main() -> ExitCode {
     let stop_signals = block_stop_signals();

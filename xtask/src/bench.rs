@@ -1128,8 +1128,7 @@ fn budget_lines(
             }
         }
         let sampled = runs_of(workload, Variant::TracerSampled).map(rates);
-        let Some(alone) = &alone else { continue };
-        let Some(sampled) = &sampled else {
+        let (Some(alone), Some(sampled)) = (&alone, &sampled) else {
             line(
                 Verdict::Skip,
                 format!("ping-pong {workload}: tracer --mode sampled: a variant did not run"),
@@ -1229,9 +1228,6 @@ fn budget_lines(
     md
 }
 
-/// A budget on an estimate with an interval: PASS when the whole interval is within it,
-/// FAIL when the whole interval is beyond it, else UNRESOLVED. Without an interval (too few
-/// rounds) the estimate alone decides.
 /// What an arm that ran `rates` lost against `alone`'s, round by round: 1 − their ratio,
 /// whose interval's ends swap.
 fn loss_against(alone: &[f64], rates: &[f64]) -> Option<RatioEstimate> {
@@ -1243,6 +1239,7 @@ fn loss_against(alone: &[f64], rates: &[f64]) -> Option<RatioEstimate> {
     })
 }
 
+/// A loss's interval, as the budget lines give it.
 fn loss_interval_text(loss: &RatioEstimate) -> String {
     loss.interval_of(|v| format!("{:.1}%", 100.0 * v))
         .map_or("too few rounds for an interval".into(), |(low, high)| {
@@ -1250,6 +1247,9 @@ fn loss_interval_text(loss: &RatioEstimate) -> String {
         })
 }
 
+/// A budget on an estimate with an interval: PASS when the whole interval is within it,
+/// FAIL when the whole interval is beyond it, else UNRESOLVED. Without an interval (too few
+/// rounds) the estimate alone decides.
 fn at_most(estimate: &RatioEstimate, limit: f64) -> Verdict {
     if estimate.high.is_infinite() {
         Verdict::of(estimate.ratio <= limit)
