@@ -1194,8 +1194,9 @@ fn try_wakeup(wakee: *mut task_struct, mut clock: impl Clock) -> Result<(), i32>
             wait
         }
     };
-    end_wait(wakee, &wait, now, StackSource::Memory);
+    // The waker first: userspace joins a record to the waker it has read before it.
     send_waker(waker, waker_tid, &wait);
+    end_wait(wakee, &wait, now, StackSource::Memory);
     Ok(())
 }
 
@@ -1292,8 +1293,9 @@ fn try_queued_wake(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // SAFETY: as above.
     unsafe { *word = WaitSlot::ended_word(tid) };
     let wait = wait_from_regs(&regs, tid, kind, start_ns);
-    send_long_wait(wakee as *mut task_struct, &regs, &wait, elapsed_ns, StackSource::Memory);
+    // The waker first, as in `try_wakeup`.
     send_waker(waker, waker_tid, &wait);
+    send_long_wait(wakee as *mut task_struct, &regs, &wait, elapsed_ns, StackSource::Memory);
     Ok(())
 }
 

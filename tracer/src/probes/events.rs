@@ -120,8 +120,10 @@ pub async fn readable(fd: &AsyncFd<OwnedFd>) {
     }
 }
 
-/// Wakes first: a waker's record is written before its wakee can even return, so
-/// reading them first lets each long wait find its waker.
+/// Wakes first, so that each long wait finds its waker: the probes send a waker before
+/// its wait's record, and each wait record is handed on only once the wakers sent before
+/// it are in (one may reach its buffer after the pass over the wakes, while the record
+/// read after that pass is already in its own).
 fn drain(
     wakes: &mut impl RecordSource,
     waits: &mut impl RecordSource,
@@ -130,7 +132,10 @@ fn drain(
 ) -> Drained {
     let limit = limit.unwrap_or(usize::MAX);
     let wakes_drained = drain_source(wakes, limit, |bytes| sink.add_wake(bytes));
-    let waits_drained = drain_source(waits, limit, |bytes| sink.add_record(bytes));
+    let waits_drained = drain_source(waits, limit, |bytes| {
+        drain_source(wakes, usize::MAX, |waker| sink.add_wake(waker));
+        sink.add_record(bytes)
+    });
     if wakes_drained == Drained::All && waits_drained == Drained::All {
         Drained::All
     } else {
@@ -431,12 +436,52 @@ mod tests {
         let (mut wakes, mut waits) = (queue(0..5), queue(10..13));
         let mut seen = Seen::default();
         assert_eq!(drain(&mut wakes, &mut waits, &mut seen, Some(3)), Drained::UpToTheLimit);
-        assert_eq!(seen.0, [('w', 0), ('w', 1), ('w', 2), ('r', 10), ('r', 11), ('r', 12)]);
-        assert_eq!((wakes.len(), waits.len()), (2, 0));
-        // The next pass takes the rest, and says the buffers are empty.
+        // The wakes over the limit still come before the first wait record: one of them
+        // may be its waker.
+        let expected = [('w', 0), ('w', 1), ('w', 2), ('w', 3), ('w', 4), ('r', 10)];
+        assert_eq!(seen.0[..6], expected);
+        assert_eq!(seen.0[6..], [('r', 11), ('r', 12)]);
+        assert_eq!((wakes.len(), waits.len()), (0, 0));
+        // The next pass finds the buffers empty, and says so.
         let mut seen = Seen::default();
         assert_eq!(drain(&mut wakes, &mut waits, &mut seen, Some(3)), Drained::All);
-        assert_eq!(seen.0, [('w', 3), ('w', 4)]);
+        assert!(seen.0.is_empty());
+    }
+
+    /// The wakes buffer, shared with a waits buffer that fills it as the probes do.
+    #[derive(Default, Clone)]
+    struct SharedWakes(std::rc::Rc<std::cell::RefCell<VecDeque<Vec<u8>>>>);
+
+    impl RecordSource for SharedWakes {
+        fn take_one(&mut self, add: &mut dyn FnMut(&[u8])) -> bool {
+            let record = self.0.borrow_mut().pop_front();
+            record.map(|record| add(&record)).is_some()
+        }
+    }
+
+    /// Wait records whose wakers the probes sent just before them, but which reach the
+    /// wakes buffer only as the record is read: after the pass over the wakes.
+    struct WaitsWithLateWakers {
+        waits: VecDeque<Vec<u8>>,
+        wakes: SharedWakes,
+    }
+
+    impl RecordSource for WaitsWithLateWakers {
+        fn take_one(&mut self, add: &mut dyn FnMut(&[u8])) -> bool {
+            let Some(record) = self.waits.pop_front() else { return false };
+            self.wakes.0.borrow_mut().push_back(vec![record[0] + 100]);
+            add(&record);
+            true
+        }
+    }
+
+    #[test]
+    fn a_waker_that_arrives_after_the_pass_over_the_wakes_still_comes_before_its_wait() {
+        let mut wakes = SharedWakes::default();
+        let mut waits = WaitsWithLateWakers { waits: queue(1..3), wakes: wakes.clone() };
+        let mut seen = Seen::default();
+        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, None), Drained::All);
+        assert_eq!(seen.0, [('w', 101), ('r', 1), ('w', 102), ('r', 2)]);
     }
 
     #[test]
