@@ -354,6 +354,13 @@ fn age_of_another_process_sleeping_is_a_tight_lower_bound() {
     let spawned_at = Instant::now();
     let child = ChildGuard(Command::new("sleep").arg("30").spawn().expect("spawn sleep"));
     let pid = child.0.id();
+    // The reader reads the mappings it finds stacks in when made: only once the child runs
+    // `sleep` (its name changes after its new address space is in place) are they its.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm").trim_end() != "sleep" {
+        assert!(Instant::now() < deadline, "pid {pid} never ran sleep");
+        thread::sleep(Duration::from_millis(1));
+    }
     let mut reader = ThreadReader::new(pid).expect("reader for the child");
     // Measure from the moment it is seen asleep, not from the spawn: exec and the loader
     // take an unknown time on a loaded machine.
