@@ -29,6 +29,7 @@ pub mod report;
 pub mod serve;
 pub mod stacks;
 pub mod threads;
+pub mod timer;
 pub mod top;
 
 pub use model::{Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats};

@@ -128,7 +128,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut rings = RingBuffers::take(&mut probes)?;
     // Without wakers, a long wait whose sleep kept no stack copy gets one from outside.
     let mut late_copier = no_wakers.then(|| LateCopies::start(pid, &probes, min_wait)).flatten();
-    let mut late_copy_poll = late_copies::poll_timer();
+    let mut late_copy_poll = late_copies::poll_timer().context("cannot make a timer")?;
     // The threads asleep since before the attach: their waits count from here, their
     // earlier part added when they end.
     let waits_begun_before = match adopt_waits_in_progress(pid, &mut probes) {
@@ -156,7 +156,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         match &mut late_copier {
             Some(late_copier) => tokio::select! {
                 drained = rings.drain_when_ready(&mut collector) => drained?,
-                _ = late_copy_poll.tick() => {
+                ticked = late_copy_poll.tick() => {
+                    ticked.context("waiting for the late copies' timer")?;
                     collector.decoder.late_copies += late_copier.poll(&mut probes);
                 }
             },

@@ -22,6 +22,7 @@ use tracer_common::{STACK_COPY_BYTES, WaitSlot};
 use crate::{
     probes::{Probes, wait_words::WaitWords},
     threads::{self, ThreadSyscall, blocked_now::monotonic_now_ns},
+    timer::Ticks,
 };
 
 /// How often the waits are looked over: a wait without a copy gets one once it has lasted
@@ -30,10 +31,8 @@ pub const POLL: Duration = Duration::from_millis(10);
 
 /// The timer an async loop polls the stage on (a late tick delays the next, it does not
 /// bunch them up).
-pub fn poll_timer() -> tokio::time::Interval {
-    let mut timer = tokio::time::interval(POLL);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    timer
+pub fn poll_timer() -> std::io::Result<Ticks> {
+    Ticks::every(POLL)
 }
 
 /// How often the target's thread list is read again (new threads wait unseen until then).

@@ -29,6 +29,7 @@ use crate::{
     report::{Format, Output, summary::render_summary},
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer},
     threads::blocked_now::SavedFramePointers,
+    timer::DeadlineTimer,
 };
 use target::Target;
 
@@ -126,8 +127,9 @@ pub async fn sample_until_stop(
 ) -> anyhow::Result<(Duration, bool)> {
     let started = std::time::Instant::now();
     let mut pace = pace::ReadPace::new(period);
+    let mut timer = DeadlineTimer::new().context("cannot make a timer")?;
     let stop = run_until_stop(target, duration, async || {
-        tokio::time::sleep_until(pace.next().into()).await;
+        timer.sleep_until(pace.next()).await?;
         match pace.read(&mut read) {
             Err(_) if target.has_exited() => Ok(()),
             other => other,
@@ -164,13 +166,17 @@ pub async fn sample_while(
     let deadline = tokio::time::sleep(duration);
     tokio::pin!(deadline);
     let mut pace = pace::ReadPace::new(period);
+    let mut timer = DeadlineTimer::new().context("cannot make a timer")?;
     loop {
         tokio::select! {
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
-            _ = tokio::time::sleep_until(pace.next().into()) => if !pace.read(&mut read) { break },
+            due = timer.sleep_until(pace.next()) => {
+                due?;
+                if !pace.read(&mut read) { break }
+            }
         }
     }
     Ok(started.elapsed())

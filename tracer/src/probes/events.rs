@@ -10,10 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    time::{Interval, MissedTickBehavior, interval},
-};
+use tokio::io::{Interest, unix::AsyncFd};
 use tracer_common::{
     STACK_COPY_BYTES, WAIT_BEGAN_BEFORE, WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WaitKind,
     WaitRecord, WakeRecord,
@@ -25,12 +22,19 @@ use crate::{
     probes::{Probes, stack_spans::StackSpans},
     stacks::{ProcessUnwinder, UnwoundAddresses, UserRegs},
     threads::waits_before::AgesAtStart,
+    timer::Ticks,
 };
 
 /// How often the buffers are drained when the probes have not woken us. The probes wake
 /// userspace only once a buffer is a quarter full: a wake-up per record would put the
 /// tracer on a CPU the traced service needs hundreds of times a second.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The drain interval doubles after each drain that found nothing, up to this: a target
+/// that does not wait long wakes the tracer's CPU 2.5 times a second, not 10 (each
+/// wake-up of an idle CPU costs the service on the next one; docs/overhead-log.md), and
+/// the first waits after a quiet spell are read within this.
+const QUIET_DRAIN_INTERVAL: Duration = Duration::from_millis(400);
 
 /// Records taken from each buffer in one pass while the probes run. A consumer slower than
 /// the probes (a busy target, a tracer short of CPU) would otherwise drain for ever and
@@ -42,20 +46,18 @@ const MAX_RECORDS_PER_PASS: usize = 4096;
 pub struct RingBuffers {
     waits: AsyncFd<RingBuf<MapData>>,
     wakes: AsyncFd<RingBuf<MapData>>,
-    drain_timer: Interval,
+    drain_ticks: Ticks,
 }
 
 impl RingBuffers {
     /// Takes both ring buffers out of the probes and registers them with the runtime.
     pub fn take(probes: &mut Probes) -> anyhow::Result<Self> {
-        let mut drain_timer = interval(DRAIN_INTERVAL);
-        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
             waits: poll_readable(probes.take_wait_records()?)
                 .context("cannot poll the probes' ring buffer")?,
             wakes: poll_readable(probes.take_wake_records()?)
                 .context("cannot poll the probes' ring buffer")?,
-            drain_timer,
+            drain_ticks: Ticks::every(DRAIN_INTERVAL).context("cannot make the drain timer")?,
         })
     }
 
@@ -63,26 +65,32 @@ impl RingBuffers {
     /// buffers into `sink` (wakes first). Cancel-safe: records stay in the buffers until
     /// drained.
     pub async fn drain_when_ready(&mut self, sink: &mut impl WaitSink) -> anyhow::Result<()> {
-        let Self { waits, wakes, drain_timer } = self;
+        let Self { waits, wakes, drain_ticks } = self;
         let limit = Some(MAX_RECORDS_PER_PASS);
         // A buffer left with records stays ready: the next pass comes at once.
-        tokio::select! {
+        let drained = tokio::select! {
             guard = waits.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                if drain(wakes.get_mut(), guard.get_inner_mut(), sink, limit) == Drained::All {
+                let drained = drain(wakes.get_mut(), guard.get_inner_mut(), sink, limit);
+                if drained.emptied {
                     guard.clear_ready();
                 }
+                drained
             }
             guard = wakes.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                if drain(guard.get_inner_mut(), waits.get_mut(), sink, limit) == Drained::All {
+                let drained = drain(guard.get_inner_mut(), waits.get_mut(), sink, limit);
+                if drained.emptied {
                     guard.clear_ready();
                 }
+                drained
             }
-            _ = drain_timer.tick() => {
-                drain(wakes.get_mut(), waits.get_mut(), sink, limit);
+            ticked = drain_ticks.tick() => {
+                ticked.context("waiting for the drain timer")?;
+                drain(wakes.get_mut(), waits.get_mut(), sink, limit)
             }
-        }
+        };
+        drain_ticks.set_period(next_drain_interval(drain_ticks.period(), drained.records));
         Ok(())
     }
 
@@ -99,11 +107,18 @@ impl RingBuffers {
     }
 }
 
-/// Whether a drain emptied both buffers or stopped at its limit.
+/// The drain interval after a drain that handed on `records`: back to the shortest when
+/// there were any, twice as long (up to `QUIET_DRAIN_INTERVAL`) when there were none.
+fn next_drain_interval(interval: Duration, records: usize) -> Duration {
+    if records > 0 { DRAIN_INTERVAL } else { (interval * 2).min(QUIET_DRAIN_INTERVAL) }
+}
+
+/// What a drain did: the records it handed on, and whether it emptied both buffers (or
+/// stopped at its limit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Drained {
-    All,
-    UpToTheLimit,
+struct Drained {
+    records: usize,
+    emptied: bool,
 }
 
 /// Registers an owned descriptor with the runtime, for readiness to read.
@@ -131,31 +146,33 @@ fn drain(
     limit: Option<usize>,
 ) -> Drained {
     let limit = limit.unwrap_or(usize::MAX);
+    let mut late_wakes = 0;
     let wakes_drained = drain_source(wakes, limit, |bytes| sink.add_wake(bytes));
     let waits_drained = drain_source(waits, limit, |bytes| {
-        drain_source(wakes, usize::MAX, |waker| sink.add_wake(waker));
+        late_wakes += drain_source(wakes, usize::MAX, |waker| sink.add_wake(waker)).records;
         sink.add_record(bytes)
     });
-    if wakes_drained == Drained::All && waits_drained == Drained::All {
-        Drained::All
-    } else {
-        Drained::UpToTheLimit
+    Drained {
+        records: wakes_drained.records + late_wakes + waits_drained.records,
+        emptied: wakes_drained.emptied && waits_drained.emptied,
     }
 }
 
-/// Hands at most `limit` records of `source` to `add`; `UpToTheLimit` when it took that many
-/// (more may be left).
+/// Hands at most `limit` records of `source` to `add`; not `emptied` when it took that
+/// many (more may be left).
 fn drain_source(
     source: &mut impl RecordSource,
     limit: usize,
     mut add: impl FnMut(&[u8]),
 ) -> Drained {
-    for _ in 0..limit {
+    let mut records = 0;
+    while records < limit {
         if !source.take_one(&mut add) {
-            return Drained::All;
+            return Drained { records, emptied: true };
         }
+        records += 1;
     }
-    Drained::UpToTheLimit
+    Drained { records, emptied: false }
 }
 
 /// A buffer of records read one at a time: the probes' ring buffers (a unit test's queue).
@@ -435,7 +452,9 @@ mod tests {
     fn a_pass_takes_at_most_its_limit_from_each_buffer_wakes_first() {
         let (mut wakes, mut waits) = (queue(0..5), queue(10..13));
         let mut seen = Seen::default();
-        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, Some(3)), Drained::UpToTheLimit);
+        // 3 wakes, the 2 over the limit with the first record, and 3 records.
+        let drained = drain(&mut wakes, &mut waits, &mut seen, Some(3));
+        assert_eq!(drained, Drained { records: 8, emptied: false });
         // The wakes over the limit still come before the first wait record: one of them
         // may be its waker.
         let expected = [('w', 0), ('w', 1), ('w', 2), ('w', 3), ('w', 4), ('r', 10)];
@@ -444,7 +463,8 @@ mod tests {
         assert_eq!((wakes.len(), waits.len()), (0, 0));
         // The next pass finds the buffers empty, and says so.
         let mut seen = Seen::default();
-        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, Some(3)), Drained::All);
+        let drained = drain(&mut wakes, &mut waits, &mut seen, Some(3));
+        assert_eq!(drained, Drained { records: 0, emptied: true });
         assert!(seen.0.is_empty());
     }
 
@@ -480,26 +500,39 @@ mod tests {
         let mut wakes = SharedWakes::default();
         let mut waits = WaitsWithLateWakers { waits: queue(1..3), wakes: wakes.clone() };
         let mut seen = Seen::default();
-        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, None), Drained::All);
+        let drained = drain(&mut wakes, &mut waits, &mut seen, None);
+        assert_eq!(drained, Drained { records: 4, emptied: true });
         assert_eq!(seen.0, [('w', 101), ('r', 1), ('w', 102), ('r', 2)]);
     }
 
     #[test]
     fn a_pass_that_fills_its_limit_says_so_even_if_nothing_is_left() {
         let (mut wakes, mut waits) = (queue(0..0), queue(0..4));
-        assert_eq!(
-            drain(&mut wakes, &mut waits, &mut Seen::default(), Some(4)),
-            Drained::UpToTheLimit
-        );
-        assert_eq!(drain(&mut wakes, &mut waits, &mut Seen::default(), Some(4)), Drained::All);
+        let drained = drain(&mut wakes, &mut waits, &mut Seen::default(), Some(4));
+        assert_eq!(drained, Drained { records: 4, emptied: false });
+        let drained = drain(&mut wakes, &mut waits, &mut Seen::default(), Some(4));
+        assert_eq!(drained, Drained { records: 0, emptied: true });
     }
 
     #[test]
     fn an_unbounded_drain_empties_both_buffers() {
         let (mut wakes, mut waits) = (queue(0..200), queue(0..255));
         let mut seen = Seen::default();
-        assert_eq!(drain(&mut wakes, &mut waits, &mut seen, None), Drained::All);
+        let drained = drain(&mut wakes, &mut waits, &mut seen, None);
+        assert_eq!(drained, Drained { records: 455, emptied: true });
         assert_eq!(seen.0.len(), 455);
         assert!(wakes.is_empty() && waits.is_empty());
+    }
+
+    #[test]
+    fn the_drain_interval_stretches_while_nothing_comes_and_snaps_back_when_records_do() {
+        let mut interval = DRAIN_INTERVAL;
+        let mut quiet = vec![];
+        for _ in 0..4 {
+            interval = next_drain_interval(interval, 0);
+            quiet.push(interval.as_millis());
+        }
+        assert_eq!(quiet, [200, 400, 400, 400]);
+        assert_eq!(next_drain_interval(interval, 1), DRAIN_INTERVAL);
     }
 }

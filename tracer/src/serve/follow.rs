@@ -118,12 +118,14 @@ pub async fn run(
         match source {
             WaitSource::Probes(mut rings, mut late_copier) => {
                 let mut sink = LockedCollector(&shared.collector);
-                let mut late_copy_poll = late_copies::poll_timer();
+                let mut late_copy_poll =
+                    late_copies::poll_timer().context("cannot make a timer")?;
                 loop {
                     tokio::select! {
                         _ = readable(&exited) => break,
                         drained = rings.drain_when_ready(&mut sink) => drained?,
-                        _ = late_copy_poll.tick(), if late_copier.is_some() => {
+                        ticked = late_copy_poll.tick(), if late_copier.is_some() => {
+                            ticked.context("waiting for the late copies' timer")?;
                             if let Some(late_copier) = &mut late_copier {
                                 poll_late_copies(shared, late_copier);
                             }
