@@ -121,7 +121,7 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
         "the header names the process:\n{screen}"
     );
     // The rate asked, or the one the reads came at when a busy machine made them late.
-    assert!(screen.contains("sampled at 19 Hz") || screen.contains("(19 asked: "), "{screen}");
+    assert!(screen.contains("sampled at 49 Hz") || screen.contains("(49 asked: "), "{screen}");
     assert!(screen.contains("% CPU"), "the tracer's own cost:\n{screen}");
     let row = first_row(&screen);
     assert!(row.contains("futex"), "{row}");

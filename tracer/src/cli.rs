@@ -42,7 +42,7 @@ pub struct TopArgs {
     #[command(flatten)]
     pub processes: ProcessSelection,
 
-    /// Reads per second (default 19).
+    /// Reads per second (default 49).
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: Option<u32>,
 
@@ -136,7 +136,7 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "sampled")]
     pub mode: Mode,
 
-    /// Reads per second in sampled mode (default 19: every wait of 53 ms or more is seen).
+    /// Reads per second in sampled mode (default 49: every wait of 21 ms or more is seen).
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: Option<u32>,
 
@@ -286,7 +286,7 @@ pub struct RecordArgs {
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
 
-    /// Reads per second in sampled mode (default 19: every wait of 53 ms or more is seen).
+    /// Reads per second in sampled mode (default 49: every wait of 21 ms or more is seen).
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: Option<u32>,
 

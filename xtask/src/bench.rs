@@ -130,7 +130,7 @@ enum Variant {
 
 /// The sampled mode's default rate (tracer/src/golang/sampler.rs, `DEFAULT_RATE_HZ`), at
 /// which the idle wakes wake.
-const SAMPLED_RATE_HZ: u32 = 19;
+const SAMPLED_RATE_HZ: u32 = 49;
 
 /// Where the exact mode with wakers attaches (tracer/src/probes/mod.rs,
 /// `attach_wait_probes`), for the empty programs.

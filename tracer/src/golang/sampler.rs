@@ -16,12 +16,9 @@ use super::{
 };
 use crate::{objects::WaitObjects, pipeline::target::Target, stacks::ProcessImage};
 
-/// The rate when none is asked for: 19 reads a second (off the beat of timers that fire
-/// at round rates), so a wait of 53 ms or more is always seen. Each read wakes the
-/// tracer's CPU, and on a VM a wake-up of an idle CPU costs the service on the next one:
-/// the ping-pong lost 2.8% to 49 wake-ups a second that did nothing, 0.6% to 19
-/// (docs/overhead-log.md, session 32). `--rate` trades that for resolution.
-pub const DEFAULT_RATE_HZ: u32 = 19;
+/// The rate when none is asked for: 49 reads a second (off the beat of timers that fire
+/// at round rates), so a wait of 21 ms or more is always seen.
+pub const DEFAULT_RATE_HZ: u32 = 49;
 
 /// One goroutine's current wait, as the reads have seen it so far.
 struct Wait {
