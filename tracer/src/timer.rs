@@ -70,9 +70,8 @@ impl DeadlineTimer {
             },
         };
         // SAFETY: the fd is ours; `spec` is a valid itimerspec and no old value is asked for.
-        let set = unsafe {
-            libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())
-        };
+        let set =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
         if set != 0 {
             return Err(io::Error::last_os_error());
         }

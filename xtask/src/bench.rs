@@ -126,11 +126,18 @@ enum Variant {
     /// A process on the tool's CPU that wakes at the sampled mode's rate and does nothing
     /// (tests' `idle-wakes`): the machine's part of that mode's cost, whatever its reads do.
     IdleWakes,
+    /// The same, each wake then busy as long as a sampled read (`READ_BUSY_US`): what this
+    /// machine charges for a read's burst, whatever the read does.
+    ReadBursts,
 }
 
 /// The sampled mode's default rate (tracer/src/golang/sampler.rs, `DEFAULT_RATE_HZ`), at
 /// which the idle wakes wake.
 const SAMPLED_RATE_HZ: u32 = 49;
+
+/// About a sampled read's CPU time on this machine, of a process with a thread or two: 25
+/// ms over 245 reads (`perf stat -e task-clock` on `tracer record --mode sampled`).
+const READ_BUSY_US: u32 = 100;
 
 /// Where the exact mode with wakers attaches (tracer/src/probes/mod.rs,
 /// `attach_wait_probes`), for the empty programs.
@@ -147,11 +154,12 @@ impl Variant {
             Variant::Bpftrace => "bpftrace histogram",
             Variant::EmptyPrograms => "empty programs at exact's tracepoints",
             Variant::IdleWakes => "idle wakes at the sampled rate",
+            Variant::ReadBursts => "wakes at the sampled rate, each busy 100 µs",
         }
     }
 }
 
-const ALL_VARIANTS: [Variant; 7] = [
+const ALL_VARIANTS: [Variant; 8] = [
     Variant::Alone,
     Variant::Tracer,
     Variant::TracerSampled,
@@ -159,6 +167,7 @@ const ALL_VARIANTS: [Variant; 7] = [
     Variant::Offcputime,
     Variant::Bpftrace,
     Variant::IdleWakes,
+    Variant::ReadBursts,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -594,7 +603,9 @@ fn measure_probe_costs(
         .zip(runs)
         .map(|(&variant, runs)| {
             // Idle wakes run no program.
-            if matches!(variant, Variant::Alone | Variant::IdleWakes) || runs.is_err() {
+            if matches!(variant, Variant::Alone | Variant::IdleWakes | Variant::ReadBursts)
+                || runs.is_err()
+            {
                 return None;
             }
             if let Err(err) = &stats {
@@ -658,6 +669,11 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             "idle-wakes",
             pinned(TOOL_CPU, &settings.release.join("idle-wakes")).arg(SAMPLED_RATE_HZ.to_string()),
         )?,
+        Variant::ReadBursts => Proc::spawn(
+            "idle-wakes",
+            pinned(TOOL_CPU, &settings.release.join("idle-wakes"))
+                .args([SAMPLED_RATE_HZ.to_string(), READ_BUSY_US.to_string()]),
+        )?,
         Variant::Alone => unreachable!("no tool runs alone"),
     };
     let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -670,7 +686,7 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             Variant::Bpftrace | Variant::EmptyPrograms => {
                 tool.stdout.iter().any(|l| l == "attached")
             }
-            Variant::IdleWakes => tool.stdout.iter().any(|l| l == "started"),
+            Variant::IdleWakes | Variant::ReadBursts => tool.stdout.iter().any(|l| l == "started"),
             // offcputime prints nothing until it ends: its attached program is a bpf_link fd.
             _ => has_bpf_link(tool.pid),
         };
@@ -1159,6 +1175,21 @@ fn budget_lines(
                      {:.1}% lost ({}); sampled {:.1}%",
                     100.0 * idle.ratio,
                     loss_interval_text(&idle),
+                    100.0 * loss.ratio,
+                ),
+            );
+        }
+        let bursts = runs_of(workload, Variant::ReadBursts).map(rates);
+        if let Some(bursts) = bursts.as_ref().and_then(|bursts| loss_against(alone, bursts)) {
+            line(
+                Verdict::NoBudget,
+                format!(
+                    "ping-pong {workload}: the same, each wake then busy {READ_BUSY_US} µs, about \
+                     a sampled read's CPU time (no budget: what this machine charges for the \
+                     reads' bursts on its other CPU, whatever they do): {:.1}% lost ({}); \
+                     sampled {:.1}%",
+                    100.0 * bursts.ratio,
+                    loss_interval_text(&bursts),
                     100.0 * loss.ratio,
                 ),
             );
