@@ -56,11 +56,6 @@ impl DeadlineTimer {
         }
     }
 
-    /// Returns after `duration`.
-    pub async fn sleep(&mut self, duration: Duration) -> io::Result<()> {
-        self.sleep_until(Instant::now() + duration).await
-    }
-
     fn set(&self, after: Duration) -> io::Result<()> {
         let spec = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
@@ -131,7 +126,7 @@ mod tests {
     async fn sleeps_until_the_deadline_and_not_past_a_passed_one() {
         let mut timer = DeadlineTimer::new().unwrap();
         let start = Instant::now();
-        timer.sleep(Duration::from_millis(30)).await.unwrap();
+        timer.sleep_until(start + Duration::from_millis(30)).await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(30));
         // A deadline passed returns at its first poll.
         let passed = tokio::time::timeout(Duration::ZERO, timer.sleep_until(start));
@@ -156,11 +151,14 @@ mod tests {
     async fn an_abandoned_setting_does_not_end_the_next_sleep_early() {
         let mut timer = DeadlineTimer::new().unwrap();
         // Set for 5 ms, abandoned (as a select! drops its branch), and left to fire.
-        let abandoned = tokio::time::timeout(Duration::ZERO, timer.sleep(Duration::from_millis(5)));
+        let abandoned = tokio::time::timeout(
+            Duration::ZERO,
+            timer.sleep_until(Instant::now() + Duration::from_millis(5)),
+        );
         assert!(abandoned.await.is_err());
         std::thread::sleep(Duration::from_millis(20));
         let start = Instant::now();
-        timer.sleep(Duration::from_millis(50)).await.unwrap();
+        timer.sleep_until(start + Duration::from_millis(50)).await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(50));
     }
 }

@@ -665,15 +665,14 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             "empty-probes",
             pinned(TOOL_CPU, &settings.release.join("empty-probes")).args(EXACT_MODE_TRACEPOINTS),
         )?,
-        Variant::IdleWakes => Proc::spawn(
-            "idle-wakes",
-            pinned(TOOL_CPU, &settings.release.join("idle-wakes")).arg(SAMPLED_RATE_HZ.to_string()),
-        )?,
-        Variant::ReadBursts => Proc::spawn(
-            "idle-wakes",
-            pinned(TOOL_CPU, &settings.release.join("idle-wakes"))
-                .args([SAMPLED_RATE_HZ.to_string(), READ_BUSY_US.to_string()]),
-        )?,
+        Variant::IdleWakes | Variant::ReadBursts => {
+            let busy_us = if variant == Variant::ReadBursts { READ_BUSY_US } else { 0 };
+            Proc::spawn(
+                "idle-wakes",
+                pinned(TOOL_CPU, &settings.release.join("idle-wakes"))
+                    .args([SAMPLED_RATE_HZ.to_string(), busy_us.to_string()]),
+            )?
+        }
         Variant::Alone => unreachable!("no tool runs alone"),
     };
     let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -1164,32 +1163,35 @@ fn budget_lines(
             ),
         );
         // The machine's part of that loss: no verdict, beside it.
-        let idle = runs_of(workload, Variant::IdleWakes).map(rates);
-        if let Some(idle) = idle.as_ref().and_then(|idle| loss_against(alone, idle)) {
-            line(
-                Verdict::NoBudget,
+        let machine_arms = [
+            (
+                Variant::IdleWakes,
                 format!(
-                    "ping-pong {workload}: a process waking {SAMPLED_RATE_HZ} times a second on \
-                     the tool's CPU, doing nothing (no budget: what this machine charges for \
-                     waking its other CPU at the sampled mode's rate, whatever the reads do): \
-                     {:.1}% lost ({}); sampled {:.1}%",
-                    100.0 * idle.ratio,
-                    loss_interval_text(&idle),
-                    100.0 * loss.ratio,
+                    "a process waking {SAMPLED_RATE_HZ} times a second on the tool's CPU, doing \
+                     nothing (no budget: what this machine charges for waking its other CPU at \
+                     the sampled mode's rate, whatever the reads do)"
                 ),
-            );
-        }
-        let bursts = runs_of(workload, Variant::ReadBursts).map(rates);
-        if let Some(bursts) = bursts.as_ref().and_then(|bursts| loss_against(alone, bursts)) {
+            ),
+            (
+                Variant::ReadBursts,
+                format!(
+                    "the same, each wake then busy {READ_BUSY_US} µs, about a sampled read's CPU \
+                     time (no budget: what this machine charges for the reads' bursts on its \
+                     other CPU, whatever they do)"
+                ),
+            ),
+        ];
+        for (variant, what) in machine_arms {
+            let runs = runs_of(workload, variant).map(rates);
+            let Some(arm) = runs.as_ref().and_then(|runs| loss_against(alone, runs)) else {
+                continue;
+            };
             line(
                 Verdict::NoBudget,
                 format!(
-                    "ping-pong {workload}: the same, each wake then busy {READ_BUSY_US} µs, about \
-                     a sampled read's CPU time (no budget: what this machine charges for the \
-                     reads' bursts on its other CPU, whatever they do): {:.1}% lost ({}); \
-                     sampled {:.1}%",
-                    100.0 * bursts.ratio,
-                    loss_interval_text(&bursts),
+                    "ping-pong {workload}: {what}: {:.1}% lost ({}); sampled {:.1}%",
+                    100.0 * arm.ratio,
+                    loss_interval_text(&arm),
                     100.0 * loss.ratio,
                 ),
             );
