@@ -1,5 +1,6 @@
-//! A timer that wakes the tracer once per deadline, for the loops that run on a tracer's
-//! CPU for as long as a recording lasts (sampled reads, ring-buffer drains, late copies).
+//! A timer that wakes the tracer once per deadline, for the async loops that run on a
+//! tracer's CPU for as long as a recording lasts (ring-buffer drains, late copies; the
+//! sampled reads sleep on a `StopWatch`, outside the runtime).
 //!
 //! Tokio's timer wheel files a deadline by the highest bit in which it differs from now,
 //! and wakes its thread at the edge of each 64 ms slot such a deadline lies past, to file

@@ -283,7 +283,7 @@ async fn record_sampled(
     let started_at = SystemTime::now();
     sampler.keep_timeline(monotonic_now_ns());
     let (elapsed, target_exited) =
-        pipeline::sample_until_stop(&target, duration, period, || Ok(sampler.read()?)).await?;
+        pipeline::sample_until_stop(&target, duration, period, || Ok(sampler.read()?))?;
     let sampled = sampler.finish(target_exited);
     let timing = SampledTiming { started_at, elapsed, period };
     let profile = sampled_profile(&target, sampled, timing, target_exited);
@@ -326,8 +326,7 @@ async fn record_sampled_several(
             eprintln!("tracer: {joined}");
         }
         members.read()
-    })
-    .await?;
+    })?;
     // Once more, for what is still blocked at the end.
     members.read();
     let timing = SampledTiming { started_at, elapsed, period };

@@ -8,15 +8,20 @@ pub mod late_copies;
 pub mod members;
 pub mod own_usage;
 pub mod pace;
+pub mod stop_watch;
 pub mod target;
 
 use std::{
+    os::fd::OwnedFd,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 use crate::{
     chains, golang,
@@ -29,8 +34,8 @@ use crate::{
     report::{Format, Output, summary::render_summary},
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer},
     threads::blocked_now::SavedFramePointers,
-    timer::DeadlineTimer,
 };
+use stop_watch::StopWatch;
 use target::Target;
 
 /// The checks every command makes before it opens a process: the output formats, then
@@ -85,31 +90,65 @@ pub enum Stop {
     TargetExited,
 }
 
+/// What stops a recording: Ctrl-C, SIGTERM or SIGHUP (the terminal closed), and the exit
+/// of its target when it has one (its pidfd turns readable). Made on the runtime that
+/// waits for them; from then on those signals stop the recording instead of the tracer.
+pub struct StopSources {
+    sigterm: Signal,
+    sigint: Signal,
+    sighup: Signal,
+    exited: Option<AsyncFd<OwnedFd>>,
+}
+
+impl StopSources {
+    pub fn new(pidfd: Option<OwnedFd>) -> anyhow::Result<Self> {
+        Ok(Self {
+            sigterm: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            sigint: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            sighup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            exited: pidfd.map(poll_readable).transpose().context("cannot poll the pidfd")?,
+        })
+    }
+
+    /// Runs `work` again and again until `duration` has passed or a stop comes.
+    pub async fn wait(
+        &mut self,
+        duration: Duration,
+        mut work: impl AsyncFnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Stop> {
+        let Self { sigterm, sigint, sighup, exited } = self;
+        let exited = async {
+            match exited {
+                Some(fd) => readable(fd).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(exited);
+        let deadline = tokio::time::sleep(duration);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Ok(Stop::DurationElapsed),
+                _ = sigint.recv() => return Ok(Stop::Interrupted),
+                _ = sigterm.recv() => return Ok(Stop::Interrupted),
+                _ = sighup.recv() => return Ok(Stop::Interrupted),
+                _ = &mut exited => return Ok(Stop::TargetExited),
+                done = work() => done?,
+            }
+        }
+    }
+}
+
 /// Runs `work` (draining what the probes send) again and again until `duration` has
 /// passed, Ctrl-C, SIGTERM or SIGHUP (the terminal closed) comes, or `target` exits (its
 /// pidfd turns readable).
 pub async fn run_until_stop(
     target: &Target,
     duration: Duration,
-    mut work: impl AsyncFnMut() -> anyhow::Result<()>,
+    work: impl AsyncFnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Stop> {
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
-        .context("cannot poll the pidfd")?;
-    let deadline = tokio::time::sleep(duration);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return Ok(Stop::DurationElapsed),
-            _ = sigint.recv() => return Ok(Stop::Interrupted),
-            _ = sigterm.recv() => return Ok(Stop::Interrupted),
-            _ = sighup.recv() => return Ok(Stop::Interrupted),
-            _ = readable(&exited) => return Ok(Stop::TargetExited),
-            done = work() => done?,
-        }
-    }
+    let pidfd = target.pidfd.try_clone().context("cannot dup the pidfd")?;
+    StopSources::new(Some(pidfd))?.wait(duration, work).await
 }
 
 /// The loop of every sampled recording (threads and goroutines alike): `read` at once and
@@ -118,8 +157,9 @@ pub async fn run_until_stop(
 /// until `duration` has passed, Ctrl-C or SIGTERM comes, or `target` exits; then once more
 /// for what is still blocked at the end, unless the target has exited. A read that fails
 /// because the target exited stops nothing by itself: the pidfd ends the loop at once and
-/// what was read stands. Returns how long it ran and whether the target exited.
-pub async fn sample_until_stop(
+/// what was read stands. The reads run on this thread, between sleeps on a `StopWatch`.
+/// Returns how long it ran and whether the target exited.
+pub fn sample_until_stop(
     target: &Target,
     duration: Duration,
     period: Duration,
@@ -127,17 +167,18 @@ pub async fn sample_until_stop(
 ) -> anyhow::Result<(Duration, bool)> {
     let started = std::time::Instant::now();
     let mut pace = pace::ReadPace::new(period);
-    let mut timer = DeadlineTimer::new().context("cannot make a timer")?;
-    let stop = run_until_stop(target, duration, async || {
-        timer.sleep_until(pace.next()).await?;
+    let pidfd = target.pidfd.try_clone().context("cannot dup the pidfd")?;
+    let watch = StopWatch::start(Some(pidfd), duration)?;
+    while !watch.sleep_until(pace.next()).context("cannot wait for the next read")? {
         match pace.read(&mut read) {
-            Err(_) if target.has_exited() => Ok(()),
-            other => other,
+            Err(_) if target.has_exited() => {}
+            Err(err) => return Err(err),
+            Ok(()) => {}
         }
-    })
-    .await?;
+    }
+    let stop = watch.finish()?;
     let elapsed = started.elapsed();
-    let mut target_exited = stop == Stop::TargetExited || target.has_exited();
+    let mut target_exited = stop == Some(Stop::TargetExited) || target.has_exited();
     if !target_exited && read().is_err() {
         target_exited = target.has_exited();
     }
@@ -154,31 +195,20 @@ pub async fn sample_until_stop(
 /// `period` (paced as `sample_until_stop`'s) until `duration` has passed, Ctrl-C, SIGTERM
 /// or SIGHUP comes, or `read` says there is nothing left to read (false). Returns how long
 /// it ran.
-pub async fn sample_while(
+pub fn sample_while(
     duration: Duration,
     period: Duration,
     mut read: impl FnMut() -> bool,
 ) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let deadline = tokio::time::sleep(duration);
-    tokio::pin!(deadline);
     let mut pace = pace::ReadPace::new(period);
-    let mut timer = DeadlineTimer::new().context("cannot make a timer")?;
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => break,
-            due = timer.sleep_until(pace.next()) => {
-                due?;
-                if !pace.read(&mut read) { break }
-            }
+    let watch = StopWatch::start(None, duration)?;
+    while !watch.sleep_until(pace.next()).context("cannot wait for the next read")? {
+        if !pace.read(&mut read) {
+            break;
         }
     }
+    watch.finish()?;
     Ok(started.elapsed())
 }
 
