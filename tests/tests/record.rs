@@ -227,6 +227,40 @@ fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
     assert!(counts.late_copies >= 4, "{} late copies", counts.late_copies);
 }
 
+/// The looks for such waits come seldom once none has come for a while (each wakes the
+/// tracer's CPU): a long wait after seconds of handoffs alone still gets its stack, copied
+/// at the next look.
+#[test]
+fn a_long_wait_after_a_quiet_spell_without_wakers_keeps_its_stack() {
+    // Every 100,000 round trips (seconds here, longer than the looks' quiet threshold) the
+    // pinger sleeps a second, longer than the gap between quiet looks.
+    let workload = start_futex_ping_pong(
+        PING_PONG,
+        WORKLOAD_SECONDS,
+        &["--pause-every", "100000", "--pause-ms", "1000"],
+    );
+    let dir = TempDir::new("ping-pong-quiet");
+    let traced = record_profile(
+        workload.pid(),
+        &["--duration", "10s", "--mode", "exact", "--no-wakers"],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    let profile = &traced.profile;
+    let counts = &profile.counts;
+    println!("{counts:?}");
+    let long = |s: &ProfileStack| s.kind == WaitKind::Futex && !s.in_progress;
+    let at_hit = |s: &ProfileStack| long(s) && has_function(s, "hit");
+    let (at_hit_ns, long_ns) = (total_ns(profile, at_hit), total_ns(profile, long));
+    println!("{}", top_stacks(profile, long, 5));
+    assert!(
+        total_waits(profile, at_hit) >= 1 && at_hit_ns as f64 >= 0.9 * long_ns as f64,
+        "pauses at hit: {} waits, {at_hit_ns} of {long_ns} ns",
+        total_waits(profile, at_hit)
+    );
+    assert!(counts.late_copies >= 1, "{} late copies", counts.late_copies);
+}
+
 /// Wakes across CPUs: with the ping-pong's two threads pinned to different CPUs, the
 /// wakee's CPU is idle at each wake, so the kernel queues the wake to it and runs the
 /// wake's second half (`sched_wakeup`) there, away from the waker. The queued-wake probe

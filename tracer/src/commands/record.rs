@@ -159,6 +159,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
                 ticked = late_copy_poll.tick() => {
                     ticked.context("waiting for the late copies' timer")?;
                     collector.decoder.late_copies += late_copier.poll(&mut probes);
+                    late_copy_poll.set_period(late_copier.interval());
                 }
             },
             None => rings.drain_when_ready(&mut collector).await?,

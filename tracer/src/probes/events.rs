@@ -34,7 +34,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// that does not wait long wakes the tracer's CPU 2.5 times a second, not 10 (each
 /// wake-up of an idle CPU costs the service on the next one; docs/overhead-log.md), and
 /// the first waits after a quiet spell are read within this.
-const QUIET_DRAIN_INTERVAL: Duration = Duration::from_millis(400);
+pub const QUIET_DRAIN_INTERVAL: Duration = Duration::from_millis(400);
 
 /// Records taken from each buffer in one pass while the probes run. A consumer slower than
 /// the probes (a busy target, a tracer short of CPU) would otherwise drain for ever and

@@ -429,6 +429,13 @@ impl Probes {
         Ok(counters)
     }
 
+    /// One counter, summed over CPUs (one lookup, where `counters` makes one per counter).
+    pub fn counter(&self, counter: tracer_common::Counter) -> Result<u64, ProbeError> {
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map("COUNTERS")?).map_err(map_error("COUNTERS"))?;
+        Ok(array.get(&(counter as u32), 0).map_err(map_error("COUNTERS"))?.iter().sum())
+    }
+
     /// Fills `slots` with the per-CPU array `name`'s first entries, each summed over CPUs.
     fn sum_counters(&self, name: &'static str, slots: &mut [u64]) -> Result<(), ProbeError> {
         let array: PerCpuArray<_, u64> =

@@ -128,6 +128,7 @@ pub async fn run(
                             ticked.context("waiting for the late copies' timer")?;
                             if let Some(late_copier) = &mut late_copier {
                                 poll_late_copies(shared, late_copier);
+                                late_copy_poll.set_period(late_copier.interval());
                             }
                         }
                     }

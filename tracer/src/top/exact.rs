@@ -15,11 +15,7 @@ use super::draw::ExactHeader;
 use crate::{
     model::{ProfileStack, WaitAggregate, WaitStats},
     pipeline::counts::{below_threshold, short_waits_between},
-    pipeline::{
-        Traced,
-        late_copies::{self, LateCopies},
-        target,
-    },
+    pipeline::{Traced, late_copies::LateCopies, target},
     probes::ShortWaitsByKind,
     probes::{
         ProbeConfig, Probes,
@@ -81,7 +77,7 @@ impl ExactWaits {
             && Instant::now() >= self.next_late_copies
         {
             self.collector.decoder.late_copies += late_copier.poll(&mut self.probes);
-            self.next_late_copies = Instant::now() + late_copies::POLL;
+            self.next_late_copies = Instant::now() + late_copier.interval();
         }
         self.probes.update_stack_spans(self.collector.decoder.stack_spans.take_changes());
     }
