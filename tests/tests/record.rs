@@ -195,36 +195,16 @@ fn short_handoffs_without_wakers_keep_no_copies() {
 /// the pinger's pauses are reported where they wait (`hit`), not as unreadable stacks.
 #[test]
 fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
-    // Every 20,000 round trips (a fraction of a second here) the pinger sleeps 100 ms.
-    let workload = start_futex_ping_pong(
-        PING_PONG,
-        WORKLOAD_SECONDS,
-        &["--pause-every", "20000", "--pause-ms", "100"],
-    );
-    let dir = TempDir::new("ping-pong-pauses");
-    let traced = record_profile(
-        workload.pid(),
-        &["--duration", "4s", "--mode", "exact", "--no-wakers"],
-        &dir,
-        RECORD_TIMEOUT,
-    );
-    let profile = &traced.profile;
-    let counts = &profile.counts;
-    println!("{counts:?}");
-    // The pauses, about 100 ms each, two or three a second. A player descheduled for a
-    // millisecond or two adds a long wait that may end before the tracer's look: without
-    // a stack, and counted, but a sliver of the time.
-    let long = |s: &ProfileStack| s.kind == WaitKind::Futex && !s.in_progress;
-    let at_hit = |s: &ProfileStack| long(s) && has_function(s, "hit");
-    let (at_hit_ns, long_ns) = (total_ns(profile, at_hit), total_ns(profile, long));
-    println!("{}", top_stacks(profile, long, 5));
-    assert!(
-        total_waits(profile, at_hit) >= 5 && at_hit_ns as f64 >= 0.9 * long_ns as f64,
-        "pauses at hit: {} waits, {at_hit_ns} of {long_ns} ns",
-        total_waits(profile, at_hit)
-    );
-    // Their sleeps came after runs of short waits: copied late, not at the sleep.
-    assert!(counts.late_copies >= 4, "{} late copies", counts.late_copies);
+    // Every 20,000 round trips (a fraction of a second here) the pinger sleeps 100 ms: two
+    // or three pauses a second. Their sleeps came after runs of short waits: copied late,
+    // not at the sleep.
+    pauses_keep_their_stacks(Pauses {
+        every: "20000",
+        ms: "100",
+        recorded: "4s",
+        ended: 5,
+        copied_late: 4,
+    });
 }
 
 /// The looks for such waits come seldom once none has come for a while (each wakes the
@@ -234,31 +214,54 @@ fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
 fn a_long_wait_after_a_quiet_spell_without_wakers_keeps_its_stack() {
     // Every 100,000 round trips (seconds here, longer than the looks' quiet threshold) the
     // pinger sleeps a second, longer than the gap between quiet looks.
-    let workload = start_futex_ping_pong(
-        PING_PONG,
-        WORKLOAD_SECONDS,
-        &["--pause-every", "100000", "--pause-ms", "1000"],
-    );
-    let dir = TempDir::new("ping-pong-quiet");
+    pauses_keep_their_stacks(Pauses {
+        every: "100000",
+        ms: "1000",
+        recorded: "10s",
+        ended: 1,
+        copied_late: 1,
+    });
+}
+
+/// A futex ping-pong whose pinger pauses `ms` every `every` round trips, recorded for
+/// `recorded` without wakers; at least `ended` pauses end in it and `copied_late` waits
+/// are copied late.
+struct Pauses {
+    every: &'static str,
+    ms: &'static str,
+    recorded: &'static str,
+    ended: u64,
+    copied_late: u64,
+}
+
+/// Records `pauses` and checks that the ponger's waits out the pauses are reported at
+/// `hit` with their stacks.
+fn pauses_keep_their_stacks(pauses: Pauses) {
+    let Pauses { every, ms, recorded, ended, copied_late } = pauses;
+    let extra = ["--pause-every", every, "--pause-ms", ms];
+    let workload = start_futex_ping_pong(PING_PONG, WORKLOAD_SECONDS, &extra);
+    let dir = TempDir::new("ping-pong-pauses");
     let traced = record_profile(
         workload.pid(),
-        &["--duration", "10s", "--mode", "exact", "--no-wakers"],
+        &["--duration", recorded, "--mode", "exact", "--no-wakers"],
         &dir,
         RECORD_TIMEOUT,
     );
     let profile = &traced.profile;
     let counts = &profile.counts;
     println!("{counts:?}");
+    // A player descheduled for a millisecond or two adds a long wait that may end before
+    // the tracer's look: without a stack, and counted, but a sliver of the time.
     let long = |s: &ProfileStack| s.kind == WaitKind::Futex && !s.in_progress;
     let at_hit = |s: &ProfileStack| long(s) && has_function(s, "hit");
     let (at_hit_ns, long_ns) = (total_ns(profile, at_hit), total_ns(profile, long));
     println!("{}", top_stacks(profile, long, 5));
     assert!(
-        total_waits(profile, at_hit) >= 1 && at_hit_ns as f64 >= 0.9 * long_ns as f64,
+        total_waits(profile, at_hit) >= ended && at_hit_ns as f64 >= 0.9 * long_ns as f64,
         "pauses at hit: {} waits, {at_hit_ns} of {long_ns} ns",
         total_waits(profile, at_hit)
     );
-    assert!(counts.late_copies >= 1, "{} late copies", counts.late_copies);
+    assert!(counts.late_copies >= copied_late, "{} late copies", counts.late_copies);
 }
 
 /// Wakes across CPUs: with the ping-pong's two threads pinned to different CPUs, the
