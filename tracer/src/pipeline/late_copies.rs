@@ -81,8 +81,6 @@ pub struct LateCopies {
     /// The long waits in progress already looked at (copied, or with a copy of their
     /// own), by (thread, start): each is copied once.
     looked_at: HashSet<(u32, u64)>,
-    /// The gap to the next look.
-    interval: Duration,
     /// The last look that found a long wait without a copy or a stack lost (at first, the
     /// start).
     wanted_at: Instant,
@@ -95,11 +93,7 @@ impl LateCopies {
     /// log, when the probes' wait words cannot be mapped.
     pub fn start(pid: u32, probes: &Probes, min_wait: Duration) -> Option<Self> {
         match probes.wait_words() {
-            Ok(words) => {
-                let mut late_copies = Self::new(pid, words, min_wait);
-                late_copies.unreadable_at_look = unreadable_stacks(probes).unwrap_or(0);
-                Some(late_copies)
-            }
+            Ok(words) => Some(Self::new(pid, words, min_wait, unreadable_stacks(probes))),
             Err(err) => {
                 log::warn!("pid {pid}: cannot map the wait words ({err}): no late stack copies");
                 None
@@ -107,7 +101,7 @@ impl LateCopies {
         }
     }
 
-    fn new(pid: u32, words: WaitWords, min_wait: Duration) -> Self {
+    fn new(pid: u32, words: WaitWords, min_wait: Duration, unreadable: Option<u64>) -> Self {
         Self {
             pid,
             words,
@@ -115,15 +109,14 @@ impl LateCopies {
             tids: Vec::new(),
             tids_read_at: None,
             looked_at: HashSet::new(),
-            interval: POLL,
             wanted_at: Instant::now(),
-            unreadable_at_look: 0,
+            unreadable_at_look: unreadable.unwrap_or(0),
         }
     }
 
     /// The gap to the next look (see `next_interval`).
     pub fn interval(&self) -> Duration {
-        self.interval
+        next_interval(self.wanted_at.elapsed())
     }
 
     /// Copies the stack of every wait of the target that has lasted the threshold with no
@@ -170,7 +163,6 @@ impl LateCopies {
         if wanted {
             self.wanted_at = Instant::now();
         }
-        self.interval = next_interval(self.wanted_at.elapsed());
         copies
     }
 

@@ -54,7 +54,7 @@ impl StopWatch {
         let mut watch = Self { stopped, cancel: Some(cancel), thread: Some(thread) };
         if ready_rx.recv().is_err() {
             // The thread ended before it caught the signals: its error says why.
-            return Err(watch.join().err().unwrap_or_else(|| anyhow::anyhow!("no stop watch")));
+            return Err(watch.end().err().unwrap_or_else(|| anyhow::anyhow!("no stop watch")));
         }
         Ok(watch)
     }
@@ -88,13 +88,14 @@ impl StopWatch {
     /// Ends the watch: why the recording stopped, or None when it stopped on this side
     /// (nothing left to read, a read failed) before any stop came.
     pub fn finish(mut self) -> anyhow::Result<Option<Stop>> {
+        self.end()
+    }
+
+    /// Tells the watcher to end (if it has not) and waits for it.
+    fn end(&mut self) -> anyhow::Result<Option<Stop>> {
         if let Some(cancel) = self.cancel.take() {
             let _ = cancel.send(());
         }
-        self.join()
-    }
-
-    fn join(&mut self) -> anyhow::Result<Option<Stop>> {
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(stop)) => stop,
             Some(Err(_)) => Err(anyhow::anyhow!("the thread that watches for the stop panicked")),
@@ -105,10 +106,7 @@ impl StopWatch {
 
 impl Drop for StopWatch {
     fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            let _ = cancel.send(());
-        }
-        let _ = self.join();
+        let _ = self.end();
     }
 }
 
