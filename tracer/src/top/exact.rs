@@ -82,6 +82,13 @@ impl ExactWaits {
         self.probes.update_stack_spans(self.collector.decoder.stack_spans.take_changes());
     }
 
+    /// When [`drain`](Self::drain) next has a late-copy look to make: the view's loop
+    /// wakes for it, so that the look keeps its interval (10 ms while long waits come
+    /// without a copy) and not the reads' period.
+    pub fn next_look(&self) -> Option<Instant> {
+        self.late_copier.as_ref().map(|_| self.next_late_copies)
+    }
+
     /// The waits that ended since the last call: those of --min-wait or more by stack,
     /// the shorter ones (which carry none) as one row per kind, each row's blocked time
     /// per second of the interval; and the time they stand for.

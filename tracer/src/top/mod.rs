@@ -157,7 +157,11 @@ impl Session {
                 self.draw(terminal)?;
                 next_refresh = (next_refresh + REFRESH).max(Instant::now());
             }
-            let wait = pace.next().min(next_refresh).saturating_duration_since(Instant::now());
+            let mut wake_at = pace.next().min(next_refresh);
+            if let Some(look) = self.exact.as_ref().and_then(ExactWaits::next_look) {
+                wake_at = wake_at.min(look);
+            }
+            let wait = wake_at.saturating_duration_since(Instant::now());
             // At most a read's period: a SIGTERM is seen at the loop's top that soon.
             if event::poll(wait).context("cannot read the terminal")? {
                 let Event::Key(key) = event::read().context("cannot read the terminal")? else {
