@@ -114,7 +114,8 @@ pub struct BenchArgs {
 enum Variant {
     Alone,
     Tracer,
-    /// `tracer record --mode sampled`: the threads read at the default rate, nothing attached.
+    /// `tracer record --mode sampled --rate SAMPLED_RATE_HZ`: the threads read at the
+    /// default rate, nothing attached.
     TracerSampled,
     /// `tracer record --no-wakers`: exact, `sched_switch` alone.
     TracerNoWakers,
@@ -131,8 +132,9 @@ enum Variant {
     ReadBursts,
 }
 
-/// The sampled mode's default rate (tracer/src/golang/sampler.rs, `DEFAULT_RATE_HZ`), at
-/// which the idle wakes wake.
+/// The rate the sampled arm reads at (passed as `--rate`, so the idle wakes and the
+/// bursts wake at the same whatever the tracer's default): its default
+/// (tracer/src/golang/sampler.rs, `DEFAULT_RATE_HZ`), since the default is what users run.
 const SAMPLED_RATE_HZ: u32 = 49;
 
 /// About a sampled read's CPU time on this machine, of a process with a thread or two: 25
@@ -144,8 +146,8 @@ const READ_BUSY_US: u32 = 100;
 const EXACT_MODE_TRACEPOINTS: [&str; 3] = ["sched_switch", "sched_wakeup", "csd_queue_cpu"];
 
 impl Variant {
-    fn label(self) -> &'static str {
-        match self {
+    fn label(self) -> String {
+        let label = match self {
             Variant::Alone => "alone",
             Variant::Tracer => "tracer record",
             Variant::TracerSampled => "tracer record --mode sampled",
@@ -154,8 +156,11 @@ impl Variant {
             Variant::Bpftrace => "bpftrace histogram",
             Variant::EmptyPrograms => "empty programs at exact's tracepoints",
             Variant::IdleWakes => "idle wakes at the sampled rate",
-            Variant::ReadBursts => "wakes at the sampled rate, each busy 100 µs",
-        }
+            Variant::ReadBursts => {
+                return format!("wakes at the sampled rate, each busy {READ_BUSY_US} µs");
+            }
+        };
+        label.to_string()
     }
 }
 
@@ -638,8 +643,12 @@ fn start_tool(settings: &Settings, variant: Variant, pid: i32) -> anyhow::Result
             let mode = if variant == Variant::TracerSampled { "sampled" } else { "exact" };
             let mut command = pinned(TOOL_CPU, &settings.release.join("tracer"));
             command.args(["record", "--pid", &pid_arg, "--duration", &duration, "--mode", mode]);
-            if variant == Variant::TracerNoWakers {
-                command.arg("--no-wakers");
+            match variant {
+                Variant::TracerNoWakers => _ = command.arg("--no-wakers"),
+                Variant::TracerSampled => {
+                    _ = command.args(["--rate", &SAMPLED_RATE_HZ.to_string()])
+                }
+                _ => {}
             }
             Proc::spawn("tracer", &mut command)?
         }

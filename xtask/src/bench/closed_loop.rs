@@ -84,10 +84,10 @@ const COLLATERAL_ARMS: [Arm; 8] = [
 ];
 
 impl Arm {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            Arm::Alone => "alone",
-            Arm::Control => "alone again (control)",
+            Arm::Alone => "alone".to_string(),
+            Arm::Control => "alone again (control)".to_string(),
             Arm::Tool(variant) => variant.label(),
         }
     }

@@ -79,10 +79,10 @@ enum Arm {
 }
 
 impl Arm {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
             Arm::Run(variant) => variant.label(),
-            Arm::Control => "alone again (control)",
+            Arm::Control => "alone again (control)".to_string(),
         }
     }
 
