@@ -659,6 +659,39 @@ impl TaskLook {
     pub const ARRIVALS_UNKNOWN: u64 = u64::MAX;
 }
 
+/// A record of the TICKS ring (spike): a look at one thread by the kernel's tick.
+pub const TICK_LOOK: u32 = 1;
+/// A record of the TICKS ring (spike): a stack copied by the kernel's tick.
+pub const TICK_STACK: u32 = 2;
+
+/// One thread as a tick of the kernel's sampler saw it (spike).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TickLook {
+    /// [`TICK_LOOK`].
+    pub tag: u32,
+    /// Which pass of the sampler (the slot).
+    pub pass: u32,
+    /// `bpf_ktime_get_ns` of the pass.
+    pub time_ns: u64,
+    pub look: TaskLook,
+}
+
+/// A blocked thread's user stack, copied by a tick that ran in its process (spike).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TickStack {
+    /// [`TICK_STACK`].
+    pub tag: u32,
+    pub len: u32,
+    pub tid: u32,
+    pub pass: u32,
+    /// The wait's switch count ([`TaskLook::switches`]), unchanged across the copy.
+    pub switches: u64,
+    pub sp: u64,
+    pub stack: [u8; STACK_COPY_BYTES],
+}
+
 /// A thread of the target waking another one out of a long futex wait: the waker's
 /// registers and stack at the wake (it is inside its futex-wake call).
 #[repr(C)]
@@ -739,6 +772,20 @@ pub enum Counter {
     /// Sleeps that kept a copy of their stack, whole or in part (waits likely to end where
     /// the sleeper's memory cannot be read).
     SleepCopies = 14,
+    /// Spike: sampler passes made by the kernel's tick.
+    TickPasses = 15,
+    /// Spike: passes with no process to walk (no leader known or it is gone).
+    TickNoLeader = 16,
+    /// Spike: passes that stopped at MAX_TICK_THREADS.
+    TickTruncated = 17,
+    /// Spike: records the TICKS ring had no room for.
+    TickRingFull = 18,
+    /// Spike: stacks copied at a tick.
+    TickCopies = 19,
+    /// Spike: new waits a tick could not copy (it ran outside the process).
+    TickCopiesWanted = 20,
+    /// Spike: copies discarded (the thread ran during the copy).
+    TickCopiesTorn = 21,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -816,8 +863,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 15;
-const _: () = assert!(Counter::SleepCopies as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 22;
+const _: () = assert!(Counter::TickCopiesTorn as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);
@@ -1072,4 +1119,5 @@ mod user {
     unsafe impl aya::Pod for super::GoWaitKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GoWaitTotals {}
+    unsafe impl aya::Pod for super::TickLook {}
 }

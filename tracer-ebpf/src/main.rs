@@ -87,7 +87,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
     InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals,
-    SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
+    SleepStack, SwitchClock, TICK_LOOK, TICK_STACK, TaskLook, ThreadSpans, TickLook, TickStack, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
     WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
     WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
     syscall_nr,
@@ -1493,6 +1493,210 @@ pub fn tracer_task_looks(ctx: *mut core::ffi::c_void) -> i32 {
             core::mem::size_of::<TaskLook>() as u32,
         );
     }
+    0
+}
+
+// ---- Spike: the sampler's passes run by the kernel's timer (a cpu-clock perf event on
+// every CPU), so that the tracer wakes only to drain them.
+
+/// The sampler's period; set by the loader.
+#[unsafe(no_mangle)]
+static TICK_PERIOD_NS: Global<u64> = Global::new(20_408_163);
+/// Offsets for walking a process's threads: `task_struct.signal`, `.thread_node`,
+/// `.group_leader`, `signal_struct.thread_head`; set by the loader.
+#[unsafe(no_mangle)]
+static TASK_SIGNAL_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_THREAD_NODE_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_GROUP_LEADER_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static SIGNAL_THREAD_HEAD_OFFSET: Global<u64> = Global::new(0);
+/// Where the user registers are below a task's kernel stack base (`task_pt_regs(t) -
+/// t->stack`); set by the loader.
+#[unsafe(no_mangle)]
+static REGS_FROM_STACK: Global<u64> = Global::new(16384 - 168);
+
+/// [0]: the last slot a pass was made in; [1]: the target's group leader (a task
+/// pointer, kept from a tick that ran in the process).
+#[map]
+static TICK_STATE: Array<u64> = Array::with_max_entries(2, 0);
+
+#[map]
+static TICKS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// The switch count of the wait each thread's last copy was of.
+#[map]
+static TICK_COPIED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+const MAX_TICK_THREADS: u32 = 256;
+
+#[aya_ebpf::macros::perf_event]
+pub fn tracer_tick(_ctx: aya_ebpf::programs::PerfEventContext) -> u32 {
+    let _ = try_tick();
+    0
+}
+
+#[inline(always)]
+fn read_u64(at: u64) -> Result<u64, i32> {
+    // SAFETY: the helper faults safely.
+    unsafe { bpf_probe_read_kernel(at as *const u64).map_err(|e| e as i32) }
+}
+
+#[inline(always)]
+fn read_u32(at: u64) -> Result<u32, i32> {
+    // SAFETY: the helper faults safely.
+    unsafe { bpf_probe_read_kernel(at as *const u32).map_err(|e| e as i32) }
+}
+
+fn try_tick() -> Result<(), i32> {
+    let now = now_ns();
+    let Some(slot) = now.checked_div(TICK_PERIOD_NS.load()) else { return Ok(()) };
+    let last = TICK_STATE.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: an aligned array value, swapped whole.
+    let seen = unsafe { *last };
+    if slot <= seen || !swap_word(last, seen, slot) {
+        return Ok(());
+    }
+    count(Counter::TickPasses);
+    let target = TARGET_TGID.load();
+    let in_process = (bpf_get_current_pid_tgid() >> 32) as u32 == target;
+    let leader_slot = TICK_STATE.get_ptr_mut(1).ok_or(0)?;
+    let leader = if in_process {
+        // SAFETY: the helper returns the current task as a BTF pointer.
+        let current = unsafe { bpf_get_current_task_btf() };
+        // SAFETY: as in `task_field_u64`.
+        let leader = unsafe { task_field_u64(current, TASK_GROUP_LEADER_OFFSET.load()) };
+        // SAFETY: an aligned array value.
+        unsafe { *leader_slot = leader };
+        leader
+    } else {
+        // SAFETY: as above.
+        unsafe { *leader_slot }
+    };
+    if leader == 0 || read_u32(leader.wrapping_add(TASK_TGID_OFFSET.load())) != Ok(target) {
+        count(Counter::TickNoLeader);
+        return Ok(());
+    }
+    let signal = read_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()))?;
+    let head = signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load());
+    let mut node = read_u64(head)?;
+    let pass = slot as u32;
+    for _ in 0..MAX_TICK_THREADS {
+        if node == head || node == 0 {
+            return Ok(());
+        }
+        tick_look(node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load()), now, pass, in_process);
+        node = read_u64(node)?;
+    }
+    count(Counter::TickTruncated);
+    Ok(())
+}
+
+#[inline(never)]
+fn tick_look(task: u64, now: u64, pass: u32, in_process: bool) -> u32 {
+    let Some(mut entry) = TICKS.reserve::<TickLook>(0) else {
+        count(Counter::TickRingFull);
+        return 0;
+    };
+    let field32 = |offset: u64| read_u32(task.wrapping_add(offset)).unwrap_or(0);
+    let field64 = |offset: u64| read_u64(task.wrapping_add(offset)).unwrap_or(0);
+    let stack_base = field64(TASK_STACK_OFFSET.load());
+    let regs: pt_regs = match stack_base {
+        // SAFETY: pt_regs is plain integers.
+        0 => unsafe { core::mem::zeroed() },
+        // SAFETY: the helper faults safely.
+        base => unsafe {
+            bpf_probe_read_kernel(base.wrapping_add(REGS_FROM_STACK.load()) as *const pt_regs)
+                .unwrap_or(core::mem::zeroed())
+        },
+    };
+    let switches =
+        field64(TASK_NVCSW_OFFSET.load()).wrapping_add(field64(TASK_NIVCSW_OFFSET.load()));
+    let record = entry.as_mut_ptr();
+    // SAFETY: the reserved record, TickLook-sized, filled field by field (no copy of a
+    // whole look on the BPF stack).
+    let look = unsafe {
+        (*record).tag = TICK_LOOK;
+        (*record).pass = pass;
+        (*record).time_ns = now;
+        let look = &mut (*record).look;
+        look.tid = field32(TASK_PID_OFFSET.load());
+        look.tgid = field32(TASK_TGID_OFFSET.load());
+        look.state = field32(TASK_STATE_OFFSET.load());
+        look.on_cpu = field32(TASK_ON_CPU_OFFSET.load());
+        look.switches = switches;
+        look.arrivals = match TASK_ARRIVALS_OFFSET.load() {
+            TaskLook::ARRIVALS_UNKNOWN => TaskLook::ARRIVALS_UNKNOWN,
+            offset => field64(offset),
+        };
+        look.syscall_nr = regs.orig_rax as i64;
+        look.args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
+        look.ip = regs.rip;
+        look.sp = regs.rsp;
+        look.bp = regs.rbp;
+        look.comm = bpf_probe_read_kernel(
+            task.wrapping_add(TASK_COMM_OFFSET.load()) as *const [u8; 16],
+        )
+        .unwrap_or([0; 16]);
+        &*look
+    };
+    let blocked = look.state != 0 && look.on_cpu == 0;
+    let arrivals = look.arrivals;
+    let tid = look.tid;
+    let sp = look.sp;
+    let watched = blocked
+        && matches!(
+            classify_syscall(look.syscall_nr, |n| Ok::<_, ()>(match n {
+                0 => look.args[0],
+                1 => look.args[1],
+                2 => look.args[2],
+                3 => look.args[3],
+                4 => look.args[4],
+                _ => look.args[5],
+            })),
+            Ok(Some(_))
+        );
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    if !watched {
+        return 0;
+    }
+    // SAFETY: a map value, read whole.
+    if TICK_COPIED.get_ptr(tid).is_some_and(|copied| unsafe { *copied } == switches) {
+        return 0;
+    }
+    if !in_process {
+        count(Counter::TickCopiesWanted);
+        return 0;
+    }
+    let Some(mut entry) = TICKS.reserve::<TickStack>(0) else {
+        count(Counter::TickRingFull);
+        return 0;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: the reserved record, TickStack-sized.
+    unsafe {
+        (*record).tag = TICK_STACK;
+        (*record).tid = tid;
+        (*record).pass = pass;
+        (*record).switches = switches;
+        (*record).sp = sp;
+        (*record).len = copy_user_stack(&mut (*record).stack, sp);
+    }
+    // A thread that arrived on a CPU during the copy (woken and running, not yet switched
+    // out again) tore it.
+    let after = match TASK_ARRIVALS_OFFSET.load() {
+        TaskLook::ARRIVALS_UNKNOWN => arrivals,
+        offset => field64(offset),
+    };
+    if after != arrivals {
+        count(Counter::TickCopiesTorn);
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return 0;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    let _ = TICK_COPIED.insert(&tid, &switches, 0);
+    count(Counter::TickCopies);
     0
 }
 

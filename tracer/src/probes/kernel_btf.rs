@@ -65,7 +65,8 @@ pub enum KernelBtfError {
 /// The structs whose members the probes read: `task_struct`, the path to a run queue's
 /// clock ([`RqClockPath`]), and a task's arrivals on a CPU and its last time queued for
 /// one (`sched_info`).
-const STRUCTS_READ: [&str; 5] = ["task_struct", "sched_entity", "cfs_rq", "rq", "sched_info"];
+const STRUCTS_READ: [&str; 6] =
+    ["task_struct", "sched_entity", "cfs_rq", "rq", "sched_info", "signal_struct"];
 
 /// The members of the kernel structs the probes read, by struct and member name: byte
 /// offsets found in one pass over the BTF blob (`/sys/kernel/btf/vmlinux`).
@@ -133,6 +134,17 @@ impl KernelStructs {
             wake_entry: self.member("task_struct", "wake_entry")?,
             stack: self.member("task_struct", "stack")?,
         })
+    }
+
+    /// Spike: (task.signal, task.thread_node, task.group_leader, signal.thread_head, task.stack).
+    pub fn thread_list_offsets(&self) -> Option<[u32; 5]> {
+        Some([
+            self.member("task_struct", "signal")?,
+            self.member("task_struct", "thread_node")?,
+            self.member("task_struct", "group_leader")?,
+            self.member("signal_struct", "thread_head")?,
+            self.member("task_struct", "stack")?,
+        ])
     }
 
     /// The members leading from a task to its run queue's clock, or None when this

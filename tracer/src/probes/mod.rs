@@ -169,6 +169,9 @@ impl Probes {
         let (wake_entry_offset, stack_offset) = queued_wakes
             .map_or((0, 0), |offsets| (u64::from(offsets.wake_entry), u64::from(offsets.stack)));
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
+        let [signal, thread_node, group_leader, thread_head, task_stack] =
+            structs.thread_list_offsets().unwrap_or_default().map(u64::from);
+        let stack_offset = if stack_offset == 0 { task_stack } else { stack_offset };
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
         // the kernel side uses it.
@@ -208,6 +211,10 @@ impl Probes {
             .override_global("TASK_WAKE_ENTRY_OFFSET", &wake_entry_offset, true)
             .override_global("TASK_STACK_OFFSET", &stack_offset, true)
             .override_global("TASK_MM_OFFSET", &mm_offset, true)
+            .override_global("TASK_SIGNAL_OFFSET", &signal, true)
+            .override_global("TASK_THREAD_NODE_OFFSET", &thread_node, true)
+            .override_global("TASK_GROUP_LEADER_OFFSET", &group_leader, true)
+            .override_global("SIGNAL_THREAD_HEAD_OFFSET", &thread_head, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self {
@@ -219,6 +226,42 @@ impl Probes {
             process_links: HashMap::new(),
             pass_bytes: Vec::new(),
         })
+    }
+
+    /// Spike: runs the sampler's passes in the kernel, on a cpu-clock event of every CPU at
+    /// `rate` Hz (the first tick of each period makes the pass).
+    pub fn attach_ticks(&mut self, rate: u64) -> Result<(), ProbeError> {
+        use aya::programs::perf_event::{
+            PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+        };
+        let name = "tracer_tick";
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        program.load().map_err(|source| ProbeError::Program { name, source })?;
+        let cpus = aya::util::online_cpus().map_err(|(_, source)| ProbeError::Program {
+            name,
+            source: aya::programs::ProgramError::IOError(source),
+        })?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(rate),
+                    false,
+                )
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// Spike: the TICKS ring.
+    pub fn take_ticks(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        self.take_ring_buffer("TICKS")
     }
 
     /// Attaches the wait probes: from here on the target's waits are recorded.
