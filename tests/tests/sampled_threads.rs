@@ -1,7 +1,8 @@
 //! Real-kernel tests of `tracer record --mode sampled` on threads: the pile-ups recorded in
 //! both modes put the same shares of blocked time at the same call sites, stuck threads are
 //! counted as a snapshot counts them, the profile says it was sampled and at what rate, and
-//! nothing is attached to the kernel's hot paths while it records. They need root and share
+//! nothing is attached to the kernel's hot paths while it records (the passes run on a
+//! timer of each CPU). They need root and share
 //! the kernel, so they run one at a time (`--test-threads=1`); none skips.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -297,7 +298,7 @@ fn has_exited(pid: u32) -> bool {
 }
 
 #[test]
-fn sampled_recording_attaches_nothing() {
+fn sampled_recording_attaches_only_a_timer_per_cpu() {
     let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
     // The same look at an exact recording finds its tracepoint links: the look can see them.
@@ -318,10 +319,17 @@ fn sampled_recording_attaches_nothing() {
     println!("sampled: {sampled:?}");
     // Many looks while it read the threads (about 4 s at one look per 20 ms).
     assert!(sampled.loaded > 50, "too few looks at the sampled recording: {sampled:?}");
-    assert_eq!(sampled.perf_events, 0, "a sampled recording opened perf events: {sampled:?}");
+    // The passes run in the kernel, on a cpu-clock event of each CPU: nothing on a
+    // tracepoint, a probe or the process.
+    // SAFETY: sysconf reads a constant of the system.
+    let cpus = u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap();
+    let timers = sampled.links.get("perf").copied().unwrap_or(0);
+    assert!(timers > 0, "the passes were not made in the kernel: {sampled:?}");
+    assert!(timers <= sampled.loaded * cpus, "more than a timer per CPU ({cpus}): {sampled:?}");
     assert!(
-        sampled.links.keys().all(|kind| kind == "iter" || kind == "gone"),
-        "a sampled recording holds a link other than the task iterator's: {sampled:?}"
+        sampled.links.keys().all(|kind| matches!(kind.as_str(), "iter" | "perf" | "gone")),
+        "a sampled recording holds a link other than the task iterator's and the timers': \
+         {sampled:?}"
     );
     let profile = read_profile(&dir.join("record.json"));
     assert!(profile.sampling.is_some(), "the recording says it was exact");

@@ -659,38 +659,51 @@ impl TaskLook {
     pub const ARRIVALS_UNKNOWN: u64 = u64::MAX;
 }
 
-/// A record of the TICKS ring (spike): a look at one thread by the kernel's tick.
-pub const TICK_LOOK: u32 = 1;
-/// A record of the TICKS ring (spike): a stack copied by the kernel's tick.
-pub const TICK_STACK: u32 = 2;
+/// The tag of a [`PassLook`] in the PASSES ring.
+pub const PASS_LOOK: u32 = 1;
+/// The tag of a [`PassStack`] in the PASSES ring.
+pub const PASS_STACK: u32 = 2;
 
-/// One thread as a tick of the kernel's sampler saw it (spike).
+/// One thread as a sampled recording's pass in the kernel saw it (`tracer_sample_pass`):
+/// what a task iterator's look holds, with the pass it belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TickLook {
-    /// [`TICK_LOOK`].
+pub struct PassLook {
+    /// [`PASS_LOOK`].
     pub tag: u32,
-    /// Which pass of the sampler (the slot).
+    /// Which pass (its period's number, truncated): the looks of one pass are in a row.
     pub pass: u32,
-    /// `bpf_ktime_get_ns` of the pass.
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) of the pass.
     pub time_ns: u64,
     pub look: TaskLook,
 }
 
-/// A blocked thread's user stack, copied by a tick that ran in its process (spike).
+/// The user stack of a thread a pass found newly blocked, copied where the pass ran in
+/// the thread's process (in its memory), after the pass's looks.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct TickStack {
-    /// [`TICK_STACK`].
+pub struct PassStack {
+    /// [`PASS_STACK`].
     pub tag: u32,
+    /// Bytes copied from `sp` upwards (all of `stack` unless the mapping ended first).
     pub len: u32,
     pub tid: u32,
+    /// The pass whose look found the wait.
     pub pass: u32,
-    /// The wait's switch count ([`TaskLook::switches`]), unchanged across the copy.
+    /// The wait's switch count ([`TaskLook::switches`]); the thread did not arrive on a
+    /// CPU during the copy.
     pub switches: u64,
     pub sp: u64,
     pub stack: [u8; STACK_COPY_BYTES],
 }
+
+/// Threads a pass in the kernel walks at most: a process with more is read from
+/// userspace (the pass counts `Counter::PassesCut`).
+pub const PASS_MAX_THREADS: u32 = 256;
+
+/// Bytes of the PASSES ring: a quarter of a second of passes over `PASS_MAX_THREADS`
+/// threads at 49 a second is 1.6 MiB of looks, plus the stacks of new waits.
+pub const PASSES_RING_BYTES: u32 = 8 << 20;
 
 /// A thread of the target waking another one out of a long futex wait: the waker's
 /// registers and stack at the wake (it is inside its futex-wake call).
@@ -772,20 +785,21 @@ pub enum Counter {
     /// Sleeps that kept a copy of their stack, whole or in part (waits likely to end where
     /// the sleeper's memory cannot be read).
     SleepCopies = 14,
-    /// Spike: sampler passes made by the kernel's tick.
-    TickPasses = 15,
-    /// Spike: passes with no process to walk (no leader known or it is gone).
-    TickNoLeader = 16,
-    /// Spike: passes that stopped at MAX_TICK_THREADS.
-    TickTruncated = 17,
-    /// Spike: records the TICKS ring had no room for.
-    TickRingFull = 18,
-    /// Spike: stacks copied at a tick.
-    TickCopies = 19,
-    /// Spike: new waits a tick could not copy (it ran outside the process).
-    TickCopiesWanted = 20,
-    /// Spike: copies discarded (the thread ran during the copy).
-    TickCopiesTorn = 21,
+    /// Passes of a sampled recording made in the kernel (`tracer_sample_pass`).
+    Passes = 15,
+    /// Passes that found no process to walk: none known yet, or it is gone.
+    PassesWithoutProcess = 16,
+    /// Passes that stopped at `PASS_MAX_THREADS` threads.
+    PassesCut = 17,
+    /// Looks and stacks of passes the PASSES ring had no room for.
+    PassRingFull = 18,
+    /// Stacks of new waits a pass copied (it ran in their process).
+    PassCopies = 19,
+    /// New waits a pass could not copy (it ran outside their process): read by userspace
+    /// at the drain if still in progress.
+    PassCopiesLeft = 20,
+    /// Copies a pass dropped because the thread arrived on a CPU meanwhile.
+    PassCopiesTorn = 21,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -864,7 +878,9 @@ impl GoCounter {
 
 /// Number of [`Counter`] variants.
 pub const COUNTER_COUNT: usize = 22;
-const _: () = assert!(Counter::TickCopiesTorn as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(Counter::PassCopiesTorn as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
+const _: () = assert!(core::mem::size_of::<PassStack>() == 32 + STACK_COPY_BYTES);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);
@@ -1119,5 +1135,5 @@ mod user {
     unsafe impl aya::Pod for super::GoWaitKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GoWaitTotals {}
-    unsafe impl aya::Pod for super::TickLook {}
+    unsafe impl aya::Pod for super::PassLook {}
 }

@@ -86,8 +86,9 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals,
-    SleepStack, SwitchClock, TICK_LOOK, TICK_STACK, TaskLook, ThreadSpans, TickLook, TickStack, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
+    InFlightWait, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASSES_RING_BYTES, PassLook, PassStack,
+    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack,
+    SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
     WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
     WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
     syscall_nr,
@@ -1459,6 +1460,19 @@ pub fn tracer_task_looks(ctx: *mut core::ffi::c_void) -> i32 {
         }
         let seq = *meta;
         let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        // The passes in the kernel start from the target's leader, and find each thread's
+        // registers where this helper does.
+        if task_field(task, TASK_TGID_OFFSET.load()) == TARGET_TGID.load() {
+            let leader = task_field_u64(task, TASK_GROUP_LEADER_OFFSET.load());
+            let regs_from_stack =
+                (regs as u64).wrapping_sub(task_field_u64(task, TASK_STACK_OFFSET.load()));
+            if let Some(slot) = PASS_STATE.get_ptr_mut(PassState::Leader as u32) {
+                *slot = leader;
+            }
+            if let Some(slot) = PASS_STATE.get_ptr_mut(PassState::RegsFromStack as u32) {
+                *slot = regs_from_stack;
+            }
+        }
         let look = TaskLook {
             tid: task_field(task, TASK_PID_OFFSET.load()),
             tgid: task_field(task, TASK_TGID_OFFSET.load()),
@@ -1496,14 +1510,8 @@ pub fn tracer_task_looks(ctx: *mut core::ffi::c_void) -> i32 {
     0
 }
 
-// ---- Spike: the sampler's passes run by the kernel's timer (a cpu-clock perf event on
-// every CPU), so that the tracer wakes only to drain them.
-
-/// The sampler's period; set by the loader.
-#[unsafe(no_mangle)]
-static TICK_PERIOD_NS: Global<u64> = Global::new(20_408_163);
-/// Offsets for walking a process's threads: `task_struct.signal`, `.thread_node`,
-/// `.group_leader`, `signal_struct.thread_head`; set by the loader.
+/// Offsets for walking a process's threads (`task_struct.signal`, `.thread_node`,
+/// `.group_leader`; `signal_struct.thread_head`); set by the loader.
 #[unsafe(no_mangle)]
 static TASK_SIGNAL_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -1512,112 +1520,140 @@ static TASK_THREAD_NODE_OFFSET: Global<u64> = Global::new(0);
 static TASK_GROUP_LEADER_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static SIGNAL_THREAD_HEAD_OFFSET: Global<u64> = Global::new(0);
-/// Where the user registers are below a task's kernel stack base (`task_pt_regs(t) -
-/// t->stack`); set by the loader.
-#[unsafe(no_mangle)]
-static REGS_FROM_STACK: Global<u64> = Global::new(16384 - 168);
 
-/// [0]: the last slot a pass was made in; [1]: the target's group leader (a task
-/// pointer, kept from a tick that ran in the process).
+/// What the passes share, by `PassState` index.
 #[map]
-static TICK_STATE: Array<u64> = Array::with_max_entries(2, 0);
+static PASS_STATE: Array<u64> = Array::with_max_entries(4, 0);
 
+/// `PASS_STATE` indices.
+#[repr(u32)]
+enum PassState {
+    /// The number of the last period a pass was made in.
+    LastPeriod = 0,
+    /// The target's group leader (a task pointer): kept by the task iterator, and by
+    /// every pass that runs in the process.
+    Leader = 1,
+    /// Where the user registers lie above a task's kernel stack base (`task_pt_regs(t) -
+    /// t->stack`), as the task iterator found it; 0 until it ran.
+    RegsFromStack = 2,
+    /// The period in nanoseconds; set by the loader before the attach.
+    PeriodNs = 3,
+}
+
+/// The passes' looks and stacks, drained by userspace a few times a second: no record
+/// wakes it.
 #[map]
-static TICKS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+static PASSES: RingBuf = RingBuf::with_byte_size(PASSES_RING_BYTES, 0);
 
-/// The switch count of the wait each thread's last copy was of.
+/// The switch count of the wait whose stack each thread's last pass copy was of: a wait
+/// is copied once, however many passes see it.
 #[map]
-static TICK_COPIED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+static PASS_COPIED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
-const MAX_TICK_THREADS: u32 = 256;
-
+/// A pass of a sampled recording, made by the kernel's timer: attached to a cpu-clock
+/// event of every CPU at the sampling rate, the first tick of each period walks the
+/// target's threads (the group's list, from its leader) and writes a look at each to
+/// `PASSES`, as the task iterator would; the others return at once. A thread newly
+/// blocked in a watched call has its stack copied too when the tick interrupted a thread
+/// of the same process, whose memory it then reads; otherwise userspace copies it at the
+/// drain if the wait is still on. So the tracer wakes only to drain, not at the rate:
+/// on this VM a process woken 49 times a second on the other CPU costs a futex ping-pong
+/// 2–3% and a timer interrupt that returns to idle nothing measurable
+/// (docs/overhead-log.md, session 34).
 #[aya_ebpf::macros::perf_event]
-pub fn tracer_tick(_ctx: aya_ebpf::programs::PerfEventContext) -> u32 {
-    let _ = try_tick();
+pub fn tracer_sample_pass(_ctx: aya_ebpf::programs::PerfEventContext) -> u32 {
+    let _ = try_sample_pass();
     0
 }
 
 #[inline(always)]
-fn read_u64(at: u64) -> Result<u64, i32> {
+fn kernel_u64(at: u64) -> Result<u64, i32> {
     // SAFETY: the helper faults safely.
-    unsafe { bpf_probe_read_kernel(at as *const u64).map_err(|e| e as i32) }
+    unsafe { bpf_probe_read_kernel(at as *const u64) }
 }
 
 #[inline(always)]
-fn read_u32(at: u64) -> Result<u32, i32> {
+fn kernel_u32(at: u64) -> Result<u32, i32> {
     // SAFETY: the helper faults safely.
-    unsafe { bpf_probe_read_kernel(at as *const u32).map_err(|e| e as i32) }
+    unsafe { bpf_probe_read_kernel(at as *const u32) }
 }
 
-fn try_tick() -> Result<(), i32> {
+fn try_sample_pass() -> Result<(), i32> {
+    let state = |index: PassState| PASS_STATE.get_ptr_mut(index as u32).ok_or(0);
     let now = now_ns();
-    let Some(slot) = now.checked_div(TICK_PERIOD_NS.load()) else { return Ok(()) };
-    let last = TICK_STATE.get_ptr_mut(0).ok_or(0)?;
-    // SAFETY: an aligned array value, swapped whole.
+    // SAFETY (here and below): aligned array values, read and written whole.
+    let period = unsafe { *state(PassState::PeriodNs)? };
+    let Some(this_period) = now.checked_div(period) else { return Ok(()) };
+    let last = state(PassState::LastPeriod)?;
     let seen = unsafe { *last };
-    if slot <= seen || !swap_word(last, seen, slot) {
+    if this_period <= seen || !swap_word(last, seen, this_period) {
         return Ok(());
     }
-    count(Counter::TickPasses);
+    count(Counter::Passes);
     let target = TARGET_TGID.load();
     let in_process = (bpf_get_current_pid_tgid() >> 32) as u32 == target;
-    let leader_slot = TICK_STATE.get_ptr_mut(1).ok_or(0)?;
+    let leader_slot = state(PassState::Leader)?;
     let leader = if in_process {
         // SAFETY: the helper returns the current task as a BTF pointer.
-        let current = unsafe { bpf_get_current_task_btf() };
-        // SAFETY: as in `task_field_u64`.
-        let leader = unsafe { task_field_u64(current, TASK_GROUP_LEADER_OFFSET.load()) };
-        // SAFETY: an aligned array value.
+        let leader =
+            unsafe { task_field_u64(bpf_get_current_task_btf(), TASK_GROUP_LEADER_OFFSET.load()) };
         unsafe { *leader_slot = leader };
         leader
     } else {
-        // SAFETY: as above.
         unsafe { *leader_slot }
     };
-    if leader == 0 || read_u32(leader.wrapping_add(TASK_TGID_OFFSET.load())) != Ok(target) {
-        count(Counter::TickNoLeader);
+    let regs_from_stack = unsafe { *state(PassState::RegsFromStack)? };
+    // A leader's task stays while any thread of its group lives; one that no longer names
+    // the target was freed (the process is gone).
+    if leader == 0
+        || regs_from_stack == 0
+        || kernel_u32(leader.wrapping_add(TASK_TGID_OFFSET.load())) != Ok(target)
+    {
+        count(Counter::PassesWithoutProcess);
         return Ok(());
     }
-    let signal = read_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()))?;
+    // The thread list is RCU-protected; a timer's interrupt is a read-side section.
+    let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()))?;
     let head = signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load());
-    let mut node = read_u64(head)?;
-    let pass = slot as u32;
-    for _ in 0..MAX_TICK_THREADS {
+    let mut node = kernel_u64(head)?;
+    let pass = this_period as u32;
+    for _ in 0..PASS_MAX_THREADS {
         if node == head || node == 0 {
             return Ok(());
         }
-        tick_look(node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load()), now, pass, in_process);
-        node = read_u64(node)?;
+        let task = node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load());
+        look_in_pass(task, now, pass, regs_from_stack, in_process);
+        node = kernel_u64(node)?;
     }
-    count(Counter::TickTruncated);
+    count(Counter::PassesCut);
     Ok(())
 }
 
+/// Writes a pass's look at `task`, and a copy of its stack when it is newly blocked in a
+/// watched call and the pass runs in its process.
 #[inline(never)]
-fn tick_look(task: u64, now: u64, pass: u32, in_process: bool) -> u32 {
-    let Some(mut entry) = TICKS.reserve::<TickLook>(0) else {
-        count(Counter::TickRingFull);
+fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process: bool) -> u32 {
+    let Some(mut entry) = PASSES.reserve::<PassLook>(0) else {
+        count(Counter::PassRingFull);
         return 0;
     };
-    let field32 = |offset: u64| read_u32(task.wrapping_add(offset)).unwrap_or(0);
-    let field64 = |offset: u64| read_u64(task.wrapping_add(offset)).unwrap_or(0);
-    let stack_base = field64(TASK_STACK_OFFSET.load());
-    let regs: pt_regs = match stack_base {
-        // SAFETY: pt_regs is plain integers.
-        0 => unsafe { core::mem::zeroed() },
-        // SAFETY: the helper faults safely.
-        base => unsafe {
-            bpf_probe_read_kernel(base.wrapping_add(REGS_FROM_STACK.load()) as *const pt_regs)
-                .unwrap_or(core::mem::zeroed())
-        },
+    let field32 = |offset: u64| kernel_u32(task.wrapping_add(offset)).unwrap_or(0);
+    let field64 = |offset: u64| kernel_u64(task.wrapping_add(offset)).unwrap_or(0);
+    let arrivals_of = || match TASK_ARRIVALS_OFFSET.load() {
+        TaskLook::ARRIVALS_UNKNOWN => TaskLook::ARRIVALS_UNKNOWN,
+        offset => field64(offset),
     };
+    let regs_at = field64(TASK_STACK_OFFSET.load()).wrapping_add(regs_from_stack);
+    // SAFETY: the helper faults safely; pt_regs is plain integers.
+    let regs: pt_regs =
+        unsafe { bpf_probe_read_kernel(regs_at as *const pt_regs).unwrap_or(core::mem::zeroed()) };
     let switches =
         field64(TASK_NVCSW_OFFSET.load()).wrapping_add(field64(TASK_NIVCSW_OFFSET.load()));
     let record = entry.as_mut_ptr();
-    // SAFETY: the reserved record, TickLook-sized, filled field by field (no copy of a
-    // whole look on the BPF stack).
+    // SAFETY: the reserved record, PassLook-sized, filled field by field (a whole look
+    // built on the BPF stack beside the registers would crowd it).
     let look = unsafe {
-        (*record).tag = TICK_LOOK;
+        (*record).tag = PASS_LOOK;
         (*record).pass = pass;
         (*record).time_ns = now;
         let look = &mut (*record).look;
@@ -1626,78 +1662,73 @@ fn tick_look(task: u64, now: u64, pass: u32, in_process: bool) -> u32 {
         look.state = field32(TASK_STATE_OFFSET.load());
         look.on_cpu = field32(TASK_ON_CPU_OFFSET.load());
         look.switches = switches;
-        look.arrivals = match TASK_ARRIVALS_OFFSET.load() {
-            TaskLook::ARRIVALS_UNKNOWN => TaskLook::ARRIVALS_UNKNOWN,
-            offset => field64(offset),
-        };
+        look.arrivals = arrivals_of();
         look.syscall_nr = regs.orig_rax as i64;
         look.args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
         look.ip = regs.rip;
         look.sp = regs.rsp;
         look.bp = regs.rbp;
-        look.comm = bpf_probe_read_kernel(
-            task.wrapping_add(TASK_COMM_OFFSET.load()) as *const [u8; 16],
-        )
-        .unwrap_or([0; 16]);
+        look.comm =
+            bpf_probe_read_kernel(task.wrapping_add(TASK_COMM_OFFSET.load()) as *const [u8; 16])
+                .unwrap_or([0; 16]);
         &*look
     };
-    let blocked = look.state != 0 && look.on_cpu == 0;
-    let arrivals = look.arrivals;
-    let tid = look.tid;
-    let sp = look.sp;
-    let watched = blocked
+    let (tid, sp, arrivals) = (look.tid, look.sp, look.arrivals);
+    let watched = look.state != 0
+        && look.on_cpu == 0
         && matches!(
-            classify_syscall(look.syscall_nr, |n| Ok::<_, ()>(match n {
-                0 => look.args[0],
-                1 => look.args[1],
-                2 => look.args[2],
-                3 => look.args[3],
-                4 => look.args[4],
-                _ => look.args[5],
-            })),
+            classify_syscall(look.syscall_nr, |n| Ok::<_, ()>(look_arg(look, n))),
             Ok(Some(_))
         );
     entry.submit(BPF_RB_NO_WAKEUP as u64);
-    if !watched {
-        return 0;
-    }
     // SAFETY: a map value, read whole.
-    if TICK_COPIED.get_ptr(tid).is_some_and(|copied| unsafe { *copied } == switches) {
+    if !watched || PASS_COPIED.get_ptr(tid).is_some_and(|copied| unsafe { *copied } == switches) {
         return 0;
     }
     if !in_process {
-        count(Counter::TickCopiesWanted);
+        count(Counter::PassCopiesLeft);
         return 0;
     }
-    let Some(mut entry) = TICKS.reserve::<TickStack>(0) else {
-        count(Counter::TickRingFull);
+    let Some(mut entry) = PASSES.reserve::<PassStack>(0) else {
+        count(Counter::PassRingFull);
         return 0;
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: the reserved record, TickStack-sized.
+    // SAFETY: the reserved record, PassStack-sized. The thread is asleep and shares the
+    // interrupted thread's memory, where `sp` is its stack.
     unsafe {
-        (*record).tag = TICK_STACK;
+        (*record).tag = PASS_STACK;
         (*record).tid = tid;
         (*record).pass = pass;
         (*record).switches = switches;
         (*record).sp = sp;
         (*record).len = copy_user_stack(&mut (*record).stack, sp);
     }
-    // A thread that arrived on a CPU during the copy (woken and running, not yet switched
-    // out again) tore it.
-    let after = match TASK_ARRIVALS_OFFSET.load() {
-        TaskLook::ARRIVALS_UNKNOWN => arrivals,
-        offset => field64(offset),
-    };
-    if after != arrivals {
-        count(Counter::TickCopiesTorn);
+    // A thread that arrived on a CPU meanwhile (woken, running, not yet switched out
+    // again) may have torn the copy.
+    if arrivals_of() != arrivals {
+        count(Counter::PassCopiesTorn);
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         return 0;
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
-    let _ = TICK_COPIED.insert(&tid, &switches, 0);
-    count(Counter::TickCopies);
+    let _ = PASS_COPIED.insert(tid, switches, 0);
+    count(Counter::PassCopies);
     0
+}
+
+/// The n-th syscall argument of a look (a match, not an index: an index's bounds check
+/// would leave a panic path the verifier refuses).
+#[inline(always)]
+fn look_arg(look: &TaskLook, n: usize) -> u64 {
+    match n {
+        0 => look.args[0],
+        1 => look.args[1],
+        2 => look.args[2],
+        3 => look.args[3],
+        4 => look.args[4],
+        _ => look.args[5],
+    }
 }
 
 #[cfg(not(test))]

@@ -21,7 +21,7 @@ use crate::{
         target,
     },
     probes::{
-        ProbeConfig, ProbeCounters, Probes,
+        ProbeConfig, Probes,
         events::{RingBuffers, WaitCollector, WaitDecoder},
     },
     report::summary::format_duration,
@@ -273,7 +273,8 @@ async fn record_sampled(
     let tasks = TaskIterator::Own(Box::new(Probes::open_for_reading(pid, &btf_path)?));
     let unwinder = ProcessUnwinder::new(pid, image);
     let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
-        .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+        .with_context(|| format!("cannot list the threads of pid {pid}"))?
+        .with_passes_in_kernel();
     sampler.keep_files_of_at_most(members::kept_threads_per_process(1));
     eprintln!(
         "tracer: recording {} (pid {pid}) for {}, sampled every {}; Ctrl-C to stop early",
@@ -283,8 +284,10 @@ async fn record_sampled(
     );
     let started_at = SystemTime::now();
     sampler.keep_timeline(monotonic_now_ns());
-    let (elapsed, target_exited) =
-        pipeline::sample_until_stop(&target, duration, period, || Ok(sampler.read()?))?;
+    let (elapsed, target_exited) = pipeline::sample_until_stop(&target, duration, period, || {
+        sampler.read()?;
+        Ok(sampler.read_interval())
+    })?;
     let sampled = sampler.finish(target_exited);
     let timing = SampledTiming { started_at, elapsed, period };
     let profile = sampled_profile(&target, sampled, timing, target_exited);
@@ -391,6 +394,7 @@ fn sampled_profile(
         reads,
         threads_skipped,
         mut tasks,
+        malformed_records,
     } = sampled;
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
     let SampledTiming { started_at, elapsed, period } = timing;
@@ -398,8 +402,9 @@ fn sampled_profile(
     base.duration = elapsed;
     base.sampling = Some(Sampling { period, reads });
     base.target_exited = target_exited;
+    let counters = tasks.counters();
     base.counts =
-        trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
+        trace_counts(&counters, unwinder.truncated_unwinds, &objects, malformed_records, 0);
     base.thread_counts = thread_counts;
     let pending = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);

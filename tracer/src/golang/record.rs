@@ -80,7 +80,7 @@ async fn record_sampled(
     );
     let started_at = SystemTime::now();
     let (elapsed, target_exited) =
-        pipeline::sample_until_stop(target, duration, period, || sampler.read())?;
+        pipeline::sample_until_stop(target, duration, period, || sampler.read().map(|()| period))?;
     let window = SampledWindow { started_at, elapsed, target_exited };
     let profile = sampled_profile(traced, &binary, module, sampler, window, Peers::Read);
     pipeline::report(&profile, outputs, top)

@@ -23,7 +23,9 @@ pub fn trace_counts(
         waits_discarded: counters.get(Counter::WaitsDiscarded),
         short_waits: counters.get(Counter::ShortWaits),
         long_waits: counters.get(Counter::LongWaits),
-        ring_buffer_full: counters.get(Counter::RingBufferFull),
+        // A sampled recording's passes in the kernel lose to a full ring of their own.
+        ring_buffer_full: counters.get(Counter::RingBufferFull)
+            + counters.get(Counter::PassRingFull),
         stack_unreadable: counters.get(Counter::StackUnreadable),
         stack_shortened: counters.get(Counter::StackShortened),
         stack_partial: counters.get(Counter::StackPartial),

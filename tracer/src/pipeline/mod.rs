@@ -158,12 +158,14 @@ pub async fn run_until_stop(
 /// for what is still blocked at the end, unless the target has exited. A read that fails
 /// because the target exited stops nothing by itself: the pidfd ends the loop at once and
 /// what was read stands. The reads run on this thread, between sleeps on a `StopWatch`.
-/// Returns how long it ran and whether the target exited.
+/// `read` returns the time until the next read is due: the period, or longer for a
+/// sampler whose passes the kernel makes. Returns how long it ran and whether the target
+/// exited.
 pub fn sample_until_stop(
     target: &Target,
     duration: Duration,
     period: Duration,
-    mut read: impl FnMut() -> anyhow::Result<()>,
+    mut read: impl FnMut() -> anyhow::Result<Duration>,
 ) -> anyhow::Result<(Duration, bool)> {
     let started = std::time::Instant::now();
     let mut pace = pace::ReadPace::new(period);
@@ -173,7 +175,7 @@ pub fn sample_until_stop(
         match pace.read(&mut read) {
             Err(_) if target.has_exited() => {}
             Err(err) => return Err(err),
-            Ok(()) => {}
+            Ok(interval) => pace.set_period(interval),
         }
     }
     let stop = watch.finish()?;

@@ -80,6 +80,15 @@ impl ReadPace {
     }
 
     /// When the next read is due.
+    /// Reads come every `period` from the next on (a sampler whose passes moved into the
+    /// kernel is drained less often than it samples).
+    pub fn set_period(&mut self, period: Duration) {
+        if period != self.period {
+            self.next = self.next.checked_sub(self.period).unwrap_or(self.next) + period;
+            self.period = period;
+        }
+    }
+
     pub fn next(&self) -> Instant {
         self.next
     }

@@ -42,6 +42,8 @@ impl Probes {
             .map_err(|source| ProbeError::Btf { path: btf_path.display().to_string(), source })?;
         let mut loader = EbpfLoader::new();
         loader.allow_unsupported_maps();
+        // Only the uprobes run: the thread passes' ring as small as the kernel allows.
+        loader.map_max_entries("PASSES", 4096);
         let ebpf = loader
             .btf(Some(&btf))
             .override_global("TARGET_TGID", &tgid, true)
@@ -57,6 +59,7 @@ impl Probes {
             queued_wakes: false,
             process_links,
             pass_bytes: Vec::new(),
+            thread_list: false,
         })
     }
 

@@ -54,6 +54,23 @@ pub struct QueuedWakeOffsets {
     pub stack: u32,
 }
 
+/// Byte offsets of what a sampled recording's pass in the kernel walks: from the
+/// process's leader to its `signal_struct`, along the list of its threads, and to each
+/// thread's kernel stack (below whose top its user registers are saved).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadListOffsets {
+    /// `struct signal_struct *signal` in `task_struct`.
+    pub signal: u32,
+    /// `struct list_head thread_node` in `task_struct`: its place in the list.
+    pub thread_node: u32,
+    /// `struct task_struct *group_leader` in `task_struct`.
+    pub group_leader: u32,
+    /// `struct list_head thread_head` in `signal_struct`: the list's head.
+    pub thread_head: u32,
+    /// `void *stack` in `task_struct`.
+    pub stack: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelBtfError {
     #[error("the kernel BTF is malformed ({0})")]
@@ -136,15 +153,17 @@ impl KernelStructs {
         })
     }
 
-    /// Spike: (task.signal, task.thread_node, task.group_leader, signal.thread_head, task.stack).
-    pub fn thread_list_offsets(&self) -> Option<[u32; 5]> {
-        Some([
-            self.member("task_struct", "signal")?,
-            self.member("task_struct", "thread_node")?,
-            self.member("task_struct", "group_leader")?,
-            self.member("signal_struct", "thread_head")?,
-            self.member("task_struct", "stack")?,
-        ])
+    /// Where a pass in the kernel finds a process's threads and their registers, or None
+    /// when this kernel lacks one of the members (`thread_node` and `thread_head` came in
+    /// 6.7).
+    pub fn thread_list_offsets(&self) -> Option<ThreadListOffsets> {
+        Some(ThreadListOffsets {
+            signal: self.member("task_struct", "signal")?,
+            thread_node: self.member("task_struct", "thread_node")?,
+            group_leader: self.member("task_struct", "group_leader")?,
+            thread_head: self.member("signal_struct", "thread_head")?,
+            stack: self.member("task_struct", "stack")?,
+        })
     }
 
     /// The members leading from a task to its run queue's clock, or None when this
@@ -312,6 +331,9 @@ mod tests {
         // The stack pointer leads the struct after __state; the wake node follows on_cpu.
         assert!(structs.mm_offset().is_some_and(|mm| mm > offsets.state), "task_struct has mm");
         let queued = structs.queued_wake_offsets().expect("task_struct has wake_entry");
+        let threads = structs.thread_list_offsets().expect("6.18 lists a group's threads");
+        assert_eq!(threads.stack, queued.stack);
+        assert!(threads.signal > threads.group_leader && threads.thread_head > 0, "{threads:?}");
         assert!(queued.stack == offsets.state + 8, "{queued:?} {offsets:?}");
         assert!(queued.wake_entry > offsets.on_cpu && queued.wake_entry < arrivals, "{queued:?}");
     }

@@ -17,9 +17,9 @@ use aya::{
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals,
-    SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES,
-    WAKES_RING_BYTES, WaitKind, WaitSlot,
+    COUNTER_COUNT, Counter, InFlightWait, PASSES_RING_BYTES, SLEEP_STACK_SLOTS, STACK_COPY_BYTES,
+    ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS,
+    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,9 @@ pub enum ProbeError {
     /// The task iterator's output could not be read.
     #[error("cannot read the task iterator")]
     ReadIterator(#[source] std::io::Error),
+    /// The kernel BTF does not show how to walk a process's threads (before 6.7).
+    #[error("this kernel's BTF does not show a process's list of threads")]
+    NoThreadList,
     /// A program the probes define is missing from the embedded object.
     #[error("probe program {name} is missing from the embedded object")]
     MissingProgram { name: &'static str },
@@ -101,6 +104,9 @@ pub struct Probes {
     /// What the last pass of the task iterator wrote: kept, at the size of the largest
     /// pass, so that a sampled read neither zeroes nor regrows it every period.
     pass_bytes: Vec<u8>,
+    /// Whether this kernel's BTF showed how to walk a process's threads, which a pass in
+    /// the kernel needs (`attach_sample_passes`).
+    thread_list: bool,
 }
 
 /// Per-kind totals of the waits under the threshold.
@@ -119,7 +125,8 @@ impl ProbeCounters {
 impl Probes {
     /// Loads the object (maps, globals) without attaching anything.
     pub fn open(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
-        Self::open_sized(config, SLEEP_STACK_SLOTS, btf_path)
+        // Its passes' ring is not used: as small as the kernel allows.
+        Self::open_sized(config, SLEEP_STACK_SLOTS, 4096, btf_path)
     }
 
     /// Loads the object for its task iterator alone (a sampled recording): the wait
@@ -132,12 +139,13 @@ impl Probes {
             wake_ring_buffer_bytes: Some(SMALLEST_RING),
         };
         let config = ProbeConfig { tgid, min_wait: Duration::ZERO, wakers: false, maps };
-        Self::open_sized(config, 1, btf_path)
+        Self::open_sized(config, 1, PASSES_RING_BYTES, btf_path)
     }
 
     fn open_sized(
         config: ProbeConfig,
         sleep_stack_slots: u32,
+        passes_ring_bytes: u32,
         btf_path: &Path,
     ) -> Result<Self, ProbeError> {
         // Read once: aya parses it for the loader, and `kernel_btf` finds task_struct's
@@ -169,14 +177,19 @@ impl Probes {
         let (wake_entry_offset, stack_offset) = queued_wakes
             .map_or((0, 0), |offsets| (u64::from(offsets.wake_entry), u64::from(offsets.stack)));
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
-        let [signal, thread_node, group_leader, thread_head, task_stack] =
-            structs.thread_list_offsets().unwrap_or_default().map(u64::from);
-        let stack_offset = if stack_offset == 0 { task_stack } else { stack_offset };
+        // Without them, a sampled recording reads its threads from userspace at the rate.
+        let thread_list = structs.thread_list_offsets();
+        let threads = thread_list.unwrap_or_default();
+        let stack_offset = match stack_offset {
+            0 => u64::from(threads.stack),
+            offset => offset,
+        };
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
         // the kernel side uses it.
         loader.allow_unsupported_maps();
         loader.map_max_entries("SLEEP_STACKS", sleep_stack_slots);
+        loader.map_max_entries("PASSES", passes_ring_bytes);
         let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes } = config.maps;
         if let Some(bytes) = ring_buffer_bytes {
             loader.map_max_entries("WAITS", bytes);
@@ -211,10 +224,10 @@ impl Probes {
             .override_global("TASK_WAKE_ENTRY_OFFSET", &wake_entry_offset, true)
             .override_global("TASK_STACK_OFFSET", &stack_offset, true)
             .override_global("TASK_MM_OFFSET", &mm_offset, true)
-            .override_global("TASK_SIGNAL_OFFSET", &signal, true)
-            .override_global("TASK_THREAD_NODE_OFFSET", &thread_node, true)
-            .override_global("TASK_GROUP_LEADER_OFFSET", &group_leader, true)
-            .override_global("SIGNAL_THREAD_HEAD_OFFSET", &thread_head, true)
+            .override_global("TASK_SIGNAL_OFFSET", &u64::from(threads.signal), true)
+            .override_global("TASK_THREAD_NODE_OFFSET", &u64::from(threads.thread_node), true)
+            .override_global("TASK_GROUP_LEADER_OFFSET", &u64::from(threads.group_leader), true)
+            .override_global("SIGNAL_THREAD_HEAD_OFFSET", &u64::from(threads.thread_head), true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self {
@@ -225,43 +238,89 @@ impl Probes {
             queued_wakes: queued_wakes.is_some(),
             process_links: HashMap::new(),
             pass_bytes: Vec::new(),
+            thread_list: thread_list.is_some(),
         })
     }
 
-    /// Spike: runs the sampler's passes in the kernel, on a cpu-clock event of every CPU at
-    /// `rate` Hz (the first tick of each period makes the pass).
-    pub fn attach_ticks(&mut self, rate: u64) -> Result<(), ProbeError> {
-        use aya::programs::perf_event::{
-            PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
-        };
-        let name = "tracer_tick";
-        let program: &mut PerfEvent = self
+    /// Loads the program of a sampled recording's passes in the kernel
+    /// (`tracer_sample_pass`), before the first read: its verification takes a while, which
+    /// would otherwise fall between that read and the first pass.
+    pub fn load_sample_passes(&mut self) -> Result<(), ProbeError> {
+        if !self.thread_list {
+            return Err(ProbeError::NoThreadList);
+        }
+        let name = "tracer_sample_pass";
+        let program: &mut aya::programs::PerfEvent = self
             .ebpf
             .program_mut(name)
             .ok_or(ProbeError::MissingProgram { name })?
             .try_into()
             .map_err(|source| ProbeError::Program { name, source })?;
-        program.load().map_err(|source| ProbeError::Program { name, source })?;
-        let cpus = aya::util::online_cpus().map_err(|(_, source)| ProbeError::Program {
-            name,
-            source: aya::programs::ProgramError::IOError(source),
-        })?;
+        program.load().map_err(|source| ProbeError::Program { name, source })
+    }
+
+    /// Makes a sampled recording's passes in the kernel, every `period`, from now on: a
+    /// cpu-clock event on every CPU at that period runs `tracer_sample_pass` (loaded by
+    /// `load_sample_passes`), whose first tick in each period walks the target's threads.
+    /// Returns the ring the passes write to, which wakes no one: drain it. Run after a
+    /// pass of the task iterator over the target (the passes start from what it leaves
+    /// them).
+    pub fn attach_sample_passes(
+        &mut self,
+        period: Duration,
+    ) -> Result<RingBuf<MapData>, ProbeError> {
+        use aya::programs::perf_event::{
+            PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+        };
+        const PERIOD_NS: u32 = 3; // PassState::PeriodNs
+        let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let name = "tracer_sample_pass";
+        let program_error = |source| ProbeError::Program { name, source };
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram { name })?
+            .try_into()
+            .map_err(program_error)?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(_, source)| program_error(aya::programs::ProgramError::IOError(source)))?;
         for cpu in cpus {
             program
                 .attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
                     PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(rate),
+                    SamplePolicy::Period(period_ns),
                     false,
                 )
-                .map_err(|source| ProbeError::Program { name, source })?;
+                .map_err(program_error)?;
         }
-        Ok(())
+        // The ticks make no pass until the period is set: none on a CPU attached before
+        // another's attach failed.
+        let name = "PASS_STATE";
+        let mut state: Array<&mut MapData, u64> = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::Map { name, source: None })?
+            .try_into()
+            .map_err(|source| ProbeError::Map { name, source: Some(source) })?;
+        state
+            .set(PERIOD_NS, period_ns, 0)
+            .map_err(|source| ProbeError::Map { name, source: Some(source) })?;
+        self.take_ring_buffer("PASSES")
     }
 
-    /// Spike: the TICKS ring.
-    pub fn take_ticks(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        self.take_ring_buffer("TICKS")
+    /// Stops the passes `attach_sample_passes` started: each tick then returns at once
+    /// (a period of 0), until the probes are dropped.
+    pub fn stop_sample_passes(&mut self) {
+        const PERIOD_NS: u32 = 3; // PassState::PeriodNs
+        let stopped = self
+            .ebpf
+            .map_mut("PASS_STATE")
+            .and_then(|map| Array::<&mut MapData, u64>::try_from(map).ok())
+            .is_some_and(|mut state| state.set(PERIOD_NS, 0, 0).is_ok());
+        if !stopped {
+            log::warn!("the passes in the kernel could not be stopped");
+        }
     }
 
     /// Attaches the wait probes: from here on the target's waits are recorded.

@@ -225,6 +225,7 @@ fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &Ato
             log::debug!("sampling stopped: {err}");
             return;
         }
+        pace.set_period(sampler.read_interval());
         let ended = sampler.take_ended();
         shared.note_sampled_read(sampler.reads(), sampler.truncated_unwinds());
         if !ended.stacks.is_empty() {
@@ -273,7 +274,8 @@ async fn attach(
         Some(period) => {
             let tasks = TaskIterator::Own(Box::new(Probes::open_for_reading(pid, btf_path)?));
             let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
-                .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+                .with_context(|| format!("cannot list the threads of pid {pid}"))?
+                .with_passes_in_kernel();
             sampler.keep_files_of_at_most(crate::pipeline::members::kept_threads_per_process(1));
             lock(&shared.collector).generation = generation;
             (Probes::open_for_reading(pid, btf_path)?, WaitSource::Sampler(sampler))

@@ -3,6 +3,7 @@
 //! process_vm_readv copies the user stack, /proc/PID/task/TID/sched dates the block.
 
 pub mod blocked_now;
+pub mod kernel_passes;
 pub mod sampler;
 pub mod waits_before;
 

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracer_common::TaskLook;
+use aya::maps::{MapData, RingBuf};
+use tracer_common::{Counter, TaskLook};
 
 use crate::{
     model::{StackKey, ThreadCounts, TimelineRecorder, WaitAggregate},
@@ -21,8 +22,9 @@ use crate::{
     probes::Probes,
     stacks::ProcessUnwinder,
     threads::{
-        BlockedState, SampleError, ThreadReader, ThreadSyscall,
+        BlockedState, SampleError, SyscallState, ThreadReader, ThreadSample, ThreadSyscall,
         blocked_now::{SavedFramePointers, monotonic_now_ns, stack_key, thread_name, wait_object},
+        kernel_passes::{self, PassCopy},
     },
 };
 
@@ -291,6 +293,8 @@ pub struct Sampled {
     pub threads_skipped: u64,
     /// The task iterator the reads used, for a last pass over the host.
     pub tasks: TaskIterator,
+    /// Records of the passes in the kernel that could not be read (never expected).
+    pub malformed_records: u64,
 }
 
 /// The task iterator a sampler reads its threads with: their state and switch count, and
@@ -310,6 +314,15 @@ impl TaskIterator {
         match self {
             TaskIterator::Own(probes) => probes.task_looks(),
             TaskIterator::Shared { probes, pid } => lock(probes).process_task_looks(*pid),
+        }
+    }
+
+    /// What its own probes counted (the passes in the kernel, their losses); nothing
+    /// for a shared iterator, whose probes run no pass.
+    pub fn counters(&self) -> crate::probes::ProbeCounters {
+        match self {
+            TaskIterator::Own(probes) => probes.counters().unwrap_or_default(),
+            TaskIterator::Shared { .. } => crate::probes::ProbeCounters::default(),
         }
     }
 
@@ -355,6 +368,30 @@ pub struct ThreadSampler {
     last_counts: ThreadCounts,
     /// The window a daemon's rolling timeline keeps.
     rolling_window: Option<Duration>,
+    /// Whether the reads are to move into the kernel after the first
+    /// (`with_passes_in_kernel`), and the passes once they have.
+    passes: Passes,
+}
+
+/// Where a sampler's reads are made.
+enum Passes {
+    /// By the sampler, at the rate.
+    Here,
+    /// By the sampler until its first read, by the kernel after.
+    ToKernel,
+    /// By the kernel (`Probes::attach_sample_passes`), drained every `DRAIN_INTERVAL`.
+    InKernel(Box<KernelPasses>),
+}
+
+/// The passes the kernel makes for a sampler, and what their counters said at the last
+/// drain.
+struct KernelPasses {
+    ring: RingBuf<MapData>,
+    /// `Counter::PassesCut` when the passes began: a pass that stops short of the
+    /// process's threads sends its reads back to the sampler.
+    cut_before: u64,
+    /// Records of the ring no pass could be made of (never expected).
+    malformed: u64,
 }
 
 impl ThreadSampler {
@@ -377,7 +414,38 @@ impl ThreadSampler {
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
             rolling_window: None,
+            passes: Passes::Here,
         })
+    }
+
+    /// Has the kernel make the reads after the first (`kernel_passes`), where it can: a
+    /// process of its own probes' iterator, not a Python program (whose frames are read
+    /// from its memory when unwinding, which must be at the look's time). Elsewhere, and
+    /// if the passes cannot be attached, the sampler reads at the rate itself.
+    pub fn with_passes_in_kernel(mut self) -> Self {
+        let python = self.unwinder.python().is_some();
+        let TaskIterator::Own(probes) = &mut self.tasks else { return self };
+        if python {
+            return self;
+        }
+        match probes.load_sample_passes() {
+            Ok(()) => self.passes = Passes::ToKernel,
+            Err(err) => log::info!(
+                "pid {}: the kernel cannot make the reads ({:#}); reading every period",
+                self.pid,
+                anyhow::Error::from(err)
+            ),
+        }
+        self
+    }
+
+    /// How long until the next `read` is due: the period, or the drain's interval once
+    /// the kernel makes the passes.
+    pub fn read_interval(&self) -> Duration {
+        match self.passes {
+            Passes::InKernel(_) => kernel_passes::DRAIN_INTERVAL,
+            Passes::Here | Passes::ToKernel => self.period(),
+        }
     }
 
     /// Keeps the per-thread files of at most `threads` threads open (see
@@ -391,11 +459,89 @@ impl ThreadSampler {
     }
 
     /// One read of the threads: a look at each (its syscall and how often it has run),
-    /// then a stack copy and unwind of each whose wait is new.
+    /// then a stack copy and unwind of each whose wait is new. Once the kernel makes the
+    /// passes, a drain of those made since the last call, each read as if made here.
     pub fn read(&mut self) -> std::io::Result<()> {
-        let now_ns = monotonic_now_ns();
-        let mut counts = ThreadCounts::default();
+        if let Passes::InKernel(_) = self.passes {
+            return self.read_kernel_passes();
+        }
         let looks = self.looks_from_iterator();
+        self.read_at(monotonic_now_ns(), looks, &HashMap::new())?;
+        if matches!(self.passes, Passes::ToKernel) {
+            self.move_passes_to_kernel();
+        }
+        Ok(())
+    }
+
+    /// Attaches the passes in the kernel, after the first read (whose pass of the task
+    /// iterator shows them the process), or stays with reads here.
+    fn move_passes_to_kernel(&mut self) {
+        self.passes = Passes::Here;
+        let TaskIterator::Own(probes) = &mut self.tasks else { return };
+        if !self.iterator_works {
+            return;
+        }
+        let cut_before = probes.counter(Counter::PassesCut).unwrap_or(0);
+        let period = Duration::from_nanos(self.tracker.period_ns);
+        match probes.attach_sample_passes(period) {
+            Ok(ring) => {
+                log::debug!("pid {}: the kernel makes the reads' passes", self.pid);
+                let passes = KernelPasses { ring, cut_before, malformed: 0 };
+                self.passes = Passes::InKernel(Box::new(passes));
+            }
+            Err(err) => log::info!(
+                "pid {}: the kernel cannot make the reads ({:#}); reading every period",
+                self.pid,
+                anyhow::Error::from(err)
+            ),
+        }
+    }
+
+    /// The passes the kernel made since the last drain, read in turn. A drain that finds
+    /// none for two periods (the process gone, or not seen by a pass) reads here instead;
+    /// passes cut
+    /// short (a process of more threads than a pass walks) send the reads back here.
+    fn read_kernel_passes(&mut self) -> std::io::Result<()> {
+        let Passes::InKernel(passes) = &mut self.passes else { return Ok(()) };
+        let drained = kernel_passes::drain(&mut passes.ring);
+        passes.malformed += drained.malformed;
+        let TaskIterator::Own(probes) = &mut self.tasks else { return Ok(()) };
+        if probes.counter(Counter::PassesCut).unwrap_or(0) > passes.cut_before {
+            log::info!(
+                "pid {}: more threads than a pass in the kernel walks; reading every period",
+                self.pid
+            );
+            probes.stop_sample_passes();
+            self.passes = Passes::Here;
+            return self.read();
+        }
+        // Passes the reads here already went past (a drain that found none read here).
+        let last_read_ns = self.tracker.last_read_ns.unwrap_or(0);
+        let mut passes = drained.passes.into_iter().filter(|pass| pass.time_ns > last_read_ns);
+        let Some(first) = passes.next() else {
+            // None due yet (the last drain took the last pass): nothing to read.
+            let now_ns = monotonic_now_ns();
+            if now_ns.saturating_sub(last_read_ns) < 2 * self.tracker.period_ns {
+                return Ok(());
+            }
+            let looks = self.looks_from_iterator();
+            return self.read_at(now_ns, looks, &HashMap::new());
+        };
+        for pass in std::iter::once(first).chain(passes) {
+            self.read_at(pass.time_ns, Some(pass.looks), &pass.copies)?;
+        }
+        Ok(())
+    }
+
+    /// One read's looks (None: read from /proc), taken at `now_ns`, with the stacks the
+    /// pass that took them copied (`copies`, by thread).
+    fn read_at(
+        &mut self,
+        now_ns: u64,
+        looks: Option<Vec<TaskLook>>,
+        copies: &HashMap<u32, PassCopy>,
+    ) -> std::io::Result<()> {
+        let mut counts = ThreadCounts::default();
         let blocked = match &looks {
             Some(looks) => self.blocked_in_looks(looks, &mut counts),
             None => self.blocked_in_proc(&mut counts)?,
@@ -415,7 +561,8 @@ impl ThreadSampler {
                         None => pipeline::frame_pointers_of(self.tasks.looks()),
                     });
                     let look = looks.as_deref().zip(look).map(|(looks, index)| &looks[index]);
-                    self.start(now_ns, tid, state, look, frame_pointers, &mut counts);
+                    let copy = copies.get(&tid);
+                    self.start(now_ns, tid, state, look, copy, frame_pointers, &mut counts);
                 }
             }
         }
@@ -492,23 +639,30 @@ impl ThreadSampler {
     }
 
     /// Reads the new wait of thread `tid`, which this read found in `state` (through
-    /// `look`, when the task iterator read it), and starts tracking it.
+    /// `look`, when the task iterator or a pass in the kernel read it, with the stack the
+    /// pass copied, if it did), and starts tracking it.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &mut self,
         now_ns: u64,
         tid: u32,
         state: BlockedState,
         look: Option<&TaskLook>,
+        copy: Option<&PassCopy>,
         frame_pointers: &SavedFramePointers,
         counts: &mut ThreadCounts,
     ) {
         // Only the first read meets waits that began before the recording; their age is
         // the part of them it did not see. Later waits need no age, and what a look
-        // already read is not read again from /proc.
-        let sample = match look {
+        // already read is not read again from /proc. A pass's copy is of the wait it saw
+        // (the same switch count); without one, the stack is read now, which fails (Woke)
+        // if the thread ran since the look.
+        let copy = copy.zip(look).filter(|(copy, look)| copy.switches == look.switches);
+        let sample = match (look, copy) {
             _ if self.tracker.reads == 1 => self.reader.sample(tid),
-            Some(look) => self.reader.sample_look(look, state.syscall).map(Some),
-            None => self.reader.sample_without_age(tid),
+            (_, Some((copy, look))) => Ok(Some(sample_of_copy(look, state.syscall, copy))),
+            (Some(look), None) => self.reader.sample_look(look, state.syscall).map(Some),
+            (None, None) => self.reader.sample_without_age(tid),
         };
         let sample = match sample {
             // The copy is of the wait the read found only if the thread is still in that
@@ -529,7 +683,18 @@ impl ThreadSampler {
         };
         let key = match wait_object(&sample, &mut self.objects) {
             Some(wait) => {
-                let key = stack_key(&sample, wait, &mut self.unwinder, frame_pointers, counts);
+                let mut key =
+                    stack_key(&sample, wait.clone(), &mut self.unwinder, frame_pointers, counts);
+                // A pass's copy fills at most its buffer: an unwind that ran out of it is
+                // read again here, whole, if the thread has not run since.
+                if let (Ok(cut), Some((copy, look))) = (&key, copy)
+                    && cut.truncated
+                    && copy.may_be_cut()
+                    && let Ok(whole) = self.reader.sample_look(look, state.syscall)
+                {
+                    let mut ignored = ThreadCounts::default();
+                    key = stack_key(&whole, wait, &mut self.unwinder, frame_pointers, &mut ignored);
+                }
                 let key = match key {
                     Ok(key) => key,
                     Err(err) => {
@@ -715,8 +880,13 @@ impl ThreadSampler {
             frame_pointer_unknown,
             last_counts,
             tasks,
+            passes,
             ..
         } = self;
+        let malformed_records = match passes {
+            Passes::InKernel(passes) => passes.malformed,
+            Passes::Here | Passes::ToKernel => 0,
+        };
         let reads = tracker.reads;
         let mut aggregate = tracker.finish(target_exited);
         aggregate.thread_names = thread_names.thread_names;
@@ -725,7 +895,30 @@ impl ThreadSampler {
         } else {
             ThreadCounts { frame_pointer_unknown, ..last_counts }
         };
-        Sampled { aggregate, unwinder, objects, thread_counts, reads, threads_skipped, tasks }
+        Sampled {
+            aggregate,
+            unwinder,
+            objects,
+            thread_counts,
+            reads,
+            threads_skipped,
+            tasks,
+            malformed_records,
+        }
+    }
+}
+
+/// A new wait's sample from the stack a pass in the kernel copied, as `sample_look` would
+/// read it now: the pass saw the thread blocked in `syscall` with the copy's switch count.
+fn sample_of_copy(look: &TaskLook, syscall: SyscallState, copy: &PassCopy) -> ThreadSample {
+    ThreadSample {
+        tid: look.tid,
+        comm: crate::probes::comm_text(&look.comm),
+        syscall,
+        stack: copy.stack.clone(),
+        blocked_for_at_least_ns: None,
+        exec_start_ns: None,
+        runs: Some(look.switches),
     }
 }
 
