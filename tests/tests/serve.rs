@@ -66,6 +66,10 @@ fn go_pprof_reads_the_block_profile_over_http_in_exact_mode_without_wakers() {
     block_profile_over_http(&["--mode", "exact", "--no-wakers"]);
 }
 
+/// How long a daemon may take to attach its links once it says it is attached (a
+/// sampled one attaches its timers after its first read).
+const LINKS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The BPF links a process holds that run on others' paths: every link but the task
 /// iterator's, which runs only when read.
 fn attached_links(pid: u32) -> u64 {
@@ -82,16 +86,29 @@ fn block_profile_over_http(options: &[&str]) {
     args.extend(options);
     let mut daemon = ServeDaemon::start(&args);
     wait_attached(&mut daemon, pid);
-    // Sampled, nothing is attached to anything; exact, `sched_switch` and the wake probes
-    // (`sched_wakeup` and `csd_queue_cpu`, for wakes queued to the wakee's CPU) are, or
+    // Sampled, only the timers that make the passes in the kernel (a cpu-clock event of
+    // each CPU, nothing on a tracepoint or the process); exact, `sched_switch` and the wake
+    // probes (`sched_wakeup` and `csd_queue_cpu`, for wakes queued to the wakee's CPU), or
     // without wakers `sched_switch` alone.
-    let links = attached_links(daemon.pid());
+    // SAFETY: sysconf reads a constant of the system.
+    let cpus = u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap();
     let expected = match options {
-        [] => 0,
+        [] => cpus,
         [.., "--no-wakers"] => 1,
         _ => 3,
     };
+    // The timers are attached after the sampler's first read, on its own thread.
+    let deadline = Instant::now() + LINKS_TIMEOUT;
+    let mut links = attached_links(daemon.pid());
+    while links != expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        links = attached_links(daemon.pid());
+    }
     assert_eq!(links, expected, "serve {options:?} holds {links} BPF links");
+    if options.is_empty() {
+        let timers = bpf_links_by_type(daemon.pid()).get("perf").copied().unwrap_or(0);
+        assert_eq!(timers, cpus, "serve's sampled passes: a perf link per CPU");
+    }
 
     let dir = TempDir::new("serve-pprof");
     let url = format!("http://127.0.0.1:{}/debug/pprof/block?seconds=2", daemon.port);

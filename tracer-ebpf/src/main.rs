@@ -59,8 +59,10 @@
 //! tracepoint program would first have the kernel fill a perf record for every switch.
 //!
 //! Besides: a task iterator (`iter/task`) that reads every task's saved registers for
-//! `snapshot`, and for Go programs two uprobes (`runtime.gopark`, `runtime.execute`) that
-//! time goroutine waits in the Go scheduler.
+//! `snapshot`; a sampled recording's passes over the target's threads, run by a cpu-clock
+//! event of each CPU (`tracer_sample_pass`, nothing on the scheduler's paths); and for Go
+//! programs two uprobes (`runtime.gopark`, `runtime.execute`) that time goroutine waits in
+//! the Go scheduler.
 #![no_std]
 #![no_main]
 // A compare-and-swap (BPF_CMPXCHG): core's atomics offer none on the bpf target.
@@ -1703,6 +1705,14 @@ fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process
         (*record).switches = switches;
         (*record).sp = sp;
         (*record).len = copy_user_stack(&mut (*record).stack, sp);
+    }
+    // Nothing readable (the interrupted thread is exiting, its memory let go): userspace
+    // copies it at the drain.
+    // SAFETY: as above.
+    if unsafe { (*record).len } == 0 {
+        count(Counter::PassCopiesLeft);
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return 0;
     }
     // A thread that arrived on a CPU meanwhile (woken, running, not yet switched out
     // again) may have torn the copy.

@@ -2,11 +2,12 @@
 //! with nothing attached to it, so its cost does not grow with how often it waits or makes
 //! syscalls. Each read sees which threads are blocked in a watched call; a wait seen in `n`
 //! reads counts `n` sampling periods of blocked time (waits shorter than a period are caught
-//! in proportion to their length, so their counts are statistical). A read is one pass of
-//! the task iterator over the process's threads (their state, switch count, syscall and
-//! saved registers, all in one `read`), or two /proc files per thread where the iterator
-//! does not run. Only a thread whose wait is new or changed since the last read has its
-//! stack copied and unwound.
+//! in proportion to their length, so their counts are statistical). A read is one pass over
+//! the process's threads (their state, switch count, syscall and saved registers): made by
+//! the kernel's timer and drained a few times a second (`kernel_passes`), or, where the
+//! kernel cannot, one pass of the task iterator (all in one `read`), or two /proc files per
+//! thread where the iterator does not run. Only a thread whose wait is new or changed since
+//! the last read has its stack copied and unwound.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
