@@ -701,6 +701,10 @@ pub struct PassStack {
 /// userspace (the pass counts `Counter::PassesCut`).
 pub const PASS_MAX_THREADS: u32 = 256;
 
+/// The index in the PASS_STATE array of the passes' period in nanoseconds, which
+/// userspace sets once the passes are attached (0: no pass is made).
+pub const PASS_STATE_PERIOD_NS: u32 = 3;
+
 /// Bytes of the PASSES ring: a quarter of a second of passes over `PASS_MAX_THREADS`
 /// threads at 49 a second is 1.6 MiB of looks, plus the stacks of new waits.
 pub const PASSES_RING_BYTES: u32 = 8 << 20;

@@ -88,12 +88,12 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASSES_RING_BYTES, PassLook, PassStack,
-    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack,
-    SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
-    WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
-    WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
-    syscall_nr,
+    InFlightWait, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
+    PassLook, PassStack, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun,
+    ShortWaitTotals, SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT,
+    WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES,
+    WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall,
+    is_futex_wake, is_span_sample, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -1538,8 +1538,8 @@ enum PassState {
     /// Where the user registers lie above a task's kernel stack base (`task_pt_regs(t) -
     /// t->stack`), as the task iterator found it; 0 until it ran.
     RegsFromStack = 2,
-    /// The period in nanoseconds; set by the loader before the attach.
-    PeriodNs = 3,
+    /// The period in nanoseconds; set by userspace once the ticks are attached.
+    PeriodNs = PASS_STATE_PERIOD_NS,
 }
 
 /// The passes' looks and stacks, drained by userspace a few times a second: no record

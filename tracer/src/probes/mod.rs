@@ -17,9 +17,9 @@ use aya::{
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, PASSES_RING_BYTES, SLEEP_STACK_SLOTS, STACK_COPY_BYTES,
-    ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS,
-    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
+    COUNTER_COUNT, Counter, InFlightWait, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
+    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE,
+    WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +272,6 @@ impl Probes {
         use aya::programs::perf_event::{
             PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
         };
-        const PERIOD_NS: u32 = 3; // PassState::PeriodNs
         let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
         let name = "tracer_sample_pass";
         let program_error = |source| ProbeError::Program { name, source };
@@ -304,7 +303,7 @@ impl Probes {
             .try_into()
             .map_err(|source| ProbeError::Map { name, source: Some(source) })?;
         state
-            .set(PERIOD_NS, period_ns, 0)
+            .set(PASS_STATE_PERIOD_NS, period_ns, 0)
             .map_err(|source| ProbeError::Map { name, source: Some(source) })?;
         self.take_ring_buffer("PASSES")
     }
@@ -312,12 +311,11 @@ impl Probes {
     /// Stops the passes `attach_sample_passes` started: each tick then returns at once
     /// (a period of 0), until the probes are dropped.
     pub fn stop_sample_passes(&mut self) {
-        const PERIOD_NS: u32 = 3; // PassState::PeriodNs
         let stopped = self
             .ebpf
             .map_mut("PASS_STATE")
             .and_then(|map| Array::<&mut MapData, u64>::try_from(map).ok())
-            .is_some_and(|mut state| state.set(PERIOD_NS, 0, 0).is_ok());
+            .is_some_and(|mut state| state.set(PASS_STATE_PERIOD_NS, 0, 0).is_ok());
         if !stopped {
             log::warn!("the passes in the kernel could not be stopped");
         }

@@ -500,8 +500,8 @@ impl ThreadSampler {
 
     /// The passes the kernel made since the last drain, read in turn. A drain that finds
     /// none for two periods (the process gone, or not seen by a pass) reads here instead;
-    /// passes cut
-    /// short (a process of more threads than a pass walks) send the reads back here.
+    /// passes cut short (a process of more threads than a pass walks) send the reads back
+    /// here for good.
     fn read_kernel_passes(&mut self) -> std::io::Result<()> {
         let Passes::InKernel(passes) = &mut self.passes else { return Ok(()) };
         let drained = kernel_passes::drain(&mut passes.ring);
