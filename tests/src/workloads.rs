@@ -19,6 +19,8 @@ pub const C_PILEUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workload
 /// A pile-up that builds up: handlers come to a lock held for good one at a time.
 pub const C_BUILDUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_buildup.c");
 pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_stuck.c");
+/// One thread waiting in poll() for a tick, a few tens of milliseconds at a time.
+pub const C_TICKER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_ticker.c");
 pub const MANY_WAITERS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
 pub const C_LOSSES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_losses.c");

@@ -14,7 +14,7 @@ use tracer_tests::{
     ChildGuard, Pileup, Profile, ProfileKind, ProfileStack, Stuck, TempDir, WaitKind,
     assert_threads, bpf_links_by_type, build_c, build_c_pileup, has_function, read_profile,
     record_profile, snapshot_profile, stacks_where, start_c_pileup, start_c_stuck,
-    start_rust_pileup, start_rust_stuck, top_stacks, total_ns, tracer_bin,
+    start_rust_pileup, start_rust_stuck, start_workload, top_stacks, total_ns, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -238,6 +238,42 @@ fn c_stuck_threads_are_counted_exactly() {
     std::thread::sleep(Duration::from_secs(1));
     stuck_counted_exactly("sampled-c-stuck", &stuck, "enqueue_stat", "send_to_backend");
 }
+
+/// A thread that sleeps in waits of a few tens of milliseconds, alone in its process: no
+/// pass in the kernel ticks in its memory while it sleeps, so its stacks are copied at the
+/// drains, which then come at the rate. Its blocked time is in its call site, with a
+/// stack, as the exact mode would have it.
+#[test]
+fn a_lone_threads_short_waits_keep_their_stacks() {
+    const TICK_MS: &str = "50";
+    let build = TempDir::new("sampled-ticker-build");
+    let bin = build_c(build.path(), tracer_tests::C_TICKER_SOURCE, "c-ticker");
+    let mut cmd = Command::new(&bin);
+    cmd.args([TICK_MS, &WORKLOAD_SECONDS.to_string()]);
+    let ticker = start_workload("c-ticker", cmd);
+    let dir = TempDir::new("sampled-ticker");
+    let traced = record_profile(
+        ticker.pid(),
+        &["--duration", RECORD_DURATION, "--mode", "sampled"],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    println!("{}", traced.out.stdout);
+    let profile = &traced.profile;
+    let at_tick = |s: &ProfileStack| s.kind == WaitKind::Poll && has_function(s, "wait_for_tick");
+    let blocked = Duration::from_nanos(total_ns(profile, at_tick));
+    // Nearly all its time is in the wait; a drain that came too late loses a wait now and
+    // then, and the first few drains before the rate takes over lose theirs.
+    assert!(
+        blocked >= RECORD_SECONDS.mul_f64(LONE_THREAD_SHARE),
+        "{blocked:?} of {RECORD_SECONDS:?} blocked at wait_for_tick; stacks:\n{}",
+        top_stacks(profile, |_| true, 10)
+    );
+}
+
+/// What share of the recording a lone thread that always waits must have its waits'
+/// time counted at their call site.
+const LONE_THREAD_SHARE: f64 = 0.7;
 
 /// What the tracer's descriptors held at the looks taken while it recorded.
 #[derive(Debug, Default)]

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use tracer_common::{Counter, TaskLook};
@@ -393,7 +393,16 @@ struct KernelPasses {
     cut_before: u64,
     /// Records of the ring no pass could be made of (never expected).
     malformed: u64,
+    /// Until when the drains come at the period: a drain whose new waits had mostly ended
+    /// before their stacks could be copied (no pass ticked in their process) hurries the
+    /// next, so that the waits of a process whose threads rarely run beside each other
+    /// keep their stacks, as the tracer's own reads kept them.
+    hurried_until: Option<Instant>,
 }
+
+/// How long the drains keep to the period after one that lost stacks (see
+/// `KernelPasses::hurried_until`).
+const HURRIED_FOR: Duration = Duration::from_secs(2);
 
 impl ThreadSampler {
     pub fn new(
@@ -443,9 +452,13 @@ impl ThreadSampler {
     /// How long until the next `read` is due: the period, or the drain's interval once
     /// the kernel makes the passes.
     pub fn read_interval(&self) -> Duration {
-        match self.passes {
-            Passes::InKernel(_) => kernel_passes::DRAIN_INTERVAL,
-            Passes::Here | Passes::ToKernel => self.period(),
+        match &self.passes {
+            Passes::InKernel(passes)
+                if passes.hurried_until.is_none_or(|until| Instant::now() >= until) =>
+            {
+                kernel_passes::DRAIN_INTERVAL
+            }
+            Passes::InKernel(_) | Passes::Here | Passes::ToKernel => self.period(),
         }
     }
 
@@ -487,7 +500,7 @@ impl ThreadSampler {
         match probes.attach_sample_passes(period) {
             Ok(ring) => {
                 log::debug!("pid {}: the kernel makes the reads' passes", self.pid);
-                let passes = KernelPasses { ring, cut_before, malformed: 0 };
+                let passes = KernelPasses { ring, cut_before, malformed: 0, hurried_until: None };
                 self.passes = Passes::InKernel(Box::new(passes));
             }
             Err(err) => log::info!(
@@ -528,8 +541,16 @@ impl ThreadSampler {
             let looks = self.looks_from_iterator();
             return self.read_at(now_ns, looks, &HashMap::new());
         };
+        let (started_before, skipped_before) = (self.tracker.started, self.threads_skipped);
         for pass in std::iter::once(first).chain(passes) {
             self.read_at(pass.time_ns, Some(pass.looks), &pass.copies)?;
+        }
+        let started = self.tracker.started - started_before;
+        let skipped = self.threads_skipped - skipped_before;
+        if lost_many_stacks(started, skipped)
+            && let Passes::InKernel(passes) = &mut self.passes
+        {
+            passes.hurried_until = Some(Instant::now() + HURRIED_FOR);
         }
         Ok(())
     }
@@ -909,6 +930,15 @@ impl ThreadSampler {
     }
 }
 
+/// Whether a drain whose passes started `started` new waits and skipped `skipped` (their
+/// stacks gone before the drain could copy them) lost enough to hurry the next drains: a
+/// tenth of them. A pass that ticked outside the process now and then loses one; a process
+/// whose waits no tick in it sees (one thread, or threads that never run beside each
+/// other) loses most.
+fn lost_many_stacks(started: u64, skipped: u64) -> bool {
+    skipped > 0 && skipped * 10 >= started + skipped
+}
+
 /// A new wait's sample from the stack a pass in the kernel copied, as `sample_look` would
 /// read it now: the pass saw the thread blocked in `syscall` with the copy's switch count.
 fn sample_of_copy(look: &TaskLook, syscall: SyscallState, copy: &PassCopy) -> ThreadSample {
@@ -925,6 +955,14 @@ fn sample_of_copy(look: &TaskLook, syscall: SyscallState, copy: &PassCopy) -> Th
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn drains_hurry_when_a_tenth_of_the_new_waits_lost_their_stacks() {
+        assert!(!super::lost_many_stacks(0, 0), "nothing new, nothing lost");
+        assert!(!super::lost_many_stacks(245, 1), "a stray pass outside the process");
+        assert!(super::lost_many_stacks(9, 1));
+        assert!(super::lost_many_stacks(0, 12), "a single thread's waits, all gone");
+    }
+
     use tracer_common::WaitKind;
 
     use super::*;
