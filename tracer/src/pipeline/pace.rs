@@ -79,7 +79,6 @@ impl ReadPace {
         result
     }
 
-    /// When the next read is due.
     /// Reads come every `period` from the next on (a sampler whose passes moved into the
     /// kernel is drained less often than it samples).
     pub fn set_period(&mut self, period: Duration) {
@@ -89,6 +88,7 @@ impl ReadPace {
         }
     }
 
+    /// When the next read is due.
     pub fn next(&self) -> Instant {
         self.next
     }
@@ -124,6 +124,17 @@ fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_period_moves_the_next_read_once() {
+        let mut pace = ReadPace::new(Duration::from_millis(20));
+        pace.read(|| ());
+        let next = pace.next();
+        pace.set_period(Duration::from_millis(250));
+        assert_eq!(pace.next(), next + Duration::from_millis(230));
+        pace.set_period(Duration::from_millis(250));
+        assert_eq!(pace.next(), next + Duration::from_millis(230), "the same period again");
+    }
 
     #[test]
     fn a_cheap_read_keeps_the_period_and_a_costly_one_stretches_it() {
