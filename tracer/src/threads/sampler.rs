@@ -365,6 +365,9 @@ pub struct ThreadSampler {
     tracker: WaitTracker,
     thread_names: WaitAggregate,
     threads_skipped: u64,
+    /// The waits the current read skipped that a look showed, by thread and switch count:
+    /// which of a drain's lost waits more than one pass saw (`read_kernel_passes`).
+    skipped_looks: Vec<(u32, u64)>,
     frame_pointer_unknown: u64,
     last_counts: ThreadCounts,
     /// The window a daemon's rolling timeline keeps.
@@ -393,14 +396,15 @@ struct KernelPasses {
     cut_before: u64,
     /// Records of the ring no pass could be made of (never expected).
     malformed: u64,
-    /// Until when the drains come at the period: a drain whose new waits had mostly ended
-    /// before their stacks could be copied (no pass ticked in their process) hurries the
-    /// next, so that the waits of a process whose threads rarely run beside each other
-    /// keep their stacks, as the tracer's own reads kept them.
+    /// Until when the drains come at the period: a drain that lost the stacks of waits
+    /// longer than a period (no pass ticked in their process, and they ended before the
+    /// drain) hurries the next, so that the waits of a process whose threads rarely run
+    /// beside each other keep their stacks, as the tracer's own reads kept them
+    /// (`drains_at_the_period_keep_more`).
     hurried_until: Option<Instant>,
 }
 
-/// How long the drains keep to the period after one that lost stacks (see
+/// How long the drains keep to the period after one that lost stacks a faster drain keeps (see
 /// `KernelPasses::hurried_until`).
 const HURRIED_FOR: Duration = Duration::from_secs(2);
 
@@ -421,6 +425,7 @@ impl ThreadSampler {
             tracker: WaitTracker::new(period),
             thread_names: WaitAggregate::default(),
             threads_skipped: 0,
+            skipped_looks: Vec::new(),
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
             rolling_window: None,
@@ -541,13 +546,19 @@ impl ThreadSampler {
             let looks = self.looks_from_iterator();
             return self.read_at(now_ns, looks, &HashMap::new());
         };
-        let (started_before, skipped_before) = (self.tracker.started, self.threads_skipped);
+        let started_before = self.tracker.started;
+        // The waits this drain lost, by thread and switch count, and how many passes saw
+        // each.
+        let mut lost: HashMap<(u32, u64), u32> = HashMap::new();
         for pass in std::iter::once(first).chain(passes) {
             self.read_at(pass.time_ns, Some(pass.looks), &pass.copies)?;
+            for wait in self.skipped_looks.drain(..) {
+                *lost.entry(wait).or_default() += 1;
+            }
         }
-        let started = self.tracker.started - started_before;
-        let skipped = self.threads_skipped - skipped_before;
-        if lost_many_stacks(started, skipped)
+        let kept = self.tracker.started - started_before;
+        let outlived_a_pass = lost.values().filter(|&&passes| passes > 1).count() as u64;
+        if drains_at_the_period_keep_more(kept, lost.len() as u64, outlived_a_pass)
             && let Passes::InKernel(passes) = &mut self.passes
         {
             passes.hurried_until = Some(Instant::now() + HURRIED_FOR);
@@ -563,6 +574,7 @@ impl ThreadSampler {
         looks: Option<Vec<TaskLook>>,
         copies: &HashMap<u32, PassCopy>,
     ) -> std::io::Result<()> {
+        self.skipped_looks.clear();
         let mut counts = ThreadCounts::default();
         let blocked = match &looks {
             Some(looks) => self.blocked_in_looks(looks, &mut counts),
@@ -689,16 +701,20 @@ impl ThreadSampler {
         let sample = match sample {
             // The copy is of the wait the read found only if the thread is still in that
             // call: otherwise it woke since, and the next read sees what it does now.
-            Ok(Some(sample)) if sample.syscall != state.syscall => {
-                self.skip(tid, &SampleError::Woke, counts);
-                return;
-            }
+            Ok(Some(sample)) if sample.syscall != state.syscall => Err(SampleError::Woke),
+            other => other,
+        };
+        let sample = match sample {
             Ok(Some(sample)) => sample,
             Ok(None) => {
                 counts.elsewhere += 1;
                 return;
             }
             Err(err) => {
+                // A wait gone before its stack was read: which passes lost it.
+                if let (SampleError::Woke, Some(look)) = (&err, look) {
+                    self.skipped_looks.push((tid, look.switches));
+                }
                 self.skip(tid, &err, counts);
                 return;
             }
@@ -930,13 +946,16 @@ impl ThreadSampler {
     }
 }
 
-/// Whether a drain whose passes started `started` new waits and skipped `skipped` (their
-/// stacks gone before the drain could copy them) lost enough to hurry the next drains: a
-/// tenth of them. A pass that ticked outside the process now and then loses one; a process
-/// whose waits no tick in it sees (one thread, or threads that never run beside each
-/// other) loses most.
-fn lost_many_stacks(started: u64, skipped: u64) -> bool {
-    skipped > 0 && skipped * 10 >= started + skipped
+/// Whether drains at the period would have kept enough more stacks to hurry the next
+/// drains to it: a drain kept `kept` new waits and lost `lost` (gone before it could copy
+/// their stacks), of which `outlived_a_pass` were seen by more than one pass, so lasted
+/// over a period, and a drain at the period would have found them going on. Hurry when
+/// those are a tenth of the new waits: a process whose waits no tick in it sees (one
+/// thread, or threads that never run beside each other) loses most of them; waits
+/// shorter than a period (a server's microsecond polls) are lost at any pace, so are no
+/// reason to wake the tracer more often.
+fn drains_at_the_period_keep_more(kept: u64, lost: u64, outlived_a_pass: u64) -> bool {
+    outlived_a_pass > 0 && outlived_a_pass * 10 >= kept + lost
 }
 
 /// A new wait's sample from the stack a pass in the kernel copied, as `sample_look` would
@@ -956,11 +975,14 @@ fn sample_of_copy(look: &TaskLook, syscall: SyscallState, copy: &PassCopy) -> Th
 #[cfg(test)]
 mod tests {
     #[test]
-    fn drains_hurry_when_a_tenth_of_the_new_waits_lost_their_stacks() {
-        assert!(!super::lost_many_stacks(0, 0), "nothing new, nothing lost");
-        assert!(!super::lost_many_stacks(245, 1), "a stray pass outside the process");
-        assert!(super::lost_many_stacks(9, 1));
-        assert!(super::lost_many_stacks(0, 12), "a single thread's waits, all gone");
+    fn drains_hurry_when_a_tenth_of_the_new_waits_outlived_a_pass_and_were_lost() {
+        use super::drains_at_the_period_keep_more as hurry;
+        assert!(!hurry(0, 0, 0), "nothing new, nothing lost");
+        assert!(!hurry(245, 1, 1), "a stray pass outside the process");
+        assert!(hurry(9, 1, 1));
+        assert!(hurry(0, 5, 5), "a single thread's long waits, all gone");
+        assert!(!hurry(0, 400, 0), "a server's microsecond polls, each seen by one pass");
+        assert!(hurry(0, 400, 40), "a tenth of them long");
     }
 
     use tracer_common::WaitKind;
