@@ -7,7 +7,7 @@ use aya::{Btf, EbpfLoader};
 
 use tracer_common::{GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals};
 
-use super::{ProbeError, Probes, map_error};
+use super::{ProbeError, Probes, SMALLEST_RING_BYTES, map_error};
 
 /// Goroutine waits with one (stack, caller, wait reason), summed over CPUs.
 #[derive(Clone, Debug)]
@@ -42,8 +42,8 @@ impl Probes {
             .map_err(|source| ProbeError::Btf { path: btf_path.display().to_string(), source })?;
         let mut loader = EbpfLoader::new();
         loader.allow_unsupported_maps();
-        // Only the uprobes run: the thread passes' ring as small as the kernel allows.
-        loader.map_max_entries("PASSES", 4096);
+        // Only the uprobes run: the thread passes' ring is not used.
+        loader.map_max_entries("PASSES", SMALLEST_RING_BYTES);
         let ebpf = loader
             .btf(Some(&btf))
             .override_global("TARGET_TGID", &tgid, true)

@@ -50,13 +50,10 @@ pub struct RqClockPath {
 pub struct QueuedWakeOffsets {
     /// `struct __call_single_node wake_entry`: the node `csd_queue_cpu` names.
     pub wake_entry: u32,
-    /// `void *stack`: the kernel stack, below whose top the user registers are saved.
-    pub stack: u32,
 }
 
 /// Byte offsets of what a sampled recording's pass in the kernel walks: from the
-/// process's leader to its `signal_struct`, along the list of its threads, and to each
-/// thread's kernel stack (below whose top its user registers are saved).
+/// process's leader to its `signal_struct` and along the list of its threads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadListOffsets {
     /// `struct signal_struct *signal` in `task_struct`.
@@ -67,8 +64,6 @@ pub struct ThreadListOffsets {
     pub group_leader: u32,
     /// `struct list_head thread_head` in `signal_struct`: the list's head.
     pub thread_head: u32,
-    /// `void *stack` in `task_struct`.
-    pub stack: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,13 +139,17 @@ impl KernelStructs {
         self.member("task_struct", "mm")
     }
 
-    /// Where a task keeps the node of a wake queued to its CPU (`wake_entry`) and the
-    /// base of its kernel stack (`stack`), or None when this kernel lacks either.
+    /// Where a task keeps the base of its kernel stack (`stack`), below whose top its user
+    /// registers are saved: the queued-wake probe and the passes in the kernel read them
+    /// there. None when this kernel's task has no such member.
+    pub fn stack_offset(&self) -> Option<u32> {
+        self.member("task_struct", "stack")
+    }
+
+    /// Where a task keeps the node of a wake queued to its CPU (`wake_entry`), or None
+    /// when this kernel lacks it.
     pub fn queued_wake_offsets(&self) -> Option<QueuedWakeOffsets> {
-        Some(QueuedWakeOffsets {
-            wake_entry: self.member("task_struct", "wake_entry")?,
-            stack: self.member("task_struct", "stack")?,
-        })
+        Some(QueuedWakeOffsets { wake_entry: self.member("task_struct", "wake_entry")? })
     }
 
     /// Where a pass in the kernel finds a process's threads and their registers, or None
@@ -162,7 +161,6 @@ impl KernelStructs {
             thread_node: self.member("task_struct", "thread_node")?,
             group_leader: self.member("task_struct", "group_leader")?,
             thread_head: self.member("signal_struct", "thread_head")?,
-            stack: self.member("task_struct", "stack")?,
         })
     }
 
@@ -332,9 +330,8 @@ mod tests {
         assert!(structs.mm_offset().is_some_and(|mm| mm > offsets.state), "task_struct has mm");
         let queued = structs.queued_wake_offsets().expect("task_struct has wake_entry");
         let threads = structs.thread_list_offsets().expect("6.18 lists a group's threads");
-        assert_eq!(threads.stack, queued.stack);
         assert!(threads.signal > threads.group_leader && threads.thread_head > 0, "{threads:?}");
-        assert!(queued.stack == offsets.state + 8, "{queued:?} {offsets:?}");
+        assert_eq!(structs.stack_offset(), Some(offsets.state + 8), "{offsets:?}");
         assert!(queued.wake_entry > offsets.on_cpu && queued.wake_entry < arrivals, "{queued:?}");
     }
 

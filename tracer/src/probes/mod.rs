@@ -122,21 +122,24 @@ impl ProbeCounters {
     }
 }
 
+/// A ring buffer as small as the kernel allows (a page): the size of the rings a load
+/// does not use.
+const SMALLEST_RING_BYTES: u32 = 4096;
+
 impl Probes {
     /// Loads the object (maps, globals) without attaching anything.
     pub fn open(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
-        // Its passes' ring is not used: as small as the kernel allows.
-        Self::open_sized(config, SLEEP_STACK_SLOTS, 4096, btf_path)
+        // Its passes' ring is not used.
+        Self::open_sized(config, SLEEP_STACK_SLOTS, SMALLEST_RING_BYTES, btf_path)
     }
 
     /// Loads the object for its task iterator alone (a sampled recording): the wait
     /// probes will not be attached, so the maps they fill are made as small as the kernel
     /// allows instead of the tens of MiB of kernel memory they take by default.
     pub fn open_for_reading(tgid: u32, btf_path: &Path) -> Result<Self, ProbeError> {
-        const SMALLEST_RING: u32 = 4096;
         let maps = MapSizes {
-            ring_buffer_bytes: Some(SMALLEST_RING),
-            wake_ring_buffer_bytes: Some(SMALLEST_RING),
+            ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
+            wake_ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
         };
         let config = ProbeConfig { tgid, min_wait: Duration::ZERO, wakers: false, maps };
         Self::open_sized(config, 1, PASSES_RING_BYTES, btf_path)
@@ -172,18 +175,17 @@ impl Probes {
         let last_arrival_offset = structs.last_arrival_offset().map_or(0, u64::from);
         // Without it, a thread of the target switching out is taken to share its memory.
         let mm_offset = structs.mm_offset().map_or(0, u64::from);
+        // Where the queued-wake probe and the passes in the kernel find a task's saved
+        // user registers: neither runs without it.
+        let stack_offset = structs.stack_offset();
         // Without them, wakes are taken at `sched_waking` (see `attach_wait_probes`).
-        let queued_wakes = structs.queued_wake_offsets().filter(|_| config.wakers);
-        let (wake_entry_offset, stack_offset) = queued_wakes
-            .map_or((0, 0), |offsets| (u64::from(offsets.wake_entry), u64::from(offsets.stack)));
+        let queued_wakes =
+            structs.queued_wake_offsets().filter(|_| config.wakers && stack_offset.is_some());
+        let wake_entry_offset = queued_wakes.map_or(0, |offsets| u64::from(offsets.wake_entry));
         let min_wait_ns = u64::try_from(config.min_wait.as_nanos()).unwrap_or(u64::MAX);
         // Without them, a sampled recording reads its threads from userspace at the rate.
-        let thread_list = structs.thread_list_offsets();
+        let thread_list = structs.thread_list_offsets().filter(|_| stack_offset.is_some());
         let threads = thread_list.unwrap_or_default();
-        let stack_offset = match stack_offset {
-            0 => u64::from(threads.stack),
-            offset => offset,
-        };
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
         // the kernel side uses it.
@@ -222,7 +224,7 @@ impl Probes {
             .override_global("TASK_LAST_ARRIVAL_OFFSET", &last_arrival_offset, true)
             .override_global("WAKES_ATTACHED", &u64::from(config.wakers), true)
             .override_global("TASK_WAKE_ENTRY_OFFSET", &wake_entry_offset, true)
-            .override_global("TASK_STACK_OFFSET", &stack_offset, true)
+            .override_global("TASK_STACK_OFFSET", &stack_offset.map_or(0, u64::from), true)
             .override_global("TASK_MM_OFFSET", &mm_offset, true)
             .override_global("TASK_SIGNAL_OFFSET", &u64::from(threads.signal), true)
             .override_global("TASK_THREAD_NODE_OFFSET", &u64::from(threads.thread_node), true)
