@@ -227,7 +227,7 @@ fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &Ato
         }
         pace.set_period(sampler.read_interval());
         let ended = sampler.take_ended();
-        shared.note_sampled_read(sampler.reads(), sampler.truncated_unwinds());
+        shared.note_sampled_read(&sampler);
         if !ended.stacks.is_empty() {
             lock(&shared.collector).add_ended(ended);
         }
@@ -324,6 +324,7 @@ async fn attach(
 /// Detaches the probes, keeps their counters, and symbolizes what the open windows hold
 /// of this process while its image is still at hand.
 async fn detach(shared: &Shared) {
+    shared.keep_sampled_counters();
     let attached = lock(&shared.attached).take();
     if let Some(attached) = &attached
         && let Ok(counters) = lock(&attached.probes).counters()

@@ -38,7 +38,7 @@ use crate::{
     pipeline::counts::{short_waits_between, trace_counts},
     pipeline::{Traced, target},
     probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
-    threads::blocked_now::SavedFramePointers,
+    threads::{blocked_now::SavedFramePointers, sampler::ThreadSampler},
 };
 
 pub use follow::Wanted;
@@ -343,7 +343,7 @@ pub struct Shared {
     pub sampling: Option<Duration>,
     /// In exact mode, whether the wake probe is attached too (`ProbeConfig::wakers`).
     pub wakers: bool,
-    /// Reads of the current attachment's sampler, and its unwinds that stopped short.
+    /// Reads of the current attachment's sampler, and what they counted and lost.
     sampled: Mutex<SampledProgress>,
     pub max_series: usize,
     pub collector: Mutex<collector::Collector>,
@@ -380,11 +380,16 @@ struct BlockedSample {
 }
 
 /// How far the current attachment's sampler got.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct SampledProgress {
     generation: u64,
     reads: u64,
-    truncated_unwinds: u64,
+    /// What its reads counted and lost, as windows report it.
+    counts: TraceCounts,
+    /// Its probes' counters (the passes in the kernel and their losses) and its
+    /// unreadable records, until the detach moves them to the earlier attachments'.
+    counters: ProbeCounters,
+    malformed_records: u64,
 }
 
 /// Where an attachment's counters stood when a window opened.
@@ -429,24 +434,45 @@ impl Shared {
         lock(&self.attached).as_ref().map(|a| (a.pid, a.comm.clone(), a.generation))
     }
 
-    /// After each read of the sampler: its reads and truncated unwinds so far.
-    pub fn note_sampled_read(&self, reads: u64, truncated_unwinds: u64) {
+    /// After each read of the sampler: its reads so far and what they counted.
+    pub fn note_sampled_read(&self, sampler: &ThreadSampler) {
+        let counters = sampler.probe_counters();
+        self.note_sampled_progress(sampler.reads(), sampler.trace_counts(&counters), counters);
+    }
+
+    /// The sampler's `reads` so far, what they counted (`counts`) and its probes'
+    /// `counters`.
+    fn note_sampled_progress(&self, reads: u64, counts: TraceCounts, counters: ProbeCounters) {
         let generation = lock(&self.collector).generation;
-        *lock(&self.sampled) = SampledProgress { generation, reads, truncated_unwinds };
+        let malformed_records = counts.malformed_records;
+        *lock(&self.sampled) =
+            SampledProgress { generation, reads, counts, counters, malformed_records };
+    }
+
+    /// Moves the sampler's counters to the earlier attachments' at a detach, so that the
+    /// totals never go down.
+    pub fn keep_sampled_counters(&self) {
+        let (counters, malformed) = {
+            let mut progress = lock(&self.sampled);
+            let malformed = std::mem::take(&mut progress.malformed_records);
+            (std::mem::take(&mut progress.counters), malformed)
+        };
+        let mut earlier = lock(&self.earlier_counters);
+        for (sum, value) in earlier.0.iter_mut().zip(counters.0) {
+            *sum += value;
+        }
+        drop(earlier);
+        lock(&self.collector).earlier_malformed += malformed;
     }
 
     /// The current attachment's counters: what its probes and the decoder saw (in
     /// sampled mode, the sampler's reads and unwinds).
     pub fn counts_mark(&self) -> Option<CountsMark> {
         if self.sampling.is_some() {
-            let progress = *lock(&self.sampled);
-            let counts = TraceCounts {
-                unwind_truncated: progress.truncated_unwinds,
-                ..TraceCounts::default()
-            };
+            let progress = lock(&self.sampled);
             return Some(CountsMark {
                 generation: progress.generation,
-                counts,
+                counts: progress.counts.clone(),
                 short_waits: Default::default(),
                 reads: progress.reads,
             });
@@ -621,9 +647,13 @@ impl Shared {
         }
     }
 
-    /// The probe counters over every attachment.
+    /// The probe counters over every attachment (in sampled mode, the sampler's).
     pub fn total_counters(&self) -> ProbeCounters {
         let mut total = *lock(&self.earlier_counters);
+        let sampled = lock(&self.sampled).counters;
+        for (sum, value) in total.0.iter_mut().zip(sampled.0) {
+            *sum += value;
+        }
         let probes = lock(&self.attached).as_ref().map(|attached| Arc::clone(&attached.probes));
         if let Some(probes) = probes
             && let Ok(counters) = lock(&probes).counters()
@@ -642,11 +672,18 @@ impl Shared {
         metrics::TracerTotals {
             events: collector.records_read,
             lost: vec![
-                ("ring_buffer_full", counters.get(Counter::RingBufferFull)),
+                // A sampled daemon's passes in the kernel lose to a full ring of their own.
+                (
+                    "ring_buffer_full",
+                    counters.get(Counter::RingBufferFull) + counters.get(Counter::PassRingFull),
+                ),
                 ("wake_ring_buffer_full", counters.get(Counter::WakeRingBufferFull)),
                 ("in_flight_map_full", counters.get(Counter::InFlightMapFull)),
                 ("stack_unreadable", counters.get(Counter::StackUnreadable)),
-                ("malformed_record", collector.malformed_records()),
+                (
+                    "malformed_record",
+                    collector.malformed_records() + lock(&self.sampled).malformed_records,
+                ),
                 ("window_full", collector.stacks_dropped),
                 ("metrics_window", collector.metrics_window_lost),
                 ("block_window", collector.block_window_lost),
@@ -730,5 +767,38 @@ mod tests {
         assert_eq!(short[0].count, 7);
         let (counts, _) = counts_since(&now, None);
         assert_eq!(counts.long_waits, 50);
+    }
+
+    /// The loss `reason` of /metrics' totals.
+    fn lost(shared: &Shared, reason: &str) -> u64 {
+        let totals = shared.tracer_totals();
+        totals.lost.iter().find(|(name, _)| *name == reason).expect("a known reason").1
+    }
+
+    #[test]
+    fn a_sampled_daemons_losses_reach_its_windows_and_metrics_and_outlive_its_attachment() {
+        let worker = worker::Worker::start().expect("the symbolizer thread starts");
+        let period = Some(Duration::from_millis(20));
+        let shared = Shared::new(Wanted::Pid(1), Duration::ZERO, period, false, 10, worker);
+        let progress = |pass_ring_full: u64, malformed_records: u64| {
+            let mut counters = ProbeCounters::default();
+            counters.0[Counter::PassRingFull as usize] = pass_ring_full;
+            let objects = crate::objects::WaitObjects::new(1);
+            let counts = trace_counts(&counters, 0, &objects, malformed_records, 0);
+            (counts, counters)
+        };
+        let (counts, counters) = progress(3, 2);
+        shared.note_sampled_progress(5, counts, counters);
+        let mark = shared.counts_mark().expect("sampled mode always has a mark");
+        assert_eq!((mark.reads, mark.counts.ring_buffer_full), (5, 3));
+        assert_eq!(mark.counts.malformed_records, 2);
+        assert_eq!((lost(&shared, "ring_buffer_full"), lost(&shared, "malformed_record")), (3, 2));
+        // The process exits: its counts stay in the totals, and the next one's add to them.
+        shared.keep_sampled_counters();
+        assert_eq!((lost(&shared, "ring_buffer_full"), lost(&shared, "malformed_record")), (3, 2));
+        lock(&shared.collector).generation += 1;
+        let (counts, counters) = progress(1, 0);
+        shared.note_sampled_progress(1, counts, counters);
+        assert_eq!((lost(&shared, "ring_buffer_full"), lost(&shared, "malformed_record")), (4, 2));
     }
 }

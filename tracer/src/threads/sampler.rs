@@ -17,10 +17,10 @@ use aya::maps::{MapData, RingBuf};
 use tracer_common::{Counter, TaskLook};
 
 use crate::{
-    model::{StackKey, ThreadCounts, TimelineRecorder, WaitAggregate},
+    model::{StackKey, ThreadCounts, TimelineRecorder, TraceCounts, WaitAggregate},
     objects::WaitObjects,
     pipeline,
-    probes::Probes,
+    probes::{ProbeCounters, Probes},
     stacks::ProcessUnwinder,
     threads::{
         BlockedState, SampleError, SyscallState, ThreadReader, ThreadSample, ThreadSyscall,
@@ -320,10 +320,10 @@ impl TaskIterator {
 
     /// What its own probes counted (the passes in the kernel, their losses); nothing
     /// for a shared iterator, whose probes run no pass.
-    pub fn counters(&self) -> crate::probes::ProbeCounters {
+    pub fn counters(&self) -> ProbeCounters {
         match self {
             TaskIterator::Own(probes) => probes.counters().unwrap_or_default(),
-            TaskIterator::Shared { .. } => crate::probes::ProbeCounters::default(),
+            TaskIterator::Shared { .. } => ProbeCounters::default(),
         }
     }
 
@@ -907,8 +907,35 @@ impl ThreadSampler {
         self.unwinder.truncated_unwinds
     }
 
+    /// What its own probes counted so far (the passes in the kernel and their losses).
+    pub fn probe_counters(&self) -> ProbeCounters {
+        self.tasks.counters()
+    }
+
+    /// Records of the passes in the kernel that could not be read (never expected).
+    pub fn malformed_records(&self) -> u64 {
+        match &self.passes {
+            Passes::InKernel(passes) => passes.malformed,
+            Passes::Here | Passes::ToKernel => 0,
+        }
+    }
+
+    /// What the reads counted and lost so far, as a report shows it, with its probes'
+    /// `counters` (`probe_counters`).
+    pub fn trace_counts(&self, counters: &ProbeCounters) -> TraceCounts {
+        let malformed = self.malformed_records();
+        pipeline::counts::trace_counts(
+            counters,
+            self.truncated_unwinds(),
+            &self.objects,
+            malformed,
+            0,
+        )
+    }
+
     /// What the reads gathered; `target_exited` leaves out the waits still in progress.
     pub fn finish(self, target_exited: bool) -> Sampled {
+        let malformed_records = self.malformed_records();
         let Self {
             tracker,
             thread_names,
@@ -918,13 +945,8 @@ impl ThreadSampler {
             frame_pointer_unknown,
             last_counts,
             tasks,
-            passes,
             ..
         } = self;
-        let malformed_records = match passes {
-            Passes::InKernel(passes) => passes.malformed,
-            Passes::Here | Passes::ToKernel => 0,
-        };
         let reads = tracker.reads;
         let mut aggregate = tracker.finish(target_exited);
         aggregate.thread_names = thread_names.thread_names;
