@@ -284,6 +284,39 @@ struct FdLooks {
     links: BTreeMap<String, u64>,
     /// perf_event descriptors, summed over the looks.
     perf_events: u64,
+    /// When each look that found the probes loaded was taken, and how many times the
+    /// tracer's threads had been switched off a CPU by then.
+    switches: Vec<(Instant, u64)>,
+}
+
+impl FdLooks {
+    /// How many times a second the tracer's threads were switched off a CPU (each a
+    /// sleep or a preemption: at least once per read it makes) from `settled` after its
+    /// first look that found the probes loaded to its last.
+    fn switches_per_second_after(&self, settled: Duration) -> f64 {
+        let Some(&(first, _)) = self.switches.first() else { return 0.0 };
+        let after = self.switches.iter().find(|(at, _)| *at >= first + settled);
+        match (after, self.switches.last()) {
+            (Some(&(from, before)), Some(&(to, last))) if to > from => {
+                last.saturating_sub(before) as f64 / (to - from).as_secs_f64()
+            }
+            _ => panic!("too few looks after {settled:?} to count switches: {self:?}"),
+        }
+    }
+}
+
+/// How many times all of `pid`'s threads have been switched off a CPU, voluntarily or not.
+fn switches_of(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        total += status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
 }
 
 /// Runs `tracer record ARGS` on `pid` and looks at its descriptors every
@@ -316,6 +349,9 @@ fn look_at_fds_while_recording(pid: u32, args: &[&str], dir: &TempDir) -> FdLook
             *looks.links.entry(link_type).or_default() += count;
         }
         looks.loaded += u64::from(loaded);
+        if loaded && let Some(switches) = switches_of(tracer_pid) {
+            looks.switches.push((Instant::now(), switches));
+        }
         if has_exited(tracer_pid) {
             break;
         }
@@ -370,4 +406,80 @@ fn sampled_recording_attaches_only_a_timer_per_cpu() {
     let profile = read_profile(&dir.join("record.json"));
     assert!(profile.sampling.is_some(), "the recording says it was exact");
     assert!(!profile.stacks.is_empty(), "the sampled recording holds no stacks");
+}
+
+/// Handlers of the large pile-up: the case the tracer was made for (300 threads behind one
+/// sender), more than the 256 threads a pass in the kernel walked before it walked them
+/// in a `bpf_loop`.
+const LARGE_PILEUP_HANDLERS: usize = 300;
+/// How long after its probes are loaded the tracer is left to settle before its switches
+/// are counted: its first read (which unwinds every blocked thread) and the passes' start.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// A process of 300 threads stuck behind one sender is read by the passes in the kernel:
+/// the tracer wakes to drain them a few times a second, not at the rate, and counts the
+/// stuck threads exactly.
+#[test]
+fn a_pile_up_of_300_threads_is_read_by_passes_in_the_kernel() {
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, LARGE_PILEUP_HANDLERS, WORKLOAD_SECONDS);
+    let pid = stuck.workload.pid();
+    let dir = TempDir::new("sampled-large-pileup");
+    let looks = look_at_fds_while_recording(
+        pid,
+        &["--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE],
+        &dir,
+    );
+    let switches = looks.switches_per_second_after(SETTLE);
+    println!("the tracer's threads switched {switches:.1} times a second");
+    // Reads made by the tracer would switch it at least at the rate.
+    assert!(
+        switches < f64::from(RATE_HZ) / 2.0,
+        "the tracer switched {switches:.1} times a second at {RATE_HZ} Hz: it read the \
+         threads itself; its links over {} looks: {:?}",
+        looks.loaded,
+        looks.links
+    );
+    let profile = read_profile(&dir.join("record.json"));
+    let still_handler = |s: &ProfileStack| {
+        s.in_progress
+            && s.kind == WaitKind::Futex
+            && has_function(s, "handler")
+            && has_function(s, "send_stat")
+    };
+    let handlers = LARGE_PILEUP_HANDLERS as u64;
+    assert_threads(&profile, still_handler, handlers, "handlers still blocked in futex");
+    assert_eq!(profile.thread_counts.blocked_in_waits, handlers + 1, "the handlers and the sender");
+}
+
+/// A budget a pass over 300 threads exceeds at the rate (a pass takes a few hundred
+/// microseconds: 0.1% of a CPU allows one every few hundred milliseconds).
+const TIGHT_CPU_BUDGET: &str = "0.1";
+
+/// `--cpu-budget` bounds the passes in the kernel as it bounds the reads the tracer
+/// makes: passes that would cost more come less often, the report says at what rate they
+/// came, and the stuck threads are still counted exactly.
+#[test]
+fn passes_in_the_kernel_keep_to_the_cpu_budget() {
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, LARGE_PILEUP_HANDLERS, WORKLOAD_SECONDS);
+    let pid = stuck.workload.pid();
+    let dir = TempDir::new("sampled-pass-budget");
+    let args = ["--duration", RECORD_DURATION, "--rate", RATE, "--cpu-budget", TIGHT_CPU_BUDGET];
+    let traced =
+        record_profile(pid, &[&["--mode", "sampled"], &args[..]].concat(), &dir, RECORD_TIMEOUT);
+    println!("{}", traced.out.stdout);
+    let profile = &traced.profile;
+    let reads = profile.sampling.expect("a sampled profile").reads;
+    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
+    assert!(
+        (reads as f64) < asked / 2.0,
+        "{reads} reads in {RECORD_SECONDS:?} at {RATE_HZ} Hz within {TIGHT_CPU_BUDGET}% of a \
+         CPU: the passes were not spaced out"
+    );
+    assert!(reads >= 2, "{reads} reads: the passes stopped");
+    let handlers = LARGE_PILEUP_HANDLERS as u64;
+    assert_eq!(profile.thread_counts.blocked_in_waits, handlers + 1, "the handlers and the sender");
+    let still_handler = |s: &ProfileStack| {
+        s.in_progress && s.kind == WaitKind::Futex && has_function(s, "send_stat")
+    };
+    assert_threads(profile, still_handler, handlers, "handlers still blocked in futex");
 }

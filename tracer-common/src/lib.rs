@@ -698,15 +698,21 @@ pub struct PassStack {
 }
 
 /// Threads a pass in the kernel walks at most: a process with more is read from
-/// userspace (the pass counts `Counter::PassesCut`).
-pub const PASS_MAX_THREADS: u32 = 256;
+/// userspace (the pass counts `Counter::PassesCut`). A pass spends about a microsecond
+/// of a timer interrupt on each thread, so this bounds a tick.
+pub const PASS_MAX_THREADS: u32 = 1024;
 
 /// The index in the PASS_STATE array of the passes' period in nanoseconds, which
 /// userspace sets once the passes are attached (0: no pass is made).
 pub const PASS_STATE_PERIOD_NS: u32 = 3;
 
+/// The index in the PASS_STATE array of the number of the period the last pass was made
+/// in (time / period): userspace zeroes it when it sets another period.
+pub const PASS_STATE_LAST_PERIOD: u32 = 0;
+
 /// Bytes of the PASSES ring: a quarter of a second of passes over `PASS_MAX_THREADS`
-/// threads at 49 a second is 1.6 MiB of looks, plus the stacks of new waits.
+/// threads at 49 a second is 1.9 MiB of looks (152 bytes each with the ring's header),
+/// which leaves room for the 16 KiB stacks of about 380 new waits.
 pub const PASSES_RING_BYTES: u32 = 8 << 20;
 
 /// A thread of the target waking another one out of a long futex wait: the waker's
@@ -804,6 +810,9 @@ pub enum Counter {
     PassCopiesLeft = 20,
     /// Copies a pass dropped because the thread arrived on a CPU meanwhile.
     PassCopiesTorn = 21,
+    /// Nanoseconds the passes took, summed (not a count): what they cost the CPUs whose
+    /// timer interrupt made them.
+    PassNs = 22,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -881,8 +890,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 22;
-const _: () = assert!(Counter::PassCopiesTorn as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 23;
+const _: () = assert!(Counter::PassNs as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
 const _: () = assert!(core::mem::size_of::<PassStack>() == 32 + STACK_COPY_BYTES);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);

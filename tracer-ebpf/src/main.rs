@@ -88,12 +88,12 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
-    PassLook, PassStack, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun,
-    ShortWaitTotals, SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT,
-    WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES,
-    WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall,
-    is_futex_wake, is_span_sample, syscall_nr,
+    InFlightWait, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASS_STATE_LAST_PERIOD,
+    PASS_STATE_PERIOD_NS, PASSES_RING_BYTES, PassLook, PassStack, SLEEP_STACK_SLOTS,
+    STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack, SwitchClock,
+    TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY,
+    WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot,
+    WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -280,9 +280,14 @@ fn wake_flags(ring: &RingBuf, wake_at: u64) -> u64 {
 
 #[inline(always)]
 fn count(counter: Counter) {
+    add(counter, 1);
+}
+
+#[inline(always)]
+fn add(counter: Counter, amount: u64) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot; no other program touches it on this CPU meanwhile.
-        unsafe { *value += 1 };
+        unsafe { *value += amount };
     }
 }
 
@@ -1531,7 +1536,7 @@ static PASS_STATE: Array<u64> = Array::with_max_entries(4, 0);
 #[repr(u32)]
 enum PassState {
     /// The number of the last period a pass was made in.
-    LastPeriod = 0,
+    LastPeriod = PASS_STATE_LAST_PERIOD,
     /// The target's group leader (a task pointer): kept by the task iterator, and by
     /// every pass that runs in the process.
     Leader = 1,
@@ -1617,18 +1622,70 @@ fn try_sample_pass() -> Result<(), i32> {
     // The thread list is RCU-protected; a timer's interrupt is a read-side section.
     let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()))?;
     let head = signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load());
-    let mut node = kernel_u64(head)?;
-    let pass = this_period as u32;
-    for _ in 0..PASS_MAX_THREADS {
-        if node == head || node == 0 {
-            return Ok(());
-        }
-        let task = node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load());
-        look_in_pass(task, now, pass, regs_from_stack, in_process);
-        node = kernel_u64(node)?;
+    let mut walk = PassWalk {
+        head,
+        node: kernel_u64(head)?,
+        now,
+        regs_from_stack,
+        pass: this_period as u32,
+        in_process: u32::from(in_process),
+        ended: 0,
+    };
+    // bpf_loop: the verifier checks one step, not PASS_MAX_THREADS of them.
+    // SAFETY: `pass_step` takes the `PassWalk` given, which outlives the loop.
+    unsafe {
+        generated::bpf_loop(
+            PASS_MAX_THREADS,
+            pass_step as *const () as *mut core::ffi::c_void,
+            (&raw mut walk).cast(),
+            0,
+        )
+    };
+    if walk.ended == 0 {
+        count(Counter::PassesCut);
     }
-    count(Counter::PassesCut);
+    // What the pass cost this CPU: userspace spaces the passes out by it (`--cpu-budget`).
+    add(Counter::PassNs, now_ns().saturating_sub(now));
     Ok(())
+}
+
+/// Where a pass's walk along the thread list stands, from one `pass_step` to the next.
+#[repr(C)]
+struct PassWalk {
+    /// The list's head, in the process's `signal_struct`: the walk ends back at it.
+    head: u64,
+    /// The next thread's `thread_node`.
+    node: u64,
+    now: u64,
+    regs_from_stack: u64,
+    pass: u32,
+    in_process: u32,
+    /// Set once the walk reached the end of the list (or could not read on).
+    ended: u32,
+}
+
+/// One thread of a pass (a `bpf_loop` callback): 0 to go on to the next, 1 to stop.
+#[inline(never)]
+extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
+    // SAFETY: bpf_loop hands back the walk `try_sample_pass` passed, on its stack.
+    let walk = unsafe { &mut *walk };
+    if walk.node == walk.head || walk.node == 0 {
+        walk.ended = 1;
+        return 1;
+    }
+    let task = walk.node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load());
+    look_in_pass(task, walk.now, walk.pass, walk.regs_from_stack, walk.in_process != 0);
+    match kernel_u64(walk.node) {
+        Ok(next) => {
+            walk.node = next;
+            0
+        }
+        // A list that cannot be read on is not a process too large for a pass.
+        Err(_) => {
+            walk.ended = 1;
+            1
+        }
+    }
 }
 
 /// Writes a pass's look at `task`, and a copy of its stack when it is newly blocked in a

@@ -106,7 +106,7 @@ impl ReadPace {
 
 /// The time from one read's start to the next's: `period`, or longer when a read that
 /// took `spent` of CPU would otherwise take more than `budget` (a fraction) of one CPU.
-fn gap_within_budget(period: Duration, spent: Duration, budget: f64) -> Duration {
+pub(crate) fn gap_within_budget(period: Duration, spent: Duration, budget: f64) -> Duration {
     period.max(spent.div_f64(budget))
 }
 

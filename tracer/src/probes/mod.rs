@@ -17,9 +17,10 @@ use aya::{
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
-    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE,
-    WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
+    COUNTER_COUNT, Counter, InFlightWait, PASS_STATE_LAST_PERIOD, PASS_STATE_PERIOD_NS,
+    PASSES_RING_BYTES, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook,
+    WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES,
+    WaitKind, WaitSlot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -297,17 +298,27 @@ impl Probes {
         }
         // The ticks make no pass until the period is set: none on a CPU attached before
         // another's attach failed.
+        self.set_sample_pass_period(period)?;
+        self.take_ring_buffer("PASSES")
+    }
+
+    /// Has the passes come every `period` from now on: the ticks `attach_sample_passes`
+    /// attached keep their period, and one in a period that already had its pass returns
+    /// at once, so a period longer than theirs spaces the passes out.
+    pub fn set_sample_pass_period(&mut self, period: Duration) -> Result<(), ProbeError> {
+        let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
         let name = "PASS_STATE";
+        let map_error = |source| ProbeError::Map { name, source: Some(source) };
         let mut state: Array<&mut MapData, u64> = self
             .ebpf
             .map_mut(name)
             .ok_or(ProbeError::Map { name, source: None })?
             .try_into()
-            .map_err(|source| ProbeError::Map { name, source: Some(source) })?;
-        state
-            .set(PASS_STATE_PERIOD_NS, period_ns, 0)
-            .map_err(|source| ProbeError::Map { name, source: Some(source) })?;
-        self.take_ring_buffer("PASSES")
+            .map_err(map_error)?;
+        state.set(PASS_STATE_PERIOD_NS, period_ns, 0).map_err(map_error)?;
+        // The last pass's period was numbered in the old periods: a longer one would
+        // number the next ones below it, and no pass would come.
+        state.set(PASS_STATE_LAST_PERIOD, 0, 0).map_err(map_error)
     }
 
     /// Stops the passes `attach_sample_passes` started: each tick then returns at once

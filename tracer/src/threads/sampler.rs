@@ -19,7 +19,7 @@ use tracer_common::{Counter, TaskLook};
 use crate::{
     model::{StackKey, ThreadCounts, TimelineRecorder, TraceCounts, WaitAggregate},
     objects::WaitObjects,
-    pipeline,
+    pipeline::{self, pace},
     probes::{ProbeCounters, Probes},
     stacks::ProcessUnwinder,
     threads::{
@@ -402,6 +402,13 @@ struct KernelPasses {
     /// beside each other keep their stacks, as the tracer's own reads kept them
     /// (`drains_at_the_period_keep_more`).
     hurried_until: Option<Instant>,
+    /// The period the passes come at: the sampler's, or longer while a pass costs more
+    /// than the reads' budget of a CPU allows at it (`--cpu-budget`).
+    period: Duration,
+    /// `Counter::Passes` and `Counter::PassNs` when the passes' cost was last looked at.
+    cost_mark: (u64, u64),
+    /// Whether the passes were ever spaced out (said once).
+    spaced: bool,
 }
 
 /// How long the drains keep to the period after one that lost stacks a faster drain keeps (see
@@ -463,7 +470,8 @@ impl ThreadSampler {
             {
                 kernel_passes::DRAIN_INTERVAL
             }
-            Passes::InKernel(_) | Passes::Here | Passes::ToKernel => self.period(),
+            Passes::InKernel(passes) => passes.period,
+            Passes::Here | Passes::ToKernel => self.period(),
         }
     }
 
@@ -501,11 +509,23 @@ impl ThreadSampler {
             return;
         }
         let cut_before = probes.counter(Counter::PassesCut).unwrap_or(0);
+        let cost_mark = (
+            probes.counter(Counter::Passes).unwrap_or(0),
+            probes.counter(Counter::PassNs).unwrap_or(0),
+        );
         let period = Duration::from_nanos(self.tracker.period_ns);
         match probes.attach_sample_passes(period) {
             Ok(ring) => {
                 log::debug!("pid {}: the kernel makes the reads' passes", self.pid);
-                let passes = KernelPasses { ring, cut_before, malformed: 0, hurried_until: None };
+                let passes = KernelPasses {
+                    ring,
+                    cut_before,
+                    malformed: 0,
+                    hurried_until: None,
+                    period,
+                    cost_mark,
+                    spaced: false,
+                };
                 self.passes = Passes::InKernel(Box::new(passes));
             }
             Err(err) => log::info!(
@@ -534,13 +554,18 @@ impl ThreadSampler {
             self.passes = Passes::Here;
             return self.read();
         }
+        self.pace_kernel_passes();
         // Passes the reads here already went past (a drain that found none read here).
         let last_read_ns = self.tracker.last_read_ns.unwrap_or(0);
         let mut passes = drained.passes.into_iter().filter(|pass| pass.time_ns > last_read_ns);
         let Some(first) = passes.next() else {
             // None due yet (the last drain took the last pass): nothing to read.
             let now_ns = monotonic_now_ns();
-            if now_ns.saturating_sub(last_read_ns) < 2 * self.tracker.period_ns {
+            let pass_period_ns = match &self.passes {
+                Passes::InKernel(passes) => passes.period.as_nanos() as u64,
+                Passes::Here | Passes::ToKernel => self.tracker.period_ns,
+            };
+            if now_ns.saturating_sub(last_read_ns) < 2 * pass_period_ns {
                 return Ok(());
             }
             let looks = self.looks_from_iterator();
@@ -564,6 +589,55 @@ impl ThreadSampler {
             passes.hurried_until = Some(Instant::now() + HURRIED_FOR);
         }
         Ok(())
+    }
+
+    /// Spaces the passes in the kernel out while each costs more than the reads' budget
+    /// of a CPU allows at the sampler's period, as `ReadPace` spaces the reads made here
+    /// (a pass over a thousand threads takes about a millisecond of a timer interrupt),
+    /// and brings them back once it does not.
+    fn pace_kernel_passes(&mut self) {
+        let (Passes::InKernel(passes), TaskIterator::Own(probes)) = (&mut self.passes, &self.tasks)
+        else {
+            return;
+        };
+        let (Ok(made), Ok(spent_ns)) =
+            (probes.counter(Counter::Passes), probes.counter(Counter::PassNs))
+        else {
+            return;
+        };
+        let (made_before, spent_before) = passes.cost_mark;
+        let new_passes = made.saturating_sub(made_before);
+        if new_passes == 0 {
+            return;
+        }
+        passes.cost_mark = (made, spent_ns);
+        let per_pass = Duration::from_nanos(spent_ns.saturating_sub(spent_before) / new_passes);
+        let budget = pace::cpu_budget_percent() / 100.0;
+        let asked = Duration::from_nanos(self.tracker.period_ns);
+        let period = pass_period_within_budget(asked, per_pass, budget, passes.period);
+        if period == passes.period {
+            return;
+        }
+        let TaskIterator::Own(probes) = &mut self.tasks else { return };
+        match probes.set_sample_pass_period(period) {
+            Ok(()) => {
+                if period > asked && !passes.spaced {
+                    passes.spaced = true;
+                    log::info!(
+                        "pid {}: a pass took {per_pass:?}: passes come every {period:?} \
+                         instead of {asked:?} to stay within {}% of a CPU",
+                        self.pid,
+                        pace::cpu_budget_percent()
+                    );
+                }
+                passes.period = period;
+            }
+            Err(err) => log::warn!(
+                "pid {}: cannot space the passes out ({:#})",
+                self.pid,
+                anyhow::Error::from(err)
+            ),
+        }
     }
 
     /// One read's looks (None: read from /proc), taken at `now_ns`, with the stacks the
@@ -980,6 +1054,24 @@ fn drains_at_the_period_keep_more(kept: u64, lost: u64, outlived_a_pass: u64) ->
     outlived_a_pass > 0 && outlived_a_pass * 10 >= kept + lost
 }
 
+/// The period passes that each cost `per_pass` of a CPU should come at to take at most
+/// `budget` (a fraction) of it, asked to come every `asked`, now every `current`: within
+/// a quarter of the current one it stays, so that a cost that wobbles does not move it
+/// at every drain.
+fn pass_period_within_budget(
+    asked: Duration,
+    per_pass: Duration,
+    budget: f64,
+    current: Duration,
+) -> Duration {
+    let wanted = pace::gap_within_budget(asked, per_pass, budget);
+    if wanted == asked || wanted > current.mul_f64(1.25) || wanted < current.mul_f64(0.8) {
+        wanted
+    } else {
+        current
+    }
+}
+
 /// A new wait's sample from the stack a pass in the kernel copied, as `sample_look` would
 /// read it now: the pass saw the thread blocked in `syscall` with the copy's switch count.
 fn sample_of_copy(look: &TaskLook, syscall: SyscallState, copy: &PassCopy) -> ThreadSample {
@@ -996,6 +1088,29 @@ fn sample_of_copy(look: &TaskLook, syscall: SyscallState, copy: &PassCopy) -> Th
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passes_that_cost_more_than_the_budget_are_spaced_out_and_come_back() {
+        let asked = Duration::from_millis(20);
+        let period = |per_pass_us, current_ms| {
+            let per_pass = Duration::from_micros(per_pass_us);
+            super::pass_period_within_budget(
+                asked,
+                per_pass,
+                0.05,
+                Duration::from_millis(current_ms),
+            )
+        };
+        // 300 threads, about 330 µs a pass: 1.7% of a CPU at 49 Hz, within 5%.
+        assert_eq!(period(330, 20), asked);
+        // 2,000 threads, 2 ms a pass: every 40 ms.
+        assert_eq!(period(2_000, 20), Duration::from_millis(40));
+        // A cost that wobbles by less than a quarter leaves the period where it is.
+        assert_eq!(period(2_200, 40), Duration::from_millis(40));
+        assert_eq!(period(3_000, 40), Duration::from_millis(60));
+        // Cheap again: back to the asked period at once.
+        assert_eq!(period(500, 60), asked);
+    }
+
     #[test]
     fn drains_hurry_when_a_tenth_of_the_new_waits_outlived_a_pass_and_were_lost() {
         use super::drains_at_the_period_keep_more as hurry;
