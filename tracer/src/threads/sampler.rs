@@ -1102,7 +1102,7 @@ mod tests {
         };
         // 300 threads, about 330 µs a pass: 1.7% of a CPU at 49 Hz, within 5%.
         assert_eq!(period(330, 20), asked);
-        // 2,000 threads, 2 ms a pass: every 40 ms.
+        // 2 ms a pass (a thousand threads on a slower machine): every 40 ms.
         assert_eq!(period(2_000, 20), Duration::from_millis(40));
         // A cost that wobbles by less than a quarter leaves the period where it is.
         assert_eq!(period(2_200, 40), Duration::from_millis(40));
