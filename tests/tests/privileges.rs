@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use tracer_tests::{
-    RunOutput, TempDir, build_c_pileup, read_profile, run_with_timeout, set_mode, start_c_pileup,
-    tracer_bin,
+    C_STUCK_SOURCE, RunOutput, TempDir, build_c, read_profile, run_with_timeout, set_mode,
+    start_c_stuck, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -55,10 +55,11 @@ fn as_nobody_with(tracer: &Path, caps: &[&str], args: &[&str]) -> RunOutput {
 
 #[test]
 fn the_named_capabilities_are_enough_to_trace_a_root_process() {
+    // Stuck for good: a snapshot of a live pile-up can catch a handler between two waits.
     let build = TempDir::new("privileges-build");
-    let bin = build_c_pileup(build.path());
-    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
-    let pid = pileup.workload.pid().to_string();
+    let bin = build_c(build.path(), C_STUCK_SOURCE, "c-stuck");
+    let stuck = start_c_stuck(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let pid = stuck.workload.pid().to_string();
     let dir = TempDir::new("privileges");
     let tracer = tracer_for_nobody(&dir);
     let all: Vec<&str> = CAPABILITIES.iter().map(|(cap, _)| *cap).collect();
