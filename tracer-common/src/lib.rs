@@ -663,6 +663,8 @@ impl TaskLook {
 pub const PASS_LOOK: u32 = 1;
 /// The tag of a [`PassStack`] in the PASSES ring.
 pub const PASS_STACK: u32 = 2;
+/// The tag of a [`PassEnd`] in the PASSES ring.
+pub const PASS_END: u32 = 3;
 
 /// One thread as a sampled recording's pass in the kernel saw it (`tracer_sample_pass`):
 /// what a task iterator's look holds, with the pass it belongs to.
@@ -697,6 +699,33 @@ pub struct PassStack {
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
+/// The last record of a pass: how many looks it wrote and how many a full ring lost. A
+/// drain may land while a pass is still writing on another CPU; only a pass whose end came,
+/// with all its looks, is read (a pass missing a thread would end that thread's wait).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassEnd {
+    /// [`PASS_END`].
+    pub tag: u32,
+    pub pass: u32,
+    /// Looks the pass wrote.
+    pub looks: u32,
+    /// Looks the pass could not write: the ring was full.
+    pub lost: u32,
+}
+
+/// Whether a timer tick at `now_ns` makes the pass of its period, given the passes'
+/// `period_ns`, the number of the period the last pass was made in and that pass's time:
+/// the number of its period if so. One pass per period, and none within half a period of
+/// the last: the CPUs' timers tick at about the same phase, and when that phase is at a
+/// period's boundary one CPU's tick would make the pass of the period ending and the
+/// other's, microseconds later, the next one's, the two passes running at once.
+pub fn pass_claim(now_ns: u64, period_ns: u64, last_period: u64, last_pass_ns: u64) -> Option<u64> {
+    let this_period = now_ns.checked_div(period_ns)?;
+    let spaced = now_ns.saturating_sub(last_pass_ns) >= period_ns / 2;
+    (this_period > last_period && spaced).then_some(this_period)
+}
+
 /// Threads a pass in the kernel walks at most: a process with more is read from
 /// userspace (the pass counts `Counter::PassesCut`). A pass spends about a microsecond
 /// of a timer interrupt on each thread, so this bounds a tick.
@@ -709,6 +738,12 @@ pub const PASS_STATE_PERIOD_NS: u32 = 3;
 /// The index in the PASS_STATE array of the number of the period the last pass was made
 /// in (time / period): userspace zeroes it when it sets another period.
 pub const PASS_STATE_LAST_PERIOD: u32 = 0;
+
+/// The index in the PASS_STATE array of the time of the last pass (`bpf_ktime_get_ns`).
+pub const PASS_STATE_LAST_PASS_NS: u32 = 4;
+
+/// Entries of the PASS_STATE array.
+pub const PASS_STATE_ENTRIES: u32 = 5;
 
 /// Bytes of the PASSES ring: a quarter of a second of passes over `PASS_MAX_THREADS`
 /// threads at 49 a second is 1.9 MiB of looks (152 bytes each with the ring's header),
@@ -894,6 +929,8 @@ pub const COUNTER_COUNT: usize = 23;
 const _: () = assert!(Counter::PassNs as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
 const _: () = assert!(core::mem::size_of::<PassStack>() == 32 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<PassEnd>() == 16);
+const _: () = assert!(PASS_STATE_LAST_PASS_NS < PASS_STATE_ENTRIES);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);
@@ -917,6 +954,25 @@ mod wait_word_protocol;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pass_is_claimed_once_a_period_and_never_right_after_the_last() {
+        const PERIOD: u64 = 20_000_000;
+        // The first pass, then none until the next period.
+        assert_eq!(pass_claim(5 * PERIOD + 7, PERIOD, 0, 0), Some(5));
+        assert_eq!(pass_claim(5 * PERIOD + 9_000_000, PERIOD, 5, 5 * PERIOD + 7), None);
+        assert_eq!(pass_claim(6 * PERIOD + 7, PERIOD, 5, 5 * PERIOD + 7), Some(6));
+        // The CPUs tick at the boundary: the tick just before it made period 6's pass; the
+        // other CPU's, 30 µs later, in period 7, makes none.
+        let last = 7 * PERIOD - 10_000;
+        assert_eq!(pass_claim(7 * PERIOD + 20_000, PERIOD, 6, last), None);
+        // The next pair of ticks makes period 7's pass (or 8's), half a period on.
+        assert_eq!(pass_claim(8 * PERIOD - 10_000, PERIOD, 6, last), Some(7));
+        // A new period set by userspace zeroes the last period's number.
+        assert_eq!(pass_claim(9 * PERIOD, 2 * PERIOD, 0, 8 * PERIOD), Some(4));
+        // No period: no pass.
+        assert_eq!(pass_claim(9 * PERIOD, 0, 0, 0), None);
+    }
 
     fn classify(nr: i64, args: [u64; 6]) -> Option<(WaitKind, u64)> {
         classify_syscall(nr, |n| Ok::<_, ()>(args[n])).unwrap()

@@ -88,12 +88,13 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASS_STATE_LAST_PERIOD,
-    PASS_STATE_PERIOD_NS, PASSES_RING_BYTES, PassLook, PassStack, SLEEP_STACK_SLOTS,
-    STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack, SwitchClock,
-    TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY,
-    WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot,
-    WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample, syscall_nr,
+    InFlightWait, PASS_END, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASS_STATE_ENTRIES,
+    PASS_STATE_LAST_PASS_NS, PASS_STATE_LAST_PERIOD, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
+    PassEnd, PassLook, PassStack, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun,
+    ShortWaitTotals, SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT,
+    WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES,
+    WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall,
+    is_futex_wake, is_span_sample, pass_claim, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -1530,7 +1531,7 @@ static SIGNAL_THREAD_HEAD_OFFSET: Global<u64> = Global::new(0);
 
 /// What the passes share, by `PassState` index.
 #[map]
-static PASS_STATE: Array<u64> = Array::with_max_entries(4, 0);
+static PASS_STATE: Array<u64> = Array::with_max_entries(PASS_STATE_ENTRIES, 0);
 
 /// `PASS_STATE` indices.
 #[repr(u32)]
@@ -1545,6 +1546,8 @@ enum PassState {
     RegsFromStack = 2,
     /// The period in nanoseconds; set by userspace once the ticks are attached.
     PeriodNs = PASS_STATE_PERIOD_NS,
+    /// When the last pass was made.
+    LastPassNs = PASS_STATE_LAST_PASS_NS,
 }
 
 /// The passes' looks and stacks, drained by userspace a few times a second: no record
@@ -1590,12 +1593,16 @@ fn try_sample_pass() -> Result<(), i32> {
     let now = now_ns();
     // SAFETY (here and below): aligned array values, read and written whole.
     let period = unsafe { *state(PassState::PeriodNs)? };
-    let Some(this_period) = now.checked_div(period) else { return Ok(()) };
     let last = state(PassState::LastPeriod)?;
+    let last_pass_ns = state(PassState::LastPassNs)?;
     let seen = unsafe { *last };
-    if this_period <= seen || !swap_word(last, seen, this_period) {
+    let Some(this_period) = pass_claim(now, period, seen, unsafe { *last_pass_ns }) else {
+        return Ok(());
+    };
+    if !swap_word(last, seen, this_period) {
         return Ok(());
     }
+    unsafe { *last_pass_ns = now };
     count(Counter::Passes);
     let target = TARGET_TGID.load();
     let in_process = (bpf_get_current_pid_tgid() >> 32) as u32 == target;
@@ -1630,6 +1637,8 @@ fn try_sample_pass() -> Result<(), i32> {
         pass: this_period as u32,
         in_process: u32::from(in_process),
         ended: 0,
+        looks: 0,
+        lost: 0,
     };
     // bpf_loop: the verifier checks one step, not PASS_MAX_THREADS of them.
     // SAFETY: `pass_step` takes the `PassWalk` given, which outlives the loop.
@@ -1643,6 +1652,18 @@ fn try_sample_pass() -> Result<(), i32> {
     };
     if walk.ended == 0 {
         count(Counter::PassesCut);
+    }
+    match PASSES.reserve::<PassEnd>(0) {
+        Some(mut entry) => {
+            entry.write(PassEnd {
+                tag: PASS_END,
+                pass: walk.pass,
+                looks: walk.looks,
+                lost: walk.lost,
+            });
+            entry.submit(BPF_RB_NO_WAKEUP as u64);
+        }
+        None => count(Counter::PassRingFull),
     }
     // What the pass cost this CPU: userspace spaces the passes out by it (`--cpu-budget`).
     add(Counter::PassNs, now_ns().saturating_sub(now));
@@ -1662,6 +1683,9 @@ struct PassWalk {
     in_process: u32,
     /// Set once the walk reached the end of the list (or could not read on).
     ended: u32,
+    /// Looks written, and lost to a full ring (`PassEnd`).
+    looks: u32,
+    lost: u32,
 }
 
 /// One thread of a pass (a `bpf_loop` callback): 0 to go on to the next, 1 to stop.
@@ -1674,7 +1698,11 @@ extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
         return 1;
     }
     let task = walk.node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load());
-    look_in_pass(task, walk.now, walk.pass, walk.regs_from_stack, walk.in_process != 0);
+    if look_in_pass(task, walk.now, walk.pass, walk.regs_from_stack, walk.in_process != 0) {
+        walk.looks += 1;
+    } else {
+        walk.lost += 1;
+    }
     match kernel_u64(walk.node) {
         Ok(next) => {
             walk.node = next;
@@ -1689,12 +1717,13 @@ extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
 }
 
 /// Writes a pass's look at `task`, and a copy of its stack when it is newly blocked in a
-/// watched call and the pass runs in its process.
+/// watched call and the pass runs in its process; false if the ring had no room for the
+/// look.
 #[inline(never)]
-fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process: bool) -> u32 {
+fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process: bool) -> bool {
     let Some(mut entry) = PASSES.reserve::<PassLook>(0) else {
         count(Counter::PassRingFull);
-        return 0;
+        return false;
     };
     let field32 = |offset: u64| kernel_u32(task.wrapping_add(offset)).unwrap_or(0);
     let field64 = |offset: u64| kernel_u64(task.wrapping_add(offset)).unwrap_or(0);
@@ -1742,15 +1771,15 @@ fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     // SAFETY: a map value, read whole.
     if !watched || PASS_COPIED.get_ptr(tid).is_some_and(|copied| unsafe { *copied } == switches) {
-        return 0;
+        return true;
     }
     if !in_process {
         count(Counter::PassCopiesLeft);
-        return 0;
+        return true;
     }
     let Some(mut entry) = PASSES.reserve::<PassStack>(0) else {
         count(Counter::PassRingFull);
-        return 0;
+        return true;
     };
     let record = entry.as_mut_ptr();
     // SAFETY: the reserved record, PassStack-sized. The thread is asleep and shares the
@@ -1769,19 +1798,19 @@ fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process
     if unsafe { (*record).len } == 0 {
         count(Counter::PassCopiesLeft);
         entry.discard(BPF_RB_NO_WAKEUP as u64);
-        return 0;
+        return true;
     }
     // A thread that arrived on a CPU meanwhile (woken, running, not yet switched out
     // again) may have torn the copy.
     if arrivals_of() != arrivals {
         count(Counter::PassCopiesTorn);
         entry.discard(BPF_RB_NO_WAKEUP as u64);
-        return 0;
+        return true;
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     let _ = PASS_COPIED.insert(tid, switches, 0);
     count(Counter::PassCopies);
-    0
+    true
 }
 
 /// The n-th syscall argument of a look (a match, not an index: an index's bounds check

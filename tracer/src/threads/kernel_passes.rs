@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
-use tracer_common::{PASS_LOOK, PASS_STACK, PassLook, PassStack, STACK_COPY_BYTES, TaskLook};
+use tracer_common::{
+    PASS_END, PASS_LOOK, PASS_STACK, PassEnd, PassLook, PassStack, STACK_COPY_BYTES, TaskLook,
+};
 
 /// How often the passes are drained. A wait whose stack no pass could copy (the pass ran
 /// outside the process) is copied at the drain if it is still on, so a longer interval
@@ -42,64 +44,137 @@ pub struct Pass {
     pub copies: HashMap<u32, PassCopy>,
 }
 
-/// What a drain found in the ring: its passes in order, and the records it could not
-/// read (malformed: counted, never expected).
+/// Puts the ring's records together into whole passes, drain after drain. A drain may
+/// land while a pass is still writing on another CPU: a pass is read once its end came
+/// with all its looks (one missing a thread would end that thread's wait), and not before
+/// an older pass still being written (passes are read in time order).
 #[derive(Debug, Default)]
-pub struct Drained {
-    pub passes: Vec<Pass>,
-    pub malformed: u64,
+pub struct PassAssembler {
+    /// Passes begun and not yet read, oldest first.
+    open: Vec<OpenPass>,
+    /// Drains so far.
+    drains: u64,
+    /// Records no pass could be made of (never expected).
+    malformed: u64,
+    /// Passes never read whole: a full ring lost one of their looks or their end (and
+    /// counted it, as the report shows), so their end did not come by the drain after the
+    /// one that saw them begin. The reads they would have been are missing from the count.
+    incomplete: u64,
 }
 
-/// Drains the ring of everything the passes wrote since the last drain.
-pub fn drain(ring: &mut RingBuf<MapData>) -> Drained {
-    let mut drained = Drained::default();
-    while let Some(record) = ring.next() {
-        add_record(&mut drained, &record);
+#[derive(Debug)]
+struct OpenPass {
+    pass: Pass,
+    /// The drain that saw it begin.
+    first_drain: u64,
+    end: Option<PassEnd>,
+}
+
+impl PassAssembler {
+    /// Drains the ring of everything the passes wrote since the last drain, and returns
+    /// the passes now whole, in time order.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Vec<Pass> {
+        self.drains += 1;
+        while let Some(record) = ring.next() {
+            self.add_record(&record);
+        }
+        self.take_whole()
     }
-    drained
-}
 
-/// Adds one record to the passes: a look starts a pass when its number differs from the
-/// last one's (the kernel makes one pass at a time, each writing its looks, and its
-/// stacks, in a row).
-fn add_record(drained: &mut Drained, record: &[u8]) {
-    let tag = record.get(..4).map(|tag| u32::from_ne_bytes(tag.try_into().expect("4 bytes")));
-    match tag {
-        Some(PASS_LOOK) if record.len() >= size_of::<PassLook>() => {
-            // SAFETY: the ring holds a whole PassLook here (its tag and length say so);
-            // read unaligned, as ring records are 8-aligned at best.
-            let look: PassLook = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-            match drained.passes.last_mut() {
-                Some(pass) if pass.number == look.pass => pass.looks.push(look.look),
-                _ => drained.passes.push(Pass {
+    /// Records of the ring no pass could be made of.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    fn open_pass(&mut self, number: u32) -> Option<&mut OpenPass> {
+        self.open.iter_mut().rev().find(|open| open.pass.number == number)
+    }
+
+    /// Adds one record to its pass: a look of a pass not yet open opens it (the kernel
+    /// writes a pass's looks, and the stacks it copies, before its end).
+    fn add_record(&mut self, record: &[u8]) {
+        let tag = record.get(..4).map(|tag| u32::from_ne_bytes(tag.try_into().expect("4 bytes")));
+        match tag {
+            Some(PASS_LOOK) if record.len() >= size_of::<PassLook>() => {
+                // SAFETY: the ring holds a whole PassLook here (its tag and length say
+                // so); read unaligned, as ring records are 8-aligned at best.
+                let look: PassLook = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+                if let Some(open) = self.open_pass(look.pass) {
+                    open.pass.looks.push(look.look);
+                    return;
+                }
+                let pass = Pass {
                     number: look.pass,
                     time_ns: look.time_ns,
                     looks: vec![look.look],
                     copies: HashMap::new(),
-                }),
+                };
+                self.open.push(OpenPass { pass, first_drain: self.drains, end: None });
             }
-        }
-        Some(PASS_STACK) if record.len() >= size_of::<PassStack>() => {
-            // SAFETY: as above, a whole PassStack; only its header is read by value.
-            let stack = record.as_ptr().cast::<PassStack>();
-            let (tid, pass, switches, len) = unsafe {
-                (
-                    std::ptr::read_unaligned(&raw const (*stack).tid),
-                    std::ptr::read_unaligned(&raw const (*stack).pass),
-                    std::ptr::read_unaligned(&raw const (*stack).switches),
-                    std::ptr::read_unaligned(&raw const (*stack).len) as usize,
-                )
-            };
-            let bytes_at = std::mem::offset_of!(PassStack, stack);
-            let bytes = &record[bytes_at..bytes_at + len.min(STACK_COPY_BYTES)];
-            match drained.passes.last_mut() {
-                Some(last) if last.number == pass => {
-                    last.copies.insert(tid, PassCopy { switches, stack: bytes.to_vec() });
+            Some(PASS_STACK) if record.len() >= size_of::<PassStack>() => {
+                // SAFETY: as above, a whole PassStack; only its header is read by value.
+                let stack = record.as_ptr().cast::<PassStack>();
+                let (tid, pass, switches, len) = unsafe {
+                    (
+                        std::ptr::read_unaligned(&raw const (*stack).tid),
+                        std::ptr::read_unaligned(&raw const (*stack).pass),
+                        std::ptr::read_unaligned(&raw const (*stack).switches),
+                        std::ptr::read_unaligned(&raw const (*stack).len) as usize,
+                    )
+                };
+                let bytes_at = std::mem::offset_of!(PassStack, stack);
+                let bytes = &record[bytes_at..bytes_at + len.min(STACK_COPY_BYTES)];
+                match self.open_pass(pass) {
+                    Some(open) if open.end.is_none() => {
+                        open.pass.copies.insert(tid, PassCopy { switches, stack: bytes.to_vec() });
+                    }
+                    _ => self.malformed += 1,
                 }
-                _ => drained.malformed += 1,
+            }
+            Some(PASS_END) if record.len() >= size_of::<PassEnd>() => {
+                // SAFETY: as above, a whole PassEnd.
+                let end: PassEnd = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+                match self.open_pass(end.pass) {
+                    Some(open) if open.end.is_none() => open.end = Some(end),
+                    // A pass whose every look the ring lost.
+                    None if end.looks == 0 && end.lost > 0 => self.incomplete += 1,
+                    _ => self.malformed += 1,
+                }
+            }
+            _ => self.malformed += 1,
+        }
+    }
+
+    /// Takes the passes that are whole and have no older pass still open before them;
+    /// gives up those that cannot become whole.
+    fn take_whole(&mut self) -> Vec<Pass> {
+        self.open.sort_by_key(|open| open.pass.time_ns);
+        let mut whole = Vec::new();
+        let mut older_still_open = false;
+        let given_up_before = self.incomplete;
+        for open in std::mem::take(&mut self.open) {
+            match open.end {
+                Some(end) if end.lost == 0 && end.looks as usize == open.pass.looks.len() => {
+                    if older_still_open {
+                        self.open.push(open);
+                    } else {
+                        whole.push(open.pass);
+                    }
+                }
+                Some(end) if end.lost > 0 => self.incomplete += 1,
+                // Looks of another pass under its number: never expected.
+                Some(_) => self.malformed += 1,
+                None if open.first_drain < self.drains => self.incomplete += 1,
+                None => {
+                    older_still_open = true;
+                    self.open.push(open);
+                }
             }
         }
-        _ => drained.malformed += 1,
+        if self.incomplete > given_up_before {
+            log::debug!("{} passes in the kernel lost to a full ring so far", self.incomplete);
+        }
+        whole
     }
 }
 
@@ -133,43 +208,137 @@ mod tests {
         record
     }
 
+    fn end_record(pass: u32, looks: u32, lost: u32) -> Vec<u8> {
+        let end = PassEnd { tag: PASS_END, pass, looks, lost };
+        // SAFETY: as in `look_record`.
+        unsafe { std::slice::from_raw_parts((&raw const end).cast::<u8>(), size_of::<PassEnd>()) }
+            .to_vec()
+    }
+
+    /// Adds `records` as one drain would have found them, and returns the passes it read
+    /// as (number, time, looks).
+    fn drain_of(assembler: &mut PassAssembler, records: &[Vec<u8>]) -> Vec<(u32, u64, usize)> {
+        assembler.drains += 1;
+        for record in records {
+            assembler.add_record(record);
+        }
+        let passes = assembler.take_whole();
+        passes.iter().map(|pass| (pass.number, pass.time_ns, pass.looks.len())).collect()
+    }
+
     #[test]
     fn records_group_into_passes_with_their_copies() {
-        let mut drained = Drained::default();
+        let mut assembler = PassAssembler::default();
+        assembler.drains += 1;
         for record in [
             look_record(10, 1_000, 1),
             look_record(10, 1_000, 2),
             stack_record(10, 2, 64),
+            end_record(10, 2, 0),
             look_record(11, 21_000, 1),
             look_record(11, 21_000, 2),
+            end_record(11, 2, 0),
         ] {
-            add_record(&mut drained, &record);
+            assembler.add_record(&record);
         }
-        assert_eq!(drained.malformed, 0);
-        let passes: Vec<(u32, u64, usize)> = drained
-            .passes
-            .iter()
-            .map(|pass| (pass.number, pass.time_ns, pass.looks.len()))
-            .collect();
-        assert_eq!(passes, [(10, 1_000, 2), (11, 21_000, 2)]);
-        let copy = &drained.passes[0].copies[&2];
+        let passes = assembler.take_whole();
+        assert_eq!(assembler.malformed, 0);
+        let read: Vec<(u32, u64, usize)> =
+            passes.iter().map(|pass| (pass.number, pass.time_ns, pass.looks.len())).collect();
+        assert_eq!(read, [(10, 1_000, 2), (11, 21_000, 2)]);
+        let copy = &passes[0].copies[&2];
         assert_eq!((copy.switches, copy.stack.len()), (7, 64));
         assert!(copy.stack.iter().all(|&byte| byte == 0xab));
         assert!(!copy.may_be_cut());
-        assert!(drained.passes[1].copies.is_empty());
+        assert!(passes[1].copies.is_empty());
+    }
+
+    #[test]
+    fn a_pass_still_being_written_waits_for_its_end_and_holds_back_the_later_ones() {
+        let mut assembler = PassAssembler::default();
+        // The drain lands after two of pass 10's three looks; pass 11, on the other CPU,
+        // is whole already.
+        let first = drain_of(
+            &mut assembler,
+            &[
+                look_record(10, 1_000, 1),
+                look_record(10, 1_000, 2),
+                look_record(11, 1_050, 1),
+                look_record(11, 1_050, 2),
+                look_record(11, 1_050, 3),
+                end_record(11, 3, 0),
+            ],
+        );
+        assert_eq!(first, [], "no pass may be read while an older one is unfinished");
+        let second = drain_of(
+            &mut assembler,
+            &[look_record(10, 1_000, 3), end_record(10, 3, 0), look_record(12, 21_000, 1)],
+        );
+        assert_eq!(second, [(10, 1_000, 3), (11, 1_050, 3)]);
+        assert_eq!((assembler.malformed, assembler.incomplete), (0, 0));
+    }
+
+    #[test]
+    fn interleaved_passes_are_told_apart_by_number() {
+        let mut assembler = PassAssembler::default();
+        let read = drain_of(
+            &mut assembler,
+            &[
+                look_record(10, 1_000, 1),
+                look_record(11, 1_030, 1),
+                look_record(10, 1_000, 2),
+                stack_record(11, 1, 64),
+                look_record(11, 1_030, 2),
+                end_record(10, 2, 0),
+                end_record(11, 2, 0),
+            ],
+        );
+        assert_eq!(read, [(10, 1_000, 2), (11, 1_030, 2)]);
+        assert_eq!(assembler.malformed, 0);
+    }
+
+    #[test]
+    fn a_pass_missing_a_look_is_never_read() {
+        let mut assembler = PassAssembler::default();
+        // The ring lost a look of pass 10, and pass 11's end.
+        let first = drain_of(
+            &mut assembler,
+            &[
+                look_record(10, 1_000, 1),
+                end_record(10, 1, 1),
+                look_record(11, 21_000, 1),
+                look_record(11, 21_000, 2),
+            ],
+        );
+        assert_eq!(first, []);
+        assert_eq!(assembler.incomplete, 1);
+        // Pass 11's end never comes: it is given up at the next drain, and pass 12 read.
+        let second = drain_of(
+            &mut assembler,
+            &[look_record(12, 41_000, 1), look_record(12, 41_000, 2), end_record(12, 2, 0)],
+        );
+        assert_eq!(second, [(12, 41_000, 2)]);
+        assert_eq!((assembler.incomplete, assembler.malformed), (2, 0));
+        // A pass whose every look was lost leaves only its end.
+        assert_eq!(drain_of(&mut assembler, &[end_record(13, 0, 2)]), []);
+        assert_eq!((assembler.incomplete, assembler.malformed), (3, 0));
     }
 
     #[test]
     fn a_stack_without_its_pass_or_a_short_record_is_counted_not_used() {
-        let mut drained = Drained::default();
-        add_record(&mut drained, &stack_record(3, 1, 64));
-        add_record(&mut drained, &look_record(4, 1, 1)[..20]);
-        add_record(&mut drained, &[9, 0, 0, 0]);
-        add_record(&mut drained, &look_record(4, 1, 1));
-        add_record(&mut drained, &stack_record(3, 1, 64));
-        assert_eq!(drained.malformed, 4);
-        assert_eq!(drained.passes.len(), 1);
-        assert!(drained.passes[0].copies.is_empty());
+        let mut assembler = PassAssembler::default();
+        let records = [
+            stack_record(3, 1, 64),
+            look_record(4, 1, 1)[..20].to_vec(),
+            vec![9, 0, 0, 0],
+            look_record(4, 1, 1),
+            stack_record(3, 1, 64),
+            end_record(4, 2, 0),
+        ];
+        assert_eq!(drain_of(&mut assembler, &records), []);
+        // Three records of no pass, a short one, and an end that counts a look never seen.
+        assert_eq!(assembler.malformed, 5);
+        assert!(assembler.open.is_empty());
     }
 
     #[test]

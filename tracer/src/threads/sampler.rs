@@ -25,7 +25,7 @@ use crate::{
     threads::{
         BlockedState, SampleError, SyscallState, ThreadReader, ThreadSample, ThreadSyscall,
         blocked_now::{SavedFramePointers, monotonic_now_ns, stack_key, thread_name, wait_object},
-        kernel_passes::{self, PassCopy},
+        kernel_passes::{self, PassAssembler, PassCopy},
     },
 };
 
@@ -394,8 +394,8 @@ struct KernelPasses {
     /// `Counter::PassesCut` when the passes began: a pass that stops short of the
     /// process's threads sends its reads back to the sampler.
     cut_before: u64,
-    /// Records of the ring no pass could be made of (never expected).
-    malformed: u64,
+    /// The ring's records, put together into whole passes.
+    assembler: PassAssembler,
     /// Until when the drains come at the period: a drain that lost the stacks of waits
     /// longer than a period (no pass ticked in their process, and they ended before the
     /// drain) hurries the next, so that the waits of a process whose threads rarely run
@@ -520,7 +520,7 @@ impl ThreadSampler {
                 let passes = KernelPasses {
                     ring,
                     cut_before,
-                    malformed: 0,
+                    assembler: PassAssembler::default(),
                     hurried_until: None,
                     period,
                     cost_mark,
@@ -542,8 +542,7 @@ impl ThreadSampler {
     /// here for good.
     fn read_kernel_passes(&mut self) -> std::io::Result<()> {
         let Passes::InKernel(passes) = &mut self.passes else { return Ok(()) };
-        let drained = kernel_passes::drain(&mut passes.ring);
-        passes.malformed += drained.malformed;
+        let drained = passes.assembler.drain(&mut passes.ring);
         let TaskIterator::Own(probes) = &mut self.tasks else { return Ok(()) };
         if probes.counter(Counter::PassesCut).unwrap_or(0) > passes.cut_before {
             log::info!(
@@ -557,7 +556,7 @@ impl ThreadSampler {
         self.pace_kernel_passes();
         // Passes the reads here already went past (a drain that found none read here).
         let last_read_ns = self.tracker.last_read_ns.unwrap_or(0);
-        let mut passes = drained.passes.into_iter().filter(|pass| pass.time_ns > last_read_ns);
+        let mut passes = drained.into_iter().filter(|pass| pass.time_ns > last_read_ns);
         let Some(first) = passes.next() else {
             // None due yet (the last drain took the last pass): nothing to read.
             let now_ns = monotonic_now_ns();
@@ -989,7 +988,7 @@ impl ThreadSampler {
     /// Records of the passes in the kernel that could not be read (never expected).
     pub fn malformed_records(&self) -> u64 {
         match &self.passes {
-            Passes::InKernel(passes) => passes.malformed,
+            Passes::InKernel(passes) => passes.assembler.malformed(),
             Passes::Here | Passes::ToKernel => 0,
         }
     }
