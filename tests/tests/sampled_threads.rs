@@ -174,6 +174,15 @@ fn c_pileup_shares_match_exact_mode() {
     compare_modes("sampled-c-pileup", &pileup, "enqueue_stat", "send_to_backend");
 }
 
+/// Whether `stack` is a stuck workload's handler still blocked in its futex wait under
+/// `enqueue_fn`.
+fn handler_still_blocked(stack: &ProfileStack, enqueue_fn: &str) -> bool {
+    stack.in_progress
+        && stack.kind == WaitKind::Futex
+        && has_function(stack, "handler")
+        && has_function(stack, enqueue_fn)
+}
+
 /// Records `stuck` sampled and checks its stuck threads against a snapshot's: the same
 /// count, each aged at least from before the recording.
 fn stuck_counted_exactly(label: &str, stuck: &Stuck, enqueue_fn: &str, send_fn: &str) {
@@ -191,12 +200,7 @@ fn stuck_counted_exactly(label: &str, stuck: &Stuck, enqueue_fn: &str, send_fn: 
     let profile = &traced.profile;
     assert_sampled_at_rate(profile, &traced.out.stdout, RATE_HZ);
     let handlers = STUCK_HANDLERS as u64;
-    let still_handler = |s: &ProfileStack| {
-        s.in_progress
-            && s.kind == WaitKind::Futex
-            && has_function(s, "handler")
-            && has_function(s, enqueue_fn)
-    };
+    let still_handler = |s: &ProfileStack| handler_still_blocked(s, enqueue_fn);
     let still_sender =
         |s: &ProfileStack| s.in_progress && s.kind == WaitKind::Send && has_function(s, send_fn);
     assert_threads(profile, still_handler, handlers, "handlers still blocked in futex");
@@ -440,12 +444,7 @@ fn a_pile_up_of_300_threads_is_read_by_passes_in_the_kernel() {
         looks.links
     );
     let profile = read_profile(&dir.join("record.json"));
-    let still_handler = |s: &ProfileStack| {
-        s.in_progress
-            && s.kind == WaitKind::Futex
-            && has_function(s, "handler")
-            && has_function(s, "send_stat")
-    };
+    let still_handler = |s: &ProfileStack| handler_still_blocked(s, "send_stat");
     let handlers = LARGE_PILEUP_HANDLERS as u64;
     assert_threads(&profile, still_handler, handlers, "handlers still blocked in futex");
     assert_eq!(profile.thread_counts.blocked_in_waits, handlers + 1, "the handlers and the sender");
@@ -478,8 +477,6 @@ fn passes_in_the_kernel_keep_to_the_cpu_budget() {
     assert!(reads >= 2, "{reads} reads: the passes stopped");
     let handlers = LARGE_PILEUP_HANDLERS as u64;
     assert_eq!(profile.thread_counts.blocked_in_waits, handlers + 1, "the handlers and the sender");
-    let still_handler = |s: &ProfileStack| {
-        s.in_progress && s.kind == WaitKind::Futex && has_function(s, "send_stat")
-    };
+    let still_handler = |s: &ProfileStack| handler_still_blocked(s, "send_stat");
     assert_threads(profile, still_handler, handlers, "handlers still blocked in futex");
 }

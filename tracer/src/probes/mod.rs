@@ -123,6 +123,15 @@ impl ProbeCounters {
     }
 }
 
+/// Counters of several attachments (or probe sets) added up, counter by counter.
+impl std::ops::AddAssign for ProbeCounters {
+    fn add_assign(&mut self, other: Self) {
+        for (sum, value) in self.0.iter_mut().zip(other.0) {
+            *sum += value;
+        }
+    }
+}
+
 /// A ring buffer as small as the kernel allows (a page): the size of the rings a load
 /// does not use.
 const SMALLEST_RING_BYTES: u32 = 4096;

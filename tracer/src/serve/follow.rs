@@ -329,10 +329,7 @@ async fn detach(shared: &Shared) {
     if let Some(attached) = &attached
         && let Ok(counters) = lock(&attached.probes).counters()
     {
-        let mut earlier = lock(&shared.earlier_counters);
-        for (sum, value) in earlier.0.iter_mut().zip(counters.0) {
-            *sum += value;
-        }
+        *lock(&shared.earlier_counters) += counters;
     }
     drop(attached);
     let (generation, windows) = {

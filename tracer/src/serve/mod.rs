@@ -457,11 +457,7 @@ impl Shared {
             let malformed = std::mem::take(&mut progress.malformed_records);
             (std::mem::take(&mut progress.counters), malformed)
         };
-        let mut earlier = lock(&self.earlier_counters);
-        for (sum, value) in earlier.0.iter_mut().zip(counters.0) {
-            *sum += value;
-        }
-        drop(earlier);
+        *lock(&self.earlier_counters) += counters;
         lock(&self.collector).earlier_malformed += malformed;
     }
 
@@ -650,17 +646,12 @@ impl Shared {
     /// The probe counters over every attachment (in sampled mode, the sampler's).
     pub fn total_counters(&self) -> ProbeCounters {
         let mut total = *lock(&self.earlier_counters);
-        let sampled = lock(&self.sampled).counters;
-        for (sum, value) in total.0.iter_mut().zip(sampled.0) {
-            *sum += value;
-        }
+        total += lock(&self.sampled).counters;
         let probes = lock(&self.attached).as_ref().map(|attached| Arc::clone(&attached.probes));
         if let Some(probes) = probes
             && let Ok(counters) = lock(&probes).counters()
         {
-            for (sum, value) in total.0.iter_mut().zip(counters.0) {
-                *sum += value;
-            }
+            total += counters;
         }
         total
     }
