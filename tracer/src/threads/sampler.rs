@@ -558,7 +558,8 @@ impl ThreadSampler {
         let last_read_ns = self.tracker.last_read_ns.unwrap_or(0);
         let mut passes = drained.into_iter().filter(|pass| pass.time_ns > last_read_ns);
         let Some(first) = passes.next() else {
-            // None due yet (the last drain took the last pass): nothing to read.
+            // None due yet (the last drain took the last pass, or the one being written
+            // is not whole yet): nothing to read.
             let now_ns = monotonic_now_ns();
             let pass_period_ns = match &self.passes {
                 Passes::InKernel(passes) => passes.period.as_nanos() as u64,
