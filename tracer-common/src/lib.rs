@@ -673,7 +673,7 @@ pub const PASS_END: u32 = 3;
 pub struct PassLook {
     /// [`PASS_LOOK`].
     pub tag: u32,
-    /// Which pass (its period's number, truncated): the looks of one pass are in a row.
+    /// Which pass (`pass_id` of its time).
     pub pass: u32,
     /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) of the pass.
     pub time_ns: u64,
@@ -699,9 +699,10 @@ pub struct PassStack {
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
-/// The last record of a pass: how many looks it wrote and how many a full ring lost. A
+/// The last record of a pass: how many looks it wrote and how many threads it missed. A
 /// drain may land while a pass is still writing on another CPU; only a pass whose end came,
-/// with all its looks, is read (a pass missing a thread would end that thread's wait).
+/// with all its looks and none missed, is read (a pass missing a thread would end that
+/// thread's wait).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassEnd {
@@ -710,20 +711,33 @@ pub struct PassEnd {
     pub pass: u32,
     /// Looks the pass wrote.
     pub looks: u32,
-    /// Looks the pass could not write: the ring was full.
-    pub lost: u32,
+    /// Threads it wrote no look of (the ring was full), or 1 for those it could not reach
+    /// (the thread list could not be read on, or had more than `PASS_MAX_THREADS`).
+    pub missed: u32,
 }
 
-/// Whether a timer tick at `now_ns` makes the pass of its period, given the passes'
-/// `period_ns`, the number of the period the last pass was made in and that pass's time:
-/// the number of its period if so. One pass per period, and none within half a period of
-/// the last: the CPUs' timers tick at about the same phase, and when that phase is at a
-/// period's boundary one CPU's tick would make the pass of the period ending and the
-/// other's, microseconds later, the next one's, the two passes running at once.
-pub fn pass_claim(now_ns: u64, period_ns: u64, last_period: u64, last_pass_ns: u64) -> Option<u64> {
-    let this_period = now_ns.checked_div(period_ns)?;
+/// Whether a timer tick at `now_ns` makes a pass, given the passes' `period_ns` and the
+/// time of the last pass: one pass per period (`now / period`), and none within half a
+/// period of the last. The CPUs' timers tick at about the same phase, and when that
+/// phase is at a period's boundary one CPU's tick would make the pass of the period
+/// ending and the other's, microseconds later, the next one's, the two passes running at
+/// once. The tick then swaps its time for `last_pass_ns`: one compare-and-swap of one
+/// word claims the pass, and a new period needs nothing reset (both times are numbered in
+/// it).
+pub fn pass_claim(now_ns: u64, period_ns: u64, last_pass_ns: u64) -> bool {
+    let (Some(this_period), Some(last_period)) =
+        (now_ns.checked_div(period_ns), last_pass_ns.checked_div(period_ns))
+    else {
+        return false;
+    };
     let spaced = now_ns.saturating_sub(last_pass_ns) >= period_ns / 2;
-    (this_period > last_period && spaced).then_some(this_period)
+    this_period > last_period && spaced
+}
+
+/// The id of the pass made at `time_ns` in its records: the low 32 bits of its time,
+/// which differ between any two passes a drain can hold (they wrap every 4.3 s).
+pub fn pass_id(time_ns: u64) -> u32 {
+    time_ns as u32
 }
 
 /// Threads a pass in the kernel walks at most: a process with more is read from
@@ -735,15 +749,12 @@ pub const PASS_MAX_THREADS: u32 = 1024;
 /// userspace sets once the passes are attached (0: no pass is made).
 pub const PASS_STATE_PERIOD_NS: u32 = 3;
 
-/// The index in the PASS_STATE array of the number of the period the last pass was made
-/// in (time / period): userspace zeroes it when it sets another period.
-pub const PASS_STATE_LAST_PERIOD: u32 = 0;
-
-/// The index in the PASS_STATE array of the time of the last pass (`bpf_ktime_get_ns`).
-pub const PASS_STATE_LAST_PASS_NS: u32 = 4;
+/// The index in the PASS_STATE array of the time of the last pass (`bpf_ktime_get_ns`):
+/// a tick claims its pass by swapping its own time in (`pass_claim`).
+pub const PASS_STATE_LAST_PASS_NS: u32 = 0;
 
 /// Entries of the PASS_STATE array.
-pub const PASS_STATE_ENTRIES: u32 = 5;
+pub const PASS_STATE_ENTRIES: u32 = 4;
 
 /// Bytes of the PASSES ring: a quarter of a second of passes over `PASS_MAX_THREADS`
 /// threads at 49 a second is 1.9 MiB of looks (152 bytes each with the ring's header),
@@ -958,20 +969,31 @@ mod tests {
     #[test]
     fn a_pass_is_claimed_once_a_period_and_never_right_after_the_last() {
         const PERIOD: u64 = 20_000_000;
-        // The first pass, then none until the next period.
-        assert_eq!(pass_claim(5 * PERIOD + 7, PERIOD, 0, 0), Some(5));
-        assert_eq!(pass_claim(5 * PERIOD + 9_000_000, PERIOD, 5, 5 * PERIOD + 7), None);
-        assert_eq!(pass_claim(6 * PERIOD + 7, PERIOD, 5, 5 * PERIOD + 7), Some(6));
+        // The first pass.
+        assert!(pass_claim(5 * PERIOD + 7, PERIOD, 0));
+        // None again in its period, however far apart the ticks are.
+        let first = 5 * PERIOD + 7;
+        assert!(!pass_claim(5 * PERIOD + 9_000_000, PERIOD, first));
+        assert!(!pass_claim(5 * PERIOD + 15_000_000, PERIOD, first));
+        assert!(pass_claim(6 * PERIOD + 7, PERIOD, first));
         // The CPUs tick at the boundary: the tick just before it made period 6's pass; the
         // other CPU's, 30 µs later, in period 7, makes none.
         let last = 7 * PERIOD - 10_000;
-        assert_eq!(pass_claim(7 * PERIOD + 20_000, PERIOD, 6, last), None);
-        // The next pair of ticks makes period 7's pass (or 8's), half a period on.
-        assert_eq!(pass_claim(8 * PERIOD - 10_000, PERIOD, 6, last), Some(7));
-        // A new period set by userspace zeroes the last period's number.
-        assert_eq!(pass_claim(9 * PERIOD, 2 * PERIOD, 0, 8 * PERIOD), Some(4));
+        assert!(!pass_claim(7 * PERIOD + 20_000, PERIOD, last));
+        // The next pair of ticks makes period 7's pass, a period on.
+        assert!(pass_claim(8 * PERIOD - 10_000, PERIOD, last));
+        // A longer period, set by userspace: the last pass numbered in it too.
+        assert!(!pass_claim(8 * PERIOD + 20_000, 2 * PERIOD, 8 * PERIOD - 10_000));
+        assert!(pass_claim(10 * PERIOD, 2 * PERIOD, 8 * PERIOD - 10_000));
         // No period: no pass.
-        assert_eq!(pass_claim(9 * PERIOD, 0, 0, 0), None);
+        assert!(!pass_claim(9 * PERIOD, 0, 0));
+    }
+
+    #[test]
+    fn pass_ids_differ_within_a_drain() {
+        let t = 1_000_000_000_000;
+        assert_ne!(pass_id(t), pass_id(t + 20_000_000));
+        assert_ne!(pass_id(t), pass_id(t + 1));
     }
 
     fn classify(nr: i64, args: [u64; 6]) -> Option<(WaitKind, u64)> {

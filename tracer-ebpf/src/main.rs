@@ -89,12 +89,12 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
     InFlightWait, PASS_END, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASS_STATE_ENTRIES,
-    PASS_STATE_LAST_PASS_NS, PASS_STATE_LAST_PERIOD, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
-    PassEnd, PassLook, PassStack, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun,
-    ShortWaitTotals, SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT,
-    WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES,
-    WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall,
-    is_futex_wake, is_span_sample, pass_claim, syscall_nr,
+    PASS_STATE_LAST_PASS_NS, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES, PassEnd, PassLook, PassStack,
+    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack,
+    SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
+    WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
+    WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
+    pass_claim, pass_id, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -655,11 +655,12 @@ fn note_in_word(
     swap_word(word, seen, WaitSlot::in_progress_word(tid, kind as u32, start_ns, span_sample))
 }
 
-/// Replaces the WAIT_STARTS `word` by `new` if it still holds `seen`; whether it did.
+/// Replaces `word` (of WAIT_STARTS, or PASS_STATE's last pass time) by `new` if it still
+/// holds `seen`; whether it did.
 #[inline(always)]
 fn swap_word(word: *mut u64, seen: u64, new: u64) -> bool {
-    // SAFETY: a value of WAIT_STARTS, an aligned u64; every other access to the word is a
-    // whole aligned load or store.
+    // SAFETY: an aligned u64 map value; every other access to the word is a whole aligned
+    // load or store.
     let (_, swapped) = unsafe {
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(word, seen, new)
     };
@@ -1536,8 +1537,8 @@ static PASS_STATE: Array<u64> = Array::with_max_entries(PASS_STATE_ENTRIES, 0);
 /// `PASS_STATE` indices.
 #[repr(u32)]
 enum PassState {
-    /// The number of the last period a pass was made in.
-    LastPeriod = PASS_STATE_LAST_PERIOD,
+    /// When the last pass was made (`pass_claim`).
+    LastPassNs = PASS_STATE_LAST_PASS_NS,
     /// The target's group leader (a task pointer): kept by the task iterator, and by
     /// every pass that runs in the process.
     Leader = 1,
@@ -1546,8 +1547,6 @@ enum PassState {
     RegsFromStack = 2,
     /// The period in nanoseconds; set by userspace once the ticks are attached.
     PeriodNs = PASS_STATE_PERIOD_NS,
-    /// When the last pass was made.
-    LastPassNs = PASS_STATE_LAST_PASS_NS,
 }
 
 /// The passes' looks and stacks, drained by userspace a few times a second: no record
@@ -1593,16 +1592,11 @@ fn try_sample_pass() -> Result<(), i32> {
     let now = now_ns();
     // SAFETY (here and below): aligned array values, read and written whole.
     let period = unsafe { *state(PassState::PeriodNs)? };
-    let last = state(PassState::LastPeriod)?;
     let last_pass_ns = state(PassState::LastPassNs)?;
-    let seen = unsafe { *last };
-    let Some(this_period) = pass_claim(now, period, seen, unsafe { *last_pass_ns }) else {
-        return Ok(());
-    };
-    if !swap_word(last, seen, this_period) {
+    let seen = unsafe { *last_pass_ns };
+    if !pass_claim(now, period, seen) || !swap_word(last_pass_ns, seen, now) {
         return Ok(());
     }
-    unsafe { *last_pass_ns = now };
     count(Counter::Passes);
     let target = TARGET_TGID.load();
     let in_process = (bpf_get_current_pid_tgid() >> 32) as u32 == target;
@@ -1634,11 +1628,12 @@ fn try_sample_pass() -> Result<(), i32> {
         node: kernel_u64(head)?,
         now,
         regs_from_stack,
-        pass: this_period as u32,
+        pass: pass_id(now),
         in_process: u32::from(in_process),
         ended: 0,
+        cut_short: 0,
         looks: 0,
-        lost: 0,
+        missed: 0,
     };
     // bpf_loop: the verifier checks one step, not PASS_MAX_THREADS of them.
     // SAFETY: `pass_step` takes the `PassWalk` given, which outlives the loop.
@@ -1653,13 +1648,17 @@ fn try_sample_pass() -> Result<(), i32> {
     if walk.ended == 0 {
         count(Counter::PassesCut);
     }
+    // Threads it did not reach: userspace must not read the pass.
+    if walk.ended == 0 || walk.cut_short != 0 {
+        walk.missed += 1;
+    }
     match PASSES.reserve::<PassEnd>(0) {
         Some(mut entry) => {
             entry.write(PassEnd {
                 tag: PASS_END,
                 pass: walk.pass,
                 looks: walk.looks,
-                lost: walk.lost,
+                missed: walk.missed,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
@@ -1683,9 +1682,11 @@ struct PassWalk {
     in_process: u32,
     /// Set once the walk reached the end of the list (or could not read on).
     ended: u32,
-    /// Looks written, and lost to a full ring (`PassEnd`).
+    /// Set when the list could not be read on: the threads after went unseen.
+    cut_short: u32,
+    /// Looks written, and threads missed (`PassEnd`).
     looks: u32,
-    lost: u32,
+    missed: u32,
 }
 
 /// One thread of a pass (a `bpf_loop` callback): 0 to go on to the next, 1 to stop.
@@ -1701,7 +1702,7 @@ extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
     if look_in_pass(task, walk.now, walk.pass, walk.regs_from_stack, walk.in_process != 0) {
         walk.looks += 1;
     } else {
-        walk.lost += 1;
+        walk.missed += 1;
     }
     match kernel_u64(walk.node) {
         Ok(next) => {
@@ -1711,6 +1712,7 @@ extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
         // A list that cannot be read on is not a process too large for a pass.
         Err(_) => {
             walk.ended = 1;
+            walk.cut_short = 1;
             1
         }
     }

@@ -17,10 +17,9 @@ use aya::{
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, PASS_STATE_LAST_PERIOD, PASS_STATE_PERIOD_NS,
-    PASSES_RING_BYTES, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook,
-    WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES,
-    WaitKind, WaitSlot,
+    COUNTER_COUNT, Counter, InFlightWait, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
+    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE,
+    WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -324,10 +323,9 @@ impl Probes {
             .ok_or(ProbeError::Map { name, source: None })?
             .try_into()
             .map_err(map_error)?;
-        state.set(PASS_STATE_PERIOD_NS, period_ns, 0).map_err(map_error)?;
-        // The last pass's period was numbered in the old periods: a longer one would
-        // number the next ones below it, and no pass would come.
-        state.set(PASS_STATE_LAST_PERIOD, 0, 0).map_err(map_error)
+        // The last pass's time is numbered in the new period as the ticks' are
+        // (`pass_claim`): nothing else to reset.
+        state.set(PASS_STATE_PERIOD_NS, period_ns, 0).map_err(map_error)
     }
 
     /// Stops the passes `attach_sample_passes` started: each tick then returns at once

@@ -6,7 +6,7 @@
 //! (docs/overhead-log.md, session 34); a drain every `DRAIN_INTERVAL` costs it nothing
 //! measurable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
@@ -38,7 +38,8 @@ impl PassCopy {
 /// One pass: when it was made, its look at each thread, and the stacks it copied.
 #[derive(Debug, Default)]
 pub struct Pass {
-    pub number: u32,
+    /// `tracer_common::pass_id` of its time.
+    pub id: u32,
     pub time_ns: u64,
     pub looks: Vec<TaskLook>,
     pub copies: HashMap<u32, PassCopy>,
@@ -46,22 +47,29 @@ pub struct Pass {
 
 /// Puts the ring's records together into whole passes, drain after drain. A drain may
 /// land while a pass is still writing on another CPU: a pass is read once its end came
-/// with all its looks (one missing a thread would end that thread's wait), and not before
-/// an older pass still being written (passes are read in time order).
+/// with all its looks and no thread missed (one missing a thread would end that thread's
+/// wait), and not before an older pass still being written (passes are read in time
+/// order).
 #[derive(Debug, Default)]
 pub struct PassAssembler {
     /// Passes begun and not yet read, oldest first.
     open: Vec<OpenPass>,
+    /// The ids of the passes given up lately: their late records are not malformed.
+    given_up: VecDeque<u32>,
     /// Drains so far.
     drains: u64,
     /// Records no pass could be made of (never expected).
     malformed: u64,
-    /// Passes given up: a full ring lost one of their looks (their end says so) or their
-    /// end (which then did not come by the drain after the one that saw them begin). The
-    /// ring-full counter, which the report shows, counted each loss; the reads these
-    /// passes would have been are missing from the reads' count.
+    /// Passes given up: their end says they missed a thread (a full ring lost its look,
+    /// which the ring-full counter in the report counted, or the thread list could not be
+    /// read on), or it did not come by the drain after the one that saw them begin (a full
+    /// ring lost it, or the pass's CPU was held up). The reads they would have been are
+    /// missing from the reads' count.
     incomplete: u64,
 }
+
+/// How many given-up passes' ids are kept: more than a drain's worth of passes.
+const GIVEN_UP_IDS: usize = 64;
 
 #[derive(Debug)]
 struct OpenPass {
@@ -87,8 +95,23 @@ impl PassAssembler {
         self.malformed
     }
 
-    fn open_pass(&mut self, number: u32) -> Option<&mut OpenPass> {
-        self.open.iter_mut().rev().find(|open| open.pass.number == number)
+    fn open_pass(&mut self, id: u32) -> Option<&mut OpenPass> {
+        self.open.iter_mut().rev().find(|open| open.pass.id == id)
+    }
+
+    /// A record of no open pass: one given up already is expected, anything else not.
+    fn stray_record(&mut self, id: u32) {
+        if !self.given_up.contains(&id) {
+            self.malformed += 1;
+        }
+    }
+
+    fn give_up(&mut self, id: u32) {
+        self.incomplete += 1;
+        if self.given_up.len() == GIVEN_UP_IDS {
+            self.given_up.pop_front();
+        }
+        self.given_up.push_back(id);
     }
 
     /// Adds one record to its pass: a look of a pass not yet open opens it (the kernel
@@ -100,17 +123,21 @@ impl PassAssembler {
                 // SAFETY: the ring holds a whole PassLook here (its tag and length say
                 // so); read unaligned, as ring records are 8-aligned at best.
                 let look: PassLook = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-                if let Some(open) = self.open_pass(look.pass) {
-                    open.pass.looks.push(look.look);
-                    return;
+                let given_up = self.given_up.contains(&look.pass);
+                match self.open_pass(look.pass) {
+                    Some(open) if open.end.is_none() => open.pass.looks.push(look.look),
+                    Some(_) => self.malformed += 1,
+                    None if given_up => {}
+                    None => {
+                        let pass = Pass {
+                            id: look.pass,
+                            time_ns: look.time_ns,
+                            looks: vec![look.look],
+                            copies: HashMap::new(),
+                        };
+                        self.open.push(OpenPass { pass, first_drain: self.drains, end: None });
+                    }
                 }
-                let pass = Pass {
-                    number: look.pass,
-                    time_ns: look.time_ns,
-                    looks: vec![look.look],
-                    copies: HashMap::new(),
-                };
-                self.open.push(OpenPass { pass, first_drain: self.drains, end: None });
             }
             Some(PASS_STACK) if record.len() >= size_of::<PassStack>() => {
                 // SAFETY: as above, a whole PassStack; only its header is read by value.
@@ -129,7 +156,8 @@ impl PassAssembler {
                     Some(open) if open.end.is_none() => {
                         open.pass.copies.insert(tid, PassCopy { switches, stack: bytes.to_vec() });
                     }
-                    _ => self.malformed += 1,
+                    Some(_) => self.malformed += 1,
+                    None => self.stray_record(pass),
                 }
             }
             Some(PASS_END) if record.len() >= size_of::<PassEnd>() => {
@@ -137,9 +165,15 @@ impl PassAssembler {
                 let end: PassEnd = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
                 match self.open_pass(end.pass) {
                     Some(open) if open.end.is_none() => open.end = Some(end),
-                    // A pass whose every look the ring lost.
-                    None if end.looks == 0 && end.lost > 0 => self.incomplete += 1,
-                    _ => self.malformed += 1,
+                    Some(_) => self.malformed += 1,
+                    // A pass that wrote no look: of an empty thread list (nothing to
+                    // read), or whose every look the ring lost.
+                    None if end.looks == 0 => {
+                        if end.missed > 0 {
+                            self.give_up(end.pass);
+                        }
+                    }
+                    None => self.stray_record(end.pass),
                 }
             }
             _ => self.malformed += 1,
@@ -155,17 +189,17 @@ impl PassAssembler {
         let given_up_before = self.incomplete;
         for open in std::mem::take(&mut self.open) {
             match open.end {
-                Some(end) if end.lost == 0 && end.looks as usize == open.pass.looks.len() => {
+                Some(end) if end.missed == 0 && end.looks as usize == open.pass.looks.len() => {
                     if older_still_open {
                         self.open.push(open);
                     } else {
                         whole.push(open.pass);
                     }
                 }
-                Some(end) if end.lost > 0 => self.incomplete += 1,
-                // Looks of another pass under its number: never expected.
+                Some(end) if end.missed > 0 => self.give_up(open.pass.id),
+                // Looks of another pass under its id: never expected.
                 Some(_) => self.malformed += 1,
-                None if open.first_drain < self.drains => self.incomplete += 1,
+                None if open.first_drain < self.drains => self.give_up(open.pass.id),
                 None => {
                     older_still_open = true;
                     self.open.push(open);
@@ -173,7 +207,7 @@ impl PassAssembler {
             }
         }
         if self.incomplete > given_up_before {
-            log::debug!("{} passes in the kernel lost to a full ring so far", self.incomplete);
+            log::debug!("{} passes in the kernel given up so far", self.incomplete);
         }
         whole
     }
@@ -209,8 +243,8 @@ mod tests {
         record
     }
 
-    fn end_record(pass: u32, looks: u32, lost: u32) -> Vec<u8> {
-        let end = PassEnd { tag: PASS_END, pass, looks, lost };
+    fn end_record(pass: u32, looks: u32, missed: u32) -> Vec<u8> {
+        let end = PassEnd { tag: PASS_END, pass, looks, missed };
         // SAFETY: as in `look_record`.
         unsafe { std::slice::from_raw_parts((&raw const end).cast::<u8>(), size_of::<PassEnd>()) }
             .to_vec()
@@ -225,10 +259,10 @@ mod tests {
         assembler.take_whole()
     }
 
-    /// The same, each pass read as (number, time, looks).
+    /// The same, each pass read as (id, time, looks).
     fn drain_of(assembler: &mut PassAssembler, records: &[Vec<u8>]) -> Vec<(u32, u64, usize)> {
         let passes = passes_drained(assembler, records);
-        passes.iter().map(|pass| (pass.number, pass.time_ns, pass.looks.len())).collect()
+        passes.iter().map(|pass| (pass.id, pass.time_ns, pass.looks.len())).collect()
     }
 
     #[test]
@@ -246,7 +280,7 @@ mod tests {
         let passes = passes_drained(&mut assembler, &records);
         assert_eq!(assembler.malformed, 0);
         let read: Vec<(u32, usize)> =
-            passes.iter().map(|pass| (pass.number, pass.looks.len())).collect();
+            passes.iter().map(|pass| (pass.id, pass.looks.len())).collect();
         assert_eq!(read, [(10, 2), (11, 2)]);
         let copy = &passes[0].copies[&2];
         assert_eq!((copy.switches, copy.stack.len()), (7, 64));
@@ -281,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_passes_are_told_apart_by_number() {
+    fn interleaved_passes_are_told_apart_by_id() {
         let mut assembler = PassAssembler::default();
         let read = drain_of(
             &mut assembler,
@@ -324,6 +358,39 @@ mod tests {
         // A pass whose every look was lost leaves only its end.
         assert_eq!(drain_of(&mut assembler, &[end_record(13, 0, 2)]), []);
         assert_eq!((assembler.incomplete, assembler.malformed), (3, 0));
+    }
+
+    #[test]
+    fn a_given_up_passs_late_records_and_an_empty_pass_are_not_malformed() {
+        let mut assembler = PassAssembler::default();
+        // Pass 10's CPU is held up past the next drain: given up there.
+        assert_eq!(drain_of(&mut assembler, &[look_record(10, 1_000, 1)]), []);
+        assert_eq!(drain_of(&mut assembler, &[]), []);
+        assert_eq!(assembler.incomplete, 1);
+        // Its last look, a stack and its end come later, with a pass over an empty list
+        // (a process exiting) and a whole one.
+        let read = drain_of(
+            &mut assembler,
+            &[
+                look_record(10, 1_000, 2),
+                stack_record(10, 2, 64),
+                end_record(10, 2, 0),
+                end_record(11, 0, 0),
+                look_record(12, 41_000, 1),
+                end_record(12, 1, 0),
+            ],
+        );
+        assert_eq!(read, [(12, 41_000, 1)]);
+        assert_eq!((assembler.incomplete, assembler.malformed), (1, 0));
+        assert!(assembler.open.is_empty());
+    }
+
+    #[test]
+    fn a_look_after_its_passs_end_is_malformed() {
+        let mut assembler = PassAssembler::default();
+        let records = [look_record(10, 1_000, 1), end_record(10, 1, 0), look_record(10, 1_000, 2)];
+        assert_eq!(drain_of(&mut assembler, &records), [(10, 1_000, 1)]);
+        assert_eq!(assembler.malformed, 1);
     }
 
     #[test]
