@@ -1631,7 +1631,6 @@ fn try_sample_pass() -> Result<(), i32> {
         pass: pass_id(now),
         in_process: u32::from(in_process),
         ended: 0,
-        cut_short: 0,
         looks: 0,
         missed: 0,
     };
@@ -1645,11 +1644,9 @@ fn try_sample_pass() -> Result<(), i32> {
             0,
         )
     };
+    // Threads it did not reach: userspace must not read the pass.
     if walk.ended == 0 {
         count(Counter::PassesCut);
-    }
-    // Threads it did not reach: userspace must not read the pass.
-    if walk.ended == 0 || walk.cut_short != 0 {
         walk.missed += 1;
     }
     match PASSES.reserve::<PassEnd>(0) {
@@ -1682,9 +1679,8 @@ struct PassWalk {
     in_process: u32,
     /// Set once the walk reached the end of the list (or could not read on).
     ended: u32,
-    /// Set when the list could not be read on: the threads after went unseen.
-    cut_short: u32,
-    /// Looks written, and threads missed (`PassEnd`).
+    /// Looks written, and threads missed (`PassEnd`): those the ring had no room for,
+    /// and 1 for those after the walk stopped short.
     looks: u32,
     missed: u32,
 }
@@ -1709,10 +1705,11 @@ extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
             walk.node = next;
             0
         }
-        // A list that cannot be read on is not a process too large for a pass.
+        // A list that cannot be read on is not a process too large for a pass, but the
+        // threads after went unseen.
         Err(_) => {
             walk.ended = 1;
-            walk.cut_short = 1;
+            walk.missed += 1;
             1
         }
     }
