@@ -480,3 +480,43 @@ fn passes_in_the_kernel_keep_to_the_cpu_budget() {
     let still_handler = |s: &ProfileStack| handler_still_blocked(s, "send_stat");
     assert_threads(profile, still_handler, handlers, "handlers still blocked in futex");
 }
+
+/// A passes' ring too small for one pass over the pile-up (a page holds some 25 looks):
+/// every pass misses threads.
+const TINY_PASS_RING: &str = "4096";
+
+/// Passes in the kernel that the ring cannot hold are reads lost, and counted as such in
+/// the report beside the ring's losses; once every pass of two drains in a row was lost,
+/// the tracer reads the threads itself at the rate, so the stuck threads are still
+/// counted exactly.
+#[test]
+fn passes_the_ring_cannot_hold_are_counted_as_reads_lost() {
+    let stuck = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, LARGE_PILEUP_HANDLERS, WORKLOAD_SECONDS);
+    let pid = stuck.workload.pid();
+    let dir = TempDir::new("sampled-tiny-pass-ring");
+    let args = ["--mode", "sampled", "--duration", RECORD_DURATION, "--rate", RATE];
+    let ring = ["--pass-ring-buffer-bytes", TINY_PASS_RING];
+    let traced = record_profile(pid, &[&args[..], &ring[..]].concat(), &dir, RECORD_TIMEOUT);
+    println!("{}", traced.out.stdout);
+    let profile = &traced.profile;
+    let counts = &profile.counts;
+    assert!(counts.ring_buffer_full > 0, "the tiny ring lost nothing: {counts:?}");
+    assert!(counts.reads_lost > 0, "no read counted as lost: {counts:?}");
+    assert_eq!(counts.malformed_records, 0, "records of given-up passes taken as malformed");
+    assert!(
+        traced.out.stdout.contains(&format!("lost: {} sampled reads", counts.reads_lost)),
+        "the summary does not show the reads lost:\n{}",
+        traced.out.stdout
+    );
+    let reads = profile.sampling.expect("a sampled profile").reads;
+    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
+    assert!(
+        reads as f64 >= asked * MIN_READ_FRACTION,
+        "{reads} reads of {asked} at {RATE_HZ} Hz: the reads did not come back to the tracer \
+         when the passes kept failing"
+    );
+    let handlers = LARGE_PILEUP_HANDLERS as u64;
+    assert_eq!(profile.thread_counts.blocked_in_waits, handlers + 1, "the handlers and the sender");
+    let still_handler = |s: &ProfileStack| handler_still_blocked(s, "send_stat");
+    assert_threads(profile, still_handler, handlers, "handlers still blocked in futex");
+}

@@ -859,6 +859,10 @@ pub enum Counter {
     /// Nanoseconds the passes took, summed (not a count): what they cost the CPUs whose
     /// timer interrupt made them.
     PassNs = 22,
+    /// Passes that found their process and could not be read whole: a thread missed (its
+    /// look or the pass's end lost to a full ring, the thread list unreadable part way or
+    /// longer than a walk): reads lost.
+    PassesIncomplete = 23,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -936,8 +940,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 23;
-const _: () = assert!(Counter::PassNs as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 24;
+const _: () = assert!(Counter::PassesIncomplete as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
 const _: () = assert!(core::mem::size_of::<PassStack>() == 32 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<PassEnd>() == 16);

@@ -1621,11 +1621,15 @@ fn try_sample_pass() -> Result<(), i32> {
         return Ok(());
     }
     // The thread list is RCU-protected; a timer's interrupt is a read-side section.
-    let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()))?;
-    let head = signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load());
+    let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()));
+    let head = signal.map(|signal| signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load()));
+    let (Ok(head), Ok(node)) = (head, head.and_then(kernel_u64)) else {
+        count(Counter::PassesIncomplete);
+        return Ok(());
+    };
     let mut walk = PassWalk {
         head,
-        node: kernel_u64(head)?,
+        node,
         now,
         regs_from_stack,
         pass: pass_id(now),
@@ -1649,7 +1653,7 @@ fn try_sample_pass() -> Result<(), i32> {
         count(Counter::PassesCut);
         walk.missed += 1;
     }
-    match PASSES.reserve::<PassEnd>(0) {
+    let end_written = match PASSES.reserve::<PassEnd>(0) {
         Some(mut entry) => {
             entry.write(PassEnd {
                 tag: PASS_END,
@@ -1658,9 +1662,18 @@ fn try_sample_pass() -> Result<(), i32> {
                 missed: walk.missed,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
+            true
         }
-        None => count(Counter::PassRingFull),
-    }
+        None => {
+            count(Counter::PassRingFull);
+            false
+        }
+    };
+    // Userspace gives such a pass up (or never sees it): counted here, once. Without a
+    // branch on `missed`: one would have the verifier tell apart every count the walk's
+    // steps could reach (a sequence of jumps too long to verify).
+    let missed_any = (u64::from(walk.missed) + u64::from(u32::MAX)) >> 32;
+    add(Counter::PassesIncomplete, missed_any | u64::from(!end_written));
     // What the pass cost this CPU: userspace spaces the passes out by it (`--cpu-budget`).
     add(Counter::PassNs, now_ns().saturating_sub(now));
     Ok(())

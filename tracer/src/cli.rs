@@ -327,6 +327,10 @@ pub struct MapSizes {
     /// Bytes of the ring buffer for the wakers of long futex waits (likewise).
     #[arg(long, hide = true)]
     pub wake_ring_buffer_bytes: Option<u32>,
+    /// Bytes of the ring buffer for a sampled recording's passes in the kernel
+    /// (likewise).
+    #[arg(long, hide = true)]
+    pub pass_ring_buffer_bytes: Option<u32>,
 }
 
 impl ProcessSelection {

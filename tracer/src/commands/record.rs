@@ -101,7 +101,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
                 anyhow::bail!(NO_WAKERS_EXACT_ONLY);
             }
             let period = Duration::from_secs(1) / rate.unwrap_or(DEFAULT_RATE_HZ).max(1);
-            return record_sampled(traced, duration, period, &outputs, top).await;
+            let passes_ring_bytes = maps.pass_ring_buffer_bytes;
+            return record_sampled(traced, duration, period, passes_ring_bytes, &outputs, top)
+                .await;
         }
         Mode::Exact => {
             if let Some(option) = sampled_only_option(rate, cpu_budget) {
@@ -263,6 +265,7 @@ async fn record_sampled(
     traced: Traced,
     duration: Duration,
     period: Duration,
+    passes_ring_bytes: Option<u32>,
     outputs: &[PathBuf],
     top: usize,
 ) -> anyhow::Result<()> {
@@ -270,7 +273,8 @@ async fn record_sampled(
     let outputs = pipeline::create_outputs(outputs)?;
     let Traced { target, image } = traced;
     let pid = target.pid;
-    let tasks = TaskIterator::Own(Box::new(Probes::open_for_reading(pid, &btf_path)?));
+    let probes = Probes::open_for_reading(pid, passes_ring_bytes, &btf_path)?;
+    let tasks = TaskIterator::Own(Box::new(probes));
     let unwinder = ProcessUnwinder::new(pid, image);
     let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
         .with_context(|| format!("cannot list the threads of pid {pid}"))?
@@ -394,7 +398,7 @@ fn sampled_profile(
         reads,
         threads_skipped,
         mut tasks,
-        malformed_records,
+        pass_losses,
     } = sampled;
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
     let SampledTiming { started_at, elapsed, period } = timing;
@@ -404,7 +408,7 @@ fn sampled_profile(
     base.target_exited = target_exited;
     let counters = tasks.counters();
     base.counts =
-        trace_counts(&counters, unwinder.truncated_unwinds, &objects, malformed_records, 0);
+        pass_losses.add_to(trace_counts(&counters, unwinder.truncated_unwinds, &objects, 0, 0));
     base.thread_counts = thread_counts;
     let pending = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);

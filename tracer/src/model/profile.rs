@@ -131,6 +131,11 @@ pub struct TraceCounts {
     pub unresolved_descriptors: u64,
     /// Ring-buffer records too short or of an unknown kind.
     pub malformed_records: u64,
+    /// Sampled reads lost: passes in the kernel given up, having missed a thread (its
+    /// look lost to a full ring, or the thread list unreadable part way) or ended too late
+    /// to be read in order. The next read takes over their time, so blocked time is kept;
+    /// waits that began and ended between two reads are not seen.
+    pub reads_lost: u64,
     /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
     /// that were evicted from the bounded table of pending wakers.
     pub wakers_unmatched: u64,
@@ -158,11 +163,11 @@ pub struct TraceCounts {
 
 impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest is what was seen.
-    pub const LOSSES: usize = 13;
+    pub const LOSSES: usize = 14;
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 29] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 30] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -185,6 +190,7 @@ impl TraceCounts {
             non_socket_io,
             unresolved_descriptors,
             malformed_records,
+            reads_lost,
             wakers_unmatched,
             go_parks_lost,
             go_stacks_lost,
@@ -209,6 +215,7 @@ impl TraceCounts {
             ("go_goroutines_skipped", go_goroutines_skipped),
             ("go_objects_unnamed", go_objects_unnamed),
             ("wake_ring_buffer_full", wake_ring_buffer_full),
+            ("reads_lost", reads_lost),
             ("waits_started", waits_started),
             ("waits_discarded", waits_discarded),
             ("short_waits", short_waits),

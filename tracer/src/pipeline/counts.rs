@@ -41,6 +41,8 @@ pub fn trace_counts(
         non_socket_io: objects.non_socket_io,
         unresolved_descriptors: objects.unresolved_sockets,
         malformed_records,
+        // A sampled recording's passes in the kernel that could not be read whole.
+        reads_lost: counters.get(Counter::PassesIncomplete),
         wakers_unmatched,
         ..TraceCounts::default()
     }

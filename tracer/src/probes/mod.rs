@@ -144,14 +144,21 @@ impl Probes {
 
     /// Loads the object for its task iterator alone (a sampled recording): the wait
     /// probes will not be attached, so the maps they fill are made as small as the kernel
-    /// allows instead of the tens of MiB of kernel memory they take by default.
-    pub fn open_for_reading(tgid: u32, btf_path: &Path) -> Result<Self, ProbeError> {
+    /// allows instead of the tens of MiB of kernel memory they take by default. Its
+    /// passes' ring takes `passes_ring_bytes` (None: `PASSES_RING_BYTES`).
+    pub fn open_for_reading(
+        tgid: u32,
+        passes_ring_bytes: Option<u32>,
+        btf_path: &Path,
+    ) -> Result<Self, ProbeError> {
         let maps = MapSizes {
             ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
             wake_ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
+            pass_ring_buffer_bytes: None,
         };
         let config = ProbeConfig { tgid, min_wait: Duration::ZERO, wakers: false, maps };
-        Self::open_sized(config, 1, PASSES_RING_BYTES, btf_path)
+        let passes_ring_bytes = passes_ring_bytes.unwrap_or(PASSES_RING_BYTES);
+        Self::open_sized(config, 1, passes_ring_bytes, btf_path)
     }
 
     fn open_sized(
@@ -201,7 +208,9 @@ impl Probes {
         loader.allow_unsupported_maps();
         loader.map_max_entries("SLEEP_STACKS", sleep_stack_slots);
         loader.map_max_entries("PASSES", passes_ring_bytes);
-        let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes } = config.maps;
+        // The passes' ring is sized by the caller (`open_for_reading`).
+        let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes, pass_ring_buffer_bytes: _ } =
+            config.maps;
         if let Some(bytes) = ring_buffer_bytes {
             loader.map_max_entries("WAITS", bytes);
         }

@@ -278,6 +278,9 @@ pub struct JsonTraceCounts {
     pub non_socket_io: u64,
     pub unresolved_descriptors: u64,
     pub malformed_records: u64,
+    /// Sampled reads lost (added in tracer 0.1.0; 0 when absent).
+    #[serde(default)]
+    pub reads_lost: u64,
     #[serde(default)]
     pub wakers_unmatched: u64,
     /// Go's losses and hidden runtime waits: written only when not zero, so thread
@@ -549,6 +552,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        reads_lost,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -580,6 +584,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        reads_lost,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -825,6 +830,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        reads_lost,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -856,6 +862,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         malformed_records,
+        reads_lost,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,

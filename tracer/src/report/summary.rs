@@ -588,6 +588,13 @@ fn write_counts(out: &mut String, profile: &Profile) {
     if counts.malformed_records > 0 {
         let _ = writeln!(out, "lost: {} malformed ring-buffer records", counts.malformed_records);
     }
+    if counts.reads_lost > 0 {
+        let _ = writeln!(
+            out,
+            "lost: {} sampled reads (passes in the kernel not read whole)",
+            counts.reads_lost
+        );
+    }
     if counts.wakers_unmatched > 0 {
         let _ = writeln!(
             out,
@@ -830,6 +837,19 @@ mod tests {
             "3.00s recorded, sampled at 50 Hz asked, 5.0 Hz on average (15 reads, spaced out \
              to stay within --cpu-budget, or late on a busy machine; waits shorter than \
              200.0ms are statistical)"
+        );
+    }
+
+    #[test]
+    fn sampled_reads_lost_have_a_line_only_when_some_were() {
+        let mut sampled = profile();
+        sampled.sampling = Some(Sampling { period: Duration::from_millis(20), reads: 148 });
+        assert!(!render_summary(&sampled, 10).contains("sampled reads"));
+        sampled.counts.reads_lost = 2;
+        let text = render_summary(&sampled, 10);
+        assert!(
+            text.contains("lost: 2 sampled reads (passes in the kernel not read whole)\n"),
+            "{text}"
         );
     }
 

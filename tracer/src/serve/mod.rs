@@ -38,7 +38,10 @@ use crate::{
     pipeline::counts::{short_waits_between, trace_counts},
     pipeline::{Traced, target},
     probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
-    threads::{blocked_now::SavedFramePointers, sampler::ThreadSampler},
+    threads::{
+        blocked_now::SavedFramePointers,
+        sampler::{PassLosses, ThreadSampler},
+    },
 };
 
 pub use follow::Wanted;
@@ -355,6 +358,8 @@ pub struct Shared {
     pub waits: Mutex<metrics::WaitSeries>,
     /// Probe counters of earlier attachments, so totals never go down on re-attach.
     pub earlier_counters: Mutex<ProbeCounters>,
+    /// What earlier attachments' samplers' passes in the kernel lost, likewise.
+    earlier_pass_losses: Mutex<PassLosses>,
     /// The last sample of the blocked threads for /metrics; locked across sampling so
     /// concurrent scrapes share one.
     blocked_sample: tokio::sync::Mutex<Option<BlockedSample>>,
@@ -386,10 +391,10 @@ struct SampledProgress {
     reads: u64,
     /// What its reads counted and lost, as windows report it.
     counts: TraceCounts,
-    /// Its probes' counters (the passes in the kernel and their losses) and its
-    /// unreadable records, until the detach moves them to the earlier attachments'.
+    /// Its probes' counters (the passes in the kernel and their losses) and what its
+    /// passes lost beside, until the detach moves them to the earlier attachments'.
     counters: ProbeCounters,
-    malformed_records: u64,
+    pass_losses: PassLosses,
 }
 
 /// Where an attachment's counters stood when a window opened.
@@ -424,6 +429,7 @@ impl Shared {
             worker,
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
+            earlier_pass_losses: Mutex::new(PassLosses::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
             goroutine_read: tokio::sync::Mutex::new(None),
         }
@@ -437,28 +443,32 @@ impl Shared {
     /// After each read of the sampler: its reads so far and what they counted.
     pub fn note_sampled_read(&self, sampler: &ThreadSampler) {
         let counters = sampler.probe_counters();
-        self.note_sampled_progress(sampler.reads(), sampler.trace_counts(&counters), counters);
+        let counts = sampler.trace_counts(&counters);
+        self.note_sampled_progress(sampler.reads(), counts, counters, sampler.pass_losses());
     }
 
-    /// The sampler's `reads` so far, what they counted (`counts`) and its probes'
-    /// `counters`.
-    fn note_sampled_progress(&self, reads: u64, counts: TraceCounts, counters: ProbeCounters) {
+    /// The sampler's `reads` so far, what they counted (`counts`), its probes' `counters`
+    /// and what its passes lost beside them.
+    fn note_sampled_progress(
+        &self,
+        reads: u64,
+        counts: TraceCounts,
+        counters: ProbeCounters,
+        pass_losses: PassLosses,
+    ) {
         let generation = lock(&self.collector).generation;
-        let malformed_records = counts.malformed_records;
-        *lock(&self.sampled) =
-            SampledProgress { generation, reads, counts, counters, malformed_records };
+        *lock(&self.sampled) = SampledProgress { generation, reads, counts, counters, pass_losses };
     }
 
     /// Moves the sampler's counters to the earlier attachments' at a detach, so that the
     /// totals never go down.
     pub fn keep_sampled_counters(&self) {
-        let (counters, malformed) = {
+        let (counters, pass_losses) = {
             let mut progress = lock(&self.sampled);
-            let malformed = std::mem::take(&mut progress.malformed_records);
-            (std::mem::take(&mut progress.counters), malformed)
+            (std::mem::take(&mut progress.counters), std::mem::take(&mut progress.pass_losses))
         };
         *lock(&self.earlier_counters) += counters;
-        lock(&self.collector).earlier_malformed += malformed;
+        *lock(&self.earlier_pass_losses) += pass_losses;
     }
 
     /// The current attachment's counters: what its probes and the decoder saw (in
@@ -656,9 +666,18 @@ impl Shared {
         total
     }
 
+    /// What the samplers' passes in the kernel lost beside their probes' counters, over
+    /// every attachment.
+    fn total_pass_losses(&self) -> PassLosses {
+        let mut total = *lock(&self.earlier_pass_losses);
+        total += lock(&self.sampled).pass_losses;
+        total
+    }
+
     /// Records read and events lost, over every attachment.
     pub fn tracer_totals(&self) -> metrics::TracerTotals {
         let counters = self.total_counters();
+        let pass_losses = self.total_pass_losses();
         let collector = lock(&self.collector);
         metrics::TracerTotals {
             events: collector.records_read,
@@ -671,10 +690,8 @@ impl Shared {
                 ("wake_ring_buffer_full", counters.get(Counter::WakeRingBufferFull)),
                 ("in_flight_map_full", counters.get(Counter::InFlightMapFull)),
                 ("stack_unreadable", counters.get(Counter::StackUnreadable)),
-                (
-                    "malformed_record",
-                    collector.malformed_records() + lock(&self.sampled).malformed_records,
-                ),
+                ("malformed_record", collector.malformed_records() + pass_losses.malformed_records),
+                ("sampled_read", counters.get(Counter::PassesIncomplete) + pass_losses.late_passes),
                 ("window_full", collector.stacks_dropped),
                 ("metrics_window", collector.metrics_window_lost),
                 ("block_window", collector.block_window_lost),
@@ -771,25 +788,30 @@ mod tests {
         let worker = worker::Worker::start().expect("the symbolizer thread starts");
         let period = Some(Duration::from_millis(20));
         let shared = Shared::new(Wanted::Pid(1), Duration::ZERO, period, false, 10, worker);
-        let progress = |pass_ring_full: u64, malformed_records: u64| {
+        // A read's progress: the ring full `ring_full` times, which cost `incomplete`
+        // passes; `losses` beside the probes' counters.
+        let note = |shared: &Shared, reads, ring_full, incomplete, losses: PassLosses| {
             let mut counters = ProbeCounters::default();
-            counters.0[Counter::PassRingFull as usize] = pass_ring_full;
+            counters.0[Counter::PassRingFull as usize] = ring_full;
+            counters.0[Counter::PassesIncomplete as usize] = incomplete;
             let objects = crate::objects::WaitObjects::new(1);
-            let counts = trace_counts(&counters, 0, &objects, malformed_records, 0);
-            (counts, counters)
+            let counts = losses.add_to(trace_counts(&counters, 0, &objects, 0, 0));
+            shared.note_sampled_progress(reads, counts, counters, losses);
         };
-        let (counts, counters) = progress(3, 2);
-        shared.note_sampled_progress(5, counts, counters);
+        let totals = |shared: &Shared| {
+            ["ring_buffer_full", "malformed_record", "sampled_read"]
+                .map(|reason| lost(shared, reason))
+        };
+        note(&shared, 5, 3, 2, PassLosses { malformed_records: 2, late_passes: 1 });
         let mark = shared.counts_mark().expect("sampled mode always has a mark");
         assert_eq!((mark.reads, mark.counts.ring_buffer_full), (5, 3));
-        assert_eq!(mark.counts.malformed_records, 2);
-        assert_eq!((lost(&shared, "ring_buffer_full"), lost(&shared, "malformed_record")), (3, 2));
+        assert_eq!((mark.counts.malformed_records, mark.counts.reads_lost), (2, 3));
+        assert_eq!(totals(&shared), [3, 2, 3]);
         // The process exits: its counts stay in the totals, and the next one's add to them.
         shared.keep_sampled_counters();
-        assert_eq!((lost(&shared, "ring_buffer_full"), lost(&shared, "malformed_record")), (3, 2));
+        assert_eq!(totals(&shared), [3, 2, 3]);
         lock(&shared.collector).generation += 1;
-        let (counts, counters) = progress(1, 0);
-        shared.note_sampled_progress(1, counts, counters);
-        assert_eq!((lost(&shared, "ring_buffer_full"), lost(&shared, "malformed_record")), (4, 2));
+        note(&shared, 1, 1, 1, PassLosses { malformed_records: 0, late_passes: 4 });
+        assert_eq!(totals(&shared), [4, 2, 8]);
     }
 }

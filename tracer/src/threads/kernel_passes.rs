@@ -55,17 +55,19 @@ pub struct PassAssembler {
     /// Passes begun and not yet read, oldest first.
     open: Vec<OpenPass>,
     /// The ids of the passes given up lately: their late records are not malformed.
-    given_up: VecDeque<u32>,
+    given_up_ids: VecDeque<u32>,
     /// Drains so far.
     drains: u64,
     /// Records no pass could be made of (never expected).
     malformed: u64,
     /// Passes given up: their end says they missed a thread (a full ring lost its look,
-    /// which the ring-full counter in the report counted, or the thread list could not be
-    /// read on), or it did not come by the drain after the one that saw them begin (a full
-    /// ring lost it, or the pass's CPU was held up). The reads they would have been are
-    /// missing from the reads' count.
-    incomplete: u64,
+    /// or the thread list could not be read on), or it did not come by the drain after
+    /// the one that saw them begin (a full ring lost it, or the pass's CPU was held up).
+    /// The kernel counted those it could not finish (`Counter::PassesIncomplete`).
+    given_up: u64,
+    /// Passes given up whose end then came, whole: reads lost that the kernel did not
+    /// count (their CPU was held up past a drain).
+    late: u64,
 }
 
 /// How many given-up passes' ids are kept: more than a drain's worth of passes.
@@ -95,23 +97,29 @@ impl PassAssembler {
         self.malformed
     }
 
+    /// Passes given up that the kernel finished, late: reads lost that its
+    /// `Counter::PassesIncomplete` does not count.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
     fn open_pass(&mut self, id: u32) -> Option<&mut OpenPass> {
         self.open.iter_mut().rev().find(|open| open.pass.id == id)
     }
 
     /// A record of no open pass: one given up already is expected, anything else not.
     fn stray_record(&mut self, id: u32) {
-        if !self.given_up.contains(&id) {
+        if !self.given_up_ids.contains(&id) {
             self.malformed += 1;
         }
     }
 
     fn give_up(&mut self, id: u32) {
-        self.incomplete += 1;
-        if self.given_up.len() == GIVEN_UP_IDS {
-            self.given_up.pop_front();
+        self.given_up += 1;
+        if self.given_up_ids.len() == GIVEN_UP_IDS {
+            self.given_up_ids.pop_front();
         }
-        self.given_up.push_back(id);
+        self.given_up_ids.push_back(id);
     }
 
     /// Adds one record to its pass: a look of a pass not yet open opens it (the kernel
@@ -123,7 +131,7 @@ impl PassAssembler {
                 // SAFETY: the ring holds a whole PassLook here (its tag and length say
                 // so); read unaligned, as ring records are 8-aligned at best.
                 let look: PassLook = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-                let given_up = self.given_up.contains(&look.pass);
+                let given_up = self.given_up_ids.contains(&look.pass);
                 match self.open_pass(look.pass) {
                     Some(open) if open.end.is_none() => open.pass.looks.push(look.look),
                     Some(_) => self.malformed += 1,
@@ -163,6 +171,7 @@ impl PassAssembler {
             Some(PASS_END) if record.len() >= size_of::<PassEnd>() => {
                 // SAFETY: as above, a whole PassEnd.
                 let end: PassEnd = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+                let given_up = self.given_up_ids.contains(&end.pass);
                 match self.open_pass(end.pass) {
                     Some(open) if open.end.is_none() => open.end = Some(end),
                     Some(_) => self.malformed += 1,
@@ -171,6 +180,11 @@ impl PassAssembler {
                     None if end.looks == 0 => {
                         if end.missed > 0 {
                             self.give_up(end.pass);
+                        }
+                    }
+                    None if given_up => {
+                        if end.missed == 0 {
+                            self.late += 1;
                         }
                     }
                     None => self.stray_record(end.pass),
@@ -186,7 +200,7 @@ impl PassAssembler {
         self.open.sort_by_key(|open| open.pass.time_ns);
         let mut whole = Vec::new();
         let mut older_still_open = false;
-        let given_up_before = self.incomplete;
+        let given_up_before = self.given_up;
         for open in std::mem::take(&mut self.open) {
             match open.end {
                 Some(end) if end.missed == 0 && end.looks as usize == open.pass.looks.len() => {
@@ -206,8 +220,8 @@ impl PassAssembler {
                 }
             }
         }
-        if self.incomplete > given_up_before {
-            log::debug!("{} passes in the kernel given up so far", self.incomplete);
+        if self.given_up > given_up_before {
+            log::debug!("{} passes in the kernel given up so far", self.given_up);
         }
         whole
     }
@@ -311,7 +325,7 @@ mod tests {
             &[look_record(10, 1_000, 3), end_record(10, 3, 0), look_record(12, 21_000, 1)],
         );
         assert_eq!(second, [(10, 1_000, 3), (11, 1_050, 3)]);
-        assert_eq!((assembler.malformed, assembler.incomplete), (0, 0));
+        assert_eq!((assembler.malformed, assembler.given_up), (0, 0));
     }
 
     #[test]
@@ -347,26 +361,28 @@ mod tests {
             ],
         );
         assert_eq!(first, []);
-        assert_eq!(assembler.incomplete, 1);
+        assert_eq!(assembler.given_up, 1);
         // Pass 11's end never comes: it is given up at the next drain, and pass 12 read.
         let second = drain_of(
             &mut assembler,
             &[look_record(12, 41_000, 1), look_record(12, 41_000, 2), end_record(12, 2, 0)],
         );
         assert_eq!(second, [(12, 41_000, 2)]);
-        assert_eq!((assembler.incomplete, assembler.malformed), (2, 0));
+        assert_eq!((assembler.given_up, assembler.malformed), (2, 0));
         // A pass whose every look was lost leaves only its end.
         assert_eq!(drain_of(&mut assembler, &[end_record(13, 0, 2)]), []);
-        assert_eq!((assembler.incomplete, assembler.malformed), (3, 0));
+        assert_eq!((assembler.given_up, assembler.malformed), (3, 0));
+        // Each missed a thread, which the kernel counted: none is a late pass of its own.
+        assert_eq!(assembler.late(), 0);
     }
 
     #[test]
-    fn a_given_up_passs_late_records_and_an_empty_pass_are_not_malformed() {
+    fn a_given_up_passs_late_records_and_an_empty_pass_are_not_malformed_and_it_counts_late() {
         let mut assembler = PassAssembler::default();
         // Pass 10's CPU is held up past the next drain: given up there.
         assert_eq!(drain_of(&mut assembler, &[look_record(10, 1_000, 1)]), []);
         assert_eq!(drain_of(&mut assembler, &[]), []);
-        assert_eq!(assembler.incomplete, 1);
+        assert_eq!(assembler.given_up, 1);
         // Its last look, a stack and its end come later, with a pass over an empty list
         // (a process exiting) and a whole one.
         let read = drain_of(
@@ -381,7 +397,9 @@ mod tests {
             ],
         );
         assert_eq!(read, [(12, 41_000, 1)]);
-        assert_eq!((assembler.incomplete, assembler.malformed), (1, 0));
+        assert_eq!((assembler.given_up, assembler.malformed), (1, 0));
+        // Its end came whole: a read lost that the kernel did not count.
+        assert_eq!(assembler.late(), 1);
         assert!(assembler.open.is_empty());
     }
 

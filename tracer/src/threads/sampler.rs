@@ -294,8 +294,33 @@ pub struct Sampled {
     pub threads_skipped: u64,
     /// The task iterator the reads used, for a last pass over the host.
     pub tasks: TaskIterator,
-    /// Records of the passes in the kernel that could not be read (never expected).
+    pub pass_losses: PassLosses,
+}
+
+/// What a sampler's passes in the kernel lost beside what their probes counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassLosses {
+    /// Records that could not be read (never expected).
     pub malformed_records: u64,
+    /// Passes given up because their end came after the drain that gave them up: reads
+    /// lost that the kernel's count of incomplete passes does not hold.
+    pub late_passes: u64,
+}
+
+impl std::ops::AddAssign for PassLosses {
+    fn add_assign(&mut self, other: Self) {
+        self.malformed_records += other.malformed_records;
+        self.late_passes += other.late_passes;
+    }
+}
+
+impl PassLosses {
+    /// `counts` with these losses added.
+    pub fn add_to(self, mut counts: TraceCounts) -> TraceCounts {
+        counts.malformed_records += self.malformed_records;
+        counts.reads_lost += self.late_passes;
+        counts
+    }
 }
 
 /// The task iterator a sampler reads its threads with: their state and switch count, and
@@ -375,6 +400,9 @@ pub struct ThreadSampler {
     /// Whether the reads are to move into the kernel after the first
     /// (`with_passes_in_kernel`), and the passes once they have.
     passes: Passes,
+    /// The passes' records, put together into whole passes; kept when the reads come
+    /// back here, for what it lost.
+    assembler: PassAssembler,
 }
 
 /// Where a sampler's reads are made.
@@ -394,8 +422,10 @@ struct KernelPasses {
     /// `Counter::PassesCut` when the passes began: a pass that stops short of the
     /// process's threads sends its reads back to the sampler.
     cut_before: u64,
-    /// The ring's records, put together into whole passes.
-    assembler: PassAssembler,
+    /// `Counter::Passes` and `Counter::PassesIncomplete` at the last drain, and how many
+    /// drains in a row found every pass made since the one before incomplete.
+    lost_mark: (u64, u64),
+    drains_all_lost: u32,
     /// Until when the drains come at the period: a drain that lost the stacks of waits
     /// longer than a period (no pass ticked in their process, and they ended before the
     /// drain) hurries the next, so that the waits of a process whose threads rarely run
@@ -414,6 +444,11 @@ struct KernelPasses {
 /// How long the drains keep to the period after one that lost stacks a faster drain keeps (see
 /// `KernelPasses::hurried_until`).
 const HURRIED_FOR: Duration = Duration::from_secs(2);
+
+/// Drains in a row whose every pass was incomplete (a ring the passes overflow, not a
+/// burst of new waits' copies) that send the reads back to the sampler for good: reads
+/// made only when a drain finds no pass would come at the drains' pace, not the rate.
+const DRAINS_ALL_LOST: u32 = 2;
 
 impl ThreadSampler {
     pub fn new(
@@ -437,6 +472,7 @@ impl ThreadSampler {
             last_counts: ThreadCounts::default(),
             rolling_window: None,
             passes: Passes::Here,
+            assembler: PassAssembler::default(),
         })
     }
 
@@ -509,10 +545,9 @@ impl ThreadSampler {
             return;
         }
         let cut_before = probes.counter(Counter::PassesCut).unwrap_or(0);
-        let cost_mark = (
-            probes.counter(Counter::Passes).unwrap_or(0),
-            probes.counter(Counter::PassNs).unwrap_or(0),
-        );
+        let made = probes.counter(Counter::Passes).unwrap_or(0);
+        let cost_mark = (made, probes.counter(Counter::PassNs).unwrap_or(0));
+        let lost_mark = (made, probes.counter(Counter::PassesIncomplete).unwrap_or(0));
         let period = Duration::from_nanos(self.tracker.period_ns);
         match probes.attach_sample_passes(period) {
             Ok(ring) => {
@@ -520,7 +555,8 @@ impl ThreadSampler {
                 let passes = KernelPasses {
                     ring,
                     cut_before,
-                    assembler: PassAssembler::default(),
+                    lost_mark,
+                    drains_all_lost: 0,
                     hurried_until: None,
                     period,
                     cost_mark,
@@ -538,17 +574,33 @@ impl ThreadSampler {
 
     /// The passes the kernel made since the last drain, read in turn. A drain that finds
     /// none for two periods (the process gone, or not seen by a pass) reads here instead;
-    /// passes cut short (a process of more threads than a pass walks) send the reads back
-    /// here for good.
+    /// passes cut short (a process of more threads than a pass walks), or drains whose
+    /// every pass was incomplete (`DRAINS_ALL_LOST`), send the reads back here for good.
     fn read_kernel_passes(&mut self) -> std::io::Result<()> {
         let Passes::InKernel(passes) = &mut self.passes else { return Ok(()) };
-        let drained = passes.assembler.drain(&mut passes.ring);
+        let drained = self.assembler.drain(&mut passes.ring);
         let TaskIterator::Own(probes) = &mut self.tasks else { return Ok(()) };
-        if probes.counter(Counter::PassesCut).unwrap_or(0) > passes.cut_before {
-            log::info!(
-                "pid {}: more threads than a pass in the kernel walks; reading every period",
-                self.pid
-            );
+        let (made, incomplete) = (
+            probes.counter(Counter::Passes).unwrap_or(0),
+            probes.counter(Counter::PassesIncomplete).unwrap_or(0),
+        );
+        let (made_before, incomplete_before) =
+            std::mem::replace(&mut passes.lost_mark, (made, incomplete));
+        let made_since = made.saturating_sub(made_before);
+        if made_since > 0 && incomplete.saturating_sub(incomplete_before) >= made_since {
+            passes.drains_all_lost += 1;
+        } else {
+            passes.drains_all_lost = 0;
+        }
+        let back_here = if probes.counter(Counter::PassesCut).unwrap_or(0) > passes.cut_before {
+            Some("more threads than a pass in the kernel walks")
+        } else if passes.drains_all_lost >= DRAINS_ALL_LOST {
+            Some("the passes in the kernel keep missing threads (their ring is full)")
+        } else {
+            None
+        };
+        if let Some(why) = back_here {
+            log::info!("pid {}: {why}; reading every period", self.pid);
             probes.stop_sample_passes();
             self.passes = Passes::Here;
             return self.read();
@@ -986,30 +1038,29 @@ impl ThreadSampler {
         self.tasks.counters()
     }
 
-    /// Records of the passes in the kernel that could not be read (never expected).
-    pub fn malformed_records(&self) -> u64 {
-        match &self.passes {
-            Passes::InKernel(passes) => passes.assembler.malformed(),
-            Passes::Here | Passes::ToKernel => 0,
+    /// What the passes in the kernel lost so far beside their probes' counters.
+    pub fn pass_losses(&self) -> PassLosses {
+        PassLosses {
+            malformed_records: self.assembler.malformed(),
+            late_passes: self.assembler.late(),
         }
     }
 
     /// What the reads counted and lost so far, as a report shows it, with its probes'
     /// `counters` (`probe_counters`).
     pub fn trace_counts(&self, counters: &ProbeCounters) -> TraceCounts {
-        let malformed = self.malformed_records();
-        pipeline::counts::trace_counts(
+        self.pass_losses().add_to(pipeline::counts::trace_counts(
             counters,
             self.truncated_unwinds(),
             &self.objects,
-            malformed,
             0,
-        )
+            0,
+        ))
     }
 
     /// What the reads gathered; `target_exited` leaves out the waits still in progress.
     pub fn finish(self, target_exited: bool) -> Sampled {
-        let malformed_records = self.malformed_records();
+        let pass_losses = self.pass_losses();
         let Self {
             tracker,
             thread_names,
@@ -1037,7 +1088,7 @@ impl ThreadSampler {
             reads,
             threads_skipped,
             tasks,
-            malformed_records,
+            pass_losses,
         }
     }
 }
