@@ -273,7 +273,7 @@ async fn record_sampled(
     let outputs = pipeline::create_outputs(outputs)?;
     let Traced { target, image } = traced;
     let pid = target.pid;
-    let probes = Probes::open_for_reading(pid, passes_ring_bytes, &btf_path)?;
+    let probes = Probes::open_for_passes(pid, passes_ring_bytes, &btf_path)?;
     let tasks = TaskIterator::Own(Box::new(probes));
     let unwinder = ProcessUnwinder::new(pid, image);
     let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)

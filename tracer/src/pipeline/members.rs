@@ -173,7 +173,7 @@ impl Members {
     ) -> anyhow::Result<(Self, Vec<Joined>)> {
         let btf_path = target::btf_path()?;
         // One object for the host's task iterator: the samplers read nothing else of it.
-        let probes = Probes::open_for_reading(0, None, &btf_path)?;
+        let probes = Probes::open_for_reading(0, &btf_path)?;
         let mut members = Self {
             selection,
             period,

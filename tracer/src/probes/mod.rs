@@ -142,11 +142,18 @@ impl Probes {
         Self::open_sized(config, SLEEP_STACK_SLOTS, SMALLEST_RING_BYTES, btf_path)
     }
 
-    /// Loads the object for its task iterator alone (a sampled recording): the wait
-    /// probes will not be attached, so the maps they fill are made as small as the kernel
-    /// allows instead of the tens of MiB of kernel memory they take by default. Its
-    /// passes' ring takes `passes_ring_bytes` (None: `PASSES_RING_BYTES`).
-    pub fn open_for_reading(
+    /// Loads the object for its task iterator alone (the reads of `snapshot`, of several
+    /// processes, of a daemon's blocked threads): the wait probes will not be attached, so
+    /// the maps they fill are made as small as the kernel allows instead of the tens of
+    /// MiB of kernel memory they take by default; so is the passes' ring.
+    pub fn open_for_reading(tgid: u32, btf_path: &Path) -> Result<Self, ProbeError> {
+        Self::open_for_passes(tgid, Some(SMALLEST_RING_BYTES), btf_path)
+    }
+
+    /// Loads the object for a sampled recording of one process: its task iterator, and
+    /// the passes in the kernel (`attach_sample_passes`), whose ring takes
+    /// `passes_ring_bytes` (None: `PASSES_RING_BYTES`).
+    pub fn open_for_passes(
         tgid: u32,
         passes_ring_bytes: Option<u32>,
         btf_path: &Path,
@@ -208,7 +215,7 @@ impl Probes {
         loader.allow_unsupported_maps();
         loader.map_max_entries("SLEEP_STACKS", sleep_stack_slots);
         loader.map_max_entries("PASSES", passes_ring_bytes);
-        // The passes' ring is sized by the caller (`open_for_reading`).
+        // The passes' ring is sized by the caller (`open_for_passes`).
         let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes, pass_ring_buffer_bytes: _ } =
             config.maps;
         if let Some(bytes) = ring_buffer_bytes {

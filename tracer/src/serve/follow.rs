@@ -272,13 +272,13 @@ async fn attach(
     }
     let (probes, source) = match shared.sampling {
         Some(period) => {
-            let tasks = TaskIterator::Own(Box::new(Probes::open_for_reading(pid, None, btf_path)?));
+            let tasks = TaskIterator::Own(Box::new(Probes::open_for_passes(pid, None, btf_path)?));
             let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
                 .with_context(|| format!("cannot list the threads of pid {pid}"))?
                 .with_passes_in_kernel();
             sampler.keep_files_of_at_most(crate::pipeline::members::kept_threads_per_process(1));
             lock(&shared.collector).generation = generation;
-            (Probes::open_for_reading(pid, None, btf_path)?, WaitSource::Sampler(sampler))
+            (Probes::open_for_reading(pid, btf_path)?, WaitSource::Sampler(sampler))
         }
         None => {
             let mut probes = Probes::open(

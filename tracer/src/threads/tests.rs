@@ -583,7 +583,7 @@ fn read_once_blocked(parked: &Parked) -> (ThreadReader, Vec<u32>, crate::probes:
         sample_until_blocked(&mut reader, tid);
     }
     let btf = crate::pipeline::target::btf_path().expect("this machine has BTF");
-    let probes = crate::probes::Probes::open_for_reading(this_pid(), None, &btf).expect("probes");
+    let probes = crate::probes::Probes::open_for_reading(this_pid(), &btf).expect("probes");
     (reader, tids, probes)
 }
 
