@@ -27,11 +27,14 @@ use crate::{
 
 /// How often the buffers are drained when the probes have not woken us. The probes wake
 /// userspace only once a buffer is a quarter full: a wake-up per record would put the
-/// tracer on a CPU the traced service needs hundreds of times a second.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// tracer on a CPU the traced service needs hundreds of times a second. Each drain wakes
+/// the tracer's CPU, which a service on the other CPU pays for here (a process waking 49
+/// times a second costs a futex ping-pong about 2%, docs/overhead-log.md): 4 a second,
+/// as the sampled mode's drains, not 10 (session 37).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The drain interval doubles after each drain that found nothing, up to this: a target
-/// that does not wait long wakes the tracer's CPU 2.5 times a second, not 10 (each
+/// that does not wait long wakes the tracer's CPU 2.5 times a second, not 4 (each
 /// wake-up of an idle CPU costs the service on the next one; docs/overhead-log.md), and
 /// the first waits after a quiet spell are read within this.
 pub const QUIET_DRAIN_INTERVAL: Duration = Duration::from_millis(400);
@@ -532,7 +535,7 @@ mod tests {
             interval = next_drain_interval(interval, 0);
             quiet.push(interval.as_millis());
         }
-        assert_eq!(quiet, [200, 400, 400, 400]);
+        assert_eq!(quiet, [400, 400, 400, 400]);
         assert_eq!(next_drain_interval(interval, 1), DRAIN_INTERVAL);
     }
 }
