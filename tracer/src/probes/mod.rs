@@ -142,8 +142,8 @@ impl Probes {
         Self::open_sized(config, SLEEP_STACK_SLOTS, SMALLEST_RING_BYTES, btf_path)
     }
 
-    /// Loads the object for its task iterator alone (the reads of `snapshot`, of several
-    /// processes, of a daemon's blocked threads): the wait probes will not be attached, so
+    /// Loads the object for its task iterator alone (the reads of several processes, of a
+    /// daemon's blocked threads): the wait probes will not be attached, so
     /// the maps they fill are made as small as the kernel allows instead of the tens of
     /// MiB of kernel memory they take by default; so is the passes' ring.
     pub fn open_for_reading(tgid: u32, btf_path: &Path) -> Result<Self, ProbeError> {
