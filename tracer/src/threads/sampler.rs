@@ -586,8 +586,9 @@ impl ThreadSampler {
         );
         let (made_before, incomplete_before) =
             std::mem::replace(&mut passes.lost_mark, (made, incomplete));
-        let made_since = made.saturating_sub(made_before);
-        if made_since > 0 && incomplete.saturating_sub(incomplete_before) >= made_since {
+        let (made_since, incomplete_since) =
+            (made.saturating_sub(made_before), incomplete.saturating_sub(incomplete_before));
+        if every_pass_lost(made_since, incomplete_since) {
             passes.drains_all_lost += 1;
         } else {
             passes.drains_all_lost = 0;
@@ -1105,6 +1106,13 @@ fn drains_at_the_period_keep_more(kept: u64, lost: u64, outlived_a_pass: u64) ->
     outlived_a_pass > 0 && outlived_a_pass * 10 >= kept + lost
 }
 
+/// Whether a drain found every pass made since the one before lost: `made` passes, of
+/// which `incomplete` could not be read whole (a pass that found no process, the process
+/// gone, is not lost: the reads here will see it gone).
+fn every_pass_lost(made: u64, incomplete: u64) -> bool {
+    made > 0 && incomplete >= made
+}
+
 /// The period passes that each cost `per_pass` of a CPU should come at to take at most
 /// `budget` (a fraction) of it, asked to come every `asked`, now every `current`: within
 /// a quarter of the current one it stays, so that a cost that wobbles does not move it
@@ -1171,6 +1179,17 @@ mod tests {
         assert!(hurry(0, 5, 5), "a single thread's long waits, all gone");
         assert!(!hurry(0, 400, 0), "a server's microsecond polls, each seen by one pass");
         assert!(hurry(0, 400, 40), "a tenth of them long");
+    }
+
+    #[test]
+    fn a_drain_whose_every_pass_was_lost_is_told_from_one_that_lost_some() {
+        use super::every_pass_lost;
+        assert!(!every_pass_lost(0, 0), "no pass made (the period spaced out)");
+        assert!(!every_pass_lost(12, 0));
+        assert!(!every_pass_lost(12, 3), "a burst of new waits' copies filled the ring");
+        assert!(every_pass_lost(12, 12), "a ring the passes overflow");
+        // A pass counted incomplete at the drain before may end up in this drain's count.
+        assert!(every_pass_lost(12, 13));
     }
 
     use tracer_common::WaitKind;
