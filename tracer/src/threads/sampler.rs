@@ -580,10 +580,10 @@ impl ThreadSampler {
         let Passes::InKernel(passes) = &mut self.passes else { return Ok(()) };
         let drained = self.assembler.drain(&mut passes.ring);
         let TaskIterator::Own(probes) = &mut self.tasks else { return Ok(()) };
-        let (made, incomplete) = (
-            probes.counter(Counter::Passes).unwrap_or(0),
-            probes.counter(Counter::PassesIncomplete).unwrap_or(0),
-        );
+        // Read once for both the rule below and the pace (`pace_kernel_passes`).
+        let passes_made = probes.counter(Counter::Passes).ok();
+        let (made, incomplete) =
+            (passes_made.unwrap_or(0), probes.counter(Counter::PassesIncomplete).unwrap_or(0));
         let (made_before, incomplete_before) =
             std::mem::replace(&mut passes.lost_mark, (made, incomplete));
         let (made_since, incomplete_since) =
@@ -606,7 +606,7 @@ impl ThreadSampler {
             self.passes = Passes::Here;
             return self.read();
         }
-        self.pace_kernel_passes();
+        self.pace_kernel_passes(passes_made);
         // Passes the reads here already went past (a drain that found none read here).
         let last_read_ns = self.tracker.last_read_ns.unwrap_or(0);
         let mut passes = drained.into_iter().filter(|pass| pass.time_ns > last_read_ns);
@@ -647,15 +647,14 @@ impl ThreadSampler {
     /// Spaces the passes in the kernel out while each costs more than the reads' budget
     /// of a CPU allows at the sampler's period, as `ReadPace` spaces the reads made here
     /// (a pass over a thousand threads takes about a millisecond of a timer interrupt),
-    /// and brings them back once it does not.
-    fn pace_kernel_passes(&mut self) {
+    /// and brings them back once it does not. `passes_made`: `Counter::Passes` as the
+    /// drain read it (None if it could not).
+    fn pace_kernel_passes(&mut self, passes_made: Option<u64>) {
         let (Passes::InKernel(passes), TaskIterator::Own(probes)) = (&mut self.passes, &self.tasks)
         else {
             return;
         };
-        let (Ok(made), Ok(spent_ns)) =
-            (probes.counter(Counter::Passes), probes.counter(Counter::PassNs))
-        else {
+        let (Some(made), Ok(spent_ns)) = (passes_made, probes.counter(Counter::PassNs)) else {
             return;
         };
         let (made_before, spent_before) = passes.cost_mark;
