@@ -137,9 +137,10 @@ const SMALLEST_RING_BYTES: u32 = 4096;
 
 impl Probes {
     /// Loads the object (maps, globals) without attaching anything.
-    pub fn open(config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
+    pub fn open(mut config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
         // Its passes' ring is not used.
-        Self::open_sized(config, SLEEP_STACK_SLOTS, SMALLEST_RING_BYTES, btf_path)
+        config.maps.pass_ring_buffer_bytes = Some(SMALLEST_RING_BYTES);
+        Self::open_sized(config, SLEEP_STACK_SLOTS, btf_path)
     }
 
     /// Loads the object for its task iterator alone (the reads of several processes, of a
@@ -161,17 +162,15 @@ impl Probes {
         let maps = MapSizes {
             ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
             wake_ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
-            pass_ring_buffer_bytes: None,
+            pass_ring_buffer_bytes: passes_ring_bytes,
         };
         let config = ProbeConfig { tgid, min_wait: Duration::ZERO, wakers: false, maps };
-        let passes_ring_bytes = passes_ring_bytes.unwrap_or(PASSES_RING_BYTES);
-        Self::open_sized(config, 1, passes_ring_bytes, btf_path)
+        Self::open_sized(config, 1, btf_path)
     }
 
     fn open_sized(
         config: ProbeConfig,
         sleep_stack_slots: u32,
-        passes_ring_bytes: u32,
         btf_path: &Path,
     ) -> Result<Self, ProbeError> {
         // Read once: aya parses it for the loader, and `kernel_btf` finds task_struct's
@@ -214,10 +213,9 @@ impl Probes {
         // the kernel side uses it.
         loader.allow_unsupported_maps();
         loader.map_max_entries("SLEEP_STACKS", sleep_stack_slots);
-        loader.map_max_entries("PASSES", passes_ring_bytes);
-        // The passes' ring is sized by the caller (`open_for_passes`).
-        let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes, pass_ring_buffer_bytes: _ } =
+        let MapSizes { ring_buffer_bytes, wake_ring_buffer_bytes, pass_ring_buffer_bytes } =
             config.maps;
+        loader.map_max_entries("PASSES", pass_ring_buffer_bytes.unwrap_or(PASSES_RING_BYTES));
         if let Some(bytes) = ring_buffer_bytes {
             loader.map_max_entries("WAITS", bytes);
         }
