@@ -520,3 +520,48 @@ fn passes_the_ring_cannot_hold_are_counted_as_reads_lost() {
     let still_handler = |s: &ProfileStack| handler_still_blocked(s, "send_stat");
     assert_threads(profile, still_handler, handlers, "handlers still blocked in futex");
 }
+
+/// Two processes recorded together are read by one set of passes in the kernel, each
+/// handed its own: the tracer wakes to drain them a few times a second, not at the rate;
+/// every pass reads both (reads at the rate), and each process's stuck threads are counted
+/// exactly, under its own name.
+#[test]
+fn several_processes_are_read_by_the_same_passes_in_the_kernel() {
+    let large = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, LARGE_PILEUP_HANDLERS, WORKLOAD_SECONDS);
+    let small = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, STUCK_HANDLERS, WORKLOAD_SECONDS);
+    let (large_pid, small_pid) = (large.workload.pid(), small.workload.pid());
+    let dir = TempDir::new("sampled-two-processes");
+    let small_arg = small_pid.to_string();
+    let args =
+        ["--pid", &small_arg, "--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE];
+    let looks = look_at_fds_while_recording(large_pid, &args, &dir);
+    let switches = looks.switches_per_second_after(SETTLE);
+    println!("the tracer's threads switched {switches:.1} times a second");
+    assert!(
+        switches < f64::from(RATE_HZ) / 2.0,
+        "the tracer switched {switches:.1} times a second at {RATE_HZ} Hz: it read the \
+         processes itself; its links over {} looks: {:?}",
+        looks.loaded,
+        looks.links
+    );
+    let timers = looks.links.get("perf").copied().unwrap_or(0);
+    assert!(timers > 0, "the passes were not made in the kernel: {looks:?}");
+    let profile = read_profile(&dir.join("record.json"));
+    let reads = profile.sampling.expect("a sampled profile").reads;
+    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
+    assert!(
+        reads as f64 >= asked * MIN_READ_FRACTION,
+        "{reads} reads of {asked} at {RATE_HZ} Hz: the passes did not read both processes"
+    );
+    assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
+    for (pid, handlers) in [(large_pid, LARGE_PILEUP_HANDLERS), (small_pid, STUCK_HANDLERS)] {
+        let of_pid = |stack: &ProfileStack| {
+            stack.process.as_ref().is_some_and(|process| process.pid == pid)
+                && handler_still_blocked(stack, "send_stat")
+        };
+        let what = format!("pid {pid}'s handlers still blocked in futex");
+        assert_threads(&profile, of_pid, handlers as u64, &what);
+    }
+    let both = (LARGE_PILEUP_HANDLERS + 1 + STUCK_HANDLERS + 1) as u64;
+    assert_eq!(profile.thread_counts.blocked_in_waits, both, "the handlers and the senders");
+}

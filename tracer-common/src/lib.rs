@@ -692,6 +692,9 @@ pub struct PassStack {
     pub tid: u32,
     /// The pass whose look found the wait.
     pub pass: u32,
+    /// The thread's process.
+    pub tgid: u32,
+    pub _pad: u32,
     /// The wait's switch count ([`TaskLook::switches`]); the thread did not arrive on a
     /// CPU during the copy.
     pub switches: u64,
@@ -699,21 +702,24 @@ pub struct PassStack {
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
-/// The last record of a pass: how many looks it wrote and how many threads it missed. A
-/// drain may land while a pass is still writing on another CPU; only a pass whose end came,
-/// with all its looks and none missed, is read (a pass missing a thread would end that
-/// thread's wait).
+/// The last record of a pass over one process: how many looks it wrote and how many
+/// threads it missed. A drain may land while a pass is still writing on another CPU; only a
+/// pass whose end came, with all its looks and none missed, is read (a pass missing a
+/// thread would end that thread's wait).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassEnd {
     /// [`PASS_END`].
     pub tag: u32,
     pub pass: u32,
+    /// The process walked (a pass walks each process the passes watch, one after another).
+    pub tgid: u32,
     /// Looks the pass wrote.
     pub looks: u32,
     /// Threads it wrote no look of (the ring was full), or 1 for those it could not reach
-    /// (the thread list could not be read on, or had more than `PASS_MAX_THREADS`).
+    /// (the thread list could not be read on, or the pass walked `PASS_MAX_THREADS`).
     pub missed: u32,
+    pub _pad: u32,
 }
 
 /// Whether a timer tick at `now_ns` makes a pass, given the passes' `period_ns` and the
@@ -740,10 +746,14 @@ pub fn pass_id(time_ns: u64) -> u32 {
     time_ns as u32
 }
 
-/// Threads a pass in the kernel walks at most: a process with more is read from
-/// userspace (the pass counts `Counter::PassesCut`). A pass spends about a microsecond
-/// of a timer interrupt on each thread, so this bounds a tick.
+/// Threads a pass in the kernel walks at most, over all its processes: processes of more
+/// are read from userspace (the pass counts `Counter::PassesCut`). A pass spends about a
+/// microsecond of a timer interrupt on each thread, so this bounds a tick.
 pub const PASS_MAX_THREADS: u32 = 1024;
+
+/// Processes the passes in the kernel watch at most (the PASS_PROCESSES array's slots):
+/// those of a recording of several beyond them are read from userspace.
+pub const PASS_MAX_PROCESSES: u32 = 256;
 
 /// The index in the PASS_STATE array of the passes' period in nanoseconds, which
 /// userspace sets once the passes are attached (0: no pass is made).
@@ -752,6 +762,10 @@ pub const PASS_STATE_PERIOD_NS: u32 = 3;
 /// The index in the PASS_STATE array of the time of the last pass (`bpf_ktime_get_ns`):
 /// a tick claims its pass by swapping its own time in (`pass_claim`).
 pub const PASS_STATE_LAST_PASS_NS: u32 = 0;
+
+/// The index in the PASS_STATE array of how many of the PASS_PROCESSES array's slots a
+/// pass looks at (one past the last used), which userspace keeps.
+pub const PASS_STATE_PROCESS_SLOTS: u32 = 1;
 
 /// Entries of the PASS_STATE array.
 pub const PASS_STATE_ENTRIES: u32 = 4;
@@ -843,7 +857,8 @@ pub enum Counter {
     SleepCopies = 14,
     /// Passes of a sampled recording made in the kernel (`tracer_sample_pass`).
     Passes = 15,
-    /// Passes that found no process to walk: none known yet, or it is gone.
+    /// A pass's processes it found nothing to walk of: none known yet, or it is gone
+    /// (counted per process, per pass).
     PassesWithoutProcess = 16,
     /// Passes that stopped at `PASS_MAX_THREADS` threads.
     PassesCut = 17,
@@ -859,9 +874,9 @@ pub enum Counter {
     /// Nanoseconds the passes took, summed (not a count): what they cost the CPUs whose
     /// timer interrupt made them.
     PassNs = 22,
-    /// Passes that found their process and could not be read whole: a thread missed (its
-    /// look or the pass's end lost to a full ring, the thread list unreadable part way or
-    /// longer than a walk): reads lost.
+    /// A pass's processes it found and could not read whole: a thread missed (its look
+    /// or the pass's end lost to a full ring, the thread list unreadable part way or
+    /// longer than a walk): reads lost (counted per process, per pass).
     PassesIncomplete = 23,
 }
 
@@ -943,9 +958,10 @@ impl GoCounter {
 pub const COUNTER_COUNT: usize = 24;
 const _: () = assert!(Counter::PassesIncomplete as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
-const _: () = assert!(core::mem::size_of::<PassStack>() == 32 + STACK_COPY_BYTES);
-const _: () = assert!(core::mem::size_of::<PassEnd>() == 16);
+const _: () = assert!(core::mem::size_of::<PassStack>() == 40 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<PassEnd>() == 24);
 const _: () = assert!(PASS_STATE_LAST_PASS_NS < PASS_STATE_ENTRIES);
+const _: () = assert!(PASS_STATE_PROCESS_SLOTS < PASS_STATE_ENTRIES);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);

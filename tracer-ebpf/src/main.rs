@@ -81,20 +81,20 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, btf_tracepoint, map},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
-    InFlightWait, PASS_END, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PASS_STATE_ENTRIES,
-    PASS_STATE_LAST_PASS_NS, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES, PassEnd, PassLook, PassStack,
-    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack,
-    SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
-    WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
-    WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
-    pass_claim, pass_id, syscall_nr,
+    InFlightWait, PASS_END, PASS_LOOK, PASS_MAX_PROCESSES, PASS_MAX_THREADS, PASS_STACK,
+    PASS_STATE_ENTRIES, PASS_STATE_LAST_PASS_NS, PASS_STATE_PERIOD_NS, PASS_STATE_PROCESS_SLOTS,
+    PASSES_RING_BYTES, PassEnd, PassLook, PassStack, SLEEP_STACK_SLOTS, STACK_COPY_BYTES,
+    STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack, SwitchClock, TaskLook, ThreadSpans,
+    WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS,
+    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict,
+    classify_syscall, is_futex_wake, is_span_sample, pass_claim, pass_id, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -1469,15 +1469,13 @@ pub fn tracer_task_looks(ctx: *mut core::ffi::c_void) -> i32 {
         }
         let seq = *meta;
         let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        // The passes in the kernel start from the target's leader, and find each thread's
-        // registers where this helper does.
-        if task_field(task, TASK_TGID_OFFSET.load()) == TARGET_TGID.load() {
-            let leader = task_field_u64(task, TASK_GROUP_LEADER_OFFSET.load());
+        // The passes in the kernel start from each watched process's leader, and find
+        // each thread's registers where this helper does.
+        let tgid = task_field(task, TASK_TGID_OFFSET.load());
+        if let Some(leader) = PASS_LEADERS.get_ptr_mut(tgid) {
+            *leader = task_field_u64(task, TASK_GROUP_LEADER_OFFSET.load());
             let regs_from_stack =
                 (regs as u64).wrapping_sub(task_field_u64(task, TASK_STACK_OFFSET.load()));
-            if let Some(slot) = PASS_STATE.get_ptr_mut(PassState::Leader as u32) {
-                *slot = leader;
-            }
             if let Some(slot) = PASS_STATE.get_ptr_mut(PassState::RegsFromStack as u32) {
                 *slot = regs_from_stack;
             }
@@ -1539,15 +1537,27 @@ static PASS_STATE: Array<u64> = Array::with_max_entries(PASS_STATE_ENTRIES, 0);
 enum PassState {
     /// When the last pass was made (`pass_claim`).
     LastPassNs = PASS_STATE_LAST_PASS_NS,
-    /// The target's group leader (a task pointer): kept by the task iterator, and by
-    /// every pass that runs in the process.
-    Leader = 1,
+    /// How many of PASS_PROCESSES' slots a pass looks at (one past the last used).
+    ProcessSlots = PASS_STATE_PROCESS_SLOTS,
     /// Where the user registers lie above a task's kernel stack base (`task_pt_regs(t) -
     /// t->stack`), as the task iterator found it; 0 until it ran.
     RegsFromStack = 2,
     /// The period in nanoseconds; set by userspace once the ticks are attached.
     PeriodNs = PASS_STATE_PERIOD_NS,
 }
+
+/// The processes the passes walk, by slot (0: an empty slot), set by userspace. A process
+/// is in one slot from when it joins until it leaves, and a slot is emptied before it is
+/// used again, so a pass that runs while they change walks a process once or not at all.
+#[map]
+static PASS_PROCESSES: Array<u32> = Array::with_max_entries(PASS_MAX_PROCESSES, 0);
+
+/// Each watched process's group leader (a task pointer; 0 until known), by tgid: userspace
+/// adds the tgid, the task iterator's first pass over the process finds its leader, and a
+/// pass that ticks in the process keeps it. A leader's task stays while any thread of its
+/// group lives.
+#[map]
+static PASS_LEADERS: HashMap<u32, u64> = HashMap::with_max_entries(PASS_MAX_PROCESSES, 0);
 
 /// The passes' looks and stacks, drained by userspace a few times a second: no record
 /// wakes it.
@@ -1598,117 +1608,117 @@ fn try_sample_pass() -> Result<(), i32> {
         return Ok(());
     }
     count(Counter::Passes);
-    let target = TARGET_TGID.load();
-    let in_process = (bpf_get_current_pid_tgid() >> 32) as u32 == target;
-    let leader_slot = state(PassState::Leader)?;
-    let leader = if in_process {
-        // SAFETY: the helper returns the current task as a BTF pointer.
-        let leader =
-            unsafe { task_field_u64(bpf_get_current_task_btf(), TASK_GROUP_LEADER_OFFSET.load()) };
-        unsafe { *leader_slot = leader };
-        leader
-    } else {
-        unsafe { *leader_slot }
-    };
-    let regs_from_stack = unsafe { *state(PassState::RegsFromStack)? };
-    // A leader's task stays while any thread of its group lives; one that no longer names
-    // the target was freed (the process is gone).
-    if leader == 0
-        || regs_from_stack == 0
-        || kernel_u32(leader.wrapping_add(TASK_TGID_OFFSET.load())) != Ok(target)
-    {
-        count(Counter::PassesWithoutProcess);
-        return Ok(());
+    // The process the tick interrupted: its leader is kept, and its threads' stacks can
+    // be copied (the pass runs in their memory).
+    // SAFETY: the helper returns the current task as a BTF pointer.
+    let current = unsafe { bpf_get_current_task_btf() };
+    let current_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(leader) = PASS_LEADERS.get_ptr_mut(current_tgid) {
+        // SAFETY: as above; a map value, written whole.
+        unsafe { *leader = task_field_u64(current, TASK_GROUP_LEADER_OFFSET.load()) };
     }
-    // The thread list is RCU-protected; a timer's interrupt is a read-side section.
-    let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()));
-    let head = signal.map(|signal| signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load()));
-    let (Ok(head), Ok(node)) = (head, head.and_then(kernel_u64)) else {
-        count(Counter::PassesIncomplete);
-        return Ok(());
-    };
+    let slots = unsafe { *state(PassState::ProcessSlots)? }.min(u64::from(PASS_MAX_PROCESSES));
     let mut walk = PassWalk {
-        head,
-        node,
+        head: 0,
+        node: 0,
         now,
-        regs_from_stack,
+        regs_from_stack: unsafe { *state(PassState::RegsFromStack)? },
         pass: pass_id(now),
-        in_process: u32::from(in_process),
-        ended: 0,
+        current_tgid,
+        tgid: 0,
+        threads: 0,
         looks: 0,
         missed: 0,
     };
-    // bpf_loop: the verifier checks one step, not PASS_MAX_THREADS of them.
-    // SAFETY: `pass_step` takes the `PassWalk` given, which outlives the loop.
+    // bpf_loop, one over the processes and one over each's threads: the verifier checks
+    // one step of each, not every step, and sees the slot as bpf_loop's index, which it
+    // does not follow value by value (a slot counted in the walk, it did).
+    // SAFETY: `pass_process` takes the `PassWalk` given, which outlives the loop.
     unsafe {
         generated::bpf_loop(
-            PASS_MAX_THREADS,
-            pass_step as *const () as *mut core::ffi::c_void,
+            slots as u32,
+            pass_process as *const () as *mut core::ffi::c_void,
             (&raw mut walk).cast(),
             0,
         )
     };
-    // Threads it did not reach: userspace must not read the pass.
-    if walk.ended == 0 {
-        count(Counter::PassesCut);
-        walk.missed += 1;
-    }
-    let end_written = match PASSES.reserve::<PassEnd>(0) {
-        Some(mut entry) => {
-            entry.write(PassEnd {
-                tag: PASS_END,
-                pass: walk.pass,
-                looks: walk.looks,
-                missed: walk.missed,
-            });
-            entry.submit(BPF_RB_NO_WAKEUP as u64);
-            true
-        }
-        None => {
-            count(Counter::PassRingFull);
-            false
-        }
-    };
-    // Userspace gives such a pass up (or never sees it): counted here, once. Without a
-    // branch on `missed`: one would have the verifier tell apart every count the walk's
-    // steps could reach (a sequence of jumps too long to verify).
-    let missed_any = (u64::from(walk.missed) + u64::from(u32::MAX)) >> 32;
-    add(Counter::PassesIncomplete, missed_any | u64::from(!end_written));
     // What the pass cost this CPU: userspace spaces the passes out by it (`--cpu-budget`).
     add(Counter::PassNs, now_ns().saturating_sub(now));
     Ok(())
 }
 
-/// Where a pass's walk along the thread list stands, from one `pass_step` to the next.
+/// Where a pass's walk stands, from one step to the next: at which process, and where
+/// along its thread list.
 #[repr(C)]
 struct PassWalk {
-    /// The list's head, in the process's `signal_struct`: the walk ends back at it.
+    /// The thread list's head, in the process's `signal_struct`: its walk ends back at it.
     head: u64,
     /// The next thread's `thread_node`.
     node: u64,
     now: u64,
     regs_from_stack: u64,
     pass: u32,
-    in_process: u32,
-    /// Set once the walk reached the end of the list (or could not read on).
-    ended: u32,
-    /// Looks written, and threads missed (`PassEnd`): those the ring had no room for,
-    /// and 1 for those after the walk stopped short.
+    /// The process the tick interrupted.
+    current_tgid: u32,
+    /// The process being walked.
+    tgid: u32,
+    /// Threads the pass walked, over all its processes: at most `PASS_MAX_THREADS`.
+    threads: u32,
+    /// The process's looks written, and its threads missed (`PassEnd`): those the ring had
+    /// no room for, and 1 for those after its walk stopped short.
     looks: u32,
     missed: u32,
 }
 
-/// One thread of a pass (a `bpf_loop` callback): 0 to go on to the next, 1 to stop.
+/// One process of a pass (a `bpf_loop` callback): the process in PASS_PROCESSES' `slot`,
+/// walked thread by thread, then its end. 0 to go on to the next slot, 1 to stop (the pass
+/// walked as many threads as it may: the processes after are not walked, and userspace
+/// reads them itself).
 #[inline(never)]
-extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
+extern "C" fn pass_process(slot: u64, walk: *mut PassWalk) -> i64 {
     // SAFETY: bpf_loop hands back the walk `try_sample_pass` passed, on its stack.
     let walk = unsafe { &mut *walk };
+    if !start_process_walk(walk, slot as u32) {
+        return 0;
+    }
+    // The threads the pass may still walk, and one step more: the step that finds the
+    // list's end. No count in the walk is compared against a bound: the verifier would
+    // follow it value by value (bpf_loop returns how many steps it made).
+    let left = PASS_MAX_THREADS.saturating_sub(walk.threads);
+    // SAFETY: as in `try_sample_pass`.
+    let steps = unsafe {
+        generated::bpf_loop(
+            left + 1,
+            pass_step as *const () as *mut core::ffi::c_void,
+            (walk as *mut PassWalk).cast(),
+            0,
+        )
+    };
+    // Stopped neither at the list's end nor where it could not be read on: cut short.
+    let cut = walk.node != walk.head && walk.node != 0;
+    // Every step but the one that found the end looked at a thread.
+    let looked_at = (steps.max(0) as u32).saturating_sub(u32::from(!cut));
+    walk.threads = walk.threads.saturating_add(looked_at);
+    if cut {
+        count(Counter::PassesCut);
+        walk.missed += 1;
+    }
+    end_process_walk(walk);
+    i64::from(cut)
+}
+
+/// One thread of a process's walk (a `bpf_loop` callback): 0 to go on to the next, 1 to
+/// stop (the list's end, or a list that cannot be read on).
+#[inline(never)]
+extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
+    // SAFETY: bpf_loop hands back the walk `pass_process` passed.
+    let walk = unsafe { &mut *walk };
     if walk.node == walk.head || walk.node == 0 {
-        walk.ended = 1;
         return 1;
     }
     let task = walk.node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load());
-    if look_in_pass(task, walk.now, walk.pass, walk.regs_from_stack, walk.in_process != 0) {
+    let in_process = walk.tgid == walk.current_tgid;
+    if look_in_pass(task, walk.now, walk.pass, walk.regs_from_stack, in_process) {
         walk.looks += 1;
     } else {
         walk.missed += 1;
@@ -1718,14 +1728,74 @@ extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
             walk.node = next;
             0
         }
-        // A list that cannot be read on is not a process too large for a pass, but the
-        // threads after went unseen.
+        // A list that cannot be read on: the threads after went unseen.
         Err(_) => {
-            walk.ended = 1;
             walk.missed += 1;
+            walk.node = 0;
             1
         }
     }
+}
+
+/// Starts the walk of the process in PASS_PROCESSES' `slot`; false if the slot is empty,
+/// or its process's leader is unknown or gone, or its list cannot be read.
+#[inline(never)]
+fn start_process_walk(walk: &mut PassWalk, slot: u32) -> bool {
+    // SAFETY: a map value, read whole.
+    let Some(tgid) = PASS_PROCESSES.get(slot).copied().filter(|&tgid| tgid != 0) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let leader = PASS_LEADERS.get_ptr(tgid).map_or(0, |leader| unsafe { *leader });
+    // A leader that no longer names the process was freed (the process is gone).
+    if leader == 0
+        || walk.regs_from_stack == 0
+        || kernel_u32(leader.wrapping_add(TASK_TGID_OFFSET.load())) != Ok(tgid)
+    {
+        count(Counter::PassesWithoutProcess);
+        return false;
+    }
+    // The thread list is RCU-protected; a timer's interrupt is a read-side section.
+    let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()));
+    let head = signal.map(|signal| signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load()));
+    let (Ok(head), Ok(node)) = (head, head.and_then(kernel_u64)) else {
+        count(Counter::PassesIncomplete);
+        return false;
+    };
+    walk.head = head;
+    walk.node = node;
+    walk.tgid = tgid;
+    walk.looks = 0;
+    walk.missed = 0;
+    true
+}
+
+/// Ends the walk of the process being walked: its `PassEnd`, counted incomplete if it
+/// missed a thread or the ring lost it (userspace gives such a pass up, or never sees it).
+#[inline(never)]
+fn end_process_walk(walk: &mut PassWalk) {
+    let end_written = match PASSES.reserve::<PassEnd>(0) {
+        Some(mut entry) => {
+            entry.write(PassEnd {
+                tag: PASS_END,
+                pass: walk.pass,
+                tgid: walk.tgid,
+                looks: walk.looks,
+                missed: walk.missed,
+                _pad: 0,
+            });
+            entry.submit(BPF_RB_NO_WAKEUP as u64);
+            true
+        }
+        None => {
+            count(Counter::PassRingFull);
+            false
+        }
+    };
+    // Without a branch on `missed`, which the verifier would follow into every count the
+    // walk's steps could reach.
+    let missed_any = (u64::from(walk.missed) + u64::from(u32::MAX)) >> 32;
+    add(Counter::PassesIncomplete, missed_any | u64::from(!end_written));
 }
 
 /// Writes a pass's look at `task`, and a copy of its stack when it is newly blocked in a
@@ -1773,7 +1843,7 @@ fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process
                 .unwrap_or([0; 16]);
         &*look
     };
-    let (tid, sp, arrivals) = (look.tid, look.sp, look.arrivals);
+    let (tid, tgid, sp, arrivals) = (look.tid, look.tgid, look.sp, look.arrivals);
     let watched = look.state != 0
         && look.on_cpu == 0
         && matches!(
@@ -1800,6 +1870,8 @@ fn look_in_pass(task: u64, now: u64, pass: u32, regs_from_stack: u64, in_process
         (*record).tag = PASS_STACK;
         (*record).tid = tid;
         (*record).pass = pass;
+        (*record).tgid = tgid;
+        (*record)._pad = 0;
         (*record).switches = switches;
         (*record).sp = sp;
         (*record).len = copy_user_stack(&mut (*record).stack, sp);

@@ -333,11 +333,12 @@ async fn record_sampled_several(
         for joined in members.look_for_new() {
             eprintln!("tracer: {joined}");
         }
-        members.read()
+        members.read().then(|| members.read_interval())
     })?;
     // Once more, for what is still blocked at the end.
     members.read();
     let timing = SampledTiming { started_at, elapsed, period };
+    let pass_counts = members.pass_counts();
     let profiles = members
         .members
         .into_iter()
@@ -352,7 +353,9 @@ async fn record_sampled_several(
             sampled_profile(&target, sampler.finish(exited), timing, exited)
         })
         .collect();
-    pipeline::report(&Profile::of_processes(profiles), outputs, top)
+    let mut profile = Profile::of_processes(profiles);
+    profile.counts.add(pass_counts);
+    pipeline::report(&profile, outputs, top)
 }
 
 /// The `.trace.json` among the outputs, if any.

@@ -165,6 +165,13 @@ impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest is what was seen.
     pub const LOSSES: usize = 14;
 
+    /// Adds `other`'s counts to these, field by field.
+    pub fn add(&mut self, mut other: TraceCounts) {
+        for ((_, sum), (_, add)) in self.fields_mut().into_iter().zip(other.fields_mut()) {
+            *sum += *add;
+        }
+    }
+
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
     pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 30] {
@@ -490,12 +497,7 @@ impl Profile {
                 sum.count += totals.count;
                 sum.total_ns += totals.total_ns;
             }
-            let mut counts = profile.counts;
-            for ((_, sum), (_, add)) in
-                merged.counts.fields_mut().into_iter().zip(counts.fields_mut())
-            {
-                *sum += *add;
-            }
+            merged.counts.add(profile.counts);
             merged.thread_counts.add(&profile.thread_counts);
             merged.endpoint_states.extend(profile.endpoint_states);
             merged.thread_names.extend(profile.thread_names);

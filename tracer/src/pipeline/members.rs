@@ -1,8 +1,9 @@
 //! The processes of a sampled recording or daemon of several: which ones (pids, a name, a
 //! cgroup, every user process on the host), joined as they appear, each read by its own
-//! `ThreadSampler`. The samplers share one loaded task iterator, each with a link of its
-//! own to its process's tasks, so tracing many processes loads one BPF object, not one
-//! per process.
+//! `ThreadSampler`. The samplers share one loaded BPF object, not one per process: its
+//! task iterator, each with a link of its own to its process's tasks, and its passes in
+//! the kernel, which walk every process joined (but Python programs) at the rate and are
+//! drained a few times a second, each sampler handed its own process's passes.
 
 use std::{
     collections::BTreeSet,
@@ -12,14 +13,18 @@ use std::{
 };
 
 use anyhow::Context as _;
+use tracer_common::Counter;
 
 use super::counts::trace_counts;
 use super::{Traced, target};
 use crate::{
-    model::{ProcessTag, Profile, ProfileKind, WaitAggregate},
+    model::{ProcessTag, Profile, ProfileKind, TraceCounts, WaitAggregate},
     probes::{ProbeCounters, Probes},
     stacks::ProcessUnwinder,
-    threads::sampler::{TaskIterator, ThreadSampler},
+    threads::{
+        kernel_passes::{PassSource, RecordsByProcess},
+        sampler::{TaskIterator, ThreadSampler, lock},
+    },
 };
 
 /// How often the processes that match are looked for again, when new ones may join.
@@ -145,8 +150,17 @@ pub enum Joined {
 pub struct Members {
     selection: Selection,
     period: Duration,
-    /// The task iterator every member's sampler walks its process with.
+    /// The task iterator every member's sampler walks its process with, and the passes
+    /// in the kernel.
     probes: Arc<Mutex<Probes>>,
+    /// Whether the passes in the kernel can make the members' reads (their program
+    /// loaded), and the passes once attached (after the first member's first read).
+    passes_possible: bool,
+    passes: Option<PassSource>,
+    /// Records of no process the passes wrote before they stopped.
+    passes_malformed: u64,
+    /// Reads so far: a drain of the passes in the kernel holds several.
+    reads: u64,
     pub members: Vec<Member>,
     /// Every pid that matched, joined or not (one that exited first, one refused), so
     /// that it is not tried again; pruned to the pids that still match.
@@ -172,12 +186,26 @@ impl Members {
         period: Duration,
     ) -> anyhow::Result<(Self, Vec<Joined>)> {
         let btf_path = target::btf_path()?;
-        // One object for the host's task iterator: the samplers read nothing else of it.
-        let probes = Probes::open_for_reading(0, &btf_path)?;
+        // One object for the host's task iterator and the passes in the kernel.
+        let mut probes = Probes::open_for_passes(0, None, &btf_path)?;
+        let passes_possible = match probes.load_sample_passes() {
+            Ok(()) => true,
+            Err(err) => {
+                log::info!(
+                    "the kernel cannot make the reads ({:#}); reading every period",
+                    anyhow::Error::from(err)
+                );
+                false
+            }
+        };
         let mut members = Self {
             selection,
             period,
             probes: Arc::new(Mutex::new(probes)),
+            passes_possible,
+            passes: None,
+            passes_malformed: 0,
+            reads: 0,
             members: Vec::new(),
             seen: BTreeSet::new(),
             candidates: BTreeSet::new(),
@@ -208,6 +236,14 @@ impl Members {
         let tasks = TaskIterator::Shared { probes: Arc::clone(&self.probes), pid };
         let mut sampler = ThreadSampler::new(pid, unwinder, tasks, self.period)
             .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+        if self.passes_possible && sampler.take_shared_passes() {
+            // Watched before the sampler's first read, whose pass of the iterator shows
+            // the passes the process's leader.
+            if let Err(err) = lock(&self.probes).watch_in_passes(pid) {
+                log::debug!("pid {pid}: read every period: {err}");
+                sampler.read_here_from_now();
+            }
+        }
         if let Some(origin_ns) = self.timeline_origin {
             sampler.keep_timeline(origin_ns);
         }
@@ -288,21 +324,117 @@ impl Members {
         joined
     }
 
-    /// One read of every live member; false when there is nothing left to read (every
-    /// member exited, and nothing new may join).
+    /// One read of every live member: a drain of the passes in the kernel, each member
+    /// handed its process's, and a read by the tracer of the others (a process's first,
+    /// a Python program's). False when there is nothing left to read (every member
+    /// exited, and nothing new may join).
     pub fn read(&mut self) -> bool {
+        let (mut records, pass_period) = self.drain_passes();
         let mut alive = false;
+        let mut most_reads = 0;
         for member in &mut self.members {
             if member.target.has_exited() {
                 continue;
             }
             alive = true;
+            let pid = member.target.pid;
+            let reads_before = member.sampler.reads();
+            let read = match pass_period {
+                Some(period) if member.sampler.reads_shared_passes() => {
+                    let records = records.remove(&pid).unwrap_or_default();
+                    member.sampler.read_passes(&records, period)
+                }
+                _ => member.sampler.read(),
+            };
             // A read that fails is of a process exiting: the next look says so.
-            if let Err(err) = member.sampler.read() {
-                log::debug!("pid {}: read failed: {err}", member.target.pid);
+            if let Err(err) = read {
+                log::debug!("pid {pid}: read failed: {err}");
+            }
+            most_reads = most_reads.max(member.sampler.reads() - reads_before);
+        }
+        self.reads += most_reads;
+        self.attach_passes();
+        alive || self.selection.follows()
+    }
+
+    /// The records the passes in the kernel wrote since the last drain, by process, and
+    /// the period they come at; none before they are attached, or once they stopped
+    /// (every member reads by itself from then on).
+    fn drain_passes(&mut self) -> (RecordsByProcess, Option<Duration>) {
+        let Some(source) = &mut self.passes else {
+            return (RecordsByProcess::new(), None);
+        };
+        let drained = source.drain(&mut lock(&self.probes));
+        match drained {
+            Ok(records) => (records, Some(source.period())),
+            Err(why) => {
+                log::info!("{why}; each process read every period");
+                self.stop_passes();
+                (RecordsByProcess::new(), None)
             }
         }
-        alive || self.selection.follows()
+    }
+
+    /// Attaches the passes in the kernel once a member reads by them (its first read
+    /// showed them its process).
+    fn attach_passes(&mut self) {
+        if self.passes.is_some()
+            || !self.members.iter().any(|member| member.sampler.reads_shared_passes())
+        {
+            return;
+        }
+        let label = self.selection.describe();
+        let attached = PassSource::attach(&mut lock(&self.probes), self.period, label);
+        match attached {
+            Ok(source) => self.passes = Some(source),
+            Err(err) => {
+                log::info!(
+                    "the kernel cannot make the reads ({:#}); reading every period",
+                    anyhow::Error::from(err)
+                );
+                self.stop_passes();
+            }
+        }
+    }
+
+    /// Every member reads by itself from now on.
+    fn stop_passes(&mut self) {
+        if let Some(source) = self.passes.take() {
+            self.passes_malformed += source.malformed();
+        }
+        self.passes_possible = false;
+        for member in &mut self.members {
+            member.sampler.read_here_from_now();
+        }
+    }
+
+    /// The reads made so far (of the process read most: each made its own).
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// How long until the next `read` is due: the period while any member reads by
+    /// itself, the drains' interval when the passes make every read.
+    pub fn read_interval(&self) -> Duration {
+        self.members
+            .iter()
+            .filter(|member| !member.target.has_exited())
+            .map(|member| member.sampler.read_interval())
+            .min()
+            .unwrap_or(self.period)
+    }
+
+    /// What the passes in the kernel lost that no member's counts hold: their ring's
+    /// losses, the passes not read whole, records of no process.
+    pub fn pass_counts(&self) -> TraceCounts {
+        let counters = lock(&self.probes).counters().unwrap_or_default();
+        TraceCounts {
+            ring_buffer_full: counters.get(Counter::PassRingFull),
+            reads_lost: counters.get(Counter::PassesIncomplete),
+            malformed_records: self.passes_malformed
+                + self.passes.as_ref().map_or(0, PassSource::malformed),
+            ..TraceCounts::default()
+        }
     }
 
     /// Takes out the members whose process exited (a daemon's, after their last waits

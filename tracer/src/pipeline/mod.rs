@@ -193,21 +193,22 @@ pub fn sample_until_stop(
     Ok((elapsed, target_exited))
 }
 
-/// The loop of a sampled recording of several processes: `read` at once and every
-/// `period` (paced as `sample_until_stop`'s) until `duration` has passed, Ctrl-C, SIGTERM
-/// or SIGHUP comes, or `read` says there is nothing left to read (false). Returns how long
-/// it ran.
+/// The loop of a sampled recording of several processes: `read` at once and then when
+/// the last read says the next is due (paced as `sample_until_stop`'s) until `duration`
+/// has passed, Ctrl-C, SIGTERM or SIGHUP comes, or `read` says there is nothing left to
+/// read (None). Returns how long it ran.
 pub fn sample_while(
     duration: Duration,
     period: Duration,
-    mut read: impl FnMut() -> bool,
+    mut read: impl FnMut() -> Option<Duration>,
 ) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
     let mut pace = pace::ReadPace::new(period);
     let watch = StopWatch::start(None, duration)?;
     while !watch.sleep_until(pace.next()).context("cannot wait for the next read")? {
-        if !pace.read(&mut read) {
-            break;
+        match pace.read(&mut read) {
+            Some(interval) => pace.set_period(interval),
+            None => break,
         }
     }
     watch.finish()?;

@@ -59,6 +59,7 @@ impl Probes {
             queued_wakes: false,
             process_links,
             pass_bytes: Vec::new(),
+            pass_processes: Vec::new(),
             thread_list: false,
         })
     }

@@ -13,13 +13,14 @@ use std::{collections::HashMap, io::Read as _, path::Path, time::Duration};
 use crate::cli::MapSizes;
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, PASS_STATE_PERIOD_NS, PASSES_RING_BYTES,
-    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE,
-    WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
+    COUNTER_COUNT, Counter, InFlightWait, PASS_MAX_PROCESSES, PASS_STATE_PERIOD_NS,
+    PASS_STATE_PROCESS_SLOTS, PASSES_RING_BYTES, SLEEP_STACK_SLOTS, STACK_COPY_BYTES,
+    ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS,
+    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,10 @@ pub enum ProbeError {
     /// A program the probes define is missing from the embedded object.
     #[error("probe program {name} is missing from the embedded object")]
     MissingProgram { name: &'static str },
+    /// The passes in the kernel watch as many processes as they can
+    /// (`PASS_MAX_PROCESSES`).
+    #[error("the passes in the kernel watch {PASS_MAX_PROCESSES} processes already")]
+    PassProcessesFull,
     /// A map the probes define is missing or has the wrong type.
     #[error("probe map {name} is missing or malformed")]
     Map {
@@ -104,6 +109,8 @@ pub struct Probes {
     /// What the last pass of the task iterator wrote: kept, at the size of the largest
     /// pass, so that a sampled read neither zeroes nor regrows it every period.
     pass_bytes: Vec<u8>,
+    /// The processes the passes in the kernel walk, by PASS_PROCESSES slot (0: empty).
+    pass_processes: Vec<u32>,
     /// Whether this kernel's BTF showed how to walk a process's threads, which a pass in
     /// the kernel needs (`attach_sample_passes`).
     thread_list: bool,
@@ -151,9 +158,10 @@ impl Probes {
         Self::open_for_passes(tgid, Some(SMALLEST_RING_BYTES), btf_path)
     }
 
-    /// Loads the object for a sampled recording of one process: its task iterator, and
-    /// the passes in the kernel (`attach_sample_passes`), whose ring takes
-    /// `passes_ring_bytes` (None: `PASSES_RING_BYTES`).
+    /// Loads the object for a sampled recording: its task iterator, and the passes in the
+    /// kernel (`attach_sample_passes`), whose ring takes `passes_ring_bytes` (None:
+    /// `PASSES_RING_BYTES`), over process `tgid` (0: none yet; `watch_in_passes` adds
+    /// each).
     pub fn open_for_passes(
         tgid: u32,
         passes_ring_bytes: Option<u32>,
@@ -165,7 +173,11 @@ impl Probes {
             pass_ring_buffer_bytes: passes_ring_bytes,
         };
         let config = ProbeConfig { tgid, min_wait: Duration::ZERO, wakers: false, maps };
-        Self::open_sized(config, 1, btf_path)
+        let mut probes = Self::open_sized(config, 1, btf_path)?;
+        if tgid != 0 {
+            probes.watch_in_passes(tgid)?;
+        }
+        Ok(probes)
     }
 
     fn open_sized(
@@ -263,7 +275,65 @@ impl Probes {
             queued_wakes: queued_wakes.is_some(),
             process_links: HashMap::new(),
             pass_bytes: Vec::new(),
+            pass_processes: Vec::new(),
             thread_list: thread_list.is_some(),
+        })
+    }
+
+    /// Has the passes in the kernel walk process `pid` too (from its next pass of the task
+    /// iterator on, which shows them its threads).
+    pub fn watch_in_passes(&mut self, pid: u32) -> Result<(), ProbeError> {
+        if self.pass_processes.contains(&pid) {
+            return Ok(());
+        }
+        let slot = match self.pass_processes.iter().position(|&tgid| tgid == 0) {
+            Some(slot) => slot,
+            None if self.pass_processes.len() < PASS_MAX_PROCESSES as usize => {
+                self.pass_processes.push(0);
+                self.pass_processes.len() - 1
+            }
+            None => return Err(ProbeError::PassProcessesFull),
+        };
+        // Its leader's entry first, for the iterator to fill; then its slot, then the
+        // slots a pass looks at.
+        map_of::<BpfHashMap<_, u32, u64>>(&mut self.ebpf, "PASS_LEADERS", |leaders| {
+            leaders.insert(pid, 0, 0)
+        })?;
+        map_of::<Array<_, u32>>(&mut self.ebpf, "PASS_PROCESSES", |slots| {
+            slots.set(slot as u32, pid, 0)
+        })?;
+        self.pass_processes[slot] = pid;
+        self.set_pass_process_slots()
+    }
+
+    /// Stops the passes in the kernel walking process `pid` (it exited, or left).
+    pub fn unwatch_in_passes(&mut self, pid: u32) {
+        let Some(slot) = self.pass_processes.iter().position(|&tgid| tgid == pid) else {
+            return;
+        };
+        // Its slot emptied before its leader's entry goes: a pass between the two finds no
+        // slot of it, not a slot without a leader.
+        let emptied = map_of::<Array<_, u32>>(&mut self.ebpf, "PASS_PROCESSES", |slots| {
+            slots.set(slot as u32, 0, 0)
+        });
+        if emptied.is_err() {
+            log::warn!("pid {pid}: the passes in the kernel could not stop walking it");
+            return;
+        }
+        self.pass_processes[slot] = 0;
+        while self.pass_processes.last() == Some(&0) {
+            self.pass_processes.pop();
+        }
+        let _ = self.set_pass_process_slots();
+        let _ = map_of::<BpfHashMap<_, u32, u64>>(&mut self.ebpf, "PASS_LEADERS", |leaders| {
+            leaders.remove(&pid)
+        });
+    }
+
+    fn set_pass_process_slots(&mut self) -> Result<(), ProbeError> {
+        let slots = self.pass_processes.len() as u64;
+        map_of::<Array<_, u64>>(&mut self.ebpf, "PASS_STATE", |state| {
+            state.set(PASS_STATE_PROCESS_SLOTS, slots, 0)
         })
     }
 
@@ -286,10 +356,11 @@ impl Probes {
 
     /// Makes a sampled recording's passes in the kernel, every `period`, from now on: a
     /// cpu-clock event on every CPU at that period runs `tracer_sample_pass` (loaded by
-    /// `load_sample_passes`), whose first tick in each period walks the target's threads.
-    /// Returns the ring the passes write to, which wakes no one: drain it. Run after a
-    /// pass of the task iterator over the target (the passes start from what it leaves
-    /// them).
+    /// `load_sample_passes`), whose first tick in each period walks the threads of the
+    /// processes watched (`watch_in_passes`).
+    /// Returns the ring the passes write to, which wakes no one: drain it. A process is
+    /// walked after a pass of the task iterator over it (the passes start from what it
+    /// leaves them).
     pub fn attach_sample_passes(
         &mut self,
         period: Duration,
@@ -424,9 +495,11 @@ impl Probes {
         self.iterate_tasks(Some(pid))
     }
 
-    /// Closes the iterator's link to process `pid` (it exited).
+    /// Closes the iterator's link to process `pid` (it exited, or left), and stops the
+    /// passes in the kernel walking it.
     pub fn forget_process(&mut self, pid: u32) {
         self.process_links.remove(&pid);
+        self.unwatch_in_passes(pid);
     }
 
     /// A look at every task on the host, from one pass: for the other processes a
@@ -833,6 +906,20 @@ fn parse_task_looks(bytes: &[u8]) -> Vec<TaskLook> {
 }
 
 /// The `tp_btf` program `name` of the object.
+/// Runs `update` on the loaded object's map `name`, of type `M`.
+fn map_of<'a, M>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    update: impl FnOnce(&mut M) -> Result<(), MapError>,
+) -> Result<(), ProbeError>
+where
+    M: TryFrom<&'a mut Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(ProbeError::Map { name, source: None })?;
+    let mut map = M::try_from(map).map_err(map_error(name))?;
+    update(&mut map).map_err(map_error(name))
+}
+
 fn tracepoint<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,

@@ -25,11 +25,15 @@ use super::{
     trigger::{self, TriggerConfig, Triggers},
 };
 use crate::{
-    model::{ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, StackKey, WaitAggregate},
+    model::{
+        ProcessTag, Profile, ProfileKind, ProfileStack, Sampling, StackKey, TraceCounts,
+        WaitAggregate,
+    },
     pipeline::{
         self, Namer,
         members::{Member, Members, Selection},
     },
+    threads::sampler::PassLosses,
 };
 
 /// Snapshots waiting for the reading thread; more are refused (503). Windows' opening,
@@ -111,6 +115,8 @@ pub struct Host {
     /// Waits whose stacks stopped short, over every process (of the processes that
     /// exited, and of those read now).
     truncated_unwinds: AtomicU64,
+    /// What the passes in the kernel lost (`Reader::pass_counts`).
+    pass_counts: Mutex<TraceCounts>,
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
     /// How often each trigger condition fired, by whether its files were written.
     firings: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -145,6 +151,7 @@ impl Host {
             processes: Mutex::new(members.members.iter().map(Member::tag).collect()),
             reads: AtomicU64::new(0),
             truncated_unwinds: AtomicU64::new(0),
+            pass_counts: Mutex::new(TraceCounts::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
             firings: Mutex::new(BTreeMap::new()),
         });
@@ -156,6 +163,7 @@ impl Host {
                 namers: HashMap::new(),
                 windows: BTreeMap::new(),
                 truncated_of_exited: 0,
+                pass_losses_of_exited: PassLosses::default(),
                 triggers: triggers.map(Triggers::new),
                 host: weak,
             };
@@ -240,7 +248,16 @@ impl Host {
         let blocked = self.blocked_series().await?;
         let tracer = metrics::TracerTotals {
             events: 0,
-            lost: vec![("unwind_truncated", self.truncated_unwinds.load(Ordering::Relaxed))],
+            lost: {
+                let passes = lock(&self.pass_counts);
+                vec![
+                    ("unwind_truncated", self.truncated_unwinds.load(Ordering::Relaxed)),
+                    // The passes in the kernel lose to a full ring of their own.
+                    ("ring_buffer_full", passes.ring_buffer_full),
+                    ("malformed_record", passes.malformed_records),
+                    ("sampled_read", passes.reads_lost),
+                ]
+            },
         };
         let waits = lock(&self.waits);
         metrics::render(&metrics::Scrape {
@@ -310,6 +327,8 @@ struct Reader {
     /// of its processes that exited while it was open.
     windows: BTreeMap<u64, ReaderWindow>,
     truncated_of_exited: u64,
+    /// What the passes lost for the processes that exited (their samplers' own count).
+    pass_losses_of_exited: PassLosses,
     /// `--trigger`, when given.
     triggers: Option<Triggers>,
     /// Weak: the thread stops when the daemon drops the host.
@@ -332,7 +351,8 @@ impl Reader {
                 self.open_windows_of_newcomers();
             }
             let alive = pace.read(|| self.members.read());
-            host.reads.fetch_add(1, Ordering::Relaxed);
+            pace.set_period(self.members.read_interval());
+            host.reads.store(self.members.reads(), Ordering::Relaxed);
             self.hand_on_ended(&host);
             self.check_triggers(&host);
             for mut exited in self.members.remove_exited() {
@@ -351,6 +371,7 @@ impl Reader {
                 }
                 self.namers.remove(&exited.target.pid);
                 self.truncated_of_exited += exited.sampler.truncated_unwinds();
+                self.pass_losses_of_exited += exited.sampler.pass_losses();
                 // Its series end with it: the cap is for the processes there now.
                 lock(&host.waits).retain(|labels| labels.pid != exited.target.pid.to_string());
             }
@@ -359,6 +380,7 @@ impl Reader {
             let truncated: u64 =
                 self.members.members.iter().map(|m| m.sampler.truncated_unwinds()).sum();
             host.truncated_unwinds.store(self.truncated_of_exited + truncated, Ordering::Relaxed);
+            *lock(&host.pass_counts) = self.pass_counts();
             if !alive {
                 log::info!("every process exited; stopping");
                 return;
@@ -374,6 +396,16 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// What the passes in the kernel lost, over every process (of the processes that
+    /// exited, and of those read now).
+    fn pass_counts(&self) -> TraceCounts {
+        let mut losses = self.pass_losses_of_exited;
+        for member in &self.members.members {
+            losses += member.sampler.pass_losses();
+        }
+        losses.add_to(self.members.pass_counts())
     }
 
     /// Symbolizes each process's waits that ended since the last read and hands them on.

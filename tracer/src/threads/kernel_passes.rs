@@ -1,18 +1,23 @@
 //! A sampled recording's passes made in the kernel (`tracer_sample_pass`): at each
-//! period the kernel's timer looks at the target's threads and copies the stacks of the
-//! newly blocked ones it can reach; the tracer drains the looks a few times a second and
-//! gives them to the sampler pass by pass, as if it had read them itself at their time.
-//! Waking the tracer at the rate is what a sampled recording cost the service on this VM
-//! (docs/overhead-log.md, session 34); a drain every `DRAIN_INTERVAL` costs it nothing
-//! measurable.
+//! period the kernel's timer looks at the threads of the processes it watches (one, or
+//! each of a recording of several) and copies the stacks of the newly blocked ones it can
+//! reach; the tracer drains the looks a few times a second (`PassSource`), splits them by
+//! process, and gives each sampler its process's passes (`PassAssembler`) one by one, as
+//! if it had read them itself at their time. Waking the tracer at the rate is what a
+//! sampled recording cost the service on this VM (docs/overhead-log.md, session 34); a
+//! drain every `DRAIN_INTERVAL` costs it nothing measurable.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use tracer_common::{
-    PASS_END, PASS_LOOK, PASS_STACK, PassEnd, PassLook, PassStack, STACK_COPY_BYTES, TaskLook,
+    Counter, PASS_END, PASS_LOOK, PASS_STACK, PassEnd, PassLook, PassStack, STACK_COPY_BYTES,
+    TaskLook,
 };
+
+use crate::pipeline::pace;
+use crate::probes::{ProbeError, Probes};
 
 /// How often the passes are drained. A wait whose stack no pass could copy (the pass ran
 /// outside the process) is copied at the drain if it is still on, so a longer interval
@@ -43,6 +48,201 @@ pub struct Pass {
     pub time_ns: u64,
     pub looks: Vec<TaskLook>,
     pub copies: HashMap<u32, PassCopy>,
+}
+
+/// The records of one drain of the passes' ring, by the process they are of.
+pub type RecordsByProcess = HashMap<u32, Vec<Vec<u8>>>;
+
+/// The passes the kernel makes (`Probes::attach_sample_passes`), for one sampler or for
+/// the samplers of several processes, and what their counters said at the last drain.
+pub struct PassSource {
+    ring: RingBuf<MapData>,
+    /// Whom the passes are for, in messages: `pid 42`, `2 processes`.
+    label: String,
+    /// `Counter::PassesCut` when the passes began: a pass that stops short of the
+    /// processes' threads sends the reads back to the samplers.
+    cut_before: u64,
+    /// `Counter::Passes` and `Counter::PassesIncomplete` at the last drain, and how many
+    /// drains in a row found every pass made since the one before incomplete.
+    lost_mark: (u64, u64),
+    drains_all_lost: u32,
+    /// The period asked for, and the one the passes come at: longer while a pass costs
+    /// more than the reads' budget of a CPU allows at the one asked (`--cpu-budget`).
+    asked: Duration,
+    period: Duration,
+    /// `Counter::Passes` and `Counter::PassNs` when the passes' cost was last looked at.
+    cost_mark: (u64, u64),
+    /// Whether the passes were ever spaced out (said once).
+    spaced: bool,
+    /// Records whose process could not be told (never expected).
+    malformed: u64,
+}
+
+/// Drains in a row whose every pass was incomplete (a ring the passes overflow, not a
+/// burst of new waits' copies) that send the reads back to the samplers for good: reads
+/// made only when a drain finds no pass would come at the drains' pace, not the rate.
+const DRAINS_ALL_LOST: u32 = 2;
+
+impl PassSource {
+    /// Has the kernel make passes every `period` over the processes `probes` watch
+    /// (`Probes::watch_in_passes`), each once the task iterator went over it.
+    pub fn attach(
+        probes: &mut Probes,
+        period: Duration,
+        label: String,
+    ) -> Result<Self, ProbeError> {
+        let cut_before = probes.counter(Counter::PassesCut).unwrap_or(0);
+        let made = probes.counter(Counter::Passes).unwrap_or(0);
+        let cost_mark = (made, probes.counter(Counter::PassNs).unwrap_or(0));
+        let lost_mark = (made, probes.counter(Counter::PassesIncomplete).unwrap_or(0));
+        let ring = probes.attach_sample_passes(period)?;
+        log::debug!("{label}: the kernel makes the reads' passes");
+        Ok(Self {
+            ring,
+            label,
+            cut_before,
+            lost_mark,
+            drains_all_lost: 0,
+            asked: period,
+            period,
+            cost_mark,
+            spaced: false,
+            malformed: 0,
+        })
+    }
+
+    /// The period the passes come at now.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Records of the ring no process could be told of.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// Drains the ring of everything the passes wrote since the last drain, by process.
+    /// Err, with why, when the reads must go back to the samplers for good (the passes
+    /// are stopped): passes cut short (more threads than a pass walks), or drains whose
+    /// every pass was incomplete (`DRAINS_ALL_LOST`).
+    pub fn drain(&mut self, probes: &mut Probes) -> Result<RecordsByProcess, &'static str> {
+        let mut records = RecordsByProcess::new();
+        while let Some(record) = self.ring.next() {
+            match record_process(&record) {
+                Some(tgid) => records.entry(tgid).or_default().push(record.to_vec()),
+                None => self.malformed += 1,
+            }
+        }
+        // Read once for both the rule below and the pace.
+        let passes_made = probes.counter(Counter::Passes).ok();
+        let (made, incomplete) =
+            (passes_made.unwrap_or(0), probes.counter(Counter::PassesIncomplete).unwrap_or(0));
+        let (made_before, incomplete_before) =
+            std::mem::replace(&mut self.lost_mark, (made, incomplete));
+        let (made_since, incomplete_since) =
+            (made.saturating_sub(made_before), incomplete.saturating_sub(incomplete_before));
+        if every_pass_lost(made_since, incomplete_since) {
+            self.drains_all_lost += 1;
+        } else {
+            self.drains_all_lost = 0;
+        }
+        let back_to_samplers = if probes.counter(Counter::PassesCut).unwrap_or(0) > self.cut_before
+        {
+            Some("more threads than a pass in the kernel walks")
+        } else if self.drains_all_lost >= DRAINS_ALL_LOST {
+            Some("the passes in the kernel keep missing threads (their ring is full)")
+        } else {
+            None
+        };
+        if let Some(why) = back_to_samplers {
+            probes.stop_sample_passes();
+            return Err(why);
+        }
+        self.pace(probes, passes_made);
+        Ok(records)
+    }
+
+    /// Spaces the passes out while each costs more than the reads' budget of a CPU allows
+    /// at the period asked, as `ReadPace` spaces the reads made by the tracer (a pass over
+    /// a thousand threads takes about a millisecond of a timer interrupt), and brings them
+    /// back once it does not. `passes_made`: `Counter::Passes` as the drain read it.
+    fn pace(&mut self, probes: &mut Probes, passes_made: Option<u64>) {
+        let (Some(made), Ok(spent_ns)) = (passes_made, probes.counter(Counter::PassNs)) else {
+            return;
+        };
+        let (made_before, spent_before) = self.cost_mark;
+        let new_passes = made.saturating_sub(made_before);
+        if new_passes == 0 {
+            return;
+        }
+        self.cost_mark = (made, spent_ns);
+        let per_pass = Duration::from_nanos(spent_ns.saturating_sub(spent_before) / new_passes);
+        let budget = pace::cpu_budget_percent() / 100.0;
+        let period = pass_period_within_budget(self.asked, per_pass, budget, self.period);
+        if period == self.period {
+            return;
+        }
+        match probes.set_sample_pass_period(period) {
+            Ok(()) => {
+                if period > self.asked && !self.spaced {
+                    self.spaced = true;
+                    log::info!(
+                        "{}: a pass took {per_pass:?}: passes come every {period:?} instead of \
+                         {:?} to stay within {}% of a CPU",
+                        self.label,
+                        self.asked,
+                        pace::cpu_budget_percent()
+                    );
+                }
+                self.period = period;
+            }
+            Err(err) => log::warn!(
+                "{}: cannot space the passes out ({:#})",
+                self.label,
+                anyhow::Error::from(err)
+            ),
+        }
+    }
+}
+
+/// The process a record of the passes' ring is of; None for one too short to tell.
+fn record_process(record: &[u8]) -> Option<u32> {
+    let u32_at = |at: usize| {
+        record.get(at..at + 4).map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
+    };
+    let tgid_at = match u32_at(0)? {
+        PASS_LOOK => std::mem::offset_of!(PassLook, look) + std::mem::offset_of!(TaskLook, tgid),
+        PASS_STACK => std::mem::offset_of!(PassStack, tgid),
+        PASS_END => std::mem::offset_of!(PassEnd, tgid),
+        _ => return None,
+    };
+    u32_at(tgid_at)
+}
+
+/// Whether a drain found every pass made since the one before lost: `made` passes, of
+/// which `incomplete` could not be read whole (a pass that found no process, the process
+/// gone, is not lost: the reads by the tracer will see it gone). With several processes a
+/// pass counts incomplete once per process it could not read whole.
+fn every_pass_lost(made: u64, incomplete: u64) -> bool {
+    made > 0 && incomplete >= made
+}
+
+/// The period passes that each cost `per_pass` of a CPU should come at to take at most
+/// `budget` (a fraction) of it, asked to come every `asked`, now every `current`: within
+/// a quarter of the current one it stays, so that a cost that wobbles does not move it
+/// at every drain.
+fn pass_period_within_budget(
+    asked: Duration,
+    per_pass: Duration,
+    budget: f64,
+    current: Duration,
+) -> Duration {
+    let wanted = pace::gap_within_budget(asked, per_pass, budget);
+    if wanted == asked || wanted > current.mul_f64(1.25) || wanted < current.mul_f64(0.8) {
+        wanted
+    } else {
+        current
+    }
 }
 
 /// Puts the ring's records together into whole passes, drain after drain. A drain may
@@ -82,12 +282,12 @@ struct OpenPass {
 }
 
 impl PassAssembler {
-    /// Drains the ring of everything the passes wrote since the last drain, and returns
-    /// the passes now whole, in time order.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Vec<Pass> {
+    /// Takes one drain's records of its process, and returns the passes now whole, in
+    /// time order.
+    pub fn take(&mut self, records: &[Vec<u8>]) -> Vec<Pass> {
         self.drains += 1;
-        while let Some(record) = ring.next() {
-            self.add_record(&record);
+        for record in records {
+            self.add_record(record);
         }
         self.take_whole()
     }
@@ -231,12 +431,15 @@ impl PassAssembler {
 mod tests {
     use super::*;
 
+    /// The process the records below are of.
+    const TGID: u32 = 4242;
+
     fn look_record(pass: u32, time_ns: u64, tid: u32) -> Vec<u8> {
         let record = PassLook {
             tag: PASS_LOOK,
             pass,
             time_ns,
-            look: TaskLook { tid, switches: 7, ..TaskLook::default() },
+            look: TaskLook { tid, tgid: TGID, switches: 7, ..TaskLook::default() },
         };
         // SAFETY: a plain repr(C) value without padding, viewed as its bytes.
         unsafe {
@@ -251,14 +454,15 @@ mod tests {
         record[4..8].copy_from_slice(&len.to_ne_bytes());
         record[8..12].copy_from_slice(&tid.to_ne_bytes());
         record[12..16].copy_from_slice(&pass.to_ne_bytes());
-        record[16..24].copy_from_slice(&7u64.to_ne_bytes());
+        record[16..20].copy_from_slice(&TGID.to_ne_bytes());
+        record[24..32].copy_from_slice(&7u64.to_ne_bytes());
         let at = std::mem::offset_of!(PassStack, stack);
         record[at..at + len as usize].fill(0xab);
         record
     }
 
     fn end_record(pass: u32, looks: u32, missed: u32) -> Vec<u8> {
-        let end = PassEnd { tag: PASS_END, pass, looks, missed };
+        let end = PassEnd { tag: PASS_END, pass, tgid: TGID, looks, missed, _pad: 0 };
         // SAFETY: as in `look_record`.
         unsafe { std::slice::from_raw_parts((&raw const end).cast::<u8>(), size_of::<PassEnd>()) }
             .to_vec()
@@ -266,11 +470,18 @@ mod tests {
 
     /// Adds `records` as one drain would have found them, and returns the passes it read.
     fn passes_drained(assembler: &mut PassAssembler, records: &[Vec<u8>]) -> Vec<Pass> {
-        assembler.drains += 1;
-        for record in records {
-            assembler.add_record(record);
+        assembler.take(records)
+    }
+
+    #[test]
+    fn each_record_names_its_process() {
+        for record in [look_record(1, 1_000, 7), stack_record(1, 7, 64), end_record(1, 1, 0)] {
+            assert_eq!(record_process(&record), Some(TGID));
         }
-        assembler.take_whole()
+        // Too short to say, or of no kind: no process.
+        assert_eq!(record_process(&look_record(1, 1_000, 7)[..20]), None);
+        assert_eq!(record_process(&[9, 0, 0, 0, 1, 0, 0, 0]), None);
+        assert_eq!(record_process(&[]), None);
     }
 
     /// The same, each pass read as (id, time, looks).
@@ -426,6 +637,40 @@ mod tests {
         // Three records of no pass, a short one, and an end that counts a look never seen.
         assert_eq!(assembler.malformed, 5);
         assert!(assembler.open.is_empty());
+    }
+
+    #[test]
+    fn passes_that_cost_more_than_the_budget_are_spaced_out_and_come_back() {
+        let asked = Duration::from_millis(20);
+        let period = |per_pass_us, current_ms| {
+            let per_pass = Duration::from_micros(per_pass_us);
+            super::pass_period_within_budget(
+                asked,
+                per_pass,
+                0.05,
+                Duration::from_millis(current_ms),
+            )
+        };
+        // 300 threads, about 330 µs a pass: 1.7% of a CPU at 49 Hz, within 5%.
+        assert_eq!(period(330, 20), asked);
+        // 2 ms a pass (a thousand threads on a slower machine): every 40 ms.
+        assert_eq!(period(2_000, 20), Duration::from_millis(40));
+        // A cost that wobbles by less than a quarter leaves the period where it is.
+        assert_eq!(period(2_200, 40), Duration::from_millis(40));
+        assert_eq!(period(3_000, 40), Duration::from_millis(60));
+        // Cheap again: back to the asked period at once.
+        assert_eq!(period(500, 60), asked);
+    }
+
+    #[test]
+    fn a_drain_whose_every_pass_was_lost_is_told_from_one_that_lost_some() {
+        use super::every_pass_lost;
+        assert!(!every_pass_lost(0, 0), "no pass made (the period spaced out)");
+        assert!(!every_pass_lost(12, 0));
+        assert!(!every_pass_lost(12, 3), "a burst of new waits' copies filled the ring");
+        assert!(every_pass_lost(12, 12), "a ring the passes overflow");
+        // A pass counted incomplete at the drain before may end up in this drain's count.
+        assert!(every_pass_lost(12, 13));
     }
 
     #[test]

@@ -148,12 +148,13 @@ impl Session {
                 if !pace.read(|| self.members.read()) {
                     return Ok(()); // every process exited
                 }
+                pace.set_period(self.members.read_interval());
                 for exited in self.members.remove_exited() {
                     self.namers.remove(&exited.target.pid);
                 }
             }
             if now >= next_refresh {
-                self.refresh(pace.reads());
+                self.refresh(self.members.reads());
                 self.draw(terminal)?;
                 next_refresh = (next_refresh + REFRESH).max(Instant::now());
             }
