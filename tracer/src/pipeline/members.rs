@@ -333,11 +333,14 @@ impl Members {
         let mut alive = false;
         let mut most_reads = 0;
         for member in &mut self.members {
+            let pid = member.target.pid;
             if member.target.has_exited() {
+                // Its slot for a process that joins later (a recording keeps the member
+                // to the end; a daemon drops it, which does the same).
+                lock(&self.probes).unwatch_in_passes(pid);
                 continue;
             }
             alive = true;
-            let pid = member.target.pid;
             let reads_before = member.sampler.reads();
             let read = match pass_period {
                 Some(period) if member.sampler.reads_shared_passes() => {
