@@ -1617,104 +1617,106 @@ fn try_sample_pass() -> Result<(), i32> {
         // SAFETY: as above; a map value, written whole.
         unsafe { *leader = task_field_u64(current, TASK_GROUP_LEADER_OFFSET.load()) };
     }
+    // The walk lives in a map, not on the BPF stack: the verifier follows values on the
+    // stack (a slot counted there, a key of an array it knows; each field's constant first
+    // state) step by step, and took half a second to seconds on the loop, or gave up; a
+    // map value it takes as any value, and checks a step once for all (39 ms here).
+    let walk = PASS_WALK.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: this CPU's value, which only a pass on this CPU uses (passes do not nest).
+    let walk = unsafe { &mut *walk };
     let slots = unsafe { *state(PassState::ProcessSlots)? }.min(u64::from(PASS_MAX_PROCESSES));
-    let mut walk = PassWalk {
+    *walk = PassWalk {
         head: 0,
         node: 0,
         now,
         regs_from_stack: unsafe { *state(PassState::RegsFromStack)? },
         pass: pass_id(now),
         current_tgid,
+        slot: 0,
+        slots: slots as u32,
         tgid: 0,
-        threads: 0,
+        ended: 0,
         looks: 0,
         missed: 0,
     };
-    // bpf_loop, one over the processes and one over each's threads: the verifier checks
-    // one step of each, not every step, and sees the slot as bpf_loop's index, which it
-    // does not follow value by value (a slot counted in the walk, it did).
-    // SAFETY: `pass_process` takes the `PassWalk` given, which outlives the loop.
+    // bpf_loop: the verifier checks one step, not every step. A step looks at one thread,
+    // or starts or ends a process's walk: `PASS_MAX_THREADS` steps for threads, two for
+    // each slot. Each step finds the walk in its map (bpf_loop hands a callback only a
+    // pointer to the stack).
+    // SAFETY: `pass_step` takes no context.
     unsafe {
         generated::bpf_loop(
-            slots as u32,
-            pass_process as *const () as *mut core::ffi::c_void,
-            (&raw mut walk).cast(),
+            PASS_MAX_THREADS + 2 * slots as u32,
+            pass_step as *const () as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
             0,
         )
     };
+    // Stopped short: the process being walked is missed from there (its end says so),
+    // those after it are not walked (userspace reads them itself).
+    if walk.ended == 0 {
+        count(Counter::PassesCut);
+        if walk.node != 0 {
+            walk.missed += 1;
+            end_process_walk(walk);
+        }
+    }
     // What the pass cost this CPU: userspace spaces the passes out by it (`--cpu-budget`).
     add(Counter::PassNs, now_ns().saturating_sub(now));
     Ok(())
 }
 
-/// Where a pass's walk stands, from one step to the next: at which process, and where
-/// along its thread list.
+/// Each CPU's pass's walk (see `try_sample_pass`).
+#[map]
+static PASS_WALK: PerCpuArray<PassWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a pass's walk stands, from one `pass_step` to the next: at which process, and
+/// where along its thread list.
 #[repr(C)]
 struct PassWalk {
     /// The thread list's head, in the process's `signal_struct`: its walk ends back at it.
     head: u64,
-    /// The next thread's `thread_node`.
+    /// The next thread's `thread_node`; 0 between two processes.
     node: u64,
     now: u64,
     regs_from_stack: u64,
     pass: u32,
     /// The process the tick interrupted.
     current_tgid: u32,
+    /// The next PASS_PROCESSES slot, and the slots the pass looks at.
+    slot: u32,
+    slots: u32,
     /// The process being walked.
     tgid: u32,
-    /// Threads the pass walked, over all its processes: at most `PASS_MAX_THREADS`.
-    threads: u32,
+    /// Set once every slot was walked.
+    ended: u32,
     /// The process's looks written, and its threads missed (`PassEnd`): those the ring had
     /// no room for, and 1 for those after its walk stopped short.
     looks: u32,
     missed: u32,
 }
 
-/// One process of a pass (a `bpf_loop` callback): the process in PASS_PROCESSES' `slot`,
-/// walked thread by thread, then its end. 0 to go on to the next slot, 1 to stop (the pass
-/// walked as many threads as it may: the processes after are not walked, and userspace
-/// reads them itself).
+/// One step of a pass (a `bpf_loop` callback): a look at the next thread of the process
+/// being walked, or its end, or the start of the next process's walk. 0 to go on, 1 to
+/// stop.
 #[inline(never)]
-extern "C" fn pass_process(slot: u64, walk: *mut PassWalk) -> i64 {
-    // SAFETY: bpf_loop hands back the walk `try_sample_pass` passed, on its stack.
+extern "C" fn pass_step(_index: u64, _context: *mut core::ffi::c_void) -> i64 {
+    let Some(walk) = PASS_WALK.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's walk, which only this pass uses.
     let walk = unsafe { &mut *walk };
-    if !start_process_walk(walk, slot as u32) {
+    if walk.node == 0 {
+        if walk.slot >= walk.slots {
+            walk.ended = 1;
+            return 1;
+        }
+        let slot = walk.slot;
+        walk.slot += 1;
+        start_process_walk(walk, slot);
         return 0;
     }
-    // The threads the pass may still walk, and one step more: the step that finds the
-    // list's end. No count in the walk is compared against a bound: the verifier would
-    // follow it value by value (bpf_loop returns how many steps it made).
-    let left = PASS_MAX_THREADS.saturating_sub(walk.threads);
-    // SAFETY: as in `try_sample_pass`.
-    let steps = unsafe {
-        generated::bpf_loop(
-            left + 1,
-            pass_step as *const () as *mut core::ffi::c_void,
-            (walk as *mut PassWalk).cast(),
-            0,
-        )
-    };
-    // Stopped neither at the list's end nor where it could not be read on: cut short.
-    let cut = walk.node != walk.head && walk.node != 0;
-    // Every step but the one that found the end looked at a thread.
-    let looked_at = (steps.max(0) as u32).saturating_sub(u32::from(!cut));
-    walk.threads = walk.threads.saturating_add(looked_at);
-    if cut {
-        count(Counter::PassesCut);
-        walk.missed += 1;
-    }
-    end_process_walk(walk);
-    i64::from(cut)
-}
-
-/// One thread of a process's walk (a `bpf_loop` callback): 0 to go on to the next, 1 to
-/// stop (the list's end, or a list that cannot be read on).
-#[inline(never)]
-extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
-    // SAFETY: bpf_loop hands back the walk `pass_process` passed.
-    let walk = unsafe { &mut *walk };
-    if walk.node == walk.head || walk.node == 0 {
-        return 1;
+    if walk.node == walk.head {
+        end_process_walk(walk);
+        return 0;
     }
     let task = walk.node.wrapping_sub(TASK_THREAD_NODE_OFFSET.load());
     let in_process = walk.tgid == walk.current_tgid;
@@ -1724,26 +1726,24 @@ extern "C" fn pass_step(_index: u64, walk: *mut PassWalk) -> i64 {
         walk.missed += 1;
     }
     match kernel_u64(walk.node) {
-        Ok(next) => {
-            walk.node = next;
-            0
-        }
+        Ok(next) => walk.node = next,
         // A list that cannot be read on: the threads after went unseen.
         Err(_) => {
             walk.missed += 1;
-            walk.node = 0;
-            1
+            end_process_walk(walk);
         }
     }
+    0
 }
 
-/// Starts the walk of the process in PASS_PROCESSES' `slot`; false if the slot is empty,
-/// or its process's leader is unknown or gone, or its list cannot be read.
+/// Starts the walk of the process in PASS_PROCESSES' `slot`, if it holds one whose leader
+/// is known and alive and whose thread list can be read; otherwise the walk goes on to the
+/// next slot.
 #[inline(never)]
-fn start_process_walk(walk: &mut PassWalk, slot: u32) -> bool {
+fn start_process_walk(walk: &mut PassWalk, slot: u32) {
     // SAFETY: a map value, read whole.
     let Some(tgid) = PASS_PROCESSES.get(slot).copied().filter(|&tgid| tgid != 0) else {
-        return false;
+        return;
     };
     // SAFETY: as above.
     let leader = PASS_LEADERS.get_ptr(tgid).map_or(0, |leader| unsafe { *leader });
@@ -1753,21 +1753,21 @@ fn start_process_walk(walk: &mut PassWalk, slot: u32) -> bool {
         || kernel_u32(leader.wrapping_add(TASK_TGID_OFFSET.load())) != Ok(tgid)
     {
         count(Counter::PassesWithoutProcess);
-        return false;
+        return;
     }
     // The thread list is RCU-protected; a timer's interrupt is a read-side section.
     let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()));
     let head = signal.map(|signal| signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load()));
     let (Ok(head), Ok(node)) = (head, head.and_then(kernel_u64)) else {
         count(Counter::PassesIncomplete);
-        return false;
+        return;
     };
+    // A list never read (0) ends at once, as an empty one.
     walk.head = head;
-    walk.node = node;
+    walk.node = if node == 0 { head } else { node };
     walk.tgid = tgid;
     walk.looks = 0;
     walk.missed = 0;
-    true
 }
 
 /// Ends the walk of the process being walked: its `PassEnd`, counted incomplete if it
@@ -1796,6 +1796,7 @@ fn end_process_walk(walk: &mut PassWalk) {
     // walk's steps could reach.
     let missed_any = (u64::from(walk.missed) + u64::from(u32::MAX)) >> 32;
     add(Counter::PassesIncomplete, missed_any | u64::from(!end_written));
+    walk.node = 0;
 }
 
 /// Writes a pass's look at `task`, and a copy of its stack when it is newly blocked in a
