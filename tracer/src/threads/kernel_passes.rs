@@ -57,7 +57,7 @@ pub type RecordsByProcess = HashMap<u32, Vec<Vec<u8>>>;
 /// the samplers of several processes, and what their counters said at the last drain.
 pub struct PassSource {
     ring: RingBuf<MapData>,
-    /// Whom the passes are for, in messages: `pid 42`, `2 processes`.
+    /// Whom the passes are for, in messages: `pid 42`, `every user process`.
     label: String,
     /// `Counter::PassesCut` when the passes began: a pass that stops short of the
     /// processes' threads sends the reads back to the samplers.
