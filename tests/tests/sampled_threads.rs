@@ -412,6 +412,21 @@ fn sampled_recording_attaches_only_a_timer_per_cpu() {
     assert!(!profile.stacks.is_empty(), "the sampled recording holds no stacks");
 }
 
+/// The tracer switched, once settled, less than half as often as the rate: reads it made
+/// itself would switch it at least at the rate, drains of the passes in the kernel a few
+/// times a second.
+fn assert_the_passes_made_the_reads(looks: &FdLooks) {
+    let switches = looks.switches_per_second_after(SETTLE);
+    println!("the tracer's threads switched {switches:.1} times a second");
+    assert!(
+        switches < f64::from(RATE_HZ) / 2.0,
+        "the tracer switched {switches:.1} times a second at {RATE_HZ} Hz: it read the \
+         threads itself; its links over {} looks: {:?}",
+        looks.loaded,
+        looks.links
+    );
+}
+
 /// Handlers of the large pile-up: the case the tracer was made for (300 threads behind one
 /// sender), more than the 256 threads a pass in the kernel walked before it walked them
 /// in a `bpf_loop`.
@@ -433,16 +448,7 @@ fn a_pile_up_of_300_threads_is_read_by_passes_in_the_kernel() {
         &["--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE],
         &dir,
     );
-    let switches = looks.switches_per_second_after(SETTLE);
-    println!("the tracer's threads switched {switches:.1} times a second");
-    // Reads made by the tracer would switch it at least at the rate.
-    assert!(
-        switches < f64::from(RATE_HZ) / 2.0,
-        "the tracer switched {switches:.1} times a second at {RATE_HZ} Hz: it read the \
-         threads itself; its links over {} looks: {:?}",
-        looks.loaded,
-        looks.links
-    );
+    assert_the_passes_made_the_reads(&looks);
     let profile = read_profile(&dir.join("record.json"));
     let still_handler = |s: &ProfileStack| handler_still_blocked(s, "send_stat");
     let handlers = LARGE_PILEUP_HANDLERS as u64;
@@ -535,15 +541,7 @@ fn several_processes_are_read_by_the_same_passes_in_the_kernel() {
     let args =
         ["--pid", &small_arg, "--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE];
     let looks = look_at_fds_while_recording(large_pid, &args, &dir);
-    let switches = looks.switches_per_second_after(SETTLE);
-    println!("the tracer's threads switched {switches:.1} times a second");
-    assert!(
-        switches < f64::from(RATE_HZ) / 2.0,
-        "the tracer switched {switches:.1} times a second at {RATE_HZ} Hz: it read the \
-         processes itself; its links over {} looks: {:?}",
-        looks.loaded,
-        looks.links
-    );
+    assert_the_passes_made_the_reads(&looks);
     let timers = looks.links.get("perf").copied().unwrap_or(0);
     assert!(timers > 0, "the passes were not made in the kernel: {looks:?}");
     let profile = read_profile(&dir.join("record.json"));
