@@ -330,6 +330,11 @@ impl Probes {
         });
     }
 
+    /// How many processes the passes in the kernel walk.
+    pub fn processes_watched(&self) -> u64 {
+        self.pass_processes.iter().filter(|&&tgid| tgid != 0).count() as u64
+    }
+
     fn set_pass_process_slots(&mut self) -> Result<(), ProbeError> {
         let slots = self.pass_processes.len() as u64;
         map_of::<Array<_, u64>>(&mut self.ebpf, "PASS_STATE", |state| {

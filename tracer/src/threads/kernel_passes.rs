@@ -141,7 +141,7 @@ impl PassSource {
             std::mem::replace(&mut self.lost_mark, (made, incomplete));
         let (made_since, incomplete_since) =
             (made.saturating_sub(made_before), incomplete.saturating_sub(incomplete_before));
-        if every_pass_lost(made_since, incomplete_since) {
+        if every_pass_lost(made_since, probes.processes_watched(), incomplete_since) {
             self.drains_all_lost += 1;
         } else {
             self.drains_all_lost = 0;
@@ -219,12 +219,13 @@ fn record_process(record: &[u8]) -> Option<u32> {
     u32_at(tgid_at)
 }
 
-/// Whether a drain found every pass made since the one before lost: `made` passes, of
-/// which `incomplete` could not be read whole (a pass that found no process, the process
-/// gone, is not lost: the reads by the tracer will see it gone). With several processes a
-/// pass counts incomplete once per process it could not read whole.
-fn every_pass_lost(made: u64, incomplete: u64) -> bool {
-    made > 0 && incomplete >= made
+/// Whether a drain found every pass made since the one before lost: `made` passes over
+/// `processes` processes each, of which `incomplete` could not be read whole, counted once
+/// per process (a process not found, gone, is not lost: the reads by the tracer will see
+/// it gone). One process of several whose passes keep failing is not every pass lost.
+fn every_pass_lost(made: u64, processes: u64, incomplete: u64) -> bool {
+    let process_passes = made.saturating_mul(processes.max(1));
+    process_passes > 0 && incomplete >= process_passes
 }
 
 /// The period passes that each cost `per_pass` of a CPU should come at to take at most
@@ -665,12 +666,17 @@ mod tests {
     #[test]
     fn a_drain_whose_every_pass_was_lost_is_told_from_one_that_lost_some() {
         use super::every_pass_lost;
-        assert!(!every_pass_lost(0, 0), "no pass made (the period spaced out)");
-        assert!(!every_pass_lost(12, 0));
-        assert!(!every_pass_lost(12, 3), "a burst of new waits' copies filled the ring");
-        assert!(every_pass_lost(12, 12), "a ring the passes overflow");
+        assert!(!every_pass_lost(0, 1, 0), "no pass made (the period spaced out)");
+        assert!(!every_pass_lost(12, 1, 0));
+        assert!(!every_pass_lost(12, 1, 3), "a burst of new waits' copies filled the ring");
+        assert!(every_pass_lost(12, 1, 12), "a ring the passes overflow");
         // A pass counted incomplete at the drain before may end up in this drain's count.
-        assert!(every_pass_lost(12, 13));
+        assert!(every_pass_lost(12, 1, 13));
+        // Several processes: each pass counts once per process it lost.
+        assert!(!every_pass_lost(12, 3, 12), "one process of three lost at every pass");
+        assert!(every_pass_lost(12, 3, 36), "all three lost at every pass");
+        // None watched yet (counted as one, as before a process joins).
+        assert!(every_pass_lost(12, 0, 12));
     }
 
     #[test]
