@@ -323,9 +323,13 @@ fn switches_of(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// Where `look_at_fds_while_recording` leaves the tracer's stderr, in its directory.
+const TRACER_STDERR: &str = "stderr.txt";
+
 /// Runs `tracer record ARGS` on `pid` and looks at its descriptors every
-/// [`FD_LOOK_INTERVAL`] until it exits.
+/// [`FD_LOOK_INTERVAL`] until it exits; its stderr goes to [`TRACER_STDERR`] in `dir`.
 fn look_at_fds_while_recording(pid: u32, args: &[&str], dir: &TempDir) -> FdLooks {
+    let stderr = std::fs::File::create(dir.join(TRACER_STDERR)).expect("create the stderr file");
     let mut cmd = Command::new(tracer_bin());
     cmd.arg("record")
         .arg("--pid")
@@ -334,7 +338,7 @@ fn look_at_fds_while_recording(pid: u32, args: &[&str], dir: &TempDir) -> FdLook
         .arg("--output")
         .arg(dir.join("record.json"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     let child = cmd.spawn().expect("spawn tracer record");
     let mut tracer = ChildGuard::new("tracer record", child);
     let tracer_pid = tracer.pid();
@@ -552,14 +556,120 @@ fn several_processes_are_read_by_the_same_passes_in_the_kernel() {
         "{reads} reads of {asked} at {RATE_HZ} Hz: the passes did not read both processes"
     );
     assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
-    for (pid, handlers) in [(large_pid, LARGE_PILEUP_HANDLERS), (small_pid, STUCK_HANDLERS)] {
+    assert_each_process_stuck(
+        &profile,
+        &[(large_pid, LARGE_PILEUP_HANDLERS), (small_pid, STUCK_HANDLERS)],
+    );
+}
+
+/// Each process's stuck handlers are counted exactly under its own pid, and every handler
+/// and sender of them all is blocked in a wait.
+fn assert_each_process_stuck(profile: &Profile, handlers_by_pid: &[(u32, usize)]) {
+    for &(pid, handlers) in handlers_by_pid {
         let of_pid = |stack: &ProfileStack| {
             stack.process.as_ref().is_some_and(|process| process.pid == pid)
                 && handler_still_blocked(stack, "send_stat")
         };
         let what = format!("pid {pid}'s handlers still blocked in futex");
-        assert_threads(&profile, of_pid, handlers as u64, &what);
+        assert_threads(profile, of_pid, handlers as u64, &what);
     }
-    let both = (LARGE_PILEUP_HANDLERS + 1 + STUCK_HANDLERS + 1) as u64;
-    assert_eq!(profile.thread_counts.blocked_in_waits, both, "the handlers and the senders");
+    let all: usize = handlers_by_pid.iter().map(|&(_, handlers)| handlers + 1).sum();
+    assert_eq!(profile.thread_counts.blocked_in_waits, all as u64, "the handlers and the senders");
+}
+
+/// Handlers of each of three processes whose threads in all (about 1,200) are more than a
+/// pass in the kernel walks (1,024), two of them fitting in one.
+const TURNS_HANDLERS: usize = 400;
+
+/// Processes of more threads in all than a pass walks are walked in turns, a pass taking
+/// the whole processes that fit from where the last one stopped: the tracer still only
+/// drains, every process is read at least every other period, and each one's stuck
+/// threads are counted exactly.
+#[test]
+fn processes_of_more_threads_in_all_than_a_pass_walks_are_walked_in_turns() {
+    let stuck: Vec<Stuck> = (0..3)
+        .map(|_| start_rust_stuck(SLOW_BACKEND, RUST_STUCK, TURNS_HANDLERS, WORKLOAD_SECONDS))
+        .collect();
+    let pids: Vec<u32> = stuck.iter().map(|stuck| stuck.workload.pid()).collect();
+    let dir = TempDir::new("sampled-turns");
+    let (second, third) = (pids[1].to_string(), pids[2].to_string());
+    let args = [
+        "--pid",
+        &second,
+        "--pid",
+        &third,
+        "--duration",
+        RECORD_DURATION,
+        "--mode",
+        "sampled",
+        "--rate",
+        RATE,
+        "-v",
+    ];
+    let looks = look_at_fds_while_recording(pids[0], &args, &dir);
+    assert_the_passes_made_the_reads(&looks);
+    let stderr = std::fs::read_to_string(dir.join(TRACER_STDERR)).expect("the tracer's stderr");
+    println!("{stderr}");
+    assert!(
+        stderr.contains("the processes are walked in turns, each every 2 passes"),
+        "the tracer did not say the processes were walked in turns:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("reading every period"),
+        "a process went back to the tracer:\n{stderr}"
+    );
+    let profile = read_profile(&dir.join("record.json"));
+    let reads = profile.sampling.expect("a sampled profile").reads;
+    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
+    assert!(
+        reads as f64 >= asked * MIN_READ_FRACTION,
+        "{reads} reads of {asked} at {RATE_HZ} Hz: the passes did not read every process at \
+         least every other period"
+    );
+    assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
+    let handlers: Vec<(u32, usize)> = pids.iter().map(|&pid| (pid, TURNS_HANDLERS)).collect();
+    assert_each_process_stuck(&profile, &handlers);
+}
+
+/// Handlers of a process of more threads than any pass walks.
+const UNWALKABLE_HANDLERS: usize = 1100;
+
+/// A process of more threads than a pass walks is handed back to the tracer, which reads
+/// it itself; the passes go on walking the others; both are counted exactly.
+#[test]
+fn a_process_of_more_threads_than_a_pass_walks_is_read_by_the_tracer() {
+    let huge = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, UNWALKABLE_HANDLERS, WORKLOAD_SECONDS);
+    let small = start_rust_stuck(SLOW_BACKEND, RUST_STUCK, STUCK_HANDLERS, WORKLOAD_SECONDS);
+    let (huge_pid, small_pid) = (huge.workload.pid(), small.workload.pid());
+    let dir = TempDir::new("sampled-unwalkable");
+    let small_arg = small_pid.to_string();
+    let args = [
+        "--pid",
+        &small_arg,
+        "--duration",
+        RECORD_DURATION,
+        "--mode",
+        "sampled",
+        "--rate",
+        RATE,
+        "-v",
+    ];
+    let looks = look_at_fds_while_recording(huge_pid, &args, &dir);
+    let timers = looks.links.get("perf").copied().unwrap_or(0);
+    assert!(timers > 0, "the passes were not made in the kernel: {looks:?}");
+    let stderr = std::fs::read_to_string(dir.join(TRACER_STDERR)).expect("the tracer's stderr");
+    let handed_back = format!("pid {huge_pid}: ");
+    assert!(
+        stderr.lines().any(|line| line.contains(&handed_back)
+            && line.contains("threads, more than a pass in the kernel walks (1024)")),
+        "the tracer did not say it reads pid {huge_pid} itself:\n{stderr}"
+    );
+    // The passes went on for the small process: they did not all come back.
+    assert!(!stderr.contains("each process read every period"), "the passes stopped:\n{stderr}");
+    let profile = read_profile(&dir.join("record.json"));
+    assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
+    assert_each_process_stuck(
+        &profile,
+        &[(huge_pid, UNWALKABLE_HANDLERS), (small_pid, STUCK_HANDLERS)],
+    );
 }

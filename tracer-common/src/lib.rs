@@ -717,9 +717,11 @@ pub struct PassEnd {
     /// Looks the pass wrote.
     pub looks: u32,
     /// Threads it wrote no look of (the ring was full), or 1 for those it could not reach
-    /// (the thread list could not be read on, or the pass walked `PASS_MAX_THREADS`).
+    /// (the thread list could not be read on, or grew past what the pass could walk).
     pub missed: u32,
-    pub _pad: u32,
+    /// The process's threads when it has more than a pass walks (`PASS_MAX_THREADS`):
+    /// no pass walks it, and this end, without looks, says so; 0 otherwise.
+    pub unwalkable_threads: u32,
 }
 
 /// Whether a timer tick at `now_ns` makes a pass, given the passes' `period_ns` and the
@@ -746,9 +748,12 @@ pub fn pass_id(time_ns: u64) -> u32 {
     time_ns as u32
 }
 
-/// Threads a pass in the kernel walks at most, over all its processes: processes of more
-/// are read from userspace (the pass counts `Counter::PassesCut`). A pass spends about a
-/// microsecond of a timer interrupt on each thread, so this bounds a tick.
+/// Threads a pass in the kernel walks at most, over all its processes. A pass walks
+/// whole processes, one after another, while their threads fit; the next pass starts with
+/// the first it left (`Counter::PassesCut`), so that processes of more threads in all are
+/// walked in turns, each every few periods. A process of more by itself is read from
+/// userspace ([`PassEnd::unwalkable_threads`]). A pass spends about a microsecond of a
+/// timer interrupt on each thread, so this bounds a tick.
 pub const PASS_MAX_THREADS: u32 = 1024;
 
 /// Processes the passes in the kernel watch at most (the PASS_PROCESSES array's slots):
@@ -768,7 +773,7 @@ pub const PASS_STATE_LAST_PASS_NS: u32 = 0;
 pub const PASS_STATE_PROCESS_SLOTS: u32 = 1;
 
 /// Entries of the PASS_STATE array.
-pub const PASS_STATE_ENTRIES: u32 = 4;
+pub const PASS_STATE_ENTRIES: u32 = 5;
 
 /// Bytes of the PASSES ring: a quarter of a second of passes over `PASS_MAX_THREADS`
 /// threads at 49 a second is 1.9 MiB of looks (152 bytes each with the ring's header),
@@ -860,7 +865,7 @@ pub enum Counter {
     /// A pass's processes it found nothing to walk of: none known yet, or it is gone
     /// (counted per process, per pass).
     PassesWithoutProcess = 16,
-    /// Passes that stopped at `PASS_MAX_THREADS` threads.
+    /// Passes that left processes to the next, their threads past `PASS_MAX_THREADS`.
     PassesCut = 17,
     /// Looks and stacks of passes the PASSES ring had no room for.
     PassRingFull = 18,
@@ -878,6 +883,9 @@ pub enum Counter {
     /// or the pass's end lost to a full ring, the thread list unreadable part way or
     /// longer than a walk): reads lost (counted per process, per pass).
     PassesIncomplete = 23,
+    /// Times the passes came round every process they watch: passes made over laps is how
+    /// many periods a process waits between two passes over it.
+    PassLaps = 24,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -955,8 +963,8 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 24;
-const _: () = assert!(Counter::PassesIncomplete as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 25;
+const _: () = assert!(Counter::PassLaps as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
 const _: () = assert!(core::mem::size_of::<PassStack>() == 40 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<PassEnd>() == 24);

@@ -1527,6 +1527,9 @@ static TASK_THREAD_NODE_OFFSET: Global<u64> = Global::new(0);
 static TASK_GROUP_LEADER_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static SIGNAL_THREAD_HEAD_OFFSET: Global<u64> = Global::new(0);
+/// `signal_struct.nr_threads`: whether a process's threads fit in what a pass has left.
+#[unsafe(no_mangle)]
+static SIGNAL_NR_THREADS_OFFSET: Global<u64> = Global::new(0);
 
 /// What the passes share, by `PassState` index.
 #[map]
@@ -1544,6 +1547,8 @@ enum PassState {
     RegsFromStack = 2,
     /// The period in nanoseconds; set by userspace once the ticks are attached.
     PeriodNs = PASS_STATE_PERIOD_NS,
+    /// The slot the next pass starts at: the first process the last one had no room for.
+    NextSlot = 4,
 }
 
 /// The processes the passes walk, by slot (0: an empty slot), set by userspace. A process
@@ -1607,6 +1612,12 @@ fn try_sample_pass() -> Result<(), i32> {
     if !pass_claim(now, period, seen) || !swap_word(last_pass_ns, seen, now) {
         return Ok(());
     }
+    // SAFETY: as above.
+    let slots = unsafe { *state(PassState::ProcessSlots)? }.min(u64::from(PASS_MAX_PROCESSES));
+    // No process to walk (the last one left): no pass, nor a lap.
+    if slots == 0 {
+        return Ok(());
+    }
     count(Counter::Passes);
     // The process the tick interrupted: its leader is kept, and its threads' stacks can
     // be copied (the pass runs in their memory).
@@ -1624,7 +1635,9 @@ fn try_sample_pass() -> Result<(), i32> {
     let walk = PASS_WALK.get_ptr_mut(0).ok_or(0)?;
     // SAFETY: this CPU's value, which only a pass on this CPU uses (passes do not nest).
     let walk = unsafe { &mut *walk };
-    let slots = unsafe { *state(PassState::ProcessSlots)? }.min(u64::from(PASS_MAX_PROCESSES));
+    let next_slot = state(PassState::NextSlot)?;
+    // The processes are walked in turns from where the last pass left off.
+    let first_slot = unsafe { *next_slot };
     *walk = PassWalk {
         head: 0,
         node: 0,
@@ -1632,8 +1645,10 @@ fn try_sample_pass() -> Result<(), i32> {
         regs_from_stack: unsafe { *state(PassState::RegsFromStack)? },
         pass: pass_id(now),
         current_tgid,
-        slot: 0,
+        slot: if first_slot < slots { first_slot as u32 } else { 0 },
         slots: slots as u32,
+        slots_visited: 0,
+        threads_left: PASS_MAX_THREADS,
         tgid: 0,
         ended: 0,
         looks: 0,
@@ -1641,26 +1656,25 @@ fn try_sample_pass() -> Result<(), i32> {
     };
     // bpf_loop: the verifier checks one step, not every step. A step looks at one thread,
     // or starts or ends a process's walk: `PASS_MAX_THREADS` steps for threads, two for
-    // each slot. Each step finds the walk in its map (bpf_loop hands a callback only a
-    // pointer to the stack).
+    // each slot, one to see the walk ended. Each step finds the walk in its map (bpf_loop
+    // hands a callback only a pointer to the stack).
     // SAFETY: `pass_step` takes no context.
     unsafe {
         generated::bpf_loop(
-            PASS_MAX_THREADS + 2 * slots as u32,
+            PASS_MAX_THREADS + 2 * slots as u32 + 1,
             pass_step as *const () as *mut core::ffi::c_void,
             core::ptr::null_mut(),
             0,
         )
     };
-    // Stopped short: the process being walked is missed from there (its end says so),
-    // those after it are not walked (userspace reads them itself).
-    if walk.ended == 0 {
-        count(Counter::PassesCut);
-        if walk.node != 0 {
-            walk.missed += 1;
-            end_process_walk(walk);
-        }
+    // Stopped short (a process's threads grew past what its walk had room for): it is
+    // missed from there, and its end says so.
+    if walk.ended == 0 && walk.node != 0 {
+        walk.missed += 1;
+        end_process_walk(walk);
     }
+    // SAFETY: as above.
+    unsafe { *next_slot = u64::from(walk.slot) };
     // What the pass cost this CPU: userspace spaces the passes out by it (`--cpu-budget`).
     add(Counter::PassNs, now_ns().saturating_sub(now));
     Ok(())
@@ -1683,9 +1697,13 @@ struct PassWalk {
     pass: u32,
     /// The process the tick interrupted.
     current_tgid: u32,
-    /// The next PASS_PROCESSES slot, and the slots the pass looks at.
+    /// The next PASS_PROCESSES slot, the slots the pass looks at (it wraps round to slot
+    /// 0 after the last), and how many it visited.
     slot: u32,
     slots: u32,
+    slots_visited: u32,
+    /// Threads the pass may still walk (of `PASS_MAX_THREADS`).
+    threads_left: u32,
     /// The process being walked.
     tgid: u32,
     /// Set once every slot was walked.
@@ -1705,13 +1723,24 @@ extern "C" fn pass_step(_index: u64, _context: *mut core::ffi::c_void) -> i64 {
     // SAFETY: this CPU's walk, which only this pass uses.
     let walk = unsafe { &mut *walk };
     if walk.node == 0 {
-        if walk.slot >= walk.slots {
+        if walk.slots_visited >= walk.slots {
             walk.ended = 1;
             return 1;
         }
         let slot = walk.slot;
-        walk.slot += 1;
-        start_process_walk(walk, slot);
+        if start_process_walk(walk, slot) == WalkStart::NoRoom {
+            // This process is the next pass's first.
+            count(Counter::PassesCut);
+            walk.ended = 1;
+            return 1;
+        }
+        walk.slots_visited += 1;
+        walk.slot = if slot + 1 >= walk.slots {
+            count(Counter::PassLaps);
+            0
+        } else {
+            slot + 1
+        };
         return 0;
     }
     if walk.node == walk.head {
@@ -1736,14 +1765,25 @@ extern "C" fn pass_step(_index: u64, _context: *mut core::ffi::c_void) -> i64 {
     0
 }
 
+/// What `start_process_walk` did with a slot.
+#[derive(PartialEq, Eq)]
+#[repr(u32)]
+enum WalkStart {
+    /// Started its process's walk, or passed over the slot (empty, a process gone or not
+    /// known yet, more threads than any pass walks).
+    Done,
+    /// Left the process to the next pass: its threads do not fit in what this one has left.
+    NoRoom,
+}
+
 /// Starts the walk of the process in PASS_PROCESSES' `slot`, if it holds one whose leader
-/// is known and alive and whose thread list can be read; otherwise the walk goes on to the
-/// next slot.
+/// is known and alive, whose thread list can be read and whose threads fit in what the
+/// pass has left; a process of more threads than any pass walks gets an end that says so.
 #[inline(never)]
-fn start_process_walk(walk: &mut PassWalk, slot: u32) {
+fn start_process_walk(walk: &mut PassWalk, slot: u32) -> WalkStart {
     // SAFETY: a map value, read whole.
     let Some(tgid) = PASS_PROCESSES.get(slot).copied().filter(|&tgid| tgid != 0) else {
-        return;
+        return WalkStart::Done;
     };
     // SAFETY: as above.
     let leader = PASS_LEADERS.get_ptr(tgid).map_or(0, |leader| unsafe { *leader });
@@ -1753,21 +1793,51 @@ fn start_process_walk(walk: &mut PassWalk, slot: u32) {
         || kernel_u32(leader.wrapping_add(TASK_TGID_OFFSET.load())) != Ok(tgid)
     {
         count(Counter::PassesWithoutProcess);
-        return;
+        return WalkStart::Done;
     }
     // The thread list is RCU-protected; a timer's interrupt is a read-side section.
     let signal = kernel_u64(leader.wrapping_add(TASK_SIGNAL_OFFSET.load()));
+    let threads =
+        signal.and_then(|signal| kernel_u32(signal.wrapping_add(SIGNAL_NR_THREADS_OFFSET.load())));
     let head = signal.map(|signal| signal.wrapping_add(SIGNAL_THREAD_HEAD_OFFSET.load()));
-    let (Ok(head), Ok(node)) = (head, head.and_then(kernel_u64)) else {
+    let (Ok(threads), Ok(head), Ok(node)) = (threads, head, head.and_then(kernel_u64)) else {
         count(Counter::PassesIncomplete);
-        return;
+        return WalkStart::Done;
     };
+    if threads > PASS_MAX_THREADS {
+        write_unwalkable_end(walk.pass, tgid, threads);
+        return WalkStart::Done;
+    }
+    if threads > walk.threads_left {
+        return WalkStart::NoRoom;
+    }
+    walk.threads_left -= threads;
     // A list never read (0) ends at once, as an empty one.
     walk.head = head;
     walk.node = if node == 0 { head } else { node };
     walk.tgid = tgid;
     walk.looks = 0;
     walk.missed = 0;
+    WalkStart::Done
+}
+
+/// The end of a pass over a process of more threads than any pass walks, without looks:
+/// userspace reads it itself from then on.
+#[inline(never)]
+fn write_unwalkable_end(pass: u32, tgid: u32, threads: u32) {
+    let Some(mut entry) = PASSES.reserve::<PassEnd>(0) else {
+        count(Counter::PassRingFull);
+        return;
+    };
+    entry.write(PassEnd {
+        tag: PASS_END,
+        pass,
+        tgid,
+        looks: 0,
+        missed: 0,
+        unwalkable_threads: threads,
+    });
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
 /// Ends the walk of the process being walked: its `PassEnd`, counted incomplete if it
@@ -1782,7 +1852,7 @@ fn end_process_walk(walk: &mut PassWalk) {
                 tgid: walk.tgid,
                 looks: walk.looks,
                 missed: walk.missed,
-                _pad: 0,
+                unwalkable_threads: 0,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
             true

@@ -329,7 +329,7 @@ impl Members {
     /// a Python program's). False when there is nothing left to read (every member
     /// exited, and nothing new may join).
     pub fn read(&mut self) -> bool {
-        let (mut records, pass_period) = self.drain_passes();
+        let (mut records, walk_interval) = self.drain_passes();
         let mut alive = false;
         let mut most_reads = 0;
         for member in &mut self.members {
@@ -342,10 +342,10 @@ impl Members {
             }
             alive = true;
             let reads_before = member.sampler.reads();
-            let read = match pass_period {
-                Some(period) if member.sampler.reads_shared_passes() => {
+            let read = match walk_interval {
+                Some(interval) if member.sampler.reads_shared_passes() => {
                     let records = records.remove(&pid).unwrap_or_default();
-                    member.sampler.read_passes(&records, period)
+                    member.sampler.read_passes(&records, interval)
                 }
                 _ => member.sampler.read(),
             };
@@ -361,15 +361,24 @@ impl Members {
     }
 
     /// The records the passes in the kernel wrote since the last drain, by process, and
-    /// the period they come at; none before they are attached, or once they stopped
-    /// (every member reads by itself from then on).
+    /// how often they walk each process; none before they are attached, or once they
+    /// stopped (every member reads by itself from then on). A member whose process has
+    /// more threads than a pass walks reads by itself from then on.
     fn drain_passes(&mut self) -> (RecordsByProcess, Option<Duration>) {
         let Some(source) = &mut self.passes else {
             return (RecordsByProcess::new(), None);
         };
         let drained = source.drain(&mut lock(&self.probes));
         match drained {
-            Ok(records) => (records, Some(source.period())),
+            Ok(drained) => {
+                for member in &mut self.members {
+                    let pid = member.target.pid;
+                    if drained.unwalkable.iter().any(|&(tgid, _)| tgid == pid) {
+                        member.sampler.read_here_from_now();
+                    }
+                }
+                (drained.records, Some(source.walk_interval()))
+            }
             Err(why) => {
                 log::info!("{why}; each process read every period");
                 self.stop_passes();

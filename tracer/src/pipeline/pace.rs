@@ -30,7 +30,8 @@ pub fn cpu_budget_percent() -> f64 {
 }
 
 /// Whether reads that came at `came_hz` fell well below the `asked_hz` rate: spaced out by
-/// their cost, or late on a busy machine. Reports then give the rate they came at.
+/// their cost, taken in turns with other processes, or late on a busy machine. Reports
+/// then give the rate they came at.
 pub fn came_slower(asked_hz: f64, came_hz: f64) -> bool {
     came_hz < asked_hz * 0.8
 }

@@ -64,6 +64,8 @@ pub struct ThreadListOffsets {
     pub group_leader: u32,
     /// `struct list_head thread_head` in `signal_struct`: the list's head.
     pub thread_head: u32,
+    /// `int nr_threads` in `signal_struct`: how long the list is.
+    pub nr_threads: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +163,7 @@ impl KernelStructs {
             thread_node: self.member("task_struct", "thread_node")?,
             group_leader: self.member("task_struct", "group_leader")?,
             thread_head: self.member("signal_struct", "thread_head")?,
+            nr_threads: self.member("signal_struct", "nr_threads")?,
         })
     }
 
@@ -331,6 +334,7 @@ mod tests {
         let queued = structs.queued_wake_offsets().expect("task_struct has wake_entry");
         let threads = structs.thread_list_offsets().expect("6.18 lists a group's threads");
         assert!(threads.signal > threads.group_leader && threads.thread_head > 0, "{threads:?}");
+        assert!(threads.nr_threads > 0 && threads.nr_threads != threads.thread_head, "{threads:?}");
         assert_eq!(structs.stack_offset(), Some(offsets.state + 8), "{offsets:?}");
         assert!(queued.wake_entry > offsets.on_cpu && queued.wake_entry < arrivals, "{queued:?}");
     }

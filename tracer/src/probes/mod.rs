@@ -155,7 +155,7 @@ impl Probes {
     /// the maps they fill are made as small as the kernel allows instead of the tens of
     /// MiB of kernel memory they take by default; so is the passes' ring.
     pub fn open_for_reading(tgid: u32, btf_path: &Path) -> Result<Self, ProbeError> {
-        Self::open_for_passes(tgid, Some(SMALLEST_RING_BYTES), btf_path)
+        Self::open_for_iterator(tgid, Some(SMALLEST_RING_BYTES), btf_path)
     }
 
     /// Loads the object for a sampled recording: its task iterator, and the passes in the
@@ -167,17 +167,27 @@ impl Probes {
         passes_ring_bytes: Option<u32>,
         btf_path: &Path,
     ) -> Result<Self, ProbeError> {
+        let mut probes = Self::open_for_iterator(tgid, passes_ring_bytes, btf_path)?;
+        if tgid != 0 {
+            probes.watch_in_passes(tgid)?;
+        }
+        Ok(probes)
+    }
+
+    /// The object with only its task iterator and passes' ring sized (see
+    /// `open_for_passes`), watching no process in the passes.
+    fn open_for_iterator(
+        tgid: u32,
+        passes_ring_bytes: Option<u32>,
+        btf_path: &Path,
+    ) -> Result<Self, ProbeError> {
         let maps = MapSizes {
             ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
             wake_ring_buffer_bytes: Some(SMALLEST_RING_BYTES),
             pass_ring_buffer_bytes: passes_ring_bytes,
         };
         let config = ProbeConfig { tgid, min_wait: Duration::ZERO, wakers: false, maps };
-        let mut probes = Self::open_sized(config, 1, btf_path)?;
-        if tgid != 0 {
-            probes.watch_in_passes(tgid)?;
-        }
-        Ok(probes)
+        Self::open_sized(config, 1, btf_path)
     }
 
     fn open_sized(
@@ -265,6 +275,7 @@ impl Probes {
             .override_global("TASK_THREAD_NODE_OFFSET", &u64::from(threads.thread_node), true)
             .override_global("TASK_GROUP_LEADER_OFFSET", &u64::from(threads.group_leader), true)
             .override_global("SIGNAL_THREAD_HEAD_OFFSET", &u64::from(threads.thread_head), true)
+            .override_global("SIGNAL_NR_THREADS_OFFSET", &u64::from(threads.nr_threads), true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self {

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
-use tracer_common::WaitKind;
+use tracer_common::{PASS_MAX_THREADS, WaitKind};
 
 use crate::{
     chains,
@@ -115,7 +115,8 @@ pub(crate) fn recording_scope(profile: &Profile) -> String {
             // The budget is the recording's, which a profile read again does not keep.
             return format!(
                 "{recorded} recorded, sampled at {rate:.0} Hz asked, {average:.1} Hz on average \
-                 ({reads} reads, spaced out to stay within --cpu-budget, or late on a busy \
+                 ({reads} reads, spaced out to stay within --cpu-budget, taken in turns with \
+                 other processes past a pass's {PASS_MAX_THREADS} threads, or late on a busy \
                  machine; waits shorter than {average_period} are statistical)"
             );
         }
@@ -835,8 +836,9 @@ mod tests {
         assert_eq!(
             recording_scope(&sampled),
             "3.00s recorded, sampled at 50 Hz asked, 5.0 Hz on average (15 reads, spaced out \
-             to stay within --cpu-budget, or late on a busy machine; waits shorter than \
-             200.0ms are statistical)"
+             to stay within --cpu-budget, taken in turns with other processes past a pass's \
+             1024 threads, or late on a busy machine; waits shorter than 200.0ms are \
+             statistical)"
         );
     }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use tracer_common::{
-    Counter, PASS_END, PASS_LOOK, PASS_STACK, PassEnd, PassLook, PassStack, STACK_COPY_BYTES,
-    TaskLook,
+    Counter, PASS_END, PASS_LOOK, PASS_MAX_THREADS, PASS_STACK, PassEnd, PassLook, PassStack,
+    STACK_COPY_BYTES, TaskLook,
 };
 
 use crate::pipeline::pace;
@@ -53,15 +53,26 @@ pub struct Pass {
 /// The records of one drain of the passes' ring, by the process they are of.
 pub type RecordsByProcess = HashMap<u32, Vec<Vec<u8>>>;
 
+/// One drain of the passes.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub records: RecordsByProcess,
+    /// Processes of more threads than a pass walks (`PASS_MAX_THREADS`), with how many:
+    /// the passes no longer watch them; their samplers read them from now on.
+    pub unwalkable: Vec<(u32, u32)>,
+}
+
 /// The passes the kernel makes (`Probes::attach_sample_passes`), for one sampler or for
 /// the samplers of several processes, and what their counters said at the last drain.
 pub struct PassSource {
     ring: RingBuf<MapData>,
     /// Whom the passes are for, in messages: `pid 42`, `every user process`.
     label: String,
-    /// `Counter::PassesCut` when the passes began: a pass that stops short of the
-    /// processes' threads sends the reads back to the samplers.
-    cut_before: u64,
+    /// `Counter::Passes` and `Counter::PassLaps` at the last drain that saw a lap, and how
+    /// many passes a lap took then: processes of more threads in all than a pass walks
+    /// are walked in turns, each every `turns` periods.
+    lap_mark: (u64, u64),
+    turns: u32,
     /// `Counter::Passes` and `Counter::PassesIncomplete` at the last drain, and how many
     /// drains in a row found every pass made since the one before incomplete.
     lost_mark: (u64, u64),
@@ -91,16 +102,17 @@ impl PassSource {
         period: Duration,
         label: String,
     ) -> Result<Self, ProbeError> {
-        let cut_before = probes.counter(Counter::PassesCut).unwrap_or(0);
         let made = probes.counter(Counter::Passes).unwrap_or(0);
         let cost_mark = (made, probes.counter(Counter::PassNs).unwrap_or(0));
         let lost_mark = (made, probes.counter(Counter::PassesIncomplete).unwrap_or(0));
+        let lap_mark = (made, probes.counter(Counter::PassLaps).unwrap_or(0));
         let ring = probes.attach_sample_passes(period)?;
         log::debug!("{label}: the kernel makes the reads' passes");
         Ok(Self {
             ring,
             label,
-            cut_before,
+            lap_mark,
+            turns: 1,
             lost_mark,
             drains_all_lost: 0,
             asked: period,
@@ -116,50 +128,84 @@ impl PassSource {
         self.period
     }
 
+    /// How often a pass walks each process: every period, or every few when the
+    /// processes are walked in turns.
+    pub fn walk_interval(&self) -> Duration {
+        self.period * self.turns
+    }
+
     /// Records of the ring no process could be told of.
     pub fn malformed(&self) -> u64 {
         self.malformed
     }
 
-    /// Drains the ring of everything the passes wrote since the last drain, by process.
-    /// Err, with why, when the reads must go back to the samplers for good (the passes
-    /// are stopped): passes cut short (more threads than a pass walks), or drains whose
-    /// every pass was incomplete (`DRAINS_ALL_LOST`).
-    pub fn drain(&mut self, probes: &mut Probes) -> Result<RecordsByProcess, &'static str> {
-        let mut records = RecordsByProcess::new();
+    /// Drains the ring of everything the passes wrote since the last drain, by process;
+    /// stops watching the processes of more threads than a pass walks. Err, with why,
+    /// when the reads must go back to the samplers for good (the passes are stopped):
+    /// drains whose every pass was incomplete (`DRAINS_ALL_LOST`).
+    pub fn drain(&mut self, probes: &mut Probes) -> Result<Drained, &'static str> {
+        let mut drained = Drained::default();
         while let Some(record) = self.ring.next() {
+            if let Some(unwalkable) = unwalkable_process(&record) {
+                if !drained.unwalkable.iter().any(|&(tgid, _)| tgid == unwalkable.0) {
+                    drained.unwalkable.push(unwalkable);
+                }
+                continue;
+            }
             match record_process(&record) {
-                Some(tgid) => records.entry(tgid).or_default().push(record.to_vec()),
+                Some(tgid) => drained.records.entry(tgid).or_default().push(record.to_vec()),
                 None => self.malformed += 1,
             }
         }
-        // Read once for both the rule below and the pace.
+        for &(tgid, threads) in &drained.unwalkable {
+            log::info!(
+                "pid {tgid}: {threads} threads, more than a pass in the kernel walks \
+                 ({PASS_MAX_THREADS}); reading it every period"
+            );
+            probes.unwatch_in_passes(tgid);
+        }
+        // Read once for the rules below and the pace.
         let passes_made = probes.counter(Counter::Passes).ok();
         let (made, incomplete) =
             (passes_made.unwrap_or(0), probes.counter(Counter::PassesIncomplete).unwrap_or(0));
+        self.count_turns(made, probes.counter(Counter::PassLaps).unwrap_or(0));
         let (made_before, incomplete_before) =
             std::mem::replace(&mut self.lost_mark, (made, incomplete));
         let (made_since, incomplete_since) =
             (made.saturating_sub(made_before), incomplete.saturating_sub(incomplete_before));
-        if every_pass_lost(made_since, probes.processes_watched(), incomplete_since) {
+        let walked_per_pass = probes.processes_watched().div_ceil(u64::from(self.turns));
+        if every_pass_lost(made_since, walked_per_pass, incomplete_since) {
             self.drains_all_lost += 1;
         } else {
             self.drains_all_lost = 0;
         }
-        let back_to_samplers = if probes.counter(Counter::PassesCut).unwrap_or(0) > self.cut_before
-        {
-            Some("more threads than a pass in the kernel walks")
-        } else if self.drains_all_lost >= DRAINS_ALL_LOST {
-            Some("the passes in the kernel keep missing threads (their ring is full)")
-        } else {
-            None
-        };
-        if let Some(why) = back_to_samplers {
+        if self.drains_all_lost >= DRAINS_ALL_LOST {
             probes.stop_sample_passes();
-            return Err(why);
+            return Err("the passes in the kernel keep missing threads (their ring is full)");
         }
         self.pace(probes, passes_made);
-        Ok(records)
+        Ok(drained)
+    }
+
+    /// How many passes a lap over every process took, from the counters at a drain
+    /// (`made` passes, `laps` laps so far): measured over the drains since the last that
+    /// saw a lap end, so that laps longer than a drain still count whole.
+    fn count_turns(&mut self, made: u64, laps: u64) {
+        let (made_before, laps_before) = self.lap_mark;
+        let (made_since, laps_since) =
+            (made.saturating_sub(made_before), laps.saturating_sub(laps_before));
+        let turns = passes_per_lap(made_since, laps_since, self.turns);
+        if laps_since > 0 {
+            self.lap_mark = (made, laps);
+        }
+        if turns > 1 && self.turns == 1 {
+            log::info!(
+                "{}: more threads than a pass in the kernel walks ({PASS_MAX_THREADS}): the \
+                 processes are walked in turns, each every {turns} passes",
+                self.label
+            );
+        }
+        self.turns = turns;
     }
 
     /// Spaces the passes out while each costs more than the reads' budget of a CPU allows
@@ -205,6 +251,30 @@ impl PassSource {
     }
 }
 
+/// Passes per lap over every process, from `made` passes and `laps` laps since a drain
+/// that saw one end, and the figure before: while no lap ended, at least the passes since.
+fn passes_per_lap(made: u64, laps: u64, before: u32) -> u32 {
+    let turns = match laps {
+        0 => made.max(u64::from(before)),
+        laps => made.div_ceil(laps),
+    };
+    u32::try_from(turns).unwrap_or(u32::MAX).max(1)
+}
+
+/// The process and its threads when the record is the end of a pass that could not walk
+/// it: more threads than any pass walks.
+fn unwalkable_process(record: &[u8]) -> Option<(u32, u32)> {
+    let tag = record.get(..4)?;
+    if u32::from_ne_bytes(tag.try_into().expect("4 bytes")) != PASS_END
+        || record.len() < size_of::<PassEnd>()
+    {
+        return None;
+    }
+    // SAFETY: a whole PassEnd (its tag and length say so), read unaligned.
+    let end: PassEnd = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    (end.unwalkable_threads > 0).then_some((end.tgid, end.unwalkable_threads))
+}
+
 /// The process a record of the passes' ring is of; None for one too short to tell.
 fn record_process(record: &[u8]) -> Option<u32> {
     let u32_at = |at: usize| {
@@ -220,9 +290,10 @@ fn record_process(record: &[u8]) -> Option<u32> {
 }
 
 /// Whether a drain found every pass made since the one before lost: `made` passes over
-/// `processes` processes each, of which `incomplete` could not be read whole, counted once
-/// per process (a process not found, gone, is not lost: the reads by the tracer will see
-/// it gone). One process of several whose passes keep failing is not every pass lost.
+/// `processes` processes each (those a pass walks), of which `incomplete` could not be
+/// read whole, counted once per process (a process not found, gone, is not lost: the
+/// reads by the tracer will see it gone). One process of several whose passes keep
+/// failing is not every pass lost.
 fn every_pass_lost(made: u64, processes: u64, incomplete: u64) -> bool {
     let process_passes = made.saturating_mul(processes.max(1));
     process_passes > 0 && incomplete >= process_passes
@@ -463,7 +534,7 @@ mod tests {
     }
 
     fn end_record(pass: u32, looks: u32, missed: u32) -> Vec<u8> {
-        let end = PassEnd { tag: PASS_END, pass, tgid: TGID, looks, missed, _pad: 0 };
+        let end = PassEnd { tag: PASS_END, pass, tgid: TGID, looks, missed, unwalkable_threads: 0 };
         // SAFETY: as in `look_record`.
         unsafe { std::slice::from_raw_parts((&raw const end).cast::<u8>(), size_of::<PassEnd>()) }
             .to_vec()
@@ -677,6 +748,48 @@ mod tests {
         assert!(every_pass_lost(12, 3, 36), "all three lost at every pass");
         // None watched yet (counted as one, as before a process joins).
         assert!(every_pass_lost(12, 0, 12));
+    }
+
+    #[test]
+    fn passes_per_lap_say_how_often_each_process_is_walked() {
+        use super::passes_per_lap;
+        // Every process fits in a pass: a lap each.
+        assert_eq!(passes_per_lap(12, 12, 1), 1);
+        // Three processes of 400 threads, two a pass: two laps every three passes, so a
+        // process waits up to two periods for its next pass.
+        assert_eq!(passes_per_lap(12, 8, 1), 2);
+        // Laps longer than a drain: the passes since the last lap, at least.
+        assert_eq!(passes_per_lap(12, 0, 2), 12);
+        assert_eq!(passes_per_lap(12, 0, 30), 30);
+        // No pass made (spaced out): the figure before stands.
+        assert_eq!(passes_per_lap(0, 0, 3), 3);
+        assert_eq!(passes_per_lap(0, 0, 0), 1);
+    }
+
+    #[test]
+    fn an_end_without_looks_names_a_process_of_more_threads_than_a_pass_walks() {
+        use super::unwalkable_process;
+        let end = |looks, missed, unwalkable_threads| {
+            let end =
+                PassEnd { tag: PASS_END, pass: 7, tgid: TGID, looks, missed, unwalkable_threads };
+            // SAFETY: plain integers, read as bytes.
+            unsafe {
+                std::slice::from_raw_parts(
+                    (&end as *const PassEnd).cast::<u8>(),
+                    size_of::<PassEnd>(),
+                )
+            }
+            .to_vec()
+        };
+        assert_eq!(unwalkable_process(&end(0, 0, 1500)), Some((TGID, 1500)));
+        assert_eq!(unwalkable_process(&end(3, 0, 0)), None);
+        assert_eq!(unwalkable_process(&end(0, 1, 0)), None);
+        assert_eq!(unwalkable_process(&end(0, 0, 1500)[..20]), None, "a short record");
+        assert_eq!(unwalkable_process(&look_record(7, 1, 1)), None);
+        // The assembler, handed one, reads nothing of it and counts nothing.
+        let mut assembler = PassAssembler::default();
+        assert_eq!(drain_of(&mut assembler, &[end(0, 0, 1500)]), []);
+        assert_eq!((assembler.malformed, assembler.given_up), (0, 0));
     }
 
     #[test]

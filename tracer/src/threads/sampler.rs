@@ -569,10 +569,16 @@ impl ThreadSampler {
             return Ok(());
         };
         match source.drain(probes) {
-            Ok(mut records) => {
-                let period = source.period();
-                let records = records.remove(&self.pid).unwrap_or_default();
-                self.read_passes(&records, period)
+            // Its process has more threads than a pass walks: the passes let it go.
+            Ok(drained) if drained.unwalkable.iter().any(|&(tgid, _)| tgid == self.pid) => {
+                probes.stop_sample_passes();
+                self.passes = Passes::Here;
+                self.read()
+            }
+            Ok(mut drained) => {
+                let walk_interval = source.walk_interval();
+                let records = drained.records.remove(&self.pid).unwrap_or_default();
+                self.read_passes(&records, walk_interval)
             }
             Err(why) => {
                 log::info!("pid {}: {why}; reading every period", self.pid);
@@ -583,13 +589,14 @@ impl ThreadSampler {
     }
 
     /// The passes in the kernel over this process since the last drain (`records`, its
-    /// records of the drain), read in turn; the passes come every `pass_period`. A drain
-    /// that finds none for two periods (the process gone, or not seen by a pass) reads
-    /// here instead.
+    /// records of the drain), read in turn; a pass walks the process every
+    /// `walk_interval` (a period, or a few when processes are walked in turns). A drain
+    /// that finds none for two such intervals (the process gone, or not seen by a pass)
+    /// reads here instead.
     pub fn read_passes(
         &mut self,
         records: &[Vec<u8>],
-        pass_period: Duration,
+        walk_interval: Duration,
     ) -> std::io::Result<()> {
         let drained = self.assembler.take(records);
         // Passes the reads here already went past (a drain that found none read here).
@@ -599,7 +606,7 @@ impl ThreadSampler {
             // None due yet (the last drain took the last pass, or the one being written
             // is not whole yet): nothing to read.
             let now_ns = monotonic_now_ns();
-            if now_ns.saturating_sub(last_read_ns) < 2 * pass_period.as_nanos() as u64 {
+            if now_ns.saturating_sub(last_read_ns) < 2 * walk_interval.as_nanos() as u64 {
                 return Ok(());
             }
             let looks = self.looks_from_iterator();
