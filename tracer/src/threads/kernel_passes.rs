@@ -73,6 +73,8 @@ pub struct PassSource {
     /// are walked in turns, each every `turns` periods.
     lap_mark: (u64, u64),
     turns: u32,
+    /// Whether the turns were said (once).
+    turns_said: bool,
     /// `Counter::Passes` and `Counter::PassesIncomplete` at the last drain, and how many
     /// drains in a row found every pass made since the one before incomplete.
     lost_mark: (u64, u64),
@@ -113,6 +115,7 @@ impl PassSource {
             label,
             lap_mark,
             turns: 1,
+            turns_said: false,
             lost_mark,
             drains_all_lost: 0,
             asked: period,
@@ -198,7 +201,7 @@ impl PassSource {
         if laps_since > 0 {
             self.lap_mark = (made, laps);
         }
-        if turns > 1 && self.turns == 1 {
+        if turns > 1 && !std::mem::replace(&mut self.turns_said, true) {
             log::info!(
                 "{}: more threads than a pass in the kernel walks ({PASS_MAX_THREADS}): the \
                  processes are walked in turns, each every {turns} passes",
@@ -253,10 +256,12 @@ impl PassSource {
 
 /// Passes per lap over every process, from `made` passes and `laps` laps since a drain
 /// that saw one end, and the figure before: while no lap ended, at least the passes since.
+/// A pass counts itself made as it starts and its lap as it ends, so a drain that reads
+/// the counters while one is under way counts one pass more than its laps show.
 fn passes_per_lap(made: u64, laps: u64, before: u32) -> u32 {
     let turns = match laps {
         0 => made.max(u64::from(before)),
-        laps => made.div_ceil(laps),
+        laps => made.saturating_sub(1).div_ceil(laps),
     };
     u32::try_from(turns).unwrap_or(u32::MAX).max(1)
 }
@@ -753,11 +758,17 @@ mod tests {
     #[test]
     fn passes_per_lap_say_how_often_each_process_is_walked() {
         use super::passes_per_lap;
-        // Every process fits in a pass: a lap each.
+        // Every process fits in a pass: a lap each, whether or not a pass was under way
+        // when the counters were read.
         assert_eq!(passes_per_lap(12, 12, 1), 1);
+        assert_eq!(passes_per_lap(13, 12, 1), 1);
+        assert_eq!(passes_per_lap(12, 13, 1), 1);
         // Three processes of 400 threads, two a pass: two laps every three passes, so a
         // process waits up to two periods for its next pass.
         assert_eq!(passes_per_lap(12, 8, 1), 2);
+        assert_eq!(passes_per_lap(13, 8, 1), 2);
+        // One process a pass, three in all.
+        assert_eq!(passes_per_lap(13, 4, 1), 3);
         // Laps longer than a drain: the passes since the last lap, at least.
         assert_eq!(passes_per_lap(12, 0, 2), 12);
         assert_eq!(passes_per_lap(12, 0, 30), 30);
