@@ -291,20 +291,26 @@ struct FdLooks {
     /// When each look that found the probes loaded was taken, and how many times the
     /// tracer's threads had been switched off a CPU by then.
     switches: Vec<(Instant, u64)>,
+    /// The first look that found the tracer had said it was recording.
+    recording_from: Option<Instant>,
 }
 
 impl FdLooks {
     /// How many times a second the tracer's threads were switched off a CPU (each a
-    /// sleep or a preemption: at least once per read it makes) from `settled` after its
-    /// first look that found the probes loaded to its last.
+    /// sleep or a preemption: at least once per read it makes) from `settled` after it
+    /// said it was recording to the end of its `RECORD_SECONDS`: neither its start (the
+    /// processes joined, their first reads) nor its report counts.
     fn switches_per_second_after(&self, settled: Duration) -> f64 {
-        let Some(&(first, _)) = self.switches.first() else { return 0.0 };
-        let after = self.switches.iter().find(|(at, _)| *at >= first + settled);
-        match (after, self.switches.last()) {
+        let Some(recording_from) = self.recording_from else {
+            panic!("no look saw the tracer recording: {self:?}")
+        };
+        let window = recording_from + settled..=recording_from + RECORD_SECONDS;
+        let mut within = self.switches.iter().filter(|(at, _)| window.contains(at));
+        match (within.next(), within.next_back()) {
             (Some(&(from, before)), Some(&(to, last))) if to > from => {
                 last.saturating_sub(before) as f64 / (to - from).as_secs_f64()
             }
-            _ => panic!("too few looks after {settled:?} to count switches: {self:?}"),
+            _ => panic!("too few looks in {window:?} to count switches: {self:?}"),
         }
     }
 }
@@ -329,11 +335,16 @@ const TRACER_STDERR: &str = "stderr.txt";
 /// Runs `tracer record ARGS` on `pid` and looks at its descriptors every
 /// [`FD_LOOK_INTERVAL`] until it exits; its stderr goes to [`TRACER_STDERR`] in `dir`.
 fn look_at_fds_while_recording(pid: u32, args: &[&str], dir: &TempDir) -> FdLooks {
+    let pid = pid.to_string();
+    look_at_fds_while_tracer_records(&[&["--pid", &pid][..], args].concat(), dir)
+}
+
+/// Runs `tracer record ARGS` as `look_at_fds_while_recording` does, ARGS naming the
+/// processes.
+fn look_at_fds_while_tracer_records(args: &[&str], dir: &TempDir) -> FdLooks {
     let stderr = std::fs::File::create(dir.join(TRACER_STDERR)).expect("create the stderr file");
     let mut cmd = Command::new(tracer_bin());
     cmd.arg("record")
-        .arg("--pid")
-        .arg(pid.to_string())
         .args(args)
         .arg("--output")
         .arg(dir.join("record.json"))
@@ -359,6 +370,12 @@ fn look_at_fds_while_recording(pid: u32, args: &[&str], dir: &TempDir) -> FdLook
         looks.loaded += u64::from(loaded);
         if loaded && let Some(switches) = switches_of(tracer_pid) {
             looks.switches.push((Instant::now(), switches));
+        }
+        if looks.recording_from.is_none()
+            && std::fs::read_to_string(dir.join(TRACER_STDERR))
+                .is_ok_and(|stderr| stderr.contains("tracer: recording "))
+        {
+            looks.recording_from = Some(Instant::now());
         }
         if has_exited(tracer_pid) {
             break;
@@ -435,7 +452,7 @@ fn assert_the_passes_made_the_reads(looks: &FdLooks) {
 /// sender), more than the 256 threads a pass in the kernel walked before it walked them
 /// in a `bpf_loop`.
 const LARGE_PILEUP_HANDLERS: usize = 300;
-/// How long after its probes are loaded the tracer is left to settle before its switches
+/// How long after it starts recording the tracer is left to settle before its switches
 /// are counted: its first read (which unwinds every blocked thread) and the passes' start.
 const SETTLE: Duration = Duration::from_millis(1500);
 
@@ -629,6 +646,80 @@ fn processes_of_more_threads_in_all_than_a_pass_walks_are_walked_in_turns() {
     assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
     let handlers: Vec<(u32, usize)> = pids.iter().map(|&pid| (pid, TURNS_HANDLERS)).collect();
     assert_each_process_stuck(&profile, &handlers);
+}
+
+/// Processes of one name recorded together: more than the 256 the passes in the kernel
+/// watched before they walked processes in turns.
+const MANY_PROCESSES: usize = 300;
+
+/// A name no other process has, for `--comm` (at most 15 bytes).
+const MANY_PROCESSES_NAME: &str = "pass-reader";
+
+/// Three hundred processes of one name, each blocked reading a pipe, recorded by their
+/// name, are all read by the passes in the kernel (the tracer only drains them), and each
+/// one's blocked thread is counted.
+#[test]
+fn three_hundred_processes_are_read_by_the_passes_in_the_kernel() {
+    let dir = TempDir::new("sampled-many-processes");
+    // `cat` under a name of its own, each reading a pipe no one writes to.
+    let reader = dir.join(MANY_PROCESSES_NAME);
+    std::fs::copy("/usr/bin/cat", &reader).expect("copy cat");
+    let readers: Vec<ChildGuard> = (0..MANY_PROCESSES)
+        .map(|_| {
+            let mut cmd = Command::new(&reader);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+            ChildGuard::new(MANY_PROCESSES_NAME, cmd.spawn().expect("spawn a reader"))
+        })
+        .collect();
+    // Each is in its read once it has slept there.
+    let deadline = Instant::now() + RECORD_TIMEOUT;
+    while readers.iter().any(|reader| !is_sleeping(reader.pid())) {
+        assert!(Instant::now() < deadline, "the readers did not all block in their read");
+        std::thread::sleep(FD_LOOK_INTERVAL);
+    }
+    let args = [
+        "--comm",
+        MANY_PROCESSES_NAME,
+        "--duration",
+        RECORD_DURATION,
+        "--mode",
+        "sampled",
+        "--rate",
+        RATE,
+        "-v",
+    ];
+    let looks = look_at_fds_while_tracer_records(&args, &dir);
+    let stderr = std::fs::read_to_string(dir.join(TRACER_STDERR)).expect("the tracer's stderr");
+    println!("{}", stderr.lines().take(5).collect::<Vec<_>>().join("\n"));
+    assert_the_passes_made_the_reads(&looks);
+    assert!(
+        !stderr.contains("reading every period"),
+        "a process went back to the tracer:\n{stderr}"
+    );
+    let profile = read_profile(&dir.join("record.json"));
+    let reads = profile.sampling.expect("a sampled profile").reads;
+    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
+    assert!(
+        reads as f64 >= asked * MIN_READ_FRACTION,
+        "{reads} reads of {asked} at {RATE_HZ} Hz: the passes did not read the processes"
+    );
+    assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
+    let pids: BTreeSet<u32> = readers.iter().map(ChildGuard::pid).collect();
+    let blocked_readers: BTreeSet<u32> = profile
+        .stacks
+        .iter()
+        .filter(|stack| stack.in_progress)
+        .filter_map(|stack| stack.process.as_ref().map(|process| process.pid))
+        .collect();
+    assert_eq!(blocked_readers, pids, "the readers blocked now, by pid");
+    assert_eq!(profile.thread_counts.blocked_in_waits, MANY_PROCESSES as u64, "one wait each");
+}
+
+/// Whether `pid` is asleep (state S in its stat).
+fn is_sleeping(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+    })
 }
 
 /// Handlers of a process of more threads than any pass walks.

@@ -757,8 +757,10 @@ pub fn pass_id(time_ns: u64) -> u32 {
 pub const PASS_MAX_THREADS: u32 = 1024;
 
 /// Processes the passes in the kernel watch at most (the PASS_PROCESSES array's slots):
-/// those of a recording of several beyond them are read from userspace.
-pub const PASS_MAX_PROCESSES: u32 = 256;
+/// those of a recording of several beyond them are read from userspace. As many as a
+/// pass walks threads: a pass steps over each slot once at most, so the bound on its
+/// threads bounds its processes too.
+pub const PASS_MAX_PROCESSES: u32 = 1024;
 
 /// The index in the PASS_STATE array of the passes' period in nanoseconds, which
 /// userspace sets once the passes are attached (0: no pass is made).

@@ -252,6 +252,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     base.counts.late_copies = late_copies;
     base.thread_counts = thread_counts;
     let tasks = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
+    let _report = pipeline::ReportScope::enter();
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let mut profile = pipeline::with_stacks(profile, tasks);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
@@ -339,6 +340,7 @@ async fn record_sampled_several(
     members.read();
     let timing = SampledTiming { started_at, elapsed, period };
     let pass_counts = members.pass_counts();
+    let _report = pipeline::ReportScope::enter();
     let profiles = members
         .members
         .into_iter()
@@ -414,6 +416,7 @@ fn sampled_profile(
         pass_losses.add_to(trace_counts(&counters, unwinder.truncated_unwinds, &objects, 0, 0));
     base.thread_counts = thread_counts;
     let pending = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
+    let _report = pipeline::ReportScope::enter();
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let mut profile = pipeline::with_stacks(profile, pending);
     let frame_pointers = tasks.host();

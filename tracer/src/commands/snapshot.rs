@@ -82,6 +82,7 @@ fn snapshot_several(
     let frame_pointers = pipeline::host_frame_pointers(&mut probes);
     drop(probes);
     let mut profiles = Vec::with_capacity(traced.len());
+    let _report = pipeline::ReportScope::enter();
     for one in traced {
         let pid = one.target.pid;
         let profile = if one.is_go() {
@@ -162,6 +163,7 @@ fn snapshot_profile(
     base.counts =
         trace_counts(&ProbeCounters::default(), unwinder.truncated_unwinds, &objects, 0, 0);
     base.thread_counts = thread_counts;
+    let _report = pipeline::ReportScope::enter();
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let mut profile = pipeline::with_stacks(profile, tasks);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, frame_pointers);

@@ -251,6 +251,23 @@ pub fn frame_pointers_of(
     }
 }
 
+/// What one report shares between its profiles (its processes', its chains' peers')
+/// while it lives, on this thread: the files symbolization parses, and the host's
+/// descriptors the chains find their peers' owners in.
+pub struct ReportScope {
+    _files: crate::stacks::SharedSymbolFiles,
+    _descriptors: chains::live::SharedDescriptorTable,
+}
+
+impl ReportScope {
+    pub fn enter() -> Self {
+        Self {
+            _files: crate::stacks::SharedSymbolFiles::on_this_thread(),
+            _descriptors: chains::live::SharedDescriptorTable::on_this_thread(),
+        }
+    }
+}
+
 /// The symbolization stage, with its caches (symbols by address, lock names): names each
 /// unique stack and lock of an aggregate once and builds the profile. `record` and
 /// `snapshot` use one per run, `serve` one per attached process.

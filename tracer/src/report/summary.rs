@@ -53,14 +53,25 @@ fn site_label(stack: &ProfileStack) -> String {
     }
 }
 
-/// What a profile is of: `app (pid 4242)`, or `2 processes: app (4242), db (4250)`.
+/// What a profile is of: `app (pid 4242)`, or `2 processes: app (4242), db (4250)`; past
+/// `NAMED_PROCESSES`, the first of them and how many more (a host's `--all`).
 pub(crate) fn target_name(profile: &Profile) -> String {
     if profile.processes.is_empty() {
         return format!("{} (pid {})", profile.comm, profile.pid);
     }
-    let names: Vec<String> = profile.processes.iter().map(ToString::to_string).collect();
-    format!("{} processes: {}", profile.processes.len(), names.join(", "))
+    let count = profile.processes.len();
+    let names: Vec<String> =
+        profile.processes.iter().take(NAMED_PROCESSES).map(ToString::to_string).collect();
+    match count.checked_sub(NAMED_PROCESSES) {
+        Some(more) if more > 0 => {
+            format!("{count} processes: {}, and {more} more", names.join(", "))
+        }
+        _ => format!("{count} processes: {}", names.join(", ")),
+    }
 }
+
+/// Processes a profile of several names in its header.
+const NAMED_PROCESSES: usize = 8;
 
 /// Which processes of a profile of several have pile-ups: blocked time and threads
 /// blocked at the end (a recording), or threads blocked now (a snapshot), by process.
@@ -813,6 +824,18 @@ mod tests {
             timeline: None,
             python: None,
         }
+    }
+
+    #[test]
+    fn a_profile_of_many_processes_names_the_first_and_counts_the_rest() {
+        let mut several = profile();
+        let tag = |pid| crate::model::ProcessTag { pid, comm: "worker".to_string(), cgroup: None };
+        several.processes = (1..=3).map(tag).collect();
+        assert_eq!(target_name(&several), "3 processes: worker (1), worker (2), worker (3)");
+        several.processes = (1..=300).map(tag).collect();
+        let name = target_name(&several);
+        assert!(name.starts_with("300 processes: worker (1), worker (2), "), "{name}");
+        assert!(name.ends_with("worker (8), and 292 more"), "{name}");
     }
 
     #[test]

@@ -431,6 +431,7 @@ impl Reader {
         if !triggers.due() {
             return;
         }
+        let _report = pipeline::ReportScope::enter();
         let Self { members, namers, .. } = self;
         let live: Vec<u32> = members.members.iter().map(|member| member.target.pid).collect();
         triggers.forget_processes_except(&live);
@@ -552,6 +553,9 @@ impl Reader {
 
     /// The snapshot of the processes `filter` picks; None when it picks none.
     fn snapshot(&mut self, filter: &ProcessFilter, chains: bool) -> Option<Profile> {
+        // The processes' libraries, and their peers', parsed once for all (the namers
+        // made now keep them while they live), and the host's descriptors read once.
+        let _report = pipeline::ReportScope::enter();
         let mut profiles = Vec::new();
         let started_at = SystemTime::now();
         let picked: Vec<usize> = (0..self.members.members.len())

@@ -16,7 +16,9 @@ pub use process_image::{MapRefresh, Module, ProcessImage};
 pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
 pub(crate) use symbolize::demangle;
 pub(crate) use symbolize::lookup_address;
-pub use symbolize::{Frame, PYTHON_MODULE, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME};
+pub use symbolize::{
+    Frame, PYTHON_MODULE, SharedSymbolFiles, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME,
+};
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Naming unwound addresses with blazesym: symbols, inlined callees, file and line.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
@@ -72,7 +74,9 @@ impl Frame {
 
 /// Symbolizes stacks, caching the frames of each address.
 pub struct StackSymbolizer {
-    symbolizer: Symbolizer,
+    /// blazesym's symbolizer, which keeps each file it parsed: this one's own, or shared
+    /// (`SharedSymbolFiles`).
+    symbolizer: Rc<Symbolizer>,
     cache: HashMap<AddressKey, Vec<Frame>>,
     /// Modules whose debug info blazesym cannot read (e.g. compressed sections of a separate
     /// debug file), symbolized from their ELF symbols instead.
@@ -94,16 +98,63 @@ impl Default for StackSymbolizer {
     }
 }
 
+thread_local! {
+    /// The symbolizer the `StackSymbolizer`s made on this thread share while a
+    /// `SharedSymbolFiles` lives (None: each makes its own).
+    static SHARED_FILES: RefCell<Option<Rc<Symbolizer>>> = const { RefCell::new(None) };
+}
+
+/// While it lives, the `StackSymbolizer`s made on this thread share one blazesym
+/// symbolizer, so the files they parse are parsed once (blazesym keys them by device and
+/// inode): the report of three hundred processes that map one libc, whose debug file's
+/// compressed DWARF takes 70 ms to inflate here, parses it once instead of once per
+/// process, per chain and per peer (21 s of CPU for them before). A symbolizer made
+/// meanwhile keeps the shared files as long as it lives itself; those made after make
+/// their own again.
+pub struct SharedSymbolFiles {
+    before: Option<Rc<Symbolizer>>,
+}
+
+impl SharedSymbolFiles {
+    /// Shares files from now on, or goes on sharing those shared already (a report of
+    /// several processes, each of whose reports shares its own files).
+    pub fn on_this_thread() -> Self {
+        SHARED_FILES.with(|files| {
+            let before = files.borrow().clone();
+            let shared = before.clone().unwrap_or_else(|| Rc::new(new_symbolizer()));
+            *files.borrow_mut() = Some(shared);
+            Self { before }
+        })
+    }
+}
+
+impl Drop for SharedSymbolFiles {
+    fn drop(&mut self) {
+        let before = self.before.take();
+        SHARED_FILES.with(|files| *files.borrow_mut() = before);
+    }
+}
+
+fn new_symbolizer() -> Symbolizer {
+    Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        // blazesym would demangle every name it cannot place as C++ types: a C function
+        // `i` or `Pc` would read `int`, `char*`. `demangle` is stricter.
+        .enable_demangling(false)
+        .build()
+}
+
 impl StackSymbolizer {
+    /// A symbolizer of its own, or sharing its files with the others while a
+    /// `SharedSymbolFiles` lives on this thread.
     pub fn new() -> Self {
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            // blazesym would demangle every name it cannot place as C++ types: a C
-            // function `i` or `Pc` would read `int`, `char*`. `demangle` is stricter.
-            .enable_demangling(false)
-            .build();
-        Self { symbolizer, cache: HashMap::new(), without_debug_info: HashSet::new() }
+        let shared = SHARED_FILES.with(|files| files.borrow().clone());
+        Self {
+            symbolizer: shared.unwrap_or_else(|| Rc::new(new_symbolizer())),
+            cache: HashMap::new(),
+            without_debug_info: HashSet::new(),
+        }
     }
 
     /// `frames` as from `UnwoundStack` (leaf first). Return addresses (index >= 1) are looked
