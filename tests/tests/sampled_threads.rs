@@ -664,6 +664,7 @@ fn three_hundred_processes_are_read_by_the_passes_in_the_kernel() {
     // `cat` under a name of its own, each reading a pipe no one writes to.
     let reader = dir.join(MANY_PROCESSES_NAME);
     std::fs::copy("/usr/bin/cat", &reader).expect("copy cat");
+    let spawned = Instant::now();
     let readers: Vec<ChildGuard> = (0..MANY_PROCESSES)
         .map(|_| {
             let mut cmd = Command::new(&reader);
@@ -713,6 +714,13 @@ fn three_hundred_processes_are_read_by_the_passes_in_the_kernel() {
         .collect();
     assert_eq!(blocked_readers, pids, "the readers blocked now, by pid");
     assert_eq!(profile.thread_counts.blocked_in_waits, MANY_PROCESSES as u64, "one wait each");
+    // No reader has been blocked longer than it has lived (an age from a scheduler clock
+    // the kernel had zeroed once came out as the machine's uptime).
+    let lived = spawned.elapsed();
+    for stack in &profile.stacks {
+        let blocked = Duration::from_nanos(stack.stats.max_ns);
+        assert!(blocked <= lived, "blocked {blocked:?}, lived at most {lived:?}: {stack:?}");
+    }
 }
 
 /// Whether `pid` is asleep (state S in its stat).

@@ -202,6 +202,9 @@ fn parse_hex(field: &str) -> Option<u64> {
 
 /// `se.exec_start` of a /proc/.../sched file, in nanoseconds. The kernel prints nanoseconds split
 /// as milliseconds with six decimals (`SPLIT_NS`), e.g. `se.exec_start : 123456.789012`.
+/// None for 0, which tells nothing: the scheduler zeroes it when it moves a task to another
+/// CPU (`migrate_task_rq_fair`), and an age taken from it was the machine's uptime (a
+/// reader of a pipe, blocked for 4 s, showed `≥576m20s`).
 pub fn parse_exec_start_ns(sched: &str) -> Option<u64> {
     let line = sched.lines().find(|line| line.starts_with("se.exec_start"))?;
     let (_, value) = line.split_once(':')?;
@@ -211,7 +214,7 @@ pub fn parse_exec_start_ns(sched: &str) -> Option<u64> {
     }
     // "5" after the point is 500000 ns, whatever the printed width.
     let frac_ns: u64 = frac.parse::<u64>().ok()? * 10u64.pow(6 - frac.len() as u32);
-    ms.parse::<u64>().ok()?.checked_mul(1_000_000)?.checked_add(frac_ns)
+    ms.parse::<u64>().ok()?.checked_mul(1_000_000)?.checked_add(frac_ns).filter(|&ns| ns > 0)
 }
 
 /// The scheduler clock "now" on the calling thread's CPU: its own `se.exec_start`.

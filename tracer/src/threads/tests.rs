@@ -106,6 +106,8 @@ fn exec_start_parses_from_a_real_sched_file() {
     assert_eq!(parse_exec_start_ns(sched), Some(1_775_432_241_182));
     assert_eq!(parse_exec_start_ns("se.exec_start : 12.5\n"), Some(12_500_000));
     assert_eq!(parse_exec_start_ns("se.exec_start : 0.000001\n"), Some(1));
+    // Zeroed when the task moved to another CPU: no age.
+    assert_eq!(parse_exec_start_ns("se.exec_start : 0.000000\n"), None);
     assert_eq!(parse_exec_start_ns("se.vruntime : 12.5\n"), None);
     assert_eq!(parse_exec_start_ns("se.exec_start : 12\n"), None);
     assert_eq!(parse_exec_start_ns("se.exec_start : 12.1234567\n"), None);
