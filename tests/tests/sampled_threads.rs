@@ -594,6 +594,29 @@ fn assert_each_process_stuck(profile: &Profile, handlers_by_pid: &[(u32, usize)]
     assert_eq!(profile.thread_counts.blocked_in_waits, all as u64, "the handlers and the senders");
 }
 
+/// A sampled recording at the rate, its reasons said (`-v`: the passes' turns, a process
+/// they let go).
+const SAMPLED_AT_RATE_SAYING_WHY: [&str; 7] =
+    ["--duration", RECORD_DURATION, "--mode", "sampled", "--rate", RATE, "-v"];
+
+/// The passes in the kernel read every process of a recording of several (at `-v`) to
+/// its end: none went back to the tracer, the reads came at half the rate or more (every
+/// process at least every other period), and every record found its process.
+fn assert_the_passes_kept_every_process(stderr: &str, profile: &Profile) {
+    assert!(
+        !stderr.contains("reading every period"),
+        "a process went back to the tracer:\n{stderr}"
+    );
+    let reads = profile.sampling.expect("a sampled profile").reads;
+    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
+    assert!(
+        reads as f64 >= asked * MIN_READ_FRACTION,
+        "{reads} reads of {asked} at {RATE_HZ} Hz: the passes did not read every process at \
+         least every other period"
+    );
+    assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
+}
+
 /// Handlers of each of three processes whose threads in all (about 1,200) are more than a
 /// pass in the kernel walks (1,024), two of them fitting in one.
 const TURNS_HANDLERS: usize = 400;
@@ -610,19 +633,7 @@ fn processes_of_more_threads_in_all_than_a_pass_walks_are_walked_in_turns() {
     let pids: Vec<u32> = stuck.iter().map(|stuck| stuck.workload.pid()).collect();
     let dir = TempDir::new("sampled-turns");
     let (second, third) = (pids[1].to_string(), pids[2].to_string());
-    let args = [
-        "--pid",
-        &second,
-        "--pid",
-        &third,
-        "--duration",
-        RECORD_DURATION,
-        "--mode",
-        "sampled",
-        "--rate",
-        RATE,
-        "-v",
-    ];
+    let args = [&["--pid", &second, "--pid", &third][..], &SAMPLED_AT_RATE_SAYING_WHY].concat();
     let looks = look_at_fds_while_recording(pids[0], &args, &dir);
     assert_the_passes_made_the_reads(&looks);
     let stderr = std::fs::read_to_string(dir.join(TRACER_STDERR)).expect("the tracer's stderr");
@@ -631,19 +642,8 @@ fn processes_of_more_threads_in_all_than_a_pass_walks_are_walked_in_turns() {
         stderr.contains("the processes are walked in turns, each every 2 passes"),
         "the tracer did not say the processes were walked in turns:\n{stderr}"
     );
-    assert!(
-        !stderr.contains("reading every period"),
-        "a process went back to the tracer:\n{stderr}"
-    );
     let profile = read_profile(&dir.join("record.json"));
-    let reads = profile.sampling.expect("a sampled profile").reads;
-    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
-    assert!(
-        reads as f64 >= asked * MIN_READ_FRACTION,
-        "{reads} reads of {asked} at {RATE_HZ} Hz: the passes did not read every process at \
-         least every other period"
-    );
-    assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
+    assert_the_passes_kept_every_process(&stderr, &profile);
     let handlers: Vec<(u32, usize)> = pids.iter().map(|&pid| (pid, TURNS_HANDLERS)).collect();
     assert_each_process_stuck(&profile, &handlers);
 }
@@ -678,33 +678,13 @@ fn three_hundred_processes_are_read_by_the_passes_in_the_kernel() {
         assert!(Instant::now() < deadline, "the readers did not all block in their read");
         std::thread::sleep(FD_LOOK_INTERVAL);
     }
-    let args = [
-        "--comm",
-        MANY_PROCESSES_NAME,
-        "--duration",
-        RECORD_DURATION,
-        "--mode",
-        "sampled",
-        "--rate",
-        RATE,
-        "-v",
-    ];
+    let args = [&["--comm", MANY_PROCESSES_NAME][..], &SAMPLED_AT_RATE_SAYING_WHY].concat();
     let looks = look_at_fds_while_tracer_records(&args, &dir);
     let stderr = std::fs::read_to_string(dir.join(TRACER_STDERR)).expect("the tracer's stderr");
     println!("{}", stderr.lines().take(5).collect::<Vec<_>>().join("\n"));
     assert_the_passes_made_the_reads(&looks);
-    assert!(
-        !stderr.contains("reading every period"),
-        "a process went back to the tracer:\n{stderr}"
-    );
     let profile = read_profile(&dir.join("record.json"));
-    let reads = profile.sampling.expect("a sampled profile").reads;
-    let asked = RECORD_SECONDS.as_secs_f64() * f64::from(RATE_HZ);
-    assert!(
-        reads as f64 >= asked * MIN_READ_FRACTION,
-        "{reads} reads of {asked} at {RATE_HZ} Hz: the passes did not read the processes"
-    );
-    assert_eq!(profile.counts.malformed_records, 0, "records the drain could not place");
+    assert_the_passes_kept_every_process(&stderr, &profile);
     let pids: BTreeSet<u32> = readers.iter().map(ChildGuard::pid).collect();
     let blocked_readers: BTreeSet<u32> = profile
         .stacks
@@ -742,17 +722,7 @@ fn a_process_of_more_threads_than_a_pass_walks_is_read_by_the_tracer() {
     let (huge_pid, small_pid) = (huge.workload.pid(), small.workload.pid());
     let dir = TempDir::new("sampled-unwalkable");
     let small_arg = small_pid.to_string();
-    let args = [
-        "--pid",
-        &small_arg,
-        "--duration",
-        RECORD_DURATION,
-        "--mode",
-        "sampled",
-        "--rate",
-        RATE,
-        "-v",
-    ];
+    let args = [&["--pid", &small_arg][..], &SAMPLED_AT_RATE_SAYING_WHY].concat();
     let looks = look_at_fds_while_recording(huge_pid, &args, &dir);
     let timers = looks.links.get("perf").copied().unwrap_or(0);
     assert!(timers > 0, "the passes were not made in the kernel: {looks:?}");
