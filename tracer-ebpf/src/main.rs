@@ -1825,11 +1825,7 @@ fn start_process_walk(walk: &mut PassWalk, slot: u32) -> WalkStart {
 /// userspace reads it itself from then on.
 #[inline(never)]
 fn write_unwalkable_end(pass: u32, tgid: u32, threads: u32) {
-    let Some(mut entry) = PASSES.reserve::<PassEnd>(0) else {
-        count(Counter::PassRingFull);
-        return;
-    };
-    entry.write(PassEnd {
+    submit_pass_end(PassEnd {
         tag: PASS_END,
         pass,
         tgid,
@@ -1837,31 +1833,32 @@ fn write_unwalkable_end(pass: u32, tgid: u32, threads: u32) {
         missed: 0,
         unwalkable_threads: threads,
     });
+}
+
+/// Writes a pass's end to `PASSES`; false (counted) if the ring had no room.
+#[inline(always)]
+fn submit_pass_end(end: PassEnd) -> bool {
+    let Some(mut entry) = PASSES.reserve::<PassEnd>(0) else {
+        count(Counter::PassRingFull);
+        return false;
+    };
+    entry.write(end);
     entry.submit(BPF_RB_NO_WAKEUP as u64);
+    true
 }
 
 /// Ends the walk of the process being walked: its `PassEnd`, counted incomplete if it
 /// missed a thread or the ring lost it (userspace gives such a pass up, or never sees it).
 #[inline(never)]
 fn end_process_walk(walk: &mut PassWalk) {
-    let end_written = match PASSES.reserve::<PassEnd>(0) {
-        Some(mut entry) => {
-            entry.write(PassEnd {
-                tag: PASS_END,
-                pass: walk.pass,
-                tgid: walk.tgid,
-                looks: walk.looks,
-                missed: walk.missed,
-                unwalkable_threads: 0,
-            });
-            entry.submit(BPF_RB_NO_WAKEUP as u64);
-            true
-        }
-        None => {
-            count(Counter::PassRingFull);
-            false
-        }
-    };
+    let end_written = submit_pass_end(PassEnd {
+        tag: PASS_END,
+        pass: walk.pass,
+        tgid: walk.tgid,
+        looks: walk.looks,
+        missed: walk.missed,
+        unwalkable_threads: 0,
+    });
     // Without a branch on `missed`, which the verifier would follow into every count the
     // walk's steps could reach.
     let missed_any = (u64::from(walk.missed) + u64::from(u32::MAX)) >> 32;

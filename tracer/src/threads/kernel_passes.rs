@@ -269,15 +269,21 @@ fn passes_per_lap(made: u64, laps: u64, before: u32) -> u32 {
 /// The process and its threads when the record is the end of a pass that could not walk
 /// it: more threads than any pass walks.
 fn unwalkable_process(record: &[u8]) -> Option<(u32, u32)> {
+    let end = pass_end_of(record)?;
+    (end.unwalkable_threads > 0).then_some((end.tgid, end.unwalkable_threads))
+}
+
+/// The record as a pass's end; None for another record, or one too short.
+fn pass_end_of(record: &[u8]) -> Option<PassEnd> {
     let tag = record.get(..4)?;
     if u32::from_ne_bytes(tag.try_into().expect("4 bytes")) != PASS_END
         || record.len() < size_of::<PassEnd>()
     {
         return None;
     }
-    // SAFETY: a whole PassEnd (its tag and length say so), read unaligned.
-    let end: PassEnd = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    (end.unwalkable_threads > 0).then_some((end.tgid, end.unwalkable_threads))
+    // SAFETY: a whole PassEnd (its tag and length say so), read unaligned, as ring records
+    // are 8-aligned at best.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
 }
 
 /// The process a record of the passes' ring is of; None for one too short to tell.
@@ -445,9 +451,11 @@ impl PassAssembler {
                     None => self.stray_record(pass),
                 }
             }
-            Some(PASS_END) if record.len() >= size_of::<PassEnd>() => {
-                // SAFETY: as above, a whole PassEnd.
-                let end: PassEnd = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+            Some(PASS_END) => {
+                let Some(end) = pass_end_of(record) else {
+                    self.malformed += 1;
+                    return;
+                };
                 let given_up = self.given_up_ids.contains(&end.pass);
                 match self.open_pass(end.pass) {
                     Some(open) if open.end.is_none() => open.end = Some(end),
@@ -539,7 +547,10 @@ mod tests {
     }
 
     fn end_record(pass: u32, looks: u32, missed: u32) -> Vec<u8> {
-        let end = PassEnd { tag: PASS_END, pass, tgid: TGID, looks, missed, unwalkable_threads: 0 };
+        end_bytes(PassEnd { tag: PASS_END, pass, tgid: TGID, looks, missed, unwalkable_threads: 0 })
+    }
+
+    fn end_bytes(end: PassEnd) -> Vec<u8> {
         // SAFETY: as in `look_record`.
         unsafe { std::slice::from_raw_parts((&raw const end).cast::<u8>(), size_of::<PassEnd>()) }
             .to_vec()
@@ -781,16 +792,14 @@ mod tests {
     fn an_end_without_looks_names_a_process_of_more_threads_than_a_pass_walks() {
         use super::unwalkable_process;
         let end = |looks, missed, unwalkable_threads| {
-            let end =
-                PassEnd { tag: PASS_END, pass: 7, tgid: TGID, looks, missed, unwalkable_threads };
-            // SAFETY: plain integers, read as bytes.
-            unsafe {
-                std::slice::from_raw_parts(
-                    (&end as *const PassEnd).cast::<u8>(),
-                    size_of::<PassEnd>(),
-                )
-            }
-            .to_vec()
+            end_bytes(PassEnd {
+                tag: PASS_END,
+                pass: 7,
+                tgid: TGID,
+                looks,
+                missed,
+                unwalkable_threads,
+            })
         };
         assert_eq!(unwalkable_process(&end(0, 0, 1500)), Some((TGID, 1500)));
         assert_eq!(unwalkable_process(&end(3, 0, 0)), None);
