@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracer_tests::{
     ChildGuard, Pileup, Profile, Prometheus, ServeDaemon, TempDir, TestCertificates, TestCgroup,
-    assert_success, build_c_pileup, https_get, read_profile, run_with_timeout, start_c_pileup,
-    start_workload, tracer_bin,
+    assert_success, build_c_pileup, http_get, https_get, read_profile, run_with_timeout,
+    start_c_pileup, start_workload, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -203,11 +203,32 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
     assert_eq!(missing.status, 404, "{}", missing.text());
     assert_eq!(missing.text(), "no traced process is pid 4194304\n");
 
-    // Two windows in a row: each holds at most its own seconds of each thread.
+    // Two windows in a row: each holds at most its own seconds of each thread. The
+    // second while clients ask for snapshots of every process one after another: the
+    // reads go on (they stopped when a request was always queued).
     let dir = TempDir::new("hosts-serve");
     for window in 0..2 {
         let path = dir.join(&format!("block-{window}.pb.gz"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..if window == 1 { SNAPSHOT_CLIENTS } else { 0 })
+            .map(|_| {
+                let (stop, port) = (std::sync::Arc::clone(&stop), daemon.port);
+                std::thread::spawn(move || {
+                    let mut snapshots = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let response = http_get(port, "/debug/pprof/threads", TIMEOUT);
+                        assert_eq!(response.status, 200, "{}", response.text());
+                        snapshots += 1;
+                    }
+                    snapshots
+                })
+            })
+            .collect();
         let response = daemon.get(&format!("/debug/pprof/block?seconds=2&pid={pid}"));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let snapshots: u32 =
+            clients.into_iter().map(|client| client.join().expect("a snapshot client")).sum();
+        println!("window {window}: {snapshots} snapshots asked for meanwhile");
         assert_eq!(response.status, 200, "{}", response.text());
         std::fs::write(&path, &response.body).expect("write the profile");
         let profile = read_profile(&path);
@@ -230,6 +251,9 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
         );
     }
 }
+
+/// Clients asking for snapshots of every process during a window, one after another.
+const SNAPSHOT_CLIENTS: usize = 3;
 
 /// Repeats `probe` every half second until it gives a value; panics after `timeout`.
 fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {

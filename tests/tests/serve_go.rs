@@ -380,4 +380,23 @@ fn block_profile_of_a_go_program_is_in_goroutine_terms() {
     let out = run_with_timeout("go tool pprof", cmd, HTTP_TIMEOUT);
     assert!(out.status.success(), "go tool pprof failed: {}", out.stderr);
     assert!(out.stdout.contains("main.pinger"), "go tool pprof -top:\n{}", out.stdout);
+
+    // A client that asks for a long window and hangs up: the window stops with it, and
+    // does not hold up serve's exit (it went on reading the program to its end).
+    {
+        use std::io::Write as _;
+        let mut client =
+            std::net::TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect to serve");
+        let request = "GET /debug/pprof/block?seconds=600 HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        client.write_all(request.as_bytes()).expect("ask for a long window");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, took) = daemon.terminate(EXIT_TIMEOUT);
+    assert!(status.success(), "serve exited with {status} after SIGTERM");
+    println!("serve exited {took:?} after SIGTERM");
 }
+
+/// Far above the second serve takes to exit after SIGTERM, far below the abandoned
+/// window's 600 s: only a window that goes on reaches it.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -52,6 +52,10 @@ fn main() -> ExitCode {
             Command::Top(args) => tracer::top::top(args),
         }
     });
+    // Work still under way is abandoned: the command's outcome is decided. Dropping the
+    // runtime would wait for every blocking task however long, and serve must exit soon
+    // after SIGTERM.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -87,11 +88,14 @@ async fn record_sampled(
 }
 
 /// A sampled recording of `duration` (or until the target exits), taken on the calling
-/// thread: what serve answers /debug/pprof/block with for a Go program.
+/// thread: what serve answers /debug/pprof/block with for a Go program. It ends early
+/// once `stop` is set (its client went away, or serve is shutting down): a window nobody
+/// waits for must not go on reading the program, nor hold up serve's exit.
 pub fn sample_window(
     traced: &Traced,
     duration: Duration,
     period: Duration,
+    stop: &AtomicBool,
 ) -> anyhow::Result<Profile> {
     let Traced { target, image } = traced;
     let (module, binary) = super::parse_main(image)?;
@@ -109,7 +113,7 @@ pub fn sample_window(
             return Err(err);
         }
         let elapsed = started.elapsed();
-        if elapsed >= duration {
+        if elapsed >= duration || stop.load(Ordering::Relaxed) {
             break;
         }
         // The next read a period after this one began: at once if this one ran late.

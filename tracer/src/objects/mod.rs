@@ -23,6 +23,9 @@ use sockets::{SocketLookup, SocketResolver};
 /// every write, and its fill takes four syscalls.
 const PIPE_FILL_FRESH_FOR: Duration = Duration::from_millis(50);
 
+/// Pipes whose fill read is remembered before the stale reads are let go.
+const PIPE_FILLS_KEPT: usize = 1024;
+
 pub struct WaitObjects {
     pid: u32,
     sockets: SocketResolver,
@@ -79,6 +82,11 @@ impl WaitObjects {
             .get(&inode)
             .is_some_and(|read| read.elapsed() < PIPE_FILL_FRESH_FOR);
         if !fresh {
+            // Only fresh reads matter: the stale ones go before the map grows past a
+            // daemon's many pipes (a snapshot's worker keeps its objects for good).
+            if self.pipe_fills_read.len() >= PIPE_FILLS_KEPT {
+                self.pipe_fills_read.retain(|_, read| read.elapsed() < PIPE_FILL_FRESH_FOR);
+            }
             self.pipe_fills_read.insert(inode, Instant::now());
             if let Some(fill) = pipe_fill(self.pid, fd) {
                 self.endpoint_states.insert(endpoint.clone(), pipe_state(fill));

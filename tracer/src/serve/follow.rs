@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::{
-    Attached, Shared,
+    Attached, Shared, StopOnDrop,
     collector::{LockedCollector, waits_in},
     lock,
 };
@@ -138,9 +138,11 @@ pub async fn run(
                 rings.drain_now(&mut sink);
             }
             WaitSource::Sampler(sampler) => {
-                let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+                // Stops the sampling thread however `run` ends (the target's exit, or
+                // serve shutting down and dropping `run`).
+                let stop = StopOnDrop::new();
                 let mut reading = tokio::task::spawn_blocking({
-                    let (shared, stop) = (Arc::clone(shared), Arc::clone(&stop.0));
+                    let (shared, stop) = (Arc::clone(shared), stop.flag());
                     move || sample_into_collector(sampler, &shared, &stop)
                 });
                 // Its reads fail once the target is gone: whichever notices first.
@@ -178,16 +180,6 @@ enum WaitSource {
     Probes(RingBuffers, Option<LateCopies>),
     /// Reads of the threads at a rate (sampled mode).
     Sampler(ThreadSampler),
-}
-
-/// Sets the flag when dropped: stops the sampling thread however `run` ends (the target's
-/// exit, or serve shutting down and dropping `run`).
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Hands the probes what the decoder learned of the threads' stack spans (see
@@ -325,13 +317,7 @@ async fn attach(
 /// of this process while its image is still at hand.
 async fn detach(shared: &Shared) {
     shared.keep_sampled_counters();
-    let attached = lock(&shared.attached).take();
-    if let Some(attached) = &attached
-        && let Ok(counters) = lock(&attached.probes).counters()
-    {
-        *lock(&shared.earlier_counters) += counters;
-    }
-    drop(attached);
+    drop(shared.take_attached());
     let (generation, windows) = {
         let mut collector = lock(&shared.collector);
         if let Some(decoder) = collector.decoder.take() {

@@ -33,8 +33,12 @@ use crate::{
         self, Namer,
         members::{Member, Members, Selection},
     },
+    stacks::SharedSymbolFiles,
     threads::sampler::PassLosses,
 };
+
+/// How long the namers share one set of parsed files (`Reader::renew_symbol_files`).
+const SYMBOL_FILES_RENEWED_EVERY: Duration = Duration::from_secs(600);
 
 /// Snapshots waiting for the reading thread; more are refused (503). Windows' opening,
 /// closing and dropping are never refused: a window closed must be answered, and one
@@ -161,6 +165,8 @@ impl Host {
             let reader = Reader {
                 members,
                 namers: HashMap::new(),
+                symbol_files: Some(SharedSymbolFiles::on_this_thread()),
+                symbol_files_since: Instant::now(),
                 windows: BTreeMap::new(),
                 truncated_of_exited: 0,
                 pass_losses_of_exited: PassLosses::default(),
@@ -323,6 +329,10 @@ fn member_profile(
 struct Reader {
     members: Members,
     namers: HashMap<u32, Namer>,
+    /// The files the namers parse, shared by all of them (a libc every process maps is
+    /// parsed once), and since when (`renew_symbol_files`).
+    symbol_files: Option<SharedSymbolFiles>,
+    symbol_files_since: Instant,
     /// The open windows: which processes each is about, when it opened, and the waits
     /// of its processes that exited while it was open.
     windows: BTreeMap<u64, ReaderWindow>,
@@ -343,6 +353,7 @@ impl Reader {
         };
         loop {
             let Some(host) = self.host.upgrade() else { return };
+            self.renew_symbol_files();
             let joined = self.members.look_for_new();
             for joined in &joined {
                 log::info!("{joined}");
@@ -386,9 +397,14 @@ impl Reader {
                 return;
             }
             drop(host);
-            // Requests are answered until the next read is due.
+            // Requests are answered until the next read is due. A read overdue comes first:
+            // `recv_timeout` of zero still hands over a request queued, and clients asking
+            // one after another would keep every process from being read again.
             loop {
                 let wait = pace.next().saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
                 match requests.recv_timeout(wait) {
                     Ok(request) => self.answer(request),
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
@@ -396,6 +412,21 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// A new set of parsed files for the namers every `SYMBOL_FILES_RENEWED_EVERY`: the
+    /// set lets go of the files of processes gone since, and of files replaced on disk,
+    /// which it would keep as long as it lives. The namers are made again with it (their
+    /// caches of names refill at the next reports).
+    fn renew_symbol_files(&mut self) {
+        if self.symbol_files_since.elapsed() < SYMBOL_FILES_RENEWED_EVERY {
+            return;
+        }
+        self.namers.clear();
+        // The old set goes first: dropping it puts back the one before it on this thread.
+        self.symbol_files = None;
+        self.symbol_files = Some(SharedSymbolFiles::on_this_thread());
+        self.symbol_files_since = Instant::now();
     }
 
     /// What the passes in the kernel lost, over every process (of the processes that
@@ -553,8 +584,8 @@ impl Reader {
 
     /// The snapshot of the processes `filter` picks; None when it picks none.
     fn snapshot(&mut self, filter: &ProcessFilter, chains: bool) -> Option<Profile> {
-        // The processes' libraries, and their peers', parsed once for all (the namers
-        // made now keep them while they live), and the host's descriptors read once.
+        // The processes' libraries, and their peers', parsed once for all (in the
+        // namers' shared files), and the host's descriptors read once.
         let _report = pipeline::ReportScope::enter();
         let mut profiles = Vec::new();
         let started_at = SystemTime::now();

@@ -515,11 +515,16 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
 async fn goroutine_block(traced: Arc<Traced>, seconds: u64) -> Result<Reply, ServeError> {
     let period = Duration::from_secs(1) / crate::golang::DEFAULT_RATE_HZ;
     let window = Duration::from_secs(seconds);
-    let profile =
-        tokio::task::spawn_blocking(move || crate::golang::sample_window(&traced, window, period))
-            .await
-            .map_err(|err| ServeError::Goroutines(err.into()))?
-            .map_err(|err| ServeError::Goroutines(err.into()))?;
+    // Set when this request is dropped (its client hung up, serve shuts down): the
+    // sampling thread cannot be cancelled, so it looks at the flag every read.
+    let stop = super::StopOnDrop::new();
+    let flag = stop.flag();
+    let profile = tokio::task::spawn_blocking(move || {
+        crate::golang::sample_window(&traced, window, period, &flag)
+    })
+    .await
+    .map_err(|err| ServeError::Goroutines(err.into()))?
+    .map_err(|err| ServeError::Goroutines(err.into()))?;
     log::info!(
         "goroutine block profile: {seconds}s, {} reads, {} stacks",
         profile.sampling.map_or(0, |sampling| sampling.reads),

@@ -5,6 +5,7 @@ use std::{
     collections::{HashMap, HashSet},
     hash::Hasher as _,
     sync::atomic::AtomicU64,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -130,6 +131,12 @@ pub struct WaitTotals {
     pub total_ns: u64,
 }
 
+/// How long a series must have gone without a wait before a full table drops it to make
+/// room for a new label set: a server's waits on connections to clients name each
+/// client's address and port, and connections long closed must not keep the table full
+/// (folding every later call site into `other`) for the rest of the daemon's life.
+pub const RETIRE_IDLE_SERIES_AFTER: Duration = Duration::from_secs(10 * 60);
+
 /// Labelled series with at most `max_series` distinct label sets besides the
 /// per-kind (per wait reason) `other` ones.
 #[derive(Debug)]
@@ -138,22 +145,51 @@ pub struct CappedSeries<V, L = SeriesLabels> {
     pub series: HashMap<L, V>,
     /// Series in `series` that are not a kind's `other`.
     own_series: usize,
+    /// When each of those was last added to.
+    touched: HashMap<L, Instant>,
+    /// No series was touched before this (a bound kept so that a full table is not
+    /// searched for an idle series at every new label set).
+    touched_since: Option<Instant>,
+    /// Series dropped for being idle while the table was full.
+    retired: u64,
     /// Hashes of the label sets folded into `other`.
     folded: HashSet<u64>,
 }
 
 impl<V: Default, L: Foldable> CappedSeries<V, L> {
     pub fn new(max_series: usize) -> Self {
-        Self { max_series, series: HashMap::new(), own_series: 0, folded: HashSet::new() }
+        Self {
+            max_series,
+            series: HashMap::new(),
+            own_series: 0,
+            touched: HashMap::new(),
+            touched_since: None,
+            retired: 0,
+            folded: HashSet::new(),
+        }
     }
 
     /// The value of `labels`, or of its kind's `other` series when the table is full.
     pub fn entry(&mut self, labels: L) -> &mut V {
+        self.entry_at(labels, Instant::now())
+    }
+
+    /// `entry`, at `now`: a full table first drops its longest idle series if no wait
+    /// came to it for `RETIRE_IDLE_SERIES_AFTER`.
+    fn entry_at(&mut self, labels: L, now: Instant) -> &mut V {
         if self.series.contains_key(&labels) {
+            if let Some(touched) = self.touched.get_mut(&labels) {
+                *touched = now;
+            }
             return self.series.entry(labels).or_default();
+        }
+        if self.own_series >= self.max_series {
+            self.retire_idle(now);
         }
         if self.own_series < self.max_series {
             self.own_series += 1;
+            self.touched.insert(labels.clone(), now);
+            self.touched_since.get_or_insert(now);
             return self.series.entry(labels).or_default();
         }
         if self.folded.len() < MAX_FOLDED_REMEMBERED {
@@ -164,17 +200,45 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
         self.series.entry(labels.folded()).or_default()
     }
 
+    /// Drops the series idle longest if it has been idle long enough.
+    fn retire_idle(&mut self, now: Instant) {
+        let idle_enough =
+            |touched: Instant| now.duration_since(touched) >= RETIRE_IDLE_SERIES_AFTER;
+        if !self.touched_since.is_some_and(idle_enough) {
+            return;
+        }
+        let Some((idlest, touched)) =
+            self.touched.iter().min_by_key(|(_, touched)| **touched).map(|(l, t)| (l.clone(), *t))
+        else {
+            return;
+        };
+        if !idle_enough(touched) {
+            self.touched_since = Some(touched);
+            return;
+        }
+        self.touched.remove(&idlest);
+        self.series.remove(&idlest);
+        self.own_series -= 1;
+        self.retired += 1;
+    }
+
     /// Keeps the series `keep` picks and the `other` ones, dropping the rest (those of a
     /// process that exited): their places under the cap are free again.
     pub fn retain(&mut self, keep: impl Fn(&L) -> bool) {
         let before = self.series.len();
         self.series.retain(|labels, _| keep(labels) || labels.folded() == *labels);
+        self.touched.retain(|labels, _| keep(labels));
         self.own_series = self.own_series.saturating_sub(before - self.series.len());
     }
 
     /// How many distinct label sets were folded into `other`.
     pub fn folded(&self) -> usize {
         self.folded.len()
+    }
+
+    /// How many series were dropped for being idle while the table was full.
+    pub fn retired(&self) -> u64 {
+        self.retired
     }
 }
 
@@ -320,6 +384,14 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
     folded
         .get_or_create(&MetricLabel { metric: "tracer_waits_total".into() })
         .set(clamp_i64(waits.folded() as u64));
+    let retired = Counter::<u64>::default();
+    registry.register(
+        "tracer_retired_series",
+        "Wait series dropped from a full table after 10 minutes without a wait, to make room \
+         for a new label set",
+        retired.clone(),
+    );
+    retired.inc_by(waits.retired());
 
     let events = Counter::<u64>::default();
     registry.register(
@@ -397,6 +469,36 @@ mod tests {
         assert!(!series.series.contains_key(&labels("c")));
         assert_eq!(series.folded(), 2);
         assert_eq!(series.series.len(), 3);
+    }
+
+    #[test]
+    fn a_full_table_makes_room_by_dropping_a_series_idle_for_long() {
+        let start = Instant::now();
+        let mut series = CappedSeries::<u64>::new(2);
+        *series.entry_at(labels("a"), start) += 1;
+        *series.entry_at(labels("b"), start) += 1;
+        // Both still recent: a new site folds into other.
+        let soon = start + RETIRE_IDLE_SERIES_AFTER / 2;
+        *series.entry_at(labels("a"), soon) += 1;
+        *series.entry_at(labels("c"), soon) += 1;
+        assert_eq!(series.series[&labels(OTHER_SITE)], 1);
+        assert_eq!(series.retired(), 0);
+        // b, idle since the start, gives its place to d; a, added to since, stays.
+        let later = start + RETIRE_IDLE_SERIES_AFTER;
+        *series.entry_at(labels("d"), later) += 1;
+        assert_eq!(series.retired(), 1);
+        assert!(!series.series.contains_key(&labels("b")));
+        assert_eq!(series.series[&labels("a")], 2);
+        assert_eq!(series.series[&labels("d")], 1);
+        // a was added to at `soon`: not idle long enough yet, so e folds.
+        *series.entry_at(labels("e"), later) += 1;
+        assert_eq!(series.series[&labels(OTHER_SITE)], 2);
+        assert_eq!(series.folded(), 2);
+        assert_eq!(series.retired(), 1);
+        *series.entry_at(labels("e"), soon + RETIRE_IDLE_SERIES_AFTER) += 1;
+        assert_eq!(series.retired(), 2);
+        assert!(!series.series.contains_key(&labels("a")));
+        assert_eq!(series.series[&labels("e")], 1);
     }
 
     #[test]

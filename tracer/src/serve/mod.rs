@@ -20,7 +20,10 @@ mod trigger;
 mod worker;
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -463,12 +466,24 @@ impl Shared {
     /// Moves the sampler's counters to the earlier attachments' at a detach, so that the
     /// totals never go down.
     pub fn keep_sampled_counters(&self) {
-        let (counters, pass_losses) = {
-            let mut progress = lock(&self.sampled);
-            (std::mem::take(&mut progress.counters), std::mem::take(&mut progress.pass_losses))
-        };
-        *lock(&self.earlier_counters) += counters;
-        *lock(&self.earlier_pass_losses) += pass_losses;
+        // Moved under the sampler's lock, which a scrape holds while it adds both up: it
+        // never sees them in neither place (a counter that goes down reads as a restart).
+        let mut progress = lock(&self.sampled);
+        *lock(&self.earlier_counters) += std::mem::take(&mut progress.counters);
+        *lock(&self.earlier_pass_losses) += std::mem::take(&mut progress.pass_losses);
+    }
+
+    /// Ends the attachment, its probes' counters moved to the earlier attachments' under
+    /// the attachment's lock, which a scrape holds while it adds them up (see
+    /// `keep_sampled_counters`).
+    pub fn take_attached(&self) -> Option<Attached> {
+        let mut attached = lock(&self.attached);
+        let counters =
+            attached.as_ref().and_then(|attached| lock(&attached.probes).counters().ok());
+        if let Some(counters) = counters {
+            *lock(&self.earlier_counters) += counters;
+        }
+        attached.take()
     }
 
     /// The current attachment's counters: what its probes and the decoder saw (in
@@ -655,11 +670,13 @@ impl Shared {
 
     /// The probe counters over every attachment (in sampled mode, the sampler's).
     pub fn total_counters(&self) -> ProbeCounters {
+        // Both locks held while adding up: a detach moves counters under them.
+        let attached = lock(&self.attached);
+        let progress = lock(&self.sampled);
         let mut total = *lock(&self.earlier_counters);
-        total += lock(&self.sampled).counters;
-        let probes = lock(&self.attached).as_ref().map(|attached| Arc::clone(&attached.probes));
-        if let Some(probes) = probes
-            && let Ok(counters) = lock(&probes).counters()
+        total += progress.counters;
+        if let Some(attached) = attached.as_ref()
+            && let Ok(counters) = lock(&attached.probes).counters()
         {
             total += counters;
         }
@@ -669,8 +686,9 @@ impl Shared {
     /// What the samplers' passes in the kernel lost beside their probes' counters, over
     /// every attachment.
     fn total_pass_losses(&self) -> PassLosses {
+        let progress = lock(&self.sampled);
         let mut total = *lock(&self.earlier_pass_losses);
-        total += lock(&self.sampled).pass_losses;
+        total += progress.pass_losses;
         total
     }
 
@@ -744,6 +762,28 @@ pub enum ServeError {
     /// The metrics could not be encoded as text.
     #[error("cannot render the metrics")]
     Render(#[source] std::fmt::Error),
+}
+
+/// A flag set when this is dropped: stops a thread (a sampling loop, which cannot be
+/// cancelled) however the task that started it ends, by its own end, its client going
+/// away, or serve shutting down and dropping every task.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl StopOnDrop {
+    fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// The flag, for the thread to look at.
+    fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
