@@ -774,8 +774,19 @@ pub const PASS_STATE_LAST_PASS_NS: u32 = 0;
 /// pass looks at (one past the last used), which userspace keeps.
 pub const PASS_STATE_PROCESS_SLOTS: u32 = 1;
 
+/// The index in the PASS_STATE array of how many passes were made: each adds one as it
+/// starts, and is known by the number it made.
+pub const PASS_STATE_PASSES: u32 = 5;
+
+/// The index in the PASS_STATE array of the last lap over every process the passes
+/// watch: how many laps came round (the high 32 bits) and the number of the pass that
+/// ended the last (the low 32 bits of its `PASS_STATE_PASSES` number), in one word that
+/// userspace reads whole. Two of them apart say how many passes a lap took, which is how
+/// many periods a process waits between two passes over it.
+pub const PASS_STATE_LAST_LAP: u32 = 6;
+
 /// Entries of the PASS_STATE array.
-pub const PASS_STATE_ENTRIES: u32 = 5;
+pub const PASS_STATE_ENTRIES: u32 = 7;
 
 /// Bytes of the PASSES ring: a quarter of a second of passes over `PASS_MAX_THREADS`
 /// threads at 49 a second is 1.9 MiB of looks (152 bytes each with the ring's header),
@@ -885,9 +896,6 @@ pub enum Counter {
     /// or the pass's end lost to a full ring, the thread list unreadable part way or
     /// longer than a walk): reads lost (counted per process, per pass).
     PassesIncomplete = 23,
-    /// Times the passes came round every process they watch: passes made over laps is how
-    /// many periods a process waits between two passes over it.
-    PassLaps = 24,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -965,13 +973,14 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 25;
-const _: () = assert!(Counter::PassLaps as usize + 1 == COUNTER_COUNT);
+pub const COUNTER_COUNT: usize = 24;
+const _: () = assert!(Counter::PassesIncomplete as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
 const _: () = assert!(core::mem::size_of::<PassStack>() == 40 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<PassEnd>() == 24);
 const _: () = assert!(PASS_STATE_LAST_PASS_NS < PASS_STATE_ENTRIES);
 const _: () = assert!(PASS_STATE_PROCESS_SLOTS < PASS_STATE_ENTRIES);
+const _: () = assert!(PASS_STATE_LAST_LAP < PASS_STATE_ENTRIES);
 const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);

@@ -89,12 +89,13 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use tracer_common::{
     COUNTER_COUNT, Counter, GO_COUNTER_COUNT, GoCounter, GoPark, GoWaitKey, GoWaitTotals,
     InFlightWait, PASS_END, PASS_LOOK, PASS_MAX_PROCESSES, PASS_MAX_THREADS, PASS_STACK,
-    PASS_STATE_ENTRIES, PASS_STATE_LAST_PASS_NS, PASS_STATE_PERIOD_NS, PASS_STATE_PROCESS_SLOTS,
-    PASSES_RING_BYTES, PassEnd, PassLook, PassStack, SLEEP_STACK_SLOTS, STACK_COPY_BYTES,
-    STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals, SleepStack, SwitchClock, TaskLook, ThreadSpans,
-    WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE, WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS,
-    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitRecord, WaitSlot, WakeRecord, WordVerdict,
-    classify_syscall, is_futex_wake, is_span_sample, pass_claim, pass_id, syscall_nr,
+    PASS_STATE_ENTRIES, PASS_STATE_LAST_LAP, PASS_STATE_LAST_PASS_NS, PASS_STATE_PASSES,
+    PASS_STATE_PERIOD_NS, PASS_STATE_PROCESS_SLOTS, PASSES_RING_BYTES, PassEnd, PassLook,
+    PassStack, SLEEP_STACK_SLOTS, STACK_COPY_BYTES, STACK_SPAN_SLOTS, ShortRun, ShortWaitTotals,
+    SleepStack, SwitchClock, TaskLook, ThreadSpans, WAIT_KIND_COUNT, WAIT_SPAN_SAMPLE,
+    WAIT_STACK_FROM_SLEEP_COPY, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind,
+    WaitRecord, WaitSlot, WakeRecord, WordVerdict, classify_syscall, is_futex_wake, is_span_sample,
+    pass_claim, pass_id, syscall_nr,
 };
 
 /// The process (tgid) to trace; set by the loader.
@@ -1549,6 +1550,10 @@ enum PassState {
     PeriodNs = PASS_STATE_PERIOD_NS,
     /// The slot the next pass starts at: the first process the last one had no room for.
     NextSlot = 4,
+    /// Passes made, each numbered by its own.
+    Passes = PASS_STATE_PASSES,
+    /// Laps over every process, and the number of the pass that ended the last.
+    LastLap = PASS_STATE_LAST_LAP,
 }
 
 /// The processes the passes walk, by slot (0: an empty slot), set by userspace. A process
@@ -1619,6 +1624,10 @@ fn try_sample_pass() -> Result<(), i32> {
         return Ok(());
     }
     count(Counter::Passes);
+    let passes = state(PassState::Passes)?;
+    // SAFETY: as above; only the pass that claimed the period writes it.
+    let number = unsafe { *passes } + 1;
+    unsafe { *passes = number };
     // The process the tick interrupted: its leader is kept, and its threads' stacks can
     // be copied (the pass runs in their memory).
     // SAFETY: the helper returns the current task as a BTF pointer.
@@ -1644,6 +1653,7 @@ fn try_sample_pass() -> Result<(), i32> {
         now,
         regs_from_stack: unsafe { *state(PassState::RegsFromStack)? },
         pass: pass_id(now),
+        number,
         current_tgid,
         slot: if first_slot < slots { first_slot as u32 } else { 0 },
         slots: slots as u32,
@@ -1668,9 +1678,12 @@ fn try_sample_pass() -> Result<(), i32> {
         )
     };
     // Stopped short (a process's threads grew past what its walk had room for): it is
-    // missed from there, and its end says so.
+    // missed from there, and its end says so; unless the steps ran out right after its
+    // last thread, with only its end left to write.
     if walk.ended == 0 && walk.node != 0 {
-        walk.missed += 1;
+        if walk.node != walk.head {
+            walk.missed += 1;
+        }
         end_process_walk(walk);
     }
     // SAFETY: as above.
@@ -1694,6 +1707,8 @@ struct PassWalk {
     node: u64,
     now: u64,
     regs_from_stack: u64,
+    /// The pass's number (`PassState::Passes`).
+    number: u64,
     pass: u32,
     /// The process the tick interrupted.
     current_tgid: u32,
@@ -1736,7 +1751,7 @@ extern "C" fn pass_step(_index: u64, _context: *mut core::ffi::c_void) -> i64 {
         }
         walk.slots_visited += 1;
         walk.slot = if slot + 1 >= walk.slots {
-            count(Counter::PassLaps);
+            end_lap(walk.number);
             0
         } else {
             slot + 1
@@ -1763,6 +1778,20 @@ extern "C" fn pass_step(_index: u64, _context: *mut core::ffi::c_void) -> i64 {
         }
     }
     0
+}
+
+/// A lap over every slot ended with pass `number`: counted, with its number, in the one
+/// word userspace reads (`PASS_STATE_LAST_LAP`).
+#[inline(always)]
+fn end_lap(number: u64) {
+    if let Some(last) = PASS_STATE.get_ptr_mut(PassState::LastLap as u32) {
+        // SAFETY: an aligned array value, read and written whole; only the pass that
+        // claimed the period writes it.
+        unsafe {
+            let laps = (*last >> 32) + 1;
+            *last = (laps << 32) | (number & u64::from(u32::MAX));
+        }
+    }
 }
 
 /// What `start_process_walk` did with a slot.

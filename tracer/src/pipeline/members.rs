@@ -100,6 +100,9 @@ pub struct Member {
     pub sampler: ThreadSampler,
     /// A Go program: its threads are read (its goroutines need it traced alone).
     pub go: bool,
+    /// Its process exited and gave up its place in the passes: once, as a new process
+    /// given the same pid may have joined since and been given a place of its own.
+    left_passes: bool,
 }
 
 impl Member {
@@ -251,7 +254,7 @@ impl Members {
             sampler.keep_rolling_timeline(window);
         }
         let comm = target.comm.clone();
-        self.members.push(Member { target, sampler, go });
+        self.members.push(Member { target, sampler, go, left_passes: false });
         self.share_descriptors();
         Ok(Joined::Joined { pid, comm, go })
     }
@@ -337,7 +340,10 @@ impl Members {
             if member.target.has_exited() {
                 // Its slot for a process that joins later (a recording keeps the member
                 // to the end; a daemon drops it, which does the same).
-                lock(&self.probes).unwatch_in_passes(pid);
+                if !member.left_passes {
+                    lock(&self.probes).unwatch_in_passes(pid);
+                    member.left_passes = true;
+                }
                 continue;
             }
             alive = true;
@@ -370,14 +376,20 @@ impl Members {
         };
         let drained = source.drain(&mut lock(&self.probes));
         match drained {
-            Ok(drained) => {
+            Ok(mut drained) => {
+                let walk_interval = source.walk_interval();
                 for member in &mut self.members {
                     let pid = member.target.pid;
                     if drained.unwalkable.iter().any(|&(tgid, _)| tgid == pid) {
+                        // The whole passes made before it grew past a pass first.
+                        let records = drained.records.remove(&pid).unwrap_or_default();
+                        if let Err(err) = member.sampler.read_passes(&records, walk_interval) {
+                            log::debug!("pid {pid}: read failed: {err}");
+                        }
                         member.sampler.read_here_from_now();
                     }
                 }
-                (drained.records, Some(source.walk_interval()))
+                (drained.records, Some(walk_interval))
             }
             Err(why) => {
                 log::info!("{why}; each process read every period");

@@ -17,10 +17,10 @@ use aya::{
     programs::{BtfTracePoint, Iter},
 };
 use tracer_common::{
-    COUNTER_COUNT, Counter, InFlightWait, PASS_MAX_PROCESSES, PASS_STATE_PERIOD_NS,
-    PASS_STATE_PROCESS_SLOTS, PASSES_RING_BYTES, SLEEP_STACK_SLOTS, STACK_COPY_BYTES,
-    ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE, WAIT_KIND_COUNT, WAIT_START_SLOTS,
-    WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
+    COUNTER_COUNT, Counter, InFlightWait, PASS_MAX_PROCESSES, PASS_STATE_LAST_LAP,
+    PASS_STATE_PASSES, PASS_STATE_PERIOD_NS, PASS_STATE_PROCESS_SLOTS, PASSES_RING_BYTES,
+    SLEEP_STACK_SLOTS, STACK_COPY_BYTES, ShortWaitTotals, SleepStack, TaskLook, WAIT_BEGAN_BEFORE,
+    WAIT_KIND_COUNT, WAIT_START_SLOTS, WAITS_RING_BYTES, WAKES_RING_BYTES, WaitKind, WaitSlot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -427,6 +427,22 @@ impl Probes {
         // The last pass's time is numbered in the new period as the ticks' are
         // (`pass_claim`): nothing else to reset.
         state.set(PASS_STATE_PERIOD_NS, period_ns, 0).map_err(map_error)
+    }
+
+    /// How far the passes got: passes made, and the last lap over every process they
+    /// watch (`PassLap`).
+    pub fn pass_progress(&self) -> Result<(u64, PassLap), ProbeError> {
+        let name = "PASS_STATE";
+        let map_error = |source| ProbeError::Map { name, source: Some(source) };
+        let state: Array<&MapData, u64> = self
+            .ebpf
+            .map(name)
+            .ok_or(ProbeError::Map { name, source: None })?
+            .try_into()
+            .map_err(map_error)?;
+        let passes = state.get(&PASS_STATE_PASSES, 0).map_err(map_error)?;
+        let last_lap = state.get(&PASS_STATE_LAST_LAP, 0).map_err(map_error)?;
+        Ok((passes, PassLap::from_word(last_lap)))
     }
 
     /// Stops the passes `attach_sample_passes` started: each tick then returns at once
@@ -884,6 +900,21 @@ pub enum AdoptError {
 pub fn comm_text(comm: &[u8; 16]) -> String {
     let len = comm.iter().position(|&byte| byte == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
+/// The last lap of the passes over every process they watch, as the kernel keeps it
+/// (`PASS_STATE_LAST_LAP`): how many came round, and the number of the pass that ended
+/// the last, of which the low 32 bits are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassLap {
+    pub laps: u32,
+    pub ended_by_pass: u32,
+}
+
+impl PassLap {
+    fn from_word(word: u64) -> Self {
+        Self { laps: (word >> 32) as u32, ended_by_pass: word as u32 }
+    }
 }
 
 /// Reads everything a pass of the iterator writes into `bytes` and returns its length.

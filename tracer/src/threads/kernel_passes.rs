@@ -17,7 +17,7 @@ use tracer_common::{
 };
 
 use crate::pipeline::pace;
-use crate::probes::{ProbeError, Probes};
+use crate::probes::{PassLap, ProbeError, Probes};
 
 /// How often the passes are drained. A wait whose stack no pass could copy (the pass ran
 /// outside the process) is copied at the drain if it is still on, so a longer interval
@@ -68,10 +68,10 @@ pub struct PassSource {
     ring: RingBuf<MapData>,
     /// Whom the passes are for, in messages: `pid 42`, `every user process`.
     label: String,
-    /// `Counter::Passes` and `Counter::PassLaps` at the last drain that saw a lap, and how
-    /// many passes a lap took then: processes of more threads in all than a pass walks
-    /// are walked in turns, each every `turns` periods.
-    lap_mark: (u64, u64),
+    /// The last lap over every process at the last drain, and how many passes a lap
+    /// takes: processes of more threads in all than a pass walks are walked in turns,
+    /// each every `turns` periods.
+    lap_mark: PassLap,
     turns: u32,
     /// Whether the turns were said (once).
     turns_said: bool,
@@ -107,7 +107,7 @@ impl PassSource {
         let made = probes.counter(Counter::Passes).unwrap_or(0);
         let cost_mark = (made, probes.counter(Counter::PassNs).unwrap_or(0));
         let lost_mark = (made, probes.counter(Counter::PassesIncomplete).unwrap_or(0));
-        let lap_mark = (made, probes.counter(Counter::PassLaps).unwrap_or(0));
+        let lap_mark = probes.pass_progress().map(|(_, lap)| lap).unwrap_or_default();
         let ring = probes.attach_sample_passes(period)?;
         log::debug!("{label}: the kernel makes the reads' passes");
         Ok(Self {
@@ -171,7 +171,9 @@ impl PassSource {
         let passes_made = probes.counter(Counter::Passes).ok();
         let (made, incomplete) =
             (passes_made.unwrap_or(0), probes.counter(Counter::PassesIncomplete).unwrap_or(0));
-        self.count_turns(made, probes.counter(Counter::PassLaps).unwrap_or(0));
+        if let Ok((passes, lap)) = probes.pass_progress() {
+            self.count_turns(passes, lap);
+        }
         let (made_before, incomplete_before) =
             std::mem::replace(&mut self.lost_mark, (made, incomplete));
         let (made_since, incomplete_since) =
@@ -190,17 +192,11 @@ impl PassSource {
         Ok(drained)
     }
 
-    /// How many passes a lap over every process took, from the counters at a drain
-    /// (`made` passes, `laps` laps so far): measured over the drains since the last that
-    /// saw a lap end, so that laps longer than a drain still count whole.
-    fn count_turns(&mut self, made: u64, laps: u64) {
-        let (made_before, laps_before) = self.lap_mark;
-        let (made_since, laps_since) =
-            (made.saturating_sub(made_before), laps.saturating_sub(laps_before));
-        let turns = passes_per_lap(made_since, laps_since, self.turns);
-        if laps_since > 0 {
-            self.lap_mark = (made, laps);
-        }
+    /// How many passes a lap over every process takes, from how far the passes got at a
+    /// drain (`passes` made, the `lap` that ended last).
+    fn count_turns(&mut self, passes: u64, lap: PassLap) {
+        let turns =
+            passes_per_lap(passes, lap, std::mem::replace(&mut self.lap_mark, lap), self.turns);
         if turns > 1 && !std::mem::replace(&mut self.turns_said, true) {
             log::info!(
                 "{}: more threads than a pass in the kernel walks ({PASS_MAX_THREADS}): the \
@@ -254,16 +250,17 @@ impl PassSource {
     }
 }
 
-/// Passes per lap over every process, from `made` passes and `laps` laps since a drain
-/// that saw one end, and the figure before: while no lap ended, at least the passes since.
-/// A pass counts itself made as it starts and its lap as it ends, so a drain that reads
-/// the counters while one is under way counts one pass more than its laps show.
-fn passes_per_lap(made: u64, laps: u64, before: u32) -> u32 {
-    let turns = match laps {
-        0 => made.max(u64::from(before)),
-        laps => made.saturating_sub(1).div_ceil(laps),
+/// Passes per lap over every process, from the passes made and the `lap` that ended
+/// last, the lap `mark` seen at the drain before, and the figure `before`. The passes
+/// between the ends of laps, over the laps: exact however the drains fall. While no lap
+/// ends, at least the passes since the last did (the pass that ends the next is numbered
+/// a lap's passes after the one that ended the last).
+fn passes_per_lap(passes: u64, lap: PassLap, mark: PassLap, before: u32) -> u32 {
+    let turns = match lap.laps.wrapping_sub(mark.laps) {
+        0 => (passes as u32).wrapping_sub(lap.ended_by_pass).max(before),
+        laps => lap.ended_by_pass.wrapping_sub(mark.ended_by_pass).div_ceil(laps),
     };
-    u32::try_from(turns).unwrap_or(u32::MAX).max(1)
+    turns.max(1)
 }
 
 /// The process and its threads when the record is the end of a pass that could not walk
@@ -769,23 +766,27 @@ mod tests {
     #[test]
     fn passes_per_lap_say_how_often_each_process_is_walked() {
         use super::passes_per_lap;
+        use crate::probes::PassLap;
+        let lap = |laps, ended_by_pass| PassLap { laps, ended_by_pass };
         // Every process fits in a pass: a lap each, whether or not a pass was under way
-        // when the counters were read.
-        assert_eq!(passes_per_lap(12, 12, 1), 1);
-        assert_eq!(passes_per_lap(13, 12, 1), 1);
-        assert_eq!(passes_per_lap(12, 13, 1), 1);
+        // when the drain looked.
+        assert_eq!(passes_per_lap(112, lap(112, 112), lap(100, 100), 1), 1);
+        assert_eq!(passes_per_lap(113, lap(112, 112), lap(100, 100), 1), 1);
         // Three processes of 400 threads, two a pass: two laps every three passes, so a
         // process waits up to two periods for its next pass.
-        assert_eq!(passes_per_lap(12, 8, 1), 2);
-        assert_eq!(passes_per_lap(13, 8, 1), 2);
-        // One process a pass, three in all.
-        assert_eq!(passes_per_lap(13, 4, 1), 3);
-        // Laps longer than a drain: the passes since the last lap, at least.
-        assert_eq!(passes_per_lap(12, 0, 2), 12);
-        assert_eq!(passes_per_lap(12, 0, 30), 30);
-        // No pass made (spaced out): the figure before stands.
-        assert_eq!(passes_per_lap(0, 0, 3), 3);
-        assert_eq!(passes_per_lap(0, 0, 0), 1);
+        assert_eq!(passes_per_lap(112, lap(74, 111), lap(66, 99), 1), 2);
+        // 24 processes of 500 threads, two a pass: a lap every 12 passes. A drain that
+        // came 11 passes after a lap ended, and 13 passes later, sees two laps end 24
+        // passes apart (counted from the drains, 13 passes held two laps: 6).
+        assert_eq!(passes_per_lap(124, lap(10, 120), lap(8, 96), 1), 12);
+        // The count of passes wraps at 32 bits.
+        assert_eq!(passes_per_lap(1 << 32, lap(3, 2), lap(2, u32::MAX), 1), 3);
+        // Laps longer than a drain: the passes since the last lap ended, at least.
+        assert_eq!(passes_per_lap(130, lap(10, 120), lap(10, 120), 2), 10);
+        assert_eq!(passes_per_lap(130, lap(10, 120), lap(10, 120), 30), 30);
+        // No pass made yet, or none since (spaced out): the figure before stands.
+        assert_eq!(passes_per_lap(0, lap(0, 0), lap(0, 0), 3), 3);
+        assert_eq!(passes_per_lap(0, lap(0, 0), lap(0, 0), 0), 1);
     }
 
     #[test]

@@ -569,10 +569,14 @@ impl ThreadSampler {
             return Ok(());
         };
         match source.drain(probes) {
-            // Its process has more threads than a pass walks: the passes let it go.
-            Ok(drained) if drained.unwalkable.iter().any(|&(tgid, _)| tgid == self.pid) => {
+            // Its process has more threads than a pass walks: the passes let it go, after
+            // the whole ones made before it grew are read.
+            Ok(mut drained) if drained.unwalkable.iter().any(|&(tgid, _)| tgid == self.pid) => {
                 probes.stop_sample_passes();
+                let walk_interval = source.walk_interval();
+                let records = drained.records.remove(&self.pid).unwrap_or_default();
                 self.passes = Passes::Here;
+                self.read_passes(&records, walk_interval)?;
                 self.read()
             }
             Ok(mut drained) => {
