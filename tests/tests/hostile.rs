@@ -17,7 +17,9 @@ const WORKLOAD_SECONDS: &str = "120";
 /// Far above the second a snapshot takes, so a loaded machine does not flake.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The name the workload gives itself in `name` mode (see tests/workloads/c_hostile.c).
-const HOSTILE_NAME: &str = "\x1b]0;pwn\x07<a>";
+const HOSTILE_NAME: &str = "\x1b]0;pwn\x07<a>\t\n--";
+/// The same, written out as reports show it.
+const HOSTILE_NAME_SHOWN: &str = "\\x1b]0;pwn\\x07<a>\\x09\\x0a--";
 /// The plain C functions on every waiter's stack, leaf last; a demangler that tries any
 /// name reads them as `float`, `std::nullptr_t`, `std`, `char*`, `int`.
 const C_NAMES: [&str; 5] = ["f", "Dn", "St", "Pc", "i"];
@@ -29,11 +31,13 @@ fn start_hostile(dir: &TempDir, mode: &str) -> ChildGuard {
     start_workload(&format!("c-hostile {mode}"), cmd)
 }
 
-/// No byte that starts or ends a terminal control sequence: ESC, BEL, CSI (C1, as UTF-8).
+/// No byte that starts or ends a terminal control sequence: ESC, BEL, CSI (C1, as UTF-8);
+/// no tab, and no line the name's newline began.
 fn assert_no_controls(what: &str, text: &str) {
-    for (name, bad) in [("ESC", "\x1b"), ("BEL", "\x07"), ("CSI", "\u{9b}")] {
+    for (name, bad) in [("ESC", "\x1b"), ("BEL", "\x07"), ("CSI", "\u{9b}"), ("TAB", "\t")] {
         assert!(!text.contains(bad), "{what} holds {name}:\n{text:?}");
     }
+    assert!(!text.contains("\n--"), "{what} has a line the name's newline began:\n{text}");
 }
 
 #[test]
@@ -53,7 +57,7 @@ fn names_from_the_target_cannot_drive_the_terminal_or_break_the_svg() {
     assert_no_controls("stdout", &out.stdout);
     assert_no_controls("stderr", &out.stderr);
     // The name is still there to read, written out.
-    assert!(out.stdout.contains("\\x1b]0;pwn\\x07<a>"), "stdout:\n{}", out.stdout);
+    assert!(out.stdout.contains(HOSTILE_NAME_SHOWN), "stdout:\n{}", out.stdout);
     let txt = std::fs::read_to_string(&txt).expect("read the text report");
     assert_no_controls("the text report", &txt);
     let folded = std::fs::read_to_string(&folded).expect("read the folded stacks");

@@ -248,6 +248,18 @@ fn a_diff_of_a_recording_against_itself_changes_nothing() {
         assert_eq!(counts[0], counts[1], "before and after differ in a self-diff: {line}");
     }
     run_tool("xmllint", &["--noout", utf8(&diff_svg)], TOOL_TIMEOUT);
+
+    // A snapshot against a recording: one line and exit code 1, no table.
+    let seed = std::fs::read_to_string(SEED_JSON).expect("the seed profile");
+    let snapshot = recording.dir.join("snapshot.json");
+    let snapshot_text = seed.replacen(r#""kind": "recording""#, r#""kind": "snapshot""#, 1);
+    assert_ne!(snapshot_text, seed, "the seed names its kind");
+    std::fs::write(&snapshot, snapshot_text).expect("write the snapshot");
+    let mixed = tracer_report(&[json, "--diff", utf8(&snapshot)], TOOL_TIMEOUT);
+    assert_eq!(mixed.status.code(), Some(1), "stderr:\n{}", mixed.stderr);
+    assert_eq!(mixed.stderr.lines().count(), 1, "stderr:\n{}", mixed.stderr);
+    assert!(mixed.stderr.contains("a diff compares two of a kind"), "{}", mixed.stderr);
+    assert!(mixed.stdout.is_empty(), "stdout:\n{}", mixed.stdout);
 }
 
 /// The profiles the property tests mutate, kept in the repository.

@@ -28,8 +28,9 @@
 
 /* The name the waiters have until they all wait; the readiness check goes by it. */
 #define WAITER_NAME "waiter"
-/* ESC ] 0 ; pwn BEL sets an xterm's title; <a> is markup. 11 bytes: fits comm's 15. */
-#define HOSTILE_NAME "\x1b]0;pwn\x07<a>"
+/* ESC ] 0 ; pwn BEL sets an xterm's title; <a> is markup; a tab and a newline would
+ * break a table's row, and -- an XML comment. 15 bytes: fits comm's 15. */
+#define HOSTILE_NAME "\x1b]0;pwn\x07<a>\t\n--"
 /* x86_64 futex (arch/x86/entry/syscalls/syscall_64.tbl). */
 #define SYS_FUTEX_NR 202
 #define POLL_SECONDS 0.01

@@ -5,6 +5,7 @@ use anyhow::bail;
 
 use crate::{
     cli::ReportArgs,
+    model::ProfileKind,
     report::{
         Format, Output, RenderOptions, Weight, diff, escape_controls, flamegraph, note_written,
         outputs_failed, print_stdout, read_saved, summary::render_summary,
@@ -58,15 +59,32 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         Some(base_path) => {
             let base = read_saved(&base_path)?;
             let (before, after) = (&base.profile, &saved.profile);
+            // A snapshot's ages of waits going on are no recording's blocked time.
+            if before.kind != after.kind {
+                let name = |kind| match kind {
+                    ProfileKind::Recording => "recording",
+                    ProfileKind::Snapshot => "snapshot",
+                };
+                bail!(
+                    "{} is a {} and {} a {}: a diff compares two of a kind",
+                    base_path.display(),
+                    name(before.kind),
+                    input.display(),
+                    name(after.kind)
+                );
+            }
             let changes = diff::site_changes(before, after);
-            // Escaped once for stdout and the .txt alike: it quotes the targets' names.
-            let table = escape_controls(&diff::render_changes(
+            let mut table = diff::render_changes(
                 &base_path.display().to_string(),
                 &input.display().to_string(),
                 &changes,
                 top,
-            ))
-            .into_owned();
+            );
+            if let Some(note) = diff::durations_note(before, after) {
+                table.push_str(&note);
+            }
+            // Escaped once for stdout and the .txt alike: it quotes the targets' names.
+            let table = escape_controls(&table).into_owned();
             let lines = diff::differential_lines(before, after, weight);
             let mut failed = 0;
             for output in &outputs {

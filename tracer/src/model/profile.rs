@@ -548,7 +548,19 @@ impl Profile {
             ProfileKind::Recording => (stack.stats.total_ns, 0),
             ProfileKind::Snapshot => (stack.stats.threads.len() as u64, stack.stats.total_ns),
         };
-        stacks.sort_by(|a, b| heaviness(b).cmp(&heaviness(a)).then_with(|| a.kind.cmp(&b.kind)));
+        // Ties in an order of their own, the same at every run (the map's is not).
+        fn names(stack: &ProfileStack) -> impl Iterator<Item = &String> {
+            stack.frames.iter().map(|frame| &frame.name)
+        }
+        stacks.sort_by(|a, b| {
+            heaviness(b)
+                .cmp(&heaviness(a))
+                .then_with(|| a.kind.cmp(&b.kind))
+                .then_with(|| a.process.cmp(&b.process))
+                .then_with(|| names(a).cmp(names(b)))
+                .then_with(|| a.object.cmp(&b.object))
+                .then_with(|| (a.truncated, a.in_progress).cmp(&(b.truncated, b.in_progress)))
+        });
         base.stacks = stacks;
         base
     }

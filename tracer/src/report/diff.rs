@@ -131,19 +131,24 @@ pub fn render_changes(
         let _ = writeln!(out, "no call site changed its blocked time or threads");
         return out;
     }
+    let kind_of = |change: &SiteChange| {
+        let mark = if change.still_blocked { "*" } else { "" };
+        format!("{}{mark}", change.kind.map_or("", WaitKind::name))
+    };
+    // As wide as the widest kind shown (`goroutine*`), at least as the header's.
+    let kind = changes.iter().take(top).map(|change| kind_of(change).len()).max().unwrap_or(0);
+    let kind = kind.max(8);
     let _ = writeln!(
         out,
-        "{:<SITE_WIDTH$} {:<8} {:>10} {:>10} {:>10}  THREADS",
+        "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>10}  THREADS",
         "CALL SITE", "KIND", "BEFORE", "AFTER", "CHANGE"
     );
     for change in changes.iter().take(top) {
-        let kind = change.kind.map_or("", WaitKind::name);
-        let mark = if change.still_blocked { "*" } else { "" };
         let _ = writeln!(
             out,
-            "{:<SITE_WIDTH$} {:<8} {:>10} {:>10} {:>10}  {} -> {} ({:+})",
+            "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>10}  {} -> {} ({:+})",
             elide(&change.site, SITE_WIDTH),
-            format!("{kind}{mark}"),
+            kind_of(change),
             format_duration(change.before_ns),
             format_duration(change.after_ns),
             signed_duration(change.blocked_change()),
@@ -166,6 +171,24 @@ fn signed_duration(ns: i128) -> String {
     if ns < 0 { format!("-{magnitude}") } else { format!("+{magnitude}") }
 }
 
+/// A line saying that two recordings' lengths differ by more than a tenth: their
+/// blocked times are compared as they are, not per second. None for snapshots.
+pub fn durations_note(before: &Profile, after: &Profile) -> Option<String> {
+    if before.kind != ProfileKind::Recording || after.kind != ProfileKind::Recording {
+        return None;
+    }
+    let (b, a) = (before.duration.as_secs_f64(), after.duration.as_secs_f64());
+    if b <= 0.0 || a <= 0.0 || (a / b - 1.0).abs() <= 0.1 {
+        return None;
+    }
+    Some(format!(
+        "the recordings' lengths differ ({} against {}): blocked times are compared as they \
+         are, not per second\n",
+        format_duration(after.duration.as_nanos() as u64),
+        format_duration(before.duration.as_nanos() as u64)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +209,25 @@ mod tests {
             table,
             "a.json against a.json:\nno call site changed its blocked time or threads\n"
         );
+    }
+
+    #[test]
+    fn recordings_of_different_lengths_are_said_to_be() {
+        let mut before = fixture_profile();
+        before.kind = ProfileKind::Recording;
+        before.duration = std::time::Duration::from_secs(10);
+        let mut after = before.clone();
+        after.duration = std::time::Duration::from_millis(10_500);
+        assert_eq!(durations_note(&before, &after), None, "within a tenth");
+        after.duration = std::time::Duration::from_secs(30);
+        let note = durations_note(&before, &after).expect("a note");
+        assert!(
+            note.starts_with("the recordings' lengths differ (30.00s against 10.00s)"),
+            "{note}"
+        );
+        after.kind = ProfileKind::Snapshot;
+        before.kind = ProfileKind::Snapshot;
+        assert_eq!(durations_note(&before, &after), None, "snapshots have no length");
     }
 
     #[test]

@@ -219,7 +219,8 @@ fn draw(
     for stack in &profile.stacks {
         let still_blocked = recording && stack.in_progress;
         let color = if still_blocked { STILL_BLOCKED } else { kind_color(stack.kind) };
-        palette.insert(kind_frame(profile, stack), color);
+        // Keyed by the frame as the folded lines write it (a `;` in a Go type made `:`).
+        palette.insert(super::folded::sanitize(&kind_frame(profile, stack)), color);
     }
     // The comm comes from the process: no control characters in the XML.
     let comm = crate::report::escape_name(&profile.comm);
@@ -267,6 +268,9 @@ fn base_options(comm: &str, weight: Weight) -> Options<'static> {
     options.hash = true;
     options.count_name = weight.unit().to_string();
     options.name_type = "Frame:".to_string();
+    // The notes are an XML comment, where `--` may not appear nor a `-` come last: the
+    // name's hyphens are written as U+2010, which reads the same.
+    let comm = super::escape_name(comm).replace('-', "\u{2010}");
     options.notes = format!("tracer {} profile of {comm}", super::TRACER_VERSION);
     options
 }

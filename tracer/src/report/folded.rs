@@ -74,7 +74,7 @@ pub fn kind_frame(profile: &Profile, stack: &ProfileStack) -> String {
 
 /// `;` separates frames and a newline ends the line, so neither may appear in a name;
 /// other control characters are written out (the SVG is drawn from these lines).
-fn sanitize(name: &str) -> String {
+pub(super) fn sanitize(name: &str) -> String {
     crate::report::escape_name(&name.replace(';', ":").replace(['\n', '\r'], " ")).into_owned()
 }
 

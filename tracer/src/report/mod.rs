@@ -227,7 +227,9 @@ pub fn escape_name(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn escape_controls_but<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
-    let escaped = |c: char| c.is_control() && !keep.contains(&c);
+    // U+FFFE and U+FFFF are no control characters, but XML (the SVG) forbids them.
+    let escaped =
+        |c: char| (c.is_control() || c == '\u{fffe}' || c == '\u{ffff}') && !keep.contains(&c);
     if !text.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(text);
     }

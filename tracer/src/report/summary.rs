@@ -56,6 +56,10 @@ fn site_label(stack: &ProfileStack) -> String {
 /// What a profile is of: `app (pid 4242)`, or `2 processes: app (4242), db (4250)`; past
 /// `NAMED_PROCESSES`, the first of them and how many more (a host's `--all`).
 pub(crate) fn target_name(profile: &Profile) -> String {
+    super::escape_name(&target_names(profile)).into_owned()
+}
+
+fn target_names(profile: &Profile) -> String {
     if profile.processes.is_empty() {
         return format!("{} (pid {})", profile.comm, profile.pid);
     }
@@ -93,13 +97,14 @@ fn write_processes(out: &mut String, profile: &Profile, top: usize) {
         }
     }
     rows.sort_by_key(|(_, blocked, _, now)| std::cmp::Reverse((now.len(), *blocked)));
-    let waiters = profile.waiters().to_uppercase();
+    let now_header = profile.waiters().to_uppercase() + " NOW";
+    let now_width = now_header.len().max(12);
     let _ =
-        writeln!(out, "{:>8}  {:<24} {:>9} {:>12}", "PID", "PROCESS", "BLOCKED", waiters + " NOW");
+        writeln!(out, "{:>8}  {:<24} {:>9} {now_header:>now_width$}", "PID", "PROCESS", "BLOCKED");
     for (process, blocked, lower_bound, now) in rows.iter().take(top) {
         let _ = writeln!(
             out,
-            "{:>8}  {:<24} {:>9} {:>12}",
+            "{:>8}  {:<24} {:>9} {:>now_width$}",
             process.pid,
             elide(&process.comm, 24),
             format_age(*blocked, *lower_bound),
@@ -318,7 +323,7 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         let _ = writeln!(
             out,
             "{waiters} @ {}{ages}{}:",
-            kind_frame(profile, stack),
+            super::escape_name(&kind_frame(profile, stack)),
             if stack.truncated { " (stack truncated)" } else { "" },
         );
         for frame in stack.frames.iter().rev().take(FRAMES_SHOWN) {
@@ -401,22 +406,27 @@ const LOCK_WIDTH: usize = 46;
 fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
     let endpoints = object_rows(profile, &ENDPOINT_KINDS);
     if !endpoints.is_empty() {
+        let kinds_of = |row: &ObjectRow| {
+            row.kinds.iter().map(|kind| kind.name()).collect::<Vec<_>>().join(",")
+        };
+        // As wide as the widest kinds shown (`send,recv`, `goroutine`).
+        let kind = endpoints.iter().take(top).map(|row| kinds_of(row).len()).max().unwrap_or(0);
+        let kind = kind.max(7);
         let _ = writeln!(
             out,
-            "{:<ENDPOINT_WIDTH$} {:<7} {:>10} {:>4}  STATE",
+            "{:<ENDPOINT_WIDTH$} {:<kind$} {:>10} {:>4}  STATE",
             "BY ENDPOINT", "KIND", "BLOCKED", "NOW"
         );
         for row in endpoints.iter().take(top) {
-            let kinds: Vec<&str> = row.kinds.iter().map(|kind| kind.name()).collect();
             let state = profile.endpoint_states.get(&row.object).map_or("", String::as_str);
             let _ = writeln!(
                 out,
-                "{:<ENDPOINT_WIDTH$} {:<7} {:>10} {:>4}  {}",
+                "{:<ENDPOINT_WIDTH$} {:<kind$} {:>10} {:>4}  {}",
                 elide(&row.object, ENDPOINT_WIDTH),
-                kinds.join(","),
+                kinds_of(row),
                 format_age(row.blocked_ns, row.lower_bound),
                 row.threads_now,
-                truncate(state, 100 - ENDPOINT_WIDTH - 26),
+                truncate(state, 100 - ENDPOINT_WIDTH - kind - 19),
             );
         }
         let _ = writeln!(out);
@@ -453,7 +463,8 @@ fn write_chains(out: &mut String, profile: &Profile, top: usize) {
     let _ = writeln!(out, "WAIT CHAINS");
     for chain in profile.chains.iter().take(top) {
         let line = chains::chain_line(chain, profile.waiters(), format_duration);
-        let _ = writeln!(out, "  {line}");
+        // One line, whatever the names it joins hold.
+        let _ = writeln!(out, "  {}", super::escape_name(&line));
         // The holder's stack as it is now: where the lock is held.
         if let chains::Terminal::LockHolder(holder) = &chain.terminal
             && let chains::ThreadState::Blocked { stack, .. } = &holder.state
@@ -710,7 +721,10 @@ pub fn format_age(ns: u64, lower_bound: bool) -> String {
 }
 
 /// Shortens `text` to `width` characters, keeping its end (the function's own name).
+/// Control characters are written out first: a name's newline or tab (a thread may name
+/// itself anything) must not break a row, nor its escape widen one after it was padded.
 pub(crate) fn elide(text: &str, width: usize) -> String {
+    let text = super::escape_name(text);
     let count = text.chars().count();
     if count <= width {
         return text.to_string();
@@ -719,8 +733,10 @@ pub(crate) fn elide(text: &str, width: usize) -> String {
     format!("…{tail}")
 }
 
-/// Shortens `text` to `width` characters, keeping its start (a phrase's point).
+/// Shortens `text` to `width` characters, keeping its start (a phrase's point); its
+/// control characters written out first, as `elide` does.
 fn truncate(text: &str, width: usize) -> String {
+    let text = super::escape_name(text);
     if text.chars().count() <= width {
         return text.to_string();
     }
@@ -824,6 +840,34 @@ mod tests {
             timeline: None,
             python: None,
         }
+    }
+
+    #[test]
+    fn names_with_newlines_and_tabs_stay_in_their_cells() {
+        let mut odd = profile();
+        let mut site = stack(&[("f\nfake row\tx", true)], WaitKind::Send, &[(11, 9_000_000)]);
+        site.object = Some("pipe\n--".into());
+        odd.stacks.push(site);
+        odd.processes =
+            vec![crate::model::ProcessTag { pid: 4242, comm: "a\nb".into(), cgroup: None }];
+        for stack in &mut odd.stacks {
+            stack.process = Some(odd.processes[0].clone());
+        }
+        let text = render_summary(&odd, 15);
+        assert!(!text.contains('\t'), "{text}");
+        for line in text.lines() {
+            assert!(!line.starts_with("fake row") && !line.starts_with("--"), "{text}");
+            assert!(!line.starts_with('b'), "{text}");
+        }
+        assert!(text.contains("f\\x0afake row\\x09x in a\\x0ab (4242)"), "{text}");
+        assert!(text.contains("pipe\\x0a--"), "{text}");
+        // The row keeps its width: its blocked time ends where the header's column does.
+        let end_column = |line: &str, text: &str| {
+            line.find(text).map(|at| line[..at + text.len()].chars().count())
+        };
+        let header = text.lines().find(|line| line.starts_with("CALL SITE")).expect("header");
+        let row = text.lines().find(|line| line.contains("fake row")).expect("the odd row");
+        assert_eq!(end_column(header, "BLOCKED"), end_column(row, "9.0ms"), "{text}");
     }
 
     #[test]
