@@ -431,16 +431,24 @@ impl Graph<'_> {
     }
 
     /// Where a lock's holder is blocked now, when it is in a watched wait at a site of the
-    /// profile not yet in the chain.
+    /// profile not yet in the chain: the site it is at now, not where it spent most of a
+    /// recording (a worker asleep holding the lock, idle in its queue's wait the rest of
+    /// the time, would send the chain after its queue's wakers).
     fn holder_blocked<'h>(
         &self,
         holder: &'h ThreadNow,
         visited: &BTreeSet<SiteKey>,
     ) -> Option<(&'h ThreadNow, SiteKey, u64)> {
-        if !matches!(holder.state, ThreadState::Blocked { .. }) {
+        let ThreadState::Blocked { call_site: Some(now), .. } = &holder.state else {
             return None;
-        }
-        let (next, blocked_ns) = self.where_blocked(&[holder.tid])?;
+        };
+        let (next, blocked_ns) = self
+            .by_thread
+            .get(&holder.tid)?
+            .iter()
+            .filter(|(site, _)| site.site == *now)
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(site, ns)| (site.clone(), *ns))?;
         (!visited.contains(&next)).then_some((holder, next, blocked_ns))
     }
 

@@ -336,10 +336,20 @@ fn a_lock_holder_blocked_in_a_watched_wait_is_a_hop_to_it() {
           90 (collector): blocked in pause at main; none of its threads waits on this pipe"]
     );
     // A holder running, or blocked outside the watched waits, ends the chain itself.
-    let running = ThreadNow { state: ThreadState::Running, ..holder };
+    let running = ThreadNow { state: ThreadState::Running, ..holder.clone() };
     facts.holders.insert("log_lock".to_string(), running);
     let first = lines(&profile, &facts).remove(0);
     assert!(first.ends_with("[futex log_lock] → held by handler (tid 7): running"), "{first}");
+    // A holder blocked now elsewhere than at its waits of the profile (asleep holding the
+    // lock) ends the chain where it is now, not at the site it spent most time in.
+    let asleep = ThreadNow { state: blocked("clock_nanosleep", "flush_later"), ..holder };
+    facts.holders.insert("log_lock".to_string(), asleep);
+    let first = lines(&profile, &facts).remove(0);
+    assert!(
+        first.contains("[futex log_lock] → held by handler (tid 7): blocked in clock_nanosleep"),
+        "{first}"
+    );
+    assert!(!first.contains("[write pipe"), "{first}");
 }
 
 #[test]

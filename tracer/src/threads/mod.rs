@@ -84,17 +84,24 @@ pub fn read_syscall(pid: u32, tid: u32) -> Option<ThreadSyscall> {
 }
 
 /// The syscall each blocked thread of `pid` is in now, or None when its threads cannot be
-/// listed.
+/// listed or one of them cannot be read (what they all wait on cannot be told then; a
+/// thread gone since the listing waits on nothing).
 pub fn blocked_calls(pid: u32) -> Option<Vec<(u32, SyscallState)>> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let blocked = tasks
-        .flatten()
-        .filter_map(|task| task.file_name().to_str()?.parse().ok())
-        .filter_map(|tid| match read_syscall(pid, tid)? {
-            ThreadSyscall::Blocked(call) => Some((tid, call)),
-            _ => None,
-        })
-        .collect();
+    let mut blocked = Vec::new();
+    for tid in tasks.flatten().filter_map(|task| task.file_name().to_str()?.parse().ok()) {
+        match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) {
+            Ok(text) => {
+                if let Some(ThreadSyscall::Blocked(call)) = parse_syscall(&text) {
+                    blocked.push((tid, call));
+                }
+            }
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    || err.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(_) => return None,
+        }
+    }
     Some(blocked)
 }
 

@@ -7,7 +7,7 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Borders, Cell, Paragraph, Row, Table as TableWidget, Wrap},
+    widgets::{Block, Borders, Cell, Paragraph, Row, Table as TableWidget, TableState, Wrap},
 };
 use tracer_common::WaitKind;
 
@@ -169,7 +169,9 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
         .header(header)
         .column_spacing(1)
         .block(Block::new().borders(Borders::TOP).title(title));
-    frame.render_widget(table, area);
+    // Stateful: the rows scroll to keep the selected one in sight.
+    let mut scroll = TableState::default().with_selected(Some(state.table.selected));
+    frame.render_stateful_widget(table, area, &mut scroll);
 }
 
 fn draw_site(frame: &mut Frame<'_>, area: Rect, title: &str, lines: &[String]) {

@@ -266,6 +266,13 @@ impl Session {
         if ctrl_c {
             return Flow::Quit;
         }
+        let flow = self.on_key_in_view(key);
+        // A new filter or sort: the selection stays with its site where it is still shown.
+        self.table.follow_selection();
+        flow
+    }
+
+    fn on_key_in_view(&mut self, key: KeyEvent) -> Flow {
         match (&self.view, key.code) {
             (View::Filter, KeyCode::Enter) => self.view = View::Table,
             (View::Filter, KeyCode::Esc) => {
@@ -292,15 +299,16 @@ impl Session {
         Flow::Continue
     }
 
-    /// The selected site: its whole stack, and the wait chain that starts there (read
-    /// from the live system now, as a snapshot's).
+    /// The selected site: the wait chain that starts there (read from the live system
+    /// now, as a snapshot's), then its whole stack: the chain first, as a deep stack
+    /// would push it out of the view, which does not scroll.
     fn open_site(&mut self) {
         let Some(row) = self.table.selected_row() else { return };
         let key = row.key.clone();
+        let mut stack: Vec<String> = Vec::new();
+        stack.push(format!("{} threads blocked now; stack, innermost first:", row.threads_now));
+        stack.extend(row.frames.iter().rev().map(|frame| format!("  {frame}")));
         let mut lines: Vec<String> = Vec::new();
-        lines.push(format!("{} threads blocked now; stack, innermost first:", row.threads_now));
-        lines.extend(row.frames.iter().rev().map(|frame| format!("  {frame}")));
-        lines.push(String::new());
         let member = self.members.members.iter_mut().find(|member| {
             key.process.as_ref().is_none_or(|process| process.pid == member.target.pid)
         });
@@ -323,6 +331,8 @@ impl Session {
             }
             None => lines.push("no wait chain starts here now".to_string()),
         }
+        lines.push(String::new());
+        lines.extend(stack);
         let object = key.object.as_deref().map_or(String::new(), |object| format!(" [{object}]"));
         let title = format!("{} {}{object}", key.site, key.kind.name());
         self.view = View::Site { title, lines };

@@ -68,7 +68,11 @@ pub struct Table {
     pub sort: Sort,
     /// Rows whose site, object or process name hold this (case-insensitive).
     pub filter: String,
+    /// The selected row's place among the visible rows, and its site: the rows are sorted
+    /// again at every refresh and filtered as the user types, and the selection stays with
+    /// its site.
     pub selected: usize,
+    selected_key: Option<SiteKey>,
     pub refreshes: u64,
 }
 
@@ -79,6 +83,7 @@ impl Default for Table {
             sort: Sort::ThreadsNow,
             filter: String::new(),
             selected: 0,
+            selected_key: None,
             refreshes: 0,
         }
     }
@@ -142,7 +147,19 @@ impl Table {
             }
         }
         self.rows.retain(|_, row| row.blocked_ns > 0 || row.history.iter().any(|&n| n > 0));
-        self.selected = self.selected.min(self.visible().len().saturating_sub(1));
+        self.follow_selection();
+    }
+
+    /// Finds the selected site again among the visible rows (after a refresh, a new sort
+    /// or filter); where it is gone, the row at its place is selected instead.
+    pub fn follow_selection(&mut self) {
+        let visible = self.visible();
+        let found = (self.selected_key.as_ref())
+            .and_then(|key| visible.iter().position(|row| &row.key == key));
+        let selected = found.unwrap_or(self.selected).min(visible.len().saturating_sub(1));
+        let key = visible.get(selected).map(|row| row.key.clone());
+        self.selected = selected;
+        self.selected_key = key;
     }
 
     /// The rows the filter lets through, in the sort's order.
@@ -170,12 +187,14 @@ impl Table {
     }
 
     pub fn move_selection(&mut self, by: isize) {
-        let rows = self.visible().len();
-        if rows == 0 {
-            self.selected = 0;
-            return;
-        }
-        self.selected = self.selected.saturating_add_signed(by).min(rows - 1);
+        let visible = self.visible();
+        let selected = match visible.len() {
+            0 => 0,
+            rows => self.selected.saturating_add_signed(by).min(rows - 1),
+        };
+        let key = visible.get(selected).map(|row| row.key.clone());
+        self.selected = selected;
+        self.selected_key = key;
     }
 }
 
@@ -301,6 +320,18 @@ mod tests {
         assert_eq!(table.selected, 1);
         table.move_selection(-9);
         assert_eq!(table.selected, 0);
+        // send_stat first and selected; recv_loop overtakes it: the selection follows
+        // send_stat.
+        table.refresh(&snapshot(&[(1, 5), (4, 5)], &[(2, 5)]), &snapshot(&[], &[]));
+        table.move_selection(-1);
+        assert_eq!(table.selected_row().unwrap().key.site, "send_stat");
+        table.refresh(&snapshot(&[(1, 5), (4, 5)], &[(2, 5), (3, 5), (5, 5)]), &snapshot(&[], &[]));
+        assert_eq!(table.visible()[0].key.site, "recv_loop");
+        assert_eq!(table.selected_row().unwrap().key.site, "send_stat");
+        // Filtered out: the row at its place is selected instead.
+        table.filter = "recv".into();
+        table.follow_selection();
+        assert_eq!(table.selected_row().unwrap().key.site, "recv_loop");
     }
 
     #[test]
