@@ -115,6 +115,39 @@ fn a_name_no_process_has_is_one_line() {
     assert_eq!(out.stderr.trim_end(), "tracer: no process is named \"no-such-process-name\"");
 }
 
+/// `--comm` with a name longer than the 15 bytes the kernel keeps of it (an executable's
+/// file name is cut so): the process is found by what the kernel kept.
+#[test]
+fn a_name_longer_than_the_kernel_keeps_finds_its_process() {
+    const LONG_NAME: &str = "my-payments-service";
+    let dir = TempDir::new("processes-long-name");
+    let bin = dir.join(LONG_NAME);
+    std::fs::copy("/bin/sleep", &bin).expect("copy sleep");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "echo ready; exec \"$0\" 60"]).arg(&bin);
+    let sleeper = tracer_tests::start_workload(LONG_NAME, cmd);
+    // The shell said ready before its exec: the name changes a moment later.
+    let comm_path = format!("/proc/{}/comm", sleeper.pid());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::fs::read_to_string(&comm_path).expect("comm") != "my-payments-ser\n" {
+        assert!(std::time::Instant::now() < deadline, "the kernel keeps 15 bytes of the name");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut snapshot = std::process::Command::new(tracer_bin());
+    snapshot.args(["snapshot", "--comm", LONG_NAME]);
+    let out = tracer_tests::run_with_timeout("tracer snapshot --comm", snapshot, TIMEOUT);
+    assert!(out.status.success(), "exit {}; stderr:\n{}", out.status, out.stderr);
+    // One process found (another of the name on the host makes it a report of several).
+    let pid = sleeper.pid();
+    let alone = format!("my-payments-ser (pid {pid})");
+    let among = format!("my-payments-ser ({pid})");
+    assert!(
+        out.stdout.starts_with(&alone) || out.stdout.contains(&among),
+        "stdout:\n{}",
+        out.stdout
+    );
+}
+
 #[test]
 fn a_process_that_starts_in_the_cgroup_while_recording_is_followed() {
     let cgroup = TestCgroup::make("tracer-test");

@@ -172,6 +172,12 @@ pub struct ServeArgs {
     /// How much of the time before a firing its recording holds.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub trigger_window: Duration,
+
+    /// The most firings whose files are kept: past it, the oldest that this daemon wrote
+    /// are deleted, so that a condition that holds for days does not fill the disk
+    /// (0: keep every one).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub trigger_keep: usize,
 }
 
 #[derive(Debug, Args)]
@@ -369,11 +375,12 @@ pub fn sampled_only_option(rate: Option<u32>, cpu_budget: Option<f64>) -> Option
     }
 }
 
-/// Parses a share of one CPU in percent, above 0 and at most 100.
+/// Parses a share of one CPU in percent, from 0.01 to 100 (a read of a millisecond then
+/// comes every 10 s at most; a budget near 0 would space the reads out past any clock).
 fn parse_cpu_budget(text: &str) -> Result<f64, String> {
     match text.trim().trim_end_matches('%').parse::<f64>() {
-        Ok(percent) if percent > 0.0 && percent <= 100.0 => Ok(percent),
-        _ => Err(format!("give a percentage of one CPU above 0 and at most 100, not {text:?}")),
+        Ok(percent) if (0.01..=100.0).contains(&percent) => Ok(percent),
+        _ => Err(format!("give a percentage of one CPU from 0.01 to 100, not {text:?}")),
     }
 }
 

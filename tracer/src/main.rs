@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("tracer: cannot start the async runtime: {err}");
+            tracer::report::note(&format!("tracer: cannot start the async runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };

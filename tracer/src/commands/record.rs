@@ -120,7 +120,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         const EXACT_PYTHON: &str = "an exact recording shows Python frames only for the waits \
              still blocked at its end (the others ended before their threads could be read): \
              --mode sampled names every wait by its Python frames";
-        eprintln!("tracer: {} (pid {pid}) runs CPython; {EXACT_PYTHON}", target.comm);
+        crate::report::note(&format!(
+            "tracer: {} (pid {pid}) runs CPython; {EXACT_PYTHON}",
+            target.comm
+        ));
         unwinder.note_python_frames_missing(EXACT_PYTHON);
     }
     let mut collector = WaitCollector::new(pid, unwinder);
@@ -144,12 +147,12 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             0
         }
     };
-    eprintln!(
+    crate::report::note(&format!(
         "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
         target.comm,
         target.pid,
         format_duration(duration.as_nanos() as u64)
-    );
+    ));
 
     collector.aggregate.timeline = Some(TimelineRecorder::new(monotonic_now_ns()));
     let started = Instant::now();
@@ -192,7 +195,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     drop(rings);
     let target_exited = stop == pipeline::Stop::TargetExited || target.has_exited();
     if target_exited {
-        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
+        crate::report::note(&format!(
+            "tracer: pid {pid} exited during the recording; reporting what was recorded"
+        ));
     }
 
     let WaitCollector {
@@ -225,7 +230,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             // Exiting now, after the recording: still report what was recorded.
             Err(_) if target.has_exited() => {
                 target_exited = true;
-                eprintln!("tracer: pid {pid} exited at the end of the recording");
+                crate::report::note(&format!(
+                    "tracer: pid {pid} exited at the end of the recording"
+                ));
                 ThreadCounts::default()
             }
             Err(err) => {
@@ -281,12 +288,12 @@ async fn record_sampled(
         .with_context(|| format!("cannot list the threads of pid {pid}"))?
         .with_passes_in_kernel();
     sampler.keep_files_of_at_most(members::kept_threads_per_process(1));
-    eprintln!(
+    crate::report::note(&format!(
         "tracer: recording {} (pid {pid}) for {}, sampled every {}; Ctrl-C to stop early",
         target.comm,
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
-    );
+    ));
     let started_at = SystemTime::now();
     sampler.keep_timeline(monotonic_now_ns());
     let (elapsed, target_exited) = pipeline::sample_until_stop(&target, duration, period, || {
@@ -316,23 +323,27 @@ async fn record_sampled_several(
     let outputs = pipeline::create_outputs(outputs)?;
     for joined in joined.iter().filter(|joined| !matches!(joined, Joined::Joined { go: false, .. }))
     {
-        eprintln!("tracer: {joined}");
+        crate::report::note(&format!("tracer: {joined}"));
+    }
+    // Every one left out (said above), and none may join: nothing to record.
+    if members.members.is_empty() && !members.selection().follows() {
+        anyhow::bail!("no process of {} can be recorded", members.selection().describe());
     }
     let following =
         if members.selection().follows() { ", and those that start meanwhile," } else { "" };
-    eprintln!(
+    crate::report::note(&format!(
         "tracer: recording {} processes of {}{following} for {}, sampled every {}; Ctrl-C to \
          stop early",
         members.members.len(),
         members.selection().describe(),
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
-    );
+    ));
     let started_at = SystemTime::now();
     members.keep_timelines(monotonic_now_ns());
     let elapsed = pipeline::sample_while(duration, period, || {
         for joined in members.look_for_new() {
-            eprintln!("tracer: {joined}");
+            crate::report::note(&format!("tracer: {joined}"));
         }
         members.read().then(|| members.read_interval())
     })?;
@@ -347,10 +358,10 @@ async fn record_sampled_several(
         .map(|Member { target, sampler, .. }| {
             let exited = target.has_exited();
             if exited {
-                eprintln!(
+                crate::report::note(&format!(
                     "tracer: pid {} exited during the recording; reporting what was recorded",
                     target.pid
-                );
+                ));
             }
             sampled_profile(&target, sampler.finish(exited), timing, exited)
         })

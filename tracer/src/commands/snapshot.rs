@@ -110,10 +110,13 @@ fn snapshot_several(
 fn say_left_out(left_out: &[(u32, String)]) {
     const NAMED: usize = 5;
     for (pid, reason) in left_out.iter().take(NAMED) {
-        eprintln!("tracer: pid {pid} left out: {reason}");
+        crate::report::note(&format!("tracer: pid {pid} left out: {reason}"));
     }
     if left_out.len() > NAMED {
-        eprintln!("tracer: {} more processes left out (-v names them)", left_out.len() - NAMED);
+        crate::report::note(&format!(
+            "tracer: {} more processes left out (-v names them)",
+            left_out.len() - NAMED
+        ));
         for (pid, reason) in &left_out[NAMED..] {
             log::info!("pid {pid} left out: {reason}");
         }

@@ -106,7 +106,10 @@ fn read_snapshot<T>(
     let (module, binary) = parse_main(image)?;
     let parsed = started.elapsed();
     if announce {
-        eprintln!("tracer: reading the goroutines of {} (pid {pid})", target.comm);
+        crate::report::note(&format!(
+            "tracer: reading the goroutines of {} (pid {pid})",
+            target.comm
+        ));
     }
     let (mut goroutines, mut counts) =
         read_waiting(target, &mut reader(&binary, pid, module.bias, false))?;

@@ -71,14 +71,14 @@ async fn record_sampled(
     let outputs = pipeline::create_outputs(outputs)?;
     let (module, binary) = super::parse_main(image)?;
     let mut sampler = Sampler::new(target, &binary, image, module.bias, period);
-    eprintln!(
+    crate::report::note(&format!(
         "tracer: recording the goroutine waits of {} (pid {pid}, {}) for {}, sampled every {}; \
          Ctrl-C to stop early",
         target.comm,
         binary.version,
         format_duration(duration.as_nanos() as u64),
         format_duration(period.as_nanos() as u64),
-    );
+    ));
     let started_at = SystemTime::now();
     let (elapsed, target_exited) =
         pipeline::sample_until_stop(target, duration, period, || sampler.read().map(|()| period))?;
@@ -237,12 +237,12 @@ async fn record_exact(
             Vec::new()
         });
     let start_read_ns = crate::threads::blocked_now::monotonic_now_ns();
-    eprintln!(
+    crate::report::note(&format!(
         "tracer: recording goroutine waits of {} (pid {pid}, {}) for {}; Ctrl-C to stop early",
         target.comm,
         binary.version,
         format_duration(duration.as_nanos() as u64)
-    );
+    ));
     let started = Instant::now();
     let started_at = SystemTime::now();
     // The probes sum the waits in the kernel: nothing to drain while recording.
@@ -253,7 +253,9 @@ async fn record_exact(
     let waits = probes.go_waits()?;
     let counters = probes.go_counters()?;
     if target_exited {
-        eprintln!("tracer: pid {pid} exited during the recording; reporting what was recorded");
+        crate::report::note(&format!(
+            "tracer: pid {pid} exited during the recording; reporting what was recorded"
+        ));
     }
     // Read while the probes still run: they know when the goroutines parked.
     let still = if target_exited {
@@ -336,7 +338,9 @@ fn still_parked(
     let (mut goroutines, mut counts) = match read {
         Ok(read) => read,
         Err(err) => {
-            eprintln!("tracer: cannot read the goroutines still parked at the end: {err:#}");
+            crate::report::note(&format!(
+                "tracer: cannot read the goroutines still parked at the end: {err:#}"
+            ));
             return None;
         }
     };

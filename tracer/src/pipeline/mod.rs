@@ -96,16 +96,22 @@ pub enum Stop {
 pub struct StopSources {
     sigterm: Signal,
     sigint: Signal,
-    sighup: Signal,
+    /// None under `nohup` (SIGHUP ignored when the tracer started): a recording started
+    /// so outlives the terminal, as the user asked.
+    sighup: Option<Signal>,
     exited: Option<AsyncFd<OwnedFd>>,
 }
 
 impl StopSources {
     pub fn new(pidfd: Option<OwnedFd>) -> anyhow::Result<Self> {
+        let sighup = match sighup_ignored() {
+            true => None,
+            false => Some(signal(SignalKind::hangup()).context("cannot handle SIGHUP")?),
+        };
         Ok(Self {
             sigterm: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             sigint: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            sighup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            sighup,
             exited: pidfd.map(poll_readable).transpose().context("cannot poll the pidfd")?,
         })
     }
@@ -124,6 +130,13 @@ impl StopSources {
             }
         };
         tokio::pin!(exited);
+        let hangup = async {
+            match sighup {
+                Some(sighup) => sighup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(hangup);
         let deadline = tokio::time::sleep(duration);
         tokio::pin!(deadline);
         loop {
@@ -131,11 +144,22 @@ impl StopSources {
                 _ = &mut deadline => return Ok(Stop::DurationElapsed),
                 _ = sigint.recv() => return Ok(Stop::Interrupted),
                 _ = sigterm.recv() => return Ok(Stop::Interrupted),
-                _ = sighup.recv() => return Ok(Stop::Interrupted),
+                _ = &mut hangup => return Ok(Stop::Interrupted),
                 _ = &mut exited => return Ok(Stop::TargetExited),
                 done = work() => done?,
             }
         }
+    }
+}
+
+/// Whether SIGHUP is ignored (the tracer was started under `nohup`); listening for it
+/// would take that back.
+fn sighup_ignored() -> bool {
+    // SAFETY: sigaction with no new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -185,10 +209,10 @@ pub fn sample_until_stop(
         target_exited = target.has_exited();
     }
     if target_exited {
-        eprintln!(
+        crate::report::note(&format!(
             "tracer: pid {} exited during the recording; reporting what was recorded",
             target.pid
-        );
+        ));
     }
     Ok((elapsed, target_exited))
 }

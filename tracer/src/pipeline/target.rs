@@ -230,8 +230,7 @@ pub fn select_processes(
             .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
             .filter(|&pid| pid != own)
             .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|found| found.trim_end_matches('\n') == name)
+                std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|found| is_named(&found, name))
             })
             .collect();
         if named.is_empty() {
@@ -240,6 +239,18 @@ pub fn select_processes(
         selected.extend(named);
     }
     Ok(selected.into_iter().collect())
+}
+
+/// The kernel keeps this many bytes of a process name (TASK_COMM_LEN - 1).
+const COMM_LEN: usize = 15;
+
+/// Whether `/proc/PID/comm`'s contents (`comm`, newline and all) are `name`, of which the
+/// kernel keeps the first 15 bytes: `--comm my-payments-service` finds the process the
+/// kernel calls `my-payments-ser`.
+pub fn is_named(comm: &[u8], name: &str) -> bool {
+    let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
+    let name = name.as_bytes();
+    comm == &name[..name.len().min(COMM_LEN)]
 }
 
 /// Every live user process on the host but this one (`--all`): kernel threads and
@@ -306,6 +317,9 @@ pub fn cgroup_processes(cgroup: &Path) -> Result<Vec<u32>, TargetError> {
     if pids.is_empty() && !cgroup.exists() {
         return Err(TargetError::NoCgroup(cgroup.to_path_buf()));
     }
+    // Not the tracer itself, run from a shell in the cgroup (as --comm and --all leave it).
+    let own = std::process::id();
+    pids.retain(|&pid| pid != own);
     pids.sort_unstable();
     pids.dedup();
     Ok(pids)
@@ -360,6 +374,17 @@ pub fn btf_path() -> Result<PathBuf, TargetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_is_matched_as_far_as_the_kernel_keeps_it() {
+        assert!(is_named(b"worker\n", "worker"));
+        assert!(!is_named(b"worker\n", "work"));
+        assert!(!is_named(b"worker-2\n", "worker"));
+        // /proc/PID/comm of `my-payments-service`: its first 15 bytes.
+        assert!(is_named(b"my-payments-ser\n", "my-payments-service"));
+        assert!(is_named(b"my-payments-ser\n", "my-payments-ser"));
+        assert!(!is_named(b"my-payments-ser\n", "my-payments-se"));
+    }
 
     #[test]
     fn each_missing_capability_is_named_with_its_use() {

@@ -40,9 +40,6 @@ use crate::{
 /// How often /proc is searched for a process with the followed name.
 const SEARCH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The kernel keeps this many bytes of a process name (TASK_COMM_LEN - 1).
-const COMM_LEN: usize = 15;
-
 /// The process to trace.
 #[derive(Clone, Debug)]
 pub enum Wanted {
@@ -377,7 +374,6 @@ async fn find_by_comm(name: &str, first: bool) -> Target {
 /// The live user process named `name` with the lowest pid (the first started, as a
 /// rule), other than this one.
 fn process_named(name: &str) -> Option<Target> {
-    let wanted = name.as_bytes().get(..COMM_LEN.min(name.len()))?;
     let own = std::process::id();
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .ok()?
@@ -385,7 +381,7 @@ fn process_named(name: &str) -> Option<Target> {
         .filter(|&pid| pid != own)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.strip_suffix(b"\n").unwrap_or(&comm) == wanted)
+                .is_ok_and(|comm| crate::pipeline::target::is_named(&comm, name))
         })
         .collect();
     pids.sort_unstable();

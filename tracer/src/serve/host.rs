@@ -501,19 +501,22 @@ impl Reader {
             let result = if written.is_ok() { "written" } else { "failed" };
             *lock(&host.firings).entry((firing.condition.to_string(), result)).or_default() += 1;
             match written {
-                Ok(stem) => eprintln!(
-                    "tracer: trigger {} fired: {} of {} (pid {}); wrote {}.*",
-                    firing.condition,
-                    firing.what,
-                    member.target.comm,
-                    member.target.pid,
-                    stem.display()
-                ),
-                Err(err) => eprintln!(
+                Ok(stem) => {
+                    crate::report::note(&format!(
+                        "tracer: trigger {} fired: {} of {} (pid {}); wrote {}.*",
+                        firing.condition,
+                        firing.what,
+                        member.target.comm,
+                        member.target.pid,
+                        stem.display()
+                    ));
+                    triggers.keep_written(stem);
+                }
+                Err(err) => crate::report::note(&format!(
                     "tracer: trigger {} fired ({} of pid {}), but its files cannot be \
                      written: {err:#}",
                     firing.condition, firing.what, member.target.pid
-                ),
+                )),
             }
         }
     }

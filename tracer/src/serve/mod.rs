@@ -85,6 +85,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trigger_dir,
         trigger_cooldown,
         trigger_window,
+        trigger_keep,
     } = args;
     crate::pipeline::pace::set_cpu_budget(cpu_budget);
     let triggers = trigger_dir.map(|dir| trigger::TriggerConfig {
@@ -92,6 +93,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dir,
         cooldown: trigger_cooldown,
         window: trigger_window,
+        keep: trigger_keep,
     });
     let tls = match (&tls_cert, &tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, tls_client_ca.as_deref())?),
@@ -165,17 +167,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker::Worker::start().context("cannot start the symbolizer thread")?,
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!("tracer: serving {wanted} on {scheme}://{local}/");
+    crate::report::note(&format!("tracer: serving {wanted} on {scheme}://{local}/"));
     match sampling {
-        Some(period) => eprintln!(
+        Some(period) => crate::report::note(&format!(
             "tracer: its threads read every {}, nothing attached to them (--mode exact sees \
              every wait)",
             crate::report::summary::format_duration(period.as_nanos() as u64)
-        ),
+        )),
         None if no_wakers => {
-            eprintln!("tracer: every wait traced as it happens (exact mode, no wakers)")
+            crate::report::note("tracer: every wait traced as it happens (exact mode, no wakers)")
         }
-        None => eprintln!("tracer: every wait traced as it happens (exact mode)"),
+        None => crate::report::note("tracer: every wait traced as it happens (exact mode)"),
     }
     let server =
         tokio::spawn(http::run(listener, http::Daemon::One(Arc::clone(&shared)), access, tls));
@@ -225,12 +227,12 @@ async fn serve_host(
     let HostOptions { period, max_series, triggers } = options;
     if let Some(triggers) = &triggers {
         let conditions: Vec<String> = triggers.conditions.iter().map(ToString::to_string).collect();
-        eprintln!(
+        crate::report::note(&format!(
             "tracer: trigger {} writes to {} (at most once per {})",
             conditions.join(" or "),
             triggers.dir.display(),
             crate::report::summary::format_duration(triggers.cooldown.as_nanos() as u64)
-        );
+        ));
     }
     let (host, finished) = tokio::task::spawn_blocking(move || {
         host::Host::start(selection, period, max_series, triggers)
@@ -238,12 +240,12 @@ async fn serve_host(
     .await
     .context("cannot start reading the processes")??;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!(
+    crate::report::note(&format!(
         "tracer: read every {}, nothing attached; serving {described} ({} processes now) on \
          {scheme}://{local}/",
         crate::report::summary::format_duration(period.as_nanos() as u64),
         host.processes().len(),
-    );
+    ));
     let server =
         tokio::spawn(http::run(listener, http::Daemon::Host(Arc::clone(&host)), access, tls));
     let outcome = tokio::select! {
@@ -293,10 +295,10 @@ fn warn_if_unguarded(local: std::net::SocketAddr, access: &access::Access, tls: 
         Tls::No => "without a token or TLS (--insecure)",
         _ => "over TLS without a token or --tls-client-ca",
     };
-    eprintln!(
+    crate::report::note(&format!(
         "tracer: warning: listening on {local}, which is not a loopback address, {how}: \
          whoever reaches it can read the target's call stacks"
-    );
+    ));
 }
 
 /// How serve's connections are secured.
@@ -670,14 +672,14 @@ impl Shared {
 
     /// The probe counters over every attachment (in sampled mode, the sampler's).
     pub fn total_counters(&self) -> ProbeCounters {
-        // Both locks held while adding up: a detach moves counters under them.
+        // The attachment's and the sampler's locks held while adding up: a detach moves
+        // counters under them. (Locked in the order the detach takes them.)
         let attached = lock(&self.attached);
+        let current = attached.as_ref().and_then(|attached| lock(&attached.probes).counters().ok());
         let progress = lock(&self.sampled);
         let mut total = *lock(&self.earlier_counters);
         total += progress.counters;
-        if let Some(attached) = attached.as_ref()
-            && let Ok(counters) = lock(&attached.probes).counters()
-        {
+        if let Some(counters) = current {
             total += counters;
         }
         total

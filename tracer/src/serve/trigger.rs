@@ -5,7 +5,7 @@
 //! to the trigger directory, stamped with the time, at most once per cooldown.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     fmt,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -74,13 +74,17 @@ pub struct TriggerConfig {
     pub cooldown: Duration,
     /// How much of the time before a firing its recording holds.
     pub window: Duration,
+    /// The most firings whose files are kept (0: all).
+    pub keep: usize,
 }
 
-/// The conditions, and when they last fired for each process.
+/// The conditions, when they last fired for each process, and the firings whose files
+/// are kept, oldest first.
 pub struct Triggers {
     pub config: TriggerConfig,
     last_check: Option<Instant>,
     last_fired: HashMap<u32, Instant>,
+    written: VecDeque<PathBuf>,
 }
 
 /// What made a trigger fire, for the log and the files' names.
@@ -91,7 +95,33 @@ pub struct Firing {
 
 impl Triggers {
     pub fn new(config: TriggerConfig) -> Self {
-        Self { config, last_check: None, last_fired: HashMap::new() }
+        Self { config, last_check: None, last_fired: HashMap::new(), written: VecDeque::new() }
+    }
+
+    /// Notes a firing's files (their common `stem`), deleting the oldest firing's that
+    /// this daemon wrote once more than `keep` are kept.
+    pub fn keep_written(&mut self, stem: PathBuf) {
+        // A stem written again (two firings within a second) holds the newer files.
+        if self.config.keep == 0 || self.written.contains(&stem) {
+            return;
+        }
+        self.written.push_back(stem);
+        while self.written.len() > self.config.keep {
+            let Some(oldest) = self.written.pop_front() else { break };
+            for suffix in FIRING_FILES {
+                let path = with_suffix(&oldest, suffix);
+                if let Err(err) = std::fs::remove_file(&path)
+                    && err.kind() != std::io::ErrorKind::NotFound
+                {
+                    log::warn!("cannot delete {}: {err}", path.display());
+                }
+            }
+            log::info!(
+                "deleted {}.* (--trigger-keep {}: the oldest firing's files)",
+                oldest.display(),
+                self.config.keep
+            );
+        }
     }
 
     /// Whether it is time to look (once per `CHECK_INTERVAL`).
@@ -196,16 +226,28 @@ pub fn write_firing(
     }
     let reads = (window.duration.as_nanos() / period.as_nanos().max(1)) as u64;
     window.sampling = Some(Sampling { period, reads });
-    let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", stem.display()));
-    let snapshot_files = vec![Output::create(&with(".snapshot.json"))?];
+    let [snapshot_json, window_json, window_svg, window_trace] =
+        FIRING_FILES.map(|suffix| with_suffix(&stem, suffix));
+    let snapshot_files = vec![Output::create(&snapshot_json)?];
     let window_files = vec![
-        Output::create(&with(".window.json"))?,
-        Output::create(&with(".window.svg"))?,
-        Output::create(&with(".window.trace.json"))?,
+        Output::create(&window_json)?,
+        Output::create(&window_svg)?,
+        Output::create(&window_trace)?,
     ];
     crate::report::write_outputs(snapshot_files, snapshot, 20)?;
     crate::report::write_outputs(window_files, &window, 20)?;
     Ok(stem)
+}
+
+/// The files of a firing, by what follows their common stem.
+const FIRING_FILES: [&str; 4] =
+    [".snapshot.json", ".window.json", ".window.svg", ".window.trace.json"];
+
+/// `stem` with `suffix` after it (`…-app-4242` and `.window.svg`).
+fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {
+    let mut path = stem.as_os_str().to_owned();
+    path.push(suffix);
+    PathBuf::from(path)
 }
 
 /// `20261201T190512Z`: sortable, and the same on every host.
@@ -281,12 +323,48 @@ mod tests {
     }
 
     #[test]
+    fn past_the_firings_kept_the_oldest_files_written_go() {
+        let dir = std::env::temp_dir().join(format!("tracer-trigger-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let mut triggers = Triggers::new(TriggerConfig {
+            conditions: vec![Condition::Threads(1)],
+            dir: dir.clone(),
+            cooldown: Duration::from_secs(60),
+            window: Duration::from_secs(30),
+            keep: 2,
+        });
+        // Someone else's file in the directory is never touched.
+        let other = dir.join("notes.txt");
+        std::fs::write(&other, "mine").expect("write");
+        let stems: Vec<PathBuf> = (0..3).map(|n| dir.join(format!("stamp{n}-app-42"))).collect();
+        for stem in &stems {
+            for suffix in FIRING_FILES {
+                std::fs::write(with_suffix(stem, suffix), "{}").expect("write");
+            }
+            triggers.keep_written(stem.clone());
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        let mut expected = vec!["notes.txt".to_string()];
+        for n in 1..3 {
+            expected.extend(FIRING_FILES.map(|suffix| format!("stamp{n}-app-42{suffix}")));
+        }
+        expected.sort();
+        assert_eq!(left, expected);
+    }
+
+    #[test]
     fn threads_are_counted_by_call_site_only_when_enough_are_blocked() {
         let triggers = Triggers::new(TriggerConfig {
             conditions: vec![Condition::Threads(3), Condition::Wait(Duration::from_secs(10))],
             dir: PathBuf::new(),
             cooldown: Duration::from_secs(60),
             window: Duration::from_secs(30),
+            keep: 100,
         });
         let key = StackKey {
             addresses: vec![0x10],
