@@ -751,7 +751,8 @@ fn find_wait_reasons(file: &object::File<'_>) -> Vec<String> {
         let len = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
         if len == SECOND_WAIT_REASON.len() as u64 && texts.contains(&pointer) {
             let table = data.address() + 16 * (index as u64 - 1);
-            return read_string_table(file, table, u64::MAX);
+            // `waitReason` is a uint8: the table has 256 entries at most.
+            return read_string_table(file, table, 256);
         }
     }
     Vec::new()

@@ -178,6 +178,11 @@ pub fn name_io_waits(
         parked.values().map(|parked| (parked.fd, parked.registration, parked.reading)).collect();
     named.retain(|key, _| live.contains(key));
     for goroutine in goroutines {
+        // Only a goroutine seen in IO wait: one seen in another wait whose pollDesc names it
+        // by the time that was read parked there since, and its object is its own wait's.
+        if io_wait.is_some_and(|io_wait| goroutine.wait_reason != io_wait) {
+            continue;
+        }
         let Some(&PolledDescriptor { fd, reading, registration }) = parked.get(&goroutine.address)
         else {
             if Some(goroutine.wait_reason) == io_wait {

@@ -309,9 +309,60 @@ fn python_3_13(runtime: &[u8]) -> Option<Layout> {
             // Every object is laid out differently without the GIL.
             return None;
         }
-        debug.apply(&mut layout);
+        // The offsets are read from the process's writable memory: ones that cannot be a
+        // struct's (corrupt, or written to mislead) would size the reads or index past them.
+        let mut read = layout.clone();
+        debug.apply(&mut read);
+        match plausible(&read) {
+            true => layout = read,
+            false => log::warn!("CPython's debug offsets are out of bounds: 3.13's own used"),
+        }
     }
     Some(layout)
+}
+
+/// No offset read from `_Py_DebugOffsets` lies past any struct this reads (the
+/// interpreter's state is some kilobytes), the two that size a read's buffer (a frame's,
+/// a code object's header) are a frame's and a header's size, and a frame's bytes read
+/// hold every field read from them.
+fn plausible(layout: &Layout) -> bool {
+    const MAX_OFFSET: u64 = 1 << 20;
+    const MAX_READ: u64 = 4096;
+    let frame = &layout.frame;
+    let code = &layout.code;
+    let offsets = [
+        layout.runtime_interpreters_head,
+        layout.interp_threads_head,
+        layout.interp_modules,
+        layout.thread_next,
+        layout.thread_native_id,
+        frame.previous,
+        frame.code,
+        frame.instruction,
+        frame.localsplus,
+        frame.owner,
+        code.filename,
+        code.name,
+        code.qualname,
+        code.linetable,
+        code.firstlineno,
+        code.argcount,
+        code.localsplusnames,
+        code.code_start,
+        layout.ascii_data,
+    ];
+    let current_frame_ok = match layout.current_frame {
+        CurrentFrame::Direct(offset) => offset < MAX_OFFSET,
+        CurrentFrame::ThroughCFrame { .. } => true,
+    };
+    let frame_fields = [frame.previous + 8, frame.code + 8, frame.instruction + 8, frame.owner + 1];
+    offsets.iter().all(|&offset| offset < MAX_OFFSET)
+        && frame.size <= MAX_READ
+        && code.code_start <= MAX_READ
+        && current_frame_ok
+        && frame_fields.iter().all(|&end| end <= frame.size)
+        && frame.stacktop + 4 <= frame.size
+        && frame.globals + 8 <= frame.size
 }
 
 /// `_Py_DebugOffsets` (3.13): the first member of `_PyRuntime`, "xdebugpy" then u64s.
@@ -357,5 +408,69 @@ impl<'a> DebugOffsets<'a> {
     /// A free-threaded build (3.13t), whose objects are laid out differently.
     fn free_threaded(&self) -> bool {
         self.at(16) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `_Py_DebugOffsets` as CPython 3.13 writes it (the offsets `apply` reads, from its
+    /// own table), with `change` applied to its bytes.
+    fn runtime_with(change: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let own = python_3_13(&[]).expect("3.13's own table");
+        let mut runtime = vec![0u8; DEBUG_OFFSETS_SIZE];
+        runtime[..8].copy_from_slice(b"xdebugpy");
+        let CurrentFrame::Direct(current_frame) = own.current_frame else {
+            panic!("3.13 reads its current frame directly")
+        };
+        let frame = &own.frame;
+        let code = &own.code;
+        for (at, value) in [
+            (40, own.runtime_interpreters_head),
+            (72, own.interp_threads_head),
+            (88, own.interp_modules),
+            (168, own.thread_next),
+            (184, current_frame),
+            (200, own.thread_native_id),
+            (232, frame.previous),
+            (240, frame.code),
+            (248, frame.instruction),
+            (256, frame.localsplus),
+            (264, frame.owner),
+            (280, code.filename),
+            (288, code.name),
+            (296, code.qualname),
+            (304, code.linetable),
+            (312, code.firstlineno),
+            (320, code.argcount),
+            (328, code.localsplusnames),
+            (344, code.code_start),
+            (560, own.ascii_data),
+        ] {
+            runtime[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        change(&mut runtime);
+        runtime
+    }
+
+    #[test]
+    fn debug_offsets_out_of_bounds_give_way_to_the_versions_own() {
+        let own = python_3_13(&[]).expect("3.13's own table");
+        assert_eq!(python_3_13(&runtime_with(|_| {})), Some(own.clone()), "the same offsets");
+        // A frame of 1 MiB: its bytes would be allocated at every read.
+        let huge =
+            runtime_with(|runtime| runtime[256..264].copy_from_slice(&(1u64 << 20).to_le_bytes()));
+        assert_eq!(python_3_13(&huge), Some(own.clone()));
+        // An owner past the frame's bytes read would index past them.
+        let owner =
+            runtime_with(|runtime| runtime[264..272].copy_from_slice(&200u64.to_le_bytes()));
+        assert_eq!(python_3_13(&owner), Some(own.clone()));
+        // Plausible offsets other than 3.13's own are taken.
+        let moved = runtime_with(|runtime| {
+            runtime[200..208].copy_from_slice(&(own.thread_native_id + 8).to_le_bytes())
+        });
+        let read = python_3_13(&moved).expect("a layout");
+        assert_eq!(read.thread_native_id, own.thread_native_id + 8);
     }
 }

@@ -236,12 +236,22 @@ impl PythonProcess {
         frames
     }
 
-    /// The thread state of native thread `tid`, re-reading the list when it is not known.
+    /// The thread state of native thread `tid`, re-reading the list when it is not known,
+    /// or when the one known no longer names the thread: CPython frees a thread state
+    /// when a thread it did not start leaves Python (`PyGILState_Release`, a C library's
+    /// callback thread), and its memory may hold another's by the next read.
     fn thread_state(&mut self, tid: u32) -> Option<u64> {
+        let mut moved = false;
         if let Some(&state) = self.thread_states.get(&tid) {
-            return Some(state);
+            let names = self.read_word(state + self.layout.thread_native_id);
+            if names.is_some_and(|native_id| native_id as u32 == tid) {
+                return Some(state);
+            }
+            self.thread_states.remove(&tid);
+            moved = true;
         }
-        let stale = self.states_read_at.is_none_or(|at| at.elapsed() >= THREAD_STATES_REFRESH);
+        let stale =
+            moved || self.states_read_at.is_none_or(|at| at.elapsed() >= THREAD_STATES_REFRESH);
         if stale {
             self.thread_states = self.read_thread_states();
             self.states_read_at = Some(Instant::now());
