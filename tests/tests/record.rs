@@ -195,11 +195,12 @@ fn short_handoffs_without_wakers_keep_no_copies() {
 /// the pinger's pauses are reported where they wait (`hit`), not as unreadable stacks.
 #[test]
 fn a_long_wait_after_short_handoffs_without_wakers_keeps_its_stack() {
-    // Every 20,000 round trips (a fraction of a second here) the pinger sleeps 100 ms: two
-    // or three pauses a second. Their sleeps came after runs of short waits: copied late,
-    // not at the sleep.
+    // Every 10,000 round trips (a fraction of a second here) the pinger sleeps 100 ms: two
+    // to five pauses a second (CI once ran the traced ping-pong at 21,000 round trips a
+    // second, and every 20,000 made only 4 pauses in the 4 s). Their sleeps came after
+    // runs of short waits: copied late, not at the sleep.
     pauses_keep_their_stacks(Pauses {
-        every: "20000",
+        every: "10000",
         ms: "100",
         recorded: "4s",
         ended: 5,

@@ -155,15 +155,21 @@ fn pipes_of(profile: &Profile) -> BTreeMap<String, PeerEnd> {
     profile.stacks.iter().filter_map(pipe).collect()
 }
 
-/// The endpoints `profile`'s waits name, with their sockets.
+/// The endpoints `profile`'s waits name, with their sockets, each once (its peer is
+/// looked for once, however many stacks wait on it).
 fn endpoints_of<'a>(
     profile: &'a Profile,
     sockets: &'a BTreeMap<String, SocketInfo>,
 ) -> impl Iterator<Item = (&'a String, &'a SocketInfo)> {
-    profile.stacks.iter().filter_map(|stack| {
-        let endpoint = endpoint_in_object(stack.kind, stack.object.as_deref()?)?;
-        sockets.get_key_value(endpoint)
-    })
+    let endpoints: BTreeMap<&String, &SocketInfo> = profile
+        .stacks
+        .iter()
+        .filter_map(|stack| {
+            let endpoint = endpoint_in_object(stack.kind, stack.object.as_deref()?)?;
+            sockets.get_key_value(endpoint)
+        })
+        .collect();
+    endpoints.into_iter()
 }
 
 /// The holder of the mutex whose `__lock` is at `address` in `pid`: its `__owner`, or the

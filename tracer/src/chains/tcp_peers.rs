@@ -115,12 +115,14 @@ impl TcpTables {
 }
 
 /// The inode of the socket among `records` whose addresses are `local` and `remote`
-/// crossed.
+/// crossed; not one of inode 0 (a connection in TIME_WAIT or orphaned, which no process
+/// holds), which would end the search with no owner to find.
 fn crossing_in(records: &[Record], local: &str, remote: &str) -> Option<u64> {
     records
         .iter()
         .find(|record| {
-            record.info.local.as_deref() == Some(remote)
+            record.info.inode != 0
+                && record.info.local.as_deref() == Some(remote)
                 && record.info.remote.as_deref() == Some(local)
         })
         .map(|record| record.info.inode)

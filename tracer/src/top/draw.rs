@@ -96,18 +96,21 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
     {
         reads.push_str(&format!("; {lost} lost"));
     }
-    let mut second = format!(
-        "{reads}; tracer {:.1}% CPU, {} MiB; sort: {}",
-        header.cpu_percent,
-        header.resident_bytes / (1 << 20),
-        state.table.sort.name()
-    );
+    // What the user set first: a long line of reads is cut at a narrow terminal's edge,
+    // and the pause, sort and filter must stay in sight.
+    let mut second = String::new();
+    if state.paused {
+        second.push_str("PAUSED; ");
+    }
+    second.push_str(&format!("sort: {}", state.table.sort.name()));
     if !state.table.filter.is_empty() {
         second.push_str(&format!("; filter: {}", state.table.filter));
     }
-    if state.paused {
-        second.push_str("; PAUSED");
-    }
+    second.push_str(&format!(
+        "; {reads}; tracer {:.1}% CPU, {} MiB",
+        header.cpu_percent,
+        header.resident_bytes / (1 << 20),
+    ));
     Paragraph::new(vec![first, Line::from(second)])
 }
 

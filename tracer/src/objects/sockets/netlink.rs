@@ -59,6 +59,9 @@ impl NetlinkChannel {
     /// Opens a `protocol` socket (`NETLINK_SOCK_DIAG`, `NETLINK_NETFILTER`) in the network
     /// namespace of `pid`.
     pub fn open(pid: u32, protocol: isize) -> Result<Self, NetlinkError> {
+        // A thread of it that lives: a process whose main thread exited keeps no
+        // namespaces under its pid's own directory.
+        let pid = crate::pipeline::target::live_thread(pid);
         let socket =
             if same_netns(pid) { new_socket(protocol)? } else { open_in_netns(pid, protocol)? };
         Ok(Self { socket, buffer: vec![0; RECV_BUFFER], sequence: 0 })
@@ -166,12 +169,14 @@ fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Whether `pid` is in the tracer's network namespace; false when its namespace cannot be
+/// read, so that opening in it fails and says why (rather than the tracer's own
+/// namespace's sockets being searched as if they were the target's).
 fn same_netns(pid: u32) -> bool {
     use std::os::unix::fs::MetadataExt as _;
     match (fs::metadata(format!("/proc/{pid}/ns/net")), fs::metadata("/proc/self/ns/net")) {
         (Ok(theirs), Ok(ours)) => (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()),
-        // Cannot tell (the target is gone, or no access): stay in ours.
-        _ => true,
+        _ => false,
     }
 }
 
