@@ -16,6 +16,9 @@ use std::sync::Arc;
 use super::{binary::GLayout, holders::Held, pclntab::Pclntab};
 pub(super) use crate::memory::{Memory, word};
 
+/// Reads of `runtime.allgs` tried before giving up on a slice that keeps growing.
+const ALLGS_READS: usize = 4;
+
 /// Bytes of stack read at once from the saved stack pointer: a parked goroutine's frames
 /// are usually within its first few KiB; deeper frames are read one by one.
 const STACK_WINDOW: u64 = 8 * 1024;
@@ -224,21 +227,38 @@ impl<'a> GoroutineReader<'a> {
         Ok((goroutines, counts))
     }
 
-    /// The addresses in `runtime.allgs`.
+    /// The addresses in `runtime.allgs`. The slice is read while `allgadd` may append to
+    /// it: its header is read again after its array, and the read stands when the array
+    /// is the same one and no shorter (entries are only appended); a header whose length
+    /// passes its capacity was torn.
     fn all_g_addresses(&self) -> io::Result<Vec<u64>> {
-        let mut header = [0u8; 16];
-        self.memory.read_exact(self.addresses.allgs, &mut header)?;
-        let array = word(&header, 0);
-        let len = word(&header, 8);
-        if len > MAX_GOROUTINES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "runtime.allgs length is implausible",
-            ));
+        let read_header = || -> io::Result<(u64, u64, u64)> {
+            let mut header = [0u8; 24];
+            self.memory.read_exact(self.addresses.allgs, &mut header)?;
+            Ok((word(&header, 0), word(&header, 8), word(&header, 16)))
+        };
+        for _ in 0..ALLGS_READS {
+            let (array, len, capacity) = read_header()?;
+            if len > capacity {
+                continue;
+            }
+            if len > MAX_GOROUTINES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "runtime.allgs length is implausible",
+                ));
+            }
+            let mut pointers = vec![0u8; len as usize * 8];
+            self.memory.read_exact(array, &mut pointers)?;
+            let (array_after, len_after, _) = read_header()?;
+            if array_after == array && len_after >= len {
+                return Ok(pointers.chunks_exact(8).map(|chunk| word(chunk, 0)).collect());
+            }
         }
-        let mut pointers = vec![0u8; len as usize * 8];
-        self.memory.read_exact(array, &mut pointers)?;
-        Ok(pointers.chunks_exact(8).map(|chunk| word(chunk, 0)).collect())
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "runtime.allgs kept changing as it was read",
+        ))
     }
 
     /// One batch of `g`s: status counted; the waiting ones in the same wait as at the
