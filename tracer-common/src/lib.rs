@@ -873,29 +873,27 @@ pub enum Counter {
     /// Sleeps that kept a copy of their stack, whole or in part (waits likely to end where
     /// the sleeper's memory cannot be read).
     SleepCopies = 14,
-    /// Passes of a sampled recording made in the kernel (`tracer_sample_pass`).
-    Passes = 15,
     /// A pass's processes it found nothing to walk of: none known yet, or it is gone
     /// (counted per process, per pass).
-    PassesWithoutProcess = 16,
+    PassesWithoutProcess = 15,
     /// Passes that left processes to the next, their threads past `PASS_MAX_THREADS`.
-    PassesCut = 17,
+    PassesCut = 16,
     /// Looks and stacks of passes the PASSES ring had no room for.
-    PassRingFull = 18,
+    PassRingFull = 17,
     /// Stacks of new waits a pass copied (it ran in their process).
-    PassCopies = 19,
+    PassCopies = 18,
     /// New waits a pass could not copy (it ran outside their process): read by userspace
     /// at the drain if still in progress.
-    PassCopiesLeft = 20,
+    PassCopiesLeft = 19,
     /// Copies a pass dropped because the thread arrived on a CPU meanwhile.
-    PassCopiesTorn = 21,
+    PassCopiesTorn = 20,
     /// Nanoseconds the passes took, summed (not a count): what they cost the CPUs whose
     /// timer interrupt made them.
-    PassNs = 22,
+    PassNs = 21,
     /// A pass's processes it found and could not read whole: a thread missed (its look
     /// or the pass's end lost to a full ring, the thread list unreadable part way or
     /// longer than a walk): reads lost (counted per process, per pass).
-    PassesIncomplete = 23,
+    PassesIncomplete = 22,
 }
 
 /// A goroutine parked in the Go scheduler, noted by the `runtime.gopark` uprobe (the
@@ -973,7 +971,7 @@ impl GoCounter {
 }
 
 /// Number of [`Counter`] variants.
-pub const COUNTER_COUNT: usize = 24;
+pub const COUNTER_COUNT: usize = 23;
 const _: () = assert!(Counter::PassesIncomplete as usize + 1 == COUNTER_COUNT);
 const _: () = assert!(core::mem::size_of::<PassLook>() == 144);
 const _: () = assert!(core::mem::size_of::<PassStack>() == 40 + STACK_COPY_BYTES);

@@ -1623,7 +1623,6 @@ fn try_sample_pass() -> Result<(), i32> {
     if slots == 0 {
         return Ok(());
     }
-    count(Counter::Passes);
     let passes = state(PassState::Passes)?;
     // SAFETY: as above; only the pass that claimed the period writes it.
     let number = unsafe { *passes } + 1;

@@ -432,16 +432,10 @@ impl Probes {
     /// How far the passes got: passes made, and the last lap over every process they
     /// watch (`PassLap`).
     pub fn pass_progress(&self) -> Result<(u64, PassLap), ProbeError> {
-        let name = "PASS_STATE";
-        let map_error = |source| ProbeError::Map { name, source: Some(source) };
-        let state: Array<&MapData, u64> = self
-            .ebpf
-            .map(name)
-            .ok_or(ProbeError::Map { name, source: None })?
-            .try_into()
-            .map_err(map_error)?;
-        let passes = state.get(&PASS_STATE_PASSES, 0).map_err(map_error)?;
-        let last_lap = state.get(&PASS_STATE_LAST_LAP, 0).map_err(map_error)?;
+        let state: Array<_, u64> =
+            Array::try_from(self.map("PASS_STATE")?).map_err(map_error("PASS_STATE"))?;
+        let passes = state.get(&PASS_STATE_PASSES, 0).map_err(map_error("PASS_STATE"))?;
+        let last_lap = state.get(&PASS_STATE_LAST_LAP, 0).map_err(map_error("PASS_STATE"))?;
         Ok((passes, PassLap::from_word(last_lap)))
     }
 

@@ -75,7 +75,7 @@ pub struct PassSource {
     turns: u32,
     /// Whether the turns were said (once).
     turns_said: bool,
-    /// `Counter::Passes` and `Counter::PassesIncomplete` at the last drain, and how many
+    /// The passes made and `Counter::PassesIncomplete` at the last drain, and how many
     /// drains in a row found every pass made since the one before incomplete.
     lost_mark: (u64, u64),
     drains_all_lost: u32,
@@ -83,7 +83,7 @@ pub struct PassSource {
     /// more than the reads' budget of a CPU allows at the one asked (`--cpu-budget`).
     asked: Duration,
     period: Duration,
-    /// `Counter::Passes` and `Counter::PassNs` when the passes' cost was last looked at.
+    /// The passes made and `Counter::PassNs` when the passes' cost was last looked at.
     cost_mark: (u64, u64),
     /// Whether the passes were ever spaced out (said once).
     spaced: bool,
@@ -104,10 +104,9 @@ impl PassSource {
         period: Duration,
         label: String,
     ) -> Result<Self, ProbeError> {
-        let made = probes.counter(Counter::Passes).unwrap_or(0);
+        let (made, lap_mark) = probes.pass_progress().unwrap_or_default();
         let cost_mark = (made, probes.counter(Counter::PassNs).unwrap_or(0));
         let lost_mark = (made, probes.counter(Counter::PassesIncomplete).unwrap_or(0));
-        let lap_mark = probes.pass_progress().map(|(_, lap)| lap).unwrap_or_default();
         let ring = probes.attach_sample_passes(period)?;
         log::debug!("{label}: the kernel makes the reads' passes");
         Ok(Self {
@@ -168,10 +167,11 @@ impl PassSource {
             probes.unwatch_in_passes(tgid);
         }
         // Read once for the rules below and the pace.
-        let passes_made = probes.counter(Counter::Passes).ok();
+        let progress = probes.pass_progress().ok();
+        let passes_made = progress.map(|(passes, _)| passes);
         let (made, incomplete) =
             (passes_made.unwrap_or(0), probes.counter(Counter::PassesIncomplete).unwrap_or(0));
-        if let Ok((passes, lap)) = probes.pass_progress() {
+        if let Some((passes, lap)) = progress {
             self.count_turns(passes, lap);
         }
         let (made_before, incomplete_before) =
@@ -210,7 +210,7 @@ impl PassSource {
     /// Spaces the passes out while each costs more than the reads' budget of a CPU allows
     /// at the period asked, as `ReadPace` spaces the reads made by the tracer (a pass over
     /// a thousand threads takes about a millisecond of a timer interrupt), and brings them
-    /// back once it does not. `passes_made`: `Counter::Passes` as the drain read it.
+    /// back once it does not. `passes_made`: the passes made, as the drain read them.
     fn pace(&mut self, probes: &mut Probes, passes_made: Option<u64>) {
         let (Some(made), Ok(spent_ns)) = (passes_made, probes.counter(Counter::PassNs)) else {
             return;
