@@ -175,6 +175,11 @@ impl ServeDaemon {
         let status = self.guard.wait_timeout(timeout);
         (status, start.elapsed())
     }
+
+    /// Waits (up to `timeout`) for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.guard.wait_timeout(timeout)
+    }
 }
 
 /// Far above what any endpoint takes besides the requested window, for a loaded CI

@@ -13,10 +13,13 @@
 //!   write to the collector process, with the pipe's fill, in a snapshot and in both
 //!   modes of a recording;
 //! - a snapshot of a protocol deadlock names the peer's threads waiting on the connection;
+//! - a pool of connections to one endpoint, each served by a process of its own, leads
+//!   to every process behind it;
 //! - `tracer report` keeps the chains of a saved recording.
 //!
 //! They need root and share the kernel, so they run one at a time (`--test-threads=1`).
 
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -133,6 +136,86 @@ fn rust_sync_channel_pileup_leads_to_the_slow_tcp_peer() {
         "rust_pileup::write_to_backend",
         "127.0.0.1",
     );
+}
+
+/// The processes `pid`'s threads forked, from each thread's `children` list.
+fn children_of(pid: u32) -> BTreeSet<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the backend's threads");
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace().filter_map(|pid| pid.parse().ok()).collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// A pool: three reporters, each on a connection of its own to one endpoint, each
+/// connection served by a backend process of its own (as Postgres serves each client
+/// connection): every chain through a reporter's send names all three processes.
+#[test]
+fn a_pool_of_connections_to_one_endpoint_leads_to_every_process_behind_it() {
+    const REPORTERS: usize = 3;
+    let mut cmd = Command::new(SLOW_BACKEND);
+    cmd.args(["--fork-per-connection", "--seconds", &(WORKLOAD_SECONDS + 5.0).to_string()]);
+    let (backend, port) = spawn_backend("slow-backend --fork-per-connection", cmd);
+    let mut cmd = Command::new(RUST_PILEUP);
+    cmd.args(["--backend", &format!("127.0.0.1:{port}")]).args([
+        "--handlers",
+        &(4 * REPORTERS).to_string(),
+        "--reporters",
+        &REPORTERS.to_string(),
+        "--seconds",
+        &WORKLOAD_SECONDS.to_string(),
+    ]);
+    let workload = start_workload("rust-pileup --reporters 3", cmd);
+    let pileup = Pileup { workload, backend };
+    // Each connection is accepted, and its process forked, after the pile-up's connect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut children = children_of(pileup.backend.pid());
+    while children.len() < REPORTERS && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        children = children_of(pileup.backend.pid());
+    }
+    assert_eq!(children.len(), REPORTERS, "a backend process per connection: {children:?}");
+
+    let dir = TempDir::new("chains-pool");
+    let traced =
+        record_profile(pileup.workload.pid(), &["--duration", RECORD_DURATION], &dir, TIMEOUT);
+    let chains: Vec<&WaitChain> = traced
+        .profile
+        .chains
+        .iter()
+        .filter(|chain| chain.start.site == "rust_pileup::send_stat")
+        .collect();
+    assert!(!chains.is_empty(), "chains at the handlers' site: {:#?}", traced.profile.chains);
+    for chain in &chains {
+        let Terminal::Endpoint { endpoint, peer: Some(peer), .. } = &chain.terminal else {
+            panic!("the chain ends at the endpoint with its peers: {chain:#?}");
+        };
+        assert_eq!(endpoint, &format!("127.0.0.1:{port}"), "{chain:#?}");
+        let mut behind: BTreeSet<u32> = peer.other_pids.iter().copied().collect();
+        behind.insert(peer.pid);
+        assert_eq!(behind, children, "every backend process, not the listener: {chain:#?}");
+        assert_eq!(peer.other_pids.len(), REPORTERS - 1, "each once: {chain:#?}");
+        assert_eq!(peer.comm, "slow-backend", "{chain:#?}");
+    }
+    // The line the reader sees names them.
+    let stdout = &traced.out.stdout;
+    let section = stdout.split("WAIT CHAINS\n").nth(1).expect("a WAIT CHAINS section");
+    let line = section
+        .lines()
+        .find(|line| line.contains("rust_pileup::send_stat"))
+        .expect("a chain line at the handlers' site");
+    let others: Vec<String> = match &chains[0].terminal {
+        Terminal::Endpoint { peer: Some(peer), .. } => {
+            peer.other_pids.iter().map(u32::to_string).collect()
+        }
+        _ => unreachable!(),
+    };
+    let others = others.join(", ");
+    let expected = format!("; 2 more processes behind other connections: pids {others}");
+    assert!(line.contains(&expected), "{expected:?} missing from the chain line:\n{line}");
 }
 
 /// A network namespace of the tests' own: the veth pair's names and addresses.

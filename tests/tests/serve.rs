@@ -10,7 +10,7 @@ use std::{
 };
 
 use tracer_tests::{
-    HTTP_TIMEOUT, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind,
+    HTTP_TIMEOUT, Pileup, Profile, ProfileKind, Prometheus, ServeDaemon, TempDir, WaitKind,
     bpf_links_by_type, has_function, http_get_with, read_profile, run_with_timeout,
     start_rust_pileup, start_rust_stuck, start_workload, top_stacks, tracer_bin,
 };
@@ -354,7 +354,8 @@ fn sigterm_detaches_and_exits_promptly() {
     let pid = pileup.workload.pid();
     let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
     wait_attached(&mut daemon, pid);
-    // A long profile in flight must not hold the exit up.
+    // A long profile in flight must not hold the exit up: it is answered with what it
+    // held.
     let mut pending = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
     pending
         .write_all(b"GET /debug/pprof/block?seconds=60 HTTP/1.1\r\nHost: tracer\r\n\r\n")
@@ -365,8 +366,51 @@ fn sigterm_detaches_and_exits_promptly() {
     assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
     assert!(took < EXIT_TIMEOUT);
     assert!(daemon.log().contains("SIGTERM"), "{}", daemon.log());
+    let mut answer = Vec::new();
+    pending.set_read_timeout(Some(HTTP_TIMEOUT)).expect("a read timeout");
+    std::io::Read::read_to_end(&mut pending, &mut answer).expect("read the answer");
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "the open window answered: {head:?}");
+    assert!(daemon.log().contains("serve is stopping"), "{}", daemon.log());
     // The probes are gone: the workload keeps running untraced.
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// A block window open when its target exits ends then, and its client gets the waits
+/// of the process's last seconds (`serve --pid` stops after its target).
+#[test]
+fn a_block_window_open_when_the_target_exits_gets_its_waits() {
+    let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string(), "--mode", "exact"]);
+    wait_attached(&mut daemon, pid);
+    let port = daemon.port;
+    let window = std::thread::spawn(move || {
+        let started = Instant::now();
+        let answer = http_get_with(port, "/debug/pprof/block?seconds=60", &[], HTTP_TIMEOUT);
+        (answer, started.elapsed())
+    });
+    // The window holds two seconds of the pile-up, then its target is killed.
+    std::thread::sleep(Duration::from_secs(2));
+    let Pileup { workload, backend: _backend } = pileup;
+    drop(workload);
+    let status = daemon.wait_exit(HTTP_TIMEOUT);
+    assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
+    let (answer, took) = window.join().expect("the client thread");
+    println!("the 60 s window answered after {took:?}");
+    assert!(daemon.log().contains("serve is stopping"), "{}", daemon.log());
+    assert_eq!(answer.status, 200, "{}\nlog:\n{}", answer.text(), daemon.log());
+    assert!(took < Duration::from_secs(30), "ended with its target, not at 60 s: {took:?}");
+    let dir = TempDir::new("serve-window-exit");
+    let path = dir.join("block.pb.gz");
+    std::fs::write(&path, &answer.body).expect("write the profile");
+    let profile = read_profile(&path);
+    assert_eq!(profile.pid, pid);
+    assert!(
+        profile.stacks.iter().any(|s| s.kind == WaitKind::Futex && has_function(s, "send_stat")),
+        "the handlers' waits before the exit:\n{}",
+        top_stacks(&profile, |_| true, 20)
+    );
 }
 
 /// A library the workload loads only when told to (after the daemon attached), and the

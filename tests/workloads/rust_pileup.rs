@@ -4,7 +4,11 @@
 //! fills the reporter's send buffer, the reporter blocks in `send`, the channel fills, and every
 //! handler blocks in `send_stat`.
 //!
-//! Usage: `rust-pileup --backend ADDR|unix:PATH [--handlers N] [--seconds S]`
+//! With `--reporters N` there are N reporters, each with its own channel and its own
+//! connection to the backend (a pool of connections to one endpoint); handler i feeds
+//! reporter i mod N.
+//!
+//! Usage: `rust-pileup --backend ADDR|unix:PATH [--handlers N] [--reporters N] [--seconds S]`
 //!
 //! Prints `ready` once every thread runs. The main thread never waits on a futex (it only
 //! sleeps, which the tracer does not trace), so all futex time in the process belongs to the
@@ -35,12 +39,14 @@ static STARTED: AtomicUsize = AtomicUsize::new(0);
 struct Args {
     backend: String,
     handlers: usize,
+    reporters: usize,
     seconds: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut backend = None;
     let mut handlers = 32;
+    let mut reporters = 1;
     let mut seconds = 30.0;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,6 +57,10 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 handlers = v.parse().map_err(|e| format!("--handlers {v}: {e}"))?;
             }
+            "--reporters" => {
+                let v = value()?;
+                reporters = v.parse().map_err(|e| format!("--reporters {v}: {e}"))?;
+            }
             "--seconds" => {
                 let v = value()?;
                 seconds = v.parse().map_err(|e| format!("--seconds {v}: {e}"))?;
@@ -59,7 +69,10 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let backend = backend.ok_or("--backend ADDR is required")?;
-    Ok(Args { backend, handlers, seconds })
+    if reporters == 0 {
+        return Err("--reporters must be at least 1".to_owned());
+    }
+    Ok(Args { backend, handlers, reporters, seconds })
 }
 
 /// The call site the tests look for on every handler's futex wait.
@@ -147,40 +160,46 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => {
             eprintln!("rust-pileup: {e}");
-            eprintln!("usage: rust-pileup --backend ADDR|unix:PATH [--handlers N] [--seconds S]");
+            eprintln!(
+                "usage: rust-pileup --backend ADDR|unix:PATH [--handlers N] [--reporters N] \
+                 [--seconds S]"
+            );
             return ExitCode::from(2);
         }
     };
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
 
-    let stream = match Backend::connect(&args.backend) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("rust-pileup: connect {}: {e}", args.backend);
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = set_send_buffer(stream.fd(), SEND_BUFFER_BYTES) {
-        eprintln!("rust-pileup: setsockopt SO_SNDBUF: {e}");
-        return ExitCode::FAILURE;
-    }
-
-    let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(f)
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
     };
-    spawn("reporter", Box::new(move || reporter(rx, stream)));
+    let mut senders = Vec::new();
+    for _ in 0..args.reporters {
+        let stream = match Backend::connect(&args.backend) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("rust-pileup: connect {}: {e}", args.backend);
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = set_send_buffer(stream.fd(), SEND_BUFFER_BYTES) {
+            eprintln!("rust-pileup: setsockopt SO_SNDBUF: {e}");
+            return ExitCode::FAILURE;
+        }
+        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
+        spawn("reporter", Box::new(move || reporter(rx, stream)));
+        senders.push(tx);
+    }
     for id in 0..args.handlers {
-        let tx = tx.clone();
+        let tx = senders[id % senders.len()].clone();
         spawn("handler", Box::new(move || handler(id, tx)));
     }
-    drop(tx);
+    drop(senders);
 
     // Poll instead of joining or using a barrier: the main thread must never wait on a futex.
-    while STARTED.load(Ordering::Relaxed) < args.handlers + 1 {
+    while STARTED.load(Ordering::Relaxed) < args.handlers + args.reporters {
         std::thread::sleep(START_POLL);
     }
     println!("ready");

@@ -3,7 +3,11 @@
 //! blocks in `send`. With `--never-read` it is a dead backend: it accepts and holds each
 //! connection open but never reads, so the writer blocks in `send` for good.
 //!
-//! Usage: `slow-backend [--seconds S] [--never-read] [--unix PATH | --bind IP]`
+//! With `--fork-per-connection` each connection is read by a child process of its own, as
+//! Postgres serves each client connection by a backend process.
+//!
+//! Usage: `slow-backend [--seconds S] [--never-read] [--fork-per-connection]
+//! [--unix PATH | --bind IP]`
 //!
 //! Listens on 127.0.0.1 unless `--bind` names another address (one in a network namespace
 //! of its own, say). Prints the port it listens on (or `unix`), then exits after S seconds (so a failed test
@@ -69,19 +73,45 @@ fn never_read(conn: OwnedFd) -> ! {
     }
 }
 
-/// Accepts connections on a thread of its own, and reads each on one more, slowly or never.
+/// How each connection is served.
+#[derive(Clone, Copy)]
+struct Serving {
+    read: bool,
+    fork_per_connection: bool,
+}
+
+/// Accepts connections on a thread of its own, and reads each on one more (or in a child
+/// process of its own), slowly or never.
 fn serve<C: Into<OwnedFd>>(
     mut accept: impl FnMut() -> std::io::Result<C> + Send + 'static,
-    read: bool,
+    serving: Serving,
 ) {
+    let handle = move |conn: OwnedFd| {
+        if serving.read { drain_slowly(conn) } else { never_read(conn) }
+    };
+    if serving.fork_per_connection {
+        // Children are reaped by the kernel: nobody waits for them.
+        // SAFETY: setting SIGCHLD's disposition to SIG_IGN, before any child exists.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    }
     std::thread::spawn(move || {
         loop {
             let Ok(conn) = accept() else { continue };
             let conn = conn.into();
-            if read {
-                std::thread::spawn(move || drain_slowly(conn));
-            } else {
-                std::thread::spawn(move || never_read(conn));
+            if !serving.fork_per_connection {
+                std::thread::spawn(move || handle(conn));
+                continue;
+            }
+            // SAFETY: the child runs only this thread's code: reads, sleeps and _exit.
+            match unsafe { libc::fork() } {
+                0 => {
+                    handle(conn);
+                    // SAFETY: leaves the child without running the parent's exit handlers.
+                    unsafe { libc::_exit(0) }
+                }
+                -1 => eprintln!("slow-backend: fork: {}", std::io::Error::last_os_error()),
+                // The parent closes its copy: the child alone holds the connection.
+                _ => drop(conn),
             }
         }
     });
@@ -89,19 +119,19 @@ fn serve<C: Into<OwnedFd>>(
 
 /// Listens on a Unix stream socket at `path` (which has no receive window: the writer's
 /// send buffer fills with what this side leaves unread) and prints `unix`.
-fn listen_unix(path: &str, read: bool) -> Result<(), ExitCode> {
+fn listen_unix(path: &str, serving: Serving) -> Result<(), ExitCode> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| {
         eprintln!("slow-backend: bind {path}: {e}");
         ExitCode::FAILURE
     })?;
-    serve(move || listener.accept().map(|(conn, _)| conn), read);
+    serve(move || listener.accept().map(|(conn, _)| conn), serving);
     println!("unix");
     Ok(())
 }
 
 /// Listens on `ip` and prints the port.
-fn listen_tcp(ip: IpAddr, read: bool) -> Result<(), ExitCode> {
+fn listen_tcp(ip: IpAddr, serving: Serving) -> Result<(), ExitCode> {
     let failed = |what: &str, e: std::io::Error| {
         eprintln!("slow-backend: {what}: {e}");
         ExitCode::FAILURE
@@ -113,19 +143,22 @@ fn listen_tcp(ip: IpAddr, read: bool) -> Result<(), ExitCode> {
     set_receive_buffer(listener.as_raw_fd(), RECEIVE_BUFFER_BYTES)
         .map_err(|e| failed("setsockopt SO_RCVBUF", e))?;
     let port = listener.local_addr().map_err(|e| failed("local_addr", e))?.port();
-    serve(move || listener.accept().map(|(conn, _)| conn), read);
+    serve(move || listener.accept().map(|(conn, _)| conn), serving);
     println!("{port}");
     Ok(())
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: slow-backend [--seconds S] [--never-read] [--unix PATH | --bind IP]");
+    eprintln!(
+        "usage: slow-backend [--seconds S] [--never-read] [--fork-per-connection] \
+         [--unix PATH | --bind IP]"
+    );
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let mut seconds = 60.0_f64;
-    let mut read = true;
+    let mut serving = Serving { read: true, fork_per_connection: false };
     let mut unix_path = None;
     let mut ip = IpAddr::from([127, 0, 0, 1]);
     let mut args = std::env::args().skip(1);
@@ -135,7 +168,8 @@ fn main() -> ExitCode {
                 Some(Ok(v)) => seconds = v,
                 _ => return usage(),
             },
-            "--never-read" => read = false,
+            "--never-read" => serving.read = false,
+            "--fork-per-connection" => serving.fork_per_connection = true,
             "--bind" => match args.next().map(|v| v.parse::<IpAddr>()) {
                 Some(Ok(v)) => ip = v,
                 _ => return usage(),
@@ -147,9 +181,14 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
+    if serving.fork_per_connection && !serving.read {
+        // A child that never reads would never see its connection end, nor exit.
+        eprintln!("slow-backend: --fork-per-connection reads each connection, not --never-read");
+        return usage();
+    }
     let listening = match &unix_path {
-        Some(path) => listen_unix(path, read),
-        None => listen_tcp(ip, read),
+        Some(path) => listen_unix(path, serving),
+        None => listen_tcp(ip, serving),
     };
     if let Err(code) = listening {
         return code;

@@ -28,7 +28,7 @@ use crate::{
         endpoint_in_object, go_syscall_in_object,
     },
     objects::{
-        pipe_inode,
+        EndpointSockets, pipe_inode,
         sockets::{Descriptor, Protocol, SocketInfo, diag::SockDiag},
         stdio::StdioLocks,
     },
@@ -68,7 +68,7 @@ const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 /// `unwinder` is the target's; nothing is read of a target that has exited.
 pub fn gather(
     profile: &Profile,
-    sockets: &BTreeMap<String, SocketInfo>,
+    sockets: &EndpointSockets,
     unwinder: &mut ProcessUnwinder,
     frame_pointers: &SavedFramePointers,
 ) -> ChainFacts {
@@ -116,7 +116,7 @@ pub fn gather(
 /// with the goroutines.
 pub fn gather_goroutines(
     profile: &Profile,
-    sockets: &BTreeMap<String, SocketInfo>,
+    sockets: &EndpointSockets,
     goroutine_holders: BTreeMap<u32, GoHolders>,
 ) -> ChainFacts {
     let mut facts = ChainFacts { goroutine_holders, ..ChainFacts::default() };
@@ -159,14 +159,14 @@ fn pipes_of(profile: &Profile) -> BTreeMap<String, PeerEnd> {
 /// looked for once, however many stacks wait on it).
 fn endpoints_of<'a>(
     profile: &'a Profile,
-    sockets: &'a BTreeMap<String, SocketInfo>,
-) -> impl Iterator<Item = (&'a String, &'a SocketInfo)> {
-    let endpoints: BTreeMap<&String, &SocketInfo> = profile
+    sockets: &'a EndpointSockets,
+) -> impl Iterator<Item = (&'a String, &'a [SocketInfo])> {
+    let endpoints: BTreeMap<&String, &[SocketInfo]> = profile
         .stacks
         .iter()
         .filter_map(|stack| {
             let endpoint = endpoint_in_object(stack.kind, stack.object.as_deref()?)?;
-            sockets.get_key_value(endpoint)
+            sockets.get_key_value(endpoint).map(|(endpoint, seen)| (endpoint, seen.as_slice()))
         })
         .collect();
     endpoints.into_iter()
@@ -286,91 +286,130 @@ enum PeerEnd {
 /// there, from the host's other network namespaces), and of the pipes `pipes`, with what
 /// their threads do now: one sock_diag dump per address family and namespace (a Unix
 /// socket names its peer's inode itself), one pass over /proc/*/fd for them all.
+///
+/// An endpoint's connections may reach several processes (a pool's connections to one
+/// database port, each served by a process of its own): the one behind the latest
+/// connection seen is described, as are its threads waiting on that connection, and the
+/// others named (`PeerProcess::other_pids`).
 fn local_peers<'a>(
     pid: u32,
-    endpoints: impl Iterator<Item = (&'a String, &'a SocketInfo)>,
+    endpoints: impl Iterator<Item = (&'a String, &'a [SocketInfo])>,
     pipes: impl Iterator<Item = (&'a String, PeerEnd)>,
     frame_pointers: &SavedFramePointers,
 ) -> BTreeMap<String, PeerProcess> {
     let mut diag = None;
     let mut tcp = TcpTables::default();
-    let mut peer_ends: BTreeMap<&String, PeerEnd> = pipes.collect();
+    // Each endpoint's peer ends, the latest connection's first.
+    let mut peer_ends: BTreeMap<&String, Vec<PeerEnd>> =
+        pipes.map(|(endpoint, end)| (endpoint, vec![end])).collect();
     // Where a connection whose address was rewritten reaches its peer.
-    let mut reached_at: BTreeMap<&String, String> = BTreeMap::new();
-    for (endpoint, socket) in endpoints {
-        if socket.protocol == Protocol::Unix {
-            let peer = u32::try_from(socket.inode)
-                .ok()
-                .and_then(|inode| sock_diag(&mut diag, pid)?.unix_peer(inode).ok().flatten());
-            if let Some(peer) = peer {
-                peer_ends.insert(endpoint, PeerEnd::Socket(u64::from(peer)));
-            }
-            continue;
-        }
-        let (Protocol::Tcp, Some(local), Some(remote)) =
-            (socket.protocol, socket.local.as_ref(), socket.remote.as_ref())
-        else {
-            continue;
-        };
-        if let Some(peer) = tcp.peer(sock_diag(&mut diag, pid), pid, local, remote) {
-            peer_ends.insert(endpoint, PeerEnd::Socket(peer.inode));
-            if let Some(address) = peer.reached_at {
-                reached_at.insert(endpoint, address);
+    let mut reached_at: BTreeMap<PeerEnd, String> = BTreeMap::new();
+    for (endpoint, sockets) in endpoints {
+        for socket in sockets.iter().rev() {
+            let end = match (socket.protocol, socket.local.as_ref(), socket.remote.as_ref()) {
+                (Protocol::Unix, ..) => u32::try_from(socket.inode)
+                    .ok()
+                    .and_then(|inode| sock_diag(&mut diag, pid)?.unix_peer(inode).ok().flatten())
+                    .map(|peer| PeerEnd::Socket(u64::from(peer))),
+                (Protocol::Tcp, Some(local), Some(remote)) => {
+                    let found = tcp.peer(sock_diag(&mut diag, pid), pid, local, remote);
+                    let Some(peer) = found else {
+                        // Its endpoint is not on this host: nor are its other connections'
+                        // peers, which are not looked for (each search asks every
+                        // namespace's sock_diag and conntrack).
+                        break;
+                    };
+                    let end = PeerEnd::Socket(peer.inode);
+                    if let Some(address) = peer.reached_at {
+                        reached_at.insert(end, address);
+                    }
+                    Some(end)
+                }
+                _ => None,
+            };
+            if let Some(end) = end {
+                peer_ends.entry(endpoint).or_default().push(end);
             }
         }
     }
     if peer_ends.is_empty() {
         return BTreeMap::new();
     }
-    let owners = descriptor_owners(&peer_ends.values().copied().collect(), pid);
+    let owners = descriptor_owners(&peer_ends.values().flatten().copied().collect(), pid);
     // Which of each owner's threads wait on each peer end; those are read first.
-    let waiting = peer_end_waiters(&peer_ends, &owners);
+    let waiting = peer_end_waiters(peer_ends.values().flatten(), &owners);
+    // Each endpoint's processes: the one behind its latest connection with an owner (and
+    // that end), then the others, those behind more of its connections first.
+    let behind: BTreeMap<&String, (PeerEnd, Vec<u32>)> = peer_ends
+        .iter()
+        .filter_map(|(&endpoint, ends)| {
+            let latest = ends.iter().find(|end| owners.contains_key(end))?;
+            let described = owners[latest].pid;
+            let mut connections: BTreeMap<u32, usize> = BTreeMap::new();
+            for end in ends {
+                if let Some(owner) = owners.get(end).filter(|owner| owner.pid != described) {
+                    *connections.entry(owner.pid).or_default() += 1;
+                }
+            }
+            let mut others: Vec<(u32, usize)> = connections.into_iter().collect();
+            others.sort_by_key(|&(pid, count)| (std::cmp::Reverse(count), pid));
+            let pids = std::iter::once(described).chain(others.into_iter().map(|(pid, _)| pid));
+            Some((endpoint, (*latest, pids.collect())))
+        })
+        .collect();
     let mut processes: BTreeMap<u32, Option<PeerProcess>> = BTreeMap::new();
     let mut peers = BTreeMap::new();
-    for (endpoint, end) in &peer_ends {
-        let Some(owner) = owners.get(end) else { continue };
-        let peer = processes.entry(owner.pid).or_insert_with(|| {
-            let comm = std::fs::read_to_string(format!("/proc/{}/comm", owner.pid)).ok()?;
-            let first: BTreeSet<u32> = peer_ends
-                .iter()
-                .filter(|(_, end)| owners.get(end).is_some_and(|other| other.pid == owner.pid))
-                .filter_map(|(endpoint, _)| waiting.get(endpoint)?.clone())
+    for (&endpoint, (latest, pids)) in &behind {
+        let Some((&described, others)) = pids.split_first() else { continue };
+        let peer = processes.entry(described).or_insert_with(|| {
+            let comm = std::fs::read_to_string(format!("/proc/{described}/comm")).ok()?;
+            let first: BTreeSet<u32> = behind
+                .values()
+                .filter(|(_, pids)| pids.first() == Some(&described))
+                .filter_map(|(end, _)| waiting.get(end)?.clone())
                 .flatten()
                 .collect();
-            let (threads, thread_count) = peer_threads(owner.pid, &first, frame_pointers);
+            let (threads, thread_count) = peer_threads(described, &first, frame_pointers);
             let comm = comm.trim_end().to_owned();
             Some(PeerProcess {
-                pid: owner.pid,
+                pid: described,
                 comm,
                 threads,
                 thread_count,
                 waiting_on_socket: None,
                 reached_at: None,
+                other_pids: Vec::new(),
             })
         });
         if let Some(peer) = peer {
-            let waiting_on_socket = waiting.get(endpoint).cloned().flatten();
-            let reached_at = reached_at.get(endpoint).cloned();
             peers.insert(
-                (*endpoint).clone(),
-                PeerProcess { waiting_on_socket, reached_at, ..peer.clone() },
+                endpoint.clone(),
+                PeerProcess {
+                    waiting_on_socket: waiting.get(latest).cloned().flatten(),
+                    reached_at: reached_at.get(latest).cloned(),
+                    other_pids: others.to_vec(),
+                    ..peer.clone()
+                },
             );
         }
     }
     peers
 }
 
-/// For each endpoint, the threads of its peer end's owner blocked in a call on that socket
-/// or pipe; None where that cannot be told: the owner's threads could not be listed, or
-/// only an edge-triggered epoll set holds it (see `socket_waiters`).
+/// For each peer end, the threads of its owner blocked in a call on that socket or pipe;
+/// None where that cannot be told: the owner's threads could not be listed, or only an
+/// edge-triggered epoll set holds it (see `socket_waiters`).
 fn peer_end_waiters<'e>(
-    peer_ends: &BTreeMap<&'e String, PeerEnd>,
+    peer_ends: impl Iterator<Item = &'e PeerEnd>,
     owners: &BTreeMap<PeerEnd, DescriptorOwner>,
-) -> BTreeMap<&'e String, Option<Vec<u32>>> {
+) -> BTreeMap<PeerEnd, Option<Vec<u32>>> {
     let mut calls: BTreeMap<u32, Option<Vec<(u32, SyscallState)>>> = BTreeMap::new();
     let mut epoll_sets = EpollSets::default();
     let mut waiting = BTreeMap::new();
-    for (&endpoint, end) in peer_ends {
+    for end in peer_ends {
+        if waiting.contains_key(end) {
+            continue;
+        }
         let Some(owner) = owners.get(end) else { continue };
         let blocked = calls.entry(owner.pid).or_insert_with(|| blocked_calls(owner.pid));
         let on_socket = blocked.as_ref().and_then(|blocked| {
@@ -387,7 +426,7 @@ fn peer_end_waiters<'e>(
             }
             (!waiters.is_empty() || !untold).then_some(waiters)
         });
-        waiting.insert(endpoint, on_socket);
+        waiting.insert(*end, on_socket);
     }
     waiting
 }

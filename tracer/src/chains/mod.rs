@@ -87,15 +87,19 @@ pub struct PeerProcess {
     pub threads: Vec<ThreadNow>,
     /// How many threads it has.
     pub thread_count: u64,
-    /// Its threads blocked in a call on its end of the connection now (a read or write of
-    /// the socket, a poll or epoll holding it); None when that cannot be told: its threads
-    /// could not be read, or only an edge-triggered epoll set holds the socket (an event
+    /// Its threads blocked in a call on its end of the connection now (the endpoint's
+    /// latest connection seen: a read or write of the socket, a poll or epoll holding it);
+    /// None when that cannot be told: its threads could not be read, or only an edge-triggered epoll set holds the socket (an event
     /// loop's, such as Go's netpoller, which holds every socket whether it is read or not).
     pub waiting_on_socket: Option<Vec<u32>>,
     /// The address the connection reaches it at, when address translation rewrote the
     /// one the target sees (the endpoint): `10.244.1.7:8080` behind a service's
     /// `10.96.0.10:80`.
     pub reached_at: Option<String>,
+    /// The other processes behind the endpoint's other connections (a pool's connections
+    /// to one database port, each served by a process of its own), by pid; this one is
+    /// behind the most.
+    pub other_pids: Vec<u32>,
 }
 
 /// Where a chain ends.
@@ -523,7 +527,29 @@ pub fn peer_text(peer: &PeerProcess, endpoint: &str) -> String {
         Some(address) => format!(" at {address} (address translated)"),
         None => String::new(),
     };
-    format!("peer pid {} ({}){reached_at}: {doing}{of_all}{on_socket}", peer.pid, peer.comm)
+    let others = others_text(peer);
+    format!("peer pid {} ({}){reached_at}: {doing}{of_all}{on_socket}{others}", peer.pid, peer.comm)
+}
+
+/// The processes behind the endpoint's other connections: `; 2 more processes behind
+/// other connections: pids 4712, 4713`; the first few, then how many more.
+fn others_text(peer: &PeerProcess) -> String {
+    const NAMED: usize = 5;
+    let others = &peer.other_pids;
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut named: Vec<String> = others.iter().take(NAMED).map(u32::to_string).collect();
+    if others.len() > NAMED {
+        named.push(format!("{} more", others.len() - NAMED));
+    }
+    let processes = if others.len() == 1 { "process" } else { "processes" };
+    let pids = if others.len() == 1 { "pid" } else { "pids" };
+    format!(
+        "; {} more {processes} behind other connections: {pids} {}",
+        others.len(),
+        named.join(", ")
+    )
 }
 
 /// The peer threads waiting on the connection, by name and call: `reader (tid 12) in
@@ -552,9 +578,10 @@ fn socket_waiters_text(peer: &PeerProcess, tids: &[u32]) -> String {
 /// `terminal_text`.
 pub fn terminal_name(terminal: &Terminal) -> String {
     match terminal {
-        Terminal::Endpoint { peer: Some(peer), .. } => {
-            format!("→ peer pid {} ({})", peer.pid, peer.comm)
-        }
+        Terminal::Endpoint { peer: Some(peer), .. } => match peer.other_pids.len() {
+            0 => format!("→ peer pid {} ({})", peer.pid, peer.comm),
+            more => format!("→ peer pid {} ({}) and {more} more", peer.pid, peer.comm),
+        },
         Terminal::Endpoint { peer: None, .. } => String::new(),
         Terminal::LockHolder(holder) => format!("→ held by {} (tid {})", holder.name, holder.tid),
         Terminal::Thread(now) => format!("→ {} (tid {})", now.name, now.tid),

@@ -93,6 +93,7 @@ fn a_pile_up_leads_through_two_hops_to_the_endpoint() {
             thread_count: 1,
             waiting_on_socket: Some(Vec::new()),
             reached_at: None,
+            other_pids: Vec::new(),
         },
     );
     assert_eq!(
@@ -128,6 +129,7 @@ fn threads_waiting_in_accept_lead_to_no_peer() {
             thread_count: 3,
             waiting_on_socket: None,
             reached_at: None,
+            other_pids: Vec::new(),
         },
     );
     assert_eq!(
@@ -162,6 +164,7 @@ fn a_peer_waiting_to_receive_on_the_same_connection_is_named() {
         thread_count: 3,
         waiting_on_socket: Some(vec![70]),
         reached_at: None,
+        other_pids: Vec::new(),
     };
     let mut facts = ChainFacts::default();
     facts.peers.insert("10.0.0.5:80".to_string(), peer.clone());
@@ -204,6 +207,7 @@ fn a_peer_behind_address_translation_is_named_with_the_address_it_is_reached_at(
         thread_count: 1,
         waiting_on_socket: Some(Vec::new()),
         reached_at: Some("10.244.1.7:8080".to_string()),
+        other_pids: Vec::new(),
     };
     let mut facts = ChainFacts::default();
     facts.peers.insert("10.96.0.10:80".to_string(), peer);
@@ -211,6 +215,53 @@ fn a_peer_behind_address_translation_is_named_with_the_address_it_is_reached_at(
         lines(&profile, &facts),
         ["1 thread at fetch [recv 10.96.0.10:80] → peer pid 7 (server) at 10.244.1.7:8080 \
           (address translated): running; none of its threads waits on this connection"]
+    );
+}
+
+#[test]
+fn a_pool_s_connections_to_one_endpoint_name_every_process_behind_them() {
+    // Five connections to one database port, each served by a backend process of its own
+    // (as Postgres forks one per connection): the first is described, the others named.
+    let profile = recording(
+        vec![stack("query", WaitKind::Recv, Some("127.0.0.1:5432"), &[3, 4, 5, 6, 7], SECOND)],
+        Vec::new(),
+        &[],
+    );
+    let mut peer = PeerProcess {
+        pid: 101,
+        comm: "postgres".to_string(),
+        threads: vec![ThreadNow {
+            tid: 101,
+            name: "postgres".to_string(),
+            state: ThreadState::Running,
+        }],
+        thread_count: 1,
+        waiting_on_socket: Some(Vec::new()),
+        reached_at: None,
+        other_pids: vec![102, 103, 104, 105],
+    };
+    let mut facts = ChainFacts::default();
+    facts.peers.insert("127.0.0.1:5432".to_string(), peer.clone());
+    assert_eq!(
+        lines(&profile, &facts),
+        ["5 threads at query [recv 127.0.0.1:5432] → peer pid 101 (postgres): running; none \
+          of its threads waits on this connection; 4 more processes behind other \
+          connections: pids 102, 103, 104, 105"]
+    );
+    let chain = &super::build(&profile, &facts)[0];
+    assert_eq!(super::terminal_name(&chain.terminal), "→ peer pid 101 (postgres) and 4 more");
+    peer.other_pids = (102..=108).collect();
+    let text = super::peer_text(&peer, "127.0.0.1:5432");
+    assert!(
+        text.ends_with(
+            "; 7 more processes behind other connections: pids 102, 103, 104, 105, 106, 2 more"
+        ),
+        "{text}"
+    );
+    peer.other_pids = vec![102];
+    assert!(
+        super::peer_text(&peer, "127.0.0.1:5432")
+            .ends_with("; 1 more process behind other connections: pid 102")
     );
 }
 
@@ -326,6 +377,7 @@ fn a_lock_holder_blocked_in_a_watched_wait_is_a_hop_to_it() {
             thread_count: 1,
             waiting_on_socket: Some(Vec::new()),
             reached_at: None,
+            other_pids: Vec::new(),
         },
     );
     // The holder's own chain is inside the lock's, and not shown again.

@@ -559,6 +559,17 @@ fn buildinfo_version(data: &[u8]) -> Option<String> {
     String::from_utf8(version.to_vec()).ok()
 }
 
+/// A compressed section inflated at most this far: Go's largest DWARF sections are tens of
+/// MiB.
+const MAX_INFLATED_SECTION_BYTES: u64 = 1 << 30;
+
+/// Room made up front for an inflated section; a larger one grows as it inflates.
+const RESERVED_SECTION_BYTES: u64 = 64 << 20;
+
+/// A member offset past this is not taken from DWARF (the runtime's structures are under
+/// 1 KiB): the offsets size reads and index their buffers.
+const MAX_MEMBER_OFFSET: u64 = 64 * 1024;
+
 /// A section's bytes, decompressed if the linker compressed it (Go does, with zlib).
 fn section_bytes<'d>(file: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]>> {
     let section = file.section_by_name(name)?;
@@ -566,8 +577,13 @@ fn section_bytes<'d>(file: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]
     match compressed.format {
         object::CompressionFormat::None => Some(Cow::Borrowed(compressed.data)),
         object::CompressionFormat::Zlib => {
-            let mut out = Vec::with_capacity(usize::try_from(compressed.uncompressed_size).ok()?);
-            flate2::read::ZlibDecoder::new(compressed.data).read_to_end(&mut out).ok()?;
+            // The header's size is the file's word: no more inflated than it says or than
+            // the bound, and room made up front for a real section's size at most.
+            let size = compressed.uncompressed_size.min(MAX_INFLATED_SECTION_BYTES);
+            let mut out =
+                Vec::with_capacity(usize::try_from(size.min(RESERVED_SECTION_BYTES)).ok()?);
+            let mut inflated = flate2::read::ZlibDecoder::new(compressed.data).take(size);
+            inflated.read_to_end(&mut out).ok()?;
             Some(Cow::Owned(out))
         }
         _ => None,
@@ -627,7 +643,11 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
                     .attr_value(gimli::DW_AT_data_member_location)
                     .and_then(|value| value.udata_value())
             {
-                members.insert((owner, member), offset);
+                if offset <= MAX_MEMBER_OFFSET {
+                    members.insert((owner, member), offset);
+                } else {
+                    log::debug!("runtime.{owner}.{member} at {offset}: not a plausible offset");
+                }
             }
         }
     }
@@ -764,12 +784,12 @@ fn find_wait_reasons(file: &object::File<'_>) -> Vec<String> {
 /// addressed is `allgs`.
 fn allgs_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<u64> {
     let range = pclntab.function_range("runtime.allgadd")?;
-    let code = bytes_at(file, range.start, range.end - range.start)?;
+    let code = bytes_at(file, range.start, range.end.checked_sub(range.start)?)?;
     let targets = rip_relative_targets(code, range.start);
     let mut candidates: Vec<u64> = targets
         .iter()
         .copied()
-        .filter(|&x| targets.contains(&(x + 8)) && targets.contains(&(x + 16)))
+        .filter(|&x| targets.contains(&x.wrapping_add(8)) && targets.contains(&x.wrapping_add(16)))
         .collect();
     candidates.sort_unstable();
     candidates.first().copied()
@@ -781,7 +801,7 @@ fn allgs_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<u64
 /// `.noptrbss`.
 fn semtable_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<u64> {
     let range = pclntab.function_range("runtime.semacquire1")?;
-    let code = bytes_at(file, range.start, range.end - range.start)?;
+    let code = bytes_at(file, range.start, range.end.checked_sub(range.start)?)?;
     let zeroed: Vec<std::ops::Range<u64>> = [".bss", ".noptrbss"]
         .into_iter()
         .filter_map(|name| file.section_by_name(name))

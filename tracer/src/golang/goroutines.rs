@@ -582,14 +582,15 @@ fn first_frame_pointer(
         let pc = pcs[pcs.len() - 1];
         let Some(size) = frame_size(pc) else { return FirstFrame::Lost };
         if size > 0 {
-            return FirstFrame::At { bp: sp + size - 8, sp };
+            // `sp` is the goroutine's word: a wild one wraps, and its reads fail.
+            return FirstFrame::At { bp: sp.wrapping_add(size).wrapping_sub(8), sp };
         }
         let Some(return_address) = read(sp) else { return FirstFrame::Lost };
         if goexit.contains(&return_address.wrapping_sub(1)) {
             return FirstFrame::Goexit;
         }
         pcs.push(return_address);
-        sp += 8;
+        sp = sp.wrapping_add(8);
     }
     FirstFrame::Lost
 }

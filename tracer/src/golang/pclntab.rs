@@ -224,8 +224,9 @@ impl<'a> Pclntab<'a> {
                     // -1: the function's own code.
                     break;
                 };
-                let Some(call) =
-                    index.checked_mul(layout.len).and_then(|at| tree.get(at..at + layout.len))
+                let Some(call) = index
+                    .checked_mul(layout.len)
+                    .and_then(|at| tree.get(at..at.checked_add(layout.len)?))
                 else {
                     log::debug!("{name} {pc:#x}: inline tree entry {index} out of bounds");
                     break;
@@ -248,7 +249,7 @@ impl<'a> Pclntab<'a> {
                     frames.push(self.location(at, inlined_name, tracepc, true));
                 }
                 // Back up to an instruction of the caller (`parentPc` is from the entry).
-                tracepc = at.entry + u64::from(parent_pc);
+                tracepc = at.entry.wrapping_add(u64::from(parent_pc));
             }
         }
         frames.push(self.location(at, name, tracepc, false));
@@ -292,12 +293,14 @@ impl<'a> Pclntab<'a> {
             .and_then(|line| u32::try_from(line).ok());
         let file = field(FUNC_PCFILE).zip(field(FUNC_CU_OFFSET)).and_then(|(pcfile, cu_offset)| {
             let index = u32::try_from(self.pc_value(pcfile, entry, pc)?).ok()?;
-            let cu_entry = self.cutab + 4 * (cu_offset.checked_add(index)? as usize);
+            let cu_entry = (cu_offset.checked_add(index)? as usize)
+                .checked_mul(4)
+                .and_then(|at| self.cutab.checked_add(at))?;
             let file_offset = read_u32(self.data, cu_entry)?;
             if file_offset == u32::MAX {
                 return None;
             }
-            read_cstr(self.data, self.filetab + file_offset as usize)
+            read_cstr(self.data, self.filetab.checked_add(file_offset as usize)?)
         });
         GoLocation {
             function: function.to_owned(),
@@ -388,7 +391,8 @@ impl<'a> Pclntab<'a> {
                 return None;
             }
             let end = read_u32(self.data, self.functab + 8 * (index + 1))?;
-            Some(self.text_start + u64::from(entry)..self.text_start + u64::from(end))
+            let start = self.text_start.checked_add(u64::from(entry))?;
+            Some(start..self.text_start.checked_add(u64::from(end))?)
         })
     }
 
@@ -411,10 +415,11 @@ impl<'a> Pclntab<'a> {
             position += len;
             // Zig-zag: the low bit is the sign.
             let delta = ((value_delta >> 1) as i64) ^ -((value_delta & 1) as i64);
-            value += delta;
+            value = value.wrapping_add(delta);
             let (pc_delta, len) = read_uvarint(self.data, position)?;
             position += len;
-            pc += pc_delta * self.quantum;
+            // A wild table's deltas end past any target rather than wrap around it.
+            pc = pc.saturating_add(pc_delta.saturating_mul(self.quantum));
             if target < pc {
                 return Some(value);
             }

@@ -1,4 +1,5 @@
-//! The target's modules as exporters describe them: path, GNU build id, address range.
+//! The target's modules as exporters describe them: path, GNU build id, address range and
+//! the file offset mapped at its start.
 
 use std::collections::BTreeMap;
 
@@ -18,8 +19,12 @@ pub fn module_infos(image: &ProcessImage) -> BTreeMap<String, ModuleInfo> {
                 .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect()),
             start: module.avma_range.start,
             end: module.avma_range.end,
+            file_offset: module.file_offset,
         });
-        info.start = info.start.min(module.avma_range.start);
+        if module.avma_range.start < info.start {
+            info.start = module.avma_range.start;
+            info.file_offset = module.file_offset;
+        }
         info.end = info.end.max(module.avma_range.end);
     }
     modules

@@ -405,6 +405,8 @@ pub struct ModuleInfo {
     /// The executable address range it was mapped at.
     pub start: u64,
     pub end: u64,
+    /// The file offset mapped at `start` (pprof's `Mapping.file_offset`).
+    pub file_offset: u64,
 }
 
 impl Profile {

@@ -26,13 +26,20 @@ const PIPE_FILL_FRESH_FOR: Duration = Duration::from_millis(50);
 /// Pipes whose fill read is remembered before the stale reads are let go.
 const PIPE_FILLS_KEPT: usize = 1024;
 
+/// Connections kept per endpoint, the latest seen: each may reach a process of its own (a
+/// pool's connections to one database port, each served by a backend process).
+pub const SOCKETS_PER_ENDPOINT: usize = 32;
+
+/// The sockets seen behind each endpoint, by endpoint, oldest first, each socket once.
+pub type EndpointSockets = BTreeMap<String, Vec<sockets::SocketInfo>>;
+
 pub struct WaitObjects {
     pid: u32,
     sockets: SocketResolver,
     /// The last state seen for each endpoint (`send buffer full (...)`, `pipe full (...)`).
     pub endpoint_states: BTreeMap<String, String>,
-    /// The socket last seen behind each endpoint (its addresses find its peer).
-    pub endpoint_sockets: BTreeMap<String, sockets::SocketInfo>,
+    /// The sockets last seen behind each endpoint (their addresses find its peers).
+    pub endpoint_sockets: EndpointSockets,
     /// When each pipe's fill was read, by its inode.
     pipe_fills_read: HashMap<u64, Instant>,
     /// read/write waits on descriptors neither sockets nor pipes: files, ttys, eventfds
@@ -121,7 +128,7 @@ impl WaitObjects {
                 };
                 let endpoint = info.endpoint(socket_kind);
                 self.endpoint_states.insert(endpoint.clone(), info.wait_state(socket_kind));
-                self.endpoint_sockets.insert(endpoint.clone(), info);
+                note_socket(&mut self.endpoint_sockets, &endpoint, info);
                 Some((socket_kind, WaitObject::Endpoint(endpoint)))
             }
             SocketLookup::Pipe(inode) if is_read_or_write => {
@@ -159,6 +166,24 @@ pub fn duplicate(pid: u32, fd: u64) -> Option<OwnedFd> {
     let copy = i32::try_from(copy).ok().filter(|copy| *copy >= 0)?;
     // SAFETY: as above.
     Some(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// Notes `socket` behind `endpoint`: the latest state of a socket seen before replaces its
+/// old one and moves to the end; past `SOCKETS_PER_ENDPOINT` the oldest goes. Unnamed Unix
+/// sockets (`unix`: socketpairs, unrelated to each other) keep only the latest.
+pub fn note_socket(sockets: &mut EndpointSockets, endpoint: &str, socket: sockets::SocketInfo) {
+    let seen = match sockets.get_mut(endpoint) {
+        Some(seen) => seen,
+        None => sockets.entry(endpoint.to_owned()).or_default(),
+    };
+    if endpoint == sockets::UNNAMED_UNIX {
+        seen.clear();
+    }
+    seen.retain(|known| known.inode != socket.inode);
+    if seen.len() >= SOCKETS_PER_ENDPOINT {
+        seen.remove(0);
+    }
+    seen.push(socket);
 }
 
 /// The inode of a pipe from its descriptor's /proc link, or from an object that names the
@@ -204,6 +229,39 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+
+    #[test]
+    fn an_endpoint_keeps_each_of_its_latest_sockets_once() {
+        let socket = |inode: u64, queued: u32| sockets::SocketInfo {
+            send_queue: Some(queued),
+            ..sockets::SocketInfo::addresses_only(
+                inode,
+                sockets::Protocol::Tcp,
+                Some(format!("127.0.0.1:{inode}")),
+                Some("127.0.0.1:5432".to_owned()),
+            )
+        };
+        let mut seen = EndpointSockets::new();
+        note_socket(&mut seen, "127.0.0.1:5432", socket(1, 0));
+        note_socket(&mut seen, "127.0.0.1:5432", socket(2, 0));
+        // Seen again: its new state, moved to the end.
+        note_socket(&mut seen, "127.0.0.1:5432", socket(1, 7));
+        let kept = |seen: &EndpointSockets| -> Vec<(u64, Option<u32>)> {
+            seen["127.0.0.1:5432"].iter().map(|s| (s.inode, s.send_queue)).collect()
+        };
+        assert_eq!(kept(&seen), [(2, Some(0)), (1, Some(7))]);
+        for inode in 3..=40 {
+            note_socket(&mut seen, "127.0.0.1:5432", socket(inode, 0));
+        }
+        let inodes: Vec<u64> = kept(&seen).into_iter().map(|(inode, _)| inode).collect();
+        assert_eq!(inodes, (9..=40).collect::<Vec<u64>>(), "the latest {SOCKETS_PER_ENDPOINT}");
+        note_socket(&mut seen, "[::1]:80", socket(41, 0));
+        assert_eq!(seen.len(), 2);
+        // Socketpairs share no peer: the latest only.
+        note_socket(&mut seen, sockets::UNNAMED_UNIX, socket(42, 0));
+        note_socket(&mut seen, sockets::UNNAMED_UNIX, socket(43, 0));
+        assert_eq!(seen[sockets::UNNAMED_UNIX].iter().map(|s| s.inode).collect::<Vec<_>>(), [43]);
+    }
 
     #[test]
     fn a_pipe_s_fill_is_read_through_a_duplicate() {

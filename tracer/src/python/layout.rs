@@ -355,14 +355,20 @@ fn plausible(layout: &Layout) -> bool {
         CurrentFrame::Direct(offset) => offset < MAX_OFFSET,
         CurrentFrame::ThroughCFrame { .. } => true,
     };
-    let frame_fields = [frame.previous + 8, frame.code + 8, frame.instruction + 8, frame.owner + 1];
+    // Each field's end, saturated: the offsets are the process's words until checked.
+    let frame_fields = [
+        (frame.previous, 8),
+        (frame.code, 8),
+        (frame.instruction, 8),
+        (frame.owner, 1),
+        (frame.stacktop, 4),
+        (frame.globals, 8),
+    ];
     offsets.iter().all(|&offset| offset < MAX_OFFSET)
         && frame.size <= MAX_READ
         && code.code_start <= MAX_READ
         && current_frame_ok
-        && frame_fields.iter().all(|&end| end <= frame.size)
-        && frame.stacktop + 4 <= frame.size
-        && frame.globals + 8 <= frame.size
+        && frame_fields.iter().all(|&(offset, size)| offset.saturating_add(size) <= frame.size)
 }
 
 /// `_Py_DebugOffsets` (3.13): the first member of `_PyRuntime`, "xdebugpy" then u64s.

@@ -169,6 +169,7 @@ pub(crate) fn fixture_profile() -> Profile {
                 build_id: Some("0123456789abcdef".to_string()),
                 start: 0x5500_0000_0000,
                 end: 0x5500_0010_0000,
+                file_offset: 0x1000,
             },
         )]
         .into(),
@@ -198,6 +199,7 @@ pub(crate) fn fixture_profile() -> Profile {
                 thread_count: 1,
                 waiting_on_socket: Some(Vec::new()),
                 reached_at: None,
+                other_pids: Vec::new(),
             },
         )]
         .into(),

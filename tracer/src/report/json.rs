@@ -137,6 +137,9 @@ pub struct JsonModule {
     /// The executable address range it was mapped at.
     pub start: u64,
     pub end: u64,
+    /// The file offset mapped at `start`.
+    #[serde(default)]
+    pub file_offset: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -427,12 +430,13 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         modules: modules
             .iter()
             .map(|(name, info)| {
-                let ModuleInfo { path, build_id, start, end } = info;
+                let ModuleInfo { path, build_id, start, end, file_offset } = info;
                 let module = JsonModule {
                     path: path.clone(),
                     build_id: build_id.clone(),
                     start: *start,
                     end: *end,
+                    file_offset: *file_offset,
                 };
                 (name.clone(), module)
             })
@@ -752,8 +756,8 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.modules = modules
         .into_iter()
         .map(|(name, module)| {
-            let JsonModule { path, build_id, start, end } = module;
-            (name, ModuleInfo { path, build_id, start, end })
+            let JsonModule { path, build_id, start, end, file_offset } = module;
+            (name, ModuleInfo { path, build_id, start, end, file_offset })
         })
         .collect();
     Ok(SavedProfile { profile, provenance: Provenance { tracer_version, kernel, command_line } })

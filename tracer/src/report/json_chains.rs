@@ -71,6 +71,9 @@ pub struct JsonPeer {
     /// endpoint's (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reached_at: Option<String>,
+    /// The processes behind the endpoint's other connections, by pid (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_pids: Vec<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -119,6 +122,7 @@ pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
                         thread_count: peer.thread_count,
                         waiting_on_socket: peer.waiting_on_socket.clone(),
                         reached_at: peer.reached_at.clone(),
+                        other_pids: peer.other_pids.clone(),
                     }),
                 },
                 Terminal::LockHolder(thread) => {
@@ -182,6 +186,7 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
                          thread_count,
                          waiting_on_socket,
                          reached_at,
+                         other_pids,
                      }| {
                         let threads =
                             threads.into_iter().map(thread_now).collect::<Result<_, _>>()?;
@@ -192,6 +197,7 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
                             thread_count,
                             waiting_on_socket,
                             reached_at,
+                            other_pids,
                         })
                     },
                 )

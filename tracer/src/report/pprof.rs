@@ -4,8 +4,8 @@
 //! Layout:
 //! - sample types: a recording has `waits/count` and `blocked/nanoseconds`, a
 //!   snapshot `threads/count` and `blocked/nanoseconds`; one sample per stack;
-//! - locations carry their module's mapping (file name; no build id: the profile does
-//!   not keep the module's path) and one `Line` per inlined function, innermost first;
+//! - locations carry their module's mapping (path, build id, address range and the file
+//!   offset mapped at its start) and one `Line` per inlined function, innermost first;
 //! - the leaf location is the wait-kind frame of the folded stacks (`[futex]`,
 //!   `[send 10.0.0.5:80 still-blocked]`), and a stack whose unwinding stopped early
 //!   has a `[truncated]` root, so every pprof view matches the flamegraph;
@@ -17,7 +17,8 @@
 //!   heaviest wait chain that starts at or passes through the sample's call site, as
 //!   the summary prints it;
 //! - comments, one `key: value` each: tracer version, profile kind, pid, comm,
-//!   command line, kernel, threshold, and every counter of what was seen and lost.
+//!   command line, kernel, threshold, cgroup, the Python interpreter's version and what
+//!   its frames lost, and every counter of what was seen and lost.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -213,6 +214,7 @@ impl Builder {
             build_id,
             memory_start: info.as_ref().map_or(0, |info| info.start),
             memory_limit: info.as_ref().map_or(0, |info| info.end),
+            file_offset: info.as_ref().map_or(0, |info| info.file_offset),
             has_functions: true,
             ..proto::Mapping::default()
         });
@@ -472,6 +474,19 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
         comments.push("wakers: not recorded".to_string());
     }
     comments.push(format!("target exited: {}", profile.target_exited));
+    if let Some(cgroup) = &profile.cgroup {
+        comments.push(format!("cgroup: {cgroup}"));
+    }
+    if let Some(python) = &profile.python {
+        comments.push(format!("python: {}", python.version));
+        comments.push(format!(
+            "python frames lost: unreadable_frames={} truncated_stacks={}",
+            python.unreadable_frames, python.truncated_stacks
+        ));
+        if let Some(missing) = &python.missing {
+            comments.push(format!("python missing: {missing}"));
+        }
+    }
     if let Some(main) = main_module {
         comments.push(format!("main module: {main}"));
     }
@@ -657,6 +672,7 @@ impl<'a> Tables<'a> {
                 build_id,
                 start: mapping.memory_start,
                 end: mapping.memory_limit,
+                file_offset: mapping.file_offset,
             };
             modules.insert(name.to_string(), info);
         }
@@ -767,6 +783,23 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
         });
     profile.no_wakers = comment("wakers") == Some("not recorded");
     profile.target_exited = comment("target exited") == Some("true");
+    profile.cgroup = comment("cgroup").map(str::to_string);
+    profile.python = comment("python").map(|version| {
+        let mut python = crate::model::PythonInfo {
+            version: version.to_string(),
+            missing: comment("python missing").map(str::to_string),
+            unreadable_frames: 0,
+            truncated_stacks: 0,
+        };
+        read_pairs(
+            comment("python frames lost").unwrap_or_default(),
+            [
+                ("unreadable_frames", &mut python.unreadable_frames),
+                ("truncated_stacks", &mut python.truncated_stacks),
+            ],
+        );
+        python
+    });
     // The processes of a profile of several, from its samples' labels.
     let processes: BTreeSet<ProcessTag> =
         stacks.iter().filter_map(|stack: &ProfileStack| stack.process.clone()).collect();
@@ -932,6 +965,12 @@ mod tests {
         );
         assert_eq!(decoded.string_table[decoded.mapping[0].filename as usize], "/srv/app");
         assert_eq!(decoded.string_table[decoded.mapping[0].build_id as usize], "0123456789abcdef");
+        let main = &decoded.mapping[0];
+        assert_eq!(
+            (main.memory_start, main.memory_limit, main.file_offset),
+            (0x5500_0000_0000, 0x5500_0010_0000, 0x1000),
+            "the range and the file offset mapped at its start"
+        );
         let leaf = decoded.sample[1].location_id[0];
         assert_eq!(
             name(decoded.location[leaf as usize - 1].line[0].function_id),
@@ -1023,6 +1062,13 @@ mod tests {
             stack.stats.log2_histogram.clear();
         }
         profile.no_wakers = true;
+        profile.cgroup = Some("/system.slice/app.service".to_string());
+        profile.python = Some(crate::model::PythonInfo {
+            version: "3.12".to_string(),
+            missing: Some("2 waits ended before their frames were read".to_string()),
+            unreadable_frames: 3,
+            truncated_stacks: 1,
+        });
         let saved = read_pprof(&encode(&profile)).unwrap();
         assert_eq!(folded_lines(&saved.profile), folded_lines(&profile));
         let json = |profile: &Profile, provenance: &Provenance| {

@@ -458,13 +458,21 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
     let Ok(_slot) = windows.try_acquire() else {
         return Err(ServeError::Worker(super::worker::WorkerError::Busy));
     };
+    let _open = super::OpenWindowCount::new(shared);
     if let Some(traced) = shared.go_target() {
-        return goroutine_block(traced, seconds).await;
+        return goroutine_block(shared, traced, seconds).await;
     }
     let mark = shared.counts_mark();
     let window = OpenWindow { shared, id: lock(&shared.collector).open_window() };
     let started = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    // A daemon that stops (its target exited, a signal) ends the window at once: the
+    // client gets what it held, for as long as it was open.
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+        () = shared.window_closing() => {
+            log::info!("block profile: ended after {:?}, serve is stopping", started.elapsed());
+        }
+    }
     let (generation, closed) = {
         let mut collector = lock(&shared.collector);
         (collector.generation, collector.close_window(window.id).unwrap_or_default())
@@ -502,7 +510,8 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         Profile::from_symbolized(profile, stacks.into_iter().chain(earlier))
     };
     log::info!(
-        "block profile: {seconds}s, {} stacks, {} waits",
+        "block profile: {:?} of {seconds}s, {} stacks, {} waits",
+        started.elapsed(),
         profile.stacks.len(),
         profile.stacks.iter().map(|stack| stack.stats.waits).sum::<u64>()
     );
@@ -512,19 +521,31 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
 /// A Go program's block profile in goroutine terms: its goroutines sampled over the
 /// window, as `tracer record` samples them (their waits at their call sites, with their
 /// wait reasons and objects), not the runtime's threads.
-async fn goroutine_block(traced: Arc<Traced>, seconds: u64) -> Result<Reply, ServeError> {
+async fn goroutine_block(
+    shared: &Shared,
+    traced: Arc<Traced>,
+    seconds: u64,
+) -> Result<Reply, ServeError> {
     let period = Duration::from_secs(1) / crate::golang::DEFAULT_RATE_HZ;
     let window = Duration::from_secs(seconds);
     // Set when this request is dropped (its client hung up, serve shuts down): the
     // sampling thread cannot be cancelled, so it looks at the flag every read.
     let stop = super::StopOnDrop::new();
     let flag = stop.flag();
-    let profile = tokio::task::spawn_blocking(move || {
+    let mut sampling = tokio::task::spawn_blocking(move || {
         crate::golang::sample_window(&traced, window, period, &flag)
-    })
-    .await
-    .map_err(|err| ServeError::Goroutines(err.into()))?
-    .map_err(|err| ServeError::Goroutines(err.into()))?;
+    });
+    // A daemon that stops ends the window early: the sampling returns what it read.
+    let sampled = tokio::select! {
+        sampled = &mut sampling => sampled,
+        () = shared.window_closing() => {
+            stop.stop();
+            sampling.await
+        }
+    };
+    let profile = sampled
+        .map_err(|err| ServeError::Goroutines(err.into()))?
+        .map_err(|err| ServeError::Goroutines(err.into()))?;
     log::info!(
         "goroutine block profile: {seconds}s, {} reads, {} stacks",
         profile.sampling.map_or(0, |sampling| sampling.reads),

@@ -22,7 +22,7 @@ mod worker;
 use std::{
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -53,6 +53,14 @@ pub use trigger::{Condition, parse_condition};
 /// The default cap on series per metric of one process, and of a daemon of several.
 const MAX_SERIES: usize = 200;
 const HOST_MAX_SERIES: usize = 2000;
+
+/// How long a stopping daemon waits for its open block windows to answer with what they
+/// hold (each ends at once, then names its stacks): after its target exited, and after a
+/// signal (whose sender wants the daemon gone soon; a second one ends the wait).
+const WINDOWS_ANSWER_GRACE: Duration = Duration::from_secs(5);
+const WINDOWS_ANSWER_GRACE_SIGNALLED: Duration = Duration::from_secs(1);
+/// A window's answer is written after its count is dropped: the time left for that.
+const WINDOWS_ANSWER_FLUSH: Duration = Duration::from_millis(200);
 
 /// How often the waits gathered for /metrics are folded into the series when nobody
 /// scrapes, so the window stays small.
@@ -191,11 +199,36 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let outcome = tokio::select! {
-        outcome = follow::run(&wanted, &shared, &btf_path, min_wait) => outcome,
-        _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); Ok(()) }
-        _ = sigint.recv() => { log::info!("interrupted: detaching"); Ok(()) }
+    let (outcome, grace) = tokio::select! {
+        outcome = follow::run(&wanted, &shared, &btf_path, min_wait) => {
+            (outcome, WINDOWS_ANSWER_GRACE)
+        }
+        _ = sigterm.recv() => {
+            log::info!("SIGTERM: detaching");
+            (Ok(()), WINDOWS_ANSWER_GRACE_SIGNALLED)
+        }
+        _ = sigint.recv() => {
+            log::info!("interrupted: detaching");
+            (Ok(()), WINDOWS_ANSWER_GRACE_SIGNALLED)
+        }
     };
+    // Open block windows answer now with what they hold, before the server goes: a
+    // target's last waits before it exited are what its client asked for.
+    shared.close_windows();
+    if shared.windows_open.load(Ordering::Relaxed) > 0 {
+        let answered = async {
+            while shared.windows_open.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(WINDOWS_ANSWER_FLUSH).await;
+        };
+        tokio::select! {
+            () = answered => {}
+            () = tokio::time::sleep(grace) => log::warn!("open block windows not answered"),
+            _ = sigterm.recv() => log::info!("SIGTERM again: not waiting for open windows"),
+            _ = sigint.recv() => log::info!("interrupted again: not waiting for open windows"),
+        }
+    }
     server.abort();
     folder.abort();
     let attached = lock(&shared.attached).take();
@@ -371,6 +404,10 @@ pub struct Shared {
     /// The last read of a Go program's goroutines; locked across reading, so one read
     /// at a time runs and requests that waited for it share it.
     goroutine_read: tokio::sync::Mutex<Option<Arc<GoroutineRead>>>,
+    /// Set once the daemon stops: open block windows end then (`window_closing`).
+    closing: tokio::sync::watch::Sender<bool>,
+    /// Block windows open now (each counted by an `OpenWindowCount`).
+    pub windows_open: AtomicUsize,
 }
 
 /// One read of a Go program's goroutines, and its /metrics series.
@@ -437,6 +474,22 @@ impl Shared {
             earlier_pass_losses: Mutex::new(PassLosses::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
             goroutine_read: tokio::sync::Mutex::new(None),
+            closing: tokio::sync::watch::channel(false).0,
+            windows_open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Ends every open block window: each answers with what it holds.
+    pub fn close_windows(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once the daemon stops (at once if it has).
+    pub fn window_closing(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error: the sender is gone with the daemon, which stops too.
+            let _ = closing.wait_for(|closing| *closing).await;
         }
     }
 
@@ -766,6 +819,22 @@ pub enum ServeError {
     Render(#[source] std::fmt::Error),
 }
 
+/// Counts a block window open in `Shared::windows_open` while it lives.
+pub struct OpenWindowCount<'a>(&'a Shared);
+
+impl<'a> OpenWindowCount<'a> {
+    pub fn new(shared: &'a Shared) -> Self {
+        shared.windows_open.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for OpenWindowCount<'_> {
+    fn drop(&mut self) {
+        self.0.windows_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A flag set when this is dropped: stops a thread (a sampling loop, which cannot be
 /// cancelled) however the task that started it ends, by its own end, its client going
 /// away, or serve shutting down and dropping every task.
@@ -779,6 +848,11 @@ impl StopOnDrop {
     /// The flag, for the thread to look at.
     fn flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.0)
+    }
+
+    /// Sets the flag now.
+    fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

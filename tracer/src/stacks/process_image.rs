@@ -108,6 +108,8 @@ pub struct Module {
     pub is_main_executable: bool,
     /// The executable address range of this mapping in the target.
     pub avma_range: Range<u64>,
+    /// The file offset the range starts at (the mapping's offset in /proc/PID/maps).
+    pub file_offset: u64,
     /// avma - svma: add to an address in the file to get the address in the target.
     pub bias: u64,
     /// Unique across all images; lets the unwinder tell a replaced module from a kept one.
@@ -435,6 +437,7 @@ impl ProcessImage {
                 path: PathBuf::from(&entry.path),
                 is_main_executable,
                 avma_range: entry.start..entry.end,
+                file_offset: entry.offset,
                 bias,
                 id: NEXT_MODULE_ID.fetch_add(1, Ordering::Relaxed),
                 file,

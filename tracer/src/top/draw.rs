@@ -55,7 +55,7 @@ pub fn draw(frame: &mut Frame<'_>, state: &State<'_>) {
             .areas(frame.area());
     frame.render_widget(header_lines(state), header);
     match state.view {
-        View::Site { title, lines } => draw_site(frame, body, title, lines),
+        View::Site { title, lines, scroll } => draw_site(frame, body, title, lines, *scroll),
         View::Table | View::Filter => draw_table(frame, body, state),
     }
     frame.render_widget(key_line(state), keys);
@@ -177,14 +177,16 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
     frame.render_stateful_widget(table, area, &mut scroll);
 }
 
-fn draw_site(frame: &mut Frame<'_>, area: Rect, title: &str, lines: &[String]) {
+fn draw_site(frame: &mut Frame<'_>, area: Rect, title: &str, lines: &[String], scroll: usize) {
     let text: Vec<Line> = lines
         .iter()
         .map(|line| Line::from(crate::report::escape_name(line).into_owned()))
         .collect();
     let title = format!(" {} ", crate::report::escape_name(title));
+    let scroll = u16::try_from(scroll).unwrap_or(u16::MAX);
     let paragraph = Paragraph::new(text)
         .wrap(Wrap { trim: false })
+        .scroll((scroll, 0))
         .block(Block::new().borders(Borders::TOP).title(title));
     frame.render_widget(paragraph, area);
 }
@@ -192,7 +194,7 @@ fn draw_site(frame: &mut Frame<'_>, area: Rect, title: &str, lines: &[String]) {
 fn key_line<'a>(state: &State<'_>) -> Paragraph<'a> {
     let keys = match state.view {
         View::Filter => format!("filter: {}▏  Enter apply  Esc clear", state.table.filter),
-        View::Site { .. } => "Esc/Enter back  q quit".to_string(),
+        View::Site { .. } => "↑↓ PgUp PgDn scroll  Esc/Enter back  q quit".to_string(),
         View::Table => {
             let next = state.table.sort.next();
             let sort = match next {

@@ -105,10 +105,11 @@ pub enum View {
     Table,
     /// Typing a filter.
     Filter,
-    /// One site: its stack and its chain, as found when opened.
+    /// One site: its stack and its chain, as found when opened, shown from line `scroll`.
     Site {
         title: String,
         lines: Vec<String>,
+        scroll: usize,
     },
 }
 
@@ -286,6 +287,15 @@ impl Session {
             (View::Site { .. }, KeyCode::Esc | KeyCode::Enter | KeyCode::Left) => {
                 self.view = View::Table
             }
+            (
+                View::Site { .. },
+                code @ (KeyCode::Up | KeyCode::Down | KeyCode::Char('k' | 'j')),
+            )
+            | (View::Site { .. }, code @ (KeyCode::PageUp | KeyCode::PageDown | KeyCode::Home)) => {
+                if let View::Site { lines, scroll, .. } = &mut self.view {
+                    *scroll = scroll_site(*scroll, lines.len(), code);
+                }
+            }
             (_, KeyCode::Char('q')) => return Flow::Quit,
             (View::Table, KeyCode::Esc) => return Flow::Quit,
             (View::Table, KeyCode::Char('s')) => self.table.sort = self.table.sort.next(),
@@ -300,8 +310,8 @@ impl Session {
     }
 
     /// The selected site: the wait chain that starts there (read from the live system
-    /// now, as a snapshot's), then its whole stack: the chain first, as a deep stack
-    /// would push it out of the view, which does not scroll.
+    /// now, as a snapshot's), then its whole stack: the chain first, where the view opens
+    /// (a deep stack is scrolled through).
     fn open_site(&mut self) {
         let Some(row) = self.table.selected_row() else { return };
         let key = row.key.clone();
@@ -335,8 +345,24 @@ impl Session {
         lines.extend(stack);
         let object = key.object.as_deref().map_or(String::new(), |object| format!(" [{object}]"));
         let title = format!("{} {}{object}", key.site, key.kind.name());
-        self.view = View::Site { title, lines };
+        self.view = View::Site { title, lines, scroll: 0 };
     }
+}
+
+/// The site view's first line after `key`: the arrows move it a line, the page keys ten,
+/// Home back to the top; never past the last of `lines` lines.
+fn scroll_site(scroll: usize, lines: usize, key: KeyCode) -> usize {
+    const PAGE: usize = 10;
+    let last = lines.saturating_sub(1);
+    let scroll = match key {
+        KeyCode::Up | KeyCode::Char('k') => scroll.saturating_sub(1),
+        KeyCode::Down | KeyCode::Char('j') => scroll + 1,
+        KeyCode::PageUp => scroll.saturating_sub(PAGE),
+        KeyCode::PageDown => scroll + PAGE,
+        KeyCode::Home => 0,
+        _ => scroll,
+    };
+    scroll.min(last)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,6 +415,20 @@ mod tests {
     use super::*;
     use crate::model::{StackKey, WaitObject};
     use tracer_common::WaitKind;
+
+    #[test]
+    fn a_site_scrolls_a_line_or_a_page_and_stops_at_its_last_line() {
+        assert_eq!(scroll_site(0, 30, KeyCode::Down), 1);
+        assert_eq!(scroll_site(0, 30, KeyCode::Char('j')), 1);
+        assert_eq!(scroll_site(0, 30, KeyCode::Up), 0, "not above the first line");
+        assert_eq!(scroll_site(5, 30, KeyCode::Char('k')), 4);
+        assert_eq!(scroll_site(5, 30, KeyCode::PageDown), 15);
+        assert_eq!(scroll_site(25, 30, KeyCode::PageDown), 29, "the last line at most");
+        assert_eq!(scroll_site(29, 30, KeyCode::Down), 29);
+        assert_eq!(scroll_site(5, 30, KeyCode::PageUp), 0);
+        assert_eq!(scroll_site(17, 30, KeyCode::Home), 0);
+        assert_eq!(scroll_site(0, 0, KeyCode::Down), 0, "an empty view stays put");
+    }
 
     #[test]
     fn blocked_time_is_per_second_of_what_the_reads_stood_for() {

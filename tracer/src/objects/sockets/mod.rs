@@ -110,6 +110,9 @@ impl fmt::Display for TcpState {
     }
 }
 
+/// The endpoint of a Unix socket with no name on either end (a socketpair's).
+pub const UNNAMED_UNIX: &str = "unix";
+
 /// What a socket descriptor resolved to, as sock_diag reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketInfo {
@@ -174,7 +177,7 @@ impl SocketInfo {
         match first.as_ref().or(second.as_ref()) {
             Some(name) => name.clone(),
             None => match self.protocol {
-                Protocol::Unix => "unix".to_owned(),
+                Protocol::Unix => UNNAMED_UNIX.to_owned(),
                 other => other.to_string(),
             },
         }
