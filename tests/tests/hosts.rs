@@ -166,7 +166,7 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
     // A cap no busy test host reaches: the pile-up's series is never folded into `other`.
-    let daemon = ServeDaemon::start(&["--all", "--max-series", "100000"]);
+    let mut daemon = ServeDaemon::start(&["--all", "--max-series", "100000"]);
     let line = format!("pid=\"{pid}\",comm=\"c-pileup\",");
     let blocked_at_enqueue = |metrics: &str| -> u64 {
         metrics
@@ -250,6 +250,26 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
             "window {window}: {handlers_ns} ns of handlers' waits in a 2 s window"
         );
     }
+
+    // A window open when the daemon is stopped answers with what it held.
+    let port = daemon.port;
+    let open = std::thread::spawn(move || {
+        http_get(port, &format!("/debug/pprof/block?seconds=60&pid={pid}"), TIMEOUT)
+    });
+    daemon.wait_for_log(|line| line.contains("block profile: a window of 60s open"), TIMEOUT);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, took) = daemon.terminate(TIMEOUT);
+    println!("serve --all exited {took:?} after SIGTERM ({status})");
+    assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
+    let response = open.join().expect("the open window's client");
+    assert_eq!(response.status, 200, "{}\nlog:\n{}", response.text(), daemon.log());
+    let path = dir.join("block-at-sigterm.pb.gz");
+    std::fs::write(&path, &response.body).expect("write the profile");
+    let profile = read_profile(&path);
+    assert!(
+        profile.stacks.iter().any(|stack| stack.call_site() == "enqueue_stat"),
+        "the handlers' waits in the window's 1.5 s"
+    );
 }
 
 /// Clients asking for snapshots of every process during a window, one after another.

@@ -360,7 +360,7 @@ fn sigterm_detaches_and_exits_promptly() {
     pending
         .write_all(b"GET /debug/pprof/block?seconds=60 HTTP/1.1\r\nHost: tracer\r\n\r\n")
         .expect("send a request");
-    std::thread::sleep(Duration::from_millis(500));
+    daemon.wait_for_log(|line| line.contains("a window of 60s open"), HTTP_TIMEOUT);
     let (status, took) = daemon.terminate(EXIT_TIMEOUT);
     println!("tracer serve exited {took:?} after SIGTERM ({status})");
     assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
@@ -391,6 +391,7 @@ fn a_block_window_open_when_the_target_exits_gets_its_waits() {
         (answer, started.elapsed())
     });
     // The window holds two seconds of the pile-up, then its target is killed.
+    daemon.wait_for_log(|line| line.contains("block profile: a window of 60s open"), HTTP_TIMEOUT);
     std::thread::sleep(Duration::from_secs(2));
     let Pileup { workload, backend: _backend } = pileup;
     drop(workload);

@@ -39,6 +39,9 @@ use crate::{
     },
 };
 
+/// An endpoint's connections whose TCP peer is not found before the rest are not looked
+/// for.
+const TCP_PEER_MISSES: usize = 2;
 /// Threads of a peer process described at most: a pool of hundreds says nothing more.
 const MAX_PEER_THREADS: usize = 16;
 /// Looks again at a thread seen running, and how long after each look.
@@ -305,6 +308,7 @@ fn local_peers<'a>(
     // Where a connection whose address was rewritten reaches its peer.
     let mut reached_at: BTreeMap<PeerEnd, String> = BTreeMap::new();
     for (endpoint, sockets) in endpoints {
+        let mut tcp_misses = 0;
         for socket in sockets.iter().rev() {
             let end = match (socket.protocol, socket.local.as_ref(), socket.remote.as_ref()) {
                 (Protocol::Unix, ..) => u32::try_from(socket.inode)
@@ -314,10 +318,14 @@ fn local_peers<'a>(
                 (Protocol::Tcp, Some(local), Some(remote)) => {
                     let found = tcp.peer(sock_diag(&mut diag, pid), pid, local, remote);
                     let Some(peer) = found else {
-                        // Its endpoint is not on this host: nor are its other connections'
-                        // peers, which are not looked for (each search asks every
-                        // namespace's sock_diag and conntrack).
-                        break;
+                        // A connection closed since, or an endpoint off this host: after
+                        // two, its other connections' peers are not looked for (each
+                        // search asks every namespace's sock_diag and conntrack).
+                        tcp_misses += 1;
+                        if tcp_misses == TCP_PEER_MISSES {
+                            break;
+                        }
+                        continue;
                     };
                     let end = PeerEnd::Socket(peer.inode);
                     if let Some(address) = peer.reached_at {

@@ -89,16 +89,17 @@ pub struct PeerProcess {
     pub thread_count: u64,
     /// Its threads blocked in a call on its end of the connection now (the endpoint's
     /// latest connection seen: a read or write of the socket, a poll or epoll holding it);
-    /// None when that cannot be told: its threads could not be read, or only an edge-triggered epoll set holds the socket (an event
-    /// loop's, such as Go's netpoller, which holds every socket whether it is read or not).
+    /// None when that cannot be told: its threads could not be read, or only an
+    /// edge-triggered epoll set holds the socket (an event loop's, such as Go's
+    /// netpoller, which holds every socket whether it is read or not).
     pub waiting_on_socket: Option<Vec<u32>>,
     /// The address the connection reaches it at, when address translation rewrote the
     /// one the target sees (the endpoint): `10.244.1.7:8080` behind a service's
     /// `10.96.0.10:80`.
     pub reached_at: Option<String>,
     /// The other processes behind the endpoint's other connections (a pool's connections
-    /// to one database port, each served by a process of its own), by pid; this one is
-    /// behind the most.
+    /// to one database port, each served by a process of its own), by pid, those behind
+    /// more connections first; this one is behind the latest connection seen.
     pub other_pids: Vec<u32>,
 }
 

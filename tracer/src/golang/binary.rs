@@ -506,7 +506,7 @@ fn gofunc<'d>(file: &object::File<'d>, version: &str) -> Option<&'d [u8]> {
         None => {
             let gofunc_offset = moduledata_gofunc_offset(go_minor(version)?)?;
             let table = file.section_by_name(".gopclntab")?;
-            let table_range = table.address()..table.address() + table.size();
+            let table_range = table.address()..table.address().checked_add(table.size())?;
             let section = file
                 .section_by_name(".go.module")
                 .or_else(|| file.section_by_name(".noptrdata"))?;
@@ -694,7 +694,7 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
 fn bytes_at<'d>(file: &object::File<'d>, address: u64, len: u64) -> Option<&'d [u8]> {
     file.sections().find_map(|section| {
         let start = section.address();
-        let end = start + section.size();
+        let end = start.checked_add(section.size())?;
         if address < start || address.checked_add(len)? > end {
             return None;
         }
@@ -708,7 +708,7 @@ fn bytes_at<'d>(file: &object::File<'d>, address: u64, len: u64) -> Option<&'d [
 fn bytes_from<'d>(file: &object::File<'d>, address: u64) -> Option<&'d [u8]> {
     file.sections().find_map(|section| {
         let start = section.address();
-        if address < start || address >= start + section.size() {
+        if address < start || address >= start.checked_add(section.size())? {
             return None;
         }
         section.data().ok()?.get(usize::try_from(address - start).ok()?..)
@@ -720,7 +720,7 @@ fn bytes_from<'d>(file: &object::File<'d>, address: u64) -> Option<&'d [u8]> {
 fn read_string_table(file: &object::File<'_>, address: u64, count: u64) -> Vec<String> {
     let mut strings = Vec::new();
     for index in 0..count {
-        let Some(header) = bytes_at(file, address + 16 * index, 16) else {
+        let Some(header) = bytes_at(file, address.wrapping_add(16 * index), 16) else {
             break;
         };
         let pointer = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
@@ -758,7 +758,7 @@ fn find_wait_reasons(file: &object::File<'_>) -> Vec<String> {
         .windows(SECOND_WAIT_REASON.len())
         .enumerate()
         .filter(|(_, window)| *window == SECOND_WAIT_REASON)
-        .map(|(offset, _)| rodata.address() + offset as u64)
+        .map(|(offset, _)| rodata.address().wrapping_add(offset as u64))
         .collect();
     let Some(data) = file.section_by_name(".data") else {
         return Vec::new();
@@ -770,7 +770,7 @@ fn find_wait_reasons(file: &object::File<'_>) -> Vec<String> {
         let pointer = u64::from_le_bytes(pair[..8].try_into().unwrap_or_default());
         let len = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
         if len == SECOND_WAIT_REASON.len() as u64 && texts.contains(&pointer) {
-            let table = data.address() + 16 * (index as u64 - 1);
+            let table = data.address().wrapping_add(16 * (index as u64 - 1));
             // `waitReason` is a uint8: the table has 256 entries at most.
             return read_string_table(file, table, 256);
         }
@@ -805,7 +805,9 @@ fn semtable_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<
     let zeroed: Vec<std::ops::Range<u64>> = [".bss", ".noptrbss"]
         .into_iter()
         .filter_map(|name| file.section_by_name(name))
-        .map(|section| section.address()..section.address() + section.size())
+        .filter_map(|section| {
+            Some(section.address()..section.address().checked_add(section.size())?)
+        })
         .collect();
     let mut counts: std::collections::HashMap<u64, usize> = Default::default();
     for target in rip_relative_targets(code, range.start) {

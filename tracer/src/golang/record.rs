@@ -398,6 +398,7 @@ fn file_offset_of(elf: &[u8], address: u64) -> Option<u64> {
     file.sections().find_map(|section| {
         let (offset, _) = section.file_range()?;
         let start = section.address();
-        (start..start + section.size()).contains(&address).then(|| address - start + offset)
+        let end = start.checked_add(section.size())?;
+        (start..end).contains(&address).then(|| (address - start).checked_add(offset)).flatten()
     })
 }

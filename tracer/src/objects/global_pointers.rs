@@ -41,7 +41,8 @@ impl GlobalPointers {
             if !holds_pointers || budget == 0 {
                 continue;
             }
-            let start = section.address().next_multiple_of(8);
+            // The file's headers: a section at the top of the address space is skipped.
+            let Some(start) = section.address().checked_next_multiple_of(8) else { continue };
             let len = section.size().saturating_sub(start - section.address()).min(budget) & !7;
             budget -= len;
             let mut bytes = vec![0u8; len as usize];
@@ -51,7 +52,7 @@ impl GlobalPointers {
             for (index, word) in bytes.chunks_exact(8).enumerate() {
                 let value = u64::from_le_bytes(word.try_into().unwrap());
                 if value != 0 && in_anonymous_memory(image, value) {
-                    pointers.targets.entry(value).or_insert(start + 8 * index as u64);
+                    pointers.targets.entry(value).or_insert(start.wrapping_add(8 * index as u64));
                 }
             }
         }

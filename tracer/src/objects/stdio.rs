@@ -107,11 +107,12 @@ impl StdioLocks {
     pub fn holder(&self, address: u64) -> Option<u32> {
         let offset = self.tid_offset?;
         self.files.get(&address)?;
-        let owner = self.read_word(address + LOCK_OWNER)?;
-        if owner == 0 || self.read_word(owner + TCB_SELF)? != owner {
+        // The process's words: a wild one wraps, and its read fails.
+        let owner = self.read_word(address.wrapping_add(LOCK_OWNER))?;
+        if owner == 0 || self.read_word(owner.wrapping_add(TCB_SELF))? != owner {
             return None;
         }
-        let tid = self.read_word(owner + offset)? as u32;
+        let tid = self.read_word(owner.wrapping_add(offset))? as u32;
         let pid = self.memory.pid;
         let is_thread =
             tid != 0 && std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();

@@ -97,12 +97,14 @@ impl PythonProcess {
         let Some(data) = self.attribute(weak_set, "data") else {
             return Vec::new();
         };
-        let (Some(mask), Some(table)) =
-            (self.read_word(data + SET_MASK), self.read_word(data + SET_TABLE))
-        else {
+        // The process's words: a wild one wraps, and its read fails (or reads no slots).
+        let (Some(mask), Some(table)) = (
+            self.read_word(data.wrapping_add(SET_MASK)),
+            self.read_word(data.wrapping_add(SET_TABLE)),
+        ) else {
             return Vec::new();
         };
-        let slots = (mask + 1).min(MAX_TASKS);
+        let slots = mask.wrapping_add(1).min(MAX_TASKS);
         let mut entries = vec![0u8; slots as usize * 16];
         if self.memory.read_exact(table, &mut entries).is_err() {
             return Vec::new();
@@ -168,7 +170,7 @@ impl PythonProcess {
             let mut next = [0u8; 2];
             let awaiting = match layout.coroutine_await {
                 CoroutineAwait::NextResume { resume, .. } => {
-                    self.memory.read_exact(instruction + 2, &mut next).is_ok()
+                    self.memory.read_exact(instruction.wrapping_add(2), &mut next).is_ok()
                         && resume.contains(&next[0])
                         && next[1] >= 2
                 }

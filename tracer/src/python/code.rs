@@ -183,7 +183,8 @@ pub fn line_for_offset(table: &[u8], first_line: u32, offset: u64) -> Option<u32
                 0
             }
         };
-        line += delta;
+        // A corrupt table's deltas wrap rather than panic.
+        line = line.wrapping_add(delta);
         if (start..end).contains(&offset) {
             return (code != 15 && line > 0).then_some(line as u32);
         }

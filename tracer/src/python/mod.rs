@@ -147,12 +147,15 @@ impl PythonProcess {
                 // `_PyRuntime.interpreters.main` follows `.head`.
                 let mut main = [0u8; 8];
                 let at = symbols.runtime + layout.runtime_interpreters_head + 8;
-                memory.read_exact(at, &mut main).ok().map(|_| u64::from_le_bytes(main) + offset)
+                memory
+                    .read_exact(at, &mut main)
+                    .ok()
+                    .map(|_| u64::from_le_bytes(main).wrapping_add(offset))
             }
         };
         Ok(Some(Self {
             memory,
-            gil: gil.map(|start| start..start + GIL_SIZE),
+            gil: gil.and_then(|start| Some(start..start.checked_add(GIL_SIZE)?)),
             layout,
             runtime: symbols.runtime,
             evaluation: symbols.evaluation,
@@ -243,7 +246,7 @@ impl PythonProcess {
     fn thread_state(&mut self, tid: u32) -> Option<u64> {
         let mut moved = false;
         if let Some(&state) = self.thread_states.get(&tid) {
-            let names = self.read_word(state + self.layout.thread_native_id);
+            let names = self.read_word(state.wrapping_add(self.layout.thread_native_id));
             if names.is_some_and(|native_id| native_id as u32 == tid) {
                 return Some(state);
             }
@@ -270,15 +273,15 @@ impl PythonProcess {
         let mut interpreters = 0;
         while let Some(interp) = interpreter.filter(|&address| address != 0) {
             interpreters += 1;
-            let mut state = self.read_word(interp + layout.interp_threads_head);
+            let mut state = self.read_word(interp.wrapping_add(layout.interp_threads_head));
             while let Some(thread) = state.filter(|&address| address != 0 && seen.insert(address)) {
                 if states.len() >= MAX_THREADS {
                     return states;
                 }
-                if let Some(tid) = self.read_word(thread + layout.thread_native_id) {
+                if let Some(tid) = self.read_word(thread.wrapping_add(layout.thread_native_id)) {
                     states.insert(tid as u32, thread);
                 }
-                state = self.read_word(thread + layout.thread_next);
+                state = self.read_word(thread.wrapping_add(layout.thread_next));
             }
             // `PyInterpreterState.next` is its first member.
             interpreter = self.read_word(interp).filter(|_| interpreters < 256);
@@ -287,12 +290,14 @@ impl PythonProcess {
     }
 
     fn current_frame(&self, state: u64) -> Option<u64> {
+        // The process's words: a wild one wraps, and its read fails.
         match self.layout.current_frame {
             layout::CurrentFrame::ThroughCFrame { cframe, current_frame } => {
-                let cframe = self.read_word(state + cframe).filter(|&address| address != 0)?;
-                self.read_word(cframe + current_frame)
+                let cframe =
+                    self.read_word(state.wrapping_add(cframe)).filter(|&address| address != 0)?;
+                self.read_word(cframe.wrapping_add(current_frame))
             }
-            layout::CurrentFrame::Direct(offset) => self.read_word(state + offset),
+            layout::CurrentFrame::Direct(offset) => self.read_word(state.wrapping_add(offset)),
         }
         .filter(|&address| address != 0)
     }
@@ -326,7 +331,7 @@ fn interpreter_symbols(module: &crate::stacks::Module) -> Option<InterpreterSymb
             "_PyRuntime" => runtime = Some(address),
             "Py_Version" => version = Some(address),
             "_PyEval_EvalFrameDefault" | "_PyEval_EvalFrameDefault.cold" if symbol.size() > 0 => {
-                evaluation.push(address..address + symbol.size());
+                evaluation.extend(address.checked_add(symbol.size()).map(|end| address..end));
             }
             _ => {}
         }

@@ -61,9 +61,9 @@ impl PythonProcess {
         let locals = self.locals(frame).into_iter().map(|(_, value)| value);
         let globals = self.dict_entries(frame.globals).into_iter().map(|(_, value)| value);
         let candidates: Vec<u64> = locals.chain(globals).collect();
-        let types = self
-            .memory
-            .read_many(&candidates.iter().map(|object| object + OB_TYPE).collect::<Vec<_>>(), 8);
+        let type_words: Vec<u64> =
+            candidates.iter().map(|object| object.wrapping_add(OB_TYPE)).collect();
+        let types = self.memory.read_many(&type_words, 8);
         let locks: Vec<u64> = candidates
             .into_iter()
             .zip(types)
@@ -138,10 +138,11 @@ impl PythonProcess {
     /// An instance's attributes as (name object, value): its managed values (the keys
     /// shared by its type) or its dict.
     pub(super) fn attributes(&self, instance: u64) -> Vec<(u64, u64)> {
-        let Some(kind) = self.read_word(instance + OB_TYPE) else {
+        // The process's words: a wild one wraps, and its read fails.
+        let Some(kind) = self.read_word(instance.wrapping_add(OB_TYPE)) else {
             return Vec::new();
         };
-        let flags = self.read_word(kind + TP_FLAGS).unwrap_or_default();
+        let flags = self.read_word(kind.wrapping_add(TP_FLAGS)).unwrap_or_default();
         if flags & MANAGED_DICT == 0 {
             return Vec::new();
         }
@@ -151,10 +152,11 @@ impl PythonProcess {
             ManagedValues::PointerBefore => Some(words_before(4)).filter(|&values| values != 0),
             ManagedValues::TaggedBefore => {
                 let dict_or_values = words_before(3);
-                (dict_or_values & 1 == 1).then(|| dict_or_values + 1)
+                (dict_or_values & 1 == 1).then(|| dict_or_values.wrapping_add(1))
             }
             ManagedValues::Inline if flags & INLINE_VALUES != 0 => {
-                let values = instance + self.read_word(kind + TP_BASICSIZE).unwrap_or_default();
+                let size = self.read_word(kind.wrapping_add(TP_BASICSIZE)).unwrap_or_default();
+                let values = instance.wrapping_add(size);
                 let mut header = [0u8; 4];
                 let valid = self.memory.read_exact(values, &mut header).is_ok() && header[3] != 0;
                 valid.then_some(values)
@@ -163,8 +165,10 @@ impl PythonProcess {
         };
         match values {
             Some(values) => {
-                let keys = self.read_word(kind + self.layout.type_cached_keys).unwrap_or_default();
-                self.keys_and_values(keys, values + self.layout.dict_values_start)
+                let keys = self
+                    .read_word(kind.wrapping_add(self.layout.type_cached_keys))
+                    .unwrap_or_default();
+                self.keys_and_values(keys, values.wrapping_add(self.layout.dict_values_start))
             }
             None => self.dict_entries(words_before(3)),
         }
@@ -198,9 +202,9 @@ impl PythonProcess {
     /// program imports it.
     pub(super) fn module_global(&self, module: &str, name: &str) -> Option<u64> {
         let interp = self.read_word(self.runtime + self.layout.runtime_interpreters_head)?;
-        let modules = self.read_word(interp + self.layout.interp_modules)?;
+        let modules = self.read_word(interp.wrapping_add(self.layout.interp_modules))?;
         let module = self.dict_get(modules, module)?;
-        let globals = self.read_word(module + MODULE_DICT)?;
+        let globals = self.read_word(module.wrapping_add(MODULE_DICT))?;
         self.dict_get(globals, name)
     }
 
@@ -221,11 +225,12 @@ impl PythonProcess {
         if dict == 0 {
             return Vec::new();
         }
-        let Some(keys) = self.read_word(dict + DICT_KEYS) else {
+        let Some(keys) = self.read_word(dict.wrapping_add(DICT_KEYS)) else {
             return Vec::new();
         };
-        let values = self.read_word(dict + DICT_VALUES).unwrap_or_default();
-        let values = if values == 0 { 0 } else { values + self.layout.dict_values_start };
+        let values = self.read_word(dict.wrapping_add(DICT_VALUES)).unwrap_or_default();
+        let values =
+            if values == 0 { 0 } else { values.wrapping_add(self.layout.dict_values_start) };
         self.keys_and_values(keys, values)
     }
 
@@ -268,13 +273,13 @@ impl PythonProcess {
 
     /// `type(object).__name__` as the type spells it (`_thread.lock`, `Queue`).
     pub(super) fn type_name(&self, object: u64) -> Option<String> {
-        let kind = self.read_word(object + OB_TYPE).filter(|&kind| kind != 0)?;
+        let kind = self.read_word(object.wrapping_add(OB_TYPE)).filter(|&kind| kind != 0)?;
         self.name_of_type(kind)
     }
 
     /// A type object's `tp_name`.
     fn name_of_type(&self, kind: u64) -> Option<String> {
-        let name = self.read_word(kind + TP_NAME).filter(|&name| name != 0)?;
+        let name = self.read_word(kind.wrapping_add(TP_NAME)).filter(|&name| name != 0)?;
         // A name near the end of its mapping: read what there is.
         let mut bytes = [0u8; 128];
         let len = [128, 64, 32, 16]

@@ -124,6 +124,8 @@ pub struct Host {
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
     /// How often each trigger condition fired, by whether its files were written.
     firings: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// The block windows open now, ended when the daemon stops.
+    pub windows: super::OpenWindows,
 }
 
 impl Host {
@@ -158,6 +160,7 @@ impl Host {
             pass_counts: Mutex::new(TraceCounts::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
             firings: Mutex::new(BTreeMap::new()),
+            windows: super::OpenWindows::new(),
         });
         let (finished, finished_receiver) = oneshot::channel();
         let weak = Arc::downgrade(&host);
@@ -212,14 +215,23 @@ impl Host {
         let started_at = SystemTime::now();
         self.ask(Request::OpenWindow { id, filter })?;
         let mut open = OpenWindow { host: self, id, closed: false };
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let counted = self.windows.opened();
+        let opened = Instant::now();
+        log::info!("block profile: a window of {seconds}s open");
+        // A daemon that stops ends the window at once: the client gets what it held.
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+            () = self.windows.closing() => {
+                log::info!("block profile: ended after {:?}, serve is stopping", opened.elapsed());
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.ask(Request::CloseWindow { id, reply })?;
         open.closed = true;
         let stacks = answer.await.map_err(|_| HostError::Stopped)?;
         let mut base = Profile::new(ProfileKind::Recording, 0, self.selection.describe());
         base.start_unix_ns = pipeline::target::unix_ns(started_at);
-        base.duration = Duration::from_secs(seconds);
+        base.duration = opened.elapsed();
         let reads = self.reads.load(Ordering::Relaxed).saturating_sub(reads_before);
         base.sampling = Some(Sampling { period: self.period, reads });
         let mut processes: Vec<ProcessTag> =
@@ -227,6 +239,7 @@ impl Host {
         processes.sort();
         processes.dedup();
         base.processes = processes;
+        drop(counted);
         Ok(Profile::from_symbolized(base, stacks))
     }
 

@@ -458,18 +458,19 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
     let Ok(_slot) = windows.try_acquire() else {
         return Err(ServeError::Worker(super::worker::WorkerError::Busy));
     };
-    let _open = super::OpenWindowCount::new(shared);
+    let _open = shared.windows.opened();
     if let Some(traced) = shared.go_target() {
         return goroutine_block(shared, traced, seconds).await;
     }
     let mark = shared.counts_mark();
     let window = OpenWindow { shared, id: lock(&shared.collector).open_window() };
     let started = std::time::Instant::now();
+    log::info!("block profile: a window of {seconds}s open");
     // A daemon that stops (its target exited, a signal) ends the window at once: the
     // client gets what it held, for as long as it was open.
     tokio::select! {
         () = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-        () = shared.window_closing() => {
+        () = shared.windows.closing() => {
             log::info!("block profile: ended after {:?}, serve is stopping", started.elapsed());
         }
     }
@@ -535,10 +536,11 @@ async fn goroutine_block(
     let mut sampling = tokio::task::spawn_blocking(move || {
         crate::golang::sample_window(&traced, window, period, &flag)
     });
+    log::info!("goroutine block profile: a window of {seconds}s open");
     // A daemon that stops ends the window early: the sampling returns what it read.
     let sampled = tokio::select! {
         sampled = &mut sampling => sampled,
-        () = shared.window_closing() => {
+        () = shared.windows.closing() => {
             stop.stop();
             sampling.await
         }

@@ -214,21 +214,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Open block windows answer now with what they hold, before the server goes: a
     // target's last waits before it exited are what its client asked for.
-    shared.close_windows();
-    if shared.windows_open.load(Ordering::Relaxed) > 0 {
-        let answered = async {
-            while shared.windows_open.load(Ordering::Relaxed) > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(WINDOWS_ANSWER_FLUSH).await;
-        };
-        tokio::select! {
-            () = answered => {}
-            () = tokio::time::sleep(grace) => log::warn!("open block windows not answered"),
-            _ = sigterm.recv() => log::info!("SIGTERM again: not waiting for open windows"),
-            _ = sigint.recv() => log::info!("interrupted again: not waiting for open windows"),
-        }
-    }
+    shared.windows.close_and_wait(grace, &mut sigterm, &mut sigint).await;
     server.abort();
     folder.abort();
     let attached = lock(&shared.attached).take();
@@ -293,6 +279,9 @@ async fn serve_host(
         _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); Ok(()) }
         _ = sigint.recv() => { log::info!("interrupted: stopping"); Ok(()) }
     };
+    // Open windows answer with what they hold while the reading thread still runs (after
+    // every process exited it has stopped, and they fail as before).
+    host.windows.close_and_wait(WINDOWS_ANSWER_GRACE_SIGNALLED, &mut sigterm, &mut sigint).await;
     server.abort();
     outcome
 }
@@ -404,10 +393,8 @@ pub struct Shared {
     /// The last read of a Go program's goroutines; locked across reading, so one read
     /// at a time runs and requests that waited for it share it.
     goroutine_read: tokio::sync::Mutex<Option<Arc<GoroutineRead>>>,
-    /// Set once the daemon stops: open block windows end then (`window_closing`).
-    closing: tokio::sync::watch::Sender<bool>,
-    /// Block windows open now (each counted by an `OpenWindowCount`).
-    pub windows_open: AtomicUsize,
+    /// The block windows open now, ended when the daemon stops.
+    pub windows: OpenWindows,
 }
 
 /// One read of a Go program's goroutines, and its /metrics series.
@@ -474,22 +461,7 @@ impl Shared {
             earlier_pass_losses: Mutex::new(PassLosses::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
             goroutine_read: tokio::sync::Mutex::new(None),
-            closing: tokio::sync::watch::channel(false).0,
-            windows_open: AtomicUsize::new(0),
-        }
-    }
-
-    /// Ends every open block window: each answers with what it holds.
-    pub fn close_windows(&self) {
-        self.closing.send_replace(true);
-    }
-
-    /// Resolves once the daemon stops (at once if it has).
-    pub fn window_closing(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let mut closing = self.closing.subscribe();
-        async move {
-            // An error: the sender is gone with the daemon, which stops too.
-            let _ = closing.wait_for(|closing| *closing).await;
+            windows: OpenWindows::new(),
         }
     }
 
@@ -819,19 +791,66 @@ pub enum ServeError {
     Render(#[source] std::fmt::Error),
 }
 
-/// Counts a block window open in `Shared::windows_open` while it lives.
-pub struct OpenWindowCount<'a>(&'a Shared);
+/// A daemon's open block windows: how many, and the word that ends them when it stops
+/// (each then answers with what it holds, rather than being reset with the server).
+pub struct OpenWindows {
+    closing: tokio::sync::watch::Sender<bool>,
+    open: AtomicUsize,
+}
 
-impl<'a> OpenWindowCount<'a> {
-    pub fn new(shared: &'a Shared) -> Self {
-        shared.windows_open.fetch_add(1, Ordering::Relaxed);
-        Self(shared)
+impl OpenWindows {
+    fn new() -> Self {
+        Self { closing: tokio::sync::watch::channel(false).0, open: AtomicUsize::new(0) }
+    }
+
+    /// Counts a window open while the guard lives.
+    pub fn opened(&self) -> OpenWindowCount<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenWindowCount(self)
+    }
+
+    /// Resolves once the daemon stops (at once if it has).
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error: the sender is gone with the daemon, which stops too.
+            let _ = closing.wait_for(|closing| *closing).await;
+        }
+    }
+
+    /// Ends every open window and waits, up to `grace` or another signal, for their
+    /// answers to be made and written.
+    async fn close_and_wait(
+        &self,
+        grace: Duration,
+        sigterm: &mut tokio::signal::unix::Signal,
+        sigint: &mut tokio::signal::unix::Signal,
+    ) {
+        self.closing.send_replace(true);
+        if self.open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let answered = async {
+            while self.open.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(WINDOWS_ANSWER_FLUSH).await;
+        };
+        tokio::select! {
+            () = answered => {}
+            () = tokio::time::sleep(grace) => log::warn!("open block windows not answered"),
+            _ = sigterm.recv() => log::info!("SIGTERM again: not waiting for open windows"),
+            _ = sigint.recv() => log::info!("interrupted again: not waiting for open windows"),
+        }
     }
 }
 
+/// Counts a block window open in its `OpenWindows` while it lives.
+pub struct OpenWindowCount<'a>(&'a OpenWindows);
+
 impl Drop for OpenWindowCount<'_> {
     fn drop(&mut self) {
-        self.0.windows_open.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

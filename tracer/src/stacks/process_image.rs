@@ -515,12 +515,13 @@ impl ModuleFile {
         let section = |name: &str| {
             let section = elf.section_by_name(name)?;
             let (offset, size) = section.file_range()?;
-            let file_range = usize::try_from(offset).ok()?..usize::try_from(offset + size).ok()?;
+            let end = usize::try_from(offset.checked_add(size)?).ok()?;
+            let file_range = usize::try_from(offset).ok()?..end;
             if file_range.end > bytes.len() {
                 return None;
             }
             Some(SectionLocation {
-                svma_range: section.address()..section.address() + section.size(),
+                svma_range: section.address()..section.address().checked_add(section.size())?,
                 file_range,
             })
         };

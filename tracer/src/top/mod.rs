@@ -287,11 +287,7 @@ impl Session {
             (View::Site { .. }, KeyCode::Esc | KeyCode::Enter | KeyCode::Left) => {
                 self.view = View::Table
             }
-            (
-                View::Site { .. },
-                code @ (KeyCode::Up | KeyCode::Down | KeyCode::Char('k' | 'j')),
-            )
-            | (View::Site { .. }, code @ (KeyCode::PageUp | KeyCode::PageDown | KeyCode::Home)) => {
+            (View::Site { .. }, code) if is_scroll_key(code) => {
                 if let View::Site { lines, scroll, .. } = &mut self.view {
                     *scroll = scroll_site(*scroll, lines.len(), code);
                 }
@@ -347,6 +343,18 @@ impl Session {
         let title = format!("{} {}{object}", key.site, key.kind.name());
         self.view = View::Site { title, lines, scroll: 0 };
     }
+}
+
+fn is_scroll_key(code: KeyCode) -> bool {
+    matches!(
+        code,
+        KeyCode::Up
+            | KeyCode::Down
+            | KeyCode::Char('k' | 'j')
+            | KeyCode::PageUp
+            | KeyCode::PageDown
+            | KeyCode::Home
+    )
 }
 
 /// The site view's first line after `key`: the arrows move it a line, the page keys ten,
