@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracer_tests::{
     ChildGuard, Pileup, Profile, Prometheus, ServeDaemon, TempDir, TestCertificates, TestCgroup,
-    assert_success, build_c_pileup, http_get, https_get, read_profile, run_with_timeout,
-    start_c_pileup, start_workload, tracer_bin,
+    assert_success, build_c_pileup, http_get, https_get, live_thread_ids, read_profile,
+    run_with_timeout, start_c_pileup, start_workload, tracer_bin,
 };
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
@@ -82,8 +82,26 @@ exec "$DIR/ns-pileup" "$(head -n 1 "$DIR/port")" "$HANDLERS" "$SECONDS_LEFT"
             !dir.join(NAMESPACED_NAME).exists(),
             "its binary must not be visible outside its mount namespace"
         );
+        // A snapshot counts the threads blocked at its instant: it is taken once the
+        // pile-up has formed (CI once caught 4 of 8 handlers right after `ready`).
+        let deadline = Instant::now() + TIMEOUT;
+        while futex_waiters(pid) < HANDLERS {
+            assert!(Instant::now() < deadline, "the pile-up of pid {pid} never formed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Self { guard, pid, _dir: dir }
     }
+}
+
+/// The threads of `pid` in a futex wait now, as /proc tells (x86_64's futex is 202).
+fn futex_waiters(pid: u32) -> usize {
+    live_thread_ids(pid)
+        .into_iter()
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+                .is_ok_and(|syscall| syscall.split_whitespace().next() == Some("202"))
+        })
+        .count()
 }
 
 impl Drop for NamespacedPileup {
