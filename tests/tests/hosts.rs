@@ -85,7 +85,7 @@ exec "$DIR/ns-pileup" "$(head -n 1 "$DIR/port")" "$HANDLERS" "$SECONDS_LEFT"
         // A snapshot counts the threads blocked at its instant: it is taken once the
         // pile-up has formed (CI once caught 4 of 8 handlers right after `ready`).
         let deadline = Instant::now() + TIMEOUT;
-        while futex_waiters(pid) < HANDLERS {
+        while handlers_in_futex_waits(pid) < HANDLERS {
             assert!(Instant::now() < deadline, "the pile-up of pid {pid} never formed");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -93,14 +93,16 @@ exec "$DIR/ns-pileup" "$(head -n 1 "$DIR/port")" "$HANDLERS" "$SECONDS_LEFT"
     }
 }
 
-/// The threads of `pid` in a futex wait now, as /proc tells (x86_64's futex is 202).
-fn futex_waiters(pid: u32) -> usize {
+/// The handler threads of `pid` in a futex wait now, as /proc tells (x86_64's futex is
+/// 202).
+fn handlers_in_futex_waits(pid: u32) -> usize {
+    let task = |tid: u32, file: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{file}")).unwrap_or_default()
+    };
     live_thread_ids(pid)
         .into_iter()
-        .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
-                .is_ok_and(|syscall| syscall.split_whitespace().next() == Some("202"))
-        })
+        .filter(|&tid| task(tid, "comm").trim_end() == "handler")
+        .filter(|&tid| task(tid, "syscall").split_whitespace().next() == Some("202"))
         .count()
 }
 

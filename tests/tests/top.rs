@@ -151,15 +151,15 @@ fn top_shows_the_pileup_first_sorts_opens_a_site_and_gives_the_terminal_back() {
     assert!(opened.contains("enqueue_stat futex"), "{opened}");
     assert!(opened.contains("pthread_cond_wait"), "its whole stack:\n{opened}");
     assert!(opened.contains("handler"), "{opened}");
-    // It scrolls: two lines down, its first line ("no wait chain starts here now") is
-    // above the view; back up, it is there again.
+    // It scrolls: two rows down, its first line (the chain's heading, or that none starts
+    // here) is above the view; back up, it is there again.
     tmux.send(&["Down", "Down"]);
     let scrolled = tmux.wait_for("the site scrolled", |screen| {
-        !screen.contains("no wait chain starts here") && screen.contains("threads blocked now")
+        !screen.contains("wait chain") && screen.contains("threads blocked now")
     });
     assert!(scrolled.contains("pthread_cond_wait"), "{scrolled}");
     tmux.send(&["Up", "Up"]);
-    tmux.wait_for("the site scrolled back", |screen| screen.contains("no wait chain starts here"));
+    tmux.wait_for("the site scrolled back", |screen| screen.contains("wait chain"));
     tmux.send(&["Escape"]);
     tmux.wait_for("the table again", |screen| screen.contains("THREADS"));
 

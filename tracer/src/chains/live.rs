@@ -344,8 +344,6 @@ fn local_peers<'a>(
         return BTreeMap::new();
     }
     let owners = descriptor_owners(&peer_ends.values().flatten().copied().collect(), pid);
-    // Which of each owner's threads wait on each peer end; those are read first.
-    let waiting = peer_end_waiters(peer_ends.values().flatten(), &owners);
     // Each endpoint's processes: the one behind its latest connection with an owner (and
     // that end), then the others, those behind more of its connections first.
     let behind: BTreeMap<&String, (PeerEnd, Vec<u32>)> = peer_ends
@@ -365,6 +363,9 @@ fn local_peers<'a>(
             Some((endpoint, (*latest, pids.collect())))
         })
         .collect();
+    // Which of its owner's threads wait on each endpoint's described end; those are read
+    // first.
+    let waiting = peer_end_waiters(behind.values().map(|(latest, _)| latest), &owners);
     let mut processes: BTreeMap<u32, Option<PeerProcess>> = BTreeMap::new();
     let mut peers = BTreeMap::new();
     for (&endpoint, (latest, pids)) in &behind {

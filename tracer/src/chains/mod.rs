@@ -88,7 +88,7 @@ pub struct PeerProcess {
     /// How many threads it has.
     pub thread_count: u64,
     /// Its threads blocked in a call on its end of the connection now (the endpoint's
-    /// latest connection seen: a read or write of the socket, a poll or epoll holding it);
+    /// latest connection seen with a process behind it: a read or write of the socket, a poll or epoll holding it);
     /// None when that cannot be told: its threads could not be read, or only an
     /// edge-triggered epoll set holds the socket (an event loop's, such as Go's
     /// netpoller, which holds every socket whether it is read or not).
@@ -99,7 +99,8 @@ pub struct PeerProcess {
     pub reached_at: Option<String>,
     /// The other processes behind the endpoint's other connections (a pool's connections
     /// to one database port, each served by a process of its own), by pid, those behind
-    /// more connections first; this one is behind the latest connection seen.
+    /// more connections first; this one is behind the latest connection seen that has
+    /// one.
     pub other_pids: Vec<u32>,
 }
 

@@ -215,7 +215,6 @@ impl Host {
         let started_at = SystemTime::now();
         self.ask(Request::OpenWindow { id, filter })?;
         let mut open = OpenWindow { host: self, id, closed: false };
-        let counted = self.windows.opened();
         let opened = Instant::now();
         log::info!("block profile: a window of {seconds}s open");
         // A daemon that stops ends the window at once: the client gets what it held.
@@ -225,13 +224,14 @@ impl Host {
                 log::info!("block profile: ended after {:?}, serve is stopping", opened.elapsed());
             }
         }
+        let duration = opened.elapsed();
         let (reply, answer) = oneshot::channel();
         self.ask(Request::CloseWindow { id, reply })?;
         open.closed = true;
         let stacks = answer.await.map_err(|_| HostError::Stopped)?;
         let mut base = Profile::new(ProfileKind::Recording, 0, self.selection.describe());
         base.start_unix_ns = pipeline::target::unix_ns(started_at);
-        base.duration = opened.elapsed();
+        base.duration = duration;
         let reads = self.reads.load(Ordering::Relaxed).saturating_sub(reads_before);
         base.sampling = Some(Sampling { period: self.period, reads });
         let mut processes: Vec<ProcessTag> =
@@ -239,7 +239,6 @@ impl Host {
         processes.sort();
         processes.dedup();
         base.processes = processes;
-        drop(counted);
         Ok(Profile::from_symbolized(base, stacks))
     }
 

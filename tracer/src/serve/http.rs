@@ -218,10 +218,14 @@ async fn respond_host<B>(host: &Host, windows: &Arc<Semaphore>, request: Request
         }),
         "/debug/pprof/block" => match parse_seconds(param(query, "seconds")) {
             Ok(seconds) => match windows.try_acquire() {
-                Ok(_slot) => match host.window(filter, seconds).await {
-                    Ok(profile) => return pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await,
-                    Err(err) => Err(err),
-                },
+                Ok(_slot) => {
+                    // Counted until its answer is made: a stopping daemon waits for it.
+                    let _open = host.windows.opened();
+                    match host.window(filter, seconds).await {
+                        Ok(profile) => return pprof(profile, Weight::Time, BLOCK_ATTACHMENT).await,
+                        Err(err) => Err(err),
+                    }
+                }
                 Err(_) => Err(HostError::Busy),
             },
             Err(message) => Ok(text(StatusCode::BAD_REQUEST, message)),
