@@ -88,10 +88,10 @@ pub struct PeerProcess {
     /// How many threads it has.
     pub thread_count: u64,
     /// Its threads blocked in a call on its end of the connection now (the endpoint's
-    /// latest connection seen with a process behind it: a read or write of the socket, a poll or epoll holding it);
-    /// None when that cannot be told: its threads could not be read, or only an
-    /// edge-triggered epoll set holds the socket (an event loop's, such as Go's
-    /// netpoller, which holds every socket whether it is read or not).
+    /// latest connection seen with a process behind it: a read or write of the socket, a
+    /// poll or epoll holding it); None when that cannot be told: its threads could not be
+    /// read, or only an edge-triggered epoll set holds the socket (an event loop's, such
+    /// as Go's netpoller, which holds every socket whether it is read or not).
     pub waiting_on_socket: Option<Vec<u32>>,
     /// The address the connection reaches it at, when address translation rewrote the
     /// one the target sees (the endpoint): `10.244.1.7:8080` behind a service's
