@@ -217,13 +217,7 @@ impl Host {
         let mut open = OpenWindow { host: self, id, closed: false };
         let opened = Instant::now();
         log::info!("block profile: a window of {seconds}s open");
-        // A daemon that stops ends the window at once: the client gets what it held.
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-            () = self.windows.closing() => {
-                log::info!("block profile: ended after {:?}, serve is stopping", opened.elapsed());
-            }
-        }
+        self.windows.hold(Duration::from_secs(seconds), opened).await;
         let duration = opened.elapsed();
         let (reply, answer) = oneshot::channel();
         self.ask(Request::CloseWindow { id, reply })?;

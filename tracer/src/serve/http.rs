@@ -470,14 +470,8 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
     let window = OpenWindow { shared, id: lock(&shared.collector).open_window() };
     let started = std::time::Instant::now();
     log::info!("block profile: a window of {seconds}s open");
-    // A daemon that stops (its target exited, a signal) ends the window at once: the
-    // client gets what it held, for as long as it was open.
-    tokio::select! {
-        () = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-        () = shared.windows.closing() => {
-            log::info!("block profile: ended after {:?}, serve is stopping", started.elapsed());
-        }
-    }
+    // A daemon that stops (its target exited, a signal) ends the window at once.
+    shared.windows.hold(Duration::from_secs(seconds), started).await;
     let (generation, closed) = {
         let mut collector = lock(&shared.collector);
         (collector.generation, collector.close_window(window.id).unwrap_or_default())

@@ -818,6 +818,17 @@ impl OpenWindows {
         }
     }
 
+    /// Holds a window open for `length` from `opened`, or until the daemon stops (then
+    /// the client gets what it held, for as long as it was open).
+    pub async fn hold(&self, length: Duration, opened: Instant) {
+        tokio::select! {
+            () = tokio::time::sleep_until((opened + length).into()) => {}
+            () = self.closing() => {
+                log::info!("block profile: ended after {:?}, serve is stopping", opened.elapsed());
+            }
+        }
+    }
+
     /// Ends every open window and waits, up to `grace` or another signal, for their
     /// answers to be made and written.
     async fn close_and_wait(
