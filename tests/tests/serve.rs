@@ -414,6 +414,99 @@ fn a_block_window_open_when_the_target_exits_gets_its_waits() {
     );
 }
 
+/// Receives two datagrams on a Unix socket bound at `argv[1]`, each in its own function,
+/// then creates `argv[2]` and sleeps (nanosleep is not traced). The store after each
+/// receive keeps it from being a tail call.
+const WORD_READER_SOURCE: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+static volatile int words;
+__attribute__((noinline)) int wait_for_first_word(int fd) {
+    char word;
+    int received = (int)recv(fd, &word, 1, 0);
+    words++;
+    return received;
+}
+__attribute__((noinline)) int wait_for_last_word(int fd) {
+    char word;
+    int received = (int)recv(fd, &word, 1, 0);
+    words++;
+    return received;
+}
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    strncpy(address.sun_path, argv[1], sizeof address.sun_path - 1);
+    int words_in = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (words_in < 0 || bind(words_in, (struct sockaddr *)&address, sizeof address) < 0)
+        return 1;
+    printf("ready\n");
+    fflush(stdout);
+    if (wait_for_first_word(words_in) != 1 || wait_for_last_word(words_in) != 1) return 1;
+    if (open(argv[2], O_CREAT | O_WRONLY, 0600) < 0) return 1;
+    for (;;) sleep(1000);
+}
+"#;
+
+#[test]
+fn a_wait_ended_just_before_sigterm_is_in_the_open_window() {
+    let dir = TempDir::new("serve-last-drain");
+    let reader = dir.join("word-reader");
+    gcc(WORD_READER_SOURCE, &[], &reader);
+    let socket = dir.join("words");
+    let woke = dir.join("woke");
+    let mut cmd = Command::new(&reader);
+    cmd.arg(&socket).arg(&woke);
+    let workload = start_workload("word-reader", cmd);
+    let pid = workload.pid();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string(), "--mode", "exact"]);
+    wait_attached(&mut daemon, pid);
+    let port = daemon.port;
+    let window = std::thread::spawn(move || {
+        http_get_with(port, "/debug/pprof/block?seconds=60", &[], HTTP_TIMEOUT)
+    });
+    daemon.wait_for_log(|line| line.contains("block profile: a window of 60s open"), HTTP_TIMEOUT);
+    // The first word ends the receive begun before the attach; the second, begun under
+    // the probes, is blocked a good while (well over --min-wait), then woken, and SIGTERM
+    // follows as soon as the reader is past it: its record has not been drained yet.
+    let sender = std::os::unix::net::UnixDatagram::unbound().expect("a Unix socket");
+    let write_word = || {
+        sender.send_to(b"w", &socket).unwrap_or_else(|e| panic!("send to the reader: {e}"));
+    };
+    write_word();
+    std::thread::sleep(Duration::from_millis(500));
+    write_word();
+    let deadline = Instant::now() + HTTP_TIMEOUT;
+    while !woke.exists() {
+        assert!(Instant::now() < deadline, "the reader never woke");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (status, took) = daemon.terminate(EXIT_TIMEOUT);
+    println!("tracer serve exited {took:?} after SIGTERM ({status})");
+    assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
+    let answer = window.join().expect("the client thread");
+    assert_eq!(answer.status, 200, "{}\nlog:\n{}", answer.text(), daemon.log());
+    let path = dir.join("block.pb.gz");
+    std::fs::write(&path, &answer.body).expect("write the profile");
+    let profile = read_profile(&path);
+    let reads: Vec<_> = profile
+        .stacks
+        .iter()
+        .filter(|stack| stack.kind == WaitKind::Recv && has_function(stack, "wait_for_last_word"))
+        .collect();
+    assert!(
+        reads.iter().any(|stack| stack.stats.total_ns >= 400_000_000),
+        "the read that ended just before SIGTERM:\n{}\nlog:\n{}",
+        top_stacks(&profile, |_| true, 20),
+        daemon.log()
+    );
+    drop(workload);
+}
+
 /// A library the workload loads only when told to (after the daemon attached), and the
 /// function in it that waits: poll(2) with no descriptors, then a store, so the call
 /// is not a tail call and the function stays on the stack.

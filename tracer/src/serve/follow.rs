@@ -66,12 +66,15 @@ impl fmt::Display for Wanted {
     }
 }
 
-/// Traces the wanted process until it exits (`--pid`) or forever (`--comm`).
+/// Traces the wanted process until it exits (`--pid`), or forever (`--comm`), or until
+/// `stop` turns true (serve is stopping): then the waits still in the probes' buffers are
+/// handed on before the detach, as at the target's exit, so that open windows hold them.
 pub async fn run(
     wanted: &Wanted,
     shared: &Arc<Shared>,
     btf_path: &Path,
     min_wait: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut generation = 0;
     loop {
@@ -81,7 +84,10 @@ pub async fn run(
                 log::warn!("pid {pid} exited; stopping");
                 return Ok(());
             }
-            Wanted::Comm(name) => find_by_comm(name, generation == 0).await,
+            Wanted::Comm(name) => tokio::select! {
+                target = find_by_comm(name, generation == 0) => target,
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            },
         };
         generation += 1;
         let source = match attach(&target, shared, btf_path, min_wait, generation).await {
@@ -112,14 +118,17 @@ pub async fn run(
         }
         let exited = poll_readable(target.pidfd.try_clone().context("cannot dup the pidfd")?)
             .context("cannot poll the pidfd")?;
+        // Whether serve is stopping (else the target exited).
+        let stopping;
         match source {
             WaitSource::Probes(mut rings, mut late_copier) => {
                 let mut sink = LockedCollector(&shared.collector);
                 let mut late_copy_poll =
                     late_copies::poll_timer().context("cannot make a timer")?;
-                loop {
+                stopping = loop {
                     tokio::select! {
-                        _ = readable(&exited) => break,
+                        _ = readable(&exited) => break false,
+                        _ = stop.wait_for(|stop| *stop) => break true,
                         drained = rings.drain_when_ready(&mut sink) => drained?,
                         ticked = late_copy_poll.tick(), if late_copier.is_some() => {
                             ticked.context("waiting for the late copies' timer")?;
@@ -130,32 +139,45 @@ pub async fn run(
                         }
                     }
                     update_stack_spans(shared);
+                };
+                if stopping {
+                    // Detached first, so that the probes stop writing and the drain ends
+                    // (the buffers are the rings', not the probes').
+                    drop(shared.take_attached());
                 }
-                // Waits that ended just before the exit are still in the buffers.
+                // Waits that ended just before the exit (or the stop) are still in the
+                // buffers: up to a drain interval of them.
                 rings.drain_now(&mut sink);
             }
             WaitSource::Sampler(sampler) => {
                 // Stops the sampling thread however `run` ends (the target's exit, or
                 // serve shutting down and dropping `run`).
-                let stop = StopOnDrop::new();
+                let stop_reading = StopOnDrop::new();
                 let mut reading = tokio::task::spawn_blocking({
-                    let (shared, stop) = (Arc::clone(shared), stop.flag());
+                    let (shared, stop) = (Arc::clone(shared), stop_reading.flag());
                     move || sample_into_collector(sampler, &shared, &stop)
                 });
                 // Its reads fail once the target is gone: whichever notices first.
-                let finished = tokio::select! {
-                    _ = readable(&exited) => false,
-                    _ = &mut reading => true,
+                let finished;
+                (finished, stopping) = tokio::select! {
+                    _ = readable(&exited) => (false, false),
+                    _ = stop.wait_for(|stop| *stop) => (false, true),
+                    _ = &mut reading => (true, false),
                 };
-                drop(stop);
+                drop(stop_reading);
                 // No read of this attachment may reach the collector after the detach.
                 if !finished {
                     let _ = reading.await;
                 }
             }
         }
-        log::info!("pid {} ({}) exited", target.pid, target.comm);
+        if !stopping {
+            log::info!("pid {} ({}) exited", target.pid, target.comm);
+        }
         detach(shared).await;
+        if stopping {
+            return Ok(());
+        }
     }
 }
 
@@ -221,9 +243,17 @@ fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &Ato
             lock(&shared.collector).add_ended(ended);
         }
         sampler.objects_mut().forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
-        std::thread::sleep(pace.next().saturating_duration_since(Instant::now()));
+        // In slices, so that a stop (serve's, waiting for this thread) is seen soon even
+        // when the budget spaces the reads seconds apart.
+        let next = pace.next();
+        while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()).min(STOP_POLL));
+        }
     }
 }
+
+/// How often a sampling thread between reads looks whether it is stopped.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Loads the probes for `target` (attaching them in exact mode; in sampled mode they only
 /// serve the task iterator) and hands the decoder, the probes and images for the worker

@@ -61,6 +61,9 @@ const WINDOWS_ANSWER_GRACE: Duration = Duration::from_secs(5);
 const WINDOWS_ANSWER_GRACE_SIGNALLED: Duration = Duration::from_secs(1);
 /// A window's answer is written after its count is dropped: the time left for that.
 const WINDOWS_ANSWER_FLUSH: Duration = Duration::from_millis(200);
+/// How long a signalled `serve --pid` waits for its follower's last drain of the probes'
+/// buffers and its detach (an attach in progress may not end sooner).
+const LAST_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// How often the waits gathered for /metrics are folded into the series when nobody
 /// scrapes, so the window stays small.
@@ -164,7 +167,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::pipeline::target::Target::open(pid)?;
     }
     let btf_path = target::btf_path()?;
-    let (listener, local, mut sigterm, mut sigint) = listen_on(listen, &access, tls_mode).await?;
+    let (listener, local, mut signals) = listen_on(listen, &access, tls_mode).await?;
 
     let shared = Arc::new(Shared::new(
         wanted.clone(),
@@ -199,22 +202,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
+    let (stop, stop_requested) = tokio::sync::watch::channel(false);
+    let following = follow::run(&wanted, &shared, &btf_path, min_wait, stop_requested);
+    tokio::pin!(following);
     let (outcome, grace) = tokio::select! {
-        outcome = follow::run(&wanted, &shared, &btf_path, min_wait) => {
-            (outcome, WINDOWS_ANSWER_GRACE)
-        }
-        _ = sigterm.recv() => {
-            log::info!("SIGTERM: detaching");
-            (Ok(()), WINDOWS_ANSWER_GRACE_SIGNALLED)
-        }
-        _ = sigint.recv() => {
-            log::info!("interrupted: detaching");
-            (Ok(()), WINDOWS_ANSWER_GRACE_SIGNALLED)
+        outcome = &mut following => (outcome, WINDOWS_ANSWER_GRACE),
+        signal = signals.next() => {
+            log::info!("{signal}: detaching");
+            // The follower drains the probes' buffers once more and detaches; a second
+            // signal, or an attach in progress that outlasts the limit, does not wait.
+            stop.send_replace(true);
+            let outcome = tokio::select! {
+                outcome = &mut following => outcome,
+                () = tokio::time::sleep(LAST_DRAIN_LIMIT) => {
+                    log::warn!("the last drain did not end within {LAST_DRAIN_LIMIT:?}");
+                    Ok(())
+                }
+                signal = signals.next() => {
+                    log::info!("{signal} again: not waiting for the last drain");
+                    Ok(())
+                }
+            };
+            (outcome, WINDOWS_ANSWER_GRACE_SIGNALLED)
         }
     };
     // Open block windows answer now with what they hold, before the server goes: a
     // target's last waits before it exited are what its client asked for.
-    shared.windows.close_and_wait(grace, &mut sigterm, &mut sigint).await;
+    shared.windows.close_and_wait(grace, &mut signals).await;
     server.abort();
     folder.abort();
     let attached = lock(&shared.attached).take();
@@ -241,7 +255,7 @@ async fn serve_host(
     (tls, tls_mode): (Option<tokio_rustls::TlsAcceptor>, Tls),
 ) -> anyhow::Result<()> {
     target::check_capabilities()?;
-    let (listener, local, mut sigterm, mut sigint) = listen_on(listen, &access, tls_mode).await?;
+    let (listener, local, mut signals) = listen_on(listen, &access, tls_mode).await?;
     let described = selection.describe();
     let HostOptions { period, max_series, triggers } = options;
     if let Some(triggers) = &triggers {
@@ -276,12 +290,14 @@ async fn serve_host(
             // Its sender dropped unsent: the thread panicked (said on stderr).
             Err(_) => Err(anyhow::anyhow!("the thread reading the processes stopped")),
         },
-        _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); Ok(()) }
-        _ = sigint.recv() => { log::info!("interrupted: stopping"); Ok(()) }
+        signal = signals.next() => {
+            log::info!("{signal}: stopping");
+            Ok(())
+        }
     };
     // Open windows answer with what they hold while the reading thread still runs (after
     // every process exited it has stopped, and they fail as before).
-    host.windows.close_and_wait(WINDOWS_ANSWER_GRACE_SIGNALLED, &mut sigterm, &mut sigint).await;
+    host.windows.close_and_wait(WINDOWS_ANSWER_GRACE_SIGNALLED, &mut signals).await;
     server.abort();
     outcome
 }
@@ -292,19 +308,32 @@ async fn listen_on(
     listen: std::net::SocketAddr,
     access: &access::Access,
     tls_mode: Tls,
-) -> anyhow::Result<(
-    TcpListener,
-    std::net::SocketAddr,
-    tokio::signal::unix::Signal,
-    tokio::signal::unix::Signal,
-)> {
+) -> anyhow::Result<(TcpListener, std::net::SocketAddr, StopSignals)> {
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
     warn_if_unguarded(local, access, tls_mode);
-    let sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok((listener, local, sigterm, sigint))
+    let signals = StopSignals {
+        term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+    };
+    Ok((listener, local, signals))
+}
+
+/// The signals that stop a daemon: the first starts the stop, a second cuts its waits.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Resolves at the next of them, with its name for the log.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "interrupted",
+        }
+    }
 }
 
 /// Says so when serve listens off loopback without a token or client certificates:
@@ -831,12 +860,7 @@ impl OpenWindows {
 
     /// Ends every open window and waits, up to `grace` or another signal, for their
     /// answers to be made and written.
-    async fn close_and_wait(
-        &self,
-        grace: Duration,
-        sigterm: &mut tokio::signal::unix::Signal,
-        sigint: &mut tokio::signal::unix::Signal,
-    ) {
+    async fn close_and_wait(&self, grace: Duration, signals: &mut StopSignals) {
         self.closing.send_replace(true);
         if self.open.load(Ordering::Relaxed) == 0 {
             return;
@@ -850,8 +874,9 @@ impl OpenWindows {
         tokio::select! {
             () = answered => {}
             () = tokio::time::sleep(grace) => log::warn!("open block windows not answered"),
-            _ = sigterm.recv() => log::info!("SIGTERM again: not waiting for open windows"),
-            _ = sigint.recv() => log::info!("interrupted again: not waiting for open windows"),
+            signal = signals.next() => {
+                log::info!("{signal} again: not waiting for open windows");
+            }
         }
     }
 }
