@@ -271,6 +271,13 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
         );
     }
 
+    // The waits those windows held were read: the daemon counts them as its events.
+    let metrics = daemon.get("/metrics").text();
+    let events = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tracer_events_total ")?.parse::<u64>().ok());
+    assert!(events.is_some_and(|events| events > 0), "events read:\n{metrics}");
+
     // A window open when the daemon is stopped answers with what it held.
     let port = daemon.port;
     let open = std::thread::spawn(move || {

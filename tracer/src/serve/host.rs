@@ -116,6 +116,9 @@ pub struct Host {
     /// The processes read now, and the reads so far.
     processes: Mutex<Vec<ProcessTag>>,
     reads: AtomicU64,
+    /// Ended waits handed on from the reads, over every process (`tracer_events_total`,
+    /// as a daemon of one process counts them).
+    waits_read: AtomicU64,
     /// Waits whose stacks stopped short, over every process (of the processes that
     /// exited, and of those read now).
     truncated_unwinds: AtomicU64,
@@ -157,6 +160,7 @@ impl Host {
             processes: Mutex::new(members.members.iter().map(Member::tag).collect()),
             reads: AtomicU64::new(0),
             truncated_unwinds: AtomicU64::new(0),
+            waits_read: AtomicU64::new(0),
             pass_counts: Mutex::new(TraceCounts::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
             firings: Mutex::new(BTreeMap::new()),
@@ -259,7 +263,7 @@ impl Host {
     pub async fn render_metrics(&self) -> Result<String, HostError> {
         let blocked = self.blocked_series().await?;
         let tracer = metrics::TracerTotals {
-            events: 0,
+            events: self.waits_read.load(Ordering::Relaxed),
             lost: {
                 let passes = lock(&self.pass_counts);
                 vec![
@@ -456,6 +460,7 @@ impl Reader {
             if ended.stacks.is_empty() {
                 continue;
             }
+            host.waits_read.fetch_add(super::collector::waits_in(&ended), Ordering::Relaxed);
             let profile = member_profile(member, &mut self.namers, ended, ProfileKind::Recording);
             lock(&host.waits).fold(&profile);
         }
