@@ -85,6 +85,8 @@ fn assert_pileup_chain(
     // Its reader sleeps between reads of a buffer that is never empty: no thread of it
     // waits on the connection.
     assert_eq!(peer.waiting_on_socket, Some(Vec::new()), "{chain:#?}");
+    // Every table of sockets searched was read (no failed lookup said where none failed).
+    assert_eq!(traced.profile.counts.peer_lookups_failed, 0);
 
     // The line the reader sees, at the top of the summary.
     let stdout = &traced.out.stdout;

@@ -110,7 +110,8 @@ pub fn gather(
     }
     let pipes = pipes_of(profile);
     let pipes = pipes.iter().map(|(pipe, end)| (pipe, *end));
-    facts.peers = local_peers(pid, endpoints_of(profile, sockets), pipes, frame_pointers);
+    (facts.peers, facts.peer_lookups_failed) =
+        local_peers(pid, endpoints_of(profile, sockets), pipes, frame_pointers);
     facts
 }
 
@@ -129,7 +130,7 @@ pub fn gather_goroutines(
         let frame_pointers = SavedFramePointers::default();
         let pipes = pipes_of(profile);
         let pipes = pipes.iter().map(|(pipe, end)| (pipe, *end));
-        facts.peers =
+        (facts.peers, facts.peer_lookups_failed) =
             local_peers(profile.pid, endpoints_of(profile, sockets), pipes, &frame_pointers);
     }
     facts
@@ -294,12 +295,15 @@ enum PeerEnd {
 /// database port, each served by a process of its own): the one behind the latest
 /// connection seen is described, as are its threads waiting on that connection, and the
 /// others named (`PeerProcess::other_pids`).
+///
+/// Also how many connections' peers could not be looked for (a table of sockets that
+/// could not be read): their chains may end short of a process on this host.
 fn local_peers<'a>(
     pid: u32,
     endpoints: impl Iterator<Item = (&'a String, &'a [SocketInfo])>,
     pipes: impl Iterator<Item = (&'a String, PeerEnd)>,
     frame_pointers: &SavedFramePointers,
-) -> BTreeMap<String, PeerProcess> {
+) -> (BTreeMap<String, PeerProcess>, u64) {
     let mut diag = None;
     let mut tcp = TcpTables::default();
     // Each endpoint's peer ends, the latest connection's first.
@@ -307,17 +311,29 @@ fn local_peers<'a>(
         pipes.map(|(endpoint, end)| (endpoint, vec![end])).collect();
     // Where a connection whose address was rewritten reaches its peer.
     let mut reached_at: BTreeMap<PeerEnd, String> = BTreeMap::new();
+    // Connections whose peer could not be looked for: a table of sockets unreadable.
+    let mut lookups_failed = 0;
     for (endpoint, sockets) in endpoints {
         let mut tcp_misses = 0;
         for socket in sockets.iter().rev() {
             let end = match (socket.protocol, socket.local.as_ref(), socket.remote.as_ref()) {
-                (Protocol::Unix, ..) => u32::try_from(socket.inode)
-                    .ok()
-                    .and_then(|inode| sock_diag(&mut diag, pid)?.unix_peer(inode).ok().flatten())
-                    .map(|peer| PeerEnd::Socket(u64::from(peer))),
+                (Protocol::Unix, ..) => {
+                    let Ok(inode) = u32::try_from(socket.inode) else { continue };
+                    match sock_diag(&mut diag, pid).map(|diag| diag.unix_peer(inode)) {
+                        // None: the socket is gone, or has no peer.
+                        Some(Ok(peer)) => peer.map(|peer| PeerEnd::Socket(u64::from(peer))),
+                        _ => {
+                            lookups_failed += 1;
+                            None
+                        }
+                    }
+                }
                 (Protocol::Tcp, Some(local), Some(remote)) => {
                     let found = tcp.peer(sock_diag(&mut diag, pid), pid, local, remote);
                     let Some(peer) = found else {
+                        if tcp.incomplete() {
+                            lookups_failed += 1;
+                        }
                         // A connection closed since, or an endpoint off this host: after
                         // two, its other connections' peers are not looked for (each
                         // search asks every namespace's sock_diag and conntrack).
@@ -341,7 +357,7 @@ fn local_peers<'a>(
         }
     }
     if peer_ends.is_empty() {
-        return BTreeMap::new();
+        return (BTreeMap::new(), lookups_failed);
     }
     let owners = descriptor_owners(&peer_ends.values().flatten().copied().collect(), pid);
     // Each endpoint's processes: the one behind its latest connection with an owner (and
@@ -402,7 +418,7 @@ fn local_peers<'a>(
             );
         }
     }
-    peers
+    (peers, lookups_failed)
 }
 
 /// For each peer end, the threads of its owner blocked in a call on that socket or pipe;

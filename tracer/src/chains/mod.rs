@@ -136,6 +136,8 @@ pub struct WaitChain {
 pub struct ChainFacts {
     /// The local process behind each endpoint, by endpoint.
     pub peers: BTreeMap<String, PeerProcess>,
+    /// Connections whose peer could not be looked for (a table of sockets unreadable).
+    pub peer_lookups_failed: u64,
     /// The holder of each lock, by the object name its waits show.
     pub holders: BTreeMap<String, ThreadNow>,
     /// What each waker thread does now, by tid.
@@ -209,6 +211,12 @@ impl ChainSite {
     pub fn matches(&self, stack: &ProfileStack) -> bool {
         self.key() == site_key(stack)
     }
+}
+
+/// Gives `profile` its chains, and counts the peers `facts` could not look for.
+pub fn add_to(profile: &mut Profile, facts: &ChainFacts) {
+    profile.chains = build(profile, facts);
+    profile.counts.peer_lookups_failed += facts.peer_lookups_failed;
 }
 
 /// The chains of `profile`, longest blocked time (or, in a snapshot, most threads) first:

@@ -13,6 +13,7 @@ use std::{
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 
 use crate::objects::sockets::{
+    NetlinkError,
     conntrack::{Conntrack, Tuple},
     diag::{Record, SockDiag, format_address},
 };
@@ -32,8 +33,12 @@ pub struct TcpTables {
     own: Option<Vec<Record>>,
     /// One process in each other network namespace, with that namespace's TCP sockets.
     others: Option<Vec<(u32, Vec<Record>)>>,
-    /// Conntrack sockets by a member process of their namespace (`None`: cannot open).
+    /// Conntrack sockets by a member process of their namespace (`None`: cannot open;
+    /// a host without conntrack rewrites nothing, so that is no loss).
     conntrack: BTreeMap<u32, Option<Conntrack>>,
+    /// Whether a table of sockets could not be read (a namespace's sock_diag socket not
+    /// opened, a dump that failed): a peer not found may be in it.
+    incomplete: bool,
 }
 
 impl TcpTables {
@@ -46,7 +51,14 @@ impl TcpTables {
         local: &str,
         remote: &str,
     ) -> Option<PeerSocket> {
-        let own = self.own.get_or_insert_with(|| dump_tcp(diag));
+        let own = match &mut self.own {
+            Some(own) => own,
+            None => {
+                let (records, whole) = dump_tcp(diag);
+                self.incomplete |= !whole;
+                self.own.insert(records)
+            }
+        };
         if let Some(inode) = crossing_in(own, local, remote) {
             return Some(PeerSocket { inode, reached_at: None });
         }
@@ -104,11 +116,24 @@ impl TcpTables {
         (reply != original.reversed()).then_some(reply)
     }
 
+    /// Whether a table of sockets searched could not be read (see `incomplete`).
+    pub fn incomplete(&self) -> bool {
+        self.incomplete
+    }
+
     fn others(&mut self, pid: u32) -> &[(u32, Vec<Record>)] {
-        self.others.get_or_insert_with(|| {
+        let Self { others, incomplete, .. } = self;
+        others.get_or_insert_with(|| {
             other_network_namespaces(pid)
                 .into_iter()
-                .map(|member| (member, dump_tcp(SockDiag::open(member).ok().as_mut())))
+                .map(|member| {
+                    let (records, whole) = dump_tcp(SockDiag::open(member).ok().as_mut());
+                    // A member that exited since the namespaces were listed had nothing
+                    // to read: its namespace may have gone with it.
+                    let gone = !std::path::Path::new(&format!("/proc/{member}")).exists();
+                    *incomplete |= !whole && !gone;
+                    (member, records)
+                })
                 .collect()
         })
     }
@@ -133,13 +158,27 @@ fn address_text(address: SocketAddr) -> String {
     format_address(address.ip(), address.port())
 }
 
-/// The TCP sockets of both families that `diag` sees: a dual-stack listener's sockets are
-/// IPv6 while their addresses print as IPv4 (mapped), so a peer may be in either dump.
-fn dump_tcp(diag: Option<&mut SockDiag>) -> Vec<Record> {
-    let Some(diag) = diag else { return Vec::new() };
-    let mut records = diag.dump_inet(AF_INET, IPPROTO_TCP).unwrap_or_default();
-    records.extend(diag.dump_inet(AF_INET6, IPPROTO_TCP).unwrap_or_default());
-    records
+/// The TCP sockets of both families that `diag` sees (a dual-stack listener's sockets are
+/// IPv6 while their addresses print as IPv4, mapped, so a peer may be in either dump), and
+/// whether both were read (not when `diag` could not be opened).
+fn dump_tcp(diag: Option<&mut SockDiag>) -> (Vec<Record>, bool) {
+    let Some(diag) = diag else { return (Vec::new(), false) };
+    let mut records = Vec::new();
+    let mut whole = true;
+    for family in [AF_INET, AF_INET6] {
+        match diag.dump_inet(family, IPPROTO_TCP) {
+            Ok(dumped) => records.extend(dumped),
+            // A kernel without IPv6 has no such sockets to miss.
+            Err(NetlinkError::Kernel(err))
+                if family == AF_INET6
+                    && matches!(err.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::ENOENT)) => {}
+            Err(err) => {
+                log::debug!("cannot dump the TCP sockets of family {family}: {err}");
+                whole = false;
+            }
+        }
+    }
+    (records, whole)
 }
 
 /// One process in each network namespace of the host other than `pid`'s.

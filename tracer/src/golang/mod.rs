@@ -72,7 +72,7 @@ fn snapshot_of(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     })?;
     let mut profile = Profile::from_symbolized(base, named.stacks);
     let facts = chains::live::gather_goroutines(&profile, &sockets, holders);
-    profile.chains = chains::build(&profile, &facts);
+    chains::add_to(&mut profile, &facts);
     Ok(profile)
 }
 

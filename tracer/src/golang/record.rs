@@ -195,7 +195,7 @@ fn sampled_profile(
         Peers::NotRead => BTreeMap::new(),
     };
     let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
-    profile.chains = chains::build(&profile, &facts);
+    chains::add_to(&mut profile, &facts);
     profile
 }
 
@@ -301,7 +301,7 @@ async fn record_exact(
     // The kernel's sums keep no goroutine ids: chains start from the goroutines still
     // parked at the end, as a snapshot's do.
     let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
-    profile.chains = chains::build(&profile, &facts);
+    chains::add_to(&mut profile, &facts);
     pipeline::report(&profile, outputs, top)
 }
 

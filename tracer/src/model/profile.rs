@@ -129,6 +129,9 @@ pub struct TraceCounts {
     pub non_socket_io: u64,
     /// Socket waits whose socket was gone (or unreadable) before it could be resolved.
     pub unresolved_descriptors: u64,
+    /// Connections whose peer on this host could not be looked for (a table of sockets
+    /// that could not be read): their chains may end at the endpoint short of it.
+    pub peer_lookups_failed: u64,
     /// Ring-buffer records too short or of an unknown kind.
     pub malformed_records: u64,
     /// Sampled reads lost: passes in the kernel given up, having missed a thread (its
@@ -163,7 +166,7 @@ pub struct TraceCounts {
 
 impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest is what was seen.
-    pub const LOSSES: usize = 14;
+    pub const LOSSES: usize = 15;
 
     /// Adds `other`'s counts to these, field by field.
     pub fn add(&mut self, mut other: TraceCounts) {
@@ -174,7 +177,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 30] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 31] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -196,6 +199,7 @@ impl TraceCounts {
             unknown_symbols,
             non_socket_io,
             unresolved_descriptors,
+            peer_lookups_failed,
             malformed_records,
             reads_lost,
             wakers_unmatched,
@@ -214,6 +218,7 @@ impl TraceCounts {
             ("unwind_truncated", unwind_truncated),
             ("unknown_symbols", unknown_symbols),
             ("unresolved_descriptors", unresolved_descriptors),
+            ("peer_lookups_failed", peer_lookups_failed),
             ("malformed_records", malformed_records),
             ("wakers_unmatched", wakers_unmatched),
             ("go_parks_lost", go_parks_lost),

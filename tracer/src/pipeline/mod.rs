@@ -367,7 +367,7 @@ pub fn add_wait_chains(
     frame_pointers: &SavedFramePointers,
 ) {
     let facts = chains::live::gather(profile, &objects.endpoint_sockets, unwinder, frame_pointers);
-    profile.chains = chains::build(profile, &facts);
+    chains::add_to(profile, &facts);
 }
 
 /// The last stage of `record` and `snapshot`: every output file, then the summary and the

@@ -280,6 +280,10 @@ pub struct JsonTraceCounts {
     pub unknown_symbols: u64,
     pub non_socket_io: u64,
     pub unresolved_descriptors: u64,
+    /// Connections whose local peer could not be looked for (added in tracer 0.1.0;
+    /// written only when not zero, 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub peer_lookups_failed: u64,
     pub malformed_records: u64,
     /// Sampled reads lost (added in tracer 0.1.0; 0 when absent).
     #[serde(default)]
@@ -555,6 +559,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         unknown_symbols,
         non_socket_io,
         unresolved_descriptors,
+        peer_lookups_failed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -587,6 +592,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         unknown_symbols,
         non_socket_io,
         unresolved_descriptors,
+        peer_lookups_failed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -833,6 +839,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         unknown_symbols,
         non_socket_io,
         unresolved_descriptors,
+        peer_lookups_failed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -865,6 +872,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         unknown_symbols,
         non_socket_io,
         unresolved_descriptors,
+        peer_lookups_failed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -935,6 +943,18 @@ mod tests {
         let mut exact = Vec::new();
         write_json(&fixture_profile(), &fixture_provenance(), &mut exact).unwrap();
         assert!(!String::from_utf8(exact).unwrap().contains("sample_"));
+    }
+
+    #[test]
+    fn failed_peer_lookups_are_kept_and_left_out_when_none() {
+        let mut profile = fixture_profile();
+        profile.counts.peer_lookups_failed = 2;
+        let mut bytes = Vec::new();
+        write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
+        assert_eq!(read_json(&bytes).unwrap().profile.counts.peer_lookups_failed, 2);
+        let mut none = Vec::new();
+        write_json(&fixture_profile(), &fixture_provenance(), &mut none).unwrap();
+        assert!(!String::from_utf8(none).unwrap().contains("peer_lookups_failed"));
     }
 
     #[test]

@@ -1062,6 +1062,7 @@ mod tests {
             stack.stats.log2_histogram.clear();
         }
         profile.no_wakers = true;
+        profile.counts.peer_lookups_failed = 2;
         profile.cgroup = Some("/system.slice/app.service".to_string());
         profile.python = Some(crate::model::PythonInfo {
             version: "3.12".to_string(),

@@ -7,7 +7,10 @@ use tracer_common::{PASS_MAX_THREADS, WaitKind};
 
 use crate::{
     chains,
-    model::{Profile, ProfileKind, ProfileStack, Sampling, WaitStats, counted, endpoint_in_object},
+    model::{
+        Profile, ProfileKind, ProfileStack, Sampling, TraceCounts, WaitStats, counted,
+        endpoint_in_object,
+    },
     report::folded::kind_frame,
 };
 
@@ -632,6 +635,19 @@ fn write_counts(out: &mut String, profile: &Profile) {
             counts.non_socket_io
         );
     }
+    write_peer_lookups_failed(out, counts);
+}
+
+/// Connections whose peer could not be looked for: a chain that ends at an endpoint may
+/// have a process of this host behind it.
+fn write_peer_lookups_failed(out: &mut String, counts: &TraceCounts) {
+    if counts.peer_lookups_failed > 0 {
+        let _ = writeln!(
+            out,
+            "lost: {} peer lookups (socket tables unreadable: chains may stop at the endpoint)",
+            counts.peer_lookups_failed
+        );
+    }
 }
 
 /// What the Go probes and the goroutine reads saw and lost.
@@ -693,6 +709,7 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
             counts.non_socket_io
         );
     }
+    write_peer_lookups_failed(out, counts);
 }
 
 /// The table's width: every line of the summary fits it.
@@ -920,6 +937,19 @@ mod tests {
             text.contains("lost: 2 sampled reads (passes in the kernel not read whole)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn failed_peer_lookups_have_a_line_only_when_some_were() {
+        let mut recorded = profile();
+        assert!(!render_summary(&recorded, 10).contains("peer lookups"));
+        recorded.counts.peer_lookups_failed = 3;
+        let text = render_summary(&recorded, 10);
+        assert!(
+            text.contains("lost: 3 peer lookups (socket tables unreadable: chains may stop at"),
+            "{text}"
+        );
+        assert!(text.lines().all(|line| line.chars().count() <= WIDTH), "{text}");
     }
 
     #[test]

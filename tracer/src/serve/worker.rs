@@ -263,6 +263,6 @@ fn blocked_now(
     // This snapshot's sockets only: the next one resolves its own.
     let sockets = std::mem::take(&mut attachment.objects.endpoint_sockets);
     let facts = chains::live::gather(&profile, &sockets, &mut attachment.unwinder, frame_pointers);
-    profile.chains = chains::build(&profile, &facts);
+    chains::add_to(&mut profile, &facts);
     Ok(profile)
 }
