@@ -39,7 +39,7 @@ pub fn total_ns(profile: &Profile, pred: impl Fn(&ProfileStack) -> bool) -> u64 
 
 /// The distinct thread ids (goroutine ids in a Go snapshot) on the stacks that satisfy
 /// `pred`.
-pub fn thread_ids(profile: &Profile, pred: impl Fn(&ProfileStack) -> bool) -> BTreeSet<u32> {
+pub fn thread_ids(profile: &Profile, pred: impl Fn(&ProfileStack) -> bool) -> BTreeSet<u64> {
     profile
         .stacks
         .iter()

@@ -500,7 +500,7 @@ fn assert_logger_chain(mode: &str, lock: &str) {
         assert_eq!(chain.threads, HANDLERS as u64 - 1, "{run}: {chain:#?}");
         assert_eq!(chain.hops.len(), 1, "{run}: the holder's write: {chain:#?}");
         let hop = &chain.hops[0];
-        assert_eq!(hop.waker_threads, [writer], "{run}: {chain:#?}");
+        assert_eq!(hop.waker_threads, [u64::from(writer)], "{run}: {chain:#?}");
         assert_eq!(hop.waker, format!("handler (tid {writer}, holds the lock)"), "{run}");
         assert_eq!((hop.at.site.as_str(), hop.at.kind), ("log_line", WaitKind::Write), "{run}");
         assert_eq!(hop.at.object.as_ref(), Some(&pipe), "{run}: {chain:#?}");

@@ -26,7 +26,7 @@ const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The handlers of `pid` blocked at `site`, from the stacks tagged with that process.
 fn threads_at(profile: &Profile, pid: u32, site: &str) -> usize {
-    let threads: BTreeSet<u32> = profile
+    let threads: BTreeSet<u64> = profile
         .stacks
         .iter()
         .filter(|stack| stack.call_site() == site)

@@ -21,7 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The handlers of `pid` blocked at `site`, from the stacks tagged with that process.
 fn handlers_at(profile: &Profile, pid: u32, comm: &str, site: &str) -> usize {
-    let threads: BTreeSet<u32> = profile
+    let threads: BTreeSet<u64> = profile
         .stacks
         .iter()
         .filter(|stack| stack.call_site() == site)

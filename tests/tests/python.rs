@@ -47,7 +47,7 @@ fn at<'a>(profile: &'a Profile, site: &str) -> Vec<&'a ProfileStack> {
 /// recording and began again (the reporter's send, when the idle backend's kernel frees
 /// room in its receive buffer) is in two stacks, one ended and one in progress.
 fn threads_at(profile: &Profile, site: &str) -> usize {
-    let threads: std::collections::BTreeSet<u32> =
+    let threads: std::collections::BTreeSet<u64> =
         at(profile, site).iter().flat_map(|stack| stack.stats.threads.iter().copied()).collect();
     threads.len()
 }
@@ -113,10 +113,10 @@ fn assert_frames_match_py_spy(profile: &Profile, pid: u32, at_least: usize) {
         if stack.kind == WaitKind::Task {
             continue; // tasks are not threads: py-spy does not see them
         }
-        for tid in &stack.stats.threads {
-            let theirs = oracle.get(tid).unwrap_or_else(|| panic!("py-spy has no thread {tid}"));
+        for tid in stack.stats.threads.iter().map(|&tid| u32::try_from(tid).expect("a tid")) {
+            let theirs = oracle.get(&tid).unwrap_or_else(|| panic!("py-spy has no thread {tid}"));
             assert_eq!(ours, theirs.frames, "thread {tid}'s Python frames: ours, then py-spy's");
-            let name = profile.thread_names.get(tid);
+            let name = profile.thread_names.get(&tid);
             assert!(theirs.name.is_some(), "py-spy names no thread {tid}");
             assert_eq!(name, theirs.name.as_ref(), "thread {tid}'s name: ours, then py-spy's");
             compared += 1;
@@ -325,7 +325,7 @@ fn waits_for_the_gil_are_named_the_gil() {
         let dir = TempDir::new("python-gil");
         let recorded = record_profile(workload.pid(), &["--duration", "1s"], &dir, TIMEOUT);
         let profile = &recorded.profile;
-        let gil_threads: std::collections::BTreeSet<u32> = profile
+        let gil_threads: std::collections::BTreeSet<u64> = profile
             .stacks
             .iter()
             .filter(|stack| stack.object.as_deref() == Some("GIL"))

@@ -328,7 +328,7 @@ fn a_trigger_catches_the_buildup_once_and_its_files_hold_it() {
 
     // The snapshot: at least 6 handlers at the lock when it fired.
     let snapshot = read_profile(&find(".snapshot.json"));
-    let at_site: BTreeSet<u32> = snapshot
+    let at_site: BTreeSet<u64> = snapshot
         .stacks
         .iter()
         .filter(|stack| stack.call_site() == SITE)

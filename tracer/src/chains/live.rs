@@ -121,7 +121,7 @@ pub fn gather(
 pub fn gather_goroutines(
     profile: &Profile,
     sockets: &EndpointSockets,
-    goroutine_holders: BTreeMap<u32, GoHolders>,
+    goroutine_holders: BTreeMap<u64, GoHolders>,
 ) -> ChainFacts {
     let mut facts = ChainFacts { goroutine_holders, ..ChainFacts::default() };
     if !profile.target_exited {

@@ -50,7 +50,8 @@ pub struct ChainSite {
 pub struct ChainHop {
     /// The wakers' name (`comm`).
     pub waker: String,
-    pub waker_threads: Vec<u32>,
+    /// Their ids (threads', or goroutines' for a goroutine snapshot).
+    pub waker_threads: Vec<u64>,
     /// Their blocked time at `at`.
     pub blocked_ns: u64,
     pub at: ChainSite,
@@ -145,7 +146,7 @@ pub struct ChainFacts {
     /// In a goroutine snapshot, which has no wakers: the goroutines holding the channel
     /// or lock each blocked goroutine waits on (their stacks hold its address), by the
     /// blocked goroutine's id.
-    pub goroutine_holders: BTreeMap<u32, GoHolders>,
+    pub goroutine_holders: BTreeMap<u64, GoHolders>,
 }
 
 /// The goroutines holding what one goroutine is blocked on (see
@@ -154,7 +155,7 @@ pub struct ChainFacts {
 pub struct GoHolders {
     /// What they hold, as the hop names it: `channel`, `lock`, `WaitGroup`.
     pub held: &'static str,
-    pub goroutines: Vec<u32>,
+    pub goroutines: Vec<u64>,
 }
 
 /// One site's waits (a call site and kind): blocked time, threads, and blocked time by
@@ -163,7 +164,7 @@ pub struct GoHolders {
 #[derive(Default)]
 struct SiteWaits {
     blocked_ns: u64,
-    threads: BTreeSet<u32>,
+    threads: BTreeSet<u64>,
     objects: BTreeMap<Option<String>, u64>,
 }
 
@@ -227,7 +228,7 @@ pub fn build(profile: &Profile, facts: &ChainFacts) -> Vec<WaitChain> {
     let mut sites: HashMap<SiteKey, SiteWaits> = HashMap::new();
     // Blocked time per (thread, site), to follow a waker to where it was blocked (each
     // stack's total shared evenly among its threads: stacks keep no per-thread totals).
-    let mut by_thread: HashMap<u32, HashMap<SiteKey, u64>> = HashMap::new();
+    let mut by_thread: HashMap<u64, HashMap<SiteKey, u64>> = HashMap::new();
     for stack in &profile.stacks {
         let site = site_key(stack);
         let waits = sites.entry(site.clone()).or_default();
@@ -268,7 +269,7 @@ struct Graph<'a> {
     profile: &'a Profile,
     facts: &'a ChainFacts,
     sites: &'a HashMap<SiteKey, SiteWaits>,
-    by_thread: &'a HashMap<u32, HashMap<SiteKey, u64>>,
+    by_thread: &'a HashMap<u64, HashMap<SiteKey, u64>>,
 }
 
 impl Graph<'_> {
@@ -294,7 +295,7 @@ impl Graph<'_> {
                 let at_site = self.chain_site(&next);
                 hops.push(ChainHop {
                     waker,
-                    waker_threads: vec![holder.tid],
+                    waker_threads: vec![u64::from(holder.tid)],
                     blocked_ns,
                     at: at_site,
                 });
@@ -374,7 +375,7 @@ impl Graph<'_> {
     /// The threads that woke the waits at `at` most often, with their name; where no
     /// wake was seen (a goroutine snapshot), the goroutines holding the channel or lock its
     /// goroutines wait on: the ones that would wake them.
-    fn wakers_of(&self, at: &SiteKey) -> Option<(String, Vec<u32>)> {
+    fn wakers_of(&self, at: &SiteKey) -> Option<(String, Vec<u64>)> {
         let Some(row) = self
             .profile
             .wakers
@@ -384,18 +385,18 @@ impl Graph<'_> {
         else {
             return self.goroutine_holders_of(at);
         };
-        let threads: Vec<u32> = row.waker_threads.iter().copied().collect();
-        let name = threads
+        let name = row
+            .waker_threads
             .iter()
             .find_map(|tid| self.profile.thread_names.get(tid))
             .cloned()
             .unwrap_or_else(|| row.waker_site.clone());
-        Some((name, threads))
+        Some((name, row.waker_threads.iter().copied().map(u64::from).collect()))
     }
 
     /// The goroutines holding the channel or lock the goroutines at `at` wait on (not those
     /// waiting there themselves), named as the hop shows them.
-    fn goroutine_holders_of(&self, at: &SiteKey) -> Option<(String, Vec<u32>)> {
+    fn goroutine_holders_of(&self, at: &SiteKey) -> Option<(String, Vec<u64>)> {
         let waiting = &self.sites[at].threads;
         let mut held = BTreeSet::new();
         let mut holders = BTreeSet::new();
@@ -419,7 +420,7 @@ impl Graph<'_> {
 
     /// Where `threads` were blocked the longest, when they spent a real share of their
     /// time blocked in watched waits at all.
-    fn where_blocked(&self, threads: &[u32]) -> Option<(SiteKey, u64)> {
+    fn where_blocked(&self, threads: &[u64]) -> Option<(SiteKey, u64)> {
         // Blocked time and threads by site: where no age is known (a goroutine snapshot's
         // waits), the site most of them are at.
         let mut totals: HashMap<&SiteKey, (u64, usize)> = HashMap::new();
@@ -458,7 +459,7 @@ impl Graph<'_> {
         };
         let (next, blocked_ns) = self
             .by_thread
-            .get(&holder.tid)?
+            .get(&u64::from(holder.tid))?
             .iter()
             .filter(|(site, _)| site.site == *now)
             .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
@@ -467,8 +468,12 @@ impl Graph<'_> {
     }
 
     /// The wakers were not (mostly) blocked in a watched wait: what they do now.
-    fn thread_now(&self, waker: &str, threads: &[u32]) -> Terminal {
-        match threads.iter().find_map(|tid| self.facts.threads_now.get(tid)) {
+    fn thread_now(&self, waker: &str, threads: &[u64]) -> Terminal {
+        let now = threads
+            .iter()
+            .filter_map(|&tid| u32::try_from(tid).ok())
+            .find_map(|tid| self.facts.threads_now.get(&tid));
+        match now {
             Some(now) => Terminal::Thread(now.clone()),
             None => Terminal::Unknown(format!("{waker} was not blocked in a watched wait")),
         }

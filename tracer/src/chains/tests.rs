@@ -30,7 +30,7 @@ fn stack(
 ) -> ProfileStack {
     let mut stats = WaitStats::default();
     for &tid in threads {
-        stats.add(tid, ns_each);
+        stats.add(u64::from(tid), ns_each);
     }
     ProfileStack {
         frames: vec![frame(site)],
@@ -460,7 +460,7 @@ fn a_goroutine_snapshot_leads_from_a_channel_to_its_holders_and_their_endpoint()
     profile.endpoint_states.insert("10.0.0.5:80".to_string(), "send buffer full".to_string());
     let mut facts = ChainFacts::default();
     let holding =
-        |goroutines: &[u32]| GoHolders { held: "channel", goroutines: goroutines.to_vec() };
+        |goroutines: &[u64]| GoHolders { held: "channel", goroutines: goroutines.to_vec() };
     for sender in [1, 2, 3] {
         facts.goroutine_holders.insert(sender, holding(&[9, 2]));
     }
@@ -476,6 +476,15 @@ fn a_goroutine_snapshot_leads_from_a_channel_to_its_holders_and_their_endpoint()
     let chains = build(&profile, &facts);
     assert_eq!(chains[0].hops[0].waker, "2 goroutines holding the channel");
     assert_eq!(chains[0].hops[0].waker_threads, [9, 10]);
+    // A holder made after 2^32 others is named by its whole id.
+    let late = 9 + (1u64 << 32);
+    profile.stacks[1].stats.threads = [late].into();
+    for sender in [1, 2, 3] {
+        facts.goroutine_holders.insert(sender, holding(&[late]));
+    }
+    let chains = build(&profile, &facts);
+    assert_eq!(chains[0].hops[0].waker, "goroutine 4294967305 (holds the channel)");
+    assert_eq!(chains[0].hops[0].at.site, "writeToBackend");
 }
 
 #[test]

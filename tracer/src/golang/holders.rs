@@ -51,12 +51,12 @@ const SCAN_BATCH: usize = 256;
 const MAX_SCANNED: usize = 20_000;
 
 /// The goroutines holding what each blocked goroutine of `goroutines` waits on, by the
-/// blocked goroutine's id (as the profile's stacks count goroutines: `goid as u32`).
+/// blocked goroutine's id.
 pub fn goroutine_holders(
     pid: u32,
     goroutines: &[Goroutine],
     maps: &mut StackMaps<'_>,
-) -> BTreeMap<u32, GoHolders> {
+) -> BTreeMap<u64, GoHolders> {
     let objects: HashSet<u64> =
         goroutines.iter().filter_map(|goroutine| Some(goroutine.blocked_on?.address)).collect();
     if objects.is_empty() {
@@ -71,7 +71,7 @@ pub fn goroutine_holders(
     candidates.sort_by_key(|goroutine| goroutine.blocked_on.is_some());
     candidates.truncate(MAX_SCANNED);
     let memory = Memory { pid };
-    let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut holders: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut buffer = Vec::new();
     // Stacks scanned whole: no stack maps for their first frame.
     let mut unmapped = 0;
@@ -100,7 +100,7 @@ pub fn goroutine_holders(
             let own = goroutine.blocked_on.map(|held| held.address);
             for object in objects_in(&words, &objects) {
                 if Some(object) != own {
-                    holders.entry(object).or_default().push(goroutine.goid as u32);
+                    holders.entry(object).or_default().push(goroutine.goid);
                 }
             }
         }
@@ -119,7 +119,7 @@ pub fn goroutine_holders(
             let held = goroutine.blocked_on?;
             let holding = holders.get(&held.address)?;
             let found = GoHolders { held: held.what, goroutines: holding.clone() };
-            Some((goroutine.goid as u32, found))
+            Some((goroutine.goid, found))
         })
         .collect()
 }

@@ -110,7 +110,7 @@ impl WaitTracker {
             .entry((pcs, wait_reason, object))
             .or_insert_with(|| GroupedWaits { truncated, ..GroupedWaits::default() });
         // Goroutine ids stand in for thread ids: they tell the goroutines apart.
-        group.stats.add(goid as u32, wait.blocked_ns);
+        group.stats.add(goid, wait.blocked_ns);
     }
 
     /// The ended waits, and the goroutines still waiting, each aged from the first read
@@ -292,6 +292,24 @@ mod tests {
         assert_eq!(group.stats.total_ns, 80_000_000);
         assert_eq!(group.stats.max_ns, 60_000_000);
         assert_eq!(group.stats.threads.len(), 2);
+    }
+
+    #[test]
+    fn goroutines_whose_ids_differ_past_32_bits_are_counted_apart() {
+        let stack: Arc<[u64]> = vec![0x1000].into();
+        let mut tracker = WaitTracker::new(Duration::from_millis(20), 0);
+        // A service that made 2^32 goroutines since goroutine 7 started.
+        let late = 7 + (1u64 << 32);
+        for (read, goroutines) in
+            [vec![parked(7, &stack, 5), parked(late, &stack, 5)], vec![]].into_iter().enumerate()
+        {
+            let now = read as u64 * 20_000_000;
+            let new = tracker.observe(now, goroutines);
+            tracker.start(now, new);
+        }
+        let (ended, _) = tracker.finish();
+        let group = &ended[&(Arc::clone(&stack), 14, None)];
+        assert_eq!(group.stats.threads.iter().copied().collect::<Vec<_>>(), [7, late]);
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
     // per goroutine. Each group's waits are added at once (see `add_lower_bounds`).
     type Key = (*const u64, u8, Option<String>);
     /// The stack, whether its walk stopped early, and each goroutine's id and age.
-    type Waits = (Arc<[u64]>, bool, Vec<(u32, Option<u64>)>);
+    type Waits = (Arc<[u64]>, bool, Vec<(u64, Option<u64>)>);
     let mut waits: HashMap<Key, Waits> = HashMap::new();
     for Goroutine {
         goid,
@@ -140,7 +140,7 @@ pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> G
         let (_, _, group) = waits.entry(key).or_insert_with(|| (pcs, truncated, Vec::new()));
         // Goroutine ids stand in for thread ids: they tell the goroutines apart.
         let age = (wait_since > 0 && now > wait_since).then(|| (now - wait_since) as u64);
-        group.push((goid as u32, age));
+        group.push((goid, age));
     }
     let mut groups = WaitGroups::new();
     for ((_, reason, object), (pcs, truncated, waits)) in waits {

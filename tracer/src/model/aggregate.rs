@@ -55,7 +55,7 @@ pub struct WaitAggregate {
 
 impl WaitAggregate {
     pub fn add(&mut self, key: StackKey, tid: u32, duration_ns: u64) {
-        self.stacks.entry(key).or_default().add(tid, duration_ns);
+        self.stacks.entry(key).or_default().add(u64::from(tid), duration_ns);
     }
 
     pub fn add_waker(&mut self, key: &StackKey, waker_tid: u32, waker_stack: Vec<u64>) {
@@ -71,6 +71,6 @@ impl WaitAggregate {
     }
 
     pub fn add_lower_bound(&mut self, key: StackKey, tid: u32, duration_ns: u64) {
-        self.stacks.entry(key).or_default().add_lower_bound(tid, duration_ns);
+        self.stacks.entry(key).or_default().add_lower_bound(u64::from(tid), duration_ns);
     }
 }

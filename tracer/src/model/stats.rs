@@ -11,8 +11,9 @@ pub struct WaitStats {
     pub min_ns: u64,
     /// Longest wait (for waits in progress: the oldest).
     pub max_ns: u64,
-    /// The ids of the threads that waited (of the goroutines, for Go stacks).
-    pub threads: BTreeSet<u32>,
+    /// The ids of the threads that waited (of the goroutines, for Go stacks: a
+    /// goroutine's id is 64 bits, and a long-lived service's pass 2^32).
+    pub threads: BTreeSet<u64>,
     /// Some durations are lower bounds (waits that began before tracing, aged from
     /// the scheduler's accounting): reports print them as `≥`.
     pub lower_bound: bool,
@@ -26,7 +27,7 @@ pub fn log2_bucket(duration_ns: u64) -> u32 {
 }
 
 impl WaitStats {
-    pub fn add(&mut self, tid: u32, duration_ns: u64) {
+    pub fn add(&mut self, tid: u64, duration_ns: u64) {
         // The first wait with a duration sets the minimum (a wait of unknown age has none).
         self.min_ns =
             if self.log2_histogram.is_empty() { duration_ns } else { self.min_ns.min(duration_ns) };
@@ -40,8 +41,8 @@ impl WaitStats {
     /// Adds many waits known only to be at least their age (`None`: an age not known at
     /// all, as in `add_unaged`), by thread id. The id set is sorted and built once: a
     /// snapshot of 600,000 goroutines in one group inserts no id one by one.
-    pub fn add_lower_bounds(&mut self, waits: impl IntoIterator<Item = (u32, Option<u64>)>) {
-        let mut ids: Vec<u32> = std::mem::take(&mut self.threads).into_iter().collect();
+    pub fn add_lower_bounds(&mut self, waits: impl IntoIterator<Item = (u64, Option<u64>)>) {
+        let mut ids: Vec<u64> = std::mem::take(&mut self.threads).into_iter().collect();
         // Buckets counted in an array, then merged: one map entry per bucket, not per wait.
         let mut buckets = [0u64; 64];
         // The first wait with a duration sets the minimum, as in `add`.
@@ -68,7 +69,7 @@ impl WaitStats {
 
     /// Adds a wait whose age is not known at all (a goroutine whose runtime has not
     /// recorded when it began waiting): it counts, its time does not.
-    pub fn add_unaged(&mut self, tid: u32) {
+    pub fn add_unaged(&mut self, tid: u64) {
         self.waits += 1;
         self.threads.insert(tid);
         // Shown as "≥0", like a thread whose age the scheduler does not tell.
@@ -76,7 +77,7 @@ impl WaitStats {
     }
 
     /// Adds a wait whose duration is only known to be at least `duration_ns`.
-    pub fn add_lower_bound(&mut self, tid: u32, duration_ns: u64) {
+    pub fn add_lower_bound(&mut self, tid: u64, duration_ns: u64) {
         self.add(tid, duration_ns);
         self.lower_bound = true;
     }

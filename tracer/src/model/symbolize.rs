@@ -153,7 +153,7 @@ pub const UNRESOLVED_SOCKET: &str = "unresolved";
 
 /// Futex addresses that more than one thread waited on.
 pub(super) fn shared_futexes(stacks: &HashMap<StackKey, WaitStats>) -> HashSet<u64> {
-    let mut waiters: HashMap<u64, BTreeSet<u32>> = HashMap::new();
+    let mut waiters: HashMap<u64, BTreeSet<u64>> = HashMap::new();
     for (key, stats) in stacks {
         if let WaitObject::Futex(address) = key.object {
             waiters.entry(address).or_default().extend(&stats.threads);

@@ -28,7 +28,7 @@ pub(crate) fn frame(name: &str, main: bool) -> Frame {
 pub(crate) fn stack(names: &[(&str, bool)], kind: WaitKind, tids: &[(u32, u64)]) -> ProfileStack {
     let mut stats = WaitStats::default();
     for &(tid, ns) in tids {
-        stats.add(tid, ns);
+        stats.add(u64::from(tid), ns);
     }
     ProfileStack {
         frames: names.iter().map(|&(n, m)| frame(n, m)).collect(),
@@ -92,7 +92,7 @@ fn only_shared_futexes_count_as_shared() {
     let mut key = |object, tids: &[u32]| {
         let mut stats = WaitStats::default();
         for &tid in tids {
-            stats.add(tid, 1);
+            stats.add(u64::from(tid), 1);
         }
         let key = StackKey {
             addresses: vec![tids[0] as u64],

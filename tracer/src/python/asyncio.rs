@@ -274,7 +274,7 @@ pub fn task_stacks(tasks: &[PendingTask], objects: &mut WaitObjects) -> Vec<Prof
             .unwrap_or(u32::MAX - index as u32);
         let (_, stats) =
             groups.entry((names, object)).or_insert_with(|| (frames, WaitStats::default()));
-        stats.add(number, 0);
+        stats.add(u64::from(number), 0);
         stats.lower_bound = true;
     }
     groups

@@ -48,7 +48,7 @@ pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
     #[derive(Default)]
     struct Side {
         ns: u64,
-        threads: BTreeSet<u32>,
+        threads: BTreeSet<u64>,
     }
     let sides = |profile: &Profile| {
         let mut sites: HashMap<Key, Side> = HashMap::new();

@@ -35,7 +35,7 @@ fn inlined(mut frame: Frame) -> Frame {
 fn stats(waits: &[(u32, u64)]) -> WaitStats {
     let mut stats = WaitStats::default();
     for &(tid, ns) in waits {
-        stats.add(tid, ns);
+        stats.add(u64::from(tid), ns);
     }
     stats
 }

@@ -191,8 +191,8 @@ pub struct JsonStack {
     pub max_ns: u64,
     /// Some durations are lower bounds (waits that began before tracing).
     pub lower_bound: bool,
-    /// The ids of the threads that waited here.
-    pub threads: Vec<u32>,
+    /// The ids of the threads that waited here (of the goroutines, for Go stacks).
+    pub threads: Vec<u64>,
     /// Waits by duration: key `k` counts the waits of [2^k, 2^(k+1)) nanoseconds (of
     /// waits in progress: their ages).
     #[serde(default)]
@@ -790,7 +790,7 @@ fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {
         return Err(format!("min_ns {min_ns} is over max_ns {max_ns}"));
     }
     let frames = frames.into_iter().map(frame).collect();
-    let threads: BTreeSet<u32> = threads.into_iter().collect();
+    let threads: BTreeSet<u64> = threads.into_iter().collect();
     let stats = WaitStats { waits, total_ns, min_ns, max_ns, threads, lower_bound, log2_histogram };
     let process = process.map(process_tag);
     Ok(ProfileStack { frames, kind, object, truncated, in_progress: still_blocked, stats, process })

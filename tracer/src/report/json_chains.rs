@@ -41,7 +41,7 @@ pub struct JsonChainSite {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JsonChainHop {
     pub waker: String,
-    pub waker_threads: Vec<u32>,
+    pub waker_threads: Vec<u64>,
     pub blocked_ns: u64,
     pub at: JsonChainSite,
 }

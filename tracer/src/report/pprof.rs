@@ -416,13 +416,14 @@ fn sample(
     let names: BTreeSet<&str> = stats
         .threads
         .iter()
-        .filter_map(|tid| profile.thread_names.get(tid).map(String::as_str))
+        .filter_map(|&tid| profile.thread_names.get(&u32::try_from(tid).ok()?))
+        .map(String::as_str)
         .collect();
     for name in names {
         label.push(builder.label("thread", name));
     }
     for &tid in &stats.threads {
-        label.push(builder.number_label("tid", u64::from(tid), ""));
+        label.push(builder.number_label("tid", tid, ""));
     }
     if let Some(chain) = chain {
         label.push(builder.label("chain", chain));
@@ -901,9 +902,7 @@ fn read_sample(
                 flags.insert(key);
             }
             "tid" => {
-                let tid =
-                    u32::try_from(num).map_err(|_| invalid(format!("tid {num} out of range")))?;
-                stats.threads.insert(tid);
+                stats.threads.insert(num);
             }
             "shortest_wait" => stats.min_ns = num,
             "longest_wait" => stats.max_ns = num,

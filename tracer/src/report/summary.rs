@@ -86,7 +86,7 @@ fn write_processes(out: &mut String, profile: &Profile, top: usize) {
     if profile.processes.is_empty() {
         return;
     }
-    type Row<'a> = (&'a crate::model::ProcessTag, u64, bool, std::collections::BTreeSet<u32>);
+    type Row<'a> = (&'a crate::model::ProcessTag, u64, bool, std::collections::BTreeSet<u64>);
     let mut rows: Vec<Row> =
         profile.processes.iter().map(|process| (process, 0, false, Default::default())).collect();
     for stack in &profile.stacks {

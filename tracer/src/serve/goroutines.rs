@@ -341,7 +341,7 @@ mod tests {
         let stack = |frames: Vec<Frame>, reason: &str, ids: &[u32]| {
             let mut stats = WaitStats::default();
             for &id in ids {
-                stats.add_unaged(id);
+                stats.add_unaged(u64::from(id));
             }
             ProfileStack {
                 frames,

@@ -190,7 +190,7 @@ impl Triggers {
 
 /// The call site with the most threads blocked in a snapshot, and how many.
 pub fn busiest_site(profile: &Profile) -> Option<(String, u64)> {
-    let mut by_site: HashMap<&str, BTreeSet<u32>> = HashMap::new();
+    let mut by_site: HashMap<&str, BTreeSet<u64>> = HashMap::new();
     for stack in &profile.stacks {
         by_site.entry(stack.call_site()).or_default().extend(&stack.stats.threads);
     }

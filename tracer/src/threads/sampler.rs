@@ -9,7 +9,7 @@
 //! thread where the iterator does not run. Only a thread whose wait is new or changed since
 //! the last read has its stack copied and unwound.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -845,11 +845,7 @@ impl ThreadSampler {
         {
             timeline.prune_ended_before(now_ns.saturating_sub(window.as_nanos() as u64));
         }
-        for tid in ended.stacks.values().flat_map(|stats| stats.threads.iter()) {
-            if let Some(name) = self.thread_names.thread_names.get(tid) {
-                ended.thread_names.insert(*tid, name.clone());
-            }
-        }
+        name_threads(&mut ended, &self.thread_names.thread_names);
         // Never-ending (serve): only the names of the threads blocked now are kept, or a
         // process that keeps making threads would grow them for good. A thread is named
         // again when it next blocks.
@@ -888,11 +884,7 @@ impl ThreadSampler {
             let part_ns = now_ns.saturating_sub(start_ns.max(origin_ns));
             aggregate.add_lower_bound(key.clone(), tid, part_ns);
         }
-        for tid in aggregate.stacks.values().flat_map(|stats| stats.threads.iter()) {
-            if let Some(name) = self.thread_names.thread_names.get(tid) {
-                aggregate.thread_names.insert(*tid, name.clone());
-            }
-        }
+        name_threads(&mut aggregate, &self.thread_names.thread_names);
         aggregate.timeline = Some(timeline);
         Some((aggregate, Duration::from_nanos(now_ns - origin_ns)))
     }
@@ -929,11 +921,7 @@ impl ThreadSampler {
     /// the window opened, so that consecutive windows add up. None if it was not open.
     pub fn close_window(&mut self, id: u64) -> Option<WaitAggregate> {
         let mut window = self.tracker.close_window(id)?;
-        for tid in window.stacks.values().flat_map(|stats| stats.threads.iter()) {
-            if let Some(name) = self.thread_names.thread_names.get(tid) {
-                window.thread_names.insert(*tid, name.clone());
-            }
-        }
+        name_threads(&mut window, &self.thread_names.thread_names);
         Some(window)
     }
 
@@ -941,11 +929,7 @@ impl ThreadSampler {
     /// costs no read of its own.
     pub fn blocked_now(&self) -> WaitAggregate {
         let mut blocked = self.tracker.in_progress();
-        for tid in blocked.stacks.values().flat_map(|stats| stats.threads.iter()) {
-            if let Some(name) = self.thread_names.thread_names.get(tid) {
-                blocked.thread_names.insert(*tid, name.clone());
-            }
-        }
+        name_threads(&mut blocked, &self.thread_names.thread_names);
         blocked
     }
 
@@ -1031,6 +1015,21 @@ impl ThreadSampler {
             threads_skipped,
             tasks,
             pass_losses,
+        }
+    }
+}
+
+/// Gives `aggregate` the names `names` knows of its threads.
+fn name_threads(aggregate: &mut WaitAggregate, names: &BTreeMap<u32, String>) {
+    let tids: BTreeSet<u32> = aggregate
+        .stacks
+        .values()
+        .flat_map(|stats| stats.threads.iter())
+        .filter_map(|&tid| u32::try_from(tid).ok())
+        .collect();
+    for tid in tids {
+        if let Some(name) = names.get(&tid) {
+            aggregate.thread_names.insert(tid, name.clone());
         }
     }
 }

@@ -95,7 +95,7 @@ impl Table {
     /// its history (a zero added) until its whole history is zeros.
     pub fn refresh(&mut self, now: &Profile, interval: &Profile) {
         self.refreshes += 1;
-        let mut threads: BTreeMap<SiteKey, (BTreeSet<u32>, &[crate::stacks::Frame], u64)> =
+        let mut threads: BTreeMap<SiteKey, (BTreeSet<u64>, &[crate::stacks::Frame], u64)> =
             BTreeMap::new();
         for stack in &now.stacks {
             let entry = threads.entry(key_of(stack)).or_insert((BTreeSet::new(), &[], 0));
