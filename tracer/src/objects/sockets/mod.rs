@@ -265,6 +265,10 @@ pub const DUMP_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long a cached answer stands before the socket is asked about again (queues move).
 const FRESH_FOR: Duration = Duration::from_millis(50);
+/// New sockets the table takes before it forgets the closed ones: a service that talks
+/// over Unix sockets alone dumps no inet table (which prunes it too), and each of its
+/// connections is a new inode for as long as a daemon runs.
+const PRUNE_AFTER: usize = 1024;
 
 /// What a descriptor is open on, from its /proc link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +322,8 @@ pub struct SocketResolver {
     diag: Option<SockDiag>,
     last_open: Option<Instant>,
     table: HashMap<u64, Entry>,
+    /// The table's size when the closed sockets were last forgotten.
+    size_after_prune: usize,
     /// What each descriptor was when last looked at, and when. Within `FRESH_FOR` the
     /// answer stands without a readlink: one per wait was a quarter of the tracer's CPU on
     /// a busy service. A descriptor closed and reused within that time is named as its old
@@ -339,6 +345,7 @@ impl SocketResolver {
             diag: None,
             last_open: None,
             table: HashMap::new(),
+            size_after_prune: 0,
             descriptors: HashMap::new(),
             last_dump: HashMap::new(),
             counts: ResolveCounts::default(),
@@ -446,8 +453,7 @@ impl SocketResolver {
                 };
                 // Keep only the target's sockets (a dump lists the whole host's), and forget
                 // the ones it closed.
-                let open = socket_inodes(self.pid);
-                self.table.retain(|inode, _| open.contains(inode));
+                let open = self.forget_closed();
                 for Record { info, key } in records {
                     if open.contains(&info.inode) {
                         self.table.insert(info.inode, Entry { info, key, fetched: now });
@@ -470,8 +476,12 @@ impl SocketResolver {
         match answer {
             // A tuple reused by a newer socket is not this one.
             Ok(Some(Record { info, key })) if info.inode == inode => {
-                self.table
-                    .insert(inode, Entry { info: info.clone(), key, fetched: Instant::now() });
+                let entry = Entry { info: info.clone(), key, fetched: Instant::now() };
+                if self.table.insert(inode, entry).is_none()
+                    && self.table.len() >= self.size_after_prune + PRUNE_AFTER
+                {
+                    self.forget_closed();
+                }
                 Outcome::Found(info)
             }
             Ok(_) => {
@@ -480,6 +490,14 @@ impl SocketResolver {
             }
             Err(error) => self.failed(error),
         }
+    }
+
+    /// Forgets the sockets the process no longer holds; returns those it holds.
+    fn forget_closed(&mut self) -> HashSet<u64> {
+        let open = socket_inodes(self.pid);
+        self.table.retain(|inode, _| open.contains(inode));
+        self.size_after_prune = self.table.len();
+        open
     }
 
     fn failed(&mut self, error: NetlinkError) -> Outcome {

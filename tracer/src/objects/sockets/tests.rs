@@ -359,6 +359,26 @@ fn named_unix_sockets_resolve() {
     assert_eq!(connected.endpoint(WaitKind::Send), name);
 }
 
+#[test]
+fn closed_unix_sockets_are_forgotten() {
+    // A service whose connections are Unix sockets, each a new inode: the table keeps
+    // those open, and at most a pruning's worth of closed ones.
+    let mut resolver = SocketResolver::new(std::process::id());
+    let kept = UnixStream::pair().unwrap();
+    assert!(matches!(resolver.resolve(fd(&kept.0)), SocketLookup::Socket(_)));
+    for _ in 0..3 * PRUNE_AFTER {
+        let (one, _other) = UnixStream::pair().unwrap();
+        // Its number was the last one's: looked up afresh, not taken as that socket.
+        resolver.descriptors.clear();
+        assert!(matches!(resolver.resolve(fd(&one)), SocketLookup::Socket(_)));
+    }
+    // Other tests' sockets, open in parallel threads, are kept too when pruning meets them.
+    assert!(resolver.table.len() <= PRUNE_AFTER + 64, "{} sockets kept", resolver.table.len());
+    let link = fs::read_link(format!("/proc/self/fd/{}", fd(&kept.0))).unwrap();
+    let inode = socket_inode(&link.to_string_lossy()).unwrap();
+    assert!(resolver.table.contains_key(&inode), "the open socket is kept");
+}
+
 /// A descriptor number far above what the other tests (in parallel threads) get.
 const CLOSED_FD: libc::c_int = 5000;
 
