@@ -299,6 +299,42 @@ fn serve_all_names_the_process_of_every_series_and_answers_for_one() {
     );
 }
 
+/// `serve --pid A --pid B` stops after both exit; a window open then answers with what it
+/// held of them (the reading thread answers until the daemon is gone).
+#[test]
+fn a_window_open_when_every_process_exits_gets_their_waits() {
+    let build = TempDir::new("hosts-exit-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let pid = pileup.workload.pid();
+    let sleeper = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let sleeper = ChildGuard::new("sleep", sleeper);
+    let (pid_arg, other_arg) = (pid.to_string(), sleeper.pid().to_string());
+    let mut daemon = ServeDaemon::start(&["--pid", &pid_arg, "--pid", &other_arg]);
+    let port = daemon.port;
+    let open = std::thread::spawn(move || {
+        http_get(port, &format!("/debug/pprof/block?seconds=60&pid={pid}"), TIMEOUT)
+    });
+    daemon.wait_for_log(|line| line.contains("block profile: a window of 60s open"), TIMEOUT);
+    std::thread::sleep(Duration::from_millis(1500));
+    let Pileup { workload, backend } = pileup;
+    drop((workload, sleeper));
+    let status = daemon.wait_exit(TIMEOUT);
+    assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
+    assert!(daemon.log().contains("every process exited; stopping"), "{}", daemon.log());
+    let response = open.join().expect("the open window's client");
+    assert_eq!(response.status, 200, "{}\nlog:\n{}", response.text(), daemon.log());
+    let dir = TempDir::new("hosts-exit");
+    let path = dir.join("block-at-exit.pb.gz");
+    std::fs::write(&path, &response.body).expect("write the profile");
+    let profile = read_profile(&path);
+    assert!(
+        profile.stacks.iter().any(|stack| stack.call_site() == "enqueue_stat"),
+        "the handlers' waits before the exit"
+    );
+    drop(backend);
+}
+
 /// Clients asking for snapshots of every process during a window, one after another.
 const SNAPSHOT_CLIENTS: usize = 3;
 

@@ -169,7 +169,7 @@ impl Host {
         let (finished, finished_receiver) = oneshot::channel();
         let weak = Arc::downgrade(&host);
         std::thread::Builder::new().name("tracer-read".into()).spawn(move || {
-            let reader = Reader {
+            let mut reader = Reader {
                 members,
                 namers: HashMap::new(),
                 symbol_files: Some(SharedSymbolFiles::on_this_thread()),
@@ -180,8 +180,11 @@ impl Host {
                 triggers: triggers.map(Triggers::new),
                 host: weak,
             };
-            reader.run(receiver);
+            reader.run(&receiver);
             let _ = finished.send(());
+            // Open windows still end with what they hold (the exited processes' waits)
+            // while the daemon stops.
+            reader.answer_until_closed(&receiver);
         })?;
         Ok((host, finished_receiver))
     }
@@ -356,7 +359,9 @@ struct Reader {
 }
 
 impl Reader {
-    fn run(mut self, requests: mpsc::Receiver<Request>) {
+    /// Reads the processes at the pace, answering requests between reads, until every
+    /// process exited (or the daemon is gone).
+    fn run(&mut self, requests: &mpsc::Receiver<Request>) {
         let mut pace = match self.host.upgrade() {
             Some(host) => crate::pipeline::pace::ReadPace::new(host.period),
             None => return,
@@ -403,7 +408,6 @@ impl Reader {
             host.truncated_unwinds.store(self.truncated_of_exited + truncated, Ordering::Relaxed);
             *lock(&host.pass_counts) = self.pass_counts();
             if !alive {
-                log::info!("every process exited; stopping");
                 return;
             }
             drop(host);
@@ -421,6 +425,13 @@ impl Reader {
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
+        }
+    }
+
+    /// Answers requests until the daemon is gone: after every process exited.
+    fn answer_until_closed(&mut self, requests: &mpsc::Receiver<Request>) {
+        while let Ok(request) = requests.recv() {
+            self.answer(request);
         }
     }
 

@@ -281,23 +281,26 @@ async fn serve_host(
     ));
     let server =
         tokio::spawn(http::run(listener, http::Daemon::Host(Arc::clone(&host)), access, tls));
-    let outcome = tokio::select! {
+    let (outcome, grace) = tokio::select! {
         finished = finished => match finished {
             Ok(()) => {
                 log::info!("every process exited; stopping");
-                Ok(())
+                (Ok(()), WINDOWS_ANSWER_GRACE)
             }
             // Its sender dropped unsent: the thread panicked (said on stderr).
-            Err(_) => Err(anyhow::anyhow!("the thread reading the processes stopped")),
+            Err(_) => (
+                Err(anyhow::anyhow!("the thread reading the processes stopped")),
+                WINDOWS_ANSWER_GRACE_SIGNALLED,
+            ),
         },
         signal = signals.next() => {
             log::info!("{signal}: stopping");
-            Ok(())
+            (Ok(()), WINDOWS_ANSWER_GRACE_SIGNALLED)
         }
     };
-    // Open windows answer with what they hold while the reading thread still runs (after
-    // every process exited it has stopped, and they fail as before).
-    host.windows.close_and_wait(WINDOWS_ANSWER_GRACE_SIGNALLED, &mut signals).await;
+    // Open windows answer with what they hold: the reading thread answers them until the
+    // daemon is gone, after every process exited too.
+    host.windows.close_and_wait(grace, &mut signals).await;
     server.abort();
     outcome
 }
