@@ -412,6 +412,8 @@ fn a_block_window_open_when_the_target_exits_gets_its_waits() {
         "the handlers' waits before the exit:\n{}",
         top_stacks(&profile, |_| true, 20)
     );
+    // Its counts run to the detach, which came before the window closed.
+    assert!(profile.counts.long_waits > 0, "counts: {:?}", profile.counts);
 }
 
 /// Receives two datagrams on a Unix socket bound at `argv[1]`, each in its own function,
@@ -504,6 +506,9 @@ fn a_wait_ended_just_before_sigterm_is_in_the_open_window() {
         top_stacks(&profile, |_| true, 20),
         daemon.log()
     );
+    // Its counts are the attachment's to its end, though the window closed after the
+    // detach.
+    assert!(profile.counts.long_waits >= 1, "counts: {:?}", profile.counts);
     drop(workload);
 }
 

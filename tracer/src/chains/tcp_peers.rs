@@ -37,8 +37,13 @@ pub struct TcpTables {
     /// a host without conntrack rewrites nothing, so that is no loss).
     conntrack: BTreeMap<u32, Option<Conntrack>>,
     /// Whether a table of sockets could not be read (a namespace's sock_diag socket not
-    /// opened, a dump that failed): a peer not found may be in it.
-    incomplete: bool,
+    /// opened, a dump that failed): of the target's namespace, of another one. A peer
+    /// not found may be in it.
+    own_unread: bool,
+    others_unread: bool,
+    /// Whether the last search looked in the other namespaces (not for a loopback peer,
+    /// which only the target's namespace holds, unless conntrack rewrote it).
+    searched_others: bool,
 }
 
 impl TcpTables {
@@ -51,11 +56,12 @@ impl TcpTables {
         local: &str,
         remote: &str,
     ) -> Option<PeerSocket> {
+        self.searched_others = false;
         let own = match &mut self.own {
             Some(own) => own,
             None => {
                 let (records, whole) = dump_tcp(diag);
-                self.incomplete |= !whole;
+                self.own_unread = !whole;
                 self.own.insert(records)
             }
         };
@@ -116,22 +122,24 @@ impl TcpTables {
         (reply != original.reversed()).then_some(reply)
     }
 
-    /// Whether a table of sockets searched could not be read (see `incomplete`).
+    /// Whether the last search met a table of sockets it could not read: a peer it did
+    /// not find may be there.
     pub fn incomplete(&self) -> bool {
-        self.incomplete
+        self.own_unread || self.searched_others && self.others_unread
     }
 
     fn others(&mut self, pid: u32) -> &[(u32, Vec<Record>)] {
-        let Self { others, incomplete, .. } = self;
+        self.searched_others = true;
+        let Self { others, others_unread, .. } = self;
         others.get_or_insert_with(|| {
             other_network_namespaces(pid)
                 .into_iter()
                 .map(|member| {
                     let (records, whole) = dump_tcp(SockDiag::open(member).ok().as_mut());
-                    // A member that exited since the namespaces were listed had nothing
-                    // to read: its namespace may have gone with it.
-                    let gone = !std::path::Path::new(&format!("/proc/{member}")).exists();
-                    *incomplete |= !whole && !gone;
+                    // A member that exited since the namespaces were listed (a zombie
+                    // keeps its /proc entry, not its namespace) had nothing to read.
+                    let gone = std::fs::read_link(format!("/proc/{member}/ns/net")).is_err();
+                    *others_unread |= !whole && !gone;
                     (member, records)
                 })
                 .collect()

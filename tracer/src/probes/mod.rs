@@ -142,6 +142,11 @@ impl std::ops::AddAssign for ProbeCounters {
 /// does not use.
 const SMALLEST_RING_BYTES: u32 = 4096;
 
+/// The programs `attach_wait_probes` may attach (which of the wake ones depends on the
+/// kernel and on wakers).
+const WAIT_PROGRAMS: [&str; 4] =
+    ["tracer_sched_switch", "tracer_wakeup", "tracer_waking", "tracer_queued_wake"];
+
 impl Probes {
     /// Loads the object (maps, globals) without attaching anything.
     pub fn open(mut config: ProbeConfig, btf_path: &Path) -> Result<Self, ProbeError> {
@@ -508,6 +513,19 @@ impl Probes {
         switch.load("sched_switch", btf).map_err(attach_err(SWITCH))?;
         switch.attach().map_err(attach_err(SWITCH))?;
         Ok(())
+    }
+
+    /// Detaches the wait probes (their maps stay: counters, buffers): nothing more is
+    /// written, so that a last drain of the buffers ends.
+    pub fn detach_wait_probes(&mut self) {
+        for name in WAIT_PROGRAMS {
+            let unloaded = tracepoint(&mut self.ebpf, name).map(|program| program.unload());
+            if let Ok(Err(err)) = unloaded
+                && !matches!(err, aya::programs::ProgramError::NotLoaded)
+            {
+                log::warn!("cannot detach {name}: {err}");
+            }
+        }
     }
 
     /// A look at each of the target's threads, from one pass of the task iterator.

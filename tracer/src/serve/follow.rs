@@ -5,6 +5,7 @@
 //! detaches.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     path::Path,
     sync::{
@@ -140,10 +141,10 @@ pub async fn run(
                     }
                     update_stack_spans(shared);
                 };
-                if stopping {
+                if stopping && let Some(attached) = lock(&shared.attached).as_ref() {
                     // Detached first, so that the probes stop writing and the drain ends
-                    // (the buffers are the rings', not the probes').
-                    drop(shared.take_attached());
+                    // (their counters stay, for the windows' counts).
+                    lock(&attached.probes).detach_wait_probes();
                 }
                 // Waits that ended just before the exit (or the stop) are still in the
                 // buffers: up to a drain interval of them.
@@ -359,10 +360,15 @@ async fn detach(shared: &Shared) {
         (collector.generation, windows)
     };
     shared.fold_metrics_window().await;
+    // The waits taken out of the windows until each is named and handed back: those of a
+    // detach cut short (serve stopping) are counted lost when this is dropped.
+    let mut taken: BTreeMap<u64, u64> =
+        windows.iter().map(|(id, aggregate)| (*id, waits_in(aggregate))).collect();
+    let unnamed = UnnamedWaits { shared, windows: &mut taken };
     for (id, aggregate) in windows {
-        let waits = waits_in(&aggregate);
         let base = shared.base_profile(ProfileKind::Recording, Duration::ZERO);
         let symbolized = shared.worker.symbolize(generation, aggregate, base).await;
+        let waits = unnamed.windows.remove(&id).unwrap_or_default();
         let mut collector = lock(&shared.collector);
         match symbolized {
             Ok(profile) => {
@@ -372,14 +378,35 @@ async fn detach(shared: &Shared) {
             }
             Err(err) => {
                 log::warn!("window {id}: {waits} waits of the exited process lost: {err}");
-                collector.block_window_lost += waits;
-                if let Some(window) = collector.windows.get_mut(&id) {
-                    window.lost_waits += waits;
-                }
+                lose_window_waits(&mut collector, id, waits);
             }
         }
     }
     shared.worker.detach().await;
+}
+
+/// Window waits a detach took out to name, by window: those still here when it is
+/// dropped were never handed back.
+struct UnnamedWaits<'a> {
+    shared: &'a Shared,
+    windows: &'a mut BTreeMap<u64, u64>,
+}
+
+impl Drop for UnnamedWaits<'_> {
+    fn drop(&mut self) {
+        let mut collector = lock(&self.shared.collector);
+        for (&id, &waits) in self.windows.iter() {
+            lose_window_waits(&mut collector, id, waits);
+        }
+    }
+}
+
+/// Counts `waits` of window `id` lost (in its answer's log and in the metrics).
+fn lose_window_waits(collector: &mut super::collector::Collector, id: u64, waits: u64) {
+    collector.block_window_lost += waits;
+    if let Some(window) = collector.windows.get_mut(&id) {
+        window.lost_waits += waits;
+    }
 }
 
 /// Waits for a live process named `name`; says so once when there is none yet.

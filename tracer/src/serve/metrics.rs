@@ -396,7 +396,7 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
     let events = Counter::<u64>::default();
     registry.register(
         "tracer_events",
-        "Records read from the probes' ring buffers",
+        "Records read from the probes' ring buffers (sampled: waits the reads saw end)",
         events.clone(),
     );
     events.inc_by(tracer.events);

@@ -62,8 +62,9 @@ const WINDOWS_ANSWER_GRACE_SIGNALLED: Duration = Duration::from_secs(1);
 /// A window's answer is written after its count is dropped: the time left for that.
 const WINDOWS_ANSWER_FLUSH: Duration = Duration::from_millis(200);
 /// How long a signalled `serve --pid` waits for its follower's last drain of the probes'
-/// buffers and its detach (an attach in progress may not end sooner).
-const LAST_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// buffers and its detach, which names the open windows' waits (milliseconds as a rule;
+/// an attach in progress ends first).
+const LAST_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// How often the waits gathered for /metrics are folded into the series when nobody
 /// scrapes, so the window stays small.
@@ -209,8 +210,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         outcome = &mut following => (outcome, WINDOWS_ANSWER_GRACE),
         signal = signals.next() => {
             log::info!("{signal}: detaching");
-            // The follower drains the probes' buffers once more and detaches; a second
-            // signal, or an attach in progress that outlasts the limit, does not wait.
+            // The follower drains the probes' buffers once more and detaches (naming the
+            // open windows' waits); a second signal, or an attach in progress that
+            // outlasts the limit, does not wait (the windows' waits not yet named are
+            // counted lost).
             stop.send_replace(true);
             let outcome = tokio::select! {
                 outcome = &mut following => outcome,
@@ -419,6 +422,9 @@ pub struct Shared {
     pub earlier_counters: Mutex<ProbeCounters>,
     /// What earlier attachments' samplers' passes in the kernel lost, likewise.
     earlier_pass_losses: Mutex<PassLosses>,
+    /// The counts the last attachment ended with (exact mode): the windows that close
+    /// after its detach (its target exited, serve stops) count up to there.
+    detached_counts: Mutex<Option<CountsMark>>,
     /// The last sample of the blocked threads for /metrics; locked across sampling so
     /// concurrent scrapes share one.
     blocked_sample: tokio::sync::Mutex<Option<BlockedSample>>,
@@ -491,6 +497,7 @@ impl Shared {
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
             earlier_pass_losses: Mutex::new(PassLosses::default()),
+            detached_counts: Mutex::new(None),
             blocked_sample: tokio::sync::Mutex::new(None),
             goroutine_read: tokio::sync::Mutex::new(None),
             windows: OpenWindows::new(),
@@ -536,6 +543,11 @@ impl Shared {
     /// the attachment's lock, which a scrape holds while it adds them up (see
     /// `keep_sampled_counters`).
     pub fn take_attached(&self) -> Option<Attached> {
+        if self.sampling.is_none()
+            && let Some(last) = self.counts_mark()
+        {
+            *lock(&self.detached_counts) = Some(last);
+        }
         let mut attached = lock(&self.attached);
         let counters =
             attached.as_ref().and_then(|attached| lock(&attached.probes).counters().ok());
@@ -546,7 +558,8 @@ impl Shared {
     }
 
     /// The current attachment's counters: what its probes and the decoder saw (in
-    /// sampled mode, the sampler's reads and unwinds).
+    /// sampled mode, the sampler's reads and unwinds); between attachments, those the last
+    /// one ended with.
     pub fn counts_mark(&self) -> Option<CountsMark> {
         if self.sampling.is_some() {
             let progress = lock(&self.sampled);
@@ -559,7 +572,9 @@ impl Shared {
         }
         let (generation, probes) = {
             let attached = lock(&self.attached);
-            let attached = attached.as_ref()?;
+            let Some(attached) = attached.as_ref() else {
+                return lock(&self.detached_counts).clone();
+            };
             (attached.generation, Arc::clone(&attached.probes))
         };
         let (counters, short_waits) = {
