@@ -296,8 +296,8 @@ enum PeerEnd {
 /// connection seen is described, as are its threads waiting on that connection, and the
 /// others named (`PeerProcess::other_pids`).
 ///
-/// Also how many connections' peers could not be looked for (a table of sockets that
-/// could not be read): their chains may end short of a process on this host.
+/// Also how many endpoints' peers could not be looked for (a table of sockets that could
+/// not be read): their chains may end short of a process on this host.
 fn local_peers<'a>(
     pid: u32,
     endpoints: impl Iterator<Item = (&'a String, &'a [SocketInfo])>,
@@ -311,10 +311,11 @@ fn local_peers<'a>(
         pipes.map(|(endpoint, end)| (endpoint, vec![end])).collect();
     // Where a connection whose address was rewritten reaches its peer.
     let mut reached_at: BTreeMap<PeerEnd, String> = BTreeMap::new();
-    // Connections whose peer could not be looked for: a table of sockets unreadable.
+    // Endpoints whose peer could not be looked for: a table of sockets unreadable.
     let mut lookups_failed = 0;
     for (endpoint, sockets) in endpoints {
         let mut tcp_misses = 0;
+        let mut failed = false;
         for socket in sockets.iter().rev() {
             let end = match (socket.protocol, socket.local.as_ref(), socket.remote.as_ref()) {
                 (Protocol::Unix, ..) => {
@@ -322,18 +323,17 @@ fn local_peers<'a>(
                     match sock_diag(&mut diag, pid).map(|diag| diag.unix_peer(inode)) {
                         // None: the socket is gone, or has no peer.
                         Some(Ok(peer)) => peer.map(|peer| PeerEnd::Socket(u64::from(peer))),
+                        // Its other sockets would fail alike.
                         _ => {
-                            lookups_failed += 1;
-                            None
+                            failed = true;
+                            break;
                         }
                     }
                 }
                 (Protocol::Tcp, Some(local), Some(remote)) => {
                     let found = tcp.peer(sock_diag(&mut diag, pid), pid, local, remote);
                     let Some(peer) = found else {
-                        if tcp.incomplete() {
-                            lookups_failed += 1;
-                        }
+                        failed |= tcp.incomplete();
                         // A connection closed since, or an endpoint off this host: after
                         // two, its other connections' peers are not looked for (each
                         // search asks every namespace's sock_diag and conntrack).
@@ -355,6 +355,7 @@ fn local_peers<'a>(
                 peer_ends.entry(endpoint).or_default().push(end);
             }
         }
+        lookups_failed += u64::from(failed);
     }
     if peer_ends.is_empty() {
         return (BTreeMap::new(), lookups_failed);

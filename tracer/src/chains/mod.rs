@@ -137,7 +137,7 @@ pub struct WaitChain {
 pub struct ChainFacts {
     /// The local process behind each endpoint, by endpoint.
     pub peers: BTreeMap<String, PeerProcess>,
-    /// Connections whose peer could not be looked for (a table of sockets unreadable).
+    /// Endpoints whose peer could not be looked for (a table of sockets unreadable).
     pub peer_lookups_failed: u64,
     /// The holder of each lock, by the object name its waits show.
     pub holders: BTreeMap<String, ThreadNow>,

@@ -4,6 +4,7 @@
 //! wait-reason names, and `.gopclntab` for names, files and lines.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::io::Read as _;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -559,9 +560,22 @@ fn buildinfo_version(data: &[u8]) -> Option<String> {
     String::from_utf8(version.to_vec()).ok()
 }
 
-/// A compressed section inflated at most this far: Go's largest DWARF sections are tens of
-/// MiB.
-const MAX_INFLATED_SECTION_BYTES: u64 = 1 << 30;
+/// The compressed sections of one binary inflated at most this far in all: Go's largest
+/// DWARF sections are tens of MiB.
+const MAX_INFLATED_DWARF_BYTES: u64 = 1 << 30;
+
+/// The DWARF sections the walk of the runtime's types reads (a unit's header reads its
+/// line program's); the others (locations, ranges, frames: Go's largest besides) are
+/// not inflated.
+const DWARF_SECTIONS_READ: [gimli::SectionId; 7] = [
+    gimli::SectionId::DebugInfo,
+    gimli::SectionId::DebugAbbrev,
+    gimli::SectionId::DebugStr,
+    gimli::SectionId::DebugStrOffsets,
+    gimli::SectionId::DebugLineStr,
+    gimli::SectionId::DebugLine,
+    gimli::SectionId::DebugAddr,
+];
 
 /// Room made up front for an inflated section; a larger one grows as it inflates.
 const RESERVED_SECTION_BYTES: u64 = 64 << 20;
@@ -570,20 +584,26 @@ const RESERVED_SECTION_BYTES: u64 = 64 << 20;
 /// 1 KiB): the offsets size reads and index their buffers.
 const MAX_MEMBER_OFFSET: u64 = 64 * 1024;
 
-/// A section's bytes, decompressed if the linker compressed it (Go does, with zlib).
-fn section_bytes<'d>(file: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]>> {
+/// A section's bytes, decompressed if the linker compressed it (Go does, with zlib), out
+/// of `budget`: the bytes the binary's sections may still inflate to.
+fn section_bytes<'d>(
+    file: &object::File<'d>,
+    name: &str,
+    budget: &mut u64,
+) -> Option<Cow<'d, [u8]>> {
     let section = file.section_by_name(name)?;
     let compressed = section.compressed_data().ok()?;
     match compressed.format {
         object::CompressionFormat::None => Some(Cow::Borrowed(compressed.data)),
         object::CompressionFormat::Zlib => {
             // The header's size is the file's word: no more inflated than it says or than
-            // the bound, and room made up front for a real section's size at most.
-            let size = compressed.uncompressed_size.min(MAX_INFLATED_SECTION_BYTES);
+            // the budget, and room made up front for a real section's size at most.
+            let size = compressed.uncompressed_size.min(*budget);
             let mut out =
                 Vec::with_capacity(usize::try_from(size.min(RESERVED_SECTION_BYTES)).ok()?);
             let mut inflated = flate2::read::ZlibDecoder::new(compressed.data).take(size);
             inflated.read_to_end(&mut out).ok()?;
+            *budget = budget.saturating_sub(out.len() as u64);
             Some(Cow::Owned(out))
         }
         _ => None,
@@ -598,8 +618,13 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
     if file.section_by_name(".debug_info").is_none() {
         return Ok((None, None, None));
     }
+    let mut budget = MAX_INFLATED_DWARF_BYTES;
     let sections = gimli::DwarfSections::load(|id| {
-        Ok::<_, gimli::Error>(section_bytes(file, id.name()).unwrap_or(Cow::Borrowed(&[])))
+        let bytes = match DWARF_SECTIONS_READ.contains(&id) {
+            true => section_bytes(file, id.name(), &mut budget),
+            false => None,
+        };
+        Ok::<_, gimli::Error>(bytes.unwrap_or(Cow::Borrowed(&[])))
     })?;
     let dwarf = sections.borrow(|section| gimli::EndianSlice::new(section, gimli::LittleEndian));
     let mut members: std::collections::HashMap<(&str, String), u64> = Default::default();
@@ -754,7 +779,9 @@ fn find_wait_reasons(file: &object::File<'_>) -> Vec<String> {
     let Ok(rodata_bytes) = rodata.data() else {
         return Vec::new();
     };
-    let texts: Vec<u64> = rodata_bytes
+    // A set: a crafted `.rodata` of many copies against a `.data` of many headers must
+    // not cost their product.
+    let texts: HashSet<u64> = rodata_bytes
         .windows(SECOND_WAIT_REASON.len())
         .enumerate()
         .filter(|(_, window)| *window == SECOND_WAIT_REASON)
@@ -785,7 +812,8 @@ fn find_wait_reasons(file: &object::File<'_>) -> Vec<String> {
 fn allgs_from_code(file: &object::File<'_>, pclntab: &Pclntab<'_>) -> Option<u64> {
     let range = pclntab.function_range("runtime.allgadd")?;
     let code = bytes_at(file, range.start, range.end.checked_sub(range.start)?)?;
-    let targets = rip_relative_targets(code, range.start);
+    // A set, as in `find_wait_reasons`: a crafted function may address many words.
+    let targets: HashSet<u64> = rip_relative_targets(code, range.start).into_iter().collect();
     let mut candidates: Vec<u64> = targets
         .iter()
         .copied()

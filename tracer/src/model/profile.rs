@@ -129,8 +129,8 @@ pub struct TraceCounts {
     pub non_socket_io: u64,
     /// Socket waits whose socket was gone (or unreadable) before it could be resolved.
     pub unresolved_descriptors: u64,
-    /// Connections whose peer on this host could not be looked for (a table of sockets
-    /// that could not be read): their chains may end at the endpoint short of it.
+    /// Endpoints whose peer on this host could not be looked for (a table of sockets that
+    /// could not be read): their chains may end at the endpoint short of it.
     pub peer_lookups_failed: u64,
     /// Ring-buffer records too short or of an unknown kind.
     pub malformed_records: u64,

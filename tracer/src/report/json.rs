@@ -280,7 +280,7 @@ pub struct JsonTraceCounts {
     pub unknown_symbols: u64,
     pub non_socket_io: u64,
     pub unresolved_descriptors: u64,
-    /// Connections whose local peer could not be looked for (added in tracer 0.1.0;
+    /// Endpoints whose local peer could not be looked for (added in tracer 0.1.0;
     /// written only when not zero, 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub peer_lookups_failed: u64,

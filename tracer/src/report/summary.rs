@@ -638,7 +638,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
     write_peer_lookups_failed(out, counts);
 }
 
-/// Connections whose peer could not be looked for: a chain that ends at an endpoint may
+/// Endpoints whose peer could not be looked for: a chain that ends at an endpoint may
 /// have a process of this host behind it.
 fn write_peer_lookups_failed(out: &mut String, counts: &TraceCounts) {
     if counts.peer_lookups_failed > 0 {

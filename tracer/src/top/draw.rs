@@ -55,7 +55,9 @@ pub fn draw(frame: &mut Frame<'_>, state: &State<'_>) {
             .areas(frame.area());
     frame.render_widget(header_lines(state), header);
     match state.view {
-        View::Site { title, lines, scroll } => draw_site(frame, body, title, lines, *scroll),
+        View::Site { title, lines, scroll, rows } => {
+            rows.set(draw_site(frame, body, title, lines, *scroll));
+        }
         View::Table | View::Filter => draw_table(frame, body, state),
     }
     frame.render_widget(key_line(state), keys);
@@ -177,18 +179,27 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
     frame.render_stateful_widget(table, area, &mut scroll);
 }
 
-fn draw_site(frame: &mut Frame<'_>, area: Rect, title: &str, lines: &[String], scroll: usize) {
+/// Draws a site's lines from row `scroll`; returns how many rows they wrap to at this
+/// width (the scroll's bound: a long chain line takes several).
+fn draw_site(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    title: &str,
+    lines: &[String],
+    scroll: usize,
+) -> usize {
     let text: Vec<Line> = lines
         .iter()
         .map(|line| Line::from(crate::report::escape_name(line).into_owned()))
         .collect();
     let title = format!(" {} ", crate::report::escape_name(title));
     let scroll = u16::try_from(scroll).unwrap_or(u16::MAX);
-    let paragraph = Paragraph::new(text)
-        .wrap(Wrap { trim: false })
-        .scroll((scroll, 0))
-        .block(Block::new().borders(Borders::TOP).title(title));
-    frame.render_widget(paragraph, area);
+    let block = Block::new().borders(Borders::TOP).title(title);
+    let paragraph = Paragraph::new(text).wrap(Wrap { trim: false }).scroll((scroll, 0));
+    // Without the block: its border row is no row of the text.
+    let rows = paragraph.line_count(area.width);
+    frame.render_widget(paragraph.block(block), area);
+    rows
 }
 
 fn key_line<'a>(state: &State<'_>) -> Paragraph<'a> {
@@ -206,4 +217,22 @@ fn key_line<'a>(state: &State<'_>) -> Paragraph<'a> {
         }
     };
     Paragraph::new(Line::from(keys)).style(Style::new().add_modifier(Modifier::REVERSED))
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::{Terminal, backend::TestBackend};
+
+    use super::*;
+
+    #[test]
+    fn a_site_counts_the_rows_its_wrapped_lines_take() {
+        let mut terminal = Terminal::new(TestBackend::new(20, 10)).unwrap();
+        let chain = "a chain line of forty-two characters here".to_string();
+        let lines = [chain, "  frame".to_string()];
+        let mut rows = 0;
+        terminal.draw(|frame| rows = draw_site(frame, frame.area(), "site", &lines, 0)).unwrap();
+        // The chain wraps to three rows of 20 columns, the frame takes one.
+        assert_eq!(rows, 4);
+    }
 }

@@ -105,11 +105,13 @@ pub enum View {
     Table,
     /// Typing a filter.
     Filter,
-    /// One site: its stack and its chain, as found when opened, shown from line `scroll`.
+    /// One site: its stack and its chain, as found when opened, shown from row `scroll`
+    /// (of the rows its lines wrap to: `rows`, as last drawn, at least one a line).
     Site {
         title: String,
         lines: Vec<String>,
         scroll: usize,
+        rows: std::cell::Cell<usize>,
     },
 }
 
@@ -288,8 +290,8 @@ impl Session {
                 self.view = View::Table
             }
             (View::Site { .. }, code) if is_scroll_key(code) => {
-                if let View::Site { lines, scroll, .. } = &mut self.view {
-                    *scroll = scroll_site(*scroll, lines.len(), code);
+                if let View::Site { scroll, rows, .. } = &mut self.view {
+                    *scroll = scroll_site(*scroll, rows.get(), code);
                 }
             }
             (_, KeyCode::Char('q')) => return Flow::Quit,
@@ -341,7 +343,8 @@ impl Session {
         lines.extend(stack);
         let object = key.object.as_deref().map_or(String::new(), |object| format!(" [{object}]"));
         let title = format!("{} {}{object}", key.site, key.kind.name());
-        self.view = View::Site { title, lines, scroll: 0 };
+        let rows = std::cell::Cell::new(lines.len());
+        self.view = View::Site { title, lines, scroll: 0, rows };
     }
 }
 
@@ -357,11 +360,11 @@ fn is_scroll_key(code: KeyCode) -> bool {
     )
 }
 
-/// The site view's first line after `key`: the arrows move it a line, the page keys ten,
-/// Home back to the top; never past the last of `lines` lines.
-fn scroll_site(scroll: usize, lines: usize, key: KeyCode) -> usize {
+/// The site view's first row after `key`: the arrows move it a row, the page keys ten,
+/// Home back to the top; never past the last of `rows` rows.
+fn scroll_site(scroll: usize, rows: usize, key: KeyCode) -> usize {
     const PAGE: usize = 10;
-    let last = lines.saturating_sub(1);
+    let last = rows.saturating_sub(1);
     let scroll = match key {
         KeyCode::Up | KeyCode::Char('k') => scroll.saturating_sub(1),
         KeyCode::Down | KeyCode::Char('j') => scroll + 1,
