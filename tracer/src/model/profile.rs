@@ -407,7 +407,8 @@ pub struct ModuleInfo {
     pub path: String,
     /// The GNU build id, hex, when the file has one.
     pub build_id: Option<String>,
-    /// The executable address range it was mapped at.
+    /// The executable address range it was mapped at (0 to 0 in a profile of several
+    /// processes that mapped it at different places).
     pub start: u64,
     pub end: u64,
     /// The file offset mapped at `start` (pprof's `Mapping.file_offset`).
@@ -510,7 +511,15 @@ impl Profile {
             merged.thread_names.extend(profile.thread_names);
             merged.wakers.extend(profile.wakers);
             for (name, module) in profile.modules {
-                merged.modules.entry(name).or_insert(module);
+                let kept = merged.modules.entry(name).or_insert_with(|| module.clone());
+                // Mapped elsewhere in another process: no one range is every process's,
+                // so none is given (a tool finding file offsets from the first process's
+                // would be wrong for the others' addresses).
+                if (kept.start, kept.end, kept.file_offset)
+                    != (module.start, module.end, module.file_offset)
+                {
+                    (kept.start, kept.end, kept.file_offset) = (0, 0, 0);
+                }
             }
             chains.extend(profile.chains.into_iter().map(|mut chain| {
                 chain.process = Some(tag.clone());

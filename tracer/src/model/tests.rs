@@ -303,3 +303,30 @@ fn a_goroutine_in_a_system_call_waits_on_a_pipe_as_on_an_endpoint() {
     assert_eq!(go_syscall_in_object("syscall nanosleep"), Some(("nanosleep", None)));
     assert_eq!(go_syscall_in_object("sync.Mutex.Lock on main.mu"), None);
 }
+
+#[test]
+fn a_library_mapped_at_different_places_in_several_processes_has_no_one_range() {
+    let module = |start: u64, file_offset: u64| ModuleInfo {
+        path: "/usr/lib/libc.so.6".to_string(),
+        build_id: Some("abcd".to_string()),
+        start,
+        end: start + 0x1000,
+        file_offset,
+    };
+    let process = |pid: u32, libc: ModuleInfo, app: ModuleInfo| {
+        let mut profile = Profile::new(ProfileKind::Snapshot, pid, "app".to_string());
+        profile.modules.insert("libc.so.6".to_string(), libc);
+        profile.modules.insert("app".to_string(), ModuleInfo { path: "/app".into(), ..app });
+        profile
+    };
+    let merged = Profile::of_processes(vec![
+        process(1, module(0x7f00_0000, 0x28000), module(0x1000, 0)),
+        process(2, module(0x7e00_0000, 0x28000), module(0x1000, 0)),
+    ]);
+    let libc = &merged.modules["libc.so.6"];
+    assert_eq!((libc.start, libc.end, libc.file_offset), (0, 0, 0));
+    assert_eq!(libc.build_id.as_deref(), Some("abcd"), "the file is still named");
+    // The same place in both (a binary without ASLR): kept.
+    let app = &merged.modules["app"];
+    assert_eq!((app.start, app.end), (0x1000, 0x2000));
+}
