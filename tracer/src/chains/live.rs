@@ -29,7 +29,7 @@ use crate::{
     },
     objects::{
         EndpointSockets, pipe_inode,
-        sockets::{Descriptor, Protocol, SocketInfo, diag::SockDiag},
+        sockets::{Descriptor, Protocol, SocketInfo, diag::SockDiag, held_sockets},
         stdio::StdioLocks,
     },
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer, UserRegs},
@@ -313,10 +313,18 @@ fn local_peers<'a>(
     let mut reached_at: BTreeMap<PeerEnd, String> = BTreeMap::new();
     // Endpoints whose peer could not be looked for: a table of sockets unreadable.
     let mut lookups_failed = 0;
+    // The sockets the target holds now (None: not known). An endpoint's earlier
+    // connections are followed only while it holds them: another process's connection
+    // may have taken a closed one's addresses since, and its peer is not the target's.
+    // The latest is followed regardless: the waits described were on it.
+    let held = held_sockets(crate::pipeline::target::live_thread(pid));
     for (endpoint, sockets) in endpoints {
         let mut tcp_misses = 0;
         let mut failed = false;
-        for socket in sockets.iter().rev() {
+        for (age, socket) in sockets.iter().rev().enumerate() {
+            if age > 0 && held.as_ref().is_some_and(|held| !held.contains(&socket.inode)) {
+                continue;
+            }
             let end = match (socket.protocol, socket.local.as_ref(), socket.remote.as_ref()) {
                 (Protocol::Unix, ..) => {
                     let Ok(inode) = u32::try_from(socket.inode) else { continue };

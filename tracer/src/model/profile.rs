@@ -365,6 +365,9 @@ pub struct Profile {
     /// The target's executable modules by file name (`Frame::module`), for exporters
     /// that describe mappings (pprof).
     pub modules: BTreeMap<String, ModuleInfo>,
+    /// In a profile of several processes, each one's modules by pid: a library's range
+    /// differs between processes (`modules` then gives it none). Empty otherwise.
+    pub process_modules: BTreeMap<u32, BTreeMap<String, ModuleInfo>>,
     /// The address of each named lock (a futex object), for reading its holder.
     pub lock_addresses: BTreeMap<String, u64>,
     /// From the sites where threads pile up to what holds them up, heaviest first.
@@ -408,11 +411,22 @@ pub struct ModuleInfo {
     /// The GNU build id, hex, when the file has one.
     pub build_id: Option<String>,
     /// The executable address range it was mapped at (0 to 0 in a profile of several
-    /// processes that mapped it at different places).
+    /// processes that mapped it at different places: see `Profile::process_modules`).
     pub start: u64,
     pub end: u64,
     /// The file offset mapped at `start` (pprof's `Mapping.file_offset`).
     pub file_offset: u64,
+}
+
+impl ModuleInfo {
+    /// Joins where `other`, the same file in another process, is mapped: the range stays
+    /// when it is the same, else none is given (a tool finding file offsets from one
+    /// process's range would be wrong for the other's addresses).
+    pub fn join_place(&mut self, other: &ModuleInfo) {
+        if (self.start, self.end, self.file_offset) != (other.start, other.end, other.file_offset) {
+            (self.start, self.end, self.file_offset) = (0, 0, 0);
+        }
+    }
 }
 
 impl Profile {
@@ -439,6 +453,7 @@ impl Profile {
             thread_names: BTreeMap::new(),
             wakers: Vec::new(),
             modules: BTreeMap::new(),
+            process_modules: BTreeMap::new(),
             lock_addresses: BTreeMap::new(),
             chains: Vec::new(),
             processes: Vec::new(),
@@ -510,16 +525,9 @@ impl Profile {
             merged.endpoint_states.extend(profile.endpoint_states);
             merged.thread_names.extend(profile.thread_names);
             merged.wakers.extend(profile.wakers);
+            merged.process_modules.insert(profile.pid, profile.modules.clone());
             for (name, module) in profile.modules {
-                let kept = merged.modules.entry(name).or_insert_with(|| module.clone());
-                // Mapped elsewhere in another process: no one range is every process's,
-                // so none is given (a tool finding file offsets from the first process's
-                // would be wrong for the others' addresses).
-                if (kept.start, kept.end, kept.file_offset)
-                    != (module.start, module.end, module.file_offset)
-                {
-                    (kept.start, kept.end, kept.file_offset) = (0, 0, 0);
-                }
+                merged.modules.entry(name).or_insert_with(|| module.clone()).join_place(&module);
             }
             chains.extend(profile.chains.into_iter().map(|mut chain| {
                 chain.process = Some(tag.clone());

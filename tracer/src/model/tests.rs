@@ -207,6 +207,7 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         thread_names: BTreeMap::new(),
         wakers: Vec::new(),
         modules: BTreeMap::new(),
+        process_modules: BTreeMap::new(),
         lock_addresses: BTreeMap::new(),
         chains: Vec::new(),
         processes: Vec::new(),

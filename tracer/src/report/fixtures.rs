@@ -173,6 +173,7 @@ pub(crate) fn fixture_profile() -> Profile {
             },
         )]
         .into(),
+        process_modules: Default::default(),
         lock_addresses: [("app::STATS".to_string(), 0x5500_0008_0000)].into(),
         chains: Vec::new(),
         processes: Vec::new(),

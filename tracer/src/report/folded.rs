@@ -166,6 +166,7 @@ mod tests {
             thread_names: Default::default(),
             wakers: Vec::new(),
             modules: Default::default(),
+            process_modules: Default::default(),
             lock_addresses: Default::default(),
             chains: Vec::new(),
             processes: Vec::new(),

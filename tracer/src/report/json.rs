@@ -379,6 +379,8 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         thread_names,
         wakers,
         modules,
+        // Each process's own ranges are pprof's; JSON keeps the joined `modules`.
+        process_modules: _,
         lock_addresses: _,
         chains,
         processes,

@@ -83,10 +83,10 @@ pub fn write_count_pprof(
     name: &str,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let mut builder = Builder::new(&profile.modules);
+    let mut builder = Builder::new(profile);
     let main_module = main_module(profile);
     if let Some(main) = &main_module {
-        builder.mapping(main);
+        builder.mapping(main, None);
     }
     let sample_type = vec![builder.value_type(name, "count")];
     let period_type = Some(builder.value_type(name, "count"));
@@ -97,7 +97,7 @@ pub fn write_count_pprof(
             let location_id = location_groups(&stack.frames)
                 .into_iter()
                 .rev()
-                .map(|group| builder.location(group))
+                .map(|group| builder.location(group, stack.process.as_ref().map(|p| p.pid)))
                 .collect();
             let label = stack.object.iter().map(|object| builder.label("object", object)).collect();
             proto::Sample { location_id, value: vec![stack.stats.waits as i64], label }
@@ -151,8 +151,11 @@ struct Builder {
     string_ids: HashMap<String, i64>,
     functions: Vec<proto::Function>,
     function_ids: HashMap<(i64, i64, i64), u64>,
+    /// Each process's modules, in a profile of several (see `Profile::process_modules`).
+    process_modules: BTreeMap<u32, BTreeMap<String, ModuleInfo>>,
     mappings: Vec<proto::Mapping>,
-    mapping_ids: HashMap<String, u64>,
+    /// By process (0: the profile's own modules) and module.
+    mapping_ids: HashMap<(u32, String), u64>,
     locations: Vec<proto::Location>,
     location_ids: HashMap<LocationKey, u64>,
 }
@@ -161,8 +164,12 @@ struct Builder {
 type LocationKey = (u64, u64, Vec<(u64, i64)>);
 
 impl Builder {
-    fn new(modules: &BTreeMap<String, ModuleInfo>) -> Self {
-        let mut builder = Builder { modules: modules.clone(), ..Builder::default() };
+    fn new(profile: &Profile) -> Self {
+        let mut builder = Builder {
+            modules: profile.modules.clone(),
+            process_modules: profile.process_modules.clone(),
+            ..Builder::default()
+        };
         builder.string(""); // string_table[0] is always ""
         builder
     }
@@ -194,12 +201,19 @@ impl Builder {
         id
     }
 
-    fn mapping(&mut self, module: &str) -> u64 {
-        if let Some(&id) = self.mapping_ids.get(module) {
+    /// The mapping of `module`: of process `pid`'s in a profile of several, where each
+    /// process mapped it at its own place.
+    fn mapping(&mut self, module: &str, pid: Option<u32>) -> u64 {
+        let of_process =
+            pid.and_then(|pid| Some((pid, self.process_modules.get(&pid)?.get(module)?)));
+        let (key_pid, info) = match of_process {
+            Some((pid, info)) => (pid, Some(info.clone())),
+            None => (0, self.modules.get(module).cloned()),
+        };
+        if let Some(&id) = self.mapping_ids.get(&(key_pid, module.to_string())) {
             return id;
         }
         let id = self.mappings.len() as u64 + 1;
-        let info = self.modules.get(module).cloned();
         let filename = match &info {
             Some(info) => self.string(&info.path),
             None => self.string(module),
@@ -218,15 +232,15 @@ impl Builder {
             has_functions: true,
             ..proto::Mapping::default()
         });
-        self.mapping_ids.insert(module.to_string(), id);
+        self.mapping_ids.insert((key_pid, module.to_string()), id);
         id
     }
 
     /// One location: the frames of one address, outermost (the containing function)
-    /// first as in a `ProfileStack`.
-    fn location(&mut self, frames: &[Frame]) -> u64 {
+    /// first as in a `ProfileStack`, of process `pid` in a profile of several.
+    fn location(&mut self, frames: &[Frame], pid: Option<u32>) -> u64 {
         let first = &frames[0];
-        let mapping_id = self.mapping(&first.module);
+        let mapping_id = self.mapping(&first.module, pid);
         let mut lines: Vec<(u64, i64)> = frames
             .iter()
             .map(|frame| {
@@ -311,11 +325,11 @@ fn count_type(kind: ProfileKind) -> &'static str {
 }
 
 fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::Profile {
-    let mut builder = Builder::new(&profile.modules);
+    let mut builder = Builder::new(profile);
     // mapping[0] is the main executable, by pprof's convention.
     let main_module = main_module(profile);
     if let Some(main) = &main_module {
-        builder.mapping(main);
+        builder.mapping(main, None);
     }
     let count_type = count_type(profile.kind);
     let sample_type =
@@ -379,8 +393,9 @@ fn sample(
     chain: Option<&String>,
 ) -> proto::Sample {
     let mut location_id = vec![builder.synthetic_location(&kind_frame(profile, stack))];
+    let pid = stack.process.as_ref().map(|process| process.pid);
     for group in location_groups(&stack.frames).into_iter().rev() {
-        location_id.push(builder.location(group));
+        location_id.push(builder.location(group, pid));
     }
     if stack.truncated {
         location_id.push(builder.synthetic_location(TRUNCATED_FRAME));
@@ -675,7 +690,15 @@ impl<'a> Tables<'a> {
                 end: mapping.memory_limit,
                 file_offset: mapping.file_offset,
             };
-            modules.insert(name.to_string(), info);
+            match modules.entry(name.to_string()) {
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(info);
+                }
+                // Mapped again (a profile of several processes): as `of_processes` joins it.
+                std::collections::btree_map::Entry::Occupied(mut entry) => {
+                    entry.get_mut().join_place(&info);
+                }
+            }
         }
         Ok(modules)
     }
@@ -975,6 +998,47 @@ mod tests {
             name(decoded.location[leaf as usize - 1].line[0].function_id),
             "[futex app::STATS]"
         );
+    }
+
+    #[test]
+    fn each_process_of_several_has_its_own_mapping_of_a_library() {
+        // libc at a different place in each process: each sample's libc frame is in its
+        // own process's mapping, with that process's range and file offset.
+        let process = |pid: u32, libc_start: u64| {
+            let mut profile = fixture_profile();
+            profile.pid = pid;
+            profile.modules.insert(
+                "libc.so.6".to_string(),
+                ModuleInfo {
+                    path: "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+                    build_id: None,
+                    start: libc_start,
+                    end: libc_start + 0x10_0000,
+                    file_offset: 0x28000,
+                },
+            );
+            for stack in &mut profile.stacks {
+                for frame in stack.frames.iter_mut().filter(|f| f.module == "libc.so.6") {
+                    frame.address = libc_start + 0x100;
+                }
+            }
+            profile
+        };
+        let merged = Profile::of_processes(vec![process(1, 0x7f00_0000), process(2, 0x7e00_0000)]);
+        let decoded = build(&merged, &fixture_provenance(), Weight::Time);
+        let mut ranges: Vec<(u64, u64)> = decoded
+            .location
+            .iter()
+            .filter(|location| [0x7e00_0100, 0x7f00_0100].contains(&location.address))
+            .map(|location| {
+                let mapping = &decoded.mapping[location.mapping_id as usize - 1];
+                assert_eq!(mapping.file_offset, 0x28000);
+                (location.address, mapping.memory_start)
+            })
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        assert_eq!(ranges, [(0x7e00_0100, 0x7e00_0000), (0x7f00_0100, 0x7f00_0000)]);
     }
 
     #[test]

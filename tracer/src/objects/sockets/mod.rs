@@ -601,13 +601,18 @@ fn kind_of_protocol_name(name: &[u8]) -> SocketKind {
 
 /// The inodes of every socket `pid` has open.
 fn socket_inodes(pid: u32) -> HashSet<u64> {
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return HashSet::new();
-    };
-    entries
+    held_sockets(pid).unwrap_or_default()
+}
+
+/// The inodes of the sockets process `pid` holds open; None when its descriptors cannot
+/// be listed.
+pub(crate) fn held_sockets(pid: u32) -> Option<HashSet<u64>> {
+    let entries = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let held = entries
         .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
         .filter_map(|link| socket_inode(&link.to_string_lossy()))
-        .collect()
+        .collect();
+    Some(held)
 }
 
 #[cfg(test)]
