@@ -9,7 +9,7 @@
 
 use std::{
     cell::{OnceCell, RefCell},
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     rc::Rc,
     time::Duration,
 };
@@ -313,17 +313,22 @@ fn local_peers<'a>(
     let mut reached_at: BTreeMap<PeerEnd, String> = BTreeMap::new();
     // Endpoints whose peer could not be looked for: a table of sockets unreadable.
     let mut lookups_failed = 0;
-    // The sockets the target holds now (None: not known). An endpoint's earlier
-    // connections are followed only while it holds them: another process's connection
-    // may have taken a closed one's addresses since, and its peer is not the target's.
-    // The latest is followed regardless: the waits described were on it.
-    let held = held_sockets(crate::pipeline::target::live_thread(pid));
+    // The sockets the target holds now (None: not known), read at the first earlier
+    // connection. An endpoint's earlier connections are followed only while it holds
+    // them: another process's connection may have taken a closed one's addresses since,
+    // and its peer is not the target's. The latest is followed regardless: the waits
+    // described were on it.
+    let mut held: Option<Option<HashSet<u64>>> = None;
     for (endpoint, sockets) in endpoints {
         let mut tcp_misses = 0;
         let mut failed = false;
         for (age, socket) in sockets.iter().rev().enumerate() {
-            if age > 0 && held.as_ref().is_some_and(|held| !held.contains(&socket.inode)) {
-                continue;
+            if age > 0 {
+                let held = held
+                    .get_or_insert_with(|| held_sockets(crate::pipeline::target::live_thread(pid)));
+                if held.as_ref().is_some_and(|held| !held.contains(&socket.inode)) {
+                    continue;
+                }
             }
             let end = match (socket.protocol, socket.local.as_ref(), socket.remote.as_ref()) {
                 (Protocol::Unix, ..) => {

@@ -629,8 +629,17 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
     let dwarf = sections.borrow(|section| gimli::EndianSlice::new(section, gimli::LittleEndian));
     let mut members: std::collections::HashMap<(&str, String), u64> = Default::default();
     let mut units = dwarf.units();
+    // A unit that cannot be read (a cgo C unit's odd line program) is passed over: its
+    // error is the answer only when the runtime's types were not found.
+    let mut unread: Option<gimli::Error> = None;
     while let Some(header) = units.next()? {
-        let unit = dwarf.unit(header)?;
+        let unit = match dwarf.unit(header) {
+            Ok(unit) => unit,
+            Err(err) => {
+                unread.get_or_insert(err);
+                continue;
+            }
+        };
         // Go names each compile unit after its package; the types live in "runtime".
         let in_runtime = unit.name.is_some_and(|name| name.slice() == b"runtime");
         if !in_runtime {
@@ -712,6 +721,9 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
             hchan_elemtype: get("hchan", "elemtype")?,
         })
     })();
+    if let (None, Some(err)) = (&layout, unread) {
+        return Err(err);
+    }
     Ok((layout, poll_desc, channels))
 }
 

@@ -419,12 +419,16 @@ pub struct ModuleInfo {
 }
 
 impl ModuleInfo {
-    /// Joins where `other`, the same file in another process, is mapped: the range stays
-    /// when it is the same, else none is given (a tool finding file offsets from one
-    /// process's range would be wrong for the other's addresses).
+    /// Joins where `other`, a file of the same name in another process, is mapped: the
+    /// range stays when it is the same, else none is given (a tool finding file offsets
+    /// from one process's range would be wrong for the other's addresses); the build id
+    /// stays when both have it (two builds of one name have no one id).
     pub fn join_place(&mut self, other: &ModuleInfo) {
         if (self.start, self.end, self.file_offset) != (other.start, other.end, other.file_offset) {
             (self.start, self.end, self.file_offset) = (0, 0, 0);
+        }
+        if self.build_id != other.build_id {
+            self.build_id = None;
         }
     }
 }

@@ -330,4 +330,10 @@ fn a_library_mapped_at_different_places_in_several_processes_has_no_one_range() 
     // The same place in both (a binary without ASLR): kept.
     let app = &merged.modules["app"];
     assert_eq!((app.start, app.end), (0x1000, 0x2000));
+    // Two builds of one name: no one build id.
+    let mut other_build = module(0x7f00_0000, 0x28000);
+    other_build.build_id = Some("ef01".to_string());
+    let mut joined = module(0x7f00_0000, 0x28000);
+    joined.join_place(&other_build);
+    assert_eq!((joined.start, joined.build_id), (0x7f00_0000, None));
 }

@@ -86,7 +86,7 @@ pub fn write_count_pprof(
     let mut builder = Builder::new(profile);
     let main_module = main_module(profile);
     if let Some(main) = &main_module {
-        builder.mapping(main, None);
+        builder.mapping(main, profile.process_modules.keys().next().copied());
     }
     let sample_type = vec![builder.value_type(name, "count")];
     let period_type = Some(builder.value_type(name, "count"));
@@ -326,10 +326,11 @@ fn count_type(kind: ProfileKind) -> &'static str {
 
 fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::Profile {
     let mut builder = Builder::new(profile);
-    // mapping[0] is the main executable, by pprof's convention.
+    // mapping[0] is the main executable, by pprof's convention (in a profile of several
+    // processes, the first one's).
     let main_module = main_module(profile);
     if let Some(main) = &main_module {
-        builder.mapping(main, None);
+        builder.mapping(main, profile.process_modules.keys().next().copied());
     }
     let count_type = count_type(profile.kind);
     let sample_type =
@@ -674,7 +675,10 @@ impl<'a> Tables<'a> {
     /// The modules the mappings describe, by file name.
     fn modules(&self) -> Result<BTreeMap<String, ModuleInfo>, PprofError> {
         let mut modules = BTreeMap::new();
-        for mapping in self.mappings.values() {
+        // In the file's order: the first mapping of a file gives its path.
+        let mut mappings: Vec<&proto::Mapping> = self.mappings.values().copied().collect();
+        mappings.sort_by_key(|mapping| mapping.id);
+        for mapping in mappings {
             let path = self.string(mapping.filename)?;
             let Some(name) = path.rsplit('/').next().filter(|_| path.contains('/')) else {
                 continue;

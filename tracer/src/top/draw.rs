@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn a_site_counts_the_rows_its_wrapped_lines_take() {
         let mut terminal = Terminal::new(TestBackend::new(20, 10)).unwrap();
-        let chain = "a chain line of forty-two characters here".to_string();
+        let chain = "a chain line of forty-one characters here".to_string();
         let lines = [chain, "  frame".to_string()];
         let mut rows = 0;
         terminal.draw(|frame| rows = draw_site(frame, frame.area(), "site", &lines, 0)).unwrap();
