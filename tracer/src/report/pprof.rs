@@ -83,11 +83,7 @@ pub fn write_count_pprof(
     name: &str,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let mut builder = Builder::new(profile);
-    let main_module = main_module(profile);
-    if let Some(main) = &main_module {
-        builder.mapping(main, profile.process_modules.keys().next().copied());
-    }
+    let (mut builder, main_module) = Builder::new(profile);
     let sample_type = vec![builder.value_type(name, "count")];
     let period_type = Some(builder.value_type(name, "count"));
     let samples = profile
@@ -164,14 +160,21 @@ struct Builder {
 type LocationKey = (u64, u64, Vec<(u64, i64)>);
 
 impl Builder {
-    fn new(profile: &Profile) -> Self {
+    /// A builder for `profile`'s tables, with its main module (named in the comments).
+    fn new(profile: &Profile) -> (Self, Option<String>) {
         let mut builder = Builder {
             modules: profile.modules.clone(),
             process_modules: profile.process_modules.clone(),
             ..Builder::default()
         };
         builder.string(""); // string_table[0] is always ""
-        builder
+        // mapping[0] is the main executable, by pprof's convention (in a profile of
+        // several processes, the first one's).
+        let main_module = main_module(profile);
+        if let Some(main) = &main_module {
+            builder.mapping(main, profile.process_modules.keys().next().copied());
+        }
+        (builder, main_module)
     }
 
     fn string(&mut self, text: &str) -> i64 {
@@ -325,13 +328,7 @@ fn count_type(kind: ProfileKind) -> &'static str {
 }
 
 fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::Profile {
-    let mut builder = Builder::new(profile);
-    // mapping[0] is the main executable, by pprof's convention (in a profile of several
-    // processes, the first one's).
-    let main_module = main_module(profile);
-    if let Some(main) = &main_module {
-        builder.mapping(main, profile.process_modules.keys().next().copied());
-    }
+    let (mut builder, main_module) = Builder::new(profile);
     let count_type = count_type(profile.kind);
     let sample_type =
         vec![builder.value_type(count_type, "count"), builder.value_type("blocked", "nanoseconds")];

@@ -9,7 +9,7 @@
 //! thread where the iterator does not run. Only a thread whose wait is new or changed since
 //! the last read has its stack copied and unwound.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1021,15 +1021,11 @@ impl ThreadSampler {
 
 /// Gives `aggregate` the names `names` knows of its threads.
 fn name_threads(aggregate: &mut WaitAggregate, names: &BTreeMap<u32, String>) {
-    let tids: BTreeSet<u32> = aggregate
-        .stacks
-        .values()
-        .flat_map(|stats| stats.threads.iter())
-        .filter_map(|&tid| u32::try_from(tid).ok())
-        .collect();
-    for tid in tids {
+    let WaitAggregate { stacks, thread_names, .. } = aggregate;
+    let tids = stacks.values().flat_map(|stats| &stats.threads);
+    for tid in tids.filter_map(|&tid| u32::try_from(tid).ok()) {
         if let Some(name) = names.get(&tid) {
-            aggregate.thread_names.insert(tid, name.clone());
+            thread_names.insert(tid, name.clone());
         }
     }
 }

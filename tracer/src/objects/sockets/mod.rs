@@ -494,7 +494,7 @@ impl SocketResolver {
 
     /// Forgets the sockets the process no longer holds; returns those it holds.
     fn forget_closed(&mut self) -> HashSet<u64> {
-        let open = socket_inodes(self.pid);
+        let open = held_sockets(self.pid).unwrap_or_default();
         self.table.retain(|inode, _| open.contains(inode));
         self.size_after_prune = self.table.len();
         open
@@ -597,11 +597,6 @@ fn kind_of_protocol_name(name: &[u8]) -> SocketKind {
         b"MPTCP" | b"MPTCPv6" => SocketKind::Mptcp,
         _ => SocketKind::Other,
     }
-}
-
-/// The inodes of every socket `pid` has open.
-fn socket_inodes(pid: u32) -> HashSet<u64> {
-    held_sockets(pid).unwrap_or_default()
 }
 
 /// The inodes of the sockets process `pid` holds open; None when its descriptors cannot
