@@ -132,6 +132,9 @@ pub struct TraceCounts {
     /// Endpoints whose peer on this host could not be looked for (a table of sockets that
     /// could not be read): their chains may end at the endpoint short of it.
     pub peer_lookups_failed: u64,
+    /// Ended waits of a process that exited (or of a daemon that stopped) lost before
+    /// their stacks were named: `serve`'s windows, whose process's image was gone.
+    pub waits_unnamed: u64,
     /// Ring-buffer records too short or of an unknown kind.
     pub malformed_records: u64,
     /// Sampled reads lost: passes in the kernel given up, having missed a thread (its
@@ -165,8 +168,9 @@ pub struct TraceCounts {
 }
 
 impl TraceCounts {
-    /// How many of `fields_mut` (the first ones) are losses; the rest is what was seen.
-    pub const LOSSES: usize = 15;
+    /// How many of `fields_mut` (the first ones) are losses; the rest, from
+    /// `waits_started` on, is what was seen.
+    pub const LOSSES: usize = 17;
 
     /// Adds `other`'s counts to these, field by field.
     pub fn add(&mut self, mut other: TraceCounts) {
@@ -177,7 +181,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 31] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 32] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -200,6 +204,7 @@ impl TraceCounts {
             non_socket_io,
             unresolved_descriptors,
             peer_lookups_failed,
+            waits_unnamed,
             malformed_records,
             reads_lost,
             wakers_unmatched,
@@ -219,6 +224,7 @@ impl TraceCounts {
             ("unknown_symbols", unknown_symbols),
             ("unresolved_descriptors", unresolved_descriptors),
             ("peer_lookups_failed", peer_lookups_failed),
+            ("waits_unnamed", waits_unnamed),
             ("malformed_records", malformed_records),
             ("wakers_unmatched", wakers_unmatched),
             ("go_parks_lost", go_parks_lost),

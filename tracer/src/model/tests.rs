@@ -337,3 +337,12 @@ fn a_library_mapped_at_different_places_in_several_processes_has_no_one_range() 
     joined.join_place(&other_build);
     assert_eq!((joined.start, joined.build_id), (0x7f00_0000, None));
 }
+
+#[test]
+fn the_losses_are_the_counters_before_the_first_one_seen() {
+    let mut counts = TraceCounts::default();
+    let names: Vec<&str> = counts.fields_mut().into_iter().map(|(name, _)| name).collect();
+    // pprof's "lost:" comment takes the first LOSSES; reads_lost was once left to "seen:".
+    assert_eq!(names.iter().position(|&name| name == "waits_started"), Some(TraceCounts::LOSSES));
+    assert!(names[..TraceCounts::LOSSES].contains(&"reads_lost"));
+}

@@ -284,6 +284,10 @@ pub struct JsonTraceCounts {
     /// written only when not zero, 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub peer_lookups_failed: u64,
+    /// Ended waits lost before their stacks were named (added in tracer 0.1.0; written
+    /// only when not zero, 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waits_unnamed: u64,
     pub malformed_records: u64,
     /// Sampled reads lost (added in tracer 0.1.0; 0 when absent).
     #[serde(default)]
@@ -562,6 +566,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        waits_unnamed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -595,6 +600,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        waits_unnamed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -842,6 +848,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        waits_unnamed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -875,6 +882,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        waits_unnamed,
         malformed_records,
         reads_lost,
         wakers_unmatched,
@@ -948,15 +956,18 @@ mod tests {
     }
 
     #[test]
-    fn failed_peer_lookups_are_kept_and_left_out_when_none() {
+    fn rare_losses_are_kept_and_left_out_when_none() {
         let mut profile = fixture_profile();
         profile.counts.peer_lookups_failed = 2;
+        profile.counts.waits_unnamed = 5;
         let mut bytes = Vec::new();
         write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
-        assert_eq!(read_json(&bytes).unwrap().profile.counts.peer_lookups_failed, 2);
+        let read = read_json(&bytes).unwrap().profile.counts;
+        assert_eq!((read.peer_lookups_failed, read.waits_unnamed), (2, 5));
         let mut none = Vec::new();
         write_json(&fixture_profile(), &fixture_provenance(), &mut none).unwrap();
-        assert!(!String::from_utf8(none).unwrap().contains("peer_lookups_failed"));
+        let none = String::from_utf8(none).unwrap();
+        assert!(!none.contains("peer_lookups_failed") && !none.contains("waits_unnamed"));
     }
 
     #[test]

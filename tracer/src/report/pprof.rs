@@ -1127,6 +1127,7 @@ mod tests {
         }
         profile.no_wakers = true;
         profile.counts.peer_lookups_failed = 2;
+        profile.counts.waits_unnamed = 3;
         profile.cgroup = Some("/system.slice/app.service".to_string());
         profile.python = Some(crate::model::PythonInfo {
             version: "3.12".to_string(),

@@ -635,12 +635,19 @@ fn write_counts(out: &mut String, profile: &Profile) {
             counts.non_socket_io
         );
     }
-    write_peer_lookups_failed(out, counts);
+    write_rare_losses(out, counts);
 }
 
-/// Endpoints whose peer could not be looked for: a chain that ends at an endpoint may
-/// have a process of this host behind it.
-fn write_peer_lookups_failed(out: &mut String, counts: &TraceCounts) {
+/// Losses both kinds of profile can meet, said only when they happened.
+fn write_rare_losses(out: &mut String, counts: &TraceCounts) {
+    if counts.waits_unnamed > 0 {
+        let _ = writeln!(
+            out,
+            "lost: {} ended waits of a process gone before their stacks were named",
+            counts.waits_unnamed
+        );
+    }
+    // A chain that ends at an endpoint may have a process of this host behind it.
     if counts.peer_lookups_failed > 0 {
         let _ = writeln!(
             out,
@@ -709,7 +716,7 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
             counts.non_socket_io
         );
     }
-    write_peer_lookups_failed(out, counts);
+    write_rare_losses(out, counts);
 }
 
 /// The table's width: every line of the summary fits it.
@@ -948,6 +955,19 @@ mod tests {
         let text = render_summary(&recorded, 10);
         assert!(
             text.contains("lost: 3 peer lookups (socket tables unreadable: chains may stop at"),
+            "{text}"
+        );
+        assert!(text.lines().all(|line| line.chars().count() <= WIDTH), "{text}");
+    }
+
+    #[test]
+    fn waits_lost_before_they_were_named_have_a_line_only_when_some_were() {
+        let mut window = profile();
+        assert!(!render_summary(&window, 10).contains("before their stacks"));
+        window.counts.waits_unnamed = 4;
+        let text = render_summary(&window, 10);
+        assert!(
+            text.contains("lost: 4 ended waits of a process gone before their stacks were named"),
             "{text}"
         );
         assert!(text.lines().all(|line| line.chars().count() <= WIDTH), "{text}");

@@ -492,9 +492,9 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
     }
     let super::collector::Window { aggregate, earlier, lost_waits } = closed;
     if lost_waits > 0 {
-        // Not in the profile: its counts have no field for it (see
-        // tracer_lost_events_total{reason="block_window"}).
+        // Also in /metrics: tracer_lost_events_total{reason="block_window"}.
         log::warn!("block profile: {lost_waits} waits of an earlier process lost");
+        base.counts.waits_unnamed += lost_waits;
     }
     let profile = if aggregate.stacks.is_empty() {
         base
