@@ -128,7 +128,7 @@ pub struct JsonSiteSeconds {
     pub blocked_ns: Vec<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JsonModule {
     /// The path as the target saw it.
     pub path: String,
@@ -214,6 +214,10 @@ pub struct JsonProcess {
     /// it follows from `cgroup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// In the profile's list of processes: its own executables and libraries, where
+    /// each is mapped in it (`modules` joins them, without a range where they differ).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub modules: BTreeMap<String, JsonModule>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -383,8 +387,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         thread_names,
         wakers,
         modules,
-        // Each process's own ranges are pprof's; JSON keeps the joined `modules`.
-        process_modules: _,
+        process_modules,
         lock_addresses: _,
         chains,
         processes,
@@ -427,7 +430,13 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         thread_names: thread_names.clone(),
         wakers: wakers.iter().map(json_waker).collect(),
         chains: json_chains(chains, profile.waiters()),
-        processes: processes.iter().map(json_process).collect(),
+        processes: processes
+            .iter()
+            .map(|process| JsonProcess {
+                modules: process_modules.get(&process.pid).map(json_modules).unwrap_or_default(),
+                ..json_process(process)
+            })
+            .collect(),
         timeline: timeline.as_ref().map(json_timeline),
         python: python.as_ref().map(
             |PythonInfo { version, missing, unreadable_frames, truncated_stacks }| JsonPython {
@@ -437,21 +446,35 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
                 truncated_stacks: *truncated_stacks,
             },
         ),
-        modules: modules
-            .iter()
-            .map(|(name, info)| {
-                let ModuleInfo { path, build_id, start, end, file_offset } = info;
-                let module = JsonModule {
-                    path: path.clone(),
-                    build_id: build_id.clone(),
-                    start: *start,
-                    end: *end,
-                    file_offset: *file_offset,
-                };
-                (name.clone(), module)
-            })
-            .collect(),
+        modules: json_modules(modules),
     }
+}
+
+fn json_modules(modules: &BTreeMap<String, ModuleInfo>) -> BTreeMap<String, JsonModule> {
+    modules
+        .iter()
+        .map(|(name, info)| {
+            let ModuleInfo { path, build_id, start, end, file_offset } = info;
+            let module = JsonModule {
+                path: path.clone(),
+                build_id: build_id.clone(),
+                start: *start,
+                end: *end,
+                file_offset: *file_offset,
+            };
+            (name.clone(), module)
+        })
+        .collect()
+}
+
+fn module_infos(modules: BTreeMap<String, JsonModule>) -> BTreeMap<String, ModuleInfo> {
+    modules
+        .into_iter()
+        .map(|(name, module)| {
+            let JsonModule { path, build_id, start, end, file_offset } = module;
+            (name, ModuleInfo { path, build_id, start, end, file_offset })
+        })
+        .collect()
 }
 
 fn json_waker(row: &WakerRow) -> JsonWaker {
@@ -523,6 +546,7 @@ pub(crate) fn json_process(process: &ProcessTag) -> JsonProcess {
         comm: process.comm.clone(),
         cgroup: process.cgroup.clone(),
         container: process.container_id().map(str::to_string),
+        modules: BTreeMap::new(),
     }
 }
 
@@ -756,7 +780,16 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     profile.endpoint_states = endpoint_states;
     profile.thread_names = thread_names;
     profile.wakers = wakers;
-    profile.processes = processes.into_iter().map(process_tag).collect();
+    profile.processes = processes
+        .into_iter()
+        .map(|mut process| {
+            if !process.modules.is_empty() {
+                let modules = module_infos(std::mem::take(&mut process.modules));
+                profile.process_modules.insert(process.pid, modules);
+            }
+            process_tag(process)
+        })
+        .collect();
     profile.timeline = timeline.map(timeline_of).transpose().map_err(invalid)?;
     profile.python =
         python.map(|JsonPython { version, missing, unreadable_frames, truncated_stacks }| {
@@ -767,13 +800,7 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
     } else {
         chains::build(&profile, &ChainFacts::default())
     };
-    profile.modules = modules
-        .into_iter()
-        .map(|(name, module)| {
-            let JsonModule { path, build_id, start, end, file_offset } = module;
-            (name, ModuleInfo { path, build_id, start, end, file_offset })
-        })
-        .collect();
+    profile.modules = module_infos(modules);
     Ok(SavedProfile { profile, provenance: Provenance { tracer_version, kernel, command_line } })
 }
 

@@ -1026,20 +1026,30 @@ mod tests {
             profile
         };
         let merged = Profile::of_processes(vec![process(1, 0x7f00_0000), process(2, 0x7e00_0000)]);
-        let decoded = build(&merged, &fixture_provenance(), Weight::Time);
-        let mut ranges: Vec<(u64, u64)> = decoded
-            .location
-            .iter()
-            .filter(|location| [0x7e00_0100, 0x7f00_0100].contains(&location.address))
-            .map(|location| {
-                let mapping = &decoded.mapping[location.mapping_id as usize - 1];
-                assert_eq!(mapping.file_offset, 0x28000);
-                (location.address, mapping.memory_start)
-            })
-            .collect();
-        ranges.sort_unstable();
-        ranges.dedup();
-        assert_eq!(ranges, [(0x7e00_0100, 0x7e00_0000), (0x7f00_0100, 0x7f00_0000)]);
+        let libc_ranges = |profile: &Profile| {
+            let decoded = build(profile, &fixture_provenance(), Weight::Time);
+            let mut ranges: Vec<(u64, u64)> = decoded
+                .location
+                .iter()
+                .filter(|location| [0x7e00_0100, 0x7f00_0100].contains(&location.address))
+                .map(|location| {
+                    let mapping = &decoded.mapping[location.mapping_id as usize - 1];
+                    assert_eq!(mapping.file_offset, 0x28000);
+                    (location.address, mapping.memory_start)
+                })
+                .collect();
+            ranges.sort_unstable();
+            ranges.dedup();
+            ranges
+        };
+        let each_its_own = [(0x7e00_0100, 0x7e00_0000), (0x7f00_0100, 0x7f00_0000)];
+        assert_eq!(libc_ranges(&merged), each_its_own);
+        // Written as JSON and turned into pprof by `tracer report`: the same mappings
+        // (JSON kept only the joined modules, without a range).
+        let mut json = Vec::new();
+        crate::report::json::write_json(&merged, &fixture_provenance(), &mut json).unwrap();
+        let read_back = crate::report::json::read_json(&json).unwrap().profile;
+        assert_eq!(libc_ranges(&read_back), each_its_own);
     }
 
     #[test]
