@@ -514,3 +514,36 @@ fn off_loopback_serve_all_wants_a_token_or_tls() {
     assert_eq!(bad_key.stderr.lines().count(), 1, "{}", bad_key.stderr);
     assert!(bad_key.stderr.contains("cannot read a private key"), "{}", bad_key.stderr);
 }
+
+/// A window of a daemon of several processes counts what its reads counted while it was
+/// open (its profile said 0 for every count): a thread that reads an eventfd over and
+/// over, each wait "left out" as a read on a descriptor neither socket nor pipe.
+#[test]
+fn a_window_of_several_processes_has_their_counts() {
+    const READER: &str = "import os, threading, time\n\
+        fd = os.eventfd(0)\n\
+        def tick():\n    \
+            while True:\n        \
+                time.sleep(0.2)\n        \
+                os.eventfd_write(fd, 1)\n\
+        threading.Thread(target=tick, daemon=True).start()\n\
+        while True:\n    \
+            os.eventfd_read(fd)\n";
+    let reader = Command::new("python3").args(["-c", READER]).spawn().expect("spawn python3");
+    let reader = ChildGuard::new("eventfd reader", reader);
+    let sleeper = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let sleeper = ChildGuard::new("sleep", sleeper);
+    let (pid_arg, other_arg) = (reader.pid().to_string(), sleeper.pid().to_string());
+    let daemon = ServeDaemon::start(&["--pid", &pid_arg, "--pid", &other_arg]);
+    let response = daemon.get("/debug/pprof/block?seconds=3");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let dir = TempDir::new("hosts-counts");
+    let path = dir.join("block.pb.gz");
+    std::fs::write(&path, &response.body).expect("write the profile");
+    let profile = read_profile(&path);
+    // About 15 reads of 0.2 s in 3 s; each one the reads saw is counted once.
+    let left_out = profile.counts.non_socket_io;
+    println!("{left_out} eventfd reads left out");
+    assert!((3..=20).contains(&left_out), "{left_out} eventfd reads left out in 3 s");
+    drop((reader, sleeper));
+}

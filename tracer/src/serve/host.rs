@@ -91,8 +91,9 @@ enum Request {
     Snapshot { filter: ProcessFilter, chains: bool, reply: oneshot::Sender<Option<Profile>> },
     /// From now on, the waits of the processes `filter` picks count in window `id`.
     OpenWindow { id: u64, filter: ProcessFilter },
-    /// The waits of window `id`, each with its part in the window.
-    CloseWindow { id: u64, reply: oneshot::Sender<Vec<ProfileStack>> },
+    /// The waits of window `id`, each with its part in the window, and what the reads
+    /// counted and lost while it was open.
+    CloseWindow { id: u64, reply: oneshot::Sender<(Vec<ProfileStack>, TraceCounts)> },
     /// Window `id` is not wanted any more (its client went away).
     DropWindow { id: u64 },
 }
@@ -229,8 +230,9 @@ impl Host {
         let (reply, answer) = oneshot::channel();
         self.ask(Request::CloseWindow { id, reply })?;
         open.closed = true;
-        let stacks = answer.await.map_err(|_| HostError::Stopped)?;
+        let (stacks, counts) = answer.await.map_err(|_| HostError::Stopped)?;
         let mut base = Profile::new(ProfileKind::Recording, 0, self.selection.describe());
+        base.counts = counts;
         base.start_unix_ns = pipeline::target::unix_ns(started_at);
         base.duration = duration;
         let reads = self.reads.load(Ordering::Relaxed).saturating_sub(reads_before);
@@ -240,7 +242,9 @@ impl Host {
         processes.sort();
         processes.dedup();
         base.processes = processes;
-        Ok(Profile::from_symbolized(base, stacks))
+        let mut profile = Profile::from_symbolized(base, stacks);
+        profile.counts.unknown_symbols = profile.unknown_addresses();
+        Ok(profile)
     }
 
     /// The threads blocked now as series: one snapshot serves every scrape for a while.
@@ -325,6 +329,38 @@ struct ReaderWindow {
     filter: ProcessFilter,
     opened: Instant,
     of_exited: Vec<ProfileStack>,
+    /// What the passes every process shares had counted when it opened.
+    shared_counts_at_open: TraceCounts,
+    /// Each process's own counts when the window took it in (at its opening, or when
+    /// the process joined).
+    counts_at_open: HashMap<u32, TraceCounts>,
+    /// What the processes that exited while it was open counted in it.
+    counts_of_exited: TraceCounts,
+}
+
+impl ReaderWindow {
+    fn new(filter: ProcessFilter, shared_counts_at_open: TraceCounts) -> Self {
+        Self {
+            filter,
+            opened: Instant::now(),
+            of_exited: Vec::new(),
+            shared_counts_at_open,
+            counts_at_open: HashMap::new(),
+            counts_of_exited: TraceCounts::default(),
+        }
+    }
+
+    /// What `member` counted since this window took it in.
+    fn counts_of(&self, member: &Member) -> TraceCounts {
+        let at_open = self.counts_at_open.get(&member.target.pid).cloned().unwrap_or_default();
+        own_counts(member).since(&at_open)
+    }
+}
+
+/// What a process's reads counted and lost by themselves (unwinds truncated, descriptors
+/// unresolved, its passes' records lost), beside the passes every process shares.
+fn own_counts(member: &Member) -> TraceCounts {
+    member.sampler.trace_counts(&crate::probes::ProbeCounters::default())
 }
 
 /// The profile of one process's `aggregate`, named by that process's own symbolizer.
@@ -386,6 +422,7 @@ impl Reader {
                 // Its part of the open windows, symbolized while its image is at hand.
                 for (&id, window) in &mut self.windows {
                     if let Some(waits) = exited.sampler.close_window(id) {
+                        window.counts_of_exited.add(window.counts_of(&exited));
                         let profile = member_profile(
                             &mut exited,
                             &mut self.namers,
@@ -566,11 +603,12 @@ impl Reader {
     /// Opens the open windows in the members that joined since they opened.
     fn open_windows_of_newcomers(&mut self) {
         for member in &mut self.members.members {
-            for (&id, window) in &self.windows {
+            for (&id, window) in &mut self.windows {
                 if window.filter.matches(member.target.pid, &member.target.comm)
                     && !member.sampler.has_window(id)
                 {
                     member.sampler.open_window(id);
+                    window.counts_at_open.insert(member.target.pid, own_counts(member));
                 }
             }
         }
@@ -582,26 +620,35 @@ impl Reader {
                 let _ = reply.send(self.snapshot(&filter, chains));
             }
             Request::OpenWindow { id, filter } => {
+                let mut window = ReaderWindow::new(filter, self.members.pass_counts());
                 for member in &mut self.members.members {
-                    if filter.matches(member.target.pid, &member.target.comm) {
+                    if window.filter.matches(member.target.pid, &member.target.comm) {
                         member.sampler.open_window(id);
+                        window.counts_at_open.insert(member.target.pid, own_counts(member));
                     }
                 }
-                let window = ReaderWindow { filter, opened: Instant::now(), of_exited: Vec::new() };
                 self.windows.insert(id, window);
             }
             Request::CloseWindow { id, reply } => {
-                let mut stacks =
-                    self.windows.remove(&id).map(|window| window.of_exited).unwrap_or_default();
+                let Some(mut window) = self.windows.remove(&id) else {
+                    let _ = reply.send((Vec::new(), TraceCounts::default()));
+                    return;
+                };
+                // The passes' losses are every process's: a pass lost is a read lost of
+                // each process it walks.
+                let mut counts = self.members.pass_counts().since(&window.shared_counts_at_open);
+                counts.add(std::mem::take(&mut window.counts_of_exited));
+                let mut stacks = std::mem::take(&mut window.of_exited);
                 let Self { members, namers, .. } = self;
                 for member in &mut members.members {
                     let Some(waits) = member.sampler.close_window(id) else { continue };
+                    counts.add(window.counts_of(member));
                     if !waits.stacks.is_empty() {
                         let profile = member_profile(member, namers, waits, ProfileKind::Recording);
                         stacks.extend(profile.stacks);
                     }
                 }
-                let _ = reply.send(stacks);
+                let _ = reply.send((stacks, counts));
             }
             Request::DropWindow { id } => self.drop_window(id),
         }
