@@ -71,6 +71,22 @@ pub fn start_futex_ping_pong(ping_pong: &str, seconds: f64, extra: &[&str]) -> C
     workload
 }
 
+/// A Python program whose three threads block on a lock nobody releases until the
+/// process exits, `seconds` after it printed `ready` (it is not reaped here).
+pub fn start_blocked_until_exit(seconds: f64) -> ChildGuard {
+    const PROGRAM: &str = "import os, sys, threading, time\n\
+        lock = threading.Lock()\n\
+        lock.acquire()\n\
+        for _ in range(3):\n    \
+            threading.Thread(target=lock.acquire, daemon=True).start()\n\
+        print('ready', flush=True)\n\
+        time.sleep(float(sys.argv[1]))\n\
+        os._exit(0)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PROGRAM, &seconds.to_string()]);
+    start_workload("blocked until exit", cmd)
+}
+
 /// Starts a workload and waits until it prints `ready` (all its threads run).
 pub fn start_workload(name: &str, cmd: Command) -> ChildGuard {
     let (guard, line) = spawn_and_read_line(name, cmd);

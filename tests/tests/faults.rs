@@ -160,6 +160,39 @@ fn killed_during_a_block_window(mode: &str) {
     assert_eq!(metrics.status, 200, "{}", String::from_utf8_lossy(&metrics.body));
 }
 
+/// Threads blocked until their process exits: the window open then holds their waits
+/// (a sampled daemon dropped the waits its last read saw; the window had none).
+fn exit_during_a_block_window_ends_the_waits(mode: &str) {
+    let workload = tracer_tests::start_blocked_until_exit(3.0);
+    let pid = workload.pid();
+    let reaper = workload.reap_in_background(RUN_TIMEOUT);
+    let daemon = ServeDaemon::start(&["--pid", &pid.to_string(), "--mode", mode]);
+    let answer = daemon.get("/debug/pprof/block?seconds=20");
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    let dir = TempDir::new("faults-serve-exit");
+    let path = dir.join("window.pb.gz");
+    std::fs::write(&path, &answer.body).expect("write the window's profile");
+    let profile = read_profile(&path);
+    let lockers: std::collections::BTreeSet<u64> = profile
+        .stacks
+        .iter()
+        .filter(|stack| stack.kind == tracer_tests::WaitKind::Futex)
+        .flat_map(|stack| stack.stats.threads.iter().copied())
+        .collect();
+    assert_eq!(lockers.len(), 3, "the lockers' waits: {:#?}", profile.stacks);
+    assert!(reaper.join().expect("reaping the python program").success());
+}
+
+#[test]
+fn an_exit_during_a_sampled_block_window_ends_the_waits_in_it() {
+    exit_during_a_block_window_ends_the_waits("sampled");
+}
+
+#[test]
+fn an_exit_during_an_exact_block_window_ends_the_waits_in_it() {
+    exit_during_a_block_window_ends_the_waits("exact");
+}
+
 #[test]
 fn a_target_killed_during_a_sampled_block_window_answers_a_whole_profile() {
     killed_during_a_block_window("sampled");

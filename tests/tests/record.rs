@@ -366,6 +366,42 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn target_exit_ends_recording_and_writes_reports() {
+    target_exit_ends_recording(&[]);
+}
+
+#[test]
+fn target_exit_ends_a_sampled_recording_and_writes_reports() {
+    target_exit_ends_recording(&["--mode", "sampled"]);
+}
+
+/// Sampled: threads blocked until their process exits end their waits with it, each with
+/// the time the reads saw (the waits in progress at the last read were dropped: the
+/// profile said "no completed waits").
+#[test]
+fn threads_blocked_until_their_process_exits_keep_their_sampled_waits() {
+    let child = tracer_tests::start_blocked_until_exit(3.0);
+    let pid = child.pid();
+    let reaper = child.reap_in_background(REAP_TIMEOUT);
+    let dir = TempDir::new("exit-sampled");
+    let args = ["--mode", "sampled", "--duration", EXIT_RECORD_DURATION];
+    let traced = record_profile(pid, &args, &dir, EXIT_TIMEOUT);
+    let profile = &traced.profile;
+    assert!(profile.target_exited, "the profile does not say the target exited");
+    let futex = |stack: &&ProfileStack| stack.kind == WaitKind::Futex && !stack.in_progress;
+    let threads: std::collections::BTreeSet<u64> =
+        profile.stacks.iter().filter(futex).flat_map(|s| s.stats.threads.clone()).collect();
+    // The main thread's sleep is no watched wait: the three lockers, each blocked for most
+    // of the 3 s the recording saw.
+    let blocked = Duration::from_nanos(total_ns(profile, |stack| futex(&stack)));
+    println!("{} threads, {blocked:?} blocked in futex waits", threads.len());
+    assert_eq!(threads.len(), 3, "stacks:\n{}", top_stacks(profile, |_| true, 20));
+    assert!(blocked >= Duration::from_secs(3), "{blocked:?} of 3 threads' waits");
+    assert!(profile.stacks.iter().all(|stack| !stack.in_progress));
+    let status = reaper.join().expect("reaping the python program");
+    assert!(status.success(), "it exited with {status}");
+}
+
+fn target_exit_ends_recording(mode: &[&str]) {
     let Pileup { workload, backend } =
         start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, EXITING_WORKLOAD_SECONDS);
     let pid = workload.pid();
@@ -373,7 +409,8 @@ fn target_exit_ends_recording_and_writes_reports() {
     let reaper = workload.reap_in_background(REAP_TIMEOUT);
 
     let dir = TempDir::new("exit");
-    let traced = record_profile(pid, &["--duration", EXIT_RECORD_DURATION], &dir, EXIT_TIMEOUT);
+    let args = [mode, &["--duration", EXIT_RECORD_DURATION]].concat();
+    let traced = record_profile(pid, &args, &dir, EXIT_TIMEOUT);
     println!(
         "tracer returned after {:?}; the target exits {EXITING_WORKLOAD_SECONDS}s after it started",
         traced.out.elapsed
@@ -389,6 +426,10 @@ fn target_exit_ends_recording_and_writes_reports() {
         profile.stacks.iter().any(|s| has_function(s, "send_stat")),
         "what was recorded before the exit is lost; stacks:\n{}",
         top_stacks(profile, |_| true, 20)
+    );
+    assert!(
+        profile.stacks.iter().all(|stack| !stack.in_progress),
+        "nothing waits in a process that exited"
     );
 
     let status = reaper.join().unwrap_or_else(|_| panic!("reaping rust-pileup (pid {pid}) failed"));

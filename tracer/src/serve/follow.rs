@@ -161,14 +161,25 @@ pub async fn run(
                 // Its reads fail once the target is gone: whichever notices first.
                 let finished;
                 (finished, stopping) = tokio::select! {
-                    _ = readable(&exited) => (false, false),
-                    _ = stop.wait_for(|stop| *stop) => (false, true),
-                    _ = &mut reading => (true, false),
+                    _ = readable(&exited) => (None, false),
+                    _ = stop.wait_for(|stop| *stop) => (None, true),
+                    finished = &mut reading => (Some(finished), false),
                 };
                 drop(stop_reading);
                 // No read of this attachment may reach the collector after the detach.
-                if !finished {
-                    let _ = reading.await;
+                let finished = match finished {
+                    Some(finished) => finished,
+                    None => reading.await,
+                };
+                // The waits the last read saw ended with the process.
+                if let Ok(mut sampler) = finished
+                    && !stopping
+                {
+                    sampler.end_waits_at_exit();
+                    let ended = sampler.take_ended();
+                    if !ended.stacks.is_empty() {
+                        lock(&shared.collector).add_ended(ended);
+                    }
                 }
             }
         }
@@ -228,14 +239,18 @@ fn update_stack_spans(shared: &Shared) {
 }
 
 /// Reads the threads every period and hands the collector the waits that ended, until
-/// `stop` or a read fails (the target exited). On a blocking thread: a read can take
-/// milliseconds of /proc reads and unwinding.
-fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &AtomicBool) {
+/// `stop` or a read fails (the target exited); gives the sampler back. On a blocking
+/// thread: a read can take milliseconds of /proc reads and unwinding.
+fn sample_into_collector(
+    mut sampler: ThreadSampler,
+    shared: &Shared,
+    stop: &AtomicBool,
+) -> ThreadSampler {
     let mut pace = crate::pipeline::pace::ReadPace::new(sampler.period());
     while !stop.load(Ordering::Relaxed) {
         if let Err(err) = pace.read(|| sampler.read()) {
             log::debug!("sampling stopped: {err}");
-            return;
+            return sampler;
         }
         pace.set_period(sampler.read_interval());
         let ended = sampler.take_ended();
@@ -251,6 +266,7 @@ fn sample_into_collector(mut sampler: ThreadSampler, shared: &Shared, stop: &Ato
             std::thread::sleep(next.saturating_duration_since(Instant::now()).min(STOP_POLL));
         }
     }
+    sampler
 }
 
 /// How often a sampling thread between reads looks whether it is stopped.

@@ -373,6 +373,19 @@ fn member_profile(
     member.profile(namers.entry(member.target.pid).or_default(), aggregate, kind)
 }
 
+/// Symbolizes `member`'s waits that ended since the last read and folds them into the
+/// metrics.
+fn hand_on_ended_of(member: &mut Member, namers: &mut HashMap<u32, Namer>, host: &Host) {
+    let ended = member.sampler.take_ended();
+    member.sampler.objects_mut().forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
+    if ended.stacks.is_empty() {
+        return;
+    }
+    host.waits_read.fetch_add(super::collector::waits_in(&ended), Ordering::Relaxed);
+    let profile = member_profile(member, namers, ended, ProfileKind::Recording);
+    lock(&host.waits).fold(&profile);
+}
+
 /// The reading thread: owns the processes' samplers and their symbolizers (which
 /// cannot move between threads).
 struct Reader {
@@ -419,6 +432,9 @@ impl Reader {
             self.check_triggers(&host);
             for mut exited in self.members.remove_exited() {
                 log::info!("pid {} ({}) exited", exited.target.pid, exited.target.comm);
+                // The waits its last read saw ended with it.
+                exited.sampler.end_waits_at_exit();
+                hand_on_ended_of(&mut exited, &mut self.namers, &host);
                 // Its part of the open windows, symbolized while its image is at hand.
                 for (&id, window) in &mut self.windows {
                     if let Some(waits) = exited.sampler.close_window(id) {
@@ -500,17 +516,7 @@ impl Reader {
     /// Symbolizes each process's waits that ended since the last read and hands them on.
     fn hand_on_ended(&mut self, host: &Host) {
         for member in &mut self.members.members {
-            let ended = member.sampler.take_ended();
-            member
-                .sampler
-                .objects_mut()
-                .forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
-            if ended.stacks.is_empty() {
-                continue;
-            }
-            host.waits_read.fetch_add(super::collector::waits_in(&ended), Ordering::Relaxed);
-            let profile = member_profile(member, &mut self.namers, ended, ProfileKind::Recording);
-            lock(&host.waits).fold(&profile);
+            hand_on_ended_of(member, &mut self.namers, host);
         }
     }
 

@@ -203,6 +203,14 @@ impl WaitTracker {
         self.ended.add(key, tid, wait.blocked_ns);
     }
 
+    /// Ends every wait the last read saw (their process exited), each with the time the
+    /// reads saw it.
+    fn end_all(&mut self) {
+        for (tid, wait) in std::mem::take(&mut self.current) {
+            self.end(tid, wait);
+        }
+    }
+
     /// Opens window `id`: from now on, what each wait adds counts in it too.
     fn open_window(&mut self, id: u64) {
         let opened_with =
@@ -255,12 +263,14 @@ impl WaitTracker {
 
     /// The ended waits, with the waits still in progress at the last read added as such:
     /// aged from the scheduler's accounting when first seen plus the time since, a lower
-    /// bound as a snapshot's ages are. `target_exited` drops them (nothing waits any more).
-    fn finish(self, target_exited: bool) -> WaitAggregate {
-        let Self { current, mut ended, last_read_ns, .. } = self;
+    /// bound as a snapshot's ages are. With `target_exited` nothing waits any more: they
+    /// ended with their process, each with the time the reads saw it.
+    fn finish(mut self, target_exited: bool) -> WaitAggregate {
         if target_exited {
-            return ended;
+            self.end_all();
+            return self.ended;
         }
+        let Self { current, mut ended, last_read_ns, .. } = self;
         for (tid, wait) in current {
             let Wait { key: Some(key), first_seen_ns, age_when_seen_ns, .. } = wait else {
                 continue;
@@ -900,6 +910,12 @@ impl ThreadSampler {
         })
     }
 
+    /// The process exited: the waits the last read saw ended with it (`take_ended` hands
+    /// them on).
+    pub fn end_waits_at_exit(&mut self) {
+        self.tracker.end_all();
+    }
+
     /// Opens window `id` (see `close_window`).
     pub fn open_window(&mut self, id: u64) {
         self.tracker.open_window(id);
@@ -1001,8 +1017,10 @@ impl ThreadSampler {
         let reads = tracker.reads;
         let mut aggregate = tracker.finish(target_exited);
         aggregate.thread_names = thread_names.thread_names;
+        // The last read's threads are gone with their process; the stacks unwound without
+        // their saved rbp count over the whole recording.
         let thread_counts = if target_exited {
-            ThreadCounts::default()
+            ThreadCounts { frame_pointer_unknown, ..ThreadCounts::default() }
         } else {
             ThreadCounts { frame_pointer_unknown, ..last_counts }
         };
@@ -1128,6 +1146,21 @@ mod tests {
     }
 
     #[test]
+    fn the_waits_of_a_process_that_exited_end_with_it() {
+        let mut tracker = WaitTracker::new(Duration::from_millis(20));
+        // Both threads blocked through the last three reads before the process exited.
+        for n in 0..3 {
+            read(&mut tracker, n * 20 * MS, &[(1, blocked(0xa0, 5)), (2, blocked(0xb0, 7))], 0);
+        }
+        let aggregate = tracker.finish(true);
+        for futex in [0xa0, 0xb0] {
+            let stats = ended(&aggregate, futex);
+            assert_eq!((stats.waits, stats.total_ns), (1, 60 * MS), "futex {futex:#x}");
+        }
+        assert_eq!(aggregate.stacks.len(), 2, "none in progress");
+    }
+
+    #[test]
     fn a_changed_call_or_a_run_in_between_is_a_new_wait() {
         let mut tracker = WaitTracker::new(Duration::from_millis(10));
         read(&mut tracker, 0, &[(1, blocked(0xa0, 5))], 0);
@@ -1154,10 +1187,12 @@ mod tests {
         assert_eq!((still.waits, still.total_ns), (1, 3_040 * MS));
         assert!(still.lower_bound, "the age is a lower bound");
         assert_eq!(aggregate.stacks.len(), 1, "no wait ended");
-        // A target that exited has nothing in progress.
+        // A target that exited has nothing in progress: the wait ended with it.
         let mut tracker = WaitTracker::new(Duration::from_millis(10));
         read(&mut tracker, 0, &[(1, blocked(0xa0, 5))], 0);
-        assert!(tracker.finish(true).stacks.is_empty());
+        let aggregate = tracker.finish(true);
+        assert!(!aggregate.stacks.contains_key(&key(0xa0)));
+        assert_eq!(ended(&aggregate, 0xa0).waits, 1);
     }
 
     #[test]
