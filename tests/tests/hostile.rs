@@ -139,6 +139,31 @@ fn a_process_whose_main_thread_exited_is_traced() {
     assert_eq!(threads, WAITERS, "stacks: {:#?}", record.profile.stacks);
 }
 
+/// Names that are not UTF-8 (the process's, its threads', a mapped file's path) keep no
+/// process from being traced: snapshot and both modes of record see every waiter, and the
+/// name is shown with its odd bytes replaced (reading /proc/PID/stat or maps failed:
+/// "stream did not contain valid UTF-8"; threads were counted unreadable).
+#[test]
+fn names_that_are_not_utf8_do_not_keep_a_process_from_being_traced() {
+    let dir = TempDir::new("hostile-bytes");
+    let workload = start_hostile(&dir, "bytes");
+    let pid = workload.pid();
+    let maps = std::fs::read(format!("/proc/{pid}/maps")).expect("read maps");
+    assert!(String::from_utf8(maps).is_err(), "the workload mapped no file of an odd name");
+
+    let snapshot = snapshot_profile(pid, &[], &dir, RUN_TIMEOUT);
+    let (threads, _) = waiter_threads(&snapshot.profile);
+    assert_eq!(threads, WAITERS, "stacks: {:#?}", snapshot.profile.stacks);
+    assert!(snapshot.out.stdout.contains("\u{fffd}-odd"), "{}", snapshot.out.stdout);
+    for mode in ["exact", "sampled"] {
+        let args = ["--duration", "1s", "--mode", mode];
+        let record = tracer_tests::record_profile(pid, &args, &dir, RUN_TIMEOUT);
+        let (threads, _) = waiter_threads(&record.profile);
+        assert_eq!(threads, WAITERS, "{mode}: stacks: {:#?}", record.profile.stacks);
+        assert_eq!(record.profile.thread_counts.unreadable, 0, "{mode}");
+    }
+}
+
 /// Every thread gone: the one case still refused, in one line.
 #[test]
 fn a_process_with_no_live_thread_is_refused() {

@@ -12,7 +12,9 @@
  *               whose threads live on and stay blocked;
  *   drain       then, DRAIN_SECONDS after "ready", the main thread releases every waiter
  *               (they return from their wait and exit): a pile-up that drains while it
- *               is recorded.
+ *               is recorded;
+ *   bytes       then the process and every thread name themselves ODD_NAME, bytes that
+ *               are not UTF-8, and the process maps a file whose path holds one too.
  * Prints "ready" once every waiter is in its futex wait (and renamed). An alarm ends the
  * process after SECONDS whatever happens. Built by the tests with `gcc -O2 -g -pthread`.
  */
@@ -21,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -31,6 +35,8 @@
 /* ESC ] 0 ; pwn BEL sets an xterm's title; <a> is markup; a tab and a newline would
  * break a table's row, and -- an XML comment. 15 bytes: fits comm's 15. */
 #define HOSTILE_NAME "\x1b]0;pwn\x07<a>\t\n--"
+/* Not UTF-8: 0xff never is, and 0xc3 wants a continuation byte. */
+#define ODD_NAME "\xff\xc3-odd"
 /* x86_64 futex (arch/x86/entry/syscalls/syscall_64.tbl). */
 #define SYS_FUTEX_NR 202
 #define POLL_SECONDS 0.01
@@ -91,14 +97,16 @@ CALL_SITE void *waiter(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 2 || argc > 4) {
-		fprintf(stderr, "usage: c-hostile plain|name|main-exits|drain [WAITERS] [SECONDS]\n");
+		fprintf(stderr,
+			"usage: c-hostile plain|name|main-exits|drain|bytes [WAITERS] [SECONDS]\n");
 		return 2;
 	}
 	const char *mode = argv[1];
 	long waiters = argc > 2 ? atol(argv[2]) : 4;
 	unsigned seconds = argc > 3 ? (unsigned)atoi(argv[3]) : 60;
 	if (strcmp(mode, "plain") != 0 && strcmp(mode, "name") != 0 &&
-	    strcmp(mode, "main-exits") != 0 && strcmp(mode, "drain") != 0) {
+	    strcmp(mode, "main-exits") != 0 && strcmp(mode, "drain") != 0 &&
+	    strcmp(mode, "bytes") != 0) {
 		fprintf(stderr, "c-hostile: unknown mode %s\n", mode);
 		return 2;
 	}
@@ -121,6 +129,21 @@ int main(int argc, char **argv)
 		for (long n = 0; n < waiters; n++)
 			pthread_setname_np(tids[n], HOSTILE_NAME);
 		prctl(PR_SET_NAME, HOSTILE_NAME, 0, 0, 0);
+	}
+	if (strcmp(mode, "bytes") == 0) {
+		for (long n = 0; n < waiters; n++)
+			pthread_setname_np(tids[n], ODD_NAME);
+		prctl(PR_SET_NAME, ODD_NAME, 0, 0, 0);
+		/* Mapped, then unlinked: maps shows the path (and " (deleted)"), nothing is left. */
+		char path[64];
+		snprintf(path, sizeof path, "/tmp/c-hostile-%d-" ODD_NAME, (int)getpid());
+		int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+		if (fd < 0 || ftruncate(fd, 4096) != 0 ||
+		    mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) {
+			perror("c-hostile: map a file of an odd name");
+			return 1;
+		}
+		unlink(path);
 	}
 	printf("ready\n");
 	fflush(stdout);

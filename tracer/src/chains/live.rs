@@ -209,7 +209,7 @@ impl ThreadLooker<'_> {
     /// What thread `tid` is doing now.
     fn now(&mut self, tid: u32) -> ThreadNow {
         let name = self.unwinder.thread_name(tid).unwrap_or_else(|| {
-            std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.pid))
+            crate::pipeline::target::read_proc_text(format!("/proc/{}/task/{tid}/comm", self.pid))
                 .map(|comm| comm.trim_end().to_owned())
                 .unwrap_or_else(|_| format!("tid {tid}"))
         });
@@ -401,7 +401,8 @@ fn local_peers<'a>(
     for (&endpoint, (latest, pids)) in &behind {
         let Some((&described, others)) = pids.split_first() else { continue };
         let peer = processes.entry(described).or_insert_with(|| {
-            let comm = std::fs::read_to_string(format!("/proc/{described}/comm")).ok()?;
+            let comm =
+                crate::pipeline::target::read_proc_text(format!("/proc/{described}/comm")).ok()?;
             let first: BTreeSet<u32> = behind
                 .values()
                 .filter(|(_, pids)| pids.first() == Some(&described))

@@ -7,6 +7,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// A /proc text file that holds names a process chose (its comm in `stat` and `status`,
+/// the paths it mapped, its cgroup's): invalid UTF-8 in them is replaced, so that an odd
+/// name never makes a process unreadable.
+pub fn read_proc_text(path: impl AsRef<Path>) -> io::Result<String> {
+    let bytes = fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(invalid) => String::from_utf8_lossy(invalid.as_bytes()).into_owned(),
+    })
+}
+
 /// `PF_KTHREAD` in the flags field of /proc/PID/stat (include/linux/sched.h).
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -78,7 +89,7 @@ pub struct Target {
 impl Target {
     /// Checks that `pid` is a live user process and opens a pidfd on it.
     pub fn open(pid: u32) -> Result<Self, TargetError> {
-        let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let stat = match read_proc_text(format!("/proc/{pid}/stat")) {
             Ok(stat) => stat,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 return Err(TargetError::NoSuchProcess(pid));
@@ -98,7 +109,7 @@ impl Target {
             return Err(TargetError::Zombie(pid));
         }
         // /proc/TID exists for every thread too (hidden from listings): refuse a thread id.
-        let tgid = fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|status| {
+        let tgid = read_proc_text(format!("/proc/{pid}/status")).ok().and_then(|status| {
             status.lines().find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
         });
         if let Some(tgid) = tgid.filter(|&tgid| tgid != pid) {
@@ -123,7 +134,7 @@ impl Target {
 
     /// Reads its name and cgroup again: a process that execs or moves changes them.
     pub fn refresh_names(&mut self) {
-        if let Ok(comm) = fs::read_to_string(format!("/proc/{}/comm", self.pid)) {
+        if let Ok(comm) = read_proc_text(format!("/proc/{}/comm", self.pid)) {
             let comm = comm.strip_suffix('\n').unwrap_or(&comm);
             if comm != self.comm {
                 self.comm = crate::report::escape_name(comm).into_owned();
@@ -152,7 +163,7 @@ impl Target {
 /// no thread lives.
 pub fn live_thread(pid: u32) -> u32 {
     let state = |dir: &str| -> Option<char> {
-        parse_stat(&fs::read_to_string(format!("{dir}/stat")).ok()?).map(|stat| stat.state)
+        parse_stat(&read_proc_text(format!("{dir}/stat")).ok()?).map(|stat| stat.state)
     };
     if state(&format!("/proc/{pid}")).is_none_or(|state| !is_dead(state)) {
         return pid;
@@ -269,7 +280,7 @@ pub fn user_processes_except(known: &std::collections::BTreeSet<u32>) -> Vec<u32
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != own && !known.contains(&pid))
         .filter(|pid| {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Ok(stat) = read_proc_text(format!("/proc/{pid}/stat")) else { return false };
             // A dead main thread with live threads behind it is still a process.
             parse_stat(&stat).is_some_and(|stat| {
                 stat.flags & PF_KTHREAD == 0 && (!is_dead(stat.state) || live_thread(*pid) != *pid)
@@ -297,7 +308,7 @@ pub fn cgroup_path(given: &Path) -> Result<PathBuf, TargetError> {
 /// The cgroup v2 path of process `pid` (the `0::` line of /proc/PID/cgroup), its control
 /// characters written out (a container runtime names it).
 pub fn process_cgroup(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = read_proc_text(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
     Some(crate::report::escape_name(path).into_owned())
 }
@@ -420,7 +431,7 @@ mod tests {
         let child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         // Not waited for: it stays a zombie until `child` is reaped below.
-        while !fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z ") {
+        while !read_proc_text(format!("/proc/{pid}/stat")).unwrap().contains(") Z ") {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(matches!(Target::open(pid), Err(TargetError::Zombie(p)) if p == pid));

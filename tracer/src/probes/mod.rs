@@ -816,7 +816,8 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
 /// Context switches of thread `tid` of `pid` so far, voluntary or not, as the probes count
 /// them (`InFlightWait::switches`); `None` when the thread is gone.
 fn thread_switches(pid: u32, tid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let status =
+        crate::pipeline::target::read_proc_text(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     let count = |name: &str| -> Option<u64> {
         status.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
     };

@@ -290,7 +290,7 @@ pub(crate) fn parse_maps_line(line: &str) -> Option<MapsEntry> {
 }
 
 fn read_maps(pid: u32) -> Result<Vec<MapsEntry>, ImageError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+    let text = crate::pipeline::target::read_proc_text(format!("/proc/{pid}/maps"))
         .map_err(|source| ImageError::ReadMaps { pid, source })?;
     text.lines()
         .filter(|line| !line.is_empty())

@@ -7,6 +7,7 @@ pub mod kernel_passes;
 pub mod sampler;
 pub mod waits_before;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -533,13 +534,13 @@ impl ThreadReader {
         let runs_before = self.read_run_count(tid)?;
         let stack = self.read_stack(syscall.sp);
         let exec_start = match age.then(|| self.read_task_file(tid, "sched")) {
-            Some(Ok(sched)) => parse_exec_start_ns(sched),
+            Some(Ok(sched)) => parse_exec_start_ns(&sched),
             Some(Err(error)) if is_gone(&error) => return Err(SampleError::Exited),
             _ => None,
         };
         let runs = self.read_run_count(tid)?;
         let last_cpu = match age.then(|| self.read_task_file(tid, "stat")) {
-            Some(Ok(stat)) => parse_last_cpu(stat),
+            Some(Ok(stat)) => parse_last_cpu(&stat),
             Some(Err(error)) if is_gone(&error) => return Err(SampleError::Exited),
             _ => None,
         };
@@ -650,7 +651,7 @@ impl ThreadReader {
     /// The run count of thread `tid` (see [`BlockedState::runs`]).
     fn read_run_count(&mut self, tid: u32) -> Result<Option<u64>, SampleError> {
         match self.read_task_file(tid, "schedstat") {
-            Ok(schedstat) => Ok(parse_run_count(schedstat)),
+            Ok(schedstat) => Ok(parse_run_count(&schedstat)),
             Err(error) if is_gone(&error) => Err(SampleError::Exited),
             Err(_) => Ok(None),
         }
@@ -659,12 +660,12 @@ impl ThreadReader {
     /// `/proc/PID/task/TID/syscall`, parsed.
     fn read_syscall(&mut self, tid: u32) -> Result<ThreadSyscall, SampleError> {
         let text = self.read_task_file(tid, "syscall")?;
-        parse_syscall(text).ok_or_else(|| unexpected_syscall_file(text))
+        parse_syscall(&text).ok_or_else(|| unexpected_syscall_file(&text))
     }
 
     /// Reads /proc/PID/task/TID/`leaf` into the reused buffer, with one read when it fits;
     /// through the kept file when the thread has kept files (see `peek`).
-    fn read_task_file(&mut self, tid: u32, leaf: &str) -> io::Result<&str> {
+    fn read_task_file(&mut self, tid: u32, leaf: &str) -> io::Result<Cow<'_, str>> {
         self.path.clear();
         // Writing into a String cannot fail.
         let _ = write!(self.path, "/proc/{}/task/{tid}/{leaf}", self.pid);
@@ -721,7 +722,7 @@ impl ThreadReader {
     }
 
     fn refresh_mappings(&mut self) -> io::Result<()> {
-        let maps = fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
+        let maps = crate::pipeline::target::read_proc_text(format!("/proc/{}/maps", self.pid))?;
         self.mappings = parse_writable_mappings(&maps);
         self.mappings_stale = false;
         self.mappings_read_at = Instant::now();
@@ -767,8 +768,9 @@ fn dirent_names(mut records: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The whole text of an open /proc file, read again from its start into `buf` (a seq_file
-/// read at offset 0 shows the state of now), growing `buf` when it does not fit.
-fn read_whole_at_start<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b str> {
+/// read at offset 0 shows the state of now), growing `buf` when it does not fit. A name
+/// in it (a thread's comm) may hold any bytes: invalid UTF-8 is replaced, not an error.
+fn read_whole_at_start<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<Cow<'b, str>> {
     let mut len = 0;
     loop {
         let n = file.read_at(&mut buf[len..], len as u64)?;
@@ -778,7 +780,7 @@ fn read_whole_at_start<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b 
         }
         buf.resize(buf.len() * 2, 0);
     }
-    std::str::from_utf8(&buf[..len]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(String::from_utf8_lossy(&buf[..len]))
 }
 
 fn unexpected_syscall_file(text: &str) -> SampleError {
