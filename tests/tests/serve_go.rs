@@ -400,3 +400,30 @@ fn block_profile_of_a_go_program_is_in_goroutine_terms() {
 /// Far above the second serve takes to exit after SIGTERM, far below the abandoned
 /// window's 600 s: only a window that goes on reaches it.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A block window of a long-running Go service is a delta profile: its goroutines still
+/// waiting count their time in the window only. Debian's Prometheus (a real service, whose
+/// idle goroutines the runtime has noted waiting since a collection) counted each idle
+/// goroutine's whole age in every window: 3,752 s in a 2 s window.
+#[test]
+fn a_block_window_counts_a_services_idle_goroutines_only_within_it() {
+    let prometheus = tracer_tests::Prometheus::start(tracer_tests::free_port());
+    // A collection notes in each waiting goroutine since when (the runtime's `waitsince`).
+    let gc = http_get(prometheus.port, "/debug/pprof/heap?gc=1", HTTP_TIMEOUT);
+    assert_eq!(gc.status, 200, "{}", gc.text());
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = prometheus.pid();
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    daemon.wait_for_log(|line| line.contains(&format!("attached to pid {pid} ")), ATTACH_TIMEOUT);
+    let body = get(&daemon, "/debug/pprof/block?seconds=2");
+    let dir = TempDir::new("serve-go-delta");
+    let path = dir.join("block.pb.gz");
+    std::fs::write(&path, &body).expect("write the block profile");
+    let profile = tracer_tests::read_profile(&path);
+    let waiting: Vec<_> = profile.stacks.iter().filter(|stack| stack.in_progress).collect();
+    assert!(waiting.len() >= 3, "{} stacks still waiting", waiting.len());
+    for stack in waiting {
+        let longest = Duration::from_nanos(stack.stats.max_ns);
+        assert!(longest <= Duration::from_millis(2500), "{longest:?} at {}", stack.call_site());
+    }
+}

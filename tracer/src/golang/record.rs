@@ -99,7 +99,7 @@ pub fn sample_window(
 ) -> anyhow::Result<Profile> {
     let Traced { target, image } = traced;
     let (module, binary) = super::parse_main(image)?;
-    let mut sampler = Sampler::new(target, &binary, image, module.bias, period);
+    let mut sampler = Sampler::new(target, &binary, image, module.bias, period).for_a_window();
     let started = Instant::now();
     let started_at = SystemTime::now();
     let mut target_exited = false;

@@ -47,6 +47,9 @@ struct WaitTracker {
     current: HashMap<u64, Wait>,
     /// The waits that ended, grouped.
     ended: WaitGroups,
+    /// A window of a delta profile: the goroutines still waiting count from its start,
+    /// not from when the runtime says they parked (consecutive windows add up).
+    from_start_only: bool,
 }
 
 impl WaitTracker {
@@ -60,6 +63,7 @@ impl WaitTracker {
             interval_ns: 0,
             current: HashMap::new(),
             ended: WaitGroups::new(),
+            from_start_only: false,
         }
     }
 
@@ -118,7 +122,8 @@ impl WaitTracker {
     /// and so sees the goroutines waiting then), or from the runtime's `waitsince` if that
     /// is older.
     fn finish(self) -> (WaitGroups, Vec<Goroutine>) {
-        let Self { current, ended, started_ns, first_read_ns, .. } = self;
+        let Self { current, ended, started_ns, first_read_ns, from_start_only, .. } = self;
+        let started = i64::try_from(started_ns).unwrap_or(i64::MAX);
         let still = current
             .into_values()
             .map(|Wait { mut goroutine, first_seen_ns, .. }| {
@@ -127,6 +132,9 @@ impl WaitTracker {
                 let seen = i64::try_from(first_seen_ns).unwrap_or(i64::MAX);
                 if goroutine.wait_since <= 0 || goroutine.wait_since > seen {
                     goroutine.wait_since = seen;
+                }
+                if from_start_only {
+                    goroutine.wait_since = goroutine.wait_since.max(started);
                 }
                 goroutine
             })
@@ -189,6 +197,14 @@ impl<'a> Sampler<'a> {
             objects_unnamed: 0,
             last_counts: GoroutineCounts::default(),
         }
+    }
+
+    /// Reads for a window of a delta profile (serve's `/debug/pprof/block`): the
+    /// goroutines still waiting at the end count only their time in the window, so that
+    /// an idle goroutine parked for hours is not counted whole in every window.
+    pub fn for_a_window(mut self) -> Self {
+        self.tracker.from_start_only = true;
+        self
     }
 
     pub fn period(&self) -> Duration {
@@ -355,5 +371,19 @@ mod tests {
         let (_, still) = tracker.finish();
         let since = |goid| still.iter().find(|g| g.goid == goid).map(|g| g.wait_since);
         assert_eq!((since(1), since(2)), (Some(2_000_000), Some(15_000_000)));
+    }
+
+    #[test]
+    fn a_window_counts_a_goroutine_parked_long_before_it_from_its_start() {
+        let stack: Arc<[u64]> = vec![0x1000].into();
+        let mut tracker = WaitTracker::new(Duration::from_millis(10), 2_000_000);
+        tracker.from_start_only = true;
+        // Parked at 1 µs by the runtime's clock, long before the window opened at 2 ms.
+        let mut old = parked(1, &stack, 5);
+        old.wait_since = 1_000;
+        let new = tracker.observe(5_000_000, vec![old]);
+        tracker.start(5_000_000, new);
+        let (_, still) = tracker.finish();
+        assert_eq!(still[0].wait_since, 2_000_000);
     }
 }
