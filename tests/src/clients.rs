@@ -167,11 +167,16 @@ impl ServeDaemon {
     /// Sends SIGTERM and waits (up to `timeout`) for the exit; returns the status and
     /// how long the exit took.
     pub fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        self.stop_by(libc::SIGTERM, timeout)
+    }
+
+    /// Sends `signal` and waits (up to `timeout`) for the daemon to exit.
+    pub fn stop_by(&mut self, signal: libc::c_int, timeout: Duration) -> (ExitStatus, Duration) {
         let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
         let start = Instant::now();
         // SAFETY: kill takes a pid and a signal; `pid` is our unreaped child.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill -{signal} {pid}: {}", std::io::Error::last_os_error());
         let status = self.guard.wait_timeout(timeout);
         (status, start.elapsed())
     }

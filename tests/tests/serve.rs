@@ -350,6 +350,21 @@ fn a_token_guards_every_endpoint_but_healthz() {
 
 #[test]
 fn sigterm_detaches_and_exits_promptly() {
+    stops_promptly_at(libc::SIGTERM, "SIGTERM");
+}
+
+/// SIGHUP (the terminal serve was started from closed) stops it as SIGTERM does: it
+/// killed the daemon on the spot, and the open window's client got an empty reply.
+#[test]
+fn sighup_detaches_and_exits_promptly() {
+    // A daemon started with SIGHUP ignored (the tests run under nohup) rightly outlives
+    // it: the daemon gets the default, as from a terminal.
+    // SAFETY: sets this process's disposition of one signal to the default.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_DFL) };
+    stops_promptly_at(libc::SIGHUP, "SIGHUP");
+}
+
+fn stops_promptly_at(signal: libc::c_int, name: &str) {
     let pileup = start_rust_pileup(SLOW_BACKEND, RUST_PILEUP, HANDLERS, WORKLOAD_SECONDS);
     let pid = pileup.workload.pid();
     let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
@@ -361,11 +376,11 @@ fn sigterm_detaches_and_exits_promptly() {
         .write_all(b"GET /debug/pprof/block?seconds=60 HTTP/1.1\r\nHost: tracer\r\n\r\n")
         .expect("send a request");
     daemon.wait_for_log(|line| line.contains("a window of 60s open"), HTTP_TIMEOUT);
-    let (status, took) = daemon.terminate(EXIT_TIMEOUT);
-    println!("tracer serve exited {took:?} after SIGTERM ({status})");
+    let (status, took) = daemon.stop_by(signal, EXIT_TIMEOUT);
+    println!("tracer serve exited {took:?} after {name} ({status})");
     assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
     assert!(took < EXIT_TIMEOUT);
-    assert!(daemon.log().contains("SIGTERM"), "{}", daemon.log());
+    assert!(daemon.log().contains(name), "{}", daemon.log());
     let mut answer = Vec::new();
     pending.set_read_timeout(Some(HTTP_TIMEOUT)).expect("a read timeout");
     std::io::Read::read_to_end(&mut pending, &mut answer).expect("read the answer");

@@ -154,7 +154,7 @@ impl StopSources {
 
 /// Whether SIGHUP is ignored (the tracer was started under `nohup`); listening for it
 /// would take that back.
-fn sighup_ignored() -> bool {
+pub fn sighup_ignored() -> bool {
     // SAFETY: sigaction with no new action only reads the current one into `old`.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();

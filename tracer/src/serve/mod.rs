@@ -319,9 +319,14 @@ async fn listen_on(
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
     warn_if_unguarded(local, access, tls_mode);
+    let hangup = match crate::pipeline::sighup_ignored() {
+        true => None,
+        false => Some(signal(SignalKind::hangup()).context("cannot handle SIGHUP")?),
+    };
     let signals = StopSignals {
         term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
         interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        hangup,
     };
     Ok((listener, local, signals))
 }
@@ -330,14 +335,25 @@ async fn listen_on(
 struct StopSignals {
     term: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    /// SIGHUP (the terminal it was started from closed) stops it as SIGTERM does, so
+    /// that open windows are answered (it killed the daemon on the spot); None under
+    /// `nohup`, which asked it to outlive the terminal.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
     /// Resolves at the next of them, with its name for the log.
     async fn next(&mut self) -> &'static str {
+        let hangup = async {
+            match &mut self.hangup {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "interrupted",
+            _ = hangup => "SIGHUP",
         }
     }
 }
