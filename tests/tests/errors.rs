@@ -266,3 +266,31 @@ fn no_wakers_is_refused_in_sampled_mode() {
     let out = record(target.pid(), &["--mode", "sampled", "--no-wakers"]);
     assert_error("--no-wakers in sampled mode", &out, "--no-wakers is for an exact recording");
 }
+
+/// A command line that does not parse is an error as any other: one line, exit code 1
+/// (clap's own was several lines, its usage among them, and exit code 2), with its hint
+/// kept; help and the version still go to stdout with exit code 0.
+#[test]
+fn a_command_line_that_does_not_parse_is_one_line() {
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (&["record", "--pid", &pid, "--mode", "fast"], "possible values: sampled, exact"),
+        (&["record", "--pid", &pid, "--duration=-1s"], "not a duration"),
+        (&["snapshot"], "--pid"),
+        (&["bogus"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = Command::new(tracer_bin());
+        cmd.args(args);
+        let out = run_with_timeout("tracer", cmd, ERROR_TIMEOUT);
+        assert_error(&args.join(" "), &out, needle);
+    }
+    for asked in ["--help", "--version"] {
+        let mut cmd = Command::new(tracer_bin());
+        cmd.arg(asked);
+        let out = run_with_timeout("tracer", cmd, ERROR_TIMEOUT);
+        assert!(out.status.success(), "{asked}: {}", out.status);
+        assert!(out.stdout.contains("tracer"), "{asked}: {}", out.stdout);
+    }
+}

@@ -13,7 +13,10 @@ use tracer::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
@@ -66,6 +69,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and the version go to stdout (exit 0, or 1 if it cannot be written; help for a
+/// command line with no command exits 1); a command line that does not parse is one
+/// line on stderr and exit code 1, as every error.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let asked = matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if asked || err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let written = {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            write!(stdout, "{}", err.render()).and_then(|()| stdout.flush())
+        };
+        return match written {
+            Ok(()) if asked => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::FAILURE,
+            Err(write_err) => {
+                tracer::report::note(&format!("tracer: cannot write to stdout: {write_err}"));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // clap's message, its hints (possible values, a tip) kept, its usage and pointer to
+    // --help dropped.
+    let rendered = err.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with("Usage:")
+                && !line.starts_with("For more information")
+        })
+        .collect();
+    let line = parts.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    let line = tracer::report::escape_controls(line);
+    tracer::report::note(&format!("tracer: {line} (see tracer --help)"));
+    ExitCode::FAILURE
 }
 
 /// One line: the error and its causes joined by ": ". Without -v each cause is cut to
