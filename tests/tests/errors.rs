@@ -294,3 +294,19 @@ fn a_command_line_that_does_not_parse_is_one_line() {
         assert!(out.stdout.contains("tracer"), "{asked}: {}", out.stdout);
     }
 }
+
+/// A trigger's directory that cannot be written is refused at the start, by name: the
+/// firing that could not be written came when it mattered, and was lost.
+#[test]
+fn serve_refuses_a_trigger_dir_it_cannot_write() {
+    let target = sleeper();
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args(["serve", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0"]).args([
+        "--trigger",
+        "threads>=1",
+        "--trigger-dir",
+        "/proc/tracer-triggers",
+    ]);
+    let out = run_with_timeout("tracer serve", cmd, ERROR_TIMEOUT);
+    assert_error("an unwritable --trigger-dir", &out, "--trigger-dir /proc/tracer-triggers");
+}

@@ -100,6 +100,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trigger_keep,
     } = args;
     crate::pipeline::pace::set_cpu_budget(cpu_budget);
+    if let Some(dir) = &trigger_dir {
+        trigger::check_dir(dir)?;
+    }
     let triggers = trigger_dir.map(|dir| trigger::TriggerConfig {
         conditions: trigger,
         dir,

@@ -200,6 +200,26 @@ pub fn busiest_site(profile: &Profile) -> Option<(String, u64)> {
         .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
 }
 
+/// Makes the firings' directory if missing and checks that files can be made in it, at
+/// the start: a firing that cannot be written is lost, and it comes when it matters.
+pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    let shown = crate::report::escape_name(&dir.to_string_lossy()).into_owned();
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--trigger-dir {shown}: cannot make the directory"))?;
+    let probe = tempfile_in(dir)
+        .with_context(|| format!("--trigger-dir {shown}: cannot write files in it"))?;
+    std::fs::remove_file(probe)?;
+    Ok(())
+}
+
+/// An empty file made in `dir` (with a name nothing else uses), to be removed.
+fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!(".tracer-check-{}", std::process::id()));
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    Ok(path)
+}
+
 /// Writes a firing's files: the snapshot (`.snapshot.json`) and the last window as a
 /// recording (`.window.json`, `.window.svg`, `.window.trace.json`), each name starting
 /// with the UTC time, the process name and pid. Returns the files' common stem.
