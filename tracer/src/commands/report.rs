@@ -54,6 +54,14 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                 })
                 .count();
             print_stdout(&render_summary(&saved.profile, top))?;
+            if !saved.left_out.is_empty() {
+                crate::report::note(&format!(
+                    "tracer: {} is pprof, which keeps no {} of the recording: the .json \
+                     written with it does",
+                    crate::report::escape_name(&input.to_string_lossy()),
+                    saved.left_out.join(" and ")
+                ));
+            }
             outputs_failed(failed, outputs.len())?;
         }
         Some(base_path) => {

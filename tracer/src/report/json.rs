@@ -801,7 +801,8 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         chains::build(&profile, &ChainFacts::default())
     };
     profile.modules = module_infos(modules);
-    Ok(SavedProfile { profile, provenance: Provenance { tracer_version, kernel, command_line } })
+    let provenance = Provenance { tracer_version, kernel, command_line };
+    Ok(SavedProfile { profile, provenance, left_out: Vec::new() })
 }
 
 fn profile_stack(stack: JsonStack) -> Result<ProfileStack, String> {

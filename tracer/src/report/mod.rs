@@ -262,6 +262,9 @@ pub const TRACER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct SavedProfile {
     pub profile: Profile,
     pub provenance: Provenance,
+    /// What the recording had that the file's format has no place for (pprof: who woke
+    /// whom, the wait chains), for `tracer report` to say so.
+    pub left_out: Vec<&'static str>,
 }
 
 /// Why `tracer report` cannot read a file: each names the file and what is wrong.

@@ -287,8 +287,12 @@ impl Builder {
         id
     }
 
+    /// A label whose value may be a name the process chose (a thread's, a socket's path):
+    /// written out, as in the comments.
     fn label(&mut self, key: &str, value: &str) -> proto::Label {
-        proto::Label { key: self.string(key), str: self.string(value), num: 0, num_unit: 0 }
+        let key = self.string(key);
+        let value = self.string(&super::escape_name(value));
+        proto::Label { key, str: value, num: 0, num_unit: 0 }
     }
 
     fn number_label(&mut self, key: &str, num: u64, unit: &str) -> proto::Label {
@@ -528,7 +532,10 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
             profile.thread_names.iter().map(|(tid, name)| format!("{tid}={name}")).collect();
         comments.push(format!("thread names: {}", shell_words(&names)));
     }
-    comments
+    // `go tool pprof` prints the comments as they are: a command line or thread name
+    // the process chose must not drive the terminal (read back, each stays as written
+    // out, which every report shows it as anyway).
+    comments.into_iter().map(|comment| super::escape_name(&comment).into_owned()).collect()
 }
 
 /// Arguments joined by spaces, quoted like a shell when they need it.
@@ -842,7 +849,16 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
         kernel: comment("kernel").map(str::to_string),
         command_line,
     };
-    Ok(SavedProfile { profile, provenance })
+    // Said by `tracer report`: the table it prints of this file has no such sections.
+    let mut left_out = Vec::new();
+    if profile.counts.wakes_seen > 0 {
+        left_out.push("who woke whom");
+    }
+    let chain_key = |label: &proto::Label| tables.string(label.key).is_ok_and(|key| key == "chain");
+    if decoded.sample.iter().any(|sample| sample.label.iter().any(chain_key)) {
+        left_out.push("the wait chains");
+    }
+    Ok(SavedProfile { profile, provenance, left_out })
 }
 
 /// Sets each named field from `name=value` pairs; unknown names are ignored.
@@ -1050,6 +1066,32 @@ mod tests {
         crate::report::json::write_json(&merged, &fixture_provenance(), &mut json).unwrap();
         let read_back = crate::report::json::read_json(&json).unwrap().profile;
         assert_eq!(libc_ranges(&read_back), each_its_own);
+    }
+
+    #[test]
+    fn names_the_process_chose_cannot_drive_a_terminal_that_prints_the_profile() {
+        let mut profile = fixture_profile();
+        let hostile = "p\x1b]0;T\x07\n";
+        profile.command_line = Some(vec!["app".to_string(), hostile.to_string()]);
+        let tid = *profile.stacks[0].stats.threads.iter().next().expect("a thread");
+        profile.thread_names.insert(tid as u32, hostile.to_string());
+        let decoded = build(&profile, &fixture_provenance(), Weight::Time);
+        for string in &decoded.string_table {
+            assert!(!string.chars().any(char::is_control), "{string:?}");
+        }
+        assert!(decoded.string_table.iter().any(|s| s.contains(r"p\x1b]0;T\x07\x0a")));
+    }
+
+    #[test]
+    fn what_pprof_has_no_place_for_is_named_when_read_back() {
+        let mut profile = fixture_profile();
+        assert!(!profile.chains.is_empty(), "the fixture has chains");
+        profile.counts.wakes_seen = 3;
+        let saved = read_pprof(&encode(&profile)).unwrap();
+        assert_eq!(saved.left_out, ["who woke whom", "the wait chains"]);
+        profile.counts.wakes_seen = 0;
+        profile.chains.clear();
+        assert!(read_pprof(&encode(&profile)).unwrap().left_out.is_empty());
     }
 
     #[test]
