@@ -401,6 +401,20 @@ pub struct PythonInfo {
     pub truncated_stacks: u64,
 }
 
+impl PythonInfo {
+    /// What two processes' interpreters say together: their versions (each once), the
+    /// first reason frames are missing, the losses summed.
+    fn join(mut self, other: PythonInfo) -> PythonInfo {
+        if !self.version.split(", ").any(|version| version == other.version) {
+            self.version = format!("{}, {}", self.version, other.version);
+        }
+        self.missing = self.missing.or(other.missing);
+        self.unreadable_frames += other.unreadable_frames;
+        self.truncated_stacks += other.truncated_stacks;
+        self
+    }
+}
+
 /// A sampled recording: the process was read every `period`, `reads` times; a wait seen
 /// in `n` reads counts as `n` periods, so waits shorter than a period are statistical.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -518,7 +532,18 @@ impl Profile {
             };
             merged.duration = merged.duration.max(profile.duration);
             merged.min_wait = profile.min_wait;
-            merged.sampling = profile.sampling.or(merged.sampling);
+            // The most-read process's reads (one that joined late, or exited early, was
+            // read fewer times than the recording's).
+            merged.sampling = match (merged.sampling, profile.sampling) {
+                (Some(a), Some(b)) => Some(if b.reads > a.reads { b } else { a }),
+                (a, b) => a.or(b),
+            };
+            if let Some(python) = profile.python {
+                merged.python = Some(match merged.python.take() {
+                    Some(earlier) => earlier.join(python),
+                    None => python,
+                });
+            }
             merged.no_wakers |= profile.no_wakers;
             merged.target_exited |= profile.target_exited;
             merged.stacks.extend(profile.stacks.into_iter().map(|mut stack| {

@@ -346,3 +346,28 @@ fn the_losses_are_the_counters_before_the_first_one_seen() {
     assert_eq!(names.iter().position(|&name| name == "waits_started"), Some(TraceCounts::LOSSES));
     assert!(names[..TraceCounts::LOSSES].contains(&"reads_lost"));
 }
+
+#[test]
+fn several_processes_keep_the_most_reads_and_every_interpreters_losses() {
+    let process = |pid: u32, reads: u64, python: Option<(&str, u64)>| {
+        let mut profile = Profile::new(ProfileKind::Recording, pid, "app".to_string());
+        profile.sampling = Some(Sampling { period: Duration::from_millis(20), reads });
+        profile.python = python.map(|(version, unreadable_frames)| PythonInfo {
+            version: version.to_string(),
+            missing: None,
+            unreadable_frames,
+            truncated_stacks: 1,
+        });
+        profile
+    };
+    // The last process joined late: 3 reads, not the recording's 100.
+    let merged = Profile::of_processes(vec![
+        process(1, 100, Some(("3.11", 2))),
+        process(2, 40, Some(("3.12", 1))),
+        process(3, 3, Some(("3.11", 0))),
+    ]);
+    assert_eq!(merged.sampling.map(|sampling| sampling.reads), Some(100));
+    let python = merged.python.expect("the interpreters' line");
+    assert_eq!(python.version, "3.11, 3.12");
+    assert_eq!((python.unreadable_frames, python.truncated_stacks), (3, 3));
+}
