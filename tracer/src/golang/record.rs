@@ -279,6 +279,9 @@ async fn record_exact(
     base.target_exited = target_exited;
     base.counts = go_trace_counts(&counters);
     base.counts.go_runtime_waits_hidden = ended.runtime_hidden;
+    // The ended waits whose stack stopped short of runtime.goexit, and (below) the
+    // goroutines still parked whose stack did.
+    base.counts.unwind_truncated = ended.truncated;
     base.modules = module_infos(image);
     let mut profile_stacks = ended.stacks;
     let mut goroutine_holders = BTreeMap::new();
@@ -290,7 +293,7 @@ async fn record_exact(
         let GoStacks { stacks, runtime_hidden, truncated } =
             stacks::from_goroutines(&mut namer, goroutines);
         base.thread_counts = super::thread_counts(&counts, runtime_hidden);
-        base.counts.unwind_truncated = truncated;
+        base.counts.unwind_truncated += truncated;
         base.counts.unresolved_descriptors = counts.io_wait_unresolved;
         base.counts.non_socket_io = counts.io_wait_not_socket;
         base.counts.go_objects_unnamed = counts.objects_unnamed;

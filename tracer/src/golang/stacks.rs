@@ -212,6 +212,9 @@ pub fn from_kernel_totals(namer: &mut GoNamer<'_>, totals: Vec<GoWaitTotal>) -> 
             out.runtime_hidden += stats.waits;
             continue;
         }
+        if truncated {
+            out.truncated += stats.waits;
+        }
         let reason = namer.wait_reason(reason);
         out.stacks.push(goroutine_stack(frames, reason, None, truncated, false, stats));
     }
