@@ -92,7 +92,8 @@ pub struct ServeArgs {
 
     /// The address to serve on. Off loopback, the endpoints (which show the target's
     /// call stacks, command line and peers) need --token-file or TLS, or --insecure.
-    #[arg(long, default_value = "127.0.0.1:6060", value_name = "ADDR:PORT")]
+    #[arg(long, default_value = "127.0.0.1:6060", value_name = "ADDR:PORT",
+          value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
 
     /// A file holding the bearer token every request must carry (`Authorization: Bearer
@@ -385,6 +386,19 @@ fn parse_cpu_budget(text: &str) -> Result<f64, String> {
 }
 
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+/// An address to listen on: `127.0.0.1:6060`, `[::1]:6060`, or a host name
+/// (`localhost:6060`, as Go's pprof servers are given) resolved to its first address.
+pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let shown = crate::report::escape_name(text);
+    let mut addresses =
+        text.to_socket_addrs().map_err(|err| format!("`{shown}` is no ADDR:PORT ({err})"))?;
+    addresses.next().ok_or_else(|| format!("`{shown}` resolves to no address"))
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
@@ -407,6 +421,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_takes_an_address_or_a_host_name() {
+        assert_eq!(parse_listen("127.0.0.1:6060").unwrap().to_string(), "127.0.0.1:6060");
+        assert_eq!(parse_listen("[::1]:6060").unwrap().to_string(), "[::1]:6060");
+        assert!(parse_listen("localhost:6060").unwrap().ip().is_loopback());
+        assert!(parse_listen("localhost").unwrap_err().contains("no ADDR:PORT"));
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -56,9 +56,14 @@ pub struct ProcessFilter {
 }
 
 impl ProcessFilter {
-    fn matches(&self, pid: u32, comm: &str) -> bool {
+    /// `comm` as processes are tagged: its control characters written out. The name
+    /// asked for matches written out or as the process's own bytes.
+    pub(super) fn matches(&self, pid: u32, comm: &str) -> bool {
         self.pid.is_none_or(|wanted| wanted == pid)
-            && self.comm.as_deref().is_none_or(|wanted| wanted == comm)
+            && self
+                .comm
+                .as_deref()
+                .is_none_or(|wanted| wanted == comm || crate::report::escape_name(wanted) == comm)
     }
 }
 

@@ -11,7 +11,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
-    header::{AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE},
+    header::{
+        ALLOW, AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
+        WWW_AUTHENTICATE,
+    },
     server::conn::http1,
     service::service_fn,
 };
@@ -358,7 +361,19 @@ fn text(status: StatusCode, body: String) -> Reply {
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, TEXT_PLAIN);
+    // What RFC 9110 asks of these answers: the methods allowed, when to come back (the
+    // windows or the symbolizer's queue busy, no process attached yet).
+    match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
     response
 }
 
@@ -622,6 +637,26 @@ async fn pprof(profile: Profile, weight: Weight, attachment: HeaderValue) -> Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_say_what_is_allowed_and_when_to_come_back() {
+        let refused = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        assert_eq!(refused.headers()[ALLOW], "GET, HEAD");
+        let busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+        assert!(!text(StatusCode::OK, String::new()).headers().contains_key(RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_name_with_control_characters_is_found_by_its_bytes_or_written_out() {
+        // Processes are tagged with their name written out (`a\x0ab`).
+        let tagged = crate::report::escape_name("a\nb").into_owned();
+        let by_bytes = process_filter("comm=a%0Ab").unwrap();
+        assert!(by_bytes.matches(7, &tagged));
+        let written_out = process_filter("comm=a%5Cx0ab").unwrap();
+        assert!(written_out.matches(7, &tagged));
+        assert!(!process_filter("comm=ab").unwrap().matches(7, &tagged));
+    }
 
     #[test]
     fn seconds_default_cap_and_refuse() {
