@@ -180,6 +180,7 @@ fn exit_during_a_block_window_ends_the_waits(mode: &str) {
         .flat_map(|stack| stack.stats.threads.iter().copied())
         .collect();
     assert_eq!(lockers.len(), 3, "the lockers' waits: {:#?}", profile.stacks);
+    assert!(profile.target_exited, "the window does not say its process exited");
     assert!(reaper.join().expect("reaping the python program").success());
 }
 

@@ -185,6 +185,7 @@ pub async fn run(
         }
         if !stopping {
             log::info!("pid {} ({}) exited", target.pid, target.comm);
+            shared.exited_generation.store(generation, Ordering::Relaxed);
         }
         detach(shared).await;
         if stopping {

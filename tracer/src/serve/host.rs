@@ -246,6 +246,13 @@ impl Host {
             stacks.iter().filter_map(|stack| stack.process.clone()).collect();
         processes.sort();
         processes.dedup();
+        // One process (`?pid=`, or the only one whose waits it holds): named as such (it
+        // said pid 0, "every user process").
+        if let [process] = processes.as_slice() {
+            base.pid = process.pid;
+            base.comm = process.comm.clone();
+            base.cgroup = process.cgroup.clone();
+        }
         base.processes = processes;
         let mut profile = Profile::from_symbolized(base, stacks);
         profile.counts.unknown_symbols = profile.unknown_addresses();

@@ -3,7 +3,7 @@
 
 use std::{
     convert::Infallible,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -482,6 +482,7 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         return goroutine_block(shared, traced, seconds).await;
     }
     let mark = shared.counts_mark();
+    let exits_before = shared.exited_generation.load(Ordering::Relaxed);
     let window = OpenWindow { shared, id: lock(&shared.collector).open_window() };
     let started = std::time::Instant::now();
     log::info!("block profile: a window of {seconds}s open");
@@ -493,6 +494,8 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
     };
     let now = shared.counts_mark();
     let mut base = shared.base_profile(ProfileKind::Recording, started.elapsed());
+    // A process the window was open on exited (its attachment may not be undone yet).
+    base.target_exited = shared.exited_generation.load(Ordering::Relaxed) != exits_before;
     if let Some(now) = &now {
         let (counts, short_waits) = counts_since(now, mark.as_ref());
         base.counts = counts;

@@ -452,6 +452,9 @@ pub struct Shared {
     goroutine_read: tokio::sync::Mutex<Option<Arc<GoroutineRead>>>,
     /// The block windows open now, ended when the daemon stops.
     pub windows: OpenWindows,
+    /// The attachment (its generation) whose target exited last, 0 for none: a window
+    /// open when it changed says its process exited.
+    pub exited_generation: std::sync::atomic::AtomicU64,
 }
 
 /// One read of a Go program's goroutines, and its /metrics series.
@@ -520,6 +523,7 @@ impl Shared {
             blocked_sample: tokio::sync::Mutex::new(None),
             goroutine_read: tokio::sync::Mutex::new(None),
             windows: OpenWindows::new(),
+            exited_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
