@@ -252,3 +252,42 @@ fn c_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
     let profile = snapshot("objects-c-mutex", &workload);
     assert_one_lock(&profile, |lock| lock == C_LOCK, C_LOCK);
 }
+
+/// A read from a named pipe (FIFO) is a pipe wait, named by the pipe's inode, as one from
+/// an anonymous pipe is (its descriptor's link is the FIFO's path, not `pipe:[…]`: it was
+/// left out as a read on a descriptor neither socket nor pipe).
+#[test]
+fn a_read_from_a_named_pipe_is_a_pipe_wait() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.join("stats.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().expect("utf-8 path")).expect("no nul");
+    // SAFETY: mkfifo reads a nul-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // A writer that holds the FIFO open and writes nothing: the reader waits for good.
+    let writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3>'{}'; sleep 60", fifo.display()))
+        .spawn()
+        .expect("spawn the writer");
+    let _writer = ChildGuard::new("fifo writer", writer);
+    let reader = Command::new("cat").arg(&fifo).spawn().expect("spawn cat");
+    let reader = ChildGuard::new("fifo reader", reader);
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&fifo).expect("stat"));
+    // cat opens the FIFO (which waits for the writer) before it blocks in read(2).
+    let deadline = std::time::Instant::now() + SNAPSHOT_TIMEOUT;
+    let syscall = format!("/proc/{}/syscall", reader.pid());
+    while !std::fs::read_to_string(&syscall).is_ok_and(|line| line.starts_with("0 ")) {
+        assert!(std::time::Instant::now() < deadline, "cat never blocked in read(2)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let profile = snapshot("fifo", &reader);
+    let wanted = format!("pipe:[{inode}]");
+    assert!(
+        profile.stacks.iter().any(|stack| {
+            stack.kind == WaitKind::Read && stack.object.as_deref() == Some(wanted.as_str())
+        }),
+        "no read on {wanted}:\n{}",
+        all_stacks(&profile)
+    );
+    assert_eq!(profile.counts.non_socket_io, 0, "{}", all_stacks(&profile));
+}

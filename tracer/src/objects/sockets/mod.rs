@@ -278,6 +278,13 @@ pub enum Descriptor {
     Other,
 }
 
+/// Descriptor `fd` of `pid` as a pipe, by its inode, if it is a named pipe (FIFO).
+fn named_pipe(pid: u32, fd: u64) -> Option<Descriptor> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let metadata = fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    metadata.file_type().is_fifo().then(|| Descriptor::Pipe(metadata.ino()))
+}
+
 impl Descriptor {
     pub fn of_link(target: &str) -> Self {
         match (socket_inode(target), super::pipe_inode(target)) {
@@ -359,7 +366,11 @@ impl SocketResolver {
             Some(&(descriptor, seen)) if seen.elapsed() < FRESH_FOR => descriptor,
             _ => match fs::read_link(format!("/proc/{}/fd/{fd}", self.pid)) {
                 Ok(link) => {
-                    let descriptor = Descriptor::of_link(&link.to_string_lossy());
+                    let mut descriptor = Descriptor::of_link(&link.to_string_lossy());
+                    // A named pipe (FIFO) is a pipe too, though its link is its path.
+                    if matches!(descriptor, Descriptor::Other) {
+                        descriptor = named_pipe(self.pid, fd).unwrap_or(descriptor);
+                    }
                     self.descriptors.insert(fd, (descriptor, Instant::now()));
                     descriptor
                 }
