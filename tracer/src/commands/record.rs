@@ -142,6 +142,11 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             collector.decoder.ages_at_start = ages;
             adopted.waits
         }
+        // Gone already: the report says it exited.
+        Err(err) if target.has_exited() => {
+            log::debug!("cannot read the waits in progress at the attach: {err}");
+            0
+        }
         Err(err) => {
             log::warn!("cannot read the waits in progress at the attach: {err}");
             0
@@ -284,9 +289,19 @@ async fn record_sampled(
     let probes = Probes::open_for_passes(pid, passes_ring_bytes, &btf_path)?;
     let tasks = TaskIterator::Own(Box::new(probes));
     let unwinder = ProcessUnwinder::new(pid, image);
-    let mut sampler = ThreadSampler::new(pid, unwinder, tasks, period)
-        .with_context(|| format!("cannot list the threads of pid {pid}"))?
-        .with_passes_in_kernel();
+    let sampler = match ThreadSampler::new(pid, unwinder, tasks, period) {
+        Ok(sampler) => sampler,
+        // Gone before its first read: a report that says so, as an exact recording's.
+        Err(_) if target.has_exited() => {
+            let mut profile =
+                pipeline::profile_of(&target, ProfileKind::Recording, SystemTime::now());
+            profile.sampling = Some(Sampling { period, reads: 0 });
+            profile.target_exited = true;
+            return pipeline::report(&profile, outputs, top);
+        }
+        Err(err) => return Err(err).context(format!("cannot list the threads of pid {pid}")),
+    };
+    let mut sampler = sampler.with_passes_in_kernel();
     sampler.keep_files_of_at_most(members::kept_threads_per_process(1));
     crate::report::note(&format!(
         "tracer: recording {} (pid {pid}) for {}, sampled every {}; Ctrl-C to stop early",
