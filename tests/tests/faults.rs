@@ -163,10 +163,12 @@ fn killed_during_a_block_window(mode: &str) {
 /// Threads blocked until their process exits: the window open then holds their waits
 /// (a sampled daemon dropped the waits its last read saw; the window had none).
 fn exit_during_a_block_window_ends_the_waits(mode: &str) {
-    let workload = tracer_tests::start_blocked_until_exit(3.0);
+    // Long against the daemon's attach on a loaded machine.
+    let workload = tracer_tests::start_blocked_until_exit(6.0);
     let pid = workload.pid();
     let reaper = workload.reap_in_background(RUN_TIMEOUT);
-    let daemon = ServeDaemon::start(&["--pid", &pid.to_string(), "--mode", mode]);
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string(), "--mode", mode]);
+    daemon.wait_for_log(|line| line.contains(&format!("attached to pid {pid} ")), RUN_TIMEOUT);
     let answer = daemon.get("/debug/pprof/block?seconds=20");
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
     let dir = TempDir::new("faults-serve-exit");

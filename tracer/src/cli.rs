@@ -385,20 +385,25 @@ fn parse_cpu_budget(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
 /// An address to listen on: `127.0.0.1:6060`, `[::1]:6060`, or a host name
-/// (`localhost:6060`, as Go's pprof servers are given) resolved to its first address.
+/// (`localhost:6060`, as Go's pprof servers are given) resolved to its first IPv4
+/// address, as Go listens (`::1` often comes first, and a scraper of 127.0.0.1 would
+/// find nothing), else its first.
 pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs as _;
     if let Ok(address) = text.parse() {
         return Ok(address);
     }
     let shown = crate::report::escape_name(text);
-    let mut addresses =
-        text.to_socket_addrs().map_err(|err| format!("`{shown}` is no ADDR:PORT ({err})"))?;
-    addresses.next().ok_or_else(|| format!("`{shown}` resolves to no address"))
+    let addresses: Vec<std::net::SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("`{shown}` is no ADDR:PORT ({err})"))?
+        .collect();
+    let ipv4 = addresses.iter().find(|address| address.is_ipv4());
+    ipv4.or(addresses.first()).copied().ok_or_else(|| format!("`{shown}` resolves to no address"))
 }
 
+/// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
@@ -426,7 +431,7 @@ mod tests {
     fn listen_takes_an_address_or_a_host_name() {
         assert_eq!(parse_listen("127.0.0.1:6060").unwrap().to_string(), "127.0.0.1:6060");
         assert_eq!(parse_listen("[::1]:6060").unwrap().to_string(), "[::1]:6060");
-        assert!(parse_listen("localhost:6060").unwrap().ip().is_loopback());
+        assert_eq!(parse_listen("localhost:6060").unwrap().to_string(), "127.0.0.1:6060");
         assert!(parse_listen("localhost").unwrap_err().contains("no ADDR:PORT"));
     }
 

@@ -56,8 +56,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
             print_stdout(&render_summary(&saved.profile, top))?;
             if !saved.left_out.is_empty() {
                 crate::report::note(&format!(
-                    "tracer: {} is pprof, which keeps no {} of the recording: the .json \
-                     written with it does",
+                    "tracer: {} is pprof, which keeps no {} of the recording (a recording's \
+                     .json keeps them)",
                     crate::report::escape_name(&input.to_string_lossy()),
                     saved.left_out.join(" and ")
                 ));

@@ -155,6 +155,7 @@ fn sampled_profile(
     let Sampled {
         ended,
         still_waiting,
+        last_read_ns,
         mut objects,
         last_counts,
         reads,
@@ -179,7 +180,11 @@ fn sampled_profile(
         let mut maps = namer.stack_maps();
         goroutine_holders =
             super::holders::goroutine_holders(target.pid, &still_waiting, &mut maps);
-        let still = stacks::from_goroutines(&mut namer, still_waiting);
+        // Aged at the last read: a window's waits end with it, not when they are named.
+        let still = match last_read_ns {
+            Some(at) => stacks::from_goroutines_at(&mut namer, still_waiting, at),
+            None => stacks::from_goroutines(&mut namer, still_waiting),
+        };
         base.thread_counts = super::thread_counts(&last_counts, still.runtime_hidden);
         truncated += still.truncated;
         profile_stacks.extend(still.stacks);

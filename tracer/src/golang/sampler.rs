@@ -149,6 +149,8 @@ pub struct Sampled {
     pub ended: WaitGroups,
     /// The goroutines still waiting at the last read.
     pub still_waiting: Vec<Goroutine>,
+    /// When that read was taken (`CLOCK_MONOTONIC`), if any was: what they are aged at.
+    pub last_read_ns: Option<u64>,
     /// The endpoints' states, as their waits were named.
     pub objects: WaitObjects,
     /// What the goroutines were doing at the last read.
@@ -242,10 +244,12 @@ impl<'a> Sampler<'a> {
             last_counts,
             ..
         } = self;
+        let last_read_ns = tracker.last_read_ns;
         let (ended, still_waiting) = tracker.finish();
         Sampled {
             ended,
             still_waiting,
+            last_read_ns,
             objects,
             last_counts,
             reads,

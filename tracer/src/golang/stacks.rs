@@ -110,8 +110,17 @@ pub struct GroupedWaits {
 /// recording) grouped by stack, wait reason and object, each aged from the runtime's
 /// `waitsince` where known (a lower bound: a GC records it after the wait began).
 pub fn from_goroutines(namer: &mut GoNamer<'_>, goroutines: Vec<Goroutine>) -> GoStacks {
-    // CLOCK_MONOTONIC: the clock of the runtime's `nanotime()`.
-    let now = i64::try_from(crate::threads::blocked_now::monotonic_now_ns()).unwrap_or(i64::MAX);
+    from_goroutines_at(namer, goroutines, crate::threads::blocked_now::monotonic_now_ns())
+}
+
+/// As `from_goroutines`, aged at `now_ns` (`CLOCK_MONOTONIC`, the clock of the runtime's
+/// `nanotime()`): a recording's last read, so that naming's time adds to no age.
+pub fn from_goroutines_at(
+    namer: &mut GoNamer<'_>,
+    goroutines: Vec<Goroutine>,
+    now_ns: u64,
+) -> GoStacks {
+    let now = i64::try_from(now_ns).unwrap_or(i64::MAX);
     // Keyed by the stack's one shared copy (the reader interns them): no stack is hashed
     // per goroutine. Each group's waits are added at once (see `add_lower_bounds`).
     type Key = (*const u64, u8, Option<String>);
@@ -212,7 +221,9 @@ pub fn from_kernel_totals(namer: &mut GoNamer<'_>, totals: Vec<GoWaitTotal>) -> 
             out.runtime_hidden += stats.waits;
             continue;
         }
-        if truncated {
+        // A stack the kernel could not store is counted lost there (go_stacks_lost).
+        let lost = frames.first().is_some_and(|frame| frame.name == STACK_LOST);
+        if truncated && !lost {
             out.truncated += stats.waits;
         }
         let reason = namer.wait_reason(reason);

@@ -141,6 +141,10 @@ pub async fn run(
                     }
                     update_stack_spans(shared);
                 };
+                if !stopping {
+                    // Before its last waits reach the windows, which then say it exited.
+                    shared.exited_generation.store(generation, Ordering::Relaxed);
+                }
                 if stopping && let Some(attached) = lock(&shared.attached).as_ref() {
                     // Detached first, so that the probes stop writing and the drain ends
                     // (their counters stay, for the windows' counts).
@@ -171,10 +175,14 @@ pub async fn run(
                     Some(finished) => finished,
                     None => reading.await,
                 };
-                // The waits the last read saw ended with the process.
+                // The waits the last read saw ended with the process (a read that failed
+                // otherwise ends none of them).
                 if let Ok(mut sampler) = finished
                     && !stopping
+                    && target.has_exited()
                 {
+                    // Before its waits reach the windows, which then say it exited.
+                    shared.exited_generation.store(generation, Ordering::Relaxed);
                     sampler.end_waits_at_exit();
                     let ended = sampler.take_ended();
                     if !ended.stacks.is_empty() {
@@ -185,7 +193,6 @@ pub async fn run(
         }
         if !stopping {
             log::info!("pid {} ({}) exited", target.pid, target.comm);
-            shared.exited_generation.store(generation, Ordering::Relaxed);
         }
         detach(shared).await;
         if stopping {

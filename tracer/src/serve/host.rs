@@ -98,9 +98,18 @@ enum Request {
     OpenWindow { id: u64, filter: ProcessFilter },
     /// The waits of window `id`, each with its part in the window, and what the reads
     /// counted and lost while it was open.
-    CloseWindow { id: u64, reply: oneshot::Sender<(Vec<ProfileStack>, TraceCounts)> },
+    CloseWindow { id: u64, reply: oneshot::Sender<ClosedWindow> },
     /// Window `id` is not wanted any more (its client went away).
     DropWindow { id: u64 },
+}
+
+/// What the reading thread answers a window's close with.
+#[derive(Default)]
+struct ClosedWindow {
+    stacks: Vec<ProfileStack>,
+    counts: TraceCounts,
+    /// Whether a process it was open on exited meanwhile.
+    exited: bool,
 }
 
 /// How long a window may stay open before the reader drops it (its request is gone).
@@ -220,9 +229,15 @@ impl Host {
     /// only its time in the window (those that ended in it and those still going on), so
     /// consecutive windows add up: the delta profile continuous profilers pull.
     pub async fn window(&self, filter: ProcessFilter, seconds: u64) -> Result<Profile, HostError> {
-        if !self.processes().iter().any(|process| filter.matches(process.pid, &process.comm)) {
+        let matched: Vec<ProcessTag> = self
+            .processes()
+            .into_iter()
+            .filter(|process| filter.matches(process.pid, &process.comm))
+            .collect();
+        if matched.is_empty() {
             return Err(HostError::NoSuchProcess(filter));
         }
+        let one_asked_for = filter.pid.is_some();
         let id = self.next_window.fetch_add(1, Ordering::Relaxed);
         let reads_before = self.reads.load(Ordering::Relaxed);
         let started_at = SystemTime::now();
@@ -235,9 +250,17 @@ impl Host {
         let (reply, answer) = oneshot::channel();
         self.ask(Request::CloseWindow { id, reply })?;
         open.closed = true;
-        let (stacks, counts) = answer.await.map_err(|_| HostError::Stopped)?;
+        let ClosedWindow { stacks, counts, exited } =
+            answer.await.map_err(|_| HostError::Stopped)?;
         let mut base = Profile::new(ProfileKind::Recording, 0, self.selection.describe());
         base.counts = counts;
+        base.target_exited = exited;
+        // A window asked for one process (`?pid=`) is named as that process's.
+        if let (true, [process]) = (one_asked_for, matched.as_slice()) {
+            base.pid = process.pid;
+            base.comm = process.comm.clone();
+            base.cgroup = process.cgroup.clone();
+        }
         base.start_unix_ns = pipeline::target::unix_ns(started_at);
         base.duration = duration;
         let reads = self.reads.load(Ordering::Relaxed).saturating_sub(reads_before);
@@ -246,13 +269,6 @@ impl Host {
             stacks.iter().filter_map(|stack| stack.process.clone()).collect();
         processes.sort();
         processes.dedup();
-        // One process (`?pid=`, or the only one whose waits it holds): named as such (it
-        // said pid 0, "every user process").
-        if let [process] = processes.as_slice() {
-            base.pid = process.pid;
-            base.comm = process.comm.clone();
-            base.cgroup = process.cgroup.clone();
-        }
         base.processes = processes;
         let mut profile = Profile::from_symbolized(base, stacks);
         profile.counts.unknown_symbols = profile.unknown_addresses();
@@ -348,6 +364,8 @@ struct ReaderWindow {
     counts_at_open: HashMap<u32, TraceCounts>,
     /// What the processes that exited while it was open counted in it.
     counts_of_exited: TraceCounts,
+    /// Whether a process it was open on exited.
+    exited: bool,
 }
 
 impl ReaderWindow {
@@ -359,6 +377,7 @@ impl ReaderWindow {
             shared_counts_at_open,
             counts_at_open: HashMap::new(),
             counts_of_exited: TraceCounts::default(),
+            exited: false,
         }
     }
 
@@ -383,19 +402,6 @@ fn member_profile(
     kind: ProfileKind,
 ) -> Profile {
     member.profile(namers.entry(member.target.pid).or_default(), aggregate, kind)
-}
-
-/// Symbolizes `member`'s waits that ended since the last read and folds them into the
-/// metrics.
-fn hand_on_ended_of(member: &mut Member, namers: &mut HashMap<u32, Namer>, host: &Host) {
-    let ended = member.sampler.take_ended();
-    member.sampler.objects_mut().forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
-    if ended.stacks.is_empty() {
-        return;
-    }
-    host.waits_read.fetch_add(super::collector::waits_in(&ended), Ordering::Relaxed);
-    let profile = member_profile(member, namers, ended, ProfileKind::Recording);
-    lock(&host.waits).fold(&profile);
 }
 
 /// The reading thread: owns the processes' samplers and their symbolizers (which
@@ -444,13 +450,16 @@ impl Reader {
             self.check_triggers(&host);
             for mut exited in self.members.remove_exited() {
                 log::info!("pid {} ({}) exited", exited.target.pid, exited.target.comm);
-                // The waits its last read saw ended with it.
+                // The waits its last read saw ended with it: in the open windows, and
+                // counted read (its series end with it below, so none is named).
                 exited.sampler.end_waits_at_exit();
-                hand_on_ended_of(&mut exited, &mut self.namers, &host);
+                let ended = exited.sampler.take_ended();
+                host.waits_read.fetch_add(super::collector::waits_in(&ended), Ordering::Relaxed);
                 // Its part of the open windows, symbolized while its image is at hand.
                 for (&id, window) in &mut self.windows {
                     if let Some(waits) = exited.sampler.close_window(id) {
                         window.counts_of_exited.add(window.counts_of(&exited));
+                        window.exited = true;
                         let profile = member_profile(
                             &mut exited,
                             &mut self.namers,
@@ -528,7 +537,17 @@ impl Reader {
     /// Symbolizes each process's waits that ended since the last read and hands them on.
     fn hand_on_ended(&mut self, host: &Host) {
         for member in &mut self.members.members {
-            hand_on_ended_of(member, &mut self.namers, host);
+            let ended = member.sampler.take_ended();
+            member
+                .sampler
+                .objects_mut()
+                .forget_endpoints_beyond(super::collector::MAX_ENDPOINT_STATES);
+            if ended.stacks.is_empty() {
+                continue;
+            }
+            host.waits_read.fetch_add(super::collector::waits_in(&ended), Ordering::Relaxed);
+            let profile = member_profile(member, &mut self.namers, ended, ProfileKind::Recording);
+            lock(&host.waits).fold(&profile);
         }
     }
 
@@ -649,11 +668,11 @@ impl Reader {
             }
             Request::CloseWindow { id, reply } => {
                 let Some(mut window) = self.windows.remove(&id) else {
-                    let _ = reply.send((Vec::new(), TraceCounts::default()));
+                    let _ = reply.send(ClosedWindow::default());
                     return;
                 };
-                // The passes' losses are every process's: a pass lost is a read lost of
-                // each process it walks.
+                // The passes' losses, shared by every process, count in each window: for a
+                // window of one process of several, an upper bound.
                 let mut counts = self.members.pass_counts().since(&window.shared_counts_at_open);
                 counts.add(std::mem::take(&mut window.counts_of_exited));
                 let mut stacks = std::mem::take(&mut window.of_exited);
@@ -666,7 +685,7 @@ impl Reader {
                         stacks.extend(profile.stacks);
                     }
                 }
-                let _ = reply.send((stacks, counts));
+                let _ = reply.send(ClosedWindow { stacks, counts, exited: window.exited });
             }
             Request::DropWindow { id } => self.drop_window(id),
         }

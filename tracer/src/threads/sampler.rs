@@ -1000,7 +1000,8 @@ impl ThreadSampler {
         ))
     }
 
-    /// What the reads gathered; `target_exited` leaves out the waits still in progress.
+    /// What the reads gathered; with `target_exited` the waits the last read saw ended
+    /// with the process (none is left in progress).
     pub fn finish(self, target_exited: bool) -> Sampled {
         let pass_losses = self.pass_losses();
         let Self {
