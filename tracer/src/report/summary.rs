@@ -193,7 +193,10 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             write_python(&mut out, profile);
             write_chains(&mut out, profile, top);
             write_processes(&mut out, profile, top);
-            write_completed_table(&mut out, &top_sites(profile, false), top);
+            // A sampled recording has no threshold (--min-wait): what it did not see
+            // ended between two reads.
+            let sampled = profile.sampling.is_some();
+            write_completed_table(&mut out, &top_sites(profile, false), top, sampled);
             let stuck = top_sites(profile, true);
             if !stuck.is_empty() {
                 let _ = writeln!(out, "still blocked at the end of the recording:");
@@ -239,9 +242,14 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
 const SNAPSHOT_STACKS_SHOWN: usize = 5;
 const FRAMES_SHOWN: usize = 40;
 
-fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize) {
+fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled: bool) {
     if rows.is_empty() {
-        let _ = writeln!(out, "no completed waits over the threshold");
+        let none = if sampled {
+            "no completed waits seen"
+        } else {
+            "no completed waits over the threshold"
+        };
+        let _ = writeln!(out, "{none}");
         return;
     }
     let kind = kind_width(rows);

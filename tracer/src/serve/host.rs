@@ -287,6 +287,11 @@ impl Host {
             Ok(snapshot) => metrics::blocked_series(&snapshot, self.max_series),
             // Nothing traced right now (a cgroup that emptied): no series.
             Err(HostError::NoSuchProcess(_)) => CappedSeries::new(self.max_series),
+            // Snapshots queued past the bound: the last sample rather than no gauge.
+            Err(HostError::Busy) => match sample.as_ref() {
+                Some((_, series)) => return Ok(Arc::clone(series)),
+                None => return Err(HostError::Busy),
+            },
             Err(err) => return Err(err),
         };
         let series = Arc::new(series);

@@ -676,7 +676,19 @@ impl Shared {
         {
             return Ok(Arc::clone(&sample.series));
         }
-        let snapshot = self.blocked_now(worker::ChainsWanted::No).await?;
+        let snapshot = match self.blocked_now(worker::ChainsWanted::No).await {
+            Ok(snapshot) => snapshot,
+            // The symbolizer's queue full (clients asking for snapshots): the last sample
+            // of this process rather than no gauge, which Prometheus would mark stale (an
+            // alert's `for:` starting over).
+            Err(ServeError::Worker(worker::WorkerError::Busy)) => match sample.as_ref() {
+                Some(last) if last.generation == generation => {
+                    return Ok(Arc::clone(&last.series));
+                }
+                _ => return Err(ServeError::Worker(worker::WorkerError::Busy)),
+            },
+            Err(err) => return Err(err),
+        };
         let series = Arc::new(metrics::blocked_series(&snapshot, self.max_series));
         *sample =
             Some(BlockedSample { generation, taken: Instant::now(), series: Arc::clone(&series) });
