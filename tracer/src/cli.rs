@@ -263,7 +263,7 @@ pub struct RecordArgs {
     pub processes: ProcessSelection,
 
     /// How long to record; Ctrl-C, SIGTERM or the target's exit end it sooner.
-    #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(short, long, default_value = "10s", value_parser = parse_recording_duration)]
     pub duration: Duration,
 
     /// Waits at least this long carry a stack; shorter ones are only counted per
@@ -403,6 +403,15 @@ pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
     ipv4.or(addresses.first()).copied().ok_or_else(|| format!("`{shown}` resolves to no address"))
 }
 
+/// A recording's length: a duration, not zero (a recording of nothing was written as
+/// one of a few microseconds).
+pub fn parse_recording_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("`{text}` records nothing (try 500ms, 10s, 1m)")),
+        duration => Ok(duration),
+    }
+}
+
 /// Parses `250us`, `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -426,6 +435,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_takes_no_zero_duration() {
+        assert!(parse_recording_duration("0").unwrap_err().contains("records nothing"));
+        assert!(parse_recording_duration("0ms").is_err());
+        assert_eq!(parse_recording_duration("1ms"), Ok(Duration::from_millis(1)));
+    }
 
     #[test]
     fn listen_takes_an_address_or_a_host_name() {
