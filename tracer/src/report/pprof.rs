@@ -151,7 +151,7 @@ struct Builder {
     process_modules: BTreeMap<u32, BTreeMap<String, ModuleInfo>>,
     mappings: Vec<proto::Mapping>,
     /// By process (0: the profile's own modules) and module.
-    mapping_ids: HashMap<(u32, String), u64>,
+    mapping_ids: HashMap<u32, HashMap<String, u64>>,
     locations: Vec<proto::Location>,
     location_ids: HashMap<LocationKey, u64>,
 }
@@ -207,15 +207,19 @@ impl Builder {
     /// The mapping of `module`: of process `pid`'s in a profile of several, where each
     /// process mapped it at its own place.
     fn mapping(&mut self, module: &str, pid: Option<u32>) -> u64 {
-        let of_process =
-            pid.and_then(|pid| Some((pid, self.process_modules.get(&pid)?.get(module)?)));
-        let (key_pid, info) = match of_process {
-            Some((pid, info)) => (pid, Some(info.clone())),
-            None => (0, self.modules.get(module).cloned()),
+        // Called for every location: looked up without copying the module or its name.
+        let of_process = |pid: &u32| {
+            self.process_modules.get(pid).is_some_and(|modules| modules.contains_key(module))
         };
-        if let Some(&id) = self.mapping_ids.get(&(key_pid, module.to_string())) {
+        let key_pid = pid.filter(of_process).unwrap_or(0);
+        if let Some(&id) = self.mapping_ids.get(&key_pid).and_then(|ids| ids.get(module)) {
             return id;
         }
+        let info = match key_pid {
+            0 => self.modules.get(module),
+            pid => self.process_modules.get(&pid).and_then(|modules| modules.get(module)),
+        }
+        .cloned();
         let id = self.mappings.len() as u64 + 1;
         let filename = match &info {
             Some(info) => self.string(&info.path),
@@ -235,7 +239,7 @@ impl Builder {
             has_functions: true,
             ..proto::Mapping::default()
         });
-        self.mapping_ids.insert((key_pid, module.to_string()), id);
+        self.mapping_ids.entry(key_pid).or_default().insert(module.to_string(), id);
         id
     }
 
@@ -698,15 +702,11 @@ impl<'a> Tables<'a> {
                 end: mapping.memory_limit,
                 file_offset: mapping.file_offset,
             };
-            match modules.entry(name.to_string()) {
-                std::collections::btree_map::Entry::Vacant(entry) => {
-                    entry.insert(info);
-                }
-                // Mapped again (a profile of several processes): as `of_processes` joins it.
-                std::collections::btree_map::Entry::Occupied(mut entry) => {
-                    entry.get_mut().join_place(&info);
-                }
-            }
+            // Mapped again (a profile of several processes): as `of_processes` joins it.
+            modules
+                .entry(name.to_string())
+                .and_modify(|kept: &mut ModuleInfo| kept.join_place(&info))
+                .or_insert(info);
         }
         Ok(modules)
     }

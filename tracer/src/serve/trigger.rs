@@ -203,8 +203,8 @@ pub fn busiest_site(profile: &Profile) -> Option<(String, u64)> {
 /// Makes the firings' directory if missing and checks that files can be made in it, at
 /// the start: a firing that cannot be written is lost, and it comes when it matters.
 pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
-    let shown = crate::report::escape_name(&dir.to_string_lossy()).into_owned();
     use anyhow::Context as _;
+    let shown = crate::report::escape_name(&dir.to_string_lossy()).into_owned();
     std::fs::create_dir_all(dir)
         .with_context(|| format!("--trigger-dir {shown}: cannot make the directory"))?;
     let probe = tempfile_in(dir)
