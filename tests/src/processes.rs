@@ -132,7 +132,11 @@ pub fn spawn_and_read_line_within(
         Ok(Ok(line)) if !line.is_empty() => line.trim_end().to_owned(),
         Ok(Ok(_)) => panic!("{name} closed stdout before printing a line"),
         Ok(Err(e)) => panic!("read stdout of {name}: {e}"),
-        Err(e) => panic!("{name} printed nothing within {timeout:?}: {e}"),
+        // Where it was, for the next flake's diagnosis (stderr is inherited: above).
+        Err(e) => panic!(
+            "{name} printed nothing within {timeout:?}: {e}; its threads then:\n{}",
+            guard.threads_now()
+        ),
     };
     (guard, line)
 }

@@ -417,8 +417,11 @@ pub struct ThreadReader {
     mappings: Vec<Mapping>,
     /// Set when a read suggests `mappings` no longer matches the process.
     mappings_stale: bool,
-    /// When `mappings` was read: a miss refreshes it at most once per `MAPS_REFRESH_MIN`.
-    mappings_read_at: Instant,
+    /// When a miss last re-read `mappings`: misses re-read it at most once per
+    /// `MAPS_REFRESH_MIN` (an sp in no mapping at all would re-read it at every read), but
+    /// the first miss always does, however new the mappings are (a process just started
+    /// moves its stack after we may have read them).
+    missed_at: Option<Instant>,
     /// Reused path and file buffers: sampling allocates only what a sample returns.
     path: String,
     buf: Vec<u8>,
@@ -444,7 +447,7 @@ impl ThreadReader {
             pid: crate::pipeline::target::live_thread(pid),
             mappings: Vec::new(),
             mappings_stale: false,
-            mappings_read_at: Instant::now(),
+            missed_at: None,
             path: String::with_capacity(64),
             buf: vec![0; READ_BUF],
             kept_files: HashMap::new(),
@@ -685,8 +688,12 @@ impl ThreadReader {
 
     /// Copies the user stack from `sp` to the end of its mapping, at most `MAX_STACK_READ`.
     fn read_stack(&mut self, sp: u64) -> Result<Vec<u8>, SampleError> {
-        let miss = self.mapping_of(sp).is_none();
-        if self.mappings_stale || (miss && self.mappings_read_at.elapsed() >= MAPS_REFRESH_MIN) {
+        let miss = self.mapping_of(sp).is_none()
+            && self.missed_at.is_none_or(|missed_at| missed_at.elapsed() >= MAPS_REFRESH_MIN);
+        if miss {
+            self.missed_at = Some(Instant::now());
+        }
+        if self.mappings_stale || miss {
             self.refresh_mappings()?;
         }
         let Some(mapping) = self.mapping_of(sp) else {
@@ -725,7 +732,6 @@ impl ThreadReader {
         let maps = crate::pipeline::target::read_proc_text(format!("/proc/{}/maps", self.pid))?;
         self.mappings = parse_writable_mappings(&maps);
         self.mappings_stale = false;
-        self.mappings_read_at = Instant::now();
         Ok(())
     }
 

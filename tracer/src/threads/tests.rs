@@ -135,7 +135,7 @@ fn writable_mappings_parse_and_contain_addresses() {
         pid: 0,
         mappings,
         mappings_stale: false,
-        mappings_read_at: Instant::now(),
+        missed_at: None,
         path: String::new(),
         buf: Vec::new(),
         kept_files: HashMap::new(),
