@@ -2,12 +2,15 @@
 //! functions whose names a demangler reads as C++ types, a process whose main thread has
 //! exited while its other threads live on. Real kernel, run as root.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
 use std::process::Command;
 use std::time::Duration;
 
 use tracer_tests::{
     C_HOSTILE_SOURCE, ChildGuard, ServeDaemon, TempDir, build_c, function_names, has_function,
-    http_get, run_tool, snapshot_profile, stacks_where, start_workload, tracer_snapshot,
+    http_get, read_profile, run_tool, run_with_timeout, snapshot_profile, stacks_where,
+    start_workload, tracer_bin, tracer_snapshot,
 };
 
 /// Threads the workload blocks in a futex wait.
@@ -79,6 +82,10 @@ fn names_from_the_target_cannot_drive_the_terminal_or_break_the_svg() {
     assert!(summary.text().contains("\\x1b]0;pwn"), "{}", summary.text());
     assert_no_controls("serve's log", &daemon.log());
     assert_no_controls("serve's summary", &summary.text());
+
+    // --comm finds it by the name as the reports write it out.
+    let profile = record_by_comm(OsStr::new(HOSTILE_NAME_SHOWN), &dir, "comm.json");
+    assert_eq!(profile.pid, workload.pid());
 }
 
 #[test]
@@ -161,7 +168,28 @@ fn names_that_are_not_utf8_do_not_keep_a_process_from_being_traced() {
         let (threads, _) = waiter_threads(&record.profile);
         assert_eq!(threads, WAITERS, "{mode}: stacks: {:#?}", record.profile.stacks);
         assert_eq!(record.profile.thread_counts.unreadable, 0, "{mode}");
+        assert_eq!(record.profile.counts.thread_reads_failed, 0, "{mode}");
     }
+    // Named by --comm: its bytes given raw (clap refused them as not UTF-8), and written
+    // out as the reports show them.
+    let raw = OsStr::from_bytes(b"\xff\xc3-odd");
+    let shown = OsStr::new("\u{fffd}\u{fffd}-odd");
+    for (how, name) in [("raw", raw), ("shown", shown)] {
+        let profile = record_by_comm(name, &dir, &format!("comm-{how}.json"));
+        assert_eq!(profile.pid, pid, "--comm {how}");
+        let (threads, _) = waiter_threads(&profile);
+        assert_eq!(threads, WAITERS, "--comm {how}: stacks: {:#?}", profile.stacks);
+    }
+}
+
+/// `tracer record --comm NAME` for a second, its profile read back from `dir`/`json`.
+fn record_by_comm(name: &OsStr, dir: &TempDir, json: &str) -> tracer_tests::Profile {
+    let json = dir.join(json);
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("record").arg("--comm").arg(name).args(["--duration", "1s", "--output"]).arg(&json);
+    let out = run_with_timeout("tracer record --comm", cmd, RUN_TIMEOUT);
+    assert!(out.status.success(), "exit {}; stderr:\n{}", out.status, out.stderr);
+    read_profile(&json)
 }
 
 /// Every thread gone: the one case still refused, in one line.

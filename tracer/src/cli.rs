@@ -74,7 +74,7 @@ pub struct ServeArgs {
 
     /// Trace the process with this name (/proc/PID/comm), and the next one with that
     /// name each time it exits and restarts.
-    #[arg(long, value_name = "NAME", value_parser = parse_comm,
+    #[arg(long, value_name = "NAME", value_parser = comm_parser(),
           conflicts_with_all = ["pid", "cgroup", "all"])]
     pub comm: Option<String>,
 
@@ -223,7 +223,7 @@ pub struct ProcessSelection {
     pub pid: Vec<u32>,
 
     /// Every process with this name (/proc/PID/comm), with any --pid.
-    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
+    #[arg(long, value_name = "NAME", value_parser = comm_parser())]
     pub comm: Option<String>,
 
     /// Every process in this cgroup and the ones below it (a systemd unit, a pod): a
@@ -354,12 +354,19 @@ impl ProcessSelection {
     }
 }
 
-/// A process name to wait for: an empty one names no process, and the wait would never end.
-fn parse_comm(text: &str) -> Result<String, String> {
-    if text.is_empty() {
+/// A process name to wait for, of any bytes (a name that is not UTF-8 is taken as the
+/// reports show it, its odd bytes U+FFFD: `is_named` finds it so).
+fn comm_parser() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().try_map(|name| parse_comm(&name))
+}
+
+/// An empty name names no process, and the wait would never end.
+fn parse_comm(name: &std::ffi::OsStr) -> Result<String, String> {
+    if name.is_empty() {
         return Err("give the name of a process (/proc/PID/comm), not an empty one".to_string());
     }
-    Ok(text.to_string())
+    Ok(name.to_string_lossy().into_owned())
 }
 
 /// Why `--no-wakers` is refused outside an exact recording of threads.

@@ -257,11 +257,17 @@ const COMM_LEN: usize = 15;
 
 /// Whether `/proc/PID/comm`'s contents (`comm`, newline and all) are `name`, of which the
 /// kernel keeps the first 15 bytes: `--comm my-payments-service` finds the process the
-/// kernel calls `my-payments-ser`.
+/// kernel calls `my-payments-ser`. A name of odd bytes is found as reports show it too:
+/// control characters written out (`a\x09b`), bytes that are not UTF-8 as U+FFFD (which
+/// is also what `--comm` makes of such bytes given raw).
 pub fn is_named(comm: &[u8], name: &str) -> bool {
     let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
-    let name = name.as_bytes();
-    comm == &name[..name.len().min(COMM_LEN)]
+    let bytes = name.as_bytes();
+    if comm == &bytes[..bytes.len().min(COMM_LEN)] {
+        return true;
+    }
+    let shown = String::from_utf8_lossy(comm);
+    shown == name || crate::report::escape_name(&shown) == name
 }
 
 /// Every live user process on the host but this one (`--all`): kernel threads and
@@ -395,6 +401,11 @@ mod tests {
         assert!(is_named(b"my-payments-ser\n", "my-payments-service"));
         assert!(is_named(b"my-payments-ser\n", "my-payments-ser"));
         assert!(!is_named(b"my-payments-ser\n", "my-payments-se"));
+        // Odd bytes: as reports write them out, and as --comm takes them given raw.
+        assert!(is_named(b"a\tb\n", "a\\x09b"));
+        assert!(is_named(b"\xff\xc3-odd\n", "\u{fffd}\u{fffd}-odd"));
+        assert!(!is_named(b"\xff\xc3-odd\n", "\u{fffd}-odd"));
+        assert!(!is_named(b"a\tb\n", "a\\x09"));
     }
 
     #[test]
