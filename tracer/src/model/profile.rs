@@ -142,6 +142,10 @@ pub struct TraceCounts {
     /// to be read in order. The next read takes over their time, so blocked time is kept;
     /// waits that began and ended between two reads are not seen.
     pub reads_lost: u64,
+    /// A sampled recording's reads of a thread that failed (its files or its stack
+    /// unreadable: an exec under way, a stack pointer in no mapping): the thread's wait,
+    /// if it was in one, is not counted for that period.
+    pub thread_reads_failed: u64,
     /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
     /// that were evicted from the bounded table of pending wakers.
     pub wakers_unmatched: u64,
@@ -170,7 +174,7 @@ pub struct TraceCounts {
 impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest, from
     /// `waits_started` on, is what was seen.
-    pub const LOSSES: usize = 17;
+    pub const LOSSES: usize = 18;
 
     /// Adds `other`'s counts to these, field by field.
     pub fn add(&mut self, mut other: TraceCounts) {
@@ -181,7 +185,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 32] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 33] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -207,6 +211,7 @@ impl TraceCounts {
             waits_unnamed,
             malformed_records,
             reads_lost,
+            thread_reads_failed,
             wakers_unmatched,
             go_parks_lost,
             go_stacks_lost,
@@ -234,6 +239,7 @@ impl TraceCounts {
             ("go_objects_unnamed", go_objects_unnamed),
             ("wake_ring_buffer_full", wake_ring_buffer_full),
             ("reads_lost", reads_lost),
+            ("thread_reads_failed", thread_reads_failed),
             ("waits_started", waits_started),
             ("waits_discarded", waits_discarded),
             ("short_waits", short_waits),

@@ -345,6 +345,7 @@ fn the_losses_are_the_counters_before_the_first_one_seen() {
     // pprof's "lost:" comment takes the first LOSSES; reads_lost was once left to "seen:".
     assert_eq!(names.iter().position(|&name| name == "waits_started"), Some(TraceCounts::LOSSES));
     assert!(names[..TraceCounts::LOSSES].contains(&"reads_lost"));
+    assert!(names[..TraceCounts::LOSSES].contains(&"thread_reads_failed"));
 }
 
 #[test]

@@ -342,10 +342,7 @@ pub fn pending_task_stacks(
     unwinder: &mut ProcessUnwinder,
     objects: &mut WaitObjects,
 ) -> Vec<crate::model::ProfileStack> {
-    match unwinder.python().map(|python| python.pending_tasks()) {
-        Some(tasks) => crate::python::task_stacks(&tasks, objects),
-        None => Vec::new(),
-    }
+    crate::python::task_stacks(&unwinder.pending_python_tasks(), objects)
 }
 
 /// `profile` with `stacks` added among its own (merged and ordered as symbolized ones).

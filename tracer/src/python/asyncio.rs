@@ -66,6 +66,8 @@ impl PythonProcess {
             }
             let mut fields = vec![0u8; task_layout.size];
             if self.memory.read_exact(task, &mut fields).is_err() {
+                // A task freed as it was read: its frames are not in the report.
+                self.counts.unreadable_frames += 1;
                 continue;
             }
             let state =
@@ -124,7 +126,7 @@ impl PythonProcess {
         let layout = &self.layout;
         let mut frames = Vec::new();
         let mut object = coroutine;
-        while frames.len() < MAX_AWAIT_DEPTH {
+        loop {
             let is_coroutine = self
                 .type_name(object)
                 .is_some_and(|name| matches!(name.as_str(), "coroutine" | "generator"));
@@ -132,8 +134,14 @@ impl PythonProcess {
                 log::debug!("await chain ends at {object:#x} ({:?})", self.type_name(object));
                 break;
             }
+            if frames.len() == MAX_AWAIT_DEPTH {
+                // Another coroutine is awaited past the depth we read.
+                self.counts.truncated_stacks += 1;
+                break;
+            }
             let mut state = [0u8; 1];
             if self.memory.read_exact(object + layout.gen_frame_state, &mut state).is_err() {
+                self.counts.unreadable_frames += 1;
                 break;
             }
             let state = state[0] as i8;
@@ -149,6 +157,7 @@ impl PythonProcess {
             let frame = object + layout.gen_iframe;
             let mut bytes = vec![0u8; layout.frame.size as usize];
             if self.memory.read_exact(frame, &mut bytes).is_err() {
+                self.counts.unreadable_frames += 1;
                 break;
             }
             let code_address = word(&bytes, layout.frame.code as usize);

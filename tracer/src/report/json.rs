@@ -296,6 +296,10 @@ pub struct JsonTraceCounts {
     /// Sampled reads lost (added in tracer 0.1.0; 0 when absent).
     #[serde(default)]
     pub reads_lost: u64,
+    /// A sampled recording's failed reads of a thread (added in tracer 0.1.0; written
+    /// only when not zero, 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub thread_reads_failed: u64,
     #[serde(default)]
     pub wakers_unmatched: u64,
     /// Go's losses and hidden runtime waits: written only when not zero, so thread
@@ -593,6 +597,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         waits_unnamed,
         malformed_records,
         reads_lost,
+        thread_reads_failed,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -627,6 +632,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         waits_unnamed,
         malformed_records,
         reads_lost,
+        thread_reads_failed,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -879,6 +885,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         waits_unnamed,
         malformed_records,
         reads_lost,
+        thread_reads_failed,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -913,6 +920,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         waits_unnamed,
         malformed_records,
         reads_lost,
+        thread_reads_failed,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -988,14 +996,17 @@ mod tests {
         let mut profile = fixture_profile();
         profile.counts.peer_lookups_failed = 2;
         profile.counts.waits_unnamed = 5;
+        profile.counts.thread_reads_failed = 3;
         let mut bytes = Vec::new();
         write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
         let read = read_json(&bytes).unwrap().profile.counts;
         assert_eq!((read.peer_lookups_failed, read.waits_unnamed), (2, 5));
+        assert_eq!(read.thread_reads_failed, 3);
         let mut none = Vec::new();
         write_json(&fixture_profile(), &fixture_provenance(), &mut none).unwrap();
         let none = String::from_utf8(none).unwrap();
         assert!(!none.contains("peer_lookups_failed") && !none.contains("waits_unnamed"));
+        assert!(!none.contains("thread_reads_failed"));
     }
 
     #[test]

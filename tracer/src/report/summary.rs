@@ -629,6 +629,13 @@ fn write_counts(out: &mut String, profile: &Profile) {
             counts.reads_lost
         );
     }
+    if counts.thread_reads_failed > 0 {
+        let _ = writeln!(
+            out,
+            "lost: {} sampled reads of a thread that failed (files or stack unreadable)",
+            counts.thread_reads_failed
+        );
+    }
     if counts.wakers_unmatched > 0 {
         let _ = writeln!(
             out,
@@ -953,6 +960,15 @@ mod tests {
             text.contains("lost: 2 sampled reads (passes in the kernel not read whole)\n"),
             "{text}"
         );
+        assert!(!text.contains("reads of a thread"), "{text}");
+        sampled.counts.thread_reads_failed = 4;
+        let text = render_summary(&sampled, 10);
+        assert!(
+            text.contains("lost: 4 sampled reads of a thread that failed (files or stack"),
+            "{text}"
+        );
+        let lost: Vec<&str> = text.lines().filter(|line| line.starts_with("lost:")).collect();
+        assert!(lost.len() == 3 && lost.iter().all(|line| line.len() <= WIDTH), "{text}");
     }
 
     #[test]

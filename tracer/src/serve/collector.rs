@@ -52,6 +52,9 @@ pub struct Collector {
     pub stacks_dropped: u64,
     /// Malformed records of earlier attachments (the decoder counts the current one's).
     pub earlier_malformed: u64,
+    /// Unwinds truncated and wakers unmatched of earlier attachments, likewise.
+    pub earlier_unwinds_truncated: u64,
+    pub earlier_wakers_unmatched: u64,
     /// Waits of the metrics window that could not be symbolized (the target restarted
     /// meanwhile, or the symbolizer stopped).
     pub metrics_window_lost: u64,
@@ -75,6 +78,27 @@ impl Collector {
     pub fn malformed_records(&self) -> u64 {
         self.earlier_malformed
             + self.decoder.as_ref().map_or(0, |decoder| decoder.malformed_records)
+    }
+
+    /// Long waits whose unwinding stopped short, over every attachment (exact mode).
+    pub fn unwinds_truncated(&self) -> u64 {
+        self.earlier_unwinds_truncated
+            + self.decoder.as_ref().map_or(0, |decoder| decoder.unwinder.truncated_unwinds)
+    }
+
+    /// Wakers whose wait's record never came, over every attachment (exact mode).
+    pub fn wakers_unmatched(&self) -> u64 {
+        self.earlier_wakers_unmatched
+            + self.decoder.as_ref().map_or(0, |decoder| decoder.wakers_evicted)
+    }
+
+    /// Ends the attachment's decoder, its losses kept in the totals.
+    pub fn end_decoder(&mut self) {
+        if let Some(decoder) = self.decoder.take() {
+            self.earlier_malformed += decoder.malformed_records;
+            self.earlier_unwinds_truncated += decoder.unwinder.truncated_unwinds;
+            self.earlier_wakers_unmatched += decoder.wakers_evicted;
+        }
     }
 
     /// Adds the waits a sampled read saw end to every window, each stack unless that

@@ -372,9 +372,7 @@ async fn detach(shared: &Shared) {
     drop(shared.take_attached());
     let (generation, windows) = {
         let mut collector = lock(&shared.collector);
-        if let Some(decoder) = collector.decoder.take() {
-            collector.earlier_malformed += decoder.malformed_records;
-        }
+        collector.end_decoder();
         let windows: Vec<_> = collector
             .windows
             .iter_mut()

@@ -312,6 +312,7 @@ impl Host {
                     ("ring_buffer_full", passes.ring_buffer_full),
                     ("malformed_record", passes.malformed_records),
                     ("sampled_read", passes.reads_lost),
+                    ("thread_read_failed", passes.thread_reads_failed),
                 ]
             },
         };

@@ -441,6 +441,8 @@ pub struct Shared {
     pub earlier_counters: Mutex<ProbeCounters>,
     /// What earlier attachments' samplers' passes in the kernel lost, likewise.
     earlier_pass_losses: Mutex<PassLosses>,
+    /// Earlier attachments' samplers' unwinds truncated, likewise.
+    earlier_sampled_unwinds_truncated: Mutex<u64>,
     /// The counts the last attachment ended with (exact mode): the windows that close
     /// after its detach (its target exited, serve stops) count up to there.
     detached_counts: Mutex<Option<CountsMark>>,
@@ -484,6 +486,8 @@ struct SampledProgress {
     /// passes lost beside, until the detach moves them to the earlier attachments'.
     counters: ProbeCounters,
     pass_losses: PassLosses,
+    /// Its unwinds truncated (`counts.unwind_truncated`), likewise until the detach.
+    unwinds_truncated: u64,
 }
 
 /// Where an attachment's counters stood when a window opened.
@@ -519,6 +523,7 @@ impl Shared {
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
             earlier_pass_losses: Mutex::new(PassLosses::default()),
+            earlier_sampled_unwinds_truncated: Mutex::new(0),
             detached_counts: Mutex::new(None),
             blocked_sample: tokio::sync::Mutex::new(None),
             goroutine_read: tokio::sync::Mutex::new(None),
@@ -549,7 +554,9 @@ impl Shared {
         pass_losses: PassLosses,
     ) {
         let generation = lock(&self.collector).generation;
-        *lock(&self.sampled) = SampledProgress { generation, reads, counts, counters, pass_losses };
+        let unwinds_truncated = counts.unwind_truncated;
+        *lock(&self.sampled) =
+            SampledProgress { generation, reads, counts, counters, pass_losses, unwinds_truncated };
     }
 
     /// Moves the sampler's counters to the earlier attachments' at a detach, so that the
@@ -560,6 +567,8 @@ impl Shared {
         let mut progress = lock(&self.sampled);
         *lock(&self.earlier_counters) += std::mem::take(&mut progress.counters);
         *lock(&self.earlier_pass_losses) += std::mem::take(&mut progress.pass_losses);
+        *lock(&self.earlier_sampled_unwinds_truncated) +=
+            std::mem::take(&mut progress.unwinds_truncated);
     }
 
     /// Ends the attachment, its probes' counters moved to the earlier attachments' under
@@ -801,10 +810,17 @@ impl Shared {
         total
     }
 
+    /// The samplers' unwinds truncated, over every attachment (sampled mode).
+    fn total_sampled_unwinds_truncated(&self) -> u64 {
+        let progress = lock(&self.sampled);
+        *lock(&self.earlier_sampled_unwinds_truncated) + progress.unwinds_truncated
+    }
+
     /// Records read and events lost, over every attachment.
     pub fn tracer_totals(&self) -> metrics::TracerTotals {
         let counters = self.total_counters();
         let pass_losses = self.total_pass_losses();
+        let sampled_unwinds_truncated = self.total_sampled_unwinds_truncated();
         let collector = lock(&self.collector);
         metrics::TracerTotals {
             events: collector.records_read,
@@ -819,6 +835,9 @@ impl Shared {
                 ("stack_unreadable", counters.get(Counter::StackUnreadable)),
                 ("malformed_record", collector.malformed_records() + pass_losses.malformed_records),
                 ("sampled_read", counters.get(Counter::PassesIncomplete) + pass_losses.late_passes),
+                ("thread_read_failed", pass_losses.thread_reads_failed),
+                ("unwind_truncated", collector.unwinds_truncated() + sampled_unwinds_truncated),
+                ("wakers_unmatched", collector.wakers_unmatched()),
                 ("window_full", collector.stacks_dropped),
                 ("metrics_window", collector.metrics_window_lost),
                 ("block_window", collector.block_window_lost),
@@ -1013,29 +1032,38 @@ mod tests {
         let period = Some(Duration::from_millis(20));
         let shared = Shared::new(Wanted::Pid(1), Duration::ZERO, period, false, 10, worker);
         // A read's progress: the ring full `ring_full` times, which cost `incomplete`
-        // passes; `losses` beside the probes' counters.
+        // passes; `losses` beside the probes' counters; ten unwinds truncated a read.
         let note = |shared: &Shared, reads, ring_full, incomplete, losses: PassLosses| {
             let mut counters = ProbeCounters::default();
             counters.0[Counter::PassRingFull as usize] = ring_full;
             counters.0[Counter::PassesIncomplete as usize] = incomplete;
             let objects = crate::objects::WaitObjects::new(1);
-            let counts = losses.add_to(trace_counts(&counters, 0, &objects, 0, 0));
+            let counts = losses.add_to(trace_counts(&counters, 10 * reads, &objects, 0, 0));
             shared.note_sampled_progress(reads, counts, counters, losses);
         };
         let totals = |shared: &Shared| {
-            ["ring_buffer_full", "malformed_record", "sampled_read"]
-                .map(|reason| lost(shared, reason))
+            [
+                "ring_buffer_full",
+                "malformed_record",
+                "sampled_read",
+                "thread_read_failed",
+                "unwind_truncated",
+            ]
+            .map(|reason| lost(shared, reason))
         };
-        note(&shared, 5, 3, 2, PassLosses { malformed_records: 2, late_passes: 1 });
+        let losses = PassLosses { malformed_records: 2, late_passes: 1, thread_reads_failed: 6 };
+        note(&shared, 5, 3, 2, losses);
         let mark = shared.counts_mark().expect("sampled mode always has a mark");
         assert_eq!((mark.reads, mark.counts.ring_buffer_full), (5, 3));
         assert_eq!((mark.counts.malformed_records, mark.counts.reads_lost), (2, 3));
-        assert_eq!(totals(&shared), [3, 2, 3]);
+        assert_eq!(mark.counts.thread_reads_failed, 6);
+        assert_eq!(totals(&shared), [3, 2, 3, 6, 50]);
         // The process exits: its counts stay in the totals, and the next one's add to them.
         shared.keep_sampled_counters();
-        assert_eq!(totals(&shared), [3, 2, 3]);
+        assert_eq!(totals(&shared), [3, 2, 3, 6, 50]);
         lock(&shared.collector).generation += 1;
-        note(&shared, 1, 1, 1, PassLosses { malformed_records: 0, late_passes: 4 });
-        assert_eq!(totals(&shared), [4, 2, 8]);
+        let losses = PassLosses { malformed_records: 0, late_passes: 4, thread_reads_failed: 1 };
+        note(&shared, 1, 1, 1, losses);
+        assert_eq!(totals(&shared), [4, 2, 8, 7, 60]);
     }
 }

@@ -75,6 +75,15 @@ impl ProcessUnwinder {
         self.python.as_mut()
     }
 
+    /// A CPython process's asyncio tasks pending now (none elsewhere), what could not be
+    /// read of them counted in the report's Python line as a thread's frames are.
+    pub fn pending_python_tasks(&mut self) -> Vec<crate::python::PendingTask> {
+        let Some(python) = &mut self.python else { return Vec::new() };
+        let tasks = python.pending_tasks();
+        note_python_counts(&mut self.image, python.counts);
+        tasks
+    }
+
     /// Thread `tid`'s name in a CPython program, which names its threads itself (the
     /// kernel's `comm` there is the interpreter's for every thread); `None` elsewhere.
     pub fn thread_name(&mut self, tid: u32) -> Option<String> {
@@ -95,11 +104,7 @@ impl ProcessUnwinder {
             return (unwound, Vec::new());
         };
         let frames = python.thread_frames(tid);
-        let counts = python.counts;
-        self.image.python_frames.update_interpreter(|info| {
-            info.unreadable_frames = counts.unreadable_frames;
-            info.truncated_stacks = counts.truncated_stacks;
-        });
+        note_python_counts(&mut self.image, python.counts);
         if frames.is_empty() {
             unwound.python_frames_gone =
                 unwound.addresses.iter().any(|&address| python.is_evaluation(address));
@@ -145,4 +150,12 @@ impl ProcessUnwinder {
         }
         added
     }
+}
+
+/// The interpreter's losses so far, for the report's Python line.
+fn note_python_counts(image: &mut ProcessImage, counts: crate::python::PythonCounts) {
+    image.python_frames.update_interpreter(|info| {
+        info.unreadable_frames = counts.unreadable_frames;
+        info.truncated_stacks = counts.truncated_stacks;
+    });
 }

@@ -306,7 +306,8 @@ pub struct Sampled {
     pub pass_losses: PassLosses,
 }
 
-/// What a sampler's passes in the kernel lost beside what their probes counted.
+/// What a sampler lost beside what its probes counted: its passes in the kernel, and the
+/// threads it could not read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassLosses {
     /// Records that could not be read (never expected).
@@ -314,12 +315,15 @@ pub struct PassLosses {
     /// Passes given up because their end came after the drain that gave them up: reads
     /// lost that the kernel's count of incomplete passes does not hold.
     pub late_passes: u64,
+    /// Reads of a thread that failed (`SampleError::Unreadable`).
+    pub thread_reads_failed: u64,
 }
 
 impl std::ops::AddAssign for PassLosses {
     fn add_assign(&mut self, other: Self) {
         self.malformed_records += other.malformed_records;
         self.late_passes += other.late_passes;
+        self.thread_reads_failed += other.thread_reads_failed;
     }
 }
 
@@ -328,6 +332,7 @@ impl PassLosses {
     pub fn add_to(self, mut counts: TraceCounts) -> TraceCounts {
         counts.malformed_records += self.malformed_records;
         counts.reads_lost += self.late_passes;
+        counts.thread_reads_failed += self.thread_reads_failed;
         counts
     }
 }
@@ -401,6 +406,8 @@ pub struct ThreadSampler {
     tracker: WaitTracker,
     thread_names: WaitAggregate,
     threads_skipped: u64,
+    /// Of those, the reads that failed (unreadable): a loss, in the profile's counts.
+    thread_reads_failed: u64,
     /// The waits the current read skipped that a look showed, by thread and switch count:
     /// which of a drain's lost waits more than one pass saw (`read_kernel_passes`).
     skipped_looks: Vec<(u32, u64)>,
@@ -458,6 +465,7 @@ impl ThreadSampler {
             tracker: WaitTracker::new(period),
             thread_names: WaitAggregate::default(),
             threads_skipped: 0,
+            thread_reads_failed: 0,
             skipped_looks: Vec::new(),
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
@@ -839,6 +847,7 @@ impl ThreadSampler {
             SampleError::Unreadable(source) => {
                 log::debug!("thread {tid} of pid {} unreadable: {source}", self.pid);
                 counts.unreadable += 1;
+                self.thread_reads_failed += 1;
             }
         }
     }
@@ -985,6 +994,7 @@ impl ThreadSampler {
         PassLosses {
             malformed_records: self.assembler.malformed(),
             late_passes: self.assembler.late(),
+            thread_reads_failed: self.thread_reads_failed,
         }
     }
 
