@@ -25,6 +25,11 @@ pub enum Command {
     Record(RecordArgs),
     /// Show the threads blocked right now, grouped by call stack (nothing is attached to the
     /// process; Go programs: their goroutines).
+    // One look: the selection's help in a snapshot's words, not a recording's.
+    #[command(
+        mut_arg("pid", |arg| arg.help("A process to look at; repeat for several")),
+        mut_arg("all", |arg| arg.help("Every user process on the host"))
+    )]
     Snapshot(SnapshotArgs),
     /// Re-render a saved profile (a .json, or a .pb.gz, that tracer wrote) in any
     /// format, or compare it with a baseline (--diff).
