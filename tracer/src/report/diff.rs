@@ -13,7 +13,7 @@ use crate::{
     model::{Profile, ProfileKind},
     report::{
         Weight,
-        folded::folded_lines_weighted,
+        folded::comparable_folded_lines,
         summary::{elide, format_duration},
     },
 };
@@ -25,6 +25,10 @@ pub struct SiteChange {
     pub kind: Option<WaitKind>,
     /// Waits still in progress at the end of a recording, kept apart from ended ones.
     pub still_blocked: bool,
+    /// Its times are the ages of waits going on (still blocked at a recording's end, or
+    /// a snapshot's): they grow while the same threads stay stuck, so the row changed
+    /// only if its threads did.
+    pub ages: bool,
     pub before_ns: u64,
     pub after_ns: u64,
     pub before_threads: u64,
@@ -32,7 +36,11 @@ pub struct SiteChange {
 }
 
 impl SiteChange {
+    /// The change of blocked time; none for ages (see `ages`).
     fn blocked_change(&self) -> i128 {
+        if self.ages {
+            return 0;
+        }
         i128::from(self.after_ns) - i128::from(self.before_ns)
     }
 
@@ -65,6 +73,7 @@ pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
     let mut before_sites = sides(before);
     let after_sites = sides(after);
     let mut changes: Vec<SiteChange> = Vec::new();
+    let snapshots = after.kind == ProfileKind::Snapshot;
     let mut change =
         |(site, kind, still_blocked): Key, before: Option<Side>, after: Option<Side>| {
             let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
@@ -72,6 +81,7 @@ pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
                 site,
                 kind: Some(kind),
                 still_blocked,
+                ages: still_blocked || snapshots,
                 before_ns: before.ns,
                 after_ns: after.ns,
                 before_threads: before.threads.len() as u64,
@@ -97,10 +107,11 @@ pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
 }
 
 /// inferno's differential folded lines: `stack before after`, from each profile's
-/// folded stacks with the same weight.
+/// folded stacks with the same weight, as they compare (`comparable_folded_lines`: the
+/// same wait in two runs is one line, not a wait gone and a new one).
 pub fn differential_lines(before: &Profile, after: &Profile, weight: Weight) -> Vec<String> {
-    let before = folded_lines_weighted(before, weight).join("\n");
-    let after = folded_lines_weighted(after, weight).join("\n");
+    let before = comparable_folded_lines(before, weight).join("\n");
+    let after = comparable_folded_lines(after, weight).join("\n");
     let mut out = Vec::new();
     // Reading from and writing to memory cannot fail.
     let written = inferno::differential::from_readers(
@@ -144,14 +155,23 @@ pub fn render_changes(
         "CALL SITE", "KIND", "BEFORE", "AFTER", "CHANGE"
     );
     for change in changes.iter().take(top) {
+        // Ages are shown, not compared: their change is the time between the two looks.
+        let (before, after, blocked_change) = match change.ages {
+            true => (age(change.before_ns), age(change.after_ns), "-".to_string()),
+            false => (
+                format_duration(change.before_ns),
+                format_duration(change.after_ns),
+                signed_duration(change.blocked_change()),
+            ),
+        };
         let _ = writeln!(
             out,
             "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>10}  {} -> {} ({:+})",
             elide(&change.site, SITE_WIDTH),
             kind_of(change),
-            format_duration(change.before_ns),
-            format_duration(change.after_ns),
-            signed_duration(change.blocked_change()),
+            before,
+            after,
+            blocked_change,
             change.before_threads,
             change.after_threads,
             change.thread_change(),
@@ -161,9 +181,20 @@ pub fn render_changes(
         let _ = writeln!(out, "... {} more changed call sites", changes.len() - top);
     }
     if changes.iter().take(top).any(|change| change.still_blocked) {
-        let _ = writeln!(out, "* still blocked at the end of the recording");
+        let _ = writeln!(
+            out,
+            "* still blocked at the end of the recording (their times are ages, compared by \
+             threads)"
+        );
+    } else if changes.iter().take(top).any(|change| change.ages) {
+        let _ = writeln!(out, "times are the ages of the waits going on, compared by threads");
     }
     out
+}
+
+/// An age shown in the table: none where no thread waited.
+fn age(ns: u64) -> String {
+    if ns == 0 { "-".to_string() } else { format!("≥{}", format_duration(ns)) }
 }
 
 fn signed_duration(ns: i128) -> String {
@@ -228,6 +259,44 @@ mod tests {
         after.kind = ProfileKind::Snapshot;
         before.kind = ProfileKind::Snapshot;
         assert_eq!(durations_note(&before, &after), None, "snapshots have no length");
+    }
+
+    #[test]
+    fn the_same_wait_on_another_object_or_pid_is_the_same_line() {
+        let before = fixture_profile();
+        let mut after = fixture_profile();
+        // The next run: the stats lock at another address, the backend at another port.
+        after.stacks[0].object = Some("futex 0x7f1234".to_string());
+        after.stacks[1].object = Some("10.0.0.5:8080".to_string());
+        let lines = differential_lines(&before, &after, Weight::Time);
+        assert_eq!(lines, differential_lines(&before, &before, Weight::Time));
+        assert!(lines.iter().all(|line| !line.contains("10.0.0.5")), "{lines:#?}");
+    }
+
+    #[test]
+    fn waits_going_on_are_compared_by_their_threads_not_their_ages() {
+        let before = fixture_profile();
+        let mut after = fixture_profile();
+        // The reporter is as stuck as before, a minute later.
+        let stuck = after.stacks.iter().position(|stack| stack.in_progress).expect("stuck");
+        after.stacks[stuck].stats.total_ns += 60_000_000_000;
+        assert!(site_changes(&before, &after).is_empty());
+        // A second thread stuck there is a change, its ages shown, not subtracted.
+        after.stacks[stuck].stats.add(21, 1_000_000_000);
+        let changes = site_changes(&before, &after);
+        let table = render_changes("before.json", "after.json", &changes, 10);
+        assert!(
+            table.contains("send*        ≥1.25s     ≥1m02s          -  1 -> 2 (+1)"),
+            "{table}"
+        );
+        assert!(table.contains("their times are ages, compared by threads"), "{table}");
+        // In snapshots every wait goes on.
+        let (mut before, mut after) = (before, after);
+        (before.kind, after.kind) = (ProfileKind::Snapshot, ProfileKind::Snapshot);
+        let changes = site_changes(&before, &after);
+        assert!(changes.iter().all(|change| change.ages), "{changes:#?}");
+        let table = render_changes("before.json", "after.json", &changes, 10);
+        assert!(table.contains("times are the ages of the waits going on"), "{table}");
     }
 
     #[test]

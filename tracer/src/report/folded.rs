@@ -34,13 +34,41 @@ pub fn folded_lines_weighted(profile: &Profile, weight: Weight) -> Vec<String> {
         .collect()
 }
 
+/// The folded lines as a diff compares two profiles (`folded_lines_weighted` otherwise):
+/// without what differs from run to run for the same wait: the process's pid, and what a
+/// thread waits on (a pipe's inode, a lock's address, a connection's port), its kind
+/// alone kept (a goroutine's wait reason too). Equal lines are added up by the diff.
+pub fn comparable_folded_lines(profile: &Profile, weight: Weight) -> Vec<String> {
+    profile
+        .stacks
+        .iter()
+        .filter_map(|stack| {
+            let count = weight.of(stack);
+            (count > 0).then(|| {
+                let mut stack = stack.clone();
+                if stack.kind != WaitKind::Goroutine {
+                    stack.object = None;
+                }
+                let root = stack.process.take().map_or_else(|| profile.comm.clone(), |p| p.comm);
+                format!("{} {count}", folded_stack_from(&root, profile, &stack))
+            })
+        })
+        .collect()
+}
+
 /// The `;`-joined frames of one stack, without the count. The root frame names the
 /// process: its comm, and in a profile of several processes its pid too (`app (4242)`).
 pub fn folded_stack(profile: &Profile, stack: &ProfileStack) -> String {
-    let mut line = match &stack.process {
-        Some(process) => sanitize(&process.to_string()),
-        None => sanitize(&profile.comm),
+    let root = match &stack.process {
+        Some(process) => process.to_string(),
+        None => profile.comm.clone(),
     };
+    folded_stack_from(&root, profile, stack)
+}
+
+/// `folded_stack` under the root frame `root`.
+fn folded_stack_from(root: &str, profile: &Profile, stack: &ProfileStack) -> String {
+    let mut line = sanitize(root);
     if stack.truncated {
         line.push(';');
         line.push_str(TRUNCATED_FRAME);

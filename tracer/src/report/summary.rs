@@ -549,11 +549,17 @@ fn write_counts(out: &mut String, profile: &Profile) {
             ],
         );
         if counts.waits_begun_before > 0 {
-            let _ = writeln!(
+            // Counted when they ended (long or short), not among the waits seen to begin.
+            write_wrapped(
                 out,
-                "begun before the recording: {} waits, their earlier part from the scheduler \
-                 (a lower bound)",
-                counts.waits_begun_before
+                "begun before the recording:",
+                &[
+                    format!(
+                        "{} of the waits ended (not among the {} begun)",
+                        counts.waits_begun_before, counts.waits_started
+                    ),
+                    "their earlier part from the scheduler (a lower bound)".to_string(),
+                ],
             );
         }
         if counts.waits_discarded > 0 {
@@ -969,6 +975,20 @@ mod tests {
         );
         let lost: Vec<&str> = text.lines().filter(|line| line.starts_with("lost:")).collect();
         assert!(lost.len() == 3 && lost.iter().all(|line| line.len() <= WIDTH), "{text}");
+    }
+
+    #[test]
+    fn waits_begun_before_the_recording_are_told_apart_from_the_waits_seen_to_begin() {
+        let mut recorded = profile();
+        (recorded.counts.waits_started, recorded.counts.long_waits) = (10, 14);
+        assert!(!render_summary(&recorded, 10).contains("begun before"));
+        recorded.counts.waits_begun_before = 4;
+        let text = render_summary(&recorded, 10);
+        assert!(
+            text.contains("begun before the recording: 4 of the waits ended (not among the 10"),
+            "{text}"
+        );
+        assert!(text.contains("(a lower bound)"), "{text}");
     }
 
     #[test]
