@@ -263,23 +263,47 @@ fn top_shows_an_asyncio_programs_pending_tasks() {
     tmux.send(&["q"]);
 }
 
-/// SIGTERM (a session killed) restores the terminal as `q` does.
+/// SIGTERM (a session killed), and SIGINT or SIGQUIT sent from outside (`timeout -s
+/// INT`, a supervisor; Ctrl-C itself comes as a key), restore the terminal as `q` does
+/// (SIGINT left the alternate screen on and the cursor hidden).
 #[test]
-fn sigterm_gives_the_terminal_back() {
+fn a_signal_gives_the_terminal_back() {
     let build = TempDir::new("top-sigterm-build");
     let bin = build_c_pileup(build.path());
     let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
     let tmux = Tmux::start();
-    // In the foreground (it owns the terminal), terminated after 8 s: once its table is
-    // drawn, so the signal meets the terminal taken over.
-    tmux.run(&format!(
-        "timeout --foreground --preserve-status -s TERM 8 {} top --pid {}",
-        tracer_bin().display(),
-        pileup.workload.pid()
-    ));
+    for signal in ["TERM", "INT", "QUIT"] {
+        tmux.send(&["clear", "Enter"]);
+        tmux.wait_for("a clear screen", |screen| !screen.contains("top-exited"));
+        // In the foreground (it owns the terminal), signalled after 8 s: once its table
+        // is drawn, so the signal meets the terminal taken over.
+        tmux.run(&format!(
+            "timeout --foreground --preserve-status -s {signal} 8 {} top --pid {}",
+            tracer_bin().display(),
+            pileup.workload.pid()
+        ));
+        tmux.wait_for("the table", |screen| first_row(screen).contains("enqueue_stat"));
+        assert_eq!(tmux.pane("alternate_on"), "1", "SIG{signal}");
+        tmux.wait_for_exit_0();
+        assert_eq!(tmux.pane("alternate_on"), "0", "SIG{signal}");
+        assert_eq!(tmux.pane("cursor_flag"), "1", "SIG{signal}");
+    }
+}
+
+/// The process watched exits: top gives the terminal back and says so (it vanished
+/// without a word).
+#[test]
+fn the_process_exiting_ends_top_with_a_line_saying_so() {
+    let build = TempDir::new("top-exit-build");
+    let bin = build_c_pileup(build.path());
+    let pileup = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, 6.0);
+    let pid = pileup.workload.pid();
+    let tmux = Tmux::start();
+    tmux.run(&format!("{} top --pid {pid}", tracer_bin().display()));
     tmux.wait_for("the table", |screen| first_row(screen).contains("enqueue_stat"));
-    assert_eq!(tmux.pane("alternate_on"), "1");
     tmux.wait_for_exit_0();
+    let screen = tmux.screen();
+    let said = screen.lines().find(|line| line.starts_with("tracer top: "));
+    assert!(said.is_some_and(|line| line.ends_with(&format!("({pid}) exited"))), "{screen}");
     assert_eq!(tmux.pane("alternate_on"), "0");
-    assert_eq!(tmux.pane("cursor_flag"), "1");
 }

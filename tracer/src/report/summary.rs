@@ -794,12 +794,16 @@ pub fn format_duration(ns: u64) -> String {
     const US: u64 = 1_000;
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
+    // Each unit up to where its rounding would write the next unit's 1000 (or 60 s).
     match ns {
         0..US => format!("{ns}ns"),
         US..MS => format!("{}us", ns / US),
-        MS..S => format!("{:.1}ms", ns as f64 / MS as f64),
-        _ if ns < 60 * S => format!("{:.2}s", ns as f64 / S as f64),
-        _ => format!("{}m{:02}s", ns / (60 * S), (ns / S) % 60),
+        _ if ns < S - MS / 20 => format!("{:.1}ms", ns as f64 / MS as f64),
+        _ if ns < 60 * S - S / 200 => format!("{:.2}s", ns as f64 / S as f64),
+        _ => {
+            let seconds = (ns / S).max(60);
+            format!("{}m{:02}s", seconds / 60, seconds % 60)
+        }
     }
 }
 
@@ -816,6 +820,11 @@ mod tests {
     fn durations_read_like_a_person_writes_them() {
         assert_eq!(format_duration(999), "999ns");
         assert_eq!(format_duration(850_000), "850us");
+        // Never 1000.0ms nor 60.00s: the next unit's.
+        assert_eq!(format_duration(999_949_999), "999.9ms");
+        assert_eq!(format_duration(999_950_000), "1.00s");
+        assert_eq!(format_duration(59_994_999_999), "59.99s");
+        assert_eq!(format_duration(59_995_000_000), "1m00s");
         assert_eq!(format_duration(12_340_000), "12.3ms");
         assert_eq!(format_duration(1_500_000_000), "1.50s");
         assert_eq!(format_duration(125_000_000_000), "2m05s");

@@ -55,8 +55,10 @@ pub fn draw(frame: &mut Frame<'_>, state: &State<'_>) {
             .areas(frame.area());
     frame.render_widget(header_lines(state), header);
     match state.view {
-        View::Site { title, lines, scroll, rows } => {
+        View::Site { title, lines, scroll, rows, page } => {
             rows.set(draw_site(frame, body, title, lines, *scroll));
+            // Below the block's border row.
+            page.set(usize::from(body.height.saturating_sub(1)).max(1));
         }
         View::Table | View::Filter => draw_table(frame, body, state),
     }
@@ -116,11 +118,24 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
     Paragraph::new(vec![first, Line::from(second)])
 }
 
+/// The table's fixed columns (THREADS, BLOCKED/s, KIND) and its narrowest site column,
+/// with the spaces between: below this width (and the sparkline's) the sparkline goes,
+/// rather than the table cutting every cell (BLOCKED/s losing its unit).
+const FIXED_WIDTH: u16 = 7 + 9 + 7 + 20 + 3;
+
 fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
     let rows = state.table.visible();
-    let several = state.header.processes.len() > 1;
-    let header = Row::new(["THREADS", "BLOCKED/s", "KIND", "LAST 5 MINUTES", "CALL SITE [OBJECT]"])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+    // Rows say their process while they are of several: also once all but one exited,
+    // whose rows stay until they age out.
+    let pids: std::collections::BTreeSet<u32> =
+        rows.iter().filter_map(|row| row.key.process.as_ref().map(|p| p.pid)).collect();
+    let several = state.header.processes.len() > 1 || pids.len() > 1;
+    let spark = area.width > FIXED_WIDTH + SPARK_WIDTH as u16;
+    let mut names = vec!["THREADS", "BLOCKED/s", "KIND", "LAST 5 MINUTES", "CALL SITE [OBJECT]"];
+    if !spark {
+        names.remove(3);
+    }
+    let header = Row::new(names).style(Style::new().add_modifier(Modifier::BOLD));
     let body: Vec<Row> = rows
         .iter()
         .enumerate()
@@ -145,30 +160,35 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, state: &State<'_>) {
                 WaitKind::Task => "-".to_owned(),
                 _ => format_duration(row.blocked_ns),
             };
-            Row::new(vec![
+            let mut cells = vec![
                 Cell::from(format!("{:>7}", row.threads_now)),
                 Cell::from(format!("{blocked:>9}")),
                 Cell::from(key.kind.name()),
                 Cell::from(sparkline(&row.history, SPARK_WIDTH)),
                 Cell::from(crate::report::escape_name(&site).into_owned()),
-            ])
-            .style(style)
+            ];
+            if !spark {
+                cells.remove(3);
+            }
+            Row::new(cells).style(style)
         })
         .collect();
-    let empty = rows.is_empty();
-    let widths = [
+    let mut widths = vec![
         Constraint::Length(7),
         Constraint::Length(9),
         Constraint::Length(7),
         Constraint::Length(SPARK_WIDTH as u16),
         Constraint::Min(20),
     ];
-    let title = if state.table.refreshes == 0 {
-        " reading… ".to_string()
-    } else if empty {
-        " no thread blocked in a futex, socket or pipe wait ".to_string()
-    } else {
-        format!(" {} call sites ", rows.len())
+    if !spark {
+        widths.remove(3);
+    }
+    let title = match rows.len() {
+        _ if state.table.refreshes == 0 => " reading… ".to_string(),
+        0 if state.table.has_rows() => " no call site matches the filter ".to_string(),
+        0 => " no thread blocked in a futex, socket or pipe wait ".to_string(),
+        1 => " 1 call site ".to_string(),
+        shown => format!(" {shown} call sites "),
     };
     let table = TableWidget::new(body, widths)
         .header(header)
@@ -205,7 +225,7 @@ fn draw_site(
 fn key_line<'a>(state: &State<'_>) -> Paragraph<'a> {
     let keys = match state.view {
         View::Filter => format!("filter: {}▏  Enter apply  Esc clear", state.table.filter),
-        View::Site { .. } => "↑↓ PgUp PgDn scroll  Esc/Enter back  q quit".to_string(),
+        View::Site { .. } => "↑↓ PgUp PgDn Home End scroll  Esc/Enter back  q quit".to_string(),
         View::Table => {
             let next = state.table.sort.next();
             let sort = match next {

@@ -34,7 +34,7 @@ use table::Table;
 /// How often the table is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// Set by SIGTERM: leave as `q` would.
+/// Set by SIGTERM, SIGINT or SIGQUIT: leave as `q` would.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
@@ -85,7 +85,13 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     session.open_windows();
     watch_signals();
     let mut terminal = Terminal::enter()?;
-    session.run(&mut terminal)
+    let ended = session.run(&mut terminal)?;
+    // Said once the terminal is the shell's again, where it stays in sight.
+    drop(terminal);
+    if let Some(why) = ended {
+        eprintln!("tracer top: {why}");
+    }
+    Ok(())
 }
 
 /// `waits`' blocked times per second of the time the window's reads stood for
@@ -106,12 +112,14 @@ pub enum View {
     /// Typing a filter.
     Filter,
     /// One site: its stack and its chain, as found when opened, shown from row `scroll`
-    /// (of the rows its lines wrap to: `rows`, as last drawn, at least one a line).
+    /// (of the rows its lines wrap to: `rows`, as last drawn, at least one a line; `page`
+    /// of them in sight).
     Site {
         title: String,
         lines: Vec<String>,
         scroll: usize,
         rows: std::cell::Cell<usize>,
+        page: std::cell::Cell<usize>,
     },
 }
 
@@ -134,13 +142,15 @@ struct Session {
 }
 
 impl Session {
-    fn run(&mut self, terminal: &mut Terminal) -> anyhow::Result<()> {
+    /// Watches until a key or a signal ends it (None), or every process exited (why, to
+    /// be said after the terminal is given back: the screen would vanish without a word).
+    fn run(&mut self, terminal: &mut Terminal) -> anyhow::Result<Option<String>> {
         let mut pace = ReadPace::new(Duration::from_secs(1) / self.rate);
         let mut next_refresh = Instant::now() + REFRESH;
         self.draw(terminal)?;
         loop {
             if STOP.load(Ordering::Relaxed) {
-                return Ok(());
+                return Ok(None);
             }
             if let Some(exact) = &mut self.exact {
                 exact.drain();
@@ -149,7 +159,7 @@ impl Session {
             if now >= pace.next() {
                 self.members.look_for_new();
                 if !pace.read(|| self.members.read()) {
-                    return Ok(()); // every process exited
+                    return Ok(Some(self.every_process_exited()));
                 }
                 pace.set_period(self.members.read_interval());
                 for exited in self.members.remove_exited() {
@@ -176,10 +186,27 @@ impl Session {
                     continue;
                 }
                 if self.on_key(key) == Flow::Quit {
-                    return Ok(());
+                    return Ok(None);
                 }
                 self.draw(terminal)?;
             }
+        }
+    }
+
+    /// What to say when every process watched exited.
+    fn every_process_exited(&self) -> String {
+        let mut processes = self.members.members.iter().map(Member::tag).collect::<Vec<_>>();
+        if processes.is_empty() {
+            processes = self.header.processes.clone();
+        }
+        let names: Vec<String> = processes
+            .iter()
+            .map(|process| crate::report::escape_name(&process.to_string()).into_owned())
+            .collect();
+        match &names[..] {
+            [] => "every process watched exited".to_string(),
+            [one] => format!("{one} exited"),
+            many => format!("every process watched exited: {}", many.join(", ")),
         }
     }
 
@@ -285,17 +312,29 @@ impl Session {
             (View::Filter, KeyCode::Backspace) => {
                 self.table.filter.pop();
             }
+            // As a shell's line: Ctrl-U clears it, Ctrl-W takes back its last word; other
+            // keys with Ctrl or Alt (an Esc read with the key after it) are no text.
+            (View::Filter, KeyCode::Char('u')) if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                self.table.filter.clear();
+            }
+            (View::Filter, KeyCode::Char('w')) if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                let kept = self.table.filter.trim_end().rfind(' ').map_or(0, |space| space + 1);
+                self.table.filter.truncate(kept);
+            }
+            (View::Filter, KeyCode::Char(_))
+                if key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) => {}
             (View::Filter, KeyCode::Char(c)) => self.table.filter.push(c),
             (View::Site { .. }, KeyCode::Esc | KeyCode::Enter | KeyCode::Left) => {
                 self.view = View::Table
             }
             (View::Site { .. }, code) if is_scroll_key(code) => {
-                if let View::Site { scroll, rows, .. } = &mut self.view {
-                    *scroll = scroll_site(*scroll, rows.get(), code);
+                if let View::Site { scroll, rows, page, .. } = &mut self.view {
+                    *scroll = scroll_site(*scroll, rows.get(), page.get(), code);
                 }
             }
+            // Esc in the table quits nothing: a second Esc after leaving a site (or one
+            // read alone over a slow link) must not lose the minutes of history.
             (_, KeyCode::Char('q')) => return Flow::Quit,
-            (View::Table, KeyCode::Esc) => return Flow::Quit,
             (View::Table, KeyCode::Char('s')) => self.table.sort = self.table.sort.next(),
             (View::Table, KeyCode::Char('/')) => self.view = View::Filter,
             (View::Table, KeyCode::Char('p') | KeyCode::Char(' ')) => self.paused = !self.paused,
@@ -327,7 +366,17 @@ impl Session {
             let (unwinder, objects, tasks) = member.sampler.parts_mut();
             let frame_pointers = tasks.host();
             crate::pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
-            snapshot.chains.iter().find(|chain| chain.start.site == key.site).map(|chain| {
+            // The site's chain of its kind (a site may wait on a lock and a pipe), of its
+            // object where one is.
+            let of_row = |chain: &&crate::chains::WaitChain| {
+                chain.start.site == key.site && chain.start.kind == key.kind
+            };
+            let chain = snapshot
+                .chains
+                .iter()
+                .filter(of_row)
+                .max_by_key(|chain| chain.start.object == key.object);
+            chain.map(|chain| {
                 let format = crate::report::summary::format_duration;
                 crate::chains::chain_line(chain, snapshot.waiters(), format)
             })
@@ -344,7 +393,8 @@ impl Session {
         let object = key.object.as_deref().map_or(String::new(), |object| format!(" [{object}]"));
         let title = format!("{} {}{object}", key.site, key.kind.name());
         let rows = std::cell::Cell::new(lines.len());
-        self.view = View::Site { title, lines, scroll: 0, rows };
+        let page = std::cell::Cell::new(1);
+        self.view = View::Site { title, lines, scroll: 0, rows, page };
     }
 }
 
@@ -357,20 +407,23 @@ fn is_scroll_key(code: KeyCode) -> bool {
             | KeyCode::PageUp
             | KeyCode::PageDown
             | KeyCode::Home
+            | KeyCode::End
     )
 }
 
-/// The site view's first row after `key`: the arrows move it a row, the page keys ten,
-/// Home back to the top; never past the last of `rows` rows.
-fn scroll_site(scroll: usize, rows: usize, key: KeyCode) -> usize {
-    const PAGE: usize = 10;
+/// The site view's first row after `key`: the arrows move it a row, the page keys the
+/// `page` rows in sight (less one, kept as context), Home back to the top, End to the
+/// last page; never past the last of `rows` rows.
+fn scroll_site(scroll: usize, rows: usize, page: usize, key: KeyCode) -> usize {
+    let step = page.saturating_sub(1).max(1);
     let last = rows.saturating_sub(1);
     let scroll = match key {
         KeyCode::Up | KeyCode::Char('k') => scroll.saturating_sub(1),
         KeyCode::Down | KeyCode::Char('j') => scroll + 1,
-        KeyCode::PageUp => scroll.saturating_sub(PAGE),
-        KeyCode::PageDown => scroll + PAGE,
+        KeyCode::PageUp => scroll.saturating_sub(step),
+        KeyCode::PageDown => scroll + step,
         KeyCode::Home => 0,
+        KeyCode::End => rows.saturating_sub(page),
         _ => scroll,
     };
     scroll.min(last)
@@ -411,14 +464,18 @@ impl Drop for Terminal {
     }
 }
 
-/// SIGTERM ends the session like `q`, so the terminal is restored; Ctrl-C reaches it as
-/// a key in raw mode. SIGHUP keeps its default: the terminal is gone, nothing to restore.
+/// SIGTERM ends the session like `q`, so the terminal is restored; so do SIGINT and
+/// SIGQUIT sent from outside (`timeout -s INT`, a supervisor: Ctrl-C itself reaches top as
+/// a key in raw mode, which their default would leave on the alternate screen, the cursor
+/// hidden). SIGHUP keeps its default: the terminal is gone, nothing to restore.
 fn watch_signals() {
     extern "C" fn on_signal(_: libc::c_int) {
         STOP.store(true, Ordering::Relaxed);
     }
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t) };
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
 }
 
 #[cfg(test)]
@@ -429,16 +486,20 @@ mod tests {
 
     #[test]
     fn a_site_scrolls_a_line_or_a_page_and_stops_at_its_last_line() {
-        assert_eq!(scroll_site(0, 30, KeyCode::Down), 1);
-        assert_eq!(scroll_site(0, 30, KeyCode::Char('j')), 1);
-        assert_eq!(scroll_site(0, 30, KeyCode::Up), 0, "not above the first line");
-        assert_eq!(scroll_site(5, 30, KeyCode::Char('k')), 4);
-        assert_eq!(scroll_site(5, 30, KeyCode::PageDown), 15);
-        assert_eq!(scroll_site(25, 30, KeyCode::PageDown), 29, "the last line at most");
-        assert_eq!(scroll_site(29, 30, KeyCode::Down), 29);
-        assert_eq!(scroll_site(5, 30, KeyCode::PageUp), 0);
-        assert_eq!(scroll_site(17, 30, KeyCode::Home), 0);
-        assert_eq!(scroll_site(0, 0, KeyCode::Down), 0, "an empty view stays put");
+        // 30 rows, 11 in sight: a page moves 10, one row staying in sight.
+        assert_eq!(scroll_site(0, 30, 11, KeyCode::Down), 1);
+        assert_eq!(scroll_site(0, 30, 11, KeyCode::Char('j')), 1);
+        assert_eq!(scroll_site(0, 30, 11, KeyCode::Up), 0, "not above the first line");
+        assert_eq!(scroll_site(5, 30, 11, KeyCode::Char('k')), 4);
+        assert_eq!(scroll_site(5, 30, 11, KeyCode::PageDown), 15);
+        assert_eq!(scroll_site(25, 30, 11, KeyCode::PageDown), 29, "the last line at most");
+        assert_eq!(scroll_site(29, 30, 11, KeyCode::Down), 29);
+        assert_eq!(scroll_site(5, 30, 11, KeyCode::PageUp), 0);
+        assert_eq!(scroll_site(17, 30, 11, KeyCode::Home), 0);
+        assert_eq!(scroll_site(0, 30, 11, KeyCode::End), 19, "the last page in sight");
+        assert_eq!(scroll_site(0, 0, 11, KeyCode::Down), 0, "an empty view stays put");
+        // A short terminal's 8 rows in sight: a page skips none.
+        assert_eq!(scroll_site(0, 30, 8, KeyCode::PageDown), 7);
     }
 
     #[test]

@@ -182,6 +182,11 @@ impl Table {
         rows
     }
 
+    /// Whether any row is there, the filter aside.
+    pub fn has_rows(&self) -> bool {
+        !self.rows.is_empty()
+    }
+
     pub fn selected_row(&self) -> Option<&SiteRow> {
         self.visible().get(self.selected).copied()
     }
