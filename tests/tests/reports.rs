@@ -205,7 +205,7 @@ fn tracer_report_renders_saved_profiles_like_the_recording() {
         tracer_tests::assert_success(&format!("tracer report {}", input.display()), &report);
         // The pile-up's recording has wakers and chains, which pprof has no place for:
         // said, where the table left them out without a word.
-        let said = report.stderr.contains("keeps no who woke whom and the wait chains of");
+        let said = report.stderr.contains("has no place for who woke whom and the wait chains");
         assert_eq!(said, *input == recording.pprof, "stderr:\n{}", report.stderr);
         assert_eq!(
             read(&again),

@@ -205,7 +205,8 @@ pub struct ReportArgs {
     pub outputs: Vec<PathBuf>,
 
     /// What a flamegraph's width (and pprof's default sample type) means. Default:
-    /// time for a recording, threads for a snapshot.
+    /// time for a recording, threads for a snapshot. A recording's pprof counts waits,
+    /// not threads (a thread's waits spread over stacks): threads picks its waits.
     #[arg(long, value_enum)]
     pub weight: Option<Weight>,
 
@@ -214,7 +215,7 @@ pub struct ReportArgs {
     pub format: Option<Format>,
 
     /// Rows in the call-site table printed to stdout.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = parse_top)]
     pub top: usize,
 }
 
@@ -257,7 +258,7 @@ pub struct SnapshotArgs {
     pub outputs: Vec<PathBuf>,
 
     /// Rows in the call-site table printed to stdout.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = parse_top)]
     pub top: usize,
 }
 
@@ -285,7 +286,7 @@ pub struct RecordArgs {
     pub outputs: Vec<PathBuf>,
 
     /// Rows in the call-site table printed to stdout.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = parse_top)]
     pub top: usize,
 
     /// How to record. sampled: read the target at --rate, attaching nothing to it, so
@@ -356,6 +357,17 @@ impl ProcessSelection {
             cgroup,
             all: self.all,
         })
+    }
+}
+
+/// Rows of a table: at least one (none printed each section's header alone).
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("give at least 1 row".to_string()),
+        Ok(rows) => Ok(rows),
+        Err(err) => {
+            Err(format!("`{}` is no number of rows ({err})", crate::report::escape_name(text)))
+        }
     }
 }
 
@@ -453,6 +465,13 @@ mod tests {
         assert!(parse_recording_duration("0").unwrap_err().contains("records nothing"));
         assert!(parse_recording_duration("0ms").is_err());
         assert_eq!(parse_recording_duration("1ms"), Ok(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_table_has_at_least_one_row() {
+        assert_eq!(parse_top("3"), Ok(3));
+        assert!(parse_top("0").unwrap_err().contains("at least 1"));
+        assert!(parse_top("x").unwrap_err().contains("no number of rows"));
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     if let Some((path, _)) = outputs.iter().zip(&formats).find(|(_, f)| **f == Format::TraceJson) {
         bail!(
-            "{}: a saved profile keeps the seconds, not each wait: `tracer record --output \
-             FILE.trace.json` writes the timeline",
+            "{}: a saved profile keeps no wait's own start and end: `tracer record --output \
+             FILE.trace.json` writes the timeline as it records",
             path.display()
         );
     }
@@ -56,8 +56,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
             print_stdout(&render_summary(&saved.profile, top))?;
             if !saved.left_out.is_empty() {
                 crate::report::note(&format!(
-                    "tracer: {} is pprof, which keeps no {} of the recording (a recording's \
-                     .json keeps them)",
+                    "tracer: {} is pprof, which has no place for {} (the .json tracer \
+                     writes keeps them)",
                     crate::report::escape_name(&input.to_string_lossy()),
                     saved.left_out.join(" and ")
                 ));
@@ -91,6 +91,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
             if let Some(note) = diff::durations_note(before, after) {
                 table.push_str(&note);
             }
+            table.push_str(&diff::mismatch_notes(before, after));
             // Escaped once for stdout and the .txt alike: it quotes the targets' names.
             let table = escape_controls(&table).into_owned();
             let lines = diff::differential_lines(before, after, weight);

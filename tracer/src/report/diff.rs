@@ -202,6 +202,37 @@ fn signed_duration(ns: i128) -> String {
     if ns < 0 { format!("-{magnitude}") } else { format!("+{magnitude}") }
 }
 
+/// Lines saying what makes two profiles compare poorly: they are of different programs,
+/// or one was sampled and the other exact (statistical waits beside counted ones).
+pub fn mismatch_notes(before: &Profile, after: &Profile) -> String {
+    let mut notes = String::new();
+    if before.comm != after.comm {
+        let _ = writeln!(
+            notes,
+            "the profiles are of different programs ({} against {})",
+            after.comm, before.comm
+        );
+    }
+    let mode = |profile: &Profile| match (profile.kind, profile.sampling) {
+        (ProfileKind::Recording, Some(_)) => Some("sampled"),
+        (ProfileKind::Recording, None) => Some("exact"),
+        (ProfileKind::Snapshot, _) => None,
+    };
+    if let (Some(after_mode), Some(before_mode)) = (mode(after), mode(before))
+        && after_mode != before_mode
+    {
+        let an = |mode: &str| if mode == "exact" { "an" } else { "a" };
+        let _ = writeln!(
+            notes,
+            "{} {after_mode} recording against {} {before_mode} one: waits shorter than the \
+             sampled one's period are statistical there",
+            an(after_mode),
+            an(before_mode)
+        );
+    }
+    notes
+}
+
 /// A line saying that two recordings' lengths differ by more than a tenth: their
 /// blocked times are compared as they are, not per second. None for snapshots.
 pub fn durations_note(before: &Profile, after: &Profile) -> Option<String> {
@@ -297,6 +328,21 @@ mod tests {
         assert!(changes.iter().all(|change| change.ages), "{changes:#?}");
         let table = render_changes("before.json", "after.json", &changes, 10);
         assert!(table.contains("times are the ages of the waits going on"), "{table}");
+    }
+
+    #[test]
+    fn profiles_that_compare_poorly_are_said_to() {
+        let before = fixture_profile();
+        let mut after = fixture_profile();
+        assert_eq!(mismatch_notes(&before, &after), "");
+        after.comm = "other".to_string();
+        after.sampling = Some(crate::model::Sampling {
+            period: std::time::Duration::from_millis(20),
+            reads: 100,
+        });
+        let notes = mismatch_notes(&before, &after);
+        assert!(notes.contains("different programs (other against app)"), "{notes}");
+        assert!(notes.contains("a sampled recording against an exact one"), "{notes}");
     }
 
     #[test]

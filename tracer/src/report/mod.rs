@@ -74,8 +74,10 @@ pub enum OutputError {
 }
 
 impl Format {
+    /// The format a file's name asks for, its case aside (`REPORT.SVG` is an SVG).
     pub fn from_path(path: &Path) -> Result<Self, OutputError> {
         let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        let name = name.to_ascii_lowercase();
         if name.ends_with(".pb.gz") {
             return Ok(Format::Pprof);
         }
@@ -88,7 +90,7 @@ impl Format {
         if name.ends_with(".trace.json") {
             return Ok(Format::TraceJson);
         }
-        match path.extension().and_then(|ext| ext.to_str()) {
+        match Path::new(&name).extension().and_then(|ext| ext.to_str()) {
             Some("folded") => Ok(Format::Folded),
             Some("svg") => Ok(Format::Svg),
             Some("pprof") => Ok(Format::Pprof),
@@ -480,6 +482,8 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("waits.pprof")).unwrap(), Format::Pprof);
         assert_eq!(Format::from_path(Path::new("waits.json")).unwrap(), Format::Json);
         assert_eq!(Format::from_path(Path::new("waits.txt")).unwrap(), Format::Text);
+        assert_eq!(Format::from_path(Path::new("WAITS.SVG")).unwrap(), Format::Svg);
+        assert_eq!(Format::from_path(Path::new("Waits.PB.GZ")).unwrap(), Format::Pprof);
         let chains = Format::from_path(Path::new("waits.chains.svg")).unwrap();
         assert_eq!(chains, Format::ChainsSvg);
         let chains = Format::from_path(Path::new("waits.chains.folded")).unwrap();
