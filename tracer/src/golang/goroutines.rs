@@ -113,6 +113,9 @@ pub struct GoroutineCounts {
     pub changed_while_read: u64,
     /// A `g` or stack that could not be read (freed under us).
     pub unreadable: u64,
+    /// The ids of the waiting goroutines left out (changed while read, or their stack
+    /// unreadable): what they do at this read is not known.
+    pub left_out: Vec<u64>,
     /// In IO wait on a socket whose endpoint was named, or on a pipe (`pipe:[4711]`).
     pub io_wait_named: u64,
     /// In IO wait on a descriptor that could not be named: not found in the netpoller
@@ -336,6 +339,7 @@ impl<'a> GoroutineReader<'a> {
         for ((address, fields), stack) in to_walk.iter().zip(stacks) {
             let Some(stack) = stack else {
                 counts.unreadable += 1;
+                counts.left_out.push(fields.goid);
                 continue;
             };
             let walk = walk(&self.memory, fields, &buffer[stack], &self.addresses.goexit, |pc| {
@@ -357,6 +361,7 @@ impl<'a> GoroutineReader<'a> {
                 self.keep(address, fields, walked, goroutines, remembered);
             } else {
                 counts.changed_while_read += 1;
+                counts.left_out.push(fields.goid);
             }
         }
     }

@@ -167,18 +167,19 @@ fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> T
         in_syscall,
         changed_while_read,
         unreadable,
+        left_out: _,
         io_wait_named: _,
         io_wait_unresolved: _,
         io_wait_not_socket: _,
         objects_unnamed: _,
-    } = *counts;
+    } = counts;
     ThreadCounts {
-        threads: total,
+        threads: *total,
         // A goroutine in a system call is reported as it is (`syscall write on …`).
         blocked_in_waits: waiting + in_syscall,
         elsewhere: running + runnable,
-        woke_while_read: changed_while_read,
-        unreadable,
+        woke_while_read: *changed_while_read,
+        unreadable: *unreadable,
         runtime_hidden,
         ..ThreadCounts::default()
     }

@@ -68,9 +68,19 @@ impl WaitTracker {
     }
 
     /// The waiting goroutines of a read taken at `now_ns`: a wait still in progress gains
-    /// the time since the last read, one no longer seen has ended. Returns the new waits,
-    /// for [`WaitTracker::start`] once their objects are named.
-    fn observe(&mut self, now_ns: u64, goroutines: Vec<Goroutine>) -> Vec<Goroutine> {
+    /// the time since the last read, one no longer seen has ended. The goroutines the read
+    /// `left_out` (changed while read: a busy goroutine, parking and waking all the time,
+    /// often is) keep their wait as the last read saw it, for this read's time too: were
+    /// they dropped, each such read would take its time from the goroutines that wait
+    /// most (a ping-pong's blocked time read a fifth short). `left_out` is sorted.
+    /// Returns the new waits, for
+    /// [`WaitTracker::start`] once their objects are named.
+    fn observe(
+        &mut self,
+        now_ns: u64,
+        goroutines: Vec<Goroutine>,
+        left_out: &[u64],
+    ) -> Vec<Goroutine> {
         self.interval_ns = match self.last_read_ns {
             Some(last) => now_ns.saturating_sub(last),
             None => self.period_ns,
@@ -94,8 +104,13 @@ impl WaitTracker {
                 }
             }
         }
-        for (_, wait) in previous {
-            self.end(wait);
+        for (goid, mut wait) in previous {
+            if left_out.binary_search(&goid).is_ok() {
+                wait.blocked_ns += self.interval_ns;
+                self.current.insert(goid, wait);
+            } else {
+                self.end(wait);
+            }
         }
         new
     }
@@ -219,7 +234,9 @@ impl<'a> Sampler<'a> {
         let (goroutines, mut counts) = super::read_waiting(self.target, &mut self.reader)?;
         self.reads += 1;
         self.skipped += counts.changed_while_read + counts.unreadable;
-        let mut new = self.tracker.observe(now_ns, goroutines);
+        let mut left_out = std::mem::take(&mut counts.left_out);
+        left_out.sort_unstable();
+        let mut new = self.tracker.observe(now_ns, goroutines, &left_out);
         // Only the new waits' descriptors are looked up: the others keep their object.
         if !new.is_empty() {
             self.waits.name(&mut new, &mut counts);
@@ -302,7 +319,7 @@ mod tests {
         .enumerate()
         {
             let now = read as u64 * 20_000_000;
-            let new = tracker.observe(now, goroutines);
+            let new = tracker.observe(now, goroutines, &[]);
             tracker.start(now, new);
         }
         let (ended, still) = tracker.finish();
@@ -324,7 +341,7 @@ mod tests {
             [vec![parked(7, &stack, 5), parked(late, &stack, 5)], vec![]].into_iter().enumerate()
         {
             let now = read as u64 * 20_000_000;
-            let new = tracker.observe(now, goroutines);
+            let new = tracker.observe(now, goroutines, &[]);
             tracker.start(now, new);
         }
         let (ended, _) = tracker.finish();
@@ -336,12 +353,12 @@ mod tests {
     fn parking_again_at_the_same_place_is_a_new_wait() {
         let stack: Arc<[u64]> = vec![0x1000].into();
         let mut tracker = WaitTracker::new(Duration::from_millis(10), 0);
-        let new = tracker.observe(0, vec![parked(1, &stack, 5)]);
+        let new = tracker.observe(0, vec![parked(1, &stack, 5)], &[]);
         assert_eq!(new.len(), 1);
         tracker.start(0, new);
         // Switched out again since (trackingSeq moved): the first wait ended.
         // A read that ran late stands for the whole time since the last.
-        let new = tracker.observe(25_000_000, vec![parked(1, &stack, 6)]);
+        let new = tracker.observe(25_000_000, vec![parked(1, &stack, 6)], &[]);
         assert_eq!(new.len(), 1);
         tracker.start(25_000_000, new);
         let (ended, still) = tracker.finish();
@@ -352,12 +369,30 @@ mod tests {
     }
 
     #[test]
+    fn a_goroutine_left_out_of_a_read_keeps_its_wait_for_that_read() {
+        let stack: Arc<[u64]> = vec![0x1000].into();
+        let mut tracker = WaitTracker::new(Duration::from_millis(10), 0);
+        let new = tracker.observe(0, vec![parked(1, &stack, 5), parked(2, &stack, 5)], &[]);
+        tracker.start(0, new);
+        // Goroutine 1 changed while read: its wait holds for this read's 10 ms; goroutine
+        // 2, no longer seen, ended.
+        let new = tracker.observe(10_000_000, Vec::new(), &[1]);
+        assert!(new.is_empty());
+        let new = tracker.observe(20_000_000, vec![parked(1, &stack, 5)], &[]);
+        assert!(new.is_empty(), "the same wait goes on");
+        let (ended, still) = tracker.finish();
+        let ended = &ended[&(Arc::clone(&stack), 14, None)].stats;
+        assert_eq!((ended.waits, ended.total_ns), (1, 10_000_000), "goroutine 2's");
+        assert_eq!(still.iter().map(|g| g.goid).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
     fn a_still_waiting_goroutine_keeps_an_older_runtime_age() {
         let stack: Arc<[u64]> = vec![0x1000].into();
         let mut tracker = WaitTracker::new(Duration::from_millis(10), 2_000_000);
         let mut old = parked(1, &stack, 5);
         old.wait_since = 1_000;
-        let new = tracker.observe(5_000_000, vec![old]);
+        let new = tracker.observe(5_000_000, vec![old], &[]);
         tracker.start(5_000_000, new);
         let (_, still) = tracker.finish();
         assert_eq!(still[0].wait_since, 1_000);
@@ -368,9 +403,10 @@ mod tests {
         let stack: Arc<[u64]> = vec![0x1000].into();
         let mut tracker = WaitTracker::new(Duration::from_millis(10), 2_000_000);
         // No runtime age: waiting at the first read (taken at once), and one first seen later.
-        let new = tracker.observe(5_000_000, vec![parked(1, &stack, 5)]);
+        let new = tracker.observe(5_000_000, vec![parked(1, &stack, 5)], &[]);
         tracker.start(5_000_000, new);
-        let new = tracker.observe(15_000_000, vec![parked(1, &stack, 5), parked(2, &stack, 6)]);
+        let new =
+            tracker.observe(15_000_000, vec![parked(1, &stack, 5), parked(2, &stack, 6)], &[]);
         tracker.start(15_000_000, new);
         let (_, still) = tracker.finish();
         let since = |goid| still.iter().find(|g| g.goid == goid).map(|g| g.wait_since);
@@ -385,7 +421,7 @@ mod tests {
         // Parked at 1 µs by the runtime's clock, long before the window opened at 2 ms.
         let mut old = parked(1, &stack, 5);
         old.wait_since = 1_000;
-        let new = tracker.observe(5_000_000, vec![old]);
+        let new = tracker.observe(5_000_000, vec![old], &[]);
         tracker.start(5_000_000, new);
         let (_, still) = tracker.finish();
         assert_eq!(still[0].wait_since, 2_000_000);
