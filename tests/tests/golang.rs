@@ -780,6 +780,34 @@ fn sync_waits_name_their_lock() {
     }
 }
 
+/// Goroutines parked in a select on a full channel are its senders, as those blocked
+/// sending are: the channel's holder is its one reader (asleep between reads), not them
+/// (the chain named the selects, whose frames hold the channel too, as its holders).
+#[test]
+fn a_select_on_a_full_channel_does_not_hold_it() {
+    const EACH: usize = 50;
+    let dir = TempDir::new("go-selected");
+    let go = tracer_tests::go_toolchain("1.27.3");
+    let bin = tracer_tests::build_go_with(&go, dir.path(), GO_GOROUTINES_SOURCE, "g", false);
+    let (workload, port) = start_go_goroutines(&bin, "selected", EACH, STARTUP_TIMEOUT);
+    wait_for_oracle(port, "main.queueOrDrop", EACH as u64);
+    wait_for_oracle(port, "main.queueStat", EACH as u64);
+    let profile = snapshot(workload.pid(), &[], &dir);
+    let reader = group(&profile, "main.drainSlowly", |_| true);
+    assert_eq!(goroutines(reader), 1);
+    let reader_id = *reader.stats.threads.iter().next().expect("the reader's goroutine id");
+    let chain = profile
+        .chains
+        .iter()
+        .find(|chain| chain.start.site == "main.queueStat")
+        .unwrap_or_else(|| panic!("no chain from the senders: {:#?}", profile.chains));
+    let [hop] = chain.hops.as_slice() else {
+        panic!("one hop, to the reader: {chain:#?}");
+    };
+    assert_eq!(hop.at.site, "main.drainSlowly", "{chain:#?}");
+    assert_eq!(hop.waker_threads, [reader_id], "{chain:#?}");
+}
+
 /// Go 1.24+ listens and accepts with Multipath TCP by default, and sock_diag's TCP dump does
 /// not list MPTCP sockets: a Go HTTP server's idle keep-alive connection is still named by
 /// its client, and its listener by its address (they read `IO wait other` before).

@@ -36,6 +36,11 @@
 //	                      child process, never reads: one blocks in write(2) holding the
 //	                      logger's mutex, the others wait for it; serves the child's pid at
 //	                      /collector
+//	goroutines selected N N goroutines blocked sending into a full channel (main.queueStat)
+//	                      whose one reader (main.drainSlowly) sleeps between reads, the
+//	                      channel live in its frame; and N more parked in a select with a
+//	                      send case on the same channel (main.queueOrDrop), its senders
+//	                      too, the channel live in their frames as well
 package main
 
 import (
@@ -188,7 +193,7 @@ func awaitFlushes() {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded|journaled|logged N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded|journaled|logged|selected N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -224,6 +229,8 @@ func main() {
 		journaled(n)
 	case "logged":
 		logged(n)
+	case "selected":
+		selected(n)
 	case "inlined":
 		ch := make(chan int)
 		for i := 0; i < n; i++ {
@@ -409,5 +416,43 @@ func logged(n int) {
 	writer.Close()
 	for i := 0; i < n+1; i++ {
 		go logStats(i)
+	}
+}
+
+// drainSlowly reads the stats queue, far slower than it is written.
+//
+//go:noinline
+func drainSlowly(queue chan []byte) {
+	for range queue {
+		time.Sleep(time.Hour)
+	}
+}
+
+//go:noinline
+func queueStat(queue chan []byte) {
+	queue <- make([]byte, 8)
+}
+
+// queueOrDrop offers a stat, or gives up when told to: parked in a select on the queue,
+// one of its senders.
+//
+//go:noinline
+func queueOrDrop(queue chan []byte, stop chan struct{}) {
+	select {
+	case queue <- make([]byte, 8):
+	case <-stop:
+	}
+}
+
+func selected(n int) {
+	queue := make(chan []byte, statsBuffer)
+	stop := make(chan struct{})
+	go drainSlowly(queue)
+	for i := 0; i < statsBuffer+1; i++ {
+		queue <- make([]byte, 8) // the reader takes one and sleeps: the buffer fills
+	}
+	for i := 0; i < n; i++ {
+		go queueStat(queue)
+		go queueOrDrop(queue, stop)
 	}
 }

@@ -16,6 +16,13 @@ use super::{
 /// channel (a nil channel's have none; a select's wait on several).
 const CHANNEL_WAITS: [&str; 2] = ["chan send", "chan receive"];
 
+/// The wait reason of a goroutine parked in a select with cases: a sudog per case,
+/// linked by `waitlink` from `g.waiting`.
+const SELECT_WAIT: &str = "select";
+
+/// The most cases of a select read (the runtime allows 65,536).
+const MAX_SELECT_CASES: usize = 64;
+
 /// Names the channel of each goroutine in `goroutines` blocked sending or receiving on one
 /// (`on chan int 0/0` in its object); those whose channel cannot be read are counted.
 pub fn name_channel_waits(
@@ -38,6 +45,14 @@ pub fn name_channel_waits(
         .filter(|(_, goroutine)| reasons.contains(&goroutine.wait_reason))
         .map(|(index, _)| index)
         .collect();
+    let select = binary.wait_reasons.iter().position(|name| name == SELECT_WAIT);
+    let select = select.and_then(|index| u8::try_from(index).ok());
+    let memory = Memory { pid };
+    if let (Some(layout), Some(select)) = (binary.channels, select) {
+        for goroutine in goroutines.iter_mut().filter(|g| g.wait_reason == select) {
+            goroutine.selects_on = select_channels(&memory, &layout, goroutine);
+        }
+    }
     if blocked.is_empty() {
         return;
     }
@@ -45,7 +60,6 @@ pub fn name_channel_waits(
         counts.objects_unnamed += blocked.len() as u64;
         return;
     };
-    let memory = Memory { pid };
     let mut names: HashMap<u64, Option<String>> = HashMap::new();
     // A batch at a time: 600,000 senders' sudogs would otherwise be 60 MiB read at once.
     for batch in blocked.chunks(BATCH) {
@@ -96,6 +110,29 @@ fn channels_of(
                 .filter(|&hchan| hchan != 0)
         })
         .collect()
+}
+
+/// The channels a goroutine parked in a select waits on: each of its sudogs' `c`, from
+/// `g.waiting` along `waitlink`, while they are still its own (as `channels_of` checks).
+fn select_channels(memory: &Memory, layout: &ChanLayout, goroutine: &Goroutine) -> Vec<u64> {
+    const SUDOG_G: usize = 0;
+    let len = (layout.sudog_c.max(layout.sudog_waitlink) + 8) as usize;
+    let mut bytes = vec![0u8; len];
+    let mut channels = Vec::new();
+    let mut sudog = goroutine.waiting;
+    while sudog != 0 && channels.len() < MAX_SELECT_CASES {
+        if memory.read_exact(sudog, &mut bytes).is_err()
+            || word(&bytes, SUDOG_G) != goroutine.address
+        {
+            break;
+        }
+        let hchan = word(&bytes, layout.sudog_c as usize);
+        if hchan != 0 {
+            channels.push(hchan);
+        }
+        sudog = word(&bytes, layout.sudog_waitlink as usize);
+    }
+    channels
 }
 
 /// `on chan ELEMENT LEN/CAP` for the hchan at `hchan`, if it can be read.

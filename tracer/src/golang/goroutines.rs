@@ -80,6 +80,9 @@ pub struct Goroutine {
     /// The channel or package sync object it is blocked on, where a later stage read it:
     /// what tells the goroutines holding it (`holders.rs`).
     pub blocked_on: Option<Held>,
+    /// A goroutine parked in a select: the channels of its cases, where read. It waits on
+    /// their side, so it holds none of them for the goroutines blocked there.
+    pub selects_on: Vec<u64>,
 }
 
 impl Goroutine {
@@ -394,6 +397,7 @@ impl<'a> GoroutineReader<'a> {
             waiting: fields.waiting,
             object: None,
             blocked_on: None,
+            selects_on: Vec::new(),
         });
     }
 

@@ -63,7 +63,8 @@ pub fn goroutine_holders(
         return BTreeMap::new();
     }
     let started = std::time::Instant::now();
-    // A goroutine blocked on the one object others are blocked on holds no other.
+    // A goroutine blocked on the one object others are blocked on holds no other. (One in
+    // a select is on no object: it may hold one its cases are not on.)
     let mut candidates: Vec<&Goroutine> = goroutines
         .iter()
         .filter(|goroutine| goroutine.blocked_on.is_none() || objects.len() > 1)
@@ -99,7 +100,8 @@ pub fn goroutine_holders(
                 });
             let own = goroutine.blocked_on.map(|held| held.address);
             for object in objects_in(&words, &objects) {
-                if Some(object) != own {
+                // Parked on it itself (in a select too): one of its waiters, not its holder.
+                if Some(object) != own && !goroutine.selects_on.contains(&object) {
                     holders.entry(object).or_default().push(goroutine.goid);
                 }
             }

@@ -250,6 +250,7 @@ mod tests {
             waiting: 0,
             object: None,
             blocked_on: None,
+            selects_on: Vec::new(),
             bp: 0,
             frameless: 0,
             stack_lo: 0,

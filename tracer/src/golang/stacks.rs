@@ -141,6 +141,7 @@ pub fn from_goroutines_at(
         waiting: _,
         object,
         blocked_on: _,
+        selects_on: _,
         bp: _,
         frameless: _,
     } in goroutines

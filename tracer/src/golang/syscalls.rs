@@ -83,6 +83,7 @@ mod tests {
             waiting: 0,
             object: None,
             blocked_on: None,
+            selects_on: Vec::new(),
         }
     }
 
