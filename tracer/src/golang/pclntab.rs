@@ -303,7 +303,7 @@ impl<'a> Pclntab<'a> {
             read_cstr(self.data, self.filetab.checked_add(file_offset as usize)?)
         });
         GoLocation {
-            function: function.to_owned(),
+            function: name_for_print(function),
             entry,
             file: file.map(str::to_owned),
             line,
@@ -455,9 +455,32 @@ fn read_uvarint(data: &[u8], at: usize) -> Option<(u64, usize)> {
     None
 }
 
+/// A function's name as Go's own tracebacks and profiles print it: a generic function's
+/// type arguments as `[...]` (`main.waitOn[...]`, not `main.waitOn[go.shape.string]`), so
+/// that its frames match Go's (`runtime.funcNamePiecesForPrint`).
+fn name_for_print(name: &str) -> String {
+    match (name.find('['), name.rfind(']')) {
+        (Some(open), Some(close)) if open < close => {
+            format!("{}[...]{}", &name[..open], &name[close + 1..])
+        }
+        _ => name.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generic_functions_are_named_as_go_prints_them() {
+        assert_eq!(name_for_print("main.waitOn[go.shape.string]"), "main.waitOn[...]");
+        assert_eq!(
+            name_for_print("main.(*Pool[go.shape.int]).Get.func1"),
+            "main.(*Pool[...]).Get.func1"
+        );
+        assert_eq!(name_for_print("main.main.func3"), "main.main.func3");
+        assert_eq!(name_for_print("odd]name[x"), "odd]name[x");
+    }
 
     #[test]
     fn varints_and_zigzag() {

@@ -81,8 +81,10 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
     let first = Line::from(vec![
         Span::styled("tracer top ", Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(format!(
-            "{processes}: {} threads, {} blocked in waits{exact}",
-            header.threads, header.blocked
+            "{processes}: {} thread{}, {} blocked in waits{exact}",
+            header.threads,
+            if header.threads == 1 { "" } else { "s" },
+            header.blocked
         )),
     ]);
     // Exact: the blocked time comes from the probes; the threads blocked now are still read.
