@@ -150,7 +150,7 @@ fn check_pileup(stripped: bool) {
     assert!(backend_state.contains("send buffer full"), "{backend}: {backend_state:?}");
     // The HTTP server's accept, a read of its listening socket to the netpoller, is named by
     // the listener's address and accept queue.
-    let listener = format!("127.0.0.1:{port}");
+    let listener = format!("127.0.0.1:{port} (listening)");
     let on_listener = format!("IO wait {listener}");
     let server = profile
         .stacks
@@ -846,6 +846,6 @@ fn a_go_servers_mptcp_connections_are_named() {
     let connection = group(&profile, "net/http.(*conn).serve", |_| true);
     assert_eq!(connection.object, Some(format!("IO wait {client_address}")));
     let listener = group(&profile, "main.main", |_| true);
-    assert_eq!(listener.object, Some(format!("IO wait 127.0.0.1:{port}")));
+    assert_eq!(listener.object, Some(format!("IO wait 127.0.0.1:{port} (listening)")));
     assert_eq!(profile.counts.unresolved_descriptors, 0);
 }

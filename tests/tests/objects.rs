@@ -256,6 +256,46 @@ fn c_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
 /// A read from a named pipe (FIFO) is a pipe wait, named by the pipe's inode, as one from
 /// an anonymous pipe is (its descriptor's link is the FIFO's path, not `pipe:[…]`: it was
 /// left out as a read on a descriptor neither socket nor pipe).
+/// A process that listens and is a client of its own listener (a server and its local
+/// client, as one profile of both holds them): the listener's accept and the connection's
+/// receive have the same address, yet are two endpoints, each with its own state (one
+/// state was shown for both: whichever was resolved last).
+#[test]
+fn a_listener_and_a_connection_to_it_are_two_endpoints() {
+    const SCRIPT: &str = "
+import socket, threading, time
+listener = socket.socket()
+listener.bind(('127.0.0.1', 0))
+listener.listen(8)
+client = socket.create_connection(listener.getsockname())
+accepted, _ = listener.accept()
+threading.Thread(target=client.recv, args=(1,), daemon=True).start()
+threading.Thread(target=listener.accept, daemon=True).start()
+print(listener.getsockname()[1], flush=True)
+time.sleep(120)
+";
+    let mut cmd = Command::new(tracer_tests::DEBIAN_PYTHON);
+    cmd.args(["-c", SCRIPT]);
+    let (workload, line) = tracer_tests::spawn_and_read_line("self-client", cmd);
+    let port: u16 = line.parse().expect("the listener's port");
+    // Both threads reach their wait soon after the line; a snapshot that comes first finds
+    // one of them elsewhere.
+    let deadline = std::time::Instant::now() + SNAPSHOT_TIMEOUT;
+    let profile = loop {
+        let profile = snapshot("self-client", &workload);
+        let waits: BTreeSet<WaitKind> = profile.stacks.iter().map(|stack| stack.kind).collect();
+        if waits.contains(&WaitKind::Accept) && waits.contains(&WaitKind::Recv) {
+            break profile;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", all_stacks(&profile));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let address = endpoint(port);
+    assert_endpoint(&profile, &address, WaitKind::Recv, 1, "waiting for data");
+    let listening = format!("{address} (listening)");
+    assert_endpoint(&profile, &listening, WaitKind::Accept, 1, "accept queue 0/");
+}
+
 #[test]
 fn a_read_from_a_named_pipe_is_a_pipe_wait() {
     let dir = TempDir::new("fifo");

@@ -113,6 +113,9 @@ impl fmt::Display for TcpState {
 /// The endpoint of a Unix socket with no name on either end (a socketpair's).
 pub const UNNAMED_UNIX: &str = "unix";
 
+/// What marks a listener's endpoint, after its address.
+pub const LISTENING: &str = "(listening)";
+
 /// What a socket descriptor resolved to, as sock_diag reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketInfo {
@@ -166,7 +169,10 @@ impl SocketInfo {
     }
 
     /// The endpoint a wait of this kind names: the remote address for send/recv/connect, the
-    /// local (listening) address for accept; "unix" when a Unix socket has no name.
+    /// local (listening) address for accept; "unix" when a Unix socket has no name. A
+    /// listener's is marked (`127.0.0.1:8080 (listening)`): a connection to it has the same
+    /// address for its remote, and the two are different endpoints (their states and their
+    /// peers would mix when a profile holds both, a server and its local client).
     pub fn endpoint(&self, kind: WaitKind) -> String {
         let (first, second) = match kind {
             WaitKind::Accept => (&self.local, &self.remote),
@@ -174,13 +180,25 @@ impl SocketInfo {
         };
         // An unconnected socket (a UDP receiver, the server end of a Unix connection whose
         // client is unnamed) is known by its own address.
-        match first.as_ref().or(second.as_ref()) {
+        let name = match first.as_ref().or(second.as_ref()) {
             Some(name) => name.clone(),
             None => match self.protocol {
                 Protocol::Unix => UNNAMED_UNIX.to_owned(),
                 other => other.to_string(),
             },
-        }
+        };
+        if self.is_listening() { format!("{name} {LISTENING}") } else { name }
+    }
+
+    /// A listening socket: as sock_diag says, or a TCP socket known by its own address alone
+    /// (an MPTCP listener, read from its addresses: a connection has a peer).
+    fn is_listening(&self) -> bool {
+        self.tcp_state == Some(TcpState::Listen)
+            || self.accept_backlog.is_some()
+            || (self.protocol == Protocol::Tcp
+                && self.tcp_state.is_none()
+                && self.local.is_some()
+                && self.remote.is_none())
     }
 
     /// One short phrase explaining the wait: "send buffer full (4096/4608 bytes)",

@@ -76,7 +76,10 @@ fn endpoints_name_the_wait() {
     assert_eq!(connected.endpoint(WaitKind::Send), "10.0.0.5:80");
     assert_eq!(connected.endpoint(WaitKind::Connect), "10.0.0.5:80");
     let listener = SocketInfo { local: Some("0.0.0.0:8080".into()), ..info(Protocol::Tcp) };
-    assert_eq!(listener.endpoint(WaitKind::Accept), "0.0.0.0:8080");
+    assert_eq!(listener.endpoint(WaitKind::Accept), "0.0.0.0:8080 (listening)");
+    // A connection to it is another endpoint of the same address.
+    let to_it = SocketInfo { remote: Some("0.0.0.0:8080".into()), ..connected.clone() };
+    assert_eq!(to_it.endpoint(WaitKind::Send), "0.0.0.0:8080");
     // An unconnected UDP receiver waits on its own port.
     let receiver = SocketInfo { local: Some("[::]:53".into()), ..info(Protocol::Udp) };
     assert_eq!(receiver.endpoint(WaitKind::Recv), "[::]:53");
@@ -259,7 +262,7 @@ fn listener_reports_accept_queue() {
     }
     assert_eq!(info.tcp_state, Some(TcpState::Listen));
     assert_eq!(info.accept_backlog, Some((2, ACCEPT_BACKLOG)), "{info:?}");
-    assert_eq!(info.endpoint(WaitKind::Accept), address.to_string());
+    assert_eq!(info.endpoint(WaitKind::Accept), format!("{address} (listening)"));
     assert_eq!(info.wait_state(WaitKind::Accept), format!("accept queue 2/{ACCEPT_BACKLOG}"));
 }
 
@@ -348,7 +351,7 @@ fn named_unix_sockets_resolve() {
     let connected = resolve_socket(fd(&client));
     fs::remove_file(&path).unwrap();
     assert_eq!(listening.local.as_deref(), Some(name.as_str()));
-    assert_eq!(listening.endpoint(WaitKind::Accept), name);
+    assert_eq!(listening.endpoint(WaitKind::Accept), format!("{name} (listening)"));
     assert!(
         listening.accept_backlog.is_some_and(|(current, max)| current == 1 && max > 0),
         "{listening:?}"
