@@ -258,18 +258,33 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled
         "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
         "CALL SITE", "KIND", "BLOCKED", "MAX", "WAITS", "THREADS"
     );
+    // Waits summed in the kernel (a Go program's exact recording) keep no longest wait
+    // and no goroutine ids: '-', not a 0 that reads as none.
+    let mut unknown = false;
     for row in rows.iter().take(top) {
+        let summed = row.stats.waits > 0 && row.stats.threads.is_empty();
+        unknown |= summed;
+        let (max, threads) = match summed {
+            true => ("-".to_string(), "-".to_string()),
+            // Waits begun before the recording know their earlier part as a lower bound.
+            false => (
+                format_age(row.stats.max_ns, row.stats.lower_bound),
+                row.stats.threads.len().to_string(),
+            ),
+        };
         let _ = writeln!(
             out,
             "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
             elide(&row.site, SITE_WIDTH),
             row.kind.name(),
-            // Waits begun before the recording know their earlier part as a lower bound.
             format_age(row.stats.total_ns, row.stats.lower_bound),
-            format_age(row.stats.max_ns, row.stats.lower_bound),
+            max,
             row.stats.waits,
-            row.stats.threads.len(),
+            threads,
         );
+    }
+    if unknown {
+        let _ = writeln!(out, "-: not known of waits summed in the kernel (no ids, no longest)");
     }
     write_rest(out, rows, top, |row| {
         format_age(row.stats.total_ns, row.stats.lower_bound) + " blocked"
@@ -998,6 +1013,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("(a lower bound)"), "{text}");
+    }
+
+    #[test]
+    fn waits_summed_in_the_kernel_show_no_longest_and_no_threads() {
+        let mut summed = profile();
+        for stack in &mut summed.stacks {
+            let stats = &mut stack.stats;
+            (stats.threads, stats.max_ns, stats.min_ns) = (Default::default(), 0, 0);
+        }
+        let text = render_summary(&summed, 10);
+        let row = text.lines().find(|line| line.starts_with("app::send_stat")).expect("its row");
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[3], "-", "{text}");
+        assert_eq!(columns.last(), Some(&"-"), "{text}");
+        assert!(text.contains("-: not known of waits summed in the kernel"), "{text}");
+        assert!(!render_summary(&profile(), 10).contains("summed in the kernel"));
     }
 
     #[test]
