@@ -700,8 +700,11 @@ pub fn read_json(bytes: &[u8]) -> Result<SavedProfile, JsonError> {
         }
         _ => return Err(JsonError::Foreign),
     };
+    // Parsed again from the bytes, not from the value: its errors then say the line and
+    // column of the field that is wrong.
+    drop(value);
     let json: JsonProfile =
-        serde_json::from_value(value).map_err(|err| JsonError::Shape(schema, err))?;
+        serde_json::from_slice(bytes).map_err(|err| JsonError::Shape(schema, err))?;
     from_json(json)
 }
 
@@ -989,6 +992,22 @@ mod tests {
         let mut exact = Vec::new();
         write_json(&fixture_profile(), &fixture_provenance(), &mut exact).unwrap();
         assert!(!String::from_utf8(exact).unwrap().contains("sample_"));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_said_with_its_place() {
+        let mut bytes = Vec::new();
+        write_json(&fixture_profile(), &fixture_provenance(), &mut bytes).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let field = "\"duration_ns\": ";
+        assert!(text.contains(field), "{text}");
+        // The field a string, its number left to an unknown field (ignored).
+        let wrong = text.replacen(field, "\"duration_ns\": \"three seconds\", \"x\": ", 1);
+        let Err(err @ JsonError::Shape(..)) = read_json(wrong.as_bytes()) else {
+            panic!("a wrong type is a shape error");
+        };
+        let said = format!("{:#}", anyhow::Error::from(err));
+        assert!(said.contains("expected u64 at line "), "{said}");
     }
 
     #[test]
