@@ -240,7 +240,7 @@ fn snapshot_agrees_with_pprof(build: &GoBuild) {
     assert!(backend.starts_with("127.0.0.1:"), "{case}: /backend: {backend:?}");
     let writer = group(&profile, "main.writeToBackend", |_| true);
     assert_eq!(writer.object, Some(format!("IO wait {backend}")), "{case}");
-    let on_listener = format!("IO wait 127.0.0.1:{port}");
+    let on_listener = format!("IO wait 127.0.0.1:{port} (listening)");
     let server = group(&profile, "main.main", |_| true);
     assert_eq!(server.object.as_deref(), Some(on_listener.as_str()), "{case}");
     let counts = &profile.counts;

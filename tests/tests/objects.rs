@@ -253,9 +253,6 @@ fn c_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
     assert_one_lock(&profile, |lock| lock == C_LOCK, C_LOCK);
 }
 
-/// A read from a named pipe (FIFO) is a pipe wait, named by the pipe's inode, as one from
-/// an anonymous pipe is (its descriptor's link is the FIFO's path, not `pipe:[…]`: it was
-/// left out as a read on a descriptor neither socket nor pipe).
 /// A process that listens and is a client of its own listener (a server and its local
 /// client, as one profile of both holds them): the listener's accept and the connection's
 /// receive have the same address, yet are two endpoints, each with its own state (one
@@ -296,6 +293,9 @@ time.sleep(120)
     assert_endpoint(&profile, &listening, WaitKind::Accept, 1, "accept queue 0/");
 }
 
+/// A read from a named pipe (FIFO) is a pipe wait, named by the pipe's inode, as one from
+/// an anonymous pipe is (its descriptor's link is the FIFO's path, not `pipe:[…]`: it was
+/// left out as a read on a descriptor neither socket nor pipe).
 #[test]
 fn a_read_from_a_named_pipe_is_a_pipe_wait() {
     let dir = TempDir::new("fifo");

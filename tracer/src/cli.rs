@@ -28,7 +28,11 @@ pub enum Command {
     // One look: the selection's help in a snapshot's words, not a recording's.
     #[command(
         mut_arg("pid", |arg| arg.help("A process to look at; repeat for several")),
-        mut_arg("all", |arg| arg.help("Every user process on the host"))
+        mut_arg("all", |arg| arg.help("Every user process on the host")),
+        mut_arg("cgroup", |arg| arg.help(
+            "Every process in this cgroup and the ones below it (a systemd unit, a pod): a \
+             path, absolute or under /sys/fs/cgroup"
+        ))
     )]
     Snapshot(SnapshotArgs),
     /// Re-render a saved profile (a .json, or a .pb.gz, that tracer wrote) in any

@@ -45,16 +45,20 @@ pub fn name_channel_waits(
         .filter(|(_, goroutine)| reasons.contains(&goroutine.wait_reason))
         .map(|(index, _)| index)
         .collect();
-    let select = binary.wait_reasons.iter().position(|name| name == SELECT_WAIT);
-    let select = select.and_then(|index| u8::try_from(index).ok());
-    let memory = Memory { pid };
-    if let (Some(layout), Some(select)) = (binary.channels, select) {
-        for goroutine in goroutines.iter_mut().filter(|g| g.wait_reason == select) {
-            goroutine.selects_on = select_channels(&memory, &layout, goroutine);
-        }
-    }
     if blocked.is_empty() {
         return;
+    }
+    let memory = Memory { pid };
+    // The selects matter only beside goroutines blocked on a channel (see `selects_on`).
+    let select = binary.wait_reasons.iter().position(|name| name == SELECT_WAIT);
+    let select = select.and_then(|index| u8::try_from(index).ok());
+    if let (Some(layout), Some(select)) = (binary.channels, select) {
+        let selecting: Vec<usize> = (0..goroutines.len())
+            .filter(|&index| goroutines[index].wait_reason == select)
+            .collect();
+        for batch in selecting.chunks(BATCH) {
+            read_select_channels(&memory, &layout, batch, goroutines);
+        }
     }
     let Some(layout) = binary.channels else {
         counts.objects_unnamed += blocked.len() as u64;
@@ -112,27 +116,51 @@ fn channels_of(
         .collect()
 }
 
-/// The channels a goroutine parked in a select waits on: each of its sudogs' `c`, from
-/// `g.waiting` along `waitlink`, while they are still its own (as `channels_of` checks).
-fn select_channels(memory: &Memory, layout: &ChanLayout, goroutine: &Goroutine) -> Vec<u64> {
+/// The channels the goroutines of `selecting` (indices into `goroutines`, parked in a
+/// select) wait on, into their `selects_on`: each of their sudogs' `c`, from `g.waiting`
+/// along `waitlink` while the sudog is still the goroutine's own (as `channels_of`
+/// checks); one read of every goroutine's next sudog at a time, `MAX_SELECT_CASES` at most.
+fn read_select_channels(
+    memory: &Memory,
+    layout: &ChanLayout,
+    selecting: &[usize],
+    goroutines: &mut [Goroutine],
+) {
     const SUDOG_G: usize = 0;
     let len = (layout.sudog_c.max(layout.sudog_waitlink) + 8) as usize;
-    let mut bytes = vec![0u8; len];
-    let mut channels = Vec::new();
-    let mut sudog = goroutine.waiting;
-    while sudog != 0 && channels.len() < MAX_SELECT_CASES {
-        if memory.read_exact(sudog, &mut bytes).is_err()
-            || word(&bytes, SUDOG_G) != goroutine.address
-        {
+    // Each goroutine's next sudog.
+    let mut next: Vec<(usize, u64)> = selecting
+        .iter()
+        .map(|&index| (index, goroutines[index].waiting))
+        .filter(|&(_, sudog)| sudog != 0)
+        .collect();
+    let mut buffer = Vec::new();
+    for _ in 0..MAX_SELECT_CASES {
+        if next.is_empty() {
             break;
         }
-        let hchan = word(&bytes, layout.sudog_c as usize);
-        if hchan != 0 {
-            channels.push(hchan);
+        let pieces: Vec<(u64, usize)> = next.iter().map(|&(_, sudog)| (sudog, len)).collect();
+        buffer.clear();
+        let read = memory.read_pieces(&pieces, &mut buffer);
+        let mut after = Vec::with_capacity(next.len());
+        for (&(index, _), range) in next.iter().zip(read) {
+            let Some(range) = range else { continue };
+            let bytes = &buffer[range];
+            let goroutine = &mut goroutines[index];
+            if word(bytes, SUDOG_G) != goroutine.address {
+                continue; // it woke, and its sudogs went on to others
+            }
+            let hchan = word(bytes, layout.sudog_c as usize);
+            if hchan != 0 {
+                goroutine.selects_on.push(hchan);
+            }
+            let link = word(bytes, layout.sudog_waitlink as usize);
+            if link != 0 {
+                after.push((index, link));
+            }
         }
-        sudog = word(&bytes, layout.sudog_waitlink as usize);
+        next = after;
     }
-    channels
 }
 
 /// `on chan ELEMENT LEN/CAP` for the hchan at `hchan`, if it can be read.

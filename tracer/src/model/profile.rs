@@ -156,8 +156,8 @@ pub struct TraceCounts {
     pub go_stacks_lost: u64,
     /// Ended goroutine waits the Go probes could not add (their totals map was full).
     pub go_waits_lost: u64,
-    /// Goroutines a sampled read left out: changed while read, or unreadable (their
-    /// wait, if it went on, is seen again by the next read).
+    /// Goroutines a sampled read left out: changed while read, or unreadable (a wait the
+    /// read before saw keeps that read's time; one begun since loses it).
     pub go_goroutines_skipped: u64,
     /// Goroutines blocked on a channel or a sync lock that could not be read (or whose
     /// layout is not known), or in a system call whose thread was not found blocked:
@@ -403,7 +403,8 @@ pub struct PythonInfo {
     pub missing: Option<String>,
     /// Frames whose code object could not be read, left out of their stacks.
     pub unreadable_frames: u64,
-    /// Stacks deeper than the frames read per thread, their root end left out.
+    /// Stacks cut short: a thread's deeper than the frames read (its root end left out),
+    /// a task's await chain deeper than the coroutines read (its innermost left out).
     pub truncated_stacks: u64,
 }
 

@@ -96,10 +96,17 @@ pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
         change(key, Some(before_side), None);
     }
     changes.retain(|change| change.blocked_change() != 0 || change.thread_change() != 0);
+    // Threads newly stuck (or freed) first, the most first: a pile-up forming is the
+    // change a diff is for, and their ages compare as no blocked time does. Then the
+    // largest change of blocked time.
+    let stuck_change = |change: &SiteChange| match change.ages {
+        true => change.thread_change().abs(),
+        false => 0,
+    };
     changes.sort_by(|a, b| {
-        b.blocked_change()
-            .abs()
-            .cmp(&a.blocked_change().abs())
+        stuck_change(b)
+            .cmp(&stuck_change(a))
+            .then_with(|| b.blocked_change().abs().cmp(&a.blocked_change().abs()))
             .then_with(|| b.thread_change().abs().cmp(&a.thread_change().abs()))
             .then_with(|| a.site.cmp(&b.site))
     });
@@ -206,7 +213,14 @@ fn signed_duration(ns: i128) -> String {
 /// or one was sampled and the other exact (statistical waits beside counted ones).
 pub fn mismatch_notes(before: &Profile, after: &Profile) -> String {
     let mut notes = String::new();
-    if before.comm != after.comm {
+    // A profile of several processes is named by how many: its processes' names compare.
+    let names = |profile: &Profile| -> BTreeSet<String> {
+        match profile.processes.is_empty() {
+            true => BTreeSet::from([profile.comm.clone()]),
+            false => profile.processes.iter().map(|process| process.comm.clone()).collect(),
+        }
+    };
+    if names(before).is_disjoint(&names(after)) {
         let _ = writeln!(
             notes,
             "the profiles are of different programs ({} against {})",
@@ -261,7 +275,8 @@ mod tests {
         let profile = fixture_profile();
         assert!(site_changes(&profile, &profile).is_empty());
         let lines = differential_lines(&profile, &profile, Weight::Time);
-        assert_eq!(lines.len(), 4);
+        // Four stacks, the one still blocked left out of blocked time (its age).
+        assert_eq!(lines.len(), 3);
         for line in &lines {
             let mut counts = line.rsplitn(3, ' ');
             assert_eq!(counts.next(), counts.next(), "{line}");
@@ -296,12 +311,25 @@ mod tests {
     fn the_same_wait_on_another_object_or_pid_is_the_same_line() {
         let before = fixture_profile();
         let mut after = fixture_profile();
+        let ended = |profile: &Profile, kind| {
+            profile.stacks.iter().position(|s| s.kind == kind && !s.in_progress).expect("a stack")
+        };
+        let (futex, send) = (ended(&after, WaitKind::Futex), ended(&after, WaitKind::Send));
         // The next run: the stats lock at another address, the backend at another port.
-        after.stacks[0].object = Some("futex 0x7f1234".to_string());
-        after.stacks[1].object = Some("10.0.0.5:8080".to_string());
+        after.stacks[futex].object = Some("futex 0x7f1234".to_string());
+        after.stacks[send].object = Some("10.0.0.5:8080".to_string());
         let lines = differential_lines(&before, &after, Weight::Time);
         assert_eq!(lines, differential_lines(&before, &before, Weight::Time));
         assert!(lines.iter().all(|line| !line.contains("10.0.0.5")), "{lines:#?}");
+        // A goroutine's wait keeps its Go wait reason, not what it waits on.
+        let (mut before, mut after) = (before, after);
+        for (profile, fill) in [(&mut before, "5/8"), (&mut after, "8/8")] {
+            profile.stacks[futex].kind = WaitKind::Goroutine;
+            profile.stacks[futex].object = Some(format!("chan send on chan int {fill}"));
+        }
+        let lines = differential_lines(&before, &after, Weight::Time);
+        assert_eq!(lines, differential_lines(&before, &before, Weight::Time));
+        assert!(lines.iter().any(|line| line.contains("[chan send]")), "{lines:#?}");
     }
 
     #[test]
@@ -312,9 +340,18 @@ mod tests {
         let stuck = after.stacks.iter().position(|stack| stack.in_progress).expect("stuck");
         after.stacks[stuck].stats.total_ns += 60_000_000_000;
         assert!(site_changes(&before, &after).is_empty());
+        // Nor is it drawn as more blocked time.
+        assert_eq!(
+            differential_lines(&before, &after, Weight::Time),
+            differential_lines(&before, &before, Weight::Time)
+        );
         // A second thread stuck there is a change, its ages shown, not subtracted.
         after.stacks[stuck].stats.add(21, 1_000_000_000);
+        // It comes before a change of blocked time, however large.
+        let handlers = after.stacks.iter().position(|s| s.kind == WaitKind::Futex).expect("futex");
+        after.stacks[handlers].stats.add(11, 9_000_000_000);
         let changes = site_changes(&before, &after);
+        assert!(changes[0].still_blocked && changes.len() == 2, "{changes:#?}");
         let table = render_changes("before.json", "after.json", &changes, 10);
         assert!(
             table.contains("send*        ≥1.25s     ≥1m02s          -  1 -> 2 (+1)"),

@@ -37,18 +37,26 @@ pub fn folded_lines_weighted(profile: &Profile, weight: Weight) -> Vec<String> {
 /// The folded lines as a diff compares two profiles (`folded_lines_weighted` otherwise):
 /// without what differs from run to run for the same wait: the process's pid, and what a
 /// thread waits on (a pipe's inode, a lock's address, a connection's port), its kind
-/// alone kept (a goroutine's wait reason too). Equal lines are added up by the diff.
+/// alone kept (a goroutine's, its Go wait reason). Equal lines are added up by the diff.
+/// A recording's waits still going on are left out of its blocked time: their ages grow
+/// with the time between two recordings (the diff's table compares them by threads).
 pub fn comparable_folded_lines(profile: &Profile, weight: Weight) -> Vec<String> {
+    let ages_left_out = profile.kind == ProfileKind::Recording && weight == Weight::Time;
     profile
         .stacks
         .iter()
+        .filter(|stack| !(ages_left_out && stack.in_progress))
         .filter_map(|stack| {
             let count = weight.of(stack);
             (count > 0).then(|| {
                 let mut stack = stack.clone();
-                if stack.kind != WaitKind::Goroutine {
-                    stack.object = None;
-                }
+                stack.object = match stack.kind {
+                    WaitKind::Goroutine => stack
+                        .object
+                        .as_deref()
+                        .map(|object| crate::model::go_wait_reason(object).to_owned()),
+                    _ => None,
+                };
                 let root = stack.process.take().map_or_else(|| profile.comm.clone(), |p| p.comm);
                 format!("{} {count}", folded_stack_from(&root, profile, &stack))
             })

@@ -165,7 +165,7 @@ fn write_python(out: &mut String, profile: &Profile) {
         let _ = write!(line, "; {} frames unreadable (left out)", python.unreadable_frames);
     }
     if python.truncated_stacks > 0 {
-        let _ = write!(line, "; {} stacks cut at their root end", python.truncated_stacks);
+        let _ = write!(line, "; {} stacks cut short", python.truncated_stacks);
     }
     let _ = writeln!(out, "{line}");
 }
@@ -284,7 +284,8 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled
         );
     }
     if unknown {
-        let _ = writeln!(out, "-: not known of waits summed in the kernel (no ids, no longest)");
+        let _ =
+            writeln!(out, "-: unknown for waits summed in the kernel (no ids, no longest wait)");
     }
     write_rest(out, rows, top, |row| {
         format_age(row.stats.total_ns, row.stats.lower_bound) + " blocked"
@@ -735,7 +736,10 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
     }
     let mut lost = Vec::new();
     if profile.sampling.is_some() {
-        lost.push(format!("{} goroutines changed while read", counts.go_goroutines_skipped));
+        lost.push(format!(
+            "{} goroutines changed while read (a wait seen before kept its time)",
+            counts.go_goroutines_skipped
+        ));
     } else if recording {
         lost.push(format!("{} parks", counts.go_parks_lost));
         lost.push(format!("{} stacks", counts.go_stacks_lost));
@@ -1027,7 +1031,7 @@ mod tests {
         let columns: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(columns[3], "-", "{text}");
         assert_eq!(columns.last(), Some(&"-"), "{text}");
-        assert!(text.contains("-: not known of waits summed in the kernel"), "{text}");
+        assert!(text.contains("-: unknown for waits summed in the kernel"), "{text}");
         assert!(!render_summary(&profile(), 10).contains("summed in the kernel"));
     }
 

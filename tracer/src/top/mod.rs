@@ -20,7 +20,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, Ke
 
 use crate::{
     cli::{Mode, TopArgs},
-    model::{Profile, ProfileKind, ProfileStack, WaitAggregate},
+    model::{ProcessTag, Profile, ProfileKind, ProfileStack, WaitAggregate},
     pipeline::{
         Namer,
         members::{Member, Members},
@@ -81,6 +81,7 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         exact,
+        exited: Vec::new(),
     };
     session.open_windows();
     watch_signals();
@@ -139,6 +140,8 @@ struct Session {
     header: draw::Header,
     /// In exact mode, the probes that give the intervals' blocked time.
     exact: Option<ExactWaits>,
+    /// The processes that exited, for the line said when none is left.
+    exited: Vec<ProcessTag>,
 }
 
 impl Session {
@@ -164,6 +167,7 @@ impl Session {
                 pace.set_period(self.members.read_interval());
                 for exited in self.members.remove_exited() {
                     self.namers.remove(&exited.target.pid);
+                    self.exited.push(exited.tag());
                 }
             }
             if now >= next_refresh {
@@ -197,7 +201,7 @@ impl Session {
     fn every_process_exited(&self) -> String {
         let mut processes = self.members.members.iter().map(Member::tag).collect::<Vec<_>>();
         if processes.is_empty() {
-            processes = self.header.processes.clone();
+            processes = self.exited.clone();
         }
         let names: Vec<String> = processes
             .iter()
@@ -375,7 +379,7 @@ impl Session {
                 .chains
                 .iter()
                 .filter(of_row)
-                .max_by_key(|chain| chain.start.object == key.object);
+                .min_by_key(|chain| chain.start.object != key.object);
             chain.map(|chain| {
                 let format = crate::report::summary::format_duration;
                 crate::chains::chain_line(chain, snapshot.waiters(), format)
