@@ -178,6 +178,24 @@ fn prometheus_scrapes_the_blocked_threads_of_the_stuck_site() {
     println!("{answer}");
     // Every handler is blocked for good: the gauge counts them all.
     assert!(answer.contains(&format!(",\"{HANDLERS}\"]")), "the gauge is not {HANDLERS}: {answer}");
+
+    // Prometheus asked for OpenMetrics; a client that does not (curl, an older scraper)
+    // gets Prometheus's text format, which promtool reads (it saw the counters untyped).
+    assert!(metrics.head.contains("text/plain; version=0.0.4"), "{}", metrics.head);
+    assert!(metrics.text().contains("# TYPE tracer_events_total counter"), "{}", metrics.text());
+    assert!(!metrics.text().contains("# EOF"), "{}", metrics.text());
+    let dir = tracer_tests::TempDir::new("metrics-text");
+    let saved = dir.join("metrics.txt");
+    std::fs::write(&saved, &metrics.body).expect("save /metrics");
+    let mut promtool = Command::new("sh");
+    promtool.arg("-c").arg(format!("promtool check metrics < '{}'", saved.display()));
+    let checked = tracer_tests::run_with_timeout("promtool", promtool, PROMETHEUS_TIMEOUT);
+    assert!(
+        checked.status.success(),
+        "promtool check metrics:\n{}{}",
+        checked.stdout,
+        checked.stderr
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     header::{
-        ALLOW, AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
+        ACCEPT, ALLOW, AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
         WWW_AUTHENTICATE,
     },
     server::conn::http1,
@@ -71,6 +71,9 @@ const BEARER_REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"trace
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const OPENMETRICS: HeaderValue =
     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+/// Prometheus's own text format, for a client that does not ask for OpenMetrics.
+const PROMETHEUS_TEXT: HeaderValue =
+    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
 const BLOCK_ATTACHMENT: HeaderValue =
     HeaderValue::from_static("attachment; filename=\"block.pb.gz\"");
 const THREADS_ATTACHMENT: HeaderValue =
@@ -214,11 +217,10 @@ async fn respond_host<B>(host: &Host, windows: &Arc<Semaphore>, request: Request
                 format!("ok: reading {processes} processes of {}\n", host.selection.describe()),
             ))
         }
-        "/metrics" => host.render_metrics().await.map(|body| {
-            let mut response = text(StatusCode::OK, body);
-            response.headers_mut().insert(CONTENT_TYPE, OPENMETRICS);
-            response
-        }),
+        "/metrics" => {
+            let accept = request.headers().get(ACCEPT).cloned();
+            host.render_metrics().await.map(|body| metrics_reply(accept.as_ref(), body))
+        }
         "/debug/pprof/block" => match parse_seconds(param(query, "seconds")) {
             Ok(seconds) => match windows.try_acquire() {
                 Ok(_slot) => {
@@ -311,7 +313,7 @@ async fn respond<B>(shared: &Shared, windows: &Arc<Semaphore>, request: Request<
     let reply = match request.uri().path() {
         "/" | "/debug/pprof" | "/debug/pprof/" => Ok(text(StatusCode::OK, INDEX.into())),
         "/healthz" => Ok(healthz(shared)),
-        "/metrics" => scrape(shared).await,
+        "/metrics" => scrape(shared, request.headers().get(ACCEPT)).await,
         "/debug/pprof/block" => match parse_seconds(param(query, "seconds")) {
             Ok(seconds) => block(shared, windows, seconds).await,
             Err(message) => Ok(text(StatusCode::BAD_REQUEST, message)),
@@ -418,7 +420,7 @@ fn healthz(shared: &Shared) -> Reply {
     text(StatusCode::OK, body)
 }
 
-async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
+async fn scrape(shared: &Shared, accept: Option<&HeaderValue>) -> Result<Reply, ServeError> {
     shared.fold_metrics_window().await;
     let blocked = match shared.blocked_series().await {
         Ok(series) => Some(series),
@@ -455,9 +457,23 @@ async fn scrape(shared: &Shared) -> Result<Reply, ServeError> {
         })
     };
     let body = body.map_err(ServeError::Render)?;
+    Ok(metrics_reply(accept, body))
+}
+
+/// The metrics in the format the client accepts: OpenMetrics when it asks for it (as
+/// Prometheus does, first), else Prometheus's text format 0.0.4, which older scrapers and
+/// `promtool check metrics` read (OpenMetrics' counters are untyped to them).
+fn metrics_reply(accept: Option<&HeaderValue>, openmetrics: String) -> Reply {
+    let wants_openmetrics = accept
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let (body, content_type) = match wants_openmetrics {
+        true => (openmetrics, OPENMETRICS),
+        false => (metrics::prometheus_text(&openmetrics), PROMETHEUS_TEXT),
+    };
     let mut response = text(StatusCode::OK, body);
-    response.headers_mut().insert(CONTENT_TYPE, OPENMETRICS);
-    Ok(response)
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
 }
 
 /// Removes its window if the request ends early (the client went away).

@@ -3,6 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt::Write as _,
     hash::Hasher as _,
     sync::atomic::AtomicU64,
     time::{Duration, Instant},
@@ -425,6 +426,37 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
     Ok(text)
 }
 
+/// OpenMetrics text as Prometheus's text format 0.0.4: a counter's family is named with
+/// its samples' `_total` (OpenMetrics names it without), and `# UNIT` and `# EOF`, which
+/// 0.0.4 does not have, are left out.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let family = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, after) = rest.split_once(' ')?;
+            counters.contains(name).then_some((prefix, name, after))
+        });
+        match family {
+            Some((prefix, name, after)) => {
+                let _ = writeln!(text, "{prefix}{name}_total {after}");
+            }
+            None => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
 fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -558,5 +590,20 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
         }
+        // For a client that asks for no OpenMetrics: the same samples, each counter's
+        // family named as its samples are, no UNIT or EOF.
+        let plain = prometheus_text(&text);
+        for line in [
+            "# TYPE tracer_waits_total counter",
+            "# TYPE tracer_wait_seconds_total counter",
+            "# TYPE tracer_goroutines gauge",
+            "tracer_events_total 7",
+            r#"tracer_waits_total{kind="futex",site="app::send_stat",object=""} 3"#,
+        ] {
+            assert!(plain.lines().any(|l| l == line), "no line {line} in:\n{plain}");
+        }
+        assert!(plain.lines().any(|l| l.starts_with("# HELP tracer_waits_total ")), "{plain}");
+        assert!(!plain.contains("# EOF") && !plain.contains("# UNIT"), "{plain}");
+        assert!(!plain.lines().any(|l| l == "# TYPE tracer_waits counter"), "{plain}");
     }
 }
