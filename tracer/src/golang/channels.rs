@@ -23,6 +23,9 @@ const SELECT_WAIT: &str = "select";
 /// The most cases of a select read (the runtime allows 65,536).
 const MAX_SELECT_CASES: usize = 64;
 
+/// `sudog.g`, its first field: the goroutine a sudog belongs to while it waits.
+const SUDOG_G: usize = 0;
+
 /// Names the channel of each goroutine in `goroutines` blocked sending or receiving on one
 /// (`on chan int 0/0` in its object); those whose channel cannot be read are counted.
 pub fn name_channel_waits(
@@ -97,7 +100,6 @@ fn channels_of(
     blocked: &[usize],
     goroutines: &[Goroutine],
 ) -> Vec<Option<u64>> {
-    const SUDOG_G: usize = 0;
     let len = layout.sudog_c as usize + 8;
     let pieces: Vec<(u64, usize)> =
         blocked.iter().map(|&index| (goroutines[index].waiting, len)).collect();
@@ -126,7 +128,6 @@ fn read_select_channels(
     selecting: &[usize],
     goroutines: &mut [Goroutine],
 ) {
-    const SUDOG_G: usize = 0;
     let len = (layout.sudog_c.max(layout.sudog_waitlink) + 8) as usize;
     // Each goroutine's next sudog.
     let mut next: Vec<(usize, u64)> = selecting
