@@ -21,6 +21,8 @@ pub const C_BUILDUP_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloa
 pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_stuck.c");
 /// One thread waiting in poll() for a tick, a few tens of milliseconds at a time.
 pub const C_TICKER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_ticker.c");
+/// Handlers taking turns at one lock, each holding it a few milliseconds in a sleep.
+pub const C_TURNS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_turns.c");
 pub const MANY_WAITERS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
 pub const C_LOSSES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_losses.c");

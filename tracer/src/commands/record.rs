@@ -429,7 +429,7 @@ fn sampled_profile(
         reads,
         threads_skipped,
         mut tasks,
-        pass_losses,
+        sampler_counts,
     } = sampled;
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
     let SampledTiming { started_at, elapsed, period } = timing;
@@ -439,7 +439,7 @@ fn sampled_profile(
     base.target_exited = target_exited;
     let counters = tasks.counters();
     base.counts =
-        pass_losses.add_to(trace_counts(&counters, unwinder.truncated_unwinds, &objects, 0, 0));
+        sampler_counts.add_to(trace_counts(&counters, unwinder.truncated_unwinds, &objects, 0, 0));
     base.thread_counts = thread_counts;
     let pending = pending_tasks_at_end(&mut unwinder, &mut objects, target_exited);
     let _report = pipeline::ReportScope::enter();

@@ -146,6 +146,15 @@ pub struct TraceCounts {
     /// unreadable: an exec under way, a stack pointer in no mapping): the thread's wait,
     /// if it was in one, is not counted for that period.
     pub thread_reads_failed: u64,
+    /// A sampled recording's new waits whose thread ran before their stack could be read,
+    /// made elsewhere than its last read wait: their time in the read that saw them is not
+    /// counted.
+    pub waits_unread: u64,
+    /// A sampled recording's new waits whose thread ran before their stack could be read,
+    /// counted at the stack of the thread's last read wait, made at the same place (the
+    /// same call on the same object, from the same stack and instruction pointers): not a
+    /// loss, an attribution that is right but for two callers of the same frame sizes.
+    pub waits_at_last_place: u64,
     /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
     /// that were evicted from the bounded table of pending wakers.
     pub wakers_unmatched: u64,
@@ -174,7 +183,7 @@ pub struct TraceCounts {
 impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest, from
     /// `waits_started` on, is what was seen.
-    pub const LOSSES: usize = 18;
+    pub const LOSSES: usize = 19;
 
     /// Adds `other`'s counts to these, field by field.
     pub fn add(&mut self, mut other: TraceCounts) {
@@ -185,7 +194,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 33] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 35] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -212,6 +221,8 @@ impl TraceCounts {
             malformed_records,
             reads_lost,
             thread_reads_failed,
+            waits_unread,
+            waits_at_last_place,
             wakers_unmatched,
             go_parks_lost,
             go_stacks_lost,
@@ -240,6 +251,7 @@ impl TraceCounts {
             ("wake_ring_buffer_full", wake_ring_buffer_full),
             ("reads_lost", reads_lost),
             ("thread_reads_failed", thread_reads_failed),
+            ("waits_unread", waits_unread),
             ("waits_started", waits_started),
             ("waits_discarded", waits_discarded),
             ("short_waits", short_waits),
@@ -251,6 +263,7 @@ impl TraceCounts {
             ("sleep_copies_whole", sleep_copies_whole),
             ("sleep_copies", sleep_copies),
             ("late_copies", late_copies),
+            ("waits_at_last_place", waits_at_last_place),
             ("non_socket_io", non_socket_io),
             ("wakes_seen", wakes_seen),
             ("go_runtime_waits_hidden", go_runtime_waits_hidden),

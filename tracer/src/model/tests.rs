@@ -346,6 +346,8 @@ fn the_losses_are_the_counters_before_the_first_one_seen() {
     assert_eq!(names.iter().position(|&name| name == "waits_started"), Some(TraceCounts::LOSSES));
     assert!(names[..TraceCounts::LOSSES].contains(&"reads_lost"));
     assert!(names[..TraceCounts::LOSSES].contains(&"thread_reads_failed"));
+    assert!(names[..TraceCounts::LOSSES].contains(&"waits_unread"));
+    assert!(!names[..TraceCounts::LOSSES].contains(&"waits_at_last_place"));
 }
 
 #[test]

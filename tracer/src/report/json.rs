@@ -300,6 +300,13 @@ pub struct JsonTraceCounts {
     /// only when not zero, 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub thread_reads_failed: u64,
+    /// A sampled recording's new waits whose stack could not be read in time, lost
+    /// (added in tracer 0.1.0; written only when not zero, 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waits_unread: u64,
+    /// Such waits counted at their thread's last stack at the same place (likewise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waits_at_last_place: u64,
     #[serde(default)]
     pub wakers_unmatched: u64,
     /// Go's losses and hidden runtime waits: written only when not zero, so thread
@@ -598,6 +605,8 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         malformed_records,
         reads_lost,
         thread_reads_failed,
+        waits_unread,
+        waits_at_last_place,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -633,6 +642,8 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         malformed_records,
         reads_lost,
         thread_reads_failed,
+        waits_unread,
+        waits_at_last_place,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -889,6 +900,8 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         malformed_records,
         reads_lost,
         thread_reads_failed,
+        waits_unread,
+        waits_at_last_place,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -924,6 +937,8 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         malformed_records,
         reads_lost,
         thread_reads_failed,
+        waits_unread,
+        waits_at_last_place,
         wakers_unmatched,
         go_parks_lost,
         go_stacks_lost,
@@ -1016,11 +1031,14 @@ mod tests {
         profile.counts.peer_lookups_failed = 2;
         profile.counts.waits_unnamed = 5;
         profile.counts.thread_reads_failed = 3;
+        profile.counts.waits_unread = 4;
+        profile.counts.waits_at_last_place = 7;
         let mut bytes = Vec::new();
         write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
         let read = read_json(&bytes).unwrap().profile.counts;
         assert_eq!((read.peer_lookups_failed, read.waits_unnamed), (2, 5));
         assert_eq!(read.thread_reads_failed, 3);
+        assert_eq!((read.waits_unread, read.waits_at_last_place), (4, 7));
         let mut none = Vec::new();
         write_json(&fixture_profile(), &fixture_provenance(), &mut none).unwrap();
         let none = String::from_utf8(none).unwrap();

@@ -554,6 +554,14 @@ fn write_counts(out: &mut String, profile: &Profile) {
         let ended: u64 =
             profile.stacks.iter().filter(|s| !s.in_progress).map(|s| s.stats.waits).sum();
         write_wrapped(out, "seen:", &[format!("{reads} reads"), format!("{ended} waits ended")]);
+        if counts.waits_at_last_place > 0 {
+            // Their thread ran before they were read: not a loss, an attribution.
+            let _ = writeln!(
+                out,
+                "stacks: {} waits read too late, counted at their thread's last stack at the same call",
+                counts.waits_at_last_place
+            );
+        }
     } else if profile.kind == ProfileKind::Recording {
         write_wrapped(
             out,
@@ -656,6 +664,13 @@ fn write_counts(out: &mut String, profile: &Profile) {
             out,
             "lost: {} sampled reads of a thread that failed (files or stack unreadable)",
             counts.thread_reads_failed
+        );
+    }
+    if counts.waits_unread > 0 {
+        let _ = writeln!(
+            out,
+            "lost: {} sampled waits whose thread ran before their stack was read",
+            counts.waits_unread
         );
     }
     if counts.wakers_unmatched > 0 {
@@ -1001,8 +1016,21 @@ mod tests {
             text.contains("lost: 4 sampled reads of a thread that failed (files or stack"),
             "{text}"
         );
+        sampled.counts.waits_unread = 12;
+        sampled.counts.waits_at_last_place = 290;
+        let text = render_summary(&sampled, 10);
+        assert!(
+            text.contains("lost: 12 sampled waits whose thread ran before their stack was read\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "stacks: 290 waits read too late, counted at their thread's last stack at the same call\n"
+            ),
+            "{text}"
+        );
         let lost: Vec<&str> = text.lines().filter(|line| line.starts_with("lost:")).collect();
-        assert!(lost.len() == 3 && lost.iter().all(|line| line.len() <= WIDTH), "{text}");
+        assert!(lost.len() == 4 && lost.iter().all(|line| line.len() <= WIDTH), "{text}");
     }
 
     #[test]

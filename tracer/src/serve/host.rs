@@ -34,7 +34,7 @@ use crate::{
         members::{Member, Members, Selection},
     },
     stacks::SharedSymbolFiles,
-    threads::sampler::PassLosses,
+    threads::sampler::SamplerCounts,
 };
 
 /// How long the namers share one set of parsed files (`Reader::renew_symbol_files`).
@@ -137,7 +137,7 @@ pub struct Host {
     /// Waits whose stacks stopped short, over every process (of the processes that
     /// exited, and of those read now).
     truncated_unwinds: AtomicU64,
-    /// What the passes in the kernel lost (`Reader::pass_counts`).
+    /// What the passes in the kernel and the samplers lost (`Reader::pass_counts`).
     pass_counts: Mutex<TraceCounts>,
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
     /// How often each trigger condition fired, by whether its files were written.
@@ -191,7 +191,7 @@ impl Host {
                 symbol_files_since: Instant::now(),
                 windows: BTreeMap::new(),
                 truncated_of_exited: 0,
-                pass_losses_of_exited: PassLosses::default(),
+                sampler_counts_of_exited: SamplerCounts::default(),
                 triggers: triggers.map(Triggers::new),
                 host: weak,
             };
@@ -313,6 +313,7 @@ impl Host {
                     ("malformed_record", passes.malformed_records),
                     ("sampled_read", passes.reads_lost),
                     ("thread_read_failed", passes.thread_reads_failed),
+                    ("sampled_wait_unread", passes.waits_unread),
                 ]
             },
         };
@@ -424,7 +425,7 @@ struct Reader {
     windows: BTreeMap<u64, ReaderWindow>,
     truncated_of_exited: u64,
     /// What the passes lost for the processes that exited (their samplers' own count).
-    pass_losses_of_exited: PassLosses,
+    sampler_counts_of_exited: SamplerCounts,
     /// `--trigger`, when given.
     triggers: Option<Triggers>,
     /// Weak: the thread stops when the daemon drops the host.
@@ -477,7 +478,7 @@ impl Reader {
                 }
                 self.namers.remove(&exited.target.pid);
                 self.truncated_of_exited += exited.sampler.truncated_unwinds();
-                self.pass_losses_of_exited += exited.sampler.pass_losses();
+                self.sampler_counts_of_exited += exited.sampler.sampler_counts();
                 // Its series end with it: the cap is for the processes there now.
                 lock(&host.waits).retain(|labels| labels.pid != exited.target.pid.to_string());
             }
@@ -530,12 +531,12 @@ impl Reader {
         self.symbol_files_since = Instant::now();
     }
 
-    /// What the passes in the kernel lost, over every process (of the processes that
-    /// exited, and of those read now).
+    /// What the passes in the kernel and the samplers lost, over every process (of the
+    /// processes that exited, and of those read now).
     fn pass_counts(&self) -> TraceCounts {
-        let mut losses = self.pass_losses_of_exited;
+        let mut losses = self.sampler_counts_of_exited;
         for member in &self.members.members {
-            losses += member.sampler.pass_losses();
+            losses += member.sampler.sampler_counts();
         }
         losses.add_to(self.members.pass_counts())
     }

@@ -43,7 +43,7 @@ use crate::{
     probes::{ProbeCounters, ProbeError, Probes, ShortWaitsByKind},
     threads::{
         blocked_now::SavedFramePointers,
-        sampler::{PassLosses, ThreadSampler},
+        sampler::{SamplerCounts, ThreadSampler},
     },
 };
 
@@ -440,7 +440,7 @@ pub struct Shared {
     /// Probe counters of earlier attachments, so totals never go down on re-attach.
     pub earlier_counters: Mutex<ProbeCounters>,
     /// What earlier attachments' samplers' passes in the kernel lost, likewise.
-    earlier_pass_losses: Mutex<PassLosses>,
+    earlier_sampler_counts: Mutex<SamplerCounts>,
     /// Earlier attachments' samplers' unwinds truncated, likewise.
     earlier_sampled_unwinds_truncated: Mutex<u64>,
     /// The counts the last attachment ended with (exact mode): the windows that close
@@ -485,7 +485,7 @@ struct SampledProgress {
     /// Its probes' counters (the passes in the kernel and their losses) and what its
     /// passes lost beside, until the detach moves them to the earlier attachments'.
     counters: ProbeCounters,
-    pass_losses: PassLosses,
+    sampler_counts: SamplerCounts,
     /// Its unwinds truncated (`counts.unwind_truncated`), likewise until the detach.
     unwinds_truncated: u64,
 }
@@ -522,7 +522,7 @@ impl Shared {
             worker,
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
-            earlier_pass_losses: Mutex::new(PassLosses::default()),
+            earlier_sampler_counts: Mutex::new(SamplerCounts::default()),
             earlier_sampled_unwinds_truncated: Mutex::new(0),
             detached_counts: Mutex::new(None),
             blocked_sample: tokio::sync::Mutex::new(None),
@@ -541,7 +541,7 @@ impl Shared {
     pub fn note_sampled_read(&self, sampler: &ThreadSampler) {
         let counters = sampler.probe_counters();
         let counts = sampler.trace_counts(&counters);
-        self.note_sampled_progress(sampler.reads(), counts, counters, sampler.pass_losses());
+        self.note_sampled_progress(sampler.reads(), counts, counters, sampler.sampler_counts());
     }
 
     /// The sampler's `reads` so far, what they counted (`counts`), its probes' `counters`
@@ -551,12 +551,18 @@ impl Shared {
         reads: u64,
         counts: TraceCounts,
         counters: ProbeCounters,
-        pass_losses: PassLosses,
+        sampler_counts: SamplerCounts,
     ) {
         let generation = lock(&self.collector).generation;
         let unwinds_truncated = counts.unwind_truncated;
-        *lock(&self.sampled) =
-            SampledProgress { generation, reads, counts, counters, pass_losses, unwinds_truncated };
+        *lock(&self.sampled) = SampledProgress {
+            generation,
+            reads,
+            counts,
+            counters,
+            sampler_counts,
+            unwinds_truncated,
+        };
     }
 
     /// Moves the sampler's counters to the earlier attachments' at a detach, so that the
@@ -566,7 +572,7 @@ impl Shared {
         // never sees them in neither place (a counter that goes down reads as a restart).
         let mut progress = lock(&self.sampled);
         *lock(&self.earlier_counters) += std::mem::take(&mut progress.counters);
-        *lock(&self.earlier_pass_losses) += std::mem::take(&mut progress.pass_losses);
+        *lock(&self.earlier_sampler_counts) += std::mem::take(&mut progress.sampler_counts);
         *lock(&self.earlier_sampled_unwinds_truncated) +=
             std::mem::take(&mut progress.unwinds_truncated);
     }
@@ -803,10 +809,10 @@ impl Shared {
 
     /// What the samplers' passes in the kernel lost beside their probes' counters, over
     /// every attachment.
-    fn total_pass_losses(&self) -> PassLosses {
+    fn total_sampler_counts(&self) -> SamplerCounts {
         let progress = lock(&self.sampled);
-        let mut total = *lock(&self.earlier_pass_losses);
-        total += progress.pass_losses;
+        let mut total = *lock(&self.earlier_sampler_counts);
+        total += progress.sampler_counts;
         total
     }
 
@@ -819,7 +825,7 @@ impl Shared {
     /// Records read and events lost, over every attachment.
     pub fn tracer_totals(&self) -> metrics::TracerTotals {
         let counters = self.total_counters();
-        let pass_losses = self.total_pass_losses();
+        let sampler_counts = self.total_sampler_counts();
         let sampled_unwinds_truncated = self.total_sampled_unwinds_truncated();
         let collector = lock(&self.collector);
         metrics::TracerTotals {
@@ -833,9 +839,16 @@ impl Shared {
                 ("wake_ring_buffer_full", counters.get(Counter::WakeRingBufferFull)),
                 ("in_flight_map_full", counters.get(Counter::InFlightMapFull)),
                 ("stack_unreadable", counters.get(Counter::StackUnreadable)),
-                ("malformed_record", collector.malformed_records() + pass_losses.malformed_records),
-                ("sampled_read", counters.get(Counter::PassesIncomplete) + pass_losses.late_passes),
-                ("thread_read_failed", pass_losses.thread_reads_failed),
+                (
+                    "malformed_record",
+                    collector.malformed_records() + sampler_counts.malformed_records,
+                ),
+                (
+                    "sampled_read",
+                    counters.get(Counter::PassesIncomplete) + sampler_counts.late_passes,
+                ),
+                ("thread_read_failed", sampler_counts.thread_reads_failed),
+                ("sampled_wait_unread", sampler_counts.waits_unread),
                 ("unwind_truncated", collector.unwinds_truncated() + sampled_unwinds_truncated),
                 ("wakers_unmatched", collector.wakers_unmatched()),
                 ("window_full", collector.stacks_dropped),
@@ -1033,7 +1046,7 @@ mod tests {
         let shared = Shared::new(Wanted::Pid(1), Duration::ZERO, period, false, 10, worker);
         // A read's progress: the ring full `ring_full` times, which cost `incomplete`
         // passes; `losses` beside the probes' counters; ten unwinds truncated a read.
-        let note = |shared: &Shared, reads, ring_full, incomplete, losses: PassLosses| {
+        let note = |shared: &Shared, reads, ring_full, incomplete, losses: SamplerCounts| {
             let mut counters = ProbeCounters::default();
             counters.0[Counter::PassRingFull as usize] = ring_full;
             counters.0[Counter::PassesIncomplete as usize] = incomplete;
@@ -1047,23 +1060,36 @@ mod tests {
                 "malformed_record",
                 "sampled_read",
                 "thread_read_failed",
+                "sampled_wait_unread",
                 "unwind_truncated",
             ]
             .map(|reason| lost(shared, reason))
         };
-        let losses = PassLosses { malformed_records: 2, late_passes: 1, thread_reads_failed: 6 };
+        let losses = SamplerCounts {
+            malformed_records: 2,
+            late_passes: 1,
+            thread_reads_failed: 6,
+            waits_unread: 9,
+            waits_at_last_place: 40,
+        };
         note(&shared, 5, 3, 2, losses);
         let mark = shared.counts_mark().expect("sampled mode always has a mark");
         assert_eq!((mark.reads, mark.counts.ring_buffer_full), (5, 3));
         assert_eq!((mark.counts.malformed_records, mark.counts.reads_lost), (2, 3));
         assert_eq!(mark.counts.thread_reads_failed, 6);
-        assert_eq!(totals(&shared), [3, 2, 3, 6, 50]);
+        assert_eq!((mark.counts.waits_unread, mark.counts.waits_at_last_place), (9, 40));
+        assert_eq!(totals(&shared), [3, 2, 3, 6, 9, 50]);
         // The process exits: its counts stay in the totals, and the next one's add to them.
         shared.keep_sampled_counters();
-        assert_eq!(totals(&shared), [3, 2, 3, 6, 50]);
+        assert_eq!(totals(&shared), [3, 2, 3, 6, 9, 50]);
         lock(&shared.collector).generation += 1;
-        let losses = PassLosses { malformed_records: 0, late_passes: 4, thread_reads_failed: 1 };
+        let losses = SamplerCounts {
+            late_passes: 4,
+            thread_reads_failed: 1,
+            waits_unread: 2,
+            ..SamplerCounts::default()
+        };
         note(&shared, 1, 1, 1, losses);
-        assert_eq!(totals(&shared), [4, 2, 8, 7, 60]);
+        assert_eq!(totals(&shared), [4, 2, 8, 7, 11, 60]);
     }
 }

@@ -303,13 +303,14 @@ pub struct Sampled {
     pub threads_skipped: u64,
     /// The task iterator the reads used, for a last pass over the host.
     pub tasks: TaskIterator,
-    pub pass_losses: PassLosses,
+    pub sampler_counts: SamplerCounts,
 }
 
-/// What a sampler lost beside what its probes counted: its passes in the kernel, and the
-/// threads it could not read.
+/// What a sampler counted beside its probes: what it lost (its passes in the kernel, the
+/// threads it could not read, the waits gone before their stack was read) and the waits it
+/// counted at an earlier stack of their thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PassLosses {
+pub struct SamplerCounts {
     /// Records that could not be read (never expected).
     pub malformed_records: u64,
     /// Passes given up because their end came after the drain that gave them up: reads
@@ -317,23 +318,58 @@ pub struct PassLosses {
     pub late_passes: u64,
     /// Reads of a thread that failed (`SampleError::Unreadable`).
     pub thread_reads_failed: u64,
+    /// New waits a read saw whose thread ran before their stack could be read, at a place
+    /// none of its last read waits was: their time in that read is not counted.
+    pub waits_unread: u64,
+    /// New waits a read saw whose thread ran before their stack could be read, counted at
+    /// the stack of its last read wait at the same place (see `CallPlace`).
+    pub waits_at_last_place: u64,
 }
 
-impl std::ops::AddAssign for PassLosses {
+impl std::ops::AddAssign for SamplerCounts {
     fn add_assign(&mut self, other: Self) {
         self.malformed_records += other.malformed_records;
         self.late_passes += other.late_passes;
         self.thread_reads_failed += other.thread_reads_failed;
+        self.waits_unread += other.waits_unread;
+        self.waits_at_last_place += other.waits_at_last_place;
     }
 }
 
-impl PassLosses {
-    /// `counts` with these losses added.
+impl SamplerCounts {
+    /// `counts` with these added.
     pub fn add_to(self, mut counts: TraceCounts) -> TraceCounts {
         counts.malformed_records += self.malformed_records;
         counts.reads_lost += self.late_passes;
         counts.thread_reads_failed += self.thread_reads_failed;
+        counts.waits_unread += self.waits_unread;
+        counts.waits_at_last_place += self.waits_at_last_place;
         counts
+    }
+}
+
+/// Where a thread made a blocking call: the call, its first two arguments (the object it
+/// waits on: a futex word, a descriptor; and the operation or buffer), and the stack and
+/// instruction pointers it made it from. A thread's two waits at one place share their
+/// stack but for the return addresses above the frames of the same depth, which differ
+/// only when two callers of the same frame sizes reach the same call: the stack of the
+/// earlier stands for the later when the later's could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CallPlace {
+    nr: i64,
+    object: [u64; 2],
+    sp: u64,
+    pc: u64,
+}
+
+impl CallPlace {
+    fn of(syscall: &SyscallState) -> Self {
+        Self {
+            nr: syscall.nr,
+            object: [syscall.args[0], syscall.args[1]],
+            sp: syscall.sp,
+            pc: syscall.pc,
+        }
     }
 }
 
@@ -408,6 +444,16 @@ pub struct ThreadSampler {
     threads_skipped: u64,
     /// Of those, the reads that failed (unreadable): a loss, in the profile's counts.
     thread_reads_failed: u64,
+    /// Each thread's last read waits at up to `PLACES_PER_THREAD` places, the latest
+    /// first: where each was made, and its key (None for a call not reported). A new wait
+    /// of the thread at one of them whose stack cannot be read (the thread ran before it
+    /// was) is counted with that key.
+    last_read_waits: HashMap<u32, Vec<(CallPlace, Option<StackKey>)>>,
+    /// New waits counted with their thread's last read key (see `last_read_waits`).
+    waits_at_last_place: u64,
+    /// New waits lost: their thread ran before their stack was read, and made none of its
+    /// last read waits at their place (a loss, in the profile's counts).
+    waits_unread: u64,
     /// The waits the current read skipped that a look showed, by thread and switch count:
     /// which of a drain's lost waits more than one pass saw (`read_kernel_passes`).
     skipped_looks: Vec<(u32, u64)>,
@@ -444,6 +490,11 @@ enum Passes {
     Shared,
 }
 
+/// How many places of a thread's last read waits a sampler keeps (see
+/// `ThreadSampler::last_read_waits`): a worker's few waits (its queue, its lock, its
+/// socket, its sleep) in a loop.
+const PLACES_PER_THREAD: usize = 8;
+
 /// How long the drains keep to the period after one that lost stacks a faster drain keeps
 /// (see `ThreadSampler::hurried_until`).
 const HURRIED_FOR: Duration = Duration::from_secs(2);
@@ -466,6 +517,9 @@ impl ThreadSampler {
             thread_names: WaitAggregate::default(),
             threads_skipped: 0,
             thread_reads_failed: 0,
+            last_read_waits: HashMap::new(),
+            waits_at_last_place: 0,
+            waits_unread: 0,
             skipped_looks: Vec::new(),
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
@@ -722,7 +776,7 @@ impl ThreadSampler {
     ) -> Vec<(u32, BlockedState, Option<usize>)> {
         let mut tids: Vec<u32> = looks.iter().map(|look| look.tid).collect();
         tids.sort_unstable();
-        self.reader.forget_threads_except(&tids);
+        self.forget_threads_except(&tids);
         counts.threads = looks.len() as u64;
         let mut blocked = Vec::with_capacity(looks.len());
         for (index, look) in looks.iter().enumerate() {
@@ -739,13 +793,19 @@ impl ThreadSampler {
         blocked
     }
 
+    /// Forgets what it kept of threads not in `tids` (sorted): they exited.
+    fn forget_threads_except(&mut self, tids: &[u32]) {
+        self.reader.forget_threads_except(tids);
+        self.last_read_waits.retain(|tid, _| tids.binary_search(tid).is_ok());
+    }
+
     /// The threads blocked in a syscall, from their /proc files; counts the others.
     fn blocked_in_proc(
         &mut self,
         counts: &mut ThreadCounts,
     ) -> std::io::Result<Vec<(u32, BlockedState, Option<usize>)>> {
         let tids = self.reader.thread_ids()?;
-        self.reader.forget_threads_except(&tids);
+        self.forget_threads_except(&tids);
         counts.threads = tids.len() as u64;
         let mut blocked = Vec::with_capacity(tids.len());
         for tid in tids {
@@ -796,11 +856,12 @@ impl ThreadSampler {
                 counts.elsewhere += 1;
                 return;
             }
+            Err(SampleError::Woke) => {
+                self.skip(tid, &SampleError::Woke, counts);
+                self.start_unread(now_ns, tid, state, look);
+                return;
+            }
             Err(err) => {
-                // A wait gone before its stack was read: which passes lost it.
-                if let (SampleError::Woke, Some(look)) = (&err, look) {
-                    self.skipped_looks.push((tid, look.switches));
-                }
                 self.skip(tid, &err, counts);
                 return;
             }
@@ -836,7 +897,51 @@ impl ThreadSampler {
                 None
             }
         };
+        let places = self.last_read_waits.entry(tid).or_default();
+        let place = CallPlace::of(&state.syscall);
+        places.retain(|(known, _)| *known != place);
+        places.insert(0, (place, key.clone()));
+        places.truncate(PLACES_PER_THREAD);
         self.tracker.start(now_ns, tid, state, key, sample.blocked_for_at_least_ns);
+    }
+
+    /// A new wait of thread `tid` in `state` whose stack could not be read: the thread
+    /// ran before it was. Made where one of the thread's last read waits was, it is
+    /// counted with that wait's stack; a call not reported loses nothing; any other is
+    /// lost, counted.
+    fn start_unread(
+        &mut self,
+        now_ns: u64,
+        tid: u32,
+        state: BlockedState,
+        look: Option<&TaskLook>,
+    ) {
+        let place = CallPlace::of(&state.syscall);
+        // A Python program's frames come from its memory, not its native stack: two waits
+        // at one native place may be in two Python functions.
+        let python = self.unwinder.python().is_some();
+        let known = match self.last_read_waits.get(&tid) {
+            Some(places) if !python => places.iter().find(|(known, _)| *known == place),
+            _ => None,
+        };
+        match known {
+            Some((_, key)) => {
+                let key = key.clone();
+                self.waits_at_last_place += u64::from(key.is_some());
+                self.tracker.start(now_ns, tid, state, key, None);
+            }
+            // Tracked so that it is not looked at again.
+            None if !is_watched(&state.syscall) => {
+                self.tracker.start(now_ns, tid, state, None, None)
+            }
+            None => {
+                self.waits_unread += 1;
+                // Which passes lost it.
+                if let Some(look) = look {
+                    self.skipped_looks.push((tid, look.switches));
+                }
+            }
+        }
     }
 
     fn skip(&mut self, tid: u32, err: &SampleError, counts: &mut ThreadCounts) {
@@ -990,18 +1095,20 @@ impl ThreadSampler {
     }
 
     /// What the passes in the kernel lost so far beside their probes' counters.
-    pub fn pass_losses(&self) -> PassLosses {
-        PassLosses {
+    pub fn sampler_counts(&self) -> SamplerCounts {
+        SamplerCounts {
             malformed_records: self.assembler.malformed(),
             late_passes: self.assembler.late(),
             thread_reads_failed: self.thread_reads_failed,
+            waits_unread: self.waits_unread,
+            waits_at_last_place: self.waits_at_last_place,
         }
     }
 
     /// What the reads counted and lost so far, as a report shows it, with its probes'
     /// `counters` (`probe_counters`).
     pub fn trace_counts(&self, counters: &ProbeCounters) -> TraceCounts {
-        self.pass_losses().add_to(pipeline::counts::trace_counts(
+        self.sampler_counts().add_to(pipeline::counts::trace_counts(
             counters,
             self.truncated_unwinds(),
             &self.objects,
@@ -1013,7 +1120,7 @@ impl ThreadSampler {
     /// What the reads gathered; with `target_exited` the waits the last read saw ended
     /// with the process (none is left in progress).
     pub fn finish(self, target_exited: bool) -> Sampled {
-        let pass_losses = self.pass_losses();
+        let sampler_counts = self.sampler_counts();
         let Self {
             tracker,
             thread_names,
@@ -1043,7 +1150,7 @@ impl ThreadSampler {
             reads,
             threads_skipped,
             tasks,
-            pass_losses,
+            sampler_counts,
         }
     }
 }
@@ -1069,6 +1176,13 @@ fn name_threads(aggregate: &mut WaitAggregate, names: &BTreeMap<u32, String>) {
 /// reason to wake the tracer more often.
 fn drains_at_the_period_keep_more(kept: u64, lost: u64, outlived_a_pass: u64) -> bool {
     outlived_a_pass > 0 && outlived_a_pass * 10 >= kept + lost
+}
+
+/// Whether `syscall` is a call whose waits are reported (a futex wait, a socket's or a
+/// pipe's read or write, a poll), as far as the call alone tells.
+fn is_watched(syscall: &SyscallState) -> bool {
+    let args = syscall.args;
+    matches!(tracer_common::classify_syscall(syscall.nr, |n| Ok::<_, ()>(args[n])), Ok(Some(_)))
 }
 
 /// A new wait's sample from the stack a pass in the kernel copied, as `sample_look` would
