@@ -368,6 +368,38 @@ fn exact_record_attributes_goroutine_waits_to_their_call_sites() {
     check_waits_at_call_sites(Mode::Exact);
 }
 
+/// Pairs passing a value back and forth in the relay below.
+const RELAY_PAIRS: usize = 4;
+const RELAY_RECORD: Duration = Duration::from_secs(3);
+/// What share of the relay's waiting the sampled reads must count, and the most over it
+/// they may (a read counts its interval once for each goroutine it sees waiting).
+const RELAY_SHARE: f64 = 0.9;
+const RELAY_OVER: f64 = 1.05;
+
+/// Pairs of goroutines relaying a value, one of each pair waiting for it at any time in
+/// waits of tens of microseconds: most goroutines a sampled read finds waiting have parked
+/// since the read before and many change while read, so their stacks come from their last
+/// read wait at the same place. The reads count nearly the pairs x the recording at
+/// main.relayer (Go's block profile counts all of it; a tenth and more went uncounted
+/// before when the reads ran beside the relay), and never more: no wait counted twice.
+#[test]
+fn a_relays_waits_are_counted_once_and_nearly_whole() {
+    let dir = TempDir::new("go-relay");
+    let bin = build_go(dir.path(), GO_GOROUTINES_SOURCE, "goroutines", false);
+    let (workload, _port) = start_go_goroutines(&bin, "relay", RELAY_PAIRS, STARTUP_TIMEOUT);
+    let seconds = format!("{}s", RELAY_RECORD.as_secs());
+    let profile = record_go(workload.pid(), Mode::Sampled, &["--duration", &seconds], &dir);
+    let at_relayer = |s: &ProfileStack| s.call_site().starts_with("main.relayer");
+    let blocked = Duration::from_nanos(total_ns(&profile, at_relayer));
+    let waiting = RELAY_RECORD * RELAY_PAIRS as u32;
+    let stacks = || top_stacks(&profile, |_| true, 10);
+    assert!(
+        blocked >= waiting.mul_f64(RELAY_SHARE) && blocked <= waiting.mul_f64(RELAY_OVER),
+        "{blocked:?} of {waiting:?} blocked at main.relayer; stacks:\n{}",
+        stacks()
+    );
+}
+
 /// How a test records: the default (sampled) or `--mode exact` (uprobes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {

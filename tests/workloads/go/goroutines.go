@@ -36,6 +36,10 @@
 //	                      child process, never reads: one blocks in write(2) holding the
 //	                      logger's mutex, the others wait for it; serves the child's pid at
 //	                      /collector
+//	goroutines relay N    N pairs of goroutines (main.relayer) passing a value back and
+//	                      forth, each working relayWork on it before passing it on: one of
+//	                      each pair waits for it at any time, in waits of tens of
+//	                      microseconds, so nearly N x the time is blocked receiving
 //	goroutines selected N N goroutines blocked sending into a full channel (main.queueStat)
 //	                      whose one reader (main.drainSlowly) sleeps between reads, the
 //	                      channel live in its frame; and N more parked in a select with a
@@ -108,6 +112,37 @@ func flooder(in, out chan int) {
 	for v := range in {
 		wakes.Add(1)
 		out <- v
+	}
+}
+
+// relayWork is how many steps of work a relayer does on the value before passing it on:
+// tens of microseconds.
+const relayWork = 20000
+
+// workSink keeps the relayers' work from being optimized away.
+var workSink int
+
+//go:noinline
+func work(steps int) {
+	for i := 0; i < steps; i++ {
+		workSink += i
+	}
+}
+
+//go:noinline
+func relayer(in, out chan int) {
+	for v := range in {
+		work(relayWork)
+		out <- v
+	}
+}
+
+func relay(n int) {
+	for i := 0; i < n; i++ {
+		a, b := make(chan int), make(chan int)
+		go relayer(a, b)
+		go relayer(b, a)
+		a <- 1
 	}
 }
 
@@ -193,7 +228,7 @@ func awaitFlushes() {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|late|inlined|locked|guarded|journaled|logged|selected N")
+		fmt.Fprintln(os.Stderr, "usage: goroutines recv|pileup|pingpong|flood|relay|late|inlined|locked|guarded|journaled|logged|selected N")
 		os.Exit(2)
 	}
 	n, err := strconv.Atoi(os.Args[2])
@@ -212,6 +247,8 @@ func main() {
 		pingpong(n)
 	case "flood":
 		flood(n)
+	case "relay":
+		relay(n)
 	case "late":
 		start := make(chan os.Signal, 1)
 		signal.Notify(start, syscall.SIGUSR1)

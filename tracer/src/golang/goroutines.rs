@@ -114,6 +114,9 @@ pub struct GoroutineCounts {
     pub in_syscall: u64,
     /// Changed while being read (status, id or saved registers), so not reported.
     pub changed_while_read: u64,
+    /// Changed while being read, but waiting where one of its last read waits was: read
+    /// with that wait's stack (see `GoroutineReader::places`).
+    pub read_at_last_place: u64,
     /// A `g` or stack that could not be read (freed under us).
     pub unreadable: u64,
     /// The ids of the waiting goroutines left out (changed while read, or their stack
@@ -155,11 +158,49 @@ pub struct GoroutineReader<'a> {
     remember: bool,
     /// The waits of the previous read, by `g` address.
     previous: HashMap<u64, Remembered>,
+    /// Each goroutine's last read waits at a few places: a wait that changes while read
+    /// (a busy goroutine, parking and waking all the time, often does) at one of them is
+    /// read with its stack.
+    places: LastPlaces,
     /// Each distinct stack once.
     stacks: HashSet<Arc<[u64]>>,
 }
 
+/// How many places of its last read waits a reader keeps of each goroutine (see
+/// `GoroutineReader::places`).
+const PLACES_PER_GOROUTINE: usize = 4;
+
+/// Each goroutine's last read waits at up to `PLACES_PER_GOROUTINE` places, the latest
+/// first, by `g` address.
+#[derive(Default)]
+struct LastPlaces(HashMap<u64, Vec<Remembered>>);
+
+impl LastPlaces {
+    /// Keeps `walked` as the stack of the goroutine at `address` where `fields` say it
+    /// waits.
+    fn note(&mut self, address: u64, fields: GFields, walked: &Walked) {
+        let places = self.0.entry(address).or_default();
+        places.retain(|known| !known.fields.same_place(&fields));
+        places.insert(0, Remembered { fields, walked: walked.clone() });
+        places.truncate(PLACES_PER_GOROUTINE);
+    }
+
+    /// The stack of the goroutine at `address`'s last read wait where `fields` say it
+    /// waits, if it waited there.
+    fn walked_at(&self, address: u64, fields: &GFields) -> Option<Walked> {
+        let places = self.0.get(&address)?;
+        let known = places.iter().find(|known| known.fields.same_place(fields))?;
+        Some(known.walked.clone())
+    }
+
+    /// Forgets the goroutine at `address`: it is gone (its `g` dead or idle).
+    fn forget(&mut self, address: u64) {
+        self.0.remove(&address);
+    }
+}
+
 /// A wait seen by the previous read, with its walked stack.
+#[derive(Clone)]
 struct Remembered {
     fields: GFields,
     walked: Walked,
@@ -208,6 +249,7 @@ impl<'a> GoroutineReader<'a> {
             addresses,
             remember,
             previous: HashMap::new(),
+            places: LastPlaces::default(),
             stacks: HashSet::new(),
         }
     }
@@ -304,7 +346,10 @@ impl<'a> GoroutineReader<'a> {
                 continue;
             };
             match fields.status & !G_SCAN {
-                G_IDLE | G_DEAD => continue,
+                G_IDLE | G_DEAD => {
+                    self.places.forget(address);
+                    continue;
+                }
                 G_RUNNABLE => counts.runnable += 1,
                 G_RUNNING => counts.running += 1,
                 G_SYSCALL | G_WAITING => {
@@ -361,6 +406,12 @@ impl<'a> GoroutineReader<'a> {
             if unchanged {
                 let Walk { pcs, truncated, frameless, bp } = walk;
                 let walked = Walked { pcs: self.intern(pcs), truncated, frameless, bp };
+                if self.remember {
+                    self.places.note(address, fields, &walked);
+                }
+                self.keep(address, fields, walked, goroutines, remembered);
+            } else if let Some(walked) = self.places.walked_at(address, &fields) {
+                counts.read_at_last_place += 1;
                 self.keep(address, fields, walked, goroutines, remembered);
             } else {
                 counts.changed_while_read += 1;
@@ -468,6 +519,13 @@ impl GFields {
             tracking_seq: layout.tracking_seq.and_then(|offset| bytes.get(at(offset)).copied()),
             waiting: 0,
         }
+    }
+
+    /// The same goroutine waiting at the same place: the same call (its saved registers
+    /// and wait reason), on the same stack, in this wait or another. Its stack is the same
+    /// but for the return addresses above frames of the same sizes.
+    fn same_place(&self, other: &GFields) -> bool {
+        self.same_wait(&GFields { tracking_seq: self.tracking_seq, ..*other })
     }
 
     /// Still the same goroutine in the same wait (the GC's scan bit aside).
@@ -695,5 +753,43 @@ mod tests {
         assert!(!before.same_wait(&GFields { status: G_RUNNABLE, ..before }));
         assert!(!before.same_wait(&GFields { sp: 0x10_008, ..before }));
         assert!(!before.same_wait(&GFields { tracking_seq: Some(4), ..before }));
+    }
+
+    #[test]
+    fn a_goroutine_parked_again_where_it_was_is_at_the_same_place() {
+        let before = fields(0x10_000, 0x10_010);
+        // Parked again: a new wait, at the same place.
+        let again = GFields { tracking_seq: Some(4), wait_since: 9, waiting: 0xc000, ..before };
+        assert!(!before.same_wait(&again) && before.same_place(&again));
+        assert!(!before.same_place(&GFields { pc: 0x1008, ..again }));
+        assert!(!before.same_place(&GFields { sp: 0x10_008, ..again }));
+        assert!(!before.same_place(&GFields { wait_reason: 15, ..again }));
+        // Another goroutine that took over the same `g`.
+        assert!(!before.same_place(&GFields { goid: 8, ..again }));
+    }
+
+    #[test]
+    fn a_goroutines_last_places_keep_the_latest_stack_of_each() {
+        let walked =
+            |pc: u64| Walked { pcs: Arc::from(vec![pc]), truncated: false, frameless: 0, bp: 0 };
+        let mut places = LastPlaces::default();
+        let first = fields(0x10_000, 0x10_010);
+        places.note(0xa0, first, &walked(0x1));
+        // Parked again at the same place: found, then noted anew (the later stack kept).
+        let again = GFields { tracking_seq: Some(4), ..first };
+        assert_eq!(places.walked_at(0xa0, &again).map(|w| w.pcs[0]), Some(0x1));
+        places.note(0xa0, again, &walked(0x2));
+        assert_eq!(places.walked_at(0xa0, &first).map(|w| w.pcs[0]), Some(0x2));
+        // Another `g`, another place: nothing.
+        assert!(places.walked_at(0xb0, &first).is_none());
+        assert!(places.walked_at(0xa0, &GFields { sp: 0x10_100, ..first }).is_none());
+        // At most a few places each, the oldest let go first.
+        for n in 0..PLACES_PER_GOROUTINE as u64 {
+            places.note(0xa0, GFields { sp: 0x20_000 + n * 0x100, ..first }, &walked(0x3));
+        }
+        assert!(places.walked_at(0xa0, &first).is_none());
+        assert!(places.walked_at(0xa0, &GFields { sp: 0x20_000, ..first }).is_some());
+        places.forget(0xa0);
+        assert!(places.walked_at(0xa0, &GFields { sp: 0x20_000, ..first }).is_none());
     }
 }

@@ -166,6 +166,7 @@ fn thread_counts(counts: &goroutines::GoroutineCounts, runtime_hidden: u64) -> T
         runnable,
         in_syscall,
         changed_while_read,
+        read_at_last_place: _,
         unreadable,
         left_out: _,
         io_wait_named: _,

@@ -160,6 +160,7 @@ fn sampled_profile(
         last_counts,
         reads,
         skipped,
+        read_at_last_place,
         io_wait_unresolved,
         io_wait_not_socket,
         objects_unnamed,
@@ -172,6 +173,7 @@ fn sampled_profile(
     base.target_exited = target_exited;
     base.counts.go_runtime_waits_hidden = ended.runtime_hidden;
     base.counts.go_goroutines_skipped = skipped;
+    base.counts.waits_at_last_place = read_at_last_place;
     base.modules = module_infos(image);
     let mut profile_stacks = ended.stacks;
     let mut truncated = ended.truncated;

@@ -173,6 +173,9 @@ pub struct Sampled {
     pub reads: u64,
     /// Goroutines left out of a read: changed while read, or unreadable.
     pub skipped: u64,
+    /// Goroutines changed while read, read with the stack of their last read wait at the
+    /// same place.
+    pub read_at_last_place: u64,
     /// New IO waits whose descriptor could not be named, or was not a socket.
     pub io_wait_unresolved: u64,
     pub io_wait_not_socket: u64,
@@ -188,6 +191,7 @@ pub struct Sampler<'a> {
     tracker: WaitTracker,
     reads: u64,
     skipped: u64,
+    read_at_last_place: u64,
     io_wait_unresolved: u64,
     io_wait_not_socket: u64,
     objects_unnamed: u64,
@@ -209,6 +213,7 @@ impl<'a> Sampler<'a> {
             tracker: WaitTracker::new(period, crate::threads::blocked_now::monotonic_now_ns()),
             reads: 0,
             skipped: 0,
+            read_at_last_place: 0,
             io_wait_unresolved: 0,
             io_wait_not_socket: 0,
             objects_unnamed: 0,
@@ -234,6 +239,7 @@ impl<'a> Sampler<'a> {
         let (goroutines, mut counts) = super::read_waiting(self.target, &mut self.reader)?;
         self.reads += 1;
         self.skipped += counts.changed_while_read + counts.unreadable;
+        self.read_at_last_place += counts.read_at_last_place;
         let mut left_out = std::mem::take(&mut counts.left_out);
         left_out.sort_unstable();
         let mut new = self.tracker.observe(now_ns, goroutines, &left_out);
@@ -255,6 +261,7 @@ impl<'a> Sampler<'a> {
             tracker,
             reads,
             skipped,
+            read_at_last_place,
             io_wait_unresolved,
             io_wait_not_socket,
             objects_unnamed,
@@ -271,6 +278,7 @@ impl<'a> Sampler<'a> {
             last_counts,
             reads,
             skipped,
+            read_at_last_place,
             io_wait_unresolved,
             io_wait_not_socket,
             objects_unnamed,

@@ -150,10 +150,11 @@ pub struct TraceCounts {
     /// made elsewhere than its last read wait: their time in the read that saw them is not
     /// counted.
     pub waits_unread: u64,
-    /// A sampled recording's new waits whose thread ran before their stack could be read,
-    /// counted at the stack of the thread's last read wait, made at the same place (the
-    /// same call on the same object, from the same stack and instruction pointers): not a
-    /// loss, an attribution that is right but for two callers of the same frame sizes.
+    /// A sampled recording's new waits whose thread ran (or goroutine changed) before
+    /// their stack could be read, counted at the stack of its last read wait at the same
+    /// place (the same call on the same object, from the same stack and instruction
+    /// pointers): not a loss, an attribution that is right but for two callers of the
+    /// same frame sizes.
     pub waits_at_last_place: u64,
     /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
     /// that were evicted from the bounded table of pending wakers.

@@ -724,6 +724,14 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
                 .sum();
             let items = [format!("{reads} reads"), format!("{ended} waits ended"), hidden];
             write_wrapped(out, "seen:", &items);
+            if counts.waits_at_last_place > 0 {
+                // Changed while read: not a loss, an attribution.
+                let _ = writeln!(
+                    out,
+                    "stacks: {} waits changed while read, counted at their goroutine's last stack at the same call",
+                    counts.waits_at_last_place
+                );
+            }
         }
         _ if recording => {
             let items = [
