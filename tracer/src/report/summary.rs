@@ -426,7 +426,11 @@ const ENDPOINT_KINDS: [WaitKind; 8] = [
     WaitKind::Goroutine,
     WaitKind::Task,
 ];
+/// The endpoint column: as wide as the widest endpoint shown, between these (an IPv4
+/// address and port fits the least; a listener's `(listening)`, an IPv6 address, a long
+/// path take more, up to the most).
 const ENDPOINT_WIDTH: usize = 22;
+const ENDPOINT_MAX_WIDTH: usize = 48;
 const LOCK_WIDTH: usize = 46;
 
 /// Two short tables: blocked time and threads blocked now, by remote endpoint and by lock.
@@ -439,21 +443,25 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
         // As wide as the widest kinds shown (`send,recv`, `goroutine`).
         let kind = endpoints.iter().take(top).map(|row| kinds_of(row).len()).max().unwrap_or(0);
         let kind = kind.max(7);
+        let width =
+            endpoints.iter().take(top).map(|row| super::escape_name(&row.object).chars().count());
+        let width = width.max();
+        let width = width.unwrap_or(0).clamp(ENDPOINT_WIDTH, ENDPOINT_MAX_WIDTH);
         let _ = writeln!(
             out,
-            "{:<ENDPOINT_WIDTH$} {:<kind$} {:>10} {:>4}  STATE",
+            "{:<width$} {:<kind$} {:>10} {:>4}  STATE",
             "BY ENDPOINT", "KIND", "BLOCKED", "NOW"
         );
         for row in endpoints.iter().take(top) {
             let state = profile.endpoint_states.get(&row.object).map_or("", String::as_str);
             let _ = writeln!(
                 out,
-                "{:<ENDPOINT_WIDTH$} {:<kind$} {:>10} {:>4}  {}",
-                elide(&row.object, ENDPOINT_WIDTH),
+                "{:<width$} {:<kind$} {:>10} {:>4}  {}",
+                elide(&row.object, width),
                 kinds_of(row),
                 format_age(row.blocked_ns, row.lower_bound),
                 row.threads_now,
-                truncate(state, 100 - ENDPOINT_WIDTH - kind - 19),
+                truncate(state, 100usize.saturating_sub(width + kind + 19).max(16)),
             );
         }
         let _ = writeln!(out);
@@ -1148,6 +1156,33 @@ mod tests {
         let columns: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(columns[..3], ["pipe:[4711]", "write", "900.0ms"], "{row}");
         assert!(row.ends_with("pipe full (65408/65536 bytes)"), "{row}");
+    }
+
+    #[test]
+    fn an_endpoint_column_is_as_wide_as_its_widest_endpoint() {
+        let mut profile = profile();
+        let listener = "127.0.0.1:6172 (listening)";
+        let mut accept = profile.stacks[1].clone();
+        accept.object = Some(listener.to_string());
+        accept.kind = WaitKind::Accept;
+        profile.stacks.push(accept);
+        profile.endpoint_states.insert(listener.into(), "accept queue 0/4096".into());
+        let text = render_summary(&profile, 10);
+        let row = text.lines().find(|line| line.starts_with(listener)).expect(&text);
+        assert!(row.ends_with("accept queue 0/4096"), "{row}");
+        // The other rows line up with it.
+        let column = |line: &str| line.find(" send").or_else(|| line.find(" accept"));
+        let other = text.lines().find(|line| line.starts_with("10.0.0.5:80")).expect(&text);
+        assert_eq!(column(other), column(row), "{text}");
+        // A name past the widest column keeps its end.
+        let long = format!("[{}]:443", "2001:db8:".repeat(8));
+        let mut far = profile.stacks[1].clone();
+        far.object = Some(long.clone());
+        far.kind = WaitKind::Send;
+        profile.stacks.push(far);
+        let text = render_summary(&profile, 10);
+        assert!(text.contains(&format!("…{}", &long[long.len() - 47..])), "{text}");
+        assert!(text.lines().all(|line| line.chars().count() <= 100), "{text}");
     }
 
     #[test]
