@@ -857,8 +857,7 @@ impl ThreadSampler {
                 return;
             }
             Err(SampleError::Woke) => {
-                self.skip(tid, &SampleError::Woke, counts);
-                self.start_unread(now_ns, tid, state, look);
+                self.start_unread(now_ns, tid, state, look, counts);
                 return;
             }
             Err(err) => {
@@ -915,6 +914,7 @@ impl ThreadSampler {
         tid: u32,
         state: BlockedState,
         look: Option<&TaskLook>,
+        counts: &mut ThreadCounts,
     ) {
         let place = CallPlace::of(&state.syscall);
         // A Python program's frames come from its memory, not its native stack: two waits
@@ -925,16 +925,23 @@ impl ThreadSampler {
             _ => None,
         };
         match known {
-            Some((_, key)) => {
+            Some((_, Some(key))) => {
                 let key = key.clone();
-                self.waits_at_last_place += u64::from(key.is_some());
-                self.tracker.start(now_ns, tid, state, key, None);
+                self.waits_at_last_place += 1;
+                counts.blocked_in_waits += 1;
+                self.tracker.start(now_ns, tid, state, Some(key), None);
             }
             // Tracked so that it is not looked at again.
+            Some((_, None)) => {
+                counts.elsewhere += 1;
+                self.tracker.start(now_ns, tid, state, None, None);
+            }
             None if !is_watched(&state.syscall) => {
-                self.tracker.start(now_ns, tid, state, None, None)
+                counts.elsewhere += 1;
+                self.tracker.start(now_ns, tid, state, None, None);
             }
             None => {
+                self.skip(tid, &SampleError::Woke, counts);
                 self.waits_unread += 1;
                 // Which passes lost it.
                 if let Some(look) = look {
