@@ -203,9 +203,13 @@ fn tracer_report_renders_saved_profiles_like_the_recording() {
         let again = recording.dir.join(name);
         let report = tracer_report(&[utf8(input), "--output", utf8(&again)], TOOL_TIMEOUT);
         tracer_tests::assert_success(&format!("tracer report {}", input.display()), &report);
-        // The pile-up's recording has wakers and chains, which pprof has no place for:
-        // said, where the table left them out without a word.
-        let said = report.stderr.contains("has no place for who woke whom and the wait chains");
+        // The pile-up's recording has wakers, chains, a timeline and histograms of its
+        // waits' lengths, which pprof has no place for: said, where the table left them out
+        // without a word.
+        let said = report.stderr.contains(
+            "has no place for who woke whom, the wait chains, the timeline (the SVG's chart by \
+             second) and the waits' histograms of lengths",
+        );
         assert_eq!(said, *input == recording.pprof, "stderr:\n{}", report.stderr);
         assert_eq!(
             read(&again),

@@ -41,13 +41,14 @@ fn wait_for_oracle(port: u16, function: &str, expected: u64) {
     }
 }
 
-/// One goroutine of a `debug=2` dump: its header line and its frames (function, then
-/// `file:line +0x…`), arguments left out (tracer does not read them), without the
-/// `created by` lines (tracer does not read the creator).
+/// One goroutine of a `debug=2` dump: its header line, its frames (function, then
+/// `file:line +0x…`), arguments left out (tracer does not read them), and its `created
+/// by` line with the location after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Traceback {
     header: String,
     frames: Vec<(String, String)>,
+    created_by: Option<(String, String)>,
 }
 
 /// The goroutines of a `debug=2` dump, by id.
@@ -62,16 +63,21 @@ fn parse_tracebacks(text: &str) -> BTreeMap<u64, Traceback> {
             .and_then(|id| id.parse().ok())
             .unwrap_or_else(|| panic!("not a goroutine header: {header:?} in\n{entry}"));
         let mut frames = Vec::new();
+        let mut created_by = None;
         while let Some(call) = lines.next() {
-            if call.starts_with("created by ") || call.starts_with("...") {
+            if call.starts_with("...") {
+                continue;
+            }
+            let at = lines.next().unwrap_or_else(|| panic!("no location after {call:?}"));
+            if call.starts_with("created by ") {
+                created_by = Some((call.to_owned(), at.trim().to_owned()));
                 break;
             }
             let function = call.rfind('(').map_or(call, |open| &call[..open]).to_owned();
-            let at = lines.next().unwrap_or_else(|| panic!("no location after {call:?}"));
             frames.push((function, at.trim().to_owned()));
         }
         assert!(
-            goroutines.insert(id, Traceback { header, frames }).is_none(),
+            goroutines.insert(id, Traceback { header, frames, created_by }).is_none(),
             "goroutine {id} twice"
         );
     }
@@ -190,6 +196,11 @@ fn check_served_pileup(go_version: Option<&str>, stripped: bool) {
     assert_eq!(senders.len(), SENDERS, "{senders:#?}");
     for (id, traceback) in &senders {
         assert_eq!(traceback.header, format!("goroutine {id} [chan send]:"));
+    }
+    // Frames and `created by` lines alike (the creator's `in goroutine 1` since go1.21).
+    for traceback in senders.values() {
+        let (creator, _) = traceback.created_by.as_ref().expect("a sender's creator");
+        assert!(creator.starts_with("created by main."), "{traceback:?}");
     }
     assert_eq!(senders, at(&theirs, "main.sendStat"), "the senders' tracebacks differ");
     let writer = at(&ours, "main.writeToBackend");

@@ -120,13 +120,15 @@ func flooder(in, out chan int) {
 const relayWork = 20000
 
 // workSink keeps the relayers' work from being optimized away.
-var workSink int
+var workSink atomic.Int64
 
 //go:noinline
 func work(steps int) {
+	sum := 0
 	for i := 0; i < steps; i++ {
-		workSink += i
+		sum += i
 	}
+	workSink.Add(int64(sum))
 }
 
 //go:noinline

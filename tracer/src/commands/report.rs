@@ -59,7 +59,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                     "tracer: {} is pprof, which has no place for {} (the .json tracer \
                      writes keeps them)",
                     crate::report::escape_name(&input.to_string_lossy()),
-                    saved.left_out.join(" and ")
+                    spoken_list(&saved.left_out)
                 ));
             }
             outputs_failed(failed, outputs.len())?;
@@ -130,4 +130,13 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn spoken_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => only.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }

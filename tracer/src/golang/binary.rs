@@ -81,6 +81,11 @@ pub struct GLayout {
     /// so it tells a goroutine parked since an earlier read from one that parked again at
     /// the same place. `None` where the layout is not known.
     pub tracking_seq: Option<u64>,
+    /// `g.gopc`: the return address of the `go` statement that created the goroutine
+    /// (what a traceback's `created by` line names).
+    pub gopc: u64,
+    /// `g.parentGoid` (Go 1.21+): the id of the goroutine that created it.
+    pub parent_goid: Option<u64>,
 }
 
 impl GLayout {
@@ -88,8 +93,9 @@ impl GLayout {
     /// `_panic`, `_defer`, `m`, then `sched` at 56 (a 7-word `gobuf`: sp, pc, g, ctxt,
     /// ret, lr, bp), syscallsp, syscallpc, stktopsp, param, then atomicstatus at 144,
     /// stackLock, goid at 152, schedlink, waitsince at 168, waitreason at 176, then a run
-    /// of bools and bytes that ends at trackingSeq. Go 1.20 kept all of it (the atomic
-    /// types it switched to have the same sizes); 1.21 and 1.22 moved only trackingSeq.
+    /// of bools and bytes that ends at trackingSeq; gopc four words before `waiting`
+    /// (then ancestors, startpc, racectx). Go 1.20 kept all of it (the atomic types it
+    /// switched to have the same sizes).
     const GO1_19: GLayout = GLayout {
         stack_lo: 0,
         stack_hi: 8,
@@ -105,7 +111,14 @@ impl GLayout {
         waitsince: 168,
         waitreason: 176,
         tracking_seq: Some(189),
+        gopc: 296,
+        parent_goid: None,
     };
+    /// Go 1.21 moved trackingSeq, dropped two words before gopc and put `parentGoid`
+    /// before it; 1.22 moved trackingSeq again.
+    const GO1_21: GLayout =
+        GLayout { tracking_seq: Some(188), gopc: 280, parent_goid: Some(272), ..Self::GO1_19 };
+    const GO1_22: GLayout = GLayout { tracking_seq: Some(191), ..Self::GO1_21 };
     /// Go 1.23 inserted `syscallbp` after `syscallpc`: everything from atomicstatus on
     /// moves by a word.
     const GO1_23: GLayout = GLayout {
@@ -115,6 +128,8 @@ impl GLayout {
         waitsince: 176,
         waitreason: 184,
         tracking_seq: Some(199),
+        gopc: 288,
+        parent_goid: Some(280),
         ..Self::GO1_19
     };
     /// Go 1.25 dropped `gobuf.ret`: `bp` and the syscall fields move back by a word, and
@@ -125,8 +140,12 @@ impl GLayout {
         syscallpc: 112,
         syscallbp: Some(120),
         tracking_seq: Some(191),
+        gopc: 280,
+        parent_goid: Some(272),
         ..Self::GO1_19
     };
+    /// Go 1.26 added a word before gopc.
+    const GO1_26: GLayout = GLayout { gopc: 288, parent_goid: Some(280), ..Self::GO1_25 };
 
     /// How many bytes from the start of a `g` hold every field read.
     pub fn read_len(&self) -> usize {
@@ -144,6 +163,8 @@ impl GLayout {
             self.waitsince + 8,
             self.waitreason + 1,
             self.tracking_seq.map_or(0, |offset| offset + 1),
+            self.gopc + 8,
+            self.parent_goid.map_or(0, |offset| offset + 8),
         ];
         let end = ends.into_iter().max().unwrap_or_default();
         usize::try_from(end.next_multiple_of(8)).unwrap_or(usize::MAX)
@@ -285,18 +306,16 @@ const KNOWN_LAYOUTS: [(u32, RuntimeLayout); 9] = {
     use EpollData as E;
     use GLayout as G;
     use PollDescLayout as P;
-    let g21 = G { tracking_seq: Some(188), ..G::GO1_19 };
-    let g22 = G { tracking_seq: Some(191), ..G::GO1_19 };
     [
         row(19, G::GO1_19, P::GO1_19, E::Pointer, Some(C::GO1_19)),
         row(20, G::GO1_19, P::GO1_19, E::Pointer, None),
-        row(21, g21, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_21)),
-        row(22, g22, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_21)),
+        row(21, G::GO1_21, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_21)),
+        row(22, G::GO1_22, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_21)),
         row(23, G::GO1_23, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_23)),
         row(24, G::GO1_23, P::GO1_21, E::TAGGED_GO1_21, Some(C::GO1_23)),
         row(25, G::GO1_25, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_25)),
-        row(26, G::GO1_25, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_26)),
-        row(27, G::GO1_25, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_26)),
+        row(26, G::GO1_26, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_26)),
+        row(27, G::GO1_26, P::GO1_21, E::TAGGED_GO1_25, Some(C::GO1_26)),
     ]
 };
 
@@ -702,6 +721,8 @@ fn dwarf_layouts(file: &object::File<'_>) -> Result<DwarfLayouts, gimli::Error> 
             waitsince: get("g", "waitsince")?,
             waitreason: get("g", "waitreason")?,
             tracking_seq: get("g", "trackingSeq"),
+            gopc: get("g", "gopc")?,
+            parent_goid: get("g", "parentGoid"),
         })
     })();
     let poll_desc = (|| {
@@ -890,14 +911,15 @@ mod tests {
         let g = |version: &str| RuntimeLayout::for_version(version).map(|known| known.g);
         assert_eq!(g("go1.19.8"), Some(GLayout::GO1_19));
         assert_eq!(g("go1.20.3"), Some(GLayout::GO1_19));
-        assert_eq!(g("go1.22"), Some(GLayout { tracking_seq: Some(191), ..GLayout::GO1_19 }));
+        assert_eq!(g("go1.22"), Some(GLayout::GO1_22));
         assert_eq!(g("go1.23.1"), Some(GLayout::GO1_23));
-        assert_eq!(g("go1.27.3"), Some(GLayout::GO1_25));
+        assert_eq!(g("go1.27.3"), Some(GLayout::GO1_26));
         assert_eq!(g("go1.18"), None);
         assert_eq!(g(&format!("go1.{}.0", NEWEST_KNOWN_GO + 1)), None);
         assert_eq!(g("devel go1.28-abcdef"), None);
-        assert_eq!(GLayout::GO1_19.read_len(), 192);
-        assert_eq!(GLayout::GO1_23.read_len(), 200);
+        // To gopc: the most a goroutine's read takes where `waiting` is not read.
+        assert_eq!(GLayout::GO1_19.read_len(), 304);
+        assert_eq!(GLayout::GO1_23.read_len(), 296);
         let poll_desc = |version: &str| RuntimeLayout::for_version(version).map(|k| k.poll_desc);
         assert_eq!(poll_desc("go1.20.3"), Some(PollDescLayout::GO1_19));
         assert_eq!(poll_desc("go1.21"), Some(PollDescLayout::GO1_21));

@@ -4,7 +4,7 @@
 //! reports merge stacks; each group keeps its addresses with their functions' entries, and
 //! its goroutines' full ids and ages.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::{
     goroutines::Goroutine,
@@ -42,7 +42,7 @@ pub struct GoPc {
 }
 
 /// One goroutine of a group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DumpedGoroutine {
     /// The runtime's `goid`, in full (stacks keep its low 32 bits as a thread id).
     pub id: u64,
@@ -50,6 +50,22 @@ pub struct DumpedGoroutine {
     /// it waiting (so a lower bound), `None` before any did. Go's traceback prints its
     /// minutes from the same field.
     pub waiting: Option<Duration>,
+    /// The `go` statement that created it, where one did and its function is known.
+    pub created_by: Option<Arc<CreatedBy>>,
+    /// The goroutine that created it (0 if not known: before Go 1.21).
+    pub parent_id: u64,
+}
+
+/// Where a goroutine was created, as Go's traceback names it (`printcreatedby1`): the
+/// function compiled around the `go` statement, the source line of the statement (an
+/// inlined call's own), and the return address's offset in that function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedBy {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// `None` where the address is the function's entry.
+    pub offset: Option<u64>,
 }
 
 impl GoroutineDump {
@@ -100,6 +116,7 @@ pub(super) fn group(
     goroutines.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
     let wrapper = namer.wrapper_func_id();
     let mut entries: HashMap<u64, Option<u64>> = HashMap::new();
+    let mut creators: HashMap<u64, Option<Arc<CreatedBy>>> = HashMap::new();
     let mut wrappers: HashMap<u64, bool> = HashMap::new();
     let mut out = GoStacks::default();
     let mut groups = Vec::new();
@@ -138,6 +155,11 @@ pub(super) fn group(
                     id: g.goid,
                     waiting: (g.wait_since > 0 && now > g.wait_since)
                         .then(|| Duration::from_nanos((now - g.wait_since) as u64)),
+                    created_by: creators
+                        .entry(g.gopc)
+                        .or_insert_with(|| created_by(namer, g.gopc))
+                        .clone(),
+                    parent_id: g.parent_goid,
                 })
                 .collect(),
         };
@@ -152,6 +174,25 @@ pub(super) fn group(
         }
     }
     (out, groups)
+}
+
+/// The function and line of the `go` statement whose return address is `gopc` (None for
+/// 0, or an address in no function).
+fn created_by(namer: &mut GoNamer<'_>, gopc: u64) -> Option<Arc<CreatedBy>> {
+    if gopc == 0 {
+        return None;
+    }
+    let entry = namer.entry(gopc)?;
+    // Innermost inlined call first: its line is the statement's; the last frame is the
+    // function the code was compiled into, whose name Go prints.
+    let frames = namer.frames_at_return(gopc);
+    let (innermost, compiled_into) = (frames.first()?, frames.last()?);
+    Some(Arc::new(CreatedBy {
+        function: compiled_into.name.clone(),
+        file: innermost.file.clone(),
+        line: innermost.line,
+        offset: (gopc > entry).then(|| gopc - entry),
+    }))
 }
 
 /// Leaves out the frames of the compiler's wrappers (at `wrapper_pcs`), as Go's
@@ -232,7 +273,11 @@ mod tests {
 
     #[test]
     fn groups_come_most_goroutines_first() {
-        let goroutines = |n: u64| (0..n).map(|id| DumpedGoroutine { id, waiting: None }).collect();
+        let goroutines = |n: u64| {
+            let goroutine =
+                |id| DumpedGoroutine { id, waiting: None, created_by: None, parent_id: 0 };
+            (0..n).map(goroutine).collect()
+        };
         let (one, mut few) = stack(vec![frame("main.a", 0x10)]);
         let (two, mut many) = stack(vec![frame("main.b", 0x20)]);
         few.goroutines = goroutines(1);

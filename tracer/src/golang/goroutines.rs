@@ -75,6 +75,11 @@ pub struct Goroutine {
     pub truncated: bool,
     /// `g.waiting`: the sudog of a goroutine blocked on a channel (0 if none, or unknown).
     pub waiting: u64,
+    /// `g.gopc`: the return address of the `go` statement that created it (0 if none).
+    pub gopc: u64,
+    /// `g.parentGoid`: the goroutine that created it (0 if none, or unknown: before
+    /// Go 1.21).
+    pub parent_goid: u64,
     /// What it waits on, where a later stage could name it (`127.0.0.1:5432`).
     pub object: Option<String>,
     /// The channel or package sync object it is blocked on, where a later stage read it:
@@ -158,9 +163,9 @@ pub struct GoroutineReader<'a> {
     remember: bool,
     /// The waits of the previous read, by `g` address.
     previous: HashMap<u64, Remembered>,
-    /// Each goroutine's last read waits at a few places: a wait that changes while read
-    /// (a busy goroutine, parking and waking all the time, often does) at one of them is
-    /// read with its stack.
+    /// Each busy goroutine's last read waits at a few places (one seen waiting anew since
+    /// the read before: a goroutine parked for good keeps none): a wait that changes while
+    /// read at one of them is read with its stack.
     places: LastPlaces,
     /// Each distinct stack once.
     stacks: HashSet<Arc<[u64]>>,
@@ -179,8 +184,10 @@ impl LastPlaces {
     /// Keeps `walked` as the stack of the goroutine at `address` where `fields` say it
     /// waits.
     fn note(&mut self, address: u64, fields: GFields, walked: &Walked) {
-        let places = self.0.entry(address).or_default();
-        places.retain(|known| !known.fields.same_place(&fields));
+        let places = self.0.entry(address).or_insert_with(|| Vec::with_capacity(1));
+        // Another goroutine's places, if the `g` was reused, go with the same ones.
+        places
+            .retain(|known| known.fields.goid == fields.goid && !known.fields.same_place(&fields));
         places.insert(0, Remembered { fields, walked: walked.clone() });
         places.truncate(PLACES_PER_GOROUTINE);
     }
@@ -362,7 +369,10 @@ impl<'a> GoroutineReader<'a> {
                         Some(earlier) if earlier.fields.same_wait(&fields) => {
                             self.keep(address, fields, earlier.walked, goroutines, remembered);
                         }
-                        _ => to_walk.push((address, fields)),
+                        // Waiting anew since the last read: a busy goroutine, whose places
+                        // are kept.
+                        Some(_) => to_walk.push((address, fields, true)),
+                        None => to_walk.push((address, fields, false)),
                     }
                 }
                 // _Gcopystack, _Gpreempted and the rest: between states.
@@ -377,14 +387,14 @@ impl<'a> GoroutineReader<'a> {
         // Each stack from its saved stack pointer up to its top (a window at most).
         let stack_pieces: Vec<(u64, usize)> = to_walk
             .iter()
-            .map(|(_, fields)| {
+            .map(|(_, fields, _)| {
                 let len = fields.stack_hi.saturating_sub(fields.sp).min(STACK_WINDOW);
                 (fields.sp, len as usize)
             })
             .collect();
         let stacks = self.memory.read_pieces_spanning(&stack_pieces, buffer, STACK_SPAN_GAP);
         let mut walked = Vec::with_capacity(to_walk.len());
-        for ((address, fields), stack) in to_walk.iter().zip(stacks) {
+        for ((address, fields, busy), stack) in to_walk.iter().zip(stacks) {
             let Some(stack) = stack else {
                 counts.unreadable += 1;
                 counts.left_out.push(fields.goid);
@@ -393,29 +403,39 @@ impl<'a> GoroutineReader<'a> {
             let walk = walk(&self.memory, fields, &buffer[stack], &self.addresses.goexit, |pc| {
                 self.frame_sizes.at(pc)
             });
-            walked.push((*address, *fields, walk));
+            walked.push((*address, *fields, *busy, walk));
         }
 
         // Read each g again: what changed while its stack was read is not reported.
         let again_pieces: Vec<(u64, usize)> =
             walked.iter().map(|(address, ..)| (*address, g_len)).collect();
         let again = self.memory.read_pieces(&again_pieces, buffer);
-        for ((address, fields, walk), after) in walked.into_iter().zip(again) {
-            let unchanged = after
-                .is_some_and(|range| fields.same_wait(&GFields::parse(&buffer[range], &layout)));
-            if unchanged {
+        for ((address, fields, busy, walk), after) in walked.into_iter().zip(again) {
+            let Some(after) = after else {
+                counts.unreadable += 1;
+                counts.left_out.push(fields.goid);
+                continue;
+            };
+            if fields.same_wait(&GFields::parse(&buffer[after], &layout)) {
                 let Walk { pcs, truncated, frameless, bp } = walk;
                 let walked = Walked { pcs: self.intern(pcs), truncated, frameless, bp };
-                if self.remember {
+                if self.remember && busy {
                     self.places.note(address, fields, &walked);
                 }
                 self.keep(address, fields, walked, goroutines, remembered);
-            } else if let Some(walked) = self.places.walked_at(address, &fields) {
-                counts.read_at_last_place += 1;
-                self.keep(address, fields, walked, goroutines, remembered);
-            } else {
-                counts.changed_while_read += 1;
-                counts.left_out.push(fields.goid);
+                continue;
+            }
+            // Changed while read: its walk is torn (the goroutine ran over the frames it
+            // read), so the stack is its last read one at the same place, if any.
+            match self.places.walked_at(address, &fields) {
+                Some(known) => {
+                    counts.read_at_last_place += 1;
+                    self.keep(address, fields, known, goroutines, remembered);
+                }
+                _ => {
+                    counts.changed_while_read += 1;
+                    counts.left_out.push(fields.goid);
+                }
             }
         }
     }
@@ -446,6 +466,8 @@ impl<'a> GoroutineReader<'a> {
             pcs,
             truncated,
             waiting: fields.waiting,
+            gopc: fields.gopc,
+            parent_goid: fields.parent_goid,
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),
@@ -481,6 +503,9 @@ struct GFields {
     /// `g.waiting`, where its offset is known (not part of what tells one wait from the
     /// next: see `same_wait`).
     waiting: u64,
+    /// `g.gopc`, `g.parentGoid` (0 where not known): who created the goroutine.
+    gopc: u64,
+    parent_goid: u64,
 }
 
 impl GFields {
@@ -518,12 +543,16 @@ impl GFields {
             wait_since: word(bytes, at(layout.waitsince)) as i64,
             tracking_seq: layout.tracking_seq.and_then(|offset| bytes.get(at(offset)).copied()),
             waiting: 0,
+            gopc: word(bytes, at(layout.gopc)),
+            parent_goid: layout.parent_goid.map_or(0, |offset| word(bytes, at(offset))),
         }
     }
 
-    /// The same goroutine waiting at the same place: the same call (its saved registers
-    /// and wait reason), on the same stack, in this wait or another. Its stack is the same
-    /// but for the return addresses above frames of the same sizes.
+    /// The same goroutine waiting at the same depth of the same stack for the same reason
+    /// (its saved registers: a parked goroutine's pc is always the return into
+    /// `runtime.gopark`), in this wait or another. Two callers of the same frame sizes
+    /// that park for the same reason are at the same place: only the frames tell them
+    /// apart.
     fn same_place(&self, other: &GFields) -> bool {
         self.same_wait(&GFields { tracking_seq: self.tracking_seq, ..*other })
     }
@@ -542,6 +571,8 @@ impl GFields {
             wait_since: _,
             tracking_seq,
             waiting: _,
+            gopc: _,
+            parent_goid: _,
         } = *self;
         status & !G_SCAN == after.status & !G_SCAN
             && goid == after.goid
@@ -683,6 +714,8 @@ mod tests {
             wait_since: 0,
             tracking_seq: Some(3),
             waiting: 0,
+            gopc: 0,
+            parent_goid: 0,
         }
     }
 
@@ -789,7 +822,12 @@ mod tests {
         }
         assert!(places.walked_at(0xa0, &first).is_none());
         assert!(places.walked_at(0xa0, &GFields { sp: 0x20_000, ..first }).is_some());
-        places.forget(0xa0);
+        // A new goroutine in the same `g`: the old one's places go.
+        let other = GFields { goid: 8, sp: 0x30_000, ..first };
+        places.note(0xa0, other, &walked(0x4));
         assert!(places.walked_at(0xa0, &GFields { sp: 0x20_000, ..first }).is_none());
+        assert_eq!(places.walked_at(0xa0, &other).map(|w| w.pcs[0]), Some(0x4));
+        places.forget(0xa0);
+        assert!(places.walked_at(0xa0, &other).is_none());
     }
 }

@@ -42,7 +42,7 @@ pub use binary::{
     EpollData, GLayout, LayoutSources, NEWEST_KNOWN_GO, OLDEST_KNOWN_GO, PollDescLayout,
     RuntimeLayout, layout_sources,
 };
-pub use dump::{DumpedGoroutine, GoPc, GoroutineDump, GoroutineGroup};
+pub use dump::{CreatedBy, DumpedGoroutine, GoPc, GoroutineDump, GoroutineGroup};
 pub use record::{GoRecording, record, sample_window};
 pub use sampler::DEFAULT_RATE_HZ;
 

@@ -248,6 +248,8 @@ mod tests {
             pcs: vec![0x1000].into(),
             truncated: false,
             waiting: 0,
+            gopc: 0,
+            parent_goid: 0,
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),

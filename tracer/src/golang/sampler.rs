@@ -303,6 +303,8 @@ mod tests {
             pcs: Arc::clone(pcs),
             truncated: false,
             waiting: 0,
+            gopc: 0,
+            parent_goid: 0,
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),

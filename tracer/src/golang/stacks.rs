@@ -64,6 +64,12 @@ impl<'a> GoNamer<'a> {
         })
     }
 
+    /// The frames of the return address `pc` (the call one byte back), innermost inlined
+    /// call first.
+    pub fn frames_at_return(&mut self, pc: u64) -> &[Frame] {
+        self.frames(pc, 1)
+    }
+
     /// The process address where the function containing the return address `pc`
     /// begins (what Go's `func+0x…` offsets count from).
     pub fn entry(&self, pc: u64) -> Option<u64> {
@@ -139,6 +145,8 @@ pub fn from_goroutines_at(
         pcs,
         truncated,
         waiting: _,
+        gopc: _,
+        parent_goid: _,
         object,
         blocked_on: _,
         selects_on: _,

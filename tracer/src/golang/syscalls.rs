@@ -81,6 +81,8 @@ mod tests {
             pcs: Arc::from(vec![0x1000]),
             truncated: false,
             waiting: 0,
+            gopc: 0,
+            parent_goid: 0,
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),

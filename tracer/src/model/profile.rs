@@ -152,9 +152,10 @@ pub struct TraceCounts {
     pub waits_unread: u64,
     /// A sampled recording's new waits whose thread ran (or goroutine changed) before
     /// their stack could be read, counted at the stack of its last read wait at the same
-    /// place (the same call on the same object, from the same stack and instruction
-    /// pointers): not a loss, an attribution that is right but for two callers of the
-    /// same frame sizes.
+    /// place (a thread's: the same call on the same object from the same stack and
+    /// instruction pointers; a goroutine's: the same reason and saved registers): not a
+    /// loss, an attribution, wrong only where two callers of the same frame sizes reach
+    /// the same call (on the same object, for a thread).
     pub waits_at_last_place: u64,
     /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
     /// that were evicted from the bounded table of pending wakers.

@@ -474,6 +474,11 @@ fn pairs<'a>(fields: impl IntoIterator<Item = (&'static str, &'a mut u64)>) -> S
     pairs.join(" ")
 }
 
+/// The "not kept:" comment's words: a recording's timeline (the SVG's chart of threads
+/// blocked by second) and its waits' histograms of lengths (in the JSON).
+const NOT_KEPT_TIMELINE: &str = "timeline";
+const NOT_KEPT_HISTOGRAMS: &str = "histograms";
+
 fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str>) -> Vec<String> {
     let mut comments = vec![
         format!("tracer: {}", provenance.tracer_version),
@@ -511,6 +516,17 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
     }
     if let Some(main) = main_module {
         comments.push(format!("main module: {main}"));
+    }
+    // What pprof has no place for, for `tracer report` to say it is gone.
+    let mut not_kept = Vec::new();
+    if profile.timeline.is_some() {
+        not_kept.push(NOT_KEPT_TIMELINE);
+    }
+    if profile.stacks.iter().any(|stack| !stack.stats.log2_histogram.is_empty()) {
+        not_kept.push(NOT_KEPT_HISTOGRAMS);
+    }
+    if !not_kept.is_empty() {
+        comments.push(format!("not kept: {}", not_kept.join(" ")));
     }
     let mut counts = profile.counts.clone();
     let mut fields = counts.fields_mut().into_iter();
@@ -858,6 +874,13 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
     if decoded.sample.iter().any(|sample| sample.label.iter().any(chain_key)) {
         left_out.push("the wait chains");
     }
+    let not_kept: Vec<&str> = comment("not kept").map_or(Vec::new(), |t| t.split(' ').collect());
+    if not_kept.contains(&NOT_KEPT_TIMELINE) {
+        left_out.push("the timeline (the SVG's chart by second)");
+    }
+    if not_kept.contains(&NOT_KEPT_HISTOGRAMS) {
+        left_out.push("the waits' histograms of lengths");
+    }
     Ok(SavedProfile { profile, provenance, left_out })
 }
 
@@ -1087,10 +1110,23 @@ mod tests {
         let mut profile = fixture_profile();
         assert!(!profile.chains.is_empty(), "the fixture has chains");
         profile.counts.wakes_seen = 3;
+        profile.timeline = Some(crate::model::Timeline::default());
         let saved = read_pprof(&encode(&profile)).unwrap();
-        assert_eq!(saved.left_out, ["who woke whom", "the wait chains"]);
+        assert_eq!(
+            saved.left_out,
+            [
+                "who woke whom",
+                "the wait chains",
+                "the timeline (the SVG's chart by second)",
+                "the waits' histograms of lengths"
+            ]
+        );
         profile.counts.wakes_seen = 0;
         profile.chains.clear();
+        profile.timeline = None;
+        for stack in &mut profile.stacks {
+            stack.stats.log2_histogram.clear();
+        }
         assert!(read_pprof(&encode(&profile)).unwrap().left_out.is_empty());
     }
 

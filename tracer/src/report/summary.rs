@@ -446,7 +446,9 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
         let width =
             endpoints.iter().take(top).map(|row| super::escape_name(&row.object).chars().count());
         let width = width.max();
-        let width = width.unwrap_or(0).clamp(ENDPOINT_WIDTH, ENDPOINT_MAX_WIDTH);
+        // The state keeps 16 columns within 100.
+        let most = ENDPOINT_MAX_WIDTH.min(100usize.saturating_sub(kind + 19 + 16));
+        let width = width.unwrap_or(0).clamp(ENDPOINT_WIDTH, most.max(ENDPOINT_WIDTH));
         let _ = writeln!(
             out,
             "{:<width$} {:<kind$} {:>10} {:>4}  STATE",
@@ -566,7 +568,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
             // Their thread ran before they were read: not a loss, an attribution.
             let _ = writeln!(
                 out,
-                "stacks: {} waits read too late, counted at their thread's last stack at the same call",
+                "stacks: {} waits whose thread ran before they were read, given its last stack at the call",
                 counts.waits_at_last_place
             );
         }
@@ -736,7 +738,7 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
                 // Changed while read: not a loss, an attribution.
                 let _ = writeln!(
                     out,
-                    "stacks: {} waits changed while read, counted at their goroutine's last stack at the same call",
+                    "stacks: {} waits changed while read, given their goroutine's last stack at the call",
                     counts.waits_at_last_place
                 );
             }
@@ -1041,7 +1043,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "stacks: 290 waits read too late, counted at their thread's last stack at the same call\n"
+                "stacks: 290 waits whose thread ran before they were read, given its last stack at the call\n"
             ),
             "{text}"
         );

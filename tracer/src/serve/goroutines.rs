@@ -9,13 +9,12 @@
 //! (running, runnable and in-syscall ones have moving stacks and are not unwound); the
 //! `@` line has one address per physical frame, where Go gives an inlined call one of its
 //! own; the stacks stop before `runtime.goexit`; arguments are not read (every frame
-//! prints `(...)`, as Go prints an inlined one); there is no `created by` line (the
-//! creator's pc is not read) and no `locked to thread`.
+//! prints `(...)`, as Go prints an inlined one); there is no `locked to thread`.
 
 use std::fmt::Write as _;
 
 use crate::{
-    golang::{GoroutineDump, GoroutineGroup},
+    golang::{DumpedGoroutine, GoroutineDump, GoroutineGroup},
     model::ProfileStack,
     stacks::Frame,
 };
@@ -84,29 +83,29 @@ fn stack_record(frames: &[(&Frame, Option<u64>)], all_frames: bool) -> String {
 pub fn traceback_text(dump: &GoroutineDump) -> String {
     // The frames of a group are printed once for all its goroutines.
     let bodies: Vec<String> = dump.iter().map(|(stack, group)| traceback(stack, group)).collect();
-    let mut goroutines: Vec<(u64, usize, Option<std::time::Duration>)> = dump
+    let mut goroutines: Vec<(&DumpedGoroutine, usize)> = dump
         .groups
         .iter()
         .enumerate()
-        .flat_map(|(index, group)| {
-            group.goroutines.iter().map(move |goroutine| (goroutine.id, index, goroutine.waiting))
-        })
+        .flat_map(|(index, group)| group.goroutines.iter().map(move |goroutine| (goroutine, index)))
         .collect();
-    goroutines.sort_unstable_by_key(|&(id, _, _)| id);
+    goroutines.sort_unstable_by_key(|&(goroutine, _)| goroutine.id);
     let mut text = String::new();
-    for (shown, &(id, index, waiting)) in goroutines.iter().enumerate() {
+    for (shown, &(goroutine, index)) in goroutines.iter().enumerate() {
         let mut entry = String::new();
         if shown > 0 {
             entry.push('\n');
         }
+        let id = goroutine.id;
         let _ = write!(entry, "goroutine {id} [{}", printable(&dump.groups[index].wait_reason));
         // Go prints the minutes from `waitsince` only when there are some.
-        let minutes = waiting.map_or(0, |waiting| waiting.as_secs() / 60);
+        let minutes = goroutine.waiting.map_or(0, |waiting| waiting.as_secs() / 60);
         if minutes >= 1 {
             let _ = write!(entry, ", {minutes} minutes");
         }
         entry.push_str("]:\n");
         entry.push_str(&bodies[index]);
+        write_created_by(&mut entry, goroutine);
         if text.len() + entry.len() > MAX_TRACEBACK_BYTES {
             let _ = write!(
                 text,
@@ -119,6 +118,26 @@ pub fn traceback_text(dump: &GoroutineDump) -> String {
         text.push_str(&entry);
     }
     text
+}
+
+/// `printcreatedby`: the function and line of the `go` statement that created the
+/// goroutine, and (Go 1.21+) the goroutine that ran it; not for the main goroutine, nor
+/// one the runtime's own code created.
+fn write_created_by(entry: &mut String, goroutine: &DumpedGoroutine) {
+    let Some(created) = &goroutine.created_by else { return };
+    if goroutine.id == 1 || !shown_in_traceback(&created.function, false) {
+        return;
+    }
+    let _ = write!(entry, "created by {}", printable(&created.function));
+    if goroutine.parent_id != 0 {
+        let _ = write!(entry, " in goroutine {}", goroutine.parent_id);
+    }
+    let file = created.file.as_deref().unwrap_or("?");
+    let _ = write!(entry, "\n\t{}:{}", printable(file), created.line.unwrap_or(0));
+    if let Some(offset) = created.offset {
+        let _ = write!(entry, " +{offset:#x}");
+    }
+    entry.push('\n');
 }
 
 /// The frames of one goroutine of `group` as Go's traceback prints them at its default
@@ -283,7 +302,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        golang::{DumpedGoroutine, GoPc},
+        golang::{CreatedBy, DumpedGoroutine, GoPc},
         model::{Profile, ProfileKind, WaitStats},
     };
 
@@ -353,9 +372,20 @@ mod tests {
                 process: None,
             }
         };
+        let created = |function: &str, line, offset| {
+            Some(std::sync::Arc::new(CreatedBy {
+                function: function.into(),
+                file: Some("/src/pileup.go".into()),
+                line: Some(line),
+                offset,
+            }))
+        };
+        let by_main = created("main.main", 40, Some(0x5e));
         let goroutine = |id, minutes: Option<u64>| DumpedGoroutine {
             id,
             waiting: minutes.map(|minutes| Duration::from_secs(minutes * 60 + 7)),
+            created_by: by_main.clone(),
+            parent_id: 1,
         };
         let mut profile = Profile::new(ProfileKind::Snapshot, 42, "pileup".into());
         profile.stacks = vec![
@@ -370,14 +400,23 @@ mod tests {
                     pcs: pcs(&send_frames),
                     goroutines: vec![
                         goroutine(20, None),
-                        goroutine(21, Some(0)),
+                        // Created by a goroutine of a Go before 1.21, which kept no parent.
+                        DumpedGoroutine {
+                            created_by: created("main.startSenders.func1", 33, None),
+                            parent_id: 0,
+                            ..goroutine(21, Some(0))
+                        },
                         goroutine((1 << 32) + 5_000_000, Some(3)),
                     ],
                 },
                 GoroutineGroup {
                     wait_reason: "chan receive".into(),
                     pcs: pcs(&recv_frames),
-                    goroutines: vec![goroutine(7, Some(12))],
+                    // The runtime's own creations are not said.
+                    goroutines: vec![DumpedGoroutine {
+                        created_by: created("runtime.gcenable", 200, Some(0x20)),
+                        ..goroutine(7, Some(12))
+                    }],
                 },
             ],
         }
@@ -408,14 +447,20 @@ mod tests {
             goroutine 20 [chan send]:\n\
             main.sendStat(...)\n\
             \t/src/pileup.go:12 +0x27\n\
+            created by main.main in goroutine 1\n\
+            \t/src/pileup.go:40 +0x5e\n\
             \n\
             goroutine 21 [chan send]:\n\
             main.sendStat(...)\n\
             \t/src/pileup.go:12 +0x27\n\
+            created by main.startSenders.func1\n\
+            \t/src/pileup.go:33\n\
             \n\
             goroutine 4299967296 [chan send, 3 minutes]:\n\
             main.sendStat(...)\n\
-            \t/src/pileup.go:12 +0x27\n";
+            \t/src/pileup.go:12 +0x27\n\
+            created by main.main in goroutine 1\n\
+            \t/src/pileup.go:40 +0x5e\n";
         assert_eq!(traceback_text(&dump()), want);
     }
 

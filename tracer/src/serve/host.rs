@@ -137,8 +137,8 @@ pub struct Host {
     /// Waits whose stacks stopped short, over every process (of the processes that
     /// exited, and of those read now).
     truncated_unwinds: AtomicU64,
-    /// What the passes in the kernel and the samplers lost (`Reader::pass_counts`).
-    pass_counts: Mutex<TraceCounts>,
+    /// What the passes in the kernel and the samplers lost (`Reader::loss_counts`).
+    losses: Mutex<TraceCounts>,
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
     /// How often each trigger condition fired, by whether its files were written.
     firings: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -176,7 +176,7 @@ impl Host {
             reads: AtomicU64::new(0),
             truncated_unwinds: AtomicU64::new(0),
             waits_read: AtomicU64::new(0),
-            pass_counts: Mutex::new(TraceCounts::default()),
+            losses: Mutex::new(TraceCounts::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
             firings: Mutex::new(BTreeMap::new()),
             windows: super::OpenWindows::new(),
@@ -305,7 +305,7 @@ impl Host {
         let tracer = metrics::TracerTotals {
             events: self.waits_read.load(Ordering::Relaxed),
             lost: {
-                let passes = lock(&self.pass_counts);
+                let passes = lock(&self.losses);
                 vec![
                     ("unwind_truncated", self.truncated_unwinds.load(Ordering::Relaxed)),
                     // The passes in the kernel lose to a full ring of their own.
@@ -424,7 +424,7 @@ struct Reader {
     /// of its processes that exited while it was open.
     windows: BTreeMap<u64, ReaderWindow>,
     truncated_of_exited: u64,
-    /// What the passes lost for the processes that exited (their samplers' own count).
+    /// What the samplers of the processes that exited counted beside the passes.
     sampler_counts_of_exited: SamplerCounts,
     /// `--trigger`, when given.
     triggers: Option<Triggers>,
@@ -487,7 +487,7 @@ impl Reader {
             let truncated: u64 =
                 self.members.members.iter().map(|m| m.sampler.truncated_unwinds()).sum();
             host.truncated_unwinds.store(self.truncated_of_exited + truncated, Ordering::Relaxed);
-            *lock(&host.pass_counts) = self.pass_counts();
+            *lock(&host.losses) = self.loss_counts();
             if !alive {
                 return;
             }
@@ -533,7 +533,7 @@ impl Reader {
 
     /// What the passes in the kernel and the samplers lost, over every process (of the
     /// processes that exited, and of those read now).
-    fn pass_counts(&self) -> TraceCounts {
+    fn loss_counts(&self) -> TraceCounts {
         let mut losses = self.sampler_counts_of_exited;
         for member in &self.members.members {
             losses += member.sampler.sampler_counts();

@@ -439,7 +439,7 @@ pub struct Shared {
     pub waits: Mutex<metrics::WaitSeries>,
     /// Probe counters of earlier attachments, so totals never go down on re-attach.
     pub earlier_counters: Mutex<ProbeCounters>,
-    /// What earlier attachments' samplers' passes in the kernel lost, likewise.
+    /// What earlier attachments' samplers counted beside their probes, likewise.
     earlier_sampler_counts: Mutex<SamplerCounts>,
     /// Earlier attachments' samplers' unwinds truncated, likewise.
     earlier_sampled_unwinds_truncated: Mutex<u64>,
@@ -483,7 +483,7 @@ struct SampledProgress {
     /// What its reads counted and lost, as windows report it.
     counts: TraceCounts,
     /// Its probes' counters (the passes in the kernel and their losses) and what its
-    /// passes lost beside, until the detach moves them to the earlier attachments'.
+    /// sampler counted beside, until the detach moves them to the earlier attachments'.
     counters: ProbeCounters,
     sampler_counts: SamplerCounts,
     /// Its unwinds truncated (`counts.unwind_truncated`), likewise until the detach.
@@ -807,8 +807,7 @@ impl Shared {
         total
     }
 
-    /// What the samplers' passes in the kernel lost beside their probes' counters, over
-    /// every attachment.
+    /// What the samplers counted beside their probes' counters, over every attachment.
     fn total_sampler_counts(&self) -> SamplerCounts {
         let progress = lock(&self.sampled);
         let mut total = *lock(&self.earlier_sampler_counts);

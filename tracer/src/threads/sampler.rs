@@ -350,10 +350,10 @@ impl SamplerCounts {
 
 /// Where a thread made a blocking call: the call, its first two arguments (the object it
 /// waits on: a futex word, a descriptor; and the operation or buffer), and the stack and
-/// instruction pointers it made it from. A thread's two waits at one place share their
-/// stack but for the return addresses above the frames of the same depth, which differ
-/// only when two callers of the same frame sizes reach the same call: the stack of the
-/// earlier stands for the later when the later's could not be read.
+/// instruction pointers it made it from: the same function at the same depth of the
+/// stack. Two waits of a thread at one place have the same stack unless two callers of
+/// the same frame sizes reach the same call on the same object, which then share one: the
+/// stack of the earlier stands for the later when the later's could not be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CallPlace {
     nr: i64,
@@ -370,6 +370,35 @@ impl CallPlace {
             sp: syscall.sp,
             pc: syscall.pc,
         }
+    }
+}
+
+/// A stack as unwound: its return addresses, and whether the unwind stopped early.
+type ReadStack = (Arc<[u64]>, bool);
+
+/// Each thread's last read waits at up to `PLACES_PER_THREAD` places, the latest first:
+/// where each was made, and its stack.
+#[derive(Debug, Default)]
+struct ThreadPlaces(HashMap<u32, Vec<(CallPlace, ReadStack)>>);
+
+impl ThreadPlaces {
+    /// Keeps `stack` as thread `tid`'s stack at `place`.
+    fn note(&mut self, tid: u32, place: CallPlace, stack: ReadStack) {
+        let places = self.0.entry(tid).or_insert_with(|| Vec::with_capacity(1));
+        places.retain(|(known, _)| *known != place);
+        places.insert(0, (place, stack));
+        places.truncate(PLACES_PER_THREAD);
+    }
+
+    /// Thread `tid`'s last read stack at `place`, if it waited there.
+    fn stack_at(&self, tid: u32, place: &CallPlace) -> Option<&ReadStack> {
+        let places = self.0.get(&tid)?;
+        places.iter().find(|(known, _)| known == place).map(|(_, stack)| stack)
+    }
+
+    /// Forgets the threads not in `tids` (sorted): they exited.
+    fn keep_only(&mut self, tids: &[u32]) {
+        self.0.retain(|tid, _| tids.binary_search(tid).is_ok());
     }
 }
 
@@ -444,16 +473,17 @@ pub struct ThreadSampler {
     threads_skipped: u64,
     /// Of those, the reads that failed (unreadable): a loss, in the profile's counts.
     thread_reads_failed: u64,
-    /// Each thread's last read waits at up to `PLACES_PER_THREAD` places, the latest
-    /// first: where each was made, and its key (None for a call not reported). A new wait
-    /// of the thread at one of them whose stack cannot be read (the thread ran before it
-    /// was) is counted with that key.
-    last_read_waits: HashMap<u32, Vec<(CallPlace, Option<StackKey>)>>,
-    /// New waits counted with their thread's last read key (see `last_read_waits`).
+    /// Each thread's last read stacks at a few places: a new wait of the thread at one of
+    /// them whose stack cannot be read (the thread ran before it was) is counted with it.
+    places: ThreadPlaces,
+    /// New waits counted with their thread's last read stack at their place.
     waits_at_last_place: u64,
-    /// New waits lost: their thread ran before their stack was read, and made none of its
-    /// last read waits at their place (a loss, in the profile's counts).
+    /// New waits lost: their thread ran before their stack was read, and had no read
+    /// stack at their place (a loss, in the profile's counts).
     waits_unread: u64,
+    /// The switch count of each thread's last wait counted in `waits_unread`: the passes
+    /// of one drain that each saw it count it once.
+    unread_switches: HashMap<u32, u64>,
     /// The waits the current read skipped that a look showed, by thread and switch count:
     /// which of a drain's lost waits more than one pass saw (`read_kernel_passes`).
     skipped_looks: Vec<(u32, u64)>,
@@ -490,10 +520,9 @@ enum Passes {
     Shared,
 }
 
-/// How many places of a thread's last read waits a sampler keeps (see
-/// `ThreadSampler::last_read_waits`): a worker's few waits (its queue, its lock, its
-/// socket, its sleep) in a loop.
-const PLACES_PER_THREAD: usize = 8;
+/// How many places of a thread's last read waits a sampler keeps (see `ThreadPlaces`): a
+/// worker's few waits in a loop (its queue, its lock, its socket).
+const PLACES_PER_THREAD: usize = 4;
 
 /// How long the drains keep to the period after one that lost stacks a faster drain keeps
 /// (see `ThreadSampler::hurried_until`).
@@ -517,9 +546,10 @@ impl ThreadSampler {
             thread_names: WaitAggregate::default(),
             threads_skipped: 0,
             thread_reads_failed: 0,
-            last_read_waits: HashMap::new(),
+            places: ThreadPlaces::default(),
             waits_at_last_place: 0,
             waits_unread: 0,
+            unread_switches: HashMap::new(),
             skipped_looks: Vec::new(),
             frame_pointer_unknown: 0,
             last_counts: ThreadCounts::default(),
@@ -689,6 +719,7 @@ impl ThreadSampler {
             return self.read_at(now_ns, looks, &HashMap::new());
         };
         let started_before = self.tracker.started;
+        let credited_before = self.waits_at_last_place;
         // The waits this drain lost, by thread and switch count, and how many passes saw
         // each.
         let mut lost: HashMap<(u32, u64), u32> = HashMap::new();
@@ -698,7 +729,9 @@ impl ThreadSampler {
                 *lost.entry(wait).or_default() += 1;
             }
         }
-        let kept = self.tracker.started - started_before;
+        // The waits counted at a place's stack are among both the started and the lost.
+        let credited = self.waits_at_last_place - credited_before;
+        let kept = self.tracker.started - started_before - credited;
         let outlived_a_pass = lost.values().filter(|&&passes| passes > 1).count() as u64;
         if drains_at_the_period_keep_more(kept, lost.len() as u64, outlived_a_pass) {
             self.hurried_until = Some(Instant::now() + HURRIED_FOR);
@@ -796,7 +829,8 @@ impl ThreadSampler {
     /// Forgets what it kept of threads not in `tids` (sorted): they exited.
     fn forget_threads_except(&mut self, tids: &[u32]) {
         self.reader.forget_threads_except(tids);
-        self.last_read_waits.retain(|tid, _| tids.binary_search(tid).is_ok());
+        self.places.keep_only(tids);
+        self.unread_switches.retain(|tid, _| tids.binary_search(tid).is_ok());
     }
 
     /// The threads blocked in a syscall, from their /proc files; counts the others.
@@ -882,6 +916,10 @@ impl ThreadSampler {
                 let key = match key {
                     Ok(key) => key,
                     Err(err) => {
+                        // A Python program's frames gone before they were read: lost.
+                        if matches!(err, SampleError::Woke) {
+                            self.count_unread(tid, look);
+                        }
                         self.skip(tid, &err, counts);
                         return;
                     }
@@ -896,18 +934,19 @@ impl ThreadSampler {
                 None
             }
         };
-        let places = self.last_read_waits.entry(tid).or_default();
-        let place = CallPlace::of(&state.syscall);
-        places.retain(|(known, _)| *known != place);
-        places.insert(0, (place, key.clone()));
-        places.truncate(PLACES_PER_THREAD);
+        if let Some(key) = &key {
+            let stack = (Arc::from(key.addresses.as_slice()), key.truncated);
+            self.places.note(tid, CallPlace::of(&state.syscall), stack);
+        }
         self.tracker.start(now_ns, tid, state, key, sample.blocked_for_at_least_ns);
     }
 
     /// A new wait of thread `tid` in `state` whose stack could not be read: the thread
-    /// ran before it was. Made where one of the thread's last read waits was, it is
-    /// counted with that wait's stack; a call not reported loses nothing; any other is
-    /// lost, counted.
+    /// ran before it was. Its object is named now, from the call's arguments (a
+    /// descriptor may be another connection's than at the thread's last wait there); its
+    /// stack is the thread's last read one at the same place, if any (not in a Python
+    /// program, whose frames are not on its native stack): else it is lost, counted. A
+    /// call not reported (a sleep, a file's read) loses nothing.
     fn start_unread(
         &mut self,
         now_ns: u64,
@@ -916,38 +955,50 @@ impl ThreadSampler {
         look: Option<&TaskLook>,
         counts: &mut ThreadCounts,
     ) {
-        let place = CallPlace::of(&state.syscall);
-        // A Python program's frames come from its memory, not its native stack: two waits
-        // at one native place may be in two Python functions.
-        let python = self.unwinder.python().is_some();
-        let known = match self.last_read_waits.get(&tid) {
-            Some(places) if !python => places.iter().find(|(known, _)| *known == place),
-            _ => None,
-        };
-        match known {
-            Some((_, Some(key))) => {
-                let key = key.clone();
-                self.waits_at_last_place += 1;
-                counts.blocked_in_waits += 1;
-                self.tracker.start(now_ns, tid, state, Some(key), None);
-            }
+        // Which passes missed its stack, credited or not: drains that miss many hurry,
+        // and their reads keep the places' stacks fresh.
+        if let Some(look) = look {
+            self.skipped_looks.push((tid, look.switches));
+        }
+        let args = state.syscall.args;
+        let wait = tracer_common::classify_syscall(state.syscall.nr, |n| Ok::<_, ()>(args[n]))
+            .ok()
+            .flatten()
+            .and_then(|(kind, object)| self.objects.resolve(kind, object));
+        let Some((kind, object)) = wait else {
             // Tracked so that it is not looked at again.
-            Some((_, None)) => {
-                counts.elsewhere += 1;
-                self.tracker.start(now_ns, tid, state, None, None);
-            }
-            None if !is_watched(&state.syscall) => {
-                counts.elsewhere += 1;
-                self.tracker.start(now_ns, tid, state, None, None);
-            }
-            None => {
-                self.skip(tid, &SampleError::Woke, counts);
-                self.waits_unread += 1;
-                // Which passes lost it.
-                if let Some(look) = look {
-                    self.skipped_looks.push((tid, look.switches));
-                }
-            }
+            counts.elsewhere += 1;
+            self.tracker.start(now_ns, tid, state, None, None);
+            return;
+        };
+        let python = self.unwinder.python().is_some();
+        let place = CallPlace::of(&state.syscall);
+        let Some((addresses, truncated)) =
+            self.places.stack_at(tid, &place).filter(|_| !python).cloned()
+        else {
+            self.count_unread(tid, look);
+            self.skip(tid, &SampleError::Woke, counts);
+            return;
+        };
+        self.waits_at_last_place += 1;
+        counts.blocked_in_waits += 1;
+        if let Some(look) = look {
+            let name = crate::probes::comm_text(&look.comm);
+            self.thread_names.name_thread(tid, &name);
+        }
+        let key =
+            StackKey { addresses: addresses.to_vec(), kind, object, truncated, in_progress: true };
+        self.tracker.start(now_ns, tid, state, Some(key), None);
+    }
+
+    /// Counts a new wait of thread `tid` whose stack could not be read, once however many
+    /// passes saw it (by its `look`'s switch count).
+    fn count_unread(&mut self, tid: u32, look: Option<&TaskLook>) {
+        let seen_before = look.is_some_and(|look| {
+            self.unread_switches.insert(tid, look.switches) == Some(look.switches)
+        });
+        if !seen_before {
+            self.waits_unread += 1;
         }
     }
 
@@ -1101,7 +1152,8 @@ impl ThreadSampler {
         self.tasks.counters()
     }
 
-    /// What the passes in the kernel lost so far beside their probes' counters.
+    /// What it counted so far beside its probes' counters: its losses, and the waits
+    /// counted at a place's stack.
     pub fn sampler_counts(&self) -> SamplerCounts {
         SamplerCounts {
             malformed_records: self.assembler.malformed(),
@@ -1185,13 +1237,6 @@ fn drains_at_the_period_keep_more(kept: u64, lost: u64, outlived_a_pass: u64) ->
     outlived_a_pass > 0 && outlived_a_pass * 10 >= kept + lost
 }
 
-/// Whether `syscall` is a call whose waits are reported (a futex wait, a socket's or a
-/// pipe's read or write, a poll), as far as the call alone tells.
-fn is_watched(syscall: &SyscallState) -> bool {
-    let args = syscall.args;
-    matches!(tracer_common::classify_syscall(syscall.nr, |n| Ok::<_, ()>(args[n])), Ok(Some(_)))
-}
-
 /// A new wait's sample from the stack a pass in the kernel copied, as `sample_look` would
 /// read it now: the pass saw the thread blocked in `syscall` with the copy's switch count.
 fn sample_of_copy(look: &TaskLook, syscall: SyscallState, copy: &PassCopy) -> ThreadSample {
@@ -1217,6 +1262,33 @@ mod tests {
         assert!(hurry(0, 5, 5), "a single thread's long waits, all gone");
         assert!(!hurry(0, 400, 0), "a server's microsecond polls, each seen by one pass");
         assert!(hurry(0, 400, 40), "a tenth of them long");
+    }
+
+    #[test]
+    fn a_threads_places_keep_the_latest_stack_of_each() {
+        let place = |sp: u64, futex: u64| CallPlace { nr: 202, object: [futex, 128], sp, pc: 0x10 };
+        let stack = |pc: u64| -> ReadStack { (Arc::from(vec![pc, 0x99]), false) };
+        let mut places = ThreadPlaces::default();
+        places.note(7, place(0x7000, 0xa0), stack(0x1));
+        assert_eq!(places.stack_at(7, &place(0x7000, 0xa0)).map(|s| s.0[0]), Some(0x1));
+        // Another lock, another depth, another thread: not the place.
+        assert!(places.stack_at(7, &place(0x7000, 0xb0)).is_none());
+        assert!(places.stack_at(7, &place(0x7100, 0xa0)).is_none());
+        assert!(places.stack_at(8, &place(0x7000, 0xa0)).is_none());
+        // Read again there: the later stack is kept.
+        places.note(7, place(0x7000, 0xa0), stack(0x2));
+        assert_eq!(places.stack_at(7, &place(0x7000, 0xa0)).map(|s| s.0[0]), Some(0x2));
+        // At most a few places, the oldest let go first.
+        for n in 0..PLACES_PER_THREAD as u64 {
+            places.note(7, place(0x8000 + n * 0x100, 0xa0), stack(0x3));
+        }
+        assert!(places.stack_at(7, &place(0x7000, 0xa0)).is_none());
+        assert!(places.stack_at(7, &place(0x8000, 0xa0)).is_some());
+        // A thread gone is forgotten.
+        places.note(9, place(0x7000, 0xa0), stack(0x4));
+        places.keep_only(&[9]);
+        assert!(places.stack_at(7, &place(0x8000, 0xa0)).is_none());
+        assert!(places.stack_at(9, &place(0x7000, 0xa0)).is_some());
     }
 
     use tracer_common::WaitKind;
