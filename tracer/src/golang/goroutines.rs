@@ -185,7 +185,8 @@ impl LastPlaces {
     /// waits.
     fn note(&mut self, address: u64, fields: GFields, walked: &Walked) {
         let places = self.0.entry(address).or_insert_with(|| Vec::with_capacity(1));
-        // Another goroutine's places, if the `g` was reused, go with the same ones.
+        // The older wait at this place goes, and so do the places of a goroutine that had
+        // this `g` before.
         places
             .retain(|known| known.fields.goid == fields.goid && !known.fields.same_place(&fields));
         places.insert(0, Remembered { fields, walked: walked.clone() });
@@ -432,7 +433,7 @@ impl<'a> GoroutineReader<'a> {
                     counts.read_at_last_place += 1;
                     self.keep(address, fields, known, goroutines, remembered);
                 }
-                _ => {
+                None => {
                     counts.changed_while_read += 1;
                     counts.left_out.push(fields.goid);
                 }
