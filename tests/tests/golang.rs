@@ -380,8 +380,9 @@ const RELAY_OVER: f64 = 1.05;
 /// waits of tens of microseconds: most goroutines a sampled read finds waiting have parked
 /// since the read before and many change while read, so their stacks come from their last
 /// read wait at the same place. The reads count nearly the pairs x the recording at
-/// main.relayer (Go's block profile counts all of it; 13-16% went uncounted before, 4-9%
-/// after), and never more: no wait counted twice. Some are counted so (none were before).
+/// main.relayer (Go's block profile counts all of it; 13-16% went uncounted before, 1-9%
+/// after), and never more: no wait counted twice. Some are counted so (none were before:
+/// what tells the two apart; the share is a guard against a gross loss).
 #[test]
 fn a_relays_waits_are_counted_once_and_nearly_whole() {
     let dir = TempDir::new("go-relay");

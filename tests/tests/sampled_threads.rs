@@ -324,7 +324,7 @@ fn waits_read_too_late_count_at_their_threads_last_stack_at_the_same_call() {
     let counts = &profile.counts;
     assert!(counts.waits_at_last_place > 0, "{counts:?}");
     assert!(traced.out.stdout.contains(&format!(
-        "stacks: {} waits whose thread ran before they were read, given its last stack at the call",
+        "stacks: {} waits given their thread's last stack at the call (it ran before they were read)",
         counts.waits_at_last_place
     )));
     if counts.waits_unread > 0 {

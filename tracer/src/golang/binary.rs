@@ -114,8 +114,9 @@ impl GLayout {
         gopc: 296,
         parent_goid: None,
     };
-    /// Go 1.21 moved trackingSeq, dropped two words before gopc and put `parentGoid`
-    /// before it; 1.22 moved trackingSeq again.
+    /// Go 1.21 moved trackingSeq, moved three words before gopc into `trace` (smaller)
+    /// and put `parentGoid` before gopc, two words back in all; 1.22 moved trackingSeq
+    /// again.
     const GO1_21: GLayout =
         GLayout { tracking_seq: Some(188), gopc: 280, parent_goid: Some(272), ..Self::GO1_19 };
     const GO1_22: GLayout = GLayout { tracking_seq: Some(191), ..Self::GO1_21 };

@@ -164,8 +164,9 @@ pub struct GoroutineReader<'a> {
     /// The waits of the previous read, by `g` address.
     previous: HashMap<u64, Remembered>,
     /// Each busy goroutine's last read waits at a few places (one seen waiting anew since
-    /// the read before: a goroutine parked for good keeps none): a wait that changes while
-    /// read at one of them is read with its stack.
+    /// the read before: a goroutine parked since its first read keeps none; they go with
+    /// the goroutine): a wait that changes while read at one of them is read with its
+    /// stack.
     places: LastPlaces,
     /// Each distinct stack once.
     stacks: HashSet<Arc<[u64]>>,

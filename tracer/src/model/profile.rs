@@ -147,8 +147,8 @@ pub struct TraceCounts {
     /// if it was in one, is not counted for that period.
     pub thread_reads_failed: u64,
     /// A sampled recording's new waits whose thread ran before their stack could be read,
-    /// made elsewhere than its last read wait: their time in the read that saw them is not
-    /// counted.
+    /// made at no place of its last read waits (or in a Python program): their time in
+    /// the reads that saw them is not counted.
     pub waits_unread: u64,
     /// A sampled recording's new waits whose thread ran (or goroutine changed) before
     /// their stack could be read, counted at the stack of its last read wait at the same

@@ -568,7 +568,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
             // Their thread ran before they were read: not a loss, an attribution.
             let _ = writeln!(
                 out,
-                "stacks: {} waits whose thread ran before they were read, given its last stack at the call",
+                "stacks: {} waits given their thread's last stack at the call (it ran before they were read)",
                 counts.waits_at_last_place
             );
         }
@@ -738,7 +738,7 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
                 // Changed while read: not a loss, an attribution.
                 let _ = writeln!(
                     out,
-                    "stacks: {} waits changed while read, given their goroutine's last stack at the call",
+                    "stacks: {} waits given their goroutine's last stack at the call (it changed while read)",
                     counts.waits_at_last_place
                 );
             }
@@ -1043,7 +1043,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "stacks: 290 waits whose thread ran before they were read, given its last stack at the call\n"
+                "stacks: 290 waits given their thread's last stack at the call (it ran before they were read)\n"
             ),
             "{text}"
         );

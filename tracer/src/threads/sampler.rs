@@ -319,7 +319,8 @@ pub struct SamplerCounts {
     /// Reads of a thread that failed (`SampleError::Unreadable`).
     pub thread_reads_failed: u64,
     /// New waits a read saw whose thread ran before their stack could be read, at a place
-    /// none of its last read waits was: their time in that read is not counted.
+    /// none of its last read waits was (or in a Python program): their time in the reads
+    /// that saw them is not counted.
     pub waits_unread: u64,
     /// New waits a read saw whose thread ran before their stack could be read, counted at
     /// the stack of its last read wait at the same place (see `CallPlace`).
@@ -479,7 +480,7 @@ pub struct ThreadSampler {
     /// New waits counted with their thread's last read stack at their place.
     waits_at_last_place: u64,
     /// New waits lost: their thread ran before their stack was read, and had no read
-    /// stack at their place (a loss, in the profile's counts).
+    /// stack at their place, or is a Python program's (a loss, in the profile's counts).
     waits_unread: u64,
     /// The switch count of each thread's last wait counted in `waits_unread`: the passes
     /// of one drain that each saw it count it once.
@@ -719,7 +720,6 @@ impl ThreadSampler {
             return self.read_at(now_ns, looks, &HashMap::new());
         };
         let started_before = self.tracker.started;
-        let credited_before = self.waits_at_last_place;
         // The waits this drain lost, by thread and switch count, and how many passes saw
         // each.
         let mut lost: HashMap<(u32, u64), u32> = HashMap::new();
@@ -729,9 +729,7 @@ impl ThreadSampler {
                 *lost.entry(wait).or_default() += 1;
             }
         }
-        // The waits counted at a place's stack are among both the started and the lost.
-        let credited = self.waits_at_last_place - credited_before;
-        let kept = self.tracker.started - started_before - credited;
+        let kept = self.tracker.started - started_before;
         let outlived_a_pass = lost.values().filter(|&&passes| passes > 1).count() as u64;
         if drains_at_the_period_keep_more(kept, lost.len() as u64, outlived_a_pass) {
             self.hurried_until = Some(Instant::now() + HURRIED_FOR);
@@ -934,7 +932,7 @@ impl ThreadSampler {
                 None
             }
         };
-        if let Some(key) = &key {
+        if let Some(key) = key.as_ref().filter(|_| self.unwinder.python().is_none()) {
             let stack = (Arc::from(key.addresses.as_slice()), key.truncated);
             self.places.note(tid, CallPlace::of(&state.syscall), stack);
         }
@@ -942,11 +940,12 @@ impl ThreadSampler {
     }
 
     /// A new wait of thread `tid` in `state` whose stack could not be read: the thread
-    /// ran before it was. Its object is named now, from the call's arguments (a
-    /// descriptor may be another connection's than at the thread's last wait there); its
-    /// stack is the thread's last read one at the same place, if any (not in a Python
-    /// program, whose frames are not on its native stack): else it is lost, counted. A
-    /// call not reported (a sleep, a file's read) loses nothing.
+    /// ran before it was. A call not reported (a sleep) loses nothing. Made where one of
+    /// the thread's last read waits was, it is counted with that stack (not in a Python
+    /// program, whose frames are not on its native stack), its object named now from the
+    /// call's arguments (a descriptor may be another connection's than at the thread's
+    /// last wait there); any other is lost, counted (a read or write of a file among them:
+    /// only its descriptor, not looked up for a wait lost, tells it is not reported).
     fn start_unread(
         &mut self,
         now_ns: u64,
@@ -955,17 +954,12 @@ impl ThreadSampler {
         look: Option<&TaskLook>,
         counts: &mut ThreadCounts,
     ) {
-        // Which passes missed its stack, credited or not: drains that miss many hurry,
-        // and their reads keep the places' stacks fresh.
-        if let Some(look) = look {
-            self.skipped_looks.push((tid, look.switches));
-        }
         let args = state.syscall.args;
-        let wait = tracer_common::classify_syscall(state.syscall.nr, |n| Ok::<_, ()>(args[n]))
-            .ok()
-            .flatten()
-            .and_then(|(kind, object)| self.objects.resolve(kind, object));
-        let Some((kind, object)) = wait else {
+        let Some((kind, object)) =
+            tracer_common::classify_syscall(state.syscall.nr, |n| Ok::<_, ()>(args[n]))
+                .ok()
+                .flatten()
+        else {
             // Tracked so that it is not looked at again.
             counts.elsewhere += 1;
             self.tracker.start(now_ns, tid, state, None, None);
@@ -976,8 +970,18 @@ impl ThreadSampler {
         let Some((addresses, truncated)) =
             self.places.stack_at(tid, &place).filter(|_| !python).cloned()
         else {
+            // Which passes lost it: drains that lose many hurry (`read_passes`).
+            if let Some(look) = look {
+                self.skipped_looks.push((tid, look.switches));
+            }
             self.count_unread(tid, look);
             self.skip(tid, &SampleError::Woke, counts);
+            return;
+        };
+        let Some((kind, object)) = self.objects.resolve(kind, object) else {
+            // A file's read or write: not reported.
+            counts.elsewhere += 1;
+            self.tracker.start(now_ns, tid, state, None, None);
             return;
         };
         self.waits_at_last_place += 1;
