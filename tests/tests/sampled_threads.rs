@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracer::golang::DEFAULT_RATE_HZ;
 use tracer_tests::{
-    ChildGuard, Pileup, Profile, ProfileKind, ProfileStack, Stuck, TempDir, WaitKind,
+    ChildGuard, Pileup, Profile, ProfileKind, ProfileStack, Stuck, TempDir, Traced, WaitKind,
     assert_threads, bpf_links_by_type, build_c, build_c_pileup, has_function, read_profile,
     record_profile, snapshot_profile, stacks_where, start_c_pileup, start_c_stuck,
     start_rust_pileup, start_rust_stuck, start_workload, top_stacks, total_ns, tracer_bin,
@@ -251,19 +251,7 @@ fn c_stuck_threads_are_counted_exactly() {
 #[test]
 fn a_lone_threads_short_waits_keep_their_stacks() {
     const TICK_MS: &str = "50";
-    let build = TempDir::new("sampled-ticker-build");
-    let bin = build_c(build.path(), tracer_tests::C_TICKER_SOURCE, "c-ticker");
-    let mut cmd = Command::new(&bin);
-    cmd.args([TICK_MS, &WORKLOAD_SECONDS.to_string()]);
-    let ticker = start_workload("c-ticker", cmd);
-    let dir = TempDir::new("sampled-ticker");
-    let traced = record_profile(
-        ticker.pid(),
-        &["--duration", RECORD_DURATION, "--mode", "sampled"],
-        &dir,
-        RECORD_TIMEOUT,
-    );
-    println!("{}", traced.out.stdout);
+    let traced = record_c_sampled(tracer_tests::C_TICKER_SOURCE, "c-ticker", &[TICK_MS]);
     let profile = &traced.profile;
     let at_tick = |s: &ProfileStack| s.kind == WaitKind::Poll && has_function(s, "wait_for_tick");
     let blocked = Duration::from_nanos(total_ns(profile, at_tick));
@@ -275,6 +263,21 @@ fn a_lone_threads_short_waits_keep_their_stacks() {
         "{blocked:?} of {RECORD_SECONDS:?} blocked at wait_for_tick; stacks:\n{}",
         top_stacks(profile, |_| true, 10)
     );
+}
+
+/// Records the C workload `source`, built as `name` and run with `args` and the
+/// workloads' seconds, in sampled mode for `RECORD_DURATION`, and prints its report.
+fn record_c_sampled(source: &str, name: &str, args: &[&str]) -> Traced {
+    let build = TempDir::new(&format!("sampled-{name}-build"));
+    let bin = build_c(build.path(), source, name);
+    let mut cmd = Command::new(&bin);
+    cmd.args(args).arg(WORKLOAD_SECONDS.to_string());
+    let workload = start_workload(name, cmd);
+    let dir = TempDir::new(&format!("sampled-{name}"));
+    let args = ["--duration", RECORD_DURATION, "--mode", "sampled"];
+    let traced = record_profile(workload.pid(), &args, &dir, RECORD_TIMEOUT);
+    println!("{}", traced.out.stdout);
+    traced
 }
 
 /// What share of the recording a lone thread that always waits must have its waits'
@@ -291,19 +294,8 @@ const LONE_THREAD_SHARE: f64 = 0.93;
 fn waits_read_too_late_count_at_their_threads_last_stack_at_the_same_call() {
     const TURN_HANDLERS: u32 = 4;
     const HOLD_MS: &str = "10";
-    let build = TempDir::new("sampled-turns-build");
-    let bin = build_c(build.path(), tracer_tests::C_TURNS_SOURCE, "c-turns");
-    let mut cmd = Command::new(&bin);
-    cmd.args([&TURN_HANDLERS.to_string(), HOLD_MS, &WORKLOAD_SECONDS.to_string()]);
-    let turns = start_workload("c-turns", cmd);
-    let dir = TempDir::new("sampled-turns");
-    let traced = record_profile(
-        turns.pid(),
-        &["--duration", RECORD_DURATION, "--mode", "sampled"],
-        &dir,
-        RECORD_TIMEOUT,
-    );
-    println!("{}", traced.out.stdout);
+    let handlers = TURN_HANDLERS.to_string();
+    let traced = record_c_sampled(tracer_tests::C_TURNS_SOURCE, "c-turns", &[&handlers, HOLD_MS]);
     let profile = &traced.profile;
     let at_turn = |s: &ProfileStack| s.kind == WaitKind::Futex && has_function(s, "take_turn");
     let blocked = Duration::from_nanos(total_ns(profile, at_turn));

@@ -139,20 +139,13 @@ func relayer(in, out chan int) {
 	}
 }
 
-func relay(n int) {
+// startPairs starts n pairs of goroutines running pass, each passing a value to the other
+// over a channel of its own, and gives each pair its value.
+func startPairs(n int, pass func(in, out chan int)) {
 	for i := 0; i < n; i++ {
 		a, b := make(chan int), make(chan int)
-		go relayer(a, b)
-		go relayer(b, a)
-		a <- 1
-	}
-}
-
-func flood(n int) {
-	for i := 0; i < n; i++ {
-		a, b := make(chan int), make(chan int)
-		go flooder(a, b)
-		go flooder(b, a)
+		go pass(a, b)
+		go pass(b, a)
 		a <- 1
 	}
 }
@@ -248,9 +241,9 @@ func main() {
 	case "pingpong":
 		pingpong(n)
 	case "flood":
-		flood(n)
+		startPairs(n, flooder)
 	case "relay":
-		relay(n)
+		startPairs(n, relayer)
 	case "late":
 		start := make(chan os.Signal, 1)
 		signal.Notify(start, syscall.SIGUSR1)

@@ -443,12 +443,12 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
         // As wide as the widest kinds shown (`send,recv`, `goroutine`).
         let kind = endpoints.iter().take(top).map(|row| kinds_of(row).len()).max().unwrap_or(0);
         let kind = kind.max(7);
-        let width =
+        let widest =
             endpoints.iter().take(top).map(|row| super::escape_name(&row.object).chars().count());
-        let width = width.max();
         // The state keeps 16 columns within 100.
         let most = ENDPOINT_MAX_WIDTH.min(100usize.saturating_sub(kind + 19 + 16));
-        let width = width.unwrap_or(0).clamp(ENDPOINT_WIDTH, most.max(ENDPOINT_WIDTH));
+        let width = widest.max().unwrap_or(0).clamp(ENDPOINT_WIDTH, most.max(ENDPOINT_WIDTH));
+        let state_width = 100usize.saturating_sub(width + kind + 19).max(16);
         let _ = writeln!(
             out,
             "{:<width$} {:<kind$} {:>10} {:>4}  STATE",
@@ -463,7 +463,7 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
                 kinds_of(row),
                 format_age(row.blocked_ns, row.lower_bound),
                 row.threads_now,
-                truncate(state, 100usize.saturating_sub(width + kind + 19).max(16)),
+                truncate(state, state_width),
             );
         }
         let _ = writeln!(out);

@@ -15,7 +15,11 @@ use super::{
     View,
     table::{Sort, Table, sparkline},
 };
-use crate::{model::ProcessTag, pipeline::pace::came_slower, report::summary::format_duration};
+use crate::{
+    model::{ProcessTag, counted},
+    pipeline::pace::came_slower,
+    report::summary::format_duration,
+};
 
 /// The header's numbers, taken at each refresh.
 #[derive(Clone, Debug, Default)]
@@ -81,9 +85,8 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
     let first = Line::from(vec![
         Span::styled("tracer top ", Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(format!(
-            "{processes}: {} thread{}, {} blocked in waits{exact}",
-            header.threads,
-            if header.threads == 1 { "" } else { "s" },
+            "{processes}: {}, {} blocked in waits{exact}",
+            counted(header.threads, "threads"),
             header.blocked
         )),
     ]);
