@@ -7,7 +7,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tracer_tests::{TempDir, build_c_pileup, start_c_pileup, start_futex_ping_pong, tracer_bin};
+use tracer_tests::{
+    C_PILEUP_SOURCE, TempDir, build_c, build_c_pileup, start_c_pileup, start_futex_ping_pong,
+    tracer_bin,
+};
 
 const SLOW_BACKEND: &str = env!("CARGO_BIN_EXE_slow-backend");
 const PING_PONG: &str = env!("CARGO_BIN_EXE_ping-pong");
@@ -306,4 +309,35 @@ fn the_process_exiting_ends_top_with_a_line_saying_so() {
     let said = screen.lines().find(|line| line.starts_with("tracer top: "));
     assert!(said.is_some_and(|line| line.ends_with(&format!("({pid}) exited"))), "{screen}");
     assert_eq!(tmux.pane("alternate_on"), "0");
+}
+
+/// `top --comm NAME` follows the name: the process restarted (a new pid) is watched again,
+/// and while none is there the header says what it waits for (it ended at the first exit,
+/// and a second process of the name never joined).
+#[test]
+fn top_by_name_follows_the_process_across_a_restart() {
+    const NAME: &str = "c-top-follows";
+    let build = TempDir::new("top-follow-build");
+    let bin = build_c(build.path(), C_PILEUP_SOURCE, NAME);
+    let first = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let first_pid = first.workload.pid();
+    let tmux = Tmux::start();
+    tmux.run(&format!("{} top --comm {NAME}", tracer_bin().display()));
+    tmux.wait_for("the first process's table", |screen| {
+        screen.contains(&format!("{NAME} ({first_pid})"))
+            && first_row(screen).contains("enqueue_stat")
+    });
+    drop(first);
+    let screen = tmux.wait_for("the header waiting for the name", |screen| {
+        screen.contains(&format!("waiting for processes named {NAME}"))
+    });
+    assert!(!screen.contains("top-exited"), "top ended with its process:\n{screen}");
+    let second = start_c_pileup(SLOW_BACKEND, &bin, HANDLERS, WORKLOAD_SECONDS);
+    let second_pid = second.workload.pid();
+    tmux.wait_for("the restarted process's table", |screen| {
+        screen.contains(&format!("{NAME} ({second_pid})"))
+            && first_row(screen).contains("enqueue_stat")
+    });
+    tmux.send(&["q"]);
+    tmux.wait_for_exit_0();
 }

@@ -232,7 +232,8 @@ pub struct ProcessSelection {
     #[arg(short, long, required_unless_present_any = ["comm", "cgroup", "all"])]
     pub pid: Vec<u32>,
 
-    /// Every process with this name (/proc/PID/comm), with any --pid.
+    /// Every process with this name (/proc/PID/comm), with any --pid. `top`, and a
+    /// recording of several, let in the ones of the name that start meanwhile (a restart).
     #[arg(long, value_name = "NAME", value_parser = comm_parser())]
     pub comm: Option<String>,
 

@@ -50,9 +50,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let selection = processes.resolve()?;
     let pids = selection.matching()?;
     // A cgroup or the host is followed (processes that start join the recording):
-    // sampled, as several processes are.
+    // sampled, as several processes are. So is a name several processes have; one
+    // process of the name is recorded as that process, in either mode.
     let single = match pids[..] {
-        [pid] if !selection.follows() => Some(pid),
+        [pid] if !selection.all && selection.cgroup.is_none() => Some(pid),
         _ => None,
     };
     let Some(pid) = single else {

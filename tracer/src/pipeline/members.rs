@@ -59,19 +59,27 @@ impl Selection {
         target::select_processes(&self.pids, self.comm.as_deref(), self.cgroup.as_deref())
     }
 
-    /// The processes of the part that follows (the cgroup's, or every one) but for
-    /// `known`: pids and names given are taken once, at the start.
+    /// The processes of the parts that follow (the name's, the cgroup's, or every one)
+    /// but for `known`: pids given are taken once, at the start.
     fn followed_besides(&self, known: &BTreeSet<u32>) -> Result<Vec<u32>, target::TargetError> {
-        match &self.cgroup {
-            _ if self.all => Ok(target::user_processes_except(known)),
-            Some(cgroup) => target::cgroup_processes(cgroup),
-            None => Ok(Vec::new()),
+        if self.all {
+            return Ok(target::user_processes_except(known));
         }
+        let mut followed = match &self.cgroup {
+            Some(cgroup) => target::cgroup_processes(cgroup)?,
+            None => Vec::new(),
+        };
+        if let Some(name) = &self.comm {
+            followed.extend(target::named_processes(name));
+        }
+        followed.retain(|pid| !known.contains(pid));
+        Ok(followed)
     }
 
-    /// Whether processes that start later join: a cgroup's, or every process.
+    /// Whether processes that start later join: a name's (a worker restarted, a new one
+    /// forked and renamed), a cgroup's, or every process.
     pub fn follows(&self) -> bool {
-        self.all || self.cgroup.is_some()
+        self.all || self.cgroup.is_some() || self.comm.is_some()
     }
 
     /// What is traced, for messages: `every user process`, `the cgroup /sys/…`.

@@ -234,22 +234,26 @@ pub fn select_processes(
         selected.extend(cgroup_processes(cgroup)?);
     }
     if let Some(name) = comm {
-        let own = std::process::id();
-        let named: Vec<u32> = std::fs::read_dir("/proc")
-            .map_err(|_| TargetError::NoProcessNamed(name.to_owned()))?
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| pid != own)
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|found| is_named(&found, name))
-            })
-            .collect();
+        let named = named_processes(name);
         if named.is_empty() {
             return Err(TargetError::NoProcessNamed(name.to_owned()));
         }
         selected.extend(named);
     }
     Ok(selected.into_iter().collect())
+}
+
+/// The processes named `name` now (see [`is_named`]), but the tracer.
+pub fn named_processes(name: &str) -> Vec<u32> {
+    let own = std::process::id();
+    let Ok(proc) = std::fs::read_dir("/proc") else { return Vec::new() };
+    proc.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|found| is_named(&found, name))
+        })
+        .collect()
 }
 
 /// The kernel keeps this many bytes of a process name (TASK_COMM_LEN - 1).

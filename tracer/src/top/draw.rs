@@ -25,6 +25,8 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct Header {
     pub processes: Vec<ProcessTag>,
+    /// What is watched (`processes named nginx`), said while no process of it is there.
+    pub watching: String,
     pub threads: u64,
     pub blocked: u64,
     /// The reads per second asked for, and those made over the last interval (fewer when
@@ -72,7 +74,8 @@ pub fn draw(frame: &mut Frame<'_>, state: &State<'_>) {
 fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
     let header = state.header;
     let processes = match &header.processes[..] {
-        [] => "no process".to_string(),
+        [] if header.watching.is_empty() => "no process".to_string(),
+        [] => format!("waiting for {}", crate::report::escape_name(&header.watching)),
         [one] => one.to_string(),
         many => format!("{} processes", many.len()),
     };

@@ -23,7 +23,7 @@ use crate::{
     model::{ProcessTag, Profile, ProfileKind, ProfileStack, WaitAggregate},
     pipeline::{
         Namer,
-        members::{Member, Members},
+        members::{Member, Members, Selection},
         own_usage::ProcessUsage,
         pace::ReadPace,
     },
@@ -48,9 +48,16 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     if pids.is_empty() {
         anyhow::bail!("no process matches: {}", selection.describe());
     }
-    if mode == Mode::Exact && (pids.len() > 1 || selection.follows()) {
-        anyhow::bail!("top --mode exact watches one process (--pid PID); several are read sampled");
-    }
+    let selection = match (mode, &pids[..]) {
+        // One process of the name: watched as that process (exact mode follows no name).
+        (Mode::Exact, [pid]) if !selection.all && selection.cgroup.is_none() => {
+            Selection { pids: vec![*pid], ..Selection::default() }
+        }
+        (Mode::Exact, _) => anyhow::bail!(
+            "top --mode exact watches one process (--pid PID); several are read sampled"
+        ),
+        (Mode::Sampled, _) => selection,
+    };
     let (members, _) = Members::start(selection, pids, period)?;
     if members.members.is_empty() {
         anyhow::bail!("none of the processes can be read");
@@ -269,6 +276,7 @@ impl Session {
         self.header = draw::Header {
             exact: self.exact.as_ref().map(ExactWaits::header),
             processes: self.members.members.iter().map(Member::tag).collect(),
+            watching: self.members.selection().describe(),
             threads,
             blocked,
             rate: self.rate,
