@@ -371,6 +371,8 @@ fn exact_record_attributes_goroutine_waits_to_their_call_sites() {
 /// Pairs passing a value back and forth in the relay below.
 const RELAY_PAIRS: usize = 4;
 const RELAY_RECORD: Duration = Duration::from_secs(3);
+/// The most of the relayers' blocked time on a channel not named.
+const RELAY_UNNAMED: f64 = 0.05;
 /// What share of the relay's waiting the sampled reads must count, and the most over it
 /// they may (a read counts its interval once for each goroutine it sees waiting).
 const RELAY_SHARE: f64 = 0.8;
@@ -401,6 +403,17 @@ fn a_relays_waits_are_counted_once_and_nearly_whole() {
     );
     // Some waits changed while read and were read with their last stack there.
     assert!(profile.counts.waits_at_last_place > 0, "{:?}", profile.counts);
+    // Their channel too: the sudog read after the change is no longer theirs, so each
+    // is named by the channel of its last wait there (a tenth of the time read as an
+    // unnamed `[chan receive]` before).
+    let unnamed = total_ns(&profile, |stack| {
+        at_relayer(stack) && !stack.object.as_deref().is_some_and(|o| o.contains(" on chan "))
+    });
+    assert!(
+        Duration::from_nanos(unnamed) <= blocked.mul_f64(RELAY_UNNAMED),
+        "{unnamed} ns of {blocked:?} at main.relayer on no named channel; stacks:\n{}",
+        stacks()
+    );
 }
 
 /// How a test records: the default (sampled) or `--mode exact` (uprobes).

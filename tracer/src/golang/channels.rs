@@ -93,7 +93,8 @@ const BATCH: usize = 4096;
 
 /// The hchan of each goroutine of `blocked` (indices into `goroutines`): its sudog's `c`,
 /// if the sudog still belongs to it (`sudog.g` is the goroutine: a goroutine that woke
-/// meanwhile may have handed its sudog on).
+/// meanwhile may have handed its sudog on); else, for one read with its last stack at
+/// its place, the channel it was blocked on there.
 fn channels_of(
     memory: &Memory,
     layout: &ChanLayout,
@@ -109,11 +110,13 @@ fn channels_of(
         .iter()
         .zip(read)
         .map(|(&index, range)| {
-            let bytes = &buffer[range?];
             let goroutine = &goroutines[index];
-            (goroutine.waiting != 0 && word(bytes, SUDOG_G) == goroutine.address)
-                .then(|| word(bytes, layout.sudog_c as usize))
+            let bytes = range.map(|range| &buffer[range]);
+            bytes
+                .filter(|bytes| goroutine.waiting != 0 && word(bytes, SUDOG_G) == goroutine.address)
+                .map(|bytes| word(bytes, layout.sudog_c as usize))
                 .filter(|&hchan| hchan != 0)
+                .or(goroutine.channel_at_place)
         })
         .collect()
 }

@@ -88,6 +88,10 @@ pub struct Goroutine {
     /// A goroutine parked in a select: the channels of its cases, where read. It waits on
     /// their side, so it holds none of them for the goroutines blocked there.
     pub selects_on: Vec<u64>,
+    /// A goroutine read with its last stack at this place (it changed while read): the
+    /// channel that wait was blocked on, if it was named. Its sudog is likely another
+    /// wait's, or back in the runtime's cache, by the time it is read.
+    pub channel_at_place: Option<u64>,
 }
 
 impl Goroutine {
@@ -179,7 +183,15 @@ const PLACES_PER_GOROUTINE: usize = 4;
 /// Each goroutine's last read waits at up to `PLACES_PER_GOROUTINE` places, the latest
 /// first, by `g` address.
 #[derive(Default)]
-struct LastPlaces(HashMap<u64, Vec<Remembered>>);
+struct LastPlaces(HashMap<u64, Vec<Place>>);
+
+/// A goroutine's last read wait at one place: its stack, and the channel it was blocked
+/// on there once named (see `GoroutineReader::note_channels`).
+struct Place {
+    fields: GFields,
+    walked: Walked,
+    channel: Option<u64>,
+}
 
 impl LastPlaces {
     /// Keeps `walked` as the stack of the goroutine at `address` where `fields` say it
@@ -190,16 +202,30 @@ impl LastPlaces {
         // this `g` before.
         places
             .retain(|known| known.fields.goid == fields.goid && !known.fields.same_place(&fields));
-        places.insert(0, Remembered { fields, walked: walked.clone() });
+        places.insert(0, Place { fields, walked: walked.clone(), channel: None });
         places.truncate(PLACES_PER_GOROUTINE);
     }
 
     /// The stack of the goroutine at `address`'s last read wait where `fields` say it
-    /// waits, if it waited there.
-    fn walked_at(&self, address: u64, fields: &GFields) -> Option<Walked> {
+    /// waits, if it waited there, and the channel it was blocked on there.
+    fn walked_at(&self, address: u64, fields: &GFields) -> Option<(Walked, Option<u64>)> {
         let places = self.0.get(&address)?;
         let known = places.iter().find(|known| known.fields.same_place(fields))?;
-        Some(known.walked.clone())
+        Some((known.walked.clone(), known.channel))
+    }
+
+    /// Notes `channel` as what `goroutine`'s wait at its place is blocked on.
+    fn note_channel(&mut self, goroutine: &Goroutine, channel: u64) {
+        let Some(places) = self.0.get_mut(&goroutine.address) else { return };
+        let place = places.iter_mut().find(|place| {
+            place.fields.goid == goroutine.goid
+                && place.fields.sp == goroutine.sp
+                && place.fields.wait_reason == goroutine.wait_reason
+                && place.walked.pcs == goroutine.pcs
+        });
+        if let Some(place) = place {
+            place.channel = Some(channel);
+        }
     }
 
     /// Forgets the goroutine at `address`: it is gone (its `g` dead or idle).
@@ -430,9 +456,12 @@ impl<'a> GoroutineReader<'a> {
             // Changed while read: its walk is torn (the goroutine ran over the frames it
             // read), so the stack is its last read one at the same place, if any.
             match self.places.walked_at(address, &fields) {
-                Some(known) => {
+                Some((known, channel)) => {
                     counts.read_at_last_place += 1;
                     self.keep(address, fields, known, goroutines, remembered);
+                    if let Some(goroutine) = goroutines.last_mut() {
+                        goroutine.channel_at_place = channel;
+                    }
                 }
                 None => {
                     counts.changed_while_read += 1;
@@ -473,7 +502,19 @@ impl<'a> GoroutineReader<'a> {
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),
+            channel_at_place: None,
         });
+    }
+
+    /// Notes the channels that `goroutines` (this reader's, named since: see
+    /// `channels::name_channel_waits`) are blocked on at their places, for their next
+    /// waits there that change while read.
+    pub fn note_channels(&mut self, goroutines: &[Goroutine]) {
+        for goroutine in goroutines {
+            if let Some(Held { address, what: Held::CHANNEL }) = goroutine.blocked_on {
+                self.places.note_channel(goroutine, address);
+            }
+        }
     }
 
     /// The one shared copy of the stack `pcs`.
@@ -812,9 +853,9 @@ mod tests {
         places.note(0xa0, first, &walked(0x1));
         // Parked again at the same place: found, then noted anew (the later stack kept).
         let again = GFields { tracking_seq: Some(4), ..first };
-        assert_eq!(places.walked_at(0xa0, &again).map(|w| w.pcs[0]), Some(0x1));
+        assert_eq!(places.walked_at(0xa0, &again).map(|(w, _)| w.pcs[0]), Some(0x1));
         places.note(0xa0, again, &walked(0x2));
-        assert_eq!(places.walked_at(0xa0, &first).map(|w| w.pcs[0]), Some(0x2));
+        assert_eq!(places.walked_at(0xa0, &first).map(|(w, _)| w.pcs[0]), Some(0x2));
         // Another `g`, another place: nothing.
         assert!(places.walked_at(0xb0, &first).is_none());
         assert!(places.walked_at(0xa0, &GFields { sp: 0x10_100, ..first }).is_none());
@@ -828,7 +869,7 @@ mod tests {
         let other = GFields { goid: 8, sp: 0x30_000, ..first };
         places.note(0xa0, other, &walked(0x4));
         assert!(places.walked_at(0xa0, &GFields { sp: 0x20_000, ..first }).is_none());
-        assert_eq!(places.walked_at(0xa0, &other).map(|w| w.pcs[0]), Some(0x4));
+        assert_eq!(places.walked_at(0xa0, &other).map(|(w, _)| w.pcs[0]), Some(0x4));
         places.forget(0xa0);
         assert!(places.walked_at(0xa0, &other).is_none());
     }

@@ -253,6 +253,7 @@ mod tests {
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),
+            channel_at_place: None,
             bp: 0,
             frameless: 0,
             stack_lo: 0,

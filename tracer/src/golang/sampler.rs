@@ -246,6 +246,7 @@ impl<'a> Sampler<'a> {
         // Only the new waits' descriptors are looked up: the others keep their object.
         if !new.is_empty() {
             self.waits.name(&mut new, &mut counts);
+            self.reader.note_channels(&new);
         }
         self.tracker.start(now_ns, new);
         self.io_wait_unresolved += counts.io_wait_unresolved;
@@ -308,6 +309,7 @@ mod tests {
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),
+            channel_at_place: None,
             bp: 0,
             frameless: 0,
             stack_lo: 0,

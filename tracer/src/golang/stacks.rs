@@ -150,6 +150,7 @@ pub fn from_goroutines_at(
         object,
         blocked_on: _,
         selects_on: _,
+        channel_at_place: _,
         bp: _,
         frameless: _,
     } in goroutines

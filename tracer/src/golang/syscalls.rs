@@ -86,6 +86,7 @@ mod tests {
             object: None,
             blocked_on: None,
             selects_on: Vec::new(),
+            channel_at_place: None,
         }
     }
 
