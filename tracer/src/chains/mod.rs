@@ -625,12 +625,12 @@ pub fn terminal_text(terminal: &Terminal) -> String {
 /// One line per chain: `32 threads at enqueue_stat [futex queue.not_full] ← woken by
 /// reporter, blocked 3.9s in send_to_backend [send 127.0.0.1:18523: send buffer full]
 /// → peer pid 30375 (slow-backend): blocked in clock_nanosleep`.
-pub fn chain_line(chain: &WaitChain, waiters: &str, format_ns: impl Fn(u64) -> String) -> String {
+pub fn chain_line(chain: &WaitChain, format_ns: impl Fn(u64) -> String) -> String {
     let of_process =
         chain.process.as_ref().map_or(String::new(), |process| format!(" of {process}"));
     let mut line = format!(
         "{}{of_process} at {}",
-        crate::model::counted(chain.threads, waiters),
+        crate::model::counted(chain.threads, crate::model::waiters_of(chain.start.kind)),
         site_text(&chain.start)
     );
     // A socket site carries its state right after it, where the reader looks for it.

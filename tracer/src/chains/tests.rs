@@ -66,7 +66,7 @@ fn recording(stacks: Vec<ProfileStack>, wakers: Vec<WakerRow>, names: &[(u32, &s
 fn lines(profile: &Profile, facts: &ChainFacts) -> Vec<String> {
     build(profile, facts)
         .iter()
-        .map(|chain| chain_line(chain, profile.waiters(), |ns| format!("{}s", ns / SECOND)))
+        .map(|chain| chain_line(chain, |ns| format!("{}s", ns / SECOND)))
         .collect()
 }
 
@@ -293,7 +293,7 @@ fn a_waker_that_mostly_ran_ends_the_chain_with_what_it_does_now() {
     assert!(chains[0].hops.is_empty());
     assert!(matches!(&chains[0].terminal, Terminal::Thread(now) if now.tid == 10));
     assert_eq!(
-        chain_line(&chains[0], "threads", |ns| format!("{}s", ns / SECOND)),
+        chain_line(&chains[0], |ns| format!("{}s", ns / SECOND)),
         "2 threads at handle [futex queue] → worker (tid 10) blocked in read at load_file"
     );
 }

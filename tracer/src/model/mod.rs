@@ -19,8 +19,8 @@ use crate::objects::pipe_inode;
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
 pub use modules::module_infos;
 pub use profile::{
-    ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo, Sampling, ThreadCounts,
-    TraceCounts, container_id, counted,
+    MIXED_WAITERS, ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo,
+    Sampling, ThreadCounts, TraceCounts, container_id, counted, waiters_of,
 };
 pub use stats::{WaitStats, log2_bucket};
 pub use timeline::{Timeline, TimelineRecorder};

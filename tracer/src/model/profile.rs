@@ -509,16 +509,26 @@ impl Profile {
     }
 
     /// What waits in this profile, as reports name it: the goroutines of a Go program
-    /// (goroutine stacks, or the runtime's own goroutines hidden), else threads.
+    /// (goroutine stacks, or the runtime's own goroutines hidden), else threads; both
+    /// where a profile of several processes holds a Go program's goroutines and other
+    /// programs' threads.
     pub fn waiters(&self) -> &'static str {
         let go = self.thread_counts.runtime_hidden > 0
             || self.stacks.iter().any(|stack| stack.kind == WaitKind::Goroutine);
-        if go { "goroutines" } else { "threads" }
+        let threads = self.stacks.iter().any(|stack| waiters_of(stack.kind) == "threads");
+        match (go, threads) {
+            (true, true) => MIXED_WAITERS,
+            (true, false) => "goroutines",
+            (false, _) => "threads",
+        }
     }
 
     /// `1 thread`, `3 threads`: a count of this profile's waiters, in the singular for one.
     pub fn count_waiters(&self, count: u64) -> String {
-        counted(count, self.waiters())
+        match self.waiters() {
+            MIXED_WAITERS if count == 1 => "1 thread or goroutine".to_string(),
+            waiters => counted(count, waiters),
+        }
     }
 
     /// Distinct addresses of the profile's frames (stacks and wakers) that got no symbol.
@@ -649,6 +659,15 @@ impl Profile {
 
 /// `1 thread`, `2 threads`: `plural` (an English plural in `s`) after the count, in the
 /// singular for one.
+/// The waiters of a profile holding both threads and goroutines (see `Profile::waiters`).
+pub const MIXED_WAITERS: &str = "threads and goroutines";
+
+/// What waits at a stack of `kind`, as reports name it: goroutines, else threads (an
+/// asyncio task's stack is its thread's).
+pub fn waiters_of(kind: WaitKind) -> &'static str {
+    if kind == WaitKind::Goroutine { "goroutines" } else { "threads" }
+}
+
 pub fn counted(count: u64, plural: &str) -> String {
     let noun = if count == 1 { plural.strip_suffix('s').unwrap_or(plural) } else { plural };
     format!("{count} {noun}")

@@ -66,6 +66,8 @@ pub struct TimelineRecorder {
     /// When the recording stopped, once it has: the waits still blocked then are read
     /// after it (the end's read), and end here.
     stop_ns: Option<u64>,
+    /// The waits blocked at the stop added since, by thread and start: each counted once.
+    at_stop: std::collections::HashSet<(u32, u64)>,
     /// Whether each wait is counted per second as it comes (a recording), or only kept
     /// as a span (a daemon's rolling window: counted when a window is taken).
     counting: bool,
@@ -81,6 +83,7 @@ impl TimelineRecorder {
             spans: VecDeque::new(),
             spans_dropped: 0,
             stop_ns: None,
+            at_stop: std::collections::HashSet::new(),
             counting: true,
         }
     }
@@ -177,13 +180,20 @@ impl TimelineRecorder {
             return; // blocked only after the recording stopped
         }
         let began_before = start_ns < self.origin_ns;
+        // A wait that ended after the stop (drained after it) was blocked at the stop: it
+        // counts there as a still-blocked one does, once: its thread, read at the end,
+        // may stand for it again (see `collect_blocked_threads`).
+        let blocked_at_stop = still_blocked || self.stop_ns.is_some_and(|stop| end_ns > stop);
+        if blocked_at_stop && self.stop_ns.is_some() && !self.at_stop.insert((tid, start_ns)) {
+            return;
+        }
         // A wait that ended between the attach and second 0 (drained after it) is cut to
         // nothing at second 0: no time before the origin is ever counted.
         let end_ns = self.stop_ns.map_or(end_ns, |stop| end_ns.min(stop)).max(self.origin_ns);
         let start_ns = start_ns.clamp(self.origin_ns, end_ns);
         let key = self.intern(key);
         if self.counting {
-            self.count_seconds(key, start_ns, end_ns, still_blocked);
+            self.count_seconds(key, start_ns, end_ns, blocked_at_stop);
         }
         if self.spans.len() >= MAX_SPANS {
             self.spans_dropped += 1;
@@ -479,6 +489,28 @@ mod tests {
         assert_eq!((spans[1].start_ns, spans[1].duration_ns), (S, S));
         assert_eq!(timeline.seconds[0].blocked_ns, [0, S]);
         assert_eq!(timeline.seconds[0].threads, [0, 1]);
+    }
+
+    /// A wait in progress at the stop that ended before the final drain is counted at
+    /// each second's end it spans, the stop's included, once: its thread, blocked again
+    /// by the time the threads are read, is in a later wait (it was counted twice, a
+    /// last whole second of 16 handlers reading 29).
+    #[test]
+    fn a_wait_that_ended_after_the_stop_counts_as_blocked_at_the_stop_once() {
+        let origin = 100 * S;
+        let mut recorder = TimelineRecorder::new(origin);
+        recorder.stop(origin + 2 * S + S / 2);
+        recorder.add(1, &key(1), origin + S + S / 2, origin + 2 * S + S * 6 / 10, false, None);
+        // The same thread read at the end, standing for the same wait (in a later one by
+        // then), and one begun after the stop.
+        recorder.add(1, &key(1), origin + S + S / 2, origin + 3 * S, true, None);
+        recorder.add(1, &key(1), origin + 2 * S + S * 7 / 10, origin + 3 * S, true, None);
+        // Another thread's wait, blocked at the stop and read at the end: counted.
+        recorder.add(2, &key(1), origin + 2 * S, origin + 3 * S, true, None);
+        let timeline = recorder.into_timeline(vec![stack("x")], None);
+        assert_eq!(timeline.seconds[0].threads, [0, 1, 2]);
+        assert_eq!(timeline.seconds[0].blocked_ns, [0, S / 2, S]);
+        assert_eq!(timeline.spans.len(), 2);
     }
 
     #[test]

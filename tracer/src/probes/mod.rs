@@ -11,6 +11,7 @@ pub mod wait_words;
 use std::{collections::HashMap, io::Read as _, path::Path, time::Duration};
 
 use crate::cli::MapSizes;
+use crate::threads::blocked_now::KnownStart;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
@@ -705,7 +706,7 @@ impl Probes {
     pub fn waits_in_progress(
         &self,
         pid: u32,
-    ) -> Result<std::collections::HashMap<u32, u64>, ProbeError> {
+    ) -> Result<crate::threads::blocked_now::KnownWaitStarts, ProbeError> {
         let map_fd =
             self.in_flight_raw_fd().ok_or(ProbeError::Map { name: "IN_FLIGHT", source: None })?;
         let mut starts = std::collections::HashMap::new();
@@ -717,7 +718,8 @@ impl Probes {
                 WaitSlot::InProgress { start, .. } => {
                     // The word keeps the start's low bits: the rest from the clock now.
                     let now = crate::threads::blocked_now::monotonic_now_ns();
-                    starts.insert(tid, now.saturating_sub(WaitSlot::elapsed_ns(start, now)));
+                    let start_ns = now.saturating_sub(WaitSlot::elapsed_ns(start, now));
+                    starts.insert(tid, KnownStart { start_ns, runs: thread_runs(pid, tid) });
                 }
                 WaitSlot::Ended => {}
                 WaitSlot::Unknown => {
@@ -728,7 +730,8 @@ impl Probes {
                         && wait.flags & WAIT_BEGAN_BEFORE == 0
                         && thread_switches(pid, tid) == Some(wait.switches)
                     {
-                        starts.insert(tid, wait.start_ns);
+                        let runs = thread_runs(pid, tid);
+                        starts.insert(tid, KnownStart { start_ns: wait.start_ns, runs });
                     }
                 }
             }
@@ -815,6 +818,14 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
 
 /// Context switches of thread `tid` of `pid` so far, voluntary or not, as the probes count
 /// them (`InFlightWait::switches`); `None` when the thread is gone.
+/// How many times thread `tid` has run (`BlockedState::runs`, from /proc).
+fn thread_runs(pid: u32, tid: u32) -> Option<u64> {
+    let schedstat =
+        crate::pipeline::target::read_proc_text(format!("/proc/{pid}/task/{tid}/schedstat"))
+            .ok()?;
+    crate::threads::parse_run_count(&schedstat)
+}
+
 fn thread_switches(pid: u32, tid: u32) -> Option<u64> {
     let status =
         crate::pipeline::target::read_proc_text(format!("/proc/{pid}/task/{tid}/status")).ok()?;

@@ -239,16 +239,18 @@ fn draw(
     } else {
         flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)?;
     }
-    // A profile holds either threads' syscall waits or goroutines: the legend names
-    // the kinds of the one it holds, and asyncio tasks where a Python process has them.
-    let goroutines = profile.waiters() == "goroutines";
+    // A profile holds threads' syscall waits, goroutines, or (of several processes) both:
+    // the legend names the kinds of what it holds, and asyncio tasks where a Python
+    // process has them.
+    let goroutines = profile.waiters() != "threads";
+    let threads = profile.waiters() != "goroutines";
     let has_tasks = profile.stacks.iter().any(|stack| stack.kind == WaitKind::Task);
     let mut legend: Vec<(&str, Color)> = WaitKind::ALL
         .iter()
         .filter(|&&kind| match kind {
             WaitKind::Goroutine => goroutines,
             WaitKind::Task => has_tasks,
-            _ => !goroutines,
+            _ => threads,
         })
         .map(|&kind| (kind.name(), kind_color(kind)))
         .collect();

@@ -440,7 +440,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         endpoint_states: endpoint_states.clone(),
         thread_names: thread_names.clone(),
         wakers: wakers.iter().map(json_waker).collect(),
-        chains: json_chains(chains, profile.waiters()),
+        chains: json_chains(chains),
         processes: processes
             .iter()
             .map(|process| JsonProcess {
@@ -1115,8 +1115,7 @@ mod tests {
         older.as_object_mut().unwrap().remove("chains");
         let read = read_json(older.to_string().as_bytes()).unwrap().profile;
         let line = |profile: &Profile| -> Vec<String> {
-            let waiters = profile.waiters();
-            profile.chains.iter().map(|c| chains::chain_line(c, waiters, format_duration)).collect()
+            profile.chains.iter().map(|c| chains::chain_line(c, format_duration)).collect()
         };
         assert_eq!(
             line(&read),

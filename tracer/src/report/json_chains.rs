@@ -92,11 +92,11 @@ pub struct JsonThreadNow {
     pub stack: Vec<String>,
 }
 
-pub fn json_chains(chains: &[WaitChain], waiters: &str) -> Vec<JsonChain> {
+pub fn json_chains(chains: &[WaitChain]) -> Vec<JsonChain> {
     chains
         .iter()
         .map(|chain| JsonChain {
-            line: chain_line(chain, waiters, format_duration),
+            line: chain_line(chain, format_duration),
             process: chain.process.as_ref().map(super::json::json_process),
             start: json_site(&chain.start),
             threads: chain.threads,

@@ -351,7 +351,7 @@ fn build(profile: &Profile, provenance: &Provenance, weight: Weight) -> proto::P
         .chains
         .iter()
         .flat_map(|chain| {
-            let line = chains::chain_line(chain, profile.waiters(), format_duration);
+            let line = chains::chain_line(chain, format_duration);
             let sites = std::iter::once(&chain.start).chain(chain.hops.iter().map(|hop| &hop.at));
             sites.map(move |site| (site, line.clone()))
         })

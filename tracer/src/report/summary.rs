@@ -100,7 +100,10 @@ fn write_processes(out: &mut String, profile: &Profile, top: usize) {
         }
     }
     rows.sort_by_key(|(_, blocked, _, now)| std::cmp::Reverse((now.len(), *blocked)));
-    let now_header = profile.waiters().to_uppercase() + " NOW";
+    let now_header = match profile.waiters() {
+        crate::model::MIXED_WAITERS => "WAITING NOW".to_string(),
+        waiters => waiters.to_uppercase() + " NOW",
+    };
     let now_width = now_header.len().max(12);
     let _ =
         writeln!(out, "{:>8}  {:<24} {:>9} {now_header:>now_width$}", "PID", "PROCESS", "BLOCKED");
@@ -209,10 +212,10 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
         }
         ProfileKind::Snapshot => {
             let threads = &profile.thread_counts;
-            let where_ = if profile.waiters() == "goroutines" {
-                "waiting in the Go scheduler or in system calls"
-            } else {
-                "blocked in futex, socket or pipe waits"
+            let where_ = match profile.waiters() {
+                "goroutines" => "waiting in the Go scheduler or in system calls",
+                "threads" => "blocked in futex, socket or pipe waits",
+                _ => "waiting",
             };
             let _ = writeln!(
                 out,
@@ -296,7 +299,11 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled
 /// Threads in waits in progress: `THREADS KIND YOUNGEST OLDEST CALL SITE`, the call
 /// site last so that its spaces do not break the columns; ends with an empty line.
 fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: &str) {
-    let header = waiters.to_uppercase();
+    // A row's count is of its own kind's waiters; of both, the column says so.
+    let header = match waiters {
+        crate::model::MIXED_WAITERS => "THREADS/GOROUTINES".to_string(),
+        waiters => waiters.to_uppercase(),
+    };
     let count = header.len().max(7);
     let kind = kind_width(rows);
     let _ = writeln!(
@@ -320,7 +327,9 @@ fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: 
             elide(&row.site, SITE_WIDTH + 14),
         );
     }
-    write_rest(out, rows, top, |row| counted(row.stats.threads.len() as u64, waiters));
+    write_rest(out, rows, top, |row| {
+        counted(row.stats.threads.len() as u64, crate::model::waiters_of(row.kind))
+    });
     let _ = writeln!(out);
 }
 
@@ -339,7 +348,7 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         let (waiters, ages) = match stack.kind {
             WaitKind::Task => (counted(count, "tasks"), String::new()),
             _ => (
-                profile.count_waiters(count),
+                counted(count, crate::model::waiters_of(stack.kind)),
                 format!(
                     ", blocked {} to {}",
                     format_age(stats.min_ns, stats.lower_bound),
@@ -499,7 +508,7 @@ fn write_chains(out: &mut String, profile: &Profile, top: usize) {
     }
     let _ = writeln!(out, "WAIT CHAINS");
     for chain in profile.chains.iter().take(top) {
-        let line = chains::chain_line(chain, profile.waiters(), format_duration);
+        let line = chains::chain_line(chain, format_duration);
         // One line, whatever the names it joins hold.
         let _ = writeln!(out, "  {}", super::escape_name(&line));
         // The holder's stack as it is now: where the lock is held.
@@ -583,13 +592,14 @@ fn write_counts(out: &mut String, profile: &Profile) {
             ],
         );
         if counts.waits_begun_before > 0 {
-            // Counted when they ended (long or short), not among the waits seen to begin.
+            // In progress at the attach: not among the waits seen to begin; counted as
+            // long or short if they ended, else still blocked.
             write_wrapped(
                 out,
                 "begun before the recording:",
                 &[
                     format!(
-                        "{} of the waits ended (not among the {} begun)",
+                        "{} waits in progress at the attach (not among the {} begun)",
                         counts.waits_begun_before, counts.waits_started
                     ),
                     "their earlier part from the scheduler (a lower bound)".to_string(),
@@ -811,10 +821,14 @@ fn write_wrapped(out: &mut String, head: &str, items: &[String]) {
     let _ = writeln!(out, "{line}");
 }
 
-/// An age, prefixed with `≥` when it is a lower bound.
+/// An age, prefixed with `≥` when it is a lower bound; `-` for a lower bound of nothing
+/// (a goroutine whose wait no GC timed, a wait first seen by the last read).
 pub fn format_age(ns: u64, lower_bound: bool) -> String {
-    let age = format_duration(ns);
-    if lower_bound { format!("≥{age}") } else { age }
+    match (ns, lower_bound) {
+        (0, true) => "-".to_string(),
+        (_, true) => format!("≥{}", format_duration(ns)),
+        (_, false) => format_duration(ns),
+    }
 }
 
 /// Shortens `text` to `width` characters, keeping its end (the function's own name).
@@ -1059,7 +1073,7 @@ mod tests {
         recorded.counts.waits_begun_before = 4;
         let text = render_summary(&recorded, 10);
         assert!(
-            text.contains("begun before the recording: 4 of the waits ended (not among the 10"),
+            text.contains("begun before the recording: 4 waits in progress at the attach (not"),
             "{text}"
         );
         assert!(text.contains("(a lower bound)"), "{text}");
@@ -1313,5 +1327,38 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         assert!(endpoint.contains("send buffer full"), "{endpoint}");
         assert!(text.contains("2 of the runtime's own hidden"), "{text}");
         assert!(text.contains("3 goroutines @ [chan send]"), "{text}");
+    }
+
+    /// A snapshot of a Go program and a C one: each row, chain and stack counts its own
+    /// kind's waiters (every thread was called a goroutine), the whole both; an age no
+    /// one timed reads `-`, not `≥0ns`.
+    #[test]
+    fn a_snapshot_of_goroutines_and_threads_names_each_its_own_way() {
+        let mut senders = stack(
+            &[("main.sendStat", true), ("runtime.gopark", true)],
+            WaitKind::Goroutine,
+            &[(1, 0), (2, 0)],
+        );
+        senders.in_progress = true;
+        senders.stats.lower_bound = true;
+        let mut lockers = stack(
+            &[("handler", true), ("record_stat", true), ("futex_wait", false)],
+            WaitKind::Futex,
+            &[(11, 2_000_000_000), (12, 2_000_000_000), (13, 2_000_000_000)],
+        );
+        lockers.in_progress = true;
+        lockers.stats.lower_bound = true;
+        let mut snapshot = Profile::new(ProfileKind::Snapshot, 7, "push".into());
+        snapshot.stacks = vec![senders, lockers];
+        snapshot.thread_counts =
+            ThreadCounts { threads: 9, blocked_in_waits: 5, ..Default::default() };
+        let text = render_summary(&snapshot, 10);
+        assert!(text.contains("9 threads and goroutines, 5 waiting now"), "{text}");
+        assert!(text.contains("THREADS/GOROUTINES  KIND"), "{text}");
+        assert!(text.contains("3 threads @ [futex]"), "{text}");
+        assert!(text.contains("2 goroutines @ "), "{text}");
+        let sender_row = text.lines().find(|line| line.contains("main.sendStat")).expect(&text);
+        assert!(sender_row.contains(" -  ") && !sender_row.contains("≥0ns"), "{sender_row}");
+        assert_eq!(snapshot.count_waiters(1), "1 thread or goroutine");
     }
 }

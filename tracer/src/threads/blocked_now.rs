@@ -15,7 +15,24 @@ use crate::{
 
 /// When the probes saw a wait begin, by thread: exact ages for the waits that began
 /// while recording. Others are aged from the scheduler's accounting, as lower bounds.
-pub type KnownWaitStarts = HashMap<u32, u64>;
+pub type KnownWaitStarts = HashMap<u32, KnownStart>;
+
+/// A wait the probes saw begin, and how many times its thread had run when it was read
+/// (`BlockedState::runs`): a thread found blocked later with another count ran since, and
+/// is in a later wait (which the start would age as the earlier one, and count twice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownStart {
+    pub start_ns: u64,
+    pub runs: Option<u64>,
+}
+
+impl KnownStart {
+    /// The start of the wait `sample` is in, if it is this one.
+    fn of(&self, sample: &ThreadSample) -> Option<u64> {
+        let ran_since = matches!((self.runs, sample.runs), (Some(then), Some(now)) if then != now);
+        (!ran_since).then_some(self.start_ns)
+    }
+}
 
 /// The frame pointer (rbp) of each task's saved user registers, by (sp, ip): /proc
 /// shows a blocked thread's sp and ip but not its rbp, which CFI needs to unwind
@@ -98,16 +115,21 @@ pub fn collect_blocked_threads(
         };
         counts.blocked_in_waits += 1;
         aggregate.name_thread(sample.tid, &thread_name(&sample, unwinder));
-        let start_ns = match known_starts.get(&tid) {
-            Some(&start_ns) => start_ns,
+        let known_start = known_starts.get(&tid).and_then(|known| known.of(&sample));
+        let start_ns = match known_start {
+            Some(start_ns) => start_ns,
             // Unknown age: shown as "≥ 0".
             None => monotonic_now.saturating_sub(sample.blocked_for_at_least_ns.unwrap_or(0)),
         };
         if let Some(timeline) = &mut aggregate.timeline {
-            timeline.add(tid, &key, start_ns, monotonic_now, true, None);
+            // A thread that ran since its wait at the stop was read stands for that wait
+            // (its stack the later one's): the timeline's count at the stop, unless the
+            // wait's end was recorded (see `TimelineRecorder::add`).
+            let at_stop = known_starts.get(&tid).map_or(start_ns, |known| known.start_ns);
+            timeline.add(tid, &key, at_stop, monotonic_now, true, None);
         }
         let blocked_ns = monotonic_now.saturating_sub(start_ns);
-        match known_starts.get(&tid) {
+        match known_start {
             Some(_) => aggregate.add(key, tid, blocked_ns),
             None => aggregate.add_lower_bound(key, tid, blocked_ns),
         }

@@ -390,7 +390,7 @@ impl Session {
                 .min_by_key(|chain| chain.start.object != key.object);
             chain.map(|chain| {
                 let format = crate::report::summary::format_duration;
-                crate::chains::chain_line(chain, snapshot.waiters(), format)
+                crate::chains::chain_line(chain, format)
             })
         });
         match chain {
