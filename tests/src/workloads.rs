@@ -23,6 +23,9 @@ pub const C_STUCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads
 pub const C_TICKER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_ticker.c");
 /// Handlers taking turns at one lock, each holding it a few milliseconds in a sleep.
 pub const C_TURNS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_turns.c");
+/// A thread started every 4 ms that waits at a lock and exits within 25 ms.
+pub const C_SHORT_THREADS_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_short_threads.c");
 pub const MANY_WAITERS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/many_waiters.c");
 pub const C_LOSSES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_losses.c");

@@ -146,7 +146,8 @@ pub struct TraceCounts {
     /// unreadable: an exec under way, a stack pointer in no mapping): the thread's wait,
     /// if it was in one, is not counted for that period.
     pub thread_reads_failed: u64,
-    /// A sampled recording's new waits whose thread ran before their stack could be read,
+    /// A sampled recording's new waits whose thread ran or exited before their stack could
+    /// be read,
     /// made at no place of its last read waits (or in a Python program): their time in
     /// the reads that saw them is not counted.
     pub waits_unread: u64,

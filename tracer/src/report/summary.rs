@@ -689,7 +689,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
     if counts.waits_unread > 0 {
         let _ = writeln!(
             out,
-            "lost: {} sampled waits whose thread ran before their stack was read",
+            "lost: {} sampled waits whose thread ran or exited before their stack was read",
             counts.waits_unread
         );
     }
@@ -1052,7 +1052,9 @@ mod tests {
         sampled.counts.waits_at_last_place = 290;
         let text = render_summary(&sampled, 10);
         assert!(
-            text.contains("lost: 12 sampled waits whose thread ran before their stack was read\n"),
+            text.contains(
+                "lost: 12 sampled waits whose thread ran or exited before their stack was read\n"
+            ),
             "{text}"
         );
         assert!(

@@ -888,8 +888,9 @@ impl ThreadSampler {
                 counts.elsewhere += 1;
                 return;
             }
-            Err(SampleError::Woke) => {
-                self.start_unread(now_ns, tid, state, look, counts);
+            // A short-lived thread may be gone by the drain: its wait is lost the same way.
+            Err(err @ (SampleError::Woke | SampleError::Exited)) => {
+                self.start_unread(now_ns, tid, state, look, &err, counts);
                 return;
             }
             Err(err) => {
@@ -940,7 +941,7 @@ impl ThreadSampler {
     }
 
     /// A new wait of thread `tid` in `state` whose stack could not be read: the thread
-    /// ran before it was. A call not reported (a sleep) loses nothing. Made where one of
+    /// ran (`err` Woke) or exited before it was. A call not reported (a sleep) loses nothing. Made where one of
     /// the thread's last read waits was, it is counted with that stack (not in a Python
     /// program, whose frames are not on its native stack), its object named now from the
     /// call's arguments (a descriptor may be another connection's than at the thread's
@@ -952,6 +953,7 @@ impl ThreadSampler {
         tid: u32,
         state: BlockedState,
         look: Option<&TaskLook>,
+        err: &SampleError,
         counts: &mut ThreadCounts,
     ) {
         let args = state.syscall.args;
@@ -975,7 +977,7 @@ impl ThreadSampler {
                 self.skipped_looks.push((tid, look.switches));
             }
             self.count_unread(tid, look);
-            self.skip(tid, &SampleError::Woke, counts);
+            self.skip(tid, err, counts);
             return;
         };
         let Some((kind, object)) = self.objects.resolve(kind, object) else {
