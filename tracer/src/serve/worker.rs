@@ -60,7 +60,8 @@ enum Job {
     Detach,
     Symbolize {
         generation: u64,
-        aggregate: WaitAggregate,
+        // Boxed: an aggregate (its timeline recorder) is most of a job's size.
+        aggregate: Box<WaitAggregate>,
         base: Profile,
         reply: oneshot::Sender<Result<Profile, WorkerError>>,
     },
@@ -119,7 +120,7 @@ impl Worker {
     ) -> Result<Profile, WorkerError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job::Symbolize { generation, aggregate, base, reply })
+            .send(Job::Symbolize { generation, aggregate: Box::new(aggregate), base, reply })
             .await
             .map_err(|_| WorkerError::Stopped)?;
         answer.await.map_err(|_| WorkerError::Stopped)?
@@ -177,7 +178,7 @@ fn run(mut queue: mpsc::Receiver<Job>) {
             Job::Symbolize { generation, aggregate, base, reply } => {
                 let profile = match attached.as_mut() {
                     Some(attachment) if attachment.generation == generation => {
-                        Ok(symbolize(attachment, aggregate, base))
+                        Ok(symbolize(attachment, *aggregate, base))
                     }
                     _ => Err(WorkerError::Stale),
                 };
