@@ -115,6 +115,11 @@ pub enum Terminal {
     LockHolder(ThreadNow),
     /// The last wakers were mostly not blocked in a watched wait: what they do now.
     Thread(ThreadNow),
+    /// The waits were woken mostly by threads waiting at the same site (this many of
+    /// them): a lock taken in turns, whose cause is what its holders do between their
+    /// waits, not where else they wait (a pool of handlers serialized by one lock was
+    /// sent after their idle reads of the next request, to the client).
+    Peers(u64),
     /// Nothing more is known (why).
     Unknown(String),
 }
@@ -306,6 +311,11 @@ impl Graph<'_> {
             let Some((waker, waker_threads)) = self.wakers_of(&at) else {
                 break Terminal::Unknown(unknown_reason(at.kind));
             };
+            let waiting = &self.sites[&at].threads;
+            let peers = waker_threads.iter().filter(|tid| waiting.contains(tid)).count();
+            if 2 * peers >= waker_threads.len() {
+                break Terminal::Peers(peers as u64);
+            }
             match self.where_blocked(&waker_threads) {
                 Some(_) if hops.len() == MAX_HOPS => {
                     break Terminal::Unknown(format!("more than {MAX_HOPS} hops"));
@@ -323,7 +333,10 @@ impl Graph<'_> {
             }
         };
         let leads_somewhere = !hops.is_empty()
-            || matches!(terminal, Terminal::LockHolder(_) | Terminal::Thread(_))
+            || matches!(
+                terminal,
+                Terminal::LockHolder(_) | Terminal::Thread(_) | Terminal::Peers(_)
+            )
             || matches!(terminal, Terminal::Endpoint { peer: Some(_), .. });
         leads_somewhere.then(|| WaitChain {
             process: None,
@@ -600,6 +613,7 @@ pub fn terminal_name(terminal: &Terminal) -> String {
         Terminal::Endpoint { peer: None, .. } => String::new(),
         Terminal::LockHolder(holder) => format!("→ held by {} (tid {})", holder.name, holder.tid),
         Terminal::Thread(now) => format!("→ {} (tid {})", now.name, now.tid),
+        Terminal::Peers(_) => "→ taken in turns".to_string(),
         Terminal::Unknown(why) => format!("→ unknown: {why}"),
     }
 }
@@ -618,6 +632,10 @@ pub fn terminal_text(terminal: &Terminal) -> String {
         Terminal::Thread(now) => {
             format!("→ {} (tid {}) {}", now.name, now.tid, thread_now_text(now))
         }
+        Terminal::Peers(threads) => format!(
+            "→ taken in turns: woken by one another ({threads} of these threads); the cause \
+             is what they do between their waits"
+        ),
         Terminal::Unknown(why) => format!("→ unknown: {why}"),
     }
 }

@@ -556,3 +556,26 @@ fn a_goroutine_site_is_its_call_site_and_wait_reason() {
     assert!(futex.matches(&stack("send", WaitKind::Futex, Some("queue.not_empty"), &[2], 0)));
     assert!(!futex.matches(&holder));
 }
+
+/// Handlers serialized by one lock wake one another: the chain ends there, not at where
+/// they wait between requests (their reads from the client, which it blamed).
+#[test]
+fn waits_woken_by_their_own_peers_end_in_turns_not_at_the_peers_other_waits() {
+    let profile = recording(
+        vec![
+            stack("take_lock", WaitKind::Futex, Some("cache_lock"), &[1, 2, 3, 4], 3 * SECOND),
+            stack("read_request", WaitKind::Recv, None, &[1, 2, 3, 4], 4 * SECOND),
+        ],
+        vec![woken("take_lock", &[1, 2, 3, 9])],
+        &[(1, "handler"), (9, "reaper")],
+    );
+    let chains = build(&profile, &ChainFacts::default());
+    assert_eq!(chains.len(), 1, "{chains:?}");
+    assert!(chains[0].hops.is_empty(), "{chains:?}");
+    assert_eq!(chains[0].terminal, Terminal::Peers(3));
+    assert_eq!(
+        chain_line(&chains[0], |ns| format!("{}s", ns / SECOND)),
+        "4 threads at take_lock [futex cache_lock] → taken in turns: woken by one another (3 \
+         of these threads); the cause is what they do between their waits"
+    );
+}

@@ -46,14 +46,28 @@ pub struct JsonChainHop {
     pub at: JsonChainSite,
 }
 
-/// `type` says which: `endpoint`, `lock_holder`, `thread` or `unknown`.
+/// `type` says which: `endpoint`, `lock_holder`, `thread`, `peers` or `unknown`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JsonTerminal {
-    Endpoint { endpoint: String, state: Option<String>, peer: Option<JsonPeer> },
-    LockHolder { thread: JsonThreadNow },
-    Thread { thread: JsonThreadNow },
-    Unknown { reason: String },
+    Endpoint {
+        endpoint: String,
+        state: Option<String>,
+        peer: Option<JsonPeer>,
+    },
+    LockHolder {
+        thread: JsonThreadNow,
+    },
+    Thread {
+        thread: JsonThreadNow,
+    },
+    /// Woken by one another: `threads` of those waiting at the site woke them.
+    Peers {
+        threads: u64,
+    },
+    Unknown {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,6 +143,7 @@ pub fn json_chains(chains: &[WaitChain]) -> Vec<JsonChain> {
                     JsonTerminal::LockHolder { thread: json_thread(thread) }
                 }
                 Terminal::Thread(thread) => JsonTerminal::Thread { thread: json_thread(thread) },
+                Terminal::Peers(threads) => JsonTerminal::Peers { threads: *threads },
                 Terminal::Unknown(reason) => JsonTerminal::Unknown { reason: reason.clone() },
             },
         })
@@ -205,6 +220,7 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
         },
         JsonTerminal::LockHolder { thread } => Terminal::LockHolder(thread_now(thread)?),
         JsonTerminal::Thread { thread } => Terminal::Thread(thread_now(thread)?),
+        JsonTerminal::Peers { threads } => Terminal::Peers(threads),
         JsonTerminal::Unknown { reason } => Terminal::Unknown(reason),
     };
     Ok(WaitChain { process, start: chain_site(start)?, threads, blocked_ns, hops, terminal })

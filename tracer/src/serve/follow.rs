@@ -450,22 +450,21 @@ async fn find_by_comm(name: &str, first: bool) -> Target {
     }
 }
 
-/// The live user process named `name` with the lowest pid (the first started, as a
-/// rule), other than this one.
+/// The live user process named `name` that started first (not the lowest pid: pids wrap
+/// around), other than this one; when there are several, said once per pick.
 fn process_named(name: &str) -> Option<Target> {
-    let own = std::process::id();
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&pid| pid != own)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| crate::pipeline::target::is_named(&comm, name))
-        })
-        .collect();
-    pids.sort_unstable();
-    if pids.len() > 1 {
-        log::debug!("several processes named {name}: {pids:?}; taking the first");
+    let mut pids = crate::pipeline::target::named_processes(name);
+    // Processes whose start cannot be read (gone already) last.
+    pids.sort_by_key(|&pid| (started_at_ticks(pid).unwrap_or(u64::MAX), pid));
+    if let [first, ..] = pids[..]
+        && pids.len() > 1
+    {
+        crate::report::note(&format!(
+            "tracer: {} processes named {}; following the first started, pid {first} (serve \
+             --pid repeated, or --cgroup, watches several)",
+            pids.len(),
+            crate::report::escape_name(name)
+        ));
     }
     pids.into_iter().find_map(|pid| match Target::open(pid) {
         Ok(target) => Some(target),
@@ -475,4 +474,30 @@ fn process_named(name: &str) -> Option<Target> {
             None
         }
     })
+}
+
+/// When process `pid` started, in clock ticks since boot (/proc/PID/stat's 22nd field).
+fn started_at_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the name, which may hold spaces and parentheses: from the last ')'.
+    let (_, fields) = stat.rsplit_once(')')?;
+    // Field 3 (state) is the first after it; starttime is field 22.
+    fields.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process started later has a later start, whatever its pid.
+    #[test]
+    fn a_child_started_after_us_starts_later() {
+        let own = started_at_ticks(std::process::id()).expect("our own start");
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().expect("sleep");
+        let started = started_at_ticks(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(started.is_some_and(|started| started >= own), "{started:?} < {own}");
+        assert_eq!(started_at_ticks(u32::MAX), None);
+    }
 }

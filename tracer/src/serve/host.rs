@@ -570,7 +570,7 @@ impl Reader {
         let live: Vec<u32> = members.members.iter().map(|member| member.target.pid).collect();
         triggers.forget_processes_except(&live);
         for member in &mut members.members {
-            if triggers.cooling(member.target.pid) {
+            if triggers.holding(member.target.pid) {
                 continue;
             }
             let blocked: Vec<(StackKey, u64)> =

@@ -59,8 +59,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SECONDS: u64 = 30;
 /// The longest window /debug/pprof/block records; longer requests are cut to it.
 const MAX_SECONDS: u64 = 300;
-/// Beyond the longest window, the time a connection may take in all (building the
-/// profile, a slow reader): then it is closed.
+/// Beyond the longest window, the time one request may take in all (building the
+/// profile, a slow reader): then its connection is closed. A keep-alive connection lives
+/// on while its requests come (see `RequestDeadline`).
 const CONNECTION_SLACK: Duration = Duration::from_secs(60);
 /// Rows of the text summary of /debug/pprof/threads?debug=1.
 const SUMMARY_TOP: usize = 30;
@@ -137,9 +138,13 @@ pub async fn run(
         let tls = tls.clone();
         let open = MAX_CONNECTIONS - connections.available_permits();
         let header_timeout = if open > CROWDED { CROWDED_HEADER_TIMEOUT } else { HEADER_TIMEOUT };
+        let limit = Duration::from_secs(MAX_SECONDS) + CONNECTION_SLACK;
+        let deadline = Arc::new(RequestDeadline::new(limit));
         tokio::spawn(async move {
             let _permit = permit;
+            let connection_deadline = Arc::clone(&deadline);
             let service = service_fn(move |request: Request<_>| {
+                deadline.rearm();
                 let daemon = daemon.clone();
                 let windows = Arc::clone(&windows);
                 let allowed =
@@ -159,11 +164,11 @@ pub async fn run(
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .clone();
-            let limit = Duration::from_secs(MAX_SECONDS) + CONNECTION_SLACK;
+            let deadline = connection_deadline;
             let served = match tls {
                 None => {
                     let connection = http.serve_connection(TokioIo::new(stream), service);
-                    tokio::time::timeout(limit, connection).await
+                    deadline.serve(connection).await
                 }
                 Some(tls) => {
                     // The handshake, too, within the time a request's headers get.
@@ -181,15 +186,55 @@ pub async fn run(
                             }
                         };
                     let connection = http.serve_connection(TokioIo::new(stream), service);
-                    tokio::time::timeout(limit, connection).await
+                    deadline.serve(connection).await
                 }
             };
             match served {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => log::debug!("connection from {peer}: {err}"),
-                Err(_) => log::info!("connection from {peer} closed after {limit:?}"),
+                Some(Ok(())) => {}
+                Some(Err(err)) => log::debug!("connection from {peer}: {err}"),
+                None => log::info!("connection from {peer} closed: a request took over {limit:?}"),
             }
         });
+    }
+}
+
+/// When a connection is closed: `limit` after its last request began (or after it
+/// opened). A scraper that keeps its connection for window after window is served as
+/// long as it asks (each connection's whole life was once bounded, cutting a keep-alive
+/// connection mid-window after 6 minutes); a request that takes longer (a client that
+/// never reads its answer) loses it.
+struct RequestDeadline {
+    limit: Duration,
+    at: std::sync::Mutex<Instant>,
+}
+
+impl RequestDeadline {
+    fn new(limit: Duration) -> Self {
+        Self { limit, at: std::sync::Mutex::new(Instant::now() + limit) }
+    }
+
+    /// A request began.
+    fn rearm(&self) {
+        *self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Instant::now() + self.limit;
+    }
+
+    fn at(&self) -> Instant {
+        *self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Serves `connection` until it ends (Some), or until the deadline passes without
+    /// being re-armed (None).
+    async fn serve<F: std::future::Future>(&self, connection: F) -> Option<F::Output> {
+        tokio::pin!(connection);
+        loop {
+            let at = self.at();
+            match tokio::time::timeout_at(at.into(), &mut connection).await {
+                Ok(served) => return Some(served),
+                Err(_) if self.at() > at => continue,
+                Err(_) => return None,
+            }
+        }
     }
 }
 
@@ -517,10 +562,8 @@ async fn block(shared: &Shared, windows: &Semaphore, seconds: u64) -> Result<Rep
         base.counts = counts;
         base.below_threshold = below_threshold(&short_waits);
         if let Some(period) = shared.sampling {
-            let reads = match mark.as_ref().filter(|mark| mark.generation == now.generation) {
-                Some(mark) => now.reads.saturating_sub(mark.reads),
-                None => now.reads,
-            };
+            // Counted over every attachment: a window across a restart holds both's reads.
+            let reads = now.reads.saturating_sub(mark.as_ref().map_or(0, |mark| mark.reads));
             base.sampling = Some(crate::model::Sampling { period, reads });
         }
     }
@@ -656,6 +699,25 @@ async fn pprof(profile: Profile, weight: Weight, attachment: HeaderValue) -> Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection whose requests keep coming outlives the limit; one whose request
+    /// takes longer is closed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_lives_while_its_requests_come() {
+        let limit = Duration::from_millis(200);
+        let deadline = RequestDeadline::new(limit);
+        let requests = async {
+            for _ in 0..5 {
+                tokio::time::sleep(limit / 2).await;
+                deadline.rearm();
+            }
+            "answered"
+        };
+        assert_eq!(deadline.serve(requests).await, Some("answered"));
+        let deadline = RequestDeadline::new(limit);
+        let stalled = tokio::time::sleep(limit * 3);
+        assert_eq!(deadline.serve(stalled).await, None);
+    }
 
     #[test]
     fn refusals_say_what_is_allowed_and_when_to_come_back() {

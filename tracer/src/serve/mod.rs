@@ -480,6 +480,9 @@ struct BlockedSample {
 struct SampledProgress {
     generation: u64,
     reads: u64,
+    /// The reads of the attachments before it: a window open across a restart counts
+    /// both processes' reads.
+    earlier_reads: u64,
     /// What its reads counted and lost, as windows report it.
     counts: TraceCounts,
     /// Its probes' counters (the passes in the kernel and their losses) and what its
@@ -496,7 +499,7 @@ pub struct CountsMark {
     pub generation: u64,
     pub counts: TraceCounts,
     pub short_waits: ShortWaitsByKind,
-    /// The sampler's reads so far (sampled mode).
+    /// The samplers' reads so far, of every attachment (sampled mode).
     pub reads: u64,
 }
 
@@ -555,9 +558,15 @@ impl Shared {
     ) {
         let generation = lock(&self.collector).generation;
         let unwinds_truncated = counts.unwind_truncated;
-        *lock(&self.sampled) = SampledProgress {
+        let mut progress = lock(&self.sampled);
+        let earlier_reads = match progress.generation {
+            same if same == generation => progress.earlier_reads,
+            _ => progress.earlier_reads + progress.reads,
+        };
+        *progress = SampledProgress {
             generation,
             reads,
+            earlier_reads,
             counts,
             counters,
             sampler_counts,
@@ -605,7 +614,7 @@ impl Shared {
                 generation: progress.generation,
                 counts: progress.counts.clone(),
                 short_waits: Default::default(),
-                reads: progress.reads,
+                reads: progress.earlier_reads + progress.reads,
             });
         }
         let (generation, probes) = {

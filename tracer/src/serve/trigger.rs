@@ -19,6 +19,11 @@ use crate::{
 /// How often the conditions are looked at.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a process is watched before it may fire (or its window would be empty: a
+/// daemon started beside a pile-up wrote a window of 2 ms and no read, and its cooldown
+/// then kept the next firing 5 minutes off).
+const FIRST_FIRING_AFTER: Duration = Duration::from_secs(2);
+
 /// A condition that fires the trigger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Condition {
@@ -84,6 +89,8 @@ pub struct Triggers {
     pub config: TriggerConfig,
     last_check: Option<Instant>,
     last_fired: HashMap<u32, Instant>,
+    /// When each process was first looked at.
+    first_looked: HashMap<u32, Instant>,
     written: VecDeque<PathBuf>,
 }
 
@@ -95,7 +102,13 @@ pub struct Firing {
 
 impl Triggers {
     pub fn new(config: TriggerConfig) -> Self {
-        Self { config, last_check: None, last_fired: HashMap::new(), written: VecDeque::new() }
+        Self {
+            config,
+            last_check: None,
+            last_fired: HashMap::new(),
+            first_looked: HashMap::new(),
+            written: VecDeque::new(),
+        }
     }
 
     /// Notes a firing's files (their common `stem`), deleting the oldest firing's that
@@ -133,9 +146,12 @@ impl Triggers {
         true
     }
 
-    /// Whether process `pid` fired within the cooldown.
-    pub fn cooling(&self, pid: u32) -> bool {
-        self.last_fired.get(&pid).is_some_and(|fired| fired.elapsed() < self.config.cooldown)
+    /// Whether process `pid` may not fire now: it fired within the cooldown, or it has
+    /// been watched less than `FIRST_FIRING_AFTER` (or the window, if shorter).
+    pub fn holding(&mut self, pid: u32) -> bool {
+        let watched = self.first_looked.entry(pid).or_insert_with(Instant::now).elapsed();
+        watched < FIRST_FIRING_AFTER.min(self.config.window)
+            || self.last_fired.get(&pid).is_some_and(|fired| fired.elapsed() < self.config.cooldown)
     }
 
     pub fn fired(&mut self, pid: u32) {
@@ -145,6 +161,7 @@ impl Triggers {
     /// Forgets the firings of processes no longer read.
     pub fn forget_processes_except(&mut self, live: &[u32]) {
         self.last_fired.retain(|pid, _| live.contains(pid));
+        self.first_looked.retain(|pid, _| live.contains(pid));
     }
 
     /// The first condition that one process's blocked waits meet, if any, from the raw
@@ -333,6 +350,27 @@ mod tests {
         assert_eq!(utc_stamp(at(1_796_151_912)), "20261201T190512Z");
         // A leap day.
         assert_eq!(utc_stamp(at(951_782_400)), "20000229T000000Z");
+    }
+
+    /// A process first looked at may not fire until it has been watched a while (its
+    /// window empty otherwise), then not again within the cooldown.
+    #[test]
+    fn a_process_fires_once_watched_and_not_within_the_cooldown() {
+        let window = Duration::from_millis(50);
+        let mut triggers = Triggers::new(TriggerConfig {
+            conditions: vec![Condition::Threads(1)],
+            dir: PathBuf::new(),
+            cooldown: Duration::from_secs(60),
+            window,
+            keep: 0,
+        });
+        assert!(triggers.holding(42));
+        std::thread::sleep(window);
+        assert!(!triggers.holding(42));
+        triggers.fired(42);
+        assert!(triggers.holding(42));
+        // Another process: watched from its own first look.
+        assert!(triggers.holding(7));
     }
 
     #[test]
