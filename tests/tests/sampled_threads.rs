@@ -334,7 +334,7 @@ fn waits_read_too_late_count_at_their_threads_last_stack_at_the_same_call() {
     )));
     if counts.waits_unread > 0 {
         let said = format!(
-            "lost: {} sampled waits whose thread ran before their stack was read",
+            "lost: {} sampled waits whose thread ran or exited before their stack was read",
             counts.waits_unread
         );
         assert!(traced.out.stdout.contains(&said), "{}", traced.out.stdout);

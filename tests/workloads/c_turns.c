@@ -9,7 +9,9 @@
  *
  * Usage: c-turns [HANDLERS] [HOLD_MS] [SECONDS]
  * Built by the tests with `gcc -O2 -g -pthread` (no frame pointers at -O2).
- * Prints "ready" once every handler has taken its first turn.
+ * Prints "ready" once every handler has come for its first turn (not taken it: a handler
+ * that lets the lock go takes it straight back as often as not, so another may wait
+ * seconds for its first turn).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -24,7 +26,7 @@
 
 static pthread_mutex_t turn_lock = PTHREAD_MUTEX_INITIALIZER;
 static double hold_seconds = 0.01;
-static atomic_int took_a_turn;
+static atomic_int came_for_a_turn;
 
 /* The call site of every handler's futex wait. */
 CALL_SITE void take_turn(void)
@@ -37,8 +39,7 @@ CALL_SITE void take_turn(void)
 static void *handler(void *arg)
 {
 	(void)arg;
-	take_turn();
-	atomic_fetch_add(&took_a_turn, 1);
+	atomic_fetch_add(&came_for_a_turn, 1);
 	for (;;)
 		take_turn();
 	return NULL;
@@ -61,7 +62,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	while (atomic_load(&took_a_turn) < handlers)
+	while (atomic_load(&came_for_a_turn) < handlers)
 		sleep_seconds(hold_seconds);
 	printf("ready\n");
 	fflush(stdout);

@@ -62,6 +62,11 @@ impl SavedFramePointers {
     }
 }
 
+/// How many more times a thread caught running or waking is looked at, and the pause
+/// before each look after the first of them (2 ms at most in all).
+const AGAIN_LOOKS: usize = 3;
+const AGAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Adds every thread of `pid` blocked now in a watched wait to `aggregate` (as waits in
 /// progress, weighted by their age so far) and counts the rest.
 pub fn collect_blocked_threads(
@@ -77,7 +82,7 @@ pub fn collect_blocked_threads(
     let monotonic_now = monotonic_now_ns();
     let mut counts = ThreadCounts { threads: tids.len() as u64, ..ThreadCounts::default() };
     // Reads one thread; true when it was caught running or woke while read, to be read
-    // once more after the others: in a pile-up the waiters take turns waking (the queue
+    // again after the others: in a pile-up the waiters take turns waking (the queue
     // moves), and each is back in its wait within microseconds.
     let mut read_thread = |tid: u32, last_try: bool| -> bool {
         let sample = match reader.sample(tid) {
@@ -135,9 +140,19 @@ pub fn collect_blocked_threads(
         }
         false
     };
-    let once_more: Vec<u32> = tids.into_iter().filter(|&tid| read_thread(tid, false)).collect();
-    for tid in once_more {
-        read_thread(tid, true);
+    // A pile-up that moves in bursts (a reporter whose send unblocks every 20 ms wakes
+    // its handlers one after another, for a fraction of a millisecond) can find a few
+    // running on a second look too: the later looks wait a moment first.
+    let mut again: Vec<u32> = tids.into_iter().filter(|&tid| read_thread(tid, false)).collect();
+    for look in 1..=AGAIN_LOOKS {
+        if again.is_empty() {
+            break;
+        }
+        if look > 1 {
+            std::thread::sleep(AGAIN_PAUSE);
+        }
+        let last_try = look == AGAIN_LOOKS;
+        again.retain(|&tid| read_thread(tid, last_try));
     }
     Ok(counts)
 }
