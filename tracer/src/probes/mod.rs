@@ -816,8 +816,6 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
     move |source| ProbeError::Map { name, source: Some(source) }
 }
 
-/// Context switches of thread `tid` of `pid` so far, voluntary or not, as the probes count
-/// them (`InFlightWait::switches`); `None` when the thread is gone.
 /// How many times thread `tid` has run (`BlockedState::runs`, from /proc).
 fn thread_runs(pid: u32, tid: u32) -> Option<u64> {
     let schedstat =
@@ -826,6 +824,8 @@ fn thread_runs(pid: u32, tid: u32) -> Option<u64> {
     crate::threads::parse_run_count(&schedstat)
 }
 
+/// Context switches of thread `tid` of `pid` so far, voluntary or not, as the probes count
+/// them (`InFlightWait::switches`); `None` when the thread is gone.
 fn thread_switches(pid: u32, tid: u32) -> Option<u64> {
     let status =
         crate::pipeline::target::read_proc_text(format!("/proc/{pid}/task/{tid}/status")).ok()?;
