@@ -131,6 +131,11 @@ fn block_profile_over_http(options: &[&str]) {
     );
     assert!(out.stdout.contains("Duration: 2"), "not a 2 s window:\n{}", out.stdout);
 
+    // Exact mode's waits under --min-wait, summed by kind in the kernel, are series too.
+    let metrics = daemon.get("/metrics").text();
+    let short = metrics.lines().any(|l| l.starts_with(r#"tracer_short_waits_total{kind="futex"}"#));
+    assert_eq!(short, !options.is_empty(), "serve {options:?}: /metrics:\n{metrics}");
+
     // The threads blocked now, as pprof too: the handlers waiting at send_stat.
     let now = threads_now(&daemon, &dir);
     assert_eq!(now.pid, pid, "/debug/pprof/threads is of another process");

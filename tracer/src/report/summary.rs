@@ -577,7 +577,7 @@ fn write_counts(out: &mut String, profile: &Profile) {
             // Their thread ran before they were read: not a loss, an attribution.
             let _ = writeln!(
                 out,
-                "stacks: {} waits given their thread's last stack at the call (it ran before they were read)",
+                "stacks: {} waits given the last stack read at their call (their thread ran or exited first)",
                 counts.waits_at_last_place
             );
         }
@@ -1059,7 +1059,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "stacks: 290 waits given their thread's last stack at the call (it ran before they were read)\n"
+                "stacks: 290 waits given the last stack read at their call (their thread ran or exited first)\n"
             ),
             "{text}"
         );

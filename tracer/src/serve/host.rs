@@ -326,6 +326,7 @@ impl Host {
             usage: pipeline::own_usage::ProcessUsage::of_self(),
             processes: Some(lock(&self.processes).len()),
             firings: Some(&lock(&self.firings)),
+            short_waits: None,
         })
         .map_err(HostError::Render)
     }

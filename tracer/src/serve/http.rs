@@ -489,6 +489,7 @@ async fn scrape(shared: &Shared, accept: Option<&HeaderValue>) -> Result<Reply, 
         None
     };
     let tracer = shared.tracer_totals();
+    let short_waits = shared.sampling.is_none().then(|| shared.total_short_waits());
     let body = {
         let waits = lock(&shared.waits);
         metrics::render(&Scrape {
@@ -499,6 +500,7 @@ async fn scrape(shared: &Shared, accept: Option<&HeaderValue>) -> Result<Reply, 
             usage: ProcessUsage::of_self(),
             processes: None,
             firings: None,
+            short_waits: short_waits.as_ref(),
         })
     };
     let body = body.map_err(ServeError::Render)?;

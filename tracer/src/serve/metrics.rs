@@ -53,7 +53,22 @@ pub struct ProcessSeriesLabels {
 /// A label set a full table folds into another: its `site="other"` one.
 pub trait Foldable: Clone + Eq + std::hash::Hash {
     fn folded(&self) -> Self;
+
+    /// The same series with its object folded (`object="other"`), for label sets that
+    /// name one: past `MAX_OBJECTS_PER_SITE` at a call site, its further objects go there.
+    fn object_folded(&self) -> Option<Self> {
+        None
+    }
 }
+
+/// The most objects a call site's series name one by one (of each kind, and process):
+/// a server's waits on its clients' connections name each client's address and port,
+/// and one busy listener filled a host daemon's table, folding every other process's
+/// later sites into `other`.
+pub const MAX_OBJECTS_PER_SITE: usize = 16;
+
+/// The object label of the series that holds a site's objects past `MAX_OBJECTS_PER_SITE`.
+pub const OTHER_OBJECT: &str = "other";
 
 /// The labels of a stack's series.
 pub trait StackLabels: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static {
@@ -73,6 +88,10 @@ impl StackLabels for SeriesLabels {
 impl Foldable for SeriesLabels {
     fn folded(&self) -> Self {
         Self { kind: self.kind.clone(), site: OTHER_SITE.to_string(), object: String::new() }
+    }
+
+    fn object_folded(&self) -> Option<Self> {
+        Some(Self { object: OTHER_OBJECT.to_string(), ..self.clone() })
     }
 }
 
@@ -108,6 +127,10 @@ impl Foldable for ProcessSeriesLabels {
             site: OTHER_SITE.to_string(),
             object: String::new(),
         }
+    }
+
+    fn object_folded(&self) -> Option<Self> {
+        Some(Self { object: OTHER_OBJECT.to_string(), ..self.clone() })
     }
 }
 
@@ -153,8 +176,10 @@ pub struct CappedSeries<V, L = SeriesLabels> {
     touched_since: Option<Instant>,
     /// Series dropped for being idle while the table was full.
     retired: u64,
-    /// Hashes of the label sets folded into `other`.
+    /// Hashes of the label sets folded into `other` (a site's or an object's).
     folded: HashSet<u64>,
+    /// How many objects each site's own series name, by the site's `object_folded` labels.
+    objects_per_site: HashMap<L, usize>,
 }
 
 impl<V: Default, L: Foldable> CappedSeries<V, L> {
@@ -167,6 +192,7 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
             touched_since: None,
             retired: 0,
             folded: HashSet::new(),
+            objects_per_site: HashMap::new(),
         }
     }
 
@@ -184,6 +210,14 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
             }
             return self.series.entry(labels).or_default();
         }
+        // A site's objects past the most it names go to its `object="other"` series.
+        let site = labels.object_folded().filter(|site| *site != labels);
+        if let Some(site) = &site
+            && self.objects_per_site.get(site).is_some_and(|&n| n >= MAX_OBJECTS_PER_SITE)
+        {
+            self.note_folded(&labels);
+            return self.entry_at(site.clone(), now);
+        }
         if self.own_series >= self.max_series {
             self.retire_idle(now);
         }
@@ -191,14 +225,32 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
             self.own_series += 1;
             self.touched.insert(labels.clone(), now);
             self.touched_since.get_or_insert(now);
+            if let Some(site) = site {
+                *self.objects_per_site.entry(site).or_default() += 1;
+            }
             return self.series.entry(labels).or_default();
         }
+        self.note_folded(&labels);
+        self.series.entry(labels.folded()).or_default()
+    }
+
+    fn note_folded(&mut self, labels: &L) {
         if self.folded.len() < MAX_FOLDED_REMEMBERED {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             labels.hash(&mut hasher);
             self.folded.insert(hasher.finish());
         }
-        self.series.entry(labels.folded()).or_default()
+    }
+
+    /// One object fewer at `labels`' site: its series was dropped.
+    fn forget_object(&mut self, labels: &L) {
+        let Some(site) = labels.object_folded().filter(|site| site != labels) else { return };
+        if let Some(objects) = self.objects_per_site.get_mut(&site) {
+            *objects = objects.saturating_sub(1);
+            if *objects == 0 {
+                self.objects_per_site.remove(&site);
+            }
+        }
     }
 
     /// Drops the series idle longest if it has been idle long enough.
@@ -219,6 +271,7 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
         }
         self.touched.remove(&idlest);
         self.series.remove(&idlest);
+        self.forget_object(&idlest);
         self.own_series -= 1;
         self.retired += 1;
     }
@@ -227,9 +280,18 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
     /// process that exited): their places under the cap are free again.
     pub fn retain(&mut self, keep: impl Fn(&L) -> bool) {
         let before = self.series.len();
+        let dropped: Vec<L> = self
+            .series
+            .keys()
+            .filter(|labels| !keep(labels) && labels.folded() != **labels)
+            .cloned()
+            .collect();
         self.series.retain(|labels, _| keep(labels) || labels.folded() == *labels);
         self.touched.retain(|labels, _| keep(labels));
         self.own_series = self.own_series.saturating_sub(before - self.series.len());
+        for labels in &dropped {
+            self.forget_object(labels);
+        }
     }
 
     /// How many distinct label sets were folded into `other`.
@@ -307,11 +369,14 @@ pub struct Scrape<'a, L = SeriesLabels> {
     pub processes: Option<usize>,
     /// `--trigger`: how often each condition fired, by whether its files were written.
     pub firings: Option<&'a std::collections::BTreeMap<(String, &'static str), u64>>,
+    /// Exact mode: the waits under --min-wait, summed by kind without stacks.
+    pub short_waits: Option<&'a crate::probes::ShortWaitsByKind>,
 }
 
 /// The OpenMetrics text of one scrape.
 pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt::Error> {
-    let Scrape { blocked, goroutines, waits, tracer, usage, processes, firings } = scrape;
+    let Scrape { blocked, goroutines, waits, tracer, usage, processes, firings, short_waits } =
+        scrape;
     let mut registry = Registry::default();
 
     let blocked_threads = Family::<L, Gauge>::default();
@@ -385,6 +450,28 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
     folded
         .get_or_create(&MetricLabel { metric: "tracer_waits_total".into() })
         .set(clamp_i64(waits.folded() as u64));
+    if let Some(short_waits) = short_waits {
+        // Every wait under the threshold: in the kernel's sums by kind, not in the series
+        // by call site (a futex ping-pong's handoffs are all here).
+        let seconds = Family::<KindLabel, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "tracer_short_wait_seconds",
+            "Time the target's threads spent in waits that ended under --min-wait, by kind \
+             (no call site: no stack is taken for them)",
+            seconds.clone(),
+        );
+        let count = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "tracer_short_waits",
+            "Waits of the target that ended under --min-wait, by kind",
+            count.clone(),
+        );
+        for (kind, totals) in crate::pipeline::counts::below_threshold(short_waits) {
+            let labels = KindLabel { kind: kind.name().to_string() };
+            seconds.get_or_create(&labels).inc_by(totals.total_ns as f64 / 1e9);
+            count.get_or_create(&labels).inc_by(totals.count);
+        }
+    }
     let retired = Counter::<u64>::default();
     registry.register(
         "tracer_retired_series",
@@ -478,6 +565,11 @@ struct ReasonLabel {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +593,34 @@ mod tests {
         assert!(!series.series.contains_key(&labels("c")));
         assert_eq!(series.folded(), 2);
         assert_eq!(series.series.len(), 3);
+    }
+
+    /// A listener's waits on 40 clients' connections: the first 16 named, the rest in its
+    /// `object="other"`, which leaves the table room for other sites; a dropped object's
+    /// place at its site is free again.
+    #[test]
+    fn a_sites_objects_past_the_most_fold_into_its_other_object() {
+        let on = |site: &str, object: String| SeriesLabels {
+            kind: "recv".into(),
+            site: site.into(),
+            object,
+        };
+        let start = Instant::now();
+        let mut series = CappedSeries::<u64>::new(100);
+        for port in 0..40 {
+            *series.entry_at(on("serve", format!("10.0.0.9:{}", 40_000 + port)), start) += 1;
+        }
+        let other = on("serve", OTHER_OBJECT.to_string());
+        assert_eq!(series.series[&other], 40 - MAX_OBJECTS_PER_SITE as u64);
+        assert_eq!(series.series.len(), MAX_OBJECTS_PER_SITE + 1);
+        assert_eq!(series.folded(), 40 - MAX_OBJECTS_PER_SITE);
+        *series.entry_at(on("fetch", "10.0.0.5:80".into()), start) += 1;
+        assert_eq!(series.series[&on("fetch", "10.0.0.5:80".into())], 1);
+        // The first client gone from the table: a new one is named again.
+        series.retain(|labels| labels.object != "10.0.0.9:40000");
+        *series.entry_at(on("serve", "10.0.0.9:50000".into()), start) += 1;
+        assert_eq!(series.series[&on("serve", "10.0.0.9:50000".into())], 1);
+        assert_eq!(series.series[&other], 40 - MAX_OBJECTS_PER_SITE as u64);
     }
 
     #[test]
@@ -556,6 +676,9 @@ mod tests {
         let mut blocked = CappedSeries::<u64>::new(10);
         *blocked.entry(labels("app::send_stat")) = 32;
         let tracer = TracerTotals { events: 7, lost: vec![("ring_buffer_full", 2)] };
+        let mut short_waits: crate::probes::ShortWaitsByKind = Default::default();
+        short_waits[tracer_common::WaitKind::Futex as usize] =
+            tracer_common::ShortWaitTotals { count: 9168, total_ns: 2_500_000_000 };
         let mut goroutines = CappedSeries::<u64, GoroutineLabels>::new(10);
         *goroutines.entry(GoroutineLabels {
             wait_reason: "chan send".into(),
@@ -573,9 +696,13 @@ mod tests {
             },
             processes: None,
             firings: None,
+            short_waits: Some(&short_waits),
         })
         .unwrap();
         for line in [
+            r#"tracer_short_waits_total{kind="futex"} 9168"#,
+            r#"tracer_short_wait_seconds_total{kind="futex"} 2.5"#,
+            r#"tracer_short_waits_total{kind="recv"} 0"#,
             r#"tracer_blocked_threads{kind="futex",site="app::send_stat",object=""} 32"#,
             r#"tracer_wait_seconds_total{kind="futex",site="app::send_stat",object=""} 1.5"#,
             r#"tracer_waits_total{kind="futex",site="app::send_stat",object=""} 3"#,

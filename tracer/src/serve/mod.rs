@@ -439,6 +439,8 @@ pub struct Shared {
     pub waits: Mutex<metrics::WaitSeries>,
     /// Probe counters of earlier attachments, so totals never go down on re-attach.
     pub earlier_counters: Mutex<ProbeCounters>,
+    /// The waits under --min-wait of earlier attachments (exact mode), likewise.
+    earlier_short_waits: Mutex<ShortWaitsByKind>,
     /// What earlier attachments' samplers counted beside their probes, likewise.
     earlier_sampler_counts: Mutex<SamplerCounts>,
     /// Earlier attachments' samplers' unwinds truncated, likewise.
@@ -525,6 +527,7 @@ impl Shared {
             worker,
             waits: Mutex::new(metrics::WaitSeries::new(max_series)),
             earlier_counters: Mutex::new(ProbeCounters::default()),
+            earlier_short_waits: Mutex::new(Default::default()),
             earlier_sampler_counts: Mutex::new(SamplerCounts::default()),
             earlier_sampled_unwinds_truncated: Mutex::new(0),
             detached_counts: Mutex::new(None),
@@ -601,7 +604,26 @@ impl Shared {
         if let Some(counters) = counters {
             *lock(&self.earlier_counters) += counters;
         }
+        let short_waits =
+            attached.as_ref().and_then(|attached| lock(&attached.probes).short_waits().ok());
+        if let Some(short_waits) = short_waits {
+            add_short_waits(&mut lock(&self.earlier_short_waits), &short_waits);
+        }
         attached.take()
+    }
+
+    /// The waits under --min-wait over the daemon's life, by kind (exact mode: summed in
+    /// the kernel, without stacks; none in sampled mode).
+    pub fn total_short_waits(&self) -> ShortWaitsByKind {
+        // Under the attachment's lock, as the detach moves them (see `total_counters`).
+        let attached = lock(&self.attached);
+        let current =
+            attached.as_ref().and_then(|attached| lock(&attached.probes).short_waits().ok());
+        let mut total = *lock(&self.earlier_short_waits);
+        if let Some(current) = current {
+            add_short_waits(&mut total, &current);
+        }
+        total
     }
 
     /// The current attachment's counters: what its probes and the decoder saw (in
@@ -864,6 +886,13 @@ impl Shared {
                 ("block_window", collector.block_window_lost),
             ],
         }
+    }
+}
+
+fn add_short_waits(total: &mut ShortWaitsByKind, more: &ShortWaitsByKind) {
+    for (total, more) in total.iter_mut().zip(more) {
+        total.count += more.count;
+        total.total_ns += more.total_ns;
     }
 }
 

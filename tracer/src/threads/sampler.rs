@@ -355,7 +355,7 @@ impl SamplerCounts {
 /// stack. Two waits of a thread at one place have the same stack unless two callers of
 /// the same frame sizes reach the same call on the same object, which then share one: the
 /// stack of the earlier stands for the later when the later's could not be read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct CallPlace {
     nr: i64,
     object: [u64; 2],
@@ -372,34 +372,60 @@ impl CallPlace {
             pc: syscall.pc,
         }
     }
+
+    /// The place in any thread of the process: its stack pointer within its page. A
+    /// pool's threads run the same code on stacks that glibc lays out alike (each thread's
+    /// descriptor and TLS at the top of a page-aligned mapping), so the same call from the
+    /// same function at the same depth has the same stack pointer within its page in every
+    /// one of them; two callers of the lock at depths a multiple of 4 KiB apart would share
+    /// one place.
+    fn in_any_thread(&self) -> Self {
+        const PAGE: u64 = 4096;
+        Self { sp: self.sp % PAGE, ..*self }
+    }
 }
 
 /// A stack as unwound: its return addresses, and whether the unwind stopped early.
 type ReadStack = (Arc<[u64]>, bool);
 
-/// Each thread's last read waits at up to `PLACES_PER_THREAD` places, the latest first:
-/// where each was made, and its stack.
+/// Each thread's last read waits at up to `PLACES_PER_THREAD` places, the latest first
+/// (where each was made, and its stack), and the last read wait of any thread at each
+/// place in a thread's stack (`CallPlace::in_any_thread`): the stack a thread that
+/// exited before its wait was read (a thread per request) is given.
 #[derive(Debug, Default)]
-struct ThreadPlaces(HashMap<u32, Vec<(CallPlace, ReadStack)>>);
+struct ThreadPlaces {
+    by_thread: HashMap<u32, Vec<(CallPlace, ReadStack)>>,
+    in_any_thread: HashMap<CallPlace, ReadStack>,
+}
+
+/// The most places of any thread kept (past it they are forgotten and noted anew).
+const PLACES_IN_ANY_THREAD: usize = 4096;
 
 impl ThreadPlaces {
     /// Keeps `stack` as thread `tid`'s stack at `place`.
     fn note(&mut self, tid: u32, place: CallPlace, stack: ReadStack) {
-        let places = self.0.entry(tid).or_insert_with(|| Vec::with_capacity(1));
+        if self.in_any_thread.len() >= PLACES_IN_ANY_THREAD {
+            self.in_any_thread.clear();
+        }
+        self.in_any_thread.insert(place.in_any_thread(), stack.clone());
+        let places = self.by_thread.entry(tid).or_insert_with(|| Vec::with_capacity(1));
         places.retain(|(known, _)| *known != place);
         places.insert(0, (place, stack));
         places.truncate(PLACES_PER_THREAD);
     }
 
-    /// Thread `tid`'s last read stack at `place`, if it waited there.
+    /// Thread `tid`'s last read stack at `place`, if it waited there; else the last read
+    /// stack of any thread at the same place in its stack.
     fn stack_at(&self, tid: u32, place: &CallPlace) -> Option<&ReadStack> {
-        let places = self.0.get(&tid)?;
-        places.iter().find(|(known, _)| known == place).map(|(_, stack)| stack)
+        let own = self.by_thread.get(&tid).and_then(|places| {
+            places.iter().find(|(known, _)| known == place).map(|(_, stack)| stack)
+        });
+        own.or_else(|| self.in_any_thread.get(&place.in_any_thread()))
     }
 
     /// Forgets the threads not in `tids` (sorted): they exited.
     fn keep_only(&mut self, tids: &[u32]) {
-        self.0.retain(|tid, _| tids.binary_search(tid).is_ok());
+        self.by_thread.retain(|tid, _| tids.binary_search(tid).is_ok());
     }
 }
 
@@ -1278,24 +1304,31 @@ mod tests {
         let mut places = ThreadPlaces::default();
         places.note(7, place(0x7000, 0xa0), stack(0x1));
         assert_eq!(places.stack_at(7, &place(0x7000, 0xa0)).map(|s| s.0[0]), Some(0x1));
-        // Another lock, another depth, another thread: not the place.
+        // Another lock, another depth: not the place.
         assert!(places.stack_at(7, &place(0x7000, 0xb0)).is_none());
         assert!(places.stack_at(7, &place(0x7100, 0xa0)).is_none());
-        assert!(places.stack_at(8, &place(0x7000, 0xa0)).is_none());
+        // Another thread at the same depth of its own stack (a page-aligned stack): the
+        // place of any thread; at another depth, none.
+        assert_eq!(places.stack_at(8, &place(0x9_7000, 0xa0)).map(|s| s.0[0]), Some(0x1));
+        assert!(places.stack_at(8, &place(0x9_7010, 0xa0)).is_none());
         // Read again there: the later stack is kept.
         places.note(7, place(0x7000, 0xa0), stack(0x2));
         assert_eq!(places.stack_at(7, &place(0x7000, 0xa0)).map(|s| s.0[0]), Some(0x2));
-        // At most a few places, the oldest let go first.
+        // At most a few places of its own, the oldest let go first (its stack still the
+        // place's of any thread, until another thread's is read there).
         for n in 0..PLACES_PER_THREAD as u64 {
             places.note(7, place(0x8000 + n * 0x100, 0xa0), stack(0x3));
         }
-        assert!(places.stack_at(7, &place(0x7000, 0xa0)).is_none());
-        assert!(places.stack_at(7, &place(0x8000, 0xa0)).is_some());
-        // A thread gone is forgotten.
+        let own: Vec<u64> = places.by_thread[&7].iter().map(|(place, _)| place.sp).collect();
+        assert_eq!(own, [0x8300, 0x8200, 0x8100, 0x8000]);
+        // A thread gone is forgotten, its stacks left to the places of any thread.
         places.note(9, place(0x7000, 0xa0), stack(0x4));
         places.keep_only(&[9]);
-        assert!(places.stack_at(7, &place(0x8000, 0xa0)).is_none());
-        assert!(places.stack_at(9, &place(0x7000, 0xa0)).is_some());
+        assert_eq!(places.stack_at(7, &place(0x8100, 0xa0)).map(|s| s.0[0]), Some(0x3));
+        // 0x8000 is at 0x7000's place in its page: thread 9's stack there, noted last.
+        assert_eq!(places.stack_at(7, &place(0x8000, 0xa0)).map(|s| s.0[0]), Some(0x4));
+        assert_eq!(places.by_thread.len(), 1);
+        assert_eq!(places.stack_at(9, &place(0x7000, 0xa0)).map(|s| s.0[0]), Some(0x4));
     }
 
     use tracer_common::WaitKind;
