@@ -8,7 +8,7 @@ use crate::{
     model::ProfileKind,
     report::{
         Format, Output, RenderOptions, Weight, diff, escape_controls, flamegraph, note_written,
-        outputs_failed, print_stdout, read_saved, summary::render_summary,
+        outputs_failed, print_stdout, read_saved, summary::render_summary_in,
     },
 };
 
@@ -53,7 +53,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                     note_written(&output.path, written)
                 })
                 .count();
-            print_stdout(&render_summary(&saved.profile, top))?;
+            let columns = crate::report::stdout_columns();
+            print_stdout(&render_summary_in(&saved.profile, top, columns))?;
             if !saved.left_out.is_empty() {
                 crate::report::note(&format!(
                     "tracer: {} is pprof, which has no place for {} (the .json tracer \

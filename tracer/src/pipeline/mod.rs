@@ -31,7 +31,7 @@ use crate::{
         Probes,
         events::{poll_readable, readable},
     },
-    report::{Format, Output, summary::render_summary},
+    report::{Format, Output, summary::render_summary_in},
     stacks::{ProcessImage, ProcessUnwinder, StackSymbolizer},
     threads::blocked_now::SavedFramePointers,
 };
@@ -372,7 +372,7 @@ pub fn add_wait_chains(
 /// then the error of the outputs that could not be written, if any.
 pub fn report(profile: &Profile, outputs: Vec<Output>, top: usize) -> anyhow::Result<()> {
     let written = crate::report::write_outputs(outputs, profile, top);
-    let summary = render_summary(profile, top);
+    let summary = render_summary_in(profile, top, crate::report::stdout_columns());
     crate::report::print_stdout(&format!("{summary}{}\n", own_usage::ProcessUsage::of_self()))?;
     written
 }

@@ -248,6 +248,19 @@ fn escape_controls_but<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a,
 
 /// Prints `text` on stdout. A stdout that cannot take it (a reader that went away, as in
 /// `| head`, or a full disk) is an error of one line, not a panic.
+/// The width the summary fits: the terminal's, when stdout is one; else `COLUMNS`, when
+/// set (`COLUMNS=80 tracer record … | head`); else none (a file gets the full width).
+pub fn stdout_columns() -> Option<usize> {
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct given; it fails (-1) on a
+    // descriptor that is not a terminal.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        return Some(usize::from(size.ws_col));
+    }
+    std::env::var("COLUMNS").ok()?.trim().parse().ok().filter(|&columns: &usize| columns > 0)
+}
+
 pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();

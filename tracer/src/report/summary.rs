@@ -177,6 +177,17 @@ fn write_python(out: &mut String, profile: &Profile) {
 /// (call-site names are shortened, keeping their end), but for the wait chains: one
 /// line each, whatever their length.
 pub fn render_summary(profile: &Profile, top: usize) -> String {
+    render_summary_in(profile, top, None)
+}
+
+/// The narrowest a call-site column gets to fit a terminal.
+const NARROWEST_SITE: usize = 24;
+
+/// `render_summary` for a terminal `columns` wide (None: not a terminal), whose main
+/// tables' call-site columns are narrowed to fit it (at 80 columns every row wrapped onto
+/// two lines).
+pub fn render_summary_in(profile: &Profile, top: usize, columns: Option<usize>) -> String {
+    let _wrap = WrapWidth::fit(columns);
     let mut out = String::new();
     match profile.kind {
         ProfileKind::Recording => {
@@ -199,14 +210,14 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             // A sampled recording has no threshold (--min-wait): what it did not see
             // ended between two reads.
             let sampled = profile.sampling.is_some();
-            write_completed_table(&mut out, &top_sites(profile, false), top, sampled);
+            write_completed_table(&mut out, &top_sites(profile, false), top, sampled, columns);
             let stuck = top_sites(profile, true);
             if !stuck.is_empty() {
                 let _ = writeln!(out, "still blocked at the end of the recording:");
-                write_threads_table(&mut out, &stuck, top, profile.waiters());
+                write_threads_table(&mut out, &stuck, top, profile.waiters(), columns);
             }
             write_object_tables(&mut out, profile, top);
-            write_wakers(&mut out, profile, top);
+            write_wakers(&mut out, profile, top, columns);
             write_below_threshold(&mut out, profile);
             write_counts(&mut out, profile);
         }
@@ -231,7 +242,7 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
             if rows.is_empty() {
                 let _ = writeln!(out, "no thread is blocked in a futex, socket or pipe wait\n");
             } else {
-                write_threads_table(&mut out, &rows, top, profile.waiters());
+                write_threads_table(&mut out, &rows, top, profile.waiters(), columns);
                 write_object_tables(&mut out, profile, top);
                 write_stacks(&mut out, profile, top.min(SNAPSHOT_STACKS_SHOWN));
             }
@@ -245,7 +256,22 @@ pub fn render_summary(profile: &Profile, top: usize) -> String {
 const SNAPSHOT_STACKS_SHOWN: usize = 5;
 const FRAMES_SHOWN: usize = 40;
 
-fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled: bool) {
+/// The call-site column's width: `widest`, or what fits `columns` beside the row's
+/// `others` columns, but no narrower than `NARROWEST_SITE`.
+fn site_width(widest: usize, others: usize, columns: Option<usize>) -> usize {
+    match columns {
+        Some(columns) => columns.saturating_sub(others).clamp(NARROWEST_SITE, widest),
+        None => widest,
+    }
+}
+
+fn write_completed_table(
+    out: &mut String,
+    rows: &[SiteRow],
+    top: usize,
+    sampled: bool,
+    columns: Option<usize>,
+) {
     if rows.is_empty() {
         let none = if sampled {
             "no completed waits seen"
@@ -256,9 +282,10 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled
         return;
     }
     let kind = kind_width(rows);
+    let site = site_width(SITE_WIDTH, kind + 42, columns);
     let _ = writeln!(
         out,
-        "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
+        "{:<site$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
         "CALL SITE", "KIND", "BLOCKED", "MAX", "WAITS", "THREADS"
     );
     // Waits summed in the kernel (a Go program's exact recording) keep no longest wait
@@ -277,8 +304,8 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled
         };
         let _ = writeln!(
             out,
-            "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
-            elide(&row.site, SITE_WIDTH),
+            "{:<site$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
+            elide(&row.site, site),
             row.kind.name(),
             format_age(row.stats.total_ns, row.stats.lower_bound),
             max,
@@ -298,7 +325,13 @@ fn write_completed_table(out: &mut String, rows: &[SiteRow], top: usize, sampled
 
 /// Threads in waits in progress: `THREADS KIND YOUNGEST OLDEST CALL SITE`, the call
 /// site last so that its spaces do not break the columns; ends with an empty line.
-fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: &str) {
+fn write_threads_table(
+    out: &mut String,
+    rows: &[SiteRow],
+    top: usize,
+    waiters: &str,
+    columns: Option<usize>,
+) {
     // A row's count is of its own kind's waiters; of both, the column says so.
     let header = match waiters {
         crate::model::MIXED_WAITERS => "THREADS/GOROUTINES".to_string(),
@@ -306,6 +339,7 @@ fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: 
     };
     let count = header.len().max(7);
     let kind = kind_width(rows);
+    let site = site_width(SITE_WIDTH + 14, count + kind + 26, columns);
     let _ = writeln!(
         out,
         "{header:>count$}  {:<kind$} {:>10} {:>10}  CALL SITE",
@@ -324,7 +358,7 @@ fn write_threads_table(out: &mut String, rows: &[SiteRow], top: usize, waiters: 
             row.kind.name(),
             age(row.stats.min_ns),
             age(row.stats.max_ns),
-            elide(&row.site, SITE_WIDTH + 14),
+            elide(&row.site, site),
         );
     }
     write_rest(out, rows, top, |row| {
@@ -526,21 +560,26 @@ fn write_chains(out: &mut String, profile: &Profile, top: usize) {
 const WAKE_SITE_WIDTH: usize = 38;
 
 /// Who woke the long futex waits: the first step towards "who holds them up".
-fn write_wakers(out: &mut String, profile: &Profile, top: usize) {
+fn write_wakers(out: &mut String, profile: &Profile, top: usize, columns: Option<usize>) {
     if profile.wakers.is_empty() {
         return;
     }
+    // Two site columns share what the counts (and the spaces, 20 columns) leave.
+    let site = match columns {
+        Some(columns) => (columns.saturating_sub(20) / 2).clamp(NARROWEST_SITE, WAKE_SITE_WIDTH),
+        None => WAKE_SITE_WIDTH,
+    };
     let _ = writeln!(
         out,
-        "{:<WAKE_SITE_WIDTH$} {:<WAKE_SITE_WIDTH$} {:>9} {:>8}",
+        "{:<site$} {:<site$} {:>9} {:>8}",
         "WAITING AT", "WOKEN BY", "WAKES", "WAKERS"
     );
     for row in profile.wakers.iter().take(top) {
         let _ = writeln!(
             out,
-            "{:<WAKE_SITE_WIDTH$} {:<WAKE_SITE_WIDTH$} {:>9} {:>8}",
-            elide(&row.waiting_site, WAKE_SITE_WIDTH),
-            elide(&row.waker_site, WAKE_SITE_WIDTH),
+            "{:<site$} {:<site$} {:>9} {:>8}",
+            elide(&row.waiting_site, site),
+            elide(&row.waker_site, site),
             row.wakes,
             row.waker_threads.len(),
         );
@@ -804,14 +843,39 @@ fn write_goroutine_counts(out: &mut String, profile: &Profile) {
 
 /// The table's width: every line of the summary fits it.
 const WIDTH: usize = 100;
+/// The narrowest lines are wrapped to, for a narrow terminal.
+const NARROWEST_WRAP: usize = 60;
+
+thread_local! {
+    /// The width `write_wrapped` wraps at while a summary for a terminal is rendered (see
+    /// `render_summary_in`): `WIDTH`, or the terminal's if narrower.
+    static WRAP_WIDTH: std::cell::Cell<usize> = const { std::cell::Cell::new(WIDTH) };
+}
+
+/// Sets `WRAP_WIDTH` for a terminal `columns` wide until dropped.
+struct WrapWidth(usize);
+
+impl WrapWidth {
+    fn fit(columns: Option<usize>) -> Self {
+        let width = columns.map_or(WIDTH, |columns| columns.clamp(NARROWEST_WRAP, WIDTH));
+        Self(WRAP_WIDTH.with(|cell| cell.replace(width)))
+    }
+}
+
+impl Drop for WrapWidth {
+    fn drop(&mut self) {
+        WRAP_WIDTH.with(|cell| cell.set(self.0));
+    }
+}
 
 /// `head item, item, ...`, continued on lines indented by four spaces so that none
-/// passes `WIDTH`.
+/// passes `WIDTH` (or a narrower terminal's width).
 fn write_wrapped(out: &mut String, head: &str, items: &[String]) {
+    let width = WRAP_WIDTH.with(std::cell::Cell::get);
     let mut line = head.to_string();
     for (index, item) in items.iter().enumerate() {
         let piece = if index + 1 < items.len() { format!("{item},") } else { item.clone() };
-        if line.chars().count() + 1 + piece.chars().count() > WIDTH {
+        if line.chars().count() + 1 + piece.chars().count() > width {
             let _ = writeln!(out, "{line}");
             line = "   ".to_string(); // the pushed space makes four
         }
@@ -1329,6 +1393,43 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         assert!(endpoint.contains("send buffer full"), "{endpoint}");
         assert!(text.contains("2 of the runtime's own hidden"), "{text}");
         assert!(text.contains("3 goroutines @ [chan send]"), "{text}");
+    }
+
+    /// On a terminal 80 columns wide the main tables' rows fit it, their call sites
+    /// elided from the left (the function's own name kept); piped, they are as wide as
+    /// ever.
+    #[test]
+    fn the_tables_fit_a_terminal_of_80_columns() {
+        let long = "very_long_crate_name::module::submodule::Type::method_with_a_long_name";
+        let mut ended = stack(&[(long, true)], WaitKind::Futex, &[(1, 40_000_000)]);
+        ended.stats.waits = 3;
+        let mut stuck = stack(&[(long, true)], WaitKind::Send, &[(9, 61_000_000_000)]);
+        stuck.in_progress = true;
+        let mut recorded = profile();
+        recorded.stacks.extend([ended, stuck]);
+        recorded.wakers.push(crate::model::WakerRow {
+            waiting_site: long.to_string(),
+            kind: WaitKind::Futex,
+            waker_site: long.to_string(),
+            waker_frames: Vec::new(),
+            wakes: 3,
+            waker_threads: [2].into(),
+        });
+        let fitted = render_summary_in(&recorded, 10, Some(80));
+        let rows: Vec<&str> = fitted.lines().filter(|line| line.contains("method_with")).collect();
+        assert_eq!(rows.len(), 3, "the two tables' rows and the wakers': {fitted}");
+        assert!(rows.iter().all(|row| row.chars().count() <= 80), "{fitted}");
+        assert!(fitted.lines().any(|l| l.starts_with("CALL SITE") && l.len() <= 80), "{fitted}");
+        let wakers = fitted.lines().skip_while(|l| !l.starts_with("WAITING AT")).take(2);
+        assert!(
+            wakers.clone().count() == 2 && wakers.clone().all(|l| l.chars().count() <= 80),
+            "{fitted}"
+        );
+        // The counts' lines wrap within it too.
+        assert!(fitted.lines().filter(|l| l.starts_with("lost:")).all(|l| l.len() <= 80));
+        let piped = render_summary_in(&recorded, 10, None);
+        assert_eq!(piped, render_summary(&recorded, 10));
+        assert!(piped.lines().any(|line| line.chars().count() > 80), "{piped}");
     }
 
     /// A snapshot of a Go program and a C one: each row, chain and stack counts its own
