@@ -192,7 +192,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The saved profile: a .json file tracer wrote (or a .pb.gz / .pprof).
+    /// The saved profile: a .json file tracer wrote (or a .pb.gz / .pprof); `-` (or a
+    /// pipe) reads it from standard input.
     #[arg(value_name = "FILE")]
     pub input: PathBuf,
 

@@ -333,17 +333,27 @@ pub const MAX_SAVED_PROFILE_BYTES: u64 = 128 << 20;
 /// Only a regular file: a device or a pipe may never end.
 pub fn read_saved(path: &Path) -> Result<SavedProfile, ReadError> {
     use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt as _;
     let unreadable = |source| ReadError::Unreadable { path: path.to_path_buf(), source };
-    let mut file = File::open(path).map_err(unreadable)?;
+    // `-` is standard input, as `/dev/stdin` is.
+    let opened = if path == Path::new("-") { Path::new("/dev/stdin") } else { path };
+    let file = File::open(opened).map_err(unreadable)?;
     let metadata = file.metadata().map_err(unreadable)?;
-    if !metadata.is_file() {
+    // A file, or a pipe (`cat x.json | tracer report -`); not a device or a directory,
+    // which would be read for ever or not at all.
+    let piped = metadata.file_type().is_fifo() || metadata.file_type().is_socket();
+    if !metadata.is_file() && !piped {
         return Err(ReadError::NotRegular(path.to_path_buf()));
     }
     if metadata.len() > MAX_SAVED_PROFILE_BYTES {
         return Err(ReadError::TooLarge { path: path.to_path_buf(), bytes: metadata.len() });
     }
     let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or_default());
-    file.read_to_end(&mut bytes).map_err(unreadable)?;
+    // One byte past the most: a pipe says how much it holds only by running out.
+    file.take(MAX_SAVED_PROFILE_BYTES + 1).read_to_end(&mut bytes).map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_SAVED_PROFILE_BYTES {
+        return Err(ReadError::TooLarge { path: path.to_path_buf(), bytes: bytes.len() as u64 });
+    }
     read_saved_bytes(path, &bytes)
 }
 
@@ -577,11 +587,32 @@ mod tests {
     }
 
     #[test]
-    fn only_regular_files_are_read_as_profiles() {
+    fn only_regular_files_and_pipes_are_read_as_profiles() {
         let err = read_saved(Path::new("/dev/zero")).unwrap_err();
         assert!(matches!(err, ReadError::NotRegular(_)), "{err}");
         let err = read_saved(Path::new("/")).unwrap_err();
         assert!(matches!(err, ReadError::NotRegular(_)), "{err}");
+        // A pipe: read to its end (what `cat x.json | tracer report -` hands).
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors into the array given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both are ours, each owned once.
+        let (reader, writer) = unsafe {
+            use std::os::fd::FromRawFd as _;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        let profile = fixtures::fixture_profile();
+        let mut json = Vec::new();
+        json::write_json(&profile, &fixtures::fixture_provenance(), &mut json).expect("json");
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut writer = writer;
+            writer.write_all(&json).expect("write the pipe");
+        });
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&reader));
+        let saved = read_saved(Path::new(&path));
+        feeder.join().expect("the feeder");
+        assert_eq!(saved.expect("a profile read from a pipe").profile.pid, profile.pid);
     }
 
     #[test]
