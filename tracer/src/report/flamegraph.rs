@@ -15,7 +15,7 @@ use crate::{
     report::{
         Weight,
         folded::{chain_folded_lines, folded_lines_weighted, kind_frame},
-        summary::{format_duration, recording_scope},
+        summary::{format_duration, recording_scope_brief},
     },
 };
 
@@ -286,7 +286,7 @@ fn subtitle(profile: &Profile, weight: Weight) -> String {
         Weight::Threads => profile.waiters(),
     };
     let what = match profile.kind {
-        ProfileKind::Recording => recording_scope(profile),
+        ProfileKind::Recording => recording_scope_brief(profile),
         ProfileKind::Snapshot => "snapshot".to_string(),
     };
     format!(

@@ -128,12 +128,28 @@ fn kind_width(rows: &[SiteRow]) -> usize {
 /// What a recording covered and how it was taken: `5.00s recorded, waits >= 1.0ms with
 /// stacks`, a sampled recording's period, or an exact one of a Go program's goroutines.
 pub(crate) fn recording_scope(profile: &Profile) -> String {
+    scope(profile, false)
+}
+
+/// `recording_scope` in fewer words, for a flamegraph's one-line subtitle (which a
+/// 1200-pixel drawing cut at both ends when the reads came slower than asked).
+pub(crate) fn recording_scope_brief(profile: &Profile) -> String {
+    scope(profile, true)
+}
+
+fn scope(profile: &Profile, brief: bool) -> String {
     let recorded = format_duration(profile.duration.as_nanos() as u64);
     if let Some(Sampling { period, reads }) = profile.sampling {
         let rate = 1.0 / period.as_secs_f64().max(1e-9);
         let average = reads as f64 / profile.duration.as_secs_f64().max(1e-9);
         if reads >= 2 && crate::pipeline::pace::came_slower(rate, average) {
             let average_period = format_duration((1e9 / average) as u64);
+            if brief {
+                return format!(
+                    "{recorded} recorded, sampled at {average:.1} Hz on average ({rate:.0} \
+                     asked, {reads} reads; waits under {average_period} are statistical)"
+                );
+            }
             // The budget is the recording's, which a profile read again does not keep.
             return format!(
                 "{recorded} recorded, sampled at {rate:.0} Hz asked, {average:.1} Hz on average \
