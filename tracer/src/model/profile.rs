@@ -147,16 +147,16 @@ pub struct TraceCounts {
     /// if it was in one, is not counted for that period.
     pub thread_reads_failed: u64,
     /// A sampled recording's new waits whose thread ran or exited before their stack could
-    /// be read,
-    /// made at no place of its last read waits (or in a Python program): their time in
-    /// the reads that saw them is not counted.
+    /// be read, made at no place of its (or any thread's) last read waits, or in a Python
+    /// program: their time in the reads that saw them is not counted.
     pub waits_unread: u64,
-    /// A sampled recording's new waits whose thread ran (or goroutine changed) before
-    /// their stack could be read, counted at the stack of its last read wait at the same
-    /// place (a thread's: the same call on the same object from the same stack and
-    /// instruction pointers; a goroutine's: the same reason and saved registers): not a
-    /// loss, an attribution, wrong only where two callers of the same frame sizes reach
-    /// the same call (on the same object, for a thread).
+    /// A sampled recording's new waits whose thread ran or exited (or goroutine changed)
+    /// before their stack could be read, counted at the stack of a last read wait at the
+    /// same place (a thread's: the same call on the same object from the same stack and
+    /// instruction pointers, or failing that any thread's from the same place in its
+    /// stack; a goroutine's: the same reason and saved registers): not a loss, an
+    /// attribution, wrong only where two callers of the same frame sizes reach the same
+    /// call (on the same object, for a thread).
     pub waits_at_last_place: u64,
     /// Wakers whose wait's record never arrived (dropped, or still pending at the end) or
     /// that were evicted from the bounded table of pending wakers.
@@ -658,8 +658,6 @@ impl Profile {
     }
 }
 
-/// `1 thread`, `2 threads`: `plural` (an English plural in `s`) after the count, in the
-/// singular for one.
 /// The waiters of a profile holding both threads and goroutines (see `Profile::waiters`).
 pub const MIXED_WAITERS: &str = "threads and goroutines";
 
@@ -669,6 +667,8 @@ pub fn waiters_of(kind: WaitKind) -> &'static str {
     if kind == WaitKind::Goroutine { "goroutines" } else { "threads" }
 }
 
+/// `1 thread`, `2 threads`: `plural` (an English plural in `s`) after the count, in the
+/// singular for one.
 pub fn counted(count: u64, plural: &str) -> String {
     let noun = if count == 1 { plural.strip_suffix('s').unwrap_or(plural) } else { plural };
     format!("{count} {noun}")

@@ -174,10 +174,11 @@ impl TimelineRecorder {
         waker_tid: Option<u32>,
     ) {
         if let Some(stop_ns) = self.stop_ns
-            && still_blocked
             && start_ns >= stop_ns
         {
-            return; // blocked only after the recording stopped
+            // Begun after the recording stopped (the probes run on until the detach, and
+            // the threads blocked at the end are read after it).
+            return;
         }
         let began_before = start_ns < self.origin_ns;
         // A wait that ended after the stop (drained after it) was blocked at the stop: it
@@ -507,6 +508,15 @@ mod tests {
         recorder.add(1, &key(1), origin + 2 * S + S * 7 / 10, origin + 3 * S, true, None);
         // Another thread's wait, blocked at the stop and read at the end: counted.
         recorder.add(2, &key(1), origin + 2 * S, origin + 3 * S, true, None);
+        // A wait begun and ended after the stop (drained before the detach): nothing.
+        recorder.add(
+            3,
+            &key(1),
+            origin + 2 * S + S * 6 / 10,
+            origin + 2 * S + S * 7 / 10,
+            false,
+            None,
+        );
         let timeline = recorder.into_timeline(vec![stack("x")], None);
         assert_eq!(timeline.seconds[0].threads, [0, 1, 2]);
         assert_eq!(timeline.seconds[0].blocked_ns, [0, S / 2, S]);

@@ -714,12 +714,15 @@ impl Probes {
             return Ok(starts);
         };
         for tid in tasks.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            // Read before the wait: a thread that runs and blocks again in between has a
+            // later count than its wait's, and is aged as a wait begun unseen.
+            let runs = thread_runs(pid, tid);
             match WaitSlot::read(self.wait_word(tid)?, tid) {
                 WaitSlot::InProgress { start, .. } => {
                     // The word keeps the start's low bits: the rest from the clock now.
                     let now = crate::threads::blocked_now::monotonic_now_ns();
                     let start_ns = now.saturating_sub(WaitSlot::elapsed_ns(start, now));
-                    starts.insert(tid, KnownStart { start_ns, runs: thread_runs(pid, tid) });
+                    starts.insert(tid, KnownStart { start_ns, runs });
                 }
                 WaitSlot::Ended => {}
                 WaitSlot::Unknown => {
@@ -730,7 +733,6 @@ impl Probes {
                         && wait.flags & WAIT_BEGAN_BEFORE == 0
                         && thread_switches(pid, tid) == Some(wait.switches)
                     {
-                        let runs = thread_runs(pid, tid);
                         starts.insert(tid, KnownStart { start_ns: wait.start_ns, runs });
                     }
                 }

@@ -1101,6 +1101,25 @@ mod tests {
         assert_eq!(message(br#"{"schema": "tracer-pro"#), "not valid JSON");
     }
 
+    /// A chain's end of a type a later tracer writes is read as unknown; one taken in
+    /// turns survives the round trip.
+    #[test]
+    fn chain_ends_of_a_later_kind_are_read_as_unknown() {
+        let mut profile = fixture_profile();
+        profile.chains[0].terminal = chains::Terminal::Peers(3);
+        let mut bytes = Vec::new();
+        write_json(&profile, &fixture_provenance(), &mut bytes).unwrap();
+        assert_eq!(read_json(&bytes).unwrap().profile.chains, profile.chains);
+        let mut later: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        later["chains"][0]["terminal"] = serde_json::json!({"type": "later_kind", "n": 1});
+        let read = read_json(later.to_string().as_bytes()).unwrap().profile;
+        assert!(
+            matches!(&read.chains[0].terminal, chains::Terminal::Unknown(why) if why.contains("does not know")),
+            "{:?}",
+            read.chains[0].terminal
+        );
+    }
+
     #[test]
     fn chains_survive_the_round_trip_and_older_files_get_theirs_joined() {
         let profile = fixture_profile();

@@ -68,6 +68,9 @@ pub enum JsonTerminal {
     Unknown {
         reason: String,
     },
+    /// A type of end a later tracer writes: read as unknown, not refused.
+    #[serde(other)]
+    Unrecognized,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -221,6 +224,9 @@ fn wait_chain(chain: JsonChain) -> Result<WaitChain, String> {
         JsonTerminal::LockHolder { thread } => Terminal::LockHolder(thread_now(thread)?),
         JsonTerminal::Thread { thread } => Terminal::Thread(thread_now(thread)?),
         JsonTerminal::Peers { threads } => Terminal::Peers(threads),
+        JsonTerminal::Unrecognized => {
+            Terminal::Unknown("an end of a kind this tracer does not know".to_string())
+        }
         JsonTerminal::Unknown { reason } => Terminal::Unknown(reason),
     };
     Ok(WaitChain { process, start: chain_site(start)?, threads, blocked_ns, hops, terminal })

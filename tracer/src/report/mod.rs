@@ -246,8 +246,6 @@ fn escape_controls_but<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a,
     std::borrow::Cow::Owned(out)
 }
 
-/// Prints `text` on stdout. A stdout that cannot take it (a reader that went away, as in
-/// `| head`, or a full disk) is an error of one line, not a panic.
 /// The width the summary fits: the terminal's, when stdout is one; else `COLUMNS`, when
 /// set (`COLUMNS=80 tracer record … | head`); else none (a file gets the full width).
 pub fn stdout_columns() -> Option<usize> {
@@ -261,6 +259,8 @@ pub fn stdout_columns() -> Option<usize> {
     std::env::var("COLUMNS").ok()?.trim().parse().ok().filter(|&columns: &usize| columns > 0)
 }
 
+/// Prints `text` on stdout. A stdout that cannot take it (a reader that went away, as in
+/// `| head`, or a full disk) is an error of one line, not a panic.
 pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
@@ -292,7 +292,7 @@ pub enum ReadError {
         #[source]
         source: std::io::Error,
     },
-    /// A device, a pipe, a directory: `/dev/zero` would be read for ever.
+    /// A device or a directory: `/dev/zero` would be read for ever.
     #[error("{}: not a regular file (give a profile tracer saved)", .0.display())]
     NotRegular(PathBuf),
     /// Empty.
@@ -329,8 +329,8 @@ pub enum ReadError {
 /// 20,000 distinct stacks of 40 frames is about 60 MiB of JSON.
 pub const MAX_SAVED_PROFILE_BYTES: u64 = 128 << 20;
 
-/// Reads a profile `tracer` saved as JSON or pprof, telling them apart by content.
-/// Only a regular file: a device or a pipe may never end.
+/// Reads a profile `tracer` saved as JSON or pprof, telling them apart by content, from a
+/// file or a pipe (`-`: standard input); not a device, which may never end.
 pub fn read_saved(path: &Path) -> Result<SavedProfile, ReadError> {
     use std::io::Read as _;
     use std::os::unix::fs::FileTypeExt as _;

@@ -330,8 +330,7 @@ fn write_completed_table(
         );
     }
     if unknown {
-        let _ =
-            writeln!(out, "-: unknown for waits summed in the kernel (no ids, no longest wait)");
+        let _ = writeln!(out, "-: MAX and THREADS unknown for waits summed in the kernel (no ids)");
     }
     write_rest(out, rows, top, |row| {
         format_age(row.stats.total_ns, row.stats.lower_bound) + " blocked"
@@ -618,9 +617,23 @@ fn write_below_threshold(out: &mut String, profile: &Profile) {
 }
 
 fn write_counts(out: &mut String, profile: &Profile) {
-    if profile.waiters() == "goroutines" {
-        write_goroutine_counts(out, profile);
-        return;
+    match profile.waiters() {
+        "goroutines" => {
+            write_goroutine_counts(out, profile);
+            return;
+        }
+        // Several processes, a Go program's goroutines among them: the threads' counts
+        // below (which count the goroutines read with them), and the Go readers' own.
+        crate::model::MIXED_WAITERS => write_wrapped(
+            out,
+            "goroutines (of the Go programs among them):",
+            &[
+                format!("{} of the runtime's own hidden", profile.thread_counts.runtime_hidden),
+                format!("{} changed while read", profile.counts.go_goroutines_skipped),
+                format!("{} channels, locks or calls unnamed", profile.counts.go_objects_unnamed),
+            ],
+        ),
+        _ => {}
     }
     let counts = &profile.counts;
     if let (ProfileKind::Recording, Some(Sampling { reads, .. })) = (profile.kind, profile.sampling)
@@ -1173,7 +1186,10 @@ mod tests {
         let columns: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(columns[3], "-", "{text}");
         assert_eq!(columns.last(), Some(&"-"), "{text}");
-        assert!(text.contains("-: unknown for waits summed in the kernel"), "{text}");
+        assert!(
+            text.contains("-: MAX and THREADS unknown for waits summed in the kernel"),
+            "{text}"
+        );
         assert!(!render_summary(&profile(), 10).contains("summed in the kernel"));
     }
 
@@ -1479,5 +1495,8 @@ lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadab
         let sender_row = text.lines().find(|line| line.contains("main.sendStat")).expect(&text);
         assert!(sender_row.contains(" -  ") && !sender_row.contains("≥0ns"), "{sender_row}");
         assert_eq!(snapshot.count_waiters(1), "1 thread or goroutine");
+        // The Go readers' counts beside the threads'.
+        assert!(text.contains("goroutines (of the Go programs among them):"), "{text}");
+        assert!(text.contains("threads read: 9"), "{text}");
     }
 }

@@ -456,24 +456,24 @@ fn process_named(name: &str) -> Option<Target> {
     let mut pids = crate::pipeline::target::named_processes(name);
     // Processes whose start cannot be read (gone already) last.
     pids.sort_by_key(|&pid| (started_at_ticks(pid).unwrap_or(u64::MAX), pid));
-    if let [first, ..] = pids[..]
-        && pids.len() > 1
-    {
-        crate::report::note(&format!(
-            "tracer: {} processes named {}; following the first started, pid {first} (serve \
-             --pid repeated, or --cgroup, watches several)",
-            pids.len(),
-            crate::report::escape_name(name)
-        ));
-    }
-    pids.into_iter().find_map(|pid| match Target::open(pid) {
+    let named = pids.len();
+    let target = pids.into_iter().find_map(|pid| match Target::open(pid) {
         Ok(target) => Some(target),
         Err(TargetError::Zombie(_) | TargetError::NoSuchProcess(_)) => None,
         Err(err) => {
             log::debug!("pid {pid}: {err}");
             None
         }
-    })
+    })?;
+    if named > 1 {
+        crate::report::note(&format!(
+            "tracer: {named} processes named {}; following the first started that can be \
+             traced, pid {} (serve --pid repeated, or --cgroup, watches several)",
+            crate::report::escape_name(name),
+            target.pid
+        ));
+    }
+    Some(target)
 }
 
 /// When process `pid` started, in clock ticks since boot (/proc/PID/stat's 22nd field).

@@ -192,7 +192,9 @@ pub async fn run(
             match served {
                 Some(Ok(())) => {}
                 Some(Err(err)) => log::debug!("connection from {peer}: {err}"),
-                None => log::info!("connection from {peer} closed: a request took over {limit:?}"),
+                None => log::info!(
+                    "connection from {peer} closed: no request for {limit:?}, or one took longer"
+                ),
             }
         });
     }

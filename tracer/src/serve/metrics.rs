@@ -210,10 +210,13 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
             }
             return self.series.entry(labels).or_default();
         }
-        // A site's objects past the most it names go to its `object="other"` series.
+        // A site's objects past the most it names go to its `object="other"` series, once
+        // none of those it names is idle long enough to give its place up (the clients of
+        // a listener come and go: the first 16 must not keep the names for good).
         let site = labels.object_folded().filter(|site| *site != labels);
         if let Some(site) = &site
             && self.objects_per_site.get(site).is_some_and(|&n| n >= MAX_OBJECTS_PER_SITE)
+            && !self.retire_idle_object(site, now)
         {
             self.note_folded(&labels);
             return self.entry_at(site.clone(), now);
@@ -240,6 +243,27 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
             labels.hash(&mut hasher);
             self.folded.insert(hasher.finish());
         }
+    }
+
+    /// Drops the series of `site` (an `object_folded` label set) idle longest, if it has
+    /// been idle long enough; whether one was.
+    fn retire_idle_object(&mut self, site: &L, now: Instant) -> bool {
+        let idlest = self
+            .touched
+            .iter()
+            .filter(|(labels, _)| labels.object_folded().as_ref() == Some(site) && *labels != site)
+            .min_by_key(|(_, touched)| **touched)
+            .map(|(labels, touched)| (labels.clone(), *touched));
+        let Some((idlest, touched)) = idlest else { return false };
+        if now.duration_since(touched) < RETIRE_IDLE_SERIES_AFTER {
+            return false;
+        }
+        self.touched.remove(&idlest);
+        self.series.remove(&idlest);
+        self.forget_object(&idlest);
+        self.own_series -= 1;
+        self.retired += 1;
+        true
     }
 
     /// One object fewer at `labels`' site: its series was dropped.
@@ -405,7 +429,8 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
     let folded = Family::<MetricLabel, Gauge>::default();
     registry.register(
         "tracer_folded_series",
-        "Label sets folded into site=\"other\" by the series cap",
+        "Label sets folded into site=\"other\" by the series cap, or into a site's \
+         object=\"other\" past its 16 objects",
         folded.clone(),
     );
     if let Some(blocked) = blocked {
@@ -621,6 +646,14 @@ mod tests {
         *series.entry_at(on("serve", "10.0.0.9:50000".into()), start) += 1;
         assert_eq!(series.series[&on("serve", "10.0.0.9:50000".into())], 1);
         assert_eq!(series.series[&other], 40 - MAX_OBJECTS_PER_SITE as u64);
+        // Clients idle long enough give their names up to new ones, the table not full.
+        let later = start + RETIRE_IDLE_SERIES_AFTER;
+        *series.entry_at(on("serve", "10.0.0.9:50000".into()), later) += 1;
+        *series.entry_at(on("serve", "10.0.0.9:60000".into()), later) += 1;
+        assert_eq!(series.series[&on("serve", "10.0.0.9:60000".into())], 1);
+        assert_eq!(series.series[&on("serve", "10.0.0.9:50000".into())], 2);
+        assert_eq!(series.retired(), 1);
+        assert_eq!(series.series.len(), MAX_OBJECTS_PER_SITE + 2);
     }
 
     #[test]

@@ -319,11 +319,13 @@ pub struct SamplerCounts {
     /// Reads of a thread that failed (`SampleError::Unreadable`).
     pub thread_reads_failed: u64,
     /// New waits a read saw whose thread ran or exited before their stack could be read,
-    /// at a place none of its last read waits was (or in a Python program): their time in
-    /// the reads that saw them is not counted.
+    /// at a place none of its (or, at the same place in its stack, any thread's) last
+    /// read waits was, or in a Python program: their time in the reads that saw them is
+    /// not counted.
     pub waits_unread: u64,
-    /// New waits a read saw whose thread ran before their stack could be read, counted at
-    /// the stack of its last read wait at the same place (see `CallPlace`).
+    /// New waits a read saw whose thread ran or exited before their stack could be read,
+    /// counted at the stack of its (or any thread's) last read wait at the same place (see
+    /// `ThreadPlaces`).
     pub waits_at_last_place: u64,
 }
 
@@ -968,8 +970,9 @@ impl ThreadSampler {
 
     /// A new wait of thread `tid` in `state` whose stack could not be read: the thread
     /// ran (`err` Woke) or exited before it was. A call not reported (a sleep) loses
-    /// nothing. Made where one of the thread's last read waits was, it is counted with
-    /// that stack (not in a Python program, whose frames are not on its native stack), its
+    /// nothing. Made where one of the thread's last read waits was (or, failing that, any
+    /// thread's at the same place in its stack), it is counted with that stack (not in a
+    /// Python program, whose frames are not on its native stack), its
     /// object named now from the call's arguments (a descriptor may be another
     /// connection's than at the thread's last wait there); any other is lost, counted (a
     /// read or write of a file among them: only its descriptor, not looked up for a wait
