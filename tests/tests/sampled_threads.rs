@@ -307,14 +307,27 @@ fn waits_of_threads_gone_before_their_stack_was_read_count_at_the_call() {
         (SHORT_THREADS_SHARE..=SHORT_THREADS_OVER).contains(&share),
         "sampled {sampled_ns} ns at pass_gate, exact {exact_ns} ns ({share:.2})"
     );
-    let counts = &sampled.profile.counts;
+    assert_waits_read_late_are_said(&sampled);
+}
+
+/// Some waits were counted at a last stack read at their call, and the summary says so;
+/// those lost, if any, are said too.
+fn assert_waits_read_late_are_said(traced: &Traced) {
+    let counts = &traced.profile.counts;
     assert!(counts.waits_at_last_place > 0, "{counts:?}");
+    let stdout = &traced.out.stdout;
+    let credited = format!(
+        "stacks: {} waits given the last stack read at their call (their thread ran or exited \
+         first)",
+        counts.waits_at_last_place
+    );
+    assert!(stdout.contains(&credited), "{stdout}");
     if counts.waits_unread > 0 {
         let said = format!(
-            "lost: {} sampled waits whose thread ran or exited before",
+            "lost: {} sampled waits whose thread ran or exited before their stack was read",
             counts.waits_unread
         );
-        assert!(sampled.out.stdout.contains(&said), "{}", sampled.out.stdout);
+        assert!(stdout.contains(&said), "{stdout}");
     }
 }
 
@@ -356,19 +369,7 @@ fn waits_read_too_late_count_at_their_threads_last_stack_at_the_same_call() {
         stacks()
     );
     assert_eq!(total_ns(profile, |s| !at_turn(s)), 0, "waits elsewhere; stacks:\n{}", stacks());
-    let counts = &profile.counts;
-    assert!(counts.waits_at_last_place > 0, "{counts:?}");
-    assert!(traced.out.stdout.contains(&format!(
-        "stacks: {} waits given the last stack read at their call (their thread ran or exited first)",
-        counts.waits_at_last_place
-    )));
-    if counts.waits_unread > 0 {
-        let said = format!(
-            "lost: {} sampled waits whose thread ran or exited before their stack was read",
-            counts.waits_unread
-        );
-        assert!(traced.out.stdout.contains(&said), "{}", traced.out.stdout);
-    }
+    assert_waits_read_late_are_said(&traced);
 }
 
 /// What share of the time the turn-takers wait the reads must count, and the most they
