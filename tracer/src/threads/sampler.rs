@@ -972,11 +972,11 @@ impl ThreadSampler {
     /// ran (`err` Woke) or exited before it was. A call not reported (a sleep) loses
     /// nothing. Made where one of the thread's last read waits was (or, failing that, any
     /// thread's at the same place in its stack), it is counted with that stack (not in a
-    /// Python program, whose frames are not on its native stack), its
-    /// object named now from the call's arguments (a descriptor may be another
-    /// connection's than at the thread's last wait there); any other is lost, counted (a
-    /// read or write of a file among them: only its descriptor, not looked up for a wait
-    /// lost, tells it is not reported).
+    /// Python program, whose frames are not on its native stack), its object named now
+    /// from the call's arguments (a descriptor may be another connection's than at the
+    /// thread's last wait there); any other is lost, counted (a read or write of a file
+    /// among them: only its descriptor, not looked up for a wait lost, tells it is not
+    /// reported).
     fn start_unread(
         &mut self,
         now_ns: u64,
