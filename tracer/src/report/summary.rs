@@ -709,9 +709,15 @@ fn write_counts(out: &mut String, profile: &Profile) {
     }
     let threads = &profile.thread_counts;
     if threads.threads > 0 {
+        // A recording's are of its last read of the threads, at its end: not a sum over
+        // it (its losses are the lines below).
+        let read = match profile.kind {
+            ProfileKind::Recording => "threads read at the end",
+            ProfileKind::Snapshot => "threads read",
+        };
         write_wrapped(
             out,
-            &format!("threads read: {},", threads.threads),
+            &format!("{read}: {},", threads.threads),
             &[
                 format!("{} blocked in waits", threads.blocked_in_waits),
                 format!("{} running or blocked elsewhere", threads.elsewhere),
@@ -1317,8 +1323,8 @@ BY ENDPOINT            KIND       BLOCKED  NOW  STATE
 
 under the threshold (no stacks): futex 7 waits 700us
 seen: 0 waits, 4 long, 0 short
-threads read: 5, 1 blocked in waits, 4 running or blocked elsewhere, 0 exited and 0 woke while read,
-    0 unreadable, 0 without saved rbp
+threads read at the end: 5, 1 blocked in waits, 4 running or blocked elsewhere,
+    0 exited and 0 woke while read, 0 unreadable, 0 without saved rbp
 lost: 0 ring buffer full, 0 in-flight map full, 0 wakers lost, 0 stacks unreadable,
     0 unwinds truncated, 0 unknown symbols, 0 descriptors unresolved
 ";
