@@ -191,6 +191,13 @@ struct ProcStat {
     flags: u64,
 }
 
+/// Field `n` (1-based, as proc_pid_stat(5) counts them; 3 or more) of a /proc/PID/stat
+/// line, counted after the comm's closing parenthesis (the comm may hold spaces and
+/// parentheses).
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat.get(stat.rfind(')')? + 1..)?.split_ascii_whitespace().nth(n.checked_sub(3)?)
+}
+
 /// Parses the comm and flags of a /proc/PID/stat line. The comm is in parentheses and
 /// may itself hold spaces and parentheses, so fields are counted after the last ')'.
 fn parse_stat(line: &str) -> Option<ProcStat> {

@@ -479,10 +479,7 @@ fn process_named(name: &str) -> Option<Target> {
 /// When process `pid` started, in clock ticks since boot (/proc/PID/stat's 22nd field).
 fn started_at_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the name, which may hold spaces and parentheses: from the last ')'.
-    let (_, fields) = stat.rsplit_once(')')?;
-    // Field 3 (state) is the first after it; starttime is field 22.
-    fields.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+    crate::pipeline::target::stat_field(&stat, 22)?.parse().ok()
 }
 
 #[cfg(test)]

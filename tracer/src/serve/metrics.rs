@@ -258,11 +258,7 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
         if now.duration_since(touched) < RETIRE_IDLE_SERIES_AFTER {
             return false;
         }
-        self.touched.remove(&idlest);
-        self.series.remove(&idlest);
-        self.forget_object(&idlest);
-        self.own_series -= 1;
-        self.retired += 1;
+        self.retire(&idlest);
         true
     }
 
@@ -293,9 +289,14 @@ impl<V: Default, L: Foldable> CappedSeries<V, L> {
             self.touched_since = Some(touched);
             return;
         }
-        self.touched.remove(&idlest);
-        self.series.remove(&idlest);
-        self.forget_object(&idlest);
+        self.retire(&idlest);
+    }
+
+    /// Drops the own series `labels`, idle long enough: its place is free again.
+    fn retire(&mut self, labels: &L) {
+        self.touched.remove(labels);
+        self.series.remove(labels);
+        self.forget_object(labels);
         self.own_series -= 1;
         self.retired += 1;
     }

@@ -796,12 +796,9 @@ fn unexpected_syscall_file(text: &str) -> SampleError {
     ))
 }
 
-/// The CPU a task last ran on: field 39 (`processor`) of /proc/PID/task/TID/stat, counted
-/// after the comm's closing parenthesis (the comm may hold spaces).
+/// The CPU a task last ran on: field 39 (`processor`) of /proc/PID/task/TID/stat.
 fn parse_last_cpu(stat: &str) -> Option<usize> {
-    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
-    // Fields from 3 (state) on; `processor` is field 39.
-    after_comm.split_whitespace().nth(39 - 3)?.parse().ok()
+    crate::pipeline::target::stat_field(stat, 39)?.parse().ok()
 }
 
 /// The writable mappings of a /proc/PID/maps text (`start-end perms offset dev inode [path]`).
