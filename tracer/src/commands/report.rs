@@ -1,6 +1,8 @@
 //! `tracer report`: re-renders a profile tracer saved (JSON, or its own pprof) in any
 //! format, or compares it with a baseline. Needs no privileges and no live process.
 
+use std::fmt::Write as _;
+
 use anyhow::bail;
 
 use crate::{
@@ -107,11 +109,16 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
                             input.display(),
                             base_path.display()
                         );
-                        let subtitle = format!(
+                        let mut subtitle = format!(
                             "width = {} in {}; red: more than in the baseline, blue: less",
                             weight.unit(),
                             input.display()
                         );
+                        if let Some(scale) = diff::baseline_scale(before, after)
+                            && weight != Weight::Threads
+                        {
+                            let _ = write!(subtitle, " (baseline ×{scale:.2}, to this length)");
+                        }
                         flamegraph::write_differential(
                             &title, &subtitle, weight, &lines, &mut svg,
                         )?;

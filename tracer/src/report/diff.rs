@@ -70,7 +70,11 @@ pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
         }
         sites
     };
-    let mut before_sites = sides(before);
+    // Blocked time over a baseline of another length, as over this one's.
+    let mut before_sites = match baseline_scale(before, after) {
+        Some(scale) => sides(&scaled_to(before, scale)),
+        None => sides(before),
+    };
     let after_sites = sides(after);
     let mut changes: Vec<SiteChange> = Vec::new();
     let snapshots = after.kind == ProfileKind::Snapshot;
@@ -115,9 +119,14 @@ pub fn site_changes(before: &Profile, after: &Profile) -> Vec<SiteChange> {
 
 /// inferno's differential folded lines: `stack before after`, from each profile's
 /// folded stacks with the same weight, as they compare (`comparable_folded_lines`: the
-/// same wait in two runs is one line, not a wait gone and a new one).
+/// same wait in two runs is one line, not a wait gone and a new one). Blocked time and
+/// waits of a baseline of another length are scaled to this one's (`baseline_scale`).
 pub fn differential_lines(before: &Profile, after: &Profile, weight: Weight) -> Vec<String> {
-    let before = comparable_folded_lines(before, weight).join("\n");
+    let before = match baseline_scale(before, after) {
+        Some(scale) => comparable_folded_lines(&scaled_to(before, scale), weight),
+        None => comparable_folded_lines(before, weight),
+    };
+    let before = before.join("\n");
     let after = comparable_folded_lines(after, weight).join("\n");
     let mut out = Vec::new();
     // Reading from and writing to memory cannot fail.
@@ -247,9 +256,11 @@ pub fn mismatch_notes(before: &Profile, after: &Profile) -> String {
     notes
 }
 
-/// A line saying that two recordings' lengths differ by more than a tenth: their
-/// blocked times are compared as they are, not per second. None for snapshots.
-pub fn durations_note(before: &Profile, after: &Profile) -> Option<String> {
+/// What a baseline recording's blocked time and waits are multiplied by to compare with
+/// a recording of another length: its length over the baseline's. None for recordings
+/// within a tenth of each other's length (compared as they are) and for snapshots.
+/// Without it a recording three times as long reads as three times the waiting.
+pub fn baseline_scale(before: &Profile, after: &Profile) -> Option<f64> {
     if before.kind != ProfileKind::Recording || after.kind != ProfileKind::Recording {
         return None;
     }
@@ -257,11 +268,34 @@ pub fn durations_note(before: &Profile, after: &Profile) -> Option<String> {
     if b <= 0.0 || a <= 0.0 || (a / b - 1.0).abs() <= 0.1 {
         return None;
     }
+    Some(a / b)
+}
+
+fn scaled(value: u64, scale: f64) -> u64 {
+    (value as f64 * scale).round() as u64
+}
+
+/// `profile` with its ended waits' blocked time and number scaled by `scale`; the waits
+/// still in progress keep theirs (an age, and one wait, whatever the length).
+fn scaled_to(profile: &Profile, scale: f64) -> Profile {
+    let mut profile = profile.clone();
+    for stack in profile.stacks.iter_mut().filter(|stack| !stack.in_progress) {
+        stack.stats.total_ns = scaled(stack.stats.total_ns, scale);
+        stack.stats.waits = scaled(stack.stats.waits, scale);
+    }
+    profile
+}
+
+/// A line saying that two recordings' lengths differ by more than a tenth, and that the
+/// baseline's blocked times and waits are scaled to this one's length. None otherwise.
+pub fn durations_note(before: &Profile, after: &Profile) -> Option<String> {
+    let scale = baseline_scale(before, after)?;
     Some(format!(
-        "the recordings' lengths differ ({} against {}): blocked times are compared as they \
-         are, not per second\n",
+        "the recordings' lengths differ ({} against {}): BEFORE is the baseline's blocked \
+         time scaled to {} (×{scale:.2})\n",
         format_duration(after.duration.as_nanos() as u64),
-        format_duration(before.duration.as_nanos() as u64)
+        format_duration(before.duration.as_nanos() as u64),
+        format_duration(after.duration.as_nanos() as u64),
     ))
 }
 
@@ -302,6 +336,28 @@ mod tests {
             note.starts_with("the recordings' lengths differ (30.00s against 10.00s)"),
             "{note}"
         );
+        assert!(note.contains("scaled to 30.00s (×3.00)"), "{note}");
+        // The same waiting, per second, over three times the length: no change.
+        let mut longer = after.clone();
+        for stack in &mut longer.stacks {
+            if !stack.in_progress {
+                stack.stats.total_ns *= 3;
+                stack.stats.waits *= 3;
+            }
+        }
+        assert!(site_changes(&before, &longer).is_empty(), "{:#?}", site_changes(&before, &longer));
+        for weight in [Weight::Time, Weight::Count] {
+            for line in differential_lines(&before, &longer, weight) {
+                let mut counts = line.rsplitn(3, ' ');
+                assert_eq!(counts.next(), counts.next(), "{line}");
+            }
+        }
+        // The same waiting over three times the length is a third as much per second.
+        let changes = site_changes(&before, &after);
+        assert!(!changes.is_empty());
+        for change in changes.iter().filter(|change| !change.ages) {
+            assert_eq!(change.before_ns, change.after_ns * 3, "{change:#?}");
+        }
         after.kind = ProfileKind::Snapshot;
         before.kind = ProfileKind::Snapshot;
         assert_eq!(durations_note(&before, &after), None, "snapshots have no length");
