@@ -33,6 +33,8 @@ pub const C_OBJECTS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloa
 pub const C_LOGGER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_logger.c");
 pub const C_DEADLOCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_deadlock.c");
 pub const C_HOSTILE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_hostile.c");
+/// Forked children blocked at the same sp and pc, each with its own rbp.
+pub const C_FORKED_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_forked.c");
 pub const C_WAKE_PATHS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_wake_paths.c");
 

@@ -193,3 +193,41 @@ fn spawn_and_read_line_from_stderr(
     };
     (guard, line)
 }
+
+/// Processes forked from one parent (PostgreSQL's backends) block at the same sp and pc,
+/// each with its own rbp: each is unwound with its own, whole, through the frame whose
+/// CFI needs it. (Found by sp and pc alone, the rbp was ambiguous and every stack stopped
+/// at that frame, looking whole.)
+#[test]
+fn forked_siblings_blocked_at_the_same_place_unwind_whole() {
+    const CHILDREN: usize = 4;
+    let build = TempDir::new("forked-build");
+    let bin = tracer_tests::build_c(build.path(), tracer_tests::C_FORKED_SOURCE, "c-forked");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args([CHILDREN.to_string(), WORKLOAD_SECONDS.to_string()]);
+    let parent = tracer_tests::start_workload("c-forked", cmd);
+    let dir = TempDir::new("forked-snapshot");
+    let traced = snapshot_profile(parent.pid(), &["--comm", "c-forked"], &dir, TIMEOUT);
+    let profile = &traced.profile;
+    let at_read: Vec<_> = profile
+        .stacks
+        .iter()
+        .filter(|stack| tracer_tests::has_function(stack, "wait_for_work"))
+        .collect();
+    let children: BTreeSet<u32> =
+        at_read.iter().filter_map(|stack| Some(stack.process.as_ref()?.pid)).collect();
+    assert_eq!(children.len(), CHILDREN, "{}", traced.out.stdout);
+    for stack in &at_read {
+        let names = tracer_tests::function_names(stack);
+        assert!(!stack.truncated, "{names:?}");
+        let position = |name| names.iter().position(|frame| *frame == name);
+        let (Some(main), Some(child), Some(under)) =
+            (position("main"), position("child_main"), position("under_rbp_frame"))
+        else {
+            panic!("not through the rbp-based frames to main: {names:?}");
+        };
+        assert!(main < child && child < under, "root first: {names:?}");
+    }
+    let counts = &profile.thread_counts;
+    assert_eq!(counts.frame_pointer_unknown, 0, "{}", traced.out.stdout);
+}

@@ -240,7 +240,7 @@ impl ThreadLooker<'_> {
         match sample {
             Ok(Some(sample)) => {
                 let (ip, sp) = (sample.syscall.pc, sample.syscall.sp);
-                let bp = self.frame_pointers.get(sp, ip).unwrap_or(0);
+                let bp = self.frame_pointers.get(tid, sp, ip).unwrap_or(UserRegs::UNKNOWN_BP);
                 let regs = UserRegs { ip, sp, bp };
                 let (walked, _) = self.unwinder.unwind_thread(tid, regs, &sample.stack);
                 log::debug!(

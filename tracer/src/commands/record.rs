@@ -131,6 +131,12 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let config = ProbeConfig { tgid: pid, min_wait, wakers: !no_wakers, maps };
     let mut probes = Probes::open(config, &btf_path)?;
     probes.attach_wait_probes()?;
+    // The recording starts when the probes do: the waits that end while the threads
+    // asleep are read below (seconds, for a big process on a busy host) are in it, and
+    // so must that time be, or one thread reads more blocked time than it was recorded.
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    collector.aggregate.timeline = Some(TimelineRecorder::new(monotonic_now_ns()));
     let mut rings = RingBuffers::take(&mut probes)?;
     // Without wakers, a long wait whose sleep kept no stack copy gets one from outside.
     let mut late_copier = no_wakers.then(|| LateCopies::start(pid, &probes, min_wait)).flatten();
@@ -160,25 +166,23 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         format_duration(duration.as_nanos() as u64)
     ));
 
-    collector.aggregate.timeline = Some(TimelineRecorder::new(monotonic_now_ns()));
-    let started = Instant::now();
-    let started_at = SystemTime::now();
-    let stop = pipeline::run_until_stop(&target, duration, async || {
-        match &mut late_copier {
-            Some(late_copier) => tokio::select! {
-                drained = rings.drain_when_ready(&mut collector) => drained?,
-                ticked = late_copy_poll.tick() => {
-                    ticked.context("waiting for the late copies' timer")?;
-                    collector.decoder.late_copies += late_copier.poll(&mut probes);
-                    late_copy_poll.set_period(late_copier.interval());
-                }
-            },
-            None => rings.drain_when_ready(&mut collector).await?,
-        }
-        probes.update_stack_spans(collector.decoder.stack_spans.take_changes());
-        Ok(())
-    })
-    .await?;
+    let stop =
+        pipeline::run_until_stop(&target, duration.saturating_sub(started.elapsed()), async || {
+            match &mut late_copier {
+                Some(late_copier) => tokio::select! {
+                    drained = rings.drain_when_ready(&mut collector) => drained?,
+                    ticked = late_copy_poll.tick() => {
+                        ticked.context("waiting for the late copies' timer")?;
+                        collector.decoder.late_copies += late_copier.poll(&mut probes);
+                        late_copy_poll.set_period(late_copier.interval());
+                    }
+                },
+                None => rings.drain_when_ready(&mut collector).await?,
+            }
+            probes.update_stack_spans(collector.decoder.stack_spans.take_changes());
+            Ok(())
+        })
+        .await?;
     let elapsed = started.elapsed();
     if let Some(timeline) = &mut collector.aggregate.timeline {
         timeline.stop(monotonic_now_ns());

@@ -23,6 +23,14 @@ pub struct UserRegs {
     pub bp: u64,
 }
 
+impl UserRegs {
+    /// The rbp of a thread whose saved rbp is unknown: an address no stack is at, so a
+    /// walk that needs it fails there and says it stopped early. Zero would read as the
+    /// outermost frame (framehop ends a frame-pointer walk at a null rbp): a stack cut
+    /// short at the first rbp-based frame looked whole.
+    pub const UNKNOWN_BP: u64 = 0x8000_0000_0000_0000;
+}
+
 /// The code addresses of one stack, and why the walk stopped.
 #[derive(Clone, Debug)]
 pub struct UnwoundStack {

@@ -34,18 +34,26 @@ impl KnownStart {
     }
 }
 
-/// The frame pointer (rbp) of each task's saved user registers, by (sp, ip): /proc
-/// shows a blocked thread's sp and ip but not its rbp, which CFI needs to unwind
-/// through rbp-based frames. Two tasks with the same sp and ip but different rbp (in
-/// different processes) make the key ambiguous, and it is not used.
+/// The frame pointer (rbp) of each task's saved user registers: /proc shows a blocked
+/// thread's sp and ip but not its rbp, which CFI needs to unwind through rbp-based
+/// frames. Found by the thread and its sp and ip (the look is of the same wait), else,
+/// for a tracer whose thread ids are another pid namespace's, by sp and ip alone where
+/// no two tasks disagree. Processes forked from one parent (PostgreSQL's backends, a
+/// pre-forked server's workers) block at the same sp and ip with their own rbp: keyed by
+/// sp and ip alone, their stacks stopped at the first rbp-based frame.
 #[derive(Debug, Default)]
-pub struct SavedFramePointers(HashMap<(u64, u64), Option<u64>>);
+pub struct SavedFramePointers {
+    by_thread: HashMap<(u32, u64, u64), u64>,
+    by_sp_ip: HashMap<(u64, u64), Option<u64>>,
+}
 
 impl SavedFramePointers {
     pub fn from_tasks(tasks: &[TaskLook]) -> Self {
-        let mut by_sp_ip: HashMap<(u64, u64), Option<u64>> = HashMap::new();
+        let mut saved = Self::default();
         for task in tasks {
-            by_sp_ip
+            saved.by_thread.insert((task.tid, task.sp, task.ip), task.bp);
+            saved
+                .by_sp_ip
                 .entry((task.sp, task.ip))
                 .and_modify(|bp| {
                     if *bp != Some(task.bp) {
@@ -54,11 +62,14 @@ impl SavedFramePointers {
                 })
                 .or_insert(Some(task.bp));
         }
-        Self(by_sp_ip)
+        saved
     }
 
-    pub fn get(&self, sp: u64, ip: u64) -> Option<u64> {
-        self.0.get(&(sp, ip)).copied().flatten()
+    pub fn get(&self, tid: u32, sp: u64, ip: u64) -> Option<u64> {
+        match self.by_thread.get(&(tid, sp, ip)) {
+            Some(&bp) => Some(bp),
+            None => self.by_sp_ip.get(&(sp, ip)).copied().flatten(),
+        }
     }
 }
 
@@ -124,7 +135,11 @@ pub fn collect_blocked_threads(
         let start_ns = match known_start {
             Some(start_ns) => start_ns,
             // Unknown age: shown as "≥ 0".
-            None => monotonic_now.saturating_sub(sample.blocked_for_at_least_ns.unwrap_or(0)),
+            None => monotonic_now.saturating_sub(age_unseen(
+                sample.blocked_for_at_least_ns,
+                known_starts.get(&tid),
+                monotonic_now,
+            )),
         };
         if let Some(timeline) = &mut aggregate.timeline {
             // A thread that ran since its wait at the stop was read stands for that wait
@@ -157,6 +172,16 @@ pub fn collect_blocked_threads(
     Ok(counts)
 }
 
+/// The age of a wait whose start the probes did not see: the scheduler's (`se.exec_start`),
+/// but no older than a wait the probes saw the thread begin before this one (it ran
+/// since, so its wait now began later). The scheduler's clocks, per CPU and extrapolated,
+/// read 2.83 s for a PostgreSQL backend's wait begun 0.34 s before, on a VM whose CPUs
+/// were stolen for seconds.
+fn age_unseen(scheduler_age: Option<u64>, earlier: Option<&KnownStart>, now_ns: u64) -> u64 {
+    let age = scheduler_age.unwrap_or(0);
+    earlier.map_or(age, |earlier| age.min(now_ns.saturating_sub(earlier.start_ns)))
+}
+
 /// A thread's name for reports: its own in a CPython program, else its `comm`.
 pub(crate) fn thread_name(sample: &ThreadSample, unwinder: &mut ProcessUnwinder) -> String {
     unwinder.thread_name(sample.tid).unwrap_or_else(|| sample.comm.clone())
@@ -172,8 +197,8 @@ pub(crate) fn stack_key(
     counts: &mut ThreadCounts,
 ) -> Result<StackKey, SampleError> {
     let (sp, ip) = (sample.syscall.sp, sample.syscall.pc);
-    let saved_bp = frame_pointers.get(sp, ip);
-    let bp = saved_bp.unwrap_or(0);
+    let saved_bp = frame_pointers.get(sample.tid, sp, ip);
+    let bp = saved_bp.unwrap_or(UserRegs::UNKNOWN_BP);
     let (walked, python_frames) =
         unwinder.unwind_thread(sample.tid, UserRegs { ip, sp, bp }, &sample.stack);
     if walked.python_frames_gone {
@@ -230,20 +255,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frame_pointers_are_found_by_sp_and_ip_unless_ambiguous() {
+    fn frame_pointers_are_found_by_thread_then_by_sp_and_ip_unless_ambiguous() {
+        let look = |tid, ip, sp, bp| TaskLook { tid, ip, sp, bp, ..TaskLook::default() };
         let tasks = [
-            TaskLook { ip: 0x10, sp: 0x7000, bp: 0x7100, ..TaskLook::default() },
-            TaskLook { ip: 0x10, sp: 0x8000, bp: 0x8100, ..TaskLook::default() },
-            // Another process blocked at the same sp and ip, with another rbp.
-            TaskLook { ip: 0x10, sp: 0x8000, bp: 0x9100, ..TaskLook::default() },
+            look(1, 0x10, 0x7000, 0x7100),
+            look(2, 0x10, 0x8000, 0x8100),
+            // Another process (a forked sibling) blocked at the same sp and ip, with
+            // another rbp.
+            look(3, 0x10, 0x8000, 0x9100),
             // The same registers seen twice agree.
-            TaskLook { ip: 0x20, sp: 0x6000, bp: 0x6100, ..TaskLook::default() },
-            TaskLook { ip: 0x20, sp: 0x6000, bp: 0x6100, ..TaskLook::default() },
+            look(4, 0x20, 0x6000, 0x6100),
+            look(5, 0x20, 0x6000, 0x6100),
         ];
         let frame_pointers = SavedFramePointers::from_tasks(&tasks);
-        assert_eq!(frame_pointers.get(0x7000, 0x10), Some(0x7100));
-        assert_eq!(frame_pointers.get(0x8000, 0x10), None);
-        assert_eq!(frame_pointers.get(0x6000, 0x20), Some(0x6100));
-        assert_eq!(frame_pointers.get(0x5000, 0x10), None);
+        assert_eq!(frame_pointers.get(1, 0x7000, 0x10), Some(0x7100));
+        // Each sibling its own.
+        assert_eq!(frame_pointers.get(2, 0x8000, 0x10), Some(0x8100));
+        assert_eq!(frame_pointers.get(3, 0x8000, 0x10), Some(0x9100));
+        // A thread id the looks do not know (another pid namespace's): by sp and ip.
+        assert_eq!(frame_pointers.get(99, 0x7000, 0x10), Some(0x7100));
+        assert_eq!(frame_pointers.get(99, 0x8000, 0x10), None, "ambiguous");
+        assert_eq!(frame_pointers.get(99, 0x6000, 0x20), Some(0x6100));
+        // A thread at another wait than its look's: not its look's rbp.
+        assert_eq!(frame_pointers.get(1, 0x5000, 0x10), None);
+    }
+
+    #[test]
+    fn an_unseen_wait_is_no_older_than_one_seen_before_it() {
+        let earlier = KnownStart { start_ns: 9_000, runs: Some(3) };
+        assert_eq!(age_unseen(Some(500), Some(&earlier), 10_000), 500);
+        // The scheduler's clocks overshot: the wait began after the earlier one.
+        assert_eq!(age_unseen(Some(2_830), Some(&earlier), 10_000), 1_000);
+        assert_eq!(age_unseen(Some(2_830), None, 10_000), 2_830);
+        assert_eq!(age_unseen(None, Some(&earlier), 10_000), 0);
     }
 }
