@@ -230,4 +230,16 @@ fn forked_siblings_blocked_at_the_same_place_unwind_whole() {
     }
     let counts = &profile.thread_counts;
     assert_eq!(counts.frame_pointer_unknown, 0, "{}", traced.out.stdout);
+    // The summary reads them as one pile-up: one row, one chain, one stack.
+    let stdout = &traced.out.stdout;
+    let row = stdout
+        .lines()
+        .find(|line| line.ends_with("wait_for_work in c-forked (4 processes)"))
+        .unwrap_or_else(|| panic!("no row of the 4 processes:\n{stdout}"));
+    assert_eq!(row.split_whitespace().next(), Some("4"), "{row}");
+    assert!(
+        stdout.contains("4 threads of c-forked (4 processes) at wait_for_work [read pipe:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("4 threads in 4 processes @ [read pipe:"), "{stdout}");
 }

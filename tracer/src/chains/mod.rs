@@ -646,11 +646,17 @@ pub fn terminal_text(terminal: &Terminal) -> String {
 pub fn chain_line(chain: &WaitChain, format_ns: impl Fn(u64) -> String) -> String {
     let of_process =
         chain.process.as_ref().map_or(String::new(), |process| format!(" of {process}"));
-    let mut line = format!(
-        "{}{of_process} at {}",
-        crate::model::counted(chain.threads, crate::model::waiters_of(chain.start.kind)),
-        site_text(&chain.start)
-    );
+    format!("{}{of_process} {}", chain_waiters(chain, chain.threads), chain_path(chain, format_ns))
+}
+
+/// `N threads` (or goroutines) of a chain's first site.
+pub fn chain_waiters(chain: &WaitChain, threads: u64) -> String {
+    crate::model::counted(threads, crate::model::waiters_of(chain.start.kind))
+}
+
+/// A chain's line from its first site on: `at SITE [object] ← woken by ... → terminal`.
+pub fn chain_path(chain: &WaitChain, format_ns: impl Fn(u64) -> String) -> String {
+    let mut line = format!("at {}", site_text(&chain.start));
     // A socket site carries its state right after it, where the reader looks for it.
     let endpoint_state = |site: &ChainSite| match &chain.terminal {
         Terminal::Endpoint { endpoint, state: Some(state), .. }

@@ -97,10 +97,72 @@ fn with_time_chart(svg: Vec<u8>, profile: &Profile) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// A legend entry's characters (17% of inferno's 1,200 pixels in 11-pixel monospace), and
+/// the fewest its call site is cut to for whose it is.
+const LEGEND_CHARS: usize = 28;
+const LEGEND_SITE_CHARS: usize = 12;
+
+/// A line of the chart: a call site's threads blocked at each second's end.
+struct ChartedSite {
+    site: String,
+    /// ` (c-forked 4242)`, ` (postgres ×31)` in a profile of several processes.
+    whose: String,
+    threads: Vec<u32>,
+    blocked_ns: u64,
+}
+
+/// The heaviest `CHART_SITES` call sites, each one program's over all its processes (a
+/// server forked per connection has a line per process otherwise, one thread each, and
+/// four of them filled the legend).
+fn charted_sites(timeline: &crate::model::Timeline) -> Vec<ChartedSite> {
+    type Key<'a> = (&'a str, tracer_common::WaitKind, Option<&'a str>);
+    let mut merged: Vec<(Key, ChartedSite, std::collections::BTreeSet<u32>)> = Vec::new();
+    for site in &timeline.seconds {
+        let key: Key = (&site.site, site.kind, site.process.as_ref().map(|p| p.comm.as_str()));
+        let blocked_ns = site.blocked_ns.iter().sum::<u64>();
+        let pid = site.process.as_ref().map(|process| process.pid);
+        match merged.iter_mut().find(|(same, ..)| *same == key) {
+            Some((_, charted, pids)) => {
+                if charted.threads.len() < site.threads.len() {
+                    charted.threads.resize(site.threads.len(), 0);
+                }
+                for (sum, threads) in charted.threads.iter_mut().zip(&site.threads) {
+                    *sum += threads;
+                }
+                charted.blocked_ns += blocked_ns;
+                pids.extend(pid);
+            }
+            None => merged.push((
+                key,
+                ChartedSite {
+                    site: site.site.clone(),
+                    whose: String::new(),
+                    threads: site.threads.clone(),
+                    blocked_ns,
+                },
+                pid.into_iter().collect(),
+            )),
+        }
+    }
+    merged.sort_by_key(|(_, charted, _)| std::cmp::Reverse(charted.blocked_ns));
+    merged.truncate(CHART_SITES);
+    merged
+        .into_iter()
+        .map(|((_, _, comm), mut charted, pids)| {
+            charted.whose = match (comm, pids.len()) {
+                (None, _) => String::new(),
+                (Some(comm), 1) => format!(" ({comm} {})", pids.first().expect("one")),
+                (Some(comm), processes) => format!(" ({comm} ×{processes})"),
+            };
+            charted
+        })
+        .collect()
+}
+
 /// The chart: a line per heaviest call site (threads blocked at the end of each second),
 /// its legend, and the axes' extremes. x is in percent, as inferno's fluid frames are.
 fn chart(profile: &Profile, timeline: &crate::model::Timeline, seconds: usize) -> String {
-    let sites = &timeline.seconds[..timeline.seconds.len().min(CHART_SITES)];
+    let sites = charted_sites(timeline);
     let most = sites.iter().flat_map(|site| site.threads.iter().copied()).max().unwrap_or(0).max(1);
     let plot_top = CHART_TOP + 18;
     let plot_height = CHART_HEIGHT - 36;
@@ -149,12 +211,12 @@ fn chart(profile: &Profile, timeline: &crate::model::Timeline, seconds: usize) -
     // pixels: 28 characters of 11-pixel monospace, `report_stat (pypileup.py:22)`).
     let mut x = 32.0;
     for (site, color) in sites.iter().zip(CHART_COLORS) {
-        let name = match &site.process {
-            Some(process) => format!("{} in {process}", site.site),
-            None => site.site.clone(),
-        };
-        // The process named it: no control characters in the XML.
-        let name = xml_escape(&elide(&crate::report::escape_name(&name), 28));
+        // The process named it: no control characters in the XML. Whose, kept whole
+        // where it fits: the site gives way first.
+        let (site_name, whose) =
+            (crate::report::escape_name(&site.site), crate::report::escape_name(&site.whose));
+        let room = LEGEND_CHARS.saturating_sub(whose.chars().count()).max(LEGEND_SITE_CHARS);
+        let name = xml_escape(&elide(&format!("{}{whose}", elide(&site_name, room)), LEGEND_CHARS));
         chart.push_str(&format!(
             "<rect x=\"{x:.1}%\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text \
              x=\"{:.1}%\" y=\"{}\" font-size=\"11\">{name}</text>",
@@ -289,9 +351,13 @@ fn subtitle(profile: &Profile, weight: Weight) -> String {
         ProfileKind::Recording => recording_scope_brief(profile),
         ProfileKind::Snapshot => "snapshot".to_string(),
     };
+    // The title names several processes; their pids are the roots' frames.
+    let pid = match profile.processes.is_empty() {
+        true => format!("pid {}, ", profile.pid),
+        false => String::new(),
+    };
     format!(
-        "pid {}, {what}{}; width = {width}; top frame = wait kind",
-        profile.pid,
+        "{pid}{what}{}; width = {width}; top frame = wait kind",
         if profile.target_exited { "; the process exited during the recording" } else { "" },
     )
 }
@@ -377,5 +443,34 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_site_is_one_line_over_the_processes_of_one_program() {
+        use crate::model::{ProcessTag, Timeline, timeline::SiteSeconds};
+
+        let site = |name: &str, pid, comm: &str, threads: Vec<u32>| SiteSeconds {
+            site: name.to_string(),
+            kind: WaitKind::Futex,
+            process: Some(ProcessTag { pid, comm: comm.to_string(), cgroup: None }),
+            blocked_ns: threads.iter().map(|&t| u64::from(t) * 1_000_000_000).collect(),
+            threads,
+        };
+        let timeline = Timeline {
+            seconds: vec![
+                site("ProcSleep", 10, "postgres", vec![1, 1, 1]),
+                site("ProcSleep", 11, "postgres", vec![0, 1]),
+                site("ProcSleep", 12, "other", vec![1, 1, 1]),
+                site("secure_read", 13, "postgres", vec![1]),
+            ],
+            ..Timeline::default()
+        };
+        let sites = charted_sites(&timeline);
+        let line = |whose: &str| sites.iter().find(|site| site.whose == whose);
+        let backends = line(" (postgres ×2)").expect("one line for both backends");
+        assert_eq!((backends.site.as_str(), &backends.threads[..]), ("ProcSleep", &[1, 2, 1][..]));
+        assert_eq!(sites[0].whose, " (postgres ×2)", "heaviest first");
+        assert!(line(" (other 12)").is_some() && line(" (postgres 13)").is_some());
+        assert_eq!(sites.len(), 3);
     }
 }

@@ -1,7 +1,10 @@
 //! The table printed at the end of a recording: the call sites where threads spent the
 //! most time blocked, what was under the threshold, and what the tracing saw and lost.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Write as _,
+};
 
 use tracer_common::{PASS_MAX_THREADS, WaitKind};
 
@@ -25,14 +28,32 @@ pub struct SiteRow {
 }
 
 /// The stacks of waits that ended (`in_progress == false`) or of waits in progress,
-/// grouped by (call site, kind), heaviest first.
+/// grouped by (call site, kind), heaviest first. In a profile of several processes a row
+/// is one program's, over all its processes (`wait_for_work in postgres (31 processes)`):
+/// a server forked per connection piles up across its processes, one thread each, and a
+/// row per process hid the pile-up among its idle helpers (the table above it is per
+/// process).
 pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
-    let mut by_site: HashMap<(String, WaitKind), WaitStats> = HashMap::new();
+    type Key = (String, Option<String>, WaitKind);
+    let mut by_site: HashMap<Key, (WaitStats, BTreeSet<u32>)> = HashMap::new();
     for stack in profile.stacks.iter().filter(|stack| stack.in_progress == in_progress) {
-        by_site.entry((site_label(stack), stack.kind)).or_default().merge(&stack.stats);
+        let comm = stack.process.as_ref().map(|process| process.comm.clone());
+        let (stats, pids) = by_site.entry((site_label(stack), comm, stack.kind)).or_default();
+        stats.merge(&stack.stats);
+        pids.extend(stack.process.as_ref().map(|process| process.pid));
     }
-    let mut rows: Vec<SiteRow> =
-        by_site.into_iter().map(|((site, kind), stats)| SiteRow { site, kind, stats }).collect();
+    let mut rows: Vec<SiteRow> = by_site
+        .into_iter()
+        .map(|((site, comm, kind), (stats, pids))| {
+            // Whose (kept when the name is shortened).
+            let site = match (comm, pids.len()) {
+                (None, _) => site,
+                (Some(comm), 1) => format!("{site} in {comm} ({})", pids.first().expect("one")),
+                (Some(comm), processes) => format!("{site} in {comm} ({processes} processes)"),
+            };
+            SiteRow { site, kind, stats }
+        })
+        .collect();
     let weight = |row: &SiteRow| {
         if in_progress { row.stats.threads.len() as u64 } else { row.stats.total_ns }
     };
@@ -43,16 +64,11 @@ pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
 /// The call site a row names; a goroutine's with its wait reason (`main.f [chan receive]`),
 /// which tells more than its kind.
 fn site_label(stack: &ProfileStack) -> String {
-    let site = match (stack.kind, &stack.object) {
+    match (stack.kind, &stack.object) {
         (WaitKind::Goroutine | WaitKind::Task, Some(reason)) => {
             format!("{} [{reason}]", stack.call_site())
         }
         _ => stack.call_site().to_string(),
-    };
-    // In a profile of several processes, whose (kept when the name is shortened).
-    match &stack.process {
-        Some(process) => format!("{site} in {process}"),
-        None => site,
     }
 }
 
@@ -390,9 +406,13 @@ fn write_rest(out: &mut String, rows: &[SiteRow], top: usize, what: impl Fn(&Sit
 }
 
 fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
-    for stack in profile.stacks.iter().filter(|stack| stack.in_progress).take(shown) {
+    for (stack, processes) in stacks_in_progress(profile).into_iter().take(shown) {
         let stats = &stack.stats;
         let count = stats.threads.len() as u64;
+        let of_processes = match processes {
+            0 | 1 => String::new(),
+            processes => format!(" in {processes} processes"),
+        };
         // Tasks are neither threads nor goroutines, and their ages are not known.
         let (waiters, ages) = match stack.kind {
             WaitKind::Task => (counted(count, "tasks"), String::new()),
@@ -407,8 +427,8 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         };
         let _ = writeln!(
             out,
-            "{waiters} @ {}{ages}{}:",
-            super::escape_name(&kind_frame(profile, stack)),
+            "{waiters}{of_processes} @ {}{ages}{}:",
+            super::escape_name(&kind_frame(profile, &stack)),
             if stack.truncated { " (stack truncated)" } else { "" },
         );
         for frame in stack.frames.iter().rev().take(FRAMES_SHOWN) {
@@ -422,6 +442,36 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
         }
         let _ = writeln!(out);
     }
+}
+
+/// The stacks of the waits in progress, most threads first, those of one program's
+/// processes alike in their frames, kind and object made one, with how many processes
+/// it stands for (a forked server's backends, each one thread at the same wait, would
+/// print the same stack once per process).
+fn stacks_in_progress(profile: &Profile) -> Vec<(ProfileStack, usize)> {
+    type Key<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, WaitKind, Option<&'a str>, bool);
+    let mut merged: Vec<(Key, ProfileStack, BTreeSet<u32>)> = Vec::new();
+    for stack in profile.stacks.iter().filter(|stack| stack.in_progress) {
+        let key: Key = (
+            stack.process.as_ref().map(|process| process.comm.as_str()),
+            stack.frames.iter().map(|frame| (frame.name.as_str(), frame.module.as_str())).collect(),
+            stack.kind,
+            stack.object.as_deref(),
+            stack.truncated,
+        );
+        let pid = stack.process.as_ref().map(|process| process.pid);
+        match merged.iter_mut().find(|(same, ..)| key.0.is_some() && *same == key) {
+            Some((_, alike, pids)) => {
+                alike.stats.merge(&stack.stats);
+                pids.extend(pid);
+            }
+            None => merged.push((key, stack.clone(), pid.into_iter().collect())),
+        }
+    }
+    let mut stacks: Vec<(ProfileStack, usize)> =
+        merged.into_iter().map(|(_, stack, pids)| (stack, pids.len())).collect();
+    stacks.sort_by_key(|(stack, _)| std::cmp::Reverse(stack.stats.threads.len()));
+    stacks
 }
 
 /// Waits grouped by what they wait on.
@@ -556,8 +606,7 @@ fn write_chains(out: &mut String, profile: &Profile, top: usize) {
         return;
     }
     let _ = writeln!(out, "WAIT CHAINS");
-    for chain in profile.chains.iter().take(top) {
-        let line = chains::chain_line(chain, format_duration);
+    for (chain, line) in merged_chain_lines(profile).into_iter().take(top) {
         // One line, whatever the names it joins hold.
         let _ = writeln!(out, "  {}", super::escape_name(&line));
         // The holder's stack as it is now: where the lock is held.
@@ -570,6 +619,60 @@ fn write_chains(out: &mut String, profile: &Profile, top: usize) {
         }
     }
     let _ = writeln!(out);
+}
+
+/// The chains' lines, heaviest first, the chains of one program's processes that read
+/// alike from their first site on made one (`3 threads of postgres (3 processes) at ...`):
+/// a server forked per connection has a chain per process, one thread each.
+fn merged_chain_lines(profile: &Profile) -> Vec<(&chains::WaitChain, String)> {
+    struct Merged<'a> {
+        first: &'a chains::WaitChain,
+        threads: u64,
+        blocked_ns: u64,
+        pids: BTreeSet<u32>,
+    }
+    let mut merged: Vec<(Option<&str>, String, Merged)> = Vec::new();
+    for chain in &profile.chains {
+        let comm = chain.process.as_ref().map(|process| process.comm.as_str());
+        let path = chains::chain_path(chain, format_duration);
+        let pid = chain.process.as_ref().map(|process| process.pid);
+        match merged.iter_mut().find(|(c, p, _)| comm.is_some() && *c == comm && *p == path) {
+            Some((_, _, same)) => {
+                same.threads += chain.threads;
+                same.blocked_ns = same.blocked_ns.saturating_add(chain.blocked_ns);
+                same.pids.extend(pid);
+            }
+            None => merged.push((
+                comm,
+                path,
+                Merged {
+                    first: chain,
+                    threads: chain.threads,
+                    blocked_ns: chain.blocked_ns,
+                    pids: pid.into_iter().collect(),
+                },
+            )),
+        }
+    }
+    // Heaviest first, as the chains were, by what they add up to.
+    let weight = |merged: &Merged| match profile.kind {
+        ProfileKind::Recording => (merged.blocked_ns, merged.threads),
+        ProfileKind::Snapshot => (merged.threads, merged.blocked_ns),
+    };
+    merged.sort_by_key(|(_, _, merged)| std::cmp::Reverse(weight(merged)));
+    merged
+        .into_iter()
+        .map(|(comm, path, Merged { first, threads, pids, .. })| {
+            let line = match (comm, pids.len()) {
+                (Some(comm), processes) if processes > 1 => format!(
+                    "{} of {comm} ({processes} processes) {path}",
+                    chains::chain_waiters(first, threads)
+                ),
+                _ => chains::chain_line(first, format_duration),
+            };
+            (first, line)
+        })
+        .collect()
 }
 
 const WAKE_SITE_WIDTH: usize = 38;
@@ -1100,6 +1203,44 @@ mod tests {
         let name = target_name(&several);
         assert!(name.starts_with("300 processes: worker (1), worker (2), "), "{name}");
         assert!(name.ends_with("worker (8), and 292 more"), "{name}");
+    }
+
+    #[test]
+    fn a_site_is_one_row_over_the_processes_of_one_program() {
+        let mut forked = profile();
+        forked.stacks.clear();
+        let tag = |pid, comm: &str| crate::model::ProcessTag {
+            pid,
+            comm: comm.to_string(),
+            cgroup: None,
+        };
+        // Three backends forked per connection, one thread each, at one lock wait; one
+        // more backend elsewhere; another program at the same site.
+        for (pid, comm, site, tid) in [
+            (10, "postgres", "ProcSleep", 10),
+            (11, "postgres", "ProcSleep", 11),
+            (12, "postgres", "ProcSleep", 12),
+            (13, "postgres", "secure_read", 13),
+            (20, "other", "ProcSleep", 20),
+        ] {
+            let mut waited = stack(&[(site, true)], WaitKind::Futex, &[(tid, 1_000_000)]);
+            waited.process = Some(tag(pid, comm));
+            forked.stacks.push(waited);
+        }
+        forked.processes = [(10, "postgres"), (11, "postgres"), (12, "postgres"), (13, "postgres")]
+            .into_iter()
+            .chain([(20, "other")])
+            .map(|(pid, comm)| tag(pid, comm))
+            .collect();
+        let rows = top_sites(&forked, false);
+        let row = |site: &str| rows.iter().find(|row| row.site == site);
+        let backends = row("ProcSleep in postgres (3 processes)").expect("one row");
+        assert_eq!(backends.stats.threads.len(), 3);
+        assert_eq!(backends.stats.total_ns, 3_000_000);
+        assert_eq!(rows[0].site, "ProcSleep in postgres (3 processes)", "heaviest first");
+        assert!(row("secure_read in postgres (13)").is_some(), "{rows:#?}");
+        assert!(row("ProcSleep in other (20)").is_some(), "{rows:#?}");
+        assert_eq!(rows.len(), 3, "{rows:#?}");
     }
 
     #[test]
