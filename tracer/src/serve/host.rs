@@ -33,12 +33,9 @@ use crate::{
         self, Namer,
         members::{Member, Members, Selection},
     },
-    stacks::SharedSymbolFiles,
+    stacks::RenewedSymbolFiles,
     threads::sampler::SamplerCounts,
 };
-
-/// How long the namers share one set of parsed files (`Reader::renew_symbol_files`).
-const SYMBOL_FILES_RENEWED_EVERY: Duration = Duration::from_secs(600);
 
 /// Snapshots waiting for the reading thread; more are refused (503). Windows' opening,
 /// closing and dropping are never refused: a window closed must be answered, and one
@@ -187,8 +184,7 @@ impl Host {
             let mut reader = Reader {
                 members,
                 namers: HashMap::new(),
-                symbol_files: Some(SharedSymbolFiles::on_this_thread()),
-                symbol_files_since: Instant::now(),
+                symbol_files: RenewedSymbolFiles::on_this_thread(),
                 windows: BTreeMap::new(),
                 truncated_of_exited: 0,
                 sampler_counts_of_exited: SamplerCounts::default(),
@@ -418,9 +414,8 @@ struct Reader {
     members: Members,
     namers: HashMap<u32, Namer>,
     /// The files the namers parse, shared by all of them (a libc every process maps is
-    /// parsed once), and since when (`renew_symbol_files`).
-    symbol_files: Option<SharedSymbolFiles>,
-    symbol_files_since: Instant,
+    /// parsed once), renewed every 10 minutes.
+    symbol_files: RenewedSymbolFiles,
     /// The open windows: which processes each is about, when it opened, and the waits
     /// of its processes that exited while it was open.
     windows: BTreeMap<u64, ReaderWindow>,
@@ -517,19 +512,12 @@ impl Reader {
         }
     }
 
-    /// A new set of parsed files for the namers every `SYMBOL_FILES_RENEWED_EVERY`: the
-    /// set lets go of the files of processes gone since, and of files replaced on disk,
-    /// which it would keep as long as it lives. The namers are made again with it (their
-    /// caches of names refill at the next reports).
+    /// A new set of parsed files for the namers every 10 minutes; the namers are made
+    /// again with it (their caches of names refill at the next reports).
     fn renew_symbol_files(&mut self) {
-        if self.symbol_files_since.elapsed() < SYMBOL_FILES_RENEWED_EVERY {
-            return;
+        if self.symbol_files.renew_when_due() {
+            self.namers.clear();
         }
-        self.namers.clear();
-        // The old set goes first: dropping it puts back the one before it on this thread.
-        self.symbol_files = None;
-        self.symbol_files = Some(SharedSymbolFiles::on_this_thread());
-        self.symbol_files_since = Instant::now();
     }
 
     /// What the passes in the kernel and the samplers lost, over every process (of the

@@ -17,7 +17,8 @@ pub use process_unwinder::{ProcessUnwinder, UnwoundAddresses};
 pub(crate) use symbolize::demangle;
 pub(crate) use symbolize::lookup_address;
 pub use symbolize::{
-    Frame, PYTHON_MODULE, SharedSymbolFiles, StackSymbolizer, UNKNOWN as UNKNOWN_FRAME,
+    Frame, PYTHON_MODULE, RenewedSymbolFiles, SharedSymbolFiles, StackSymbolizer,
+    UNKNOWN as UNKNOWN_FRAME,
 };
 pub use unwind::{StackUnwinder, UnwindEnd, UserRegs};
 

@@ -135,6 +135,36 @@ impl Drop for SharedSymbolFiles {
     }
 }
 
+/// Files shared as `SharedSymbolFiles` shares them, for a daemon or a live view that
+/// symbolizes for as long as it runs: a new set every `RENEWED_EVERY` lets go of the
+/// files of processes gone since and of files replaced on disk, which a set keeps as long
+/// as it lives.
+pub struct RenewedSymbolFiles {
+    files: Option<SharedSymbolFiles>,
+    since: std::time::Instant,
+}
+
+impl RenewedSymbolFiles {
+    pub const RENEWED_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+    pub fn on_this_thread() -> Self {
+        Self { files: Some(SharedSymbolFiles::on_this_thread()), since: std::time::Instant::now() }
+    }
+
+    /// Makes a new set once `RENEWED_EVERY` has passed; true when it did, and the
+    /// symbolizers made with the old set are to be made again.
+    pub fn renew_when_due(&mut self) -> bool {
+        if self.since.elapsed() < Self::RENEWED_EVERY {
+            return false;
+        }
+        // The old set goes first: dropping it puts back the one before it on this thread.
+        self.files = None;
+        self.files = Some(SharedSymbolFiles::on_this_thread());
+        self.since = std::time::Instant::now();
+        true
+    }
+}
+
 fn new_symbolizer() -> Symbolizer {
     Symbolizer::builder()
         .enable_code_info(true)

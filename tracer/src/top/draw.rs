@@ -24,6 +24,8 @@ use crate::{
 /// The header's numbers, taken at each refresh.
 #[derive(Clone, Debug, Default)]
 pub struct Header {
+    /// False until the first interval ends: the processes are known, their threads not.
+    pub read: bool,
     pub processes: Vec<ProcessTag>,
     /// What is watched (`processes named nginx`), said while no process of it is there.
     pub watching: String,
@@ -85,13 +87,17 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
         }
         None => String::new(),
     };
-    let first = Line::from(vec![
-        Span::styled("tracer top ", Style::new().add_modifier(Modifier::BOLD)),
-        Span::raw(format!(
-            "{processes}: {}, {} blocked in waits{exact}",
+    let threads = match header.read {
+        true => format!(
+            "{}, {} blocked in waits{exact}",
             counted(header.threads, "threads"),
             header.blocked
-        )),
+        ),
+        false => format!("reading their threads{exact}"),
+    };
+    let first = Line::from(vec![
+        Span::styled("tracer top ", Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!("{processes}: {threads}")),
     ]);
     // Exact: the blocked time comes from the probes; the threads blocked now are still read.
     let read = if header.exact.is_some() { "threads read" } else { "sampled" };
@@ -118,11 +124,15 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
     if !state.table.filter.is_empty() {
         second.push_str(&format!("; filter: {}", state.table.filter));
     }
-    second.push_str(&format!(
-        "; {reads}; tracer {:.1}% CPU, {} MiB",
-        header.cpu_percent,
-        header.resident_bytes / (1 << 20),
-    ));
+    second.push_str(&format!("; {reads}"));
+    // Its own cost is measured over an interval: none before the first.
+    if header.read {
+        second.push_str(&format!(
+            "; tracer {:.1}% CPU, {} MiB",
+            header.cpu_percent,
+            header.resident_bytes / (1 << 20),
+        ));
+    }
     Paragraph::new(vec![first, Line::from(second)])
 }
 

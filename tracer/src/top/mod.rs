@@ -27,6 +27,7 @@ use crate::{
         own_usage::ProcessUsage,
         pace::ReadPace,
     },
+    stacks::RenewedSymbolFiles,
 };
 use exact::ExactWaits;
 use table::Table;
@@ -58,6 +59,8 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         ),
         (Mode::Sampled, _) => selection,
     };
+    // Before the members: whatever they symbolize shares the files too.
+    let symbol_files = RenewedSymbolFiles::on_this_thread();
     let (members, _) = Members::start(selection, pids, period)?;
     if members.members.is_empty() {
         anyhow::bail!("none of the processes can be read");
@@ -71,9 +74,12 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         (Mode::Exact, [member]) => Some(ExactWaits::attach(member.target.pid, min_wait)?),
         (Mode::Exact, _) => anyhow::bail!("top --mode exact watches one process"),
     };
+    let (processes, watching) =
+        (members.members.iter().map(Member::tag).collect(), members.selection().describe());
     let mut session = Session {
         members,
         namers: HashMap::new(),
+        symbol_files,
         table: Table::default(),
         view: View::Table,
         paused: false,
@@ -82,6 +88,8 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         usage: (Instant::now(), ProcessUsage::of_self()),
         reads_at_refresh: 0,
         header: draw::Header {
+            processes,
+            watching,
             rate,
             reads_per_second: f64::from(rate),
             exact: exact.as_ref().map(ExactWaits::header),
@@ -134,6 +142,9 @@ pub enum View {
 struct Session {
     members: Members,
     namers: HashMap<u32, Namer>,
+    /// The files the namers parse, shared by all of them: each process's namer parsing
+    /// its own copy of libpython's debug info held 1.1 GB for 41 Python processes.
+    symbol_files: RenewedSymbolFiles,
     table: Table,
     view: View,
     paused: bool,
@@ -234,6 +245,9 @@ impl Session {
     /// waits (unless paused), the header the processes' and the tracer's own numbers
     /// (`reads`: how many reads were made so far, for the rate they came at).
     fn refresh(&mut self, reads: u64) {
+        if self.symbol_files.renew_when_due() {
+            self.namers.clear();
+        }
         let window = self.window;
         self.window += 1;
         let (mut now, mut interval) = (Vec::new(), Vec::new());
@@ -274,6 +288,7 @@ impl Session {
         let elapsed = self.usage.0.elapsed().as_secs_f64().max(1e-3);
         let cpu = (usage.cpu_seconds - self.usage.1.cpu_seconds).max(0.0) / elapsed;
         self.header = draw::Header {
+            read: true,
             exact: self.exact.as_ref().map(ExactWaits::header),
             processes: self.members.members.iter().map(Member::tag).collect(),
             watching: self.members.selection().describe(),
