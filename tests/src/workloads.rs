@@ -35,6 +35,9 @@ pub const C_DEADLOCK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/worklo
 pub const C_HOSTILE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_hostile.c");
 /// Forked children blocked at the same sp and pc, each with its own rbp.
 pub const C_FORKED_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_forked.c");
+/// Forked children taking turns at a process-shared lock held across a 10 ms sleep.
+pub const C_FORKED_TURNS_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_forked_turns.c");
 pub const C_WAKE_PATHS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_wake_paths.c");
 

@@ -36,8 +36,11 @@ pub fn call_site(frames: &[Frame], language: Language) -> &str {
 
 /// The innermost frame in the program's own code: its executable or a library of its own
 /// (one it links or loads with dlopen), not the system's C and C++ runtime libraries, not
-/// Rust's std or the C runtime's start-up code. Falls back to the innermost named frame.
-/// A thread that runs Python is named by its Python frames.
+/// Rust's std or the C runtime's start-up code. Falls back to the call the program made
+/// into the C library (`___pthread_cond_wait`, the outermost of the leaf's C library
+/// frames: a stripped server's threads in a condition variable read
+/// `__futex_abstimed_wait_common64`, which says only that they wait), then to the
+/// innermost named frame. A thread that runs Python is named by its Python frames.
 fn native_call_site(frames: &[Frame]) -> &str {
     if let Some(site) = python_call_site(frames) {
         return site;
@@ -48,10 +51,19 @@ fn native_call_site(frames: &[Frame]) -> &str {
                 // `[unknown]`, `[vdso]`: not a file of the program's.
                 || !frame.module.starts_with('[') && !is_system_runtime_module(&frame.module))
     };
+    // Only where something outside the C library made the call (a stack of the C
+    // library alone, a thread it started, has no such call).
+    let called_into_runtime = || {
+        let in_runtime =
+            |frame: &&Frame| frame.name != UNKNOWN && is_system_runtime_module(&frame.module);
+        let run = frames.iter().rev().take_while(in_runtime).count();
+        (run > 0 && run < frames.len()).then(|| &frames[frames.len() - run])
+    };
     frames
         .iter()
         .rev()
         .find(is_own)
+        .or_else(called_into_runtime)
         .or_else(|| frames.iter().rev().find(|frame| frame.name != UNKNOWN))
         .map_or(UNKNOWN, |frame| frame.name.as_str())
 }
@@ -205,6 +217,16 @@ mod tests {
             ),
         ];
         assert_eq!(call_site(&unknown, Language::Native), "__futex_abstimed_wait_common");
+        // A stripped program's thread in a condition variable: the call it made into libc.
+        let stripped = [
+            native_frame("clone3", "libc.so.6", false),
+            native_frame("start_thread", "libc.so.6", false),
+            native_frame(UNKNOWN, "memcached", true),
+            native_frame("___pthread_cond_wait", "libc.so.6", false),
+            native_frame("__pthread_cond_wait_common", "libc.so.6", false),
+            native_frame("__futex_abstimed_wait_common64", "libc.so.6", false),
+        ];
+        assert_eq!(call_site(&stripped, Language::Native), "___pthread_cond_wait");
     }
 
     fn python_frame(name: &str, file: &str) -> Frame {

@@ -23,7 +23,7 @@ use crate::{
     stacks::ProcessUnwinder,
     threads::{
         kernel_passes::{PassSource, RecordsByProcess},
-        sampler::{TaskIterator, ThreadSampler, lock},
+        sampler::{SiblingPlaces, TaskIterator, ThreadSampler, lock},
     },
 };
 
@@ -186,6 +186,9 @@ pub struct Members {
     timeline_origin: Option<u64>,
     /// The window of the members' rolling timelines, once a daemon keeps them.
     rolling_window: Option<Duration>,
+    /// The stacks read at each place, shared by the members of one code layout (forked
+    /// from one parent).
+    sibling_places: SiblingPlaces,
 }
 
 impl Members {
@@ -224,6 +227,7 @@ impl Members {
             look_failed: false,
             timeline_origin: None,
             rolling_window: None,
+            sibling_places: SiblingPlaces::default(),
         };
         let mut joined = Vec::with_capacity(pids.len());
         for pid in pids {
@@ -247,6 +251,7 @@ impl Members {
         let tasks = TaskIterator::Shared { probes: Arc::clone(&self.probes), pid };
         let mut sampler = ThreadSampler::new(pid, unwinder, tasks, self.period)
             .with_context(|| format!("cannot list the threads of pid {pid}"))?;
+        sampler.share_places(self.sibling_places.clone());
         if self.passes_possible && sampler.take_shared_passes() {
             // Watched before the sampler's first read, whose pass of the iterator shows
             // the passes the process's leader.

@@ -450,7 +450,9 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
 /// print the same stack once per process).
 fn stacks_in_progress(profile: &Profile) -> Vec<(ProfileStack, usize)> {
     type Key<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, WaitKind, Option<&'a str>, bool);
-    let mut merged: Vec<(Key, ProfileStack, BTreeSet<u32>)> = Vec::new();
+    let mut merged: Vec<(ProfileStack, BTreeSet<u32>)> = Vec::new();
+    // Where each key's stack is in `merged` (a host's report has thousands).
+    let mut index: HashMap<Key, usize> = HashMap::new();
     for stack in profile.stacks.iter().filter(|stack| stack.in_progress) {
         let key: Key = (
             stack.process.as_ref().map(|process| process.comm.as_str()),
@@ -460,16 +462,20 @@ fn stacks_in_progress(profile: &Profile) -> Vec<(ProfileStack, usize)> {
             stack.truncated,
         );
         let pid = stack.process.as_ref().map(|process| process.pid);
-        match merged.iter_mut().find(|(same, ..)| key.0.is_some() && *same == key) {
-            Some((_, alike, pids)) => {
+        match index.get(&key).filter(|_| key.0.is_some()) {
+            Some(&at) => {
+                let (alike, pids) = &mut merged[at];
                 alike.stats.merge(&stack.stats);
                 pids.extend(pid);
             }
-            None => merged.push((key, stack.clone(), pid.into_iter().collect())),
+            None => {
+                index.insert(key, merged.len());
+                merged.push((stack.clone(), pid.into_iter().collect()));
+            }
         }
     }
     let mut stacks: Vec<(ProfileStack, usize)> =
-        merged.into_iter().map(|(_, stack, pids)| (stack, pids.len())).collect();
+        merged.into_iter().map(|(stack, pids)| (stack, pids.len())).collect();
     stacks.sort_by_key(|(stack, _)| std::cmp::Reverse(stack.stats.threads.len()));
     stacks
 }
@@ -632,26 +638,32 @@ fn merged_chain_lines(profile: &Profile) -> Vec<(&chains::WaitChain, String)> {
         pids: BTreeSet<u32>,
     }
     let mut merged: Vec<(Option<&str>, String, Merged)> = Vec::new();
+    let mut index: HashMap<(Option<&str>, String), usize> = HashMap::new();
     for chain in &profile.chains {
         let comm = chain.process.as_ref().map(|process| process.comm.as_str());
         let path = chains::chain_path(chain, format_duration);
         let pid = chain.process.as_ref().map(|process| process.pid);
-        match merged.iter_mut().find(|(c, p, _)| comm.is_some() && *c == comm && *p == path) {
-            Some((_, _, same)) => {
+        let key = (comm, path.clone());
+        match index.get(&key).filter(|_| comm.is_some()) {
+            Some(&at) => {
+                let (_, _, same) = &mut merged[at];
                 same.threads += chain.threads;
                 same.blocked_ns = same.blocked_ns.saturating_add(chain.blocked_ns);
                 same.pids.extend(pid);
             }
-            None => merged.push((
-                comm,
-                path,
-                Merged {
-                    first: chain,
-                    threads: chain.threads,
-                    blocked_ns: chain.blocked_ns,
-                    pids: pid.into_iter().collect(),
-                },
-            )),
+            None => {
+                index.insert(key, merged.len());
+                merged.push((
+                    comm,
+                    path,
+                    Merged {
+                        first: chain,
+                        threads: chain.threads,
+                        blocked_ns: chain.blocked_ns,
+                        pids: pid.into_iter().collect(),
+                    },
+                ));
+            }
         }
     }
     // Heaviest first, as the chains were, by what they add up to.

@@ -175,8 +175,8 @@ pub fn collect_blocked_threads(
 /// The age of a wait whose start the probes did not see: the scheduler's (`se.exec_start`),
 /// but no older than a wait the probes saw the thread begin before this one (it ran
 /// since, so its wait now began later). The scheduler's clocks, per CPU and extrapolated,
-/// read 2.83 s for a PostgreSQL backend's wait begun 0.34 s before, on a VM whose CPUs
-/// were stolen for seconds.
+/// read 2.83 s for a PostgreSQL backend's wait begun 0.34 s before, on a VM under a load
+/// of 20 (why is not established).
 fn age_unseen(scheduler_age: Option<u64>, earlier: Option<&KnownStart>, now_ns: u64) -> u64 {
     let age = scheduler_age.unwrap_or(0);
     earlier.map_or(age, |earlier| age.min(now_ns.saturating_sub(earlier.start_ns)))
