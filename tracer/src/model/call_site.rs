@@ -68,6 +68,57 @@ fn native_call_site(frames: &[Frame]) -> &str {
         .map_or(UNKNOWN, |frame| frame.name.as_str())
 }
 
+/// How far up from a shared call site its stacks' callers are compared: a wait helper is
+/// reached through a wrapper or two (PostgreSQL's `WaitLatch` over `WaitEventSetWait`);
+/// further up, stacks part by who called the caller's caller (a lock wait from an update
+/// or from a tuple lock), which splits one place into many rows.
+const CALLERS_COMPARED: usize = 4;
+
+/// For stacks that share the call site `site` (each root first), the first caller of the
+/// site where each one's path differs from the nearest other's (`ProcSleep`, `pg_sleep`,
+/// `BackgroundWriterMain` for three stacks through PostgreSQL's `WaitEventSetWait`): a
+/// program's own wait helper, under every lock wait, sleep and idle loop alike, names no
+/// place by itself. None for a stack whose callers no other's differ from (the same, or
+/// the same as far as the shorter goes), and for a stack not native (Python and Go stacks are named by their
+/// own frames, among an interpreter's or a scheduler's).
+pub fn callers_that_differ<'a>(stacks: &[&'a [Frame]], site: &str) -> Vec<Option<&'a str>> {
+    let callers: Vec<Option<Vec<&str>>> = stacks
+        .iter()
+        .map(|frames| {
+            if frames.iter().any(|frame| frame.module == PYTHON_MODULE) {
+                return None;
+            }
+            let at = frames.iter().rposition(|frame| frame.name == site)?;
+            Some(
+                frames[..at].iter().rev().take(CALLERS_COMPARED).map(|f| f.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    // In sorted order, the path sharing the longest start with a path is a neighbour's.
+    let mut order: Vec<usize> = (0..stacks.len()).filter(|&i| callers[i].is_some()).collect();
+    order.sort_by(|&a, &b| callers[a].cmp(&callers[b]));
+    let empty: Vec<&'a str> = Vec::new();
+    let path = |i: usize| callers[i].as_ref().unwrap_or(&empty);
+    let shared = |a: &[&str], b: &[&str]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let mut differ: Vec<Option<&'a str>> = vec![None; stacks.len()];
+    // A path that is the start of another is the same as far as it goes (a stack cut
+    // short, or read to a shallower root): no difference.
+    let part_of = |a: &[&str], b: &[&str]| shared(a, b) == a.len().min(b.len());
+    for (place, &i) in order.iter().enumerate() {
+        let mine = path(i);
+        let differs = |other: &&Vec<&str>| !part_of(mine, other);
+        let before = order[..place].iter().rev().map(|&j| path(j)).find(differs);
+        let after = order[place + 1..].iter().map(|&j| path(j)).find(differs);
+        let Some(depth) = before.into_iter().chain(after).map(|other| shared(mine, other)).max()
+        else {
+            continue;
+        };
+        // An unnamed caller names nothing: the next named one up, within the compared.
+        differ[i] = mine[depth.min(mine.len())..].iter().find(|name| **name != UNKNOWN).copied();
+    }
+    differ
+}
+
 /// The innermost Python frame of the program's own code (not the standard library's:
 /// `queue`, `threading`, `socket` are how it waits), else the innermost Python frame;
 /// `None` for a stack without Python frames.
@@ -227,6 +278,45 @@ mod tests {
             native_frame("__futex_abstimed_wait_common64", "libc.so.6", false),
         ];
         assert_eq!(call_site(&stripped, Language::Native), "___pthread_cond_wait");
+    }
+
+    #[test]
+    fn stacks_through_one_wait_helper_are_told_apart_by_the_first_caller_that_differs() {
+        let stack = |callers: &[&str]| -> Vec<Frame> {
+            let mut frames: Vec<Frame> =
+                callers.iter().rev().map(|name| native_frame(name, "postgres", true)).collect();
+            frames.push(native_frame("WaitEventSetWait", "postgres", true));
+            frames.push(native_frame("epoll_wait", "libc.so.6", false));
+            frames
+        };
+        // Innermost caller first, as a reader goes up from the helper.
+        let stacks = [
+            stack(&["WaitLatch", "ProcSleep", "LockAcquireExtended", "XactLockTableWait"]),
+            stack(&["WaitLatch", "ProcSleep", "LockAcquireExtended", "LockTuple"]),
+            stack(&["WaitLatch", "pg_sleep", "ExecInterpExpr"]),
+            stack(&["WaitLatch", "pg_sleep", "ExecInterpExpr"]),
+            stack(&["WaitLatch", "BackgroundWriterMain"]),
+            // Cut short: told apart only as far as it goes (from the client's read).
+            stack(&["WaitLatch"]),
+            stack(&["secure_read", "pq_recvbuf"]),
+        ];
+        let frames: Vec<&[Frame]> = stacks.iter().map(|frames| &frames[..]).collect();
+        assert_eq!(
+            callers_that_differ(&frames, "WaitEventSetWait"),
+            [
+                Some("XactLockTableWait"),
+                Some("LockTuple"),
+                Some("pg_sleep"),
+                Some("pg_sleep"),
+                Some("BackgroundWriterMain"),
+                Some("WaitLatch"),
+                Some("secure_read"),
+            ]
+        );
+        // One path (or paths that differ in nothing they both have): no caller named.
+        let alike = [stack(&["worker", "main"]), stack(&["worker"])];
+        let frames: Vec<&[Frame]> = alike.iter().map(|frames| &frames[..]).collect();
+        assert_eq!(callers_that_differ(&frames, "WaitEventSetWait"), [None, None]);
     }
 
     fn python_frame(name: &str, file: &str) -> Frame {

@@ -35,13 +35,33 @@ pub struct SiteRow {
 /// process).
 pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
     type Key = (String, Option<String>, WaitKind);
-    let mut by_site: HashMap<Key, (WaitStats, BTreeSet<u32>)> = HashMap::new();
+    let mut by_site: HashMap<Key, Vec<&ProfileStack>> = HashMap::new();
     for stack in profile.stacks.iter().filter(|stack| stack.in_progress == in_progress) {
         let comm = stack.process.as_ref().map(|process| process.comm.clone());
-        let (stats, pids) = by_site.entry((site_label(stack), comm, stack.kind)).or_default();
-        stats.merge(&stack.stats);
-        pids.extend(stack.process.as_ref().map(|process| process.pid));
+        by_site.entry((site_label(stack), comm, stack.kind)).or_default().push(stack);
     }
+    // A site reached from callers that differ is a row per caller, named by the first
+    // caller where the stacks part (`WaitEventSetWait from ProcSleep`).
+    let mut by_caller: HashMap<Key, (WaitStats, BTreeSet<u32>)> = HashMap::new();
+    for ((site, comm, kind), stacks) in by_site {
+        let frames: Vec<&[crate::stacks::Frame]> =
+            stacks.iter().map(|stack| &stack.frames[..]).collect();
+        let site_frame = stacks[0].call_site();
+        let callers = match kind {
+            WaitKind::Goroutine | WaitKind::Task => vec![None; stacks.len()],
+            _ => crate::model::call_site::callers_that_differ(&frames, site_frame),
+        };
+        for (stack, caller) in stacks.into_iter().zip(callers) {
+            let site = match caller {
+                Some(caller) => format!("{site} from {caller}"),
+                None => site.clone(),
+            };
+            let (stats, pids) = by_caller.entry((site, comm.clone(), kind)).or_default();
+            stats.merge(&stack.stats);
+            pids.extend(stack.process.as_ref().map(|process| process.pid));
+        }
+    }
+    let by_site = by_caller;
     let mut rows: Vec<SiteRow> = by_site
         .into_iter()
         .map(|((site, comm, kind), (stats, pids))| {
