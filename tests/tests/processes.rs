@@ -217,6 +217,15 @@ fn forked_siblings_blocked_at_the_same_place_unwind_whole() {
     let children: BTreeSet<u32> =
         at_read.iter().filter_map(|stack| Some(stack.process.as_ref()?.pid)).collect();
     assert_eq!(children.len(), CHILDREN, "{}", traced.out.stdout);
+    // What the test is about: every child blocked at one sp and pc (the workload's
+    // padding makes it so; /proc/PID/syscall ends with them).
+    let sp_and_pc = |pid: &u32| {
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).expect("syscall");
+        let fields: Vec<String> = syscall.split_whitespace().map(str::to_owned).collect();
+        fields[fields.len() - 2..].to_vec()
+    };
+    let places: BTreeSet<Vec<String>> = children.iter().map(sp_and_pc).collect();
+    assert_eq!(places.len(), 1, "the children block at {places:?}");
     for stack in &at_read {
         let names = tracer_tests::function_names(stack);
         assert!(!stack.truncated, "{names:?}");
@@ -272,4 +281,5 @@ fn forked_processes_taking_turns_are_read_at_each_others_places() {
     let share = held_ns as f64 / profile.duration.as_nanos() as f64;
     println!("{}", traced.out.stdout);
     assert!(share >= HELD_SHARE, "hold_and_sleep {share:.2} of the recording");
+    assert!(profile.counts.waits_at_last_place > 0, "no wait given a stack read elsewhere");
 }

@@ -141,8 +141,15 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     // Without wakers, a long wait whose sleep kept no stack copy gets one from outside.
     let mut late_copier = no_wakers.then(|| LateCopies::start(pid, &probes, min_wait)).flatten();
     let mut late_copy_poll = late_copies::poll_timer().context("cannot make a timer")?;
+    crate::report::note(&format!(
+        "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
+        target.comm,
+        target.pid,
+        format_duration(duration.as_nanos() as u64)
+    ));
     // The threads asleep since before the attach: their waits count from here, their
-    // earlier part added when they end.
+    // earlier part added when they end. (Longer than the duration on a host too busy to
+    // read them in time: the recording is then as long as that reading.)
     let waits_begun_before = match adopt_waits_in_progress(pid, &mut probes) {
         Ok((ages, adopted)) => {
             log::info!("waits in progress at the attach: {adopted:?}");
@@ -159,12 +166,6 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             0
         }
     };
-    crate::report::note(&format!(
-        "tracer: recording {} (pid {}) for {}; Ctrl-C to stop early",
-        target.comm,
-        target.pid,
-        format_duration(duration.as_nanos() as u64)
-    ));
 
     let stop =
         pipeline::run_until_stop(&target, duration.saturating_sub(started.elapsed()), async || {

@@ -79,10 +79,10 @@ const CALLERS_COMPARED: usize = 4;
 /// `BackgroundWriterMain` for three stacks through PostgreSQL's `WaitEventSetWait`): a
 /// program's own wait helper, under every lock wait, sleep and idle loop alike, names no
 /// place by itself. None for a stack whose callers no other's differ from (the same, or
-/// the same as far as the shorter goes), and for a stack not native (Python and Go stacks are named by their
-/// own frames, among an interpreter's or a scheduler's).
+/// the same as far as the shorter goes) and for a Python stack (named by its Python
+/// frames, among the interpreter's); the caller leaves out Go's and tasks'.
 pub fn callers_that_differ<'a>(stacks: &[&'a [Frame]], site: &str) -> Vec<Option<&'a str>> {
-    let callers: Vec<Option<Vec<&str>>> = stacks
+    let callers: Vec<Option<Vec<&'a str>>> = stacks
         .iter()
         .map(|frames| {
             if frames.iter().any(|frame| frame.module == PYTHON_MODULE) {
@@ -94,29 +94,35 @@ pub fn callers_that_differ<'a>(stacks: &[&'a [Frame]], site: &str) -> Vec<Option
             )
         })
         .collect();
-    // In sorted order, the path sharing the longest start with a path is a neighbour's.
-    let mut order: Vec<usize> = (0..stacks.len()).filter(|&i| callers[i].is_some()).collect();
-    order.sort_by(|&a, &b| callers[a].cmp(&callers[b]));
-    let empty: Vec<&'a str> = Vec::new();
-    let path = |i: usize| callers[i].as_ref().unwrap_or(&empty);
+    // Each path once (a pile-up is thousands of one path), sorted: the path sharing the
+    // longest start with a path is then a neighbour's.
+    let mut paths: Vec<&Vec<&'a str>> = callers.iter().flatten().collect();
+    paths.sort();
+    paths.dedup();
     let shared = |a: &[&str], b: &[&str]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let mut differ: Vec<Option<&'a str>> = vec![None; stacks.len()];
     // A path that is the start of another is the same as far as it goes (a stack cut
     // short, or read to a shallower root): no difference.
     let part_of = |a: &[&str], b: &[&str]| shared(a, b) == a.len().min(b.len());
-    for (place, &i) in order.iter().enumerate() {
-        let mine = path(i);
-        let differs = |other: &&Vec<&str>| !part_of(mine, other);
-        let before = order[..place].iter().rev().map(|&j| path(j)).find(differs);
-        let after = order[place + 1..].iter().map(|&j| path(j)).find(differs);
-        let Some(depth) = before.into_iter().chain(after).map(|other| shared(mine, other)).max()
-        else {
-            continue;
-        };
-        // An unnamed caller names nothing: the next named one up, within the compared.
-        differ[i] = mine[depth.min(mine.len())..].iter().find(|name| **name != UNKNOWN).copied();
-    }
-    differ
+    let differ_at: Vec<Option<&'a str>> = paths
+        .iter()
+        .enumerate()
+        .map(|(place, mine)| {
+            let differs = |other: &&&Vec<&str>| !part_of(mine, other);
+            let before = paths[..place].iter().rev().find(differs);
+            let after = paths[place + 1..].iter().find(differs);
+            let depth = before.into_iter().chain(after).map(|other| shared(mine, other)).max()?;
+            // An unnamed caller names nothing: the next named one up, within the compared.
+            mine[depth..].iter().find(|name| **name != UNKNOWN).copied()
+        })
+        .collect();
+    callers
+        .iter()
+        .map(|path| {
+            let path = path.as_ref()?;
+            let place = paths.binary_search(&path).ok()?;
+            differ_at[place]
+        })
+        .collect()
 }
 
 /// The innermost Python frame of the program's own code (not the standard library's:

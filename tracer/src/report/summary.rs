@@ -35,8 +35,9 @@ pub struct SiteRow {
 /// process).
 pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
     type Key = (String, Option<String>, WaitKind);
+    // Both tables' stacks: a stack is named alike in each.
     let mut by_site: HashMap<Key, Vec<&ProfileStack>> = HashMap::new();
-    for stack in profile.stacks.iter().filter(|stack| stack.in_progress == in_progress) {
+    for stack in &profile.stacks {
         let comm = stack.process.as_ref().map(|process| process.comm.clone());
         by_site.entry((site_label(stack), comm, stack.kind)).or_default().push(stack);
     }
@@ -52,6 +53,9 @@ pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
             _ => crate::model::call_site::callers_that_differ(&frames, site_frame),
         };
         for (stack, caller) in stacks.into_iter().zip(callers) {
+            if stack.in_progress != in_progress {
+                continue;
+            }
             let site = match caller {
                 Some(caller) => format!("{site} from {caller}"),
                 None => site.clone(),
@@ -700,7 +704,12 @@ fn merged_chain_lines(profile: &Profile) -> Vec<(&chains::WaitChain, String)> {
                     "{} of {comm} ({processes} processes) {path}",
                     chains::chain_waiters(first, threads)
                 ),
-                _ => chains::chain_line(first, format_duration),
+                // One process's chains that read alike: their threads together.
+                _ => {
+                    let mut chain = first.clone();
+                    chain.threads = threads;
+                    chains::chain_line(&chain, format_duration)
+                }
             };
             (first, line)
         })

@@ -37,13 +37,16 @@ impl KnownStart {
 /// The frame pointer (rbp) of each task's saved user registers: /proc shows a blocked
 /// thread's sp and ip but not its rbp, which CFI needs to unwind through rbp-based
 /// frames. Found by the thread and its sp and ip (the look is of the same wait), else,
-/// for a tracer whose thread ids are another pid namespace's, by sp and ip alone where
-/// no two tasks disagree. Processes forked from one parent (PostgreSQL's backends, a
+/// for a thread no look is of (a tracer whose thread ids are another pid namespace's),
+/// by sp and ip alone where no two tasks disagree. Processes forked from one parent (PostgreSQL's backends, a
 /// pre-forked server's workers) block at the same sp and ip with their own rbp: keyed by
 /// sp and ip alone, their stacks stopped at the first rbp-based frame.
 #[derive(Debug, Default)]
 pub struct SavedFramePointers {
     by_thread: HashMap<(u32, u64, u64), u64>,
+    /// The threads looked at: one found at another sp and ip than its look's moved on,
+    /// and a sibling's rbp at that place would walk its stack from the sibling's frames.
+    looked_at: std::collections::HashSet<u32>,
     by_sp_ip: HashMap<(u64, u64), Option<u64>>,
 }
 
@@ -52,6 +55,7 @@ impl SavedFramePointers {
         let mut saved = Self::default();
         for task in tasks {
             saved.by_thread.insert((task.tid, task.sp, task.ip), task.bp);
+            saved.looked_at.insert(task.tid);
             saved
                 .by_sp_ip
                 .entry((task.sp, task.ip))
@@ -68,6 +72,7 @@ impl SavedFramePointers {
     pub fn get(&self, tid: u32, sp: u64, ip: u64) -> Option<u64> {
         match self.by_thread.get(&(tid, sp, ip)) {
             Some(&bp) => Some(bp),
+            None if self.looked_at.contains(&tid) => None,
             None => self.by_sp_ip.get(&(sp, ip)).copied().flatten(),
         }
     }
@@ -276,8 +281,10 @@ mod tests {
         assert_eq!(frame_pointers.get(99, 0x7000, 0x10), Some(0x7100));
         assert_eq!(frame_pointers.get(99, 0x8000, 0x10), None, "ambiguous");
         assert_eq!(frame_pointers.get(99, 0x6000, 0x20), Some(0x6100));
-        // A thread at another wait than its look's: not its look's rbp.
+        // A thread at another wait than its look's: not its look's rbp, nor a
+        // sibling's at that place.
         assert_eq!(frame_pointers.get(1, 0x5000, 0x10), None);
+        assert_eq!(frame_pointers.get(4, 0x7000, 0x10), None);
     }
 
     #[test]

@@ -324,8 +324,8 @@ pub struct SamplerCounts {
     /// not counted.
     pub waits_unread: u64,
     /// New waits a read saw whose thread ran or exited before their stack could be read,
-    /// counted at the stack of its (or any thread's) last read wait at the same place (see
-    /// `ThreadPlaces`).
+    /// counted at the stack of its (or any thread's, or a process's of the same code
+    /// layout) last read wait at the same place (see `ThreadPlaces`, `SiblingPlaces`).
     pub waits_at_last_place: u64,
 }
 
@@ -427,7 +427,8 @@ fn code_layout(image: &crate::stacks::ProcessImage) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for module in image.modules() {
-        (&module.path, module.avma_range.start, module.bias).hash(&mut hasher);
+        let range = (module.avma_range.start, module.avma_range.end);
+        (&module.path, range, module.file_offset, module.bias).hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -440,8 +441,9 @@ fn code_layout(image: &crate::stacks::ProcessImage) -> u64 {
 struct ThreadPlaces {
     by_thread: HashMap<u32, Vec<(CallPlace, ReadStack)>>,
     in_any_thread: HashMap<CallPlace, ReadStack>,
-    /// Those of the processes of the same code layout, with this one's layout.
-    siblings: Option<(u64, SiblingPlaces)>,
+    /// Those of the processes of the same code layout, with this one's layout and how
+    /// many modules it was hashed over (a library loaded since changes it).
+    siblings: Option<(u64, usize, SiblingPlaces)>,
 }
 
 /// The most places of any thread kept (past it they are forgotten and noted anew).
@@ -454,7 +456,7 @@ impl ThreadPlaces {
             self.in_any_thread.clear();
         }
         self.in_any_thread.insert(place.in_any_thread(), stack.clone());
-        if let Some((layout, siblings)) = &self.siblings {
+        if let Some((layout, _, siblings)) = &self.siblings {
             siblings.note(*layout, place, &stack);
         }
         let places = self.by_thread.entry(tid).or_insert_with(|| Vec::with_capacity(1));
@@ -471,7 +473,7 @@ impl ThreadPlaces {
             places.iter().find(|(known, _)| known == place).map(|(_, stack)| stack)
         });
         own.or_else(|| self.in_any_thread.get(&place.in_any_thread())).cloned().or_else(|| {
-            let (layout, siblings) = self.siblings.as_ref()?;
+            let (layout, _, siblings) = self.siblings.as_ref()?;
             siblings.stack_at(*layout, place)
         })
     }
@@ -643,7 +645,20 @@ impl ThreadSampler {
     /// Shares the stacks read at each place with the samplers of the processes of the same
     /// code layout (see `SiblingPlaces`).
     pub fn share_places(&mut self, siblings: SiblingPlaces) {
-        self.places.siblings = Some((code_layout(self.unwinder.image()), siblings));
+        let modules = self.unwinder.image().modules().len();
+        self.places.siblings = Some((code_layout(self.unwinder.image()), modules, siblings));
+    }
+
+    /// Hashes the code layout again when the image's modules changed (a library loaded
+    /// after the fork, at an address of this process's own).
+    fn refresh_code_layout(&mut self) {
+        let image = self.unwinder.image();
+        if let Some((layout, modules, _)) = &mut self.places.siblings
+            && *modules != image.modules().len()
+        {
+            *modules = image.modules().len();
+            *layout = code_layout(image);
+        }
     }
 
     /// Has the kernel make the reads after the first (`kernel_passes`), where it can: a
@@ -1020,6 +1035,7 @@ impl ThreadSampler {
         };
         if let Some(key) = key.as_ref().filter(|_| self.unwinder.python().is_none()) {
             let stack = (Arc::from(key.addresses.as_slice()), key.truncated);
+            self.refresh_code_layout();
             self.places.note(tid, CallPlace::of(&state.syscall), stack);
         }
         self.tracker.start(now_ns, tid, state, key, sample.blocked_for_at_least_ns);
@@ -1056,6 +1072,7 @@ impl ThreadSampler {
         };
         let python = self.unwinder.python().is_some();
         let place = CallPlace::of(&state.syscall);
+        self.refresh_code_layout();
         let Some((addresses, truncated)) = self.places.stack_at(tid, &place).filter(|_| !python)
         else {
             // Which passes lost it: drains that lose many hurry (`read_passes`).
