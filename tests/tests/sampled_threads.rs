@@ -332,8 +332,9 @@ fn assert_waits_read_late_are_said(traced: &Traced) {
 }
 
 /// The share of the exact mode's blocked time at the gate the sampled reads must count,
-/// and the most (two recordings of a steady workload, one after the other).
-const SHORT_THREADS_SHARE: f64 = 0.7;
+/// and the most (two recordings of a steady workload, one after the other): 0.92–1.04
+/// by hand, 0.68 once in a CI run on a loaded machine; the old binary's 0.02.
+const SHORT_THREADS_SHARE: f64 = 0.5;
 const SHORT_THREADS_OVER: f64 = 1.3;
 
 /// What share of the recording a lone thread that always waits must have its waits'
