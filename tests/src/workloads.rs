@@ -38,6 +38,10 @@ pub const C_FORKED_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workload
 /// Forked children taking turns at a process-shared lock held across a 10 ms sleep.
 pub const C_FORKED_TURNS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_forked_turns.c");
+/// An event-driven writer (one thread, an epoll loop over non-blocking sockets) whose peers
+/// stopped reading: a backend on TCP and a socketpair's other end.
+pub const C_EVENT_WRITER_SOURCE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_event_writer.c");
 pub const C_WAKE_PATHS_SOURCE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/c_wake_paths.c");
 

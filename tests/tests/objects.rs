@@ -331,3 +331,82 @@ fn a_read_from_a_named_pipe_is_a_pipe_wait() {
     );
     assert_eq!(profile.counts.non_socket_io, 0, "{}", all_stacks(&profile));
 }
+
+/// An event-driven server never blocks in `send`: when its client stops reading, the
+/// queue is all there is to see. A recording of the writer (a single-threaded epoll loop
+/// over non-blocking sockets) and of the backend that never reads lists, as backed up,
+/// the writer's TCP socket to the backend (the peer's window closed), its socketpair end
+/// (send buffer full) and the backend's socket (its own window closed); an exact recording
+/// and a snapshot of the writer alone, with no thread blocked anywhere but epoll, list its
+/// two.
+#[test]
+fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
+    use tracer::model::{BackedUpSocket, Backlog};
+    use tracer_tests::C_EVENT_WRITER_SOURCE;
+
+    let build = TempDir::new("event-writer-build");
+    let bin = build_c(build.path(), C_EVENT_WRITER_SOURCE, "c-event-writer");
+    let (backend, port) = start_dead_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
+    let mut cmd = Command::new(&bin);
+    cmd.arg(port.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    let writer = tracer_tests::start_workload("c-event-writer", cmd);
+    let backend_address = endpoint(port);
+
+    let dir = TempDir::new("backed-up-record");
+    let (writer_pid, backend_pid) = (writer.pid().to_string(), backend.pid().to_string());
+    let traced = record_profile(
+        writer.pid(),
+        &["-p", &backend_pid, "-d", RECORD_DURATION],
+        &dir,
+        RECORD_TIMEOUT,
+    );
+    println!("{}", traced.out.stdout);
+    let sockets = &traced.profile.backed_up.sockets;
+    let of = |pid: &str, backlog: Backlog| -> Vec<&BackedUpSocket> {
+        sockets
+            .iter()
+            .filter(|socket| {
+                socket.backlog == backlog
+                    && socket.process.as_ref().is_some_and(|process| process.pid.to_string() == pid)
+            })
+            .collect()
+    };
+    let unsent = of(&writer_pid, Backlog::Unsent);
+    assert_eq!(unsent.len(), 2, "the writer's backed-up sockets: {sockets:#?}");
+    let tcp = unsent.iter().find(|socket| socket.peer == backend_address);
+    let tcp = tcp.unwrap_or_else(|| panic!("no socket to {backend_address}: {sockets:#?}"));
+    assert!(tcp.window_closed, "the backend's window is closed: {tcp:#?}");
+    assert!(tcp.queued_bytes > 0 && tcp.idle.is_some(), "{tcp:#?}");
+    let unix = unsent.iter().find(|socket| socket.peer == "unix");
+    let unix = unix.unwrap_or_else(|| panic!("no socketpair end: {sockets:#?}"));
+    assert!(
+        unix.buffer_bytes.is_some_and(|buffer| unix.queued_bytes >= buffer),
+        "the socketpair's send buffer is full: {unix:#?}"
+    );
+    let unread = of(&backend_pid, Backlog::Unread);
+    assert_eq!(unread.len(), 1, "the backend's backed-up sockets: {sockets:#?}");
+    assert!(unread[0].window_closed && unread[0].queued_bytes > 0, "{:#?}", unread[0]);
+    assert_eq!(unread[0].local.as_deref(), Some(backend_address.as_str()), "{:#?}", unread[0]);
+    // Nothing else of either process is backed up (the backend's listener is not).
+    assert_eq!(sockets.len(), 3, "{sockets:#?}");
+    assert!(
+        traced.out.stdout.contains("peer stopped reading (window closed)"),
+        "the summary says why:\n{}",
+        traced.out.stdout
+    );
+
+    // The writer alone: no thread blocked but in epoll, and still its queues.
+    let exact_dir = TempDir::new("backed-up-exact");
+    let exact = ["-d", RECORD_DURATION, "--mode", "exact"];
+    let recorded = record_profile(writer.pid(), &exact, &exact_dir, RECORD_TIMEOUT);
+    let snapshot_dir = TempDir::new("backed-up-snapshot");
+    let snapped = snapshot_profile(writer.pid(), &[], &snapshot_dir, SNAPSHOT_TIMEOUT);
+    for traced in [recorded, snapped] {
+        println!("{}", traced.out.stdout);
+        let sockets = &traced.profile.backed_up.sockets;
+        let peers: BTreeSet<&str> = sockets.iter().map(|socket| socket.peer.as_str()).collect();
+        assert_eq!(peers, BTreeSet::from([backend_address.as_str(), "unix"]), "{sockets:#?}");
+        assert!(sockets.iter().all(|socket| socket.process.is_none()), "{sockets:#?}");
+        assert!(sockets.iter().all(|socket| socket.backlog == Backlog::Unsent), "{sockets:#?}");
+    }
+}

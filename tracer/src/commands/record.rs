@@ -274,6 +274,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let mut profile = pipeline::with_stacks(profile, tasks);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
+    pipeline::add_backed_up_sockets(&mut profile);
     pipeline::report(&profile, outputs, top)
 }
 
@@ -453,5 +454,6 @@ fn sampled_profile(
     let mut profile = pipeline::with_stacks(profile, pending);
     let frame_pointers = tasks.host();
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
+    pipeline::add_backed_up_sockets(&mut profile);
     profile
 }

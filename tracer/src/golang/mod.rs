@@ -73,6 +73,7 @@ fn snapshot_of(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     let mut profile = Profile::from_symbolized(base, named.stacks);
     let facts = chains::live::gather_goroutines(&profile, &sockets, holders);
     chains::add_to(&mut profile, &facts);
+    crate::pipeline::add_backed_up_sockets(&mut profile);
     Ok(profile)
 }
 

@@ -203,6 +203,7 @@ fn sampled_profile(
     };
     let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
     chains::add_to(&mut profile, &facts);
+    crate::pipeline::add_backed_up_sockets(&mut profile);
     profile
 }
 
@@ -312,6 +313,7 @@ async fn record_exact(
     // parked at the end, as a snapshot's do.
     let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
     chains::add_to(&mut profile, &facts);
+    crate::pipeline::add_backed_up_sockets(&mut profile);
     pipeline::report(&profile, outputs, top)
 }
 

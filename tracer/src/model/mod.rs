@@ -3,6 +3,7 @@
 //! `Profile` (`profile`), with the call-site policy per language (`call_site`).
 
 mod aggregate;
+mod backed_up;
 pub mod call_site;
 mod modules;
 mod profile;
@@ -17,6 +18,7 @@ use tracer_common::WaitKind;
 use crate::objects::pipe_inode;
 
 pub use aggregate::{StackKey, WaitAggregate, WaitObject, WakerStats};
+pub use backed_up::{BACKED_UP_KEPT, BackedUp, BackedUpSocket, Backlog};
 pub use modules::module_infos;
 pub use profile::{
     MIXED_WAITERS, ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo,

@@ -132,6 +132,9 @@ pub struct TraceCounts {
     /// Endpoints whose peer on this host could not be looked for (a table of sockets that
     /// could not be read): their chains may end at the endpoint short of it.
     pub peer_lookups_failed: u64,
+    /// Processes whose sockets could not be read for backed-up queues (their descriptors
+    /// or the socket tables unreadable): their backed-up sockets are not listed.
+    pub socket_scans_failed: u64,
     /// Ended waits of a process that exited (or of a daemon that stopped) lost before
     /// their stacks were named: `serve`'s windows, whose process's image was gone.
     pub waits_unnamed: u64,
@@ -186,7 +189,7 @@ pub struct TraceCounts {
 impl TraceCounts {
     /// How many of `fields_mut` (the first ones) are losses; the rest, from
     /// `waits_started` on, is what was seen.
-    pub const LOSSES: usize = 19;
+    pub const LOSSES: usize = 20;
 
     /// Adds `other`'s counts to these, field by field.
     pub fn add(&mut self, mut other: TraceCounts) {
@@ -197,7 +200,7 @@ impl TraceCounts {
 
     /// Every counter by name, losses first, in a fixed order: for the formats that list
     /// them (pprof comments, metrics) and read them back by name.
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 35] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 36] {
         let TraceCounts {
             waits_started,
             waits_discarded,
@@ -220,6 +223,7 @@ impl TraceCounts {
             non_socket_io,
             unresolved_descriptors,
             peer_lookups_failed,
+            socket_scans_failed,
             waits_unnamed,
             malformed_records,
             reads_lost,
@@ -243,6 +247,7 @@ impl TraceCounts {
             ("unknown_symbols", unknown_symbols),
             ("unresolved_descriptors", unresolved_descriptors),
             ("peer_lookups_failed", peer_lookups_failed),
+            ("socket_scans_failed", socket_scans_failed),
             ("waits_unnamed", waits_unnamed),
             ("malformed_records", malformed_records),
             ("wakers_unmatched", wakers_unmatched),
@@ -407,6 +412,9 @@ pub struct Profile {
     pub timeline: Option<super::Timeline>,
     /// The CPython interpreter whose Python frames the stacks hold, if the process runs one.
     pub python: Option<PythonInfo>,
+    /// Sockets whose data stopped moving, as the report was made (an event-driven
+    /// server's client that stopped reading is a queue, not a wait).
+    pub backed_up: super::BackedUp,
 }
 
 /// A CPython process's Python frames: which interpreter, and what could not be had.
@@ -506,6 +514,7 @@ impl Profile {
             processes: Vec::new(),
             timeline: None,
             python: None,
+            backed_up: super::BackedUp::default(),
         }
     }
 
@@ -604,6 +613,7 @@ impl Profile {
             if let Some(timeline) = profile.timeline {
                 timelines.push((tag.clone(), timeline));
             }
+            merged.backed_up.join(profile.backed_up, &tag);
             merged.processes.push(tag);
         }
         merged.below_threshold = below.into_iter().collect();

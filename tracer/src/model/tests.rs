@@ -213,6 +213,7 @@ fn identical_symbolized_stacks_merge_and_sort_heaviest_first() {
         processes: Vec::new(),
         timeline: None,
         python: None,
+        backed_up: Default::default(),
     };
     let a = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(1, 10)]);
     let b = stack(&[("main", true), ("f", true)], WaitKind::Futex, &[(2, 15)]);

@@ -367,6 +367,22 @@ pub fn add_wait_chains(
     chains::add_to(profile, &facts);
 }
 
+/// The backed-up sockets stage: reads the process's sockets as the report is made, for
+/// the queues no wait shows (an event-driven server's client that stopped reading). A
+/// process gone has none; one whose sockets cannot be read is counted.
+pub fn add_backed_up_sockets(profile: &mut Profile) {
+    if profile.target_exited {
+        return;
+    }
+    match crate::objects::sockets::backed_up::scan(target::live_thread(profile.pid)) {
+        Ok(backed_up) => profile.backed_up = backed_up,
+        Err(failed) => {
+            log::warn!("cannot read the sockets of pid {}: {}", profile.pid, failed.0);
+            profile.counts.socket_scans_failed += 1;
+        }
+    }
+}
+
 /// The last stage of `record` and `snapshot`: every output file, then the summary and the
 /// tracer's own cost on stdout (files first: a stdout that is gone must not cost them),
 /// then the error of the outputs that could not be written, if any.

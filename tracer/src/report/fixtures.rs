@@ -8,8 +8,8 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 use crate::{
     chains::{self, ChainFacts, PeerProcess, ThreadNow, ThreadState},
     model::{
-        ModuleInfo, Profile, ProfileKind, ProfileStack, ThreadCounts, TraceCounts, WaitStats,
-        WakerRow,
+        BackedUp, BackedUpSocket, Backlog, ModuleInfo, Profile, ProfileKind, ProfileStack,
+        ThreadCounts, TraceCounts, WaitStats, WakerRow,
     },
     report::Provenance,
     stacks::Frame,
@@ -179,6 +179,35 @@ pub(crate) fn fixture_profile() -> Profile {
         processes: Vec::new(),
         timeline: None,
         python: None,
+        // A client of the app that stopped reading (the app writes to it without
+        // blocking), and a socket the app itself stopped reading.
+        backed_up: BackedUp {
+            sockets: vec![
+                BackedUpSocket {
+                    process: None,
+                    fd: 9,
+                    peer: "10.0.0.7:51234".to_string(),
+                    local: Some("10.0.0.2:6379".to_string()),
+                    backlog: Backlog::Unsent,
+                    queued_bytes: 2_621_440,
+                    buffer_bytes: Some(2_621_440),
+                    window_closed: true,
+                    idle: Some(Duration::from_millis(8_100)),
+                },
+                BackedUpSocket {
+                    process: None,
+                    fd: 12,
+                    peer: "10.0.0.9:40110".to_string(),
+                    local: Some("10.0.0.2:6379".to_string()),
+                    backlog: Backlog::Unread,
+                    queued_bytes: 4_096,
+                    buffer_bytes: Some(8_192),
+                    window_closed: true,
+                    idle: Some(Duration::from_millis(2_500)),
+                },
+            ],
+            left_out: 0,
+        },
     };
     // The backend behind the reporter's endpoint, as if it ran on this host.
     let backend = ThreadNow {

@@ -208,6 +208,7 @@ mod tests {
             processes: Vec::new(),
             timeline: None,
             python: None,
+            backed_up: Default::default(),
         }
     }
 

@@ -20,8 +20,9 @@ use tracer_common::{ShortWaitTotals, WaitKind};
 use crate::{
     chains::{self, ChainFacts},
     model::{
-        ModuleInfo, ProcessTag, Profile, ProfileKind, ProfileStack, PythonInfo, Sampling,
-        ThreadCounts, Timeline, TraceCounts, WaitStats, WakerRow, timeline::SiteSeconds,
+        BackedUp, BackedUpSocket, Backlog, ModuleInfo, ProcessTag, Profile, ProfileKind,
+        ProfileStack, PythonInfo, Sampling, ThreadCounts, Timeline, TraceCounts, WaitStats,
+        WakerRow, timeline::SiteSeconds,
     },
     report::{
         Provenance, SavedProfile,
@@ -90,6 +91,38 @@ pub struct JsonProfile {
     /// A CPython process: its version and what Python frames could not be had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<JsonPython>,
+    /// Sockets whose data stopped moving as the report was made, most bytes queued first
+    /// (added in tracer 0.1.0; absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backed_up_sockets: Vec<JsonBackedUpSocket>,
+    /// Backed-up sockets past the ones listed per process (absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backed_up_sockets_left_out: u64,
+}
+
+/// A socket whose data stopped moving: written but not sent (`unsent`), or received but
+/// not read (`unread`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonBackedUpSocket {
+    /// `unsent` or `unread`.
+    pub backlog: String,
+    pub fd: u64,
+    /// The other end, as `endpoint_states` names it.
+    pub peer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    pub queued_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_bytes: Option<u64>,
+    /// The receiving end advertises a zero window (the peer's for `unsent`, this end's for
+    /// `unread`).
+    pub window_closed: bool,
+    /// Since data last moved that way (TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ns: Option<u64>,
+    /// In a profile of several processes: whose socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<JsonProcess>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -288,6 +321,10 @@ pub struct JsonTraceCounts {
     /// written only when not zero, 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub peer_lookups_failed: u64,
+    /// Processes whose sockets could not be read for backed-up queues (added in tracer
+    /// 0.1.0; written only when not zero, 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub socket_scans_failed: u64,
     /// Ended waits lost before their stacks were named (added in tracer 0.1.0; written
     /// only when not zero, 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -404,6 +441,7 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
         processes,
         timeline,
         python,
+        backed_up,
     } = profile;
     let Provenance { tracer_version, kernel, command_line } = provenance;
     JsonProfile {
@@ -458,7 +496,60 @@ pub fn to_json(profile: &Profile, provenance: &Provenance) -> JsonProfile {
             },
         ),
         modules: json_modules(modules),
+        backed_up_sockets: backed_up.sockets.iter().map(json_backed_up).collect(),
+        backed_up_sockets_left_out: backed_up.left_out,
     }
+}
+
+fn json_backed_up(socket: &BackedUpSocket) -> JsonBackedUpSocket {
+    let BackedUpSocket {
+        process,
+        fd,
+        peer,
+        local,
+        backlog,
+        queued_bytes,
+        buffer_bytes,
+        window_closed,
+        idle,
+    } = socket;
+    JsonBackedUpSocket {
+        backlog: backlog.name().to_string(),
+        fd: *fd,
+        peer: peer.clone(),
+        local: local.clone(),
+        queued_bytes: *queued_bytes,
+        buffer_bytes: *buffer_bytes,
+        window_closed: *window_closed,
+        idle_ns: idle.map(|idle| idle.as_nanos() as u64),
+        process: process.as_ref().map(json_process),
+    }
+}
+
+fn backed_up_socket(json: JsonBackedUpSocket) -> Result<BackedUpSocket, String> {
+    let JsonBackedUpSocket {
+        backlog,
+        fd,
+        peer,
+        local,
+        queued_bytes,
+        buffer_bytes,
+        window_closed,
+        idle_ns,
+        process,
+    } = json;
+    Ok(BackedUpSocket {
+        process: process.map(process_tag),
+        fd,
+        peer,
+        local,
+        backlog: Backlog::from_name(&backlog)
+            .ok_or_else(|| format!("unknown backlog {backlog:?}"))?,
+        queued_bytes,
+        buffer_bytes,
+        window_closed,
+        idle: idle_ns.map(Duration::from_nanos),
+    })
 }
 
 fn json_modules(modules: &BTreeMap<String, ModuleInfo>) -> BTreeMap<String, JsonModule> {
@@ -601,6 +692,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        socket_scans_failed,
         waits_unnamed,
         malformed_records,
         reads_lost,
@@ -638,6 +730,7 @@ fn json_trace_counts(counts: &TraceCounts) -> JsonTraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        socket_scans_failed,
         waits_unnamed,
         malformed_records,
         reads_lost,
@@ -744,6 +837,8 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         processes,
         timeline,
         python,
+        backed_up_sockets,
+        backed_up_sockets_left_out,
     } = json;
     let has_chains = schema != SCHEMA_WITHOUT_CHAINS;
     let JsonTarget { pid, comm, command_line, exited, cgroup, container: _ } = target;
@@ -821,6 +916,17 @@ pub fn from_json(json: JsonProfile) -> Result<SavedProfile, JsonError> {
         chains::build(&profile, &ChainFacts::default())
     };
     profile.modules = module_infos(modules);
+    profile.backed_up = BackedUp {
+        sockets: backed_up_sockets
+            .into_iter()
+            .enumerate()
+            .map(|(index, socket)| {
+                backed_up_socket(socket)
+                    .map_err(|what| invalid(format!("backed_up_sockets {index}: {what}")))
+            })
+            .collect::<Result<_, _>>()?,
+        left_out: backed_up_sockets_left_out,
+    };
     let provenance = Provenance { tracer_version, kernel, command_line };
     Ok(SavedProfile { profile, provenance, left_out: Vec::new() })
 }
@@ -896,6 +1002,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        socket_scans_failed,
         waits_unnamed,
         malformed_records,
         reads_lost,
@@ -933,6 +1040,7 @@ fn trace_counts(counts: JsonTraceCounts) -> TraceCounts {
         non_socket_io,
         unresolved_descriptors,
         peer_lookups_failed,
+        socket_scans_failed,
         waits_unnamed,
         malformed_records,
         reads_lost,

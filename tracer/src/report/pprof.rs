@@ -478,6 +478,7 @@ fn pairs<'a>(fields: impl IntoIterator<Item = (&'static str, &'a mut u64)>) -> S
 /// blocked by second) and its waits' histograms of lengths (in the JSON).
 const NOT_KEPT_TIMELINE: &str = "timeline";
 const NOT_KEPT_HISTOGRAMS: &str = "histograms";
+const NOT_KEPT_BACKED_UP: &str = "backed-up-sockets";
 
 fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str>) -> Vec<String> {
     let mut comments = vec![
@@ -524,6 +525,27 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
     }
     if profile.stacks.iter().any(|stack| !stack.stats.log2_histogram.is_empty()) {
         not_kept.push(NOT_KEPT_HISTOGRAMS);
+    }
+    // Said to pprof's reader, one line each (pprof's header prints them), not read back.
+    if !profile.backed_up.is_empty() {
+        not_kept.push(NOT_KEPT_BACKED_UP);
+        for socket in &profile.backed_up.sockets {
+            let idle = socket.idle.map_or(String::new(), |idle| {
+                format!(", idle {}", super::summary::format_duration(idle.as_nanos() as u64))
+            });
+            let process = socket.process.as_ref().map_or(String::new(), |p| format!(" of {p}"));
+            comments.push(format!(
+                "backed up: {} {}{process} fd {}, {} queued: {}{idle}",
+                socket.backlog.name(),
+                socket.peer,
+                socket.fd,
+                super::summary::format_bytes(socket.queued_bytes),
+                socket.reason(),
+            ));
+        }
+        if profile.backed_up.left_out > 0 {
+            comments.push(format!("backed up: {} more", profile.backed_up.left_out));
+        }
     }
     if !not_kept.is_empty() {
         comments.push(format!("not kept: {}", not_kept.join(" ")));
@@ -881,6 +903,9 @@ fn from_proto(decoded: &proto::Profile) -> Result<SavedProfile, PprofError> {
     if not_kept.contains(&NOT_KEPT_HISTOGRAMS) {
         left_out.push("the waits' histograms of lengths");
     }
+    if not_kept.contains(&NOT_KEPT_BACKED_UP) {
+        left_out.push("the backed-up sockets (in the file's comments)");
+    }
     Ok(SavedProfile { profile, provenance, left_out })
 }
 
@@ -1118,11 +1143,27 @@ mod tests {
                 "who woke whom",
                 "the wait chains",
                 "the timeline (the SVG's chart by second)",
-                "the waits' histograms of lengths"
+                "the waits' histograms of lengths",
+                "the backed-up sockets (in the file's comments)"
             ]
+        );
+        // Each backed-up socket is a comment of its own, for pprof's header.
+        let decoded = build(&profile, &fixture_provenance(), Weight::Time);
+        let comments: Vec<&str> = decoded
+            .comment
+            .iter()
+            .map(|&index| decoded.string_table[index as usize].as_str())
+            .collect();
+        assert!(
+            comments.contains(
+                &"backed up: unsent 10.0.0.7:51234 fd 9, 2.5 MiB queued: peer stopped reading \
+                  (window closed), idle 8.10s"
+            ),
+            "{comments:#?}"
         );
         profile.counts.wakes_seen = 0;
         profile.chains.clear();
+        profile.backed_up = Default::default();
         profile.timeline = None;
         for stack in &mut profile.stacks {
             stack.stats.log2_histogram.clear();
@@ -1206,8 +1247,9 @@ mod tests {
     #[test]
     fn a_profile_survives_the_round_trip() {
         let mut profile = fixture_profile();
-        // pprof has no place for wakers, chains (beyond a label) or per-stack duration
-        // histograms.
+        // pprof has no place for wakers, chains (beyond a label), per-stack duration
+        // histograms or backed-up sockets (beyond comments).
+        profile.backed_up = Default::default();
         profile.wakers.clear();
         profile.chains.clear();
         for stack in &mut profile.stacks {

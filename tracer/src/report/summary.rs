@@ -11,8 +11,8 @@ use tracer_common::{PASS_MAX_THREADS, WaitKind};
 use crate::{
     chains,
     model::{
-        Profile, ProfileKind, ProfileStack, Sampling, TraceCounts, WaitStats, counted,
-        endpoint_in_object,
+        BackedUpSocket, Profile, ProfileKind, ProfileStack, Sampling, TraceCounts, WaitStats,
+        counted, endpoint_in_object,
     },
     report::folded::kind_frame,
 };
@@ -273,6 +273,7 @@ pub fn render_summary_in(profile: &Profile, top: usize, columns: Option<usize>) 
                 write_threads_table(&mut out, &stuck, top, profile.waiters(), columns);
             }
             write_object_tables(&mut out, profile, top);
+            write_backed_up(&mut out, profile, top);
             write_wakers(&mut out, profile, top, columns);
             write_below_threshold(&mut out, profile);
             write_counts(&mut out, profile);
@@ -302,6 +303,7 @@ pub fn render_summary_in(profile: &Profile, top: usize, columns: Option<usize>) 
                 write_object_tables(&mut out, profile, top);
                 write_stacks(&mut out, profile, top.min(SNAPSHOT_STACKS_SHOWN));
             }
+            write_backed_up(&mut out, profile, top);
             write_counts(&mut out, profile);
         }
     }
@@ -627,6 +629,72 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
     }
 }
 
+/// The sockets whose data stopped moving (`Profile::backed_up`), most queued first: an
+/// event-driven server's client that stopped reading shows here, not among the waits.
+fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
+    let backed_up = &profile.backed_up;
+    if backed_up.is_empty() {
+        return;
+    }
+    let shown = &backed_up.sockets[..backed_up.sockets.len().min(top)];
+    let peer = shown.iter().map(|socket| super::escape_name(&socket.peer).chars().count());
+    let peer = peer.max().unwrap_or(0).clamp(ENDPOINT_WIDTH, ENDPOINT_MAX_WIDTH);
+    // A profile of several processes names each socket's, in a column of its own.
+    let process_of = |socket: &BackedUpSocket| {
+        socket.process.as_ref().map_or(String::new(), ToString::to_string)
+    };
+    let process =
+        shown.iter().map(|socket| super::escape_name(&process_of(socket)).chars().count());
+    let process = process.max();
+    let process = match process.unwrap_or(0) {
+        0 => 0,
+        widest => widest.clamp(7, 30) + 1,
+    };
+    // The reason keeps 16 columns within 100, cut short beyond (the JSON says all).
+    let why = 100usize.saturating_sub(peer + 34 + process).max(16);
+    let _ = writeln!(
+        out,
+        "{:<peer$} {:<6} {:>5} {:>9} {:>8}  {:<process$}WHY",
+        "BACKED UP (PEER)",
+        "WAY",
+        "FD",
+        "QUEUED",
+        "IDLE",
+        if process > 0 { "PROCESS" } else { "" },
+    );
+    for socket in shown {
+        let idle =
+            socket.idle.map_or("-".to_string(), |idle| format_duration(idle.as_nanos() as u64));
+        let _ = writeln!(
+            out,
+            "{:<peer$} {:<6} {:>5} {:>9} {:>8}  {:<process$}{}",
+            elide(&socket.peer, peer),
+            socket.backlog.name(),
+            socket.fd,
+            format_bytes(socket.queued_bytes),
+            idle,
+            elide(&process_of(socket), process.saturating_sub(1)),
+            truncate(socket.reason(), why),
+        );
+    }
+    let more = (backed_up.sockets.len() - shown.len()) as u64 + backed_up.left_out;
+    if more > 0 {
+        let _ = writeln!(out, "  … and {more} more backed-up sockets");
+    }
+    let _ = writeln!(out);
+}
+
+/// A byte count as a person reads it: `512 B`, `4.0 KiB`, `2.5 MiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / KIB),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", bytes as f64 / (KIB * KIB)),
+        _ => format!("{:.1} GiB", bytes as f64 / (KIB * KIB * KIB)),
+    }
+}
+
 /// Frames of a lock holder's stack printed under its chain, innermost first.
 const HOLDER_FRAMES_SHOWN: usize = 12;
 
@@ -937,6 +1005,13 @@ fn write_rare_losses(out: &mut String, counts: &TraceCounts) {
             counts.waits_unnamed
         );
     }
+    if counts.socket_scans_failed > 0 {
+        let _ = writeln!(
+            out,
+            "lost: {} processes' socket reads (their backed-up sockets are not listed)",
+            counts.socket_scans_failed
+        );
+    }
     // A chain that ends at an endpoint may have a process of this host behind it.
     if counts.peer_lookups_failed > 0 {
         let _ = writeln!(
@@ -1126,6 +1201,36 @@ mod tests {
     use crate::model::{ThreadCounts, TraceCounts, tests::stack};
 
     #[test]
+    fn byte_counts_read_like_a_person_writes_them() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(4096), "4.0 KiB");
+        assert_eq!(format_bytes(2_621_440), "2.5 MiB");
+        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn backed_up_sockets_of_several_processes_name_each_one() {
+        let mut one = crate::report::fixtures::fixture_profile();
+        let mut other = one.clone();
+        other.pid = 4343;
+        other.backed_up.sockets.truncate(1);
+        other.backed_up.left_out = 4;
+        one.backed_up.sockets[0].peer = "10.0.0.7:5\n1234".to_string();
+        let several = Profile::of_processes(vec![one, other]);
+        let text = render_summary(&several, 2);
+        let table: Vec<&str> =
+            text.lines().skip_while(|line| !line.starts_with("BACKED UP")).take(4).collect();
+        assert_eq!(table.len(), 4, "{text}");
+        assert!(table[0].contains(" PROCESS ") && table[0].ends_with("WHY"), "{text}");
+        // Two shown of three, the heaviest first, each with its process; the rest counted.
+        assert!(table[1].contains("app (4242)") || table[1].contains("app (4343)"), "{text}");
+        assert!(table[1].contains("2.5 MiB") && table[2].contains("2.5 MiB"), "{text}");
+        assert!(table[1].contains(r"10.0.0.7:5\x0a1234"), "a name's newline is escaped:\n{text}");
+        assert_eq!(table[3], "  … and 5 more backed-up sockets", "{text}");
+    }
+
+    #[test]
     fn durations_read_like_a_person_writes_them() {
         assert_eq!(format_duration(999), "999ns");
         assert_eq!(format_duration(850_000), "850us");
@@ -1203,6 +1308,7 @@ mod tests {
             processes: Vec::new(),
             timeline: None,
             python: None,
+            backed_up: Default::default(),
         }
     }
 

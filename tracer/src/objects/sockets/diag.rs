@@ -53,18 +53,28 @@ impl SockDiag {
 
     /// Every `protocol` socket of `family` in the namespace.
     pub fn dump_inet(&mut self, family: u8, protocol: u8) -> Result<Vec<Record>, NetlinkError> {
+        let responses = self.dump_inet_responses(family, protocol)?;
+        Ok(responses.into_iter().map(|response| inet_record(protocol, response)).collect())
+    }
+
+    /// `dump_inet`'s answers undecoded, for a reader of more of their `tcp_info`.
+    pub fn dump_inet_responses(
+        &mut self,
+        family: u8,
+        protocol: u8,
+    ) -> Result<Vec<InetResponse>, NetlinkError> {
         let request = inet_request(
             family,
             protocol,
             if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() },
         );
-        let mut records = Vec::new();
+        let mut responses = Vec::new();
         self.channel.exchange(request, true, |message| {
             if let SockDiagMessage::InetResponse(response) = message {
-                records.push(inet_record(protocol, *response));
+                responses.push(*response);
             }
         })?;
-        Ok(records)
+        Ok(responses)
     }
 
     /// One inet socket again, by the tuple and cookie a dump gave; `None` when it is gone.
@@ -166,6 +176,46 @@ pub fn peer_window_zero(tcp_info: Option<&[u8]>, timer: Option<&Timer>) -> Optio
     let probing = tcp_info.and_then(|info| info.get(TCPI_PROBES_OFFSET)).is_some_and(|&p| p > 0);
     // idiag_timer 4 is ICSK_TIME_PROBE0, the zero-window probe timer.
     (probing || matches!(timer, Some(Timer::Probe(_)))).then_some(true)
+}
+
+/// Offsets in `struct tcp_info` of `tcpi_last_data_sent` and `tcpi_last_data_recv`
+/// (milliseconds since data last moved that way: the 10th and 12th u32 after the 8 bytes).
+const TCPI_LAST_DATA_SENT_OFFSET: usize = 44;
+const TCPI_LAST_DATA_RECV_OFFSET: usize = 52;
+/// Offset of `tcpi_rcv_wnd`, the window this end advertises (since Linux 6.2).
+const TCPI_RCV_WND_OFFSET: usize = 232;
+
+/// Whether data moves on a TCP connection, from its `tcp_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFlow {
+    /// Since data was last sent, and last received.
+    pub since_sent: std::time::Duration,
+    pub since_received: std::time::Duration,
+    /// This end advertises a zero window (its reader stopped reading); `None` on a kernel
+    /// that does not tell (before 6.2).
+    pub own_window_zero: Option<bool>,
+}
+
+/// The `tcp_info` of an inet_diag answer, if it has one.
+pub fn tcp_info(response: &InetResponse) -> Option<&[u8]> {
+    response.nlas.iter().find_map(|nla| match nla {
+        inet::nlas::Nla::TcpInfo(bytes) => Some(bytes.as_slice()),
+        _ => None,
+    })
+}
+
+/// What `tcp_info` says of the flow; `None` when it is too short to say.
+pub fn tcp_flow(tcp_info: &[u8]) -> Option<TcpFlow> {
+    let word = |offset: usize| -> Option<u32> {
+        let bytes = tcp_info.get(offset..offset + 4)?;
+        Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+    };
+    let millis = |offset| word(offset).map(|ms| std::time::Duration::from_millis(u64::from(ms)));
+    Some(TcpFlow {
+        since_sent: millis(TCPI_LAST_DATA_SENT_OFFSET)?,
+        since_received: millis(TCPI_LAST_DATA_RECV_OFFSET)?,
+        own_window_zero: word(TCPI_RCV_WND_OFFSET).map(|window| window == 0),
+    })
 }
 
 /// Decodes one inet_diag answer.
@@ -307,6 +357,22 @@ mod tests {
             peer_window_zero(None, Some(&Timer::Probe(Duration::from_millis(200)))),
             Some(true)
         );
+    }
+
+    #[test]
+    fn the_flow_comes_from_tcp_info() {
+        let mut info = vec![0; TCPI_RCV_WND_OFFSET + 4];
+        info[TCPI_LAST_DATA_SENT_OFFSET..][..4].copy_from_slice(&1500u32.to_ne_bytes());
+        info[TCPI_LAST_DATA_RECV_OFFSET..][..4].copy_from_slice(&20u32.to_ne_bytes());
+        let flow = tcp_flow(&info).unwrap();
+        assert_eq!(flow.since_sent, Duration::from_millis(1500));
+        assert_eq!(flow.since_received, Duration::from_millis(20));
+        assert_eq!(flow.own_window_zero, Some(true));
+        info[TCPI_RCV_WND_OFFSET..].copy_from_slice(&65535u32.to_ne_bytes());
+        assert_eq!(tcp_flow(&info).unwrap().own_window_zero, Some(false));
+        // A kernel before 6.2 does not tell this end's window.
+        assert_eq!(tcp_flow(&info[..TCPI_RCV_WND_OFFSET]).unwrap().own_window_zero, None);
+        assert_eq!(tcp_flow(&info[..40]), None);
     }
 
     fn inet_response(

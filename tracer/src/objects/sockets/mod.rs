@@ -8,6 +8,7 @@
 //! target. [`conntrack`] answers where an address-translated connection really goes (for
 //! wait chains); both talk netlink in the target's namespace through [`netlink`].
 
+pub mod backed_up;
 pub(crate) mod conntrack;
 pub(crate) mod diag;
 mod netlink;

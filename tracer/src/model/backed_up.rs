@@ -1,0 +1,177 @@
+//! Sockets whose data stopped moving while no thread waits on them: an event-driven
+//! server (Redis, memcached, nginx) writes without blocking, so a client or upstream that
+//! stops reading shows as a full queue, not as a wait. Read from the live system when a
+//! report is made (`objects::sockets::backed_up`).
+
+use std::time::Duration;
+
+use super::ProcessTag;
+
+/// Which way a socket is backed up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backlog {
+    /// Data this process wrote waits to be sent: the peer stopped reading (its window is
+    /// closed) or reads slower than this process writes (the send buffer is full).
+    Unsent,
+    /// Data the peer sent waits to be read: this process stopped reading it (its own
+    /// window is closed).
+    Unread,
+}
+
+impl Backlog {
+    /// As the JSON report spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backlog::Unsent => "unsent",
+            Backlog::Unread => "unread",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "unsent" => Some(Backlog::Unsent),
+            "unread" => Some(Backlog::Unread),
+            _ => None,
+        }
+    }
+}
+
+/// One socket of the target backed up when the report was made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackedUpSocket {
+    /// Whose socket, in a profile of several processes (None: the profile's one process).
+    pub process: Option<ProcessTag>,
+    /// The descriptor the process holds it as.
+    pub fd: u64,
+    /// The other end, as the endpoint tables name it (`10.0.0.5:80`, a Unix path, `unix`).
+    pub peer: String,
+    /// This end's address, where it has one.
+    pub local: Option<String>,
+    pub backlog: Backlog,
+    /// Bytes queued that way: charged to the send buffer (unsent), or not yet read (unread).
+    pub queued_bytes: u64,
+    /// The buffer they fill (SO_SNDBUF or SO_RCVBUF as the kernel keeps it), where told.
+    pub buffer_bytes: Option<u64>,
+    /// The receiving end's window is closed: the peer's (unsent) or this process's
+    /// (unread). A TCP fact; false for other sockets.
+    pub window_closed: bool,
+    /// How long since data last moved that way (sent, or received), where the kernel tells
+    /// (TCP).
+    pub idle: Option<Duration>,
+}
+
+impl BackedUpSocket {
+    /// A short phrase on why, for a table that gives the idle time beside it.
+    pub fn reason(&self) -> &'static str {
+        match (self.backlog, self.window_closed) {
+            (Backlog::Unsent, true) => "peer stopped reading (window closed)",
+            // A Unix socket has no window to tell a stopped reader from a slow one.
+            (Backlog::Unsent, false) => "send buffer full (peer slow or stopped)",
+            (Backlog::Unread, _) => "process stopped reading (window closed)",
+        }
+    }
+}
+
+/// Sockets kept per process: a proxy whose upstream stopped reading can hold thousands,
+/// and the report names the heaviest (the rest are counted).
+pub const BACKED_UP_KEPT: usize = 256;
+
+/// The backed-up sockets of a profile's processes, heaviest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackedUp {
+    pub sockets: Vec<BackedUpSocket>,
+    /// Backed-up sockets not listed: past `BACKED_UP_KEPT` of their process.
+    pub left_out: u64,
+}
+
+impl BackedUp {
+    /// `sockets` of one process, the heaviest `BACKED_UP_KEPT` kept.
+    pub fn of(mut sockets: Vec<BackedUpSocket>) -> Self {
+        sort_heaviest_first(&mut sockets);
+        let left_out = sockets.len().saturating_sub(BACKED_UP_KEPT) as u64;
+        sockets.truncate(BACKED_UP_KEPT);
+        Self { sockets, left_out }
+    }
+
+    /// Adds another process's, tagged with it (a profile of several).
+    pub fn join(&mut self, other: BackedUp, process: &ProcessTag) {
+        self.sockets.extend(other.sockets.into_iter().map(|mut socket| {
+            socket.process = Some(process.clone());
+            socket
+        }));
+        sort_heaviest_first(&mut self.sockets);
+        self.left_out += other.left_out;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty() && self.left_out == 0
+    }
+}
+
+/// The most bytes queued first, then in a fixed order.
+fn sort_heaviest_first(sockets: &mut [BackedUpSocket]) {
+    sockets.sort_by(|a, b| {
+        b.queued_bytes
+            .cmp(&a.queued_bytes)
+            .then_with(|| a.process.cmp(&b.process))
+            .then_with(|| a.fd.cmp(&b.fd))
+            .then_with(|| a.backlog.cmp(&b.backlog))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(fd: u64, backlog: Backlog, queued_bytes: u64) -> BackedUpSocket {
+        BackedUpSocket {
+            process: None,
+            fd,
+            peer: "10.0.0.7:51234".to_string(),
+            local: Some("10.0.0.2:6379".to_string()),
+            backlog,
+            queued_bytes,
+            buffer_bytes: Some(4096),
+            window_closed: true,
+            idle: Some(Duration::from_millis(1500)),
+        }
+    }
+
+    #[test]
+    fn each_way_says_why_in_its_own_words() {
+        let unsent = socket(3, Backlog::Unsent, 4096);
+        assert_eq!(unsent.reason(), "peer stopped reading (window closed)");
+        let full = BackedUpSocket { window_closed: false, ..unsent.clone() };
+        assert_eq!(full.reason(), "send buffer full (peer slow or stopped)");
+        let unread = socket(4, Backlog::Unread, 100);
+        assert_eq!(unread.reason(), "process stopped reading (window closed)");
+        assert_eq!(Backlog::from_name(Backlog::Unread.name()), Some(Backlog::Unread));
+        assert_eq!(Backlog::from_name("sideways"), None);
+    }
+
+    #[test]
+    fn a_process_keeps_its_heaviest_and_counts_the_rest() {
+        let many: Vec<BackedUpSocket> =
+            (0..BACKED_UP_KEPT as u64 + 3).map(|fd| socket(fd, Backlog::Unsent, fd * 10)).collect();
+        let kept = BackedUp::of(many);
+        assert_eq!(kept.sockets.len(), BACKED_UP_KEPT);
+        assert_eq!(kept.left_out, 3);
+        // The three lightest (fds 0, 1, 2) went.
+        assert_eq!(kept.sockets.first().map(|s| s.fd), Some(BACKED_UP_KEPT as u64 + 2));
+        assert_eq!(kept.sockets.last().map(|s| s.fd), Some(3));
+        assert!(!kept.is_empty() && BackedUp::default().is_empty());
+    }
+
+    #[test]
+    fn processes_joined_are_tagged_and_ordered_together() {
+        let tag = |pid: u32| ProcessTag { pid, comm: "redis".to_string(), cgroup: None };
+        let mut all = BackedUp::default();
+        all.join(BackedUp::of(vec![socket(5, Backlog::Unsent, 10)]), &tag(1));
+        let second = BackedUp { left_out: 2, ..BackedUp::of(vec![socket(6, Backlog::Unread, 99)]) };
+        all.join(second, &tag(2));
+        let order: Vec<(u32, u64)> =
+            all.sockets.iter().map(|s| (s.process.as_ref().map_or(0, |p| p.pid), s.fd)).collect();
+        assert_eq!(order, [(2, 6), (1, 5)]);
+        assert_eq!(all.left_out, 2);
+    }
+}
