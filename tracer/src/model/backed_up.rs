@@ -70,6 +70,12 @@ impl BackedUpSocket {
             (Backlog::Unread, _) => "process stopped reading (window closed)",
         }
     }
+
+    /// `reason` without its explanation, for a line with no room (`top`'s header).
+    pub fn brief_reason(&self) -> &'static str {
+        let reason = self.reason();
+        reason.split_once(" (").map_or(reason, |(brief, _)| brief)
+    }
 }
 
 /// Sockets kept per process: a proxy whose upstream stopped reading can hold thousands,
@@ -145,6 +151,8 @@ mod tests {
         assert_eq!(full.reason(), "send buffer full (peer slow or stopped)");
         let unread = socket(4, Backlog::Unread, 100);
         assert_eq!(unread.reason(), "process stopped reading (window closed)");
+        assert_eq!(unread.brief_reason(), "process stopped reading");
+        assert_eq!(full.brief_reason(), "send buffer full");
         assert_eq!(Backlog::from_name(Backlog::Unread.name()), Some(Backlog::Unread));
         assert_eq!(Backlog::from_name("sideways"), None);
     }

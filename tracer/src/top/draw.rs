@@ -16,9 +16,9 @@ use super::{
     table::{Sort, Table, sparkline},
 };
 use crate::{
-    model::{ProcessTag, counted},
+    model::{BackedUp, ProcessTag, counted},
     pipeline::pace::came_slower,
-    report::summary::format_duration,
+    report::summary::{format_bytes, format_duration},
 };
 
 /// The header's numbers, taken at each refresh.
@@ -39,6 +39,10 @@ pub struct Header {
     pub resident_bytes: u64,
     /// In exact mode, the threshold of the waits shown and the waits lost so far.
     pub exact: Option<ExactHeader>,
+    /// The processes' backed-up sockets, as last read (`BACKED_UP_READ_EVERY`), and
+    /// how many processes' sockets could not be read then.
+    pub backed_up: BackedUp,
+    pub backed_up_unreadable: u64,
 }
 
 /// What the header says of an exact view (`top --mode exact`).
@@ -58,10 +62,16 @@ pub struct State<'a> {
 const SPARK_WIDTH: usize = 16;
 
 pub fn draw(frame: &mut Frame<'_>, state: &State<'_>) {
-    let [header, body, keys] =
-        Layout::vertical([Constraint::Length(2), Constraint::Min(3), Constraint::Length(1)])
-            .areas(frame.area());
-    frame.render_widget(header_lines(state), header);
+    // A third line while a socket is backed up (or some could not be read).
+    let third = backed_up_line(state.header);
+    let header_rows = if third.is_none() { 2 } else { 3 };
+    let [header, body, keys] = Layout::vertical([
+        Constraint::Length(header_rows),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    frame.render_widget(header_lines(state, third), header);
     match state.view {
         View::Site { title, lines, scroll, rows, page } => {
             rows.set(draw_site(frame, body, title, lines, *scroll));
@@ -73,7 +83,7 @@ pub fn draw(frame: &mut Frame<'_>, state: &State<'_>) {
     frame.render_widget(key_line(state), keys);
 }
 
-fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
+fn header_lines<'a>(state: &State<'_>, third: Option<String>) -> Paragraph<'a> {
     let header = state.header;
     let processes = match &header.processes[..] {
         [] if header.watching.is_empty() => "no process".to_string(),
@@ -133,7 +143,37 @@ fn header_lines<'a>(state: &State<'_>) -> Paragraph<'a> {
             header.resident_bytes / (1 << 20),
         ));
     }
-    Paragraph::new(vec![first, Line::from(second)])
+    let mut lines = vec![first, Line::from(second)];
+    if let Some(third) = third {
+        lines.push(Line::styled(third, Style::new().add_modifier(Modifier::BOLD)));
+    }
+    Paragraph::new(lines)
+}
+
+/// The heaviest backed-up socket and how many more: an event-driven server's client that
+/// stopped reading, which no row of waits shows. None when there is nothing to say.
+fn backed_up_line(header: &Header) -> Option<String> {
+    let backed_up = &header.backed_up;
+    let unreadable = match header.backed_up_unreadable {
+        0 => String::new(),
+        n => format!("; the sockets of {} unreadable", counted(n, "processes")),
+    };
+    let Some(heaviest) = backed_up.sockets.first() else {
+        return (!unreadable.is_empty()).then(|| format!("backed up: none seen{unreadable}"));
+    };
+    let process =
+        heaviest.process.as_ref().map_or(String::new(), |process| format!(" of {process}"));
+    let more = (backed_up.sockets.len() - 1) as u64 + backed_up.left_out;
+    let more = if more > 0 { format!("; {more} more") } else { String::new() };
+    let line = format!(
+        "backed up: {} fd {}{process}: {} {}, {}{more}{unreadable}",
+        heaviest.peer,
+        heaviest.fd,
+        format_bytes(heaviest.queued_bytes),
+        heaviest.backlog.name(),
+        heaviest.brief_reason(),
+    );
+    Some(crate::report::escape_name(&line).into_owned())
 }
 
 /// The table's fixed columns (THREADS, BLOCKED/s, KIND) and its narrowest site column,

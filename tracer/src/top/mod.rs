@@ -20,7 +20,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, Ke
 
 use crate::{
     cli::{Mode, TopArgs},
-    model::{ProcessTag, Profile, ProfileKind, ProfileStack, WaitAggregate},
+    model::{BackedUp, ProcessTag, Profile, ProfileKind, ProfileStack, WaitAggregate},
     pipeline::{
         Namer,
         members::{Member, Members, Selection},
@@ -34,6 +34,9 @@ use table::Table;
 
 /// How often the table is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How often the processes' sockets are read for backed-up ones: a read lists every
+/// descriptor and dumps the TCP table, too much to do at every refresh of many processes.
+const BACKED_UP_READ_EVERY: Duration = Duration::from_secs(5);
 
 /// Set by SIGTERM, SIGINT or SIGQUIT: leave as `q` would.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -97,6 +100,7 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         },
         exact,
         exited: Vec::new(),
+        backed_up_read: None,
     };
     session.open_windows();
     watch_signals();
@@ -160,6 +164,8 @@ struct Session {
     exact: Option<ExactWaits>,
     /// The processes that exited, for the line said when none is left.
     exited: Vec<ProcessTag>,
+    /// When the processes' sockets were last read for backed-up ones.
+    backed_up_read: Option<Instant>,
 }
 
 impl Session {
@@ -284,6 +290,7 @@ impl Session {
         }
         // Members that joined during the interval start theirs now.
         self.open_windows();
+        let (backed_up, backed_up_unreadable) = self.read_backed_up();
         let usage = ProcessUsage::of_self();
         let elapsed = self.usage.0.elapsed().as_secs_f64().max(1e-3);
         let cpu = (usage.cpu_seconds - self.usage.1.cpu_seconds).max(0.0) / elapsed;
@@ -298,12 +305,47 @@ impl Session {
             reads_per_second: reads.saturating_sub(self.reads_at_refresh) as f64 / elapsed,
             cpu_percent: cpu * 100.0,
             resident_bytes: usage.resident_bytes,
+            backed_up,
+            backed_up_unreadable,
         };
         self.usage = (Instant::now(), usage);
         self.reads_at_refresh = reads;
         if !self.paused {
             self.table.refresh(&Profile::of_processes(now), &Profile::of_processes(interval));
         }
+    }
+
+    /// The processes' backed-up sockets, and how many processes' sockets could not be
+    /// read: read again every `BACKED_UP_READ_EVERY`, else as last read (a process gone
+    /// since left out).
+    fn read_backed_up(&mut self) -> (BackedUp, u64) {
+        let due = self.backed_up_read.is_none_or(|read| read.elapsed() >= BACKED_UP_READ_EVERY);
+        if !due {
+            let mut kept = std::mem::take(&mut self.header.backed_up);
+            let live: Vec<u32> = self.members.members.iter().map(|m| m.target.pid).collect();
+            kept.sockets.retain(|socket| {
+                socket.process.as_ref().is_none_or(|process| live.contains(&process.pid))
+            });
+            return (kept, self.header.backed_up_unreadable);
+        }
+        self.backed_up_read = Some(Instant::now());
+        let mut all = BackedUp::default();
+        let mut unreadable = 0;
+        for member in &self.members.members {
+            let pid = crate::pipeline::target::live_thread(member.target.pid);
+            match crate::objects::sockets::backed_up::scan(pid) {
+                Ok(backed_up) => all.join(backed_up, &member.tag()),
+                // Gone meanwhile, or its table unreadable: said in the header.
+                Err(_) => unreadable += 1,
+            }
+        }
+        // One process's: no need to name it.
+        if self.members.members.len() == 1 {
+            for socket in &mut all.sockets {
+                socket.process = None;
+            }
+        }
+        (all, unreadable)
     }
 
     fn draw(&self, terminal: &mut Terminal) -> anyhow::Result<()> {
