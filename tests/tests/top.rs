@@ -341,3 +341,31 @@ fn top_by_name_follows_the_process_across_a_restart() {
     tmux.send(&["q"]);
     tmux.wait_for_exit_0();
 }
+
+/// An event-driven writer whose peers stopped reading: no row shows it (its one thread
+/// waits in epoll), so the header's third line names its heaviest backed-up socket, the
+/// one to the backend, and the other.
+#[test]
+fn top_names_a_backed_up_socket_in_its_header() {
+    let build = TempDir::new("top-backed-up-build");
+    let bin = build_c(build.path(), tracer_tests::C_EVENT_WRITER_SOURCE, "c-event-writer");
+    let (_backend, port) = tracer_tests::start_dead_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
+    let mut cmd = Command::new(&bin);
+    cmd.arg(port.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    let writer = tracer_tests::start_workload("c-event-writer", cmd);
+    let tmux = Tmux::start();
+    tmux.run(&format!("{} top --pid {}", tracer_bin().display(), writer.pid()));
+    let screen = tmux.wait_for("the backed-up line", |screen| {
+        screen.lines().nth(2).is_some_and(|line| line.starts_with("backed up: "))
+    });
+    let line = screen.lines().nth(2).unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("backed up: 127.0.0.1:{port} fd "))
+            && line.contains(" unsent, peer stopped reading; 1 more"),
+        "{screen}"
+    );
+    // The table is still there, below it.
+    assert!(screen.contains("CALL SITE"), "{screen}");
+    tmux.send(&["q"]);
+    tmux.wait_for_exit_0();
+}

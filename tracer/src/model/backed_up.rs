@@ -41,20 +41,26 @@ impl Backlog {
 pub struct BackedUpSocket {
     /// Whose socket, in a profile of several processes (None: the profile's one process).
     pub process: Option<ProcessTag>,
-    /// The descriptor the process holds it as.
+    /// The descriptor the process holds it as, and the socket's inode (one socket held by
+    /// several processes, inherited or passed, is listed once).
     pub fd: u64,
+    pub inode: u64,
     /// The other end, as the endpoint tables name it (`10.0.0.5:80`, a Unix path, `unix`).
     pub peer: String,
     /// This end's address, where it has one.
     pub local: Option<String>,
     pub backlog: Backlog,
-    /// Bytes queued that way: charged to the send buffer (unsent), or not yet read (unread).
+    /// Bytes queued that way: written and not yet acknowledged (unsent; a Unix socket's
+    /// are charged to its buffer, overhead included), or not yet read (unread).
     pub queued_bytes: u64,
     /// The buffer they fill (SO_SNDBUF or SO_RCVBUF as the kernel keeps it), where told.
     pub buffer_bytes: Option<u64>,
     /// The receiving end's window is closed: the peer's (unsent) or this process's
     /// (unread). A TCP fact; false for other sockets.
     pub window_closed: bool,
+    /// Unsent TCP data being sent again, unacknowledged (the peer, or the path to it,
+    /// takes nothing).
+    pub retransmitting: bool,
     /// How long since data last moved that way (sent, or received), where the kernel tells
     /// (TCP).
     pub idle: Option<Duration>,
@@ -63,11 +69,12 @@ pub struct BackedUpSocket {
 impl BackedUpSocket {
     /// A short phrase on why, for a table that gives the idle time beside it.
     pub fn reason(&self) -> &'static str {
-        match (self.backlog, self.window_closed) {
-            (Backlog::Unsent, true) => "peer stopped reading (window closed)",
+        match (self.backlog, self.window_closed, self.retransmitting) {
+            (Backlog::Unsent, true, _) => "peer stopped reading (window closed)",
+            (Backlog::Unsent, false, true) => "peer not acknowledging (retransmitting)",
             // A Unix socket has no window to tell a stopped reader from a slow one.
-            (Backlog::Unsent, false) => "send buffer full (peer slow or stopped)",
-            (Backlog::Unread, _) => "process stopped reading (window closed)",
+            (Backlog::Unsent, false, false) => "send buffer full (peer slow or stopped)",
+            (Backlog::Unread, ..) => "process not reading (window closed)",
         }
     }
 
@@ -99,11 +106,17 @@ impl BackedUp {
         Self { sockets, left_out }
     }
 
-    /// Adds another process's, tagged with it (a profile of several).
+    /// Adds another process's, tagged with it (a profile of several); a socket already
+    /// listed (by inode) for an earlier process is not listed again.
     pub fn join(&mut self, other: BackedUp, process: &ProcessTag) {
-        self.sockets.extend(other.sockets.into_iter().map(|mut socket| {
+        let listed: std::collections::HashSet<(u64, Backlog)> =
+            self.sockets.iter().map(|socket| (socket.inode, socket.backlog)).collect();
+        self.sockets.extend(other.sockets.into_iter().filter_map(|mut socket| {
+            if listed.contains(&(socket.inode, socket.backlog)) {
+                return None;
+            }
             socket.process = Some(process.clone());
-            socket
+            Some(socket)
         }));
         sort_heaviest_first(&mut self.sockets);
         self.left_out += other.left_out;
@@ -133,12 +146,14 @@ mod tests {
         BackedUpSocket {
             process: None,
             fd,
+            inode: 1000 + fd,
             peer: "10.0.0.7:51234".to_string(),
             local: Some("10.0.0.2:6379".to_string()),
             backlog,
             queued_bytes,
             buffer_bytes: Some(4096),
             window_closed: true,
+            retransmitting: false,
             idle: Some(Duration::from_millis(1500)),
         }
     }
@@ -147,11 +162,13 @@ mod tests {
     fn each_way_says_why_in_its_own_words() {
         let unsent = socket(3, Backlog::Unsent, 4096);
         assert_eq!(unsent.reason(), "peer stopped reading (window closed)");
+        let lost = BackedUpSocket { window_closed: false, retransmitting: true, ..unsent.clone() };
+        assert_eq!(lost.reason(), "peer not acknowledging (retransmitting)");
         let full = BackedUpSocket { window_closed: false, ..unsent.clone() };
         assert_eq!(full.reason(), "send buffer full (peer slow or stopped)");
         let unread = socket(4, Backlog::Unread, 100);
-        assert_eq!(unread.reason(), "process stopped reading (window closed)");
-        assert_eq!(unread.brief_reason(), "process stopped reading");
+        assert_eq!(unread.reason(), "process not reading (window closed)");
+        assert_eq!(unread.brief_reason(), "process not reading");
         assert_eq!(full.brief_reason(), "send buffer full");
         assert_eq!(Backlog::from_name(Backlog::Unread.name()), Some(Backlog::Unread));
         assert_eq!(Backlog::from_name("sideways"), None);
@@ -181,5 +198,8 @@ mod tests {
             all.sockets.iter().map(|s| (s.process.as_ref().map_or(0, |p| p.pid), s.fd)).collect();
         assert_eq!(order, [(2, 6), (1, 5)]);
         assert_eq!(all.left_out, 2);
+        // A socket the third process shares with the first (inherited): listed once.
+        all.join(BackedUp::of(vec![socket(5, Backlog::Unsent, 10)]), &tag(3));
+        assert_eq!(all.sockets.len(), 2);
     }
 }

@@ -377,7 +377,7 @@ pub fn add_backed_up_sockets(profile: &mut Profile) {
     match crate::objects::sockets::backed_up::scan(target::live_thread(profile.pid)) {
         Ok(backed_up) => profile.backed_up = backed_up,
         Err(failed) => {
-            log::warn!("cannot read the sockets of pid {}: {}", profile.pid, failed.0);
+            log::warn!("backed-up sockets of pid {}: {failed}", profile.pid);
             profile.counts.socket_scans_failed += 1;
         }
     }

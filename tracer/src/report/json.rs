@@ -107,6 +107,9 @@ pub struct JsonBackedUpSocket {
     /// `unsent` or `unread`.
     pub backlog: String,
     pub fd: u64,
+    /// The socket's inode (`socket:[INODE]`).
+    #[serde(default)]
+    pub inode: u64,
     /// The other end, as `endpoint_states` names it.
     pub peer: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +120,9 @@ pub struct JsonBackedUpSocket {
     /// The receiving end advertises a zero window (the peer's for `unsent`, this end's for
     /// `unread`).
     pub window_closed: bool,
+    /// Unsent TCP data being retransmitted, unacknowledged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retransmitting: bool,
     /// Since data last moved that way (TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ns: Option<u64>,
@@ -505,22 +511,26 @@ fn json_backed_up(socket: &BackedUpSocket) -> JsonBackedUpSocket {
     let BackedUpSocket {
         process,
         fd,
+        inode,
         peer,
         local,
         backlog,
         queued_bytes,
         buffer_bytes,
         window_closed,
+        retransmitting,
         idle,
     } = socket;
     JsonBackedUpSocket {
         backlog: backlog.name().to_string(),
         fd: *fd,
+        inode: *inode,
         peer: peer.clone(),
         local: local.clone(),
         queued_bytes: *queued_bytes,
         buffer_bytes: *buffer_bytes,
         window_closed: *window_closed,
+        retransmitting: *retransmitting,
         idle_ns: idle.map(|idle| idle.as_nanos() as u64),
         process: process.as_ref().map(json_process),
     }
@@ -530,17 +540,20 @@ fn backed_up_socket(json: JsonBackedUpSocket) -> Result<BackedUpSocket, String> 
     let JsonBackedUpSocket {
         backlog,
         fd,
+        inode,
         peer,
         local,
         queued_bytes,
         buffer_bytes,
         window_closed,
+        retransmitting,
         idle_ns,
         process,
     } = json;
     Ok(BackedUpSocket {
         process: process.map(process_tag),
         fd,
+        inode,
         peer,
         local,
         backlog: Backlog::from_name(&backlog)
@@ -548,6 +561,7 @@ fn backed_up_socket(json: JsonBackedUpSocket) -> Result<BackedUpSocket, String> 
         queued_bytes,
         buffer_bytes,
         window_closed,
+        retransmitting,
         idle: idle_ns.map(Duration::from_nanos),
     })
 }

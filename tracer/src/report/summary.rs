@@ -629,6 +629,11 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
     }
 }
 
+/// The backed-up table's columns between the peer and the process (WAY, FD, QUEUED,
+/// IDLE) with their spaces, and the widest a process's name gets there.
+const BACKED_UP_FIXED_WIDTH: usize = 1 + 6 + 1 + 5 + 1 + 9 + 1 + 8 + 2;
+const BACKED_UP_PROCESS_MAX_WIDTH: usize = 30;
+
 /// The sockets whose data stopped moving (`Profile::backed_up`), most queued first: an
 /// event-driven server's client that stopped reading shows here, not among the waits.
 fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
@@ -646,12 +651,13 @@ fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
     let process =
         shown.iter().map(|socket| super::escape_name(&process_of(socket)).chars().count());
     let process = process.max();
+    // As wide as `PROCESS` at least, and a space.
     let process = match process.unwrap_or(0) {
         0 => 0,
-        widest => widest.clamp(7, 30) + 1,
+        widest => widest.clamp("PROCESS".len(), BACKED_UP_PROCESS_MAX_WIDTH) + 1,
     };
     // The reason keeps 16 columns within 100, cut short beyond (the JSON says all).
-    let why = 100usize.saturating_sub(peer + 34 + process).max(16);
+    let why = 100usize.saturating_sub(peer + BACKED_UP_FIXED_WIDTH + process).max(16);
     let _ = writeln!(
         out,
         "{:<peer$} {:<6} {:>5} {:>9} {:>8}  {:<process$}WHY",
@@ -674,7 +680,11 @@ fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
             format_bytes(socket.queued_bytes),
             idle,
             elide(&process_of(socket), process.saturating_sub(1)),
-            truncate(socket.reason(), why),
+            // Its explanation goes first where the process column leaves no room.
+            match socket.reason() {
+                whole if whole.chars().count() <= why => whole.to_string(),
+                _ => truncate(socket.brief_reason(), why),
+            },
         );
     }
     let more = (backed_up.sockets.len() - shown.len()) as u64 + backed_up.left_out;
@@ -1215,6 +1225,7 @@ mod tests {
         let mut other = one.clone();
         other.pid = 4343;
         other.backed_up.sockets.truncate(1);
+        other.backed_up.sockets[0].inode += 1;
         other.backed_up.left_out = 4;
         one.backed_up.sockets[0].peer = "10.0.0.7:5\n1234".to_string();
         let several = Profile::of_processes(vec![one, other]);

@@ -584,6 +584,7 @@ impl Reader {
             let (unwinder, objects, tasks) = member.sampler.parts_mut();
             let frame_pointers = tasks.host();
             pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
+            pipeline::add_backed_up_sockets(&mut snapshot);
             let config = &triggers.config;
             let (window, length) =
                 member.sampler.timeline_window(config.window).unwrap_or_default();

@@ -4,36 +4,62 @@
 //! server's does not, and this is where its client that stopped reading shows.
 //!
 //! Backed up means, as the kernel tells it (sock_diag's meminfo and `tcp_info`):
-//! - unsent: the send buffer full (a write would block, or fail with EAGAIN), or a TCP
-//!   peer advertising a zero window with data queued to it;
-//! - unread: this end of a TCP connection advertising a zero window (its reader stopped).
+//! - unsent: TCP data written and not acknowledged, and nothing sent for `STALLED_FOR`
+//!   (the kernel sends what it can at once: the peer's window is closed) or, while it
+//!   retries after timeouts, nothing acknowledged for as long (what is sent is lost or
+//!   dropped); a Unix socket's send buffer full (a
+//!   write would block, or fail with EAGAIN), still full when read again
+//!   `UNIX_READ_AGAIN_AFTER` later (it tells no times);
+//! - unread: this end of a TCP connection advertising a zero window with data unread,
+//!   nothing received for `STALLED_FOR`.
+//!
+//! A busy connection is full, or at a closed window, for moments at a time: those times
+//! keep it out.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    time::Duration,
 };
 
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::StateFlags,
+};
 
 use super::{
-    SocketInfo, SocketKind,
+    NetlinkError, SocketInfo, SocketKind,
     diag::{self, Record, SockDiag, TcpFlow},
     socket_inode, socket_kind,
 };
 use crate::model::{BackedUp, BackedUpSocket, Backlog};
 
-/// Why a process's sockets could not be read.
-#[derive(Debug)]
-pub struct ScanFailed(pub String);
+/// How long nothing must have moved on a TCP connection for it to count as backed up.
+pub const STALLED_FOR: Duration = Duration::from_secs(1);
+/// When a full Unix socket is looked at again: still full, it is not a moment's.
+const UNIX_READ_AGAIN_AFTER: Duration = Duration::from_millis(100);
 
-/// The backed-up sockets of process `pid` now.
+/// Why a process's sockets could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanFailed {
+    #[error("cannot list the descriptors of pid {0}: {1}")]
+    Descriptors(u32, #[source] std::io::Error),
+    #[error("cannot read its sockets: {0}")]
+    Netlink(#[from] NetlinkError),
+}
+
+/// The backed-up sockets of process `pid` now; none for a process gone.
 pub fn scan(pid: u32) -> Result<BackedUp, ScanFailed> {
-    let descriptors = socket_descriptors(pid)
-        .ok_or_else(|| ScanFailed(format!("cannot list the descriptors of pid {pid}")))?;
+    let descriptors = match socket_descriptors(pid) {
+        Ok(descriptors) => descriptors,
+        // Gone since it was looked at: it has no sockets left.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(ScanFailed::Descriptors(pid, error)),
+    };
     if descriptors.is_empty() {
         return Ok(BackedUp::default());
     }
-    let mut diag = SockDiag::open(pid).map_err(|error| ScanFailed(error.to_string()))?;
+    let mut diag = SockDiag::open(pid)?;
     let mut found = Vec::new();
     let mut unix = Vec::new();
     let mut families = HashSet::new();
@@ -48,36 +74,58 @@ pub fn scan(pid: u32) -> Result<BackedUp, ScanFailed> {
         }
     }
     let fd_of: HashMap<u64, u64> = descriptors.iter().map(|&(fd, inode)| (inode, fd)).collect();
+    // Connections that can move data: a host's listeners and TIME_WAITs are left in the
+    // kernel, and only the process's own answers are kept.
+    let transferring = StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT;
     for family in [AF_INET, AF_INET6] {
         if !families.contains(&family) {
             continue;
         }
-        let responses = diag
-            .dump_inet_responses(family, IPPROTO_TCP)
-            .map_err(|error| ScanFailed(error.to_string()))?;
-        for response in responses {
-            let Some(&fd) = fd_of.get(&u64::from(response.header.inode)) else { continue };
-            let flow = diag::tcp_info(&response).and_then(diag::tcp_flow);
+        diag.dump_inet_each(family, IPPROTO_TCP, transferring.clone(), |response| {
+            let Some(&fd) = fd_of.get(&u64::from(response.header.inode)) else { return };
+            let tcp = diag::tcp_info(&response)
+                .and_then(diag::tcp_flow)
+                .map(|flow| TcpFacts { flow, unacknowledged: response.header.send_queue });
             let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
-            found.extend(judge(fd, &info, flow));
-        }
+            found.extend(judge(fd, &info, tcp));
+        })?;
     }
-    for (fd, inode) in unix {
-        let Ok(inode) = u32::try_from(inode) else { continue };
-        match diag.get_unix(inode) {
-            Ok(Some(Record { info, .. })) => found.extend(judge(fd, &info, None)),
-            // Closed meanwhile.
-            Ok(None) => {}
-            Err(error) => return Err(ScanFailed(error.to_string())),
-        }
-    }
+    found.extend(full_unix_sockets(&mut diag, &unix)?);
     Ok(BackedUp::of(found))
 }
 
-/// The process's socket descriptors and their inodes; None when they cannot be listed.
-fn socket_descriptors(pid: u32) -> Option<Vec<(u64, u64)>> {
-    let entries = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    let mut sockets: Vec<(u64, u64)> = entries
+/// The Unix sockets of `unix` (descriptor, inode) full now and still full a moment later.
+fn full_unix_sockets(
+    diag: &mut SockDiag,
+    unix: &[(u64, u64)],
+) -> Result<Vec<BackedUpSocket>, NetlinkError> {
+    let mut read = |fd: u64, inode: u64| -> Result<Option<BackedUpSocket>, NetlinkError> {
+        let Ok(inode) = u32::try_from(inode) else { return Ok(None) };
+        // None: closed meanwhile.
+        let Some(Record { info, .. }) = diag.get_unix(inode)? else { return Ok(None) };
+        Ok(judge(fd, &info, None).into_iter().next())
+    };
+    let mut full = Vec::new();
+    for &(fd, inode) in unix {
+        if read(fd, inode)?.is_some() {
+            full.push((fd, inode));
+        }
+    }
+    if full.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::thread::sleep(UNIX_READ_AGAIN_AFTER);
+    let mut still = Vec::new();
+    for (fd, inode) in full {
+        still.extend(read(fd, inode)?);
+    }
+    Ok(still)
+}
+
+/// The process's socket descriptors and their inodes, each socket once (at its lowest
+/// descriptor: one held twice, by dup or inheritance, is one queue).
+fn socket_descriptors(pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut sockets: Vec<(u64, u64)> = fs::read_dir(format!("/proc/{pid}/fd"))?
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let fd = entry.file_name().to_str()?.parse().ok()?;
@@ -85,23 +133,34 @@ fn socket_descriptors(pid: u32) -> Option<Vec<(u64, u64)>> {
             Some((fd, inode))
         })
         .collect();
-    // One socket held twice (dup, fork's inheritance) is one queue: its lowest descriptor.
     sockets.sort_unstable();
     let mut seen = HashSet::new();
     sockets.retain(|&(_, inode)| seen.insert(inode));
-    Some(sockets)
+    Ok(sockets)
 }
 
-/// The ways socket `info` (descriptor `fd`) is backed up: none, one, or both.
-pub fn judge(fd: u64, info: &SocketInfo, flow: Option<TcpFlow>) -> Vec<BackedUpSocket> {
+/// What a TCP connection's own answer adds to its `SocketInfo`.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpFacts {
+    pub flow: TcpFlow,
+    /// Bytes written and not yet acknowledged, sent or not (`idiag_wqueue`): the payload,
+    /// where the send queue compared with the buffer (`sk_wmem_queued`) counts overhead.
+    pub unacknowledged: u32,
+}
+
+/// The ways socket `info` (descriptor `fd`) is backed up: none, one, or both. `tcp` is
+/// None for a Unix socket.
+pub fn judge(fd: u64, info: &SocketInfo, tcp: Option<TcpFacts>) -> Vec<BackedUpSocket> {
     let mut backed_up = Vec::new();
     // A listener's queues are its accept queue (told in the endpoint tables).
     if info.accept_backlog.is_some() {
         return backed_up;
     }
     let socket = |backlog, queued: u32, buffer: Option<u32>, window_closed, idle| BackedUpSocket {
+        retransmitting: false,
         process: None,
         fd,
+        inode: info.inode,
         peer: info.endpoint(tracer_common::WaitKind::Send),
         local: info.local.clone(),
         backlog,
@@ -110,28 +169,45 @@ pub fn judge(fd: u64, info: &SocketInfo, flow: Option<TcpFlow>) -> Vec<BackedUpS
         window_closed,
         idle,
     };
-    let queued = info.send_queue.unwrap_or(0);
-    let full = info.send_buffer.is_some_and(|buffer| buffer > 0 && queued >= buffer);
-    let peer_closed = info.peer_window_zero == Some(true) && queued > 0;
-    if full || peer_closed {
-        let idle = flow.map(|flow| flow.since_sent);
-        backed_up.push(socket(Backlog::Unsent, queued, info.send_buffer, peer_closed, idle));
-    }
-    let unread = info.recv_queue.unwrap_or(0);
-    if let Some(flow) = flow
-        && flow.own_window_zero == Some(true)
-        && unread > 0
-    {
-        let idle = Some(flow.since_received);
-        backed_up.push(socket(Backlog::Unread, unread, info.recv_buffer, true, idle));
+    match tcp {
+        None => {
+            let charged = info.send_queue.unwrap_or(0);
+            if info.send_buffer.is_some_and(|buffer| buffer > 0 && charged >= buffer) {
+                backed_up.push(socket(Backlog::Unsent, charged, info.send_buffer, false, None));
+            }
+        }
+        Some(TcpFacts { flow, unacknowledged }) => {
+            // A retransmission is a send: a connection retried at ever longer intervals is
+            // stalled as long as nothing is acknowledged.
+            let stalled = flow.since_sent >= STALLED_FOR
+                || flow.retransmitting && flow.since_acknowledged >= STALLED_FOR;
+            if unacknowledged > 0 && stalled {
+                let closed = info.peer_window_zero == Some(true);
+                // Since data last got through: sent, or (being retried) acknowledged.
+                let idle = Some(flow.since_sent.max(match flow.retransmitting {
+                    true => flow.since_acknowledged,
+                    false => Duration::ZERO,
+                }));
+                backed_up.push(BackedUpSocket {
+                    retransmitting: flow.retransmitting && !closed,
+                    ..socket(Backlog::Unsent, unacknowledged, info.send_buffer, closed, idle)
+                });
+            }
+            let unread = info.recv_queue.unwrap_or(0);
+            if flow.own_window_zero == Some(true)
+                && unread > 0
+                && flow.since_received >= STALLED_FOR
+            {
+                let idle = Some(flow.since_received);
+                backed_up.push(socket(Backlog::Unread, unread, info.recv_buffer, true, idle));
+            }
+        }
     }
     backed_up
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::objects::sockets::{Protocol, TcpState};
 
@@ -152,16 +228,25 @@ mod tests {
         }
     }
 
-    fn flow(own_window_zero: Option<bool>) -> Option<TcpFlow> {
-        Some(TcpFlow {
-            since_sent: Duration::from_millis(800),
-            since_received: Duration::from_millis(300),
-            own_window_zero,
+    /// A connection whose data last moved `idle` ago each way.
+    fn tcp(idle: Duration, own_window_zero: Option<bool>) -> Option<TcpFacts> {
+        Some(TcpFacts {
+            flow: TcpFlow {
+                since_sent: idle,
+                since_received: idle,
+                since_acknowledged: idle,
+                own_window_zero,
+                retransmitting: false,
+            },
+            unacknowledged: 900,
         })
     }
 
-    fn ways(info: &SocketInfo, flow: Option<TcpFlow>) -> Vec<(Backlog, u64, bool)> {
-        judge(5, info, flow)
+    const STALLED: Duration = Duration::from_millis(1500);
+    const MOVING: Duration = Duration::from_millis(40);
+
+    fn ways(info: &SocketInfo, tcp: Option<TcpFacts>) -> Vec<(Backlog, u64, bool)> {
+        judge(5, info, tcp)
             .into_iter()
             .map(|socket| (socket.backlog, socket.queued_bytes, socket.window_closed))
             .collect()
@@ -170,41 +255,71 @@ mod tests {
     #[test]
     fn a_moving_connection_is_not_backed_up() {
         let busy = SocketInfo { send_queue: Some(1000), recv_queue: Some(200), ..connection() };
-        assert_eq!(ways(&busy, flow(Some(false))), []);
+        assert_eq!(ways(&busy, tcp(MOVING, Some(false))), []);
         // A closed window with nothing queued to it holds nothing up.
         let idle_peer = SocketInfo { peer_window_zero: Some(true), ..connection() };
-        assert_eq!(ways(&idle_peer, flow(Some(true))), []);
+        let nothing_written = TcpFacts { unacknowledged: 0, ..tcp(STALLED, Some(false)).unwrap() };
+        assert_eq!(ways(&idle_peer, Some(nothing_written)), []);
+        // Full, or at a closed window, for a moment: a bulk transfer at full speed.
+        let bulk = SocketInfo {
+            send_queue: Some(4608),
+            recv_queue: Some(100),
+            peer_window_zero: Some(true),
+            ..connection()
+        };
+        assert_eq!(ways(&bulk, tcp(MOVING, Some(true))), []);
     }
 
     #[test]
     fn a_peer_that_stopped_reading_backs_up_what_is_sent() {
         let stalled =
             SocketInfo { send_queue: Some(1000), peer_window_zero: Some(true), ..connection() };
-        let backed_up = judge(5, &stalled, flow(Some(false)));
+        let backed_up = judge(5, &stalled, tcp(STALLED, Some(false)));
         assert_eq!(backed_up.len(), 1);
         let socket = &backed_up[0];
-        assert_eq!((socket.backlog, socket.fd, socket.queued_bytes), (Backlog::Unsent, 5, 1000));
+        assert_eq!((socket.backlog, socket.fd, socket.inode), (Backlog::Unsent, 5, 7));
+        // The payload written and not acknowledged, not what the buffer is charged.
+        assert_eq!(socket.queued_bytes, 900);
         assert!(socket.window_closed);
         assert_eq!(socket.peer, "127.0.0.1:40000");
         assert_eq!(socket.local.as_deref(), Some("127.0.0.1:6379"));
-        assert_eq!(socket.idle, Some(Duration::from_millis(800)));
-        // A full send buffer is backed up whatever the window says (a Unix socket has none).
+        assert_eq!(socket.idle, Some(STALLED));
+        // Written and not sent for a second, window open: what was sent is lost and retried.
         let full = SocketInfo { send_queue: Some(4608), ..connection() };
-        assert_eq!(ways(&full, None), [(Backlog::Unsent, 4608, false)]);
+        assert_eq!(ways(&full, tcp(STALLED, Some(false))), [(Backlog::Unsent, 900, false)]);
+        // Retried after timeouts: the last retry was a moment ago, the last acknowledgment
+        // long before.
+        let mut retrying = tcp(MOVING, Some(false)).unwrap();
+        retrying.flow.retransmitting = true;
+        retrying.flow.since_acknowledged = STALLED;
+        let backed_up = judge(5, &full, Some(retrying));
+        assert!(backed_up.len() == 1 && backed_up[0].retransmitting, "{backed_up:#?}");
+        assert_eq!(backed_up[0].idle, Some(STALLED));
+        retrying.flow.since_acknowledged = MOVING;
+        assert_eq!(ways(&full, Some(retrying)), []);
+        // A Unix socket tells no times: full is all there is (the scan reads it twice).
+        let unix = SocketInfo { protocol: Protocol::Unix, tcp_state: None, ..full };
+        assert_eq!(ways(&unix, None), [(Backlog::Unsent, 4608, false)]);
     }
 
     #[test]
     fn a_reader_that_stopped_backs_up_what_is_received() {
         let unread = SocketInfo { recv_queue: Some(4096), ..connection() };
-        assert_eq!(ways(&unread, flow(Some(true))), [(Backlog::Unread, 4096, true)]);
-        // Both ways at once: each its own row.
-        let both = SocketInfo { send_queue: Some(4608), ..unread.clone() };
+        let nothing_to_send = |own_window_zero| TcpFacts {
+            unacknowledged: 0,
+            ..tcp(STALLED, own_window_zero).unwrap()
+        };
         assert_eq!(
-            ways(&both, flow(Some(true))),
-            [(Backlog::Unsent, 4608, false), (Backlog::Unread, 4096, true)]
+            ways(&unread, Some(nothing_to_send(Some(true)))),
+            [(Backlog::Unread, 4096, true)]
+        );
+        // Both ways at once: each its own row.
+        assert_eq!(
+            ways(&unread, tcp(STALLED, Some(true))),
+            [(Backlog::Unsent, 900, false), (Backlog::Unread, 4096, true)]
         );
         // A kernel that does not tell this end's window (before 6.2) says nothing of it.
-        assert_eq!(ways(&unread, flow(None)), []);
+        assert_eq!(ways(&unread, Some(nothing_to_send(None))), []);
     }
 
     #[test]
@@ -215,6 +330,13 @@ mod tests {
             send_queue: Some(9999),
             ..connection()
         };
-        assert_eq!(ways(&listener, flow(Some(true))), []);
+        assert_eq!(ways(&listener, tcp(STALLED, Some(true))), []);
+    }
+
+    #[test]
+    fn a_process_gone_has_no_sockets() {
+        // No process has this pid (above the kernel's pid_max).
+        let gone = scan(u32::MAX - 1).expect("a process gone is no failure");
+        assert!(gone.is_empty());
     }
 }

@@ -53,28 +53,36 @@ impl SockDiag {
 
     /// Every `protocol` socket of `family` in the namespace.
     pub fn dump_inet(&mut self, family: u8, protocol: u8) -> Result<Vec<Record>, NetlinkError> {
-        let responses = self.dump_inet_responses(family, protocol)?;
-        Ok(responses.into_iter().map(|response| inet_record(protocol, response)).collect())
+        let mut records = Vec::new();
+        self.dump_inet_each(family, protocol, StateFlags::all(), |response| {
+            records.push(inet_record(protocol, response));
+        })?;
+        Ok(records)
     }
 
-    /// `dump_inet`'s answers undecoded, for a reader of more of their `tcp_info`.
-    pub fn dump_inet_responses(
+    /// Every `protocol` socket of `family` in one of `states`, each answer undecoded, for a
+    /// reader of more of its `tcp_info` that keeps only a few of a host's sockets.
+    pub fn dump_inet_each(
         &mut self,
         family: u8,
         protocol: u8,
-    ) -> Result<Vec<InetResponse>, NetlinkError> {
-        let request = inet_request(
+        states: StateFlags,
+        mut each: impl FnMut(InetResponse),
+    ) -> Result<(), NetlinkError> {
+        let mut request = inet_request(
             family,
             protocol,
             if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() },
         );
-        let mut responses = Vec::new();
+        if let SockDiagMessage::InetRequest(inet) = &mut request {
+            inet.states = states;
+        }
         self.channel.exchange(request, true, |message| {
             if let SockDiagMessage::InetResponse(response) = message {
-                responses.push(*response);
+                each(*response);
             }
         })?;
-        Ok(responses)
+        Ok(())
     }
 
     /// One inet socket again, by the tuple and cookie a dump gave; `None` when it is gone.
@@ -160,8 +168,11 @@ pub fn format_address(address: IpAddr, port: u16) -> String {
 /// Offset of `tcpi_snd_wnd` in `struct tcp_info` (include/uapi/linux/tcp.h; since Linux 5.4):
 /// 8 one-byte fields, 24 u32, 4 u64, 6 u32, 1 u64, 3 u64, 2 u32, 2 u64, 3 u32.
 const TCPI_SND_WND_OFFSET: usize = 228;
-/// Offset of `tcpi_probes`: zero-window probes sent without an answer.
+/// Offsets of one-byte fields: `tcpi_retransmits` (the current retransmission's count),
+/// `tcpi_probes` (zero-window probes sent without an answer), `tcpi_backoff`.
+const TCPI_RETRANSMITS_OFFSET: usize = 2;
 const TCPI_PROBES_OFFSET: usize = 3;
+const TCPI_BACKOFF_OFFSET: usize = 4;
 
 /// Whether the peer advertises a zero receive window: `tcpi_snd_wnd` where the kernel reports
 /// it, else a running zero-window probe timer or unanswered probes; `None` when unknowable.
@@ -178,22 +189,31 @@ pub fn peer_window_zero(tcp_info: Option<&[u8]>, timer: Option<&Timer>) -> Optio
     (probing || matches!(timer, Some(Timer::Probe(_)))).then_some(true)
 }
 
-/// Offsets in `struct tcp_info` of `tcpi_last_data_sent` and `tcpi_last_data_recv`
-/// (milliseconds since data last moved that way: the 10th and 12th u32 after the 8 bytes).
+/// Offsets in `struct tcp_info` (include/uapi/linux/tcp.h) of `tcpi_last_data_sent` and
+/// `tcpi_last_data_recv`: milliseconds since data last moved that way (the 10th and 12th
+/// u32 after the 8 one-byte fields).
 const TCPI_LAST_DATA_SENT_OFFSET: usize = 44;
 const TCPI_LAST_DATA_RECV_OFFSET: usize = 52;
-/// Offset of `tcpi_rcv_wnd`, the window this end advertises (since Linux 6.2).
+/// Offset of `tcpi_last_ack_recv`: milliseconds since an acknowledgment last came.
+const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
+/// Offset of `tcpi_rcv_wnd`, the window this end advertises: the u32 after `tcpi_snd_wnd`
+/// (since Linux 6.2).
 const TCPI_RCV_WND_OFFSET: usize = 232;
 
 /// Whether data moves on a TCP connection, from its `tcp_info`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpFlow {
-    /// Since data was last sent, and last received.
+    /// Since data was last sent (retransmissions too), last received, and since an
+    /// acknowledgment last came.
     pub since_sent: std::time::Duration,
     pub since_received: std::time::Duration,
+    pub since_acknowledged: std::time::Duration,
     /// This end advertises a zero window (its reader stopped reading); `None` on a kernel
     /// that does not tell (before 6.2).
     pub own_window_zero: Option<bool>,
+    /// Data is being retransmitted: `tcpi_retransmits` or `tcpi_backoff` (RTO backoffs)
+    /// not zero.
+    pub retransmitting: bool,
 }
 
 /// The `tcp_info` of an inet_diag answer, if it has one.
@@ -214,7 +234,11 @@ pub fn tcp_flow(tcp_info: &[u8]) -> Option<TcpFlow> {
     Some(TcpFlow {
         since_sent: millis(TCPI_LAST_DATA_SENT_OFFSET)?,
         since_received: millis(TCPI_LAST_DATA_RECV_OFFSET)?,
+        since_acknowledged: millis(TCPI_LAST_ACK_RECV_OFFSET)?,
         own_window_zero: word(TCPI_RCV_WND_OFFSET).map(|window| window == 0),
+        retransmitting: [TCPI_RETRANSMITS_OFFSET, TCPI_BACKOFF_OFFSET]
+            .iter()
+            .any(|&offset| tcp_info.get(offset).is_some_and(|&count| count > 0)),
     })
 }
 
@@ -364,10 +388,15 @@ mod tests {
         let mut info = vec![0; TCPI_RCV_WND_OFFSET + 4];
         info[TCPI_LAST_DATA_SENT_OFFSET..][..4].copy_from_slice(&1500u32.to_ne_bytes());
         info[TCPI_LAST_DATA_RECV_OFFSET..][..4].copy_from_slice(&20u32.to_ne_bytes());
+        info[TCPI_LAST_ACK_RECV_OFFSET..][..4].copy_from_slice(&700u32.to_ne_bytes());
         let flow = tcp_flow(&info).unwrap();
         assert_eq!(flow.since_sent, Duration::from_millis(1500));
         assert_eq!(flow.since_received, Duration::from_millis(20));
+        assert_eq!(flow.since_acknowledged, Duration::from_millis(700));
         assert_eq!(flow.own_window_zero, Some(true));
+        assert!(!flow.retransmitting);
+        info[TCPI_BACKOFF_OFFSET] = 3;
+        assert!(tcp_flow(&info).unwrap().retransmitting);
         info[TCPI_RCV_WND_OFFSET..].copy_from_slice(&65535u32.to_ne_bytes());
         assert_eq!(tcp_flow(&info).unwrap().own_window_zero, Some(false));
         // A kernel before 6.2 does not tell this end's window.
