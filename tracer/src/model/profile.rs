@@ -132,8 +132,8 @@ pub struct TraceCounts {
     /// Endpoints whose peer on this host could not be looked for (a table of sockets that
     /// could not be read): their chains may end at the endpoint short of it.
     pub peer_lookups_failed: u64,
-    /// Processes whose sockets could not be read for backed-up queues (their descriptors
-    /// or the socket tables unreadable): their backed-up sockets are not listed.
+    /// Processes whose sockets could not all be read for backed-up queues (their
+    /// descriptors or a socket table unreadable): those not read are not listed.
     pub socket_scans_failed: u64,
     /// Ended waits of a process that exited (or of a daemon that stopped) lost before
     /// their stacks were named: `serve`'s windows, whose process's image was gone.

@@ -369,17 +369,16 @@ pub fn add_wait_chains(
 
 /// The backed-up sockets stage: reads the process's sockets as the report is made, for
 /// the queues no wait shows (an event-driven server's client that stopped reading). A
-/// process gone has none; one whose sockets cannot be read is counted.
+/// process gone has none; one whose sockets cannot all be read is counted.
 pub fn add_backed_up_sockets(profile: &mut Profile) {
     if profile.target_exited {
         return;
     }
-    match crate::objects::sockets::backed_up::scan(target::live_thread(profile.pid)) {
-        Ok(backed_up) => profile.backed_up = backed_up,
-        Err(failed) => {
-            log::warn!("backed-up sockets of pid {}: {failed}", profile.pid);
-            profile.counts.socket_scans_failed += 1;
-        }
+    let scan = crate::objects::sockets::backed_up::scan(target::live_thread(profile.pid));
+    profile.backed_up = scan.backed_up;
+    if let Some(failed) = scan.failed {
+        log::warn!("backed-up sockets of pid {}: {failed}", profile.pid);
+        profile.counts.socket_scans_failed += 1;
     }
 }
 

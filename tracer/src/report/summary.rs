@@ -1018,7 +1018,7 @@ fn write_rare_losses(out: &mut String, counts: &TraceCounts) {
     if counts.socket_scans_failed > 0 {
         let _ = writeln!(
             out,
-            "lost: {} processes' socket reads (their backed-up sockets are not listed)",
+            "lost: {} processes' socket reads (backed-up sockets of theirs may be missing)",
             counts.socket_scans_failed
         );
     }

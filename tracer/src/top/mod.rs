@@ -333,11 +333,10 @@ impl Session {
         let mut unreadable = 0;
         for member in &self.members.members {
             let pid = crate::pipeline::target::live_thread(member.target.pid);
-            match crate::objects::sockets::backed_up::scan(pid) {
-                Ok(backed_up) => all.join(backed_up, &member.tag()),
-                // Gone meanwhile, or its table unreadable: said in the header.
-                Err(_) => unreadable += 1,
-            }
+            let scan = crate::objects::sockets::backed_up::scan(pid);
+            all.join(scan.backed_up, &member.tag());
+            // Its descriptors or its socket tables unreadable: said in the header.
+            unreadable += u64::from(scan.failed.is_some());
         }
         // One process's: no need to name it.
         if self.members.members.len() == 1 {

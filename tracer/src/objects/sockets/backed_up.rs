@@ -48,8 +48,24 @@ pub enum ScanFailed {
     Netlink(#[from] NetlinkError),
 }
 
+/// What a scan found, and why it may have found less than there is.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub backed_up: BackedUp,
+    /// Set when some or all of the sockets could not be read (those are not listed).
+    pub failed: Option<ScanFailed>,
+}
+
 /// The backed-up sockets of process `pid` now; none for a process gone.
-pub fn scan(pid: u32) -> Result<BackedUp, ScanFailed> {
+pub fn scan(pid: u32) -> Scan {
+    let mut found = Vec::new();
+    let failed = scan_into(pid, &mut found).err();
+    Scan { backed_up: BackedUp::of(found), failed }
+}
+
+/// Adds the backed-up sockets of `pid` to `found` until one read fails: the TCP ones
+/// found before a Unix socket's read failed are kept.
+fn scan_into(pid: u32, found: &mut Vec<BackedUpSocket>) -> Result<(), ScanFailed> {
     let descriptors = match socket_descriptors(pid) {
         Ok(descriptors) => descriptors,
         // Gone since it was looked at: it has no sockets left.
@@ -57,10 +73,9 @@ pub fn scan(pid: u32) -> Result<BackedUp, ScanFailed> {
         Err(error) => return Err(ScanFailed::Descriptors(pid, error)),
     };
     if descriptors.is_empty() {
-        return Ok(BackedUp::default());
+        return Ok(());
     }
     let mut diag = SockDiag::open(pid)?;
-    let mut found = Vec::new();
     let mut unix = Vec::new();
     let mut families = HashSet::new();
     for &(fd, inode) in &descriptors {
@@ -90,15 +105,17 @@ pub fn scan(pid: u32) -> Result<BackedUp, ScanFailed> {
             found.extend(judge(fd, &info, tcp));
         })?;
     }
-    found.extend(full_unix_sockets(&mut diag, &unix)?);
-    Ok(BackedUp::of(found))
+    full_unix_sockets(&mut diag, &unix, found)?;
+    Ok(())
 }
 
-/// The Unix sockets of `unix` (descriptor, inode) full now and still full a moment later.
+/// Adds to `found` the Unix sockets of `unix` (descriptor, inode) full now and still full
+/// a moment later.
 fn full_unix_sockets(
     diag: &mut SockDiag,
     unix: &[(u64, u64)],
-) -> Result<Vec<BackedUpSocket>, NetlinkError> {
+    found: &mut Vec<BackedUpSocket>,
+) -> Result<(), NetlinkError> {
     let mut read = |fd: u64, inode: u64| -> Result<Option<BackedUpSocket>, NetlinkError> {
         let Ok(inode) = u32::try_from(inode) else { return Ok(None) };
         // None: closed meanwhile.
@@ -112,14 +129,13 @@ fn full_unix_sockets(
         }
     }
     if full.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     std::thread::sleep(UNIX_READ_AGAIN_AFTER);
-    let mut still = Vec::new();
     for (fd, inode) in full {
-        still.extend(read(fd, inode)?);
+        found.extend(read(fd, inode)?);
     }
-    Ok(still)
+    Ok(())
 }
 
 /// The process's socket descriptors and their inodes, each socket once (at its lowest
@@ -336,7 +352,8 @@ mod tests {
     #[test]
     fn a_process_gone_has_no_sockets() {
         // No process has this pid (above the kernel's pid_max).
-        let gone = scan(u32::MAX - 1).expect("a process gone is no failure");
-        assert!(gone.is_empty());
+        let gone = scan(u32::MAX - 1);
+        assert!(gone.failed.is_none(), "a process gone is no failure: {gone:?}");
+        assert!(gone.backed_up.is_empty());
     }
 }
