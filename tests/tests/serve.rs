@@ -759,3 +759,63 @@ fn idle_connections_do_not_starve_the_endpoints() {
         idler.join().expect("idle client");
     }
 }
+
+/// An event-driven writer whose peers stopped reading: its one thread waits in epoll,
+/// and its backed-up sockets (to the backend, and a socketpair's end) are what /metrics
+/// says, as Prometheus reads it; the daemon of a cgroup's processes labels them with the
+/// process.
+#[test]
+fn prometheus_scrapes_the_backed_up_sockets_of_an_event_driven_writer() {
+    const NAME: &str = "c-event-writer";
+    let build = TempDir::new("serve-backed-up-build");
+    let bin = tracer_tests::build_c(build.path(), tracer_tests::C_EVENT_WRITER_SOURCE, NAME);
+    let (_backend, port) = tracer_tests::start_dead_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
+    // Made before the writer, so it is removed after the writer is killed.
+    let cgroup = tracer_tests::TestCgroup::make("tracer-backed-up");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(port.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    let writer = start_workload(NAME, cmd);
+    let pid = writer.pid();
+    cgroup.add(pid);
+    // A TCP socket counts once nothing moved for a second.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let mut daemon = ServeDaemon::start(&["--pid", &pid.to_string()]);
+    wait_attached(&mut daemon, pid);
+    let prometheus = Prometheus::start(daemon.port);
+    let query = "tracer_backed_up_sockets{way=\"unsent\"}";
+    let deadline = Instant::now() + PROMETHEUS_TIMEOUT;
+    let answer = loop {
+        let answer = prometheus.query(query);
+        if answer.contains("\"__name__\":\"tracer_backed_up_sockets\"") {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus has no {query}: {answer}\n/metrics:\n{}",
+            daemon.get("/metrics").text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("{answer}");
+    assert!(answer.contains(",\"2\"]"), "two sockets backed up: {answer}");
+    let metrics = daemon.get("/metrics").text();
+    assert!(metrics.contains("tracer_backed_up_unreadable_processes 0"), "{metrics}");
+    assert!(!metrics.contains("way=\"unread\""), "the writer reads nothing: {metrics}");
+    drop(prometheus);
+    daemon.terminate(EXIT_TIMEOUT);
+
+    // A cgroup's: one series per process and way, labelled with the process.
+    let daemon = ServeDaemon::start(&["--cgroup", cgroup.path().to_str().expect("utf-8")]);
+    let wanted = format!("tracer_backed_up_sockets{{pid=\"{pid}\",comm=\"{NAME}\"");
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    loop {
+        let metrics = daemon.get("/metrics").text();
+        if let Some(line) = metrics.lines().find(|line| line.starts_with(&wanted)) {
+            assert!(line.ends_with("way=\"unsent\"} 2"), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {wanted} in /metrics:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -137,6 +137,8 @@ pub struct Host {
     /// What the passes in the kernel and the samplers lost (`Reader::loss_counts`).
     losses: Mutex<TraceCounts>,
     blocked_sample: tokio::sync::Mutex<Option<(Instant, Arc<BlockedSeries>)>>,
+    /// The processes' backed-up sockets for /metrics, read at most every few seconds.
+    backed_up: super::backed_up::BackedUpReads,
     /// How often each trigger condition fired, by whether its files were written.
     firings: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// The block windows open now, ended when the daemon stops.
@@ -175,6 +177,7 @@ impl Host {
             waits_read: AtomicU64::new(0),
             losses: Mutex::new(TraceCounts::default()),
             blocked_sample: tokio::sync::Mutex::new(None),
+            backed_up: Default::default(),
             firings: Mutex::new(BTreeMap::new()),
             windows: super::OpenWindows::new(),
         });
@@ -313,6 +316,11 @@ impl Host {
                 ]
             },
         };
+        let processes: Vec<(u32, Option<ProcessTag>)> = lock(&self.processes)
+            .iter()
+            .map(|process| (process.pid, Some(process.clone())))
+            .collect();
+        let backed_up = self.backed_up.series(processes).await;
         let waits = lock(&self.waits);
         metrics::render(&metrics::Scrape {
             blocked: Some(&blocked),
@@ -323,6 +331,7 @@ impl Host {
             processes: Some(lock(&self.processes).len()),
             firings: Some(&lock(&self.firings)),
             short_waits: None,
+            backed_up: Some(&backed_up),
         })
         .map_err(HostError::Render)
     }

@@ -490,6 +490,10 @@ async fn scrape(shared: &Shared, accept: Option<&HeaderValue>) -> Result<Reply, 
     } else {
         None
     };
+    let backed_up = match shared.attached_process() {
+        Some((pid, ..)) => Some(shared.backed_up.series(vec![(pid, None)]).await),
+        None => None,
+    };
     let tracer = shared.tracer_totals();
     let short_waits = shared.sampling.is_none().then(|| shared.total_short_waits());
     let body = {
@@ -503,6 +507,7 @@ async fn scrape(shared: &Shared, accept: Option<&HeaderValue>) -> Result<Reply, 
             processes: None,
             firings: None,
             short_waits: short_waits.as_ref(),
+            backed_up: backed_up.as_deref(),
         })
     };
     let body = body.map_err(ServeError::Render)?;

@@ -15,7 +15,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{model::Profile, pipeline::own_usage::ProcessUsage};
+use crate::{
+    model::{Backlog, ProcessTag, Profile},
+    pipeline::own_usage::ProcessUsage,
+};
 
 /// The `site` of the series that a full table folds into.
 pub const OTHER_SITE: &str = "other";
@@ -396,12 +399,23 @@ pub struct Scrape<'a, L = SeriesLabels> {
     pub firings: Option<&'a std::collections::BTreeMap<(String, &'static str), u64>>,
     /// Exact mode: the waits under --min-wait, summed by kind without stacks.
     pub short_waits: Option<&'a crate::probes::ShortWaitsByKind>,
+    /// The sockets whose data stopped moving, as last read.
+    pub backed_up: Option<&'a super::backed_up::BackedUpSeries>,
 }
 
 /// The OpenMetrics text of one scrape.
 pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt::Error> {
-    let Scrape { blocked, goroutines, waits, tracer, usage, processes, firings, short_waits } =
-        scrape;
+    let Scrape {
+        blocked,
+        goroutines,
+        waits,
+        tracer,
+        usage,
+        processes,
+        firings,
+        short_waits,
+        backed_up,
+    } = scrape;
     let mut registry = Registry::default();
 
     let blocked_threads = Family::<L, Gauge>::default();
@@ -498,6 +512,9 @@ pub fn render<L: StackLabels>(scrape: &Scrape<'_, L>) -> Result<String, std::fmt
             count.get_or_create(&labels).inc_by(totals.count);
         }
     }
+    if let Some(backed_up) = backed_up {
+        register_backed_up(&mut registry, backed_up);
+    }
     let retired = Counter::<u64>::default();
     registry.register(
         "tracer_retired_series",
@@ -568,6 +585,86 @@ pub fn prometheus_text(openmetrics: &str) -> String {
         }
     }
     text
+}
+
+/// The backed-up sockets' gauges: by way alone for the one process of `serve --pid`, by
+/// process and way for a daemon of several.
+fn register_backed_up(registry: &mut Registry, backed_up: &super::backed_up::BackedUpSeries) {
+    let unreadable = Gauge::<i64>::default();
+    registry.register(
+        "tracer_backed_up_unreadable_processes",
+        "Processes whose sockets could not all be read for backed-up ones at the last read",
+        unreadable.clone(),
+    );
+    unreadable.set(clamp_i64(backed_up.unreadable));
+    let several = backed_up.series.keys().any(|(process, _)| process.is_some());
+    if several {
+        let labelled = backed_up.series.iter().map(|((process, way), &counts)| {
+            (ProcessWayLabels::of(process.as_ref(), *way), counts)
+        });
+        register_backed_up_series(registry, labelled);
+    } else {
+        let labelled = backed_up
+            .series
+            .iter()
+            .map(|((_, way), &counts)| (WayLabel { way: way.name().to_string() }, counts));
+        register_backed_up_series(registry, labelled);
+    }
+}
+
+fn register_backed_up_series<L>(
+    registry: &mut Registry,
+    series: impl Iterator<Item = (L, (u64, u64))>,
+) where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let sockets = Family::<L, Gauge>::default();
+    registry.register(
+        "tracer_backed_up_sockets",
+        "Sockets whose data stopped moving (unsent: the peer takes nothing, as its window is \
+         closed or nothing is acknowledged; unread: the process does not read), read every 5 s",
+        sockets.clone(),
+    );
+    let bytes = Family::<L, Gauge>::default();
+    registry.register(
+        "tracer_backed_up_bytes",
+        "Bytes queued in the backed-up sockets, by the same labels",
+        bytes.clone(),
+    );
+    for (labels, (count, queued)) in series {
+        sockets.get_or_create(&labels).set(clamp_i64(count));
+        bytes.get_or_create(&labels).set(clamp_i64(queued));
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WayLabel {
+    /// `unsent` or `unread`.
+    way: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessWayLabels {
+    pid: String,
+    comm: String,
+    cgroup: String,
+    container: String,
+    way: String,
+}
+
+impl ProcessWayLabels {
+    fn of(process: Option<&ProcessTag>, way: Backlog) -> Self {
+        Self {
+            pid: process.map_or_else(String::new, |process| process.pid.to_string()),
+            comm: process.map_or_else(String::new, |process| process.comm.clone()),
+            cgroup: process.and_then(|process| process.cgroup.clone()).unwrap_or_default(),
+            container: process
+                .and_then(|process| process.container_id())
+                .unwrap_or_default()
+                .to_string(),
+            way: way.name().to_string(),
+        }
+    }
 }
 
 fn clamp_i64(value: u64) -> i64 {
@@ -704,6 +801,26 @@ mod tests {
     }
 
     #[test]
+    fn backed_up_sockets_of_several_processes_are_labelled_with_each() {
+        let redis = ProcessTag { pid: 41, comm: "redis".to_string(), cgroup: None };
+        let series = super::super::backed_up::BackedUpSeries {
+            series: [((Some(redis), Backlog::Unread), (1, 4096))].into(),
+            unreadable: 2,
+        };
+        let mut registry = Registry::default();
+        register_backed_up(&mut registry, &series);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"tracer_backed_up_sockets{pid="41",comm="redis",cgroup="",container="",way="unread"} 1"#,
+            r#"tracer_backed_up_bytes{pid="41",comm="redis",cgroup="",container="",way="unread"} 4096"#,
+            "tracer_backed_up_unreadable_processes 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn render_names_the_series_with_their_labels() {
         let mut waits = WaitSeries::new(10);
         *waits.entry(labels("app::send_stat")) = WaitTotals { waits: 3, total_ns: 1_500_000_000 };
@@ -731,9 +848,16 @@ mod tests {
             processes: None,
             firings: None,
             short_waits: Some(&short_waits),
+            backed_up: Some(&super::super::backed_up::BackedUpSeries {
+                series: [((None, Backlog::Unsent), (2, 5_242_880))].into(),
+                unreadable: 0,
+            }),
         })
         .unwrap();
         for line in [
+            r#"tracer_backed_up_sockets{way="unsent"} 2"#,
+            r#"tracer_backed_up_bytes{way="unsent"} 5242880"#,
+            "tracer_backed_up_unreadable_processes 0",
             r#"tracer_short_waits_total{kind="futex"} 9168"#,
             r#"tracer_short_wait_seconds_total{kind="futex"} 2.5"#,
             r#"tracer_short_waits_total{kind="recv"} 0"#,

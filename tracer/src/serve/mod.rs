@@ -9,6 +9,7 @@
 //! (`goroutines`).
 
 mod access;
+mod backed_up;
 mod collector;
 mod follow;
 mod goroutines;
@@ -451,6 +452,9 @@ pub struct Shared {
     /// The last sample of the blocked threads for /metrics; locked across sampling so
     /// concurrent scrapes share one.
     blocked_sample: tokio::sync::Mutex<Option<BlockedSample>>,
+    /// The attached process's backed-up sockets for /metrics, read at most every few
+    /// seconds.
+    pub backed_up: backed_up::BackedUpReads,
     /// The last read of a Go program's goroutines; locked across reading, so one read
     /// at a time runs and requests that waited for it share it.
     goroutine_read: tokio::sync::Mutex<Option<Arc<GoroutineRead>>>,
@@ -532,6 +536,7 @@ impl Shared {
             earlier_sampled_unwinds_truncated: Mutex::new(0),
             detached_counts: Mutex::new(None),
             blocked_sample: tokio::sync::Mutex::new(None),
+            backed_up: Default::default(),
             goroutine_read: tokio::sync::Mutex::new(None),
             windows: OpenWindows::new(),
             exited_generation: std::sync::atomic::AtomicU64::new(0),

@@ -56,11 +56,18 @@ pub struct Scan {
     pub failed: Option<ScanFailed>,
 }
 
-/// The backed-up sockets of process `pid` now; none for a process gone.
+/// The backed-up sockets of process `pid` now, the heaviest `BACKED_UP_KEPT` kept; none
+/// for a process gone.
 pub fn scan(pid: u32) -> Scan {
+    let (found, failed) = scan_all(pid);
+    Scan { backed_up: BackedUp::of(found), failed }
+}
+
+/// Every backed-up socket of process `pid` now, and why some could not be read.
+pub fn scan_all(pid: u32) -> (Vec<BackedUpSocket>, Option<ScanFailed>) {
     let mut found = Vec::new();
     let failed = scan_into(pid, &mut found).err();
-    Scan { backed_up: BackedUp::of(found), failed }
+    (found, failed)
 }
 
 /// Adds the backed-up sockets of `pid` to `found` until one read fails: the TCP ones

@@ -1,0 +1,81 @@
+//! The backed-up sockets for `/metrics`: each process's sockets read
+//! (`objects::sockets::backed_up`) at most every `READ_EVERY`, off the async threads (a
+//! read lists descriptors, dumps socket tables and may wait 100 ms on a Unix socket), and
+//! shared by the scrapes in between. An event-driven server whose client stopped reading
+//! shows here, where no wait series does.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::model::{Backlog, ProcessTag};
+
+/// How long a read serves the scrapes: Prometheus scrapes every 15 s or so, and a read of
+/// many processes' sockets is not free.
+const READ_EVERY: Duration = Duration::from_secs(5);
+
+/// The backed-up sockets of the processes read, by process and way.
+#[derive(Debug, Default)]
+pub struct BackedUpSeries {
+    /// (process, way) → (sockets, bytes queued). The process is None for the one a
+    /// `serve --pid` traces. Only ways with sockets are here.
+    pub series: BTreeMap<(Option<ProcessTag>, Backlog), (u64, u64)>,
+    /// Processes whose sockets could not all be read at the last read.
+    pub unreadable: u64,
+}
+
+impl BackedUpSeries {
+    /// Reads each of `processes` (its pid, and its tag where the daemon traces several).
+    fn read(processes: &[(u32, Option<ProcessTag>)]) -> Self {
+        let mut read = Self::default();
+        for (pid, tag) in processes {
+            let live = crate::pipeline::target::live_thread(*pid);
+            let (sockets, failed) = crate::objects::sockets::backed_up::scan_all(live);
+            if let Some(failed) = failed {
+                log::debug!("backed-up sockets of pid {pid}: {failed}");
+                read.unreadable += 1;
+            }
+            for socket in sockets {
+                let (count, bytes) = read.series.entry((tag.clone(), socket.backlog)).or_default();
+                *count += 1;
+                *bytes += socket.queued_bytes;
+            }
+        }
+        read
+    }
+}
+
+/// The last read, and the processes it was of.
+type LastRead = (Instant, Vec<(u32, Option<ProcessTag>)>, Arc<BackedUpSeries>);
+
+/// The reads for one daemon; locked across reading, so concurrent scrapes share one.
+#[derive(Default)]
+pub struct BackedUpReads {
+    last: tokio::sync::Mutex<Option<LastRead>>,
+}
+
+impl BackedUpReads {
+    /// The series of `processes`: the last read's when it is fresh and of the same
+    /// processes, else a new one.
+    pub async fn series(&self, processes: Vec<(u32, Option<ProcessTag>)>) -> Arc<BackedUpSeries> {
+        let mut last = self.last.lock().await;
+        if let Some((taken, of, series)) = last.as_ref()
+            && taken.elapsed() < READ_EVERY
+            && *of == processes
+        {
+            return Arc::clone(series);
+        }
+        let of = processes.clone();
+        let series = tokio::task::spawn_blocking(move || BackedUpSeries::read(&processes))
+            .await
+            .unwrap_or_else(|join| {
+                log::warn!("the read of backed-up sockets failed: {join}");
+                BackedUpSeries::default()
+            });
+        let series = Arc::new(series);
+        *last = Some((Instant::now(), of, Arc::clone(&series)));
+        series
+    }
+}
