@@ -769,14 +769,15 @@ fn prometheus_scrapes_the_backed_up_sockets_of_an_event_driven_writer() {
     const NAME: &str = "c-event-writer";
     let build = TempDir::new("serve-backed-up-build");
     let bin = tracer_tests::build_c(build.path(), tracer_tests::C_EVENT_WRITER_SOURCE, NAME);
-    let (_backend, port) = tracer_tests::start_dead_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
-    // Made before the writer, so it is removed after the writer is killed.
+    // Made first, so it is removed after the processes in it are killed.
     let cgroup = tracer_tests::TestCgroup::make("tracer-backed-up");
+    let (backend, port) = tracer_tests::start_dead_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
     let mut cmd = Command::new(&bin);
     cmd.arg(port.to_string()).arg(WORKLOAD_SECONDS.to_string());
     let writer = start_workload(NAME, cmd);
     let pid = writer.pid();
     cgroup.add(pid);
+    cgroup.add(backend.pid());
     // A TCP socket counts once nothing moved for a second.
     std::thread::sleep(Duration::from_millis(1200));
 
@@ -805,17 +806,23 @@ fn prometheus_scrapes_the_backed_up_sockets_of_an_event_driven_writer() {
     drop(prometheus);
     daemon.terminate(EXIT_TIMEOUT);
 
-    // A cgroup's: one series per process and way, labelled with the process.
+    // A cgroup's, the writer and the backend (one read of their namespace's table): one
+    // series per process and way, labelled with the process.
     let daemon = ServeDaemon::start(&["--cgroup", cgroup.path().to_str().expect("utf-8")]);
-    let wanted = format!("tracer_backed_up_sockets{{pid=\"{pid}\",comm=\"{NAME}\"");
+    let series =
+        |pid: u32, comm: &str| format!("tracer_backed_up_sockets{{pid=\"{pid}\",comm=\"{comm}\"");
+    let (writer_series, backend_series) =
+        (series(pid, NAME), series(backend.pid(), "slow-backend"));
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     loop {
         let metrics = daemon.get("/metrics").text();
-        if let Some(line) = metrics.lines().find(|line| line.starts_with(&wanted)) {
-            assert!(line.ends_with("way=\"unsent\"} 2"), "{line}");
+        let line = |wanted: &str| metrics.lines().find(|line| line.starts_with(wanted));
+        if let (Some(writer), Some(backend)) = (line(&writer_series), line(&backend_series)) {
+            assert!(writer.ends_with("way=\"unsent\"} 2"), "{writer}");
+            assert!(backend.ends_with("way=\"unread\"} 1"), "{backend}");
             break;
         }
-        assert!(Instant::now() < deadline, "no {wanted} in /metrics:\n{metrics}");
+        assert!(Instant::now() < deadline, "no backed-up series of both in /metrics:\n{metrics}");
         std::thread::sleep(Duration::from_millis(500));
     }
 }

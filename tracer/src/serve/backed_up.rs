@@ -30,9 +30,10 @@ impl BackedUpSeries {
     /// Reads each of `processes` (its pid, and its tag where the daemon traces several).
     fn read(processes: &[(u32, Option<ProcessTag>)]) -> Self {
         let mut read = Self::default();
-        for (pid, tag) in processes {
-            let live = crate::pipeline::target::live_thread(*pid);
-            let (sockets, failed) = crate::objects::sockets::backed_up::scan_all(live);
+        let pids: Vec<u32> =
+            processes.iter().map(|&(pid, _)| crate::pipeline::target::live_thread(pid)).collect();
+        let scans = crate::objects::sockets::backed_up::scan_processes(&pids);
+        for ((pid, tag), (sockets, failed)) in processes.iter().zip(scans) {
             if let Some(failed) = failed {
                 log::debug!("backed-up sockets of pid {pid}: {failed}");
                 read.unreadable += 1;

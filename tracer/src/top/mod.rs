@@ -329,14 +329,18 @@ impl Session {
             return (kept, self.header.backed_up_unreadable);
         }
         self.backed_up_read = Some(Instant::now());
+        let members = &self.members.members;
+        let pids: Vec<u32> = members
+            .iter()
+            .map(|member| crate::pipeline::target::live_thread(member.target.pid))
+            .collect();
+        let scans = crate::objects::sockets::backed_up::scan_processes(&pids);
         let mut all = BackedUp::default();
         let mut unreadable = 0;
-        for member in &self.members.members {
-            let pid = crate::pipeline::target::live_thread(member.target.pid);
-            let scan = crate::objects::sockets::backed_up::scan(pid);
-            all.join(scan.backed_up, &member.tag());
+        for (member, (sockets, failed)) in members.iter().zip(scans) {
+            all.join(BackedUp::of(sockets), &member.tag());
             // Its descriptors or its socket tables unreadable: said in the header.
-            unreadable += u64::from(scan.failed.is_some());
+            unreadable += u64::from(failed.is_some());
         }
         // One process's: no need to name it.
         if self.members.members.len() == 1 {

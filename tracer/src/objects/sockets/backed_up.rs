@@ -46,6 +46,10 @@ pub enum ScanFailed {
     Descriptors(u32, #[source] std::io::Error),
     #[error("cannot read its sockets: {0}")]
     Netlink(#[from] NetlinkError),
+    /// Its network namespace's socket tables could not be read (said once for each of the
+    /// namespace's processes).
+    #[error("cannot read the socket tables of its network namespace: {0}")]
+    Namespace(String),
 }
 
 /// What a scan found, and why it may have found less than there is.
@@ -59,90 +63,164 @@ pub struct Scan {
 /// The backed-up sockets of process `pid` now, the heaviest `BACKED_UP_KEPT` kept; none
 /// for a process gone.
 pub fn scan(pid: u32) -> Scan {
-    let (found, failed) = scan_all(pid);
+    let (found, failed) = scan_processes(&[pid]).pop().unwrap_or_default();
     Scan { backed_up: BackedUp::of(found), failed }
 }
 
-/// Every backed-up socket of process `pid` now, and why some could not be read.
-pub fn scan_all(pid: u32) -> (Vec<BackedUpSocket>, Option<ScanFailed>) {
-    let mut found = Vec::new();
-    let failed = scan_into(pid, &mut found).err();
-    (found, failed)
+/// One process being scanned.
+#[derive(Default)]
+struct Scanned {
+    pid: u32,
+    found: Vec<BackedUpSocket>,
+    failed: Option<ScanFailed>,
+    /// Its TCP families, and its Unix sockets (descriptor, inode).
+    families: HashSet<u8>,
+    unix: Vec<(u64, u64)>,
 }
 
-/// Adds the backed-up sockets of `pid` to `found` until one read fails: the TCP ones
-/// found before a Unix socket's read failed are kept.
-fn scan_into(pid: u32, found: &mut Vec<BackedUpSocket>) -> Result<(), ScanFailed> {
-    let descriptors = match socket_descriptors(pid) {
-        Ok(descriptors) => descriptors,
-        // Gone since it was looked at: it has no sockets left.
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(ScanFailed::Descriptors(pid, error)),
-    };
-    if descriptors.is_empty() {
-        return Ok(());
+impl Scanned {
+    /// The first failure is the one said.
+    fn fail(&mut self, failed: ScanFailed) {
+        self.failed.get_or_insert(failed);
     }
-    let mut diag = SockDiag::open(pid)?;
-    let mut unix = Vec::new();
-    let mut families = HashSet::new();
-    for &(fd, inode) in &descriptors {
-        match socket_kind(&format!("/proc/{pid}/fd/{fd}")) {
-            Some(SocketKind::Inet { family, protocol }) if protocol == IPPROTO_TCP => {
-                families.insert(family);
+}
+
+/// Every backed-up socket of each of `pids` now, in their order, and why some of a
+/// process's could not be read (a process gone has none). The processes of one network
+/// namespace share its dumps of the TCP table (a host's daemon reads hundreds), and the
+/// full Unix sockets of all are read again after one wait.
+pub fn scan_processes(pids: &[u32]) -> Vec<(Vec<BackedUpSocket>, Option<ScanFailed>)> {
+    let mut scanned: Vec<Scanned> =
+        pids.iter().map(|&pid| Scanned { pid, ..Default::default() }).collect();
+    // Each TCP socket's process (by index) and descriptor, by inode; the processes by
+    // network namespace.
+    let mut tcp_owner: HashMap<u64, (usize, u64)> = HashMap::new();
+    let mut namespaces: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (index, process) in scanned.iter_mut().enumerate() {
+        let pid = process.pid;
+        let descriptors = match socket_descriptors(pid) {
+            Ok(descriptors) => descriptors,
+            // Gone since it was looked at: it has no sockets left.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                process.fail(ScanFailed::Descriptors(pid, error));
+                continue;
             }
-            Some(SocketKind::Unix) => unix.push((fd, inode)),
-            // UDP drops what does not fit; MPTCP and the rest have no queue to read here.
-            _ => {}
+        };
+        for (fd, inode) in descriptors {
+            match socket_kind(&format!("/proc/{pid}/fd/{fd}")) {
+                Some(SocketKind::Inet { family, protocol }) if protocol == IPPROTO_TCP => {
+                    process.families.insert(family);
+                    tcp_owner.entry(inode).or_insert((index, fd));
+                }
+                Some(SocketKind::Unix) => process.unix.push((fd, inode)),
+                // UDP drops what does not fit; MPTCP and the rest have no queue to read.
+                _ => {}
+            }
         }
-    }
-    let fd_of: HashMap<u64, u64> = descriptors.iter().map(|&(fd, inode)| (inode, fd)).collect();
-    // Connections that can move data: a host's listeners and TIME_WAITs are left in the
-    // kernel, and only the process's own answers are kept.
-    let transferring = StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT;
-    for family in [AF_INET, AF_INET6] {
-        if !families.contains(&family) {
+        if process.families.is_empty() && process.unix.is_empty() {
             continue;
         }
-        diag.dump_inet_each(family, IPPROTO_TCP, transferring.clone(), |response| {
-            let Some(&fd) = fd_of.get(&u64::from(response.header.inode)) else { return };
+        match network_namespace(pid) {
+            Some(namespace) => namespaces.entry(namespace).or_default().push(index),
+            None => continue, // gone meanwhile
+        }
+    }
+    let mut diags = Vec::new();
+    for members in namespaces.into_values() {
+        // sock_diag answers for the namespace of the process that opens it.
+        let mut diag = match SockDiag::open(scanned[members[0]].pid) {
+            Ok(diag) => diag,
+            Err(error) => {
+                for &index in &members {
+                    scanned[index].fail(ScanFailed::Namespace(error.to_string()));
+                }
+                continue;
+            }
+        };
+        read_tcp(&mut diag, &members, &tcp_owner, &mut scanned);
+        diags.push((diag, members));
+    }
+    read_unix(&mut diags, &mut scanned);
+    scanned.into_iter().map(|process| (process.found, process.failed)).collect()
+}
+
+/// One dump per TCP family the namespace's processes (`members`) hold, each connection
+/// judged for the process that holds it.
+fn read_tcp(
+    diag: &mut SockDiag,
+    members: &[usize],
+    tcp_owner: &HashMap<u64, (usize, u64)>,
+    scanned: &mut [Scanned],
+) {
+    // Connections that can move data: a host's listeners and TIME_WAITs are left in the
+    // kernel, and only the processes' own answers are kept.
+    let transferring = StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT;
+    for family in [AF_INET, AF_INET6] {
+        if !members.iter().any(|&index| scanned[index].families.contains(&family)) {
+            continue;
+        }
+        let dumped = diag.dump_inet_each(family, IPPROTO_TCP, transferring.clone(), |response| {
+            let inode = u64::from(response.header.inode);
+            let Some(&(index, fd)) = tcp_owner.get(&inode) else { return };
             let tcp = diag::tcp_info(&response)
                 .and_then(diag::tcp_flow)
                 .map(|flow| TcpFacts { flow, unacknowledged: response.header.send_queue });
             let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
-            found.extend(judge(fd, &info, tcp));
-        })?;
+            scanned[index].found.extend(judge(fd, &info, tcp));
+        });
+        if let Err(error) = dumped {
+            for &index in members {
+                if scanned[index].families.contains(&family) {
+                    scanned[index].fail(ScanFailed::Namespace(error.to_string()));
+                }
+            }
+        }
     }
-    full_unix_sockets(&mut diag, &unix, found)?;
-    Ok(())
 }
 
-/// Adds to `found` the Unix sockets of `unix` (descriptor, inode) full now and still full
-/// a moment later.
-fn full_unix_sockets(
-    diag: &mut SockDiag,
-    unix: &[(u64, u64)],
-    found: &mut Vec<BackedUpSocket>,
-) -> Result<(), NetlinkError> {
-    let mut read = |fd: u64, inode: u64| -> Result<Option<BackedUpSocket>, NetlinkError> {
+/// The Unix sockets full now and still full `UNIX_READ_AGAIN_AFTER` later (one wait for
+/// all), each through its namespace's `diags`.
+fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
+    let read = |diag: &mut SockDiag, fd: u64, inode: u64| {
         let Ok(inode) = u32::try_from(inode) else { return Ok(None) };
         // None: closed meanwhile.
         let Some(Record { info, .. }) = diag.get_unix(inode)? else { return Ok(None) };
         Ok(judge(fd, &info, None).into_iter().next())
     };
+    // (namespace, process, descriptor, inode) of each socket full at the first look.
     let mut full = Vec::new();
-    for &(fd, inode) in unix {
-        if read(fd, inode)?.is_some() {
-            full.push((fd, inode));
+    for (at, (diag, members)) in diags.iter_mut().enumerate() {
+        for &index in members.iter() {
+            let unix = std::mem::take(&mut scanned[index].unix);
+            for (fd, inode) in unix {
+                match read(diag, fd, inode) {
+                    Ok(Some(_)) => full.push((at, index, fd, inode)),
+                    Ok(None) => {}
+                    Err(error) => {
+                        scanned[index].fail(ScanFailed::Netlink(error));
+                        break;
+                    }
+                }
+            }
         }
     }
     if full.is_empty() {
-        return Ok(());
+        return;
     }
     std::thread::sleep(UNIX_READ_AGAIN_AFTER);
-    for (fd, inode) in full {
-        found.extend(read(fd, inode)?);
+    for (at, index, fd, inode) in full {
+        match read(&mut diags[at].0, fd, inode) {
+            Ok(still) => scanned[index].found.extend(still),
+            Err(error) => scanned[index].fail(ScanFailed::Netlink(error)),
+        }
     }
-    Ok(())
+}
+
+/// The inode of the network namespace of process `pid`; None when it is gone.
+fn network_namespace(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|metadata| metadata.ino())
 }
 
 /// The process's socket descriptors and their inodes, each socket once (at its lowest
