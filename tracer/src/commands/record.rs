@@ -324,7 +324,8 @@ async fn record_sampled(
     })?;
     let sampled = sampler.finish(target_exited);
     let timing = SampledTiming { started_at, elapsed, period };
-    let profile = sampled_profile(&target, sampled, timing, target_exited);
+    let mut profile = sampled_profile(&target, sampled, timing, target_exited);
+    pipeline::add_backed_up_sockets(&mut profile);
     pipeline::report(&profile, outputs, top)
 }
 
@@ -374,7 +375,7 @@ async fn record_sampled_several(
     let timing = SampledTiming { started_at, elapsed, period };
     let pass_counts = members.pass_counts();
     let _report = pipeline::ReportScope::enter();
-    let profiles = members
+    let mut profiles: Vec<Profile> = members
         .members
         .into_iter()
         .map(|Member { target, sampler, .. }| {
@@ -388,6 +389,7 @@ async fn record_sampled_several(
             sampled_profile(&target, sampler.finish(exited), timing, exited)
         })
         .collect();
+    pipeline::add_backed_up_sockets_to(&mut profiles);
     let mut profile = Profile::of_processes(profiles);
     profile.counts.add(pass_counts);
     pipeline::report(&profile, outputs, top)
@@ -454,6 +456,5 @@ fn sampled_profile(
     let mut profile = pipeline::with_stacks(profile, pending);
     let frame_pointers = tasks.host();
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
-    pipeline::add_backed_up_sockets(&mut profile);
     profile
 }

@@ -371,14 +371,22 @@ pub fn add_wait_chains(
 /// the queues no wait shows (an event-driven server's client that stopped reading). A
 /// process gone has none; one whose sockets cannot all be read is counted.
 pub fn add_backed_up_sockets(profile: &mut Profile) {
-    if profile.target_exited {
-        return;
-    }
-    let scan = crate::objects::sockets::backed_up::scan(target::live_thread(profile.pid));
-    profile.backed_up = scan.backed_up;
-    if let Some(failed) = scan.failed {
-        log::warn!("backed-up sockets of pid {}: {failed}", profile.pid);
-        profile.counts.socket_scans_failed += 1;
+    add_backed_up_sockets_to(std::slice::from_mut(profile));
+}
+
+/// `add_backed_up_sockets` for the profiles of several processes, read together (the
+/// processes of one network namespace share its socket tables' dumps).
+pub fn add_backed_up_sockets_to(profiles: &mut [Profile]) {
+    let mut live: Vec<&mut Profile> =
+        profiles.iter_mut().filter(|profile| !profile.target_exited).collect();
+    let pids: Vec<u32> = live.iter().map(|profile| target::live_thread(profile.pid)).collect();
+    let scans = crate::objects::sockets::backed_up::scan_processes(&pids);
+    for (profile, (sockets, failed)) in live.iter_mut().zip(scans) {
+        profile.backed_up = crate::model::BackedUp::of(sockets);
+        if let Some(failed) = failed {
+            log::warn!("backed-up sockets of pid {}: {failed}", profile.pid);
+            profile.counts.socket_scans_failed += 1;
+        }
     }
 }
 

@@ -722,11 +722,11 @@ impl Reader {
                 let frame_pointers = tasks.host();
                 pipeline::add_wait_chains(&mut profile, objects, unwinder, &frame_pointers);
             }
-            // A server with nothing blocked may still have a client that stopped reading.
-            if chains {
-                pipeline::add_backed_up_sockets(&mut profile);
-            }
             profiles.push(profile);
+        }
+        // A server with nothing blocked may still have a client that stopped reading.
+        if chains {
+            pipeline::add_backed_up_sockets_to(&mut profiles);
         }
         (!profiles.is_empty()).then(|| Profile::of_processes(profiles))
     }

@@ -32,7 +32,7 @@ use super::{
     diag::{self, Record, SockDiag, TcpFlow},
     socket_inode, socket_kind,
 };
-use crate::model::{BackedUp, BackedUpSocket, Backlog};
+use crate::model::{BackedUpSocket, Backlog};
 
 /// How long nothing must have moved on a TCP connection for it to count as backed up.
 pub const STALLED_FOR: Duration = Duration::from_secs(1);
@@ -50,21 +50,6 @@ pub enum ScanFailed {
     /// namespace's processes).
     #[error("cannot read the socket tables of its network namespace: {0}")]
     Namespace(String),
-}
-
-/// What a scan found, and why it may have found less than there is.
-#[derive(Debug, Default)]
-pub struct Scan {
-    pub backed_up: BackedUp,
-    /// Set when some or all of the sockets could not be read (those are not listed).
-    pub failed: Option<ScanFailed>,
-}
-
-/// The backed-up sockets of process `pid` now, the heaviest `BACKED_UP_KEPT` kept; none
-/// for a process gone.
-pub fn scan(pid: u32) -> Scan {
-    let (found, failed) = scan_processes(&[pid]).pop().unwrap_or_default();
-    Scan { backed_up: BackedUp::of(found), failed }
 }
 
 /// One process being scanned.
@@ -437,8 +422,9 @@ mod tests {
     #[test]
     fn a_process_gone_has_no_sockets() {
         // No process has this pid (above the kernel's pid_max).
-        let gone = scan(u32::MAX - 1);
-        assert!(gone.failed.is_none(), "a process gone is no failure: {gone:?}");
-        assert!(gone.backed_up.is_empty());
+        let gone = scan_processes(&[u32::MAX - 1]);
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].0.is_empty());
+        assert!(gone[0].1.is_none(), "a process gone is no failure: {:?}", gone[0].1);
     }
 }
