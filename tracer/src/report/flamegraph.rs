@@ -357,8 +357,25 @@ fn subtitle(profile: &Profile, weight: Weight) -> String {
         false => String::new(),
     };
     format!(
-        "{pid}{what}{}; width = {width}; top frame = wait kind",
+        "{pid}{what}{}; width = {width}; top frame = wait kind{}",
         if profile.target_exited { "; the process exited during the recording" } else { "" },
+        backed_up_note(profile),
+    )
+}
+
+/// The heaviest backed-up socket and how many more, which no frame shows (an
+/// event-driven server's client that stopped reading); empty when none is.
+fn backed_up_note(profile: &Profile) -> String {
+    let backed_up = &profile.backed_up;
+    let Some(heaviest) = backed_up.sockets.first() else { return String::new() };
+    let more = (backed_up.sockets.len() - 1) as u64 + backed_up.left_out;
+    format!(
+        "; backed up: {} {} {} ({}){}",
+        heaviest.peer,
+        heaviest.backlog.name(),
+        super::summary::format_bytes(heaviest.queued_bytes),
+        heaviest.brief_reason(),
+        if more > 0 { format!(" and {more} more") } else { String::new() },
     )
 }
 
