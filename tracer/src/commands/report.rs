@@ -94,6 +94,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
             if let Some(note) = diff::durations_note(before, after) {
                 table.push_str(&note);
             }
+            table.push_str(&diff::backed_up_changes(before, after));
             table.push_str(&diff::mismatch_notes(before, after));
             // Escaped once for stdout and the .txt alike: it quotes the targets' names.
             let table = escape_controls(&table).into_owned();

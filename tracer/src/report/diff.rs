@@ -3,7 +3,7 @@
 //! most.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Write as _,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     report::{
         Weight,
         folded::comparable_folded_lines,
-        summary::{elide, format_duration},
+        summary::{elide, format_bytes, format_duration},
     },
 };
 
@@ -208,6 +208,47 @@ pub fn render_changes(
     out
 }
 
+/// The backed-up sockets of the two profiles, by way and why (their peers differ from
+/// one run to the next: a client's port), where either has some: how many, and their
+/// bytes.
+pub fn backed_up_changes(before: &Profile, after: &Profile) -> String {
+    type Counts = BTreeMap<(&'static str, &'static str), (u64, u64)>;
+    let counts = |profile: &Profile| -> Counts {
+        let mut counts = Counts::new();
+        for socket in &profile.backed_up.sockets {
+            let (sockets, bytes) =
+                counts.entry((socket.backlog.name(), socket.brief_reason())).or_default();
+            *sockets += 1;
+            *bytes += socket.queued_bytes;
+        }
+        counts
+    };
+    let (then, now) = (counts(before), counts(after));
+    let total =
+        |profile: &Profile| profile.backed_up.sockets.len() as u64 + profile.backed_up.left_out;
+    let (total_then, total_now) = (total(before), total(after));
+    let mut out = String::new();
+    if total_then == 0 && total_now == 0 {
+        return out;
+    }
+    let _ =
+        writeln!(out, "backed-up sockets, as each report was made: {total_then} -> {total_now}");
+    let ways: BTreeSet<_> = then.keys().chain(now.keys()).collect();
+    for way in ways {
+        let (sockets_then, bytes_then) = then.get(way).copied().unwrap_or_default();
+        let (sockets_now, bytes_now) = now.get(way).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}, {}: {sockets_then} -> {sockets_now} ({} -> {})",
+            way.0,
+            way.1,
+            format_bytes(bytes_then),
+            format_bytes(bytes_now),
+        );
+    }
+    out
+}
+
 /// An age shown in the table: none where no thread waited.
 fn age(ns: u64) -> String {
     if ns == 0 { "-".to_string() } else { format!("≥{}", format_duration(ns)) }
@@ -320,6 +361,25 @@ mod tests {
             table,
             "a.json against a.json:\nno call site changed its blocked time or threads\n"
         );
+    }
+
+    #[test]
+    fn backed_up_sockets_are_compared_by_way_and_why() {
+        let before = fixture_profile();
+        assert_eq!(backed_up_changes(&before, &before).lines().count(), 3);
+        let mut after = before.clone();
+        after.backed_up.sockets.remove(1);
+        after.backed_up.sockets[0].queued_bytes *= 2;
+        assert_eq!(
+            backed_up_changes(&before, &after),
+            "backed-up sockets, as each report was made: 2 -> 1\n\
+             \x20 unread, process not reading: 1 -> 0 (4.0 KiB -> 0 B)\n\
+             \x20 unsent, peer stopped reading: 1 -> 1 (2.5 MiB -> 5.0 MiB)\n"
+        );
+        after.backed_up = Default::default();
+        let mut none = after.clone();
+        none.backed_up = Default::default();
+        assert_eq!(backed_up_changes(&after, &none), "");
     }
 
     #[test]
