@@ -376,6 +376,12 @@ fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
     let tcp = unsent.iter().find(|socket| socket.peer == backend_address);
     let tcp = tcp.unwrap_or_else(|| panic!("no socket to {backend_address}: {sockets:#?}"));
     assert!(tcp.window_closed, "the backend's window is closed: {tcp:#?}");
+    // Where the peer that stopped reading is: the backend, on this host.
+    let backend_named = format!("peer pid {backend_pid} (slow-backend): ");
+    assert!(
+        tcp.peer_process.as_deref().is_some_and(|peer| peer.starts_with(&backend_named)),
+        "{tcp:#?}"
+    );
     assert!(tcp.queued_bytes > 0 && tcp.idle.is_some(), "{tcp:#?}");
     let unix = unsent.iter().find(|socket| socket.peer == "unix");
     let unix = unix.unwrap_or_else(|| panic!("no socketpair end: {sockets:#?}"));
@@ -408,5 +414,13 @@ fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
         assert_eq!(peers, BTreeSet::from([backend_address.as_str(), "unix"]), "{sockets:#?}");
         assert!(sockets.iter().all(|socket| socket.process.is_none()), "{sockets:#?}");
         assert!(sockets.iter().all(|socket| socket.backlog == Backlog::Unsent), "{sockets:#?}");
+        let to_backend = sockets.iter().find(|socket| socket.peer == backend_address);
+        let peer = to_backend.and_then(|socket| socket.peer_process.as_deref());
+        assert!(peer.is_some_and(|peer| peer.starts_with(&backend_named)), "{sockets:#?}");
+        assert!(
+            traced.out.stdout.contains(&format!("    → {backend_named}")),
+            "{}",
+            traced.out.stdout
+        );
     }
 }

@@ -136,6 +136,25 @@ pub fn gather_goroutines(
     facts
 }
 
+/// Backed-up sockets whose peer is looked for, per process: the heaviest (a server with
+/// thousands of stalled clients would read as many processes).
+pub const BACKED_UP_PEERS_LOOKED_FOR: usize = 8;
+
+/// The processes of this host at the other end of `sockets` (process `pid`'s backed-up
+/// ones), by socket inode, with what their threads do now: where a client that stopped
+/// reading is stuck. Also how many could not be looked for (a table of sockets
+/// unreadable).
+pub fn socket_peers(pid: u32, sockets: &[SocketInfo]) -> (BTreeMap<u64, PeerProcess>, u64) {
+    let keys: Vec<String> = sockets.iter().map(|socket| socket.inode.to_string()).collect();
+    let endpoints =
+        keys.iter().zip(sockets).map(|(key, socket)| (key, std::slice::from_ref(socket)));
+    // Other processes' threads unwind by CFI; the few frames that need a saved rbp stop.
+    let frame_pointers = SavedFramePointers::default();
+    let (peers, failed) = local_peers(pid, endpoints, std::iter::empty(), &frame_pointers);
+    let by_inode = peers.into_iter().filter_map(|(key, peer)| Some((key.parse().ok()?, peer)));
+    (by_inode.collect(), failed)
+}
+
 /// The pipes `profile`'s waits are on, with the end their peer holds: a write waits for
 /// the pipe's reader, a read for its writer (a thread's by its kind, a goroutine's in a
 /// system call by its call); a goroutine parked on a pipe in the netpoller (`IO wait

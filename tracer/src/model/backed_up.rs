@@ -64,6 +64,12 @@ pub struct BackedUpSocket {
     /// How long since data last moved that way (sent, or received), where the kernel tells
     /// (TCP).
     pub idle: Option<Duration>,
+    /// A TCP connection (else a Unix socket).
+    pub tcp: bool,
+    /// The process at the other end, on this host, and what it does now ("peer pid 5678
+    /// (python3): blocked in clock_nanosleep at main; none of its threads waits on this
+    /// connection"), where it was looked for and found.
+    pub peer_process: Option<String>,
 }
 
 impl BackedUpSocket {
@@ -155,6 +161,8 @@ mod tests {
             window_closed: true,
             retransmitting: false,
             idle: Some(Duration::from_millis(1500)),
+            tcp: true,
+            peer_process: None,
         }
     }
 

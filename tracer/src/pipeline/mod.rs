@@ -387,6 +387,35 @@ pub fn add_backed_up_sockets_to(profiles: &mut [Profile]) {
             log::warn!("backed-up sockets of pid {}: {failed}", profile.pid);
             profile.counts.socket_scans_failed += 1;
         }
+        add_backed_up_peers(profile);
+    }
+}
+
+/// Where the heaviest backed-up sockets' peers on this host are stuck (a client that
+/// stopped reading): the chains' peer lookup, for sockets no wait names.
+fn add_backed_up_peers(profile: &mut Profile) {
+    use crate::objects::sockets::{Protocol, SocketInfo};
+    let sockets = &mut profile.backed_up.sockets;
+    let heaviest = sockets.len().min(chains::live::BACKED_UP_PEERS_LOOKED_FOR);
+    let looked_for = &mut sockets[..heaviest];
+    if looked_for.is_empty() {
+        return;
+    }
+    let sockets: Vec<SocketInfo> = looked_for
+        .iter()
+        .map(|socket| {
+            let protocol = if socket.tcp { Protocol::Tcp } else { Protocol::Unix };
+            let remote = Some(socket.peer.clone());
+            SocketInfo::addresses_only(socket.inode, protocol, socket.local.clone(), remote)
+        })
+        .collect();
+    let pid = target::live_thread(profile.pid);
+    let (peers, failed) = chains::live::socket_peers(pid, &sockets);
+    profile.counts.peer_lookups_failed += failed;
+    for socket in looked_for {
+        if let Some(peer) = peers.get(&socket.inode) {
+            socket.peer_process = Some(chains::peer_text(peer, &socket.peer));
+        }
     }
 }
 

@@ -195,6 +195,12 @@ pub(crate) fn fixture_profile() -> Profile {
                     window_closed: true,
                     retransmitting: false,
                     idle: Some(Duration::from_millis(8_100)),
+                    tcp: true,
+                    peer_process: Some(
+                        "peer pid 5252 (stats-client): blocked in clock_nanosleep at \
+                         client::pause; none of its threads waits on this connection"
+                            .to_string(),
+                    ),
                 },
                 BackedUpSocket {
                     process: None,
@@ -208,6 +214,8 @@ pub(crate) fn fixture_profile() -> Profile {
                     window_closed: true,
                     retransmitting: false,
                     idle: Some(Duration::from_millis(2_500)),
+                    tcp: true,
+                    peer_process: None,
                 },
             ],
             left_out: 0,

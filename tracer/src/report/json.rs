@@ -123,6 +123,12 @@ pub struct JsonBackedUpSocket {
     /// Unsent TCP data being retransmitted, unacknowledged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retransmitting: bool,
+    /// A TCP connection (else a Unix socket).
+    #[serde(default)]
+    pub tcp: bool,
+    /// The process at the other end, on this host, and what it does now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_process: Option<String>,
     /// Since data last moved that way (TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ns: Option<u64>,
@@ -520,6 +526,8 @@ fn json_backed_up(socket: &BackedUpSocket) -> JsonBackedUpSocket {
         window_closed,
         retransmitting,
         idle,
+        tcp,
+        peer_process,
     } = socket;
     JsonBackedUpSocket {
         backlog: backlog.name().to_string(),
@@ -531,6 +539,8 @@ fn json_backed_up(socket: &BackedUpSocket) -> JsonBackedUpSocket {
         buffer_bytes: *buffer_bytes,
         window_closed: *window_closed,
         retransmitting: *retransmitting,
+        tcp: *tcp,
+        peer_process: peer_process.clone(),
         idle_ns: idle.map(|idle| idle.as_nanos() as u64),
         process: process.as_ref().map(json_process),
     }
@@ -547,6 +557,8 @@ fn backed_up_socket(json: JsonBackedUpSocket) -> Result<BackedUpSocket, String> 
         buffer_bytes,
         window_closed,
         retransmitting,
+        tcp,
+        peer_process,
         idle_ns,
         process,
     } = json;
@@ -563,6 +575,8 @@ fn backed_up_socket(json: JsonBackedUpSocket) -> Result<BackedUpSocket, String> 
         window_closed,
         retransmitting,
         idle: idle_ns.map(Duration::from_nanos),
+        tcp,
+        peer_process,
     })
 }
 

@@ -629,6 +629,9 @@ fn write_object_tables(out: &mut String, profile: &Profile, top: usize) {
     }
 }
 
+/// What starts the line under a backed-up socket that says where its peer is stuck.
+pub(crate) const BACKED_UP_PEER_MARK: &str = "    → ";
+
 /// The backed-up table's columns between the peer and the process (WAY, FD, QUEUED,
 /// IDLE) with their spaces, and the widest a process's name gets there.
 const BACKED_UP_FIXED_WIDTH: usize = 1 + 6 + 1 + 5 + 1 + 9 + 1 + 8 + 2;
@@ -686,6 +689,10 @@ fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
                 _ => truncate(socket.brief_reason(), why),
             },
         );
+        // Where the peer is stuck, as a chain says it: one line, read whole.
+        if let Some(peer) = &socket.peer_process {
+            let _ = writeln!(out, "{BACKED_UP_PEER_MARK}{}", super::escape_name(peer));
+        }
     }
     let more = (backed_up.sockets.len() - shown.len()) as u64 + backed_up.left_out;
     if more > 0 {
@@ -1230,8 +1237,14 @@ mod tests {
         one.backed_up.sockets[0].peer = "10.0.0.7:5\n1234".to_string();
         let several = Profile::of_processes(vec![one, other]);
         let text = render_summary(&several, 2);
-        let table: Vec<&str> =
-            text.lines().skip_while(|line| !line.starts_with("BACKED UP")).take(4).collect();
+        // Each peer's line follows its socket's row.
+        assert!(text.contains("\n    → peer pid 5252 (stats-client): blocked in"), "{text}");
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.starts_with("BACKED UP"))
+            .filter(|line| !line.starts_with(BACKED_UP_PEER_MARK))
+            .take(4)
+            .collect();
         assert_eq!(table.len(), 4, "{text}");
         assert!(table[0].contains(" PROCESS ") && table[0].ends_with("WHY"), "{text}");
         // Two shown of three, the heaviest first, each with its process; the rest counted.

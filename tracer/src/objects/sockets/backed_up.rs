@@ -254,6 +254,8 @@ pub fn judge(fd: u64, info: &SocketInfo, tcp: Option<TcpFacts>) -> Vec<BackedUpS
         buffer_bytes: buffer.map(u64::from),
         window_closed,
         idle,
+        tcp: info.protocol == super::Protocol::Tcp,
+        peer_process: None,
     };
     match tcp {
         None => {
