@@ -233,7 +233,21 @@ fn snapshot_agrees_with_pprof(build: &GoBuild) {
         Some("chan send on chan []uint8 16/16"),
         "{case}: the senders' channel"
     );
-    assert_eq!(profile.counts.go_objects_unnamed, 0, "{case}: channels unnamed");
+    // Unnamed only where a goroutine was caught mid-call: a connection of the test's own
+    // requests still being served (`net/http.(*conn).serve [syscall]`, its thread not
+    // found blocked; once in a CI run).
+    let serving: u64 = profile
+        .stacks
+        .iter()
+        .filter(|stack| stack.frames.iter().any(|frame| frame.name == "net/http.(*conn).serve"))
+        .map(tracer_tests::goroutines)
+        .sum();
+    assert!(
+        profile.counts.go_objects_unnamed <= serving,
+        "{case}: {} channels, locks or calls unnamed ({serving} connections being served):\n{}",
+        profile.counts.go_objects_unnamed,
+        all()
+    );
 
     // Each IO wait named by its socket.
     let backend = http_get(port, "/backend", HTTP_TIMEOUT).text();

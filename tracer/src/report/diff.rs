@@ -234,6 +234,14 @@ pub fn backed_up_changes(before: &Profile, after: &Profile) -> String {
     let _ =
         writeln!(out, "backed-up sockets, as each report was made: {total_then} -> {total_now}");
     let ways: BTreeSet<_> = then.keys().chain(now.keys()).collect();
+    let left_out = (before.backed_up.left_out, after.backed_up.left_out);
+    if left_out != (0, 0) {
+        let _ = writeln!(
+            out,
+            "  not listed (past each process's heaviest): {} -> {}",
+            left_out.0, left_out.1
+        );
+    }
     for way in ways {
         let (sockets_then, bytes_then) = then.get(way).copied().unwrap_or_default();
         let (sockets_now, bytes_now) = now.get(way).copied().unwrap_or_default();

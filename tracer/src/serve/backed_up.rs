@@ -1,7 +1,7 @@
 //! The backed-up sockets for `/metrics`: each process's sockets read
 //! (`objects::sockets::backed_up`) at most every `READ_EVERY`, off the async threads (a
 //! read lists descriptors, dumps socket tables and may wait 100 ms on a Unix socket), and
-//! shared by the scrapes in between. An event-driven server whose client stopped reading
+//! shared by the scrapes in between (a process that joins meanwhile waits for the next). An event-driven server whose client stopped reading
 //! shows here, where no wait series does.
 
 use std::{
@@ -48,8 +48,9 @@ impl BackedUpSeries {
     }
 }
 
-/// The last read, and the processes it was of.
-type LastRead = (Instant, Vec<(u32, Option<ProcessTag>)>, Arc<BackedUpSeries>);
+/// The last read: when, and of which attachment (`serve --pid`'s generation; 0 for a
+/// daemon of several).
+type LastRead = (Instant, u64, Arc<BackedUpSeries>);
 
 /// The reads for one daemon; locked across reading, so concurrent scrapes share one.
 #[derive(Default)]
@@ -58,25 +59,42 @@ pub struct BackedUpReads {
 }
 
 impl BackedUpReads {
-    /// The series of `processes`: the last read's when it is fresh and of the same
-    /// processes, else a new one.
-    pub async fn series(&self, processes: Vec<(u32, Option<ProcessTag>)>) -> Arc<BackedUpSeries> {
+    /// The series of `processes` (of attachment `generation`): the last read's while it
+    /// is fresh and of the same attachment, without the processes gone since (one come
+    /// since waits for the next read), else a new one.
+    pub async fn series(
+        &self,
+        processes: Vec<(u32, Option<ProcessTag>)>,
+        generation: u64,
+    ) -> Arc<BackedUpSeries> {
         let mut last = self.last.lock().await;
         if let Some((taken, of, series)) = last.as_ref()
             && taken.elapsed() < READ_EVERY
-            && *of == processes
+            && *of == generation
         {
-            return Arc::clone(series);
+            let live = |tag: &Option<ProcessTag>| {
+                tag.as_ref().is_none_or(|tag| processes.iter().any(|(pid, _)| *pid == tag.pid))
+            };
+            if series.series.keys().all(|(tag, _)| live(tag)) {
+                return Arc::clone(series);
+            }
+            let kept = series.series.iter().filter(|((tag, _), _)| live(tag));
+            let series = BackedUpSeries {
+                series: kept.map(|(key, &value)| (key.clone(), value)).collect(),
+                unreadable: series.unreadable,
+            };
+            return Arc::new(series);
         }
-        let of = processes.clone();
+        let count = processes.len() as u64;
         let series = tokio::task::spawn_blocking(move || BackedUpSeries::read(&processes))
             .await
             .unwrap_or_else(|join| {
                 log::warn!("the read of backed-up sockets failed: {join}");
-                BackedUpSeries::default()
+                // Every process unread, said as such.
+                BackedUpSeries { unreadable: count, ..BackedUpSeries::default() }
             });
         let series = Arc::new(series);
-        *last = Some((Instant::now(), of, Arc::clone(&series)));
+        *last = Some((Instant::now(), generation, Arc::clone(&series)));
         series
     }
 }

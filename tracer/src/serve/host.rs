@@ -320,7 +320,7 @@ impl Host {
             .iter()
             .map(|process| (process.pid, Some(process.clone())))
             .collect();
-        let backed_up = self.backed_up.series(processes).await;
+        let backed_up = self.backed_up.series(processes, 0).await;
         let waits = lock(&self.waits);
         metrics::render(&metrics::Scrape {
             blocked: Some(&blocked),

@@ -491,7 +491,9 @@ async fn scrape(shared: &Shared, accept: Option<&HeaderValue>) -> Result<Reply, 
         None
     };
     let backed_up = match shared.attached_process() {
-        Some((pid, ..)) => Some(shared.backed_up.series(vec![(pid, None)]).await),
+        Some((pid, _, generation)) => {
+            Some(shared.backed_up.series(vec![(pid, None)], generation).await)
+        }
         None => None,
     };
     let tracer = shared.tracer_totals();

@@ -164,8 +164,8 @@ struct Session {
     exact: Option<ExactWaits>,
     /// The processes that exited, for the line said when none is left.
     exited: Vec<ProcessTag>,
-    /// When the processes' sockets were last read for backed-up ones.
-    backed_up_read: Option<Instant>,
+    /// When the processes' sockets were last read for backed-up ones, and which.
+    backed_up_read: Option<(Instant, Vec<u32>)>,
 }
 
 impl Session {
@@ -316,19 +316,19 @@ impl Session {
     }
 
     /// The processes' backed-up sockets, and how many processes' sockets could not be
-    /// read: read again every `BACKED_UP_READ_EVERY`, else as last read (a process gone
-    /// since left out).
+    /// read: read again every `BACKED_UP_READ_EVERY`, or when the processes changed
+    /// (one gone, a restart), else as last read.
     fn read_backed_up(&mut self) -> (BackedUp, u64) {
-        let due = self.backed_up_read.is_none_or(|read| read.elapsed() >= BACKED_UP_READ_EVERY);
-        if !due {
-            let mut kept = std::mem::take(&mut self.header.backed_up);
-            let live: Vec<u32> = self.members.members.iter().map(|m| m.target.pid).collect();
-            kept.sockets.retain(|socket| {
-                socket.process.as_ref().is_none_or(|process| live.contains(&process.pid))
-            });
+        let pids: Vec<u32> = self.members.members.iter().map(|m| m.target.pid).collect();
+        let fresh = self
+            .backed_up_read
+            .as_ref()
+            .is_some_and(|(read, of)| read.elapsed() < BACKED_UP_READ_EVERY && *of == pids);
+        if fresh {
+            let kept = std::mem::take(&mut self.header.backed_up);
             return (kept, self.header.backed_up_unreadable);
         }
-        self.backed_up_read = Some(Instant::now());
+        self.backed_up_read = Some((Instant::now(), pids));
         let members = &self.members.members;
         let pids: Vec<u32> = members
             .iter()

@@ -72,14 +72,16 @@ impl Scanned {
 
 /// Every backed-up socket of each of `pids` now, in their order, and why some of a
 /// process's could not be read (a process gone has none). The processes of one network
-/// namespace share its dumps of the TCP table (a host's daemon reads hundreds), and the
-/// full Unix sockets of all are read again after one wait.
+/// namespace share its dumps of the TCP table (a host's daemon reads hundreds), the full
+/// Unix sockets of all are read again after one wait, and a socket several of them hold
+/// (inherited, passed) is judged once, for the first.
 pub fn scan_processes(pids: &[u32]) -> Vec<(Vec<BackedUpSocket>, Option<ScanFailed>)> {
     let mut scanned: Vec<Scanned> =
         pids.iter().map(|&pid| Scanned { pid, ..Default::default() }).collect();
-    // Each TCP socket's process (by index) and descriptor, by inode; the processes by
-    // network namespace.
+    // Each TCP socket's process (by index) and descriptor, by inode, and the Unix sockets
+    // taken: of processes placed in a namespace only. The processes by namespace.
     let mut tcp_owner: HashMap<u64, (usize, u64)> = HashMap::new();
+    let mut unix_taken: HashSet<u64> = HashSet::new();
     let mut namespaces: HashMap<u64, Vec<usize>> = HashMap::new();
     for (index, process) in scanned.iter_mut().enumerate() {
         let pid = process.pid;
@@ -92,36 +94,53 @@ pub fn scan_processes(pids: &[u32]) -> Vec<(Vec<BackedUpSocket>, Option<ScanFail
                 continue;
             }
         };
+        let mut tcp = Vec::new();
         for (fd, inode) in descriptors {
             match socket_kind(&format!("/proc/{pid}/fd/{fd}")) {
                 Some(SocketKind::Inet { family, protocol }) if protocol == IPPROTO_TCP => {
-                    process.families.insert(family);
-                    tcp_owner.entry(inode).or_insert((index, fd));
+                    tcp.push((family, fd, inode));
                 }
                 Some(SocketKind::Unix) => process.unix.push((fd, inode)),
                 // UDP drops what does not fit; MPTCP and the rest have no queue to read.
                 _ => {}
             }
         }
-        if process.families.is_empty() && process.unix.is_empty() {
+        if tcp.is_empty() && process.unix.is_empty() {
             continue;
         }
-        match network_namespace(pid) {
-            Some(namespace) => namespaces.entry(namespace).or_default().push(index),
-            None => continue, // gone meanwhile
+        let namespace = match network_namespace(pid) {
+            Ok(namespace) => namespace,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                process.fail(ScanFailed::Namespace(error.to_string()));
+                continue;
+            }
+        };
+        namespaces.entry(namespace).or_default().push(index);
+        for (family, fd, inode) in tcp {
+            process.families.insert(family);
+            tcp_owner.entry(inode).or_insert((index, fd));
         }
+        process.unix.retain(|&(_, inode)| unix_taken.insert(inode));
     }
     let mut diags = Vec::new();
     for members in namespaces.into_values() {
-        // sock_diag answers for the namespace of the process that opens it.
-        let mut diag = match SockDiag::open(scanned[members[0]].pid) {
-            Ok(diag) => diag,
+        // sock_diag answers for the namespace of the process that opens it: any member
+        // that is still there.
+        let mut last_error = None;
+        let opened = members.iter().find_map(|&index| match SockDiag::open(scanned[index].pid) {
+            Ok(diag) => Some(diag),
             Err(error) => {
-                for &index in &members {
-                    scanned[index].fail(ScanFailed::Namespace(error.to_string()));
-                }
-                continue;
+                last_error = Some(error);
+                None
             }
+        });
+        let Some(mut diag) = opened else {
+            let said = last_error.map_or_else(String::new, |error| error.to_string());
+            for &index in &members {
+                scanned[index].fail(ScanFailed::Namespace(said.clone()));
+            }
+            continue;
         };
         read_tcp(&mut diag, &members, &tcp_owner, &mut scanned);
         diags.push((diag, members));
@@ -148,11 +167,15 @@ fn read_tcp(
         let dumped = diag.dump_inet_each(family, IPPROTO_TCP, transferring.clone(), |response| {
             let inode = u64::from(response.header.inode);
             let Some(&(index, fd)) = tcp_owner.get(&inode) else { return };
-            let tcp = diag::tcp_info(&response)
-                .and_then(diag::tcp_flow)
-                .map(|flow| TcpFacts { flow, unacknowledged: response.header.send_queue });
+            let Some(flow) = diag::tcp_info(&response).and_then(diag::tcp_flow) else {
+                // Asked for with every answer: a kernel that left it out says nothing
+                // of whether data moves.
+                scanned[index].fail(ScanFailed::Namespace("a connection without tcp_info".into()));
+                return;
+            };
+            let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
             let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
-            scanned[index].found.extend(judge(fd, &info, tcp));
+            scanned[index].found.extend(judge(fd, &info, Some(tcp)));
         });
         if let Err(error) = dumped {
             for &index in members {
@@ -165,7 +188,8 @@ fn read_tcp(
 }
 
 /// The Unix sockets full now and still full `UNIX_READ_AGAIN_AFTER` later (one wait for
-/// all), each through its namespace's `diags`.
+/// all), each through its namespace's `diags`. A namespace whose socket fails (each
+/// failure may be a second's timeout) is given up, its processes counted.
 fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
     let read = |diag: &mut SockDiag, fd: u64, inode: u64| {
         let Ok(inode) = u32::try_from(inode) else { return Ok(None) };
@@ -173,9 +197,15 @@ fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
         let Some(Record { info, .. }) = diag.get_unix(inode)? else { return Ok(None) };
         Ok(judge(fd, &info, None).into_iter().next())
     };
+    let give_up = |scanned: &mut [Scanned], members: &[usize], error: &NetlinkError| {
+        for &index in members {
+            scanned[index].fail(ScanFailed::Namespace(error.to_string()));
+        }
+    };
     // (namespace, process, descriptor, inode) of each socket full at the first look.
     let mut full = Vec::new();
-    for (at, (diag, members)) in diags.iter_mut().enumerate() {
+    let mut broken = vec![false; diags.len()];
+    'namespaces: for (at, (diag, members)) in diags.iter_mut().enumerate() {
         for &index in members.iter() {
             let unix = std::mem::take(&mut scanned[index].unix);
             for (fd, inode) in unix {
@@ -183,29 +213,38 @@ fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
                     Ok(Some(_)) => full.push((at, index, fd, inode)),
                     Ok(None) => {}
                     Err(error) => {
-                        scanned[index].fail(ScanFailed::Netlink(error));
-                        break;
+                        give_up(scanned, members, &error);
+                        broken[at] = true;
+                        continue 'namespaces;
                     }
                 }
             }
         }
     }
+    full.retain(|&(at, ..)| !broken[at]);
     if full.is_empty() {
         return;
     }
     std::thread::sleep(UNIX_READ_AGAIN_AFTER);
     for (at, index, fd, inode) in full {
-        match read(&mut diags[at].0, fd, inode) {
+        if broken[at] {
+            continue;
+        }
+        let (diag, members) = &mut diags[at];
+        match read(diag, fd, inode) {
             Ok(still) => scanned[index].found.extend(still),
-            Err(error) => scanned[index].fail(ScanFailed::Netlink(error)),
+            Err(error) => {
+                give_up(scanned, members, &error);
+                broken[at] = true;
+            }
         }
     }
 }
 
-/// The inode of the network namespace of process `pid`; None when it is gone.
-fn network_namespace(pid: u32) -> Option<u64> {
+/// The inode of the network namespace of process `pid`.
+fn network_namespace(pid: u32) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|metadata| metadata.ino())
+    Ok(fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
 }
 
 /// The process's socket descriptors and their inodes, each socket once (at its lowest
@@ -258,6 +297,8 @@ pub fn judge(fd: u64, info: &SocketInfo, tcp: Option<TcpFacts>) -> Vec<BackedUpS
         peer_process: None,
     };
     match tcp {
+        // A TCP connection is judged by its flow alone.
+        None if info.protocol != super::Protocol::Unix => {}
         None => {
             let charged = info.send_queue.unwrap_or(0);
             if info.send_buffer.is_some_and(|buffer| buffer > 0 && charged >= buffer) {
@@ -386,7 +427,9 @@ mod tests {
         retrying.flow.since_acknowledged = MOVING;
         assert_eq!(ways(&full, Some(retrying)), []);
         // A Unix socket tells no times: full is all there is (the scan reads it twice).
-        let unix = SocketInfo { protocol: Protocol::Unix, tcp_state: None, ..full };
+        let unix = SocketInfo { protocol: Protocol::Unix, tcp_state: None, ..full.clone() };
+        // A TCP connection without its flow is not judged by the Unix rule.
+        assert_eq!(ways(&full, None), []);
         assert_eq!(ways(&unix, None), [(Backlog::Unsent, 4608, false)]);
     }
 
