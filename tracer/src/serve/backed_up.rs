@@ -1,8 +1,9 @@
 //! The backed-up sockets for `/metrics`: each process's sockets read
 //! (`objects::sockets::backed_up`) at most every `READ_EVERY`, off the async threads (a
 //! read lists descriptors, dumps socket tables and may wait 100 ms on a Unix socket), and
-//! shared by the scrapes in between (a process that joins meanwhile waits for the next). An event-driven server whose client stopped reading
-//! shows here, where no wait series does.
+//! shared by the scrapes in between (a process that joins meanwhile waits for the next).
+//! An event-driven server whose client stopped reading shows here, where no wait series
+//! does.
 
 use std::{
     collections::BTreeMap,
