@@ -101,19 +101,8 @@ impl Foldable for SeriesLabels {
 impl StackLabels for ProcessSeriesLabels {
     fn of(stack: &crate::model::ProfileStack) -> Self {
         let SeriesLabels { kind, site, object } = SeriesLabels::of(stack);
-        let process = stack.process.as_ref();
-        Self {
-            pid: process.map_or_else(String::new, |process| process.pid.to_string()),
-            comm: process.map_or_else(String::new, |process| process.comm.clone()),
-            cgroup: process.and_then(|process| process.cgroup.clone()).unwrap_or_default(),
-            container: process
-                .and_then(|process| process.container_id())
-                .unwrap_or_default()
-                .to_string(),
-            kind,
-            site,
-            object,
-        }
+        let [pid, comm, cgroup, container] = process_label_values(stack.process.as_ref());
+        Self { pid, comm, cgroup, container, kind, site, object }
     }
 }
 
@@ -654,17 +643,20 @@ struct ProcessWayLabels {
 
 impl ProcessWayLabels {
     fn of(process: Option<&ProcessTag>, way: Backlog) -> Self {
-        Self {
-            pid: process.map_or_else(String::new, |process| process.pid.to_string()),
-            comm: process.map_or_else(String::new, |process| process.comm.clone()),
-            cgroup: process.and_then(|process| process.cgroup.clone()).unwrap_or_default(),
-            container: process
-                .and_then(|process| process.container_id())
-                .unwrap_or_default()
-                .to_string(),
-            way: way.name().to_string(),
-        }
+        let [pid, comm, cgroup, container] = process_label_values(process);
+        Self { pid, comm, cgroup, container, way: way.name().to_string() }
     }
+}
+
+/// A process's `pid`, `comm`, `cgroup` and `container` labels (empty where unknown).
+fn process_label_values(process: Option<&ProcessTag>) -> [String; 4] {
+    let Some(process) = process else { return Default::default() };
+    [
+        process.pid.to_string(),
+        process.comm.clone(),
+        process.cgroup.clone().unwrap_or_default(),
+        process.container_id().unwrap_or_default().to_string(),
+    ]
 }
 
 fn clamp_i64(value: u64) -> i64 {
