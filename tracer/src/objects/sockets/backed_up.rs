@@ -1,15 +1,15 @@
 //! The target's backed-up sockets, read when a report is made: every socket it holds is
 //! looked up (TCP by one dump per family, Unix one by one), and those whose data stopped
-//! moving are kept. A thread blocked in `send` shows the same as a wait; an event-driven
-//! server's does not, and this is where its client that stopped reading shows.
+//! moving are kept. A thread blocked in `send` on such a socket shows as a wait too; an
+//! event-driven server has none, and this is where its client that stopped reading shows.
 //!
 //! Backed up means, as the kernel tells it (sock_diag's meminfo and `tcp_info`):
 //! - unsent: TCP data written and not acknowledged, and nothing sent for `STALLED_FOR`
 //!   (the kernel sends what it can at once: the peer's window is closed) or, while it
 //!   retries after timeouts, nothing acknowledged for as long (what is sent is lost or
-//!   dropped); a Unix socket's send buffer full (a
-//!   write would block, or fail with EAGAIN), still full when read again
-//!   `UNIX_READ_AGAIN_AFTER` later (it tells no times);
+//!   dropped); a Unix socket's send buffer full (a write would block, or fail with
+//!   EAGAIN), still full when read again `UNIX_READ_AGAIN_AFTER` later (it tells no
+//!   times);
 //! - unread: this end of a TCP connection advertising a zero window with data unread,
 //!   nothing received for `STALLED_FOR`.
 //!
