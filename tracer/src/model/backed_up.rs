@@ -129,7 +129,12 @@ impl BackedUp {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty() && self.left_out == 0
+        self.count() == 0
+    }
+
+    /// How many are backed up: those listed and those left out.
+    pub fn count(&self) -> u64 {
+        self.sockets.len() as u64 + self.left_out
     }
 }
 
@@ -192,6 +197,7 @@ mod tests {
         // The three lightest (fds 0, 1, 2) went.
         assert_eq!(kept.sockets.first().map(|s| s.fd), Some(BACKED_UP_KEPT as u64 + 2));
         assert_eq!(kept.sockets.last().map(|s| s.fd), Some(3));
+        assert_eq!(kept.count(), BACKED_UP_KEPT as u64 + 3);
         assert!(!kept.is_empty() && BackedUp::default().is_empty());
     }
 

@@ -224,9 +224,7 @@ pub fn backed_up_changes(before: &Profile, after: &Profile) -> String {
         counts
     };
     let (then, now) = (counts(before), counts(after));
-    let total =
-        |profile: &Profile| profile.backed_up.sockets.len() as u64 + profile.backed_up.left_out;
-    let (total_then, total_now) = (total(before), total(after));
+    let (total_then, total_now) = (before.backed_up.count(), after.backed_up.count());
     let mut out = String::new();
     if total_then == 0 && total_now == 0 {
         return out;

@@ -368,7 +368,7 @@ fn subtitle(profile: &Profile, weight: Weight) -> String {
 fn backed_up_note(profile: &Profile) -> String {
     let backed_up = &profile.backed_up;
     let Some(heaviest) = backed_up.sockets.first() else { return String::new() };
-    let more = (backed_up.sockets.len() - 1) as u64 + backed_up.left_out;
+    let more = backed_up.count() - 1;
     format!(
         "; backed up: {} {} {} ({}){}",
         heaviest.peer,

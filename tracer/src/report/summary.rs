@@ -65,8 +65,7 @@ pub fn top_sites(profile: &Profile, in_progress: bool) -> Vec<SiteRow> {
             pids.extend(stack.process.as_ref().map(|process| process.pid));
         }
     }
-    let by_site = by_caller;
-    let mut rows: Vec<SiteRow> = by_site
+    let mut rows: Vec<SiteRow> = by_caller
         .into_iter()
         .map(|((site, comm, kind), (stats, pids))| {
             // Whose (kept when the name is shortened).
@@ -694,7 +693,7 @@ fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
             let _ = writeln!(out, "{BACKED_UP_PEER_MARK}{}", super::escape_name(peer));
         }
     }
-    let more = (backed_up.sockets.len() - shown.len()) as u64 + backed_up.left_out;
+    let more = backed_up.count() - shown.len() as u64;
     if more > 0 {
         let _ = writeln!(out, "  … and {more} more backed-up sockets");
     }

@@ -38,9 +38,10 @@ impl KnownStart {
 /// thread's sp and ip but not its rbp, which CFI needs to unwind through rbp-based
 /// frames. Found by the thread and its sp and ip (the look is of the same wait), else,
 /// for a thread no look is of (a tracer whose thread ids are another pid namespace's),
-/// by sp and ip alone where no two tasks disagree. Processes forked from one parent (PostgreSQL's backends, a
-/// pre-forked server's workers) block at the same sp and ip with their own rbp: keyed by
-/// sp and ip alone, their stacks stopped at the first rbp-based frame.
+/// by sp and ip alone where no two tasks disagree. Processes forked from one parent
+/// (PostgreSQL's backends, a pre-forked server's workers) block at the same sp and ip
+/// with their own rbp: keyed by sp and ip alone, their stacks stopped at the first
+/// rbp-based frame.
 #[derive(Debug, Default)]
 pub struct SavedFramePointers {
     by_thread: HashMap<(u32, u64, u64), u64>,

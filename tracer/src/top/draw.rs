@@ -163,7 +163,7 @@ fn backed_up_line(header: &Header) -> Option<String> {
     };
     let process =
         heaviest.process.as_ref().map_or(String::new(), |process| format!(" of {process}"));
-    let more = (backed_up.sockets.len() - 1) as u64 + backed_up.left_out;
+    let more = backed_up.count() - 1;
     let more = if more > 0 { format!("; {more} more") } else { String::new() };
     let line = format!(
         "backed up: {} fd {}{process}: {} {}, {}{more}{unreadable}",

@@ -30,7 +30,7 @@ use netlink_packet_sock_diag::{
 use super::{
     NetlinkError, SocketInfo, SocketKind,
     diag::{self, Record, SockDiag, TcpFlow},
-    socket_inode, socket_kind,
+    socket_descriptors, socket_kind,
 };
 use crate::model::{BackedUpSocket, Backlog};
 
@@ -245,23 +245,6 @@ fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
 fn network_namespace(pid: u32) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     Ok(fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
-}
-
-/// The process's socket descriptors and their inodes, each socket once (at its lowest
-/// descriptor: one held twice, by dup or inheritance, is one queue).
-fn socket_descriptors(pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
-    let mut sockets: Vec<(u64, u64)> = fs::read_dir(format!("/proc/{pid}/fd"))?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let fd = entry.file_name().to_str()?.parse().ok()?;
-            let inode = socket_inode(&fs::read_link(entry.path()).ok()?.to_string_lossy())?;
-            Some((fd, inode))
-        })
-        .collect();
-    sockets.sort_unstable();
-    let mut seen = HashSet::new();
-    sockets.retain(|&(_, inode)| seen.insert(inode));
-    Ok(sockets)
 }
 
 /// What a TCP connection's own answer adds to its `SocketInfo`.

@@ -632,12 +632,25 @@ fn kind_of_protocol_name(name: &[u8]) -> SocketKind {
 /// The inodes of the sockets process `pid` holds open; None when its descriptors cannot
 /// be listed.
 pub(crate) fn held_sockets(pid: u32) -> Option<HashSet<u64>> {
-    let entries = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    let held = entries
-        .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
-        .filter_map(|link| socket_inode(&link.to_string_lossy()))
+    let held = socket_descriptors(pid).ok()?;
+    Some(held.into_iter().map(|(_, inode)| inode).collect())
+}
+
+/// Process `pid`'s socket descriptors and their inodes, each socket once (at its lowest
+/// descriptor: one held twice, by dup or inheritance, is one queue).
+fn socket_descriptors(pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut sockets: Vec<(u64, u64)> = fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            let inode = socket_inode(&fs::read_link(entry.path()).ok()?.to_string_lossy())?;
+            Some((fd, inode))
+        })
         .collect();
-    Some(held)
+    sockets.sort_unstable();
+    let mut seen = HashSet::new();
+    sockets.retain(|&(_, inode)| seen.insert(inode));
+    Ok(sockets)
 }
 
 #[cfg(test)]
