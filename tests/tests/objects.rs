@@ -336,9 +336,10 @@ fn a_read_from_a_named_pipe_is_a_pipe_wait() {
 /// queue is all there is to see. A recording of the writer (a single-threaded epoll loop
 /// over non-blocking sockets) and of the backend that never reads lists, as backed up,
 /// the writer's TCP socket to the backend (the peer's window closed), its socketpair end
-/// (send buffer full) and the backend's socket (its own window closed); an exact recording
-/// and a snapshot of the writer alone, with no thread blocked anywhere but epoll, list its
-/// two.
+/// (send buffer full), the pair's other end, which it holds and never reads (the first
+/// end's buffer full), and the backend's socket (its own window closed); an exact
+/// recording and a snapshot of the writer alone, with no thread blocked anywhere but
+/// epoll, list its three.
 #[test]
 fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
     use tracer::model::{BackedUpSocket, Backlog};
@@ -389,12 +390,21 @@ fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
         unix.buffer_bytes.is_some_and(|buffer| unix.queued_bytes >= buffer),
         "the socketpair's send buffer is full: {unix:#?}"
     );
+    // The pair's other end holds what the first end wrote, charged to that end's buffer.
+    let unread_pair = of(&writer_pid, Backlog::Unread);
+    assert_eq!(unread_pair.len(), 1, "the writer's unread socket: {sockets:#?}");
+    let pair_end = unread_pair[0];
+    assert!(!pair_end.tcp && !pair_end.window_closed && pair_end.peer == "unix", "{pair_end:#?}");
+    assert!(
+        pair_end.queued_bytes > 0 && pair_end.buffer_bytes == unix.buffer_bytes,
+        "{pair_end:#?}"
+    );
     let unread = of(&backend_pid, Backlog::Unread);
     assert_eq!(unread.len(), 1, "the backend's backed-up sockets: {sockets:#?}");
     assert!(unread[0].window_closed && unread[0].queued_bytes > 0, "{:#?}", unread[0]);
     assert_eq!(unread[0].local.as_deref(), Some(backend_address.as_str()), "{:#?}", unread[0]);
     // Nothing else of either process is backed up (the backend's listener is not).
-    assert_eq!(sockets.len(), 3, "{sockets:#?}");
+    assert_eq!(sockets.len(), 4, "{sockets:#?}");
     assert!(
         traced.out.stdout.contains("peer stopped reading"),
         "the summary says why:\n{}",
@@ -413,7 +423,16 @@ fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
         let peers: BTreeSet<&str> = sockets.iter().map(|socket| socket.peer.as_str()).collect();
         assert_eq!(peers, BTreeSet::from([backend_address.as_str(), "unix"]), "{sockets:#?}");
         assert!(sockets.iter().all(|socket| socket.process.is_none()), "{sockets:#?}");
-        assert!(sockets.iter().all(|socket| socket.backlog == Backlog::Unsent), "{sockets:#?}");
+        let ways: Vec<(&str, Backlog)> =
+            sockets.iter().map(|socket| (socket.peer.as_str(), socket.backlog)).collect();
+        assert_eq!(sockets.len(), 3, "{sockets:#?}");
+        for way in [
+            (backend_address.as_str(), Backlog::Unsent),
+            ("unix", Backlog::Unsent),
+            ("unix", Backlog::Unread),
+        ] {
+            assert!(ways.contains(&way), "{way:?} in {sockets:#?}");
+        }
         let to_backend = sockets.iter().find(|socket| socket.peer == backend_address);
         let peer = to_backend.and_then(|socket| socket.peer_process.as_deref());
         assert!(peer.is_some_and(|peer| peer.starts_with(&backend_named)), "{sockets:#?}");

@@ -344,7 +344,7 @@ fn top_by_name_follows_the_process_across_a_restart() {
 
 /// An event-driven writer whose peers stopped reading: no row shows it (its one thread
 /// waits in epoll), so the header's third line names its heaviest backed-up socket, the
-/// one to the backend, and the other.
+/// one to the backend, and counts the others (the socketpair's two ends).
 #[test]
 fn top_names_a_backed_up_socket_in_its_header() {
     let build = TempDir::new("top-backed-up-build");
@@ -359,7 +359,7 @@ fn top_names_a_backed_up_socket_in_its_header() {
     // come sooner and list the socketpair alone (the next is 5 s later).
     let expected = |line: &str| {
         line.starts_with(&format!("backed up: 127.0.0.1:{port} fd "))
-            && line.contains(" unsent, peer stopped reading; 1 more")
+            && line.contains(" unsent, peer stopped reading; 2 more")
     };
     let screen =
         tmux.wait_for("the backed-up line", |screen| screen.lines().nth(2).is_some_and(expected));

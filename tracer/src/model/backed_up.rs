@@ -14,7 +14,7 @@ pub enum Backlog {
     /// closed) or reads slower than this process writes (the send buffer is full).
     Unsent,
     /// Data the peer sent waits to be read: this process stopped reading it (its own
-    /// window is closed).
+    /// window is closed, or the Unix peer's send buffer is full).
     Unread,
 }
 
@@ -53,7 +53,8 @@ pub struct BackedUpSocket {
     /// Bytes queued that way: written and not yet acknowledged (unsent; a Unix socket's
     /// are charged to its buffer, overhead included), or not yet read (unread).
     pub queued_bytes: u64,
-    /// The buffer they fill (SO_SNDBUF or SO_RCVBUF as the kernel keeps it), where told.
+    /// The buffer they fill (SO_SNDBUF or SO_RCVBUF as the kernel keeps it; for unread
+    /// Unix data the peer's SO_SNDBUF, which it is charged to), where told.
     pub buffer_bytes: Option<u64>,
     /// The receiving end's window is closed: the peer's (unsent) or this process's
     /// (unread). A TCP fact; false for other sockets.
@@ -80,7 +81,9 @@ impl BackedUpSocket {
             (Backlog::Unsent, false, true) => "peer not acknowledging (retransmitting)",
             // A Unix socket has no window to tell a stopped reader from a slow one.
             (Backlog::Unsent, false, false) => "send buffer full (peer slow or stopped)",
-            (Backlog::Unread, ..) => "process not reading (window closed)",
+            (Backlog::Unread, true, _) => "process not reading (window closed)",
+            // A Unix socket's unread data is charged to the writer's buffer.
+            (Backlog::Unread, false, _) => "process not reading (peer's buffer full)",
         }
     }
 

@@ -11,7 +11,9 @@
 //!   EAGAIN), still full when read again `UNIX_READ_AGAIN_AFTER` later (it tells no
 //!   times);
 //! - unread: this end of a TCP connection advertising a zero window with data unread,
-//!   nothing received for `STALLED_FOR`.
+//!   nothing received for `STALLED_FOR`; a Unix socket holding data unread while its
+//!   peer's send buffer is full (what the peer writes is charged to its own buffer until
+//!   this end reads it), still so `UNIX_READ_AGAIN_AFTER` later.
 //!
 //! A busy connection is full, or at a closed window, for moments at a time: those times
 //! keep it out.
@@ -175,7 +177,7 @@ fn read_tcp(
             };
             let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
             let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
-            scanned[index].found.extend(judge(fd, &info, Some(tcp)));
+            scanned[index].found.extend(judge(fd, &info, Movement::Tcp(tcp)));
         });
         if let Err(error) = dumped {
             for &index in members {
@@ -187,22 +189,25 @@ fn read_tcp(
     }
 }
 
-/// The Unix sockets full now and still full `UNIX_READ_AGAIN_AFTER` later (one wait for
-/// all), each through its namespace's `diags`. A namespace whose socket fails (each
-/// failure may be a second's timeout) is given up, its processes counted.
+/// The Unix sockets backed up now and still backed up `UNIX_READ_AGAIN_AFTER` later (one
+/// wait for all), each through its namespace's `diags`. A namespace whose socket fails
+/// (each failure may be a second's timeout) is given up, its processes counted.
 fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
     let read = |diag: &mut SockDiag, fd: u64, inode: u64| {
-        let Ok(inode) = u32::try_from(inode) else { return Ok(None) };
+        let Ok(inode) = u32::try_from(inode) else { return Ok(Vec::new()) };
         // None: closed meanwhile.
-        let Some(Record { info, .. }) = diag.get_unix(inode)? else { return Ok(None) };
-        Ok(judge(fd, &info, None).into_iter().next())
+        let Some((Record { info, .. }, peer)) = diag.get_unix_and_peer(inode)? else {
+            return Ok(Vec::new());
+        };
+        Ok(judge(fd, &info, Movement::Unix { peer: peer.as_ref() }))
     };
     let give_up = |scanned: &mut [Scanned], members: &[usize], error: &NetlinkError| {
         for &index in members {
             scanned[index].fail(ScanFailed::Namespace(error.to_string()));
         }
     };
-    // (namespace, process, descriptor, inode) of each socket full at the first look.
+    // (namespace, process, descriptor, inode, ways) of each socket backed up at the first
+    // look: only the ways backed up at both looks count.
     let mut full = Vec::new();
     let mut broken = vec![false; diags.len()];
     'namespaces: for (at, (diag, members)) in diags.iter_mut().enumerate() {
@@ -210,8 +215,11 @@ fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
             let unix = std::mem::take(&mut scanned[index].unix);
             for (fd, inode) in unix {
                 match read(diag, fd, inode) {
-                    Ok(Some(_)) => full.push((at, index, fd, inode)),
-                    Ok(None) => {}
+                    Ok(ways) if !ways.is_empty() => {
+                        let ways: Vec<Backlog> = ways.iter().map(|way| way.backlog).collect();
+                        full.push((at, index, fd, inode, ways));
+                    }
+                    Ok(_) => {}
                     Err(error) => {
                         give_up(scanned, members, &error);
                         broken[at] = true;
@@ -226,13 +234,15 @@ fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
         return;
     }
     std::thread::sleep(UNIX_READ_AGAIN_AFTER);
-    for (at, index, fd, inode) in full {
+    for (at, index, fd, inode, ways) in full {
         if broken[at] {
             continue;
         }
         let (diag, members) = &mut diags[at];
         match read(diag, fd, inode) {
-            Ok(still) => scanned[index].found.extend(still),
+            Ok(still) => scanned[index]
+                .found
+                .extend(still.into_iter().filter(|way| ways.contains(&way.backlog))),
             Err(error) => {
                 give_up(scanned, members, &error);
                 broken[at] = true;
@@ -256,9 +266,18 @@ pub struct TcpFacts {
     pub unacknowledged: u32,
 }
 
-/// The ways socket `info` (descriptor `fd`) is backed up: none, one, or both. `tcp` is
-/// None for a Unix socket.
-pub fn judge(fd: u64, info: &SocketInfo, tcp: Option<TcpFacts>) -> Vec<BackedUpSocket> {
+/// What tells whether a socket's data moves, beside its `SocketInfo`.
+#[derive(Clone, Copy, Debug)]
+pub enum Movement<'a> {
+    /// A TCP connection's own answer.
+    Tcp(TcpFacts),
+    /// A Unix socket tells no times; its peer, where it is connected to one, tells whether
+    /// what it sends is held up here.
+    Unix { peer: Option<&'a SocketInfo> },
+}
+
+/// The ways socket `info` (descriptor `fd`) is backed up: none, one, or both.
+pub fn judge(fd: u64, info: &SocketInfo, movement: Movement) -> Vec<BackedUpSocket> {
     let mut backed_up = Vec::new();
     // A listener's queues are its accept queue (told in the endpoint tables).
     if info.accept_backlog.is_some() {
@@ -279,16 +298,26 @@ pub fn judge(fd: u64, info: &SocketInfo, tcp: Option<TcpFacts>) -> Vec<BackedUpS
         tcp: info.protocol == super::Protocol::Tcp,
         peer_process: None,
     };
-    match tcp {
+    // A buffer charged to its size: a write to it would block.
+    let full = |info: &SocketInfo| {
+        let charged = info.send_queue.unwrap_or(0);
+        info.send_buffer.is_some_and(|buffer| buffer > 0 && charged >= buffer)
+    };
+    match movement {
         // A TCP connection is judged by its flow alone.
-        None if info.protocol != super::Protocol::Unix => {}
-        None => {
-            let charged = info.send_queue.unwrap_or(0);
-            if info.send_buffer.is_some_and(|buffer| buffer > 0 && charged >= buffer) {
+        Movement::Unix { .. } if info.protocol != super::Protocol::Unix => {}
+        Movement::Unix { peer } => {
+            if full(info) {
+                let charged = info.send_queue.unwrap_or(0);
                 backed_up.push(socket(Backlog::Unsent, charged, info.send_buffer, false, None));
             }
+            // The peer's writes wait in this end's queue, charged to the peer's buffer.
+            let unread = info.recv_queue.unwrap_or(0);
+            if let Some(peer) = peer.filter(|peer| unread > 0 && full(peer)) {
+                backed_up.push(socket(Backlog::Unread, unread, peer.send_buffer, false, None));
+            }
         }
-        Some(TcpFacts { flow, unacknowledged }) => {
+        Movement::Tcp(TcpFacts { flow, unacknowledged }) => {
             // A retransmission is a send: a connection retried at ever longer intervals is
             // stalled as long as nothing is acknowledged.
             let stalled = flow.since_sent >= STALLED_FOR
@@ -341,8 +370,8 @@ mod tests {
     }
 
     /// A connection whose data last moved `idle` ago each way.
-    fn tcp(idle: Duration, own_window_zero: Option<bool>) -> Option<TcpFacts> {
-        Some(TcpFacts {
+    fn tcp(idle: Duration, own_window_zero: Option<bool>) -> Movement<'static> {
+        Movement::Tcp(TcpFacts {
             flow: TcpFlow {
                 since_sent: idle,
                 since_received: idle,
@@ -357,8 +386,15 @@ mod tests {
     const STALLED: Duration = Duration::from_millis(1500);
     const MOVING: Duration = Duration::from_millis(40);
 
-    fn ways(info: &SocketInfo, tcp: Option<TcpFacts>) -> Vec<(Backlog, u64, bool)> {
-        judge(5, info, tcp)
+    fn facts(movement: Movement) -> TcpFacts {
+        match movement {
+            Movement::Tcp(facts) => facts,
+            Movement::Unix { .. } => unreachable!("a TCP connection's"),
+        }
+    }
+
+    fn ways(info: &SocketInfo, movement: Movement) -> Vec<(Backlog, u64, bool)> {
+        judge(5, info, movement)
             .into_iter()
             .map(|socket| (socket.backlog, socket.queued_bytes, socket.window_closed))
             .collect()
@@ -370,8 +406,8 @@ mod tests {
         assert_eq!(ways(&busy, tcp(MOVING, Some(false))), []);
         // A closed window with nothing queued to it holds nothing up.
         let idle_peer = SocketInfo { peer_window_zero: Some(true), ..connection() };
-        let nothing_written = TcpFacts { unacknowledged: 0, ..tcp(STALLED, Some(false)).unwrap() };
-        assert_eq!(ways(&idle_peer, Some(nothing_written)), []);
+        let nothing_written = TcpFacts { unacknowledged: 0, ..facts(tcp(STALLED, Some(false))) };
+        assert_eq!(ways(&idle_peer, Movement::Tcp(nothing_written)), []);
         // Full, or at a closed window, for a moment: a bulk transfer at full speed.
         let bulk = SocketInfo {
             send_queue: Some(4608),
@@ -401,39 +437,69 @@ mod tests {
         assert_eq!(ways(&full, tcp(STALLED, Some(false))), [(Backlog::Unsent, 900, false)]);
         // Retried after timeouts: the last retry was a moment ago, the last acknowledgment
         // long before.
-        let mut retrying = tcp(MOVING, Some(false)).unwrap();
+        let mut retrying = facts(tcp(MOVING, Some(false)));
         retrying.flow.retransmitting = true;
         retrying.flow.since_acknowledged = STALLED;
-        let backed_up = judge(5, &full, Some(retrying));
+        let backed_up = judge(5, &full, Movement::Tcp(retrying));
         assert!(backed_up.len() == 1 && backed_up[0].retransmitting, "{backed_up:#?}");
         assert_eq!(backed_up[0].idle, Some(STALLED));
         retrying.flow.since_acknowledged = MOVING;
-        assert_eq!(ways(&full, Some(retrying)), []);
+        assert_eq!(ways(&full, Movement::Tcp(retrying)), []);
         // A Unix socket tells no times: full is all there is (the scan reads it twice).
         let unix = SocketInfo { protocol: Protocol::Unix, tcp_state: None, ..full.clone() };
         // A TCP connection without its flow is not judged by the Unix rule.
-        assert_eq!(ways(&full, None), []);
-        assert_eq!(ways(&unix, None), [(Backlog::Unsent, 4608, false)]);
+        assert_eq!(ways(&full, Movement::Unix { peer: None }), []);
+        assert_eq!(ways(&unix, Movement::Unix { peer: None }), [(Backlog::Unsent, 4608, false)]);
+    }
+
+    #[test]
+    fn a_unix_reader_that_stopped_backs_up_its_peer() {
+        let unix = |send_queue, recv_queue| SocketInfo {
+            protocol: Protocol::Unix,
+            tcp_state: None,
+            send_queue: Some(send_queue),
+            send_buffer: Some(212_992),
+            recv_queue: Some(recv_queue),
+            peer_window_zero: None,
+            ..connection()
+        };
+        let (writer_full, writer_moving) = (unix(213_760, 0), unix(4_096, 0));
+        // The peer's writes wait here unread, its buffer charged full.
+        let reader = unix(0, 180_224);
+        let backed_up = judge(5, &reader, Movement::Unix { peer: Some(&writer_full) });
+        assert_eq!(backed_up.len(), 1, "{backed_up:#?}");
+        let socket = &backed_up[0];
+        assert_eq!((socket.backlog, socket.queued_bytes), (Backlog::Unread, 180_224));
+        assert_eq!(socket.buffer_bytes, Some(212_992), "the buffer filled is the peer's");
+        assert!(!socket.window_closed && !socket.tcp);
+        assert_eq!(socket.reason(), "process not reading (peer's buffer full)");
+        // A peer with room left, or nothing unread here: data moves.
+        assert_eq!(ways(&reader, Movement::Unix { peer: Some(&writer_moving) }), []);
+        assert_eq!(ways(&unix(0, 0), Movement::Unix { peer: Some(&writer_full) }), []);
+        // Unconnected, or its peer gone: nothing to tell by.
+        assert_eq!(ways(&reader, Movement::Unix { peer: None }), []);
+        // Both ways at once: each its own row.
+        let both = unix(213_760, 180_224);
+        assert_eq!(
+            ways(&both, Movement::Unix { peer: Some(&writer_full) }),
+            [(Backlog::Unsent, 213_760, false), (Backlog::Unread, 180_224, false)]
+        );
     }
 
     #[test]
     fn a_reader_that_stopped_backs_up_what_is_received() {
         let unread = SocketInfo { recv_queue: Some(4096), ..connection() };
-        let nothing_to_send = |own_window_zero| TcpFacts {
-            unacknowledged: 0,
-            ..tcp(STALLED, own_window_zero).unwrap()
+        let nothing_to_send = |own_window_zero| {
+            Movement::Tcp(TcpFacts { unacknowledged: 0, ..facts(tcp(STALLED, own_window_zero)) })
         };
-        assert_eq!(
-            ways(&unread, Some(nothing_to_send(Some(true)))),
-            [(Backlog::Unread, 4096, true)]
-        );
+        assert_eq!(ways(&unread, nothing_to_send(Some(true))), [(Backlog::Unread, 4096, true)]);
         // Both ways at once: each its own row.
         assert_eq!(
             ways(&unread, tcp(STALLED, Some(true))),
             [(Backlog::Unsent, 900, false), (Backlog::Unread, 4096, true)]
         );
         // A kernel that does not tell this end's window (before 6.2) says nothing of it.
-        assert_eq!(ways(&unread, Some(nothing_to_send(None))), []);
+        assert_eq!(ways(&unread, nothing_to_send(None)), []);
     }
 
     #[test]

@@ -107,18 +107,27 @@ impl SockDiag {
 
     /// One Unix socket by inode, with its peer's name; `None` when it is gone.
     pub fn get_unix(&mut self, inode: u32) -> Result<Option<Record>, NetlinkError> {
+        Ok(self.get_unix_and_peer(inode)?.map(|(record, _)| record))
+    }
+
+    /// One Unix socket by inode, with its peer's name, and the peer itself where it is
+    /// connected to one (the peer's own peer left unnamed); `None` when it is gone.
+    pub fn get_unix_and_peer(
+        &mut self,
+        inode: u32,
+    ) -> Result<Option<(Record, Option<SocketInfo>)>, NetlinkError> {
         let Some(response) = self.get_unix_response(inode)? else {
             return Ok(None);
         };
         // The peer's name is what the socket is connected to (a client's peer shares the
         // listener's path); a peer gone meanwhile just leaves the remote unnamed.
-        let peer_name = match response.peer() {
-            Some(peer) if peer != 0 => {
-                self.get_unix_response(peer)?.and_then(|peer| peer.name().map(unix_name))
-            }
+        let peer = match response.peer() {
+            Some(peer) if peer != 0 => self.get_unix_response(peer)?,
             _ => None,
         };
-        Ok(Some(unix_record(&response, peer_name)))
+        let peer_name = peer.as_ref().and_then(|peer| peer.name().map(unix_name));
+        let peer = peer.map(|peer| unix_record(&peer, None).info);
+        Ok(Some((unix_record(&response, peer_name), peer)))
     }
 
     /// The inode of the socket that Unix socket `inode` is connected to; `None` when either
