@@ -399,6 +399,11 @@ fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
         pair_end.queued_bytes > 0 && pair_end.buffer_bytes == unix.buffer_bytes,
         "{pair_end:#?}"
     );
+    // Both ends are the writer's own, and said so.
+    for end in [unix, pair_end] {
+        let peer = end.peer_process.as_deref();
+        assert!(peer.is_some_and(|peer| peer.starts_with("peer is this process: ")), "{end:#?}");
+    }
     let unread = of(&backend_pid, Backlog::Unread);
     assert_eq!(unread.len(), 1, "the backend's backed-up sockets: {sockets:#?}");
     assert!(unread[0].window_closed && unread[0].queued_bytes > 0, "{:#?}", unread[0]);

@@ -523,6 +523,12 @@ fn thread_now_text(now: &ThreadNow) -> String {
 /// What a peer's threads do now, in a few words: its busiest state first; `endpoint` is
 /// what joins it to the chain (a socket's, or a pipe's).
 pub fn peer_text(peer: &PeerProcess, endpoint: &str) -> String {
+    format!("peer pid {} ({}){}", peer.pid, peer.comm, peer_doing_text(peer, endpoint))
+}
+
+/// `peer_text` without the peer's name: `: blocked in …; none of its threads waits on
+/// this connection`.
+pub fn peer_doing_text(peer: &PeerProcess, endpoint: &str) -> String {
     let mut states: Vec<(String, usize)> = Vec::new();
     for thread in &peer.threads {
         let text = thread_now_text(thread);
@@ -556,7 +562,7 @@ pub fn peer_text(peer: &PeerProcess, endpoint: &str) -> String {
         None => String::new(),
     };
     let others = others_text(peer);
-    format!("peer pid {} ({}){reached_at}: {doing}{of_all}{on_socket}{others}", peer.pid, peer.comm)
+    format!("{reached_at}: {doing}{of_all}{on_socket}{others}")
 }
 
 /// The processes behind the endpoint's other connections: `; 2 more processes behind

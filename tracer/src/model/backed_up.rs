@@ -69,7 +69,8 @@ pub struct BackedUpSocket {
     pub tcp: bool,
     /// The process at the other end, on this host, and what it does now ("peer pid 5678
     /// (python3): blocked in clock_nanosleep at main; none of its threads waits on this
-    /// connection"), where it was looked for and found.
+    /// connection"; "peer is this process: …" when it holds both ends), where it was
+    /// looked for and found.
     pub peer_process: Option<String>,
 }
 

@@ -413,9 +413,13 @@ fn add_backed_up_peers(profile: &mut Profile) {
     let (peers, failed) = chains::live::socket_peers(pid, &sockets);
     profile.counts.peer_lookups_failed += failed;
     for socket in looked_for {
-        if let Some(peer) = peers.get(&socket.inode) {
-            socket.peer_process = Some(chains::peer_text(peer, &socket.peer));
-        }
+        let Some(peer) = peers.get(&socket.inode) else { continue };
+        // A process that holds both ends (a socketpair it writes and never reads).
+        let holder = socket.process.as_ref().map_or(profile.pid, |process| process.pid);
+        socket.peer_process = Some(match peer.pid == holder {
+            true => format!("peer is this process{}", chains::peer_doing_text(peer, &socket.peer)),
+            false => chains::peer_text(peer, &socket.peer),
+        });
     }
 }
 
