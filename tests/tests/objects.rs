@@ -448,3 +448,53 @@ fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
         );
     }
 }
+
+/// The event-driven writer against a backend that reads, slowly (25 KiB/s): its
+/// connection never stops, so the stopped rules leave it out, but the peer's window holds
+/// back nearly all of its sends. A snapshot and a recording list it as backed up behind
+/// a slow reader, with the share of the time, and name the backend.
+#[test]
+fn a_connection_held_back_by_a_slow_reader_is_listed() {
+    use tracer::model::Backlog;
+    use tracer_tests::{C_EVENT_WRITER_SOURCE, start_backend};
+
+    let build = TempDir::new("slow-reader-build");
+    let bin = build_c(build.path(), C_EVENT_WRITER_SOURCE, "c-event-writer");
+    let (backend, port) = start_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
+    let mut cmd = Command::new(&bin);
+    cmd.arg(port.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    let writer = tracer_tests::start_workload("c-event-writer", cmd);
+    let backend_address = endpoint(port);
+    let backend_named = format!("peer pid {} (slow-backend): ", backend.pid());
+
+    let snapshot_dir = TempDir::new("slow-reader-snapshot");
+    let snapped = snapshot_profile(writer.pid(), &[], &snapshot_dir, SNAPSHOT_TIMEOUT);
+    let record_dir = TempDir::new("slow-reader-record");
+    let recorded = record_profile(writer.pid(), &["-d", "1s"], &record_dir, RECORD_TIMEOUT);
+    for traced in [snapped, recorded] {
+        println!("{}", traced.out.stdout);
+        let sockets = &traced.profile.backed_up.sockets;
+        let to_backend = sockets.iter().find(|socket| socket.peer == backend_address);
+        let slow = to_backend.unwrap_or_else(|| panic!("no {backend_address}: {sockets:#?}"));
+        assert_eq!(slow.backlog, Backlog::Unsent, "{slow:#?}");
+        assert!(
+            slow.window_limited_percent.is_some_and(|percent| percent >= 50),
+            "held back by the window most of the time: {slow:#?}"
+        );
+        // Still moving: not the stopped reader's closed window, and sent within a second.
+        let moving = slow.idle.is_some_and(|idle| idle < Duration::from_secs(1));
+        assert!(!slow.window_closed && moving, "{slow:#?}");
+        assert!(slow.queued_bytes > 0, "{slow:#?}");
+        let peer = slow.peer_process.as_deref();
+        assert!(peer.is_some_and(|peer| peer.starts_with(&backend_named)), "{slow:#?}");
+        assert!(
+            traced.out.stdout.contains("peer reads slowly (window-limited "),
+            "{}",
+            traced.out.stdout
+        );
+        // The socketpair's ends are backed up as before, neither of them slow.
+        let pair: Vec<_> = sockets.iter().filter(|socket| socket.peer == "unix").collect();
+        assert_eq!(pair.len(), 2, "{sockets:#?}");
+        assert!(pair.iter().all(|end| end.window_limited_percent.is_none()), "{sockets:#?}");
+    }
+}

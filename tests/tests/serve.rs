@@ -778,6 +778,13 @@ fn prometheus_scrapes_the_backed_up_sockets_of_an_event_driven_writer() {
     let pid = writer.pid();
     cgroup.add(pid);
     cgroup.add(backend.pid());
+    // Another writer, to a backend that reads slowly: held back, not stopped.
+    let (slow_backend, slow_port) = tracer_tests::start_backend(SLOW_BACKEND, WORKLOAD_SECONDS);
+    let mut cmd = Command::new(&bin);
+    cmd.arg(slow_port.to_string()).arg(WORKLOAD_SECONDS.to_string());
+    let slow_writer = start_workload(NAME, cmd);
+    cgroup.add(slow_writer.pid());
+    cgroup.add(slow_backend.pid());
     // A TCP socket counts once nothing moved for a second.
     std::thread::sleep(Duration::from_millis(1200));
 
@@ -809,8 +816,9 @@ fn prometheus_scrapes_the_backed_up_sockets_of_an_event_driven_writer() {
     drop(prometheus);
     daemon.terminate(EXIT_TIMEOUT);
 
-    // A cgroup's, the writer and the backend (one read of their namespace's table): one
-    // series per process and way, labelled with the process.
+    // A cgroup's, the writers and the backends (one read of their namespace's table): one
+    // series per process and way, labelled with the process; the slow reader's writer's
+    // connection in a gauge of its own.
     let daemon = ServeDaemon::start(&["--cgroup", cgroup.path().to_str().expect("utf-8")]);
     let series =
         |pid: u32, comm: &str| format!("tracer_backed_up_sockets{{pid=\"{pid}\",comm=\"{comm}\"");
@@ -823,7 +831,11 @@ fn prometheus_scrapes_the_backed_up_sockets_of_an_event_driven_writer() {
             metrics.lines().filter(|line| line.starts_with(wanted)).collect()
         };
         let (writer, backend) = (lines(&writer_series), lines(&backend_series));
-        if !writer.is_empty() && !backend.is_empty() {
+        let slow =
+            format!("tracer_slow_reader_sockets{{pid=\"{}\",comm=\"{NAME}\"", slow_writer.pid());
+        let slow = lines(&slow);
+        if !writer.is_empty() && !backend.is_empty() && !slow.is_empty() {
+            assert!(slow.len() == 1 && slow[0].ends_with("way=\"unsent\"} 1"), "{slow:?}");
             let way = |way: &str, count: u32| format!("way=\"{way}\"}} {count}");
             assert_eq!(writer.len(), 2, "{writer:?}");
             assert!(writer.iter().any(|line| line.ends_with(&way("unsent", 2))), "{writer:?}");

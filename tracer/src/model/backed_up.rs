@@ -3,7 +3,7 @@
 //! stops reading shows as a full queue, not as a wait. Read from the live system when a
 //! report is made (`objects::sockets::backed_up`).
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use super::ProcessTag;
 
@@ -62,6 +62,10 @@ pub struct BackedUpSocket {
     /// Unsent TCP data being sent again, unacknowledged (the peer, or the path to it,
     /// takes nothing).
     pub retransmitting: bool,
+    /// Unsent TCP data still moving, held back by the peer's window this share (in
+    /// percent) of the time between two looks: the peer reads slower than this process
+    /// writes. None for a connection that stopped, and other sockets.
+    pub window_limited_percent: Option<u8>,
     /// How long since data last moved that way (sent, or received), where the kernel tells
     /// (TCP).
     pub idle: Option<Duration>,
@@ -76,8 +80,11 @@ pub struct BackedUpSocket {
 
 impl BackedUpSocket {
     /// A short phrase on why, for a table that gives the idle time beside it.
-    pub fn reason(&self) -> &'static str {
-        match (self.backlog, self.window_closed, self.retransmitting) {
+    pub fn reason(&self) -> Cow<'static, str> {
+        if let Some(percent) = self.window_limited_percent {
+            return format!("{SLOW_READER} (window-limited {percent}%)").into();
+        }
+        Cow::Borrowed(match (self.backlog, self.window_closed, self.retransmitting) {
             (Backlog::Unsent, true, _) => "peer stopped reading (window closed)",
             (Backlog::Unsent, false, true) => "peer not acknowledging (retransmitting)",
             // A Unix socket has no window to tell a stopped reader from a slow one.
@@ -85,15 +92,20 @@ impl BackedUpSocket {
             (Backlog::Unread, true, _) => "process not reading (window closed)",
             // A Unix socket's unread data is charged to the writer's buffer.
             (Backlog::Unread, false, _) => "process not reading (peer's buffer full)",
-        }
+        })
     }
 
     /// `reason` without its explanation, for a line with no room (`top`'s header).
     pub fn brief_reason(&self) -> &'static str {
-        let reason = self.reason();
-        reason.split_once(" (").map_or(reason, |(brief, _)| brief)
+        match self.reason() {
+            Cow::Borrowed(reason) => reason.split_once(" (").map_or(reason, |(brief, _)| brief),
+            Cow::Owned(_) => SLOW_READER,
+        }
     }
 }
+
+/// Why a connection whose peer's window holds back its sends is listed.
+const SLOW_READER: &str = "peer reads slowly";
 
 /// Sockets kept per process: a proxy whose upstream stopped reading can hold thousands,
 /// and the report names the heaviest (the rest are counted).
@@ -169,6 +181,7 @@ mod tests {
             buffer_bytes: Some(4096),
             window_closed: true,
             retransmitting: false,
+            window_limited_percent: None,
             idle: Some(Duration::from_millis(1500)),
             tcp: true,
             peer_process: None,
@@ -186,6 +199,13 @@ mod tests {
         let unread = socket(4, Backlog::Unread, 100);
         assert_eq!(unread.reason(), "process not reading (window closed)");
         assert_eq!(unread.brief_reason(), "process not reading");
+        let slow = BackedUpSocket {
+            window_closed: false,
+            window_limited_percent: Some(87),
+            ..unsent.clone()
+        };
+        assert_eq!(slow.reason(), "peer reads slowly (window-limited 87%)");
+        assert_eq!(slow.brief_reason(), "peer reads slowly");
         assert_eq!(full.brief_reason(), "send buffer full");
         assert_eq!(Backlog::from_name(Backlog::Unread.name()), Some(Backlog::Unread));
         assert_eq!(Backlog::from_name("sideways"), None);

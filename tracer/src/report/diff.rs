@@ -372,14 +372,15 @@ mod tests {
     #[test]
     fn backed_up_sockets_are_compared_by_way_and_why() {
         let before = fixture_profile();
-        assert_eq!(backed_up_changes(&before, &before).lines().count(), 3);
+        assert_eq!(backed_up_changes(&before, &before).lines().count(), 4);
         let mut after = before.clone();
         after.backed_up.sockets.remove(1);
         after.backed_up.sockets[0].queued_bytes *= 2;
         assert_eq!(
             backed_up_changes(&before, &after),
-            "backed-up sockets, as each report was made: 2 -> 1\n\
+            "backed-up sockets, as each report was made: 3 -> 2\n\
              \x20 unread, process not reading: 1 -> 0 (4.0 KiB -> 0 B)\n\
+             \x20 unsent, peer reads slowly: 1 -> 1 (1.0 MiB -> 1.0 MiB)\n\
              \x20 unsent, peer stopped reading: 1 -> 1 (2.5 MiB -> 5.0 MiB)\n"
         );
         after.backed_up = Default::default();

@@ -180,7 +180,8 @@ pub(crate) fn fixture_profile() -> Profile {
         timeline: None,
         python: None,
         // A client of the app that stopped reading (the app writes to it without
-        // blocking), and a socket the app itself stopped reading.
+        // blocking), a socket the app itself stopped reading, and a client that reads
+        // slower than the app writes.
         backed_up: BackedUp {
             sockets: vec![
                 BackedUpSocket {
@@ -194,6 +195,7 @@ pub(crate) fn fixture_profile() -> Profile {
                     buffer_bytes: Some(2_621_440),
                     window_closed: true,
                     retransmitting: false,
+                    window_limited_percent: None,
                     idle: Some(Duration::from_millis(8_100)),
                     tcp: true,
                     peer_process: Some(
@@ -213,7 +215,24 @@ pub(crate) fn fixture_profile() -> Profile {
                     buffer_bytes: Some(8_192),
                     window_closed: true,
                     retransmitting: false,
+                    window_limited_percent: None,
                     idle: Some(Duration::from_millis(2_500)),
+                    tcp: true,
+                    peer_process: None,
+                },
+                BackedUpSocket {
+                    process: None,
+                    fd: 14,
+                    inode: 70003,
+                    peer: "10.0.0.8:39002".to_string(),
+                    local: Some("10.0.0.2:6379".to_string()),
+                    backlog: Backlog::Unsent,
+                    queued_bytes: 1_048_576,
+                    buffer_bytes: Some(2_621_440),
+                    window_closed: false,
+                    retransmitting: false,
+                    window_limited_percent: Some(94),
+                    idle: Some(Duration::from_millis(12)),
                     tcp: true,
                     peer_process: None,
                 },

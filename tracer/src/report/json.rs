@@ -123,6 +123,10 @@ pub struct JsonBackedUpSocket {
     /// Unsent TCP data being retransmitted, unacknowledged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retransmitting: bool,
+    /// Unsent TCP data still moving, held back by the peer's window this percent of the
+    /// time between two looks (a slow reader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_limited_percent: Option<u8>,
     /// A TCP connection (else a Unix socket).
     #[serde(default)]
     pub tcp: bool,
@@ -525,6 +529,7 @@ fn json_backed_up(socket: &BackedUpSocket) -> JsonBackedUpSocket {
         buffer_bytes,
         window_closed,
         retransmitting,
+        window_limited_percent,
         idle,
         tcp,
         peer_process,
@@ -539,6 +544,7 @@ fn json_backed_up(socket: &BackedUpSocket) -> JsonBackedUpSocket {
         buffer_bytes: *buffer_bytes,
         window_closed: *window_closed,
         retransmitting: *retransmitting,
+        window_limited_percent: *window_limited_percent,
         tcp: *tcp,
         peer_process: peer_process.clone(),
         idle_ns: idle.map(|idle| idle.as_nanos() as u64),
@@ -557,6 +563,7 @@ fn backed_up_socket(json: JsonBackedUpSocket) -> Result<BackedUpSocket, String> 
         buffer_bytes,
         window_closed,
         retransmitting,
+        window_limited_percent,
         tcp,
         peer_process,
         idle_ns,
@@ -574,6 +581,7 @@ fn backed_up_socket(json: JsonBackedUpSocket) -> Result<BackedUpSocket, String> 
         buffer_bytes,
         window_closed,
         retransmitting,
+        window_limited_percent,
         idle: idle_ns.map(Duration::from_nanos),
         tcp,
         peer_process,

@@ -1246,11 +1246,11 @@ mod tests {
             .collect();
         assert_eq!(table.len(), 4, "{text}");
         assert!(table[0].contains(" PROCESS ") && table[0].ends_with("WHY"), "{text}");
-        // Two shown of three, the heaviest first, each with its process; the rest counted.
+        // Two shown of four, the heaviest first, each with its process; the rest counted.
         assert!(table[1].contains("app (4242)") || table[1].contains("app (4343)"), "{text}");
         assert!(table[1].contains("2.5 MiB") && table[2].contains("2.5 MiB"), "{text}");
         assert!(table[1].contains(r"10.0.0.7:5\x0a1234"), "a name's newline is escaped:\n{text}");
-        assert_eq!(table[3], "  … and 5 more backed-up sockets", "{text}");
+        assert_eq!(table[3], "  … and 6 more backed-up sockets", "{text}");
     }
 
     #[test]

@@ -17,12 +17,18 @@ use crate::model::{Backlog, ProcessTag};
 /// many processes' sockets is not free.
 const READ_EVERY: Duration = Duration::from_secs(5);
 
+/// Sockets and bytes by process and way.
+type SeriesMap = BTreeMap<(Option<ProcessTag>, Backlog), (u64, u64)>;
+
 /// The backed-up sockets of the processes read, by process and way.
 #[derive(Debug, Default)]
 pub struct BackedUpSeries {
-    /// (process, way) → (sockets, bytes queued). The process is None for the one a
-    /// `serve --pid` traces. Only ways with sockets are here.
-    pub series: BTreeMap<(Option<ProcessTag>, Backlog), (u64, u64)>,
+    /// (process, way) → (sockets, bytes queued), of those whose data stopped moving. The
+    /// process is None for the one a `serve --pid` traces. Only ways with sockets are here.
+    pub series: SeriesMap,
+    /// Likewise of the connections whose data still moves, held back by a slow reader
+    /// (a gauge of their own: an alert on a stopped peer is not to fire for them).
+    pub slow_readers: SeriesMap,
     /// Processes whose sockets could not all be read at the last read.
     pub unreadable: u64,
 }
@@ -40,7 +46,11 @@ impl BackedUpSeries {
                 read.unreadable += 1;
             }
             for socket in sockets {
-                let (count, bytes) = read.series.entry((tag.clone(), socket.backlog)).or_default();
+                let series = match socket.window_limited_percent {
+                    Some(_) => &mut read.slow_readers,
+                    None => &mut read.series,
+                };
+                let (count, bytes) = series.entry((tag.clone(), socket.backlog)).or_default();
                 *count += 1;
                 *bytes += socket.queued_bytes;
             }
@@ -76,12 +86,17 @@ impl BackedUpReads {
             let live = |tag: &Option<ProcessTag>| {
                 tag.as_ref().is_none_or(|tag| processes.iter().any(|(pid, _)| *pid == tag.pid))
             };
-            if series.series.keys().all(|(tag, _)| live(tag)) {
+            let all_live = |series: &SeriesMap| series.keys().all(|(tag, _)| live(tag));
+            if all_live(&series.series) && all_live(&series.slow_readers) {
                 return Arc::clone(series);
             }
-            let kept = series.series.iter().filter(|((tag, _), _)| live(tag));
+            let kept = |series: &SeriesMap| -> SeriesMap {
+                let live_ones = series.iter().filter(|((tag, _), _)| live(tag));
+                live_ones.map(|(key, &value)| (key.clone(), value)).collect()
+            };
             let series = BackedUpSeries {
-                series: kept.map(|(key, &value)| (key.clone(), value)).collect(),
+                series: kept(&series.series),
+                slow_readers: kept(&series.slow_readers),
                 unreadable: series.unreadable,
             };
             return Arc::new(series);

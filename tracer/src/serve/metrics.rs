@@ -586,40 +586,53 @@ fn register_backed_up(registry: &mut Registry, backed_up: &super::backed_up::Bac
         unreadable.clone(),
     );
     unreadable.set(clamp_i64(backed_up.unreadable));
-    let several = backed_up.series.keys().any(|(process, _)| process.is_some());
-    if several {
-        let labelled = backed_up.series.iter().map(|((process, way), &counts)| {
-            (ProcessWayLabels::of(process.as_ref(), *way), counts)
-        });
-        register_backed_up_series(registry, labelled);
-    } else {
-        let labelled = backed_up
-            .series
-            .iter()
-            .map(|((_, way), &counts)| (WayLabel { way: way.name().to_string() }, counts));
-        register_backed_up_series(registry, labelled);
+    let stopped = (
+        "tracer_backed_up_sockets",
+        "Sockets whose data stopped moving (unsent: the peer takes nothing, as its window is \
+         closed or nothing is acknowledged; unread: the process does not read), read every 5 s",
+        "tracer_backed_up_bytes",
+        "Bytes queued in the backed-up sockets, by the same labels",
+    );
+    let slow = (
+        "tracer_slow_reader_sockets",
+        "TCP connections whose data still moves, held back by the peer's window most of the \
+         time between two looks 100 ms apart (the peer reads slower than the process \
+         writes), read every 5 s",
+        "tracer_slow_reader_bytes",
+        "Bytes queued in the slow readers' connections, by the same labels",
+    );
+    let several = [&backed_up.series, &backed_up.slow_readers]
+        .iter()
+        .any(|series| series.keys().any(|(process, _)| process.is_some()));
+    for (names, series) in [(stopped, &backed_up.series), (slow, &backed_up.slow_readers)] {
+        if several {
+            let labelled = series.iter().map(|((process, way), &counts)| {
+                (ProcessWayLabels::of(process.as_ref(), *way), counts)
+            });
+            register_backed_up_series(registry, names, labelled);
+        } else {
+            let labelled = series
+                .iter()
+                .map(|((_, way), &counts)| (WayLabel { way: way.name().to_string() }, counts));
+            register_backed_up_series(registry, names, labelled);
+        }
     }
 }
 
+/// A gauge of sockets and one of their bytes: (name, help) of each.
+type GaugeNames = (&'static str, &'static str, &'static str, &'static str);
+
 fn register_backed_up_series<L>(
     registry: &mut Registry,
+    (sockets_name, sockets_help, bytes_name, bytes_help): GaugeNames,
     series: impl Iterator<Item = (L, (u64, u64))>,
 ) where
     L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
 {
     let sockets = Family::<L, Gauge>::default();
-    registry.register(
-        "tracer_backed_up_sockets",
-        "Sockets whose data stopped moving (unsent: the peer takes nothing, as its window is \
-         closed or nothing is acknowledged; unread: the process does not read), read every 5 s",
-        sockets.clone(),
-    );
+    registry.register(sockets_name, sockets_help, sockets.clone());
     let bytes = Family::<L, Gauge>::default();
-    registry.register(
-        "tracer_backed_up_bytes",
-        "Bytes queued in the backed-up sockets, by the same labels",
-        bytes.clone(),
-    );
+    registry.register(bytes_name, bytes_help, bytes.clone());
     for (labels, (count, queued)) in series {
         sockets.get_or_create(&labels).set(clamp_i64(count));
         bytes.get_or_create(&labels).set(clamp_i64(queued));
@@ -796,7 +809,8 @@ mod tests {
     fn backed_up_sockets_of_several_processes_are_labelled_with_each() {
         let redis = ProcessTag { pid: 41, comm: "redis".to_string(), cgroup: None };
         let series = super::super::backed_up::BackedUpSeries {
-            series: [((Some(redis), Backlog::Unread), (1, 4096))].into(),
+            series: [((Some(redis.clone()), Backlog::Unread), (1, 4096))].into(),
+            slow_readers: [((Some(redis), Backlog::Unsent), (3, 65536))].into(),
             unreadable: 2,
         };
         let mut registry = Registry::default();
@@ -806,6 +820,8 @@ mod tests {
         for line in [
             r#"tracer_backed_up_sockets{pid="41",comm="redis",cgroup="",container="",way="unread"} 1"#,
             r#"tracer_backed_up_bytes{pid="41",comm="redis",cgroup="",container="",way="unread"} 4096"#,
+            r#"tracer_slow_reader_sockets{pid="41",comm="redis",cgroup="",container="",way="unsent"} 3"#,
+            r#"tracer_slow_reader_bytes{pid="41",comm="redis",cgroup="",container="",way="unsent"} 65536"#,
             "tracer_backed_up_unreadable_processes 2",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
@@ -842,6 +858,7 @@ mod tests {
             short_waits: Some(&short_waits),
             backed_up: Some(&super::super::backed_up::BackedUpSeries {
                 series: [((None, Backlog::Unsent), (2, 5_242_880))].into(),
+                slow_readers: [((None, Backlog::Unsent), (1, 1_048_576))].into(),
                 unreadable: 0,
             }),
         })
@@ -849,6 +866,7 @@ mod tests {
         for line in [
             r#"tracer_backed_up_sockets{way="unsent"} 2"#,
             r#"tracer_backed_up_bytes{way="unsent"} 5242880"#,
+            r#"tracer_slow_reader_sockets{way="unsent"} 1"#,
             "tracer_backed_up_unreadable_processes 0",
             r#"tracer_short_waits_total{kind="futex"} 9168"#,
             r#"tracer_short_wait_seconds_total{kind="futex"} 2.5"#,

@@ -7,13 +7,16 @@
 //! - unsent: TCP data written and not acknowledged, and nothing sent for `STALLED_FOR`
 //!   (the kernel sends what it can at once: the peer's window is closed) or, while it
 //!   retries after timeouts, nothing acknowledged for as long (what is sent is lost or
-//!   dropped); a Unix socket's send buffer full (a write would block, or fail with
-//!   EAGAIN), still full when read again `UNIX_READ_AGAIN_AFTER` later (it tells no
+//!   dropped); TCP data still moving, but written faster than the peer reads: its window
+//!   held sending back `SLOW_READER_SHARE` of the time between two looks
+//!   `READ_AGAIN_AFTER` apart, data still queued at the second; a Unix socket's send
+//!   buffer full (a write would block, or fail with
+//!   EAGAIN), still full when read again `READ_AGAIN_AFTER` later (it tells no
 //!   times);
 //! - unread: this end of a TCP connection advertising a zero window with data unread,
 //!   nothing received for `STALLED_FOR`; a Unix socket holding data unread while its
 //!   peer's send buffer is full (what the peer writes is charged to its own buffer until
-//!   this end reads it), still so `UNIX_READ_AGAIN_AFTER` later.
+//!   this end reads it), still so `READ_AGAIN_AFTER` later.
 //!
 //! A busy connection is full, or at a closed window, for moments at a time: those times
 //! keep it out.
@@ -21,12 +24,12 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::StateFlags,
+    inet::{InetResponse, SocketId, StateFlags},
 };
 
 use super::{
@@ -38,8 +41,16 @@ use crate::model::{BackedUpSocket, Backlog};
 
 /// How long nothing must have moved on a TCP connection for it to count as backed up.
 pub const STALLED_FOR: Duration = Duration::from_secs(1);
-/// When a full Unix socket is looked at again: still full, it is not a moment's.
-const UNIX_READ_AGAIN_AFTER: Duration = Duration::from_millis(100);
+/// When a full Unix socket, and a TCP connection moving data, are looked at again: a Unix
+/// socket still full is not full for a moment's; a connection's peer that held sending
+/// back most of the time between reads slower than this process writes.
+const READ_AGAIN_AFTER: Duration = Duration::from_millis(100);
+/// The share of the time between two looks at a connection that its peer's window must
+/// have held sending back for it to count as backed up behind a slow reader.
+const SLOW_READER_SHARE: f64 = 0.5;
+/// Connections asked for again one by one, at most, in a namespace; more are read again
+/// in one dump of its table.
+const ASKED_ONE_BY_ONE: usize = 256;
 
 /// Why a process's sockets could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -144,21 +155,69 @@ pub fn scan_processes(pids: &[u32]) -> Vec<(Vec<BackedUpSocket>, Option<ScanFail
             }
             continue;
         };
-        read_tcp(&mut diag, &members, &tcp_owner, &mut scanned);
-        diags.push((diag, members));
+        let moving = read_tcp(&mut diag, &members, &tcp_owner, &mut scanned);
+        diags.push(Namespace { diag, members, moving, full_unix: Vec::new(), broken: false });
     }
-    read_unix(&mut diags, &mut scanned);
+    look_at_unix(&mut diags, &mut scanned);
+    let look_again = diags.iter().any(|namespace| {
+        let nothing_left = namespace.full_unix.is_empty() && namespace.moving.is_empty();
+        !namespace.broken && !nothing_left
+    });
+    if look_again {
+        std::thread::sleep(READ_AGAIN_AFTER);
+        look_again_at_unix(&mut diags, &mut scanned);
+        look_again_at_tcp(&mut diags, &mut scanned);
+    }
     scanned.into_iter().map(|process| (process.found, process.failed)).collect()
 }
 
+/// One network namespace's reading: its processes (`members`), and what its first look
+/// left to look at again.
+struct Namespace {
+    diag: SockDiag,
+    members: Vec<usize>,
+    /// Its connections still moving data, with data queued, at the first look.
+    moving: Vec<Moving>,
+    /// (process, descriptor, inode, ways) of each Unix socket backed up at the first
+    /// look: only the ways backed up at both looks count.
+    full_unix: Vec<(usize, u64, u64, Vec<Backlog>)>,
+    /// Its socket failed (each failure may be a second's timeout): given up, its
+    /// processes counted.
+    broken: bool,
+}
+
+impl Namespace {
+    fn give_up(&mut self, scanned: &mut [Scanned], error: &NetlinkError) {
+        for &index in &self.members {
+            scanned[index].fail(ScanFailed::Namespace(error.to_string()));
+        }
+        self.broken = true;
+    }
+}
+
+/// A connection whose data still moved at the first look, with data written and not
+/// acknowledged: looked at again to tell whether its peer reads slower than this
+/// process writes (the peer's window held sending back most of the time between).
+struct Moving {
+    process: usize,
+    fd: u64,
+    family: u8,
+    inode: u64,
+    id: SocketId,
+    /// `tcp_info`'s total time sending waited for the peer's window, and when it was read.
+    window_limited: Duration,
+    read_at: Instant,
+}
+
 /// One dump per TCP family the namespace's processes (`members`) hold, each connection
-/// judged for the process that holds it.
+/// judged for the process that holds it; the ones to look at again (`Moving`).
 fn read_tcp(
     diag: &mut SockDiag,
     members: &[usize],
     tcp_owner: &HashMap<u64, (usize, u64)>,
     scanned: &mut [Scanned],
-) {
+) -> Vec<Moving> {
+    let mut moving = Vec::new();
     // Connections that can move data: a host's listeners and TIME_WAITs are left in the
     // kernel, and only the processes' own answers are kept.
     let transferring = StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT;
@@ -176,8 +235,26 @@ fn read_tcp(
                 return;
             };
             let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
+            let id = response.header.socket_id.clone();
             let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
-            scanned[index].found.extend(judge(fd, &info, Movement::Tcp(tcp)));
+            let ways = judge(fd, &info, Movement::Tcp(tcp));
+            let stopped = ways.iter().any(|way| way.backlog == Backlog::Unsent);
+            if let Some(window_limited) = flow.window_limited
+                && tcp.unacknowledged > 0
+                && !stopped
+            {
+                let read_at = Instant::now();
+                moving.push(Moving {
+                    process: index,
+                    fd,
+                    family,
+                    inode,
+                    id,
+                    window_limited,
+                    read_at,
+                });
+            }
+            scanned[index].found.extend(ways);
         });
         if let Err(error) = dumped {
             for &index in members {
@@ -187,65 +264,143 @@ fn read_tcp(
             }
         }
     }
+    moving
 }
 
-/// The Unix sockets backed up now and still backed up `UNIX_READ_AGAIN_AFTER` later (one
-/// wait for all), each through its namespace's `diags`. A namespace whose socket fails
-/// (each failure may be a second's timeout) is given up, its processes counted.
-fn read_unix(diags: &mut [(SockDiag, Vec<usize>)], scanned: &mut [Scanned]) {
-    let read = |diag: &mut SockDiag, fd: u64, inode: u64| {
-        let Ok(inode) = u32::try_from(inode) else { return Ok(Vec::new()) };
-        // None: closed meanwhile.
-        let Some((Record { info, .. }, peer)) = diag.get_unix_and_peer(inode)? else {
-            return Ok(Vec::new());
+/// The `moving` connections read again: each backed up if it has stopped since (as the
+/// first look judges), or if its peer's window held sending back `SLOW_READER_SHARE` of
+/// the time between the looks with data still queued. A few are asked for one by one,
+/// more in a dump of the namespace.
+fn look_again_at_tcp(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
+    for namespace in namespaces.iter_mut().filter(|namespace| !namespace.broken) {
+        let moving = std::mem::take(&mut namespace.moving);
+        let mut judge_again = |first: &Moving, response: InetResponse| {
+            let between = first.read_at.elapsed();
+            let Some(flow) = diag::tcp_info(&response).and_then(diag::tcp_flow) else { return };
+            let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
+            let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
+            // The first look judged it unread, if it is.
+            let mut stopped = judge(first.fd, &info, Movement::Tcp(tcp));
+            stopped.retain(|way| way.backlog == Backlog::Unsent);
+            let found = &mut scanned[first.process].found;
+            if !stopped.is_empty() {
+                found.extend(stopped);
+                return;
+            }
+            let window_limited = flow.window_limited.unwrap_or_default();
+            found.extend(judge_slow(first, &info, tcp, window_limited, between));
         };
-        Ok(judge(fd, &info, Movement::Unix { peer: peer.as_ref() }))
-    };
-    let give_up = |scanned: &mut [Scanned], members: &[usize], error: &NetlinkError| {
-        for &index in members {
-            scanned[index].fail(ScanFailed::Namespace(error.to_string()));
+        let answered = if moving.len() <= ASKED_ONE_BY_ONE {
+            moving.iter().try_for_each(|first| {
+                let response =
+                    namespace.diag.get_inet_response(first.family, IPPROTO_TCP, &first.id)?;
+                // None: closed meanwhile.
+                if let Some(response) = response {
+                    judge_again(first, response);
+                }
+                Ok(())
+            })
+        } else {
+            let by_inode: HashMap<u64, &Moving> =
+                moving.iter().map(|first| (first.inode, first)).collect();
+            let families: HashSet<u8> = moving.iter().map(|first| first.family).collect();
+            let transferring = StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT;
+            families.into_iter().try_for_each(|family| {
+                namespace.diag.dump_inet_each(
+                    family,
+                    IPPROTO_TCP,
+                    transferring.clone(),
+                    |response| {
+                        if let Some(first) = by_inode.get(&u64::from(response.header.inode)) {
+                            judge_again(first, response);
+                        }
+                    },
+                )
+            })
+        };
+        if let Err(error) = answered {
+            namespace.give_up(scanned, &error);
         }
+    }
+}
+
+/// Connection `first` read again `between` after it was, as `info` and `tcp`: backed up
+/// when its peer's window held sending back `SLOW_READER_SHARE` of that time (now
+/// `window_limited` in all) and data is still queued.
+fn judge_slow(
+    first: &Moving,
+    info: &SocketInfo,
+    tcp: TcpFacts,
+    window_limited: Duration,
+    between: Duration,
+) -> Option<BackedUpSocket> {
+    if tcp.unacknowledged == 0 || between.is_zero() {
+        return None;
+    }
+    let waited = window_limited.saturating_sub(first.window_limited);
+    let share = (waited.as_secs_f64() / between.as_secs_f64()).min(1.0);
+    if share < SLOW_READER_SHARE {
+        return None;
+    }
+    Some(BackedUpSocket {
+        window_limited_percent: Some((share * 100.0).round() as u8),
+        idle: Some(tcp.flow.since_sent),
+        ..backed_up_socket(first.fd, info, Backlog::Unsent, tcp.unacknowledged, info.send_buffer)
+    })
+}
+
+/// Reads Unix socket `inode` (descriptor `fd`) and judges it; nothing when it is closed.
+fn read_unix(
+    diag: &mut SockDiag,
+    fd: u64,
+    inode: u64,
+) -> Result<Vec<BackedUpSocket>, NetlinkError> {
+    let Ok(inode) = u32::try_from(inode) else { return Ok(Vec::new()) };
+    let Some((Record { info, .. }, peer)) = diag.get_unix_and_peer(inode)? else {
+        return Ok(Vec::new());
     };
-    // (namespace, process, descriptor, inode, ways) of each socket backed up at the first
-    // look: only the ways backed up at both looks count.
-    let mut full = Vec::new();
-    let mut broken = vec![false; diags.len()];
-    'namespaces: for (at, (diag, members)) in diags.iter_mut().enumerate() {
-        for &index in members.iter() {
-            let unix = std::mem::take(&mut scanned[index].unix);
-            for (fd, inode) in unix {
-                match read(diag, fd, inode) {
+    Ok(judge(fd, &info, Movement::Unix { peer: peer.as_ref() }))
+}
+
+/// The first look at the namespaces' Unix sockets, one by one: those backed up are kept
+/// in `full_unix` to be looked at again (a Unix socket tells no times: full for a
+/// moment, or still full, is told by a second look).
+fn look_at_unix(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
+    for namespace in namespaces.iter_mut() {
+        for index in namespace.members.clone() {
+            for (fd, inode) in std::mem::take(&mut scanned[index].unix) {
+                match read_unix(&mut namespace.diag, fd, inode) {
                     Ok(ways) if !ways.is_empty() => {
-                        let ways: Vec<Backlog> = ways.iter().map(|way| way.backlog).collect();
-                        full.push((at, index, fd, inode, ways));
+                        let ways = ways.iter().map(|way| way.backlog).collect();
+                        namespace.full_unix.push((index, fd, inode, ways));
                     }
                     Ok(_) => {}
                     Err(error) => {
-                        give_up(scanned, members, &error);
-                        broken[at] = true;
-                        continue 'namespaces;
+                        namespace.give_up(scanned, &error);
+                        break;
                     }
                 }
             }
+            if namespace.broken {
+                break;
+            }
         }
     }
-    full.retain(|&(at, ..)| !broken[at]);
-    if full.is_empty() {
-        return;
-    }
-    std::thread::sleep(UNIX_READ_AGAIN_AFTER);
-    for (at, index, fd, inode, ways) in full {
-        if broken[at] {
-            continue;
-        }
-        let (diag, members) = &mut diags[at];
-        match read(diag, fd, inode) {
-            Ok(still) => scanned[index]
-                .found
-                .extend(still.into_iter().filter(|way| ways.contains(&way.backlog))),
-            Err(error) => {
-                give_up(scanned, members, &error);
-                broken[at] = true;
+}
+
+/// The second look at the Unix sockets backed up at the first: each way backed up at
+/// both is.
+fn look_again_at_unix(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
+    for namespace in namespaces.iter_mut().filter(|namespace| !namespace.broken) {
+        for (index, fd, inode, ways) in std::mem::take(&mut namespace.full_unix) {
+            match read_unix(&mut namespace.diag, fd, inode) {
+                Ok(still) => scanned[index]
+                    .found
+                    .extend(still.into_iter().filter(|way| ways.contains(&way.backlog))),
+                Err(error) => {
+                    namespace.give_up(scanned, &error);
+                    break;
+                }
             }
         }
     }
@@ -276,15 +431,16 @@ pub enum Movement<'a> {
     Unix { peer: Option<&'a SocketInfo> },
 }
 
-/// The ways socket `info` (descriptor `fd`) is backed up: none, one, or both.
-pub fn judge(fd: u64, info: &SocketInfo, movement: Movement) -> Vec<BackedUpSocket> {
-    let mut backed_up = Vec::new();
-    // A listener's queues are its accept queue (told in the endpoint tables).
-    if info.accept_backlog.is_some() {
-        return backed_up;
-    }
-    let socket = |backlog, queued: u32, buffer: Option<u32>, window_closed, idle| BackedUpSocket {
-        retransmitting: false,
+/// Socket `info` (descriptor `fd`) backed up `backlog`, `queued` bytes in `buffer`; its
+/// window open, its idle time not told.
+fn backed_up_socket(
+    fd: u64,
+    info: &SocketInfo,
+    backlog: Backlog,
+    queued: u32,
+    buffer: Option<u32>,
+) -> BackedUpSocket {
+    BackedUpSocket {
         process: None,
         fd,
         inode: info.inode,
@@ -293,10 +449,26 @@ pub fn judge(fd: u64, info: &SocketInfo, movement: Movement) -> Vec<BackedUpSock
         backlog,
         queued_bytes: u64::from(queued),
         buffer_bytes: buffer.map(u64::from),
-        window_closed,
-        idle,
+        window_closed: false,
+        retransmitting: false,
+        window_limited_percent: None,
+        idle: None,
         tcp: info.protocol == super::Protocol::Tcp,
         peer_process: None,
+    }
+}
+
+/// The ways socket `info` (descriptor `fd`) is backed up: none, one, or both.
+pub fn judge(fd: u64, info: &SocketInfo, movement: Movement) -> Vec<BackedUpSocket> {
+    let mut backed_up = Vec::new();
+    // A listener's queues are its accept queue (told in the endpoint tables).
+    if info.accept_backlog.is_some() {
+        return backed_up;
+    }
+    let socket = |backlog, queued, buffer, window_closed, idle| BackedUpSocket {
+        window_closed,
+        idle,
+        ..backed_up_socket(fd, info, backlog, queued, buffer)
     };
     // A buffer charged to its size: a write to it would block.
     let full = |info: &SocketInfo| {
@@ -378,6 +550,7 @@ mod tests {
                 since_acknowledged: idle,
                 own_window_zero,
                 retransmitting: false,
+                window_limited: Some(Duration::from_secs(30)),
             },
             unacknowledged: 900,
         })
@@ -450,6 +623,38 @@ mod tests {
         // A TCP connection without its flow is not judged by the Unix rule.
         assert_eq!(ways(&full, Movement::Unix { peer: None }), []);
         assert_eq!(ways(&unix, Movement::Unix { peer: None }), [(Backlog::Unsent, 4608, false)]);
+    }
+
+    #[test]
+    fn a_peer_that_reads_slower_than_the_writer_backs_up_what_is_sent() {
+        let first = Moving {
+            process: 0,
+            fd: 5,
+            family: AF_INET,
+            inode: 7,
+            id: SocketId::new_v4(),
+            window_limited: Duration::from_secs(10),
+            read_at: Instant::now(),
+        };
+        let between = Duration::from_millis(100);
+        let info = SocketInfo { send_queue: Some(4608), ..connection() };
+        let later = |waited_ms: u64, unacknowledged: u32| {
+            let mut tcp = facts(tcp(MOVING, Some(false)));
+            tcp.unacknowledged = unacknowledged;
+            let window_limited = first.window_limited + Duration::from_millis(waited_ms);
+            judge_slow(&first, &info, tcp, window_limited, between)
+        };
+        // Held back by the peer's window 80 ms of the 100: still moving, slowly.
+        let slow = later(80, 900).expect("a slow reader");
+        assert_eq!((slow.backlog, slow.fd, slow.queued_bytes), (Backlog::Unsent, 5, 900));
+        assert_eq!(slow.window_limited_percent, Some(80));
+        assert!(!slow.window_closed && slow.idle == Some(MOVING), "{slow:#?}");
+        // A counter read a little late cannot make it more than all of the time.
+        assert_eq!(later(130, 900).and_then(|slow| slow.window_limited_percent), Some(100));
+        // Held back 30 ms of 100 (the network, or the writer, sets the pace), or nothing
+        // queued any more: not backed up.
+        assert!(later(30, 900).is_none());
+        assert!(later(80, 0).is_none());
     }
 
     #[test]

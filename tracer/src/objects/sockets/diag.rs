@@ -92,17 +92,28 @@ impl SockDiag {
         protocol: u8,
         id: &SocketId,
     ) -> Result<Option<Record>, NetlinkError> {
-        let mut record = None;
-        let found = self.channel.exchange(
+        let response = self.get_inet_response(family, protocol, id)?;
+        Ok(response.map(|response| inet_record(protocol, response)))
+    }
+
+    /// `get_inet`'s answer undecoded, for a reader of more of its `tcp_info`.
+    pub fn get_inet_response(
+        &mut self,
+        family: u8,
+        protocol: u8,
+        id: &SocketId,
+    ) -> Result<Option<InetResponse>, NetlinkError> {
+        let mut found = None;
+        let ok = self.channel.exchange(
             inet_request(family, protocol, id.clone()),
             false,
             |message| {
                 if let SockDiagMessage::InetResponse(response) = message {
-                    record = Some(inet_record(protocol, *response));
+                    found = Some(*response);
                 }
             },
         )?;
-        Ok(record.filter(|_| found))
+        Ok(found.filter(|_| ok))
     }
 
     /// One Unix socket by inode, with its peer's name; `None` when it is gone.
@@ -208,6 +219,10 @@ const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
 /// Offset of `tcpi_rcv_wnd`, the window this end advertises: the u32 after `tcpi_snd_wnd`
 /// (since Linux 6.2).
 const TCPI_RCV_WND_OFFSET: usize = 232;
+/// Offset of `tcpi_rwnd_limited`, microseconds in all that sending waited for the peer's
+/// window (since Linux 4.10): the u64 after `tcpi_busy_time`, after `tcpi_delivery_rate`
+/// (8 one-byte fields, 24 u32, 4 u64, 6 u32, then these three u64).
+const TCPI_RWND_LIMITED_OFFSET: usize = 176;
 
 /// Whether data moves on a TCP connection, from its `tcp_info`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +238,9 @@ pub struct TcpFlow {
     /// Data is being retransmitted: `tcpi_retransmits` or `tcpi_backoff` (RTO backoffs)
     /// not zero.
     pub retransmitting: bool,
+    /// How long in all sending waited for the peer's window (its reader is slower than
+    /// this end's writer); `None` on a kernel that does not tell.
+    pub window_limited: Option<std::time::Duration>,
 }
 
 /// The `tcp_info` of an inet_diag answer, if it has one.
@@ -248,6 +266,10 @@ pub fn tcp_flow(tcp_info: &[u8]) -> Option<TcpFlow> {
         retransmitting: [TCPI_RETRANSMITS_OFFSET, TCPI_BACKOFF_OFFSET]
             .iter()
             .any(|&offset| tcp_info.get(offset).is_some_and(|&count| count > 0)),
+        window_limited: tcp_info
+            .get(TCPI_RWND_LIMITED_OFFSET..TCPI_RWND_LIMITED_OFFSET + 8)
+            .and_then(|bytes| Some(u64::from_ne_bytes(bytes.try_into().ok()?)))
+            .map(std::time::Duration::from_micros),
     })
 }
 
@@ -404,12 +426,16 @@ mod tests {
         assert_eq!(flow.since_acknowledged, Duration::from_millis(700));
         assert_eq!(flow.own_window_zero, Some(true));
         assert!(!flow.retransmitting);
+        info[TCPI_RWND_LIMITED_OFFSET..][..8].copy_from_slice(&2_500_000u64.to_ne_bytes());
+        assert_eq!(tcp_flow(&info).unwrap().window_limited, Some(Duration::from_millis(2500)));
         info[TCPI_BACKOFF_OFFSET] = 3;
         assert!(tcp_flow(&info).unwrap().retransmitting);
         info[TCPI_RCV_WND_OFFSET..].copy_from_slice(&65535u32.to_ne_bytes());
         assert_eq!(tcp_flow(&info).unwrap().own_window_zero, Some(false));
         // A kernel before 6.2 does not tell this end's window.
         assert_eq!(tcp_flow(&info[..TCPI_RCV_WND_OFFSET]).unwrap().own_window_zero, None);
+        // Nor one before 4.10 how long the peer's window held sending back.
+        assert_eq!(tcp_flow(&info[..TCPI_RWND_LIMITED_OFFSET]).unwrap().window_limited, None);
         assert_eq!(tcp_flow(&info[..40]), None);
     }
 
