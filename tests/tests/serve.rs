@@ -836,6 +836,13 @@ fn prometheus_scrapes_the_backed_up_sockets_of_an_event_driven_writer() {
         let slow = lines(&slow);
         if !writer.is_empty() && !backend.is_empty() && !slow.is_empty() {
             assert!(slow.len() == 1 && slow[0].ends_with("way=\"unsent\"} 1"), "{slow:?}");
+            // Its connection to the slow backend is not among the stopped: only the
+            // socketpair's end is.
+            let stopped =
+                format!("tracer_backed_up_sockets{{pid=\"{}\",comm=\"{NAME}\"", slow_writer.pid());
+            let stopped = lines(&stopped);
+            let unsent = stopped.iter().find(|line| line.contains("way=\"unsent\""));
+            assert!(unsent.is_some_and(|line| line.ends_with("} 1")), "{stopped:?}");
             let way = |way: &str, count: u32| format!("way=\"{way}\"}} {count}");
             assert_eq!(writer.len(), 2, "{writer:?}");
             assert!(writer.iter().any(|line| line.ends_with(&way("unsent", 2))), "{writer:?}");

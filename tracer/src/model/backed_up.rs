@@ -91,7 +91,7 @@ impl BackedUpSocket {
             (Backlog::Unsent, false, false) => "send buffer full (peer slow or stopped)",
             (Backlog::Unread, true, _) => "process not reading (window closed)",
             // A Unix socket's unread data is charged to the writer's buffer.
-            (Backlog::Unread, false, _) => "process not reading (peer's buffer full)",
+            (Backlog::Unread, false, _) => "process slow or not reading (peer's buffer full)",
         })
     }
 
@@ -111,7 +111,8 @@ const SLOW_READER: &str = "peer reads slowly";
 /// and the report names the heaviest (the rest are counted).
 pub const BACKED_UP_KEPT: usize = 256;
 
-/// The backed-up sockets of a profile's processes, heaviest first.
+/// The backed-up sockets of a profile's processes, those stopped first, each heaviest
+/// first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackedUp {
     pub sockets: Vec<BackedUpSocket>,
@@ -154,11 +155,15 @@ impl BackedUp {
     }
 }
 
-/// The most bytes queued first, then in a fixed order.
+/// Those stopped before those still moving (a server's many slow clients must not push
+/// a stopped one out of the sockets kept, the peers looked for, or `top`'s line), the
+/// most bytes queued first, then in a fixed order.
 fn sort_heaviest_first(sockets: &mut [BackedUpSocket]) {
     sockets.sort_by(|a, b| {
-        b.queued_bytes
-            .cmp(&a.queued_bytes)
+        let moving = |socket: &BackedUpSocket| socket.window_limited_percent.is_some();
+        moving(a)
+            .cmp(&moving(b))
+            .then_with(|| b.queued_bytes.cmp(&a.queued_bytes))
             .then_with(|| a.process.cmp(&b.process))
             .then_with(|| a.fd.cmp(&b.fd))
             .then_with(|| a.backlog.cmp(&b.backlog))
@@ -223,6 +228,18 @@ mod tests {
         assert_eq!(kept.sockets.last().map(|s| s.fd), Some(3));
         assert_eq!(kept.count(), BACKED_UP_KEPT as u64 + 3);
         assert!(!kept.is_empty() && BackedUp::default().is_empty());
+        // A server's many slow readers, heavier each than its one stopped client: the
+        // stopped one is kept, first.
+        let mut many: Vec<BackedUpSocket> = (0..BACKED_UP_KEPT as u64 + 3)
+            .map(|fd| BackedUpSocket {
+                window_limited_percent: Some(90),
+                ..socket(fd + 10, Backlog::Unsent, 1 << 20)
+            })
+            .collect();
+        many.push(socket(3, Backlog::Unsent, 100));
+        let kept = BackedUp::of(many);
+        assert_eq!(kept.sockets[0].fd, 3, "{:?}", kept.sockets[0]);
+        assert_eq!(kept.left_out, 4);
     }
 
     #[test]

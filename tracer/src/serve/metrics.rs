@@ -589,7 +589,8 @@ fn register_backed_up(registry: &mut Registry, backed_up: &super::backed_up::Bac
     let stopped = (
         "tracer_backed_up_sockets",
         "Sockets whose data stopped moving (unsent: the peer takes nothing, as its window is \
-         closed or nothing is acknowledged; unread: the process does not read), read every 5 s",
+         closed or nothing is acknowledged, or a Unix socket's buffer is full at two looks, \
+         its reader slow or stopped; unread: the process does not read), read every 5 s",
         "tracer_backed_up_bytes",
         "Bytes queued in the backed-up sockets, by the same labels",
     );

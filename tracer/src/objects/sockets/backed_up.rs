@@ -9,17 +9,17 @@
 //!   retries after timeouts, nothing acknowledged for as long (what is sent is lost or
 //!   dropped); TCP data still moving, but written faster than the peer reads: its window
 //!   held sending back `SLOW_READER_SHARE` of the time between two looks
-//!   `READ_AGAIN_AFTER` apart, data still queued at the second; a Unix socket's send
+//!   `READ_AGAIN_AFTER` apart, data waiting to be sent at both; a Unix socket's send
 //!   buffer full (a write would block, or fail with
 //!   EAGAIN), still full when read again `READ_AGAIN_AFTER` later (it tells no
 //!   times);
 //! - unread: this end of a TCP connection advertising a zero window with data unread,
-//!   nothing received for `STALLED_FOR`; a Unix socket holding data unread while its
-//!   peer's send buffer is full (what the peer writes is charged to its own buffer until
+//!   nothing received for `STALLED_FOR`; a Unix stream socket holding data unread while
+//!   its peer's send buffer is full (what the peer writes is charged to its own buffer until
 //!   this end reads it), still so `READ_AGAIN_AFTER` later.
 //!
-//! A busy connection is full, or at a closed window, for moments at a time: those times
-//! keep it out.
+//! A busy connection is full, or at a closed window, for moments at a time: those
+//! moments keep it out of the stopped rules.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +28,7 @@ use std::{
 };
 
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_CLOSE_WAIT, TCP_ESTABLISHED},
     inet::{InetResponse, SocketId, StateFlags},
 };
 
@@ -240,7 +240,7 @@ fn read_tcp(
             let ways = judge(fd, &info, Movement::Tcp(tcp));
             let stopped = ways.iter().any(|way| way.backlog == Backlog::Unsent);
             if let Some(window_limited) = flow.window_limited
-                && tcp.unacknowledged > 0
+                && tcp.holds_back()
                 && !stopped
             {
                 let read_at = Instant::now();
@@ -276,6 +276,11 @@ fn look_again_at_tcp(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
         let moving = std::mem::take(&mut namespace.moving);
         let mut judge_again = |first: &Moving, response: InetResponse| {
             let between = first.read_at.elapsed();
+            // As the dump asks: one read one by one may have begun to close since.
+            let transferring = [TCP_ESTABLISHED, TCP_CLOSE_WAIT];
+            if !transferring.contains(&response.header.state) {
+                return;
+            }
             let Some(flow) = diag::tcp_info(&response).and_then(diag::tcp_flow) else { return };
             let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
             let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
@@ -334,7 +339,7 @@ fn judge_slow(
     window_limited: Duration,
     between: Duration,
 ) -> Option<BackedUpSocket> {
-    if tcp.unacknowledged == 0 || between.is_zero() {
+    if !tcp.holds_back() || between.is_zero() {
         return None;
     }
     let waited = window_limited.saturating_sub(first.window_limited);
@@ -419,6 +424,14 @@ pub struct TcpFacts {
     /// Bytes written and not yet acknowledged, sent or not (`idiag_wqueue`): the payload,
     /// where the send queue compared with the buffer (`sk_wmem_queued`) counts overhead.
     pub unacknowledged: u32,
+}
+
+impl TcpFacts {
+    /// Data waits to be sent: what a peer's window can hold back (data sent and in flight
+    /// cannot). Where the kernel does not tell what is unsent, whatever is unacknowledged.
+    fn holds_back(&self) -> bool {
+        self.unacknowledged > 0 && self.flow.not_sent.is_none_or(|not_sent| not_sent > 0)
+    }
 }
 
 /// What tells whether a socket's data moves, beside its `SocketInfo`.
@@ -551,6 +564,7 @@ mod tests {
                 own_window_zero,
                 retransmitting: false,
                 window_limited: Some(Duration::from_secs(30)),
+                not_sent: Some(600),
             },
             unacknowledged: 900,
         })
@@ -655,6 +669,21 @@ mod tests {
         // queued any more: not backed up.
         assert!(later(30, 900).is_none());
         assert!(later(80, 0).is_none());
+        // All of it sent and in flight: no window holds anything back.
+        let mut in_flight = facts(tcp(MOVING, Some(false)));
+        in_flight.flow.not_sent = Some(0);
+        let window_limited = first.window_limited + Duration::from_millis(80);
+        assert!(judge_slow(&first, &info, in_flight, window_limited, between).is_none());
+        // The share is of the time between the looks, however long it was.
+        let slow_over = |waited_ms, between_ms| {
+            let tcp = facts(tcp(MOVING, Some(false)));
+            let window_limited = first.window_limited + Duration::from_millis(waited_ms);
+            let between = Duration::from_millis(between_ms);
+            judge_slow(&first, &info, tcp, window_limited, between)
+                .and_then(|slow| slow.window_limited_percent)
+        };
+        assert_eq!(slow_over(150, 250), Some(60));
+        assert_eq!(slow_over(100, 250), None);
     }
 
     #[test]
@@ -677,7 +706,7 @@ mod tests {
         assert_eq!((socket.backlog, socket.queued_bytes), (Backlog::Unread, 180_224));
         assert_eq!(socket.buffer_bytes, Some(212_992), "the buffer filled is the peer's");
         assert!(!socket.window_closed && !socket.tcp);
-        assert_eq!(socket.reason(), "process not reading (peer's buffer full)");
+        assert_eq!(socket.reason(), "process slow or not reading (peer's buffer full)");
         // A peer with room left, or nothing unread here: data moves.
         assert_eq!(ways(&reader, Movement::Unix { peer: Some(&writer_moving) }), []);
         assert_eq!(ways(&unix(0, 0), Movement::Unix { peer: Some(&writer_full) }), []);

@@ -121,8 +121,10 @@ impl SockDiag {
         Ok(self.get_unix_and_peer(inode)?.map(|(record, _)| record))
     }
 
-    /// One Unix socket by inode, with its peer's name, and the peer itself where it is
-    /// connected to one (the peer's own peer left unnamed); `None` when it is gone.
+    /// One Unix socket by inode, with its peer's name, and the peer itself where what it
+    /// writes comes here: a stream or seqpacket socket's peer (a datagram socket's peer
+    /// may send elsewhere, or be sent to by many), the peer's own peer left unnamed;
+    /// `None` when it is gone.
     pub fn get_unix_and_peer(
         &mut self,
         inode: u32,
@@ -137,7 +139,10 @@ impl SockDiag {
             _ => None,
         };
         let peer_name = peer.as_ref().and_then(|peer| peer.name().map(unix_name));
-        let peer = peer.map(|peer| unix_record(&peer, None).info);
+        let writes_here = |peer: &UnixResponse| {
+            response.header.kind != libc::SOCK_DGRAM as u8 && peer.peer() == Some(inode)
+        };
+        let peer = peer.filter(writes_here).map(|peer| unix_record(&peer, None).info);
         Ok(Some((unix_record(&response, peer_name), peer)))
     }
 
@@ -219,6 +224,9 @@ const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
 /// Offset of `tcpi_rcv_wnd`, the window this end advertises: the u32 after `tcpi_snd_wnd`
 /// (since Linux 6.2).
 const TCPI_RCV_WND_OFFSET: usize = 232;
+/// Offset of `tcpi_notsent_bytes`, bytes written and not yet sent (since Linux 4.6): the
+/// u32 after 24 u32, 4 u64 and 2 u32 after the 8 one-byte fields.
+const TCPI_NOTSENT_BYTES_OFFSET: usize = 144;
 /// Offset of `tcpi_rwnd_limited`, microseconds in all that sending waited for the peer's
 /// window (since Linux 4.10): the u64 after `tcpi_busy_time`, after `tcpi_delivery_rate`
 /// (8 one-byte fields, 24 u32, 4 u64, 6 u32, then these three u64).
@@ -241,6 +249,9 @@ pub struct TcpFlow {
     /// How long in all sending waited for the peer's window (its reader is slower than
     /// this end's writer); `None` on a kernel that does not tell.
     pub window_limited: Option<std::time::Duration>,
+    /// Bytes written and not yet sent (what a closed or small window holds back); `None`
+    /// on a kernel that does not tell.
+    pub not_sent: Option<u32>,
 }
 
 /// The `tcp_info` of an inet_diag answer, if it has one.
@@ -270,6 +281,7 @@ pub fn tcp_flow(tcp_info: &[u8]) -> Option<TcpFlow> {
             .get(TCPI_RWND_LIMITED_OFFSET..TCPI_RWND_LIMITED_OFFSET + 8)
             .and_then(|bytes| Some(u64::from_ne_bytes(bytes.try_into().ok()?)))
             .map(std::time::Duration::from_micros),
+        not_sent: word(TCPI_NOTSENT_BYTES_OFFSET),
     })
 }
 
@@ -428,6 +440,8 @@ mod tests {
         assert!(!flow.retransmitting);
         info[TCPI_RWND_LIMITED_OFFSET..][..8].copy_from_slice(&2_500_000u64.to_ne_bytes());
         assert_eq!(tcp_flow(&info).unwrap().window_limited, Some(Duration::from_millis(2500)));
+        info[TCPI_NOTSENT_BYTES_OFFSET..][..4].copy_from_slice(&4096u32.to_ne_bytes());
+        assert_eq!(tcp_flow(&info).unwrap().not_sent, Some(4096));
         info[TCPI_BACKOFF_OFFSET] = 3;
         assert!(tcp_flow(&info).unwrap().retransmitting);
         info[TCPI_RCV_WND_OFFSET..].copy_from_slice(&65535u32.to_ne_bytes());
