@@ -596,8 +596,8 @@ fn register_backed_up(registry: &mut Registry, backed_up: &super::backed_up::Bac
     );
     let slow = (
         "tracer_slow_reader_sockets",
-        "TCP connections whose data still moves, held back by the peer's window most of the \
-         time between two looks 100 ms apart (the peer reads slower than the process \
+        "TCP connections whose data still moves, held back by the peer's window at least half \
+         the time between two looks 100 ms apart (the peer reads slower than the process \
          writes), read every 5 s",
         "tracer_slow_reader_bytes",
         "Bytes queued in the slow readers' connections, by the same labels",

@@ -10,13 +10,12 @@
 //!   dropped); TCP data still moving, but written faster than the peer reads: its window
 //!   held sending back `SLOW_READER_SHARE` of the time between two looks
 //!   `READ_AGAIN_AFTER` apart, data waiting to be sent at both; a Unix socket's send
-//!   buffer full (a write would block, or fail with
-//!   EAGAIN), still full when read again `READ_AGAIN_AFTER` later (it tells no
-//!   times);
+//!   buffer full (a write would block, or fail with EAGAIN), still full when read again
+//!   `READ_AGAIN_AFTER` later (it tells no times);
 //! - unread: this end of a TCP connection advertising a zero window with data unread,
 //!   nothing received for `STALLED_FOR`; a Unix stream socket holding data unread while
-//!   its peer's send buffer is full (what the peer writes is charged to its own buffer until
-//!   this end reads it), still so `READ_AGAIN_AFTER` later.
+//!   its peer's send buffer is full (what the peer writes is charged to its own buffer
+//!   until this end reads it), still so `READ_AGAIN_AFTER` later.
 //!
 //! A busy connection is full, or at a closed window, for moments at a time: those
 //! moments keep it out of the stopped rules.
@@ -176,7 +175,7 @@ pub fn scan_processes(pids: &[u32]) -> Vec<(Vec<BackedUpSocket>, Option<ScanFail
 struct Namespace {
     diag: SockDiag,
     members: Vec<usize>,
-    /// Its connections still moving data, with data queued, at the first look.
+    /// Its connections still moving data, with data waiting to be sent, at the first look.
     moving: Vec<Moving>,
     /// (process, descriptor, inode, ways) of each Unix socket backed up at the first
     /// look: only the ways backed up at both looks count.
@@ -195,9 +194,9 @@ impl Namespace {
     }
 }
 
-/// A connection whose data still moved at the first look, with data written and not
-/// acknowledged: looked at again to tell whether its peer reads slower than this
-/// process writes (the peer's window held sending back most of the time between).
+/// A connection whose data still moved at the first look, with data waiting to be sent:
+/// looked at again to tell whether its peer reads slower than this process writes (the
+/// peer's window held sending back most of the time between).
 struct Moving {
     process: usize,
     fd: u64,
@@ -269,8 +268,8 @@ fn read_tcp(
 
 /// The `moving` connections read again: each backed up if it has stopped since (as the
 /// first look judges), or if its peer's window held sending back `SLOW_READER_SHARE` of
-/// the time between the looks with data still queued. A few are asked for one by one,
-/// more in a dump of the namespace.
+/// the time between the looks with data still waiting to be sent. A few are asked for
+/// one by one, more in a dump of the namespace.
 fn look_again_at_tcp(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
     for namespace in namespaces.iter_mut().filter(|namespace| !namespace.broken) {
         let moving = std::mem::take(&mut namespace.moving);
@@ -331,7 +330,7 @@ fn look_again_at_tcp(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
 
 /// Connection `first` read again `between` after it was, as `info` and `tcp`: backed up
 /// when its peer's window held sending back `SLOW_READER_SHARE` of that time (now
-/// `window_limited` in all) and data is still queued.
+/// `window_limited` in all) and data still waits to be sent.
 fn judge_slow(
     first: &Moving,
     info: &SocketInfo,
@@ -687,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn a_unix_reader_that_stopped_backs_up_its_peer() {
+    fn a_unix_reader_slow_or_stopped_backs_up_its_peer() {
         let unix = |send_queue, recv_queue| SocketInfo {
             protocol: Protocol::Unix,
             tcp_state: None,
