@@ -39,7 +39,7 @@ pub struct Header {
     pub resident_bytes: u64,
     /// In exact mode, the threshold of the waits shown and the waits lost so far.
     pub exact: Option<ExactHeader>,
-    /// The processes' backed-up sockets, as last read (`BACKED_UP_READ_EVERY`), and
+    /// The processes' backed-up sockets, as last read (`backed_up::READ_EVERY`), and
     /// how many processes' sockets could not be read then.
     pub backed_up: BackedUp,
     pub backed_up_unreadable: u64,

@@ -5,6 +5,7 @@
 //! open a site (its whole stack and its wait chain) and quit; the terminal is restored on
 //! every way out (a key, Ctrl-C, SIGTERM, a panic, an error, the processes exiting).
 
+mod backed_up;
 mod draw;
 mod exact;
 mod table;
@@ -20,7 +21,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, Ke
 
 use crate::{
     cli::{Mode, TopArgs},
-    model::{BackedUp, ProcessTag, Profile, ProfileKind, ProfileStack, WaitAggregate},
+    model::{ProcessTag, Profile, ProfileKind, ProfileStack, WaitAggregate},
     pipeline::{
         Namer,
         members::{Member, Members, Selection},
@@ -29,14 +30,12 @@ use crate::{
     },
     stacks::RenewedSymbolFiles,
 };
+use backed_up::BackedUpReader;
 use exact::ExactWaits;
 use table::Table;
 
 /// How often the table is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
-/// How often the processes' sockets are read for backed-up ones: a read lists every
-/// descriptor and dumps the TCP table, too much to do at every refresh of many processes.
-const BACKED_UP_READ_EVERY: Duration = Duration::from_secs(5);
 
 /// Set by SIGTERM, SIGINT or SIGQUIT: leave as `q` would.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -100,7 +99,7 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         },
         exact,
         exited: Vec::new(),
-        backed_up_read: None,
+        backed_up: BackedUpReader::default(),
     };
     session.open_windows();
     watch_signals();
@@ -164,8 +163,8 @@ struct Session {
     exact: Option<ExactWaits>,
     /// The processes that exited, for the line said when none is left.
     exited: Vec<ProcessTag>,
-    /// When the processes' sockets were last read for backed-up ones, and which.
-    backed_up_read: Option<(Instant, Vec<u32>)>,
+    /// The processes' sockets read for backed-up ones, off the loop.
+    backed_up: BackedUpReader,
 }
 
 impl Session {
@@ -290,7 +289,7 @@ impl Session {
         }
         // Members that joined during the interval start theirs now.
         self.open_windows();
-        let (backed_up, backed_up_unreadable) = self.read_backed_up();
+        let (backed_up, backed_up_unreadable) = self.backed_up.latest(&self.members.members);
         let usage = ProcessUsage::of_self();
         let elapsed = self.usage.0.elapsed().as_secs_f64().max(1e-3);
         let cpu = (usage.cpu_seconds - self.usage.1.cpu_seconds).max(0.0) / elapsed;
@@ -313,42 +312,6 @@ impl Session {
         if !self.paused {
             self.table.refresh(&Profile::of_processes(now), &Profile::of_processes(interval));
         }
-    }
-
-    /// The processes' backed-up sockets, and how many processes' sockets could not be
-    /// read: read again every `BACKED_UP_READ_EVERY`, or when the processes changed
-    /// (one gone, a restart), else as last read.
-    fn read_backed_up(&mut self) -> (BackedUp, u64) {
-        let pids: Vec<u32> = self.members.members.iter().map(|m| m.target.pid).collect();
-        let fresh = self
-            .backed_up_read
-            .as_ref()
-            .is_some_and(|(read, of)| read.elapsed() < BACKED_UP_READ_EVERY && *of == pids);
-        if fresh {
-            let kept = std::mem::take(&mut self.header.backed_up);
-            return (kept, self.header.backed_up_unreadable);
-        }
-        self.backed_up_read = Some((Instant::now(), pids));
-        let members = &self.members.members;
-        let pids: Vec<u32> = members
-            .iter()
-            .map(|member| crate::pipeline::target::live_thread(member.target.pid))
-            .collect();
-        let scans = crate::objects::sockets::backed_up::scan_processes(&pids);
-        let mut all = BackedUp::default();
-        let mut unreadable = 0;
-        for (member, (sockets, failed)) in members.iter().zip(scans) {
-            all.join(BackedUp::of(sockets), &member.tag());
-            // Its descriptors or its socket tables unreadable: said in the header.
-            unreadable += u64::from(failed.is_some());
-        }
-        // One process's: no need to name it.
-        if self.members.members.len() == 1 {
-            for socket in &mut all.sockets {
-                socket.process = None;
-            }
-        }
-        (all, unreadable)
     }
 
     fn draw(&self, terminal: &mut Terminal) -> anyhow::Result<()> {

@@ -224,8 +224,8 @@ const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
 /// Offset of `tcpi_rcv_wnd`, the window this end advertises: the u32 after `tcpi_snd_wnd`
 /// (since Linux 6.2).
 const TCPI_RCV_WND_OFFSET: usize = 232;
-/// Offset of `tcpi_notsent_bytes`, bytes written and not yet sent (since Linux 4.6): the
-/// u32 after 24 u32, 4 u64 and 2 u32 after the 8 one-byte fields.
+/// Offset of `tcpi_notsent_bytes`, bytes written and not yet sent (since Linux 4.6): after
+/// the 8 one-byte fields, 24 u32, 4 u64 and 2 u32.
 const TCPI_NOTSENT_BYTES_OFFSET: usize = 144;
 /// Offset of `tcpi_rwnd_limited`, microseconds in all that sending waited for the peer's
 /// window (since Linux 4.10): the u64 after `tcpi_busy_time`, after `tcpi_delivery_rate`
