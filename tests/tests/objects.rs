@@ -487,6 +487,12 @@ fn a_connection_held_back_by_a_slow_reader_is_listed() {
         assert!(slow.queued_bytes > 0, "{slow:#?}");
         let peer = slow.peer_process.as_deref();
         assert!(peer.is_some_and(|peer| peer.starts_with(&backend_named)), "{slow:#?}");
+        // Its reading thread named by its own function, past libc's sleep (whose frame
+        // needs the saved rbp the chains read too).
+        assert!(
+            peer.is_some_and(|peer| peer.contains("at slow_backend::drain_slowly")),
+            "{slow:#?}"
+        );
         assert!(
             traced.out.stdout.contains("peer reads slowly (window-limited "),
             "{}",

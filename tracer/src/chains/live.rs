@@ -144,13 +144,15 @@ pub const BACKED_UP_PEERS_LOOKED_FOR: usize = 8;
 /// ones), by socket inode, with what their threads do now: where a client that stopped
 /// reading is stuck. Also how many could not be looked for (a table of sockets
 /// unreadable).
-pub fn socket_peers(pid: u32, sockets: &[SocketInfo]) -> (BTreeMap<u64, PeerProcess>, u64) {
+pub fn socket_peers(
+    pid: u32,
+    sockets: &[SocketInfo],
+    frame_pointers: &SavedFramePointers,
+) -> (BTreeMap<u64, PeerProcess>, u64) {
     let keys: Vec<String> = sockets.iter().map(|socket| socket.inode.to_string()).collect();
     let endpoints =
         keys.iter().zip(sockets).map(|(key, socket)| (key, std::slice::from_ref(socket)));
-    // Other processes' threads unwind by CFI; the few frames that need a saved rbp stop.
-    let frame_pointers = SavedFramePointers::default();
-    let (peers, failed) = local_peers(pid, endpoints, std::iter::empty(), &frame_pointers);
+    let (peers, failed) = local_peers(pid, endpoints, std::iter::empty(), frame_pointers);
     let by_inode = peers.into_iter().filter_map(|(key, peer)| Some((key.parse().ok()?, peer)));
     (by_inode.collect(), failed)
 }

@@ -274,7 +274,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let mut profile = pipeline::with_stacks(profile, tasks);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
-    pipeline::add_backed_up_sockets(&mut profile);
+    pipeline::add_backed_up_sockets(&mut profile, &frame_pointers);
     pipeline::report(&profile, outputs, top)
 }
 
@@ -325,7 +325,12 @@ async fn record_sampled(
     let sampled = sampler.finish(target_exited);
     let timing = SampledTiming { started_at, elapsed, period };
     let mut profile = sampled_profile(&target, sampled, timing, target_exited);
-    pipeline::add_backed_up_sockets(&mut profile);
+    // The chains' saved registers were the sampler's; its peers' frames that need a
+    // saved rbp end their walk.
+    pipeline::add_backed_up_sockets(
+        &mut profile,
+        &crate::threads::blocked_now::SavedFramePointers::default(),
+    );
     pipeline::report(&profile, outputs, top)
 }
 
@@ -389,7 +394,10 @@ async fn record_sampled_several(
             sampled_profile(&target, sampler.finish(exited), timing, exited)
         })
         .collect();
-    pipeline::add_backed_up_sockets_to(&mut profiles);
+    pipeline::add_backed_up_sockets_to(
+        &mut profiles,
+        &crate::threads::blocked_now::SavedFramePointers::default(),
+    );
     let mut profile = Profile::of_processes(profiles);
     profile.counts.add(pass_counts);
     pipeline::report(&profile, outputs, top)

@@ -170,7 +170,7 @@ fn snapshot_profile(
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let mut profile = pipeline::with_stacks(profile, tasks);
     pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, frame_pointers);
-    pipeline::add_backed_up_sockets(&mut profile);
+    pipeline::add_backed_up_sockets(&mut profile, frame_pointers);
     log::info!("snapshot of pid {pid} took {:?}", started.elapsed());
     Ok(profile)
 }

@@ -73,7 +73,12 @@ fn snapshot_of(traced: &Traced, announce: bool) -> anyhow::Result<Profile> {
     let mut profile = Profile::from_symbolized(base, named.stacks);
     let facts = chains::live::gather_goroutines(&profile, &sockets, holders);
     chains::add_to(&mut profile, &facts);
-    crate::pipeline::add_backed_up_sockets(&mut profile);
+    // A Go peer's threads are the runtime's; a C or Rust peer's frames that need a
+    // saved rbp end their walk.
+    crate::pipeline::add_backed_up_sockets(
+        &mut profile,
+        &crate::threads::blocked_now::SavedFramePointers::default(),
+    );
     Ok(profile)
 }
 

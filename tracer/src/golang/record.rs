@@ -203,7 +203,12 @@ fn sampled_profile(
     };
     let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
     chains::add_to(&mut profile, &facts);
-    crate::pipeline::add_backed_up_sockets(&mut profile);
+    // A Go peer's threads are the runtime's; a C or Rust peer's frames that need a
+    // saved rbp end their walk.
+    crate::pipeline::add_backed_up_sockets(
+        &mut profile,
+        &crate::threads::blocked_now::SavedFramePointers::default(),
+    );
     profile
 }
 
@@ -313,7 +318,12 @@ async fn record_exact(
     // parked at the end, as a snapshot's do.
     let facts = chains::live::gather_goroutines(&profile, &sockets, goroutine_holders);
     chains::add_to(&mut profile, &facts);
-    crate::pipeline::add_backed_up_sockets(&mut profile);
+    // A Go peer's threads are the runtime's; a C or Rust peer's frames that need a
+    // saved rbp end their walk.
+    crate::pipeline::add_backed_up_sockets(
+        &mut profile,
+        &crate::threads::blocked_now::SavedFramePointers::default(),
+    );
     pipeline::report(&profile, outputs, top)
 }
 

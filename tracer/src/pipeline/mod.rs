@@ -369,14 +369,16 @@ pub fn add_wait_chains(
 
 /// The backed-up sockets stage: reads the process's sockets as the report is made, for
 /// the queues no wait shows (an event-driven server's client that stopped reading). A
-/// process gone has none; one whose sockets cannot all be read is counted.
-pub fn add_backed_up_sockets(profile: &mut Profile) {
-    add_backed_up_sockets_to(std::slice::from_mut(profile));
+/// process gone has none; one whose sockets cannot all be read is counted. The peers'
+/// threads unwind with `frame_pointers` as the chains' do (empty where none were read:
+/// a frame that needs a saved rbp ends the walk there).
+pub fn add_backed_up_sockets(profile: &mut Profile, frame_pointers: &SavedFramePointers) {
+    add_backed_up_sockets_to(std::slice::from_mut(profile), frame_pointers);
 }
 
 /// `add_backed_up_sockets` for the profiles of several processes, read together (the
 /// processes of one network namespace share its socket tables' dumps).
-pub fn add_backed_up_sockets_to(profiles: &mut [Profile]) {
+pub fn add_backed_up_sockets_to(profiles: &mut [Profile], frame_pointers: &SavedFramePointers) {
     let mut live: Vec<&mut Profile> =
         profiles.iter_mut().filter(|profile| !profile.target_exited).collect();
     let pids: Vec<u32> = live.iter().map(|profile| target::live_thread(profile.pid)).collect();
@@ -387,13 +389,13 @@ pub fn add_backed_up_sockets_to(profiles: &mut [Profile]) {
             log::warn!("backed-up sockets of pid {}: {failed}", profile.pid);
             profile.counts.socket_scans_failed += 1;
         }
-        add_backed_up_peers(profile);
+        add_backed_up_peers(profile, frame_pointers);
     }
 }
 
 /// Where the heaviest backed-up sockets' peers on this host are stuck (a client that
 /// stopped reading): the chains' peer lookup, for sockets no wait names.
-fn add_backed_up_peers(profile: &mut Profile) {
+fn add_backed_up_peers(profile: &mut Profile, frame_pointers: &SavedFramePointers) {
     use crate::objects::sockets::{Protocol, SocketInfo};
     let sockets = &mut profile.backed_up.sockets;
     let heaviest = sockets.len().min(chains::live::BACKED_UP_PEERS_LOOKED_FOR);
@@ -410,7 +412,7 @@ fn add_backed_up_peers(profile: &mut Profile) {
         })
         .collect();
     let pid = target::live_thread(profile.pid);
-    let (peers, failed) = chains::live::socket_peers(pid, &sockets);
+    let (peers, failed) = chains::live::socket_peers(pid, &sockets, frame_pointers);
     profile.counts.peer_lookups_failed += failed;
     for socket in looked_for {
         let Some(peer) = peers.get(&socket.inode) else { continue };

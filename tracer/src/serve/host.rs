@@ -593,7 +593,7 @@ impl Reader {
             let (unwinder, objects, tasks) = member.sampler.parts_mut();
             let frame_pointers = tasks.host();
             pipeline::add_wait_chains(&mut snapshot, objects, unwinder, &frame_pointers);
-            pipeline::add_backed_up_sockets(&mut snapshot);
+            pipeline::add_backed_up_sockets(&mut snapshot, &frame_pointers);
             let config = &triggers.config;
             let (window, length) =
                 member.sampler.timeline_window(config.window).unwrap_or_default();
@@ -710,6 +710,9 @@ impl Reader {
                 filter.matches(target.pid, &target.comm)
             })
             .collect();
+        // The host's saved registers, read for the first chains (each member's would be
+        // the same), for the backed-up sockets' peers too.
+        let mut host_frame_pointers = None;
         for index in picked {
             let member = &mut self.members.members[index];
             let blocked = member.sampler.blocked_now();
@@ -719,14 +722,15 @@ impl Reader {
             profile.thread_counts = member.sampler.thread_counts();
             if chains && !profile.stacks.is_empty() {
                 let (unwinder, objects, tasks) = member.sampler.parts_mut();
-                let frame_pointers = tasks.host();
-                pipeline::add_wait_chains(&mut profile, objects, unwinder, &frame_pointers);
+                let frame_pointers = host_frame_pointers.insert(tasks.host());
+                pipeline::add_wait_chains(&mut profile, objects, unwinder, frame_pointers);
             }
             profiles.push(profile);
         }
         // A server with nothing blocked may still have a client that stopped reading.
         if chains {
-            pipeline::add_backed_up_sockets_to(&mut profiles);
+            let frame_pointers = host_frame_pointers.unwrap_or_default();
+            pipeline::add_backed_up_sockets_to(&mut profiles, &frame_pointers);
         }
         (!profiles.is_empty()).then(|| Profile::of_processes(profiles))
     }

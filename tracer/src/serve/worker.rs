@@ -265,6 +265,6 @@ fn blocked_now(
     let sockets = std::mem::take(&mut attachment.objects.endpoint_sockets);
     let facts = chains::live::gather(&profile, &sockets, &mut attachment.unwinder, frame_pointers);
     chains::add_to(&mut profile, &facts);
-    crate::pipeline::add_backed_up_sockets(&mut profile);
+    crate::pipeline::add_backed_up_sockets(&mut profile, frame_pointers);
     Ok(profile)
 }
