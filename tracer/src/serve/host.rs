@@ -710,9 +710,10 @@ impl Reader {
                 filter.matches(target.pid, &target.comm)
             })
             .collect();
-        // The host's saved registers, read for the first chains (each member's would be
-        // the same), for the backed-up sockets' peers too.
+        // The host's saved registers as the chains last read them (each member's read is
+        // of the whole host), for the backed-up sockets' peers too.
         let mut host_frame_pointers = None;
+        let first = picked.first().copied();
         for index in picked {
             let member = &mut self.members.members[index];
             let blocked = member.sampler.blocked_now();
@@ -729,7 +730,11 @@ impl Reader {
         }
         // A server with nothing blocked may still have a client that stopped reading.
         if chains {
-            let frame_pointers = host_frame_pointers.unwrap_or_default();
+            // Nothing blocked, no chains: read for the peers alone.
+            let frame_pointers = host_frame_pointers.unwrap_or_else(|| {
+                let first = first.map(|index| &mut self.members.members[index]);
+                first.map(|member| member.sampler.parts_mut().2.host()).unwrap_or_default()
+            });
             pipeline::add_backed_up_sockets_to(&mut profiles, &frame_pointers);
         }
         (!profiles.is_empty()).then(|| Profile::of_processes(profiles))
