@@ -27,7 +27,7 @@ use std::{
 };
 
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_CLOSE_WAIT, TCP_ESTABLISHED},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{InetResponse, SocketId, StateFlags},
 };
 
@@ -217,28 +217,23 @@ fn read_tcp(
     scanned: &mut [Scanned],
 ) -> Vec<Moving> {
     let mut moving = Vec::new();
-    // Connections that can move data: a host's listeners and TIME_WAITs are left in the
-    // kernel, and only the processes' own answers are kept.
-    let transferring = StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT;
     for family in [AF_INET, AF_INET6] {
         if !members.iter().any(|&index| scanned[index].families.contains(&family)) {
             continue;
         }
-        let dumped = diag.dump_inet_each(family, IPPROTO_TCP, transferring.clone(), |response| {
+        let dumped = diag.dump_inet_each(family, IPPROTO_TCP, transferring(), |response| {
             let inode = u64::from(response.header.inode);
             let Some(&(index, fd)) = tcp_owner.get(&inode) else { return };
-            let Some(flow) = diag::tcp_info(&response).and_then(diag::tcp_flow) else {
+            let id = response.header.socket_id.clone();
+            let Some((tcp, info)) = tcp_answer(response) else {
                 // Asked for with every answer: a kernel that left it out says nothing
                 // of whether data moves.
                 scanned[index].fail(ScanFailed::Namespace("a connection without tcp_info".into()));
                 return;
             };
-            let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
-            let id = response.header.socket_id.clone();
-            let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
             let ways = judge(fd, &info, Movement::Tcp(tcp));
             let stopped = ways.iter().any(|way| way.backlog == Backlog::Unsent);
-            if let Some(window_limited) = flow.window_limited
+            if let Some(window_limited) = tcp.flow.window_limited
                 && tcp.holds_back()
                 && !stopped
             {
@@ -266,6 +261,21 @@ fn read_tcp(
     moving
 }
 
+/// Connections that can move data: a host's listeners and TIME_WAITs are left in the
+/// kernel, and only the processes' own answers are kept.
+fn transferring() -> StateFlags {
+    StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT
+}
+
+/// A TCP connection's answer decoded: what moves on it, and its `SocketInfo`; `None`
+/// when it came without `tcp_info`.
+fn tcp_answer(response: InetResponse) -> Option<(TcpFacts, SocketInfo)> {
+    let flow = diag::tcp_info(&response).and_then(diag::tcp_flow)?;
+    let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
+    let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
+    Some((tcp, info))
+}
+
 /// The `moving` connections read again: each backed up if it has stopped since (as the
 /// first look judges), or if its peer's window held sending back `SLOW_READER_SHARE` of
 /// the time between the looks with data still waiting to be sent. A few are asked for
@@ -276,13 +286,11 @@ fn look_again_at_tcp(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
         let mut judge_again = |first: &Moving, response: InetResponse| {
             let between = first.read_at.elapsed();
             // As the dump asks: one read one by one may have begun to close since.
-            let transferring = [TCP_ESTABLISHED, TCP_CLOSE_WAIT];
-            if !transferring.contains(&response.header.state) {
+            let state = StateFlags::from_bits_truncate(1 << response.header.state);
+            if !transferring().contains(state) {
                 return;
             }
-            let Some(flow) = diag::tcp_info(&response).and_then(diag::tcp_flow) else { return };
-            let tcp = TcpFacts { flow, unacknowledged: response.header.send_queue };
-            let Record { info, .. } = diag::inet_record(IPPROTO_TCP, response);
+            let Some((tcp, info)) = tcp_answer(response) else { return };
             // The first look judged it unread, if it is.
             let mut stopped = judge(first.fd, &info, Movement::Tcp(tcp));
             stopped.retain(|way| way.backlog == Backlog::Unsent);
@@ -291,7 +299,7 @@ fn look_again_at_tcp(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
                 found.extend(stopped);
                 return;
             }
-            let window_limited = flow.window_limited.unwrap_or_default();
+            let window_limited = tcp.flow.window_limited.unwrap_or_default();
             found.extend(judge_slow(first, &info, tcp, window_limited, between));
         };
         let answered = if moving.len() <= ASKED_ONE_BY_ONE {
@@ -308,18 +316,12 @@ fn look_again_at_tcp(namespaces: &mut [Namespace], scanned: &mut [Scanned]) {
             let by_inode: HashMap<u64, &Moving> =
                 moving.iter().map(|first| (first.inode, first)).collect();
             let families: HashSet<u8> = moving.iter().map(|first| first.family).collect();
-            let transferring = StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT;
             families.into_iter().try_for_each(|family| {
-                namespace.diag.dump_inet_each(
-                    family,
-                    IPPROTO_TCP,
-                    transferring.clone(),
-                    |response| {
-                        if let Some(first) = by_inode.get(&u64::from(response.header.inode)) {
-                            judge_again(first, response);
-                        }
-                    },
-                )
+                namespace.diag.dump_inet_each(family, IPPROTO_TCP, transferring(), |response| {
+                    if let Some(first) = by_inode.get(&u64::from(response.header.inode)) {
+                        judge_again(first, response);
+                    }
+                })
             })
         };
         if let Err(error) = answered {
