@@ -471,7 +471,12 @@ fn a_connection_held_back_by_a_slow_reader_is_listed() {
     let snapped = snapshot_profile(writer.pid(), &[], &snapshot_dir, SNAPSHOT_TIMEOUT);
     let record_dir = TempDir::new("slow-reader-record");
     let recorded = record_profile(writer.pid(), &["-d", "1s"], &record_dir, RECORD_TIMEOUT);
-    for traced in [snapped, recorded] {
+    // A sampled recording's reads are of the writer's threads alone: the peer's saved
+    // registers come from a read of the host's at the end.
+    let sampled_dir = TempDir::new("slow-reader-sampled");
+    let sampled_args = ["-d", "1s", "--mode", "sampled"];
+    let sampled = record_profile(writer.pid(), &sampled_args, &sampled_dir, RECORD_TIMEOUT);
+    for traced in [snapped, recorded, sampled] {
         println!("{}", traced.out.stdout);
         let sockets = &traced.profile.backed_up.sockets;
         let to_backend = sockets.iter().find(|socket| socket.peer == backend_address);

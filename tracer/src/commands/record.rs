@@ -27,7 +27,7 @@ use crate::{
     report::summary::format_duration,
     stacks::ProcessUnwinder,
     threads::{
-        blocked_now::{collect_blocked_threads, monotonic_now_ns},
+        blocked_now::{SavedFramePointers, collect_blocked_threads, monotonic_now_ns},
         sampler::{Sampled, TaskIterator, ThreadSampler},
         waits_before::adopt_waits_in_progress,
     },
@@ -322,15 +322,13 @@ async fn record_sampled(
         sampler.read()?;
         Ok(sampler.read_interval())
     })?;
-    let sampled = sampler.finish(target_exited);
+    let mut sampled = sampler.finish(target_exited);
     let timing = SampledTiming { started_at, elapsed, period };
-    let mut profile = sampled_profile(&target, sampled, timing, target_exited);
-    // The chains' saved registers were the sampler's; its peers' frames that need a
-    // saved rbp end their walk.
-    pipeline::add_backed_up_sockets(
-        &mut profile,
-        &crate::threads::blocked_now::SavedFramePointers::default(),
-    );
+    // One read of the host's saved registers for the chains' and the backed-up sockets'
+    // peers (the reads' own were of the target's threads, and are gone).
+    let frame_pointers = sampled.tasks.host();
+    let mut profile = sampled_profile(&target, sampled, timing, target_exited, &frame_pointers);
+    pipeline::add_backed_up_sockets(&mut profile, &frame_pointers);
     pipeline::report(&profile, outputs, top)
 }
 
@@ -380,6 +378,13 @@ async fn record_sampled_several(
     let timing = SampledTiming { started_at, elapsed, period };
     let pass_counts = members.pass_counts();
     let _report = pipeline::ReportScope::enter();
+    // Every member's sampler shares one task iterator: the host's saved registers are
+    // read once, for every process's chains and backed-up sockets' peers.
+    let frame_pointers = members
+        .members
+        .first_mut()
+        .map(|member| member.sampler.parts_mut().2.host())
+        .unwrap_or_default();
     let mut profiles: Vec<Profile> = members
         .members
         .into_iter()
@@ -391,13 +396,10 @@ async fn record_sampled_several(
                     target.pid
                 ));
             }
-            sampled_profile(&target, sampler.finish(exited), timing, exited)
+            sampled_profile(&target, sampler.finish(exited), timing, exited, &frame_pointers)
         })
         .collect();
-    pipeline::add_backed_up_sockets_to(
-        &mut profiles,
-        &crate::threads::blocked_now::SavedFramePointers::default(),
-    );
+    pipeline::add_backed_up_sockets_to(&mut profiles, &frame_pointers);
     let mut profile = Profile::of_processes(profiles);
     profile.counts.add(pass_counts);
     pipeline::report(&profile, outputs, top)
@@ -431,12 +433,14 @@ fn pending_tasks_at_end(
     pipeline::pending_task_stacks(unwinder, objects)
 }
 
-/// The profile of one process's sampled recording, with its chains.
+/// The profile of one process's sampled recording, with its chains (whose peers unwind
+/// with the host's saved registers, `frame_pointers`).
 fn sampled_profile(
     target: &target::Target,
     sampled: Sampled,
     timing: SampledTiming,
     target_exited: bool,
+    frame_pointers: &SavedFramePointers,
 ) -> Profile {
     let Sampled {
         aggregate,
@@ -445,7 +449,7 @@ fn sampled_profile(
         thread_counts,
         reads,
         threads_skipped,
-        mut tasks,
+        tasks,
         sampler_counts,
     } = sampled;
     log::info!("{reads} reads; {threads_skipped} thread reads skipped (woke, exited, unreadable)");
@@ -462,7 +466,6 @@ fn sampled_profile(
     let _report = pipeline::ReportScope::enter();
     let profile = pipeline::symbolize(aggregate, base, unwinder.image(), &mut objects);
     let mut profile = pipeline::with_stacks(profile, pending);
-    let frame_pointers = tasks.host();
-    pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, &frame_pointers);
+    pipeline::add_wait_chains(&mut profile, &objects, &mut unwinder, frame_pointers);
     profile
 }
