@@ -285,6 +285,35 @@ pub fn tcp_flow(tcp_info: &[u8]) -> Option<TcpFlow> {
     })
 }
 
+/// `tcp_info` bytes that say `flow` (as `tcp_flow` reads them), for tests of what reads
+/// them; a `None` leaves its bytes out where the kernel's older, shorter struct would
+/// (the longest field's left out leaves out those after it).
+#[cfg(test)]
+pub fn tcp_info_saying(flow: &TcpFlow) -> Vec<u8> {
+    let mut info = vec![0; TCPI_RCV_WND_OFFSET + 4];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        info[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    let millis = |duration: std::time::Duration| (duration.as_millis() as u32).to_ne_bytes();
+    put(TCPI_LAST_DATA_SENT_OFFSET, &millis(flow.since_sent));
+    put(TCPI_LAST_DATA_RECV_OFFSET, &millis(flow.since_received));
+    put(TCPI_LAST_ACK_RECV_OFFSET, &millis(flow.since_acknowledged));
+    put(TCPI_RETRANSMITS_OFFSET, &[u8::from(flow.retransmitting)]);
+    put(TCPI_NOTSENT_BYTES_OFFSET, &flow.not_sent.unwrap_or(0).to_ne_bytes());
+    let limited = flow.window_limited.map_or(0, |limited| limited.as_micros() as u64);
+    put(TCPI_RWND_LIMITED_OFFSET, &limited.to_ne_bytes());
+    let own_window = if flow.own_window_zero == Some(true) { 0u32 } else { 65_535 };
+    put(TCPI_RCV_WND_OFFSET, &own_window.to_ne_bytes());
+    let told = match (flow.own_window_zero, flow.window_limited, flow.not_sent) {
+        (Some(_), _, _) => info.len(),
+        (None, Some(_), _) => TCPI_RCV_WND_OFFSET,
+        (None, None, Some(_)) => TCPI_RWND_LIMITED_OFFSET,
+        (None, None, None) => TCPI_NOTSENT_BYTES_OFFSET,
+    };
+    info.truncate(told);
+    info
+}
+
 /// Decodes one inet_diag answer.
 pub fn inet_record(protocol: u8, response: InetResponse) -> Record {
     let InetResponse { header, nlas } = response;
@@ -451,6 +480,22 @@ mod tests {
         // Nor one before 4.10 how long the peer's window held sending back.
         assert_eq!(tcp_flow(&info[..TCPI_RWND_LIMITED_OFFSET]).unwrap().window_limited, None);
         assert_eq!(tcp_flow(&info[..40]), None);
+    }
+
+    #[test]
+    fn tcp_info_saying_a_flow_reads_back_as_it() {
+        let flow = TcpFlow {
+            since_sent: Duration::from_millis(1500),
+            since_received: Duration::from_millis(20),
+            since_acknowledged: Duration::from_millis(700),
+            own_window_zero: Some(false),
+            retransmitting: true,
+            window_limited: Some(Duration::from_millis(2500)),
+            not_sent: Some(4096),
+        };
+        assert_eq!(tcp_flow(&tcp_info_saying(&flow)), Some(flow));
+        let older = TcpFlow { own_window_zero: None, window_limited: None, ..flow };
+        assert_eq!(tcp_flow(&tcp_info_saying(&older)), Some(older));
     }
 
     fn inet_response(
