@@ -47,6 +47,7 @@ fn native_call_site(frames: &[Frame]) -> &str {
     }
     let is_own = |frame: &&Frame| {
         !is_native_runtime(&frame.name)
+            && !frame.file.as_deref().is_some_and(is_rust_library_file)
             && (frame.module_is_main
                 // `[unknown]`, `[vdso]`: not a file of the program's.
                 || !frame.module.starts_with('[') && !is_system_runtime_module(&frame.module))
@@ -201,6 +202,18 @@ fn is_native_runtime(name: &str) -> bool {
         || name.starts_with('<') && name.contains(" as core::ops::function::")
 }
 
+/// A source file of Rust's own library (std, core, alloc, and the crates std carries), as
+/// a toolchain's debug info names it: `/rustc/<commit>/library/std/src/…`, `/rust/deps/…`,
+/// or a rust-src's `…/library/core/src/…`. Functions inlined from it are named without
+/// their path (`lock<u64>`, `wait<()>`), so their file tells they are std's.
+fn is_rust_library_file(file: &str) -> bool {
+    const LIBRARY_DIRECTORIES: [&str; 3] =
+        ["/library/std/src/", "/library/core/src/", "/library/alloc/src/"];
+    file.starts_with("/rustc/")
+        || file.starts_with("/rust/deps/")
+        || LIBRARY_DIRECTORIES.iter().any(|directory| file.contains(directory))
+}
+
 /// Go's standard-library packages have no dot in their first path element ("net/http",
 /// "internal/poll", "runtime"); "main" is the program's own. Unnamed frames
 /// (`[unknown 0x…]`, `[stack lost]`) are not the program either.
@@ -284,6 +297,34 @@ mod tests {
             native_frame("__futex_abstimed_wait_common64", "libc.so.6", false),
         ];
         assert_eq!(call_site(&stripped, Language::Native), "___pthread_cond_wait");
+    }
+
+    #[test]
+    fn rust_std_inlined_under_its_short_debug_name_is_told_by_its_file() {
+        let in_file = |name: &str, file: &str| Frame {
+            file: Some(file.to_owned()),
+            ..native_frame(name, "app", true)
+        };
+        let std = "/rustc/254b59607d4417e9dffbc307138ae5c86280fe4c/library/std/src";
+        // A mutex locked in the program, as line-tables-only debug info names its frames.
+        let lock = [
+            in_file("tokio_app::update_cache_slowly", "/src/app/src/main.rs"),
+            in_file("lock<u64>", &format!("{std}/sync/poison/mutex.rs")),
+            in_file("lock", &format!("{std}/sys/sync/mutex/futex.rs")),
+            in_file("<std::sys::sync::mutex::futex::Mutex>::lock_contended", "futex.rs"),
+            native_frame("syscall", "libc.so.6", false),
+        ];
+        assert_eq!(call_site(&lock, Language::Native), "tokio_app::update_cache_slowly");
+        // std's own dependencies, and a toolchain's rust-src.
+        let deps = [
+            in_file("app::index", "src/index.rs"),
+            in_file("find<u32>", "/rust/deps/hashbrown-0.15.2/src/raw/mod.rs"),
+            in_file(
+                "wait<()>",
+                "/root/.rustup/toolchains/x/lib/rustlib/src/rust/library/core/src/x.rs",
+            ),
+        ];
+        assert_eq!(call_site(&deps, Language::Native), "app::index");
     }
 
     #[test]

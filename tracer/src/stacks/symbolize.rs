@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use blazesym::symbolize::source::{Elf, Source};
-use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
+use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized, Symbolizer};
 
 use super::process_image::{Module, ProcessImage};
 use crate::python;
@@ -261,9 +261,51 @@ impl StackSymbolizer {
             .rev()
             .map(|inlined| frame(&inlined.name, inlined.code_info.as_ref(), true))
             .collect();
-        frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
+        let qualified =
+            if with_debug_info { self.qualified_name(module, input, &sym) } else { None };
+        let name = qualified.as_deref().unwrap_or(&sym.name);
+        frames.push(frame(name, sym.code_info.as_deref(), false));
         frames
     }
+
+    /// The symbol table's name of function `sym`, where its debug info names it without
+    /// its path: Rust's and C++'s DWARF say `update_cache_slowly`, `park`, `{async_fn#0}`,
+    /// which neither say whose they are nor let the call-site rule tell std's from the
+    /// program's; the symbol table says `tokio_app::update_cache_slowly`. Only the same
+    /// function's (same start) and only a name with a path: a C function keeps its debug
+    /// name (glibc's `__GI___poll`, where its dynamic symbol is `poll`).
+    fn qualified_name(&self, module: &Module, input: Input<u64>, sym: &Sym<'_>) -> Option<String> {
+        if has_path(&sym.name) {
+            return None;
+        }
+        let Ok(Symbolized::Sym(elf)) =
+            self.symbolizer.symbolize_single(&elf_source(module, false), input)
+        else {
+            return None;
+        };
+        let name = strip_rust_hash(&demangle(&elf.name)).to_owned();
+        (elf.addr == sym.addr && has_path(&name)).then_some(name)
+    }
+}
+
+/// Whether function name `name` has a path (`a::b`) outside its generic arguments and
+/// parameters (`lock<u64>` has none, `<std::fs::File>::read` has).
+fn has_path(name: &str) -> bool {
+    let mut depth = 0usize;
+    let mut previous = 0u8;
+    let bytes = name.as_bytes();
+    for (index, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'<' | b'(' => depth += 1,
+            // Not the arrow of a function type (`fn() -> u8`).
+            b'>' if previous != b'-' => depth = depth.saturating_sub(1),
+            b')' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && bytes.get(index + 1) == Some(&b':') => return true,
+            _ => {}
+        }
+        previous = byte;
+    }
+    false
 }
 
 /// The Python frame that `address` stands for in `image`'s stacks.
@@ -333,6 +375,19 @@ pub(crate) fn strip_rust_hash(name: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_outside_generic_arguments_is_a_path() {
+        assert!(has_path("tokio_app::update_cache_slowly"));
+        assert!(has_path("<std::sys::sync::mutex::futex::Mutex>::lock_contended"));
+        assert!(has_path("std::condition_variable::wait(std::unique_lock<std::mutex>&)"));
+        assert!(!has_path("update_cache_slowly"));
+        assert!(!has_path("lock<u64>"));
+        assert!(!has_path("block_on<tokio_app::main::{async_block_env#0}>"));
+        assert!(!has_path("call_once<fn() -> core::result::Result<(), ()>>"));
+        assert!(!has_path("{async_fn#0}"));
+        assert!(!has_path("__GI___poll"));
+    }
 
     #[test]
     fn only_mangled_names_are_demangled() {
