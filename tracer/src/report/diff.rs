@@ -14,7 +14,7 @@ use crate::{
     report::{
         Weight,
         folded::comparable_folded_lines,
-        summary::{elide, format_bytes, format_duration},
+        summary::{elide_function, format_bytes, format_duration},
     },
 };
 
@@ -183,7 +183,7 @@ pub fn render_changes(
         let _ = writeln!(
             out,
             "{:<SITE_WIDTH$} {:<kind$} {:>10} {:>10} {:>10}  {} -> {} ({:+})",
-            elide(&change.site, SITE_WIDTH),
+            elide_function(&change.site, SITE_WIDTH),
             kind_of(change),
             before,
             after,

@@ -15,7 +15,7 @@ use crate::{
     report::{
         Weight,
         folded::{chain_folded_lines, folded_lines_weighted, kind_frame},
-        summary::{format_duration, recording_scope_brief},
+        summary::{elide_function, format_duration, recording_scope_brief},
     },
 };
 
@@ -216,7 +216,10 @@ fn chart(profile: &Profile, timeline: &crate::model::Timeline, seconds: usize) -
         let (site_name, whose) =
             (crate::report::escape_name(&site.site), crate::report::escape_name(&site.whose));
         let room = LEGEND_CHARS.saturating_sub(whose.chars().count()).max(LEGEND_SITE_CHARS);
-        let name = xml_escape(&elide(&format!("{}{whose}", elide(&site_name, room)), LEGEND_CHARS));
+        let name = xml_escape(&elide(
+            &format!("{}{whose}", elide_function(&site_name, room)),
+            LEGEND_CHARS,
+        ));
         chart.push_str(&format!(
             "<rect x=\"{x:.1}%\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text \
              x=\"{:.1}%\" y=\"{}\" font-size=\"11\">{name}</text>",

@@ -313,9 +313,12 @@ pub fn render_summary_in(profile: &Profile, top: usize, columns: Option<usize>) 
 const SNAPSHOT_STACKS_SHOWN: usize = 5;
 const FRAMES_SHOWN: usize = 40;
 
-/// The call-site column's width: `widest`, or what fits `columns` beside the row's
-/// `others` columns, but no narrower than `NARROWEST_SITE`.
-fn site_width(widest: usize, others: usize, columns: Option<usize>) -> usize {
+/// The call-site column's width: the longest of the `shown` rows' sites, at least
+/// `least`; or what fits `columns` beside the row's `others` columns, but no narrower
+/// than `NARROWEST_SITE`. Piped, a long C++ or Rust name is shown whole.
+fn site_width(shown: &[SiteRow], least: usize, others: usize, columns: Option<usize>) -> usize {
+    let longest = shown.iter().map(|row| super::escape_name(&row.site).chars().count()).max();
+    let widest = longest.unwrap_or(0).max(least);
     match columns {
         Some(columns) => columns.saturating_sub(others).clamp(NARROWEST_SITE, widest),
         None => widest,
@@ -339,7 +342,7 @@ fn write_completed_table(
         return;
     }
     let kind = kind_width(rows);
-    let site = site_width(SITE_WIDTH, kind + 42, columns);
+    let site = site_width(&rows[..rows.len().min(top)], SITE_WIDTH, kind + 42, columns);
     let _ = writeln!(
         out,
         "{:<site$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
@@ -362,7 +365,7 @@ fn write_completed_table(
         let _ = writeln!(
             out,
             "{:<site$} {:<kind$} {:>10} {:>10} {:>9} {:>8}",
-            elide(&row.site, site),
+            elide_function(&row.site, site),
             row.kind.name(),
             format_age(row.stats.total_ns, row.stats.lower_bound),
             max,
@@ -395,7 +398,8 @@ fn write_threads_table(
     };
     let count = header.len().max(7);
     let kind = kind_width(rows);
-    let site = site_width(SITE_WIDTH + 14, count + kind + 26, columns);
+    let site =
+        site_width(&rows[..rows.len().min(top)], SITE_WIDTH + 14, count + kind + 26, columns);
     let _ = writeln!(
         out,
         "{header:>count$}  {:<kind$} {:>10} {:>10}  CALL SITE",
@@ -414,7 +418,7 @@ fn write_threads_table(
             row.kind.name(),
             age(row.stats.min_ns),
             age(row.stats.max_ns),
-            elide(&row.site, site),
+            elide_function(&row.site, site),
         );
     }
     write_rest(out, rows, top, |row| {
@@ -460,7 +464,7 @@ fn write_stacks(out: &mut String, profile: &Profile, shown: usize) {
             // `    name  (module)` within WIDTH, the name giving way to the module.
             let module = elide(&frame.module, 30);
             let room = WIDTH - 8 - module.chars().count();
-            let _ = writeln!(out, "    {}  ({module})", elide(&frame.name, room));
+            let _ = writeln!(out, "    {}  ({module})", elide_function(&frame.name, room));
         }
         if stack.frames.len() > FRAMES_SHOWN {
             let _ = writeln!(out, "    ... {} more frames", stack.frames.len() - FRAMES_SHOWN);
@@ -821,8 +825,8 @@ fn write_wakers(out: &mut String, profile: &Profile, top: usize, columns: Option
         let _ = writeln!(
             out,
             "{:<site$} {:<site$} {:>9} {:>8}",
-            elide(&row.waiting_site, site),
-            elide(&row.waker_site, site),
+            elide_function(&row.waiting_site, site),
+            elide_function(&row.waker_site, site),
             row.wakes,
             row.waker_threads.len(),
         );
@@ -1178,6 +1182,52 @@ pub(crate) fn elide(text: &str, width: usize) -> String {
     format!("…{tail}")
 }
 
+/// Shortens function name `text` (a call site, a frame, `a from b`) to `width` characters
+/// as a reader would: its generic arguments first (`block_on<…>`), then a C++ name's
+/// parameters, then from the left (`elide`), keeping the function's own name where a cut
+/// from the left alone would keep only a type's tail (`…ync_fn#0}>, …Schedule>`).
+pub(crate) fn elide_function(text: &str, width: usize) -> String {
+    let text = super::escape_name(text);
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let collapsed = collapse_groups(&text, '<', '>', "<…>");
+    if collapsed.chars().count() <= width {
+        return collapsed;
+    }
+    elide(&collapse_groups(&collapsed, '(', ')', ""), width)
+}
+
+/// `text` with each `open`…`close` group that follows a name (`Vec<u8>`, `run(int)`; not
+/// a qualified self's `<T as Trait>`, nor C++'s `(anonymous namespace)`) written as
+/// `with`, nested groups inside it too.
+fn collapse_groups(text: &str, open: char, close: char, with: &str) -> String {
+    let named = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    let mut previous = ' ';
+    for (index, c) in text.char_indices() {
+        if depth > 0 {
+            // An arrow (`fn() -> u8`) does not close a group.
+            if c == open {
+                depth += 1;
+            } else if c == close && !(close == '>' && previous == '-') {
+                depth -= 1;
+            }
+        } else if c == open
+            && named(previous)
+            && !text[index..].starts_with("(anonymous namespace)")
+        {
+            depth = 1;
+            out.push_str(with);
+        } else {
+            out.push(c);
+        }
+        previous = c;
+    }
+    out
+}
+
 /// Shortens `text` to `width` characters, keeping its start (a phrase's point); its
 /// control characters written out first, as `elide` does.
 fn truncate(text: &str, width: usize) -> String {
@@ -1273,6 +1323,47 @@ mod tests {
         let short = elide(&long, 20);
         assert_eq!(short.chars().count(), 20);
         assert!(short.ends_with("::send_stat"));
+    }
+
+    #[test]
+    fn long_function_names_lose_their_generics_and_parameters_first() {
+        let rust = "tokio::runtime::park::CachedParkThread::block_on<tokio_app::main::{async_block_env#0}>";
+        assert_eq!(elide_function(rust, 60), "tokio::runtime::park::CachedParkThread::block_on<…>");
+        // A qualified self keeps its type; the generics inside it go.
+        let write = "<&mut alloc::vec::Vec<u8, alloc::alloc::Global> as std::io::Write>::write_all";
+        assert_eq!(
+            elide_function(write, 60),
+            "<&mut alloc::vec::Vec<…> as std::io::Write>::write_all"
+        );
+        // An arrow closes nothing.
+        assert_eq!(
+            elide_function("call_once<fn() -> u8, u16>::run_it", 20),
+            "call_once<…>::run_it"
+        );
+        let cxx = "uv_cond_wait from node::(anonymous namespace)::PlatformWorkerThread(void*)";
+        assert_eq!(
+            elide_function(cxx, 67),
+            "uv_cond_wait from node::(anonymous namespace)::PlatformWorkerThread"
+        );
+        let cut = elide_function(cxx, 40);
+        assert_eq!(cut.chars().count(), 40);
+        assert!(cut.starts_with('…') && cut.ends_with("::PlatformWorkerThread"), "{cut}");
+        // What fits is left alone.
+        assert_eq!(elide_function("run(int)", 20), "run(int)");
+    }
+
+    #[test]
+    fn piped_call_sites_are_shown_whole() {
+        let long = "node::WorkerThreadsTaskRunner::DelayedTaskScheduler::Start()::{lambda(void*)#1}::_FUN(void*)";
+        let mut profile = profile();
+        // The sender stuck at the end: the still-blocked table's site.
+        profile.stacks[4].frames[0].name = long.to_string();
+        let piped = render_summary_in(&profile, 10, None);
+        assert!(piped.lines().any(|line| line.ends_with(&format!("  {long}"))), "{piped}");
+        // A terminal 100 wide: cut to fit, its function's own name kept.
+        let fitted = render_summary_in(&profile, 10, Some(100));
+        assert!(fitted.lines().all(|line| line.chars().count() <= 100), "{fitted}");
+        assert!(fitted.contains("TaskScheduler::Start::{lambda#1}::_FUN\n"), "{fitted}");
     }
 
     fn profile() -> Profile {
