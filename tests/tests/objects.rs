@@ -242,6 +242,41 @@ fn rust_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
     );
 }
 
+/// The same handlers built as many services are, with line tables for profiling
+/// (`debug = "line-tables-only"`): the debug info names functions without their path
+/// (`record_stat`, `lock<alloc::vec::Vec<u64>>`, `park`), and std's inlined into the
+/// program are told only by their files. The call sites are the program's, qualified as
+/// its symbol table names them, not std's (`lock` was the site).
+#[test]
+fn rust_built_with_line_tables_is_named_by_its_own_functions() {
+    let build = TempDir::new("rust-objects-lines-build");
+    let bin = build.path().join("rust-objects-lines");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/rust_objects.rs");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
+        .args(["--edition", "2024", "-C", "opt-level=3", "-C", "debuginfo=line-tables-only"])
+        .args(["--crate-name", "rust_objects", "-o"])
+        .arg(&bin)
+        .arg(source)
+        .output()
+        .expect("run rustc");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut cmd = Command::new(&bin);
+    cmd.args(["mutex", "--handlers", &HANDLERS.to_string()])
+        .arg("--seconds")
+        .arg(WORKLOAD_SECONDS.to_string());
+    let workload = start_stuck("rust-objects-lines mutex", cmd);
+    let profile = snapshot("objects-rust-lines", &workload);
+    let sites: BTreeSet<&str> = profile.stacks.iter().map(|stack| stack.call_site()).collect();
+    assert!(sites.contains("rust_objects::record_stat"), "{sites:?}\n{}", all_stacks(&profile));
+    assert!(sites.contains("rust_objects::holder"), "{sites:?}\n{}", all_stacks(&profile));
+    assert_one_lock(
+        &profile,
+        |lock| lock.ends_with(&format!("::{RUST_LOCK}")),
+        &format!("a path ending in {RUST_LOCK}"),
+    );
+}
+
 #[test]
 fn c_handlers_behind_one_static_mutex_show_one_lock_by_its_symbol() {
     let build = TempDir::new("c-objects-build");
