@@ -328,6 +328,67 @@ time.sleep(120)
     assert_endpoint(&profile, &listening, WaitKind::Accept, 1, "accept queue 0/");
 }
 
+/// A client that makes a connection per request and closes it at once: the number of
+/// the descriptor its wait was on is taken by its next connection (here to an idle
+/// listener) before the tracer reads what it is. The waits are named by their own
+/// socket or left unresolved (counted), never by the idle listener's connection (the
+/// exact mode named them so: the probe now reads the descriptor's inode as the wait ends).
+#[test]
+fn a_wait_on_a_connection_closed_and_reused_at_once_is_not_named_by_the_next() {
+    const SCRIPT: &str = "
+import ctypes, os, signal, socket, time
+backend = socket.socket()
+backend.bind(('127.0.0.1', 0))
+backend.listen(64)
+if os.fork() == 0:
+    # Dies with the client, and holds none of the test's pipes.
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    while True:
+        conn, _ = backend.accept()
+        conn.recv(1)
+        time.sleep(0.05)
+        conn.sendall(b'x')
+        conn.close()
+idle = socket.socket()
+idle.bind(('127.0.0.1', 0))
+idle.listen(1024)
+print(backend.getsockname()[1], idle.getsockname()[1], flush=True)
+kept = []
+while True:
+    request = socket.create_connection(backend.getsockname())
+    request.sendall(b'q')
+    request.recv(1)
+    request.close()
+    kept.append(socket.create_connection(idle.getsockname()))
+    if len(kept) > 100:
+        kept.pop(0).close()
+";
+    let mut cmd = Command::new(tracer_tests::DEBIAN_PYTHON);
+    cmd.args(["-c", SCRIPT]);
+    let (workload, line) = tracer_tests::spawn_and_read_line("reused-descriptors", cmd);
+    let ports: Vec<u16> = line.split(' ').map(|port| port.parse().expect("a port")).collect();
+    let (backend, idle) = (endpoint(ports[0]), endpoint(ports[1]));
+    let dir = TempDir::new("reused-descriptors");
+    let args = ["-d", "2s", "--mode", "exact"];
+    let traced = record_profile(workload.pid(), &args, &dir, RECORD_TIMEOUT);
+    let profile = &traced.profile;
+    let receives: Vec<&ProfileStack> =
+        profile.stacks.iter().filter(|stack| stack.kind == WaitKind::Recv).collect();
+    let waits: u64 = receives.iter().map(|stack| stack.stats.waits).sum();
+    // About 20 requests a second, each a recv of 50 ms.
+    assert!(waits >= 10, "{waits} recv waits:\n{}", all_stacks(profile));
+    for stack in &receives {
+        let named = stack.object.as_deref();
+        assert_ne!(named, Some(idle.as_str()), "{}", all_stacks(profile));
+        let own =
+            named.is_none_or(|named| named == backend || named == tracer::model::UNRESOLVED_SOCKET);
+        assert!(own, "{}", all_stacks(profile));
+    }
+}
+
 /// A read from a named pipe (FIFO) is a pipe wait, named by the pipe's inode, as one from
 /// an anonymous pipe is (its descriptor's link is the FIFO's path, not `pipe:[…]`: it was
 /// left out as a read on a descriptor neither socket nor pipe).

@@ -610,6 +610,12 @@ pub struct WaitRecord {
     pub comm: [u8; 16],
     /// The wait's [`InFlightWait::flags`].
     pub flags: u32,
+    /// The inode of the socket or pipe the descriptor `object` was open on as the wait
+    /// ended (read before userspace looks: the descriptor may be closed and reused by
+    /// then); 0 when not read (a futex or poll wait, a kernel without the path).
+    pub object_inode: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// The user stack copied from `sp`.
     pub stack: [u8; STACK_COPY_BYTES],
 }
@@ -983,7 +989,7 @@ const _: () = assert!(WaitKind::Task as usize + 1 == WAIT_KIND_COUNT);
 // A kind fits the 4 bits of a WAIT_STARTS word.
 const _: () = assert!(WAIT_KIND_COUNT <= 16);
 // No implicit padding in the records that cross the ring buffers.
-const _: () = assert!(core::mem::size_of::<WaitRecord>() == 80 + STACK_COPY_BYTES);
+const _: () = assert!(core::mem::size_of::<WaitRecord>() == 88 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<WakeRecord>() == 48 + STACK_COPY_BYTES);
 const _: () = assert!(core::mem::size_of::<InFlightWait>() == 40);
 const _: () = assert!(core::mem::size_of::<TaskLook>() == 128);

@@ -167,6 +167,23 @@ static TASK_STACK_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static TASK_MM_OFFSET: Global<u64> = Global::new(0);
 
+/// The path from a task to the inode of one of its descriptors
+/// (`task->files->fdt->fd[n]->f_inode->i_ino`), for a socket or pipe wait's record: the
+/// wait's descriptor may be closed and reused before userspace reads it, which then tells
+/// by the inode. Set by the loader; 0 where this kernel has no such path.
+#[unsafe(no_mangle)]
+static TASK_FILES_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static FILES_FDT_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static FDTABLE_MAX_FDS_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static FDTABLE_FD_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static FILE_INODE_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static INODE_INO_OFFSET: Global<u64> = Global::new(0);
+
 mod task_storage;
 
 use task_storage::TaskStorage;
@@ -993,11 +1010,49 @@ unsafe fn fill_wait_record(
             StackSource::SleepOrQueuedCopy => copy_sleep_stack(&mut (*record).stack, wait, true),
         };
         (*record).stack_len = len;
+        (*record).object_inode = match WaitKind::from_u32(wait.kind) {
+            Some(WaitKind::Futex | WaitKind::Poll) | None => 0,
+            Some(_) => descriptor_inode(task, wait.object),
+        };
+        (*record)._pad = 0;
         // Only a sleep copy's walk sizes later sleep copies.
         let from_copy = source != StackSource::Memory && len > 0;
         (*record).flags = if from_copy { flags | WAIT_STACK_FROM_SLEEP_COPY } else { flags };
         (len, asked)
     }
+}
+
+/// The inode number of descriptor `fd` of `task` (asleep in a call on it, so the
+/// descriptor is still the one the call was made on), through the path the loader
+/// found; 0 where it cannot be read. Each step by helper: the table's pointers are not
+/// ones the verifier types.
+///
+/// # Safety
+/// `task` must be a task pointer; every read is fault-checked.
+#[inline(always)]
+unsafe fn descriptor_inode(task: *mut task_struct, fd: u64) -> u32 {
+    let files_offset = TASK_FILES_OFFSET.load();
+    if files_offset == 0 {
+        return 0;
+    }
+    let read = |at: u64| -> Option<u64> {
+        // SAFETY: a fault-checked read of kernel memory.
+        unsafe { bpf_probe_read_kernel(at as *const u64) }.ok()
+    };
+    let inode = || -> Option<u64> {
+        let files = read(task as u64 + files_offset).filter(|&files| files != 0)?;
+        let table = read(files + FILES_FDT_OFFSET.load()).filter(|&table| table != 0)?;
+        let max_fds = read(table + FDTABLE_MAX_FDS_OFFSET.load())? as u32;
+        if fd >= u64::from(max_fds) {
+            return None;
+        }
+        let descriptors = read(table + FDTABLE_FD_OFFSET.load()).filter(|&fds| fds != 0)?;
+        let file = read(descriptors + fd * 8).filter(|&file| file != 0)?;
+        let inode = read(file + FILE_INODE_OFFSET.load()).filter(|&inode| inode != 0)?;
+        read(inode + INODE_INO_OFFSET.load())
+    };
+    // Socket and pipe inodes come from get_next_ino(), an unsigned int.
+    inode().and_then(|ino| u32::try_from(ino).ok()).unwrap_or(0)
 }
 
 /// Thread `tid`'s wait of `kind` begun at `start_ns`, without what only a reported wait

@@ -107,6 +107,19 @@ impl WaitObjects {
     /// pipes). A pipe's read or write keeps its kind and names the pipe as its endpoint
     /// (`pipe:[4711]`), its fill as the endpoint's state.
     pub fn resolve(&mut self, kind: WaitKind, object: u64) -> Option<(WaitKind, WaitObject)> {
+        self.resolve_opened(kind, object, 0)
+    }
+
+    /// `resolve` for a wait whose descriptor `object` was open on inode `opened_on` as it
+    /// ended (the probe's reading; 0 when not known): a descriptor closed and reused
+    /// before this lookup is not named by its new socket (see
+    /// `SocketResolver::resolve_opened`).
+    pub fn resolve_opened(
+        &mut self,
+        kind: WaitKind,
+        object: u64,
+        opened_on: u64,
+    ) -> Option<(WaitKind, WaitObject)> {
         let socket_kind = match kind {
             WaitKind::Futex => return Some((kind, WaitObject::Futex(object))),
             WaitKind::Poll => return Some((kind, WaitObject::None)),
@@ -117,7 +130,7 @@ impl WaitObjects {
             WaitKind::Send | WaitKind::Recv | WaitKind::Connect | WaitKind::Accept => kind,
         };
         let is_read_or_write = matches!(kind, WaitKind::Read | WaitKind::Write);
-        match self.sockets.resolve(object) {
+        match self.sockets.resolve_opened(object, opened_on) {
             SocketLookup::Socket(info) => {
                 // Go's netpoller parks an accept as a read on the listening socket.
                 let socket_kind = if socket_kind == WaitKind::Recv && info.accept_backlog.is_some()

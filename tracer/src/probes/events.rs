@@ -375,7 +375,9 @@ impl WaitDecoder {
             self.walk(bytes, tid, flags);
             return None;
         }
-        let (kind, object) = self.objects.resolve(kind, field!(bytes, WaitRecord, object))?;
+        let object: u64 = field!(bytes, WaitRecord, object);
+        let opened_on: u32 = field!(bytes, WaitRecord, object_inode);
+        let (kind, object) = self.objects.resolve_opened(kind, object, u64::from(opened_on))?;
         let walked = self.walk(bytes, tid, flags);
         let key = StackKey {
             addresses: walked.addresses,

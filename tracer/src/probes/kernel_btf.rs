@@ -68,6 +68,23 @@ pub struct ThreadListOffsets {
     pub nr_threads: u32,
 }
 
+/// Byte offsets of the path from a task to the inode of one of its descriptors:
+/// `task->files->fdt->fd[n]->f_inode->i_ino`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DescriptorInodePath {
+    /// `struct files_struct *files` in `task_struct`.
+    pub task_files: u32,
+    /// `struct fdtable *fdt` in `files_struct`.
+    pub files_fdt: u32,
+    /// `unsigned int max_fds` and `struct file **fd` in `fdtable`.
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    /// `struct inode *f_inode` in `file`.
+    pub file_inode: u32,
+    /// `unsigned long i_ino` in `inode`.
+    pub inode_ino: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelBtfError {
     #[error("the kernel BTF is malformed ({0})")]
@@ -79,8 +96,18 @@ pub enum KernelBtfError {
 /// The structs whose members the probes read: `task_struct`, the path to a run queue's
 /// clock ([`RqClockPath`]), and a task's arrivals on a CPU and its last time queued for
 /// one (`sched_info`).
-const STRUCTS_READ: [&str; 6] =
-    ["task_struct", "sched_entity", "cfs_rq", "rq", "sched_info", "signal_struct"];
+const STRUCTS_READ: [&str; 10] = [
+    "task_struct",
+    "sched_entity",
+    "cfs_rq",
+    "rq",
+    "sched_info",
+    "signal_struct",
+    "files_struct",
+    "fdtable",
+    "file",
+    "inode",
+];
 
 /// The members of the kernel structs the probes read, by struct and member name: byte
 /// offsets found in one pass over the BTF blob (`/sys/kernel/btf/vmlinux`).
@@ -164,6 +191,19 @@ impl KernelStructs {
             group_leader: self.member("task_struct", "group_leader")?,
             thread_head: self.member("signal_struct", "thread_head")?,
             nr_threads: self.member("signal_struct", "nr_threads")?,
+        })
+    }
+
+    /// The members leading from a task to one of its descriptors' inode, or None when
+    /// this kernel lacks one of them.
+    pub fn descriptor_inode_path(&self) -> Option<DescriptorInodePath> {
+        Some(DescriptorInodePath {
+            task_files: self.member("task_struct", "files")?,
+            files_fdt: self.member("files_struct", "fdt")?,
+            fdtable_max_fds: self.member("fdtable", "max_fds")?,
+            fdtable_fd: self.member("fdtable", "fd")?,
+            file_inode: self.member("file", "f_inode")?,
+            inode_ino: self.member("inode", "i_ino")?,
         })
     }
 
@@ -337,6 +377,11 @@ mod tests {
         assert!(threads.nr_threads > 0 && threads.nr_threads != threads.thread_head, "{threads:?}");
         assert_eq!(structs.stack_offset(), Some(offsets.state + 8), "{offsets:?}");
         assert!(queued.wake_entry > offsets.on_cpu && queued.wake_entry < arrivals, "{queued:?}");
+        // A descriptor's inode: fdtable's max_fds leads it, its fd array follows.
+        let descriptors = structs.descriptor_inode_path().expect("the path to an inode");
+        assert!(descriptors.task_files > offsets.comm, "{descriptors:?}");
+        assert!(descriptors.fdtable_max_fds == 0 && descriptors.fdtable_fd == 8, "{descriptors:?}");
+        assert!(descriptors.file_inode > 0 && descriptors.inode_ino > 0, "{descriptors:?}");
     }
 
     #[test]

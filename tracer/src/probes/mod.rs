@@ -236,6 +236,9 @@ impl Probes {
         // Without them, a sampled recording reads its threads from userspace at the rate.
         let thread_list = structs.thread_list_offsets().filter(|_| stack_offset.is_some());
         let threads = thread_list.unwrap_or_default();
+        // Without it, a socket wait's descriptor is named by what it is open on when
+        // userspace looks, which a closed and reused descriptor gets wrong.
+        let descriptors = structs.descriptor_inode_path().unwrap_or_default();
         let mut loader = EbpfLoader::new();
         // The waits in progress live in task storage, which aya has no map type for; only
         // the kernel side uses it.
@@ -282,6 +285,16 @@ impl Probes {
             .override_global("TASK_GROUP_LEADER_OFFSET", &u64::from(threads.group_leader), true)
             .override_global("SIGNAL_THREAD_HEAD_OFFSET", &u64::from(threads.thread_head), true)
             .override_global("SIGNAL_NR_THREADS_OFFSET", &u64::from(threads.nr_threads), true)
+            .override_global("TASK_FILES_OFFSET", &u64::from(descriptors.task_files), true)
+            .override_global("FILES_FDT_OFFSET", &u64::from(descriptors.files_fdt), true)
+            .override_global(
+                "FDTABLE_MAX_FDS_OFFSET",
+                &u64::from(descriptors.fdtable_max_fds),
+                true,
+            )
+            .override_global("FDTABLE_FD_OFFSET", &u64::from(descriptors.fdtable_fd), true)
+            .override_global("FILE_INODE_OFFSET", &u64::from(descriptors.file_inode), true)
+            .override_global("INODE_INO_OFFSET", &u64::from(descriptors.inode_ino), true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
             .map_err(ProbeError::Load)?;
         Ok(Self {

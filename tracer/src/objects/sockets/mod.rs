@@ -276,6 +276,9 @@ pub struct ResolveCounts {
     pub held_back: u64,
     /// A netlink request failed ([`SocketResolver::last_error`]).
     pub failed: u64,
+    /// The descriptor was open on another file than the wait's when looked at: closed
+    /// and reused meanwhile (named by the socket the table knew, if it did).
+    pub reused: u64,
 }
 
 /// The least time between two dumps of one kind of socket (and between reopening a netlink
@@ -381,25 +384,73 @@ impl SocketResolver {
 
     /// Resolves descriptor `fd` of the process now.
     pub fn resolve(&mut self, fd: u64) -> SocketLookup {
-        let descriptor = match self.descriptors.get(&fd) {
-            Some(&(descriptor, seen)) if seen.elapsed() < FRESH_FOR => descriptor,
-            _ => match fs::read_link(format!("/proc/{}/fd/{fd}", self.pid)) {
-                Ok(link) => {
-                    let mut descriptor = Descriptor::of_link(&link.to_string_lossy());
-                    // A named pipe (FIFO) is a pipe too, though its link is its path.
-                    if matches!(descriptor, Descriptor::Other) {
-                        descriptor = named_pipe(self.pid, fd).unwrap_or(descriptor);
-                    }
-                    self.descriptors.insert(fd, (descriptor, Instant::now()));
-                    descriptor
-                }
-                Err(_) => {
-                    self.descriptors.remove(&fd);
-                    self.counts.closed += 1;
-                    return SocketLookup::Unresolved;
-                }
-            },
+        let Some(descriptor) = self.descriptor(fd) else {
+            return SocketLookup::Unresolved;
         };
+        self.resolve_descriptor(fd, descriptor)
+    }
+
+    /// Resolves descriptor `fd` of the process as it was open on inode `opened_on` (read
+    /// by the probe as a wait on it ended; 0 when not known). A descriptor closed and
+    /// reused since is not named by what it is open on now: by the socket the table knew
+    /// under that inode, or not at all (counted: `reused`).
+    pub fn resolve_opened(&mut self, fd: u64, opened_on: u64) -> SocketLookup {
+        if opened_on == 0 {
+            return self.resolve(fd);
+        }
+        // A file that is neither socket nor pipe is left out alike, whichever it is.
+        let opened_on_it = |descriptor: Descriptor| match descriptor {
+            Descriptor::Socket(inode) | Descriptor::Pipe(inode) => inode == opened_on,
+            Descriptor::Other => true,
+        };
+        // What was seen a moment ago may be the old file or the new one: read it again.
+        if self.descriptors.get(&fd).is_some_and(|&(seen, _)| !opened_on_it(seen)) {
+            self.descriptors.remove(&fd);
+        }
+        let Some(descriptor) = self.descriptor(fd) else {
+            return SocketLookup::Unresolved;
+        };
+        if opened_on_it(descriptor) {
+            return self.resolve_descriptor(fd, descriptor);
+        }
+        self.counts.reused += 1;
+        match self.table.get(&opened_on) {
+            Some(entry) => {
+                self.counts.resolved += 1;
+                SocketLookup::Socket(entry.info.clone())
+            }
+            None => SocketLookup::Unresolved,
+        }
+    }
+
+    /// What descriptor `fd` is open on, as read within `FRESH_FOR`; None when it is
+    /// closed (counted).
+    fn descriptor(&mut self, fd: u64) -> Option<Descriptor> {
+        if let Some(&(descriptor, seen)) = self.descriptors.get(&fd)
+            && seen.elapsed() < FRESH_FOR
+        {
+            return Some(descriptor);
+        }
+        match fs::read_link(format!("/proc/{}/fd/{fd}", self.pid)) {
+            Ok(link) => {
+                let mut descriptor = Descriptor::of_link(&link.to_string_lossy());
+                // A named pipe (FIFO) is a pipe too, though its link is its path.
+                if matches!(descriptor, Descriptor::Other) {
+                    descriptor = named_pipe(self.pid, fd).unwrap_or(descriptor);
+                }
+                self.descriptors.insert(fd, (descriptor, Instant::now()));
+                Some(descriptor)
+            }
+            Err(_) => {
+                self.descriptors.remove(&fd);
+                self.counts.closed += 1;
+                None
+            }
+        }
+    }
+
+    /// Resolves descriptor `fd`, open on `descriptor`.
+    fn resolve_descriptor(&mut self, fd: u64, descriptor: Descriptor) -> SocketLookup {
         let inode = match descriptor {
             Descriptor::Socket(inode) => inode,
             Descriptor::Pipe(inode) => return SocketLookup::Pipe(inode),

@@ -415,6 +415,46 @@ fn a_descriptor_closed_after_a_lookup_is_unresolved_once_the_answer_is_stale() {
     assert_eq!(resolver.counts().closed, 1);
 }
 
+/// A wait's descriptor closed and reused before the lookup (a client connection per
+/// request): named by the socket it was open on when the wait ended, as the table knew
+/// it, else unresolved; never by the socket now at its number.
+#[test]
+fn a_descriptor_reused_since_the_wait_is_not_named_by_its_new_socket() {
+    use std::os::unix::fs::MetadataExt as _;
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    let inode = |listener: &TcpListener| {
+        let fd = listener.as_raw_fd();
+        fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino()
+    };
+    let (first_inode, second_address) = (inode(&first), second.local_addr().unwrap().to_string());
+    // SAFETY: duplicates an open descriptor to the lowest free number >= CLOSED_FD + 2.
+    let raw = unsafe { libc::fcntl(first.as_raw_fd(), libc::F_DUPFD_CLOEXEC, CLOSED_FD + 2) };
+    assert!(raw > CLOSED_FD, "fcntl: {}", std::io::Error::last_os_error());
+    let mut resolver = SocketResolver::new(std::process::id());
+    let named = |lookup: SocketLookup| match lookup {
+        SocketLookup::Socket(info) => info.local,
+        other => panic!("{other:?}"),
+    };
+    let first_address = named(resolver.resolve_opened(raw as u64, first_inode));
+    // The number now on the second listener, read again past the answer's freshness.
+    // SAFETY: dup2 onto the duplicate made above, which it closes first.
+    assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), raw) }, raw);
+    thread::sleep(FRESH_FOR + Duration::from_millis(10));
+    assert_eq!(named(resolver.resolve_opened(raw as u64, first_inode)), first_address);
+    assert_ne!(first_address.as_deref(), Some(second_address.as_str()));
+    // A socket the table never knew: unresolved, not the second listener.
+    assert_eq!(
+        resolver.resolve_opened(raw as u64, first_inode + 1_000_000),
+        SocketLookup::Unresolved
+    );
+    assert_eq!(resolver.counts().reused, 2);
+    // Without the probe's inode, what the number is open on now.
+    assert_eq!(named(resolver.resolve_opened(raw as u64, 0)), Some(second_address));
+    // SAFETY: the descriptor dup2 made, owned here only.
+    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+}
+
 #[test]
 fn a_pipe_is_named_by_its_inode_and_a_file_is_not_a_socket() {
     let (reader, _writer) = std::io::pipe().unwrap();
