@@ -1,4 +1,5 @@
-//! Offsets of a few `struct task_struct` members in the running kernel, from its BTF.
+//! Offsets of the kernel struct members the probes read (`struct task_struct` and a few
+//! reached from it), in the running kernel, from its BTF.
 //!
 //! The scheduler probe reads the task being switched in (`next`), which is not the
 //! current task, so no helper gives its thread-group id or name: it reads them at these
@@ -94,8 +95,9 @@ pub enum KernelBtfError {
 }
 
 /// The structs whose members the probes read: `task_struct`, the path to a run queue's
-/// clock ([`RqClockPath`]), and a task's arrivals on a CPU and its last time queued for
-/// one (`sched_info`).
+/// clock ([`RqClockPath`]), a task's arrivals on a CPU and its last time queued for one
+/// (`sched_info`), a process's threads (`signal_struct`), and the path to a descriptor's
+/// inode ([`DescriptorInodePath`]).
 const STRUCTS_READ: [&str; 10] = [
     "task_struct",
     "sched_entity",
