@@ -59,6 +59,16 @@ fn callers_beyond_the_stack_copy_are_counted_as_truncated_unwinds() {
     // The truncated stacks are in the profile, marked, and reach the big frame but not its
     // caller (64 KiB above, beyond the 16 KiB copy).
     let truncated = |stack: &ProfileStack| stack.truncated;
+    // The count is of the waits shown cut short (each wait, or each thread still in one
+    // at the end), not of other walks (wakers', copies walked to size later copies).
+    let shown: u64 = (profile.stacks.iter().filter(|s| truncated(s)))
+        .map(|s| s.stats.waits.max(s.stats.threads.len() as u64))
+        .sum();
+    assert!(
+        profile.counts.unwind_truncated <= shown,
+        "{} unwinds truncated, {shown} waits shown cut short",
+        profile.counts.unwind_truncated
+    );
     assert!(
         profile.stacks.iter().any(truncated),
         "no truncated stack in:\n{}",

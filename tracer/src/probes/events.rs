@@ -333,7 +333,7 @@ impl WaitDecoder {
             return;
         }
         let (regs, stack) = regs_and_stack!(bytes, WakeRecord);
-        let walked = self.unwinder.unwind(regs, stack);
+        let walked = self.unwinder.unwind_uncounted(regs, stack);
         if self.pending_wakers.len() >= MAX_PENDING_WAKERS {
             self.wakers_evicted += self.pending_wakers.len() as u64;
             self.pending_wakers.clear();
@@ -351,7 +351,11 @@ impl WaitDecoder {
     /// copies at the same registers need.
     fn walk(&mut self, bytes: &[u8], tid: u32, flags: u32) -> UnwoundAddresses {
         let (regs, stack) = regs_and_stack!(bytes, WaitRecord);
-        let walked = self.unwinder.unwind(regs, stack);
+        // A span sample is no wait: its walk stopping short loses nothing reported.
+        let walked = match flags & WAIT_SPAN_SAMPLE {
+            0 => self.unwinder.unwind(regs, stack),
+            _ => self.unwinder.unwind_uncounted(regs, stack),
+        };
         if flags & WAIT_STACK_FROM_SLEEP_COPY != 0 {
             self.stack_spans.learn(tid, regs, !walked.truncated, walked.read_bytes);
         }

@@ -124,16 +124,24 @@ impl ProcessUnwinder {
         &self.image
     }
 
-    /// `stack` holds the bytes at [regs.sp, regs.sp + stack.len()).
+    /// `stack` holds the bytes at [regs.sp, regs.sp + stack.len()): a wait's stack, whose
+    /// walk stopping short is counted (`truncated_unwinds`).
     pub fn unwind(&mut self, regs: UserRegs, stack: &[u8]) -> UnwoundAddresses {
+        let unwound = self.unwind_uncounted(regs, stack);
+        if unwound.truncated {
+            self.truncated_unwinds += 1;
+        }
+        unwound
+    }
+
+    /// `unwind` for a stack that is not a wait's (a waker's, whose walk stopping short
+    /// shows in its frames; a copy walked only to size later copies): not counted.
+    pub fn unwind_uncounted(&mut self, regs: UserRegs, stack: &[u8]) -> UnwoundAddresses {
         let mut unwound = self.unwinder.unwind(regs, stack);
         if unwound.end == UnwindEnd::NoModule && self.refresh_map() {
             unwound = self.unwinder.unwind(regs, stack);
         }
         let truncated = unwound.end != UnwindEnd::Complete;
-        if truncated {
-            self.truncated_unwinds += 1;
-        }
         UnwoundAddresses {
             addresses: unwound.frames,
             truncated,
