@@ -545,6 +545,76 @@ fn sockets_backed_up_behind_a_peer_that_stopped_reading_are_listed() {
     }
 }
 
+/// An event-driven client (no thread blocked in `recv`: it sleeps, as an event loop
+/// would sit in `epoll_wait`) whose request to a server that never replies is listed as
+/// awaiting its reply, its peer named; its connection to a server that replied (an idle
+/// pooled connection), and a connection its own listener accepted whose reply it sent
+/// last, are not.
+#[test]
+fn a_request_without_its_reply_is_listed_as_awaiting_it() {
+    const SCRIPT: &str = "
+import ctypes, os, signal, socket, time
+silent = socket.socket()
+silent.bind(('127.0.0.1', 0))
+silent.listen(8)
+answering = socket.socket()
+answering.bind(('127.0.0.1', 0))
+answering.listen(8)
+if os.fork() == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    kept = [silent.accept()[0]]
+    conn, _ = answering.accept()
+    conn.recv(16)
+    conn.sendall(b'reply')
+    kept.append(conn)
+    time.sleep(3600)
+own = socket.socket()
+own.bind(('127.0.0.1', 0))
+own.listen(8)
+waiting = socket.create_connection(silent.getsockname())
+waiting.sendall(b'request')
+pooled = socket.create_connection(answering.getsockname())
+pooled.sendall(b'request')
+pooled.recv(16)
+client = socket.create_connection(own.getsockname())
+served, _ = own.accept()
+client.sendall(b'request')
+served.recv(16)
+served.sendall(b'reply')
+client.recv(16)
+print(silent.getsockname()[1], waiting.fileno(), flush=True)
+time.sleep(3600)
+";
+    let mut cmd = Command::new(tracer_tests::DEBIAN_PYTHON);
+    cmd.args(["-c", SCRIPT]);
+    let (workload, line) = tracer_tests::spawn_and_read_line("awaiting-client", cmd);
+    let mut fields = line.split(' ');
+    let port: u16 = fields.next().and_then(|port| port.parse().ok()).expect("the port");
+    let fd: u64 = fields.next().and_then(|fd| fd.parse().ok()).expect("the descriptor");
+    // A request is awaited once a second has passed since it went out.
+    std::thread::sleep(Duration::from_millis(1500));
+    let dir = TempDir::new("awaiting-snapshot");
+    let traced = snapshot_profile(workload.pid(), &[], &dir, SNAPSHOT_TIMEOUT);
+    let sockets = &traced.profile.backed_up.sockets;
+    let ways: Vec<(&str, u64, &str)> = sockets
+        .iter()
+        .map(|socket| (socket.peer.as_str(), socket.fd, socket.backlog.name()))
+        .collect();
+    assert_eq!(ways, [(endpoint(port).as_str(), fd, "awaiting")], "{sockets:#?}");
+    let awaiting = &sockets[0];
+    assert!(awaiting.idle.is_some_and(|idle| idle >= Duration::from_secs(1)), "{awaiting:#?}");
+    let peer = awaiting.peer_process.as_deref().unwrap_or_default();
+    assert!(peer.starts_with("peer pid ") && peer.contains("(python3"), "{awaiting:#?}");
+    assert!(
+        traced.out.stdout.contains("no reply yet (request acknowledged)"),
+        "{}",
+        traced.out.stdout
+    );
+}
+
 /// The event-driven writer against a backend that reads, slowly (25 KiB/s): its
 /// connection never stops, so the stopped rules leave it out, but the peer's window holds
 /// back nearly all of its sends. A snapshot and a recording list it as backed up behind

@@ -16,6 +16,11 @@ pub enum Backlog {
     /// Data the peer sent waits to be read: this process stopped reading it (its own
     /// window is closed, or the Unix peer's send buffer is full).
     Unread,
+    /// A request this process sent waits for its reply: a connection it made, whose last
+    /// data went out (all of it acknowledged) and nothing came back since. Where an
+    /// event-driven client (Node, nginx to its upstream, a tokio task) waits on a slow
+    /// server, as a thread blocked in `recv` would.
+    Awaiting,
 }
 
 impl Backlog {
@@ -24,6 +29,7 @@ impl Backlog {
         match self {
             Backlog::Unsent => "unsent",
             Backlog::Unread => "unread",
+            Backlog::Awaiting => "awaiting",
         }
     }
 
@@ -31,6 +37,7 @@ impl Backlog {
         match name {
             "unsent" => Some(Backlog::Unsent),
             "unread" => Some(Backlog::Unread),
+            "awaiting" => Some(Backlog::Awaiting),
             _ => None,
         }
     }
@@ -51,7 +58,8 @@ pub struct BackedUpSocket {
     pub local: Option<String>,
     pub backlog: Backlog,
     /// Bytes queued that way: written and not yet acknowledged (unsent; a Unix socket's
-    /// are charged to its buffer, overhead included), or not yet read (unread).
+    /// are charged to its buffer, overhead included), or not yet read (unread); none for
+    /// a request awaiting its reply (all of it was acknowledged).
     pub queued_bytes: u64,
     /// The buffer they fill (SO_SNDBUF or SO_RCVBUF as the kernel keeps it; for unread
     /// Unix data the peer's SO_SNDBUF, which it is charged to), where told.
@@ -92,7 +100,14 @@ impl BackedUpSocket {
             (Backlog::Unread, true, _) => "process not reading (window closed)",
             // A Unix socket's unread data is charged to the writer's buffer.
             (Backlog::Unread, false, _) => "process slow or not reading (peer's buffer full)",
+            (Backlog::Awaiting, ..) => "no reply yet (request acknowledged)",
         })
+    }
+
+    /// The bytes queued, where they say something: a request awaiting its reply queues
+    /// none.
+    pub fn queued(&self) -> Option<u64> {
+        (self.backlog != Backlog::Awaiting).then_some(self.queued_bytes)
     }
 
     /// `reason` without its explanation, for a line with no room (`top`'s header).
@@ -155,15 +170,21 @@ impl BackedUp {
     }
 }
 
-/// Those stopped before those still moving (a server's many slow clients must not push
-/// a stopped one out of the sockets kept, the peers looked for, or `top`'s line), the
-/// most bytes queued first, then in a fixed order.
+/// Queues stopped first, then requests awaiting their replies, then those still moving
+/// (a server's many slow clients must not push a stopped one out of the sockets kept, the
+/// peers looked for, or `top`'s line); the most bytes queued first, the longest awaited
+/// first, then in a fixed order.
 fn sort_heaviest_first(sockets: &mut [BackedUpSocket]) {
     sockets.sort_by(|a, b| {
-        let moving = |socket: &BackedUpSocket| socket.window_limited_percent.is_some();
-        moving(a)
-            .cmp(&moving(b))
+        let class = |socket: &BackedUpSocket| match socket.backlog {
+            Backlog::Awaiting => 1,
+            _ if socket.window_limited_percent.is_some() => 2,
+            _ => 0,
+        };
+        class(a)
+            .cmp(&class(b))
             .then_with(|| b.queued_bytes.cmp(&a.queued_bytes))
+            .then_with(|| b.idle.cmp(&a.idle))
             .then_with(|| a.process.cmp(&b.process))
             .then_with(|| a.fd.cmp(&b.fd))
             .then_with(|| a.backlog.cmp(&b.backlog))
@@ -213,6 +234,10 @@ mod tests {
         assert_eq!(slow.brief_reason(), "peer reads slowly");
         assert_eq!(full.brief_reason(), "send buffer full");
         assert_eq!(Backlog::from_name(Backlog::Unread.name()), Some(Backlog::Unread));
+        let awaiting = BackedUpSocket { window_closed: false, ..socket(5, Backlog::Awaiting, 0) };
+        assert_eq!(awaiting.reason(), "no reply yet (request acknowledged)");
+        assert_eq!(awaiting.brief_reason(), "no reply yet");
+        assert_eq!(Backlog::from_name(Backlog::Awaiting.name()), Some(Backlog::Awaiting));
         assert_eq!(Backlog::from_name("sideways"), None);
     }
 

@@ -372,11 +372,12 @@ fn backed_up_note(profile: &Profile) -> String {
     let backed_up = &profile.backed_up;
     let Some(heaviest) = backed_up.sockets.first() else { return String::new() };
     let more = backed_up.count() - 1;
+    let queued =
+        heaviest.queued().map_or(String::new(), |bytes| super::summary::format_bytes(bytes) + " ");
     format!(
-        "; backed up: {} {} {} ({}){}",
+        "; backed up: {} {} {queued}({}){}",
         heaviest.peer,
         heaviest.backlog.name(),
-        super::summary::format_bytes(heaviest.queued_bytes),
         heaviest.brief_reason(),
         if more > 0 { format!(" and {more} more") } else { String::new() },
     )

@@ -534,12 +534,14 @@ fn comments(profile: &Profile, provenance: &Provenance, main_module: Option<&str
                 format!(", idle {}", super::summary::format_duration(idle.as_nanos() as u64))
             });
             let process = socket.process.as_ref().map_or(String::new(), |p| format!(" of {p}"));
+            let queued = socket.queued().map_or(String::new(), |bytes| {
+                format!(", {} queued", super::summary::format_bytes(bytes))
+            });
             comments.push(format!(
-                "backed up: {} {}{process} fd {}, {} queued: {}{idle}",
+                "backed up: {} {}{process} fd {}{queued}: {}{idle}",
                 socket.backlog.name(),
                 socket.peer,
                 socket.fd,
-                super::summary::format_bytes(socket.queued_bytes),
                 socket.reason(),
             ));
         }

@@ -637,7 +637,7 @@ pub(crate) const BACKED_UP_PEER_MARK: &str = "    → ";
 
 /// The backed-up table's columns between the peer and the process (WAY, FD, QUEUED,
 /// IDLE) with their spaces, and the widest a process's name gets there.
-const BACKED_UP_FIXED_WIDTH: usize = 1 + 6 + 1 + 5 + 1 + 9 + 1 + 8 + 2;
+const BACKED_UP_FIXED_WIDTH: usize = 1 + 8 + 1 + 5 + 1 + 9 + 1 + 8 + 2;
 const BACKED_UP_PROCESS_MAX_WIDTH: usize = 30;
 
 /// The sockets whose data stopped moving (`Profile::backed_up`), most queued first: an
@@ -666,7 +666,7 @@ fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
     let why = 100usize.saturating_sub(peer + BACKED_UP_FIXED_WIDTH + process).max(16);
     let _ = writeln!(
         out,
-        "{:<peer$} {:<6} {:>5} {:>9} {:>8}  {:<process$}WHY",
+        "{:<peer$} {:<8} {:>5} {:>9} {:>8}  {:<process$}WHY",
         "BACKED UP (PEER)",
         "WAY",
         "FD",
@@ -679,11 +679,11 @@ fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
             socket.idle.map_or("-".to_string(), |idle| format_duration(idle.as_nanos() as u64));
         let _ = writeln!(
             out,
-            "{:<peer$} {:<6} {:>5} {:>9} {:>8}  {:<process$}{}",
+            "{:<peer$} {:<8} {:>5} {:>9} {:>8}  {:<process$}{}",
             elide(&socket.peer, peer),
             socket.backlog.name(),
             socket.fd,
-            format_bytes(socket.queued_bytes),
+            socket.queued().map_or("-".to_string(), format_bytes),
             idle,
             elide(&process_of(socket), process.saturating_sub(1)),
             // Its explanation goes first where the process column leaves no room.

@@ -29,6 +29,9 @@ pub struct BackedUpSeries {
     /// Likewise of the connections whose data still moves, held back by a slow reader
     /// (a gauge of their own: an alert on a stopped peer is not to fire for them).
     pub slow_readers: SeriesMap,
+    /// Likewise of the requests awaiting their replies (no bytes queued: their gauge of
+    /// bytes is left out), a gauge of their own too.
+    pub awaiting: SeriesMap,
     /// Processes whose sockets could not all be read at the last read.
     pub unreadable: u64,
 }
@@ -46,9 +49,10 @@ impl BackedUpSeries {
                 read.unreadable += 1;
             }
             for socket in sockets {
-                let series = match socket.window_limited_percent {
-                    Some(_) => &mut read.slow_readers,
-                    None => &mut read.series,
+                let series = match (socket.backlog, socket.window_limited_percent) {
+                    (Backlog::Awaiting, _) => &mut read.awaiting,
+                    (_, Some(_)) => &mut read.slow_readers,
+                    (_, None) => &mut read.series,
                 };
                 let (count, bytes) = series.entry((tag.clone(), socket.backlog)).or_default();
                 *count += 1;
@@ -87,7 +91,8 @@ impl BackedUpReads {
                 tag.as_ref().is_none_or(|tag| processes.iter().any(|(pid, _)| *pid == tag.pid))
             };
             let all_live = |series: &SeriesMap| series.keys().all(|(tag, _)| live(tag));
-            if all_live(&series.series) && all_live(&series.slow_readers) {
+            let every = [&series.series, &series.slow_readers, &series.awaiting];
+            if every.into_iter().all(all_live) {
                 return Arc::clone(series);
             }
             let kept = |series: &SeriesMap| -> SeriesMap {
@@ -97,6 +102,7 @@ impl BackedUpReads {
             let series = BackedUpSeries {
                 series: kept(&series.series),
                 slow_readers: kept(&series.slow_readers),
+                awaiting: kept(&series.awaiting),
                 unreadable: series.unreadable,
             };
             return Arc::new(series);

@@ -602,10 +602,22 @@ fn register_backed_up(registry: &mut Registry, backed_up: &super::backed_up::Bac
         "tracer_slow_reader_bytes",
         "Bytes queued in the slow readers' connections, by the same labels",
     );
-    let several = [&backed_up.series, &backed_up.slow_readers]
+    let awaiting = (
+        "tracer_awaiting_reply_sockets",
+        "TCP connections the process made whose request waits for its reply: its last data \
+         went out a second ago or more, all of it acknowledged, and nothing came back since \
+         (where an event-driven client waits on a slow server), read every 5 s",
+        "",
+        "",
+    );
+    let several = [&backed_up.series, &backed_up.slow_readers, &backed_up.awaiting]
         .iter()
         .any(|series| series.keys().any(|(process, _)| process.is_some()));
-    for (names, series) in [(stopped, &backed_up.series), (slow, &backed_up.slow_readers)] {
+    for (names, series) in [
+        (stopped, &backed_up.series),
+        (slow, &backed_up.slow_readers),
+        (awaiting, &backed_up.awaiting),
+    ] {
         if several {
             let labelled = series.iter().map(|((process, way), &counts)| {
                 (ProcessWayLabels::of(process.as_ref(), *way), counts)
@@ -620,7 +632,8 @@ fn register_backed_up(registry: &mut Registry, backed_up: &super::backed_up::Bac
     }
 }
 
-/// A gauge of sockets and one of their bytes: (name, help) of each.
+/// A gauge of sockets and one of their bytes: (name, help) of each; no gauge of bytes
+/// where its name is empty.
 type GaugeNames = (&'static str, &'static str, &'static str, &'static str);
 
 fn register_backed_up_series<L>(
@@ -633,7 +646,9 @@ fn register_backed_up_series<L>(
     let sockets = Family::<L, Gauge>::default();
     registry.register(sockets_name, sockets_help, sockets.clone());
     let bytes = Family::<L, Gauge>::default();
-    registry.register(bytes_name, bytes_help, bytes.clone());
+    if !bytes_name.is_empty() {
+        registry.register(bytes_name, bytes_help, bytes.clone());
+    }
     for (labels, (count, queued)) in series {
         sockets.get_or_create(&labels).set(clamp_i64(count));
         bytes.get_or_create(&labels).set(clamp_i64(queued));
@@ -642,7 +657,7 @@ fn register_backed_up_series<L>(
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WayLabel {
-    /// `unsent` or `unread`.
+    /// `unsent`, `unread` or `awaiting`.
     way: String,
 }
 
@@ -811,7 +826,8 @@ mod tests {
         let redis = ProcessTag { pid: 41, comm: "redis".to_string(), cgroup: None };
         let series = super::super::backed_up::BackedUpSeries {
             series: [((Some(redis.clone()), Backlog::Unread), (1, 4096))].into(),
-            slow_readers: [((Some(redis), Backlog::Unsent), (3, 65536))].into(),
+            slow_readers: [((Some(redis.clone()), Backlog::Unsent), (3, 65536))].into(),
+            awaiting: [((Some(redis), Backlog::Awaiting), (2, 0))].into(),
             unreadable: 2,
         };
         let mut registry = Registry::default();
@@ -823,10 +839,13 @@ mod tests {
             r#"tracer_backed_up_bytes{pid="41",comm="redis",cgroup="",container="",way="unread"} 4096"#,
             r#"tracer_slow_reader_sockets{pid="41",comm="redis",cgroup="",container="",way="unsent"} 3"#,
             r#"tracer_slow_reader_bytes{pid="41",comm="redis",cgroup="",container="",way="unsent"} 65536"#,
+            r#"tracer_awaiting_reply_sockets{pid="41",comm="redis",cgroup="",container="",way="awaiting"} 2"#,
             "tracer_backed_up_unreadable_processes 2",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
+        // Requests awaiting replies queue nothing: no gauge of their bytes.
+        assert!(!text.contains("awaiting_reply_bytes"), "{text}");
     }
 
     #[test]
@@ -860,6 +879,7 @@ mod tests {
             backed_up: Some(&super::super::backed_up::BackedUpSeries {
                 series: [((None, Backlog::Unsent), (2, 5_242_880))].into(),
                 slow_readers: [((None, Backlog::Unsent), (1, 1_048_576))].into(),
+                awaiting: Default::default(),
                 unreadable: 0,
             }),
         })

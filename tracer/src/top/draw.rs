@@ -165,11 +165,11 @@ fn backed_up_line(header: &Header) -> Option<String> {
         heaviest.process.as_ref().map_or(String::new(), |process| format!(" of {process}"));
     let more = backed_up.count() - 1;
     let more = if more > 0 { format!("; {more} more") } else { String::new() };
+    let queued = heaviest.queued().map_or(String::new(), |bytes| format_bytes(bytes) + " ");
     let line = format!(
-        "backed up: {} fd {}{process}: {} {}, {}{more}{unreadable}",
+        "backed up: {} fd {}{process}: {queued}{}, {}{more}{unreadable}",
         heaviest.peer,
         heaviest.fd,
-        format_bytes(heaviest.queued_bytes),
         heaviest.backlog.name(),
         heaviest.brief_reason(),
     );

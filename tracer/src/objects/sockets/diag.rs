@@ -224,6 +224,9 @@ const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
 /// Offset of `tcpi_rcv_wnd`, the window this end advertises: the u32 after `tcpi_snd_wnd`
 /// (since Linux 6.2).
 const TCPI_RCV_WND_OFFSET: usize = 232;
+/// Offset of `tcpi_bytes_received`, payload bytes received in all (since Linux 4.1): the
+/// last of the 4 u64 after the 8 one-byte fields and 24 u32.
+const TCPI_BYTES_RECEIVED_OFFSET: usize = 128;
 /// Offset of `tcpi_notsent_bytes`, bytes written and not yet sent (since Linux 4.6): after
 /// the 8 one-byte fields, 24 u32, 4 u64 and 2 u32.
 const TCPI_NOTSENT_BYTES_OFFSET: usize = 144;
@@ -252,6 +255,10 @@ pub struct TcpFlow {
     /// Bytes written and not yet sent (what a closed or small window holds back); `None`
     /// on a kernel that does not tell.
     pub not_sent: Option<u32>,
+    /// Whether any data was ever received (the times above are in milliseconds: a
+    /// request sent just after the connection was made reads as sent when data last came
+    /// in); `None` on a kernel that does not tell.
+    pub received_any: Option<bool>,
 }
 
 /// The `tcp_info` of an inet_diag answer, if it has one.
@@ -282,6 +289,9 @@ pub fn tcp_flow(tcp_info: &[u8]) -> Option<TcpFlow> {
             .and_then(|bytes| Some(u64::from_ne_bytes(bytes.try_into().ok()?)))
             .map(std::time::Duration::from_micros),
         not_sent: word(TCPI_NOTSENT_BYTES_OFFSET),
+        received_any: tcp_info
+            .get(TCPI_BYTES_RECEIVED_OFFSET..TCPI_BYTES_RECEIVED_OFFSET + 8)
+            .map(|bytes| bytes.iter().any(|&byte| byte != 0)),
     })
 }
 
@@ -300,6 +310,7 @@ pub fn tcp_info_saying(flow: &TcpFlow) -> Vec<u8> {
     put(TCPI_LAST_ACK_RECV_OFFSET, &millis(flow.since_acknowledged));
     put(TCPI_RETRANSMITS_OFFSET, &[u8::from(flow.retransmitting)]);
     put(TCPI_NOTSENT_BYTES_OFFSET, &flow.not_sent.unwrap_or(0).to_ne_bytes());
+    put(TCPI_BYTES_RECEIVED_OFFSET, &u64::from(flow.received_any != Some(false)).to_ne_bytes());
     let limited = flow.window_limited.map_or(0, |limited| limited.as_micros() as u64);
     put(TCPI_RWND_LIMITED_OFFSET, &limited.to_ne_bytes());
     let own_window = if flow.own_window_zero == Some(true) { 0u32 } else { 65_535 };
@@ -308,7 +319,8 @@ pub fn tcp_info_saying(flow: &TcpFlow) -> Vec<u8> {
         (Some(_), _, _) => info.len(),
         (None, Some(_), _) => TCPI_RCV_WND_OFFSET,
         (None, None, Some(_)) => TCPI_RWND_LIMITED_OFFSET,
-        (None, None, None) => TCPI_NOTSENT_BYTES_OFFSET,
+        (None, None, None) if flow.received_any.is_some() => TCPI_NOTSENT_BYTES_OFFSET,
+        (None, None, None) => TCPI_BYTES_RECEIVED_OFFSET,
     };
     info.truncate(told);
     info
@@ -471,6 +483,9 @@ mod tests {
         assert_eq!(tcp_flow(&info).unwrap().window_limited, Some(Duration::from_millis(2500)));
         info[TCPI_NOTSENT_BYTES_OFFSET..][..4].copy_from_slice(&4096u32.to_ne_bytes());
         assert_eq!(tcp_flow(&info).unwrap().not_sent, Some(4096));
+        assert_eq!(tcp_flow(&info).unwrap().received_any, Some(false));
+        info[TCPI_BYTES_RECEIVED_OFFSET + 5] = 1;
+        assert_eq!(tcp_flow(&info).unwrap().received_any, Some(true));
         info[TCPI_BACKOFF_OFFSET] = 3;
         assert!(tcp_flow(&info).unwrap().retransmitting);
         info[TCPI_RCV_WND_OFFSET..].copy_from_slice(&65535u32.to_ne_bytes());
@@ -492,10 +507,13 @@ mod tests {
             retransmitting: true,
             window_limited: Some(Duration::from_millis(2500)),
             not_sent: Some(4096),
+            received_any: Some(true),
         };
         assert_eq!(tcp_flow(&tcp_info_saying(&flow)), Some(flow));
         let older = TcpFlow { own_window_zero: None, window_limited: None, ..flow };
         assert_eq!(tcp_flow(&tcp_info_saying(&older)), Some(older));
+        let nothing_in = TcpFlow { received_any: Some(false), ..flow };
+        assert_eq!(tcp_flow(&tcp_info_saying(&nothing_in)), Some(nothing_in));
     }
 
     fn inet_response(

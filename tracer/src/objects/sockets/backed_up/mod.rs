@@ -1,6 +1,6 @@
 //! The target's backed-up sockets, read when a report is made: every socket it holds is
 //! looked up (TCP by one dump per family, Unix one by one), and those whose data stopped
-//! moving are kept. A thread blocked in `send` on such a socket shows as a wait too; an
+//! moving, or whose request waits for its reply, are kept. A thread blocked in `send` on such a socket shows as a wait too; an
 //! event-driven server has none, and this is where its client that stopped reading shows.
 //!
 //! Backed up means, as the kernel tells it (sock_diag's meminfo and `tcp_info`):
@@ -15,7 +15,11 @@
 //! - unread: this end of a TCP connection advertising a zero window with data unread,
 //!   nothing received for `STALLED_FOR`; a Unix stream socket holding data unread while
 //!   its peer's send buffer is full (what the peer writes is charged to its own buffer
-//!   until this end reads it), still so `READ_AGAIN_AFTER` later.
+//!   until this end reads it), still so `READ_AGAIN_AFTER` later;
+//! - awaiting: a TCP connection this process made (its local port no listener's) whose
+//!   last data went out `STALLED_FOR` ago or more, all of it acknowledged, and nothing came
+//!   back since: a request waiting for its reply, where an event-driven client's wait on
+//!   a slow server shows (a thread would be blocked in `recv`).
 //!
 //! A busy connection is full, or at a closed window, for moments at a time: those
 //! moments keep it out of the stopped rules.
@@ -34,7 +38,7 @@ use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{InetResponse, SocketId, StateFlags},
 };
-use rules::{Movement, TcpFacts, judge, judge_slow};
+use rules::{Movement, TcpFacts, judge, judge_awaiting, judge_slow};
 
 use super::{
     NetlinkError, SocketInfo, SocketKind,
@@ -112,6 +116,9 @@ trait SocketTables {
         &mut self,
         inode: u32,
     ) -> Result<Option<(Record, Option<SocketInfo>)>, NetlinkError>;
+    /// The ports TCP listeners of `family` listen on: a connection from one of them was
+    /// accepted, not made.
+    fn listening_ports(&mut self, family: u8) -> Result<HashSet<u16>, NetlinkError>;
 }
 
 impl SocketTables for SockDiag {
@@ -132,6 +139,14 @@ impl SocketTables for SockDiag {
         inode: u32,
     ) -> Result<Option<(Record, Option<SocketInfo>)>, NetlinkError> {
         self.get_unix_and_peer(inode)
+    }
+
+    fn listening_ports(&mut self, family: u8) -> Result<HashSet<u16>, NetlinkError> {
+        let mut ports = HashSet::new();
+        self.dump_inet_each(family, IPPROTO_TCP, StateFlags::LISTEN, |listener| {
+            ports.insert(listener.header.socket_id.source_port);
+        })?;
+        Ok(ports)
     }
 }
 
@@ -306,7 +321,10 @@ struct Moving {
 }
 
 /// One dump per TCP family the namespace's processes (`members`) hold, each connection
-/// judged for the process that holds it; the ones to look at again (`Moving`).
+/// judged for the process that holds it; the ones to look at again (`Moving`). A
+/// connection that may await a reply is one only if this process made it (its local port
+/// none of the namespace's listeners'), which a dump of the listeners tells, made only
+/// when there is one.
 fn read_tcp(
     tables: &mut impl SocketTables,
     members: &[usize],
@@ -315,6 +333,8 @@ fn read_tcp(
     time: &impl ScanTime,
 ) -> Vec<Moving> {
     let mut moving = Vec::new();
+    // (process, local port, the socket), by family.
+    let mut awaiting: Vec<(u8, usize, u16, BackedUpSocket)> = Vec::new();
     for family in [AF_INET, AF_INET6] {
         if !members.iter().any(|&index| scanned[index].families.contains(&family)) {
             continue;
@@ -330,6 +350,11 @@ fn read_tcp(
                 return;
             };
             let ways = judge(fd, &info, Movement::Tcp(tcp));
+            if ways.is_empty()
+                && let Some(socket) = judge_awaiting(fd, &info, tcp)
+            {
+                awaiting.push((family, index, id.source_port, socket));
+            }
             let stopped = ways.iter().any(|way| way.backlog == Backlog::Unsent);
             if let Some(window_limited) = tcp.flow.window_limited
                 && tcp.holds_back()
@@ -351,6 +376,26 @@ fn read_tcp(
         if let Err(error) = dumped {
             for &index in members {
                 if scanned[index].families.contains(&family) {
+                    scanned[index].fail(ScanFailed::Namespace(error.to_string()));
+                }
+            }
+        }
+    }
+    for family in [AF_INET, AF_INET6] {
+        if !awaiting.iter().any(|&(of, ..)| of == family) {
+            continue;
+        }
+        match tables.listening_ports(family) {
+            Ok(listening) => {
+                let made = awaiting
+                    .iter()
+                    .filter(|&&(of, _, port, _)| of == family && !listening.contains(&port));
+                for (_, index, _, socket) in made {
+                    scanned[*index].found.push(socket.clone());
+                }
+            }
+            Err(error) => {
+                for &(_, index, ..) in awaiting.iter().filter(|&&(of, ..)| of == family) {
                     scanned[index].fail(ScanFailed::Namespace(error.to_string()));
                 }
             }

@@ -154,6 +154,31 @@ pub fn judge_slow(
     })
 }
 
+/// A connection (descriptor `fd`) that awaits a reply, as `info` and `tcp` tell: its last
+/// data went out `STALLED_FOR` ago or more, all of it acknowledged (the peer's kernel has
+/// the request; the network is not the trouble), and nothing came back since, nor waits
+/// unread. Asked only of connections this process made (the caller tells them from those
+/// a listener accepted, whose last data out is a reply): an idle client connection's last
+/// data came in.
+pub fn judge_awaiting(fd: u64, info: &SocketInfo, tcp: TcpFacts) -> Option<BackedUpSocket> {
+    let established = info.tcp_state == Some(super::super::TcpState::Established);
+    let flow = tcp.flow;
+    // The times are in milliseconds: a request sent as the connection was made reads as
+    // sent when data last came in (the connection's start), told apart by nothing having
+    // come in at all.
+    let nothing_back = flow.since_received > flow.since_sent
+        || flow.since_received == flow.since_sent && flow.received_any == Some(false);
+    let awaiting = established
+        && tcp.unacknowledged == 0
+        && info.recv_queue == Some(0)
+        && flow.since_sent >= STALLED_FOR
+        && nothing_back;
+    awaiting.then(|| BackedUpSocket {
+        idle: Some(flow.since_sent),
+        ..backed_up_socket(fd, info, Backlog::Awaiting, 0, None)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +212,7 @@ mod tests {
                 retransmitting: false,
                 window_limited: Some(Duration::from_secs(30)),
                 not_sent: Some(600),
+                received_any: Some(true),
             },
             unacknowledged: 900,
         })
@@ -348,6 +374,48 @@ mod tests {
         );
         // A kernel that does not tell this end's window (before 6.2) says nothing of it.
         assert_eq!(ways(&unread, nothing_to_send(None)), []);
+    }
+
+    #[test]
+    fn a_request_without_its_reply_awaits_it() {
+        let info = SocketInfo { send_queue: Some(0), ..connection() };
+        let request = |since_sent_ms: u64, since_received_ms: u64, unacknowledged: u32| {
+            let mut tcp = facts(tcp(MOVING, Some(false)));
+            tcp.flow.since_sent = Duration::from_millis(since_sent_ms);
+            tcp.flow.since_received = Duration::from_millis(since_received_ms);
+            tcp.unacknowledged = unacknowledged;
+            judge_awaiting(5, &info, tcp)
+        };
+        // Sent 2 s ago, the last data in 9 s ago: awaiting for 2 s.
+        let awaiting = request(2000, 9000, 0).expect("awaiting its reply");
+        assert_eq!(
+            (awaiting.backlog, awaiting.fd, awaiting.queued_bytes),
+            (Backlog::Awaiting, 5, 0)
+        );
+        assert_eq!(awaiting.idle, Some(Duration::from_millis(2000)));
+        assert!(!awaiting.window_closed && awaiting.tcp);
+        // Sent a moment ago; the reply came after it (an idle pooled connection); the
+        // request not yet acknowledged (the network's trouble, told by the unsent rules).
+        assert!(request(200, 9000, 0).is_none());
+        assert!(request(2000, 1500, 0).is_none());
+        // Sent in the millisecond the connection was made, nothing in since; a reply in
+        // the millisecond the request went out.
+        let mut fresh = facts(tcp(MOVING, Some(false)));
+        (fresh.flow.since_sent, fresh.flow.since_received) = (STALLED, STALLED);
+        (fresh.unacknowledged, fresh.flow.received_any) = (0, Some(false));
+        assert!(judge_awaiting(5, &info, fresh).is_some());
+        fresh.flow.received_any = Some(true);
+        assert!(judge_awaiting(5, &info, fresh).is_none());
+        assert!(request(2000, 9000, 100).is_none());
+        // The reply arrived and waits unread: this process's to read.
+        let unread = SocketInfo { recv_queue: Some(10), ..info.clone() };
+        let mut tcp = facts(tcp(MOVING, Some(false)));
+        (tcp.flow.since_sent, tcp.flow.since_received) = (STALLED, STALLED * 3);
+        tcp.unacknowledged = 0;
+        assert!(judge_awaiting(5, &unread, tcp).is_none());
+        // Closing: no reply is awaited.
+        let closing = SocketInfo { tcp_state: Some(TcpState::CloseWait), ..info };
+        assert!(judge_awaiting(5, &closing, tcp).is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     net::{IpAddr, Ipv4Addr},
     rc::Rc,
@@ -73,6 +73,7 @@ fn connection(inode: u32, since_sent_ms: u64, window_limited_ms: u64) -> Connect
             retransmitting: false,
             window_limited: Some(Duration::from_millis(window_limited_ms)),
             not_sent: Some(600),
+            received_any: Some(true),
         },
     }
 }
@@ -142,6 +143,7 @@ struct Asked {
     dumps: usize,
     gets: usize,
     unix: usize,
+    listeners: usize,
 }
 
 /// One namespace's tables at each of the two looks.
@@ -153,6 +155,8 @@ struct TestTables {
     unix: HashMap<u32, [Option<UnixSocket>; 2]>,
     /// Every request of the second look fails (a namespace gone, a timeout).
     fails_at_second_look: bool,
+    /// The ports its listeners listen on.
+    listening: Vec<u16>,
     asked: Rc<RefCell<Asked>>,
 }
 
@@ -202,6 +206,12 @@ impl SocketTables for TestTables {
         let info = unix_info(u64::from(inode), socket.send_queue, socket.recv_queue);
         let peer = unix_info(u64::from(inode) + 1, socket.peer_send_queue, 0);
         Ok(Some((Record { info, key: DiagKey::Unix { inode } }, Some(peer))))
+    }
+
+    fn listening_ports(&mut self, _family: u8) -> Result<HashSet<u16>, NetlinkError> {
+        self.answer_or_fail()?;
+        self.asked.borrow_mut().listeners += 1;
+        Ok(self.listening.iter().copied().collect())
     }
 }
 
@@ -309,7 +319,7 @@ fn stopped_connections_are_judged_at_the_first_look_and_moving_ones_at_the_secon
     );
     // The four moving ones asked for one by one; the slow one's idle time is its second
     // look's.
-    assert_eq!(*asked.borrow(), Asked { dumps: 1, gets: 4, unix: 0 });
+    assert_eq!(*asked.borrow(), Asked { dumps: 1, gets: 4, unix: 0, listeners: 0 });
     let slow = sockets.iter().find(|socket| socket.fd == 4).unwrap();
     assert_eq!(slow.idle, Some(Duration::from_millis(20)));
 }
@@ -337,7 +347,7 @@ fn more_moving_connections_than_are_asked_for_one_by_one_are_read_again_in_a_dum
     assert_eq!(sockets.len(), count as usize / 2);
     assert!(sockets.iter().all(|socket| socket.fd.is_multiple_of(2)));
     assert!(sockets.iter().all(|socket| socket.window_limited_percent == Some(60)));
-    assert_eq!(*asked.borrow(), Asked { dumps: 2, gets: 0, unix: 0 });
+    assert_eq!(*asked.borrow(), Asked { dumps: 2, gets: 0, unix: 0, listeners: 0 });
 }
 
 #[test]
@@ -370,7 +380,7 @@ fn a_unix_socket_counts_only_the_ways_backed_up_at_both_looks() {
         [(5, Backlog::Unsent, None), (8, Backlog::Unread, None), (10, Backlog::Unsent, None)]
     );
     // Six at the first look, the five backed up then at the second.
-    assert_eq!(*asked.borrow(), Asked { dumps: 0, gets: 0, unix: 11 });
+    assert_eq!(*asked.borrow(), Asked { dumps: 0, gets: 0, unix: 11, listeners: 0 });
 }
 
 #[test]
@@ -424,6 +434,39 @@ fn tables_that_fail_are_counted_for_their_namespace_alone() {
     assert_eq!(ways(&found[2].0), [(5, Backlog::Unsent, Some(70))]);
     assert!(said(2).is_none(), "{:?}", said(2));
     assert!(said(3).is_some_and(|said| said.contains("pid 300")), "{:?}", said(3));
+}
+
+#[test]
+fn a_request_awaits_its_reply_on_a_connection_the_process_made() {
+    let look = Look::default();
+    let asked = Rc::new(RefCell::new(Asked::default()));
+    // Sent 2 s ago, acknowledged, nothing back since: the one made (local port 40010)
+    // awaits its reply; the one accepted (local port 8080, a listener's) sent its reply.
+    let request = |inode: u32, port: u16| Connection {
+        port,
+        unacknowledged: 0,
+        flow: TcpFlow {
+            since_received: Duration::from_secs(9),
+            not_sent: Some(0),
+            ..connection(inode, 2000, 0).flow
+        },
+        ..connection(inode, 2000, 0)
+    };
+    let first = vec![request(10, 40_010), request(11, 8080)];
+    let tables = TestTables {
+        look: look.clone(),
+        tcp: [first, Vec::new()],
+        listening: vec![8080],
+        asked: asked.clone(),
+        ..Default::default()
+    };
+    let listing = TestListing::default().process(100, 0, &[(3, 10), (4, 11)], &[]);
+    let (found, looks) = scan(listing, vec![(100, tables)], &look);
+    assert_eq!(ways(&found[0].0), [(3, Backlog::Awaiting, None)]);
+    assert_eq!(found[0].0[0].idle, Some(Duration::from_secs(2)));
+    // Nothing to look at again; the listeners asked for once.
+    assert_eq!(looks, 1);
+    assert_eq!(*asked.borrow(), Asked { dumps: 1, gets: 0, unix: 0, listeners: 1 });
 }
 
 #[test]
