@@ -309,6 +309,9 @@ pub fn render_summary_in(profile: &Profile, top: usize, columns: Option<usize>) 
     out
 }
 
+/// What a `-` in the ages of waits in progress means.
+const UNAGED: &str = "-: age not known (seen by the last read only, or never timed)";
+
 /// Full stacks printed after a snapshot's table, like a goroutine dump.
 const SNAPSHOT_STACKS_SHOWN: usize = 5;
 const FRAMES_SHOWN: usize = 40;
@@ -405,21 +408,26 @@ fn write_threads_table(
         "{header:>count$}  {:<kind$} {:>10} {:>10}  CALL SITE",
         "KIND", "YOUNGEST", "OLDEST"
     );
+    let mut unaged = false;
     for row in rows.iter().take(top) {
         // An asyncio task's age is not known (it is read, not traced).
         let age = |ns| match row.kind {
             WaitKind::Task => "-".to_owned(),
             _ => format_age(ns, row.stats.lower_bound),
         };
+        let (youngest, oldest) = (age(row.stats.min_ns), age(row.stats.max_ns));
+        unaged |= youngest == "-" || oldest == "-";
         let _ = writeln!(
             out,
-            "{:>count$}  {:<kind$} {:>10} {:>10}  {}",
+            "{:>count$}  {:<kind$} {youngest:>10} {oldest:>10}  {}",
             row.stats.threads.len(),
             row.kind.name(),
-            age(row.stats.min_ns),
-            age(row.stats.max_ns),
             elide_function(&row.site, site),
         );
+    }
+    // A `-` is an age not known, not none.
+    if unaged {
+        let _ = writeln!(out, "{UNAGED}");
     }
     write_rest(out, rows, top, |row| {
         counted(row.stats.threads.len() as u64, crate::model::waiters_of(row.kind))
@@ -662,8 +670,9 @@ fn write_backed_up(out: &mut String, profile: &Profile, top: usize) {
         0 => 0,
         widest => widest.clamp("PROCESS".len(), BACKED_UP_PROCESS_MAX_WIDTH) + 1,
     };
-    // The reason keeps 16 columns within 100, cut short beyond (the JSON says all).
-    let why = 100usize.saturating_sub(peer + BACKED_UP_FIXED_WIDTH + process).max(16);
+    // The reason fills the line to 100, cut short beyond (the JSON says all), but keeps
+    // 20 columns: a brief reason whole (`peer stopped reading`).
+    let why = 100usize.saturating_sub(peer + BACKED_UP_FIXED_WIDTH + process).max(20);
     let _ = writeln!(
         out,
         "{:<peer$} {:<8} {:>5} {:>9} {:>8}  {:<process$}WHY",
@@ -1350,6 +1359,19 @@ mod tests {
         assert!(cut.starts_with('…') && cut.ends_with("::PlatformWorkerThread"), "{cut}");
         // What fits is left alone.
         assert_eq!(elide_function("run(int)", 20), "run(int)");
+    }
+
+    #[test]
+    fn an_age_not_known_is_said_so_under_the_table() {
+        let mut profile = profile();
+        assert!(!render_summary_in(&profile, 10, None).contains(UNAGED));
+        // The sender stuck at the end, first seen by the last read.
+        let stats = &mut profile.stacks[4].stats;
+        (stats.min_ns, stats.max_ns, stats.total_ns) = (0, 0, 0);
+        let text = render_summary_in(&profile, 10, None);
+        let legend = text.lines().position(|line| line == UNAGED);
+        let row = text.lines().position(|line| line.ends_with("  app::write_to_backend"));
+        assert!(legend.is_some() && row < legend, "{text}");
     }
 
     #[test]

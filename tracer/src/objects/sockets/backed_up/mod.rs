@@ -1,7 +1,8 @@
 //! The target's backed-up sockets, read when a report is made: every socket it holds is
 //! looked up (TCP by one dump per family, Unix one by one), and those whose data stopped
-//! moving, or whose request waits for its reply, are kept. A thread blocked in `send` on such a socket shows as a wait too; an
-//! event-driven server has none, and this is where its client that stopped reading shows.
+//! moving, or whose request waits for its reply, are kept. A thread blocked in `send` or
+//! `recv` on such a socket shows as a wait too; an event-driven process has none, and
+//! this is where its client that stopped reading, or its slow upstream, shows.
 //!
 //! Backed up means, as the kernel tells it (sock_diag's meminfo and `tcp_info`):
 //! - unsent: TCP data written and not acknowledged, and nothing sent for `STALLED_FOR`
@@ -333,7 +334,7 @@ fn read_tcp(
     time: &impl ScanTime,
 ) -> Vec<Moving> {
     let mut moving = Vec::new();
-    // (process, local port, the socket), by family.
+    // Those that may await a reply: (family, process, local port, the socket).
     let mut awaiting: Vec<(u8, usize, u16, BackedUpSocket)> = Vec::new();
     for family in [AF_INET, AF_INET6] {
         if !members.iter().any(|&index| scanned[index].families.contains(&family)) {

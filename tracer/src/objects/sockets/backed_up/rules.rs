@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::super::{Protocol, SocketInfo, diag::TcpFlow};
+use super::super::{Protocol, SocketInfo, TcpState, diag::TcpFlow};
 use crate::model::{BackedUpSocket, Backlog};
 
 /// How long nothing must have moved on a TCP connection for it to count as backed up.
@@ -161,7 +161,7 @@ pub fn judge_slow(
 /// a listener accepted, whose last data out is a reply): an idle client connection's last
 /// data came in.
 pub fn judge_awaiting(fd: u64, info: &SocketInfo, tcp: TcpFacts) -> Option<BackedUpSocket> {
-    let established = info.tcp_state == Some(super::super::TcpState::Established);
+    let established = info.tcp_state == Some(TcpState::Established);
     let flow = tcp.flow;
     // The times are in milliseconds: a request sent as the connection was made reads as
     // sent when data last came in (the connection's start), told apart by nothing having
